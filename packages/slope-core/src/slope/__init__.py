@@ -1,0 +1,74 @@
+"""Slope: a small automatic-differentiation engine with PyTorch-style tensors and JAX-style transformations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import dtypes, plugins, tree
+from .backend import (
+    Backend,
+    Executable,
+    SlopeBackendError,
+    default_device,
+    devices,
+    get_backend,
+    set_backend,
+    set_device,
+    use_backend,
+)
+from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int32, int64, uint8
+from .ir import Aval, Instruction, Program, Var
+from .operator import DTypeError, Operator, ShapeError, SlopeError, UndefinedPrimal
+from .random import manual_seed
+from .tensors import Tensor, functions
+from .trace import SlopeTraceError, bind
+from .transforms import (
+    TransformError,
+    custom_jvp,
+    custom_vjp,
+    grad,
+    hessian,
+    jacfwd,
+    jacrev,
+    jit,
+    jvp,
+    linearize,
+    value_and_grad,
+    vjp,
+    vmap,
+)
+
+__version__ = "0.1.0"
+bool = bool_  # noqa: A001 - slope.bool names the dtype, as torch.bool does
+float = float32  # noqa: A001
+double = float64
+half = float16
+int = int64  # noqa: A001
+long = int64
+
+
+def _register_core() -> None:
+    from . import operators, procedures
+
+    if plugins.manager.get_plugin("slope-core.operators") is None:
+        plugins.manager.register(operators, "slope-core.operators")
+        plugins.manager.register(procedures, "slope-core.procedures")
+    plugins.load_entry_points()
+
+
+_register_core()
+
+
+def __getattr__(name: str) -> Any:
+    """Operators and procedures are `slope.NAME` (including those added by plugins)."""
+    if name in functions:
+        return functions[name]
+    if name == "random":
+        from . import random
+
+        return random
+    raise AttributeError(f"module 'slope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(functions))

@@ -1,0 +1,257 @@
+"""The Backend contract, the lower pass, backend and device selection, and the eager (one-operator) cache."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+
+from . import plugins
+from .dtypes import DType
+from .ir import Aval, Instruction, Program, Var, dead_code_elimination
+from .tensors import Tensor
+
+
+class SlopeBackendError(RuntimeError):
+    """A backend or device that is not available, or a program a backend cannot run."""
+
+
+class Executable:
+    """A compiled Program: `run(buffers) -> buffers`, plus the backend code it was built from."""
+
+    __slots__ = ("run", "code", "program", "out_avals")
+
+    def __init__(self, run: Callable[[list], list], code: str, program: Program):
+        self.run = run
+        self.code = code
+        self.program = program
+        self.out_avals = program.out_avals
+
+
+class Backend:
+    """A compiler from Programs to runnable code. Subclass it and register it through the `slope_backends` hook.
+
+    A subclass sets `name`, `dtypes` and `translations` (operator name -> backend-specific translation function)
+    and implements `devices`, `compile`, `from_numpy`, `to_numpy` and `export`. Operators missing from
+    `translations` are replaced by their procedures before `compile` sees the Program.
+    """
+
+    name: ClassVar[str] = ""
+    dtypes: ClassVar[frozenset[DType]] = frozenset()
+    translations: ClassVar[dict[str, Callable]] = {}
+    export_suffix: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.translations = dict(type(self).translations)
+        for table in plugins.manager.hook.slope_translations(backend=self):
+            self.translations.update(table or {})
+
+    def devices(self) -> list[str]:
+        """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""
+        return ["cpu"]
+
+    def compile(self, program: Program, device: str) -> Executable:
+        """Compile a lowered Program into an Executable for a device."""
+        raise NotImplementedError
+
+    def from_numpy(self, array: np.ndarray, device: str) -> Any:
+        """Turn a NumPy array into a backend buffer on a device."""
+        raise NotImplementedError
+
+    def to_numpy(self, buffer: Any) -> np.ndarray:
+        """Turn a backend buffer into a NumPy array."""
+        raise NotImplementedError
+
+    def export(self, program: Program, path: str) -> list[str]:
+        """Write a lowered Program as a standalone model; returns the files written."""
+        raise NotImplementedError(f"backend {self.name!r} cannot export programs")
+
+    def check_dtypes(self, program: Program) -> None:
+        """Raise a clear error when the Program uses a dtype this backend cannot run."""
+        for instruction in program.instructions:
+            for var in instruction.inputs + instruction.outputs:
+                if var.aval.dtype not in self.dtypes:
+                    raise SlopeBackendError(
+                        f"slope.{instruction.op.name}: backend {self.name!r} cannot run dtype {var.aval.dtype.name} "
+                        f"(it supports {sorted(d.name for d in self.dtypes)}); cast the tensor or use another backend"
+                    )
+
+
+# ----------------------------------------------------------------------------------------------- lowering
+
+
+def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
+    """Replace every operator the backend lacks by its procedure (recursively), then drop dead code."""
+    if all(instruction.op.name in supported for instruction in program.instructions):
+        return dead_code_elimination(program)
+    from .trace import eval_program, make_program
+
+    missing = [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]
+    if missing:
+        raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
+    constants = program.constant_values
+
+    def replay(*inputs: Tensor) -> list[Tensor]:
+        consts = inputs[: len(constants)]
+        rebuilt = Program(program.inputs, program.instructions, program.outputs, program.constants, list(consts))
+        return eval_program(rebuilt, list(inputs[len(constants) :]))
+
+    avals = [v.aval for v in program.constants] + program.in_avals
+    lowered = make_program(replay, avals, lower_for=frozenset(supported))
+    # the replayed constants came in as inputs: turn them back into constants
+    constant_vars = lowered.inputs[: len(constants)]
+    lowered = Program(lowered.inputs[len(constants) :], lowered.instructions, lowered.outputs, constant_vars, constants)
+    return dead_code_elimination(lowered)
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+_instances: dict[str, Backend] = {}
+_state: dict[str, Any] = {"backend": None, "device": None}
+
+
+def _default_backend_name() -> str:
+    names = plugins.backends
+    requested = os.environ.get("SLOPE_BACKEND")
+    if requested:
+        return requested
+    for name in ("onnxruntime", "iree", "numpy"):
+        if name in names:
+            return name
+    if names:
+        return next(iter(names))
+    raise SlopeBackendError(
+        "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
+    )
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The active backend (or the named one)."""
+    if name is None:
+        if _state["backend"] is None:
+            _state["backend"] = _make_backend(_default_backend_name())
+        return _state["backend"]
+    return _make_backend(name)
+
+
+def _make_backend(name: str) -> Backend:
+    if name not in _instances:
+        if name not in plugins.backends:
+            raise SlopeBackendError(
+                f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}"
+            )
+        _instances[name] = plugins.backends[name]()
+    return _instances[name]
+
+
+def set_backend(name: str) -> Backend:
+    """Make the named backend the active one."""
+    _state["backend"] = _make_backend(name)
+    return _state["backend"]
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Use the named backend inside the block."""
+    previous = _state["backend"]
+    try:
+        yield set_backend(name)
+    finally:
+        _state["backend"] = previous
+
+
+def default_device() -> str:
+    """The device new tensors and programs go to: SLOPE_DEVICE, else cpu."""
+    backend = get_backend()
+    device = _state["device"] or os.environ.get("SLOPE_DEVICE", "cpu")
+    device = "cuda:0" if device == "cuda" else device
+    if device not in backend.devices():
+        raise SlopeBackendError(
+            f"slope: device {device!r} is not available on backend {backend.name!r}; "
+            f"available devices: {backend.devices()}"
+        )
+    return device
+
+
+def set_device(device: str) -> None:
+    """Make a device the default one for new tensors and programs."""
+    _state["device"] = device
+    default_device()
+
+
+def devices() -> list[str]:
+    """The devices the active backend can use."""
+    return get_backend().devices()
+
+
+# ----------------------------------------------------------------------------------------------- compile + eager
+
+_compiled: dict[tuple, Executable] = {}
+
+
+def compile_program(program: Program, backend: Backend, device: str) -> Executable:
+    """Lower, check and compile a Program on a backend; prints IR and code when LOG_JIT=1."""
+    lowered = lower(program, backend.translations.keys())
+    backend.check_dtypes(lowered)
+    executable = backend.compile(lowered, device)
+    if os.environ.get("LOG_JIT", "0") not in ("", "0"):
+        print(f"--- slope program ({backend.name}, {device})\n{program}")
+        if lowered is not program:
+            print(f"--- lowered\n{lowered}")
+        print(f"--- {backend.name} code\n{executable.code}")
+    return executable
+
+
+def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
+    """The tensor with its buffer on this backend and device (copied through NumPy when needed)."""
+    if tensor.backend is backend and tensor.device == device:
+        return tensor
+    array = tensor.backend.to_numpy(tensor.buffer)
+    return Tensor._make(backend.from_numpy(array, device), tensor.aval, backend, device)
+
+
+def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
+    """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
+    backend = _state["backend"] or get_backend()
+    device = args[0].device if args else (_state["device"] or default_device())
+    key = (op, tuple(params.items()), tuple(a.aval for a in args), backend, device)
+    try:
+        executable = _compiled[key]
+    except KeyError:
+        executable = _compiled[key] = _compile_one(op, args, params, backend, device)
+    except TypeError as error:  # an unhashable parameter: a user error the operator explains
+        raise TypeError(f"slope.{op.name}: parameters must be hashable, got {params}") from error
+    buffers = []
+    for a in args:
+        if a.backend is not backend or a.device != device:
+            a = to_backend(a, backend, device)
+        buffers.append(a.buffer)
+    outs = executable.run(buffers)
+    return [Tensor._make(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
+
+
+def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:
+    in_vars = [Var(a.aval) for a in args]
+    out_avals = op.infer(*[v.aval for v in in_vars], **params)
+    out_vars = [Var(aval) for aval in (out_avals if op.multiple_results else [out_avals])]
+    program = Program(in_vars, [Instruction(op, in_vars, params, out_vars)], out_vars)
+    return compile_program(program, backend, device)
+
+
+def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
+    """A concrete tensor on the active backend from a NumPy array of the right dtype."""
+    backend = get_backend()
+    device = device or default_device()
+    if device not in backend.devices():
+        default_device() if device is None else None
+        raise SlopeBackendError(
+            f"slope: device {device!r} is not available on backend {backend.name!r}; available: {backend.devices()}"
+        )
+    if aval.dtype not in backend.dtypes:
+        raise SlopeBackendError(
+            f"slope.tensor: backend {backend.name!r} cannot hold dtype {aval.dtype.name} "
+            f"(it supports {sorted(d.name for d in backend.dtypes)})"
+        )
+    return Tensor._make(backend.from_numpy(array, device), aval, backend, device)

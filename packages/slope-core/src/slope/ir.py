@@ -1,0 +1,147 @@
+"""The intermediate representation: abstract values, Programs of Instructions, printing and passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dtypes import DType
+
+
+class Aval:
+    """An abstract value: the shape and dtype of a tensor, without its data."""
+
+    __slots__ = ("shape", "dtype", "_hash")
+
+    def __init__(self, shape: tuple[int, ...], dtype: DType):
+        self.shape = shape
+        self.dtype = dtype
+        self._hash = hash((shape, dtype))
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Aval) and self.shape == other.shape and self.dtype == other.dtype
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"[{', '.join(str(d) for d in self.shape)}{', ' if self.shape else ''}{self.dtype.short}]"
+
+
+class Var:
+    """A value in a Program: produced by an input, a constant or an Instruction."""
+
+    __slots__ = ("aval",)
+
+    def __init__(self, aval: Aval):
+        self.aval = aval
+
+
+class Instruction:
+    """One operator application: `outputs = op(*inputs, **params)`."""
+
+    __slots__ = ("op", "inputs", "params", "outputs")
+
+    def __init__(self, op: Any, inputs: list[Var], params: dict, outputs: list[Var]):
+        self.op = op
+        self.inputs = inputs
+        self.params = params
+        self.outputs = outputs
+
+
+class Program:
+    """A traced function: inputs, constants (closed-over values), instructions and outputs."""
+
+    def __init__(
+        self,
+        inputs: list[Var],
+        instructions: list[Instruction],
+        outputs: list[Var],
+        constants: list[Var] | None = None,
+        constant_values: list[Any] | None = None,
+    ):
+        self.inputs = inputs
+        self.instructions = instructions
+        self.outputs = outputs
+        self.constants = constants or []
+        self.constant_values = constant_values or []
+
+    @property
+    def in_avals(self) -> list[Aval]:
+        """Abstract values of the inputs."""
+        return [v.aval for v in self.inputs]
+
+    @property
+    def out_avals(self) -> list[Aval]:
+        """Abstract values of the outputs."""
+        return [v.aval for v in self.outputs]
+
+    def names(self) -> dict[Var, str]:
+        """Readable names: x0.. for inputs, c0.. for constants, y0.. for everything computed."""
+        names: dict[Var, str] = {}
+        for i, v in enumerate(self.inputs):
+            names.setdefault(v, f"x{i}")
+        for i, v in enumerate(self.constants):
+            names.setdefault(v, f"c{i}")
+        count = 0
+        for instruction in self.instructions:
+            for v in instruction.outputs:
+                names[v] = f"y{count}"
+                count += 1
+        return names
+
+    def __str__(self) -> str:
+        names = self.names()
+        args = ", ".join(f"{names[v]}: {v.aval}" for v in self.inputs)
+        lines = [f"def program({args}):"]
+        for v, value in zip(self.constants, self.constant_values):
+            lines.append(f"    {names[v]} = constant  # {v.aval}")
+        for instruction in self.instructions:
+            outs = ", ".join(names[v] for v in instruction.outputs)
+            call_args = [names[v] for v in instruction.inputs]
+            call_args += [f"{k}={_format_param(p)}" for k, p in instruction.params.items()]
+            in_avals = ", ".join(str(v.aval) for v in instruction.inputs)
+            out_avals = ", ".join(str(v.aval) for v in instruction.outputs)
+            comment = f"({in_avals}) -> {out_avals}"
+            lines.append(f"    {outs} = slope.{instruction.op.name}({', '.join(call_args)}) # {comment}")
+        lines.append(f"    return {', '.join(names[v] for v in self.outputs)}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _format_param(value: Any) -> str:
+    if isinstance(value, Program):
+        return "<program>"
+    return repr(value)
+
+
+def dead_code_elimination(program: Program) -> Program:
+    """Drop instructions whose outputs no output depends on."""
+    live = set(program.outputs)
+    kept = []
+    for instruction in reversed(program.instructions):
+        if any(v in live for v in instruction.outputs):
+            kept.append(instruction)
+            live.update(instruction.inputs)
+    kept.reverse()
+    used = [(v, value) for v, value in zip(program.constants, program.constant_values) if v in live]
+    return Program(
+        program.inputs,
+        kept,
+        program.outputs,
+        [v for v, _ in used],
+        [value for _, value in used],
+    )

@@ -1,0 +1,104 @@
+"""The Operator contract: one definition holds an operator's parameters, inference and transformation rules."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .ir import Aval
+from .tensors import Tensor
+from .trace import bind
+
+
+class SlopeError(Exception):
+    """Base class of Slope's user-facing errors."""
+
+
+class ShapeError(SlopeError, ValueError):
+    """Shapes that do not fit an operator."""
+
+
+class DTypeError(SlopeError, TypeError):
+    """Dtypes that do not fit an operator."""
+
+
+class UndefinedPrimal:
+    """Stands for a linear input while a linear Program is transposed."""
+
+    __slots__ = ("aval",)
+
+    def __init__(self, aval: Aval):
+        self.aval = aval
+
+
+class Operator:
+    """A primitive operation that backends translate and transformations know.
+
+    Subclasses give `name`, `infer` and the rules they support:
+    - `jvp(primals, tangents, **params) -> (primal_outs, tangent_outs)`
+    - `transpose(cotangents, *args, **params) -> [cotangent or None per input]` for operators linear in some inputs
+      (those inputs arrive as `UndefinedPrimal`)
+    - `vmap(axis_size, args, dims, **params) -> (outs, out_dims)` where a dim is an int or None (not batched)
+    - `procedure(*args, **params)`: the operator built from other operators; used for backends that lack it and
+      for any rule the operator does not define itself.
+    """
+
+    name: str = ""
+    multiple_results: bool = False
+    inline: bool = False  # never recorded in Programs: traced straight through its procedure
+    procedure: Callable | None = None
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        return bind(self, *args, **params)
+
+    def infer(self, *avals: Aval, **params: Any) -> Aval | list[Aval]:
+        """The output abstract value(s); raises a ShapeError or DTypeError for inputs that do not fit."""
+        raise NotImplementedError
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        """Forward-mode rule."""
+        raise NotImplementedError
+
+    def transpose(self, cotangents: list, *args: Any, **params: Any) -> list:
+        """Transpose rule of a linear operator."""
+        raise NotImplementedError
+
+    def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
+        """Batching rule."""
+        raise NotImplementedError
+
+    def has_rule(self, rule: str) -> bool:
+        """Whether the operator defines this rule itself (rather than through its procedure)."""
+        return getattr(type(self), rule) is not getattr(Operator, rule)
+
+    def shape_error(self, message: str) -> ShapeError:
+        """A ShapeError that names this operator."""
+        return ShapeError(f"slope.{self.name}: {message}")
+
+    def dtype_error(self, message: str) -> DTypeError:
+        """A DTypeError that names this operator."""
+        return DTypeError(f"slope.{self.name}: {message}")
+
+    def __repr__(self) -> str:
+        return f"slope.{self.name}"
+
+    def __reduce__(self) -> str:
+        return self.name
+
+
+# ----------------------------------------------------------------------------------------------- batching helpers
+
+
+def move_axis(x: Tensor, source: int, destination: int) -> Tensor:
+    """The tensor with one dimension moved."""
+    if source == destination:
+        return x
+    perm = [d for d in range(x.ndim) if d != source]
+    perm.insert(destination, source)
+    return x.permute(tuple(perm))
+
+
+def batch_to_front(x: Tensor, dim: int | None, axis_size: int) -> Tensor:
+    """The tensor with its batch dimension first; an unbatched tensor is broadcast along a new one."""
+    if dim is None:
+        return x.reshape((1, *x.shape)).expand((axis_size, *x.shape))
+    return move_axis(x, dim, 0)

@@ -1,0 +1,1123 @@
+"""The core operators: the only operations a backend must translate. Each holds its inference and rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import dtypes
+from .dtypes import DType
+from .ir import Aval
+from .operator import Operator, ShapeError, UndefinedPrimal, batch_to_front, move_axis
+from .plugins import hookimpl
+from .tensors import Tensor, functions
+from .trace import bind, is_eager
+
+# ----------------------------------------------------------------------------------------------- coercion helpers
+
+_constants: dict[tuple, Tensor] = {}
+
+
+def constant(value: Any, dtype: DType, shape: tuple[int, ...] = ()) -> Tensor:
+    """A tensor filled with a Python scalar; eager ones are cached, so `x * 2.0` costs one operator."""
+    if not is_eager():
+        return full(shape, value, dtype)
+    from .backend import default_device, from_numpy, get_backend
+
+    key = (value, type(value), dtype, shape, get_backend(), default_device())
+    tensor = _constants.get(key)
+    if tensor is None:
+        if len(_constants) > 4096:
+            _constants.clear()
+        array = np.full(shape, value, dtype=dtype.numpy)
+        tensor = _constants[key] = from_numpy(array, Aval(shape, dtype))
+    return tensor
+
+
+def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
+    """A Tensor from a Tensor, a Python scalar or nested list, or a NumPy array."""
+    if isinstance(value, Tensor):
+        return value if dtype is None or value.dtype == dtype else cast(value, dtype)
+    if isinstance(value, (bool, int, float)):
+        dtype = dtype or dtypes.infer_python(value)
+        return constant(value, dtype)
+    from .backend import from_numpy
+
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        array = np.asarray(value)
+        dtype = dtype or dtypes.as_dtype(array.dtype)
+    else:
+        dtype = dtype or dtypes.infer_python(value)
+        array = np.asarray(value)
+    array = np.ascontiguousarray(array, dtype=dtype.numpy)
+    return from_numpy(array, Aval(tuple(array.shape), dtype))
+
+
+def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for i in range(ndim):
+        sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            listed = " and ".join(str(tuple(s)) for s in shapes)
+            raise ShapeError(f"slope.{name}: shapes {listed} cannot be broadcast together")
+        result.append(sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
+def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """The tensor broadcast (NumPy rules) to a shape."""
+    if x.shape == shape:
+        return x
+    if x.ndim < len(shape):
+        x = reshape(x, (1,) * (len(shape) - x.ndim) + x.shape)
+    return expand(x, shape)
+
+
+def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
+    """Promote values to one dtype and broadcast them to one shape (scalars follow the tensors' dtype)."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if dtype is None:
+        if tensors:
+            dtype = tensors[0].dtype
+            for t in tensors[1:]:
+                dtype = dtypes.promote(dtype, t.dtype)
+            for v in values:
+                if not isinstance(v, Tensor):
+                    dtype = dtypes.scalar_dtype(dtype, v)
+        else:
+            dtype = dtypes.infer_python(values[0])
+            for v in values[1:]:
+                dtype = dtypes.promote(dtype, dtypes.infer_python(v))
+    shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
+    out = []
+    for v in values:
+        if isinstance(v, Tensor):
+            out.append(broadcast_to(v if v.dtype == dtype else cast(v, dtype), shape))
+        elif isinstance(v, (bool, int, float)):
+            out.append(constant(v, dtype, shape))
+        else:
+            out.append(broadcast_to(as_tensor(v, dtype), shape))
+    return out
+
+
+def zeros_like(x: Tensor | Aval) -> Tensor:
+    """Zeros of a tensor's (or abstract value's) shape and dtype."""
+    return full(x.shape, 0, x.dtype)
+
+
+def normalize_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all)."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise IndexError(
+                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
+                f"(expected {-max(ndim, 1)} to {max(ndim, 1) - 1})"
+            )
+        out.append(d % ndim if ndim else 0)
+    return tuple(sorted(set(out)))
+
+
+def _shape_args(shape: tuple) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+# ----------------------------------------------------------------------------------------------- unary
+
+
+class Unary(Operator):
+    """An elementwise operator of one input."""
+
+    allowed = "float"
+
+    def __call__(self, x: Any) -> Tensor:
+        x = as_tensor(x)
+        if self.allowed == "float" and not x.dtype.is_float:
+            x = cast(x, dtypes.default_float)
+        return bind(self, x)
+
+    def infer(self, x: Aval) -> Aval:
+        if self.allowed == "float" and not x.dtype.is_float:
+            raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
+        if self.allowed == "integer" and x.dtype.is_float:
+            raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
+        return x
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        return [bind(self, args[0])], [dims[0]]
+
+
+class Exp(Unary):
+    name = "exp"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = exp(primals[0])
+        return [y], [tangents[0] * y]
+
+
+class Log(Unary):
+    name = "log"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        return [log(primals[0])], [tangents[0] / primals[0]]
+
+
+class Sin(Unary):
+    name = "sin"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        return [sin(primals[0])], [tangents[0] * functions["cos"](primals[0])]
+
+
+class Sqrt(Unary):
+    name = "sqrt"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = sqrt(primals[0])
+        return [y], [tangents[0] / (y * 2.0)]
+
+
+class Tanh(Unary):
+    """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
+
+    name = "tanh"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = tanh(primals[0])
+        return [y], [tangents[0] * (1.0 - y * y)]
+
+    def procedure(self, x: Tensor) -> Tensor:
+        e = exp(mul(functions["abs"](x), constant(-2.0, x.dtype, x.shape)))
+        return functions["sign"](x) * (1.0 - e) / (1.0 + e)
+
+
+class Erf(Unary):
+    """The error function; the procedure is Abramowitz and Stegun 7.1.26 (error below 1.5e-7)."""
+
+    name = "erf"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x = primals[0]
+        return [erf(x)], [tangents[0] * exp(-(x * x)) * (2.0 / math.sqrt(math.pi))]
+
+    def procedure(self, x: Tensor) -> Tensor:
+        a = functions["abs"](x)
+        t = 1.0 / (1.0 + 0.3275911 * a)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return functions["sign"](x) * (1.0 - poly * exp(-(a * a)))
+
+
+class Invert(Unary):
+    """Bitwise not of integers, logical not of bools."""
+
+    name = "invert"
+    allowed = "integer"
+
+    def __call__(self, x: Any) -> Tensor:
+        return bind(self, as_tensor(x))
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = invert(primals[0])
+        return [y], [zeros_like(y)]
+
+
+class StopGradient(Unary):
+    """The identity whose derivative is zero."""
+
+    name = "stop_gradient"
+    allowed = "any"
+
+    def __call__(self, x: Any) -> Tensor:
+        return bind(self, as_tensor(x))
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        return [stop_gradient(primals[0])], [zeros_like(primals[0])]
+
+
+class Cast(Operator):
+    name = "cast"
+
+    def __call__(self, x: Any, dtype: Any) -> Tensor:
+        x = as_tensor(x)
+        dtype = dtypes.as_dtype(dtype)
+        return x if x.dtype == dtype else bind(self, x, dtype=dtype)
+
+    def infer(self, x: Aval, *, dtype: DType) -> Aval:
+        return Aval(x.shape, dtype)
+
+    def jvp(self, primals: list, tangents: list, *, dtype: DType) -> tuple[list, list]:
+        y = cast(primals[0], dtype)
+        if dtype.is_float and primals[0].dtype.is_float:
+            return [y], [cast(tangents[0], dtype)]
+        return [y], [zeros_like(y)]
+
+    def transpose(self, cotangents: list, x: Any, *, dtype: DType) -> list:
+        return [cast(cotangents[0], x.aval.dtype)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dtype: DType) -> tuple[list, list]:
+        return [cast(args[0], dtype)], [dims[0]]
+
+
+# ----------------------------------------------------------------------------------------------- binary
+
+
+class Binary(Operator):
+    """An elementwise operator of two inputs of one shape and dtype (callers get NumPy broadcasting)."""
+
+    allowed = "number"  # "number", "integer" (ints and bools) or "any"
+    result: DType | None = None  # fixed output dtype (bool for comparisons)
+
+    def __call__(self, x: Any, y: Any) -> Tensor:
+        if type(x) is Tensor and type(y) is Tensor and x.aval == y.aval:
+            return bind(self, x, y)
+        x, y = coerce(self.name, x, y)
+        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
+            x, y = cast(x, dtypes.default_int), cast(y, dtypes.default_int)
+        return bind(self, x, y)
+
+    def infer(self, x: Aval, y: Aval) -> Aval:
+        if x.shape != y.shape:
+            raise self.shape_error(f"expected inputs of one shape, got {x.shape} and {y.shape}")
+        if x.dtype != y.dtype:
+            raise self.dtype_error(f"expected inputs of one dtype, got {x.dtype.name} and {y.dtype.name}")
+        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
+            raise self.dtype_error(f"expected numbers, got bool tensors of shape {x.shape}")
+        if self.allowed == "integer" and x.dtype.is_float:
+            raise self.dtype_error(f"expected integer or bool tensors, got {x.dtype.name} of shape {x.shape}")
+        return Aval(x.shape, self.result or x.dtype)
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        x, y = args
+        if dims[0] == dims[1]:
+            return [bind(self, x, y)], [dims[0]]
+        x = batch_to_front(x, dims[0], axis_size)
+        y = batch_to_front(y, dims[1], axis_size)
+        return [bind(self, x, y)], [0]
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = bind(self, *primals)
+        return [y], [zeros_like(y)]
+
+
+class Add(Binary):
+    name = "add"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        return [add(*primals)], [add(*tangents)]
+
+    def transpose(self, cotangents: list, x: Any, y: Any) -> list:
+        ct = cotangents[0]
+        return [ct if isinstance(x, UndefinedPrimal) else None, ct if isinstance(y, UndefinedPrimal) else None]
+
+
+class Sub(Binary):
+    name = "sub"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        return [sub(*primals)], [sub(*tangents)]
+
+    def transpose(self, cotangents: list, x: Any, y: Any) -> list:
+        ct = cotangents[0]
+        return [ct if isinstance(x, UndefinedPrimal) else None, -ct if isinstance(y, UndefinedPrimal) else None]
+
+
+class Mul(Binary):
+    name = "mul"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, y = primals
+        tx, ty = tangents
+        return [mul(x, y)], [add(mul(tx, y), mul(x, ty))]
+
+    def transpose(self, cotangents: list, x: Any, y: Any) -> list:
+        ct = cotangents[0]
+        if isinstance(x, UndefinedPrimal):
+            return [mul(ct, y), None]
+        return [None, mul(x, ct)]
+
+
+class Div(Binary):
+    """Division; integers divide with truncation toward zero (as C does)."""
+
+    name = "div"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, y = primals
+        tx, ty = tangents
+        out = div(x, y)
+        return [out], [div(sub(tx, mul(out, ty)), y)]
+
+    def transpose(self, cotangents: list, x: Any, y: Any) -> list:
+        return [div(cotangents[0], y), None]
+
+
+class Pow(Binary):
+    name = "pow"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, y = primals
+        tx, ty = tangents
+        out = power(x, y)
+        safe_log = where(equal(x, zeros_like(x)), zeros_like(x), log(x))
+        dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
+        return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
+
+
+class Maximum(Binary):
+    name = "maximum"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, y = primals
+        tx, ty = tangents
+        half = (tx + ty) * 0.5
+        return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
+
+
+class Compare(Binary):
+    result = dtypes.bool_
+    allowed = "any"
+
+
+class Equal(Compare):
+    name = "equal"
+
+
+class Less(Compare):
+    name = "less"
+
+
+class Greater(Compare):
+    name = "greater"
+
+
+class BitwiseAnd(Binary):
+    name = "bitwise_and"
+    allowed = "integer"
+
+
+class BitwiseOr(Binary):
+    name = "bitwise_or"
+    allowed = "integer"
+
+
+class BitwiseXor(Binary):
+    name = "bitwise_xor"
+    allowed = "integer"
+
+
+class Where(Operator):
+    """`where(condition, x, y)`: x where the condition holds, else y."""
+
+    name = "where"
+
+    def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
+        condition = as_tensor(condition)
+        if condition.dtype != dtypes.bool_:
+            raise self.dtype_error(f"expected a bool condition, got {condition.dtype.name} of shape {condition.shape}")
+        x, y = coerce(self.name, x, y)
+        shape = broadcast_shapes(self.name, condition.shape, x.shape)
+        return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
+
+    def infer(self, condition: Aval, x: Aval, y: Aval) -> Aval:
+        if condition.dtype != dtypes.bool_:
+            raise self.dtype_error(f"expected a bool condition, got {condition.dtype.name}")
+        if not condition.shape == x.shape == y.shape:
+            raise self.shape_error(f"expected inputs of one shape, got {condition.shape}, {x.shape} and {y.shape}")
+        if x.dtype != y.dtype:
+            raise self.dtype_error(f"expected x and y of one dtype, got {x.dtype.name} and {y.dtype.name}")
+        return x
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        c, x, y = primals
+        return [where(c, x, y)], [where(c, tangents[1], tangents[2])]
+
+    def transpose(self, cotangents: list, c: Any, x: Any, y: Any) -> list:
+        ct = cotangents[0]
+        zeros = zeros_like(ct)
+        return [
+            None,
+            where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None,
+            where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None,
+        ]
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
+        return [where(*moved)], [0]
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+
+class Reduce(Operator):
+    """A reduction over some dimensions."""
+
+    def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+
+    def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
+        if any(not 0 <= d < max(x.ndim, 1) for d in dim):
+            raise self.shape_error(f"dimensions {dim} out of range for shape {x.shape}")
+        if keepdim:
+            return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape)), x.dtype)
+        return Aval(tuple(s for i, s in enumerate(x.shape) if i not in dim), x.dtype)
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
+        x = move_axis(args[0], dims[0], 0)
+        return [bind(self, x, dim=tuple(d + 1 for d in dim), keepdim=keepdim)], [0]
+
+
+class Sum(Reduce):
+    name = "sum"
+
+    def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+        x = as_tensor(x)
+        if dtype is not None:
+            x = cast(x, dtype)
+        elif not x.dtype.is_float:
+            x = cast(x, dtypes.int64)
+        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+
+    def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
+        return [bind(self, primals[0], dim=dim, keepdim=keepdim)], [bind(self, tangents[0], dim=dim, keepdim=keepdim)]
+
+    def transpose(self, cotangents: list, x: Any, *, dim: tuple, keepdim: bool) -> list:
+        ct = cotangents[0]
+        kept = tuple(1 if i in dim else s for i, s in enumerate(x.aval.shape))
+        return [expand(reshape(ct, kept), x.aval.shape)]
+
+
+class Max(Reduce):
+    name = "max"
+
+    def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
+        if any(x.shape[d] == 0 for d in dim):
+            raise self.shape_error(f"cannot reduce over an empty dimension (shape {x.shape}, dim {dim})")
+        return super().infer(x, dim=dim, keepdim=keepdim)
+
+    def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
+        x, t = primals[0], tangents[0]
+        out = bind(self, x, dim=dim, keepdim=True)
+        mask = cast(equal(x, expand(out, x.shape)), x.dtype)
+        count = bind(sum_, mask, dim=dim, keepdim=True)
+        tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=True), count)
+        if not keepdim:
+            out_shape = tuple(s for i, s in enumerate(x.shape) if i not in dim)
+            out, tangent = reshape(out, out_shape), reshape(tangent, out_shape)
+        return [out], [tangent]
+
+
+# ----------------------------------------------------------------------------------------------- shape
+
+
+class Reshape(Operator):
+    name = "reshape"
+
+    def __call__(self, x: Any, *shape: Any) -> Tensor:
+        x = as_tensor(x)
+        shape = tuple(int(s) for s in _shape_args(shape))
+        if shape.count(-1) > 1:
+            raise self.shape_error(f"only one dimension can be -1, got {shape}")
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            if known == 0 or x.numel() % known:
+                raise self.shape_error(f"cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}")
+            shape = tuple(x.numel() // known if s == -1 else s for s in shape)
+        return x if shape == x.shape else bind(self, x, shape=shape)
+
+    def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
+        if any(s < 0 for s in shape) or math.prod(shape) != x.size:
+            raise self.shape_error(
+                f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape {shape}"
+            )
+        return Aval(shape, x.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, shape: tuple) -> tuple[list, list]:
+        return [reshape(primals[0], shape)], [reshape(tangents[0], shape)]
+
+    def transpose(self, cotangents: list, x: Any, *, shape: tuple) -> list:
+        return [reshape(cotangents[0], x.aval.shape)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
+        return [reshape(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+
+
+class Expand(Operator):
+    """Broadcast dimensions of size 1 to a larger size (new leading dimensions are added first)."""
+
+    name = "expand"
+
+    def __call__(self, x: Any, *shape: Any) -> Tensor:
+        x = as_tensor(x)
+        shape = tuple(int(s) for s in _shape_args(shape))
+        if len(shape) < x.ndim:
+            raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
+        lead = len(shape) - x.ndim
+        shape = tuple(x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(shape))
+        if lead:
+            x = reshape(x, (1,) * lead + x.shape)
+        return x if shape == x.shape else bind(self, x, shape=shape)
+
+    def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
+        if len(shape) != x.ndim or any(a != b and a != 1 for a, b in zip(x.shape, shape)):
+            raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to shape {shape}")
+        return Aval(shape, x.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, shape: tuple) -> tuple[list, list]:
+        return [expand(primals[0], shape)], [expand(tangents[0], shape)]
+
+    def transpose(self, cotangents: list, x: Any, *, shape: tuple) -> list:
+        dims = tuple(i for i, (a, b) in enumerate(zip(x.aval.shape, shape)) if a != b)
+        return [sum_(cotangents[0], dims, keepdim=True) if dims else cotangents[0]]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
+        return [expand(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+
+
+class Permute(Operator):
+    name = "permute"
+
+    def __call__(self, x: Any, *perm: Any) -> Tensor:
+        x = as_tensor(x)
+        perm = _shape_args(perm)
+        if sorted(p % max(x.ndim, 1) for p in perm) != list(range(x.ndim)) or len(perm) != x.ndim:
+            raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
+        perm = tuple(p % x.ndim for p in perm)
+        return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
+
+    def infer(self, x: Aval, *, perm: tuple[int, ...]) -> Aval:
+        if sorted(perm) != list(range(x.ndim)):
+            raise self.shape_error(f"{perm} is not a permutation of the dimensions of shape {x.shape}")
+        return Aval(tuple(x.shape[p] for p in perm), x.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, perm: tuple) -> tuple[list, list]:
+        return [permute(primals[0], perm)], [permute(tangents[0], perm)]
+
+    def transpose(self, cotangents: list, x: Any, *, perm: tuple) -> list:
+        return [permute(cotangents[0], tuple(np.argsort(perm).tolist()))]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, perm: tuple) -> tuple[list, list]:
+        x = move_axis(args[0], dims[0], 0)
+        return [permute(x, (0, *(p + 1 for p in perm)))], [0]
+
+
+class Slice(Operator):
+    """`x[start:stop:step]` in every dimension, with 0 <= start <= stop <= size and step >= 1."""
+
+    name = "slice"
+
+    def __call__(self, x: Any, start: Sequence[int], stop: Sequence[int], step: Sequence[int] | None = None) -> Tensor:
+        x = as_tensor(x)
+        step = tuple(step) if step is not None else (1,) * x.ndim
+        return bind(self, x, start=tuple(start), stop=tuple(stop), step=step)
+
+    def infer(self, x: Aval, *, start: tuple, stop: tuple, step: tuple) -> Aval:
+        if not len(start) == len(stop) == len(step) == x.ndim:
+            raise self.shape_error(f"expected start/stop/step of length {x.ndim} for shape {x.shape}")
+        for d, (a, b, s, n) in enumerate(zip(start, stop, step, x.shape)):
+            if not (0 <= a <= b <= n and s >= 1):
+                raise self.shape_error(f"bad slice {a}:{b}:{s} of dimension {d} (size {n}) of shape {x.shape}")
+        return Aval(tuple(-(-(b - a) // s) for a, b, s in zip(start, stop, step)), x.dtype)
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        return [bind(self, primals[0], **params)], [bind(self, tangents[0], **params)]
+
+    def transpose(self, cotangents: list, x: Any, *, start: tuple, stop: tuple, step: tuple) -> list:
+        ct = cotangents[0]
+        shape = x.aval.shape
+        for d, s in enumerate(step):
+            if s == 1:
+                continue
+            m = ct.shape[d]
+            before, after = ct.shape[:d], ct.shape[d + 1 :]
+            ct = reshape(ct, (*before, m, 1, *after))
+            ct = pad(ct, lo=(0,) * ct.ndim, hi=tuple(s - 1 if i == d + 1 else 0 for i in range(ct.ndim)))
+            ct = reshape(ct, (*before, m * s, *after))
+            keep = min(m * s, shape[d] - start[d])
+            ct = slice_(ct, (0,) * ct.ndim, tuple(keep if i == d else n for i, n in enumerate(ct.shape)))
+        hi = tuple(n - a - c for n, a, c in zip(shape, start, ct.shape))
+        return [pad(ct, lo=start, hi=hi)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
+        x = move_axis(args[0], dims[0], 0)
+        return [slice_(x, (0, *start), (axis_size, *stop), (1, *step))], [0]
+
+
+class Pad(Operator):
+    """Constant padding: `lo[i]` values before and `hi[i]` after dimension i (negative amounts crop)."""
+
+    name = "pad"
+
+    def __call__(self, x: Any, pad: Sequence[int] | None = None, value: Any = 0, *, lo: Any = None, hi: Any = None):
+        x = as_tensor(x)
+        if pad is not None:  # PyTorch order: (last_lo, last_hi, second_last_lo, ...)
+            if len(pad) % 2 or len(pad) // 2 > x.ndim:
+                raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
+            lo, hi = [0] * x.ndim, [0] * x.ndim
+            for i in range(len(pad) // 2):
+                lo[x.ndim - 1 - i], hi[x.ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
+        lo, hi = tuple(lo), tuple(hi)
+        if len(lo) != x.ndim or len(hi) != x.ndim:
+            raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
+        if any(a < 0 for a in lo + hi):
+            x = slice_(x, [max(-a, 0) for a in lo], [n - max(-b, 0) for n, b in zip(x.shape, hi)])
+            lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
+        if not any(lo + hi):
+            return x
+        value = _python_value(value, x.dtype)
+        return bind(self, x, lo=lo, hi=hi, value=value)
+
+    def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:
+        if len(lo) != x.ndim or len(hi) != x.ndim or any(a < 0 for a in lo + hi):
+            raise self.shape_error(f"bad padding lo={lo}, hi={hi} for shape {x.shape}")
+        return Aval(tuple(n + a + b for n, a, b in zip(x.shape, lo, hi)), x.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, lo: tuple, hi: tuple, value: Any) -> tuple[list, list]:
+        return [pad(primals[0], lo=lo, hi=hi, value=value)], [pad(tangents[0], lo=lo, hi=hi)]
+
+    def transpose(self, cotangents: list, x: Any, *, lo: tuple, hi: tuple, value: Any) -> list:
+        return [slice_(cotangents[0], lo, tuple(a + n for a, n in zip(lo, x.aval.shape)))]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, lo: tuple, hi: tuple, value: Any) -> tuple:
+        x = move_axis(args[0], dims[0], 0)
+        return [pad(x, lo=(0, *lo), hi=(0, *hi), value=value)], [0]
+
+
+class Flip(Operator):
+    name = "flip"
+
+    def __call__(self, x: Any, dims: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x, dim=normalize_dims(self.name, dims, x.ndim))
+
+    def infer(self, x: Aval, *, dim: tuple) -> Aval:
+        return x
+
+    def jvp(self, primals: list, tangents: list, *, dim: tuple) -> tuple[list, list]:
+        return [bind(self, primals[0], dim=dim)], [bind(self, tangents[0], dim=dim)]
+
+    def transpose(self, cotangents: list, x: Any, *, dim: tuple) -> list:
+        return [bind(self, cotangents[0], dim=dim)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple) -> tuple[list, list]:
+        x = move_axis(args[0], dims[0], 0)
+        return [bind(self, x, dim=tuple(d + 1 for d in dim))], [0]
+
+
+class Cat(Operator):
+    name = "cat"
+
+    def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
+        if not tensors:
+            raise self.shape_error("expected a non-empty sequence of tensors")
+        tensors = [as_tensor(t) for t in tensors]
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = dtypes.promote(dtype, t.dtype)
+        tensors = [cast(t, dtype) for t in tensors]
+        (dim,) = normalize_dims(self.name, dim, tensors[0].ndim)
+        return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
+
+    def infer(self, *xs: Aval, dim: int) -> Aval:
+        first = xs[0]
+        for x in xs[1:]:
+            if x.dtype != first.dtype:
+                raise self.dtype_error(f"expected tensors of one dtype, got {first.dtype.name} and {x.dtype.name}")
+            if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != dim):
+                raise self.shape_error(
+                    f"shapes {[a.shape for a in xs]} must match except in dimension {dim}"
+                )
+        size = sum(x.shape[dim] for x in xs)
+        return Aval(first.shape[:dim] + (size,) + first.shape[dim + 1 :], first.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
+        return [bind(self, *primals, dim=dim)], [bind(self, *tangents, dim=dim)]
+
+    def transpose(self, cotangents: list, *xs: Any, dim: int) -> list:
+        ct = cotangents[0]
+        out, offset = [], 0
+        for x in xs:
+            size = x.aval.shape[dim]
+            if isinstance(x, UndefinedPrimal):
+                start = tuple(offset if i == dim else 0 for i in range(ct.ndim))
+                stop = tuple(offset + size if i == dim else n for i, n in enumerate(ct.shape))
+                out.append(slice_(ct, start, stop))
+            else:
+                out.append(None)
+            offset += size
+        return out
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
+        moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
+        return [bind(self, *moved, dim=dim + 1)], [0]
+
+
+# ----------------------------------------------------------------------------------------------- init
+
+
+def _python_value(value: Any, dtype: DType) -> Any:
+    if isinstance(value, Tensor):
+        value = value.item()
+    if dtype.is_float:
+        return float(value)
+    if dtype == dtypes.bool_:
+        return bool(value)
+    return int(value)
+
+
+class Full(Operator):
+    name = "full"
+
+    def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
+        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value)
+        return bind(self, shape=shape, value=_python_value(value, dtype), dtype=dtype)
+
+    def infer(self, *, shape: tuple, value: Any, dtype: DType) -> Aval:
+        if any(s < 0 for s in shape):
+            raise self.shape_error(f"negative dimension in shape {shape}")
+        return Aval(shape, dtype)
+
+
+class Arange(Operator):
+    name = "arange"
+
+    def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
+        if stop is None:
+            start, stop = 0, start
+        if dtype is None:
+            is_int = all(isinstance(v, int) for v in (start, stop, step))
+            dtype = dtypes.default_int if is_int else dtypes.default_float
+        dtype = dtypes.as_dtype(dtype)
+        if step == 0:
+            raise self.shape_error("step must not be zero")
+        return bind(self, start=start, stop=stop, step=step, dtype=dtype)
+
+    def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
+        return Aval((max(0, math.ceil((stop - start) / step)),), dtype)
+
+
+class RandomUniform(Operator):
+    """Uniform samples in [0, 1) from a Threefry key (the same bits on every backend)."""
+
+    name = "random_uniform"
+
+    def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return bind(self, key, shape=shape, dtype=dtypes.as_dtype(dtype or dtypes.default_float))
+
+    def infer(self, key: Aval, *, shape: tuple, dtype: DType) -> Aval:
+        if key.shape != (2,) or key.dtype != dtypes.int64:
+            raise self.dtype_error(f"expected a key (int64 of shape (2,)), got {key}; make one with slope.random.key")
+        if not dtype.is_float:
+            raise self.dtype_error(f"expected a floating dtype, got {dtype.name}")
+        return Aval(shape, dtype)
+
+    def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
+        from .random import uniform_bits_procedure
+
+        return uniform_bits_procedure(key, shape, dtype)
+
+
+class RandomNormal(RandomUniform):
+    """Standard normal samples from a Threefry key."""
+
+    name = "random_normal"
+
+    def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
+        from .random import normal_procedure
+
+        return normal_procedure(key, shape, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- general
+
+
+class Matmul(Operator):
+    """Matrix product over the last two dimensions, with equal batch dimensions (callers get broadcasting)."""
+
+    name = "matmul"
+
+    def __call__(self, x: Any, y: Any) -> Tensor:
+        x, y = as_tensor(x), as_tensor(y)
+        if x.ndim == 0 or y.ndim == 0:
+            raise self.shape_error(f"both arguments need at least 1 dimension, got shapes {x.shape} and {y.shape}")
+        dtype = dtypes.promote(x.dtype, y.dtype)
+        x, y = cast(x, dtype), cast(y, dtype)
+        squeeze = []
+        if x.ndim == 1:
+            x = reshape(x, (1, x.shape[0]))
+            squeeze.append(-2)
+        if y.ndim == 1:
+            y = reshape(y, (y.shape[0], 1))
+            squeeze.append(-1)
+        if x.shape[-1] != y.shape[-2]:
+            raise self.shape_error(
+                f"shapes {'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))} cannot be multiplied "
+                f"({x.shape[-1]} != {y.shape[-2]})"
+            )
+        batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
+        x, y = broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:])
+        out = bind(self, x, y)
+        if squeeze:
+            out = reshape(out, tuple(s for i, s in enumerate(out.shape) if i - out.ndim not in squeeze))
+        return out
+
+    def infer(self, x: Aval, y: Aval) -> Aval:
+        if x.ndim < 2 or x.ndim != y.ndim or x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
+            raise self.shape_error(f"shapes {x.shape} and {y.shape} cannot be multiplied")
+        if x.dtype != y.dtype or x.dtype == dtypes.bool_:
+            raise self.dtype_error(f"expected numeric inputs of one dtype, got {x.dtype.name} and {y.dtype.name}")
+        return Aval(x.shape[:-1] + y.shape[-1:], x.dtype)
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, y = primals
+        tx, ty = tangents
+        return [bind(self, x, y)], [add(bind(self, tx, y), bind(self, x, ty))]
+
+    def transpose(self, cotangents: list, x: Any, y: Any) -> list:
+        ct = cotangents[0]
+        if isinstance(x, UndefinedPrimal):
+            return [bind(self, ct, _swap_last(y)), None]
+        return [None, bind(self, _swap_last(x), ct)]
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        x, y = (batch_to_front(a, d, axis_size) for a, d in zip(args, dims))
+        return [bind(self, x, y)], [0]
+
+
+def _swap_last(x: Tensor) -> Tensor:
+    perm = list(range(x.ndim))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    return permute(x, tuple(perm))
+
+
+def _tuple(name: str, value: Any, n: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"slope.{name}: expected {n} values, got {value}")
+    return value
+
+
+class Conv(Operator):
+    """N-d cross-correlation (PyTorch's conv): x (N, C, *spatial), w (O, C/groups, *kernel)."""
+
+    name = "conv"
+
+    def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                 groups: int = 1) -> Tensor:  # fmt: skip
+        x, w = as_tensor(x), as_tensor(w)
+        if x.ndim < 3 or w.ndim != x.ndim:
+            raise self.shape_error(f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
+        n = x.ndim - 2
+        stride, dilation = _tuple(self.name, stride, n), _tuple(self.name, dilation, n)
+        if padding == "valid":
+            padding = 0
+        if padding == "same":
+            total = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+            padding = tuple((t // 2, t - t // 2) for t in total)
+        elif isinstance(padding, int) or all(isinstance(p, int) for p in padding):
+            padding = tuple((p, p) for p in _tuple(self.name, padding, n))
+        else:
+            padding = tuple(tuple(p) for p in padding)
+        dtype = dtypes.promote(x.dtype, w.dtype)
+        out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
+                   groups=int(groups))  # fmt: skip
+        if bias is not None:
+            out = out + reshape(as_tensor(bias), (-1,) + (1,) * n)
+        return out
+
+    def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
+        n = x.ndim - 2
+        if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
+            raise self.shape_error(f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
+        if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+            raise self.shape_error(
+                f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
+                f"with groups={groups} (expected {w.shape[1] * groups} input channels)"
+            )
+        if x.dtype != w.dtype or not x.dtype.is_float:
+            raise self.dtype_error(f"expected floating inputs of one dtype, got {x.dtype.name} and {w.dtype.name}")
+        spatial = []
+        for size, k, s, (lo, hi), d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation):
+            span = d * (k - 1) + 1
+            if size + lo + hi < span:
+                raise self.shape_error(f"kernel {w.shape[2:]} (dilation {dilation}) is larger than padded input {x.shape}")
+            spatial.append((size + lo + hi - span) // s + 1)
+        return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        x, w = primals
+        tx, tw = tangents
+        return [bind(self, x, w, **params)], [add(bind(self, tx, w, **params), bind(self, x, tw, **params))]
+
+    def transpose(self, cotangents: list, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
+                  groups: int) -> list:  # fmt: skip
+        ct = cotangents[0]
+        n = ct.ndim - 2
+        if isinstance(x, UndefinedPrimal):
+            kernel = w.shape[2:]
+            out_ch, in_per_group = w.shape[0], w.shape[1]
+            # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
+            for d, s in enumerate(stride):
+                if s > 1:
+                    axis = d + 2
+                    m = ct.shape[axis]
+                    before, after = ct.shape[:axis], ct.shape[axis + 1 :]
+                    ct = reshape(ct, (*before, m, 1, *after))
+                    ct = pad(ct, lo=(0,) * ct.ndim, hi=tuple(s - 1 if i == axis + 1 else 0 for i in range(ct.ndim)))
+                    ct = reshape(ct, (*before, m * s, *after))
+                    ct = slice_(ct, (0,) * ct.ndim, tuple((m - 1) * s + 1 if i == axis else c for i, c in enumerate(ct.shape)))
+            lo, hi = [], []
+            for d in range(n):
+                span = dilation[d] * (kernel[d] - 1)
+                size = x.aval.shape[d + 2]
+                lo_d = span - padding[d][0]
+                lo.append(lo_d)
+                hi.append(size + span - lo_d - ct.shape[d + 2])
+            ct = pad(ct, lo=(0, 0, *lo), hi=(0, 0, *hi))
+            wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
+            wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
+            wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
+            ones = (1,) * n
+            zero_pad = ((0, 0),) * n
+            return [bind(self, ct, wt, stride=ones, padding=zero_pad, dilation=dilation, groups=groups), None]
+        # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
+        batch, channels = x.shape[0], x.shape[1]
+        per_group = channels // groups
+        out_ch = ct.shape[1]
+        xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))
+        xp = reshape(xp, (batch, groups, per_group, *xp.shape[2:]))
+        xp = reshape(permute(xp, (2, 1, 0, *range(3, 3 + n))), (per_group, groups * batch, *xp.shape[3:]))
+        kt = reshape(ct, (batch, groups, out_ch // groups, *ct.shape[2:]))
+        kt = reshape(permute(kt, (1, 2, 0, *range(3, 3 + n))), (out_ch, batch, *ct.shape[2:]))
+        zero_pad = ((0, 0),) * n
+        gw = bind(self, xp, kt, stride=dilation, padding=zero_pad, dilation=stride, groups=groups)
+        gw = permute(gw, (1, 0, *range(2, 2 + n)))
+        gw = slice_(gw, (0,) * gw.ndim, w.aval.shape)
+        return [None, gw]
+
+    def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
+        x, w = args
+        dx, dw = dims
+        if dw is None:
+            x = move_axis(x, dx, 0)
+            folded = reshape(x, (axis_size * x.shape[1], *x.shape[2:]))
+            out = bind(self, folded, w, **params)
+            return [reshape(out, (axis_size, x.shape[1], *out.shape[1:]))], [0]
+        x = batch_to_front(x, dx, axis_size)
+        w = move_axis(w, dw, 0)
+        x = move_axis(x, 0, 1)
+        x = reshape(x, (x.shape[0], axis_size * x.shape[2], *x.shape[3:]))
+        w = reshape(w, (axis_size * w.shape[1], *w.shape[2:]))
+        out = bind(self, x, w, **{**params, "groups": params["groups"] * axis_size})
+        out = reshape(out, (out.shape[0], axis_size, out.shape[1] // axis_size, *out.shape[2:]))
+        return [out], [1]
+
+
+class GatherNd(Operator):
+    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
+
+    name = "gather_nd"
+
+    def __call__(self, x: Any, idx: Any) -> Tensor:
+        return bind(self, as_tensor(x), cast(as_tensor(idx), dtypes.int64))
+
+    def infer(self, x: Aval, idx: Aval) -> Aval:
+        if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:
+            raise self.shape_error(f"expected integer indices of shape (..., k) with k <= {x.ndim}, got {idx}")
+        return Aval(idx.shape[:-1] + x.shape[idx.shape[-1] :], x.dtype)
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, idx = primals
+        return [bind(self, x, idx)], [bind(self, tangents[0], idx)]
+
+    def transpose(self, cotangents: list, x: Any, idx: Any) -> list:
+        return [scatter_nd(zeros_like(x.aval), idx, cotangents[0]), None]
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        x, idx = args
+        if dims[0] is None:
+            return [bind(self, x, move_axis(idx, dims[1], 0))], [0]
+        x = move_axis(x, dims[0], 0)
+        return [bind(self, x, _with_batch_index(idx, dims[1], axis_size))], [0]
+
+
+def _with_batch_index(idx: Tensor, dim: int | None, axis_size: int) -> Tensor:
+    idx = batch_to_front(idx, dim, axis_size)
+    batch = expand(reshape(arange(axis_size), (axis_size,) + (1,) * (idx.ndim - 1)), idx.shape[:-1] + (1,))
+    return cat([batch, idx], idx.ndim - 1)
+
+
+class ScatterNd(Operator):
+    """A copy of x with `updates` added at `idx` (repeated indices accumulate)."""
+
+    name = "scatter_nd"
+
+    def __call__(self, x: Any, idx: Any, updates: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x, cast(as_tensor(idx), dtypes.int64), as_tensor(updates, x.dtype))
+
+    def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
+        if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:
+            raise self.shape_error(f"expected integer indices of shape (..., k) with k <= {x.ndim}, got {idx}")
+        expected = idx.shape[:-1] + x.shape[idx.shape[-1] :]
+        if updates.shape != expected or updates.dtype != x.dtype:
+            raise self.shape_error(f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}")
+        return x
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x, idx, updates = primals
+        return [bind(self, x, idx, updates)], [bind(self, tangents[0], idx, tangents[2])]
+
+    def transpose(self, cotangents: list, x: Any, idx: Any, updates: Any) -> list:
+        ct = cotangents[0]
+        return [
+            ct if isinstance(x, UndefinedPrimal) else None,
+            None,
+            gather_nd(ct, idx) if isinstance(updates, UndefinedPrimal) else None,
+        ]
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        x, idx, updates = args
+        x = batch_to_front(x, dims[0], axis_size)
+        updates = batch_to_front(updates, dims[2], axis_size)
+        return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
+
+
+# ----------------------------------------------------------------------------------------------- instances
+
+exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
+tanh, erf = Tanh(), Erf()
+add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
+equal, less, greater = Equal(), Less(), Greater()
+bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
+where = Where()
+sum_, max_ = Sum(), Max()
+reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
+full, arange, random_uniform, random_normal = Full(), Arange(), RandomUniform(), RandomNormal()
+matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
+
+core_operators = [
+    exp, log, sin, sqrt, invert, stop_gradient, cast, tanh, erf,
+    add, sub, mul, div, power, maximum, equal, less, greater, bitwise_and, bitwise_or, bitwise_xor, where,
+    sum_, max_, reshape, expand, permute, slice_, pad, flip, cat,
+    full, arange, random_uniform, random_normal, matmul, conv, gather_nd, scatter_nd,
+]  # fmt: skip
+
+
+@hookimpl
+def slope_operators() -> list[Operator]:
+    """The core operators, registered like any plugin's."""
+    return core_operators

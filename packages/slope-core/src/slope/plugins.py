@@ -1,0 +1,161 @@
+"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Callable
+
+import pluggy
+
+if sys.version_info >= (3, 10):
+    from importlib.metadata import entry_points
+else:  # pragma: no cover
+    from importlib_metadata import entry_points
+
+hookspec = pluggy.HookspecMarker("slope")
+hookimpl = pluggy.HookimplMarker("slope")
+
+
+class SlopePluginError(RuntimeError):
+    """Two plugins define the same name, or a plugin returns something Slope cannot use."""
+
+
+class HookSpecs:
+    """The hooks a Slope plugin may implement (each with `@slope.plugins.hookimpl`)."""
+
+    @hookspec
+    def slope_operators(self) -> list:
+        """Return a list of `slope.Operator` instances to register (each becomes `slope.NAME` and a Tensor method)."""
+
+    @hookspec
+    def slope_procedures(self) -> dict[str, Callable]:
+        """Return `{name: function}`: plain functions over tensors, built from operators and other procedures."""
+
+    @hookspec
+    def slope_backends(self) -> list[type]:
+        """Return a list of `slope.Backend` subclasses; each is selectable by its `name`."""
+
+    @hookspec
+    def slope_translations(self, backend: Any) -> dict[str, Callable]:
+        """Return `{operator name: translation}` for `backend` (check `backend.name`), or None for other backends."""
+
+
+manager = pluggy.PluginManager("slope")
+manager.add_hookspecs(HookSpecs)
+
+operators: dict[str, Any] = {}
+procedures: dict[str, Callable] = {}
+backends: dict[str, type] = {}
+owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
+failed: dict[str, str] = {}  # plugin name -> error text
+
+
+def _plugin_name(plugin: Any) -> str:
+    return manager.get_name(plugin) or repr(plugin)
+
+
+def _collect(hook_name: str) -> list[tuple[str, Any]]:
+    results = []
+    hook = getattr(manager.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):
+        value = impl.function()
+        if value is not None:
+            results.append((_plugin_name(impl.plugin), value))
+    return results
+
+
+def _claim(kind: str, name: str, plugin: str) -> None:
+    other = owners.get((kind, name))
+    if other is not None and other != plugin:
+        raise SlopePluginError(f"slope: {kind} {name!r} is defined by both plugin {other!r} and plugin {plugin!r}")
+    owners[(kind, name)] = plugin
+
+
+def refresh() -> None:
+    """Rebuild the registries from every registered plugin's hooks."""
+    from .tensors import Tensor, functions
+
+    operators.clear()
+    procedures.clear()
+    backends.clear()
+    owners.clear()
+    for plugin, ops in _collect("slope_operators"):
+        for op in ops:
+            _claim("function", op.name, plugin)
+            operators[op.name] = op
+    for plugin, table in _collect("slope_procedures"):
+        for name, fn in table.items():
+            _claim("function", name, plugin)
+            procedures[name] = fn
+    for plugin, classes in _collect("slope_backends"):
+        for cls in classes:
+            _claim("backend", cls.name, plugin)
+            backends[cls.name] = cls
+    functions.clear()
+    functions.update(operators)
+    functions.update(procedures)
+    for name, fn in functions.items():
+        if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
+            setattr(Tensor, name, _as_method(fn))
+    from . import backend
+
+    backend._instances.clear()  # translations may have changed
+    backend._compiled.clear()
+    backend._state["backend"] = None
+
+
+def _as_method(fn: Callable) -> Callable:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(self, *args, **kwargs)
+
+    method.__name__ = getattr(fn, "__name__", "method")
+    method.__doc__ = getattr(fn, "__doc__", None)
+    method._slope_function = True  # type: ignore[attr-defined]
+    return method
+
+
+def register(plugin: Any, name: str | None = None) -> None:
+    """Register an in-process plugin (a module or object with `@hookimpl` functions)."""
+    manager.register(plugin, name)
+    try:
+        refresh()
+    except Exception:
+        manager.unregister(plugin)
+        refresh()
+        raise
+
+
+def unregister(plugin: Any) -> None:
+    """Remove an in-process plugin."""
+    manager.unregister(plugin)
+    refresh()
+
+
+def load_entry_points() -> None:
+    """Load every plugin of the `slope` entry-point group; a broken one becomes a warning."""
+    for entry_point in entry_points(group="slope"):
+        if manager.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            module = entry_point.load()
+            manager.register(module, entry_point.name)
+        except Exception as error:
+            failed[entry_point.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                f"slope: plugin {entry_point.name!r} ({entry_point.value}) failed to load: "
+                f"{type(error).__name__}: {error}",
+                stacklevel=2,
+            )
+    refresh()
+
+
+def plugin_versions() -> dict[str, str]:
+    """Installed plugins and the version of the distribution that provides each."""
+    versions = {}
+    for entry_point in entry_points(group="slope"):
+        dist = getattr(entry_point, "dist", None)
+        versions[entry_point.name] = dist.version if dist is not None else "?"
+    for name, plugin in manager.list_name_plugin():
+        versions.setdefault(name, "in-process")
+    return versions

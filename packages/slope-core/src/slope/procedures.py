@@ -1,0 +1,946 @@
+"""Procedures: the rest of the Tensor API as plain functions of operators (and other procedures)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import dtypes
+from . import operators as ops
+from . import random as random_module
+from .ir import Aval
+from .operator import ShapeError, UndefinedPrimal
+from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, where
+from .plugins import hookimpl
+from .tensors import Tensor
+
+registry: dict[str, Callable] = {}
+
+
+def procedure(fn: Callable) -> Callable:
+    """Register a function as a procedure (it becomes `slope.NAME` and `Tensor.NAME`)."""
+    registry[fn.__name__.rstrip("_")] = fn
+    return fn
+
+
+@hookimpl
+def slope_procedures() -> dict[str, Callable]:
+    """The core procedures, registered like any plugin's."""
+    return registry
+
+
+def _shape(shape: tuple) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(int(s) for s in shape[0])
+    return tuple(int(s) for s in shape)
+
+
+def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.DType:
+    return default if dtype is None else dtypes.as_dtype(dtype)
+
+
+def _to_device(t: Tensor, device: str | None) -> Tensor:
+    if device is None or t.buffer is None or t.device == device:
+        return t
+    from .backend import get_backend, to_backend
+
+    return to_backend(t, get_backend(), "cuda:0" if device == "cuda" else device)
+
+
+# ----------------------------------------------------------------------------------------------- creation
+
+
+@procedure
+def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
+    """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
+    if isinstance(data, Tensor):
+        return _to_device(cast(data, dtype) if dtype is not None else data, device)
+    from .backend import from_numpy
+
+    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))
+    else:
+        dtype = _dtype(dtype, dtypes.infer_python(data))
+    array = np.ascontiguousarray(np.asarray(data), dtype=dtype.numpy)
+    return from_numpy(array, Aval(tuple(array.shape), dtype), device and ("cuda:0" if device == "cuda" else device))
+
+
+@procedure
+def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
+    """A tensor of zeros."""
+    return _to_device(ops.full(_shape(shape), 0, _dtype(dtype)), device)
+
+
+@procedure
+def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
+    """A tensor of ones."""
+    return _to_device(ops.full(_shape(shape), 1, _dtype(dtype)), device)
+
+
+@procedure
+def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
+    """Zeros of x's shape (and dtype)."""
+    return ops.full(x.shape, 0, _dtype(dtype, x.dtype))
+
+
+@procedure
+def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
+    """Ones of x's shape (and dtype)."""
+    return ops.full(x.shape, 1, _dtype(dtype, x.dtype))
+
+
+@procedure
+def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    """A tensor of x's shape filled with value."""
+    return ops.full(x.shape, value, _dtype(dtype, x.dtype))
+
+
+@procedure
+def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
+    """`steps` evenly spaced values from start to end inclusive."""
+    dtype = _dtype(dtype)
+    if steps == 1:
+        return ops.full((1,), start, dtype)
+    return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
+
+
+@procedure
+def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
+    """The identity matrix (n x m)."""
+    m = n if m is None else m
+    return cast(ops.arange(n).reshape((n, 1)) == ops.arange(m).reshape((1, m)), _dtype(dtype))
+
+
+@procedure
+def randn(*shape: Any, dtype: Any = None) -> Tensor:
+    """Standard normal samples from the global generator (see slope.manual_seed)."""
+    return random_module.normal(random_module.next_key(), _shape(shape), dtype)
+
+
+@procedure
+def rand(*shape: Any, dtype: Any = None) -> Tensor:
+    """Uniform samples in [0, 1) from the global generator."""
+    return random_module.uniform(random_module.next_key(), _shape(shape), dtype)
+
+
+@procedure
+def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None) -> Tensor:
+    """Integers in [low, high) from the global generator (`randint(high, size)` also works)."""
+    if high is None or isinstance(high, (tuple, list)):
+        low, high, size = 0, low, size if high is None else high
+    return random_module.randint(random_module.next_key(), size, low, high, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- elementwise
+
+
+@procedure
+def neg(x: Any) -> Tensor:
+    """-x."""
+    x = as_tensor(x)
+    return ops.sub(constant(0, x.dtype, x.shape), x)
+
+
+@procedure
+def sign(x: Any) -> Tensor:
+    """-1, 0 or 1 by the sign of x."""
+    x = as_tensor(x)
+    return cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
+
+
+@procedure
+def abs_(x: Any) -> Tensor:
+    """|x|."""
+    x = as_tensor(x)
+    return x * sign(x)
+
+
+
+def _float(x: Any) -> Tensor:
+    x = as_tensor(x)
+    return x if x.dtype.is_float else cast(x, dtypes.default_float)
+
+
+@procedure
+def cos(x: Any) -> Tensor:
+    """Cosine."""
+    x = _float(x)
+    return ops.sin(x + math.pi / 2)
+
+
+@procedure
+def tan(x: Any) -> Tensor:
+    """Tangent."""
+    x = _float(x)
+    return ops.sin(x) / cos(x)
+
+
+@procedure
+def sigmoid(x: Any) -> Tensor:
+    """1 / (1 + exp(-x))."""
+    x = _float(x)
+    return 1.0 / (1.0 + ops.exp(-x))
+
+
+@procedure
+def relu(x: Any) -> Tensor:
+    """max(x, 0) (gradient 0 at 0, as PyTorch)."""
+    x = as_tensor(x)
+    return where(x > 0, x, constant(0, x.dtype, x.shape))
+
+
+@procedure
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0, else negative_slope * x."""
+    x = _float(x)
+    return where(x > 0, x, x * negative_slope)
+
+
+@procedure
+def gelu(x: Any, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit (exact with erf, or approximate="tanh")."""
+    x = _float(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1.0 + ops.erf(x * (1 / math.sqrt(2))))
+
+
+@procedure
+def silu(x: Any) -> Tensor:
+    """x * sigmoid(x)."""
+    x = _float(x)
+    return x * sigmoid(x)
+
+
+@procedure
+def softplus(x: Any, beta: float = 1.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, computed stably."""
+    x = _float(x) * beta
+    return (relu(x) + ops.log(1.0 + ops.exp(-abs_(x)))) / beta
+
+
+@procedure
+def log2(x: Any) -> Tensor:
+    """Base-2 logarithm."""
+    return ops.log(_float(x)) * (1 / math.log(2))
+
+
+@procedure
+def log1p(x: Any) -> Tensor:
+    """log(1 + x)."""
+    return ops.log(_float(x) + 1.0)
+
+
+@procedure
+def exp2(x: Any) -> Tensor:
+    """2 ** x."""
+    return ops.exp(_float(x) * math.log(2))
+
+
+@procedure
+def rsqrt(x: Any) -> Tensor:
+    """1 / sqrt(x)."""
+    return 1.0 / ops.sqrt(_float(x))
+
+
+@procedure
+def square(x: Any) -> Tensor:
+    """x * x."""
+    x = as_tensor(x)
+    return x * x
+
+
+@procedure
+def reciprocal(x: Any) -> Tensor:
+    """1 / x."""
+    return 1.0 / _float(x)
+
+
+@procedure
+def true_divide(x: Any, y: Any) -> Tensor:
+    """x / y (integers are divided as floats, as PyTorch does)."""
+    x, y = coerce("true_divide", x, y)
+    if not x.dtype.is_float:
+        x, y = cast(x, dtypes.default_float), cast(y, dtypes.default_float)
+    return ops.div(x, y)
+
+
+@procedure
+def floor(x: Any) -> Tensor:
+    """Largest integer not above x (for |x| < 2**63)."""
+    x = as_tensor(x)
+    if not x.dtype.is_float:
+        return x
+    truncated = cast(cast(x, dtypes.int64), x.dtype)
+    return ops.stop_gradient(truncated - cast(truncated > x, x.dtype))
+
+
+@procedure
+def ceil(x: Any) -> Tensor:
+    """Smallest integer not below x."""
+    return -floor(-as_tensor(x))
+
+
+@procedure
+def round_(x: Any) -> Tensor:
+    """x rounded half to even."""
+    x = as_tensor(x)
+    down = floor(x)
+    diff = x - down
+    is_odd = (down - floor(down * 0.5) * 2.0) > 0.5
+    up = (diff > 0.5) | ((diff == 0.5) & is_odd)
+    return down + cast(up, x.dtype)
+
+
+@procedure
+def floor_divide(x: Any, y: Any) -> Tensor:
+    """x // y, rounding toward negative infinity."""
+    x, y = coerce("floor_divide", x, y)
+    if x.dtype.is_float:
+        return floor(ops.div(x, y))
+    quotient = ops.div(x, y)
+    inexact = quotient * y != x
+    negative = (x < 0) != (y < 0)
+    return quotient - cast(inexact & negative, x.dtype)
+
+
+@procedure
+def remainder(x: Any, y: Any) -> Tensor:
+    """x mod y with the sign of y (Python's %)."""
+    x, y = coerce("remainder", x, y)
+    return x - floor_divide(x, y) * y
+
+
+@procedure
+def minimum(x: Any, y: Any) -> Tensor:
+    """Elementwise minimum."""
+    x, y = coerce("minimum", x, y)
+    return -ops.maximum(-x, -y)
+
+
+@procedure
+def not_equal(x: Any, y: Any) -> Tensor:
+    """x != y."""
+    return ops.invert(ops.equal(x, y))
+
+
+@procedure
+def less_equal(x: Any, y: Any) -> Tensor:
+    """x <= y."""
+    return ops.invert(ops.greater(x, y))
+
+
+@procedure
+def greater_equal(x: Any, y: Any) -> Tensor:
+    """x >= y."""
+    return ops.invert(ops.less(x, y))
+
+
+@procedure
+def logical_not(x: Any) -> Tensor:
+    """not x."""
+    return ops.invert(cast(as_tensor(x), dtypes.bool_))
+
+
+@procedure
+def logical_and(x: Any, y: Any) -> Tensor:
+    """x and y."""
+    return ops.bitwise_and(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
+
+
+@procedure
+def logical_or(x: Any, y: Any) -> Tensor:
+    """x or y."""
+    return ops.bitwise_or(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
+
+
+@procedure
+def isnan(x: Any) -> Tensor:
+    """Where x is NaN."""
+    x = as_tensor(x)
+    return not_equal(x, x)
+
+
+@procedure
+def isinf(x: Any) -> Tensor:
+    """Where x is +inf or -inf."""
+    x = as_tensor(x)
+    return abs_(x) == math.inf if x.dtype.is_float else constant(False, dtypes.bool_, x.shape)
+
+
+@procedure
+def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+    """x limited to [min, max] (gradient 1 inside and on the bounds, as PyTorch)."""
+    x = as_tensor(x)
+    if min is not None:
+        x = where(x < min, *coerce("clip", min, x))
+    if max is not None:
+        x = where(x > max, *coerce("clip", max, x))
+    return x
+
+
+registry["clamp"] = clip
+
+
+@procedure
+def astype(x: Any, dtype: Any) -> Tensor:
+    """x converted to a dtype."""
+    return cast(as_tensor(x), dtype)
+
+
+registry["to"] = astype
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+
+def _count(x: Tensor, dim: Any) -> int:
+    return math.prod(x.shape[d] for d in normalize_dims("mean", dim, x.ndim))
+
+
+@procedure
+def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Average over dimensions."""
+    x = _float(x)
+    return ops.sum_(x, dim, keepdim) / float(max(_count(x, dim), 1))
+
+
+@procedure
+def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+    """Variance (with Bessel's correction by default, as PyTorch)."""
+    x = _float(x)
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    centered = x - mean(x, dim, keepdim=True)
+    return ops.sum_(centered * centered, dim, keepdim) / float(max(_count(x, dim) - correction, 0))
+
+
+@procedure
+def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+    """Standard deviation."""
+    return ops.sqrt(var(x, dim, correction, keepdim, unbiased))
+
+
+@procedure
+def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Minimum over dimensions."""
+    return -ops.max_(-as_tensor(x), dim, keepdim)
+
+
+@procedure
+def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Maximum over dimensions."""
+    return ops.max_(x, dim, keepdim)
+
+
+@procedure
+def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Minimum over dimensions."""
+    return min_(x, dim, keepdim)
+
+
+@procedure
+def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
+    x = as_tensor(x)
+    dims = normalize_dims("prod", dim, x.ndim)
+    kept = [d for d in range(x.ndim) if d not in dims]
+    out_shape = tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else tuple(x.shape[d] for d in kept)
+    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), -1))
+    while x.shape[-1] > 1:
+        if x.shape[-1] % 2:
+            x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
+        half = x.shape[-1] // 2
+        x = x[..., :half] * x[..., half:]
+    if x.shape[-1] == 0:
+        x = ops.full(x.shape[:-1] + (1,), 1, x.dtype)
+    return x.reshape(out_shape)
+
+
+@procedure
+def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Whether all elements are true."""
+    return ops.sum_(cast(logical_not(x), dtypes.int32), dim, keepdim) == 0
+
+
+@procedure
+def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Whether any element is true."""
+    return ops.sum_(cast(cast(as_tensor(x), dtypes.bool_), dtypes.int32), dim, keepdim) > 0
+
+
+def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
+    x = as_tensor(x)
+    if dim is None:
+        x, dim = x.reshape(-1), 0
+    (dim,) = normalize_dims("argmax", dim, x.ndim)
+    values = x if sign_ > 0 else -x
+    top = ops.max_(values, dim, keepdim=True)
+    size = x.shape[dim]
+    positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
+    candidates = where(values == top, broadcast_to(positions, x.shape), constant(size, dtypes.int64, x.shape))
+    return min_(candidates, dim, keepdim)
+
+
+@procedure
+def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) largest element."""
+    return _arg_extreme(x, dim, keepdim, 1.0)
+
+
+@procedure
+def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) smallest element."""
+    return _arg_extreme(x, dim, keepdim, -1.0)
+
+
+@procedure
+def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """log(sum(exp(x))), computed stably."""
+    x = _float(x)
+    top = ops.stop_gradient(ops.max_(x, dim, keepdim=True))
+    top = where(isinf(top), constant(0.0, x.dtype, top.shape), top)
+    out = ops.log(ops.sum_(ops.exp(x - top), dim, keepdim=True)) + top
+    return out if keepdim else out.reshape(ops.sum_(x, dim).shape)
+
+
+@procedure
+def softmax(x: Any, dim: int = -1) -> Tensor:
+    """exp(x) normalised to sum to 1 along dim."""
+    x = _float(x)
+    e = ops.exp(x - ops.stop_gradient(ops.max_(x, dim, keepdim=True)))
+    return e / ops.sum_(e, dim, keepdim=True)
+
+
+@procedure
+def log_softmax(x: Any, dim: int = -1) -> Tensor:
+    """x - logsumexp(x) along dim."""
+    x = _float(x)
+    return x - logsumexp(x, dim, keepdim=True)
+
+
+@procedure
+def cumsum(x: Any, dim: int = 0) -> Tensor:
+    """Running sum along a dimension (log-step scan of shifted adds)."""
+    x = as_tensor(x)
+    if not x.dtype.is_float:
+        x = cast(x, dtypes.int64)
+    (dim,) = normalize_dims("cumsum", dim, x.ndim)
+    size = x.shape[dim]
+    shift = 1
+    while shift < size:
+        lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
+        shifted = ops.pad(x, lo=lo, hi=(0,) * x.ndim)
+        x = x + ops.slice_(shifted, (0,) * x.ndim, x.shape)
+        shift *= 2
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- shape
+
+
+@procedure
+def view(x: Any, *shape: Any) -> Tensor:
+    """Reshape (tensors are immutable, so a view is a reshape)."""
+    return reshape(x, *shape)
+
+
+@procedure
+def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
+    """x with two dimensions swapped."""
+    x = as_tensor(x)
+    dim0, dim1 = (normalize_dims("transpose", d, x.ndim)[0] for d in (dim0, dim1))
+    perm = list(range(x.ndim))
+    perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
+    return ops.permute(x, tuple(perm))
+
+
+@procedure
+def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """x with dimensions start_dim..end_dim merged into one."""
+    x = as_tensor(x)
+    if x.ndim == 0:
+        return x.reshape(1)
+    start, end = (normalize_dims("flatten", d, x.ndim)[0] for d in (start_dim, end_dim))
+    return x.reshape((*x.shape[:start], -1, *x.shape[end + 1 :])) if x.numel() else x.reshape(
+        (*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :])
+    )
+
+
+@procedure
+def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
+    """x with one dimension split into sizes."""
+    x = as_tensor(x)
+    (dim,) = normalize_dims("unflatten", dim, x.ndim)
+    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
+
+
+@procedure
+def squeeze(x: Any, dim: Any = None) -> Tensor:
+    """x without dimensions of size 1 (all, or the given ones)."""
+    x = as_tensor(x)
+    dims = normalize_dims("squeeze", dim, x.ndim) if dim is not None else range(x.ndim)
+    drop = {d for d in dims if x.shape[d] == 1}
+    return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
+
+
+@procedure
+def unsqueeze(x: Any, dim: int) -> Tensor:
+    """x with a new dimension of size 1 at dim."""
+    x = as_tensor(x)
+    (dim,) = normalize_dims("unsqueeze", dim, x.ndim + 1)
+    return x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
+
+
+@procedure
+def expand_as(x: Any, other: Tensor) -> Tensor:
+    """x broadcast to other's shape."""
+    return broadcast_to(as_tensor(x), other.shape)
+
+
+@procedure
+def repeat(x: Any, *sizes: Any) -> Tensor:
+    """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
+    x = as_tensor(x)
+    sizes = _shape(sizes)
+    if len(sizes) < x.ndim:
+        raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
+    x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
+    interleaved = tuple(v for s in x.shape for v in (1, s))
+    expanded = tuple(v for r, s in zip(sizes, x.shape) for v in (r, s))
+    return x.reshape(interleaved).expand(expanded).reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
+
+
+@procedure
+def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
+    """Tensors of one shape joined along a new dimension."""
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ShapeError("slope.stack: expected a non-empty sequence of tensors")
+    shapes = {t.shape for t in tensors}
+    if len(shapes) > 1:
+        raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
+    (dim,) = normalize_dims("stack", dim, tensors[0].ndim + 1)
+    return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
+
+
+registry["concatenate"] = ops.cat
+
+
+@procedure
+def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
+    """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
+    x = as_tensor(x)
+    (dim,) = normalize_dims("split", dim, x.ndim)
+    size = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step <= 0:
+            raise ShapeError(f"slope.split: split size must be positive, got {step}")
+        sections = [min(step, size - start) for start in range(0, size, step)]
+    else:
+        sections = list(split_size_or_sections)
+        if sum(sections) != size:
+            raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
+    pieces, start = [], 0
+    for length in sections:
+        begin = tuple(start if d == dim else 0 for d in range(x.ndim))
+        end = tuple(start + length if d == dim else n for d, n in enumerate(x.shape))
+        pieces.append(ops.slice_(x, begin, end))
+        start += length
+    return pieces
+
+
+@procedure
+def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
+    """x cut into `chunks` nearly equal pieces along dim."""
+    x = as_tensor(x)
+    (d,) = normalize_dims("chunk", dim, x.ndim)
+    return split(x, max(1, -(-x.shape[d] // chunks)), dim)
+
+
+@procedure
+def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
+    """x with elements shifted circularly along dims (flattened when dims is None)."""
+    x = as_tensor(x)
+    if dims is None:
+        return roll(x.reshape(-1), shifts, 0).reshape(x.shape)
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    for shift, dim in zip(shifts, dims):
+        (dim,) = normalize_dims("roll", dim, x.ndim)
+        size = x.shape[dim]
+        if size == 0 or shift % size == 0:
+            continue
+        head, tail = split(x, [size - shift % size, shift % size], dim)
+        x = ops.cat([tail, head], dim)
+    return x
+
+
+def _triangle_mask(x: Tensor, diagonal: int, lower: bool) -> Tensor:
+    rows, cols = x.shape[-2], x.shape[-1]
+    row = ops.arange(rows).reshape((rows, 1))
+    col = ops.arange(cols).reshape((1, cols))
+    mask = (col - row <= diagonal) if lower else (col - row >= diagonal)
+    return broadcast_to(mask, x.shape)
+
+
+@procedure
+def tril(x: Any, diagonal: int = 0) -> Tensor:
+    """The lower triangle of the last two dimensions (others zeroed)."""
+    x = as_tensor(x)
+    return where(_triangle_mask(x, diagonal, True), x, constant(0, x.dtype, x.shape))
+
+
+@procedure
+def triu(x: Any, diagonal: int = 0) -> Tensor:
+    """The upper triangle of the last two dimensions (others zeroed)."""
+    x = as_tensor(x)
+    return where(_triangle_mask(x, diagonal, False), x, constant(0, x.dtype, x.shape))
+
+
+@procedure
+def one_hot(x: Any, num_classes: int = -1) -> Tensor:
+    """Integer class indices as one-hot int64 vectors along a new last dimension."""
+    x = as_tensor(x)
+    if x.dtype.is_float:
+        raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
+    if num_classes < 0:
+        num_classes = int(x.max().item()) + 1
+    classes = ops.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
+    return cast(unsqueeze(x, -1) == classes, dtypes.int64)
+
+
+# ----------------------------------------------------------------------------------------------- indexing
+
+
+def _is_bool_mask(item: Any) -> bool:
+    return (isinstance(item, Tensor) and item.dtype == dtypes.bool_) or (
+        isinstance(item, np.ndarray) and item.dtype == np.bool_
+    )
+
+
+@procedure
+def getitem(x: Any, index: Any) -> Tensor:
+    """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
+    x = as_tensor(x)
+    items = list(index) if isinstance(index, tuple) else [index]
+    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
+    expanded: list = []
+    for item in items:
+        if _is_bool_mask(item):
+            mask = item if isinstance(item, Tensor) else as_tensor(item)
+            if mask.buffer is None:
+                raise TypeError(
+                    "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
+                    "use slope.where(mask, x, 0) instead"
+                )
+            expanded.extend(as_tensor(np.asarray(n, dtype=np.int64)) for n in np.nonzero(mask.numpy()))
+        elif isinstance(item, (list, np.ndarray)):
+            expanded.append(as_tensor(np.asarray(item)))
+        else:
+            expanded.append(item)
+    items = expanded
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if consumed > x.ndim:
+        raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at : at + 1] = [slice(None)] * (x.ndim - consumed)
+    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
+    start, stop, step, flips, out_shape, advanced = [], [], [], [], [], []
+    dim = 0
+    for item in items:
+        if item is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(item, Tensor):
+            if item.dtype.is_float or item.dtype == dtypes.bool_:
+                raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
+            advanced.append((len(out_shape), dim, item))
+            start.append(0), stop.append(size), step.append(1)
+            out_shape.append(size)
+        elif isinstance(item, slice):
+            begin, end, stride = item.indices(size)
+            if stride > 0:
+                start.append(begin), stop.append(max(begin, end)), step.append(stride)
+            else:  # walk backwards: flip, then slice forwards
+                flips.append(dim)
+                begin, end = size - 1 - begin, size - 1 - end
+                start.append(begin), stop.append(max(begin, end)), step.append(-stride)
+            out_shape.append(len(range(*item.indices(size))))
+        else:
+            position = int(item)
+            if not -size <= position < size:
+                raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
+            position %= size
+            start.append(position), stop.append(position + 1), step.append(1)
+        dim += 1
+    if flips:
+        x = ops.flip(x, tuple(flips))
+    if any((a, b, s) != (0, n, 1) for a, b, s, n in zip(start, stop, step, x.shape)):
+        x = ops.slice_(x, tuple(start), tuple(stop), tuple(step))
+    x = x.reshape(tuple(out_shape))
+    if not advanced:
+        return x
+    return _gather_advanced(x, advanced)
+
+
+def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
+    positions = [p for p, _, _ in advanced]
+    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast together
+    indices = [where(idx < 0, idx + x.shape[p], idx) for p, idx in zip(positions, indices)]
+    rest = [d for d in range(x.ndim) if d not in positions]
+    moved = x.permute((*positions, *rest))
+    stacked = stack(indices, -1)
+    out = ops.gather_nd(moved, stacked)
+    batch_ndim = stacked.ndim - 1
+    if positions == list(range(positions[0], positions[0] + len(positions))) and positions[0] > 0:
+        first = positions[0]
+        perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
+        out = out.permute(perm)
+    return out
+
+
+@procedure
+def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
+    """A copy of x with value written ("set") or added ("add") at x[index]."""
+    x = as_tensor(x)
+    flat_positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
+    target = flat_positions.reshape((*flat_positions.shape, 1))
+    value = broadcast_to(as_tensor(value, x.dtype), flat_positions.shape)
+    flat = x.reshape(-1)
+    if mode == "add":
+        return ops.scatter_nd(flat, target, value).reshape(x.shape)
+    if mode != "set":
+        raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
+    written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
+    placed = ops.scatter_nd(constant(0, x.dtype, flat.shape), target, value)
+    return where(written, placed, flat).reshape(x.shape)
+
+
+@procedure
+def gather(x: Any, dim: int, index: Any) -> Tensor:
+    """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
+    x, index = as_tensor(x), as_tensor(index)
+    (dim,) = normalize_dims("gather", dim, x.ndim)
+    grids = [ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)]
+    coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
+    return ops.gather_nd(x, stack(coords, -1))
+
+
+# ----------------------------------------------------------------------------------------------- neural network
+
+
+@procedure
+def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias (PyTorch's F.linear)."""
+    out = ops.matmul(x, transpose(weight, -1, -2))
+    return out if bias is None else out + bias
+
+
+def _conv_params(n: int, value: Any) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+@procedure
+def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
+                   groups: int = 1, dilation: Any = 1) -> Tensor:  # fmt: skip
+    """Transposed convolution (PyTorch's conv_transpose): weight (C_in, C_out/groups, *kernel)."""
+    x, weight = as_tensor(x), as_tensor(weight)
+    n = x.ndim - 2
+    if n < 1 or weight.ndim != x.ndim or weight.shape[0] != x.shape[1]:
+        raise ShapeError(f"slope.conv_transpose: input {x.shape} does not fit weight {weight.shape} (C_in first)")
+    stride, padding = _conv_params(n, stride), _conv_params(n, padding)
+    output_padding, dilation = _conv_params(n, output_padding), _conv_params(n, dilation)
+    spatial = tuple(
+        (s - 1) * st - 2 * p + d * (k - 1) + op + 1
+        for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding)
+    )
+    input_aval = Aval((x.shape[0], weight.shape[1] * groups, *spatial), x.dtype)
+    params = {"stride": stride, "padding": tuple((p, p) for p in padding), "dilation": dilation, "groups": groups}
+    out = ops.conv.transpose([x], UndefinedPrimal(input_aval), weight, **params)[0]
+    return out if bias is None else out + as_tensor(bias).reshape((-1,) + (1,) * n)
+
+
+def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple, fill: float) -> Tensor:
+    """Stack every kernel offset's strided view along a new last dimension."""
+    n = len(kernel)
+    lead = x.ndim - n
+    if any(padding):
+        x = ops.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + padding, value=fill)
+    out = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(x.shape[lead:], kernel, stride, dilation)]
+    views = []
+    for offset in np.ndindex(*kernel):
+        begin = [o * d for o, d in zip(offset, dilation)]
+        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, out, stride)]
+        views.append(ops.slice_(x, (0,) * lead + tuple(begin), x.shape[:lead] + tuple(end), (1,) * lead + stride))
+    return stack(views, -1)
+
+
+def _pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> tuple:
+    n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
+    kernel = _conv_params(n, kernel_size)
+    stride = kernel if stride is None else _conv_params(n, stride)
+    return kernel, stride, _conv_params(n, padding), _conv_params(n, dilation)
+
+
+@procedure
+def max_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:
+    """Max pooling over the trailing spatial dimensions (N-d; stride defaults to the kernel size)."""
+    x = as_tensor(x)
+    kernel, stride, padding, dilation = _pool_args("max_pool", x, kernel_size, stride, padding, dilation)
+    n = len(kernel)
+    lead = x.ndim - n
+    spatial = x.shape[lead:]
+    tiles = stride == kernel and not any(padding) and set(dilation) == {1}
+    if tiles and all(s % k == 0 for s, k in zip(spatial, kernel)):  # non-overlapping windows: one reshape
+        split_shape = [v for s, k in zip(spatial, kernel) for v in (s // k, k)]
+        x = x.reshape((*x.shape[:lead], *split_shape))
+        return ops.max_(x, tuple(lead + 2 * i + 1 for i in range(n)))
+    return ops.max_(_pool_windows(x, kernel, stride, padding, dilation, -math.inf), -1)
+
+
+@procedure
+def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Average pooling (padding counts as zeros, as PyTorch's default)."""
+    x = _float(x)
+    kernel, stride, padding, dilation = _pool_args("avg_pool", x, kernel_size, stride, padding, 1)
+    return mean(_pool_windows(x, kernel, stride, padding, dilation, 0.0), -1)
+
+
+@procedure
+def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
+    logits, target = _float(logits), as_tensor(target)
+    class_dim = 1 if logits.ndim > 1 else 0
+    classes = logits.shape[class_dim]
+    logp = log_softmax(logits, class_dim)
+    if target.dtype.is_float:
+        if target.shape != logits.shape:
+            raise ShapeError(f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}")
+        probs = target
+    else:
+        expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+        if target.shape != expected:
+            raise ShapeError(
+                f"slope.cross_entropy: class-index targets of shape {target.shape} do not fit logits of shape "
+                f"{logits.shape} (expected {expected})"
+            )
+        probs = cast(one_hot(target, classes), logits.dtype)
+        if class_dim == 1 and logits.ndim > 2:
+            probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
+    if label_smoothing:
+        probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
+    losses = -ops.sum_(probs * logp, class_dim)
+    if reduction == "mean":
+        return mean(losses)
+    if reduction == "sum":
+        return ops.sum_(losses)
+    if reduction == "none":
+        return losses
+    raise ValueError(f"slope.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

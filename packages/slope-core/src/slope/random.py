@@ -1,0 +1,185 @@
+"""Counter-based random numbers (Threefry-2x32, 20 rounds, as JAX): the same key gives the same bits everywhere.
+
+A key is an int64 tensor of shape (2,) holding two 32-bit words. Bits are computed with 64-bit integer operators
+masked to 32 bits, so every backend that runs int64 arithmetic produces identical streams.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import dtypes
+from .operators import (
+    arange,
+    as_tensor,
+    bitwise_and,
+    bitwise_or,
+    bitwise_xor,
+    cast,
+    cat,
+    constant,
+    div,
+    random_normal,
+    random_uniform,
+)
+from .tensors import Tensor
+
+_MASK = 0xFFFFFFFF
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _mask(x: Tensor) -> Tensor:
+    return bitwise_and(x, constant(_MASK, dtypes.int64, x.shape))
+
+
+def _shift_right(x: Tensor, n: int) -> Tensor:
+    return div(x, constant(1 << n, dtypes.int64, x.shape))  # the words are non-negative, so this is a shift
+
+
+def _rotate_left(x: Tensor, r: int) -> Tensor:
+    high = _mask(x * (1 << r))  # x < 2**32 and r < 32 keep the product below 2**63
+    return bitwise_or(high, _shift_right(x, 32 - r))
+
+
+def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+    """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
+    k2 = bitwise_xor(bitwise_xor(k0, k1), constant(0x1BD11BDA, dtypes.int64, k0.shape))
+    keys = (k0, k1, k2)
+    x0 = _mask(x0 + k0)
+    x1 = _mask(x1 + k1)
+    for block in range(5):
+        for r in _ROTATIONS[block % 2]:
+            x0 = _mask(x0 + x1)
+            x1 = bitwise_xor(_rotate_left(x1, r), x0)
+        x0 = _mask(x0 + keys[(block + 1) % 3])
+        x1 = _mask(x1 + keys[(block + 2) % 3] + (block + 1))
+    return x0, x1
+
+
+def random_bits(key: Tensor, count: int) -> Tensor:
+    """`count` random 32-bit words (as int64) derived from a key."""
+    half = max(1, math.ceil(count / 2))
+    counters = arange(2 * half, dtype=dtypes.int64)
+    k0 = key[0].expand(half)
+    k1 = key[1].expand(half)
+    y0, y1 = threefry2x32(k0, k1, counters[:half], counters[half:])
+    return cat([y0, y1])[:count]
+
+
+def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
+    """The procedure of `random_uniform`: 23 random bits scaled into [0, 1)."""
+    count = math.prod(shape)
+    bits = _shift_right(random_bits(key, count), 9)
+    values = cast(bits, dtypes.float32) * (2.0**-23)
+    return cast(values.reshape(shape), dtype)
+
+
+def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
+    """The procedure of `random_normal`: Box-Muller on two uniform streams."""
+    count = math.prod(shape)
+    bits = _shift_right(random_bits(key, 2 * count), 9)
+    u = cast(bits, dtypes.float32) * (2.0**-23)
+    radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
+    angle = u[count:] * (2 * math.pi)
+    return cast((radius * angle.cos()).reshape(shape), dtype)
+
+
+# ----------------------------------------------------------------------------------------------- key API
+
+
+def key(seed: int) -> Tensor:
+    """A random key from an integer seed."""
+    seed = int(seed)
+    return as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
+
+
+def _check_key(name: str, k: Any) -> None:
+    if not isinstance(k, Tensor) or k.shape[-1:] != (2,) or k.dtype != dtypes.int64:
+        described = k.aval if isinstance(k, Tensor) else type(k).__name__
+        raise TypeError(f"slope.random.{name}: expected a key (int64 tensor of shape (2,)), got {described}")
+
+
+def split(k: Tensor, num: int = 2) -> Tensor:
+    """`num` new independent keys, shape (num, 2)."""
+    _check_key("split", k)
+    bits = random_bits(k, 2 * num)
+    return bits.reshape((num, 2))
+
+
+def fold_in(k: Tensor, data: int) -> Tensor:
+    """A new key derived from a key and an integer."""
+    _check_key("fold_in", k)
+    x0, x1 = threefry2x32(k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), constant(int(data) & _MASK, dtypes.int64, (1,)))
+    return cat([x0, x1])
+
+
+def _shape(shape: Any) -> tuple:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
+    """Uniform samples in [minval, maxval)."""
+    _check_key("uniform", k)
+    values = random_uniform(k, _shape(shape), dtype)
+    return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
+
+
+def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
+    """Standard normal samples."""
+    _check_key("normal", k)
+    return random_normal(k, _shape(shape), dtype)
+
+
+def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:
+    """Integers uniform in [minval, maxval)."""
+    _check_key("randint", k)
+    if maxval <= minval:
+        raise ValueError(f"slope.random.randint: expected minval < maxval, got {minval} and {maxval}")
+    shape = _shape(shape)
+    bits = random_bits(k, math.prod(shape)).reshape(shape)
+    return cast(bits % (maxval - minval) + minval, dtype or dtypes.int64)
+
+
+def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
+    """Bools that are True with probability p."""
+    return uniform(k, shape) < p
+
+
+def permutation(k: Tensor, n: Any) -> Tensor:
+    """A random permutation of range(n) (or of a tensor's first dimension)."""
+    _check_key("permutation", k)
+    source = n if isinstance(n, Tensor) else None
+    count = source.shape[0] if source is not None else int(n)
+    bits = random_bits(k, count)
+    if bits.buffer is not None:
+        order = as_tensor(np.argsort(bits.numpy(), kind="stable").astype(np.int64))
+    else:  # traced: rank each element by comparison (quadratic, so only for small n)
+        if count > 4096:
+            raise ValueError(f"slope.random.permutation: under a transformation n must be at most 4096, got {count}")
+        order_key = bits * count + arange(count)
+        ranks = (order_key.reshape((count, 1)) > order_key.reshape((1, count))).sum(1)
+        order = arange(count).at[ranks].set(arange(count))
+    return source[order] if source is not None else order
+
+
+# ----------------------------------------------------------------------------------------------- global generator
+
+_global: dict[str, Any] = {"seed": 0, "key": None}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the global generator used by slope.randn, slope.rand and slope.randint."""
+    _global["seed"] = int(seed)
+    _global["key"] = None
+
+
+def next_key() -> Tensor:
+    """A fresh key from the global generator."""
+    if _global["key"] is None:
+        _global["key"] = key(_global["seed"])
+    new, sub = split(_global["key"])
+    _global["key"] = new
+    return sub

@@ -1,0 +1,231 @@
+"""The interpreter stack: `bind` hands an operator to the innermost active transformation."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from . import tree
+from .ir import Aval, Instruction, Program, Var
+from .tensors import Tensor
+
+
+class SlopeTraceError(TypeError):
+    """A traced value was used where a concrete one is needed."""
+
+
+class MainTrace:
+    """One level of the interpreter stack: a transformation in progress."""
+
+    __slots__ = ("level", "trace_type", "data")
+
+    def __init__(self, level: int, trace_type: type, data: Any):
+        self.level = level
+        self.trace_type = trace_type
+        self.data = data
+
+
+class Trace:
+    """A transformation's interpreter: lifts values into its tracers and runs operators on them."""
+
+    def __init__(self, main: MainTrace):
+        self.main = main
+
+    def pure(self, value: Tensor) -> Tensor:
+        """Wrap a concrete value as a tracer of this trace."""
+        raise NotImplementedError
+
+    def lift(self, value: Tensor) -> Tensor:
+        """Wrap a tracer of an outer trace as a tracer of this trace."""
+        return self.pure(value)
+
+    def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
+        """Apply the operator's rule for this transformation."""
+        raise NotImplementedError
+
+
+class Tracer(Tensor):
+    """A Tensor seen by a transformation: it carries an abstract value and its trace."""
+
+    __slots__ = ("_trace",)
+
+    def full_lower(self) -> Tensor:
+        """This value at the lowest level it can be expressed at."""
+        return self
+
+
+class EagerTrace(Trace):
+    """The bottom of the stack: run each operator at once on the current backend."""
+
+    def pure(self, value: Tensor) -> Tensor:
+        return value
+
+    def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
+        if op.inline:
+            outs = op.procedure(*tracers, **params)
+            return list(outs) if op.multiple_results else [outs]
+        from .backend import eager_run
+
+        return eager_run(op, tracers, params)
+
+
+_stack: list[MainTrace] = [MainTrace(0, EagerTrace, None)]
+_dynamic: list[MainTrace] = [_stack[0]]
+
+
+@contextmanager
+def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
+    """Push a transformation on the stack for the duration of the block."""
+    main = MainTrace(len(_stack), trace_type, data)
+    _stack.append(main)
+    if dynamic:
+        _dynamic.append(main)
+    try:
+        yield main
+    finally:
+        if dynamic:
+            _dynamic.pop()
+        _stack.pop()
+
+
+def is_eager() -> bool:
+    """Whether no transformation is active (operators run at once)."""
+    return len(_stack) == 1
+
+
+def bind(op: Any, *args: Tensor, **params: Any) -> Any:
+    """Apply an operator to tensors through the innermost transformation that sees them."""
+    if len(_stack) == 1:
+        from .backend import eager_run
+
+        outs = eager_run(op, args, params)
+    else:
+        top = _top_trace(args)
+        tracers = [_full_raise(top, a) for a in args]
+        outs = [o.full_lower() if isinstance(o, Tracer) else o for o in top.run(op, tracers, params)]
+    return outs if op.multiple_results else outs[0]
+
+
+def _top_trace(args: tuple) -> Trace:
+    main = _dynamic[-1]
+    for a in args:
+        if isinstance(a, Tracer) and a._trace.main.level > main.level:
+            main = a._trace.main
+    return main.trace_type(main)
+
+
+def _full_raise(trace: Trace, value: Tensor) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
+    if not isinstance(value, Tracer):
+        return trace.pure(value)
+    level = value._trace.main.level
+    if value._trace.main is trace.main:
+        return value
+    if level < trace.main.level:
+        return trace.lift(value)
+    raise SlopeTraceError(
+        "slope: a traced value escaped the transformation that created it "
+        f"(a {value.aval} tracer of level {level} used at level {trace.main.level}); "
+        "return values from transformed functions instead of storing them"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- program tracing
+
+
+class ProgramBuilder:
+    """Collects the instructions of a Program while a function is traced."""
+
+    def __init__(self) -> None:
+        self.instructions: list[Instruction] = []
+        self.constants: dict[int, tuple[Tensor, ProgramTracer]] = {}
+        self.lower_for: frozenset[str] | None = None
+
+
+class ProgramTracer(Tracer):
+    """A value inside a function being traced to a Program."""
+
+    __slots__ = ("var",)
+
+    def __init__(self, trace: Trace, aval: Aval):
+        self._trace = trace
+        self.aval = aval
+        self.var = Var(aval)
+
+
+class ProgramTrace(Trace):
+    """Records every operator into a Program (used by jit, linearize and the lower pass)."""
+
+    def pure(self, value: Tensor) -> Tensor:
+        builder: ProgramBuilder = self.main.data
+        key = id(value)
+        if key not in builder.constants:
+            builder.constants[key] = (value, ProgramTracer(self, value.aval))
+        return builder.constants[key][1]
+
+    lift = pure
+
+    def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
+        builder: ProgramBuilder = self.main.data
+        lowering = builder.lower_for is not None and op.name not in builder.lower_for
+        if (op.inline or lowering) and op.procedure is not None:
+            outs = op.procedure(*tracers, **params)
+            return list(outs) if op.multiple_results else [outs]
+        out_avals = op.infer(*[t.aval for t in tracers], **params)
+        if not op.multiple_results:
+            out_avals = [out_avals]
+        outs = [ProgramTracer(self, aval) for aval in out_avals]
+        builder.instructions.append(Instruction(op, [t.var for t in tracers], params, [t.var for t in outs]))
+        return outs
+
+
+def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
+    """Trace a function of a flat list of tensors to a Program (every operator is recorded)."""
+    builder = ProgramBuilder()
+    builder.lower_for = lower_for
+    with new_main(ProgramTrace, builder, dynamic=True) as main:
+        trace = ProgramTrace(main)
+        in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
+        outs = flat_fn(*in_tracers)
+        out_tracers = [_full_raise(trace, _as_tensor(o)) for o in outs]
+    constants = list(builder.constants.values())
+    return Program(
+        [t.var for t in in_tracers],
+        builder.instructions,
+        [t.var for t in out_tracers],
+        [tracer.var for _, tracer in constants],
+        [value for value, _ in constants],
+    )
+
+
+def _as_tensor(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    from .operators import as_tensor
+
+    return as_tensor(value)
+
+
+def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
+    """Run a Program by binding each instruction (so any active transformation sees it)."""
+    env: dict[Var, Tensor] = dict(zip(program.constants, program.constant_values))
+    env.update(zip(program.inputs, args))
+    for instruction in program.instructions:
+        outs = bind(instruction.op, *[env[v] for v in instruction.inputs], **instruction.params)
+        env.update(zip(instruction.outputs, outs if instruction.op.multiple_results else [outs]))
+    return [env[v] for v in program.outputs]
+
+
+def flatten_fun(fn: Callable, in_tree: tree.TreeDef) -> tuple[Callable, list]:
+    """Wrap a pytree function as a function of flat tensors; the output tree lands in the returned list."""
+    out_tree_box: list = []
+
+    def flat_fn(*flat_args: Tensor) -> list:
+        args = tree.unflatten(in_tree, flat_args)
+        out = fn(*args)
+        leaves, out_tree = tree.flatten(out)
+        out_tree_box.append(out_tree)
+        return leaves
+
+    return flat_fn, out_tree_box

@@ -1,0 +1,748 @@
+"""The transformations: jvp, linearize, vjp, grad, vmap, jit, custom rules and the Jacobians built on them."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Sequence
+
+from . import backend as backend_module
+from . import tree
+from .ir import Aval, Program, Var, dead_code_elimination
+from .operator import Operator, UndefinedPrimal, move_axis
+from .operators import as_tensor, constant, zeros_like
+from .tensors import Tensor
+from .trace import (
+    MainTrace,
+    ProgramTrace,
+    Trace,
+    Tracer,
+    _full_raise,
+    _stack,
+    bind,
+    eval_program,
+    flatten_fun,
+    is_eager,
+    make_program,
+    new_main,
+)
+
+
+class TransformError(ValueError):
+    """A transformation used in a way it cannot support."""
+
+
+def _missing_rule(op: Operator, rule: str) -> TransformError:
+    return TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
+
+
+def _run_procedure(op: Operator, tracers: list, params: dict) -> list:
+    outs = op.procedure(*tracers, **params)
+    return list(outs) if op.multiple_results else [outs]
+
+
+# ----------------------------------------------------------------------------------------------- jvp
+
+
+class JVPTracer(Tracer):
+    """A primal value with its tangent."""
+
+    __slots__ = ("primal", "tangent")
+
+    def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor):
+        self._trace = trace
+        self.aval = primal.aval
+        self.buffer = None
+        self.primal = primal
+        self.tangent = tangent
+
+
+class JVPTrace(Trace):
+    """Forward mode: every operator runs its JVP rule on (primal, tangent) pairs."""
+
+    def pure(self, value: Tensor) -> Tensor:
+        return JVPTracer(self, value, zeros_like(value))
+
+    def run(self, op: Operator, tracers: list, params: dict) -> list:
+        primals = [t.primal for t in tracers]
+        tangents = [t.tangent for t in tracers]
+        if op.has_rule("jvp"):
+            out_avals = op.infer(*[p.aval for p in primals], **params)
+            out_avals = out_avals if op.multiple_results else [out_avals]
+            if not any(aval.dtype.is_float for aval in out_avals):  # integer and bool results have zero tangents
+                outs = bind(op, *primals, **params)
+                outs = outs if op.multiple_results else [outs]
+                return [JVPTracer(self, o, zeros_like(o)) for o in outs]
+            primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
+        elif op.procedure is not None:
+            return _run_procedure(op, tracers, params)
+        else:
+            raise _missing_rule(op, "JVP")
+        return [JVPTracer(self, p, t) for p, t in zip(primal_outs, tangent_outs)]
+
+
+def _check_tangent(primal: Tensor, tangent: Tensor) -> None:
+    if primal.shape != tangent.shape or primal.dtype != tangent.dtype:
+        raise TransformError(
+            f"slope.jvp: a tangent must match its primal's shape and dtype, got primal {primal.aval} "
+            f"and tangent {tangent.aval}"
+        )
+
+
+def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, list]:
+    with new_main(JVPTrace) as main:
+        trace = JVPTrace(main)
+        tracers = [JVPTracer(trace, p, t) for p, t in zip(primals, tangents)]
+        outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
+        return [o.primal for o in outs], [o.tangent for o in outs]
+
+
+def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
+    """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
+    primals_flat, in_tree = tree.flatten(tuple(primals))
+    tangents_flat, tangent_tree = tree.flatten(tuple(tangents))
+    if in_tree != tangent_tree:
+        raise TransformError(f"slope.jvp: primals {in_tree} and tangents {tangent_tree} differ in structure")
+    primals_flat = [as_tensor(p) for p in primals_flat]
+    tangents_flat = [as_tensor(t) for t in tangents_flat]
+    for p, t in zip(primals_flat, tangents_flat):
+        _check_tangent(p, t)
+    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
+    return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
+
+
+# ----------------------------------------------------------------------------------------------- linearize + vjp
+
+
+class LinearFunction:
+    """A linear map captured by linearize: the linear Program plus the residual values it reads."""
+
+    def __init__(self, program: Program, residuals: list, in_tree: tree.TreeDef, out_tree: tree.TreeDef):
+        self.program = program
+        self.residuals = residuals
+        self.in_tree = in_tree
+        self.out_tree = out_tree
+
+    def __call__(self, *tangents: Any) -> Any:
+        flat, _ = tree.flatten(tangents)
+        outs = eval_program(self.program, self.residuals + [as_tensor(t) for t in flat])
+        return tree.unflatten(self.out_tree, outs)
+
+    def transpose(self, cotangents: list) -> list:
+        """Apply the transposed linear map to flat output cotangents."""
+        return backward_pass(self.program, self.residuals, cotangents)
+
+
+def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, list]:
+    count = len(primals)
+
+    def jvp_fn(*args: Tensor) -> list:
+        primal_outs, tangent_outs = _jvp_flat(flat_fn, list(args[:count]), list(args[count:]))
+        return primal_outs + tangent_outs
+
+    avals = [p.aval for p in primals]
+    program = make_program(jvp_fn, avals + avals)
+    linear_vars = set(program.inputs[count:])
+    primal_part, linear_part = [], []
+    for instruction in program.instructions:
+        if any(v in linear_vars for v in instruction.inputs):
+            linear_part.append(instruction)
+            linear_vars.update(instruction.outputs)
+        else:
+            primal_part.append(instruction)
+    n_out = len(program.outputs) // 2
+    tangent_outputs = program.outputs[n_out:]
+    needed = [v for i in linear_part for v in i.inputs] + tangent_outputs
+    residual_vars = list(dict.fromkeys(v for v in needed if v not in linear_vars))
+    primal_program = dead_code_elimination(
+        Program(
+            program.inputs[:count],
+            primal_part,
+            program.outputs[:n_out] + residual_vars,
+            program.constants,
+            program.constant_values,
+        )
+    )
+    outs = eval_program(primal_program, primals)
+    linear_program = Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs)
+    return outs[:n_out], linear_program, outs[n_out:]
+
+
+def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
+    """Transpose a linear Program: push output cotangents back to its linear inputs."""
+    known = dict(zip(program.inputs[: len(residuals)], residuals))
+    accumulated: dict[Var, Tensor] = {}
+
+    def accumulate(var: Var, ct: Tensor) -> None:
+        accumulated[var] = accumulated[var] + ct if var in accumulated else ct
+
+    for var, ct in zip(program.outputs, cotangents):
+        if var not in known and ct is not None:
+            accumulate(var, ct)
+    for instruction in reversed(program.instructions):
+        cts = [accumulated.pop(v, None) for v in instruction.outputs]
+        if all(ct is None for ct in cts):
+            continue
+        op = instruction.op
+        if not op.has_rule("transpose"):
+            raise TransformError(f"slope.{op.name}: is not linear (no transpose rule), so it cannot be transposed")
+        cts = [zeros_like(v.aval) if ct is None else ct for ct, v in zip(cts, instruction.outputs)]
+        args = [known[v] if v in known else UndefinedPrimal(v.aval) for v in instruction.inputs]
+        for var, ct in zip(instruction.inputs, op.transpose(cts, *args, **instruction.params)):
+            if ct is not None and var not in known:
+                accumulate(var, ct)
+    return [accumulated.get(v) if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
+
+
+def linearize(fn: Callable, *primals: Any) -> tuple[Any, LinearFunction]:
+    """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
+    primals_flat, in_tree = tree.flatten(primals)
+    primals_flat = [as_tensor(p) for p in primals_flat]
+    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
+    return tree.unflatten(out_tree[0], outs), LinearFunction(program, residuals, in_tree, out_tree[0])
+
+
+def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
+    """`(fn(*primals), vjp_fn)` where `vjp_fn(cotangent)` returns a tuple of cotangents, one per primal."""
+    primals_flat, in_tree = tree.flatten(primals)
+    primals_flat = [as_tensor(p) for p in primals_flat]
+    aux_box: list = []
+
+    def main_fn(*args: Any) -> Any:
+        out = fn(*args)
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TransformError("slope.vjp: with has_aux=True the function must return a pair (output, aux)")
+            out, aux = out
+            aux_box.append(tree.map(lambda a: a.full_lower() if isinstance(a, Tracer) else a, aux))
+        return out
+
+    flat_fn, out_tree = flatten_fun(main_fn, in_tree)
+    outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
+    linear = LinearFunction(program, residuals, in_tree, out_tree[0])
+
+    def vjp_fn(cotangent: Any) -> tuple:
+        ct_flat, ct_tree = tree.flatten(cotangent)
+        if ct_tree != out_tree[0]:
+            raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_tree[0]}")
+        for o, ct in zip(outs, ct_flat):
+            if isinstance(ct, Tensor) and ct.shape != o.shape:
+                raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
+        cts = linear.transpose([as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)])
+        return tree.unflatten(in_tree, cts)
+
+    out = tree.unflatten(out_tree[0], outs)
+    return (out, vjp_fn, aux_box[0]) if has_aux else (out, vjp_fn)
+
+
+def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for n in nums:
+        if not -count <= n < count:
+            raise TransformError(f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments")
+    return tuple(n % count for n in nums)
+
+
+def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """A function returning `(fn(*args), gradient)` (or `((value, aux), gradient)` with has_aux)."""
+
+    @functools.wraps(fn)
+    def value_and_grad_fn(*args: Any, **kwargs: Any) -> Any:
+        nums = _normalize_argnums("grad", argnums, len(args))
+        for n in nums:
+            for leaf in tree.leaves(args[n]):
+                leaf_dtype = leaf.dtype if isinstance(leaf, Tensor) else as_tensor(leaf).dtype
+                if not leaf_dtype.is_float:
+                    raise TransformError(
+                        f"slope.grad: argument {n} has dtype {leaf_dtype.name}; gradients need floating-point "
+                        "inputs (cast it with .float(), or leave it out of argnums)"
+                    )
+
+        def partial_fn(*diff_args: Any) -> Any:
+            full_args = list(args)
+            for n, value in zip(nums, diff_args):
+                full_args[n] = value
+            return fn(*full_args, **kwargs)
+
+        result = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
+        out, vjp_fn = result[0], result[1]
+        if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
+            described = out.aval if isinstance(out, Tensor) else type(out).__name__
+            raise TransformError(
+                f"slope.grad: the function must return a scalar (0-d) floating-point tensor, got {described}; "
+                "reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev"
+            )
+        grads = vjp_fn(constant(1.0, out.dtype))
+        grads = grads[0] if isinstance(argnums, int) else grads
+        return ((out, result[2]) if has_aux else out), grads
+
+    return value_and_grad_fn
+
+
+def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """A function returning the gradient of scalar-valued `fn` with respect to `argnums` (and aux with has_aux)."""
+    value_and_grad_fn = value_and_grad(fn, argnums, has_aux)
+
+    @functools.wraps(fn)
+    def grad_fn(*args: Any, **kwargs: Any) -> Any:
+        value, grads = value_and_grad_fn(*args, **kwargs)
+        return (grads, value[1]) if has_aux else grads
+
+    return grad_fn
+
+
+# ----------------------------------------------------------------------------------------------- vmap
+
+
+class BatchTracer(Tracer):
+    """A value with a batch dimension (or None when it is the same for every example)."""
+
+    __slots__ = ("value", "batch_dim")
+
+    def __init__(self, trace: Trace, value: Tensor, batch_dim: int | None):
+        self._trace = trace
+        self.buffer = None
+        self.value = value
+        self.batch_dim = batch_dim
+        if batch_dim is None:
+            self.aval = value.aval
+        else:
+            shape = value.shape
+            self.aval = Aval(shape[:batch_dim] + shape[batch_dim + 1 :], value.dtype)
+
+    def full_lower(self) -> Tensor:
+        if self.batch_dim is not None:
+            return self
+        return self.value.full_lower() if isinstance(self.value, Tracer) else self.value
+
+
+class BatchTrace(Trace):
+    """vmap: every operator runs its batching rule."""
+
+    def pure(self, value: Tensor) -> Tensor:
+        return BatchTracer(self, value, None)
+
+    def run(self, op: Operator, tracers: list, params: dict) -> list:
+        values = [t.value for t in tracers]
+        dims = [t.batch_dim for t in tracers]
+        if all(d is None for d in dims):
+            outs = bind(op, *values, **params)
+            return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
+        if op.has_rule("vmap") and not op.inline:
+            outs, out_dims = op.vmap(self.main.data, values, dims, **params)
+        elif op.procedure is not None:
+            return _run_procedure(op, tracers, params)
+        else:
+            raise _missing_rule(op, "batching")
+        return [BatchTracer(self, o, d) for o, d in zip(outs, out_dims)]
+
+
+def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
+    """Broadcast an axis spec (an int/None, or a pytree prefix of the value) to one entry per leaf."""
+    if axes is None or isinstance(axes, int):
+        return [axes] * len(tree.leaves(value))
+    if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
+        return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
+    if isinstance(axes, dict) and isinstance(value, dict) and axes.keys() == value.keys():
+        return [a for k in sorted(value, key=repr) for a in _axes_for_leaves(name, axes[k], value[k])]
+    raise TransformError(f"slope.{name}: axes {axes!r} do not match the structure of the arguments")
+
+
+def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
+    """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`)."""
+
+    @functools.wraps(fn)
+    def vmapped(*args: Any) -> Any:
+        axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
+        if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
+            raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments")
+        flat, in_tree = tree.flatten(args)
+        flat = [as_tensor(x) for x in flat]
+        axes = _axes_for_leaves("vmap", axes_spec, args)
+        sizes = {}
+        for i, (x, axis) in enumerate(zip(flat, axes)):
+            if axis is not None:
+                if not -x.ndim <= axis < x.ndim:
+                    raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
+                axes[i] = axis % x.ndim
+                sizes[i] = x.shape[axis]
+        if not sizes:
+            raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
+        if len(set(sizes.values())) > 1:
+            detail = ", ".join(f"argument leaf {i} has size {s}" for i, s in sizes.items())
+            raise TransformError(f"slope.vmap: mapped axes must all have the same size, but {detail}")
+        axis_size = next(iter(sizes.values()))
+        flat_fn, out_tree = flatten_fun(fn, in_tree)
+        with new_main(BatchTrace, axis_size) as main:
+            trace = BatchTrace(main)
+            tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
+            outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
+            values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
+        out_structure = tree.unflatten(out_tree[0], [None] * len(values)) if values else None
+        targets = _axes_for_leaves("vmap", out_axes, out_structure) if values else []
+        results = []
+        for value, dim, target in zip(values, dims, targets):
+            if dim is None:
+                value = value.reshape((1, *value.shape)).expand((axis_size, *value.shape))
+                dim = 0
+            results.append(move_axis(value, dim, target % value.ndim) if target is not None else value)
+        return tree.unflatten(out_tree[0], results)
+
+    return vmapped
+
+
+# ----------------------------------------------------------------------------------------------- Jacobians
+
+
+def _basis(aval: Aval) -> Tensor:
+    from .tensors import functions
+
+    return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
+
+
+def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
+    """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap)."""
+
+    @functools.wraps(fn)
+    def jacobian(*args: Any) -> Tensor:
+        x = as_tensor(args[argnums])
+
+        def pushforward(tangent: Tensor) -> Tensor:
+            def at(value: Tensor) -> Tensor:
+                return fn(*args[:argnums], value, *args[argnums + 1 :])
+
+            return jvp(at, (x,), (tangent,))[1]
+
+        columns = vmap(pushforward)(_basis(x.aval))  # (x.size, *out_shape)
+        out_ndim = columns.ndim - 1
+        columns = columns.reshape((*x.shape, *columns.shape[1:]))
+        perm = (*range(x.ndim, x.ndim + out_ndim), *range(x.ndim))
+        return columns.permute(perm)
+
+    return jacobian
+
+
+def jacrev(fn: Callable, argnums: int = 0) -> Callable:
+    """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
+
+    @functools.wraps(fn)
+    def jacobian(*args: Any) -> Tensor:
+        x = as_tensor(args[argnums])
+
+        def at(value: Tensor) -> Tensor:
+            return fn(*args[:argnums], value, *args[argnums + 1 :])
+
+        out, vjp_fn = vjp(at, x)
+        rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
+        return rows.reshape((*out.shape, *x.shape))
+
+    return jacobian
+
+
+def hessian(fn: Callable, argnums: int = 0) -> Callable:
+    """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
+    return jacfwd(jacrev(fn, argnums), argnums)
+
+
+# ----------------------------------------------------------------------------------------------- custom rules
+
+
+def _jvp_active() -> bool:
+    return any(main.trace_type is JVPTrace for main in _stack)
+
+
+class CustomJVPCall(Operator):
+    """Calls a function whose JVP is given by the user; everywhere else it is the function itself."""
+
+    name = "custom_jvp_call"
+    multiple_results = True
+    inline = True
+
+    def infer(self, *avals: Aval, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple) -> list[Aval]:
+        return list(out_avals)
+
+    def procedure(self, *args: Tensor, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple) -> list:
+        return fun(*args)
+
+    def jvp(self, primals: list, tangents: list, *, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple):
+        primal_args = tree.unflatten(in_tree, primals)
+        tangent_args = tree.unflatten(in_tree, tangents)
+        out, tangent_out = rule(primal_args, tangent_args)
+        return [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
+
+
+class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
+    """A function with a hand-written JVP: decorate it, then register the rule with `.defjvp`."""
+
+    def __init__(self, fun: Callable):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.rule: Callable | None = None
+
+    def defjvp(self, rule: Callable) -> Callable:
+        """Set `rule(primals, tangents) -> (primal_out, tangent_out)`."""
+        self.rule = rule
+        return rule
+
+    def __call__(self, *args: Any) -> Any:
+        if self.rule is None:
+            raise TransformError(f"slope.custom_jvp: {self.fun.__name__} has no rule; call .defjvp(rule) first")
+        if not _jvp_active():
+            return self.fun(*args)
+        flat, in_tree = tree.flatten(args)
+        flat = [as_tensor(a) for a in flat]
+        out_tree_box: list = []
+
+        def flat_fun(*leaves: Tensor) -> list:
+            out = self.fun(*tree.unflatten(in_tree, leaves))
+            out_leaves, out_tree = tree.flatten(out)
+            out_tree_box.append(out_tree)
+            return [as_tensor(o) for o in out_leaves]
+
+        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
+        outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
+        return tree.unflatten(out_tree_box[0], outs)
+
+
+class CustomVJPCall(Operator):
+    """Calls a function whose VJP is given by the user (forward and backward functions)."""
+
+    name = "custom_vjp_call"
+    multiple_results = True
+    inline = True
+
+    def infer(self, *avals: Aval, fun: Callable, fwd: Callable, bwd: Callable, in_tree: Any, out_tree: Any,
+              out_avals: tuple) -> list[Aval]:  # fmt: skip
+        return list(out_avals)
+
+    def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
+        return fun(*args)
+
+    def jvp(self, primals: list, tangents: list, *, fun: Callable, fwd: Callable, bwd: Callable, in_tree: Any,
+            out_tree: Any, out_avals: tuple) -> tuple[list, list]:  # fmt: skip
+        out, residuals = fwd(*tree.unflatten(in_tree, primals))
+        out_flat = [as_tensor(o) for o in tree.leaves(out)]
+        res_flat, res_tree = tree.flatten(residuals)
+        res_flat = [as_tensor(r) for r in res_flat]
+        tangent_outs = bind(
+            custom_vjp_linear, *res_flat, *tangents, bwd=bwd, res_tree=res_tree, in_tree=in_tree,
+            out_tree=out_tree, out_avals=out_avals, n_res=len(res_flat),
+        )  # fmt: skip
+        return out_flat, tangent_outs
+
+
+class CustomVJPLinear(Operator):
+    """The linear part of a custom_vjp function: only its transpose (the user's backward function) exists."""
+
+    name = "custom_vjp_linear"
+    multiple_results = True
+
+    def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
+        return list(out_avals)
+
+    def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, in_tree: Any, out_tree: Any,
+                  out_avals: tuple, n_res: int) -> list:  # fmt: skip
+        residuals = tree.unflatten(res_tree, args[:n_res])
+        cts_in = bwd(residuals, tree.unflatten(out_tree, cotangents))
+        if not isinstance(cts_in, tuple):
+            raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
+        flat = tree.leaves(cts_in)
+        linear_avals = [a.aval for a in args[n_res:]]
+        if len(flat) != len(linear_avals):
+            raise TransformError(
+                f"slope.custom_vjp: the backward function returned {len(flat)} cotangents for {len(linear_avals)} inputs"
+            )
+        return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        raise TransformError("slope.custom_vjp: forward mode (jvp) of a custom_vjp function is not defined; use custom_jvp")
+
+
+class custom_vjp:  # noqa: N801 - named like the JAX decorator users know
+    """A function with a hand-written VJP: decorate it, then register `.defvjp(fwd, bwd)`."""
+
+    def __init__(self, fun: Callable):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.fwd: Callable | None = None
+        self.bwd: Callable | None = None
+
+    def defvjp(self, fwd: Callable, bwd: Callable) -> None:
+        """Set `fwd(*args) -> (out, residuals)` and `bwd(residuals, cotangent) -> tuple of input cotangents`."""
+        self.fwd, self.bwd = fwd, bwd
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fwd is None:
+            raise TransformError(f"slope.custom_vjp: {self.fun.__name__} has no rule; call .defvjp(fwd, bwd) first")
+        if not _jvp_active():
+            return self.fun(*args)
+        flat, in_tree = tree.flatten(args)
+        flat = [as_tensor(a) for a in flat]
+        out_tree_box: list = []
+
+        def flat_fun(*leaves: Tensor) -> list:
+            out = self.fun(*tree.unflatten(in_tree, leaves))
+            out_leaves, out_tree = tree.flatten(out)
+            out_tree_box.append(out_tree)
+            return [as_tensor(o) for o in out_leaves]
+
+        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
+        outs = bind(custom_vjp_call, *flat, fun=flat_fun, fwd=self.fwd, bwd=self.bwd, in_tree=in_tree,
+                    out_tree=out_tree_box[0], out_avals=out_avals)  # fmt: skip
+        return tree.unflatten(out_tree_box[0], outs)
+
+
+custom_jvp_call = CustomJVPCall()
+custom_vjp_call = CustomVJPCall()
+custom_vjp_linear = CustomVJPLinear()
+
+
+# ----------------------------------------------------------------------------------------------- jit
+
+
+class Lowered:
+    """A traced and compiled function: `.program` (slope IR), `.code` (backend code), `.export(path)`."""
+
+    def __init__(self, program: Program, executable: Any, backend: Any):
+        self.program = program
+        self.executable = executable
+        self.backend = backend
+
+    @property
+    def code(self) -> str:
+        """The backend's code for the program."""
+        return self.executable.code
+
+    def export(self, path: str) -> list[str]:
+        """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend); returns the files."""
+        return self.backend.export(self.executable.program, str(path))
+
+
+class jit:  # noqa: N801 - used as a decorator, like jax.jit
+    """Trace a function to a Program once per input signature, compile it on the backend, and cache it."""
+
+    def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = ()):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+        self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+        self.cache: dict[tuple, tuple] = {}
+        try:
+            self.signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.signature = None
+
+    def __get__(self, instance: Any, owner: Any = None) -> Callable:
+        return self if instance is None else functools.partial(self, instance)
+
+    def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
+        static = []
+        for n in self.static_argnums:
+            if n >= len(args):
+                raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
+            static.append(("arg", n, args[n]))
+        for name in self.static_argnames:
+            if name in kwargs:
+                static.append(("kwarg", name, kwargs[name]))
+        dynamic_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        dynamic_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        return dynamic_args, dynamic_kwargs, tuple(static)
+
+    def _rebuild(self, static: tuple, dynamic_args: Sequence, dynamic_kwargs: dict) -> tuple[list, dict]:
+        args = list(dynamic_args)
+        kwargs = dict(dynamic_kwargs)
+        for kind, key, value in static:
+            if kind == "arg":
+                args.insert(key, value)
+            else:
+                kwargs[key] = value
+        return args, kwargs
+
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, list, tuple]:
+        dynamic_args, dynamic_kwargs, static = self._split(args, kwargs)
+        leaves, in_tree = tree.flatten((dynamic_args, dynamic_kwargs))
+        tensor_leaves, python_leaves = [], []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor):
+                tensor_leaves.append(leaf)
+            else:
+                python_leaves.append((i, leaf))
+        try:
+            key = (in_tree, tuple(t.aval for t in tensor_leaves), static, tuple(python_leaves))
+            hash(key)
+        except TypeError as error:
+            raise TransformError(
+                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
+            ) from None
+        return key, tensor_leaves, (in_tree, static, python_leaves)
+
+    def _trace(self, key: tuple, tensor_leaves: list, layout: tuple) -> tuple[Program, Any]:
+        in_tree, static, python_leaves = layout
+
+        def flat_fn(*tensors: Tensor) -> list:
+            leaves = list(tensors)
+            for i, value in python_leaves:
+                leaves.insert(i, value)
+            dynamic_args, dynamic_kwargs = tree.unflatten(in_tree, leaves)
+            args, kwargs = self._rebuild(static, dynamic_args, dynamic_kwargs)
+            out = self.fn(*args, **kwargs)
+            out_leaves, out_tree = tree.flatten(out)
+            out_tree_box.append(out_tree)
+            return out_leaves
+
+        out_tree_box: list = []
+        program = make_program(flat_fn, [t.aval for t in tensor_leaves])
+        return program, out_tree_box[0]
+
+    def _compiled(self, args: tuple, kwargs: dict) -> tuple[Any, Any, list, Any, str]:
+        key, tensor_leaves, layout = self._prepare(args, kwargs)
+        backend = backend_module.get_backend()
+        device = tensor_leaves[0].device if tensor_leaves else backend_module.default_device()
+        full_key = (key, backend.name, device)
+        entry = self.cache.get(full_key)
+        if entry is None:
+            program, out_tree = self._trace(key, tensor_leaves, layout)
+            executable = backend_module.compile_program(program, backend, device)
+            entry = self.cache[full_key] = (program, executable, out_tree)
+        return entry, tensor_leaves, backend, device
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not is_eager():
+            return self.fn(*args, **kwargs)  # inside another transformation: trace straight through
+        (program, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
+        buffers = []
+        for t in tensors:
+            if t.backend is not backend or t.device != device:
+                t = backend_module.to_backend(t, backend, device)
+            buffers.append(t.buffer)
+        outs = executable.run(buffers)
+        return tree.unflatten(
+            out_tree, [Tensor._make(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
+        )
+
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
+        """Trace and compile for these arguments without running."""
+        (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
+        return Lowered(program, executable, backend)
+
+
+__all__ = [
+    "BatchTrace",
+    "JVPTrace",
+    "MainTrace",
+    "ProgramTrace",
+    "custom_jvp",
+    "custom_vjp",
+    "grad",
+    "hessian",
+    "jacfwd",
+    "jacrev",
+    "jit",
+    "jvp",
+    "linearize",
+    "value_and_grad",
+    "vjp",
+    "vmap",
+]

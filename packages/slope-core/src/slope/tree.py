@@ -1,0 +1,132 @@
+"""Pytrees: nested containers of tensors that transformations flatten and rebuild."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+_registry: dict[type, tuple[Callable, Callable]] = {}
+
+
+class TreeDef(NamedTuple):
+    """The structure of a pytree without its leaves (hashable, so it can key a cache)."""
+
+    node_type: type | None  # None for a leaf
+    aux: Any
+    children: tuple
+
+    @property
+    def num_leaves(self) -> int:
+        """How many leaves the structure holds."""
+        if self.node_type is None:
+            return 1
+        return sum(child.num_leaves for child in self.children)
+
+    def __repr__(self) -> str:
+        if self.node_type is None:
+            return "*"
+        return f"{self.node_type.__name__}({', '.join(map(repr, self.children))})"
+
+
+LEAF = TreeDef(None, None, ())
+
+
+def register(cls: type, flatten: Callable | None = None, unflatten: Callable | None = None) -> type:
+    """Make a class a pytree node: `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`.
+
+    A dataclass needs no functions: its fields are its children. Usable as a class decorator.
+    """
+    if flatten is None:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"slope.tree.register: {cls.__name__} is not a dataclass, so pass flatten and unflatten")
+        names = tuple(f.name for f in dataclasses.fields(cls))
+
+        def flatten(obj: Any) -> tuple[list, tuple]:
+            return [getattr(obj, n) for n in names], names
+
+        def unflatten(aux: tuple, children: list) -> Any:
+            return cls(**dict(zip(aux, children)))
+
+    _registry[cls] = (flatten, unflatten)
+    return cls
+
+
+def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
+    cls = type(obj)
+    if cls in _registry:
+        return _registry[cls]
+    if hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
+        return cls.tree_flatten, cls.tree_unflatten
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return (lambda o: (list(o), None)), (lambda aux, ch, cls=cls: cls(*ch))
+    return None
+
+
+register(tuple, lambda t: (list(t), None), lambda aux, ch: tuple(ch))
+register(list, lambda t: (list(t), None), lambda aux, ch: list(ch))
+register(dict, lambda d: ([d[k] for k in sorted(d, key=repr)], tuple(sorted(d, key=repr))), lambda aux, ch: dict(zip(aux, ch)))
+register(type(None), lambda n: ([], None), lambda aux, ch: None)
+
+
+def flatten(value: Any, is_leaf: Callable | None = None) -> tuple[list, TreeDef]:
+    """The leaves of a pytree in order, and its structure."""
+    leaves: list = []
+    treedef = _flatten(value, leaves, is_leaf)
+    return leaves, treedef
+
+
+def _flatten(value: Any, leaves: list, is_leaf: Callable | None) -> TreeDef:
+    functions = None if (is_leaf is not None and is_leaf(value)) else _node_functions(value)
+    if functions is None:
+        leaves.append(value)
+        return LEAF
+    children, aux = functions[0](value)
+    return TreeDef(type(value), aux, tuple(_flatten(child, leaves, is_leaf) for child in children))
+
+
+def unflatten(treedef: TreeDef, leaves: Any) -> Any:
+    """Rebuild a pytree of this structure from its leaves."""
+    iterator = iter(leaves)
+    result = _unflatten(treedef, iterator)
+    if next(iterator, _sentinel) is not _sentinel:
+        raise ValueError(f"slope.tree.unflatten: too many leaves for {treedef}")
+    return result
+
+
+_sentinel = object()
+
+
+def _unflatten(treedef: TreeDef, iterator: Any) -> Any:
+    if treedef.node_type is None:
+        leaf = next(iterator, _sentinel)
+        if leaf is _sentinel:
+            raise ValueError("slope.tree.unflatten: too few leaves for the tree structure")
+        return leaf
+    children = [_unflatten(child, iterator) for child in treedef.children]
+    if treedef.node_type in _registry:
+        return _registry[treedef.node_type][1](treedef.aux, children)
+    if hasattr(treedef.node_type, "tree_unflatten"):
+        return treedef.node_type.tree_unflatten(treedef.aux, children)
+    return treedef.node_type(*children)  # namedtuple
+
+
+def leaves(value: Any, is_leaf: Callable | None = None) -> list:
+    """The leaves of a pytree."""
+    return flatten(value, is_leaf)[0]
+
+
+def structure(value: Any) -> TreeDef:
+    """The structure of a pytree."""
+    return flatten(value)[1]
+
+
+def map(fn: Callable, value: Any, *rest: Any, is_leaf: Callable | None = None) -> Any:  # noqa: A001
+    """Apply `fn` to every leaf (and the matching leaves of `rest`), keeping the structure."""
+    flat, treedef = flatten(value, is_leaf)
+    others = []
+    for other in rest:
+        other_flat, other_def = flatten(other, is_leaf)
+        if other_def != treedef:
+            raise ValueError(f"slope.tree.map: tree structures differ: {treedef} and {other_def}")
+        others.append(other_flat)
+    return unflatten(treedef, [fn(*args) for args in zip(flat, *others)])

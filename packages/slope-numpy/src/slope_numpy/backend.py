@@ -1,0 +1,107 @@
+"""The NumPy backend: each Program becomes one Python function of NumPy calls, compiled once with exec."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+from typing import Any
+
+import numpy as np
+
+import slope
+from slope import Backend, Executable, Program
+
+from . import runtime
+from .translate import translations
+
+_float_types = {slope.float16, slope.float32, slope.float64}
+_other_types = {slope.bool_, slope.int8, slope.uint8, slope.int32, slope.int64}
+
+
+def _numpy_dtypes() -> dict[str, Any]:
+    table = {d.name: np.dtype(d.name) for d in _float_types | _other_types}
+    try:
+        table["bfloat16"] = slope.bfloat16.numpy
+    except TypeError:
+        pass
+    return table
+
+
+class NumpyBackend(Backend):
+    """Runs Programs as generated NumPy code on the CPU."""
+
+    name = "numpy"
+    translations = translations
+    export_suffix = ".py"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numpy_dtypes = _numpy_dtypes()
+        self.dtypes = frozenset(d for d in _float_types | _other_types | {slope.bfloat16} if d.name in self.numpy_dtypes)
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def source(self, program: Program, function_name: str = "program") -> str:
+        """The Python source of a Program."""
+        names = program.names()
+        args = ", ".join(names[v] for v in program.inputs)
+        lines = [f"def {function_name}({args}):"]
+        for instruction in program.instructions:
+            inputs = [names[v] for v in instruction.inputs]
+            expression = self.translations[instruction.op.name](inputs, instruction.params, instruction.outputs[0].aval)
+            lines.append(f"    {names[instruction.outputs[0]]} = {expression}")
+        lines.append(f"    return [{', '.join(names[v] for v in program.outputs)}]")
+        return "\n".join(lines)
+
+    def _namespace(self, program: Program) -> dict[str, Any]:
+        names = program.names()
+        namespace: dict[str, Any] = {"np": np, "runtime": runtime, "dtypes": self.numpy_dtypes}
+        for var, value in zip(program.constants, program.constant_values):
+            namespace[names[var]] = self.to_numpy(value.buffer) if value.backend is self else value.numpy()
+        return namespace
+
+    def compile(self, program: Program, device: str) -> Executable:
+        for instruction in program.instructions:
+            if len(instruction.outputs) != 1:
+                raise slope.SlopeBackendError(f"numpy backend: {instruction.op.name} has several outputs")
+        source = self.source(program)
+        namespace = self._namespace(program)
+        exec(compile(source, "<slope numpy program>", "exec"), namespace)
+        function = namespace["program"]
+        return Executable(lambda buffers: function(*buffers), source, program)
+
+    def from_numpy(self, array: np.ndarray, device: str) -> np.ndarray:
+        return array
+
+    def to_numpy(self, buffer: np.ndarray) -> np.ndarray:
+        return np.asarray(buffer)
+
+    def export(self, program: Program, path: str) -> list[str]:
+        """Write a standalone .py module defining `program(*inputs)` with NumPy only."""
+        if not path.endswith(".py"):
+            path += ".py"
+        names = program.names()
+        parts = [
+            '"""A program exported by Slope\'s NumPy backend; needs only NumPy."""',
+            "import base64",
+            "import io",
+            "import types",
+            "",
+            "import numpy as np",
+            "",
+            "runtime = types.SimpleNamespace()",
+            "exec(" + repr(inspect.getsource(runtime)) + ", runtime.__dict__)",
+            "dtypes = {" + ", ".join(f"{k!r}: np.dtype({str(v)!r})" for k, v in self.numpy_dtypes.items() if k != "bfloat16") + "}",
+            "",
+        ]
+        for var, value in zip(program.constants, program.constant_values):
+            buffer = io.BytesIO()
+            np.save(buffer, value.numpy(), allow_pickle=False)
+            encoded = base64.b64encode(buffer.getvalue()).decode()
+            parts.append(f"{names[var]} = np.load(io.BytesIO(base64.b64decode({encoded!r})))")
+        parts += ["", "", self.source(program), ""]
+        with open(path, "w") as handle:
+            handle.write("\n".join(parts))
+        return [path]

@@ -1,0 +1,42 @@
+"""Helpers the generated code calls; this file is also copied into exported programs, so it imports only NumPy."""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def int_div(x, y):
+    """Integer division truncating toward zero (C semantics), as the slope `div` operator defines it."""
+    quotient = np.floor_divide(x, y)
+    adjust = (np.remainder(x, y) != 0) & ((x < 0) != (y < 0))
+    return (quotient + adjust).astype(x.dtype)
+
+
+def gather_nd(x, idx):
+    """x indexed by the last dimension of idx."""
+    return x[tuple(np.moveaxis(idx, -1, 0))]
+
+
+def scatter_nd(x, idx, updates):
+    """A copy of x with updates added at idx (repeated indices accumulate)."""
+    out = x.copy()
+    np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    return out
+
+
+def conv(x, w, stride, padding, dilation, groups):
+    """N-d cross-correlation: x (N, C, *S), w (O, C/groups, *K)."""
+    n = x.ndim - 2
+    x = np.pad(x, [(0, 0), (0, 0), *padding])
+    batch, channels = x.shape[:2]
+    out_channels, kernel = w.shape[0], w.shape[2:]
+    spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    windows = sliding_window_view(x, spans, axis=tuple(range(2, 2 + n)))
+    index = (slice(None), slice(None), *(slice(None, None, s) for s in stride), *(slice(None, None, d) for d in dilation))
+    windows = windows[index]
+    out_spatial = windows.shape[2 : 2 + n]
+    windows = windows.reshape(batch, groups, channels // groups, *out_spatial, *kernel)
+    weights = w.reshape(groups, out_channels // groups, channels // groups, *kernel)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    space, taps = letters[:n], letters[n : 2 * n]
+    result = np.einsum(f"NGC{space}{taps},GOC{taps}->NGO{space}", windows, weights, optimize=True)
+    return np.ascontiguousarray(result.reshape(batch, out_channels, *out_spatial)).astype(x.dtype, copy=False)

@@ -1,0 +1,90 @@
+"""Translations of slope operators to NumPy expressions: `f(inputs, params, out_aval) -> str`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _dtype(dtype: Any) -> str:
+    return f"dtypes[{dtype.name!r}]"
+
+
+def _unary(function: str) -> Callable:
+    return lambda ins, params, out: f"{function}({ins[0]})"
+
+
+def _binary(function: str) -> Callable:
+    return lambda ins, params, out: f"{function}({ins[0]}, {ins[1]})"
+
+
+def _div(ins: list, params: dict, out: Any) -> str:
+    if out.dtype.is_float:
+        return f"np.divide({ins[0]}, {ins[1]})"
+    return f"runtime.int_div({ins[0]}, {ins[1]})"
+
+
+def _invert(ins: list, params: dict, out: Any) -> str:
+    return f"np.logical_not({ins[0]})" if out.dtype.name == "bool" else f"np.invert({ins[0]})"
+
+
+def _reduce(function: str) -> Callable:
+    def translate(ins: list, params: dict, out: Any) -> str:
+        call = f"{function}({ins[0]}, axis={params['dim']}, keepdims={params['keepdim']})"
+        return f"np.asarray({call}, dtype={_dtype(out.dtype)})"
+
+    return translate
+
+
+def _slice(ins: list, params: dict, out: Any) -> str:
+    parts = ", ".join(f"{a}:{b}:{s}" for a, b, s in zip(params["start"], params["stop"], params["step"]))
+    return f"{ins[0]}[{parts}{',' if len(params['start']) == 1 else ''}]"
+
+
+def _pad(ins: list, params: dict, out: Any) -> str:
+    widths = list(zip(params["lo"], params["hi"]))
+    return f"np.pad({ins[0]}, {widths}, constant_values={params['value']!r})"
+
+
+translations: dict[str, Callable] = {
+    "exp": _unary("np.exp"),
+    "log": _unary("np.log"),
+    "sin": _unary("np.sin"),
+    "sqrt": _unary("np.sqrt"),
+    "tanh": _unary("np.tanh"),
+    "invert": _invert,
+    "stop_gradient": lambda ins, params, out: ins[0],
+    "cast": lambda ins, params, out: f"{ins[0]}.astype({_dtype(params['dtype'])})",
+    "add": _binary("np.add"),
+    "sub": _binary("np.subtract"),
+    "mul": _binary("np.multiply"),
+    "div": _div,
+    "pow": _binary("np.power"),
+    "maximum": _binary("np.maximum"),
+    "equal": _binary("np.equal"),
+    "less": _binary("np.less"),
+    "greater": _binary("np.greater"),
+    "bitwise_and": _binary("np.bitwise_and"),
+    "bitwise_or": _binary("np.bitwise_or"),
+    "bitwise_xor": _binary("np.bitwise_xor"),
+    "where": lambda ins, params, out: f"np.where({ins[0]}, {ins[1]}, {ins[2]})",
+    "sum": _reduce("np.sum"),
+    "max": _reduce("np.max"),
+    "reshape": lambda ins, params, out: f"np.reshape({ins[0]}, {params['shape']})",
+    "expand": lambda ins, params, out: f"np.broadcast_to({ins[0]}, {params['shape']})",
+    "permute": lambda ins, params, out: f"np.transpose({ins[0]}, {params['perm']})",
+    "slice": _slice,
+    "pad": _pad,
+    "flip": lambda ins, params, out: f"np.flip({ins[0]}, {params['dim']})",
+    "cat": lambda ins, params, out: f"np.concatenate([{', '.join(ins)}], axis={params['dim']})",
+    "full": lambda ins, params, out: f"np.full({params['shape']}, {params['value']!r}, dtype={_dtype(out.dtype)})",
+    "arange": lambda ins, params, out: (
+        f"np.arange({params['start']!r}, {params['stop']!r}, {params['step']!r}, dtype={_dtype(out.dtype)})"
+    ),
+    "matmul": _binary("np.matmul"),
+    "conv": lambda ins, params, out: (
+        f"runtime.conv({ins[0]}, {ins[1]}, {params['stride']}, {params['padding']}, {params['dilation']}, "
+        f"{params['groups']})"
+    ),
+    "gather_nd": _binary("runtime.gather_nd"),
+    "scatter_nd": lambda ins, params, out: f"runtime.scatter_nd({ins[0]}, {ins[1]}, {ins[2]})",
+}
