@@ -363,11 +363,22 @@ class Div(Binary):
 class Pow(Binary):
     name = "pow"
 
+    def __call__(self, x: Any, y: Any) -> Tensor:
+        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool) and y == int(y):
+            if 0 <= y <= 4:  # small integer powers as products: exact, and cheap to differentiate
+                result = constant(1, x.dtype, x.shape) if y == 0 else x
+                for _ in range(int(y) - 1):
+                    result = mul(result, x)
+                return result
+        return super().__call__(x, y)
+
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         x, y = primals
         tx, ty = tangents
         out = power(x, y)
-        safe_log = where(equal(x, zeros_like(x)), zeros_like(x), log(x))
+        positive = greater(x, zeros_like(x))  # d/dy x**y = x**y log x, taken as 0 where log x is undefined
+        ones = constant(1, x.dtype, x.shape)
+        safe_log = where(positive, log(where(positive, x, ones)), zeros_like(x))
         dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
         return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
 

@@ -746,9 +746,11 @@ def getitem(x: Any, index: Any) -> Tensor:
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        items[at : at + 1] = [slice(None)] * (x.ndim - consumed)
+    ellipses = [k for k, item in enumerate(items) if item is Ellipsis]
+    if len(ellipses) > 1:
+        raise IndexError("slope.getitem: an index can only have a single ellipsis ('...')")
+    if ellipses:
+        items[ellipses[0] : ellipses[0] + 1] = [slice(None)] * (x.ndim - consumed)
     items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     start, stop, step, flips, out_shape, advanced = [], [], [], [], [], []

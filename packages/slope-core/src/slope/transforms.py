@@ -380,8 +380,8 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
             outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
-        out_structure = tree.unflatten(out_tree[0], [None] * len(values)) if values else None
-        targets = _axes_for_leaves("vmap", out_axes, out_structure) if values else []
+        placeholder = tree.unflatten(out_tree[0], [object() for _ in values])
+        targets = _axes_for_leaves("vmap", out_axes, placeholder)
         results = []
         for value, dim, target in zip(values, dims, targets):
             if dim is None:

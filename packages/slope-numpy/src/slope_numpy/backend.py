@@ -70,7 +70,12 @@ class NumpyBackend(Backend):
         namespace = self._namespace(program)
         exec(compile(source, "<slope numpy program>", "exec"), namespace)
         function = namespace["program"]
-        return Executable(lambda buffers: function(*buffers), source, program)
+
+        def run(buffers: list) -> list:
+            with np.errstate(all="ignore"):  # IEEE results (inf, nan) without warnings, as other backends give
+                return function(*buffers)
+
+        return Executable(run, source, program)
 
     def from_numpy(self, array: np.ndarray, device: str) -> np.ndarray:
         return array
