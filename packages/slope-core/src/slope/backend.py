@@ -139,9 +139,7 @@ def get_backend(name: str | None = None) -> Backend:
 def _make_backend(name: str) -> Backend:
     if name not in _instances:
         if name not in plugins.backends:
-            raise SlopeBackendError(
-                f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}"
-            )
+            raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
         _instances[name] = plugins.backends[name]()
     return _instances[name]
 

@@ -106,7 +106,7 @@ class Program:
         names = self.names()
         args = ", ".join(f"{names[v]}: {v.aval}" for v in self.inputs)
         lines = [f"def program({args}):"]
-        for v, value in zip(self.constants, self.constant_values):
+        for v, _value in zip(self.constants, self.constant_values):
             lines.append(f"    {names[v]} = constant  # {v.aval}")
         for instruction in self.instructions:
             outs = ", ".join(names[v] for v in instruction.outputs)

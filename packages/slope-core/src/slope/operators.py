@@ -541,15 +541,15 @@ class Reshape(Operator):
         if -1 in shape:
             known = math.prod(s for s in shape if s != -1)
             if known == 0 or x.numel() % known:
-                raise self.shape_error(f"cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}")
+                raise self.shape_error(
+                    f"cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}"
+                )
             shape = tuple(x.numel() // known if s == -1 else s for s in shape)
         return x if shape == x.shape else bind(self, x, shape=shape)
 
     def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
         if any(s < 0 for s in shape) or math.prod(shape) != x.size:
-            raise self.shape_error(
-                f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape {shape}"
-            )
+            raise self.shape_error(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape {shape}")
         return Aval(shape, x.dtype)
 
     def jvp(self, primals: list, tangents: list, *, shape: tuple) -> tuple[list, list]:
@@ -744,9 +744,7 @@ class Cat(Operator):
             if x.dtype != first.dtype:
                 raise self.dtype_error(f"expected tensors of one dtype, got {first.dtype.name} and {x.dtype.name}")
             if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != dim):
-                raise self.shape_error(
-                    f"shapes {[a.shape for a in xs]} must match except in dimension {dim}"
-                )
+                raise self.shape_error(f"shapes {[a.shape for a in xs]} must match except in dimension {dim}")
         size = sum(x.shape[dim] for x in xs)
         return Aval(first.shape[:dim] + (size,) + first.shape[dim + 1 :], first.dtype)
 
@@ -930,7 +928,9 @@ class Conv(Operator):
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
         if x.ndim < 3 or w.ndim != x.ndim:
-            raise self.shape_error(f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
+            raise self.shape_error(
+                f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}"
+            )
         n = x.ndim - 2
         stride, dilation = _tuple(self.name, stride, n), _tuple(self.name, dilation, n)
         if padding == "valid":
@@ -952,7 +952,9 @@ class Conv(Operator):
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2
         if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
-            raise self.shape_error(f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
+            raise self.shape_error(
+                f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}"
+            )
         if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
             raise self.shape_error(
                 f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
@@ -964,7 +966,9 @@ class Conv(Operator):
         for size, k, s, (lo, hi), d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation):
             span = d * (k - 1) + 1
             if size + lo + hi < span:
-                raise self.shape_error(f"kernel {w.shape[2:]} (dilation {dilation}) is larger than padded input {x.shape}")
+                raise self.shape_error(
+                    f"kernel {w.shape[2:]} (dilation {dilation}) is larger than padded input {x.shape}"
+                )
             spatial.append((size + lo + hi - span) // s + 1)
         return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
 
@@ -989,7 +993,9 @@ class Conv(Operator):
                     ct = reshape(ct, (*before, m, 1, *after))
                     ct = pad(ct, lo=(0,) * ct.ndim, hi=tuple(s - 1 if i == axis + 1 else 0 for i in range(ct.ndim)))
                     ct = reshape(ct, (*before, m * s, *after))
-                    ct = slice_(ct, (0,) * ct.ndim, tuple((m - 1) * s + 1 if i == axis else c for i, c in enumerate(ct.shape)))
+                    ct = slice_(
+                        ct, (0,) * ct.ndim, tuple((m - 1) * s + 1 if i == axis else c for i, c in enumerate(ct.shape))
+                    )
             lo, hi = [], []
             for d in range(n):
                 span = dilation[d] * (kernel[d] - 1)
@@ -1085,7 +1091,9 @@ class ScatterNd(Operator):
             raise self.shape_error(f"expected integer indices of shape (..., k) with k <= {x.ndim}, got {idx}")
         expected = idx.shape[:-1] + x.shape[idx.shape[-1] :]
         if updates.shape != expected or updates.dtype != x.dtype:
-            raise self.shape_error(f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}")
+            raise self.shape_error(
+                f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}"
+            )
         return x
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import pluggy
-
-if sys.version_info >= (3, 10):
-    from importlib.metadata import entry_points
-else:  # pragma: no cover
-    from importlib_metadata import entry_points
 
 hookspec = pluggy.HookspecMarker("slope")
 hookimpl = pluggy.HookimplMarker("slope")
@@ -156,6 +151,6 @@ def plugin_versions() -> dict[str, str]:
     for entry_point in entry_points(group="slope"):
         dist = getattr(entry_point, "dist", None)
         versions[entry_point.name] = dist.version if dist is not None else "?"
-    for name, plugin in manager.list_name_plugin():
+    for name, _plugin in manager.list_name_plugin():
         versions.setdefault(name, "in-process")
     return versions

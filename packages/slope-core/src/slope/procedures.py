@@ -157,7 +157,6 @@ def abs_(x: Any) -> Tensor:
     return x * sign(x)
 
 
-
 def _float(x: Any) -> Tensor:
     x = as_tensor(x)
     return x if x.dtype.is_float else cast(x, dtypes.default_float)
@@ -447,7 +446,9 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     x = as_tensor(x)
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
-    out_shape = tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else tuple(x.shape[d] for d in kept)
+    out_shape = (
+        tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else tuple(x.shape[d] for d in kept)
+    )
     x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), -1))
     while x.shape[-1] > 1:
         if x.shape[-1] % 2:
@@ -564,8 +565,10 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if x.ndim == 0:
         return x.reshape(1)
     start, end = (normalize_dims("flatten", d, x.ndim)[0] for d in (start_dim, end_dim))
-    return x.reshape((*x.shape[:start], -1, *x.shape[end + 1 :])) if x.numel() else x.reshape(
-        (*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :])
+    return (
+        x.reshape((*x.shape[:start], -1, *x.shape[end + 1 :]))
+        if x.numel()
+        else x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
     )
 
 
@@ -830,7 +833,9 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
     x, index = as_tensor(x), as_tensor(index)
     (dim,) = normalize_dims("gather", dim, x.ndim)
-    grids = [ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)]
+    grids = [
+        ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
+    ]
     coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
     return ops.gather_nd(x, stack(coords, -1))
 
@@ -924,7 +929,9 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
     logp = log_softmax(logits, class_dim)
     if target.dtype.is_float:
         if target.shape != logits.shape:
-            raise ShapeError(f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}")
+            raise ShapeError(
+                f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
+            )
         probs = target
     else:
         expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]

@@ -112,7 +112,9 @@ def split(k: Tensor, num: int = 2) -> Tensor:
 def fold_in(k: Tensor, data: int) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    x0, x1 = threefry2x32(k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), constant(int(data) & _MASK, dtypes.int64, (1,)))
+    x0, x1 = threefry2x32(
+        k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), constant(int(data) & _MASK, dtypes.int64, (1,))
+    )
     return cat([x0, x1])
 
 

@@ -78,7 +78,9 @@ class Tensor:
         """The Python scalar held by a one-element tensor."""
         self._concrete("Tensor.item()")
         if self.aval.size != 1:
-            raise ValueError(f"Tensor.item: only a one-element tensor converts to a Python scalar, got shape {self.shape}")
+            raise ValueError(
+                f"Tensor.item: only a one-element tensor converts to a Python scalar, got shape {self.shape}"
+            )
         return self.numpy().reshape(()).item()
 
     def float(self) -> Tensor:
@@ -155,9 +157,7 @@ class Tensor:
         return f"tensor({values}, shape={self.shape}, dtype={self.dtype.name}, device={self.device})"
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        raise TypeError(
-            "slope: tensors are immutable; instead of `t[i] = v` write `t = t.at[i].set(v)` (or `.add(v)`)"
-        )
+        raise TypeError("slope: tensors are immutable; instead of `t[i] = v` write `t = t.at[i].set(v)` (or `.add(v)`)")
 
     @property
     def at(self) -> Any:

@@ -241,7 +241,9 @@ def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> t
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     for n in nums:
         if not -count <= n < count:
-            raise TransformError(f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments")
+            raise TransformError(
+                f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
+            )
     return tuple(n % count for n in nums)
 
 
@@ -357,7 +359,9 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     def vmapped(*args: Any) -> Any:
         axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
         if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
-            raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments")
+            raise TransformError(
+                f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments"
+            )
         flat, in_tree = tree.flatten(args)
         flat = [as_tensor(x) for x in flat]
         axes = _axes_for_leaves("vmap", axes_spec, args)
@@ -365,7 +369,9 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         for i, (x, axis) in enumerate(zip(flat, axes)):
             if axis is not None:
                 if not -x.ndim <= axis < x.ndim:
-                    raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
+                    raise TransformError(
+                        f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}"
+                    )
                 axes[i] = axis % x.ndim
                 sizes[i] = x.shape[axis]
         if not sizes:
@@ -557,7 +563,9 @@ class CustomVJPLinear(Operator):
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        raise TransformError("slope.custom_vjp: forward mode (jvp) of a custom_vjp function is not defined; use custom_jvp")
+        raise TransformError(
+            "slope.custom_vjp: forward mode (jvp) of a custom_vjp function is not defined; use custom_jvp"
+        )
 
 
 class custom_vjp:  # noqa: N801 - named like the JAX decorator users know

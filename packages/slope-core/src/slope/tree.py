@@ -64,7 +64,11 @@ def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
 
 register(tuple, lambda t: (list(t), None), lambda aux, ch: tuple(ch))
 register(list, lambda t: (list(t), None), lambda aux, ch: list(ch))
-register(dict, lambda d: ([d[k] for k in sorted(d, key=repr)], tuple(sorted(d, key=repr))), lambda aux, ch: dict(zip(aux, ch)))
+register(
+    dict,
+    lambda d: ([d[k] for k in sorted(d, key=repr)], tuple(sorted(d, key=repr))),
+    lambda aux, ch: dict(zip(aux, ch)),
+)
 register(type(None), lambda n: ([], None), lambda aux, ch: None)
 
 

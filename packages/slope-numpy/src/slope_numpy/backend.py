@@ -8,7 +8,6 @@ import io
 from typing import Any
 
 import numpy as np
-
 import slope
 from slope import Backend, Executable, Program
 
@@ -38,7 +37,9 @@ class NumpyBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self.numpy_dtypes = _numpy_dtypes()
-        self.dtypes = frozenset(d for d in _float_types | _other_types | {slope.bfloat16} if d.name in self.numpy_dtypes)
+        self.dtypes = frozenset(
+            d for d in _float_types | _other_types | {slope.bfloat16} if d.name in self.numpy_dtypes
+        )
 
     def devices(self) -> list[str]:
         return ["cpu"]
@@ -98,7 +99,9 @@ class NumpyBackend(Backend):
             "",
             "runtime = types.SimpleNamespace()",
             "exec(" + repr(inspect.getsource(runtime)) + ", runtime.__dict__)",
-            "dtypes = {" + ", ".join(f"{k!r}: np.dtype({str(v)!r})" for k, v in self.numpy_dtypes.items() if k != "bfloat16") + "}",
+            "dtypes = {"
+            + ", ".join(f"{k!r}: np.dtype({str(v)!r})" for k, v in self.numpy_dtypes.items() if k != "bfloat16")
+            + "}",
             "",
         ]
         for var, value in zip(program.constants, program.constant_values):

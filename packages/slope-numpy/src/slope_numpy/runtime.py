@@ -31,7 +31,12 @@ def conv(x, w, stride, padding, dilation, groups):
     out_channels, kernel = w.shape[0], w.shape[2:]
     spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
     windows = sliding_window_view(x, spans, axis=tuple(range(2, 2 + n)))
-    index = (slice(None), slice(None), *(slice(None, None, s) for s in stride), *(slice(None, None, d) for d in dilation))
+    index = (
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in stride),
+        *(slice(None, None, d) for d in dilation),
+    )
     windows = windows[index]
     out_spatial = windows.shape[2 : 2 + n]
     windows = windows.reshape(batch, groups, channels // groups, *out_spatial, *kernel)
