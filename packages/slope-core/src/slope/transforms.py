@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from . import backend as backend_module
 from . import tree
 from .ir import Aval, Program, Var, dead_code_elimination
-from .operator import Operator, UndefinedPrimal, move_axis
+from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, zeros_like
 from .tensors import Tensor
 from .trace import (
@@ -332,7 +332,7 @@ class BatchTrace(Trace):
         if all(d is None for d in dims):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        if op.has_rule("vmap") and not op.inline:
+        if op.has_rule("vmap"):
             outs, out_dims = op.vmap(self.main.data, values, dims, **params)
         elif op.procedure is not None:
             return _run_procedure(op, tracers, params)
@@ -459,6 +459,10 @@ def _jvp_active() -> bool:
     return any(main.trace_type is JVPTrace for main in _stack)
 
 
+def _batched_avals(avals: tuple, axis_size: int) -> tuple:
+    return tuple(Aval((axis_size, *a.shape), a.dtype) for a in avals)
+
+
 class CustomJVPCall(Operator):
     """Calls a function whose JVP is given by the user; everywhere else it is the function itself."""
 
@@ -466,50 +470,22 @@ class CustomJVPCall(Operator):
     multiple_results = True
     inline = True
 
-    def infer(self, *avals: Aval, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple) -> list[Aval]:
+    def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
         return list(out_avals)
 
-    def procedure(self, *args: Tensor, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple) -> list:
+    def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
 
-    def jvp(self, primals: list, tangents: list, *, fun: Callable, rule: Callable, in_tree: Any, out_avals: tuple):
-        primal_args = tree.unflatten(in_tree, primals)
-        tangent_args = tree.unflatten(in_tree, tangents)
-        out, tangent_out = rule(primal_args, tangent_args)
+    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
+        out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         return [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
 
-
-class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
-    """A function with a hand-written JVP: decorate it, then register the rule with `.defjvp`."""
-
-    def __init__(self, fun: Callable):
-        functools.update_wrapper(self, fun)
-        self.fun = fun
-        self.rule: Callable | None = None
-
-    def defjvp(self, rule: Callable) -> Callable:
-        """Set `rule(primals, tangents) -> (primal_out, tangent_out)`."""
-        self.rule = rule
-        return rule
-
-    def __call__(self, *args: Any) -> Any:
-        if self.rule is None:
-            raise TransformError(f"slope.custom_jvp: {self.fun.__name__} has no rule; call .defjvp(rule) first")
-        if not _jvp_active():
-            return self.fun(*args)
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(a) for a in flat]
-        out_tree_box: list = []
-
-        def flat_fun(*leaves: Tensor) -> list:
-            out = self.fun(*tree.unflatten(in_tree, leaves))
-            out_leaves, out_tree = tree.flatten(out)
-            out_tree_box.append(out_tree)
-            return [as_tensor(o) for o in out_leaves]
-
-        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
-        outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
-        return tree.unflatten(out_tree_box[0], outs)
+    def vmap(self, axis_size: int, args: list, dims: list, *, fun: Callable, rule: Callable, in_tree: Any,
+             out_avals: tuple) -> tuple[list, list]:  # fmt: skip
+        args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
+        out_avals = _batched_avals(out_avals, axis_size)
+        outs = bind(self, *args, fun=vmap(fun), rule=vmap(rule), in_tree=in_tree, out_avals=out_avals)
+        return outs, [0] * len(outs)
 
 
 class CustomVJPCall(Operator):
@@ -519,24 +495,27 @@ class CustomVJPCall(Operator):
     multiple_results = True
     inline = True
 
-    def infer(self, *avals: Aval, fun: Callable, fwd: Callable, bwd: Callable, in_tree: Any, out_tree: Any,
-              out_avals: tuple) -> list[Aval]:  # fmt: skip
+    def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
         return list(out_avals)
 
     def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
 
-    def jvp(self, primals: list, tangents: list, *, fun: Callable, fwd: Callable, bwd: Callable, in_tree: Any,
-            out_tree: Any, out_avals: tuple) -> tuple[list, list]:  # fmt: skip
+    def jvp(self, primals: list, tangents: list, *, fwd: Callable, bwd: Callable, in_tree: Any, out_tree: Any,
+            out_avals: tuple, **params: Any) -> tuple[list, list]:  # fmt: skip
         out, residuals = fwd(*tree.unflatten(in_tree, primals))
-        out_flat = [as_tensor(o) for o in tree.leaves(out)]
         res_flat, res_tree = tree.flatten(residuals)
         res_flat = [as_tensor(r) for r in res_flat]
-        tangent_outs = bind(
-            custom_vjp_linear, *res_flat, *tangents, bwd=bwd, res_tree=res_tree, in_tree=in_tree,
-            out_tree=out_tree, out_avals=out_avals, n_res=len(res_flat),
-        )  # fmt: skip
-        return out_flat, tangent_outs
+        linear_params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
+        tangent_outs = bind(custom_vjp_linear, *res_flat, *tangents, **linear_params, n_res=len(res_flat))
+        return [as_tensor(o) for o in tree.leaves(out)], tangent_outs
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, fun: Callable, fwd: Callable, bwd: Callable,
+             out_avals: tuple, **params: Any) -> tuple[list, list]:  # fmt: skip
+        args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
+        batched = {"fun": vmap(fun), "fwd": vmap(fwd), "bwd": vmap(bwd)}
+        outs = bind(self, *args, **batched, out_avals=_batched_avals(out_avals, axis_size), **params)
+        return outs, [0] * len(outs)
 
 
 class CustomVJPLinear(Operator):
@@ -548,10 +527,9 @@ class CustomVJPLinear(Operator):
     def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
         return list(out_avals)
 
-    def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, in_tree: Any, out_tree: Any,
-                  out_avals: tuple, n_res: int) -> list:  # fmt: skip
-        residuals = tree.unflatten(res_tree, args[:n_res])
-        cts_in = bwd(residuals, tree.unflatten(out_tree, cotangents))
+    def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, out_tree: Any, out_avals: tuple,
+                  n_res: int) -> list:  # fmt: skip
+        cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
         flat = tree.leaves(cts_in)
@@ -562,44 +540,66 @@ class CustomVJPLinear(Operator):
             )
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
-    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        raise TransformError(
-            "slope.custom_vjp: forward mode (jvp) of a custom_vjp function is not defined; use custom_jvp"
-        )
 
-
-class custom_vjp:  # noqa: N801 - named like the JAX decorator users know
-    """A function with a hand-written VJP: decorate it, then register `.defvjp(fwd, bwd)`."""
+class _CustomFunction:
+    """Shared call path of custom_jvp and custom_vjp: outside differentiation it is the plain function."""
 
     def __init__(self, fun: Callable):
         functools.update_wrapper(self, fun)
         self.fun = fun
-        self.fwd: Callable | None = None
-        self.bwd: Callable | None = None
+
+    def _rules(self) -> dict | None:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any) -> Any:
+        rules = self._rules()
+        if rules is None:
+            kind = type(self).__name__
+            raise TransformError(f"slope.{kind}: {self.fun.__name__} has no rule yet; define it (see slope.{kind})")
+        if not _jvp_active():
+            return self.fun(*args)
+        flat, in_tree = tree.flatten(args)
+        flat = [as_tensor(a) for a in flat]
+        out_trees: list = []
+
+        def flat_fun(*leaves: Tensor) -> list:
+            out_leaves, out_tree = tree.flatten(self.fun(*tree.unflatten(in_tree, leaves)))
+            out_trees.append(out_tree)
+            return [as_tensor(o) for o in out_leaves]
+
+        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
+        operator = custom_vjp_call if isinstance(self, custom_vjp) else custom_jvp_call
+        extra = {"out_tree": out_trees[0]} if isinstance(self, custom_vjp) else {}
+        outs = bind(operator, *flat, fun=flat_fun, **rules, in_tree=in_tree, out_avals=out_avals, **extra)
+        return tree.unflatten(out_trees[0], outs)
+
+
+class custom_jvp(_CustomFunction):  # noqa: N801 - named like the JAX decorator users know
+    """A function with a hand-written JVP: decorate it, then register `rule(primals, tangents)` with `.defjvp`."""
+
+    rule: Callable | None = None
+
+    def defjvp(self, rule: Callable) -> Callable:
+        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents)."""
+        self.rule = rule
+        return rule
+
+    def _rules(self) -> dict | None:
+        return None if self.rule is None else {"rule": self.rule}
+
+
+class custom_vjp(_CustomFunction):  # noqa: N801 - named like the JAX decorator users know
+    """A function with a hand-written VJP: decorate it, then register `.defvjp(fwd, bwd)`."""
+
+    fwd: Callable | None = None
+    bwd: Callable | None = None
 
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
         """Set `fwd(*args) -> (out, residuals)` and `bwd(residuals, cotangent) -> tuple of input cotangents`."""
         self.fwd, self.bwd = fwd, bwd
 
-    def __call__(self, *args: Any) -> Any:
-        if self.fwd is None:
-            raise TransformError(f"slope.custom_vjp: {self.fun.__name__} has no rule; call .defvjp(fwd, bwd) first")
-        if not _jvp_active():
-            return self.fun(*args)
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(a) for a in flat]
-        out_tree_box: list = []
-
-        def flat_fun(*leaves: Tensor) -> list:
-            out = self.fun(*tree.unflatten(in_tree, leaves))
-            out_leaves, out_tree = tree.flatten(out)
-            out_tree_box.append(out_tree)
-            return [as_tensor(o) for o in out_leaves]
-
-        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
-        outs = bind(custom_vjp_call, *flat, fun=flat_fun, fwd=self.fwd, bwd=self.bwd, in_tree=in_tree,
-                    out_tree=out_tree_box[0], out_avals=out_avals)  # fmt: skip
-        return tree.unflatten(out_tree_box[0], outs)
+    def _rules(self) -> dict | None:
+        return None if self.fwd is None else {"fwd": self.fwd, "bwd": self.bwd}
 
 
 custom_jvp_call = CustomJVPCall()
