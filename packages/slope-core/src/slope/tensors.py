@@ -58,7 +58,9 @@ class Tensor:
 
     def _concrete(self, what: str) -> None:
         if self.buffer is None:
-            raise TypeError(
+            from .trace import SlopeTraceError
+
+            raise SlopeTraceError(
                 f"slope: {what} needs a concrete value, but this tensor {self.aval} is traced inside a transformation "
                 "(jit, grad, vmap, ...); Python control flow on traced values is not possible: use slope.where, "
                 "or mark the argument static with jit(static_argnums=...)"
@@ -119,17 +121,23 @@ class Tensor:
         """The data as nested Python lists."""
         return self.numpy().tolist()
 
+    def _scalar(self, what: str) -> Any:
+        self._concrete(what)
+        if self.aval.size != 1:
+            raise ValueError(
+                f"slope: {what} needs a one-element tensor, got shape {self.shape} ({self.aval.size} elements); "
+                "reduce it first (.any(), .all(), .sum(), ...)"
+            )
+        return self.numpy().reshape(()).item()
+
     def __bool__(self) -> bool:
-        self._concrete("bool(tensor)")
-        return bool(self.item())
+        return bool(self._scalar("bool(tensor)"))
 
     def __int__(self) -> int:
-        self._concrete("int(tensor)")
-        return int(self.item())
+        return int(self._scalar("int(tensor)"))
 
     def __float__(self) -> float:
-        self._concrete("float(tensor)")
-        return float(self.item())
+        return float(self._scalar("float(tensor)"))
 
     def __index__(self) -> int:
         self._concrete("using a tensor as an index")
@@ -165,99 +173,6 @@ class Tensor:
         return _IndexUpdater(self)
 
     # ------------------------------------------------------------------------------------------- operators
-    def __add__(self, other: Any) -> Tensor:
-        return functions["add"](self, other)
-
-    def __radd__(self, other: Any) -> Tensor:
-        return functions["add"](other, self)
-
-    def __sub__(self, other: Any) -> Tensor:
-        return functions["sub"](self, other)
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return functions["sub"](other, self)
-
-    def __mul__(self, other: Any) -> Tensor:
-        return functions["mul"](self, other)
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return functions["mul"](other, self)
-
-    def __truediv__(self, other: Any) -> Tensor:
-        return functions["true_divide"](self, other)
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return functions["true_divide"](other, self)
-
-    def __floordiv__(self, other: Any) -> Tensor:
-        return functions["floor_divide"](self, other)
-
-    def __rfloordiv__(self, other: Any) -> Tensor:
-        return functions["floor_divide"](other, self)
-
-    def __mod__(self, other: Any) -> Tensor:
-        return functions["remainder"](self, other)
-
-    def __pow__(self, other: Any) -> Tensor:
-        return functions["pow"](self, other)
-
-    def __rpow__(self, other: Any) -> Tensor:
-        return functions["pow"](other, self)
-
-    def __matmul__(self, other: Any) -> Tensor:
-        return functions["matmul"](self, other)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return functions["matmul"](other, self)
-
-    def __neg__(self) -> Tensor:
-        return functions["neg"](self)
-
-    def __pos__(self) -> Tensor:
-        return self
-
-    def __abs__(self) -> Tensor:
-        return functions["abs"](self)
-
-    def __invert__(self) -> Tensor:
-        return functions["invert"](self)
-
-    def __and__(self, other: Any) -> Tensor:
-        return functions["bitwise_and"](self, other)
-
-    def __rand__(self, other: Any) -> Tensor:
-        return functions["bitwise_and"](other, self)
-
-    def __or__(self, other: Any) -> Tensor:
-        return functions["bitwise_or"](self, other)
-
-    def __ror__(self, other: Any) -> Tensor:
-        return functions["bitwise_or"](other, self)
-
-    def __xor__(self, other: Any) -> Tensor:
-        return functions["bitwise_xor"](self, other)
-
-    def __rxor__(self, other: Any) -> Tensor:
-        return functions["bitwise_xor"](other, self)
-
-    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return functions["equal"](self, other)
-
-    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return functions["not_equal"](self, other)
-
-    def __lt__(self, other: Any) -> Tensor:
-        return functions["less"](self, other)
-
-    def __le__(self, other: Any) -> Tensor:
-        return functions["less_equal"](self, other)
-
-    def __gt__(self, other: Any) -> Tensor:
-        return functions["greater"](self, other)
-
-    def __ge__(self, other: Any) -> Tensor:
-        return functions["greater_equal"](self, other)
-
     def __getitem__(self, index: Any) -> Tensor:
         return functions["getitem"](self, index)
 
@@ -270,6 +185,35 @@ class Tensor:
     def mT(self) -> Tensor:
         """The tensor with its last two dimensions swapped."""
         return functions["transpose"](self, -2, -1)
+
+
+def _operator_method(function: str, reflected: bool = False) -> Any:
+    if reflected:
+        return lambda self, other: functions[function](other, self)
+    return lambda self, other: functions[function](self, other)
+
+
+# Python operators -> slope functions; the second table's entries also get their reflected form (__radd__ ...).
+_comparisons = {
+    "eq": "equal",
+    "ne": "not_equal",
+    "lt": "less",
+    "le": "less_equal",
+    "gt": "greater",
+    "ge": "greater_equal",
+}
+_arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "floordiv": "floor_divide",
+               "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
+               "xor": "bitwise_xor"}  # fmt: skip
+for _name, _function in _comparisons.items():
+    setattr(Tensor, f"__{_name}__", _operator_method(_function))
+for _name, _function in _arithmetic.items():
+    setattr(Tensor, f"__{_name}__", _operator_method(_function))
+    setattr(Tensor, f"__r{_name}__", _operator_method(_function, reflected=True))
+Tensor.__neg__ = lambda self: functions["neg"](self)
+Tensor.__abs__ = lambda self: functions["abs"](self)
+Tensor.__invert__ = lambda self: functions["invert"](self)
+Tensor.__pos__ = lambda self: self
 
 
 class _IndexUpdater:
