@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from importlib.metadata import entry_points
+from importlib.metadata import version as distribution_version
 from typing import Any, Callable
 
 import pluggy
@@ -151,6 +152,8 @@ def plugin_versions() -> dict[str, str]:
     for entry_point in entry_points(group="slope"):
         dist = getattr(entry_point, "dist", None)
         versions[entry_point.name] = dist.version if dist is not None else "?"
-    for name, _plugin in manager.list_name_plugin():
+    for name, _ in manager.list_name_plugin():
+        if name.startswith("slope-core"):
+            versions.setdefault(name, f"{distribution_version('slope-core')} (built in)")
         versions.setdefault(name, "in-process")
     return versions
