@@ -175,8 +175,13 @@ def default_device() -> str:
 
 def set_device(device: str) -> None:
     """Make a device the default one for new tensors and programs."""
+    previous = _state["device"]
     _state["device"] = device
-    default_device()
+    try:
+        default_device()
+    except SlopeBackendError:
+        _state["device"] = previous  # a device that is not there must not stay selected
+        raise
 
 
 def devices() -> list[str]:
@@ -196,7 +201,7 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
-        if lowered is not program:
+        if str(lowered) != str(program):  # only when procedures or dead-code removal changed it
             print(f"--- lowered\n{lowered}")
         print(f"--- {backend.name} code\n{executable.code}")
     return executable
@@ -214,7 +219,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
     backend = _state["backend"] or get_backend()
     device = args[0].device if args else (_state["device"] or default_device())
-    key = (op, tuple(params.items()), tuple(a.aval for a in args), backend, device)
+    key = (op, tuple(params.items()), tuple([a.aval for a in args]), backend, device)
     try:
         executable = _compiled[key]
     except KeyError:

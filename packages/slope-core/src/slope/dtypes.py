@@ -117,7 +117,12 @@ def scalar_dtype(tensor_dtype: DType, value: object) -> DType:
 
 def infer_python(value: object) -> DType:
     """The dtype `slope.tensor` gives a Python scalar or nested list (as PyTorch does)."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nesting
+        raise ValueError(
+            f"slope.tensor: nested sequences must be rectangular (all rows of one length): {error}"
+        ) from None
     if array.dtype == np.bool_:
         return bool_
     if array.dtype.kind in "iu":

@@ -7,10 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import backend as backend_module
 from . import dtypes
 from .dtypes import DType
 from .ir import Aval
-from .operator import Operator, ShapeError, UndefinedPrimal, batch_to_front, move_axis
+from .operator import DTypeError, Operator, ShapeError, UndefinedPrimal, batch_to_front, move_axis
 from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
@@ -20,19 +21,20 @@ from .trace import bind, is_eager
 _constants: dict[tuple, Tensor] = {}
 
 
-def constant(value: Any, dtype: DType, shape: tuple[int, ...] = ()) -> Tensor:
+def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
     """A tensor filled with a Python scalar; eager ones are cached, so `x * 2.0` costs one operator."""
     if not is_eager():
         return full(shape, value, dtype)
-    from .backend import default_device, from_numpy, get_backend
-
-    key = (value, type(value), dtype, shape, get_backend(), default_device())
+    device = device or backend_module.default_device()
+    key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
         array = np.full(shape, value, dtype=dtype.numpy)
-        tensor = _constants[key] = from_numpy(array, Aval(shape, dtype))
+        tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
+        key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
+        _constants[key] = tensor
     return tensor
 
 
@@ -51,7 +53,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
     else:
         dtype = dtype or dtypes.infer_python(value)
         array = np.asarray(value)
-    array = np.ascontiguousarray(array, dtype=dtype.numpy)
+    array = np.asarray(array, dtype=dtype.numpy, order="C")  # keeps 0-d data 0-d (ascontiguousarray would not)
     return from_numpy(array, Aval(tuple(array.shape), dtype))
 
 
@@ -87,7 +89,10 @@ def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
                 dtype = dtypes.promote(dtype, t.dtype)
             for v in values:
                 if not isinstance(v, Tensor):
-                    dtype = dtypes.scalar_dtype(dtype, v)
+                    try:
+                        dtype = dtypes.scalar_dtype(dtype, v)
+                    except TypeError as error:
+                        raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
         else:
             dtype = dtypes.infer_python(values[0])
             for v in values[1:]:
@@ -270,6 +275,9 @@ class Cast(Operator):
 # ----------------------------------------------------------------------------------------------- binary
 
 
+_INT_KINDS = ("int", "uint")
+
+
 class Binary(Operator):
     """An elementwise operator of two inputs of one shape and dtype (callers get NumPy broadcasting)."""
 
@@ -277,8 +285,14 @@ class Binary(Operator):
     result: DType | None = None  # fixed output dtype (bool for comparisons)
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if type(x) is Tensor and type(y) is Tensor and x.aval == y.aval:
-            return bind(self, x, y)
+        if type(x) is Tensor:  # the eager fast paths: `x op x` and `x op 2.0`
+            if type(y) is Tensor and x.aval == y.aval:
+                return bind(self, x, y)
+            if (type(y) is float and x.dtype.is_float) or (type(y) is int and x.dtype.kind in _INT_KINDS):
+                return bind(self, x, constant(y, x.aval.dtype, x.aval.shape, x.device))
+        elif type(y) is Tensor:
+            if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
+                return bind(self, constant(x, y.aval.dtype, y.aval.shape, y.device), y)
         x, y = coerce(self.name, x, y)
         if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
             x, y = cast(x, dtypes.default_int), cast(y, dtypes.default_int)
@@ -468,12 +482,18 @@ class Where(Operator):
 # ----------------------------------------------------------------------------------------------- reductions
 
 
+def _reduce_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
+    # a 0-d tensor accepts dim 0 or -1 (as in PyTorch) and has nothing to reduce
+    dims = normalize_dims(name, dim, ndim)
+    return dims if ndim else ()
+
+
 class Reduce(Operator):
     """A reduction over some dimensions."""
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+        return bind(self, x, dim=_reduce_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
@@ -496,7 +516,7 @@ class Sum(Reduce):
             x = cast(x, dtype)
         elif not x.dtype.is_float:
             x = cast(x, dtypes.int64)
-        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+        return bind(self, x, dim=_reduce_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
 
     def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
         return [bind(self, primals[0], dim=dim, keepdim=keepdim)], [bind(self, tangents[0], dim=dim, keepdim=keepdim)]
@@ -579,7 +599,7 @@ class Expand(Operator):
         return x if shape == x.shape else bind(self, x, shape=shape)
 
     def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
-        if len(shape) != x.ndim or any(a != b and a != 1 for a, b in zip(x.shape, shape)):
+        if len(shape) != x.ndim or any(a != b and a != 1 for a, b in zip(x.shape, shape)) or min(shape, default=0) < 0:
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to shape {shape}")
         return Aval(shape, x.dtype)
 
@@ -1043,13 +1063,20 @@ class Conv(Operator):
         return [out], [1]
 
 
+def _indices(op: Operator, idx: Any) -> Tensor:
+    idx = as_tensor(idx)
+    if not idx.dtype.is_int:
+        raise op.dtype_error(f"indices must be integers, got {idx.dtype.name} of shape {idx.shape}")
+    return cast(idx, dtypes.int64)
+
+
 class GatherNd(Operator):
     """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
 
     name = "gather_nd"
 
     def __call__(self, x: Any, idx: Any) -> Tensor:
-        return bind(self, as_tensor(x), cast(as_tensor(idx), dtypes.int64))
+        return bind(self, as_tensor(x), _indices(self, idx))
 
     def infer(self, x: Aval, idx: Aval) -> Aval:
         if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:
@@ -1084,7 +1111,7 @@ class ScatterNd(Operator):
 
     def __call__(self, x: Any, idx: Any, updates: Any) -> Tensor:
         x = as_tensor(x)
-        return bind(self, x, cast(as_tensor(idx), dtypes.int64), as_tensor(updates, x.dtype))
+        return bind(self, x, _indices(self, idx), as_tensor(updates, x.dtype))
 
     def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
         if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:

@@ -91,14 +91,20 @@ def refresh() -> None:
     functions.clear()
     functions.update(operators)
     functions.update(procedures)
+    for name, value in list(Tensor.__dict__.items()):  # methods of unregistered plugins go with them
+        if getattr(value, "_slope_function", False) and name not in functions:
+            delattr(Tensor, name)
     for name, fn in functions.items():
         if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
             setattr(Tensor, name, _as_method(fn))
     from . import backend
 
+    active = backend._state["backend"]
     backend._instances.clear()  # translations may have changed
     backend._compiled.clear()
     backend._state["backend"] = None
+    if active is not None and active.name in backends:  # the backend the user chose stays chosen
+        backend._state["backend"] = backend.get_backend(active.name)
 
 
 def _as_method(fn: Callable) -> Callable:

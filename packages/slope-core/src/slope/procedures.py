@@ -11,7 +11,7 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .ir import Aval
-from .operator import ShapeError, UndefinedPrimal
+from .operator import DTypeError, ShapeError, UndefinedPrimal
 from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
@@ -63,7 +63,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))
     else:
         dtype = _dtype(dtype, dtypes.infer_python(data))
-    array = np.ascontiguousarray(np.asarray(data), dtype=dtype.numpy)
+    # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
+    array = np.array(data, dtype=dtype.numpy, order="C")
     return from_numpy(array, Aval(tuple(array.shape), dtype), device and ("cuda:0" if device == "cuda" else device))
 
 
@@ -312,11 +313,16 @@ def remainder(x: Any, y: Any) -> Tensor:
     return x - floor_divide(x, y) * y
 
 
+def _reverse_order(x: Tensor) -> Tensor:
+    """An order-reversing bijection of x's dtype: -x for floats, bitwise not for integers and bools (no overflow)."""
+    return -x if x.dtype.is_float else ops.invert(x)
+
+
 @procedure
 def minimum(x: Any, y: Any) -> Tensor:
     """Elementwise minimum."""
     x, y = coerce("minimum", x, y)
-    return -ops.maximum(-x, -y)
+    return _reverse_order(ops.maximum(_reverse_order(x), _reverse_order(y)))
 
 
 @procedure
@@ -403,7 +409,8 @@ def _count(x: Tensor, dim: Any) -> int:
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions."""
     x = _float(x)
-    return ops.sum_(x, dim, keepdim) / float(max(_count(x, dim), 1))
+    count = max(_count(x, dim), 1)  # first, so a bad dim is reported as mean's
+    return ops.sum_(x, dim, keepdim) / float(count)
 
 
 @procedure
@@ -425,7 +432,7 @@ def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 @procedure
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions."""
-    return -ops.max_(-as_tensor(x), dim, keepdim)
+    return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
 
 
 @procedure
@@ -444,6 +451,8 @@ def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
+    if not x.dtype.is_float:  # integer and bool products are int64, as in PyTorch (and as sum does)
+        x = cast(x, dtypes.int64)
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
     out_shape = (
@@ -477,7 +486,7 @@ def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
     if dim is None:
         x, dim = x.reshape(-1), 0
     (dim,) = normalize_dims("argmax", dim, x.ndim)
-    values = x if sign_ > 0 else -x
+    values = x if sign_ > 0 else _reverse_order(x)
     top = ops.max_(values, dim, keepdim=True)
     size = x.shape[dim]
     positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
@@ -501,6 +510,7 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
+    dim = normalize_dims("logsumexp", dim, x.ndim)
     top = ops.stop_gradient(ops.max_(x, dim, keepdim=True))
     top = where(isinf(top), constant(0.0, x.dtype, top.shape), top)
     out = ops.log(ops.sum_(ops.exp(x - top), dim, keepdim=True)) + top
@@ -511,6 +521,7 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def softmax(x: Any, dim: int = -1) -> Tensor:
     """exp(x) normalised to sum to 1 along dim."""
     x = _float(x)
+    dim = normalize_dims("softmax", dim, x.ndim)
     e = ops.exp(x - ops.stop_gradient(ops.max_(x, dim, keepdim=True)))
     return e / ops.sum_(e, dim, keepdim=True)
 
@@ -519,6 +530,7 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
 def log_softmax(x: Any, dim: int = -1) -> Tensor:
     """x - logsumexp(x) along dim."""
     x = _float(x)
+    dim = normalize_dims("log_softmax", dim, x.ndim)
     return x - logsumexp(x, dim, keepdim=True)
 
 
@@ -660,6 +672,8 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
 def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
     x = as_tensor(x)
+    if chunks <= 0:
+        raise ShapeError(f"slope.chunk: the number of chunks must be positive, got {chunks}")
     (d,) = normalize_dims("chunk", dim, x.ndim)
     return split(x, max(1, -(-x.shape[d] // chunks)), dim)
 
@@ -683,6 +697,8 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
 
 
 def _triangle_mask(x: Tensor, diagonal: int, lower: bool) -> Tensor:
+    if x.ndim < 2:
+        raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
     rows, cols = x.shape[-2], x.shape[-1]
     row = ops.arange(rows).reshape((rows, 1))
     col = ops.arange(cols).reshape((1, cols))
@@ -712,11 +728,24 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
         raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
     if num_classes < 0:
         num_classes = int(x.max().item()) + 1
+    _check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
     classes = ops.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
     return cast(unsqueeze(x, -1) == classes, dtypes.int64)
 
 
 # ----------------------------------------------------------------------------------------------- indexing
+
+
+def _check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
+    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
+    if index.buffer is None or index.numel() == 0:
+        return
+    values = index.numpy()
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low or largest >= high:
+        raise IndexError(
+            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
+        )
 
 
 def _is_bool_mask(item: Any) -> bool:
@@ -766,6 +795,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         if isinstance(item, Tensor):
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
+            _check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             start.append(0), stop.append(size), step.append(1)
             out_shape.append(size)
@@ -817,7 +847,12 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     x = as_tensor(x)
     flat_positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     target = flat_positions.reshape((*flat_positions.shape, 1))
-    value = broadcast_to(as_tensor(value, x.dtype), flat_positions.shape)
+    value = as_tensor(value, x.dtype)
+    if ops.broadcast_shapes("index_update", value.shape, flat_positions.shape) != flat_positions.shape:
+        raise ShapeError(
+            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {flat_positions.shape}"
+        )
+    value = broadcast_to(value, flat_positions.shape)
     flat = x.reshape(-1)
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
@@ -832,6 +867,8 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
 def gather(x: Any, dim: int, index: Any) -> Tensor:
     """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
     x, index = as_tensor(x), as_tensor(index)
+    if not index.dtype.is_int:
+        raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
     (dim,) = normalize_dims("gather", dim, x.ndim)
     grids = [
         ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
@@ -893,7 +930,16 @@ def _pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any
     n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
     kernel = _conv_params(n, kernel_size)
     stride = kernel if stride is None else _conv_params(n, stride)
-    return kernel, stride, _conv_params(n, padding), _conv_params(n, dilation)
+    padding, dilation = _conv_params(n, padding), _conv_params(n, dilation)
+    if x.ndim < n:
+        raise ShapeError(f"slope.{name}: a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}")
+    for size, k, p, d in zip(x.shape[x.ndim - n :], kernel, padding, dilation):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise ShapeError(
+                f"slope.{name}: kernel {kernel} (dilation {dilation}) is larger than the input of shape {x.shape} "
+                f"with padding {padding}"
+            )
+    return kernel, stride, padding, dilation
 
 
 @procedure
@@ -940,6 +986,7 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
                 f"slope.cross_entropy: class-index targets of shape {target.shape} do not fit logits of shape "
                 f"{logits.shape} (expected {expected})"
             )
+        _check_indices("cross_entropy", target, 0, classes, f"logits of shape {logits.shape} ({classes} classes)")
         probs = cast(one_hot(target, classes), logits.dtype)
         if class_dim == 1 and logits.ndim > 2:
             probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))

@@ -78,10 +78,14 @@ def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Te
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
-    """The procedure of `random_normal`: Box-Muller on two uniform streams."""
+    """The procedure of `random_normal`: Box-Muller on two uniform streams.
+
+    log and cos run in float64 and are rounded once at the end: backends' float32 kernels for them differ in the last
+    bit, while their float64 results round to the same float32, so float32 samples are bit-identical everywhere.
+    """
     count = math.prod(shape)
     bits = _shift_right(random_bits(key, 2 * count), 9)
-    u = cast(bits, dtypes.float32) * (2.0**-23)
+    u = cast(bits, dtypes.float64) * (2.0**-23)
     radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
     angle = u[count:] * (2 * math.pi)
     return cast((radius * angle.cos()).reshape(shape), dtype)

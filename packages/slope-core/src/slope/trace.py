@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from . import tree
+from .backend import eager_run
 from .ir import Aval, Instruction, Program, Var
 from .tensors import Tensor
 
@@ -96,8 +97,6 @@ def is_eager() -> bool:
 def bind(op: Any, *args: Tensor, **params: Any) -> Any:
     """Apply an operator to tensors through the innermost transformation that sees them."""
     if len(_stack) == 1:
-        from .backend import eager_run
-
         outs = eager_run(op, args, params)
     else:
         top = _top_trace(args)
@@ -151,6 +150,7 @@ class ProgramTracer(Tracer):
     def __init__(self, trace: Trace, aval: Aval):
         self._trace = trace
         self.aval = aval
+        self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
         self.var = Var(aval)
 
 

@@ -45,11 +45,11 @@ def _run_procedure(op: Operator, tracers: list, params: dict) -> list:
 
 
 class JVPTracer(Tracer):
-    """A primal value with its tangent."""
+    """A primal value with its tangent (None: a tangent known to be zero, as for constants and integers)."""
 
     __slots__ = ("primal", "tangent")
 
-    def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor):
+    def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor | None):
         self._trace = trace
         self.aval = primal.aval
         self.buffer = None
@@ -61,18 +61,21 @@ class JVPTrace(Trace):
     """Forward mode: every operator runs its JVP rule on (primal, tangent) pairs."""
 
     def pure(self, value: Tensor) -> Tensor:
-        return JVPTracer(self, value, zeros_like(value))
+        return JVPTracer(self, value, None)
 
     def run(self, op: Operator, tracers: list, params: dict) -> list:
         primals = [t.primal for t in tracers]
-        tangents = [t.tangent for t in tracers]
+        if all(t.tangent is None for t in tracers):  # known-zero tangents stay zero (no 0 * inf = nan in rules)
+            outs = bind(op, *primals, **params)
+            return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
+        tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
         if op.has_rule("jvp"):
             out_avals = op.infer(*[p.aval for p in primals], **params)
             out_avals = out_avals if op.multiple_results else [out_avals]
             if not any(aval.dtype.is_float for aval in out_avals):  # integer and bool results have zero tangents
                 outs = bind(op, *primals, **params)
                 outs = outs if op.multiple_results else [outs]
-                return [JVPTracer(self, o, zeros_like(o)) for o in outs]
+                return [JVPTracer(self, o, None) for o in outs]
             primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
         elif op.procedure is not None:
             return _run_procedure(op, tracers, params)
@@ -92,9 +95,10 @@ def _check_tangent(primal: Tensor, tangent: Tensor) -> None:
 def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, list]:
     with new_main(JVPTrace) as main:
         trace = JVPTrace(main)
-        tracers = [JVPTracer(trace, p, t) for p, t in zip(primals, tangents)]
+        # integer inputs have zero tangents by definition, whatever tangent was passed
+        tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
         outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
-        return [o.primal for o in outs], [o.tangent for o in outs]
+        return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
 def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
@@ -208,33 +212,39 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """`(fn(*primals), vjp_fn)` where `vjp_fn(cotangent)` returns a tuple of cotangents, one per primal."""
     primals_flat, in_tree = tree.flatten(primals)
     primals_flat = [as_tensor(p) for p in primals_flat]
-    aux_box: list = []
 
     def main_fn(*args: Any) -> Any:
         out = fn(*args)
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TransformError("slope.vjp: with has_aux=True the function must return a pair (output, aux)")
-            out, aux = out
-            aux_box.append(tree.map(lambda a: a.full_lower() if isinstance(a, Tracer) else a, aux))
-        return out
+        if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+            got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+            got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
+            raise TransformError(
+                "slope.grad/vjp: with has_aux=True the function must return a pair (output, aux), got " + got
+            )
+        return out  # with has_aux the whole pair: aux leaves come out of the primal program as concrete values
 
     flat_fn, out_tree = flatten_fun(main_fn, in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
-    linear = LinearFunction(program, residuals, in_tree, out_tree[0])
+    out_treedef, aux = out_tree[0], None
+    if has_aux:
+        out_treedef, aux_treedef = out_treedef.children
+        aux = tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
+        outs = outs[: out_treedef.num_leaves]
+    linear = LinearFunction(program, residuals, in_tree, out_treedef)
 
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
-        if ct_tree != out_tree[0]:
-            raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_tree[0]}")
+        if ct_tree != out_treedef:
+            raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_treedef}")
         for o, ct in zip(outs, ct_flat):
             if isinstance(ct, Tensor) and ct.shape != o.shape:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
-        cts = linear.transpose([as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)])
-        return tree.unflatten(in_tree, cts)
+        cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
+        cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
+        return tree.unflatten(in_tree, linear.transpose(cts))
 
-    out = tree.unflatten(out_tree[0], outs)
-    return (out, vjp_fn, aux_box[0]) if has_aux else (out, vjp_fn)
+    out = tree.unflatten(out_treedef, outs)
+    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
@@ -255,6 +265,11 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
         nums = _normalize_argnums("grad", argnums, len(args))
         for n in nums:
             for leaf in tree.leaves(args[n]):
+                if not isinstance(leaf, (Tensor, int, float)) and not hasattr(leaf, "__array__"):
+                    raise TransformError(
+                        f"slope.grad: argument {n} holds a {type(leaf).__name__}; only tensors (or pytrees of "
+                        "tensors; register containers with slope.tree.register) can be differentiated"
+                    )
                 leaf_dtype = leaf.dtype if isinstance(leaf, Tensor) else as_tensor(leaf).dtype
                 if not leaf_dtype.is_float:
                     raise TransformError(
@@ -393,6 +408,11 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             if dim is None:
                 value = value.reshape((1, *value.shape)).expand((axis_size, *value.shape))
                 dim = 0
+            if target is not None and not -value.ndim <= target < value.ndim:
+                raise TransformError(
+                    f"slope.vmap: out_axes {target} is out of range for a per-example output of shape "
+                    f"{value.shape[:dim] + value.shape[dim + 1 :]} (expected {-value.ndim} to {value.ndim - 1})"
+                )
             results.append(move_axis(value, dim, target % value.ndim) if target is not None else value)
         return tree.unflatten(out_tree[0], results)
 
@@ -413,11 +433,12 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
 
     @functools.wraps(fn)
     def jacobian(*args: Any) -> Tensor:
-        x = as_tensor(args[argnums])
+        (argnum,) = _normalize_argnums("jacfwd", argnums, len(args))
+        x = as_tensor(args[argnum])
 
         def pushforward(tangent: Tensor) -> Tensor:
             def at(value: Tensor) -> Tensor:
-                return fn(*args[:argnums], value, *args[argnums + 1 :])
+                return fn(*args[:argnum], value, *args[argnum + 1 :])
 
             return jvp(at, (x,), (tangent,))[1]
 
@@ -435,10 +456,11 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 
     @functools.wraps(fn)
     def jacobian(*args: Any) -> Tensor:
-        x = as_tensor(args[argnums])
+        (argnum,) = _normalize_argnums("jacrev", argnums, len(args))
+        x = as_tensor(args[argnum])
 
         def at(value: Tensor) -> Tensor:
-            return fn(*args[:argnums], value, *args[argnums + 1 :])
+            return fn(*args[:argnum], value, *args[argnum + 1 :])
 
         out, vjp_fn = vjp(at, x)
         rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
@@ -538,6 +560,12 @@ class CustomVJPLinear(Operator):
             raise TransformError(
                 f"slope.custom_vjp: the backward function returned {len(flat)} cotangents for {len(linear_avals)} inputs"
             )
+        for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
+            if ct is not None and as_tensor(ct).shape != aval.shape:
+                raise TransformError(
+                    f"slope.custom_vjp: the backward function returned a cotangent of shape {as_tensor(ct).shape} "
+                    f"for input {i} of shape {aval.shape}; expected the input's shape"
+                )
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
@@ -555,7 +583,8 @@ class _CustomFunction:
         rules = self._rules()
         if rules is None:
             kind = type(self).__name__
-            raise TransformError(f"slope.{kind}: {self.fun.__name__} has no rule yet; define it (see slope.{kind})")
+            define = ".defvjp(fwd, bwd)" if kind == "custom_vjp" else ".defjvp(rule)"
+            raise TransformError(f"slope.{kind}: {self.fun.__name__} has no rule yet; call {define} first")
         if not _jvp_active():
             return self.fun(*args)
         flat, in_tree = tree.flatten(args)

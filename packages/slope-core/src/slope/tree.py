@@ -25,7 +25,7 @@ class TreeDef(NamedTuple):
     def __repr__(self) -> str:
         if self.node_type is None:
             return "*"
-        return f"{self.node_type.__name__}({', '.join(map(repr, self.children))})"
+        return f"{self.node_type.__name__}({', '.join(repr(child) for child in self.children)})"
 
 
 LEAF = TreeDef(None, None, ())

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import numpy as np
+
 import slope
 from slope import Backend, Executable, Program
 
@@ -58,7 +59,9 @@ class NumpyBackend(Backend):
 
     def _namespace(self, program: Program) -> dict[str, Any]:
         names = program.names()
-        namespace: dict[str, Any] = {"np": np, "runtime": runtime, "dtypes": self.numpy_dtypes}
+        # generated code spells non-finite constants (full, pad values) as inf and nan
+        namespace: dict[str, Any] = {"np": np, "runtime": runtime, "dtypes": self.numpy_dtypes, "inf": np.inf,
+                                     "nan": np.nan}  # fmt: skip
         for var, value in zip(program.constants, program.constant_values):
             namespace[names[var]] = self.to_numpy(value.buffer) if value.backend is self else value.numpy()
         return namespace

@@ -1,0 +1,270 @@
+"""The plugin host: entry-point discovery of a throwaway third-party plugin, `slope info`, broken and clashing
+plugins, and in-process registration of procedures and operators.
+
+Third-party plugins are "installed" without pip: a temporary directory holds the package and a hand-written
+`<name>-0.1.dist-info/` (METADATA + entry_points.txt, group `slope`); a subprocess gets it on PYTHONPATH, where
+importlib.metadata discovers it like any installed distribution.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slope
+from slope.plugins import SlopePluginError, hookimpl
+
+TOY_PLUGIN = Path(__file__).parent / "toy_plugin"
+BACKENDS = sorted(slope.plugins.backends)
+
+
+def install(site: Path, distribution: str, package: str, entry_points: dict[str, str], source: Path | str) -> None:
+    """Put a package and its dist-info into `site`: what pip would leave behind, without pip."""
+    target = site / package
+    if isinstance(source, Path):
+        shutil.copytree(source, target)
+    else:
+        target.mkdir(parents=True)
+        (target / "__init__.py").write_text(source)
+    dist_info = site / f"{distribution.replace('-', '_')}-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    lines = ["[slope]", *(f"{name} = {module}" for name, module in entry_points.items()), ""]
+    (dist_info / "entry_points.txt").write_text("\n".join(lines))
+
+
+def run_python(site: Path, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the venv's Python with `site` on PYTHONPATH (and no backend forced by the environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLOPE_BACKEND", "SLOPE_DEVICE", "LOG_JIT")}
+    env["PYTHONPATH"] = str(site)
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def info_blocks(text: str) -> dict[str, list[str]]:
+    """`slope info` backend sections: backend name -> its lines (header and coverage)."""
+    blocks: dict[str, list[str]] = {}
+    current = None
+    in_backends = False
+    for line in text.splitlines():
+        if line == "backends:":
+            in_backends = True
+            continue
+        if in_backends and line.startswith("  ") and not line.startswith("    "):
+            current = line.strip().split(":")[0].split(" ")[0]
+            blocks[current] = [line.strip()]
+        elif in_backends and line.startswith("    ") and current:
+            blocks[current].append(line.strip())
+        elif not line.strip():
+            current = None
+    return blocks
+
+
+def coverage(block: list[str], kind: str) -> set[str]:
+    for line in block:
+        if line.startswith(kind):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    return site
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def test_third_party_plugin_is_discovered_selected_and_differentiable(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    result = run_python(site, str(TOY_PLUGIN / "check_toy.py"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "toy plugin ok" in result.stdout
+    assert not [line for line in result.stderr.splitlines() if "Warning" in line and "toy" in line], result.stderr
+
+
+def test_third_party_backend_from_the_environment(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    code = "import slope; x = slope.tensor([1.0, 2.0]); print(slope.get_backend().name, (x * x).backend.name)"
+    result = run_python(site, "-c", code, extra_env={"SLOPE_BACKEND": "toy"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["toy", "toy"]
+
+
+def test_slope_info_lists_the_plugin_backend_devices_and_coverage(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    result = run_python(site, "-m", "slope", "info")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "  toy 0.1" in text.splitlines(), text
+    blocks = info_blocks(text)
+    assert set(BACKENDS) | {"toy"} <= set(blocks), text
+    assert "devices cpu" in blocks["toy"][0]
+    toy_native, toy_procedure = coverage(blocks["toy"], "native"), coverage(blocks["toy"], "by procedure")
+    assert "smooth_abs" in toy_native and "matmul" in toy_native
+    assert "tanh" in toy_procedure and "tanh" not in toy_native
+    for name in BACKENDS:  # the operator reaches every other backend through its procedure
+        assert "smooth_abs" in coverage(blocks[name], "by procedure"), blocks[name]
+        assert "devices" in blocks[name][0]
+
+
+def test_plugin_that_fails_to_import_is_reported_and_slope_keeps_working(site):
+    install(site, "slope-broken", "slope_broken", {"broken": "slope_broken"}, TOY_PLUGIN / "slope_broken")
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    code = (
+        "import slope\n"
+        "print(sorted(slope.plugins.failed))\n"
+        "slope.set_backend('toy')\n"
+        "print(slope.grad(lambda x: slope.smooth_abs(x).sum())(slope.tensor([3.0])).item() > 0.99)\n"
+    )
+    result = run_python(site, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['broken']", "True"]
+    warning = [line for line in result.stderr.splitlines() if "Warning" in line]
+    assert warning, result.stderr
+    assert "plugin 'broken'" in warning[0] and "RuntimeError" in warning[0] and "on purpose" in warning[0]
+    info = run_python(site, "-W", "ignore", "-m", "slope", "info")
+    assert info.returncode == 0, info.stderr
+    assert "broken FAILED: RuntimeError: slope-broken fails on import on purpose" in info.stdout
+
+
+def test_two_plugins_defining_one_operator_name_is_an_error_naming_both(site):
+    plugin = (
+        "import slope\n"
+        "from slope.plugins import hookimpl\n\n\n"
+        "class Twin(slope.Operator):\n"
+        "    name = 'twin_op'\n\n"
+        "    def infer(self, x):\n"
+        "        return x\n\n\n"
+        "@hookimpl\n"
+        "def slope_operators():\n"
+        "    return [Twin()]\n"
+    )
+    install(site, "slope-twin-a", "slope_twin_a", {"twin-a": "slope_twin_a"}, plugin)
+    install(site, "slope-twin-b", "slope_twin_b", {"twin-b": "slope_twin_b"}, plugin)
+    result = run_python(site, "-c", "import slope")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SlopePluginError" in last and "'twin_op'" in last, result.stderr
+    assert "'twin-a'" in last and "'twin-b'" in last, last
+
+
+# ----------------------------------------------------------------------------------------------- in process
+
+
+class Softsign:
+    """An in-process plugin with one procedure."""
+
+    @hookimpl
+    def slope_procedures(self):
+        def softsign_for_tests(x, scale=1.0):
+            """x / (scale + |x|)."""
+            return x / (scale + x.abs())
+
+        return {"softsign_for_tests": softsign_for_tests}
+
+
+@pytest.fixture(params=BACKENDS)
+def on_backend(request):
+    with slope.use_backend(request.param) as backend:
+        yield backend
+
+
+def test_register_procedure_in_process(on_backend):
+    plugin = Softsign()
+    slope.plugins.register(plugin, "softsign-plugin")
+    try:
+        assert slope.plugins.plugin_versions()["softsign-plugin"] == "in-process"
+        x = slope.tensor([-2.0, 0.0, 3.0])
+        expected = np.array([-2.0, 0.0, 3.0]) / (1.0 + np.abs([-2.0, 0.0, 3.0]))
+        np.testing.assert_allclose(slope.softsign_for_tests(x).numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(x.softsign_for_tests().numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(x.softsign_for_tests(scale=2.0).numpy(), x.numpy() / (2.0 + np.abs(x.numpy())))
+        grad = slope.grad(lambda x: x.softsign_for_tests().sum())(x)
+        np.testing.assert_allclose(grad.numpy(), 1.0 / (1.0 + np.abs(x.numpy())) ** 2, rtol=1e-5)
+        assert "softsign_for_tests" in dir(slope)
+        assert slope.plugins.owners[("function", "softsign_for_tests")] == "softsign-plugin"
+    finally:
+        slope.plugins.unregister(plugin)
+    assert not hasattr(slope, "softsign_for_tests")
+    assert not hasattr(slope.Tensor, "softsign_for_tests")
+    assert (slope.ones(2) * 3.0).tolist() == [3.0, 3.0]  # the registry is whole again
+
+
+class Scale(slope.Operator):
+    """`factor * x`: a linear operator with its own JVP, transpose and batching rules (no backend translates it)."""
+
+    name = "scale_for_tests"
+
+    def __call__(self, x, factor=2.0):
+        return slope.bind(self, x, factor=float(factor))
+
+    def infer(self, x, *, factor):
+        if not x.dtype.is_float:
+            raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
+        return x
+
+    def jvp(self, primals, tangents, *, factor):
+        return [scale(primals[0], factor)], [scale(tangents[0], factor)]
+
+    def transpose(self, cotangents, x, *, factor):
+        return [scale(cotangents[0], factor)]
+
+    def vmap(self, axis_size, args, dims, *, factor):
+        return [scale(args[0], factor)], dims
+
+    def procedure(self, x, *, factor):
+        return x * factor
+
+
+scale = Scale()
+
+
+class ScalePlugin:
+    @hookimpl
+    def slope_operators(self):
+        return [scale]
+
+
+def test_register_operator_in_process_works_under_every_transform(on_backend):
+    plugin = ScalePlugin()
+    slope.plugins.register(plugin, "scale-plugin")
+    try:
+        assert "scale_for_tests" in slope.plugins.operators
+        x = slope.tensor([1.0, -2.0, 3.0])
+        f = lambda x: (slope.scale_for_tests(x, 3.0) * x).sum()  # noqa: E731 - 3 x**2
+        np.testing.assert_allclose(slope.grad(f)(x).numpy(), 6 * x.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(slope.jit(slope.grad(f))(x).numpy(), 6 * x.numpy(), rtol=1e-6)
+        per_example = slope.vmap(slope.grad(lambda v: slope.scale_for_tests(v, 3.0) * v))(x)
+        np.testing.assert_allclose(per_example.numpy(), 6 * x.numpy(), rtol=1e-6)
+        _, vjp_fn = slope.vjp(lambda v: x.scale_for_tests(-1.0) * 0.0 + v.scale_for_tests(5.0), x)
+        np.testing.assert_allclose(vjp_fn(slope.ones(3))[0].numpy(), [5.0, 5.0, 5.0])
+        _, linear = slope.linearize(lambda v: slope.scale_for_tests(v, 4.0), x)
+        np.testing.assert_allclose(linear(slope.ones(3)).numpy(), [4.0, 4.0, 4.0])
+        program = slope.jit(lambda v: slope.scale_for_tests(v, 4.0)).lower(x).program
+        assert "slope.scale_for_tests(x0, factor=4.0)" in str(program)
+        with pytest.raises(slope.DTypeError, match=r"slope\.scale_for_tests: .*int64"):
+            slope.scale_for_tests(slope.tensor([1, 2]))
+    finally:
+        slope.plugins.unregister(plugin)
+    assert "scale_for_tests" not in slope.plugins.operators
+
+
+def test_in_process_plugin_cannot_take_a_core_name():
+    class Impostor:
+        @hookimpl
+        def slope_procedures(self):
+            return {"exp": lambda x: x}
+
+    with pytest.raises(SlopePluginError, match=r"'exp'.*slope-core\.operators.*impostor|'exp'.*impostor.*slope-core"):
+        slope.plugins.register(Impostor(), "impostor")
+    assert slope.exp is slope.plugins.operators["exp"]
+    np.testing.assert_allclose(slope.tensor([0.0]).exp().numpy(), [1.0])

@@ -1,0 +1,551 @@
+"""Acceptance tests of the transformations (SPEC §5, §6): the numbers must hold on every installed backend."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slope
+
+BACKENDS = sorted(slope.plugins.backends)
+RUN_EXPORTED = Path(__file__).parent / "standalone" / "run_exported.py"
+
+
+@pytest.fixture(params=BACKENDS)
+def on_backend(request):
+    """Run the test with each installed backend active."""
+    with slope.use_backend(request.param) as backend:
+        yield backend
+
+
+def tensor(values, dtype=np.float32):
+    return slope.tensor(np.asarray(values, dtype=dtype))
+
+
+def close(actual, expected, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+def numeric_jacobian(f, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """Central differences of a NumPy function (float64): shape out.shape + x.shape."""
+    columns = []
+    for i in range(x.size):
+        offset = np.zeros(x.size)
+        offset[i] = step
+        offset = offset.reshape(x.shape)
+        columns.append((f(x + offset) - f(x - offset)) / (2 * step))
+    out_shape = np.shape(f(x))
+    return np.stack(columns, -1).reshape(*out_shape, *x.shape)
+
+
+# ----------------------------------------------------------------------------------------------- Hessian, Jacobians
+
+
+def test_hessian_of_tanh_cubed_matches_the_analytic_one(on_backend):
+    values = np.linspace(-2.0, 2.0, 100)
+    x = tensor(values)
+    f = lambda x: (x.tanh() ** 3).sum()  # noqa: E731
+    t = np.tanh(values)
+    analytic = np.diag(6 * t * (1 - t**2) * (1 - 2 * t**2))  # d2/dx2 tanh(x)**3, diagonal
+    eager = slope.hessian(f)(x)
+    assert eager.shape == (100, 100) and eager.dtype == slope.float32
+    close(eager.numpy(), analytic, rtol=0, atol=1e-5)
+    jitted = slope.jit(slope.hessian(f))(x)
+    close(jitted.numpy(), analytic, rtol=0, atol=1e-5)
+    close(slope.jacfwd(slope.jacrev(f))(x).numpy(), analytic, rtol=0, atol=1e-5)
+    close(slope.jacrev(slope.jacrev(f))(x).numpy(), analytic, rtol=0, atol=1e-5)
+
+
+class MLP:
+    """A 3-layer tanh MLP with fixed random weights, in Slope and in NumPy (float64) for reference."""
+
+    def __init__(self, sizes=(5, 16, 16, 3), seed=0):
+        rng = np.random.default_rng(seed)
+        self.weights = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.biases = [0.1 * rng.standard_normal(b) for b in sizes[1:]]
+
+    def __call__(self, x):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ tensor(w) + tensor(b)
+            x = x.tanh() if i < len(self.weights) - 1 else x
+        return x
+
+    def numpy(self, x):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w + b
+            x = np.tanh(x) if i < len(self.weights) - 1 else x
+        return x
+
+
+def test_jacfwd_and_jacrev_of_an_mlp_agree_with_finite_differences(on_backend):
+    mlp = MLP()
+    point = np.random.default_rng(1).standard_normal(5)
+    x = tensor(point)
+    close(mlp(x).numpy(), mlp.numpy(point), rtol=1e-5)
+    forward = slope.jacfwd(mlp)(x)
+    reverse = slope.jacrev(mlp)(x)
+    assert forward.shape == reverse.shape == (3, 5)
+    close(forward.numpy(), reverse.numpy(), rtol=1e-5, atol=1e-6)
+    numeric = numeric_jacobian(mlp.numpy, point)
+    close(forward.numpy(), numeric, rtol=1e-4, atol=1e-5)
+    close(slope.jit(slope.jacrev(mlp))(x).numpy(), numeric, rtol=1e-4, atol=1e-5)
+    batch = tensor(np.random.default_rng(2).standard_normal((4, 5)))
+    per_row = slope.vmap(slope.jacfwd(mlp))(batch)
+    assert per_row.shape == (4, 3, 5)
+    close(per_row[2].numpy(), slope.jacrev(mlp)(batch[2]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_jacobians_with_argnums(on_backend):
+    f = lambda a, b: a * b.sum()  # noqa: E731
+    a, b = tensor([1.0, 2.0]), tensor([3.0, 4.0, 5.0])
+    close(slope.jacfwd(f, argnums=1)(a, b).numpy(), np.outer([1.0, 2.0], np.ones(3)))
+    close(slope.jacrev(f, argnums=0)(a, b).numpy(), 12.0 * np.eye(2))
+
+
+# ----------------------------------------------------------------------------------------------- per-example gradients
+
+
+def linear_loss(w, x, y):
+    return ((x @ w - y) ** 2).sum()
+
+
+def test_vmap_of_grad_gives_per_example_gradients(on_backend):
+    rng = np.random.default_rng(0)
+    w = tensor(rng.standard_normal((3, 2)))
+    xs = tensor(rng.standard_normal((6, 3)))
+    ys = tensor(rng.standard_normal((6, 2)))
+    per_example = slope.vmap(slope.grad(linear_loss), in_axes=(None, 0, 0))(w, xs, ys)
+    loop = np.stack([slope.grad(linear_loss)(w, xs[i], ys[i]).numpy() for i in range(6)])
+    assert per_example.shape == (6, 3, 2)
+    close(per_example.numpy(), loop, rtol=1e-5, atol=1e-6)
+    jitted = slope.jit(slope.vmap(slope.grad(linear_loss), in_axes=(None, 0, 0)))(w, xs, ys)
+    close(jitted.numpy(), loop, rtol=1e-5, atol=1e-6)
+    # the mean of per-example gradients is the gradient of the mean loss
+    mean_grad = slope.grad(lambda w: slope.vmap(linear_loss, in_axes=(None, 0, 0))(w, xs, ys).mean())(w)
+    close(mean_grad.numpy(), loop.mean(0), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- custom rules
+
+
+@slope.custom_vjp
+def clip_gradient(x):
+    """The identity, whose backward pass clips the cotangent to [-0.5, 0.5] (not its true derivative)."""
+    return x * 1.0
+
+
+def _clip_forward(x):
+    return clip_gradient(x), None
+
+
+def _clip_backward(residuals, cotangent):
+    return (cotangent.clip(-0.5, 0.5),)
+
+
+clip_gradient.defvjp(_clip_forward, _clip_backward)
+
+
+def test_custom_vjp_is_honoured_by_grad_jit_and_vmap(on_backend):
+    x = tensor([1.0, -2.0, 3.0])
+    f = lambda x: (clip_gradient(x) * tensor([0.1, 3.0, -4.0])).sum()  # noqa: E731
+    expected = [0.1, 0.5, -0.5]  # the true derivative would be [0.1, 3, -4]
+    close(f(x).numpy(), 0.1 - 6.0 - 12.0)
+    close(slope.grad(f)(x).numpy(), expected)
+    close(slope.jit(slope.grad(f))(x).numpy(), expected)
+    close(slope.grad(slope.jit(f))(x).numpy(), expected)
+    per_example = slope.vmap(slope.grad(lambda v, c: clip_gradient(v) * c))(x, tensor([0.1, 3.0, -4.0]))
+    close(per_example.numpy(), expected)
+    batch = tensor([[1.0, -2.0, 3.0], [0.0, 0.0, 0.0]])
+    close(slope.vmap(slope.grad(f))(batch).numpy(), [expected, expected])
+    close(slope.jit(slope.vmap(slope.grad(f)))(batch).numpy(), [expected, expected])
+    value, grads = slope.value_and_grad(f)(x)
+    close(value.numpy(), 0.1 - 6.0 - 12.0)
+    close(grads.numpy(), expected)
+
+
+@slope.custom_jvp
+def soft_step(x):
+    """sigmoid(x), whose JVP is deliberately 10 * tangent (not the true derivative)."""
+    return x.sigmoid()
+
+
+@soft_step.defjvp
+def _soft_step_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return soft_step(x), t * 10.0
+
+
+def test_custom_jvp_is_honoured_by_jvp_grad_jit_and_vmap(on_backend):
+    x = tensor([0.5, -1.0, 2.0])
+    ones = slope.ones(3)
+    value, tangent = slope.jvp(soft_step, (x,), (ones,))
+    close(value.numpy(), 1 / (1 + np.exp(-x.numpy())))
+    close(tangent.numpy(), [10.0, 10.0, 10.0])
+    f = lambda x: soft_step(x).sum()  # noqa: E731
+    close(slope.grad(f)(x).numpy(), [10.0, 10.0, 10.0])
+    close(slope.jit(slope.grad(f))(x).numpy(), [10.0, 10.0, 10.0])
+    close(slope.vmap(slope.grad(soft_step))(x).numpy(), [10.0, 10.0, 10.0])
+    close(slope.jit(lambda x, t: slope.jvp(soft_step, (x,), (t,))[1])(x, ones * 2.0).numpy(), [20.0] * 3)
+    close(slope.vmap(lambda v: slope.jvp(soft_step, (v,), (slope.tensor(1.0),))[1])(x).numpy(), [10.0] * 3)
+    close(slope.jit(soft_step)(x).numpy(), value.numpy())  # without differentiation it is the plain function
+
+
+# ----------------------------------------------------------------------------------------------- composition
+
+
+def cube_sin(x):
+    return (x.sin() * x * x).sum()
+
+
+def test_higher_order_and_mixed_modes(on_backend):
+    values = np.array([0.5, -1.0, 2.0])
+    x = tensor(values)
+    first = np.sin(values) * 2 * values + np.cos(values) * values**2
+    second = 2 * np.sin(values) + 4 * values * np.cos(values) - values**2 * np.sin(values)
+    close(slope.grad(cube_sin)(x).numpy(), first, rtol=1e-5)
+    close(slope.grad(lambda x: slope.grad(cube_sin)(x).sum())(x).numpy(), second, rtol=1e-5)
+
+    # jvp of vjp (forward over reverse): the Hessian-vector product with ones
+    def gradient(x):
+        _, vjp_fn = slope.vjp(cube_sin, x)
+        return vjp_fn(slope.tensor(1.0))[0]
+
+    primal_out, tangent_out = slope.jvp(gradient, (x,), (slope.ones(3),))
+    close(primal_out.numpy(), first, rtol=1e-5)
+    close(tangent_out.numpy(), second, rtol=1e-5)
+    # vmap of jvp, vjp and grad
+    elementwise = lambda v: v.sin() * v * v  # noqa: E731
+    close(slope.vmap(lambda v: slope.jvp(elementwise, (v,), (slope.tensor(1.0),))[1])(x).numpy(), first, rtol=1e-5)
+    close(slope.vmap(lambda v: slope.vjp(elementwise, v)[1](slope.tensor(1.0))[0])(x).numpy(), first, rtol=1e-5)
+    close(slope.vmap(slope.grad(elementwise))(x).numpy(), first, rtol=1e-5)
+    close(slope.vmap(slope.grad(slope.grad(elementwise)))(x).numpy(), second, rtol=1e-5)
+    # jit inside and outside
+    close(slope.grad(slope.jit(cube_sin))(x).numpy(), first, rtol=1e-5)
+    close(slope.jit(slope.grad(cube_sin))(x).numpy(), first, rtol=1e-5)
+    close(slope.jit(slope.vmap(slope.grad(elementwise)))(x).numpy(), first, rtol=1e-5)
+    close(slope.vmap(slope.jit(slope.grad(elementwise)))(x).numpy(), first, rtol=1e-5)
+    close(slope.jit(slope.grad(slope.jit(lambda x: slope.grad(cube_sin)(x).sum())))(x).numpy(), second, rtol=1e-5)
+
+
+def test_linearize_evaluates_the_jacobian_once(on_backend):
+    x = tensor([0.5, -1.0, 2.0])
+    out, f_jvp = slope.linearize(lambda x: x.sin() * x, x)
+    close(out.numpy(), np.sin(x.numpy()) * x.numpy())
+    derivative = np.cos(x.numpy()) * x.numpy() + np.sin(x.numpy())
+    close(f_jvp(slope.ones(3)).numpy(), derivative, rtol=1e-5)
+    close(f_jvp(tensor([2.0, 0.0, -1.0])).numpy(), derivative * [2.0, 0.0, -1.0], rtol=1e-5)
+    _, jvp_out = slope.jvp(lambda x: x.sin() * x, (x,), (tensor([2.0, 0.0, -1.0]),))
+    close(f_jvp(tensor([2.0, 0.0, -1.0])).numpy(), jvp_out.numpy(), rtol=1e-6)
+
+
+def test_stop_gradient(on_backend):
+    x = tensor([1.0, 2.0])
+    close(slope.grad(lambda x: (x * slope.stop_gradient(x)).sum())(x).numpy(), [1.0, 2.0])
+    close(slope.grad(lambda x: (x * x.detach()).sum())(x).numpy(), [1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------------- pytrees
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+@slope.tree.register
+@dataclasses.dataclass
+class Params:
+    weight: slope.Tensor
+    bias: slope.Tensor
+
+
+def tree_loss(params: dict) -> slope.Tensor:
+    layer = params["layer"]
+    left, right = params["pair"]
+    scale, shift = params["tuple"]
+    return ((layer.weight * left).sum() + (layer.bias * right).sum()) * scale + shift.sum()
+
+
+def make_tree():
+    return {
+        "layer": Params(tensor([1.0, 2.0]), tensor([3.0])),
+        "pair": Pair(tensor([0.5, -0.5]), tensor([2.0])),
+        "tuple": (tensor(2.0), tensor([1.0, 1.0, 1.0])),
+    }
+
+
+def test_pytrees_through_grad_vmap_and_jit(on_backend):
+    params = make_tree()
+    grads = slope.grad(tree_loss)(params)
+    assert set(grads) == {"layer", "pair", "tuple"}
+    assert isinstance(grads["layer"], Params) and isinstance(grads["pair"], Pair) and isinstance(grads["tuple"], tuple)
+    close(grads["layer"].weight.numpy(), [1.0, -1.0])  # scale * left
+    close(grads["layer"].bias.numpy(), [4.0])
+    close(grads["pair"].left.numpy(), [2.0, 4.0])
+    close(grads["pair"].right.numpy(), [6.0])
+    close(grads["tuple"][0].numpy(), -0.5 + 6.0)
+    close(grads["tuple"][1].numpy(), [1.0, 1.0, 1.0])
+    jitted = slope.jit(slope.grad(tree_loss))(params)
+    assert slope.tree.structure(jitted) == slope.tree.structure(grads)
+    for a, b in zip(slope.tree.leaves(jitted), slope.tree.leaves(grads)):
+        close(a.numpy(), b.numpy())
+    stacked = slope.tree.map(lambda leaf: slope.stack([leaf, leaf * 2.0]), params)
+    values = slope.vmap(tree_loss)(stacked)
+    close(values.numpy(), [tree_loss(params).item(), tree_loss(slope.tree.map(lambda v: v * 2.0, params)).item()])
+    # a pytree output from jit and vmap keeps its structure
+    out = slope.jit(lambda p: Pair(p["layer"], p["tuple"][0] * 2.0))(params)
+    assert isinstance(out, Pair) and isinstance(out.left, Params)
+    close(out.right.numpy(), 4.0)
+    batched = slope.vmap(lambda v: {"double": v * 2.0, "pair": Pair(v, v.sum())})(tensor([[1.0, 2.0], [3.0, 4.0]]))
+    close(batched["double"].numpy(), [[2.0, 4.0], [6.0, 8.0]])
+    close(batched["pair"].right.numpy(), [3.0, 7.0])
+
+
+def test_grad_argnums_tuple_and_has_aux(on_backend):
+    f = lambda a, b, c: ((a * b).sum() * c, {"norm": (a * a).sum()})  # noqa: E731
+    a, b, c = tensor([1.0, 2.0]), tensor([3.0, 4.0]), tensor(2.0)
+    (da, dc), aux = slope.grad(f, argnums=(0, 2), has_aux=True)(a, b, c)
+    close(da.numpy(), [6.0, 8.0])
+    close(dc.numpy(), 11.0)
+    close(aux["norm"].numpy(), 5.0)
+    (value, aux), db = slope.value_and_grad(f, argnums=1, has_aux=True)(a, b, c)
+    close(value.numpy(), 22.0)
+    close(db.numpy(), [2.0, 4.0])
+
+
+# ----------------------------------------------------------------------------------------------- vmap axes
+
+
+def test_vmap_axes(on_backend):
+    matrix = tensor(np.arange(6.0).reshape(2, 3))
+    vector = tensor([10.0, 20.0, 30.0])
+    close(
+        slope.vmap(lambda row, v: row + v, in_axes=(0, None))(matrix, vector).numpy(), matrix.numpy() + vector.numpy()
+    )
+    close(slope.vmap(lambda col: col.sum(), in_axes=-1)(matrix).numpy(), matrix.numpy().sum(0))
+    close(slope.vmap(lambda col: col.sum(), in_axes=1)(matrix).numpy(), matrix.numpy().sum(0))
+    transposed = slope.vmap(lambda row: row * 2.0, in_axes=0, out_axes=1)(matrix)
+    assert transposed.shape == (3, 2)
+    close(transposed.numpy(), 2.0 * matrix.numpy().T)
+    last = slope.vmap(lambda col: col * 2.0, in_axes=1, out_axes=-1)(matrix)
+    close(last.numpy(), 2.0 * matrix.numpy())
+    unbatched = slope.vmap(lambda row: vector * 1.0)(matrix)  # an output that does not depend on the batch
+    close(unbatched.numpy(), np.stack([vector.numpy()] * 2))
+    two_outputs = slope.vmap(lambda row: (row.sum(), row * 0.5), out_axes=(0, 1))(matrix)
+    close(two_outputs[0].numpy(), matrix.numpy().sum(1))
+    close(two_outputs[1].numpy(), 0.5 * matrix.numpy().T)
+    nested = slope.vmap(slope.vmap(lambda a, b: a * b, in_axes=(0, None)), in_axes=(None, 0))(vector, matrix)
+    assert nested.shape == (2, 3, 3)
+    close(nested.numpy(), np.einsum("i,bj->bij", vector.numpy(), matrix.numpy()))
+    per_key = slope.vmap(lambda d: d["a"] + d["b"], in_axes=({"a": 0, "b": None},))({"a": matrix, "b": vector})
+    close(per_key.numpy(), matrix.numpy() + vector.numpy())
+
+
+# ----------------------------------------------------------------------------------------------- random
+
+
+def test_threefry_matches_the_reference_and_jax(on_backend):
+    from slope.random import threefry2x32
+
+    def words(*values):
+        return [slope.tensor(np.array([v], dtype=np.int64)) for v in values]
+
+    # Random123's known-answer vectors for Threefry-2x32, 20 rounds: (key, counter) -> output
+    vectors = [
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
+    for key, counter, expected in vectors:
+        out = threefry2x32(*words(*key), *words(*counter))
+        assert (out[0].item(), out[1].item()) == expected
+        jitted = slope.jit(threefry2x32)(*words(*key), *words(*counter))
+        assert (jitted[0].item(), jitted[1].item()) == expected
+    # jax.random.split(jax.random.PRNGKey(0)) gives these words
+    assert slope.random.split(slope.random.key(0)).tolist() == [[4146024105, 967050713], [2718843009, 1272950319]]
+
+
+def random_draws(key):
+    return {
+        "split": slope.random.split(key, 3),
+        "bits": slope.random.randint(key, (5,), 0, 1000),
+        "uniform": slope.random.uniform(key, (2, 3)),
+        "normal": slope.random.normal(key, (4,)),
+    }
+
+
+def test_same_key_same_bits_everywhere():
+    key_words = [0, 42]
+    reference = None
+    for name in BACKENDS:
+        with slope.use_backend(name):
+            key = slope.tensor(np.array(key_words, dtype=np.int64))
+            eager = {k: v.numpy() for k, v in random_draws(key).items()}
+            jitted = {k: v.numpy() for k, v in slope.jit(random_draws)(key).items()}
+        for draws in (eager, jitted):
+            if reference is None:
+                reference = draws
+            np.testing.assert_array_equal(draws["split"], reference["split"], err_msg=name)
+            np.testing.assert_array_equal(draws["bits"], reference["bits"], err_msg=name)
+            np.testing.assert_array_equal(draws["uniform"], reference["uniform"], err_msg=name)
+            close(draws["normal"], reference["normal"], rtol=1e-5, atol=1e-6)
+    assert np.all((reference["uniform"] >= 0) & (reference["uniform"] < 1))
+
+
+def test_random_keys_through_jit_and_vmap(on_backend):
+    keys = slope.random.split(slope.random.key(7), 4)
+    batch = slope.vmap(lambda k: slope.random.normal(k, (3,)))(keys)
+    assert batch.shape == (4, 3)
+    rows = batch.numpy()
+    assert len({tuple(row) for row in rows.round(6)}) == 4  # a batch of keys gives different samples
+    for i in range(4):
+        close(rows[i], slope.random.normal(keys[i], (3,)).numpy(), rtol=1e-6)
+    close(slope.jit(slope.vmap(lambda k: slope.random.normal(k, (3,))))(keys).numpy(), rows, rtol=1e-6)
+    uniform = slope.vmap(lambda k: slope.random.uniform(k, (2,)))(keys).numpy()
+    assert len({tuple(row) for row in uniform}) == 4
+    same = slope.jit(lambda k: slope.random.uniform(k, (3,)))
+    np.testing.assert_array_equal(same(keys[0]).numpy(), slope.random.uniform(keys[0], (3,)).numpy())
+
+
+def test_manual_seed_drives_the_global_generator(on_backend):
+    slope.manual_seed(3)
+    first = (slope.randn(4).numpy(), slope.rand(2, 2).numpy(), slope.randint(0, 10, (5,)).numpy())
+    slope.manual_seed(3)
+    second = (slope.randn(4).numpy(), slope.rand(2, 2).numpy(), slope.randint(0, 10, (5,)).numpy())
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(slope.randn(4).numpy(), first[0])
+
+
+# ----------------------------------------------------------------------------------------------- training loop
+
+
+def test_linear_regression_loss_decreases_under_a_jitted_train_step(on_backend):
+    rng = np.random.default_rng(0)
+    n = 50
+    x = tensor(rng.standard_normal((n, 2)))
+    true_w = np.array([[2.0], [-3.0]])
+    y = tensor(x.numpy() @ true_w + 0.1 * rng.standard_normal((n, 1)))
+    w = slope.zeros(2, 1)
+    assert x.shape == (50, 2) and w.shape == (2, 1) and y.shape == (50, 1)
+
+    def loss_fn(x, w, y):
+        return ((x @ w - y) ** 2).mean()
+
+    @slope.jit
+    def train_step(x, w, y):
+        loss, (grad_w,) = slope.value_and_grad(loss_fn, argnums=(1,))(x, w, y)
+        return loss, w - 0.001 * grad_w
+
+    losses = []
+    for _ in range(10):
+        loss, w = train_step(x, w, y)
+        losses.append(loss.item())
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert len(train_step.cache) == 1  # traced and compiled once
+
+
+# ----------------------------------------------------------------------------------------------- jit
+
+
+def test_lower_prints_the_program_and_the_backend_code(on_backend):
+    f = slope.jit(lambda x: x * x)
+    lowered = f.lower(slope.full((1,), 2.0))
+    program = str(lowered.program)
+    assert "    y0 = slope.mul(x0, x0) # ([1, f32], [1, f32]) -> [1, f32]" in program.splitlines(), program
+    assert program.splitlines()[0] == "def program(x0: [1, f32]):"
+    assert program.splitlines()[-1] == "    return y0"
+    assert isinstance(lowered.code, str) and lowered.code.strip()
+    if on_backend.name == "numpy":
+        assert "np.multiply(x0, x0)" in lowered.code
+    if on_backend.name == "onnxruntime":
+        assert "Mul" in lowered.code
+
+
+def test_export_runs_without_slope(on_backend, tmp_path):
+    f = slope.jit(lambda x: (x * x + 1.0).tanh() * 3.0)
+    values = [0.5, -1.0, 2.0]
+    x = tensor(values)
+    files = f.lower(x).export(tmp_path / "model")
+    assert files and all(Path(p).exists() for p in files)
+    main = next((p for p in files if str(p).endswith((".py", ".onnx"))), None)
+    if main is None:
+        pytest.skip(f"no standalone runner for the {on_backend.name} export format: {files}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(RUN_EXPORTED), str(main), json.dumps(values)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    close(json.loads(result.stdout), f(x).numpy(), rtol=1e-6)
+    close(json.loads(result.stdout), np.tanh(np.square(values) + 1.0) * 3.0, rtol=1e-5)
+
+
+def test_jit_caches_per_signature(on_backend):
+    traced = []
+
+    @slope.jit
+    def double(x):
+        traced.append((x.shape, x.dtype))
+        return x * 2.0
+
+    double(slope.ones(3))
+    double(slope.ones(3))
+    double(slope.zeros(3))
+    assert len(traced) == 1
+    double(slope.ones(4))
+    double(slope.ones(3, dtype=slope.float64))
+    double(slope.ones(4))
+    assert traced == [((3,), slope.float32), ((4,), slope.float32), ((3,), slope.float64)]
+    close(double(tensor([1.0, 2.0])).numpy(), [2.0, 4.0])
+
+
+def test_jit_static_arguments(on_backend):
+    traced = []
+
+    def power(x, n, mode="mul"):
+        traced.append((n, mode))
+        out = x
+        for _ in range(n - 1):  # Python control flow on a static argument is fine
+            out = out * x if mode == "mul" else out + x
+        return out
+
+    by_number = slope.jit(power, static_argnums=1)
+    x = tensor([1.0, 2.0])
+    close(by_number(x, 3).numpy(), [1.0, 8.0])
+    close(by_number(x, 3).numpy(), [1.0, 8.0])
+    close(by_number(x, 2).numpy(), [1.0, 4.0])
+    assert traced == [(3, "mul"), (2, "mul")]
+    traced.clear()
+    by_name = slope.jit(power, static_argnums=(1,), static_argnames="mode")
+    close(by_name(x, 3, mode="add").numpy(), [3.0, 6.0])
+    close(by_name(x, 3, mode="add").numpy(), [3.0, 6.0])
+    close(by_name(x, 3, mode="mul").numpy(), [1.0, 8.0])
+    assert traced == [(3, "add"), (3, "mul")]
+
+
+def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
+    f = slope.jit(lambda x, scale: {"y": x * scale, "sum": (x * scale).sum()})
+    out = f(tensor([1.0, 2.0]), 3.0)
+    close(out["y"].numpy(), [3.0, 6.0])
+    close(out["sum"].numpy(), 9.0)
+
+
+def test_log_jit_prints_ir_and_backend_code():
+    code = "import slope\nslope.jit(lambda x: x * x)(slope.full((1,), 2.0))\n"
+    for name in BACKENDS:
+        env = {**os.environ, "LOG_JIT": "1", "SLOPE_BACKEND": name}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert "y0 = slope.mul(x0, x0) # ([1, f32], [1, f32]) -> [1, f32]" in out, out
+        assert f"{name} code" in out, out
+        if name == "numpy":
+            assert "np.multiply(x0, x0)" in out
+        if name == "onnxruntime":
+            assert "Mul (x0, x0)" in out
