@@ -458,7 +458,8 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     out_shape = (
         tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else tuple(x.shape[d] for d in kept)
     )
-    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), -1))
+    reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
+    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
     while x.shape[-1] > 1:
         if x.shape[-1] % 2:
             x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)

@@ -26,6 +26,9 @@ def scatter_nd(x, idx, updates):
 def conv(x, w, stride, padding, dilation, groups):
     """N-d cross-correlation: x (N, C, *S), w (O, C/groups, *K)."""
     n = x.ndim - 2
+    dtype = x.dtype
+    if dtype not in (np.float16, np.float32, np.float64):  # einsum has no bfloat16 kernels: compute in float32
+        x, w = x.astype(np.float32), w.astype(np.float32)
     x = np.pad(x, [(0, 0), (0, 0), *padding])
     batch, channels = x.shape[:2]
     out_channels, kernel = w.shape[0], w.shape[2:]
@@ -44,4 +47,4 @@ def conv(x, w, stride, padding, dilation, groups):
     letters = "abcdefghijklmnopqrstuvwxyz"
     space, taps = letters[:n], letters[n : 2 * n]
     result = np.einsum(f"NGC{space}{taps},GOC{taps}->NGO{space}", windows, weights, optimize=True)
-    return np.ascontiguousarray(result.reshape(batch, out_channels, *out_spatial)).astype(x.dtype, copy=False)
+    return np.ascontiguousarray(result.reshape(batch, out_channels, *out_spatial)).astype(dtype, copy=False)

@@ -1,0 +1,61 @@
+"""Shared pytest configuration of the repository tests: the conformance matrix's size in the terminal summary."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers.py and operator_table.py, wherever pytest is started
+
+MATRIX_TEST = "test_conformance.py::test_matrix["
+
+
+def _matrix_outcomes(terminalreporter) -> dict[str, tuple[str, str]]:
+    """Final outcome (and skip reason) of every conformance cell, keyed by its id `backend:name:transform:dtype`."""
+    outcomes: dict[str, tuple[str, str]] = {}
+    for category, reports in terminalreporter.stats.items():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            if MATRIX_TEST not in nodeid:
+                continue
+            cell = nodeid.split(MATRIX_TEST, 1)[1].rstrip("]")
+            if category not in ("passed", "failed", "skipped", "error", "xfailed", "xpassed"):
+                continue  # setup and teardown reports that passed
+            if category == "passed" and getattr(report, "when", "call") != "call":
+                continue
+            reason = ""
+            if category == "skipped" and isinstance(report.longrepr, tuple):
+                reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+            if category in ("failed", "error") or cell not in outcomes:
+                outcomes[cell] = ("failed" if category == "error" else category, reason)
+    return outcomes
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Report the conformance matrix's size: operators+procedures x transforms x dtypes, per backend."""
+    outcomes = _matrix_outcomes(terminalreporter)
+    if not outcomes:
+        return
+    terminalreporter.section("conformance matrix")
+    by_backend: dict[str, dict[str, tuple[str, str]]] = {}
+    for cell, outcome in outcomes.items():
+        by_backend.setdefault(cell.split(":", 1)[0], {})[cell] = outcome
+    for backend, cells in sorted(by_backend.items()):
+        parts = [cell.split(":") for cell in cells]
+        if len(parts) == 1 and len(parts[0]) == 2:  # the single "not installed" cell
+            outcome, reason = next(iter(cells.values()))
+            terminalreporter.write_line(f"backend {backend}: {outcome}: {reason}")
+            continue
+        names = {p[1] for p in parts if len(p) == 4}
+        transforms = {p[2] for p in parts if len(p) == 4}
+        dtypes = {p[3] for p in parts if len(p) == 4}
+        counts = Counter(outcome for outcome, _ in cells.values())
+        summary = ", ".join(f"{n} {category}" for category, n in sorted(counts.items()))
+        terminalreporter.write_line(
+            f"conformance matrix on {backend}: {len(names)} operators+procedures x {len(transforms)} transforms x "
+            f"{len(dtypes)} dtypes = {len(cells)} cells ({summary})"
+        )
+        reasons = Counter(reason for outcome, reason in cells.values() if outcome == "skipped")
+        for reason, n in reasons.most_common():
+            terminalreporter.write_line(f"    {n} skipped: {reason}")
