@@ -63,10 +63,10 @@ def __getattr__(name: str) -> Any:
     """Operators and procedures are `slope.NAME` (including those added by plugins)."""
     if name in functions:
         return functions[name]
-    if name == "random":
-        from . import random
+    if name in ("random", "nn"):
+        import importlib
 
-        return random
+        return importlib.import_module(f"slope.{name}")
     raise AttributeError(f"module 'slope' has no attribute {name!r}")
 
 

@@ -145,13 +145,13 @@ class ProgramBuilder:
 class ProgramTracer(Tracer):
     """A value inside a function being traced to a Program."""
 
-    __slots__ = ("var",)
+    __slots__ = ("ir_var",)
 
     def __init__(self, trace: Trace, aval: Aval):
         self._trace = trace
         self.aval = aval
         self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
-        self.var = Var(aval)
+        self.ir_var = Var(aval)
 
 
 class ProgramTrace(Trace):
@@ -176,7 +176,7 @@ class ProgramTrace(Trace):
         if not op.multiple_results:
             out_avals = [out_avals]
         outs = [ProgramTracer(self, aval) for aval in out_avals]
-        builder.instructions.append(Instruction(op, [t.var for t in tracers], params, [t.var for t in outs]))
+        builder.instructions.append(Instruction(op, [t.ir_var for t in tracers], params, [t.ir_var for t in outs]))
         return outs
 
 
@@ -191,10 +191,10 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
         out_tracers = [_full_raise(trace, _as_tensor(o)) for o in outs]
     constants = list(builder.constants.values())
     return Program(
-        [t.var for t in in_tracers],
+        [t.ir_var for t in in_tracers],
         builder.instructions,
-        [t.var for t in out_tracers],
-        [tracer.var for _, tracer in constants],
+        [t.ir_var for t in out_tracers],
+        [tracer.ir_var for _, tracer in constants],
         [value for value, _ in constants],
     )
 

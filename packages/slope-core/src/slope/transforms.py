@@ -481,14 +481,9 @@ def _jvp_active() -> bool:
     return any(main.trace_type is JVPTrace for main in _stack)
 
 
-def _batched_avals(avals: tuple, axis_size: int) -> tuple:
-    return tuple(Aval((axis_size, *a.shape), a.dtype) for a in avals)
+class _CustomCall(Operator):
+    """Calls a function with user-given derivative rules (the callable parameters); otherwise the function itself."""
 
-
-class CustomJVPCall(Operator):
-    """Calls a function whose JVP is given by the user; everywhere else it is the function itself."""
-
-    name = "custom_jvp_call"
     multiple_results = True
     inline = True
 
@@ -497,31 +492,25 @@ class CustomJVPCall(Operator):
 
     def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, out_avals: tuple, **params: Any) -> tuple[list, list]:
+        args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
+        batched = {k: vmap(v) if callable(v) else v for k, v in params.items()}  # the function and its rules
+        out_avals = tuple(Aval((axis_size, *a.shape), a.dtype) for a in out_avals)
+        outs = bind(self, *args, out_avals=out_avals, **batched)
+        return outs, [0] * len(outs)
+
+
+class CustomJVPCall(_CustomCall):
+    name = "custom_jvp_call"
 
     def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         return [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, fun: Callable, rule: Callable, in_tree: Any,
-             out_avals: tuple) -> tuple[list, list]:  # fmt: skip
-        args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
-        out_avals = _batched_avals(out_avals, axis_size)
-        outs = bind(self, *args, fun=vmap(fun), rule=vmap(rule), in_tree=in_tree, out_avals=out_avals)
-        return outs, [0] * len(outs)
 
-
-class CustomVJPCall(Operator):
-    """Calls a function whose VJP is given by the user (forward and backward functions)."""
-
+class CustomVJPCall(_CustomCall):
     name = "custom_vjp_call"
-    multiple_results = True
-    inline = True
-
-    def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
-        return list(out_avals)
-
-    def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
-        return fun(*args)
 
     def jvp(self, primals: list, tangents: list, *, fwd: Callable, bwd: Callable, in_tree: Any, out_tree: Any,
             out_avals: tuple, **params: Any) -> tuple[list, list]:  # fmt: skip
@@ -531,13 +520,6 @@ class CustomVJPCall(Operator):
         linear_params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
         tangent_outs = bind(custom_vjp_linear, *res_flat, *tangents, **linear_params, n_res=len(res_flat))
         return [as_tensor(o) for o in tree.leaves(out)], tangent_outs
-
-    def vmap(self, axis_size: int, args: list, dims: list, *, fun: Callable, fwd: Callable, bwd: Callable,
-             out_avals: tuple, **params: Any) -> tuple[list, list]:  # fmt: skip
-        args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
-        batched = {"fun": vmap(fun), "fwd": vmap(fwd), "bwd": vmap(bwd)}
-        outs = bind(self, *args, **batched, out_avals=_batched_avals(out_avals, axis_size), **params)
-        return outs, [0] * len(outs)
 
 
 class CustomVJPLinear(Operator):

@@ -48,18 +48,29 @@ def register(cls: type, flatten: Callable | None = None, unflatten: Callable | N
             return cls(**dict(zip(aux, children)))
 
     _registry[cls] = (flatten, unflatten)
+    _by_class.clear()
     return cls
+
+
+_by_class: dict[type, tuple[Callable, Callable] | None] = {}  # _node_functions per class (jit flattens every call)
 
 
 def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
     cls = type(obj)
+    try:
+        return _by_class[cls]
+    except KeyError:
+        pass
     if cls in _registry:
-        return _registry[cls]
-    if hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
-        return cls.tree_flatten, cls.tree_unflatten
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return (lambda o: (list(o), None)), (lambda aux, ch, cls=cls: cls(*ch))
-    return None
+        functions = _registry[cls]
+    elif hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
+        functions = cls.tree_flatten, cls.tree_unflatten
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        functions = (lambda o: (list(o), None)), (lambda aux, ch, cls=cls: cls(*ch))
+    else:
+        functions = None
+    _by_class[cls] = functions
+    return functions
 
 
 register(tuple, lambda t: (list(t), None), lambda aux, ch: tuple(ch))

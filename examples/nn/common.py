@@ -1,0 +1,96 @@
+"""What the MNIST examples share: command-line flags, finding the data, the loss plot and the ONNX check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import slope
+import slope.nn as nn
+
+HERE = Path(__file__).resolve().parent
+
+
+def parser(description: str, epochs: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    """The flags every training example takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--backend", default=None, help="onnxruntime, iree or numpy (default: Slope's default backend)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
+    p.add_argument("--steps", type=int, default=None, help="stop each epoch after this many steps (short runs, CI)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialization and shuffling")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder with the MNIST IDX files (default: $MNIST_DIR, $SLOPE_DATA_DIR/mnist, ~/.cache/slope/mnist)",
+    )
+    p.add_argument("--out", default=str(HERE / "out"), help="folder for the loss plot and exported model")
+    p.add_argument("--no-plot", action="store_true", help="do not write the loss plot")
+    return p
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Select the backend and seed the global generator."""
+    if args.backend:
+        slope.set_backend(args.backend)
+    slope.manual_seed(args.seed)
+    print(f"backend: {slope.get_backend().name}")
+
+
+def data_dir(explicit: str | None) -> str | None:
+    """Where MNIST is: --data, else $MNIST_DIR / $SLOPE_DATA_DIR (None lets the loader read them), else the cache
+    when it holds the files, else the shared folder beside this repository when it exists, else the cache."""
+    if explicit or any(os.environ.get(v) for v in ("MNIST_DIR", "SLOPE_DATA_DIR", "SLOPE_DATA")):
+        return explicit
+    cache = nn.datasets.default_cache()
+    shared = HERE.parents[2] / "shared" / "data" / "mnist"
+    if not nn.datasets.has_mnist(cache) and nn.datasets.has_mnist(shared):
+        return str(shared)
+    return None
+
+
+def load_mnist(explicit: str | None) -> tuple[nn.datasets.Dataset, nn.datasets.Dataset]:
+    """The train and test splits (exits with the loader's message when the files are missing)."""
+    folder = data_dir(explicit)
+    try:
+        return nn.datasets.mnist("train", folder), nn.datasets.mnist("test", folder)
+    except FileNotFoundError as error:
+        sys.exit(str(error))
+
+
+def normalize(images: slope.Tensor) -> slope.Tensor:
+    """uint8 pixels to standardized float32 (MNIST's mean 0.1307 and std 0.3081)."""
+    return (images.astype(slope.float32) * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+
+
+def plot_losses(losses: list[float], steps_per_epoch: int, path: Path, title: str) -> None:
+    """Write the training loss curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, linewidth=0.8, alpha=0.5, label="loss per step")
+    window = min(50, len(losses))
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"mean of {window} steps")
+    for boundary in range(steps_per_epoch, len(losses), steps_per_epoch):
+        ax.axvline(boundary, color="gray", linewidth=0.5, linestyle="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"loss plot: {path}")

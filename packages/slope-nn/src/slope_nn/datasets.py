@@ -1,0 +1,170 @@
+"""Datasets: the MNIST loader (standard IDX files, gzipped or not) and a NumPy mini-batch iterator.
+
+Where MNIST is looked for, in order: the `data_dir` argument, `$MNIST_DIR`, `$SLOPE_DATA_DIR/mnist` (or
+`$SLOPE_DATA/mnist`), and `~/.cache/slope/mnist`. Missing files are downloaded into that folder from the public mirrors when the network
+allows; otherwise the error says which files to put where.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "MNIST_FILES",
+    "MNIST_MIRRORS",
+    "Dataset",
+    "batches",
+    "default_cache",
+    "has_mnist",
+    "mnist",
+    "mnist_dir",
+    "read_idx",
+]
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class Dataset(NamedTuple):
+    """Images (N, 28, 28) uint8 and labels (N,) int64, as NumPy arrays."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder MNIST is read from (and downloaded to): argument, $MNIST_DIR, $SLOPE_DATA_DIR/mnist, or the cache."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("MNIST_DIR"):
+        return Path(os.environ["MNIST_DIR"]).expanduser()
+    for variable in ("SLOPE_DATA_DIR", "SLOPE_DATA"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser() / "mnist"
+    return default_cache()
+
+
+def default_cache() -> Path:
+    """~/.cache/slope/mnist: where MNIST goes when nothing else is configured."""
+    return Path.home() / ".cache" / "slope" / "mnist"
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzipped when its name ends in .gz, or when it starts with the gzip magic)."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        head = raw.read(2)
+    opener = gzip.open if head == b"\x1f\x8b" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise ValueError(f"slope.nn.datasets.read_idx: {path} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise ValueError(
+            f"slope.nn.datasets.read_idx: {path} holds {len(data) - offset} bytes of data, expected {expected}"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        candidate = folder / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def has_mnist(folder: str | os.PathLike) -> bool:
+    """Whether a folder holds all four MNIST IDX files."""
+    return all(_find(Path(folder), stem) is not None for stems in MNIST_FILES.values() for stem in stems)
+
+
+def _download(folder: Path, stem: str, timeout: float) -> Path:
+    errors = []
+    for mirror in MNIST_MIRRORS:
+        url = f"{mirror}{stem}.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            errors.append(f"{url}: {error}")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{stem}.gz"
+        partial = target.with_suffix(".gz.part")
+        partial.write_bytes(payload)
+        partial.replace(target)  # atomic: a half-written file never looks complete
+        return target
+    raise OSError("; ".join(errors))
+
+
+def _missing_message(folder: Path, missing: list[str], reason: str) -> str:
+    files = ", ".join(f"{stem}.gz" for stem in missing)
+    return (
+        f"slope.nn.datasets.mnist: MNIST files are missing from {folder} ({files}) and could not be downloaded "
+        f"({reason}). Put the four standard IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; gzipped or not) in {folder}, or point $MNIST_DIR "
+        "(or data_dir=, or $SLOPE_DATA_DIR with an mnist/ subfolder) at the folder that holds them."
+    )
+
+
+def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, download: bool = True,
+          timeout: float = 30.0) -> Dataset:  # fmt: skip
+    """The MNIST train (60,000) or test (10,000) split: images (N, 28, 28) uint8 and labels (N,) int64."""
+    if split not in MNIST_FILES:
+        raise ValueError(f"slope.nn.datasets.mnist: split must be 'train' or 'test', got {split!r}")
+    folder = mnist_dir(data_dir)
+    paths = {stem: _find(folder, stem) for stem in MNIST_FILES[split]}
+    missing = [stem for stem, path in paths.items() if path is None]
+    if missing and not download:
+        raise FileNotFoundError(_missing_message(folder, missing, "download=False"))
+    for stem in missing:
+        try:
+            paths[stem] = _download(folder, stem, timeout)
+        except OSError as error:
+            raise FileNotFoundError(_missing_message(folder, missing, str(error))) from None
+    images_stem, labels_stem = MNIST_FILES[split]
+    images = read_idx(paths[images_stem])
+    labels = read_idx(paths[labels_stem]).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"slope.nn.datasets.mnist: images {images.shape} and labels {labels.shape} in {folder} do not match"
+        )
+    return Dataset(images, labels)
+
+
+def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None,
+            drop_last: bool = True) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
+    """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked)."""
+    count = len(arrays[0])
+    if any(len(a) != count for a in arrays):
+        raise ValueError(f"slope.nn.datasets.batches: arrays differ in length: {[len(a) for a in arrays]}")
+    order = np.random.default_rng(seed).permutation(count) if shuffle else None
+    stop = count - count % batch_size if drop_last else count
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield tuple(a[start : start + batch_size] for a in arrays)
+        else:
+            index = order[start : start + batch_size]
+            yield tuple(a[index] for a in arrays)

@@ -1,0 +1,726 @@
+"""Layers: Linear, convolutions, normalizations, Embedding, Dropout, attention, pooling, containers, activations.
+
+Parameters are created at construction from `key` when one is given, else from the global generator
+(`slope.manual_seed`), with PyTorch's default initializations. Shapes and the meaning of arguments follow PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import slope
+from slope import Tensor
+
+from . import init
+from .module import Module, next_key
+
+__all__ = [
+    "AvgPool1d",
+    "AvgPool2d",
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GELU",
+    "Identity",
+    "LayerNorm",
+    "LeakyReLU",
+    "Linear",
+    "LogSoftmax",
+    "MaxPool1d",
+    "MaxPool2d",
+    "ModuleList",
+    "MultiHeadAttention",
+    "MultiheadAttention",
+    "ReLU",
+    "RMSNorm",
+    "Sequential",
+    "SiLU",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "dropout",
+]
+
+
+def _keys(key: Tensor | None, count: int) -> list[Tensor | None]:
+    """`count` independent keys from `key`, or Nones (meaning: use the global generator)."""
+    if key is None:
+        return [None] * count
+    split = slope.random.split(key, count)
+    return [split[i] for i in range(count)]
+
+
+def _tuple(value: Any, n: int) -> tuple:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+# ----------------------------------------------------------------------------------------------- linear
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, weight (out_features, in_features); init U(-1/sqrt(in), 1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, key: Tensor | None = None,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        weight_key, bias_key = _keys(key, 2)
+        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+        self.weight = init.uniform((out_features, in_features), -bound, bound, key=weight_key, dtype=dtype)
+        self.bias = init.uniform((out_features,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the affine map to the last dimension."""
+        return slope.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+
+
+class _ConvNd(Module):
+    """N-d convolution (cross-correlation) with PyTorch's arguments and initialization."""
+
+    spatial_dims = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        n = self.spatial_dims
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{type(self).__name__}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _tuple(kernel_size, n)
+        self.stride = _tuple(stride, n)
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, n)
+        self.dilation = _tuple(dilation, n)
+        self.groups = int(groups)
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        bound = 1.0 / math.sqrt(init.fans(shape)[0])
+        weight_key, bias_key = _keys(key, 2)
+        self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
+        self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial))."""
+        unbatched = x.ndim == self.spatial_dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        out = slope.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}"
+        )
+
+
+class Conv1d(_ConvNd):
+    """1-d convolution over (N, C, L)."""
+
+    spatial_dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-d convolution over (N, C, H, W)."""
+
+    spatial_dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-d convolution over (N, C, D, H, W)."""
+
+    spatial_dims = 3
+
+
+class _ConvTransposeNd(Module):
+    """N-d transposed convolution; weight (in_channels, out_channels / groups, *kernel), as PyTorch."""
+
+    spatial_dims = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
+                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        n = self.spatial_dims
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{type(self).__name__}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _tuple(kernel_size, n)
+        self.stride = _tuple(stride, n)
+        self.padding = _tuple(padding, n)
+        self.output_padding = _tuple(output_padding, n)
+        self.dilation = _tuple(dilation, n)
+        self.groups = int(groups)
+        shape = (in_channels, out_channels // groups, *self.kernel_size)
+        bound = 1.0 / math.sqrt(init.fans(shape)[0])
+        weight_key, bias_key = _keys(key, 2)
+        self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
+        self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched)."""
+        unbatched = x.ndim == self.spatial_dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        out = slope.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                   self.groups, self.dilation)  # fmt: skip
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, output_padding={self.output_padding}, bias={self.bias is not None}"
+        )
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-d transposed convolution over (N, C, L)."""
+
+    spatial_dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-d transposed convolution over (N, C, H, W)."""
+
+    spatial_dims = 2
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+
+
+class _PoolNd(Module):
+    spatial_dims = 2
+    mode = "max"
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> None:
+        super().__init__()
+        n = self.spatial_dims
+        self.kernel_size = _tuple(kernel_size, n)
+        self.stride = self.kernel_size if stride is None else _tuple(stride, n)
+        self.padding = _tuple(padding, n)
+        self.dilation = _tuple(dilation, n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool over the trailing spatial dimensions."""
+        if self.mode == "max":
+            return slope.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        return slope.avg_pool(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool1d(_PoolNd):
+    """Max pooling over (N, C, L)."""
+
+    spatial_dims = 1
+
+
+class MaxPool2d(_PoolNd):
+    """Max pooling over (N, C, H, W)."""
+
+    spatial_dims = 2
+
+
+class AvgPool1d(_PoolNd):
+    """Average pooling over (N, C, L) (zero padding counted, as PyTorch's default)."""
+
+    spatial_dims = 1
+    mode = "avg"
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        super().__init__(kernel_size, stride, padding)
+
+
+class AvgPool2d(_PoolNd):
+    """Average pooling over (N, C, H, W) (zero padding counted, as PyTorch's default)."""
+
+    spatial_dims = 2
+    mode = "avg"
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        super().__init__(kernel_size, stride, padding)
+
+
+# ----------------------------------------------------------------------------------------------- normalization
+
+
+class BatchNorm(Module):
+    """Batch normalization over dim 1 of (N, C, *spatial), with running statistics kept as buffers.
+
+    In training mode it normalizes with the batch statistics and assigns updated `running_mean`/`running_var` to
+    itself (PyTorch's momentum rule, unbiased running variance). Inside jit or grad, get the updated model back
+    with `out, model = nn.apply(model, x)`. In eval mode it uses the running statistics.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.weight = init.ones((num_features,), dtype) if affine else None
+        self.bias = init.zeros((num_features,), dtype) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", init.zeros((num_features,), dtype))
+            self.register_buffer("running_var", init.ones((num_features,), dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalize each channel."""
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}: expected input (N, {self.num_features}, ...), got shape {x.shape}"
+            )
+        shape = (1, self.num_features) + (1,) * (x.ndim - 2)
+        dims = (0, *range(2, x.ndim))
+        if self.training or not self.track_running_stats:
+            mean = x.mean(dims)
+            var = slope.var(x, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
+            if self.training and self.track_running_stats:
+                count = x.numel() // self.num_features
+                m = self.momentum
+                unbiased = var.detach() * (count / max(count - 1, 1))
+                self.running_mean = self.running_mean.detach() * (1.0 - m) + mean.detach() * m
+                self.running_var = self.running_var.detach() * (1.0 - m) + unbiased * m
+        else:
+            mean = self.running_mean.detach()
+            var = self.running_var.detach()
+        out = (x - mean.reshape(shape)) * (var.reshape(shape) + self.eps).rsqrt()
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm1d(BatchNorm):
+    """Batch normalization over (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(BatchNorm):
+    """Batch normalization over (N, C, H, W)."""
+
+
+def _normalized_shape(shape: Any) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+class LayerNorm(Module):
+    """Layer normalization over the trailing `normalized_shape` dimensions."""
+
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = float(eps)
+        self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.bias = init.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalize over the last dimensions."""
+        k = len(self.normalized_shape)
+        if x.shape[x.ndim - k :] != self.normalized_shape:
+            raise ValueError(f"LayerNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
+        dims = tuple(range(x.ndim - k, x.ndim))
+        mean = x.mean(dims, keepdim=True)
+        var = slope.var(x, dims, correction=0, keepdim=True)
+        out = (x - mean) * (var + self.eps).rsqrt()
+        if self.weight is not None:
+            out = out * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalization over the trailing dimensions (eps defaults to float32's machine epsilon)."""
+
+    def __init__(self, normalized_shape: Any, eps: float | None = None, elementwise_affine: bool = True,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = eps
+        self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scale x by the reciprocal root mean square of its last dimensions."""
+        k = len(self.normalized_shape)
+        if x.shape[x.ndim - k :] != self.normalized_shape:
+            raise ValueError(f"RMSNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
+        eps = self.eps if self.eps is not None else _finfo_eps(x.dtype)
+        dims = tuple(range(x.ndim - k, x.ndim))
+        out = x * ((x * x).mean(dims, keepdim=True) + eps).rsqrt()
+        return out * self.weight if self.weight is not None else out
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+def _finfo_eps(dtype: Any) -> float:
+    import numpy as np
+
+    try:
+        return float(np.finfo(dtype.numpy).eps)
+    except (TypeError, ValueError):
+        return float(np.finfo(np.float32).eps)
+
+
+# ----------------------------------------------------------------------------------------------- embedding, dropout
+
+
+class Embedding(Module):
+    """A lookup table: integer indices -> rows of weight (num_embeddings, embedding_dim), init N(0, 1).
+
+    Rows at `padding_idx` start at zero and receive no gradient.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        self.padding_idx = padding_idx
+        weight = init.normal((num_embeddings, embedding_dim), key=key, dtype=dtype)
+        if padding_idx is not None:
+            weight = weight.at[padding_idx].set(0.0)
+        self.weight = weight
+
+    def forward(self, indices: Any) -> Tensor:
+        """The rows of the table at these indices (output shape: indices.shape + (embedding_dim,))."""
+        indices = slope.tensor(indices) if not isinstance(indices, Tensor) else indices
+        if not indices.dtype.is_int:
+            raise TypeError(f"Embedding: indices must be integers, got {indices.dtype.name}")
+        rows = self.weight[indices]
+        if self.padding_idx is not None:
+            rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
+        return rows
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None = None) -> Tensor:
+    """Zero elements with probability p and scale the rest by 1/(1-p) (identity when not training)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    key = next_key("Dropout") if key is None else key
+    keep = slope.random.bernoulli(key, 1.0 - p, x.shape)
+    return slope.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+
+class Dropout(Module):
+    """Dropout in training mode (keys from `nn.apply(model, x, key=...)`, or the global generator eagerly)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor, key: Tensor | None = None) -> Tensor:
+        """Randomly zero elements (training) or pass x through (eval)."""
+        return dropout(x, self.p, self.training, key)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention with input and output projections (batch first: (N, L, E)).
+
+    `forward(query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
+    need_weights=False)`: key and value default to query (self-attention). Boolean masks are True where attention is
+    not allowed (PyTorch's convention); a float `attn_mask` is added to the scores. Returns the output, or
+    `(output, weights averaged over heads)` with `need_weights=True`.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 kdim: int | None = None, vdim: int | None = None, key: Tensor | None = None,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiHeadAttention: embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = int(embed_dim)
+        self.num_heads = int(num_heads)
+        self.dropout = float(dropout)
+        keys = _keys(key, 4)
+        self.q_proj = Linear(embed_dim, embed_dim, bias, key=keys[0], dtype=dtype)
+        self.k_proj = Linear(kdim or embed_dim, embed_dim, bias, key=keys[1], dtype=dtype)
+        self.v_proj = Linear(vdim or embed_dim, embed_dim, bias, key=keys[2], dtype=dtype)
+        self.out_proj = Linear(embed_dim, embed_dim, bias, key=keys[3], dtype=dtype)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        head_dim = self.embed_dim // self.num_heads
+        return x.reshape((batch, length, self.num_heads, head_dim)).permute((0, 2, 1, 3))
+
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None, is_causal: bool = False,
+                need_weights: bool = False) -> Any:  # fmt: skip
+        """Attend from query (N, L, E) to key/value (N, S, E); unbatched (L, E) inputs work too."""
+        key = query if key is None else key
+        value = key if value is None else value
+        unbatched = query.ndim == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
+            raise ValueError(
+                f"MultiHeadAttention: expected (N, L, E) inputs, got {query.shape}, {key.shape}, {value.shape}"
+            )
+        q = self._heads(self.q_proj(query))
+        k = self._heads(self.k_proj(key))
+        v = self._heads(self.v_proj(value))
+        head_dim = self.embed_dim // self.num_heads
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))  # (N, H, L, S)
+        length, source = scores.shape[-2], scores.shape[-1]
+        if is_causal:
+            causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
+            scores = slope.where(causal, -math.inf, scores)
+        if attn_mask is not None:
+            if attn_mask.dtype == slope.bool_:
+                scores = slope.where(attn_mask, -math.inf, scores)
+            else:
+                scores = scores + attn_mask
+        if key_padding_mask is not None:
+            padding = key_padding_mask.reshape((key_padding_mask.shape[0], 1, 1, source))
+            scores = slope.where(padding, -math.inf, scores)
+        weights = scores.softmax(-1)
+        attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
+        batch = attended.shape[0]
+        attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
+        out = self.out_proj(attended)
+        if unbatched:
+            out = out.squeeze(0)
+        if not need_weights:
+            return out
+        averaged = weights.mean(1)
+        return out, averaged.squeeze(0) if unbatched else averaged
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+
+MultiheadAttention = MultiHeadAttention  # PyTorch's spelling
+
+
+# ----------------------------------------------------------------------------------------------- containers
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(module).__name__}, not a Module")
+            self.__dict__[str(i)] = module
+
+    def _items(self) -> list[Module]:
+        return [value for name, value in self.__dict__.items() if name.isdigit()]
+
+    def forward(self, x: Any) -> Any:
+        """Apply each module to the previous one's output."""
+        for module in self._items():
+            x = module(x)
+        return x
+
+    def __getitem__(self, index: int | slice) -> Any:
+        items = self._items()
+        return Sequential(*items[index]) if isinstance(index, slice) else items[index]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items())
+
+    def append(self, module: Module) -> Sequential:
+        """Add a module at the end; returns self."""
+        self.__dict__[str(len(self))] = module
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules (indexable, iterable), registered as children named "0", "1", ..."""
+
+    def __init__(self, modules: Sequence[Module] = ()) -> None:
+        super().__init__()
+        for i, module in enumerate(modules):
+            self.__dict__[str(i)] = module
+
+    def _items(self) -> list[Module]:
+        return [value for name, value in self.__dict__.items() if name.isdigit()]
+
+    def __getitem__(self, index: int) -> Module:
+        return self._items()[index]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items())
+
+    def append(self, module: Module) -> ModuleList:
+        """Add a module at the end; returns self."""
+        self.__dict__[str(len(self))] = module
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+class Identity(Module):
+    """Returns its input."""
+
+    def forward(self, x: Any) -> Any:
+        """x unchanged."""
+        return x
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.relu(x)
+
+
+class LeakyReLU(Module):
+    """x if x > 0 else negative_slope * x."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.leaky_relu(x, self.negative_slope)
+
+
+class GELU(Module):
+    """Gaussian error linear unit (approximate="tanh" for the tanh form)."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.gelu(x, self.approximate)
+
+
+class SiLU(Module):
+    """x * sigmoid(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.silu(x)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x))."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.sigmoid(x)
+
+
+class Tanh(Module):
+    """tanh(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.tanh(x)
+
+
+class Softplus(Module):
+    """log(1 + exp(beta * x)) / beta."""
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return slope.softplus(x, self.beta)
+
+
+class Softmax(Module):
+    """Softmax along `dim`."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the softmax."""
+        return slope.softmax(x, self.dim)
+
+
+class LogSoftmax(Module):
+    """Log-softmax along `dim`."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the log-softmax."""
+        return slope.log_softmax(x, self.dim)
+
+
+class Flatten(Module):
+    """Flatten dimensions start_dim..end_dim (default: all but the batch dimension)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Flatten the dimensions."""
+        return slope.flatten(x, self.start_dim, self.end_dim)

@@ -1,0 +1,160 @@
+"""Losses as functions (and as parameter-free modules, PyTorch style). `reduction` is "mean", "sum" or "none"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import slope
+from slope import Tensor
+
+from .module import Module
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "NLLLoss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "mse",
+    "mse_loss",
+    "nll",
+    "nll_loss",
+]
+
+
+def _reduce(name: str, losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    raise ValueError(f"slope.nn.{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:  # noqa: A002 - PyTorch's name
+    if input.shape != target.shape:
+        raise ValueError(f"slope.nn.{name}: input of shape {input.shape} and target of shape {target.shape} differ")
+
+
+def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits (N, C, ...) with class indices (N, ...) or probabilities (N, C, ...)."""
+    return slope.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
+
+
+def nll(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...)."""
+    target = target if isinstance(target, Tensor) else slope.tensor(target)
+    if not target.dtype.is_int:
+        raise TypeError(f"slope.nn.nll: target must hold class indices (integers), got {target.dtype.name}")
+    class_dim = 1 if log_probs.ndim > 1 else 0
+    expected = log_probs.shape[:class_dim] + log_probs.shape[class_dim + 1 :]
+    if target.shape != expected:
+        raise ValueError(f"slope.nn.nll: target of shape {target.shape} does not fit input {log_probs.shape}")
+    picked = slope.one_hot(target, log_probs.shape[class_dim]).astype(log_probs.dtype)
+    if class_dim == 1 and log_probs.ndim > 2:
+        picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
+    return _reduce("nll", -(picked * log_probs).sum(class_dim), reduction)
+
+
+def mse(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002 - PyTorch's name
+    """Squared error (input - target)**2, averaged by default."""
+    target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
+    _check_same_shape("mse", input, target)
+    difference = input - target
+    return _reduce("mse", difference * difference, reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
+                         reduction: str = "mean") -> Tensor:  # fmt: skip
+    """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does."""
+    target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
+    _check_same_shape("binary_cross_entropy", input, target)
+    log_p = slope.clip(input.log(), -100.0, None)
+    log_not_p = slope.clip((1.0 - input).log(), -100.0, None)
+    losses = -(target * log_p + (1.0 - target) * log_not_p)
+    if weight is not None:
+        losses = losses * weight
+    return _reduce("binary_cross_entropy", losses, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
+                                     pos_weight: Tensor | None = None, reduction: str = "mean") -> Tensor:  # fmt: skip
+    """Binary cross-entropy of sigmoid(input), computed stably from the logits."""
+    target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
+    _check_same_shape("binary_cross_entropy_with_logits", input, target)
+    log_sigmoid = -slope.softplus(-input)  # log(sigmoid(x))
+    log_not_sigmoid = -slope.softplus(input)  # log(1 - sigmoid(x))
+    positive = target * log_sigmoid if pos_weight is None else pos_weight * target * log_sigmoid
+    losses = -(positive + (1.0 - target) * log_not_sigmoid)
+    if weight is not None:
+        losses = losses * weight
+    return _reduce("binary_cross_entropy_with_logits", losses, reduction)
+
+
+mse_loss = mse
+nll_loss = nll
+
+
+class CrossEntropyLoss(Module):
+    """Module form of `cross_entropy`."""
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: Tensor, target: Any) -> Tensor:
+        """The loss."""
+        return cross_entropy(logits, target, self.reduction, self.label_smoothing)
+
+
+class NLLLoss(Module):
+    """Module form of `nll`."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, log_probs: Tensor, target: Any) -> Tensor:
+        """The loss."""
+        return nll(log_probs, target, self.reduction)
+
+
+class MSELoss(Module):
+    """Module form of `mse`."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
+        """The loss."""
+        return mse(input, target, self.reduction)
+
+
+class BCELoss(Module):
+    """Module form of `binary_cross_entropy`."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
+        """The loss."""
+        return binary_cross_entropy(input, target, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(Module):
+    """Module form of `binary_cross_entropy_with_logits`."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
+        """The loss."""
+        return binary_cross_entropy_with_logits(input, target, reduction=self.reduction)

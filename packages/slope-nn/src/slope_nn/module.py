@@ -1,0 +1,518 @@
+"""Module: a pytree of parameters, buffers and child modules, with the PyTorch-style surface.
+
+A module's attributes that hold tensors (or modules, or lists/tuples/dicts of them) are its pytree children; every
+other attribute (sizes, flags, activation names, `training`) is static and goes into the tree structure, so `jit`
+caches one program per structure and switching `train()`/`eval()` compiles a separate program.
+
+Kinds of tensor attributes:
+
+- parameters: trainable tensors (the default for a tensor attribute);
+- frozen parameters: parameters marked with `freeze()`; they stay in the tree but optimizers leave them alone;
+- buffers: state such as BatchNorm's running statistics, registered with `register_buffer`; optimizers skip them,
+  layers read them through `stop_gradient`, and `nn.value_and_grad` gives them zero gradients.
+
+Layers that update buffers in training mode (BatchNorm) assign the new values to their own attributes. Eagerly this
+is PyTorch's in-place behaviour; in a transformed function use `out, model = nn.apply(model, x)`, which runs a copy
+of the model and returns that copy with its updated buffers, leaving the argument untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+import slope
+from slope import Tensor
+
+__all__ = [
+    "Module",
+    "apply",
+    "leaf_kinds",
+    "next_key",
+    "value_and_grad",
+    "grad",
+    "rng",
+]
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable key for a static attribute value (lists and dicts by content)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((repr(k), _freeze(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_freeze(v) for v in value))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, value.dtype.str, value.tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))  # unhashable and unknown: equal only to itself
+    return (type(value), value)
+
+
+class _Static:
+    """A static attribute inside a tree structure: compared and hashed by content."""
+
+    __slots__ = ("value", "key", "hash")
+
+    def __init__(self, value: Any):
+        self.value = value
+        self.key = _freeze(value)
+        self.hash = hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and self.hash == other.hash and self.key == other.key
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _is_child(value: Any) -> bool:
+    """Whether an attribute value belongs in the pytree (holds tensors or modules)."""
+    if isinstance(value, (Tensor, Module)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_is_child(v) for v in value)
+    if isinstance(value, dict):
+        return any(_is_child(v) for v in value.values())
+    return False
+
+
+_STATIC_KEYS: dict[Any, _Static] = {}
+
+
+def _static(value: Any) -> _Static:
+    """A _Static for a value, reused for the common immutable ones (cheap jit cache keys)."""
+    if type(value) in (int, float, bool, str, type(None)):
+        key = (type(value), value)
+        cached = _STATIC_KEYS.get(key)
+        if cached is None:
+            cached = _STATIC_KEYS[key] = _Static(value)
+        return cached
+    return _Static(value)
+
+
+class Module:
+    """Base class of layers and models: tensor attributes are parameters, module attributes are children.
+
+    Subclasses set attributes in `__init__` (calling `super().__init__()` first) and define `forward`.
+    """
+
+    training: bool
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Module:
+        obj = super().__new__(cls)
+        obj.__dict__["training"] = True
+        return obj
+
+    def __init__(self) -> None:
+        self.__dict__.setdefault("training", True)
+
+    # ------------------------------------------------------------------------------------------- pytree
+    def tree_flatten(self) -> tuple[list, tuple]:
+        """The pytree children (tensor and module attributes) and the static rest."""
+        children = []
+        entries = []
+        for name, value in self.__dict__.items():
+            if _is_child(value):
+                children.append(value)
+                entries.append(name)
+            else:
+                entries.append((name, _static(value)))
+        return children, tuple(entries)
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple, children: list) -> Module:
+        """Rebuild a module from its structure and children (no `__init__` call)."""
+        obj = object.__new__(cls)
+        attributes = obj.__dict__
+        iterator = iter(children)
+        for entry in aux:
+            if type(entry) is str:
+                attributes[entry] = next(iterator)
+            else:
+                attributes[entry[0]] = entry[1].value
+        return obj
+
+    # ------------------------------------------------------------------------------------------- calling
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The computation of the module (subclasses define it)."""
+        raise NotImplementedError(f"{type(self).__name__}.forward is not defined")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- kinds
+    @property
+    def _buffer_names(self) -> frozenset:
+        return self.__dict__.get("_buffers", frozenset())
+
+    @property
+    def _frozen_names(self) -> frozenset:
+        return self.__dict__.get("_frozen", frozenset())
+
+    def register_buffer(self, name: str, value: Tensor | None) -> None:
+        """Add a buffer: a tensor kept with the module (and saved) that optimizers do not train."""
+        setattr(self, name, value)
+        self.__dict__["_buffers"] = self._buffer_names | {name}
+
+    def freeze(self, *names: str) -> Module:
+        """Mark parameters (all by default, or the given dotted names) as frozen: optimizers skip them."""
+        self._set_frozen(names, True)
+        return self
+
+    def unfreeze(self, *names: str) -> Module:
+        """Make frozen parameters (all by default, or the given dotted names) trainable again."""
+        self._set_frozen(names, False)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """PyTorch's spelling of `unfreeze()` (True) and `freeze()` (False) for every parameter."""
+        return self.unfreeze() if requires_grad else self.freeze()
+
+    def _set_frozen(self, names: tuple, frozen: bool) -> None:
+        wanted = set(names)
+        found = set()
+        for name, module, attribute in list(self._attribute_owners()):
+            if attribute in module._buffer_names or (wanted and name not in wanted):
+                continue
+            found.add(name)
+            current = module._frozen_names
+            module.__dict__["_frozen"] = current | {attribute} if frozen else current - {attribute}
+        missing = wanted - found
+        if missing:
+            raise KeyError(
+                f"Module.{'freeze' if frozen else 'unfreeze'}: no parameters named {sorted(missing)}; "
+                f"parameters are {[n for n, _ in self.named_parameters()]}"
+            )
+
+    def _attribute_owners(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
+        """(dotted name, owning module, attribute name) of every tensor-holding attribute."""
+        for name, value in self.__dict__.items():
+            if isinstance(value, Module):
+                yield from value._attribute_owners(f"{prefix}{name}.")
+            elif _is_child(value):
+                yield f"{prefix}{name}", self, name
+                for sub_name, sub in _container_modules(value, f"{prefix}{name}"):
+                    yield from sub._attribute_owners(f"{sub_name}.")
+
+    # ------------------------------------------------------------------------------------------- walking
+    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+        """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
+        buffers = self._buffer_names
+        frozen = self._frozen_names
+        for name, value in self.__dict__.items():
+            if not _is_child(value):
+                continue
+            kind = "buffer" if name in buffers else "frozen" if name in frozen else "param"
+            yield from _named_leaves(value, f"{prefix}{name}", kind)
+
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
+        """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded."""
+        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind != "buffer" and isinstance(t, Tensor)]
+
+    def parameters(self) -> list[Tensor]:
+        """Every parameter tensor (frozen ones included, buffers excluded)."""
+        return [t for _, t in self.named_parameters()]
+
+    def named_trainable_parameters(self) -> list[tuple[str, Tensor]]:
+        """(dotted name, tensor) of the parameters an optimizer updates (not frozen, not buffers)."""
+        return [(n, t) for n, t, kind in self.named_leaves() if kind == "param" and isinstance(t, Tensor)]
+
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, Tensor]]:
+        """(dotted name, tensor) of every buffer."""
+        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind == "buffer" and isinstance(t, Tensor)]
+
+    def buffers(self) -> list[Tensor]:
+        """Every buffer tensor."""
+        return [t for _, t in self.named_buffers()]
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """(name, module) of the direct child modules."""
+        for name, value in self.__dict__.items():
+            if isinstance(value, Module):
+                yield name, value
+            elif _is_child(value):
+                yield from _container_modules(value, name)
+
+    def children(self) -> Iterator[Module]:
+        """The direct child modules."""
+        return (m for _, m in self.named_children())
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(dotted name, module) of this module and all its descendants ("" for this one)."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        """This module and all its descendants."""
+        return (m for _, m in self.named_modules())
+
+    def num_parameters(self) -> int:
+        """How many scalar parameters the module holds (frozen ones included)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode on this module and its descendants (dropout active, batch statistics); returns self."""
+        for module in self.modules():
+            module.__dict__["training"] = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Set evaluation mode (dropout off, running statistics); returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Tensor]:
+        """Every parameter and buffer by dotted name."""
+        return {name: leaf for name, leaf, _ in self.named_leaves() if isinstance(leaf, Tensor)}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+        """Copy values (tensors or NumPy arrays) into this module's parameters and buffers; returns self.
+
+        Shapes must match; values are cast to the parameter's dtype. With `strict`, missing or unexpected
+        names are errors.
+        """
+        leaves, treedef = slope.tree.flatten(self)
+        names = [name for name, _, _ in self.named_leaves()]
+        expected = {name for name, leaf in zip(names, leaves) if isinstance(leaf, Tensor)}
+        if strict:
+            missing = sorted(expected - set(state))
+            unexpected = sorted(set(state) - expected)
+            if missing or unexpected:
+                raise KeyError(
+                    f"Module.load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                    "(pass strict=False to load a partial state)"
+                )
+        new_leaves = []
+        for name, leaf in zip(names, leaves):
+            if name in state and isinstance(leaf, Tensor):
+                value = state[name]
+                array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+                if tuple(array.shape) != leaf.shape:
+                    raise ValueError(
+                        f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "
+                        f"{leaf.shape} in the module"
+                    )
+                leaf = slope.tensor(np.ascontiguousarray(array, dtype=leaf.dtype.numpy), dtype=leaf.dtype)
+            new_leaves.append(leaf)
+        _assign(self, slope.tree.unflatten(treedef, new_leaves))
+        return self
+
+    def save(self, path: Any) -> None:
+        """Write the state dict to a file: safetensors (default) or `.npz` by suffix; never pickled code."""
+        from .checkpoint import save
+
+        save(self, path)
+
+    def load(self, path: Any, strict: bool = True) -> Module:
+        """Load parameters and buffers written by `save` into this module; returns self."""
+        from .checkpoint import load
+
+        return self.load_state_dict(load(path), strict=strict)
+
+    # ------------------------------------------------------------------------------------------- printing
+    def extra_repr(self) -> str:
+        """The configuration shown inside the module's repr (layers override it)."""
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, child in self.named_children():
+            text = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {text}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
+    """(dotted name, module) of the modules held in a list/tuple/dict attribute."""
+    if isinstance(value, Module):
+        yield prefix, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _container_modules(item, f"{prefix}.{i}")
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            yield from _container_modules(value[key], f"{prefix}.{key}")
+
+
+def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, str]]:
+    """Leaves of an attribute value in slope.tree order, named by dotted path."""
+    if isinstance(value, Module):
+        yield from value.named_leaves(f"{name}.")
+    elif isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        for i, item in enumerate(value):
+            yield from _named_leaves(item, f"{name}.{i}", kind)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):  # slope.tree orders dict children this way
+            yield from _named_leaves(value[key], f"{name}.{key}", kind)
+    elif isinstance(value, Tensor):
+        yield name, value, kind
+    else:  # another pytree node (a namedtuple, a registered dataclass) or a non-tensor leaf
+        leaves = slope.tree.leaves(value)
+        if len(leaves) == 1 and leaves[0] is value:
+            yield name, value, kind
+        else:
+            for i, leaf in enumerate(leaves):
+                yield f"{name}.{i}", leaf, kind
+
+
+def _assign(target: Module, source: Module) -> None:
+    """Copy source's attributes into target in place, keeping the identity of child modules."""
+    for name, value in source.__dict__.items():
+        current = target.__dict__.get(name)
+        if isinstance(current, Module) and isinstance(value, Module) and type(current) is type(value):
+            _assign(current, value)
+        elif isinstance(current, list) and isinstance(value, list) and len(current) == len(value):
+            for i, (old, new) in enumerate(zip(current, value)):
+                if isinstance(old, Module) and isinstance(new, Module) and type(old) is type(new):
+                    _assign(old, new)
+                else:
+                    current[i] = new
+        else:
+            target.__dict__[name] = value
+
+
+# ----------------------------------------------------------------------------------------------- leaf kinds
+
+
+def leaf_kinds(tree: Any) -> list[tuple[str, str]]:
+    """(dotted name, kind) for every leaf of a pytree that may hold modules, in slope.tree leaf order.
+
+    Kinds are "param", "frozen" and "buffer"; leaves outside any module are "param".
+    """
+    if isinstance(tree, Module):
+        return [(name, kind) for name, _, kind in tree.named_leaves()]
+    result = []
+    items, _ = slope.tree.flatten(tree, is_leaf=lambda v: isinstance(v, Module))
+    for i, item in enumerate(items):
+        if isinstance(item, Module):
+            result.extend((f"{i}.{name}", kind) for name, _, kind in item.named_leaves())
+        else:
+            result.append((str(i), "param"))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- random keys
+
+
+class _KeyStream:
+    """Hands out distinct keys derived from one key: `fold_in(key, 0)`, `fold_in(key, 1)`, ..."""
+
+    def __init__(self, key: Tensor):
+        self.key = key
+        self.count = 0
+
+    def next(self) -> Tensor:
+        subkey = slope.random.fold_in(self.key, self.count)
+        self.count += 1
+        return subkey
+
+
+_key_streams: list[_KeyStream] = []
+
+
+@contextlib.contextmanager
+def rng(key: Tensor) -> Iterator[None]:
+    """Inside the block, layers that need randomness (Dropout) draw keys derived from `key`."""
+    _key_streams.append(_KeyStream(key))
+    try:
+        yield
+    finally:
+        _key_streams.pop()
+
+
+def next_key(name: str = "nn") -> Tensor:
+    """A fresh key for a random layer: from the active `nn.rng(key)` block, else (eagerly) the global generator."""
+    if _key_streams:
+        return _key_streams[-1].next()
+    from slope.trace import is_eager
+
+    if not is_eager():
+        raise RuntimeError(
+            f"slope.nn.{name}: needs a random key inside jit/grad/vmap; call the model as "
+            "`out, model = nn.apply(model, x, key=key)` (or inside `with nn.rng(key):`), or pass key= to the layer"
+        )
+    from slope.random import next_key as global_next_key
+
+    return global_next_key()
+
+
+# ----------------------------------------------------------------------------------------------- functional calls
+
+
+def apply(model: Module, *args: Any, key: Tensor | None = None, **kwargs: Any) -> tuple[Any, Module]:
+    """Call a copy of the model and return `(output, updated_model)`: the copy holds buffer updates (BatchNorm).
+
+    `key` feeds layers that need randomness (Dropout). The model passed in is never modified, so this is the way
+    to run a training-mode forward pass inside `jit` or `grad`.
+    """
+    leaves, treedef = slope.tree.flatten(model)
+    copy = slope.tree.unflatten(treedef, leaves)
+    if key is None:
+        return copy(*args, **kwargs), copy
+    with rng(key):
+        return copy(*args, **kwargs), copy
+
+
+def _stop_non_trainable(model: Any) -> Any:
+    leaves, treedef = slope.tree.flatten(model)
+    kinds = leaf_kinds(model)
+    new_leaves = [
+        slope.stop_gradient(leaf) if kind != "param" and isinstance(leaf, Tensor) else leaf
+        for leaf, (_, kind) in zip(leaves, kinds)
+    ]
+    return slope.tree.unflatten(treedef, new_leaves)
+
+
+def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
+    """Like `slope.value_and_grad(fn)` for the first argument (a model), with buffers and frozen parameters held
+    constant (their gradients are zeros) and `has_aux` values returned as plain results.
+
+    `fn(model, *args) -> loss` (or `(loss, aux)`); the returned function gives `(loss, grads)` (or
+    `((loss, aux), grads)`), with `grads` shaped like the model.
+    """
+
+    def value_and_grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
+        def outputs(diff_model: Any) -> tuple:
+            out = fn(_stop_non_trainable(diff_model), *args, **kwargs)
+            if not has_aux:
+                return out, None
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError("slope.nn.value_and_grad: with has_aux=True the function must return (loss, aux)")
+            loss, aux = out
+            aux = slope.tree.map(lambda a: slope.stop_gradient(a) if isinstance(a, Tensor) else a, aux)
+            return loss, aux
+
+        (loss, aux), vjp_fn = slope.vjp(outputs, model)
+        if not isinstance(loss, Tensor) or loss.shape != () or not loss.dtype.is_float:
+            described = loss.aval if isinstance(loss, Tensor) else type(loss).__name__
+            raise TypeError(f"slope.nn.value_and_grad: the loss must be a scalar floating tensor, got {described}")
+        aux_cotangent = slope.tree.map(lambda a: slope.zeros_like(a) if isinstance(a, Tensor) else a, aux)
+        (grads,) = vjp_fn((slope.ones_like(loss), aux_cotangent))
+        return ((loss, aux) if has_aux else loss), grads
+
+    return value_and_grad_fn
+
+
+def grad(fn: Callable, has_aux: bool = False) -> Callable:
+    """The gradient part of `nn.value_and_grad` (with aux: `(grads, aux)`)."""
+    value_and_grad_fn = value_and_grad(fn, has_aux)
+
+    def grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
+        value, grads = value_and_grad_fn(model, *args, **kwargs)
+        return (grads, value[1]) if has_aux else grads
+
+    return grad_fn

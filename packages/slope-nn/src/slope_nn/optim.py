@@ -1,0 +1,332 @@
+"""Functional optimizers: `state = opt.init(model)`, then `model, state = opt.step(model, grads, state)`.
+
+The model may be any pytree (a `Module`, a dict of tensors, ...); `grads` has the same structure (what
+`slope.grad(loss)(model, ...)` returns). The optimizer's hyperparameters are static configuration baked into a jitted
+step; the step count lives in the state as a tensor, so a learning-rate schedule (a function of the step count)
+changes the rate every step without recompiling. Optimizers update only trainable leaves: buffers, parameters
+frozen with `Module.freeze()` and leaves rejected by the `trainable` filter keep their values and hold no state.
+
+Updates follow PyTorch's formulas (torch.optim.SGD, Adam, AdamW) so results match it step for step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import slope
+from slope import Tensor
+
+from .module import leaf_kinds
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamState",
+    "AdamW",
+    "Optimizer",
+    "SGDState",
+    "clip_grad_norm",
+    "constant_schedule",
+    "cosine_decay",
+    "exponential_decay",
+    "global_norm",
+    "linear_warmup",
+    "piecewise_constant",
+    "step_decay",
+]
+
+Schedule = Callable[[Tensor], Any]
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+
+
+def constant_schedule(lr: float) -> Schedule:
+    """The same learning rate at every step."""
+    return lambda step: lr
+
+
+def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
+    """lr * gamma ** floor(step / step_size) (PyTorch's StepLR, counted in steps)."""
+    return lambda step: lr * gamma ** slope.floor(step / float(step_size))
+
+
+def exponential_decay(lr: float, gamma: float) -> Schedule:
+    """lr * gamma ** step."""
+    return lambda step: lr * gamma**step
+
+
+def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule:
+    """Cosine annealing from lr to final_lr over total_steps, then final_lr."""
+
+    def schedule(step: Tensor) -> Tensor:
+        progress = slope.clip(step / float(total_steps), 0.0, 1.0)
+        return final_lr + (lr - final_lr) * 0.5 * (1.0 + slope.cos(progress * math.pi))
+
+    return schedule
+
+
+def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
+    """Scale a schedule (or constant rate) linearly from 1/warmup_steps up to 1 over the first warmup_steps."""
+    base = schedule if callable(schedule) else constant_schedule(float(schedule))
+
+    def warmed(step: Tensor) -> Tensor:
+        factor = slope.clip((step + 1.0) / float(warmup_steps), None, 1.0)
+        return factor * base(step)
+
+    return warmed
+
+
+def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
+    """values[0] before boundaries[0], values[1] until boundaries[1], ... (len(values) = len(boundaries) + 1)."""
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"piecewise_constant: expected {len(boundaries) + 1} values for {len(boundaries)} boundaries, got {len(values)}"
+        )
+
+    def schedule(step: Tensor) -> Tensor:
+        rate = slope.full_like(step, values[0])
+        for boundary, value in zip(boundaries, values[1:]):
+            rate = slope.where(step >= float(boundary), value, rate)
+        return rate
+
+    return schedule
+
+
+# ----------------------------------------------------------------------------------------------- gradient helpers
+
+
+def global_norm(tree: Any) -> Tensor:
+    """The L2 norm of all floating-point leaves of a pytree together."""
+    squares = [(leaf.astype(slope.float32) ** 2).sum() for leaf in slope.tree.leaves(tree)
+               if isinstance(leaf, Tensor) and leaf.dtype.is_float]  # fmt: skip
+    if not squares:
+        return slope.tensor(0.0)
+    total = squares[0]
+    for square in squares[1:]:
+        total = total + square
+    return total.sqrt()
+
+
+def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
+    """Scale gradients so their global norm is at most max_norm; returns (clipped grads, norm before clipping)."""
+    norm = global_norm(grads)
+    scale = slope.clip(max_norm / (norm + 1e-6), None, 1.0)
+
+    def clip(leaf: Any) -> Any:
+        if isinstance(leaf, Tensor) and leaf.dtype.is_float:
+            return leaf * scale.astype(leaf.dtype)
+        return leaf
+
+    return slope.tree.map(clip, grads), norm
+
+
+# ----------------------------------------------------------------------------------------------- base
+
+
+class Optimizer:
+    """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable.
+
+    `trainable` filters parameters by dotted name: a function `name -> bool`, or a string / sequence of name
+    prefixes to train (everything else is left alone).
+    """
+
+    def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
+        if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
+            raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
+        self.lr = lr
+        if trainable is None or callable(trainable):
+            self.trainable = trainable
+        else:
+            prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+            self.trainable = lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    # subclasses define these two
+    def _init_leaf(self, param: Tensor) -> tuple:
+        raise NotImplementedError
+
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
+        raise NotImplementedError
+
+    def _mask(self, model: Any, leaves: list) -> list[bool]:
+        kinds = leaf_kinds(model)
+        mask = []
+        for leaf, (name, kind) in zip(leaves, kinds):
+            ok = kind == "param" and isinstance(leaf, Tensor) and leaf.dtype.is_float
+            if ok and self.trainable is not None:
+                ok = bool(self.trainable(name))
+            mask.append(ok)
+        return mask
+
+    def learning_rate(self, count: Any) -> Any:
+        """The learning rate for the step after `count` completed steps (a float or a tensor)."""
+        if callable(self.lr):
+            if not isinstance(count, Tensor):
+                count = slope.tensor(float(count))
+            return self.lr(count.astype(slope.float32))
+        return self.lr
+
+    def lr_at(self, state: Any) -> float:
+        """The learning rate the next step will use, as a Python float."""
+        return float(self.learning_rate(state.count))
+
+    def init(self, model: Any) -> Any:
+        """The optimizer state for a model: a step count and per-leaf slots (None for leaves it does not train)."""
+        leaves = slope.tree.leaves(model)
+        mask = self._mask(model, leaves)
+        slots = [self._init_leaf(leaf) if trainable else None for leaf, trainable in zip(leaves, mask)]
+        return self._make_state(slope.zeros((), dtype=slope.int64), slots)
+
+    def step(self, model: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+        """Apply one update: returns (new model, new state). Pure, so it can run inside a jitted train step."""
+        leaves, treedef = slope.tree.flatten(model)
+        grad_leaves = slope.tree.leaves(grads)
+        if len(grad_leaves) != len(leaves):
+            raise ValueError(
+                f"{type(self).__name__}.step: the gradients have {len(grad_leaves)} leaves but the model has "
+                f"{len(leaves)}; pass what slope.grad(loss)(model, ...) returns"
+            )
+        slots = self._slots(state)
+        if len(slots) != len(leaves):
+            raise ValueError(f"{type(self).__name__}.step: the state was made for another model; call init(model)")
+        mask = self._mask(model, leaves)
+        lr = self.learning_rate(state.count)
+        count = state.count + 1
+        new_leaves, new_slots = [], []
+        for i, (param, grad, slot, trainable) in enumerate(zip(leaves, grad_leaves, slots, mask)):
+            if not trainable or slot is None:
+                new_leaves.append(param)
+                new_slots.append(slot)
+                continue
+            if not isinstance(grad, Tensor) or grad.shape != param.shape:
+                described = grad.aval if isinstance(grad, Tensor) else type(grad).__name__
+                raise ValueError(
+                    f"{type(self).__name__}.step: gradient {described} does not match leaf {i} {param.aval}"
+                )
+            param_lr = lr.astype(param.dtype) if isinstance(lr, Tensor) else lr
+            new_param, slot = self._update_leaf(param, grad.astype(param.dtype), slot, count, param_lr)
+            new_leaves.append(new_param)
+            new_slots.append(slot)
+        return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
+
+    def _make_state(self, count: Tensor, slots: list) -> Any:
+        raise NotImplementedError
+
+    def _slots(self, state: Any) -> list:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------- SGD
+
+
+class SGDState(NamedTuple):
+    """SGD's state: the step count and the momentum buffers (None where a leaf is not trained)."""
+
+    count: Tensor
+    momentum: list
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay."""
+
+    def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, trainable: Any = None) -> None:  # fmt: skip
+        super().__init__(lr, trainable)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
+        self.momentum = float(momentum)
+        self.dampening = float(dampening)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+
+    def _init_leaf(self, param: Tensor) -> tuple:
+        return (slope.zeros_like(param),) if self.momentum else ()
+
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        if self.momentum:
+            (buffer,) = slots
+            buffer = self.momentum * buffer + (1.0 - self.dampening) * grad
+            if self.dampening:  # PyTorch starts the buffer at the first gradient, undamped
+                buffer = slope.where(count == 1, grad, buffer)
+            grad = grad + self.momentum * buffer if self.nesterov else buffer
+            slots = (buffer,)
+        return param - lr * grad, slots
+
+    def _make_state(self, count: Tensor, slots: list) -> SGDState:
+        return SGDState(count, [s[0] if s else None for s in slots])
+
+    def _slots(self, state: SGDState) -> list:
+        if not self.momentum:
+            return [() if m is None else (m,) for m in state.momentum]  # () marks "trainable, no buffer"
+        return [None if m is None else (m,) for m in state.momentum]
+
+    def init(self, model: Any) -> SGDState:
+        """The state: a step count and, with momentum, one zero buffer per trainable leaf."""
+        leaves = slope.tree.leaves(model)
+        mask = self._mask(model, leaves)
+        if self.momentum:
+            buffers = [slope.zeros_like(leaf) if trainable else None for leaf, trainable in zip(leaves, mask)]
+        else:
+            buffers = [None] * len(leaves)
+        return SGDState(slope.zeros((), dtype=slope.int64), buffers)
+
+
+# ----------------------------------------------------------------------------------------------- Adam, AdamW
+
+
+class AdamState(NamedTuple):
+    """Adam's state: the step count and the first and second moment estimates (None where not trained)."""
+
+    count: Tensor
+    mu: list
+    nu: list
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba) with bias correction; weight_decay adds an L2 term to the gradient (PyTorch's Adam)."""
+
+    decoupled = False
+
+    def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, trainable: Any = None) -> None:  # fmt: skip
+        super().__init__(lr, trainable)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+
+    def _init_leaf(self, param: Tensor) -> tuple:
+        return slope.zeros_like(param), slope.zeros_like(param)
+
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
+        mu, nu = slots
+        if self.weight_decay:
+            if self.decoupled:
+                param = param * (1.0 - lr * self.weight_decay)
+            else:
+                grad = grad + self.weight_decay * param
+        mu = self.beta1 * mu + (1.0 - self.beta1) * grad
+        nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
+        t = count.astype(slope.float32)
+        correction1 = (1.0 - self.beta1**t).astype(param.dtype)
+        correction2 = (1.0 - self.beta2**t).astype(param.dtype)
+        denominator = nu.sqrt() / correction2.sqrt() + self.eps
+        return param - (lr / correction1) * mu / denominator, (mu, nu)
+
+    def _make_state(self, count: Tensor, slots: list) -> AdamState:
+        return AdamState(count, [s[0] if s else None for s in slots], [s[1] if s else None for s in slots])
+
+    def _slots(self, state: AdamState) -> list:
+        return [None if m is None else (m, v) for m, v in zip(state.mu, state.nu)]
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter): param *= 1 - lr * weight_decay before the update."""
+
+    decoupled = True
+
+    def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, trainable: Any = None) -> None:  # fmt: skip
+        super().__init__(lr, betas, eps, weight_decay, trainable)

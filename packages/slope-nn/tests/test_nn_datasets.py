@@ -1,0 +1,95 @@
+"""The MNIST loader: IDX parsing (gzipped or not), folder resolution, the missing-files message, and the real
+files when ../shared/data/mnist (or $MNIST_DIR) is there."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from nn_helpers import mnist_folder
+
+import slope.nn as nn
+
+
+def write_idx(path, array: np.ndarray, compress: bool) -> None:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def fake_mnist(folder, count: int, compress: bool) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = g.integers(0, 10, count).astype(np.uint8)
+    suffix = ".gz" if compress else ""
+    for split in ("train", "t10k"):
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, compress)
+    return images, labels
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "raw"])
+def test_reads_idx_files(tmp_path, compress):
+    images, labels = fake_mnist(tmp_path, 7, compress)
+    data = nn.datasets.mnist("train", tmp_path, download=False)
+    assert data.images.dtype == np.uint8 and data.images.shape == (7, 28, 28)
+    assert data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.images, images)
+    np.testing.assert_array_equal(data.labels, labels)
+
+
+def test_read_idx_big_endian_ints(tmp_path):
+    values = (np.arange(6) - 2).astype(">i4").reshape(2, 3)
+    write_idx(tmp_path / "ints", values, compress=False)
+    out = nn.datasets.read_idx(tmp_path / "ints")
+    assert out.dtype.isnative and out.tolist() == [[-2, -1, 0], [1, 2, 3]]
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        nn.datasets.read_idx(tmp_path / "bad")
+
+
+def test_folder_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.delenv("SLOPE_DATA", raising=False)
+    monkeypatch.delenv("SLOPE_DATA_DIR", raising=False)
+    assert str(nn.datasets.mnist_dir()).endswith(".cache/slope/mnist")
+    monkeypatch.setenv("SLOPE_DATA_DIR", str(tmp_path))
+    assert nn.datasets.mnist_dir() == tmp_path / "mnist"
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "here"))
+    assert nn.datasets.mnist_dir() == tmp_path / "here"
+    assert nn.datasets.mnist_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
+    folder = tmp_path / "empty"
+    with pytest.raises(FileNotFoundError) as error:
+        nn.datasets.mnist("test", folder, download=False)
+    message = str(error.value)
+    assert str(folder) in message and "t10k-images-idx3-ubyte.gz" in message and "MNIST_DIR" in message
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(nn.datasets.urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError, match="could not be downloaded .*network is unreachable"):
+        nn.datasets.mnist("train", folder)
+
+
+def test_batches_cover_the_data_once():
+    x = np.arange(10)
+    seen = np.concatenate([b for (b,) in nn.datasets.batches(x, batch_size=3, seed=0)])
+    assert len(seen) == 9 and len(set(seen.tolist())) == 9
+    kept = list(nn.datasets.batches(x, x * 2, batch_size=4, shuffle=False, drop_last=False))
+    assert [len(b[0]) for b in kept] == [4, 4, 2] and np.array_equal(kept[2][1], [16, 18])
+
+
+@pytest.mark.skipif(mnist_folder() is None, reason="no MNIST folder (../shared/data/mnist or $MNIST_DIR)")
+def test_real_mnist():
+    train = nn.datasets.mnist("train", mnist_folder(), download=False)
+    test = nn.datasets.mnist("test", mnist_folder(), download=False)
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert set(np.unique(test.labels).tolist()) == set(range(10))
+    assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]

@@ -1,0 +1,66 @@
+"""The examples run end to end in a short mode (subprocesses, as a user runs them from the README)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nn_helpers import REPO, mnist_folder
+
+EXAMPLES = REPO / "examples"
+SIMPLE = sorted(path.name for path in (EXAMPLES / "simple").glob("*.py"))
+
+
+def run_example(args: list[str], tmp_path: Path, timeout: int = 300) -> str:
+    env = dict(os.environ)
+    folder = mnist_folder()
+    if folder is not None:
+        env["MNIST_DIR"] = str(folder)
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.parametrize("name", SIMPLE)
+def test_simple_example(name, tmp_path):
+    out = run_example([str(EXAMPLES / "simple" / name)], tmp_path)
+    assert out.strip()
+    if name == "linear_regression.py":
+        losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("step ")]
+        assert len(losses) == 10 and all(b < a for a, b in zip(losses, losses[1:]))
+
+
+needs_mnist = pytest.mark.skipif(mnist_folder() is None, reason="no MNIST folder (../shared/data/mnist or $MNIST_DIR)")
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_mnist_mlp_short(tmp_path):
+    out = run_example([str(EXAMPLES / "nn" / "mnist_mlp.py"), "--epochs", "1", "--steps", "300", "--out", str(tmp_path)],
+                      tmp_path)  # fmt: skip
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9, out
+    assert (tmp_path / "mnist_mlp_loss.png").stat().st_size > 1000
+    if "ONNX export skipped" not in out:
+        assert "matches the trained model" in out and (tmp_path / "mnist_mlp.onnx").exists()
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_mnist_cnn_short(tmp_path):
+    out = run_example([str(EXAMPLES / "nn" / "mnist_cnn.py"), "--epochs", "1", "--steps", "150", "--out", str(tmp_path)],
+                      tmp_path)  # fmt: skip
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.85, out
+    assert (tmp_path / "mnist_cnn_loss.png").exists()
+
+
+def test_missing_mnist_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DIR", "SLOPE_DATA")}
+    env["MNIST_DIR"] = str(tmp_path / "nothing-here")
+    script = "import slope.nn as nn; nn.datasets.mnist('train', download=False)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0 and str(tmp_path / "nothing-here") in result.stderr

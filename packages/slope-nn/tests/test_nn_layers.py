@@ -1,0 +1,438 @@
+"""Every layer's forward pass against a NumPy reference with the same weights, and its gradients against finite
+differences (float64). Tolerances per dtype are in nn_helpers.TOLERANCES and nn_helpers.FD_TOLERANCE."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from nn_helpers import assert_close, finite_difference_check, rng
+
+import slope
+import slope.nn as nn
+
+pytestmark = pytest.mark.usefixtures("each_backend")
+
+DTYPES = ["float32", "float64"]
+
+
+def as_dtype(name: str):
+    return getattr(slope, name)
+
+
+def run(module: nn.Module, *inputs):
+    """The layer's output through jit (one compiled program per test)."""
+    return slope.jit(lambda m, *xs: m(*xs))(module, *inputs)
+
+
+def weighted_sum_loss(module: nn.Module, x: slope.Tensor, weights: slope.Tensor) -> slope.Tensor:
+    """A scalar that depends on every output element differently."""
+    return (module(x) * weights).sum()
+
+
+def check_gradients(module: nn.Module, x: slope.Tensor, seed: int = 1) -> None:
+    out = run(module, x)
+    weights = slope.tensor(rng(seed).standard_normal(out.shape))
+    finite_difference_check(weighted_sum_loss, (module, x, weights))
+
+
+# ----------------------------------------------------------------------------------------------- references
+
+
+def np_conv(x, w, b, stride, padding, dilation, groups):
+    n = x.ndim - 2
+    x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    out_channels, per_group = w.shape[0], w.shape[1]
+    kernel = w.shape[2:]
+    spatial = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(x.shape[2:], kernel, stride, dilation)]
+    out = np.zeros((x.shape[0], out_channels, *spatial), dtype=np.float64)
+    out_per_group = out_channels // groups
+    for g in range(groups):
+        xg = x[:, g * per_group : (g + 1) * per_group]
+        for offset in np.ndindex(*kernel):
+            window = tuple(
+                slice(o * d, o * d + (m - 1) * st + 1, st) for o, d, m, st in zip(offset, dilation, spatial, stride)
+            )
+            patch = xg[(slice(None), slice(None), *window)]
+            wk = w[(slice(g * out_per_group, (g + 1) * out_per_group), slice(None), *offset)]
+            out[:, g * out_per_group : (g + 1) * out_per_group] += np.einsum("nc...,oc->no...", patch, wk)
+    if b is not None:
+        out += b.reshape((1, -1) + (1,) * n)
+    return out
+
+
+def np_conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups):
+    n = x.ndim - 2
+    in_per_group, out_per_group = w.shape[0] // groups, w.shape[1]
+    kernel = w.shape[2:]
+    full = [
+        (s - 1) * st + d * (k - 1) + 1 + op
+        for s, st, d, k, op in zip(x.shape[2:], stride, dilation, kernel, output_padding)
+    ]
+    out = np.zeros((x.shape[0], out_per_group * groups, *full), dtype=np.float64)
+    for g in range(groups):
+        xg = x[:, g * in_per_group : (g + 1) * in_per_group]
+        for offset in np.ndindex(*kernel):
+            target = tuple(
+                slice(o * d, o * d + (s - 1) * st + 1, st) for o, d, s, st in zip(offset, dilation, x.shape[2:], stride)
+            )
+            wk = w[(slice(g * in_per_group, (g + 1) * in_per_group), slice(None), *offset)]
+            out[(slice(None), slice(g * out_per_group, (g + 1) * out_per_group), *target)] += np.einsum(
+                "nc...,co->no...", xg, wk
+            )
+    sizes = [(s - 1) * st - 2 * p + d * (k - 1) + op + 1
+             for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, kernel, output_padding)]  # fmt: skip
+    out = out[(slice(None), slice(None), *(slice(p, p + size) for p, size in zip(padding, sizes)))]
+    if b is not None:
+        out += b.reshape((1, -1) + (1,) * n)
+    return out
+
+
+def np_pool(x, kernel, stride, padding, mode):
+    n = len(kernel)
+    fill = -np.inf if mode == "max" else 0.0
+    x = np.pad(x, [(0, 0)] * (x.ndim - n) + [(p, p) for p in padding], constant_values=fill)
+    spatial = [(s - k) // st + 1 for s, k, st in zip(x.shape[-n:], kernel, stride)]
+    windows = []
+    for offset in np.ndindex(*kernel):
+        window = tuple(slice(o, o + (m - 1) * st + 1, st) for o, m, st in zip(offset, spatial, stride))
+        windows.append(x[(Ellipsis, *window)])
+    stacked = np.stack(windows, -1)
+    return stacked.max(-1) if mode == "max" else stacked.mean(-1)
+
+
+def np_softmax(x, axis=-1):
+    shifted = x - x.max(axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis, keepdims=True)
+
+
+def np_linear(x, w, b):
+    return x @ w.T + (0 if b is None else b)
+
+
+def np_attention(module, q, k, v, attn_mask=None, key_padding_mask=None, is_causal=False):
+    p = {name: t.numpy().astype(np.float64) for name, t in module.named_parameters()}
+    heads = module.num_heads
+    e = module.embed_dim
+    d = e // heads
+
+    def project(x, name):
+        y = np_linear(x, p[f"{name}.weight"], p[f"{name}.bias"])
+        return y.reshape(y.shape[0], y.shape[1], heads, d).transpose(0, 2, 1, 3)
+
+    qh, kh, vh = project(q, "q_proj"), project(k, "k_proj"), project(v, "v_proj")
+    scores = qh @ kh.transpose(0, 1, 3, 2) / math.sqrt(d)
+    if is_causal:
+        scores = np.where(np.triu(np.ones(scores.shape[-2:], bool), 1), -np.inf, scores)
+    if attn_mask is not None:
+        scores = np.where(attn_mask, -np.inf, scores) if attn_mask.dtype == bool else scores + attn_mask
+    if key_padding_mask is not None:
+        scores = np.where(key_padding_mask[:, None, None, :], -np.inf, scores)
+    weights = np_softmax(scores)
+    out = (weights @ vh).transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], e)
+    return np_linear(out, p["out_proj.weight"], p["out_proj.bias"]), weights.mean(1)
+
+
+def params(module: nn.Module) -> dict[str, np.ndarray]:
+    return {name: t.numpy().astype(np.float64) for name, t in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------- linear, conv
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(dtype, bias):
+    layer = nn.Linear(5, 3, bias=bias, key=slope.random.key(0), dtype=as_dtype(dtype))
+    x = rng().standard_normal((2, 4, 5)).astype(dtype)
+    p = params(layer)
+    assert layer.weight.shape == (3, 5) and layer.weight.dtype == as_dtype(dtype)
+    assert np.abs(p["weight"]).max() <= 1 / math.sqrt(5)  # PyTorch's default bound
+    expected = np_linear(x.astype(np.float64), p["weight"], p.get("bias"))
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+CONV_CASES = {
+    "conv1d": (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 9)),
+    "conv2d": (
+        nn.Conv2d,
+        dict(in_channels=3, out_channels=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        (2, 3, 7, 8),
+    ),  # fmt: skip
+    "conv2d_nobias": (nn.Conv2d, dict(in_channels=2, out_channels=2, kernel_size=3, bias=False), (1, 2, 5, 5)),
+    "conv2d_same": (nn.Conv2d, dict(in_channels=2, out_channels=3, kernel_size=3, padding="same"), (2, 2, 6, 5)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv(case, dtype):
+    cls, kwargs, shape = CONV_CASES[case]
+    layer = cls(**kwargs, key=slope.random.key(1), dtype=as_dtype(dtype))
+    x = rng().standard_normal(shape).astype(dtype)
+    p = params(layer)
+    n = len(shape) - 2
+    padding = (1,) * n if layer.padding == "same" else layer.padding
+    expected = np_conv(x.astype(np.float64), p["weight"], p.get("bias"), layer.stride, padding, layer.dilation,
+                       layer.groups)  # fmt: skip
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+TRANSPOSE_CASES = {
+    "conv_transpose2d": (
+        nn.ConvTranspose2d,
+        dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1, groups=2),
+        (2, 4, 4, 5),
+    ),  # fmt: skip
+    "conv_transpose2d_plain": (
+        nn.ConvTranspose2d,
+        dict(in_channels=3, out_channels=2, kernel_size=(2, 3)),
+        (1, 3, 3, 4),
+    ),
+    "conv_transpose1d": (
+        nn.ConvTranspose1d,
+        dict(in_channels=2, out_channels=3, kernel_size=4, stride=3, dilation=2),
+        (2, 2, 5),
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(TRANSPOSE_CASES))
+def test_conv_transpose(case, dtype):
+    cls, kwargs, shape = TRANSPOSE_CASES[case]
+    layer = cls(**kwargs, key=slope.random.key(2), dtype=as_dtype(dtype))
+    x = rng().standard_normal(shape).astype(dtype)
+    p = params(layer)
+    expected = np_conv_transpose(x.astype(np.float64), p["weight"], p.get("bias"), layer.stride, layer.padding,
+                                 layer.output_padding, layer.dilation, layer.groups)  # fmt: skip
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+
+
+POOL_CASES = {
+    "max2d": (nn.MaxPool2d(2), "max", (2, 3, 6, 8)),
+    "max2d_overlap": (nn.MaxPool2d(3, stride=2, padding=1), "max", (1, 2, 7, 6)),
+    "avg2d": (nn.AvgPool2d(2), "avg", (2, 3, 6, 8)),
+    "avg2d_stride": (nn.AvgPool2d((3, 2), stride=(1, 2)), "avg", (1, 2, 5, 6)),
+    "max1d": (nn.MaxPool1d(3), "max", (2, 3, 9)),
+    "avg1d": (nn.AvgPool1d(2, padding=1), "avg", (2, 3, 7)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_pool(case):
+    layer, mode, shape = POOL_CASES[case]
+    x = rng().standard_normal(shape).astype(np.float32)
+    expected = np_pool(x.astype(np.float64), layer.kernel_size, layer.stride, layer.padding, mode)
+    assert_close(run(layer, slope.tensor(x)), expected)
+
+
+# ----------------------------------------------------------------------------------------------- normalization
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_training_and_running_statistics(dtype):
+    layer = nn.BatchNorm2d(3, momentum=0.2, dtype=as_dtype(dtype))
+    layer = layer.load_state_dict({"weight": [1.0, 2.0, 0.5], "bias": [0.0, -1.0, 3.0],
+                                   "running_mean": [0.1, 0.2, 0.3], "running_var": [1.0, 2.0, 3.0]})  # fmt: skip
+    x = (rng().standard_normal((4, 3, 5, 2)) * 2 + 1).astype(dtype)
+    out, updated = slope.jit(lambda m, x: nn.apply(m, x))(layer, slope.tensor(x))
+    x64 = x.astype(np.float64)
+    mean = x64.mean((0, 2, 3))
+    var = x64.var((0, 2, 3))
+    shape = (1, 3, 1, 1)
+    normalized = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5)
+    expected = normalized * np.array([1.0, 2.0, 0.5]).reshape(shape) + np.array([0.0, -1.0, 3.0]).reshape(shape)
+    assert_close(out, expected, dtype)
+    count = 4 * 5 * 2
+    assert_close(updated.running_mean, 0.8 * np.array([0.1, 0.2, 0.3]) + 0.2 * mean, dtype)
+    assert_close(updated.running_var, 0.8 * np.array([1.0, 2.0, 3.0]) + 0.2 * var * count / (count - 1), dtype)
+    # the argument is untouched (functional); eagerly, calling the layer updates it in place as PyTorch does
+    assert_close(layer.running_mean, [0.1, 0.2, 0.3], dtype)
+    layer(slope.tensor(x))
+    assert_close(layer.running_mean, updated.running_mean.numpy(), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_eval_uses_running_statistics(dtype):
+    layer = nn.BatchNorm1d(4, dtype=as_dtype(dtype)).eval()
+    layer.load_state_dict({"running_mean": [1.0, 2.0, 3.0, 4.0], "running_var": [1.0, 4.0, 9.0, 16.0]}, strict=False)
+    x = rng().standard_normal((5, 4)).astype(dtype)
+    expected = (x.astype(np.float64) - [1.0, 2.0, 3.0, 4.0]) / np.sqrt(np.array([1.0, 4.0, 9.0, 16.0]) + 1e-5)
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm(dtype):
+    layer = nn.LayerNorm((4, 5), dtype=as_dtype(dtype))
+    layer.load_state_dict({"weight": rng(1).standard_normal((4, 5)), "bias": rng(2).standard_normal((4, 5))})
+    x = rng().standard_normal((3, 4, 5)).astype(dtype)
+    x64 = x.astype(np.float64)
+    mean = x64.mean((1, 2), keepdims=True)
+    var = x64.var((1, 2), keepdims=True)
+    p = params(layer)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5) * p["weight"] + p["bias"]
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm(dtype):
+    layer = nn.RMSNorm(6, eps=1e-6, dtype=as_dtype(dtype))
+    layer.load_state_dict({"weight": rng(1).standard_normal(6)})
+    x = rng().standard_normal((2, 3, 6)).astype(dtype)
+    x64 = x.astype(np.float64)
+    expected = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * params(layer)["weight"]
+    assert_close(run(layer, slope.tensor(x)), expected, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- embedding, dropout
+
+
+def test_embedding_with_padding_index():
+    layer = nn.Embedding(10, 4, padding_idx=0, key=slope.random.key(3))
+    weight = layer.weight.numpy()
+    assert np.all(weight[0] == 0)
+    indices = np.array([[1, 0, 9], [3, 3, 0]])
+    assert_close(run(layer, slope.tensor(indices)), weight[indices])
+    grads = slope.grad(lambda m: (m(slope.tensor(indices)) ** 2).sum())(layer)
+    assert np.all(grads.weight.numpy()[0] == 0)  # the padding row gets no gradient
+
+
+def test_dropout_eval_is_identity_and_training_scales_kept_values():
+    layer = nn.Dropout(0.25)
+    x = slope.tensor(rng().standard_normal((200, 50)).astype(np.float32))
+    assert_close(run(layer.eval(), x), x.numpy())
+    out = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])(layer.train(), x, slope.random.key(4)).numpy()
+    kept = out != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(out[kept], x.numpy()[kept] / 0.75, rtol=1e-6)
+    again = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])(layer, x, slope.random.key(5)).numpy()
+    assert not np.array_equal(again != 0, kept)  # another key, another mask
+
+
+def test_dropout_needs_a_key_under_jit():
+    layer = nn.Dropout(0.5)
+    with pytest.raises(RuntimeError, match="nn.apply"):
+        slope.jit(lambda m, x: m(x))(layer, slope.ones(3))
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multi_head_attention(dtype):
+    layer = nn.MultiHeadAttention(8, 2, key=slope.random.key(6), dtype=as_dtype(dtype))
+    g = rng()
+    q = g.standard_normal((2, 3, 8)).astype(dtype)
+    kv = g.standard_normal((2, 4, 8)).astype(dtype)
+    padding = np.array([[False, False, False, True], [False, True, False, False]])
+    out, weights = slope.jit(lambda m, q, k, pad: m(q, k, k, key_padding_mask=pad, need_weights=True))(
+        layer, slope.tensor(q), slope.tensor(kv), slope.tensor(padding)
+    )
+    expected, expected_weights = np_attention(layer, q.astype(np.float64), kv.astype(np.float64), kv.astype(np.float64),
+                                              key_padding_mask=padding)  # fmt: skip
+    assert_close(out, expected, dtype)
+    assert_close(weights, expected_weights, dtype)
+
+
+def test_multi_head_self_attention_causal_and_unbatched():
+    layer = nn.MultiHeadAttention(6, 3, key=slope.random.key(7))
+    x = rng().standard_normal((5, 6)).astype(np.float32)
+    out = slope.jit(lambda m, x: m(x, is_causal=True))(layer, slope.tensor(x))
+    expected, _ = np_attention(layer, x[None].astype(np.float64), x[None], x[None], is_causal=True)
+    assert_close(out, expected[0])
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+def np_gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2)))
+
+
+ACTIVATIONS = {
+    "relu": (nn.ReLU(), lambda x: np.maximum(x, 0)),
+    "leaky_relu": (nn.LeakyReLU(0.1), lambda x: np.where(x > 0, x, 0.1 * x)),
+    "gelu": (nn.GELU(), np_gelu),
+    "gelu_tanh": (nn.GELU("tanh"), lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))),
+    "silu": (nn.SiLU(), lambda x: x / (1 + np.exp(-x))),
+    "sigmoid": (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": (nn.Tanh(), np.tanh),
+    "softplus": (nn.Softplus(2.0), lambda x: np.log1p(np.exp(2 * x)) / 2),
+    "softmax": (nn.Softmax(1), lambda x: np_softmax(x, 1)),
+    "log_softmax": (nn.LogSoftmax(-1), lambda x: np.log(np_softmax(x, -1))),
+    "identity": (nn.Identity(), lambda x: x),
+    "flatten": (nn.Flatten(), lambda x: x.reshape(x.shape[0], -1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation(name):
+    layer, reference = ACTIVATIONS[name]
+    x = (rng().standard_normal((3, 4, 5)) * 3).astype(np.float32)
+    assert_close(run(layer, slope.tensor(x)), reference(x.astype(np.float64)))
+
+
+def test_sequential():
+    model = nn.Sequential(nn.Linear(4, 3, key=slope.random.key(8)), nn.Tanh(), nn.Linear(3, 2, key=slope.random.key(9)))
+    p = params(model)
+    x = rng().standard_normal((5, 4)).astype(np.float32)
+    hidden = np.tanh(np_linear(x.astype(np.float64), p["0.weight"], p["0.bias"]))
+    assert_close(run(model, slope.tensor(x)), np_linear(hidden, p["2.weight"], p["2.bias"]))
+    assert len(model) == 3 and isinstance(model[1], nn.Tanh) and len(model[:2]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- gradients
+
+
+def f64(shape, seed=0):
+    return slope.tensor(rng(seed).standard_normal(shape))
+
+
+GRADIENT_CASES = {
+    "linear": lambda: (nn.Linear(4, 3, dtype=slope.float64), f64((2, 4))),
+    "conv1d": lambda: (nn.Conv1d(4, 2, 3, stride=2, padding=1, groups=2, dtype=slope.float64), f64((2, 4, 7))),
+    "conv2d": lambda: (nn.Conv2d(2, 3, (2, 3), stride=(1, 2), dilation=(2, 1), dtype=slope.float64), f64((2, 2, 5, 6))),
+    "conv_transpose2d": lambda: (
+        nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2, dtype=slope.float64),
+        f64((1, 2, 3, 4)),
+    ),  # fmt: skip
+    "conv_transpose1d": lambda: (nn.ConvTranspose1d(3, 2, 2, stride=2, dtype=slope.float64), f64((2, 3, 4))),
+    "batchnorm_train": lambda: (nn.BatchNorm2d(3, dtype=slope.float64), f64((4, 3, 2, 2))),
+    "batchnorm_eval": lambda: (nn.BatchNorm1d(3, dtype=slope.float64).eval(), f64((4, 3))),
+    "layernorm": lambda: (nn.LayerNorm(5, dtype=slope.float64), f64((3, 5))),
+    "rmsnorm": lambda: (nn.RMSNorm(5, dtype=slope.float64), f64((3, 5))),
+    "attention": lambda: (nn.MultiHeadAttention(4, 2, dtype=slope.float64), f64((2, 3, 4))),
+    "maxpool2d": lambda: (nn.MaxPool2d(2), f64((2, 2, 4, 4))),
+    "avgpool2d": lambda: (nn.AvgPool2d(3, stride=2, padding=1), f64((1, 2, 5, 5))),
+    "gelu": lambda: (nn.GELU(), f64((3, 4))),
+    "silu": lambda: (nn.SiLU(), f64((3, 4))),
+    "softplus": lambda: (nn.Softplus(), f64((3, 4))),
+    "leaky_relu": lambda: (nn.LeakyReLU(0.2), f64((3, 4))),
+    "log_softmax": lambda: (nn.LogSoftmax(-1), f64((3, 4))),
+    "sequential": lambda: (
+        nn.Sequential(nn.Linear(3, 4, dtype=slope.float64), nn.Tanh(), nn.Linear(4, 2, dtype=slope.float64)),
+        f64((5, 3)),
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def test_gradients_match_finite_differences(case):
+    slope.manual_seed(11)
+    module, x = GRADIENT_CASES[case]()
+    check_gradients(module, x)
+
+
+def test_embedding_gradient_matches_finite_differences():
+    layer = nn.Embedding(6, 3, dtype=slope.float64, key=slope.random.key(10))
+    indices = slope.tensor(np.array([[1, 5], [1, 2]]))
+    weights = f64((2, 2, 3), seed=2)
+    finite_difference_check(weighted_sum_loss, (layer, indices, weights))

@@ -1,0 +1,181 @@
+"""Module as a pytree: parameters and children from attributes, buffers and frozen parameters, state dicts,
+train/eval, jit caching, functional buffer updates (nn.apply) and nn.value_and_grad."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nn_helpers import assert_close
+
+import slope
+import slope.nn as nn
+
+
+class Block(nn.Module):
+    """A user-defined module: a child, a tensor, a list of tensors, a buffer and static configuration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2, key=slope.random.key(0))
+        self.scale = slope.tensor([2.0, 3.0])
+        self.extras = [slope.tensor(1.0), slope.tensor([0.5, 0.25])]
+        self.register_buffer("count", slope.tensor(0.0))
+        self.activation = "tanh"
+        self.sizes = [3, 2]
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        h = self.linear(x) * self.scale * self.extras[0] + self.extras[1]
+        return h.tanh() if self.activation == "tanh" else h
+
+
+def test_module_is_a_pytree_with_named_leaves():
+    block = Block()
+    leaves, treedef = slope.tree.flatten(block)
+    names = [name for name, _, _ in block.named_leaves()]
+    assert names == ["linear.weight", "linear.bias", "scale", "extras.0", "extras.1", "count"]
+    assert len(leaves) == 6 and all(isinstance(leaf, slope.Tensor) for leaf in leaves)
+    rebuilt = slope.tree.unflatten(treedef, leaves)
+    assert isinstance(rebuilt, Block) and rebuilt.activation == "tanh" and rebuilt.sizes == [3, 2]
+    assert slope.tree.structure(Block()) == treedef  # same configuration, same structure (jit caches on it)
+    other = Block()
+    other.activation = "none"
+    assert slope.tree.structure(other) != treedef
+    assert hash(treedef) == hash(slope.tree.structure(Block()))
+
+
+def test_parameters_buffers_and_state_dict():
+    block = Block()
+    assert [n for n, _ in block.named_parameters()] == ["linear.weight", "linear.bias", "scale", "extras.0", "extras.1"]
+    assert [n for n, _ in block.named_buffers()] == ["count"]
+    assert len(block.parameters()) == 5 and block.num_parameters() == 6 + 2 + 2 + 1 + 2
+    assert list(block.state_dict()) == ["linear.weight", "linear.bias", "scale", "extras.0", "extras.1", "count"]
+    assert [name for name, _ in block.named_modules()] == ["", "linear"]
+
+
+def test_grad_is_shaped_like_the_model():
+    block = Block()
+    x = slope.randn(4, 3)
+    grads = slope.grad(lambda m: m(x).sum())(block)
+    assert isinstance(grads, Block)
+    for (name, param), (grad_name, grad) in zip(block.state_dict().items(), grads.state_dict().items()):
+        assert name == grad_name and grad.shape == param.shape
+    assert float(grads.count) == 0.0  # buffers get no gradient
+    # the same through jit: the module crosses the jit boundary as a pytree
+    jitted = slope.jit(slope.grad(lambda m, x: m(x).sum()))(block, x)
+    assert_close(jitted.linear.weight, grads.linear.weight.numpy())
+
+
+def test_train_eval_switch_recompiles_and_changes_behaviour():
+    model = nn.Sequential(nn.Dropout(0.5))
+    traces = []
+
+    def apply_first(m, x, key):
+        traces.append(1)
+        return nn.apply(m, x, key=key)[0]
+
+    forward = slope.jit(apply_first)
+    x = slope.ones(1000)
+    train_out = forward(model.train(), x, slope.random.key(0)).numpy()
+    assert 0.4 < (train_out == 0).mean() < 0.6
+    assert model.training and model[0].training
+    eval_out = forward(model.eval(), x, slope.random.key(0)).numpy()
+    assert not model[0].training and np.all(eval_out == 1.0)
+    forward(model, x, slope.random.key(1))
+    assert len(traces) == 2
+
+
+def test_jit_caches_one_program_per_structure():
+    calls = []
+
+    @slope.jit
+    def step(model: nn.Module, x: slope.Tensor) -> slope.Tensor:
+        calls.append(1)
+        return model(x)
+
+    model = nn.Linear(3, 2)
+    step(model, slope.ones(3))
+    step(nn.Linear(3, 2), slope.ones(3))  # new weights, same structure: no retrace
+    assert len(calls) == 1
+    step(nn.Linear(3, 2, bias=False), slope.ones(3))
+    assert len(calls) == 2
+
+
+def test_load_state_dict_in_place_and_errors():
+    source, target = Block(), Block()
+    target.linear = nn.Linear(3, 2, key=slope.random.key(5))
+    linear = target.linear
+    returned = target.load_state_dict(source.state_dict())
+    assert returned is target and target.linear is linear  # child modules keep their identity
+    assert_close(target.linear.weight, source.linear.weight.numpy())
+    with pytest.raises(KeyError, match="missing keys"):
+        target.load_state_dict({"scale": np.zeros(2)})
+    with pytest.raises(ValueError, match="shape"):
+        target.load_state_dict({"scale": np.zeros(3)}, strict=False)
+    target.load_state_dict({"scale": np.array([7, 8])}, strict=False)  # ints are cast to the parameter's dtype
+    assert target.scale.dtype == slope.float32 and target.scale.tolist() == [7.0, 8.0]
+
+
+def test_freeze_and_requires_grad():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    model.freeze("0.weight")
+    kinds = dict(nn.leaf_kinds(model))
+    assert kinds == {"0.weight": "frozen", "0.bias": "param", "2.weight": "param", "2.bias": "param"}
+    assert [n for n, _ in model.named_trainable_parameters()] == ["0.bias", "2.weight", "2.bias"]
+    model[2].requires_grad_(False)
+    assert [n for n, _ in model.named_trainable_parameters()] == ["0.bias"]
+    model.unfreeze()
+    assert len(model.named_trainable_parameters()) == 4
+    with pytest.raises(KeyError, match="no parameters named"):
+        model.freeze("nope")
+
+
+def test_apply_returns_updated_buffers_without_touching_the_argument():
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    before = model[1].running_mean.numpy().copy()
+
+    @slope.jit
+    def train_step(model, x, y):
+        def loss_fn(model):
+            out, model = nn.apply(model, x)
+            return ((out - y) ** 2).mean(), model
+
+        (loss, model), grads = nn.value_and_grad(loss_fn, has_aux=True)(model)
+        return loss, model, grads
+
+    x, y = slope.randn(8, 2), slope.randn(8, 3)
+    loss, updated, grads = train_step(model, x, y)
+    assert np.array_equal(model[1].running_mean.numpy(), before)
+    assert not np.allclose(updated[1].running_mean.numpy(), before)
+    assert float(abs(grads[1].running_mean).sum()) == 0.0 and float(abs(grads[1].running_var).sum()) == 0.0
+    assert float(abs(grads[0].weight).sum()) > 0.0
+
+
+def test_value_and_grad_matches_slope_and_zeroes_frozen_parameters():
+    model = nn.Linear(3, 2, key=slope.random.key(2))
+    x = slope.randn(5, 3)
+
+    def loss_fn(m):
+        return (m(x) ** 2).sum()
+
+    loss, grads = nn.value_and_grad(loss_fn)(model)
+    reference_loss, reference = slope.value_and_grad(loss_fn)(model)
+    assert_close(loss, reference_loss.numpy())
+    assert_close(grads.weight, reference.weight.numpy())
+    model.freeze("bias")
+    _, grads = nn.value_and_grad(loss_fn)(model)
+    assert float(abs(grads.bias).sum()) == 0.0
+    assert_close(grads.weight, reference.weight.numpy())
+
+
+def test_repr_lists_children():
+    text = repr(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
+    assert "(0): Conv2d(1, 4, kernel_size=(3, 3)" in text and "(1): ReLU()" in text
+
+
+def test_module_error_messages():
+    with pytest.raises(TypeError, match="not a Module"):
+        nn.Sequential(nn.ReLU(), 3)
+    with pytest.raises(ValueError, match="expected input"):
+        nn.BatchNorm2d(3)(slope.ones(2, 4, 2, 2))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)

@@ -1,0 +1,201 @@
+"""Every optimizer's update against a hand-computed NumPy update (PyTorch's formulas), schedules, frozen parameters,
+buffers, and the jitted train step. float32 updates are compared with rtol 1e-5 / atol 1e-6 (a few ulps per step)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import slope
+import slope.nn as nn
+
+pytestmark = pytest.mark.usefixtures("each_backend")
+RTOL, ATOL = 1e-5, 1e-6
+STEPS = 3
+
+
+def model_and_grads(seed: int = 0):
+    g = np.random.default_rng(seed)
+    params = {"w": g.standard_normal((3, 2)).astype(np.float32), "b": g.standard_normal(2).astype(np.float32)}
+    grads = [{k: g.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(STEPS)]
+    return params, grads
+
+
+def run_optimizer(optimizer, params, grads, jit: bool):
+    model = {k: slope.tensor(v) for k, v in params.items()}
+    state = optimizer.init(model)
+    step = slope.jit(optimizer.step) if jit else optimizer.step
+    for grad in grads:
+        model, state = step(model, {k: slope.tensor(v) for k, v in grad.items()}, state)
+    return {k: v.numpy() for k, v in model.items()}, state
+
+
+def numpy_sgd(params, grads, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+    params = {k: v.astype(np.float64) for k, v in params.items()}
+    buffers = {}
+    for grad in grads:
+        for k in params:
+            g = grad[k] + weight_decay * params[k]
+            if momentum:
+                buffers[k] = g if k not in buffers else momentum * buffers[k] + (1 - dampening) * g
+                g = g + momentum * buffers[k] if nesterov else buffers[k]
+            params[k] = params[k] - lr * g
+    return params
+
+
+def numpy_adam(params, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    params = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    for t, grad in enumerate(grads, start=1):
+        for k in params:
+            g = grad[k].astype(np.float64)
+            if weight_decay and decoupled:
+                params[k] = params[k] * (1 - lr * weight_decay)
+            elif weight_decay:
+                g = g + weight_decay * params[k]
+            m[k] = betas[0] * m[k] + (1 - betas[0]) * g
+            v[k] = betas[1] * v[k] + (1 - betas[1]) * g * g
+            m_hat = m[k] / (1 - betas[0] ** t)
+            v_hat = v[k] / (1 - betas[1] ** t)
+            params[k] = params[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return params
+
+
+SGD_CASES = {
+    "plain": dict(lr=0.1),
+    "momentum": dict(lr=0.1, momentum=0.9),
+    "dampening": dict(lr=0.05, momentum=0.8, dampening=0.3),
+    "nesterov": dict(lr=0.1, momentum=0.9, nesterov=True),
+    "weight_decay": dict(lr=0.1, momentum=0.5, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", sorted(SGD_CASES))
+def test_sgd_matches_numpy(case, jit):
+    params, grads = model_and_grads()
+    kwargs = SGD_CASES[case]
+    result, state = run_optimizer(nn.SGD(**kwargs), params, grads, jit)
+    expected = numpy_sgd(params, grads, **kwargs)
+    for k in params:
+        np.testing.assert_allclose(result[k], expected[k], rtol=RTOL, atol=ATOL)
+    assert int(state.count) == STEPS
+
+
+ADAM_CASES = {
+    "adam": (nn.Adam, dict(lr=0.01), dict(lr=0.01)),
+    "adam_betas": (nn.Adam, dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6), dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6)),
+    "adam_l2": (nn.Adam, dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, weight_decay=0.1)),
+    "adamw": (nn.AdamW, dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled=True)),
+    "adamw_strong": (nn.AdamW, dict(lr=0.02, weight_decay=0.5), dict(lr=0.02, weight_decay=0.5, decoupled=True)),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", sorted(ADAM_CASES))
+def test_adam_matches_numpy(case, jit):
+    cls, kwargs, reference_kwargs = ADAM_CASES[case]
+    params, grads = model_and_grads(1)
+    result, _ = run_optimizer(cls(**kwargs), params, grads, jit)
+    expected = numpy_adam(params, grads, **reference_kwargs)
+    for k in params:
+        np.testing.assert_allclose(result[k], expected[k], rtol=RTOL, atol=ATOL)
+
+
+def test_schedules_values():
+    steps = slope.tensor([0.0, 1.0, 5.0, 10.0, 20.0])
+    np.testing.assert_allclose(nn.optim.step_decay(1.0, 5, 0.5)(steps).numpy(), [1, 1, 0.5, 0.25, 0.0625], rtol=1e-6)
+    np.testing.assert_allclose(nn.optim.exponential_decay(2.0, 0.9)(steps).numpy(), 2 * 0.9 ** steps.numpy(), rtol=1e-5)
+    cosine = nn.optim.cosine_decay(1.0, 10, final_lr=0.1)(steps).numpy()
+    expected = [0.1 + 0.45 * (1 + math.cos(math.pi * min(s, 10) / 10)) for s in [0, 1, 5, 10, 20]]
+    np.testing.assert_allclose(cosine, expected, rtol=1e-5, atol=1e-7)
+    warm = nn.optim.linear_warmup(0.5, 4)(steps).numpy()
+    np.testing.assert_allclose(warm, [0.125, 0.25, 0.5, 0.5, 0.5], rtol=1e-6)
+    pieces = nn.optim.piecewise_constant([2, 10], [1.0, 0.1, 0.01])(steps).numpy()
+    np.testing.assert_allclose(pieces, [1.0, 1.0, 0.1, 0.01, 0.01], rtol=1e-6)
+
+
+def test_schedule_changes_the_rate_without_recompiling():
+    optimizer = nn.SGD(nn.optim.step_decay(1.0, 1, 0.5))
+    model = {"w": slope.tensor([0.0])}
+    state = optimizer.init(model)
+    traces = []
+
+    def counted_step(model, grads, state):
+        traces.append(1)
+        return optimizer.step(model, grads, state)
+
+    step = slope.jit(counted_step)
+    history = []
+    for _ in range(4):
+        history.append(optimizer.lr_at(state))
+        model, state = step(model, {"w": slope.tensor([1.0])}, state)
+    assert history == [1.0, 0.5, 0.25, 0.125]
+    np.testing.assert_allclose(model["w"].numpy(), [-1.875])
+    assert len(traces) == 1
+
+
+def test_frozen_parameters_buffers_and_trainable_filter_are_left_alone():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1))
+    model.freeze("0.bias")
+    grads = slope.tree.map(slope.ones_like, model)
+    optimizer = nn.SGD(0.1, momentum=0.9)
+    state = optimizer.init(model)
+    assert state.momentum[1] is None and state.momentum[4] is None  # frozen bias, running_mean
+    new, state = optimizer.step(model, grads, state)
+    for name, before in model.state_dict().items():
+        after = new.state_dict()[name].numpy()
+        changed = not np.array_equal(after, before.numpy())
+        assert changed == (name not in ("0.bias", "1.running_mean", "1.running_var")), name
+    only_last = nn.Adam(0.1, trainable="2")
+    new, _ = only_last.step(model, grads, only_last.init(model))
+    changed = [n for n, t in new.state_dict().items() if not np.array_equal(t.numpy(), model.state_dict()[n].numpy())]
+    assert changed == ["2.weight", "2.bias"]
+
+
+def test_one_jitted_train_step_learns():
+    slope.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = nn.Adam(0.05)
+    state = optimizer.init(model)
+    x = slope.tensor(np.random.default_rng(0).uniform(-1, 1, (64, 2)).astype(np.float32))
+    y = (x[:, :1] * x[:, 1:]).sin()
+
+    traces = []
+
+    @slope.jit
+    def train_step(model, state, x, y):
+        traces.append(1)
+        loss, grads = slope.value_and_grad(lambda m: nn.mse(m(x), y))(model)
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss
+
+    losses = []
+    for _ in range(100):
+        model, state, loss = train_step(model, state, x, y)
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0]
+    assert len(traces) == 1
+
+
+def test_clip_grad_norm():
+    grads = {"a": slope.tensor([3.0, 0.0]), "b": slope.tensor([4.0])}
+    clipped, norm = nn.optim.clip_grad_norm(grads, 1.0)
+    assert abs(float(norm) - 5.0) < 1e-6
+    assert abs(float(nn.optim.global_norm(clipped)) - 1.0) < 1e-5
+    unchanged, _ = nn.optim.clip_grad_norm(grads, 10.0)
+    np.testing.assert_allclose(unchanged["a"].numpy(), [3.0, 0.0], rtol=1e-6)
+
+
+def test_optimizer_errors():
+    with pytest.raises(ValueError, match="lr"):
+        nn.SGD(-1.0)
+    with pytest.raises(ValueError, match="Nesterov"):
+        nn.SGD(0.1, nesterov=True)
+    model = nn.Linear(2, 2)
+    optimizer = nn.SGD(0.1)
+    with pytest.raises(ValueError, match="leaves"):
+        optimizer.step(model, {"w": slope.ones(2)}, optimizer.init(model))
