@@ -44,12 +44,7 @@ ROWS: dict[str, Row] = {}
 # What a backend is known to get wrong: {(backend, name, where, detail): reason}, "*" matching anything. In the
 # conformance matrix `where` is the transformation and `detail` the dtype; in test_ops `where` is "case:<label>" and
 # `detail` the test (forward, method, gradient). Each entry is a strict xfail: fixing the backend means deleting it.
-KNOWN_FAILURES: dict[tuple[str, str, str, str], str] = {
-    ("onnxruntime", "reshape", "case:empty", "*"): (
-        "slope_onnx graph.reshape emits Reshape without allowzero=1, so a 0 in the target shape copies the input's "
-        "dimension instead of meaning size 0"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str, str, str], str] = {}
 
 
 def known_failure(backend: str, name: str, where: str, detail: str) -> str | None:

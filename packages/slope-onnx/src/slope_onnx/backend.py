@@ -1,0 +1,314 @@
+"""The ONNX Runtime backend: each Program becomes one ONNX model and one InferenceSession; buffers are OrtValues."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as ort_c
+
+import slope
+from slope import Backend, Executable, Program
+
+from .graph import build_model, element_type
+from .translate import translations
+
+_ERROR = 3  # onnxruntime logger severities
+_FATAL = 4
+
+# Programs whose tensors are all at most this big gain nothing from a thread pool.
+SMALL_PROGRAM_ELEMENTS = 1 << 15
+
+
+class _Threads:
+    """Where sessions get their threads.
+
+    - A program of one operator (every eager operation) or of small tensors runs on the calling thread, with no pool
+      at all: thousands of cached eager programs add no thread.
+    - A larger program (a jitted train step) gets `intra_op` threads (the caller and intra_op - 1 workers) that never
+      spin: workers sleep between parallel sections and between runs, leaving the CPUs to the rest of the process.
+    `SLOPE_ORT_THREADS=n` sets intra_op (default: the CPUs this process may use). `SLOPE_ORT_GLOBAL_POOL=1` puts every
+    session on onnxruntime's one process-wide pool instead (one set of threads for any number of large programs), whose
+    workers do spin after each run: onnxruntime's Python API has no switch for that.
+    """
+
+    intra_op = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    global_pool: bool | None = None  # None until the backend is first made
+
+    @classmethod
+    def setup(cls) -> None:
+        """Read the settings once; create the global pool if asked (before onnxruntime's environment exists)."""
+        if cls.global_pool is not None:
+            return
+        requested = os.environ.get("SLOPE_ORT_THREADS")
+        if requested:
+            cls.intra_op = max(1, int(requested))
+        cls.global_pool = False
+        if os.environ.get("SLOPE_ORT_GLOBAL_POOL", "0") not in ("", "0") and cls.intra_op > 1:
+            try:
+                ort_c.set_global_thread_pool_sizes(cls.intra_op, 1)
+                cls.global_pool = True
+            except Exception:  # the environment already exists (a session was made first): keep per-session threads
+                pass
+
+
+def _options(pooled: bool) -> ort.SessionOptions:
+    """Session options: quiet, sequential, never spinning; threads only for programs with real work."""
+    options = ort.SessionOptions()
+    options.log_severity_level = _FATAL  # failures raise exceptions; do not also print them in red
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if _Threads.global_pool:
+        options.use_per_session_threads = False  # required by onnxruntime once a global pool exists
+    else:
+        options.intra_op_num_threads = _Threads.intra_op if pooled else 1  # 1: no pool, the caller's thread runs
+    if pooled:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    else:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.enable_cpu_mem_arena = False  # thousands of small sessions must not each keep an arena
+        options.enable_mem_pattern = False
+    return options
+
+
+def _wants_pool(program: Program) -> bool:
+    """Whether a program has enough work for threads: more than one operator and a tensor that is not small."""
+    if len(program.instructions) <= 1:
+        return False
+    sizes = [v.aval.size for v in program.inputs + program.outputs]
+    sizes += [v.aval.size for instruction in program.instructions for v in instruction.outputs]
+    return max(sizes, default=0) > SMALL_PROGRAM_ELEMENTS
+
+
+def _numpy_dtypes() -> dict[str, Any]:
+    table = {}
+    for dtype in slope.dtypes.all_dtypes:
+        try:
+            table[dtype.name] = dtype.numpy
+        except TypeError:  # bfloat16 without ml_dtypes
+            pass
+    return table
+
+
+class OnnxBackend(Backend):
+    """Runs Programs as ONNX models in onnxruntime sessions (CPU, and CUDA where the CUDA provider runs)."""
+
+    name = "onnxruntime"
+    translations = translations
+    export_suffix = ".onnx"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numpy_dtypes = _numpy_dtypes()
+        self.dtypes = frozenset(d for d in slope.dtypes.all_dtypes if d.name in self.numpy_dtypes)
+        ort_c.set_default_logger_severity(_ERROR)
+        _Threads.setup()
+        self._devices: list[str] | None = None
+        self.cuda_problem = ""  # why CUDA is not offered, for error messages
+        self._ort_devices = {"cpu": ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)}
+        self._run_options = ort_c.RunOptions()
+
+    # ------------------------------------------------------------------------------------------- devices
+    def devices(self) -> list[str]:
+        """`cpu`, plus `cuda:N` for each GPU the CUDA provider actually runs a session on."""
+        if self._devices is None:
+            self._devices = ["cpu"] + self._cuda_devices()
+        return self._devices
+
+    def _cuda_devices(self) -> list[str]:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            self.cuda_problem = "this onnxruntime build has no CUDA provider"
+            return []
+        count = _cuda_device_count()
+        if count == 0:
+            self.cuda_problem = "no CUDA driver or GPU found"
+            return []
+        # the wheel lists CUDA even where its libraries are missing: only a session that runs on it proves it works
+        ort_c.set_default_logger_severity(_FATAL)
+        try:
+            model = _probe_model().SerializeToString()
+            session = ort.InferenceSession(
+                model,
+                _options(pooled=False),
+                providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                enable_fallback=0,  # no "EP Error ... falling back" banner on stdout
+            )
+            works = "CUDAExecutionProvider" in session.get_providers()
+        except Exception as error:
+            self.cuda_problem = f"the CUDA provider failed to start ({error})"
+            return []
+        finally:
+            ort_c.set_default_logger_severity(_ERROR)
+        if not works:
+            self.cuda_problem = "the CUDA provider could not start (missing CUDA/cuDNN libraries?)"
+            return []
+        return [f"cuda:{i}" for i in range(count)]
+
+    def _device(self, device: str) -> Any:
+        known = self._ort_devices.get(device)
+        if known is None:
+            if device not in self.devices():
+                raise slope.SlopeBackendError(
+                    f"slope: device {device!r} is not available on backend 'onnxruntime' "
+                    f"({self.cuda_problem or 'unknown device'}); available devices: {self.devices()}"
+                )
+            index = int(device.split(":")[1])
+            known = ort_c.OrtDevice(ort_c.OrtDevice.cuda(), ort_c.OrtDevice.default_memory(), index)
+            self._ort_devices[device] = known
+        return known
+
+    # ------------------------------------------------------------------------------------------- buffers
+    def from_numpy(self, array: np.ndarray, device: str) -> Any:
+        """An OrtValue owning a copy of the array (on the device)."""
+        array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d arrays 1-d)
+        target = self._device(device)
+        if array.dtype.name == "bfloat16":  # NumPy has no bfloat16 of its own: copy the bytes
+            if device != "cpu":
+                raise slope.SlopeBackendError("slope: the onnxruntime backend holds bfloat16 tensors on the CPU only")
+            value = ort_c.OrtValue.ortvalue_from_shape_and_onnx_type(
+                list(array.shape), element_type(slope.bfloat16), target
+            )
+            ctypes.memmove(value.data_ptr(), array.ctypes.data, array.nbytes)
+            return value
+        if device == "cpu":
+            value = ort_c.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, target)
+            value.update_inplace(array)
+            return value
+        return ort_c.OrtValue.ortvalue_from_numpy(array, target)  # copied to the GPU
+
+    def to_numpy(self, buffer: Any) -> np.ndarray:
+        """A NumPy copy of an OrtValue."""
+        if buffer.data_type() == "tensor(bfloat16)":
+            out = np.empty(buffer.shape(), dtype=self.numpy_dtypes["bfloat16"])
+            ctypes.memmove(out.ctypes.data, buffer.data_ptr(), out.nbytes)
+            return out
+        return np.array(buffer.numpy())  # .numpy() is a view of the OrtValue's memory: copy, tensors are immutable
+
+    # ------------------------------------------------------------------------------------------- compile
+    def model(self, program: Program) -> tuple[onnx.ModelProto, list[str], list[str]]:
+        """The ONNX model of a lowered Program, with its input and output names."""
+        return build_model(program, self.translations)
+
+    def compile(self, program: Program, device: str) -> Executable:
+        model, input_names, output_names = self.model(program)
+        if not output_names:
+            return OnnxExecutable(lambda buffers: [], self, program)
+        session = self._session(model.SerializeToString(), device, _wants_pool(program))
+        if device == "cpu":
+            run = _runner(session, input_names, output_names, self._run_options)
+        else:
+            run = _device_runner(session, input_names, output_names, self._run_options, self._device(device))
+        return OnnxExecutable(run, self, program, session)
+
+    def _session(self, model_bytes: bytes, device: str, pooled: bool) -> ort.InferenceSession:
+        self._device(device)
+        options = _options(pooled)
+        if device == "cpu":
+            return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"], enable_fallback=0)
+        index = int(device.split(":")[1])
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return ort.InferenceSession(model_bytes, options, providers=providers, enable_fallback=0)
+
+    def export(self, program: Program, path: str) -> list[str]:
+        """Write the Program as a checked `.onnx` model that plain onnxruntime runs."""
+        if not path.endswith(".onnx"):
+            path += ".onnx"
+        model, _, _ = self.model(program)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, path)
+        return [path]
+
+
+class OnnxExecutable(Executable):
+    """An Executable that rebuilds its ONNX model (and text) only when asked: sessions keep their own copy."""
+
+    __slots__ = ("backend", "session")
+
+    def __init__(self, run: Any, backend: OnnxBackend, program: Program, session: Any = None):
+        super().__init__(run, "", program)
+        self.backend = backend
+        self.session = session
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The ONNX model the session runs."""
+        return self.backend.model(self.program)[0]
+
+    @property  # type: ignore[override]
+    def code(self) -> str:
+        """The ONNX model in its readable text form."""
+        return onnx.printer.to_text(self.model)
+
+    @code.setter
+    def code(self, value: str) -> None:
+        pass
+
+
+def _runner(session: ort.InferenceSession, input_names: list[str], output_names: list[str], run_options: Any) -> Any:
+    """A `run(buffers) -> buffers` closure with the names prebound: the eager hot path."""
+    run_with_ort_values = session._sess.run_with_ort_values
+    count = len(output_names)
+    if count == 1 and len(input_names) == 1:
+        (name,) = input_names
+
+        def run(buffers: list) -> list:
+            return [run_with_ort_values({name: buffers[0]}, output_names, run_options)[0]]
+
+    elif count == 1 and len(input_names) == 2:
+        first, second = input_names
+
+        def run(buffers: list) -> list:
+            return [run_with_ort_values({first: buffers[0], second: buffers[1]}, output_names, run_options)[0]]
+
+    else:
+
+        def run(buffers: list) -> list:
+            outs = run_with_ort_values(dict(zip(input_names, buffers)), output_names, run_options)
+            return [outs[i] for i in range(count)]
+
+    return run
+
+
+def _device_runner(session: ort.InferenceSession, input_names: list[str], output_names: list[str], run_options: Any,
+                   device: Any) -> Any:  # fmt: skip
+    """A `run` whose outputs stay on the device (plain `run_with_ort_values` would copy them to the CPU)."""
+    run_with_vectors = session._sess.run_with_ortvaluevector
+    fetch_devices = [device] * len(output_names)
+    count = len(output_names)
+
+    def run(buffers: list) -> list:
+        feeds, fetches = ort_c.OrtValueVector(), ort_c.OrtValueVector()
+        for buffer in buffers:
+            feeds.push_back(buffer)
+        run_with_vectors(run_options, input_names, feeds, output_names, fetches, fetch_devices)
+        return [fetches[i] for i in range(count)]
+
+    return run
+
+
+def _cuda_device_count() -> int:
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def _probe_model() -> onnx.ModelProto:
+    from onnx import helper
+
+    from .graph import IR_VERSION, OPSET
+
+    x = helper.make_tensor_value_info("x", element_type(slope.float32), [1])
+    y = helper.make_tensor_value_info("y", element_type(slope.float32), [1])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)

@@ -1,0 +1,479 @@
+"""Program -> ONNX model: names, initializers, nodes, and the clean-ups that keep the graph as lean as a hand-built one.
+
+A translation is `f(graph, inputs, instruction) -> output name (or names)`: `inputs` are the ONNX names of the
+instruction's inputs, `instruction.params` its parameters, `instruction.inputs[i].aval` / `instruction.outputs[i].aval`
+the abstract values. It adds nodes with `graph.node(...)` and constants with `graph.constant(...)`. A translation
+that has no faithful ONNX form for some dtypes or parameters raises `NoTranslationError`, and the instruction is
+lowered through its procedure by the shared `lower` pass instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import slope
+from slope import Aval, DType, Instruction, Program, Var
+
+OPSET = 21  # what onnxruntime 1.31 runs every translation with (newer opsets break the random operators there)
+IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
+
+ELEMENT_TYPES: dict[str, int] = {
+    "bool": TensorProto.BOOL,
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "float32": TensorProto.FLOAT,
+    "float64": TensorProto.DOUBLE,
+}
+
+# ONNX operators that broadcast their inputs NumPy-style: an Expand feeding them can usually be skipped.
+BROADCASTING = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "Greater", "Where", "And", "Or", "Xor",
+     "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
+)  # fmt: skip
+
+
+class NoTranslationError(Exception):
+    """Raised by a translation with no faithful ONNX form for its inputs: the instruction is lowered instead."""
+
+
+def element_type(dtype: DType) -> int:
+    """The ONNX element type of a slope dtype."""
+    return ELEMENT_TYPES[dtype.name]
+
+
+def tensor_proto(array: np.ndarray, name: str) -> TensorProto:
+    """An ONNX tensor holding a NumPy array (bfloat16 arrays from ml_dtypes included)."""
+    if array.dtype.name == "bfloat16":
+        return helper.make_tensor(name, TensorProto.BFLOAT16, array.shape, array.view(np.uint16).tobytes(), raw=True)
+    return onnx.numpy_helper.from_array(np.array(array, order="C", copy=None), name)  # keeps 0-d arrays 0-d
+
+
+class OnnxGraph:
+    """An ONNX graph under construction, with what the clean-ups need to know about each name."""
+
+    def __init__(self, translations: dict[str, Callable]):
+        self.translations = translations
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, TensorProto] = {}
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.values: dict[str, np.ndarray] = {}  # names whose value is known (initializers)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # static shapes, where known
+        self.dtypes: dict[str, DType] = {}  # slope dtypes of instruction outputs and inputs
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.narrower: dict[str, str] = {}  # name -> a name that broadcasts to it (Expand input, leading-1 reshape)
+        self._constants: dict[tuple, str] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------------------------------- building blocks
+    def fresh(self, hint: str = "t") -> str:
+        """A new unique tensor name."""
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def node(self, op_type: str, inputs: list[str], shape: tuple[int, ...] | None = None, outputs: int = 1,
+             **attributes: Any) -> Any:  # fmt: skip
+        """Add a node; returns its output name (or names when `outputs` > 1). `shape`: the output's static shape."""
+        if op_type in BROADCASTING and shape is not None:
+            inputs = [self._broadcastable(name, shape) for name in self._narrow(inputs, shape)]
+        names = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        node = helper.make_node(op_type, inputs, names, **attributes)
+        self.nodes.append(node)
+        for name in names:
+            self.producers[name] = node
+        if shape is not None:
+            self.shapes[names[0]] = tuple(shape)
+        return names[0] if outputs == 1 else names
+
+    def constant(self, array: np.ndarray, name: str | None = None) -> str:
+        """An initializer holding the array; small ones are shared by value."""
+        key = None
+        if array.size <= 16 and name is None:
+            key = (array.dtype.str, array.shape, array.tobytes())
+            if key in self._constants:
+                return self._constants[key]
+        name = name or self.fresh("const")
+        self.initializers[name] = tensor_proto(array, name)
+        self.values[name] = array
+        self.shapes[name] = tuple(array.shape)
+        if key is not None:
+            self._constants[key] = name
+        return name
+
+    def scalar(self, value: Any, dtype: DType) -> str:
+        """A rank-0 initializer of a slope dtype."""
+        return self.constant(np.array(value, dtype=dtype.numpy))
+
+    def int64s(self, values: Any) -> str:
+        """A 1-D int64 initializer (shapes, axes, pads, ...)."""
+        return self.constant(np.array(list(values), dtype=np.int64))
+
+    def cast(self, name: str, dtype: DType) -> str:
+        """The tensor cast to a slope dtype; a cast of a lossless cast reads the original."""
+        producer = self.producers.get(name)
+        if producer is not None and producer.op_type == "Cast":
+            source = producer.input[0]
+            if _holds(self.dtypes.get(name), self.dtypes.get(source)):
+                name = source
+        if self.dtypes.get(name) == dtype:
+            return name
+        out = self.node("Cast", [name], shape=self.shapes.get(name), to=element_type(dtype))
+        self.dtypes[out] = dtype
+        return out
+
+    def expand(self, name: str, shape: tuple[int, ...]) -> str:
+        """The tensor broadcast to a shape; consumers that broadcast themselves read the unexpanded tensor."""
+        if self.shapes.get(name) == tuple(shape):
+            return name
+        out = self._concat_expand(name, tuple(shape), keep_outer=False)
+        if out is None:
+            out = self.node("Expand", [name, self.int64s(shape)], shape=shape)
+        self.narrower[out] = name
+        return out
+
+    def _broadcastable(self, name: str, shape: tuple[int, ...]) -> str:
+        """The input itself, or, where onnxruntime would broadcast it element by element, a copy expanded by Concat."""
+        source_shape = self.shapes.get(name)
+        if source_shape is None or source_shape == tuple(shape):
+            return name
+        return self._concat_expand(name, tuple(shape), keep_outer=True) or name
+
+    def _concat_expand(self, name: str, shape: tuple[int, ...], keep_outer: bool) -> str | None:
+        """Broadcast by concatenating copies, where onnxruntime's broadcasting would go element by element.
+
+        onnxruntime broadcasts in runs of the innermost contiguous block; a size-1 axis inside the shape (a pooling
+        window's gradient: (n, c, h, 1, w, 1) against (n, c, h, 2, w, 2)) makes those runs one element long and the
+        op 10-30x slower than a copy. Concat copies whole blocks. With `keep_outer`, a leading broadcast stays for the
+        consumer (onnxruntime handles that fast). Returns None where the native broadcast is fine.
+        """
+        source_shape = self.shapes.get(name)
+        if source_shape is None or len(source_shape) > len(shape) or math.prod(shape) < 4096:
+            return None
+        blocks = _broadcast_blocks(source_shape, shape)
+        interior = [i for i, (kind, _, size) in enumerate(blocks) if kind == "b" and i > 0]
+        if not interior or blocks[-1][2] >= 32 or any(blocks[i][2] > 16 for i in interior):
+            return None
+        out = self.reshape(name, tuple(inner for _, inner, _ in blocks))
+        merged = [inner for _, inner, _ in blocks]
+        for i in reversed(interior):
+            merged[i] = blocks[i][2]
+            out = self.node("Concat", [out] * blocks[i][2], shape=tuple(merged), axis=i)
+        padded = (1,) * (len(shape) - len(source_shape)) + tuple(source_shape)
+        if keep_outer and blocks[0][0] == "b":
+            lead = 0
+            for size, source_size in zip(shape, padded):  # the leading broadcast dimensions stay 1
+                if size != 1 and size == source_size:
+                    break
+                lead += 1
+            target = (1,) * lead + tuple(shape[lead:])
+        elif blocks[0][0] == "b":
+            merged[0] = blocks[0][2]
+            out = self.node("Expand", [out, self.int64s(merged)], shape=tuple(merged))
+            target = tuple(shape)
+        else:
+            target = tuple(shape)
+        return self.reshape(out, target)
+
+    def reshape(self, name: str, shape: tuple[int, ...]) -> str:
+        """The tensor reshaped; chains of reshapes collapse into one."""
+        source = name
+        producer = self.producers.get(name)
+        if producer is not None and producer.op_type == "Reshape":
+            source = producer.input[0]
+        if self.shapes.get(source) == tuple(shape):
+            return source
+        zero = 0 in shape  # allowzero: a 0 in the target shape means size 0, not "copy the input's dimension"
+        out = self.node("Reshape", [source, self.int64s(shape)], shape=shape, **({"allowzero": 1} if zero else {}))
+        source_shape = self.shapes.get(source)
+        if (
+            source_shape is not None
+            and _strip_ones(source_shape) == _strip_ones(shape)
+            and len(shape) >= len(source_shape)
+        ):
+            self.narrower[out] = source  # only leading 1s added: NumPy broadcasting adds them itself
+        return out
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The known value of a name (an initializer, or a broadcast one), else None."""
+        while name not in self.values and name in self.narrower:
+            name = self.narrower[name]
+        return self.values.get(name)
+
+    def _narrow(self, inputs: list[str], shape: tuple[int, ...]) -> list[str]:
+        """Replace broadcast inputs by their narrower sources while the broadcast result keeps its shape."""
+        chosen = list(inputs)
+        for i, name in enumerate(inputs):
+            while name in self.narrower:
+                candidate = self.narrower[name]
+                trial = chosen[:i] + [candidate] + chosen[i + 1 :]
+                trial_shapes = [self.shapes.get(n) for n in trial]
+                if any(s is None for s in trial_shapes) or np.broadcast_shapes(*trial_shapes) != tuple(shape):
+                    break
+                name = chosen[i] = candidate
+        return chosen
+
+    # ------------------------------------------------------------------------------------------- translation
+    def translate(self, instruction: Instruction, env: dict[Var, str]) -> None:
+        """Translate one instruction, binding its outputs' names in env."""
+        inputs = [env[v] for v in instruction.inputs]
+        translation = self.translations.get(instruction.op.name)
+        try:
+            if translation is None:
+                raise NoTranslationError
+            outs = translation(self, inputs, instruction)
+        except NoTranslationError:
+            outs = self.inline_procedure(instruction, inputs)
+        outs = [outs] if isinstance(outs, str) else list(outs)
+        for var, name in zip(instruction.outputs, outs):
+            env[var] = name
+            self.shapes.setdefault(name, var.aval.shape)
+            self.dtypes.setdefault(name, var.aval.dtype)
+
+    def inline_procedure(self, instruction: Instruction, inputs: list[str]) -> list[str]:
+        """Lower one instruction through its procedure (the shared pass) and translate the result in place."""
+        from slope.backend import lower
+
+        op = instruction.op
+        if op.procedure is None:
+            raise slope.SlopeBackendError(
+                f"slope.{op.name}: the onnxruntime backend cannot run it for inputs "
+                f"{[v.aval for v in instruction.inputs]} and it has no procedure"
+            )
+        in_vars = [Var(v.aval) for v in instruction.inputs]
+        out_vars = [Var(v.aval) for v in instruction.outputs]
+        single = Program(in_vars, [Instruction(op, in_vars, instruction.params, out_vars)], out_vars)
+        lowered = lower(single, frozenset(self.translations) - {op.name})
+        env: dict[Var, str] = dict(zip(lowered.inputs, inputs))
+        for var, value in zip(lowered.constants, lowered.constant_values):
+            env[var] = self.constant(value.numpy())
+        for inner in lowered.instructions:
+            self.translate(inner, env)
+        return [env[v] for v in lowered.outputs]
+
+    # ------------------------------------------------------------------------------------------- the model
+    def add_input(self, name: str, aval: Aval) -> None:
+        """Declare a graph input."""
+        self.inputs.append(helper.make_tensor_value_info(name, element_type(aval.dtype), list(aval.shape)))
+        self.shapes[name] = aval.shape
+        self.dtypes[name] = aval.dtype
+
+    def model(self, outputs: list[tuple[str, Aval]], graph_name: str = "slope_program") -> onnx.ModelProto:
+        """The finished model: output names fixed up, dead nodes and initializers removed."""
+        input_names = {i.name for i in self.inputs}
+        output_infos, used = [], set()
+        for name, aval in outputs:
+            if name in input_names or name in self.initializers or name in used or name not in self.producers:
+                name = self.node("Identity", [name], shape=aval.shape)
+            used.add(name)
+            output_infos.append(helper.make_tensor_value_info(name, element_type(aval.dtype), list(aval.shape)))
+        live = {info.name for info in output_infos}
+        self.nodes = fuse_nodes(self.nodes, self, live)
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in live for o in node.output):
+                kept.append(node)
+                live.update(i for i in node.input if i)
+        kept.reverse()
+        initializers = [t for name, t in self.initializers.items() if name in live]
+        graph = helper.make_graph(kept, graph_name, self.inputs, output_infos, initializer=initializers)
+        return helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION, producer_name="slope"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- node fusion
+
+_GEMM_DTYPES = ("float32", "float64")
+
+
+def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str]) -> list[onnx.NodeProto]:
+    """Fold nodes into the fewer ones a person would write: matrix products into Gemm, squeezes into reductions.
+
+    `x @ w.T + b` becomes one Gemm(x, w, b, transB=1); a weight update `w - lr * (a.T @ b).T` becomes one
+    Gemm(b, a, w, transA=1, alpha=-lr). Reverse mode produces these transposes and scalings everywhere; onnxruntime
+    fuses only some of them (its MatMul+Add fusion misses transposed operands). A reduction with keepdims=1 whose only
+    use is a reshape dropping those axes becomes the reduction with keepdims=0.
+    """
+    uses: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for name in outputs:
+        uses[name] = uses.get(name, 0) + 1
+    producer: dict[str, int] = {}
+    result: list[onnx.NodeProto | None] = []
+
+    def transposed_source(name: str) -> str | None:
+        index = producer.get(name)
+        node = result[index] if index is not None else None
+        if node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
+            return node.input[0]
+        return None
+
+    def untransposed(name: str) -> tuple[str, int]:
+        flag = 0
+        source = transposed_source(name)
+        while source is not None:
+            name, flag = source, 1 - flag
+            source = transposed_source(name)
+        return name, flag
+
+    def single_use_gemm(name: str, allow_c: bool = False) -> int | None:
+        index = producer.get(name)
+        node = result[index] if index is not None else None
+        if node is None or node.op_type != "Gemm" or uses.get(name, 0) != 1 or (len(node.input) > 2 and not allow_c):
+            return None
+        return index
+
+    def unkept_reduction(reshape: onnx.NodeProto) -> onnx.NodeProto | None:
+        """The keepdims=1 reduction (used only here) that this reshape squeezes: it can drop the axes itself."""
+        index = producer.get(reshape.input[0])
+        node = result[index] if index is not None else None
+        if node is None or node.op_type not in ("ReduceSum", "ReduceMax") or uses.get(reshape.input[0]) != 1:
+            return None
+        keepdims = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "keepdims"), 1)
+        axes, kept = graph.value(node.input[1]) if len(node.input) == 2 else None, graph.shapes.get(reshape.input[0])
+        if keepdims != 1 or axes is None or kept is None:
+            return None
+        squeezed = tuple(size for i, size in enumerate(kept) if i not in set(axes.tolist()))
+        return node if squeezed == graph.shapes.get(reshape.output[0]) else None
+
+    def scalar(name: str) -> float | None:
+        value = graph.value(name)
+        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+    def replace(consumer: onnx.NodeProto, index: int, inputs: list[str], **changes: Any) -> onnx.NodeProto:
+        gemm = result[index]
+        attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+        attributes.update(changes)
+        result[index] = None
+        return helper.make_node("Gemm", inputs, list(consumer.output), **attributes)
+
+    for node in nodes:
+        op = node.op_type
+        out = node.output[0]
+        dtype = graph.dtypes.get(out)
+        if op == "MatMul" and dtype is not None and dtype.name in _GEMM_DTYPES:
+            a, b = node.input
+            if len(graph.shapes.get(a, ())) == 2 and len(graph.shapes.get(b, ())) == 2:
+                source_a, trans_a = untransposed(a)
+                source_b, trans_b = untransposed(b)
+                node = helper.make_node("Gemm", [source_a, source_b], [out], alpha=1.0, beta=1.0, transA=trans_a,
+                                        transB=trans_b)  # fmt: skip
+                for old, new in ((a, source_a), (b, source_b)):
+                    if new != old:
+                        uses[old] -= 1
+                        uses[new] = uses.get(new, 0) + 1
+        elif op == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
+            index = single_use_gemm(node.input[0])
+            if index is not None:  # (A @ B).T = B.T @ A.T
+                gemm = result[index]
+                attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+                node = replace(node, index, [gemm.input[1], gemm.input[0]], transA=1 - attributes["transB"],
+                               transB=1 - attributes["transA"])  # fmt: skip
+        elif op in ("Mul", "Div") and len(node.input) == 2:
+            for position in (0, 1) if op == "Mul" else (0,):
+                index = single_use_gemm(node.input[position])
+                factor = scalar(node.input[1 - position])
+                exact = op == "Mul" or (factor is not None and factor != 0 and math.frexp(factor)[0] in (0.5, -0.5))
+                if index is not None and factor is not None and exact:  # dividing by a power of 2 is exact
+                    gemm = result[index]
+                    alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
+                    alpha = alpha * factor if op == "Mul" else alpha / factor
+                    node = replace(node, index, list(gemm.input), alpha=alpha)
+                    break
+        elif op == "Reshape" and unkept_reduction(node) is not None:
+            index = producer[node.input[0]]
+            reduction = result[index]
+            result[index] = None
+            node = helper.make_node(reduction.op_type, list(reduction.input), list(node.output), keepdims=0)
+        elif op in ("Add", "Sub") and len(node.input) == 2:
+            for position in (0, 1):
+                index = single_use_gemm(node.input[position])
+                other = node.input[1 - position]
+                if index is None or not _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out)):
+                    continue
+                gemm = result[index]
+                alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
+                if op == "Add":
+                    node = replace(node, index, [*gemm.input, other], beta=1.0)
+                elif position == 1:  # other - gemm
+                    node = replace(node, index, [*gemm.input, other], alpha=-alpha, beta=1.0)
+                else:  # gemm - other
+                    node = replace(node, index, [*gemm.input, other], beta=-1.0)
+                break
+        producer[node.output[0]] = len(result)
+        result.append(node)
+    return [node for node in result if node is not None]
+
+
+def _fits_gemm_c(shape: tuple | None, out: tuple | None) -> bool:
+    """Whether a tensor of `shape` broadcasts one way to Gemm's output `out` (as Gemm's C input must)."""
+    if shape is None or out is None or len(out) != 2 or len(shape) > 2:
+        return False
+    padded = (1,) * (2 - len(shape)) + tuple(shape)
+    return all(s in (1, o) for s, o in zip(padded, out))
+
+
+_EXACT_IN = {  # dtype -> the dtypes that hold each of its values exactly
+    "bool": {"int8", "uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "int8": {"int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "uint8": {"int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "int32": {"int64", "float64"},
+    "float16": {"float32", "float64"},
+    "bfloat16": {"float32", "float64"},
+    "float32": {"float64"},
+}
+
+
+def _holds(wide: DType | None, narrow: DType | None) -> bool:
+    return wide is not None and narrow is not None and wide.name in _EXACT_IN.get(narrow.name, ())
+
+
+def _broadcast_blocks(source: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[str, int, int]]:
+    """The broadcast of `source` to `target` as merged blocks: ("s", size, size) kept, ("b", 1, size) broadcast."""
+    padded = (1,) * (len(target) - len(source)) + tuple(source)
+    blocks: list[list] = []
+    for inner, outer in zip(padded, target):
+        if outer == 1:
+            continue
+        kind = "s" if inner == outer else "b"
+        if blocks and blocks[-1][0] == kind:
+            blocks[-1][1] *= inner
+            blocks[-1][2] *= outer
+        else:
+            blocks.append([kind, inner, outer])
+    return [tuple(b) for b in blocks]
+
+
+def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    i = 0
+    while i < len(shape) and shape[i] == 1:
+        i += 1
+    return tuple(shape[i:])
+
+
+def build_model(program: Program, translations: dict[str, Callable]) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """The ONNX model of a lowered Program, with its input and output names."""
+    graph = OnnxGraph(translations)
+    names = program.names()
+    env: dict[Var, str] = {}
+    for var in program.inputs:
+        env[var] = names[var]
+        graph.add_input(names[var], var.aval)
+    for var, value in zip(program.constants, program.constant_values):
+        env[var] = graph.constant(value.numpy(), name=names[var])
+    for instruction in program.instructions:
+        graph.translate(instruction, env)
+    model = graph.model([(env[v], v.aval) for v in program.outputs])
+    input_names = [names[v] for v in program.inputs]
+    output_names = [o.name for o in model.graph.output]
+    return model, input_names, output_names

@@ -1,0 +1,497 @@
+"""Translations of slope operators to ONNX nodes: `f(graph, inputs, instruction) -> output name`.
+
+onnxruntime's CPU kernels do not cover every dtype of every ONNX operator. Where a kernel is missing, the translation
+computes in a wider type that gives the same result (int8/uint8 in int32, whose wrap-around agrees modulo 256;
+float16/bfloat16 in float32, rounded once at the end; bool in uint8) and casts back. Where no wider type is exact
+(erf in float64), it raises `NoTranslationError` and the instruction is lowered through its procedure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+import slope
+from slope import DType, Instruction
+
+from .graph import NoTranslationError, OnnxGraph, element_type
+
+_FLOATS = {"float16", "float32", "float64"}
+_INTS = {"int8", "uint8", "int32", "int64"}
+_NUMBERS = _FLOATS | _INTS
+_ALL = _NUMBERS | {"bool"}
+
+# dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21)
+NATIVE: dict[str, set[str]] = {
+    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS, "Max": _NUMBERS,
+    "Pow": _FLOATS | {"int32", "int64"},
+    "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS,
+    "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
+    "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS, "Erf": {"float16", "float32"},
+    "Where": _NUMBERS,
+    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL,
+    "Expand": _ALL, "Pad": _ALL,
+    "MatMul": _FLOATS | {"int32", "int64"},
+    "Conv": {"float16", "float32"},
+    "ScatterND": _NUMBERS - {"float16"},  # its float16 kernel rejects reduction="add" when it runs
+}  # fmt: skip
+
+_WIDER = {
+    "int8": slope.int32,
+    "uint8": slope.int32,
+    "float16": slope.float32,
+    "bfloat16": slope.float32,
+    "bool": slope.uint8,
+}
+
+
+def compute_dtype(op_type: str, dtype: DType) -> DType:
+    """The dtype an ONNX operator runs in for inputs of `dtype`: itself, or a wider one with the same results."""
+    native = NATIVE.get(op_type)
+    if native is None or dtype.name in native:
+        return dtype
+    wider = _WIDER.get(dtype.name)
+    if wider is None or wider.name not in native:
+        raise NoTranslationError
+    return wider
+
+
+def emit(graph: OnnxGraph, op_type: str, inputs: list[str], dtype: DType, shape: tuple, out_dtype: DType | None = None,
+         extra: tuple[str, ...] = (), **attributes: Any) -> str:  # fmt: skip
+    """One ONNX node computing in a dtype ORT has a kernel for: `inputs` of `dtype`, then `extra` inputs (axes,
+    shapes) as they are; `out_dtype` when the output's dtype differs from the inputs'."""
+    compute = compute_dtype(op_type, dtype)
+    if compute != dtype:
+        inputs = [graph.cast(name, compute) for name in inputs]
+    out = graph.node(op_type, [*inputs, *extra], shape=shape, **attributes)
+    if out_dtype is None and compute != dtype:
+        out = graph.cast(out, dtype)
+    return out
+
+
+def _in(instruction: Instruction, i: int = 0) -> Any:
+    return instruction.inputs[i].aval
+
+
+def _out(instruction: Instruction) -> Any:
+    return instruction.outputs[0].aval
+
+
+# ----------------------------------------------------------------------------------------------- elementwise
+
+
+def _unary(op_type: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        return emit(graph, op_type, inputs, out.dtype, out.shape)
+
+    return translate
+
+
+def _erf(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    if out.dtype == slope.float64:  # no float64 kernel, and float32 would lose precision
+        raise NoTranslationError
+    return emit(graph, "Erf", inputs, out.dtype, out.shape)
+
+
+def _invert(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    if out.dtype == slope.bool_:
+        return graph.node("Not", inputs, shape=out.shape)
+    return emit(graph, "BitwiseNot", inputs, out.dtype, out.shape)
+
+
+def _identity(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return inputs[0]
+
+
+def _cast(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return graph.cast(inputs[0], instruction.params["dtype"])
+
+
+def _binary(op_type: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        return emit(graph, op_type, inputs, _in(instruction).dtype, out.shape)
+
+    return translate
+
+
+def _compare(op_type: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        if op_type == "Equal":
+            infinite = _isinf_operand(graph, inputs, _in(instruction).dtype)
+            if infinite is not None:
+                return graph.node("IsInf", [infinite], shape=out.shape)
+        return emit(graph, op_type, inputs, _in(instruction).dtype, out.shape, out_dtype=out.dtype)
+
+    return translate
+
+
+def _isinf_operand(graph: OnnxGraph, inputs: list[str], dtype: DType) -> str | None:
+    """x where the comparison is `x * sign(x) == inf` (slope's isinf procedure), else None.
+
+    `x * (cast(x > 0) - cast(x < 0)) == inf` holds exactly when x is +inf or -inf (NaN, zeros and finite values give
+    false), which is ONNX's IsInf: one node instead of seven, in every logsumexp, softmax and cross-entropy.
+    """
+    if dtype.name not in ("float32", "float64"):
+        return None
+    for position in (0, 1):
+        bound = graph.value(inputs[1 - position])
+        if bound is None or bound.size != 1 or not np.isposinf(bound.reshape(-1)[0]):
+            continue
+        product = graph.producers.get(inputs[position])
+        if product is None or product.op_type != "Mul":
+            continue
+        for x, sign in (product.input, reversed(product.input)):
+            difference = graph.producers.get(sign)
+            if difference is None or difference.op_type != "Sub":
+                continue
+            casts = [graph.producers.get(name) for name in difference.input]
+            tests = [graph.producers.get(c.input[0]) if c is not None and c.op_type == "Cast" else None for c in casts]
+            if [t.op_type if t is not None else None for t in tests] != ["Greater", "Less"]:
+                continue
+            if all(t.input[0] == x and _is_zero(graph.value(t.input[1])) for t in tests):
+                return x
+    return None
+
+
+def _is_zero(value: np.ndarray | None) -> bool:
+    return value is not None and value.size == 1 and value.reshape(-1)[0] == 0
+
+
+def _bitwise(op_type: str, logical: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        if out.dtype == slope.bool_:
+            return graph.node(logical, inputs, shape=out.shape)
+        return emit(graph, op_type, inputs, out.dtype, out.shape)
+
+    return translate
+
+
+def _div(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    dtype, shape = out.dtype, out.shape
+    if dtype.is_float:
+        return emit(graph, "Div", inputs, dtype, shape)
+    compute = compute_dtype("Div", dtype)  # int8 and uint8 divide in int32, where INT8_MIN / -1 cannot overflow
+    x, y = inputs
+    if compute != dtype:
+        x, y = graph.cast(x, compute), graph.cast(y, compute)
+    # ORT raises on x / 0 and traps on INT_MIN / -1; slope gives 0 and wraps around (as NumPy does)
+    traps = compute == dtype and dtype.kind == "int"
+    divisor = graph.value(inputs[1])
+    if divisor is not None and not np.any(divisor == 0) and not (traps and np.any(divisor == -1)):
+        quotient = graph.node("Div", [x, y], shape=shape)
+    else:
+        zero, one = graph.scalar(0, compute), graph.scalar(1, compute)
+        is_zero = graph.node("Equal", [y, zero], shape=shape)
+        unsafe = is_zero
+        if traps:
+            is_minus_one = graph.node("Equal", [y, graph.scalar(-1, compute)], shape=shape)
+            unsafe = graph.node("Or", [is_zero, is_minus_one], shape=shape)
+        quotient = graph.node("Div", [x, graph.node("Where", [unsafe, one, y], shape=shape)], shape=shape)
+        if traps:
+            negated = graph.node("Sub", [zero, x], shape=shape)
+            quotient = graph.node("Where", [is_minus_one, negated, quotient], shape=shape)
+        quotient = graph.node("Where", [is_zero, zero, quotient], shape=shape)
+    return graph.cast(quotient, dtype) if compute != dtype else quotient
+
+
+def _where(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    compute = compute_dtype("Where", out.dtype)
+    condition, x, y = inputs
+    if compute != out.dtype:
+        x, y = graph.cast(x, compute), graph.cast(y, compute)
+    result = graph.node("Where", [condition, x, y], shape=out.shape)
+    return graph.cast(result, out.dtype) if compute != out.dtype else result
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+
+def _reduce(op_type: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        dim, keepdim = instruction.params["dim"], instruction.params["keepdim"]
+        if not dim:
+            return inputs[0]
+        x = inputs[0]
+        if op_type == "ReduceSum" and out.dtype == slope.bool_:  # a sum of bools that stays bool is `any`
+            return graph.node("ReduceMax", [x, graph.int64s(dim)], shape=out.shape, keepdims=int(keepdim))
+        return emit(graph, op_type, [x], out.dtype, out.shape, extra=(graph.int64s(dim),), keepdims=int(keepdim))
+
+    return translate
+
+
+# ----------------------------------------------------------------------------------------------- shape
+
+
+def _reshape(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return graph.reshape(inputs[0], instruction.params["shape"])
+
+
+def _expand_to(graph: OnnxGraph, name: str, dtype: DType, shape: tuple) -> str:
+    compute = compute_dtype("Expand", dtype)
+    if compute != dtype:
+        return graph.cast(graph.expand(graph.cast(name, compute), shape), dtype)
+    return graph.expand(name, shape)
+
+
+def _expand(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    return _expand_to(graph, inputs[0], out.dtype, out.shape)
+
+
+def _permute(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return graph.node("Transpose", inputs, shape=_out(instruction).shape, perm=list(instruction.params["perm"]))
+
+
+def _slice(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    shape = _in(instruction).shape
+    params = instruction.params
+    axes = [
+        d
+        for d, (a, b, s, n) in enumerate(zip(params["start"], params["stop"], params["step"], shape))
+        if (a, b, s) != (0, n, 1)
+    ]
+    if not axes:
+        return inputs[0]
+    starts = graph.int64s(params["start"][d] for d in axes)
+    stops = graph.int64s(params["stop"][d] for d in axes)
+    node_inputs = [inputs[0], starts, stops, graph.int64s(axes)]
+    if any(params["step"][d] != 1 for d in axes):
+        node_inputs.append(graph.int64s(params["step"][d] for d in axes))
+    return graph.node("Slice", node_inputs, shape=_out(instruction).shape)
+
+
+def _pad(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    params = instruction.params
+    shape = list(_in(instruction).shape)
+    axes = [d for d, (lo, hi) in enumerate(zip(params["lo"], params["hi"])) if lo or hi]
+    if any(math.prod(shape[d + 1 :]) < 32 for d in axes) and math.prod(out.shape) >= 4096:
+        # onnxruntime's Pad copies element by element when the padded axis is (nearly) innermost; Concat copies
+        # whole blocks (the strided-slice gradient pads a size-1 innermost axis: 10-20x faster this way)
+        x = inputs[0]
+        value = graph.scalar(params["value"], out.dtype)
+        for d in axes:
+            pieces = [x]
+            for amount, position in ((params["lo"][d], 0), (params["hi"][d], 1)):
+                if amount:
+                    block = _expand_to(graph, value, out.dtype, tuple(shape[:d] + [amount] + shape[d + 1 :]))
+                    pieces.insert(0 if position == 0 else len(pieces), block)
+            shape[d] += params["lo"][d] + params["hi"][d]
+            x = graph.node("Concat", pieces, shape=tuple(shape), axis=d)
+        return x
+    compute = compute_dtype("Pad", out.dtype)
+    x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+    pads = graph.int64s(list(params["lo"]) + list(params["hi"]))
+    value = graph.scalar(params["value"], compute)
+    result = graph.node("Pad", [x, pads, value], shape=out.shape, mode="constant")
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+def _flip(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    dims = [d for d in instruction.params["dim"] if _in(instruction).shape[d] > 1]
+    if not dims:
+        return inputs[0]
+    count = len(dims)
+    starts, stops = graph.int64s([-1] * count), graph.int64s([np.iinfo(np.int64).min] * count)
+    node_inputs = [inputs[0], starts, stops, graph.int64s(dims), graph.int64s([-1] * count)]
+    return graph.node("Slice", node_inputs, shape=_out(instruction).shape)
+
+
+def _cat(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return graph.node("Concat", inputs, shape=_out(instruction).shape, axis=instruction.params["dim"])
+
+
+# ----------------------------------------------------------------------------------------------- init
+
+
+def _full(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    return _expand_to(graph, graph.scalar(instruction.params["value"], out.dtype), out.dtype, out.shape)
+
+
+def _arange(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    params = instruction.params
+    count = out.shape[0]
+    start, step = params["start"], params["step"]
+    if out.dtype.name in ("int32", "int64") and all(isinstance(v, int) for v in (start, step)):
+        limit = start + count * step
+        return graph.node("Range", [graph.scalar(start, out.dtype), graph.scalar(limit, out.dtype),
+                                    graph.scalar(step, out.dtype)], shape=out.shape)  # fmt: skip
+    # start + i * step, computed in float64 from exact integers, as NumPy does
+    index = graph.node("Range", [graph.scalar(0, slope.int64), graph.scalar(count, slope.int64),
+                                 graph.scalar(1, slope.int64)], shape=out.shape)  # fmt: skip
+    values = graph.node("Mul", [graph.cast(index, slope.float64), graph.scalar(float(step), slope.float64)],
+                        shape=out.shape)  # fmt: skip
+    values = graph.node("Add", [values, graph.scalar(float(start), slope.float64)], shape=out.shape)
+    return graph.cast(values, out.dtype) if out.dtype != slope.float64 else values
+
+
+# ----------------------------------------------------------------------------------------------- general
+
+
+def _matmul(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    return emit(graph, "MatMul", inputs, out.dtype, out.shape)
+
+
+def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    params = instruction.params
+    kernel, positions = math.prod(_in(instruction, 1).shape[2:]), math.prod(out.shape[2:])
+    if out.dtype in (slope.float32, slope.float64) and params["groups"] == 1 and kernel > 4 * positions:
+        # a kernel larger than its output (a weight gradient): onnxruntime's Conv is slow there, one GEMM is not
+        return _conv_by_positions(graph, inputs, instruction)
+    if out.dtype == slope.float64:  # no float64 kernel: an exact im2col with a float64 MatMul
+        return _conv_im2col(graph, inputs, instruction)
+    pads = [lo for lo, _ in params["padding"]] + [hi for _, hi in params["padding"]]
+    return emit(graph, "Conv", inputs, out.dtype, out.shape, strides=list(params["stride"]), pads=pads,
+                dilations=list(params["dilation"]), group=params["groups"])  # fmt: skip
+
+
+def _padded_input(graph: OnnxGraph, x: str, instruction: Instruction) -> tuple[str, tuple[int, ...]]:
+    x_aval, params = _in(instruction, 0), instruction.params
+    spatial = tuple(s + lo + hi for s, (lo, hi) in zip(x_aval.shape[2:], params["padding"]))
+    if any(lo or hi for lo, hi in params["padding"]):
+        pads = [0, 0] + [lo for lo, _ in params["padding"]] + [0, 0] + [hi for _, hi in params["padding"]]
+        x = graph.node("Pad", [x, graph.int64s(pads), graph.scalar(0.0, x_aval.dtype)],
+                       shape=x_aval.shape[:2] + spatial, mode="constant")  # fmt: skip
+    return x, x_aval.shape[:2] + spatial
+
+
+def _conv_by_positions(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """Conv (groups=1) as one GEMM over the few output positions: each position's input window is one row."""
+    w_aval, out = _in(instruction, 1), _out(instruction)
+    params = instruction.params
+    stride, dilation = params["stride"], params["dilation"]
+    x, (batch, channels, *_) = _padded_input(graph, inputs[0], instruction)
+    kernel, out_spatial = w_aval.shape[2:], out.shape[2:]
+    n, taps, positions = len(kernel), math.prod(kernel), math.prod(out_spatial)
+    axes, steps = graph.int64s(range(2, 2 + n)), graph.int64s(dilation)
+    rows = []
+    for position in np.ndindex(*out_spatial):
+        begin = [p * s for p, s in zip(position, stride)]
+        end = [b + (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilation)]
+        window = graph.node("Slice", [x, graph.int64s(begin), graph.int64s(end), axes, steps],
+                            shape=(batch, channels, *kernel))  # fmt: skip
+        rows.append(graph.reshape(window, (batch, 1, channels * taps)))
+    columns = (
+        rows[0] if positions == 1 else graph.node("Concat", rows, shape=(batch, positions, channels * taps), axis=1)
+    )
+    columns = graph.reshape(columns, (batch * positions, channels * taps))
+    weights = graph.reshape(inputs[1], (out.shape[1], channels * taps))
+    product = graph.node("Gemm", [columns, weights], shape=(batch * positions, out.shape[1]), transB=1)
+    product = graph.reshape(product, (batch, positions, out.shape[1]))
+    result = graph.node("Transpose", [product], shape=(batch, out.shape[1], positions), perm=[0, 2, 1])
+    return graph.reshape(result, out.shape)
+
+
+def _conv_im2col(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    x_aval, w_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
+    params = instruction.params
+    stride, dilation, groups = params["stride"], params["dilation"], params["groups"]
+    n = x_aval.ndim - 2
+    batch, channels = x_aval.shape[:2]
+    out_channels, kernel = w_aval.shape[0], w_aval.shape[2:]
+    out_spatial = out.shape[2:]
+    x = inputs[0]
+    if any(lo or hi for lo, hi in params["padding"]):
+        pads = [0, 0] + [lo for lo, _ in params["padding"]] + [0, 0] + [hi for _, hi in params["padding"]]
+        padded_shape = tuple(s + lo + hi for s, (lo, hi) in zip(x_aval.shape[2:], params["padding"]))
+        x = graph.node("Pad", [x, graph.int64s(pads), graph.scalar(0.0, out.dtype)],
+                       shape=(batch, channels, *padded_shape), mode="constant")  # fmt: skip
+    axes = graph.int64s(range(2, 2 + n))
+    steps = graph.int64s(stride)
+    windows = []
+    for offset in np.ndindex(*kernel):
+        begin = [o * d for o, d in zip(offset, dilation)]
+        end = [b + (m - 1) * s + 1 for b, m, s in zip(begin, out_spatial, stride)]
+        window = graph.node("Slice", [x, graph.int64s(begin), graph.int64s(end), axes, steps],
+                            shape=(batch, channels, *out_spatial))  # fmt: skip
+        windows.append(graph.reshape(window, (batch, channels, 1, math.prod(out_spatial))))
+    taps = math.prod(kernel)
+    columns = windows[0] if taps == 1 else graph.node("Concat", windows, axis=2, shape=None)
+    per_group = channels // groups
+    columns = graph.reshape(columns, (batch, groups, per_group * taps, math.prod(out_spatial)))
+    weights = graph.reshape(inputs[1], (groups, out_channels // groups, per_group * taps))
+    result = graph.node("MatMul", [weights, columns], shape=(batch, groups, out_channels // groups,
+                                                              math.prod(out_spatial)))  # fmt: skip
+    return graph.reshape(result, out.shape)
+
+
+def _int64_index(graph: OnnxGraph, name: str, aval: Any) -> str:
+    return name if aval.dtype == slope.int64 else graph.cast(name, slope.int64)
+
+
+def _gather_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    index = _int64_index(graph, inputs[1], _in(instruction, 1))
+    return graph.node("GatherND", [inputs[0], index], shape=_out(instruction).shape)
+
+
+def _scatter_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    x, index, updates = inputs
+    index = _int64_index(graph, index, _in(instruction, 1))
+    if out.dtype == slope.bool_:  # adding bools is `or`: the max of 0/1
+        x, updates = graph.cast(x, slope.uint8), graph.cast(updates, slope.uint8)
+        result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="max")
+        return graph.cast(result, slope.bool_)
+    compute = compute_dtype("ScatterND", out.dtype)
+    if compute != out.dtype:
+        x, updates = graph.cast(x, compute), graph.cast(updates, compute)
+    result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="add")
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+translations: dict[str, Callable] = {
+    "exp": _unary("Exp"),
+    "log": _unary("Log"),
+    "sin": _unary("Sin"),
+    "sqrt": _unary("Sqrt"),
+    "tanh": _unary("Tanh"),
+    "erf": _erf,
+    "invert": _invert,
+    "stop_gradient": _identity,
+    "cast": _cast,
+    "add": _binary("Add"),
+    "sub": _binary("Sub"),
+    "mul": _binary("Mul"),
+    "div": _div,
+    "pow": _binary("Pow"),
+    "maximum": _binary("Max"),
+    "equal": _compare("Equal"),
+    "less": _compare("Less"),
+    "greater": _compare("Greater"),
+    "bitwise_and": _bitwise("BitwiseAnd", "And"),
+    "bitwise_or": _bitwise("BitwiseOr", "Or"),
+    "bitwise_xor": _bitwise("BitwiseXor", "Xor"),
+    "where": _where,
+    "sum": _reduce("ReduceSum"),
+    "max": _reduce("ReduceMax"),
+    "reshape": _reshape,
+    "expand": _expand,
+    "permute": _permute,
+    "slice": _slice,
+    "pad": _pad,
+    "flip": _flip,
+    "cat": _cat,
+    "full": _full,
+    "arange": _arange,
+    "matmul": _matmul,
+    "conv": _conv,
+    "gather_nd": _gather_nd,
+    "scatter_nd": _scatter_nd,
+}
+
+__all__ = ["NATIVE", "compute_dtype", "element_type", "emit", "translations"]

@@ -1,0 +1,327 @@
+"""What only the onnxruntime backend does: ONNX models, sessions, OrtValue buffers, export, devices, threads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import slope
+from slope_onnx import OnnxBackend
+
+pytestmark = pytest.mark.skipif("onnxruntime" not in slope.plugins.backends, reason="slope-onnx is not registered")
+
+
+@pytest.fixture(autouse=True)
+def onnx_backend():
+    """Run every test on the onnxruntime backend."""
+    with slope.use_backend("onnxruntime") as backend:
+        yield backend
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter (this one's), returning the completed process."""
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environment, timeout=120)  # fmt: skip
+
+
+def mlp_params(seed: int = 0) -> tuple:
+    rng = np.random.default_rng(seed)
+    shapes = [(100, 784), (100,), (10, 100), (10,)]
+    return tuple(slope.tensor((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in shapes)
+
+
+def predict(params: tuple, x: slope.Tensor) -> slope.Tensor:
+    w1, b1, w2, b2 = params
+    return slope.relu(x @ w1.T + b1) @ w2.T + b2
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+
+def test_default_backend_when_installed():
+    result = run_python("import slope; print(slope.get_backend().name)", SLOPE_BACKEND="")
+    assert result.stdout.strip() == "onnxruntime", result.stderr
+
+
+def test_buffers_are_ort_values_until_numpy(onnx_backend):
+    x = slope.tensor([1.0, 2.0, 3.0])
+    y = x * 2.0
+    z = slope.jit(lambda a: a + 1.0)(y)
+    for t in (x, y, z):
+        assert type(t.buffer).__name__ == "OrtValue"
+    array = z.numpy()
+    array[0] = 100.0  # a copy: tensors stay immutable
+    np.testing.assert_array_equal(z.numpy(), [3.0, 5.0, 7.0])
+
+
+def test_zero_dim_tensors_stay_zero_dim():
+    x = slope.tensor(3.0)
+    assert x.buffer.shape() == [] and (x / 2.0).numpy().shape == ()
+    assert slope.tensor(np.ones((0, 3), np.float32)).sum(0).numpy().shape == (3,)
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def test_code_is_onnx_text():
+    code = slope.jit(lambda a: a * a + 1.0).lower(slope.tensor([1.0, 2.0])).code
+    assert "opset_import" in code and '"" : 21' in code and "ir_version: 10" in code
+    assert "Mul (" in code
+
+
+def test_log_jit_prints_ir_and_onnx():
+    result = run_python(
+        """
+        import slope
+        f = slope.jit(lambda a: (a * 3.0).sum())
+        f(slope.tensor([1.0, 2.0]))
+        """,
+        LOG_JIT="1",
+        SLOPE_BACKEND="onnxruntime",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--- slope program (onnxruntime, cpu)" in result.stdout
+    assert "slope.mul(" in result.stdout and "slope.sum(" in result.stdout
+    assert "--- onnxruntime code" in result.stdout and "ReduceSum" in result.stdout and "opset_import" in result.stdout
+
+
+def _compiled_models(onnx_backend: OnnxBackend) -> list[onnx.ModelProto]:
+    slope.backend._compiled.clear()
+    x = slope.tensor(np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32))
+    i = slope.tensor(np.arange(20).reshape(4, 5))
+    x * 2.0, x.exp(), x.sum(1), x.max(0, keepdim=True), x.T, x[1:3, ::2], slope.pad(x, (1, 1)), x.flip(0)  # noqa: B018
+    slope.cat([x, x], 1), slope.where(x > 0, x, 0.0), x @ x.T, x.astype("int8") * 3, i // 3, i & 5, ~i  # noqa: B018
+    x[slope.tensor([0, 2])], x.at[slope.tensor([1, 1])].add(1.0), slope.arange(5), slope.full((2, 2), 1.5)  # noqa: B018
+    slope.conv(x.reshape(1, 1, 4, 5), slope.tensor(np.ones((2, 1, 3, 3), np.float64)), padding=1)  # noqa: B018
+    slope.erf(x.astype("float64")), slope.random.normal(slope.random.key(0), (3,))  # noqa: B018
+    models = [e.model for e in slope.backend._compiled.values()]
+    step = slope.jit(lambda p, a: slope.grad(lambda q: slope.cross_entropy(predict(q, a), slope.tensor([1, 2])))(p))
+    models.append(step.lower(mlp_params(), slope.tensor(np.ones((2, 784), np.float32))).executable.model)
+    return models
+
+
+def test_onnx_checker_passes_on_compiled_models(onnx_backend):
+    models = _compiled_models(onnx_backend)
+    assert len(models) > 20
+    for model in models:
+        onnx.checker.check_model(model, full_check=True)
+        assert model.ir_version == 10
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+
+
+def test_mlp_step_emits_gemms_without_transposes():
+    step = slope.jit(lambda p, a, t: slope.value_and_grad(lambda q: slope.cross_entropy(predict(q, a), t))(p))
+    model = step.lower(
+        mlp_params(), slope.tensor(np.ones((8, 784), np.float32)), slope.tensor(np.arange(8))
+    ).executable.model
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Gemm") == 5 and "MatMul" not in ops and "Transpose" not in ops
+
+
+def test_float64_erf_is_lowered_through_its_procedure():
+    x = slope.tensor(np.linspace(-3, 3, 13))
+    f = slope.jit(slope.erf)
+    assert "Erf" not in f.lower(x).code  # onnxruntime has no float64 Erf kernel
+    np.testing.assert_allclose(f(x).numpy(), [math.erf(v) for v in np.linspace(-3, 3, 13)], atol=2e-7)
+    assert "Erf" in slope.jit(slope.erf).lower(x.astype("float32")).code
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def test_exported_mlp_runs_in_plain_onnxruntime(tmp_path):
+    params = mlp_params()
+    x = slope.tensor(np.random.default_rng(1).random((32, 784), dtype=np.float32))
+    expected = slope.jit(predict)(params, x).numpy()
+    files = slope.jit(predict).lower(params, x).export(str(tmp_path / "mlp.onnx"))
+    assert files == [str(tmp_path / "mlp.onnx")]
+    np.savez(tmp_path / "inputs.npz", *[p.numpy() for p in params], x.numpy())
+    result = run_python(
+        f"""
+        import sys
+        import numpy as np
+        import onnxruntime as ort
+        session = ort.InferenceSession({str(tmp_path / "mlp.onnx")!r}, providers=["CPUExecutionProvider"])
+        data = np.load({str(tmp_path / "inputs.npz")!r})
+        feeds = {{i.name: data[f"arr_{{n}}"] for n, i in enumerate(session.get_inputs())}}
+        np.save({str(tmp_path / "logits.npy")!r}, session.run(None, feeds)[0])
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("slope", "slope_onnx", "onnx")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"  # only onnxruntime and numpy were imported
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def test_devices_and_a_clear_error_for_cuda_where_it_does_not_run(onnx_backend):
+    assert onnx_backend.devices()[0] == "cpu"
+    if any(d.startswith("cuda") for d in onnx_backend.devices()):
+        pytest.skip("CUDA runs here")
+    with pytest.raises(slope.SlopeBackendError, match="cuda"):
+        slope.tensor([1.0], device="cuda")
+    with pytest.raises(slope.SlopeBackendError, match="cuda"):
+        slope.set_device("cuda")
+    assert slope.default_device() == "cpu"
+
+
+def test_no_cuda_warnings_reach_a_cpu_user():
+    result = run_python(
+        """
+        import slope
+        print(slope.devices())
+        try:
+            slope.tensor([1.0], device="cuda")
+        except slope.SlopeBackendError as error:
+            print("error:", error)
+        print((slope.tensor([1.0, 2.0]) * 2.0).numpy())
+        """,
+        SLOPE_BACKEND="onnxruntime",
+    )
+    assert result.returncode == 0, result.stderr
+    if "cuda:0" in result.stdout.splitlines()[0]:
+        pytest.skip("CUDA runs here")
+    assert "error:" in result.stdout and "cuda" in result.stdout
+    assert result.stderr == ""  # no red provider-loading errors
+
+
+# ----------------------------------------------------------------------------------------------- threads
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_thread_count_stays_flat_over_many_eager_programs():
+    shapes = [(i + 1, 3) for i in range(60)]
+    tensors = [slope.tensor(np.ones(s, np.float32)) for s in shapes]
+    (tensors[0] * 2.0).exp().numpy()
+    before = _threads()
+    for t in tensors:  # 60 shapes x 3 operators: 180 new sessions
+        ((t * 2.0).exp() + t).numpy()
+    assert _threads() == before
+    big = slope.tensor(np.ones((512, 512), np.float32))
+    (big @ big).numpy()  # a program large enough to use the shared pool
+    after_big = _threads()
+    for t in tensors:
+        ((t - 1.0) * t).numpy()
+    assert _threads() == after_big <= before + 1
+
+
+def test_sessions_run_sequentially_without_spinning(onnx_backend):
+    x = slope.tensor(np.ones(3, np.float32))
+    session = slope.jit(lambda a: a * 2.0).lower(x).executable.session
+    config = session.get_session_options()
+    assert config.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert config.inter_op_num_threads == 1
+    assert config.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+# ----------------------------------------------------------------------------------------------- dtypes
+
+
+def test_a_refused_dtype_gives_the_clear_core_error(onnx_backend, monkeypatch):
+    monkeypatch.setattr(onnx_backend, "dtypes", onnx_backend.dtypes - {slope.bfloat16})
+    with pytest.raises(slope.SlopeBackendError, match="cannot hold dtype bfloat16"):
+        slope.tensor([1.0, 2.0], dtype="bfloat16")
+    with pytest.raises(slope.SlopeBackendError, match="cannot run dtype bfloat16"):
+        slope.jit(lambda a: a.astype("bfloat16") * 2.0)(slope.tensor([1.0]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64"])
+def test_dtypes_without_ort_kernels_match_numpy(dtype):
+    rng = np.random.default_rng(0)
+    if dtype.startswith(("int", "uint")):
+        a, b = rng.integers(0, 9, (3, 4)), rng.integers(1, 9, (3, 4))
+    else:
+        a, b = rng.standard_normal((3, 4)), rng.random((3, 4)) + 0.5
+
+    def program(x, y):
+        out = [x + y, x * y, slope.maximum(x, y), x < y, x.sum(1), x.max(0), slope.where(x > y, x, y), x @ y.T]
+        out += [slope.pad(x, (1, 1), value=1), x.reshape(3, 1, 4).expand(3, 2, 4)]
+        out += [x.at[slope.tensor([0, 0])].add(y[:2])]
+        return out + ([x / y, x.exp(), y.sqrt()] if dtype.startswith(("float", "bfloat")) else [x // y, x & y])
+
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            x, y = slope.tensor(a, dtype=dtype), slope.tensor(b, dtype=dtype)
+            results[backend] = [t.numpy() for t in program(x, y)]
+    for expected, got in zip(*results.values()):
+        assert got.dtype == expected.dtype or dtype == "bfloat16"  # NumPy's bfloat16 matmul returns float32
+        tolerance = 2e-2 if dtype in ("float16", "bfloat16") else 1e-6
+        np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), rtol=tolerance, atol=tolerance)
+
+
+def test_integer_division_edge_cases_do_not_crash():
+    low = np.iinfo(np.int64).min
+    x = slope.tensor(np.array([7, -7, 5, low, low], np.int64))
+    y = slope.tensor(np.array([-2, 2, 0, -1, 1], np.int64))
+    np.testing.assert_array_equal(slope.div(x, y).numpy(), [-3, -3, 0, low, low])
+    small = slope.tensor(np.array([-128, 9], np.int8))
+    np.testing.assert_array_equal(slope.div(small, slope.tensor(np.array([-1, 0], np.int8))).numpy(), [-128, 0])
+
+
+def test_random_bits_are_identical_to_the_numpy_backend():
+    draws = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            key = slope.random.key(0)
+            draws[backend] = [
+                slope.random.normal(key, (5,)).numpy(),
+                slope.random.normal(slope.random.key(7), (1000,)).numpy(),
+                slope.random.uniform(key, (100,)).numpy(),
+                slope.jit(lambda k: slope.random.normal(k, (4, 3)))(key).numpy(),
+                slope.random.split(key, 3).numpy(),
+            ]
+    for a, b in zip(*draws.values()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_int64_bitwise_and_shifts_match_numpy():
+    values = np.array([0, 1, -1, 2**40 + 3, -(2**50), 0x7FFFFFFF], np.int64)
+    x, y = slope.tensor(values), slope.tensor(values[::-1].copy())
+    np.testing.assert_array_equal((x & y).numpy(), values & values[::-1])
+    np.testing.assert_array_equal((x | y).numpy(), values | values[::-1])
+    np.testing.assert_array_equal((x ^ y).numpy(), values ^ values[::-1])
+    np.testing.assert_array_equal((~x).numpy(), ~values)
+
+
+def test_conv_variants_match_numpy_with_gradients():
+    rng = np.random.default_rng(0)
+    cases = [dict(stride=2, padding=1), dict(padding=((1, 2), (0, 1)), dilation=2), dict(stride=(1, 2), groups=2)]
+    for dtype in ("float32", "float64"):
+        for params in cases:
+            a, w = rng.standard_normal((2, 4, 9, 8)), rng.standard_normal((6, 4 // params.get("groups", 1), 3, 2))
+            out = {}
+            for backend in ("numpy", "onnxruntime"):
+                with slope.use_backend(backend):
+                    x, k = slope.tensor(a, dtype=dtype), slope.tensor(w, dtype=dtype)
+                    value, grads = slope.value_and_grad(lambda p, q, c=params: (slope.conv(p, q, **c) ** 2).sum(),
+                                                        argnums=(0, 1))(x, k)  # fmt: skip
+                    out[backend] = [value.numpy(), *(g.numpy() for g in grads)]
+            for expected, got in zip(*out.values()):
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_session_options_are_recorded_in_json_for_the_report(onnx_backend, tmp_path):
+    """The thread setup is visible: the executable keeps its session."""
+    x = slope.tensor(np.ones((2, 2), np.float32))
+    executable = slope.jit(lambda a: a @ a).lower(x).executable
+    providers = executable.session.get_providers()
+    (tmp_path / "providers.json").write_text(json.dumps(providers))
+    assert providers == ["CPUExecutionProvider"]
