@@ -44,6 +44,7 @@ class Operator:
 
     name: str = ""
     multiple_results: bool = False
+    linear_inputs: tuple[int, ...] | str = ()  # inputs it is jointly linear in ("all"): gives the JVP rule
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None
 
@@ -55,8 +56,12 @@ class Operator:
         raise NotImplementedError
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        """Forward-mode rule."""
-        raise NotImplementedError
+        """Forward-mode rule; for an operator linear in `linear_inputs`, the operator applied to their tangents."""
+        if not self.linear_inputs:
+            raise NotImplementedError
+        linear = range(len(primals)) if self.linear_inputs == "all" else self.linear_inputs
+        args = [t if i in linear else p for i, (p, t) in enumerate(zip(primals, tangents))]
+        return [bind(self, *primals, **params)], [bind(self, *args, **params)]
 
     def transpose(self, cotangents: list, *args: Any, **params: Any) -> list:
         """Transpose rule of a linear operator."""
@@ -68,7 +73,8 @@ class Operator:
 
     def has_rule(self, rule: str) -> bool:
         """Whether the operator defines this rule itself (rather than through its procedure)."""
-        return getattr(type(self), rule) is not getattr(Operator, rule)
+        defined = getattr(type(self), rule) is not getattr(Operator, rule)
+        return defined or (rule == "jvp" and bool(self.linear_inputs))
 
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError that names this operator."""

@@ -317,16 +317,10 @@ class Binary(Operator):
         y = batch_to_front(y, dims[1], axis_size)
         return [bind(self, x, y)], [0]
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = bind(self, *primals)
-        return [y], [zeros_like(y)]
-
 
 class Add(Binary):
     name = "add"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [add(*primals)], [add(*tangents)]
+    linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         ct = cotangents[0]
@@ -335,9 +329,7 @@ class Add(Binary):
 
 class Sub(Binary):
     name = "sub"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [sub(*primals)], [sub(*tangents)]
+    linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         ct = cotangents[0]
@@ -443,6 +435,7 @@ class Where(Operator):
     """`where(condition, x, y)`: x where the condition holds, else y."""
 
     name = "where"
+    linear_inputs = (1, 2)
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
         condition = as_tensor(condition)
@@ -460,10 +453,6 @@ class Where(Operator):
         if x.dtype != y.dtype:
             raise self.dtype_error(f"expected x and y of one dtype, got {x.dtype.name} and {y.dtype.name}")
         return x
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        c, x, y = primals
-        return [where(c, x, y)], [where(c, tangents[1], tangents[2])]
 
     def transpose(self, cotangents: list, c: Any, x: Any, y: Any) -> list:
         ct = cotangents[0]
@@ -509,6 +498,7 @@ class Reduce(Operator):
 
 class Sum(Reduce):
     name = "sum"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
         x = as_tensor(x)
@@ -517,9 +507,6 @@ class Sum(Reduce):
         elif not x.dtype.is_float:
             x = cast(x, dtypes.int64)
         return bind(self, x, dim=_reduce_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
-
-    def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
-        return [bind(self, primals[0], dim=dim, keepdim=keepdim)], [bind(self, tangents[0], dim=dim, keepdim=keepdim)]
 
     def transpose(self, cotangents: list, x: Any, *, dim: tuple, keepdim: bool) -> list:
         ct = cotangents[0]
@@ -552,6 +539,7 @@ class Max(Reduce):
 
 class Reshape(Operator):
     name = "reshape"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
@@ -572,9 +560,6 @@ class Reshape(Operator):
             raise self.shape_error(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape {shape}")
         return Aval(shape, x.dtype)
 
-    def jvp(self, primals: list, tangents: list, *, shape: tuple) -> tuple[list, list]:
-        return [reshape(primals[0], shape)], [reshape(tangents[0], shape)]
-
     def transpose(self, cotangents: list, x: Any, *, shape: tuple) -> list:
         return [reshape(cotangents[0], x.aval.shape)]
 
@@ -586,6 +571,7 @@ class Expand(Operator):
     """Broadcast dimensions of size 1 to a larger size (new leading dimensions are added first)."""
 
     name = "expand"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
@@ -603,9 +589,6 @@ class Expand(Operator):
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to shape {shape}")
         return Aval(shape, x.dtype)
 
-    def jvp(self, primals: list, tangents: list, *, shape: tuple) -> tuple[list, list]:
-        return [expand(primals[0], shape)], [expand(tangents[0], shape)]
-
     def transpose(self, cotangents: list, x: Any, *, shape: tuple) -> list:
         dims = tuple(i for i, (a, b) in enumerate(zip(x.aval.shape, shape)) if a != b)
         return [sum_(cotangents[0], dims, keepdim=True) if dims else cotangents[0]]
@@ -616,6 +599,7 @@ class Expand(Operator):
 
 class Permute(Operator):
     name = "permute"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
@@ -630,9 +614,6 @@ class Permute(Operator):
             raise self.shape_error(f"{perm} is not a permutation of the dimensions of shape {x.shape}")
         return Aval(tuple(x.shape[p] for p in perm), x.dtype)
 
-    def jvp(self, primals: list, tangents: list, *, perm: tuple) -> tuple[list, list]:
-        return [permute(primals[0], perm)], [permute(tangents[0], perm)]
-
     def transpose(self, cotangents: list, x: Any, *, perm: tuple) -> list:
         return [permute(cotangents[0], tuple(np.argsort(perm).tolist()))]
 
@@ -645,6 +626,7 @@ class Slice(Operator):
     """`x[start:stop:step]` in every dimension, with 0 <= start <= stop <= size and step >= 1."""
 
     name = "slice"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, start: Sequence[int], stop: Sequence[int], step: Sequence[int] | None = None) -> Tensor:
         x = as_tensor(x)
@@ -658,9 +640,6 @@ class Slice(Operator):
             if not (0 <= a <= b <= n and s >= 1):
                 raise self.shape_error(f"bad slice {a}:{b}:{s} of dimension {d} (size {n}) of shape {x.shape}")
         return Aval(tuple(-(-(b - a) // s) for a, b, s in zip(start, stop, step)), x.dtype)
-
-    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        return [bind(self, primals[0], **params)], [bind(self, tangents[0], **params)]
 
     def transpose(self, cotangents: list, x: Any, *, start: tuple, stop: tuple, step: tuple) -> list:
         ct = cotangents[0]
@@ -725,6 +704,7 @@ class Pad(Operator):
 
 class Flip(Operator):
     name = "flip"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, dims: Any) -> Tensor:
         x = as_tensor(x)
@@ -732,9 +712,6 @@ class Flip(Operator):
 
     def infer(self, x: Aval, *, dim: tuple) -> Aval:
         return x
-
-    def jvp(self, primals: list, tangents: list, *, dim: tuple) -> tuple[list, list]:
-        return [bind(self, primals[0], dim=dim)], [bind(self, tangents[0], dim=dim)]
 
     def transpose(self, cotangents: list, x: Any, *, dim: tuple) -> list:
         return [bind(self, cotangents[0], dim=dim)]
@@ -746,6 +723,7 @@ class Flip(Operator):
 
 class Cat(Operator):
     name = "cat"
+    linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
         if not tensors:
@@ -767,9 +745,6 @@ class Cat(Operator):
                 raise self.shape_error(f"shapes {[a.shape for a in xs]} must match except in dimension {dim}")
         size = sum(x.shape[dim] for x in xs)
         return Aval(first.shape[:dim] + (size,) + first.shape[dim + 1 :], first.dtype)
-
-    def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
-        return [bind(self, *primals, dim=dim)], [bind(self, *tangents, dim=dim)]
 
     def transpose(self, cotangents: list, *xs: Any, dim: int) -> list:
         ct = cotangents[0]
@@ -1074,6 +1049,7 @@ class GatherNd(Operator):
     """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
 
     name = "gather_nd"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, idx: Any) -> Tensor:
         return bind(self, as_tensor(x), _indices(self, idx))
@@ -1082,10 +1058,6 @@ class GatherNd(Operator):
         if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:
             raise self.shape_error(f"expected integer indices of shape (..., k) with k <= {x.ndim}, got {idx}")
         return Aval(idx.shape[:-1] + x.shape[idx.shape[-1] :], x.dtype)
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, idx = primals
-        return [bind(self, x, idx)], [bind(self, tangents[0], idx)]
 
     def transpose(self, cotangents: list, x: Any, idx: Any) -> list:
         return [scatter_nd(zeros_like(x.aval), idx, cotangents[0]), None]
@@ -1108,6 +1080,7 @@ class ScatterNd(Operator):
     """A copy of x with `updates` added at `idx` (repeated indices accumulate)."""
 
     name = "scatter_nd"
+    linear_inputs = (0, 2)
 
     def __call__(self, x: Any, idx: Any, updates: Any) -> Tensor:
         x = as_tensor(x)
@@ -1122,10 +1095,6 @@ class ScatterNd(Operator):
                 f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}"
             )
         return x
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, idx, updates = primals
-        return [bind(self, x, idx, updates)], [bind(self, tangents[0], idx, tangents[2])]
 
     def transpose(self, cotangents: list, x: Any, idx: Any, updates: Any) -> list:
         ct = cotangents[0]

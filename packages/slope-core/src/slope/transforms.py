@@ -69,13 +69,11 @@ class JVPTrace(Trace):
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
+        out_avals = op.infer(*[p.aval for p in primals], **params)
+        if not any(aval.dtype.is_float for aval in (out_avals if op.multiple_results else [out_avals])):
+            outs = bind(op, *primals, **params)  # integer and bool results have zero tangents
+            return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         if op.has_rule("jvp"):
-            out_avals = op.infer(*[p.aval for p in primals], **params)
-            out_avals = out_avals if op.multiple_results else [out_avals]
-            if not any(aval.dtype.is_float for aval in out_avals):  # integer and bool results have zero tangents
-                outs = bind(op, *primals, **params)
-                outs = outs if op.multiple_results else [outs]
-                return [JVPTracer(self, o, None) for o in outs]
             primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
         elif op.procedure is not None:
             return _run_procedure(op, tracers, params)
