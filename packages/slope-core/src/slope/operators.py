@@ -645,21 +645,23 @@ class Slice(Operator):
         ct = cotangents[0]
         shape = x.aval.shape
         for d, s in enumerate(step):
-            if s == 1:
-                continue
-            m = ct.shape[d]
-            before, after = ct.shape[:d], ct.shape[d + 1 :]
-            ct = reshape(ct, (*before, m, 1, *after))
-            ct = pad(ct, lo=(0,) * ct.ndim, hi=tuple(s - 1 if i == d + 1 else 0 for i in range(ct.ndim)))
-            ct = reshape(ct, (*before, m * s, *after))
-            keep = min(m * s, shape[d] - start[d])
-            ct = slice_(ct, (0,) * ct.ndim, tuple(keep if i == d else n for i, n in enumerate(ct.shape)))
+            if s > 1:
+                ct = _spread(ct, d, s, min(ct.shape[d] * s, shape[d] - start[d]))
         hi = tuple(n - a - c for n, a, c in zip(shape, start, ct.shape))
         return [pad(ct, lo=start, hi=hi)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
         x = move_axis(args[0], dims[0], 0)
         return [slice_(x, (0, *start), (axis_size, *stop), (1, *step))], [0]
+
+
+def _spread(x: Tensor, axis: int, factor: int, length: int) -> Tensor:
+    """x with factor - 1 zeros after each element along an axis, cut to length (a strided slice's transpose)."""
+    size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
+    x = reshape(x, (*before, size, 1, *after))
+    x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
+    x = reshape(x, (*before, size * factor, *after))
+    return slice_(x, (0,) * x.ndim, tuple(length if i == axis else n for i, n in enumerate(x.shape)))
 
 
 class Pad(Operator):
@@ -982,15 +984,7 @@ class Conv(Operator):
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
             for d, s in enumerate(stride):
                 if s > 1:
-                    axis = d + 2
-                    m = ct.shape[axis]
-                    before, after = ct.shape[:axis], ct.shape[axis + 1 :]
-                    ct = reshape(ct, (*before, m, 1, *after))
-                    ct = pad(ct, lo=(0,) * ct.ndim, hi=tuple(s - 1 if i == axis + 1 else 0 for i in range(ct.ndim)))
-                    ct = reshape(ct, (*before, m * s, *after))
-                    ct = slice_(
-                        ct, (0,) * ct.ndim, tuple((m - 1) * s + 1 if i == axis else c for i, c in enumerate(ct.shape))
-                    )
+                    ct = _spread(ct, d + 2, s, (ct.shape[d + 2] - 1) * s + 1)
             lo, hi = [], []
             for d in range(n):
                 span = dilation[d] * (kernel[d] - 1)

@@ -65,14 +65,14 @@ class JVPTrace(Trace):
 
     def run(self, op: Operator, tracers: list, params: dict) -> list:
         primals = [t.primal for t in tracers]
-        if all(t.tangent is None for t in tracers):  # known-zero tangents stay zero (no 0 * inf = nan in rules)
+        zero = all(t.tangent is None for t in tracers)  # known-zero tangents stay zero (no 0 * inf = nan in rules)
+        if not zero:  # integer and bool results have zero tangents too
+            out_avals = op.infer(*[p.aval for p in primals], **params)
+            zero = not any(aval.dtype.is_float for aval in (out_avals if op.multiple_results else [out_avals]))
+        if zero:
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
-        out_avals = op.infer(*[p.aval for p in primals], **params)
-        if not any(aval.dtype.is_float for aval in (out_avals if op.multiple_results else [out_avals])):
-            outs = bind(op, *primals, **params)  # integer and bool results have zero tangents
-            return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         if op.has_rule("jvp"):
             primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
         elif op.procedure is not None:
