@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, Callable, Sequence
 
 from . import backend as backend_module
@@ -13,8 +12,6 @@ from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, zeros_like
 from .tensors import Tensor
 from .trace import (
-    MainTrace,
-    ProgramTrace,
     Trace,
     Tracer,
     _full_raise,
@@ -646,89 +643,56 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
         self.cache: dict[tuple, tuple] = {}
-        try:
-            self.signature = inspect.signature(fn)
-        except (TypeError, ValueError):
-            self.signature = None
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
         return self if instance is None else functools.partial(self, instance)
 
-    def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
-        static = []
+    def _signature(self, args: tuple, kwargs: dict) -> tuple[tuple, list]:
+        """The cache key (tree structure, tensor avals, static and other non-tensor leaves) and the tensor leaves."""
         for n in self.static_argnums:
             if n >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
-            static.append(("arg", n, args[n]))
-        for name in self.static_argnames:
-            if name in kwargs:
-                static.append(("kwarg", name, kwargs[name]))
-        dynamic_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
-        dynamic_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
-        return dynamic_args, dynamic_kwargs, tuple(static)
-
-    def _rebuild(self, static: tuple, dynamic_args: Sequence, dynamic_kwargs: dict) -> tuple[list, dict]:
-        args = list(dynamic_args)
-        kwargs = dict(dynamic_kwargs)
-        for kind, key, value in static:
-            if kind == "arg":
-                args.insert(key, value)
-            else:
-                kwargs[key] = value
-        return args, kwargs
-
-    def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, list, tuple]:
-        dynamic_args, dynamic_kwargs, static = self._split(args, kwargs)
-        leaves, in_tree = tree.flatten((dynamic_args, dynamic_kwargs))
-        tensor_leaves, python_leaves = [], []
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, Tensor):
-                tensor_leaves.append(leaf)
-            else:
-                python_leaves.append((i, leaf))
+        args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
+        kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
+        leaves, in_tree = tree.flatten((args, kwargs), is_leaf=lambda leaf: isinstance(leaf, _Static))
+        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
+        key = (in_tree, tuple(t.aval for t in tensors), others)
         try:
-            key = (in_tree, tuple(t.aval for t in tensor_leaves), static, tuple(python_leaves))
             hash(key)
         except TypeError as error:
             raise TransformError(
                 f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
             ) from None
-        return key, tensor_leaves, (in_tree, static, python_leaves)
+        return key, tensors
 
-    def _trace(self, key: tuple, tensor_leaves: list, layout: tuple) -> tuple[Program, Any]:
-        in_tree, static, python_leaves = layout
-
-        def flat_fn(*tensors: Tensor) -> list:
-            leaves = list(tensors)
-            for i, value in python_leaves:
-                leaves.insert(i, value)
-            dynamic_args, dynamic_kwargs = tree.unflatten(in_tree, leaves)
-            args, kwargs = self._rebuild(static, dynamic_args, dynamic_kwargs)
-            out = self.fn(*args, **kwargs)
-            out_leaves, out_tree = tree.flatten(out)
-            out_tree_box.append(out_tree)
-            return out_leaves
-
-        out_tree_box: list = []
-        program = make_program(flat_fn, [t.aval for t in tensor_leaves])
-        return program, out_tree_box[0]
-
-    def _compiled(self, args: tuple, kwargs: dict) -> tuple[Any, Any, list, Any, str]:
-        key, tensor_leaves, layout = self._prepare(args, kwargs)
+    def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
+        key, tensors = self._signature(args, kwargs)
         backend = backend_module.get_backend()
-        device = tensor_leaves[0].device if tensor_leaves else backend_module.default_device()
-        full_key = (key, backend.name, device)
-        entry = self.cache.get(full_key)
+        device = tensors[0].device if tensors else backend_module.default_device()
+        entry = self.cache.get((key, backend.name, device))
         if entry is None:
-            program, out_tree = self._trace(key, tensor_leaves, layout)
+            in_tree, _, others = key
+            out_trees: list = []
+
+            def flat_fn(*traced: Tensor) -> list:
+                leaves = list(traced)
+                for i, value in others:
+                    leaves.insert(i, value.value if isinstance(value, _Static) else value)
+                call_args, call_kwargs = tree.unflatten(in_tree, leaves)
+                out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
+                out_trees.append(out_tree)
+                return out_leaves
+
+            program = make_program(flat_fn, [t.aval for t in tensors])
             executable = backend_module.compile_program(program, backend, device)
-            entry = self.cache[full_key] = (program, executable, out_tree)
-        return entry, tensor_leaves, backend, device
+            entry = self.cache[(key, backend.name, device)] = (program, executable, out_trees[0])
+        return entry, tensors, backend, device
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not is_eager():
             return self.fn(*args, **kwargs)  # inside another transformation: trace straight through
-        (program, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
+        (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         buffers = []
         for t in tensors:
             if t.backend is not backend or t.device != device:
@@ -745,21 +709,16 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return Lowered(program, executable, backend)
 
 
-__all__ = [
-    "BatchTrace",
-    "JVPTrace",
-    "MainTrace",
-    "ProgramTrace",
-    "custom_jvp",
-    "custom_vjp",
-    "grad",
-    "hessian",
-    "jacfwd",
-    "jacrev",
-    "jit",
-    "jvp",
-    "linearize",
-    "value_and_grad",
-    "vjp",
-    "vmap",
-]
+class _Static:
+    """A static argument of a jitted function: part of the cache key, passed to the function as is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
