@@ -160,10 +160,8 @@ def use_backend(name: str) -> Iterator[Backend]:
         _state["backend"] = previous
 
 
-def default_device() -> str:
-    """The device new tensors and programs go to: SLOPE_DEVICE, else cpu."""
-    backend = get_backend()
-    device = _state["device"] or os.environ.get("SLOPE_DEVICE", "cpu")
+def checked_device(backend: Backend, device: str) -> str:
+    """The device name ("cuda" means "cuda:0"), or a clear error if the backend cannot use it."""
     device = "cuda:0" if device == "cuda" else device
     if device not in backend.devices():
         raise SlopeBackendError(
@@ -171,6 +169,11 @@ def default_device() -> str:
             f"available devices: {backend.devices()}"
         )
     return device
+
+
+def default_device() -> str:
+    """The device new tensors and programs go to: SLOPE_DEVICE, else cpu."""
+    return checked_device(get_backend(), _state["device"] or os.environ.get("SLOPE_DEVICE", "cpu"))
 
 
 def set_device(device: str) -> None:
@@ -246,12 +249,7 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
     backend = get_backend()
-    device = device or default_device()
-    if device not in backend.devices():
-        default_device() if device is None else None
-        raise SlopeBackendError(
-            f"slope: device {device!r} is not available on backend {backend.name!r}; available: {backend.devices()}"
-        )
+    device = checked_device(backend, device) if device else default_device()
     if aval.dtype not in backend.dtypes:
         raise SlopeBackendError(
             f"slope.tensor: backend {backend.name!r} cannot hold dtype {aval.dtype.name} "

@@ -78,36 +78,7 @@ class Tensor:
 
     def item(self) -> Any:
         """The Python scalar held by a one-element tensor."""
-        self._concrete("Tensor.item()")
-        if self.aval.size != 1:
-            raise ValueError(
-                f"Tensor.item: only a one-element tensor converts to a Python scalar, got shape {self.shape}"
-            )
-        return self.numpy().reshape(()).item()
-
-    def float(self) -> Tensor:
-        """This tensor as float32."""
-        return functions["cast"](self, "float32")
-
-    def double(self) -> Tensor:
-        """This tensor as float64."""
-        return functions["cast"](self, "float64")
-
-    def half(self) -> Tensor:
-        """This tensor as float16."""
-        return functions["cast"](self, "float16")
-
-    def int(self) -> Tensor:
-        """This tensor as int32."""
-        return functions["cast"](self, "int32")
-
-    def long(self) -> Tensor:
-        """This tensor as int64."""
-        return functions["cast"](self, "int64")
-
-    def bool(self) -> Tensor:
-        """This tensor as bool."""
-        return functions["cast"](self, "bool")
+        return self._scalar("Tensor.item()")
 
     def contiguous(self) -> Tensor:
         """This tensor (every tensor is contiguous)."""
@@ -210,6 +181,9 @@ for _name, _function in _comparisons.items():
 for _name, _function in _arithmetic.items():
     setattr(Tensor, f"__{_name}__", _operator_method(_function))
     setattr(Tensor, f"__r{_name}__", _operator_method(_function, reflected=True))
+for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
+                        "long": "int64", "bool": "bool"}.items():  # fmt: skip
+    setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))
 Tensor.__neg__ = lambda self: functions["neg"](self)
 Tensor.__abs__ = lambda self: functions["abs"](self)
 Tensor.__invert__ = lambda self: functions["invert"](self)
