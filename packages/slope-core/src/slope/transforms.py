@@ -358,7 +358,7 @@ def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
     if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
         return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
     if isinstance(axes, dict) and isinstance(value, dict) and axes.keys() == value.keys():
-        return [a for k in sorted(value, key=repr) for a in _axes_for_leaves(name, axes[k], value[k])]
+        return [a for k in tree.sorted_keys(value) for a in _axes_for_leaves(name, axes[k], value[k])]
     raise TransformError(f"slope.{name}: axes {axes!r} do not match the structure of the arguments")
 
 
@@ -654,7 +654,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
         args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
         kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        leaves, in_tree = tree.flatten((args, kwargs), is_leaf=lambda leaf: isinstance(leaf, _Static))
+        leaves, in_tree = tree.flatten((args, kwargs))  # a _Static is not a pytree node, so it is one leaf
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
         key = (in_tree, tuple(t.aval for t in tensors), others)

@@ -75,11 +75,22 @@ def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
 
 register(tuple, lambda t: (list(t), None), lambda aux, ch: tuple(ch))
 register(list, lambda t: (list(t), None), lambda aux, ch: list(ch))
-register(
-    dict,
-    lambda d: ([d[k] for k in sorted(d, key=repr)], tuple(sorted(d, key=repr))),
-    lambda aux, ch: dict(zip(aux, ch)),
-)
+
+
+def sorted_keys(d: dict) -> list:
+    """A dict's keys in the order pytrees visit them (sorted, or by their text when types are mixed)."""
+    try:
+        return sorted(d)
+    except TypeError:
+        return sorted(d, key=repr)
+
+
+def _flatten_dict(d: dict) -> tuple[list, tuple]:
+    keys = sorted_keys(d)
+    return [d[k] for k in keys], tuple(keys)
+
+
+register(dict, _flatten_dict, lambda aux, ch: dict(zip(aux, ch)))
 register(type(None), lambda n: ([], None), lambda aux, ch: None)
 
 
@@ -96,7 +107,7 @@ def _flatten(value: Any, leaves: list, is_leaf: Callable | None) -> TreeDef:
         leaves.append(value)
         return LEAF
     children, aux = functions[0](value)
-    return TreeDef(type(value), aux, tuple(_flatten(child, leaves, is_leaf) for child in children))
+    return TreeDef(type(value), aux, tuple([_flatten(child, leaves, is_leaf) for child in children]))
 
 
 def unflatten(treedef: TreeDef, leaves: Any) -> Any:
