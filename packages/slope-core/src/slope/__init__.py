@@ -20,7 +20,7 @@ from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int
 from .ir import Aval, Instruction, Program, Var
 from .operator import DTypeError, Operator, ShapeError, SlopeError, UndefinedPrimal
 from .random import manual_seed
-from .tensors import Tensor, functions
+from .tensors import Tensor, functions, missing_function_hint
 from .trace import SlopeTraceError, bind
 from .transforms import (
     TransformError,
@@ -67,7 +67,7 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module(f"slope.{name}")
-    raise AttributeError(f"module 'slope' has no attribute {name!r}")
+    raise AttributeError(f"module 'slope' has no attribute {name!r}{missing_function_hint(name)}")
 
 
 def __dir__() -> list[str]:

@@ -13,6 +13,13 @@ from .ir import Aval
 functions: dict[str, Any] = {}
 
 
+def missing_function_hint(name: str) -> str:
+    """Why a slope function may be missing: operators and procedures come from installed plugins."""
+    if name.startswith("_"):
+        return ""
+    return "; functions come from installed plugins (`slope info` lists them), the neural-network ones from slope-nn"
+
+
 class Tensor:
     """An n-dimensional array. Concrete tensors hold a backend buffer; tracers (subclasses) stand for traced values."""
 
@@ -125,6 +132,9 @@ class Tensor:
         if not self.shape:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"'Tensor' object has no attribute {name!r}{missing_function_hint(name)}")
 
     def __hash__(self) -> int:
         return id(self)
