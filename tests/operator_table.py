@@ -1203,6 +1203,110 @@ add(
         FLOATS,
     )
 )
+
+
+def np_pool_argmax(x, kernel, stride=None, padding=0, dilation=1):
+    """The flat position (in the pooled dimensions) of each window's first maximum, PyTorch's max_pool indices."""
+    n = len(kernel)
+    stride = kernel if stride is None else (stride,) * n if isinstance(stride, int) else stride
+    padding = (padding,) * n if isinstance(padding, int) else padding
+    dilation = (dilation,) * n if isinstance(dilation, int) else dilation
+    lead, spatial = x.shape[: x.ndim - n], x.shape[x.ndim - n :]
+    padded = np.pad(x, [(0, 0)] * len(lead) + [(p, p) for p in padding], constant_values=-np.inf)
+    positions = np.pad(np.arange(np.prod(spatial)).reshape(spatial), [(p, p) for p in padding], constant_values=-1)
+    out_shape = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in zip(spatial, kernel, stride, padding,
+                                                                                      dilation)]  # fmt: skip
+    out = np.zeros(lead + tuple(out_shape), np.int64)
+    for position in np.ndindex(*out_shape):
+        window = tuple(slice(o * st, o * st + d * (k - 1) + 1, d) for o, st, d, k in zip(position, stride, dilation,
+                                                                                          kernel))  # fmt: skip
+        values = padded[(Ellipsis, *window)].reshape(lead + (-1,))
+        out[(Ellipsis, *position)] = positions[window].reshape(-1)[np.argmax(values, -1)]  # argmax: first maximum
+    return out
+
+
+def argmax_case(x: Data, label: str, kernel, stride=None, padding=0, dilation=1) -> Case:
+    kernel_tuple = kernel if isinstance(kernel, tuple) else (kernel,) * max(len(x.shape) - 2, 1)
+    return Case(
+        [x],
+        lambda a: np_pool_argmax(a, kernel_tuple, stride, padding, dilation),
+        params=(kernel,),
+        kwargs={"stride": stride, "padding": padding, "dilation": dilation},
+        label=label,
+    )
+
+
+add(
+    Row(
+        "max_pool_argmax",
+        [
+            argmax_case(DISTINCT.with_shape((1, 2, 5, 4)), "2-d kernel 3, stride 2, padding 1", 3, 2, 1),
+            argmax_case(Data(shape=(2, 2, 4, 4), choices=(-1.0, 0.5)), "2-d tiles, ties go to the first", 2),
+            argmax_case(DISTINCT.with_shape((2, 1, 7)), "1-d dilation 2", 2, 1, 0, 2),
+            argmax_case(DISTINCT.with_shape((3, 5, 5)), "unbatched tuple kernel, uneven tiles", (2, 2)),
+        ],
+        FLOATS,
+        out_dtype=always(slope.int64),
+    )
+)
+add(
+    Row(
+        "take_along_dim",
+        [
+            Case(
+                [Data(shape=(3, 4)), Fixed(np.array([[0, 3, 3], [1, 0, 2], [2, 2, 0]]))],
+                lambda x, i: np.take_along_axis(x, i, 1),
+                params=(1,),
+                label="dim 1, repeats",
+            ),
+            Case(
+                [Data(shape=(3, 2, 2)), Fixed(np.array([[[2, 0]], [[1, 1]]]))],
+                lambda x, i: np.take_along_axis(x, i, 0),
+                kwargs={"dim": 0},
+                label="dim 0",
+            ),
+            Case(
+                [Data(shape=(2, 4)), Fixed(np.array([[3, 0, 1]]))],
+                lambda x, i: np.take_along_axis(x, np.broadcast_to(i, (2, 3)), -1),
+                label="index broadcast",
+            ),
+        ],
+        ALL_DTYPES,
+    )
+)
+
+
+def np_scatter_add(x, dim, index, src):
+    out = x.copy()
+    grids = list(np.indices(index.shape, sparse=True))
+    grids[dim] = index
+    np.add.at(out, tuple(grids), src)
+    return out
+
+
+def scatter_add_case(x_shape, index, dim: int, label: str, unique: bool = False) -> Case:
+    kwargs = {"unique_indices": True} if unique else {}
+    return Case(
+        [Data(shape=x_shape), Fixed(np.array(index)), Data(shape=np.shape(index))],
+        lambda x, i, src: np_scatter_add(x, dim, i, src),
+        call=lambda x, i, src: slope.scatter_add(x, dim, i, src, **kwargs),
+        method_call=lambda x, i, src: x.scatter_add(dim, i, src, **kwargs),
+        label=label,
+    )
+
+
+add(
+    Row(
+        "scatter_add",
+        [
+            scatter_add_case((3, 4), [[0, 3, 3], [1, 0, 2], [2, 2, 0]], 1, "dim 1, repeats accumulate"),
+            scatter_add_case((3, 2), [[2, 0], [0, 0]], 0, "dim 0, fewer rows"),
+            scatter_add_case((2, 5), [[4, 0], [1, 3]], 1, "unique indices", unique=True),
+        ],
+        NUMBERS,
+    )
+)
+
 add(
     Row(
         "avg_pool",

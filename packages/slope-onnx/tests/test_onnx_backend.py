@@ -325,3 +325,51 @@ def test_session_options_are_recorded_in_json_for_the_report(onnx_backend, tmp_p
     providers = executable.session.get_providers()
     (tmp_path / "providers.json").write_text(json.dumps(providers))
     assert providers == ["CPUExecutionProvider"]
+
+
+def _cnn_loss(params: tuple, x: slope.Tensor, pool: dict, conv: dict) -> slope.Tensor:
+    w1, b1, w2, b2 = params
+    h = slope.max_pool(slope.relu(slope.conv(x, w1, b1, **conv)), **pool)
+    h = slope.max_pool(slope.relu(slope.conv(h, w2, b2, **conv)), **pool)
+    return (h * h).sum()
+
+
+@pytest.mark.parametrize(
+    ("channels", "pool", "conv"),
+    [
+        (1, {"kernel_size": 2}, {}),  # the benchmark's layers: tiles, a 1-channel first layer
+        (3, {"kernel_size": 3, "stride": 2, "padding": 1}, {"padding": 1}),  # overlapping windows accumulate
+        (2, {"kernel_size": 2, "stride": 3}, {"dilation": 2, "padding": ((1, 0), (2, 1))}),
+    ],
+)
+def test_cnn_gradients_match_numpy_through_the_graph_rewrites(channels, pool, conv):
+    """Conv bias fusion, Col2Im input gradients, per-image weight gradients, MaxPool indices with MaxUnpool or
+    ScatterElements and the ReLU mask moved before the unpooling: the same gradients as the NumPy backend."""
+    rng = np.random.default_rng(channels)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in [(4, channels, 3, 3), (4,), (5, 4, 3, 3), (5,)]]
+    images = rng.standard_normal((3, channels, 17, 16)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            params, x = tuple(slope.tensor(a) for a in arrays), slope.tensor(images)
+            step = slope.jit(slope.value_and_grad(lambda p, a: _cnn_loss(p, a, pool, conv)))
+            value, grads = step(params, x)
+            results[backend] = [value.numpy(), *(g.numpy() for g in grads)]
+    for expected, got in zip(*results.values()):
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+
+
+def test_cnn_step_graph_uses_the_fast_forms():
+    rng = np.random.default_rng(0)
+    shapes = [(8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,)]
+    params = tuple(slope.tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes)
+    x = slope.tensor(rng.standard_normal((4, 1, 28, 28)).astype(np.float32))
+    grad = slope.jit(slope.grad(lambda p, a: _cnn_loss(p, a, {"kernel_size": 2}, {})))
+    nodes = [node for node in grad.lower(params, x).executable.model.graph.node]
+    kinds = [node.op_type for node in nodes]
+    assert "Col2Im" in kinds  # the second convolution's input gradient
+    assert kinds.count("MaxPool") == 2 and kinds.count("MaxUnpool") == 2
+    assert [len(node.input) for node in nodes if node.op_type == "Conv"] == [3, 3]  # biases fused into the Convs
+    assert "Mod" not in kinds and "ScatterElements" not in kinds
+    wheres = [node for node in nodes if node.op_type == "Where"]
+    assert all(node.output[0] in {n.input[0] for n in nodes if n.op_type == "MaxUnpool"} for node in wheres[-2:])

@@ -91,18 +91,9 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     missing = [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]
     if missing:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
-    constants = program.constant_values
-
-    def replay(*inputs: Tensor) -> list[Tensor]:
-        consts = inputs[: len(constants)]
-        rebuilt = Program(program.inputs, program.instructions, program.outputs, program.constants, list(consts))
-        return eval_program(rebuilt, list(inputs[len(constants) :]))
-
-    avals = [v.aval for v in program.constants] + program.in_avals
-    lowered = make_program(replay, avals, lower_for=frozenset(supported))
-    # the replayed constants came in as inputs: turn them back into constants
-    constant_vars = lowered.inputs[: len(constants)]
-    lowered = Program(lowered.inputs[len(constants) :], lowered.instructions, lowered.outputs, constant_vars, constants)
+    # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
+    replay = lambda *inputs: eval_program(program, list(inputs))  # noqa: E731
+    lowered = make_program(replay, program.in_avals, lower_for=frozenset(supported))
     return dead_code_elimination(lowered)
 
 

@@ -1,10 +1,13 @@
-"""`import slope.nn as nn`: the slope-nn distribution (modules, layers, losses, optimizers), re-exported."""
+"""`import slope.nn as nn`: the slope-nn distribution (modules, layers, losses, optimizers), re-exported;
+`slope.nn.functional` is `slope_nn.functional`."""
 
 from __future__ import annotations
 
+import sys
+
 try:
     from slope_nn import *  # noqa: F403
-    from slope_nn import __all__, __version__  # noqa: F401
+    from slope_nn import __all__, __version__, functional  # noqa: F401
 except ImportError as error:
     if getattr(error, "name", None) not in ("slope_nn", None):
         raise
@@ -12,3 +15,4 @@ except ImportError as error:
         "slope.nn needs the slope-nn distribution: install it with `pip install slope-nn` "
         "(or `pip install slope-core[nn]`)"
     ) from error
+sys.modules[f"{__name__}.functional"] = functional  # so `import slope.nn.functional as F` works

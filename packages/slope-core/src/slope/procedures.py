@@ -11,7 +11,7 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .ir import Aval
-from .operator import DTypeError, ShapeError, UndefinedPrimal
+from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
@@ -175,50 +175,6 @@ def tan(x: Any) -> Tensor:
     """Tangent."""
     x = _float(x)
     return ops.sin(x) / cos(x)
-
-
-@procedure
-def sigmoid(x: Any) -> Tensor:
-    """1 / (1 + exp(-x))."""
-    x = _float(x)
-    return 1.0 / (1.0 + ops.exp(-x))
-
-
-@procedure
-def relu(x: Any) -> Tensor:
-    """max(x, 0) (gradient 0 at 0, as PyTorch)."""
-    x = as_tensor(x)
-    return where(x > 0, x, constant(0, x.dtype, x.shape))
-
-
-@procedure
-def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
-    """x where x > 0, else negative_slope * x."""
-    x = _float(x)
-    return where(x > 0, x, x * negative_slope)
-
-
-@procedure
-def gelu(x: Any, approximate: str = "none") -> Tensor:
-    """Gaussian error linear unit (exact with erf, or approximate="tanh")."""
-    x = _float(x)
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
-    return 0.5 * x * (1.0 + ops.erf(x * (1 / math.sqrt(2))))
-
-
-@procedure
-def silu(x: Any) -> Tensor:
-    """x * sigmoid(x)."""
-    x = _float(x)
-    return x * sigmoid(x)
-
-
-@procedure
-def softplus(x: Any, beta: float = 1.0) -> Tensor:
-    """log(1 + exp(beta x)) / beta, computed stably."""
-    x = _float(x) * beta
-    return (relu(x) + ops.log(1.0 + ops.exp(-abs_(x)))) / beta
 
 
 @procedure
@@ -508,34 +464,6 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 
 @procedure
-def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """log(sum(exp(x))), computed stably."""
-    x = _float(x)
-    dim = normalize_dims("logsumexp", dim, x.ndim)
-    top = ops.stop_gradient(ops.max_(x, dim, keepdim=True))
-    top = where(isinf(top), constant(0.0, x.dtype, top.shape), top)
-    out = ops.log(ops.sum_(ops.exp(x - top), dim, keepdim=True)) + top
-    return out if keepdim else out.reshape(ops.sum_(x, dim).shape)
-
-
-@procedure
-def softmax(x: Any, dim: int = -1) -> Tensor:
-    """exp(x) normalised to sum to 1 along dim."""
-    x = _float(x)
-    dim = normalize_dims("softmax", dim, x.ndim)
-    e = ops.exp(x - ops.stop_gradient(ops.max_(x, dim, keepdim=True)))
-    return e / ops.sum_(e, dim, keepdim=True)
-
-
-@procedure
-def log_softmax(x: Any, dim: int = -1) -> Tensor:
-    """x - logsumexp(x) along dim."""
-    x = _float(x)
-    dim = normalize_dims("log_softmax", dim, x.ndim)
-    return x - logsumexp(x, dim, keepdim=True)
-
-
-@procedure
 def cumsum(x: Any, dim: int = 0) -> Tensor:
     """Running sum along a dimension (log-step scan of shifted adds)."""
     x = as_tensor(x)
@@ -721,19 +649,6 @@ def triu(x: Any, diagonal: int = 0) -> Tensor:
     return where(_triangle_mask(x, diagonal, False), x, constant(0, x.dtype, x.shape))
 
 
-@procedure
-def one_hot(x: Any, num_classes: int = -1) -> Tensor:
-    """Integer class indices as one-hot int64 vectors along a new last dimension."""
-    x = as_tensor(x)
-    if x.dtype.is_float:
-        raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
-    if num_classes < 0:
-        num_classes = int(x.max().item()) + 1
-    _check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
-    classes = ops.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
-    return cast(unsqueeze(x, -1) == classes, dtypes.int64)
-
-
 # ----------------------------------------------------------------------------------------------- indexing
 
 
@@ -876,128 +791,3 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     ]
     coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
     return ops.gather_nd(x, stack(coords, -1))
-
-
-# ----------------------------------------------------------------------------------------------- neural network
-
-
-@procedure
-def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight.T + bias (PyTorch's F.linear)."""
-    out = ops.matmul(x, transpose(weight, -1, -2))
-    return out if bias is None else out + bias
-
-
-def _conv_params(n: int, value: Any) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
-@procedure
-def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
-                   groups: int = 1, dilation: Any = 1) -> Tensor:  # fmt: skip
-    """Transposed convolution (PyTorch's conv_transpose): weight (C_in, C_out/groups, *kernel)."""
-    x, weight = as_tensor(x), as_tensor(weight)
-    n = x.ndim - 2
-    if n < 1 or weight.ndim != x.ndim or weight.shape[0] != x.shape[1]:
-        raise ShapeError(f"slope.conv_transpose: input {x.shape} does not fit weight {weight.shape} (C_in first)")
-    stride, padding = _conv_params(n, stride), _conv_params(n, padding)
-    output_padding, dilation = _conv_params(n, output_padding), _conv_params(n, dilation)
-    spatial = tuple(
-        (s - 1) * st - 2 * p + d * (k - 1) + op + 1
-        for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding)
-    )
-    input_aval = Aval((x.shape[0], weight.shape[1] * groups, *spatial), x.dtype)
-    params = {"stride": stride, "padding": tuple((p, p) for p in padding), "dilation": dilation, "groups": groups}
-    out = ops.conv.transpose([x], UndefinedPrimal(input_aval), weight, **params)[0]
-    return out if bias is None else out + as_tensor(bias).reshape((-1,) + (1,) * n)
-
-
-def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple, fill: float) -> Tensor:
-    """Stack every kernel offset's strided view along a new last dimension."""
-    n = len(kernel)
-    lead = x.ndim - n
-    if any(padding):
-        x = ops.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + padding, value=fill)
-    out = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(x.shape[lead:], kernel, stride, dilation)]
-    views = []
-    for offset in np.ndindex(*kernel):
-        begin = [o * d for o, d in zip(offset, dilation)]
-        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, out, stride)]
-        views.append(ops.slice_(x, (0,) * lead + tuple(begin), x.shape[:lead] + tuple(end), (1,) * lead + stride))
-    return stack(views, -1)
-
-
-def _pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> tuple:
-    n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
-    kernel = _conv_params(n, kernel_size)
-    stride = kernel if stride is None else _conv_params(n, stride)
-    padding, dilation = _conv_params(n, padding), _conv_params(n, dilation)
-    if x.ndim < n:
-        raise ShapeError(f"slope.{name}: a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}")
-    for size, k, p, d in zip(x.shape[x.ndim - n :], kernel, padding, dilation):
-        if size + 2 * p < d * (k - 1) + 1:
-            raise ShapeError(
-                f"slope.{name}: kernel {kernel} (dilation {dilation}) is larger than the input of shape {x.shape} "
-                f"with padding {padding}"
-            )
-    return kernel, stride, padding, dilation
-
-
-@procedure
-def max_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:
-    """Max pooling over the trailing spatial dimensions (N-d; stride defaults to the kernel size)."""
-    x = as_tensor(x)
-    kernel, stride, padding, dilation = _pool_args("max_pool", x, kernel_size, stride, padding, dilation)
-    n = len(kernel)
-    lead = x.ndim - n
-    spatial = x.shape[lead:]
-    tiles = stride == kernel and not any(padding) and set(dilation) == {1}
-    if tiles and all(s % k == 0 for s, k in zip(spatial, kernel)):  # non-overlapping windows: one reshape
-        split_shape = [v for s, k in zip(spatial, kernel) for v in (s // k, k)]
-        x = x.reshape((*x.shape[:lead], *split_shape))
-        return ops.max_(x, tuple(lead + 2 * i + 1 for i in range(n)))
-    return ops.max_(_pool_windows(x, kernel, stride, padding, dilation, -math.inf), -1)
-
-
-@procedure
-def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
-    """Average pooling (padding counts as zeros, as PyTorch's default)."""
-    x = _float(x)
-    kernel, stride, padding, dilation = _pool_args("avg_pool", x, kernel_size, stride, padding, 1)
-    return mean(_pool_windows(x, kernel, stride, padding, dilation, 0.0), -1)
-
-
-@procedure
-def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
-    """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
-    logits, target = _float(logits), as_tensor(target)
-    class_dim = 1 if logits.ndim > 1 else 0
-    classes = logits.shape[class_dim]
-    logp = log_softmax(logits, class_dim)
-    if target.dtype.is_float:
-        if target.shape != logits.shape:
-            raise ShapeError(
-                f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
-            )
-        probs = target
-    else:
-        expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
-        if target.shape != expected:
-            raise ShapeError(
-                f"slope.cross_entropy: class-index targets of shape {target.shape} do not fit logits of shape "
-                f"{logits.shape} (expected {expected})"
-            )
-        _check_indices("cross_entropy", target, 0, classes, f"logits of shape {logits.shape} ({classes} classes)")
-        probs = cast(one_hot(target, classes), logits.dtype)
-        if class_dim == 1 and logits.ndim > 2:
-            probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
-    if label_smoothing:
-        probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
-    losses = -ops.sum_(probs * logp, class_dim)
-    if reduction == "mean":
-        return mean(losses)
-    if reduction == "sum":
-        return ops.sum_(losses)
-    if reduction == "none":
-        return losses
-    raise ValueError(f"slope.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -1,8 +1,9 @@
-"""slope.nn: modules, layers, losses, initializers, functional optimizers, checkpoints and datasets for Slope."""
+"""slope.nn: modules, layers, losses, initializers, functional optimizers, checkpoints and datasets for Slope, and
+the neural-network functions and operators (`slope.nn.functional`) it registers as `slope.relu`, `slope.max_pool`, ..."""
 
 from __future__ import annotations
 
-from . import checkpoint, datasets, init, losses, optim
+from . import checkpoint, datasets, functional, init, losses, optim
 from .checkpoint import load, save
 from .layers import (
     GELU,
@@ -107,6 +108,7 @@ __all__ = [
     "cross_entropy",
     "datasets",
     "dropout",
+    "functional",
     "grad",
     "init",
     "leaf_kinds",

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import slope
 from slope import Tensor
 
-from . import init
+from . import functional, init
 from .module import Module, next_key
 
 __all__ = [
@@ -82,7 +82,7 @@ class Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the affine map to the last dimension."""
-        return slope.linear(x, self.weight, self.bias)
+        return functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -186,8 +186,8 @@ class _ConvTransposeNd(Module):
         unbatched = x.ndim == self.spatial_dims + 1
         if unbatched:
             x = x.unsqueeze(0)
-        out = slope.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                   self.groups, self.dilation)  # fmt: skip
+        out = functional.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                        self.groups, self.dilation)  # fmt: skip
         return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:
@@ -227,8 +227,8 @@ class _PoolNd(Module):
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
         if self.mode == "max":
-            return slope.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        return slope.avg_pool(x, self.kernel_size, self.stride, self.padding)
+            return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        return functional.avg_pool(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -525,7 +525,7 @@ class MultiHeadAttention(Module):
         if key_padding_mask is not None:
             padding = key_padding_mask.reshape((key_padding_mask.shape[0], 1, 1, source))
             scores = slope.where(padding, -math.inf, scores)
-        weights = scores.softmax(-1)
+        weights = functional.softmax(scores, -1)
         attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
         batch = attended.shape[0]
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
@@ -626,7 +626,7 @@ class ReLU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.relu(x)
+        return functional.relu(x)
 
 
 class LeakyReLU(Module):
@@ -638,7 +638,7 @@ class LeakyReLU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.leaky_relu(x, self.negative_slope)
+        return functional.leaky_relu(x, self.negative_slope)
 
 
 class GELU(Module):
@@ -650,7 +650,7 @@ class GELU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.gelu(x, self.approximate)
+        return functional.gelu(x, self.approximate)
 
 
 class SiLU(Module):
@@ -658,7 +658,7 @@ class SiLU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.silu(x)
+        return functional.silu(x)
 
 
 class Sigmoid(Module):
@@ -666,7 +666,7 @@ class Sigmoid(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.sigmoid(x)
+        return functional.sigmoid(x)
 
 
 class Tanh(Module):
@@ -686,7 +686,7 @@ class Softplus(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return slope.softplus(x, self.beta)
+        return functional.softplus(x, self.beta)
 
 
 class Softmax(Module):
@@ -698,7 +698,7 @@ class Softmax(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the softmax."""
-        return slope.softmax(x, self.dim)
+        return functional.softmax(x, self.dim)
 
 
 class LogSoftmax(Module):
@@ -710,7 +710,7 @@ class LogSoftmax(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the log-softmax."""
-        return slope.log_softmax(x, self.dim)
+        return functional.log_softmax(x, self.dim)
 
 
 class Flatten(Module):

@@ -7,6 +7,7 @@ from typing import Any
 import slope
 from slope import Tensor
 
+from . import functional
 from .module import Module
 
 __all__ = [
@@ -42,7 +43,7 @@ def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:  # noqa
 
 def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits (N, C, ...) with class indices (N, ...) or probabilities (N, C, ...)."""
-    return slope.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
+    return functional.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def nll(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
@@ -54,7 +55,7 @@ def nll(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     expected = log_probs.shape[:class_dim] + log_probs.shape[class_dim + 1 :]
     if target.shape != expected:
         raise ValueError(f"slope.nn.nll: target of shape {target.shape} does not fit input {log_probs.shape}")
-    picked = slope.one_hot(target, log_probs.shape[class_dim]).astype(log_probs.dtype)
+    picked = functional.one_hot(target, log_probs.shape[class_dim]).astype(log_probs.dtype)
     if class_dim == 1 and log_probs.ndim > 2:
         picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
     return _reduce("nll", -(picked * log_probs).sum(class_dim), reduction)
@@ -86,8 +87,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor 
     """Binary cross-entropy of sigmoid(input), computed stably from the logits."""
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
     _check_same_shape("binary_cross_entropy_with_logits", input, target)
-    log_sigmoid = -slope.softplus(-input)  # log(sigmoid(x))
-    log_not_sigmoid = -slope.softplus(input)  # log(1 - sigmoid(x))
+    log_sigmoid = -functional.softplus(-input)  # log(sigmoid(x))
+    log_not_sigmoid = -functional.softplus(input)  # log(1 - sigmoid(x))
     positive = target * log_sigmoid if pos_weight is None else pos_weight * target * log_sigmoid
     losses = -(positive + (1.0 - target) * log_not_sigmoid)
     if weight is not None:

@@ -70,6 +70,7 @@ class OnnxGraph:
         self.dtypes: dict[str, DType] = {}  # slope dtypes of instruction outputs and inputs
         self.producers: dict[str, onnx.NodeProto] = {}
         self.narrower: dict[str, str] = {}  # name -> a name that broadcasts to it (Expand input, leading-1 reshape)
+        self.padded: dict[str, tuple] = {}  # name -> (source, lo, hi, value): a constant padding of source
         self._constants: dict[tuple, str] = {}
         self._count = 0
 
@@ -300,7 +301,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
     `x @ w.T + b` becomes one Gemm(x, w, b, transB=1); a weight update `w - lr * (a.T @ b).T` becomes one
     Gemm(b, a, w, transA=1, alpha=-lr). Reverse mode produces these transposes and scalings everywhere; onnxruntime
     fuses only some of them (its MatMul+Add fusion misses transposed operands). A reduction with keepdims=1 whose only
-    use is a reshape dropping those axes becomes the reduction with keepdims=0.
+    use is a reshape dropping those axes becomes the reduction with keepdims=0. A per-channel bias added to a Conv
+    becomes the Conv's bias input (onnxruntime then fuses a following Relu into the Conv as well).
     """
     uses: dict[str, int] = {}
     for node in nodes:
@@ -345,6 +347,68 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             return None
         squeezed = tuple(size for i, size in enumerate(kept) if i not in set(axes.tolist()))
         return node if squeezed == graph.shapes.get(reshape.output[0]) else None
+
+    def conv_bias(add: onnx.NodeProto) -> tuple[int, str] | None:
+        """(index of the single-use, bias-free Conv that `add` adds a per-channel bias to, the bias), else None."""
+        for position in (0, 1):
+            index = producer.get(add.input[position])
+            conv = result[index] if index is not None else None
+            if conv is None or conv.op_type != "Conv" or len(conv.input) != 2 or uses.get(add.input[position]) != 1:
+                continue
+            conv_shape, bias = graph.shapes.get(conv.output[0]), add.input[1 - position]
+            bias_shape = graph.shapes.get(bias)
+            if conv_shape is None or bias_shape is None or len(bias_shape) > len(conv_shape):
+                continue
+            channels = (1,) * (len(conv_shape) - len(bias_shape)) + tuple(bias_shape)
+            if channels[1:] == (conv_shape[1],) + (1,) * (len(conv_shape) - 2) and channels[0] == 1:
+                source = producer.get(bias)  # a reshape of the 1-D bias: read the bias itself
+                source_node = result[source] if source is not None else None
+                if source_node is not None and source_node.op_type == "Reshape":
+                    if graph.shapes.get(source_node.input[0]) == (conv_shape[1],):
+                        bias = source_node.input[0]
+                return index, bias
+        return None
+
+    def produced(name: str) -> tuple[str, onnx.NodeProto | None]:
+        """The name behind any reshapes of `name`, and the node that makes it."""
+        index = producer.get(name)
+        node = result[index] if index is not None else None
+        while node is not None and node.op_type == "Reshape":
+            name = node.input[0]
+            index = producer.get(name)
+            node = result[index] if index is not None else None
+        return name, node
+
+    def masked_unpool(where: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """Where(T > c, unpool(S, I), 0) where I are MaxPool(T)'s indices, as unpool(Where(MaxPool(T) > c, S, 0), I):
+        at each position the unpooling writes, T equals its window's maximum, so the mask can be taken on the pooled
+        values (a ReLU's gradient behind a max pool's: a quarter of the work for 2x2 windows)."""
+        condition, written, zero = where.input
+        zero_value = graph.value(zero)
+        _, test = produced(condition)
+        _, unpool = produced(written)
+        if zero_value is None or zero_value.size != 1 or zero_value.reshape(-1)[0] != 0:
+            return None
+        if test is None or test.op_type != "Greater" or unpool is None or unpool.op_type != "MaxUnpool":
+            return None
+        indices, pool = produced(unpool.input[1])
+        if pool is None or pool.op_type != "MaxPool" or list(pool.output)[1:] != [indices]:
+            return None
+        bound = graph.value(test.input[1])
+        pooled, values = test.input[0], unpool.input[0]
+        shape = graph.shapes.get(values)
+        if pool.input[0] != pooled or bound is None or bound.size != 1 or shape is None or uses.get(written) != 1:
+            return None
+        if graph.shapes.get(pooled) != graph.shapes.get(where.output[0]) or graph.shapes.get(pool.output[0]) is None:
+            return None
+        maxima = helper.make_node("Reshape", [pool.output[0], graph.int64s(shape)], [graph.fresh("reshape")])
+        mask = helper.make_node("Greater", [maxima.output[0], test.input[1]], [graph.fresh("greater")])
+        masked = helper.make_node("Where", [mask.output[0], values, zero], [graph.fresh("where")])
+        unpooled = helper.make_node("MaxUnpool", [masked.output[0], *unpool.input[1:]], [graph.fresh("maxunpool")],
+                                    **{a.name: helper.get_attribute_value(a) for a in unpool.attribute})  # fmt: skip
+        reshaped = graph.int64s(graph.shapes[where.output[0]])
+        return [maxima, mask, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
+                                                                  list(where.output))]  # fmt: skip
 
     def scalar(name: str) -> float | None:
         value = graph.value(name)
@@ -395,6 +459,23 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             reduction = result[index]
             result[index] = None
             node = helper.make_node(reduction.op_type, list(reduction.input), list(node.output), keepdims=0)
+        elif op == "Add" and len(node.input) == 2 and conv_bias(node) is not None:
+            index, bias = conv_bias(node)
+            conv = result[index]
+            if graph.shapes.get(bias) != (graph.shapes[conv.output[0]][1],):
+                reshape = helper.make_node("Reshape", [bias, graph.int64s(graph.shapes[conv.output[0]][1:2])],
+                                           [graph.fresh("reshape")])  # fmt: skip
+                producer[reshape.output[0]] = len(result)
+                result.append(reshape)
+                bias = reshape.output[0]
+            result[index] = None
+            node = helper.make_node("Conv", [*conv.input, bias], [out], **{a.name: helper.get_attribute_value(a)
+                                                                          for a in conv.attribute})  # fmt: skip
+        elif op == "Where" and masked_unpool(node) is not None:
+            *before, node = masked_unpool(node)
+            for extra in before:
+                producer[extra.output[0]] = len(result)
+                result.append(extra)
         elif op in ("Add", "Sub") and len(node.input) == 2:
             for position in (0, 1):
                 index = single_use_gemm(node.input[position])
@@ -410,7 +491,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 else:  # gemm - other
                     node = replace(node, index, [*gemm.input, other], beta=-1.0)
                 break
-        producer[node.output[0]] = len(result)
+        for name in node.output:
+            producer[name] = len(result)
         result.append(node)
     return [node for node in result if node is not None]
 

@@ -272,6 +272,13 @@ def _slice(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str
 
 
 def _pad(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    params = instruction.params
+    result = _padded(graph, inputs, instruction)
+    graph.padded[result] = (inputs[0], params["lo"], params["hi"], params["value"])
+    return result
+
+
+def _padded(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     params = instruction.params
     shape = list(_in(instruction).shape)
@@ -349,15 +356,91 @@ def _matmul(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     params = instruction.params
+    transposed = _as_transposed_conv(graph, inputs, instruction)
+    if transposed is not None:
+        return transposed
     kernel, positions = math.prod(_in(instruction, 1).shape[2:]), math.prod(out.shape[2:])
     if out.dtype in (slope.float32, slope.float64) and params["groups"] == 1 and kernel > 4 * positions:
         # a kernel larger than its output (a weight gradient): onnxruntime's Conv is slow there, one GEMM is not
-        return _conv_by_positions(graph, inputs, instruction)
+        return (
+            _weight_gradient_per_image(graph, inputs, instruction)
+            or _weight_gradient_images_last(graph, inputs, instruction)
+            or _conv_by_positions(graph, inputs, instruction)
+        )
     if out.dtype == slope.float64:  # no float64 kernel: an exact im2col with a float64 MatMul
         return _conv_im2col(graph, inputs, instruction)
     pads = [lo for lo, _ in params["padding"]] + [hi for _, hi in params["padding"]]
     return emit(graph, "Conv", inputs, out.dtype, out.shape, strides=list(params["stride"]), pads=pads,
                 dilations=list(params["dilation"]), group=params["groups"])  # fmt: skip
+
+
+def _as_transposed_conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
+    """A convolution's input gradient (the transpose of a conv), as one GEMM and a Col2Im; else None.
+
+    Reverse mode computes it as conv(pad(ct), flip(swap(w))): a stride-1 conv, over a zero-padded cotangent, with the
+    kernel flipped and its channel axes swapped. That equals ConvTranspose(ct, w): w^T @ ct for every image (one
+    GEMM) folded back into the images (Col2Im), 30-40% faster than onnxruntime's Conv here, and the padded copy of the
+    cotangent is never made. Only float32 2-d convolutions with groups=1 (onnxruntime's Col2Im runs those).
+    """
+    out, params = _out(instruction), instruction.params
+    if out.dtype != slope.float32 or out.ndim != 4 or params["groups"] != 1 or params["stride"] != (1, 1):
+        return None
+    if any(lo or hi for lo, hi in params["padding"]):
+        return None
+    padded = graph.padded.get(inputs[0])
+    weight = _unflipped_weight(graph, inputs[1], _in(instruction, 1).shape)
+    if padded is None or weight is None:
+        return None
+    cotangent, lo, hi, value = padded
+    if value != 0 or lo[:2] != (0, 0) or hi[:2] != (0, 0):
+        return None
+    kernel, dilation = weight[1][2:], params["dilation"]
+    begin = [d * (k - 1) - a for d, k, a in zip(dilation, kernel, lo[2:])]
+    end = [d * (k - 1) - b for d, k, b in zip(dilation, kernel, hi[2:])]
+    if min(begin + end) < 0:
+        return None
+    batch, out_channels, *spatial = graph.shapes[cotangent]
+    in_channels, columns = weight[1][1], weight[1][1] * math.prod(kernel)
+    # the images innermost (as the weight gradient's GEMM also wants them): one GEMM for all images, and a Col2Im
+    # that reads the images as one wide image whose columns interleave them (a dilation of `batch` along the width)
+    images_last = graph.node("Transpose", [cotangent], shape=(out_channels, *spatial, batch), perm=[1, 2, 3, 0])
+    flat_cotangent = graph.reshape(images_last, (out_channels, math.prod(spatial) * batch))
+    flat_weight = graph.reshape(weight[0], (out_channels, columns))
+    products = graph.node("Gemm", [flat_weight, flat_cotangent], shape=(columns, math.prod(spatial) * batch), transA=1)
+    products = graph.reshape(products, (1, columns, math.prod(spatial) * batch))
+    height, width = out.shape[2:]
+    image = graph.node("Col2Im", [products, graph.int64s((height, width * batch)), graph.int64s(kernel)],
+                       shape=(1, in_channels, height, width * batch), dilations=[dilation[0], dilation[1] * batch],
+                       pads=[begin[0], begin[1] * batch, end[0], end[1] * batch], strides=[1, 1])  # fmt: skip
+    image = graph.reshape(image, (in_channels, height, width, batch))
+    return graph.node("Transpose", [image], shape=out.shape, perm=[3, 0, 1, 2])
+
+
+def _unflipped_weight(graph: OnnxGraph, name: str, shape: tuple) -> tuple[str, tuple] | None:
+    """(w, w's shape) when `name` is flip(reshape(permute(reshape(w, (1, O, C, *k)), (0, 2, 1, ...)), (C, O, *k))),
+    the kernel of a conv's input gradient; else None."""
+    flip = graph.producers.get(name)
+    if flip is None or flip.op_type != "Slice" or len(flip.input) != 5:
+        return None
+    starts, ends, axes, steps = (graph.value(n) for n in flip.input[1:])
+    flipped = [a for a in range(2, len(shape)) if shape[a] > 1]
+    if any(v is None for v in (starts, ends, axes, steps)) or axes.tolist() != flipped:
+        return None
+    if set(starts.tolist()) != {-1} or set(steps.tolist()) != {-1} or set(ends.tolist()) != {np.iinfo(np.int64).min}:
+        return None
+    swapped = graph.producers.get(flip.input[0])
+    transpose = graph.producers.get(swapped.input[0]) if swapped is not None and swapped.op_type == "Reshape" else None
+    if transpose is None or transpose.op_type != "Transpose":
+        return None
+    perm = list(next(a.ints for a in transpose.attribute if a.name == "perm"))
+    grouped = graph.producers.get(transpose.input[0])
+    if perm != [0, 2, 1, *range(3, len(shape) + 1)] or grouped is None or grouped.op_type != "Reshape":
+        return None
+    weight = grouped.input[0]
+    weight_shape = graph.shapes.get(weight)
+    if weight_shape != (shape[1], shape[0], *shape[2:]) or graph.shapes.get(grouped.output[0]) != (1, *weight_shape):
+        return None
+    return weight, weight_shape
 
 
 def _padded_input(graph: OnnxGraph, x: str, instruction: Instruction) -> tuple[str, tuple[int, ...]]:
@@ -368,6 +451,103 @@ def _padded_input(graph: OnnxGraph, x: str, instruction: Instruction) -> tuple[s
         x = graph.node("Pad", [x, graph.int64s(pads), graph.scalar(0.0, x_aval.dtype)],
                        shape=x_aval.shape[:2] + spatial, mode="constant")  # fmt: skip
     return x, x_aval.shape[:2] + spatial
+
+
+def _swapped_source(graph: OnnxGraph, name: str, perm: list[int]) -> str | None:
+    """x when `name` is reshape(transpose(reshape(x, (A, 1, B, ...)), perm), (B', A', ...)), else None."""
+    outer = graph.producers.get(name)
+    transpose = graph.producers.get(outer.input[0]) if outer is not None and outer.op_type == "Reshape" else None
+    if transpose is None or transpose.op_type != "Transpose":
+        return None
+    inner = graph.producers.get(transpose.input[0])
+    if inner is None or inner.op_type != "Reshape" or list(next(a.ints for a in transpose.attribute)) != perm:
+        return None
+    source = graph.shapes.get(inner.input[0])
+    if source is None or graph.shapes.get(inner.output[0]) != (source[0], 1, *source[1:]):
+        return None
+    return inner.input[0]
+
+
+def _weight_gradient_per_image(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
+    """A weight gradient with few (input channels x kernel positions), image by image; else None.
+
+    Reverse mode computes a weight gradient as conv(swap(x), swap(ct)): the images' input channels as a batch and the
+    output cotangent as the kernel, which means transposing both. With few input channels (a first layer), summing
+    per-image products ct_n @ windows(x_n)^T reads x and ct as they are: the transposes of the large cotangent go.
+    """
+    out, params = _out(instruction), instruction.params
+    n = out.ndim - 2
+    if any(lo or hi for lo, hi in params["padding"]) or out.shape[0] * math.prod(out.shape[2:]) > 32:
+        return None
+    x = _swapped_source(graph, inputs[0], [2, 1, 0, *range(3, n + 3)])
+    cotangent = _swapped_source(graph, inputs[1], [1, 2, 0, *range(3, n + 3)])
+    if x is None or cotangent is None:
+        return None
+    (batch, channels, *_), (_, out_channels, *taps_shape) = graph.shapes[x], graph.shapes[cotangent]
+    if channels != out.shape[0] or out_channels != out.shape[1]:
+        return None
+    stride, dilation = params["stride"], params["dilation"]
+    taps, positions = math.prod(taps_shape), math.prod(out.shape[2:])
+    axes, steps = graph.int64s(range(2, 2 + n)), graph.int64s(dilation)
+    windows = []
+    for position in np.ndindex(*out.shape[2:]):
+        begin = [p * s for p, s in zip(position, stride)]
+        end = [b + (k - 1) * d + 1 for b, k, d in zip(begin, taps_shape, dilation)]
+        window = graph.node("Slice", [x, graph.int64s(begin), graph.int64s(end), axes, steps],
+                            shape=(batch, channels, *taps_shape))  # fmt: skip
+        windows.append(graph.reshape(window, (batch, channels, 1, taps)))
+    columns = windows[0] if positions == 1 else graph.node("Concat", windows, shape=(batch, channels, positions, taps),
+                                                           axis=2)  # fmt: skip
+    columns = graph.reshape(columns, (batch, channels * positions, taps))
+    columns = graph.node("Transpose", [columns], shape=(batch, taps, channels * positions), perm=[0, 2, 1])
+    flat_cotangent = graph.reshape(cotangent, (batch, out_channels, taps))
+    products = graph.node("MatMul", [flat_cotangent, columns], shape=(batch, out_channels, channels * positions))
+    total = graph.node("ReduceSum", [products, graph.int64s([0])], shape=(out_channels, channels * positions),
+                       keepdims=0)  # fmt: skip
+    total = graph.reshape(total, (out_channels, channels, positions))
+    total = graph.node("Transpose", [total], shape=(channels, out_channels, positions), perm=[1, 0, 2])
+    return graph.reshape(total, out.shape)
+
+
+def _weight_gradient_images_last(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
+    """A weight gradient as one GEMM over windows of x and ct transposed with the images innermost; else None.
+
+    Reverse mode transposes x (N, C, H, W) to (C, N, H, W) and the cotangent likewise. Transposing both to
+    (C, H, W, N) instead makes every window of x a copy of rows of taps x N contiguous floats, where (C, N, H, W)
+    copies rows of a kernel width: the im2col that feeds the GEMM runs several times faster.
+    """
+    out, params = _out(instruction), instruction.params
+    n = out.ndim - 2
+    if any(lo or hi for lo, hi in params["padding"]):
+        return None
+    x = _swapped_source(graph, inputs[0], [2, 1, 0, *range(3, n + 3)])
+    cotangent = _swapped_source(graph, inputs[1], [1, 2, 0, *range(3, n + 3)])
+    if x is None or cotangent is None:
+        return None
+    (batch, channels, *spatial), (_, out_channels, *taps_shape) = graph.shapes[x], graph.shapes[cotangent]
+    if channels != out.shape[0] or out_channels != out.shape[1]:
+        return None
+    images_last = [1, *range(2, n + 2), 0]
+    x = graph.node("Transpose", [x], shape=(channels, *spatial, batch), perm=images_last)
+    cotangent = graph.node("Transpose", [cotangent], shape=(out_channels, *taps_shape, batch), perm=images_last)
+    stride, dilation = params["stride"], params["dilation"]
+    row = math.prod(taps_shape) * batch
+    axes, steps = graph.int64s(range(1, 1 + n)), graph.int64s(dilation)
+    windows = []
+    for position in np.ndindex(*out.shape[2:]):
+        begin = [p * s for p, s in zip(position, stride)]
+        end = [b + (k - 1) * d + 1 for b, k, d in zip(begin, taps_shape, dilation)]
+        window = graph.node("Slice", [x, graph.int64s(begin), graph.int64s(end), axes, steps],
+                            shape=(channels, *taps_shape, batch))  # fmt: skip
+        windows.append(graph.reshape(window, (channels, 1, row)))
+    positions = len(windows)
+    columns = windows[0] if positions == 1 else graph.node("Concat", windows, shape=(channels, positions, row), axis=1)
+    columns = graph.reshape(columns, (channels * positions, row))
+    weights = graph.reshape(cotangent, (out_channels, row))
+    product = graph.node("Gemm", [columns, weights], shape=(channels * positions, out_channels), transB=1)
+    product = graph.reshape(product, (channels, positions, out_channels))
+    result = graph.node("Transpose", [product], shape=(channels, out_channels, positions), perm=[0, 2, 1])
+    return graph.reshape(result, out.shape)
 
 
 def _conv_by_positions(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:

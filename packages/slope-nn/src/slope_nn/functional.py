@@ -1,0 +1,244 @@
+"""Neural-network functions (`slope.nn.functional`, like `torch.nn.functional`): activations, softmax and its kin,
+one-hot, linear, transposed convolution, pooling and cross-entropy.
+
+They are registered through slope-nn's plugin (`slope_nn.plugin`), so with slope-nn installed each is also
+`slope.NAME(...)` and `Tensor.NAME(...)`. They are built from Slope's public API only, as any plugin's would be;
+`relu`, `max_pool` and the two indexing operators it differentiates with are operators (`slope_nn.operators`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import slope
+from slope import Tensor
+
+from .operators import (
+    check_indices,
+    conv_params,
+    max_pool,
+    max_pool_argmax,
+    pool_args,
+    pool_windows,
+    relu,
+    scatter_add,
+    take_along_dim,
+)
+
+__all__ = [
+    "avg_pool",
+    "conv_transpose",
+    "cross_entropy",
+    "gelu",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "logsumexp",
+    "max_pool",
+    "max_pool_argmax",
+    "one_hot",
+    "relu",
+    "scatter_add",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "take_along_dim",
+]
+
+
+def _tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else slope.tensor(x)
+
+
+def _float(x: Any) -> Tensor:
+    """x as a tensor, integers and bools converted to the default float (as PyTorch's float functions do)."""
+    x = _tensor(x)
+    return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
+
+
+def _dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
+    """Dimension indices made non-negative and checked, sorted (None means all)."""
+    if dim is None:
+        return tuple(range(ndim))
+    limit = max(ndim, 1)
+    out = set()
+    for d in (dim,) if isinstance(dim, int) else tuple(dim):
+        if not -limit <= d < limit:
+            raise IndexError(
+                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
+                f"(expected {-limit} to {limit - 1})"
+            )
+        out.add(d % ndim if ndim else 0)
+    return tuple(sorted(out))
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+def sigmoid(x: Any) -> Tensor:
+    """1 / (1 + exp(-x))."""
+    x = _float(x)
+    return 1.0 / (1.0 + slope.exp(-x))
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0, else negative_slope * x."""
+    x = _float(x)
+    return slope.where(x > 0, x, x * negative_slope)
+
+
+def gelu(x: Any, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit (exact with erf, or approximate="tanh")."""
+    x = _float(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + slope.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1.0 + slope.erf(x * (1 / math.sqrt(2))))
+
+
+def silu(x: Any) -> Tensor:
+    """x * sigmoid(x)."""
+    x = _float(x)
+    return x * sigmoid(x)
+
+
+def softplus(x: Any, beta: float = 1.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, computed stably."""
+    x = _float(x) * beta
+    return (relu(x) + slope.log(1.0 + slope.exp(-x.abs()))) / beta
+
+
+# ----------------------------------------------------------------------------------------------- softmax
+
+
+def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """log(sum(exp(x))), computed stably."""
+    x = _float(x)
+    dim = _dims("logsumexp", dim, x.ndim)
+    top = slope.stop_gradient(x.max(dim, keepdim=True))
+    top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
+    out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
+    return out if keepdim else out.reshape(tuple(s for d, s in enumerate(x.shape) if d not in dim))
+
+
+def softmax(x: Any, dim: int = -1) -> Tensor:
+    """exp(x) normalised to sum to 1 along dim."""
+    x = _float(x)
+    dim = _dims("softmax", dim, x.ndim)
+    e = slope.exp(x - slope.stop_gradient(x.max(dim, keepdim=True)))
+    return e / e.sum(dim, keepdim=True)
+
+
+def log_softmax(x: Any, dim: int = -1) -> Tensor:
+    """x - logsumexp(x) along dim."""
+    x = _float(x)
+    dim = _dims("log_softmax", dim, x.ndim)
+    return x - logsumexp(x, dim, keepdim=True)
+
+
+def one_hot(x: Any, num_classes: int = -1) -> Tensor:
+    """Integer class indices as one-hot int64 vectors along a new last dimension."""
+    x = _tensor(x)
+    if x.dtype.is_float:
+        raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
+    if num_classes < 0:
+        num_classes = int(x.max().item()) + 1
+    check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
+    classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
+    return (x.unsqueeze(-1) == classes).astype(slope.int64)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias (PyTorch's F.linear)."""
+    out = slope.matmul(x, slope.transpose(weight, -1, -2))
+    return out if bias is None else out + bias
+
+
+def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
+                   groups: int = 1, dilation: Any = 1) -> Tensor:  # fmt: skip
+    """Transposed convolution (PyTorch's conv_transpose): weight (C_in, C_out/groups, *kernel)."""
+    x, weight = _tensor(x), _tensor(weight)
+    n = x.ndim - 2
+    if n < 1 or weight.ndim != x.ndim or weight.shape[0] != x.shape[1]:
+        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} does not fit weight {weight.shape} (C_in first)")
+    stride, padding = conv_params(n, stride), conv_params(n, padding)
+    output_padding, dilation = conv_params(n, output_padding), conv_params(n, dilation)
+    spatial = tuple(
+        (s - 1) * st - 2 * p + d * (k - 1) + op + 1
+        for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding)
+    )
+    input_aval = slope.Aval((x.shape[0], weight.shape[1] * groups, *spatial), x.dtype)
+    params = {"stride": stride, "padding": tuple((p, p) for p in padding), "dilation": dilation, "groups": groups}
+    # the transposed convolution is the transpose of the convolution with respect to its input
+    out = slope.conv.transpose([x], slope.UndefinedPrimal(input_aval), weight, **params)[0]
+    return out if bias is None else out + _tensor(bias).reshape((-1,) + (1,) * n)
+
+
+def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Average pooling (padding counts as zeros, as PyTorch's default)."""
+    x = _float(x)
+    kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1)
+    return pool_windows(x, kernel, stride, padding, dilation, 0.0).mean(-1)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
+    logits, target = _float(logits), _tensor(target)
+    class_dim = 1 if logits.ndim > 1 else 0
+    classes = logits.shape[class_dim]
+    logp = log_softmax(logits, class_dim)
+    if target.dtype.is_float:
+        if target.shape != logits.shape:
+            raise slope.ShapeError(
+                f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
+            )
+        probs = target
+    else:
+        expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+        if target.shape != expected:
+            raise slope.ShapeError(
+                f"slope.cross_entropy: class-index targets of shape {target.shape} do not fit logits of shape "
+                f"{logits.shape} (expected {expected})"
+            )
+        check_indices("cross_entropy", target, 0, classes, f"logits of shape {logits.shape} ({classes} classes)")
+        probs = one_hot(target, classes).astype(logits.dtype)
+        if class_dim == 1 and logits.ndim > 2:
+            probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
+    if label_smoothing:
+        probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
+    losses = -(probs * logp).sum(class_dim)
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    raise ValueError(f"slope.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# the functions registered as procedures (the operators register themselves through slope_operators)
+procedures: dict[str, Callable] = {
+    fn.__name__: fn
+    for fn in (
+        sigmoid,
+        leaky_relu,
+        gelu,
+        silu,
+        softplus,
+        logsumexp,
+        softmax,
+        log_softmax,
+        one_hot,
+        linear,
+        conv_transpose,
+        avg_pool,
+        cross_entropy,
+    )
+}

@@ -1,0 +1,160 @@
+"""ONNX translations of slope-nn's operators for the onnxruntime backend, in slope-onnx's translation API
+(`f(graph, inputs, instruction) -> output name`; `NoTranslationError` lowers an instruction through its procedure).
+
+- `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
+- `max_pool` is MaxPool. `max_pool_argmax` is the same MaxPool with its Indices output (positions in the whole
+  tensor, turned into positions in the pooled dimensions); a max_pool of the same input and parameters reuses that
+  node's values, so a training step pools once.
+- `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
+  unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+import slope
+from slope import Instruction
+from slope_onnx.graph import NoTranslationError, OnnxGraph
+
+from .operators import pooled_shape
+
+# per graph: (input name, pooling parameters) -> (values name, indices name or None), so MaxPool nodes are shared
+_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _float_compute(dtype: slope.DType) -> slope.DType:
+    """The dtype the float kernels run in: float32/float64 themselves, float16/bfloat16 in float32 (exact here)."""
+    if dtype.name in ("float32", "float64"):
+        return dtype
+    if dtype.name in ("float16", "bfloat16"):
+        return slope.float32
+    raise NoTranslationError
+
+
+def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = instruction.outputs[0].aval
+    compute = _float_compute(out.dtype)
+    x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+    result = graph.node("Relu", [x], shape=out.shape)
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_indices: bool) -> tuple[str, Any]:
+    """(values, indices in the whole tensor or None), both of shape (N, C, *pooled), from one MaxPool node."""
+    x_aval, params = instruction.inputs[0].aval, instruction.params
+    kernel = params["kernel"]
+    n = len(kernel)
+    if n > 3 or x_aval.size == 0:
+        raise NoTranslationError
+    compute = _float_compute(x_aval.dtype)
+    memo = _pools.setdefault(graph, {})
+    key = (inputs[0], kernel, params["stride"], params["padding"], params["dilation"])
+    found = memo.get(key)
+    if found is not None and (found[1] is not None or not with_indices):
+        return found
+    lead, spatial = x_aval.shape[: x_aval.ndim - n], x_aval.shape[x_aval.ndim - n :]
+    x = inputs[0] if compute == x_aval.dtype else graph.cast(inputs[0], compute)
+    if len(lead) != 2:  # MaxPool wants (N, C, *spatial): every leading dimension becomes a channel
+        lead = (1, math.prod(lead))
+        x = graph.reshape(x, (*lead, *spatial))
+    shape = (*lead, *pooled_shape(spatial, kernel, params["stride"], params["padding"], params["dilation"]))
+    attributes = {
+        "kernel_shape": list(kernel),
+        "strides": list(params["stride"]),
+        "pads": list(params["padding"]) * 2,
+        "dilations": list(params["dilation"]),
+    }
+    if with_indices:
+        values, indices = graph.node("MaxPool", [x], shape=shape, outputs=2, **attributes)
+        graph.shapes[indices] = shape
+    else:
+        values, indices = graph.node("MaxPool", [x], shape=shape, **attributes), None
+    if compute != x_aval.dtype:
+        values = graph.cast(values, x_aval.dtype)
+    memo[key] = (values, indices)
+    return values, indices
+
+
+def _max_pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    values, _ = _pool(graph, inputs, instruction, with_indices=False)
+    return graph.reshape(values, instruction.outputs[0].aval.shape)
+
+
+def _max_pool_argmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    _, indices = _pool(graph, inputs, instruction, with_indices=True)
+    x_aval = instruction.inputs[0].aval
+    plane = math.prod(x_aval.shape[x_aval.ndim - len(instruction.params["kernel"]) :])
+    local = graph.node("Mod", [indices, graph.scalar(plane, slope.int64)], shape=graph.shapes[indices])
+    return graph.reshape(local, instruction.outputs[0].aval.shape)
+
+
+def _take_along_dim(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = instruction.outputs[0].aval
+    return graph.node("GatherElements", inputs, shape=out.shape, axis=instruction.params["dim"])
+
+
+def _scatter_compute(dtype: slope.DType) -> slope.DType:
+    if dtype.name in ("int32", "int64", "float32", "float64"):
+        return dtype
+    if dtype.name in ("int8", "uint8"):  # int32 wraps around to the same result modulo 256
+        return slope.int32
+    return _float_compute(dtype)
+
+
+def _scatter_add(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out, params = instruction.outputs[0].aval, instruction.params
+    x, index, src = inputs
+    compute = _scatter_compute(out.dtype)
+    if compute != out.dtype:
+        x, src = graph.cast(x, compute), graph.cast(src, compute)
+    last = params["dim"] == out.ndim - 1
+    if params["unique_indices"] and last and compute == slope.float32 and out.size:  # MaxUnpool: float32 only
+        result = _unpool(graph, x, index, src, instruction.inputs[1].aval.shape, out.shape)
+    else:
+        result = graph.node("ScatterElements", [x, index, src], shape=out.shape, axis=params["dim"], reduction="add")
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+def _whole_tensor_indices(graph: OnnxGraph, index: str, size: int) -> str | None:
+    """The positions in the whole tensor that `index` (positions within rows of `size`) was computed from by
+    `Mod(whole, size)` and reshapes only (which keep the row-major order, so row r's offset is r * size), else None."""
+    producer = graph.producers.get(index)
+    while producer is not None and producer.op_type == "Reshape":
+        producer = graph.producers.get(producer.input[0])
+    if producer is None or producer.op_type != "Mod":
+        return None
+    divisor = graph.value(producer.input[1])
+    return producer.input[0] if divisor is not None and divisor.size == 1 and int(divisor) == size else None
+
+
+def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, shape: tuple) -> str:
+    """x + (src written at the unique indices along the last dimension), by MaxUnpool over rows of the whole tensor."""
+    rows, size, count = math.prod(shape[:-1]), shape[-1], index_shape[-1]
+    whole = _whole_tensor_indices(graph, index, size)
+    if whole is not None:  # max_pool_argmax's positions came from MaxPool's: use those, skipping Mod and Add
+        flat = graph.reshape(whole, (1, rows, count))
+    else:
+        offsets = graph.constant((np.arange(rows, dtype=np.int64) * size).reshape(1, rows, 1))
+        flat = graph.node("Add", [graph.reshape(index, (1, rows, count)), offsets], shape=(1, rows, count))
+    output_shape = graph.int64s((1, rows, size))
+    written = graph.node("MaxUnpool", [graph.reshape(src, (1, rows, count)), flat, output_shape],
+                         shape=(1, rows, size), kernel_shape=[1], strides=[1])  # fmt: skip
+    written = graph.reshape(written, shape)
+    base = graph.value(x)
+    if base is not None and not base.any():
+        return written
+    return graph.node("Add", [written, x], shape=shape)
+
+
+translations: dict[str, Callable] = {
+    "relu": _relu,
+    "max_pool": _max_pool,
+    "max_pool_argmax": _max_pool_argmax,
+    "take_along_dim": _take_along_dim,
+    "scatter_add": _scatter_add,
+}

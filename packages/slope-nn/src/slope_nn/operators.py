@@ -1,0 +1,385 @@
+"""The operators slope-nn adds to Slope: `relu`, `max_pool` and the indexing operators max pooling is differentiated
+with, each with its shape inference, JVP, transpose and batching rules and a procedure for backends without them.
+
+- `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0. Its derivative reads the
+  output, not the input, so a backend may fuse the ReLU into what produced its input (onnxruntime's FusedConv).
+- `max_pool(x, kernel_size, stride, padding, dilation)`: the maximum of each window of the trailing dimensions. Its
+  derivative picks the tangent at each window's arg-max (the first maximum on ties, as PyTorch does), which
+  `max_pool_argmax` finds, with `take_along_dim`; in reverse mode that becomes `scatter_add`, which routes each
+  cotangent to its arg-max (and adds where windows overlap).
+- `take_along_dim(x, index, dim)` and `scatter_add(x, dim, index, src)` are PyTorch's (on index tensors of the
+  shape of the result / of src); they are each other's transposes. `unique_indices=True` promises that no index
+  repeats along `dim` (non-overlapping windows), so a backend may write instead of add.
+
+They use only Slope's public API, as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+import slope
+from slope import Aval, Operator, Tensor
+
+
+def _tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else slope.tensor(x)
+
+
+def _move_axis(x: Tensor, source: int, destination: int) -> Tensor:
+    if source == destination:
+        return x
+    perm = [d for d in range(x.ndim) if d != source]
+    perm.insert(destination, source)
+    return x.permute(tuple(perm))
+
+
+def _batch_first(x: Tensor, dim: int | None, axis_size: int) -> Tensor:
+    """x with its batch dimension first; an unbatched x is broadcast along a new one."""
+    if dim is None:
+        return x.reshape((1, *x.shape)).expand((axis_size, *x.shape))
+    return _move_axis(x, dim, 0)
+
+
+def _dim(name: str, dim: int, ndim: int) -> int:
+    limit = max(ndim, 1)
+    if not isinstance(dim, int) or not -limit <= dim < limit:
+        raise IndexError(
+            f"slope.{name}: dimension {dim} is out of range for a tensor with {ndim} dimensions "
+            f"(expected {-limit} to {limit - 1})"
+        )
+    return dim % limit
+
+
+def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
+    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
+    if index.buffer is None or index.numel() == 0:
+        return
+    values = index.numpy()
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low or largest >= high:
+        raise IndexError(
+            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
+        )
+
+
+def lowest(dtype: slope.DType) -> Any:
+    """The smallest value of a dtype (-inf for floats): the padding of max pooling."""
+    return -math.inf if dtype.is_float else int(np.iinfo(dtype.numpy).min)
+
+
+# ----------------------------------------------------------------------------------------------- relu
+
+
+class Relu(Operator):
+    """max(x, 0): NaN propagates, the derivative is 0 at 0 (PyTorch's relu)."""
+
+    name = "relu"
+
+    def __call__(self, x: Any) -> Tensor:
+        return slope.bind(self, _tensor(x))
+
+    def infer(self, x: Aval) -> Aval:
+        if x.dtype == slope.bool_:
+            raise self.dtype_error(f"expected a tensor of numbers, got bool of shape {x.shape}")
+        return x
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        out = relu(primals[0])
+        tangent = tangents[0]
+        # `out > 0` is `x > 0`, NaN included (false for both); reading the output leaves the input free to fuse
+        return [out], [slope.where(out > 0, tangent, slope.zeros_like(tangent))]
+
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
+        return [relu(args[0])], [dims[0]]
+
+    def procedure(self, x: Tensor) -> Tensor:
+        return slope.where(x < 0, slope.zeros_like(x), x)  # NaN < 0 is false: NaN stays
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+
+
+def conv_params(n: int, value: Any) -> tuple[int, ...]:
+    """An int or a sequence as a tuple of n ints."""
+    return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> tuple:
+    """(kernel, stride, padding, dilation) as tuples over the trailing dimensions, checked against x's shape."""
+    n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
+    kernel = conv_params(n, kernel_size)
+    stride = kernel if stride is None else conv_params(n, stride)
+    padding, dilation = conv_params(n, padding), conv_params(n, dilation)
+    if any(len(p) != n for p in (stride, padding, dilation)):
+        raise ValueError(
+            f"slope.{name}: stride {stride}, padding {padding} and dilation {dilation} need {n} values each, as "
+            f"kernel {kernel} has"
+        )
+    if min(kernel + stride + dilation) < 1 or min(padding) < 0:
+        raise ValueError(
+            f"slope.{name}: kernel {kernel}, stride {stride} and dilation {dilation} must be positive, padding "
+            f"{padding} not negative"
+        )
+    if x.ndim < n:
+        raise slope.ShapeError(
+            f"slope.{name}: a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}"
+        )
+    for size, k, p, d in zip(x.shape[x.ndim - n :], kernel, padding, dilation):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise slope.ShapeError(
+                f"slope.{name}: kernel {kernel} (dilation {dilation}) is larger than the input of shape {x.shape} "
+                f"with padding {padding}"
+            )
+    return kernel, stride, padding, dilation
+
+
+def pooled_shape(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
+    """The number of windows along each pooled dimension."""
+    return tuple(
+        (s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in zip(spatial, kernel, stride, padding, dilation)
+    )
+
+
+def pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple, fill: Any) -> Tensor:
+    """Every kernel offset's strided view of the trailing dimensions, stacked along a new last dimension.
+
+    Windows that tile the input (stride = kernel, no padding or dilation) come from one reshape and permute;
+    the others from one strided slice per kernel offset.
+    """
+    n = len(kernel)
+    lead = x.ndim - n
+    out = pooled_shape(x.shape[lead:], kernel, stride, padding, dilation)
+    if stride == kernel and not any(padding) and set(dilation) == {1}:
+        covered = tuple(o * k for o, k in zip(out, kernel))
+        if covered != x.shape[lead:]:
+            x = slope.slice(x, (0,) * x.ndim, x.shape[:lead] + covered)
+        x = x.reshape((*x.shape[:lead], *(v for o, k in zip(out, kernel) for v in (o, k))))
+        perm = (*range(lead), *(lead + 2 * i for i in range(n)), *(lead + 2 * i + 1 for i in range(n)))
+        return x.permute(perm).reshape((*x.shape[:lead], *out, math.prod(kernel)))
+    if any(padding):
+        x = slope.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + padding, value=fill)
+    views = []
+    for offset in np.ndindex(*kernel):
+        begin = [o * d for o, d in zip(offset, dilation)]
+        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, out, stride)]
+        views.append(slope.slice(x, (0,) * lead + tuple(begin), x.shape[:lead] + tuple(end), (1,) * lead + stride))
+    return slope.stack(views, -1)
+
+
+def windows_overlap(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
+    """Whether an input element can lie in two windows."""
+    return any(st < d * (k - 1) + 1 for k, st, d in zip(kernel, stride, dilation))
+
+
+class _Pooling(Operator):
+    """Shared by max_pool and max_pool_argmax: parameters, inference, batching."""
+
+    def params(self, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> dict:
+        kernel, stride, padding, dilation = pool_args(self.name, x, kernel_size, stride, padding, dilation)
+        for size, k, st, p, d in zip(x.shape[x.ndim - len(kernel) :], kernel, stride, padding, dilation):
+            starts = np.arange(pooled_shape((size,), (k,), (st,), (p,), (d,))[0]) * st - p
+            taps = starts[:, None] + np.arange(k) * d
+            if not ((taps >= 0) & (taps < size)).any(-1).all():
+                raise slope.ShapeError(
+                    f"slope.{self.name}: with padding {padding}, kernel {kernel} and dilation {dilation} a window "
+                    f"of the input of shape {x.shape} holds only padding (PyTorch asks for padding <= kernel // 2)"
+                )
+        return {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+
+    def infer(self, x: Aval, *, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> Aval:
+        n = len(kernel)
+        if x.dtype == slope.bool_:
+            raise self.dtype_error(f"expected a tensor of numbers, got bool of shape {x.shape}")
+        if x.ndim < n:
+            raise self.shape_error(f"a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}")
+        out = pooled_shape(x.shape[x.ndim - n :], kernel, stride, padding, dilation)
+        if min(out, default=1) < 1:
+            raise self.shape_error(f"kernel {kernel} (dilation {dilation}) does not fit the input of shape {x.shape}")
+        return Aval(x.shape[: x.ndim - n] + out, self.out_dtype(x.dtype))
+
+    def out_dtype(self, dtype: slope.DType) -> slope.DType:
+        return dtype
+
+    def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
+        x, dim = args[0], dims[0]
+        if dim >= x.ndim - len(params["kernel"]):  # a pooled dimension: make it a leading one
+            x, dim = _move_axis(x, dim, 0), 0
+        return [slope.bind(self, x, **params)], [dim]
+
+
+class MaxPool(_Pooling):
+    """Max pooling over the trailing dimensions (N-d; stride defaults to the kernel size), PyTorch's max_pool."""
+
+    name = "max_pool"
+
+    def __call__(self, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                 return_indices: bool = False) -> Any:  # fmt: skip
+        x = _tensor(x)
+        params = self.params(x, kernel_size, stride, padding, dilation)
+        out = slope.bind(self, x, **params)
+        return (out, slope.bind(max_pool_argmax, x, **params)) if return_indices else out
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        x, tangent = primals[0], tangents[0]
+        index = slope.bind(max_pool_argmax, x, **params)  # before the values: a backend may compute both at once
+        out = slope.bind(self, x, **params)
+        n = len(params["kernel"])
+        lead = x.shape[: x.ndim - n]
+        flat_tangent = tangent.reshape((*lead, math.prod(x.shape[x.ndim - n :])))
+        flat_index = index.reshape((*lead, math.prod(index.shape[x.ndim - n :])))
+        unique = not windows_overlap(params["kernel"], params["stride"], params["dilation"])
+        picked = slope.bind(take_along_dim, flat_tangent, flat_index, dim=len(lead), unique_indices=unique)
+        return [out], [picked.reshape(out.shape)]
+
+    def procedure(self, x: Tensor, **params: Any) -> Tensor:
+        return pool_windows(x, **params, fill=lowest(x.dtype)).max(-1)
+
+
+class MaxPoolArgmax(_Pooling):
+    """Where each window's maximum lies: its flat position in the input's pooled (trailing) dimensions, the first
+    maximum on ties, a NaN counting as the maximum. PyTorch's max_pool indices."""
+
+    name = "max_pool_argmax"
+
+    def __call__(self, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:
+        x = _tensor(x)
+        return slope.bind(self, x, **self.params(x, kernel_size, stride, padding, dilation))
+
+    def out_dtype(self, dtype: slope.DType) -> slope.DType:
+        return slope.int64
+
+    def procedure(self, x: Tensor, **params: Any) -> Tensor:
+        spatial = x.shape[x.ndim - len(params["kernel"]) :]
+        size = math.prod(spatial)
+        windows = pool_windows(x, **params, fill=lowest(x.dtype))
+        # each window element's flat position, built from operators (a procedure adds no constants of its own)
+        positions = pool_windows(slope.arange(size).reshape(spatial), **params, fill=size)
+        hit = windows == windows.max(-1, keepdim=True)
+        if x.dtype.is_float:
+            hit = hit | (windows != windows)
+        # padding positions hold the input size: a real element wins every tie with them
+        return slope.where(hit, positions, size).min(-1)
+
+
+# ----------------------------------------------------------------------------------------------- indexing
+
+
+def _index_tensor(op: Operator, index: Any) -> Tensor:
+    index = _tensor(index)
+    if not index.dtype.is_int:
+        raise op.dtype_error(f"index must hold integers, got {index.dtype.name} of shape {index.shape}")
+    return index.astype(slope.int64)
+
+
+def _check_along(op: Operator, x: Aval, index: Aval, dim: int) -> None:
+    if index.ndim != x.ndim or any(a != b for d, (a, b) in enumerate(zip(x.shape, index.shape)) if d != dim):
+        raise op.shape_error(
+            f"index of shape {index.shape} does not fit the tensor of shape {x.shape}: they need the same sizes "
+            f"except in dimension {dim}"
+        )
+
+
+class TakeAlongDim(Operator):
+    """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `dim`: PyTorch's take_along_dim (gather)."""
+
+    name = "take_along_dim"
+
+    def __call__(self, x: Any, index: Any, dim: int = -1, *, unique_indices: bool = False) -> Tensor:
+        x, index = _tensor(x), _index_tensor(self, index)
+        if index.ndim != x.ndim:
+            raise self.shape_error(f"index of shape {index.shape} needs as many dimensions as x of shape {x.shape}")
+        dim = _dim(self.name, dim, x.ndim)
+        try:
+            common = np.broadcast_shapes(x.shape[:dim] + x.shape[dim + 1 :], index.shape[:dim] + index.shape[dim + 1 :])
+        except ValueError:
+            raise self.shape_error(f"x of shape {x.shape} and index of shape {index.shape} do not broadcast") from None
+        x = x.expand((*common[:dim], x.shape[dim], *common[dim:]))
+        index = index.expand((*common[:dim], index.shape[dim], *common[dim:]))
+        check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
+        return slope.bind(self, x, index, dim=dim, unique_indices=bool(unique_indices))
+
+    def infer(self, x: Aval, index: Aval, *, dim: int, unique_indices: bool) -> Aval:
+        if not index.dtype.is_int:
+            raise self.dtype_error(f"index must hold integers, got {index.dtype.name}")
+        _check_along(self, x, index, dim)
+        return Aval(index.shape, x.dtype)
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        x, index = primals
+        return [slope.bind(self, x, index, **params)], [slope.bind(self, tangents[0], index, **params)]
+
+    def transpose(self, cotangents: list, x: Any, index: Tensor, **params: Any) -> list:
+        zeros = slope.full(x.aval.shape, 0, x.aval.dtype)
+        return [slope.bind(scatter_add, zeros, index, cotangents[0], **params), None]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int, unique_indices: bool) -> tuple[list, list]:
+        x, index = (_batch_first(a, d, axis_size) for a, d in zip(args, dims))
+        return [slope.bind(self, x, index, dim=dim + 1, unique_indices=unique_indices)], [0]
+
+    def procedure(self, x: Tensor, index: Tensor, *, dim: int, unique_indices: bool) -> Tensor:
+        return slope.gather(x, dim, index)
+
+
+class ScatterAdd(Operator):
+    """x with `src[..., j, ...]` added at `[..., index[..., j, ...], ...]` along `dim` (repeats accumulate):
+    PyTorch's scatter_add, with index and src of one shape."""
+
+    name = "scatter_add"
+
+    def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
+        x, index = _tensor(x), _index_tensor(self, index)
+        src = _tensor(src).astype(x.dtype)
+        dim = _dim(self.name, dim, x.ndim)
+        if src.shape != index.shape:
+            raise self.shape_error(f"src of shape {src.shape} must have the shape of index {index.shape}")
+        _check_along(self, x.aval, index.aval, dim)
+        check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
+        return slope.bind(self, x, index, src, dim=dim, unique_indices=bool(unique_indices))
+
+    def infer(self, x: Aval, index: Aval, src: Aval, *, dim: int, unique_indices: bool) -> Aval:
+        if not index.dtype.is_int:
+            raise self.dtype_error(f"index must hold integers, got {index.dtype.name}")
+        if src.shape != index.shape or src.dtype != x.dtype:
+            raise self.shape_error(f"src {src} must have the shape of index {index} and the dtype of x {x}")
+        _check_along(self, x, index, dim)
+        return x
+
+    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        x, index, src = primals
+        tangent = slope.bind(self, tangents[0], index, tangents[2], **params)
+        return [slope.bind(self, x, index, src, **params)], [tangent]
+
+    def transpose(self, cotangents: list, x: Any, index: Tensor, src: Any, **params: Any) -> list:
+        ct = cotangents[0]
+        picked = slope.bind(take_along_dim, ct, index, **params) if isinstance(src, slope.UndefinedPrimal) else None
+        return [ct if isinstance(x, slope.UndefinedPrimal) else None, None, picked]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int, unique_indices: bool) -> tuple[list, list]:
+        x, index, src = (_batch_first(a, d, axis_size) for a, d in zip(args, dims))
+        return [slope.bind(self, x, index, src, dim=dim + 1, unique_indices=unique_indices)], [0]
+
+    def procedure(self, x: Tensor, index: Tensor, src: Tensor, *, dim: int, unique_indices: bool) -> Tensor:
+        grids = [
+            slope.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim)))
+            for d, n in enumerate(index.shape)
+        ]
+        coords = [index if d == dim else grid.expand(index.shape) for d, grid in enumerate(grids)]
+        return slope.scatter_nd(x, slope.stack(coords, -1), src)
+
+
+relu = Relu()
+max_pool = MaxPool()
+max_pool_argmax = MaxPoolArgmax()
+take_along_dim = TakeAlongDim()
+scatter_add = ScatterAdd()
+operators = [relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+
+# the NumPy backend's translations (Python expressions); the others run through their procedures there
+numpy_translations = {
+    "relu": lambda ins, params, out: f"np.where({ins[0]} < 0, np.zeros((), {ins[0]}.dtype), {ins[0]})",
+    "take_along_dim": lambda ins, params, out: f"np.take_along_axis({ins[0]}, {ins[1]}, axis={params['dim']})",
+}

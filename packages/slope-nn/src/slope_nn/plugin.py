@@ -1,0 +1,42 @@
+"""Registers slope-nn with Slope (entry point `slope: nn`), through the hooks any third-party plugin uses.
+
+The neural-network functions (`slope_nn.functional`) become procedures, `relu`, `max_pool` and the indexing
+operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX Runtime and NumPy
+backends learn native translations for some of them; every other backend runs them through their procedures.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from slope.plugins import hookimpl
+
+
+@hookimpl
+def slope_operators() -> list:
+    """relu, max_pool, max_pool_argmax, take_along_dim and scatter_add."""
+    from .operators import operators
+
+    return operators
+
+
+@hookimpl
+def slope_procedures() -> dict[str, Callable]:
+    """The functions of slope.nn.functional that are not operators (sigmoid, softmax, cross_entropy, ...)."""
+    from .functional import procedures
+
+    return procedures
+
+
+@hookimpl
+def slope_translations(backend: Any) -> dict[str, Callable] | None:
+    """ONNX nodes for the operators on onnxruntime; NumPy expressions for some on numpy."""
+    if backend.name == "onnxruntime":
+        from .onnx_translations import translations
+
+        return translations
+    if backend.name == "numpy":
+        from .operators import numpy_translations
+
+        return numpy_translations
+    return None

@@ -1,0 +1,95 @@
+"""slope.nn.functional and slope-nn's plugin: the neural-network functions registered through the `slope` entry
+point (they are `slope.NAME` and Tensor methods), ReLU's and max pooling's PyTorch semantics, and the operators
+max pooling is differentiated with."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import slope
+import slope.nn.functional as F  # noqa: N812 - the name torch users know
+
+pytestmark = pytest.mark.usefixtures("each_backend")
+
+OPERATORS = ["relu", "max_pool", "max_pool_argmax", "take_along_dim", "scatter_add"]
+
+
+def test_functional_is_registered_by_the_nn_plugin():
+    import slope_nn.functional
+
+    assert F is slope_nn.functional and slope.nn.functional is F
+    assert "nn" in slope.plugins.plugin_versions()  # through the entry point, as a third party's plugin
+    for name in F.__all__:
+        assert slope.plugins.owners[("function", name)] == "nn", name
+        assert getattr(slope, name) is getattr(F, name), name
+        assert hasattr(slope.Tensor, name), name
+    assert set(OPERATORS) <= set(slope.plugins.operators)
+    assert {"softmax", "cross_entropy", "sigmoid"} <= set(slope.plugins.procedures)
+
+
+def test_relu_keeps_nan_and_has_derivative_zero_at_zero():
+    x = slope.tensor([float("nan"), -math.inf, -1.0, 0.0, 2.0, math.inf])
+    out = slope.relu(x).numpy()
+    np.testing.assert_array_equal(out, [np.nan, 0.0, 0.0, 0.0, 2.0, np.inf])
+    grad = slope.grad(lambda t: slope.relu(t).sum())(slope.tensor([-1.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(grad.numpy(), [0.0, 0.0, 1.0])
+    jitted = slope.jit(slope.grad(lambda t: (slope.relu(t) * 3.0).sum()))(slope.tensor([-1.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(jitted.numpy(), [0.0, 0.0, 3.0])
+    np.testing.assert_array_equal(slope.relu(slope.tensor([-2, 0, 3])).numpy(), [0, 0, 3])
+
+
+def test_max_pool_routes_the_gradient_to_the_first_maximum():
+    x = slope.tensor(np.array([[[[1.0, 3.0, 2.0, 2.0], [3.0, 0.0, 2.0, 2.0]]]], np.float32))
+    values, indices = slope.max_pool(x, 2, return_indices=True)
+    np.testing.assert_array_equal(values.numpy(), [[[[3.0, 2.0]]]])
+    np.testing.assert_array_equal(indices.numpy(), [[[[1, 2]]]])  # ties go to the first (PyTorch's indices)
+    for transform in (lambda f: f, slope.jit):
+        grad = transform(slope.grad(lambda t: (slope.max_pool(t, 2) * slope.tensor([[[[5.0, 7.0]]]])).sum()))(x)
+        np.testing.assert_array_equal(grad.numpy(), [[[[0.0, 5.0, 7.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]])
+
+
+def test_overlapping_windows_add_their_gradients():
+    x = slope.tensor(np.array([[[0.0, 5.0, 1.0, 2.0, 0.5]]], np.float32))
+    grad = slope.jit(slope.grad(lambda t: slope.max_pool(t, 3, stride=1).sum()))(x)
+    np.testing.assert_array_equal(grad.numpy(), [[[0.0, 2.0, 0.0, 1.0, 0.0]]])  # the 5 wins two windows
+
+
+def test_max_pool_under_vmap_of_grad_matches_a_loop():
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)
+
+    def loss(x):
+        return (slope.max_pool(x, 3, stride=2, padding=1) ** 2).sum()
+
+    batched = slope.vmap(slope.grad(loss))(slope.tensor(images))
+    for n in range(3):
+        np.testing.assert_allclose(batched.numpy()[n], slope.grad(loss)(slope.tensor(images[n])).numpy(), rtol=1e-6)
+
+
+def test_take_along_dim_and_scatter_add_are_each_others_transpose():
+    x = slope.tensor(np.arange(12.0, dtype=np.float32).reshape(3, 4))
+    index = slope.tensor(np.array([[0, 3, 3], [1, 0, 2], [2, 2, 0]]))
+    picked = slope.take_along_dim(x, index, 1)
+    np.testing.assert_array_equal(picked.numpy(), np.take_along_axis(x.numpy(), index.numpy(), 1))
+    weights = slope.tensor(np.arange(9.0, dtype=np.float32).reshape(3, 3))
+    grad = slope.grad(lambda t: (slope.take_along_dim(t, index, 1) * weights).sum())(x)
+    expected = np.zeros((3, 4), np.float32)
+    np.add.at(expected, (np.arange(3)[:, None], index.numpy()), weights.numpy())
+    np.testing.assert_array_equal(grad.numpy(), expected)
+    np.testing.assert_array_equal(slope.scatter_add(slope.zeros(3, 4), 1, index, weights).numpy(), expected)
+
+
+def test_pooling_and_indexing_errors_name_the_function():
+    with pytest.raises(slope.ShapeError, match="slope.max_pool.*only padding"):
+        slope.max_pool(slope.ones(1, 1, 2, 2), 2, stride=1, padding=1, dilation=3)
+    with pytest.raises(ValueError, match="slope.max_pool.*positive"):
+        slope.max_pool(slope.ones(1, 1, 4, 4), 2, stride=0)
+    with pytest.raises(IndexError, match="slope.take_along_dim.*0 to 3"):
+        slope.take_along_dim(slope.ones(2, 4), slope.tensor([[4], [0]]), 1)
+    with pytest.raises(slope.ShapeError, match="slope.scatter_add"):
+        slope.scatter_add(slope.ones(2, 4), 1, slope.tensor([[1], [0]]), slope.ones(2, 2))
+    with pytest.raises(slope.DTypeError, match="slope.relu.*bool"):
+        slope.relu(slope.tensor([True]))
