@@ -31,12 +31,7 @@ class Executable:
 
 
 class Backend:
-    """A compiler from Programs to runnable code. Subclass it and register it through the `slope_backends` hook.
-
-    A subclass sets `name`, `dtypes` and `translations` (operator name -> backend-specific translation function)
-    and implements `devices`, `compile`, `from_numpy`, `to_numpy` and `export`. Operators missing from
-    `translations` are replaced by their procedures before `compile` sees the Program.
-    """
+    """A compiler from Programs to runnable code: subclass it and register it through the `slope_backends` hook."""
 
     name: ClassVar[str] = ""
     dtypes: ClassVar[frozenset[DType]] = frozenset()
@@ -79,9 +74,6 @@ class Backend:
                     )
 
 
-# ----------------------------------------------------------------------------------------------- lowering
-
-
 def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     """Replace every operator the backend lacks by its procedure (recursively), then drop dead code."""
     if all(instruction.op.name in supported for instruction in program.instructions):
@@ -97,22 +89,18 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     return dead_code_elimination(lowered)
 
 
-# ----------------------------------------------------------------------------------------------- selection
-
 _instances: dict[str, Backend] = {}
 _state: dict[str, Any] = {"backend": None, "device": None}
 
 
 def _default_backend_name() -> str:
-    names = plugins.backends
     requested = os.environ.get("SLOPE_BACKEND")
     if requested:
         return requested
-    for name in ("onnxruntime", "iree", "numpy"):
-        if name in names:
-            return name
-    if names:
-        return next(iter(names))
+    preferred = [name for name in ("onnxruntime", "iree", "numpy") if name in plugins.backends]
+    installed = preferred + list(plugins.backends)
+    if installed:
+        return installed[0]
     raise SlopeBackendError(
         "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
     )
@@ -183,8 +171,6 @@ def devices() -> list[str]:
     return get_backend().devices()
 
 
-# ----------------------------------------------------------------------------------------------- compile + eager
-
 _compiled: dict[tuple, Executable] = {}
 
 
@@ -220,6 +206,11 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
         executable = _compiled[key] = _compile_one(op, args, params, backend, device)
     except TypeError as error:  # an unhashable parameter: a user error the operator explains
         raise TypeError(f"slope.{op.name}: parameters must be hashable, got {params}") from error
+    return run_executable(executable, args, backend, device)
+
+
+def run_executable(executable: Executable, args: Any, backend: Backend, device: str) -> list[Tensor]:
+    """Run an Executable on tensors (moved to its backend and device when elsewhere); its outputs as tensors."""
     buffers = []
     for a in args:
         if a.backend is not backend or a.device != device:

@@ -66,12 +66,8 @@ def as_dtype(value: object) -> DType:
     """Turn a DType, a name, a NumPy dtype or a Python type into a DType."""
     if isinstance(value, DType):
         return value
-    if value is float:
-        return default_float
-    if value is int:
-        return default_int
-    if value is bool:
-        return bool_
+    if isinstance(value, type) and value in (float, int, bool):  # the Python types themselves, not NumPy's
+        return {float: default_float, int: default_int, bool: bool_}[value]
     if isinstance(value, str) and value in by_name:
         return by_name[value]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .dtypes import DType
@@ -25,10 +26,7 @@ class Aval:
     @property
     def size(self) -> int:
         """Number of elements."""
-        count = 1
-        for d in self.shape:
-            count *= d
-        return count
+        return math.prod(self.shape)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Aval) and self.shape == other.shape and self.dtype == other.dtype
@@ -95,11 +93,8 @@ class Program:
             names.setdefault(v, f"x{i}")
         for i, v in enumerate(self.constants):
             names.setdefault(v, f"c{i}")
-        count = 0
-        for instruction in self.instructions:
-            for v in instruction.outputs:
-                names[v] = f"y{count}"
-                count += 1
+        computed = [v for instruction in self.instructions for v in instruction.outputs]
+        names.update({v: f"y{i}" for i, v in enumerate(computed)})
         return names
 
     def __str__(self) -> str:
@@ -138,10 +133,4 @@ def dead_code_elimination(program: Program) -> Program:
             live.update(instruction.inputs)
     kept.reverse()
     used = [(v, value) for v, value in zip(program.constants, program.constant_values) if v in live]
-    return Program(
-        program.inputs,
-        kept,
-        program.outputs,
-        [v for v, _ in used],
-        [value for _, value in used],
-    )
+    return Program(program.inputs, kept, program.outputs, [v for v, _ in used], [value for _, value in used])

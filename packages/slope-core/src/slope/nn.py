@@ -1,5 +1,4 @@
-"""`import slope.nn as nn`: the slope-nn distribution (modules, layers, losses, optimizers), re-exported;
-`slope.nn.functional` is `slope_nn.functional`."""
+"""`import slope.nn as nn`: the slope-nn distribution re-exported (`slope.nn.functional` is `slope_nn.functional`)."""
 
 from __future__ import annotations
 

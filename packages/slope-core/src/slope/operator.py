@@ -31,22 +31,13 @@ class UndefinedPrimal:
 
 
 class Operator:
-    """A primitive operation that backends translate and transformations know.
-
-    Subclasses give `name`, `infer` and the rules they support:
-    - `jvp(primals, tangents, **params) -> (primal_outs, tangent_outs)`
-    - `transpose(cotangents, *args, **params) -> [cotangent or None per input]` for operators linear in some inputs
-      (those inputs arrive as `UndefinedPrimal`)
-    - `vmap(axis_size, args, dims, **params) -> (outs, out_dims)` where a dim is an int or None (not batched)
-    - `procedure(*args, **params)`: the operator built from other operators; used for backends that lack it and
-      for any rule the operator does not define itself.
-    """
+    """A primitive operation backends translate and transformations know: subclasses give `name`, `infer` and rules."""
 
     name: str = ""
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # inputs it is jointly linear in ("all"): gives the JVP rule
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
-    procedure: Callable | None = None
+    procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
     def __call__(self, *args: Any, **params: Any) -> Any:
         return bind(self, *args, **params)
@@ -56,7 +47,7 @@ class Operator:
         raise NotImplementedError
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        """Forward-mode rule; for an operator linear in `linear_inputs`, the operator applied to their tangents."""
+        """Forward-mode rule giving `(primal_outs, tangent_outs)`; linear operators get it from `linear_inputs`."""
         if not self.linear_inputs:
             raise NotImplementedError
         linear = range(len(primals)) if self.linear_inputs == "all" else self.linear_inputs
@@ -64,11 +55,11 @@ class Operator:
         return [bind(self, *primals, **params)], [bind(self, *args, **params)]
 
     def transpose(self, cotangents: list, *args: Any, **params: Any) -> list:
-        """Transpose rule of a linear operator."""
+        """Transpose rule: `[cotangent or None per input]`, where the linear inputs arrive as `UndefinedPrimal`."""
         raise NotImplementedError
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
-        """Batching rule."""
+        """Batching rule: `(outs, out_dims)`, where a dim is an int or None (not batched)."""
         raise NotImplementedError
 
     def has_rule(self, rule: str) -> bool:
@@ -89,9 +80,6 @@ class Operator:
 
     def __reduce__(self) -> str:
         return self.name
-
-
-# ----------------------------------------------------------------------------------------------- batching helpers
 
 
 def move_axis(x: Tensor, source: int, destination: int) -> Tensor:

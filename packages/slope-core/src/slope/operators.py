@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -15,8 +17,6 @@ from .operator import DTypeError, Operator, ShapeError, UndefinedPrimal, batch_t
 from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
-
-# ----------------------------------------------------------------------------------------------- coercion helpers
 
 _constants: dict[tuple, Tensor] = {}
 
@@ -43,17 +43,14 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
     if isinstance(value, Tensor):
         return value if dtype is None or value.dtype == dtype else cast(value, dtype)
     if isinstance(value, (bool, int, float)):
-        dtype = dtype or dtypes.infer_python(value)
-        return constant(value, dtype)
+        return constant(value, dtype or dtypes.infer_python(value))
     from .backend import from_numpy
 
     if isinstance(value, np.ndarray) or np.isscalar(value):
-        array = np.asarray(value)
-        dtype = dtype or dtypes.as_dtype(array.dtype)
+        dtype = dtype or dtypes.as_dtype(np.asarray(value).dtype)
     else:
         dtype = dtype or dtypes.infer_python(value)
-        array = np.asarray(value)
-    array = np.asarray(array, dtype=dtype.numpy, order="C")  # keeps 0-d data 0-d (ascontiguousarray would not)
+    array = np.asarray(value, dtype=dtype.numpy, order="C")  # keeps 0-d data 0-d (ascontiguousarray would not)
     return from_numpy(array, Aval(tuple(array.shape), dtype))
 
 
@@ -84,9 +81,7 @@ def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
     tensors = [v for v in values if isinstance(v, Tensor)]
     if dtype is None:
         if tensors:
-            dtype = tensors[0].dtype
-            for t in tensors[1:]:
-                dtype = dtypes.promote(dtype, t.dtype)
+            dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
             for v in values:
                 if not isinstance(v, Tensor):
                     try:
@@ -94,19 +89,12 @@ def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
                     except TypeError as error:
                         raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
         else:
-            dtype = dtypes.infer_python(values[0])
-            for v in values[1:]:
-                dtype = dtypes.promote(dtype, dtypes.infer_python(v))
+            dtype = functools.reduce(dtypes.promote, [dtypes.infer_python(v) for v in values])
     shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
-    out = []
-    for v in values:
-        if isinstance(v, Tensor):
-            out.append(broadcast_to(v if v.dtype == dtype else cast(v, dtype), shape))
-        elif isinstance(v, (bool, int, float)):
-            out.append(constant(v, dtype, shape))
-        else:
-            out.append(broadcast_to(as_tensor(v, dtype), shape))
-    return out
+    return [
+        constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
+        for v in values
+    ]
 
 
 def zeros_like(x: Tensor | Aval) -> Tensor:
@@ -119,24 +107,19 @@ def normalize_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
     if dim is None:
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    out = []
     for d in dims:
         if not -max(ndim, 1) <= d < max(ndim, 1):
             raise IndexError(
                 f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
                 f"(expected {-max(ndim, 1)} to {max(ndim, 1) - 1})"
             )
-        out.append(d % ndim if ndim else 0)
-    return tuple(sorted(set(out)))
+    return tuple(sorted({d % ndim if ndim else 0 for d in dims}))
 
 
-def _shape_args(shape: tuple) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(shape[0])
-    return tuple(shape)
-
-
-# ----------------------------------------------------------------------------------------------- unary
+def shape_args(shape: tuple) -> tuple[int, ...]:
+    """A shape given as `f(2, 3)` or `f((2, 3))`, as a tuple of ints."""
+    sizes = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return tuple(int(s) for s in sizes)
 
 
 class Unary(Operator):
@@ -227,9 +210,6 @@ class Invert(Unary):
     name = "invert"
     allowed = "integer"
 
-    def __call__(self, x: Any) -> Tensor:
-        return bind(self, as_tensor(x))
-
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         y = invert(primals[0])
         return [y], [zeros_like(y)]
@@ -240,9 +220,6 @@ class StopGradient(Unary):
 
     name = "stop_gradient"
     allowed = "any"
-
-    def __call__(self, x: Any) -> Tensor:
-        return bind(self, as_tensor(x))
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         return [stop_gradient(primals[0])], [zeros_like(primals[0])]
@@ -270,9 +247,6 @@ class Cast(Operator):
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dtype: DType) -> tuple[list, list]:
         return [cast(args[0], dtype)], [dims[0]]
-
-
-# ----------------------------------------------------------------------------------------------- binary
 
 
 _INT_KINDS = ("int", "uint")
@@ -468,9 +442,6 @@ class Where(Operator):
         return [where(*moved)], [0]
 
 
-# ----------------------------------------------------------------------------------------------- reductions
-
-
 def _reduce_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
     # a 0-d tensor accepts dim 0 or -1 (as in PyTorch) and has nothing to reduce
     dims = normalize_dims(name, dim, ndim)
@@ -534,16 +505,13 @@ class Max(Reduce):
         return [out], [tangent]
 
 
-# ----------------------------------------------------------------------------------------------- shape
-
-
 class Reshape(Operator):
     name = "reshape"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = tuple(int(s) for s in _shape_args(shape))
+        shape = shape_args(shape)
         if shape.count(-1) > 1:
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
@@ -575,7 +543,7 @@ class Expand(Operator):
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = tuple(int(s) for s in _shape_args(shape))
+        shape = shape_args(shape)
         if len(shape) < x.ndim:
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
         lead = len(shape) - x.ndim
@@ -603,7 +571,7 @@ class Permute(Operator):
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
-        perm = _shape_args(perm)
+        perm = shape_args(perm)
         if sorted(p % max(x.ndim, 1) for p in perm) != list(range(x.ndim)) or len(perm) != x.ndim:
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
         perm = tuple(p % x.ndim for p in perm)
@@ -653,6 +621,13 @@ class Slice(Operator):
     def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
         x = move_axis(args[0], dims[0], 0)
         return [slice_(x, (0, *start), (axis_size, *stop), (1, *step))], [0]
+
+
+def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
+    """`x[start:stop]` along one dimension."""
+    begin = tuple(start if d == dim else 0 for d in range(x.ndim))
+    end = tuple(stop if d == dim else n for d, n in enumerate(x.shape))
+    return slice_(x, begin, end)
 
 
 def _spread(x: Tensor, axis: int, factor: int, length: int) -> Tensor:
@@ -731,9 +706,7 @@ class Cat(Operator):
         if not tensors:
             raise self.shape_error("expected a non-empty sequence of tensors")
         tensors = [as_tensor(t) for t in tensors]
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = dtypes.promote(dtype, t.dtype)
+        dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
         (dim,) = normalize_dims(self.name, dim, tensors[0].ndim)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
@@ -749,25 +722,16 @@ class Cat(Operator):
         return Aval(first.shape[:dim] + (size,) + first.shape[dim + 1 :], first.dtype)
 
     def transpose(self, cotangents: list, *xs: Any, dim: int) -> list:
+        offsets = [0, *itertools.accumulate(x.aval.shape[dim] for x in xs)]
         ct = cotangents[0]
-        out, offset = [], 0
-        for x in xs:
-            size = x.aval.shape[dim]
-            if isinstance(x, UndefinedPrimal):
-                start = tuple(offset if i == dim else 0 for i in range(ct.ndim))
-                stop = tuple(offset + size if i == dim else n for i, n in enumerate(ct.shape))
-                out.append(slice_(ct, start, stop))
-            else:
-                out.append(None)
-            offset += size
-        return out
+        pieces = zip(xs, offsets, offsets[1:])
+        return [
+            slice_along(ct, dim, start, stop) if isinstance(x, UndefinedPrimal) else None for x, start, stop in pieces
+        ]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
         moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
         return [bind(self, *moved, dim=dim + 1)], [0]
-
-
-# ----------------------------------------------------------------------------------------------- init
 
 
 def _python_value(value: Any, dtype: DType) -> Any:
@@ -845,9 +809,6 @@ class RandomNormal(RandomUniform):
         return normal_procedure(key, shape, dtype)
 
 
-# ----------------------------------------------------------------------------------------------- general
-
-
 class Matmul(Operator):
     """Matrix product over the last two dimensions, with equal batch dimensions (callers get broadcasting)."""
 
@@ -893,18 +854,12 @@ class Matmul(Operator):
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         ct = cotangents[0]
         if isinstance(x, UndefinedPrimal):
-            return [bind(self, ct, _swap_last(y)), None]
-        return [None, bind(self, _swap_last(x), ct)]
+            return [bind(self, ct, functions["transpose"](y, -2, -1)), None]
+        return [None, bind(self, functions["transpose"](x, -2, -1), ct)]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
         x, y = (batch_to_front(a, d, axis_size) for a, d in zip(args, dims))
         return [bind(self, x, y)], [0]
-
-
-def _swap_last(x: Tensor) -> Tensor:
-    perm = list(range(x.ndim))
-    perm[-2], perm[-1] = perm[-1], perm[-2]
-    return permute(x, tuple(perm))
 
 
 def _tuple(name: str, value: Any, n: int) -> tuple[int, ...]:
@@ -985,13 +940,10 @@ class Conv(Operator):
             for d, s in enumerate(stride):
                 if s > 1:
                     ct = _spread(ct, d + 2, s, (ct.shape[d + 2] - 1) * s + 1)
-            lo, hi = [], []
-            for d in range(n):
-                span = dilation[d] * (kernel[d] - 1)
-                size = x.aval.shape[d + 2]
-                lo_d = span - padding[d][0]
-                lo.append(lo_d)
-                hi.append(size + span - lo_d - ct.shape[d + 2])
+            spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
+            lo = [span - before for span, (before, _) in zip(spans, padding)]
+            sizes = zip(x.aval.shape[2:], spans, lo, ct.shape[2:])
+            hi = [in_size + span - low - ct_size for in_size, span, low, ct_size in sizes]
             ct = pad(ct, lo=(0, 0, *lo), hi=(0, 0, *hi))
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
@@ -1104,8 +1056,6 @@ class ScatterNd(Operator):
         updates = batch_to_front(updates, dims[2], axis_size)
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
-
-# ----------------------------------------------------------------------------------------------- instances
 
 exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
 tanh, erf = Tanh(), Erf()

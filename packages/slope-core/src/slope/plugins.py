@@ -72,22 +72,16 @@ def refresh() -> None:
     """Rebuild the registries from every registered plugin's hooks."""
     from .tensors import Tensor, functions
 
-    operators.clear()
-    procedures.clear()
-    backends.clear()
-    owners.clear()
-    for plugin, ops in _collect("slope_operators"):
-        for op in ops:
-            _claim("function", op.name, plugin)
-            operators[op.name] = op
-    for plugin, table in _collect("slope_procedures"):
-        for name, fn in table.items():
-            _claim("function", name, plugin)
-            procedures[name] = fn
-    for plugin, classes in _collect("slope_backends"):
-        for cls in classes:
-            _claim("backend", cls.name, plugin)
-            backends[cls.name] = cls
+    for registry in (operators, procedures, backends, owners):
+        registry.clear()
+    hooks = [("slope_operators", "function", operators), ("slope_procedures", "function", procedures),
+             ("slope_backends", "backend", backends)]  # fmt: skip
+    for hook_name, kind, registry in hooks:
+        for plugin, value in _collect(hook_name):
+            table = value if isinstance(value, dict) else {item.name: item for item in value}  # lists of named things
+            for name, item in table.items():
+                _claim(kind, name, plugin)
+                registry[name] = item
     functions.clear()
     functions.update(operators)
     functions.update(procedures)
@@ -143,11 +137,10 @@ def load_entry_points() -> None:
             module = entry_point.load()
             manager.register(module, entry_point.name)
         except Exception as error:
-            failed[entry_point.name] = f"{type(error).__name__}: {error}"
+            reason = f"{type(error).__name__}: {error}"
+            failed[entry_point.name] = reason
             warnings.warn(
-                f"slope: plugin {entry_point.name!r} ({entry_point.value}) failed to load: "
-                f"{type(error).__name__}: {error}",
-                stacklevel=2,
+                f"slope: plugin {entry_point.name!r} ({entry_point.value}) failed to load: {reason}", stacklevel=2
             )
     refresh()
 

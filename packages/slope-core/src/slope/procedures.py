@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -12,7 +13,7 @@ from . import operators as ops
 from . import random as random_module
 from .ir import Aval
 from .operator import DTypeError, ShapeError
-from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, where
+from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, shape_args, where
 from .plugins import hookimpl
 from .tensors import Tensor
 
@@ -31,25 +32,17 @@ def slope_procedures() -> dict[str, Callable]:
     return registry
 
 
-def _shape(shape: tuple) -> tuple[int, ...]:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(int(s) for s in shape[0])
-    return tuple(int(s) for s in shape)
-
-
 def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.DType:
     return default if dtype is None else dtypes.as_dtype(dtype)
 
 
 def _to_device(t: Tensor, device: str | None) -> Tensor:
-    if device is None or t.buffer is None or t.device == device:
+    if device is None or t.buffer is None:
         return t
-    from .backend import get_backend, to_backend
+    from .backend import checked_device, get_backend, to_backend
 
-    return to_backend(t, get_backend(), "cuda:0" if device == "cuda" else device)
-
-
-# ----------------------------------------------------------------------------------------------- creation
+    backend = get_backend()
+    return to_backend(t, backend, checked_device(backend, device))
 
 
 @procedure
@@ -59,25 +52,23 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
     from .backend import from_numpy
 
-    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
-        dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))
-    else:
-        dtype = _dtype(dtype, dtypes.infer_python(data))
+    numpy_data = isinstance(data, (np.ndarray, np.generic))
+    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
     # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
     array = np.array(data, dtype=dtype.numpy, order="C")
-    return from_numpy(array, Aval(tuple(array.shape), dtype), device and ("cuda:0" if device == "cuda" else device))
+    return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
 @procedure
 def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of zeros."""
-    return _to_device(ops.full(_shape(shape), 0, _dtype(dtype)), device)
+    return _to_device(ops.full(shape_args(shape), 0, _dtype(dtype)), device)
 
 
 @procedure
 def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of ones."""
-    return _to_device(ops.full(_shape(shape), 1, _dtype(dtype)), device)
+    return _to_device(ops.full(shape_args(shape), 1, _dtype(dtype)), device)
 
 
 @procedure
@@ -117,13 +108,13 @@ def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
 @procedure
 def randn(*shape: Any, dtype: Any = None) -> Tensor:
     """Standard normal samples from the global generator (see slope.manual_seed)."""
-    return random_module.normal(random_module.next_key(), _shape(shape), dtype)
+    return random_module.normal(random_module.next_key(), shape_args(shape), dtype)
 
 
 @procedure
 def rand(*shape: Any, dtype: Any = None) -> Tensor:
     """Uniform samples in [0, 1) from the global generator."""
-    return random_module.uniform(random_module.next_key(), _shape(shape), dtype)
+    return random_module.uniform(random_module.next_key(), shape_args(shape), dtype)
 
 
 @procedure
@@ -132,9 +123,6 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
     if high is None or isinstance(high, (tuple, list)):
         low, high, size = 0, low, size if high is None else high
     return random_module.randint(random_module.next_key(), size, low, high, dtype)
-
-
-# ----------------------------------------------------------------------------------------------- elementwise
 
 
 @procedure
@@ -166,8 +154,7 @@ def _float(x: Any) -> Tensor:
 @procedure
 def cos(x: Any) -> Tensor:
     """Cosine."""
-    x = _float(x)
-    return ops.sin(x + math.pi / 2)
+    return ops.sin(_float(x) + math.pi / 2)
 
 
 @procedure
@@ -354,9 +341,6 @@ def astype(x: Any, dtype: Any) -> Tensor:
 registry["to"] = astype
 
 
-# ----------------------------------------------------------------------------------------------- reductions
-
-
 def _count(x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims("mean", dim, x.ndim))
 
@@ -411,11 +395,10 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = cast(x, dtypes.int64)
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
-    out_shape = (
-        tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else tuple(x.shape[d] for d in kept)
-    )
+    kept_shape = tuple(x.shape[d] for d in kept)
+    out_shape = tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else kept_shape
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
-    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
+    x = x.permute((*kept, *dims)).reshape((*kept_shape, reduced))
     while x.shape[-1] > 1:
         if x.shape[-1] % 2:
             x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
@@ -480,9 +463,6 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     return x
 
 
-# ----------------------------------------------------------------------------------------------- shape
-
-
 @procedure
 def view(x: Any, *shape: Any) -> Tensor:
     """Reshape (tensors are immutable, so a view is a reshape)."""
@@ -506,11 +486,7 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if x.ndim == 0:
         return x.reshape(1)
     start, end = (normalize_dims("flatten", d, x.ndim)[0] for d in (start_dim, end_dim))
-    return (
-        x.reshape((*x.shape[:start], -1, *x.shape[end + 1 :]))
-        if x.numel()
-        else x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
-    )
+    return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 
 @procedure
@@ -548,7 +524,7 @@ def expand_as(x: Any, other: Tensor) -> Tensor:
 def repeat(x: Any, *sizes: Any) -> Tensor:
     """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
     x = as_tensor(x)
-    sizes = _shape(sizes)
+    sizes = shape_args(sizes)
     if len(sizes) < x.ndim:
         raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
     x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
@@ -588,13 +564,8 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
         sections = list(split_size_or_sections)
         if sum(sections) != size:
             raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
-    pieces, start = [], 0
-    for length in sections:
-        begin = tuple(start if d == dim else 0 for d in range(x.ndim))
-        end = tuple(start + length if d == dim else n for d, n in enumerate(x.shape))
-        pieces.append(ops.slice_(x, begin, end))
-        start += length
-    return pieces
+    offsets = [0, *itertools.accumulate(sections)]
+    return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
 
 
 @procedure
@@ -625,31 +596,27 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
     return x
 
 
-def _triangle_mask(x: Tensor, diagonal: int, lower: bool) -> Tensor:
+def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
+    x = as_tensor(x)
     if x.ndim < 2:
         raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
     rows, cols = x.shape[-2], x.shape[-1]
     row = ops.arange(rows).reshape((rows, 1))
     col = ops.arange(cols).reshape((1, cols))
     mask = (col - row <= diagonal) if lower else (col - row >= diagonal)
-    return broadcast_to(mask, x.shape)
+    return where(broadcast_to(mask, x.shape), x, constant(0, x.dtype, x.shape))
 
 
 @procedure
 def tril(x: Any, diagonal: int = 0) -> Tensor:
     """The lower triangle of the last two dimensions (others zeroed)."""
-    x = as_tensor(x)
-    return where(_triangle_mask(x, diagonal, True), x, constant(0, x.dtype, x.shape))
+    return _triangle(x, diagonal, True)
 
 
 @procedure
 def triu(x: Any, diagonal: int = 0) -> Tensor:
     """The upper triangle of the last two dimensions (others zeroed)."""
-    x = as_tensor(x)
-    return where(_triangle_mask(x, diagonal, False), x, constant(0, x.dtype, x.shape))
-
-
-# ----------------------------------------------------------------------------------------------- indexing
+    return _triangle(x, diagonal, False)
 
 
 def _check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
@@ -679,7 +646,7 @@ def getitem(x: Any, index: Any) -> Tensor:
     expanded: list = []
     for item in items:
         if _is_bool_mask(item):
-            mask = item if isinstance(item, Tensor) else as_tensor(item)
+            mask = as_tensor(item)
             if mask.buffer is None:
                 raise TypeError(
                     "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
@@ -736,9 +703,7 @@ def getitem(x: Any, index: Any) -> Tensor:
     if any((a, b, s) != (0, n, 1) for a, b, s, n in zip(start, stop, step, x.shape)):
         x = ops.slice_(x, tuple(start), tuple(stop), tuple(step))
     x = x.reshape(tuple(out_shape))
-    if not advanced:
-        return x
-    return _gather_advanced(x, advanced)
+    return _gather_advanced(x, advanced) if advanced else x
 
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:

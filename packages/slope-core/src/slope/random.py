@@ -1,8 +1,4 @@
-"""Counter-based random numbers (Threefry-2x32, 20 rounds, as JAX): the same key gives the same bits everywhere.
-
-A key is an int64 tensor of shape (2,) holding two 32-bit words. Bits are computed with 64-bit integer operators
-masked to 32 bits, so every backend that runs int64 arithmetic produces identical streams.
-"""
+"""Counter-based random numbers (Threefry-2x32 on 32-bit words held in int64): one key gives one stream everywhere."""
 
 from __future__ import annotations
 
@@ -78,20 +74,14 @@ def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Te
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
-    """The procedure of `random_normal`: Box-Muller on two uniform streams.
-
-    log and cos run in float64 and are rounded once at the end: backends' float32 kernels for them differ in the last
-    bit, while their float64 results round to the same float32, so float32 samples are bit-identical everywhere.
-    """
+    """The procedure of `random_normal`: Box-Muller on two uniform streams."""
+    # log and cos run in float64, rounded once: float32 kernels differ across backends in the last bit
     count = math.prod(shape)
     bits = _shift_right(random_bits(key, 2 * count), 9)
     u = cast(bits, dtypes.float64) * (2.0**-23)
     radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
     angle = u[count:] * (2 * math.pi)
     return cast((radius * angle.cos()).reshape(shape), dtype)
-
-
-# ----------------------------------------------------------------------------------------------- key API
 
 
 def key(seed: int) -> Tensor:
@@ -109,34 +99,28 @@ def _check_key(name: str, k: Any) -> None:
 def split(k: Tensor, num: int = 2) -> Tensor:
     """`num` new independent keys, shape (num, 2)."""
     _check_key("split", k)
-    bits = random_bits(k, 2 * num)
-    return bits.reshape((num, 2))
+    return random_bits(k, 2 * num).reshape((num, 2))
 
 
 def fold_in(k: Tensor, data: int) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    x0, x1 = threefry2x32(
-        k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), constant(int(data) & _MASK, dtypes.int64, (1,))
-    )
+    counter = constant(int(data) & _MASK, dtypes.int64, (1,))
+    x0, x1 = threefry2x32(k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), counter)
     return cat([x0, x1])
-
-
-def _shape(shape: Any) -> tuple:
-    return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval)."""
     _check_key("uniform", k)
-    values = random_uniform(k, _shape(shape), dtype)
+    values = random_uniform(k, shape, dtype)
     return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
     """Standard normal samples."""
     _check_key("normal", k)
-    return random_normal(k, _shape(shape), dtype)
+    return random_normal(k, shape, dtype)
 
 
 def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:
@@ -144,7 +128,7 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     _check_key("randint", k)
     if maxval <= minval:
         raise ValueError(f"slope.random.randint: expected minval < maxval, got {minval} and {maxval}")
-    shape = _shape(shape)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     bits = random_bits(k, math.prod(shape)).reshape(shape)
     return cast(bits % (maxval - minval) + minval, dtype or dtypes.int64)
 
@@ -170,8 +154,6 @@ def permutation(k: Tensor, n: Any) -> Tensor:
         order = arange(count).at[ranks].set(arange(count))
     return source[order] if source is not None else order
 
-
-# ----------------------------------------------------------------------------------------------- global generator
 
 _global: dict[str, Any] = {"seed": 0, "key": None}
 

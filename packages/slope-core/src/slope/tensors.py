@@ -35,7 +35,6 @@ class Tensor:
         tensor.device = device
         return tensor
 
-    # ------------------------------------------------------------------------------------------- attributes
     @property
     def shape(self) -> tuple[int, ...]:
         """The tensor's shape as a tuple."""
@@ -73,7 +72,6 @@ class Tensor:
                 "or mark the argument static with jit(static_argnums=...)"
             )
 
-    # ------------------------------------------------------------------------------------------- conversion
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
         self._concrete("Tensor.numpy()")
@@ -151,9 +149,8 @@ class Tensor:
     @property
     def at(self) -> Any:
         """Functional updates: `t.at[idx].set(v)`, `t.at[idx].add(v)`."""
-        return _IndexUpdater(self)
+        return _IndexUpdate(self)
 
-    # ------------------------------------------------------------------------------------------- operators
     def __getitem__(self, index: Any) -> Tensor:
         return functions["getitem"](self, index)
 
@@ -175,14 +172,8 @@ def _operator_method(function: str, reflected: bool = False) -> Any:
 
 
 # Python operators -> slope functions; the second table's entries also get their reflected form (__radd__ ...).
-_comparisons = {
-    "eq": "equal",
-    "ne": "not_equal",
-    "lt": "less",
-    "le": "less_equal",
-    "gt": "greater",
-    "ge": "greater_equal",
-}
+_comparisons = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
+                "ge": "greater_equal"}  # fmt: skip
 _arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "floordiv": "floor_divide",
                "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
                "xor": "bitwise_xor"}  # fmt: skip
@@ -200,22 +191,17 @@ Tensor.__invert__ = lambda self: functions["invert"](self)
 Tensor.__pos__ = lambda self: self
 
 
-class _IndexUpdater:
-    __slots__ = ("tensor",)
+class _IndexUpdate:
+    """`t.at` before indexing and `t.at[index]` after it, whose `.set` and `.add` give the updated copy."""
 
-    def __init__(self, tensor: Tensor):
+    __slots__ = ("tensor", "index")
+
+    def __init__(self, tensor: Tensor, index: Any = None):
         self.tensor = tensor
+        self.index = index
 
     def __getitem__(self, index: Any) -> _IndexUpdate:
         return _IndexUpdate(self.tensor, index)
-
-
-class _IndexUpdate:
-    __slots__ = ("tensor", "index")
-
-    def __init__(self, tensor: Tensor, index: Any):
-        self.tensor = tensor
-        self.index = index
 
     def set(self, value: Any) -> Tensor:
         """A copy of the tensor with `value` written at the index."""

@@ -62,12 +62,13 @@ class EagerTrace(Trace):
         return value
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
-        if op.inline:
-            outs = op.procedure(*tracers, **params)
-            return list(outs) if op.multiple_results else [outs]
-        from .backend import eager_run
+        return run_procedure(op, tracers, params) if op.inline else eager_run(op, tracers, params)
 
-        return eager_run(op, tracers, params)
+
+def run_procedure(op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
+    """Run an operator as its procedure, giving a list of outputs like `Trace.run`."""
+    outs = op.procedure(*tracers, **params)
+    return list(outs) if op.multiple_results else [outs]
 
 
 _stack: list[MainTrace] = [MainTrace(0, EagerTrace, None)]
@@ -130,16 +131,13 @@ def _full_raise(trace: Trace, value: Tensor) -> Tensor:
     )
 
 
-# ----------------------------------------------------------------------------------------------- program tracing
-
-
 class ProgramBuilder:
     """Collects the instructions of a Program while a function is traced."""
 
-    def __init__(self) -> None:
+    def __init__(self, lower_for: frozenset[str] | None = None) -> None:
         self.instructions: list[Instruction] = []
         self.constants: dict[int, tuple[Tensor, ProgramTracer]] = {}
-        self.lower_for: frozenset[str] | None = None
+        self.lower_for = lower_for
 
 
 class ProgramTracer(Tracer):
@@ -170,8 +168,7 @@ class ProgramTrace(Trace):
         builder: ProgramBuilder = self.main.data
         lowering = builder.lower_for is not None and op.name not in builder.lower_for
         if (op.inline or lowering) and op.procedure is not None:
-            outs = op.procedure(*tracers, **params)
-            return list(outs) if op.multiple_results else [outs]
+            return run_procedure(op, tracers, params)
         out_avals = op.infer(*[t.aval for t in tracers], **params)
         if not op.multiple_results:
             out_avals = [out_avals]
@@ -182,21 +179,17 @@ class ProgramTrace(Trace):
 
 def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
     """Trace a function of a flat list of tensors to a Program (every operator is recorded)."""
-    builder = ProgramBuilder()
-    builder.lower_for = lower_for
+    builder = ProgramBuilder(lower_for)
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
         outs = flat_fn(*in_tracers)
         out_tracers = [_full_raise(trace, _as_tensor(o)) for o in outs]
     constants = list(builder.constants.values())
-    return Program(
-        [t.ir_var for t in in_tracers],
-        builder.instructions,
-        [t.ir_var for t in out_tracers],
-        [tracer.ir_var for _, tracer in constants],
-        [value for value, _ in constants],
-    )
+    inputs = [t.ir_var for t in in_tracers]
+    outputs = [t.ir_var for t in out_tracers]
+    constant_vars = [tracer.ir_var for _, tracer in constants]
+    return Program(inputs, builder.instructions, outputs, constant_vars, [value for value, _ in constants])
 
 
 def _as_tensor(value: Any) -> Tensor:
@@ -222,9 +215,7 @@ def flatten_fun(fn: Callable, in_tree: tree.TreeDef) -> tuple[Callable, list]:
     out_tree_box: list = []
 
     def flat_fn(*flat_args: Tensor) -> list:
-        args = tree.unflatten(in_tree, flat_args)
-        out = fn(*args)
-        leaves, out_tree = tree.flatten(out)
+        leaves, out_tree = tree.flatten(fn(*tree.unflatten(in_tree, flat_args)))
         out_tree_box.append(out_tree)
         return leaves
 

@@ -10,7 +10,7 @@ from . import tree
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, zeros_like
-from .tensors import Tensor
+from .tensors import Tensor, functions
 from .trace import (
     Trace,
     Tracer,
@@ -22,6 +22,7 @@ from .trace import (
     is_eager,
     make_program,
     new_main,
+    run_procedure,
 )
 
 
@@ -29,16 +30,10 @@ class TransformError(ValueError):
     """A transformation used in a way it cannot support."""
 
 
-def _missing_rule(op: Operator, rule: str) -> TransformError:
-    return TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
-
-
-def _run_procedure(op: Operator, tracers: list, params: dict) -> list:
-    outs = op.procedure(*tracers, **params)
-    return list(outs) if op.multiple_results else [outs]
-
-
-# ----------------------------------------------------------------------------------------------- jvp
+def _procedure_instead(op: Operator, rule: str, tracers: list, params: dict) -> list:
+    if op.procedure is None:
+        raise TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
+    return run_procedure(op, tracers, params)
 
 
 class JVPTracer(Tracer):
@@ -70,21 +65,10 @@ class JVPTrace(Trace):
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
-        if op.has_rule("jvp"):
-            primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
-        elif op.procedure is not None:
-            return _run_procedure(op, tracers, params)
-        else:
-            raise _missing_rule(op, "JVP")
+        if not op.has_rule("jvp"):
+            return _procedure_instead(op, "JVP", tracers, params)
+        primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
         return [JVPTracer(self, p, t) for p, t in zip(primal_outs, tangent_outs)]
-
-
-def _check_tangent(primal: Tensor, tangent: Tensor) -> None:
-    if primal.shape != tangent.shape or primal.dtype != tangent.dtype:
-        raise TransformError(
-            f"slope.jvp: a tangent must match its primal's shape and dtype, got primal {primal.aval} "
-            f"and tangent {tangent.aval}"
-        )
 
 
 def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, list]:
@@ -104,14 +88,15 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
         raise TransformError(f"slope.jvp: primals {in_tree} and tangents {tangent_tree} differ in structure")
     primals_flat = [as_tensor(p) for p in primals_flat]
     tangents_flat = [as_tensor(t) for t in tangents_flat]
-    for p, t in zip(primals_flat, tangents_flat):
-        _check_tangent(p, t)
+    for primal, tangent in zip(primals_flat, tangents_flat):
+        if primal.aval != tangent.aval:
+            raise TransformError(
+                f"slope.jvp: a tangent must match its primal's shape and dtype, got primal {primal.aval} "
+                f"and tangent {tangent.aval}"
+            )
     flat_fn, out_tree = flatten_fun(fn, in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
     return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
-
-
-# ----------------------------------------------------------------------------------------------- linearize + vjp
 
 
 class LinearFunction:
@@ -154,15 +139,9 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
     tangent_outputs = program.outputs[n_out:]
     needed = [v for i in linear_part for v in i.inputs] + tangent_outputs
     residual_vars = list(dict.fromkeys(v for v in needed if v not in linear_vars))
-    primal_program = dead_code_elimination(
-        Program(
-            program.inputs[:count],
-            primal_part,
-            program.outputs[:n_out] + residual_vars,
-            program.constants,
-            program.constant_values,
-        )
-    )
+    primal_outputs = program.outputs[:n_out] + residual_vars
+    constants = (program.constants, program.constant_values)
+    primal_program = dead_code_elimination(Program(program.inputs[:count], primal_part, primal_outputs, *constants))
     outs = eval_program(primal_program, primals)
     linear_program = Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs)
     return outs[:n_out], linear_program, outs[n_out:]
@@ -273,10 +252,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
                     )
 
         def partial_fn(*diff_args: Any) -> Any:
-            full_args = list(args)
-            for n, value in zip(nums, diff_args):
-                full_args[n] = value
-            return fn(*full_args, **kwargs)
+            differentiated = dict(zip(nums, diff_args))
+            return fn(*[differentiated.get(i, arg) for i, arg in enumerate(args)], **kwargs)
 
         result = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
         out, vjp_fn = result[0], result[1]
@@ -303,9 +280,6 @@ def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) 
         return (grads, value[1]) if has_aux else grads
 
     return grad_fn
-
-
-# ----------------------------------------------------------------------------------------------- vmap
 
 
 class BatchTracer(Tracer):
@@ -342,12 +316,9 @@ class BatchTrace(Trace):
         if all(d is None for d in dims):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        if op.has_rule("vmap"):
-            outs, out_dims = op.vmap(self.main.data, values, dims, **params)
-        elif op.procedure is not None:
-            return _run_procedure(op, tracers, params)
-        else:
-            raise _missing_rule(op, "batching")
+        if not op.has_rule("vmap"):
+            return _procedure_instead(op, "batching", tracers, params)
+        outs, out_dims = op.vmap(self.main.data, values, dims, **params)
         return [BatchTracer(self, o, d) for o, d in zip(outs, out_dims)]
 
 
@@ -401,8 +372,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         results = []
         for value, dim, target in zip(values, dims, targets):
             if dim is None:
-                value = value.reshape((1, *value.shape)).expand((axis_size, *value.shape))
-                dim = 0
+                value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 raise TransformError(
                     f"slope.vmap: out_axes {target} is out of range for a per-example output of shape "
@@ -414,13 +384,12 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     return vmapped
 
 
-# ----------------------------------------------------------------------------------------------- Jacobians
-
-
 def _basis(aval: Aval) -> Tensor:
-    from .tensors import functions
-
     return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
+
+
+def _at_argument(fn: Callable, args: tuple, argnum: int) -> Callable:
+    return lambda value: fn(*args[:argnum], value, *args[argnum + 1 :])
 
 
 def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
@@ -432,10 +401,7 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
         x = as_tensor(args[argnum])
 
         def pushforward(tangent: Tensor) -> Tensor:
-            def at(value: Tensor) -> Tensor:
-                return fn(*args[:argnum], value, *args[argnum + 1 :])
-
-            return jvp(at, (x,), (tangent,))[1]
+            return jvp(_at_argument(fn, args, argnum), (x,), (tangent,))[1]
 
         columns = vmap(pushforward)(_basis(x.aval))  # (x.size, *out_shape)
         out_ndim = columns.ndim - 1
@@ -454,10 +420,7 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
         (argnum,) = _normalize_argnums("jacrev", argnums, len(args))
         x = as_tensor(args[argnum])
 
-        def at(value: Tensor) -> Tensor:
-            return fn(*args[:argnum], value, *args[argnum + 1 :])
-
-        out, vjp_fn = vjp(at, x)
+        out, vjp_fn = vjp(_at_argument(fn, args, argnum), x)
         rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
         return rows.reshape((*out.shape, *x.shape))
 
@@ -467,9 +430,6 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
     return jacfwd(jacrev(fn, argnums), argnums)
-
-
-# ----------------------------------------------------------------------------------------------- custom rules
 
 
 def _jvp_active() -> bool:
@@ -613,9 +573,6 @@ custom_vjp_call = CustomVJPCall()
 custom_vjp_linear = CustomVJPLinear()
 
 
-# ----------------------------------------------------------------------------------------------- jit
-
-
 class Lowered:
     """A traced and compiled function: `.program` (slope IR), `.code` (backend code), `.export(path)`."""
 
@@ -693,15 +650,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if not is_eager():
             return self.fn(*args, **kwargs)  # inside another transformation: trace straight through
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
-        buffers = []
-        for t in tensors:
-            if t.backend is not backend or t.device != device:
-                t = backend_module.to_backend(t, backend, device)
-            buffers.append(t.buffer)
-        outs = executable.run(buffers)
-        return tree.unflatten(
-            out_tree, [Tensor._make(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
-        )
+        return tree.unflatten(out_tree, backend_module.run_executable(executable, tensors, backend, device))
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace and compile for these arguments without running."""

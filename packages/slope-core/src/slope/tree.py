@@ -32,10 +32,8 @@ LEAF = TreeDef(None, None, ())
 
 
 def register(cls: type, flatten: Callable | None = None, unflatten: Callable | None = None) -> type:
-    """Make a class a pytree node: `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`.
-
-    A dataclass needs no functions: its fields are its children. Usable as a class decorator.
-    """
+    """Make a class a pytree node: `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`."""
+    # a dataclass needs neither function (its fields are its children), so this also works as a class decorator
     if flatten is None:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"slope.tree.register: {cls.__name__} is not a dataclass, so pass flatten and unflatten")
@@ -57,10 +55,8 @@ _by_class: dict[type, tuple[Callable, Callable] | None] = {}  # _node_functions 
 
 def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
     cls = type(obj)
-    try:
+    if cls in _by_class:
         return _by_class[cls]
-    except KeyError:
-        pass
     if cls in _registry:
         functions = _registry[cls]
     elif hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
