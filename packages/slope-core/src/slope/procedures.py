@@ -619,7 +619,7 @@ def triu(x: Any, diagonal: int = 0) -> Tensor:
     return _triangle(x, diagonal, False)
 
 
-def _check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
+def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
     """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
     if index.buffer is None or index.numel() == 0:
         return
@@ -678,7 +678,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         if isinstance(item, Tensor):
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
-            _check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
+            check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             start.append(0), stop.append(size), step.append(1)
             out_shape.append(size)

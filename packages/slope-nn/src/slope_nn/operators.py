@@ -23,6 +23,7 @@ import numpy as np
 
 import slope
 from slope import Aval, Operator, Tensor
+from slope.procedures import check_indices
 
 
 def _tensor(x: Any) -> Tensor:
@@ -52,18 +53,6 @@ def _dim(name: str, dim: int, ndim: int) -> int:
             f"(expected {-limit} to {limit - 1})"
         )
     return dim % limit
-
-
-def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
-    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
-    if index.buffer is None or index.numel() == 0:
-        return
-    values = index.numpy()
-    smallest, largest = int(values.min()), int(values.max())
-    if smallest < low or largest >= high:
-        raise IndexError(
-            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
-        )
 
 
 def lowest(dtype: slope.DType) -> Any:
