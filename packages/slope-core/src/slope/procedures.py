@@ -315,7 +315,7 @@ def isnan(x: Any) -> Tensor:
 def isinf(x: Any) -> Tensor:
     """Where x is +inf or -inf."""
     x = as_tensor(x)
-    return abs_(x) == math.inf if x.dtype.is_float else constant(False, dtypes.bool_, x.shape)
+    return (x == math.inf) | (x == -math.inf) if x.dtype.is_float else constant(False, dtypes.bool_, x.shape)
 
 
 @procedure

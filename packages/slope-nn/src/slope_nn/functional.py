@@ -131,10 +131,11 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
 
 
 def log_softmax(x: Any, dim: int = -1) -> Tensor:
-    """x - logsumexp(x) along dim."""
+    """x - logsumexp(x) along dim, computed stably."""
     x = _float(x)
     dim = _dims("log_softmax", dim, x.ndim)
-    return x - logsumexp(x, dim, keepdim=True)
+    shifted = x - slope.stop_gradient(x.max(dim, keepdim=True))  # a row of only -inf gives NaN, as in PyTorch
+    return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
 
 
 def one_hot(x: Any, num_classes: int = -1) -> Tensor:
