@@ -214,14 +214,18 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
             probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
     if label_smoothing:
         probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
-    losses = -(probs * logp).sum(class_dim)
+    return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
+
+
+def reduce_loss(name: str, losses: Tensor, reduction: str) -> Tensor:
+    """Per-example losses reduced as PyTorch's `reduction` argument says ("mean", "sum" or "none")."""
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":
         return losses.sum()
     if reduction == "none":
         return losses
-    raise ValueError(f"slope.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise ValueError(f"slope.{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 # the functions registered as procedures (the operators register themselves through slope_operators)

@@ -8,6 +8,7 @@ import slope
 from slope import Tensor
 
 from . import functional
+from .functional import reduce_loss
 from .module import Module
 
 __all__ = [
@@ -24,16 +25,6 @@ __all__ = [
     "nll",
     "nll_loss",
 ]
-
-
-def _reduce(name: str, losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return losses.mean()
-    if reduction == "sum":
-        return losses.sum()
-    if reduction == "none":
-        return losses
-    raise ValueError(f"slope.nn.{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:  # noqa: A002 - PyTorch's name
@@ -58,7 +49,7 @@ def nll(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     picked = functional.one_hot(target, log_probs.shape[class_dim]).astype(log_probs.dtype)
     if class_dim == 1 and log_probs.ndim > 2:
         picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
-    return _reduce("nll", -(picked * log_probs).sum(class_dim), reduction)
+    return reduce_loss("nn.nll", -(picked * log_probs).sum(class_dim), reduction)
 
 
 def mse(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002 - PyTorch's name
@@ -66,7 +57,7 @@ def mse(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa:
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
     _check_same_shape("mse", input, target)
     difference = input - target
-    return _reduce("mse", difference * difference, reduction)
+    return reduce_loss("nn.mse", difference * difference, reduction)
 
 
 def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
@@ -79,7 +70,7 @@ def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = Non
     losses = -(target * log_p + (1.0 - target) * log_not_p)
     if weight is not None:
         losses = losses * weight
-    return _reduce("binary_cross_entropy", losses, reduction)
+    return reduce_loss("nn.binary_cross_entropy", losses, reduction)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
@@ -93,7 +84,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor 
     losses = -(positive + (1.0 - target) * log_not_sigmoid)
     if weight is not None:
         losses = losses * weight
-    return _reduce("binary_cross_entropy_with_logits", losses, reduction)
+    return reduce_loss("nn.binary_cross_entropy_with_logits", losses, reduction)
 
 
 mse_loss = mse
