@@ -23,26 +23,12 @@ import numpy as np
 
 import slope
 from slope import Aval, Operator, Tensor
+from slope.operator import batch_to_front, move_axis
 from slope.procedures import check_indices
 
 
 def _tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else slope.tensor(x)
-
-
-def _move_axis(x: Tensor, source: int, destination: int) -> Tensor:
-    if source == destination:
-        return x
-    perm = [d for d in range(x.ndim) if d != source]
-    perm.insert(destination, source)
-    return x.permute(tuple(perm))
-
-
-def _batch_first(x: Tensor, dim: int | None, axis_size: int) -> Tensor:
-    """x with its batch dimension first; an unbatched x is broadcast along a new one."""
-    if dim is None:
-        return x.reshape((1, *x.shape)).expand((axis_size, *x.shape))
-    return _move_axis(x, dim, 0)
 
 
 def _dim(name: str, dim: int, ndim: int) -> int:
@@ -196,7 +182,7 @@ class _Pooling(Operator):
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
         x, dim = args[0], dims[0]
         if dim >= x.ndim - len(params["kernel"]):  # a pooled dimension: make it a leading one
-            x, dim = _move_axis(x, dim, 0), 0
+            x, dim = move_axis(x, dim, 0), 0
         return [slope.bind(self, x, **params)], [dim]
 
 
@@ -306,7 +292,7 @@ class TakeAlongDim(Operator):
         return [slope.bind(scatter_add, zeros, index, cotangents[0], **params), None]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int, unique_indices: bool) -> tuple[list, list]:
-        x, index = (_batch_first(a, d, axis_size) for a, d in zip(args, dims))
+        x, index = (batch_to_front(a, d, axis_size) for a, d in zip(args, dims))
         return [slope.bind(self, x, index, dim=dim + 1, unique_indices=unique_indices)], [0]
 
     def procedure(self, x: Tensor, index: Tensor, *, dim: int, unique_indices: bool) -> Tensor:
@@ -348,7 +334,7 @@ class ScatterAdd(Operator):
         return [ct if isinstance(x, slope.UndefinedPrimal) else None, None, picked]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int, unique_indices: bool) -> tuple[list, list]:
-        x, index, src = (_batch_first(a, d, axis_size) for a, d in zip(args, dims))
+        x, index, src = (batch_to_front(a, d, axis_size) for a, d in zip(args, dims))
         return [slope.bind(self, x, index, src, dim=dim + 1, unique_indices=unique_indices)], [0]
 
     def procedure(self, x: Tensor, index: Tensor, src: Tensor, *, dim: int, unique_indices: bool) -> Tensor:
