@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 import slope
 import slope.nn as nn
@@ -66,6 +68,31 @@ def load_mnist(explicit: str | None) -> tuple[nn.datasets.Dataset, nn.datasets.D
 def normalize(images: slope.Tensor) -> slope.Tensor:
     """uint8 pixels to standardized float32 (MNIST's mean 0.1307 and std 0.3081)."""
     return (images.astype(slope.float32) * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+
+
+def train_epoch(
+    train_step: Any,
+    model: Any,
+    state: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    steps: int,
+    desc: str,
+    update_every: int,
+) -> tuple:
+    """One epoch of jitted steps over shuffled batches with a progress bar; returns model, state and step losses."""
+    step_losses = []
+    with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
+        for i in range(steps):
+            batch = order[i * batch_size : (i + 1) * batch_size]
+            model, state, loss = train_step(model, state, slope.tensor(images[batch]), slope.tensor(labels[batch]))
+            step_losses.append(loss)
+            if (i + 1) % update_every == 0 or i + 1 == steps:
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+                bar.update(i + 1 - bar.n)
+    return model, state, [float(loss) for loss in step_losses]  # converted once per epoch
 
 
 def plot_losses(losses: list[float], steps_per_epoch: int, path: Path, title: str) -> None:

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import load_mnist, normalize, parser, plot_losses, setup
-from tqdm import tqdm
+from common import load_mnist, normalize, parser, plot_losses, setup, train_epoch
 
 import slope
 import slope.nn as nn
@@ -110,19 +109,12 @@ def main() -> None:
     accuracy = 0.0
     for epoch in range(1, args.epochs + 1):
         order = shuffle.permutation(len(train_images))
-        epoch_losses = []
         start = time.perf_counter()
-        with tqdm(total=steps, desc=f"epoch {epoch}/{args.epochs}", unit="step", leave=False) as bar:
-            for i in range(steps):
-                batch = order[i * args.batch_size : (i + 1) * args.batch_size]
-                images = slope.tensor(train_images[batch])
-                labels = slope.tensor(train.labels[batch])
-                model, state, loss = train_step(model, state, images, labels)
-                epoch_losses.append(loss)
-                if (i + 1) % 25 == 0 or i + 1 == steps:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-                    bar.update(i + 1 - bar.n)
-        losses.extend(float(loss) for loss in epoch_losses)  # converted once per epoch, for the plot
+        desc = f"epoch {epoch}/{args.epochs}"
+        model, state, epoch_losses = train_epoch(
+            train_step, model, state, train_images, train.labels, order, args.batch_size, steps, desc, 25
+        )
+        losses.extend(epoch_losses)
         epoch_time = time.perf_counter() - start
         predicted = evaluate(model, test_images_tensor).numpy()
         accuracy = float((predicted == test.labels).mean())
