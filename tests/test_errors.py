@@ -64,6 +64,15 @@ def _custom_vjp_with_backward(backward):
     return slope.grad(double)(ones(3))
 
 
+def _custom_vjp_identity():
+    @slope.custom_vjp
+    def identity(x):
+        return x * 1.0
+
+    identity.defvjp(lambda x: (x * 1.0, None), lambda res, g: (g,))
+    return identity
+
+
 class NotADataclass:
     pass
 
@@ -253,6 +262,8 @@ CASES = [
      ["slope.custom_vjp", "2 cotangents", "1 inputs"]),
     ("custom-vjp-backward-shape", lambda: _custom_vjp_with_backward(lambda res, g: (ones(4),)), TransformError,
      ["slope.custom_vjp", "(4,)", "(3,)"]),
+    ("custom-vjp-forward-mode", lambda: slope.jvp(lambda x: _custom_vjp_identity()(x), (ones(3),), (ones(3),)),
+     TransformError, ["slope.custom_vjp", "forward mode", "jvp", "custom_jvp"]),
     # vmap
     ("vmap-axis-sizes", lambda: slope.vmap(lambda a, b: a + b)(ones(3), ones(4)), TransformError,
      ["slope.vmap", "same size", "size 3", "size 4"]),

@@ -36,7 +36,6 @@ class Backend:
     name: ClassVar[str] = ""
     dtypes: ClassVar[frozenset[DType]] = frozenset()
     translations: ClassVar[dict[str, Callable]] = {}
-    export_suffix: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.translations = dict(type(self).translations)
@@ -63,15 +62,13 @@ class Backend:
         """Write a lowered Program as a standalone model; returns the files written."""
         raise NotImplementedError(f"backend {self.name!r} cannot export programs")
 
-    def check_dtypes(self, program: Program) -> None:
-        """Raise a clear error when the Program uses a dtype this backend cannot run."""
-        for instruction in program.instructions:
-            for var in instruction.inputs + instruction.outputs:
-                if var.aval.dtype not in self.dtypes:
-                    raise SlopeBackendError(
-                        f"slope.{instruction.op.name}: backend {self.name!r} cannot run dtype {var.aval.dtype.name} "
-                        f"(it supports {sorted(d.name for d in self.dtypes)}); cast the tensor or use another backend"
-                    )
+    def check_dtype(self, dtype: DType, function: str) -> None:
+        """Raise a clear error naming the function when this backend cannot hold the dtype."""
+        if dtype not in self.dtypes:
+            raise SlopeBackendError(
+                f"slope.{function}: backend {self.name!r} cannot run dtype {dtype.name} "
+                f"(it supports {sorted(d.name for d in self.dtypes)}); cast the tensor or use another backend"
+            )
 
 
 def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
@@ -110,12 +107,8 @@ def get_backend(name: str | None = None) -> Backend:
     """The active backend (or the named one)."""
     if name is None:
         if _state["backend"] is None:
-            _state["backend"] = _make_backend(_default_backend_name())
+            _state["backend"] = get_backend(_default_backend_name())
         return _state["backend"]
-    return _make_backend(name)
-
-
-def _make_backend(name: str) -> Backend:
     if name not in _instances:
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
@@ -125,7 +118,7 @@ def _make_backend(name: str) -> Backend:
 
 def set_backend(name: str) -> Backend:
     """Make the named backend the active one."""
-    _state["backend"] = _make_backend(name)
+    _state["backend"] = get_backend(name)
     return _state["backend"]
 
 
@@ -177,7 +170,9 @@ _compiled: dict[tuple, Executable] = {}
 def compile_program(program: Program, backend: Backend, device: str) -> Executable:
     """Lower, check and compile a Program on a backend; prints IR and code when LOG_JIT=1."""
     lowered = lower(program, backend.translations.keys())
-    backend.check_dtypes(lowered)
+    for instruction in lowered.instructions:
+        for var in instruction.inputs + instruction.outputs:
+            backend.check_dtype(var.aval.dtype, instruction.op.name)
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
@@ -232,9 +227,5 @@ def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tens
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
     backend = get_backend()
     device = checked_device(backend, device) if device else default_device()
-    if aval.dtype not in backend.dtypes:
-        raise SlopeBackendError(
-            f"slope.tensor: backend {backend.name!r} cannot hold dtype {aval.dtype.name} "
-            f"(it supports {sorted(d.name for d in backend.dtypes)})"
-        )
+    backend.check_dtype(aval.dtype, "tensor")
     return Tensor._make(backend.from_numpy(array, device), aval, backend, device)

@@ -71,14 +71,11 @@ def as_dtype(value: object) -> DType:
     if isinstance(value, str) and value in by_name:
         return by_name[value]
     try:
-        numpy_dtype = np.dtype(value)
+        numpy_name = np.dtype(value).name  # ml_dtypes' bfloat16 is named "bfloat16" too
     except TypeError:
-        numpy_dtype = None
-    if numpy_dtype is not None:
-        if _bfloat16_numpy is not None and numpy_dtype == _bfloat16_numpy:
-            return bfloat16
-        if numpy_dtype.name in by_name:
-            return by_name[numpy_dtype.name]
+        numpy_name = None
+    if numpy_name in by_name:
+        return by_name[numpy_name]
     raise TypeError(f"slope: unknown or unsupported dtype {value!r}; expected one of {[d.name for d in all_dtypes]}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import DType
@@ -47,34 +48,25 @@ class Var:
         self.aval = aval
 
 
+@dataclass(eq=False, slots=True)
 class Instruction:
     """One operator application: `outputs = op(*inputs, **params)`."""
 
-    __slots__ = ("op", "inputs", "params", "outputs")
-
-    def __init__(self, op: Any, inputs: list[Var], params: dict, outputs: list[Var]):
-        self.op = op
-        self.inputs = inputs
-        self.params = params
-        self.outputs = outputs
+    op: Any
+    inputs: list[Var]
+    params: dict
+    outputs: list[Var]
 
 
+@dataclass(eq=False, repr=False)
 class Program:
     """A traced function: inputs, constants (closed-over values), instructions and outputs."""
 
-    def __init__(
-        self,
-        inputs: list[Var],
-        instructions: list[Instruction],
-        outputs: list[Var],
-        constants: list[Var] | None = None,
-        constant_values: list[Any] | None = None,
-    ):
-        self.inputs = inputs
-        self.instructions = instructions
-        self.outputs = outputs
-        self.constants = constants or []
-        self.constant_values = constant_values or []
+    inputs: list[Var]
+    instructions: list[Instruction]
+    outputs: list[Var]
+    constants: list[Var] = field(default_factory=list)
+    constant_values: list[Any] = field(default_factory=list)
 
     @property
     def in_avals(self) -> list[Aval]:
@@ -106,7 +98,7 @@ class Program:
         for instruction in self.instructions:
             outs = ", ".join(names[v] for v in instruction.outputs)
             call_args = [names[v] for v in instruction.inputs]
-            call_args += [f"{k}={_format_param(p)}" for k, p in instruction.params.items()]
+            call_args += [f"{k}={p!r}" for k, p in instruction.params.items()]
             in_avals = ", ".join(str(v.aval) for v in instruction.inputs)
             out_avals = ", ".join(str(v.aval) for v in instruction.outputs)
             comment = f"({in_avals}) -> {out_avals}"
@@ -115,12 +107,6 @@ class Program:
         return "\n".join(lines)
 
     __repr__ = __str__
-
-
-def _format_param(value: Any) -> str:
-    if isinstance(value, Program):
-        return "<program>"
-    return repr(value)
 
 
 def dead_code_elimination(program: Program) -> Program:

@@ -35,7 +35,7 @@ class Operator:
 
     name: str = ""
     multiple_results: bool = False
-    linear_inputs: tuple[int, ...] | str = ()  # inputs it is jointly linear in ("all"): gives the JVP rule
+    linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
@@ -50,6 +50,9 @@ class Operator:
         """Forward-mode rule giving `(primal_outs, tangent_outs)`; linear operators get it from `linear_inputs`."""
         if not self.linear_inputs:
             raise NotImplementedError
+        if self.linear_inputs == "each":  # the product rule: one term per input, the others at their primal values
+            terms = [bind(self, *primals[:i], t, *primals[i + 1 :], **params) for i, t in enumerate(tangents)]
+            return [bind(self, *primals, **params)], [sum(terms[1:], terms[0])]
         linear = range(len(primals)) if self.linear_inputs == "all" else self.linear_inputs
         args = [t if i in linear else p for i, (p, t) in enumerate(zip(primals, tangents))]
         return [bind(self, *primals, **params)], [bind(self, *args, **params)]
@@ -77,9 +80,6 @@ class Operator:
 
     def __repr__(self) -> str:
         return f"slope.{self.name}"
-
-    def __reduce__(self) -> str:
-        return self.name
 
 
 def move_axis(x: Tensor, source: int, destination: int) -> Tensor:

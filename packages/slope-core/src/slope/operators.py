@@ -44,14 +44,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
         return value if dtype is None or value.dtype == dtype else cast(value, dtype)
     if isinstance(value, (bool, int, float)):
         return constant(value, dtype or dtypes.infer_python(value))
-    from .backend import from_numpy
-
-    if isinstance(value, np.ndarray) or np.isscalar(value):
-        dtype = dtype or dtypes.as_dtype(np.asarray(value).dtype)
-    else:
-        dtype = dtype or dtypes.infer_python(value)
-    array = np.asarray(value, dtype=dtype.numpy, order="C")  # keeps 0-d data 0-d (ascontiguousarray would not)
-    return from_numpy(array, Aval(tuple(array.shape), dtype))
+    return functions["tensor"](value, dtype)
 
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
@@ -122,7 +115,16 @@ def shape_args(shape: tuple) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
-class Unary(Operator):
+class Elementwise(Operator):
+    """An operator applied element by element to inputs of one shape: batching just lines the batch dims up."""
+
+    def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
+        if all(d == dims[0] for d in dims):
+            return [bind(self, *args, **params)], [dims[0]]
+        return [bind(self, *[batch_to_front(a, d, axis_size) for a, d in zip(args, dims)], **params)], [0]
+
+
+class Unary(Elementwise):
     """An elementwise operator of one input."""
 
     allowed = "float"
@@ -139,9 +141,6 @@ class Unary(Operator):
         if self.allowed == "integer" and x.dtype.is_float:
             raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
         return x
-
-    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        return [bind(self, args[0])], [dims[0]]
 
 
 class Exp(Unary):
@@ -210,10 +209,6 @@ class Invert(Unary):
     name = "invert"
     allowed = "integer"
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = invert(primals[0])
-        return [y], [zeros_like(y)]
-
 
 class StopGradient(Unary):
     """The identity whose derivative is zero."""
@@ -225,8 +220,11 @@ class StopGradient(Unary):
         return [stop_gradient(primals[0])], [zeros_like(primals[0])]
 
 
-class Cast(Operator):
+class Cast(Elementwise):
+    """Conversion to another dtype (linear: only float-to-float casts carry tangents, the others give integers)."""
+
     name = "cast"
+    linear_inputs = (0,)
 
     def __call__(self, x: Any, dtype: Any) -> Tensor:
         x = as_tensor(x)
@@ -236,23 +234,14 @@ class Cast(Operator):
     def infer(self, x: Aval, *, dtype: DType) -> Aval:
         return Aval(x.shape, dtype)
 
-    def jvp(self, primals: list, tangents: list, *, dtype: DType) -> tuple[list, list]:
-        y = cast(primals[0], dtype)
-        if dtype.is_float and primals[0].dtype.is_float:
-            return [y], [cast(tangents[0], dtype)]
-        return [y], [zeros_like(y)]
-
     def transpose(self, cotangents: list, x: Any, *, dtype: DType) -> list:
         return [cast(cotangents[0], x.aval.dtype)]
-
-    def vmap(self, axis_size: int, args: list, dims: list, *, dtype: DType) -> tuple[list, list]:
-        return [cast(args[0], dtype)], [dims[0]]
 
 
 _INT_KINDS = ("int", "uint")
 
 
-class Binary(Operator):
+class Binary(Elementwise):
     """An elementwise operator of two inputs of one shape and dtype (callers get NumPy broadcasting)."""
 
     allowed = "number"  # "number", "integer" (ints and bools) or "any"
@@ -283,14 +272,6 @@ class Binary(Operator):
             raise self.dtype_error(f"expected integer or bool tensors, got {x.dtype.name} of shape {x.shape}")
         return Aval(x.shape, self.result or x.dtype)
 
-    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        x, y = args
-        if dims[0] == dims[1]:
-            return [bind(self, x, y)], [dims[0]]
-        x = batch_to_front(x, dims[0], axis_size)
-        y = batch_to_front(y, dims[1], axis_size)
-        return [bind(self, x, y)], [0]
-
 
 class Add(Binary):
     name = "add"
@@ -312,11 +293,7 @@ class Sub(Binary):
 
 class Mul(Binary):
     name = "mul"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        return [mul(x, y)], [add(mul(tx, y), mul(x, ty))]
+    linear_inputs = "each"
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         ct = cotangents[0]
@@ -405,7 +382,7 @@ class BitwiseXor(Binary):
     allowed = "integer"
 
 
-class Where(Operator):
+class Where(Elementwise):
     """`where(condition, x, y)`: x where the condition holds, else y."""
 
     name = "where"
@@ -413,15 +390,13 @@ class Where(Operator):
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
         condition = as_tensor(condition)
-        if condition.dtype != dtypes.bool_:
-            raise self.dtype_error(f"expected a bool condition, got {condition.dtype.name} of shape {condition.shape}")
         x, y = coerce(self.name, x, y)
         shape = broadcast_shapes(self.name, condition.shape, x.shape)
         return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
 
     def infer(self, condition: Aval, x: Aval, y: Aval) -> Aval:
         if condition.dtype != dtypes.bool_:
-            raise self.dtype_error(f"expected a bool condition, got {condition.dtype.name}")
+            raise self.dtype_error(f"expected a bool condition, got {condition.dtype.name} of shape {condition.shape}")
         if not condition.shape == x.shape == y.shape:
             raise self.shape_error(f"expected inputs of one shape, got {condition.shape}, {x.shape} and {y.shape}")
         if x.dtype != y.dtype:
@@ -437,23 +412,14 @@ class Where(Operator):
             where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None,
         ]
 
-    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
-        return [where(*moved)], [0]
-
-
-def _reduce_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    # a 0-d tensor accepts dim 0 or -1 (as in PyTorch) and has nothing to reduce
-    dims = normalize_dims(name, dim, ndim)
-    return dims if ndim else ()
-
 
 class Reduce(Operator):
     """A reduction over some dimensions."""
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        return bind(self, x, dim=_reduce_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+        dims = normalize_dims(self.name, dim, x.ndim)  # a 0-d tensor takes dim 0 or -1 (as in PyTorch): nothing to do
+        return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
@@ -473,11 +439,8 @@ class Sum(Reduce):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
         x = as_tensor(x)
-        if dtype is not None:
-            x = cast(x, dtype)
-        elif not x.dtype.is_float:
-            x = cast(x, dtypes.int64)
-        return bind(self, x, dim=_reduce_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
+        x = cast(x, dtype if dtype is not None else x.dtype if x.dtype.is_float else dtypes.int64)  # as PyTorch
+        return super().__call__(x, dim, keepdim)
 
     def transpose(self, cotangents: list, x: Any, *, dim: tuple, keepdim: bool) -> list:
         ct = cotangents[0]
@@ -649,9 +612,8 @@ class Pad(Operator):
         if pad is not None:  # PyTorch order: (last_lo, last_hi, second_last_lo, ...)
             if len(pad) % 2 or len(pad) // 2 > x.ndim:
                 raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
-            lo, hi = [0] * x.ndim, [0] * x.ndim
-            for i in range(len(pad) // 2):
-                lo[x.ndim - 1 - i], hi[x.ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
+            unpadded = (0,) * (x.ndim - len(pad) // 2)
+            lo, hi = unpadded + tuple(pad[-2::-2]), unpadded + tuple(pad[::-2])
         lo, hi = tuple(lo), tuple(hi)
         if len(lo) != x.ndim or len(hi) != x.ndim:
             raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
@@ -813,6 +775,7 @@ class Matmul(Operator):
     """Matrix product over the last two dimensions, with equal batch dimensions (callers get broadcasting)."""
 
     name = "matmul"
+    linear_inputs = "each"
 
     def __call__(self, x: Any, y: Any) -> Tensor:
         x, y = as_tensor(x), as_tensor(y)
@@ -846,11 +809,6 @@ class Matmul(Operator):
             raise self.dtype_error(f"expected numeric inputs of one dtype, got {x.dtype.name} and {y.dtype.name}")
         return Aval(x.shape[:-1] + y.shape[-1:], x.dtype)
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        return [bind(self, x, y)], [add(bind(self, tx, y), bind(self, x, ty))]
-
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         ct = cotangents[0]
         if isinstance(x, UndefinedPrimal):
@@ -875,15 +833,12 @@ class Conv(Operator):
     """N-d cross-correlation (PyTorch's conv): x (N, C, *spatial), w (O, C/groups, *kernel)."""
 
     name = "conv"
+    linear_inputs = "each"
 
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
-        if x.ndim < 3 or w.ndim != x.ndim:
-            raise self.shape_error(
-                f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}"
-            )
-        n = x.ndim - 2
+        n = x.ndim - 2  # infer reports tensors of too few dimensions
         stride, dilation = _tuple(self.name, stride, n), _tuple(self.name, dilation, n)
         if padding == "valid":
             padding = 0
@@ -924,11 +879,6 @@ class Conv(Operator):
             spatial.append((size + lo + hi - span) // s + 1)
         return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
 
-    def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
-        x, w = primals
-        tx, tw = tangents
-        return [bind(self, x, w, **params)], [add(bind(self, tx, w, **params), bind(self, x, tw, **params))]
-
     def transpose(self, cotangents: list, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
                   groups: int) -> list:  # fmt: skip
         ct = cotangents[0]
@@ -948,9 +898,8 @@ class Conv(Operator):
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
-            ones = (1,) * n
-            zero_pad = ((0, 0),) * n
-            return [bind(self, ct, wt, stride=ones, padding=zero_pad, dilation=dilation, groups=groups), None]
+            unit = {"stride": (1,) * n, "padding": ((0, 0),) * n}
+            return [bind(self, ct, wt, **unit, dilation=dilation, groups=groups), None]
         # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
         batch, channels = x.shape[0], x.shape[1]
         per_group = channels // groups
@@ -960,8 +909,7 @@ class Conv(Operator):
         xp = reshape(permute(xp, (2, 1, 0, *range(3, 3 + n))), (per_group, groups * batch, *xp.shape[3:]))
         kt = reshape(ct, (batch, groups, out_ch // groups, *ct.shape[2:]))
         kt = reshape(permute(kt, (1, 2, 0, *range(3, 3 + n))), (out_ch, batch, *ct.shape[2:]))
-        zero_pad = ((0, 0),) * n
-        gw = bind(self, xp, kt, stride=dilation, padding=zero_pad, dilation=stride, groups=groups)
+        gw = bind(self, xp, kt, stride=dilation, padding=((0, 0),) * n, dilation=stride, groups=groups)
         gw = permute(gw, (1, 0, *range(2, 2 + n)))
         gw = slice_(gw, (0,) * gw.ndim, w.aval.shape)
         return [None, gw]
@@ -982,6 +930,18 @@ class Conv(Operator):
         out = bind(self, x, w, **{**params, "groups": params["groups"] * axis_size})
         out = reshape(out, (out.shape[0], axis_size, out.shape[1] // axis_size, *out.shape[2:]))
         return [out], [1]
+
+
+def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
+    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
+    if index.buffer is None or index.numel() == 0:
+        return
+    values = index.numpy()
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low or largest >= high:
+        raise IndexError(
+            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
+        )
 
 
 def _indices(op: Operator, idx: Any) -> Tensor:
@@ -1033,9 +993,7 @@ class ScatterNd(Operator):
         return bind(self, x, _indices(self, idx), as_tensor(updates, x.dtype))
 
     def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
-        if not idx.dtype.is_int or idx.ndim < 1 or idx.shape[-1] > x.ndim:
-            raise self.shape_error(f"expected integer indices of shape (..., k) with k <= {x.ndim}, got {idx}")
-        expected = idx.shape[:-1] + x.shape[idx.shape[-1] :]
+        expected = GatherNd.infer(self, x, idx).shape  # the shape x[idx] has (after the same checks of idx)
         if updates.shape != expected or updates.dtype != x.dtype:
             raise self.shape_error(
                 f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}"
@@ -1068,12 +1026,7 @@ reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(
 full, arange, random_uniform, random_normal = Full(), Arange(), RandomUniform(), RandomNormal()
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
-core_operators = [
-    exp, log, sin, sqrt, invert, stop_gradient, cast, tanh, erf,
-    add, sub, mul, div, power, maximum, equal, less, greater, bitwise_and, bitwise_or, bitwise_xor, where,
-    sum_, max_, reshape, expand, permute, slice_, pad, flip, cat,
-    full, arange, random_uniform, random_normal, matmul, conv, gather_nd, scatter_nd,
-]  # fmt: skip
+core_operators = [value for value in list(globals().values()) if isinstance(value, Operator)]
 
 
 @hookimpl

@@ -1,7 +1,10 @@
-"""Procedures: the rest of the Tensor API as plain functions of operators (and other procedures)."""
+"""Procedures: the rest of the Tensor API as plain functions of operators (and other procedures).
+
+Every public function defined here is registered (see the end) as `slope.NAME` and `Tensor.NAME` (`abs_` as `abs`)."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from typing import Any, Callable, Sequence
@@ -13,23 +16,20 @@ from . import operators as ops
 from . import random as random_module
 from .ir import Aval
 from .operator import DTypeError, ShapeError
-from .operators import as_tensor, broadcast_to, cast, coerce, constant, normalize_dims, reshape, shape_args, where
+from .operators import (
+    as_tensor,
+    broadcast_to,
+    cast,
+    check_indices,
+    coerce,
+    constant,
+    normalize_dims,
+    reshape,
+    shape_args,
+    where,
+)
 from .plugins import hookimpl
 from .tensors import Tensor
-
-registry: dict[str, Callable] = {}
-
-
-def procedure(fn: Callable) -> Callable:
-    """Register a function as a procedure (it becomes `slope.NAME` and `Tensor.NAME`)."""
-    registry[fn.__name__.rstrip("_")] = fn
-    return fn
-
-
-@hookimpl
-def slope_procedures() -> dict[str, Callable]:
-    """The core procedures, registered like any plugin's."""
-    return registry
 
 
 def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.DType:
@@ -45,7 +45,6 @@ def _to_device(t: Tensor, device: str | None) -> Tensor:
     return to_backend(t, backend, checked_device(backend, device))
 
 
-@procedure
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
     if isinstance(data, Tensor):
@@ -59,37 +58,31 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
-@procedure
 def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of zeros."""
     return _to_device(ops.full(shape_args(shape), 0, _dtype(dtype)), device)
 
 
-@procedure
 def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of ones."""
     return _to_device(ops.full(shape_args(shape), 1, _dtype(dtype)), device)
 
 
-@procedure
 def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Zeros of x's shape (and dtype)."""
     return ops.full(x.shape, 0, _dtype(dtype, x.dtype))
 
 
-@procedure
 def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Ones of x's shape (and dtype)."""
     return ops.full(x.shape, 1, _dtype(dtype, x.dtype))
 
 
-@procedure
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
     return ops.full(x.shape, value, _dtype(dtype, x.dtype))
 
 
-@procedure
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     """`steps` evenly spaced values from start to end inclusive."""
     dtype = _dtype(dtype)
@@ -98,26 +91,22 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
 
 
-@procedure
 def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
     """The identity matrix (n x m)."""
     m = n if m is None else m
     return cast(ops.arange(n).reshape((n, 1)) == ops.arange(m).reshape((1, m)), _dtype(dtype))
 
 
-@procedure
 def randn(*shape: Any, dtype: Any = None) -> Tensor:
     """Standard normal samples from the global generator (see slope.manual_seed)."""
     return random_module.normal(random_module.next_key(), shape_args(shape), dtype)
 
 
-@procedure
 def rand(*shape: Any, dtype: Any = None) -> Tensor:
     """Uniform samples in [0, 1) from the global generator."""
     return random_module.uniform(random_module.next_key(), shape_args(shape), dtype)
 
 
-@procedure
 def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None) -> Tensor:
     """Integers in [low, high) from the global generator (`randint(high, size)` also works)."""
     if high is None or isinstance(high, (tuple, list)):
@@ -125,21 +114,18 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
     return random_module.randint(random_module.next_key(), size, low, high, dtype)
 
 
-@procedure
 def neg(x: Any) -> Tensor:
     """-x."""
     x = as_tensor(x)
     return ops.sub(constant(0, x.dtype, x.shape), x)
 
 
-@procedure
 def sign(x: Any) -> Tensor:
     """-1, 0 or 1 by the sign of x."""
     x = as_tensor(x)
     return cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
 
 
-@procedure
 def abs_(x: Any) -> Tensor:
     """|x|."""
     x = as_tensor(x)
@@ -151,57 +137,48 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else cast(x, dtypes.default_float)
 
 
-@procedure
 def cos(x: Any) -> Tensor:
     """Cosine."""
     return ops.sin(_float(x) + math.pi / 2)
 
 
-@procedure
 def tan(x: Any) -> Tensor:
     """Tangent."""
     x = _float(x)
     return ops.sin(x) / cos(x)
 
 
-@procedure
 def log2(x: Any) -> Tensor:
     """Base-2 logarithm."""
     return ops.log(_float(x)) * (1 / math.log(2))
 
 
-@procedure
 def log1p(x: Any) -> Tensor:
     """log(1 + x)."""
     return ops.log(_float(x) + 1.0)
 
 
-@procedure
 def exp2(x: Any) -> Tensor:
     """2 ** x."""
     return ops.exp(_float(x) * math.log(2))
 
 
-@procedure
 def rsqrt(x: Any) -> Tensor:
     """1 / sqrt(x)."""
     return 1.0 / ops.sqrt(_float(x))
 
 
-@procedure
 def square(x: Any) -> Tensor:
     """x * x."""
     x = as_tensor(x)
     return x * x
 
 
-@procedure
 def reciprocal(x: Any) -> Tensor:
     """1 / x."""
     return 1.0 / _float(x)
 
 
-@procedure
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does)."""
     x, y = coerce("true_divide", x, y)
@@ -210,7 +187,6 @@ def true_divide(x: Any, y: Any) -> Tensor:
     return ops.div(x, y)
 
 
-@procedure
 def floor(x: Any) -> Tensor:
     """Largest integer not above x (for |x| < 2**63)."""
     x = as_tensor(x)
@@ -220,13 +196,11 @@ def floor(x: Any) -> Tensor:
     return ops.stop_gradient(truncated - cast(truncated > x, x.dtype))
 
 
-@procedure
 def ceil(x: Any) -> Tensor:
     """Smallest integer not below x."""
     return -floor(-as_tensor(x))
 
 
-@procedure
 def round_(x: Any) -> Tensor:
     """x rounded half to even."""
     x = as_tensor(x)
@@ -237,7 +211,6 @@ def round_(x: Any) -> Tensor:
     return down + cast(up, x.dtype)
 
 
-@procedure
 def floor_divide(x: Any, y: Any) -> Tensor:
     """x // y, rounding toward negative infinity."""
     x, y = coerce("floor_divide", x, y)
@@ -249,7 +222,6 @@ def floor_divide(x: Any, y: Any) -> Tensor:
     return quotient - cast(inexact & negative, x.dtype)
 
 
-@procedure
 def remainder(x: Any, y: Any) -> Tensor:
     """x mod y with the sign of y (Python's %)."""
     x, y = coerce("remainder", x, y)
@@ -261,64 +233,54 @@ def _reverse_order(x: Tensor) -> Tensor:
     return -x if x.dtype.is_float else ops.invert(x)
 
 
-@procedure
 def minimum(x: Any, y: Any) -> Tensor:
     """Elementwise minimum."""
     x, y = coerce("minimum", x, y)
     return _reverse_order(ops.maximum(_reverse_order(x), _reverse_order(y)))
 
 
-@procedure
 def not_equal(x: Any, y: Any) -> Tensor:
     """x != y."""
     return ops.invert(ops.equal(x, y))
 
 
-@procedure
 def less_equal(x: Any, y: Any) -> Tensor:
     """x <= y."""
     return ops.invert(ops.greater(x, y))
 
 
-@procedure
 def greater_equal(x: Any, y: Any) -> Tensor:
     """x >= y."""
     return ops.invert(ops.less(x, y))
 
 
-@procedure
 def logical_not(x: Any) -> Tensor:
     """not x."""
     return ops.invert(cast(as_tensor(x), dtypes.bool_))
 
 
-@procedure
 def logical_and(x: Any, y: Any) -> Tensor:
     """x and y."""
     return ops.bitwise_and(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
 
 
-@procedure
 def logical_or(x: Any, y: Any) -> Tensor:
     """x or y."""
     return ops.bitwise_or(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
 
 
-@procedure
 def isnan(x: Any) -> Tensor:
     """Where x is NaN."""
     x = as_tensor(x)
     return not_equal(x, x)
 
 
-@procedure
 def isinf(x: Any) -> Tensor:
     """Where x is +inf or -inf."""
     x = as_tensor(x)
     return (x == math.inf) | (x == -math.inf) if x.dtype.is_float else constant(False, dtypes.bool_, x.shape)
 
 
-@procedure
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
     """x limited to [min, max] (gradient 1 inside and on the bounds, as PyTorch)."""
     x = as_tensor(x)
@@ -329,23 +291,10 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - Py
     return x
 
 
-registry["clamp"] = clip
-
-
-@procedure
-def astype(x: Any, dtype: Any) -> Tensor:
-    """x converted to a dtype."""
-    return cast(as_tensor(x), dtype)
-
-
-registry["to"] = astype
-
-
 def _count(x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims("mean", dim, x.ndim))
 
 
-@procedure
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions."""
     x = _float(x)
@@ -353,7 +302,6 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return ops.sum_(x, dim, keepdim) / float(count)
 
 
-@procedure
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch)."""
     x = _float(x)
@@ -363,31 +311,16 @@ def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
     return ops.sum_(centered * centered, dim, keepdim) / float(max(_count(x, dim) - correction, 0))
 
 
-@procedure
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation."""
     return ops.sqrt(var(x, dim, correction, keepdim, unbiased))
 
 
-@procedure
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions."""
     return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
 
 
-@procedure
-def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Maximum over dimensions."""
-    return ops.max_(x, dim, keepdim)
-
-
-@procedure
-def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Minimum over dimensions."""
-    return min_(x, dim, keepdim)
-
-
-@procedure
 def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
@@ -409,13 +342,11 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return x.reshape(out_shape)
 
 
-@procedure
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether all elements are true."""
     return ops.sum_(cast(logical_not(x), dtypes.int32), dim, keepdim) == 0
 
 
-@procedure
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether any element is true."""
     return ops.sum_(cast(cast(as_tensor(x), dtypes.bool_), dtypes.int32), dim, keepdim) > 0
@@ -434,19 +365,16 @@ def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
     return min_(candidates, dim, keepdim)
 
 
-@procedure
 def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) largest element."""
     return _arg_extreme(x, dim, keepdim, 1.0)
 
 
-@procedure
 def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) smallest element."""
     return _arg_extreme(x, dim, keepdim, -1.0)
 
 
-@procedure
 def cumsum(x: Any, dim: int = 0) -> Tensor:
     """Running sum along a dimension (log-step scan of shifted adds)."""
     x = as_tensor(x)
@@ -463,13 +391,6 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     return x
 
 
-@procedure
-def view(x: Any, *shape: Any) -> Tensor:
-    """Reshape (tensors are immutable, so a view is a reshape)."""
-    return reshape(x, *shape)
-
-
-@procedure
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
@@ -479,7 +400,6 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     return ops.permute(x, tuple(perm))
 
 
-@procedure
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """x with dimensions start_dim..end_dim merged into one."""
     x = as_tensor(x)
@@ -489,7 +409,6 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 
-@procedure
 def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     """x with one dimension split into sizes."""
     x = as_tensor(x)
@@ -497,7 +416,6 @@ def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
 
 
-@procedure
 def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
@@ -506,7 +424,6 @@ def squeeze(x: Any, dim: Any = None) -> Tensor:
     return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
 
 
-@procedure
 def unsqueeze(x: Any, dim: int) -> Tensor:
     """x with a new dimension of size 1 at dim."""
     x = as_tensor(x)
@@ -514,13 +431,11 @@ def unsqueeze(x: Any, dim: int) -> Tensor:
     return x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
 
 
-@procedure
 def expand_as(x: Any, other: Tensor) -> Tensor:
     """x broadcast to other's shape."""
     return broadcast_to(as_tensor(x), other.shape)
 
 
-@procedure
 def repeat(x: Any, *sizes: Any) -> Tensor:
     """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
     x = as_tensor(x)
@@ -533,7 +448,6 @@ def repeat(x: Any, *sizes: Any) -> Tensor:
     return x.reshape(interleaved).expand(expanded).reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
 
 
-@procedure
 def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     """Tensors of one shape joined along a new dimension."""
     tensors = [as_tensor(t) for t in tensors]
@@ -546,10 +460,6 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
 
 
-registry["concatenate"] = ops.cat
-
-
-@procedure
 def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
     x = as_tensor(x)
@@ -568,7 +478,6 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
 
 
-@procedure
 def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
     x = as_tensor(x)
@@ -578,7 +487,6 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     return split(x, max(1, -(-x.shape[d] // chunks)), dim)
 
 
-@procedure
 def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
     """x with elements shifted circularly along dims (flattened when dims is None)."""
     x = as_tensor(x)
@@ -607,28 +515,14 @@ def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
     return where(broadcast_to(mask, x.shape), x, constant(0, x.dtype, x.shape))
 
 
-@procedure
 def tril(x: Any, diagonal: int = 0) -> Tensor:
     """The lower triangle of the last two dimensions (others zeroed)."""
     return _triangle(x, diagonal, True)
 
 
-@procedure
 def triu(x: Any, diagonal: int = 0) -> Tensor:
     """The upper triangle of the last two dimensions (others zeroed)."""
     return _triangle(x, diagonal, False)
-
-
-def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
-    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
-    if index.buffer is None or index.numel() == 0:
-        return
-    values = index.numpy()
-    smallest, largest = int(values.min()), int(values.max())
-    if smallest < low or largest >= high:
-        raise IndexError(
-            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
-        )
 
 
 def _is_bool_mask(item: Any) -> bool:
@@ -637,7 +531,6 @@ def _is_bool_mask(item: Any) -> bool:
     )
 
 
-@procedure
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x = as_tensor(x)
@@ -722,7 +615,6 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     return out
 
 
-@procedure
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     """A copy of x with value written ("set") or added ("add") at x[index]."""
     x = as_tensor(x)
@@ -744,7 +636,6 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     return where(written, placed, flat).reshape(x.shape)
 
 
-@procedure
 def gather(x: Any, dim: int, index: Any) -> Tensor:
     """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
     x, index = as_tensor(x), as_tensor(index)
@@ -756,3 +647,18 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     ]
     coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
     return ops.gather_nd(x, stack(coords, -1))
+
+
+registry: dict[str, Callable] = {
+    name.rstrip("_"): value
+    for name, value in list(globals().items())
+    if inspect.isfunction(value) and value.__module__ == __name__ and not name.startswith("_")
+}
+registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat)
+registry["view"] = reshape  # tensors are immutable, so a view is a reshape
+
+
+@hookimpl
+def slope_procedures() -> dict[str, Callable]:
+    """The core procedures, registered like any plugin's."""
+    return registry

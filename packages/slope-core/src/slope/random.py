@@ -8,19 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
-from .operators import (
-    arange,
-    as_tensor,
-    bitwise_and,
-    bitwise_or,
-    bitwise_xor,
-    cast,
-    cat,
-    constant,
-    div,
-    random_normal,
-    random_uniform,
-)
+from . import operators as ops
 from .tensors import Tensor
 
 _MASK = 0xFFFFFFFF
@@ -28,28 +16,28 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def _mask(x: Tensor) -> Tensor:
-    return bitwise_and(x, constant(_MASK, dtypes.int64, x.shape))
+    return ops.bitwise_and(x, ops.constant(_MASK, dtypes.int64, x.shape))
 
 
 def _shift_right(x: Tensor, n: int) -> Tensor:
-    return div(x, constant(1 << n, dtypes.int64, x.shape))  # the words are non-negative, so this is a shift
+    return ops.div(x, ops.constant(1 << n, dtypes.int64, x.shape))  # the words are non-negative, so this is a shift
 
 
 def _rotate_left(x: Tensor, r: int) -> Tensor:
     high = _mask(x * (1 << r))  # x < 2**32 and r < 32 keep the product below 2**63
-    return bitwise_or(high, _shift_right(x, 32 - r))
+    return ops.bitwise_or(high, _shift_right(x, 32 - r))
 
 
 def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
-    k2 = bitwise_xor(bitwise_xor(k0, k1), constant(0x1BD11BDA, dtypes.int64, k0.shape))
+    k2 = ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape))
     keys = (k0, k1, k2)
     x0 = _mask(x0 + k0)
     x1 = _mask(x1 + k1)
     for block in range(5):
         for r in _ROTATIONS[block % 2]:
             x0 = _mask(x0 + x1)
-            x1 = bitwise_xor(_rotate_left(x1, r), x0)
+            x1 = ops.bitwise_xor(_rotate_left(x1, r), x0)
         x0 = _mask(x0 + keys[(block + 1) % 3])
         x1 = _mask(x1 + keys[(block + 2) % 3] + (block + 1))
     return x0, x1
@@ -58,36 +46,37 @@ def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor
 def random_bits(key: Tensor, count: int) -> Tensor:
     """`count` random 32-bit words (as int64) derived from a key."""
     half = max(1, math.ceil(count / 2))
-    counters = arange(2 * half, dtype=dtypes.int64)
+    counters = ops.arange(2 * half, dtype=dtypes.int64)
     k0 = key[0].expand(half)
     k1 = key[1].expand(half)
     y0, y1 = threefry2x32(k0, k1, counters[:half], counters[half:])
-    return cat([y0, y1])[:count]
+    return ops.cat([y0, y1])[:count]
+
+
+def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType) -> Tensor:
+    """`count` floats in [0, 1) from 23 random bits each (exact in float32)."""
+    return ops.cast(_shift_right(random_bits(key, count), 9), dtype) * (2.0**-23)
 
 
 def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
     """The procedure of `random_uniform`: 23 random bits scaled into [0, 1)."""
-    count = math.prod(shape)
-    bits = _shift_right(random_bits(key, count), 9)
-    values = cast(bits, dtypes.float32) * (2.0**-23)
-    return cast(values.reshape(shape), dtype)
+    return ops.cast(_unit_floats(key, math.prod(shape), dtypes.float32).reshape(shape), dtype)
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
     """The procedure of `random_normal`: Box-Muller on two uniform streams."""
     # log and cos run in float64, rounded once: float32 kernels differ across backends in the last bit
     count = math.prod(shape)
-    bits = _shift_right(random_bits(key, 2 * count), 9)
-    u = cast(bits, dtypes.float64) * (2.0**-23)
+    u = _unit_floats(key, 2 * count, dtypes.float64)
     radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
     angle = u[count:] * (2 * math.pi)
-    return cast((radius * angle.cos()).reshape(shape), dtype)
+    return ops.cast((radius * angle.cos()).reshape(shape), dtype)
 
 
 def key(seed: int) -> Tensor:
     """A random key from an integer seed."""
     seed = int(seed)
-    return as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
+    return ops.as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
 
 
 def _check_key(name: str, k: Any) -> None:
@@ -105,22 +94,22 @@ def split(k: Tensor, num: int = 2) -> Tensor:
 def fold_in(k: Tensor, data: int) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    counter = constant(int(data) & _MASK, dtypes.int64, (1,))
-    x0, x1 = threefry2x32(k[0:1], k[1:2], constant(0, dtypes.int64, (1,)), counter)
-    return cat([x0, x1])
+    counter = ops.constant(int(data) & _MASK, dtypes.int64, (1,))
+    x0, x1 = threefry2x32(k[0:1], k[1:2], ops.constant(0, dtypes.int64, (1,)), counter)
+    return ops.cat([x0, x1])
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval)."""
     _check_key("uniform", k)
-    values = random_uniform(k, shape, dtype)
+    values = ops.random_uniform(k, shape, dtype)
     return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
     """Standard normal samples."""
     _check_key("normal", k)
-    return random_normal(k, shape, dtype)
+    return ops.random_normal(k, shape, dtype)
 
 
 def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:
@@ -130,7 +119,7 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
         raise ValueError(f"slope.random.randint: expected minval < maxval, got {minval} and {maxval}")
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     bits = random_bits(k, math.prod(shape)).reshape(shape)
-    return cast(bits % (maxval - minval) + minval, dtype or dtypes.int64)
+    return ops.cast(bits % (maxval - minval) + minval, dtype or dtypes.int64)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
@@ -145,13 +134,13 @@ def permutation(k: Tensor, n: Any) -> Tensor:
     count = source.shape[0] if source is not None else int(n)
     bits = random_bits(k, count)
     if bits.buffer is not None:
-        order = as_tensor(np.argsort(bits.numpy(), kind="stable").astype(np.int64))
+        order = ops.as_tensor(np.argsort(bits.numpy(), kind="stable").astype(np.int64))
     else:  # traced: rank each element by comparison (quadratic, so only for small n)
         if count > 4096:
             raise ValueError(f"slope.random.permutation: under a transformation n must be at most 4096, got {count}")
-        order_key = bits * count + arange(count)
+        order_key = bits * count + ops.arange(count)
         ranks = (order_key.reshape((count, 1)) > order_key.reshape((1, count))).sum(1)
-        order = arange(count).at[ranks].set(arange(count))
+        order = ops.arange(count).at[ranks].set(ops.arange(count))
     return source[order] if source is not None else order
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import tree
@@ -15,15 +16,13 @@ class SlopeTraceError(TypeError):
     """A traced value was used where a concrete one is needed."""
 
 
+@dataclass(eq=False, slots=True)
 class MainTrace:
     """One level of the interpreter stack: a transformation in progress."""
 
-    __slots__ = ("level", "trace_type", "data")
-
-    def __init__(self, level: int, trace_type: type, data: Any):
-        self.level = level
-        self.trace_type = trace_type
-        self.data = data
+    level: int
+    trace_type: type
+    data: Any
 
 
 class Trace:
@@ -49,6 +48,11 @@ class Tracer(Tensor):
     """A Tensor seen by a transformation: it carries an abstract value and its trace."""
 
     __slots__ = ("_trace",)
+
+    def __init__(self, trace: Trace, aval: Aval):
+        self._trace = trace
+        self.aval = aval
+        self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
 
     def full_lower(self) -> Tensor:
         """This value at the lowest level it can be expressed at."""
@@ -131,13 +135,13 @@ def _full_raise(trace: Trace, value: Tensor) -> Tensor:
     )
 
 
+@dataclass
 class ProgramBuilder:
     """Collects the instructions of a Program while a function is traced."""
 
-    def __init__(self, lower_for: frozenset[str] | None = None) -> None:
-        self.instructions: list[Instruction] = []
-        self.constants: dict[int, tuple[Tensor, ProgramTracer]] = {}
-        self.lower_for = lower_for
+    lower_for: frozenset[str] | None = None
+    instructions: list[Instruction] = field(default_factory=list)
+    constants: dict[int, tuple[Tensor, ProgramTracer]] = field(default_factory=dict)
 
 
 class ProgramTracer(Tracer):
@@ -146,9 +150,7 @@ class ProgramTracer(Tracer):
     __slots__ = ("ir_var",)
 
     def __init__(self, trace: Trace, aval: Aval):
-        self._trace = trace
-        self.aval = aval
-        self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+        super().__init__(trace, aval)
         self.ir_var = Var(aval)
 
 

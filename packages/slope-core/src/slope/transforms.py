@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from . import backend as backend_module
@@ -42,9 +43,7 @@ class JVPTracer(Tracer):
     __slots__ = ("primal", "tangent")
 
     def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor | None):
-        self._trace = trace
-        self.aval = primal.aval
-        self.buffer = None
+        super().__init__(trace, primal.aval)
         self.primal = primal
         self.tangent = tangent
 
@@ -97,25 +96,6 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     flat_fn, out_tree = flatten_fun(fn, in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
     return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
-
-
-class LinearFunction:
-    """A linear map captured by linearize: the linear Program plus the residual values it reads."""
-
-    def __init__(self, program: Program, residuals: list, in_tree: tree.TreeDef, out_tree: tree.TreeDef):
-        self.program = program
-        self.residuals = residuals
-        self.in_tree = in_tree
-        self.out_tree = out_tree
-
-    def __call__(self, *tangents: Any) -> Any:
-        flat, _ = tree.flatten(tangents)
-        outs = eval_program(self.program, self.residuals + [as_tensor(t) for t in flat])
-        return tree.unflatten(self.out_tree, outs)
-
-    def transpose(self, cotangents: list) -> list:
-        """Apply the transposed linear map to flat output cotangents."""
-        return backward_pass(self.program, self.residuals, cotangents)
 
 
 def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, list]:
@@ -173,13 +153,17 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
     return [accumulated.get(v) if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
 
 
-def linearize(fn: Callable, *primals: Any) -> tuple[Any, LinearFunction]:
+def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
     primals_flat, in_tree = tree.flatten(primals)
-    primals_flat = [as_tensor(p) for p in primals_flat]
     flat_fn, out_tree = flatten_fun(fn, in_tree)
-    outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
-    return tree.unflatten(out_tree[0], outs), LinearFunction(program, residuals, in_tree, out_tree[0])
+    outs, program, residuals = _linearize_flat(flat_fn, [as_tensor(p) for p in primals_flat])
+
+    def f_jvp(*tangents: Any) -> Any:
+        tangents_flat = [as_tensor(t) for t in tree.leaves(tangents)]
+        return tree.unflatten(out_tree[0], eval_program(program, residuals + tangents_flat))
+
+    return tree.unflatten(out_tree[0], outs), f_jvp
 
 
 def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
@@ -204,7 +188,6 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         out_treedef, aux_treedef = out_treedef.children
         aux = tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
         outs = outs[: out_treedef.num_leaves]
-    linear = LinearFunction(program, residuals, in_tree, out_treedef)
 
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
@@ -215,7 +198,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
         cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
         cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
-        return tree.unflatten(in_tree, linear.transpose(cts))
+        return tree.unflatten(in_tree, backward_pass(program, residuals, cts))
 
     out = tree.unflatten(out_treedef, outs)
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
@@ -288,15 +271,10 @@ class BatchTracer(Tracer):
     __slots__ = ("value", "batch_dim")
 
     def __init__(self, trace: Trace, value: Tensor, batch_dim: int | None):
-        self._trace = trace
-        self.buffer = None
+        shape = value.shape if batch_dim is None else value.shape[:batch_dim] + value.shape[batch_dim + 1 :]
+        super().__init__(trace, Aval(shape, value.dtype))
         self.value = value
         self.batch_dim = batch_dim
-        if batch_dim is None:
-            self.aval = value.aval
-        else:
-            shape = value.shape
-            self.aval = Aval(shape[:batch_dim] + shape[batch_dim + 1 :], value.dtype)
 
     def full_lower(self) -> Tensor:
         if self.batch_dim is not None:
@@ -403,11 +381,8 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
         def pushforward(tangent: Tensor) -> Tensor:
             return jvp(_at_argument(fn, args, argnum), (x,), (tangent,))[1]
 
-        columns = vmap(pushforward)(_basis(x.aval))  # (x.size, *out_shape)
-        out_ndim = columns.ndim - 1
-        columns = columns.reshape((*x.shape, *columns.shape[1:]))
-        perm = (*range(x.ndim, x.ndim + out_ndim), *range(x.ndim))
-        return columns.permute(perm)
+        columns = vmap(pushforward, out_axes=-1)(_basis(x.aval))  # (*out_shape, x.size)
+        return columns.reshape((*columns.shape[:-1], *x.shape))
 
     return jacobian
 
@@ -437,54 +412,42 @@ def _jvp_active() -> bool:
 
 
 class _CustomCall(Operator):
-    """Calls a function with user-given derivative rules (the callable parameters); otherwise the function itself."""
+    """An operator whose parameters hold user functions (the rules): batching maps those functions too."""
 
     multiple_results = True
-    inline = True
 
     def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
         return list(out_avals)
 
-    def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
-        return fun(*args)
-
     def vmap(self, axis_size: int, args: list, dims: list, *, out_avals: tuple, **params: Any) -> tuple[list, list]:
         args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
-        batched = {k: vmap(v) if callable(v) else v for k, v in params.items()}  # the function and its rules
+        batched = {k: vmap(v) if callable(v) else v for k, v in params.items()}
         out_avals = tuple(Aval((axis_size, *a.shape), a.dtype) for a in out_avals)
         outs = bind(self, *args, out_avals=out_avals, **batched)
         return outs, [0] * len(outs)
 
 
 class CustomJVPCall(_CustomCall):
+    """Calls `fun` with the user's JVP `rule`; outside forward mode it is `fun` itself (traced straight through)."""
+
     name = "custom_jvp_call"
+    inline = True
+
+    def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
+        return fun(*args)
 
     def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         return [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
 
 
-class CustomVJPCall(_CustomCall):
-    name = "custom_vjp_call"
-
-    def jvp(self, primals: list, tangents: list, *, fwd: Callable, bwd: Callable, in_tree: Any, out_tree: Any,
-            out_avals: tuple, **params: Any) -> tuple[list, list]:  # fmt: skip
-        out, residuals = fwd(*tree.unflatten(in_tree, primals))
-        res_flat, res_tree = tree.flatten(residuals)
-        res_flat = [as_tensor(r) for r in res_flat]
-        linear_params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
-        tangent_outs = bind(custom_vjp_linear, *res_flat, *tangents, **linear_params, n_res=len(res_flat))
-        return [as_tensor(o) for o in tree.leaves(out)], tangent_outs
-
-
-class CustomVJPLinear(Operator):
+class CustomVJPLinear(_CustomCall):
     """The linear part of a custom_vjp function: only its transpose (the user's backward function) exists."""
 
     name = "custom_vjp_linear"
-    multiple_results = True
 
-    def infer(self, *avals: Aval, out_avals: tuple, **params: Any) -> list[Aval]:
-        return list(out_avals)
+    def procedure(self, *args: Tensor, **params: Any) -> list:
+        raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
 
     def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, out_tree: Any, out_avals: tuple,
                   n_res: int) -> list:  # fmt: skip
@@ -506,23 +469,30 @@ class CustomVJPLinear(Operator):
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
-class _CustomFunction:
-    """Shared call path of custom_jvp and custom_vjp: outside differentiation it is the plain function."""
+custom_jvp_call = CustomJVPCall()
+custom_vjp_linear = CustomVJPLinear()
+
+
+class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
+    """A function with a hand-written JVP: decorate it, then register `rule(primals, tangents)` with `.defjvp`."""
 
     def __init__(self, fun: Callable):
         functools.update_wrapper(self, fun)
         self.fun = fun
+        self.rule: Callable | None = None
 
-    def _rules(self) -> dict | None:
-        raise NotImplementedError
+    def defjvp(self, rule: Callable) -> Callable:
+        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents)."""
+        self.rule = rule
+        return rule
 
     def __call__(self, *args: Any) -> Any:
-        rules = self._rules()
-        if rules is None:
-            kind = type(self).__name__
-            define = ".defvjp(fwd, bwd)" if kind == "custom_vjp" else ".defjvp(rule)"
-            raise TransformError(f"slope.{kind}: {self.fun.__name__} has no rule yet; call {define} first")
-        if not _jvp_active():
+        if self.rule is None:
+            define = ".defvjp(fwd, bwd)" if isinstance(self, custom_vjp) else ".defjvp(rule)"
+            raise TransformError(
+                f"slope.{type(self).__name__}: {self.fun.__name__} has no rule yet; call {define} first"
+            )
+        if not _jvp_active():  # outside differentiation it is the plain function
             return self.fun(*args)
         flat, in_tree = tree.flatten(args)
         flat = [as_tensor(a) for a in flat]
@@ -534,52 +504,36 @@ class _CustomFunction:
             return [as_tensor(o) for o in out_leaves]
 
         out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
-        operator = custom_vjp_call if isinstance(self, custom_vjp) else custom_jvp_call
-        extra = {"out_tree": out_trees[0]} if isinstance(self, custom_vjp) else {}
-        outs = bind(operator, *flat, fun=flat_fun, **rules, in_tree=in_tree, out_avals=out_avals, **extra)
+        outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
         return tree.unflatten(out_trees[0], outs)
 
 
-class custom_jvp(_CustomFunction):  # noqa: N801 - named like the JAX decorator users know
-    """A function with a hand-written JVP: decorate it, then register `rule(primals, tangents)` with `.defjvp`."""
-
-    rule: Callable | None = None
-
-    def defjvp(self, rule: Callable) -> Callable:
-        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents)."""
-        self.rule = rule
-        return rule
-
-    def _rules(self) -> dict | None:
-        return None if self.rule is None else {"rule": self.rule}
-
-
-class custom_vjp(_CustomFunction):  # noqa: N801 - named like the JAX decorator users know
+class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users know
     """A function with a hand-written VJP: decorate it, then register `.defvjp(fwd, bwd)`."""
-
-    fwd: Callable | None = None
-    bwd: Callable | None = None
 
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
         """Set `fwd(*args) -> (out, residuals)` and `bwd(residuals, cotangent) -> tuple of input cotangents`."""
-        self.fwd, self.bwd = fwd, bwd
 
-    def _rules(self) -> dict | None:
-        return None if self.fwd is None else {"fwd": self.fwd, "bwd": self.bwd}
+        def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
+            out, residuals = fwd(*primals)
+            out_flat, out_tree = tree.flatten(out)
+            res_flat, res_tree = tree.flatten(residuals)
+            res_flat = [as_tensor(r) for r in res_flat]
+            out_avals = tuple(as_tensor(o).aval for o in out_flat)
+            params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
+            tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))
+            return out, tree.unflatten(out_tree, tangent_outs)
+
+        self.rule = rule
 
 
-custom_jvp_call = CustomJVPCall()
-custom_vjp_call = CustomVJPCall()
-custom_vjp_linear = CustomVJPLinear()
-
-
+@dataclass
 class Lowered:
     """A traced and compiled function: `.program` (slope IR), `.code` (backend code), `.export(path)`."""
 
-    def __init__(self, program: Program, executable: Any, backend: Any):
-        self.program = program
-        self.executable = executable
-        self.backend = backend
+    program: Program
+    executable: Any
+    backend: Any
 
     @property
     def code(self) -> str:
@@ -658,16 +612,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return Lowered(program, executable, backend)
 
 
+@dataclass(frozen=True)
 class _Static:
     """A static argument of a jitted function: part of the cache key, passed to the function as is."""
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and self.value == other.value
-
-    def __hash__(self) -> int:
-        return hash(self.value)
+    value: Any
