@@ -187,7 +187,7 @@ def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
     if tensor.backend is backend and tensor.device == device:
         return tensor
     array = tensor.backend.to_numpy(tensor.buffer)
-    return Tensor._make(backend.from_numpy(array, device), tensor.aval, backend, device)
+    return Tensor(backend.from_numpy(array, device), tensor.aval, backend, device)
 
 
 def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
@@ -212,7 +212,7 @@ def run_executable(executable: Executable, args: Any, backend: Backend, device: 
             a = to_backend(a, backend, device)
         buffers.append(a.buffer)
     outs = executable.run(buffers)
-    return [Tensor._make(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
+    return [Tensor(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
 
 
 def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:
@@ -228,4 +228,4 @@ def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tens
     backend = get_backend()
     device = checked_device(backend, device) if device else default_device()
     backend.check_dtype(aval.dtype, "tensor")
-    return Tensor._make(backend.from_numpy(array, device), aval, backend, device)
+    return Tensor(backend.from_numpy(array, device), aval, backend, device)

@@ -116,10 +116,7 @@ def infer_python(value: object) -> DType:
         raise ValueError(
             f"slope.tensor: nested sequences must be rectangular (all rows of one length): {error}"
         ) from None
-    if array.dtype == np.bool_:
-        return bool_
-    if array.dtype.kind in "iu":
-        return default_int
-    if array.dtype.kind == "f":
-        return default_float
+    by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
+    if array.dtype.kind in by_kind:
+        return by_kind[array.dtype.kind]
     raise TypeError(f"slope.tensor: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")

@@ -459,13 +459,9 @@ class Max(Reduce):
     def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
         out = bind(self, x, dim=dim, keepdim=True)
-        mask = cast(equal(x, expand(out, x.shape)), x.dtype)
-        count = bind(sum_, mask, dim=dim, keepdim=True)
-        tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=True), count)
-        if not keepdim:
-            out_shape = tuple(s for i, s in enumerate(x.shape) if i not in dim)
-            out, tangent = reshape(out, out_shape), reshape(tangent, out_shape)
-        return [out], [tangent]
+        mask = cast(equal(x, expand(out, x.shape)), x.dtype)  # ties share the tangent equally
+        tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=keepdim), bind(sum_, mask, dim=dim, keepdim=keepdim))
+        return [out if keepdim else reshape(out, tangent.shape)], [tangent]
 
 
 class Reshape(Operator):

@@ -47,17 +47,13 @@ owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
 failed: dict[str, str] = {}  # plugin name -> error text
 
 
-def _plugin_name(plugin: Any) -> str:
-    return manager.get_name(plugin) or repr(plugin)
-
-
 def _collect(hook_name: str) -> list[tuple[str, Any]]:
     results = []
     hook = getattr(manager.hook, hook_name)
     for impl in reversed(hook.get_hookimpls()):
         value = impl.function()
         if value is not None:
-            results.append((_plugin_name(impl.plugin), value))
+            results.append((manager.get_name(impl.plugin) or repr(impl.plugin), value))
     return results
 
 

@@ -26,14 +26,11 @@ class Tensor:
     __slots__ = ("aval", "buffer", "backend", "device")
     __array_priority__ = 1000
 
-    @staticmethod
-    def _make(buffer: Any, aval: Aval, backend: Any, device: str) -> Tensor:
-        tensor = Tensor.__new__(Tensor)
-        tensor.buffer = buffer
-        tensor.aval = aval
-        tensor.backend = backend
-        tensor.device = device
-        return tensor
+    def __init__(self, buffer: Any, aval: Aval, backend: Any, device: str):
+        self.buffer = buffer
+        self.aval = aval
+        self.backend = backend
+        self.device = device
 
     @property
     def shape(self) -> tuple[int, ...]:

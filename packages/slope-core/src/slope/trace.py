@@ -43,6 +43,23 @@ class Trace:
         """Apply the operator's rule for this transformation."""
         raise NotImplementedError
 
+    def full_raise(self, value: Tensor) -> Tensor:
+        """The value as a tracer of this trace: concrete values and outer tracers are lifted, inner ones refused."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
+        if not isinstance(value, Tracer):
+            return self.pure(value)
+        level = value._trace.main.level
+        if value._trace.main is self.main:
+            return value
+        if level < self.main.level:
+            return self.lift(value)
+        raise SlopeTraceError(
+            "slope: a traced value escaped the transformation that created it "
+            f"(a {value.aval} tracer of level {level} used at level {self.main.level}); "
+            "return values from transformed functions instead of storing them"
+        )
+
 
 class Tracer(Tensor):
     """A Tensor seen by a transformation: it carries an abstract value and its trace."""
@@ -105,7 +122,7 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
         outs = eager_run(op, args, params)
     else:
         top = _top_trace(args)
-        tracers = [_full_raise(top, a) for a in args]
+        tracers = [top.full_raise(a) for a in args]
         outs = [o.full_lower() if isinstance(o, Tracer) else o for o in top.run(op, tracers, params)]
     return outs if op.multiple_results else outs[0]
 
@@ -116,23 +133,6 @@ def _top_trace(args: tuple) -> Trace:
         if isinstance(a, Tracer) and a._trace.main.level > main.level:
             main = a._trace.main
     return main.trace_type(main)
-
-
-def _full_raise(trace: Trace, value: Tensor) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
-    if not isinstance(value, Tracer):
-        return trace.pure(value)
-    level = value._trace.main.level
-    if value._trace.main is trace.main:
-        return value
-    if level < trace.main.level:
-        return trace.lift(value)
-    raise SlopeTraceError(
-        "slope: a traced value escaped the transformation that created it "
-        f"(a {value.aval} tracer of level {level} used at level {trace.main.level}); "
-        "return values from transformed functions instead of storing them"
-    )
 
 
 @dataclass
@@ -186,7 +186,7 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
         outs = flat_fn(*in_tracers)
-        out_tracers = [_full_raise(trace, _as_tensor(o)) for o in outs]
+        out_tracers = [trace.full_raise(_as_tensor(o)) for o in outs]
     constants = list(builder.constants.values())
     inputs = [t.ir_var for t in in_tracers]
     outputs = [t.ir_var for t in out_tracers]

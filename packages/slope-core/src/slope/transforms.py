@@ -12,19 +12,7 @@ from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, zeros_like
 from .tensors import Tensor, functions
-from .trace import (
-    Trace,
-    Tracer,
-    _full_raise,
-    _stack,
-    bind,
-    eval_program,
-    flatten_fun,
-    is_eager,
-    make_program,
-    new_main,
-    run_procedure,
-)
+from .trace import Trace, Tracer, bind, eval_program, flatten_fun, is_eager, make_program, new_main, run_procedure
 
 
 class TransformError(ValueError):
@@ -75,7 +63,7 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
         trace = JVPTrace(main)
         # integer inputs have zero tangents by definition, whatever tangent was passed
         tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
-        outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
+        outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
@@ -343,7 +331,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         with new_main(BatchTrace, axis_size) as main:
             trace = BatchTrace(main)
             tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
-            outs = [_full_raise(trace, as_tensor(o)) for o in flat_fn(*tracers)]
+            outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
         placeholder = tree.unflatten(out_tree[0], [object() for _ in values])
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
@@ -405,10 +393,6 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
     return jacfwd(jacrev(fn, argnums), argnums)
-
-
-def _jvp_active() -> bool:
-    return any(main.trace_type is JVPTrace for main in _stack)
 
 
 class _CustomCall(Operator):
@@ -492,7 +476,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(
                 f"slope.{type(self).__name__}: {self.fun.__name__} has no rule yet; call {define} first"
             )
-        if not _jvp_active():  # outside differentiation it is the plain function
+        if is_eager():  # transformations other than jvp trace straight through (the call operator is inline)
             return self.fun(*args)
         flat, in_tree = tree.flatten(args)
         flat = [as_tensor(a) for a in flat]
