@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .ir import Aval
@@ -21,13 +22,11 @@ class DTypeError(SlopeError, TypeError):
     """Dtypes that do not fit an operator."""
 
 
+@dataclass(slots=True)
 class UndefinedPrimal:
     """Stands for a linear input while a linear Program is transposed."""
 
-    __slots__ = ("aval",)
-
-    def __init__(self, aval: Aval):
-        self.aval = aval
+    aval: Aval
 
 
 class Operator:

@@ -181,25 +181,19 @@ class ProgramTrace(Trace):
 
 def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
     """Trace a function of a flat list of tensors to a Program (every operator is recorded)."""
+    from .operators import as_tensor  # (operators import this module)
+
     builder = ProgramBuilder(lower_for)
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
         outs = flat_fn(*in_tracers)
-        out_tracers = [trace.full_raise(_as_tensor(o)) for o in outs]
+        out_tracers = [trace.full_raise(as_tensor(o)) for o in outs]
     constants = list(builder.constants.values())
     inputs = [t.ir_var for t in in_tracers]
     outputs = [t.ir_var for t in out_tracers]
     constant_vars = [tracer.ir_var for _, tracer in constants]
     return Program(inputs, builder.instructions, outputs, constant_vars, [value for value, _ in constants])
-
-
-def _as_tensor(value: Any) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    from .operators import as_tensor
-
-    return as_tensor(value)
 
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
