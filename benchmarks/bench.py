@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench.py            # prints a markdown table of medians and ratios
     .venv/bin/python benchmarks/bench.py --quick    # fewer samples (a smoke run)
     .venv/bin/python benchmarks/bench.py --markdown benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/bench.py --only cnn   # one workload (repeatable: --only mlp --only eager)
 
 Workloads (each contender is timed in interleaved rounds, so background load hits all of them alike):
 - eager `x * 2.0` on a 3-element float32 tensor (cache hit), per call;
@@ -569,7 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
     parser.add_argument("--markdown", help="also write the results to this markdown file")
+    parser.add_argument("--only", choices=["eager", "mlp", "cnn", "first"], action="append",
+                        help="run only these workloads (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of every timed workload (default 10, CNN 5)")
     args = parser.parse_args(argv)
+    only = set(args.only or ("eager", "mlp", "cnn", "first"))
     if available("torch"):
         import torch
 
@@ -580,9 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     scale = 0.2 if args.quick else 1.0
     plan = [(groups[0], 10, int(15 * scale) or 2, 2000), (groups[1], 10, int(60 * scale) or 3, 30),
             (groups[2], 5, int(12 * scale) or 2, 3)]  # fmt: skip
-    for group, rounds, per_round, warmup in plan:
-        group[:] = [c for c in group if c.fn is not None]
+    for (workload, group), (_, rounds, per_round, warmup) in zip(zip(("eager", "mlp", "cnn"), groups), plan):
+        group[:] = [c for c in group if c.fn is not None] if workload in only else []
+        rounds = args.rounds or rounds
         run_rounds(group, rounds if not args.quick else 2, per_round, warmup if not args.quick else 3)
+    if "first" not in only:
+        first[:] = []
     for contender in first:
         for _ in range(3 if args.quick else 7):
             contender.measure(1)

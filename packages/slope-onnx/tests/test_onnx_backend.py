@@ -128,6 +128,30 @@ def test_mlp_step_emits_gemms_without_transposes():
     assert ops.count("Gemm") == 5 and "MatMul" not in ops and "Transpose" not in ops
 
 
+def test_repeated_nodes_are_computed_once():
+    # a conv's weight and input gradients both transpose the cotangent to the images-last layout: one Transpose
+    rng = np.random.default_rng(0)
+    x = slope.tensor(rng.standard_normal((8, 4, 13, 13)).astype(np.float32))
+    w = slope.tensor(rng.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    grad = slope.jit(slope.grad(lambda a, b: (slope.conv(a, b) ** 2).sum(), argnums=(0, 1)))
+    model = grad.lower(x, w).executable.model
+    keys = [(n.op_type, tuple(n.input), tuple(a.SerializeToString() for a in n.attribute)) for n in model.graph.node]
+    assert len(keys) == len(set(keys))
+    with slope.use_backend("numpy"):
+        expected = slope.grad(lambda a, b: (slope.conv(a, b) ** 2).sum(), argnums=(0, 1))(
+            slope.tensor(x.numpy()), slope.tensor(w.numpy())
+        )
+    for got, want in zip(grad(x, w), expected):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_repeats_that_are_outputs_keep_their_names():
+    x = slope.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    first, second = slope.jit(lambda a: (a.T * 1.0, a.T * 1.0))(x)
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+    np.testing.assert_array_equal(first.numpy(), x.numpy().T)
+
+
 def test_float64_erf_is_lowered_through_its_procedure():
     x = slope.tensor(np.linspace(-3, 3, 13))
     f = slope.jit(slope.erf)

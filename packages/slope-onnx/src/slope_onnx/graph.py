@@ -276,7 +276,7 @@ class OnnxGraph:
             used.add(name)
             output_infos.append(helper.make_tensor_value_info(name, element_type(aval.dtype), list(aval.shape)))
         live = {info.name for info in output_infos}
-        self.nodes = fuse_nodes(self.nodes, self, live)
+        self.nodes = merge_duplicates(fuse_nodes(self.nodes, self, live), live)
         kept = []
         for node in reversed(self.nodes):
             if any(o in live for o in node.output):
@@ -495,6 +495,37 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             producer[name] = len(result)
         result.append(node)
     return [node for node in result if node is not None]
+
+
+# ONNX operators whose outputs differ from call to call: two of them with the same inputs are not one
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                               "Bernoulli", "Dropout"})  # fmt: skip
+
+
+def merge_duplicates(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """Drop every node that repeats an earlier one (same operator, inputs and attributes), reading the earlier one's
+    outputs instead. Reverse mode makes such repeats: a conv's weight and input gradients each transpose the same
+    cotangent to the images-last layout, for example. Graph outputs keep their producers."""
+    renamed: dict[str, str] = {}
+    seen: dict[tuple, onnx.NodeProto] = {}
+    result = []
+    for node in nodes:
+        if any(name in renamed for name in node.input):
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+        if node.op_type in _NONDETERMINISTIC or any(name in outputs for name in node.output):
+            result.append(node)
+            continue
+        key = (node.domain, node.op_type, tuple(node.input), len(node.output),
+               tuple(a.SerializeToString(deterministic=True) for a in node.attribute))  # fmt: skip
+        earlier = seen.get(key)
+        if earlier is None:
+            seen[key] = node
+            result.append(node)
+            continue
+        for mine, theirs in zip(node.output, earlier.output):
+            if mine:
+                renamed[mine] = theirs
+    return result
 
 
 def _fits_gemm_c(shape: tuple | None, out: tuple | None) -> bool:
