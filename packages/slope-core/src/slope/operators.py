@@ -187,22 +187,6 @@ class Tanh(Unary):
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
 
 
-class Erf(Unary):
-    """The error function; the procedure is Abramowitz and Stegun 7.1.26 (error below 1.5e-7)."""
-
-    name = "erf"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x = primals[0]
-        return [erf(x)], [tangents[0] * exp(-(x * x)) * (2.0 / math.sqrt(math.pi))]
-
-    def procedure(self, x: Tensor) -> Tensor:
-        a = functions["abs"](x)
-        t = 1.0 / (1.0 + 0.3275911 * a)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return functions["sign"](x) * (1.0 - poly * exp(-(a * a)))
-
-
 class Invert(Unary):
     """Bitwise not of integers, logical not of bools."""
 
@@ -1012,7 +996,7 @@ class ScatterNd(Operator):
 
 
 exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
-tanh, erf = Tanh(), Erf()
+tanh = Tanh()
 add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
 equal, less, greater = Equal(), Less(), Greater()
 bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()

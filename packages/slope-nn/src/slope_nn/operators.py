@@ -1,5 +1,8 @@
-"""The operators slope-nn adds to Slope: `relu`, `max_pool` and the indexing operators max pooling is differentiated
-with, each with its shape inference, JVP, transpose and batching rules and a procedure for backends without them.
+"""The operators slope-nn adds to Slope: `erf`, `relu`, `max_pool` and the indexing operators max pooling is
+differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for backends
+without them.
+
+- `erf(x)`: the error function (the exact gelu); backends translate it where they have a kernel (onnxruntime's Erf).
 
 - `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0. Its derivative reads the
   output, not the input, so a backend may fuse the ReLU into what produced its input (onnxruntime's FusedConv).
@@ -24,6 +27,7 @@ import numpy as np
 import slope
 from slope import Aval, Operator, Tensor
 from slope.operator import batch_to_front, move_axis
+from slope.operators import Unary
 from slope.procedures import check_indices
 
 
@@ -346,12 +350,29 @@ class ScatterAdd(Operator):
         return slope.scatter_nd(x, slope.stack(coords, -1), src)
 
 
+class Erf(Unary):
+    """The error function (for gelu); the procedure is Abramowitz and Stegun 7.1.26 (error below 1.5e-7)."""
+
+    name = "erf"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        x = primals[0]
+        return [erf(x)], [tangents[0] * slope.exp(-(x * x)) * (2.0 / math.sqrt(math.pi))]
+
+    def procedure(self, x: Tensor) -> Tensor:
+        a = x.abs()
+        t = 1.0 / (1.0 + 0.3275911 * a)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return x.sign() * (1.0 - poly * slope.exp(-(a * a)))
+
+
+erf = Erf()
 relu = Relu()
 max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
-operators = [relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+operators = [erf, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
 
 # the NumPy backend's translations (Python expressions); the others run through their procedures there
 numpy_translations = {
