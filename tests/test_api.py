@@ -345,3 +345,14 @@ def test_slope_command_without_arguments_prints_help():
         [sys.executable, "-W", "ignore", "-m", "slope"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0 and "info" in result.stdout
+
+
+def test_the_core_stays_under_3000_lines():
+    # issue #2's budget: slope-core's src, formatted with ruff (line length 120), in non-blank lines
+    source = os.path.join(os.path.dirname(__file__), os.pardir, "packages", "slope-core", "src", "slope")
+    files = [os.path.join(source, name) for name in os.listdir(source) if name.endswith(".py")]
+    lines = 0
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            lines += sum(1 for line in handle if line.strip())
+    assert len(files) >= 10 and lines < 3000, f"slope-core's src has {lines} non-blank lines"
