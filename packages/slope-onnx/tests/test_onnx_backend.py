@@ -397,3 +397,28 @@ def test_cnn_step_graph_uses_the_fast_forms():
     assert "Mod" not in kinds and "ScatterElements" not in kinds
     wheres = [node for node in nodes if node.op_type == "Where"]
     assert all(node.output[0] in {n.input[0] for n in nodes if n.op_type == "MaxUnpool"} for node in wheres[-2:])
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((3, 6, 12, 11), (5, 6, 3, 3), {}),  # the benchmark's second layer, smaller
+        ((2, 8, 13, 12), (4, 8, 3, 2), {"stride": (2, 1), "dilation": (1, 2)}),
+        ((2, 16, 40), (3, 16, 3), {"stride": 2, "dilation": 3}),  # 1-d
+        ((2, 5, 7, 6, 8), (3, 5, 2, 3, 2), {"stride": (1, 2, 1), "padding": 1}),  # 3-d, padded
+    ],
+)
+def test_weight_gradients_gather_their_windows_once(x_shape, w_shape, params):
+    """The weight gradient's windows come from one Gather of images-last pixels (no Slice + Concat per position),
+    with the same values as the NumPy backend."""
+    rng = np.random.default_rng(len(x_shape))
+    a, k = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            grad = slope.jit(slope.grad(lambda w, x: (slope.conv(x, w, **params) ** 2).sum()))
+            results[backend] = grad(slope.tensor(k), slope.tensor(a)).numpy()
+            if backend == "onnxruntime":
+                kinds = [n.op_type for n in grad.lower(slope.tensor(k), slope.tensor(a)).executable.model.graph.node]
+                assert "Gather" in kinds and ("Concat" not in kinds or "padding" in params), kinds  # pads concat
+    np.testing.assert_allclose(results["onnxruntime"], results["numpy"], rtol=1e-4, atol=1e-3)

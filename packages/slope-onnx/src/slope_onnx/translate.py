@@ -530,18 +530,19 @@ def _weight_gradient_images_last(graph: OnnxGraph, inputs: list[str], instructio
     images_last = [1, *range(2, n + 2), 0]
     x = graph.node("Transpose", [x], shape=(channels, *spatial, batch), perm=images_last)
     cotangent = graph.node("Transpose", [cotangent], shape=(out_channels, *taps_shape, batch), perm=images_last)
+    # every window of every position in one Gather of pixels (rows of `batch` floats): pixel (p * stride + t * dilation)
+    # for kernel position p and tap t, as flat indices into the spatial grid
     stride, dilation = params["stride"], params["dilation"]
-    row = math.prod(taps_shape) * batch
-    axes, steps = graph.int64s(range(1, 1 + n)), graph.int64s(dilation)
-    windows = []
-    for position in np.ndindex(*out.shape[2:]):
-        begin = [p * s for p, s in zip(position, stride)]
-        end = [b + (k - 1) * d + 1 for b, k, d in zip(begin, taps_shape, dilation)]
-        window = graph.node("Slice", [x, graph.int64s(begin), graph.int64s(end), axes, steps],
-                            shape=(channels, *taps_shape, batch))  # fmt: skip
-        windows.append(graph.reshape(window, (channels, 1, row)))
-    positions = len(windows)
-    columns = windows[0] if positions == 1 else graph.node("Concat", windows, shape=(channels, positions, row), axis=1)
+    positions, taps, row = math.prod(out.shape[2:]), math.prod(taps_shape), math.prod(taps_shape) * batch
+    coordinates = [
+        np.arange(k).reshape(-1, 1) * s + np.arange(t).reshape(1, -1) * d  # (position, tap) along one dimension
+        for k, s, t, d in zip(out.shape[2:], stride, taps_shape, dilation)
+    ]
+    flat = np.zeros((1, 1), dtype=np.int64)
+    for size, along in zip(spatial, coordinates):  # row-major: combine dimension by dimension
+        flat = (flat[:, None, :, None] * size + along[None, :, None, :]).reshape(flat.shape[0] * along.shape[0], -1)
+    pixels = graph.reshape(x, (channels, math.prod(spatial), batch))
+    columns = graph.node("Gather", [pixels, graph.constant(flat)], shape=(channels, positions, taps, batch), axis=1)
     columns = graph.reshape(columns, (channels * positions, row))
     weights = graph.reshape(cotangent, (out_channels, row))
     product = graph.node("Gemm", [columns, weights], shape=(channels * positions, out_channels), transB=1)
