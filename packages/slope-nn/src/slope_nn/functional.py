@@ -3,7 +3,8 @@ one-hot, linear, transposed convolution, pooling and cross-entropy.
 
 They are registered through slope-nn's plugin (`slope_nn.plugin`), so with slope-nn installed each is also
 `slope.NAME(...)` and `Tensor.NAME(...)`. They are built from Slope's public API only, as any plugin's would be;
-`relu`, `max_pool` and the two indexing operators it differentiates with are operators (`slope_nn.operators`).
+`log_softmax`, `relu`, `max_pool` and the two indexing operators it differentiates with are operators
+(`slope_nn.operators`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from slope import Tensor
 from .operators import (
     check_indices,
     conv_params,
+    log_softmax,
     max_pool,
     max_pool_argmax,
     pool_args,
@@ -130,14 +132,6 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
-def log_softmax(x: Any, dim: int = -1) -> Tensor:
-    """x - logsumexp(x) along dim, computed stably."""
-    x = _float(x)
-    dim = _dims("log_softmax", dim, x.ndim)
-    shifted = x - slope.stop_gradient(x.max(dim, keepdim=True))  # a row of only -inf gives NaN, as in PyTorch
-    return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
-
-
 def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     """Integer class indices as one-hot int64 vectors along a new last dimension."""
     x = _tensor(x)
@@ -239,7 +233,6 @@ procedures: dict[str, Callable] = {
         softplus,
         logsumexp,
         softmax,
-        log_softmax,
         one_hot,
         linear,
         conv_transpose,

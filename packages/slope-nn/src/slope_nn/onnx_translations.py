@@ -2,6 +2,7 @@
 (`f(graph, inputs, instruction) -> output name`; `NoTranslationError` lowers an instruction through its procedure).
 
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
+- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32).
 - `max_pool` is MaxPool. `max_pool_argmax` is the same MaxPool with its Indices output (positions in the whole
   tensor, turned into positions in the pooled dimensions); a max_pool of the same input and parameters reuses that
   node's values, so a training step pools once.
@@ -41,6 +42,16 @@ def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     compute = _float_compute(out.dtype)
     x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
     result = graph.node("Relu", [x], shape=out.shape)
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+def _log_softmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = instruction.outputs[0].aval
+    if out.ndim == 0:  # LogSoftmax needs an axis
+        raise NoTranslationError
+    compute = _float_compute(out.dtype)
+    x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+    result = graph.node("LogSoftmax", [x], shape=out.shape, axis=instruction.params["dim"])
     return result if compute == out.dtype else graph.cast(result, out.dtype)
 
 
@@ -152,6 +163,7 @@ def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, 
 
 
 translations: dict[str, Callable] = {
+    "log_softmax": _log_softmax,
     "relu": _relu,
     "max_pool": _max_pool,
     "max_pool_argmax": _max_pool_argmax,

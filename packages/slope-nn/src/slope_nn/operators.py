@@ -1,8 +1,10 @@
-"""The operators slope-nn adds to Slope: `erf`, `relu`, `max_pool` and the indexing operators max pooling is
-differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for backends
-without them.
+"""The operators slope-nn adds to Slope: `erf`, `log_softmax`, `relu`, `max_pool` and the indexing operators max
+pooling is differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for
+backends without them.
 
 - `erf(x)`: the error function (the exact gelu); backends translate it where they have a kernel (onnxruntime's Erf).
+- `log_softmax(x, dim)`: one stable kernel where a backend has it (onnxruntime's LogSoftmax); its derivative reads
+  only its output.
 
 - `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0. Its derivative reads the
   output, not the input, so a backend may fuse the ReLU into what produced its input (onnxruntime's FusedConv).
@@ -77,6 +79,36 @@ class Relu(Operator):
 
     def procedure(self, x: Tensor) -> Tensor:
         return slope.where(x < 0, slope.zeros_like(x), x)  # NaN < 0 is false: NaN stays
+
+
+class LogSoftmax(Operator):
+    """x - logsumexp(x) along one dimension. An operator because backends have one stable kernel for it (ONNX
+    LogSoftmax), and because its derivative reads only the output: t - sum(softmax(x) * t)."""
+
+    name = "log_softmax"
+
+    def __call__(self, x: Any, dim: int = -1) -> Tensor:
+        x = _tensor(x)
+        x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
+        return slope.bind(self, x, dim=_dim(self.name, dim, x.ndim))
+
+    def infer(self, x: Aval, *, dim: int) -> Aval:
+        if not x.dtype.is_float:
+            raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
+        if not 0 <= dim < max(x.ndim, 1):
+            raise self.shape_error(f"dimension {dim} is out of range for shape {x.shape}")
+        return x
+
+    def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
+        out, tangent = log_softmax(primals[0], dim), tangents[0]
+        return [out], [tangent - (slope.exp(out) * tangent).sum(dim, keepdim=True)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
+        return [log_softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
+
+    def procedure(self, x: Tensor, *, dim: int) -> Tensor:
+        shifted = x - slope.stop_gradient(x.max(dim, keepdim=True))  # a row of only -inf gives NaN, as in PyTorch
+        return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
 
 
 # ----------------------------------------------------------------------------------------------- pooling
@@ -367,12 +399,13 @@ class Erf(Unary):
 
 
 erf = Erf()
+log_softmax = LogSoftmax()
 relu = Relu()
 max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
-operators = [erf, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+operators = [erf, log_softmax, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
 
 # the NumPy backend's translations (Python expressions); the others run through their procedures there
 numpy_translations = {

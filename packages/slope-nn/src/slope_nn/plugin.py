@@ -1,6 +1,6 @@
 """Registers slope-nn with Slope (entry point `slope: nn`), through the hooks any third-party plugin uses.
 
-The neural-network functions (`slope_nn.functional`) become procedures, `erf`, `relu`, `max_pool` and the indexing
+The neural-network functions (`slope_nn.functional`) become procedures, `erf`, `log_softmax`, `relu`, `max_pool` and the indexing
 operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX Runtime and NumPy
 backends learn native translations for some of them; every other backend runs them through their procedures.
 """
@@ -14,7 +14,7 @@ from slope.plugins import hookimpl
 
 @hookimpl
 def slope_operators() -> list:
-    """erf, relu, max_pool, max_pool_argmax, take_along_dim and scatter_add."""
+    """erf, log_softmax, relu, max_pool, max_pool_argmax, take_along_dim and scatter_add."""
     from .operators import operators
 
     return operators
