@@ -1,8 +1,9 @@
 """Registers slope-nn with Slope (entry point `slope: nn`), through the hooks any third-party plugin uses.
 
-The neural-network functions (`slope_nn.functional`) become procedures, `erf`, `log_softmax`, `relu`, `max_pool` and the indexing
-operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX Runtime and NumPy
-backends learn native translations for some of them; every other backend runs them through their procedures.
+The neural-network functions (`slope_nn.functional`) become procedures; `erf`, `log_softmax`, `relu`, `max_pool` and
+the indexing operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX
+Runtime and NumPy backends learn native translations for some of them; every other backend runs them through their
+procedures.
 """
 
 from __future__ import annotations
