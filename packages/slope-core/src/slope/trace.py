@@ -111,6 +111,11 @@ def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Itera
         _stack.pop()
 
 
+def active(trace_type: type | None = None) -> bool:
+    """Whether a transformation (of this kind, if given) is in progress."""
+    return any(trace_type in (None, main.trace_type) for main in _stack[1:])
+
+
 def is_eager() -> bool:
     """Whether no transformation is active (operators run at once)."""
     return len(_stack) == 1

@@ -12,7 +12,7 @@ from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, zeros_like
 from .tensors import Tensor, functions
-from .trace import Trace, Tracer, bind, eval_program, flatten_fun, is_eager, make_program, new_main, run_procedure
+from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 
 
 class TransformError(ValueError):
@@ -476,7 +476,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(
                 f"slope.{type(self).__name__}: {self.fun.__name__} has no rule yet; call {define} first"
             )
-        if is_eager():  # transformations other than jvp trace straight through (the call operator is inline)
+        if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
         flat, in_tree = tree.flatten(args)
         flat = [as_tensor(a) for a in flat]
@@ -585,8 +585,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return entry, tensors, backend, device
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not is_eager():
-            return self.fn(*args, **kwargs)  # inside another transformation: trace straight through
+        if active():  # inside another transformation: trace straight through
+            return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         return tree.unflatten(out_tree, backend_module.run_executable(executable, tensors, backend, device))
 
