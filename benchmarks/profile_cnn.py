@@ -37,12 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from slope_onnx.backend import _options
+    from slope_onnx.cpu_rewrites import for_cpu_session
 
     slope.set_backend("onnxruntime")
     params, x, y = bench.cnn_data()
     tensors = tuple(slope.tensor(p) for p in params), slope.tensor(x), slope.tensor(y)
     lowered = slope.jit(bench.slope_cnn_step).lower(*tensors)
-    model = lowered.executable.model
+    model = for_cpu_session(lowered.executable.model)  # what the backend's CPU session runs
     if args.save:
         onnx.save(model, args.save)
     feeds = {i.name: v for i, v in zip(model.graph.input, (*params, x, y))}

@@ -14,6 +14,7 @@ from onnxruntime.capi import _pybind_state as ort_c
 import slope
 from slope import Backend, Executable, Program
 
+from .cpu_rewrites import for_cpu_session
 from .graph import build_model, element_type
 from .translate import translations
 
@@ -199,7 +200,10 @@ class OnnxBackend(Backend):
         model, input_names, output_names = self.model(program)
         if not output_names:
             return OnnxExecutable(lambda buffers: [], self, program)
-        session = self._session(model.SerializeToString(), device, _wants_pool(program))
+        pooled = _wants_pool(program)
+        if device == "cpu" and pooled:  # the session's own copy: `.code` and exports keep the portable model
+            model = for_cpu_session(model)
+        session = self._session(model.SerializeToString(), device, pooled)
         if device == "cpu":
             run = _runner(session, input_names, output_names, self._run_options)
         else:

@@ -1,0 +1,144 @@
+"""The rewrites of a CPU session's model (`slope_onnx.cpu_rewrites`): NCHWc convolutions with filters that are
+inputs, and max pooling by phases. Each case is big enough for a session with threads (where the rewrites apply) and
+is compared with the NumPy backend, values and gradients; the rewritten graph is checked to hold the new forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slope
+
+pytestmark = pytest.mark.skipif("onnxruntime" not in slope.plugins.backends, reason="slope-onnx is not registered")
+
+cpu_rewrites = pytest.importorskip("slope_onnx.cpu_rewrites")
+backend_module = pytest.importorskip("slope_onnx.backend")
+
+# float32: sums of a few hundred products cancel, so the absolute error follows the array's largest magnitude
+RTOL, ATOL_OF_LARGEST = 2e-4, 2e-5
+
+
+@pytest.fixture(autouse=True)
+def session_models(monkeypatch) -> list:
+    """The models handed to CPU sessions during a test (what `for_cpu_session` returned)."""
+    seen: list = []
+
+    def spy(model):
+        seen.append(cpu_rewrites.for_cpu_session(model))
+        return seen[-1]
+
+    monkeypatch.setattr(backend_module, "for_cpu_session", spy)
+    return seen
+
+
+def _compare(loss, arrays: list[np.ndarray], session_models: list) -> list:
+    """Loss and gradients of every argument on both backends (compared), and the ONNX graph the CPU session ran."""
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            tensors = [slope.tensor(a) for a in arrays]
+            step = slope.jit(slope.value_and_grad(loss, argnums=tuple(range(len(arrays)))))
+            value, grads = step(*tensors)
+            results[backend] = [value.numpy(), *(g.numpy() for g in grads)]
+            if backend == "onnxruntime":
+                plain = step.lower(*tensors).executable.model
+    for expected, got in zip(*results.values()):
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL_OF_LARGEST * np.abs(expected).max())
+    assert all(node.domain == "" for node in plain.graph.node)  # `.code` and exports stay plain ONNX
+    assert len(session_models) == 1  # the step ran in a session with threads, which got the rewritten model
+    return list(session_models[0].graph.node)
+
+
+def test_block_size_is_read_from_onnxruntime():
+    assert cpu_rewrites.block_size() in (0, 4, 8, 16)
+
+
+CONVS = [  # (input shape, filter shape, conv parameters, ReLU after it)
+    ((4, 16, 20, 20), (32, 16, 3, 3), {}, True),
+    ((8, 16, 21, 20), (16, 16, 3, 3), {"stride": 2, "padding": 1}, False),
+    ((3, 32, 18, 19), (16, 32, 3, 2), {"dilation": 2, "padding": ((1, 2), (0, 1))}, True),
+    ((4, 16, 24, 24), (32, 16, 1, 1), {"stride": (1, 2)}, False),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "params", "relu"), CONVS)
+def test_blocked_convolutions_match_numpy(x_shape, w_shape, params, relu, session_models):
+    rng = np.random.default_rng(len(params))
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, w_shape[:1])]
+
+    def loss(x, w, b):
+        y = slope.conv(x, w, b, **params)
+        return ((slope.relu(y) if relu else y) ** 2).sum()
+
+    kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
+    if cpu_rewrites.block_size():
+        assert "ReorderInput" in kinds and "ReorderOutput" in kinds
+        assert ("Relu" not in kinds) if relu else True  # the ReLU runs inside the NCHWc convolution
+
+
+def test_convolutions_with_channels_not_in_blocks_stay_plain(session_models):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((4, 6, 30, 30), (10, 6, 3, 3))]
+    nodes = _compare(lambda x, w: (slope.conv(x, w) ** 2).sum(), arrays, session_models)
+    assert all(node.domain == "" for node in nodes)
+
+
+PHASES = [  # (input shape, filter shape, conv parameters, pooling window, ReLU, bias)
+    ((8, 1, 26, 26), (32, 1, 3, 3), {}, 2, True, True),  # the benchmark CNN's first layer
+    ((6, 3, 25, 26), (8, 3, 3, 3), {"padding": 1}, 3, True, False),  # odd sizes: floor pooling drops rows
+    ((8, 2, 27, 25), (16, 2, 2, 3), {"padding": ((1, 0), (0, 2))}, 2, False, True),
+]
+
+
+def _images(shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Mostly-zero images (as MNIST's background): with a positive bias whole windows tie at a positive value."""
+    return (rng.random(shape) < 0.3).astype(np.float32) * rng.random(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "params", "window", "relu", "bias"), PHASES)
+def test_pooling_by_phases_matches_numpy_with_ties(x_shape, w_shape, params, window, relu, bias, session_models):
+    rng = np.random.default_rng(window)
+    arrays = [_images(x_shape, rng), rng.standard_normal(w_shape).astype(np.float32)]
+    if bias:
+        arrays.append(np.abs(rng.standard_normal(w_shape[:1])).astype(np.float32) + 0.1)
+
+    def pooled(x, w, *b):
+        y = slope.conv(x, w, *b, **params)
+        return slope.max_pool(slope.relu(y) if relu else y, window)
+
+    with slope.use_backend("numpy"):
+        shape = pooled(*(slope.tensor(a) for a in arrays)).shape
+    probe = slope.tensor(rng.random(shape).astype(np.float32))  # a weight per pooled element: routes told apart
+
+    def loss(x, w, *b):
+        return (pooled(x, w, *b) * probe).sum()
+
+    kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
+    assert kinds.count("MaxPool") == 0 and kinds.count("Max") == 1
+    assert kinds.count("Conv") >= window * window  # one strided convolution per window position
+
+
+def test_pooling_by_phases_keeps_the_first_maximum_like_maxpool():
+    """Windows of equal values: the indices (and so the gradient) go to each window's first element."""
+    x = np.zeros((8, 1, 26, 26), np.float32)
+    w, b = np.zeros((32, 1, 3, 3), np.float32), np.full(32, 0.5, np.float32)  # every output 0.5: all windows tie
+    rows, columns = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    expected = (2 * rows * 24 + 2 * columns)[None, None] + np.arange(8 * 32).reshape(8, 32, 1, 1) * 24 * 24
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            step = slope.jit(lambda a, k, c: slope.max_pool_argmax(slope.relu(slope.conv(a, k, c)), 2))
+            got = step(slope.tensor(x), slope.tensor(w), slope.tensor(b)).numpy()
+        np.testing.assert_array_equal(got, expected % (24 * 24), err_msg=backend)
+
+
+def test_expensive_convolutions_and_overlapping_windows_keep_maxpool(session_models):
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((4, 8, 26, 26), (16, 8, 3, 3))]
+    nodes = _compare(lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 2).sum(), arrays, session_models)
+    assert [n.op_type for n in nodes].count("MaxPool") == 1  # 8 channels x 3 x 3 reads: the conv is not cheap
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((8, 1, 30, 30), (16, 1, 3, 3))]
+    session_models.clear()
+    nodes = _compare(
+        lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 3, stride=2).sum(), arrays, session_models
+    )
+    assert [n.op_type for n in nodes].count("MaxPool") == 1
