@@ -201,7 +201,7 @@ class OnnxBackend(Backend):
         if not output_names:
             return OnnxExecutable(lambda buffers: [], self, program)
         pooled = _wants_pool(program)
-        if device == "cpu" and pooled:  # the session's own copy: `.code` and exports keep the portable model
+        if device == "cpu" and pooled:  # NCHWc convolutions, pooling by phases; `.code` and exports stay plain
             model = for_cpu_session(model)
         session = self._session(model.SerializeToString(), device, pooled)
         if device == "cpu":

@@ -39,7 +39,10 @@ def for_cpu_session(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with the rewrites above (a copy; the model itself when none applies)."""
     if not any(node.op_type == "Conv" and node.domain == "" for node in model.graph.node):
         return model
-    graph = _Graph(model)
+    try:
+        graph = _Graph(model)
+    except Exception:  # no static shapes to be had (a model over 2 GB, say): keep the plain graph
+        return model
     changed = graph.phase_pools()
     changed = graph.blocked_convs() or changed
     return graph.finish() if changed else model
@@ -62,10 +65,13 @@ def block_size() -> int:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: saving an NCHWc model warns that it is hardware-specific
     options.intra_op_num_threads = 1
-    with tempfile.TemporaryDirectory() as folder:
-        options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(options.optimized_model_filepath)
+    except Exception:  # no writable temporary folder, say: keep onnxruntime's plain convolutions
+        return 0
     if not any(node.domain == DOMAIN for node in optimized.graph.node):
         return 0
     reordered = [numpy_helper.to_array(t) for t in optimized.graph.initializer if list(t.dims) == list(weight.shape)]
@@ -193,6 +199,8 @@ class _Graph:
             return False
         k = kernel[0]
         if window.get("strides") != [k, k] or any(window.get("pads", [0])) or window.get("ceil_mode", 0):
+            return False
+        if window.get("auto_pad", b"NOTSET") != b"NOTSET":
             return False
         if any(d != 1 for d in window.get("dilations", [1])) or window.get("storage_order", 0):
             return False
