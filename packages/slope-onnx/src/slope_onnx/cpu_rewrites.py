@@ -1,7 +1,8 @@
 """Rewrites of the model a CPU session runs, for kernels onnxruntime's own optimizer cannot pick in a training step.
 
 `.code` and exported models keep the plain graph; only the copy handed to a CPU session with a thread pool (a jitted
-step with real work) is rewritten, by `for_cpu_session`. Both rewrites give the same values as the plain graph.
+step with real work) is rewritten, by `for_cpu_session`. Both rewrites give the plain graph's values, up to float
+rounding in the convolutions (and a NaN in a pooling window, which each form can drop, differently).
 
 - Blocked-channel ("NCHWc") convolutions. onnxruntime runs a 2-d Conv with its fast NCHWc kernel only when the
   filter is a constant: it reorders the filter once, into blocks of B input by B output channels, while building
