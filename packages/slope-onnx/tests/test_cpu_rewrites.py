@@ -167,3 +167,22 @@ def test_expensive_convolutions_and_overlapping_windows_keep_maxpool(session_mod
         lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 3, stride=2).sum(), arrays, session_models
     )
     assert [n.op_type for n in nodes].count("MaxPool") == 1
+
+
+def test_the_benchmark_cnn_step_matches_numpy(session_models):
+    """Both rewrites in one graph (conv1 + pool1 by phases, conv2 in NCHWc), with the linear layer, softmax
+    cross-entropy and the ReLU masks taken at pooled size: loss and every gradient as on the NumPy backend."""
+    rng = np.random.default_rng(7)
+    shapes = [(32, 1, 3, 3), (32,), (64, 32, 3, 3), (64,), (10, 64 * 5 * 5), (10,)]
+    arrays = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in shapes]
+    images, labels = _images((16, 1, 28, 28), rng), rng.integers(0, 10, 16)
+
+    def loss(w1, b1, w2, b2, w3, b3):
+        h = slope.max_pool(slope.relu(slope.conv(slope.tensor(images), w1, b1)), 2)
+        h = slope.max_pool(slope.relu(slope.conv(h, w2, b2)), 2)
+        return slope.cross_entropy(h.reshape(h.shape[0], -1) @ w3.T + b3, slope.tensor(labels))
+
+    kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
+    assert kinds.count("MaxPool") == 1 and kinds.count("Max") == 1  # pool1 by phases, pool2 MaxPool
+    if cpu_rewrites.block_size():
+        assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
