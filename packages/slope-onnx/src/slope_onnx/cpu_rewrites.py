@@ -30,6 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from .graph import IR_VERSION, OPSET
+
 DOMAIN = "com.microsoft.nchwc"
 # phases pay off when the convolution reads at most this many values per output (a first layer's 1-3 channels)
 PHASE_CONV_READS = 32
@@ -62,7 +64,7 @@ def block_size() -> int:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: saving an NCHWc model warns that it is hardware-specific
     options.intra_op_num_threads = 1
