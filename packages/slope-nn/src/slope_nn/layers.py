@@ -91,15 +91,15 @@ class Linear(Module):
 # ----------------------------------------------------------------------------------------------- convolution
 
 
-class _ConvNd(Module):
-    """N-d convolution (cross-correlation) with PyTorch's arguments and initialization."""
+class _ConvBase(Module):
+    """What convolutions and transposed convolutions share: arguments, PyTorch's initialization, unbatched inputs."""
 
     spatial_dims = 2
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
-                 dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
-                 dtype: Any = None) -> None:  # fmt: skip
-        super().__init__()
+    def _setup(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any, dilation: Any, groups: int,
+               weight_channels: tuple[int, int], bias: bool, key: Tensor | None, dtype: Any) -> None:  # fmt: skip
+        """Check and store the arguments; make the weight, (weight_channels[0], weight_channels[1] / groups,
+        *kernel), and the bias, both uniform in +-1/sqrt(fan_in)."""
         n = self.spatial_dims
         if in_channels % groups or out_channels % groups:
             raise ValueError(
@@ -110,22 +110,37 @@ class _ConvNd(Module):
         self.out_channels = int(out_channels)
         self.kernel_size = _tuple(kernel_size, n)
         self.stride = _tuple(stride, n)
-        self.padding = padding if isinstance(padding, str) else _tuple(padding, n)
         self.dilation = _tuple(dilation, n)
         self.groups = int(groups)
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        shape = (weight_channels[0], weight_channels[1] // groups, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fans(shape)[0])
         weight_key, bias_key = _keys(key, 2)
         self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
         self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
 
+    def _batched(self, x: Tensor, convolve: Any) -> Tensor:
+        """convolve(x) for x of shape (N, C_in, *spatial); an unbatched (C_in, *spatial) x gets a batch of one."""
+        unbatched = x.ndim == self.spatial_dims + 1
+        out = convolve(x.unsqueeze(0) if unbatched else x)
+        return out.squeeze(0) if unbatched else out
+
+
+class _ConvNd(_ConvBase):
+    """N-d convolution (cross-correlation) with PyTorch's arguments and initialization."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
+                 dtype: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, self.spatial_dims)
+        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (out_channels, in_channels),
+                    bias, key, dtype)  # fmt: skip
+
     def forward(self, x: Tensor) -> Tensor:
         """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial))."""
-        unbatched = x.ndim == self.spatial_dims + 1
-        if unbatched:
-            x = x.unsqueeze(0)
-        out = slope.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return out.squeeze(0) if unbatched else out
+        return self._batched(
+            x, lambda a: slope.conv(a, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -152,43 +167,26 @@ class Conv3d(_ConvNd):
     spatial_dims = 3
 
 
-class _ConvTransposeNd(Module):
+class _ConvTransposeNd(_ConvBase):
     """N-d transposed convolution; weight (in_channels, out_channels / groups, *kernel), as PyTorch."""
-
-    spatial_dims = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
                  key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        n = self.spatial_dims
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"{type(self).__name__}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
-                f"divisible by groups ({groups})"
-            )
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _tuple(kernel_size, n)
-        self.stride = _tuple(stride, n)
-        self.padding = _tuple(padding, n)
-        self.output_padding = _tuple(output_padding, n)
-        self.dilation = _tuple(dilation, n)
-        self.groups = int(groups)
-        shape = (in_channels, out_channels // groups, *self.kernel_size)
-        bound = 1.0 / math.sqrt(init.fans(shape)[0])
-        weight_key, bias_key = _keys(key, 2)
-        self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
-        self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
+        self.padding = _tuple(padding, self.spatial_dims)
+        self.output_padding = _tuple(output_padding, self.spatial_dims)
+        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (in_channels, out_channels),
+                    bias, key, dtype)  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched)."""
-        unbatched = x.ndim == self.spatial_dims + 1
-        if unbatched:
-            x = x.unsqueeze(0)
-        out = functional.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                        self.groups, self.dilation)  # fmt: skip
-        return out.squeeze(0) if unbatched else out
+        return self._batched(
+            x,
+            lambda a: functional.conv_transpose(
+                a, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            ),
+        )
 
     def extra_repr(self) -> str:
         return (
