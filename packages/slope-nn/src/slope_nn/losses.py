@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import slope
 from slope import Tensor
@@ -104,49 +104,39 @@ class CrossEntropyLoss(Module):
         return cross_entropy(logits, target, self.reduction, self.label_smoothing)
 
 
-class NLLLoss(Module):
+class _Loss(Module):
+    """Module form of a loss function `loss(input, target, reduction=...)`."""
+
+    loss: Callable[..., Tensor]  # each subclass's function, as a staticmethod
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002 - PyTorch's name
+        """The loss."""
+        return type(self).loss(input, target, reduction=self.reduction)
+
+
+class NLLLoss(_Loss):
     """Module form of `nll`."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, log_probs: Tensor, target: Any) -> Tensor:
-        """The loss."""
-        return nll(log_probs, target, self.reduction)
+    loss = staticmethod(nll)
 
 
-class MSELoss(Module):
+class MSELoss(_Loss):
     """Module form of `mse`."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
-        """The loss."""
-        return mse(input, target, self.reduction)
+    loss = staticmethod(mse)
 
 
-class BCELoss(Module):
+class BCELoss(_Loss):
     """Module form of `binary_cross_entropy`."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
-        """The loss."""
-        return binary_cross_entropy(input, target, reduction=self.reduction)
+    loss = staticmethod(binary_cross_entropy)
 
 
-class BCEWithLogitsLoss(Module):
+class BCEWithLogitsLoss(_Loss):
     """Module form of `binary_cross_entropy_with_logits`."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002
-        """The loss."""
-        return binary_cross_entropy_with_logits(input, target, reduction=self.reduction)
+    loss = staticmethod(binary_cross_entropy_with_logits)
