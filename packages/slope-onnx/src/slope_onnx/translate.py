@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 import slope
-from slope import DType, Instruction
+from slope import Aval, DType, Instruction
 
 from .graph import NoTranslationError, OnnxGraph, element_type
 
@@ -468,6 +468,19 @@ def _swapped_source(graph: OnnxGraph, name: str, perm: list[int]) -> str | None:
     return inner.input[0]
 
 
+def _weight_gradient_sources(graph: OnnxGraph, inputs: list[str], out: Aval) -> tuple[str, str] | None:
+    """For a weight gradient conv(swap(x), swap(ct)): x (N, C, *spatial) and ct (N, O, *taps) before reverse mode's
+    swaps of their first two axes, when the graph has them; else None."""
+    n = out.ndim - 2
+    x = _swapped_source(graph, inputs[0], [2, 1, 0, *range(3, n + 3)])
+    cotangent = _swapped_source(graph, inputs[1], [1, 2, 0, *range(3, n + 3)])
+    if x is None or cotangent is None:
+        return None
+    if graph.shapes[x][1] != out.shape[0] or graph.shapes[cotangent][1] != out.shape[1]:
+        return None
+    return x, cotangent
+
+
 def _weight_gradient_per_image(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
     """A weight gradient with few (input channels x kernel positions), image by image; else None.
 
@@ -479,13 +492,11 @@ def _weight_gradient_per_image(graph: OnnxGraph, inputs: list[str], instruction:
     n = out.ndim - 2
     if any(lo or hi for lo, hi in params["padding"]) or out.shape[0] * math.prod(out.shape[2:]) > 32:
         return None
-    x = _swapped_source(graph, inputs[0], [2, 1, 0, *range(3, n + 3)])
-    cotangent = _swapped_source(graph, inputs[1], [1, 2, 0, *range(3, n + 3)])
-    if x is None or cotangent is None:
+    sources = _weight_gradient_sources(graph, inputs, out)
+    if sources is None:
         return None
+    x, cotangent = sources
     (batch, channels, *_), (_, out_channels, *taps_shape) = graph.shapes[x], graph.shapes[cotangent]
-    if channels != out.shape[0] or out_channels != out.shape[1]:
-        return None
     stride, dilation = params["stride"], params["dilation"]
     taps, positions = math.prod(taps_shape), math.prod(out.shape[2:])
     axes, steps = graph.int64s(range(2, 2 + n)), graph.int64s(dilation)
@@ -520,13 +531,11 @@ def _weight_gradient_images_last(graph: OnnxGraph, inputs: list[str], instructio
     n = out.ndim - 2
     if any(lo or hi for lo, hi in params["padding"]):
         return None
-    x = _swapped_source(graph, inputs[0], [2, 1, 0, *range(3, n + 3)])
-    cotangent = _swapped_source(graph, inputs[1], [1, 2, 0, *range(3, n + 3)])
-    if x is None or cotangent is None:
+    sources = _weight_gradient_sources(graph, inputs, out)
+    if sources is None:
         return None
+    x, cotangent = sources
     (batch, channels, *spatial), (_, out_channels, *taps_shape) = graph.shapes[x], graph.shapes[cotangent]
-    if channels != out.shape[0] or out_channels != out.shape[1]:
-        return None
     images_last = [1, *range(2, n + 2), 0]
     x = graph.node("Transpose", [x], shape=(channels, *spatial, batch), perm=images_last)
     cotangent = graph.node("Transpose", [cotangent], shape=(out_channels, *taps_shape, batch), perm=images_last)
