@@ -553,13 +553,7 @@ class Slice(Operator):
         return Aval(tuple(-(-(b - a) // s) for a, b, s in zip(start, stop, step)), x.dtype)
 
     def transpose(self, cotangents: list, x: Any, *, start: tuple, stop: tuple, step: tuple) -> list:
-        ct = cotangents[0]
-        shape = x.aval.shape
-        for d, s in enumerate(step):
-            if s > 1:
-                ct = _spread(ct, d, s, min(ct.shape[d] * s, shape[d] - start[d]))
-        hi = tuple(n - a - c for n, a, c in zip(shape, start, ct.shape))
-        return [pad(ct, lo=start, hi=hi)]
+        return [_strided_place(cotangents[0], step, start, x.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
         x = move_axis(args[0], dims[0], 0)
@@ -573,13 +567,15 @@ def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
     return slice_(x, begin, end)
 
 
-def _spread(x: Tensor, axis: int, factor: int, length: int) -> Tensor:
-    """x with factor - 1 zeros after each element along an axis, cut to length (a strided slice's transpose)."""
-    size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
-    x = reshape(x, (*before, size, 1, *after))
-    x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
-    x = reshape(x, (*before, size * factor, *after))
-    return slice_(x, (0,) * x.ndim, tuple(length if i == axis else n for i, n in enumerate(x.shape)))
+def _strided_place(x: Tensor, step: Sequence[int], lo: Sequence[int], shape: tuple[int, ...]) -> Tensor:
+    """Zeros of `shape` holding x from offset `lo` every `step` elements, cut to fit (a strided slice's transpose)."""
+    for axis, factor in enumerate(step):
+        if factor > 1:  # factor - 1 zeros after each element
+            size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
+            x = reshape(x, (*before, size, 1, *after))
+            x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
+            x = reshape(x, (*before, size * factor, *after))
+    return pad(x, lo=tuple(lo), hi=tuple(n - a - c for n, a, c in zip(shape, lo, x.shape)))  # negative amounts crop
 
 
 class Pad(Operator):
@@ -867,14 +863,10 @@ class Conv(Operator):
             kernel = w.shape[2:]
             out_ch, in_per_group = w.shape[0], w.shape[1]
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
-            for d, s in enumerate(stride):
-                if s > 1:
-                    ct = _spread(ct, d + 2, s, (ct.shape[d + 2] - 1) * s + 1)
             spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
             lo = [span - before for span, (before, _) in zip(spans, padding)]
-            sizes = zip(x.aval.shape[2:], spans, lo, ct.shape[2:])
-            hi = [in_size + span - low - ct_size for in_size, span, low, ct_size in sizes]
-            ct = pad(ct, lo=(0, 0, *lo), hi=(0, 0, *hi))
+            padded = [size + span for size, span in zip(x.aval.shape[2:], spans)]
+            ct = _strided_place(ct, (1, 1, *stride), (0, 0, *lo), (*ct.shape[:2], *padded))
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
