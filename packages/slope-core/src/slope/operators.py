@@ -459,11 +459,8 @@ class Reshape(Operator):
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
             known = math.prod(s for s in shape if s != -1)
-            if known == 0 or x.numel() % known:
-                raise self.shape_error(
-                    f"cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}"
-                )
-            shape = tuple(x.numel() // known if s == -1 else s for s in shape)
+            if known and x.numel() % known == 0:  # otherwise infer reports the shape, -1 and all
+                shape = tuple(x.numel() // known if s == -1 else s for s in shape)
         return x if shape == x.shape else bind(self, x, shape=shape)
 
     def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
