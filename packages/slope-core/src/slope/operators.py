@@ -512,7 +512,7 @@ class Permute(Operator):
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
         perm = shape_args(perm)
-        if sorted(p % max(x.ndim, 1) for p in perm) != list(range(x.ndim)) or len(perm) != x.ndim:
+        if len(perm) != x.ndim or normalize_dims(self.name, perm, x.ndim) != tuple(range(x.ndim)):
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
         perm = tuple(p % x.ndim for p in perm)
         return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
