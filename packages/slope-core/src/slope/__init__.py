@@ -63,10 +63,10 @@ def __getattr__(name: str) -> Any:
     """Operators and procedures are `slope.NAME` (including those added by plugins)."""
     if name in functions:
         return functions[name]
-    if name in ("random", "nn"):
+    if name == "nn":  # imported on first use: it needs the slope-nn distribution
         import importlib
 
-        return importlib.import_module(f"slope.{name}")
+        return importlib.import_module("slope.nn")
     raise AttributeError(f"module 'slope' has no attribute {name!r}{missing_function_hint(name)}")
 
 
