@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import dtypes, plugins, tree
+from . import dtypes, operators, plugins, procedures, tree
 from .backend import (
     Backend,
     Executable,
@@ -47,16 +47,10 @@ int = int64  # noqa: A001
 long = int64
 
 
-def _register_core() -> None:
-    from . import operators, procedures
-
-    if plugins.manager.get_plugin("slope-core.operators") is None:
-        plugins.manager.register(operators, "slope-core.operators")
-        plugins.manager.register(procedures, "slope-core.procedures")
-    plugins.load_entry_points()
-
-
-_register_core()
+if plugins.manager.get_plugin("slope-core.operators") is None:  # not again on importlib.reload(slope)
+    plugins.manager.register(operators, "slope-core.operators")
+    plugins.manager.register(procedures, "slope-core.procedures")
+plugins.load_entry_points()
 
 
 def __getattr__(name: str) -> Any:
