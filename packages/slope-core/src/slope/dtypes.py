@@ -49,6 +49,7 @@ class DType:
 bool_ = DType("bool", "b8", "bool", 8)
 int8 = DType("int8", "i8", "int", 8)
 uint8 = DType("uint8", "u8", "uint", 8)
+int16 = DType("int16", "i16", "int", 16)
 int32 = DType("int32", "i32", "int", 32)
 int64 = DType("int64", "i64", "int", 64)
 float16 = DType("float16", "f16", "float", 16)
@@ -56,7 +57,7 @@ bfloat16 = DType("bfloat16", "bf16", "float", 16)
 float32 = DType("float32", "f32", "float", 32)
 float64 = DType("float64", "f64", "float", 64)
 
-all_dtypes = (bool_, int8, uint8, int32, int64, float16, bfloat16, float32, float64)
+all_dtypes = (bool_, int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64)
 by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int64, "long": int64}
 default_float = float32
 default_int = int64
@@ -91,9 +92,9 @@ def promote(a: DType, b: DType) -> DType:
         return a if rank_a > rank_b else b
     if {a, b} == {float16, bfloat16}:
         return float32
-    if {a.kind, b.kind} == {"int", "uint"}:  # uint8 with int8 needs int16, which Slope lacks: use int32
-        wider = max(a.bits, b.bits)
-        return int32 if wider <= 32 else int64
+    if {a.kind, b.kind} == {"int", "uint"}:  # uint8 with a signed type: the narrowest signed type holding both
+        signed = a if a.kind == "int" else b
+        return signed if signed.bits > 8 else int16
     return a if a.bits >= b.bits else b
 
 
