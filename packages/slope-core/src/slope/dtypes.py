@@ -98,15 +98,26 @@ def promote(a: DType, b: DType) -> DType:
     return a if a.bits >= b.bits else b
 
 
-def scalar_dtype(tensor_dtype: DType, value: object) -> DType:
-    """The dtype of `tensor op python_scalar`: the tensor's, unless the scalar is of a higher kind."""
-    if isinstance(value, bool):
-        return tensor_dtype
-    if isinstance(value, int):
-        return default_int if tensor_dtype == bool_ else tensor_dtype
-    if isinstance(value, float):
-        return tensor_dtype if tensor_dtype.is_float else default_float
-    raise TypeError(f"slope: cannot combine a tensor of {tensor_dtype.name} with {type(value).__name__} {value!r}")
+def result_type(*values: object) -> DType:
+    """The dtype PyTorch gives an operation on tensors and Python scalars (`torch.result_type`; see the README)."""
+    groups: dict[int, DType] = {}  # tensors with dimensions, 0-d tensors, Python scalars: each promotes within itself
+    for value in values:
+        if isinstance(value, (bool, int, float)):
+            group, dtype = 2, bool_ if isinstance(value, bool) else default_int if isinstance(value, int) else float32
+        elif isinstance(getattr(value, "dtype", None), DType):
+            group, dtype = (0 if value.ndim else 1), value.dtype
+        else:
+            known = " and ".join(v.dtype.name for v in values if isinstance(getattr(v, "dtype", None), DType))
+            raise TypeError(f"slope: cannot combine {known or 'numbers'} with {type(value).__name__} {value!r}")
+        groups[group] = promote(groups[group], dtype) if group in groups else dtype
+    ordered = [groups[group] for group in sorted(groups)]  # a later group decides only where its kind is higher
+    return next(d for d in ordered if _kind_rank[d.kind] == max(_kind_rank[o.kind] for o in ordered))
+
+
+def wrap(value: object, dtype: DType) -> object:
+    """A Python scalar as `dtype` holds it: ints modulo 2**bits, floats rounded (beyond range: inf), as in PyTorch."""
+    with np.errstate(over="ignore"):  # ints outside [-2**63, 2**64) raise OverflowError, as in PyTorch
+        return np.array(value).astype(dtype.numpy)[()]
 
 
 def infer_python(value: object) -> DType:
