@@ -265,6 +265,8 @@ RESULT_DTYPES = [
     ("int32 ** 2.0", lambda lib: lib.tensor(np.int32([3, -2])) ** 2.0),
     ("bool ** 2", lambda lib: lib.tensor([True, False]) ** 2),
     ("bool ** True", lambda lib: lib.tensor([True, False]) ** True),
+    ("float32 ** inf", lambda lib: lib.tensor([0.5, 1.0, 2.0]) ** float("inf")),
+    ("float16 ** 3.0", lambda lib: lib.tensor(np.float16([0.5, -2.0])) ** 3.0),
     ("mixed list int float", lambda lib: lib.tensor([1, 2.5])),
     ("mixed list bool int", lambda lib: lib.tensor([True, 2])),
     ("mixed list bool float", lambda lib: lib.tensor([[True], [2.5]])),

@@ -301,8 +301,8 @@ class Pow(Binary):
     name = "pow"
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y == int(y):
-            if 0 <= y <= 4 and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
+            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
