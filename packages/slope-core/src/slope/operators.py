@@ -24,14 +24,14 @@ _constants: dict[tuple, Tensor] = {}
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
     """A tensor filled with a Python scalar; eager ones are cached, so `x * 2.0` costs one operator."""
     if not is_eager():
-        return full(shape, value, dtype)
+        return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
     key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
-        array = np.full(shape, value, dtype=dtype.numpy)
+        array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
         key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
         _constants[key] = tensor
@@ -70,19 +70,13 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
-    """Promote values to one dtype and broadcast them to one shape (scalars follow the tensors' dtype)."""
-    tensors = [v for v in values if isinstance(v, Tensor)]
+    """Promote values to one dtype (PyTorch's result_type, see dtypes.result_type) and broadcast them to one shape."""
     if dtype is None:
-        if tensors:
-            dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
-            for v in values:
-                if not isinstance(v, Tensor):
-                    try:
-                        dtype = dtypes.scalar_dtype(dtype, v)
-                    except TypeError as error:
-                        raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
-        else:
-            dtype = functools.reduce(dtypes.promote, [dtypes.infer_python(v) for v in values])
+        try:
+            dtype = dtypes.result_type(*values)
+        except TypeError as error:
+            raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
+    tensors = [v for v in values if isinstance(v, Tensor)]
     shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
@@ -240,9 +234,9 @@ class Binary(Elementwise):
         elif type(y) is Tensor:
             if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
                 return bind(self, constant(x, y.aval.dtype, y.aval.shape, y.device), y)
+        if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
+            raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
         x, y = coerce(self.name, x, y)
-        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
-            x, y = cast(x, dtypes.default_int), cast(y, dtypes.default_int)
         return bind(self, x, y)
 
     def infer(self, x: Aval, y: Aval) -> Aval:
@@ -259,6 +253,7 @@ class Binary(Elementwise):
 
 class Add(Binary):
     name = "add"
+    allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -277,6 +272,7 @@ class Sub(Binary):
 
 class Mul(Binary):
     name = "mul"
+    allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -305,8 +301,8 @@ class Pow(Binary):
     name = "pow"
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool) and y == int(y):
-            if 0 <= y <= 4:  # small integer powers as products: exact, and cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
+            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -326,6 +322,7 @@ class Pow(Binary):
 
 class Maximum(Binary):
     name = "maximum"
+    allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         x, y = primals
@@ -754,8 +751,8 @@ class Matmul(Operator):
         x, y = as_tensor(x), as_tensor(y)
         if x.ndim == 0 or y.ndim == 0:
             raise self.shape_error(f"both arguments need at least 1 dimension, got shapes {x.shape} and {y.shape}")
-        dtype = dtypes.promote(x.dtype, y.dtype)
-        x, y = cast(x, dtype), cast(y, dtype)
+        if x.dtype != y.dtype:  # as in PyTorch (no promotion)
+            raise self.dtype_error(f"expected both arguments of one dtype, got {x.dtype.name} and {y.dtype.name}")
         squeeze = []
         if x.ndim == 1:
             x = reshape(x, (1, x.shape[0]))
