@@ -36,6 +36,7 @@ from differential.strategies import (  # noqa: E402
     GRAD_DTYPES,
     GRAD_RTOL,
     GRADIENT_KIND,
+    INTS,
     RTOL,
     as_torch_arg,
     clean_error,
@@ -118,13 +119,15 @@ class Call:
         tensors = placeholders((self.layout.args, self.layout.kwargs))
         return {id(t): self.arrays[id(t)].astype(target) if t.dtype is None else self.arrays[id(t)] for t in tensors}
 
+    def widens(self) -> bool:
+        """Whether Slope's extension applies: integer (and bool) inputs to a function PyTorch takes floats for."""
+        if not self.entry.widen or self.dtype is None or self.dtype in FLOATS:
+            return False
+        return self.entry.widen[0] in FLOATS or self.dtype in INTS
+
     def run_torch(self) -> tuple[Any, BaseException | None]:
-        args, kwargs = self.torch_args()
-        result, error = _quiet(lambda: self.entry.torch_fn(*args, **kwargs))
-        if error is not None and self.entry.widen and self.dtype not in FLOATS and self.dtype is not None:
-            args, kwargs = self.torch_args(self.widened())
-            result, error = _quiet(lambda: self.entry.torch_fn(*args, **kwargs))
-        return result, error
+        args, kwargs = self.torch_args(self.widened() if self.widens() else None)
+        return _quiet(lambda: self.entry.torch_fn(*args, **kwargs))
 
     def run_slope(self, jit: bool = False) -> tuple[Any, BaseException | None]:
         fn = self.entry.call_slope()
@@ -226,7 +229,7 @@ def _draw_arrays(data: st.DataObject, layout: Any, dtype: str | None, for_grad: 
 def _dtypes_to_run(entry: Entry, data: st.DataObject) -> list:
     """The entry's dtypes, one other (PyTorch decides whether it is valid) and, for creation, no dtype at all."""
     run: list = list(entry.dtypes)
-    others = [d for d in ALL if d not in entry.dtypes]
+    others = [d for d in (entry.others or ALL) if d not in entry.dtypes]
     if others:
         run.append(data.draw(st.sampled_from(others), label="another dtype"))
     if entry.dtype_arg:
