@@ -23,7 +23,7 @@ else:
     settings.register_profile(
         "ci",
         derandomize=True,
-        max_examples=8,
+        max_examples=25,
         deadline=None,
         print_blob=True,
         phases=(Phase.explicit, Phase.reuse, Phase.generate),

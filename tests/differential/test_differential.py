@@ -363,7 +363,8 @@ PROMOTION_OPS = {
     "mul": (slope.mul, torch.mul),
     "sub": (slope.sub, torch.sub),
     "true_divide": (slope.true_divide, torch.true_divide),
-    "maximum": (slope.maximum, torch.maximum),
+    # torch.maximum takes tensors only; a Python number promotes like a 0-d tensor of its kind
+    "maximum": (slope.maximum, lambda x, y: torch.maximum(x, y if isinstance(y, torch.Tensor) else torch.tensor(y))),
     "less": (slope.less, torch.lt),
     "bitwise_or": (slope.bitwise_or, torch.bitwise_or),
     "+": (lambda x, y: x + y, lambda x, y: x + y),
