@@ -295,20 +295,25 @@ def _count(x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims("mean", dim, x.ndim))
 
 
+def _wide(dtype: dtypes.DType) -> dtypes.DType:
+    return dtypes.float32 if dtype.bits < 32 else dtype  # float16/bfloat16 statistics in float32, as PyTorch
+
+
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Average over dimensions."""
+    """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
     x = _float(x)
     count = max(_count(x, dim), 1)  # first, so a bad dim is reported as mean's
-    return ops.sum_(x, dim, keepdim) / float(count)
+    return cast(ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count), x.dtype)
 
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Variance (with Bessel's correction by default, as PyTorch)."""
+    """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
     x = _float(x)
     if unbiased is not None:
         correction = 1 if unbiased else 0
-    centered = x - mean(x, dim, keepdim=True)
-    return ops.sum_(centered * centered, dim, keepdim) / float(max(_count(x, dim) - correction, 0))
+    wide = cast(x, _wide(x.dtype))
+    centered = wide - mean(wide, dim, keepdim=True)
+    return cast(ops.sum_(centered * centered, dim, keepdim) / float(max(_count(x, dim) - correction, 0)), x.dtype)
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
@@ -376,10 +381,10 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 
 def cumsum(x: Any, dim: int = 0) -> Tensor:
-    """Running sum along a dimension (log-step scan of shifted adds)."""
+    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
     x = as_tensor(x)
-    if not x.dtype.is_float:
-        x = cast(x, dtypes.int64)
+    dtype = x.dtype if x.dtype.is_float else dtypes.int64
+    x = cast(x, _wide(dtype))
     (dim,) = normalize_dims("cumsum", dim, x.ndim)
     size = x.shape[dim]
     shift = 1
@@ -388,7 +393,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
         shifted = ops.pad(x, lo=lo, hi=(0,) * x.ndim)
         x = x + ops.slice_(shifted, (0,) * x.ndim, x.shape)
         shift *= 2
-    return x
+    return cast(x, dtype)
 
 
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
