@@ -231,18 +231,21 @@ def _reduce(op_type: str) -> Callable:
 
 
 # The most elements one floating-point ReduceSum node adds into each output. onnxruntime adds them one by one (a few
-# lanes at most): 10^6 float32 copies of 0.1 sum to 99,910. Bounding the count per node bounds the error; see _sum.
-SUM_BLOCK = 128
+# lanes at most): 10^6 float32 copies of 0.1 summed to 99,910. Bounding the count per node bounds the error; see _sum.
+SUM_BLOCK = 256
 
 
 def _sum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
-    """A sum with NumPy-like accuracy: floats in blocks of at most SUM_BLOCK per node, integers exactly.
+    """A sum with a bounded error: floats in blocks of at most SUM_BLOCK per node, integers exactly.
 
     Floats (float16 and bfloat16 add in float32 and round once), with n elements per output and unit roundoff u of
     the dtype: n <= SUM_BLOCK adds in one node, error <= (n - 1) u sum(|x|); float32 adds blocks of at most SUM_BLOCK
     in float32 and their partial sums in float64, error <= SUM_BLOCK u sum(|x|) (for n < 2^40); float64 adds in
     stages of at most SUM_BLOCK, error <= SUM_BLOCK u sum(|x|) per stage. onnxruntime's integer ReduceSum adds in
     double (inexact above 2^53, saturating on overflow): integers add by a MatMul with ones, exact and wrapping around.
+
+    SUM_BLOCK = 256 by measurement: the staged sums of the CNN step (43,264 and 7,744 per output) run 2-5% faster
+    than one ReduceSum (CPU time, one thread), and the MLP step's sums (10 and 200 elements) stay single nodes.
     """
     out = _out(instruction)
     dim, keepdim = instruction.params["dim"], instruction.params["keepdim"]
