@@ -48,7 +48,8 @@ def _sum(ins: list, params: dict, out: Any) -> str:
     if out.dtype.name == "float64":
         return f"runtime.pairwise_sum({x}, {axis}, {keepdims})"
     wide = ", dtype=np.float64" if out.dtype.is_float else ""
-    return f"np.asarray(np.sum({x}, axis={axis}, keepdims={keepdims}{wide}), dtype={_dtype(out.dtype)})"
+    # np.add.reduce: np.sum's own Python wrapper costs as much as the float64 accumulation of a small sum
+    return f"np.asarray(np.add.reduce({x}, axis={axis}, keepdims={keepdims}{wide}), dtype={_dtype(out.dtype)})"
 
 
 def _slice(ins: list, params: dict, out: Any) -> str:
