@@ -230,7 +230,7 @@ ROWS = [
     bad("expand-str", lambda m: m.ones(3).expand("a"), TypeError, "slope.expand"),
     bad("expand-float", lambda m: m.ones(3).expand(2.0, 3), TypeError, "slope.expand"),
     bad("expand-minus-two", lambda m: m.ones(3).expand(-2, 3), ShapeError, "slope.expand"),
-    bad("permute-out-of-range", lambda m: x23(m).permute(0, 5), ShapeError, "slope.permute"),
+    bad("permute-out-of-range", lambda m: x23(m).permute(0, 5), IndexError, "slope.permute"),
     bad("permute-str", lambda m: x23(m).permute(0, "a"), TypeError, "slope.permute"),
     bad("permute-float", lambda m: x23(m).permute(0, 1.0), TypeError, "slope.permute"),
     bad("transpose-str", lambda m: x23(m).transpose(0, "a"), TypeError, "slope.transpose"),

@@ -527,10 +527,11 @@ class Permute(Operator):
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
         perm = shape_args(self.name, perm)
-        if len(perm) != x.ndim or normalize_dims(self.name, perm, x.ndim) != tuple(range(x.ndim)):
+        in_range = len(perm) == x.ndim  # then an out-of-range dim is an IndexError, as in PyTorch
+        normalized = tuple(normalize_dim(self.name, p, x.ndim) for p in perm) if in_range else perm
+        if not in_range or sorted(normalized) != list(range(x.ndim)):
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
-        perm = tuple(p % x.ndim for p in perm)
-        return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
+        return x if normalized == tuple(range(x.ndim)) else bind(self, x, perm=normalized)
 
     def infer(self, x: Aval, *, perm: tuple[int, ...]) -> Aval:
         if sorted(perm) != list(range(x.ndim)):
