@@ -209,7 +209,7 @@ def test_int64_sums_of_many_large_numbers(backend):
             np.testing.assert_array_equal(_sum(x, dims, False, True).numpy(), data.sum(axis=dims))
 
 
-@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "bool"])
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "bool"])
 def test_narrow_integer_sums(backend, dtype):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)

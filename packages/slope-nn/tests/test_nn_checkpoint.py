@@ -75,7 +75,7 @@ def test_checkpoint_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- every dtype and shape
 
-DTYPES = ["bool", "int8", "uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
+DTYPES = ["bool", "int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
 SHAPES = [(), (0,), (3, 0, 2), (1,), (2, 3), (1 << 20,)]
 SUFFIXES = [".safetensors", ".npz"]
 

@@ -224,8 +224,6 @@ def _reduce(op_type: str) -> Callable:
         if not dim:
             return inputs[0]
         x = inputs[0]
-        if op_type == "ReduceSum" and out.dtype == slope.bool_:  # a sum of bools that stays bool is `any`
-            return graph.node("ReduceMax", [x, graph.int64s(dim)], shape=out.shape, keepdims=int(keepdim))
         return emit(graph, op_type, [x], out.dtype, out.shape, extra=(graph.int64s(dim),), keepdims=int(keepdim))
 
     return translate
