@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -128,6 +128,7 @@ class Unary(Elementwise):
     """An elementwise operator of one input."""
 
     allowed = "float"
+    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -142,49 +143,67 @@ class Unary(Elementwise):
             raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
         return x
 
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = bind(self, primals[0])
+        return [y], [self.tangent(tangents[0], primals[0], y)]
+
 
 class Exp(Unary):
     name = "exp"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = exp(primals[0])
-        return [y], [tangents[0] * y]
+    tangent = staticmethod(lambda t, x, y: t * y)
 
 
 class Log(Unary):
     name = "log"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [log(primals[0])], [tangents[0] / primals[0]]
+    tangent = staticmethod(lambda t, x, y: t / x)
 
 
 class Sin(Unary):
     name = "sin"
+    tangent = staticmethod(lambda t, x, y: t * cos(x))
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [sin(primals[0])], [tangents[0] * functions["cos"](primals[0])]
+
+class Cos(Unary):
+    """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
+
+    name = "cos"
+    tangent = staticmethod(lambda t, x, y: t * -sin(x))
+    procedure = staticmethod(lambda x: sin(x + math.pi / 2))
 
 
 class Sqrt(Unary):
     name = "sqrt"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = sqrt(primals[0])
-        return [y], [tangents[0] / (y * 2.0)]
+    tangent = staticmethod(lambda t, x, y: t / (y * 2.0))
 
 
 class Tanh(Unary):
     """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
 
     name = "tanh"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = tanh(primals[0])
-        return [y], [tangents[0] * (1.0 - y * y)]
+    tangent = staticmethod(lambda t, x, y: t * (1.0 - y * y))
 
     def procedure(self, x: Tensor) -> Tensor:
         e = exp(mul(functions["abs"](x), constant(-2.0, x.dtype, x.shape)))
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
+
+
+class Floor(Unary):
+    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+
+    name = "floor"
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
+
+    def __call__(self, x: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x) if x.dtype.is_float else x
+
+
+class Ceil(Floor):
+    name = "ceil"
+
+
+class Round(Floor):
+    name = "round"
 
 
 class Invert(Unary):
@@ -199,9 +218,7 @@ class StopGradient(Unary):
 
     name = "stop_gradient"
     allowed = "any"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [stop_gradient(primals[0])], [zeros_like(primals[0])]
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
 
 class Cast(Elementwise):
@@ -292,8 +309,7 @@ class Div(Binary):
     name = "div"
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
         return [out], [div(sub(tx, mul(out, ty)), y)]
 
@@ -302,11 +318,16 @@ class Div(Binary):
 
 
 class Pow(Binary):
+    """x ** y; integer powers wrap around, and a negative exponent gives 0 unless |x| is 1 (as in PyTorch)."""
+
     name = "pow"
+    symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool) and y == int(y):
-            if 0 <= y <= 4:  # small integer powers as products: exact, and cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool):
+            if type(y) is int and y < 0 and not x.dtype.is_float:
+                raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if y in (0, 1, 2, 3, 4) and (x.dtype.is_float or type(y) is int):  # as products: exact, cheap
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -314,22 +335,31 @@ class Pow(Binary):
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        out = power(x, y)
-        positive = greater(x, zeros_like(x))  # d/dy x**y = x**y log x, taken as 0 where log x is undefined
-        ones = constant(1, x.dtype, x.shape)
-        safe_log = where(positive, log(where(positive, x, ones)), zeros_like(x))
-        dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
-        return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
+        (x, y), (tx, ty) = primals, tangents
+        out, zero, one = power(x, y), zeros_like(x), constant(1, x.dtype, x.shape)
+        terms = []
+        if tx is not None:  # PyTorch's rules: 0 where y == 0 (even where x is 0 or inf) ...
+            terms.append(mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one))))))
+        if ty is not None:  # ... and where x == 0 <= y; log(x) is NaN where x < 0
+            terms.append(mul(ty, where(bitwise_and(equal(x, zero), greater_equal(y, zero)), zero, mul(out, log(x)))))
+        return [out], [sum(terms[1:], terms[0])]
+
+
+class Fmod(Binary):
+    """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
+
+    name = "fmod"
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
+        out = fmod(*primals)
+        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
 
 
 class Maximum(Binary):
     name = "maximum"
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         half = (tx + ty) * 0.5
         return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
 
@@ -349,6 +379,17 @@ class Less(Compare):
 
 class Greater(Compare):
     name = "greater"
+
+
+class LessEqual(Compare):
+    name, strict = "less_equal", "less"
+
+    def procedure(self, x: Tensor, y: Tensor) -> Tensor:
+        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+
+
+class GreaterEqual(LessEqual):
+    name, strict = "greater_equal", "greater"
 
 
 class BitwiseAnd(Binary):
@@ -995,10 +1036,10 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
 
-exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
-tanh = Tanh()
-add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
-equal, less, greater = Equal(), Less(), Greater()
+exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
+cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
+equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
 bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
 where = Where()
 sum_, max_ = Sum(), Max()

@@ -11,6 +11,14 @@ def int_div(x, y):
     return (quotient + adjust).astype(x.dtype)
 
 
+def int_pow(x, y):
+    """Integer x ** y as PyTorch computes it: wrapping around on overflow; a negative exponent gives 0 unless |x| is 1
+    (x ** (y mod 2) then, which NumPy computes where it refuses negative exponents)."""
+    negative = y < 0
+    out = np.power(x, np.where(negative, y & 1, y))
+    return np.where(negative & (x != 1) & (x != -1), np.zeros((), out.dtype), out)
+
+
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
     return x[tuple(np.moveaxis(idx, -1, 0))]
