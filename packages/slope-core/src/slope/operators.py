@@ -26,14 +26,14 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, value, dtype)
     device = device or backend_module.default_device()
-    key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
+    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
         array = np.full(shape, value, dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
-        key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
+        key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
         _constants[key] = tensor
     return tensor
 
@@ -279,8 +279,7 @@ class Add(Binary):
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        return [ct if isinstance(x, UndefinedPrimal) else None, ct if isinstance(y, UndefinedPrimal) else None]
+        return [cotangents[0] if isinstance(a, UndefinedPrimal) else None for a in (x, y)]
 
 
 class Sub(Binary):
@@ -349,6 +348,12 @@ class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
     name = "fmod"
+
+    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
+        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
+        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
+        return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
         out = fmod(*primals)

@@ -183,10 +183,8 @@ def true_divide(x: Any, y: Any) -> Tensor:
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
-    if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
-        raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
-    mod = ops.fmod(x, y)
+    x, y = coerce(name, x, y)
+    mod = ops.fmod(x, y, name)
     return x, y, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
