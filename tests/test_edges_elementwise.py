@@ -18,7 +18,7 @@ import slope
 torch = pytest.importorskip("torch")
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
-INTS = ["int8", "uint8", "int32", "int64"]
+INTS = ["int8", "uint8", "int16", "int32", "int64"]
 SPECIALS = [0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -1.0, 0.1, -0.1, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.7,
             -3.7, 7.0, 1e20, -1e20, 1e30, 1e-30, 65504.0]  # fmt: skip
 

@@ -144,6 +144,8 @@ CASES = [
      ["slope.permute", "(0, 0)", "not a permutation", "(2, 3)"]),
     ("permute-length", lambda: ones(2, 3).permute(0, 1, 2), ShapeError,
      ["slope.permute", "(0, 1, 2)", "2 dimensions", "(2, 3)"]),
+    ("permute-out-of-range", lambda: ones(2, 3, 4).permute(-5, 0, 2), IndexError,
+     ["slope.permute", "-5", "3 dimensions"]),
     ("expand", lambda: ones(2, 3).expand(4, 3), ShapeError, ["slope.expand", "(2, 3)", "(4, 3)"]),
     ("expand-negative", lambda: ones(3).expand(-1, -1), ShapeError, ["slope.expand", "(-1, 3)"]),
     ("transpose-dim", lambda: ones(2, 3).transpose(0, 3), IndexError,

@@ -24,14 +24,14 @@ _constants: dict[tuple, Tensor] = {}
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
     """A tensor filled with a Python scalar; eager ones are cached, so `x * 2.0` costs one operator."""
     if not is_eager():
-        return full(shape, value, dtype)
+        return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
     key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
-        array = np.full(shape, value, dtype=dtype.numpy)
+        array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
         key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
         _constants[key] = tensor
@@ -70,19 +70,13 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
-    """Promote values to one dtype and broadcast them to one shape (scalars follow the tensors' dtype)."""
-    tensors = [v for v in values if isinstance(v, Tensor)]
+    """Promote values to one dtype (PyTorch's result_type, see dtypes.result_type) and broadcast them to one shape."""
     if dtype is None:
-        if tensors:
-            dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
-            for v in values:
-                if not isinstance(v, Tensor):
-                    try:
-                        dtype = dtypes.scalar_dtype(dtype, v)
-                    except TypeError as error:
-                        raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
-        else:
-            dtype = functools.reduce(dtypes.promote, [dtypes.infer_python(v) for v in values])
+        try:
+            dtype = dtypes.result_type(*values)
+        except TypeError as error:
+            raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
+    tensors = [v for v in values if isinstance(v, Tensor)]
     shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
@@ -257,9 +251,9 @@ class Binary(Elementwise):
         elif type(y) is Tensor:
             if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
                 return bind(self, constant(x, y.aval.dtype, y.aval.shape, y.device), y)
+        if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
+            raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
         x, y = coerce(self.name, x, y)
-        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
-            x, y = cast(x, dtypes.default_int), cast(y, dtypes.default_int)
         return bind(self, x, y)
 
     def infer(self, x: Aval, y: Aval) -> Aval:
@@ -276,6 +270,7 @@ class Binary(Elementwise):
 
 class Add(Binary):
     name = "add"
+    allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -293,6 +288,7 @@ class Sub(Binary):
 
 class Mul(Binary):
     name = "mul"
+    allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -323,10 +319,10 @@ class Pow(Binary):
     symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool):
+        if isinstance(x, Tensor) and isinstance(y, (int, float)):
             if type(y) is int and y < 0 and not x.dtype.is_float:
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
-            if y in (0, 1, 2, 3, 4) and (x.dtype.is_float or type(y) is int):  # as products: exact, cheap
+            if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -362,6 +358,7 @@ class Fmod(Binary):
 
 class Maximum(Binary):
     name = "maximum"
+    allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
@@ -505,11 +502,8 @@ class Reshape(Operator):
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
             known = math.prod(s for s in shape if s != -1)
-            if known == 0 or x.numel() % known:
-                raise self.shape_error(
-                    f"cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}"
-                )
-            shape = tuple(x.numel() // known if s == -1 else s for s in shape)
+            if known and x.numel() % known == 0:  # otherwise infer reports the shape, -1 and all
+                shape = tuple(x.numel() // known if s == -1 else s for s in shape)
         return x if shape == x.shape else bind(self, x, shape=shape)
 
     def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
@@ -561,7 +555,7 @@ class Permute(Operator):
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
         perm = shape_args(perm)
-        if sorted(p % max(x.ndim, 1) for p in perm) != list(range(x.ndim)) or len(perm) != x.ndim:
+        if len(perm) != x.ndim or normalize_dims(self.name, perm, x.ndim) != tuple(range(x.ndim)):
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
         perm = tuple(p % x.ndim for p in perm)
         return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
@@ -599,13 +593,7 @@ class Slice(Operator):
         return Aval(tuple(-(-(b - a) // s) for a, b, s in zip(start, stop, step)), x.dtype)
 
     def transpose(self, cotangents: list, x: Any, *, start: tuple, stop: tuple, step: tuple) -> list:
-        ct = cotangents[0]
-        shape = x.aval.shape
-        for d, s in enumerate(step):
-            if s > 1:
-                ct = _spread(ct, d, s, min(ct.shape[d] * s, shape[d] - start[d]))
-        hi = tuple(n - a - c for n, a, c in zip(shape, start, ct.shape))
-        return [pad(ct, lo=start, hi=hi)]
+        return [_strided_place(cotangents[0], step, start, x.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
         x = move_axis(args[0], dims[0], 0)
@@ -619,13 +607,15 @@ def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
     return slice_(x, begin, end)
 
 
-def _spread(x: Tensor, axis: int, factor: int, length: int) -> Tensor:
-    """x with factor - 1 zeros after each element along an axis, cut to length (a strided slice's transpose)."""
-    size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
-    x = reshape(x, (*before, size, 1, *after))
-    x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
-    x = reshape(x, (*before, size * factor, *after))
-    return slice_(x, (0,) * x.ndim, tuple(length if i == axis else n for i, n in enumerate(x.shape)))
+def _strided_place(x: Tensor, step: Sequence[int], lo: Sequence[int], shape: tuple[int, ...]) -> Tensor:
+    """Zeros of `shape` holding x from offset `lo` every `step` elements, cut to fit (a strided slice's transpose)."""
+    for axis, factor in enumerate(step):
+        if factor > 1:  # factor - 1 zeros after each element
+            size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
+            x = reshape(x, (*before, size, 1, *after))
+            x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
+            x = reshape(x, (*before, size * factor, *after))
+    return pad(x, lo=tuple(lo), hi=tuple(n - a - c for n, a, c in zip(shape, lo, x.shape)))  # negative amounts crop
 
 
 class Pad(Operator):
@@ -807,8 +797,8 @@ class Matmul(Operator):
         x, y = as_tensor(x), as_tensor(y)
         if x.ndim == 0 or y.ndim == 0:
             raise self.shape_error(f"both arguments need at least 1 dimension, got shapes {x.shape} and {y.shape}")
-        dtype = dtypes.promote(x.dtype, y.dtype)
-        x, y = cast(x, dtype), cast(y, dtype)
+        if x.dtype != y.dtype:  # as in PyTorch (no promotion)
+            raise self.dtype_error(f"expected both arguments of one dtype, got {x.dtype.name} and {y.dtype.name}")
         squeeze = []
         if x.ndim == 1:
             x = reshape(x, (1, x.shape[0]))
@@ -913,14 +903,10 @@ class Conv(Operator):
             kernel = w.shape[2:]
             out_ch, in_per_group = w.shape[0], w.shape[1]
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
-            for d, s in enumerate(stride):
-                if s > 1:
-                    ct = _spread(ct, d + 2, s, (ct.shape[d + 2] - 1) * s + 1)
             spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
             lo = [span - before for span, (before, _) in zip(spans, padding)]
-            sizes = zip(x.aval.shape[2:], spans, lo, ct.shape[2:])
-            hi = [in_size + span - low - ct_size for in_size, span, low, ct_size in sizes]
-            ct = pad(ct, lo=(0, 0, *lo), hi=(0, 0, *hi))
+            padded = [size + span for size, span in zip(x.aval.shape[2:], spans)]
+            ct = _strided_place(ct, (1, 1, *stride), (0, 0, *lo), (*ct.shape[:2], *padded))
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))

@@ -1,7 +1,7 @@
 """Translations of slope operators to ONNX nodes: `f(graph, inputs, instruction) -> output name`.
 
 onnxruntime's CPU kernels do not cover every dtype of every ONNX operator. Where a kernel is missing, the translation
-computes in a wider type that gives the same result (int8/uint8 in int32, whose wrap-around agrees modulo 256;
+computes in a wider type that gives the same result (int8/uint8/int16 in int32, whose wrap-around agrees modulo 256;
 float16/bfloat16 in float32, rounded once at the end; bool in uint8) and casts back. Where no wider type is exact
 (erf in float64), it raises `NoTranslationError` and the instruction is lowered through its procedure.
 """
@@ -19,22 +19,22 @@ from slope import Aval, DType, Instruction
 from .graph import NoTranslationError, OnnxGraph, element_type
 
 _FLOATS = {"float16", "float32", "float64"}
-_INTS = {"int8", "uint8", "int32", "int64"}
+_INTS = {"int8", "uint8", "int16", "int32", "int64"}
 _NUMBERS = _FLOATS | _INTS
 _ALL = _NUMBERS | {"bool"}
 
 # dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21)
 NATIVE: dict[str, set[str]] = {
-    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS, "Max": _NUMBERS,
+    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS - {"int16"}, "Max": _NUMBERS - {"int16"},
     "Pow": _FLOATS | {"int32", "int64"},
     "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS, "LessOrEqual": _NUMBERS, "GreaterOrEqual": _NUMBERS,
     "Mod": _NUMBERS,
     "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
     "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Cos": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS,
     "Erf": {"float16", "float32"}, "Floor": _FLOATS, "Ceil": _FLOATS, "Round": _FLOATS,
-    "Where": _NUMBERS,
-    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL,
-    "Expand": _ALL, "Pad": _ALL,
+    "Where": _NUMBERS - {"int16"},
+    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
+    "Expand": _ALL, "Pad": _ALL - {"int16"},
     "MatMul": _FLOATS | {"int32", "int64"},
     "Conv": {"float16", "float32"},
     "ScatterND": _NUMBERS - {"float16"},  # its float16 kernel rejects reduction="add" when it runs
@@ -43,6 +43,7 @@ NATIVE: dict[str, set[str]] = {
 _WIDER = {
     "int8": slope.int32,
     "uint8": slope.int32,
+    "int16": slope.int32,
     "float16": slope.float32,
     "bfloat16": slope.float32,
     "bool": slope.uint8,
@@ -181,7 +182,7 @@ def _div(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     dtype, shape = out.dtype, out.shape
     if dtype.is_float:
         return emit(graph, "Div", inputs, dtype, shape)
-    compute = compute_dtype("Div", dtype)  # int8 and uint8 divide in int32, where INT8_MIN / -1 cannot overflow
+    compute = compute_dtype("Div", dtype)  # int8, uint8, int16 divide in int32, where INT8_MIN / -1 cannot overflow
     x, y = inputs
     if compute != dtype:
         x, y = graph.cast(x, compute), graph.cast(y, compute)
@@ -220,8 +221,9 @@ def _pow(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     if out.dtype.is_float:
         return emit(graph, "Pow", inputs, out.dtype, out.shape)
-    x, y = inputs  # every integer dtype has kernels for the nodes below
-    zero, one, two = (graph.scalar(v, out.dtype) for v in (0, 1, 2))
+    compute = compute_dtype("Where", out.dtype)  # int16 in int32: the wrap-around agrees modulo 2**16
+    x, y = (name if compute == out.dtype else graph.cast(name, compute) for name in inputs)
+    zero, one, two = (graph.scalar(v, compute) for v in (0, 1, 2))
     known, signed, negative = graph.value(inputs[1]), out.dtype.kind == "int", None
     if known is not None and known.min() >= 0:  # a constant exponent: as many squarings as its bits
         bits = max(int(known.max()).bit_length(), 1)
@@ -240,10 +242,10 @@ def _pow(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
             y = graph.node("Div", [y, two], shape=out.shape)
     if negative is not None:
         unit = graph.node("Or", [graph.node("Equal", [x, one], shape=out.shape),
-                                 graph.node("Equal", [x, graph.scalar(-1, out.dtype)], shape=out.shape)], shape=out.shape)  # fmt: skip
+                                 graph.node("Equal", [x, graph.scalar(-1, compute)], shape=out.shape)], shape=out.shape)  # fmt: skip
         vanishes = graph.node("And", [negative, graph.node("Not", [unit], shape=out.shape)], shape=out.shape)
         result = graph.node("Where", [vanishes, zero, result], shape=out.shape)
-    return result
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
 
 
 def _where(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
