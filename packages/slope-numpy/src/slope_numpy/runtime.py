@@ -24,6 +24,14 @@ def pairwise_sum(x, axis, keepdims):
     return total.reshape([1 if d in axis else size for d, size in enumerate(x.shape)]) if keepdims else total
 
 
+def int_pow(x, y):
+    """Integer x ** y as PyTorch computes it: wrapping around on overflow; a negative exponent gives 0 unless |x| is 1
+    (x ** (y mod 2) then, which NumPy computes where it refuses negative exponents)."""
+    negative = y < 0
+    out = np.power(x, np.where(negative, y & 1, y))
+    return np.where(negative & (x != 1) & (x != -1), np.zeros((), out.dtype), out)
+
+
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
     return x[tuple(np.moveaxis(idx, -1, 0))]

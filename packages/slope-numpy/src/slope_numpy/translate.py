@@ -23,6 +23,19 @@ def _div(ins: list, params: dict, out: Any) -> str:
     return f"runtime.int_div({ins[0]}, {ins[1]})"
 
 
+def _pow(ins: list, params: dict, out: Any) -> str:
+    if out.dtype.is_float:
+        return f"np.power({ins[0]}, {ins[1]})"
+    return f"runtime.int_pow({ins[0]}, {ins[1]})"
+
+
+def _fmod(ins: list, params: dict, out: Any) -> str:
+    if out.dtype.is_float:
+        return f"np.fmod({ins[0]}, {ins[1]})"
+    # x - trunc(x / y) * y with the `div` operator's integer division (0 for a zero divisor, where np.fmod warns)
+    return f"np.subtract({ins[0]}, np.multiply(runtime.int_div({ins[0]}, {ins[1]}), {ins[1]}))"
+
+
 def _invert(ins: list, params: dict, out: Any) -> str:
     return f"np.logical_not({ins[0]})" if out.dtype.name == "bool" else f"np.invert({ins[0]})"
 
@@ -66,8 +79,12 @@ translations: dict[str, Callable] = {
     "exp": _unary("np.exp"),
     "log": _unary("np.log"),
     "sin": _unary("np.sin"),
+    "cos": _unary("np.cos"),
     "sqrt": _unary("np.sqrt"),
     "tanh": _unary("np.tanh"),
+    "floor": _unary("np.floor"),
+    "ceil": _unary("np.ceil"),
+    "round": _unary("np.round"),  # half to even, as PyTorch
     "invert": _invert,
     "stop_gradient": lambda ins, params, out: ins[0],
     "cast": lambda ins, params, out: f"{ins[0]}.astype({_dtype(params['dtype'])})",
@@ -75,11 +92,14 @@ translations: dict[str, Callable] = {
     "sub": _binary("np.subtract"),
     "mul": _binary("np.multiply"),
     "div": _div,
-    "pow": _binary("np.power"),
+    "pow": _pow,
+    "fmod": _fmod,
     "maximum": _binary("np.maximum"),
     "equal": _binary("np.equal"),
     "less": _binary("np.less"),
     "greater": _binary("np.greater"),
+    "less_equal": _binary("np.less_equal"),
+    "greater_equal": _binary("np.greater_equal"),
     "bitwise_and": _binary("np.bitwise_and"),
     "bitwise_or": _binary("np.bitwise_or"),
     "bitwise_xor": _binary("np.bitwise_xor"),

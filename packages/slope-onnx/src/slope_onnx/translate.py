@@ -27,9 +27,11 @@ _ALL = _NUMBERS | {"bool"}
 NATIVE: dict[str, set[str]] = {
     "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS - {"int16"}, "Max": _NUMBERS - {"int16"},
     "Pow": _FLOATS | {"int32", "int64"},
-    "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS,
+    "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS, "LessOrEqual": _NUMBERS, "GreaterOrEqual": _NUMBERS,
+    "Mod": _NUMBERS,
     "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
-    "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS, "Erf": {"float16", "float32"},
+    "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Cos": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS,
+    "Erf": {"float16", "float32"}, "Floor": _FLOATS, "Ceil": _FLOATS, "Round": _FLOATS,
     "Where": _NUMBERS - {"int16"},
     "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
     "Expand": _ALL, "Pad": _ALL - {"int16"},
@@ -202,6 +204,48 @@ def _div(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
             quotient = graph.node("Where", [is_minus_one, negated, quotient], shape=shape)
         quotient = graph.node("Where", [is_zero, zero, quotient], shape=shape)
     return graph.cast(quotient, dtype) if compute != dtype else quotient
+
+
+def _fmod(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    if out.dtype.is_float:
+        return emit(graph, "Mod", inputs, out.dtype, out.shape, fmod=1)
+    # integers: x - trunc(x / y) * y through `div`'s translation, which gives 0 for a zero divisor (Mod would trap)
+    product = graph.node("Mul", [_div(graph, inputs, instruction), inputs[1]], shape=out.shape)
+    return graph.node("Sub", [inputs[0], product], shape=out.shape)
+
+
+def _pow(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """Pow for floats; for integers square-and-multiply (onnxruntime's integer Pow goes through double: it saturates
+    where PyTorch wraps around, and gives INT_MIN for 0 ** -1 where PyTorch gives 0)."""
+    out = _out(instruction)
+    if out.dtype.is_float:
+        return emit(graph, "Pow", inputs, out.dtype, out.shape)
+    compute = compute_dtype("Where", out.dtype)  # int16 in int32: the wrap-around agrees modulo 2**16
+    x, y = (name if compute == out.dtype else graph.cast(name, compute) for name in inputs)
+    zero, one, two = (graph.scalar(v, compute) for v in (0, 1, 2))
+    known, signed, negative = graph.value(inputs[1]), out.dtype.kind == "int", None
+    if known is not None and known.min() >= 0:  # a constant exponent: as many squarings as its bits
+        bits = max(int(known.max()).bit_length(), 1)
+    else:
+        bits = np.iinfo(out.dtype.numpy).bits - signed
+    if signed and (known is None or known.min() < 0):  # a negative y gives x ** (y mod 2) where |x| is 1, else 0
+        negative = graph.node("Less", [y, zero], shape=out.shape)
+        y = graph.node("Where", [negative, graph.node("BitwiseAnd", [y, one], shape=out.shape), y], shape=out.shape)
+    result, power = None, x
+    for bit in range(bits):
+        odd = graph.node("Equal", [graph.node("BitwiseAnd", [y, one], shape=out.shape), one], shape=out.shape)
+        factor = graph.node("Where", [odd, power, one], shape=out.shape)
+        result = factor if result is None else graph.node("Mul", [result, factor], shape=out.shape)
+        if bit < bits - 1:
+            power = graph.node("Mul", [power, power], shape=out.shape)
+            y = graph.node("Div", [y, two], shape=out.shape)
+    if negative is not None:
+        unit = graph.node("Or", [graph.node("Equal", [x, one], shape=out.shape),
+                                 graph.node("Equal", [x, graph.scalar(-1, compute)], shape=out.shape)], shape=out.shape)  # fmt: skip
+        vanishes = graph.node("And", [negative, graph.node("Not", [unit], shape=out.shape)], shape=out.shape)
+        result = graph.node("Where", [vanishes, zero, result], shape=out.shape)
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
 
 
 def _where(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
@@ -755,8 +799,12 @@ translations: dict[str, Callable] = {
     "exp": _unary("Exp"),
     "log": _unary("Log"),
     "sin": _unary("Sin"),
+    "cos": _unary("Cos"),
     "sqrt": _unary("Sqrt"),
     "tanh": _unary("Tanh"),
+    "floor": _unary("Floor"),
+    "ceil": _unary("Ceil"),
+    "round": _unary("Round"),  # half to even, as PyTorch
     "erf": _erf,
     "invert": _invert,
     "stop_gradient": _identity,
@@ -765,11 +813,14 @@ translations: dict[str, Callable] = {
     "sub": _binary("Sub"),
     "mul": _binary("Mul"),
     "div": _div,
-    "pow": _binary("Pow"),
+    "pow": _pow,
+    "fmod": _fmod,
     "maximum": _binary("Max"),
     "equal": _compare("Equal"),
     "less": _compare("Less"),
     "greater": _compare("Greater"),
+    "less_equal": _compare("LessOrEqual"),
+    "greater_equal": _compare("GreaterOrEqual"),
     "bitwise_and": _bitwise("BitwiseAnd", "And"),
     "bitwise_or": _bitwise("BitwiseOr", "Or"),
     "bitwise_xor": _bitwise("BitwiseXor", "Xor"),
