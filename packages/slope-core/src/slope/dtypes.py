@@ -120,15 +120,15 @@ def wrap(value: object, dtype: DType) -> object:
         return np.array(value).astype(dtype.numpy)[()]
 
 
-def infer_python(value: object) -> DType:
+def infer_python(value: object, name: str = "tensor") -> DType:
     """The dtype `slope.tensor` gives a Python scalar or nested list (as PyTorch does)."""
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nesting
         raise ValueError(
-            f"slope.tensor: nested sequences must be rectangular (all rows of one length): {error}"
+            f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
         ) from None
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
     if array.dtype.kind in by_kind:
         return by_kind[array.dtype.kind]
-    raise TypeError(f"slope.tensor: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")
+    raise TypeError(f"slope.{name}: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,14 +26,14 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
-    key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
+    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
-        key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
+        key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
         _constants[key] = tensor
     return tensor
 
@@ -89,24 +89,42 @@ def zeros_like(x: Tensor | Aval) -> Tensor:
     return full(x.shape, 0, x.dtype)
 
 
-def normalize_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all)."""
-    if dim is None:
+def ints(name: str, value: Any, what: str, lowest: int | None = None, count: int | None = None) -> tuple[int, ...]:
+    """Int arguments of function `name` as a tuple (a lone int is repeated `count` times), each at least `lowest`."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * (1 if count is None else count)
+    if count is not None and len(values) != count:
+        raise ValueError(f"slope.{name}: expected {count} values for {what}, got {value!r}")
+    if not all(type(v) is int for v in values):  # plain ints (nearly always) need no conversion
+        if any(isinstance(v, bool) or not hasattr(v, "__index__") for v in values):
+            raise TypeError(f"slope.{name}: {what} must be int(s), got {type(value).__name__} {value!r}")
+        values = tuple(v.__index__() for v in values)
+    if lowest is not None and min(values, default=lowest) < lowest:
+        raise ShapeError(f"slope.{name}: {what} must be {'positive' if lowest else 'non-negative'}, got {values}")
+    return values
+
+
+def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False) -> tuple[int, ...]:
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked)."""
+    if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims, limit = ints(name, dim, "dim"), max(ndim, 1)
     for d in dims:
-        if not -max(ndim, 1) <= d < max(ndim, 1):
-            raise IndexError(
-                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
-                f"(expected {-max(ndim, 1)} to {max(ndim, 1) - 1})"
-            )
-    return tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+        if not -limit <= d < limit:
+            raise IndexError(f"slope.{name}: dimension {d} is out of range {-limit} to {limit - 1} ({ndim} dimensions)")
+    unique = tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+    if len(unique) < len(dims):
+        raise ShapeError(f"slope.{name}: dim {dim} names a dimension more than once (tensor of {ndim} dimensions)")
+    return unique
 
 
-def shape_args(shape: tuple) -> tuple[int, ...]:
-    """A shape given as `f(2, 3)` or `f((2, 3))`, as a tuple of ints."""
-    sizes = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return tuple(int(s) for s in sizes)
+def normalize_dim(name: str, dim: Any, ndim: int) -> int:
+    """One dimension index (an int, not a sequence) made non-negative and checked."""
+    return normalize_dims(name, ints(name, dim, "dim", count=1), ndim)[0]
+
+
+def shape_args(name: str, shape: tuple, lowest: int | None = None) -> tuple[int, ...]:
+    """A shape given as `f(2, 3)` or `f((2, 3))`, as a tuple of ints (each at least `lowest`)."""
+    return ints(name, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, "sizes", lowest)
 
 
 class Elementwise(Operator):
@@ -122,6 +140,7 @@ class Unary(Elementwise):
     """An elementwise operator of one input."""
 
     allowed = "float"
+    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -136,49 +155,67 @@ class Unary(Elementwise):
             raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
         return x
 
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = bind(self, primals[0])
+        return [y], [self.tangent(tangents[0], primals[0], y)]
+
 
 class Exp(Unary):
     name = "exp"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = exp(primals[0])
-        return [y], [tangents[0] * y]
+    tangent = staticmethod(lambda t, x, y: t * y)
 
 
 class Log(Unary):
     name = "log"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [log(primals[0])], [tangents[0] / primals[0]]
+    tangent = staticmethod(lambda t, x, y: t / x)
 
 
 class Sin(Unary):
     name = "sin"
+    tangent = staticmethod(lambda t, x, y: t * cos(x))
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [sin(primals[0])], [tangents[0] * functions["cos"](primals[0])]
+
+class Cos(Unary):
+    """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
+
+    name = "cos"
+    tangent = staticmethod(lambda t, x, y: t * -sin(x))
+    procedure = staticmethod(lambda x: sin(x + math.pi / 2))
 
 
 class Sqrt(Unary):
     name = "sqrt"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = sqrt(primals[0])
-        return [y], [tangents[0] / (y * 2.0)]
+    tangent = staticmethod(lambda t, x, y: t / (y * 2.0))
 
 
 class Tanh(Unary):
     """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
 
     name = "tanh"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = tanh(primals[0])
-        return [y], [tangents[0] * (1.0 - y * y)]
+    tangent = staticmethod(lambda t, x, y: t * (1.0 - y * y))
 
     def procedure(self, x: Tensor) -> Tensor:
         e = exp(mul(functions["abs"](x), constant(-2.0, x.dtype, x.shape)))
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
+
+
+class Floor(Unary):
+    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+
+    name = "floor"
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
+
+    def __call__(self, x: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x) if x.dtype.is_float else x
+
+
+class Ceil(Floor):
+    name = "ceil"
+
+
+class Round(Floor):
+    name = "round"
 
 
 class Invert(Unary):
@@ -193,9 +230,7 @@ class StopGradient(Unary):
 
     name = "stop_gradient"
     allowed = "any"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [stop_gradient(primals[0])], [zeros_like(primals[0])]
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
 
 class Cast(Elementwise):
@@ -257,8 +292,7 @@ class Add(Binary):
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        return [ct if isinstance(x, UndefinedPrimal) else None, ct if isinstance(y, UndefinedPrimal) else None]
+        return [cotangents[0] if isinstance(a, UndefinedPrimal) else None for a in (x, y)]
 
 
 class Sub(Binary):
@@ -288,8 +322,7 @@ class Div(Binary):
     name = "div"
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
         return [out], [div(sub(tx, mul(out, ty)), y)]
 
@@ -298,11 +331,16 @@ class Div(Binary):
 
 
 class Pow(Binary):
+    """x ** y; integer powers wrap around, and a negative exponent gives 0 unless |x| is 1 (as in PyTorch)."""
+
     name = "pow"
+    symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
-            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)):
+            if type(y) is int and y < 0 and not x.dtype.is_float:
+                raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -310,14 +348,30 @@ class Pow(Binary):
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        out = power(x, y)
-        positive = greater(x, zeros_like(x))  # d/dy x**y = x**y log x, taken as 0 where log x is undefined
-        ones = constant(1, x.dtype, x.shape)
-        safe_log = where(positive, log(where(positive, x, ones)), zeros_like(x))
-        dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
-        return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
+        (x, y), (tx, ty) = primals, tangents
+        out, zero, one = power(x, y), zeros_like(x), constant(1, x.dtype, x.shape)
+        terms = []
+        if tx is not None:  # PyTorch's rules: 0 where y == 0 (even where x is 0 or inf) ...
+            terms.append(mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one))))))
+        if ty is not None:  # ... and where x == 0 <= y; log(x) is NaN where x < 0
+            terms.append(mul(ty, where(bitwise_and(equal(x, zero), greater_equal(y, zero)), zero, mul(out, log(x)))))
+        return [out], [sum(terms[1:], terms[0])]
+
+
+class Fmod(Binary):
+    """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
+
+    name = "fmod"
+
+    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
+        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
+        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
+        return super().__call__(x, y)
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
+        out = fmod(*primals)
+        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
 
 
 class Maximum(Binary):
@@ -325,8 +379,7 @@ class Maximum(Binary):
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         half = (tx + ty) * 0.5
         return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
 
@@ -346,6 +399,17 @@ class Less(Compare):
 
 class Greater(Compare):
     name = "greater"
+
+
+class LessEqual(Compare):
+    name, strict = "less_equal", "less"
+
+    def procedure(self, x: Tensor, y: Tensor) -> Tensor:
+        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+
+
+class GreaterEqual(LessEqual):
+    name, strict = "greater_equal", "greater"
 
 
 class BitwiseAnd(Binary):
@@ -399,7 +463,7 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        dims = normalize_dims(self.name, dim, x.ndim)  # a 0-d tensor takes dim 0 or -1 (as in PyTorch): nothing to do
+        dims = normalize_dims(self.name, dim, x.ndim, empty_means_all=True)  # 0-d tensors take dim 0 or -1
         return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
@@ -451,7 +515,7 @@ class Reshape(Operator):
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = shape_args(shape)
+        shape = shape_args(self.name, shape)
         if shape.count(-1) > 1:
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
@@ -480,7 +544,7 @@ class Expand(Operator):
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = shape_args(shape)
+        shape = shape_args(self.name, shape)
         if len(shape) < x.ndim:
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
         lead = len(shape) - x.ndim
@@ -508,11 +572,12 @@ class Permute(Operator):
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
-        perm = shape_args(perm)
-        if len(perm) != x.ndim or normalize_dims(self.name, perm, x.ndim) != tuple(range(x.ndim)):
+        perm = shape_args(self.name, perm)
+        in_range = len(perm) == x.ndim  # then an out-of-range dim is an IndexError, as in PyTorch
+        normalized = tuple(normalize_dim(self.name, p, x.ndim) for p in perm) if in_range else perm
+        if not in_range or sorted(normalized) != list(range(x.ndim)):
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
-        perm = tuple(p % x.ndim for p in perm)
-        return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
+        return x if normalized == tuple(range(x.ndim)) else bind(self, x, perm=normalized)
 
     def infer(self, x: Aval, *, perm: tuple[int, ...]) -> Aval:
         if sorted(perm) != list(range(x.ndim)):
@@ -584,7 +649,7 @@ class Pad(Operator):
                 raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
             unpadded = (0,) * (x.ndim - len(pad) // 2)
             lo, hi = unpadded + tuple(pad[-2::-2]), unpadded + tuple(pad[::-2])
-        lo, hi = tuple(lo), tuple(hi)
+        lo, hi = ints(self.name, lo, "lo"), ints(self.name, hi, "hi")
         if len(lo) != x.ndim or len(hi) != x.ndim:
             raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
         if any(a < 0 for a in lo + hi):
@@ -592,8 +657,7 @@ class Pad(Operator):
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
         if not any(lo + hi):
             return x
-        value = _python_value(value, x.dtype)
-        return bind(self, x, lo=lo, hi=hi, value=value)
+        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype))
 
     def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:
         if len(lo) != x.ndim or len(hi) != x.ndim or any(a < 0 for a in lo + hi):
@@ -635,12 +699,12 @@ class Cat(Operator):
     linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
-        if not tensors:
-            raise self.shape_error("expected a non-empty sequence of tensors")
+        if not isinstance(tensors, (tuple, list)) or not tensors:
+            raise self.shape_error(f"expected a non-empty sequence of tensors, got {type(tensors).__name__}")
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
-        (dim,) = normalize_dims(self.name, dim, tensors[0].ndim)
+        dim = normalize_dim(self.name, dim, tensors[0].ndim)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 
     def infer(self, *xs: Aval, dim: int) -> Aval:
@@ -666,28 +730,25 @@ class Cat(Operator):
         return [bind(self, *moved, dim=dim + 1)], [0]
 
 
-def _python_value(value: Any, dtype: DType) -> Any:
-    if isinstance(value, Tensor):
-        value = value.item()
-    if dtype.is_float:
-        return float(value)
-    if dtype == dtypes.bool_:
-        return bool(value)
-    return int(value)
+def _python_value(name: str, value: Any, dtype: DType) -> Any:
+    value = value.item() if isinstance(value, Tensor) else value
+    if isinstance(value, str) or not np.isscalar(value):
+        raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
+    if dtype.is_int and not np.iinfo(dtype.numpy).min <= value <= np.iinfo(dtype.numpy).max:  # NaN fails too
+        raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
+    return float(value) if dtype.is_float else bool(value) if dtype == dtypes.bool_ else int(value)
 
 
 class Full(Operator):
     name = "full"
 
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value)
-        return bind(self, shape=shape, value=_python_value(value, dtype), dtype=dtype)
+        shape = shape_args(self.name, (shape,), 0)
+        dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value, self.name)
+        return bind(self, shape=shape, value=_python_value(self.name, value, dtype), dtype=dtype)
 
     def infer(self, *, shape: tuple, value: Any, dtype: DType) -> Aval:
-        if any(s < 0 for s in shape):
-            raise self.shape_error(f"negative dimension in shape {shape}")
-        return Aval(shape, dtype)
+        return Aval(shape, dtype)  # __call__ checked the shape
 
 
 class Arange(Operator):
@@ -700,8 +761,9 @@ class Arange(Operator):
             is_int = all(isinstance(v, int) for v in (start, stop, step))
             dtype = dtypes.default_int if is_int else dtypes.default_float
         dtype = dtypes.as_dtype(dtype)
-        if step == 0:
-            raise self.shape_error("step must not be zero")
+        numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in (start, stop, step))
+        if not numbers or step == 0 or (stop - start) * step < 0:
+            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r}")
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
@@ -714,7 +776,7 @@ class RandomUniform(Operator):
     name = "random_uniform"
 
     def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        shape = shape_args(self.name, (shape,), 0)
         return bind(self, key, shape=shape, dtype=dtypes.as_dtype(dtype or dtypes.default_float))
 
     def infer(self, key: Aval, *, shape: tuple, dtype: DType) -> Aval:
@@ -790,15 +852,6 @@ class Matmul(Operator):
         return [bind(self, x, y)], [0]
 
 
-def _tuple(name: str, value: Any, n: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n:
-        raise ValueError(f"slope.{name}: expected {n} values, got {value}")
-    return value
-
-
 class Conv(Operator):
     """N-d cross-correlation (PyTorch's conv): x (N, C, *spatial), w (O, C/groups, *kernel)."""
 
@@ -808,20 +861,20 @@ class Conv(Operator):
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
-        n = x.ndim - 2  # infer reports tensors of too few dimensions
-        stride, dilation = _tuple(self.name, stride, n), _tuple(self.name, dilation, n)
-        if padding == "valid":
-            padding = 0
-        if padding == "same":
-            total = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
+        stride, dilation = ints(self.name, stride, "stride", 1, n), ints(self.name, dilation, "dilation", 1, n)
+        if padding == "valid" or (padding == "same" and set(stride) <= {1}):
+            total = [d * (k - 1) if padding == "same" else 0 for d, k in zip(dilation, w.shape[2:])]
             padding = tuple((t // 2, t - t // 2) for t in total)
-        elif isinstance(padding, int) or all(isinstance(p, int) for p in padding):
-            padding = tuple((p, p) for p in _tuple(self.name, padding, n))
+        elif isinstance(padding, str):
+            raise ValueError(f"slope.conv: padding must be 'valid', 'same' (for stride 1) or sizes, got {padding!r}")
+        elif isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+            padding = tuple(ints(self.name, p, "padding", 0, 2) for p in padding)
         else:
-            padding = tuple(tuple(p) for p in padding)
+            padding = tuple((p, p) for p in ints(self.name, padding, "padding", 0, n))
         dtype = dtypes.promote(x.dtype, w.dtype)
         out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
-                   groups=int(groups))  # fmt: skip
+                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
         if bias is not None:
             out = out + reshape(as_tensor(bias), (-1,) + (1,) * n)
         return out
@@ -981,10 +1034,10 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
 
-exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
-tanh = Tanh()
-add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
-equal, less, greater = Equal(), Less(), Greater()
+exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
+cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
+equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
 bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
 where = Where()
 sum_, max_ = Sum(), Max()
