@@ -2,9 +2,10 @@
 in PyTorch, which arguments to draw (hypothesis strategies of `Layout`s), which dtypes it takes, its tolerances and
 why any check does not apply. test_differential.py runs every entry on every installed backend.
 
-Where Slope deliberately offers more than PyTorch (tuple dims for prod, negative slice steps, `slice` as a strict
-core operator, integer inputs to float functions), the torch call spells out PyTorch's semantics for it and the entry
-says so; those differences are listed in /work/notes/differential_findings.md and the README.
+Where Slope deliberately differs from PyTorch (tuple dims for prod, negative slice steps, `slice` as a strict core
+operator, integer inputs to float functions, the README's "Differences from PyTorch"), the torch call spells out
+the semantics Slope documents and says so. Open discrepancies are strict xfails at the end (KNOWN_OPEN), each
+naming its issue 10 point or NEW.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class Entry:
     (NumPy index arrays arrive as torch tensors, Slope dtypes as torch dtypes), `slope_fn` Slope's (default
     `slope.NAME`). Each example runs every dtype in `dtypes` plus one other dtype, for which PyTorch decides whether
     the call is valid. `grad` says why gradients are not compared (None: compared with torch.autograd in float32 and
-    float64); `rtol` overrides the per-dtype tolerances; `scale` gives the absolute error a result may carry, from the
-    float64 torch call on the inputs' magnitudes ("abs": sums, whose error grows with sum |x|); `widen` = (dtype,
+    float64); `rtol` overrides the per-dtype tolerances; `scale` is a torch call (given float64 inputs) whose result
+    times rtol is the absolute error a result may carry (sums: the same call on |inputs|, see abs_scale); `widen` = (dtype,
     reason) where Slope takes inputs PyTorch refuses (integers to float functions): those are compared with PyTorch
     on the inputs cast to dtype; `dtype_arg`: the dtype is the `dtype=` argument (creation), not the inputs';
     `check` replaces value equality for random draws; `no_jit` says why the call is not also run under jit;

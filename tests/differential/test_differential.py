@@ -12,7 +12,7 @@ Properties, each per backend and registered function (rows of differential/table
 
 Hypothesis profiles (conftest.py): "ci" (the default: derandomized, bounded, no shrinking) and "deep" (many random
 examples, shrinking): `pytest tests/differential --hypothesis-profile=deep`. Open discrepancies are strict xfails in
-the table, listed with reproducers in the findings note.
+the table (KNOWN_OPEN), each naming its issue point; a fixed one XPASSes, which fails until its line is deleted.
 """
 
 from __future__ import annotations
