@@ -75,15 +75,7 @@ def test_max_pool_of_random_values_on_onnxruntime_matches_a_numpy_reference():
     np.testing.assert_array_equal(values, windows.max(-1))
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "numpy",
-        pytest.param("onnxruntime", marks=pytest.mark.xfail(strict=True, reason=(
-            "known gap: onnxruntime's MaxPool keeps a window's first element and replaces it only by a greater one, "
-            "so a NaN that is not first in its window is dropped"))),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_a_nan_in_a_window_gives_nan_as_in_pytorch(backend):
     x = np.array([[1, np.nan, 3, 2], [np.nan, 1, 2, 3], [np.nan, np.nan, 1, 1], [-np.inf, np.nan, -np.inf, 0]])
     values = _run(backend, x.reshape(1, 4, 2, 2), (2, 2), slope.float32)[0]

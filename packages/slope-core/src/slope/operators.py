@@ -96,17 +96,20 @@ def zeros_like(x: Tensor | Aval) -> Tensor:
 
 
 def normalize_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all)."""
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all). A 0-d tensor takes dim 0
+    or -1, as in PyTorch, which name none of its (no) dimensions: ()."""
     if dim is None:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims, limit = (dim,) if isinstance(dim, int) else tuple(dim), max(ndim, 1)
     for d in dims:
-        if not -max(ndim, 1) <= d < max(ndim, 1):
+        if not -limit <= d < limit:
             raise IndexError(
                 f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
-                f"(expected {-max(ndim, 1)} to {max(ndim, 1) - 1})"
+                f"(expected {-limit} to {limit - 1})"
             )
-    return tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+    if len({d % limit for d in dims}) < len(dims):
+        raise ShapeError(f"slope.{name}: dimensions {dims} repeat a dimension (of a tensor with {ndim} dimensions)")
+    return tuple(sorted(d % limit for d in dims)) if ndim else ()
 
 
 def shape_args(shape: tuple) -> tuple[int, ...]:
@@ -402,8 +405,7 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        dims = normalize_dims(self.name, dim, x.ndim)  # a 0-d tensor takes dim 0 or -1 (as in PyTorch): nothing to do
-        return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
+        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
@@ -443,7 +445,8 @@ class Max(Reduce):
     def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
         out = bind(self, x, dim=dim, keepdim=True)
-        mask = cast(equal(x, expand(out, x.shape)), x.dtype)  # ties share the tangent equally
+        hit = equal(x, expand(out, x.shape))  # ties share the tangent equally; so do the NaNs of a NaN maximum
+        mask = cast(bitwise_or(hit, functions["isnan"](x)) if x.dtype.is_float else hit, x.dtype)
         tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=keepdim), bind(sum_, mask, dim=dim, keepdim=keepdim))
         return [out if keepdim else reshape(out, tangent.shape)], [tangent]
 
@@ -932,7 +935,8 @@ def _indices(op: Operator, idx: Any) -> Tensor:
 
 
 class GatherNd(Operator):
-    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
+    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x, each index in [-size, size)
+    (negative ones count from the end); an index outside that range is an IndexError when the program runs."""
 
     name = "gather_nd"
     linear_inputs = (0,)

@@ -282,12 +282,13 @@ def isinf(x: Any) -> Tensor:
 
 
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
-    """x limited to [min, max] (gradient 1 inside and on the bounds, as PyTorch)."""
+    """x limited to [min, max] (gradient 1 inside and on the bounds, and NaN for a NaN bound, as PyTorch)."""
     x = as_tensor(x)
-    if min is not None:
-        x = where(x < min, *coerce("clip", min, x))
-    if max is not None:
-        x = where(x > max, *coerce("clip", max, x))
+    for bound, outside in ((min, ops.less), (max, ops.greater)):
+        if bound is not None:
+            value, x = coerce("clip", bound, x)
+            nan_bound = isinstance(bound, Tensor) or bound != bound  # comparisons with a NaN bound are false
+            x = where(outside(x, value) | isnan(value) if nan_bound else outside(x, value), value, x)
     return x
 
 
@@ -298,7 +299,7 @@ def _count(x: Tensor, dim: Any) -> int:
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions."""
     x = _float(x)
-    count = max(_count(x, dim), 1)  # first, so a bad dim is reported as mean's
+    count = _count(x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
     return ops.sum_(x, dim, keepdim) / float(count)
 
 
@@ -352,27 +353,28 @@ def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return ops.sum_(cast(cast(as_tensor(x), dtypes.bool_), dtypes.int32), dim, keepdim) > 0
 
 
-def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
+def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    if dim is None:
-        x, dim = x.reshape(-1), 0
-    (dim,) = normalize_dims("argmax", dim, x.ndim)
-    values = x if sign_ > 0 else _reverse_order(x)
-    top = ops.max_(values, dim, keepdim=True)
-    size = x.shape[dim]
-    positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
-    candidates = where(values == top, broadcast_to(positions, x.shape), constant(size, dtypes.int64, x.shape))
-    return min_(candidates, dim, keepdim)
+    dims = normalize_dims(name, dim, x.ndim)  # all for None, none for a 0-d tensor: then over the flattened x
+    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
+    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))
+    values = values if name == "argmax" else _reverse_order(values)
+    size = values.shape[dim]
+    hit = values == ops.max_(values, dim, keepdim=True)
+    hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
+    positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(values.ndim)))
+    candidates = where(hit, broadcast_to(positions, values.shape), constant(size, dtypes.int64, values.shape))
+    return min_(candidates, dim, keepdim=True).reshape(out_shape)
 
 
 def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) largest element."""
-    return _arg_extreme(x, dim, keepdim, 1.0)
+    return _arg_extreme(x, dim, keepdim, "argmax")
 
 
 def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) smallest element."""
-    return _arg_extreme(x, dim, keepdim, -1.0)
+    return _arg_extreme(x, dim, keepdim, "argmin")
 
 
 def cumsum(x: Any, dim: int = 0) -> Tensor:
@@ -380,8 +382,8 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     x = as_tensor(x)
     if not x.dtype.is_float:
         x = cast(x, dtypes.int64)
-    (dim,) = normalize_dims("cumsum", dim, x.ndim)
-    size = x.shape[dim]
+    (dim,) = normalize_dims("cumsum", dim, x.ndim) or (0,)
+    size = x.shape[dim] if x.ndim else 1
     shift = 1
     while shift < size:
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
@@ -394,10 +396,10 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
-    dim0, dim1 = (normalize_dims("transpose", d, x.ndim)[0] for d in (dim0, dim1))
-    perm = list(range(x.ndim))
+    (dim0,), (dim1,) = (normalize_dims("transpose", d, x.ndim) or (0,) for d in (dim0, dim1))
+    perm = list(range(max(x.ndim, 1)))  # a 0-d tensor is its own transpose, as in PyTorch
     perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
-    return ops.permute(x, tuple(perm))
+    return ops.permute(x, tuple(perm[: x.ndim]))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -534,24 +536,9 @@ def _is_bool_mask(item: Any) -> bool:
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x = as_tensor(x)
-    items = list(index) if isinstance(index, tuple) else [index]
-    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
-    expanded: list = []
-    for item in items:
-        if _is_bool_mask(item):
-            mask = as_tensor(item)
-            if mask.buffer is None:
-                raise TypeError(
-                    "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
-                    "use slope.where(mask, x, 0) instead"
-                )
-            expanded.extend(as_tensor(np.asarray(n, dtype=np.int64)) for n in np.nonzero(mask.numpy()))
-        elif isinstance(item, (list, np.ndarray)):
-            expanded.append(as_tensor(np.asarray(item)))
-        else:
-            expanded.append(item)
-    items = expanded
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    index = index if isinstance(index, tuple) else (index,)
+    items = [np.asarray(i) if isinstance(i, (list, bool, np.bool_)) else i for i in index]  # Python bools are masks
+    consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
     ellipses = [k for k, item in enumerate(items) if item is Ellipsis]
@@ -559,7 +546,26 @@ def getitem(x: Any, index: Any) -> Tensor:
         raise IndexError("slope.getitem: an index can only have a single ellipsis ('...')")
     if ellipses:
         items[ellipses[0] : ellipses[0] + 1] = [slice(None)] * (x.ndim - consumed)
-    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
+    expanded, dim = [], 0
+    for item in items:
+        if not _is_bool_mask(item):
+            expanded.append(as_tensor(item) if isinstance(item, np.ndarray) else item)
+            dim += 0 if item is None else 1
+            continue
+        mask = as_tensor(item)
+        if mask.buffer is None:
+            raise TypeError(
+                "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
+                "use slope.where(mask, x, 0) instead"
+            )
+        if mask.shape != x.shape[dim : dim + mask.ndim]:
+            raise IndexError(f"slope.getitem: a mask of shape {mask.shape} does not fit shape {x.shape} at dim {dim}")
+        if mask.ndim == 0:  # a 0-d mask adds a dimension of size 1 and masks it, as in PyTorch
+            x = x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
+        expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
+        dim += max(mask.ndim, 1)
+    items = expanded + [slice(None)] * (x.ndim - dim)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     start, stop, step, flips, out_shape, advanced = [], [], [], [], [], []
     dim = 0
@@ -585,6 +591,11 @@ def getitem(x: Any, index: Any) -> Tensor:
                 start.append(begin), stop.append(max(begin, end)), step.append(-stride)
             out_shape.append(len(range(*item.indices(size))))
         else:
+            if not isinstance(item, (int, np.integer)):
+                raise IndexError(
+                    "slope.getitem: only integers, slices, ellipsis (...), None and integer or bool tensors are valid "
+                    f"indices, got {type(item).__name__}"
+                )
             position = int(item)
             if not -size <= position < size:
                 raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
@@ -601,8 +612,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast together
-    indices = [where(idx < 0, idx + x.shape[p], idx) for p, idx in zip(positions, indices)]
+    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast; gather_nd wraps -1
     rest = [d for d in range(x.ndim) if d not in positions]
     moved = x.permute((*positions, *rest))
     stacked = stack(indices, -1)
@@ -616,21 +626,31 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
 
 
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
-    """A copy of x with value written ("set") or added ("add") at x[index]."""
+    """A copy of x with value written ("set": the last write wins where x[index] repeats an element, as in NumPy and
+    PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
-    flat_positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
-    target = flat_positions.reshape((*flat_positions.shape, 1))
+    positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     value = as_tensor(value, x.dtype)
-    if ops.broadcast_shapes("index_update", value.shape, flat_positions.shape) != flat_positions.shape:
+    if ops.broadcast_shapes("index_update", value.shape, positions.shape) != positions.shape:
         raise ShapeError(
-            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {flat_positions.shape}"
+            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {positions.shape}"
         )
-    value = broadcast_to(value, flat_positions.shape)
-    flat = x.reshape(-1)
+    positions, value, flat = positions.reshape(-1), broadcast_to(value, positions.shape).reshape(-1), x.reshape(-1)
+    target = positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
     if mode != "set":
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
+        n = positions.shape[0]
+        if positions.buffer is not None:
+            last = np.zeros(n, bool)
+            last[n - 1 - np.unique(positions.numpy()[::-1], return_index=True)[1]] = True
+        else:  # traced: a write loses to any later one at its position (n * n comparisons)
+            later = ops.arange(n).reshape((n, 1)) < ops.arange(n).reshape((1, n))
+            last = logical_not(any_((positions.reshape((n, 1)) == positions.reshape((1, n))) & later, 1))
+        value = where(last, value, constant(0, x.dtype, value.shape))
     written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
     placed = ops.scatter_nd(constant(0, x.dtype, flat.shape), target, value)
     return where(written, placed, flat).reshape(x.shape)
@@ -641,7 +661,11 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     x, index = as_tensor(x), as_tensor(index)
     if not index.dtype.is_int:
         raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
+    if x.ndim == 0:  # as the 1-element vector, as in PyTorch
+        return gather(x.reshape(1), dim, index.reshape(-1)).reshape(index.shape)
     (dim,) = normalize_dims("gather", dim, x.ndim)
+    check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
+    index = where(index < 0, constant(x.shape[dim], index.dtype, index.shape), index)  # traced: an error when run
     grids = [
         ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
     ]

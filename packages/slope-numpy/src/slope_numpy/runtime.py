@@ -13,13 +13,19 @@ def int_div(x, y):
 
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+    try:
+        return x[tuple(np.moveaxis(idx, -1, 0))]
+    except IndexError as error:  # an index outside [-size, size): say which operator met it
+        raise IndexError(f"slope.gather_nd: {error} (indices must lie in [-size, size))") from None
 
 
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
     out = x.copy()
-    np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    try:
+        np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    except IndexError as error:
+        raise IndexError(f"slope.scatter_nd: {error} (indices must lie in [-size, size))") from None
     return out
 
 

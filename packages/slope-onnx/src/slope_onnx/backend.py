@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,8 @@ class OnnxBackend(Backend):
             run = _runner(session, input_names, output_names, self._run_options)
         else:
             run = _device_runner(session, input_names, output_names, self._run_options, self._device(device))
+        if any(node.op_type in _INDEXING for node in model.graph.node):
+            run = _index_errors(run)
         return OnnxExecutable(run, self, program, session)
 
     def _session(self, model_bytes: bytes, device: str, pooled: bool) -> ort.InferenceSession:
@@ -277,6 +280,30 @@ def _runner(session: ort.InferenceSession, input_names: list[str], output_names:
             return [outs[i] for i in range(count)]
 
     return run
+
+
+# onnxruntime operators that reject an index out of range when they run, and the Slope operators they come from
+_INDEXING = {"GatherND": "gather_nd", "ScatterND": "scatter_nd", "GatherElements": "take_along_dim",
+             "ScatterElements": "scatter_add"}  # fmt: skip
+
+
+def _index_errors(run: Any) -> Any:
+    """`run` raising onnxruntime's failures on an index out of range as IndexErrors that name the Slope operator."""
+
+    def checked(buffers: list) -> list:
+        try:
+            return run(buffers)
+        except Exception as error:
+            found = re.search(r"running (\w+) node", str(error))
+            if found is None or found.group(1) not in _INDEXING:
+                raise
+            detail = str(error).split("Status Message: ")[-1].split("] ")[-1].strip()
+            raise IndexError(
+                f"slope.{_INDEXING[found.group(1)]}: an index is out of range (indices must lie in [-size, size) of "
+                f"the dimension they index); onnxruntime: {detail}"
+            ) from None
+
+    return checked
 
 
 def _device_runner(session: ort.InferenceSession, input_names: list[str], output_names: list[str], run_options: Any,

@@ -230,6 +230,22 @@ def _reduce(op_type: str) -> Callable:
     return translate
 
 
+def _reduce_max(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """ReduceMax, and NaN where a NaN is reduced (as PyTorch and NumPy give): onnxruntime's kernel keeps a NaN only
+    when it comes first, so the NaNs are reduced apart (IsNaN and a ReduceMax of bools) and put back with a Where."""
+    out, dim = _out(instruction), instruction.params["dim"]
+    if not dim or not out.dtype.is_float:
+        return _reduce("ReduceMax")(graph, inputs, instruction)
+    compute = compute_dtype("ReduceMax", out.dtype)
+    x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+    axes, keepdims = graph.int64s(dim), int(instruction.params["keepdim"])
+    top = graph.node("ReduceMax", [x, axes], shape=out.shape, keepdims=keepdims)
+    nans = graph.node("IsNaN", [x], shape=_in(instruction).shape)
+    any_nan = graph.node("ReduceMax", [nans, axes], shape=out.shape, keepdims=keepdims)
+    result = graph.node("Where", [any_nan, graph.scalar(math.nan, compute), top], shape=out.shape)
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
 # ----------------------------------------------------------------------------------------------- shape
 
 
@@ -668,7 +684,7 @@ translations: dict[str, Callable] = {
     "bitwise_xor": _bitwise("BitwiseXor", "Xor"),
     "where": _where,
     "sum": _reduce("ReduceSum"),
-    "max": _reduce("ReduceMax"),
+    "max": _reduce_max,
     "reshape": _reshape,
     "expand": _expand,
     "permute": _permute,
