@@ -405,9 +405,9 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """x with dimensions start_dim..end_dim merged into one."""
     x = as_tensor(x)
+    (start,), (end,) = (normalize_dims("flatten", d, x.ndim) or (0,) for d in (start_dim, end_dim))
     if x.ndim == 0:
         return x.reshape(1)
-    start, end = (normalize_dims("flatten", d, x.ndim)[0] for d in (start_dim, end_dim))
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 

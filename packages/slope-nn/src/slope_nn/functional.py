@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import slope
 from slope import Tensor
+from slope.operators import normalize_dims
 
 from .operators import (
     check_indices,
@@ -60,22 +61,6 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
 
 
-def _dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, sorted (None means all)."""
-    if dim is None:
-        return tuple(range(ndim))
-    limit = max(ndim, 1)
-    out = set()
-    for d in (dim,) if isinstance(dim, int) else tuple(dim):
-        if not -limit <= d < limit:
-            raise IndexError(
-                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
-                f"(expected {-limit} to {limit - 1})"
-            )
-        out.add(d % ndim if ndim else 0)
-    return tuple(sorted(out))
-
-
 # ----------------------------------------------------------------------------------------------- activations
 
 
@@ -117,7 +102,7 @@ def softplus(x: Any, beta: float = 1.0) -> Tensor:
 def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
-    dim = _dims("logsumexp", dim, x.ndim)
+    dim = normalize_dims("logsumexp", dim, x.ndim)
     top = slope.stop_gradient(x.max(dim, keepdim=True))
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
@@ -127,7 +112,7 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def softmax(x: Any, dim: int = -1) -> Tensor:
     """exp(x) normalised to sum to 1 along dim."""
     x = _float(x)
-    dim = _dims("softmax", dim, x.ndim)
+    dim = normalize_dims("softmax", dim, x.ndim)
     e = slope.exp(x - slope.stop_gradient(x.max(dim, keepdim=True)))
     return e / e.sum(dim, keepdim=True)
 
