@@ -591,11 +591,9 @@ def getitem(x: Any, index: Any) -> Tensor:
                 start.append(begin), stop.append(max(begin, end)), step.append(-stride)
             out_shape.append(len(range(*item.indices(size))))
         else:
-            if not isinstance(item, (int, np.integer)):
-                raise IndexError(
-                    "slope.getitem: only integers, slices, ellipsis (...), None and integer or bool tensors are valid "
-                    f"indices, got {type(item).__name__}"
-                )
+            if not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
+                message = "only integers, slices, ellipsis (...), None and integer or bool tensors are valid indices"
+                raise IndexError(f"slope.getitem: {message}, got {type(item).__name__}")
             position = int(item)
             if not -size <= position < size:
                 raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
@@ -645,8 +643,7 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
         n = positions.shape[0]
         if positions.buffer is not None:
-            last = np.zeros(n, bool)
-            last[n - 1 - np.unique(positions.numpy()[::-1], return_index=True)[1]] = True
+            last = np.isin(np.arange(n), n - 1 - np.unique(positions.numpy()[::-1], return_index=True)[1])
         else:  # traced: a write loses to any later one at its position (n * n comparisons)
             later = ops.arange(n).reshape((n, 1)) < ops.arange(n).reshape((1, n))
             last = logical_not(any_((positions.reshape((n, 1)) == positions.reshape((1, n))) & later, 1))
