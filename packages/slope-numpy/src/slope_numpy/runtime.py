@@ -16,7 +16,7 @@ def gather_nd(x, idx):
     try:
         return x[tuple(np.moveaxis(idx, -1, 0))]
     except IndexError as error:  # an index outside [-size, size): say which operator met it
-        raise IndexError(f"slope.gather_nd: {error} (indices must lie in [-size, size))") from None
+        raise IndexError(f"slope.gather_nd (x[index], slope.getitem): {error}; indices lie in [-size, size)") from None
 
 
 def scatter_nd(x, idx, updates):
@@ -25,7 +25,7 @@ def scatter_nd(x, idx, updates):
     try:
         np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
     except IndexError as error:
-        raise IndexError(f"slope.scatter_nd: {error} (indices must lie in [-size, size))") from None
+        raise IndexError(f"slope.scatter_nd (x.at[index], gradients of x[index]): {error}") from None
     return out
 
 

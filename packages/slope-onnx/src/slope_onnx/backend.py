@@ -283,8 +283,12 @@ def _runner(session: ort.InferenceSession, input_names: list[str], output_names:
 
 
 # onnxruntime operators that reject an index out of range when they run, and the Slope operators they come from
-_INDEXING = {"GatherND": "gather_nd", "ScatterND": "scatter_nd", "GatherElements": "take_along_dim",
-             "ScatterElements": "scatter_add"}  # fmt: skip
+_INDEXING = {
+    "GatherND": "gather_nd (x[index], slope.getitem)",
+    "ScatterND": "scatter_nd (x.at[index], gradients of x[index])",
+    "GatherElements": "take_along_dim",
+    "ScatterElements": "scatter_add",
+}
 
 
 def _index_errors(run: Any) -> Any:
