@@ -150,6 +150,12 @@ def test_gradient_of_max_with_ties_and_nan_matches_pytorch(backend, torch):
         np.testing.assert_array_equal(got, expected, err_msg=str(values))
         got, expected = _grad_pair(torch, np.array(values), lambda x: x.min(), lambda t: t.min())
         np.testing.assert_array_equal(got, expected, err_msg=str(values))
+    a, b = np.array([1.0, nan, 3.0, nan, 2.0]), np.array([nan, 3.0, 1.0, nan, 2.0])
+    for ours, theirs in [(slope.maximum, "maximum"), (slope.minimum, "minimum")]:  # NaNs: both inputs get it all
+        ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+        getattr(torch, theirs)(ta, tb).sum().backward()
+        grads = slope.grad(lambda u, v, f=ours: f(u, v).sum(), argnums=(0, 1))(slope.tensor(a), slope.tensor(b))
+        np.testing.assert_array_equal(np.stack([g.numpy() for g in grads]), np.stack([ta.grad, tb.grad]), theirs)
     ties = np.array([[1.0, 4.0, 4.0], [2.0, 2.0, 0.0]])
     for dim in (0, 1):  # over a dimension, as torch's amax: ties share (torch's max(dim) picks one: see the README)
         got, expected = _grad_pair(torch, ties, lambda x, d=dim: x.max(d).sum(), lambda t, d=dim: t.amax(d).sum())

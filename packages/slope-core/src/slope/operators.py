@@ -349,8 +349,8 @@ class Maximum(Binary):
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         x, y = primals
         tx, ty = tangents
-        half = (tx + ty) * 0.5
-        return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
+        half = (tx + ty) * 0.5  # ties share the tangent; a NaN (no order) takes both, as in PyTorch
+        return [maximum(x, y)], [where(greater(x, y), tx, where(less(x, y), ty, where(equal(x, y), half, tx + ty)))]
 
 
 class Compare(Binary):
