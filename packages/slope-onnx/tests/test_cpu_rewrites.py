@@ -139,7 +139,7 @@ def test_pooling_by_phases_gives_nan_for_a_nan_in_a_window():
     def pooled(a, k, c):
         return slope.max_pool(slope.relu(slope.conv(a, k, c)), 2)
 
-    def values_and_grad(a, k, c):  # the gradient uses the indices: the phase form runs, and gives the values too
+    def values_and_grad(a, k, c):  # two MaxPools of one input (values, indices): the plain form, NaN-guarded
         return pooled(a, k, c), slope.grad(lambda kk: pooled(a, kk, c).sum())(k)
 
     results = {}

@@ -2,7 +2,7 @@
 
 `.code` and exported models keep the plain graph; only the copy handed to a CPU session with a thread pool (a jitted
 step with real work) is rewritten, by `for_cpu_session`. Both rewrites give the plain graph's values, up to float
-rounding in the convolutions (and a NaN in a pooling window, which each form can drop, differently).
+rounding in the convolutions (a window holding a NaN pools to NaN in both; which element its index names may differ).
 
 - Blocked-channel ("NCHWc") convolutions. onnxruntime runs a 2-d Conv with its fast NCHWc kernel only when the
   filter is a constant: it reorders the filter once, into blocks of B input by B output channels, while building
