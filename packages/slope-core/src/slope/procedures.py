@@ -639,7 +639,7 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
         raise ShapeError(
             f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {positions.shape}"
         )
-    positions, value, flat = positions.reshape(-1), broadcast_to(value, positions.shape).reshape(-1), x.reshape(-1)
+    value, flat = broadcast_to(value, positions.shape).reshape(-1), x.reshape(-1)
     target = positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
@@ -647,12 +647,12 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
-        n = positions.shape[0]
-        if positions.buffer is not None:
-            last = np.isin(np.arange(n), n - 1 - np.unique(positions.numpy()[::-1], return_index=True)[1])
+        n = target.shape[0]
+        if target.buffer is not None:
+            last = np.isin(np.arange(n), n - 1 - np.unique(target.numpy()[::-1, 0], return_index=True)[1])
         else:  # traced: a write loses to any later one at its position (n * n comparisons)
             later = ops.arange(n).reshape((n, 1)) < ops.arange(n).reshape((1, n))
-            last = logical_not(any_((positions.reshape((n, 1)) == positions.reshape((1, n))) & later, 1))
+            last = logical_not(any_((target == target.reshape((1, n))) & later, 1))
         value = where(last, value, constant(0, x.dtype, value.shape))
     written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
     placed = ops.scatter_nd(constant(0, x.dtype, flat.shape), target, value)
