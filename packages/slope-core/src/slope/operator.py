@@ -35,6 +35,7 @@ class Operator:
     name: str = ""
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
+    symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,14 +26,14 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
-    key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
+    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
-        key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
+        key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
         _constants[key] = tensor
     return tensor
 
@@ -144,6 +144,7 @@ class Unary(Elementwise):
     """An elementwise operator of one input."""
 
     allowed = "float"
+    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -158,49 +159,67 @@ class Unary(Elementwise):
             raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
         return x
 
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = bind(self, primals[0])
+        return [y], [self.tangent(tangents[0], primals[0], y)]
+
 
 class Exp(Unary):
     name = "exp"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = exp(primals[0])
-        return [y], [tangents[0] * y]
+    tangent = staticmethod(lambda t, x, y: t * y)
 
 
 class Log(Unary):
     name = "log"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [log(primals[0])], [tangents[0] / primals[0]]
+    tangent = staticmethod(lambda t, x, y: t / x)
 
 
 class Sin(Unary):
     name = "sin"
+    tangent = staticmethod(lambda t, x, y: t * cos(x))
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [sin(primals[0])], [tangents[0] * functions["cos"](primals[0])]
+
+class Cos(Unary):
+    """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
+
+    name = "cos"
+    tangent = staticmethod(lambda t, x, y: t * -sin(x))
+    procedure = staticmethod(lambda x: sin(x + math.pi / 2))
 
 
 class Sqrt(Unary):
     name = "sqrt"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = sqrt(primals[0])
-        return [y], [tangents[0] / (y * 2.0)]
+    tangent = staticmethod(lambda t, x, y: t / (y * 2.0))
 
 
 class Tanh(Unary):
     """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
 
     name = "tanh"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = tanh(primals[0])
-        return [y], [tangents[0] * (1.0 - y * y)]
+    tangent = staticmethod(lambda t, x, y: t * (1.0 - y * y))
 
     def procedure(self, x: Tensor) -> Tensor:
         e = exp(mul(functions["abs"](x), constant(-2.0, x.dtype, x.shape)))
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
+
+
+class Floor(Unary):
+    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+
+    name = "floor"
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
+
+    def __call__(self, x: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x) if x.dtype.is_float else x
+
+
+class Ceil(Floor):
+    name = "ceil"
+
+
+class Round(Floor):
+    name = "round"
 
 
 class Invert(Unary):
@@ -215,9 +234,7 @@ class StopGradient(Unary):
 
     name = "stop_gradient"
     allowed = "any"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [stop_gradient(primals[0])], [zeros_like(primals[0])]
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
 
 class Cast(Elementwise):
@@ -279,8 +296,7 @@ class Add(Binary):
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        return [ct if isinstance(x, UndefinedPrimal) else None, ct if isinstance(y, UndefinedPrimal) else None]
+        return [cotangents[0] if isinstance(a, UndefinedPrimal) else None for a in (x, y)]
 
 
 class Sub(Binary):
@@ -310,8 +326,7 @@ class Div(Binary):
     name = "div"
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
         return [out], [div(sub(tx, mul(out, ty)), y)]
 
@@ -320,11 +335,16 @@ class Div(Binary):
 
 
 class Pow(Binary):
+    """x ** y; integer powers wrap around, and a negative exponent gives 0 unless |x| is 1 (as in PyTorch)."""
+
     name = "pow"
+    symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
-            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)):
+            if type(y) is int and y < 0 and not x.dtype.is_float:
+                raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -332,14 +352,30 @@ class Pow(Binary):
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        out = power(x, y)
-        positive = greater(x, zeros_like(x))  # d/dy x**y = x**y log x, taken as 0 where log x is undefined
-        ones = constant(1, x.dtype, x.shape)
-        safe_log = where(positive, log(where(positive, x, ones)), zeros_like(x))
-        dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
-        return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
+        (x, y), (tx, ty) = primals, tangents
+        out, zero, one = power(x, y), zeros_like(x), constant(1, x.dtype, x.shape)
+        terms = []
+        if tx is not None:  # PyTorch's rules: 0 where y == 0 (even where x is 0 or inf) ...
+            terms.append(mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one))))))
+        if ty is not None:  # ... and where x == 0 <= y; log(x) is NaN where x < 0
+            terms.append(mul(ty, where(bitwise_and(equal(x, zero), greater_equal(y, zero)), zero, mul(out, log(x)))))
+        return [out], [sum(terms[1:], terms[0])]
+
+
+class Fmod(Binary):
+    """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
+
+    name = "fmod"
+
+    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
+        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
+        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
+        return super().__call__(x, y)
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
+        out = fmod(*primals)
+        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
 
 
 class Maximum(Binary):
@@ -347,8 +383,7 @@ class Maximum(Binary):
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         half = (tx + ty) * 0.5  # ties share the tangent; a NaN (no order) takes both, as in PyTorch
         return [maximum(x, y)], [where(greater(x, y), tx, where(less(x, y), ty, where(equal(x, y), half, tx + ty)))]
 
@@ -368,6 +403,17 @@ class Less(Compare):
 
 class Greater(Compare):
     name = "greater"
+
+
+class LessEqual(Compare):
+    name, strict = "less_equal", "less"
+
+    def procedure(self, x: Tensor, y: Tensor) -> Tensor:
+        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+
+
+class GreaterEqual(LessEqual):
+    name, strict = "greater_equal", "greater"
 
 
 class BitwiseAnd(Binary):
@@ -993,10 +1039,10 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
 
-exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
-tanh = Tanh()
-add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
-equal, less, greater = Equal(), Less(), Greater()
+exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
+cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
+equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
 bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
 where = Where()
 sum_, max_ = Sum(), Max()

@@ -140,15 +140,10 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else cast(x, dtypes.default_float)
 
 
-def cos(x: Any) -> Tensor:
-    """Cosine."""
-    return ops.sin(_float(x) + math.pi / 2)
-
-
 def tan(x: Any) -> Tensor:
     """Tangent."""
     x = _float(x)
-    return ops.sin(x) / cos(x)
+    return ops.sin(x) / ops.cos(x)
 
 
 def log2(x: Any) -> Tensor:
@@ -190,45 +185,28 @@ def true_divide(x: Any, y: Any) -> Tensor:
     return ops.div(x, y)
 
 
-def floor(x: Any) -> Tensor:
-    """Largest integer not above x (for |x| < 2**63)."""
-    x = as_tensor(x)
-    if not x.dtype.is_float:
-        return x
-    truncated = cast(cast(x, dtypes.int64), x.dtype)
-    return ops.stop_gradient(truncated - cast(truncated > x, x.dtype))
-
-
-def ceil(x: Any) -> Tensor:
-    """Smallest integer not below x."""
-    return -floor(-as_tensor(x))
-
-
-def round_(x: Any) -> Tensor:
-    """x rounded half to even."""
-    x = as_tensor(x)
-    down = floor(x)
-    diff = x - down
-    is_odd = (down - floor(down * 0.5) * 2.0) > 0.5
-    up = (diff > 0.5) | ((diff == 0.5) & is_odd)
-    return down + cast(up, x.dtype)
+def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, y = coerce(name, x, y)
+    mod = ops.fmod(x, y, name)
+    return x, y, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
 def floor_divide(x: Any, y: Any) -> Tensor:
-    """x // y, rounding toward negative infinity."""
-    x, y = coerce("floor_divide", x, y)
-    if x.dtype.is_float:
-        return floor(ops.div(x, y))
-    quotient = ops.div(x, y)
-    inexact = quotient * y != x
-    negative = (x < 0) != (y < 0)
-    return quotient - cast(inexact & negative, x.dtype)
+    """x // y, rounding toward negative infinity (floats as PyTorch: from fmod, so 1.0 // 0.1 is 9.0)."""
+    x, y, mod, wrong_sign = _fmod("floor_divide", x, y)
+    quotient = ops.div(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
+    if not x.dtype.is_float:
+        return quotient
+    true_quotient = ops.div(x, y)  # for zero divisors, and the sign of zeros (in `where`'s y: ORT keeps -0.0 there)
+    floored = ops.floor(quotient)
+    floored = where(y == 0, true_quotient, floored + cast(quotient - floored > 0.5, x.dtype))
+    return ops.stop_gradient(where((quotient != 0) | (y == 0), floored, true_quotient * 0.0))
 
 
 def remainder(x: Any, y: Any) -> Tensor:
     """x mod y with the sign of y (Python's %)."""
-    x, y = coerce("remainder", x, y)
-    return x - floor_divide(x, y) * y
+    x, y, mod, wrong_sign = _fmod("remainder", x, y)
+    return where(wrong_sign, mod + y, mod)
 
 
 def _reverse_order(x: Tensor) -> Tensor:
@@ -245,16 +223,6 @@ def minimum(x: Any, y: Any) -> Tensor:
 def not_equal(x: Any, y: Any) -> Tensor:
     """x != y."""
     return ops.invert(ops.equal(*coerce("not_equal", x, y)))
-
-
-def less_equal(x: Any, y: Any) -> Tensor:
-    """x <= y."""
-    return ops.invert(ops.greater(*coerce("less_equal", x, y)))
-
-
-def greater_equal(x: Any, y: Any) -> Tensor:
-    """x >= y."""
-    return ops.invert(ops.less(*coerce("greater_equal", x, y)))
 
 
 def logical_not(x: Any) -> Tensor:
@@ -299,25 +267,31 @@ def _count(name: str, x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims(name, dim, x.ndim, True))
 
 
+def _wide(dtype: dtypes.DType) -> dtypes.DType:
+    return dtypes.float32 if dtype.bits < 32 else dtype  # float16/bfloat16 statistics in float32, as PyTorch
+
+
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Average over dimensions."""
+    """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
     x = _float(x)
     count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
-    return ops.sum_(x, dim, keepdim) / float(count)
+    return cast(ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count), x.dtype)
 
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Variance (with Bessel's correction by default, as PyTorch)."""
+    """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
     x = _float(x)
     if unbiased is not None:
         correction = 1 if unbiased else 0
-    count, centered = _count("var", x, dim), x - mean(x, dim, keepdim=True)  # the count first: it checks dim
-    return ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
+    wide = cast(x, _wide(x.dtype))
+    count, centered = _count("var", x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
+    return cast(ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0)), x.dtype)
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Standard deviation."""
-    return ops.sqrt(var(x, dim, correction, keepdim, unbiased))
+    """Standard deviation (whose gradient is 0 where it is 0, as in PyTorch)."""
+    variance = var(x, dim, correction, keepdim, unbiased)
+    return where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
@@ -384,10 +358,10 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 
 def cumsum(x: Any, dim: int = 0) -> Tensor:
-    """Running sum along a dimension (log-step scan of shifted adds)."""
+    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
     x = as_tensor(x)
-    if not x.dtype.is_float:
-        x = cast(x, dtypes.int64)
+    dtype = x.dtype if x.dtype.is_float else dtypes.int64
+    x = cast(x, _wide(dtype))
     dim = ops.normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     shift = 1
@@ -396,7 +370,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
         shifted = ops.pad(x, lo=lo, hi=(0,) * x.ndim)
         x = x + ops.slice_(shifted, (0,) * x.ndim, x.shape)
         shift *= 2
-    return x
+    return cast(x, dtype)
 
 
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:

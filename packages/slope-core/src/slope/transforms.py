@@ -63,7 +63,7 @@ class JVPTrace(Trace):
         if zero:
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
+        tangents = [zeros_like(t.primal) if t.tangent is None and not op.symbolic_zeros else t.tangent for t in tracers]
         if not op.has_rule("jvp"):
             return _procedure_instead(op, "JVP", tracers, params)
         primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
