@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -87,7 +89,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
 
 
 _instances: dict[str, Backend] = {}
-_state: dict[str, Any] = {"backend": None, "device": None}
+_state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like torch.set_default_dtype: not per thread
 
 
 def _default_backend_name() -> str:
@@ -112,7 +114,7 @@ def get_backend(name: str | None = None) -> Backend:
     if name not in _instances:
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
-        _instances[name] = plugins.backends[name]()
+        _instances.setdefault(name, plugins.backends[name]())  # threads asking at once all get the first one kept
     return _instances[name]
 
 
@@ -164,13 +166,58 @@ def devices() -> list[str]:
     return get_backend().devices()
 
 
-_compiled: dict[tuple, Executable] = {}
+class BoundedCache:
+    """An approximate LRU of `limit` entries (and about `max_bytes`, as `size_of(value)` counts) whose hits cost
+    nothing: lookups read `recent`, a plain dict, misses call `add`. When `recent` fills it becomes `old` and the
+    generation before is dropped, freeing what went unused for a whole generation."""
+
+    def __init__(self, limit: int, max_bytes: float = math.inf, size_of: Callable[[Any], int] = lambda _: 0):
+        self.recent, self.old, self.nbytes, self.lock = {}, {}, 0, threading.Lock()  # (the lock: misses only)
+        self.limit, self.max_bytes, self.size_of = max(1, limit // 2), max_bytes / 2, size_of
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.old)
+
+    def add(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value of a key missing from `recent`: taken back from `old`, else made (outside the lock)."""
+        value = self.old.pop(key, None)
+        value = make() if value is None else value
+        with self.lock:
+            if len(self.recent) >= self.limit or self.nbytes > self.max_bytes:
+                self.old, self.nbytes = dict(self.recent), 0
+                self.recent.clear()
+            self.recent[key] = value
+            self.nbytes += self.size_of(value)
+        return value
+
+
+_eager = BoundedCache(int(os.environ.get("SLOPE_EAGER_CACHE_SIZE", 4096)))
+_compiled: dict[tuple, Executable] = _eager.recent  # the hot path reads it directly
+JIT_CACHE_SIZE = int(os.environ.get("SLOPE_JIT_CACHE_SIZE", 256))  # programs per jitted function
+PHYSICAL_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else math.inf
+
+
+def _check_sizes(instruction: Instruction) -> None:
+    """Refuse an instruction whose tensors cannot fit in memory (or in int64 sizes) before the backend allocates."""
+    avals = [v.aval for v in instruction.inputs + instruction.outputs]
+    needed = sum(a.size * a.dtype.bits // 8 for a in avals)
+    if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
+        from .operator import SlopeMemoryError
+
+        out = instruction.outputs[0].aval
+        raise SlopeMemoryError(
+            f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} does not fit: with "
+            f"its inputs it needs {needed:,} bytes, this machine has {PHYSICAL_MEMORY:,}, and sizes must be < 2**63"
+        )
 
 
 def compile_program(program: Program, backend: Backend, device: str) -> Executable:
     """Lower, check and compile a Program on a backend; prints IR and code when LOG_JIT=1."""
+    for instruction in program.instructions:
+        _check_sizes(instruction)
     lowered = lower(program, backend.translations.keys())
     for instruction in lowered.instructions:
+        _check_sizes(instruction)
         for var in instruction.inputs + instruction.outputs:
             backend.check_dtype(var.aval.dtype, instruction.op.name)
     executable = backend.compile(lowered, device)
@@ -198,7 +245,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     try:
         executable = _compiled[key]
     except KeyError:
-        executable = _compiled[key] = _compile_one(op, args, params, backend, device)
+        executable = _eager.add(key, lambda: _compile_one(op, args, params, backend, device))
     except TypeError as error:  # an unhashable parameter: a user error the operator explains
         raise TypeError(f"slope.{op.name}: parameters must be hashable, got {params}") from error
     return run_executable(executable, args, backend, device)
