@@ -203,3 +203,21 @@ def test_the_check_uses_the_machines_memory(on_backend, monkeypatch):
     with pytest.raises(slope.SlopeMemoryError, match="needs 4,004 bytes, this machine has 1,000"):
         slope.full((1001,), 3.0)  # (a shape no other test compiled: the check runs when a program compiles)
     assert slope.full((10,), 3.0).tolist() == [3.0] * 10
+
+
+# ----------------------------------------------------------------------------------------------- onnxruntime threads
+
+
+def test_onnxruntime_threads_stay_bounded_however_many_large_programs():
+    pytest.importorskip("slope_onnx")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks'))!r})\n"
+        "import threads_memory\n"
+        "sys.exit(threads_memory.main(['--programs', '12']))\n"
+    )
+    # 12 programs with pools of 4 threads: 36 workers before; now at most 2 sessions (6 workers) open at once
+    env = dict(os.environ, SLOPE_BACKEND="onnxruntime", SLOPE_ORT_THREADS="4", SLOPE_ORT_POOLED_SESSIONS="2")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bound " in done.stdout and "-> bounded" in done.stdout
