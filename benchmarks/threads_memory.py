@@ -202,27 +202,31 @@ def threads_check(seconds: float) -> bool:
 
 
 def distinct_check(count: int) -> bool:
-    """4 eager operators on `count` distinct shapes: the eager cache stays bounded and so does the memory."""
+    """4 eager operators on `count` distinct shapes: the eager caches stay bounded and so does the memory."""
     from slope.backend import _eager
+    from slope.operators import _constant_cache as constants
 
-    bound = 2 * _eager.limit
-    print(f"backend {slope.get_backend().name}: 4 eager operators on {count} distinct shapes (cache bound {bound})")
-    print("| shapes | cached programs | threads | resident MiB |")
-    print("|---:|---:|---:|---:|")
+    bound, constant_bound = 2 * _eager.limit, constants.max_bytes * 2 / 2**20
+    print(f"backend {slope.get_backend().name}: 4 eager operators on {count} distinct shapes")
+    print(f"bounds: {bound} cached programs, about {constant_bound:.0f} MiB of cached constants")
+    print("| shapes | cached programs | cached constants MiB | threads | resident MiB |")
+    print("|---:|---:|---:|---:|---:|")
     rows = []
     for i in range(count):
-        x = slope.full((i + 1,), 0.5)
-        ((x * 2.0 + x).exp().sum()).numpy()
+        x = slope.tensor(np.full((i + 1,), 0.5, np.float32))
+        ((x * 2.0 + x).exp().sum()).numpy()  # (x * 2.0 caches a constant 2.0 of x's shape)
         if (i + 1) % max(1, count // 10) == 0 or i + 1 == count:
             gc.collect()
             threads, rss = process_status()
-            rows.append((i + 1, len(_eager), threads, rss))
-            print(f"| {i + 1} | {len(_eager)} | {threads} | {rss:.1f} |")
-    bounded = max(cached for _, cached, _, _ in rows) <= bound
+            held = sum(constants.size_of(t) for t in [*constants.recent.values(), *constants.old.values()]) / 2**20
+            rows.append((i + 1, len(_eager), held, rss))
+            print(f"| {i + 1} | {len(_eager)} | {held:.1f} | {threads} | {rss:.1f} |")
+    most_programs, most_constants = max(r[1] for r in rows), max(r[2] for r in rows)
+    bounded = most_programs <= bound and most_constants <= constant_bound + 1
     half = [rss for shapes, _, _, rss in rows if shapes >= count // 2]
     print(
-        f"cached programs at most {max(c for _, c, _, _ in rows)} (bound {bound}); resident memory in the second half "
-        f"{min(half):.1f}-{max(half):.1f} MiB -> {'bounded' if bounded else 'NOT BOUNDED'}"
+        f"at most {most_programs} cached programs and {most_constants:.1f} MiB of constants; resident memory in the "
+        f"second half {min(half):.1f}-{max(half):.1f} MiB -> {'bounded' if bounded else 'NOT BOUNDED'}"
     )
     return bounded
 

@@ -152,13 +152,7 @@ def default_device() -> str:
 
 def set_device(device: str) -> None:
     """Make a device the default one for new tensors and programs."""
-    previous = _state["device"]
-    _state["device"] = device
-    try:
-        default_device()
-    except SlopeBackendError:
-        _state["device"] = previous  # a device that is not there must not stay selected
-        raise
+    _state["device"] = checked_device(get_backend(), device)  # (a device that is not there is never selected)
 
 
 def devices() -> list[str]:
@@ -197,29 +191,23 @@ JIT_CACHE_SIZE = int(os.environ.get("SLOPE_JIT_CACHE_SIZE", 256))  # programs pe
 PHYSICAL_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else math.inf
 
 
-def _check_sizes(instruction: Instruction) -> None:
-    """Refuse an instruction whose tensors cannot fit in memory (or in int64 sizes) before the backend allocates."""
-    avals = [v.aval for v in instruction.inputs + instruction.outputs]
-    needed = sum(a.size * a.dtype.bits // 8 for a in avals)
-    if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
-        from .operator import SlopeMemoryError
-
-        out = instruction.outputs[0].aval
-        raise SlopeMemoryError(
-            f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} does not fit: with "
-            f"its inputs it needs {needed:,} bytes, this machine has {PHYSICAL_MEMORY:,}, and sizes must be < 2**63"
-        )
-
-
 def compile_program(program: Program, backend: Backend, device: str) -> Executable:
-    """Lower, check and compile a Program on a backend; prints IR and code when LOG_JIT=1."""
-    for instruction in program.instructions:
-        _check_sizes(instruction)
+    """Lower, check (sizes against memory, dtypes against the backend) and compile a Program; LOG_JIT=1 prints it."""
     lowered = lower(program, backend.translations.keys())
-    for instruction in lowered.instructions:
-        _check_sizes(instruction)
-        for var in instruction.inputs + instruction.outputs:
-            backend.check_dtype(var.aval.dtype, instruction.op.name)
+    for instruction in program.instructions + lowered.instructions:  # the program's own first: they name the call
+        avals = [v.aval for v in instruction.inputs + instruction.outputs]
+        needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
+        if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
+            from .operator import SlopeMemoryError
+
+            out = instruction.outputs[0].aval
+            raise SlopeMemoryError(
+                f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} does not fit: "
+                f"with its inputs it needs {needed:,} bytes, this machine has {PHYSICAL_MEMORY:,}, and sizes must be "
+                "< 2**63"
+            )
+        for aval in avals:
+            backend.check_dtype(aval.dtype, instruction.op.name)
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")

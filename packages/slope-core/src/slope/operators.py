@@ -18,7 +18,7 @@ from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
 
-_constant_cache = backend_module.BoundedCache(4096, 256 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
+_constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
 _constants: dict[tuple, Tensor] = _constant_cache.recent
 
 
