@@ -9,10 +9,11 @@ Workloads (each contender is timed in interleaved rounds, so background load hit
 - eager `x * 2.0` on a 3-element float32 tensor (cache hit), per call;
 - an MNIST-shaped MLP train step (784 -> 100 ReLU -> 10, batch 200, softmax cross-entropy, SGD), one jitted step;
 - the first call of that step (trace + compile), with a fresh `slope.jit` each time;
-- a small CNN train step (conv3x3 32, ReLU, maxpool2, conv3x3 64, ReLU, maxpool2, linear 10; batch 64, 28x28).
+- a small CNN train step (conv3x3 32, ReLU, maxpool2, conv3x3 64, ReLU, maxpool2, linear 10; batch 64, 28x28);
+- the Hessian of `sum(tanh(x) ** 3)` for x of 100 floats (forward-over-reverse), jitted.
 The reference of each workload (ratio 1.00) is onnxruntime's own `run` for eager, the MLP step hand-built as one
 ONNX graph and run in onnxruntime with OrtValues (the physical floor: our overhead is the gap to it), and PyTorch
-eager for the CNN. PyTorch and JAX are optional: absent ones are skipped with a note.
+eager for the CNN and `torch.func.hessian` for the Hessian. PyTorch and JAX are optional: absent ones are skipped with a note.
 """
 
 from __future__ import annotations
@@ -183,6 +184,22 @@ def slope_first_call(backend: str) -> Callable[[], Any]:
         return slope.jit(slope_mlp_step)(*tensors)[1].item()
 
     return first_call
+
+
+HESSIAN_SIZE = 100
+
+
+def hessian_data() -> np.ndarray:
+    """The point the Hessian workload differentiates at."""
+    return np.random.default_rng(2).standard_normal(HESSIAN_SIZE).astype(np.float32)
+
+
+def slope_hessian(backend: str) -> Callable[[], Any]:
+    """The jitted Hessian of sum(tanh(x) ** 3), as in the README's tour."""
+    with slope.use_backend(backend):
+        x = slope.tensor(hessian_data())
+    hessian = slope.jit(slope.hessian(lambda v: (v.tanh() ** 3).sum()))
+    return lambda: hessian(x)
 
 
 def slope_eager_mul(backend: str) -> Callable[[], Any]:
@@ -398,6 +415,15 @@ def torch_cnn_step() -> Callable[[], Any]:
     return step
 
 
+def torch_hessian() -> Callable[[], Any]:
+    """torch.func.hessian of the same function (forward-over-reverse, like slope.hessian)."""
+    import torch
+
+    x = torch.tensor(hessian_data())
+    hessian = torch.func.hessian(lambda v: (torch.tanh(v) ** 3).sum())
+    return lambda: hessian(x)
+
+
 def torch_eager_mul() -> Callable[[], Any]:
     """`x * 2.0` on 3 floats in PyTorch."""
     import torch
@@ -498,11 +524,14 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
            for b in backends if b != "numpy" or not quick]  # fmt: skip
     if has_torch:
         cnn.insert(0, Contender("CNN train step", "PyTorch eager", torch_cnn_step(), reference=True))
+    hessian = [Contender("Hessian (100)", f"slope {b} (jit)", slope_hessian(b), inner=5, backend=b) for b in backends]
+    if has_torch:
+        hessian.insert(0, Contender("Hessian (100)", "torch.func.hessian", torch_hessian(), inner=5, reference=True))
     first = [Contender("MLP first call (trace + compile)", f"slope {b}", slope_first_call(b), backend=b)
              for b in backends]  # fmt: skip
     if has_jax:
         first.append(Contender("MLP first call (trace + compile)", "jax.jit", jax_first_call()))
-    return [eager, mlp, cnn], notes, {"first": first}
+    return [eager, mlp, cnn, hessian], notes, {"first": first}
 
 
 def check_losses(groups: list[list[Contender]]) -> list[str]:
@@ -570,11 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
     parser.add_argument("--markdown", help="also write the results to this markdown file")
-    parser.add_argument("--only", choices=["eager", "mlp", "cnn", "first"], action="append",
+    parser.add_argument("--only", choices=["eager", "mlp", "cnn", "hessian", "first"], action="append",
                         help="run only these workloads (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, help="interleaved rounds of every timed workload (default 10, CNN 5)")
     args = parser.parse_args(argv)
-    only = set(args.only or ("eager", "mlp", "cnn", "first"))
+    only = set(args.only or ("eager", "mlp", "cnn", "hessian", "first"))
     if available("torch"):
         import torch
 
@@ -584,8 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     sanity = check_losses(groups)
     scale = 0.2 if args.quick else 1.0
     plan = [(groups[0], 10, int(15 * scale) or 2, 2000), (groups[1], 10, int(60 * scale) or 3, 30),
-            (groups[2], 5, int(12 * scale) or 2, 3)]  # fmt: skip
-    for (workload, group), (_, rounds, per_round, warmup) in zip(zip(("eager", "mlp", "cnn"), groups), plan):
+            (groups[2], 5, int(12 * scale) or 2, 3), (groups[3], 10, int(20 * scale) or 2, 10)]  # fmt: skip
+    workloads = ("eager", "mlp", "cnn", "hessian")
+    for (workload, group), (_, rounds, per_round, warmup) in zip(zip(workloads, groups), plan):
         group[:] = [c for c in group if c.fn is not None] if workload in only else []
         rounds = args.rounds or rounds
         run_rounds(group, rounds if not args.quick else 2, per_round, warmup if not args.quick else 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import dtypes, plugins, tree
+from . import dtypes, operators, plugins, procedures, tree
 from .backend import (
     Backend,
     Executable,
@@ -16,7 +16,7 @@ from .backend import (
     set_device,
     use_backend,
 )
-from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int32, int64, uint8
+from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
 from .ir import Aval, Instruction, Program, Var
 from .operator import DTypeError, Operator, ShapeError, SlopeError, SlopeMemoryError, UndefinedPrimal
 from .random import manual_seed
@@ -47,26 +47,20 @@ int = int64  # noqa: A001
 long = int64
 
 
-def _register_core() -> None:
-    from . import operators, procedures
-
-    if plugins.manager.get_plugin("slope-core.operators") is None:
-        plugins.manager.register(operators, "slope-core.operators")
-        plugins.manager.register(procedures, "slope-core.procedures")
-    plugins.load_entry_points()
-
-
-_register_core()
+if plugins.manager.get_plugin("slope-core.operators") is None:  # not again on importlib.reload(slope)
+    plugins.manager.register(operators, "slope-core.operators")
+    plugins.manager.register(procedures, "slope-core.procedures")
+plugins.load_entry_points()
 
 
 def __getattr__(name: str) -> Any:
     """Operators and procedures are `slope.NAME` (including those added by plugins)."""
     if name in functions:
         return functions[name]
-    if name in ("random", "nn"):
+    if name == "nn":  # imported on first use: it needs the slope-nn distribution
         import importlib
 
-        return importlib.import_module(f"slope.{name}")
+        return importlib.import_module("slope.nn")
     raise AttributeError(f"module 'slope' has no attribute {name!r}{missing_function_hint(name)}")
 
 

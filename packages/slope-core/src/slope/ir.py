@@ -39,13 +39,11 @@ class Aval:
         return f"[{', '.join(str(d) for d in self.shape)}{', ' if self.shape else ''}{self.dtype.short}]"
 
 
+@dataclass(eq=False, slots=True)
 class Var:
     """A value in a Program: produced by an input, a constant or an Instruction."""
 
-    __slots__ = ("aval",)
-
-    def __init__(self, aval: Aval):
-        self.aval = aval
+    aval: Aval
 
 
 @dataclass(eq=False, slots=True)

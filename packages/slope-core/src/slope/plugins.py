@@ -47,16 +47,6 @@ owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
 failed: dict[str, str] = {}  # plugin name -> error text
 
 
-def _collect(hook_name: str) -> list[tuple[str, Any]]:
-    results = []
-    hook = getattr(manager.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
-        value = impl.function()
-        if value is not None:
-            results.append((manager.get_name(impl.plugin) or repr(impl.plugin), value))
-    return results
-
-
 def _claim(kind: str, name: str, plugin: str) -> None:
     other = owners.get((kind, name))
     if other is not None and other != plugin:
@@ -73,7 +63,9 @@ def refresh() -> None:
     hooks = [("slope_operators", "function", operators), ("slope_procedures", "function", procedures),
              ("slope_backends", "backend", backends)]  # fmt: skip
     for hook_name, kind, registry in hooks:
-        for plugin, value in _collect(hook_name):
+        for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()):
+            plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+            value = impl.function() or {}
             table = value if isinstance(value, dict) else {item.name: item for item in value}  # lists of named things
             for name, item in table.items():
                 _claim(kind, name, plugin)

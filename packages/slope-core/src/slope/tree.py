@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 _registry: dict[type, tuple[Callable, Callable]] = {}
@@ -46,27 +47,19 @@ def register(cls: type, flatten: Callable | None = None, unflatten: Callable | N
             return cls(**dict(zip(aux, children)))
 
     _registry[cls] = (flatten, unflatten)
-    _by_class.clear()
+    _node_functions.cache_clear()
     return cls
 
 
-_by_class: dict[type, tuple[Callable, Callable] | None] = {}  # _node_functions per class (jit flattens every call)
-
-
-def _node_functions(obj: Any) -> tuple[Callable, Callable] | None:
-    cls = type(obj)
-    if cls in _by_class:
-        return _by_class[cls]
+@functools.cache  # jit flattens every call
+def _node_functions(cls: type) -> tuple[Callable, Callable] | None:
     if cls in _registry:
-        functions = _registry[cls]
-    elif hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
-        functions = cls.tree_flatten, cls.tree_unflatten
-    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        functions = (lambda o: (list(o), None)), (lambda aux, ch, cls=cls: cls(*ch))
-    else:
-        functions = None
-    _by_class[cls] = functions
-    return functions
+        return _registry[cls]
+    if hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
+        return cls.tree_flatten, cls.tree_unflatten
+    if issubclass(cls, tuple) and hasattr(cls, "_fields"):  # namedtuple
+        return (lambda o: (list(o), None)), (lambda aux, children: cls(*children))
+    return None
 
 
 register(tuple, lambda t: (list(t), None), lambda aux, ch: tuple(ch))
@@ -98,7 +91,7 @@ def flatten(value: Any, is_leaf: Callable | None = None) -> tuple[list, TreeDef]
 
 
 def _flatten(value: Any, leaves: list, is_leaf: Callable | None) -> TreeDef:
-    functions = None if (is_leaf is not None and is_leaf(value)) else _node_functions(value)
+    functions = None if (is_leaf is not None and is_leaf(value)) else _node_functions(type(value))
     if functions is None:
         leaves.append(value)
         return LEAF
@@ -125,11 +118,7 @@ def _unflatten(treedef: TreeDef, iterator: Any) -> Any:
             raise ValueError("slope.tree.unflatten: too few leaves for the tree structure")
         return leaf
     children = [_unflatten(child, iterator) for child in treedef.children]
-    if treedef.node_type in _registry:
-        return _registry[treedef.node_type][1](treedef.aux, children)
-    if hasattr(treedef.node_type, "tree_unflatten"):
-        return treedef.node_type.tree_unflatten(treedef.aux, children)
-    return treedef.node_type(*children)  # namedtuple
+    return _node_functions(treedef.node_type)[1](treedef.aux, children)
 
 
 def leaves(value: Any, is_leaf: Callable | None = None) -> list:
