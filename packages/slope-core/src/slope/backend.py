@@ -161,9 +161,8 @@ def devices() -> list[str]:
 
 
 class BoundedCache:
-    """An approximate LRU of `limit` entries (and about `max_bytes`, as `size_of(value)` counts) whose hits cost
-    nothing: lookups read `recent`, a plain dict, misses call `add`. When `recent` fills it becomes `old` and the
-    generation before is dropped, freeing what went unused for a whole generation."""
+    """An approximate LRU of `limit` entries (and about `max_bytes` by `size_of`) with free hits: lookups read `recent`, a
+    plain dict; misses `add`. A full `recent` becomes `old`, dropping what went unused for a whole generation."""
 
     def __init__(self, limit: int, max_bytes: float = math.inf, size_of: Callable[[Any], int] = lambda _: 0):
         self.recent, self.old, self.nbytes, self.lock = {}, {}, 0, threading.Lock()  # (the lock: misses only)
@@ -202,9 +201,8 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
 
             out = instruction.outputs[0].aval
             raise SlopeMemoryError(
-                f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} does not fit: "
-                f"with its inputs it needs {needed:,} bytes, this machine has {PHYSICAL_MEMORY:,}, and sizes must be "
-                "< 2**63"
+                f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "
+                f"bytes with its inputs; this machine has {PHYSICAL_MEMORY:,} (and sizes must stay below 2**63)"
             )
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)

@@ -11,7 +11,7 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
-from .trace import outside_transformations
+from .trace import EagerTrace, new_main
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -158,8 +158,8 @@ def manual_seed(seed: int) -> None:
 
 
 def next_key() -> Tensor:
-    """A fresh key from the global generator (advanced eagerly even inside a transformation: it stays concrete)."""
-    with _global_lock, outside_transformations():
+    """A fresh key from the global generator."""
+    with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
         new, sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
         _global["key"] = new
     return sub

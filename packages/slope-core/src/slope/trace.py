@@ -104,28 +104,17 @@ _busy: list = []  # an entry per transformation in progress in any thread: while
 
 
 @contextmanager
-def _stacks(stack: tuple, dynamic: tuple) -> Iterator[None]:
+def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
+    """Push a transformation on this thread's stack for the block (a dynamic one sees every bind inside it)."""
     saved = _local.stack, _local.dynamic
-    _local.stack, _local.dynamic = stack, dynamic
+    main = MainTrace(len(saved[0]), trace_type, data)
+    _local.stack, _local.dynamic = saved[0] + (main,), saved[1] + (main,) if dynamic else saved[1]
     _busy.append(None)  # (list append and pop are atomic: no lock)
     try:
-        yield
+        yield main
     finally:
         _busy.pop()
         _local.stack, _local.dynamic = saved
-
-
-@contextmanager
-def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
-    """Push a transformation on this thread's stack for the duration of the block."""
-    main = MainTrace(len(_local.stack), trace_type, data)
-    with _stacks(_local.stack + (main,), _local.dynamic + (main,) if dynamic else _local.dynamic):
-        yield main
-
-
-def outside_transformations() -> Any:
-    """A block whose operators run eagerly, whatever transformations this thread is inside."""
-    return _stacks(_local.stack[:1], _local.stack[:1])
 
 
 def active(trace_type: type | None = None) -> bool:

@@ -556,13 +556,11 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
         kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         leaves, in_tree = tree.flatten((args, kwargs))  # a _Static is not a pytree node, so it is one leaf
-        tensors, others = [], []
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, Tensor) or type(leaf) in (float, int):  # Python scalars are traced, as in JAX: 0-d
-                tensors.append(as_tensor(leaf))  # float32 / int64 tensors, which promote like the scalars
-            else:  # bools, None, static arguments: part of the key
-                others.append((i, leaf))
-        key = (in_tree, tuple(t.aval for t in tensors), tuple(others))
+        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (they promote like the scalars)
+        leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
+        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
+        key = (in_tree, tuple(t.aval for t in tensors), others)
         try:
             hash(key)
         except TypeError as error:
