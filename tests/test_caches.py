@@ -62,6 +62,8 @@ def test_bounded_cache_by_bytes():
 
 def test_eager_cache_is_bounded(on_backend, monkeypatch):
     monkeypatch.setattr(backend_module._eager, "limit", 4)  # (a generation: the cache holds at most 8 programs)
+    backend_module._eager.old.clear()  # (what earlier tests cached would take two generations to go)
+    backend_module._eager.recent.clear()
     for n in range(1, 40):
         x = slope.full((n,), 1.5)
         assert (x * 2.0).tolist() == [3.0] * n
@@ -76,6 +78,8 @@ def test_eager_cache_is_bounded(on_backend, monkeypatch):
 def test_constant_cache_is_bounded_by_bytes(on_backend, monkeypatch):
     cache = operators._constant_cache
     monkeypatch.setattr(cache, "max_bytes", 4000)  # a generation of 4,000 bytes: 8,000 at most in the cache
+    cache.old.clear()
+    cache.recent.clear()
     for value in range(60):
         tensor = operators.constant(float(value), slope.float32, (100,))  # 400 bytes each
         assert tensor.tolist() == [float(value)] * 100

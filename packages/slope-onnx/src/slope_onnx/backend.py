@@ -156,7 +156,7 @@ class OnnxBackend(Backend):
         self._devices: list[str] | None = None
         self.cuda_problem = ""  # why CUDA is not offered, for error messages
         self._ort_devices = {"cpu": ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)}
-        self._run_options = ort_c.RunOptions()
+        self._run_options = ort_c.RunOptions()  # one for every run in every thread: onnxruntime only reads it
 
     # ------------------------------------------------------------------------------------------- devices
     def devices(self) -> list[str]:
