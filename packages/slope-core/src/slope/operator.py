@@ -43,6 +43,10 @@ class Operator:
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
+    def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it
+        if name is not None:
+            self.name = name
+
     def __call__(self, *args: Any, **params: Any) -> Any:
         return bind(self, *args, **params)
 

@@ -202,23 +202,14 @@ class Tanh(Unary):
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
 
 
-class Floor(Unary):
-    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+class Rounding(Unary):
+    """floor, ceil and round (to nearest, ties to even); integers pass as they are; zero derivative."""
 
-    name = "floor"
     tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
         return bind(self, x) if x.dtype.is_float else x
-
-
-class Ceil(Floor):
-    name = "ceil"
-
-
-class Round(Floor):
-    name = "round"
 
 
 class Invert(Unary):
@@ -282,7 +273,7 @@ class Binary(Elementwise):
             raise self.shape_error(f"expected inputs of one shape, got {x.shape} and {y.shape}")
         if x.dtype != y.dtype:
             raise self.dtype_error(f"expected inputs of one dtype, got {x.dtype.name} and {y.dtype.name}")
-        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
+        if self.allowed == "number" and x.dtype == dtypes.bool_:
             raise self.dtype_error(f"expected numbers, got bool tensors of shape {x.shape}")
         if self.allowed == "integer" and x.dtype.is_float:
             raise self.dtype_error(f"expected integer or bool tensors, got {x.dtype.name} of shape {x.shape}")
@@ -392,41 +383,15 @@ class Compare(Binary):
     allowed = "any"
 
 
-class Equal(Compare):
-    name = "equal"
-
-
-class Less(Compare):
-    name = "less"
-
-
-class Greater(Compare):
-    name = "greater"
-
-
-class LessEqual(Compare):
-    name, strict = "less_equal", "less"
+class CompareOrEqual(Compare):
+    """less_equal and greater_equal: the strict comparison or equality."""
 
     def procedure(self, x: Tensor, y: Tensor) -> Tensor:
-        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+        strict = functions[self.name.removesuffix("_equal")]
+        return bitwise_or(strict(x, y), equal(x, y))  # not `not greater`: NaN compares false
 
 
-class GreaterEqual(LessEqual):
-    name, strict = "greater_equal", "greater"
-
-
-class BitwiseAnd(Binary):
-    name = "bitwise_and"
-    allowed = "integer"
-
-
-class BitwiseOr(Binary):
-    name = "bitwise_or"
-    allowed = "integer"
-
-
-class BitwiseXor(Binary):
-    name = "bitwise_xor"
+class Bitwise(Binary):
     allowed = "integer"
 
 
@@ -454,11 +419,9 @@ class Where(Elementwise):
     def transpose(self, cotangents: list, c: Any, x: Any, y: Any) -> list:
         ct = cotangents[0]
         zeros = zeros_like(ct)
-        return [
-            None,
-            where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None,
-            where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None,
-        ]
+        x_ct = where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None
+        y_ct = where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None
+        return [None, x_ct, y_ct]
 
 
 class Reduce(Operator):
@@ -475,9 +438,9 @@ class Reduce(Operator):
             return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape)), x.dtype)
         return Aval(tuple(s for i, s in enumerate(x.shape) if i not in dim), x.dtype)
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)
-        return [bind(self, x, dim=tuple(d + 1 for d in dim), keepdim=keepdim)], [0]
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, **params: Any) -> tuple[list, list]:
+        x = move_axis(args[0], dims[0], 0)  # also Flip's rule
+        return [bind(self, x, dim=tuple(d + 1 for d in dim), **params)], [0]
 
 
 class Sum(Reduce):
@@ -490,9 +453,8 @@ class Sum(Reduce):
         return super().__call__(x, dim, keepdim)
 
     def transpose(self, cotangents: list, x: Any, *, dim: tuple, keepdim: bool) -> list:
-        ct = cotangents[0]
-        kept = tuple(1 if i in dim else s for i, s in enumerate(x.aval.shape))
-        return [expand(reshape(ct, kept), x.aval.shape)]
+        kept = self.infer(x.aval, dim=dim, keepdim=True).shape  # x's shape with size 1 where summed
+        return [expand(reshape(cotangents[0], kept), x.aval.shape)]
 
 
 class Max(Reduce):
@@ -536,7 +498,7 @@ class Reshape(Operator):
         return [reshape(cotangents[0], x.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
-        return [reshape(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+        return [bind(self, move_axis(args[0], dims[0], 0), shape=(axis_size, *shape))], [0]  # also Expand's rule
 
 
 class Expand(Operator):
@@ -565,8 +527,7 @@ class Expand(Operator):
         dims = tuple(i for i, (a, b) in enumerate(zip(x.aval.shape, shape)) if a != b)
         return [sum_(cotangents[0], dims, keepdim=True) if dims else cotangents[0]]
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
-        return [expand(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+    vmap = Reshape.vmap
 
 
 class Permute(Operator):
@@ -692,9 +653,7 @@ class Flip(Operator):
     def transpose(self, cotangents: list, x: Any, *, dim: tuple) -> list:
         return [bind(self, cotangents[0], dim=dim)]
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)
-        return [bind(self, x, dim=tuple(d + 1 for d in dim))], [0]
+    vmap = Reduce.vmap
 
 
 class Cat(Operator):
@@ -724,9 +683,7 @@ class Cat(Operator):
         offsets = [0, *itertools.accumulate(x.aval.shape[dim] for x in xs)]
         ct = cotangents[0]
         pieces = zip(xs, offsets, offsets[1:])
-        return [
-            slice_along(ct, dim, start, stop) if isinstance(x, UndefinedPrimal) else None for x, start, stop in pieces
-        ]
+        return [slice_along(ct, dim, lo, hi) if isinstance(x, UndefinedPrimal) else None for x, lo, hi in pieces]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
         moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
@@ -773,10 +730,9 @@ class Arange(Operator):
         return Aval((max(0, math.ceil((stop - start) / step)),), dtype)
 
 
-class RandomUniform(Operator):
-    """Uniform samples in [0, 1) from a Threefry key (the same bits on every backend)."""
-
-    name = "random_uniform"
+class RandomSample(Operator):
+    """random_uniform (in [0, 1)) and random_normal (standard normal) samples from a Threefry key (the same bits on
+    every backend)."""
 
     def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
@@ -790,20 +746,10 @@ class RandomUniform(Operator):
         return Aval(shape, dtype)
 
     def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
-        from .random import uniform_bits_procedure
+        from .random import normal_procedure, uniform_bits_procedure  # slope.random imports this module
 
-        return uniform_bits_procedure(key, shape, dtype)
-
-
-class RandomNormal(RandomUniform):
-    """Standard normal samples from a Threefry key."""
-
-    name = "random_normal"
-
-    def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
-        from .random import normal_procedure
-
-        return normal_procedure(key, shape, dtype)
+        sample = normal_procedure if self.name == "random_normal" else uniform_bits_procedure
+        return sample(key, shape, dtype)
 
 
 class Matmul(Operator):
@@ -826,10 +772,8 @@ class Matmul(Operator):
             y = reshape(y, (y.shape[0], 1))
             squeeze.append(-1)
         if x.shape[-1] != y.shape[-2]:
-            raise self.shape_error(
-                f"shapes {'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))} cannot be multiplied "
-                f"({x.shape[-1]} != {y.shape[-2]})"
-            )
+            shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
+            raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
         batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
         x, y = broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:])
         out = bind(self, x, y)
@@ -885,9 +829,8 @@ class Conv(Operator):
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2
         if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
-            raise self.shape_error(
-                f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}"
-            )
+            layout = "x (N, C, *spatial) and w (O, C/groups, *kernel)"
+            raise self.shape_error(f"expected {layout}, got {x.shape}, {w.shape}")
         if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
             raise self.shape_error(
                 f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
@@ -895,13 +838,11 @@ class Conv(Operator):
             )
         if x.dtype != w.dtype or not x.dtype.is_float:
             raise self.dtype_error(f"expected floating inputs of one dtype, got {x.dtype.name} and {w.dtype.name}")
-        spatial = []
-        for size, k, s, (lo, hi), d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation):
+        spatial, kernel = [], w.shape[2:]
+        for size, k, s, (lo, hi), d in zip(x.shape[2:], kernel, stride, padding, dilation):
             span = d * (k - 1) + 1
             if size + lo + hi < span:
-                raise self.shape_error(
-                    f"kernel {w.shape[2:]} (dilation {dilation}) is larger than padded input {x.shape}"
-                )
+                raise self.shape_error(f"kernel {kernel} (dilation {dilation}) is larger than padded input {x.shape}")
             spatial.append((size + lo + hi - span) // s + 1)
         return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
 
@@ -910,8 +851,7 @@ class Conv(Operator):
         ct = cotangents[0]
         n = ct.ndim - 2
         if isinstance(x, UndefinedPrimal):
-            kernel = w.shape[2:]
-            out_ch, in_per_group = w.shape[0], w.shape[1]
+            out_ch, in_per_group, *kernel = w.shape
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
             spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
             lo = [span - before for span, (before, _) in zip(spans, padding)]
@@ -920,11 +860,9 @@ class Conv(Operator):
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
-            unit = {"stride": (1,) * n, "padding": ((0, 0),) * n}
-            return [bind(self, ct, wt, **unit, dilation=dilation, groups=groups), None]
+            return [bind(self, ct, wt, stride=(1,) * n, padding=((0, 0),) * n, dilation=dilation, groups=groups), None]
         # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
-        batch, channels = x.shape[0], x.shape[1]
-        per_group = channels // groups
+        batch, per_group = x.shape[0], x.shape[1] // groups
         out_ch = ct.shape[1]
         xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))
         xp = reshape(xp, (batch, groups, per_group, *xp.shape[2:]))
@@ -937,8 +875,7 @@ class Conv(Operator):
         return [None, gw]
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
-        x, w = args
-        dx, dw = dims
+        (x, w), (dx, dw) = args, dims
         if dw is None:
             x = move_axis(x, dx, 0)
             folded = reshape(x, (axis_size * x.shape[1], *x.shape[2:]))
@@ -961,9 +898,8 @@ def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> N
     values = index.numpy()
     smallest, largest = int(values.min()), int(values.max())
     if smallest < low or largest >= high:
-        raise IndexError(
-            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
-        )
+        found = f"indices range from {smallest} to {largest}"
+        raise IndexError(f"slope.{name}: {found}; expected {low} to {high - 1} for {what}")
 
 
 def _indices(op: Operator, idx: Any) -> Tensor:
@@ -1016,20 +952,15 @@ class ScatterNd(Operator):
         return bind(self, x, _indices(self, idx), as_tensor(updates, x.dtype))
 
     def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
-        expected = GatherNd.infer(self, x, idx).shape  # the shape x[idx] has (after the same checks of idx)
-        if updates.shape != expected or updates.dtype != x.dtype:
-            raise self.shape_error(
-                f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}"
-            )
+        expected = GatherNd.infer(self, x, idx)  # what x[idx] is (after the same checks of idx)
+        if updates != expected:
+            raise self.shape_error(f"expected updates {expected} for x {x} and indices {idx}, got {updates}")
         return x
 
     def transpose(self, cotangents: list, x: Any, idx: Any, updates: Any) -> list:
         ct = cotangents[0]
-        return [
-            ct if isinstance(x, UndefinedPrimal) else None,
-            None,
-            gather_nd(ct, idx) if isinstance(updates, UndefinedPrimal) else None,
-        ]
+        updates_ct = gather_nd(ct, idx) if isinstance(updates, UndefinedPrimal) else None
+        return [ct if isinstance(x, UndefinedPrimal) else None, None, updates_ct]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
         x, idx, updates = args
@@ -1039,14 +970,17 @@ class ScatterNd(Operator):
 
 
 exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
-cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+cast, tanh = Cast(), Tanh()
+floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
-equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
-bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
+equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
+less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
+bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
 where = Where()
 sum_, max_ = Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
-full, arange, random_uniform, random_normal = Full(), Arange(), RandomUniform(), RandomNormal()
+full, arange = Full(), Arange()
+random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
 core_operators = [value for value in list(globals().values()) if isinstance(value, Operator)]
