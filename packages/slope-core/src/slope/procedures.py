@@ -590,7 +590,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast; gather_nd wraps -1
+    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
     moved = x.permute((*positions, *rest))
     stacked = stack(indices, -1)
