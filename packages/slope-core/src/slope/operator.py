@@ -22,6 +22,10 @@ class DTypeError(SlopeError, TypeError):
     """Dtypes that do not fit an operator."""
 
 
+class SlopeMemoryError(SlopeError, MemoryError):
+    """A tensor too big for this machine's memory (or for int64 sizes), refused before the backend allocates it."""
+
+
 @dataclass(slots=True)
 class UndefinedPrimal:
     """Stands for a linear input while a linear Program is transposed."""

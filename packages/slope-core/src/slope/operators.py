@@ -18,7 +18,8 @@ from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
 
-_constants: dict[tuple, Tensor] = {}
+_constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
+_constants: dict[tuple, Tensor] = _constant_cache.recent
 
 
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
@@ -29,12 +30,10 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
-        if len(_constants) > 4096:
-            _constants.clear()
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
         key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
-        _constants[key] = tensor
+        tensor = _constant_cache.add(key, lambda: tensor)
     return tensor
 
 
