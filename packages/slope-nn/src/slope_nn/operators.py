@@ -107,8 +107,16 @@ class LogSoftmax(Operator):
         return [log_softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
-        shifted = x - slope.stop_gradient(x.max(dim, keepdim=True))  # a row of only -inf gives NaN, as in PyTorch
+        shifted = x - shift_for_exp(x, dim)  # a row of only -inf gives NaN, as in PyTorch
         return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
+
+
+def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
+    """The maximum along dim (kept), a constant that keeps exp(x - it) from overflowing; 0 for an empty x, which has
+    no maximum (its softmax is empty and its logsumexp -inf, as in PyTorch)."""
+    if x.numel() == 0:
+        return slope.zeros_like(x.sum(dim, keepdim=True))
+    return slope.stop_gradient(x.max(dim, keepdim=True))
 
 
 # ----------------------------------------------------------------------------------------------- pooling
