@@ -463,16 +463,18 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
 def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
     x = as_tensor(x)
+    if x.ndim == 0:
+        raise ShapeError("slope.split: expected a tensor of at least 1 dimension, got shape ()")
     (dim,) = normalize_dims("split", dim, x.ndim)
     size = x.shape[dim]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
-        if step <= 0:
+        if step < 0 or (step == 0 and size):
             raise ShapeError(f"slope.split: split size must be positive, got {step}")
-        sections = [min(step, size - start) for start in range(0, size, step)]
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
     else:
         sections = list(split_size_or_sections)
-        if sum(sections) != size:
+        if sum(sections) != size or min(sections, default=0) < 0:
             raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
     offsets = [0, *itertools.accumulate(sections)]
     return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
@@ -483,8 +485,8 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     x = as_tensor(x)
     if chunks <= 0:
         raise ShapeError(f"slope.chunk: the number of chunks must be positive, got {chunks}")
-    (d,) = normalize_dims("chunk", dim, x.ndim)
-    return split(x, max(1, -(-x.shape[d] // chunks)), dim)
+    size = x.shape[normalize_dims("chunk", dim, x.ndim)[0]] if x.ndim else 0
+    return split(x, -(-size // chunks) if size else [0] * chunks, dim)  # an empty x: `chunks` empty pieces (torch)
 
 
 def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
