@@ -29,7 +29,7 @@ import slope
 # ----------------------------------------------------------------------------------------------- dtypes
 
 FLOATS = (slope.float16, slope.bfloat16, slope.float32, slope.float64)
-INTEGERS = (slope.int8, slope.uint8, slope.int32, slope.int64)
+INTEGERS = (slope.int8, slope.uint8, slope.int16, slope.int32, slope.int64)
 NUMBERS = FLOATS + INTEGERS
 BITS = INTEGERS + (slope.bool_,)
 ALL_DTYPES = NUMBERS + (slope.bool_,)

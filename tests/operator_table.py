@@ -1456,7 +1456,7 @@ creation(
             "range -3..4",
         )
     ],
-    (slope.int8, slope.int32, slope.int64),
+    (slope.int8, slope.int16, slope.int32, slope.int64),
 )
 for _name, _ref in (("zeros_like", np.zeros_like), ("ones_like", np.ones_like)):
     add(

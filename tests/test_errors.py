@@ -291,7 +291,7 @@ CASES = [
     ("unknown-dtype-cast", lambda: ones(3).to("complex64"), TypeError, ["dtype 'complex64'", "bfloat16"]),
     ("tensor-from-str", lambda: slope.tensor("abc"), TypeError, ["slope.tensor", "str"]),
     ("tensor-ragged", lambda: slope.tensor([[1.0, 2.0], [3.0]]), ValueError, ["slope.tensor", "rectangular"]),
-    ("full-negative", lambda: slope.ones(-1, 3), ShapeError, ["slope.full", "negative", "(-1, 3)"]),
+    ("full-negative", lambda: slope.ones(-1, 3), ShapeError, ["slope.ones", "negative", "(-1, 3)"]),
     ("arange-step-zero", lambda: slope.arange(0, 5, 0), ShapeError, ["slope.arange", "step"]),
     ("one-hot-float", lambda: slope.one_hot(ones(3), 3), TypeError, ["slope.one_hot", "integer", "float32"]),
     ("one-hot-out-of-range", lambda: slope.one_hot(slope.tensor([0, 5]), 3), IndexError,

@@ -16,7 +16,7 @@ from .backend import (
     set_device,
     use_backend,
 )
-from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int32, int64, uint8
+from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
 from .ir import Aval, Instruction, Program, Var
 from .operator import DTypeError, Operator, ShapeError, SlopeError, UndefinedPrimal
 from .random import manual_seed

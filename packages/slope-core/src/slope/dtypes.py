@@ -49,6 +49,7 @@ class DType:
 bool_ = DType("bool", "b8", "bool", 8)
 int8 = DType("int8", "i8", "int", 8)
 uint8 = DType("uint8", "u8", "uint", 8)
+int16 = DType("int16", "i16", "int", 16)
 int32 = DType("int32", "i32", "int", 32)
 int64 = DType("int64", "i64", "int", 64)
 float16 = DType("float16", "f16", "float", 16)
@@ -56,7 +57,7 @@ bfloat16 = DType("bfloat16", "bf16", "float", 16)
 float32 = DType("float32", "f32", "float", 32)
 float64 = DType("float64", "f64", "float", 64)
 
-all_dtypes = (bool_, int8, uint8, int32, int64, float16, bfloat16, float32, float64)
+all_dtypes = (bool_, int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64)
 by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int64, "long": int64}
 default_float = float32
 default_int = int64
@@ -91,32 +92,43 @@ def promote(a: DType, b: DType) -> DType:
         return a if rank_a > rank_b else b
     if {a, b} == {float16, bfloat16}:
         return float32
-    if {a.kind, b.kind} == {"int", "uint"}:  # uint8 with int8 needs int16, which Slope lacks: use int32
-        wider = max(a.bits, b.bits)
-        return int32 if wider <= 32 else int64
+    if {a.kind, b.kind} == {"int", "uint"}:  # uint8 with a signed type: the narrowest signed type holding both
+        signed = a if a.kind == "int" else b
+        return signed if signed.bits > 8 else int16
     return a if a.bits >= b.bits else b
 
 
-def scalar_dtype(tensor_dtype: DType, value: object) -> DType:
-    """The dtype of `tensor op python_scalar`: the tensor's, unless the scalar is of a higher kind."""
-    if isinstance(value, bool):
-        return tensor_dtype
-    if isinstance(value, int):
-        return default_int if tensor_dtype == bool_ else tensor_dtype
-    if isinstance(value, float):
-        return tensor_dtype if tensor_dtype.is_float else default_float
-    raise TypeError(f"slope: cannot combine a tensor of {tensor_dtype.name} with {type(value).__name__} {value!r}")
+def result_type(*values: object) -> DType:
+    """The dtype PyTorch gives an operation on tensors and Python scalars (`torch.result_type`; see the README)."""
+    groups: dict[int, DType] = {}  # tensors with dimensions, 0-d tensors, Python scalars: each promotes within itself
+    for value in values:
+        if isinstance(value, (bool, int, float)):
+            group, dtype = 2, bool_ if isinstance(value, bool) else default_int if isinstance(value, int) else float32
+        elif isinstance(getattr(value, "dtype", None), DType):
+            group, dtype = (0 if value.ndim else 1), value.dtype
+        else:
+            known = " and ".join(v.dtype.name for v in values if isinstance(getattr(v, "dtype", None), DType))
+            raise TypeError(f"slope: cannot combine {known or 'numbers'} with {type(value).__name__} {value!r}")
+        groups[group] = promote(groups[group], dtype) if group in groups else dtype
+    ordered = [groups[group] for group in sorted(groups)]  # a later group decides only where its kind is higher
+    return next(d for d in ordered if _kind_rank[d.kind] == max(_kind_rank[o.kind] for o in ordered))
 
 
-def infer_python(value: object) -> DType:
+def wrap(value: object, dtype: DType) -> object:
+    """A Python scalar as `dtype` holds it: ints modulo 2**bits, floats rounded (beyond range: inf), as in PyTorch."""
+    with np.errstate(over="ignore"):  # ints outside [-2**63, 2**64) raise OverflowError, as in PyTorch
+        return np.array(value).astype(dtype.numpy)[()]
+
+
+def infer_python(value: object, name: str = "tensor") -> DType:
     """The dtype `slope.tensor` gives a Python scalar or nested list (as PyTorch does)."""
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nesting
         raise ValueError(
-            f"slope.tensor: nested sequences must be rectangular (all rows of one length): {error}"
+            f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
         ) from None
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
     if array.dtype.kind in by_kind:
         return by_kind[array.dtype.kind]
-    raise TypeError(f"slope.tensor: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")
+    raise TypeError(f"slope.{name}: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")

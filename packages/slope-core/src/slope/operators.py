@@ -24,14 +24,14 @@ _constants: dict[tuple, Tensor] = {}
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
     """A tensor filled with a Python scalar; eager ones are cached, so `x * 2.0` costs one operator."""
     if not is_eager():
-        return full(shape, value, dtype)
+        return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
     key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
     tensor = _constants.get(key)
     if tensor is None:
         if len(_constants) > 4096:
             _constants.clear()
-        array = np.full(shape, value, dtype=dtype.numpy)
+        array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
         key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
         _constants[key] = tensor
@@ -70,19 +70,13 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
-    """Promote values to one dtype and broadcast them to one shape (scalars follow the tensors' dtype)."""
-    tensors = [v for v in values if isinstance(v, Tensor)]
+    """Promote values to one dtype (PyTorch's result_type, see dtypes.result_type) and broadcast them to one shape."""
     if dtype is None:
-        if tensors:
-            dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
-            for v in values:
-                if not isinstance(v, Tensor):
-                    try:
-                        dtype = dtypes.scalar_dtype(dtype, v)
-                    except TypeError as error:
-                        raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
-        else:
-            dtype = functools.reduce(dtypes.promote, [dtypes.infer_python(v) for v in values])
+        try:
+            dtype = dtypes.result_type(*values)
+        except TypeError as error:
+            raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
+    tensors = [v for v in values if isinstance(v, Tensor)]
     shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
@@ -95,24 +89,42 @@ def zeros_like(x: Tensor | Aval) -> Tensor:
     return full(x.shape, 0, x.dtype)
 
 
-def normalize_dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all)."""
-    if dim is None:
+def ints(name: str, value: Any, what: str, lowest: int | None = None, count: int | None = None) -> tuple[int, ...]:
+    """Int arguments of function `name` as a tuple (a lone int is repeated `count` times), each at least `lowest`."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * (1 if count is None else count)
+    if count is not None and len(values) != count:
+        raise ValueError(f"slope.{name}: expected {count} values for {what}, got {value!r}")
+    if not all(type(v) is int for v in values):  # plain ints (nearly always) need no conversion
+        if any(isinstance(v, bool) or not hasattr(v, "__index__") for v in values):
+            raise TypeError(f"slope.{name}: {what} must be int(s), got {type(value).__name__} {value!r}")
+        values = tuple(v.__index__() for v in values)
+    if lowest is not None and min(values, default=lowest) < lowest:
+        raise ShapeError(f"slope.{name}: {what} must be {'positive' if lowest else 'non-negative'}, got {values}")
+    return values
+
+
+def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False) -> tuple[int, ...]:
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked)."""
+    if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims, limit = ints(name, dim, "dim"), max(ndim, 1)
     for d in dims:
-        if not -max(ndim, 1) <= d < max(ndim, 1):
-            raise IndexError(
-                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
-                f"(expected {-max(ndim, 1)} to {max(ndim, 1) - 1})"
-            )
-    return tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+        if not -limit <= d < limit:
+            raise IndexError(f"slope.{name}: dimension {d} is out of range {-limit} to {limit - 1} ({ndim} dimensions)")
+    unique = tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+    if len(unique) < len(dims):
+        raise ShapeError(f"slope.{name}: dim {dim} names a dimension more than once (tensor of {ndim} dimensions)")
+    return unique
 
 
-def shape_args(shape: tuple) -> tuple[int, ...]:
-    """A shape given as `f(2, 3)` or `f((2, 3))`, as a tuple of ints."""
-    sizes = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return tuple(int(s) for s in sizes)
+def normalize_dim(name: str, dim: Any, ndim: int) -> int:
+    """One dimension index (an int, not a sequence) made non-negative and checked."""
+    return normalize_dims(name, ints(name, dim, "dim", count=1), ndim)[0]
+
+
+def shape_args(name: str, shape: tuple, lowest: int | None = None) -> tuple[int, ...]:
+    """A shape given as `f(2, 3)` or `f((2, 3))`, as a tuple of ints (each at least `lowest`)."""
+    return ints(name, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, "sizes", lowest)
 
 
 class Elementwise(Operator):
@@ -240,9 +252,9 @@ class Binary(Elementwise):
         elif type(y) is Tensor:
             if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
                 return bind(self, constant(x, y.aval.dtype, y.aval.shape, y.device), y)
+        if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
+            raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
         x, y = coerce(self.name, x, y)
-        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
-            x, y = cast(x, dtypes.default_int), cast(y, dtypes.default_int)
         return bind(self, x, y)
 
     def infer(self, x: Aval, y: Aval) -> Aval:
@@ -259,6 +271,7 @@ class Binary(Elementwise):
 
 class Add(Binary):
     name = "add"
+    allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -277,6 +290,7 @@ class Sub(Binary):
 
 class Mul(Binary):
     name = "mul"
+    allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -305,8 +319,8 @@ class Pow(Binary):
     name = "pow"
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and not isinstance(y, bool) and y == int(y):
-            if 0 <= y <= 4:  # small integer powers as products: exact, and cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
+            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -326,6 +340,7 @@ class Pow(Binary):
 
 class Maximum(Binary):
     name = "maximum"
+    allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         x, y = primals
@@ -402,7 +417,7 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        dims = normalize_dims(self.name, dim, x.ndim)  # a 0-d tensor takes dim 0 or -1 (as in PyTorch): nothing to do
+        dims = normalize_dims(self.name, dim, x.ndim, empty_means_all=True)  # 0-d tensors take dim 0 or -1
         return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
@@ -454,7 +469,7 @@ class Reshape(Operator):
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = shape_args(shape)
+        shape = shape_args(self.name, shape)
         if shape.count(-1) > 1:
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
@@ -483,7 +498,7 @@ class Expand(Operator):
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
         x = as_tensor(x)
-        shape = shape_args(shape)
+        shape = shape_args(self.name, shape)
         if len(shape) < x.ndim:
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
         lead = len(shape) - x.ndim
@@ -511,11 +526,12 @@ class Permute(Operator):
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
         x = as_tensor(x)
-        perm = shape_args(perm)
-        if len(perm) != x.ndim or normalize_dims(self.name, perm, x.ndim) != tuple(range(x.ndim)):
+        perm = shape_args(self.name, perm)
+        in_range = len(perm) == x.ndim  # then an out-of-range dim is an IndexError, as in PyTorch
+        normalized = tuple(normalize_dim(self.name, p, x.ndim) for p in perm) if in_range else perm
+        if not in_range or sorted(normalized) != list(range(x.ndim)):
             raise self.shape_error(f"{perm} is not a permutation of the {x.ndim} dimensions of shape {x.shape}")
-        perm = tuple(p % x.ndim for p in perm)
-        return x if perm == tuple(range(x.ndim)) else bind(self, x, perm=perm)
+        return x if normalized == tuple(range(x.ndim)) else bind(self, x, perm=normalized)
 
     def infer(self, x: Aval, *, perm: tuple[int, ...]) -> Aval:
         if sorted(perm) != list(range(x.ndim)):
@@ -587,7 +603,7 @@ class Pad(Operator):
                 raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
             unpadded = (0,) * (x.ndim - len(pad) // 2)
             lo, hi = unpadded + tuple(pad[-2::-2]), unpadded + tuple(pad[::-2])
-        lo, hi = tuple(lo), tuple(hi)
+        lo, hi = ints(self.name, lo, "lo"), ints(self.name, hi, "hi")
         if len(lo) != x.ndim or len(hi) != x.ndim:
             raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
         if any(a < 0 for a in lo + hi):
@@ -595,8 +611,7 @@ class Pad(Operator):
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
         if not any(lo + hi):
             return x
-        value = _python_value(value, x.dtype)
-        return bind(self, x, lo=lo, hi=hi, value=value)
+        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype))
 
     def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:
         if len(lo) != x.ndim or len(hi) != x.ndim or any(a < 0 for a in lo + hi):
@@ -638,12 +653,12 @@ class Cat(Operator):
     linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
-        if not tensors:
-            raise self.shape_error("expected a non-empty sequence of tensors")
+        if not isinstance(tensors, (tuple, list)) or not tensors:
+            raise self.shape_error(f"expected a non-empty sequence of tensors, got {type(tensors).__name__}")
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
-        (dim,) = normalize_dims(self.name, dim, tensors[0].ndim)
+        dim = normalize_dim(self.name, dim, tensors[0].ndim)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 
     def infer(self, *xs: Aval, dim: int) -> Aval:
@@ -669,28 +684,25 @@ class Cat(Operator):
         return [bind(self, *moved, dim=dim + 1)], [0]
 
 
-def _python_value(value: Any, dtype: DType) -> Any:
-    if isinstance(value, Tensor):
-        value = value.item()
-    if dtype.is_float:
-        return float(value)
-    if dtype == dtypes.bool_:
-        return bool(value)
-    return int(value)
+def _python_value(name: str, value: Any, dtype: DType) -> Any:
+    value = value.item() if isinstance(value, Tensor) else value
+    if isinstance(value, str) or not np.isscalar(value):
+        raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
+    if dtype.is_int and not np.iinfo(dtype.numpy).min <= value <= np.iinfo(dtype.numpy).max:  # NaN fails too
+        raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
+    return float(value) if dtype.is_float else bool(value) if dtype == dtypes.bool_ else int(value)
 
 
 class Full(Operator):
     name = "full"
 
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value)
-        return bind(self, shape=shape, value=_python_value(value, dtype), dtype=dtype)
+        shape = shape_args(self.name, (shape,), 0)
+        dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value, self.name)
+        return bind(self, shape=shape, value=_python_value(self.name, value, dtype), dtype=dtype)
 
     def infer(self, *, shape: tuple, value: Any, dtype: DType) -> Aval:
-        if any(s < 0 for s in shape):
-            raise self.shape_error(f"negative dimension in shape {shape}")
-        return Aval(shape, dtype)
+        return Aval(shape, dtype)  # __call__ checked the shape
 
 
 class Arange(Operator):
@@ -703,8 +715,9 @@ class Arange(Operator):
             is_int = all(isinstance(v, int) for v in (start, stop, step))
             dtype = dtypes.default_int if is_int else dtypes.default_float
         dtype = dtypes.as_dtype(dtype)
-        if step == 0:
-            raise self.shape_error("step must not be zero")
+        numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in (start, stop, step))
+        if not numbers or step == 0 or (stop - start) * step < 0:
+            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r}")
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
@@ -717,7 +730,7 @@ class RandomUniform(Operator):
     name = "random_uniform"
 
     def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        shape = shape_args(self.name, (shape,), 0)
         return bind(self, key, shape=shape, dtype=dtypes.as_dtype(dtype or dtypes.default_float))
 
     def infer(self, key: Aval, *, shape: tuple, dtype: DType) -> Aval:
@@ -754,8 +767,8 @@ class Matmul(Operator):
         x, y = as_tensor(x), as_tensor(y)
         if x.ndim == 0 or y.ndim == 0:
             raise self.shape_error(f"both arguments need at least 1 dimension, got shapes {x.shape} and {y.shape}")
-        dtype = dtypes.promote(x.dtype, y.dtype)
-        x, y = cast(x, dtype), cast(y, dtype)
+        if x.dtype != y.dtype:  # as in PyTorch (no promotion)
+            raise self.dtype_error(f"expected both arguments of one dtype, got {x.dtype.name} and {y.dtype.name}")
         squeeze = []
         if x.ndim == 1:
             x = reshape(x, (1, x.shape[0]))
@@ -793,15 +806,6 @@ class Matmul(Operator):
         return [bind(self, x, y)], [0]
 
 
-def _tuple(name: str, value: Any, n: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n:
-        raise ValueError(f"slope.{name}: expected {n} values, got {value}")
-    return value
-
-
 class Conv(Operator):
     """N-d cross-correlation (PyTorch's conv): x (N, C, *spatial), w (O, C/groups, *kernel)."""
 
@@ -811,20 +815,20 @@ class Conv(Operator):
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
-        n = x.ndim - 2  # infer reports tensors of too few dimensions
-        stride, dilation = _tuple(self.name, stride, n), _tuple(self.name, dilation, n)
-        if padding == "valid":
-            padding = 0
-        if padding == "same":
-            total = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
+        stride, dilation = ints(self.name, stride, "stride", 1, n), ints(self.name, dilation, "dilation", 1, n)
+        if padding == "valid" or (padding == "same" and set(stride) <= {1}):
+            total = [d * (k - 1) if padding == "same" else 0 for d, k in zip(dilation, w.shape[2:])]
             padding = tuple((t // 2, t - t // 2) for t in total)
-        elif isinstance(padding, int) or all(isinstance(p, int) for p in padding):
-            padding = tuple((p, p) for p in _tuple(self.name, padding, n))
+        elif isinstance(padding, str):
+            raise ValueError(f"slope.conv: padding must be 'valid', 'same' (for stride 1) or sizes, got {padding!r}")
+        elif isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+            padding = tuple(ints(self.name, p, "padding", 0, 2) for p in padding)
         else:
-            padding = tuple(tuple(p) for p in padding)
+            padding = tuple((p, p) for p in ints(self.name, padding, "padding", 0, n))
         dtype = dtypes.promote(x.dtype, w.dtype)
         out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
-                   groups=int(groups))  # fmt: skip
+                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
         if bias is not None:
             out = out + reshape(as_tensor(bias), (-1,) + (1,) * n)
         return out

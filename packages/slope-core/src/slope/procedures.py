@@ -54,18 +54,21 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     numpy_data = isinstance(data, (np.ndarray, np.generic))
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
     # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
-    array = np.array(data, dtype=dtype.numpy, order="C")
+    try:
+        array = np.array(data, dtype=dtype.numpy, order="C")
+    except (OverflowError, ValueError) as error:  # NumPy's words for ints out of range, NaN or inf into an int
+        raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
 def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of zeros."""
-    return _to_device(ops.full(shape_args(shape), 0, _dtype(dtype)), device)
+    return _to_device(ops.full(shape_args("zeros", shape, 0), 0, _dtype(dtype)), device)
 
 
 def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of ones."""
-    return _to_device(ops.full(shape_args(shape), 1, _dtype(dtype)), device)
+    return _to_device(ops.full(shape_args("ones", shape, 0), 1, _dtype(dtype)), device)
 
 
 def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
@@ -85,7 +88,7 @@ def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
 
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     """`steps` evenly spaced values from start to end inclusive."""
-    dtype = _dtype(dtype)
+    dtype, (steps,) = _dtype(dtype), ops.ints("linspace", steps, "steps", 0, 1)
     if steps == 1:
         return ops.full((1,), start, dtype)
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
@@ -93,18 +96,18 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
 
 def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
     """The identity matrix (n x m)."""
-    m = n if m is None else m
+    n, m = shape_args("eye", (n, n if m is None else m), 0)
     return cast(ops.arange(n).reshape((n, 1)) == ops.arange(m).reshape((1, m)), _dtype(dtype))
 
 
 def randn(*shape: Any, dtype: Any = None) -> Tensor:
     """Standard normal samples from the global generator (see slope.manual_seed)."""
-    return random_module.normal(random_module.next_key(), shape_args(shape), dtype)
+    return random_module.normal(random_module.next_key(), shape_args("randn", shape, 0), dtype)
 
 
 def rand(*shape: Any, dtype: Any = None) -> Tensor:
     """Uniform samples in [0, 1) from the global generator."""
-    return random_module.uniform(random_module.next_key(), shape_args(shape), dtype)
+    return random_module.uniform(random_module.next_key(), shape_args("rand", shape, 0), dtype)
 
 
 def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None) -> Tensor:
@@ -241,17 +244,17 @@ def minimum(x: Any, y: Any) -> Tensor:
 
 def not_equal(x: Any, y: Any) -> Tensor:
     """x != y."""
-    return ops.invert(ops.equal(x, y))
+    return ops.invert(ops.equal(*coerce("not_equal", x, y)))
 
 
 def less_equal(x: Any, y: Any) -> Tensor:
     """x <= y."""
-    return ops.invert(ops.greater(x, y))
+    return ops.invert(ops.greater(*coerce("less_equal", x, y)))
 
 
 def greater_equal(x: Any, y: Any) -> Tensor:
     """x >= y."""
-    return ops.invert(ops.less(x, y))
+    return ops.invert(ops.less(*coerce("greater_equal", x, y)))
 
 
 def logical_not(x: Any) -> Tensor:
@@ -261,12 +264,12 @@ def logical_not(x: Any) -> Tensor:
 
 def logical_and(x: Any, y: Any) -> Tensor:
     """x and y."""
-    return ops.bitwise_and(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
+    return ops.bitwise_and(*[cast(t, dtypes.bool_) for t in coerce("logical_and", x, y)])
 
 
 def logical_or(x: Any, y: Any) -> Tensor:
     """x or y."""
-    return ops.bitwise_or(cast(as_tensor(x), dtypes.bool_), cast(as_tensor(y), dtypes.bool_))
+    return ops.bitwise_or(*[cast(t, dtypes.bool_) for t in coerce("logical_or", x, y)])
 
 
 def isnan(x: Any) -> Tensor:
@@ -284,21 +287,21 @@ def isinf(x: Any) -> Tensor:
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
     """x limited to [min, max] (gradient 1 inside and on the bounds, as PyTorch)."""
     x = as_tensor(x)
-    if min is not None:
-        x = where(x < min, *coerce("clip", min, x))
-    if max is not None:
-        x = where(x > max, *coerce("clip", max, x))
+    for bound, outside in ((min, ops.less), (max, ops.greater)):
+        if bound is not None:
+            bound, x = coerce("clip", bound, x)
+            x = where(outside(x, bound), bound, x)
     return x
 
 
-def _count(x: Tensor, dim: Any) -> int:
-    return math.prod(x.shape[d] for d in normalize_dims("mean", dim, x.ndim))
+def _count(name: str, x: Tensor, dim: Any) -> int:
+    return math.prod(x.shape[d] for d in normalize_dims(name, dim, x.ndim, True))
 
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions."""
     x = _float(x)
-    count = max(_count(x, dim), 1)  # first, so a bad dim is reported as mean's
+    count = max(_count("mean", x, dim), 1)  # first, so a bad dim is reported as mean's
     return ops.sum_(x, dim, keepdim) / float(count)
 
 
@@ -307,8 +310,8 @@ def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
     x = _float(x)
     if unbiased is not None:
         correction = 1 if unbiased else 0
-    centered = x - mean(x, dim, keepdim=True)
-    return ops.sum_(centered * centered, dim, keepdim) / float(max(_count(x, dim) - correction, 0))
+    count, centered = _count("var", x, dim), x - mean(x, dim, keepdim=True)  # the count first: it checks dim
+    return ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
@@ -344,19 +347,21 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether all elements are true."""
-    return ops.sum_(cast(logical_not(x), dtypes.int32), dim, keepdim) == 0
+    return logical_not(any_(logical_not(x), dim, keepdim))
 
 
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether any element is true."""
-    return ops.sum_(cast(cast(as_tensor(x), dtypes.bool_), dtypes.int32), dim, keepdim) > 0
+    x = cast(as_tensor(x), dtypes.bool_)
+    no_dims = isinstance(dim, (tuple, list)) and not dim  # reduce nothing, as in PyTorch (whose sum reduces all)
+    return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
 
 
 def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
     x = as_tensor(x)
     if dim is None:
         x, dim = x.reshape(-1), 0
-    (dim,) = normalize_dims("argmax", dim, x.ndim)
+    dim = ops.normalize_dim("argmax" if sign_ > 0 else "argmin", dim, x.ndim)
     values = x if sign_ > 0 else _reverse_order(x)
     top = ops.max_(values, dim, keepdim=True)
     size = x.shape[dim]
@@ -380,7 +385,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     x = as_tensor(x)
     if not x.dtype.is_float:
         x = cast(x, dtypes.int64)
-    (dim,) = normalize_dims("cumsum", dim, x.ndim)
+    dim = ops.normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim]
     shift = 1
     while shift < size:
@@ -394,7 +399,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
-    dim0, dim1 = (normalize_dims("transpose", d, x.ndim)[0] for d in (dim0, dim1))
+    dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
     perm = list(range(x.ndim))
     perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
     return ops.permute(x, tuple(perm))
@@ -405,21 +410,23 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     x = as_tensor(x)
     if x.ndim == 0:
         return x.reshape(1)
-    start, end = (normalize_dims("flatten", d, x.ndim)[0] for d in (start_dim, end_dim))
+    start, end = (ops.normalize_dim("flatten", d, x.ndim) for d in (start_dim, end_dim))
+    if start > end:
+        raise ShapeError(f"slope.flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 
 def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     """x with one dimension split into sizes."""
     x = as_tensor(x)
-    (dim,) = normalize_dims("unflatten", dim, x.ndim)
-    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
+    dim = ops.normalize_dim("unflatten", dim, x.ndim)
+    return x.reshape((*x.shape[:dim], *ops.ints("unflatten", sizes, "sizes"), *x.shape[dim + 1 :]))
 
 
 def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
-    dims = normalize_dims("squeeze", dim, x.ndim) if dim is not None else range(x.ndim)
+    dims = normalize_dims("squeeze", dim, x.ndim)
     drop = {d for d in dims if x.shape[d] == 1}
     return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
 
@@ -427,7 +434,7 @@ def squeeze(x: Any, dim: Any = None) -> Tensor:
 def unsqueeze(x: Any, dim: int) -> Tensor:
     """x with a new dimension of size 1 at dim."""
     x = as_tensor(x)
-    (dim,) = normalize_dims("unsqueeze", dim, x.ndim + 1)
+    dim = ops.normalize_dim("unsqueeze", dim, x.ndim + 1)
     return x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
 
 
@@ -439,7 +446,7 @@ def expand_as(x: Any, other: Tensor) -> Tensor:
 def repeat(x: Any, *sizes: Any) -> Tensor:
     """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
     x = as_tensor(x)
-    sizes = shape_args(sizes)
+    sizes = shape_args("repeat", sizes, 0)
     if len(sizes) < x.ndim:
         raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
     x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
@@ -450,13 +457,13 @@ def repeat(x: Any, *sizes: Any) -> Tensor:
 
 def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     """Tensors of one shape joined along a new dimension."""
+    if not isinstance(tensors, (tuple, list)) or not tensors:
+        raise ShapeError(f"slope.stack: expected a non-empty sequence of tensors, got {type(tensors).__name__}")
     tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise ShapeError("slope.stack: expected a non-empty sequence of tensors")
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
-    (dim,) = normalize_dims("stack", dim, tensors[0].ndim + 1)
+    dim = ops.normalize_dim("stack", dim, tensors[0].ndim + 1)
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
 
 
@@ -465,17 +472,15 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     x = as_tensor(x)
     if x.ndim == 0:
         raise ShapeError("slope.split: expected a tensor of at least 1 dimension, got shape ()")
-    (dim,) = normalize_dims("split", dim, x.ndim)
+    dim = ops.normalize_dim("split", dim, x.ndim)
     size = x.shape[dim]
-    if isinstance(split_size_or_sections, int):
-        step = split_size_or_sections
-        if step < 0 or (step == 0 and size):
-            raise ShapeError(f"slope.split: split size must be positive, got {step}")
-        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
-    else:
-        sections = list(split_size_or_sections)
-        if sum(sections) != size or min(sections, default=0) < 0:
+    if isinstance(split_size_or_sections, (tuple, list)):
+        sections = list(ops.ints("split", split_size_or_sections, "sections", 0))
+        if sum(sections) != size:
             raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
+    else:
+        (step,) = ops.ints("split", split_size_or_sections, "split size", 1 if size else 0)
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
     offsets = [0, *itertools.accumulate(sections)]
     return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
 
@@ -483,9 +488,10 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
 def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
     x = as_tensor(x)
-    if chunks <= 0:
-        raise ShapeError(f"slope.chunk: the number of chunks must be positive, got {chunks}")
-    size = x.shape[normalize_dims("chunk", dim, x.ndim)[0]] if x.ndim else 0
+    (chunks,) = ops.ints("chunk", chunks, "the number of chunks", 1)
+    if x.ndim == 0:
+        raise ShapeError("slope.chunk: expected a tensor of at least 1 dimension, got shape ()")
+    size = x.shape[ops.normalize_dim("chunk", dim, x.ndim)]
     return split(x, -(-size // chunks) if size else [0] * chunks, dim)  # an empty x: `chunks` empty pieces (torch)
 
 
@@ -494,10 +500,11 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
     x = as_tensor(x)
     if dims is None:
         return roll(x.reshape(-1), shifts, 0).reshape(x.shape)
-    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    shifts, dims = ops.ints("roll", shifts, "shifts"), ops.ints("roll", dims, "dims")
+    if len(shifts) != len(dims):
+        raise ShapeError(f"slope.roll: shifts {shifts} and dims {dims} must have one length")
     for shift, dim in zip(shifts, dims):
-        (dim,) = normalize_dims("roll", dim, x.ndim)
+        dim = ops.normalize_dim("roll", dim, x.ndim)
         size = x.shape[dim]
         if size == 0 or shift % size == 0:
             continue
@@ -507,7 +514,7 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
 
 
 def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
-    x = as_tensor(x)
+    x, (diagonal,) = as_tensor(x), ops.ints("tril" if lower else "triu", diagonal, "diagonal", count=1)
     if x.ndim < 2:
         raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
     rows, cols = x.shape[-2], x.shape[-1]
@@ -643,7 +650,7 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     x, index = as_tensor(x), as_tensor(index)
     if not index.dtype.is_int:
         raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
-    (dim,) = normalize_dims("gather", dim, x.ndim)
+    dim = ops.normalize_dim("gather", dim, x.ndim)
     grids = [
         ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
     ]

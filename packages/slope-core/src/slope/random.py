@@ -75,19 +75,20 @@ def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
 
 def key(seed: int) -> Tensor:
     """A random key from an integer seed."""
-    seed = int(seed)
+    (seed,) = ops.ints("random.key", seed, "seed", count=1)
     return ops.as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
 
 
-def _check_key(name: str, k: Any) -> None:
+def _check_key(name: str, k: Any, shape: Any = ()) -> tuple[int, ...]:
     if not isinstance(k, Tensor) or k.shape[-1:] != (2,) or k.dtype != dtypes.int64:
         described = k.aval if isinstance(k, Tensor) else type(k).__name__
         raise TypeError(f"slope.random.{name}: expected a key (int64 tensor of shape (2,)), got {described}")
+    return ops.shape_args(f"random.{name}", (shape,), 0)
 
 
 def split(k: Tensor, num: int = 2) -> Tensor:
     """`num` new independent keys, shape (num, 2)."""
-    _check_key("split", k)
+    (num,) = _check_key("split", k, num)
     return random_bits(k, 2 * num).reshape((num, 2))
 
 
@@ -101,25 +102,26 @@ def fold_in(k: Tensor, data: int) -> Tensor:
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval)."""
-    _check_key("uniform", k)
+    shape = _check_key("uniform", k, shape)
     values = ops.random_uniform(k, shape, dtype)
     return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
     """Standard normal samples."""
-    _check_key("normal", k)
+    shape = _check_key("normal", k, shape)
     return ops.random_normal(k, shape, dtype)
 
 
 def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:
     """Integers uniform in [minval, maxval)."""
-    _check_key("randint", k)
-    if maxval <= minval:
-        raise ValueError(f"slope.random.randint: expected minval < maxval, got {minval} and {maxval}")
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape, (minval, maxval) = _check_key("randint", k, shape), ops.ints("random.randint", (minval, maxval), "bounds")
+    dtype = dtypes.as_dtype(dtype or dtypes.int64)
+    info = np.iinfo(dtype.numpy if dtype.is_int else np.int64)
+    if not info.min <= minval < maxval <= info.max + 1:
+        raise ValueError(f"slope.random.randint: expected minval < maxval in {dtype.name}, got {minval} and {maxval}")
     bits = random_bits(k, math.prod(shape)).reshape(shape)
-    return ops.cast(bits % (maxval - minval) + minval, dtype or dtypes.int64)
+    return ops.cast(bits % (maxval - minval) + minval, dtype)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
@@ -129,9 +131,8 @@ def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
 
 def permutation(k: Tensor, n: Any) -> Tensor:
     """A random permutation of range(n) (or of a tensor's first dimension)."""
-    _check_key("permutation", k)
     source = n if isinstance(n, Tensor) else None
-    count = source.shape[0] if source is not None else int(n)
+    (count,) = _check_key("permutation", k, source.shape[0] if source is not None else n)
     bits = random_bits(k, count)
     if bits.buffer is not None:
         order = ops.as_tensor(np.argsort(bits.numpy(), kind="stable").astype(np.int64))

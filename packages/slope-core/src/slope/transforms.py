@@ -10,13 +10,25 @@ from . import backend as backend_module
 from . import tree
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
-from .operators import as_tensor, constant, zeros_like
+from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 
 
 class TransformError(ValueError):
     """A transformation used in a way it cannot support."""
+
+
+def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
+    """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
+    tangents_flat, tangent_tree = tree.flatten(tangents)
+    if tangent_tree != in_tree:
+        raise TransformError(f"slope.{name}: primals {in_tree} and tangents {tangent_tree} differ in structure")
+    tangents_flat = [as_tensor(t) for t in tangents_flat]
+    for primal, tangent in zip(primals, tangents_flat):
+        if primal.aval != tangent.aval:
+            raise TransformError(f"slope.{name}: tangent {tangent.aval} does not match its primal {primal.aval}")
+    return tangents_flat
 
 
 def _procedure_instead(op: Operator, rule: str, tracers: list, params: dict) -> list:
@@ -69,18 +81,11 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
 
 def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
+    if not isinstance(primals, (tuple, list)):  # a bare tangent is caught by its structure
+        raise TransformError(f"slope.jvp: primals must be a tuple or list (as in JAX), got {type(primals).__name__}")
     primals_flat, in_tree = tree.flatten(tuple(primals))
-    tangents_flat, tangent_tree = tree.flatten(tuple(tangents))
-    if in_tree != tangent_tree:
-        raise TransformError(f"slope.jvp: primals {in_tree} and tangents {tangent_tree} differ in structure")
     primals_flat = [as_tensor(p) for p in primals_flat]
-    tangents_flat = [as_tensor(t) for t in tangents_flat]
-    for primal, tangent in zip(primals_flat, tangents_flat):
-        if primal.aval != tangent.aval:
-            raise TransformError(
-                f"slope.jvp: a tangent must match its primal's shape and dtype, got primal {primal.aval} "
-                f"and tangent {tangent.aval}"
-            )
+    tangents_flat = _tangents("jvp", primals_flat, in_tree, tuple(tangents) if isinstance(tangents, list) else tangents)
     flat_fn, out_tree = flatten_fun(fn, in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
     return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
@@ -144,11 +149,12 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
     primals_flat, in_tree = tree.flatten(primals)
+    primals_flat = [as_tensor(p) for p in primals_flat]
     flat_fn, out_tree = flatten_fun(fn, in_tree)
-    outs, program, residuals = _linearize_flat(flat_fn, [as_tensor(p) for p in primals_flat])
+    outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
 
     def f_jvp(*tangents: Any) -> Any:
-        tangents_flat = [as_tensor(t) for t in tree.leaves(tangents)]
+        tangents_flat = _tangents("linearize", primals_flat, in_tree, tangents)
         return tree.unflatten(out_tree[0], eval_program(program, residuals + tangents_flat))
 
     return tree.unflatten(out_tree[0], outs), f_jvp
@@ -182,7 +188,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         if ct_tree != out_treedef:
             raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_treedef}")
         for o, ct in zip(outs, ct_flat):
-            if isinstance(ct, Tensor) and ct.shape != o.shape:
+            if isinstance(ct, Tensor) and ct.aval != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
         cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
         cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
@@ -193,7 +199,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    nums = ints(name, argnums, "argnums")
     for n in nums:
         if not -count <= n < count:
             raise TransformError(
@@ -363,7 +369,7 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
 
     @functools.wraps(fn)
     def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacfwd", argnums, len(args))
+        (argnum,) = _normalize_argnums("jacfwd", ints("jacfwd", argnums, "argnums", count=1)[0], len(args))
         x = as_tensor(args[argnum])
 
         def pushforward(tangent: Tensor) -> Tensor:
@@ -380,7 +386,7 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 
     @functools.wraps(fn)
     def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacrev", argnums, len(args))
+        (argnum,) = _normalize_argnums("jacrev", ints("jacrev", argnums, "argnums", count=1)[0], len(args))
         x = as_tensor(args[argnum])
 
         out, vjp_fn = vjp(_at_argument(fn, args, argnum), x)
@@ -392,7 +398,7 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
-    return jacfwd(jacrev(fn, argnums), argnums)
+    return jacfwd(jacrev(fn, ints("hessian", argnums, "argnums", count=1)[0]), argnums)
 
 
 class _CustomCall(Operator):

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import slope
 from slope import Tensor
+from slope.operators import ints, normalize_dim, normalize_dims
 
 from .operators import (
     check_indices,
-    conv_params,
     log_softmax,
     max_pool,
     max_pool_argmax,
@@ -61,20 +61,11 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
 
 
-def _dims(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, sorted (None means all)."""
-    if dim is None:
-        return tuple(range(ndim))
-    limit = max(ndim, 1)
-    out = set()
-    for d in (dim,) if isinstance(dim, int) else tuple(dim):
-        if not -limit <= d < limit:
-            raise IndexError(
-                f"slope.{name}: dimension {d} is out of range for a tensor with {ndim} dimensions "
-                f"(expected {-limit} to {limit - 1})"
-            )
-        out.add(d % ndim if ndim else 0)
-    return tuple(sorted(out))
+def _number(name: str, value: Any, what: str) -> Any:
+    """A Python number argument, else a TypeError naming the function."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"slope.{name}: {what} must be a number, got {type(value).__name__} {value!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- activations
@@ -89,12 +80,14 @@ def sigmoid(x: Any) -> Tensor:
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     """x where x > 0, else negative_slope * x."""
     x = _float(x)
-    return slope.where(x > 0, x, x * negative_slope)
+    return slope.where(x > 0, x, x * _number("leaky_relu", negative_slope, "negative_slope"))
 
 
 def gelu(x: Any, approximate: str = "none") -> Tensor:
     """Gaussian error linear unit (exact with erf, or approximate="tanh")."""
     x = _float(x)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"slope.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if approximate == "tanh":
         return 0.5 * x * (1.0 + slope.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
     return 0.5 * x * (1.0 + slope.erf(x * (1 / math.sqrt(2))))
@@ -108,7 +101,7 @@ def silu(x: Any) -> Tensor:
 
 def softplus(x: Any, beta: float = 1.0) -> Tensor:
     """log(1 + exp(beta x)) / beta, computed stably."""
-    x = _float(x) * beta
+    x = _float(x) * _number("softplus", beta, "beta")
     return (relu(x) + slope.log(1.0 + slope.exp(-x.abs()))) / beta
 
 
@@ -118,7 +111,7 @@ def softplus(x: Any, beta: float = 1.0) -> Tensor:
 def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
-    dim = _dims("logsumexp", dim, x.ndim)
+    dim = normalize_dims("logsumexp", dim, x.ndim)
     top = shift_for_exp(x, dim)
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
@@ -128,7 +121,7 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def softmax(x: Any, dim: int = -1) -> Tensor:
     """exp(x) normalised to sum to 1 along dim."""
     x = _float(x)
-    dim = _dims("softmax", dim, x.ndim)
+    dim = normalize_dim("softmax", dim, x.ndim)
     e = slope.exp(x - shift_for_exp(x, dim))
     return e / e.sum(dim, keepdim=True)
 
@@ -138,6 +131,7 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     x = _tensor(x)
     if x.dtype.is_float:
         raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
+    (num_classes,) = ints("one_hot", num_classes, "num_classes", count=1)
     if num_classes < 0:
         num_classes = int(x.max().item()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
@@ -161,8 +155,15 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     n = x.ndim - 2
     if n < 1 or weight.ndim != x.ndim or weight.shape[0] != x.shape[1]:
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} does not fit weight {weight.shape} (C_in first)")
-    stride, padding = conv_params(n, stride), conv_params(n, padding)
-    output_padding, dilation = conv_params(n, output_padding), conv_params(n, dilation)
+    name = "conv_transpose"
+    stride, dilation = ints(name, stride, "stride", 1, n), ints(name, dilation, "dilation", 1, n)
+    padding, output_padding = ints(name, padding, "padding", 0, n), ints(name, output_padding, "output_padding", 0, n)
+    (groups,) = ints(name, groups, "groups", 1, 1)
+    if any(extra >= max(s, d) for extra, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(
+            f"slope.conv_transpose: output_padding {output_padding} must be smaller than stride {stride} or dilation "
+            f"{dilation}"
+        )
     spatial = tuple(
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
         for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding)
@@ -187,6 +188,8 @@ def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> 
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
     logits, target = _float(logits), _tensor(target)
+    if not 0.0 <= _number("cross_entropy", label_smoothing, "label_smoothing") <= 1.0:
+        raise ValueError(f"slope.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
     logp = log_softmax(logits, class_dim)

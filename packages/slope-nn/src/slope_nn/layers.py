@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import slope
 from slope import Tensor
+from slope.operators import check_indices, ints
 
 from . import functional, init
 from .module import Module, next_key
@@ -60,8 +61,9 @@ def _keys(key: Tensor | None, count: int) -> list[Tensor | None]:
     return [split[i] for i in range(count)]
 
 
-def _tuple(value: Any, n: int) -> tuple:
-    return (value,) * n if isinstance(value, int) else tuple(value)
+def _ints(layer: Module, value: Any, what: str, lowest: int | None = 0, count: int | None = None) -> tuple[int, ...]:
+    """Checked int arguments of a layer (errors name it: slope.nn.Linear, ...)."""
+    return ints(f"nn.{type(layer).__name__}", value, what, lowest, count)
 
 
 # ----------------------------------------------------------------------------------------------- linear
@@ -73,8 +75,7 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features, self.out_features = _ints(self, (in_features, out_features), "in_features and out_features")
         weight_key, bias_key = _keys(key, 2)
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = init.uniform((out_features, in_features), -bound, bound, key=weight_key, dtype=dtype)
@@ -101,17 +102,17 @@ class _ConvBase(Module):
         """Check and store the arguments; make the weight, (weight_channels[0], weight_channels[1] / groups,
         *kernel), and the bias, both uniform in +-1/sqrt(fan_in)."""
         n = self.spatial_dims
+        in_channels, out_channels = _ints(self, (in_channels, out_channels), "in_channels and out_channels")
+        (groups,) = _ints(self, groups, "groups", 1, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"{type(self).__name__}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                 f"divisible by groups ({groups})"
             )
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _tuple(kernel_size, n)
-        self.stride = _tuple(stride, n)
-        self.dilation = _tuple(dilation, n)
-        self.groups = int(groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _ints(self, kernel_size, "kernel_size", 1, n)
+        self.stride = _ints(self, stride, "stride", 1, n)
+        self.dilation = _ints(self, dilation, "dilation", 1, n)
         shape = (weight_channels[0], weight_channels[1] // groups, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fans(shape)[0])
         weight_key, bias_key = _keys(key, 2)
@@ -132,9 +133,14 @@ class _ConvNd(_ConvBase):
                  dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.padding = padding if isinstance(padding, str) else _tuple(padding, self.spatial_dims)
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (out_channels, in_channels),
                     bias, key, dtype)  # fmt: skip
+        unstrided = set(self.stride) == {1}  # PyTorch allows padding="same" only without a stride
+        if isinstance(padding, str) and not (padding == "valid" or (padding == "same" and unstrided)):
+            raise ValueError(
+                f"{type(self).__name__}: padding must be 'valid', 'same' (with stride 1) or sizes, got {padding!r}"
+            )
+        self.padding = padding if isinstance(padding, str) else _ints(self, padding, "padding", 0, self.spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
         """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial))."""
@@ -174,8 +180,8 @@ class _ConvTransposeNd(_ConvBase):
                  output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
                  key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.padding = _tuple(padding, self.spatial_dims)
-        self.output_padding = _tuple(output_padding, self.spatial_dims)
+        self.padding = _ints(self, padding, "padding", 0, self.spatial_dims)
+        self.output_padding = _ints(self, output_padding, "output_padding", 0, self.spatial_dims)
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (in_channels, out_channels),
                     bias, key, dtype)  # fmt: skip
 
@@ -217,10 +223,10 @@ class _PoolNd(Module):
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> None:
         super().__init__()
         n = self.spatial_dims
-        self.kernel_size = _tuple(kernel_size, n)
-        self.stride = self.kernel_size if stride is None else _tuple(stride, n)
-        self.padding = _tuple(padding, n)
-        self.dilation = _tuple(dilation, n)
+        self.kernel_size = _ints(self, kernel_size, "kernel_size", None, n)
+        self.stride = self.kernel_size if stride is None else _ints(self, stride, "stride", None, n)
+        self.padding = _ints(self, padding, "padding", None, n)
+        self.dilation = _ints(self, dilation, "dilation", None, n)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
@@ -278,7 +284,7 @@ class BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.num_features = int(num_features)
+        (self.num_features,) = _ints(self, num_features, "num_features", 0, 1)
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.affine = bool(affine)
@@ -326,17 +332,13 @@ class BatchNorm2d(BatchNorm):
     """Batch normalization over (N, C, H, W)."""
 
 
-def _normalized_shape(shape: Any) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-
-
 class LayerNorm(Module):
     """Layer normalization over the trailing `normalized_shape` dimensions."""
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
         self.eps = float(eps)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = init.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
@@ -366,7 +368,7 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape: Any, eps: float | None = None, elementwise_affine: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
         self.eps = eps
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
 
@@ -405,10 +407,12 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.num_embeddings = int(num_embeddings)
-        self.embedding_dim = int(embedding_dim)
-        if padding_idx is not None and padding_idx < 0:
-            padding_idx += num_embeddings
+        self.num_embeddings, self.embedding_dim = _ints(self, (num_embeddings, embedding_dim), "sizes")
+        if padding_idx is not None:
+            (padding_idx,) = _ints(self, padding_idx, "padding_idx", None, 1)
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"Embedding: padding_idx {padding_idx} is out of range for {num_embeddings} rows")
+            padding_idx %= num_embeddings
         self.padding_idx = padding_idx
         weight = init.normal((num_embeddings, embedding_dim), key=key, dtype=dtype)
         if padding_idx is not None:
@@ -420,6 +424,7 @@ class Embedding(Module):
         indices = slope.tensor(indices) if not isinstance(indices, Tensor) else indices
         if not indices.dtype.is_int:
             raise TypeError(f"Embedding: indices must be integers, got {indices.dtype.name}")
+        check_indices("nn.Embedding", indices, 0, self.num_embeddings, f"{self.num_embeddings} embeddings")
         rows = self.weight[indices]
         if self.padding_idx is not None:
             rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
@@ -475,6 +480,7 @@ class MultiHeadAttention(Module):
                  kdim: int | None = None, vdim: int | None = None, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
+        _ints(self, (embed_dim, num_heads), "embed_dim and num_heads", 1)
         if embed_dim % num_heads:
             raise ValueError(f"MultiHeadAttention: embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim = int(embed_dim)

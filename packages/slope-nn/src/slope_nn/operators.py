@@ -29,22 +29,12 @@ import numpy as np
 import slope
 from slope import Aval, Operator, Tensor
 from slope.operator import batch_to_front, move_axis
-from slope.operators import Unary
+from slope.operators import Unary, ints, normalize_dim
 from slope.procedures import check_indices
 
 
 def _tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else slope.tensor(x)
-
-
-def _dim(name: str, dim: int, ndim: int) -> int:
-    limit = max(ndim, 1)
-    if not isinstance(dim, int) or not -limit <= dim < limit:
-        raise IndexError(
-            f"slope.{name}: dimension {dim} is out of range for a tensor with {ndim} dimensions "
-            f"(expected {-limit} to {limit - 1})"
-        )
-    return dim % limit
 
 
 def lowest(dtype: slope.DType) -> Any:
@@ -90,7 +80,7 @@ class LogSoftmax(Operator):
     def __call__(self, x: Any, dim: int = -1) -> Tensor:
         x = _tensor(x)
         x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
-        return slope.bind(self, x, dim=_dim(self.name, dim, x.ndim))
+        return slope.bind(self, x, dim=normalize_dim(self.name, dim, x.ndim))
 
     def infer(self, x: Aval, *, dim: int) -> Aval:
         if not x.dtype.is_float:
@@ -122,26 +112,16 @@ def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
 # ----------------------------------------------------------------------------------------------- pooling
 
 
-def conv_params(n: int, value: Any) -> tuple[int, ...]:
-    """An int or a sequence as a tuple of n ints."""
-    return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-
-
 def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> tuple:
     """(kernel, stride, padding, dilation) as tuples over the trailing dimensions, checked against x's shape."""
     n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
-    kernel = conv_params(n, kernel_size)
-    stride = kernel if stride is None else conv_params(n, stride)
-    padding, dilation = conv_params(n, padding), conv_params(n, dilation)
-    if any(len(p) != n for p in (stride, padding, dilation)):
+    kernel = ints(name, kernel_size, "kernel_size", 1, n)
+    stride = kernel if stride is None else ints(name, stride, "stride", 1, n)
+    padding, dilation = ints(name, padding, "padding", 0, n), ints(name, dilation, "dilation", 1, n)
+    if any(2 * p > d * (k - 1) + 1 for k, p, d in zip(kernel, padding, dilation)):
         raise ValueError(
-            f"slope.{name}: stride {stride}, padding {padding} and dilation {dilation} need {n} values each, as "
-            f"kernel {kernel} has"
-        )
-    if min(kernel + stride + dilation) < 1 or min(padding) < 0:
-        raise ValueError(
-            f"slope.{name}: kernel {kernel}, stride {stride} and dilation {dilation} must be positive, padding "
-            f"{padding} not negative"
+            f"slope.{name}: padding {padding} must be at most half the kernel {kernel} (dilation {dilation}), as in "
+            "PyTorch"
         )
     if x.ndim < n:
         raise slope.ShapeError(
@@ -311,7 +291,7 @@ class TakeAlongDim(Operator):
         x, index = _tensor(x), _index_tensor(self, index)
         if index.ndim != x.ndim:
             raise self.shape_error(f"index of shape {index.shape} needs as many dimensions as x of shape {x.shape}")
-        dim = _dim(self.name, dim, x.ndim)
+        dim = normalize_dim(self.name, dim, x.ndim)
         try:
             common = np.broadcast_shapes(x.shape[:dim] + x.shape[dim + 1 :], index.shape[:dim] + index.shape[dim + 1 :])
         except ValueError:
@@ -352,7 +332,7 @@ class ScatterAdd(Operator):
     def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
         src = _tensor(src).astype(x.dtype)
-        dim = _dim(self.name, dim, x.ndim)
+        dim = normalize_dim(self.name, dim, x.ndim)
         if src.shape != index.shape:
             raise self.shape_error(f"src of shape {src.shape} must have the shape of index {index.shape}")
         _check_along(self, x.aval, index.aval, dim)

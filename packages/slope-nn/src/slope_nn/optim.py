@@ -125,6 +125,13 @@ def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
 # ----------------------------------------------------------------------------------------------- base
 
 
+def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
+    """A hyperparameter as a float in [low, high), else a ValueError naming the optimizer."""
+    if not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{owner}: {name} must be a number in [{low}, {high}), got {value!r}")
+    return float(value)
+
+
 class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable.
 
@@ -235,10 +242,10 @@ class SGD(Optimizer):
         super().__init__(lr, trainable)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
-        self.momentum = float(momentum)
+        self.momentum = _in_range("SGD", "momentum", momentum, 0.0)
         self.dampening = float(dampening)
         self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _in_range("SGD", "weight_decay", weight_decay, 0.0)
 
     def _init_leaf(self, param: Tensor) -> tuple:
         return (slope.zeros_like(param),) if self.momentum else ()
@@ -293,9 +300,10 @@ class Adam(Optimizer):
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: Any = None) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        name = type(self).__name__
+        self.beta1, self.beta2 = (_in_range(name, f"betas[{i}]", beta, 0.0, 1.0) for i, beta in enumerate(betas))
+        self.eps = _in_range(name, "eps", eps, 0.0)
+        self.weight_decay = _in_range(name, "weight_decay", weight_decay, 0.0)
 
     def _init_leaf(self, param: Tensor) -> tuple:
         return slope.zeros_like(param), slope.zeros_like(param)

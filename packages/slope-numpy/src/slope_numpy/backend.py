@@ -16,7 +16,7 @@ from . import runtime
 from .translate import translations
 
 _float_types = {slope.float16, slope.float32, slope.float64}
-_other_types = {slope.bool_, slope.int8, slope.uint8, slope.int32, slope.int64}
+_other_types = {slope.bool_, slope.int8, slope.uint8, slope.int16, slope.int32, slope.int64}
 
 
 def _numpy_dtypes() -> dict[str, Any]:

@@ -26,6 +26,7 @@ ELEMENT_TYPES: dict[str, int] = {
     "bool": TensorProto.BOOL,
     "int8": TensorProto.INT8,
     "uint8": TensorProto.UINT8,
+    "int16": TensorProto.INT16,
     "int32": TensorProto.INT32,
     "int64": TensorProto.INT64,
     "float16": TensorProto.FLOAT16,
@@ -542,9 +543,10 @@ def _fits_gemm_c(shape: tuple | None, out: tuple | None) -> bool:
 
 
 _EXACT_IN = {  # dtype -> the dtypes that hold each of its values exactly
-    "bool": {"int8", "uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64"},
-    "int8": {"int32", "int64", "float16", "bfloat16", "float32", "float64"},
-    "uint8": {"int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "bool": {"int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "int8": {"int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "uint8": {"int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"},
+    "int16": {"int32", "int64", "float32", "float64"},
     "int32": {"int64", "float64"},
     "float16": {"float32", "float64"},
     "bfloat16": {"float32", "float64"},

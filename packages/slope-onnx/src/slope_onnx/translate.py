@@ -1,7 +1,7 @@
 """Translations of slope operators to ONNX nodes: `f(graph, inputs, instruction) -> output name`.
 
 onnxruntime's CPU kernels do not cover every dtype of every ONNX operator. Where a kernel is missing, the translation
-computes in a wider type that gives the same result (int8/uint8 in int32, whose wrap-around agrees modulo 256;
+computes in a wider type that gives the same result (int8/uint8/int16 in int32, whose wrap-around agrees modulo 256;
 float16/bfloat16 in float32, rounded once at the end; bool in uint8) and casts back. Where no wider type is exact
 (erf in float64), it raises `NoTranslationError` and the instruction is lowered through its procedure.
 """
@@ -19,20 +19,20 @@ from slope import Aval, DType, Instruction
 from .graph import NoTranslationError, OnnxGraph, element_type
 
 _FLOATS = {"float16", "float32", "float64"}
-_INTS = {"int8", "uint8", "int32", "int64"}
+_INTS = {"int8", "uint8", "int16", "int32", "int64"}
 _NUMBERS = _FLOATS | _INTS
 _ALL = _NUMBERS | {"bool"}
 
 # dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21)
 NATIVE: dict[str, set[str]] = {
-    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS, "Max": _NUMBERS,
+    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS - {"int16"}, "Max": _NUMBERS - {"int16"},
     "Pow": _FLOATS | {"int32", "int64"},
     "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS,
     "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
     "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS, "Erf": {"float16", "float32"},
-    "Where": _NUMBERS,
-    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL,
-    "Expand": _ALL, "Pad": _ALL,
+    "Where": _NUMBERS - {"int16"},
+    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
+    "Expand": _ALL, "Pad": _ALL - {"int16"},
     "MatMul": _FLOATS | {"int32", "int64"},
     "Conv": {"float16", "float32"},
     "ScatterND": _NUMBERS - {"float16"},  # its float16 kernel rejects reduction="add" when it runs
@@ -41,6 +41,7 @@ NATIVE: dict[str, set[str]] = {
 _WIDER = {
     "int8": slope.int32,
     "uint8": slope.int32,
+    "int16": slope.int32,
     "float16": slope.float32,
     "bfloat16": slope.float32,
     "bool": slope.uint8,
@@ -179,7 +180,7 @@ def _div(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     dtype, shape = out.dtype, out.shape
     if dtype.is_float:
         return emit(graph, "Div", inputs, dtype, shape)
-    compute = compute_dtype("Div", dtype)  # int8 and uint8 divide in int32, where INT8_MIN / -1 cannot overflow
+    compute = compute_dtype("Div", dtype)  # int8, uint8, int16 divide in int32, where INT8_MIN / -1 cannot overflow
     x, y = inputs
     if compute != dtype:
         x, y = graph.cast(x, compute), graph.cast(y, compute)
