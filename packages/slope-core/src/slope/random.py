@@ -132,7 +132,7 @@ def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
 
 def permutation(k: Tensor, n: Any) -> Tensor:
     """A random permutation of range(n) (or of a tensor's first dimension)."""
-    source = n if isinstance(n, Tensor) else None
+    source = n if isinstance(n, Tensor) and n.ndim else None  # a 0-d integer tensor is a count (as in JAX)
     (count,) = _check_key("permutation", k, source.shape[0] if source is not None else n)
     bits = random_bits(k, count)
     if bits.buffer is not None:
