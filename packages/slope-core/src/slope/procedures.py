@@ -470,8 +470,6 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
 def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
     x = as_tensor(x)
-    if x.ndim == 0:
-        raise ShapeError("slope.split: expected a tensor of at least 1 dimension, got shape ()")
     dim = ops.normalize_dim("split", dim, x.ndim)
     size = x.shape[dim]
     if isinstance(split_size_or_sections, (tuple, list)):
@@ -489,10 +487,8 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
     x = as_tensor(x)
     (chunks,) = ops.ints("chunk", chunks, "the number of chunks", 1)
-    if x.ndim == 0:
-        raise ShapeError("slope.chunk: expected a tensor of at least 1 dimension, got shape ()")
-    size = x.shape[ops.normalize_dim("chunk", dim, x.ndim)]
-    return split(x, -(-size // chunks) if size else [0] * chunks, dim)  # an empty x: `chunks` empty pieces (torch)
+    d = ops.normalize_dim("chunk", dim, x.ndim)
+    return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
 
 
 def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
