@@ -361,6 +361,9 @@ def _matmul(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     params = instruction.params
+    if _in(instruction, 0).size == 0 or _in(instruction, 1).size == 0:
+        # sums over no input channels: zeros (onnxruntime's Conv leaves its output unwritten there, or never returns)
+        return _expand_to(graph, graph.scalar(0, out.dtype), out.dtype, out.shape)
     transposed = _as_transposed_conv(graph, inputs, instruction)
     if transposed is not None:
         return transposed
