@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
 
-_constants: dict[tuple, Tensor] = {}
+_constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
+_constants: dict[tuple, Tensor] = _constant_cache.recent
 
 
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
@@ -26,15 +27,13 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
-    key = (value, type(value), dtype, shape, backend_module._state["backend"], device)
+    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
-        if len(_constants) > 4096:
-            _constants.clear()
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
-        key = (value, type(value), dtype, shape, tensor.backend, device)  # the backend may have just been chosen
-        _constants[key] = tensor
+        key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
+        tensor = _constant_cache.add(key, lambda: tensor)
     return tensor
 
 
@@ -104,22 +103,26 @@ def ints(name: str, value: Any, what: str, lowest: int | None = None, count: int
 
 
 def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked)."""
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked). A 0-d
+    tensor takes dim 0 or -1, as in PyTorch, which name none of its (no) dimensions: ()."""
     if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(ndim))
     dims, limit = ints(name, dim, "dim"), max(ndim, 1)
     for d in dims:
         if not -limit <= d < limit:
             raise IndexError(f"slope.{name}: dimension {d} is out of range {-limit} to {limit - 1} ({ndim} dimensions)")
-    unique = tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+    unique = tuple(sorted({d % limit for d in dims}))
     if len(unique) < len(dims):
         raise ShapeError(f"slope.{name}: dim {dim} names a dimension more than once (tensor of {ndim} dimensions)")
-    return unique
+    return unique if ndim else ()
 
 
-def normalize_dim(name: str, dim: Any, ndim: int) -> int:
-    """One dimension index (an int, not a sequence) made non-negative and checked."""
-    return normalize_dims(name, ints(name, dim, "dim", count=1), ndim)[0]
+def normalize_dim(name: str, dim: Any, ndim: int, needs_dim: bool = False) -> int:
+    """One dimension index (an int, not a sequence) made non-negative and checked; 0 for a 0-d tensor, whose dim 0 or
+    -1 PyTorch takes, unless the function needs a dimension (as split, roll or cat)."""
+    if needs_dim and ndim == 0:
+        raise IndexError(f"slope.{name}: expected a tensor with at least one dimension, got a 0-d tensor")
+    return (normalize_dims(name, ints(name, dim, "dim", count=1), ndim) or (0,))[0]
 
 
 def shape_args(name: str, shape: tuple, lowest: int | None = None) -> tuple[int, ...]:
@@ -140,6 +143,7 @@ class Unary(Elementwise):
     """An elementwise operator of one input."""
 
     allowed = "float"
+    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -154,49 +158,67 @@ class Unary(Elementwise):
             raise self.dtype_error(f"expected an integer or bool tensor, got {x.dtype.name} of shape {x.shape}")
         return x
 
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
+        y = bind(self, primals[0])
+        return [y], [self.tangent(tangents[0], primals[0], y)]
+
 
 class Exp(Unary):
     name = "exp"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = exp(primals[0])
-        return [y], [tangents[0] * y]
+    tangent = staticmethod(lambda t, x, y: t * y)
 
 
 class Log(Unary):
     name = "log"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [log(primals[0])], [tangents[0] / primals[0]]
+    tangent = staticmethod(lambda t, x, y: t / x)
 
 
 class Sin(Unary):
     name = "sin"
+    tangent = staticmethod(lambda t, x, y: t * cos(x))
 
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [sin(primals[0])], [tangents[0] * functions["cos"](primals[0])]
+
+class Cos(Unary):
+    """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
+
+    name = "cos"
+    tangent = staticmethod(lambda t, x, y: t * -sin(x))
+    procedure = staticmethod(lambda x: sin(x + math.pi / 2))
 
 
 class Sqrt(Unary):
     name = "sqrt"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = sqrt(primals[0])
-        return [y], [tangents[0] / (y * 2.0)]
+    tangent = staticmethod(lambda t, x, y: t / (y * 2.0))
 
 
 class Tanh(Unary):
     """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
 
     name = "tanh"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        y = tanh(primals[0])
-        return [y], [tangents[0] * (1.0 - y * y)]
+    tangent = staticmethod(lambda t, x, y: t * (1.0 - y * y))
 
     def procedure(self, x: Tensor) -> Tensor:
         e = exp(mul(functions["abs"](x), constant(-2.0, x.dtype, x.shape)))
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
+
+
+class Floor(Unary):
+    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+
+    name = "floor"
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
+
+    def __call__(self, x: Any) -> Tensor:
+        x = as_tensor(x)
+        return bind(self, x) if x.dtype.is_float else x
+
+
+class Ceil(Floor):
+    name = "ceil"
+
+
+class Round(Floor):
+    name = "round"
 
 
 class Invert(Unary):
@@ -211,9 +233,7 @@ class StopGradient(Unary):
 
     name = "stop_gradient"
     allowed = "any"
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        return [stop_gradient(primals[0])], [zeros_like(primals[0])]
+    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
 
 class Cast(Elementwise):
@@ -275,8 +295,7 @@ class Add(Binary):
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        return [ct if isinstance(x, UndefinedPrimal) else None, ct if isinstance(y, UndefinedPrimal) else None]
+        return [cotangents[0] if isinstance(a, UndefinedPrimal) else None for a in (x, y)]
 
 
 class Sub(Binary):
@@ -306,8 +325,7 @@ class Div(Binary):
     name = "div"
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
+        (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
         return [out], [div(sub(tx, mul(out, ty)), y)]
 
@@ -316,11 +334,16 @@ class Div(Binary):
 
 
 class Pow(Binary):
+    """x ** y; integer powers wrap around, and a negative exponent gives 0 unless |x| is 1 (as in PyTorch)."""
+
     name = "pow"
+    symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)) and y in range(5):  # not int(y): y may be inf
-            if dtypes.result_type(x, y) == x.dtype:  # small integer powers as products: exact, cheap to differentiate
+        if isinstance(x, Tensor) and isinstance(y, (int, float)):
+            if type(y) is int and y < 0 and not x.dtype.is_float:
+                raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
                 result = constant(1, x.dtype, x.shape) if y == 0 else x
                 for _ in range(int(y) - 1):
                     result = mul(result, x)
@@ -328,14 +351,30 @@ class Pow(Binary):
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        out = power(x, y)
-        positive = greater(x, zeros_like(x))  # d/dy x**y = x**y log x, taken as 0 where log x is undefined
-        ones = constant(1, x.dtype, x.shape)
-        safe_log = where(positive, log(where(positive, x, ones)), zeros_like(x))
-        dx = mul(y, power(x, sub(y, constant(1, y.dtype, y.shape))))
-        return [out], [add(mul(tx, dx), mul(ty, mul(out, safe_log)))]
+        (x, y), (tx, ty) = primals, tangents
+        out, zero, one = power(x, y), zeros_like(x), constant(1, x.dtype, x.shape)
+        terms = []
+        if tx is not None:  # PyTorch's rules: 0 where y == 0 (even where x is 0 or inf) ...
+            terms.append(mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one))))))
+        if ty is not None:  # ... and where x == 0 <= y; log(x) is NaN where x < 0
+            terms.append(mul(ty, where(bitwise_and(equal(x, zero), greater_equal(y, zero)), zero, mul(out, log(x)))))
+        return [out], [sum(terms[1:], terms[0])]
+
+
+class Fmod(Binary):
+    """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
+
+    name = "fmod"
+
+    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
+        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
+        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
+        return super().__call__(x, y)
+
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
+        out = fmod(*primals)
+        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
 
 
 class Maximum(Binary):
@@ -343,10 +382,9 @@ class Maximum(Binary):
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
-        x, y = primals
-        tx, ty = tangents
-        half = (tx + ty) * 0.5
-        return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
+        (x, y), (tx, ty) = primals, tangents
+        half = (tx + ty) * 0.5  # ties share the tangent; a NaN (no order) takes both, as in PyTorch
+        return [maximum(x, y)], [where(greater(x, y), tx, where(less(x, y), ty, where(equal(x, y), half, tx + ty)))]
 
 
 class Compare(Binary):
@@ -364,6 +402,17 @@ class Less(Compare):
 
 class Greater(Compare):
     name = "greater"
+
+
+class LessEqual(Compare):
+    name, strict = "less_equal", "less"
+
+    def procedure(self, x: Tensor, y: Tensor) -> Tensor:
+        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+
+
+class GreaterEqual(LessEqual):
+    name, strict = "greater_equal", "greater"
 
 
 class BitwiseAnd(Binary):
@@ -417,8 +466,7 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        dims = normalize_dims(self.name, dim, x.ndim, empty_means_all=True)  # 0-d tensors take dim 0 or -1
-        return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
+        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim, empty_means_all=True), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
@@ -458,7 +506,8 @@ class Max(Reduce):
     def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
         out = bind(self, x, dim=dim, keepdim=True)
-        mask = cast(equal(x, expand(out, x.shape)), x.dtype)  # ties share the tangent equally
+        hit = equal(x, expand(out, x.shape))  # ties share the tangent equally; so do the NaNs of a NaN maximum
+        mask = cast(bitwise_or(hit, functions["isnan"](x)) if x.dtype.is_float else hit, x.dtype)
         tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=keepdim), bind(sum_, mask, dim=dim, keepdim=keepdim))
         return [out if keepdim else reshape(out, tangent.shape)], [tangent]
 
@@ -658,7 +707,7 @@ class Cat(Operator):
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
-        dim = normalize_dim(self.name, dim, tensors[0].ndim)
+        dim = normalize_dim(self.name, dim, tensors[0].ndim, needs_dim=True)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 
     def infer(self, *xs: Aval, dim: int) -> Aval:
@@ -925,7 +974,8 @@ def _indices(op: Operator, idx: Any) -> Tensor:
 
 
 class GatherNd(Operator):
-    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
+    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x, each index in [-size, size)
+    (negative ones count from the end); an index outside that range is an IndexError when the program runs."""
 
     name = "gather_nd"
     linear_inputs = (0,)
@@ -988,10 +1038,10 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
 
-exp, log, sin, sqrt, invert, stop_gradient, cast = Exp(), Log(), Sin(), Sqrt(), Invert(), StopGradient(), Cast()
-tanh = Tanh()
-add, sub, mul, div, power, maximum = Add(), Sub(), Mul(), Div(), Pow(), Maximum()
-equal, less, greater = Equal(), Less(), Greater()
+exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
+cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
+equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
 bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
 where = Where()
 sum_, max_ = Sum(), Max()

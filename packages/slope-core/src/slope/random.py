@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
+from .trace import EagerTrace, new_main
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -147,18 +149,18 @@ def permutation(k: Tensor, n: Any) -> Tensor:
 
 
 _global: dict[str, Any] = {"seed": 0, "key": None}
+_global_lock = threading.Lock()  # one generator for the process: each draw reads and advances it atomically
 
 
 def manual_seed(seed: int) -> None:
     """Seed the global generator used by slope.randn, slope.rand and slope.randint."""
-    _global["seed"] = int(seed)
-    _global["key"] = None
+    with _global_lock:
+        _global.update(seed=int(seed), key=None)
 
 
 def next_key() -> Tensor:
     """A fresh key from the global generator."""
-    if _global["key"] is None:
-        _global["key"] = key(_global["seed"])
-    new, sub = split(_global["key"])
-    _global["key"] = new
+    with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
+        new, sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
+        _global["key"] = new
     return sub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -92,38 +93,43 @@ def run_procedure(op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
     return list(outs) if op.multiple_results else [outs]
 
 
-_stack: list[MainTrace] = [MainTrace(0, EagerTrace, None)]
-_dynamic: list[MainTrace] = [_stack[0]]
+class _Stacks(threading.local):
+    """This thread's interpreter stack and its dynamic part: each thread transforms (and runs eagerly) on its own."""
+
+    stack = dynamic = (MainTrace(0, EagerTrace, None),)  # tuples, replaced and never mutated: a shared start is safe
+
+
+_local = _Stacks()
+_busy: list = []  # an entry per transformation in progress in any thread: while empty, bind need not read _local
 
 
 @contextmanager
 def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
-    """Push a transformation on the stack for the duration of the block."""
-    main = MainTrace(len(_stack), trace_type, data)
-    _stack.append(main)
-    if dynamic:
-        _dynamic.append(main)
+    """Push a transformation on this thread's stack for the block (a dynamic one sees every bind inside it)."""
+    saved = _local.stack, _local.dynamic
+    main = MainTrace(len(saved[0]), trace_type, data)
+    _local.stack, _local.dynamic = saved[0] + (main,), saved[1] + (main,) if dynamic else saved[1]
+    _busy.append(None)  # (list append and pop are atomic: no lock)
     try:
         yield main
     finally:
-        if dynamic:
-            _dynamic.pop()
-        _stack.pop()
+        _busy.pop()
+        _local.stack, _local.dynamic = saved
 
 
 def active(trace_type: type | None = None) -> bool:
-    """Whether a transformation (of this kind, if given) is in progress."""
-    return any(trace_type in (None, main.trace_type) for main in _stack[1:])
+    """Whether a transformation (of this kind, if given) is in progress in this thread."""
+    return bool(_busy) and any(trace_type in (None, main.trace_type) for main in _local.stack[1:])
 
 
 def is_eager() -> bool:
-    """Whether no transformation is active (operators run at once)."""
-    return len(_stack) == 1
+    """Whether no transformation is active in this thread (operators run at once)."""
+    return not _busy or len(_local.stack) == 1
 
 
 def bind(op: Any, *args: Tensor, **params: Any) -> Any:
     """Apply an operator to tensors through the innermost transformation that sees them."""
-    if len(_stack) == 1:
+    if not _busy or len(_local.stack) == 1:
         outs = eager_run(op, args, params)
     else:
         top = _top_trace(args)
@@ -133,7 +139,7 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
 
 
 def _top_trace(args: tuple) -> Trace:
-    main = _dynamic[-1]
+    main = _local.dynamic[-1]
     for a in args:
         if isinstance(a, Tracer) and a._trace.main.level > main.level:
             main = a._trace.main

@@ -63,7 +63,7 @@ class JVPTrace(Trace):
         if zero:
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
+        tangents = [zeros_like(t.primal) if t.tangent is None and not op.symbolic_zeros else t.tangent for t in tracers]
         if not op.has_rule("jvp"):
             return _procedure_instead(op, "JVP", tracers, params)
         primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
@@ -548,7 +548,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.fn = fn
         self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-        self.cache: dict[tuple, tuple] = {}
+        self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
         return self if instance is None else functools.partial(self, instance)
@@ -561,8 +561,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
         kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         leaves, in_tree = tree.flatten((args, kwargs))  # a _Static is not a pytree node, so it is one leaf
+        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (they promote like the scalars)
+        leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
+        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
         key = (in_tree, tuple(t.aval for t in tensors), others)
         try:
             hash(key)
@@ -576,24 +578,26 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         key, tensors = self._signature(args, kwargs)
         backend = backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
-        entry = self.cache.get((key, backend.name, device))
-        if entry is None:
-            in_tree, _, others = key
-            out_trees: list = []
-
-            def flat_fn(*traced: Tensor) -> list:
-                leaves = list(traced)
-                for i, value in others:
-                    leaves.insert(i, value.value if isinstance(value, _Static) else value)
-                call_args, call_kwargs = tree.unflatten(in_tree, leaves)
-                out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
-                out_trees.append(out_tree)
-                return out_leaves
-
-            program = make_program(flat_fn, [t.aval for t in tensors])
-            executable = backend_module.compile_program(program, backend, device)
-            entry = self.cache[(key, backend.name, device)] = (program, executable, out_trees[0])
+        entry = self.cache.recent.get((key, backend.name, device))
+        if entry is None:  # (threads that miss together each compile; the last one's entry stays)
+            entry = self.cache.add((key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
+
+    def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
+        in_tree, _, others = key
+        out_trees: list = []
+
+        def flat_fn(*traced: Tensor) -> list:
+            leaves = list(traced)
+            for i, value in others:
+                leaves.insert(i, value.value if isinstance(value, _Static) else value)
+            call_args, call_kwargs = tree.unflatten(in_tree, leaves)
+            out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
+            out_trees.append(out_tree)
+            return out_leaves
+
+        program = make_program(flat_fn, [t.aval for t in tensors])
+        return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if active():  # inside another transformation: trace straight through
@@ -605,6 +609,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         """Trace and compile for these arguments without running."""
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
+
+
+def _program_bytes(entry: tuple) -> int:
+    return sum(v.aval.size * v.aval.dtype.bits // 8 for v in entry[0].constant_values)
 
 
 @dataclass(frozen=True)
