@@ -218,12 +218,14 @@ def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
 
 
 def flatten_fun(fn: Callable, in_tree: tree.TreeDef) -> tuple[Callable, list]:
-    """Wrap a pytree function as a function of flat tensors; the output tree lands in the returned list."""
+    """Wrap a pytree function as a function of flat tensors (to flat tensors); the output tree lands in the list."""
+    from .operators import as_tensor  # (operators import this module)
+
     out_tree_box: list = []
 
     def flat_fn(*flat_args: Tensor) -> list:
         leaves, out_tree = tree.flatten(fn(*tree.unflatten(in_tree, flat_args)))
         out_tree_box.append(out_tree)
-        return leaves
+        return [as_tensor(leaf) for leaf in leaves]
 
     return flat_fn, out_tree_box
