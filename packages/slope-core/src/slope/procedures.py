@@ -299,8 +299,7 @@ def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
-    if not x.dtype.is_float:  # integer and bool products are int64, as in PyTorch (and as sum does)
-        x = cast(x, dtypes.int64)
+    x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
     kept_shape = tuple(x.shape[d] for d in kept)
@@ -337,10 +336,9 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
 
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    # all dims for None, none for a 0-d tensor: then over the flattened x
     dims = normalize_dims(name, None if dim is None else ops.ints(name, dim, "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
-    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))
+    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
     values = values if name == "argmax" else _reverse_order(values)
     hit = values == ops.max_(values, dim, keepdim=True)
     hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
@@ -405,8 +403,7 @@ def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
     dims = normalize_dims("squeeze", dim, x.ndim)
-    drop = {d for d in dims if x.shape[d] == 1}
-    return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
+    return x.reshape(tuple(s for d, s in enumerate(x.shape) if s != 1 or d not in dims))
 
 
 def unsqueeze(x: Any, dim: int) -> Tensor:
@@ -438,8 +435,7 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     if not isinstance(tensors, (tuple, list)) or not tensors:
         raise ShapeError(f"slope.stack: expected a non-empty sequence of tensors, got {type(tensors).__name__}")
     tensors = [as_tensor(t) for t in tensors]
-    shapes = {t.shape for t in tensors}
-    if len(shapes) > 1:
+    if len({t.shape for t in tensors}) > 1:
         raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
     dim = ops.normalize_dim("stack", dim, tensors[0].ndim + 1)
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
@@ -585,12 +581,10 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
     indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast; gather_nd wraps -1
     rest = [d for d in range(x.ndim) if d not in positions]
-    moved = x.permute((*positions, *rest))
     stacked = stack(indices, -1)
-    out = ops.gather_nd(moved, stacked)
-    batch_ndim = stacked.ndim - 1
-    if positions == list(range(positions[0], positions[0] + len(positions))) and positions[0] > 0:
-        first = positions[0]
+    out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
+    batch_ndim, first = stacked.ndim - 1, positions[0]
+    if positions == list(range(first, first + len(positions))) and first > 0:
         perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
         out = out.permute(perm)
     return out
@@ -601,12 +595,10 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
-    value = as_tensor(value, x.dtype)
-    if ops.broadcast_shapes("index_update", value.shape, positions.shape) != positions.shape:
-        raise ShapeError(
-            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {positions.shape}"
-        )
-    value, flat = broadcast_to(value, positions.shape).reshape(-1), x.reshape(-1)
+    value, shape = as_tensor(value, x.dtype), positions.shape
+    if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
+        raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
+    value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
     target = positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)

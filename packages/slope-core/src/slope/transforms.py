@@ -50,8 +50,7 @@ class JVPTracer(Tracer):
 
     def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor | None):
         super().__init__(trace, primal.aval)
-        self.primal = primal
-        self.tangent = tangent
+        self.primal, self.tangent = primal, tangent
 
 
 class JVPTrace(Trace):
@@ -203,11 +202,10 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
-    for n in nums:
-        if not -count <= n < count:
-            raise TransformError(
-                f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
-            )
+    if not all(-count <= n < count for n in nums):
+        raise TransformError(
+            f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
+        )
     return tuple(n % count for n in nums)
 
 
@@ -270,8 +268,7 @@ class BatchTracer(Tracer):
     def __init__(self, trace: Trace, value: Tensor, batch_dim: int | None):
         shape = value.shape if batch_dim is None else value.shape[:batch_dim] + value.shape[batch_dim + 1 :]
         super().__init__(trace, Aval(shape, value.dtype))
-        self.value = value
-        self.batch_dim = batch_dim
+        self.value, self.batch_dim = value, batch_dim
 
     def full_lower(self) -> Tensor:
         if self.batch_dim is not None:
@@ -286,8 +283,7 @@ class BatchTrace(Trace):
         return BatchTracer(self, value, None)
 
     def run(self, op: Operator, tracers: list, params: dict) -> list:
-        values = [t.value for t in tracers]
-        dims = [t.batch_dim for t in tracers]
+        values, dims = [t.value for t in tracers], [t.batch_dim for t in tracers]
         if all(d is None for d in dims):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
