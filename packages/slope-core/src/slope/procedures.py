@@ -451,8 +451,8 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
         if sum(sections) != size:
             raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
     else:
-        (step,) = ops.ints("split", split_size_or_sections, "split size", 1)
-        sections = [min(step, size - start) for start in range(0, size, step)]
+        (step,) = ops.ints("split", split_size_or_sections, "split size", 1 if size else 0)
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
     offsets = [0, *itertools.accumulate(sections)]
     return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
 
@@ -462,7 +462,7 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     x = as_tensor(x)
     (chunks,) = ops.ints("chunk", chunks, "the number of chunks", 1)
     d = ops.normalize_dim("chunk", dim, x.ndim, needs_dim=True)
-    return split(x, max(1, -(-x.shape[d] // chunks)), dim)
+    return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
 
 
 def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
@@ -579,7 +579,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast; gather_nd wraps -1
+    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
     stacked = stack(indices, -1)
     out = ops.gather_nd(x.permute((*positions, *rest)), stacked)

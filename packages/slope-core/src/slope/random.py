@@ -52,14 +52,15 @@ def random_bits(key: Tensor, count: int) -> Tensor:
     return ops.cat([y0, y1])[:count]
 
 
-def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType) -> Tensor:
-    """`count` floats in [0, 1) from 23 random bits each (exact in float32)."""
-    return ops.cast(_shift_right(random_bits(key, count), 9), dtype) * (2.0**-23)
+def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType, bits: int = 23) -> Tensor:
+    """`count` floats in [0, 1) from `bits` random bits each (exact in float32)."""
+    return ops.cast(_shift_right(random_bits(key, count), 32 - bits), dtype) * (2.0**-bits)
 
 
 def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
-    """The procedure of `random_uniform`: 23 random bits scaled into [0, 1)."""
-    return ops.cast(_unit_floats(key, math.prod(shape), dtypes.float32).reshape(shape), dtype)
+    """The procedure of `random_uniform`: as many random bits as dtype holds below 1 (more would round up to 1.0)."""
+    bits = {"float16": 11, "bfloat16": 8}.get(dtype.name, 23)
+    return ops.cast(_unit_floats(key, math.prod(shape), dtypes.float32, bits).reshape(shape), dtype)
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
@@ -130,7 +131,7 @@ def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
 
 def permutation(k: Tensor, n: Any) -> Tensor:
     """A random permutation of range(n) (or of a tensor's first dimension)."""
-    source = n if isinstance(n, Tensor) else None
+    source = n if isinstance(n, Tensor) and n.ndim else None  # a 0-d integer tensor is a count (as in JAX)
     (count,) = _check_key("permutation", k, source.shape[0] if source is not None else n)
     bits = random_bits(k, count)
     if bits.buffer is not None:

@@ -340,7 +340,12 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
         results = []
         for value, dim, target in zip(values, dims, targets):
-            if dim is None:
+            if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
+                raise TransformError(
+                    f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
+                    f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched"
+                )
+            if dim is None and target is not None:
                 value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 raise TransformError(

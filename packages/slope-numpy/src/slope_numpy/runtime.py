@@ -34,6 +34,8 @@ def int_pow(x, y):
 
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
+    if idx.shape[-1] == 0:  # empty index vectors pick all of x (x[()] would not repeat it over idx's batch)
+        return np.broadcast_to(x, idx.shape[:-1] + np.shape(x))
     try:
         return x[tuple(np.moveaxis(idx, -1, 0))]
     except IndexError as error:  # an index outside [-size, size): say which operator met it
@@ -42,6 +44,8 @@ def gather_nd(x, idx):
 
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
+    if idx.shape[-1] == 0:  # every update adds to all of x
+        return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
     out = x.copy()
     try:
         np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)

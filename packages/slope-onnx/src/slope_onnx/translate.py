@@ -407,6 +407,8 @@ def _expand(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 
 
 def _permute(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    if not instruction.params["perm"]:  # a 0-d tensor (onnx cannot even spell an empty `perm`)
+        return inputs[0]
     return graph.node("Transpose", inputs, shape=_out(instruction).shape, perm=list(instruction.params["perm"]))
 
 
@@ -430,6 +432,8 @@ def _slice(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str
 
 def _pad(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     params = instruction.params
+    if not any(params["lo"]) and not any(params["hi"]):  # (Pad fails on a 0-d tensor)
+        return inputs[0]
     result = _padded(graph, inputs, instruction)
     graph.padded[result] = (inputs[0], params["lo"], params["hi"], params["value"])
     return result
@@ -513,6 +517,9 @@ def _matmul(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     params = instruction.params
+    if _in(instruction, 0).size == 0 or _in(instruction, 1).size == 0:
+        # sums over no input channels: zeros (onnxruntime's Conv leaves its output unwritten there, or never returns)
+        return _expand_to(graph, graph.scalar(0, out.dtype), out.dtype, out.shape)
     transposed = _as_transposed_conv(graph, inputs, instruction)
     if transposed is not None:
         return transposed
@@ -782,23 +789,29 @@ def _int64_index(graph: OnnxGraph, name: str, aval: Any) -> str:
 
 
 def _gather_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    if _in(instruction, 1).shape[-1] == 0:  # empty index vectors pick all of x (GatherND refuses a 0-d x)
+        return _expand_to(graph, inputs[0], out.dtype, out.shape)
     index = _int64_index(graph, inputs[1], _in(instruction, 1))
-    return graph.node("GatherND", [inputs[0], index], shape=_out(instruction).shape)
+    return graph.node("GatherND", [inputs[0], index], shape=out.shape)
 
 
 def _scatter_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     x, index, updates = inputs
     index = _int64_index(graph, index, _in(instruction, 1))
+    shape = out.shape or (1,)  # ScatterND refuses a 0-d x: scatter into it as shape (1,)
+    if not out.shape:
+        x, updates = graph.reshape(x, shape), graph.reshape(updates, _in(instruction, 2).shape + shape)
     if out.dtype == slope.bool_:  # adding bools is `or`: the max of 0/1
         x, updates = graph.cast(x, slope.uint8), graph.cast(updates, slope.uint8)
-        result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="max")
-        return graph.cast(result, slope.bool_)
+        result = graph.node("ScatterND", [x, index, updates], shape=shape, reduction="max")
+        return graph.reshape(graph.cast(result, slope.bool_), out.shape)
     compute = compute_dtype("ScatterND", out.dtype)
     if compute != out.dtype:
         x, updates = graph.cast(x, compute), graph.cast(updates, compute)
-    result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="add")
-    return result if compute == out.dtype else graph.cast(result, out.dtype)
+    result = graph.node("ScatterND", [x, index, updates], shape=shape, reduction="add")
+    return graph.reshape(result if compute == out.dtype else graph.cast(result, out.dtype), out.shape)
 
 
 translations: dict[str, Callable] = {
