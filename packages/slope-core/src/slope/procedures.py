@@ -14,6 +14,7 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from . import random as random_module
+from .backend import checked_device, from_numpy, get_backend, to_backend
 from .ir import Aval
 from .operator import DTypeError, ShapeError
 from .operators import (
@@ -39,8 +40,6 @@ def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.D
 def _to_device(t: Tensor, device: str | None) -> Tensor:
     if device is None or t.buffer is None:
         return t
-    from .backend import checked_device, get_backend, to_backend
-
     backend = get_backend()
     return to_backend(t, backend, checked_device(backend, device))
 
@@ -49,8 +48,6 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
-    from .backend import from_numpy
-
     numpy_data = isinstance(data, (np.ndarray, np.generic))
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
     # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
@@ -302,8 +299,7 @@ def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
-    if not x.dtype.is_float:  # integer and bool products are int64, as in PyTorch (and as sum does)
-        x = cast(x, dtypes.int64)
+    x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
     kept_shape = tuple(x.shape[d] for d in kept)
@@ -332,18 +328,21 @@ def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
 
 
+def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
+    """Each element's index along dim, for a tensor of `shape`."""
+    along = tuple(n if d == dim else 1 for d, n in enumerate(shape))
+    return broadcast_to(ops.arange(shape[dim]).reshape(along), shape)
+
+
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    # all dims for None, none for a 0-d tensor: then over the flattened x
     dims = normalize_dims(name, None if dim is None else ops.ints(name, dim, "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
-    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))
+    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
     values = values if name == "argmax" else _reverse_order(values)
-    size = values.shape[dim]
     hit = values == ops.max_(values, dim, keepdim=True)
     hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
-    positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(values.ndim)))
-    candidates = where(hit, broadcast_to(positions, values.shape), constant(size, dtypes.int64, values.shape))
+    candidates = where(hit, _positions(values.shape, dim), values.shape[dim])  # past the end where no hit
     return min_(candidates, dim, keepdim=True).reshape(out_shape)
 
 
@@ -404,8 +403,7 @@ def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
     dims = normalize_dims("squeeze", dim, x.ndim)
-    drop = {d for d in dims if x.shape[d] == 1}
-    return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
+    return x.reshape(tuple(s for d, s in enumerate(x.shape) if s != 1 or d not in dims))
 
 
 def unsqueeze(x: Any, dim: int) -> Tensor:
@@ -437,8 +435,7 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     if not isinstance(tensors, (tuple, list)) or not tensors:
         raise ShapeError(f"slope.stack: expected a non-empty sequence of tensors, got {type(tensors).__name__}")
     tensors = [as_tensor(t) for t in tensors]
-    shapes = {t.shape for t in tensors}
-    if len(shapes) > 1:
+    if len({t.shape for t in tensors}) > 1:
         raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
     dim = ops.normalize_dim("stack", dim, tensors[0].ndim + 1)
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
@@ -490,11 +487,8 @@ def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
     x, (diagonal,) = as_tensor(x), ops.ints("tril" if lower else "triu", diagonal, "diagonal", count=1)
     if x.ndim < 2:
         raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
-    rows, cols = x.shape[-2], x.shape[-1]
-    row = ops.arange(rows).reshape((rows, 1))
-    col = ops.arange(cols).reshape((1, cols))
-    mask = (col - row <= diagonal) if lower else (col - row >= diagonal)
-    return where(broadcast_to(mask, x.shape), x, constant(0, x.dtype, x.shape))
+    above = _positions(x.shape[-2:], 1) - _positions(x.shape[-2:], 0)  # column - row: how far above the diagonal
+    return where((above <= diagonal) if lower else (above >= diagonal), x, constant(0, x.dtype, x.shape))
 
 
 def tril(x: Any, diagonal: int = 0) -> Tensor:
@@ -508,9 +502,7 @@ def triu(x: Any, diagonal: int = 0) -> Tensor:
 
 
 def _is_bool_mask(item: Any) -> bool:
-    return (isinstance(item, Tensor) and item.dtype == dtypes.bool_) or (
-        isinstance(item, np.ndarray) and item.dtype == np.bool_
-    )
+    return isinstance(item, (Tensor, np.ndarray)) and item.dtype.name == "bool"  # (slope's and NumPy's name)
 
 
 def getitem(x: Any, index: Any) -> Tensor:
@@ -547,28 +539,20 @@ def getitem(x: Any, index: Any) -> Tensor:
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
-    start, stop, step, flips, out_shape, advanced = [], [], [], [], [], []
+    bounds, flips, out_shape, advanced = [], [], [], []  # bounds: (start, stop, step) per dimension
     dim = 0
     for item in items:
         if item is None:
             out_shape.append(1)
             continue
         size = x.shape[dim]
-        if isinstance(item, Tensor):
+        if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
             check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
-            start.append(0), stop.append(size), step.append(1)
-            out_shape.append(size)
-        elif isinstance(item, slice):
-            begin, end, stride = item.indices(size)
-            if stride > 0:
-                start.append(begin), stop.append(max(begin, end)), step.append(stride)
-            else:  # walk backwards: flip, then slice forwards
-                flips.append(dim)
-                begin, end = size - 1 - begin, size - 1 - end
-                start.append(begin), stop.append(max(begin, end)), step.append(-stride)
+            item = slice(None)
+        if isinstance(item, slice):
             out_shape.append(len(range(*item.indices(size))))
         else:
             if not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
@@ -577,13 +561,18 @@ def getitem(x: Any, index: Any) -> Tensor:
             position = int(item)
             if not -size <= position < size:
                 raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
-            position %= size
-            start.append(position), stop.append(position + 1), step.append(1)
+            item = slice(position % size, position % size + 1)  # one element, and no dimension in out_shape
+        begin, end, stride = item.indices(size)
+        if stride < 0:  # walk backwards: flip, then slice forwards
+            flips.append(dim)
+            begin, end, stride = size - 1 - begin, size - 1 - end, -stride
+        bounds.append((begin, max(begin, end), stride))
         dim += 1
     if flips:
         x = ops.flip(x, tuple(flips))
-    if any((a, b, s) != (0, n, 1) for a, b, s, n in zip(start, stop, step, x.shape)):
-        x = ops.slice_(x, tuple(start), tuple(stop), tuple(step))
+    if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
+        start, stop, step = zip(*bounds)
+        x = ops.slice_(x, start, stop, step)
     x = x.reshape(tuple(out_shape))
     return _gather_advanced(x, advanced) if advanced else x
 
@@ -592,12 +581,10 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
     indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
-    moved = x.permute((*positions, *rest))
     stacked = stack(indices, -1)
-    out = ops.gather_nd(moved, stacked)
-    batch_ndim = stacked.ndim - 1
-    if positions == list(range(positions[0], positions[0] + len(positions))) and positions[0] > 0:
-        first = positions[0]
+    out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
+    batch_ndim, first = stacked.ndim - 1, positions[0]
+    if positions == list(range(first, first + len(positions))) and first > 0:
         perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
         out = out.permute(perm)
     return out
@@ -608,12 +595,10 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
-    value = as_tensor(value, x.dtype)
-    if ops.broadcast_shapes("index_update", value.shape, positions.shape) != positions.shape:
-        raise ShapeError(
-            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {positions.shape}"
-        )
-    value, flat = broadcast_to(value, positions.shape).reshape(-1), x.reshape(-1)
+    value, shape = as_tensor(value, x.dtype), positions.shape
+    if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
+        raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
+    value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
     target = positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
@@ -645,10 +630,7 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
         raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
     check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
     index = where(index < 0, constant(x.shape[dim], index.dtype, index.shape), index)  # traced: an error when run
-    grids = [
-        ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
-    ]
-    coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
+    coords = [index if d == dim else _positions(index.shape, d) for d in range(index.ndim)]
     return ops.gather_nd(x, stack(coords, -1))
 
 

@@ -34,8 +34,7 @@ def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor
     """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
     k2 = ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape))
     keys = (k0, k1, k2)
-    x0 = _mask(x0 + k0)
-    x1 = _mask(x1 + k1)
+    x0, x1 = _mask(x0 + k0), _mask(x1 + k1)
     for block in range(5):
         for r in _ROTATIONS[block % 2]:
             x0 = _mask(x0 + x1)
@@ -49,9 +48,7 @@ def random_bits(key: Tensor, count: int) -> Tensor:
     """`count` random 32-bit words (as int64) derived from a key."""
     half = max(1, math.ceil(count / 2))
     counters = ops.arange(2 * half, dtype=dtypes.int64)
-    k0 = key[0].expand(half)
-    k1 = key[1].expand(half)
-    y0, y1 = threefry2x32(k0, k1, counters[:half], counters[half:])
+    y0, y1 = threefry2x32(key[0].expand(half), key[1].expand(half), counters[:half], counters[half:])
     return ops.cat([y0, y1])[:count]
 
 
