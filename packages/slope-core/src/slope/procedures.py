@@ -117,6 +117,8 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
 def neg(x: Any) -> Tensor:
     """-x."""
     x = as_tensor(x)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.neg: negating a bool tensor (shape {x.shape}) is not supported; use logical_not or ~")
     return ops.sub(constant(0, x.dtype, x.shape), x)
 
 
@@ -287,12 +289,14 @@ def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation (whose gradient is 0 where it is 0, as in PyTorch)."""
+    normalize_dims("std", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as std's
     variance = var(x, dim, correction, keepdim, unbiased)
     return where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions."""
+    normalize_dims("min", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as min's
     return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
 
 
@@ -318,12 +322,14 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether all elements are true."""
+    normalize_dims("all", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as all's
     return logical_not(any_(logical_not(x), dim, keepdim))
 
 
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether any element is true."""
     x = cast(as_tensor(x), dtypes.bool_)
+    normalize_dims("any", dim, x.ndim, empty_means_all=True)
     no_dims = isinstance(dim, (tuple, list)) and not dim  # reduce nothing, as in PyTorch (whose sum reduces all)
     return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
 

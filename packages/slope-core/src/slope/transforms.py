@@ -84,13 +84,19 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
+def _function(name: str, fn: Any) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"slope.{name}: expected a function to transform, got {type(fn).__name__} {fn!r}")
+    return fn
+
+
 def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
     if not isinstance(primals, (tuple, list)):  # a bare tangent is caught by its structure
         raise TransformError(f"slope.jvp: primals must be a tuple or list (as in JAX), got {type(primals).__name__}")
     primals_flat, in_tree = _tensor_leaves(tuple(primals))
     tangents_flat = _tangents("jvp", primals_flat, in_tree, tuple(tangents) if isinstance(tangents, list) else tangents)
-    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    flat_fn, out_tree = flatten_fun(_function("jvp", fn), in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
     return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
 
@@ -153,7 +159,7 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
     primals_flat, in_tree = _tensor_leaves(primals)
-    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    flat_fn, out_tree = flatten_fun(_function("linearize", fn), in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
 
     def f_jvp(*tangents: Any) -> Any:
@@ -168,7 +174,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     primals_flat, in_tree = _tensor_leaves(primals)
 
     def main_fn(*args: Any) -> Any:
-        out = fn(*args)
+        out = _function("vjp", fn)(*args)
         if has_aux and not (isinstance(out, tuple) and len(out) == 2):
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
             got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
@@ -212,7 +218,7 @@ def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> t
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning `(fn(*args), gradient)` (or `((value, aux), gradient)` with has_aux)."""
 
-    @functools.wraps(fn)
+    @functools.wraps(_function("value_and_grad", fn))
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> Any:
         nums = _normalize_argnums("grad", argnums, len(args))
         for n in nums:
@@ -250,7 +256,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
 
 def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning the gradient of scalar-valued `fn` with respect to `argnums` (and aux with has_aux)."""
-    value_and_grad_fn = value_and_grad(fn, argnums, has_aux)
+    value_and_grad_fn = value_and_grad(_function("grad", fn), argnums, has_aux)
 
     @functools.wraps(fn)
     def grad_fn(*args: Any, **kwargs: Any) -> Any:
@@ -307,7 +313,7 @@ def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
 def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`)."""
 
-    @functools.wraps(fn)
+    @functools.wraps(_function("vmap", fn))
     def vmapped(*args: Any) -> Any:
         axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
         if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
