@@ -1,4 +1,5 @@
-"""Shared pytest configuration of the repository tests: the conformance matrix's size in the terminal summary."""
+"""Shared pytest configuration of the repository tests: the conformance matrix's size in the terminal summary and
+the hypothesis profiles of the differential suite."""
 
 from __future__ import annotations
 
@@ -9,6 +10,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py and operator_table.py, wherever pytest is started
 
 MATRIX_TEST = "test_conformance.py::test_matrix["
+
+try:  # hypothesis is a test dependency; without it the differential suite skips itself
+    from hypothesis import HealthCheck, Phase, settings
+except ImportError:
+    pass
+else:
+    # "ci" (the default): the same examples on every run (derandomized), few enough for CI's time budget, no
+    # shrinking (a failure prints its blob: rerun it locally under "deep" to shrink); "deep": many random examples
+    # with shrinking, for hunting (`pytest tests/differential --hypothesis-profile=deep`).
+    _quiet_checks = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile(
+        "ci",
+        derandomize=True,
+        max_examples=25,
+        deadline=None,
+        print_blob=True,
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+        suppress_health_check=_quiet_checks,
+    )
+    settings.register_profile(
+        "deep", max_examples=300, deadline=None, print_blob=True, suppress_health_check=_quiet_checks
+    )
+    settings.load_profile("ci")
 
 
 def _matrix_outcomes(terminalreporter) -> dict[str, tuple[str, str]]:

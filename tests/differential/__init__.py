@@ -1,0 +1,1 @@
+"""The differential suite: every operator and procedure against PyTorch (see test_differential.py)."""
