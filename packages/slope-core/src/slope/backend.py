@@ -26,10 +26,8 @@ class Executable:
     __slots__ = ("run", "code", "program", "out_avals")
 
     def __init__(self, run: Callable[[list], list], code: str, program: Program):
-        self.run = run
-        self.code = code
-        self.program = program
-        self.out_avals = program.out_avals
+        self.run, self.code = run, code
+        self.program, self.out_avals = program, program.out_avals  # (out_avals: read on every eager call)
 
 
 class Backend:
@@ -83,8 +81,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     if missing:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
     # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
-    replay = lambda *inputs: eval_program(program, list(inputs))  # noqa: E731
-    lowered = make_program(replay, program.in_avals, lower_for=frozenset(supported))
+    lowered = make_program(lambda *inputs: eval_program(program, list(inputs)), program.in_avals, frozenset(supported))
     return dead_code_elimination(lowered)
 
 
@@ -96,10 +93,9 @@ def _default_backend_name() -> str:
     requested = os.environ.get("SLOPE_BACKEND")
     if requested:
         return requested
-    preferred = [name for name in ("onnxruntime", "iree", "numpy") if name in plugins.backends]
-    installed = preferred + list(plugins.backends)
-    if installed:
-        return installed[0]
+    for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
+        if name in plugins.backends:
+            return name
     raise SlopeBackendError(
         "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
     )

@@ -39,8 +39,13 @@ class Operator:
     name: str = ""
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
+    symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
+
+    def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it
+        if name is not None:
+            self.name = name
 
     def __call__(self, *args: Any, **params: Any) -> Any:
         return bind(self, *args, **params)

@@ -50,14 +50,13 @@ class Trace:
             raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
         if not isinstance(value, Tracer):
             return self.pure(value)
-        level = value._trace.main.level
         if value._trace.main is self.main:
             return value
-        if level < self.main.level:
+        if value._trace.main.level < self.main.level:
             return self.lift(value)
         raise SlopeTraceError(
             "slope: a traced value escaped the transformation that created it "
-            f"(a {value.aval} tracer of level {level} used at level {self.main.level}); "
+            f"(a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}); "
             "return values from transformed functions instead of storing them"
         )
 
@@ -183,9 +182,7 @@ class ProgramTrace(Trace):
         if (op.inline or lowering) and op.procedure is not None:
             return run_procedure(op, tracers, params)
         out_avals = op.infer(*[t.aval for t in tracers], **params)
-        if not op.multiple_results:
-            out_avals = [out_avals]
-        outs = [ProgramTracer(self, aval) for aval in out_avals]
+        outs = [ProgramTracer(self, aval) for aval in (out_avals if op.multiple_results else [out_avals])]
         builder.instructions.append(Instruction(op, [t.ir_var for t in tracers], params, [t.ir_var for t in outs]))
         return outs
 
@@ -198,13 +195,11 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
-        outs = flat_fn(*in_tracers)
-        out_tracers = [trace.full_raise(as_tensor(o)) for o in outs]
-    constants = list(builder.constants.values())
-    inputs = [t.ir_var for t in in_tracers]
-    outputs = [t.ir_var for t in out_tracers]
-    constant_vars = [tracer.ir_var for _, tracer in constants]
-    return Program(inputs, builder.instructions, outputs, constant_vars, [value for value, _ in constants])
+        out_tracers = [trace.full_raise(as_tensor(o)) for o in flat_fn(*in_tracers)]
+    inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]
+    constants = builder.constants.values()
+    constant_vars, constant_values = [tracer.ir_var for _, tracer in constants], [value for value, _ in constants]
+    return Program(inputs, builder.instructions, outputs, constant_vars, constant_values)
 
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
@@ -218,12 +213,14 @@ def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
 
 
 def flatten_fun(fn: Callable, in_tree: tree.TreeDef) -> tuple[Callable, list]:
-    """Wrap a pytree function as a function of flat tensors; the output tree lands in the returned list."""
+    """Wrap a pytree function as a function of flat tensors (to flat tensors); the output tree lands in the list."""
+    from .operators import as_tensor  # (operators import this module)
+
     out_tree_box: list = []
 
     def flat_fn(*flat_args: Tensor) -> list:
         leaves, out_tree = tree.flatten(fn(*tree.unflatten(in_tree, flat_args)))
         out_tree_box.append(out_tree)
-        return leaves
+        return [as_tensor(leaf) for leaf in leaves]
 
     return flat_fn, out_tree_box

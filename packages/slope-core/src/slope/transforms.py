@@ -19,6 +19,12 @@ class TransformError(ValueError):
     """A transformation used in a way it cannot support."""
 
 
+def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
+    """The leaves of a pytree as tensors, and its structure."""
+    leaves, treedef = tree.flatten(value)
+    return [as_tensor(leaf) for leaf in leaves], treedef
+
+
 def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
     tangents_flat, tangent_tree = tree.flatten(tangents)
@@ -44,8 +50,7 @@ class JVPTracer(Tracer):
 
     def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor | None):
         super().__init__(trace, primal.aval)
-        self.primal = primal
-        self.tangent = tangent
+        self.primal, self.tangent = primal, tangent
 
 
 class JVPTrace(Trace):
@@ -63,7 +68,7 @@ class JVPTrace(Trace):
         if zero:
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        tangents = [zeros_like(t.primal) if t.tangent is None else t.tangent for t in tracers]
+        tangents = [zeros_like(t.primal) if t.tangent is None and not op.symbolic_zeros else t.tangent for t in tracers]
         if not op.has_rule("jvp"):
             return _procedure_instead(op, "JVP", tracers, params)
         primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
@@ -83,8 +88,7 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
     if not isinstance(primals, (tuple, list)):  # a bare tangent is caught by its structure
         raise TransformError(f"slope.jvp: primals must be a tuple or list (as in JAX), got {type(primals).__name__}")
-    primals_flat, in_tree = tree.flatten(tuple(primals))
-    primals_flat = [as_tensor(p) for p in primals_flat]
+    primals_flat, in_tree = _tensor_leaves(tuple(primals))
     tangents_flat = _tangents("jvp", primals_flat, in_tree, tuple(tangents) if isinstance(tangents, list) else tangents)
     flat_fn, out_tree = flatten_fun(fn, in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
@@ -148,8 +152,7 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
 
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
-    primals_flat, in_tree = tree.flatten(primals)
-    primals_flat = [as_tensor(p) for p in primals_flat]
+    primals_flat, in_tree = _tensor_leaves(primals)
     flat_fn, out_tree = flatten_fun(fn, in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
 
@@ -162,8 +165,7 @@ def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
 
 def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """`(fn(*primals), vjp_fn)` where `vjp_fn(cotangent)` returns a tuple of cotangents, one per primal."""
-    primals_flat, in_tree = tree.flatten(primals)
-    primals_flat = [as_tensor(p) for p in primals_flat]
+    primals_flat, in_tree = _tensor_leaves(primals)
 
     def main_fn(*args: Any) -> Any:
         out = fn(*args)
@@ -200,11 +202,10 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
-    for n in nums:
-        if not -count <= n < count:
-            raise TransformError(
-                f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
-            )
+    if not all(-count <= n < count for n in nums):
+        raise TransformError(
+            f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
+        )
     return tuple(n % count for n in nums)
 
 
@@ -267,8 +268,7 @@ class BatchTracer(Tracer):
     def __init__(self, trace: Trace, value: Tensor, batch_dim: int | None):
         shape = value.shape if batch_dim is None else value.shape[:batch_dim] + value.shape[batch_dim + 1 :]
         super().__init__(trace, Aval(shape, value.dtype))
-        self.value = value
-        self.batch_dim = batch_dim
+        self.value, self.batch_dim = value, batch_dim
 
     def full_lower(self) -> Tensor:
         if self.batch_dim is not None:
@@ -283,8 +283,7 @@ class BatchTrace(Trace):
         return BatchTracer(self, value, None)
 
     def run(self, op: Operator, tracers: list, params: dict) -> list:
-        values = [t.value for t in tracers]
-        dims = [t.batch_dim for t in tracers]
+        values, dims = [t.value for t in tracers], [t.batch_dim for t in tracers]
         if all(d is None for d in dims):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
@@ -315,18 +314,16 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             raise TransformError(
                 f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments"
             )
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(x) for x in flat]
+        flat, in_tree = _tensor_leaves(args)
         axes = _axes_for_leaves("vmap", axes_spec, args)
         sizes = {}
         for i, (x, axis) in enumerate(zip(flat, axes)):
-            if axis is not None:
-                if not -x.ndim <= axis < x.ndim:
-                    raise TransformError(
-                        f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}"
-                    )
-                axes[i] = axis % x.ndim
-                sizes[i] = x.shape[axis]
+            if axis is None:
+                continue
+            if not -x.ndim <= axis < x.ndim:
+                raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
+            axes[i] = axis % x.ndim
+            sizes[i] = x.shape[axis]
         if not sizes:
             raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
         if len(set(sizes.values())) > 1:
@@ -343,7 +340,12 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
         results = []
         for value, dim, target in zip(values, dims, targets):
-            if dim is None:
+            if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
+                raise TransformError(
+                    f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
+                    f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched"
+                )
+            if dim is None and target is not None:
                 value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 raise TransformError(
@@ -484,15 +486,8 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             )
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(a) for a in flat]
-        out_trees: list = []
-
-        def flat_fun(*leaves: Tensor) -> list:
-            out_leaves, out_tree = tree.flatten(self.fun(*tree.unflatten(in_tree, leaves)))
-            out_trees.append(out_tree)
-            return [as_tensor(o) for o in out_leaves]
-
+        flat, in_tree = _tensor_leaves(args)
+        flat_fun, out_trees = flatten_fun(self.fun, in_tree)
         out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
         outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
         return tree.unflatten(out_trees[0], outs)
@@ -507,8 +502,7 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
         def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
             out, residuals = fwd(*primals)
             out_flat, out_tree = tree.flatten(out)
-            res_flat, res_tree = tree.flatten(residuals)
-            res_flat = [as_tensor(r) for r in res_flat]
+            res_flat, res_tree = _tensor_leaves(residuals)
             out_avals = tuple(as_tensor(o).aval for o in out_flat)
             params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
             tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))

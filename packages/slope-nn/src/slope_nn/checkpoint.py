@@ -1,10 +1,17 @@
-"""Checkpoints: state dicts written as safetensors (default) or `.npz`; tensors only, never pickled code."""
+"""Checkpoints: state dicts written as safetensors (default) or `.npz`; tensors only, never pickled code.
+
+Every dtype and shape (0-d and size-0 included) comes back exactly. Saves are atomic: the data goes to a temporary
+file in the same folder, is flushed to disk, and then replaces the checkpoint in one step, so a save that fails or is
+killed midway leaves the previous checkpoint as it was (a killed one may leave its hidden `.NAME.*.tmp` file).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -12,6 +19,9 @@ import slope
 from slope import Tensor
 
 __all__ = ["load", "save"]
+
+# .npz has no bfloat16: such arrays are stored as their uint16 bits, their names listed in this entry
+_NPZ_DTYPES = "__slope_dtypes__"
 
 
 def _arrays(state: Any) -> dict[str, np.ndarray]:
@@ -25,24 +35,59 @@ def _arrays(state: Any) -> dict[str, np.ndarray]:
     for name, value in state.items():
         if not isinstance(name, str):
             raise TypeError(f"slope.nn.save: state names must be strings, got {name!r}")
+        if name == _NPZ_DTYPES:
+            raise ValueError(f"slope.nn.save: the name {name!r} is reserved for the checkpoint's own metadata")
         array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
         if array.dtype == object:
             raise TypeError(f"slope.nn.save: {name!r} is not numeric data")
-        arrays[name] = np.ascontiguousarray(array)
+        arrays[name] = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     return arrays
 
 
+def _write_npz(arrays: dict[str, np.ndarray], file: Path) -> None:
+    bfloat16 = sorted(name for name, array in arrays.items() if array.dtype.name == "bfloat16")
+    stored = {name: array.view(np.uint16) if name in bfloat16 else array for name, array in arrays.items()}
+    if bfloat16:
+        stored[_NPZ_DTYPES] = np.array(json.dumps({name: "bfloat16" for name in bfloat16}))
+    with open(file, "wb") as handle:  # a file object: np.savez would add ".npz" to a name
+        np.savez(handle, **stored)
+
+
+def _write_safetensors(arrays: dict[str, np.ndarray], file: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(file), metadata={"format": "slope"})
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """write(file) to a new file beside `path`, flushed to disk, then renamed over `path` in one step."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # the rename itself made durable (POSIX)
+        descriptor = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 def save(state: Any, path: str | os.PathLike) -> None:
-    """Write a Module's state dict (or a dict of tensors/arrays): `.npz` by suffix, else safetensors."""
+    """Write a Module's state dict (or a dict of tensors/arrays) atomically: `.npz` by suffix, else safetensors."""
     path = Path(path)
     arrays = _arrays(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npz":
-        np.savez(path, **arrays)
-        return
-    from safetensors.numpy import save_file
-
-    save_file(arrays, str(path), metadata={"format": "slope"})
+    writer = _write_npz if path.suffix == ".npz" else _write_safetensors
+    _write_atomically(path, lambda file: writer(arrays, file))
 
 
 def load(path: str | os.PathLike, as_numpy: bool = False) -> dict[str, Any]:
@@ -53,6 +98,8 @@ def load(path: str | os.PathLike, as_numpy: bool = False) -> dict[str, Any]:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
+        for name, dtype in json.loads(str(arrays.pop(_NPZ_DTYPES, "{}"))).items():
+            arrays[name] = arrays[name].view(getattr(slope, dtype).numpy)
     else:
         from safetensors.numpy import load_file
 

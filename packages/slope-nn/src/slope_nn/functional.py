@@ -25,6 +25,7 @@ from .operators import (
     pool_windows,
     relu,
     scatter_add,
+    shift_for_exp,
     take_along_dim,
 )
 
@@ -71,9 +72,13 @@ def _number(name: str, value: Any, what: str) -> Any:
 
 
 def sigmoid(x: Any) -> Tensor:
-    """1 / (1 + exp(-x))."""
+    """1 / (1 + exp(-x)), computed stably: exp(x) / (1 + exp(x)) for x < 0."""
     x = _float(x)
-    return 1.0 / (1.0 + slope.exp(-x))
+    positive = x >= 0
+    # exp(-|x|) never overflows; a `where` (not abs) keeps the derivative at 0 and sends NaN down the second branch
+    e = slope.exp(slope.where(positive, -x, x))
+    denominator = 1.0 + e
+    return slope.where(positive, 1.0 / denominator, e / denominator)
 
 
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
@@ -98,10 +103,23 @@ def silu(x: Any) -> Tensor:
     return x * sigmoid(x)
 
 
-def softplus(x: Any, beta: float = 1.0) -> Tensor:
-    """log(1 + exp(beta x)) / beta, computed stably."""
-    x = _float(x) * _number("softplus", beta, "beta")
-    return (relu(x) + slope.log(1.0 + slope.exp(-x.abs()))) / beta
+def _log1p_of_small(e: Tensor) -> Tensor:
+    """log(1 + e) for 0 <= e <= 1, accurate for tiny e: log(u) + (e - (u - 1)) / u with u = 1 + e corrects u's rounding
+    (u - 1 is exact), and its derivative is 1 / u; no division by zero, so no NaN in the gradient."""
+    u = 1.0 + e
+    return slope.log(u) + (e - (u - 1.0)) / u
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, computed stably; x itself where beta x > threshold (as PyTorch)."""
+    x = _float(x)
+    scaled = x * _number("softplus", beta, "beta")
+    threshold = _number("softplus", threshold, "threshold")
+    positive = scaled > 0
+    # max(scaled, 0) + log1p(exp(-|scaled|)), with `where`s instead of max and abs: the derivative at 0 is 1/2
+    e = slope.exp(slope.where(positive, -scaled, scaled))
+    out = (slope.where(positive, scaled, 0.0) + _log1p_of_small(e)) / beta
+    return slope.where(scaled > threshold, x, out)
 
 
 # ----------------------------------------------------------------------------------------------- softmax
@@ -111,7 +129,7 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
     dim = normalize_dims("logsumexp", dim, x.ndim)
-    top = slope.stop_gradient(x.max(dim, keepdim=True))
+    top = shift_for_exp(x, dim)
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
     return out if keepdim else out.reshape(tuple(s for d, s in enumerate(x.shape) if d not in dim))
@@ -121,7 +139,7 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
     """exp(x) normalised to sum to 1 along dim."""
     x = _float(x)
     dim = normalize_dim("softmax", dim, x.ndim)
-    e = slope.exp(x - slope.stop_gradient(x.max(dim, keepdim=True)))
+    e = slope.exp(x - shift_for_exp(x, dim))
     return e / e.sum(dim, keepdim=True)
 
 

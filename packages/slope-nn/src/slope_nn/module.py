@@ -303,7 +303,7 @@ class Module:
                         f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "
                         f"{leaf.shape} in the module"
                     )
-                leaf = slope.tensor(np.ascontiguousarray(array, dtype=leaf.dtype.numpy), dtype=leaf.dtype)
+                leaf = slope.tensor(np.asarray(array, dtype=leaf.dtype.numpy, order="C"), dtype=leaf.dtype)
             new_leaves.append(leaf)
         _assign(self, slope.tree.unflatten(treedef, new_leaves))
         return self

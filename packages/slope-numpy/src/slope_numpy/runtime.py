@@ -11,15 +11,46 @@ def int_div(x, y):
     return (quotient + adjust).astype(x.dtype)
 
 
+def pairwise_sum(x, axis, keepdims):
+    """A sum over `axis` added pairwise however x lies in memory: NumPy adds pairwise only along the axis innermost in
+    memory and one by one along the others (float64 0.1s over axis 0 of 10^5 x 10 are 1.7 10^4 units in the last
+    place off). The reduced axes are moved last into one contiguous row per output."""
+    kept = [d for d in range(x.ndim) if d not in axis]
+    count = 1
+    for d in axis:
+        count *= x.shape[d]
+    rows = np.ascontiguousarray(np.transpose(x, kept + list(axis)).reshape([x.shape[d] for d in kept] + [count]))
+    total = np.add.reduce(rows, axis=-1)
+    return total.reshape([1 if d in axis else size for d, size in enumerate(x.shape)]) if keepdims else total
+
+
+def int_pow(x, y):
+    """Integer x ** y as PyTorch computes it: wrapping around on overflow; a negative exponent gives 0 unless |x| is 1
+    (x ** (y mod 2) then, which NumPy computes where it refuses negative exponents)."""
+    negative = y < 0
+    out = np.power(x, np.where(negative, y & 1, y))
+    return np.where(negative & (x != 1) & (x != -1), np.zeros((), out.dtype), out)
+
+
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+    if idx.shape[-1] == 0:  # empty index vectors pick all of x (x[()] would not repeat it over idx's batch)
+        return np.broadcast_to(x, idx.shape[:-1] + np.shape(x))
+    try:
+        return x[tuple(np.moveaxis(idx, -1, 0))]
+    except IndexError as error:  # an index outside [-size, size): say which operator met it
+        raise IndexError(f"slope.gather_nd (x[index], slope.getitem): {error}; indices lie in [-size, size)") from None
 
 
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
+    if idx.shape[-1] == 0:  # every update adds to all of x
+        return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
     out = x.copy()
-    np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    try:
+        np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    except IndexError as error:
+        raise IndexError(f"slope.scatter_nd (x.at[index], gradients of x[index]): {error}") from None
     return out
 
 

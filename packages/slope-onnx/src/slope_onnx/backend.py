@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import Any, Callable
@@ -257,8 +258,12 @@ class OnnxBackend(Backend):
             model = for_cpu_session(model)
         session = self._session(model.SerializeToString(), device, pooled)
         if device == "cpu":
-            return session, _runner(session, input_names, output_names, self._run_options)
-        return session, _device_runner(session, input_names, output_names, self._run_options, self._device(device))
+            run = _runner(session, input_names, output_names, self._run_options)
+        else:
+            run = _device_runner(session, input_names, output_names, self._run_options, self._device(device))
+        if any(node.op_type in _INDEXING for node in model.graph.node):
+            run = _index_errors(run)
+        return session, run
 
     def _session(self, model_bytes: bytes, device: str, pooled: bool) -> ort.InferenceSession:
         self._device(device)
@@ -335,6 +340,34 @@ def _runner(session: ort.InferenceSession, input_names: list[str], output_names:
             return [outs[i] for i in range(count)]
 
     return run
+
+
+# onnxruntime operators that reject an index out of range when they run, and the Slope operators they come from
+_INDEXING = {
+    "GatherND": "gather_nd (x[index], slope.getitem)",
+    "ScatterND": "scatter_nd (x.at[index], gradients of x[index])",
+    "GatherElements": "take_along_dim",
+    "ScatterElements": "scatter_add",
+}
+
+
+def _index_errors(run: Any) -> Any:
+    """`run` raising onnxruntime's failures on an index out of range as IndexErrors that name the Slope operator."""
+
+    def checked(buffers: list) -> list:
+        try:
+            return run(buffers)
+        except Exception as error:
+            found = re.search(r"running (\w+) node", str(error))
+            if found is None or found.group(1) not in _INDEXING:
+                raise
+            detail = str(error).split("Status Message: ")[-1].split("] ")[-1].strip()
+            raise IndexError(
+                f"slope.{_INDEXING[found.group(1)]}: an index is out of range (indices must lie in [-size, size) of "
+                f"the dimension they index); onnxruntime: {detail}"
+            ) from None
+
+    return checked
 
 
 def _device_runner(session: ort.InferenceSession, input_names: list[str], output_names: list[str], run_options: Any,
