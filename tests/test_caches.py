@@ -123,11 +123,12 @@ def test_jit_traces_python_ints_as_int64(on_backend):
 
 
 def test_jit_scalars_promote_as_their_0d_tensors(on_backend):
-    # (a 0-d tensor promotes like a Python scalar of its kind: float16 * lr stays float16 once dtypes say so)
+    # a 0-d tensor promotes like a Python scalar of its kind: float16 * lr stays float16, int32 * n stays int32
     x16 = slope.tensor([1.0, 2.0], dtype=slope.float16)
     out = slope.jit(lambda x, lr: x * lr)(x16, 0.5)
-    assert out.dtype == (x16 * slope.tensor(0.5)).dtype
-    assert out.tolist() == [0.5, 1.0]
+    assert out.dtype == slope.float16 and out.tolist() == [0.5, 1.0]
+    out = slope.jit(lambda x, n: x * n)(slope.tensor([1, 2], dtype=slope.int32), 3)
+    assert out.dtype == slope.int32 and out.tolist() == [3, 6]
 
 
 def test_jit_keeps_bools_none_and_static_arguments_in_the_key(on_backend):

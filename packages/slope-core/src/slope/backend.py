@@ -198,7 +198,7 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             out = instruction.outputs[0].aval
             raise SlopeMemoryError(
                 f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "
-                f"bytes with its inputs; this machine has {PHYSICAL_MEMORY:,} (and sizes must stay below 2**63)"
+                f"bytes with its inputs; this machine has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)"
             )
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)
