@@ -1306,6 +1306,7 @@ P15 = "issue 10 point 15: bad arguments reach the user as raw Python/library err
 EMPTY_ORT = "NEW: onnxruntime fails (raw InvalidArgument) on bfloat16 ops that broadcast into an empty result"
 EMPTY_DIM = "NEW: softmax/log_softmax/logsumexp over an empty dimension raise (PyTorch: empty result, -inf)"
 EMPTY_SPLIT = "NEW: split/chunk of an empty dimension give no pieces (PyTorch: one empty piece)"
+ROUNDING_BOOL = "NEW: floor/ceil/round of bool give the input unchanged (PyTorch has no bool kernel for them)"
 ACCEPTS = "NEW: Slope computes what PyTorch refuses for this dtype (bool/int8 inputs): refuse, or list as a difference"
 
 KNOWN_OPEN = {
@@ -1319,9 +1320,9 @@ KNOWN_OPEN = {
     ("cross_entropy", "*", "forward"): ACCEPTS,
     ("max_pool_argmax", "numpy", "forward"): "NEW: ShapeError for a window of padding only, which PyTorch accepts",
     ("max_pool_argmax", "onnxruntime", "forward"): P2,
-    ("ceil", "*", "forward"): P5,
-    ("floor", "*", "forward"): P5 + "; floor of bool is accepted (PyTorch refuses)",
-    ("round", "*", "forward"): P5,
+    ("ceil", "*", "forward"): ROUNDING_BOOL,
+    ("floor", "*", "forward"): ROUNDING_BOOL,
+    ("round", "*", "forward"): ROUNDING_BOOL,
     ("clamp", "*", "forward"): P15 + ": clamp(x, None, None) is accepted",
     ("clip", "*", "forward"): P15 + ": clip(x, None, None) is accepted",
     ("conv", "*", "forward"): "NEW: conv refuses integer inputs (PyTorch computes them): a difference to list, or add",
