@@ -90,6 +90,6 @@ def test_pooling_and_indexing_errors_name_the_function():
     with pytest.raises(IndexError, match="slope.take_along_dim.*0 to 3"):
         slope.take_along_dim(slope.ones(2, 4), slope.tensor([[4], [0]]), 1)
     with pytest.raises(slope.ShapeError, match="slope.scatter_add"):
-        slope.scatter_add(slope.ones(2, 4), 1, slope.tensor([[1], [0]]), slope.ones(2, 2))
+        slope.scatter_add(slope.ones(2, 4), 1, slope.tensor([[1, 2], [0, 3]]), slope.ones(2, 1))  # src < index
     with pytest.raises(slope.DTypeError, match="slope.relu.*bool"):
         slope.relu(slope.tensor([True]))

@@ -75,16 +75,40 @@ def test_max_pool_of_random_values_on_onnxruntime_matches_a_numpy_reference():
     np.testing.assert_array_equal(values, windows.max(-1))
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "numpy",
-        pytest.param("onnxruntime", marks=pytest.mark.xfail(strict=True, reason=(
-            "known gap: onnxruntime's MaxPool keeps a window's first element and replaces it only by a greater one, "
-            "so a NaN that is not first in its window is dropped"))),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_a_nan_in_a_window_gives_nan_as_in_pytorch(backend):
     x = np.array([[1, np.nan, 3, 2], [np.nan, 1, 2, 3], [np.nan, np.nan, 1, 1], [-np.inf, np.nan, -np.inf, 0]])
     values = _run(backend, x.reshape(1, 4, 2, 2), (2, 2), slope.float32)[0]
     assert np.isnan(values).all(), values
+
+
+POOLS = [  # (input shape, kernel, stride, padding, dilation): tiles, overlaps, padding, dilation, 1-d and 3-d
+    ((2, 3, 6, 6), (2, 2), None, 0, 1),
+    ((2, 3, 7, 5), (3, 3), 2, 1, 1),
+    ((1, 2, 9, 8), (2, 3), 1, 0, 2),
+    ((2, 2, 11), (3,), 2, 1, 1),
+    ((1, 2, 4, 5, 4), (2, 2, 2), None, 0, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize(("shape", "kernel", "stride", "padding", "dilation"), POOLS)
+def test_max_pool_of_nan_and_infinities_matches_pytorch(each_backend, shape, kernel, stride, padding, dilation, dtype):
+    """Values equal PyTorch's everywhere (NaN for each window holding a NaN, wherever it lies in the window); the
+    indices too wherever the window holds no NaN (in one that does, which NaN PyTorch names is its own affair)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(len(shape) * 10 + len(dtype))
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0])
+    x = np.where(rng.random(shape) < 0.15, rng.choice(specials, shape), rng.standard_normal(shape))
+    x[(0,) * (len(shape) - 1) + (1,)] = np.nan  # not first in its window
+    pool = getattr(torch.nn.functional, f"max_pool{len(kernel)}d")
+    tx = torch.tensor(x).to(getattr(torch, dtype))
+    expected, expected_index = pool(tx, kernel, stride, padding, dilation, return_indices=True)
+    t = slope.tensor(x, dtype=dtype)
+    for run in (slope.max_pool, slope.jit(slope.max_pool, static_argnums=(1, 2, 3, 4))):
+        got = run(t, kernel, stride, padding, dilation)
+        np.testing.assert_array_equal(got.numpy().astype(np.float64), expected.double().numpy())
+    index = slope.jit(slope.max_pool_argmax, static_argnums=(1, 2, 3, 4))(t, kernel, stride, padding, dilation)
+    plain = ~np.isnan(expected.double().numpy())
+    assert np.isnan(x).any() and not plain.all()  # the case does hold windows with NaN
+    np.testing.assert_array_equal(index.numpy()[plain], expected_index.numpy()[plain])

@@ -131,11 +131,6 @@ def test_pooling_by_phases_keeps_the_first_maximum_like_maxpool():
         np.testing.assert_array_equal(got, expected % (24 * 24), err_msg=backend)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, as with MaxPool (packages/slope-nn/tests/test_nn_pool_onnx.py): "
-    "onnxruntime's Max keeps a NaN from some operand positions only, so a NaN can be dropped",
-)
 def test_pooling_by_phases_gives_nan_for_a_nan_in_a_window():
     x = np.zeros((8, 1, 26, 26), np.float32)
     x[0, 0, 5, 5] = x[3, 0, 20, 11] = np.nan
@@ -144,7 +139,7 @@ def test_pooling_by_phases_gives_nan_for_a_nan_in_a_window():
     def pooled(a, k, c):
         return slope.max_pool(slope.relu(slope.conv(a, k, c)), 2)
 
-    def values_and_grad(a, k, c):  # the gradient uses the indices: the phase form runs, and gives the values too
+    def values_and_grad(a, k, c):  # two MaxPools of one input (values, indices): the plain form, NaN-guarded
         return pooled(a, k, c), slope.grad(lambda kk: pooled(a, kk, c).sum())(k)
 
     results = {}
@@ -186,3 +181,24 @@ def test_the_benchmark_cnn_step_matches_numpy(session_models):
     assert kinds.count("MaxPool") == 1 and kinds.count("Max") == 1  # pool1 by phases, pool2 MaxPool
     if cpu_rewrites.block_size():
         assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
+
+
+def test_pooling_by_phases_keeps_a_nan_in_a_window(session_models):
+    """A training step pooled by phases (no MaxPool left): each window holding a NaN pools to NaN, as on NumPy."""
+    x = np.zeros((8, 1, 26, 26), np.float32)
+    x[0, 0, 5, 5] = x[3, 0, 20, 11] = np.nan
+    w, b = np.ones((32, 1, 3, 3), np.float32), np.ones(32, np.float32)
+
+    def loss(k, a, c):
+        pooled = slope.max_pool(slope.relu(slope.conv(a, k, c)), 2)
+        return pooled.sum(), pooled
+
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with slope.use_backend(backend):
+            (_, pooled), _ = slope.jit(slope.value_and_grad(loss, has_aux=True))(*(slope.tensor(a) for a in (w, x, b)))
+            results[backend] = pooled.numpy()
+    kinds = [node.op_type for node in session_models[-1].graph.node]
+    assert "MaxPool" not in kinds and kinds.count("Max") == 1, kinds
+    assert np.isnan(results["numpy"]).sum() == 2 * 32 * 4  # each NaN reaches 9 outputs in 4 windows, per channel
+    np.testing.assert_array_equal(np.isnan(results["onnxruntime"]), np.isnan(results["numpy"]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -24,10 +26,8 @@ class Executable:
     __slots__ = ("run", "code", "program", "out_avals")
 
     def __init__(self, run: Callable[[list], list], code: str, program: Program):
-        self.run = run
-        self.code = code
-        self.program = program
-        self.out_avals = program.out_avals
+        self.run, self.code = run, code
+        self.program, self.out_avals = program, program.out_avals  # (out_avals: read on every eager call)
 
 
 class Backend:
@@ -81,23 +81,21 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     if missing:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
     # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
-    replay = lambda *inputs: eval_program(program, list(inputs))  # noqa: E731
-    lowered = make_program(replay, program.in_avals, lower_for=frozenset(supported))
+    lowered = make_program(lambda *inputs: eval_program(program, list(inputs)), program.in_avals, frozenset(supported))
     return dead_code_elimination(lowered)
 
 
 _instances: dict[str, Backend] = {}
-_state: dict[str, Any] = {"backend": None, "device": None}
+_state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like torch.set_default_dtype: not per thread
 
 
 def _default_backend_name() -> str:
     requested = os.environ.get("SLOPE_BACKEND")
     if requested:
         return requested
-    preferred = [name for name in ("onnxruntime", "iree", "numpy") if name in plugins.backends]
-    installed = preferred + list(plugins.backends)
-    if installed:
-        return installed[0]
+    for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
+        if name in plugins.backends:
+            return name
     raise SlopeBackendError(
         "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
     )
@@ -112,7 +110,7 @@ def get_backend(name: str | None = None) -> Backend:
     if name not in _instances:
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
-        _instances[name] = plugins.backends[name]()
+        _instances.setdefault(name, plugins.backends[name]())  # threads asking at once all get the first one kept
     return _instances[name]
 
 
@@ -150,13 +148,7 @@ def default_device() -> str:
 
 def set_device(device: str) -> None:
     """Make a device the default one for new tensors and programs."""
-    previous = _state["device"]
-    _state["device"] = device
-    try:
-        default_device()
-    except SlopeBackendError:
-        _state["device"] = previous  # a device that is not there must not stay selected
-        raise
+    _state["device"] = checked_device(get_backend(), device)  # (a device that is not there is never selected)
 
 
 def devices() -> list[str]:
@@ -164,15 +156,52 @@ def devices() -> list[str]:
     return get_backend().devices()
 
 
-_compiled: dict[tuple, Executable] = {}
+class BoundedCache:
+    """An approximate LRU of `limit` entries (and about `max_bytes` by `size_of`) with free hits: lookups read `recent`, a
+    plain dict; misses `add`. A full `recent` becomes `old`, dropping what went unused for a whole generation."""
+
+    def __init__(self, limit: int, max_bytes: float = math.inf, size_of: Callable[[Any], int] = lambda _: 0):
+        self.recent, self.old, self.nbytes, self.lock = {}, {}, 0, threading.Lock()  # (the lock: misses only)
+        self.limit, self.max_bytes, self.size_of = max(1, limit // 2), max_bytes / 2, size_of
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.old)
+
+    def add(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value of a key missing from `recent`: taken back from `old`, else made (outside the lock)."""
+        value = self.old.pop(key, None)
+        value = make() if value is None else value
+        with self.lock:
+            if len(self.recent) >= self.limit or self.nbytes > self.max_bytes:
+                self.old, self.nbytes = dict(self.recent), 0
+                self.recent.clear()
+            self.recent[key] = value
+            self.nbytes += self.size_of(value)
+        return value
+
+
+_eager = BoundedCache(int(os.environ.get("SLOPE_EAGER_CACHE_SIZE", 4096)))
+_compiled: dict[tuple, Executable] = _eager.recent  # the hot path reads it directly
+JIT_CACHE_SIZE = int(os.environ.get("SLOPE_JIT_CACHE_SIZE", 256))  # programs per jitted function
+PHYSICAL_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else math.inf
 
 
 def compile_program(program: Program, backend: Backend, device: str) -> Executable:
-    """Lower, check and compile a Program on a backend; prints IR and code when LOG_JIT=1."""
+    """Lower, check (sizes against memory, dtypes against the backend) and compile a Program; LOG_JIT=1 prints it."""
     lowered = lower(program, backend.translations.keys())
-    for instruction in lowered.instructions:
-        for var in instruction.inputs + instruction.outputs:
-            backend.check_dtype(var.aval.dtype, instruction.op.name)
+    for instruction in program.instructions + lowered.instructions:  # the program's own first: they name the call
+        avals = [v.aval for v in instruction.inputs + instruction.outputs]
+        needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
+        if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
+            from .operator import SlopeMemoryError
+
+            out = instruction.outputs[0].aval
+            raise SlopeMemoryError(
+                f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "
+                f"bytes with its inputs; this machine has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)"
+            )
+        for aval in avals:
+            backend.check_dtype(aval.dtype, instruction.op.name)
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
@@ -198,7 +227,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     try:
         executable = _compiled[key]
     except KeyError:
-        executable = _compiled[key] = _compile_one(op, args, params, backend, device)
+        executable = _eager.add(key, lambda: _compile_one(op, args, params, backend, device))
     except TypeError as error:  # an unhashable parameter: a user error the operator explains
         raise TypeError(f"slope.{op.name}: parameters must be hashable, got {params}") from error
     return run_executable(executable, args, backend, device)

@@ -72,12 +72,10 @@ def as_dtype(value: object) -> DType:
     if isinstance(value, str) and value in by_name:
         return by_name[value]
     try:
-        numpy_name = np.dtype(value).name  # ml_dtypes' bfloat16 is named "bfloat16" too
-    except TypeError:
-        numpy_name = None
-    if numpy_name in by_name:
-        return by_name[numpy_name]
-    raise TypeError(f"slope: unknown or unsupported dtype {value!r}; expected one of {[d.name for d in all_dtypes]}")
+        return by_name[np.dtype(value).name]  # ml_dtypes' bfloat16 is named "bfloat16" too
+    except (TypeError, KeyError):
+        names = [d.name for d in all_dtypes]
+        raise TypeError(f"slope: unknown or unsupported dtype {value!r}; expected one of {names}") from None
 
 
 _kind_rank = {"bool": 0, "uint": 1, "int": 1, "float": 2}
@@ -125,9 +123,8 @@ def infer_python(value: object, name: str = "tensor") -> DType:
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nesting
-        raise ValueError(
-            f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
-        ) from None
+        message = f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
+        raise ValueError(message) from None
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
     if array.dtype.kind in by_kind:
         return by_kind[array.dtype.kind]

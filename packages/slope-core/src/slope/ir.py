@@ -91,8 +91,7 @@ class Program:
         names = self.names()
         args = ", ".join(f"{names[v]}: {v.aval}" for v in self.inputs)
         lines = [f"def program({args}):"]
-        for v, _value in zip(self.constants, self.constant_values):
-            lines.append(f"    {names[v]} = constant  # {v.aval}")
+        lines += [f"    {names[v]} = constant  # {v.aval}" for v in self.constants]
         for instruction in self.instructions:
             outs = ", ".join(names[v] for v in instruction.outputs)
             call_args = [names[v] for v in instruction.inputs]

@@ -22,6 +22,10 @@ class DTypeError(SlopeError, TypeError):
     """Dtypes that do not fit an operator."""
 
 
+class SlopeMemoryError(SlopeError, MemoryError):
+    """A tensor too big for this machine's memory (or for int64 sizes), refused before the backend allocates it."""
+
+
 @dataclass(slots=True)
 class UndefinedPrimal:
     """Stands for a linear input while a linear Program is transposed."""
@@ -38,6 +42,10 @@ class Operator:
     symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
+
+    def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it
+        if name is not None:
+            self.name = name
 
     def __call__(self, *args: Any, **params: Any) -> Any:
         return bind(self, *args, **params)

@@ -18,7 +18,8 @@ from .plugins import hookimpl
 from .tensors import Tensor, functions
 from .trace import bind, is_eager
 
-_constants: dict[tuple, Tensor] = {}
+_constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
+_constants: dict[tuple, Tensor] = _constant_cache.recent
 
 
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
@@ -29,12 +30,10 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     tensor = _constants.get(key)
     if tensor is None:
-        if len(_constants) > 4096:
-            _constants.clear()
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
         key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
-        _constants[key] = tensor
+        tensor = _constant_cache.add(key, lambda: tensor)
     return tensor
 
 
@@ -104,22 +103,26 @@ def ints(name: str, value: Any, what: str, lowest: int | None = None, count: int
 
 
 def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked)."""
+    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked). A 0-d
+    tensor takes dim 0 or -1, as in PyTorch, which name none of its (no) dimensions: ()."""
     if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(ndim))
     dims, limit = ints(name, dim, "dim"), max(ndim, 1)
     for d in dims:
         if not -limit <= d < limit:
             raise IndexError(f"slope.{name}: dimension {d} is out of range {-limit} to {limit - 1} ({ndim} dimensions)")
-    unique = tuple(sorted({d % ndim if ndim else 0 for d in dims}))
+    unique = tuple(sorted({d % limit for d in dims}))
     if len(unique) < len(dims):
         raise ShapeError(f"slope.{name}: dim {dim} names a dimension more than once (tensor of {ndim} dimensions)")
-    return unique
+    return unique if ndim else ()
 
 
-def normalize_dim(name: str, dim: Any, ndim: int) -> int:
-    """One dimension index (an int, not a sequence) made non-negative and checked."""
-    return normalize_dims(name, ints(name, dim, "dim", count=1), ndim)[0]
+def normalize_dim(name: str, dim: Any, ndim: int, needs_dim: bool = False) -> int:
+    """One dimension index (an int, not a sequence) made non-negative and checked; 0 for a 0-d tensor, whose dim 0 or
+    -1 PyTorch takes, unless the function needs a dimension (as split, roll or cat)."""
+    if needs_dim and ndim == 0:
+        raise IndexError(f"slope.{name}: expected a tensor with at least one dimension, got a 0-d tensor")
+    return (normalize_dims(name, ints(name, dim, "dim", count=1), ndim) or (0,))[0]
 
 
 def shape_args(name: str, shape: tuple, lowest: int | None = None) -> tuple[int, ...]:
@@ -199,23 +202,14 @@ class Tanh(Unary):
         return functions["sign"](x) * (1.0 - e) / (1.0 + e)
 
 
-class Floor(Unary):
-    """Rounding down (Ceil: up; Round: to nearest, ties to even); integers pass as they are; zero derivative."""
+class Rounding(Unary):
+    """floor, ceil and round (to nearest, ties to even); integers pass as they are; zero derivative."""
 
-    name = "floor"
     tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
         return bind(self, x) if x.dtype.is_float else x
-
-
-class Ceil(Floor):
-    name = "ceil"
-
-
-class Round(Floor):
-    name = "round"
 
 
 class Invert(Unary):
@@ -279,7 +273,7 @@ class Binary(Elementwise):
             raise self.shape_error(f"expected inputs of one shape, got {x.shape} and {y.shape}")
         if x.dtype != y.dtype:
             raise self.dtype_error(f"expected inputs of one dtype, got {x.dtype.name} and {y.dtype.name}")
-        if self.allowed == "number" and x.dtype == dtypes.bool_ and self.result is None:
+        if self.allowed == "number" and x.dtype == dtypes.bool_:
             raise self.dtype_error(f"expected numbers, got bool tensors of shape {x.shape}")
         if self.allowed == "integer" and x.dtype.is_float:
             raise self.dtype_error(f"expected integer or bool tensors, got {x.dtype.name} of shape {x.shape}")
@@ -380,8 +374,8 @@ class Maximum(Binary):
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
-        half = (tx + ty) * 0.5
-        return [maximum(x, y)], [where(greater(x, y), tx, where(equal(x, y), half, ty))]
+        half = (tx + ty) * 0.5  # ties share the tangent; a NaN (no order) takes both, as in PyTorch
+        return [maximum(x, y)], [where(greater(x, y), tx, where(less(x, y), ty, where(equal(x, y), half, tx + ty)))]
 
 
 class Compare(Binary):
@@ -389,41 +383,15 @@ class Compare(Binary):
     allowed = "any"
 
 
-class Equal(Compare):
-    name = "equal"
-
-
-class Less(Compare):
-    name = "less"
-
-
-class Greater(Compare):
-    name = "greater"
-
-
-class LessEqual(Compare):
-    name, strict = "less_equal", "less"
+class CompareOrEqual(Compare):
+    """less_equal and greater_equal: the strict comparison or equality."""
 
     def procedure(self, x: Tensor, y: Tensor) -> Tensor:
-        return bitwise_or(functions[self.strict](x, y), equal(x, y))  # not `not greater`: NaN compares false
+        strict = functions[self.name.removesuffix("_equal")]
+        return bitwise_or(strict(x, y), equal(x, y))  # not `not greater`: NaN compares false
 
 
-class GreaterEqual(LessEqual):
-    name, strict = "greater_equal", "greater"
-
-
-class BitwiseAnd(Binary):
-    name = "bitwise_and"
-    allowed = "integer"
-
-
-class BitwiseOr(Binary):
-    name = "bitwise_or"
-    allowed = "integer"
-
-
-class BitwiseXor(Binary):
-    name = "bitwise_xor"
+class Bitwise(Binary):
     allowed = "integer"
 
 
@@ -451,11 +419,9 @@ class Where(Elementwise):
     def transpose(self, cotangents: list, c: Any, x: Any, y: Any) -> list:
         ct = cotangents[0]
         zeros = zeros_like(ct)
-        return [
-            None,
-            where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None,
-            where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None,
-        ]
+        x_ct = where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None
+        y_ct = where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None
+        return [None, x_ct, y_ct]
 
 
 class Reduce(Operator):
@@ -463,8 +429,7 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        dims = normalize_dims(self.name, dim, x.ndim, empty_means_all=True)  # 0-d tensors take dim 0 or -1
-        return bind(self, x, dim=dims if x.ndim else (), keepdim=bool(keepdim))
+        return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim, empty_means_all=True), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
@@ -473,9 +438,9 @@ class Reduce(Operator):
             return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape)), x.dtype)
         return Aval(tuple(s for i, s in enumerate(x.shape) if i not in dim), x.dtype)
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)
-        return [bind(self, x, dim=tuple(d + 1 for d in dim), keepdim=keepdim)], [0]
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, **params: Any) -> tuple[list, list]:
+        x = move_axis(args[0], dims[0], 0)  # also Flip's rule
+        return [bind(self, x, dim=tuple(d + 1 for d in dim), **params)], [0]
 
 
 class Sum(Reduce):
@@ -488,9 +453,8 @@ class Sum(Reduce):
         return super().__call__(x, dim, keepdim)
 
     def transpose(self, cotangents: list, x: Any, *, dim: tuple, keepdim: bool) -> list:
-        ct = cotangents[0]
-        kept = tuple(1 if i in dim else s for i, s in enumerate(x.aval.shape))
-        return [expand(reshape(ct, kept), x.aval.shape)]
+        kept = self.infer(x.aval, dim=dim, keepdim=True).shape  # x's shape with size 1 where summed
+        return [expand(reshape(cotangents[0], kept), x.aval.shape)]
 
 
 class Max(Reduce):
@@ -504,7 +468,8 @@ class Max(Reduce):
     def jvp(self, primals: list, tangents: list, *, dim: tuple, keepdim: bool) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
         out = bind(self, x, dim=dim, keepdim=True)
-        mask = cast(equal(x, expand(out, x.shape)), x.dtype)  # ties share the tangent equally
+        hit = equal(x, expand(out, x.shape))  # ties share the tangent equally; so do the NaNs of a NaN maximum
+        mask = cast(bitwise_or(hit, functions["isnan"](x)) if x.dtype.is_float else hit, x.dtype)
         tangent = div(bind(sum_, mul(t, mask), dim=dim, keepdim=keepdim), bind(sum_, mask, dim=dim, keepdim=keepdim))
         return [out if keepdim else reshape(out, tangent.shape)], [tangent]
 
@@ -533,7 +498,7 @@ class Reshape(Operator):
         return [reshape(cotangents[0], x.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
-        return [reshape(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+        return [bind(self, move_axis(args[0], dims[0], 0), shape=(axis_size, *shape))], [0]  # also Expand's rule
 
 
 class Expand(Operator):
@@ -562,8 +527,7 @@ class Expand(Operator):
         dims = tuple(i for i, (a, b) in enumerate(zip(x.aval.shape, shape)) if a != b)
         return [sum_(cotangents[0], dims, keepdim=True) if dims else cotangents[0]]
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, shape: tuple) -> tuple[list, list]:
-        return [expand(move_axis(args[0], dims[0], 0), (axis_size, *shape))], [0]
+    vmap = Reshape.vmap
 
 
 class Permute(Operator):
@@ -689,9 +653,7 @@ class Flip(Operator):
     def transpose(self, cotangents: list, x: Any, *, dim: tuple) -> list:
         return [bind(self, cotangents[0], dim=dim)]
 
-    def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)
-        return [bind(self, x, dim=tuple(d + 1 for d in dim))], [0]
+    vmap = Reduce.vmap
 
 
 class Cat(Operator):
@@ -704,7 +666,7 @@ class Cat(Operator):
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
-        dim = normalize_dim(self.name, dim, tensors[0].ndim)
+        dim = normalize_dim(self.name, dim, tensors[0].ndim, needs_dim=True)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 
     def infer(self, *xs: Aval, dim: int) -> Aval:
@@ -721,9 +683,7 @@ class Cat(Operator):
         offsets = [0, *itertools.accumulate(x.aval.shape[dim] for x in xs)]
         ct = cotangents[0]
         pieces = zip(xs, offsets, offsets[1:])
-        return [
-            slice_along(ct, dim, start, stop) if isinstance(x, UndefinedPrimal) else None for x, start, stop in pieces
-        ]
+        return [slice_along(ct, dim, lo, hi) if isinstance(x, UndefinedPrimal) else None for x, lo, hi in pieces]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
         moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
@@ -770,10 +730,9 @@ class Arange(Operator):
         return Aval((max(0, math.ceil((stop - start) / step)),), dtype)
 
 
-class RandomUniform(Operator):
-    """Uniform samples in [0, 1) from a Threefry key (the same bits on every backend)."""
-
-    name = "random_uniform"
+class RandomSample(Operator):
+    """random_uniform (in [0, 1)) and random_normal (standard normal) samples from a Threefry key (the same bits on
+    every backend)."""
 
     def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
@@ -787,20 +746,10 @@ class RandomUniform(Operator):
         return Aval(shape, dtype)
 
     def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
-        from .random import uniform_bits_procedure
+        from .random import normal_procedure, uniform_bits_procedure  # slope.random imports this module
 
-        return uniform_bits_procedure(key, shape, dtype)
-
-
-class RandomNormal(RandomUniform):
-    """Standard normal samples from a Threefry key."""
-
-    name = "random_normal"
-
-    def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
-        from .random import normal_procedure
-
-        return normal_procedure(key, shape, dtype)
+        sample = normal_procedure if self.name == "random_normal" else uniform_bits_procedure
+        return sample(key, shape, dtype)
 
 
 class Matmul(Operator):
@@ -823,10 +772,8 @@ class Matmul(Operator):
             y = reshape(y, (y.shape[0], 1))
             squeeze.append(-1)
         if x.shape[-1] != y.shape[-2]:
-            raise self.shape_error(
-                f"shapes {'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))} cannot be multiplied "
-                f"({x.shape[-1]} != {y.shape[-2]})"
-            )
+            shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
+            raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
         batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
         x, y = broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:])
         out = bind(self, x, y)
@@ -882,9 +829,8 @@ class Conv(Operator):
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2
         if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
-            raise self.shape_error(
-                f"expected x (N, C, *spatial) and w (O, C/groups, *kernel), got {x.shape}, {w.shape}"
-            )
+            layout = "x (N, C, *spatial) and w (O, C/groups, *kernel)"
+            raise self.shape_error(f"expected {layout}, got {x.shape}, {w.shape}")
         if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
             raise self.shape_error(
                 f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
@@ -892,13 +838,11 @@ class Conv(Operator):
             )
         if x.dtype != w.dtype or not x.dtype.is_float:
             raise self.dtype_error(f"expected floating inputs of one dtype, got {x.dtype.name} and {w.dtype.name}")
-        spatial = []
-        for size, k, s, (lo, hi), d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation):
+        spatial, kernel = [], w.shape[2:]
+        for size, k, s, (lo, hi), d in zip(x.shape[2:], kernel, stride, padding, dilation):
             span = d * (k - 1) + 1
             if size + lo + hi < span:
-                raise self.shape_error(
-                    f"kernel {w.shape[2:]} (dilation {dilation}) is larger than padded input {x.shape}"
-                )
+                raise self.shape_error(f"kernel {kernel} (dilation {dilation}) is larger than padded input {x.shape}")
             spatial.append((size + lo + hi - span) // s + 1)
         return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
 
@@ -907,8 +851,7 @@ class Conv(Operator):
         ct = cotangents[0]
         n = ct.ndim - 2
         if isinstance(x, UndefinedPrimal):
-            kernel = w.shape[2:]
-            out_ch, in_per_group = w.shape[0], w.shape[1]
+            out_ch, in_per_group, *kernel = w.shape
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
             spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
             lo = [span - before for span, (before, _) in zip(spans, padding)]
@@ -917,11 +860,9 @@ class Conv(Operator):
             wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
             wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
-            unit = {"stride": (1,) * n, "padding": ((0, 0),) * n}
-            return [bind(self, ct, wt, **unit, dilation=dilation, groups=groups), None]
+            return [bind(self, ct, wt, stride=(1,) * n, padding=((0, 0),) * n, dilation=dilation, groups=groups), None]
         # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
-        batch, channels = x.shape[0], x.shape[1]
-        per_group = channels // groups
+        batch, per_group = x.shape[0], x.shape[1] // groups
         out_ch = ct.shape[1]
         xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))
         xp = reshape(xp, (batch, groups, per_group, *xp.shape[2:]))
@@ -934,8 +875,7 @@ class Conv(Operator):
         return [None, gw]
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
-        x, w = args
-        dx, dw = dims
+        (x, w), (dx, dw) = args, dims
         if dw is None:
             x = move_axis(x, dx, 0)
             folded = reshape(x, (axis_size * x.shape[1], *x.shape[2:]))
@@ -958,9 +898,8 @@ def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> N
     values = index.numpy()
     smallest, largest = int(values.min()), int(values.max())
     if smallest < low or largest >= high:
-        raise IndexError(
-            f"slope.{name}: indices range from {smallest} to {largest}; expected {low} to {high - 1} for {what}"
-        )
+        found = f"indices range from {smallest} to {largest}"
+        raise IndexError(f"slope.{name}: {found}; expected {low} to {high - 1} for {what}")
 
 
 def _indices(op: Operator, idx: Any) -> Tensor:
@@ -971,7 +910,8 @@ def _indices(op: Operator, idx: Any) -> Tensor:
 
 
 class GatherNd(Operator):
-    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x."""
+    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x, each index in [-size, size)
+    (negative ones count from the end); an index outside that range is an IndexError when the program runs."""
 
     name = "gather_nd"
     linear_inputs = (0,)
@@ -1012,20 +952,15 @@ class ScatterNd(Operator):
         return bind(self, x, _indices(self, idx), as_tensor(updates, x.dtype))
 
     def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
-        expected = GatherNd.infer(self, x, idx).shape  # the shape x[idx] has (after the same checks of idx)
-        if updates.shape != expected or updates.dtype != x.dtype:
-            raise self.shape_error(
-                f"expected updates {Aval(expected, x.dtype)} for x {x} and indices {idx}, got {updates}"
-            )
+        expected = GatherNd.infer(self, x, idx)  # what x[idx] is (after the same checks of idx)
+        if updates != expected:
+            raise self.shape_error(f"expected updates {expected} for x {x} and indices {idx}, got {updates}")
         return x
 
     def transpose(self, cotangents: list, x: Any, idx: Any, updates: Any) -> list:
         ct = cotangents[0]
-        return [
-            ct if isinstance(x, UndefinedPrimal) else None,
-            None,
-            gather_nd(ct, idx) if isinstance(updates, UndefinedPrimal) else None,
-        ]
+        updates_ct = gather_nd(ct, idx) if isinstance(updates, UndefinedPrimal) else None
+        return [ct if isinstance(x, UndefinedPrimal) else None, None, updates_ct]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
         x, idx, updates = args
@@ -1035,14 +970,17 @@ class ScatterNd(Operator):
 
 
 exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
-cast, tanh, floor, ceil, round_ = Cast(), Tanh(), Floor(), Ceil(), Round()
+cast, tanh = Cast(), Tanh()
+floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
-equal, less, greater, less_equal, greater_equal = Equal(), Less(), Greater(), LessEqual(), GreaterEqual()
-bitwise_and, bitwise_or, bitwise_xor = BitwiseAnd(), BitwiseOr(), BitwiseXor()
+equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
+less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
+bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
 where = Where()
 sum_, max_ = Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
-full, arange, random_uniform, random_normal = Full(), Arange(), RandomUniform(), RandomNormal()
+full, arange = Full(), Arange()
+random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
 core_operators = [value for value in list(globals().values()) if isinstance(value, Operator)]

@@ -14,6 +14,7 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from . import random as random_module
+from .backend import checked_device, from_numpy, get_backend, to_backend
 from .ir import Aval
 from .operator import DTypeError, ShapeError
 from .operators import (
@@ -39,8 +40,6 @@ def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.D
 def _to_device(t: Tensor, device: str | None) -> Tensor:
     if device is None or t.buffer is None:
         return t
-    from .backend import checked_device, get_backend, to_backend
-
     backend = get_backend()
     return to_backend(t, backend, checked_device(backend, device))
 
@@ -49,8 +48,6 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
-    from .backend import from_numpy
-
     numpy_data = isinstance(data, (np.ndarray, np.generic))
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
     # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
@@ -120,6 +117,8 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
 def neg(x: Any) -> Tensor:
     """-x."""
     x = as_tensor(x)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.neg: negating a bool tensor (shape {x.shape}) is not supported; use logical_not or ~")
     return ops.sub(constant(0, x.dtype, x.shape), x)
 
 
@@ -253,12 +252,13 @@ def isinf(x: Any) -> Tensor:
 
 
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
-    """x limited to [min, max] (gradient 1 inside and on the bounds, as PyTorch)."""
+    """x limited to [min, max] (gradient 1 inside and on the bounds, and NaN for a NaN bound, as PyTorch)."""
     x = as_tensor(x)
     for bound, outside in ((min, ops.less), (max, ops.greater)):
         if bound is not None:
-            bound, x = coerce("clip", bound, x)
-            x = where(outside(x, bound), bound, x)
+            value, x = coerce("clip", bound, x)
+            nan_bound = isinstance(bound, Tensor) or bound != bound  # comparisons with a NaN bound are false
+            x = where(outside(x, value) | isnan(value) if nan_bound else outside(x, value), value, x)
     return x
 
 
@@ -273,7 +273,7 @@ def _wide(dtype: dtypes.DType) -> dtypes.DType:
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
     x = _float(x)
-    count = max(_count("mean", x, dim), 1)  # first, so a bad dim is reported as mean's
+    count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
     return cast(ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count), x.dtype)
 
 
@@ -289,20 +289,21 @@ def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation (whose gradient is 0 where it is 0, as in PyTorch)."""
+    normalize_dims("std", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as std's
     variance = var(x, dim, correction, keepdim, unbiased)
     return where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions."""
+    normalize_dims("min", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as min's
     return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
 
 
 def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
-    if not x.dtype.is_float:  # integer and bool products are int64, as in PyTorch (and as sum does)
-        x = cast(x, dtypes.int64)
+    x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
     kept_shape = tuple(x.shape[d] for d in kept)
@@ -321,37 +322,44 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether all elements are true."""
+    normalize_dims("all", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as all's
     return logical_not(any_(logical_not(x), dim, keepdim))
 
 
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Whether any element is true."""
     x = cast(as_tensor(x), dtypes.bool_)
+    normalize_dims("any", dim, x.ndim, empty_means_all=True)
     no_dims = isinstance(dim, (tuple, list)) and not dim  # reduce nothing, as in PyTorch (whose sum reduces all)
     return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
 
 
-def _arg_extreme(x: Tensor, dim: Any, keepdim: bool, sign_: float) -> Tensor:
+def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
+    """Each element's index along dim, for a tensor of `shape`."""
+    along = tuple(n if d == dim else 1 for d, n in enumerate(shape))
+    return broadcast_to(ops.arange(shape[dim]).reshape(along), shape)
+
+
+def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    if dim is None:
-        x, dim = x.reshape(-1), 0
-    dim = ops.normalize_dim("argmax" if sign_ > 0 else "argmin", dim, x.ndim)
-    values = x if sign_ > 0 else _reverse_order(x)
-    top = ops.max_(values, dim, keepdim=True)
-    size = x.shape[dim]
-    positions = ops.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
-    candidates = where(values == top, broadcast_to(positions, x.shape), constant(size, dtypes.int64, x.shape))
-    return min_(candidates, dim, keepdim)
+    dims = normalize_dims(name, None if dim is None else ops.ints(name, dim, "dim", count=1), x.ndim)
+    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
+    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
+    values = values if name == "argmax" else _reverse_order(values)
+    hit = values == ops.max_(values, dim, keepdim=True)
+    hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
+    candidates = where(hit, _positions(values.shape, dim), values.shape[dim])  # past the end where no hit
+    return min_(candidates, dim, keepdim=True).reshape(out_shape)
 
 
 def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) largest element."""
-    return _arg_extreme(x, dim, keepdim, 1.0)
+    return _arg_extreme(x, dim, keepdim, "argmax")
 
 
 def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) smallest element."""
-    return _arg_extreme(x, dim, keepdim, -1.0)
+    return _arg_extreme(x, dim, keepdim, "argmin")
 
 
 def cumsum(x: Any, dim: int = 0) -> Tensor:
@@ -360,7 +368,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     dtype = x.dtype if x.dtype.is_float else dtypes.int64
     x = cast(x, _wide(dtype))
     dim = ops.normalize_dim("cumsum", dim, x.ndim)
-    size = x.shape[dim]
+    size = x.shape[dim] if x.ndim else 1
     shift = 1
     while shift < size:
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
@@ -374,17 +382,17 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
     dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
-    perm = list(range(x.ndim))
+    perm = list(range(max(x.ndim, 1)))  # a 0-d tensor is its own transpose, as in PyTorch
     perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
-    return ops.permute(x, tuple(perm))
+    return ops.permute(x, tuple(perm[: x.ndim]))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """x with dimensions start_dim..end_dim merged into one."""
     x = as_tensor(x)
+    start, end = (ops.normalize_dim("flatten", d, x.ndim) for d in (start_dim, end_dim))
     if x.ndim == 0:
         return x.reshape(1)
-    start, end = (ops.normalize_dim("flatten", d, x.ndim) for d in (start_dim, end_dim))
     if start > end:
         raise ShapeError(f"slope.flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
@@ -393,7 +401,7 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     """x with one dimension split into sizes."""
     x = as_tensor(x)
-    dim = ops.normalize_dim("unflatten", dim, x.ndim)
+    dim = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True)
     return x.reshape((*x.shape[:dim], *ops.ints("unflatten", sizes, "sizes"), *x.shape[dim + 1 :]))
 
 
@@ -401,8 +409,7 @@ def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
     dims = normalize_dims("squeeze", dim, x.ndim)
-    drop = {d for d in dims if x.shape[d] == 1}
-    return x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in drop))
+    return x.reshape(tuple(s for d, s in enumerate(x.shape) if s != 1 or d not in dims))
 
 
 def unsqueeze(x: Any, dim: int) -> Tensor:
@@ -434,8 +441,7 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     if not isinstance(tensors, (tuple, list)) or not tensors:
         raise ShapeError(f"slope.stack: expected a non-empty sequence of tensors, got {type(tensors).__name__}")
     tensors = [as_tensor(t) for t in tensors]
-    shapes = {t.shape for t in tensors}
-    if len(shapes) > 1:
+    if len({t.shape for t in tensors}) > 1:
         raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
     dim = ops.normalize_dim("stack", dim, tensors[0].ndim + 1)
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
@@ -444,15 +450,15 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
 def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
     """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
     x = as_tensor(x)
-    dim = ops.normalize_dim("split", dim, x.ndim)
+    dim = ops.normalize_dim("split", dim, x.ndim, needs_dim=True)
     size = x.shape[dim]
     if isinstance(split_size_or_sections, (tuple, list)):
         sections = list(ops.ints("split", split_size_or_sections, "sections", 0))
         if sum(sections) != size:
             raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
     else:
-        (step,) = ops.ints("split", split_size_or_sections, "split size", 1)
-        sections = [min(step, size - start) for start in range(0, size, step)]
+        (step,) = ops.ints("split", split_size_or_sections, "split size", 1 if size else 0)
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
     offsets = [0, *itertools.accumulate(sections)]
     return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
 
@@ -461,8 +467,8 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
     x = as_tensor(x)
     (chunks,) = ops.ints("chunk", chunks, "the number of chunks", 1)
-    d = ops.normalize_dim("chunk", dim, x.ndim)
-    return split(x, max(1, -(-x.shape[d] // chunks)), dim)
+    d = ops.normalize_dim("chunk", dim, x.ndim, needs_dim=True)
+    return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
 
 
 def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
@@ -474,7 +480,7 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
     if len(shifts) != len(dims):
         raise ShapeError(f"slope.roll: shifts {shifts} and dims {dims} must have one length")
     for shift, dim in zip(shifts, dims):
-        dim = ops.normalize_dim("roll", dim, x.ndim)
+        dim = ops.normalize_dim("roll", dim, x.ndim, needs_dim=True)
         size = x.shape[dim]
         if size == 0 or shift % size == 0:
             continue
@@ -487,11 +493,8 @@ def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
     x, (diagonal,) = as_tensor(x), ops.ints("tril" if lower else "triu", diagonal, "diagonal", count=1)
     if x.ndim < 2:
         raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
-    rows, cols = x.shape[-2], x.shape[-1]
-    row = ops.arange(rows).reshape((rows, 1))
-    col = ops.arange(cols).reshape((1, cols))
-    mask = (col - row <= diagonal) if lower else (col - row >= diagonal)
-    return where(broadcast_to(mask, x.shape), x, constant(0, x.dtype, x.shape))
+    above = _positions(x.shape[-2:], 1) - _positions(x.shape[-2:], 0)  # column - row: how far above the diagonal
+    return where((above <= diagonal) if lower else (above >= diagonal), x, constant(0, x.dtype, x.shape))
 
 
 def tril(x: Any, diagonal: int = 0) -> Tensor:
@@ -505,32 +508,15 @@ def triu(x: Any, diagonal: int = 0) -> Tensor:
 
 
 def _is_bool_mask(item: Any) -> bool:
-    return (isinstance(item, Tensor) and item.dtype == dtypes.bool_) or (
-        isinstance(item, np.ndarray) and item.dtype == np.bool_
-    )
+    return isinstance(item, (Tensor, np.ndarray)) and item.dtype.name == "bool"  # (slope's and NumPy's name)
 
 
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x = as_tensor(x)
-    items = list(index) if isinstance(index, tuple) else [index]
-    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
-    expanded: list = []
-    for item in items:
-        if _is_bool_mask(item):
-            mask = as_tensor(item)
-            if mask.buffer is None:
-                raise TypeError(
-                    "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
-                    "use slope.where(mask, x, 0) instead"
-                )
-            expanded.extend(as_tensor(np.asarray(n, dtype=np.int64)) for n in np.nonzero(mask.numpy()))
-        elif isinstance(item, (list, np.ndarray)):
-            expanded.append(as_tensor(np.asarray(item)))
-        else:
-            expanded.append(item)
-    items = expanded
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    index = index if isinstance(index, tuple) else (index,)
+    items = [np.asarray(i) if isinstance(i, (list, bool, np.bool_)) else i for i in index]  # Python bools are masks
+    consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
     ellipses = [k for k, item in enumerate(items) if item is Ellipsis]
@@ -538,78 +524,101 @@ def getitem(x: Any, index: Any) -> Tensor:
         raise IndexError("slope.getitem: an index can only have a single ellipsis ('...')")
     if ellipses:
         items[ellipses[0] : ellipses[0] + 1] = [slice(None)] * (x.ndim - consumed)
-    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
+    expanded, dim = [], 0
+    for item in items:
+        if not _is_bool_mask(item):
+            expanded.append(as_tensor(item) if isinstance(item, np.ndarray) else item)
+            dim += 0 if item is None else 1
+            continue
+        mask = as_tensor(item)
+        if mask.buffer is None:
+            raise TypeError(
+                "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
+                "use slope.where(mask, x, 0) instead"
+            )
+        if mask.shape != x.shape[dim : dim + mask.ndim]:
+            raise IndexError(f"slope.getitem: a mask of shape {mask.shape} does not fit shape {x.shape} at dim {dim}")
+        if mask.ndim == 0:  # a 0-d mask adds a dimension of size 1 and masks it, as in PyTorch
+            x = x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
+        expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
+        dim += max(mask.ndim, 1)
+    items = expanded + [slice(None)] * (x.ndim - dim)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
-    start, stop, step, flips, out_shape, advanced = [], [], [], [], [], []
+    bounds, flips, out_shape, advanced = [], [], [], []  # bounds: (start, stop, step) per dimension
     dim = 0
     for item in items:
         if item is None:
             out_shape.append(1)
             continue
         size = x.shape[dim]
-        if isinstance(item, Tensor):
+        if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
             check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
-            start.append(0), stop.append(size), step.append(1)
-            out_shape.append(size)
-        elif isinstance(item, slice):
-            begin, end, stride = item.indices(size)
-            if stride > 0:
-                start.append(begin), stop.append(max(begin, end)), step.append(stride)
-            else:  # walk backwards: flip, then slice forwards
-                flips.append(dim)
-                begin, end = size - 1 - begin, size - 1 - end
-                start.append(begin), stop.append(max(begin, end)), step.append(-stride)
+            item = slice(None)
+        if isinstance(item, slice):
             out_shape.append(len(range(*item.indices(size))))
         else:
+            if not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
+                message = "only integers, slices, ellipsis (...), None and integer or bool tensors are valid indices"
+                raise IndexError(f"slope.getitem: {message}, got {type(item).__name__}")
             position = int(item)
             if not -size <= position < size:
                 raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
-            position %= size
-            start.append(position), stop.append(position + 1), step.append(1)
+            item = slice(position % size, position % size + 1)  # one element, and no dimension in out_shape
+        begin, end, stride = item.indices(size)
+        if stride < 0:  # walk backwards: flip, then slice forwards
+            flips.append(dim)
+            begin, end, stride = size - 1 - begin, size - 1 - end, -stride
+        bounds.append((begin, max(begin, end), stride))
         dim += 1
     if flips:
         x = ops.flip(x, tuple(flips))
-    if any((a, b, s) != (0, n, 1) for a, b, s, n in zip(start, stop, step, x.shape)):
-        x = ops.slice_(x, tuple(start), tuple(stop), tuple(step))
+    if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
+        start, stop, step = zip(*bounds)
+        x = ops.slice_(x, start, stop, step)
     x = x.reshape(tuple(out_shape))
     return _gather_advanced(x, advanced) if advanced else x
 
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # broadcast together
-    indices = [where(idx < 0, idx + x.shape[p], idx) for p, idx in zip(positions, indices)]
+    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
-    moved = x.permute((*positions, *rest))
     stacked = stack(indices, -1)
-    out = ops.gather_nd(moved, stacked)
-    batch_ndim = stacked.ndim - 1
-    if positions == list(range(positions[0], positions[0] + len(positions))) and positions[0] > 0:
-        first = positions[0]
+    out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
+    batch_ndim, first = stacked.ndim - 1, positions[0]
+    if positions == list(range(first, first + len(positions))) and first > 0:
         perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
         out = out.permute(perm)
     return out
 
 
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
-    """A copy of x with value written ("set") or added ("add") at x[index]."""
+    """A copy of x with value written ("set": the last write wins where x[index] repeats an element, as in NumPy and
+    PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
-    flat_positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
-    target = flat_positions.reshape((*flat_positions.shape, 1))
-    value = as_tensor(value, x.dtype)
-    if ops.broadcast_shapes("index_update", value.shape, flat_positions.shape) != flat_positions.shape:
-        raise ShapeError(
-            f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {flat_positions.shape}"
-        )
-    value = broadcast_to(value, flat_positions.shape)
-    flat = x.reshape(-1)
+    positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
+    value, shape = as_tensor(value, x.dtype), positions.shape
+    if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
+        raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
+    value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
+    target = positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
     if mode != "set":
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
+        n = target.shape[0]
+        if target.buffer is not None:
+            last = np.isin(np.arange(n), n - 1 - np.unique(target.numpy()[::-1, 0], return_index=True)[1])
+        else:  # traced: a write loses to any later one at its position (n * n comparisons)
+            later = ops.arange(n).reshape((n, 1)) < ops.arange(n).reshape((1, n))
+            last = logical_not(any_((target == target.reshape((1, n))) & later, 1))
+        value = where(last, value, constant(0, x.dtype, value.shape))
     written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
     placed = ops.scatter_nd(constant(0, x.dtype, flat.shape), target, value)
     return where(written, placed, flat).reshape(x.shape)
@@ -620,11 +629,14 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     x, index = as_tensor(x), as_tensor(index)
     if not index.dtype.is_int:
         raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
+    if x.ndim == 0:  # as the 1-element vector, as in PyTorch
+        return gather(x.reshape(1), dim, index.reshape(-1)).reshape(index.shape)
     dim = ops.normalize_dim("gather", dim, x.ndim)
-    grids = [
-        ops.arange(n).reshape(tuple(n if d == k else 1 for k in range(index.ndim))) for d, n in enumerate(index.shape)
-    ]
-    coords = [index if d == dim else broadcast_to(g, index.shape) for d, g in enumerate(grids)]
+    if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
+        raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
+    check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
+    index = where(index < 0, constant(x.shape[dim], index.dtype, index.shape), index)  # traced: an error when run
+    coords = [index if d == dim else _positions(index.shape, d) for d in range(index.ndim)]
     return ops.gather_nd(x, stack(coords, -1))
 
 

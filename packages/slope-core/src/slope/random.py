@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
+from .trace import EagerTrace, new_main
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -32,8 +34,7 @@ def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor
     """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
     k2 = ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape))
     keys = (k0, k1, k2)
-    x0 = _mask(x0 + k0)
-    x1 = _mask(x1 + k1)
+    x0, x1 = _mask(x0 + k0), _mask(x1 + k1)
     for block in range(5):
         for r in _ROTATIONS[block % 2]:
             x0 = _mask(x0 + x1)
@@ -47,20 +48,19 @@ def random_bits(key: Tensor, count: int) -> Tensor:
     """`count` random 32-bit words (as int64) derived from a key."""
     half = max(1, math.ceil(count / 2))
     counters = ops.arange(2 * half, dtype=dtypes.int64)
-    k0 = key[0].expand(half)
-    k1 = key[1].expand(half)
-    y0, y1 = threefry2x32(k0, k1, counters[:half], counters[half:])
+    y0, y1 = threefry2x32(key[0].expand(half), key[1].expand(half), counters[:half], counters[half:])
     return ops.cat([y0, y1])[:count]
 
 
-def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType) -> Tensor:
-    """`count` floats in [0, 1) from 23 random bits each (exact in float32)."""
-    return ops.cast(_shift_right(random_bits(key, count), 9), dtype) * (2.0**-23)
+def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType, bits: int = 23) -> Tensor:
+    """`count` floats in [0, 1) from `bits` random bits each (exact in float32)."""
+    return ops.cast(_shift_right(random_bits(key, count), 32 - bits), dtype) * (2.0**-bits)
 
 
 def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
-    """The procedure of `random_uniform`: 23 random bits scaled into [0, 1)."""
-    return ops.cast(_unit_floats(key, math.prod(shape), dtypes.float32).reshape(shape), dtype)
+    """The procedure of `random_uniform`: as many random bits as dtype holds below 1 (more would round up to 1.0)."""
+    bits = {"float16": 11, "bfloat16": 8}.get(dtype.name, 23)
+    return ops.cast(_unit_floats(key, math.prod(shape), dtypes.float32, bits).reshape(shape), dtype)
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
@@ -131,7 +131,7 @@ def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
 
 def permutation(k: Tensor, n: Any) -> Tensor:
     """A random permutation of range(n) (or of a tensor's first dimension)."""
-    source = n if isinstance(n, Tensor) else None
+    source = n if isinstance(n, Tensor) and n.ndim else None  # a 0-d integer tensor is a count (as in JAX)
     (count,) = _check_key("permutation", k, source.shape[0] if source is not None else n)
     bits = random_bits(k, count)
     if bits.buffer is not None:
@@ -146,18 +146,18 @@ def permutation(k: Tensor, n: Any) -> Tensor:
 
 
 _global: dict[str, Any] = {"seed": 0, "key": None}
+_global_lock = threading.Lock()  # one generator for the process: each draw reads and advances it atomically
 
 
 def manual_seed(seed: int) -> None:
     """Seed the global generator used by slope.randn, slope.rand and slope.randint."""
-    _global["seed"] = int(seed)
-    _global["key"] = None
+    with _global_lock:
+        _global.update(seed=int(seed), key=None)
 
 
 def next_key() -> Tensor:
     """A fresh key from the global generator."""
-    if _global["key"] is None:
-        _global["key"] = key(_global["seed"])
-    new, sub = split(_global["key"])
-    _global["key"] = new
+    with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
+        new, sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
+        _global["key"] = new
     return sub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -49,14 +50,13 @@ class Trace:
             raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
         if not isinstance(value, Tracer):
             return self.pure(value)
-        level = value._trace.main.level
         if value._trace.main is self.main:
             return value
-        if level < self.main.level:
+        if value._trace.main.level < self.main.level:
             return self.lift(value)
         raise SlopeTraceError(
             "slope: a traced value escaped the transformation that created it "
-            f"(a {value.aval} tracer of level {level} used at level {self.main.level}); "
+            f"(a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}); "
             "return values from transformed functions instead of storing them"
         )
 
@@ -92,38 +92,43 @@ def run_procedure(op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
     return list(outs) if op.multiple_results else [outs]
 
 
-_stack: list[MainTrace] = [MainTrace(0, EagerTrace, None)]
-_dynamic: list[MainTrace] = [_stack[0]]
+class _Stacks(threading.local):
+    """This thread's interpreter stack and its dynamic part: each thread transforms (and runs eagerly) on its own."""
+
+    stack = dynamic = (MainTrace(0, EagerTrace, None),)  # tuples, replaced and never mutated: a shared start is safe
+
+
+_local = _Stacks()
+_busy: list = []  # an entry per transformation in progress in any thread: while empty, bind need not read _local
 
 
 @contextmanager
 def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
-    """Push a transformation on the stack for the duration of the block."""
-    main = MainTrace(len(_stack), trace_type, data)
-    _stack.append(main)
-    if dynamic:
-        _dynamic.append(main)
+    """Push a transformation on this thread's stack for the block (a dynamic one sees every bind inside it)."""
+    saved = _local.stack, _local.dynamic
+    main = MainTrace(len(saved[0]), trace_type, data)
+    _local.stack, _local.dynamic = saved[0] + (main,), saved[1] + (main,) if dynamic else saved[1]
+    _busy.append(None)  # (list append and pop are atomic: no lock)
     try:
         yield main
     finally:
-        if dynamic:
-            _dynamic.pop()
-        _stack.pop()
+        _busy.pop()
+        _local.stack, _local.dynamic = saved
 
 
 def active(trace_type: type | None = None) -> bool:
-    """Whether a transformation (of this kind, if given) is in progress."""
-    return any(trace_type in (None, main.trace_type) for main in _stack[1:])
+    """Whether a transformation (of this kind, if given) is in progress in this thread."""
+    return bool(_busy) and any(trace_type in (None, main.trace_type) for main in _local.stack[1:])
 
 
 def is_eager() -> bool:
-    """Whether no transformation is active (operators run at once)."""
-    return len(_stack) == 1
+    """Whether no transformation is active in this thread (operators run at once)."""
+    return not _busy or len(_local.stack) == 1
 
 
 def bind(op: Any, *args: Tensor, **params: Any) -> Any:
     """Apply an operator to tensors through the innermost transformation that sees them."""
-    if len(_stack) == 1:
+    if not _busy or len(_local.stack) == 1:
         outs = eager_run(op, args, params)
     else:
         top = _top_trace(args)
@@ -133,7 +138,7 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
 
 
 def _top_trace(args: tuple) -> Trace:
-    main = _dynamic[-1]
+    main = _local.dynamic[-1]
     for a in args:
         if isinstance(a, Tracer) and a._trace.main.level > main.level:
             main = a._trace.main
@@ -177,9 +182,7 @@ class ProgramTrace(Trace):
         if (op.inline or lowering) and op.procedure is not None:
             return run_procedure(op, tracers, params)
         out_avals = op.infer(*[t.aval for t in tracers], **params)
-        if not op.multiple_results:
-            out_avals = [out_avals]
-        outs = [ProgramTracer(self, aval) for aval in out_avals]
+        outs = [ProgramTracer(self, aval) for aval in (out_avals if op.multiple_results else [out_avals])]
         builder.instructions.append(Instruction(op, [t.ir_var for t in tracers], params, [t.ir_var for t in outs]))
         return outs
 
@@ -192,13 +195,11 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
-        outs = flat_fn(*in_tracers)
-        out_tracers = [trace.full_raise(as_tensor(o)) for o in outs]
-    constants = list(builder.constants.values())
-    inputs = [t.ir_var for t in in_tracers]
-    outputs = [t.ir_var for t in out_tracers]
-    constant_vars = [tracer.ir_var for _, tracer in constants]
-    return Program(inputs, builder.instructions, outputs, constant_vars, [value for value, _ in constants])
+        out_tracers = [trace.full_raise(as_tensor(o)) for o in flat_fn(*in_tracers)]
+    inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]
+    constants = builder.constants.values()
+    constant_vars, constant_values = [tracer.ir_var for _, tracer in constants], [value for value, _ in constants]
+    return Program(inputs, builder.instructions, outputs, constant_vars, constant_values)
 
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
@@ -212,12 +213,14 @@ def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
 
 
 def flatten_fun(fn: Callable, in_tree: tree.TreeDef) -> tuple[Callable, list]:
-    """Wrap a pytree function as a function of flat tensors; the output tree lands in the returned list."""
+    """Wrap a pytree function as a function of flat tensors (to flat tensors); the output tree lands in the list."""
+    from .operators import as_tensor  # (operators import this module)
+
     out_tree_box: list = []
 
     def flat_fn(*flat_args: Tensor) -> list:
         leaves, out_tree = tree.flatten(fn(*tree.unflatten(in_tree, flat_args)))
         out_tree_box.append(out_tree)
-        return leaves
+        return [as_tensor(leaf) for leaf in leaves]
 
     return flat_fn, out_tree_box

@@ -19,6 +19,12 @@ class TransformError(ValueError):
     """A transformation used in a way it cannot support."""
 
 
+def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
+    """The leaves of a pytree as tensors, and its structure."""
+    leaves, treedef = tree.flatten(value)
+    return [as_tensor(leaf) for leaf in leaves], treedef
+
+
 def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
     tangents_flat, tangent_tree = tree.flatten(tangents)
@@ -44,8 +50,7 @@ class JVPTracer(Tracer):
 
     def __init__(self, trace: Trace, primal: Tensor, tangent: Tensor | None):
         super().__init__(trace, primal.aval)
-        self.primal = primal
-        self.tangent = tangent
+        self.primal, self.tangent = primal, tangent
 
 
 class JVPTrace(Trace):
@@ -79,14 +84,19 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
+def _function(name: str, fn: Any) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"slope.{name}: expected a function to transform, got {type(fn).__name__} {fn!r}")
+    return fn
+
+
 def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
     if not isinstance(primals, (tuple, list)):  # a bare tangent is caught by its structure
         raise TransformError(f"slope.jvp: primals must be a tuple or list (as in JAX), got {type(primals).__name__}")
-    primals_flat, in_tree = tree.flatten(tuple(primals))
-    primals_flat = [as_tensor(p) for p in primals_flat]
+    primals_flat, in_tree = _tensor_leaves(tuple(primals))
     tangents_flat = _tangents("jvp", primals_flat, in_tree, tuple(tangents) if isinstance(tangents, list) else tangents)
-    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    flat_fn, out_tree = flatten_fun(_function("jvp", fn), in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
     return tree.unflatten(out_tree[0], primal_outs), tree.unflatten(out_tree[0], tangent_outs)
 
@@ -148,9 +158,8 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
 
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
-    primals_flat, in_tree = tree.flatten(primals)
-    primals_flat = [as_tensor(p) for p in primals_flat]
-    flat_fn, out_tree = flatten_fun(fn, in_tree)
+    primals_flat, in_tree = _tensor_leaves(primals)
+    flat_fn, out_tree = flatten_fun(_function("linearize", fn), in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
 
     def f_jvp(*tangents: Any) -> Any:
@@ -162,11 +171,10 @@ def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
 
 def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """`(fn(*primals), vjp_fn)` where `vjp_fn(cotangent)` returns a tuple of cotangents, one per primal."""
-    primals_flat, in_tree = tree.flatten(primals)
-    primals_flat = [as_tensor(p) for p in primals_flat]
+    primals_flat, in_tree = _tensor_leaves(primals)
 
     def main_fn(*args: Any) -> Any:
-        out = fn(*args)
+        out = _function("vjp", fn)(*args)
         if has_aux and not (isinstance(out, tuple) and len(out) == 2):
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
             got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
@@ -200,18 +208,17 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
-    for n in nums:
-        if not -count <= n < count:
-            raise TransformError(
-                f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
-            )
+    if not all(-count <= n < count for n in nums):
+        raise TransformError(
+            f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
+        )
     return tuple(n % count for n in nums)
 
 
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning `(fn(*args), gradient)` (or `((value, aux), gradient)` with has_aux)."""
 
-    @functools.wraps(fn)
+    @functools.wraps(_function("value_and_grad", fn))
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> Any:
         nums = _normalize_argnums("grad", argnums, len(args))
         for n in nums:
@@ -249,7 +256,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
 
 def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning the gradient of scalar-valued `fn` with respect to `argnums` (and aux with has_aux)."""
-    value_and_grad_fn = value_and_grad(fn, argnums, has_aux)
+    value_and_grad_fn = value_and_grad(_function("grad", fn), argnums, has_aux)
 
     @functools.wraps(fn)
     def grad_fn(*args: Any, **kwargs: Any) -> Any:
@@ -267,8 +274,7 @@ class BatchTracer(Tracer):
     def __init__(self, trace: Trace, value: Tensor, batch_dim: int | None):
         shape = value.shape if batch_dim is None else value.shape[:batch_dim] + value.shape[batch_dim + 1 :]
         super().__init__(trace, Aval(shape, value.dtype))
-        self.value = value
-        self.batch_dim = batch_dim
+        self.value, self.batch_dim = value, batch_dim
 
     def full_lower(self) -> Tensor:
         if self.batch_dim is not None:
@@ -283,8 +289,7 @@ class BatchTrace(Trace):
         return BatchTracer(self, value, None)
 
     def run(self, op: Operator, tracers: list, params: dict) -> list:
-        values = [t.value for t in tracers]
-        dims = [t.batch_dim for t in tracers]
+        values, dims = [t.value for t in tracers], [t.batch_dim for t in tracers]
         if all(d is None for d in dims):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
@@ -308,25 +313,23 @@ def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
 def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`)."""
 
-    @functools.wraps(fn)
+    @functools.wraps(_function("vmap", fn))
     def vmapped(*args: Any) -> Any:
         axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
         if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
             raise TransformError(
                 f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments"
             )
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(x) for x in flat]
+        flat, in_tree = _tensor_leaves(args)
         axes = _axes_for_leaves("vmap", axes_spec, args)
         sizes = {}
         for i, (x, axis) in enumerate(zip(flat, axes)):
-            if axis is not None:
-                if not -x.ndim <= axis < x.ndim:
-                    raise TransformError(
-                        f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}"
-                    )
-                axes[i] = axis % x.ndim
-                sizes[i] = x.shape[axis]
+            if axis is None:
+                continue
+            if not -x.ndim <= axis < x.ndim:
+                raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
+            axes[i] = axis % x.ndim
+            sizes[i] = x.shape[axis]
         if not sizes:
             raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
         if len(set(sizes.values())) > 1:
@@ -343,7 +346,12 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
         results = []
         for value, dim, target in zip(values, dims, targets):
-            if dim is None:
+            if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
+                raise TransformError(
+                    f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
+                    f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched"
+                )
+            if dim is None and target is not None:
                 value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 raise TransformError(
@@ -484,15 +492,8 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             )
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
-        flat, in_tree = tree.flatten(args)
-        flat = [as_tensor(a) for a in flat]
-        out_trees: list = []
-
-        def flat_fun(*leaves: Tensor) -> list:
-            out_leaves, out_tree = tree.flatten(self.fun(*tree.unflatten(in_tree, leaves)))
-            out_trees.append(out_tree)
-            return [as_tensor(o) for o in out_leaves]
-
+        flat, in_tree = _tensor_leaves(args)
+        flat_fun, out_trees = flatten_fun(self.fun, in_tree)
         out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
         outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
         return tree.unflatten(out_trees[0], outs)
@@ -507,8 +508,7 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
         def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
             out, residuals = fwd(*primals)
             out_flat, out_tree = tree.flatten(out)
-            res_flat, res_tree = tree.flatten(residuals)
-            res_flat = [as_tensor(r) for r in res_flat]
+            res_flat, res_tree = _tensor_leaves(residuals)
             out_avals = tuple(as_tensor(o).aval for o in out_flat)
             params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
             tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))
@@ -543,7 +543,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.fn = fn
         self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-        self.cache: dict[tuple, tuple] = {}
+        self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
         return self if instance is None else functools.partial(self, instance)
@@ -556,8 +556,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
         kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         leaves, in_tree = tree.flatten((args, kwargs))  # a _Static is not a pytree node, so it is one leaf
+        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (they promote like the scalars)
+        leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
+        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
         key = (in_tree, tuple(t.aval for t in tensors), others)
         try:
             hash(key)
@@ -571,24 +573,26 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         key, tensors = self._signature(args, kwargs)
         backend = backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
-        entry = self.cache.get((key, backend.name, device))
-        if entry is None:
-            in_tree, _, others = key
-            out_trees: list = []
-
-            def flat_fn(*traced: Tensor) -> list:
-                leaves = list(traced)
-                for i, value in others:
-                    leaves.insert(i, value.value if isinstance(value, _Static) else value)
-                call_args, call_kwargs = tree.unflatten(in_tree, leaves)
-                out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
-                out_trees.append(out_tree)
-                return out_leaves
-
-            program = make_program(flat_fn, [t.aval for t in tensors])
-            executable = backend_module.compile_program(program, backend, device)
-            entry = self.cache[(key, backend.name, device)] = (program, executable, out_trees[0])
+        entry = self.cache.recent.get((key, backend.name, device))
+        if entry is None:  # (threads that miss together each compile; the last one's entry stays)
+            entry = self.cache.add((key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
+
+    def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
+        in_tree, _, others = key
+        out_trees: list = []
+
+        def flat_fn(*traced: Tensor) -> list:
+            leaves = list(traced)
+            for i, value in others:
+                leaves.insert(i, value.value if isinstance(value, _Static) else value)
+            call_args, call_kwargs = tree.unflatten(in_tree, leaves)
+            out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
+            out_trees.append(out_tree)
+            return out_leaves
+
+        program = make_program(flat_fn, [t.aval for t in tensors])
+        return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if active():  # inside another transformation: trace straight through
@@ -600,6 +604,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         """Trace and compile for these arguments without running."""
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
+
+
+def _program_bytes(entry: tuple) -> int:
+    return sum(v.aval.size * v.aval.dtype.bits // 8 for v in entry[0].constant_values)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .operators import (
     pool_windows,
     relu,
     scatter_add,
+    shift_for_exp,
     take_along_dim,
 )
 
@@ -128,7 +129,7 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
     dim = normalize_dims("logsumexp", dim, x.ndim)
-    top = slope.stop_gradient(x.max(dim, keepdim=True))
+    top = shift_for_exp(x, dim)
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
     return out if keepdim else out.reshape(tuple(s for d, s in enumerate(x.shape) if d not in dim))
@@ -138,7 +139,7 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
     """exp(x) normalised to sum to 1 along dim."""
     x = _float(x)
     dim = normalize_dim("softmax", dim, x.ndim)
-    e = slope.exp(x - slope.stop_gradient(x.max(dim, keepdim=True)))
+    e = slope.exp(x - shift_for_exp(x, dim))
     return e / e.sum(dim, keepdim=True)
 
 

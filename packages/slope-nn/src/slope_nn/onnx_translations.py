@@ -3,9 +3,9 @@
 
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
 - `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32).
-- `max_pool` is MaxPool. `max_pool_argmax` is the same MaxPool with its Indices output (positions in the whole
-  tensor, turned into positions in the pooled dimensions); a max_pool of the same input and parameters reuses that
-  node's values, so a training step pools once.
+- `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
+  same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
+  dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
 """
@@ -85,10 +85,23 @@ def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_in
         graph.shapes[indices] = shape
     else:
         values, indices = graph.node("MaxPool", [x], shape=shape, **attributes), None
+    values = _with_nans(graph, x, values, compute, attributes, shape)
     if compute != x_aval.dtype:
         values = graph.cast(values, x_aval.dtype)
     memo[key] = (values, indices)
     return values, indices
+
+
+def _with_nans(graph: OnnxGraph, x: str, values: str, dtype: slope.DType, attributes: dict, shape: tuple) -> str:
+    """MaxPool's values with NaN for each window that holds a NaN, as PyTorch gives (onnxruntime's MaxPool keeps a
+    NaN only when it comes first in its window). A window's sum is NaN exactly where it holds a NaN once +inf is
+    capped (no inf - inf; the cap is small enough that no sum overflows to +inf), and AveragePool sums fast (in
+    float32, its only kernel: a float64 beyond float32's range becomes an infinity, which keeps the test exact)."""
+    cap = graph.scalar(float(np.finfo(np.float32).max) / math.prod(attributes["kernel_shape"]), slope.float32)
+    capped = graph.node("Min", [x if dtype == slope.float32 else graph.cast(x, slope.float32), cap])
+    sums = graph.node("AveragePool", [capped], shape=shape, **attributes)
+    nans = graph.node("IsNaN", [sums], shape=shape)
+    return graph.node("Where", [nans, graph.scalar(math.nan, dtype), values], shape=shape)
 
 
 def _max_pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:

@@ -97,8 +97,16 @@ class LogSoftmax(Operator):
         return [log_softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
-        shifted = x - slope.stop_gradient(x.max(dim, keepdim=True))  # a row of only -inf gives NaN, as in PyTorch
+        shifted = x - shift_for_exp(x, dim)  # a row of only -inf gives NaN, as in PyTorch
         return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
+
+
+def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
+    """The maximum along dim (kept), a constant that keeps exp(x - it) from overflowing; 0 for an empty x, which has
+    no maximum (its softmax is empty and its logsumexp -inf, as in PyTorch)."""
+    if x.numel() == 0:
+        return slope.zeros_like(x.sum(dim, keepdim=True))
+    return slope.stop_gradient(x.max(dim, keepdim=True))
 
 
 # ----------------------------------------------------------------------------------------------- pooling
@@ -283,7 +291,7 @@ class TakeAlongDim(Operator):
         x, index = _tensor(x), _index_tensor(self, index)
         if index.ndim != x.ndim:
             raise self.shape_error(f"index of shape {index.shape} needs as many dimensions as x of shape {x.shape}")
-        dim = normalize_dim(self.name, dim, x.ndim)
+        dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
         try:
             common = np.broadcast_shapes(x.shape[:dim] + x.shape[dim + 1 :], index.shape[:dim] + index.shape[dim + 1 :])
         except ValueError:
@@ -317,18 +325,32 @@ class TakeAlongDim(Operator):
 
 class ScatterAdd(Operator):
     """x with `src[..., j, ...]` added at `[..., index[..., j, ...], ...]` along `dim` (repeats accumulate):
-    PyTorch's scatter_add, with index and src of one shape."""
+    PyTorch's scatter_add. The operator takes index and src of one shape, x's apart from `dim`; the call brings
+    PyTorch's looser shapes (src larger than index, x larger apart from `dim`) to that."""
 
     name = "scatter_add"
 
     def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
         src = _tensor(src).astype(x.dtype)
-        dim = normalize_dim(self.name, dim, x.ndim)
-        if src.shape != index.shape:
-            raise self.shape_error(f"src of shape {src.shape} must have the shape of index {index.shape}")
-        _check_along(self, x.aval, index.aval, dim)
+        dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
+        if index.numel() == 0:  # nothing to add: PyTorch asks nothing more of the shapes then
+            return x
+        # PyTorch's rule: index no larger than src, nor than x apart from `dim`; src is read only where index is
+        sizes = list(zip(index.shape, src.shape, x.shape))
+        same_ndim = index.ndim == src.ndim == x.ndim
+        if not same_ndim or any(i > s or (i > n and d != dim) for d, (i, s, n) in enumerate(sizes)):
+            raise self.shape_error(
+                f"index of shape {index.shape} must have the dimensions of x {x.shape} and src {src.shape} and be no "
+                f"larger than src, nor than x apart from dimension {dim}"
+            )
         check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
+        src = src[tuple(slice(0, i) for i in index.shape)]
+        short = [0 if d == dim else n - i for d, (i, _, n) in enumerate(sizes)]
+        if any(short):  # index covers part of x: the rest gets index 0 and -0.0, which leaves every value as it was
+            index = slope.pad(index, lo=(0,) * x.ndim, hi=short)
+            src = slope.pad(src, lo=(0,) * x.ndim, hi=short, value=-0.0)
+            unique_indices = False
         return slope.bind(self, x, index, src, dim=dim, unique_indices=bool(unique_indices))
 
     def infer(self, x: Aval, index: Aval, src: Aval, *, dim: int, unique_indices: bool) -> Aval:

@@ -34,13 +34,23 @@ def int_pow(x, y):
 
 def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+    if idx.shape[-1] == 0:  # empty index vectors pick all of x (x[()] would not repeat it over idx's batch)
+        return np.broadcast_to(x, idx.shape[:-1] + np.shape(x))
+    try:
+        return x[tuple(np.moveaxis(idx, -1, 0))]
+    except IndexError as error:  # an index outside [-size, size): say which operator met it
+        raise IndexError(f"slope.gather_nd (x[index], slope.getitem): {error}; indices lie in [-size, size)") from None
 
 
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
+    if idx.shape[-1] == 0:  # every update adds to all of x
+        return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
     out = x.copy()
-    np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    try:
+        np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+    except IndexError as error:
+        raise IndexError(f"slope.scatter_nd (x.at[index], gradients of x[index]): {error}") from None
     return out
 
 

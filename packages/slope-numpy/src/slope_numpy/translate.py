@@ -66,11 +66,15 @@ def _sum(ins: list, params: dict, out: Any) -> str:
 
 
 def _slice(ins: list, params: dict, out: Any) -> str:
+    if not params["start"]:  # a 0-d tensor: nothing to slice (and `x[]` is no Python)
+        return ins[0]
     parts = ", ".join(f"{a}:{b}:{s}" for a, b, s in zip(params["start"], params["stop"], params["step"]))
     return f"{ins[0]}[{parts}{',' if len(params['start']) == 1 else ''}]"
 
 
 def _pad(ins: list, params: dict, out: Any) -> str:
+    if not any(params["lo"]) and not any(params["hi"]):  # (np.pad rejects the empty widths of a 0-d tensor)
+        return ins[0]
     widths = list(zip(params["lo"], params["hi"]))
     return f"np.pad({ins[0]}, {widths}, constant_values={params['value']!r})"
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -32,12 +35,18 @@ class _Threads:
       at all: thousands of cached eager programs add no thread.
     - A larger program (a jitted train step) gets `intra_op` threads (the caller and intra_op - 1 workers) that never
       spin: workers sleep between parallel sections and between runs, leaving the CPUs to the rest of the process.
-    `SLOPE_ORT_THREADS=n` sets intra_op (default: the CPUs this process may use). `SLOPE_ORT_GLOBAL_POOL=1` puts every
-    session on onnxruntime's one process-wide pool instead (one set of threads for any number of large programs), whose
-    workers do spin after each run: onnxruntime's Python API has no switch for that.
+      At most `pooled_sessions` such sessions are open at once (`_PooledRun`): past that, the least recently run one
+      closes, ending its threads, and is rebuilt when it runs again. So threads stay bounded however many programs
+      are cached (onnxruntime has no way to share a per-session pool between sessions).
+    `SLOPE_ORT_THREADS=n` sets intra_op (default: the CPUs this process may use), `SLOPE_ORT_POOLED_SESSIONS=n` the
+    open pooled sessions (default 8). `SLOPE_ORT_GLOBAL_POOL=1` puts every session on onnxruntime's one process-wide
+    pool instead (one set of threads for any number of programs), whose workers do spin after each run (onnxruntime's
+    Python API has no switch for that), and which makes onnxruntime refuse every other session in the process that
+    does not set `use_per_session_threads = False`.
     """
 
     intra_op = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    pooled_sessions = 8
     global_pool: bool | None = None  # None until the backend is first made
 
     @classmethod
@@ -48,6 +57,7 @@ class _Threads:
         requested = os.environ.get("SLOPE_ORT_THREADS")
         if requested:
             cls.intra_op = max(1, int(requested))
+        cls.pooled_sessions = max(1, int(os.environ.get("SLOPE_ORT_POOLED_SESSIONS", cls.pooled_sessions)))
         cls.global_pool = False
         if os.environ.get("SLOPE_ORT_GLOBAL_POOL", "0") not in ("", "0") and cls.intra_op > 1:
             try:
@@ -55,6 +65,40 @@ class _Threads:
                 cls.global_pool = True
             except Exception:  # the environment already exists (a session was made first): keep per-session threads
                 pass
+
+
+_open_pools: OrderedDict[_PooledRun, None] = OrderedDict()  # open pooled sessions, the least recently run first
+_pools_lock = threading.Lock()
+
+
+class _PooledRun:
+    """The `run` of a program whose session has a thread pool: it opens the session again (rebuilt by `open_session`)
+    if it was closed, marks it the most recently run, and closes the least recently run ones past the limit."""
+
+    def __init__(self, open_session: Callable[[], tuple[Any, Callable]], session: Any, runner: Callable):
+        self.open_session = open_session
+        self.session: Any = session
+        self.runner: Callable | None = runner
+        self.open()
+
+    def __call__(self, buffers: list) -> list:
+        return self.open()(buffers)
+
+    def open(self) -> Callable:
+        """The runner of the open session (opened now if it was closed)."""
+        runner = self.runner
+        if runner is None:
+            session, runner = self.open_session()  # outside the lock: building a session takes a while
+        with _pools_lock:
+            if self.runner is None:
+                self.session, self.runner = session, runner
+            runner = self.runner
+            _open_pools[self] = None
+            _open_pools.move_to_end(self)
+            while len(_open_pools) > _Threads.pooled_sessions:
+                closed = _open_pools.popitem(last=False)[0]
+                closed.session = closed.runner = None  # its threads end once no run in progress holds it
+        return runner
 
 
 def _options(pooled: bool) -> ort.SessionOptions:
@@ -113,7 +157,7 @@ class OnnxBackend(Backend):
         self._devices: list[str] | None = None
         self.cuda_problem = ""  # why CUDA is not offered, for error messages
         self._ort_devices = {"cpu": ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)}
-        self._run_options = ort_c.RunOptions()
+        self._run_options = ort_c.RunOptions()  # one for every run in every thread: onnxruntime only reads it
 
     # ------------------------------------------------------------------------------------------- devices
     def devices(self) -> list[str]:
@@ -197,10 +241,19 @@ class OnnxBackend(Backend):
         return build_model(program, self.translations)
 
     def compile(self, program: Program, device: str) -> Executable:
-        model, input_names, output_names = self.model(program)
-        if not output_names:
+        built = self.model(program)
+        if not built[2]:  # no outputs
             return OnnxExecutable(lambda buffers: [], self, program)
         pooled = _wants_pool(program)
+        session, run = self._open(built, device, pooled)
+        if pooled and not _Threads.global_pool:  # a bounded number of these sessions stay open (_Threads)
+            run = _PooledRun(lambda: self._open(self.model(program), device, True), session, run)
+            session = None
+        return OnnxExecutable(run, self, program, session)
+
+    def _open(self, built: tuple, device: str, pooled: bool) -> tuple[ort.InferenceSession, Callable]:
+        """A session of a built model and its `run(buffers) -> buffers`."""
+        model, input_names, output_names = built
         if device == "cpu" and pooled:  # NCHWc convolutions, pooling by phases; `.code` and exports stay plain
             model = for_cpu_session(model)
         session = self._session(model.SerializeToString(), device, pooled)
@@ -208,7 +261,9 @@ class OnnxBackend(Backend):
             run = _runner(session, input_names, output_names, self._run_options)
         else:
             run = _device_runner(session, input_names, output_names, self._run_options, self._device(device))
-        return OnnxExecutable(run, self, program, session)
+        if any(node.op_type in _INDEXING for node in model.graph.node):
+            run = _index_errors(run)
+        return session, run
 
     def _session(self, model_bytes: bytes, device: str, pooled: bool) -> ort.InferenceSession:
         self._device(device)
@@ -232,12 +287,20 @@ class OnnxBackend(Backend):
 class OnnxExecutable(Executable):
     """An Executable that rebuilds its ONNX model (and text) only when asked: sessions keep their own copy."""
 
-    __slots__ = ("backend", "session")
+    __slots__ = ("backend", "_session")
 
     def __init__(self, run: Any, backend: OnnxBackend, program: Program, session: Any = None):
         super().__init__(run, "", program)
         self.backend = backend
-        self.session = session
+        self._session = session
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session (a pooled one is opened again if it was closed)."""
+        if isinstance(self.run, _PooledRun):
+            self.run.open()
+            return self.run.session
+        return self._session
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -277,6 +340,34 @@ def _runner(session: ort.InferenceSession, input_names: list[str], output_names:
             return [outs[i] for i in range(count)]
 
     return run
+
+
+# onnxruntime operators that reject an index out of range when they run, and the Slope operators they come from
+_INDEXING = {
+    "GatherND": "gather_nd (x[index], slope.getitem)",
+    "ScatterND": "scatter_nd (x.at[index], gradients of x[index])",
+    "GatherElements": "take_along_dim",
+    "ScatterElements": "scatter_add",
+}
+
+
+def _index_errors(run: Any) -> Any:
+    """`run` raising onnxruntime's failures on an index out of range as IndexErrors that name the Slope operator."""
+
+    def checked(buffers: list) -> list:
+        try:
+            return run(buffers)
+        except Exception as error:
+            found = re.search(r"running (\w+) node", str(error))
+            if found is None or found.group(1) not in _INDEXING:
+                raise
+            detail = str(error).split("Status Message: ")[-1].split("] ")[-1].strip()
+            raise IndexError(
+                f"slope.{_INDEXING[found.group(1)]}: an index is out of range (indices must lie in [-size, size) of "
+                f"the dimension they index); onnxruntime: {detail}"
+            ) from None
+
+    return checked
 
 
 def _device_runner(session: ort.InferenceSession, input_names: list[str], output_names: list[str], run_options: Any,

@@ -2,7 +2,7 @@
 
 `.code` and exported models keep the plain graph; only the copy handed to a CPU session with a thread pool (a jitted
 step with real work) is rewritten, by `for_cpu_session`. Both rewrites give the plain graph's values, up to float
-rounding in the convolutions (and a NaN in a pooling window, which each form can drop, differently).
+rounding in the convolutions (a window holding a NaN pools to NaN in both; which element its index names may differ).
 
 - Blocked-channel ("NCHWc") convolutions. onnxruntime runs a 2-d Conv with its fast NCHWc kernel only when the
   filter is a constant: it reorders the filter once, into blocks of B input by B output channels, while building
@@ -14,7 +14,8 @@ rounding in the convolutions (and a NaN in a pooling window, which each form can
   used (a training step) and the convolution is cheap (a first layer: few input channels), computes the convolution
   once per window position ("phase") with stride k instead: the window maximum is then an element-wise Max of the
   k*k phases, and its index the first phase equal to it (a chain of Where at pooled size). onnxruntime's MaxPool
-  with indices is a scalar loop (2 ms for a 64x32x26x26 input on 2 cores); the phases take a third of that.
+  with indices is a scalar loop (2 ms for a 64x32x26x26 input on 2 cores); the phases take a third of that. The Max
+  keeps NaNs, so the NaN guard the translation puts on MaxPool's values goes too.
 """
 
 from __future__ import annotations
@@ -187,6 +188,19 @@ class _Graph:
         return True
 
     # ------------------------------------------------------------------------------------------- pooling by phases
+    def _nan_guard(self, pool: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """The nodes of the translation's NaN guard of this MaxPool's values, `Where(IsNaN(AveragePool(Min(x, cap))),
+        NaN, values)`, when they are the pooled input's only other use, else None."""
+        chain = [node for node in self.consumers.get(pool.input[0], []) if node is not pool]
+        if len(chain) != 1 or chain[0].op_type != "Min":
+            return None
+        for op_type in ("AveragePool", "IsNaN", "Where"):
+            users = self.consumers.get(chain[-1].output[0], [])
+            if len(users) != 1 or users[0].op_type != op_type or chain[-1].output[0] in self.outputs:
+                return None
+            chain.append(users[0])
+        return chain if chain[-1].input[2] == pool.output[0] and pool.input[0] not in self.outputs else None
+
     def phase_pools(self) -> bool:
         """Rewrite each qualifying MaxPool(Relu(Conv(x))) with used indices as phase convolutions (see above)."""
         changed = False
@@ -216,7 +230,8 @@ class _Graph:
         conv = self.producers.get(conv_output)
         if conv is None or conv.op_type != "Conv" or conv.domain != "" or id(conv) in self.replaced:
             return False
-        if not self.only_use(pooled_input, pool) or (relu is not None and not self.only_use(conv_output, relu)):
+        guard = [] if self.only_use(pooled_input, pool) else self._nan_guard(pool)
+        if guard is None or (relu is not None and not self.only_use(conv_output, relu)):
             return False
         conv_attributes = _attributes(conv)
         if conv_attributes.get("group", 1) != 1 or conv_attributes.get("auto_pad", b"NOTSET") != b"NOTSET":
@@ -278,6 +293,10 @@ class _Graph:
         nodes.append(helper.make_node("Cast", [f"{name}_phase_index"], [pool.output[1]], to=TensorProto.INT64))
         self.replaced[id(pool)] = nodes
         self.replaced[id(conv)] = []
+        for node in guard[:-1]:
+            self.replaced[id(node)] = []
+        if guard:  # the Max of the phases keeps NaNs: the guard's result is the maxima themselves
+            self.replaced[id(guard[-1])] = [helper.make_node("Identity", [maxima], list(guard[-1].output))]
         if relu is not None:
             self.replaced[id(relu)] = []
         return True

@@ -227,12 +227,17 @@ class OnnxGraph:
         """Translate one instruction, binding its outputs' names in env."""
         inputs = [env[v] for v in instruction.inputs]
         translation = self.translations.get(instruction.op.name)
-        try:
-            if translation is None:
-                raise NoTranslationError
-            outs = translation(self, inputs, instruction)
-        except NoTranslationError:
-            outs = self.inline_procedure(instruction, inputs)
+        if all(v.aval.size == 0 for v in instruction.outputs):
+            # nothing to compute; and onnxruntime's shape inference takes broadcast(1, 0) for 1, so it would drop
+            # an Expand to size 0 as a no-op and hand the next node a tensor of the wrong shape
+            outs = [self.constant(np.zeros(v.aval.shape, v.aval.dtype.numpy)) for v in instruction.outputs]
+        else:
+            try:
+                if translation is None:
+                    raise NoTranslationError
+                outs = translation(self, inputs, instruction)
+            except NoTranslationError:
+                outs = self.inline_procedure(instruction, inputs)
         outs = [outs] if isinstance(outs, str) else list(outs)
         for var, name in zip(instruction.outputs, outs):
             env[var] = name

@@ -261,16 +261,22 @@ def _where(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str
 # ----------------------------------------------------------------------------------------------- reductions
 
 
-def _reduce(op_type: str) -> Callable:
-    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
-        out = _out(instruction)
-        dim, keepdim = instruction.params["dim"], instruction.params["keepdim"]
-        if not dim:
-            return inputs[0]
-        x = inputs[0]
-        return emit(graph, op_type, [x], out.dtype, out.shape, extra=(graph.int64s(dim),), keepdims=int(keepdim))
-
-    return translate
+def _reduce_max(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """ReduceMax, and NaN where a NaN is reduced (as PyTorch and NumPy give): onnxruntime's kernel keeps a NaN only
+    when it comes first, so the NaNs are reduced apart (IsNaN and a ReduceMax of bools) and put back with a Where."""
+    out, dim = _out(instruction), instruction.params["dim"]
+    if not dim:
+        return inputs[0]
+    axes, keepdims = graph.int64s(dim), int(instruction.params["keepdim"])
+    if not out.dtype.is_float:
+        return emit(graph, "ReduceMax", inputs, out.dtype, out.shape, extra=(axes,), keepdims=keepdims)
+    compute = compute_dtype("ReduceMax", out.dtype)
+    x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+    top = graph.node("ReduceMax", [x, axes], shape=out.shape, keepdims=keepdims)
+    nans = graph.node("IsNaN", [x], shape=_in(instruction).shape)
+    any_nan = graph.node("ReduceMax", [nans, axes], shape=out.shape, keepdims=keepdims)
+    result = graph.node("Where", [any_nan, graph.scalar(math.nan, compute), top], shape=out.shape)
+    return result if compute == out.dtype else graph.cast(result, out.dtype)
 
 
 # The most elements one floating-point ReduceSum node adds into each output. onnxruntime adds them one by one (a few
@@ -401,6 +407,8 @@ def _expand(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 
 
 def _permute(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    if not instruction.params["perm"]:  # a 0-d tensor (onnx cannot even spell an empty `perm`)
+        return inputs[0]
     return graph.node("Transpose", inputs, shape=_out(instruction).shape, perm=list(instruction.params["perm"]))
 
 
@@ -424,6 +432,8 @@ def _slice(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str
 
 def _pad(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     params = instruction.params
+    if not any(params["lo"]) and not any(params["hi"]):  # (Pad fails on a 0-d tensor)
+        return inputs[0]
     result = _padded(graph, inputs, instruction)
     graph.padded[result] = (inputs[0], params["lo"], params["hi"], params["value"])
     return result
@@ -507,6 +517,9 @@ def _matmul(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
 def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     params = instruction.params
+    if _in(instruction, 0).size == 0 or _in(instruction, 1).size == 0:
+        # sums over no input channels: zeros (onnxruntime's Conv leaves its output unwritten there, or never returns)
+        return _expand_to(graph, graph.scalar(0, out.dtype), out.dtype, out.shape)
     transposed = _as_transposed_conv(graph, inputs, instruction)
     if transposed is not None:
         return transposed
@@ -776,23 +789,29 @@ def _int64_index(graph: OnnxGraph, name: str, aval: Any) -> str:
 
 
 def _gather_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    if _in(instruction, 1).shape[-1] == 0:  # empty index vectors pick all of x (GatherND refuses a 0-d x)
+        return _expand_to(graph, inputs[0], out.dtype, out.shape)
     index = _int64_index(graph, inputs[1], _in(instruction, 1))
-    return graph.node("GatherND", [inputs[0], index], shape=_out(instruction).shape)
+    return graph.node("GatherND", [inputs[0], index], shape=out.shape)
 
 
 def _scatter_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     x, index, updates = inputs
     index = _int64_index(graph, index, _in(instruction, 1))
+    shape = out.shape or (1,)  # ScatterND refuses a 0-d x: scatter into it as shape (1,)
+    if not out.shape:
+        x, updates = graph.reshape(x, shape), graph.reshape(updates, _in(instruction, 2).shape + shape)
     if out.dtype == slope.bool_:  # adding bools is `or`: the max of 0/1
         x, updates = graph.cast(x, slope.uint8), graph.cast(updates, slope.uint8)
-        result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="max")
-        return graph.cast(result, slope.bool_)
+        result = graph.node("ScatterND", [x, index, updates], shape=shape, reduction="max")
+        return graph.reshape(graph.cast(result, slope.bool_), out.shape)
     compute = compute_dtype("ScatterND", out.dtype)
     if compute != out.dtype:
         x, updates = graph.cast(x, compute), graph.cast(updates, compute)
-    result = graph.node("ScatterND", [x, index, updates], shape=out.shape, reduction="add")
-    return result if compute == out.dtype else graph.cast(result, out.dtype)
+    result = graph.node("ScatterND", [x, index, updates], shape=shape, reduction="add")
+    return graph.reshape(result if compute == out.dtype else graph.cast(result, out.dtype), out.shape)
 
 
 translations: dict[str, Callable] = {
@@ -826,7 +845,7 @@ translations: dict[str, Callable] = {
     "bitwise_xor": _bitwise("BitwiseXor", "Xor"),
     "where": _where,
     "sum": _sum,
-    "max": _reduce("ReduceMax"),
+    "max": _reduce_max,
     "reshape": _reshape,
     "expand": _expand,
     "permute": _permute,
