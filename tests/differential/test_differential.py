@@ -152,7 +152,10 @@ class Call:
         rtol = self.entry.rtol.get(name, RTOL.get(name, 0.0))
         if self.entry.scale is None or not expected.dtype.is_floating_point:
             return rtol, rtol
-        args, kwargs = self.torch_args(make=lambda a: to_torch(a).double() if a.dtype.kind == "f" else to_torch(a))
+        widened = self.widened() if self.widens() else None
+        args, kwargs = self.torch_args(
+            widened, make=lambda a: to_torch(a).double() if a.dtype.kind == "f" else to_torch(a)
+        )
         if any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
             args = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
         scale, error = _quiet(lambda: self.entry.scale(*args, **kwargs))
