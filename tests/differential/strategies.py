@@ -61,11 +61,11 @@ class T:
     """A tensor argument filled in per dtype: `shape`, the example's dtype unless `dtype` names one, and `kind`:
 
     "any" (ordinary values; in half the arrays also specials: +-0, +-inf, NaN, subnormals, huge, dtype extremes),
-    "finite" (ordinary values only), "nonzero" (integers without zeros: integer division by zero raises in PyTorch,
-    a data-dependent error Slope does not check), "intsmall" (integers in [-3, 3], floats as "any"), "small"
-    (integers and floats in [-3, 3]), "pos" (in (0, 4]), "unit" ([0, 1]), "castable" (floats in [0, 100]: float to
-    integer casts of NaN, infinities and values out of the target's range are undefined behaviour in C, so in
-    PyTorch; integers as "any"), "classes" (0 to 3: one_hot's classes).
+    "finite" (ordinary values only), "intsmall" (integers in [-3, 3], floats as "any"), "small" (integers and
+    floats in [-3, 3]), "unit" ([0, 1]), "castable" (floats in [0, 100]: float to integer casts of NaN, infinities
+    and values out of the target's range are undefined behaviour in C, so in PyTorch; integers as "any"),
+    "classes" (0 to 3: one_hot's classes), "moderate" (gradients: ordinary floats of at least 1e-3 in size and
+    +-0, +-30, +-100, +-300; integers in [-5, 5]).
     """
 
     shape: tuple
@@ -176,20 +176,18 @@ def _elements(name: str, kind: str, specials: bool) -> st.SearchStrategy:
         return st.booleans()
     if name in INTS:
         info = np.iinfo(numpy_dtype(name))
-        ranges = {"small": (-3, 3), "intsmall": (-3, 3), "unit": (0, 1), "pos": (1, 4), "classes": (0, 3)}
+        ranges = {"small": (-3, 3), "intsmall": (-3, 3), "unit": (0, 1), "classes": (0, 3)}
         low, high = ranges.get(kind, (-5, 5))
         base = st.integers(max(low, int(info.min)), min(high, int(info.max)))
         if specials and kind != "intsmall":
             fitting = [v for v in _int_specials(name) if info.min <= v <= info.max]
             base = st.one_of(base, base, st.sampled_from(fitting))
-        return base.filter(lambda v: v != 0) if kind == "nonzero" else base
+        return base
     if kind == "small":
         return st.floats(-3.0, 3.0, width=32)
     if kind == "moderate":  # no tiny values either: 1 / x**2 overflows differently in different formulas
         moderate = ORDINARY.filter(lambda v: v == 0 or abs(v) >= 1e-3)
         return st.one_of(moderate, moderate, st.sampled_from([0.0, -0.0, 100.0, -100.0, 300.0, -300.0, 30.0, -30.0]))
-    if kind == "pos":
-        return st.floats(0.0, 4.0, exclude_min=True, width=32)
     if kind == "unit":
         return st.floats(0.0, 1.0, width=32)
     if kind == "classes":
@@ -204,7 +202,7 @@ def _elements(name: str, kind: str, specials: bool) -> st.SearchStrategy:
 @st.composite
 def values(draw: Any, shape: tuple, name: str, kind: str = "any") -> np.ndarray:
     """An array of `shape` and dtype `name` (bfloat16 as ml_dtypes), values of `kind` (see T)."""
-    special_kind = kind in ("any", "nonzero", "intsmall") or (kind == "castable" and name in INTS)
+    special_kind = kind in ("any", "intsmall") or (kind == "castable" and name in INTS)
     specials = special_kind and draw(st.booleans(), label="with specials")
     elements = _elements(name, kind, specials)
     flat = draw(st.lists(elements, min_size=math.prod(shape), max_size=math.prod(shape)))

@@ -228,7 +228,7 @@ def _draw_arrays(data: st.DataObject, layout: Any, dtype: str | None, for_grad: 
     arrays = {}
     for t in placeholders((layout.args, layout.kwargs)):
         name = t.dtype or dtype
-        kind = GRADIENT_KIND if for_grad and t.kind in ("any", "nonzero", "intsmall") else t.kind
+        kind = GRADIENT_KIND if for_grad and t.kind in ("any", "intsmall") else t.kind
         arrays[id(t)] = data.draw(values(t.shape, name, kind), label=f"{name}{t.shape} {kind}")
     return arrays
 
