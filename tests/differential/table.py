@@ -338,7 +338,12 @@ def moments_layout(draw: Any) -> Layout:
 
 def moments_scale(power: int) -> Callable:
     """var's rounding error grows with mean(x^2) (std's with max|x|), not with the (possibly tiny) result."""
-    return lambda x, **kwargs: x.abs().max() ** power if x.numel() else torch.zeros(())
+
+    def scale(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        finite = torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0)  # NaN and inf give NaN and inf in any formula
+        return finite.max() ** power if x.numel() else torch.zeros(())
+
+    return scale
 
 
 add(Entry("var", moments_layout(), torch.var, widen=WIDEN_FLOAT, scale=moments_scale(2)))
