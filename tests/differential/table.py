@@ -1297,7 +1297,7 @@ add(
 )
 
 # ----------------------------------------------------------------------------------------------- open discrepancies
-# Each is a strict xfail naming its issue 10 point (or NEW); /work/notes/differential_findings.md has a reproducer.
+# Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
 P2 = "issue 10 point 2: max/min/argmax/max_pool ignore NaN on onnxruntime"
