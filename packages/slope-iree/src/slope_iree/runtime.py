@@ -20,7 +20,6 @@ from typing import Any, Callable
 import numpy as np
 
 import slope
-
 from slope.dtypes import all_dtypes
 
 from . import cache
