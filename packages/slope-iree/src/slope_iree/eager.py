@@ -73,20 +73,25 @@ def generic_text(text: str) -> str | None:
             indent, name, value, element = constant.groups()
             out.append(f"{indent}{name}_scalar = stablehlo.constant {value} : tensor<{element}>")
             out.append(f"{indent}{name} = stablehlo.dynamic_broadcast_in_dim {name}_scalar, %slope_length, dims = [] "
-                       f": (tensor<{element}>, tensor<1xindex>) -> tensor<?x{element}>")  # fmt: skip
+                       f": (tensor<{element}>, tensor<1xi32>) -> tensor<?x{element}>")  # fmt: skip
         elif broadcast:
             indent, name, source, source_type, element = broadcast.groups()
             out.append(f"{indent}{name} = stablehlo.dynamic_broadcast_in_dim {source}, %slope_length, dims = [] "
-                       f": ({source_type}, tensor<1xindex>) -> tensor<?x{element}>")  # fmt: skip
+                       f": ({source_type}, tensor<1xi32>) -> tensor<?x{element}>")  # fmt: skip
         else:
             out.append(line)
     if str(PLACEHOLDER) in "\n".join(out):  # a size computed from the length: keep the program static
         return None
     first, element = signature.groups()
-    length = [
-        "    %slope_zero = arith.constant 0 : index",
-        f"    %slope_size = tensor.dim {first}, %slope_zero : tensor<?x{element}>",
-        "    %slope_length = tensor.from_elements %slope_size : tensor<1xindex>",
+    length = []
+    if element.startswith("ui"):  # IREE cannot take the size of an unsigned tensor: measure its signless twin
+        signless = element[1:]
+        length.append(f"    %slope_signless = stablehlo.bitcast_convert {first} : (tensor<?x{element}>) -> "
+                      f"tensor<?x{signless}>")  # fmt: skip
+        first, element = "%slope_signless", signless
+    length += [
+        f"    %slope_size = stablehlo.get_dimension_size {first}, dim = 0 : (tensor<?x{element}>) -> tensor<i32>",
+        "    %slope_length = stablehlo.reshape %slope_size : (tensor<i32>) -> tensor<1xi32>",
     ]
     return "\n".join(out[:1] + length + out[1:]) + "\n"
 

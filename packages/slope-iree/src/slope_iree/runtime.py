@@ -114,6 +114,8 @@ def _element_types() -> dict[str, Any]:
                 _numpy_dtypes[int(table[dtype.name])] = np.dtype(dtype.numpy)
             except (TypeError, KeyError):  # bfloat16 without ml_dtypes
                 pass
+        for bits in (8, 16, 32, 64):  # compiled functions return signless integers: Slope's ints are signed
+            _numpy_dtypes[int(getattr(element, f"INT_{bits}"))] = np.dtype(f"int{bits}")
         _element_table.update(table)
     return _element_table
 
