@@ -468,8 +468,11 @@ def _flip(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     dims = [d for d in instruction.params["dim"] if _in(instruction).shape[d] > 1]
     if not dims:
         return inputs[0]
-    return fn.emit(f"stablehlo.reverse {inputs[0]}, dims = [{', '.join(map(str, dims))}] : {fn.type(inputs[0])}",
-                   _out(instruction))  # fmt: skip
+    x, out = inputs[0], _out(instruction)
+    if out.dtype == slope.uint8:  # IREE 3.13 cannot lower a reverse of ui8: reverse the same bytes as i8
+        x = fn.unary("bitcast_convert", x, Aval(out.shape, slope.int8))
+    reversed_ = fn.emit(f"stablehlo.reverse {x}, dims = [{', '.join(map(str, dims))}] : {fn.type(x)}", fn.avals[x])
+    return fn.unary("bitcast_convert", reversed_, out) if out.dtype == slope.uint8 else reversed_
 
 
 def _cat(fn: Function, inputs: list[str], instruction: Instruction) -> str:
