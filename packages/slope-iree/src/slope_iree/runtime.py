@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 from typing import Any, Callable
@@ -234,8 +235,8 @@ class _DriverChoice:
     """The `run` of a CPU program: local-sync, unless timing shows the threaded local-task driver is faster.
 
     The first call is timed on local-sync; a fast one settles it. Otherwise the next calls alternate between both
-    drivers (the first local-task call, which starts its threads, is not counted); local-task wins when its best time
-    is clearly better than local-sync's.
+    drivers (the first call on each, which warms it up, is not counted); local-task wins when its median time is
+    clearly better than local-sync's.
     Buffers of both CPU drivers live in host memory, so either reads the other's results.
     """
 
@@ -267,7 +268,8 @@ class _DriverChoice:
         if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
             self.chosen = self.sync
         elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
-            self.chosen = self.task if min(task_times) < TASK_GAIN * min(sync_times) else self.sync
+            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(sync_times[1:])  # (medians: a busy
+            self.chosen = self.task if faster else self.sync  # machine's bursts would decide a comparison of minima)
         return outs
 
     @property
