@@ -368,6 +368,46 @@ def onnx_eager_mul() -> Callable[[], Any]:
     return lambda: run(feeds)
 
 
+# ----------------------------------------------------------------------------------------------- IREE
+
+
+STABLEHLO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stablehlo")
+
+
+class IreeReference:
+    """A hand-written StableHLO module (benchmarks/stablehlo/NAME.mlir) compiled by IREE with the iree backend's
+    flags and called through its runtime: the floor the iree backend's jitted program is measured against."""
+
+    def __init__(self, name: str, inputs: list[np.ndarray], outputs: int, feed_back: int = 0):
+        from slope_iree import runtime
+
+        with open(os.path.join(STABLEHLO, name + ".mlir")) as handle:
+            self.run = runtime.function(handle.read(), "cpu", outputs)
+        self.buffers = [runtime.from_numpy(a, "cpu") for a in inputs]
+        self.feed_back = feed_back  # the first outputs replace the first inputs (a train step's parameters)
+        self.to_numpy = runtime.to_numpy
+
+    def __call__(self) -> Any:
+        outs = self.run(self.buffers)
+        self.buffers[: self.feed_back] = outs[: self.feed_back]
+        return outs[-1]
+
+    def loss(self) -> float:
+        """The loss of one step."""
+        return float(self.to_numpy(self()))
+
+
+def iree_mlp_reference() -> IreeReference:
+    """The MLP step written by hand in StableHLO, its parameters fed back in."""
+    params, x, y = mlp_data()
+    return IreeReference("mlp_step", [*params, x, y], outputs=5, feed_back=4)
+
+
+def iree_hessian_reference() -> IreeReference:
+    """The closed-form Hessian of sum(tanh(x) ** 3) written by hand in StableHLO."""
+    return IreeReference("hessian", [hessian_data()], outputs=1)
+
+
 # ----------------------------------------------------------------------------------------------- PyTorch, JAX
 
 
@@ -496,6 +536,10 @@ def available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+IREE_MLP_REFERENCE = "hand-written StableHLO in IREE"
+IREE_HESSIAN_REFERENCE = "hand-written StableHLO in IREE (closed form)"
+
+
 def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list[Contender]]]:
     """The contenders of each workload, notes on skipped ones, and the first-call contenders."""
     backends = sorted(slope.plugins.backends, key=lambda name: (name != "onnxruntime", name))
@@ -516,6 +560,8 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
            for b in backends]  # fmt: skip
     if has_ort:
         mlp.insert(0, Contender("MLP train step", "hand-built ONNX in onnxruntime", OnnxMlpTrainer(), reference=True))
+    if "iree" in backends:
+        mlp.append(Contender("MLP train step", IREE_MLP_REFERENCE, iree_mlp_reference()))
     if has_torch:
         mlp.append(Contender("MLP train step", "PyTorch eager", torch_mlp_step()))
     if has_jax:
@@ -525,6 +571,8 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
     if has_torch:
         cnn.insert(0, Contender("CNN train step", "PyTorch eager", torch_cnn_step(), reference=True))
     hessian = [Contender("Hessian (100)", f"slope {b} (jit)", slope_hessian(b), inner=5, backend=b) for b in backends]
+    if "iree" in backends:
+        hessian.append(Contender("Hessian (100)", IREE_HESSIAN_REFERENCE, iree_hessian_reference(), inner=5))
     if has_torch:
         hessian.insert(0, Contender("Hessian (100)", "torch.func.hessian", torch_hessian(), inner=5, reference=True))
     first = [Contender("MLP first call (trace + compile)", f"slope {b}", slope_first_call(b), backend=b)
@@ -591,6 +639,24 @@ def acceptance(groups: list[list[Contender]], first: list[Contender]) -> list[st
         ok = cnn.median <= torch_cnn.median
         lines.append(f"- CNN step vs PyTorch eager: {cnn.median * 1e3:.2f} vs {torch_cnn.median * 1e3:.2f} ms: "
                      f"{'yes' if ok else 'NO'}")  # fmt: skip
+    lines += iree_acceptance(find)
+    return lines
+
+
+def iree_acceptance(find: Callable[[str, str], Contender | None]) -> list[str]:
+    """Issue #11's acceptance points for the iree backend, checked against this run."""
+    lines = []
+    eager = find("eager x * 2.0", "slope iree")
+    if eager:
+        ok = eager.median <= 15e-6
+        lines.append(f"- iree eager `x * 2.0`: {eager.median * 1e6:.2f} µs <= 15 µs: {'yes' if ok else 'NO'}")
+    for workload, ours, reference, bound in [("MLP train step", "slope iree (jit)", IREE_MLP_REFERENCE, 1.15),
+                                             ("Hessian (100)", "slope iree (jit)", IREE_HESSIAN_REFERENCE, 1.2)]:  # fmt: skip
+        mine, hand = find(workload, ours), find(workload, reference)
+        if mine and hand:
+            ratio = mine.median / hand.median
+            lines.append(f"- iree {workload} vs hand-written StableHLO: {ratio:.3f}x <= {bound}x: "
+                         f"{'yes' if ratio <= bound else 'NO'}")  # fmt: skip
     return lines
 
 
@@ -634,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         "\n".join(header)
         + table(groups + [first])
-        + "\n\nAcceptance (issue #4):\n"
+        + "\n\nAcceptance (issue #4; the iree lines: issue #11):\n"
         + "\n".join(acceptance(groups, first))
     )
     if notes:
