@@ -150,3 +150,13 @@ def test_transposed_factors_fold_into_the_matrix_product():
     c, d = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (2, 5, 4)])
     expected = np.swapaxes(c @ np.swapaxes(d, -1, -2), -1, -2)
     np.testing.assert_allclose(batched(slope.tensor(c), slope.tensor(d)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jitted_scatter_leaves_its_input_unchanged():
+    # IREE scatters into its operand's buffer in place: scattering into x itself changed the caller's tensor
+    x = slope.tensor(np.zeros((3, 4), np.float32))
+    index, updates = slope.tensor(np.array([[0], [2], [0]])), slope.tensor(np.ones((3, 4), np.float32))
+    f = slope.jit(lambda x, i, u: slope.scatter_nd(x, i, u))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(x, index, updates).numpy()[:, 0], [2.0, 0.0, 1.0])
+        np.testing.assert_array_equal(x.numpy(), np.zeros((3, 4), np.float32))

@@ -82,6 +82,7 @@ class Function:
         self.lines: list[str] = []
         self.avals: dict[str, Aval] = {}
         self.checks: list[tuple[str, str]] = []  # (i1 scalar that is true when something is wrong, the error message)
+        self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
         self._count = 0
@@ -121,7 +122,9 @@ class Function:
 
     def binary(self, op: str, x: str, y: str) -> str:
         """`stablehlo.<op> x, y` of two operands of one type."""
-        return self.emit(f"stablehlo.{op} {x}, {y} : {self.type(x)}", self.avals[x])
+        name = self.emit(f"stablehlo.{op} {x}, {y} : {self.type(x)}", self.avals[x])
+        self.producers[name] = op
+        return name
 
     def compare(self, direction: str, x: str, y: str) -> str:
         """`x <direction> y` (EQ, NE, LT, LE, GT, GE) element by element, as bools; NaN compares unequal."""
@@ -544,6 +547,10 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
+    if fn.producers.get(x) == "multiply" and not fn.dynamic:
+        # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
+        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
+        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     if out.dtype != slope.float64 or count <= SUM_BLOCK:
         return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
     kept = [d for d in range(len(shape)) if d not in dim]
@@ -733,6 +740,10 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
         total = fn.reduce(updates, combine, False if combine == "or" else 0, range(batch))
         return fn.binary(combine, x, total)
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
+    # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
+    # caller's (a jitted function's input came back changed)
+    target = x
+    x = fn.constant(False if combine == "or" else 0, out)
     window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     scalar = tensor_type(Aval((), out.dtype))
@@ -744,7 +755,7 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
             f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
             f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
             f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
-    return fn.emit(text, out)
+    return fn.binary(combine, target, fn.emit(text, out))
 
 
 # operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones
