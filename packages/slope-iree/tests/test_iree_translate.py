@@ -135,3 +135,18 @@ def test_export_runs_without_slope(tmp_path):
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(eval(result.stdout), f(x).numpy(), rtol=1e-6)
+
+
+def test_transposed_factors_fold_into_the_matrix_product():
+    rng = np.random.default_rng(0)
+    a, b = (slope.tensor(rng.standard_normal(s).astype(np.float32)) for s in [(3, 4), (5, 4)])
+    f = slope.jit(lambda a, b: (a @ b.T, (a @ b.T).T, a.T @ a))
+    code = f.lower(a, b).code
+    assert "stablehlo.transpose" not in code and code.count("stablehlo.dot_general") == 3
+    x, y = a.numpy(), b.numpy()
+    for got, expected in zip(f(a, b), [x @ y.T, (x @ y.T).T, x.T @ x]):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    batched = slope.jit(lambda c, d: (c @ d.transpose(-1, -2)).transpose(-1, -2))
+    c, d = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (2, 5, 4)])
+    expected = np.swapaxes(c @ np.swapaxes(d, -1, -2), -1, -2)
+    np.testing.assert_allclose(batched(slope.tensor(c), slope.tensor(d)).numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -34,8 +34,9 @@ def _error(message: str) -> Exception:
 def target_flags(target: str) -> tuple[str, ...]:
     """The compiler flags for a target ("cpu", "cuda", "vulkan", "metal"), besides its target backend."""
     if target == "cpu":
-        # a generic CPU target is 2-3x slower and warns on every compile
-        return (*COMMON_FLAGS, "--iree-llvmcpu-target-cpu=host")
+        # a generic CPU target is 2-3x slower and warns on every compile; a system library (not IREE's embedded ELF)
+        # links the float64 sin, cos, tanh and fmod that IREE leaves to libm ("undefined symbol: cos" otherwise)
+        return (*COMMON_FLAGS, "--iree-llvmcpu-target-cpu=host", "--iree-llvmcpu-link-embedded=false")
     if target == "cuda":
         # IREE 3.13 cannot compile for sm_90 ("missing GPU target"); sm_80 PTX runs on newer GPUs too
         return (*COMMON_FLAGS, f"--iree-cuda-target={os.environ.get('SLOPE_IREE_CUDA_TARGET', 'sm_80')}")

@@ -268,7 +268,9 @@ class _DriverChoice:
         if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
             self.chosen = self.sync
         elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
-            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(sync_times[1:])  # (medians: a busy
+            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(
+                sync_times[1:]
+            )  # (medians: a busy
             self.chosen = self.task if faster else self.sync  # machine's bursts would decide a comparison of minima)
         return outs
 

@@ -15,6 +15,7 @@ range is an IndexError when the program runs (`fn.check`).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -81,6 +82,8 @@ class Function:
         self.lines: list[str] = []
         self.avals: dict[str, Aval] = {}
         self.checks: list[tuple[str, str]] = []  # (i1 scalar that is true when something is wrong, the error message)
+        self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
+        self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
@@ -184,8 +187,34 @@ class Function:
         if perm == tuple(range(aval.ndim)):
             return x
         out = Aval(tuple(aval.shape[p] for p in perm), aval.dtype)
-        return self.emit(f"stablehlo.transpose {x}, dims = [{', '.join(map(str, perm))}] : ({self.type(x)}) -> "
+        name = self.emit(f"stablehlo.transpose {x}, dims = [{', '.join(map(str, perm))}] : ({self.type(x)}) -> "
                          f"{self.tensor_type(out)}", out)  # fmt: skip
+        self.transposes[name] = (x, perm)
+        return name
+
+    def matrix_product(self, x: str, y: str, x_swapped: bool = False, y_swapped: bool = False) -> str:
+        """x @ y over the last two dimensions (the others batch), as one dot_general; `x_swapped` means x holds the
+        transpose of the left factor's last two dimensions (and likewise y), which dot_general reads as it is."""
+        x_aval, y_aval = self.avals[x], self.avals[y]
+        n = x_aval.ndim
+        rows = x_aval.shape[n - 1] if x_swapped else x_aval.shape[n - 2]
+        columns = y_aval.shape[n - 2] if y_swapped else y_aval.shape[n - 1]
+        out = Aval(x_aval.shape[:-2] + (rows, columns), x_aval.dtype)
+        batch = ", ".join(map(str, range(n - 2)))
+        dims = f"batching_dims = [{batch}] x [{batch}], " if n > 2 else ""
+        contract = f"contracting_dims = [{n - 2 if x_swapped else n - 1}] x [{n - 1 if y_swapped else n - 2}]"
+        name = self.emit(f"stablehlo.dot_general {x}, {y}, {dims}{contract} : ({self.type(x)}, {self.type(y)}) -> "
+                         f"{self.tensor_type(out)}", out)  # fmt: skip
+        self.products[name] = (x, y, x_swapped, y_swapped)
+        return name
+
+    def unswapped(self, x: str) -> tuple[str, bool]:
+        """(source, True) when x is a transpose of only the last two dimensions of source, else (x, False)."""
+        source, perm = self.transposes.get(x, (x, None))
+        n = self.avals[x].ndim
+        if perm is None or n < 2 or perm != (*range(n - 2), n - 1, n - 2):
+            return x, False
+        return source, True
 
     def reduce(self, x: str, op: str, init: Any, dims: Any) -> str:
         """x reduced over `dims` by a StableHLO binary operation (add, maximum, or, ...) from `init`."""
@@ -279,10 +308,27 @@ def build_module(program: Program, translations: dict[str, Callable], embed_cons
     results = [env[v] for v in program.outputs] + [failed for failed, _ in fn.checks]
     signature = ", ".join(f"{env[v]}: {fn.tensor_type(v.aval)}" for v in arguments)
     result_types = ", ".join(fn.type(r) for r in results)
-    lines = [f"func.func @main({signature}) -> ({result_types}) {{", *fn.lines]
+    lines = [f"func.func @main({signature}) -> ({result_types}) {{", *_live(fn.lines, results)]
     lines.append(f"    return {', '.join(results)} : {result_types}" if results else "    return")
     lines.append("}")
     return "\n".join(lines) + "\n", fn.checks
+
+
+_DEFINED = re.compile(r"\s*(%[\w.]+)(?::\d+)? = ")
+_USED = re.compile(r"%[\w.]+")
+
+
+def _live(lines: list[str], results: list[str]) -> list[str]:
+    """The operations the results depend on (a translation may leave some unused, as a transpose folded into a
+    matrix product): what `.code` shows, and less for IREE to parse."""
+    used = {name.split("#")[0] for name in results}
+    kept = []
+    for line in reversed(lines):
+        defined = _DEFINED.match(line)
+        if defined is None or defined.group(1) in used:
+            kept.append(line)
+            used.update(_USED.findall(line.split(" = ", 1)[1] if defined else line))
+    return kept[::-1]
 
 
 # ----------------------------------------------------------------------------------------------- elementwise
@@ -437,7 +483,14 @@ def _expand(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 
 
 def _permute(fn: Function, inputs: list[str], instruction: Instruction) -> str:
-    return fn.transpose(inputs[0], instruction.params["perm"])
+    """A transpose; that of a matrix product's last two dimensions is the product of the swapped factors (no copy:
+    (x @ y)^T = y^T @ x^T, the factors read transposed by dot_general)."""
+    result = fn.transpose(inputs[0], instruction.params["perm"])
+    product = fn.products.get(inputs[0])
+    if product is not None and fn.unswapped(result)[1]:
+        x, y, x_swapped, y_swapped = product
+        return fn.matrix_product(y, x, not y_swapped, not x_swapped)
+    return result
 
 
 def _slice(fn: Function, inputs: list[str], instruction: Instruction) -> str:
@@ -468,8 +521,11 @@ def _flip(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     dims = [d for d in instruction.params["dim"] if _in(instruction).shape[d] > 1]
     if not dims:
         return inputs[0]
-    return fn.emit(f"stablehlo.reverse {inputs[0]}, dims = [{', '.join(map(str, dims))}] : {fn.type(inputs[0])}",
-                   _out(instruction))  # fmt: skip
+    x, out = inputs[0], _out(instruction)
+    if out.dtype == slope.uint8:  # IREE 3.13 cannot lower a reverse of ui8: reverse the same bytes as i8
+        x = fn.unary("bitcast_convert", x, Aval(out.shape, slope.int8))
+    reversed_ = fn.emit(f"stablehlo.reverse {x}, dims = [{', '.join(map(str, dims))}] : {fn.type(x)}", fn.avals[x])
+    return fn.unary("bitcast_convert", reversed_, out) if out.dtype == slope.uint8 else reversed_
 
 
 def _cat(fn: Function, inputs: list[str], instruction: Instruction) -> str:
@@ -502,16 +558,11 @@ def _arange(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 def _matmul(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     """dot_general over the last two dimensions (float16/bfloat16 accumulate in float32, as PyTorch on the CPU)."""
     out = _out(instruction)
-    batch = list(range(out.ndim - 2))
-
-    def product(x: str, y: str) -> str:
-        aval = Aval(out.shape, fn.avals[x].dtype)
-        dims = f"batching_dims = [{', '.join(map(str, batch))}] x [{', '.join(map(str, batch))}], " if batch else ""
-        text = (f"stablehlo.dot_general {x}, {y}, {dims}contracting_dims = [{out.ndim - 1}] x [{out.ndim - 2}] : "
-                f"({fn.type(x)}, {fn.type(y)}) -> {fn.tensor_type(aval)}")  # fmt: skip
-        return fn.emit(text, aval)
-
-    return in_float32(fn, inputs, out.dtype, product)
+    if out.dtype.name in _HALF:
+        return in_float32(fn, inputs, out.dtype, fn.matrix_product)
+    # a factor that is a transpose of its last two dimensions is read as it is (the MLP step's x.T @ ct, ct @ w.T)
+    (x, x_swapped), (y, y_swapped) = fn.unswapped(inputs[0]), fn.unswapped(inputs[1])
+    return fn.matrix_product(x, y, x_swapped, y_swapped)
 
 
 def _conv(fn: Function, inputs: list[str], instruction: Instruction) -> str:
