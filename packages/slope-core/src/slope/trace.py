@@ -33,12 +33,8 @@ class Trace:
         self.main = main
 
     def pure(self, value: Tensor) -> Tensor:
-        """Wrap a concrete value as a tracer of this trace."""
+        """Wrap a concrete value, or a tracer of an outer trace, as a tracer of this trace."""
         raise NotImplementedError
-
-    def lift(self, value: Tensor) -> Tensor:
-        """Wrap a tracer of an outer trace as a tracer of this trace."""
-        return self.pure(value)
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         """Apply the operator's rule for this transformation."""
@@ -48,12 +44,10 @@ class Trace:
         """The value as a tracer of this trace: concrete values and outer tracers are lifted, inner ones refused."""
         if not isinstance(value, Tensor):
             raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
-        if not isinstance(value, Tracer):
+        if not isinstance(value, Tracer) or value._trace.main.level < self.main.level:
             return self.pure(value)
         if value._trace.main is self.main:
             return value
-        if value._trace.main.level < self.main.level:
-            return self.lift(value)
         raise SlopeTraceError(
             "slope: a traced value escaped the transformation that created it "
             f"(a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}); "
@@ -173,8 +167,6 @@ class ProgramTrace(Trace):
         if key not in builder.constants:
             builder.constants[key] = (value, ProgramTracer(self, value.aval))
         return builder.constants[key][1]
-
-    lift = pure
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data
