@@ -368,40 +368,36 @@ def _basis(aval: Aval) -> Tensor:
     return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
 
 
-def _at_argument(fn: Callable, args: tuple, argnum: int) -> Callable:
-    return lambda value: fn(*args[:argnum], value, *args[argnum + 1 :])
+def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callable:
+    """A function of `fn`'s arguments giving `build(f, x)`: `f` is `fn` of its `argnums` argument alone, at `x`."""
+
+    @functools.wraps(fn)
+    def jacobian(*args: Any) -> Tensor:
+        (argnum,) = _normalize_argnums(name, ints(name, argnums, "argnums", count=1)[0], len(args))
+        return build(lambda value: fn(*args[:argnum], value, *args[argnum + 1 :]), as_tensor(args[argnum]))
+
+    return jacobian
 
 
 def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap)."""
 
-    @functools.wraps(fn)
-    def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacfwd", ints("jacfwd", argnums, "argnums", count=1)[0], len(args))
-        x = as_tensor(args[argnum])
-
-        def pushforward(tangent: Tensor) -> Tensor:
-            return jvp(_at_argument(fn, args, argnum), (x,), (tangent,))[1]
-
-        columns = vmap(pushforward, out_axes=-1)(_basis(x.aval))  # (*out_shape, x.size)
+    def build(f: Callable, x: Tensor) -> Tensor:
+        columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
         return columns.reshape((*columns.shape[:-1], *x.shape))
 
-    return jacobian
+    return _jacobian("jacfwd", fn, argnums, build)
 
 
 def jacrev(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
 
-    @functools.wraps(fn)
-    def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacrev", ints("jacrev", argnums, "argnums", count=1)[0], len(args))
-        x = as_tensor(args[argnum])
-
-        out, vjp_fn = vjp(_at_argument(fn, args, argnum), x)
+    def build(f: Callable, x: Tensor) -> Tensor:
+        out, vjp_fn = vjp(f, x)
         rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
         return rows.reshape((*out.shape, *x.shape))
 
-    return jacobian
+    return _jacobian("jacrev", fn, argnums, build)
 
 
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
