@@ -93,13 +93,10 @@ class Program:
         lines = [f"def program({args}):"]
         lines += [f"    {names[v]} = constant  # {v.aval}" for v in self.constants]
         for instruction in self.instructions:
-            outs = ", ".join(names[v] for v in instruction.outputs)
-            call_args = [names[v] for v in instruction.inputs]
-            call_args += [f"{k}={p!r}" for k, p in instruction.params.items()]
-            in_avals = ", ".join(str(v.aval) for v in instruction.inputs)
-            out_avals = ", ".join(str(v.aval) for v in instruction.outputs)
-            comment = f"({in_avals}) -> {out_avals}"
-            lines.append(f"    {outs} = slope.{instruction.op.name}({', '.join(call_args)}) # {comment}")
+            ins, outs = instruction.inputs, instruction.outputs
+            call = ", ".join([names[v] for v in ins] + [f"{k}={p!r}" for k, p in instruction.params.items()])
+            avals = f"({', '.join(str(v.aval) for v in ins)}) -> {', '.join(str(v.aval) for v in outs)}"
+            lines.append(f"    {', '.join(names[v] for v in outs)} = slope.{instruction.op.name}({call}) # {avals}")
         lines.append(f"    return {', '.join(names[v] for v in self.outputs)}")
         return "\n".join(lines)
 
