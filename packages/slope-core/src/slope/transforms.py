@@ -228,7 +228,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
                         f"slope.grad: argument {n} holds a {type(leaf).__name__}; only tensors (or pytrees of "
                         "tensors; register containers with slope.tree.register) can be differentiated"
                     )
-                leaf_dtype = leaf.dtype if isinstance(leaf, Tensor) else as_tensor(leaf).dtype
+                leaf_dtype = as_tensor(leaf).dtype
                 if not leaf_dtype.is_float:
                     raise TransformError(
                         f"slope.grad: argument {n} has dtype {leaf_dtype.name}; gradients need floating-point "
@@ -322,14 +322,11 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             )
         flat, in_tree = _tensor_leaves(args)
         axes = _axes_for_leaves("vmap", axes_spec, args)
-        sizes = {}
-        for i, (x, axis) in enumerate(zip(flat, axes)):
-            if axis is None:
-                continue
-            if not -x.ndim <= axis < x.ndim:
+        for x, axis in zip(flat, axes):
+            if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
-            axes[i] = axis % x.ndim
-            sizes[i] = x.shape[axis]
+        axes = [None if axis is None else axis % x.ndim for x, axis in zip(flat, axes)]
+        sizes = {i: x.shape[axis] for i, (x, axis) in enumerate(zip(flat, axes)) if axis is not None}
         if not sizes:
             raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
         if len(set(sizes.values())) > 1:
