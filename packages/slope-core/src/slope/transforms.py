@@ -573,18 +573,15 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
         in_tree, _, others = key
-        out_trees: list = []
+        flat_fn, out_trees = flatten_fun(lambda args, kwargs: self.fn(*args, **kwargs), in_tree)
 
-        def flat_fn(*traced: Tensor) -> list:
+        def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones
             leaves = list(traced)
             for i, value in others:
                 leaves.insert(i, value.value if isinstance(value, _Static) else value)
-            call_args, call_kwargs = tree.unflatten(in_tree, leaves)
-            out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
-            out_trees.append(out_tree)
-            return out_leaves
+            return flat_fn(*leaves)
 
-        program = make_program(flat_fn, [t.aval for t in tensors])
+        program = make_program(traced_fn, [t.aval for t in tensors])
         return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
