@@ -75,8 +75,7 @@ class Tensor:
         return self.backend.to_numpy(self.buffer)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        array = self.numpy()
-        return array if dtype is None else array.astype(dtype)
+        return self.numpy() if dtype is None else self.numpy().astype(dtype)
 
     def item(self) -> Any:
         """The Python scalar held by a one-element tensor."""
