@@ -553,20 +553,18 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
-        key = (in_tree, tuple(t.aval for t in tensors), others)
-        try:
-            hash(key)
-        except TypeError as error:
-            raise TransformError(
-                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
-            ) from None
-        return key, tensors
+        return (in_tree, tuple(t.aval for t in tensors), others), tensors
 
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         key, tensors = self._signature(args, kwargs)
         backend = backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
-        entry = self.cache.recent.get((key, backend.name, device))
+        try:
+            entry = self.cache.recent.get((key, backend.name, device))
+        except TypeError as error:  # (the lookup hashes the key: no separate check on the call path)
+            raise TransformError(
+                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
+            ) from None
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
             entry = self.cache.add((key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
