@@ -135,12 +135,12 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
     known = dict(zip(program.inputs[: len(residuals)], residuals))
     accumulated: dict[Var, Tensor] = {}
 
-    def accumulate(var: Var, ct: Tensor) -> None:
-        accumulated[var] = accumulated[var] + ct if var in accumulated else ct
+    def accumulate(var: Var, ct: Tensor | None) -> None:  # (residuals and missing cotangents take none)
+        if ct is not None and var not in known:
+            accumulated[var] = accumulated[var] + ct if var in accumulated else ct
 
     for var, ct in zip(program.outputs, cotangents):
-        if var not in known and ct is not None:
-            accumulate(var, ct)
+        accumulate(var, ct)
     for instruction in reversed(program.instructions):
         cts = [accumulated.pop(v, None) for v in instruction.outputs]
         if all(ct is None for ct in cts):
@@ -151,9 +151,8 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
         cts = [zeros_like(v.aval) if ct is None else ct for ct, v in zip(cts, instruction.outputs)]
         args = [known[v] if v in known else UndefinedPrimal(v.aval) for v in instruction.inputs]
         for var, ct in zip(instruction.inputs, op.transpose(cts, *args, **instruction.params)):
-            if ct is not None and var not in known:
-                accumulate(var, ct)
-    return [accumulated.get(v) if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
+            accumulate(var, ct)
+    return [accumulated[v] if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
 
 
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
