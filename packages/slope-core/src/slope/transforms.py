@@ -314,13 +314,10 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
 
     @functools.wraps(_function("vmap", fn))
     def vmapped(*args: Any) -> Any:
-        axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
-        if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
-            raise TransformError(
-                f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments"
-            )
+        if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
+            raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
         flat, in_tree = _tensor_leaves(args)
-        axes = _axes_for_leaves("vmap", axes_spec, args)
+        axes = _axes_for_leaves("vmap", in_axes, args)
         for x, axis in zip(flat, axes):
             if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
