@@ -22,7 +22,9 @@ class TreeDef(NamedTuple):
         return 1 if self.node_type is None else sum(child.num_leaves for child in self.children)
 
     def __repr__(self) -> str:
-        return "*" if self.node_type is None else f"{self.node_type.__name__}({', '.join(map(repr, self.children))})"
+        if self.node_type is None:
+            return "*"
+        return f"{self.node_type.__name__}({', '.join(repr(child) for child in self.children)})"
 
 
 LEAF = TreeDef(None, None, ())
