@@ -180,14 +180,12 @@ class ProgramTrace(Trace):
 
 
 def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
-    """Trace a function of a flat list of tensors to a Program (every operator is recorded)."""
-    from .operators import as_tensor  # (operators import this module)
-
+    """Trace a function of a flat list of tensors (to a list of tensors) to a Program (every operator is recorded)."""
     builder = ProgramBuilder(lower_for)
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
-        out_tracers = [trace.full_raise(as_tensor(o)) for o in flat_fn(*in_tracers)]
+        out_tracers = [trace.full_raise(o) for o in flat_fn(*in_tracers)]
     inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]
     constants = builder.constants.values()
     constant_vars, constant_values = [tracer.ir_var for _, tracer in constants], [value for value, _ in constants]

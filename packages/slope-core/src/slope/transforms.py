@@ -80,7 +80,7 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
         trace = JVPTrace(main)
         # integer inputs have zero tangents by definition, whatever tangent was passed
         tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
-        outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
+        outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
@@ -333,7 +333,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         with new_main(BatchTrace, axis_size) as main:
             trace = BatchTrace(main)
             tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
-            outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
+            outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
         placeholder = tree.unflatten(out_tree[0], [object() for _ in values])
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
