@@ -79,10 +79,9 @@ class Program:
     def names(self) -> dict[Var, str]:
         """Readable names: x0.. for inputs, c0.. for constants, y0.. for everything computed."""
         names: dict[Var, str] = {}
-        for i, v in enumerate(self.inputs):
-            names.setdefault(v, f"x{i}")
-        for i, v in enumerate(self.constants):
-            names.setdefault(v, f"c{i}")
+        for prefix, variables in (("x", self.inputs), ("c", self.constants)):
+            for i, v in enumerate(variables):
+                names.setdefault(v, f"{prefix}{i}")
         computed = [v for instruction in self.instructions for v in instruction.outputs]
         names.update({v: f"y{i}" for i, v in enumerate(computed)})
         return names

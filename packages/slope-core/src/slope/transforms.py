@@ -238,8 +238,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             differentiated = dict(zip(nums, diff_args))
             return fn(*[differentiated.get(i, arg) for i, arg in enumerate(args)], **kwargs)
 
-        result = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
-        out, vjp_fn = result[0], result[1]
+        out, vjp_fn, *aux = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
         if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
             described = out.aval if isinstance(out, Tensor) else type(out).__name__
             raise TransformError(
@@ -248,7 +247,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             )
         grads = vjp_fn(constant(1.0, out.dtype))
         grads = grads[0] if isinstance(argnums, int) else grads
-        return ((out, result[2]) if has_aux else out), grads
+        return ((out, *aux) if has_aux else out), grads
 
     return value_and_grad_fn
 
