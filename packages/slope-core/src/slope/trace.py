@@ -162,11 +162,10 @@ class ProgramTrace(Trace):
     """Records every operator into a Program (used by jit, linearize and the lower pass)."""
 
     def pure(self, value: Tensor) -> Tensor:
-        builder: ProgramBuilder = self.main.data
-        key = id(value)
-        if key not in builder.constants:
-            builder.constants[key] = (value, ProgramTracer(self, value.aval))
-        return builder.constants[key][1]
+        constants = self.main.data.constants  # a closed-over tensor becomes one constant, however often it is used
+        if id(value) not in constants:
+            constants[id(value)] = (value, ProgramTracer(self, value.aval))
+        return constants[id(value)][1]
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data
