@@ -135,7 +135,7 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
     known = dict(zip(program.inputs[: len(residuals)], residuals))
     accumulated: dict[Var, Tensor] = {}
 
-    def accumulate(var: Var, ct: Tensor | None) -> None:  # (residuals and missing cotangents take none)
+    def accumulate(var: Var, ct: Tensor | None) -> None:  # None is a zero cotangent; residuals get no cotangent
         if ct is not None and var not in known:
             accumulated[var] = accumulated[var] + ct if var in accumulated else ct
 
