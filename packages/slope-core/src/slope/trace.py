@@ -132,10 +132,8 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
 
 
 def _top_trace(args: tuple) -> Trace:
-    main = _local.dynamic[-1]
-    for a in args:
-        if isinstance(a, Tracer) and a._trace.main.level > main.level:
-            main = a._trace.main
+    tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
+    main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
     return main.trace_type(main)
 
 
