@@ -191,8 +191,7 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
     """Run a Program by binding each instruction (so any active transformation sees it)."""
-    env: dict[Var, Tensor] = dict(zip(program.constants, program.constant_values))
-    env.update(zip(program.inputs, args))
+    env: dict[Var, Tensor] = dict(zip([*program.constants, *program.inputs], [*program.constant_values, *args]))
     for instruction in program.instructions:
         outs = bind(instruction.op, *[env[v] for v in instruction.inputs], **instruction.params)
         env.update(zip(instruction.outputs, outs if instruction.op.multiple_results else [outs]))
