@@ -355,7 +355,7 @@ def in_float32(fn: Function, inputs: list[str], dtype: DType, compute: Callable[
     return rounded(fn, compute(*[fn.convert(x, slope.float32) for x in inputs]), dtype)
 
 
-_PRECISION = {"bfloat16": "e8m7"}
+_PRECISION = {"bfloat16": "e8m7"}  # (float16's e5m10 would flush its subnormals to zero)
 
 
 def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
@@ -379,11 +379,10 @@ def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
 def rounded(fn: Function, x: str, dtype: DType) -> str:
     """float32 x rounded to float16/bfloat16: IREE drops a convert to a half type followed by a convert back (the next
     operator's), which would skip the rounding between operators; reduce_precision keeps it."""
-    if fn.avals[x].dtype != slope.float32 or dtype.name not in _PRECISION:
+    if fn.avals[x].dtype != slope.float32 or dtype.name not in _HALF:
         return fn.convert(x, dtype)
-    if fn.dynamic or dtype == slope.float16:
-        # IREE 3.13 crashes on a reduce_precision of dynamic shape ("could not reify"); e5m10 flushes float16's
-        # subnormals to zero
+    if fn.dynamic or dtype.name not in _PRECISION:
+        # IREE 3.13 crashes on a reduce_precision of dynamic shape ("could not reify")
         return fn.convert(_rounded_bits(fn, x, dtype), dtype)
     x = fn.emit(f"stablehlo.reduce_precision {x}, format = {_PRECISION[dtype.name]} : {fn.type(x)}", fn.avals[x])
     return fn.convert(x, dtype)
@@ -392,7 +391,10 @@ def rounded(fn: Function, x: str, dtype: DType) -> str:
 def in_float64(fn: Function, inputs: list[str], dtype: DType, compute: Callable[..., str]) -> str:
     """`compute(*inputs)` in float64, rounded once to `dtype`: for functions whose narrower IREE kernels are not
     accurate enough (float64 ones are libm's)."""
-    return fn.convert(compute(*[fn.convert(x, slope.float64) for x in inputs]), dtype)
+    result = compute(*[fn.convert(x, slope.float64) for x in inputs])
+    if dtype.name in _HALF:  # through float32, as PyTorch converts
+        return rounded(fn, fn.convert(result, slope.float32), dtype)
+    return fn.convert(result, dtype)
 
 
 def _unary(op: str) -> Callable:
