@@ -68,7 +68,7 @@ def _env_set(variable: str) -> set[str]:
     return {name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()}
 
 
-def problem(plugin: str, message: str, strict: bool = False) -> None:
+def problem(plugin: str, message: str, strict: bool = False, outcome: str = "skipped") -> None:
     """Report a plugin's mistake: a SlopePluginWarning naming it and its distribution, or an error when strict."""
     dist, version = distributions.get(plugin, (None, None))
     where = f"plugin {plugin!r} (distribution {dist} {version})" if dist else f"plugin {plugin!r}"
@@ -77,7 +77,7 @@ def problem(plugin: str, message: str, strict: bool = False) -> None:
         failed[plugin].append(message)
     if strict or os.environ.get("SLOPE_STRICT_PLUGINS", "0") not in ("", "0"):
         raise SlopePluginError(f"slope: {where}: {message}")
-    warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; skipped{hint}"), stacklevel=3)
+    warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; {outcome}{hint}"), stacklevel=3)
 
 
 def _reserved(name: str) -> bool:
@@ -98,26 +98,26 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
     from .backend import Backend
     from .operator import Operator
 
-    if kind == "backend" and not (isinstance(name, str) and name.strip()):
-        return f"backend {item!r} has no name"
-    if kind != "backend" and not (isinstance(name, str) and name.isidentifier()):
-        return f"{kind} name {name!r} is not a Python identifier"
-    if not plugin.startswith("slope-core.") and kind != "backend" and _reserved(name):
-        return f"{kind} {name!r} would shadow Slope's own `slope.{name}` or `Tensor.{name}`"
-    other = owners.get(("backend" if kind == "backend" else "function", name))
-    if other is not None and other != plugin:
-        return f"{kind} {name!r} is already defined by plugin {other!r}"
     if kind == "operator" and not isinstance(item, Operator):
-        return f"operator {name!r} must be a slope.Operator instance, got {item!r}"
+        return f"operator {name!r} must be a slope.Operator instance (not a class), got {item!r}"
+    if kind == "operator" and not item.has_rule("infer") and item.procedure is None:
+        return f"operator {name!r} defines neither `infer` nor a `procedure` to derive it from"
     if kind == "procedure" and not callable(item):
         return f"procedure {name!r} is not callable: {item!r}"
     if kind == "backend":
         if not (isinstance(item, type) and issubclass(item, Backend)):
             return f"backend {name!r} must be a slope.Backend subclass (the class, not an instance), got {item!r}"
         lacking = [m for m in ("compile", "from_numpy", "to_numpy") if getattr(item, m) is getattr(Backend, m)]
-        if lacking:
-            return f"backend {name!r} does not define {', '.join(lacking)}"
-    return None
+        if lacking or not (isinstance(name, str) and name.strip()):
+            return f"backend {name!r} needs a name and its own {', '.join(lacking or ['name'])}"
+        if not item.dtypes and item.__init__ is Backend.__init__:  # (a backend may set its dtypes in __init__)
+            return f"backend {name!r} declares no dtypes"
+    elif not (isinstance(name, str) and name.isidentifier()):
+        return f"{kind} name {name!r} is not a Python identifier"
+    elif not plugin.startswith("slope-core.") and _reserved(name):
+        return f"{kind} {name!r} would shadow Slope's own `slope.{name}` or `Tensor.{name}`"
+    other = owners.get(("backend" if kind == "backend" else "function", name))
+    return f"{kind} {name!r} is already defined by plugin {other!r}" if other not in (None, plugin) else None
 
 
 def _table(kind: str, value: Any) -> dict:
@@ -220,7 +220,8 @@ def load_entry_points() -> None:
     """Load the plugins of the `slope` entry-point group (as SLOPE_DISABLE_PLUGINS, SLOPE_PLUGINS allow)."""
     disabled, only = _env_set("SLOPE_DISABLE_PLUGINS"), _env_set("SLOPE_PLUGINS")
     autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
-    for entry_point in entry_points(group="slope"):
+    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn")  # Slope's own first: a clashing name is the other's
+    for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
         dist = getattr(entry_point, "dist", None)
         label = (dist.name, dist.version) if dist else ("?", "?")
         dist_name = label[0]
@@ -233,6 +234,9 @@ def load_entry_points() -> None:
         if manager.get_plugin(name) is not None or name in failed:  # (importlib.reload(slope))
             continue
         distributions[name] = label
+        if name != entry_point.name:
+            taken = " ".join(distributions[entry_point.name])
+            problem(name, f"entry-point name {entry_point.name!r} is taken by {taken}", outcome=f"loaded as {name!r}")
         try:
             manager.register(entry_point.load(), name)
         except Exception as error:
