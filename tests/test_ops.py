@@ -11,7 +11,7 @@ import operator
 
 import numpy as np
 import pytest
-from helpers import (
+from slope_testing.checks import (
     ALL_DTYPES,
     FORWARD_TOLERANCE,
     Data,
@@ -23,7 +23,7 @@ from helpers import (
     seeded_rng,
     tolerance,
 )
-from operator_table import ROWS, known_failure
+from slope_testing.table import ROWS, known_failure
 
 import slope
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_plugins import TOY_PLUGIN, install, run_python, site  # noqa: F401 - site: the fixture
+from test_plugins import TOY_PLUGIN, install, run_python
 
 HEADER = """
 import numpy as np
@@ -50,7 +50,10 @@ CASES = {
     # 1: a clash, a hook that raises, a hook of the wrong type, a bad slope_translations return
     "clash": ("@hookimpl\ndef slope_operators():\n    return [Double('exp')]", "'exp' is already defined by plugin"),
     "clash_nn": ("@hookimpl\ndef slope_procedures():\n    return {'softmax': abs}", "'softmax' is already defined"),
-    "raises": ("@hookimpl\ndef slope_procedures():\n    return {}['missing']", "slope_procedures hook failed: KeyError"),
+    "raises": (
+        "@hookimpl\ndef slope_procedures():\n    return {}['missing']",
+        "slope_procedures hook failed: KeyError",
+    ),
     "wrong_type": ("@hookimpl\ndef slope_operators():\n    return 'double_it'", "must return a list, got str"),
     "wrong_items": ("@hookimpl\ndef slope_operators():\n    return ['double_it']", "must be a slope.Operator instance"),
     "bad_translations": (
@@ -62,7 +65,10 @@ CASES = {
         "has no attribute 'no_such_thing'",
     ),
     # 2: an entry point named like Slope's NumPy backend
-    "numpy": ("@hookimpl\ndef slope_procedures():\n    return {'plus_one': lambda x: x + 1.0}", "is taken by slope-numpy"),
+    "numpy": (
+        "@hookimpl\ndef slope_procedures():\n    return {'plus_one': lambda x: x + 1.0}",
+        "is taken by slope-numpy",
+    ),
     # 4: registrations Slope cannot use
     "not_callable": ("@hookimpl\ndef slope_procedures():\n    return {'seven': 7}", "'seven' is not callable"),
     "not_identifier": ("@hookimpl\ndef slope_procedures():\n    return {'my-fn': abs}", "not a Python identifier"),
@@ -117,11 +123,19 @@ def expected_results() -> list[float]:
     return list(np.exp(x) * (1 + x)) + list(softmax)
 
 
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "site").mkdir()
+    return tmp_path / "site"
+
+
 def install_case(site: Path, case: str) -> str:
     hooks, _ = CASES[case]
     source = hooks if case == "import_error" else HEADER + "\n" + hooks + "\n"
     entry_point = case if case == "numpy" else f"bad-{case}"
-    install(site, f"slope-bad-{case.replace('_', '-')}", f"slope_bad_{case}", {entry_point: f"slope_bad_{case}"}, source)
+    install(
+        site, f"slope-bad-{case.replace('_', '-')}", f"slope_bad_{case}", {entry_point: f"slope_bad_{case}"}, source
+    )
     return entry_point
 
 
@@ -134,7 +148,7 @@ def test_a_broken_plugin_is_a_warning_and_everything_else_works(site, case):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     ours = [message for message in report["warnings"] if distribution in message]
     assert len(ours) == (2 if "translations" in case else 1), report["warnings"]  # (translations: per backend)
-    named = "'slope-bad-numpy:numpy'" if case == "numpy" else f"plugin {plugin!r}"
+    named = "plugin 'slope-bad-numpy:numpy'" if case == "numpy" else f"plugin {plugin!r}"
     assert named in ours[0] and CASES[case][1] in ours[0], ours[0]
     assert "SLOPE_DISABLE_PLUGINS=" in ours[0] and "pip uninstall slope-bad-" in ours[0], ours[0]
     assert {"numpy", "onnxruntime"} <= set(report["backends"])

@@ -71,13 +71,13 @@ def _env_set(variable: str) -> set[str]:
 def problem(plugin: str, message: str, strict: bool = False, outcome: str = "skipped") -> None:
     """Report a plugin's mistake: a SlopePluginWarning naming it and its distribution, or an error when strict."""
     dist, version = distributions.get(plugin, (None, None))
-    where = f"plugin {plugin!r} (distribution {dist} {version})" if dist else f"plugin {plugin!r}"
+    where = f"plugin {plugin!r}, distribution {dist} {version}" if dist else f"plugin {plugin!r}"
     hint = f"; disable it with SLOPE_DISABLE_PLUGINS={plugin} or `pip uninstall {dist}`" if dist else ""
     if message not in failed.setdefault(plugin, []):
         failed[plugin].append(message)
     if strict or os.environ.get("SLOPE_STRICT_PLUGINS", "0") not in ("", "0"):
-        raise SlopePluginError(f"slope: {where}: {message}")
-    warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; {outcome}{hint}"), stacklevel=3)
+        raise SlopePluginError(f"slope: {message} (from {where})")
+    warnings.warn(SlopePluginWarning(f"slope: {message} (from {where}); {outcome}{hint}"), stacklevel=3)
 
 
 def _reserved(name: str) -> bool:

@@ -11,7 +11,10 @@ import inspect
 from dataclasses import replace
 
 import numpy as np
-from helpers import (
+
+import slope
+
+from .checks import (
     ALL_DTYPES,
     BITS,
     FLOATS,
@@ -36,8 +39,6 @@ from helpers import (
     np_softmax,
     np_uniform,
 )
-
-import slope
 
 ROWS: dict[str, Row] = {}
 
