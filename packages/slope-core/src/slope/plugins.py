@@ -1,9 +1,5 @@
-"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks.
-
-A plugin's mistake (a hook that raises or returns something unusable, a name that clashes or is invalid) skips that
-contribution with a warning naming the plugin and its distribution; SLOPE_STRICT_PLUGINS=1 makes it an error.
-SLOPE_DISABLE_PLUGINS=a,b skips plugins; SLOPE_DISABLE_PLUGIN_AUTOLOAD=1 loads only those in SLOPE_PLUGINS=a,b.
-"""
+"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks (a plugin's
+mistake skips that contribution with a warning; see the README's "Writing a plugin" for the environment variables)."""
 
 from __future__ import annotations
 
@@ -122,15 +118,12 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
 
 def _table(kind: str, value: Any) -> dict:
     """A hook's result as `{name: item}`: procedures come as a dict, operators and backends as lists of named things."""
-    if value is None:
-        return {}
-    if kind == "procedure":
-        if not isinstance(value, dict):
-            raise TypeError(f"slope_procedures must return a dict of name -> function, got {type(value).__name__}")
-        return value
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"slope_{kind}s must return a list, got {type(value).__name__}")
-    return {getattr(item, "name", repr(item)): item for item in value}
+    expected = "dict" if kind == "procedure" else "list"
+    if value is not None and not isinstance(value, dict if kind == "procedure" else (list, tuple)):
+        raise TypeError(f"slope_{kind}s must return a {expected}, got {type(value).__name__}")
+    return (
+        dict(value or {}) if kind == "procedure" else {getattr(item, "name", repr(item)): item for item in value or ()}
+    )
 
 
 def refresh(strict_plugin: str | None = None) -> None:
@@ -151,8 +144,7 @@ def refresh(strict_plugin: str | None = None) -> None:
                 )
                 continue
             for name, item in table.items():
-                message = _check(kind, name, item, plugin)
-                if message:
+                if message := _check(kind, name, item, plugin):
                     problem(plugin, message, plugin == strict_plugin)
                     continue
                 owners[("backend" if kind == "backend" else "function", name)] = plugin
@@ -222,15 +214,13 @@ def load_entry_points() -> None:
     autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
     ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn")  # Slope's own first: a clashing name is the other's
     for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
-        dist = getattr(entry_point, "dist", None)
-        label = (dist.name, dist.version) if dist else ("?", "?")
-        dist_name = label[0]
-        ids = {entry_point.name, dist_name, f"{dist_name}:{entry_point.name}"}
+        label = (entry_point.dist.name, entry_point.dist.version) if entry_point.dist else ("?", "?")
+        ids = {entry_point.name, label[0], f"{label[0]}:{entry_point.name}"}
         if ids & disabled or not (autoload or ids & only):
             continue
         name = entry_point.name  # a name another distribution took already: both load, told apart by distribution
         if distributions.get(name, label) != label:
-            name = f"{dist_name}:{entry_point.name}"
+            name = f"{label[0]}:{entry_point.name}"
         if manager.get_plugin(name) is not None or name in failed:  # (importlib.reload(slope))
             continue
         distributions[name] = label
