@@ -9,6 +9,7 @@ importlib.metadata discovers it like any installed distribution.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,17 @@ def test_plugin_that_fails_to_import_is_reported_and_slope_keeps_working(site):
     info = run_python(site, "-W", "ignore", "-m", "slope", "info")
     assert info.returncode == 0, info.stderr
     assert "broken FAILED: RuntimeError: slope-broken fails on import on purpose" in info.stdout
+
+
+def test_a_third_party_operator_with_its_own_rows_passes_the_repository_matrix(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    tests = Path(__file__).parent
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tests / "test_conformance.py")]
+    result = run_python(site, *args, "-k", "smooth_abs or every_registered_function_has_a_row")
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d{2,} passed", summary) and "failed" not in summary, summary
+    assert "conformance matrix on toy:" in result.stdout, result.stdout[-3000:]
 
 
 def test_two_plugins_defining_one_operator_name_is_a_warning_naming_both(site):
