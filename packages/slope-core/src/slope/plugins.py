@@ -9,12 +9,10 @@ from typing import Any, Callable
 
 import pluggy
 
+from .errors import SlopePluginError  # noqa: F401 - re-exported
+
 hookspec = pluggy.HookspecMarker("slope")
 hookimpl = pluggy.HookimplMarker("slope")
-
-
-class SlopePluginError(RuntimeError):
-    """Two plugins define the same name, or a plugin returns something Slope cannot use."""
 
 
 class HookSpecs:
