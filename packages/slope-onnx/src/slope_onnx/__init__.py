@@ -7,6 +7,7 @@ import slope  # noqa: F401 - first: importing slope loads this plugin, which nee
 from .backend import OnnxBackend
 
 __all__ = ["IR_VERSION", "OPSET", "NoTranslationError", "OnnxBackend", "OnnxGraph"]
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
