@@ -12,12 +12,9 @@ import numpy as np
 
 from . import plugins
 from .dtypes import DType
+from .errors import SlopeBackendError, SlopeMemoryError
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
 from .tensors import Tensor
-
-
-class SlopeBackendError(RuntimeError):
-    """A backend or device that is not available, or a program a backend cannot run."""
 
 
 class Executable:
@@ -208,8 +205,6 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
         avals = [v.aval for v in instruction.inputs + instruction.outputs]
         needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
         if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
-            from .operator import SlopeMemoryError
-
             out = instruction.outputs[0].aval
             raise SlopeMemoryError(
                 f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "

@@ -5,25 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError  # noqa: F401 - re-exported
 from .ir import Aval
 from .tensors import Tensor
 from .trace import bind
-
-
-class SlopeError(Exception):
-    """Base class of Slope's user-facing errors."""
-
-
-class ShapeError(SlopeError, ValueError):
-    """Shapes that do not fit an operator."""
-
-
-class DTypeError(SlopeError, TypeError):
-    """Dtypes that do not fit an operator."""
-
-
-class SlopeMemoryError(SlopeError, MemoryError):
-    """A tensor too big for this machine's memory (or for int64 sizes), refused before the backend allocates it."""
 
 
 @dataclass(slots=True)

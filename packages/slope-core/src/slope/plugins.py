@@ -12,12 +12,10 @@ from typing import Any, Callable
 
 import pluggy
 
+from .errors import SlopePluginError
+
 hookspec = pluggy.HookspecMarker("slope")
 hookimpl = pluggy.HookimplMarker("slope")
-
-
-class SlopePluginError(RuntimeError):
-    """Two plugins define the same name, or a plugin returns something Slope cannot use."""
 
 
 class SlopePluginWarning(UserWarning):
