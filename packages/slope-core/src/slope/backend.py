@@ -106,12 +106,7 @@ def get_backend(name: str | None = None) -> Backend:
     if name not in _instances:
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
-        instance = plugins.backends[name]()
-        if not instance.dtypes:
-            raise SlopeBackendError(
-                f"slope: backend {name!r} (plugin {plugins.owners[('backend', name)]!r}) has no dtypes"
-            )
-        _instances.setdefault(name, instance)  # threads asking at once all get the first one kept
+        _instances.setdefault(name, plugins.backends[name]())  # threads asking at once all get the first one kept
     return _instances[name]
 
 
@@ -234,12 +229,10 @@ def check_translations(program: Program, backend: Backend, device: str) -> None:
             continue
         ins, outs = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
         what = f"slope.{instruction.op.name}: the translation for backend {backend.name!r} from plugin {plugin!r}"
+        probe = Program(ins, [Instruction(instruction.op, ins, instruction.params, outs)], outs)
         try:
-            probe = backend.compile(
-                Program(ins, [Instruction(instruction.op, ins, instruction.params, outs)], outs), device
-            )
             zeros = [backend.from_numpy(np.zeros(v.aval.shape, v.aval.dtype.numpy), device) for v in ins]
-            results = [np.asarray(backend.to_numpy(buffer)) for buffer in probe.run(zeros)]
+            results = [np.asarray(backend.to_numpy(b)) for b in backend.compile(probe, device).run(zeros)]
         except Exception as error:
             raise SlopeBackendError(f"{what} fails on inputs {[v.aval for v in ins]}: {error}") from error
         got = [f"{r.dtype}{list(r.shape)}" for r in results]

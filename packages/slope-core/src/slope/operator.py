@@ -36,14 +36,13 @@ class Operator:
         return bind(self, *args, **params)
 
     def infer(self, *avals: Aval, **params: Any) -> Aval | list[Aval]:
-        """The output abstract value(s); raises a ShapeError or DTypeError for inputs that do not fit.
-
-        Without an `infer` of its own, an operator's procedure is traced abstractly (no data) to find them."""
+        """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""
         if self.procedure is None:
             raise NotImplementedError(f"slope.{self.name}: the operator defines neither `infer` nor a `procedure`")
         from .trace import make_program
 
-        outs = make_program(lambda *xs: _as_list(self.procedure(*xs, **params)), list(avals)).out_avals
+        procedure = self.procedure if self.multiple_results else lambda *xs, **ps: [self.procedure(*xs, **ps)]
+        outs = make_program(lambda *xs: procedure(*xs, **params), list(avals)).out_avals
         return outs if self.multiple_results else outs[0]
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
@@ -80,10 +79,6 @@ class Operator:
 
     def __repr__(self) -> str:
         return f"slope.{self.name}"
-
-
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def move_axis(x: Tensor, source: int, destination: int) -> Tensor:
