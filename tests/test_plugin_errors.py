@@ -48,8 +48,14 @@ class Tiny(slope.Backend):
 # case -> (the plugin's hooks, a phrase the warning must contain)
 CASES = {
     # 1: a clash, a hook that raises, a hook of the wrong type, a bad slope_translations return
-    "clash": ("@hookimpl\ndef slope_operators():\n    return [Double('exp')]", "'exp' is already defined by plugin"),
-    "clash_nn": ("@hookimpl\ndef slope_procedures():\n    return {'softmax': abs}", "'softmax' is already defined"),
+    "clash": (
+        "@hookimpl\ndef slope_operators():\n    return [Double('exp')]",
+        "'exp' is defined by plugin 'slope-core.operators' first",
+    ),
+    "clash_nn": (
+        "@hookimpl\ndef slope_procedures():\n    return {'softmax': abs}",
+        "'softmax' is defined by plugin 'nn' first",
+    ),
     "raises": (
         "@hookimpl\ndef slope_procedures():\n    return {}['missing']",
         "slope_procedures hook failed: KeyError",

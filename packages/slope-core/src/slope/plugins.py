@@ -12,14 +12,10 @@ from typing import Any, Callable
 
 import pluggy
 
-from .errors import SlopePluginError
+from .errors import SlopePluginError, SlopePluginWarning
 
 hookspec = pluggy.HookspecMarker("slope")
 hookimpl = pluggy.HookimplMarker("slope")
-
-
-class SlopePluginWarning(UserWarning):
-    """A plugin's contribution was skipped (an error under SLOPE_STRICT_PLUGINS=1)."""
 
 
 class HookSpecs:
@@ -65,13 +61,13 @@ def _env_set(variable: str) -> set[str]:
 def problem(plugin: str, message: str, strict: bool = False, outcome: str = "skipped") -> None:
     """Report a plugin's mistake: a SlopePluginWarning naming it and its distribution, or an error when strict."""
     dist, version = distributions.get(plugin, (None, None))
-    where = f"plugin {plugin!r}, distribution {dist} {version}" if dist else f"plugin {plugin!r}"
+    where = f"plugin {plugin!r} (distribution {dist} {version})" if dist else f"plugin {plugin!r}"
     hint = f"; disable it with SLOPE_DISABLE_PLUGINS={plugin} or `pip uninstall {dist}`" if dist else ""
     if message not in failed.setdefault(plugin, []):
         failed[plugin].append(message)
     if strict or os.environ.get("SLOPE_STRICT_PLUGINS", "0") not in ("", "0"):
-        raise SlopePluginError(f"slope: {message} (from {where})")
-    warnings.warn(SlopePluginWarning(f"slope: {message} (from {where}); {outcome}{hint}"), stacklevel=3)
+        raise SlopePluginError(f"slope: {where}: {message}")
+    warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; {outcome}{hint}"), stacklevel=3)
 
 
 def _reserved(name: str) -> bool:
@@ -111,7 +107,7 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
     elif not plugin.startswith("slope-core.") and _reserved(name):
         return f"{kind} {name!r} would shadow Slope's own `slope.{name}` or `Tensor.{name}`"
     other = owners.get(("backend" if kind == "backend" else "function", name))
-    return f"{kind} {name!r} is already defined by plugin {other!r}" if other not in (None, plugin) else None
+    return f"{kind} {name!r} is defined by plugin {other!r} first, and again by {plugin!r}" if other else None
 
 
 def _table(kind: str, value: Any) -> dict:
