@@ -25,7 +25,7 @@ class SlopePluginError(SlopeError, RuntimeError):
     """Two plugins define the same name, or a plugin returns something Slope cannot use."""
 
 
-class SlopePluginWarning(SlopeError, UserWarning):
+class SlopePluginWarning(SlopeError, UserWarning):  # noqa: N818 - a warning (that is also a SlopeError)
     """A plugin's contribution was skipped (raised, like an error, under `python -W error`)."""
 
 
