@@ -27,12 +27,12 @@ def test_matrix(backend: str, name: str, transform: str | None, dtype_name: str 
 
 def test_every_registered_function_has_a_row() -> None:
     missing = [name for name in REGISTERED if name not in rows()]  # (plugins' rows included)
-    assert not missing, f"registered operators/procedures without a row in tests/operator_table.py: {missing}"
+    assert not missing, f"registered operators/procedures without a row (slope_testing.table or a plugin's slope_conformance_rows): {missing}"
 
 
 def test_every_row_names_a_registered_function() -> None:
     stale = sorted(set(ROWS) - set(REGISTERED))
-    assert not stale, f"rows in tests/operator_table.py for functions that are not registered: {stale}"
+    assert not stale, f"rows in slope_testing.table for functions that are not registered: {stale}"
 
 
 def test_every_row_has_cases_dtypes_and_stated_skips() -> None:
