@@ -27,7 +27,7 @@ def test_matrix(backend: str, name: str, transform: str | None, dtype_name: str 
 
 def test_every_registered_function_has_a_row() -> None:
     missing = [name for name in REGISTERED if name not in rows()]  # (plugins' rows included)
-    assert not missing, f"registered operators/procedures without a row (slope_testing.table or a plugin's slope_conformance_rows): {missing}"
+    assert not missing, f"registered operators/procedures without a conformance row: {missing}"
 
 
 def test_every_row_names_a_registered_function() -> None:
