@@ -115,7 +115,6 @@ def _reset() -> None:
     active = _state["backend"]
     _instances.clear()
     _compiled.clear()
-    _eager.old.clear()
     _checked.clear()
     _state["backend"] = get_backend(active.name) if active is not None and active.name in plugins.backends else None
 

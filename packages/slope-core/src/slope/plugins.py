@@ -74,13 +74,8 @@ def _reserved(name: str) -> bool:
     """Names Slope itself uses: `slope.grad`, `slope.nn`, Tensor's own methods such as `numpy`."""
     from .tensors import Tensor
 
-    own = Tensor.__dict__.get(name)
-    slope_globals = vars(sys.modules["slope"]) if "slope" in sys.modules else {}
-    return name in slope_globals or name in ("nn", "testing") or (own is not None and not _is_ours(own))
-
-
-def _is_ours(method: Any) -> bool:
-    return getattr(method, "_slope_function", False)
+    ours = getattr(Tensor.__dict__.get(name), "_slope_function", name not in Tensor.__dict__)  # (plugins' methods)
+    return name in vars(sys.modules["slope"]) or name in ("nn", "testing") or not ours
 
 
 def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
@@ -147,10 +142,10 @@ def refresh(strict_plugin: str | None = None) -> None:
     functions.update(operators)
     functions.update(procedures)
     for name, value in list(Tensor.__dict__.items()):  # methods of unregistered plugins go with them
-        if _is_ours(value) and name not in functions:
+        if getattr(value, "_slope_function", False) and name not in functions:
             delattr(Tensor, name)
     for name, fn in functions.items():
-        if name not in Tensor.__dict__ or _is_ours(Tensor.__dict__[name]):
+        if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
             setattr(Tensor, name, _as_method(fn))
     for reset in on_refresh:
         reset()
@@ -197,7 +192,6 @@ def register(plugin: Any, name: str | None = None) -> None:
 
 def unregister(plugin: Any) -> None:
     """Remove an in-process plugin."""
-    failed.pop(manager.get_name(plugin) or "", None)
     manager.unregister(plugin)
     refresh()
 
