@@ -42,10 +42,8 @@ def info(verbose: bool = False, data: dict | None = None) -> str:
     data = data or report()
     lines = [f"slope {data['slope']} (Python {data['python']})", "", "plugins:"]
     for name, plugin in sorted(data["plugins"].items()):
-        lines.append(
-            f"  {name} {plugin['version']}" if plugin["version"] else f"  {name} FAILED: {plugin['problems'][0]}"
-        )
-        lines += [f"    skipped: {problem}" for problem in plugin["problems"] if plugin["version"]]
+        status = plugin["version"] or f"FAILED: {plugin['problems'][0]}"
+        lines += [f"  {name} {status}", *(f"    skipped: {p}" for p in plugin["problems"] if plugin["version"])]
     lines += ["", "backends:"]
     for name, entry in data["backends"].items():
         if "error" in entry:
