@@ -8,15 +8,12 @@ from typing import Any, Callable, Sequence
 
 from . import backend as backend_module
 from . import tree
+from .errors import TransformError
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
-
-
-class TransformError(ValueError):
-    """A transformation used in a way it cannot support."""
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
@@ -440,7 +437,7 @@ class CustomVJPLinear(_CustomCall):
         cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat = tree.leaves(cts_in)
+        flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
         linear_avals = [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
             raise TransformError(
