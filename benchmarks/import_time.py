@@ -1,9 +1,10 @@
 """Start-up time: `import slope` and a first eager operation, beside `import torch` and `import jax`.
 
-    .venv/bin/python benchmarks/import_time.py [--runs 5]
+    .venv/bin/python benchmarks/import_time.py [--runs 5] [--only Slope]
 
 Each statement runs as `python -c STATEMENT` in a fresh process, `--runs` times after one untimed warm-up run (so
-the files are in the OS cache and the bytecode is compiled, as for a user's second start); the table gives the
+the files are in the OS cache and the bytecode is compiled, as for a user's second start; PYTHONDONTWRITEBYTECODE is
+dropped for that: an editable install compiles its sources on every start without the cache); the table gives the
 median and the fastest wall-clock time of the whole process, interpreter start-up included (`pass` shows that part),
 and the median CPU time (user + system) of the process, which a busy machine inflates less. PyTorch and JAX rows are
 skipped when they are not installed. Acceptance (issue 12, with every Slope distribution installed): `import slope`
@@ -57,14 +58,16 @@ def timed(statement: str, env: dict[str, str]) -> tuple[float, float]:
     return time.perf_counter() - start, _children_cpu() - cpu
 
 
-def measure(runs: int) -> list[tuple[str, str, float, float, float]]:
+def measure(runs: int, only: str = "") -> list[tuple[str, str, float, float, float]]:
     """(label, statement, median, fastest, median CPU) for every case whose module is installed."""
     rows = []
     for label, statement, module, extra in CASES:
+        if only not in label:
+            continue
         if module is not None and importlib.util.find_spec(module) is None:
             print(f"{label}: skipped ({module} is not installed)", file=sys.stderr)
             continue
-        env = {**os.environ, **extra}
+        env = {k: v for k, v in {**os.environ, **extra}.items() if k != "PYTHONDONTWRITEBYTECODE"}
         timed(statement, env)  # warm-up: OS file cache and bytecode
         times, cpus = zip(*(timed(statement, env) for _ in range(runs)))
         rows.append((label, statement, statistics.median(times), min(times), statistics.median(cpus)))
@@ -89,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, check the acceptance limits."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed fresh processes per statement (default 5)")
+    parser.add_argument("--only", default="", help="only the rows whose label contains this (e.g. Slope)")
     args = parser.parse_args(argv)
-    rows = measure(args.runs)
+    rows = measure(args.runs, args.only)
     print(versions())
     print(f"median and fastest of {args.runs} fresh processes each\n")
     print("| what | statement | median | fastest | median CPU |")
