@@ -73,3 +73,12 @@ def slope_translations(backend: Any) -> dict | None:
     if backend.name == "toy":
         return {"smooth_abs": _translate_smooth_abs}
     return None
+
+
+@hookimpl
+def slope_conformance_rows() -> list:
+    """smooth_abs's row: the conformance matrix (slope-testing) runs it on every backend, like Slope's own."""
+    import numpy as np
+    from slope_testing import FLOATS, Case, Data, Row
+
+    return [Row("smooth_abs", [Case([Data()], lambda x: np.sqrt(x * x + 0.01))], dtypes=FLOATS)]

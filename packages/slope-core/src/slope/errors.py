@@ -25,6 +25,10 @@ class SlopePluginError(SlopeError, RuntimeError):
     """Two plugins define the same name, or a plugin returns something Slope cannot use."""
 
 
+class SlopePluginWarning(SlopeError, UserWarning):  # noqa: N818 - a warning (that is also a SlopeError)
+    """A plugin's contribution was skipped (raised, like an error, under `python -W error`)."""
+
+
 class SlopeTraceError(SlopeError, TypeError):
     """A traced value was used where a concrete one is needed."""
 

@@ -36,8 +36,14 @@ class Operator:
         return bind(self, *args, **params)
 
     def infer(self, *avals: Aval, **params: Any) -> Aval | list[Aval]:
-        """The output abstract value(s); raises a ShapeError or DTypeError for inputs that do not fit."""
-        raise NotImplementedError
+        """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""
+        if self.procedure is None:
+            raise NotImplementedError(f"slope.{self.name}: the operator defines neither `infer` nor a `procedure`")
+        from .trace import make_program
+
+        procedure = self.procedure if self.multiple_results else lambda *xs, **ps: [self.procedure(*xs, **ps)]
+        outs = make_program(lambda *xs: procedure(*xs, **params), list(avals)).out_avals
+        return outs if self.multiple_results else outs[0]
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
         """Forward-mode rule giving `(primal_outs, tangent_outs)`; linear operators get it from `linear_inputs`."""
