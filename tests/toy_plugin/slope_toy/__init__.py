@@ -52,7 +52,8 @@ smooth_abs = SmoothAbs()
 
 
 def _translate_smooth_abs(inputs: list[str], params: dict, out: Any) -> str:
-    return f"np.hypot({inputs[0]}, {math.sqrt(params['eps'])!r})"
+    # the constant in x's dtype: NumPy would promote bfloat16 with a Python float to float32 (ml_dtypes < 0.7)
+    return f"np.hypot({inputs[0]}, np.asarray({math.sqrt(params['eps'])!r}, {inputs[0]}.dtype))"
 
 
 @hookimpl
