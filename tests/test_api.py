@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 
 
 @pytest.fixture(params=BACKENDS)

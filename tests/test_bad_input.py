@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 from slope import DTypeError, ShapeError, TransformError
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 SAME = "same"  # the reference is the same call with m = torch
 
 

@@ -9,13 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 from slope import backend as backend_module
 from slope import operators
 from slope.backend import BoundedCache
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
@@ -23,7 +24,7 @@ SPECIALS = [0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -1.0, 0.1, -0.1, 0.5,
             -3.7, 7.0, 1e20, -1e20, 1e30, 1e-30, 65504.0]  # fmt: skip
 
 
-@pytest.fixture(params=sorted(slope.plugins.backends))
+@pytest.fixture(params=backends_under_test())
 def backend(request):
     with slope.use_backend(request.param):
         yield request.param

@@ -14,10 +14,11 @@ import warnings
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 SPECIALS = np.array([np.nan, np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 1.0])  # NaN, infinities, signed zeros, ties
 

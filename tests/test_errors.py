@@ -13,12 +13,13 @@ import warnings
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 from slope import DTypeError, ShapeError, SlopeBackendError, SlopeTraceError, TransformError
 from slope.plugins import SlopePluginError
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 
 
 @pytest.fixture(params=BACKENDS)

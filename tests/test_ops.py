@@ -11,6 +11,7 @@ import operator
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 from slope_testing.checks import (
     ALL_DTYPES,
     FORWARD_TOLERANCE,
@@ -27,7 +28,7 @@ from slope_testing.table import ROWS, known_failure
 
 import slope
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 REGISTERED = sorted(set(slope.plugins.operators) | set(slope.plugins.procedures))
 # functions that are not called on a tensor they transform: creation, random keys, lists of tensors, x[...]
 NOT_METHODS = {

@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
 torch = pytest.importorskip("torch")
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 DTYPES = slope.dtypes.all_dtypes
 TORCH_DTYPES = {d.name: getattr(torch, d.name) for d in DTYPES}
 

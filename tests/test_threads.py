@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 _SCRIPT = Path(__file__).parent.parent / "benchmarks" / "threads_memory.py"
 _spec = importlib.util.spec_from_file_location("threads_memory", _SCRIPT)
 threads_memory = importlib.util.module_from_spec(_spec)

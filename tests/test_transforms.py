@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slope_testing import backends_under_test
 
 import slope
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 RUN_EXPORTED = Path(__file__).parent / "standalone" / "run_exported.py"
 
 

@@ -28,6 +28,7 @@ pytest.importorskip("hypothesis", reason="the differential suite draws with hypo
 
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from slope_testing import backends_under_test  # noqa: E402
 
 import slope  # noqa: E402
 from differential.strategies import (  # noqa: E402
@@ -51,7 +52,7 @@ from differential.strategies import (  # noqa: E402
 )
 from differential.table import ENTRIES, Entry  # noqa: E402
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 # the functions registered when the tests were collected (before any test registers an in-process plugin)
 REGISTERED = sorted(set(slope.plugins.operators) | set(slope.plugins.procedures))
 

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from .checks import BITS, FLOATS, INTEGERS, NUMBERS, Case, Data, Fixed, FloatData, Row
-from .matrix import cells, rows, run_cell
+from .matrix import backends_under_test, cells, rows, run_cell
 from .table import ROWS, known_failure
 
 __all__ = ["BITS", "FLOATS", "INTEGERS", "NUMBERS", "ROWS", "Case", "Data", "Fixed", "FloatData", "Row"]
-__all__ += ["cells", "known_failure", "rows", "run_cell"]
+__all__ += ["backends_under_test", "cells", "known_failure", "rows", "run_cell"]
 __version__ = "0.1.0"
