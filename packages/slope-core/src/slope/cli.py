@@ -1,8 +1,10 @@
-"""The `slope` command: `slope info` lists plugins, backends, devices and operator coverage."""
+"""The `slope` command: `slope info` lists plugins, backends, devices and operator coverage; `slope cache`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 
 
@@ -38,14 +40,30 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def cache(clear: bool = False) -> str:
+    """The size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
+    from slope import plugins
+
+    root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # as the backends read it
+    lines = [f"compile caches in {root}" + (" (cleared)" if clear else "")]
+    for folder in sorted(os.path.join(root, name) for name in plugins.backends):  # (SLOPE_CACHE_DIR may hold more)
+        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
+        lines.append(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
+        if clear:
+            shutil.rmtree(folder, ignore_errors=True)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `slope` command."""
     parser = argparse.ArgumentParser(prog="slope", description="Slope: automatic differentiation for ML")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
+    cache_parser = sub.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
+    cache_parser.add_argument("action", nargs="?", choices=["clear"])
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(info())
+    if args.command in ("info", "cache"):
+        print(info() if args.command == "info" else cache(args.action == "clear"))
         return 0
     parser.print_help()
     return 1

@@ -530,9 +530,9 @@ class Lowered:
         """The backend's code for the program."""
         return self.executable.code
 
-    def export(self, path: str) -> list[str]:
-        """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend); returns the files."""
-        return self.backend.export(self.executable.program, str(path))
+    def export(self, path: str, **options: Any) -> list[str]:
+        """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend; options such as iree's target)."""
+        return self.backend.export(self.executable.program, str(path), **options)
 
 
 class jit:  # noqa: N801 - used as a decorator, like jax.jit

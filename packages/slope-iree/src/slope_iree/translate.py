@@ -74,8 +74,9 @@ def array_attr(values: Any) -> str:
 class Function:
     """A StableHLO function under construction: lines of MLIR text and the abstract value of every SSA name."""
 
-    def __init__(self, translations: dict[str, Callable], backend_name: str = "iree"):
+    def __init__(self, translations: dict[str, Callable], backend_name: str = "iree", dynamic: bool = False):
         self.translations = translations
+        self.dynamic = dynamic  # every dimension spelled `?`: one module serves every shape of a rank (elementwise)
         self.backend_name = backend_name
         self.lines: list[str] = []
         self.avals: dict[str, Aval] = {}
@@ -83,17 +84,25 @@ class Function:
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
-    def emit(self, text: str, aval: Aval) -> str:
-        """Add `%vN = text` (its result of abstract value `aval`); returns %vN."""
+    def emit(self, text: str, aval: Aval | None) -> str:
+        """Add `%vN = text` (its result of abstract value `aval`; None for a value that is no slope tensor, such as
+        a shape); returns %vN."""
         name = f"%v{self._count}"
         self._count += 1
         self.lines.append(f"    {name} = {text}")
-        self.avals[name] = aval
+        if aval is not None:
+            self.avals[name] = aval
         return name
+
+    def tensor_type(self, aval: Aval) -> str:
+        """The MLIR type of an abstract value in this function (`tensor<?x?xf32>` when dynamic)."""
+        if self.dynamic:
+            return f"tensor<{'?x' * aval.ndim}{ELEMENT_TYPES[aval.dtype.name]}>"
+        return tensor_type(aval)
 
     def type(self, name: str) -> str:
         """The MLIR type of an SSA name."""
-        return tensor_type(self.avals[name])
+        return self.tensor_type(self.avals[name])
 
     def check(self, failed: str, message: str) -> None:
         """Raise IndexError(message) after a run in which the i1 scalar `failed` is true."""
@@ -104,8 +113,8 @@ class Function:
         """`stablehlo.<op> x`, of x's type unless `aval` says otherwise."""
         aval = aval or self.avals[x]
         if aval == self.avals[x]:
-            return self.emit(f"stablehlo.{op} {x} : {tensor_type(aval)}", aval)
-        return self.emit(f"stablehlo.{op} {x} : ({self.type(x)}) -> {tensor_type(aval)}", aval)
+            return self.emit(f"stablehlo.{op} {x} : {self.tensor_type(aval)}", aval)
+        return self.emit(f"stablehlo.{op} {x} : ({self.type(x)}) -> {self.tensor_type(aval)}", aval)
 
     def binary(self, op: str, x: str, y: str) -> str:
         """`stablehlo.<op> x, y` of two operands of one type."""
@@ -116,9 +125,7 @@ class Function:
         aval = self.avals[x]
         out = Aval(aval.shape, slope.bool_)
         kind = compare_type(aval.dtype)
-        text = (
-            f"stablehlo.compare {direction}, {x}, {y}, {kind} : ({self.type(x)}, {self.type(y)}) -> {tensor_type(out)}"
-        )
+        text = f"stablehlo.compare {direction}, {x}, {y}, {kind} : ({self.type(x)}, {self.type(y)}) -> {self.tensor_type(out)}"
         return self.emit(text, out)
 
     def convert(self, x: str, dtype: DType) -> str:
@@ -135,16 +142,22 @@ class Function:
 
     def constant(self, value: Any, aval: Aval) -> str:
         """A tensor of `aval` filled with a scalar."""
-        return self.emit(f"stablehlo.constant dense<{literal(value, aval.dtype)}> : {tensor_type(aval)}", aval)
+        return self.emit(f"stablehlo.constant dense<{literal(value, aval.dtype)}> : {self.tensor_type(aval)}", aval)
 
     def array(self, array: np.ndarray, dtype: DType) -> str:
         """A constant tensor holding a NumPy array."""
         aval = Aval(tuple(array.shape), dtype)
-        return self.emit(f"stablehlo.constant {dense(array, dtype)} : {tensor_type(aval)}", aval)
+        return self.emit(f"stablehlo.constant {dense(array, dtype)} : {self.tensor_type(aval)}", aval)
 
     def like(self, value: Any, x: str) -> str:
-        """A constant of x's shape and dtype."""
-        return self.constant(value, self.avals[x])
+        """A constant of x's shape and dtype (of x's run-time shape when dynamic)."""
+        aval = self.avals[x]
+        if not self.dynamic or not aval.ndim:
+            return self.constant(value, aval)
+        scalar = self.constant(value, Aval((), aval.dtype))
+        shape = self.emit(f"shape.shape_of {x} : {self.type(x)} -> tensor<{aval.ndim}xindex>", None)
+        return self.emit(f"stablehlo.dynamic_broadcast_in_dim {scalar}, {shape}, dims = [] : ({self.type(scalar)}, "
+                         f"tensor<{aval.ndim}xindex>) -> {self.type(x)}", aval)  # fmt: skip
 
     def reshape(self, x: str, shape: tuple) -> str:
         """x reshaped (x itself when it has that shape)."""
@@ -162,7 +175,7 @@ class Function:
             return x
         out = Aval(shape, aval.dtype)
         text = f"stablehlo.broadcast_in_dim {x}, dims = [{', '.join(map(str, dims))}] : ({self.type(x)}) -> "
-        return self.emit(text + tensor_type(out), out)
+        return self.emit(text + self.tensor_type(out), out)
 
     def transpose(self, x: str, perm: Any) -> str:
         """x with its dimensions permuted."""
@@ -172,7 +185,7 @@ class Function:
             return x
         out = Aval(tuple(aval.shape[p] for p in perm), aval.dtype)
         return self.emit(f"stablehlo.transpose {x}, dims = [{', '.join(map(str, perm))}] : ({self.type(x)}) -> "
-                         f"{tensor_type(out)}", out)  # fmt: skip
+                         f"{self.tensor_type(out)}", out)  # fmt: skip
 
     def reduce(self, x: str, op: str, init: Any, dims: Any) -> str:
         """x reduced over `dims` by a StableHLO binary operation (add, maximum, or, ...) from `init`."""
@@ -183,7 +196,7 @@ class Function:
         out = Aval(tuple(s for i, s in enumerate(aval.shape) if i not in dims), aval.dtype)
         start = self.constant(init, Aval((), aval.dtype))
         text = (f"stablehlo.reduce({x} init: {start}) applies stablehlo.{op} across dimensions = "
-                f"[{', '.join(map(str, dims))}] : ({self.type(x)}, {self.type(start)}) -> {tensor_type(out)}")  # fmt: skip
+                f"[{', '.join(map(str, dims))}] : ({self.type(x)}, {self.type(start)}) -> {self.tensor_type(out)}")  # fmt: skip
         return self.emit(text, out)
 
     def any(self, x: str) -> str:
@@ -239,13 +252,14 @@ class Function:
 
 
 def build_module(program: Program, translations: dict[str, Callable], embed_constants: bool = False,
-                 backend_name: str = "iree") -> tuple[str, int]:  # fmt: skip
+                 backend_name: str = "iree", dynamic: bool = False) -> tuple[str, list]:  # fmt: skip
     """The StableHLO module (`func.func @main`) of a lowered Program, and how many check outputs follow its outputs.
 
     `@main` takes the program's inputs, then its constants (unless `embed_constants` writes them into the text, as
     an export does); it returns the program's outputs, then one i1 scalar per run-time check (see Function.check).
+    `dynamic` spells every dimension `?` (for programs of DYNAMIC_SAFE operators only).
     """
-    fn = Function(translations, backend_name)
+    fn = Function(translations, backend_name, dynamic)
     names = program.names()
     env: dict[Var, str] = {}
     arguments = []
@@ -263,7 +277,7 @@ def build_module(program: Program, translations: dict[str, Callable], embed_cons
     for instruction in program.instructions:
         fn.translate(instruction, env)
     results = [env[v] for v in program.outputs] + [failed for failed, _ in fn.checks]
-    signature = ", ".join(f"{env[v]}: {tensor_type(v.aval)}" for v in arguments)
+    signature = ", ".join(f"{env[v]}: {fn.tensor_type(v.aval)}" for v in arguments)
     result_types = ", ".join(fn.type(r) for r in results)
     lines = [f"func.func @main({signature}) -> ({result_types}) {{", *fn.lines]
     lines.append(f"    return {', '.join(results)} : {result_types}" if results else "    return")
@@ -431,7 +445,7 @@ def _slice(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if out.shape == _in(instruction).shape:
         return inputs[0]
     text = (f"stablehlo.slice {inputs[0]} [{', '.join(f'{a}:{b}:{s}' for a, b, s in zip(params['start'], params['stop'], params['step']))}]"
-            f" : ({fn.type(inputs[0])}) -> {tensor_type(out)}")  # fmt: skip
+            f" : ({fn.type(inputs[0])}) -> {fn.tensor_type(out)}")  # fmt: skip
     return fn.emit(text, out)
 
 
@@ -440,7 +454,7 @@ def _pad_value(fn: Function, x: str, lo: Any, hi: Any, value: Any, out: Aval) ->
     zeros = [0] * out.ndim
     text = (
         f"stablehlo.pad {x}, {padding}, low = [{', '.join(map(str, lo))}], high = [{', '.join(map(str, hi))}], "
-        f"interior = [{', '.join(map(str, zeros))}] : ({fn.type(x)}, {fn.type(padding)}) -> {tensor_type(out)}"
+        f"interior = [{', '.join(map(str, zeros))}] : ({fn.type(x)}, {fn.type(padding)}) -> {fn.tensor_type(out)}"
     )
     return fn.emit(text, out)
 
@@ -462,7 +476,7 @@ def _cat(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     types = ", ".join(fn.type(x) for x in inputs)
     return fn.emit(f"stablehlo.concatenate {', '.join(inputs)}, dim = {instruction.params['dim']} : ({types}) -> "
-                   f"{tensor_type(out)}", out)  # fmt: skip
+                   f"{fn.tensor_type(out)}", out)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- init
@@ -477,7 +491,7 @@ def _arange(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     out, params = _out(instruction), instruction.params
     exact = all(isinstance(params[k], int) for k in ("start", "step"))
     compute = slope.int64 if exact else slope.float64
-    index = fn.emit(f"stablehlo.iota dim = 0 : {tensor_type(Aval(out.shape, compute))}", Aval(out.shape, compute))
+    index = fn.emit(f"stablehlo.iota dim = 0 : {fn.tensor_type(Aval(out.shape, compute))}", Aval(out.shape, compute))
     value = fn.binary("multiply", index, fn.like(params["step"], index))
     return fn.convert(fn.binary("add", value, fn.like(params["start"], index)), out.dtype)
 
@@ -494,7 +508,7 @@ def _matmul(fn: Function, inputs: list[str], instruction: Instruction) -> str:
         aval = Aval(out.shape, fn.avals[x].dtype)
         dims = f"batching_dims = [{', '.join(map(str, batch))}] x [{', '.join(map(str, batch))}], " if batch else ""
         text = (f"stablehlo.dot_general {x}, {y}, {dims}contracting_dims = [{out.ndim - 1}] x [{out.ndim - 2}] : "
-                f"({fn.type(x)}, {fn.type(y)}) -> {tensor_type(aval)}")  # fmt: skip
+                f"({fn.type(x)}, {fn.type(y)}) -> {fn.tensor_type(aval)}")  # fmt: skip
         return fn.emit(text, aval)
 
     return in_float32(fn, inputs, out.dtype, product)
@@ -515,7 +529,7 @@ def _conv(fn: Function, inputs: list[str], instruction: Instruction) -> str:
         text = (f"stablehlo.convolution({x}, {w}) dim_numbers = {layout}, window = {{stride = "
                 f"[{', '.join(map(str, params['stride']))}], pad = [{padding}], rhs_dilate = "
                 f"[{', '.join(map(str, params['dilation']))}]}} {{batch_group_count = 1 : i64, feature_group_count = "
-                f"{params['groups']} : i64}} : ({fn.type(x)}, {fn.type(w)}) -> {tensor_type(aval)}")  # fmt: skip
+                f"{params['groups']} : i64}} : ({fn.type(x)}, {fn.type(w)}) -> {fn.tensor_type(aval)}")  # fmt: skip
         return fn.emit(text, aval)
 
     return in_float32(fn, inputs, out.dtype, convolve)
@@ -550,7 +564,7 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     text = (f'"stablehlo.gather"({inputs[0]}, {index}) {{dimension_numbers = #stablehlo.gather<offset_dims = '
             f"[{offsets}], collapsed_slice_dims = [{leading}], start_index_map = [{leading}], index_vector_dim = "
             f"{batch}>, indices_are_sorted = false, slice_sizes = {sizes}}} : ({fn.type(inputs[0])}, "
-            f"{fn.type(index)}) -> {tensor_type(out)}")  # fmt: skip
+            f"{fn.type(index)}) -> {fn.tensor_type(out)}")  # fmt: skip
     return fn.emit(text, out)
 
 
@@ -573,9 +587,16 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
             f"    }}) {{indices_are_sorted = false, scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = "
             f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
             f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
-            f"{fn.type(updates)}) -> {tensor_type(out)}")  # fmt: skip
+            f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
     return fn.emit(text, out)
 
+
+# operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones
+DYNAMIC_SAFE = frozenset(
+    ["exp", "log", "sin", "cos", "sqrt", "tanh", "floor", "ceil", "round", "invert", "stop_gradient", "cast", "add",
+     "sub", "mul", "div", "pow", "fmod", "maximum", "equal", "less", "greater", "less_equal", "greater_equal",
+     "bitwise_and", "bitwise_or", "bitwise_xor", "where"]
+)  # fmt: skip
 
 translations: dict[str, Callable] = {
     "exp": _unary("exponential"),
@@ -623,4 +644,12 @@ translations: dict[str, Callable] = {
     "scatter_nd": _scatter_nd,
 }
 
-__all__ = ["Function", "NoTranslationError", "build_module", "in_float32", "tensor_type", "translations"]
+__all__ = [
+    "DYNAMIC_SAFE",
+    "Function",
+    "NoTranslationError",
+    "build_module",
+    "in_float32",
+    "tensor_type",
+    "translations",
+]
