@@ -1,8 +1,8 @@
 """StableHLO translations of slope-nn's operators for the iree backend, in slope-iree's translation API
 (`f(fn, inputs, instruction) -> SSA name`; `NoTranslationError` lowers an instruction through its procedure).
 
-- `erf` is computed in float64 by the operator's 1-ulp procedure (float16/bfloat16/float32 converted to float64
-  and rounded once; CHLO's float32 erf is 4 float32 ulps off near +-1, PyTorch's is exact).
+- `erf` is computed in float64 by the operator's 1-ulp procedure (float32 converted to float64 and rounded once,
+  float16/bfloat16 through float32; CHLO's float32 erf is 4 float32 ulps off near +-1, PyTorch's is exact).
 - `log_softmax` is x - max - log(sum(exp(x - max))) along its dimension, the sum accumulated in float64 (float16
   and bfloat16 computed in float32): a NaN or +inf in a row, or a row of only -inf, gives a row of NaN (PyTorch's).
 - `relu` is a select (NaN and -0.0 stay as they are, as in PyTorch).
@@ -23,9 +23,10 @@ import re
 import weakref
 from typing import Any, Callable
 
+from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
+
 import slope
 from slope import Aval, Instruction, Var
-from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
 
 from .operators import lowest
 
@@ -61,8 +62,13 @@ def _erf(fn: Function, inputs: list[str], instruction: Instruction) -> str:
         raise NoTranslationError  # the procedure in place is this translation
     wide = Aval(out.shape, slope.float64)
     inner = Instruction(instruction.op, [Var(wide)], {}, [Var(wide)])
-    (result,) = fn.inline_procedure(inner, [fn.convert(inputs[0], slope.float64)])
-    return fn.convert(result, out.dtype)
+
+    def compute(x: str) -> str:
+        (result,) = fn.inline_procedure(inner, [fn.convert(x, slope.float64)])
+        return fn.convert(result, slope.float32)
+
+    # float16/bfloat16 through float32: IREE 3.13 flushes float64 -> float16 conversions of subnormals to zero
+    return in_float32(fn, inputs, out.dtype, compute)
 
 
 def _relu(fn: Function, inputs: list[str], instruction: Instruction) -> str:
