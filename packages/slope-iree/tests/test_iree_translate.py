@@ -135,3 +135,49 @@ def test_export_runs_without_slope(tmp_path):
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(eval(result.stdout), f(x).numpy(), rtol=1e-6)
+
+
+def test_transposed_factors_fold_into_the_matrix_product():
+    rng = np.random.default_rng(0)
+    a, b = (slope.tensor(rng.standard_normal(s).astype(np.float32)) for s in [(3, 4), (5, 4)])
+    f = slope.jit(lambda a, b: (a @ b.T, (a @ b.T).T, a.T @ a))
+    code = f.lower(a, b).code
+    assert "stablehlo.transpose" not in code and code.count("stablehlo.dot_general") == 3
+    x, y = a.numpy(), b.numpy()
+    for got, expected in zip(f(a, b), [x @ y.T, (x @ y.T).T, x.T @ x]):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    batched = slope.jit(lambda c, d: (c @ d.transpose(-1, -2)).transpose(-1, -2))
+    c, d = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (2, 5, 4)])
+    expected = np.swapaxes(c @ np.swapaxes(d, -1, -2), -1, -2)
+    np.testing.assert_allclose(batched(slope.tensor(c), slope.tensor(d)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jitted_scatter_leaves_its_input_unchanged():
+    # IREE scatters into its operand's buffer in place: scattering into x itself changed the caller's tensor
+    x = slope.tensor(np.zeros((3, 4), np.float32))
+    index, updates = slope.tensor(np.array([[0], [2], [0]])), slope.tensor(np.ones((3, 4), np.float32))
+    f = slope.jit(lambda x, i, u: slope.scatter_nd(x, i, u))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(x, index, updates).numpy()[:, 0], [2.0, 0.0, 1.0])
+        np.testing.assert_array_equal(x.numpy(), np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_jitted_half_chain_rounds_after_every_operator_as_pytorch(dtype):
+    # IREE drops a convert to a half type followed by the next operator's convert back: the rounding between
+    # operators must survive (PyTorch rounds after each)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=2000) * 1000, rng.normal(size=2000), rng.normal(size=2000)
+
+    def f(a, b, c):
+        return slope.floor(a / b) * c + slope.sin(a) * b
+
+    def as_torch(a):
+        return torch.tensor(a).to(getattr(torch, dtype))
+
+    expected = (torch.floor(as_torch(x) / as_torch(y)) * as_torch(z) + torch.sin(as_torch(x)) * as_torch(y)).double()
+    jitted = slope.jit(f)(*(slope.tensor(a).astype(dtype) for a in (x, y, z)))
+    np.testing.assert_array_equal(jitted.astype("float64").numpy(), expected.numpy())
+    tiny = slope.tensor(np.array([3e-5, 1e-6, 5e-8])).astype("float16")  # float16 subnormals stay
+    np.testing.assert_array_equal(slope.jit(lambda a: (a * 0.5) * 2.0)(tiny).numpy(), (tiny * 0.5 * 2.0).numpy())

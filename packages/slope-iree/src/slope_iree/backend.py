@@ -15,7 +15,7 @@ import numpy as np
 import slope
 from slope import Backend, Executable, Program
 
-from . import cache, eager, runtime
+from . import cache, eager, runtime, translate
 from .translate import build_module, translations
 
 
@@ -54,11 +54,16 @@ class IreeBackend(Backend):
     def compile(self, program: Program, device: str) -> Executable:
         count = len(program.outputs)
         shape = eager.elementwise_shape(program)
-        generic = eager.generic_text(self.module_text(eager.flat_program(program))[0]) if shape is not None else None
-        if generic is not None:  # one module for every shape (eager mode's common case)
-            text, checks = generic, []
-            main = eager.reshaping(runtime.function(text, device, count), shape, runtime.iree())
-        else:
+        main = None
+        if shape is not None:  # one module for every shape (eager mode's common case)
+            text, checks = "", []
+            try:
+                text = eager.generic_text(program, self.translations)
+                if text not in eager.failed:
+                    main = eager.reshaping(runtime.function(text, device, count), shape, runtime.iree())
+            except (slope.SlopeBackendError, translate.NoTranslationError):  # no dynamic form: compiled per shape
+                eager.failed.add(text)
+        if main is None:
             text, checks = self.module_text(program)
             if count == 0 and not checks:
                 return Executable(lambda buffers: [], text, program)

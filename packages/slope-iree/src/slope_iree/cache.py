@@ -18,8 +18,6 @@ import threading
 import warnings
 from typing import Any
 
-import slope
-
 FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes in a way the key does not show
 
 # The compiler's target backend and flags for each target; the runtime picks the target from the device.
@@ -27,11 +25,18 @@ TARGET_BACKENDS = {"cpu": "llvm-cpu", "cuda": "cuda", "vulkan": "vulkan-spirv", 
 COMMON_FLAGS = ("--iree-input-type=stablehlo", "--iree-input-demote-f64-to-f32=false")
 
 
+def _error(message: str) -> Exception:
+    from slope import SlopeBackendError  # (imported late: `import slope` loads this package's plugin)
+
+    return SlopeBackendError(message)
+
+
 def target_flags(target: str) -> tuple[str, ...]:
     """The compiler flags for a target ("cpu", "cuda", "vulkan", "metal"), besides its target backend."""
     if target == "cpu":
-        # a generic CPU target is 2-3x slower and warns on every compile
-        return (*COMMON_FLAGS, "--iree-llvmcpu-target-cpu=host")
+        # a generic CPU target is 2-3x slower and warns on every compile; a system library (not IREE's embedded ELF)
+        # links the float64 sin, cos, tanh and fmod that IREE leaves to libm ("undefined symbol: cos" otherwise)
+        return (*COMMON_FLAGS, "--iree-llvmcpu-target-cpu=host", "--iree-llvmcpu-link-embedded=false")
     if target == "cuda":
         # IREE 3.13 cannot compile for sm_90 ("missing GPU target"); sm_80 PTX runs on newer GPUs too
         return (*COMMON_FLAGS, f"--iree-cuda-target={os.environ.get('SLOPE_IREE_CUDA_TARGET', 'sm_80')}")
@@ -40,9 +45,7 @@ def target_flags(target: str) -> tuple[str, ...]:
         return (*COMMON_FLAGS, "--iree-metal-compile-to-metallib=false")
     if target in TARGET_BACKENDS:
         return COMMON_FLAGS
-    raise slope.SlopeBackendError(
-        f"slope: the iree backend has no compile target {target!r}; targets: {sorted(TARGET_BACKENDS)}"
-    )
+    raise _error(f"slope: the iree backend has no compile target {target!r}; targets: {sorted(TARGET_BACKENDS)}")
 
 
 def compiler_version() -> str:
@@ -51,7 +54,7 @@ def compiler_version() -> str:
     if _version is None:
         spec = importlib.util.find_spec("iree.compiler")
         if spec is None or not spec.submodule_search_locations:
-            raise slope.SlopeBackendError(
+            raise _error(
                 "slope: the iree backend needs the IREE compiler: pip install iree-base-compiler iree-base-runtime"
             )
         try:
@@ -67,6 +70,7 @@ _version: str | None = None
 _memory: dict[str, bytes] = {}  # key -> module bytes compiled or read in this process
 _lock = threading.Lock()
 _warned: list[str] = []
+stats = {"compiled": 0, "read": 0}  # modules compiled and modules read from disk by this process
 
 
 def key(mlir: str, target: str, flags: tuple[str, ...]) -> str:
@@ -99,8 +103,11 @@ def compile_mlir(mlir: str, target: str = "cpu") -> bytes:
     module = _read(path) if enabled() else None
     if module is None:
         module = _compile(mlir, TARGET_BACKENDS[target], flags)
+        stats["compiled"] += 1
         if enabled():
             _write(path, module)
+    else:
+        stats["read"] += 1
     with _lock:
         return _memory.setdefault(name, module)
 
@@ -138,7 +145,7 @@ def _compile(mlir: str, target_backend: str, flags: tuple[str, ...]) -> bytes:
     try:
         return compile_str(mlir, target_backends=[target_backend], extra_args=list(flags))
     except CompilerToolError as error:
-        raise slope.SlopeBackendError(
+        raise _error(
             f"slope: the IREE compiler rejected a module for {target_backend} (a bug in slope-iree's translation; "
             f"please report it with LOG_JIT=1 output):\n{_summary(error)}"
         ) from None

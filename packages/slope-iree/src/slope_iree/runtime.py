@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 from typing import Any, Callable
@@ -25,7 +26,8 @@ from slope.dtypes import all_dtypes
 from . import cache
 
 SLOW_CALL = 200e-6  # a call shorter than this cannot win from threads: the task driver's dispatch costs ~20 µs
-TRIALS = 3  # timed calls per driver when choosing
+TRIALS = 5  # timed calls per driver when choosing
+TASK_GAIN = 0.8  # threads must cut the best time by 20% to be chosen: on a busy machine they often cost more
 
 _lock = threading.RLock()
 _iree: Any = None  # the iree.runtime module, imported on first use (its import costs ~0.1 s)
@@ -233,7 +235,8 @@ class _DriverChoice:
     """The `run` of a CPU program: local-sync, unless timing shows the threaded local-task driver is faster.
 
     The first call is timed on local-sync; a fast one settles it. Otherwise the next calls alternate between both
-    drivers (the first local-task call, which starts its threads, is not counted) and the faster by its best time wins.
+    drivers (the first call on each, which warms it up, is not counted); local-task wins when its median time is
+    clearly better than local-sync's.
     Buffers of both CPU drivers live in host memory, so either reads the other's results.
     """
 
@@ -265,7 +268,10 @@ class _DriverChoice:
         if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
             self.chosen = self.sync
         elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
-            self.chosen = self.task if min(task_times) < min(sync_times) else self.sync
+            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(
+                sync_times[1:]
+            )  # (medians: a busy
+            self.chosen = self.task if faster else self.sync  # machine's bursts would decide a comparison of minima)
         return outs
 
     @property
