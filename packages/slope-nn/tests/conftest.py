@@ -12,11 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import slope  # noqa: E402 - after the path setup, like the helpers
 
-BACKENDS = [name for name in ("onnxruntime", "numpy") if name in slope.plugins.backends]
+BACKENDS = [name for name in ("onnxruntime", "iree", "numpy") if name in slope.plugins.backends]
 
 
 @pytest.fixture(params=BACKENDS)
 def each_backend(request):
-    """Run the test once on every installed backend (onnxruntime and numpy)."""
+    """Run the test once on every installed backend (onnxruntime, iree and numpy)."""
     with slope.use_backend(request.param):
         yield request.param

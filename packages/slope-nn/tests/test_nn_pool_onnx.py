@@ -1,6 +1,7 @@
-"""Max pooling on onnxruntime (MaxPool with its Indices output, MaxUnpool for the gradient) against the NumPy
-backend: ties (whole windows of equal values), -inf, odd sizes (floor pooling drops a row), float16, 1-d to 3-d,
-and what a NaN in a window does."""
+"""Max pooling on the backends that translate it natively (onnxruntime: MaxPool with its Indices output, MaxUnpool
+for the gradient; iree: reduce_window over values and positions, a dense unpooling for the gradient) against the
+NumPy backend: ties (whole windows of equal values), -inf, odd sizes (floor pooling drops a row), float16, 1-d to
+3-d, and what a NaN in a window does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 import slope
 
-pytestmark = pytest.mark.skipif("onnxruntime" not in slope.plugins.backends, reason="needs slope-onnx")
+# the backends with native max pooling translations (slope-nn's onnx_translations and iree_translations)
+NATIVE = [name for name in ("onnxruntime", "iree") if name in slope.plugins.backends]
 
 CASES = [  # (input shape, kernel): the benchmark CNN's two pools (fewer images), odd sizes, 1-d and 3-d tiles
     ((2, 32, 26, 26), (2, 2)),
@@ -50,24 +52,26 @@ def _pooled(shape: tuple, kernel: tuple) -> tuple:
     return shape[: len(shape) - n] + tuple(s // k for s, k in zip(shape[len(shape) - n :], kernel))
 
 
+@pytest.mark.parametrize("backend", NATIVE)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize(("shape", "kernel"), CASES)
-def test_tiled_max_pool_on_onnxruntime_matches_numpy_on_ties(shape, kernel, dtype):
+def test_tiled_max_pool_natively_matches_numpy_on_ties(backend, shape, kernel, dtype):
     dtype = getattr(slope, dtype)
     for seed in range(2):
         x = _tied(shape, kernel, seed)
         expected = _run("numpy", x, kernel, dtype)
-        got = _run("onnxruntime", x, kernel, dtype)
+        got = _run(backend, x, kernel, dtype)
         for name, e, g in zip(("values", "indices", "gradient"), expected, got):
             np.testing.assert_array_equal(g, e, err_msg=f"{name} of {shape} pooled by {kernel}")
         # ties go to the first maximum in row-major window order: the all-equal first window picks its corner
         assert (got[1][(Ellipsis, *(0,) * len(kernel))] == 0).all()
 
 
-def test_max_pool_of_random_values_on_onnxruntime_matches_a_numpy_reference():
+@pytest.mark.parametrize("backend", NATIVE)
+def test_max_pool_of_random_values_natively_matches_a_numpy_reference(backend):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4, 8, 13, 11)).astype(np.float32)
-    values, indices = _run("onnxruntime", x, (2, 2), slope.float32)[:2]
+    values, indices = _run(backend, x, (2, 2), slope.float32)[:2]
     windows = x[:, :, :12, :10].reshape(4, 8, 6, 2, 5, 2).transpose(0, 1, 2, 4, 3, 5).reshape(4, 8, 6, 5, 4)
     k = windows.argmax(-1)
     rows, cols = np.arange(6)[:, None] * 2 + k // 2, np.arange(5) * 2 + k % 2
@@ -75,10 +79,9 @@ def test_max_pool_of_random_values_on_onnxruntime_matches_a_numpy_reference():
     np.testing.assert_array_equal(values, windows.max(-1))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
-def test_a_nan_in_a_window_gives_nan_as_in_pytorch(backend):
+def test_a_nan_in_a_window_gives_nan_as_in_pytorch(each_backend):
     x = np.array([[1, np.nan, 3, 2], [np.nan, 1, 2, 3], [np.nan, np.nan, 1, 1], [-np.inf, np.nan, -np.inf, 0]])
-    values = _run(backend, x.reshape(1, 4, 2, 2), (2, 2), slope.float32)[0]
+    values = _run(each_backend, x.reshape(1, 4, 2, 2), (2, 2), slope.float32)[0]
     assert np.isnan(values).all(), values
 
 

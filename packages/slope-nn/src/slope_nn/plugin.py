@@ -2,8 +2,8 @@
 
 The neural-network functions (`slope_nn.functional`) become procedures; `erf`, `log_softmax`, `relu`, `max_pool` and
 the indexing operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX
-Runtime and NumPy backends learn native translations for some of them; every other backend runs them through their
-procedures.
+Runtime, IREE and NumPy backends learn native translations for some of them; every other backend runs them through
+their procedures.
 """
 
 from __future__ import annotations
@@ -31,9 +31,14 @@ def slope_procedures() -> dict[str, Callable]:
 
 @hookimpl
 def slope_translations(backend: Any) -> dict[str, Callable] | None:
-    """ONNX nodes for the operators on onnxruntime; NumPy expressions for some on numpy."""
+    """ONNX nodes for the operators on onnxruntime; StableHLO for all of them (and for conv, until slope-iree takes
+    that translation) on iree; NumPy expressions for some on numpy."""
     if backend.name == "onnxruntime":
         from .onnx_translations import translations
+
+        return translations
+    if backend.name == "iree":
+        from .iree_translations import translations
 
         return translations
     if backend.name == "numpy":
