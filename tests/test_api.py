@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 

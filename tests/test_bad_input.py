@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
 from slope import DTypeError, ShapeError, TransformError
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 SAME = "same"  # the reference is the same call with m = torch

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
 from slope import backend as backend_module
 from slope import operators
 from slope.backend import BoundedCache
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 

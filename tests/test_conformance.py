@@ -8,10 +8,10 @@ give through the `slope_conformance_rows` hook), so plugin authors run the same 
 from __future__ import annotations
 
 import pytest
-from slope_testing.matrix import ARGUMENTS, TRANSFORMS, cells, rows, run_cell
-from slope_testing.table import ROWS
 
 import slope
+from slope_testing.matrix import ARGUMENTS, TRANSFORMS, cells, rows, run_cell
+from slope_testing.table import ROWS
 
 # the functions registered when the tests were collected (before any test registers an in-process plugin)
 REGISTERED = sorted(set(slope.plugins.operators) | set(slope.plugins.procedures))

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 

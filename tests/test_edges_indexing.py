@@ -14,9 +14,9 @@ import warnings
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 FLOATS = ["float16", "bfloat16", "float32", "float64"]

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
+import slope
 from slope_testing import backends_under_test
 from slope_testing.checks import Data, Prepared, flat_outputs, seeded_rng
 from slope_testing.table import ROWS
-
-import slope
 
 BACKENDS = backends_under_test()
 LOW_AND_FULL = ["bfloat16", "float16", "float32"]  # bfloat16 and float16 take extra casts on onnxruntime

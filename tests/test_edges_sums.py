@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}

@@ -13,11 +13,11 @@ import warnings
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
 from slope import DTypeError, ShapeError, SlopeBackendError, SlopeTraceError, TransformError
 from slope.plugins import SlopePluginError
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 

@@ -11,6 +11,8 @@ import operator
 
 import numpy as np
 import pytest
+
+import slope
 from slope_testing import backends_under_test
 from slope_testing.checks import (
     ALL_DTYPES,
@@ -25,8 +27,6 @@ from slope_testing.checks import (
     tolerance,
 )
 from slope_testing.table import ROWS, known_failure
-
-import slope
 
 BACKENDS = backends_under_test()
 REGISTERED = sorted(set(slope.plugins.operators) | set(slope.plugins.procedures))

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 _SCRIPT = Path(__file__).parent.parent / "benchmarks" / "threads_memory.py"

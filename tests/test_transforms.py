@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slope_testing import backends_under_test
 
 import slope
+from slope_testing import backends_under_test
 
 BACKENDS = backends_under_test()
 RUN_EXPORTED = Path(__file__).parent / "standalone" / "run_exported.py"

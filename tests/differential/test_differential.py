@@ -28,7 +28,6 @@ pytest.importorskip("hypothesis", reason="the differential suite draws with hypo
 
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from slope_testing import backends_under_test  # noqa: E402
 
 import slope  # noqa: E402
 from differential.strategies import (  # noqa: E402
@@ -51,6 +50,7 @@ from differential.strategies import (  # noqa: E402
     values,
 )
 from differential.table import ENTRIES, Entry  # noqa: E402
+from slope_testing import backends_under_test  # noqa: E402
 
 BACKENDS = backends_under_test()
 # the functions registered when the tests were collected (before any test registers an in-process plugin)

@@ -12,11 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import slope  # noqa: E402 - after the path setup, like the helpers
 
-BACKENDS = [name for name in ("onnxruntime", "iree", "numpy") if name in slope.plugins.backends]
+try:  # slope-testing's choice (iree is opt-in: SLOPE_TEST_BACKENDS=all); every installed backend without it
+    from slope_testing import backends_under_test  # noqa: E402
+
+    BACKENDS = backends_under_test()
+except ImportError:
+    BACKENDS = sorted(slope.plugins.backends)
 
 
 @pytest.fixture(params=BACKENDS)
 def each_backend(request):
-    """Run the test once on every installed backend (onnxruntime, iree and numpy)."""
+    """Run the test once on every backend under test (iree only with SLOPE_TEST_BACKENDS=all or =iree)."""
     with slope.use_backend(request.param):
         yield request.param

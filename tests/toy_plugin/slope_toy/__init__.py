@@ -80,6 +80,7 @@ def slope_translations(backend: Any) -> dict | None:
 def slope_conformance_rows() -> list:
     """smooth_abs's row: the conformance matrix (slope-testing) runs it on every backend, like Slope's own."""
     import numpy as np
+
     from slope_testing import FLOATS, Case, Data, Row
 
     return [Row("smooth_abs", [Case([Data()], lambda x: np.sqrt(x * x + 0.01))], dtypes=FLOATS)]

@@ -26,10 +26,10 @@ import weakref
 from typing import Any, Callable
 
 import numpy as np
-from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
 
 import slope
 from slope import Aval, Instruction, Var
+from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
 
 from .operators import lowest
 
