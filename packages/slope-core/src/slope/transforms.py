@@ -8,15 +8,12 @@ from typing import Any, Callable, Sequence
 
 from . import backend as backend_module
 from . import tree
+from .errors import TransformError
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
-
-
-class TransformError(ValueError):
-    """A transformation used in a way it cannot support."""
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
