@@ -150,3 +150,34 @@ def test_transposed_factors_fold_into_the_matrix_product():
     c, d = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (2, 5, 4)])
     expected = np.swapaxes(c @ np.swapaxes(d, -1, -2), -1, -2)
     np.testing.assert_allclose(batched(slope.tensor(c), slope.tensor(d)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jitted_scatter_leaves_its_input_unchanged():
+    # IREE scatters into its operand's buffer in place: scattering into x itself changed the caller's tensor
+    x = slope.tensor(np.zeros((3, 4), np.float32))
+    index, updates = slope.tensor(np.array([[0], [2], [0]])), slope.tensor(np.ones((3, 4), np.float32))
+    f = slope.jit(lambda x, i, u: slope.scatter_nd(x, i, u))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(x, index, updates).numpy()[:, 0], [2.0, 0.0, 1.0])
+        np.testing.assert_array_equal(x.numpy(), np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_jitted_half_chain_rounds_after_every_operator_as_pytorch(dtype):
+    # IREE drops a convert to a half type followed by the next operator's convert back: the rounding between
+    # operators must survive (PyTorch rounds after each)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=2000) * 1000, rng.normal(size=2000), rng.normal(size=2000)
+
+    def f(a, b, c):
+        return slope.floor(a / b) * c + slope.sin(a) * b
+
+    def as_torch(a):
+        return torch.tensor(a).to(getattr(torch, dtype))
+
+    expected = (torch.floor(as_torch(x) / as_torch(y)) * as_torch(z) + torch.sin(as_torch(x)) * as_torch(y)).double()
+    jitted = slope.jit(f)(*(slope.tensor(a).astype(dtype) for a in (x, y, z)))
+    np.testing.assert_array_equal(jitted.astype("float64").numpy(), expected.numpy())
+    tiny = slope.tensor(np.array([3e-5, 1e-6, 5e-8])).astype("float16")  # float16 subnormals stay
+    np.testing.assert_array_equal(slope.jit(lambda a: (a * 0.5) * 2.0)(tiny).numpy(), (tiny * 0.5 * 2.0).numpy())

@@ -82,6 +82,7 @@ class Function:
         self.lines: list[str] = []
         self.avals: dict[str, Aval] = {}
         self.checks: list[tuple[str, str]] = []  # (i1 scalar that is true when something is wrong, the error message)
+        self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
         self._count = 0
@@ -121,7 +122,9 @@ class Function:
 
     def binary(self, op: str, x: str, y: str) -> str:
         """`stablehlo.<op> x, y` of two operands of one type."""
-        return self.emit(f"stablehlo.{op} {x}, {y} : {self.type(x)}", self.avals[x])
+        name = self.emit(f"stablehlo.{op} {x}, {y} : {self.type(x)}", self.avals[x])
+        self.producers[name] = op
+        return name
 
     def compare(self, direction: str, x: str, y: str) -> str:
         """`x <direction> y` (EQ, NE, LT, LE, GT, GE) element by element, as bools; NaN compares unequal."""
@@ -136,6 +139,9 @@ class Function:
         aval = self.avals[x]
         if aval.dtype == dtype:
             return x
+        if aval.dtype == slope.float64 and dtype.name in _HALF:
+            # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
+            x = self.unary("convert", x, Aval(aval.shape, slope.float32))
         return self.unary("convert", x, Aval(aval.shape, dtype))
 
     def select(self, condition: str, x: str, y: str) -> str:
@@ -346,12 +352,64 @@ def in_float32(fn: Function, inputs: list[str], dtype: DType, compute: Callable[
     """`compute(*inputs)`, with float16/bfloat16 inputs computed in float32 and rounded once at the end."""
     if dtype.name not in _HALF:
         return compute(*inputs)
-    return fn.convert(compute(*[fn.convert(x, slope.float32) for x in inputs]), dtype)
+    return rounded(fn, compute(*[fn.convert(x, slope.float32) for x in inputs]), dtype)
+
+
+_PRECISION = {"bfloat16": "e8m7"}  # (float16's e5m10 would flush its subnormals to zero)
+
+
+def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
+    """float32 x rounded (to nearest, ties to even) to a float16/bfloat16 value, still in float32: the mantissa by
+    integer operations on its bits (NaN kept), float16's subnormal range by scaling."""
+    shape = fn.avals[x].shape
+    drop = 16 if dtype == slope.bfloat16 else 13  # mantissa bits float32 has beyond the half type's
+    bits = fn.unary("bitcast_convert", x, Aval(shape, slope.int32))
+    lowest = fn.binary("and", fn.binary("shift_right_logical", bits, fn.like(drop, bits)), fn.like(1, bits))
+    bits = fn.binary("add", fn.binary("add", bits, fn.like((1 << (drop - 1)) - 1, bits)), lowest)
+    bits = fn.binary("and", bits, fn.like(-(1 << drop), bits))
+    result = fn.unary("bitcast_convert", bits, Aval(shape, slope.float32))
+    result = fn.select(fn.compare("NE", x, x), x, result)
+    if dtype == slope.float16:  # below 2**-14 float16 is subnormal: multiples of 2**-24 (scaled by 2**24 exactly)
+        steps = fn.unary("round_nearest_even", fn.binary("multiply", x, fn.like(2.0**24, x)))
+        tiny = fn.compare("LT", fn.unary("abs", x), fn.like(2.0**-14, x))
+        result = fn.select(tiny, fn.binary("multiply", steps, fn.like(2.0**-24, x)), result)
+    return result
+
+
+def rounded(fn: Function, x: str, dtype: DType) -> str:
+    """float32 x rounded to float16/bfloat16: IREE drops a convert to a half type followed by a convert back (the next
+    operator's), which would skip the rounding between operators; reduce_precision keeps it."""
+    if fn.avals[x].dtype != slope.float32 or dtype.name not in _HALF:
+        return fn.convert(x, dtype)
+    if fn.dynamic or dtype.name not in _PRECISION:
+        # IREE 3.13 crashes on a reduce_precision of dynamic shape ("could not reify")
+        return fn.convert(_rounded_bits(fn, x, dtype), dtype)
+    x = fn.emit(f"stablehlo.reduce_precision {x}, format = {_PRECISION[dtype.name]} : {fn.type(x)}", fn.avals[x])
+    return fn.convert(x, dtype)
+
+
+def in_float64(fn: Function, inputs: list[str], dtype: DType, compute: Callable[..., str]) -> str:
+    """`compute(*inputs)` in float64, rounded once to `dtype`: for functions whose narrower IREE kernels are not
+    accurate enough (float64 ones are libm's)."""
+    result = compute(*[fn.convert(x, slope.float64) for x in inputs])
+    if dtype.name in _HALF:  # through float32, as PyTorch converts
+        return rounded(fn, fn.convert(result, slope.float32), dtype)
+    return fn.convert(result, dtype)
 
 
 def _unary(op: str) -> Callable:
     def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
         return in_float32(fn, inputs, _out(instruction).dtype, lambda x: fn.unary(op, x))
+
+    return translate
+
+
+def _periodic(op: str) -> Callable:
+    """sin and cos in float64 for every float dtype: IREE's float32 kernels reduce large arguments badly (cos(30000)
+    is 7e-4 off, and cos of 1e38 inf); float64 calls libm."""
+
+    def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+        return in_float64(fn, inputs, _out(instruction).dtype, lambda x: fn.unary(op, x))
 
     return translate
 
@@ -410,6 +468,58 @@ def _div(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     return safe_int_div(fn, *inputs)
 
 
+def _float_pow(fn: Function, x: str, y: str) -> str:
+    """x ** y by C's rules (as PyTorch): IREE's power is exp(y log x), NaN for every negative base and for 1 ** nan;
+    so |x| ** y, negated for a negative base and an odd integer y, NaN for a negative base and a non-integer y,
+    and 1 where y is 0 or x is 1, or x is -1 and y infinite."""
+    magnitude = fn.binary("power", fn.unary("abs", x), y)
+    zero, one, two = fn.like(0.0, x), fn.like(1.0, x), fn.like(2.0, x)
+    integral = fn.compare("EQ", fn.unary("floor", y), y)
+    half = fn.binary("divide", y, two)
+    odd = fn.binary("and", integral, fn.compare("NE", fn.unary("floor", half), half))
+    bits = fn.unary("bitcast_convert", x, Aval(fn.avals[x].shape, slope.int64))  # x is float64 here
+    negative = fn.compare("LT", bits, fn.like(0, bits))  # the sign bit: -0.0 too (-0.0 ** -3 is -inf)
+    infinite_y = fn.compare("EQ", fn.unary("abs", y), fn.like(math.inf, y))
+    result = fn.select(fn.binary("and", negative, odd), fn.unary("negate", magnitude), magnitude)
+    invalid = fn.binary("and", negative, fn.unary("not", fn.binary("or", integral, infinite_y)))
+    result = fn.select(invalid, fn.like(math.nan, x), result)
+    unit = fn.binary("or", fn.compare("EQ", y, zero), fn.compare("EQ", x, one))
+    unit = fn.binary("or", unit, fn.binary("and", fn.compare("EQ", x, fn.like(-1.0, x)), infinite_y))
+    return fn.select(unit, one, result)
+
+
+def _int_pow(fn: Function, x: str, y: str) -> str:
+    """Integer x ** y by squaring and multiplying, wrapping around (IREE's integer power stops early: 9 ** 68 gave
+    6561); a negative y gives x ** (y mod 2) where |x| is 1, else 0 (PyTorch's rule)."""
+    dtype = fn.avals[x].dtype
+    signed = dtype.kind == "int"
+    one = fn.like(1, y)
+    negative = None
+    if signed:
+        negative = fn.compare("LT", y, fn.like(0, y))
+        y = fn.select(negative, fn.binary("and", y, one), y)
+    result, power = fn.like(1, x), x
+    bits = dtype.bits - signed
+    for bit in range(bits):
+        odd = fn.compare("EQ", fn.binary("and", y, one), one)
+        result = fn.select(odd, fn.binary("multiply", result, power), result)
+        if bit < bits - 1:
+            power = fn.binary("multiply", power, power)
+            y = fn.binary("shift_right_logical", y, one)
+    if negative is not None:
+        unit = fn.binary("or", fn.compare("EQ", x, fn.like(1, x)), fn.compare("EQ", x, fn.like(-1, x)))
+        result = fn.select(fn.binary("and", negative, fn.unary("not", unit)), fn.like(0, x), result)
+    return result
+
+
+def _pow(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """x ** y: floats in float64 (rounded once for narrower dtypes) with C's special cases, integers wrapping."""
+    dtype = _out(instruction).dtype
+    if dtype.is_float:
+        return in_float64(fn, inputs, dtype, lambda x, y: _float_pow(fn, x, y))
+    return _int_pow(fn, *inputs)
+
+
 def _fmod(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     dtype = _out(instruction).dtype
     if dtype.is_float:  # StableHLO's remainder is C's fmod: the dividend's sign
@@ -439,6 +549,10 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
+    if fn.producers.get(x) == "multiply" and not fn.dynamic:
+        # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
+        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
+        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     if out.dtype != slope.float64 or count <= SUM_BLOCK:
         return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
     kept = [d for d in range(len(shape)) if d not in dim]
@@ -628,6 +742,10 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
         total = fn.reduce(updates, combine, False if combine == "or" else 0, range(batch))
         return fn.binary(combine, x, total)
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
+    # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
+    # caller's (a jitted function's input came back changed)
+    target = x
+    x = fn.constant(False if combine == "or" else 0, out)
     window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     scalar = tensor_type(Aval((), out.dtype))
@@ -639,7 +757,7 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
             f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
             f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
             f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
-    return fn.emit(text, out)
+    return fn.binary(combine, target, fn.emit(text, out))
 
 
 # operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones
@@ -652,8 +770,8 @@ DYNAMIC_SAFE = frozenset(
 translations: dict[str, Callable] = {
     "exp": _unary("exponential"),
     "log": _unary("log"),
-    "sin": _unary("sine"),
-    "cos": _unary("cosine"),
+    "sin": _periodic("sine"),
+    "cos": _periodic("cosine"),
     "sqrt": _unary("sqrt"),
     "tanh": _unary("tanh"),
     "floor": _unary("floor"),
@@ -666,7 +784,7 @@ translations: dict[str, Callable] = {
     "sub": _binary("subtract"),
     "mul": _binary("multiply", on_bools="and"),
     "div": _div,
-    "pow": _binary("power"),  # integers: wraps around; a negative exponent gives 0 unless |x| is 1 (checked)
+    "pow": _pow,
     "fmod": _fmod,
     "maximum": _binary("maximum", on_bools="or"),
     "equal": _compare("EQ"),
