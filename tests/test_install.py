@@ -33,6 +33,7 @@ EXTRAS = {  # extra -> the backends it must provide
     "onnx": ["onnxruntime"],
     "nn": ["onnxruntime"],
     "all": ["numpy", "onnxruntime"],
+    "testing": [],  # the conformance kit alone: no backend
 }
 if (ROOT / "packages" / "slope-iree").is_dir():
     EXTRAS["iree"] = ["iree"]
@@ -50,6 +51,9 @@ for name in sorted(slope.plugins.backends):
         jitted = slope.jit(lambda x: (x * 2.0).exp().sum())(x).item()
         results[name] = [grad, jitted]
 nn = slope.nn.Linear(3, 2) if WITH_NN else None
+if WITH_TESTING:
+    import slope.testing
+    assert slope.testing.ROWS
 print(json.dumps({"version": slope.__version__, "results": results, "nn": nn is not None}))
 """
 
@@ -110,7 +114,7 @@ def _install_and_check(extra: str, wheels: Path, third_party: Path, folder: Path
                "--find-links", str(wheels), f"slope-core[{extra}]"]  # fmt: skip
     done = subprocess.run(install, capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert done.returncode == 0, f"[{extra}] " + done.stdout + done.stderr
-    code = CHECK.replace("WITH_NN", str(extra in ("nn", "all")))
+    code = CHECK.replace("WITH_NN", str(extra in ("nn", "all"))).replace("WITH_TESTING", str(extra == "testing"))
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert done.returncode == 0, f"[{extra}] " + done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])

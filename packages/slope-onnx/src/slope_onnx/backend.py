@@ -21,9 +21,27 @@ from slope import Backend, Executable, Program
 onnx: Any = None
 ort: Any = None
 ort_c: Any = None
-build_model: Any = None
-element_type: Any = None
-for_cpu_session: Any = None
+
+
+def build_model(program: Program, translations: dict[str, Callable]) -> tuple:
+    """`graph.build_model` (imported here: graph.py needs onnx)."""
+    from .graph import build_model
+
+    return build_model(program, translations)
+
+
+def element_type(dtype: slope.DType) -> int:
+    """`graph.element_type` (imported here: graph.py needs onnx)."""
+    from .graph import element_type
+
+    return element_type(dtype)
+
+
+def for_cpu_session(model: Any) -> Any:
+    """`cpu_rewrites.for_cpu_session` (imported here: cpu_rewrites.py needs onnx)."""
+    from .cpu_rewrites import for_cpu_session
+
+    return for_cpu_session(model)
 
 
 def _onnxruntime_conflict() -> str:
@@ -45,7 +63,7 @@ def _onnxruntime_conflict() -> str:
 
 def _load_libraries() -> None:
     """Import onnx and onnxruntime into this module, and give OnnxBackend its translations."""
-    global onnx, ort, ort_c, build_model, element_type, for_cpu_session
+    global onnx, ort, ort_c
     if ort_c is not None:
         return
     conflict = _onnxruntime_conflict()
@@ -58,8 +76,6 @@ def _load_libraries() -> None:
     except ImportError as error:
         raise slope.SlopeBackendError(f"slope: onnxruntime failed to import ({error}) {conflict}".strip()) from None
 
-    from .cpu_rewrites import for_cpu_session
-    from .graph import build_model, element_type
     from .translate import translations
 
     OnnxBackend.translations = translations
