@@ -1,5 +1,4 @@
-"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage; `slope
-cache [clear]` shows (empties) the compile caches."""
+"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage."""
 
 from __future__ import annotations
 
@@ -63,18 +62,18 @@ def info(verbose: bool = False, data: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def cache(clear: bool = False) -> str:
-    """The size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
+def cache(clear: bool = False) -> int:
+    """`slope cache`: prints the size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
     from slope import plugins
 
     root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # as the backends read it
-    lines = [f"compile caches in {root}" + (" (cleared)" if clear else "")]
+    print(f"compile caches in {root}" + (" (cleared)" if clear else ""))
     for folder in sorted(os.path.join(root, name) for name in plugins.backends):  # (SLOPE_CACHE_DIR may hold more)
         sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
-        lines.append(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
+        print(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
         if clear:
             shutil.rmtree(folder, ignore_errors=True)
-    return "\n".join(lines)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     cache_parser = sub.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
     cache_parser.add_argument("action", nargs="?", choices=["clear"])
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        return cache(args.action == "clear")
     if args.command == "info":
         data = report()
         print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))
         return 0 if data["default_backend"] else 1
-    if args.command == "cache":
-        print(cache(args.action == "clear"))
-        return 0
     parser.print_help()
     return 1

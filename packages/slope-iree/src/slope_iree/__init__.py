@@ -4,5 +4,5 @@ import slope  # noqa: F401 - first: importing slope loads this plugin, which nee
 
 from .backend import IreeBackend
 
-__all__ = ["IreeBackend"]
 __version__ = "0.1.0"
+__all__ = ["IreeBackend", "__version__"]
