@@ -209,6 +209,8 @@ class Rounding(Unary):
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
+        if x.dtype == dtypes.bool_:
+            raise self.dtype_error(f"expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
         return bind(self, x) if x.dtype.is_float else x
 
 
@@ -315,6 +317,14 @@ class Div(Binary):
 
     name = "div"
 
+    def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+        if type(x) is Tensor and type(y) is Tensor and x.aval == y.aval and x.dtype.is_float:
+            return bind(self, x, y)  # the eager fast path of x / y
+        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
+        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
+        return bind(self, x, y)
+
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
@@ -356,16 +366,11 @@ class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
     name = "fmod"
+    __call__ = Div.__call__
 
-    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
-        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
-        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
-            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
-        return super().__call__(x, y)
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
-        out = fmod(*primals)
-        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
+        quotient = div(*primals)
+        return [fmod(*primals)], [sub(tangents[0], mul(tangents[1], sub(quotient, fmod(quotient, 1.0))))]
 
 
 class Maximum(Binary):
@@ -722,8 +727,9 @@ class Arange(Operator):
             dtype = dtypes.default_int if is_int else dtypes.default_float
         dtype = dtypes.as_dtype(dtype)
         numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in (start, stop, step))
-        if not numbers or step == 0 or (stop - start) * step < 0:
-            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r}")
+        fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in (start, stop, step))  # no bool
+        if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
+            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:

@@ -86,8 +86,10 @@ def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     """`steps` evenly spaced values from start to end inclusive."""
     dtype, (steps,) = _dtype(dtype), ops.ints("linspace", steps, "steps", 0, 1)
-    if steps == 1:
-        return ops.full((1,), start, dtype)
+    if dtype == dtypes.bool_ and steps > 1:
+        raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
+    if steps <= 1:
+        return ops.full((steps,), start, dtype)
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
 
 
@@ -123,14 +125,16 @@ def neg(x: Any) -> Tensor:
 
 
 def sign(x: Any) -> Tensor:
-    """-1, 0 or 1 by the sign of x."""
+    """-1, 0 or 1 by the sign of x (a bool is its own sign, as in PyTorch)."""
     x = as_tensor(x)
-    return cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
+    return x if x.dtype == dtypes.bool_ else cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
 
 
 def abs_(x: Any) -> Tensor:
     """|x|."""
     x = as_tensor(x)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.abs: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
     return x * sign(x)
 
 
@@ -166,8 +170,8 @@ def rsqrt(x: Any) -> Tensor:
 
 
 def square(x: Any) -> Tensor:
-    """x * x."""
-    x = as_tensor(x)
+    """x * x (bools as int64, as PyTorch's x ** 2)."""
+    x = as_tensor(x, dtypes.int64 if getattr(x, "dtype", None) == dtypes.bool_ else None)
     return x * x
 
 
@@ -254,6 +258,10 @@ def isinf(x: Any) -> Tensor:
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
     """x limited to [min, max] (gradient 1 inside and on the bounds, and NaN for a NaN bound, as PyTorch)."""
     x = as_tensor(x)
+    if min is None and max is None:
+        raise ValueError("slope.clip: at least one of min and max must be given (as in PyTorch)")
+    if isinstance(min, Tensor) and max is not None:  # where min >= max, min's gradient is 0 (PyTorch's rule)
+        min = where(min < max, min, ops.stop_gradient(min))  # noqa: A001
     for bound, outside in ((min, ops.less), (max, ops.greater)):
         if bound is not None:
             value, x = coerce("clip", bound, x)
@@ -321,17 +329,21 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Whether all elements are true."""
+    """Whether all elements are true (uint8 for uint8 input, as in PyTorch; bool for the others)."""
     normalize_dims("all", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as all's
-    return logical_not(any_(logical_not(x), dim, keepdim))
+    return _like_uint8(x, logical_not(any_(logical_not(x), dim, keepdim)))
+
+
+def _like_uint8(x: Any, result: Tensor) -> Tensor:
+    return cast(result, dtypes.uint8) if getattr(x, "dtype", None) == dtypes.uint8 else result
 
 
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Whether any element is true."""
-    x = cast(as_tensor(x), dtypes.bool_)
+    """Whether any element is true (uint8 for uint8 input, as in PyTorch; bool for the others)."""
+    x, given = cast(as_tensor(x), dtypes.bool_), x
     normalize_dims("any", dim, x.ndim, empty_means_all=True)
     no_dims = isinstance(dim, (tuple, list)) and not dim  # reduce nothing, as in PyTorch (whose sum reduces all)
-    return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
+    return _like_uint8(given, x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0)
 
 
 def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
@@ -342,7 +354,9 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
 
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    dims = normalize_dims(name, None if dim is None else ops.ints(name, dim, "dim", count=1), x.ndim)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    dims = normalize_dims(name, None if dim is None else ops.ints(name, [dim], "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
     values = values if name == "argmax" else _reverse_order(values)
@@ -401,8 +415,12 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     """x with one dimension split into sizes."""
     x = as_tensor(x)
-    dim = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True)
-    return x.reshape((*x.shape[:dim], *ops.ints("unflatten", sizes, "sizes"), *x.shape[dim + 1 :]))
+    dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
+    known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
+    sizes = tuple(x.shape[dim] // known if s == -1 and known else s for s in sizes)
+    if math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:
+        raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
+    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
 
 
 def squeeze(x: Any, dim: Any = None) -> Tensor:
@@ -515,7 +533,8 @@ def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x = as_tensor(x)
     index = index if isinstance(index, tuple) else (index,)
-    items = [np.asarray(i) if isinstance(i, (list, bool, np.bool_)) else i for i in index]  # Python bools are masks
+    # Python bools are masks; [] selects nothing (NumPy would make it a float index)
+    items = [np.asarray(i, int if i == [] else None) if isinstance(i, (list, bool, np.bool_)) else i for i in index]
     consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")

