@@ -8,8 +8,6 @@ Values are compared with PyTorch exactly (NaN with NaN) unless a tolerance is st
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -54,7 +52,8 @@ def test_fmod_gradient_in_y_uses_the_rounded_quotient(backend):
 
 
 @pytest.mark.parametrize(
-    "x,lo,hi", [([-1.5, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]), ([-1.5, 3.0, 0.5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])]
+    "x,lo,hi",
+    [([-1.5, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]), ([-1.5, 3.0, 0.5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])],
 )
 def test_clamp_gradient_where_min_is_not_below_max(backend, x, lo, hi):
     def f(x, lo, hi):
@@ -118,3 +117,26 @@ def test_arange_refuses_fractions_for_integer_dtypes(backend):
     with pytest.raises(ValueError, match="slope.arange"):
         slope.arange(0, 2.5, 0.5, dtype="int32")
     same(slope.arange(3, 0.1, -0.1, dtype="float16"), torch.arange(3, 0.1, -0.1, dtype=torch.float16))
+
+
+# ----------------------------------------------------------------------------------------------- std
+
+
+@pytest.mark.parametrize(
+    "values,dtype",
+    [([0.0, 0.0, 1e20], "float32"), ([1e30, -1e30, 3e30], "float32"), ([0.0, -3.05e-5], "float16"),
+     ([1e-3, 2e-3, 5e-3], "bfloat16"), ([2.0, 2.0, 2.0], "float64")],
+)  # fmt: skip
+def test_std_cannot_overflow_and_rounds_once(backend, values, dtype):
+    x = slope.tensor(values).astype(dtype)
+    expected = torch.tensor(values, dtype=torch.float64).to(getattr(torch, dtype)).std()
+    same(x.std(), expected, rtol={"float32": 1e-6, "float64": 1e-12}.get(dtype, 1e-2))
+    assert x.std().dtype == x.dtype
+
+
+def test_std_gradient_with_scaling(backend):
+    values = np.array([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]], dtype=np.float64)
+    g = slope.grad(lambda x: (x.std(1) * slope.tensor([1.0, 2.0], dtype="float64")).sum())(slope.tensor(values))
+    leaf = torch.tensor(values, requires_grad=True)
+    (leaf.std(1) * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum().backward()
+    same(g, leaf.grad, rtol=1e-12)

@@ -287,19 +287,28 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
-    x = _float(x)
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    wide = cast(x, _wide(x.dtype))
-    count, centered = _count("var", x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
-    return cast(ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0)), x.dtype)
+    return _spread("var", x, dim, correction if unbiased is None else int(unbiased), keepdim)
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Standard deviation (whose gradient is 0 where it is 0, as in PyTorch)."""
-    normalize_dims("std", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as std's
-    variance = var(x, dim, correction, keepdim, unbiased)
-    return where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
+    """Standard deviation (float16 and bfloat16 computed in float32 and rounded once; gradient 0 where it is 0, as in
+    PyTorch)."""
+    return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+
+
+def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
+    x = _float(x)
+    wide = cast(x, _wide(x.dtype))
+    count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
+    scale = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True)) if name == "std" and count else None
+    if scale is not None:  # std divides by the largest deviation, so no square overflows where std itself does not
+        scale = where(scale == 0.0, 1.0, scale)
+        centered = centered / scale
+    variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
+    if name == "var":
+        return cast(variance, x.dtype)
+    root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
+    return cast(root if scale is None else root * scale.reshape(root.shape), x.dtype)
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
