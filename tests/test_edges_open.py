@@ -8,6 +8,8 @@ Values are compared with PyTorch exactly (NaN with NaN) unless a tolerance is st
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,45 @@ def test_std_gradient_with_scaling(backend):
     leaf = torch.tensor(values, requires_grad=True)
     (leaf.std(1) * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum().backward()
     same(g, leaf.grad, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- creation
+
+FILL_VALUES = [True, -3, 0.5, -2.5, 1e300, math.inf, math.nan, 2**40, -(2**63), 2**63, 255, 256, -255, -256]
+DTYPES = ["float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", FILL_VALUES)
+def test_full_takes_and_refuses_values_as_pytorch(backend, value, dtype):
+    try:  # PyTorch's check for tensors of more than one element (Slope checks every shape)
+        expected = torch.full((2,), value, dtype=getattr(torch, dtype))
+    except (RuntimeError, OverflowError):
+        with pytest.raises(ValueError, match="slope.full"):
+            slope.full((2,), value, dtype=dtype)
+        return
+    for fill in (
+        lambda: slope.full((2,), value, dtype=dtype),
+        lambda: slope.full_like(slope.ones(2, dtype=dtype), value),
+    ):
+        out = fill()
+        assert out.dtype == slope.dtypes.as_dtype(dtype)
+        same(out, expected)
+
+
+@pytest.mark.parametrize("data", [[-2], [-255, 3], [True, -2], -2, [-256], [300], [-1.5], [2**63]])
+def test_tensor_wraps_negative_ints_into_unsigned_as_pytorch(backend, data):
+    try:
+        expected = torch.tensor(data, dtype=torch.uint8)
+    except (RuntimeError, ValueError):
+        with pytest.raises(ValueError, match="slope.tensor"):
+            slope.tensor(data, dtype="uint8")
+        return
+    same(slope.tensor(data, dtype="uint8"), expected)
+
+
+@pytest.mark.parametrize("low,high,dtype", [(4, 8, "bool"), (0, 3, "bool"), (-1, 3, "uint8"), (0, 257, "uint8")])
+def test_randint_bounds_outside_the_dtype_are_refused(backend, low, high, dtype):
+    with pytest.raises(ValueError, match="randint"):
+        slope.randint(low, high, (2,), dtype=dtype)
+    assert slope.randint(0, 2, (3,), dtype="bool").dtype == slope.bool_

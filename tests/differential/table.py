@@ -1078,7 +1078,19 @@ def full_layout(draw: Any) -> Layout:
     return layout(shape, draw(PYTHON_VALUES))
 
 
-add(Entry("full", full_layout(), torch.full, dtypes=ALL, dtype_arg=True, grad="no tensor inputs"))
+def checked_fill(torch_fn: Callable) -> Callable:
+    """PyTorch's full/full_like, whose range check of the value (finite floats must fit, integers wrap into unsigned
+    dtypes from -max) Slope applies to every shape; PyTorch skips it for tensors of one element (README)."""
+
+    def call(first: Any, value: Any, **kwargs: Any) -> torch.Tensor:
+        dtype = kwargs.get("dtype") or (first.dtype if isinstance(first, torch.Tensor) else None)
+        torch.full((2,), value, dtype=dtype)
+        return torch_fn(first, value, **kwargs)
+
+    return call
+
+
+add(Entry("full", full_layout(), checked_fill(torch.full), dtypes=ALL, dtype_arg=True, grad="no tensor inputs"))
 add(
     Entry(
         "zeros",
@@ -1196,7 +1208,15 @@ def like_layout(draw: Any, value: bool = False) -> Layout:
     return layout(*args)
 
 
-add(Entry("full_like", like_layout(value=True), torch.full_like, dtypes=ALL, grad="constant output: no gradient"))
+add(
+    Entry(
+        "full_like",
+        like_layout(value=True),
+        checked_fill(torch.full_like),
+        dtypes=ALL,
+        grad="constant output: no gradient",
+    )
+)
 add(Entry("zeros_like", like_layout(), torch.zeros_like, dtypes=ALL, grad="constant output: no gradient"))
 add(Entry("ones_like", like_layout(), torch.ones_like, dtypes=ALL, grad="constant output: no gradient"))
 
@@ -1335,10 +1355,6 @@ KNOWN_OPEN = {
     " (inserted zeros times inf); a bias of the wrong size is accepted; a batch-less input is refused",
     ("gelu", "numpy", "forward"): "NEW (PyTorch overflows): bfloat16 gelu(3.39e38) is x in Slope, inf in PyTorch"
     " (x * (1 + erf) overflows in its float32 intermediate)",
-    ("full", "*", "forward"): OUT_OF_RANGE,
-    ("full_like", "numpy", "forward"): OUT_OF_RANGE,
-    ("tensor", "onnxruntime", "forward"): OUT_OF_RANGE,
-    ("randint", "numpy", "forward"): P15 + ": randint with bounds outside the dtype (bool, uint8 < 0) is accepted",
     ("log_softmax", "onnxruntime", "forward"): "NEW: log_softmax of a finite element beside +inf is -inf (PyTorch:"
     " NaN) in float64 on onnxruntime",
     ("one_hot", "*", "forward"): "NEW: one_hot of bool classes is accepted (PyTorch: int64 only, Slope: integers)",

@@ -209,9 +209,7 @@ class Rounding(Unary):
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
-        if x.dtype == dtypes.bool_:
-            raise self.dtype_error(f"expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
-        return bind(self, x) if x.dtype.is_float else x
+        return x if x.dtype.is_int else bind(self, x)  # bools are refused by infer, as in PyTorch
 
 
 class Invert(Unary):
@@ -366,7 +364,7 @@ class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
     name = "fmod"
-    __call__ = Div.__call__
+    __call__ = functools.partialmethod(Div.__call__, name="fmod")
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
         quotient = div(*primals)
@@ -699,9 +697,15 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     value = value.item() if isinstance(value, Tensor) else value
     if isinstance(value, str) or not np.isscalar(value):
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
-    if dtype.is_int and not np.iinfo(dtype.numpy).min <= value <= np.iinfo(dtype.numpy).max:  # NaN fails too
+    if dtype == dtypes.bool_:
+        return bool(value)
+    # PyTorch's ranges: ints wrap into unsigned dtypes from -max (-2 is 254 in uint8); finite floats cannot overflow
+    high = float(np.finfo(dtype.numpy).max) if dtype.is_float else int(np.iinfo(dtype.numpy).max)
+    symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))
+    low = -high if symmetric else int(np.iinfo(dtype.numpy).min)
+    if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # NaN does not fit integers
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
-    return float(value) if dtype.is_float else bool(value) if dtype == dtypes.bool_ else int(value)
+    return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
 
 class Full(Operator):

@@ -54,7 +54,11 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     try:
         array = np.array(data, dtype=dtype.numpy, order="C")
     except (OverflowError, ValueError) as error:  # NumPy's words for ints out of range, NaN or inf into an int
-        raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+        ints = np.asarray(data) if dtype.kind == "uint" else np.zeros(0)  # PyTorch: ints from -max wrap (-2 is 254)
+        high = np.iinfo(dtype.numpy).max if ints.dtype.kind in "iu" else -1  # -1: nothing fits
+        if not -high <= ints.min(initial=0) <= ints.max(initial=0) <= high:
+            raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+        array = ints.astype(dtype.numpy)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
@@ -190,7 +194,7 @@ def true_divide(x: Any, y: Any) -> Tensor:
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, y = coerce(name, x, y)
-    mod = ops.fmod(x, y, name)
+    mod = ops.fmod(x, y, name=name)
     return x, y, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
