@@ -923,13 +923,32 @@ def conv_layout(draw: Any, transpose: bool = False) -> Layout:
     return layout(T(x), T(w), bias, **kwargs)
 
 
+def floats_only(x: torch.Tensor, w: torch.Tensor) -> None:
+    """Slope's convolutions take floating-point tensors only, where PyTorch's CPU kernels also compute integer ones
+    (README, Differences from PyTorch)."""
+    if not (x.dtype.is_floating_point and w.dtype.is_floating_point):
+        raise TypeError(f"Slope: convolutions of {x.dtype} and {w.dtype} are refused")
+
+
 def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
-    """F.convNd, N from the weight (a batch-less input is (C, *spatial), as in PyTorch)."""
+    """F.convNd, N from the weight (a batch-less input is (C, *spatial), as in PyTorch). bfloat16 is computed in
+    float32 and rounded, as Slope accumulates it: PyTorch's bfloat16 CPU kernel gives NaN for some windows of huge
+    values where its float32 and float64 kernels (and Slope) give finite sums (README)."""
+    floats_only(x, w)
+    if x.dtype == torch.bfloat16:
+        bias = None if bias is None else bias.float()
+        return TORCH_CONV[w.ndim - 2](x.float(), w.float(), bias, **kwargs).to(torch.bfloat16)
     return TORCH_CONV[w.ndim - 2](x, w, bias, **kwargs)
 
 
 def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
-    return TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
+    """F.conv_transposeNd; an output dimension of size 0 is an error, as PyTorch's float16 and float64 kernels say
+    (its float32 and bfloat16 ones return an empty tensor)."""
+    floats_only(x, w)
+    out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
+    if 0 in out.shape[-(w.ndim - 2) :]:
+        raise RuntimeError(f"Slope: conv_transpose output of shape {tuple(out.shape)} is too small")
+    return out
 
 
 add(Entry("conv", conv_layout(), torch_conv, dtypes=FLOATS, scale=abs_scale(torch_conv)))
@@ -967,10 +986,24 @@ def pool_layout(draw: Any, dilation: bool = True, indices: bool = False) -> Layo
 
 
 def torch_pool(kind: str) -> Callable:
-    """F.max_poolNd / F.avg_poolNd, N = the kernel's length."""
+    """F.max_poolNd / F.avg_poolNd, N = the kernel's length, with two extensions of Slope's (README, Differences from
+    PyTorch): max_pool takes integers in every dimension, as PyTorch's 2-d and 3-d kernels and its 1-d one with
+    indices do (so integers go through the latter), and a 3-d avg_pool takes float16 and bfloat16, for which PyTorch's
+    CPU has no kernel (computed here in float32 and rounded, as Slope's mean), and inputs smaller than the kernel
+    before padding, which PyTorch's 3-d kernel refuses and its 2-d one takes (computed here on the padded input)."""
 
     def call(x: torch.Tensor, kernel: Any, **kwargs: Any) -> Any:
         n = len(kernel) if isinstance(kernel, tuple) else x.ndim - 2
+        if kind == "max" and not x.dtype.is_floating_point and not kwargs.get("return_indices"):
+            return getattr(F, f"max_pool{n}d")(x, kernel, **{**kwargs, "return_indices": True})[0]
+        if kind == "avg" and n == 3:
+            try:
+                return F.avg_pool3d(x, kernel, **kwargs)
+            except (RuntimeError, NotImplementedError) as error:
+                if "smaller than kernel" not in str(error) and "not implemented" not in str(error):
+                    raise
+            padded = F.pad(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, (kwargs["padding"],) * 6)
+            return F.avg_pool3d(padded, kernel, **{**kwargs, "padding": 0}).to(x.dtype)
         return getattr(F, f"{kind}_pool{n}d")(x, kernel, **kwargs)
 
     return call
@@ -986,7 +1019,7 @@ add(
         grad=NO_GRAD_INDEX,
     )
 )
-add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS))
+add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS, widen=WIDEN_FLOAT))
 
 
 @st.composite
@@ -1037,7 +1070,13 @@ def gelu_layout(draw: Any) -> Layout:
     return layout(T(shape)) if approximate is None else layout(T(shape), approximate=approximate)
 
 
-add(Entry("gelu", gelu_layout(), F.gelu, widen=WIDEN_FLOAT))
+def torch_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """F.gelu computed in float64 and rounded: near a dtype's largest values Slope gives x, where PyTorch's float32
+    and bfloat16 kernels overflow to inf in x * (1 + erf) (README, Differences from PyTorch)."""
+    return F.gelu(x.double() if x.is_floating_point() else x, approximate=approximate).to(x.dtype)
+
+
+add(Entry("gelu", gelu_layout(), torch_gelu, widen=WIDEN_FLOAT))
 
 # ----------------------------------------------------------------------------------------------- casts
 
@@ -1344,20 +1383,6 @@ OUT_OF_RANGE = (
     " integers (full(-2, uint8) = 254) and refuses float overflow (full(2**63, float16))"
 )
 
-KNOWN_OPEN = {
-    ("avg_pool", "*", "forward"): ACCEPTS,
-    ("max_pool", "*", "forward"): ACCEPTS,
-    ("cross_entropy", "*", "forward"): ACCEPTS,
-    ("max_pool_argmax", "numpy", "forward"): "NEW: ShapeError for a window of padding only, which PyTorch accepts",
-    ("max_pool_argmax", "onnxruntime", "forward"): P2,
-    ("conv", "*", "forward"): "NEW: conv refuses integer inputs (PyTorch computes them): a difference to list, or add",
-    ("conv_transpose", "*", "forward"): "NEW: conv_transpose: an infinite weight gives NaN where PyTorch is finite"
-    " (inserted zeros times inf); a bias of the wrong size is accepted; a batch-less input is refused",
-    ("gelu", "numpy", "forward"): "NEW (PyTorch overflows): bfloat16 gelu(3.39e38) is x in Slope, inf in PyTorch"
-    " (x * (1 + erf) overflows in its float32 intermediate)",
-    ("log_softmax", "onnxruntime", "forward"): "NEW: log_softmax of a finite element beside +inf is -inf (PyTorch:"
-    " NaN) in float64 on onnxruntime",
-    ("one_hot", "*", "forward"): "NEW: one_hot of bool classes is accepted (PyTorch: int64 only, Slope: integers)",
-}
+KNOWN_OPEN = {}
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -316,12 +316,10 @@ class Div(Binary):
     name = "div"
 
     def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
-        if type(x) is Tensor and type(y) is Tensor and x.aval == y.aval and x.dtype.is_float:
-            return bind(self, x, y)  # the eager fast path of x / y
-        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
-        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
-            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
-        return bind(self, x, y)
+        out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
+        if not out.dtype.is_float and out.buffer is not None and not np.all(y.numpy() if type(y) is Tensor else y):
+            raise ZeroDivisionError(f"slope.{name}: integer division by zero")
+        return out
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
@@ -699,11 +697,10 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
     if dtype == dtypes.bool_:
         return bool(value)
-    # PyTorch's ranges: ints wrap into unsigned dtypes from -max (-2 is 254 in uint8); finite floats cannot overflow
     high = float(np.finfo(dtype.numpy).max) if dtype.is_float else int(np.iinfo(dtype.numpy).max)
-    symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))
+    symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))  # uint8: -2 is 254
     low = -high if symmetric else int(np.iinfo(dtype.numpy).min)
-    if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # NaN does not fit integers
+    if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
     return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
@@ -818,6 +815,8 @@ class Conv(Operator):
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
+        if x.ndim == w.ndim - 1 > 1:  # a batch-less input (C, *spatial), as in PyTorch
+            return self(reshape(x, (1, *x.shape)), w, bias, stride, padding, dilation, groups)[0]
         n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
         stride, dilation = ints(self.name, stride, "stride", 1, n), ints(self.name, dilation, "dilation", 1, n)
         if padding == "valid" or (padding == "same" and set(stride) <= {1}):
@@ -832,9 +831,9 @@ class Conv(Operator):
         dtype = dtypes.promote(x.dtype, w.dtype)
         out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
                    groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
-        if bias is not None:
-            out = out + reshape(as_tensor(bias), (-1,) + (1,) * n)
-        return out
+        if bias is not None and (bias := as_tensor(bias)).shape != out.shape[1:2]:
+            raise self.shape_error(f"expected a bias of shape {out.shape[1:2]} for weight {w.shape}, got {bias.shape}")
+        return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2

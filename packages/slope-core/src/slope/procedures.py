@@ -295,8 +295,7 @@ def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Standard deviation (float16 and bfloat16 computed in float32 and rounded once; gradient 0 where it is 0, as in
-    PyTorch)."""
+    """Standard deviation (float16/bfloat16 in float32, rounded once; gradient 0 where it is 0, as in PyTorch)."""
     return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
 
 

@@ -2,7 +2,7 @@
 (`f(graph, inputs, instruction) -> output name`; `NoTranslationError` lowers an instruction through its procedure).
 
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
-- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32).
+- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32; float64 through its procedure).
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
@@ -22,7 +22,7 @@ import slope
 from slope import Instruction
 from slope_onnx.graph import NoTranslationError, OnnxGraph
 
-from .operators import pooled_shape
+from .operators import padding_only_windows, pooled_shape
 
 # per graph: (input name, pooling parameters) -> (values name, indices name or None), so MaxPool nodes are shared
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -47,8 +47,8 @@ def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
 
 def _log_softmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = instruction.outputs[0].aval
-    if out.ndim == 0:  # LogSoftmax needs an axis
-        raise NoTranslationError
+    if out.ndim == 0 or out.dtype == slope.float64:  # LogSoftmax needs an axis; its float64 kernel gives a finite
+        raise NoTranslationError  # element beside +inf -inf, where PyTorch (and the procedure) give NaN
     compute = _float_compute(out.dtype)
     x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
     result = graph.node("LogSoftmax", [x], shape=out.shape, axis=instruction.params["dim"])
@@ -60,8 +60,8 @@ def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_in
     x_aval, params = instruction.inputs[0].aval, instruction.params
     kernel = params["kernel"]
     n = len(kernel)
-    if n > 3 or x_aval.size == 0:
-        raise NoTranslationError
+    if n > 3 or x_aval.size == 0 or padding_only_windows(x_aval.shape[x_aval.ndim - n :], **params) is not None:
+        raise NoTranslationError  # (PyTorch's values and indices for windows of padding only: the procedures)
     compute = _float_compute(x_aval.dtype)
     memo = _pools.setdefault(graph, {})
     key = (inputs[0], kernel, params["stride"], params["padding"], params["dilation"])
@@ -112,8 +112,21 @@ def _max_pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> 
 def _max_pool_argmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     _, indices = _pool(graph, inputs, instruction, with_indices=True)
     x_aval = instruction.inputs[0].aval
-    plane = math.prod(x_aval.shape[x_aval.ndim - len(instruction.params["kernel"]) :])
-    local = graph.node("Mod", [indices, graph.scalar(plane, slope.int64)], shape=graph.shapes[indices])
+    spatial = x_aval.shape[x_aval.ndim - len(instruction.params["kernel"]) :]
+    plane, shape = math.prod(spatial), graph.shapes[indices]
+    local = graph.node("Mod", [indices, graph.scalar(plane, slope.int64)], shape=shape)
+    if x_aval.dtype.is_float:  # MaxPool's index skips NaN; PyTorch's is a window's last NaN: the largest NaN position
+        kind = slope.float32 if plane < 2**24 else slope.float64  # positions exact in the float
+        positions = graph.constant(np.arange(plane, dtype=kind.numpy).reshape(spatial))
+        nans = graph.node("IsNaN", [inputs[0]], shape=x_aval.shape)
+        marked = graph.node("Where", [nans, positions, graph.scalar(-1.0, kind)], shape=x_aval.shape)
+        marked = graph.reshape(marked, (*shape[: len(shape) - len(spatial)], *spatial))
+        params = instruction.params
+        last = graph.node("MaxPool", [marked], shape=shape, kernel_shape=list(params["kernel"]),
+                          strides=list(params["stride"]), pads=list(params["padding"]) * 2,
+                          dilations=list(params["dilation"]))  # fmt: skip
+        found = graph.node("Not", [graph.node("Less", [last, graph.scalar(0.0, kind)], shape=shape)], shape=shape)
+        local = graph.node("Where", [found, graph.cast(last, slope.int64), local], shape=shape)
     return graph.reshape(local, instruction.outputs[0].aval.shape)
 
 
