@@ -184,3 +184,75 @@ def test_randint_bounds_outside_the_dtype_are_refused(backend, low, high, dtype)
     with pytest.raises(ValueError, match="randint"):
         slope.randint(low, high, (2,), dtype=dtype)
     assert slope.randint(0, 2, (3,), dtype="bool").dtype == slope.bool_
+
+
+# ----------------------------------------------------------------------------------------------- slope-nn
+
+F = torch.nn.functional
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kwargs",
+    [((1, 1, 3), (1, 1, 2), {"stride": 2}), ((2, 4, 5), (4, 3, 2), {"stride": 2, "padding": 1, "output_padding": 1,
+      "groups": 2}), ((1, 2, 4, 3), (2, 1, 3, 2), {"stride": (2, 1), "padding": 1, "dilation": 2}),
+     ((3, 5), (3, 2, 3), {"stride": 3})],
+)  # fmt: skip
+def test_conv_transpose_with_infinite_weights_and_without_batch(backend, x_shape, w_shape, kwargs):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    w.reshape(-1)[1] = np.inf  # PyTorch: inf or NaN only where an input element meets it, never an inserted zero
+    bias = rng.standard_normal(w_shape[1] * kwargs.get("groups", 1)).astype(np.float32)
+    n = len(w_shape) - 2
+    expected = getattr(F, f"conv_transpose{n}d")(torch.tensor(x), torch.tensor(w), torch.tensor(bias), **kwargs)
+    out = slope.conv_transpose(slope.tensor(x), slope.tensor(w), slope.tensor(bias), **kwargs)
+    same(out, expected, rtol=1e-5)
+    with pytest.raises(slope.ShapeError, match="slope.conv_transpose: expected a bias"):
+        slope.conv_transpose(slope.tensor(x), slope.tensor(w), slope.ones(7), **kwargs)
+
+
+def test_conv_takes_a_batchless_input_and_checks_its_bias(backend):
+    x, w = np.arange(12.0, dtype=np.float32).reshape(2, 6), np.ones((3, 2, 2), np.float32)
+    same(slope.conv(slope.tensor(x), slope.tensor(w)), F.conv1d(torch.tensor(x), torch.tensor(w)))
+    with pytest.raises(slope.ShapeError, match="slope.conv: expected a bias"):
+        slope.conv(slope.tensor(x), slope.tensor(w), slope.ones(1))
+
+
+def test_log_softmax_beside_inf(backend):
+    values = [[-0.5, 1e-30, 0.25], [np.inf, 1.0, -np.inf]]
+    for dtype in ("float32", "float64"):
+        expected = torch.log_softmax(torch.tensor(values, dtype=getattr(torch, dtype)), 0)
+        same(slope.log_softmax(slope.tensor(values).astype(dtype), 0), expected, rtol=1e-6)
+
+
+def test_cross_entropy_with_an_infinite_logit(backend):
+    logits, target = [[-np.inf, -7.5, 5.25]], [1]
+    for dtype in ("float32", "float64"):
+        expected = F.cross_entropy(torch.tensor(logits, dtype=getattr(torch, dtype)), torch.tensor(target))
+        same(slope.cross_entropy(slope.tensor(logits).astype(dtype), slope.tensor(target)), expected, rtol=1e-6)
+    with pytest.raises(slope.DTypeError, match="slope.cross_entropy"):
+        slope.cross_entropy(slope.tensor([[1, 2]]), slope.tensor([0]))
+    with pytest.raises(TypeError, match="slope.one_hot"):
+        slope.one_hot(slope.tensor([True]), 2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_max_pool_indices_name_the_last_nan(backend, dtype):
+    nan = math.nan
+    x = np.array([[[nan, 1, nan, 2], [1, nan, nan, 0], [nan, nan, 1, 5], [2, nan, 3, nan]]], dtype=dtype)
+    for kernel, stride in (((4,), None), ((2,), 1), ((3,), 1)):
+        values, index = slope.max_pool(slope.tensor(x), kernel, stride=stride, return_indices=True)
+        ref_values, ref_index = F.max_pool1d(torch.tensor(x), kernel, stride=stride, return_indices=True)
+        same(values, ref_values)
+        assert index.tolist() == ref_index.tolist()
+
+
+def test_max_pool_window_of_padding_only(backend):
+    x = np.array([[[-100.0], [-2.0], [2.9375]], [[1.5], [0.25], [6.875]]], np.float32)
+    kwargs = {"stride": 2, "padding": 1, "dilation": 2}
+    values, index = slope.max_pool(slope.tensor(x), (3, 2), return_indices=True, **kwargs)
+    ref_values, ref_index = F.max_pool2d(torch.tensor(x), (3, 2), return_indices=True, **kwargs)
+    same(values, ref_values)
+    assert index.tolist() == ref_index.tolist()
+    g = slope.grad(lambda a: slope.max_pool(a, (3, 2), **kwargs).sum())(slope.tensor(x))
+    assert g.tolist() == np.zeros_like(x).tolist()  # a constant window: no gradient (PyTorch's goes to its index)
