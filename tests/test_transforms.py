@@ -171,6 +171,18 @@ def test_custom_vjp_is_honoured_by_grad_jit_and_vmap(on_backend):
     close(grads.numpy(), expected)
 
 
+def test_custom_vjp_backward_may_return_none_as_a_zero_cotangent(on_backend):
+    # as in JAX: None in bwd's tuple is a zero cotangent for that input
+    @slope.custom_vjp
+    def scale(x, y):
+        return x * y
+
+    scale.defvjp(lambda x, y: (scale(x, y), y), lambda y, g: (g * y, None))
+    gx, gy = slope.grad(lambda x, y: scale(x, y).sum(), argnums=(0, 1))(tensor([1.0, 2.0]), tensor([3.0, 4.0]))
+    close(gx.numpy(), [3.0, 4.0])
+    close(gy.numpy(), [0.0, 0.0])
+
+
 @slope.custom_jvp
 def soft_step(x):
     """sigmoid(x), whose JVP is deliberately 10 * tangent (not the true derivative)."""

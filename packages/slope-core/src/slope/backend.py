@@ -248,8 +248,7 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
     in_vars = [Var(a.aval) for a in args]
     out_avals = op.infer(*[v.aval for v in in_vars], **params)
     out_vars = [Var(aval) for aval in (out_avals if op.multiple_results else [out_avals])]
-    program = Program(in_vars, [Instruction(op, in_vars, params, out_vars)], out_vars)
-    return compile_program(program, backend, device)
+    return compile_program(Program(in_vars, [Instruction(op, in_vars, params, out_vars)], out_vars), backend, device)
 
 
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:

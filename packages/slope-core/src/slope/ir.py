@@ -79,10 +79,9 @@ class Program:
     def names(self) -> dict[Var, str]:
         """Readable names: x0.. for inputs, c0.. for constants, y0.. for everything computed."""
         names: dict[Var, str] = {}
-        for i, v in enumerate(self.inputs):
-            names.setdefault(v, f"x{i}")
-        for i, v in enumerate(self.constants):
-            names.setdefault(v, f"c{i}")
+        for prefix, variables in (("x", self.inputs), ("c", self.constants)):
+            for i, v in enumerate(variables):
+                names.setdefault(v, f"{prefix}{i}")
         computed = [v for instruction in self.instructions for v in instruction.outputs]
         names.update({v: f"y{i}" for i, v in enumerate(computed)})
         return names
@@ -93,13 +92,10 @@ class Program:
         lines = [f"def program({args}):"]
         lines += [f"    {names[v]} = constant  # {v.aval}" for v in self.constants]
         for instruction in self.instructions:
-            outs = ", ".join(names[v] for v in instruction.outputs)
-            call_args = [names[v] for v in instruction.inputs]
-            call_args += [f"{k}={p!r}" for k, p in instruction.params.items()]
-            in_avals = ", ".join(str(v.aval) for v in instruction.inputs)
-            out_avals = ", ".join(str(v.aval) for v in instruction.outputs)
-            comment = f"({in_avals}) -> {out_avals}"
-            lines.append(f"    {outs} = slope.{instruction.op.name}({', '.join(call_args)}) # {comment}")
+            ins, outs = instruction.inputs, instruction.outputs
+            call = ", ".join([names[v] for v in ins] + [f"{k}={p!r}" for k, p in instruction.params.items()])
+            avals = f"({', '.join(str(v.aval) for v in ins)}) -> {', '.join(str(v.aval) for v in outs)}"
+            lines.append(f"    {', '.join(names[v] for v in outs)} = slope.{instruction.op.name}({call}) # {avals}")
         lines.append(f"    return {', '.join(names[v] for v in self.outputs)}")
         return "\n".join(lines)
 

@@ -109,8 +109,7 @@ def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
     """Standard normal samples."""
-    shape = _check_key("normal", k, shape)
-    return ops.random_normal(k, shape, dtype)
+    return ops.random_normal(k, _check_key("normal", k, shape), dtype)
 
 
 def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:

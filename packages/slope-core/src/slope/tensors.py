@@ -75,8 +75,7 @@ class Tensor:
         return self.backend.to_numpy(self.buffer)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        array = self.numpy()
-        return array if dtype is None else array.astype(dtype)
+        return self.numpy() if dtype is None else self.numpy().astype(dtype)
 
     def item(self) -> Any:
         """The Python scalar held by a one-element tensor."""
@@ -162,23 +161,16 @@ class Tensor:
         return functions["transpose"](self, -2, -1)
 
 
-def _operator_method(function: str, reflected: bool = False) -> Any:
-    if reflected:
-        return lambda self, other: functions[function](other, self)
-    return lambda self, other: functions[function](self, other)
-
-
 # Python operators -> slope functions; the second table's entries also get their reflected form (__radd__ ...).
 _comparisons = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
                 "ge": "greater_equal"}  # fmt: skip
 _arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "floordiv": "floor_divide",
                "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
                "xor": "bitwise_xor"}  # fmt: skip
-for _name, _function in _comparisons.items():
-    setattr(Tensor, f"__{_name}__", _operator_method(_function))
+for _name, _function in {**_comparisons, **_arithmetic}.items():
+    setattr(Tensor, f"__{_name}__", lambda self, other, _f=_function: functions[_f](self, other))
 for _name, _function in _arithmetic.items():
-    setattr(Tensor, f"__{_name}__", _operator_method(_function))
-    setattr(Tensor, f"__r{_name}__", _operator_method(_function, reflected=True))
+    setattr(Tensor, f"__r{_name}__", lambda self, other, _f=_function: functions[_f](other, self))
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
                         "long": "int64", "bool": "bool"}.items():  # fmt: skip
     setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))

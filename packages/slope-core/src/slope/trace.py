@@ -33,12 +33,8 @@ class Trace:
         self.main = main
 
     def pure(self, value: Tensor) -> Tensor:
-        """Wrap a concrete value as a tracer of this trace."""
+        """Wrap a concrete value, or a tracer of an outer trace, as a tracer of this trace."""
         raise NotImplementedError
-
-    def lift(self, value: Tensor) -> Tensor:
-        """Wrap a tracer of an outer trace as a tracer of this trace."""
-        return self.pure(value)
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         """Apply the operator's rule for this transformation."""
@@ -48,12 +44,10 @@ class Trace:
         """The value as a tracer of this trace: concrete values and outer tracers are lifted, inner ones refused."""
         if not isinstance(value, Tensor):
             raise TypeError(f"slope.bind: expected Tensor arguments, got {type(value).__name__}")
-        if not isinstance(value, Tracer):
+        if not isinstance(value, Tracer) or value._trace.main.level < self.main.level:
             return self.pure(value)
         if value._trace.main is self.main:
             return value
-        if value._trace.main.level < self.main.level:
-            return self.lift(value)
         raise SlopeTraceError(
             "slope: a traced value escaped the transformation that created it "
             f"(a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}); "
@@ -138,10 +132,8 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
 
 
 def _top_trace(args: tuple) -> Trace:
-    main = _local.dynamic[-1]
-    for a in args:
-        if isinstance(a, Tracer) and a._trace.main.level > main.level:
-            main = a._trace.main
+    tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
+    main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
     return main.trace_type(main)
 
 
@@ -168,13 +160,10 @@ class ProgramTrace(Trace):
     """Records every operator into a Program (used by jit, linearize and the lower pass)."""
 
     def pure(self, value: Tensor) -> Tensor:
-        builder: ProgramBuilder = self.main.data
-        key = id(value)
-        if key not in builder.constants:
-            builder.constants[key] = (value, ProgramTracer(self, value.aval))
-        return builder.constants[key][1]
-
-    lift = pure
+        constants = self.main.data.constants  # a closed-over tensor becomes one constant, however often it is used
+        if id(value) not in constants:
+            constants[id(value)] = (value, ProgramTracer(self, value.aval))
+        return constants[id(value)][1]
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data
@@ -188,14 +177,12 @@ class ProgramTrace(Trace):
 
 
 def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
-    """Trace a function of a flat list of tensors to a Program (every operator is recorded)."""
-    from .operators import as_tensor  # (operators import this module)
-
+    """Trace a function of a flat list of tensors (to a list of tensors) to a Program (every operator is recorded)."""
     builder = ProgramBuilder(lower_for)
     with new_main(ProgramTrace, builder, dynamic=True) as main:
         trace = ProgramTrace(main)
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
-        out_tracers = [trace.full_raise(as_tensor(o)) for o in flat_fn(*in_tracers)]
+        out_tracers = [trace.full_raise(o) for o in flat_fn(*in_tracers)]
     inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]
     constants = builder.constants.values()
     constant_vars, constant_values = [tracer.ir_var for _, tracer in constants], [value for value, _ in constants]
@@ -204,8 +191,7 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:
     """Run a Program by binding each instruction (so any active transformation sees it)."""
-    env: dict[Var, Tensor] = dict(zip(program.constants, program.constant_values))
-    env.update(zip(program.inputs, args))
+    env: dict[Var, Tensor] = dict(zip([*program.constants, *program.inputs], [*program.constant_values, *args]))
     for instruction in program.instructions:
         outs = bind(instruction.op, *[env[v] for v in instruction.inputs], **instruction.params)
         env.update(zip(instruction.outputs, outs if instruction.op.multiple_results else [outs]))

@@ -80,7 +80,7 @@ def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, l
         trace = JVPTrace(main)
         # integer inputs have zero tangents by definition, whatever tangent was passed
         tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
-        outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
+        outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
 
 
@@ -135,12 +135,12 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
     known = dict(zip(program.inputs[: len(residuals)], residuals))
     accumulated: dict[Var, Tensor] = {}
 
-    def accumulate(var: Var, ct: Tensor) -> None:
-        accumulated[var] = accumulated[var] + ct if var in accumulated else ct
+    def accumulate(var: Var, ct: Tensor | None) -> None:  # None is a zero cotangent; residuals get no cotangent
+        if ct is not None and var not in known:
+            accumulated[var] = accumulated[var] + ct if var in accumulated else ct
 
     for var, ct in zip(program.outputs, cotangents):
-        if var not in known and ct is not None:
-            accumulate(var, ct)
+        accumulate(var, ct)
     for instruction in reversed(program.instructions):
         cts = [accumulated.pop(v, None) for v in instruction.outputs]
         if all(ct is None for ct in cts):
@@ -151,9 +151,8 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
         cts = [zeros_like(v.aval) if ct is None else ct for ct, v in zip(cts, instruction.outputs)]
         args = [known[v] if v in known else UndefinedPrimal(v.aval) for v in instruction.inputs]
         for var, ct in zip(instruction.inputs, op.transpose(cts, *args, **instruction.params)):
-            if ct is not None and var not in known:
-                accumulate(var, ct)
-    return [accumulated.get(v) if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
+            accumulate(var, ct)
+    return [accumulated[v] if v in accumulated else zeros_like(v.aval) for v in program.inputs[len(residuals) :]]
 
 
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
@@ -228,7 +227,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
                         f"slope.grad: argument {n} holds a {type(leaf).__name__}; only tensors (or pytrees of "
                         "tensors; register containers with slope.tree.register) can be differentiated"
                     )
-                leaf_dtype = leaf.dtype if isinstance(leaf, Tensor) else as_tensor(leaf).dtype
+                leaf_dtype = as_tensor(leaf).dtype
                 if not leaf_dtype.is_float:
                     raise TransformError(
                         f"slope.grad: argument {n} has dtype {leaf_dtype.name}; gradients need floating-point "
@@ -239,8 +238,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             differentiated = dict(zip(nums, diff_args))
             return fn(*[differentiated.get(i, arg) for i, arg in enumerate(args)], **kwargs)
 
-        result = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
-        out, vjp_fn = result[0], result[1]
+        out, vjp_fn, *aux = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
         if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
             described = out.aval if isinstance(out, Tensor) else type(out).__name__
             raise TransformError(
@@ -249,7 +247,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             )
         grads = vjp_fn(constant(1.0, out.dtype))
         grads = grads[0] if isinstance(argnums, int) else grads
-        return ((out, result[2]) if has_aux else out), grads
+        return ((out, *aux) if has_aux else out), grads
 
     return value_and_grad_fn
 
@@ -315,21 +313,15 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
 
     @functools.wraps(_function("vmap", fn))
     def vmapped(*args: Any) -> Any:
-        axes_spec = tuple(in_axes) if isinstance(in_axes, list) else in_axes
-        if isinstance(axes_spec, tuple) and len(axes_spec) != len(args):
-            raise TransformError(
-                f"slope.vmap: in_axes {in_axes} has {len(axes_spec)} entries for {len(args)} arguments"
-            )
+        if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
+            raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
         flat, in_tree = _tensor_leaves(args)
-        axes = _axes_for_leaves("vmap", axes_spec, args)
-        sizes = {}
-        for i, (x, axis) in enumerate(zip(flat, axes)):
-            if axis is None:
-                continue
-            if not -x.ndim <= axis < x.ndim:
+        axes = _axes_for_leaves("vmap", in_axes, args)
+        for x, axis in zip(flat, axes):
+            if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
-            axes[i] = axis % x.ndim
-            sizes[i] = x.shape[axis]
+        axes = [None if axis is None else axis % x.ndim for x, axis in zip(flat, axes)]
+        sizes = {i: x.shape[axis] for i, (x, axis) in enumerate(zip(flat, axes)) if axis is not None}
         if not sizes:
             raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
         if len(set(sizes.values())) > 1:
@@ -340,7 +332,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         with new_main(BatchTrace, axis_size) as main:
             trace = BatchTrace(main)
             tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
-            outs = [trace.full_raise(as_tensor(o)) for o in flat_fn(*tracers)]
+            outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
         placeholder = tree.unflatten(out_tree[0], [object() for _ in values])
         targets = _axes_for_leaves("vmap", out_axes, placeholder)
@@ -368,40 +360,36 @@ def _basis(aval: Aval) -> Tensor:
     return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
 
 
-def _at_argument(fn: Callable, args: tuple, argnum: int) -> Callable:
-    return lambda value: fn(*args[:argnum], value, *args[argnum + 1 :])
+def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callable:
+    """A function of `fn`'s arguments giving `build(f, x)`: `f` is `fn` of its `argnums` argument alone, at `x`."""
+
+    @functools.wraps(fn)
+    def jacobian(*args: Any) -> Tensor:
+        (argnum,) = _normalize_argnums(name, ints(name, argnums, "argnums", count=1)[0], len(args))
+        return build(lambda value: fn(*args[:argnum], value, *args[argnum + 1 :]), as_tensor(args[argnum]))
+
+    return jacobian
 
 
 def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap)."""
 
-    @functools.wraps(fn)
-    def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacfwd", ints("jacfwd", argnums, "argnums", count=1)[0], len(args))
-        x = as_tensor(args[argnum])
-
-        def pushforward(tangent: Tensor) -> Tensor:
-            return jvp(_at_argument(fn, args, argnum), (x,), (tangent,))[1]
-
-        columns = vmap(pushforward, out_axes=-1)(_basis(x.aval))  # (*out_shape, x.size)
+    def build(f: Callable, x: Tensor) -> Tensor:
+        columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
         return columns.reshape((*columns.shape[:-1], *x.shape))
 
-    return jacobian
+    return _jacobian("jacfwd", fn, argnums, build)
 
 
 def jacrev(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
 
-    @functools.wraps(fn)
-    def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums("jacrev", ints("jacrev", argnums, "argnums", count=1)[0], len(args))
-        x = as_tensor(args[argnum])
-
-        out, vjp_fn = vjp(_at_argument(fn, args, argnum), x)
+    def build(f: Callable, x: Tensor) -> Tensor:
+        out, vjp_fn = vjp(f, x)
         rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
         return rows.reshape((*out.shape, *x.shape))
 
-    return jacobian
+    return _jacobian("jacrev", fn, argnums, build)
 
 
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
@@ -452,7 +440,7 @@ class CustomVJPLinear(_CustomCall):
         cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat = tree.leaves(cts_in)
+        flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
         linear_avals = [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
             raise TransformError(
@@ -560,38 +548,33 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
-        key = (in_tree, tuple(t.aval for t in tensors), others)
-        try:
-            hash(key)
-        except TypeError as error:
-            raise TransformError(
-                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
-            ) from None
-        return key, tensors
+        return (in_tree, tuple(t.aval for t in tensors), others), tensors
 
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         key, tensors = self._signature(args, kwargs)
         backend = backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
-        entry = self.cache.recent.get((key, backend.name, device))
+        try:
+            entry = self.cache.recent.get((key, backend.name, device))
+        except TypeError as error:  # (the lookup hashes the key: no separate check on the call path)
+            raise TransformError(
+                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
+            ) from None
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
             entry = self.cache.add((key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
         in_tree, _, others = key
-        out_trees: list = []
+        flat_fn, out_trees = flatten_fun(lambda args, kwargs: self.fn(*args, **kwargs), in_tree)
 
-        def flat_fn(*traced: Tensor) -> list:
+        def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones
             leaves = list(traced)
             for i, value in others:
                 leaves.insert(i, value.value if isinstance(value, _Static) else value)
-            call_args, call_kwargs = tree.unflatten(in_tree, leaves)
-            out_leaves, out_tree = tree.flatten(self.fn(*call_args, **call_kwargs))
-            out_trees.append(out_tree)
-            return out_leaves
+            return flat_fn(*leaves)
 
-        program = make_program(flat_fn, [t.aval for t in tensors])
+        program = make_program(traced_fn, [t.aval for t in tensors])
         return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

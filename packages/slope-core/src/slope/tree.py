@@ -19,9 +19,7 @@ class TreeDef(NamedTuple):
     @property
     def num_leaves(self) -> int:
         """How many leaves the structure holds."""
-        if self.node_type is None:
-            return 1
-        return sum(child.num_leaves for child in self.children)
+        return 1 if self.node_type is None else sum(child.num_leaves for child in self.children)
 
     def __repr__(self) -> str:
         if self.node_type is None:
@@ -134,10 +132,8 @@ def structure(value: Any) -> TreeDef:
 def map(fn: Callable, value: Any, *rest: Any, is_leaf: Callable | None = None) -> Any:  # noqa: A001
     """Apply `fn` to every leaf (and the matching leaves of `rest`), keeping the structure."""
     flat, treedef = flatten(value, is_leaf)
-    others = []
-    for other in rest:
-        other_flat, other_def = flatten(other, is_leaf)
+    others = [flatten(other, is_leaf) for other in rest]
+    for _, other_def in others:
         if other_def != treedef:
             raise ValueError(f"slope.tree.map: tree structures differ: {treedef} and {other_def}")
-        others.append(other_flat)
-    return unflatten(treedef, [fn(*args) for args in zip(flat, *others)])
+    return unflatten(treedef, [fn(*args) for args in zip(flat, *[other_flat for other_flat, _ in others])])
