@@ -667,6 +667,8 @@ class Cat(Operator):
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
+        if tensors[0].ndim == 0:
+            raise self.shape_error("0-d tensors cannot be concatenated (as in PyTorch); use slope.stack")
         dim = normalize_dim(self.name, dim, tensors[0].ndim, needs_dim=True)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 

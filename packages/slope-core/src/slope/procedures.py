@@ -84,7 +84,8 @@ def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
 
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
-    return ops.full(x.shape, value, _dtype(dtype, x.dtype))
+    dtype = _dtype(dtype, x.dtype)
+    return ops.full(x.shape, ops._python_value("full_like", value, dtype), dtype)
 
 
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
