@@ -256,3 +256,9 @@ def test_max_pool_window_of_padding_only(backend):
     assert index.tolist() == ref_index.tolist()
     g = slope.grad(lambda a: slope.max_pool(a, (3, 2), **kwargs).sum())(slope.tensor(x))
     assert g.tolist() == np.zeros_like(x).tolist()  # a constant window: no gradient (PyTorch's goes to its index)
+
+
+def test_integer_division_of_an_empty_tensor_by_zero(backend):
+    for name in ("div", "floor_divide", "remainder", "fmod"):
+        out = slope.functions[name](slope.zeros(4, 0, dtype="int32"), slope.tensor(0, dtype="int32"))
+        assert out.shape == (4, 0)

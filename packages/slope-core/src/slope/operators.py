@@ -317,8 +317,9 @@ class Div(Binary):
 
     def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
-        if not out.dtype.is_float and out.buffer is not None and not np.all(y.numpy() if type(y) is Tensor else y):
-            raise ZeroDivisionError(f"slope.{name}: integer division by zero")
+        if not out.dtype.is_float and out.buffer is not None and out.numel():  # (an empty result divides nothing)
+            if not np.all(y.numpy() if type(y) is Tensor else y):
+                raise ZeroDivisionError(f"slope.{name}: integer division by zero")
         return out
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:

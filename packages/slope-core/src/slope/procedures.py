@@ -306,8 +306,7 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
     scale = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True)) if name == "std" and count else None
     if scale is not None:  # std divides by the largest deviation, so no square overflows where std itself does not
-        scale = where(scale == 0.0, 1.0, scale)
-        centered = centered / scale
+        centered = centered / (scale := where(scale == 0.0, 1.0, scale))
     variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
     if name == "var":
         return cast(variance, x.dtype)
