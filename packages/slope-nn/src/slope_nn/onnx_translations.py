@@ -6,6 +6,8 @@
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
+  For floats a second, values-only MaxPool over the NaN positions names a window's last NaN, as PyTorch. Windows of
+  padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
 """

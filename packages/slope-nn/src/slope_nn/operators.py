@@ -259,7 +259,8 @@ class MaxPool(_Pooling):
 
 class MaxPoolArgmax(_Pooling):
     """Where each window's maximum lies: its flat position in the input's pooled (trailing) dimensions, the first
-    maximum on ties, a NaN counting as the maximum. PyTorch's max_pool indices."""
+    maximum on ties, the last NaN of a window holding NaN, and for a window of padding only PyTorch's index
+    (padding_only_windows). PyTorch's max_pool indices."""
 
     name = "max_pool_argmax"
 
