@@ -207,8 +207,9 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     # zero, so an infinite weight gives NaN only where PyTorch's does (a dilated convolution would multiply them).
     cols = x.reshape((batch, groups, c_in // groups, math.prod(size))).permute((0, 1, 3, 2))
     cols = slope.matmul(cols, weight.reshape((groups, c_in // groups, c_out * math.prod(kernel))))
-    cols = cols.reshape((batch, groups, *size, c_out, math.prod(kernel)))
-    cols = cols.permute((0, 1, n + 2, *range(2, n + 2), n + 3)).reshape((batch, groups * c_out, *size, -1))
+    taps = math.prod(kernel)
+    cols = cols.reshape((batch, groups, *size, c_out, taps))
+    cols = cols.permute((0, 1, n + 2, *range(2, n + 2), n + 3)).reshape((batch, groups * c_out, *size, taps))
     out = None
     for k, offset in enumerate(np.ndindex(*kernel)):
         lo = (0, 0, *(o * d - p for o, d, p in zip(offset, dilation, padding)))
