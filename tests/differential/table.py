@@ -1383,6 +1383,10 @@ OUT_OF_RANGE = (
     " integers (full(-2, uint8) = 254) and refuses float overflow (full(2**63, float16))"
 )
 
-KNOWN_OPEN = {}
+KNOWN_OPEN = {
+    # a second MaxPool over the NaN positions would fix it, at about 4% of the CNN training step: not yet
+    ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
+    ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
+}
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -6,8 +6,8 @@
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
-  For floats a second, values-only MaxPool over the NaN positions names a window's last NaN, as PyTorch. Windows of
-  padding only are left to the procedures.
+  Its index in a window holding NaN is MaxPool's choice (PyTorch's is the window's last NaN: tests/differential).
+  Windows of padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
 """
@@ -114,21 +114,8 @@ def _max_pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> 
 def _max_pool_argmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     _, indices = _pool(graph, inputs, instruction, with_indices=True)
     x_aval = instruction.inputs[0].aval
-    spatial = x_aval.shape[x_aval.ndim - len(instruction.params["kernel"]) :]
-    plane, shape = math.prod(spatial), graph.shapes[indices]
-    local = graph.node("Mod", [indices, graph.scalar(plane, slope.int64)], shape=shape)
-    if x_aval.dtype.is_float:  # MaxPool's index skips NaN; PyTorch's is a window's last NaN: the largest NaN position
-        kind = slope.float32 if plane < 2**24 else slope.float64  # positions exact in the float
-        positions = graph.constant(np.arange(plane, dtype=kind.numpy).reshape(spatial))
-        nans = graph.node("IsNaN", [inputs[0]], shape=x_aval.shape)
-        marked = graph.node("Where", [nans, positions, graph.scalar(-1.0, kind)], shape=x_aval.shape)
-        marked = graph.reshape(marked, (*shape[: len(shape) - len(spatial)], *spatial))
-        params = instruction.params
-        last = graph.node("MaxPool", [marked], shape=shape, kernel_shape=list(params["kernel"]),
-                          strides=list(params["stride"]), pads=list(params["padding"]) * 2,
-                          dilations=list(params["dilation"]))  # fmt: skip
-        found = graph.node("Not", [graph.node("Less", [last, graph.scalar(0.0, kind)], shape=shape)], shape=shape)
-        local = graph.node("Where", [found, graph.cast(last, slope.int64), local], shape=shape)
+    plane = math.prod(x_aval.shape[x_aval.ndim - len(instruction.params["kernel"]) :])
+    local = graph.node("Mod", [indices, graph.scalar(plane, slope.int64)], shape=graph.shapes[indices])
     return graph.reshape(local, instruction.outputs[0].aval.shape)
 
 
