@@ -368,6 +368,46 @@ def onnx_eager_mul() -> Callable[[], Any]:
     return lambda: run(feeds)
 
 
+# ----------------------------------------------------------------------------------------------- IREE
+
+
+STABLEHLO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stablehlo")
+
+
+class IreeReference:
+    """A hand-written StableHLO module (benchmarks/stablehlo/NAME.mlir) compiled by IREE with the iree backend's
+    flags and called through its runtime: the floor the iree backend's jitted program is measured against."""
+
+    def __init__(self, name: str, inputs: list[np.ndarray], outputs: int, feed_back: int = 0):
+        from slope_iree import runtime
+
+        with open(os.path.join(STABLEHLO, name + ".mlir")) as handle:
+            self.run = runtime.function(handle.read(), "cpu", outputs)
+        self.buffers = [runtime.from_numpy(a, "cpu") for a in inputs]
+        self.feed_back = feed_back  # the first outputs replace the first inputs (a train step's parameters)
+        self.to_numpy = runtime.to_numpy
+
+    def __call__(self) -> Any:
+        outs = self.run(self.buffers)
+        self.buffers[: self.feed_back] = outs[: self.feed_back]
+        return outs[-1]
+
+    def loss(self) -> float:
+        """The loss of one step."""
+        return float(self.to_numpy(self()))
+
+
+def iree_mlp_reference() -> IreeReference:
+    """The MLP step written by hand in StableHLO, its parameters fed back in."""
+    params, x, y = mlp_data()
+    return IreeReference("mlp_step", [*params, x, y], outputs=5, feed_back=4)
+
+
+def iree_hessian_reference() -> IreeReference:
+    """The closed-form Hessian of sum(tanh(x) ** 3) written by hand in StableHLO."""
+    return IreeReference("hessian", [hessian_data()], outputs=1)
+
+
 # ----------------------------------------------------------------------------------------------- PyTorch, JAX
 
 
@@ -488,12 +528,74 @@ def jax_first_call() -> Callable[[], Any]:
     return run
 
 
+# ----------------------------------------------------------------------------------------------- fresh processes
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def readme_tour() -> str:
+    """The README's tour (its first Python block under "A short tour")."""
+    with open(README) as handle:
+        text = handle.read()
+    return text.split("## A short tour", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def child(task: str, backend: str) -> None:
+    """What a fresh process measures (run as `bench.py --child TASK BACKEND`): prints seconds."""
+    if task == "tour":
+        os.chdir(os.environ.get("TMPDIR", "/tmp"))  # (the tour exports a model into the working folder)
+        exec(compile(readme_tour(), "README tour", "exec"), {})
+        return
+    slope.set_backend(backend)
+    params, x, y = mlp_data()
+    tensors = tuple(slope.tensor(p) for p in params), slope.tensor(x), slope.tensor(y)
+    start = time.perf_counter()
+    slope.jit(slope_mlp_step)(*tensors)[1].item()
+    print(time.perf_counter() - start)
+
+
+class FreshProcess(Contender):
+    """A contender timed in a new Python process each sample, after one run that fills the disk caches: the tour's
+    wall time (interpreter start and `import slope` included), or the first call as the process measures it."""
+
+    def __init__(self, workload: str, name: str, task: str, backend: str):
+        super().__init__(workload, name, lambda: None)
+        self.task, self.backend_name = task, backend
+        self.warm = False
+
+    def run_child(self) -> float:
+        """One fresh process: the seconds it took."""
+        import subprocess
+
+        env = {**os.environ, "SLOPE_BACKEND": self.backend_name}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", self.task, self.backend_name],
+                              env=env, capture_output=True, text=True)  # fmt: skip
+        elapsed = time.perf_counter() - start
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"{self.workload} / {self.name}: the process failed: {last}")
+        return elapsed if self.task == "tour" else float(done.stdout.split()[-1])
+
+    def measure(self, count: int) -> None:
+        """Append `count` samples (the first run, which may compile, is not one)."""
+        if not self.warm:
+            self.run_child()
+            self.warm = True
+        self.samples += [self.run_child() for _ in range(count)]
+
+
 # ----------------------------------------------------------------------------------------------- the run
 
 
 def available(module: str) -> bool:
     """Whether a module can be imported."""
     return importlib.util.find_spec(module) is not None
+
+
+IREE_MLP_REFERENCE = "hand-written StableHLO in IREE"
+IREE_HESSIAN_REFERENCE = "hand-written StableHLO in IREE (closed form)"
 
 
 def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list[Contender]]]:
@@ -516,6 +618,8 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
            for b in backends]  # fmt: skip
     if has_ort:
         mlp.insert(0, Contender("MLP train step", "hand-built ONNX in onnxruntime", OnnxMlpTrainer(), reference=True))
+    if "iree" in backends:
+        mlp.append(Contender("MLP train step", IREE_MLP_REFERENCE, iree_mlp_reference()))
     if has_torch:
         mlp.append(Contender("MLP train step", "PyTorch eager", torch_mlp_step()))
     if has_jax:
@@ -525,12 +629,17 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
     if has_torch:
         cnn.insert(0, Contender("CNN train step", "PyTorch eager", torch_cnn_step(), reference=True))
     hessian = [Contender("Hessian (100)", f"slope {b} (jit)", slope_hessian(b), inner=5, backend=b) for b in backends]
+    if "iree" in backends:
+        hessian.append(Contender("Hessian (100)", IREE_HESSIAN_REFERENCE, iree_hessian_reference(), inner=5))
     if has_torch:
         hessian.insert(0, Contender("Hessian (100)", "torch.func.hessian", torch_hessian(), inner=5, reference=True))
     first = [Contender("MLP first call (trace + compile)", f"slope {b}", slope_first_call(b), backend=b)
              for b in backends]  # fmt: skip
     if has_jax:
         first.append(Contender("MLP first call (trace + compile)", "jax.jit", jax_first_call()))
+    if "iree" in backends:
+        first.append(FreshProcess("MLP first call, fresh process, warm disk cache", "slope iree", "first", "iree"))
+        first.append(FreshProcess("README tour, fresh process, warm cache", "slope iree", "tour", "iree"))
     return [eager, mlp, cnn, hessian], notes, {"first": first}
 
 
@@ -591,6 +700,32 @@ def acceptance(groups: list[list[Contender]], first: list[Contender]) -> list[st
         ok = cnn.median <= torch_cnn.median
         lines.append(f"- CNN step vs PyTorch eager: {cnn.median * 1e3:.2f} vs {torch_cnn.median * 1e3:.2f} ms: "
                      f"{'yes' if ok else 'NO'}")  # fmt: skip
+    lines += iree_acceptance(find)
+    return lines
+
+
+def iree_acceptance(find: Callable[[str, str], Contender | None]) -> list[str]:
+    """Issue #11's acceptance points for the iree backend, checked against this run."""
+    lines = []
+    eager = find("eager x * 2.0", "slope iree")
+    if eager:
+        ok = eager.median <= 15e-6
+        lines.append(f"- iree eager `x * 2.0`: {eager.median * 1e6:.2f} µs <= 15 µs: {'yes' if ok else 'NO'}")
+    for workload, ours, reference, bound in [("MLP train step", "slope iree (jit)", IREE_MLP_REFERENCE, 1.15),
+                                             ("Hessian (100)", "slope iree (jit)", IREE_HESSIAN_REFERENCE, 1.2)]:  # fmt: skip
+        mine, hand = find(workload, ours), find(workload, reference)
+        if mine and hand:
+            ratio = mine.median / hand.median
+            lines.append(f"- iree {workload} vs hand-written StableHLO: {ratio:.3f}x <= {bound}x: "
+                         f"{'yes' if ratio <= bound else 'NO'}")  # fmt: skip
+    for workload, bound in [("MLP first call, fresh process, warm disk cache", 0.02),
+                            ("README tour, fresh process, warm cache", 2.0)]:  # fmt: skip
+        fresh = find(workload, "slope iree")
+        if fresh:
+            ok = fresh.median <= bound
+            lines.append(
+                f"- iree {workload}: {fresh.median * 1e3:.1f} ms <= {bound * 1e3:.0f} ms: {'yes' if ok else 'NO'}"
+            )
     return lines
 
 
@@ -602,7 +737,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["eager", "mlp", "cnn", "hessian", "first"], action="append",
                         help="run only these workloads (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, help="interleaved rounds of every timed workload (default 10, CNN 5)")
+    parser.add_argument("--child", nargs=2, metavar=("TASK", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
     only = set(args.only or ("eager", "mlp", "cnn", "hessian", "first"))
     if available("torch"):
         import torch
@@ -621,9 +760,13 @@ def main(argv: list[str] | None = None) -> int:
         run_rounds(group, rounds if not args.quick else 2, per_round, warmup if not args.quick else 3)
     if "first" not in only:
         first[:] = []
-    for contender in first:
-        for _ in range(3 if args.quick else 7):
-            contender.measure(1)
+    for contender in list(first):
+        try:
+            for _ in range(3 if args.quick else 5 if isinstance(contender, FreshProcess) else 7):
+                contender.measure(1)
+        except RuntimeError as error:  # a fresh process that failed: reported, the rest of the run goes on
+            notes.append(str(error))
+            first.remove(contender)
     header = [
         f"Slope benchmarks — {platform.processor() or platform.machine()}, {cpu_count()} CPU cores, "
         f"Python {platform.python_version()}, " + ", ".join(_versions()),
@@ -634,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         "\n".join(header)
         + table(groups + [first])
-        + "\n\nAcceptance (issue #4):\n"
+        + "\n\nAcceptance (issue #4; the iree lines: issue #11):\n"
         + "\n".join(acceptance(groups, first))
     )
     if notes:

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))  # helpers.py and operator_table.py, wherever pytest is started
+sys.path.insert(0, str(Path(__file__).parent))  # test modules import each other (test_plugins)
 
 MATRIX_TEST = "test_conformance.py::test_matrix["
 

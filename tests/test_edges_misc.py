@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import Data, Prepared, flat_outputs, seeded_rng
-from operator_table import ROWS
+from slope_testing.checks import Data, Prepared, flat_outputs, seeded_rng
+from slope_testing.table import ROWS
 
 import slope
 

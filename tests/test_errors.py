@@ -426,3 +426,30 @@ def test_warnings_do_not_hide_errors():
         warnings.simplefilter("error")
         with pytest.raises(ShapeError):
             ones(2, 3) @ ones(4, 5)
+
+
+def test_every_error_is_a_slope_error_defined_in_errors_py():
+    """Issue 12 point 13: one module holds Slope's errors; each is a SlopeError and the built-in it refines."""
+    import inspect
+
+    from slope import errors
+
+    classes = {
+        name: cls for name, cls in vars(errors).items() if inspect.isclass(cls) and cls.__module__ == errors.__name__
+    }
+    assert set(classes) >= {"SlopeError", "ShapeError", "DTypeError", "SlopeMemoryError", "SlopeBackendError",
+                            "SlopePluginError", "SlopeTraceError", "TransformError"}  # fmt: skip
+    for cls in classes.values():
+        assert issubclass(cls, slope.SlopeError), cls
+    assert issubclass(SlopeBackendError, RuntimeError) and issubclass(SlopePluginError, RuntimeError)
+    assert issubclass(SlopeTraceError, TypeError) and issubclass(TransformError, ValueError)
+    # the old import places keep working and name the same classes
+    assert (
+        slope.operator.ShapeError is errors.ShapeError and slope.backend.SlopeBackendError is errors.SlopeBackendError
+    )
+    assert slope.plugins.SlopePluginError is slope.SlopePluginError is SlopePluginError
+    assert slope.trace.SlopeTraceError is SlopeTraceError and slope.transforms.TransformError is TransformError
+    # no error class is defined anywhere else in slope-core
+    for module in (slope.operator, slope.backend, slope.plugins, slope.trace, slope.transforms, slope.tensors):
+        assert not [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, BaseException)
+                    and c.__module__ == module.__name__], module  # fmt: skip

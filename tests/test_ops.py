@@ -1,7 +1,7 @@
 """Every operator and procedure, every case of its row (broadcasting, 0-d, empty), against NumPy on every backend.
 
-The table is operator_table.py; here each case runs forward as `slope.NAME(...)` and as a Tensor method, and its
-gradient is checked against finite differences in float64. The Python operators (`+`, `@`, `<`, `~`, ...) have a
+The table is slope_testing.table (the slope-testing distribution); here each case runs forward as `slope.NAME(...)`
+and as a Tensor method, and its gradient is checked against finite differences in float64. The Python operators (`+`, `@`, `<`, `~`, ...) have a
 table of their own below.
 """
 
@@ -11,7 +11,7 @@ import operator
 
 import numpy as np
 import pytest
-from helpers import (
+from slope_testing.checks import (
     ALL_DTYPES,
     FORWARD_TOLERANCE,
     Data,
@@ -23,7 +23,7 @@ from helpers import (
     seeded_rng,
     tolerance,
 )
-from operator_table import ROWS, known_failure
+from slope_testing.table import ROWS, known_failure
 
 import slope
 
@@ -116,7 +116,7 @@ def test_every_registered_function_is_a_function_and_a_method() -> None:
 def test_every_method_is_exercised_as_a_method() -> None:
     exercised = {name for name, row in ROWS.items() if any(row.has_method_form(c) for c in row.cases)}
     missing = sorted(set(REGISTERED) - exercised - NOT_METHODS)
-    assert not missing, f"no method-form case in tests/operator_table.py for: {missing}"
+    assert not missing, f"no method-form case in slope_testing.table for: {missing}"
 
 
 def test_every_row_has_shape_variety() -> None:

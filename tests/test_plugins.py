@@ -9,6 +9,7 @@ importlib.metadata discovers it like any installed distribution.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,7 +137,19 @@ def test_plugin_that_fails_to_import_is_reported_and_slope_keeps_working(site):
     assert "broken FAILED: RuntimeError: slope-broken fails on import on purpose" in info.stdout
 
 
-def test_two_plugins_defining_one_operator_name_is_an_error_naming_both(site):
+def test_a_third_party_operator_with_its_own_rows_passes_the_repository_matrix(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    tests = Path(__file__).parent
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tests / "test_conformance.py")]
+    result = run_python(site, *args, "-k", "smooth_abs or every_registered_function_has_a_row")
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d{2,} passed", summary) and "failed" not in summary, summary
+    assert "conformance matrix on toy:" in result.stdout, result.stdout[-3000:]
+
+
+def test_two_plugins_defining_one_operator_name_is_a_warning_naming_both(site):
+    """The second definition is skipped with a warning (issue 12); SLOPE_STRICT_PLUGINS=1 makes it the error it was."""
     plugin = (
         "import slope\n"
         "from slope.plugins import hookimpl\n\n\n"
@@ -150,7 +163,11 @@ def test_two_plugins_defining_one_operator_name_is_an_error_naming_both(site):
     )
     install(site, "slope-twin-a", "slope_twin_a", {"twin-a": "slope_twin_a"}, plugin)
     install(site, "slope-twin-b", "slope_twin_b", {"twin-b": "slope_twin_b"}, plugin)
-    result = run_python(site, "-c", "import slope")
+    result = run_python(site, "-c", "import slope; print(slope.plugins.owners['function', 'twin_op'])")
+    assert result.returncode == 0 and result.stdout.strip() in ("twin-a", "twin-b"), result.stderr
+    assert "SlopePluginWarning" in result.stderr and "'twin_op'" in result.stderr, result.stderr
+    assert "'twin-a'" in result.stderr and "'twin-b'" in result.stderr, result.stderr
+    result = run_python(site, "-c", "import slope", extra_env={"SLOPE_STRICT_PLUGINS": "1"})
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "SlopePluginError" in last and "'twin_op'" in last, result.stderr

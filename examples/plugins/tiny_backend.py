@@ -37,8 +37,13 @@ def _conv(x, w, stride, padding, dilation, groups):  # a direct (slow) loop is f
     return out
 
 
+def _fmod(x, y):
+    return np.fmod(x, y) if x.dtype.kind == "f" else x - _int_div(x, y) * y
+
+
 TABLE = {
     "exp": np.exp, "log": np.log, "sin": np.sin, "sqrt": np.sqrt,
+    "floor": np.floor, "ceil": np.ceil, "round": np.round, "fmod": _fmod,
     "invert": lambda x: np.logical_not(x) if x.dtype == bool else np.invert(x),
     "stop_gradient": lambda x: x, "cast": lambda x, dtype: x.astype(dtype.numpy),
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _int_div, "pow": np.power,
@@ -91,9 +96,10 @@ class TinyPlugin:
         return [TinyBackend]
 
 
-plugins.register(TinyPlugin())
+plugins.register(TinyPlugin())  # importing this file registers the backend (`pytest -p tiny_backend` does too)
 
-with slope.use_backend("tiny"):
-    x = slope.tensor([[1.0, 2.0], [3.0, 4.0]])
-    print(slope.grad(lambda x: (x.tanh() @ x).sum())(x))
-    print(slope.jit(lambda x: x.softmax(-1))(x), slope.random.normal(slope.random.key(0), (3,)))
+if __name__ == "__main__":
+    with slope.use_backend("tiny"):
+        x = slope.tensor([[1.0, 2.0], [3.0, 4.0]])
+        print(slope.grad(lambda x: (x.tanh() @ x).sum())(x))
+        print(slope.jit(lambda x: x.softmax(-1))(x), slope.random.normal(slope.random.key(0), (3,)))

@@ -73,7 +73,7 @@ def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(nn.datasets.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)  # datasets imports urllib.request when it downloads
     with pytest.raises(FileNotFoundError, match="could not be downloaded .*network is unreachable"):
         nn.datasets.mnist("train", folder)
 

@@ -425,3 +425,28 @@ def test_weight_gradients_gather_their_windows_once(x_shape, w_shape, params):
                 kinds = [n.op_type for n in grad.lower(slope.tensor(k), slope.tensor(a)).executable.model.graph.node]
                 assert "Gather" in kinds and ("Concat" not in kinds or "padding" in params), kinds  # pads concat
     np.testing.assert_allclose(results["onnxruntime"], results["numpy"], rtol=1e-4, atol=1e-3)
+
+
+def test_both_onnxruntime_distributions_installed_is_named(monkeypatch):
+    """onnxruntime and onnxruntime-gpu overwrite each other: the backend says so when it loads (issue 12, point 11)."""
+    import importlib.metadata
+
+    from slope_onnx import backend as backend_module
+
+    versions = {"onnxruntime": "1.20.0", "onnxruntime-gpu": "1.31.1"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: versions[name])
+    message = backend_module._onnxruntime_conflict()
+    assert "onnxruntime 1.20.0 and onnxruntime-gpu 1.31.1 are installed" in message
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in message
+    monkeypatch.setattr(backend_module, "ort_c", None)  # as if the backend had not loaded its libraries yet
+    with pytest.warns(RuntimeWarning, match="both onnxruntime 1.20.0 and onnxruntime-gpu 1.31.1"):
+        backend_module._load_libraries()
+    del versions["onnxruntime"]
+
+    def one(name: str) -> str:
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", one)
+    assert backend_module._onnxruntime_conflict() == ""

@@ -52,7 +52,8 @@ smooth_abs = SmoothAbs()
 
 
 def _translate_smooth_abs(inputs: list[str], params: dict, out: Any) -> str:
-    return f"np.hypot({inputs[0]}, {math.sqrt(params['eps'])!r})"
+    # the constant in x's dtype: NumPy would promote bfloat16 with a Python float to float32 (ml_dtypes < 0.7)
+    return f"np.hypot({inputs[0]}, np.asarray({math.sqrt(params['eps'])!r}, {inputs[0]}.dtype))"
 
 
 @hookimpl
@@ -73,3 +74,12 @@ def slope_translations(backend: Any) -> dict | None:
     if backend.name == "toy":
         return {"smooth_abs": _translate_smooth_abs}
     return None
+
+
+@hookimpl
+def slope_conformance_rows() -> list:
+    """smooth_abs's row: the conformance matrix (slope-testing) runs it on every backend, like Slope's own."""
+    import numpy as np
+    from slope_testing import FLOATS, Case, Data, Row
+
+    return [Row("smooth_abs", [Case([Data()], lambda x: np.sqrt(x * x + 0.01))], dtypes=FLOATS)]

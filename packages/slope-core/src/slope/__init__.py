@@ -17,8 +17,9 @@ from .backend import (
     use_backend,
 )
 from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
+from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError, SlopePluginError
 from .ir import Aval, Instruction, Program, Var
-from .operator import DTypeError, Operator, ShapeError, SlopeError, SlopeMemoryError, UndefinedPrimal
+from .operator import Operator, UndefinedPrimal
 from .random import manual_seed
 from .tensors import Tensor, functions, missing_function_hint
 from .trace import SlopeTraceError, bind

@@ -12,12 +12,9 @@ import numpy as np
 
 from . import plugins
 from .dtypes import DType
+from .errors import SlopeBackendError, SlopeMemoryError
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
 from .tensors import Tensor
-
-
-class SlopeBackendError(RuntimeError):
-    """A backend or device that is not available, or a program a backend cannot run."""
 
 
 class Executable:
@@ -38,9 +35,8 @@ class Backend:
     translations: ClassVar[dict[str, Callable]] = {}
 
     def __init__(self) -> None:
-        self.translations = dict(type(self).translations)
-        for table in plugins.manager.hook.slope_translations(backend=self):
-            self.translations.update(table or {})
+        added, self.translation_plugins = plugins.translations_for(self)  # (checked against `infer` when compiled)
+        self.translations = {**type(self).translations, **added}
 
     def devices(self) -> list[str]:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""
@@ -114,6 +110,15 @@ def get_backend(name: str | None = None) -> Backend:
     return _instances[name]
 
 
+def _reset() -> None:
+    """Forget backend instances and compiled code when plugins change (translations may have); keep the choice."""
+    active = _state["backend"]
+    _instances.clear()
+    _compiled.clear()
+    _checked.clear()
+    _state["backend"] = get_backend(active.name) if active is not None and active.name in plugins.backends else None
+
+
 def set_backend(name: str) -> Backend:
     """Make the named backend the active one."""
     _state["backend"] = get_backend(name)
@@ -183,6 +188,7 @@ class BoundedCache:
 _eager = BoundedCache(int(os.environ.get("SLOPE_EAGER_CACHE_SIZE", 4096)))
 _compiled: dict[tuple, Executable] = _eager.recent  # the hot path reads it directly
 JIT_CACHE_SIZE = int(os.environ.get("SLOPE_JIT_CACHE_SIZE", 256))  # programs per jitted function
+plugins.on_refresh.append(_reset)
 PHYSICAL_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else math.inf
 
 
@@ -193,8 +199,6 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
         avals = [v.aval for v in instruction.inputs + instruction.outputs]
         needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
         if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
-            from .operator import SlopeMemoryError
-
             out = instruction.outputs[0].aval
             raise SlopeMemoryError(
                 f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "
@@ -202,6 +206,7 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             )
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)
+    check_translations(lowered, backend, device)
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
@@ -209,6 +214,32 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             print(f"--- lowered\n{lowered}")
         print(f"--- {backend.name} code\n{executable.code}")
     return executable
+
+
+_checked: set[tuple] = set()  # (backend, operator, params, input avals) of plugin translations that passed
+
+
+def check_translations(program: Program, backend: Backend, device: str) -> None:
+    """Run each plugin-supplied translation once on zeros: its outputs' shapes and dtypes must be those of `infer`."""
+    given_by = getattr(backend, "translation_plugins", {})  # (a backend that skips Backend.__init__ has none)
+    for instruction in [i for i in program.instructions if i.op.name in given_by]:
+        plugin = given_by[instruction.op.name]
+        key = (backend.name, instruction.op, repr(instruction.params), tuple(v.aval for v in instruction.inputs))
+        if key in _checked:
+            continue
+        ins, outs = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
+        what = f"slope.{instruction.op.name}: the translation for backend {backend.name!r} from plugin {plugin!r}"
+        probe = Program(ins, [Instruction(instruction.op, ins, instruction.params, outs)], outs)
+        try:
+            zeros = [backend.from_numpy(np.zeros(v.aval.shape, v.aval.dtype.numpy), device) for v in ins]
+            results = [np.asarray(backend.to_numpy(b)) for b in backend.compile(probe, device).run(zeros)]
+        except Exception as error:
+            raise SlopeBackendError(f"{what} fails on inputs {[v.aval for v in ins]}: {error}") from error
+        got = [f"{r.dtype}{list(r.shape)}" for r in results]
+        expected = [f"{v.aval.dtype.numpy}{list(v.aval.shape)}" for v in outs]
+        if got != expected:
+            raise SlopeBackendError(f"{what} returns {got} where the operator's `infer` gives {expected}")
+        _checked.add(key)
 
 
 def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:

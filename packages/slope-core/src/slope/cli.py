@@ -1,51 +1,99 @@
-"""The `slope` command: `slope info` lists plugins, backends, devices and operator coverage."""
+"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage; `slope
+cache [clear]` shows (empties) the compile caches."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
+from importlib.metadata import version
 
 
-def info() -> str:
-    """A report of installed plugins, backends with their devices, and per-backend operator coverage."""
+def report() -> dict:
+    """What `slope info` shows, as data: plugins (with their problems), backends (with coverage), functions."""
     import slope
     from slope import plugins
 
-    lines = [f"slope {slope.__version__} (Python {sys.version.split()[0]})", "", "plugins:"]
-    for name, version in sorted(plugins.plugin_versions().items()):
-        lines.append(f"  {name} {version}")
-    for name, error in sorted(plugins.failed.items()):
-        lines.append(f"  {name} FAILED: {error}")
-    lines += ["", "backends:"]
-    operator_names = sorted(plugins.operators)
+    data: dict = {"slope": slope.__version__, "python": sys.version.split()[0], "plugins": {}, "backends": {}}
+    for name, plugin_version in plugins.plugin_versions().items():
+        data["plugins"][name] = {"version": plugin_version, "problems": plugins.failed.get(name, [])}
+    for name, problems in plugins.failed.items():  # plugins that failed to load
+        data["plugins"].setdefault(name, {"version": None, "problems": problems})
+    for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)):
+        data[kind] = {name: plugins.owners[("function", name)] for name in sorted(registry)}
     for name in sorted(plugins.backends):
+        entry = data["backends"][name] = {"plugin": plugins.owners[("backend", name)]}
         try:
             backend = slope.get_backend(name)
-            devices = ", ".join(backend.devices())
+            entry["devices"] = backend.devices()
         except Exception as error:  # a broken backend is reported, not fatal
-            lines.append(f"  {name}: unavailable ({type(error).__name__}: {error})")
+            entry["error"] = f"{type(error).__name__}: {error}"
             continue
-        default = " (default)" if slope.get_backend().name == name else ""
-        lines.append(f"  {name}{default}: devices {devices}")
-        native = [op for op in operator_names if op in backend.translations]
-        fallback = [op for op in operator_names if op not in backend.translations and plugins.operators[op].procedure]
-        missing = [op for op in operator_names if op not in native and op not in fallback]
-        lines.append(f"    native ({len(native)}): {' '.join(native)}")
-        lines.append(f"    by procedure ({len(fallback)}): {' '.join(fallback)}")
-        if missing:
-            lines.append(f"    unavailable ({len(missing)}): {' '.join(missing)}")
-    lines += ["", f"operators: {len(plugins.operators)}, procedures: {len(plugins.procedures)}"]
+        native = [op for op in data["operators"] if op in backend.translations]
+        fallback = [op for op in data["operators"] if op not in native and plugins.operators[op].procedure]
+        entry.update(native=native, by_procedure=fallback)
+        entry["unavailable"] = [op for op in data["operators"] if op not in native and op not in fallback]
+    usable = [name for name, entry in data["backends"].items() if "devices" in entry]
+    data["default_backend"] = slope.get_backend().name if usable else None
+    return data
+
+
+def info(verbose: bool = False, data: dict | None = None) -> str:
+    """The report as text; `verbose` lists every operator and procedure with its plugin."""
+    data = data or report()
+    lines = [f"slope {data['slope']} (Python {data['python']})", "", "plugins:"]
+    for name, plugin in sorted(data["plugins"].items()):
+        status = plugin["version"] or f"FAILED: {plugin['problems'][0]}"
+        lines += [f"  {name} {status}", *(f"    skipped: {p}" for p in plugin["problems"] if plugin["version"])]
+    lines += ["", "backends:"]
+    for name, entry in data["backends"].items():
+        if "error" in entry:
+            lines.append(f"  {name}: unavailable ({entry['error']})")
+            continue
+        default = " (default)" if data["default_backend"] == name else ""
+        lines.append(f"  {name}{default}: devices {', '.join(entry['devices'])} (plugin {entry['plugin']})")
+        for kind in ("native", "by_procedure", "unavailable"):
+            if entry[kind] or kind != "unavailable":
+                lines.append(f"    {kind.replace('_', ' ')} ({len(entry[kind])}): {' '.join(entry[kind])}")
+    lines += ["", f"operators: {len(data['operators'])}, procedures: {len(data['procedures'])}"]
+    for kind in ("operators", "procedures") if verbose else ():
+        lines += ["", f"{kind}:", *(f"  {name} (plugin {plugin})" for name, plugin in data[kind].items())]
+    return "\n".join(lines)
+
+
+def cache(clear: bool = False) -> str:
+    """The size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
+    from slope import plugins
+
+    root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # as the backends read it
+    lines = [f"compile caches in {root}" + (" (cleared)" if clear else "")]
+    for folder in sorted(os.path.join(root, name) for name in plugins.backends):  # (SLOPE_CACHE_DIR may hold more)
+        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
+        lines.append(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
+        if clear:
+            shutil.rmtree(folder, ignore_errors=True)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `slope` command."""
+    """Entry point of the `slope` command; `slope info` exits 1 when no backend is usable."""
     parser = argparse.ArgumentParser(prog="slope", description="Slope: automatic differentiation for ML")
+    parser.add_argument("--version", action="version", version=f"slope {version('slope-core')}")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
+    info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
+    info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
+    info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    cache_parser = sub.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
+    cache_parser.add_argument("action", nargs="?", choices=["clear"])
     args = parser.parse_args(argv)
     if args.command == "info":
-        print(info())
+        data = report()
+        print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))
+        return 0 if data["default_backend"] else 1
+    if args.command == "cache":
+        print(cache(args.action == "clear"))
         return 0
     parser.print_help()
     return 1

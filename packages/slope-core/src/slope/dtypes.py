@@ -6,13 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # bfloat16 has no NumPy dtype of its own; ml_dtypes provides one where installed
-    import ml_dtypes
-
-    _bfloat16_numpy = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - depends on the environment
-    _bfloat16_numpy = None
-
 
 @dataclass(frozen=True)
 class DType:
@@ -35,12 +28,14 @@ class DType:
 
     @property
     def numpy(self) -> np.dtype:
-        """The matching NumPy dtype (bfloat16 needs ml_dtypes)."""
-        if self.name == "bfloat16":
-            if _bfloat16_numpy is None:
-                raise TypeError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)")
-            return _bfloat16_numpy
-        return np.dtype(self.name)
+        """The matching NumPy dtype (bfloat16's comes from ml_dtypes, imported here on first use: it is slow to import)."""
+        if self.name != "bfloat16":
+            return np.dtype(self.name)
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)") from None
+        return np.dtype(ml_dtypes.bfloat16)
 
     def __repr__(self) -> str:
         return f"slope.{self.name}"

@@ -5,25 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError  # noqa: F401 - re-exported
 from .ir import Aval
 from .tensors import Tensor
 from .trace import bind
-
-
-class SlopeError(Exception):
-    """Base class of Slope's user-facing errors."""
-
-
-class ShapeError(SlopeError, ValueError):
-    """Shapes that do not fit an operator."""
-
-
-class DTypeError(SlopeError, TypeError):
-    """Dtypes that do not fit an operator."""
-
-
-class SlopeMemoryError(SlopeError, MemoryError):
-    """A tensor too big for this machine's memory (or for int64 sizes), refused before the backend allocates it."""
 
 
 @dataclass(slots=True)
@@ -51,8 +36,14 @@ class Operator:
         return bind(self, *args, **params)
 
     def infer(self, *avals: Aval, **params: Any) -> Aval | list[Aval]:
-        """The output abstract value(s); raises a ShapeError or DTypeError for inputs that do not fit."""
-        raise NotImplementedError
+        """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""
+        if self.procedure is None:
+            raise NotImplementedError(f"slope.{self.name}: the operator defines neither `infer` nor a `procedure`")
+        from .trace import make_program
+
+        procedure = self.procedure if self.multiple_results else lambda *xs, **ps: [self.procedure(*xs, **ps)]
+        outs = make_program(lambda *xs: procedure(*xs, **params), list(avals)).out_avals
+        return outs if self.multiple_results else outs[0]
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
         """Forward-mode rule giving `(primal_outs, tangent_outs)`; linear operators get it from `linear_inputs`."""

@@ -140,10 +140,15 @@ class Elementwise(Operator):
 
 
 class Unary(Elementwise):
-    """An elementwise operator of one input."""
+    """An elementwise operator of one input: `Unary(name, tangent)`, or a subclass for other rules."""
 
-    allowed = "float"
+    allowed = "float"  # "float", "integer" (ints and bools) or "any"
     tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
+
+    def __init__(self, name: str | None = None, tangent: Callable | None = None, allowed: str | None = None):
+        super().__init__(name)
+        self.tangent = tangent or self.tangent
+        self.allowed = allowed or self.allowed
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -163,32 +168,12 @@ class Unary(Elementwise):
         return [y], [self.tangent(tangents[0], primals[0], y)]
 
 
-class Exp(Unary):
-    name = "exp"
-    tangent = staticmethod(lambda t, x, y: t * y)
-
-
-class Log(Unary):
-    name = "log"
-    tangent = staticmethod(lambda t, x, y: t / x)
-
-
-class Sin(Unary):
-    name = "sin"
-    tangent = staticmethod(lambda t, x, y: t * cos(x))
-
-
 class Cos(Unary):
     """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
 
     name = "cos"
     tangent = staticmethod(lambda t, x, y: t * -sin(x))
     procedure = staticmethod(lambda x: sin(x + math.pi / 2))
-
-
-class Sqrt(Unary):
-    name = "sqrt"
-    tangent = staticmethod(lambda t, x, y: t / (y * 2.0))
 
 
 class Tanh(Unary):
@@ -210,21 +195,6 @@ class Rounding(Unary):
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
         return x if x.dtype.is_int else bind(self, x)  # bools are refused by infer, as in PyTorch
-
-
-class Invert(Unary):
-    """Bitwise not of integers, logical not of bools."""
-
-    name = "invert"
-    allowed = "integer"
-
-
-class StopGradient(Unary):
-    """The identity whose derivative is zero."""
-
-    name = "stop_gradient"
-    allowed = "any"
-    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
 
 class Cast(Elementwise):
@@ -981,8 +951,13 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
 
 
-exp, log, sin, cos, sqrt, invert, stop_gradient = Exp(), Log(), Sin(), Cos(), Sqrt(), Invert(), StopGradient()
-cast, tanh = Cast(), Tanh()
+exp = Unary("exp", lambda t, x, y: t * y)
+log = Unary("log", lambda t, x, y: t / x)
+sin = Unary("sin", lambda t, x, y: t * cos(x))
+sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0))
+invert = Unary("invert", allowed="integer")  # bitwise not of integers, logical not of bools
+stop_gradient = Unary("stop_gradient", lambda t, x, y: zeros_like(x), allowed="any")  # the identity, derivative 0
+cos, cast, tanh = Cos(), Cast(), Tanh()
 floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
 equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")

@@ -1,7 +1,10 @@
-"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks."""
+"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks (a plugin's
+mistake skips that contribution with a warning; see the README's "Writing a plugin" for the environment variables)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from importlib.metadata import entry_points
 from importlib.metadata import version as distribution_version
@@ -9,12 +12,10 @@ from typing import Any, Callable
 
 import pluggy
 
+from .errors import SlopePluginError, SlopePluginWarning
+
 hookspec = pluggy.HookspecMarker("slope")
 hookimpl = pluggy.HookimplMarker("slope")
-
-
-class SlopePluginError(RuntimeError):
-    """Two plugins define the same name, or a plugin returns something Slope cannot use."""
 
 
 class HookSpecs:
@@ -36,6 +37,10 @@ class HookSpecs:
     def slope_translations(self, backend: Any) -> dict[str, Callable]:
         """Return `{operator name: translation}` for `backend` (check `backend.name`), or None for other backends."""
 
+    @hookspec
+    def slope_conformance_rows(self) -> list:
+        """Return `slope.testing.Row`s for this plugin's operators and procedures (the conformance matrix runs them)."""
+
 
 manager = pluggy.PluginManager("slope")
 manager.add_hookspecs(HookSpecs)
@@ -44,31 +49,94 @@ operators: dict[str, Any] = {}
 procedures: dict[str, Callable] = {}
 backends: dict[str, type] = {}
 owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
-failed: dict[str, str] = {}  # plugin name -> error text
+failed: dict[str, list[str]] = {}  # plugin name -> its problems (a plugin that failed to load, contributions skipped)
+distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version), for entry-point plugins
+on_refresh: list[Callable[[], None]] = []  # what other modules reset when the registries change (the backend caches)
 
 
-def _claim(kind: str, name: str, plugin: str) -> None:
-    other = owners.get((kind, name))
-    if other is not None and other != plugin:
-        raise SlopePluginError(f"slope: {kind} {name!r} is defined by both plugin {other!r} and plugin {plugin!r}")
-    owners[(kind, name)] = plugin
+def _env_set(variable: str) -> set[str]:
+    return {name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()}
 
 
-def refresh() -> None:
-    """Rebuild the registries from every registered plugin's hooks."""
+def problem(plugin: str, message: str, strict: bool = False, outcome: str = "skipped") -> None:
+    """Report a plugin's mistake: a SlopePluginWarning naming it and its distribution, or an error when strict."""
+    dist, version = distributions.get(plugin, (None, None))
+    where = f"plugin {plugin!r} (distribution {dist} {version})" if dist else f"plugin {plugin!r}"
+    hint = f"; disable it with SLOPE_DISABLE_PLUGINS={plugin} or `pip uninstall {dist}`" if dist else ""
+    if message not in failed.setdefault(plugin, []):
+        failed[plugin].append(message)
+    if strict or os.environ.get("SLOPE_STRICT_PLUGINS", "0") not in ("", "0"):
+        raise SlopePluginError(f"slope: {where}: {message}")
+    warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; {outcome}{hint}"), stacklevel=3)
+
+
+def _reserved(name: str) -> bool:
+    """Names Slope itself uses: `slope.grad`, `slope.nn`, Tensor's own methods such as `numpy`."""
+    from .tensors import Tensor
+
+    ours = getattr(Tensor.__dict__.get(name), "_slope_function", name not in Tensor.__dict__)  # (plugins' methods)
+    return name in vars(sys.modules["slope"]) or name in ("nn", "testing") or not ours
+
+
+def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
+    """What is wrong with one contribution, or None."""
+    from .backend import Backend
+    from .operator import Operator
+
+    if kind == "operator" and not isinstance(item, Operator):
+        return f"operator {name!r} must be a slope.Operator instance (not a class), got {item!r}"
+    if kind == "operator" and not item.has_rule("infer") and item.procedure is None:
+        return f"operator {name!r} defines neither `infer` nor a `procedure` to derive it from"
+    if kind == "procedure" and not callable(item):
+        return f"procedure {name!r} is not callable: {item!r}"
+    if kind == "backend":
+        if not (isinstance(item, type) and issubclass(item, Backend)):
+            return f"backend {name!r} must be a slope.Backend subclass (the class, not an instance), got {item!r}"
+        lacking = [m for m in ("compile", "from_numpy", "to_numpy") if getattr(item, m) is getattr(Backend, m)]
+        if lacking or not (isinstance(name, str) and name.strip()):
+            return f"backend {name!r} needs a name and its own {', '.join(lacking or ['name'])}"
+        if not item.dtypes and item.__init__ is Backend.__init__:  # (a backend may set its dtypes in __init__)
+            return f"backend {name!r} declares no dtypes"
+    elif not (isinstance(name, str) and name.isidentifier()):
+        return f"{kind} name {name!r} is not a Python identifier"
+    elif not plugin.startswith("slope-core.") and _reserved(name):
+        return f"{kind} {name!r} would shadow Slope's own `slope.{name}` or `Tensor.{name}`"
+    other = owners.get(("backend" if kind == "backend" else "function", name))
+    return f"{kind} {name!r} is defined by plugin {other!r} first, and again by {plugin!r}" if other else None
+
+
+def _table(kind: str, value: Any) -> dict:
+    """A hook's result as `{name: item}`: procedures come as a dict, operators and backends as lists of named things."""
+    expected = "dict" if kind == "procedure" else "list"
+    if value is not None and not isinstance(value, dict if kind == "procedure" else (list, tuple)):
+        raise TypeError(f"slope_{kind}s must return a {expected}, got {type(value).__name__}")
+    return (
+        dict(value or {}) if kind == "procedure" else {getattr(item, "name", repr(item)): item for item in value or ()}
+    )
+
+
+def refresh(strict_plugin: str | None = None) -> None:
+    """Rebuild the registries from every registered plugin's hooks (a bad contribution is skipped with a warning)."""
     from .tensors import Tensor, functions
 
     for registry in (operators, procedures, backends, owners):
         registry.clear()
-    hooks = [("slope_operators", "function", operators), ("slope_procedures", "function", procedures),
-             ("slope_backends", "backend", backends)]  # fmt: skip
-    for hook_name, kind, registry in hooks:
-        for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()):
+    hooks = [("operator", operators), ("procedure", procedures), ("backend", backends)]
+    for kind, registry in hooks:
+        for impl in getattr(manager.hook, f"slope_{kind}s").get_hookimpls():  # registration order: Slope's first
             plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
-            value = impl.function() or {}
-            table = value if isinstance(value, dict) else {item.name: item for item in value}  # lists of named things
+            try:
+                table = _table(kind, impl.function())
+            except Exception as error:
+                problem(
+                    plugin, f"its slope_{kind}s hook failed: {type(error).__name__}: {error}", plugin == strict_plugin
+                )
+                continue
             for name, item in table.items():
-                _claim(kind, name, plugin)
+                if message := _check(kind, name, item, plugin):
+                    problem(plugin, message, plugin == strict_plugin)
+                    continue
+                owners[("backend" if kind == "backend" else "function", name)] = plugin
                 registry[name] = item
     functions.clear()
     functions.update(operators)
@@ -79,14 +147,25 @@ def refresh() -> None:
     for name, fn in functions.items():
         if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
             setattr(Tensor, name, _as_method(fn))
-    from . import backend
+    for reset in on_refresh:
+        reset()
 
-    active = backend._state["backend"]
-    backend._instances.clear()  # translations may have changed
-    backend._compiled.clear()
-    backend._state["backend"] = None
-    if active is not None and active.name in backends:  # the backend the user chose stays chosen
-        backend._state["backend"] = backend.get_backend(active.name)
+
+def translations_for(backend: Any) -> tuple[dict[str, Callable], dict[str, str]]:
+    """Every plugin's translations for a backend, and which plugin gave each; a failing plugin is skipped."""
+    translations, given_by = {}, {}
+    for impl in manager.hook.slope_translations.get_hookimpls():
+        plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+        try:
+            table = impl.function(**{arg: backend for arg in impl.argnames}) or {}
+            if not isinstance(table, dict) or not all(isinstance(k, str) and callable(v) for k, v in table.items()):
+                raise TypeError(f"expected a dict of operator name -> function or None, got {table!r:.80}")
+        except Exception as error:
+            problem(plugin, f"its slope_translations hook failed for backend {backend.name!r}: {error}")
+            continue
+        translations.update(table)
+        given_by.update(dict.fromkeys(table, plugin))
+    return translations, given_by
 
 
 def _as_method(fn: Callable) -> Callable:
@@ -100,12 +179,13 @@ def _as_method(fn: Callable) -> Callable:
 
 
 def register(plugin: Any, name: str | None = None) -> None:
-    """Register an in-process plugin (a module or object with `@hookimpl` functions)."""
-    manager.register(plugin, name)
+    """Register an in-process plugin (a module or object with `@hookimpl` functions); its mistakes are errors."""
+    name = manager.register(plugin, name)
     try:
-        refresh()
+        refresh(strict_plugin=name)
     except Exception:
         manager.unregister(plugin)
+        failed.pop(name, None)
         refresh()
         raise
 
@@ -117,30 +197,35 @@ def unregister(plugin: Any) -> None:
 
 
 def load_entry_points() -> None:
-    """Load every plugin of the `slope` entry-point group; a broken one becomes a warning."""
-    for entry_point in entry_points(group="slope"):
-        if manager.get_plugin(entry_point.name) is not None:
+    """Load the plugins of the `slope` entry-point group (as SLOPE_DISABLE_PLUGINS, SLOPE_PLUGINS allow)."""
+    disabled, only = _env_set("SLOPE_DISABLE_PLUGINS"), _env_set("SLOPE_PLUGINS")
+    autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
+    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn")  # Slope's own first: a clashing name is the other's
+    for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
+        label = (entry_point.dist.name, entry_point.dist.version) if entry_point.dist else ("?", "?")
+        ids = {entry_point.name, label[0], f"{label[0]}:{entry_point.name}"}
+        if ids & disabled or not (autoload or ids & only):
             continue
+        name = entry_point.name  # a name another distribution took already: both load, told apart by distribution
+        if distributions.get(name, label) != label:
+            name = f"{label[0]}:{entry_point.name}"
+        if manager.get_plugin(name) is not None or name in failed:  # (importlib.reload(slope))
+            continue
+        distributions[name] = label
+        if name != entry_point.name:
+            taken = " ".join(distributions[entry_point.name])
+            problem(name, f"entry-point name {entry_point.name!r} is taken by {taken}", outcome=f"loaded as {name!r}")
         try:
-            module = entry_point.load()
-            manager.register(module, entry_point.name)
+            manager.register(entry_point.load(), name)
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
-            failed[entry_point.name] = reason
-            warnings.warn(
-                f"slope: plugin {entry_point.name!r} ({entry_point.value}) failed to load: {reason}", stacklevel=2
-            )
+            problem(name, f"{type(error).__name__}: {error} (loading {entry_point.value})")
     refresh()
 
 
 def plugin_versions() -> dict[str, str]:
-    """Installed plugins and the version of the distribution that provides each."""
+    """Loaded plugins and the version of the distribution that provides each."""
     versions = {}
-    for entry_point in entry_points(group="slope"):
-        dist = getattr(entry_point, "dist", None)
-        versions[entry_point.name] = dist.version if dist is not None else "?"
     for name, _ in manager.list_name_plugin():
-        if name.startswith("slope-core"):
-            versions.setdefault(name, f"{distribution_version('slope-core')} (built in)")
-        versions.setdefault(name, "in-process")
+        builtin = name.startswith("slope-core") and f"{distribution_version('slope-core')} (built in)"
+        versions[name] = distributions[name][1] if name in distributions else builtin or "in-process"
     return versions

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import DType
+from .errors import SlopeTraceError
 from .ir import Aval
 
 # Filled by the plugin host: every operator and procedure by name (also attached as Tensor methods).
@@ -61,8 +62,6 @@ class Tensor:
 
     def _concrete(self, what: str) -> None:
         if self.buffer is None:
-            from .trace import SlopeTraceError
-
             raise SlopeTraceError(
                 f"slope: {what} needs a concrete value, but this tensor {self.aval} is traced inside a transformation "
                 "(jit, grad, vmap, ...); Python control flow on traced values is not possible: use slope.where, "

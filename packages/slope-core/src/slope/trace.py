@@ -9,12 +9,9 @@ from typing import Any, Callable, Iterator
 
 from . import tree
 from .backend import eager_run
+from .errors import SlopeTraceError
 from .ir import Aval, Instruction, Program, Var
 from .tensors import Tensor
-
-
-class SlopeTraceError(TypeError):
-    """A traced value was used where a concrete one is needed."""
 
 
 @dataclass(eq=False, slots=True)

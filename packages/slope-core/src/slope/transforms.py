@@ -8,15 +8,12 @@ from typing import Any, Callable, Sequence
 
 from . import backend as backend_module
 from . import tree
+from .errors import TransformError
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
-
-
-class TransformError(ValueError):
-    """A transformation used in a way it cannot support."""
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
@@ -518,9 +515,9 @@ class Lowered:
         """The backend's code for the program."""
         return self.executable.code
 
-    def export(self, path: str) -> list[str]:
-        """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend); returns the files."""
-        return self.backend.export(self.executable.program, str(path))
+    def export(self, path: str, **options: Any) -> list[str]:
+        """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend; options such as iree's target)."""
+        return self.backend.export(self.executable.program, str(path), **options)
 
 
 class jit:  # noqa: N801 - used as a decorator, like jax.jit

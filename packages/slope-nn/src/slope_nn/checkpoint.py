@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +60,8 @@ def _write_safetensors(arrays: dict[str, np.ndarray], file: Path) -> None:
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """write(file) to a new file beside `path`, flushed to disk, then renamed over `path` in one step."""
+    import secrets  # here, not at the top: it adds to every `import slope`
+
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         write(temporary)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -101,6 +99,9 @@ def has_mnist(folder: str | os.PathLike) -> bool:
 
 
 def _download(folder: Path, stem: str, timeout: float) -> Path:
+    import urllib.error  # here, not at the top: urllib.request (ssl, http) would add to every `import slope`
+    import urllib.request
+
     errors = []
     for mirror in MNIST_MIRRORS:
         url = f"{mirror}{stem}.gz"

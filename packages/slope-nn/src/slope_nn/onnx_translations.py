@@ -1,6 +1,7 @@
 """ONNX translations of slope-nn's operators for the onnxruntime backend, in slope-onnx's translation API
 (`f(graph, inputs, instruction) -> output name`; `NoTranslationError` lowers an instruction through its procedure).
 
+- `erf` is ONNX Erf (float64 through its procedure: ORT has no float64 kernel, and float32 would lose precision).
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
 - `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32; float64 through its procedure).
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
@@ -23,6 +24,7 @@ import numpy as np
 import slope
 from slope import Instruction
 from slope_onnx.graph import NoTranslationError, OnnxGraph
+from slope_onnx.translate import emit
 
 from .operators import padding_only_windows, pooled_shape
 
@@ -37,6 +39,13 @@ def _float_compute(dtype: slope.DType) -> slope.DType:
     if dtype.name in ("float16", "bfloat16"):
         return slope.float32
     raise NoTranslationError
+
+
+def _erf(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    out = instruction.outputs[0].aval
+    if out.dtype == slope.float64:  # no float64 kernel, and float32 would lose precision
+        raise NoTranslationError
+    return emit(graph, "Erf", inputs, out.dtype, out.shape)
 
 
 def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
@@ -179,6 +188,7 @@ def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, 
 
 translations: dict[str, Callable] = {
     "log_softmax": _log_softmax,
+    "erf": _erf,
     "relu": _relu,
     "max_pool": _max_pool,
     "max_pool_argmax": _max_pool_argmax,

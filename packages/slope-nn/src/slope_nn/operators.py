@@ -472,9 +472,3 @@ max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
 operators = [erf, log_softmax, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
-
-# the NumPy backend's translations (Python expressions); the others run through their procedures there
-numpy_translations = {
-    "relu": lambda ins, params, out: f"np.where({ins[0]} < 0, np.zeros((), {ins[0]}.dtype), {ins[0]})",
-    "take_along_dim": lambda ins, params, out: f"np.take_along_axis({ins[0]}, {ins[1]}, axis={params['dim']})",
-}

@@ -37,7 +37,7 @@ def slope_translations(backend: Any) -> dict[str, Callable] | None:
 
         return translations
     if backend.name == "numpy":
-        from .operators import numpy_translations
+        from .numpy_translations import translations
 
-        return numpy_translations
+        return translations
     return None

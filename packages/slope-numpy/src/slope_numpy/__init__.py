@@ -3,3 +3,4 @@
 from .backend import NumpyBackend
 
 __all__ = ["NumpyBackend"]
+__version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import inspect
 import io
 from typing import Any
@@ -19,13 +20,18 @@ _float_types = {slope.float16, slope.float32, slope.float64}
 _other_types = {slope.bool_, slope.int8, slope.uint8, slope.int16, slope.int32, slope.int64}
 
 
+class _NumpyDtypes(dict):
+    """NumPy dtypes by name; bfloat16's is looked up when first used (its ml_dtypes is slow to import)."""
+
+    def __missing__(self, name: str) -> np.dtype:
+        if name != "bfloat16":
+            raise KeyError(name)
+        self[name] = slope.bfloat16.numpy
+        return self[name]
+
+
 def _numpy_dtypes() -> dict[str, Any]:
-    table = {d.name: np.dtype(d.name) for d in _float_types | _other_types}
-    try:
-        table["bfloat16"] = slope.bfloat16.numpy
-    except TypeError:
-        pass
-    return table
+    return _NumpyDtypes({d.name: np.dtype(d.name) for d in _float_types | _other_types})
 
 
 class NumpyBackend(Backend):
@@ -38,9 +44,8 @@ class NumpyBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self.numpy_dtypes = _numpy_dtypes()
-        self.dtypes = frozenset(
-            d for d in _float_types | _other_types | {slope.bfloat16} if d.name in self.numpy_dtypes
-        )
+        bfloat16 = {slope.bfloat16} if importlib.util.find_spec("ml_dtypes") else set()
+        self.dtypes = frozenset(_float_types | _other_types | bfloat16)
 
     def devices(self) -> list[str]:
         return ["cpu"]

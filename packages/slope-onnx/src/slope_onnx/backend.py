@@ -3,23 +3,84 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnxruntime.capi import _pybind_state as ort_c
 
 import slope
 from slope import Backend, Executable, Program
 
-from .cpu_rewrites import for_cpu_session
-from .graph import build_model, element_type
-from .translate import translations
+# onnx and onnxruntime, and this package's modules built on them, load when the backend is first made
+# (`_load_libraries`), not when `import slope` registers it: importing them takes longer than the rest of Slope.
+onnx: Any = None
+ort: Any = None
+ort_c: Any = None
+
+
+def build_model(program: Program, translations: dict[str, Callable]) -> tuple:
+    """`graph.build_model` (imported here: graph.py needs onnx)."""
+    from .graph import build_model
+
+    return build_model(program, translations)
+
+
+def element_type(dtype: slope.DType) -> int:
+    """`graph.element_type` (imported here: graph.py needs onnx)."""
+    from .graph import element_type
+
+    return element_type(dtype)
+
+
+def for_cpu_session(model: Any) -> Any:
+    """`cpu_rewrites.for_cpu_session` (imported here: cpu_rewrites.py needs onnx)."""
+    from .cpu_rewrites import for_cpu_session
+
+    return for_cpu_session(model)
+
+
+def _onnxruntime_conflict() -> str:
+    """Why onnxruntime may be broken when both its CPU and its GPU distribution are installed, else ''."""
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return ""
+    return (
+        f"slope: both {found[0]} and {found[1]} are installed; they write the same `onnxruntime` package over each "
+        "other, so the backend may fail or lack CUDA. Keep one: `pip uninstall -y onnxruntime onnxruntime-gpu`, then "
+        "`pip install onnxruntime-gpu` (Linux x86_64, Windows x64) or `pip install onnxruntime` (elsewhere)"
+    )
+
+
+def _load_libraries() -> None:
+    """Import onnx and onnxruntime into this module, and give OnnxBackend its translations."""
+    global onnx, ort, ort_c
+    if ort_c is not None:
+        return
+    conflict = _onnxruntime_conflict()
+    if conflict:
+        warnings.warn(conflict, RuntimeWarning, stacklevel=4)
+    import onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise slope.SlopeBackendError(f"slope: onnxruntime failed to import ({error}) {conflict}".strip()) from None
+
+    from .translate import translations
+
+    OnnxBackend.translations = translations
+    from onnxruntime.capi import _pybind_state as ort_c  # last: the others are set once this one is
+
 
 _ERROR = 3  # onnxruntime logger severities
 _FATAL = 4
@@ -145,10 +206,10 @@ class OnnxBackend(Backend):
     """Runs Programs as ONNX models in onnxruntime sessions (CPU, and CUDA where the CUDA provider runs)."""
 
     name = "onnxruntime"
-    translations = translations
     export_suffix = ".onnx"
 
     def __init__(self) -> None:
+        _load_libraries()
         super().__init__()
         self.numpy_dtypes = _numpy_dtypes()
         self.dtypes = frozenset(d for d in slope.dtypes.all_dtypes if d.name in self.numpy_dtypes)

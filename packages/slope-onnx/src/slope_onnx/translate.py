@@ -93,13 +93,6 @@ def _unary(op_type: str) -> Callable:
     return translate
 
 
-def _erf(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
-    out = _out(instruction)
-    if out.dtype == slope.float64:  # no float64 kernel, and float32 would lose precision
-        raise NoTranslationError
-    return emit(graph, "Erf", inputs, out.dtype, out.shape)
-
-
 def _invert(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     if out.dtype == slope.bool_:
@@ -824,7 +817,6 @@ translations: dict[str, Callable] = {
     "floor": _unary("Floor"),
     "ceil": _unary("Ceil"),
     "round": _unary("Round"),  # half to even, as PyTorch
-    "erf": _erf,
     "invert": _invert,
     "stop_gradient": _identity,
     "cast": _cast,

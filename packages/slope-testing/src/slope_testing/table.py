@@ -2,7 +2,8 @@
 
 Each row lists its cases (inputs, arguments, NumPy reference); the first case is the one the conformance matrix
 runs under every transformation, dtype and backend, and test_ops runs every case (broadcasting, 0-d and empty
-shapes, method form). A new operator or procedure joins both by adding its row here: `add(Row(...))`.
+shapes, method form). A new operator or procedure of Slope's own joins both by adding its row here: `add(Row(...))`;
+a plugin's operators give theirs through the `slope_conformance_rows` hook (see slope_testing.matrix).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import inspect
 from dataclasses import replace
 
 import numpy as np
-from helpers import (
+
+import slope
+
+from .checks import (
     ALL_DTYPES,
     BITS,
     FLOATS,
@@ -36,8 +40,6 @@ from helpers import (
     np_softmax,
     np_uniform,
 )
-
-import slope
 
 ROWS: dict[str, Row] = {}
 

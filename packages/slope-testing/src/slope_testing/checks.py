@@ -1,6 +1,6 @@
 """Shared machinery of the operator tests: input specs, tolerances, NumPy references and finite differences.
 
-The operator table (`operator_table.py`) describes every operator and procedure as data; the checks here run one
+The operator table (`slope_testing.table`) describes every operator and procedure as data; the checks here run one
 table case under one transformation and compare it with an independent reference:
 
 - forward values against a NumPy reference evaluated in float64 on the very inputs Slope received;

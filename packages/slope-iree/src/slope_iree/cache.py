@@ -1,0 +1,161 @@
+"""The compile cache: StableHLO text -> .vmfb bytes, in memory and on disk under $SLOPE_CACHE_DIR/iree.
+
+A compile costs 0.15-0.5 s whatever the module's size, so every compiled module is kept on disk, keyed by a hash of
+the MLIR text, the compiler's version, the target and the flags: a new process (or another one running at the same
+time) loads it instead of compiling again. Files are written to a temporary name and renamed into place, so a reader
+never sees half a module and several processes may fill the cache at once. `slope cache` shows its size and
+`slope cache clear` empties it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import tempfile
+import threading
+import warnings
+from typing import Any
+
+FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes in a way the key does not show
+
+# The compiler's target backend and flags for each target; the runtime picks the target from the device.
+TARGET_BACKENDS = {"cpu": "llvm-cpu", "cuda": "cuda", "vulkan": "vulkan-spirv", "metal": "metal-spirv"}
+COMMON_FLAGS = ("--iree-input-type=stablehlo", "--iree-input-demote-f64-to-f32=false")
+
+
+def _error(message: str) -> Exception:
+    from slope import SlopeBackendError  # (imported late: `import slope` loads this package's plugin)
+
+    return SlopeBackendError(message)
+
+
+def target_flags(target: str) -> tuple[str, ...]:
+    """The compiler flags for a target ("cpu", "cuda", "vulkan", "metal"), besides its target backend."""
+    if target == "cpu":
+        # a generic CPU target is 2-3x slower and warns on every compile; a system library (not IREE's embedded ELF)
+        # links the float64 sin, cos, tanh and fmod that IREE leaves to libm ("undefined symbol: cos" otherwise)
+        return (*COMMON_FLAGS, "--iree-llvmcpu-target-cpu=host", "--iree-llvmcpu-link-embedded=false")
+    if target == "cuda":
+        # IREE 3.13 cannot compile for sm_90 ("missing GPU target"); sm_80 PTX runs on newer GPUs too
+        return (*COMMON_FLAGS, f"--iree-cuda-target={os.environ.get('SLOPE_IREE_CUDA_TARGET', 'sm_80')}")
+    if target == "metal":
+        # no Metal toolchain here: keep the shaders as MSL source in the module (the Metal runtime compiles them)
+        return (*COMMON_FLAGS, "--iree-metal-compile-to-metallib=false")
+    if target in TARGET_BACKENDS:
+        return COMMON_FLAGS
+    raise _error(f"slope: the iree backend has no compile target {target!r}; targets: {sorted(TARGET_BACKENDS)}")
+
+
+def compiler_version() -> str:
+    """The IREE compiler's version and revision, read without importing the compiler (an import costs ~0.2 s)."""
+    global _version
+    if _version is None:
+        spec = importlib.util.find_spec("iree.compiler")
+        if spec is None or not spec.submodule_search_locations:
+            raise _error(
+                "slope: the iree backend needs the IREE compiler: pip install iree-base-compiler iree-base-runtime"
+            )
+        try:
+            with open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) as handle:
+                text = handle.read()
+            _version = " ".join(re.findall(r"^(?:VERSION|REVISIONS) = (.*)$", text, re.MULTILINE)) or text
+        except OSError:
+            _version = "unknown"
+    return _version
+
+
+_version: str | None = None
+_memory: dict[str, bytes] = {}  # key -> module bytes compiled or read in this process
+_lock = threading.Lock()
+_warned: list[str] = []
+stats = {"compiled": 0, "read": 0}  # modules compiled and modules read from disk by this process
+
+
+def key(mlir: str, target: str, flags: tuple[str, ...]) -> str:
+    """The cache key of a module: a hash of everything that changes the compiled bytes."""
+    digest = hashlib.sha256()
+    for part in (FORMAT, compiler_version(), target, "\0".join(flags), mlir):
+        digest.update(part.encode())
+        digest.update(b"\0\1")
+    return digest.hexdigest()
+
+
+def directory() -> str:
+    """The folder of this backend's compiled modules: $SLOPE_CACHE_DIR/iree (default ~/.cache/slope/iree)."""
+    return os.path.join(os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope"), "iree")
+
+
+def enabled() -> bool:
+    """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0 turns it off)."""
+    return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
+
+
+def compile_mlir(mlir: str, target: str = "cpu") -> bytes:
+    """The .vmfb bytes of a StableHLO module for a target: from memory, else from disk, else compiled (and stored)."""
+    flags = target_flags(target)
+    name = key(mlir, target, flags)
+    module = _memory.get(name)
+    if module is not None:
+        return module
+    path = os.path.join(directory(), name[:2], name + ".vmfb")
+    module = _read(path) if enabled() else None
+    if module is None:
+        module = _compile(mlir, TARGET_BACKENDS[target], flags)
+        stats["compiled"] += 1
+        if enabled():
+            _write(path, module)
+    else:
+        stats["read"] += 1
+    with _lock:
+        return _memory.setdefault(name, module)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:  # not cached yet (or unreadable: compile again)
+        return None
+
+
+def _write(path: str, module: bytes) -> None:
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(module)
+            os.replace(temporary, path)  # atomic: readers see the whole module or none
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as error:  # a read-only or full disk costs speed, not correctness
+        if not _warned:
+            _warned.append(folder)
+            warnings.warn(f"slope: cannot write the iree compile cache in {folder!r} ({error}); "
+                          "set SLOPE_CACHE_DIR to a writable folder", RuntimeWarning, stacklevel=3)  # fmt: skip
+
+
+def _compile(mlir: str, target_backend: str, flags: tuple[str, ...]) -> bytes:
+    from iree.compiler import CompilerToolError, compile_str
+
+    try:
+        return compile_str(mlir, target_backends=[target_backend], extra_args=list(flags))
+    except CompilerToolError as error:
+        raise _error(
+            f"slope: the IREE compiler rejected a module for {target_backend} (a bug in slope-iree's translation; "
+            f"please report it with LOG_JIT=1 output):\n{_summary(error)}"
+        ) from None
+
+
+def _summary(error: Any) -> str:
+    lines = [line for line in str(error).splitlines() if "error" in line.lower()]
+    return "\n".join(lines[:10]) or str(error)[:2000]
+
+
+def clear_memory() -> None:
+    """Forget the modules held in this process (the disk cache stays)."""
+    _memory.clear()

@@ -1,0 +1,11 @@
+"""Registers the IREE backend with Slope (entry point `slope: iree`)."""
+
+from slope.plugins import hookimpl
+
+
+@hookimpl
+def slope_backends() -> list:
+    """The IREE backend."""
+    from .backend import IreeBackend
+
+    return [IreeBackend]

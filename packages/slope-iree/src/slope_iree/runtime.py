@@ -1,0 +1,300 @@
+"""The IREE runtime side of the backend: devices, buffers, loading compiled modules and calling them.
+
+- One VM instance per process and one HAL device per driver, shared by every program: no thread pool per cached
+  program. `cpu` is the single-threaded `local-sync` device, plus the threaded `local-task` device (one pool, as many
+  workers as CPUs) made the first time a program turns out to run faster on it; `cuda:N` is IREE's CUDA driver, listed
+  only when it really loads (the wheel lists the driver on every machine).
+- Buffers are IREE `HalBufferView`s that stay on their device between calls; NumPy only at `to_numpy`.
+- A module is loaded once per device (cache key: its MLIR), whatever the number of programs (eager shapes) using it.
+- On the CPU, a program runs on `local-sync`; one whose first call took longer than `SLOW_CALL` seconds is then timed
+  on both devices for a few calls and keeps the faster (SLOPE_IREE_DRIVER=local-sync|local-task fixes the choice).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import slope
+from slope.dtypes import all_dtypes
+
+from . import cache
+
+SLOW_CALL = 200e-6  # a call shorter than this cannot win from threads: the task driver's dispatch costs ~20 µs
+TRIALS = 5  # timed calls per driver when choosing
+TASK_GAIN = 0.8  # threads must cut the best time by 20% to be chosen: on a busy machine they often cost more
+
+_lock = threading.RLock()
+_iree: Any = None  # the iree.runtime module, imported on first use (its import costs ~0.1 s)
+_vm_instance: Any = None
+_devices: dict[str, Device] = {}  # "cpu", "cpu-task", "cuda:0", ... -> Device
+_available: list[str] | None = None
+_modules: dict[tuple[str, str], Module] = {}  # (cache key, device name) -> loaded module
+
+
+def iree() -> Any:
+    """The iree.runtime module."""
+    global _iree, _vm_instance
+    if _iree is None:
+        with _lock:
+            try:
+                import iree.runtime as runtime_module
+            except ImportError as error:
+                raise slope.SlopeBackendError(
+                    f"slope: the iree backend needs IREE's runtime ({error}): pip install iree-base-runtime"
+                ) from None
+            _vm_instance = runtime_module.VmInstance()
+            _iree = runtime_module
+    return _iree
+
+
+def _cuda_devices() -> list[str]:
+    """The CUDA devices IREE can open (an empty list where the CUDA driver library does not load)."""
+    try:
+        driver = iree().get_driver("cuda")
+        return [f"cuda:{i}" for i in range(len(driver.query_available_devices()))]
+    except Exception:  # no libcuda, no GPU, or a driver that fails: IREE's CUDA is not there
+        return []
+
+
+def devices() -> list[str]:
+    """The devices the iree backend can use: cpu always, cuda:N where IREE's CUDA driver loads and finds a GPU."""
+    global _available
+    if _available is None:
+        _available = ["cpu", *_cuda_devices()]
+    return list(_available)
+
+
+def target(device: str) -> str:
+    """The compile target of a device ("cpu" for both CPU drivers, "cuda")."""
+    return device.split(":")[0].split("-")[0]
+
+
+class Device:
+    """One IREE HAL device with its VM `hal` module, shared by every module loaded on it."""
+
+    def __init__(self, name: str, driver: str, hal_device: Any):
+        runtime = iree()
+        self.name, self.driver, self.hal = name, driver, hal_device
+        self.hal_module = runtime.create_hal_module(_vm_instance, hal_device)
+        self.memory_type, self.usage = runtime.MemoryType.DEVICE_LOCAL, runtime.BufferUsage.DEFAULT
+
+    def from_numpy(self, array: np.ndarray) -> Any:
+        """A HalBufferView on this device holding a copy of the array."""
+        array = np.asarray(array, order="C")
+        element_type = _element_types().get(array.dtype.name)
+        if element_type is None:
+            raise slope.SlopeBackendError(f"slope: the iree backend cannot hold NumPy dtype {array.dtype}")
+        if array.dtype.name == "bfloat16":  # (ml_dtypes' arrays do not export a buffer IREE reads)
+            array = array.view(np.uint16)
+        return self.hal.allocator.allocate_buffer_copy(
+            memory_type=self.memory_type, allowed_usage=self.usage, device=self.hal, buffer=array,
+            element_type=element_type,
+        )  # fmt: skip
+
+
+_element_table: dict[str, Any] = {}
+_numpy_dtypes: dict[int, np.dtype] = {}  # HalElementType -> NumPy dtype
+
+
+def _element_types() -> dict[str, Any]:
+    """NumPy dtype name -> IREE element type, for the dtypes Slope holds."""
+    if not _element_table:
+        element = iree().HalElementType
+        table = {
+            "bool": element.BOOL_8, "int8": element.SINT_8, "uint8": element.UINT_8, "int16": element.SINT_16,
+            "int32": element.SINT_32, "int64": element.SINT_64, "float16": element.FLOAT_16,
+            "bfloat16": element.BFLOAT_16, "float32": element.FLOAT_32, "float64": element.FLOAT_64,
+        }  # fmt: skip
+        for dtype in all_dtypes:
+            try:
+                _numpy_dtypes[int(table[dtype.name])] = np.dtype(dtype.numpy)
+            except (TypeError, KeyError):  # bfloat16 without ml_dtypes
+                pass
+        for bits in (8, 16, 32, 64):  # compiled functions return signless integers: Slope's ints are signed
+            _numpy_dtypes[int(getattr(element, f"INT_{bits}"))] = np.dtype(f"int{bits}")
+        _element_table.update(table)
+    return _element_table
+
+
+def to_numpy(view: Any) -> np.ndarray:
+    """A NumPy copy of a buffer view (of any device)."""
+    _element_types()
+    dtype = _numpy_dtypes[int(view.element_type)]
+    buffer = view.get_buffer()
+    runtime = iree()
+    if buffer.memory_type() & int(runtime.MemoryType.HOST_VISIBLE) and buffer.allowed_usage() & int(
+        runtime.BufferUsage.MAPPING_SCOPED
+    ):
+        return np.array(view.map().asarray(view.shape, dtype))  # a copy: tensors are immutable, arrays are not
+    owner = next((d for d in _devices.values() if not d.driver.startswith("local-")), None)
+    if owner is None:
+        raise slope.SlopeBackendError("slope: an iree buffer is on no device this process opened")
+    # (a GPU buffer: DeviceArray copies it back through the device's queue)
+    return np.array(runtime.DeviceArray(owner.hal, view, override_dtype=dtype).to_host())
+
+
+def device(name: str) -> Device:
+    """The shared Device of a name ("cpu", "cpu-task" for the threaded CPU driver, "cuda:N")."""
+    found = _devices.get(name)
+    if found is not None:
+        return found
+    with _lock:
+        if name in _devices:
+            return _devices[name]
+        runtime = iree()
+        if name in ("cpu", "cpu-task"):
+            driver = "local-sync" if name == "cpu" else "local-task"
+            hal_device = runtime.get_driver(driver).create_default_device()
+        elif name.startswith("cuda") and name in devices():
+            driver = "cuda"
+            infos = runtime.get_driver("cuda").query_available_devices()
+            hal_device = runtime.get_driver("cuda").create_device(infos[int(name.split(":")[1])]["device_id"])
+        else:
+            raise slope.SlopeBackendError(
+                f"slope: device {name!r} is not available on backend 'iree'; available devices: {devices()}"
+            )
+        _devices[name] = Device(name, driver, hal_device)
+        return _devices[name]
+
+
+def from_numpy(array: np.ndarray, device_name: str) -> Any:
+    """A buffer on a device holding a copy of the array."""
+    return device(device_name).from_numpy(array)
+
+
+class Module:
+    """A compiled module loaded on a device: its VM context and functions. Calls into one context are serialized."""
+
+    def __init__(self, vmfb: bytes, on: Device):
+        runtime = iree()
+        self.device = on
+        self.vm_module = runtime.VmModule.copy_buffer(_vm_instance, vmfb)  # (the bytes may be freed after)
+        self.context = runtime.VmContext(_vm_instance, [on.hal_module, self.vm_module])
+        self.lock = threading.Lock()  # an IREE context is thread-compatible, not thread-safe
+
+    def function(self, name: str, outputs: int) -> Callable[[list], list]:
+        """A Python callable `buffers -> buffers` for one exported function."""
+        runtime = iree()
+        function = self.vm_module.lookup_function(name)
+        if function is None:
+            raise slope.SlopeBackendError(f"slope: the compiled iree module has no function {name!r}")
+        new_list, view_type, invoke, lock = runtime.VmVariantList, runtime.HalBufferView, self.context.invoke, self.lock
+        indices = range(outputs)
+
+        def call(buffers: list) -> list:
+            inputs = new_list(len(buffers))
+            for buffer in buffers:
+                inputs.push_ref(buffer.ref)
+            results = new_list(outputs)
+            with lock:
+                invoke(function, inputs, results)
+            return [results.get_as_object(i, view_type) for i in indices]
+
+        return call
+
+
+def load(mlir: str, device_name: str) -> Module:
+    """The module compiled from MLIR (disk cache, else the compiler) and loaded on a device, once per process."""
+    name = cache.key(mlir, target(device_name), cache.target_flags(target(device_name)))
+    module = _modules.get((name, device_name))
+    if module is None:
+        vmfb = cache.compile_mlir(mlir, target(device_name))
+        with _lock:
+            module = _modules.get((name, device_name)) or Module(vmfb, device(device_name))
+            _modules[(name, device_name)] = module
+    return module
+
+
+def function(mlir: str, device_name: str, outputs: int, name: str = "main") -> Callable[[list], list]:
+    """A callable `buffers -> buffers` running a function of an MLIR module on a device.
+
+    On the CPU it starts on the single-threaded driver and moves to the threaded one when measurement says so.
+    """
+    call = load(mlir, device_name).function(name, outputs)
+    if device_name != "cpu":
+        return call
+    forced = os.environ.get("SLOPE_IREE_DRIVER", "")
+    if forced == "local-task":
+        return load(mlir, "cpu-task").function(name, outputs)
+    if forced == "local-sync" or _cpus() < 2:
+        return call
+    return _DriverChoice(call, lambda: load(mlir, "cpu-task").function(name, outputs)).run
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _DriverChoice:
+    """The `run` of a CPU program: local-sync, unless timing shows the threaded local-task driver is faster.
+
+    The first call is timed on local-sync; a fast one settles it. Otherwise the next calls alternate between both
+    drivers (the first call on each, which warms it up, is not counted); local-task wins when its median time is
+    clearly better than local-sync's.
+    Buffers of both CPU drivers live in host memory, so either reads the other's results.
+    """
+
+    __slots__ = ("sync", "make_task", "task", "chosen", "times")
+
+    def __init__(self, sync: Callable[[list], list], make_task: Callable[[], Callable[[list], list]]):
+        self.sync, self.make_task, self.task = sync, make_task, None
+        self.chosen: Callable[[list], list] | None = None
+        self.times: dict[str, list[float]] = {"sync": [], "task": []}
+
+    def run(self, buffers: list) -> list:
+        """Run the program on the chosen driver (measuring until there is one)."""
+        chosen = self.chosen
+        if chosen is not None:
+            return chosen(buffers)
+        return self._measure(buffers)
+
+    def _measure(self, buffers: list) -> list:
+        sync_times, task_times = self.times["sync"], self.times["task"]
+        use_task = bool(sync_times) and len(task_times) <= len(sync_times)
+        if use_task and self.task is None:
+            self.task = self.make_task()
+            outs = self.task(buffers)  # starts the pool's threads: not a fair sample
+            task_times.append(float("inf"))
+            return outs
+        start = time.perf_counter()
+        outs = (self.task if use_task else self.sync)(buffers)
+        (task_times if use_task else sync_times).append(time.perf_counter() - start)
+        if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
+            self.chosen = self.sync
+        elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
+            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(
+                sync_times[1:]
+            )  # (medians: a busy
+            self.chosen = self.task if faster else self.sync  # machine's bursts would decide a comparison of minima)
+        return outs
+
+    @property
+    def driver(self) -> str | None:
+        """The chosen driver's name (None while measuring)."""
+        if self.chosen is None:
+            return None
+        return "local-task" if self.chosen is self.task else "local-sync"
+
+
+def export(mlir: str, path: str, target_name: str = "cpu") -> list[str]:
+    """Write `path.mlir` and `path.vmfb` compiled for a target (cpu, cuda, vulkan, metal); returns the paths."""
+    base = path[: -len(".vmfb")] if path.endswith(".vmfb") else path.removesuffix(".mlir")
+    vmfb = cache.compile_mlir(mlir, target_name)
+    with open(base + ".mlir", "w") as handle:
+        handle.write(mlir)
+    with open(base + ".vmfb", "wb") as handle:
+        handle.write(vmfb)
+    return [base + ".mlir", base + ".vmfb"]
+
+
+def release() -> None:
+    """Drop every loaded module and device (contexts before the devices they use), e.g. at exit."""
+    with _lock:
+        _modules.clear()
+        _devices.clear()

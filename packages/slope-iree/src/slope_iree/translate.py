@@ -1,0 +1,824 @@
+"""Translations of slope operators to StableHLO MLIR text: `f(fn, inputs, instruction) -> SSA name (or names)`.
+
+`fn` is the `Function` under construction, `inputs` the SSA names (`%x0`, `%v3`, ...) of the instruction's inputs,
+`instruction.params` / `.inputs[i].aval` / `.outputs[i].aval` its parameters and abstract values. A translation adds
+operations with `fn.emit(text, aval)` (or the helpers below, which spell the types) and returns the name of its
+result. There are no Python builders for StableHLO: this module writes MLIR text, which IREE parses. Dimension
+attributes are `array<i64: ...>`. A translation with no faithful StableHLO form for some dtypes or parameters raises
+`NoTranslationError`, and the instruction is lowered through its procedure in place.
+
+Semantics are those of the other backends (PyTorch's): NaN propagates through maximum and max, integer division
+truncates and gives 0 for a zero divisor, fmod takes the dividend's sign, sums have a bounded error, an index out of
+range is an IndexError when the program runs (`fn.check`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+import slope
+from slope import Aval, DType, Instruction, Program, Var
+
+ELEMENT_TYPES = {
+    "bool": "i1", "int8": "i8", "uint8": "ui8", "int16": "i16", "int32": "i32", "int64": "i64",
+    "float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
+}  # fmt: skip
+
+_HALF = ("float16", "bfloat16")
+
+
+class NoTranslationError(Exception):
+    """Raised by a translation with no faithful StableHLO form for its inputs: the instruction is lowered instead."""
+
+
+def tensor_type(aval: Aval) -> str:
+    """The MLIR tensor type of an abstract value: `tensor<2x3xf32>`, `tensor<f32>` for 0-d."""
+    return f"tensor<{''.join(f'{d}x' for d in aval.shape)}{ELEMENT_TYPES[aval.dtype.name]}>"
+
+
+def literal(value: Any, dtype: DType) -> str:
+    """A scalar as an MLIR literal of `dtype`: floats by their bits (exact, NaN and inf too), ints in decimal."""
+    if dtype == slope.bool_:
+        return "true" if value else "false"
+    if dtype.is_float:
+        bits = np.array(value, dtype=dtype.numpy).view(f"u{dtype.bits // 8}").item()
+        return f"0x{bits:0{dtype.bits // 4}X}"
+    return str(int(np.array(value).astype(dtype.numpy)))
+
+
+def dense(array: np.ndarray, dtype: DType) -> str:
+    """A whole array as an MLIR `dense<...>` attribute (its bytes in hex; bools as a list)."""
+    if array.size and np.all(array == array.reshape(-1)[0]) and not (dtype.is_float and np.isnan(array).any()):
+        return f"dense<{literal(array.reshape(-1)[0], dtype)}>"
+    if dtype == slope.bool_:
+        nested = np.vectorize(lambda b: "true" if b else "false", otypes=[object])(array).tolist() if array.size else []
+        return f"dense<{nested}>".replace("'", "")
+    raw = np.ascontiguousarray(array.astype(dtype.numpy)).tobytes()
+    return f'dense<"0x{raw.hex().upper()}">'
+
+
+def compare_type(dtype: DType) -> str:
+    """The comparison type StableHLO needs for a dtype."""
+    return "FLOAT" if dtype.is_float else "SIGNED" if dtype.kind == "int" else "UNSIGNED"
+
+
+def array_attr(values: Any) -> str:
+    """A dimension attribute: `array<i64: 0, 1>` (`array<i64>` when empty)."""
+    values = list(values)
+    return f"array<i64: {', '.join(str(int(v)) for v in values)}>" if values else "array<i64>"
+
+
+class Function:
+    """A StableHLO function under construction: lines of MLIR text and the abstract value of every SSA name."""
+
+    def __init__(self, translations: dict[str, Callable], backend_name: str = "iree", dynamic: bool = False):
+        self.translations = translations
+        self.dynamic = dynamic  # every dimension spelled `?`: one module serves every shape of a rank (elementwise)
+        self.backend_name = backend_name
+        self.lines: list[str] = []
+        self.avals: dict[str, Aval] = {}
+        self.checks: list[tuple[str, str]] = []  # (i1 scalar that is true when something is wrong, the error message)
+        self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
+        self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
+        self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
+        self._count = 0
+
+    # ------------------------------------------------------------------------------------------- emitting
+    def emit(self, text: str, aval: Aval | None) -> str:
+        """Add `%vN = text` (its result of abstract value `aval`; None for a value that is no slope tensor, such as
+        a shape); returns %vN."""
+        name = f"%v{self._count}"
+        self._count += 1
+        self.lines.append(f"    {name} = {text}")
+        if aval is not None:
+            self.avals[name] = aval
+        return name
+
+    def tensor_type(self, aval: Aval) -> str:
+        """The MLIR type of an abstract value in this function (`tensor<?x?xf32>` when dynamic)."""
+        if self.dynamic:
+            return f"tensor<{'?x' * aval.ndim}{ELEMENT_TYPES[aval.dtype.name]}>"
+        return tensor_type(aval)
+
+    def type(self, name: str) -> str:
+        """The MLIR type of an SSA name."""
+        return self.tensor_type(self.avals[name])
+
+    def check(self, failed: str, message: str) -> None:
+        """Raise IndexError(message) after a run in which the i1 scalar `failed` is true."""
+        self.checks.append((failed, message))
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def unary(self, op: str, x: str, aval: Aval | None = None) -> str:
+        """`stablehlo.<op> x`, of x's type unless `aval` says otherwise."""
+        aval = aval or self.avals[x]
+        if aval == self.avals[x]:
+            return self.emit(f"stablehlo.{op} {x} : {self.tensor_type(aval)}", aval)
+        return self.emit(f"stablehlo.{op} {x} : ({self.type(x)}) -> {self.tensor_type(aval)}", aval)
+
+    def binary(self, op: str, x: str, y: str) -> str:
+        """`stablehlo.<op> x, y` of two operands of one type."""
+        name = self.emit(f"stablehlo.{op} {x}, {y} : {self.type(x)}", self.avals[x])
+        self.producers[name] = op
+        return name
+
+    def compare(self, direction: str, x: str, y: str) -> str:
+        """`x <direction> y` (EQ, NE, LT, LE, GT, GE) element by element, as bools; NaN compares unequal."""
+        aval = self.avals[x]
+        out = Aval(aval.shape, slope.bool_)
+        kind = compare_type(aval.dtype)
+        text = f"stablehlo.compare {direction}, {x}, {y}, {kind} : ({self.type(x)}, {self.type(y)}) -> {self.tensor_type(out)}"
+        return self.emit(text, out)
+
+    def convert(self, x: str, dtype: DType) -> str:
+        """x converted to `dtype` (x itself when it has that dtype)."""
+        aval = self.avals[x]
+        if aval.dtype == dtype:
+            return x
+        if aval.dtype == slope.float64 and dtype.name in _HALF:
+            # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
+            x = self.unary("convert", x, Aval(aval.shape, slope.float32))
+        return self.unary("convert", x, Aval(aval.shape, dtype))
+
+    def select(self, condition: str, x: str, y: str) -> str:
+        """x where the condition holds, else y."""
+        return self.emit(f"stablehlo.select {condition}, {x}, {y} : {self.type(condition)}, {self.type(x)}",
+                         self.avals[x])  # fmt: skip
+
+    def constant(self, value: Any, aval: Aval) -> str:
+        """A tensor of `aval` filled with a scalar."""
+        return self.emit(f"stablehlo.constant dense<{literal(value, aval.dtype)}> : {self.tensor_type(aval)}", aval)
+
+    def array(self, array: np.ndarray, dtype: DType) -> str:
+        """A constant tensor holding a NumPy array."""
+        aval = Aval(tuple(array.shape), dtype)
+        return self.emit(f"stablehlo.constant {dense(array, dtype)} : {self.tensor_type(aval)}", aval)
+
+    def like(self, value: Any, x: str) -> str:
+        """A constant of x's shape and dtype (of x's run-time shape when dynamic)."""
+        aval = self.avals[x]
+        if not self.dynamic or not aval.ndim:
+            return self.constant(value, aval)
+        scalar = self.constant(value, Aval((), aval.dtype))
+        shape = self.emit(f"shape.shape_of {x} : {self.type(x)} -> tensor<{aval.ndim}xindex>", None)
+        return self.emit(f"stablehlo.dynamic_broadcast_in_dim {scalar}, {shape}, dims = [] : ({self.type(scalar)}, "
+                         f"tensor<{aval.ndim}xindex>) -> {self.type(x)}", aval)  # fmt: skip
+
+    def reshape(self, x: str, shape: tuple) -> str:
+        """x reshaped (x itself when it has that shape)."""
+        aval = self.avals[x]
+        if tuple(shape) == aval.shape:
+            return x
+        return self.unary("reshape", x, Aval(tuple(shape), aval.dtype))
+
+    def broadcast(self, x: str, shape: tuple, dims: Any = None) -> str:
+        """x broadcast to `shape`, its dimension i becoming `dims[i]` (by default its trailing dimensions)."""
+        aval = self.avals[x]
+        shape = tuple(shape)
+        dims = tuple(range(len(shape) - aval.ndim, len(shape))) if dims is None else tuple(dims)
+        if shape == aval.shape and dims == tuple(range(aval.ndim)):
+            return x
+        out = Aval(shape, aval.dtype)
+        text = f"stablehlo.broadcast_in_dim {x}, dims = [{', '.join(map(str, dims))}] : ({self.type(x)}) -> "
+        return self.emit(text + self.tensor_type(out), out)
+
+    def transpose(self, x: str, perm: Any) -> str:
+        """x with its dimensions permuted."""
+        perm = tuple(perm)
+        aval = self.avals[x]
+        if perm == tuple(range(aval.ndim)):
+            return x
+        out = Aval(tuple(aval.shape[p] for p in perm), aval.dtype)
+        name = self.emit(f"stablehlo.transpose {x}, dims = [{', '.join(map(str, perm))}] : ({self.type(x)}) -> "
+                         f"{self.tensor_type(out)}", out)  # fmt: skip
+        self.transposes[name] = (x, perm)
+        return name
+
+    def matrix_product(self, x: str, y: str, x_swapped: bool = False, y_swapped: bool = False) -> str:
+        """x @ y over the last two dimensions (the others batch), as one dot_general; `x_swapped` means x holds the
+        transpose of the left factor's last two dimensions (and likewise y), which dot_general reads as it is."""
+        x_aval, y_aval = self.avals[x], self.avals[y]
+        n = x_aval.ndim
+        rows = x_aval.shape[n - 1] if x_swapped else x_aval.shape[n - 2]
+        columns = y_aval.shape[n - 2] if y_swapped else y_aval.shape[n - 1]
+        out = Aval(x_aval.shape[:-2] + (rows, columns), x_aval.dtype)
+        batch = ", ".join(map(str, range(n - 2)))
+        dims = f"batching_dims = [{batch}] x [{batch}], " if n > 2 else ""
+        contract = f"contracting_dims = [{n - 2 if x_swapped else n - 1}] x [{n - 1 if y_swapped else n - 2}]"
+        name = self.emit(f"stablehlo.dot_general {x}, {y}, {dims}{contract} : ({self.type(x)}, {self.type(y)}) -> "
+                         f"{self.tensor_type(out)}", out)  # fmt: skip
+        self.products[name] = (x, y, x_swapped, y_swapped)
+        return name
+
+    def unswapped(self, x: str) -> tuple[str, bool]:
+        """(source, True) when x is a transpose of only the last two dimensions of source, else (x, False)."""
+        source, perm = self.transposes.get(x, (x, None))
+        n = self.avals[x].ndim
+        if perm is None or n < 2 or perm != (*range(n - 2), n - 1, n - 2):
+            return x, False
+        return source, True
+
+    def reduce(self, x: str, op: str, init: Any, dims: Any) -> str:
+        """x reduced over `dims` by a StableHLO binary operation (add, maximum, or, ...) from `init`."""
+        aval = self.avals[x]
+        dims = tuple(sorted(dims))
+        if not dims:
+            return x
+        out = Aval(tuple(s for i, s in enumerate(aval.shape) if i not in dims), aval.dtype)
+        start = self.constant(init, Aval((), aval.dtype))
+        text = (f"stablehlo.reduce({x} init: {start}) applies stablehlo.{op} across dimensions = "
+                f"[{', '.join(map(str, dims))}] : ({self.type(x)}, {self.type(start)}) -> {self.tensor_type(out)}")  # fmt: skip
+        return self.emit(text, out)
+
+    def any(self, x: str) -> str:
+        """A bool scalar: whether any element of the bool tensor x is true."""
+        return self.reduce(x, "or", False, range(self.avals[x].ndim))
+
+    # ------------------------------------------------------------------------------------------- translating
+    def translate(self, instruction: Instruction, env: dict[Var, str]) -> None:
+        """Translate one instruction, binding its outputs' SSA names in env."""
+        inputs = [env[v] for v in instruction.inputs]
+        if all(v.aval.size == 0 for v in instruction.outputs):  # nothing to compute (IREE dislikes some empty ops)
+            outs: Any = [self.constant(0, v.aval) for v in instruction.outputs]
+        else:
+            translation = self.translations.get(instruction.op.name)
+            try:
+                if translation is None:
+                    raise NoTranslationError
+                outs = translation(self, inputs, instruction)
+            except NoTranslationError:
+                outs = self.inline_procedure(instruction, inputs)
+        outs = [outs] if isinstance(outs, str) else list(outs)
+        for var, name in zip(instruction.outputs, outs):
+            if self.avals.get(name) != var.aval:
+                from slope import plugins
+
+                owner = plugins.owners.get(("operator", instruction.op.name), "?")
+                raise slope.SlopeBackendError(
+                    f"slope.{instruction.op.name}: the {self.backend_name} translation (operator from plugin "
+                    f"{owner!r}) gave {self.avals.get(name)} where the operator's inference says {var.aval}"
+                )
+            env[var] = name
+
+    def inline_procedure(self, instruction: Instruction, inputs: list[str]) -> list[str]:
+        """Lower one instruction through its procedure (the shared pass) and translate the result in place."""
+        from slope.backend import lower
+
+        op = instruction.op
+        if op.procedure is None:
+            raise slope.SlopeBackendError(
+                f"slope.{op.name}: the {self.backend_name} backend cannot run it for inputs "
+                f"{[v.aval for v in instruction.inputs]} and it has no procedure"
+            )
+        in_vars = [Var(v.aval) for v in instruction.inputs]
+        out_vars = [Var(v.aval) for v in instruction.outputs]
+        single = Program(in_vars, [Instruction(op, in_vars, instruction.params, out_vars)], out_vars)
+        lowered = lower(single, frozenset(self.translations) - {op.name})
+        env: dict[Var, str] = dict(zip(lowered.inputs, inputs))
+        for var, value in zip(lowered.constants, lowered.constant_values):
+            env[var] = self.array(value.numpy(), var.aval.dtype)
+        for inner in lowered.instructions:
+            self.translate(inner, env)
+        return [env[v] for v in lowered.outputs]
+
+
+def build_module(program: Program, translations: dict[str, Callable], embed_constants: bool = False,
+                 backend_name: str = "iree", dynamic: bool = False) -> tuple[str, list]:  # fmt: skip
+    """The StableHLO module (`func.func @main`) of a lowered Program, and how many check outputs follow its outputs.
+
+    `@main` takes the program's inputs, then its constants (unless `embed_constants` writes them into the text, as
+    an export does); it returns the program's outputs, then one i1 scalar per run-time check (see Function.check).
+    `dynamic` spells every dimension `?` (for programs of DYNAMIC_SAFE operators only).
+    """
+    fn = Function(translations, backend_name, dynamic)
+    names = program.names()
+    env: dict[Var, str] = {}
+    arguments = []
+    for var in program.inputs:
+        env[var] = f"%{names[var]}"
+        arguments.append(var)
+    for var, value in zip(program.constants, program.constant_values):
+        if embed_constants:
+            env[var] = fn.array(value.numpy(), var.aval.dtype)
+        else:
+            env[var] = f"%{names[var]}"
+            arguments.append(var)
+    for var in arguments:
+        fn.avals[env[var]] = var.aval
+    for instruction in program.instructions:
+        fn.translate(instruction, env)
+    results = [env[v] for v in program.outputs] + [failed for failed, _ in fn.checks]
+    signature = ", ".join(f"{env[v]}: {fn.tensor_type(v.aval)}" for v in arguments)
+    result_types = ", ".join(fn.type(r) for r in results)
+    lines = [f"func.func @main({signature}) -> ({result_types}) {{", *_live(fn.lines, results)]
+    lines.append(f"    return {', '.join(results)} : {result_types}" if results else "    return")
+    lines.append("}")
+    return "\n".join(lines) + "\n", fn.checks
+
+
+_DEFINED = re.compile(r"\s*(%[\w.]+)(?::\d+)? = ")
+_USED = re.compile(r"%[\w.]+")
+
+
+def _live(lines: list[str], results: list[str]) -> list[str]:
+    """The operations the results depend on (a translation may leave some unused, as a transpose folded into a
+    matrix product): what `.code` shows, and less for IREE to parse."""
+    used = {name.split("#")[0] for name in results}
+    kept = []
+    for line in reversed(lines):
+        defined = _DEFINED.match(line)
+        if defined is None or defined.group(1) in used:
+            kept.append(line)
+            used.update(_USED.findall(line.split(" = ", 1)[1] if defined else line))
+    return kept[::-1]
+
+
+# ----------------------------------------------------------------------------------------------- elementwise
+
+
+def _in(instruction: Instruction, i: int = 0) -> Aval:
+    return instruction.inputs[i].aval
+
+
+def _out(instruction: Instruction) -> Aval:
+    return instruction.outputs[0].aval
+
+
+def in_float32(fn: Function, inputs: list[str], dtype: DType, compute: Callable[..., str]) -> str:
+    """`compute(*inputs)`, with float16/bfloat16 inputs computed in float32 and rounded once at the end."""
+    if dtype.name not in _HALF:
+        return compute(*inputs)
+    return rounded(fn, compute(*[fn.convert(x, slope.float32) for x in inputs]), dtype)
+
+
+_PRECISION = {"bfloat16": "e8m7"}  # (float16's e5m10 would flush its subnormals to zero)
+
+
+def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
+    """float32 x rounded (to nearest, ties to even) to a float16/bfloat16 value, still in float32: the mantissa by
+    integer operations on its bits (NaN kept), float16's subnormal range by scaling."""
+    shape = fn.avals[x].shape
+    drop = 16 if dtype == slope.bfloat16 else 13  # mantissa bits float32 has beyond the half type's
+    bits = fn.unary("bitcast_convert", x, Aval(shape, slope.int32))
+    lowest = fn.binary("and", fn.binary("shift_right_logical", bits, fn.like(drop, bits)), fn.like(1, bits))
+    bits = fn.binary("add", fn.binary("add", bits, fn.like((1 << (drop - 1)) - 1, bits)), lowest)
+    bits = fn.binary("and", bits, fn.like(-(1 << drop), bits))
+    result = fn.unary("bitcast_convert", bits, Aval(shape, slope.float32))
+    result = fn.select(fn.compare("NE", x, x), x, result)
+    if dtype == slope.float16:  # below 2**-14 float16 is subnormal: multiples of 2**-24 (scaled by 2**24 exactly)
+        steps = fn.unary("round_nearest_even", fn.binary("multiply", x, fn.like(2.0**24, x)))
+        tiny = fn.compare("LT", fn.unary("abs", x), fn.like(2.0**-14, x))
+        result = fn.select(tiny, fn.binary("multiply", steps, fn.like(2.0**-24, x)), result)
+    return result
+
+
+def rounded(fn: Function, x: str, dtype: DType) -> str:
+    """float32 x rounded to float16/bfloat16: IREE drops a convert to a half type followed by a convert back (the next
+    operator's), which would skip the rounding between operators; reduce_precision keeps it."""
+    if fn.avals[x].dtype != slope.float32 or dtype.name not in _HALF:
+        return fn.convert(x, dtype)
+    if fn.dynamic or dtype.name not in _PRECISION:
+        # IREE 3.13 crashes on a reduce_precision of dynamic shape ("could not reify")
+        return fn.convert(_rounded_bits(fn, x, dtype), dtype)
+    x = fn.emit(f"stablehlo.reduce_precision {x}, format = {_PRECISION[dtype.name]} : {fn.type(x)}", fn.avals[x])
+    return fn.convert(x, dtype)
+
+
+def in_float64(fn: Function, inputs: list[str], dtype: DType, compute: Callable[..., str]) -> str:
+    """`compute(*inputs)` in float64, rounded once to `dtype`: for functions whose narrower IREE kernels are not
+    accurate enough (float64 ones are libm's)."""
+    result = compute(*[fn.convert(x, slope.float64) for x in inputs])
+    if dtype.name in _HALF:  # through float32, as PyTorch converts
+        return rounded(fn, fn.convert(result, slope.float32), dtype)
+    return fn.convert(result, dtype)
+
+
+def _unary(op: str) -> Callable:
+    def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+        return in_float32(fn, inputs, _out(instruction).dtype, lambda x: fn.unary(op, x))
+
+    return translate
+
+
+def _periodic(op: str) -> Callable:
+    """sin and cos in float64 for every float dtype: IREE's float32 kernels reduce large arguments badly (cos(30000)
+    is 7e-4 off, and cos of 1e38 inf); float64 calls libm."""
+
+    def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+        return in_float64(fn, inputs, _out(instruction).dtype, lambda x: fn.unary(op, x))
+
+    return translate
+
+
+def _identity(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return inputs[0]
+
+
+def _cast(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return fn.convert(inputs[0], instruction.params["dtype"])
+
+
+def _invert(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return fn.unary("not", inputs[0])
+
+
+def _binary(op: str, on_bools: str | None = None) -> Callable:
+    """A binary operation; `on_bools` the one bools take (StableHLO's add of i1 is xor in IREE, not or)."""
+
+    def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+        dtype = _in(instruction).dtype
+        if dtype == slope.bool_ and on_bools:
+            return fn.binary(on_bools, *inputs)
+        return in_float32(fn, inputs, dtype, lambda x, y: fn.binary(op, x, y))
+
+    return translate
+
+
+def _compare(direction: str) -> Callable:
+    def translate(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+        return fn.compare(direction, *inputs)
+
+    return translate
+
+
+def safe_int_div(fn: Function, x: str, y: str) -> str:
+    """Integer x / y truncated toward zero, 0 where y is 0, wrapping around for INT_MIN / -1 (as NumPy)."""
+    dtype = fn.avals[x].dtype
+    zero, one = fn.like(0, y), fn.like(1, y)
+    is_zero = fn.compare("EQ", y, zero)
+    unsafe = is_zero
+    is_minus_one = None
+    if dtype.kind == "int":
+        is_minus_one = fn.compare("EQ", y, fn.like(-1, y))
+        unsafe = fn.binary("or", is_zero, is_minus_one)
+    quotient = fn.binary("divide", x, fn.select(unsafe, one, y))
+    if is_minus_one is not None:
+        quotient = fn.select(is_minus_one, fn.binary("subtract", fn.like(0, x), x), quotient)
+    return fn.select(is_zero, zero, quotient)
+
+
+def _div(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    dtype = _out(instruction).dtype
+    if dtype.is_float:
+        return in_float32(fn, inputs, dtype, lambda x, y: fn.binary("divide", x, y))
+    return safe_int_div(fn, *inputs)
+
+
+def _float_pow(fn: Function, x: str, y: str) -> str:
+    """x ** y by C's rules (as PyTorch): IREE's power is exp(y log x), NaN for every negative base and for 1 ** nan;
+    so |x| ** y, negated for a negative base and an odd integer y, NaN for a negative base and a non-integer y,
+    and 1 where y is 0 or x is 1, or x is -1 and y infinite."""
+    magnitude = fn.binary("power", fn.unary("abs", x), y)
+    zero, one, two = fn.like(0.0, x), fn.like(1.0, x), fn.like(2.0, x)
+    integral = fn.compare("EQ", fn.unary("floor", y), y)
+    half = fn.binary("divide", y, two)
+    odd = fn.binary("and", integral, fn.compare("NE", fn.unary("floor", half), half))
+    bits = fn.unary("bitcast_convert", x, Aval(fn.avals[x].shape, slope.int64))  # x is float64 here
+    negative = fn.compare("LT", bits, fn.like(0, bits))  # the sign bit: -0.0 too (-0.0 ** -3 is -inf)
+    infinite_y = fn.compare("EQ", fn.unary("abs", y), fn.like(math.inf, y))
+    result = fn.select(fn.binary("and", negative, odd), fn.unary("negate", magnitude), magnitude)
+    invalid = fn.binary("and", negative, fn.unary("not", fn.binary("or", integral, infinite_y)))
+    result = fn.select(invalid, fn.like(math.nan, x), result)
+    unit = fn.binary("or", fn.compare("EQ", y, zero), fn.compare("EQ", x, one))
+    unit = fn.binary("or", unit, fn.binary("and", fn.compare("EQ", x, fn.like(-1.0, x)), infinite_y))
+    return fn.select(unit, one, result)
+
+
+def _int_pow(fn: Function, x: str, y: str) -> str:
+    """Integer x ** y by squaring and multiplying, wrapping around (IREE's integer power stops early: 9 ** 68 gave
+    6561); a negative y gives x ** (y mod 2) where |x| is 1, else 0 (PyTorch's rule)."""
+    dtype = fn.avals[x].dtype
+    signed = dtype.kind == "int"
+    one = fn.like(1, y)
+    negative = None
+    if signed:
+        negative = fn.compare("LT", y, fn.like(0, y))
+        y = fn.select(negative, fn.binary("and", y, one), y)
+    result, power = fn.like(1, x), x
+    bits = dtype.bits - signed
+    for bit in range(bits):
+        odd = fn.compare("EQ", fn.binary("and", y, one), one)
+        result = fn.select(odd, fn.binary("multiply", result, power), result)
+        if bit < bits - 1:
+            power = fn.binary("multiply", power, power)
+            y = fn.binary("shift_right_logical", y, one)
+    if negative is not None:
+        unit = fn.binary("or", fn.compare("EQ", x, fn.like(1, x)), fn.compare("EQ", x, fn.like(-1, x)))
+        result = fn.select(fn.binary("and", negative, fn.unary("not", unit)), fn.like(0, x), result)
+    return result
+
+
+def _pow(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """x ** y: floats in float64 (rounded once for narrower dtypes) with C's special cases, integers wrapping."""
+    dtype = _out(instruction).dtype
+    if dtype.is_float:
+        return in_float64(fn, inputs, dtype, lambda x, y: _float_pow(fn, x, y))
+    return _int_pow(fn, *inputs)
+
+
+def _fmod(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    dtype = _out(instruction).dtype
+    if dtype.is_float:  # StableHLO's remainder is C's fmod: the dividend's sign
+        return in_float32(fn, inputs, dtype, lambda x, y: fn.binary("remainder", x, y))
+    x, y = inputs
+    return fn.binary("subtract", x, fn.binary("multiply", safe_int_div(fn, x, y), y))
+
+
+def _where(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return fn.select(*inputs)
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+# The most elements one float64 reduction adds into each output: the sum is done in stages of at most this many, so
+# its error stays below (stages * SUM_BLOCK) units in the last place of sum(|x|) (see tests/test_edges_sums.py).
+SUM_BLOCK = 256
+
+
+def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """A sum with a bounded error: float16/bfloat16/float32 add in float64 and round once; float64 adds in stages of at
+    most SUM_BLOCK elements; integers wrap around; a sum of bools that stays bool is `any`."""
+    out, dim = _out(instruction), instruction.params["dim"]
+    x, shape = inputs[0], _in(instruction).shape
+    if out.dtype == slope.bool_:
+        return fn.reshape(fn.reduce(x, "or", False, dim), out.shape)
+    if not out.dtype.is_float:
+        return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
+    count = math.prod(shape[d] for d in dim)
+    if fn.producers.get(x) == "multiply" and not fn.dynamic:
+        # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
+        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
+        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
+    if out.dtype != slope.float64 or count <= SUM_BLOCK:
+        return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
+    kept = [d for d in range(len(shape)) if d not in dim]
+    rows = fn.reshape(fn.transpose(x, kept + list(dim)), tuple(shape[d] for d in kept) + (count,))
+    while count > 1:
+        blocks = -(-count // SUM_BLOCK)
+        if blocks * SUM_BLOCK != count:
+            padded = Aval(fn.avals[rows].shape[:-1] + (blocks * SUM_BLOCK,), slope.float64)
+            rows = _pad_value(fn, rows, [0] * len(kept) + [0], [0] * len(kept) + [blocks * SUM_BLOCK - count], 0.0,
+                              padded)  # fmt: skip
+        rows = fn.reshape(rows, tuple(shape[d] for d in kept) + (blocks, SUM_BLOCK))
+        rows = fn.reduce(rows, "add", 0.0, [len(kept) + 1])
+        count = blocks
+    return fn.reshape(rows, out.shape)
+
+
+def _lowest(dtype: DType) -> Any:
+    if dtype == slope.bool_:
+        return False
+    if dtype.is_float:
+        return -math.inf
+    return int(np.iinfo(dtype.numpy).min)
+
+
+def _max(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """The largest element; NaN where a NaN is reduced (StableHLO's maximum propagates NaN)."""
+    out, dim = _out(instruction), instruction.params["dim"]
+    op = "or" if out.dtype == slope.bool_ else "maximum"
+    return fn.reshape(fn.reduce(inputs[0], op, _lowest(out.dtype), dim), out.shape)
+
+
+# ----------------------------------------------------------------------------------------------- shape
+
+
+def _reshape(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return fn.reshape(inputs[0], _out(instruction).shape)
+
+
+def _expand(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    return fn.broadcast(inputs[0], out.shape, range(out.ndim))
+
+
+def _permute(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """A transpose; that of a matrix product's last two dimensions is the product of the swapped factors (no copy:
+    (x @ y)^T = y^T @ x^T, the factors read transposed by dot_general)."""
+    result = fn.transpose(inputs[0], instruction.params["perm"])
+    product = fn.products.get(inputs[0])
+    if product is not None and fn.unswapped(result)[1]:
+        x, y, x_swapped, y_swapped = product
+        return fn.matrix_product(y, x, not y_swapped, not x_swapped)
+    return result
+
+
+def _slice(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    params, out = instruction.params, _out(instruction)
+    if out.shape == _in(instruction).shape:
+        return inputs[0]
+    text = (f"stablehlo.slice {inputs[0]} [{', '.join(f'{a}:{b}:{s}' for a, b, s in zip(params['start'], params['stop'], params['step']))}]"
+            f" : ({fn.type(inputs[0])}) -> {fn.tensor_type(out)}")  # fmt: skip
+    return fn.emit(text, out)
+
+
+def _pad_value(fn: Function, x: str, lo: Any, hi: Any, value: Any, out: Aval) -> str:
+    padding = fn.constant(value, Aval((), out.dtype))
+    zeros = [0] * out.ndim
+    text = (
+        f"stablehlo.pad {x}, {padding}, low = [{', '.join(map(str, lo))}], high = [{', '.join(map(str, hi))}], "
+        f"interior = [{', '.join(map(str, zeros))}] : ({fn.type(x)}, {fn.type(padding)}) -> {fn.tensor_type(out)}"
+    )
+    return fn.emit(text, out)
+
+
+def _pad(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    params = instruction.params
+    return _pad_value(fn, inputs[0], params["lo"], params["hi"], params["value"], _out(instruction))
+
+
+def _flip(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    dims = [d for d in instruction.params["dim"] if _in(instruction).shape[d] > 1]
+    if not dims:
+        return inputs[0]
+    x, out = inputs[0], _out(instruction)
+    if out.dtype == slope.uint8:  # IREE 3.13 cannot lower a reverse of ui8: reverse the same bytes as i8
+        x = fn.unary("bitcast_convert", x, Aval(out.shape, slope.int8))
+    reversed_ = fn.emit(f"stablehlo.reverse {x}, dims = [{', '.join(map(str, dims))}] : {fn.type(x)}", fn.avals[x])
+    return fn.unary("bitcast_convert", reversed_, out) if out.dtype == slope.uint8 else reversed_
+
+
+def _cat(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    out = _out(instruction)
+    types = ", ".join(fn.type(x) for x in inputs)
+    return fn.emit(f"stablehlo.concatenate {', '.join(inputs)}, dim = {instruction.params['dim']} : ({types}) -> "
+                   f"{fn.tensor_type(out)}", out)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- init
+
+
+def _full(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    return fn.constant(instruction.params["value"], _out(instruction))
+
+
+def _arange(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """start + i * step, computed in int64 for integer arguments and float64 otherwise (as NumPy), then converted."""
+    out, params = _out(instruction), instruction.params
+    exact = all(isinstance(params[k], int) for k in ("start", "step"))
+    compute = slope.int64 if exact else slope.float64
+    index = fn.emit(f"stablehlo.iota dim = 0 : {fn.tensor_type(Aval(out.shape, compute))}", Aval(out.shape, compute))
+    value = fn.binary("multiply", index, fn.like(params["step"], index))
+    return fn.convert(fn.binary("add", value, fn.like(params["start"], index)), out.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- general
+
+
+def _matmul(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """dot_general over the last two dimensions (float16/bfloat16 accumulate in float32, as PyTorch on the CPU)."""
+    out = _out(instruction)
+    if out.dtype.name in _HALF:
+        return in_float32(fn, inputs, out.dtype, fn.matrix_product)
+    # a factor that is a transpose of its last two dimensions is read as it is (the MLP step's x.T @ ct, ct @ w.T)
+    (x, x_swapped), (y, y_swapped) = fn.unswapped(inputs[0]), fn.unswapped(inputs[1])
+    return fn.matrix_product(x, y, x_swapped, y_swapped)
+
+
+def _conv(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    """N-d cross-correlation, x (N, C, *spatial) and w (O, C/groups, *kernel); float16/bfloat16 in float32."""
+    out, params = _out(instruction), instruction.params
+    if _in(instruction, 0).size == 0 or _in(instruction, 1).size == 0:  # sums over no input channels
+        return fn.constant(0, out)
+    n = out.ndim - 2
+    spatial = ", ".join(map(str, range(n)))
+    layout = f"[b, f, {spatial}]x[o, i, {spatial}]->[b, f, {spatial}]"
+    padding = ", ".join(f"[{lo}, {hi}]" for lo, hi in params["padding"])
+
+    def convolve(x: str, w: str) -> str:
+        aval = Aval(out.shape, fn.avals[x].dtype)
+        text = (f"stablehlo.convolution({x}, {w}) dim_numbers = {layout}, window = {{stride = "
+                f"[{', '.join(map(str, params['stride']))}], pad = [{padding}], rhs_dilate = "
+                f"[{', '.join(map(str, params['dilation']))}]}} {{batch_group_count = 1 : i64, feature_group_count = "
+                f"{params['groups']} : i64}} : ({fn.type(x)}, {fn.type(w)}) -> {fn.tensor_type(aval)}")  # fmt: skip
+        return fn.emit(text, aval)
+
+    return in_float32(fn, inputs, out.dtype, convolve)
+
+
+def checked_indices(fn: Function, index: str, sizes: tuple, message: str) -> str:
+    """int64 indices (..., k) into dimensions of `sizes`, negative ones counted from the end; a run with one outside
+    [-size, size) raises IndexError(message)."""
+    aval = fn.avals[index]
+    bound = fn.broadcast(fn.array(np.array(sizes, dtype=np.int64), slope.int64), aval.shape, [aval.ndim - 1])
+    negative = fn.compare("LT", index, fn.like(0, index))
+    index = fn.select(negative, fn.binary("add", index, bound), index)
+    outside = fn.binary("or", fn.compare("LT", index, fn.like(0, index)), fn.compare("GE", index, bound))
+    fn.check(fn.any(outside), message)
+    return index
+
+
+_GATHER = "slope.gather_nd (x[index], slope.getitem)"
+_SCATTER = "slope.scatter_nd (x.at[index], gradients of x[index])"
+_RANGE = "an index is out of range (indices must lie in [-size, size) of the dimension they index)"
+
+
+def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    x_aval, index_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
+    k, batch = index_aval.shape[-1], index_aval.ndim - 1
+    if k == 0:  # empty index vectors pick all of x
+        return fn.broadcast(inputs[0], out.shape)
+    index = checked_indices(fn, inputs[1], x_aval.shape[:k], f"{_GATHER}: {_RANGE}")
+    offsets = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
+    leading = ", ".join(map(str, range(k)))
+    sizes = array_attr([1] * k + list(x_aval.shape[k:]))
+    text = (f'"stablehlo.gather"({inputs[0]}, {index}) {{dimension_numbers = #stablehlo.gather<offset_dims = '
+            f"[{offsets}], collapsed_slice_dims = [{leading}], start_index_map = [{leading}], index_vector_dim = "
+            f"{batch}>, indices_are_sorted = false, slice_sizes = {sizes}}} : ({fn.type(inputs[0])}, "
+            f"{fn.type(index)}) -> {fn.tensor_type(out)}")  # fmt: skip
+    return fn.emit(text, out)
+
+
+def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    x_aval, index_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
+    x, index, updates = inputs
+    k, batch = index_aval.shape[-1], index_aval.ndim - 1
+    combine = "or" if out.dtype == slope.bool_ else "add"
+    if k == 0:  # every update adds to all of x
+        total = fn.reduce(updates, combine, False if combine == "or" else 0, range(batch))
+        return fn.binary(combine, x, total)
+    index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
+    # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
+    # caller's (a jitted function's input came back changed)
+    target = x
+    x = fn.constant(False if combine == "or" else 0, out)
+    window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
+    leading = ", ".join(map(str, range(k)))
+    scalar = tensor_type(Aval((), out.dtype))
+    text = (f'"stablehlo.scatter"({x}, {index}, {updates}) ({{\n'
+            f"      ^bb0(%a: {scalar}, %b: {scalar}):\n"
+            f"        %s = stablehlo.{combine} %a, %b : {scalar}\n"
+            f"        stablehlo.return %s : {scalar}\n"
+            f"    }}) {{indices_are_sorted = false, scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = "
+            f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
+            f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
+            f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
+    return fn.binary(combine, target, fn.emit(text, out))
+
+
+# operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones
+DYNAMIC_SAFE = frozenset(
+    ["exp", "log", "sin", "cos", "sqrt", "tanh", "floor", "ceil", "round", "invert", "stop_gradient", "cast", "add",
+     "sub", "mul", "div", "pow", "fmod", "maximum", "equal", "less", "greater", "less_equal", "greater_equal",
+     "bitwise_and", "bitwise_or", "bitwise_xor", "where"]
+)  # fmt: skip
+
+translations: dict[str, Callable] = {
+    "exp": _unary("exponential"),
+    "log": _unary("log"),
+    "sin": _periodic("sine"),
+    "cos": _periodic("cosine"),
+    "sqrt": _unary("sqrt"),
+    "tanh": _unary("tanh"),
+    "floor": _unary("floor"),
+    "ceil": _unary("ceil"),
+    "round": _unary("round_nearest_even"),  # half to even, as PyTorch
+    "invert": _invert,
+    "stop_gradient": _identity,
+    "cast": _cast,
+    "add": _binary("add", on_bools="or"),
+    "sub": _binary("subtract"),
+    "mul": _binary("multiply", on_bools="and"),
+    "div": _div,
+    "pow": _pow,
+    "fmod": _fmod,
+    "maximum": _binary("maximum", on_bools="or"),
+    "equal": _compare("EQ"),
+    "less": _compare("LT"),
+    "greater": _compare("GT"),
+    "less_equal": _compare("LE"),
+    "greater_equal": _compare("GE"),
+    "bitwise_and": _binary("and"),
+    "bitwise_or": _binary("or"),
+    "bitwise_xor": _binary("xor"),
+    "where": _where,
+    "sum": _sum,
+    "max": _max,
+    "reshape": _reshape,
+    "expand": _expand,
+    "permute": _permute,
+    "slice": _slice,
+    "pad": _pad,
+    "flip": _flip,
+    "cat": _cat,
+    "full": _full,
+    "arange": _arange,
+    "matmul": _matmul,
+    "conv": _conv,
+    "gather_nd": _gather_nd,
+    "scatter_nd": _scatter_nd,
+}
+
+__all__ = [
+    "DYNAMIC_SAFE",
+    "Function",
+    "NoTranslationError",
+    "build_module",
+    "in_float32",
+    "tensor_type",
+    "translations",
+]

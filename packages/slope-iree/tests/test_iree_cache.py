@@ -1,0 +1,109 @@
+"""The iree backend's compile cache: on disk under $SLOPE_CACHE_DIR/iree, keyed by everything that changes the
+compiled bytes, safe with several processes, shown and emptied by `slope cache`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("iree.compiler")
+pytest.importorskip("iree.runtime")
+
+from slope_iree import cache  # noqa: E402
+
+MODULE = """func.func @main(%a: tensor<3xf32>) -> tensor<3xf32> {
+    %0 = stablehlo.add %a, %a : tensor<3xf32>
+    return %0 : tensor<3xf32>
+}
+"""
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh, empty cache folder for this test (and nothing held in memory)."""
+    monkeypatch.setenv("SLOPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_memory", {})
+    return tmp_path
+
+
+def cached_files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+def test_a_compiled_module_is_written_once_and_read_back(cache_dir, monkeypatch):
+    module = cache.compile_mlir(MODULE, "cpu")
+    files = cached_files(cache_dir)
+    assert len(files) == 1 and files[0].startswith("iree" + os.sep) and files[0].endswith(".vmfb")
+    assert cache.compile_mlir(MODULE, "cpu") is module  # this process: from memory
+    monkeypatch.setattr(cache, "_memory", {})
+
+    def no_compiler(*args):
+        raise AssertionError("compiled again although the module is on disk")
+
+    monkeypatch.setattr(cache, "_compile", no_compiler)
+    assert cache.compile_mlir(MODULE, "cpu") == module  # a new process: from disk
+
+
+def test_the_key_covers_text_target_flags_and_compiler():
+    flags = cache.target_flags("cpu")
+    base = cache.key(MODULE, "cpu", flags)
+    assert cache.key(MODULE, "cpu", flags) == base
+    assert cache.key(MODULE.replace("add", "multiply"), "cpu", flags) != base
+    assert cache.key(MODULE, "cuda", flags) != base
+    assert cache.key(MODULE, "cpu", (*flags, "--iree-opt-level=O3")) != base
+    assert "3." in cache.compiler_version()
+
+
+def test_cuda_target_default_and_override(monkeypatch):
+    assert "--iree-cuda-target=sm_80" in cache.target_flags("cuda")
+    monkeypatch.setenv("SLOPE_IREE_CUDA_TARGET", "sm_86")
+    assert "--iree-cuda-target=sm_86" in cache.target_flags("cuda")
+    with pytest.raises(Exception, match="no compile target 'tpu'"):
+        cache.target_flags("tpu")
+
+
+def test_several_processes_fill_the_cache_at_once(cache_dir):
+    code = "import sys; from slope_iree import cache; sys.stdout.write(str(len(cache.compile_mlir(sys.argv[1]))))"
+    env = {**os.environ, "SLOPE_CACHE_DIR": str(cache_dir)}
+    processes = [subprocess.Popen([sys.executable, "-c", code, MODULE], env=env, stdout=subprocess.PIPE)
+                 for _ in range(3)]  # fmt: skip
+    sizes = {process.communicate(timeout=300)[0] for process in processes}
+    assert all(process.returncode == 0 for process in processes)
+    assert len(sizes) == 1
+    files = cached_files(cache_dir)
+    assert len(files) == 1 and not any(name.endswith(".tmp") for name in files)  # renamed into place, nothing left
+    assert os.path.getsize(cache_dir / files[0]) == int(sizes.pop())
+
+
+def test_an_unwritable_cache_warns_and_still_compiles(cache_dir, monkeypatch):
+    blocked = cache_dir / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("SLOPE_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(cache, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="cannot write the iree compile cache"):
+        assert cache.compile_mlir(MODULE, "cpu")
+
+
+def test_a_compiler_error_is_a_backend_error(cache_dir):
+    import slope
+
+    with pytest.raises(slope.SlopeBackendError, match="IREE compiler rejected"):
+        cache.compile_mlir("func.func @main(%a: tensor<3xf32>) -> tensor<3xf32> { return %b : tensor<3xf32> }")
+
+
+def test_slope_cache_shows_and_clears(cache_dir):
+    cache.compile_mlir(MODULE, "cpu")
+    (cache_dir / "unrelated").mkdir()
+    (cache_dir / "unrelated" / "keep.txt").write_text("not a cache")
+    env = {**os.environ, "SLOPE_CACHE_DIR": str(cache_dir)}
+    command = [sys.executable, "-m", "slope", "cache"]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert str(cache_dir) in shown and "iree: 1 files" in shown
+    cleared = subprocess.run([*command, "clear"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "cleared" in cleared
+    after = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert "iree: 0 files" in after
+    assert (cache_dir / "unrelated" / "keep.txt").exists()  # only backends' own folders are emptied

@@ -1,0 +1,122 @@
+"""The iree backend's runtime: shared devices, buffers that stay IREE buffers, the driver chosen by timing, devices
+that are not there, export targets, LOG_JIT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import slope
+
+pytestmark = pytest.mark.skipif("iree" not in slope.plugins.backends, reason="slope-iree is not registered")
+
+
+@pytest.fixture(autouse=True)
+def iree_backend():
+    """Run every test on the IREE backend."""
+    with slope.use_backend("iree") as backend:
+        yield backend
+
+
+MATMUL = """func.func @main(%a: tensor<?x?xf32>, %b: tensor<?x?xf32>) -> tensor<?x?xf32> {
+    %0 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] : (tensor<?x?xf32>, tensor<?x?xf32>) -> tensor<?x?xf32>
+    return %0 : tensor<?x?xf32>
+}
+"""
+
+
+def test_results_stay_iree_buffers_until_numpy():
+    x = slope.tensor(np.array([1.0, 2.0, 3.0], np.float32))
+    y = (x * 2.0).exp()
+    assert type(x.buffer).__name__ == "HalBufferView" and type(y.buffer).__name__ == "HalBufferView"
+    np.testing.assert_allclose(y.numpy(), np.exp(np.array([2.0, 4.0, 6.0], np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [d.name for d in slope.dtypes.all_dtypes])
+def test_every_dtype_round_trips(dtype):
+    values = np.array([[0, 1, 2], [3, 4, 5]])
+    array = values.astype(slope.dtypes.by_name[dtype].numpy)
+    x = slope.tensor(array)
+    back = x.numpy()
+    assert back.dtype == array.dtype and back.shape == (2, 3)
+    np.testing.assert_array_equal(back.astype(np.float64), array.astype(np.float64))
+    scalar = np.array(7).astype(array.dtype)  # 0-d
+    np.testing.assert_array_equal(slope.tensor(scalar).numpy(), scalar)
+
+
+def test_numpy_gives_a_copy():
+    x = slope.tensor(np.array([1.0, 2.0], np.float32))
+    first = x.numpy()
+    first[0] = 100.0
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
+
+
+def test_devices_and_a_device_that_is_not_there():
+    from slope_iree import runtime
+
+    assert slope.devices()[0] == "cpu"
+    if not any(d.startswith("cuda") for d in slope.devices()):  # (the wheel lists the CUDA driver everywhere)
+        assert "cuda" in runtime.iree().HalDriver.query()
+        with pytest.raises(slope.SlopeBackendError, match=r"device 'cuda:0' is not available on backend 'iree'"):
+            slope.tensor([1.0], device="cuda")
+        with pytest.raises(slope.SlopeBackendError, match=r"device 'cuda:0' is not available"):
+            runtime.device("cuda:0")
+
+
+def test_small_programs_stay_on_the_single_threaded_driver():
+    from slope_iree import runtime
+
+    run = runtime.function(MATMUL, "cpu", 1)
+    a = runtime.from_numpy(np.ones((2, 2), np.float32), "cpu")
+    np.testing.assert_array_equal(runtime.to_numpy(run([a, a])[0]), np.full((2, 2), 2.0))
+    choice = getattr(run, "__self__", None)
+    if choice is not None:  # (one CPU: there is no choice to make)
+        assert choice.driver == "local-sync"
+
+
+def test_a_slow_program_is_timed_on_both_drivers_and_threads_are_shared(monkeypatch):
+    from slope_iree import runtime
+
+    if runtime._cpus() < 2:
+        pytest.skip("one CPU: the threaded driver is never tried")
+    monkeypatch.setattr(runtime, "SLOW_CALL", 0.0)
+    monkeypatch.setattr(runtime, "TASK_GAIN", float("inf"))  # (the threaded driver wins whatever the timings)
+    monkeypatch.delenv("SLOPE_IREE_DRIVER", raising=False)
+    a = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    runs = [runtime.function(MATMUL, "cpu", 1), runtime.function(MATMUL.replace("%0", "%r"), "cpu", 1)]
+    buffers = [runtime.from_numpy(a, "cpu")] * 2
+    for run in runs:
+        for _ in range(2 * runtime.TRIALS + 3):
+            np.testing.assert_allclose(runtime.to_numpy(run(buffers)[0]), a @ a, rtol=1e-4, atol=1e-4)
+        assert run.__self__.driver == "local-task"
+    assert [name for name in runtime._devices if name.startswith("cpu")] == ["cpu", "cpu-task"]  # one pool in all
+
+
+def test_driver_can_be_fixed_by_environment(monkeypatch):
+    from slope_iree import runtime
+
+    monkeypatch.setenv("SLOPE_IREE_DRIVER", "local-sync")
+    run = runtime.function(MATMUL, "cpu", 1)
+    assert not hasattr(run, "__self__") or type(run.__self__).__name__ != "_DriverChoice"
+
+
+def test_export_for_metal_compiles(tmp_path):
+    f = slope.jit(lambda x: (x * x).exp() - x)  # (no float32 sum: those accumulate in float64, which Metal lacks)
+    files = f.lower(slope.tensor([1.0, 2.0])).export(str(tmp_path / "model"), target="metal")
+    assert [os.path.basename(p) for p in files] == ["model.mlir", "model.vmfb"]
+    assert os.path.getsize(files[1]) > 0 and "func.func @main" in open(files[0]).read()
+    with pytest.raises(slope.SlopeBackendError, match="no compile target 'tpu'"):
+        f.lower(slope.tensor([1.0, 2.0])).export(str(tmp_path / "other"), target="tpu")
+
+
+def test_log_jit_prints_ir_and_mlir():
+    code = "import slope; slope.set_backend('iree'); slope.jit(lambda x: x * x)(slope.tensor([1.0, 2.0]))"
+    env = {**os.environ, "LOG_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--- slope program (iree, cpu)" in out.stdout and "slope.mul(x0, x0)" in out.stdout
+    assert "func.func @main" in out.stdout and "stablehlo.multiply" in out.stdout

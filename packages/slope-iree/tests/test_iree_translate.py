@@ -1,0 +1,183 @@
+"""What only the IREE backend does: StableHLO text, its translations' edge semantics, run-time index checks, export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import slope
+from slope.ir import Aval, Instruction, Program, Var
+
+pytestmark = pytest.mark.skipif("iree" not in slope.plugins.backends, reason="slope-iree is not registered")
+
+
+@pytest.fixture(autouse=True)
+def iree_backend():
+    """Run every test on the IREE backend."""
+    with slope.use_backend("iree") as backend:
+        yield backend
+
+
+def test_code_is_stablehlo_with_a_main_function():
+    f = slope.jit(lambda x: (x * x).sum())
+    code = f.lower(slope.tensor([1.0, 2.0])).code
+    assert code.startswith("func.func @main(%x0: tensor<2xf32>) -> (tensor<f32>)")
+    assert "stablehlo.multiply" in code and "stablehlo.reduce" in code
+
+
+def test_float64_stays_float64():
+    x = slope.tensor(np.array([1.0 + 2**-40, 2.0]))
+    y = slope.jit(lambda a: a * 3.0)(x)
+    assert y.dtype == slope.float64
+    np.testing.assert_array_equal(y.numpy(), np.array([1.0 + 2**-40, 2.0]) * 3.0)
+
+
+def test_bools_add_as_or_and_multiply_as_and():
+    # IREE computes stablehlo.add of i1 as xor: the translation must use or
+    a, b = slope.tensor([True, True, False]), slope.tensor([True, False, False])
+    np.testing.assert_array_equal((a + b).numpy(), [True, True, False])
+    np.testing.assert_array_equal((a * b).numpy(), [True, False, False])
+    np.testing.assert_array_equal(slope.maximum(a, b).numpy(), [True, True, False])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64"])
+def test_integer_division_by_zero_gives_zero_and_wraps(dtype):
+    info = np.iinfo(dtype)
+    x = np.array([7, -7 if info.min else 250, info.min, 5, 0], dtype=dtype)
+    y = np.array([2, 2, -1 if info.min else 3, 0, 0], dtype=dtype)
+    f = slope.jit(lambda a, b: (slope.div(a, b), slope.fmod(a, b)))
+    quotient, remainder = f(slope.tensor(x), slope.tensor(y))
+
+    def wrapped(value: int) -> int:  # as the dtype holds it
+        return (value - int(info.min)) % 2**info.bits + int(info.min)
+
+    quotients = [0 if b == 0 else wrapped(abs(int(a)) // abs(int(b)) * (1 if (a < 0) == (b < 0) else -1))
+                 for a, b in zip(x, y)]  # fmt: skip
+    np.testing.assert_array_equal(quotient.numpy(), np.array(quotients, dtype=dtype))
+    remainders = [wrapped(int(a) - q * int(b)) for a, b, q in zip(x, y, quotients)]
+    np.testing.assert_array_equal(remainder.numpy(), np.array(remainders, dtype=dtype))
+
+
+def test_integer_powers_follow_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.array([2, -1, 1, 3, 0, -2, 7], dtype=np.int32)
+    y = np.array([31, -3, -5, -1, -1, 33, 2], dtype=np.int32)
+    got = slope.jit(lambda a, b: a**b)(slope.tensor(x), slope.tensor(y)).numpy()
+    expected = torch.pow(torch.tensor(x), torch.tensor(y)).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_nan_propagates_through_maximum_and_max():
+    x = slope.tensor([np.nan, 1.0, 2.0])
+    y = slope.tensor([1.0, np.nan, 1.0])
+    np.testing.assert_array_equal(slope.maximum(x, y).numpy(), [np.nan, np.nan, 2.0])
+    assert np.isnan(x.max().item()) and np.isnan(slope.jit(lambda a: a.max())(y).item())
+
+
+def test_an_index_out_of_range_raises_when_the_program_runs():
+    x = slope.arange(6.0)
+    take = slope.jit(lambda a, i: a[i])
+    with pytest.raises(IndexError, match=r"slope\.gather_nd \(x\[index\], slope\.getitem\): .*out of range"):
+        take(x, slope.tensor(6))
+    assert take(x, slope.tensor(-6)).item() == 0.0
+
+
+def _one_instruction(op_name: str, avals: list[Aval], **params) -> Program:
+    op = slope.plugins.operators[op_name]
+    inputs = [Var(a) for a in avals]
+    out = Var(op.infer(*avals, **params))
+    return Program(inputs, [Instruction(op, inputs, params, [out])], [out])
+
+
+def test_a_dynamic_module_serves_every_shape_of_a_rank(iree_backend):
+    from slope_iree import runtime
+    from slope_iree.translate import DYNAMIC_SAFE, build_module
+
+    assert "div" in DYNAMIC_SAFE
+    program = _one_instruction("div", [Aval((2, 3), slope.int32)] * 2)
+    text, checks = build_module(program, iree_backend.translations, dynamic=True)
+    assert "tensor<?x?xi32>" in text and not checks
+    main = runtime.function(text, "cpu", 1)
+    for shape in [(2, 3), (4, 5), (0, 7)]:
+        x = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) - 3
+        y = np.ones(shape, np.int32) * 2
+        buffers = [runtime.from_numpy(a, "cpu") for a in (x, y)]
+        np.testing.assert_array_equal(runtime.to_numpy(main(buffers)[0]), np.trunc(x / 2).astype(np.int32))
+
+
+def test_a_translation_of_the_wrong_type_is_an_error(iree_backend):
+    from slope_iree.translate import build_module
+
+    program = _one_instruction("exp", [Aval((2,), slope.float32)])
+    wrong = {**iree_backend.translations, "exp": lambda fn, inputs, instruction: fn.convert(inputs[0], slope.float64)}
+    with pytest.raises(slope.SlopeBackendError, match=r"slope\.exp: the iree translation .* gave \[2, f64\]"):
+        build_module(program, wrong)
+
+
+def test_export_runs_without_slope(tmp_path):
+    w = slope.tensor(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    f = slope.jit(lambda x: slope.tanh(x @ w).sum(0))
+    x = slope.tensor(np.array([[0.5, -1.0], [0.25, 2.0]], np.float32))
+    files = f.lower(x).export(str(tmp_path / "model"))
+    assert sorted(os.path.basename(p) for p in files) == ["model.mlir", "model.vmfb"]
+    code = f"""
+        import sys, numpy as np
+        import iree.runtime as rt
+        sys.modules["slope"] = None  # Slope must not be needed
+        module = rt.load_vm_flatbuffer_file({str(tmp_path / "model.vmfb")!r}, driver="local-sync")
+        print(np.asarray(module.main(np.array([[0.5, -1.0], [0.25, 2.0]], np.float32)).to_host()).tolist())
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(eval(result.stdout), f(x).numpy(), rtol=1e-6)
+
+
+def test_transposed_factors_fold_into_the_matrix_product():
+    rng = np.random.default_rng(0)
+    a, b = (slope.tensor(rng.standard_normal(s).astype(np.float32)) for s in [(3, 4), (5, 4)])
+    f = slope.jit(lambda a, b: (a @ b.T, (a @ b.T).T, a.T @ a))
+    code = f.lower(a, b).code
+    assert "stablehlo.transpose" not in code and code.count("stablehlo.dot_general") == 3
+    x, y = a.numpy(), b.numpy()
+    for got, expected in zip(f(a, b), [x @ y.T, (x @ y.T).T, x.T @ x]):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    batched = slope.jit(lambda c, d: (c @ d.transpose(-1, -2)).transpose(-1, -2))
+    c, d = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (2, 5, 4)])
+    expected = np.swapaxes(c @ np.swapaxes(d, -1, -2), -1, -2)
+    np.testing.assert_allclose(batched(slope.tensor(c), slope.tensor(d)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jitted_scatter_leaves_its_input_unchanged():
+    # IREE scatters into its operand's buffer in place: scattering into x itself changed the caller's tensor
+    x = slope.tensor(np.zeros((3, 4), np.float32))
+    index, updates = slope.tensor(np.array([[0], [2], [0]])), slope.tensor(np.ones((3, 4), np.float32))
+    f = slope.jit(lambda x, i, u: slope.scatter_nd(x, i, u))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(x, index, updates).numpy()[:, 0], [2.0, 0.0, 1.0])
+        np.testing.assert_array_equal(x.numpy(), np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_jitted_half_chain_rounds_after_every_operator_as_pytorch(dtype):
+    # IREE drops a convert to a half type followed by the next operator's convert back: the rounding between
+    # operators must survive (PyTorch rounds after each)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=2000) * 1000, rng.normal(size=2000), rng.normal(size=2000)
+
+    def f(a, b, c):
+        return slope.floor(a / b) * c + slope.sin(a) * b
+
+    def as_torch(a):
+        return torch.tensor(a).to(getattr(torch, dtype))
+
+    expected = (torch.floor(as_torch(x) / as_torch(y)) * as_torch(z) + torch.sin(as_torch(x)) * as_torch(y)).double()
+    jitted = slope.jit(f)(*(slope.tensor(a).astype(dtype) for a in (x, y, z)))
+    np.testing.assert_array_equal(jitted.astype("float64").numpy(), expected.numpy())
+    tiny = slope.tensor(np.array([3e-5, 1e-6, 5e-8])).astype("float16")  # float16 subnormals stay
+    np.testing.assert_array_equal(slope.jit(lambda a: (a * 0.5) * 2.0)(tiny).numpy(), (tiny * 0.5 * 2.0).numpy())

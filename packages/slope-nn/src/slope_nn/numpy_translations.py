@@ -1,0 +1,13 @@
+"""NumPy translations of slope-nn's operators for the numpy backend, in slope-numpy's translation API
+(`f(inputs, params, out) -> a Python expression`, `inputs` the names of the input arrays, `out` the output's Aval).
+The other operators run through their procedures there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+translations: dict[str, Callable] = {
+    "relu": lambda ins, params, out: f"np.where({ins[0]} < 0, np.zeros((), {ins[0]}.dtype), {ins[0]})",
+    "take_along_dim": lambda ins, params, out: f"np.take_along_axis({ins[0]}, {ins[1]}, axis={params['dim']})",
+}

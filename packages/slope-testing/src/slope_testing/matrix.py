@@ -1,0 +1,110 @@
+"""The conformance matrix: every operator and procedure x every transformation x every backend x its dtypes.
+
+The cells come from the registries (`slope.plugins.operators`, `.procedures`, `.backends`) and the rows (the table in
+`slope_testing.table` and those plugins give through the `slope_conformance_rows` hook), so a new backend joins by
+being installed and a new operator by its row. Each cell runs the row's first case and compares it with NumPy or
+finite differences (`slope_testing.checks`). Run by `pytest --slope-backend=NAME` (this distribution's pytest plugin)
+and by the Slope repository's tests/test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import slope
+
+from .checks import (
+    Prepared,
+    Row,
+    check_eager,
+    check_grad,
+    check_grad_of_grad,
+    check_jit,
+    check_jvp,
+    check_vmap,
+    seeded_rng,
+)
+from .table import ROWS, known_failure
+
+TRANSFORMS = ("eager", "jit", "jvp", "grad", "vmap", "grad_of_grad")
+# the backends the project ships; any other installed backend plugin joins the matrix too
+KNOWN_BACKENDS = {"onnxruntime": "slope-core[onnx]", "iree": "slope-core[iree]", "numpy": "slope-core[numpy]"}
+ARGUMENTS = ("backend", "name", "transform", "dtype_name")
+
+
+def rows() -> dict[str, Row]:
+    """Slope's table of rows, with the rows every plugin supplies through its `slope_conformance_rows` hook."""
+    table = dict(ROWS)
+    for plugin_rows in slope.plugins.manager.hook.slope_conformance_rows():
+        table.update((row.name, row) for row in plugin_rows or [])
+    return table
+
+
+def registered() -> list[str]:
+    """Every registered operator and procedure name."""
+    return sorted(set(slope.plugins.operators) | set(slope.plugins.procedures))
+
+
+def cells(backends: list[str] | None = None, names: list[str] | None = None) -> list:
+    """The matrix's cells as pytest params (backend, name, transform, dtype name), for some backends or functions."""
+    table, result = rows(), []
+    for backend in backends or sorted(set(slope.plugins.backends) | set(KNOWN_BACKENDS)):
+        if backend not in slope.plugins.backends:
+            hint = f"pip install {KNOWN_BACKENDS[backend]}" if backend in KNOWN_BACKENDS else "is its plugin loaded?"
+            reason = f"backend {backend!r} is not installed ({hint}); installed: {sorted(slope.plugins.backends)}"
+            mark = pytest.mark.skip(reason=reason) if backend in KNOWN_BACKENDS and not backends else ()
+            result.append(pytest.param(backend, None, None, None, id=f"{backend}:not installed", marks=mark))
+            continue
+        supported = slope.get_backend(backend).dtypes
+        for name in names or registered():
+            row = table.get(name)
+            if row is None:  # fails: every registered function needs a row
+                result.append(pytest.param(backend, name, None, None, id=f"{backend}:{name}:no row:-"))
+                continue
+            for transform in TRANSFORMS:
+                for dtype in row.dtypes:
+                    if dtype not in supported:
+                        continue
+                    reason = known_failure(backend, name, transform, dtype.name)
+                    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+                    cell_id = f"{backend}:{name}:{transform}:{dtype.name}"
+                    result.append(pytest.param(backend, name, transform, dtype.name, id=cell_id, marks=marks))
+    return result
+
+
+def run_cell(backend: str, name: str | None, transform: str | None, dtype_name: str | None) -> None:
+    """Run one cell: the row's first case under one transformation, dtype and backend, against its reference."""
+    if backend not in slope.plugins.backends:
+        pytest.fail(f"backend {backend!r} is not installed; installed backends: {sorted(slope.plugins.backends)}")
+    row = rows().get(name)
+    if row is None:
+        pytest.fail(
+            f"slope.{name} is registered but has no conformance row: add one to slope_testing.table, or return it "
+            "from its plugin's `slope_conformance_rows` hook"
+        )
+    reason = row.skips.get(transform)
+    if reason:
+        pytest.skip(reason)
+    dtype = slope.dtypes.as_dtype(dtype_name)
+    with slope.use_backend(backend) as active:
+        prepared = Prepared(row, row.cases[0], dtype, seeded_rng(name, transform, dtype_name))
+        checks = {"eager": check_eager, "jit": check_jit, "jvp": check_jvp, "grad": check_grad, "vmap": check_vmap}
+        if transform == "grad_of_grad":
+            check_grad_of_grad(prepared, active)
+        elif transform in checks:
+            checks[transform](prepared)
+        else:
+            pytest.fail(f"unknown transformation {transform!r}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The cells `--slope-backend` and `--slope-functions` choose (this module, collected by the pytest plugin)."""
+    if metafunc.definition.name == "test_matrix" and metafunc.module.__name__ == __name__:
+        backends = [b for option in metafunc.config.getoption("slope_backend") for b in option.split(",") if b]
+        names = [n for n in metafunc.config.getoption("slope_functions").split(",") if n]
+        metafunc.parametrize(ARGUMENTS, cells(None if backends == ["all"] else backends, names or None))
+
+
+def test_matrix(backend: str, name: str | None, transform: str | None, dtype_name: str | None) -> None:
+    """One conformance cell."""
+    run_cell(backend, name, transform, dtype_name)

@@ -1,0 +1,262 @@
+"""Deliberately broken third-party plugins (issue 12, points 1-8), each installed through entry-point metadata.
+
+For each: `import slope` works, a SlopePluginWarning names the plugin, its distribution and the problem, the other
+backends and operators still compute the right numbers, and SLOPE_STRICT_PLUGINS=1 (or `python -W error`) makes it an
+error. A translation that returns the wrong shape or dtype is an error naming the operator, backend and plugin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_plugins import TOY_PLUGIN, install, run_python
+
+HEADER = """
+import numpy as np
+import slope
+from slope.plugins import hookimpl
+
+
+class Double(slope.Operator):
+    name = "double_it"
+
+    def infer(self, x):
+        return x
+
+    def procedure(self, x):
+        return x * 2.0
+
+
+class Tiny(slope.Backend):
+    name = "tiny_bad"
+    dtypes = frozenset({slope.float32})
+
+    def compile(self, program, device):
+        raise NotImplementedError
+
+    def from_numpy(self, array, device):
+        return array
+
+    def to_numpy(self, buffer):
+        return buffer
+
+"""
+
+# case -> (the plugin's hooks, a phrase the warning must contain)
+CASES = {
+    # 1: a clash, a hook that raises, a hook of the wrong type, a bad slope_translations return
+    "clash": (
+        "@hookimpl\ndef slope_operators():\n    return [Double('exp')]",
+        "'exp' is defined by plugin 'slope-core.operators' first",
+    ),
+    "clash_nn": (
+        "@hookimpl\ndef slope_procedures():\n    return {'softmax': abs}",
+        "'softmax' is defined by plugin 'nn' first",
+    ),
+    "raises": (
+        "@hookimpl\ndef slope_procedures():\n    return {}['missing']",
+        "slope_procedures hook failed: KeyError",
+    ),
+    "wrong_type": ("@hookimpl\ndef slope_operators():\n    return 'double_it'", "must return a list, got str"),
+    "wrong_items": ("@hookimpl\ndef slope_operators():\n    return ['double_it']", "must be a slope.Operator instance"),
+    "bad_translations": (
+        "@hookimpl\ndef slope_translations(backend):\n    return ['exp']",
+        "slope_translations hook failed for backend",
+    ),
+    "translations_raise": (
+        "@hookimpl\ndef slope_translations(backend):\n    return {'exp': backend.no_such_thing}",
+        "has no attribute 'no_such_thing'",
+    ),
+    # 2: an entry point named like Slope's NumPy backend
+    "numpy": (
+        "@hookimpl\ndef slope_procedures():\n    return {'plus_one': lambda x: x + 1.0}",
+        "is taken by slope-numpy",
+    ),
+    # 4: registrations Slope cannot use
+    "not_callable": ("@hookimpl\ndef slope_procedures():\n    return {'seven': 7}", "'seven' is not callable"),
+    "not_identifier": ("@hookimpl\ndef slope_procedures():\n    return {'my-fn': abs}", "not a Python identifier"),
+    "empty_name": ("@hookimpl\ndef slope_procedures():\n    return {'': abs}", "not a Python identifier"),
+    "shadows_grad": ("@hookimpl\ndef slope_procedures():\n    return {'grad': abs}", "shadow Slope's own `slope.grad`"),
+    "shadows_numpy": ("@hookimpl\ndef slope_procedures():\n    return {'numpy': abs}", "`Tensor.numpy`"),
+    "backend_instance": ("@hookimpl\ndef slope_backends():\n    return [Tiny()]", "the class, not an instance"),
+    "operator_class": ("@hookimpl\ndef slope_operators():\n    return [Double]", "(not a class)"),
+    "no_compile": (
+        "class NoCompile(slope.Backend):\n    name = 'no_compile'\n    dtypes = frozenset({slope.float32})\n\n\n"
+        "@hookimpl\ndef slope_backends():\n    return [NoCompile]",
+        "its own compile, from_numpy, to_numpy",
+    ),
+    "no_dtypes": (
+        "class NoDtypes(Tiny):\n    name = 'no_dtypes'\n    dtypes = frozenset()\n\n\n"
+        "@hookimpl\ndef slope_backends():\n    return [NoDtypes]",
+        "'no_dtypes' declares no dtypes",
+    ),
+    # 5: an operator with neither `infer` nor a procedure
+    "no_infer": (
+        "class Bare(slope.Operator):\n    name = 'bare'\n\n\n@hookimpl\ndef slope_operators():\n    return [Bare()]",
+        "defines neither `infer` nor a `procedure`",
+    ),
+    # 7: a plugin that fails on import (listed once by `slope info`)
+    "import_error": ("raise ImportError('needs a library that is not installed')", "ImportError: needs a library"),
+}
+
+# run after `import slope`: the numbers every backend must still give, as JSON on the last line
+CHECK = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import slope
+
+    results = {}
+    for name in ("numpy", "onnxruntime"):
+        with slope.use_backend(name):
+            x = slope.tensor([0.5, -1.0, 2.0])
+            grad = slope.grad(lambda x: (x.exp() * x).sum())(x)
+            results[name] = grad.tolist() + slope.jit(lambda x: x.softmax(-1))(x).tolist()
+messages = [str(w.message) for w in caught if issubclass(w.category, slope.plugins.SlopePluginWarning)]
+print(json.dumps({"warnings": messages, "results": results, "backends": sorted(slope.plugins.backends)}))
+"""
+
+# the same, without catching warnings: `python -W error` and SLOPE_STRICT_PLUGINS=1 make a plugin's mistake an error
+STRICT_CHECK = "import slope\nfor name in ('numpy', 'onnxruntime'):\n    slope.get_backend(name)\n"
+
+
+def expected_results() -> list[float]:
+    x = np.array([0.5, -1.0, 2.0])
+    softmax = np.exp(x) / np.exp(x).sum()
+    return list(np.exp(x) * (1 + x)) + list(softmax)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "site").mkdir()
+    return tmp_path / "site"
+
+
+def install_case(site: Path, case: str) -> str:
+    hooks, _ = CASES[case]
+    source = hooks if case == "import_error" else HEADER + "\n" + hooks + "\n"
+    entry_point = case if case == "numpy" else f"bad-{case}"
+    install(
+        site, f"slope-bad-{case.replace('_', '-')}", f"slope_bad_{case}", {entry_point: f"slope_bad_{case}"}, source
+    )
+    return entry_point
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_broken_plugin_is_a_warning_and_everything_else_works(site, case):
+    plugin = install_case(site, case)
+    distribution = f"slope-bad-{case.replace('_', '-')} 0.1"
+    result = run_python(site, "-c", CHECK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    ours = [message for message in report["warnings"] if distribution in message]
+    assert len(ours) == (2 if "translations" in case else 1), report["warnings"]  # (translations: per backend)
+    named = "plugin 'slope-bad-numpy:numpy'" if case == "numpy" else f"plugin {plugin!r}"
+    assert named in ours[0] and CASES[case][1] in ours[0], ours[0]
+    assert "SLOPE_DISABLE_PLUGINS=" in ours[0] and "pip uninstall slope-bad-" in ours[0], ours[0]
+    assert {"numpy", "onnxruntime"} <= set(report["backends"])
+    for backend, values in report["results"].items():
+        np.testing.assert_allclose(values, expected_results(), rtol=1e-5, err_msg=backend)
+
+    strict = run_python(site, "-c", STRICT_CHECK, extra_env={"SLOPE_STRICT_PLUGINS": "1"})
+    assert strict.returncode != 0, strict.stdout
+    last = strict.stderr.strip().splitlines()[-1]
+    assert "SlopePluginError" in last and distribution in last and CASES[case][1] in last, strict.stderr
+    if case in ("clash", "bad_translations", "import_error"):
+        as_error = run_python(site, "-W", "error", "-c", STRICT_CHECK)
+        assert as_error.returncode != 0 and "SlopePluginWarning" in as_error.stderr
+
+
+def test_a_plugin_that_reuses_an_entry_point_name_drops_nothing(site):
+    install_case(site, "numpy")
+    code = "import slope; print(sorted(slope.plugins.backends), slope.plus_one(slope.tensor([1.0])).tolist())"
+    result = run_python(site, "-W", "ignore", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "'numpy'" in result.stdout and "[2.0]" in result.stdout
+
+
+def test_plugins_can_be_disabled_or_chosen(site):
+    install(site, "slope-toy", "slope_toy", {"toy": "slope_toy"}, TOY_PLUGIN / "slope_toy")
+    install_case(site, "import_error")
+    code = "import slope; print(sorted(slope.plugins.plugin_versions()), sorted(slope.plugins.backends))"
+    result = run_python(site, "-c", code, extra_env={"SLOPE_DISABLE_PLUGINS": "bad-import_error, toy"})
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert "toy" not in result.stdout and "bad-import_error" not in result.stdout
+    only = {"SLOPE_DISABLE_PLUGIN_AUTOLOAD": "1", "SLOPE_PLUGINS": "numpy,slope-toy"}
+    result = run_python(site, "-c", code, extra_env=only)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    plugins, backends = result.stdout.strip().split("] [")
+    assert "'toy'" in plugins and "'numpy'" in plugins and "onnxruntime" not in plugins and "nn" not in plugins
+    assert backends.rstrip("]") == "'numpy', 'toy'"
+
+
+def test_an_operator_with_only_a_procedure_derives_infer(site):
+    source = HEADER + "\nclass Half(slope.Operator):\n    name = 'half_it'\n\n    def procedure(self, x):\n"
+    source += "        return x * 0.5\n\n\n@hookimpl\ndef slope_operators():\n    return [Half()]\n"
+    install(site, "slope-half", "slope_half", {"half": "slope_half"}, source)
+    code = (
+        "import slope\nx = slope.tensor([[2.0, 4.0]])\n"
+        "print([slope.half_it(x).tolist(), slope.grad(lambda x: slope.half_it(x).sum())(x).tolist(),"
+        " list(slope.jit(slope.half_it)(x).shape), slope.vmap(slope.half_it)(x).tolist()])"
+    )
+    result = run_python(site, "-W", "error", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[[1.0, 2.0]], [[0.5, 0.5]], [1, 2], [[1.0, 2.0]]]
+
+
+WRONG_SHAPE = (
+    HEADER
+    + """
+@hookimpl
+def slope_operators():
+    return [Double()]
+
+
+@hookimpl
+def slope_translations(backend):
+    if backend.name == "numpy":  # a sum where an elementwise result is due: a 0-d output
+        return {"double_it": lambda inputs, params, out: f"np.sum({inputs[0]})"}
+    if backend.name == "onnxruntime":  # float64 where float32 is due
+        return {"double_it": lambda graph, inputs, instruction: graph.cast(inputs[0], slope.float64)}
+"""
+)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+@pytest.mark.parametrize("how", ["eager", "jit"])
+def test_a_wrong_shaped_translation_is_an_error_not_a_result(site, backend, how):
+    install(site, "slope-wrong-shape", "slope_wrong_shape", {"wrong-shape": "slope_wrong_shape"}, WRONG_SHAPE)
+    call = "slope.double_it(x)" if how == "eager" else "slope.jit(lambda x: slope.double_it(x) + x)(x)"
+    code = f"import slope\nslope.set_backend({backend!r})\nx = slope.tensor([1.0, 2.0, 3.0])\nprint({call})"
+    result = run_python(site, "-c", code)
+    assert result.returncode != 0, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SlopeBackendError: slope.double_it:" in last, result.stderr
+    assert f"backend {backend!r}" in last and "plugin 'wrong-shape'" in last, last
+    if backend == "numpy":  # (onnxruntime refuses the graph: its output's declared type is infer's)
+        assert "returns ['float32[]'] where the operator's `infer` gives ['float32[3]']" in last, last
+    else:
+        assert "fails on inputs [[3, f32]]" in last and "does not match expected type (tensor(double))" in last
+
+
+def test_slope_info_reports_a_failed_plugin_once_and_as_json(site):
+    install_case(site, "import_error")
+    text = run_python(site, "-W", "ignore", "-m", "slope", "info", "-v")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.count("bad-import_error") == 1, text.stdout
+    assert "  exp (plugin slope-core.operators)" in text.stdout and "  softmax (plugin nn)" in text.stdout
+    data = json.loads(run_python(site, "-W", "ignore", "-m", "slope", "info", "--json").stdout)
+    assert data["plugins"]["bad-import_error"]["version"] is None
+    assert data["backends"]["numpy"]["plugin"] == "numpy" and "exp" in data["backends"]["numpy"]["native"]
+    assert data["operators"]["erf"] == "nn"
+    version = run_python(site, "-m", "slope", "--version")
+    assert version.returncode == 0 and version.stdout.startswith("slope 0.")
+
+
+def test_slope_info_fails_without_a_usable_backend(site):
+    result = run_python(site, "-m", "slope", "info", extra_env={"SLOPE_DISABLE_PLUGINS": "numpy,onnxruntime"})
+    assert result.returncode == 1
+    assert "backends:\n\noperators" in result.stdout
