@@ -140,7 +140,7 @@ CASES = [
      ["slope.reshape", "(2, 3)", "6 elements", "(4, 2)"]),
     ("reshape-infer", lambda: ones(2, 3).reshape(-1, 4), ShapeError, ["slope.reshape", "(2, 3)", "(-1, 4)"]),
     ("reshape-two-minus-one", lambda: ones(2, 3).reshape(-1, -1), ShapeError, ["slope.reshape", "only one", "-1"]),
-    ("unflatten-size", lambda: ones(6).unflatten(0, (4, 2)), ShapeError, ["reshape", "(6,)", "(4, 2)"]),
+    ("unflatten-size", lambda: ones(6).unflatten(0, (4, 2)), ShapeError, ["unflatten", "(6,)", "(4, 2)"]),
     ("permute-repeat", lambda: ones(2, 3).permute(0, 0), ShapeError,
      ["slope.permute", "(0, 0)", "not a permutation", "(2, 3)"]),
     ("permute-length", lambda: ones(2, 3).permute(0, 1, 2), ShapeError,

@@ -205,6 +205,12 @@ def clip_layout(draw: Any) -> Layout:
 
 def torch_clamp(x: torch.Tensor, min: Any = None, max: Any = None) -> torch.Tensor:  # noqa: A002
     """torch.clamp; Slope also takes a Python number with a tensor bound (PyTorch: the number as a 0-d tensor)."""
+    bounds = [b for b in (min, max) if b is not None]
+    if x.dtype == torch.bool and bounds and all(getattr(b, "dtype", None) == torch.bool for b in bounds):
+        # README, Differences from PyTorch: Slope clamps bools by bool bounds (max, then min), which PyTorch refuses
+        # for two tensor bounds or a Python bool bound
+        lower = x if min is None else torch.maximum(x, min)
+        return lower if max is None else torch.minimum(lower, max)
     if isinstance(min, torch.Tensor) != isinstance(max, torch.Tensor) and min is not None and max is not None:
         min, max = (torch.tensor(b) if not isinstance(b, torch.Tensor) else b for b in (min, max))  # noqa: A001
     return torch.clamp(x, min, max)
@@ -917,13 +923,32 @@ def conv_layout(draw: Any, transpose: bool = False) -> Layout:
     return layout(T(x), T(w), bias, **kwargs)
 
 
+def floats_only(x: torch.Tensor, w: torch.Tensor) -> None:
+    """Slope's convolutions take floating-point tensors only, where PyTorch's CPU kernels also compute integer ones
+    (README, Differences from PyTorch)."""
+    if not (x.dtype.is_floating_point and w.dtype.is_floating_point):
+        raise TypeError(f"Slope: convolutions of {x.dtype} and {w.dtype} are refused")
+
+
 def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
-    """F.convNd, N from the weight (a batch-less input is (C, *spatial), as in PyTorch)."""
+    """F.convNd, N from the weight (a batch-less input is (C, *spatial), as in PyTorch). bfloat16 is computed in
+    float32 and rounded, as Slope accumulates it: PyTorch's bfloat16 CPU kernel gives NaN for some windows of huge
+    values where its float32 and float64 kernels (and Slope) give finite sums (README)."""
+    floats_only(x, w)
+    if x.dtype == torch.bfloat16:
+        bias = None if bias is None else bias.float()
+        return TORCH_CONV[w.ndim - 2](x.float(), w.float(), bias, **kwargs).to(torch.bfloat16)
     return TORCH_CONV[w.ndim - 2](x, w, bias, **kwargs)
 
 
 def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
-    return TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
+    """F.conv_transposeNd; an output dimension of size 0 is an error, as PyTorch's float16 and float64 kernels say
+    (its float32 and bfloat16 ones return an empty tensor)."""
+    floats_only(x, w)
+    out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
+    if 0 in out.shape[-(w.ndim - 2) :]:
+        raise RuntimeError(f"Slope: conv_transpose output of shape {tuple(out.shape)} is too small")
+    return out
 
 
 add(Entry("conv", conv_layout(), torch_conv, dtypes=FLOATS, scale=abs_scale(torch_conv)))
@@ -961,10 +986,24 @@ def pool_layout(draw: Any, dilation: bool = True, indices: bool = False) -> Layo
 
 
 def torch_pool(kind: str) -> Callable:
-    """F.max_poolNd / F.avg_poolNd, N = the kernel's length."""
+    """F.max_poolNd / F.avg_poolNd, N = the kernel's length, with two extensions of Slope's (README, Differences from
+    PyTorch): max_pool takes integers in every dimension, as PyTorch's 2-d and 3-d kernels and its 1-d one with
+    indices do (so integers go through the latter), and a 3-d avg_pool takes float16 and bfloat16, for which PyTorch's
+    CPU has no kernel (computed here in float32 and rounded, as Slope's mean), and inputs smaller than the kernel
+    before padding, which PyTorch's 3-d kernel refuses and its 2-d one takes (computed here on the padded input)."""
 
     def call(x: torch.Tensor, kernel: Any, **kwargs: Any) -> Any:
         n = len(kernel) if isinstance(kernel, tuple) else x.ndim - 2
+        if kind == "max" and not x.dtype.is_floating_point and not kwargs.get("return_indices"):
+            return getattr(F, f"max_pool{n}d")(x, kernel, **{**kwargs, "return_indices": True})[0]
+        if kind == "avg" and n == 3:
+            try:
+                return F.avg_pool3d(x, kernel, **kwargs)
+            except (RuntimeError, NotImplementedError) as error:
+                if "smaller than kernel" not in str(error) and "not implemented" not in str(error):
+                    raise
+            padded = F.pad(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, (kwargs["padding"],) * 6)
+            return F.avg_pool3d(padded, kernel, **{**kwargs, "padding": 0}).to(x.dtype)
         return getattr(F, f"{kind}_pool{n}d")(x, kernel, **kwargs)
 
     return call
@@ -980,7 +1019,7 @@ add(
         grad=NO_GRAD_INDEX,
     )
 )
-add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS))
+add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS, widen=WIDEN_FLOAT))
 
 
 @st.composite
@@ -1031,7 +1070,13 @@ def gelu_layout(draw: Any) -> Layout:
     return layout(T(shape)) if approximate is None else layout(T(shape), approximate=approximate)
 
 
-add(Entry("gelu", gelu_layout(), F.gelu, widen=WIDEN_FLOAT))
+def torch_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """F.gelu computed in float64 and rounded: near a dtype's largest values Slope gives x, where PyTorch's float32
+    and bfloat16 kernels overflow to inf in x * (1 + erf) (README, Differences from PyTorch)."""
+    return F.gelu(x.double() if x.is_floating_point() else x, approximate=approximate).to(x.dtype)
+
+
+add(Entry("gelu", gelu_layout(), torch_gelu, widen=WIDEN_FLOAT))
 
 # ----------------------------------------------------------------------------------------------- casts
 
@@ -1072,7 +1117,19 @@ def full_layout(draw: Any) -> Layout:
     return layout(shape, draw(PYTHON_VALUES))
 
 
-add(Entry("full", full_layout(), torch.full, dtypes=ALL, dtype_arg=True, grad="no tensor inputs"))
+def checked_fill(torch_fn: Callable) -> Callable:
+    """PyTorch's full/full_like, whose range check of the value (finite floats must fit, integers wrap into unsigned
+    dtypes from -max) Slope applies to every shape; PyTorch skips it for tensors of one element (README)."""
+
+    def call(first: Any, value: Any, **kwargs: Any) -> torch.Tensor:
+        dtype = kwargs.get("dtype") or (first.dtype if isinstance(first, torch.Tensor) else None)
+        torch.full((2,), value, dtype=dtype)
+        return torch_fn(first, value, **kwargs)
+
+    return call
+
+
+add(Entry("full", full_layout(), checked_fill(torch.full), dtypes=ALL, dtype_arg=True, grad="no tensor inputs"))
 add(
     Entry(
         "zeros",
@@ -1112,7 +1169,15 @@ def arange_layout(draw: Any) -> Layout:
     return layout(*args)
 
 
-add(Entry("arange", arange_layout(), torch.arange, dtypes=NUMBERS, dtype_arg=True, grad="no tensor inputs"))
+def torch_arange(*args: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.arange, except that Slope refuses fractional arguments for an integer dtype (README, Differences from
+    PyTorch), where PyTorch's length and values depend on the integer dtype."""
+    if dtype is not None and not dtype.is_floating_point and not all(float(a).is_integer() for a in args):
+        raise ValueError(f"Slope: arange{args} in {dtype}")
+    return torch.arange(*args, dtype=dtype)
+
+
+add(Entry("arange", arange_layout(), torch_arange, dtypes=NUMBERS, dtype_arg=True, grad="no tensor inputs"))
 
 
 @st.composite
@@ -1182,7 +1247,15 @@ def like_layout(draw: Any, value: bool = False) -> Layout:
     return layout(*args)
 
 
-add(Entry("full_like", like_layout(value=True), torch.full_like, dtypes=ALL, grad="constant output: no gradient"))
+add(
+    Entry(
+        "full_like",
+        like_layout(value=True),
+        checked_fill(torch.full_like),
+        dtypes=ALL,
+        grad="constant output: no gradient",
+    )
+)
 add(Entry("zeros_like", like_layout(), torch.zeros_like, dtypes=ALL, grad="constant output: no gradient"))
 add(Entry("ones_like", like_layout(), torch.ones_like, dtypes=ALL, grad="constant output: no gradient"))
 
@@ -1311,45 +1384,9 @@ OUT_OF_RANGE = (
 )
 
 KNOWN_OPEN = {
-    ("all", "*", "forward"): "NEW: all/any of uint8 return bool (PyTorch: uint8): a difference to list, or match",
-    ("any", "*", "forward"): "NEW: all/any of uint8 return bool (PyTorch: uint8): a difference to list, or match",
-    ("arange", "*", "forward"): P15 + ": arange(dtype=bool) is accepted",
-    ("argmax", "*", "forward"): ACCEPTS,
-    ("argmin", "*", "forward"): ACCEPTS,
-    ("avg_pool", "*", "forward"): ACCEPTS,
-    ("max_pool", "*", "forward"): ACCEPTS,
-    ("cross_entropy", "*", "forward"): ACCEPTS,
-    ("max_pool_argmax", "numpy", "forward"): "NEW: ShapeError for a window of padding only, which PyTorch accepts",
-    ("max_pool_argmax", "onnxruntime", "forward"): P2,
-    ("ceil", "*", "forward"): ROUNDING_BOOL,
-    ("floor", "*", "forward"): ROUNDING_BOOL,
-    ("round", "*", "forward"): ROUNDING_BOOL,
-    ("clamp", "*", "forward"): P15 + ": clamp(x, None, None) is accepted",
-    ("clip", "*", "forward"): P15 + ": clip(x, None, None) is accepted",
-    ("conv", "*", "forward"): "NEW: conv refuses integer inputs (PyTorch computes them): a difference to list, or add",
-    ("conv_transpose", "*", "forward"): "NEW: conv_transpose: an infinite weight gives NaN where PyTorch is finite"
-    " (inserted zeros times inf); a bias of the wrong size is accepted; a batch-less input is refused",
-    ("gelu", "numpy", "forward"): "NEW (PyTorch overflows): bfloat16 gelu(3.39e38) is x in Slope, inf in PyTorch"
-    " (x * (1 + erf) overflows in its float32 intermediate)",
-    ("linspace", "*", "forward"): P15 + ": linspace(dtype=bool) raises NumPy's raw TypeError (numpy) or is accepted",
-    ("full", "*", "forward"): OUT_OF_RANGE,
-    ("full_like", "numpy", "forward"): OUT_OF_RANGE,
-    ("tensor", "onnxruntime", "forward"): OUT_OF_RANGE,
-    ("randint", "numpy", "forward"): P15 + ": randint with bounds outside the dtype (bool, uint8 < 0) is accepted",
-    ("index_update", "numpy", "forward"): "NEW: x.at[[]] (an empty index list) raises (taken as float); onnxruntime:"
-    " index_update of an empty tensor, ScatterND shape error (raw)",
-    ("div", "*", "forward"): "NEW: integer div by zero returns 0 in eager mode (PyTorch and Slope's //, %, fmod"
-    " raise ZeroDivisionError)",
-    ("fmod", "numpy", "grad"): "NEW: where x / y rounds to an integer, fmod's gradient in y follows the exact"
-    " quotient (PyTorch: the rounded one): 100 fmod 0.1f",
-    ("log_softmax", "onnxruntime", "forward"): "NEW: log_softmax of a finite element beside +inf is -inf (PyTorch:"
-    " NaN) in float64 on onnxruntime",
-    ("one_hot", "*", "forward"): "NEW: one_hot of bool classes is accepted (PyTorch: int64 only, Slope: integers)",
-    ("sign", "*", "forward"): P11,
-    ("square", "*", "forward"): P11,
-    ("clamp", "onnxruntime", "grad"): "NEW: clamp's gradient where min == max goes to min (PyTorch: to max)",
-    ("unflatten", "*", "forward"): "NEW: unflatten of an empty tensor: wrong sizes accepted (numpy), -1 refused"
-    " (onnxruntime)",
+    # a second MaxPool over the NaN positions would fix it, at about 4% of the CNN training step: not yet
+    ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
+    ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
 }
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -194,7 +194,7 @@ class Rounding(Unary):
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
-        return bind(self, x) if x.dtype.is_float else x
+        return x if x.dtype.is_int else bind(self, x)  # bools are refused by infer, as in PyTorch
 
 
 class Cast(Elementwise):
@@ -285,6 +285,13 @@ class Div(Binary):
 
     name = "div"
 
+    def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+        out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
+        if not out.dtype.is_float and out.buffer is not None and out.numel():  # (an empty result divides nothing)
+            if not np.all(y.numpy() if type(y) is Tensor else y):
+                raise ZeroDivisionError(f"slope.{name}: integer division by zero")
+        return out
+
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
@@ -326,16 +333,11 @@ class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
     name = "fmod"
+    __call__ = functools.partialmethod(Div.__call__, name="fmod")
 
-    def __call__(self, x: Any, y: Any, name: str = "fmod") -> Tensor:  # name: the function that asked (//, %)
-        x, y = coerce(name, x, y)  # integer division by a concrete zero raises, as in PyTorch (a traced one cannot)
-        if not x.dtype.is_float and y.buffer is not None and not y.numpy().all():
-            raise ZeroDivisionError(f"slope.{name}: integer division by zero (divisor of shape {y.shape})")
-        return super().__call__(x, y)
-
-    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y)
-        out = fmod(*primals)
-        return [out], [sub(tangents[0], mul(tangents[1], div(sub(primals[0], out), primals[1])))]
+    def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
+        quotient = div(*primals)
+        return [fmod(*primals)], [sub(tangents[0], mul(tangents[1], sub(quotient, fmod(quotient, 1.0))))]
 
 
 class Maximum(Binary):
@@ -636,6 +638,8 @@ class Cat(Operator):
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
         tensors = [cast(t, dtype) for t in tensors]
+        if tensors[0].ndim == 0:
+            raise self.shape_error("0-d tensors cannot be concatenated (as in PyTorch); use slope.stack")
         dim = normalize_dim(self.name, dim, tensors[0].ndim, needs_dim=True)
         return tensors[0] if len(tensors) == 1 else bind(self, *tensors, dim=dim)
 
@@ -664,9 +668,14 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     value = value.item() if isinstance(value, Tensor) else value
     if isinstance(value, str) or not np.isscalar(value):
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
-    if dtype.is_int and not np.iinfo(dtype.numpy).min <= value <= np.iinfo(dtype.numpy).max:  # NaN fails too
+    if dtype == dtypes.bool_:
+        return bool(value)
+    high = float(np.finfo(dtype.numpy).max) if dtype.is_float else int(np.iinfo(dtype.numpy).max)
+    symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))  # uint8: -2 is 254
+    low = -high if symmetric else int(np.iinfo(dtype.numpy).min)
+    if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
-    return float(value) if dtype.is_float else bool(value) if dtype == dtypes.bool_ else int(value)
+    return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
 
 class Full(Operator):
@@ -692,8 +701,9 @@ class Arange(Operator):
             dtype = dtypes.default_int if is_int else dtypes.default_float
         dtype = dtypes.as_dtype(dtype)
         numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in (start, stop, step))
-        if not numbers or step == 0 or (stop - start) * step < 0:
-            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r}")
+        fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in (start, stop, step))  # no bool
+        if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
+            raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
@@ -778,6 +788,8 @@ class Conv(Operator):
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
+        if x.ndim == w.ndim - 1 > 1:  # a batch-less input (C, *spatial), as in PyTorch
+            return self(reshape(x, (1, *x.shape)), w, bias, stride, padding, dilation, groups)[0]
         n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
         stride, dilation = ints(self.name, stride, "stride", 1, n), ints(self.name, dilation, "dilation", 1, n)
         if padding == "valid" or (padding == "same" and set(stride) <= {1}):
@@ -792,9 +804,9 @@ class Conv(Operator):
         dtype = dtypes.promote(x.dtype, w.dtype)
         out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
                    groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
-        if bias is not None:
-            out = out + reshape(as_tensor(bias), (-1,) + (1,) * n)
-        return out
+        if bias is not None and (bias := as_tensor(bias)).shape != out.shape[1:2]:
+            raise self.shape_error(f"expected a bias of shape {out.shape[1:2]} for weight {w.shape}, got {bias.shape}")
+        return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2

@@ -54,7 +54,11 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     try:
         array = np.array(data, dtype=dtype.numpy, order="C")
     except (OverflowError, ValueError) as error:  # NumPy's words for ints out of range, NaN or inf into an int
-        raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+        ints = np.asarray(data) if dtype.kind == "uint" else np.zeros(0)  # PyTorch: ints from -max wrap (-2 is 254)
+        high = np.iinfo(dtype.numpy).max if ints.dtype.kind in "iu" else -1  # -1: nothing fits
+        if not -high <= ints.min(initial=0) <= ints.max(initial=0) <= high:
+            raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+        array = ints.astype(dtype.numpy)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
@@ -80,14 +84,17 @@ def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
 
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
-    return ops.full(x.shape, value, _dtype(dtype, x.dtype))
+    dtype = _dtype(dtype, x.dtype)
+    return ops.full(x.shape, ops._python_value("full_like", value, dtype), dtype)
 
 
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     """`steps` evenly spaced values from start to end inclusive."""
     dtype, (steps,) = _dtype(dtype), ops.ints("linspace", steps, "steps", 0, 1)
-    if steps == 1:
-        return ops.full((1,), start, dtype)
+    if dtype == dtypes.bool_ and steps > 1:
+        raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
+    if steps <= 1:
+        return ops.full((steps,), start, dtype)
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
 
 
@@ -123,14 +130,16 @@ def neg(x: Any) -> Tensor:
 
 
 def sign(x: Any) -> Tensor:
-    """-1, 0 or 1 by the sign of x."""
+    """-1, 0 or 1 by the sign of x (a bool is its own sign, as in PyTorch)."""
     x = as_tensor(x)
-    return cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
+    return x if x.dtype == dtypes.bool_ else cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
 
 
 def abs_(x: Any) -> Tensor:
     """|x|."""
     x = as_tensor(x)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.abs: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
     return x * sign(x)
 
 
@@ -166,8 +175,8 @@ def rsqrt(x: Any) -> Tensor:
 
 
 def square(x: Any) -> Tensor:
-    """x * x."""
-    x = as_tensor(x)
+    """x * x (bools as int64, as PyTorch's x ** 2)."""
+    x = as_tensor(x, dtypes.int64 if getattr(x, "dtype", None) == dtypes.bool_ else None)
     return x * x
 
 
@@ -186,7 +195,7 @@ def true_divide(x: Any, y: Any) -> Tensor:
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, y = coerce(name, x, y)
-    mod = ops.fmod(x, y, name)
+    mod = ops.fmod(x, y, name=name)
     return x, y, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
@@ -254,6 +263,10 @@ def isinf(x: Any) -> Tensor:
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
     """x limited to [min, max] (gradient 1 inside and on the bounds, and NaN for a NaN bound, as PyTorch)."""
     x = as_tensor(x)
+    if min is None and max is None:
+        raise ValueError("slope.clip: at least one of min and max must be given (as in PyTorch)")
+    if isinstance(min, Tensor) and max is not None:  # where min >= max, min's gradient is 0 (PyTorch's rule)
+        min = where(min < max, min, ops.stop_gradient(min))  # noqa: A001
     for bound, outside in ((min, ops.less), (max, ops.greater)):
         if bound is not None:
             value, x = coerce("clip", bound, x)
@@ -279,19 +292,26 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
-    x = _float(x)
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    wide = cast(x, _wide(x.dtype))
-    count, centered = _count("var", x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
-    return cast(ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0)), x.dtype)
+    return _spread("var", x, dim, correction if unbiased is None else int(unbiased), keepdim)
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """Standard deviation (whose gradient is 0 where it is 0, as in PyTorch)."""
-    normalize_dims("std", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as std's
-    variance = var(x, dim, correction, keepdim, unbiased)
-    return where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
+    """Standard deviation (float16/bfloat16 in float32, rounded once; gradient 0 where it is 0, as in PyTorch)."""
+    return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+
+
+def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
+    x = _float(x)
+    wide = cast(x, _wide(x.dtype))
+    count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
+    scale = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True)) if name == "std" and count else None
+    if scale is not None:  # std divides by the largest deviation, so no square overflows where std itself does not
+        centered = centered / (scale := where(scale == 0.0, 1.0, scale))
+    variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
+    if name == "var":
+        return cast(variance, x.dtype)
+    root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
+    return cast(root if scale is None else root * scale.reshape(root.shape), x.dtype)
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
@@ -321,17 +341,21 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Whether all elements are true."""
+    """Whether all elements are true (uint8 for uint8 input, as in PyTorch; bool for the others)."""
     normalize_dims("all", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as all's
-    return logical_not(any_(logical_not(x), dim, keepdim))
+    return _like_uint8(x, logical_not(any_(logical_not(x), dim, keepdim)))
+
+
+def _like_uint8(x: Any, result: Tensor) -> Tensor:
+    return cast(result, dtypes.uint8) if getattr(x, "dtype", None) == dtypes.uint8 else result
 
 
 def any_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Whether any element is true."""
-    x = cast(as_tensor(x), dtypes.bool_)
+    """Whether any element is true (uint8 for uint8 input, as in PyTorch; bool for the others)."""
+    x, given = cast(as_tensor(x), dtypes.bool_), x
     normalize_dims("any", dim, x.ndim, empty_means_all=True)
     no_dims = isinstance(dim, (tuple, list)) and not dim  # reduce nothing, as in PyTorch (whose sum reduces all)
-    return x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0
+    return _like_uint8(given, x if no_dims else ops.sum_(cast(x, dtypes.int32), dim, keepdim) > 0)
 
 
 def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
@@ -342,7 +366,9 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
 
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
     x = as_tensor(x)
-    dims = normalize_dims(name, None if dim is None else ops.ints(name, dim, "dim", count=1), x.ndim)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    dims = normalize_dims(name, None if dim is None else ops.ints(name, [dim], "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
     values = values if name == "argmax" else _reverse_order(values)
@@ -401,8 +427,12 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     """x with one dimension split into sizes."""
     x = as_tensor(x)
-    dim = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True)
-    return x.reshape((*x.shape[:dim], *ops.ints("unflatten", sizes, "sizes"), *x.shape[dim + 1 :]))
+    dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
+    known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
+    sizes = tuple(x.shape[dim] // known if s == -1 and known else s for s in sizes)
+    if math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:
+        raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
+    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
 
 
 def squeeze(x: Any, dim: Any = None) -> Tensor:
@@ -515,7 +545,8 @@ def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x = as_tensor(x)
     index = index if isinstance(index, tuple) else (index,)
-    items = [np.asarray(i) if isinstance(i, (list, bool, np.bool_)) else i for i in index]  # Python bools are masks
+    # Python bools are masks; [] selects nothing (NumPy would make it a float index)
+    items = [np.asarray(i, int if i == [] else None) if isinstance(i, (list, bool, np.bool_)) else i for i in index]
     consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")

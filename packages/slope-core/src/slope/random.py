@@ -117,7 +117,8 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     shape, (minval, maxval) = _check_key("randint", k, shape), ops.ints("random.randint", (minval, maxval), "bounds")
     dtype = dtypes.as_dtype(dtype or dtypes.int64)
     info = np.iinfo(dtype.numpy if dtype.is_int else np.int64)
-    if not info.min <= minval < maxval <= info.max + 1:
+    lowest, highest = (0, 1) if dtype == dtypes.bool_ else (info.min, info.max)  # bools draw False or True
+    if not lowest <= minval < maxval <= highest + 1:
         raise ValueError(f"slope.random.randint: expected minval < maxval in {dtype.name}, got {minval} and {maxval}")
     bits = random_bits(k, math.prod(shape)).reshape(shape)
     return ops.cast(bits % (maxval - minval) + minval, dtype)

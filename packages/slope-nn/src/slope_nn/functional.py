@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
+
 import slope
 from slope import Tensor
+from slope.operators import _strided_place as strided_place
 from slope.operators import ints, normalize_dim, normalize_dims
 
 from .operators import (
@@ -146,7 +149,7 @@ def softmax(x: Any, dim: int = -1) -> Tensor:
 def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     """Integer class indices as one-hot int64 vectors along a new last dimension."""
     x = _tensor(x)
-    if x.dtype.is_float:
+    if not x.dtype.is_int:  # bools too, as in PyTorch
         raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
     (num_classes,) = ints("one_hot", num_classes, "num_classes", count=1)
     if num_classes < 0:
@@ -167,8 +170,12 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
                    groups: int = 1, dilation: Any = 1) -> Tensor:  # fmt: skip
-    """Transposed convolution (PyTorch's conv_transpose): weight (C_in, C_out/groups, *kernel)."""
+    """Transposed convolution (PyTorch's conv_transpose): weight (C_in, C_out/groups, *kernel); x (N, C_in, *spatial)
+    or (C_in, *spatial)."""
     x, weight = _tensor(x), _tensor(weight)
+    if x.ndim == weight.ndim - 1 > 1:  # a batch-less input, as in PyTorch
+        unbatched = x.reshape((1, *x.shape))
+        return conv_transpose(unbatched, weight, bias, stride, padding, output_padding, groups, dilation)[0]
     n = x.ndim - 2
     if n < 1 or weight.ndim != x.ndim or weight.shape[0] != x.shape[1]:
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} does not fit weight {weight.shape} (C_in first)")
@@ -181,15 +188,34 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
             f"slope.conv_transpose: output_padding {output_padding} must be smaller than stride {stride} or dilation "
             f"{dilation}"
         )
+    (batch, c_in, *size), (_, c_out, *kernel) = x.shape, weight.shape  # c_out per group
+    if c_in % groups:
+        raise slope.ShapeError(f"slope.conv_transpose: {c_in} input channels do not split into {groups} groups")
+    if not x.dtype.is_float or x.dtype != weight.dtype:
+        raise slope.DTypeError(f"slope.conv_transpose: expected floats of one dtype, got {x.dtype.name} and "
+                               f"{weight.dtype.name}")  # fmt: skip
+    if bias is not None and (bias := _tensor(bias)).shape != (c_out * groups,):
+        raise slope.ShapeError(f"slope.conv_transpose: expected a bias of shape ({c_out * groups},), got {bias.shape}")
     spatial = tuple(
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
-        for s, st, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding)
+        for s, st, p, d, k, op in zip(size, stride, padding, dilation, kernel, output_padding)
     )
-    input_aval = slope.Aval((x.shape[0], weight.shape[1] * groups, *spatial), x.dtype)
-    params = {"stride": stride, "padding": tuple((p, p) for p in padding), "dilation": dilation, "groups": groups}
-    # the transposed convolution is the transpose of the convolution with respect to its input
-    out = slope.conv.transpose([x], slope.UndefinedPrimal(input_aval), weight, **params)[0]
-    return out if bias is None else out + _tensor(bias).reshape((-1,) + (1,) * n)
+    if min(spatial) < 1:
+        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} gives an output of size {spatial} (too small)")
+    # Each input element times the weight, added into the output at its offsets (PyTorch's col2im): one product per
+    # group of input channels, then one strided placement per kernel offset. No product with an inserted or padding
+    # zero, so an infinite weight gives NaN only where PyTorch's does (a dilated convolution would multiply them).
+    cols = x.reshape((batch, groups, c_in // groups, math.prod(size))).permute((0, 1, 3, 2))
+    cols = slope.matmul(cols, weight.reshape((groups, c_in // groups, c_out * math.prod(kernel))))
+    taps = math.prod(kernel)
+    cols = cols.reshape((batch, groups, *size, c_out, taps))
+    cols = cols.permute((0, 1, n + 2, *range(2, n + 2), n + 3)).reshape((batch, groups * c_out, *size, taps))
+    out = None
+    for k, offset in enumerate(np.ndindex(*kernel)):
+        lo = (0, 0, *(o * d - p for o, d, p in zip(offset, dilation, padding)))
+        placed = strided_place(cols[..., k], (1, 1, *stride), lo, (batch, groups * c_out, *spatial))
+        out = placed if out is None else out + placed
+    return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
 def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
@@ -204,7 +230,11 @@ def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> 
 
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
-    logits, target = _float(logits), _tensor(target)
+    logits, target = _tensor(logits), _tensor(target)
+    if not logits.dtype.is_float:  # as in PyTorch (class scores are floats; integers are likely class indices)
+        raise slope.DTypeError(f"slope.cross_entropy: expected floating-point logits, got {logits.dtype.name}")
+    if logits.ndim == 0:
+        raise slope.ShapeError("slope.cross_entropy: expected logits with a class dimension, got a 0-d tensor")
     if not 0.0 <= _number("cross_entropy", label_smoothing, "label_smoothing") <= 1.0:
         raise ValueError(f"slope.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     class_dim = 1 if logits.ndim > 1 else 0
@@ -227,6 +257,8 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
         probs = one_hot(target, classes).astype(logits.dtype)
         if class_dim == 1 and logits.ndim > 2:
             probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
+        if not label_smoothing:  # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
+            logp = slope.where(probs > 0, logp, slope.zeros_like(logp))
     if label_smoothing:
         probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
     return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)

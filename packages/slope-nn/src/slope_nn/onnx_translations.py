@@ -3,10 +3,12 @@
 
 - `erf` is ONNX Erf (float64 through its procedure: ORT has no float64 kernel, and float32 would lose precision).
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
-- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32).
+- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32; float64 through its procedure).
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
+  Its index in a window holding NaN is MaxPool's choice (PyTorch's is the window's last NaN: tests/differential).
+  Windows of padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
 """
@@ -24,7 +26,7 @@ from slope import Instruction
 from slope_onnx.graph import NoTranslationError, OnnxGraph
 from slope_onnx.translate import emit
 
-from .operators import pooled_shape
+from .operators import padding_only_windows, pooled_shape
 
 # per graph: (input name, pooling parameters) -> (values name, indices name or None), so MaxPool nodes are shared
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -56,8 +58,8 @@ def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
 
 def _log_softmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = instruction.outputs[0].aval
-    if out.ndim == 0:  # LogSoftmax needs an axis
-        raise NoTranslationError
+    if out.ndim == 0 or out.dtype == slope.float64:  # LogSoftmax needs an axis; its float64 kernel gives a finite
+        raise NoTranslationError  # element beside +inf -inf, where PyTorch (and the procedure) give NaN
     compute = _float_compute(out.dtype)
     x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
     result = graph.node("LogSoftmax", [x], shape=out.shape, axis=instruction.params["dim"])
@@ -69,8 +71,8 @@ def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_in
     x_aval, params = instruction.inputs[0].aval, instruction.params
     kernel = params["kernel"]
     n = len(kernel)
-    if n > 3 or x_aval.size == 0:
-        raise NoTranslationError
+    if n > 3 or x_aval.size == 0 or padding_only_windows(x_aval.shape[x_aval.ndim - n :], **params) is not None:
+        raise NoTranslationError  # (PyTorch's values and indices for windows of padding only: the procedures)
     compute = _float_compute(x_aval.dtype)
     memo = _pools.setdefault(graph, {})
     key = (inputs[0], kernel, params["stride"], params["padding"], params["dilation"])

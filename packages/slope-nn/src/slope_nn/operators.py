@@ -127,6 +127,8 @@ def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any,
         raise slope.ShapeError(
             f"slope.{name}: a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}"
         )
+    if 0 in x.shape[max(x.ndim - n - 1, 0) :]:  # only the batch dimension may be empty, as in PyTorch
+        raise slope.ShapeError(f"slope.{name}: the channel and pooled dimensions of shape {x.shape} must not be empty")
     for size, k, p, d in zip(x.shape[x.ndim - n :], kernel, padding, dilation):
         if size + 2 * p < d * (k - 1) + 1:
             raise slope.ShapeError(
@@ -169,6 +171,25 @@ def pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilati
     return slope.stack(views, -1)
 
 
+def padding_only_windows(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> Any:
+    """For pooling windows that hold only padding (max -inf, or the lowest integer), PyTorch's index: the flat position
+    of each dimension's first tap at or after 0, which lies past the input in some dimension; -1 for the other
+    windows. None where every window holds an element (the usual case)."""
+    firsts, inside, place = [], [], 1
+    for size, k, st, p, d in reversed(list(zip(spatial, kernel, stride, padding, dilation))):
+        starts = np.arange(pooled_shape((size,), (k,), (st,), (p,), (d,))[0]) * st - p
+        first = starts + d * np.maximum(0, -(starts // d))  # PyTorch: while (start < 0) start += dilation
+        firsts.insert(0, first * place)
+        inside.insert(0, (first <= starts + (k - 1) * d) & (first < size))
+        place *= size
+    n = len(kernel)
+    along = [lambda a, i=i: a.reshape([-1 if j == i else 1 for j in range(n)]) for i in range(n)]  # dim i's axis
+    empty = ~np.logical_and.reduce(np.broadcast_arrays(*(f(a) for f, a in zip(along, inside))))
+    if not empty.any():
+        return None
+    return np.where(empty, sum(f(a) for f, a in zip(along, firsts)), -1).astype(np.int64)
+
+
 def windows_overlap(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
     """Whether an input element can lie in two windows."""
     return any(st < d * (k - 1) + 1 for k, st, d in zip(kernel, stride, dilation))
@@ -179,14 +200,6 @@ class _Pooling(Operator):
 
     def params(self, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> dict:
         kernel, stride, padding, dilation = pool_args(self.name, x, kernel_size, stride, padding, dilation)
-        for size, k, st, p, d in zip(x.shape[x.ndim - len(kernel) :], kernel, stride, padding, dilation):
-            starts = np.arange(pooled_shape((size,), (k,), (st,), (p,), (d,))[0]) * st - p
-            taps = starts[:, None] + np.arange(k) * d
-            if not ((taps >= 0) & (taps < size)).any(-1).all():
-                raise slope.ShapeError(
-                    f"slope.{self.name}: with padding {padding}, kernel {kernel} and dilation {dilation} a window "
-                    f"of the input of shape {x.shape} holds only padding (PyTorch asks for padding <= kernel // 2)"
-                )
         return {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
 
     def infer(self, x: Aval, *, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> Aval:
@@ -231,7 +244,13 @@ class MaxPool(_Pooling):
         flat_tangent = tangent.reshape((*lead, math.prod(x.shape[x.ndim - n :])))
         flat_index = index.reshape((*lead, math.prod(index.shape[x.ndim - n :])))
         unique = not windows_overlap(params["kernel"], params["stride"], params["dilation"])
+        fallback = padding_only_windows(x.shape[x.ndim - n :], **params)
+        if fallback is not None:  # a window of padding only is constant: no tangent (its index may lie outside x)
+            fallback = slope.tensor(fallback.reshape(-1) >= 0)
+            flat_index = slope.where(fallback, 0, flat_index)
         picked = slope.bind(take_along_dim, flat_tangent, flat_index, dim=len(lead), unique_indices=unique)
+        if fallback is not None:
+            picked = slope.where(fallback, slope.zeros_like(picked), picked)
         return [out], [picked.reshape(out.shape)]
 
     def procedure(self, x: Tensor, **params: Any) -> Tensor:
@@ -240,7 +259,8 @@ class MaxPool(_Pooling):
 
 class MaxPoolArgmax(_Pooling):
     """Where each window's maximum lies: its flat position in the input's pooled (trailing) dimensions, the first
-    maximum on ties, a NaN counting as the maximum. PyTorch's max_pool indices."""
+    maximum on ties, the last NaN of a window holding NaN, and for a window of padding only PyTorch's index
+    (padding_only_windows). PyTorch's max_pool indices."""
 
     name = "max_pool_argmax"
 
@@ -258,10 +278,14 @@ class MaxPoolArgmax(_Pooling):
         # each window element's flat position, built from operators (a procedure adds no constants of its own)
         positions = pool_windows(slope.arange(size).reshape(spatial), **params, fill=size)
         hit = windows == windows.max(-1, keepdim=True)
+        # padding positions hold the input size: a real element wins every tie with them; PyTorch's index is the
+        # last NaN of a window, and a window of padding only has its own (padding_only_windows)
+        index = slope.where(hit, positions, size).min(-1)
         if x.dtype.is_float:
-            hit = hit | (windows != windows)
-        # padding positions hold the input size: a real element wins every tie with them
-        return slope.where(hit, positions, size).min(-1)
+            last_nan = slope.where(windows != windows, positions, -1).max(-1)
+            index = slope.where(last_nan >= 0, last_nan, index)
+        fallback = padding_only_windows(spatial, **params)
+        return index if fallback is None else slope.where(slope.tensor(fallback >= 0), slope.tensor(fallback), index)
 
 
 # ----------------------------------------------------------------------------------------------- indexing

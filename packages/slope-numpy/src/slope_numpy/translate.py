@@ -119,7 +119,8 @@ translations: dict[str, Callable] = {
     "cat": lambda ins, params, out: f"np.concatenate([{', '.join(ins)}], axis={params['dim']})",
     "full": lambda ins, params, out: f"np.full({params['shape']}, {params['value']!r}, dtype={_dtype(out.dtype)})",
     "arange": lambda ins, params, out: (
-        f"np.arange({params['start']!r}, {params['stop']!r}, {params['step']!r}, dtype={_dtype(out.dtype)})"
+        # counted in float64 (or int64) and rounded once, as PyTorch (NumPy's float16 arange adds in float16)
+        f"np.arange({params['start']!r}, {params['stop']!r}, {params['step']!r}).astype({_dtype(out.dtype)})"
     ),
     "matmul": _binary("np.matmul"),
     "conv": lambda ins, params, out: (

@@ -295,8 +295,9 @@ add(
         out_dtype=int64_if_int,
     )
 )
-add(Row("all", reduction_cases(lambda x, **k: np.all(x, **k)), ALL_DTYPES, out_dtype=always(slope.bool_)))
-add(Row("any", reduction_cases(lambda x, **k: np.any(x, **k)), ALL_DTYPES, out_dtype=always(slope.bool_)))
+BOOL_OR_UINT8 = lambda dtype: slope.uint8 if dtype == slope.uint8 else slope.bool_  # noqa: E731 - as PyTorch
+add(Row("all", reduction_cases(lambda x, **k: np.all(x, **k)), ALL_DTYPES, out_dtype=BOOL_OR_UINT8))
+add(Row("any", reduction_cases(lambda x, **k: np.any(x, **k)), ALL_DTYPES, out_dtype=BOOL_OR_UINT8))
 
 
 def moments_cases(ref) -> list[Case]:
@@ -335,8 +336,8 @@ def arg_cases(ref) -> list[Case]:
     ]
 
 
-add(Row("argmax", arg_cases(np.argmax), ALL_DTYPES, out_dtype=always(slope.int64)))
-add(Row("argmin", arg_cases(np.argmin), ALL_DTYPES, out_dtype=always(slope.int64)))
+add(Row("argmax", arg_cases(np.argmax), NUMBERS, out_dtype=always(slope.int64)))  # bool refused, as PyTorch
+add(Row("argmin", arg_cases(np.argmin), NUMBERS, out_dtype=always(slope.int64)))  # bool refused, as PyTorch
 add(
     Row(
         "logsumexp",
