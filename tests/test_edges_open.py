@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import slope
+from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 
 
 @pytest.fixture(params=BACKENDS)

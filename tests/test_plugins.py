@@ -20,9 +20,10 @@ import pytest
 
 import slope
 from slope.plugins import SlopePluginError, hookimpl
+from slope_testing import backends_under_test
 
 TOY_PLUGIN = Path(__file__).parent / "toy_plugin"
-BACKENDS = sorted(slope.plugins.backends)
+BACKENDS = backends_under_test()
 
 
 def install(site: Path, distribution: str, package: str, entry_points: dict[str, str], source: Path | str) -> None:

@@ -670,9 +670,9 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
     if dtype == dtypes.bool_:
         return bool(value)
-    high = float(np.finfo(dtype.numpy).max) if dtype.is_float else int(np.iinfo(dtype.numpy).max)
+    high = float(dtype.limits.max) if dtype.is_float else int(dtype.limits.max)
     symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))  # uint8: -2 is 254
-    low = -high if symmetric else int(np.iinfo(dtype.numpy).min)
+    low = -high if symmetric else int(dtype.limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
     return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))

@@ -390,7 +390,7 @@ def _finfo_eps(dtype: Any) -> float:
     import numpy as np
 
     try:
-        return float(np.finfo(dtype.numpy).eps)
+        return float(dtype.limits.eps)
     except (TypeError, ValueError):
         return float(np.finfo(np.float32).eps)
 
