@@ -73,8 +73,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
         return dead_code_elimination(program)
     from .trace import eval_program, make_program
 
-    missing = [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]
-    if missing:
+    if missing := [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
     # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
     lowered = make_program(lambda *inputs: eval_program(program, list(inputs)), program.in_avals, frozenset(supported))
