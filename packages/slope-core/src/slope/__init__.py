@@ -5,19 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import dtypes, operators, plugins, procedures, tree
-from .backend import (
-    Backend,
-    Executable,
-    SlopeBackendError,
-    default_device,
-    devices,
-    get_backend,
-    set_backend,
-    set_device,
-    use_backend,
-)
+from .backend import Backend, Executable, default_device, devices, get_backend, set_backend, set_device, use_backend
 from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
-from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError, SlopePluginError
+from .errors import DTypeError, ShapeError, SlopeBackendError, SlopeError, SlopeMemoryError, SlopePluginError
 from .ir import Aval, Instruction, Program, Var
 from .operator import Operator, UndefinedPrimal
 from .random import manual_seed

@@ -73,8 +73,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
         return dead_code_elimination(program)
     from .trace import eval_program, make_program
 
-    missing = [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]
-    if missing:
+    if missing := [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
     # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
     lowered = make_program(lambda *inputs: eval_program(program, list(inputs)), program.in_avals, frozenset(supported))
@@ -86,8 +85,7 @@ _state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like
 
 
 def _default_backend_name() -> str:
-    requested = os.environ.get("SLOPE_BACKEND")
-    if requested:
+    if requested := os.environ.get("SLOPE_BACKEND"):
         return requested
     for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
         if name in plugins.backends:
@@ -113,9 +111,8 @@ def get_backend(name: str | None = None) -> Backend:
 def _reset() -> None:
     """Forget backend instances and compiled code when plugins change (translations may have); keep the choice."""
     active = _state["backend"]
-    _instances.clear()
-    _compiled.clear()
-    _checked.clear()
+    for cache in (_instances, _compiled, _checked):
+        cache.clear()
     _state["backend"] = get_backend(active.name) if active is not None and active.name in plugins.backends else None
 
 
@@ -223,20 +220,19 @@ def check_translations(program: Program, backend: Backend, device: str) -> None:
     """Run each plugin-supplied translation once on zeros: its outputs' shapes and dtypes must be those of `infer`."""
     given_by = getattr(backend, "translation_plugins", {})  # (a backend that skips Backend.__init__ has none)
     for instruction in [i for i in program.instructions if i.op.name in given_by]:
-        plugin = given_by[instruction.op.name]
-        key = (backend.name, instruction.op, repr(instruction.params), tuple(v.aval for v in instruction.inputs))
+        op, in_avals = instruction.op, [v.aval for v in instruction.inputs]
+        key = (backend.name, op, repr(instruction.params), tuple(in_avals))
         if key in _checked:
             continue
-        ins, outs = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
-        what = f"slope.{instruction.op.name}: the translation for backend {backend.name!r} from plugin {plugin!r}"
-        probe = Program(ins, [Instruction(instruction.op, ins, instruction.params, outs)], outs)
+        what = f"slope.{op.name}: the translation for backend {backend.name!r} from plugin {given_by[op.name]!r}"
+        probe = one_instruction(op, in_avals, instruction.params, [v.aval for v in instruction.outputs])
         try:
-            zeros = [backend.from_numpy(np.zeros(v.aval.shape, v.aval.dtype.numpy), device) for v in ins]
+            zeros = [backend.from_numpy(np.zeros(a.shape, a.dtype.numpy), device) for a in in_avals]
             results = [np.asarray(backend.to_numpy(b)) for b in backend.compile(probe, device).run(zeros)]
         except Exception as error:
-            raise SlopeBackendError(f"{what} fails on inputs {[v.aval for v in ins]}: {error}") from error
+            raise SlopeBackendError(f"{what} fails on inputs {in_avals}: {error}") from error
         got = [f"{r.dtype}{list(r.shape)}" for r in results]
-        expected = [f"{v.aval.dtype.numpy}{list(v.aval.shape)}" for v in outs]
+        expected = [f"{a.dtype.numpy}{list(a.shape)}" for a in probe.out_avals]
         if got != expected:
             raise SlopeBackendError(f"{what} returns {got} where the operator's `infer` gives {expected}")
         _checked.add(key)
@@ -275,11 +271,16 @@ def run_executable(executable: Executable, args: Any, backend: Backend, device: 
     return [Tensor(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
 
 
+def one_instruction(op: Any, in_avals: Any, params: dict, out_avals: Any) -> Program:
+    """A Program of one instruction: what eager mode compiles, and the probe of a plugin's translation."""
+    ins, outs = [Var(aval) for aval in in_avals], [Var(aval) for aval in out_avals]
+    return Program(ins, [Instruction(op, ins, params, outs)], outs)
+
+
 def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:
-    in_vars = [Var(a.aval) for a in args]
-    out_avals = op.infer(*[v.aval for v in in_vars], **params)
-    out_vars = [Var(aval) for aval in (out_avals if op.multiple_results else [out_avals])]
-    return compile_program(Program(in_vars, [Instruction(op, in_vars, params, out_vars)], out_vars), backend, device)
+    out_avals = op.infer(*[a.aval for a in args], **params)
+    program = one_instruction(op, [a.aval for a in args], params, out_avals if op.multiple_results else [out_avals])
+    return compile_program(program, backend, device)
 
 
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:

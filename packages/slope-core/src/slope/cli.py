@@ -16,10 +16,9 @@ def report() -> dict:
     from slope import plugins
 
     data: dict = {"slope": slope.__version__, "python": sys.version.split()[0], "plugins": {}, "backends": {}}
-    for name, plugin_version in plugins.plugin_versions().items():
-        data["plugins"][name] = {"version": plugin_version, "problems": plugins.failed.get(name, [])}
-    for name, problems in plugins.failed.items():  # plugins that failed to load
-        data["plugins"].setdefault(name, {"version": None, "problems": problems})
+    versions = plugins.plugin_versions()  # (a plugin that failed to load has problems but no version)
+    for name in {**versions, **plugins.failed}:
+        data["plugins"][name] = {"version": versions.get(name), "problems": plugins.failed.get(name, [])}
     for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)):
         data[kind] = {name: plugins.owners[("function", name)] for name in sorted(registry)}
     for name in sorted(plugins.backends):

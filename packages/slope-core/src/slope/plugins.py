@@ -107,12 +107,10 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
 
 def _table(kind: str, value: Any) -> dict:
     """A hook's result as `{name: item}`: procedures come as a dict, operators and backends as lists of named things."""
-    expected = "dict" if kind == "procedure" else "list"
-    if value is not None and not isinstance(value, dict if kind == "procedure" else (list, tuple)):
-        raise TypeError(f"slope_{kind}s must return a {expected}, got {type(value).__name__}")
-    return (
-        dict(value or {}) if kind == "procedure" else {getattr(item, "name", repr(item)): item for item in value or ()}
-    )
+    as_dict = kind == "procedure"
+    if value is not None and not isinstance(value, dict if as_dict else (list, tuple)):
+        raise TypeError(f"slope_{kind}s must return a {'dict' if as_dict else 'list'}, got {type(value).__name__}")
+    return dict(value or {}) if as_dict else {getattr(item, "name", repr(item)): item for item in value or ()}
 
 
 def refresh(strict_plugin: str | None = None) -> None:
@@ -121,26 +119,23 @@ def refresh(strict_plugin: str | None = None) -> None:
 
     for registry in (operators, procedures, backends, owners):
         registry.clear()
-    hooks = [("operator", operators), ("procedure", procedures), ("backend", backends)]
-    for kind, registry in hooks:
+    for kind, registry in (("operator", operators), ("procedure", procedures), ("backend", backends)):
         for impl in getattr(manager.hook, f"slope_{kind}s").get_hookimpls():  # registration order: Slope's first
             plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+            strict = plugin == strict_plugin
             try:
                 table = _table(kind, impl.function())
             except Exception as error:
-                problem(
-                    plugin, f"its slope_{kind}s hook failed: {type(error).__name__}: {error}", plugin == strict_plugin
-                )
+                problem(plugin, f"its slope_{kind}s hook failed: {type(error).__name__}: {error}", strict)
                 continue
             for name, item in table.items():
                 if message := _check(kind, name, item, plugin):
-                    problem(plugin, message, plugin == strict_plugin)
+                    problem(plugin, message, strict)
                     continue
                 owners[("backend" if kind == "backend" else "function", name)] = plugin
                 registry[name] = item
     functions.clear()
-    functions.update(operators)
-    functions.update(procedures)
+    functions.update({**operators, **procedures})
     for name, value in list(Tensor.__dict__.items()):  # methods of unregistered plugins go with them
         if getattr(value, "_slope_function", False) and name not in functions:
             delattr(Tensor, name)
