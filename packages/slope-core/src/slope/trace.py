@@ -58,9 +58,8 @@ class Tracer(Tensor):
     __slots__ = ("_trace",)
 
     def __init__(self, trace: Trace, aval: Aval):
-        self._trace = trace
-        self.aval = aval
-        self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+        # no buffer: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+        self._trace, self.aval, self.buffer = trace, aval, None
 
     def full_lower(self) -> Tensor:
         """This value at the lowest level it can be expressed at."""
