@@ -117,8 +117,7 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     lowest, highest = (0, 1) if dtype == dtypes.bool_ else (info.min, info.max)  # bools draw False or True
     if not lowest <= minval < maxval <= highest + 1:
         raise ValueError(f"slope.random.randint: expected minval < maxval in {dtype.name}, got {minval} and {maxval}")
-    bits = random_bits(k, math.prod(shape)).reshape(shape)
-    return ops.cast(bits % (maxval - minval) + minval, dtype)
+    return ops.cast(random_bits(k, math.prod(shape)).reshape(shape) % (maxval - minval) + minval, dtype)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:

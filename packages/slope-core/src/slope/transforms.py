@@ -123,8 +123,7 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
     constants = (program.constants, program.constant_values)
     primal_program = dead_code_elimination(Program(program.inputs[:count], primal_part, primal_outputs, *constants))
     outs = eval_program(primal_program, primals)
-    linear_program = Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs)
-    return outs[:n_out], linear_program, outs[n_out:]
+    return outs[:n_out], Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs), outs[n_out:]
 
 
 def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
