@@ -15,9 +15,7 @@ class Aval:
     __slots__ = ("shape", "dtype", "_hash")
 
     def __init__(self, shape: tuple[int, ...], dtype: DType):
-        self.shape = shape
-        self.dtype = dtype
-        self._hash = hash((shape, dtype))
+        self.shape, self.dtype, self._hash = shape, dtype, hash((shape, dtype))
 
     @property
     def ndim(self) -> int:
@@ -110,6 +108,5 @@ def dead_code_elimination(program: Program) -> Program:
         if any(v in live for v in instruction.outputs):
             kept.append(instruction)
             live.update(instruction.inputs)
-    kept.reverse()
     used = [(v, value) for v, value in zip(program.constants, program.constant_values) if v in live]
-    return Program(program.inputs, kept, program.outputs, [v for v, _ in used], [value for _, value in used])
+    return Program(program.inputs, kept[::-1], program.outputs, [v for v, _ in used], [value for _, value in used])

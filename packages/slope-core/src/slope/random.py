@@ -48,8 +48,7 @@ def random_bits(key: Tensor, count: int) -> Tensor:
     """`count` random 32-bit words (as int64) derived from a key."""
     half = max(1, math.ceil(count / 2))
     counters = ops.arange(2 * half, dtype=dtypes.int64)
-    y0, y1 = threefry2x32(key[0].expand(half), key[1].expand(half), counters[:half], counters[half:])
-    return ops.cat([y0, y1])[:count]
+    return ops.cat(threefry2x32(key[0].expand(half), key[1].expand(half), counters[:half], counters[half:]))[:count]
 
 
 def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType, bits: int = 23) -> Tensor:
@@ -96,14 +95,12 @@ def fold_in(k: Tensor, data: int) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
     counter = ops.constant(int(data) & _MASK, dtypes.int64, (1,))
-    x0, x1 = threefry2x32(k[0:1], k[1:2], ops.constant(0, dtypes.int64, (1,)), counter)
-    return ops.cat([x0, x1])
+    return ops.cat(threefry2x32(k[0:1], k[1:2], ops.constant(0, dtypes.int64, (1,)), counter))
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval)."""
-    shape = _check_key("uniform", k, shape)
-    values = ops.random_uniform(k, shape, dtype)
+    values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
     return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
 
 
@@ -120,8 +117,7 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     lowest, highest = (0, 1) if dtype == dtypes.bool_ else (info.min, info.max)  # bools draw False or True
     if not lowest <= minval < maxval <= highest + 1:
         raise ValueError(f"slope.random.randint: expected minval < maxval in {dtype.name}, got {minval} and {maxval}")
-    bits = random_bits(k, math.prod(shape)).reshape(shape)
-    return ops.cast(bits % (maxval - minval) + minval, dtype)
+    return ops.cast(random_bits(k, math.prod(shape)).reshape(shape) % (maxval - minval) + minval, dtype)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:

@@ -101,15 +101,6 @@ class Tensor:
             )
         return self.numpy().reshape(()).item()
 
-    def __bool__(self) -> bool:
-        return bool(self._scalar("bool(tensor)"))
-
-    def __int__(self) -> int:
-        return int(self._scalar("int(tensor)"))
-
-    def __float__(self) -> float:
-        return float(self._scalar("float(tensor)"))
-
     def __index__(self) -> int:
         self._concrete("using a tensor as an index")
         if not self.dtype.is_int:
@@ -173,9 +164,10 @@ for _name, _function in _arithmetic.items():
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
                         "long": "int64", "bool": "bool"}.items():  # fmt: skip
     setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))
-Tensor.__neg__ = lambda self: functions["neg"](self)
-Tensor.__abs__ = lambda self: functions["abs"](self)
-Tensor.__invert__ = lambda self: functions["invert"](self)
+for _name in ("neg", "abs", "invert"):
+    setattr(Tensor, f"__{_name}__", lambda self, _f=_name: functions[_f](self))
+for _name, _cast in {"bool": bool, "int": int, "float": float}.items():  # of a one-element tensor
+    setattr(Tensor, f"__{_name}__", lambda self, _c=_cast, _w=f"{_name}(tensor)": _c(self._scalar(_w)))
 Tensor.__pos__ = lambda self: self
 
 
@@ -185,8 +177,7 @@ class _IndexUpdate:
     __slots__ = ("tensor", "index")
 
     def __init__(self, tensor: Tensor, index: Any = None):
-        self.tensor = tensor
-        self.index = index
+        self.tensor, self.index = tensor, index
 
     def __getitem__(self, index: Any) -> _IndexUpdate:
         return _IndexUpdate(self.tensor, index)

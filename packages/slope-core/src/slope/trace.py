@@ -58,9 +58,8 @@ class Tracer(Tensor):
     __slots__ = ("_trace",)
 
     def __init__(self, trace: Trace, aval: Aval):
-        self._trace = trace
-        self.aval = aval
-        self.buffer = None  # no data: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+        # no buffer: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+        self._trace, self.aval, self.buffer = trace, aval, None
 
     def full_lower(self) -> Tensor:
         """This value at the lowest level it can be expressed at."""
@@ -182,8 +181,7 @@ def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[s
         out_tracers = [trace.full_raise(o) for o in flat_fn(*in_tracers)]
     inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]
     constants = builder.constants.values()
-    constant_vars, constant_values = [tracer.ir_var for _, tracer in constants], [value for value, _ in constants]
-    return Program(inputs, builder.instructions, outputs, constant_vars, constant_values)
+    return Program(inputs, builder.instructions, outputs, [t.ir_var for _, t in constants], [v for v, _ in constants])
 
 
 def eval_program(program: Program, args: list[Tensor]) -> list[Tensor]:

@@ -123,8 +123,7 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
     constants = (program.constants, program.constant_values)
     primal_program = dead_code_elimination(Program(program.inputs[:count], primal_part, primal_outputs, *constants))
     outs = eval_program(primal_program, primals)
-    linear_program = Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs)
-    return outs[:n_out], linear_program, outs[n_out:]
+    return outs[:n_out], Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs), outs[n_out:]
 
 
 def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
@@ -331,8 +330,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
-        placeholder = tree.unflatten(out_tree[0], [object() for _ in values])
-        targets = _axes_for_leaves("vmap", out_axes, placeholder)
+        targets = _axes_for_leaves("vmap", out_axes, tree.unflatten(out_tree[0], [object() for _ in values]))
         results = []
         for value, dim, target in zip(values, dims, targets):
             if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped

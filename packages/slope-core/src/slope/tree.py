@@ -84,8 +84,7 @@ register(type(None), lambda n: ([], None), lambda aux, ch: None)
 def flatten(value: Any, is_leaf: Callable | None = None) -> tuple[list, TreeDef]:
     """The leaves of a pytree in order, and its structure."""
     leaves: list = []
-    treedef = _flatten(value, leaves, is_leaf)
-    return leaves, treedef
+    return leaves, _flatten(value, leaves, is_leaf)  # (_flatten fills the list)
 
 
 def _flatten(value: Any, leaves: list, is_leaf: Callable | None) -> TreeDef:
