@@ -61,11 +61,7 @@ def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
 
 def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     """The tensor broadcast (NumPy rules) to a shape."""
-    if x.shape == shape:
-        return x
-    if x.ndim < len(shape):
-        x = reshape(x, (1,) * (len(shape) - x.ndim) + x.shape)
-    return expand(x, shape)
+    return x if x.shape == shape else expand(x, shape)  # expand adds the leading dimensions
 
 
 def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
@@ -204,8 +200,7 @@ class Cast(Elementwise):
     linear_inputs = (0,)
 
     def __call__(self, x: Any, dtype: Any) -> Tensor:
-        x = as_tensor(x)
-        dtype = dtypes.as_dtype(dtype)
+        x, dtype = as_tensor(x), dtypes.as_dtype(dtype)
         return x if x.dtype == dtype else bind(self, x, dtype=dtype)
 
     def infer(self, x: Aval, *, dtype: DType) -> Aval:
@@ -274,10 +269,7 @@ class Mul(Binary):
     linear_inputs = "each"
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        if isinstance(x, UndefinedPrimal):
-            return [mul(ct, y), None]
-        return [None, mul(x, ct)]
+        return [mul(cotangents[0], y), None] if isinstance(x, UndefinedPrimal) else [None, mul(x, cotangents[0])]
 
 
 class Div(Binary):
@@ -312,10 +304,7 @@ class Pow(Binary):
             if type(y) is int and y < 0 and not x.dtype.is_float:
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
             if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
-                result = constant(1, x.dtype, x.shape) if y == 0 else x
-                for _ in range(int(y) - 1):
-                    result = mul(result, x)
-                return result
+                return functools.reduce(mul, [x] * (int(y) - 1), x) if y else constant(1, x.dtype, x.shape)
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
@@ -406,9 +395,7 @@ class Reduce(Operator):
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(not 0 <= d < max(x.ndim, 1) for d in dim):
             raise self.shape_error(f"dimensions {dim} out of range for shape {x.shape}")
-        if keepdim:
-            return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape)), x.dtype)
-        return Aval(tuple(s for i, s in enumerate(x.shape) if i not in dim), x.dtype)
+        return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape) if keepdim or i not in dim), x.dtype)
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, **params: Any) -> tuple[list, list]:
         x = move_axis(args[0], dims[0], 0)  # also Flip's rule
@@ -451,8 +438,7 @@ class Reshape(Operator):
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
-        x = as_tensor(x)
-        shape = shape_args(self.name, shape)
+        x, shape = as_tensor(x), shape_args(self.name, shape)
         if shape.count(-1) > 1:
             raise self.shape_error(f"only one dimension can be -1, got {shape}")
         if -1 in shape:
@@ -480,8 +466,7 @@ class Expand(Operator):
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
-        x = as_tensor(x)
-        shape = shape_args(self.name, shape)
+        x, shape = as_tensor(x), shape_args(self.name, shape)
         if len(shape) < x.ndim:
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
         lead = len(shape) - x.ndim
@@ -507,8 +492,7 @@ class Permute(Operator):
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
-        x = as_tensor(x)
-        perm = shape_args(self.name, perm)
+        x, perm = as_tensor(x), shape_args(self.name, perm)
         in_range = len(perm) == x.ndim  # then an out-of-range dim is an IndexError, as in PyTorch
         normalized = tuple(normalize_dim(self.name, p, x.ndim) for p in perm) if in_range else perm
         if not in_range or sorted(normalized) != list(range(x.ndim)):
@@ -524,8 +508,7 @@ class Permute(Operator):
         return [permute(cotangents[0], tuple(np.argsort(perm).tolist()))]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, perm: tuple) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)
-        return [permute(x, (0, *(p + 1 for p in perm)))], [0]
+        return [permute(move_axis(args[0], dims[0], 0), (0, *(p + 1 for p in perm)))], [0]
 
 
 class Slice(Operator):
@@ -551,8 +534,7 @@ class Slice(Operator):
         return [_strided_place(cotangents[0], step, start, x.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, start: tuple, stop: tuple, step: tuple) -> tuple:
-        x = move_axis(args[0], dims[0], 0)
-        return [slice_(x, (0, *start), (axis_size, *stop), (1, *step))], [0]
+        return [slice_(move_axis(args[0], dims[0], 0), (0, *start), (axis_size, *stop), (1, *step))], [0]
 
 
 def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
@@ -591,9 +573,7 @@ class Pad(Operator):
         if any(a < 0 for a in lo + hi):
             x = slice_(x, [max(-a, 0) for a in lo], [n - max(-b, 0) for n, b in zip(x.shape, hi)])
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
-        if not any(lo + hi):
-            return x
-        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype))
+        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype)) if any(lo + hi) else x
 
     def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:
         if len(lo) != x.ndim or len(hi) != x.ndim or any(a < 0 for a in lo + hi):
@@ -607,8 +587,7 @@ class Pad(Operator):
         return [slice_(cotangents[0], lo, tuple(a + n for a, n in zip(lo, x.aval.shape)))]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, lo: tuple, hi: tuple, value: Any) -> tuple:
-        x = move_axis(args[0], dims[0], 0)
-        return [pad(x, lo=(0, *lo), hi=(0, *hi), value=value)], [0]
+        return [pad(move_axis(args[0], dims[0], 0), lo=(0, *lo), hi=(0, *hi), value=value)], [0]
 
 
 class Flip(Operator):
@@ -696,12 +675,11 @@ class Arange(Operator):
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
         if stop is None:
             start, stop = 0, start
-        if dtype is None:
-            is_int = all(isinstance(v, int) for v in (start, stop, step))
-            dtype = dtypes.default_int if is_int else dtypes.default_float
-        dtype = dtypes.as_dtype(dtype)
-        numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in (start, stop, step))
-        fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in (start, stop, step))  # no bool
+        values = (start, stop, step)
+        default = dtypes.default_int if all(isinstance(v, int) for v in values) else dtypes.default_float
+        dtype = default if dtype is None else dtypes.as_dtype(dtype)
+        numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in values)
+        fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in values)  # no bool
         if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
             raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
@@ -744,13 +722,9 @@ class Matmul(Operator):
             raise self.shape_error(f"both arguments need at least 1 dimension, got shapes {x.shape} and {y.shape}")
         if x.dtype != y.dtype:  # as in PyTorch (no promotion)
             raise self.dtype_error(f"expected both arguments of one dtype, got {x.dtype.name} and {y.dtype.name}")
-        squeeze = []
-        if x.ndim == 1:
-            x = reshape(x, (1, x.shape[0]))
-            squeeze.append(-2)
-        if y.ndim == 1:
-            y = reshape(y, (y.shape[0], 1))
-            squeeze.append(-1)
+        squeeze = [d for d, t in ((-2, x), (-1, y)) if t.ndim == 1]  # vectors as a row and a column, dropped after
+        x = reshape(x, (1, *x.shape)) if x.ndim == 1 else x
+        y = reshape(y, (*y.shape, 1)) if y.ndim == 1 else y
         if x.shape[-1] != y.shape[-2]:
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
@@ -839,13 +813,11 @@ class Conv(Operator):
             lo = [span - before for span, (before, _) in zip(spans, padding)]
             padded = [size + span for size, span in zip(x.aval.shape[2:], spans)]
             ct = _strided_place(ct, (1, 1, *stride), (0, 0, *lo), (*ct.shape[:2], *padded))
-            wt = reshape(w, (groups, out_ch // groups, in_per_group, *kernel))
-            wt = permute(wt, (0, 2, 1, *range(3, 3 + n)))
+            wt = permute(reshape(w, (groups, out_ch // groups, in_per_group, *kernel)), (0, 2, 1, *range(3, 3 + n)))
             wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
             return [bind(self, ct, wt, stride=(1,) * n, padding=((0, 0),) * n, dilation=dilation, groups=groups), None]
         # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
-        batch, per_group = x.shape[0], x.shape[1] // groups
-        out_ch = ct.shape[1]
+        batch, per_group, out_ch = x.shape[0], x.shape[1] // groups, ct.shape[1]
         xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))
         xp = reshape(xp, (batch, groups, per_group, *xp.shape[2:]))
         xp = reshape(permute(xp, (2, 1, 0, *range(3, 3 + n))), (per_group, groups * batch, *xp.shape[3:]))
@@ -853,19 +825,15 @@ class Conv(Operator):
         kt = reshape(permute(kt, (1, 2, 0, *range(3, 3 + n))), (out_ch, batch, *ct.shape[2:]))
         gw = bind(self, xp, kt, stride=dilation, padding=((0, 0),) * n, dilation=stride, groups=groups)
         gw = permute(gw, (1, 0, *range(2, 2 + n)))
-        gw = slice_(gw, (0,) * gw.ndim, w.aval.shape)
-        return [None, gw]
+        return [None, slice_(gw, (0,) * gw.ndim, w.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
         (x, w), (dx, dw) = args, dims
         if dw is None:
             x = move_axis(x, dx, 0)
-            folded = reshape(x, (axis_size * x.shape[1], *x.shape[2:]))
-            out = bind(self, folded, w, **params)
+            out = bind(self, reshape(x, (axis_size * x.shape[1], *x.shape[2:])), w, **params)
             return [reshape(out, (axis_size, x.shape[1], *out.shape[1:]))], [0]
-        x = batch_to_front(x, dx, axis_size)
-        w = move_axis(w, dw, 0)
-        x = move_axis(x, 0, 1)
+        x, w = move_axis(batch_to_front(x, dx, axis_size), 0, 1), move_axis(w, dw, 0)  # x: (N, batch, C, ...)
         x = reshape(x, (x.shape[0], axis_size * x.shape[2], *x.shape[3:]))
         w = reshape(w, (axis_size * w.shape[1], *w.shape[2:]))
         out = bind(self, x, w, **{**params, "groups": params["groups"] * axis_size})
@@ -913,8 +881,7 @@ class GatherNd(Operator):
         x, idx = args
         if dims[0] is None:
             return [bind(self, x, move_axis(idx, dims[1], 0))], [0]
-        x = move_axis(x, dims[0], 0)
-        return [bind(self, x, _with_batch_index(idx, dims[1], axis_size))], [0]
+        return [bind(self, move_axis(x, dims[0], 0), _with_batch_index(idx, dims[1], axis_size))], [0]
 
 
 def _with_batch_index(idx: Tensor, dim: int | None, axis_size: int) -> Tensor:
@@ -945,10 +912,8 @@ class ScatterNd(Operator):
         return [ct if isinstance(x, UndefinedPrimal) else None, None, updates_ct]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        x, idx, updates = args
-        x = batch_to_front(x, dims[0], axis_size)
-        updates = batch_to_front(updates, dims[2], axis_size)
-        return [bind(self, x, _with_batch_index(idx, dims[1], axis_size), updates)], [0]
+        x, updates = (batch_to_front(args[i], dims[i], axis_size) for i in (0, 2))
+        return [bind(self, x, _with_batch_index(args[1], dims[1], axis_size), updates)], [0]
 
 
 exp = Unary("exp", lambda t, x, y: t * y)

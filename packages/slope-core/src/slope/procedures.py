@@ -17,18 +17,7 @@ from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
 from .ir import Aval
 from .operator import DTypeError, ShapeError
-from .operators import (
-    as_tensor,
-    broadcast_to,
-    cast,
-    check_indices,
-    coerce,
-    constant,
-    normalize_dims,
-    reshape,
-    shape_args,
-    where,
-)
+from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
 
@@ -64,12 +53,12 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
 
 def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of zeros."""
-    return _to_device(ops.full(shape_args("zeros", shape, 0), 0, _dtype(dtype)), device)
+    return _to_device(ops.full(ops.shape_args("zeros", shape, 0), 0, _dtype(dtype)), device)
 
 
 def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor of ones."""
-    return _to_device(ops.full(shape_args("ones", shape, 0), 1, _dtype(dtype)), device)
+    return _to_device(ops.full(ops.shape_args("ones", shape, 0), 1, _dtype(dtype)), device)
 
 
 def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
@@ -100,18 +89,18 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
 
 def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
     """The identity matrix (n x m)."""
-    n, m = shape_args("eye", (n, n if m is None else m), 0)
+    n, m = ops.shape_args("eye", (n, n if m is None else m), 0)
     return cast(ops.arange(n).reshape((n, 1)) == ops.arange(m).reshape((1, m)), _dtype(dtype))
 
 
 def randn(*shape: Any, dtype: Any = None) -> Tensor:
     """Standard normal samples from the global generator (see slope.manual_seed)."""
-    return random_module.normal(random_module.next_key(), shape_args("randn", shape, 0), dtype)
+    return random_module.normal(random_module.next_key(), ops.shape_args("randn", shape, 0), dtype)
 
 
 def rand(*shape: Any, dtype: Any = None) -> Tensor:
     """Uniform samples in [0, 1) from the global generator."""
-    return random_module.uniform(random_module.next_key(), shape_args("rand", shape, 0), dtype)
+    return random_module.uniform(random_module.next_key(), ops.shape_args("rand", shape, 0), dtype)
 
 
 def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None) -> Tensor:
@@ -398,8 +387,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     shift = 1
     while shift < size:
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
-        shifted = ops.pad(x, lo=lo, hi=(0,) * x.ndim)
-        x = x + ops.slice_(shifted, (0,) * x.ndim, x.shape)
+        x = x + ops.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
         shift *= 2
     return cast(x, dtype)
 
@@ -408,9 +396,8 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
     dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
-    perm = list(range(max(x.ndim, 1)))  # a 0-d tensor is its own transpose, as in PyTorch
-    perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
-    return ops.permute(x, tuple(perm[: x.ndim]))
+    perm = (dim1 if d == dim0 else dim0 if d == dim1 else d for d in range(x.ndim))  # 0-d: its own transpose
+    return ops.permute(x, tuple(perm))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -457,7 +444,7 @@ def expand_as(x: Any, other: Tensor) -> Tensor:
 def repeat(x: Any, *sizes: Any) -> Tensor:
     """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
     x = as_tensor(x)
-    sizes = shape_args("repeat", sizes, 0)
+    sizes = ops.shape_args("repeat", sizes, 0)
     if len(sizes) < x.ndim:
         raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
     x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
@@ -495,8 +482,7 @@ def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
 
 def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
     """x cut into `chunks` nearly equal pieces along dim."""
-    x = as_tensor(x)
-    (chunks,) = ops.ints("chunk", chunks, "the number of chunks", 1)
+    x, (chunks,) = as_tensor(x), ops.ints("chunk", chunks, "the number of chunks", 1)
     d = ops.normalize_dim("chunk", dim, x.ndim, needs_dim=True)
     return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
 
@@ -576,8 +562,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
-    bounds, flips, out_shape, advanced = [], [], [], []  # bounds: (start, stop, step) per dimension
-    dim = 0
+    bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
     for item in items:
         if item is None:
             out_shape.append(1)
