@@ -1387,6 +1387,16 @@ KNOWN_OPEN = {
     # a second MaxPool over the NaN positions would fix it, at about 4% of the CNN training step: not yet
     ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
     ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
+    # found by the first whole run after today's merges (open, issue 10)
+    ("getitem", "numpy", "forward"): "NEW: x[..., ...] raises (PyTorch takes repeated ellipses as one)",
+    ("max_pool", "numpy", "forward"): "NEW: padding above half the kernel is accepted (PyTorch refuses it)",
+    ("unflatten", "numpy", "forward"): "NEW: unflatten with empty sizes is accepted (PyTorch refuses it)",
+    ("clip", "onnxruntime", "forward"): "NEW: clip of an int8 0-d tensor by a Python int bound and an int8 tensor bound"
+    " stays int8 (PyTorch: int64)",
+    ("conv_transpose", "onnxruntime", "forward"): "NEW: one bfloat16 draw differs beyond bfloat16's tolerance"
+    " (6.25 vs PyTorch 4.22)",
+    ("cross_entropy", "onnxruntime", "forward"): "NEW: bfloat16 cross_entropy of a logit at bfloat16's maximum with"
+    " label smoothing is finite (PyTorch: inf)",
 }
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason
