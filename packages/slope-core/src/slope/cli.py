@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from importlib.metadata import version
+
+from slope import plugins
 
 
 def report() -> dict:
@@ -61,20 +61,6 @@ def info(verbose: bool = False, data: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def cache(clear: bool = False) -> int:
-    """`slope cache`: prints the size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
-    from slope import plugins
-
-    root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # as the backends read it
-    print(f"compile caches in {root}" + (" (cleared)" if clear else ""))
-    for folder in sorted(os.path.join(root, name) for name in plugins.backends):  # (SLOPE_CACHE_DIR may hold more)
-        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
-        print(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
-        if clear:
-            shutil.rmtree(folder, ignore_errors=True)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `slope` command; `slope info` exits 1 when no backend is usable."""
     parser = argparse.ArgumentParser(prog="slope", description="Slope: automatic differentiation for ML")
@@ -83,11 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    cache_parser = sub.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
-    cache_parser.add_argument("action", nargs="?", choices=["clear"])
+    plugins.manager.hook.slope_commands(subparsers=sub)  # a plugin's subcommand sets `run` (slope-iree's `cache`)
     args = parser.parse_args(argv)
-    if args.command == "cache":
-        return cache(args.action == "clear")
+    if hasattr(args, "run"):
+        return args.run(args)
     if args.command == "info":
         data = report()
         print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))

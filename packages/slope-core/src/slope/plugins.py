@@ -38,6 +38,10 @@ class HookSpecs:
         """Return `{operator name: translation}` for `backend` (check `backend.name`), or None for other backends."""
 
     @hookspec
+    def slope_commands(self, subparsers: Any) -> None:
+        """Add subcommands to `slope` with `subparsers.add_parser`; set the default `run=function(args) -> exit code`."""
+
+    @hookspec
     def slope_conformance_rows(self) -> list:
         """Return `slope.testing.Row`s for this plugin's operators and procedures (the conformance matrix runs them)."""
 
