@@ -35,8 +35,7 @@ class Backend:
     translations: ClassVar[dict[str, Callable]] = {}
 
     def __init__(self) -> None:
-        added, self.translation_plugins = plugins.translations_for(self)  # (which plugin gave each, for messages)
-        self.translations = {**type(self).translations, **added}
+        self.translations = {**type(self).translations, **plugins.translations_for(self)}
 
     def devices(self) -> list[str]:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""
@@ -245,16 +244,10 @@ def run_executable(executable: Executable, args: Any, backend: Backend, device: 
     return [Tensor(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
 
 
-def one_instruction(op: Any, in_avals: Any, params: dict, out_avals: Any) -> Program:
-    """A Program of one instruction: what eager mode compiles, and the probe of a plugin's translation."""
-    ins, outs = [Var(aval) for aval in in_avals], [Var(aval) for aval in out_avals]
-    return Program(ins, [Instruction(op, ins, params, outs)], outs)
-
-
 def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:
     out_avals = op.infer(*[a.aval for a in args], **params)
-    program = one_instruction(op, [a.aval for a in args], params, out_avals if op.multiple_results else [out_avals])
-    return compile_program(program, backend, device)
+    ins, outs = [Var(a.aval) for a in args], [Var(aval) for aval in (out_avals if op.multiple_results else [out_avals])]
+    return compile_program(Program(ins, [Instruction(op, ins, params, outs)], outs), backend, device)
 
 
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:

@@ -1,63 +1,44 @@
-"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage."""
+"""The `slope` command: `slope info [-v]` lists plugins, backends, devices and operator coverage."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from importlib.metadata import version
 
 from slope import plugins
 
 
-def report() -> dict:
-    """What `slope info` shows, as data: plugins (with their problems), backends (with coverage), functions."""
+def info(verbose: bool = False) -> str:
+    """Installed plugins (with their problems), backends with their devices and coverage; `verbose`: every function."""
     import slope
-    from slope import plugins
 
-    data: dict = {"slope": slope.__version__, "python": sys.version.split()[0], "plugins": {}, "backends": {}}
+    lines = [f"slope {slope.__version__} (Python {sys.version.split()[0]})", "", "plugins:"]
     versions = plugins.plugin_versions()  # (a plugin that failed to load has problems but no version)
-    for name in {**versions, **plugins.failed}:
-        data["plugins"][name] = {"version": versions.get(name), "problems": plugins.failed.get(name, [])}
-    for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)):
-        data[kind] = {name: plugins.owners[("function", name)] for name in sorted(registry)}
+    for name in sorted({**versions, **plugins.failed}):
+        problems = plugins.failed.get(name, [])
+        lines.append(f"  {name} {versions[name]}" if name in versions else f"  {name} FAILED: {problems[0]}")
+        lines += [f"    skipped: {problem}" for problem in problems if name in versions]
+    lines += ["", "backends:"]
+    operators = sorted(plugins.operators)
     for name in sorted(plugins.backends):
-        entry = data["backends"][name] = {"plugin": plugins.owners[("backend", name)]}
         try:
             backend = slope.get_backend(name)
-            entry["devices"] = backend.devices()
+            devices = ", ".join(backend.devices())
         except Exception as error:  # a broken backend is reported, not fatal
-            entry["error"] = f"{type(error).__name__}: {error}"
+            lines.append(f"  {name}: unavailable ({type(error).__name__}: {error})")
             continue
-        native = [op for op in data["operators"] if op in backend.translations]
-        fallback = [op for op in data["operators"] if op not in native and plugins.operators[op].procedure]
-        entry.update(native=native, by_procedure=fallback)
-        entry["unavailable"] = [op for op in data["operators"] if op not in native and op not in fallback]
-    usable = [name for name, entry in data["backends"].items() if "devices" in entry]
-    data["default_backend"] = slope.get_backend().name if usable else None
-    return data
-
-
-def info(verbose: bool = False, data: dict | None = None) -> str:
-    """The report as text; `verbose` lists every operator and procedure with its plugin."""
-    data = data or report()
-    lines = [f"slope {data['slope']} (Python {data['python']})", "", "plugins:"]
-    for name, plugin in sorted(data["plugins"].items()):
-        status = plugin["version"] or f"FAILED: {plugin['problems'][0]}"
-        lines += [f"  {name} {status}", *(f"    skipped: {p}" for p in plugin["problems"] if plugin["version"])]
-    lines += ["", "backends:"]
-    for name, entry in data["backends"].items():
-        if "error" in entry:
-            lines.append(f"  {name}: unavailable ({entry['error']})")
-            continue
-        default = " (default)" if data["default_backend"] == name else ""
-        lines.append(f"  {name}{default}: devices {', '.join(entry['devices'])} (plugin {entry['plugin']})")
-        for kind in ("native", "by_procedure", "unavailable"):
-            if entry[kind] or kind != "unavailable":
-                lines.append(f"    {kind.replace('_', ' ')} ({len(entry[kind])}): {' '.join(entry[kind])}")
-    lines += ["", f"operators: {len(data['operators'])}, procedures: {len(data['procedures'])}"]
-    for kind in ("operators", "procedures") if verbose else ():
-        lines += ["", f"{kind}:", *(f"  {name} (plugin {plugin})" for name, plugin in data[kind].items())]
+        default = " (default)" if slope.get_backend().name == name else ""
+        lines.append(f"  {name}{default}: devices {devices} (plugin {plugins.owners[('backend', name)]})")
+        native = [op for op in operators if op in backend.translations]
+        fallback = [op for op in operators if op not in native and plugins.operators[op].procedure]
+        missing = [op for op in operators if op not in native and op not in fallback]
+        for kind, names in (("native", native), ("by procedure", fallback), ("unavailable", missing)):
+            if names or kind != "unavailable":
+                lines.append(f"    {kind} ({len(names)}): {' '.join(names)}")
+    lines += ["", f"operators: {len(plugins.operators)}, procedures: {len(plugins.procedures)}"]
+    for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)) if verbose else ():
+        lines += ["", f"{kind}:", *(f"  {n} (plugin {plugins.owners[('function', n)]})" for n in sorted(registry))]
     return "\n".join(lines)
 
 
@@ -68,14 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
-    info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
     plugins.manager.hook.slope_commands(subparsers=sub)  # a plugin's subcommand sets `run` (slope-iree's `cache`)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
     if args.command == "info":
-        data = report()
-        print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))
-        return 0 if data["default_backend"] else 1
+        text = info(args.verbose)
+        print(text)
+        return 0 if " (default): devices" in text else 1  # only a usable default backend is marked
     parser.print_help()
     return 1

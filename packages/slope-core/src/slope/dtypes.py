@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -37,15 +36,6 @@ class DType:
         except ImportError:
             raise TypeError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)") from None
         return np.dtype(ml_dtypes.bfloat16)
-
-    @property
-    def limits(self) -> Any:
-        """np.finfo or np.iinfo of this dtype (ml_dtypes' finfo for bfloat16: NumPy's knows it only from ml_dtypes 0.7)."""
-        if self.name == "bfloat16":
-            import ml_dtypes
-
-            return ml_dtypes.finfo(self.numpy)
-        return np.finfo(self.numpy) if self.is_float else np.iinfo(self.numpy)
 
     def __repr__(self) -> str:
         return f"slope.{self.name}"

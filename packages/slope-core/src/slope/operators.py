@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -649,9 +650,11 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
     if dtype == dtypes.bool_:
         return bool(value)
-    high = float(dtype.limits.max) if dtype.is_float else int(dtype.limits.max)
+    numpy_dtype = dtype.numpy  # first: for bfloat16 it loads ml_dtypes, whose finfo knows bfloat16 (NumPy's may not)
+    limits = (sys.modules.get("ml_dtypes", np).finfo if dtype.is_float else np.iinfo)(numpy_dtype)
+    high = float(limits.max) if dtype.is_float else int(limits.max)
     symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))  # uint8: -2 is 254
-    low = -high if symmetric else int(dtype.limits.min)
+    low = -high if symmetric else int(limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
     return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))

@@ -387,10 +387,11 @@ class RMSNorm(Module):
 
 
 def _finfo_eps(dtype: Any) -> float:
+    import ml_dtypes  # its finfo knows bfloat16 too (NumPy's only from ml_dtypes 0.7)
     import numpy as np
 
     try:
-        return float(dtype.limits.eps)
+        return float(ml_dtypes.finfo(dtype.numpy).eps)
     except (TypeError, ValueError):
         return float(np.finfo(np.float32).eps)
 
