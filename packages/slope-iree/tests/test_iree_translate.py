@@ -181,3 +181,36 @@ def test_a_jitted_half_chain_rounds_after_every_operator_as_pytorch(dtype):
     np.testing.assert_array_equal(jitted.astype("float64").numpy(), expected.numpy())
     tiny = slope.tensor(np.array([3e-5, 1e-6, 5e-8])).astype("float16")  # float16 subnormals stay
     np.testing.assert_array_equal(slope.jit(lambda a: (a * 0.5) * 2.0)(tiny).numpy(), (tiny * 0.5 * 2.0).numpy())
+
+
+CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
+    ((2, 3, 9, 8), (4, 3, 3, 3), 1, 0, 1, 1),
+    ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2), 2),  # grouped, strided, dilated, padded
+    ((1, 2, 11), (3, 2, 4), 3, 2, 2, 1),  # 1-d
+    ((1, 2, 5, 4, 4), (2, 1, 2, 2, 3), 1, 1, 1, 2),  # 3-d, grouped
+    ((3, 2, 6, 6), (5, 2, 6, 6), 1, 0, 1, 1),  # a kernel with more offsets than the output has positions
+    ((4, 3, 7, 7), (3, 3, 6, 5), 1, 1, 1, 1),  # the same with padding (a weight gradient's shape)
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}*{c[1]}")
+def test_conv_is_pytorchs_conv(case, dtype):
+    # slope-iree's conv is a matrix product of patches (IREE's stablehlo.convolution is 10-20x slower on the CPU)
+    torch = pytest.importorskip("torch")
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    got = slope.jit(lambda a, b: slope.conv(a, b, stride=stride, padding=padding, dilation=dilation, groups=groups))(
+        slope.tensor(x), slope.tensor(w)
+    )
+    n = len(x_shape) - 2
+    pads = padding if isinstance(padding, tuple) else ((padding, padding),) * n
+    tx = torch.nn.functional.pad(torch.tensor(x, dtype=torch.float64), [p for lo_hi in pads[::-1] for p in lo_hi])
+    conv = getattr(torch.nn.functional, f"conv{n}d")
+    expected = conv(tx, torch.tensor(w, dtype=torch.float64), stride=stride, dilation=dilation, groups=groups).numpy()
+    assert got.dtype == slope.dtypes.as_dtype(dtype) and got.shape == expected.shape
+    tolerance = {"float16": 3e-3, "float32": 1e-5, "float64": 1e-12}[dtype]  # relative to the sum of |x * w|
+    scale = conv(tx.abs(), torch.tensor(w, dtype=torch.float64).abs(), stride=stride, dilation=dilation,
+                 groups=groups).numpy()  # fmt: skip
+    assert np.all(np.abs(got.numpy().astype(np.float64) - expected) <= tolerance * scale + 1e-30)
