@@ -63,6 +63,9 @@ class IreeBackend(Backend):
                     main = eager.reshaping(runtime.function(text, device, count), shape, runtime.iree())
             except (slope.SlopeBackendError, translate.NoTranslationError):  # no dynamic form: compiled per shape
                 eager.failed.add(text)
+        if main is None and (single := eager.single_run(program, self.translations, device)) is not None:
+            run, code = single
+            return Executable(run, code or self.module_text(program)[0], program)  # (no module: what it computes)
         if main is None:
             text, checks = self.module_text(program)
             if count == 0 and not checks:
