@@ -16,6 +16,7 @@ import slope
 from slope import Backend, Executable, Program
 
 from . import cache, eager, runtime, translate
+from .simplify import sink_permutes
 from .translate import build_module, translations
 
 
@@ -44,8 +45,9 @@ class IreeBackend(Backend):
 
     # ------------------------------------------------------------------------------------------- compile
     def module_text(self, program: Program, embed_constants: bool = False) -> tuple[str, list]:
-        """The StableHLO text of a lowered Program and its run-time checks (see translate.build_module)."""
-        return build_module(program, self.translations, embed_constants, self.name)
+        """The StableHLO text of a lowered Program and its run-time checks (see translate.build_module), its
+        permutes sunk toward its inputs first (simplify.py)."""
+        return build_module(sink_permutes(program), self.translations, embed_constants, self.name)
 
     def compile_text(self, text: str, target: str = "cpu") -> bytes:
         """A compiled IREE module (.vmfb bytes) of StableHLO text, from the disk cache when it was compiled before."""
