@@ -1396,8 +1396,6 @@ KNOWN_OPEN = {
     ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
     ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
     # found by the first whole run after today's merges (open, issue 10)
-    ("cross_entropy", "onnxruntime", "forward"): "NEW: bfloat16 cross_entropy of a logit at bfloat16's maximum with"
-    " label smoothing is finite (PyTorch: inf)",
 }
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason
