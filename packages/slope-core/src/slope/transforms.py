@@ -213,15 +213,12 @@ def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> t
 def _check_differentiable(name: str, n: int, arg: Any) -> None:
     """Raise unless argument n of a differentiated function is a floating-point tensor (or a pytree of them)."""
     for leaf in tree.leaves(arg):
-        if not isinstance(leaf, (Tensor, int, float)) and not hasattr(leaf, "__array__"):
+        tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
+        if tensor is None or not tensor.dtype.is_float:
             raise TransformError(
-                f"slope.{name}: argument {n} holds a {type(leaf).__name__}; only tensors (or pytrees of "
-                "tensors; register containers with slope.tree.register) can be differentiated"
-            )
-        if not as_tensor(leaf).dtype.is_float:
-            raise TransformError(
-                f"slope.{name}: argument {n} has dtype {as_tensor(leaf).dtype.name}; derivatives need "
-                "floating-point inputs (cast it with .float(), or leave it out of argnums)"
+                f"slope.{name}: argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}; "
+                "derivatives need floating-point tensors (or pytrees of them; register containers with "
+                "slope.tree.register): cast it with .float(), or leave it out of argnums"
             )
 
 
