@@ -114,7 +114,8 @@ def test_pooling_by_phases_matches_numpy_with_ties(x_shape, w_shape, params, win
         return (pooled(x, w, *b) * probe).sum()
 
     kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
-    assert kinds.count("MaxPool") == 0 and kinds.count("Max") == 1
+    assert kinds.count("MaxPool") == 0 and kinds.count("Max") == 1  # the maxima (each window's last NaN: in an If)
+    assert kinds.count("If") == 1
     assert kinds.count("Conv") >= window * window  # one strided convolution per window position
 
 
@@ -155,13 +156,14 @@ def test_expensive_convolutions_and_overlapping_windows_keep_maxpool(session_mod
     rng = np.random.default_rng(3)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((4, 8, 26, 26), (16, 8, 3, 3))]
     nodes = _compare(lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 2).sum(), arrays, session_models)
-    assert [n.op_type for n in nodes].count("MaxPool") == 1  # 8 channels x 3 x 3 reads: the conv is not cheap
+    assert [n.op_type for n in nodes].count("MaxPool") == 2  # 8 channels x 3 x 3 reads: the conv is not cheap
+    # (the second MaxPool finds each window's last NaN)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((8, 1, 30, 30), (16, 1, 3, 3))]
     session_models.clear()
     nodes = _compare(
         lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 3, stride=2).sum(), arrays, session_models
     )
-    assert [n.op_type for n in nodes].count("MaxPool") == 1
+    assert [n.op_type for n in nodes].count("MaxPool") == 2
 
 
 def test_the_benchmark_cnn_step_matches_numpy(session_models):
@@ -178,7 +180,8 @@ def test_the_benchmark_cnn_step_matches_numpy(session_models):
         return slope.cross_entropy(h.reshape(h.shape[0], -1) @ w3.T + b3, slope.tensor(labels))
 
     kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
-    assert kinds.count("MaxPool") == 1 and kinds.count("Max") == 1  # pool1 by phases, pool2 MaxPool
+    assert kinds.count("MaxPool") == 2 and kinds.count("Max") == 1  # pool1 by phases, pool2 MaxPool (and its NaN guard)
+    assert kinds.count("If") == 1  # pool1's NaN guard, run only when a pooled value is NaN
     if cpu_rewrites.block_size():
         assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
 
@@ -199,6 +202,25 @@ def test_pooling_by_phases_keeps_a_nan_in_a_window(session_models):
             (_, pooled), _ = slope.jit(slope.value_and_grad(loss, has_aux=True))(*(slope.tensor(a) for a in (w, x, b)))
             results[backend] = pooled.numpy()
     kinds = [node.op_type for node in session_models[-1].graph.node]
-    assert "MaxPool" not in kinds and kinds.count("Max") == 1, kinds
+    assert "MaxPool" not in kinds and kinds.count("Max") == 1 and kinds.count("If") == 1, kinds
     assert np.isnan(results["numpy"]).sum() == 2 * 32 * 4  # each NaN reaches 9 outputs in 4 windows, per channel
     np.testing.assert_array_equal(np.isnan(results["onnxruntime"]), np.isnan(results["numpy"]))
+
+
+def test_pooling_by_phases_names_the_last_nan_of_a_window_as_pytorch(session_models):
+    """The index of a window holding NaN is its last NaN (PyTorch's), by phases as by MaxPool, and so is the gradient's
+    route; the windows without NaN keep the first maximum."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((8, 1, 27, 27), np.float32)
+    x[0, 0, 4:6, 4:6] = np.nan  # four NaNs in the windows around (4..5, 4..5)
+    x[3, 0, 20, 11] = x[3, 0, 20, 13] = np.nan
+    w, b = np.ones((32, 1, 2, 2), np.float32), np.ones(32, np.float32)
+    conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b)).relu()
+    expected = torch.nn.functional.max_pool2d(conv, 2, return_indices=True)[1].numpy()
+    for backend in ("numpy", "onnxruntime"):
+        session_models.clear()
+        with slope.use_backend(backend):
+            step = slope.jit(lambda a, k, c: slope.max_pool_argmax(slope.relu(slope.conv(a, k, c)), 2))
+            got = step(*(slope.tensor(a) for a in (x, w, b))).numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=backend)
+    assert "MaxPool" not in [node.op_type for node in session_models[-1].graph.node]  # by phases
