@@ -245,8 +245,7 @@ def test_max_pool_indices_name_the_last_nan(backend, dtype):
         values, index = slope.max_pool(slope.tensor(x), kernel, stride=stride, return_indices=True)
         ref_values, ref_index = F.max_pool1d(torch.tensor(x), kernel, stride=stride, return_indices=True)
         same(values, ref_values)
-        if backend == "numpy":  # onnxruntime: MaxPool's choice (README; a strict xfail in tests/differential)
-            assert index.tolist() == ref_index.tolist()
+        assert index.tolist() == ref_index.tolist()
 
 
 def test_max_pool_window_of_padding_only(backend):

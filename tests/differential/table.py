@@ -1381,21 +1381,6 @@ add(
 # Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
-P2 = "issue 10 point 2: max/min/argmax/max_pool ignore NaN on onnxruntime"
-P11 = "issue 10 point 11: bool arithmetic (sign/square of bool raise; PyTorch: bool, int64)"
-P15 = "issue 10 point 15: bad arguments reach the user as raw Python/library errors or are accepted silently"
-ROUNDING_BOOL = "NEW: floor/ceil/round of bool give the input unchanged (PyTorch has no bool kernel for them)"
-ACCEPTS = "NEW: Slope computes what PyTorch refuses for this dtype (bool/int8 inputs): refuse, or list as a difference"
-OUT_OF_RANGE = (
-    "NEW: a Python value outside the dtype's range: Slope refuses it (ValueError) or accepts it where PyTorch wraps"
-    " integers (full(-2, uint8) = 254) and refuses float overflow (full(2**63, float16))"
-)
-
-KNOWN_OPEN = {
-    # a second MaxPool over the NaN positions would fix it, at about 4% of the CNN training step: not yet
-    ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
-    ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
-    # found by the first whole run after today's merges (open, issue 10)
-}
+KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason; none open now
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -7,7 +7,7 @@
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
-  Its index in a window holding NaN is MaxPool's choice (PyTorch's is the window's last NaN: tests/differential).
+  A window holding NaN gives NaN and its last NaN's index, as PyTorch (see `_last_nans`; values alone: `_with_nans`).
   Windows of padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
