@@ -946,12 +946,13 @@ def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any
 
 def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
     """F.conv_transposeNd; an output dimension of size 0 is an error, as PyTorch's float16 and float64 kernels say
-    (its float32 and bfloat16 ones return an empty tensor). bfloat16 is computed in float32 and rounded, as for
-    torch_conv (PyTorch's bfloat16 CPU kernel also reads subnormal inputs as zero: README)."""
+    (its float32 and bfloat16 ones return an empty tensor). bfloat16 is computed in float64 and rounded once: PyTorch's
+    bfloat16 CPU kernel reads subnormal inputs as zero (README), and its float32 one multiplies an infinite weight by
+    the zeros of output_padding (NaN where its float64 kernel and Slope have none)."""
     floats_only(x, w)
     if x.dtype == torch.bfloat16:
-        bias = None if bias is None else bias.float()
-        out = TORCH_CONV_T[w.ndim - 2](x.float(), w.float(), bias, **kwargs).to(torch.bfloat16)
+        bias = None if bias is None else bias.double()
+        out = TORCH_CONV_T[w.ndim - 2](x.double(), w.double(), bias, **kwargs).to(torch.bfloat16)
     else:
         out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
     if 0 in out.shape[-(w.ndim - 2) :]:
