@@ -48,6 +48,7 @@ def for_cpu_session(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception:  # no static shapes to be had (a model over 2 GB, say): keep the plain graph
         return model
     changed = graph.phase_pools()
+    changed = graph.lazy_nan_guards() or changed
     changed = graph.blocked_convs() or changed
     return graph.finish() if changed else model
 
@@ -188,10 +189,11 @@ class _Graph:
         return True
 
     # ------------------------------------------------------------------------------------------- pooling by phases
-    def _nan_guard(self, pool: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    def _nan_guard(self, pool: onnx.NodeProto, only: bool = True) -> list[onnx.NodeProto] | None:
         """The nodes of the translation's NaN guard of this MaxPool, `MaxPool(Where(IsNaN(x), positions, -1))` (each
-        window's last NaN), when they are the pooled input's only other use, else None."""
+        window's last NaN), when they are (`only`) the pooled input's only other use, else None."""
         chain = [node for node in self.consumers.get(pool.input[0], []) if node is not pool]
+        chain = chain if only else [node for node in chain if node.op_type == "IsNaN"]
         if len(chain) != 1 or chain[0].op_type != "IsNaN":
             return None
         for op_type in ("Where", "MaxPool"):
@@ -203,37 +205,39 @@ class _Graph:
             return None
         return chain if pool.input[0] not in self.outputs else None
 
-    def _guard_lazily(self, pool: onnx.NodeProto, plain: list, phased: list, shape: tuple) -> None:
-        """Replace the NaN guard's MaxPool (`plain`: IsNaN, Where, MaxPool) by `phased`, the nodes that give its result
-        from the phases, run only when a pooled value is NaN: the guard and its uses (values and indices of the windows
-        holding NaN) go into an If on the sum of the maxima, NaN exactly when one is (or for inf - inf, which only costs
-        the guard's work). Where the uses are not the translation's, the phased nodes run every time."""
+    def lazy_nan_guards(self) -> bool:
+        """Run the NaN guard of each MaxPool with indices left (see `_guard_lazily`) only when its input holds a NaN."""
+        changed = False
+        for pool in self.model.graph.node:
+            if pool.op_type == "MaxPool" and len(pool.output) == 2 and id(pool) not in self.replaced:
+                guard = self._nan_guard(pool, only=False)
+                changed = bool(guard) and self._guard_lazily(pool, guard, guard, pool.input[0]) or changed
+        return changed
+
+    def _guard_lazily(self, pool: onnx.NodeProto, plain: list, nodes: list, probe: str) -> bool:
+        """Whether the translation's NaN guard of this MaxPool (`plain`: IsNaN, Where, MaxPool) and its uses (the
+        values and indices of the windows holding NaN) were put in an If, with `nodes` computing the guard's MaxPool's
+        result: they run only when the sum of `probe` is NaN, which it is when a window holds NaN (and for inf - inf,
+        where the If only costs the guard's work). A training step without NaN skips them all."""
         last, (maxima, index) = plain[2].output[0], pool.output
         users = self.consumers.get(last, [])
         holds = next((node for node in users if node.op_type == "Greater"), None)
         cast = next((node for node in users if node.op_type == "Cast"), None)
         add = (self.consumers.get(cast.output[0]) or [None])[0] if cast is not None else None
         wheres = self.consumers.get(holds.output[0], []) if holds is not None else []
-        guarded = {
-            node.input[2]: node for node in wheres if node.op_type == "Where" and node.input[0] == holds.output[0]
-        }
+        guarded = {n.input[2]: n for n in wheres if n.op_type == "Where" and n.input[0] == holds.output[0]}
         inner = [holds, cast, add]
-        for node in plain:
-            self.replaced[id(node)] = []
         single = add is not None and [id(n) for n in self.consumers.get(add.output[0], [])] == [id(guarded.get(index))]
-        outer = [guarded[maxima].output[0], guarded[index].output[0]] if set(guarded) == {maxima, index} else []
-        if (
-            len(users) != 2
-            or len(wheres) != 2
-            or not single
-            or not outer
-            or any(n.output[0] in self.outputs for n in inner)
-        ):
-            self.replaced[id(plain[2])] = phased
-            return
+        sources = [name for name in (maxima, index) if name in guarded]  # (the values' guard may be unused, so gone)
+        outer = [guarded[name].output[0] for name in sources] if index in sources else []
+        found = self.types.get(maxima)
+        if len(users) != 2 or len(wheres) != len(sources) or not single or not outer or found is None:
+            return False
+        if any(n.output[0] in self.outputs for n in inner):
+            return False
         rename = {name: f"{name}_if" for name in [last, *(node.output[0] for node in inner), *outer]}
         then_nodes = []
-        for node in [*phased, *inner, guarded[maxima], guarded[index]]:
+        for node in [*nodes, *inner, *(guarded[name] for name in sources)]:
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             copy.input[:] = [rename.get(name, name) for name in copy.input]
@@ -241,21 +245,22 @@ class _Graph:
             then_nodes.append(copy)
         kept = [f"{name}_kept" for name in outer]
 
-        def branch(nodes: list, outputs: list, label: str) -> onnx.GraphProto:
-            types = (TensorProto.FLOAT, TensorProto.INT64)
-            infos = [helper.make_tensor_value_info(o, t, list(shape)) for o, t in zip(outputs, types)]
-            return helper.make_graph(nodes, f"{maxima}_{label}", [], infos)
+        def branch(body: list, outputs: list, label: str) -> onnx.GraphProto:
+            types = [found[0] if name == maxima else TensorProto.INT64 for name in sources]
+            infos = [helper.make_tensor_value_info(o, t, list(found[1])) for o, t in zip(outputs, types)]
+            return helper.make_graph(body, f"{maxima}_{label}", [], infos)
 
         then_branch = branch(then_nodes, [rename[name] for name in outer], "nan_guard")
-        else_branch = branch([helper.make_node("Identity", [source], [out]) for source, out in zip((maxima, index), kept)],
+        else_branch = branch([helper.make_node("Identity", [source], [out]) for source, out in zip(sources, kept)],
                              kept, "no_nan")  # fmt: skip
-        self.replaced[id(guarded[maxima])] = [
-            helper.make_node("ReduceSum", [maxima], [f"{maxima}_sum"], keepdims=0),
+        for node in (*plain, *inner, guarded[index]):
+            self.replaced[id(node)] = []
+        self.replaced[id(guarded[sources[0]])] = [
+            helper.make_node("ReduceSum", [probe], [f"{maxima}_sum"], keepdims=0),
             helper.make_node("IsNaN", [f"{maxima}_sum"], [f"{maxima}_sum_isnan"]),
             helper.make_node("If", [f"{maxima}_sum_isnan"], outer, then_branch=then_branch, else_branch=else_branch),
         ]
-        for node in (*inner, guarded[index]):
-            self.replaced[id(node)] = []
+        return True
 
     def phase_pools(self) -> bool:
         """Rewrite each qualifying MaxPool(Relu(Conv(x))) with used indices as phase convolutions (see above)."""
@@ -359,7 +364,9 @@ class _Graph:
                 guard.append(helper.make_node("Where", [f"{values}_isnan", positions, lowest], [f"{values}_nan_at"]))
                 marked.append(f"{values}_nan_at")
             guard.append(helper.make_node("Max", marked, [guard[2].output[0]]))
-            self._guard_lazily(pool, guard[:3], guard[3:], (n, c, rows, columns))
+            if not self._guard_lazily(pool, guard[:3], guard[3:], maxima):  # (the Max of the phases keeps NaNs)
+                self.replaced[id(guard[0])] = self.replaced[id(guard[1])] = []
+                self.replaced[id(guard[2])] = guard[3:]
         if relu is not None:
             self.replaced[id(relu)] = []
         return True
