@@ -14,6 +14,7 @@ from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
+from .tree import describe
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
@@ -26,7 +27,9 @@ def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
     tangents_flat, tangent_tree = tree.flatten(tangents)
     if tangent_tree != in_tree:
-        raise TransformError(f"slope.{name}: primals {in_tree} and tangents {tangent_tree} differ in structure")
+        raise TransformError(
+            f"slope.{name}: primals {describe(in_tree)}, tangents {describe(tangent_tree)}: structures differ"
+        )
     tangents_flat = [as_tensor(t) for t in tangents_flat]
     for primal, tangent in zip(primals, tangents_flat):
         if primal.aval != tangent.aval:
@@ -182,14 +185,16 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
     out_treedef, aux = out_tree[0], None
     if has_aux:
-        out_treedef, aux_treedef = out_treedef.children
+        out_treedef, aux_treedef = out_treedef.children()
         aux = tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
         outs = outs[: out_treedef.num_leaves]
 
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
         if ct_tree != out_treedef:
-            raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_treedef}")
+            raise TransformError(
+                f"slope.vjp: cotangent {describe(ct_tree)}, output {describe(out_treedef)}: structures differ"
+            )
         for o, ct in zip(outs, ct_flat):
             if isinstance(ct, Tensor) and ct.aval != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")

@@ -116,6 +116,10 @@ class Module:
         self.__dict__.setdefault("training", True)
 
     # ------------------------------------------------------------------------------------------- pytree
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        slope.tree.register(cls)  # pytree nodes are looked up by exact type, so every model class registers
+
     def tree_flatten(self) -> tuple[list, tuple]:
         """The pytree children (tensor and module attributes) and the static rest."""
         children = []
@@ -334,6 +338,9 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n" + "\n".join(lines) + "\n)"
+
+
+slope.tree.register(Module)
 
 
 def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
