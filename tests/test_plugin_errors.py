@@ -225,11 +225,6 @@ def slope_translations(backend):
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 point 6 not landed: the compile-time check of plugin translations against `infer` (branch"
-    " `plugins`, backend.check_translations) is over the core's 3,000-line budget; iree checks its own translations",
-)
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("how", ["eager", "jit"])
 def test_a_wrong_shaped_translation_is_an_error_not_a_result(site, backend, how):
