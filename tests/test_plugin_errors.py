@@ -252,11 +252,6 @@ def test_slope_info_reports_a_failed_plugin_once_and_every_function_with_v(site)
     assert version.returncode == 0 and version.stdout.startswith("slope 0.")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 point 7 not landed: `slope info --json` (branch `plugins`, cli.report) is over the core's"
-    " 3,000-line budget",
-)
 def test_slope_info_as_json(site):
     install_case(site, "import_error")
     data = json.loads(run_python(site, "-W", "ignore", "-m", "slope", "info", "--json").stdout)
