@@ -221,8 +221,7 @@ def check_translations(program: Program, backend: Backend, device: str) -> None:
     given_by = getattr(backend, "translation_plugins", {})  # (a backend that skips Backend.__init__ has none)
     for instruction in [i for i in program.instructions if i.op.name in given_by]:
         op, in_avals = instruction.op, [v.aval for v in instruction.inputs]
-        key = (backend.name, op, repr(instruction.params), tuple(in_avals))
-        if key in _checked:
+        if (key := (backend.name, op, repr(instruction.params), tuple(in_avals))) in _checked:
             continue
         what = f"slope.{op.name}: the translation for backend {backend.name!r} from plugin {given_by[op.name]!r}"
         ins, outs = [Var(a) for a in in_avals], [Var(v.aval) for v in instruction.outputs]

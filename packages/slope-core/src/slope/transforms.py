@@ -27,9 +27,7 @@ def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
     tangents_flat, tangent_tree = tree.flatten(tangents)
     if tangent_tree != in_tree:
-        raise TransformError(
-            f"slope.{name}: primals {describe(in_tree)}, tangents {describe(tangent_tree)}: structures differ"
-        )
+        raise TransformError(f"slope.{name}: tangents {describe(tangent_tree)} lack the structure {describe(in_tree)}")
     tangents_flat = [as_tensor(t) for t in tangents_flat]
     for primal, tangent in zip(primals, tangents_flat):
         if primal.aval != tangent.aval:
@@ -192,9 +190,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
         if ct_tree != out_treedef:
-            raise TransformError(
-                f"slope.vjp: cotangent {describe(ct_tree)}, output {describe(out_treedef)}: structures differ"
-            )
+            raise TransformError(f"slope.vjp: cotangent structure {describe(ct_tree)} is not {describe(out_treedef)}")
         for o, ct in zip(outs, ct_flat):
             if isinstance(ct, Tensor) and ct.aval != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")

@@ -1,8 +1,5 @@
-"""Pytrees: nested containers of tensors that transformations flatten and rebuild (optree, in Slope's namespace).
-
-Lists, tuples, dicts (children in sorted key order), namedtuples and `None` (a node without children) are built in;
-other classes become nodes with `register`. A structure (`TreeDef`) is hashable, so it can key a cache.
-"""
+"""Pytrees: nested containers of tensors that transformations flatten and rebuild, by optree in Slope's own namespace
+(built in: lists, tuples, dicts in sorted key order, namedtuples, None; a structure is hashable, a jit cache key)."""
 
 from __future__ import annotations
 
@@ -12,15 +9,12 @@ from typing import Any, Callable
 import optree
 
 TreeDef = optree.PyTreeSpec
-NAMESPACE = "slope"  # registrations stay Slope's own: other optree users (PyTorch) do not see them, nor we theirs
+NAMESPACE = "slope"  # Slope's registrations stay its own: other optree users (PyTorch) do not see them, nor it theirs
 
 
 def register(cls: type, flatten: Callable | None = None, unflatten: Callable | None = None) -> type:
     """Make a class a pytree node: `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`."""
-    # without functions: the class's own tree_flatten/tree_unflatten, or a dataclass's fields (so it is a decorator)
-    if flatten is None and hasattr(cls, "tree_flatten") and hasattr(cls, "tree_unflatten"):
-        flatten, unflatten = cls.tree_flatten, cls.tree_unflatten
-    elif flatten is None:
+    if flatten is None:  # a dataclass's fields are its children (so this also works as a class decorator)
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"slope.tree.register: {cls.__name__} is not a dataclass, so pass flatten and unflatten")
         names = tuple(f.name for f in dataclasses.fields(cls))
@@ -45,7 +39,7 @@ def unflatten(treedef: TreeDef, leaves: Any) -> Any:
     """Rebuild a pytree of this structure from its leaves."""
     try:
         return treedef.unflatten(leaves)
-    except ValueError as error:
+    except ValueError as error:  # too many or too few leaves
         raise ValueError(f"slope.tree.unflatten: {error} ({describe(treedef)})") from None
 
 
@@ -54,9 +48,9 @@ def leaves(value: Any, is_leaf: Callable | None = None) -> list:
     return optree.tree_leaves(value, is_leaf, namespace=NAMESPACE)
 
 
-def structure(value: Any) -> TreeDef:
+def structure(value: Any, is_leaf: Callable | None = None) -> TreeDef:
     """The structure of a pytree."""
-    return optree.tree_structure(value, namespace=NAMESPACE)
+    return optree.tree_structure(value, is_leaf, namespace=NAMESPACE)
 
 
 def sorted_keys(d: dict) -> list:
@@ -65,17 +59,15 @@ def sorted_keys(d: dict) -> list:
 
 
 def describe(treedef: TreeDef) -> str:
-    """A structure as short text for messages: `tuple(*, dict(*, *))`, a leaf is `*`."""
-    if treedef.is_leaf():
-        return "*"
-    return f"{treedef.type.__name__}({', '.join(describe(child) for child in treedef.children())})"
+    """A structure as short text for messages, such as `tuple(*, dict(*, *))` (a leaf is `*`)."""
+    children = ", ".join(describe(child) for child in treedef.children())
+    return "*" if treedef.is_leaf() else f"{treedef.type.__name__}({children})"
 
 
 def map(fn: Callable, value: Any, *rest: Any, is_leaf: Callable | None = None) -> Any:  # noqa: A001
-    """Apply `fn` to every leaf (and the matching leaves of `rest`), keeping the structure."""
-    treedef = optree.tree_structure(value, is_leaf, namespace=NAMESPACE)
+    """Apply `fn` to every leaf (and the matching leaves of `rest`, which must have the same structure)."""
+    treedef = structure(value, is_leaf)
     for other in rest:
-        other_def = optree.tree_structure(other, is_leaf, namespace=NAMESPACE)
-        if other_def != treedef:
+        if (other_def := structure(other, is_leaf)) != treedef:
             raise ValueError(f"slope.tree.map: tree structures differ: {describe(treedef)} and {describe(other_def)}")
     return optree.tree_map(fn, value, *rest, is_leaf=is_leaf, namespace=NAMESPACE)

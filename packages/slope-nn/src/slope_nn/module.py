@@ -118,7 +118,7 @@ class Module:
     # ------------------------------------------------------------------------------------------- pytree
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        slope.tree.register(cls)  # pytree nodes are looked up by exact type, so every model class registers
+        slope.tree.register(cls, cls.tree_flatten, cls.tree_unflatten)  # (pytree nodes are found by exact type)
 
     def tree_flatten(self) -> tuple[list, tuple]:
         """The pytree children (tensor and module attributes) and the static rest."""
@@ -340,7 +340,7 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
-slope.tree.register(Module)
+slope.tree.register(Module, Module.tree_flatten, Module.tree_unflatten)
 
 
 def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
