@@ -90,9 +90,7 @@ def _default_backend_name() -> str:
     for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
         if name in plugins.backends:
             return name
-    raise SlopeBackendError(
-        "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
-    )
+    raise SlopeBackendError("slope: no backend is installed (pip install slope-core[onnx], or [iree], [numpy])")
 
 
 def get_backend(name: str | None = None) -> Backend:

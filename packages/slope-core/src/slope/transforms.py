@@ -174,9 +174,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         if has_aux and not (isinstance(out, tuple) and len(out) == 2):
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
             got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
-            raise TransformError(
-                "slope.grad/vjp: with has_aux=True the function must return a pair (output, aux), got " + got
-            )
+            raise TransformError(f"slope.grad/vjp: with has_aux=True, return a pair (output, aux), not {got}")
         return out  # with has_aux the whole pair: aux leaves come out of the primal program as concrete values
 
     flat_fn, out_tree = flatten_fun(main_fn, in_tree)
@@ -205,9 +203,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
     if not all(-count <= n < count for n in nums):
-        raise TransformError(
-            f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
-        )
+        raise TransformError(f"slope.{name}: argnums {argnums} is out of range for {count} arguments")
     return tuple(n % count for n in nums)
 
 
@@ -301,7 +297,7 @@ def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
     if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
         return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
     if isinstance(axes, dict) and isinstance(value, dict) and axes.keys() == value.keys():
-        return [a for k in tree.sorted_keys(value) for a in _axes_for_leaves(name, axes[k], value[k])]
+        return [a for k in tree.structure(value).entries() for a in _axes_for_leaves(name, axes[k], value[k])]
     raise TransformError(f"slope.{name}: axes {axes!r} do not match the structure of the arguments")
 
 
@@ -439,9 +435,7 @@ class CustomVJPLinear(_CustomCall):
         flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
         linear_avals = [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
-            raise TransformError(
-                f"slope.custom_vjp: the backward function returned {len(flat)} cotangents for {len(linear_avals)} inputs"
-            )
+            raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and as_tensor(ct).shape != aval.shape:
                 raise TransformError(
@@ -471,9 +465,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
     def __call__(self, *args: Any) -> Any:
         if self.rule is None:
             define = ".defvjp(fwd, bwd)" if isinstance(self, custom_vjp) else ".defjvp(rule)"
-            raise TransformError(
-                f"slope.{type(self).__name__}: {self.fun.__name__} has no rule yet; call {define} first"
-            )
+            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)

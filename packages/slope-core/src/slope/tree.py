@@ -53,11 +53,6 @@ def structure(value: Any, is_leaf: Callable | None = None) -> TreeDef:
     return optree.tree_structure(value, is_leaf, namespace=NAMESPACE)
 
 
-def sorted_keys(d: dict) -> list:
-    """A dict's keys in the order pytrees visit them (sorted; keys of mixed types by type, then value)."""
-    return list(optree.tree_flatten_one_level(d, namespace=NAMESPACE).entries)
-
-
 def describe(treedef: TreeDef) -> str:
     """A structure as short text for messages, such as `tuple(*, dict(*, *))` (a leaf is `*`)."""
     children = ", ".join(describe(child) for child in treedef.children())
