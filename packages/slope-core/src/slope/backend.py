@@ -35,8 +35,7 @@ class Backend:
     translations: ClassVar[dict[str, Callable]] = {}
 
     def __init__(self) -> None:
-        added, self.translation_plugins = plugins.translations_for(self)  # (checked against `infer` when compiled)
-        self.translations = {**type(self).translations, **added}
+        self.translations, self.translation_plugins = plugins.translations_for(self)  # (the latter: for the check)
 
     def devices(self) -> list[str]:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""

@@ -151,8 +151,8 @@ def refresh(strict_plugin: str | None = None) -> None:
 
 
 def translations_for(backend: Any) -> tuple[dict[str, Callable], dict[str, str]]:
-    """Every plugin's translations for a backend, and which plugin gave each; a failing plugin is skipped."""
-    translations, given_by = {}, {}
+    """A backend's own translations updated with every plugin's, and which plugin gave each (a failing one is skipped)."""
+    translations, given_by = dict(type(backend).translations), {}
     for impl in manager.hook.slope_translations.get_hookimpls():
         plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
         try:

@@ -661,8 +661,7 @@ registry: dict[str, Callable] = {
     for name, value in list(globals().items())
     if inspect.isfunction(value) and value.__module__ == __name__ and not name.startswith("_")
 }
-registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat)
-registry["view"] = reshape  # tensors are immutable, so a view is a reshape
+registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
 
 
 @hookimpl

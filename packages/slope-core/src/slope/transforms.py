@@ -445,8 +445,7 @@ class CustomVJPLinear(_CustomCall):
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
-custom_jvp_call = CustomJVPCall()
-custom_vjp_linear = CustomVJPLinear()
+custom_jvp_call, custom_vjp_linear = CustomJVPCall(), CustomVJPLinear()
 
 
 class custom_jvp:  # noqa: N801 - named like the JAX decorator users know

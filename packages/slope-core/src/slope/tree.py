@@ -13,7 +13,7 @@ NAMESPACE = "slope"  # Slope's registrations stay its own: other optree users (P
 
 
 def register(cls: type, flatten: Callable | None = None, unflatten: Callable | None = None) -> type:
-    """Make a class a pytree node: `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`."""
+    """Make a class a pytree node (once): `flatten(obj) -> (children, aux)`, `unflatten(aux, children) -> obj`."""
     if flatten is None:  # a dataclass's fields are its children (so this also works as a class decorator)
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"slope.tree.register: {cls.__name__} is not a dataclass, so pass flatten and unflatten")
@@ -25,8 +25,6 @@ def register(cls: type, flatten: Callable | None = None, unflatten: Callable | N
         def unflatten(aux: tuple, children: list) -> Any:
             return cls(**dict(zip(aux, children)))
 
-    if optree.register_pytree_node.get(cls, namespace=NAMESPACE) is not None:  # registering again replaces
-        optree.unregister_pytree_node(cls, namespace=NAMESPACE)
     return optree.register_pytree_node(cls, flatten, unflatten, namespace=NAMESPACE)
 
 
