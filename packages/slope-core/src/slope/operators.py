@@ -49,8 +49,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
-    ndim = max(len(s) for s in shapes)
-    result = []
+    ndim, result = max(len(s) for s in shapes), []
     for i in range(ndim):
         sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
         if len(sizes) > 1:

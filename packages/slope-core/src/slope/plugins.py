@@ -14,8 +14,7 @@ import pluggy
 
 from .errors import SlopePluginError, SlopePluginWarning
 
-hookspec = pluggy.HookspecMarker("slope")
-hookimpl = pluggy.HookimplMarker("slope")
+hookspec, hookimpl = pluggy.HookspecMarker("slope"), pluggy.HookimplMarker("slope")
 
 
 class HookSpecs:
