@@ -242,6 +242,52 @@ def test_a_wrong_shaped_translation_is_an_error_not_a_result(site, backend, how)
         assert "fails on inputs [[3, f32]]" in last and "does not match expected type (tensor(double))" in last
 
 
+def test_a_plugin_translation_is_checked_once_when_compiled_never_on_an_eager_cache_hit(monkeypatch):
+    import slope
+    import slope.backend as backend_module
+
+    class Triple(slope.Operator):
+        name = "triple_checked"
+
+        def infer(self, x):
+            return x
+
+        def procedure(self, x):
+            return x * 3.0
+
+    class Plugin:
+        @slope.plugins.hookimpl
+        def slope_operators(self):
+            return [Triple()]
+
+        @slope.plugins.hookimpl
+        def slope_translations(self, backend):
+            return (
+                {"triple_checked": lambda inputs, params, out: f"{inputs[0]} * 3"} if backend.name == "numpy" else None
+            )
+
+    checks, probes, real = [], [], backend_module.check_translations
+    monkeypatch.setattr(backend_module, "check_translations", lambda *args: checks.append(args[0]) or real(*args))
+    plugin = Plugin()
+    slope.plugins.register(plugin, "triple-plugin")
+    try:
+        with slope.use_backend("numpy"):
+            backend = slope.get_backend()
+            assert backend.translation_plugins["triple_checked"] == "triple-plugin"
+            compile_ = backend.compile
+            monkeypatch.setattr(
+                backend, "compile", lambda program, device: probes.append(program) or compile_(program, device)
+            )
+            x = slope.tensor([1.0, 2.0])
+            for _ in range(3):  # the first call compiles (and probes the translation once); the others hit the cache
+                assert slope.triple_checked(x).tolist() == [3.0, 6.0]
+            assert len(checks) == 1 and len(probes) == 2  # the probe and the program itself
+            assert slope.jit(lambda x: slope.triple_checked(x) + 1.0)(x).tolist() == [4.0, 7.0]
+            assert len(checks) == 2 and len(probes) == 3  # the same instruction again: not probed again
+    finally:
+        slope.plugins.unregister(plugin)
+
+
 def test_slope_info_reports_a_failed_plugin_once_and_every_function_with_v(site):
     install_case(site, "import_error")
     text = run_python(site, "-W", "ignore", "-m", "slope", "info", "-v")
