@@ -284,6 +284,10 @@ def test_a_plugin_translation_is_checked_once_when_compiled_never_on_an_eager_ca
             assert len(checks) == 1 and len(probes) == 2  # the probe and the program itself
             assert slope.jit(lambda x: slope.triple_checked(x) + 1.0)(x).tolist() == [4.0, 7.0]
             assert len(checks) == 2 and len(probes) == 3  # the same instruction again: not probed again
+            backend_module._checked.clear()
+            monkeypatch.setattr(type(backend), "checks_translations", True)  # a backend whose compile checks them
+            assert slope.jit(lambda x: slope.triple_checked(x) * 2.0)(x).tolist() == [6.0, 12.0]
+            assert len(checks) == 3 and len(probes) == 4  # the program alone
     finally:
         slope.plugins.unregister(plugin)
 

@@ -31,10 +31,9 @@ def report() -> dict:
         except Exception as error:  # a broken backend is reported, not fatal
             entry["error"] = f"{type(error).__name__}: {error}"
             continue
-        native = [op for op in data["operators"] if op in backend.translations]
-        fallback = [op for op in data["operators"] if op not in native and plugins.operators[op].procedure]
-        entry.update(native=native, by_procedure=fallback)
-        entry["unavailable"] = [op for op in data["operators"] if op not in native and op not in fallback]
+        native = entry["native"] = [op for op in data["operators"] if op in backend.translations]
+        entry["by_procedure"] = [op for op in data["operators"] if op not in native and plugins.operators[op].procedure]
+        entry["unavailable"] = [op for op in data["operators"] if op not in native + entry["by_procedure"]]
     return data
 
 
