@@ -36,7 +36,7 @@ class Backend:
     checks_translations: ClassVar[bool] = False  # True: its compile checks every result against `infer` itself
 
     def __init__(self) -> None:
-        self.translations, self.translation_plugins = plugins.translations_for(self)  # (the latter: for the check)
+        self.translations, self.translation_plugins = plugins.translations_for(self)  # (and which plugin gave each)
 
     def devices(self) -> list[str]:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""

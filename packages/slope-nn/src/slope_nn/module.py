@@ -351,7 +351,7 @@ def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
         for i, item in enumerate(value):
             yield from _container_modules(item, f"{prefix}.{i}")
     elif isinstance(value, dict):
-        for key in sorted(value, key=repr):
+        for key in slope.tree.structure(value).entries():  # in pytree order
             yield from _container_modules(value[key], f"{prefix}.{key}")
 
 
@@ -363,7 +363,7 @@ def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, 
         for i, item in enumerate(value):
             yield from _named_leaves(item, f"{name}.{i}", kind)
     elif isinstance(value, dict):
-        for key in sorted(value, key=repr):  # slope.tree orders dict children this way
+        for key in slope.tree.structure(value).entries():  # in pytree order
             yield from _named_leaves(value[key], f"{name}.{key}", kind)
     elif isinstance(value, Tensor):
         yield name, value, kind
