@@ -417,7 +417,7 @@ def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
     known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
     sizes = tuple(x.shape[dim] // known if s == -1 and known else s for s in sizes)
-    if math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:
+    if not sizes or math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:  # PyTorch refuses sizes ()
         raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
     return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
 
@@ -536,10 +536,13 @@ def getitem(x: Any, index: Any) -> Tensor:
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
     ellipses = [k for k, item in enumerate(items) if item is Ellipsis]
-    if len(ellipses) > 1:
-        raise IndexError("slope.getitem: an index can only have a single ellipsis ('...')")
-    if ellipses:
-        items[ellipses[0] : ellipses[0] + 1] = [slice(None)] * (x.ndim - consumed)
+    for k in reversed(ellipses):  # each one stands for the dimensions no other item names, repeated ones too (PyTorch)
+        items[k : k + 1] = [slice(None)] * (x.ndim - consumed)
+    kept = len(items) - max(len(ellipses) - 1, 0) * (x.ndim - consumed)  # repeats run past the last dimension,
+    for i in items[kept:]:  # where only ':' (or '0:', ':n') is harmless, as in PyTorch
+        if not (isinstance(i, slice) and (i.start or 0, i.step or 1) == (0, 1) and (i.stop or 0) >= 0):
+            raise IndexError(f"slope.getitem: repeated ellipses put {i} past the last dimension of shape {x.shape}")
+    items = items[:kept]
     # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
     expanded, dim = [], 0
     for item in items:
