@@ -92,6 +92,15 @@ def test_an_empty_index_list_selects_nothing(backend):
     assert slope.zeros(0).at[[]].add(1.0).shape == (0,)
 
 
+@pytest.mark.parametrize("index", [(False, [0]), ([], [7]), (slice(None), [])])
+def test_indices_beside_an_empty_index_are_not_checked(backend, index):
+    # PyTorch checks the range of what an advanced index takes: beside an empty index it takes nothing
+    x, expected = slope.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    same(x[index], expected[index])
+    with pytest.raises(IndexError, match="slope.getitem"):
+        x[[0], [7]]
+
+
 # ----------------------------------------------------------------------------------------------- bool and uint8
 
 

@@ -563,6 +563,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
+    takes_none = any(isinstance(i, Tensor) and i.numel() == 0 for i in items)  # then no index is checked (PyTorch)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
     for item in items:
@@ -573,7 +574,8 @@ def getitem(x: Any, index: Any) -> Tensor:
         if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
-            check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
+            if not takes_none:
+                check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             item = slice(None)
         if isinstance(item, slice):
