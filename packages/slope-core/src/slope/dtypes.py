@@ -54,8 +54,7 @@ float64 = DType("float64", "f64", "float", 64)
 
 all_dtypes = (bool_, int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64)
 by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int64, "long": int64}
-default_float = float32
-default_int = int64
+default_float, default_int = float32, int64
 
 
 def as_dtype(value: object) -> DType:
@@ -120,6 +119,9 @@ def infer_python(value: object, name: str = "tensor") -> DType:
     except ValueError as error:  # ragged nesting
         message = f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
         raise ValueError(message) from None
+    big = array.dtype.kind == "f" and np.abs(array).max(initial=0) >= 2**63  # NumPy makes floats of big Python ints
+    if big and all(isinstance(v, int) for v in np.array(value, dtype=object).flat):
+        raise ValueError(f"slope.{name}: the data does not fit int64 (Python ints beyond it; write floats for floats)")
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
     if array.dtype.kind in by_kind:
         return by_kind[array.dtype.kind]

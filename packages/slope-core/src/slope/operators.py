@@ -49,8 +49,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
-    ndim = max(len(s) for s in shapes)
-    result = []
+    ndim, result = max(len(s) for s in shapes), []
     for i in range(ndim):
         sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
         if len(sizes) > 1:
@@ -564,6 +563,8 @@ class Pad(Operator):
     def __call__(self, x: Any, pad: Sequence[int] | None = None, value: Any = 0, *, lo: Any = None, hi: Any = None):
         x = as_tensor(x)
         if pad is not None:  # PyTorch order: (last_lo, last_hi, second_last_lo, ...)
+            if not isinstance(pad, (tuple, list)):
+                raise TypeError(f"slope.pad: pad must be a tuple of ints (as in PyTorch), got {type(pad).__name__}")
             if len(pad) % 2 or len(pad) // 2 > x.ndim:
                 raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
             unpadded = (0,) * (x.ndim - len(pad) // 2)
@@ -572,6 +573,8 @@ class Pad(Operator):
         if len(lo) != x.ndim or len(hi) != x.ndim:
             raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
         if any(a < 0 for a in lo + hi):
+            if any(n + min(a, 0) + min(b, 0) < 0 for n, a, b in zip(x.shape, lo, hi)):
+                raise self.shape_error(f"lo={lo}, hi={hi} crop more than all of shape {x.shape}")
             x = slice_(x, [max(-a, 0) for a in lo], [n - max(-b, 0) for n, b in zip(x.shape, hi)])
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
         return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype)) if any(lo + hi) else x
@@ -931,8 +934,7 @@ add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fm
 equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
 less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
 bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
-where = Where()
-sum_, max_ = Sum(), Max()
+where, sum_, max_ = Where(), Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
 full, arange = Full(), Arange()
 random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
