@@ -26,6 +26,9 @@ class IreeBackend(Backend):
     name = "iree"
     translations = translations
     export_suffix = ".vmfb"
+    # translate.Function.translate checks every translation's result against `infer` while building the module: no
+    # probe compile per plugin translation (each would be an IREE compile)
+    checks_translations = True
     dtypes = frozenset(
         [slope.float16, slope.bfloat16, slope.float32, slope.float64, slope.int8, slope.int16, slope.int32,
          slope.int64, slope.uint8, slope.bool_]
