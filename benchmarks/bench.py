@@ -11,7 +11,9 @@ Workloads (each contender is timed in interleaved rounds, so background load hit
 - the first call of that step (trace + compile), with a fresh `slope.jit` each time;
 - a small CNN train step (conv3x3 32, ReLU, maxpool2, conv3x3 64, ReLU, maxpool2, linear 10; batch 64, 28x28);
 - the Hessian of `sum(tanh(x) ** 3)` for x of 100 floats (forward-over-reverse), jitted;
-- a jitted tiny function, `sin(x) * 2 + 1` on float32[1000]: a NumPy array in, `.numpy()` out, per steady call.
+- a jitted tiny function, `sin(x) * 2 + 1` on float32[1000]: a NumPy array in, `.numpy()` out, per steady call;
+- an epoch of `examples/nn/mnist_mlp.py`'s loop (300 steps, batches from `slope.nn.datasets.loader`) against
+  PyTorch's same loop (the reference), on MNIST-shaped random data.
 The reference of each workload (ratio 1.00) is onnxruntime's own `run` for eager, the MLP step hand-built as one
 ONNX graph and run in onnxruntime with `io_binding` into preallocated ping-pong output buffers (the physical floor:
 our overhead is the gap to it; the same graph through the plain `run` is the row beside it), a bare onnxruntime
@@ -466,6 +468,92 @@ def jax_tiny() -> Callable[[], Any]:
     return lambda: np.asarray(tiny(x))
 
 
+# ----------------------------------------------------------------------------------------------- MNIST epoch
+
+EPOCH_ROWS, EPOCH_BATCH = 60_000, 200  # MNIST's training set: 300 steps of 200 images per epoch
+
+
+def epoch_data() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-shaped data: uint8 images (60,000 x 784) and int64 labels (random: only the time is measured)."""
+    rng = np.random.default_rng(4)
+    return rng.integers(0, 256, (EPOCH_ROWS, 784), dtype=np.uint8), rng.integers(0, 10, EPOCH_ROWS)
+
+
+class SlopeEpoch:
+    """One epoch of `examples/nn/mnist_mlp.py`'s loop: 784-100-10 MLP, Adam, pixels normalized inside the jitted
+    step, batches from `slope.nn.datasets.loader` (or sliced and made tensors in the loop where it is missing), the
+    step losses read once at the end."""
+
+    def __init__(self, backend: str):
+        import slope.nn as nn
+
+        self.backend = backend
+        self.images, self.labels = epoch_data()
+        self.order_rng = np.random.default_rng(0)
+        with slope.use_backend(backend):
+            slope.manual_seed(0)
+            self.model = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+            optimizer = nn.Adam(5e-3)
+            self.state = optimizer.init(self.model)
+
+        def loss_fn(model: Any, images: Any, labels: Any) -> Any:
+            pixels = (images.astype(slope.float32) * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+            return nn.cross_entropy(model(pixels), labels)
+
+        @slope.jit
+        def step(model: Any, state: Any, images: Any, labels: Any) -> tuple:
+            loss, grads = slope.value_and_grad(loss_fn)(model, images, labels)
+            model, state = optimizer.step(model, grads, state)
+            return model, state, loss
+
+        self.step = step
+        self.loader = getattr(nn.datasets, "loader", None)
+
+    def batches(self, order: np.ndarray) -> Any:
+        """The epoch's batches as tensors."""
+        if self.loader is not None:
+            return self.loader(self.images, self.labels, batch_size=EPOCH_BATCH, order=order)
+        return ((slope.tensor(self.images[order[i : i + EPOCH_BATCH]]), slope.tensor(self.labels[order[i : i + EPOCH_BATCH]]))
+                for i in range(0, EPOCH_ROWS, EPOCH_BATCH))  # fmt: skip
+
+    def __call__(self) -> list[float]:
+        losses = []
+        for images, labels in self.batches(self.order_rng.permutation(EPOCH_ROWS)):
+            self.model, self.state, loss = self.step(self.model, self.state, images, labels)
+            losses.append(loss)
+        return [float(loss) for loss in losses]
+
+
+def torch_epoch() -> Callable[[], Any]:
+    """The same epoch in PyTorch: the same model and Adam, batches indexed from tensors of the whole set."""
+    import torch
+
+    images, labels = epoch_data()
+    images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    order_rng = np.random.default_rng(0)
+
+    def epoch() -> list[float]:
+        order = torch.from_numpy(order_rng.permutation(EPOCH_ROWS))
+        losses = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # its fastest setting for steps this small (OpenMP workers wait longer than they work)
+        for i in range(0, EPOCH_ROWS, EPOCH_BATCH):
+            index = order[i : i + EPOCH_BATCH]
+            pixels = (images_t[index].float() * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+            loss = torch.nn.functional.cross_entropy(model(pixels), labels_t[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        torch.set_num_threads(threads)
+        return [float(loss) for loss in losses]
+
+    return epoch
+
+
 # ----------------------------------------------------------------------------------------------- IREE
 
 
@@ -696,6 +784,7 @@ IREE_MLP_REFERENCE = "hand-written StableHLO in IREE"
 MLP_REFERENCE = "hand-built ONNX in onnxruntime, io_binding"
 MLP_PLAIN_RUN = "hand-built ONNX in onnxruntime, plain run"
 TINY = "jitted sin(x) * 2 + 1 (1000)"
+EPOCH = "MNIST MLP epoch (300 steps)"
 IREE_HESSIAN_REFERENCE = "hand-written StableHLO in IREE (closed form)"
 
 
@@ -742,6 +831,9 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
         tiny.append(Contender(TINY, "PyTorch eager", torch_tiny(), inner=100))
     if has_jax:
         tiny.append(Contender(TINY, "jax.jit", jax_tiny(), inner=100))
+    epochs = [Contender(EPOCH, "slope onnxruntime (jit, loader)", SlopeEpoch("onnxruntime"), backend="onnxruntime")]
+    if has_torch:
+        epochs.insert(0, Contender(EPOCH, "PyTorch eager", torch_epoch(), reference=True))
     first = [Contender("MLP first call (trace + compile)", f"slope {b}", slope_first_call(b), backend=b)
              for b in backends]  # fmt: skip
     if has_jax:
@@ -749,7 +841,7 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
     if "iree" in backends:
         first.append(FreshProcess("MLP first call, fresh process, warm disk cache", "slope iree", "first", "iree"))
         first.append(FreshProcess("README tour, fresh process, warm cache", "slope iree", "tour", "iree"))
-    return [eager, mlp, cnn, hessian, tiny], notes, {"first": first}
+    return [eager, mlp, cnn, hessian, tiny, epochs], notes, {"first": first}
 
 
 def check_losses(groups: list[list[Contender]]) -> list[str]:
@@ -799,6 +891,11 @@ def acceptance(groups: list[list[Contender]], first: list[Contender]) -> list[st
         ratio = ours.median / ref.median
         lines.append(f"- MLP step vs hand-built ONNX with io_binding: {ratio:.3f}x <= 1.10x (issue 15): "
                      f"{'yes' if ratio <= 1.10 else 'NO'}")  # fmt: skip
+    epoch, torch_loop = find(EPOCH, "slope onnxruntime (jit, loader)"), find(EPOCH, "PyTorch eager")
+    if epoch:
+        ratio = f" and {epoch.median / torch_loop.median:.2f}x PyTorch's loop <= 1.2x" if torch_loop else ""
+        ok = epoch.median <= 0.25 and (not torch_loop or epoch.median <= 1.2 * torch_loop.median)
+        lines.append(f"- MNIST MLP epoch: {epoch.median:.3f} s <= 0.25 s{ratio} (issue 15): {'yes' if ok else 'NO'}")
     tiny = find(TINY, "slope onnxruntime (jit)")
     if tiny:
         ok = tiny.median <= 12e-6
@@ -852,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
     parser.add_argument("--markdown", help="also write the results to this markdown file")
-    parser.add_argument("--only", choices=["eager", "mlp", "cnn", "hessian", "tiny", "first"], action="append",
+    parser.add_argument("--only", choices=["eager", "mlp", "cnn", "hessian", "tiny", "epoch", "first"], action="append",
                         help="run only these workloads (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, help="interleaved rounds of every timed workload (default 10, CNN 5)")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "BACKEND"), help=argparse.SUPPRESS)
@@ -860,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
-    only = set(args.only or ("eager", "mlp", "cnn", "hessian", "tiny", "first"))
+    only = set(args.only or ("eager", "mlp", "cnn", "hessian", "tiny", "epoch", "first"))
     if available("torch"):
         import torch
 
@@ -871,8 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = 0.2 if args.quick else 1.0
     plan = [(groups[0], 10, int(15 * scale) or 2, 2000), (groups[1], 10, int(60 * scale) or 3, 30),
             (groups[2], 5, int(12 * scale) or 2, 3), (groups[3], 10, int(20 * scale) or 2, 10),
-            (groups[4], 10, int(15 * scale) or 2, 500)]  # fmt: skip
-    workloads = ("eager", "mlp", "cnn", "hessian", "tiny")
+            (groups[4], 10, int(15 * scale) or 2, 500), (groups[5], 3, 1, 1)]  # fmt: skip
+    workloads = ("eager", "mlp", "cnn", "hessian", "tiny", "epoch")
     for (workload, group), (_, rounds, per_round, warmup) in zip(zip(workloads, groups), plan):
         group[:] = [c for c in group if c.fn is not None] if workload in only else []
         rounds = args.rounds or rounds

@@ -579,7 +579,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
-        for leaf in tree.leaves([args[i] for i in self.donate_argnums if i < len(args)]):
+        for leaf in tree.leaves([args[i] for i in self.donate_argnums if i < len(args)]) if self.donate_argnums else ():
             if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
                 leaf.buffer = leaf.backend = _Donated()
         return tree.unflatten(out_tree, outs)

@@ -438,22 +438,22 @@ class _BoundRun:
         if not self.lock.acquire(blocking=False):
             return self.plain(buffers)
         try:
-            bind_input, bind_output = self.binding.bind_ortvalue_input, self.binding.bind_ortvalue_output
+            binding, getrefcount, free = self.binding, sys.getrefcount, _FREE
             for name, buffer in zip(self.inputs, buffers):
-                bind_input(name, buffer)
+                binding.bind_ortvalue_input(name, buffer)
             outs = []
             for name, make, kept in self.outputs:
                 for out in kept:
-                    if sys.getrefcount(out) == _FREE:
+                    if getrefcount(out) == free:
                         break
                 else:
                     out = make()
                     kept.append(out)
                     if len(kept) > self.REUSED:
                         del kept[0]
-                bind_output(name, out)
+                binding.bind_ortvalue_output(name, out)
                 outs.append(out)
-            self.run_bound(self.binding, self.run_options)
+            self.run_bound(binding, self.run_options)
             return outs
         finally:
             self.lock.release()
