@@ -223,7 +223,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
     backend = _state["backend"] or get_backend()
     device = args[0].device if args else (_state["device"] or default_device())
-    key = (op, tuple(params.items()), tuple([a.aval for a in args]), backend, device)
+    key = (op, tuple(params.items()) if params else (), tuple([a.aval for a in args]), backend, device)
     try:
         executable = _compiled[key]
     except KeyError:
