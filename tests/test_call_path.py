@@ -134,3 +134,20 @@ def test_dtypes_are_one_object_each():
         assert copy.deepcopy(dtype) is dtype and pickle.loads(pickle.dumps(dtype)) is dtype
         assert slope.dtypes.as_dtype(dtype.name) is dtype and dtype == slope.dtypes.by_name[dtype.name]
     assert slope.float32 != slope.float64 and slope.dtypes.as_dtype(np.dtype(">f4")) is slope.float32
+
+
+def test_large_outputs_are_not_kept(monkeypatch):
+    if "onnxruntime" not in slope.plugins.backends:
+        pytest.skip("the onnxruntime backend is not installed")
+    from slope_onnx.backend import _BoundRun
+
+    monkeypatch.setattr(_BoundRun, "KEPT_BYTES", 1000)
+    with slope.use_backend("onnxruntime"):
+        f = slope.jit(lambda x: (x * 2.0, x.sum()))
+        x = slope.tensor(np.arange(500, dtype=np.float32))
+        for _ in range(3):
+            double, total = f(x)
+        run = f.lower(x).executable.run
+        assert [len(kept) for _, _, kept, _ in run.outputs] == [0, 2]  # 2000 bytes: none kept; the 4 of the sum: two
+        np.testing.assert_array_equal(double.numpy(), np.arange(500) * 2.0)
+        assert total.item() == np.arange(500).sum()

@@ -330,7 +330,8 @@ class OnnxBackend(Backend):
         session = self._session(model.SerializeToString(), device, pooled)
         if device == "cpu" and len(program.instructions) > 1:  # a jitted program: its outputs go into reused buffers
             makers = [self._maker(aval) for aval in program.out_avals]
-            run = _BoundRun(session, input_names, output_names, self._run_options, makers)
+            sizes = [aval.size * aval.dtype.bits // 8 for aval in program.out_avals]
+            run = _BoundRun(session, input_names, output_names, self._run_options, makers, sizes)
         elif device == "cpu":
             run = _runner(session, input_names, output_names, self._run_options)
         else:
@@ -424,14 +425,16 @@ class _BoundRun:
     A run that finds the binding in use by another thread takes the plain path."""
 
     REUSED = 2  # buffers kept per output: a train step's parameters alternate between two
+    KEPT_BYTES = 1 << 28  # outputs above this size are not kept: the memory held after the caller drops them is bounded
 
     def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
-                 makers: list[Callable[[], Any]]):  # fmt: skip
+                 makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
         self.binding = session.io_binding()._iobinding
         self.run_bound, self.run_options = session._sess.run_with_iobinding, run_options
         self.plain = _runner(session, input_names, output_names, run_options)
         self.inputs = input_names
-        self.outputs = [(name, make, []) for name, make in zip(output_names, makers)]  # (name, maker, buffers)
+        keep = [self.REUSED if size <= self.KEPT_BYTES else 0 for size in sizes]
+        self.outputs = [(name, make, [], n) for name, make, n in zip(output_names, makers, keep)]  # (kept, how many)
         self.lock = threading.Lock()
 
     def __call__(self, buffers: list) -> list:
@@ -442,14 +445,14 @@ class _BoundRun:
             for name, buffer in zip(self.inputs, buffers):
                 binding.bind_ortvalue_input(name, buffer)
             outs = []
-            for name, make, kept in self.outputs:
+            for name, make, kept, keep in self.outputs:
                 for out in kept:
                     if getrefcount(out) == free:
                         break
                 else:
                     out = make()
                     kept.append(out)
-                    if len(kept) > self.REUSED:
+                    if len(kept) > keep:
                         del kept[0]
                 binding.bind_ortvalue_output(name, out)
                 outs.append(out)
