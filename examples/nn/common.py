@@ -82,12 +82,13 @@ def train_epoch(
     desc: str,
     update_every: int,
 ) -> tuple:
-    """One epoch of jitted steps over shuffled batches with a progress bar; returns model, state and step losses."""
+    """One epoch of jitted steps over shuffled batches with a progress bar; returns model, state and step losses.
+    The batches come from `slope.nn.datasets.loader`, which slices and transfers the next ones while a step runs."""
     step_losses = []
+    batches = nn.datasets.loader(images, labels, batch_size=batch_size, order=order, steps=steps)
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
-        for i in range(steps):
-            batch = order[i * batch_size : (i + 1) * batch_size]
-            model, state, loss = train_step(model, state, slope.tensor(images[batch]), slope.tensor(labels[batch]))
+        for i, (batch_images, batch_labels) in enumerate(batches):
+            model, state, loss = train_step(model, state, batch_images, batch_labels)
             step_losses.append(loss)
             if (i + 1) % update_every == 0 or i + 1 == steps:
                 bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)

@@ -93,3 +93,47 @@ def test_real_mnist():
     assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
     assert set(np.unique(test.labels).tolist()) == set(range(10))
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_loader_gives_the_batches_of_batches_as_tensors(prefetch):
+    import slope
+
+    images = np.arange(50 * 4, dtype=np.uint8).reshape(50, 4)
+    labels = np.arange(50, dtype=np.int64)
+    order = np.random.default_rng(0).permutation(50)
+    for name in sorted(slope.plugins.backends):
+        with slope.use_backend(name):
+            expected = list(nn.datasets.batches(images, labels, batch_size=8, order=order))
+            got = list(nn.datasets.loader(images, labels, batch_size=8, order=order, prefetch=prefetch))
+            assert len(got) == len(expected) == 6
+            for (x, y), (ex, ey) in zip(got, expected):
+                assert x.dtype == slope.uint8 and y.dtype == slope.int64 and x.backend is slope.get_backend()
+                np.testing.assert_array_equal(x.numpy(), ex)
+                np.testing.assert_array_equal(y.numpy(), ey)
+            # unshuffled batches are views of the caller's array: the tensors keep their own copies
+            plain = list(nn.datasets.loader(images, labels, batch_size=16, shuffle=False, steps=2))
+            assert len(plain) == 2
+            images[0, 0] = 255
+            assert plain[0][0].numpy()[0, 0] == 0
+            images[0, 0] = 0
+
+
+def test_loader_stops_its_thread_and_reports_errors():
+    import threading
+    import time
+
+    images = np.zeros((100, 3), np.float32)
+    batches = nn.datasets.loader(images, batch_size=10, seed=1)
+    next(batches)
+    batches.close()  # the caller stops listening: the worker ends
+    deadline = time.monotonic() + 5
+    while any(t.name == "slope-loader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "slope-loader" for t in threading.enumerate())
+    with pytest.raises(ValueError, match="arrays differ in length"):
+        next(nn.datasets.loader(images, np.zeros(3), batch_size=10))
+    with pytest.raises(ValueError, match="order must be a 1-d array"):
+        next(nn.datasets.loader(images, batch_size=10, order=np.zeros((2, 2))))
+    with pytest.raises(ValueError, match="prefetch must be at least 1"):
+        next(nn.datasets.loader(images, batch_size=10, prefetch=0))

@@ -20,11 +20,10 @@ from .tensors import Tensor
 class Executable:
     """A compiled Program: `run(buffers) -> buffers`, plus the backend code it was built from."""
 
-    __slots__ = ("run", "code", "program", "out_avals")
+    __slots__ = ("run", "code", "program", "out_avals")  # (out_avals: read on every eager call)
 
     def __init__(self, run: Callable[[list], list], code: str, program: Program):
-        self.run, self.code = run, code
-        self.program, self.out_avals = program, program.out_avals  # (out_avals: read on every eager call)
+        self.run, self.code, self.program, self.out_avals = run, code, program, program.out_avals
 
 
 class Backend:
@@ -33,6 +32,7 @@ class Backend:
     name: ClassVar[str] = ""
     dtypes: ClassVar[frozenset[DType]] = frozenset()
     translations: ClassVar[dict[str, Callable]] = {}
+    copies_from_numpy: ClassVar[bool] = False  # True: from_numpy copies its array, so slope.tensor makes no copy itself
     checks_translations: ClassVar[bool] = False  # True: its compile checks every result against `infer` itself
 
     def __init__(self) -> None:
@@ -248,7 +248,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
     backend = _state["backend"] or get_backend()
     device = args[0].device if args else (_state["device"] or default_device())
-    key = (op, tuple(params.items()), tuple([a.aval for a in args]), backend, device)
+    key = (op, tuple(params.items()) if params else (), tuple([a.aval for a in args]), backend, device)
     try:
         executable = _compiled[key]
     except KeyError:
@@ -260,13 +260,11 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
 
 def run_executable(executable: Executable, args: Any, backend: Backend, device: str) -> list[Tensor]:
     """Run an Executable on tensors (moved to its backend and device when elsewhere); its outputs as tensors."""
-    buffers = []
-    for a in args:
-        if a.backend is not backend or a.device != device:
-            a = to_backend(a, backend, device)
-        buffers.append(a.buffer)
-    outs = executable.run(buffers)
-    return [Tensor(b, aval, backend, device) for b, aval in zip(outs, executable.out_avals)]
+    buffers = [a.buffer if a.backend is backend and a.device == device else to_backend(a, backend, device).buffer
+               for a in args]  # fmt: skip
+    if len(avals := executable.out_avals) == 1:  # (most operators: a loop over zip costs more than the Tensor)
+        return [Tensor(executable.run(buffers)[0], avals[0], backend, device)]
+    return [Tensor(b, aval, backend, device) for b, aval in zip(executable.run(buffers), avals)]
 
 
 def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:

@@ -223,7 +223,7 @@ class Binary(Elementwise):
         if type(x) is Tensor:  # the eager fast paths: `x op x` and `x op 2.0`
             if type(y) is Tensor and x.aval == y.aval:
                 return bind(self, x, y)
-            if (type(y) is float and x.dtype.is_float) or (type(y) is int and x.dtype.kind in _INT_KINDS):
+            if (type(y) is float and x.aval.dtype.kind == "float") or (type(y) is int and x.dtype.kind in _INT_KINDS):
                 return bind(self, x, constant(y, x.aval.dtype, x.aval.shape, x.device))
         elif type(y) is Tensor:
             if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):

@@ -40,8 +40,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     numpy_data = isinstance(data, (np.ndarray, np.generic))
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
     # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
-    try:
-        array = np.array(data, dtype=dtype.numpy, order="C")
+    try:  # (one copy: none here when the backend's from_numpy makes one)
+        array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
     except (OverflowError, ValueError) as error:  # NumPy's words for ints out of range, NaN or inf into an int
         ints = np.asarray(data) if dtype.kind == "uint" else np.zeros(0)  # PyTorch: ints from -max wrap (-2 is 254)
         high = np.iinfo(dtype.numpy).max if ints.dtype.kind in "iu" else -1  # -1: nothing fits

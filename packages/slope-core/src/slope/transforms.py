@@ -6,6 +6,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from . import backend as backend_module
 from . import tree
 from .errors import TransformError
@@ -515,10 +517,11 @@ class Lowered:
 class jit:  # noqa: N801 - used as a decorator, like jax.jit
     """Trace a function to a Program once per input signature, compile it on the backend, and cache it."""
 
-    def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = ()):
+    def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = (),
+                 donate_argnums: int | Sequence[int] = ()):  # fmt: skip
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+        self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
         self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
@@ -527,35 +530,34 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def _signature(self, args: tuple, kwargs: dict) -> tuple[tuple, list]:
         """The cache key (tree structure, tensor avals, static and other non-tensor leaves) and the tensor leaves."""
-        for n in self.static_argnums:
-            if n >= len(args):
+        if self.static_argnums or self.static_argnames:
+            if (n := max(self.static_argnums, default=-1)) >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
-        args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
-        kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        leaves, in_tree = tree.flatten((args, kwargs))  # a _Static is not a pytree node, so it is one leaf
-        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (they promote like the scalars)
-        leaves = [as_tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
+            args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
+            kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
+        leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
+        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (promoting like the scalars)
+        leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
-        return (in_tree, tuple(t.aval for t in tensors), others), tensors
+        return (in_tree, bool(kwargs), tuple([t.aval for t in tensors]), others), tensors
 
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         key, tensors = self._signature(args, kwargs)
-        backend = backend_module.get_backend()
+        backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
         try:
-            entry = self.cache.recent.get((key, backend.name, device))
+            entry = self.cache.recent.get((*key, backend.name, device))
         except TypeError as error:  # (the lookup hashes the key: no separate check on the call path)
-            raise TransformError(
-                f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be hashable ({error})"
-            ) from None
+            raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
+                                 f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
-            entry = self.cache.add((key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
+            entry = self.cache.add((*key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
-        in_tree, _, others = key
-        flat_fn, out_trees = flatten_fun(lambda args, kwargs: self.fn(*args, **kwargs), in_tree)
+        in_tree, with_kwargs, _, others = key  # (with_kwargs: the tree is of (args, kwargs), else of args)
+        flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones
             leaves = list(traced)
@@ -570,12 +572,23 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if active():  # inside another transformation: trace straight through
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
-        return tree.unflatten(out_tree, backend_module.run_executable(executable, tensors, backend, device))
+        outs = backend_module.run_executable(executable, tensors, backend, device)
+        for leaf in tree.leaves([args[i] for i in self.donate_argnums if i < len(args)]) if self.donate_argnums else ():
+            if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
+                leaf.buffer = leaf.backend = _Donated()
+        return tree.unflatten(out_tree, outs)
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace and compile for these arguments without running."""
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
+
+
+class _Donated:
+    """What a donated tensor holds instead of its buffer and backend: any use of it says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise TransformError("slope.jit: this tensor was donated (donate_argnums); use the results of that call")
 
 
 def _program_bytes(entry: tuple) -> int:

@@ -1,4 +1,5 @@
-"""Datasets: the MNIST loader (standard IDX files, gzipped or not) and a NumPy mini-batch iterator.
+"""Datasets: the MNIST loader (standard IDX files, gzipped or not), a NumPy mini-batch iterator, and `loader`, which
+gives mini-batches as tensors, slicing and transferring the next ones in a background thread while a step runs.
 
 Where MNIST is looked for, in order: the `data_dir` argument, `$MNIST_DIR`, `$SLOPE_DATA_DIR/mnist` (or
 `$SLOPE_DATA/mnist`), and `~/.cache/slope/mnist`. Missing files are downloaded into that folder from the public mirrors when the network
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import queue
 import struct
+import threading
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
+
+import slope
 
 __all__ = [
     "MNIST_FILES",
@@ -22,6 +27,7 @@ __all__ = [
     "batches",
     "default_cache",
     "has_mnist",
+    "loader",
     "mnist",
     "mnist_dir",
     "read_idx",
@@ -156,12 +162,20 @@ def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, downl
 
 
 def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None,
-            drop_last: bool = True) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
-    """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked)."""
+            drop_last: bool = True, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
+    """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked, or taken in
+    the given `order` of row indices)."""
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
         raise ValueError(f"slope.nn.datasets.batches: arrays differ in length: {[len(a) for a in arrays]}")
-    order = np.random.default_rng(seed).permutation(count) if shuffle else None
+    if order is None:
+        order = np.random.default_rng(seed).permutation(count) if shuffle else None
+    else:
+        order = np.asarray(order)
+        if order.ndim != 1 or order.dtype.kind not in "iu":
+            raise ValueError(f"slope.nn.datasets.batches: order must be a 1-d array of row indices, got {order.shape} "
+                             f"{order.dtype}")  # fmt: skip
+        count = len(order)
     stop = count - count % batch_size if drop_last else count
     for start in range(0, stop, batch_size):
         if order is None:
@@ -169,3 +183,60 @@ def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: in
         else:
             index = order[start : start + batch_size]
             yield tuple(a[index] for a in arrays)
+
+
+def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = True,
+           order: np.ndarray | None = None, steps: int | None = None, prefetch: int = 2) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+    """Mini-batches as tensors on the active backend (see `batches` for the slicing; at most `steps` of them): a
+    background thread slices and transfers up to `prefetch` batches ahead while the caller's step runs (backends
+    release the interpreter while they compute). Each batch is a fresh array, so it goes to the backend without a copy
+    of its own where the backend keeps NumPy arrays as they are."""
+    if prefetch < 1:
+        raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1, got {prefetch}")
+    source = batches(*arrays, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, order=order)
+    if steps is not None:
+        source = (batch for _, batch in zip(range(steps), source))
+    backend, device = slope.get_backend(), slope.backend.default_device()  # (the worker must not switch backends)
+    ready: queue.Queue = queue.Queue(prefetch)
+    stop = threading.Event()
+
+    def to_tensor(array: np.ndarray) -> Any:
+        dtype = slope.dtypes.as_dtype(array.dtype)
+        backend.check_dtype(dtype, "nn.datasets.loader")
+        if not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here
+            array = array.copy()
+        return slope.Tensor(backend.from_numpy(np.ascontiguousarray(array), device), slope.Aval(array.shape, dtype),
+                            backend, device)  # fmt: skip
+
+    def fill() -> None:
+        item: Any = None  # the end
+        try:
+            for batch in source:
+                if not put(tuple(to_tensor(a) for a in batch)):
+                    return
+        except BaseException as error:  # raised again in the caller's thread
+            item = error
+        put(item)
+
+    def put(item: Any) -> bool:
+        """Queue an item unless the caller stopped listening; whether it was queued."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    worker = threading.Thread(target=fill, name="slope-loader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -16,6 +16,26 @@ from slope import Backend, Executable, Program
 from . import runtime
 from .translate import translations
 
+try:  # `np.errstate(all="ignore")` costs 1 µs a call (it rebuilds its state each time); set that state directly
+    from numpy._core._ufunc_config import _extobj_contextvar as _errors
+    from numpy._core._ufunc_config import _make_extobj
+
+    _IGNORE_ERRORS = _make_extobj(all="ignore")
+except ImportError:  # (NumPy 1.x): errstate itself
+
+    class _ErrorsIgnored:
+        """`np.errstate(all="ignore")` behind the set/reset of NumPy 2's context variable."""
+
+        def set(self, _: Any) -> Any:
+            state = np.errstate(all="ignore")
+            state.__enter__()
+            return state
+
+        def reset(self, state: Any) -> None:
+            state.__exit__(None, None, None)
+
+    _errors, _IGNORE_ERRORS = _ErrorsIgnored(), None
+
 _float_types = {slope.float16, slope.float32, slope.float64}
 _other_types = {slope.bool_, slope.int8, slope.uint8, slope.int16, slope.int32, slope.int64}
 
@@ -50,16 +70,23 @@ class NumpyBackend(Backend):
     def devices(self) -> list[str]:
         return ["cpu"]
 
-    def source(self, program: Program, function_name: str = "program") -> str:
-        """The Python source of a Program."""
+    def source(self, program: Program, function_name: str = "program", runner: bool = False) -> str:
+        """The Python source of a Program (as `run(buffers)`, NumPy's errors ignored inside it, for a runner)."""
         names = program.names()
         args = ", ".join(names[v] for v in program.inputs)
         lines = [f"def {function_name}({args}):"]
+        indent = "    "
+        if runner:  # one Python call per run: the buffers unpacked and the error state set in the program itself
+            lines = [f"def {function_name}(buffers):", f"    ({args}{',' if args else ''}) = buffers",
+                     "    token = _errors.set(_IGNORE_ERRORS)", "    try:"]  # fmt: skip
+            indent = "        "
         for instruction in program.instructions:
             inputs = [names[v] for v in instruction.inputs]
             expression = self.translations[instruction.op.name](inputs, instruction.params, instruction.outputs[0].aval)
-            lines.append(f"    {names[instruction.outputs[0]]} = {expression}")
-        lines.append(f"    return [{', '.join(names[v] for v in program.outputs)}]")
+            lines.append(f"{indent}{names[instruction.outputs[0]]} = {expression}")
+        lines.append(f"{indent}return [{', '.join(names[v] for v in program.outputs)}]")
+        if runner:
+            lines += ["    finally:", "        _errors.reset(token)"]
         return "\n".join(lines)
 
     def _namespace(self, program: Program) -> dict[str, Any]:
@@ -75,16 +102,11 @@ class NumpyBackend(Backend):
         for instruction in program.instructions:
             if len(instruction.outputs) != 1:
                 raise slope.SlopeBackendError(f"numpy backend: {instruction.op.name} has several outputs")
-        source = self.source(program)
         namespace = self._namespace(program)
-        exec(compile(source, "<slope numpy program>", "exec"), namespace)
-        function = namespace["program"]
-
-        def run(buffers: list) -> list:
-            with np.errstate(all="ignore"):  # IEEE results (inf, nan) without warnings, as other backends give
-                return function(*buffers)
-
-        return Executable(run, source, program)
+        # NumPy's errors ignored while it runs: IEEE results (inf, nan) without warnings, as other backends give
+        namespace.update(_errors=_errors, _IGNORE_ERRORS=_IGNORE_ERRORS)
+        exec(compile(self.source(program, "run", runner=True), "<slope numpy program>", "exec"), namespace)
+        return Executable(namespace["run"], self.source(program), program)
 
     def from_numpy(self, array: np.ndarray, device: str) -> np.ndarray:
         return array

@@ -6,6 +6,7 @@ import ctypes
 import importlib.metadata
 import os
 import re
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -207,6 +208,7 @@ class OnnxBackend(Backend):
 
     name = "onnxruntime"
     export_suffix = ".onnx"
+    copies_from_numpy = True
 
     def __init__(self) -> None:
         _load_libraries()
@@ -274,7 +276,7 @@ class OnnxBackend(Backend):
         """An OrtValue owning a copy of the array (on the device)."""
         array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d arrays 1-d)
         target = self._device(device)
-        if array.dtype.name == "bfloat16":  # NumPy has no bfloat16 of its own: copy the bytes
+        if array.dtype.kind == "V" and array.dtype.name == "bfloat16":  # NumPy has none of its own: copy the bytes
             if device != "cpu":
                 raise slope.SlopeBackendError("slope: the onnxruntime backend holds bfloat16 tensors on the CPU only")
             value = ort_c.OrtValue.ortvalue_from_shape_and_onnx_type(
@@ -287,6 +289,14 @@ class OnnxBackend(Backend):
             value.update_inplace(array)
             return value
         return ort_c.OrtValue.ortvalue_from_numpy(array, target)  # copied to the GPU
+
+    def _maker(self, aval: slope.Aval) -> Callable[[], Any]:
+        """A function making a new CPU OrtValue of the abstract value (its contents undefined)."""
+        shape, cpu = list(aval.shape), self._ort_devices["cpu"]
+        if aval.dtype == slope.bfloat16:
+            return lambda: ort_c.OrtValue.ortvalue_from_shape_and_onnx_type(shape, element_type(slope.bfloat16), cpu)
+        dtype = self.numpy_dtypes[aval.dtype.name]
+        return lambda: ort_c.OrtValue.ortvalue_from_shape_and_type(shape, dtype, cpu)
 
     def to_numpy(self, buffer: Any) -> np.ndarray:
         """A NumPy copy of an OrtValue."""
@@ -306,19 +316,23 @@ class OnnxBackend(Backend):
         if not built[2]:  # no outputs
             return OnnxExecutable(lambda buffers: [], self, program)
         pooled = _wants_pool(program)
-        session, run = self._open(built, device, pooled)
+        session, run = self._open(built, device, pooled, program)
         if pooled and not _Threads.global_pool:  # a bounded number of these sessions stay open (_Threads)
-            run = _PooledRun(lambda: self._open(self.model(program), device, True), session, run)
+            run = _PooledRun(lambda: self._open(self.model(program), device, True, program), session, run)
             session = None
         return OnnxExecutable(run, self, program, session)
 
-    def _open(self, built: tuple, device: str, pooled: bool) -> tuple[ort.InferenceSession, Callable]:
+    def _open(self, built: tuple, device: str, pooled: bool, program: Program) -> tuple[ort.InferenceSession, Callable]:
         """A session of a built model and its `run(buffers) -> buffers`."""
         model, input_names, output_names = built
         if device == "cpu" and pooled:  # NCHWc convolutions, pooling by phases; `.code` and exports stay plain
             model = for_cpu_session(model)
         session = self._session(model.SerializeToString(), device, pooled)
-        if device == "cpu":
+        if device == "cpu" and len(program.instructions) > 1:  # a jitted program: its outputs go into reused buffers
+            makers = [self._maker(aval) for aval in program.out_avals]
+            sizes = [aval.size * aval.dtype.bits // 8 for aval in program.out_avals]
+            run = _BoundRun(session, input_names, output_names, self._run_options, makers, sizes)
+        elif device == "cpu":
             run = _runner(session, input_names, output_names, self._run_options)
         else:
             run = _device_runner(session, input_names, output_names, self._run_options, self._device(device))
@@ -401,6 +415,62 @@ def _runner(session: ort.InferenceSession, input_names: list[str], output_names:
             return [outs[i] for i in range(count)]
 
     return run
+
+
+class _BoundRun:
+    """The `run` of a jitted CPU program through an `io_binding` whose outputs are written into buffers of earlier
+    runs that nothing holds any more (`sys.getrefcount`: only this object's list refers to them), else into new ones:
+    a train step that gets its previous parameters back (dropped, or donated with `jit(donate_argnums=...)`) writes
+    its new ones into the memory of those before, in turn, as a hand-written loop with preallocated outputs would.
+    A run that finds the binding in use by another thread takes the plain path."""
+
+    REUSED = 2  # buffers kept per output: a train step's parameters alternate between two
+    KEPT_BYTES = 1 << 28  # outputs above this size are not kept: the memory held after the caller drops them is bounded
+
+    def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
+                 makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
+        self.binding = session.io_binding()._iobinding
+        self.run_bound, self.run_options = session._sess.run_with_iobinding, run_options
+        self.plain = _runner(session, input_names, output_names, run_options)
+        self.inputs = input_names
+        keep = [self.REUSED if size <= self.KEPT_BYTES else 0 for size in sizes]
+        self.outputs = [(name, make, [], n) for name, make, n in zip(output_names, makers, keep)]  # (kept, how many)
+        self.lock = threading.Lock()
+
+    def __call__(self, buffers: list) -> list:
+        if not self.lock.acquire(blocking=False):
+            return self.plain(buffers)
+        try:
+            binding, getrefcount, free = self.binding, sys.getrefcount, _FREE
+            for name, buffer in zip(self.inputs, buffers):
+                binding.bind_ortvalue_input(name, buffer)
+            outs = []
+            for name, make, kept, keep in self.outputs:
+                for out in kept:
+                    if getrefcount(out) == free:
+                        break
+                else:
+                    out = make()
+                    kept.append(out)
+                    if len(kept) > keep:
+                        del kept[0]
+                binding.bind_ortvalue_output(name, out)
+                outs.append(out)
+            self.run_bound(binding, self.run_options)
+            return outs
+        finally:
+            self.lock.release()
+
+
+def _free_count() -> int:
+    """What `sys.getrefcount` says, in `_BoundRun`'s loop, of an object only its list refers to (measured, as the count
+    differs between Python versions)."""
+    for probe in [object()]:
+        return sys.getrefcount(probe)
+    raise AssertionError  # (unreachable)
+
+
+_FREE = _free_count()
 
 
 # onnxruntime operators that reject an index out of range when they run, and the Slope operators they come from

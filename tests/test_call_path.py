@@ -1,0 +1,153 @@
+"""The call paths of issue 15: NumPy arrays into jit, donated arguments, outputs written into reused buffers,
+slope.tensor's single copy, and dtypes that stay one object each (identity is their equality)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import slope
+
+BACKENDS = sorted(slope.plugins.backends)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each installed backend in turn."""
+    with slope.use_backend(request.param):
+        yield request.param
+
+
+def sgd_step(params: tuple, x: slope.Tensor) -> tuple:
+    """A train step whose new parameters have the old ones' shapes."""
+    loss, grads = slope.value_and_grad(lambda p: ((x @ p[0] + p[1]).tanh() ** 2).sum())(params)
+    return tuple(p - 0.1 * g for p, g in zip(params, grads)), loss
+
+
+def step_data(size: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    params = (rng.standard_normal((size, size)).astype(np.float32) * 0.1, np.zeros(size, np.float32))
+    return params, rng.standard_normal((8, size)).astype(np.float32)
+
+
+def test_jit_takes_numpy_arrays_as_tensors(backend):
+    f = slope.jit(lambda v, w: slope.sin(v) * 2.0 + w)
+    a, b = np.linspace(-3, 3, 7, dtype=np.float32), np.float64(0.5) * np.ones(7)
+    out = f(a, b)
+    assert out.dtype == slope.float64 and np.allclose(out.numpy(), np.sin(a).astype(np.float64) * 2 + b)
+    a[:] = 0  # a later edit of the array does not reach the result or the next call's cache entry
+    assert np.allclose(out.numpy(), np.sin(np.linspace(-3, 3, 7, dtype=np.float32)) * 2 + 0.5)
+    assert np.allclose(f(a, b).numpy(), b)
+    assert f(slope.tensor(a), slope.tensor(b)).shape == (7,)
+
+
+@pytest.mark.parametrize("size", [4, 200])  # 200: a program large enough for onnxruntime's thread pool
+def test_donated_train_step_matches_the_plain_one(backend, size):
+    params, x = step_data(size)
+    plain, donating = slope.jit(sgd_step), slope.jit(sgd_step, donate_argnums=0)
+    kept = tuple(slope.tensor(p) for p in params)
+    given = tuple(slope.tensor(p) for p in params)
+    xs = slope.tensor(x)
+    losses = []
+    for _ in range(5):
+        kept, loss_plain = plain(kept, xs)
+        old = given
+        given, loss_donated = donating(given, xs)
+        losses.append((loss_plain.item(), loss_donated.item()))
+        with pytest.raises(slope.TransformError, match=r"slope.jit: this tensor was donated \(donate_argnums\)"):
+            old[0].numpy()
+        with pytest.raises(slope.TransformError, match="donated"):
+            old[1] + 1.0
+        with pytest.raises(slope.TransformError, match="donated"):
+            donating(old, xs)
+    for p, q in zip(kept, given):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    assert all(a == b for a, b in losses)
+    assert xs.numpy().shape == x.shape  # not donated: still usable
+
+
+def test_donate_argnums_must_be_ints():
+    with pytest.raises(TypeError, match="slope.jit"):
+        slope.jit(sgd_step, donate_argnums="0")
+
+
+@pytest.mark.parametrize("size", [4, 300])
+def test_results_held_by_the_caller_are_never_overwritten(backend, size):
+    # outputs go into buffers of earlier calls only when nothing holds those any more
+    a = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
+    f = slope.jit(lambda x, y: (x, y + 1.0, x * 2.0, slope.ones(3) * 3.0))
+    x = slope.tensor(a)
+    held = []
+    for i in range(6):
+        y = slope.tensor(a[0] + i)
+        held.append((i, f(x, y)))
+        if i % 2:
+            del held[0]  # some results are dropped, so their buffers are reused
+        for j, (same, plus, double, threes) in held:
+            np.testing.assert_array_equal(same.numpy(), a)
+            np.testing.assert_array_equal(plus.numpy(), a[0] + j + 1)
+            np.testing.assert_array_equal(double.numpy(), a * 2)
+            np.testing.assert_array_equal(threes.numpy(), np.full(3, 3.0, np.float32))
+
+
+def test_a_train_loop_alternates_between_two_sets_of_buffers():
+    if "onnxruntime" not in slope.plugins.backends:
+        pytest.skip("the onnxruntime backend is not installed")
+    with slope.use_backend("onnxruntime"):
+        params, x = step_data(200)
+        step = slope.jit(sgd_step)
+        state, xs = tuple(slope.tensor(p) for p in params), slope.tensor(x)
+        seen = set()
+        for _ in range(6):
+            state, _ = step(state, xs)
+            seen.add(state[0].buffer.data_ptr())
+        assert len(seen) == 2
+
+
+def test_tensor_from_numpy_copies_once(backend):
+    a = np.arange(6, dtype=np.float32)
+    t = slope.tensor(a)
+    a[0] = 100.0  # the tensor holds its own copy
+    assert t.numpy()[0] == 0.0
+    b = np.arange(6)[::2]  # not contiguous, another dtype
+    np.testing.assert_array_equal(slope.tensor(b, dtype=slope.float32).numpy(), [0.0, 2.0, 4.0])
+    assert slope.tensor(np.float32(2.5)).shape == ()
+
+
+def test_numpy_backend_stays_quiet_on_ieee_results():
+    with slope.use_backend("numpy"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = slope.tensor(np.array([1e38, 0.0, -1.0], np.float32))
+        np.testing.assert_array_equal((x * 10.0).numpy(), [np.inf, 0.0, -10.0])
+        assert np.isnan((x / 0.0).numpy()[1]) and np.isnan(slope.log(x).numpy()[2])
+    with np.errstate(over="raise"):  # the caller's own NumPy error state is left as it was
+        with pytest.raises(FloatingPointError):
+            np.float32(1e38) * np.float32(10)
+
+
+def test_dtypes_are_one_object_each():
+    for dtype in slope.dtypes.all_dtypes:
+        assert copy.deepcopy(dtype) is dtype and pickle.loads(pickle.dumps(dtype)) is dtype
+        assert slope.dtypes.as_dtype(dtype.name) is dtype and dtype == slope.dtypes.by_name[dtype.name]
+    assert slope.float32 != slope.float64 and slope.dtypes.as_dtype(np.dtype(">f4")) is slope.float32
+
+
+def test_large_outputs_are_not_kept(monkeypatch):
+    if "onnxruntime" not in slope.plugins.backends:
+        pytest.skip("the onnxruntime backend is not installed")
+    from slope_onnx.backend import _BoundRun
+
+    monkeypatch.setattr(_BoundRun, "KEPT_BYTES", 1000)
+    with slope.use_backend("onnxruntime"):
+        f = slope.jit(lambda x: (x * 2.0, x.sum()))
+        x = slope.tensor(np.arange(500, dtype=np.float32))
+        for _ in range(3):
+            double, total = f(x)
+        run = f.lower(x).executable.run
+        assert [len(kept) for _, _, kept, _ in run.outputs] == [0, 2]  # 2000 bytes: none kept; the 4 of the sum: two
+        np.testing.assert_array_equal(double.numpy(), np.arange(500) * 2.0)
+        assert total.item() == np.arange(500).sum()
