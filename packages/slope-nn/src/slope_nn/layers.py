@@ -431,6 +431,13 @@ class Embedding(Module):
             rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
         return rows
 
+    def attend(self, x: Tensor) -> Tensor:
+        """x @ weight.T: scores against every row, the output layer of a model whose weights are tied to its input
+        embedding (the gradients of both uses add up in `weight`, as with PyTorch's shared parameter)."""
+        if x.shape[-1:] != (self.embedding_dim,):
+            raise slope.ShapeError(f"slope.nn.Embedding.attend: expected (..., {self.embedding_dim}), got {x.shape}")
+        return x @ self.weight.transpose(0, 1)
+
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
