@@ -33,7 +33,6 @@ import slope.nn as nn
 HERE = Path(__file__).resolve().parent
 
 
-
 def default_data() -> Path:
     """tinyshakespeare/input.txt in $SLOPE_DATA_DIR, else in ../shared/data beside the repository (or a folder above)."""
     relative = Path("tinyshakespeare") / "input.txt"
@@ -245,6 +244,16 @@ def generate(model: GPT, prompt_ids: list[int], count: int, key: slope.Tensor, t
     return [int(t) for t in tokens]
 
 
+def export_next_token(model: GPT, path: Path, temperature: float = 0.8, top_k: int | None = 40) -> list[str]:
+    """Write the next-token function (weights as constants) as ONNX: inputs window (1, T) int64, length () int64
+    and key (2,) int64; outputs token, window, length and key, so a plain onnxruntime loop feeds them back."""
+    window, length = start_window([0], model.block_size)
+    step = slope.jit(lambda w, n, k: next_token(model, w, n, k, temperature, top_k))
+    with slope.use_backend("onnxruntime"):
+        lowered = step.lower(slope.tensor(window), slope.tensor(length), slope.random.key(0))
+        return lowered.export(path)
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -351,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     path = Path(args.data) if args.data else default_data()
     if not path.exists():
-        raise SystemExit(f"char_gpt: no text at {path}; pass --data FILE or set SLOPE_DATA_DIR (see examples/README.md)")
+        raise SystemExit(
+            f"char_gpt: no text at {path}; pass --data FILE or set SLOPE_DATA_DIR (see examples/README.md)"
+        )
     text = path.read_text(encoding="utf-8")
     data = CharData(text)
     config = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "block_size": args.block_size,
