@@ -12,14 +12,13 @@ schedule and gradient clipping. benchmarks/gpt.py times it against Slope.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as tnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nn"))
 import char_gpt  # noqa: E402 - after the path setup
@@ -43,9 +42,9 @@ class TorchBlock(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         heads = self.qkv(self.ln1(x)).view(batch, length, 3, self.n_head, width // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True)
+        y = tnf.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True)
         x = x + self.proj(y.transpose(1, 2).reshape(batch, length, width))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+        return x + self.out(tnf.gelu(self.fc(self.ln2(x))))
 
 
 class TorchGPT(torch.nn.Module):
@@ -97,7 +96,7 @@ def make_optimizer(model: TorchGPT, lr: float, steps: int, warmup: int = 100, mi
 def train_step(model: TorchGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Forward, backward, clip to norm 1, update."""
     logits = model(x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss = tnf.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,7 +110,7 @@ def evaluate(model: TorchGPT, batches: list) -> float:
     losses = []
     for x, y in batches:
         logits = model(torch.from_numpy(x))
-        losses.append(float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1))))
+        losses.append(float(tnf.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1))))
     return float(np.mean(losses))
 
 
