@@ -17,6 +17,7 @@ of the last `context` characters, so it compiles once.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -231,10 +232,16 @@ def start_window(prompt_ids: list[int], block_size: int) -> tuple[np.ndarray, np
     return window, np.array(len(ids), dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_next_token(temperature: float, top_k: int | None) -> slope.jit:
+    """One jitted next_token per sampling setting (so repeated generate calls reuse the compiled step)."""
+    return slope.jit(lambda m, w, n, k: next_token(m, w, n, k, temperature, top_k))
+
+
 def generate(model: GPT, prompt_ids: list[int], count: int, key: slope.Tensor, temperature: float = 0.8,
              top_k: int | None = 40) -> list[int]:  # fmt: skip
     """`count` sampled ids after the prompt, one jitted fixed-shape step per id."""
-    step = slope.jit(lambda m, w, n, k: next_token(m, w, n, k, temperature, top_k))
+    step = _jitted_next_token(temperature, top_k)
     window, length = start_window(prompt_ids, model.block_size)
     window, length = slope.tensor(window), slope.tensor(length)
     tokens = []
