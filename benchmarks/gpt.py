@@ -48,56 +48,36 @@ import slope  # noqa: E402
 TEMPERATURE, TOP_K = 0.8, 40
 
 
-def median_ms(step: Callable[[int], float], warmup: int, steps: int) -> float:
-    """Median milliseconds of step(i) over `steps` calls after `warmup` untimed ones."""
-    for i in range(warmup):
-        step(i)
-    times = []
-    for i in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def tokens_per_second(generate: Callable[[int], Any], tokens: int) -> float:
-    """Tokens per second of generate(tokens) after a short warm-up call."""
-    generate(3)
-    start = time.perf_counter()
-    generate(tokens)
-    return tokens / (time.perf_counter() - start)
-
-
 # ----------------------------------------------------------------------------------------------- Slope
 
 
-def bench_slope(backend: str, model: char_gpt.GPT, batches: list, args: argparse.Namespace) -> tuple[float, float]:
+def bench_slope(backend: str, model: char_gpt.GPT, batches: list) -> tuple[Callable, Callable]:
     """Slope on one backend: the example's own jitted train step and generation."""
+    optimizer = char_gpt.make_optimizer(1e-3, 2000)
+    train_step = char_gpt.make_train_step(optimizer)
     with slope.use_backend(backend):
-        optimizer = char_gpt.make_optimizer(1e-3, 2000)
-        train_step = char_gpt.make_train_step(optimizer)
         holder = {"model": model, "state": optimizer.init(model)}
         key = slope.random.key(0)
         tensors = [(slope.tensor(x), slope.tensor(y)) for x, y in batches]
+        eval_model = model.eval()
 
-        def step(i: int) -> float:
+    def step(i: int) -> float:
+        with slope.use_backend(backend):
             x, y = tensors[i % len(tensors)]
             holder["model"], holder["state"], loss = train_step(holder["model"], holder["state"], x, y, key)
             return float(loss)
 
-        ms = median_ms(step, args.warmup, args.steps)
-        eval_model = model.eval()
-        rate = tokens_per_second(
-            lambda n: char_gpt.generate(eval_model, [0], n, slope.random.key(1), TEMPERATURE, TOP_K), args.tokens
-        )
-        model.train()
-    return ms, rate
+    def generate(count: int) -> list[int]:
+        with slope.use_backend(backend):
+            return char_gpt.generate(eval_model, [0], count, slope.random.key(1), TEMPERATURE, TOP_K)
+
+    return step, generate
 
 
 # ----------------------------------------------------------------------------------------------- PyTorch
 
 
-def bench_torch(model: char_gpt.GPT, batches: list, args: argparse.Namespace, compiled: bool) -> tuple[float, float]:
+def bench_torch(model: char_gpt.GPT, batches: list, compiled: bool) -> tuple[Callable, Callable]:
     """PyTorch eager or torch.compile'd, from the same weights."""
     import torch
     import torch.nn.functional as tnf
@@ -115,27 +95,27 @@ def bench_torch(model: char_gpt.GPT, batches: list, args: argparse.Namespace, co
         schedule.step()
         return loss.item()
 
-    ms = median_ms(step, args.warmup, args.steps)
-    reference.eval()
     generator = torch.Generator().manual_seed(1)
+    sampler = from_slope(model).eval()  # generation samples from the initial weights, as Slope's does
+    forward_eval = torch.compile(sampler) if compiled else sampler
 
     @torch.no_grad()
     def generate(count: int) -> list[int]:
         idx = torch.zeros((1, 1), dtype=torch.long)
         for _ in range(count):
-            logits = forward(idx[:, -reference.block_size :])[:, -1, :] / TEMPERATURE
+            logits = forward_eval(idx[:, -sampler.block_size :])[:, -1, :] / TEMPERATURE
             top, _ = torch.topk(logits, TOP_K)
             logits[logits < top[:, [-1]]] = -math.inf
             idx = torch.cat([idx, torch.multinomial(tnf.softmax(logits, -1), 1, generator=generator)], 1)
         return idx[0, 1:].tolist()
 
-    return ms, tokens_per_second(generate, args.tokens)
+    return step, generate
 
 
 # ----------------------------------------------------------------------------------------------- JAX
 
 
-def bench_jax(model: char_gpt.GPT, batches: list, args: argparse.Namespace) -> tuple[float, float]:
+def bench_jax(model: char_gpt.GPT, batches: list) -> tuple[Callable, Callable]:
     """JAX (jax.jit) with the same weights, AdamW written out (optax is not required)."""
     import jax
     import jax.numpy as jnp
@@ -199,7 +179,7 @@ def bench_jax(model: char_gpt.GPT, batches: list, args: argparse.Namespace) -> t
         *state[:], loss = train_step(*state, x, y)
         return float(loss)
 
-    ms = median_ms(step, args.warmup, args.steps)
+    initial = dict(params)
 
     @jax.jit
     def next_token(p: dict, window: Any, length: Any, key: Any) -> tuple:
@@ -220,11 +200,11 @@ def bench_jax(model: char_gpt.GPT, batches: list, args: argparse.Namespace) -> t
         window, length, key = jnp.asarray(window), jnp.asarray(length), jax.random.PRNGKey(1)
         tokens = []
         for _ in range(count):
-            token, window, length, key = next_token(state[0], window, length, key)
+            token, window, length, key = next_token(initial, window, length, key)
             tokens.append(token)
         return [int(t) for t in tokens]
 
-    return ms, tokens_per_second(generate, args.tokens)
+    return step, generate
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -239,7 +219,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     p.add_argument("--steps", type=int, default=100, help="timed train steps per framework")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--tokens", type=int, default=200, help="generated characters per framework")
+    p.add_argument("--tokens", type=int, default=200, help="generated characters per round")
+    p.add_argument("--rounds", type=int, default=3, help="generation rounds per framework (interleaved)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=1, help="threads per framework (default 1)")
     args = p.parse_args()
@@ -251,24 +232,47 @@ def main() -> None:
         return char_gpt.GPT(len(data.chars), **char_gpt.CONFIG, key=slope.random.key(args.seed))
 
     runners = {
-        "torch-eager": lambda: bench_torch(fresh(), batches, args, compiled=False),
-        "torch-compile": lambda: bench_torch(fresh(), batches, args, compiled=True),
-        "jax": lambda: bench_jax(fresh(), batches, args),
-        "slope-onnxruntime": lambda: bench_slope("onnxruntime", fresh(), batches, args),
-        "slope-iree": lambda: bench_slope("iree", fresh(), batches, args),
+        "torch-eager": lambda: bench_torch(fresh(), batches, compiled=False),
+        "torch-compile": lambda: bench_torch(fresh(), batches, compiled=True),
+        "jax": lambda: bench_jax(fresh(), batches),
+        "slope-onnxruntime": lambda: bench_slope("onnxruntime", fresh(), batches),
+        "slope-iree": lambda: bench_slope("iree", fresh(), batches),
     }
-    print(f"| framework | train step, median ms ({args.steps} steps) | generation, tokens/s ({args.tokens} tokens) |")
-    print("|---|---|---|")
-    for name in args.only:
+    ready, failed = {}, {}
+    for name in args.only:  # build, compile and warm up each one
         start = time.perf_counter()
         try:
-            ms, rate = runners[name]()
+            step, generate = runners[name]()
+            for i in range(args.warmup):
+                step(i)
+            generate(3)
         except Exception as error:  # noqa: BLE001 - a framework that is missing or fails here is a row too
-            print(f"| {name} | not run: {type(error).__name__}: {str(error).splitlines()[0][:90] if str(error) else ''} | |",
-                  flush=True)  # fmt: skip
+            failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:90] if str(error) else ''}"
             continue
-        print(f"| {name} | {ms:.1f} | {rate:.0f} |  <!-- {time.perf_counter() - start:.0f} s with compiling -->",
-              flush=True)  # fmt: skip
+        ready[name] = (step, generate)
+        print(f"{name}: built, compiled and warmed up in {time.perf_counter() - start:.1f} s", flush=True)
+    # interleaved: step i of every framework before step i + 1 of any, so load on a shared machine hits all alike
+    times: dict[str, list[float]] = {name: [] for name in ready}
+    for i in range(args.warmup, args.warmup + args.steps):
+        for name, (step, _) in ready.items():
+            start = time.perf_counter()
+            step(i)
+            times[name].append(time.perf_counter() - start)
+    rates: dict[str, list[float]] = {name: [] for name in ready}
+    for _ in range(args.rounds):
+        for name, (_, generate) in ready.items():
+            start = time.perf_counter()
+            generate(args.tokens)
+            rates[name].append(args.tokens / (time.perf_counter() - start))
+    print(f"\n| framework ({THREADS} thread(s)) | train step, median ms ({args.steps} steps) | generation, median "
+          f"tokens/s ({args.rounds} x {args.tokens} tokens) |")  # fmt: skip
+    print("|---|---|---|")
+    for name in args.only:
+        if name in failed:
+            print(f"| {name} | not run: {failed[name]} | |")
+        else:
+            ms = 1000 * statistics.median(times[name])
+            print(f"| {name} | {ms:.1f} | {statistics.median(rates[name]):.0f} |")
 
 
 if __name__ == "__main__":

@@ -436,7 +436,7 @@ class Embedding(Module):
         embedding (the gradients of both uses add up in `weight`, as with PyTorch's shared parameter)."""
         if x.shape[-1:] != (self.embedding_dim,):
             raise slope.ShapeError(f"slope.nn.Embedding.attend: expected (..., {self.embedding_dim}), got {x.shape}")
-        return x @ self.weight.transpose(0, 1)
+        return functional.linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
