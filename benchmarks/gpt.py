@@ -245,7 +245,7 @@ def main() -> None:
             step, generate = runners[name]()
             for i in range(args.warmup):
                 step(i)
-            generate(3)
+            generate(args.tokens)
         except Exception as error:  # noqa: BLE001 - a framework that is missing or fails here is a row too
             failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:90] if str(error) else ''}"
             continue

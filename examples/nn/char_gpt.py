@@ -200,10 +200,11 @@ def val_batches(data: CharData, batch_size: int, block_size: int, count: int, se
 # ----------------------------------------------------------------------------------------------- generation
 
 
-def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, key: slope.Tensor, temperature: float,
+def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.Tensor, temperature: float,
                top_k: int | None) -> tuple:  # fmt: skip
-    """Sample the character after the first `length` ids of a (1, T) window; returns (token, window, length, key)
-    with the token appended (the window slides left once full). Fixed shapes, so it is jitted once."""
+    """Sample the character after the first `length` ids of a (1, T) window with the uniform draw `u` (inverse CDF);
+    returns (token, window, length) with the token appended (the window slides left once full). Fixed shapes, so it
+    is jitted once."""
     block = window.shape[1]
     hidden = model.hidden(window)[0]  # (T, C)
     at_last = (slope.arange(block) == length - 1).astype(hidden.dtype)
@@ -212,16 +213,19 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, key: slop
         # keep the logits of which fewer than top_k are larger (ties with the k-th value stay, as nanoGPT's topk)
         larger = (logits.unsqueeze(0) > logits.unsqueeze(1)).astype(slope.int64).sum(1)
         logits = slope.where(larger < top_k, logits, -math.inf)
-    keys = slope.random.split(key, 2)
-    # inverse-CDF sampling: the first id whose cumulative probability exceeds a uniform draw
+    # the first id whose cumulative probability exceeds u
     probs = nn.functional.softmax(logits, -1)
-    u = slope.random.uniform(keys[1], (1,), dtype=probs.dtype)
-    token = (slope.cumsum(probs, 0) <= u).astype(slope.int64).sum().clip(None, logits.shape[0] - 1)
-    positions = slope.arange(block)
-    placed = slope.where(positions.unsqueeze(0) == length, token, window)
+    token = (slope.cumsum(probs, 0) <= u.astype(probs.dtype)).astype(slope.int64).sum().clip(None, logits.shape[0] - 1)
+    placed = slope.where(slope.arange(block).unsqueeze(0) == length, token, window)
     slid = slope.cat([window[:, 1:], token.reshape((1, 1))], 1)
     window = slope.where(length >= block, slid, placed)
-    return token, window, (length + 1).clip(None, block), keys[0]
+    return token, window, (length + 1).clip(None, block)
+
+
+def uniforms(key: slope.Tensor, count: int) -> slope.Tensor:
+    """The `count` uniform draws generation uses, all from one key in one program (a draw inside each token's step
+    would add the ~300 operators of the counter-based generator to every step: 40% of them)."""
+    return slope.random.uniform(key, (count,))
 
 
 def start_window(prompt_ids: list[int], block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,30 +239,39 @@ def start_window(prompt_ids: list[int], block_size: int) -> tuple[np.ndarray, np
 @functools.lru_cache(maxsize=8)
 def _jitted_next_token(temperature: float, top_k: int | None) -> slope.jit:
     """One jitted next_token per sampling setting (so repeated generate calls reuse the compiled step)."""
-    return slope.jit(lambda m, w, n, k: next_token(m, w, n, k, temperature, top_k))
+    return slope.jit(lambda m, w, n, u: next_token(m, w, n, u, temperature, top_k))
+
+
+_jitted_uniforms = slope.jit(uniforms, static_argnums=1)
 
 
 def generate(model: GPT, prompt_ids: list[int], count: int, key: slope.Tensor, temperature: float = 0.8,
              top_k: int | None = 40) -> list[int]:  # fmt: skip
     """`count` sampled ids after the prompt, one jitted fixed-shape step per id."""
     step = _jitted_next_token(temperature, top_k)
+    draws = _jitted_uniforms(key, count).numpy()
     window, length = start_window(prompt_ids, model.block_size)
     window, length = slope.tensor(window), slope.tensor(length)
     tokens = []
-    for _ in range(count):
-        token, window, length, key = step(model, window, length, key)
+    for u in draws:
+        token, window, length = step(model, window, length, slope.tensor(u))
         tokens.append(token)
     return [int(t) for t in tokens]
 
 
-def export_next_token(model: GPT, path: Path, temperature: float = 0.8, top_k: int | None = 40) -> list[str]:
-    """Write the next-token function (weights as constants) as ONNX: inputs window (1, T) int64, length () int64
-    and key (2,) int64; outputs token, window, length and key, so a plain onnxruntime loop feeds them back."""
+def export_next_token(model: GPT, folder: Path, count: int, temperature: float = 0.8,
+                      top_k: int | None = 40) -> tuple[str, str]:  # fmt: skip
+    """Write generation as two ONNX models that run without Slope: `uniforms.onnx` (key (2,) int64 -> `count`
+    float32 draws) and `next_token.onnx` (weights as constants; inputs window (1, T) int64, length () int64 and one
+    draw u () float32; outputs token, window and length, which a plain onnxruntime loop feeds back)."""
     window, length = start_window([0], model.block_size)
-    step = slope.jit(lambda w, n, k: next_token(model, w, n, k, temperature, top_k))
+    step = slope.jit(lambda w, n, u: next_token(model, w, n, u, temperature, top_k))
+    folder = Path(folder)
     with slope.use_backend("onnxruntime"):
-        lowered = step.lower(slope.tensor(window), slope.tensor(length), slope.random.key(0))
-        return lowered.export(path)
+        (draws,) = slope.jit(lambda k: uniforms(k, count)).lower(slope.random.key(0)).export(folder / "uniforms.onnx")
+        lowered = step.lower(slope.tensor(window), slope.tensor(length), slope.tensor(np.float32(0.5)))
+        (next_path,) = lowered.export(folder / "next_token.onnx")
+    return draws, next_path
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -344,6 +357,7 @@ def sample(model: GPT, data: CharData, args: argparse.Namespace) -> str:
     key = slope.random.key(args.seed)
     prompt = data.encode(args.prompt)
     generate(model, prompt, 2, key, args.temperature, args.top_k)  # trace and compile the step once
+    _jitted_uniforms(key, args.chars)  # and the draws for this many characters
     start = time.perf_counter()
     ids = generate(model, prompt, args.chars, key, args.temperature, args.top_k)
     elapsed = time.perf_counter() - start

@@ -29,14 +29,15 @@ def test_exported_next_token_samples_the_same_tokens_in_plain_onnxruntime(tmp_pa
     prompt, count, key = [3, 1, 4], 20, slope.random.key(7)  # 20 tokens: the window (8) fills and slides
     with slope.use_backend("onnxruntime"):
         expected = char_gpt.generate(model, prompt, count, key, temperature=0.9, top_k=5)
-    (path,) = char_gpt.export_next_token(model, tmp_path / "next_token.onnx", temperature=0.9, top_k=5)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    draws_path, step_path = char_gpt.export_next_token(model, tmp_path, count, temperature=0.9, top_k=5)
+    draws_session = ort.InferenceSession(str(draws_path), providers=["CPUExecutionProvider"])
+    (draws,) = draws_session.run(None, {draws_session.get_inputs()[0].name: key.numpy()})
+    session = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     window, length = char_gpt.start_window(prompt, TINY["block_size"])
-    state = [window, length, key.numpy()]
     tokens = []
-    for _ in range(count):
-        token, *state = session.run(None, dict(zip(names, state)))
+    for u in draws:
+        token, window, length = session.run(None, dict(zip(names, [window, length, np.asarray(u)])))
         tokens.append(int(token))
     assert tokens == expected
     assert len(set(tokens)) > 1  # sampled, not one repeated argmax
