@@ -254,9 +254,7 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     if attn_mask is not None:
         if is_causal:
             raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (as PyTorch)")
-        attn_mask = _tensor(attn_mask)
-        if attn_mask.dtype != slope.bool_ and not attn_mask.dtype.is_float:
-            raise slope.DTypeError(f"{name}: attn_mask must be bool or floating-point, got {attn_mask.dtype.name}")
+        attn_mask = _tensor(attn_mask)  # bool: where allowed; any other dtype is added (integers as floats)
     return q, k, v, attn_mask
 
 
