@@ -225,11 +225,6 @@ def slope_translations(backend):
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 point 6 not landed: the compile-time check of plugin translations against `infer` (branch"
-    " `plugins`, backend.check_translations) is over the core's 3,000-line budget; iree checks its own translations",
-)
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("how", ["eager", "jit"])
 def test_a_wrong_shaped_translation_is_an_error_not_a_result(site, backend, how):
@@ -247,6 +242,56 @@ def test_a_wrong_shaped_translation_is_an_error_not_a_result(site, backend, how)
         assert "fails on inputs [[3, f32]]" in last and "does not match expected type (tensor(double))" in last
 
 
+def test_a_plugin_translation_is_checked_once_when_compiled_never_on_an_eager_cache_hit(monkeypatch):
+    import slope
+    import slope.backend as backend_module
+
+    class Triple(slope.Operator):
+        name = "triple_checked"
+
+        def infer(self, x):
+            return x
+
+        def procedure(self, x):
+            return x * 3.0
+
+    class Plugin:
+        @slope.plugins.hookimpl
+        def slope_operators(self):
+            return [Triple()]
+
+        @slope.plugins.hookimpl
+        def slope_translations(self, backend):
+            return (
+                {"triple_checked": lambda inputs, params, out: f"{inputs[0]} * 3"} if backend.name == "numpy" else None
+            )
+
+    checks, probes, real = [], [], backend_module.check_translations
+    monkeypatch.setattr(backend_module, "check_translations", lambda *args: checks.append(args[0]) or real(*args))
+    plugin = Plugin()
+    slope.plugins.register(plugin, "triple-plugin")
+    try:
+        with slope.use_backend("numpy"):
+            backend = slope.get_backend()
+            assert backend.translation_plugins["triple_checked"] == "triple-plugin"
+            compile_ = backend.compile
+            monkeypatch.setattr(
+                backend, "compile", lambda program, device: probes.append(program) or compile_(program, device)
+            )
+            x = slope.tensor([1.0, 2.0])
+            for _ in range(3):  # the first call compiles (and probes the translation once); the others hit the cache
+                assert slope.triple_checked(x).tolist() == [3.0, 6.0]
+            assert len(checks) == 1 and len(probes) == 2  # the probe and the program itself
+            assert slope.jit(lambda x: slope.triple_checked(x) + 1.0)(x).tolist() == [4.0, 7.0]
+            assert len(checks) == 2 and len(probes) == 3  # the same instruction again: not probed again
+            backend_module._checked.clear()
+            monkeypatch.setattr(type(backend), "checks_translations", True)  # a backend whose compile checks them
+            assert slope.jit(lambda x: slope.triple_checked(x) * 2.0)(x).tolist() == [6.0, 12.0]
+            assert len(checks) == 3 and len(probes) == 4  # the program alone
+    finally:
+        slope.plugins.unregister(plugin)
+
+
 def test_slope_info_reports_a_failed_plugin_once_and_every_function_with_v(site):
     install_case(site, "import_error")
     text = run_python(site, "-W", "ignore", "-m", "slope", "info", "-v")
@@ -257,11 +302,6 @@ def test_slope_info_reports_a_failed_plugin_once_and_every_function_with_v(site)
     assert version.returncode == 0 and version.stdout.startswith("slope 0.")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 point 7 not landed: `slope info --json` (branch `plugins`, cli.report) is over the core's"
-    " 3,000-line budget",
-)
 def test_slope_info_as_json(site):
     install_case(site, "import_error")
     data = json.loads(run_python(site, "-W", "ignore", "-m", "slope", "info", "--json").stdout)

@@ -43,6 +43,20 @@ def test_module_is_a_pytree_with_named_leaves():
     assert hash(treedef) == hash(slope.tree.structure(Block()))
 
 
+def test_named_leaves_follow_the_pytree_order_of_dict_keys():
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.by_step = {2: slope.tensor([2.0]), 10: slope.tensor([10.0]), 1: nn.Linear(1, 1)}
+
+    model = Keyed()
+    model.by_step[1].freeze()
+    named = [(name, leaf) for name, leaf, _ in model.named_leaves()]
+    assert [id(leaf) for _, leaf in named] == [id(leaf) for leaf in slope.tree.leaves(model)]  # (by repr: "10" < "2")
+    assert [name for name, _ in named] == ["by_step.1.weight", "by_step.1.bias", "by_step.2", "by_step.10"]
+    assert [kind for _, kind in nn.leaf_kinds(model)] == ["frozen", "frozen", "param", "param"]
+
+
 def test_parameters_buffers_and_state_dict():
     block = Block()
     assert [n for n, _ in block.named_parameters()] == ["linear.weight", "linear.bias", "scale", "extras.0", "extras.1"]

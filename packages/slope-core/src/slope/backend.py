@@ -33,9 +33,10 @@ class Backend:
     name: ClassVar[str] = ""
     dtypes: ClassVar[frozenset[DType]] = frozenset()
     translations: ClassVar[dict[str, Callable]] = {}
+    checks_translations: ClassVar[bool] = False  # True: its compile checks every result against `infer` itself
 
     def __init__(self) -> None:
-        self.translations = {**type(self).translations, **plugins.translations_for(self)}
+        self.translations, self.translation_plugins = plugins.translations_for(self)  # (and which plugin gave each)
 
     def devices(self) -> list[str]:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""
@@ -89,9 +90,7 @@ def _default_backend_name() -> str:
     for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
         if name in plugins.backends:
             return name
-    raise SlopeBackendError(
-        "slope: no backend is installed; install one with `pip install slope-core[onnx]` (or [iree], [numpy])"
-    )
+    raise SlopeBackendError("slope: no backend is installed (pip install slope-core[onnx], or [iree], [numpy])")
 
 
 def get_backend(name: str | None = None) -> Backend:
@@ -110,7 +109,7 @@ def get_backend(name: str | None = None) -> Backend:
 def _reset() -> None:
     """Forget backend instances and compiled code when plugins change (translations may have); keep the choice."""
     active = _state["backend"]
-    for cache in (_instances, _compiled):
+    for cache in (_instances, _compiled, _checked):
         cache.clear()
     _state["backend"] = get_backend(active.name) if active is not None and active.name in plugins.backends else None
 
@@ -202,6 +201,7 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             )
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)
+    check_translations(lowered, backend, device)
     executable = backend.compile(lowered, device)
     if os.environ.get("LOG_JIT", "0") not in ("", "0"):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
@@ -209,6 +209,31 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             print(f"--- lowered\n{lowered}")
         print(f"--- {backend.name} code\n{executable.code}")
     return executable
+
+
+_checked: set[tuple] = set()  # plugin translations that passed, by (backend, operator, params, input avals)
+
+
+def check_translations(program: Program, backend: Backend, device: str) -> None:
+    """Run each plugin-supplied translation once on zeros: its outputs' shapes and dtypes must be those of `infer`."""
+    given_by = {} if backend.checks_translations else getattr(backend, "translation_plugins", {})
+    for instruction in [i for i in program.instructions if i.op.name in given_by]:
+        op, in_avals = instruction.op, [v.aval for v in instruction.inputs]
+        if (key := (backend.name, op, repr(instruction.params), tuple(in_avals))) in _checked:
+            continue
+        what = f"slope.{op.name}: the translation for backend {backend.name!r} from plugin {given_by[op.name]!r}"
+        ins, outs = [Var(a) for a in in_avals], [Var(v.aval) for v in instruction.outputs]
+        try:
+            probe = backend.compile(Program(ins, [Instruction(op, ins, instruction.params, outs)], outs), device)
+            zeros = [backend.from_numpy(np.zeros(a.shape, a.dtype.numpy), device) for a in in_avals]
+            results = [np.asarray(backend.to_numpy(buffer)) for buffer in probe.run(zeros)]
+        except Exception as error:
+            raise SlopeBackendError(f"{what} fails on inputs {in_avals}: {error}") from error
+        got = [f"{r.dtype}{list(r.shape)}" for r in results]
+        expected = [f"{v.aval.dtype.numpy}{list(v.aval.shape)}" for v in outs]
+        if got != expected:
+            raise SlopeBackendError(f"{what} returns {got} where the operator's `infer` gives {expected}")
+        _checked.add(key)
 
 
 def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:

@@ -1,61 +1,81 @@
-"""The `slope` command: `slope info [-v]` lists plugins, backends, devices and operator coverage."""
+"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 from importlib.metadata import version
 
 from slope import plugins
 
 
-def info(verbose: bool = False) -> str:
-    """Installed plugins (with their problems), backends with their devices and coverage; `verbose`: every function."""
+def report() -> dict:
+    """What `slope info` shows, as data: plugins (with their problems), backends (devices, coverage), functions."""
     import slope
 
-    lines = [f"slope {slope.__version__} (Python {sys.version.split()[0]})", "", "plugins:"]
+    data: dict = {"slope": slope.__version__, "python": sys.version.split()[0], "default": None, "backends": {}}
     versions = plugins.plugin_versions()  # (a plugin that failed to load has problems but no version)
-    for name in sorted({**versions, **plugins.failed}):
-        problems = plugins.failed.get(name, [])
-        lines.append(f"  {name} {versions[name]}" if name in versions else f"  {name} FAILED: {problems[0]}")
-        lines += [f"    skipped: {problem}" for problem in problems if name in versions]
-    lines += ["", "backends:"]
-    operators = sorted(plugins.operators)
+    data["plugins"] = {name: {"version": versions.get(name), "problems": plugins.failed.get(name, [])}
+                       for name in sorted({**versions, **plugins.failed})}  # fmt: skip
+    for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)):
+        data[kind] = {name: plugins.owners[("function", name)] for name in sorted(registry)}
+    with contextlib.suppress(Exception):  # none installed, or SLOPE_BACKEND names a missing or broken one
+        data["default"] = slope.get_backend().name
     for name in sorted(plugins.backends):
+        entry = data["backends"][name] = {"plugin": plugins.owners[("backend", name)]}
         try:
             backend = slope.get_backend(name)
-            devices = ", ".join(backend.devices())
+            entry["devices"] = backend.devices()
         except Exception as error:  # a broken backend is reported, not fatal
-            lines.append(f"  {name}: unavailable ({type(error).__name__}: {error})")
+            entry["error"] = f"{type(error).__name__}: {error}"
             continue
-        default = " (default)" if slope.get_backend().name == name else ""
-        lines.append(f"  {name}{default}: devices {devices} (plugin {plugins.owners[('backend', name)]})")
-        native = [op for op in operators if op in backend.translations]
-        fallback = [op for op in operators if op not in native and plugins.operators[op].procedure]
-        missing = [op for op in operators if op not in native and op not in fallback]
-        for kind, names in (("native", native), ("by procedure", fallback), ("unavailable", missing)):
-            if names or kind != "unavailable":
-                lines.append(f"    {kind} ({len(names)}): {' '.join(names)}")
-    lines += ["", f"operators: {len(plugins.operators)}, procedures: {len(plugins.procedures)}"]
-    for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)) if verbose else ():
-        lines += ["", f"{kind}:", *(f"  {n} (plugin {plugins.owners[('function', n)]})" for n in sorted(registry))]
+        native = entry["native"] = [op for op in data["operators"] if op in backend.translations]
+        entry["by_procedure"] = [op for op in data["operators"] if op not in native and plugins.operators[op].procedure]
+        entry["unavailable"] = [op for op in data["operators"] if op not in native + entry["by_procedure"]]
+    return data
+
+
+def info(verbose: bool = False, data: dict | None = None) -> str:
+    """`slope info` as text (from `report()`); `verbose`: also every operator and procedure with its plugin."""
+    data = data or report()
+    lines = [f"slope {data['slope']} (Python {data['python']})", "", "plugins:"]
+    for name, plugin in data["plugins"].items():
+        loaded, problems = plugin["version"] is not None, plugin["problems"]
+        lines.append(f"  {name} {plugin['version']}" if loaded else f"  {name} FAILED: {problems[0]}")
+        lines += [f"    skipped: {problem}" for problem in problems if loaded]
+    lines += ["", "backends:"]
+    for name, entry in data["backends"].items():
+        if "error" in entry:
+            lines.append(f"  {name}: unavailable ({entry['error']})")
+            continue
+        default = " (default)" if name == data["default"] else ""
+        lines.append(f"  {name}{default}: devices {', '.join(entry['devices'])} (plugin {entry['plugin']})")
+        for kind in ("native", "by_procedure", "unavailable"):
+            if entry[kind] or kind != "unavailable":
+                lines.append(f"    {kind.replace('_', ' ')} ({len(entry[kind])}): {' '.join(entry[kind])}")
+    lines += ["", f"operators: {len(data['operators'])}, procedures: {len(data['procedures'])}"]
+    for kind in ("operators", "procedures") if verbose else ():
+        lines += ["", f"{kind}:", *(f"  {name} (plugin {plugin})" for name, plugin in data[kind].items())]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `slope` command; `slope info` exits 1 when no backend is usable."""
+    """Entry point of the `slope` command; `slope info` exits 1 when the default backend is not usable."""
     parser = argparse.ArgumentParser(prog="slope", description="Slope: automatic differentiation for ML")
     parser.add_argument("--version", action="version", version=f"slope {version('slope-core')}")
     sub = parser.add_subparsers(dest="command")
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
+    info_parser.add_argument("--json", action="store_true", help="print the report as JSON, for tools")
     plugins.manager.hook.slope_commands(subparsers=sub)  # a plugin's subcommand sets `run` (slope-iree's `cache`)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
     if args.command == "info":
-        text = info(args.verbose)
-        print(text)
-        return 0 if " (default): devices" in text else 1  # only a usable default backend is marked
+        data = report()
+        print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))
+        return 0 if "devices" in data["backends"].get(data["default"], {}) else 1  # (none, or broken)
     parser.print_help()
     return 1

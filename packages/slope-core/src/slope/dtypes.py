@@ -54,8 +54,7 @@ float64 = DType("float64", "f64", "float", 64)
 
 all_dtypes = (bool_, int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64)
 by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int64, "long": int64}
-default_float = float32
-default_int = int64
+default_float, default_int = float32, int64
 
 
 def as_dtype(value: object) -> DType:

@@ -102,8 +102,7 @@ class Program:
 
 def dead_code_elimination(program: Program) -> Program:
     """Drop instructions whose outputs no output depends on."""
-    live = set(program.outputs)
-    kept = []
+    live, kept = set(program.outputs), []
     for instruction in reversed(program.instructions):
         if any(v in live for v in instruction.outputs):
             kept.append(instruction)

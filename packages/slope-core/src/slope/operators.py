@@ -49,8 +49,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
-    ndim = max(len(s) for s in shapes)
-    result = []
+    ndim, result = max(len(s) for s in shapes), []
     for i in range(ndim):
         sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
         if len(sizes) > 1:
@@ -931,8 +930,7 @@ add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fm
 equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
 less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
 bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
-where = Where()
-sum_, max_ = Sum(), Max()
+where, sum_, max_ = Where(), Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
 full, arange = Full(), Arange()
 random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")

@@ -14,8 +14,7 @@ import pluggy
 
 from .errors import SlopePluginError, SlopePluginWarning
 
-hookspec = pluggy.HookspecMarker("slope")
-hookimpl = pluggy.HookimplMarker("slope")
+hookspec, hookimpl = pluggy.HookspecMarker("slope"), pluggy.HookimplMarker("slope")
 
 
 class HookSpecs:
@@ -150,9 +149,9 @@ def refresh(strict_plugin: str | None = None) -> None:
         reset()
 
 
-def translations_for(backend: Any) -> dict[str, Callable]:
-    """Every plugin's translations for a backend; a failing plugin is skipped."""
-    translations = {}
+def translations_for(backend: Any) -> tuple[dict[str, Callable], dict[str, str]]:
+    """A backend's own translations updated with every plugin's, and which plugin gave each (a failing one is skipped)."""
+    translations, given_by = dict(type(backend).translations), {}
     for impl in manager.hook.slope_translations.get_hookimpls():
         plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
         try:
@@ -163,7 +162,8 @@ def translations_for(backend: Any) -> dict[str, Callable]:
             problem(plugin, f"its slope_translations hook failed for backend {backend.name!r}: {error}")
             continue
         translations.update(table)
-    return translations
+        given_by.update(dict.fromkeys(table, plugin))
+    return translations, given_by
 
 
 def _as_method(fn: Callable) -> Callable:

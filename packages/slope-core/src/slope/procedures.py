@@ -443,8 +443,7 @@ def expand_as(x: Any, other: Tensor) -> Tensor:
 
 def repeat(x: Any, *sizes: Any) -> Tensor:
     """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
-    x = as_tensor(x)
-    sizes = ops.shape_args("repeat", sizes, 0)
+    x, sizes = as_tensor(x), ops.shape_args("repeat", sizes, 0)
     if len(sizes) < x.ndim:
         raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
     x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
@@ -661,8 +660,7 @@ registry: dict[str, Callable] = {
     for name, value in list(globals().items())
     if inspect.isfunction(value) and value.__module__ == __name__ and not name.startswith("_")
 }
-registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat)
-registry["view"] = reshape  # tensors are immutable, so a view is a reshape
+registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
 
 
 @hookimpl

@@ -32,8 +32,7 @@ def _rotate_left(x: Tensor, r: int) -> Tensor:
 
 def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
-    k2 = ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape))
-    keys = (k0, k1, k2)
+    keys = (k0, k1, ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape)))
     x0, x1 = _mask(x0 + k0), _mask(x1 + k1)
     for block in range(5):
         for r in _ROTATIONS[block % 2]:

@@ -14,6 +14,7 @@ from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
+from .tree import describe
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
@@ -26,7 +27,7 @@ def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     """The tangents as flat tensors, checked against the primals' structure, shapes and dtypes."""
     tangents_flat, tangent_tree = tree.flatten(tangents)
     if tangent_tree != in_tree:
-        raise TransformError(f"slope.{name}: primals {in_tree} and tangents {tangent_tree} differ in structure")
+        raise TransformError(f"slope.{name}: tangents {describe(tangent_tree)} lack the structure {describe(in_tree)}")
     tangents_flat = [as_tensor(t) for t in tangents_flat]
     for primal, tangent in zip(primals, tangents_flat):
         if primal.aval != tangent.aval:
@@ -173,23 +174,21 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         if has_aux and not (isinstance(out, tuple) and len(out) == 2):
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
             got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
-            raise TransformError(
-                "slope.grad/vjp: with has_aux=True the function must return a pair (output, aux), got " + got
-            )
+            raise TransformError(f"slope.grad/vjp: with has_aux=True, return a pair (output, aux), not {got}")
         return out  # with has_aux the whole pair: aux leaves come out of the primal program as concrete values
 
     flat_fn, out_tree = flatten_fun(main_fn, in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
     out_treedef, aux = out_tree[0], None
     if has_aux:
-        out_treedef, aux_treedef = out_treedef.children
+        out_treedef, aux_treedef = out_treedef.children()
         aux = tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
         outs = outs[: out_treedef.num_leaves]
 
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
         if ct_tree != out_treedef:
-            raise TransformError(f"slope.vjp: cotangent structure {ct_tree} differs from the output's {out_treedef}")
+            raise TransformError(f"slope.vjp: cotangent structure {describe(ct_tree)} is not {describe(out_treedef)}")
         for o, ct in zip(outs, ct_flat):
             if isinstance(ct, Tensor) and ct.aval != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
@@ -204,9 +203,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
     if not all(-count <= n < count for n in nums):
-        raise TransformError(
-            f"slope.{name}: argnums {argnums} is out of range for a function called with {count} arguments"
-        )
+        raise TransformError(f"slope.{name}: argnums {argnums} is out of range for {count} arguments")
     return tuple(n % count for n in nums)
 
 
@@ -300,7 +297,7 @@ def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
     if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
         return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
     if isinstance(axes, dict) and isinstance(value, dict) and axes.keys() == value.keys():
-        return [a for k in tree.sorted_keys(value) for a in _axes_for_leaves(name, axes[k], value[k])]
+        return [a for k in tree.structure(value).entries() for a in _axes_for_leaves(name, axes[k], value[k])]
     raise TransformError(f"slope.{name}: axes {axes!r} do not match the structure of the arguments")
 
 
@@ -438,9 +435,7 @@ class CustomVJPLinear(_CustomCall):
         flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
         linear_avals = [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
-            raise TransformError(
-                f"slope.custom_vjp: the backward function returned {len(flat)} cotangents for {len(linear_avals)} inputs"
-            )
+            raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and as_tensor(ct).shape != aval.shape:
                 raise TransformError(
@@ -450,8 +445,7 @@ class CustomVJPLinear(_CustomCall):
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
-custom_jvp_call = CustomJVPCall()
-custom_vjp_linear = CustomVJPLinear()
+custom_jvp_call, custom_vjp_linear = CustomJVPCall(), CustomVJPLinear()
 
 
 class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
@@ -470,9 +464,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
     def __call__(self, *args: Any) -> Any:
         if self.rule is None:
             define = ".defvjp(fwd, bwd)" if isinstance(self, custom_vjp) else ".defjvp(rule)"
-            raise TransformError(
-                f"slope.{type(self).__name__}: {self.fun.__name__} has no rule yet; call {define} first"
-            )
+            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)

@@ -116,6 +116,10 @@ class Module:
         self.__dict__.setdefault("training", True)
 
     # ------------------------------------------------------------------------------------------- pytree
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        slope.tree.register(cls, cls.tree_flatten, cls.tree_unflatten)  # (pytree nodes are found by exact type)
+
     def tree_flatten(self) -> tuple[list, tuple]:
         """The pytree children (tensor and module attributes) and the static rest."""
         children = []
@@ -336,6 +340,9 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
+slope.tree.register(Module, Module.tree_flatten, Module.tree_unflatten)
+
+
 def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
     """(dotted name, module) of the modules held in a list/tuple/dict attribute."""
     if isinstance(value, Module):
@@ -344,7 +351,7 @@ def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
         for i, item in enumerate(value):
             yield from _container_modules(item, f"{prefix}.{i}")
     elif isinstance(value, dict):
-        for key in sorted(value, key=repr):
+        for key in slope.tree.structure(value).entries():  # in pytree order
             yield from _container_modules(value[key], f"{prefix}.{key}")
 
 
@@ -356,7 +363,7 @@ def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, 
         for i, item in enumerate(value):
             yield from _named_leaves(item, f"{name}.{i}", kind)
     elif isinstance(value, dict):
-        for key in sorted(value, key=repr):  # slope.tree orders dict children this way
+        for key in slope.tree.structure(value).entries():  # in pytree order
             yield from _named_leaves(value[key], f"{name}.{key}", kind)
     elif isinstance(value, Tensor):
         yield name, value, kind
