@@ -198,7 +198,9 @@ CASES = [
     ("index-tensor-out-of-range", lambda: ones(2, 3)[slope.tensor([0, 5])], IndexError,
      ["slope.getitem", "5", "dimension 0 of size 2", "-2 to 1"]),
     ("too-many-indices", lambda: ones(2, 3)[0, 0, 0], IndexError, ["slope.getitem", "too many indices", "(2, 3)"]),
-    ("two-ellipses", lambda: ones(2, 3)[..., 0, ...], IndexError, ["slope.getitem", "ellipsis"]),
+    # (PyTorch takes x[..., 0, ...]: each ellipsis stands for the dimensions no other item names; here the second 0
+    # falls past the last dimension, which PyTorch refuses too)
+    ("two-ellipses", lambda: ones(2, 3, 4)[..., 0, ..., 0], IndexError, ["slope.getitem", "ellipses", "(2, 3, 4)"]),
     ("float-tensor-index", lambda: ones(2, 3)[arr([0.5])], IndexError, ["slope.getitem", "integers", "float32"]),
     ("bool-mask-under-jit", _bool_mask_under_jit, TypeError, ["slope.getitem", "boolean mask", "slope.where"]),
     ("setitem", _set_item, TypeError, ["immutable", "t.at[i].set(v)"]),

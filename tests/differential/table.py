@@ -204,14 +204,17 @@ def clip_layout(draw: Any) -> Layout:
 
 
 def torch_clamp(x: torch.Tensor, min: Any = None, max: Any = None) -> torch.Tensor:  # noqa: A002
-    """torch.clamp; Slope also takes a Python number with a tensor bound (PyTorch: the number as a 0-d tensor)."""
+    """torch.clamp; Slope also takes a Python number with a tensor bound of 1 or more dimensions, which PyTorch refuses
+    (here: the number as a 0-d tensor). With a 0-d tensor bound PyTorch takes both bounds as numbers: call it as is."""
     bounds = [b for b in (min, max) if b is not None]
     if x.dtype == torch.bool and bounds and all(getattr(b, "dtype", None) == torch.bool for b in bounds):
         # README, Differences from PyTorch: Slope clamps bools by bool bounds (max, then min), which PyTorch refuses
         # for two tensor bounds or a Python bool bound
         lower = x if min is None else torch.maximum(x, min)
         return lower if max is None else torch.minimum(lower, max)
-    if isinstance(min, torch.Tensor) != isinstance(max, torch.Tensor) and min is not None and max is not None:
+    tensor_bound = max if isinstance(max, torch.Tensor) else min
+    mixed = isinstance(min, torch.Tensor) != isinstance(max, torch.Tensor) and min is not None and max is not None
+    if mixed and tensor_bound.ndim > 0:
         min, max = (torch.tensor(b) if not isinstance(b, torch.Tensor) else b for b in (min, max))  # noqa: A001
     return torch.clamp(x, min, max)
 
@@ -943,9 +946,15 @@ def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any
 
 def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
     """F.conv_transposeNd; an output dimension of size 0 is an error, as PyTorch's float16 and float64 kernels say
-    (its float32 and bfloat16 ones return an empty tensor)."""
+    (its float32 and bfloat16 ones return an empty tensor). bfloat16 is computed in float64 and rounded once: PyTorch's
+    bfloat16 CPU kernel reads subnormal inputs as zero (README), and its float32 one multiplies an infinite weight by
+    the zeros of output_padding (NaN where its float64 kernel and Slope have none)."""
     floats_only(x, w)
-    out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
+    if x.dtype == torch.bfloat16:
+        bias = None if bias is None else bias.double()
+        out = TORCH_CONV_T[w.ndim - 2](x.double(), w.double(), bias, **kwargs).to(torch.bfloat16)
+    else:
+        out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
     if 0 in out.shape[-(w.ndim - 2) :]:
         raise RuntimeError(f"Slope: conv_transpose output of shape {tuple(out.shape)} is too small")
     return out
@@ -1399,30 +1408,6 @@ add(
 # Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
-P2 = "issue 10 point 2: max/min/argmax/max_pool ignore NaN on onnxruntime"
-P11 = "issue 10 point 11: bool arithmetic (sign/square of bool raise; PyTorch: bool, int64)"
-P15 = "issue 10 point 15: bad arguments reach the user as raw Python/library errors or are accepted silently"
-ROUNDING_BOOL = "NEW: floor/ceil/round of bool give the input unchanged (PyTorch has no bool kernel for them)"
-ACCEPTS = "NEW: Slope computes what PyTorch refuses for this dtype (bool/int8 inputs): refuse, or list as a difference"
-OUT_OF_RANGE = (
-    "NEW: a Python value outside the dtype's range: Slope refuses it (ValueError) or accepts it where PyTorch wraps"
-    " integers (full(-2, uint8) = 254) and refuses float overflow (full(2**63, float16))"
-)
-
-KNOWN_OPEN = {
-    # a second MaxPool over the NaN positions would fix it, at about 4% of the CNN training step: not yet
-    ("max_pool", "onnxruntime", "forward"): P2 + " (the index of a window holding NaN is MaxPool's, not its last NaN)",
-    ("max_pool_argmax", "onnxruntime", "forward"): P2 + " (a window holding NaN: MaxPool's index, not its last NaN)",
-    # found by the first whole run after today's merges (open, issue 10)
-    ("getitem", "numpy", "forward"): "NEW: x[..., ...] raises (PyTorch takes repeated ellipses as one)",
-    ("max_pool", "numpy", "forward"): "NEW: padding above half the kernel is accepted (PyTorch refuses it)",
-    ("unflatten", "numpy", "forward"): "NEW: unflatten with empty sizes is accepted (PyTorch refuses it)",
-    ("clip", "onnxruntime", "forward"): "NEW: clip of an int8 0-d tensor by a Python int bound and an int8 tensor bound"
-    " stays int8 (PyTorch: int64)",
-    ("conv_transpose", "onnxruntime", "forward"): "NEW: one bfloat16 draw differs beyond bfloat16's tolerance"
-    " (6.25 vs PyTorch 4.22)",
-    ("cross_entropy", "onnxruntime", "forward"): "NEW: bfloat16 cross_entropy of a logit at bfloat16's maximum with"
-    " label smoothing is finite (PyTorch: inf)",
-}
+KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason; none open now
 for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -114,7 +114,8 @@ def test_pooling_by_phases_matches_numpy_with_ties(x_shape, w_shape, params, win
         return (pooled(x, w, *b) * probe).sum()
 
     kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
-    assert kinds.count("MaxPool") == 0 and kinds.count("Max") == 1
+    assert kinds.count("MaxPool") == 0 and kinds.count("Max") == 1  # the maxima (each window's last NaN: in an If)
+    assert kinds.count("If") == 1
     assert kinds.count("Conv") >= window * window  # one strided convolution per window position
 
 
@@ -156,6 +157,7 @@ def test_expensive_convolutions_and_overlapping_windows_keep_maxpool(session_mod
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((4, 8, 26, 26), (16, 8, 3, 3))]
     nodes = _compare(lambda x, w: slope.max_pool(slope.relu(slope.conv(x, w)), 2).sum(), arrays, session_models)
     assert [n.op_type for n in nodes].count("MaxPool") == 1  # 8 channels x 3 x 3 reads: the conv is not cheap
+    assert [n.op_type for n in nodes].count("If") == 1  # the NaN guard's MaxPool, run when the input holds NaN
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((8, 1, 30, 30), (16, 1, 3, 3))]
     session_models.clear()
     nodes = _compare(
@@ -179,6 +181,7 @@ def test_the_benchmark_cnn_step_matches_numpy(session_models):
 
     kinds = [node.op_type for node in _compare(loss, arrays, session_models)]
     assert kinds.count("MaxPool") == 1 and kinds.count("Max") == 1  # pool1 by phases, pool2 MaxPool
+    assert kinds.count("If") == 2  # their NaN guards, run only when a value is NaN
     if cpu_rewrites.block_size():
         assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
 
@@ -199,6 +202,45 @@ def test_pooling_by_phases_keeps_a_nan_in_a_window(session_models):
             (_, pooled), _ = slope.jit(slope.value_and_grad(loss, has_aux=True))(*(slope.tensor(a) for a in (w, x, b)))
             results[backend] = pooled.numpy()
     kinds = [node.op_type for node in session_models[-1].graph.node]
-    assert "MaxPool" not in kinds and kinds.count("Max") == 1, kinds
+    assert "MaxPool" not in kinds and kinds.count("Max") == 1 and kinds.count("If") == 1, kinds
     assert np.isnan(results["numpy"]).sum() == 2 * 32 * 4  # each NaN reaches 9 outputs in 4 windows, per channel
     np.testing.assert_array_equal(np.isnan(results["onnxruntime"]), np.isnan(results["numpy"]))
+
+
+def test_pooling_by_phases_names_the_last_nan_of_a_window_as_pytorch(session_models):
+    """The index of a window holding NaN is its last NaN (PyTorch's), by phases as by MaxPool, and so is the gradient's
+    route; the windows without NaN keep the first maximum."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((8, 1, 27, 27), np.float32)
+    x[0, 0, 4:6, 4:6] = np.nan  # four NaNs in the windows around (4..5, 4..5)
+    x[3, 0, 20, 11] = x[3, 0, 20, 13] = np.nan
+    w, b = np.ones((32, 1, 2, 2), np.float32), np.ones(32, np.float32)
+    conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b)).relu()
+    expected = torch.nn.functional.max_pool2d(conv, 2, return_indices=True)[1].numpy()
+    for backend in ("numpy", "onnxruntime"):
+        session_models.clear()
+        with slope.use_backend(backend):
+            step = slope.jit(lambda a, k, c: slope.max_pool_argmax(slope.relu(slope.conv(a, k, c)), 2))
+            got = step(*(slope.tensor(a) for a in (x, w, b))).numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=backend)
+    assert "MaxPool" not in [node.op_type for node in session_models[-1].graph.node]  # by phases
+
+
+def test_a_lazy_nan_guard_of_maxpool_names_the_last_nan_as_pytorch(session_models):
+    """A MaxPool left as is (an expensive convolution before it) runs its NaN guard in an If: taken when the input
+    holds NaN, each such window gives NaN and its last NaN's index, as PyTorch; skipped otherwise."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((4, 8, 26, 26)).astype(np.float32), rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    x[1, :, 6:8, 6:8] = np.nan  # NaN in every channel of the convolution around there
+    conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w)).relu()
+    values, expected = torch.nn.functional.max_pool2d(conv, 2, return_indices=True)
+    for data in (x, np.nan_to_num(x)):
+        session_models.clear()
+        with slope.use_backend("onnxruntime"):
+            step = slope.jit(lambda a, k: slope.max_pool(slope.relu(slope.conv(a, k)), 2, return_indices=True))
+            got_values, got = step(slope.tensor(data), slope.tensor(w))
+        assert [node.op_type for node in session_models[-1].graph.node].count("If") == 1
+        if data is x:
+            np.testing.assert_array_equal(got.numpy(), expected.numpy())
+            np.testing.assert_array_equal(np.isnan(got_values.numpy()), np.isnan(values.numpy()))

@@ -395,7 +395,8 @@ def test_cnn_step_graph_uses_the_fast_forms():
     nodes = [node for node in grad.lower(params, x).executable.model.graph.node]
     kinds = [node.op_type for node in nodes]
     assert "Col2Im" in kinds  # the second convolution's input gradient
-    assert kinds.count("MaxPool") == 2 and kinds.count("MaxUnpool") == 2
+    # two pools, each with its NaN guard's MaxPool (each window's last NaN; CPU sessions run it only given a NaN)
+    assert kinds.count("MaxPool") == 4 and kinds.count("MaxUnpool") == 2
     assert [len(node.input) for node in nodes if node.op_type == "Conv"] == [3, 3]  # biases fused into the Convs
     assert "Mod" not in kinds and "ScatterElements" not in kinds
     wheres = [node for node in nodes if node.op_type == "Where"]

@@ -119,6 +119,9 @@ def infer_python(value: object, name: str = "tensor") -> DType:
     except ValueError as error:  # ragged nesting
         message = f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
         raise ValueError(message) from None
+    big = array.dtype.kind == "f" and np.abs(array).max(initial=0) >= 2**63  # NumPy makes floats of big Python ints
+    if big and all(isinstance(v, int) for v in np.array(value, dtype=object).flat):
+        raise ValueError(f"slope.{name}: the data does not fit int64 (Python ints beyond it; write floats for floats)")
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
     if array.dtype.kind in by_kind:
         return by_kind[array.dtype.kind]

@@ -563,6 +563,8 @@ class Pad(Operator):
     def __call__(self, x: Any, pad: Sequence[int] | None = None, value: Any = 0, *, lo: Any = None, hi: Any = None):
         x = as_tensor(x)
         if pad is not None:  # PyTorch order: (last_lo, last_hi, second_last_lo, ...)
+            if not isinstance(pad, (tuple, list)):
+                raise TypeError(f"slope.pad: pad must be a tuple of ints (as in PyTorch), got {type(pad).__name__}")
             if len(pad) % 2 or len(pad) // 2 > x.ndim:
                 raise self.shape_error(f"pad {tuple(pad)} must have an even length of at most {2 * x.ndim}")
             unpadded = (0,) * (x.ndim - len(pad) // 2)
@@ -571,6 +573,8 @@ class Pad(Operator):
         if len(lo) != x.ndim or len(hi) != x.ndim:
             raise self.shape_error(f"expected lo/hi of length {x.ndim} for shape {x.shape}, got {lo} and {hi}")
         if any(a < 0 for a in lo + hi):
+            if any(n + min(a, 0) + min(b, 0) < 0 for n, a, b in zip(x.shape, lo, hi)):
+                raise self.shape_error(f"lo={lo}, hi={hi} crop more than all of shape {x.shape}")
             x = slice_(x, [max(-a, 0) for a in lo], [n - max(-b, 0) for n, b in zip(x.shape, hi)])
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
         return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype)) if any(lo + hi) else x

@@ -417,7 +417,7 @@ def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
     known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
     sizes = tuple(x.shape[dim] // known if s == -1 and known else s for s in sizes)
-    if math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:
+    if not sizes or math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:  # PyTorch refuses sizes ()
         raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
     return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
 
@@ -536,10 +536,13 @@ def getitem(x: Any, index: Any) -> Tensor:
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
     ellipses = [k for k, item in enumerate(items) if item is Ellipsis]
-    if len(ellipses) > 1:
-        raise IndexError("slope.getitem: an index can only have a single ellipsis ('...')")
-    if ellipses:
-        items[ellipses[0] : ellipses[0] + 1] = [slice(None)] * (x.ndim - consumed)
+    for k in reversed(ellipses):  # each one stands for the dimensions no other item names, repeated ones too (PyTorch)
+        items[k : k + 1] = [slice(None)] * (x.ndim - consumed)
+    kept = len(items) - max(len(ellipses) - 1, 0) * (x.ndim - consumed)  # repeats run past the last dimension,
+    for i in items[kept:]:  # where only ':' (or '0:', ':n') is harmless, as in PyTorch
+        if not (isinstance(i, slice) and (i.start or 0, i.step or 1) == (0, 1) and (i.stop or 0) >= 0):
+            raise IndexError(f"slope.getitem: repeated ellipses put {i} past the last dimension of shape {x.shape}")
+    items = items[:kept]
     # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
     expanded, dim = [], 0
     for item in items:
@@ -560,6 +563,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
+    takes_none = any(isinstance(i, Tensor) and i.numel() == 0 for i in items)  # then no index is checked (PyTorch)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
     for item in items:
@@ -570,7 +574,8 @@ def getitem(x: Any, index: Any) -> Tensor:
         if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
             if item.dtype.is_float or item.dtype == dtypes.bool_:
                 raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
-            check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
+            if not takes_none:
+                check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             item = slice(None)
         if isinstance(item, slice):

@@ -207,6 +207,18 @@ def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> t
     return tuple(n % count for n in nums)
 
 
+def _check_differentiable(name: str, n: int, arg: Any) -> None:
+    """Raise unless argument n of a differentiated function is a floating-point tensor (or a pytree of them)."""
+    for leaf in tree.leaves(arg):
+        tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
+        if tensor is None or not tensor.dtype.is_float:
+            raise TransformError(
+                f"slope.{name}: argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}; "
+                "derivatives need floating-point tensors (or pytrees of them; register containers with "
+                "slope.tree.register): cast it with .float(), or leave it out of argnums"
+            )
+
+
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning `(fn(*args), gradient)` (or `((value, aux), gradient)` with has_aux)."""
 
@@ -214,18 +226,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> Any:
         nums = _normalize_argnums("grad", argnums, len(args))
         for n in nums:
-            for leaf in tree.leaves(args[n]):
-                if not isinstance(leaf, (Tensor, int, float)) and not hasattr(leaf, "__array__"):
-                    raise TransformError(
-                        f"slope.grad: argument {n} holds a {type(leaf).__name__}; only tensors (or pytrees of "
-                        "tensors; register containers with slope.tree.register) can be differentiated"
-                    )
-                leaf_dtype = as_tensor(leaf).dtype
-                if not leaf_dtype.is_float:
-                    raise TransformError(
-                        f"slope.grad: argument {n} has dtype {leaf_dtype.name}; gradients need floating-point "
-                        "inputs (cast it with .float(), or leave it out of argnums)"
-                    )
+            _check_differentiable("grad", n, args[n])
 
         def partial_fn(*diff_args: Any) -> Any:
             differentiated = dict(zip(nums, diff_args))
@@ -358,6 +359,7 @@ def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callabl
     @functools.wraps(fn)
     def jacobian(*args: Any) -> Tensor:
         (argnum,) = _normalize_argnums(name, ints(name, argnums, "argnums", count=1)[0], len(args))
+        _check_differentiable(name, argnum, args[argnum])
         return build(lambda value: fn(*args[:argnum], value, *args[argnum + 1 :]), as_tensor(args[argnum]))
 
     return jacobian

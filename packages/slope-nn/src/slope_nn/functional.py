@@ -317,8 +317,11 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
         probs = one_hot(target, classes).astype(logits.dtype)
         if class_dim == 1 and logits.ndim > 2:
             probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
-        if not label_smoothing:  # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
-            logp = slope.where(probs > 0, logp, slope.zeros_like(logp))
+        # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
+        losses = -(probs * slope.where(probs > 0, logp, slope.zeros_like(logp))).sum(class_dim)
+        if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
+            losses = losses * (1.0 - label_smoothing) - logp.sum(class_dim) * (label_smoothing / classes)
+        return reduce_loss("cross_entropy", losses, reduction)
     if label_smoothing:
         probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
     return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)

@@ -7,7 +7,7 @@
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
-  Its index in a window holding NaN is MaxPool's choice (PyTorch's is the window's last NaN: tests/differential).
+  A window holding NaN gives NaN and its last NaN's index, as PyTorch (see `_last_nans`; values alone: `_with_nans`).
   Windows of padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
@@ -94,9 +94,10 @@ def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_in
     if with_indices:
         values, indices = graph.node("MaxPool", [x], shape=shape, outputs=2, **attributes)
         graph.shapes[indices] = shape
+        values, indices = _last_nans(graph, x, values, indices, compute, attributes, shape, spatial)
     else:
-        values, indices = graph.node("MaxPool", [x], shape=shape, **attributes), None
-    values = _with_nans(graph, x, values, compute, attributes, shape)
+        values = _with_nans(graph, x, graph.node("MaxPool", [x], shape=shape, **attributes), compute, attributes, shape)
+        indices = None
     if compute != x_aval.dtype:
         values = graph.cast(values, x_aval.dtype)
     memo[key] = (values, indices)
@@ -113,6 +114,35 @@ def _with_nans(graph: OnnxGraph, x: str, values: str, dtype: slope.DType, attrib
     sums = graph.node("AveragePool", [capped], shape=shape, **attributes)
     nans = graph.node("IsNaN", [sums], shape=shape)
     return graph.node("Where", [nans, graph.scalar(math.nan, dtype), values], shape=shape)
+
+
+def _last_nans(
+    graph: OnnxGraph,
+    x: str,
+    values: str,
+    indices: str,
+    dtype: slope.DType,
+    attributes: dict,
+    shape: tuple,
+    spatial: tuple,
+) -> tuple[str, str]:
+    """MaxPool's values and indices with PyTorch's for each window holding a NaN: NaN, and the position of the
+    window's last NaN (onnxruntime's MaxPool names its own choice there). A MaxPool over each NaN's position in its
+    plane (-1 elsewhere) finds both: the latest position is the last NaN in PyTorch's scan order. (onnxruntime's
+    MaxPool with indices is a scalar loop: this second one, without indices, costs less than the first.)"""
+    plane = math.prod(spatial)
+    where = slope.float32 if plane < 1 << 24 else slope.float64  # positions exact in it
+    positions = graph.constant(np.arange(plane, dtype=where.numpy).reshape((1, 1, *spatial)))
+    full = (*shape[:2], *spatial)
+    nans = graph.node("Where", [graph.node("IsNaN", [x], shape=full), positions, graph.scalar(-1, where)], shape=full)
+    last = graph.node("MaxPool", [nans], shape=shape, **attributes)
+    holds = graph.node("Greater", [last, graph.scalar(-1, where)], shape=shape)
+    values = graph.node("Where", [holds, graph.scalar(math.nan, dtype), values], shape=shape)
+    rows = graph.constant(
+        (np.arange(math.prod(shape[:2]), dtype=np.int64) * plane).reshape((*shape[:2],) + (1,) * len(spatial))
+    )
+    at = graph.node("Add", [graph.cast(last, slope.int64), rows], shape=shape)
+    return values, graph.node("Where", [holds, at, indices], shape=shape)
 
 
 def _max_pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:

@@ -118,11 +118,8 @@ def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any,
     kernel = ints(name, kernel_size, "kernel_size", 1, n)
     stride = kernel if stride is None else ints(name, stride, "stride", 1, n)
     padding, dilation = ints(name, padding, "padding", 0, n), ints(name, dilation, "dilation", 1, n)
-    if any(2 * p > d * (k - 1) + 1 for k, p, d in zip(kernel, padding, dilation)):
-        raise ValueError(
-            f"slope.{name}: padding {padding} must be at most half the kernel {kernel} (dilation {dilation}), as in "
-            "PyTorch"
-        )
+    if any(p > k // 2 for k, p in zip(kernel, padding)):  # PyTorch's rule: the kernel's size, whatever the dilation
+        raise ValueError(f"slope.{name}: padding {padding} must be at most half the kernel {kernel}, as in PyTorch")
     if x.ndim < n:
         raise slope.ShapeError(
             f"slope.{name}: a {n}-d kernel {kernel} needs at least {n} dimensions, got shape {x.shape}"

@@ -2,7 +2,7 @@
 
 `.code` and exported models keep the plain graph; only the copy handed to a CPU session with a thread pool (a jitted
 step with real work) is rewritten, by `for_cpu_session`. Both rewrites give the plain graph's values, up to float
-rounding in the convolutions (a window holding a NaN pools to NaN in both; which element its index names may differ).
+rounding in the convolutions (a window holding a NaN pools to NaN in both, its index naming the last NaN).
 
 - Blocked-channel ("NCHWc") convolutions. onnxruntime runs a 2-d Conv with its fast NCHWc kernel only when the
   filter is a constant: it reorders the filter once, into blocks of B input by B output channels, while building
@@ -14,8 +14,8 @@ rounding in the convolutions (a window holding a NaN pools to NaN in both; which
   used (a training step) and the convolution is cheap (a first layer: few input channels), computes the convolution
   once per window position ("phase") with stride k instead: the window maximum is then an element-wise Max of the
   k*k phases, and its index the first phase equal to it (a chain of Where at pooled size). onnxruntime's MaxPool
-  with indices is a scalar loop (2 ms for a 64x32x26x26 input on 2 cores); the phases take a third of that. The Max
-  keeps NaNs, so the NaN guard the translation puts on MaxPool's values goes too.
+  with indices is a scalar loop (2 ms for a 64x32x26x26 input on 2 cores); the phases take a third of that. The
+  translation's NaN guard (a MaxPool over the positions of NaNs: each window's last one) is taken by phases too.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def for_cpu_session(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception:  # no static shapes to be had (a model over 2 GB, say): keep the plain graph
         return model
     changed = graph.phase_pools()
+    changed = graph.lazy_nan_guards() or changed
     changed = graph.blocked_convs() or changed
     return graph.finish() if changed else model
 
@@ -188,18 +189,78 @@ class _Graph:
         return True
 
     # ------------------------------------------------------------------------------------------- pooling by phases
-    def _nan_guard(self, pool: onnx.NodeProto) -> list[onnx.NodeProto] | None:
-        """The nodes of the translation's NaN guard of this MaxPool's values, `Where(IsNaN(AveragePool(Min(x, cap))),
-        NaN, values)`, when they are the pooled input's only other use, else None."""
+    def _nan_guard(self, pool: onnx.NodeProto, only: bool = True) -> list[onnx.NodeProto] | None:
+        """The nodes of the translation's NaN guard of this MaxPool, `MaxPool(Where(IsNaN(x), positions, -1))` (each
+        window's last NaN), when they are (`only`) the pooled input's only other use, else None."""
         chain = [node for node in self.consumers.get(pool.input[0], []) if node is not pool]
-        if len(chain) != 1 or chain[0].op_type != "Min":
+        chain = chain if only else [node for node in chain if node.op_type == "IsNaN"]
+        if len(chain) != 1 or chain[0].op_type != "IsNaN":
             return None
-        for op_type in ("AveragePool", "IsNaN", "Where"):
+        for op_type in ("Where", "MaxPool"):
             users = self.consumers.get(chain[-1].output[0], [])
             if len(users) != 1 or users[0].op_type != op_type or chain[-1].output[0] in self.outputs:
                 return None
             chain.append(users[0])
-        return chain if chain[-1].input[2] == pool.output[0] and pool.input[0] not in self.outputs else None
+        if chain[1].input[0] != chain[0].output[0] or len(chain[2].output) != 1:
+            return None
+        return chain if pool.input[0] not in self.outputs else None
+
+    def lazy_nan_guards(self) -> bool:
+        """Run the NaN guard of each MaxPool with indices left (see `_guard_lazily`) only when its input holds a NaN."""
+        changed = False
+        for pool in self.model.graph.node:
+            if pool.op_type == "MaxPool" and len(pool.output) == 2 and id(pool) not in self.replaced:
+                guard = self._nan_guard(pool, only=False)
+                changed = bool(guard) and self._guard_lazily(pool, guard, guard, pool.input[0]) or changed
+        return changed
+
+    def _guard_lazily(self, pool: onnx.NodeProto, plain: list, nodes: list, probe: str) -> bool:
+        """Whether the translation's NaN guard of this MaxPool (`plain`: IsNaN, Where, MaxPool) and its uses (the
+        values and indices of the windows holding NaN) were put in an If, with `nodes` computing the guard's MaxPool's
+        result: they run only when the sum of `probe` is NaN, which it is when a window holds NaN (and for inf - inf,
+        where the If only costs the guard's work). A training step without NaN skips them all."""
+        last, (maxima, index) = plain[2].output[0], pool.output
+        users = self.consumers.get(last, [])
+        holds = next((node for node in users if node.op_type == "Greater"), None)
+        cast = next((node for node in users if node.op_type == "Cast"), None)
+        add = (self.consumers.get(cast.output[0]) or [None])[0] if cast is not None else None
+        wheres = self.consumers.get(holds.output[0], []) if holds is not None else []
+        guarded = {n.input[2]: n for n in wheres if n.op_type == "Where" and n.input[0] == holds.output[0]}
+        inner = [holds, cast, add]
+        single = add is not None and [id(n) for n in self.consumers.get(add.output[0], [])] == [id(guarded.get(index))]
+        sources = [name for name in (maxima, index) if name in guarded]  # (the values' guard may be unused, so gone)
+        outer = [guarded[name].output[0] for name in sources] if index in sources else []
+        found = self.types.get(maxima)
+        if len(users) != 2 or len(wheres) != len(sources) or not single or not outer or found is None:
+            return False
+        if any(n.output[0] in self.outputs for n in inner):
+            return False
+        rename = {name: f"{name}_if" for name in [last, *(node.output[0] for node in inner), *outer]}
+        then_nodes = []
+        for node in [*nodes, *inner, *(guarded[name] for name in sources)]:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [rename.get(name, name) for name in copy.input]
+            copy.output[:] = [rename.get(name, name) for name in copy.output]
+            then_nodes.append(copy)
+        kept = [f"{name}_kept" for name in outer]
+
+        def branch(body: list, outputs: list, label: str) -> onnx.GraphProto:
+            types = [found[0] if name == maxima else TensorProto.INT64 for name in sources]
+            infos = [helper.make_tensor_value_info(o, t, list(found[1])) for o, t in zip(outputs, types)]
+            return helper.make_graph(body, f"{maxima}_{label}", [], infos)
+
+        then_branch = branch(then_nodes, [rename[name] for name in outer], "nan_guard")
+        else_branch = branch([helper.make_node("Identity", [source], [out]) for source, out in zip(sources, kept)],
+                             kept, "no_nan")  # fmt: skip
+        for node in (*plain, *inner, guarded[index]):
+            self.replaced[id(node)] = []
+        self.replaced[id(guarded[sources[0]])] = [
+            helper.make_node("ReduceSum", [probe], [f"{maxima}_sum"], keepdims=0),
+            helper.make_node("IsNaN", [f"{maxima}_sum"], [f"{maxima}_sum_isnan"]),
+            helper.make_node("If", [f"{maxima}_sum_isnan"], outer, then_branch=then_branch, else_branch=else_branch),
+        ]
+        return True
 
     def phase_pools(self) -> bool:
         """Rewrite each qualifying MaxPool(Relu(Conv(x))) with used indices as phase convolutions (see above)."""
@@ -293,10 +354,19 @@ class _Graph:
         nodes.append(helper.make_node("Cast", [f"{name}_phase_index"], [pool.output[1]], to=TensorProto.INT64))
         self.replaced[id(pool)] = nodes
         self.replaced[id(conv)] = []
-        for node in guard[:-1]:
-            self.replaced[id(node)] = []
-        if guard:  # the Max of the phases keeps NaNs: the guard's result is the maxima themselves
-            self.replaced[id(guard[-1])] = [helper.make_node("Identity", [maxima], list(guard[-1].output))]
+        if guard:  # each window's last NaN, from the phases: the latest position among those holding NaN
+            lowest = self.constant(f"{name}_phase_none", -1.0, np.float32)
+            firsts = k * (np.arange(rows)[:, None] * w + np.arange(columns))  # each window's first element
+            marked = []
+            for start, values in phases:
+                positions = self.constant(f"{name}_phase_positions{start}", firsts + start, np.float32)
+                guard.append(helper.make_node("IsNaN", [values], [f"{values}_isnan"]))
+                guard.append(helper.make_node("Where", [f"{values}_isnan", positions, lowest], [f"{values}_nan_at"]))
+                marked.append(f"{values}_nan_at")
+            guard.append(helper.make_node("Max", marked, [guard[2].output[0]]))
+            if not self._guard_lazily(pool, guard[:3], guard[3:], maxima):  # (the Max of the phases keeps NaNs)
+                self.replaced[id(guard[0])] = self.replaced[id(guard[1])] = []
+                self.replaced[id(guard[2])] = guard[3:]
         if relu is not None:
             self.replaced[id(relu)] = []
         return True

@@ -398,16 +398,25 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         if test is None or test.op_type != "Greater" or unpool is None or unpool.op_type != "MaxUnpool":
             return None
         indices, pool = produced(unpool.input[1])
+        holds = None  # slope-nn's NaN guard: Where(window holds NaN, its last NaN's position, MaxPool's index)
+        if pool is not None and pool.op_type == "Where":
+            holds, (indices, pool) = pool.input[0], produced(pool.input[2])
         if pool is None or pool.op_type != "MaxPool" or list(pool.output)[1:] != [indices]:
             return None
+        maximum = pool.output[0]
+        if holds is not None:  # its values, NaN where the index names a NaN (which fails the test, as there)
+            guards = [n for n in result if n is not None and n.op_type == "Where" and n.input[::2] == [holds, maximum]]
+            if not guards:
+                return None
+            maximum = guards[0].output[0]
         bound = graph.value(test.input[1])
         pooled, values = test.input[0], unpool.input[0]
         shape = graph.shapes.get(values)
         if pool.input[0] != pooled or bound is None or bound.size != 1 or shape is None or uses.get(written) != 1:
             return None
-        if graph.shapes.get(pooled) != graph.shapes.get(where.output[0]) or graph.shapes.get(pool.output[0]) is None:
+        if graph.shapes.get(pooled) != graph.shapes.get(where.output[0]) or graph.shapes.get(maximum) is None:
             return None
-        maxima = helper.make_node("Reshape", [pool.output[0], graph.int64s(shape)], [graph.fresh("reshape")])
+        maxima = helper.make_node("Reshape", [maximum, graph.int64s(shape)], [graph.fresh("reshape")])
         mask = helper.make_node("Greater", [maxima.output[0], test.input[1]], [graph.fresh("greater")])
         masked = helper.make_node("Where", [mask.output[0], values, zero], [graph.fresh("where")])
         unpooled = helper.make_node("MaxUnpool", [masked.output[0], *unpool.input[1:]], [graph.fresh("maxunpool")],
