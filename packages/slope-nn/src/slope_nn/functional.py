@@ -166,15 +166,7 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
 
 def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias (PyTorch's F.linear)."""
-    x = _tensor(x)
-    if x.ndim > 2 and weight.ndim == 2:
-        # one (N, in) @ (in, out) GEMM: a batched product would broadcast weight and, in the gradient, reduce a
-        # (batch, in, out) stack (measured: a fifth of a GPT train step on onnxruntime)
-        lead = x.shape[:-1]
-        out = slope.matmul(x.reshape((math.prod(lead), x.shape[-1])), slope.transpose(weight, -1, -2))
-        out = out.reshape(lead + (weight.shape[0],))
-    else:
-        out = slope.matmul(x, slope.transpose(weight, -1, -2))
+    out = slope.matmul(_tensor(x), slope.transpose(weight, -1, -2))  # (batched x: one 2-d product, see matmul)
     return out if bias is None else out + bias
 
 
