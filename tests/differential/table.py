@@ -1052,6 +1052,32 @@ add(Entry("cross_entropy", cross_entropy_layout(), F.cross_entropy, dtypes=FLOAT
 
 
 @st.composite
+def attention_layout(draw: Any) -> Layout:
+    batch = draw(st.sampled_from([(), (2,), (2, 3)]))
+    length, source, embed, width = (draw(st.integers(1, 4)) for _ in range(4))
+    q, k, v = (
+        T(batch + (length, embed), "small"),
+        T(batch + (source, embed), "small"),
+        T(batch + (source, width), "small"),
+    )
+    kind = draw(st.sampled_from(["none", "causal", "bool", "float"]))
+    if kind == "causal":
+        return layout(q, k, v, is_causal=True)
+    if kind == "bool":  # True where attention is allowed; every query keeps at least one key (no all-masked row)
+        mask = draw(hnp.arrays(np.bool_, (length, source)))
+        mask[:, 0] = True
+        return layout(q, k, v, attn_mask=A(mask))
+    if kind == "float":
+        return layout(q, k, v, attn_mask=T((length, source), "small"))
+    return layout(q, k, v)
+
+
+# no bool as the other dtype: a float mask drawn in the example's dtype would turn into a boolean (allowed/not) mask
+add(Entry("scaled_dot_product_attention", attention_layout(), F.scaled_dot_product_attention, dtypes=FLOATS,
+          widen=WIDEN_FLOAT, others=("int32", "int64")))  # fmt: skip
+
+
+@st.composite
 def softplus_layout(draw: Any) -> Layout:
     beta = draw(st.sampled_from([None, 1.0, 2.0, 0.5]))
     shape = draw(shapes())

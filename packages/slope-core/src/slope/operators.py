@@ -734,9 +734,13 @@ class Matmul(Operator):
         if x.shape[-1] != y.shape[-2]:
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
-        batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
-        x, y = broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:])
-        out = bind(self, x, y)
+        if y.ndim == 2 < x.ndim:  # one 2-d product: y is not copied across the batch, nor its gradient summed back
+            out = reshape(
+                bind(self, reshape(x, (math.prod(x.shape[:-1]), x.shape[-1])), y), (*x.shape[:-1], y.shape[-1])
+            )
+        else:
+            batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
+            out = bind(self, broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:]))
         if squeeze:
             out = reshape(out, tuple(s for i, s in enumerate(out.shape) if i - out.ndim not in squeeze))
         return out

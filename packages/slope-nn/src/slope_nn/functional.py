@@ -19,6 +19,7 @@ from slope import Tensor
 from slope.operators import _strided_place as strided_place
 from slope.operators import ints, normalize_dim, normalize_dims
 
+from .module import next_key
 from .operators import (
     check_indices,
     log_softmax,
@@ -45,6 +46,7 @@ __all__ = [
     "max_pool_argmax",
     "one_hot",
     "relu",
+    "scaled_dot_product_attention",
     "scatter_add",
     "sigmoid",
     "silu",
@@ -164,7 +166,7 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
 
 def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias (PyTorch's F.linear)."""
-    out = slope.matmul(x, slope.transpose(weight, -1, -2))
+    out = slope.matmul(_tensor(x), slope.transpose(weight, -1, -2))  # (batched x: one 2-d product, see matmul)
     return out if bias is None else out + bias
 
 
@@ -223,6 +225,56 @@ def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> 
     x = _float(x)
     kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1)
     return pool_windows(x, kernel, stride, padding, dilation, 0.0).mean(-1)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dropout_p: float) -> tuple:
+    """Checked (q, k, v, mask) of scaled_dot_product_attention: shapes (..., L, E), (..., S, E), (..., S, Ev)."""
+    q, k, v = _float(q), _float(k), _float(v)
+    name = "slope.scaled_dot_product_attention"
+    if min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise slope.ShapeError(
+            f"{name}: expected query (..., L, E), key (..., S, E) and value (..., S, Ev), got {q.shape}, {k.shape} "
+            f"and {v.shape}"
+        )
+    if not q.dtype == k.dtype == v.dtype:
+        raise slope.DTypeError(f"{name}: query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not 0.0 <= _number("scaled_dot_product_attention", dropout_p, "dropout_p") <= 1.0:
+        raise ValueError(f"{name}: dropout_p must be in [0, 1], got {dropout_p}")
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (as PyTorch)")
+        attn_mask = _tensor(attn_mask)  # bool: where allowed; any other dtype is added (integers as floats)
+    return q, k, v, attn_mask
+
+
+def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, is_causal: bool = False,
+                                 dropout_p: float = 0.0, key: Tensor | None = None,
+                                 scale: float | None = None) -> Tensor:  # fmt: skip
+    """softmax(q @ k^T * scale + mask) @ v, with PyTorch's meanings: a bool attn_mask is True where attention is
+    allowed, a float one is added to the scores; is_causal masks the upper triangle (top-left aligned); dropout_p
+    drops attention weights with random `key` (else the active `nn.rng` block); scale defaults to 1/sqrt(E)."""
+    q, k, v, attn_mask = _attention_args(q, k, v, attn_mask, is_causal, dropout_p)
+    length, source = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _number("scaled_dot_product_attention", scale, "scale")
+    scores = (q * scale) @ slope.transpose(k, -2, -1)
+    if is_causal:
+        attn_mask = slope.tril(slope.ones((length, source), dtype=slope.bool_))
+    if attn_mask is not None and attn_mask.dtype == slope.bool_:
+        scores = slope.where(attn_mask, scores, -math.inf)
+    elif attn_mask is not None:
+        scores = scores + attn_mask.astype(scores.dtype)
+    weights = softmax(scores, -1)
+    if dropout_p > 0.0:
+        if dropout_p == 1.0:
+            weights = weights * 0.0
+        else:
+            key = next_key("scaled_dot_product_attention") if key is None else key
+            keep = slope.random.bernoulli(key, 1.0 - dropout_p, weights.shape)
+            weights = slope.where(keep, weights * (1.0 / (1.0 - dropout_p)), 0.0)
+    return weights @ v
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -294,5 +346,6 @@ procedures: dict[str, Callable] = {
         conv_transpose,
         avg_pool,
         cross_entropy,
+        scaled_dot_product_attention,
     )
 }

@@ -349,9 +349,11 @@ class LayerNorm(Module):
         if x.shape[x.ndim - k :] != self.normalized_shape:
             raise ValueError(f"LayerNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
         dims = tuple(range(x.ndim - k, x.ndim))
-        mean = x.mean(dims, keepdim=True)
-        var = slope.var(x, dims, correction=0, keepdim=True)
-        out = (x - mean) * (var + self.eps).rsqrt()
+        narrow = x.dtype in (slope.float16, slope.bfloat16)  # statistics in float32, as PyTorch's kernels
+        wide = x.astype(slope.float32) if narrow else x
+        centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
+        out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
+        out = out.astype(x.dtype) if narrow else out
         if self.weight is not None:
             out = out * self.weight
         if self.bias is not None:
@@ -430,6 +432,13 @@ class Embedding(Module):
         if self.padding_idx is not None:
             rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
         return rows
+
+    def attend(self, x: Tensor) -> Tensor:
+        """x @ weight.T: scores against every row, the output layer of a model whose weights are tied to its input
+        embedding (the gradients of both uses add up in `weight`, as with PyTorch's shared parameter)."""
+        if x.shape[-1:] != (self.embedding_dim,):
+            raise slope.ShapeError(f"slope.nn.Embedding.attend: expected (..., {self.embedding_dim}), got {x.shape}")
+        return functional.linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

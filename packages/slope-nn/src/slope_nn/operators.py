@@ -229,8 +229,10 @@ class MaxPool(_Pooling):
                  return_indices: bool = False) -> Any:  # fmt: skip
         x = _tensor(x)
         params = self.params(x, kernel_size, stride, padding, dilation)
-        out = slope.bind(self, x, **params)
-        return (out, slope.bind(max_pool_argmax, x, **params)) if return_indices else out
+        if not return_indices:
+            return slope.bind(self, x, **params)
+        index = slope.bind(max_pool_argmax, x, **params)  # before the values: a backend may compute both at once
+        return slope.bind(self, x, **params), index
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
         x, tangent = primals[0], tangents[0]

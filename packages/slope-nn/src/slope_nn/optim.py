@@ -32,8 +32,10 @@ __all__ = [
     "exponential_decay",
     "global_norm",
     "linear_warmup",
+    "no_decay_on_biases_and_norms",
     "piecewise_constant",
     "step_decay",
+    "warmup_cosine",
 ]
 
 Schedule = Callable[[Tensor], Any]
@@ -78,6 +80,22 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
     return warmed
 
 
+def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, final_lr: float = 0.0) -> Schedule:
+    """lr * (step + 1) / warmup_steps for the first warmup_steps steps, then a cosine from lr down to final_lr
+    at total_steps, then final_lr (PyTorch's SequentialLR of LinearLR(1 / warmup_steps, total_iters=warmup_steps - 1)
+    and CosineAnnealingLR(total_steps - warmup_steps, final_lr))."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_cosine: expected 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+
+    def schedule(step: Tensor) -> Tensor:
+        warm = lr * (step + 1.0) / float(max(warmup_steps, 1))
+        progress = slope.clip((step - float(warmup_steps)) / float(total_steps - warmup_steps), 0.0, 1.0)
+        cosine = final_lr + (lr - final_lr) * 0.5 * (1.0 + slope.cos(progress * math.pi))
+        return slope.where(step < float(warmup_steps), warm, cosine)
+
+    return schedule
+
+
 def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """values[0] before boundaries[0], values[1] until boundaries[1], ... (len(values) = len(boundaries) + 1)."""
     if len(values) != len(boundaries) + 1:
@@ -98,9 +116,10 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
 
 
 def global_norm(tree: Any) -> Tensor:
-    """The L2 norm of all floating-point leaves of a pytree together."""
-    squares = [(leaf.astype(slope.float32) ** 2).sum() for leaf in slope.tree.leaves(tree)
-               if isinstance(leaf, Tensor) and leaf.dtype.is_float]  # fmt: skip
+    """The L2 norm of all floating-point leaves of a pytree together (in float64 when a leaf is, else float32)."""
+    floats = [leaf for leaf in slope.tree.leaves(tree) if isinstance(leaf, Tensor) and leaf.dtype.is_float]
+    wide = slope.float64 if any(leaf.dtype == slope.float64 for leaf in floats) else slope.float32
+    squares = [(leaf.astype(wide) ** 2).sum() for leaf in floats]
     if not squares:
         return slope.tensor(0.0)
     total = squares[0]
@@ -122,6 +141,12 @@ def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
     return slope.tree.map(clip, grads), norm
 
 
+def no_decay_on_biases_and_norms(name: str, param: Tensor) -> bool:
+    """A `decay` filter: weight decay for matrices and embeddings (2 or more dimensions), none for biases, norm
+    scales and other vectors (the usual rule for transformers)."""
+    return param.ndim >= 2
+
+
 # ----------------------------------------------------------------------------------------------- base
 
 
@@ -133,11 +158,15 @@ def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.
 
 
 class Optimizer:
-    """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable.
+    """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
     `trainable` filters parameters by dotted name: a function `name -> bool`, or a string / sequence of name
-    prefixes to train (everything else is left alone).
+    prefixes to train (everything else is left alone). `decay` says which trained parameters get weight decay: a
+    function `(name, param) -> bool` (`no_decay_on_biases_and_norms` keeps it to matrices), default all.
     """
+
+    weight_decay = 0.0
+    decay: Callable[[str, Tensor], bool] | None = None
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
         if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
@@ -153,7 +182,7 @@ class Optimizer:
     def _init_leaf(self, param: Tensor) -> tuple:
         raise NotImplementedError
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
         raise NotImplementedError
 
     def _mask(self, model: Any, leaves: list) -> list[bool]:
@@ -166,12 +195,20 @@ class Optimizer:
             mask.append(ok)
         return mask
 
+    def _decays(self, model: Any, leaves: list) -> list[float]:
+        """The weight decay of each leaf: the optimizer's, or 0 where the `decay` filter says no."""
+        if self.decay is None or not self.weight_decay:
+            return [self.weight_decay] * len(leaves)
+        return [
+            self.weight_decay if self.decay(name, leaf) else 0.0 for leaf, (name, _) in zip(leaves, leaf_kinds(model))
+        ]
+
     def learning_rate(self, count: Any) -> Any:
         """The learning rate for the step after `count` completed steps (a float or a tensor)."""
         if callable(self.lr):
             if not isinstance(count, Tensor):
                 count = slope.tensor(float(count))
-            return self.lr(count.astype(slope.float32))
+            return self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
         return self.lr
 
     def lr_at(self, state: Any) -> float:
@@ -198,10 +235,11 @@ class Optimizer:
         if len(slots) != len(leaves):
             raise ValueError(f"{type(self).__name__}.step: the state was made for another model; call init(model)")
         mask = self._mask(model, leaves)
+        decays = self._decays(model, leaves)
         lr = self.learning_rate(state.count)
         count = state.count + 1
         new_leaves, new_slots = [], []
-        for i, (param, grad, slot, trainable) in enumerate(zip(leaves, grad_leaves, slots, mask)):
+        for i, (param, grad, slot, trainable, decay) in enumerate(zip(leaves, grad_leaves, slots, mask, decays)):
             if not trainable or slot is None:
                 new_leaves.append(param)
                 new_slots.append(slot)
@@ -212,7 +250,7 @@ class Optimizer:
                     f"{type(self).__name__}.step: gradient {described} does not match leaf {i} {param.aval}"
                 )
             param_lr = lr.astype(param.dtype) if isinstance(lr, Tensor) else lr
-            new_param, slot = self._update_leaf(param, grad.astype(param.dtype), slot, count, param_lr)
+            new_param, slot = self._update_leaf(param, grad.astype(param.dtype), slot, count, param_lr, decay)
             new_leaves.append(new_param)
             new_slots.append(slot)
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
@@ -238,8 +276,10 @@ class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay."""
 
     def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, trainable: Any = None) -> None:  # fmt: skip
+                 nesterov: bool = False, weight_decay: float = 0.0, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
         super().__init__(lr, trainable)
+        self.decay = decay
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
         self.momentum = _in_range("SGD", "momentum", momentum, 0.0)
@@ -250,9 +290,9 @@ class SGD(Optimizer):
     def _init_leaf(self, param: Tensor) -> tuple:
         return (slope.zeros_like(param),) if self.momentum else ()
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
+        if decay:
+            grad = grad + decay * param
         if self.momentum:
             (buffer,) = slots
             buffer = self.momentum * buffer + (1.0 - self.dampening) * grad
@@ -298,8 +338,10 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, trainable: Any = None) -> None:  # fmt: skip
+                 weight_decay: float = 0.0, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
         super().__init__(lr, trainable)
+        self.decay = decay
         name = type(self).__name__
         self.beta1, self.beta2 = (_in_range(name, f"betas[{i}]", beta, 0.0, 1.0) for i, beta in enumerate(betas))
         self.eps = _in_range(name, "eps", eps, 0.0)
@@ -308,16 +350,16 @@ class Adam(Optimizer):
     def _init_leaf(self, param: Tensor) -> tuple:
         return slope.zeros_like(param), slope.zeros_like(param)
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any) -> tuple:
+    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
         mu, nu = slots
-        if self.weight_decay:
+        if decay:
             if self.decoupled:
-                param = param * (1.0 - lr * self.weight_decay)
+                param = param * (1.0 - lr * decay)
             else:
-                grad = grad + self.weight_decay * param
+                grad = grad + decay * param
         mu = self.beta1 * mu + (1.0 - self.beta1) * grad
         nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
-        t = count.astype(slope.float32)
+        t = count.astype(slope.float64 if param.dtype == slope.float64 else slope.float32)
         correction1 = (1.0 - self.beta1**t).astype(param.dtype)
         correction2 = (1.0 - self.beta2**t).astype(param.dtype)
         denominator = nu.sqrt() / correction2.sqrt() + self.eps
@@ -336,5 +378,6 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, trainable: Any = None) -> None:  # fmt: skip
-        super().__init__(lr, betas, eps, weight_decay, trainable)
+                 weight_decay: float = 0.01, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
+        super().__init__(lr, betas, eps, weight_decay, trainable, decay)

@@ -1350,6 +1350,41 @@ add(
     )
 )
 
+
+def np_attention(q, k, v, mask=None, is_causal=False):
+    """softmax(q k^T / sqrt(E) + mask) v, PyTorch's scaled_dot_product_attention in NumPy."""
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if is_causal:
+        mask = np.tril(np.ones(scores.shape[-2:], dtype=bool))
+    if mask is not None and mask.dtype == bool:
+        scores = np.where(mask, scores, -np.inf)
+    elif mask is not None:
+        scores = scores + mask
+    return np_softmax(scores, -1) @ v
+
+
+add(
+    Row(
+        "scaled_dot_product_attention",
+        [
+            Case([Data(shape=(2, 3, 4)), Data(shape=(2, 5, 4)), Data(shape=(2, 5, 2))], np_attention, label="3-d"),
+            Case(
+                [Data(shape=(1, 2, 4, 3)), Data(shape=(1, 2, 4, 3)), Data(shape=(1, 2, 4, 3))],
+                lambda q, k, v: np_attention(q, k, v, is_causal=True),
+                kwargs={"is_causal": True},
+                label="causal",
+            ),
+            Case(
+                [Data(shape=(3, 2)), Data(shape=(4, 2)), Data(shape=(4, 2)), Data(shape=(3, 4))],
+                np_attention,
+                label="float mask",
+            ),
+        ],
+        FLOATS,
+        tol=4.0,
+    )
+)
+
 # ----------------------------------------------------------------------------------------------- creation
 
 CREATION_SKIPS = {

@@ -1,0 +1,432 @@
+"""Train a character-level GPT on Shakespeare, plot the loss, save a checkpoint and sample from it.
+
+    python examples/nn/char_gpt.py                         # 2,000 iterations of the small CPU configuration
+    python examples/nn/char_gpt.py --steps 200 --backend numpy
+    python examples/nn/char_gpt.py --sample-only examples/nn/out/char_gpt.safetensors --prompt "ROMEO:"
+    python examples/nn/char_gpt.py --data my_text.txt      # any UTF-8 text
+
+The defaults are the well-known small configuration for a CPU: 4 layers, 4 heads, 128-wide embeddings, context 64,
+batch 12, dropout 0, AdamW (lr 1e-3, betas 0.9/0.99, weight decay 0.1 on matrices only, gradients clipped to norm 1)
+with 100 warm-up steps and a cosine decay to 1e-4 at 2,000 iterations; the output layer shares the token embedding.
+The data is split into the first 90% for training and the last 10% for validation; batches are random windows drawn
+from a NumPy generator seeded by --seed (benchmarks/gpt_torch_reference.py trains PyTorch on the same batches).
+One jitted function does a whole train step; generation is one jitted function per token over a fixed-shape window
+of the last `context` characters, so it compiles once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import slope
+import slope.nn as nn
+
+HERE = Path(__file__).resolve().parent
+
+
+def default_data() -> Path:
+    """tinyshakespeare/input.txt in $SLOPE_DATA_DIR, else in ../shared/data beside the repository (or a folder above)."""
+    relative = Path("tinyshakespeare") / "input.txt"
+    if os.environ.get("SLOPE_DATA_DIR"):
+        return Path(os.environ["SLOPE_DATA_DIR"]) / relative
+    candidates = [parent / "shared" / "data" / relative for parent in HERE.parents[1:]]
+    return next((path for path in candidates if path.exists()), candidates[1])
+
+
+CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+def _normal(key: slope.Tensor, shape: tuple, std: float, dtype: Any = None) -> slope.Tensor:
+    return slope.random.normal(key, shape, dtype=dtype) * std
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one (C, 3C) input projection, as GPT-2."""
+
+    def __init__(self, n_embd: int, n_head: int, n_layer: int, dropout: float, key: slope.Tensor) -> None:
+        super().__init__()
+        keys = slope.random.split(key, 2)
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.qkv.weight = _normal(keys[0], (3 * n_embd, n_embd), 0.02)
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.proj.weight = _normal(keys[1], (n_embd, n_embd), 0.02 / math.sqrt(2 * n_layer))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        batch, length, width = x.shape
+        heads = self.qkv(x).reshape((batch, length, 3, self.n_head, width // self.n_head)).permute((2, 0, 3, 1, 4))
+        p = self.dropout.p if self.training else 0.0
+        y = nn.functional.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True, dropout_p=p)
+        return self.dropout(self.proj(y.permute((0, 2, 1, 3)).reshape((batch, length, width))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, n_layer: int, dropout: float, key: slope.Tensor) -> None:
+        super().__init__()
+        keys = slope.random.split(key, 3)
+        self.ln1 = nn.LayerNorm(n_embd, bias=False)
+        self.attn = CausalSelfAttention(n_embd, n_head, n_layer, dropout, keys[0])
+        self.ln2 = nn.LayerNorm(n_embd, bias=False)
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+        self.fc.weight = _normal(keys[1], (4 * n_embd, n_embd), 0.02)
+        self.gelu = nn.GELU()
+        self.out = nn.Linear(4 * n_embd, n_embd, bias=False)
+        self.out.weight = _normal(keys[2], (n_embd, 4 * n_embd), 0.02 / math.sqrt(2 * n_layer))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        x = x + self.attn(self.ln1(x))
+        return x + self.dropout(self.out(self.gelu(self.fc(self.ln2(x)))))
+
+
+class GPT(nn.Module):
+    """Token and position embeddings, n_layer blocks, a final LayerNorm and the tied output layer."""
+
+    def __init__(self, vocab_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128, block_size: int = 64,
+                 dropout: float = 0.0, key: slope.Tensor | None = None) -> None:  # fmt: skip
+        super().__init__()
+        key = slope.random.key(0) if key is None else key
+        keys = slope.random.split(key, n_layer + 2)
+        self.block_size = block_size
+        self.tokens = nn.Embedding(vocab_size, n_embd)
+        self.tokens.weight = _normal(keys[0], (vocab_size, n_embd), 0.02)
+        self.positions = nn.Embedding(block_size, n_embd)
+        self.positions.weight = _normal(keys[1], (block_size, n_embd), 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([Block(n_embd, n_head, n_layer, dropout, keys[2 + i]) for i in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd, bias=False)
+
+    def hidden(self, idx: slope.Tensor) -> slope.Tensor:
+        """(B, T) token ids -> (B, T, C) final hidden states (before the output layer)."""
+        x = self.dropout(self.tokens(idx) + self.positions.weight[: idx.shape[1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, idx: slope.Tensor) -> slope.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits."""
+        return self.tokens.attend(self.hidden(idx))
+
+
+def loss_fn(model: GPT, x: slope.Tensor, y: slope.Tensor) -> slope.Tensor:
+    """Mean next-character cross-entropy over (batch, time)."""
+    logits = model(x)
+    return nn.cross_entropy(logits.reshape((-1, logits.shape[-1])), y.reshape((-1,)))
+
+
+def make_optimizer(lr: float, steps: int, warmup: int = 100, min_lr: float = 1e-4) -> nn.AdamW:
+    """AdamW with decoupled weight decay on matrices only and a linear warm-up + cosine schedule."""
+    schedule = nn.optim.warmup_cosine(lr, min(warmup, steps - 1), steps, min(min_lr, lr))
+    return nn.AdamW(schedule, betas=(0.9, 0.99), weight_decay=0.1, decay=nn.optim.no_decay_on_biases_and_norms)
+
+
+def make_train_step(optimizer: nn.AdamW, grad_clip: float = 1.0) -> Any:
+    """One jitted step: loss, gradients (the dropout key feeds nn.apply), clipping, the AdamW update."""
+
+    @slope.jit
+    def train_step(model: GPT, state: Any, x: slope.Tensor, y: slope.Tensor, key: slope.Tensor) -> tuple:
+        def loss_with_key(model: GPT) -> slope.Tensor:
+            logits, _ = nn.apply(model, x, key=key)
+            return nn.cross_entropy(logits.reshape((-1, logits.shape[-1])), y.reshape((-1,)))
+
+        loss, grads = slope.value_and_grad(loss_with_key)(model)
+        grads, _ = nn.optim.clip_grad_norm(grads, grad_clip)
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class CharData:
+    """A text as character ids: the vocabulary (sorted distinct characters) and the 90% / 10% split."""
+
+    def __init__(self, text: str, chars: list[str] | None = None) -> None:
+        self.chars = sorted(set(text)) if chars is None else list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        unknown = set(text) - set(self.index)
+        if unknown:
+            raise SystemExit(f"char_gpt: the text has characters the checkpoint's vocabulary lacks: {sorted(unknown)}")
+        ids = np.array([self.index[c] for c in text], dtype=np.int64)
+        split = int(0.9 * len(ids))
+        self.train, self.val = ids[:split], ids[split:]
+
+    def encode(self, text: str) -> list[int]:
+        """Character ids of a string (characters outside the vocabulary are an error)."""
+        missing = sorted(set(text) - set(self.index))
+        if missing:
+            raise SystemExit(f"char_gpt: the prompt has characters outside the vocabulary: {missing}")
+        return [self.index[c] for c in text]
+
+    def decode(self, ids: Any) -> str:
+        """The string of character ids."""
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def get_batch(ids: np.ndarray, batch_size: int, block_size: int, gen: np.random.Generator) -> tuple:
+    """Random windows x and their next characters y, shapes (batch_size, block_size)."""
+    starts = gen.integers(0, len(ids) - block_size - 1, batch_size)
+    x = np.stack([ids[s : s + block_size] for s in starts])
+    y = np.stack([ids[s + 1 : s + 1 + block_size] for s in starts])
+    return x, y
+
+
+def val_batches(data: CharData, batch_size: int, block_size: int, count: int, seed: int = 1234) -> list:
+    """A fixed set of validation batches (the same at every evaluation, and in the PyTorch reference)."""
+    gen = np.random.default_rng(seed)
+    return [get_batch(data.val, batch_size, block_size, gen) for _ in range(count)]
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.Tensor, temperature: float,
+               top_k: int | None) -> tuple:  # fmt: skip
+    """Sample the character after the first `length` ids of a (1, T) window with the uniform draw `u` (inverse CDF);
+    returns (token, window, length) with the token appended (the window slides left once full). Fixed shapes, so it
+    is jitted once."""
+    block = window.shape[1]
+    hidden = model.hidden(window)[0]  # (T, C)
+    at_last = (slope.arange(block) == length - 1).astype(hidden.dtype)
+    logits = model.tokens.attend((hidden * at_last.unsqueeze(-1)).sum(0)) / temperature  # (V,)
+    if top_k is not None and top_k < logits.shape[0]:
+        # keep the logits of which fewer than top_k are larger (ties with the k-th value stay, as nanoGPT's topk)
+        larger = (logits.unsqueeze(0) > logits.unsqueeze(1)).astype(slope.int64).sum(1)
+        logits = slope.where(larger < top_k, logits, -math.inf)
+    # the first id whose cumulative probability exceeds u
+    probs = nn.functional.softmax(logits, -1)
+    token = (slope.cumsum(probs, 0) <= u.astype(probs.dtype)).astype(slope.int64).sum().clip(None, logits.shape[0] - 1)
+    placed = slope.where(slope.arange(block).unsqueeze(0) == length, token, window)
+    slid = slope.cat([window[:, 1:], token.reshape((1, 1))], 1)
+    window = slope.where(length >= block, slid, placed)
+    return token, window, (length + 1).clip(None, block)
+
+
+def uniforms(key: slope.Tensor, count: int) -> slope.Tensor:
+    """The `count` uniform draws generation uses, all from one key in one program (a draw inside each token's step
+    would add the ~300 operators of the counter-based generator to every step: 40% of them)."""
+    return slope.random.uniform(key, (count,))
+
+
+def start_window(prompt_ids: list[int], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (1, T) window holding the last block_size prompt ids left-aligned, and how many it holds."""
+    ids = prompt_ids[-block_size:] or [0]
+    window = np.zeros((1, block_size), dtype=np.int64)
+    window[0, : len(ids)] = ids
+    return window, np.array(len(ids), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_next_token(temperature: float, top_k: int | None) -> slope.jit:
+    """One jitted next_token per sampling setting (so repeated generate calls reuse the compiled step)."""
+    return slope.jit(lambda m, w, n, u: next_token(m, w, n, u, temperature, top_k))
+
+
+_jitted_uniforms = slope.jit(uniforms, static_argnums=1)
+
+
+def generate(model: GPT, prompt_ids: list[int], count: int, key: slope.Tensor, temperature: float = 0.8,
+             top_k: int | None = 40) -> list[int]:  # fmt: skip
+    """`count` sampled ids after the prompt, one jitted fixed-shape step per id."""
+    step = _jitted_next_token(temperature, top_k)
+    draws = _jitted_uniforms(key, count).numpy()
+    window, length = start_window(prompt_ids, model.block_size)
+    window, length = slope.tensor(window), slope.tensor(length)
+    tokens = []
+    for u in draws:
+        token, window, length = step(model, window, length, slope.tensor(u))
+        tokens.append(token)
+    return [int(t) for t in tokens]
+
+
+def export_next_token(model: GPT, folder: Path, count: int, temperature: float = 0.8,
+                      top_k: int | None = 40) -> tuple[str, str]:  # fmt: skip
+    """Write generation as two ONNX models that run without Slope: `uniforms.onnx` (key (2,) int64 -> `count`
+    float32 draws) and `next_token.onnx` (weights as constants; inputs window (1, T) int64, length () int64 and one
+    draw u () float32; outputs token, window and length, which a plain onnxruntime loop feeds back)."""
+    window, length = start_window([0], model.block_size)
+    step = slope.jit(lambda w, n, u: next_token(model, w, n, u, temperature, top_k))
+    folder = Path(folder)
+    with slope.use_backend("onnxruntime"):
+        (draws,) = slope.jit(lambda k: uniforms(k, count)).lower(slope.random.key(0)).export(folder / "uniforms.onnx")
+        lowered = step.lower(slope.tensor(window), slope.tensor(length), slope.tensor(np.float32(0.5)))
+        (next_path,) = lowered.export(folder / "next_token.onnx")
+    return draws, next_path
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def evaluate(model: GPT, batches: list) -> float:
+    """Mean loss over the fixed validation batches (eval mode: no dropout)."""
+    model = model.eval()
+    jitted = slope.jit(loss_fn)
+    losses = [float(jitted(model, slope.tensor(x), slope.tensor(y))) for x, y in batches]
+    model.train()
+    return float(np.mean(losses))
+
+
+def plot(losses: list[float], evals: list[tuple[int, float, float]], path: Path) -> None:
+    """The training loss per step and the evaluated train/validation losses, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(1, len(losses) + 1), losses, linewidth=0.6, alpha=0.5, label="train loss per step")
+    if evals:
+        steps, train, val = zip(*evals)
+        ax.plot(steps, train, "o-", label="train loss (evaluated)")
+        ax.plot(steps, val, "s-", label="validation loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_title("character-level GPT on tiny Shakespeare")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"loss plot: {path}")
+
+
+def save_checkpoint(model: GPT, data: CharData, config: dict, path: Path) -> None:
+    """The weights (safetensors) and, beside them, the configuration and vocabulary (JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps({"config": config, "chars": data.chars}))
+    print(f"checkpoint: {path} (+ {path.with_suffix('.json').name})")
+
+
+def load_checkpoint(path: Path) -> tuple[GPT, dict, list[str]]:
+    """A model, its configuration and vocabulary from save_checkpoint's files."""
+    meta = json.loads(Path(path).with_suffix(".json").read_text())
+    config = meta["config"]
+    model = GPT(len(meta["chars"]), **config)
+    model.load(path)
+    return model.eval(), config, meta["chars"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="a UTF-8 text file (default: tiny Shakespeare, see the README)")
+    p.add_argument("--backend", default=None, help="onnxruntime, iree or numpy (default: Slope's default)")
+    p.add_argument("--steps", type=int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n-layer", type=int, default=CONFIG["n_layer"])
+    p.add_argument("--n-head", type=int, default=CONFIG["n_head"])
+    p.add_argument("--n-embd", type=int, default=CONFIG["n_embd"])
+    p.add_argument("--block-size", type=int, default=CONFIG["block_size"])
+    p.add_argument("--dropout", type=float, default=CONFIG["dropout"])
+    p.add_argument("--eval-every", type=int, default=250, help="validation loss every this many steps")
+    p.add_argument("--eval-batches", type=int, default=50, help="validation batches per evaluation")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", default=str(HERE / "out"), help="folder for the checkpoint and loss plot")
+    p.add_argument("--sample-only", metavar="CHECKPOINT", default=None, help="skip training: sample from a checkpoint")
+    p.add_argument("--prompt", default="\n", help="the text generation starts from")
+    p.add_argument("--chars", type=int, default=500, help="characters to sample (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    return p.parse_args(argv)
+
+
+def sample(model: GPT, data: CharData, args: argparse.Namespace) -> str:
+    """Print and return `args.chars` characters sampled after the prompt, with the generation speed."""
+    key = slope.random.key(args.seed)
+    prompt = data.encode(args.prompt)
+    generate(model, prompt, 2, key, args.temperature, args.top_k)  # trace and compile the step once
+    _jitted_uniforms(key, args.chars)  # and the draws for this many characters
+    start = time.perf_counter()
+    ids = generate(model, prompt, args.chars, key, args.temperature, args.top_k)
+    elapsed = time.perf_counter() - start
+    text = data.decode(ids)
+    print(f"--- {args.chars} characters sampled (temperature {args.temperature}, top-k {args.top_k}) in {elapsed:.2f} s "
+          f"({args.chars / elapsed:.0f} tokens/s) ---")  # fmt: skip
+    print(args.prompt + text)
+    print("---")
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (or load), evaluate, save, plot and sample."""
+    args = parse_args(argv)
+    if args.backend:
+        slope.set_backend(args.backend)
+    print(f"backend: {slope.get_backend().name}")
+    if args.sample_only:
+        model, _, chars = load_checkpoint(Path(args.sample_only))
+        sample(model, CharData("", chars), args)
+        return
+    path = Path(args.data) if args.data else default_data()
+    if not path.exists():
+        raise SystemExit(
+            f"char_gpt: no text at {path}; pass --data FILE or set SLOPE_DATA_DIR (see examples/README.md)"
+        )
+    text = path.read_text(encoding="utf-8")
+    data = CharData(text)
+    config = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "block_size": args.block_size,
+              "dropout": args.dropout}  # fmt: skip
+    model = GPT(len(data.chars), **config, key=slope.random.key(args.seed))
+    print(f"{len(data.train):,} training and {len(data.val):,} validation characters, vocabulary {len(data.chars)}; "
+          f"{model.num_parameters():,} parameters")  # fmt: skip
+    optimizer = make_optimizer(args.lr, args.steps)
+    state = optimizer.init(model)
+    train_step = make_train_step(optimizer)
+    gen = np.random.default_rng(args.seed)
+    held_out = val_batches(data, args.batch_size, args.block_size, args.eval_batches)
+    drop_key = slope.random.key(args.seed + 1)
+    losses: list[float] = []
+    evals: list[tuple[int, float, float]] = []
+    begin = time.perf_counter()
+    pending: list = []
+    with tqdm(total=args.steps, desc="training", unit="step") as bar:
+        for step in range(1, args.steps + 1):
+            x, y = get_batch(data.train, args.batch_size, args.block_size, gen)
+            model, state, loss = train_step(model, state, slope.tensor(x), slope.tensor(y),
+                                            slope.random.fold_in(drop_key, step))  # fmt: skip
+            pending.append(loss)
+            if step % 10 == 0 or step == args.steps:
+                losses.extend(float(v) for v in pending)  # one sync every 10 steps
+                pending.clear()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update(1)
+            if step % args.eval_every == 0 or step == args.steps:
+                train_gen = np.random.default_rng(step)
+                train_eval = evaluate(model, [get_batch(data.train, args.batch_size, args.block_size, train_gen)
+                                              for _ in range(args.eval_batches)])  # fmt: skip
+                val = evaluate(model, held_out)
+                evals.append((step, train_eval, val))
+                tqdm.write(f"step {step}: train loss {train_eval:.4f}, val loss {val:.4f}")
+    wall = time.perf_counter() - begin
+    print(f"trained {args.steps} steps in {wall:.1f} s ({1000 * wall / args.steps:.1f} ms/step with evaluations); "
+          f"final val loss {evals[-1][2]:.4f}")  # fmt: skip
+    out = Path(args.out)
+    save_checkpoint(model, data, config, out / "char_gpt.safetensors")
+    plot(losses, evals, out / "char_gpt_loss.png")
+    sample(model.eval(), data, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""The pieces of a transformer against PyTorch: attention, Embedding with a tied output layer, LayerNorm, Dropout,
+GELU, AdamW with a decay filter, clipping, the warm-up + cosine schedule and cross-entropy over (batch, time, vocab).
+
+Forward values and gradients on every backend under test, in float32 and float64 (tolerances per dtype below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from nn_helpers import rng
+
+import slope
+import slope.nn as nn
+
+torch = pytest.importorskip("torch")
+
+DTYPES = ("float32", "float64")
+# (rtol, atol): float32 goes through other summation orders (MatMul, reductions) than PyTorch's kernels
+TOL = {"float32": (2e-5, 2e-5), "float64": (1e-10, 1e-10)}
+
+
+def close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOL[dtype]
+    actual = actual.numpy() if isinstance(actual, slope.Tensor) else np.asarray(actual)
+    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=rtol * scale, atol=atol * scale)
+
+
+def data(shape, dtype, seed=0, scale=1.0):
+    return (rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def both(array):
+    """The same values as a slope tensor and a PyTorch tensor that requires a gradient."""
+    return slope.tensor(array), torch.tensor(array, requires_grad=True)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+SDPA_CASES = {
+    "4-d, no mask": ((2, 3, 4, 5), (2, 3, 6, 5), (2, 3, 6, 7), None, {}),
+    "causal, L = S": ((2, 2, 5, 4), (2, 2, 5, 4), (2, 2, 5, 4), None, {"is_causal": True}),
+    "causal, L < S (top-left)": ((1, 3, 4), (1, 6, 4), (1, 6, 4), None, {"is_causal": True}),
+    "bool mask, broadcast": ((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4), "bool", {}),
+    "float mask": ((3, 4), (5, 4), (5, 2), "float", {}),
+    "scale": ((2, 3, 4), (2, 3, 4), (2, 3, 4), None, {"scale": 0.3}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(SDPA_CASES))
+def test_scaled_dot_product_attention(case, dtype, each_backend):
+    q_shape, k_shape, v_shape, mask_kind, kwargs = SDPA_CASES[case]
+    q, k, v = data(q_shape, dtype, 1), data(k_shape, dtype, 2), data(v_shape, dtype, 3)
+    mask = None
+    if mask_kind == "bool":  # True where attention is allowed; every row keeps at least one key
+        mask = rng(4).random((q_shape[-2], k_shape[-2])) > 0.4
+        mask[:, 0] = True
+    elif mask_kind == "float":
+        mask = data((q_shape[-2], k_shape[-2]), dtype, 4)
+    cot = data(q_shape[:-1] + v_shape[-1:], dtype, 5)
+    (sq, tq), (sk, tk), (sv, tv) = both(q), both(k), both(v)
+    smask = None if mask is None else slope.tensor(mask)
+    tmask = None if mask is None else torch.tensor(mask)
+
+    def loss(q, k, v):
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=smask, **kwargs)
+        return (out * slope.tensor(cot)).sum(), out
+
+    (value, out), grads = slope.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(sq, sk, sv)
+    expected = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, **kwargs)
+    (expected * torch.tensor(cot)).sum().backward()
+    close(out, expected, dtype)
+    for got, want in zip(grads, (tq.grad, tk.grad, tv.grad)):
+        close(got, want, dtype, scale=5.0)
+    # the procedure is registered: slope.scaled_dot_product_attention is the same function
+    close(slope.scaled_dot_product_attention(sq, sk, sv, attn_mask=smask, **kwargs), expected, dtype)
+
+
+def test_attention_dropout_uses_the_key_and_errors_name_the_function():
+    q = slope.tensor(data((2, 4, 8), "float32"))
+    a = nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5, key=slope.random.key(1))
+    b = nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5, key=slope.random.key(1))
+    c = nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5, key=slope.random.key(2))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(a.numpy(), c.numpy())
+    # the weights of a row are dropped independently and the rest scaled by 2: the mean over keys is unbiased
+    ones = slope.ones((1, 4000, 1))
+    out = nn.functional.scaled_dot_product_attention(slope.zeros((1, 1, 1)), ones, ones, dropout_p=0.5,
+                                                     key=slope.random.key(3))  # fmt: skip
+    assert abs(float(out.sum()) - 1.0) < 0.1
+    with pytest.raises(slope.ShapeError, match="scaled_dot_product_attention"):
+        nn.functional.scaled_dot_product_attention(q, slope.ones((2, 4, 7)), q)
+    with pytest.raises(ValueError, match="scaled_dot_product_attention.*not both"):
+        nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=slope.ones((4, 4), dtype=slope.bool_),
+                                                   is_causal=True)  # fmt: skip
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):
+        slope.jit(lambda q: nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.1))(q)
+
+
+def torch_mha(layer: nn.MultiHeadAttention, dtype: str):
+    """A torch.nn.MultiheadAttention with the layer's weights (PyTorch packs q, k, v into one in_proj)."""
+    reference = torch.nn.MultiheadAttention(layer.embed_dim, layer.num_heads, batch_first=True,
+                                            dtype=getattr(torch, dtype))  # fmt: skip
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.tensor(np.concatenate(
+            [p.weight.numpy() for p in (layer.q_proj, layer.k_proj, layer.v_proj)])))  # fmt: skip
+        reference.in_proj_bias.copy_(torch.tensor(np.concatenate(
+            [p.bias.numpy() for p in (layer.q_proj, layer.k_proj, layer.v_proj)])))  # fmt: skip
+        reference.out_proj.weight.copy_(torch.tensor(layer.out_proj.weight.numpy()))
+        reference.out_proj.bias.copy_(torch.tensor(layer.out_proj.bias.numpy()))
+    return reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,heads,causal", [((2, 5, 8), 2, True), ((1, 3, 12), 3, False), ((3, 4, 4), 1, True)])
+def test_multi_head_attention_against_pytorch(shape, heads, causal, dtype, each_backend):
+    layer = nn.MultiHeadAttention(shape[-1], heads, key=slope.random.key(3), dtype=slope.dtypes.as_dtype(dtype))
+    reference = torch_mha(layer, dtype)
+    x = data(shape, dtype, 6)
+    cot = data(shape, dtype, 7)
+    sx, tx = both(x)
+
+    def loss(model, x):
+        out = model(x, is_causal=causal)
+        return (out * slope.tensor(cot)).sum(), out
+
+    (_, out), (grad_model, grad_x) = slope.value_and_grad(loss, argnums=(0, 1), has_aux=True)(layer, sx)
+    mask = torch.triu(torch.ones(shape[1], shape[1], dtype=torch.bool), 1) if causal else None
+    expected, _ = reference(tx, tx, tx, attn_mask=mask, need_weights=False)
+    (expected * torch.tensor(cot)).sum().backward()
+    close(out, expected, dtype)
+    close(grad_x, tx.grad, dtype, scale=5.0)
+    embed = shape[-1]
+    close(grad_model.q_proj.weight, reference.in_proj_weight.grad[:embed], dtype, scale=5.0)
+    close(grad_model.v_proj.bias, reference.in_proj_bias.grad[2 * embed :], dtype, scale=5.0)
+    close(grad_model.out_proj.weight, reference.out_proj.weight.grad, dtype, scale=5.0)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,vocab", [((2, 5), 7), ((3,), 4)])
+def test_embedding_with_tied_output_layer(shape, vocab, dtype, each_backend):
+    width = 6
+    layer = nn.Embedding(vocab, width, key=slope.random.key(4), dtype=slope.dtypes.as_dtype(dtype))
+    indices = rng(8).integers(0, vocab, shape)
+    cot = data(shape + (vocab,), dtype, 9)
+    weight = torch.tensor(layer.weight.numpy())
+
+    def loss(model, indices):
+        logits = model.attend(slope.tanh(model(indices)))  # the same table embeds and scores
+        return (logits * slope.tensor(cot)).sum(), logits
+
+    (_, out), grads = slope.value_and_grad(loss, has_aux=True)(layer, slope.tensor(indices))
+    embedding = torch.nn.Embedding(vocab, width, _weight=weight)
+    head = torch.nn.Linear(width, vocab, bias=False)
+    head.weight = embedding.weight  # PyTorch's weight tying: one parameter
+    expected = head(torch.tanh(embedding(torch.tensor(indices))))
+    (expected * torch.tensor(cot)).sum().backward()
+    close(out, expected, dtype)
+    close(grads.weight, embedding.weight.grad, dtype, scale=5.0)
+    with pytest.raises(slope.ShapeError, match="Embedding.attend"):
+        layer.attend(slope.ones((2, width + 1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,normalized,bias", [((2, 3, 8), (8,), True), ((2, 3, 8), (8,), False),
+                                                    ((4, 3, 5), (3, 5), True)])  # fmt: skip
+def test_layernorm_against_pytorch(shape, normalized, bias, dtype, each_backend):
+    layer = nn.LayerNorm(normalized, bias=bias, dtype=slope.dtypes.as_dtype(dtype))
+    layer.weight = slope.tensor(data(normalized, dtype, 10) + 1)
+    if bias:
+        layer.bias = slope.tensor(data(normalized, dtype, 11))
+    reference = torch.nn.LayerNorm(normalized, bias=bias, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(layer.weight.numpy()))
+        if bias:
+            reference.bias.copy_(torch.tensor(layer.bias.numpy()))
+    x, cot = data(shape, dtype, 12, 3.0), data(shape, dtype, 13)
+    sx, tx = both(x)
+
+    def loss(model, x):
+        out = model(x)
+        return (out * slope.tensor(cot)).sum(), out
+
+    (_, out), (grad_model, grad_x) = slope.value_and_grad(loss, argnums=(0, 1), has_aux=True)(layer, sx)
+    expected = reference(tx)
+    (expected * torch.tensor(cot)).sum().backward()
+    close(out, expected, dtype, scale=5.0)
+    close(grad_x, tx.grad, dtype, scale=20.0)
+    close(grad_model.weight, reference.weight.grad, dtype, scale=5.0)
+    if bias:
+        close(grad_model.bias, reference.bias.grad, dtype, scale=5.0)
+    else:
+        assert layer.bias is None and "bias" not in dict(layer.named_parameters())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_against_pytorch(approximate, dtype, each_backend):
+    x = data((3, 7), dtype, 14, 3.0)
+    sx, tx = both(x)
+    out, grad = slope.value_and_grad(lambda x: nn.GELU(approximate)(x).sum())(sx), None
+    out, grad = out
+    expected = torch.nn.GELU(approximate)(tx)
+    expected.sum().backward()
+    close(out, expected.sum(), dtype, scale=5.0)
+    close(grad, tx.grad, dtype, scale=5.0)
+    close(nn.functional.gelu(sx, approximate), expected, dtype)
+
+
+def test_dropout_keys_train_and_eval(each_backend):
+    model = nn.Sequential(nn.Linear(6, 6, key=slope.random.key(0)), nn.Dropout(0.5))
+    x = slope.tensor(data((4, 6), "float32"))
+    run = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])
+    a, b, c = run(model, x, slope.random.key(1)), run(model, x, slope.random.key(1)), run(model, x, slope.random.key(2))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())  # the same key drops the same elements
+    assert not np.array_equal(a.numpy(), c.numpy())
+    dense = model[0](x).numpy()
+    kept = a.numpy() != 0
+    np.testing.assert_allclose(a.numpy()[kept], 2 * dense[kept], rtol=1e-6)  # kept values scaled by 1 / (1 - p)
+    model.eval()
+    assert not model[1].training
+    np.testing.assert_allclose(slope.jit(lambda m, x: m(x))(model, x).numpy(), dense, rtol=1e-6)
+    model.train()
+    assert model[1].training
+
+
+# ----------------------------------------------------------------------------------------------- loss, optimizer
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 1, 65)])
+def test_cross_entropy_over_batch_time_vocab(shape, dtype, each_backend):
+    logits = data(shape, dtype, 15, 2.0)
+    targets = rng(16).integers(0, shape[-1], shape[:-1])
+    sl, tl = both(logits)
+    value, grad = slope.value_and_grad(lambda x: nn.cross_entropy(x.reshape((-1, shape[-1])),
+                                                                  slope.tensor(targets).reshape((-1,))))(sl)  # fmt: skip
+    expected = torch.nn.functional.cross_entropy(tl.transpose(1, 2), torch.tensor(targets))  # (N, C, T) in PyTorch
+    expected.backward()
+    close(value, expected, dtype)
+    close(grad, tl.grad, dtype)
+
+
+def test_warmup_cosine_matches_pytorch():
+    lr, warmup, total, final = 1e-3, 10, 50, 1e-4
+    schedule = nn.optim.warmup_cosine(lr, warmup, total, final)
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=lr)
+    torch_schedule = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, total_iters=warmup - 1),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, total - warmup, final),
+    ], milestones=[warmup])  # fmt: skip
+    expected = []
+    for _ in range(total + 1):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        torch_schedule.step()
+    got = [float(schedule(slope.tensor(float(step)))) for step in range(total + 1)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert float(schedule(slope.tensor(float(total + 20)))) == pytest.approx(final)
+    with pytest.raises(ValueError, match="warmup_cosine"):
+        nn.optim.warmup_cosine(lr, 10, 10)
+
+
+class Tiny(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.embed = nn.Embedding(5, 4, key=slope.random.key(1), dtype=dtype)
+        self.norm = nn.LayerNorm(4, dtype=dtype)
+        self.proj = nn.Linear(4, 4, key=slope.random.key(2), dtype=dtype)
+
+    def forward(self, tokens):
+        return self.embed.attend(self.proj(self.norm(self.embed(tokens))))
+
+
+def torch_tiny(model: Tiny):
+    class TorchTiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(5, 4, _weight=torch.tensor(model.embed.weight.numpy()))
+            self.norm = torch.nn.LayerNorm(4, dtype=self.embed.weight.dtype)
+            self.proj = torch.nn.Linear(4, 4, dtype=self.embed.weight.dtype)
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.tensor(model.proj.weight.numpy()))
+                self.proj.bias.copy_(torch.tensor(model.proj.bias.numpy()))
+
+        def forward(self, tokens):
+            return self.proj(self.norm(self.embed(tokens))) @ self.embed.weight.T
+
+    return TorchTiny()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_with_decay_filter_clipping_and_schedule_matches_pytorch(dtype, each_backend):
+    model = Tiny(slope.dtypes.as_dtype(dtype))
+    reference = torch_tiny(model)
+    lr, warmup, total = 1e-2, 2, 6
+    optimizer = nn.AdamW(nn.optim.warmup_cosine(lr, warmup, total), weight_decay=0.1,
+                         decay=nn.optim.no_decay_on_biases_and_norms)  # fmt: skip
+    decayed = [p for p in reference.parameters() if p.ndim >= 2]
+    others = [p for p in reference.parameters() if p.ndim < 2]
+    torch_opt = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
+                                  lr=lr)  # fmt: skip
+    torch_schedule = torch.optim.lr_scheduler.SequentialLR(torch_opt, [
+        torch.optim.lr_scheduler.LinearLR(torch_opt, 1 / warmup, 1.0, total_iters=warmup - 1),
+        torch.optim.lr_scheduler.CosineAnnealingLR(torch_opt, total - warmup),
+    ], milestones=[warmup])  # fmt: skip
+    tokens = rng(17).integers(0, 5, (3, 4))
+    targets = rng(18).integers(0, 5, (3, 4))
+
+    def loss_fn(model, tokens, targets):
+        return nn.cross_entropy(model(tokens).reshape((-1, 5)), targets.reshape((-1,)))
+
+    @slope.jit
+    def step(model, state, tokens, targets):
+        loss, grads = slope.value_and_grad(loss_fn)(model, tokens, targets)
+        grads, norm = nn.optim.clip_grad_norm(grads, 0.5)
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss, norm
+
+    state = optimizer.init(model)
+    for _ in range(total):
+        model, state, loss, norm = step(model, state, slope.tensor(tokens), slope.tensor(targets))
+        torch_opt.zero_grad()
+        torch_loss = torch.nn.functional.cross_entropy(reference(torch.tensor(tokens)).reshape(-1, 5),
+                                                       torch.tensor(targets).reshape(-1))  # fmt: skip
+        torch_loss.backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+        torch_opt.step()
+        torch_schedule.step()
+        close(loss, torch_loss, dtype, scale=10.0)
+        close(norm, torch_norm, dtype, scale=10.0)
+    scale = 50.0  # six steps of Adam: 1/sqrt(nu) amplifies the first steps' rounding
+    close(model.embed.weight, reference.embed.weight, dtype, scale)
+    close(model.norm.weight, reference.norm.weight, dtype, scale)
+    close(model.proj.bias, reference.proj.bias, dtype, scale)
+    assert math.isfinite(float(loss))
