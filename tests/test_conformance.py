@@ -58,3 +58,23 @@ def test_matrix_covers_every_installed_backend() -> None:
     for backend in slope.plugins.backends:  # an opt-in backend (iree) has its whole matrix when asked for by name
         own = [p for p in (params if backend in backends_under_test() else cells([backend])) if p.values[0] == backend]
         assert len(own) >= len(REGISTERED) * len(TRANSFORMS), f"{backend}: only {len(own)} cells"
+
+
+def test_opt_in_backend_runs_its_ci_subset_unless_asked_for_whole(monkeypatch):
+    from slope_testing.matrix import OPT_IN, in_ci_subset
+
+    for backend in sorted(set(OPT_IN) & set(slope.plugins.backends)):
+        monkeypatch.delenv("SLOPE_TEST_BACKENDS", raising=False)
+        own = [p for p in cells() if p.values[0] == backend]
+        assert len(own) >= len(REGISTERED) * len(TRANSFORMS)
+        for p in own:
+            _, name, transform, dtype_name = p.values
+            skipped = any(m.name == "skip" for m in p.marks)
+            assert skipped != in_ci_subset(rows()[name], transform, dtype_name), p.id
+            if skipped:
+                assert "SLOPE_TEST_BACKENDS=" in p.marks[0].kwargs["reason"]
+        subset = {(p.values[1], p.values[2]) for p in own if not p.marks or p.marks[0].name != "skip"}
+        assert {transform for _, transform in subset} == set(TRANSFORMS)  # every transformation in CI
+        assert {name for name, _ in subset} == set(REGISTERED)  # every function in CI
+        monkeypatch.setenv("SLOPE_TEST_BACKENDS", backend)  # asked for: the whole matrix, nothing skipped for time
+        assert not [p for p in cells() if p.values[0] == backend and any(m.name == "skip" for m in p.marks)]

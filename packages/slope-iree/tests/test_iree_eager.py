@@ -77,3 +77,39 @@ def test_denormals_are_kept():
     x = slope.tensor(np.array([1e-40], np.float32))
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal((x / 0.0).numpy(), np.array([1e-40], np.float32) / np.float32(0.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "fn", "reference"),
+    [
+        ("sum", "float32", lambda x: x.sum(1), lambda a: a.astype(np.float64).sum(1).astype(np.float32)),
+        ("sum keepdim", "int32", lambda x: x.sum(0, keepdim=True), lambda a: a.sum(0, keepdims=True, dtype=np.int64)),
+        ("max", "float16", lambda x: x.max(1, keepdim=True), lambda a: a.max(1, keepdims=True)),
+        ("permute", "uint8", lambda x: x.permute(1, 0), lambda a: a.T),
+        ("matmul", "float64", lambda x: x @ x.permute(1, 0), lambda a: a @ a.T),
+        (
+            "expand",
+            "bool",
+            lambda x: (x > 0).reshape(-1, 1).expand(-1, 4),
+            lambda a: np.repeat((a > 0).reshape(-1, 1), 4, 1),
+        ),
+        ("reshape", "int8", lambda x: x.reshape(-1), lambda a: a.reshape(-1)),
+        ("full", "bfloat16", lambda x: slope.full(x.shape, 2.5, dtype=slope.bfloat16), None),
+    ],
+)
+def test_one_operator_modules_serve_every_shape(name, dtype, fn, reference):
+    # eager.single_run: one module with dynamic dimensions per rank, dtype and parameters (none for reshape, full)
+    shapes = [(2, 3), (5, 1), (1, 7), (4, 4)]
+
+    def array(shape: tuple) -> np.ndarray:
+        return ((np.arange(int(np.prod(shape))) * 7) % 11 - 4).reshape(shape).astype(dtype)
+
+    fn(slope.tensor(array(shapes[0])))
+    fn(slope.tensor(array(shapes[1])))  # (a sum over a dimension of size 1 differs only in its shape: same module)
+    before = compiles()
+    for shape in shapes:
+        result = fn(slope.tensor(array(shape))).numpy()
+        expected = reference(array(shape)) if reference else np.full(shape, 2.5, result.dtype)
+        assert result.shape == expected.shape, (name, shape)
+        np.testing.assert_array_equal(result, expected.astype(result.dtype))
+    assert compiles() == before, f"{name}: a new shape compiled a new module"

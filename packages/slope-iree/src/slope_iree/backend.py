@@ -16,6 +16,7 @@ import slope
 from slope import Backend, Executable, Program
 
 from . import cache, eager, runtime, translate
+from .simplify import sink_permutes
 from .translate import build_module, translations
 
 
@@ -25,6 +26,9 @@ class IreeBackend(Backend):
     name = "iree"
     translations = translations
     export_suffix = ".vmfb"
+    # translate.Function.translate checks every translation's result against `infer` while building the module: no
+    # probe compile per plugin translation (each would be an IREE compile)
+    checks_translations = True
     dtypes = frozenset(
         [slope.float16, slope.bfloat16, slope.float32, slope.float64, slope.int8, slope.int16, slope.int32,
          slope.int64, slope.uint8, slope.bool_]
@@ -44,8 +48,9 @@ class IreeBackend(Backend):
 
     # ------------------------------------------------------------------------------------------- compile
     def module_text(self, program: Program, embed_constants: bool = False) -> tuple[str, list]:
-        """The StableHLO text of a lowered Program and its run-time checks (see translate.build_module)."""
-        return build_module(program, self.translations, embed_constants, self.name)
+        """The StableHLO text of a lowered Program and its run-time checks (see translate.build_module), its
+        permutes sunk toward its inputs first (simplify.py)."""
+        return build_module(sink_permutes(program), self.translations, embed_constants, self.name)
 
     def compile_text(self, text: str, target: str = "cpu") -> bytes:
         """A compiled IREE module (.vmfb bytes) of StableHLO text, from the disk cache when it was compiled before."""
@@ -63,6 +68,9 @@ class IreeBackend(Backend):
                     main = eager.reshaping(runtime.function(text, device, count), shape, runtime.iree())
             except (slope.SlopeBackendError, translate.NoTranslationError):  # no dynamic form: compiled per shape
                 eager.failed.add(text)
+        if main is None and (single := eager.single_run(program, self.translations, device)) is not None:
+            run, code = single
+            return Executable(run, code or self.module_text(program)[0], program)  # (no module: what it computes)
         if main is None:
             text, checks = self.module_text(program)
             if count == 0 and not checks:

@@ -1,22 +1,35 @@
-"""Shape-generic modules for elementwise programs, so that eager mode compiles once per operator and dtype.
+"""Shape-generic modules, so that eager mode compiles once per operator and dtype (and parameters), not per shape.
 
 Eager mode compiles every operator for every new signature; with IREE that is 0.15-0.5 s a time, which would make
 eager mode unusable. Most eager calls are elementwise (arithmetic, comparisons, casts, unary functions: every input
 and output of one shape), and an elementwise program gives the same numbers on its inputs flattened to one dimension.
 So such a program is translated once, flattened, in translate.py's dynamic mode (`tensor<?xf32>`): one module serves
 every shape of every rank, and a call only re-views its buffers as 1-D and its results back (a HalBufferView is a
-shape over a buffer: nothing is copied). Other programs (reductions, reshapes, matmul, ...) are compiled per shape,
-and kept on disk like every module.
+shape over a buffer: nothing is copied).
+
+A program of one other operator (eager mode's other calls) is, where the operator allows it (`single_run`):
+- `reshape`: a new view of the same buffer (no module); `full`: a NumPy array copied to the device (no module);
+- `permute`, `sum`, `max`, `matmul`, `expand`: one module with every dimension dynamic (`tensor<?x?xf32>`), serving
+  every shape of a rank: a reduction's dimensions, a permutation and an expansion's pattern (which dimensions grow
+  from 1) are in the text, so shapes that differ in them get their own module; `keepdim` re-views the result;
+  `expand` takes its target shape as a run-time argument. float64 sums (added in stages whose number depends on the
+  size) and programs with an empty tensor are compiled per shape.
+Other programs (slices, pads, gathers, jitted functions, ...) are compiled per shape, and kept on disk like every
+module.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
+import slope
 from slope import Aval, Instruction, Program, Var
 from slope.operators import Elementwise
 
-from .translate import DYNAMIC_SAFE, build_module
+from . import runtime
+from .translate import DYNAMIC_SAFE, ELEMENT_TYPES, array_attr, build_module
 
 failed: set[str] = set()  # generic modules the compiler rejected: those programs are compiled per shape
 
@@ -68,3 +81,93 @@ def reshaping(call: Callable[[list], list], shape: tuple[int, ...], views: Any) 
         return [view_type(b.get_buffer(), full, b.element_type) for b in outs]
 
     return run
+
+
+# operators whose one-instruction programs compile to a module with every dimension dynamic (see single_run)
+DYNAMIC_SINGLE = frozenset(["permute", "sum", "max", "matmul", "expand"])
+
+
+def single_instruction(program: Program) -> Instruction | None:
+    """The one instruction of a program that applies it to its inputs and returns its outputs, of no empty tensor."""
+    if program.constants or len(program.instructions) != 1:
+        return None
+    (instruction,) = program.instructions
+    if list(program.inputs) != list(instruction.inputs) or list(program.outputs) != list(instruction.outputs):
+        return None
+    if any(v.aval.size == 0 for v in instruction.inputs + instruction.outputs):
+        return None  # (IREE dislikes some empty operations: the per-shape translation handles them)
+    return instruction
+
+
+def single_run(program: Program, translations: dict[str, Callable], device: str) -> tuple[Callable, str] | None:
+    """A run for a one-operator program that needs no module of its shapes, and its code: its dynamic module's text,
+    "" when it runs no module (None for other programs)."""
+    instruction = single_instruction(program)
+    if instruction is None:
+        return None
+    name, out = instruction.op.name, instruction.outputs[0].aval
+    views = runtime.iree().HalBufferView
+    if name == "reshape":
+        shape = list(out.shape)
+        return (lambda buffers: [views(buffers[0].get_buffer(), shape, buffers[0].element_type)]), ""
+    if name == "full":
+        array = np.full(out.shape, scalar(instruction.params["value"], out.dtype), out.dtype.numpy)
+        return (lambda buffers: [runtime.from_numpy(array, device)]), ""
+    if name not in DYNAMIC_SINGLE or (name == "sum" and out.dtype == slope.float64):
+        return None
+    extra: list = []
+    if name == "expand":
+        text = _expand_text(instruction)
+        extra = [runtime.from_numpy(np.array(out.shape, np.int64), device)]
+    else:
+        if name in ("sum", "max") and instruction.params["keepdim"]:  # reduced without keepdim, then re-viewed
+            params = {**instruction.params, "keepdim": False}
+            reduced = Var(instruction.op.infer(instruction.inputs[0].aval, **params))
+            instruction = Instruction(instruction.op, instruction.inputs, params, [reduced])
+        generic = Program(list(instruction.inputs), [instruction], list(instruction.outputs))
+        text = build_module(generic, translations, dynamic=True)[0]
+    if text in failed:
+        return None
+    try:
+        call = runtime.function(text, device, 1)
+    except slope.SlopeBackendError:  # the compiler rejected it: this program is compiled per shape
+        failed.add(text)
+        return None
+    if extra:
+        plain = call
+        call = lambda buffers: plain([*buffers, *extra])  # noqa: E731
+    if instruction.outputs[0].aval.shape == out.shape:
+        return call, text
+    shape = list(out.shape)
+
+    def reviewed(buffers: list) -> list:
+        (result,) = call(buffers)
+        return [views(result.get_buffer(), shape, result.element_type)]
+
+    return reviewed, text
+
+
+def scalar(value: Any, dtype: slope.DType) -> Any:
+    """A parameter's value as the dtype holds it (as translate.literal writes it into a module)."""
+    if dtype == slope.bool_:
+        return bool(value)
+    if dtype.is_float:
+        return np.array(value, dtype=dtype.numpy)
+    return np.array(value).astype(dtype.numpy)
+
+
+def _expand_text(instruction: Instruction) -> str:
+    """expand as a dynamic_broadcast_in_dim to a run-time shape; which dimensions grow from 1 is in the text."""
+    x, out = instruction.inputs[0].aval, instruction.outputs[0].aval
+    growing = [d for d in range(out.ndim) if x.shape[d] == 1 and out.shape[d] != 1]
+    kept = [d for d in range(out.ndim) if d not in growing]
+    element = ELEMENT_TYPES[out.dtype.name]
+    tensor = f"tensor<{'?x' * out.ndim}{element}>"
+    shape = f"tensor<{out.ndim}xi64>"
+    return (
+        f"func.func @main(%x: {tensor}, %shape: {shape}) -> ({tensor}) {{\n"
+        f"    %v0 = stablehlo.dynamic_broadcast_in_dim %x, %shape, dims = [{', '.join(map(str, range(out.ndim)))}] "
+        f"{{known_expanding_dimensions = {array_attr(growing)}, known_nonexpanding_dimensions = {array_attr(kept)}}}"
+        f" : ({tensor}, {shape}) -> {tensor}\n"
+        f"    return %v0 : {tensor}\n}}\n"
+    )

@@ -14,8 +14,6 @@
   out of range. A `scatter_add` of `unique_indices` along the last dimension whose
   indices are a `max_pool_argmax` of non-overlapping, unpadded windows (max pooling's gradient) is dense instead:
   each input element takes its window's value when it is that window's arg-max.
-- `conv` (a core operator) is a matrix product of patches, overriding slope-iree's stablehlo.convolution, which
-  IREE 3.13 runs 10-20x slower and fails to compile for grouped float16 (see the convolution section).
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import math
 import re
 import weakref
 from typing import Any, Callable
-
-import numpy as np
 
 import slope
 from slope import Aval, Instruction, Var
@@ -328,99 +324,6 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
     return in_float32(fn, [x, src], out.dtype, scatter)
 
 
-# ----------------------------------------------------------------------------------------------- convolution
-# `conv` is a core operator, translated by slope-iree as one stablehlo.convolution, which IREE 3.13 runs 10-20x
-# slower than a matrix product of the same work on the CPU (45 ms for the MNIST CNN's second convolution, 2.8 ms
-# this way). This translation belongs in slope_iree/translate.py; until it moves there, slope-nn's table overrides it.
-
-
-def _slice(fn: Function, x: str, start: list, limit: list, step: list) -> str:
-    aval = fn.avals[x]
-    shape = tuple(-(-(b - a) // s) for a, b, s in zip(start, limit, step))
-    if shape == aval.shape:
-        return x
-    out = Aval(shape, aval.dtype)
-    spans = ", ".join(f"{a}:{b}:{s}" for a, b, s in zip(start, limit, step))
-    return fn.emit(f"stablehlo.slice {x} [{spans}] : ({fn.type(x)}) -> {tensor_type(out)}", out)
-
-
-def _concat(fn: Function, parts: list[str], dim: int) -> str:
-    if len(parts) == 1:
-        return parts[0]
-    avals = [fn.avals[p] for p in parts]
-    shape = list(avals[0].shape)
-    shape[dim] = sum(a.shape[dim] for a in avals)
-    out = Aval(tuple(shape), avals[0].dtype)
-    types = ", ".join(tensor_type(a) for a in avals)
-    return fn.emit(f"stablehlo.concatenate {', '.join(parts)}, dim = {dim} : ({types}) -> {tensor_type(out)}", out)
-
-
-def _dot(fn: Function, x: str, y: str, batch: bool) -> str:
-    """x (b, m, k) @ y (b, k, n) when batch, else x (m, k) @ y (k, n)."""
-    a, b = fn.avals[x], fn.avals[y]
-    out = Aval((*a.shape[:-1], b.shape[-1]), a.dtype)
-    dims = "batching_dims = [0] x [0], contracting_dims = [2] x [1]" if batch else "contracting_dims = [1] x [0]"
-    return fn.emit(f"stablehlo.dot_general {x}, {y}, {dims} : ({fn.type(x)}, {fn.type(y)}) -> {tensor_type(out)}", out)
-
-
-def _conv(fn: Function, inputs: list[str], instruction: Instruction) -> str:
-    """N-d grouped, strided, dilated, padded cross-correlation as one matrix product of patches (im2col), channels
-    last: the patches come from one strided slice per kernel offset, or per output position when the kernel has more
-    offsets than the output has positions (a weight gradient's 24x24 "kernel"). float16/bfloat16 in float32."""
-    out, params = instruction.outputs[0].aval, instruction.params
-    x_aval, w_aval = instruction.inputs[0].aval, instruction.inputs[1].aval
-    if x_aval.size == 0 or w_aval.size == 0:  # sums over no input channels
-        return fn.constant(0, out)
-    n, groups = out.ndim - 2, params["groups"]
-    batch, channels, outs = x_aval.shape[0], x_aval.shape[1], out.shape[2:]
-    kernel, per_group, out_per_group = w_aval.shape[2:], channels // groups, out.shape[1] // groups
-    stride, dilation = params["stride"], params["dilation"]
-    taps, positions = math.prod(kernel), math.prod(outs)
-
-    def convolve(x: str, w: str) -> str:
-        x = fn.transpose(x, (0, *range(2, n + 2), 1))  # (N, *spatial, C)
-        if any(lo or hi for lo, hi in params["padding"]):
-            aval = fn.avals[x]
-            padded = Aval((batch, *(s + lo + hi for s, (lo, hi) in zip(aval.shape[1:-1], params["padding"])),
-                           channels), aval.dtype)  # fmt: skip
-            zero = fn.constant(0, Aval((), aval.dtype))
-            low = ", ".join(map(str, (0, *(lo for lo, _ in params["padding"]), 0)))
-            high = ", ".join(map(str, (0, *(hi for _, hi in params["padding"]), 0)))
-            x = fn.emit(f"stablehlo.pad {x}, {zero}, low = [{low}], high = [{high}], interior = "
-                        f"[{', '.join('0' * (n + 2))}] : ({fn.type(x)}, {fn.type(zero)}) -> {tensor_type(padded)}",
-                        padded)  # fmt: skip
-        parts = []
-        if taps <= positions:  # one strided view per kernel offset: (N, *outs, C) each
-            for offset in np.ndindex(*kernel):
-                begin = [k * d for k, d in zip(offset, dilation)]
-                end = [b + (o - 1) * s + 1 for b, o, s in zip(begin, outs, stride)]
-                parts.append(_slice(fn, x, [0, *begin, 0], [batch, *end, channels], [1, *stride, 1]))
-            patches = _concat(fn, parts, n + 1)  # (N, *outs, taps * C), offset-major
-        else:  # one dilated window per output position: (N, 1, taps * C) each
-            for position in np.ndindex(*outs):
-                begin = [p * s for p, s in zip(position, stride)]
-                end = [b + (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilation)]
-                window = _slice(fn, x, [0, *begin, 0], [batch, *end, channels], [1, *dilation, 1])
-                parts.append(fn.reshape(window, (batch, 1, taps * channels)))
-            patches = _concat(fn, parts, 1)
-        # weights (O, C/g, *kernel) -> (g, taps * C/g, O/g), rows in the patches' (offset, channel) order
-        weights = fn.reshape(w, (groups, out_per_group, per_group, *kernel))
-        weights = fn.transpose(weights, (0, *range(3, n + 3), 2, 1))
-        weights = fn.reshape(weights, (groups, taps * per_group, out_per_group))
-        rows = batch * positions
-        if groups == 1:
-            flat_weights = fn.reshape(weights, (taps * channels, out_per_group))
-            product = _dot(fn, fn.reshape(patches, (rows, taps * channels)), flat_weights, batch=False)
-        else:
-            grouped = fn.reshape(patches, (rows, taps, groups, per_group))
-            grouped = fn.reshape(fn.transpose(grouped, (2, 0, 1, 3)), (groups, rows, taps * per_group))
-            product = fn.reshape(fn.transpose(_dot(fn, grouped, weights, batch=True), (1, 0, 2)), (rows, out.shape[1]))
-        product = fn.reshape(product, (batch, *outs, out.shape[1]))
-        return fn.transpose(product, (0, n + 1, *range(1, n + 1)))
-
-    return in_float32(fn, inputs, out.dtype, convolve)
-
-
 translations: dict[str, Callable[..., Any]] = {
     "erf": _erf,
     "log_softmax": _log_softmax,
@@ -429,7 +332,6 @@ translations: dict[str, Callable[..., Any]] = {
     "max_pool_argmax": _max_pool_argmax,
     "take_along_dim": _take_along_dim,
     "scatter_add": _scatter_add,
-    "conv": _conv,
 }
 
 __all__ = ["translations"]

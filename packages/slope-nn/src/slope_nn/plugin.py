@@ -31,8 +31,8 @@ def slope_procedures() -> dict[str, Callable]:
 
 @hookimpl
 def slope_translations(backend: Any) -> dict[str, Callable] | None:
-    """ONNX nodes for the operators on onnxruntime; StableHLO for all of them (and for conv, until slope-iree takes
-    that translation) on iree; NumPy expressions for some on numpy."""
+    """ONNX nodes for the operators on onnxruntime; StableHLO for all of them on iree; NumPy expressions for some on
+    numpy."""
     if backend.name == "onnxruntime":
         from .onnx_translations import translations
 
