@@ -80,6 +80,16 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
     return dead_code_elimination(lowered)
 
 
+def lower_instruction(instruction: Instruction, supported: frozenset[str], backend: str) -> Program:
+    """One instruction lowered through its procedure: a backend's way round a translation refusing these inputs."""
+    in_vars, out_vars = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
+    program = Program(in_vars, [Instruction(instruction.op, in_vars, instruction.params, out_vars)], out_vars)
+    if instruction.op.procedure is None:
+        what = f"the {backend} backend cannot run it for inputs {program.in_avals} and it has no procedure"
+        raise SlopeBackendError(f"slope.{instruction.op.name}: {what}")
+    return lower(program, frozenset(supported) - {instruction.op.name})
+
+
 _instances: dict[str, Backend] = {}
 _state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like torch.set_default_dtype: not per thread
 

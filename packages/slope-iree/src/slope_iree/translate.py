@@ -266,18 +266,9 @@ class Function:
 
     def inline_procedure(self, instruction: Instruction, inputs: list[str]) -> list[str]:
         """Lower one instruction through its procedure (the shared pass) and translate the result in place."""
-        from slope.backend import lower
+        from slope.backend import lower_instruction
 
-        op = instruction.op
-        if op.procedure is None:
-            raise slope.SlopeBackendError(
-                f"slope.{op.name}: the {self.backend_name} backend cannot run it for inputs "
-                f"{[v.aval for v in instruction.inputs]} and it has no procedure"
-            )
-        in_vars = [Var(v.aval) for v in instruction.inputs]
-        out_vars = [Var(v.aval) for v in instruction.outputs]
-        single = Program(in_vars, [Instruction(op, in_vars, instruction.params, out_vars)], out_vars)
-        lowered = lower(single, frozenset(self.translations) - {op.name})
+        lowered = lower_instruction(instruction, frozenset(self.translations), self.backend_name)
         env: dict[Var, str] = dict(zip(lowered.inputs, inputs))
         for var, value in zip(lowered.constants, lowered.constant_values):
             env[var] = self.array(value.numpy(), var.aval.dtype)

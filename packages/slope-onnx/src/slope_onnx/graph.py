@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-import slope
 from slope import Aval, DType, Instruction, Program, Var
 
 OPSET = 21  # what onnxruntime 1.31 runs every translation with (newer opsets break the random operators there)
@@ -246,18 +245,9 @@ class OnnxGraph:
 
     def inline_procedure(self, instruction: Instruction, inputs: list[str]) -> list[str]:
         """Lower one instruction through its procedure (the shared pass) and translate the result in place."""
-        from slope.backend import lower
+        from slope.backend import lower_instruction
 
-        op = instruction.op
-        if op.procedure is None:
-            raise slope.SlopeBackendError(
-                f"slope.{op.name}: the onnxruntime backend cannot run it for inputs "
-                f"{[v.aval for v in instruction.inputs]} and it has no procedure"
-            )
-        in_vars = [Var(v.aval) for v in instruction.inputs]
-        out_vars = [Var(v.aval) for v in instruction.outputs]
-        single = Program(in_vars, [Instruction(op, in_vars, instruction.params, out_vars)], out_vars)
-        lowered = lower(single, frozenset(self.translations) - {op.name})
+        lowered = lower_instruction(instruction, frozenset(self.translations), "onnxruntime")
         env: dict[Var, str] = dict(zip(lowered.inputs, inputs))
         for var, value in zip(lowered.constants, lowered.constant_values):
             env[var] = self.constant(value.numpy())
