@@ -6,15 +6,16 @@ import math
 import os
 import threading
 from contextlib import contextmanager
+from operator import attrgetter
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
 from . import plugins
-from .dtypes import DType
+from .dtypes import DType, by_numpy
 from .errors import SlopeBackendError, SlopeMemoryError
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
-from .tensors import Tensor
+from .tensors import Tensor, functions
 
 
 class Executable:
@@ -91,7 +92,7 @@ def lower_instruction(instruction: Instruction, supported: frozenset[str], backe
 
 
 _instances: dict[str, Backend] = {}
-_state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like torch.set_default_dtype: not per thread
+_state: dict[str, Any] = {"backend": None, "device": os.environ.get("SLOPE_DEVICE", "cpu")}  # process-wide
 
 
 def _default_backend_name() -> str:
@@ -152,8 +153,8 @@ def checked_device(backend: Backend, device: str) -> str:
 
 
 def default_device() -> str:
-    """The device new tensors and programs go to: SLOPE_DEVICE, else cpu."""
-    return checked_device(get_backend(), _state["device"] or os.environ.get("SLOPE_DEVICE", "cpu"))
+    """The device new tensors and programs go to: set_device's, else SLOPE_DEVICE (read at import), else cpu."""
+    return checked_device(_state["backend"] or get_backend(), _state["device"])
 
 
 def set_device(device: str) -> None:
@@ -254,11 +255,14 @@ def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
     return Tensor(backend.from_numpy(array, device), tensor.aval, backend, device)
 
 
+_aval = attrgetter("aval")  # (a C function: cheaper than a comprehension on every call)
+
+
 def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
     backend = _state["backend"] or get_backend()
-    device = args[0].device if args else (_state["device"] or default_device())
-    key = (op, tuple(params.items()) if params else (), tuple([a.aval for a in args]), backend, device)
+    device = args[0].device if args else default_device()
+    key = (op, tuple(params.items()) if params else (), tuple(map(_aval, args)), backend, device)
     try:
         executable = _compiled[key]
     except KeyError:
@@ -289,3 +293,13 @@ def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tens
     device = checked_device(backend, device) if device else default_device()
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)
+
+
+def array_tensor(array: np.ndarray) -> Tensor:
+    """A NumPy array as a tensor on the active backend's default device (a copy: tensors are values)."""
+    dtype, backend = by_numpy.get(array.dtype), _state["backend"] or get_backend()
+    if dtype not in backend.dtypes or not array.dtype.isnative:  # slope.tensor converts it or names the problem
+        return functions["tensor"](array)
+    device = default_device()
+    buffer = backend.from_numpy(array if backend.copies_from_numpy else array.copy(), device)
+    return Tensor(buffer, Aval(array.shape, dtype), backend, device)

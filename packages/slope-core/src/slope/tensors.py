@@ -70,7 +70,8 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
-        self._concrete("Tensor.numpy()")
+        if self.buffer is None:  # (checked here first: this is on the path of every result read back)
+            self._concrete("Tensor.numpy()")
         return self.backend.to_numpy(self.buffer)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -121,16 +121,12 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
     if not _busy or len(_local.stack) == 1:
         outs = eager_run(op, args, params)
     else:
-        top = _top_trace(args)
+        tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
+        main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
+        top = main.trace_type(main)
         tracers = [top.full_raise(a) for a in args]
         outs = [o.full_lower() if isinstance(o, Tracer) else o for o in top.run(op, tracers, params)]
     return outs if op.multiple_results else outs[0]
-
-
-def _top_trace(args: tuple) -> Trace:
-    tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
-    main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
-    return main.trace_type(main)
 
 
 @dataclass
