@@ -251,8 +251,7 @@ def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
     """The tensor with its buffer on this backend and device (copied through NumPy when needed)."""
     if tensor.backend is backend and tensor.device == device:
         return tensor
-    array = tensor.backend.to_numpy(tensor.buffer)
-    return Tensor(backend.from_numpy(array, device), tensor.aval, backend, device)
+    return Tensor(backend.from_numpy(tensor.numpy(), device), tensor.aval, backend, device)
 
 
 _aval = attrgetter("aval")  # (a C function: cheaper than a comprehension on every call)
@@ -297,9 +296,6 @@ def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tens
 
 def array_tensor(array: np.ndarray) -> Tensor:
     """A NumPy array as a tensor on the active backend's default device (a copy: tensors are values)."""
-    dtype, backend = by_numpy.get(array.dtype), _state["backend"] or get_backend()
-    if dtype not in backend.dtypes or not array.dtype.isnative:  # slope.tensor converts it or names the problem
+    if (dtype := by_numpy.get(array.dtype)) is None or not array.dtype.isnative:  # slope.tensor converts these
         return functions["tensor"](array)
-    device = default_device()
-    buffer = backend.from_numpy(array if backend.copies_from_numpy else array.copy(), device)
-    return Tensor(buffer, Aval(array.shape, dtype), backend, device)
+    return from_numpy(array if get_backend().copies_from_numpy else array.copy(), Aval(array.shape, dtype))

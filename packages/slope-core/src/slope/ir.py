@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 from .dtypes import DType
 
 
-class Aval(tuple):
-    """An abstract value: the shape and dtype of a tensor, without its data. A `(shape, dtype)` tuple underneath, so
-    hashing and comparing one (every cache key holds some) runs at C speed."""
+class Aval:
+    """An abstract value: the shape and dtype of a tensor, without its data."""
 
-    __slots__ = ()
-    shape: tuple[int, ...] = property(itemgetter(0))  # type: ignore[assignment]
-    dtype: DType = property(itemgetter(1))  # type: ignore[assignment]
+    __slots__ = ("shape", "dtype", "_hash")
 
-    def __new__(cls, shape: tuple[int, ...], dtype: DType) -> Aval:
-        return tuple.__new__(cls, (shape, dtype))
-
-    def __getnewargs__(self) -> tuple:  # (copies and pickles)
-        return tuple(self)
+    def __init__(self, shape: tuple[int, ...], dtype: DType):
+        self.shape, self.dtype, self._hash = shape, dtype, hash((shape, dtype))
 
     @property
     def ndim(self) -> int:
@@ -33,6 +26,12 @@ class Aval(tuple):
     def size(self) -> int:
         """Number of elements."""
         return math.prod(self.shape)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Aval) and self.shape == other.shape and self.dtype == other.dtype
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __repr__(self) -> str:
         return f"[{', '.join(str(d) for d in self.shape)}{', ' if self.shape else ''}{self.dtype.short}]"

@@ -28,10 +28,7 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, buffer: Any, aval: Aval, backend: Any, device: str):
-        self.buffer = buffer
-        self.aval = aval
-        self.backend = backend
-        self.device = device
+        self.buffer, self.aval, self.backend, self.device = buffer, aval, backend, device
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -70,8 +67,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
-        if self.buffer is None:  # (checked here first: this is on the path of every result read back)
-            self._concrete("Tensor.numpy()")
+        self._concrete("Tensor.numpy()")
         return self.backend.to_numpy(self.buffer)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

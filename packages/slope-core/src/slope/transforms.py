@@ -529,19 +529,19 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return self if instance is None else functools.partial(self, instance)
 
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
-        """The compiled entry for these arguments (looked up by tree structure, tensor avals, static and other
-        non-tensor leaves), the tensor leaves, backend and device."""
+        """The compiled entry for these arguments (by tree, tensor avals, other leaves), their tensors, backend, device."""
         if self.static_argnums or self.static_argnames:
             if (n := max(self.static_argnums, default=-1)) >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        tensors, others = [], []
-        if not kwargs and set(map(type, args)) <= _ARRAY_TYPES:  # the common call: its tree, a tuple of leaves, is
-            tensors = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args]  # keyed by its length
-            in_tree = len(args)  # (cheaper than optree's, to make and to hash)
+        others: list = []
+        if not kwargs and set(map(type, args)) <= {Tensor, np.ndarray}:  # the common call: a tuple of leaves, whose
+            tensors = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args]
+            in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
             leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
+            tensors = []
             for i, leaf in enumerate(leaves):  # NumPy arrays and Python numbers are traced, as in JAX
                 if type(leaf) in (float, int, np.ndarray):
                     leaf = backend_module.array_tensor(leaf) if type(leaf) is np.ndarray else as_tensor(leaf)
@@ -589,9 +589,6 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         """Trace and compile for these arguments without running."""
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
-
-
-_ARRAY_TYPES = {Tensor, np.ndarray}
 
 
 class _Donated:
