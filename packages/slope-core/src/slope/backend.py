@@ -145,10 +145,8 @@ def checked_device(backend: Backend, device: str) -> str:
     """The device name ("cuda" means "cuda:0"), or a clear error if the backend cannot use it."""
     device = "cuda:0" if device == "cuda" else device
     if device not in backend.devices():
-        raise SlopeBackendError(
-            f"slope: device {device!r} is not available on backend {backend.name!r}; "
-            f"available devices: {backend.devices()}"
-        )
+        where = f"backend {backend.name!r}; available devices: {backend.devices()}"
+        raise SlopeBackendError(f"slope: device {device!r} is not available on {where}")
     return device
 
 
@@ -289,7 +287,7 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
     backend = get_backend()
-    device = checked_device(backend, device) if device else default_device()
+    device = checked_device(backend, device or _state["device"])
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)
 

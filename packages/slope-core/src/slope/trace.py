@@ -24,18 +24,11 @@ class MainTrace:
 
 
 class Trace:
-    """A transformation's interpreter: lifts values into its tracers and runs operators on them."""
+    """A transformation's interpreter. Subclasses give `pure(value)`, which wraps a concrete value or a tracer of an outer
+    trace as a tracer of this one, and `run(op, tracers, params) -> outputs`, which applies the operator's rule."""
 
     def __init__(self, main: MainTrace):
         self.main = main
-
-    def pure(self, value: Tensor) -> Tensor:
-        """Wrap a concrete value, or a tracer of an outer trace, as a tracer of this trace."""
-        raise NotImplementedError
-
-    def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
-        """Apply the operator's rule for this transformation."""
-        raise NotImplementedError
 
     def full_raise(self, value: Tensor) -> Tensor:
         """The value as a tracer of this trace: concrete values and outer tracers are lifted, inner ones refused."""
@@ -153,9 +146,7 @@ class ProgramTrace(Trace):
 
     def pure(self, value: Tensor) -> Tensor:
         constants = self.main.data.constants  # a closed-over tensor becomes one constant, however often it is used
-        if id(value) not in constants:
-            constants[id(value)] = (value, ProgramTracer(self, value.aval))
-        return constants[id(value)][1]
+        return constants.setdefault(id(value), (value, ProgramTracer(self, value.aval)))[1]
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data

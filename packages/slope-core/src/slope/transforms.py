@@ -535,21 +535,16 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        others: list = []
         if not kwargs and set(map(type, args)) <= {Tensor, np.ndarray}:  # the common call: a tuple of leaves, whose
-            tensors = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args]
+            tensors, others = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
             leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
-            tensors = []
-            for i, leaf in enumerate(leaves):  # NumPy arrays and Python numbers are traced, as in JAX
-                if type(leaf) in (float, int, np.ndarray):
-                    leaf = backend_module.array_tensor(leaf) if type(leaf) is np.ndarray else as_tensor(leaf)
-                if isinstance(leaf, Tensor):
-                    tensors.append(leaf)
-                else:  # bools, None, strings, static arguments: part of the key
-                    others.append((i, leaf))
-        key = (in_tree, bool(kwargs), tuple(map(backend_module._aval, tensors)), tuple(others))
+            # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (promoting like the scalars)
+            leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
+            tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+            others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None...
+        key = (in_tree, bool(kwargs), tuple(map(backend_module._aval, tensors)), others)
         backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
         try:
