@@ -28,7 +28,8 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, buffer: Any, aval: Aval, backend: Any, device: str):
-        self.buffer, self.aval, self.backend, self.device = buffer, aval, backend, device
+        self.buffer, self.aval = buffer, aval  # (pairs: a 4-tuple assignment builds a tuple on every Tensor made)
+        self.backend, self.device = backend, device
 
     def size(self, dim: int | None = None) -> Any:
         """The shape as a tuple (PyTorch's `size()`; also `.shape`), or the size of one dimension."""
