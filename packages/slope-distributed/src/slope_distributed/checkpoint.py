@@ -30,7 +30,9 @@ def save(tree: Any, path: str | os.PathLike) -> None:
             failure = f"{type(error).__name__}: {error}"
     failures = collectives.engine().gather(failure)
     if failures[0] is not None:
-        raise SlopeDistributedError(f"slope.distributed.save: rank 0 could not write {os.fspath(path)!r}: {failures[0]}")
+        raise SlopeDistributedError(
+            f"slope.distributed.save: rank 0 could not write {os.fspath(path)!r}: {failures[0]}"
+        )
 
 
 def load(path: str | os.PathLike, like: Any) -> Any:

@@ -112,7 +112,7 @@ class MPIEngine(Engine):
         deadline = time.monotonic() + self.timeout
         while not request.Test():
             if time.monotonic() > deadline:
-                silent = self._silent_ranks(min(5.0, self.timeout))
+                silent = self._silent_ranks(min(2.0, self.timeout))
                 raise SlopeDistributedError(
                     f"slope.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s in {what}; "
                     f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent)) or '(none named)'} did "
@@ -188,10 +188,11 @@ class GlooEngine(Engine):
         try:
             collective(*args, **kwargs)
         except RuntimeError as error:  # gloo: a closed connection (a rank died) or its timeout
-            others = ", ".join(map(str, self.others()))
+            others = self.others()
+            who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {', '.join(map(str, others))}"
             raise SlopeDistributedError(
-                f"slope.distributed: rank {self.rank} of {self.size}: {what} failed: a peer among rank(s) {others} "
-                f"died or did not answer within {self.timeout:g} s (gloo: {str(error).splitlines()[0]})"
+                f"slope.distributed: rank {self.rank} of {self.size}: {what} failed: {who} did not answer (it died, "
+                f"or is stuck past the {self.timeout:g} s timeout) (gloo: {str(error).splitlines()[0]})"
             ) from error
 
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from slope.plugins import hookimpl
-
 import slope_distributed
+from slope.plugins import hookimpl
 
 sys.modules.setdefault("slope.distributed", slope_distributed)  # `import slope.distributed as dist`
 
