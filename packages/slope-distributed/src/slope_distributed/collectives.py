@@ -113,7 +113,7 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
         return tree
     _check_same_trees(group, "all_reduce", treedef, arrays, leaves, op)
     reduced = _reduce_flat(group, arrays, op)
-    return slope.tree.unflatten(treedef, [_like(leaf, array) for leaf, array in zip(leaves, reduced)])
+    return slope.tree.unflatten(treedef, [_like(leaf, *result) for leaf, result in zip(leaves, reduced)])
 
 
 def broadcast(tree: Any, root: int = 0) -> Any:
@@ -134,22 +134,23 @@ def broadcast(tree: Any, root: int = 0) -> Any:
     if group.rank == root:
         return tree
     by_index = dict(received)
-    return slope.tree.unflatten(treedef, [_like(leaf, by_index[i]) for i, leaf in enumerate(leaves)])
+    return slope.tree.unflatten(treedef, [_like(leaf, by_index[i], False) for i, leaf in enumerate(leaves)])
 
 
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 
-def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str) -> list[np.ndarray]:
-    """Reduce the arrays through one reused flat buffer per dtype; views of the buffers, in the arrays' order."""
+def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str) -> list[tuple[np.ndarray, bool]]:
+    """Reduce the arrays through one reused flat buffer per dtype: per array, its result and whether that result is
+    a new array (a mean) or a view of the reused buffer (which the caller must copy before the next reduction)."""
     out: list = [None] * len(arrays)
     for dtype, indices in _by_dtype(arrays).items():
         buffer = _pack(arrays, indices, dtype)
         group.all_reduce(buffer, "max" if op == "max" else "sum")
-        if op == "mean":  # after the sum, so that the result is the rank-ordered sum divided, on every engine
-            np.divide(buffer, group.size, out=buffer)
         for i, view in zip(indices, _views(buffer, arrays, indices)):
-            out[i] = view
+            # a mean divides the rank-ordered sum (bitwise what one process summing the shards gets), in the pass
+            # that copies it out of the buffer
+            out[i] = (np.divide(view, group.size), True) if op == "mean" else (view, False)
     return out
 
 
@@ -186,7 +187,11 @@ def _views(buffer: np.ndarray, arrays: list[np.ndarray], indices: list[int]) -> 
 
 
 def _as_numpy(where: str, leaf: Any) -> np.ndarray:
+    """The leaf's values as a NumPy array, only read (a view of an onnxruntime CPU tensor: one copy less)."""
     if isinstance(leaf, Tensor):
+        buffer = leaf.buffer
+        if type(buffer).__name__ == "OrtValue" and leaf.device == "cpu" and leaf.dtype != slope.bfloat16:
+            return buffer.numpy()  # (the OrtValue's memory: read once, into the flat buffer)
         return leaf.numpy()
     if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(leaf)
@@ -194,16 +199,17 @@ def _as_numpy(where: str, leaf: Any) -> np.ndarray:
                     f"{type(leaf).__name__}")  # fmt: skip
 
 
-def _like(leaf: Any, view: np.ndarray) -> Any:
-    """A new leaf of the input leaf's kind holding the values in the view (never sharing the reused buffer)."""
+def _like(leaf: Any, array: np.ndarray, owned: bool) -> Any:
+    """A new leaf of the input leaf's kind holding the array's values, never sharing the reused buffer (`owned`: the
+    array is already a new one)."""
     if isinstance(leaf, Tensor):
-        out = slope.tensor(view, device=leaf.device)
-        if isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (the numpy backend)
-            out = slope.tensor(view.copy(), device=leaf.device)
+        out = slope.tensor(array, device=leaf.device)
+        if not owned and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, array):  # (numpy)
+            out = slope.tensor(array.copy(), device=leaf.device)
         return out
     if isinstance(leaf, np.ndarray):
-        return view.copy()
-    return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()
+        return array if owned else array.copy()
+    return type(leaf)(array.item()) if isinstance(leaf, (int, float, bool)) else array[()].copy()
 
 
 # ----------------------------------------------------------------------------------------------- checks
