@@ -198,7 +198,7 @@ def load_entry_points() -> None:
     """Load the plugins of the `slope` entry-point group (as SLOPE_DISABLE_PLUGINS, SLOPE_PLUGINS allow)."""
     disabled, only = _env_set("SLOPE_DISABLE_PLUGINS"), _env_set("SLOPE_PLUGINS")
     autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
-    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn", "slope-distributed")  # ours first: in a clash, theirs
+    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn", "slope-distributed")  # ours first (a clash: theirs)
     for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
         label = (entry_point.dist.name, entry_point.dist.version) if entry_point.dist else ("?", "?")
         ids = {entry_point.name, label[0], f"{label[0]}:{entry_point.name}"}
