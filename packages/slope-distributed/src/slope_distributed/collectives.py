@@ -41,6 +41,19 @@ def init(engine: str | None = None, timeout: float | None = None) -> None:
                                         f"cannot switch to {name!r} in the same process")  # fmt: skip
         return
     _state["engine"] = ENGINES[name](default_timeout() if timeout is None else float(timeout))
+    _share_cpus()
+
+
+def _share_cpus() -> None:
+    """Ranks on one machine share its CPUs: each backend thread pool gets cpus // ranks here (as torchrun sets
+    OMP_NUM_THREADS), unless $SLOPE_ORT_THREADS says otherwise. Oversubscribed, ranks wait on each other's threads."""
+    import os
+
+    local = [os.environ.get(n) for n in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE")]
+    ranks_here = next((int(n) for n in local if n), 1)
+    if ranks_here > 1 and "SLOPE_ORT_THREADS" not in os.environ:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["SLOPE_ORT_THREADS"] = str(max(1, cpus // ranks_here))  # (read when onnxruntime first runs)
 
 
 def _default_engine() -> str:
@@ -113,7 +126,7 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
         return tree
     _check_same_trees(group, "all_reduce", treedef, arrays, leaves, op)
     reduced = _reduce_flat(group, arrays, op)
-    return slope.tree.unflatten(treedef, [_like(leaf, *result) for leaf, result in zip(leaves, reduced)])
+    return slope.tree.unflatten(treedef, [_like(leaf, view) for leaf, view in zip(leaves, reduced)])
 
 
 def broadcast(tree: Any, root: int = 0) -> Any:
@@ -134,23 +147,23 @@ def broadcast(tree: Any, root: int = 0) -> Any:
     if group.rank == root:
         return tree
     by_index = dict(received)
-    return slope.tree.unflatten(treedef, [_like(leaf, by_index[i], False) for i, leaf in enumerate(leaves)])
+    return slope.tree.unflatten(treedef, [_like(leaf, by_index[i]) for i, leaf in enumerate(leaves)])
 
 
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 
-def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str) -> list[tuple[np.ndarray, bool]]:
-    """Reduce the arrays through one reused flat buffer per dtype: per array, its result and whether that result is
-    a new array (a mean) or a view of the reused buffer (which the caller must copy before the next reduction)."""
+def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str) -> list[np.ndarray]:
+    """Reduce the arrays through one reused flat buffer per dtype; views of the buffers (to be copied out before the
+    next reduction), in the arrays' order."""
     out: list = [None] * len(arrays)
     for dtype, indices in _by_dtype(arrays).items():
         buffer = _pack(arrays, indices, dtype)
         group.all_reduce(buffer, "max" if op == "max" else "sum")
+        if op == "mean":  # the rank-ordered sum divided: bitwise what one process summing the shards gets
+            np.divide(buffer, group.size, out=buffer)  # (in place: a fresh array would cost its page faults)
         for i, view in zip(indices, _views(buffer, arrays, indices)):
-            # a mean divides the rank-ordered sum (bitwise what one process summing the shards gets), in the pass
-            # that copies it out of the buffer
-            out[i] = (np.divide(view, group.size), True) if op == "mean" else (view, False)
+            out[i] = view
     return out
 
 
@@ -199,17 +212,16 @@ def _as_numpy(where: str, leaf: Any) -> np.ndarray:
                     f"{type(leaf).__name__}")  # fmt: skip
 
 
-def _like(leaf: Any, array: np.ndarray, owned: bool) -> Any:
-    """A new leaf of the input leaf's kind holding the array's values, never sharing the reused buffer (`owned`: the
-    array is already a new one)."""
+def _like(leaf: Any, view: np.ndarray) -> Any:
+    """A new leaf of the input leaf's kind holding the view's values (never sharing the reused buffer)."""
     if isinstance(leaf, Tensor):
-        out = slope.tensor(array, device=leaf.device)
-        if not owned and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, array):  # (numpy)
-            out = slope.tensor(array.copy(), device=leaf.device)
+        out = slope.tensor(view, device=leaf.device)
+        if isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (the numpy backend)
+            out = slope.tensor(view.copy(), device=leaf.device)
         return out
     if isinstance(leaf, np.ndarray):
-        return array if owned else array.copy()
-    return type(leaf)(array.item()) if isinstance(leaf, (int, float, bool)) else array[()].copy()
+        return view.copy()
+    return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()
 
 
 # ----------------------------------------------------------------------------------------------- checks

@@ -181,6 +181,10 @@ class GlooEngine(Engine):
             torch_dist.init_process_group(
                 "gloo", rank=placed[0], world_size=placed[1], timeout=datetime.timedelta(seconds=timeout)
             )
+            import atexit
+
+            # torch leaves gloo's threads running at exit otherwise, and the process aborts (terminate, signal 6)
+            atexit.register(torch_dist.destroy_process_group)
         self.rank, self.size = torch_dist.get_rank(), torch_dist.get_world_size()
         self._ops = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}
 
