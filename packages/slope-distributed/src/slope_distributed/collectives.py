@@ -88,6 +88,13 @@ def world_size() -> int:
     return engine().size
 
 
+def started_world_size() -> int:
+    """The world size, or 1 for a process no launcher started and no engine runs yet (without starting one)."""
+    if _state["engine"] is None and launcher_rank_and_size() is None:
+        return 1
+    return engine().size
+
+
 def barrier() -> None:
     """Wait until every rank reaches this call."""
     engine().barrier()
@@ -121,6 +128,8 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
     arrays = [_as_numpy("all_reduce", leaf) for leaf in leaves]
     if op == "mean":
         _check_floats("all_reduce", arrays, leaves, treedef)
+    if _state["engine"] is None and launcher_rank_and_size() is None:
+        return tree  # one process that no launcher started: the identity, without starting an engine
     group = engine()
     if group.size == 1:
         return tree

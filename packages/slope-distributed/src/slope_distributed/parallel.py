@@ -55,7 +55,7 @@ class AllReduce(Operator):
 
     def procedure(self, *tensors: Tensor, reduce: str) -> list[Tensor]:
         """What a backend compiles in a plain `slope.jit`: the identity for one rank, else an error."""
-        if collectives.world_size() > 1:
+        if collectives.started_world_size() > 1:
             raise SlopeDistributedError(
                 f"slope.all_reduce (reduce={reduce!r}): a compiled program cannot reduce over ranks on its own; wrap the "
                 "jitted function with slope.distributed.data_parallel, which splits it around the reduction, or "
@@ -204,7 +204,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
         program = make_program(traced_fn, [t.aval for t in tensors])
         split = SplitProgram(program, backend, device, out_trees[0])
-        if split.reduction_count == 0 and collectives.world_size() > 1:
+        if split.reduction_count == 0 and collectives.started_world_size() > 1:
             raise SlopeDistributedError(
                 f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average its "
                 "gradients over the ranks: call `grads = slope.distributed.pmean(grads)` between value_and_grad and "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import slope
 import slope_distributed
 from slope.plugins import hookimpl
 
@@ -17,3 +18,16 @@ def slope_operators() -> list:
     from .parallel import ALL_REDUCE
 
     return [ALL_REDUCE]
+
+
+@hookimpl
+def slope_conformance_rows() -> list:
+    """all_reduce in one process (the identity) under every transformation, dtype and backend."""
+    from slope_testing.checks import FLOATS, Case, Data, Row
+
+    def call(x: slope.Tensor) -> slope.Tensor:
+        return slope.all_reduce(x, reduce="sum")[0]
+
+    shapes = [((2, 3), "2x3"), ((), "0-d"), ((0, 3), "empty")]
+    cases = [Case([Data(shape)], lambda x: x, call=call, method=False, label=label) for shape, label in shapes]
+    return [Row("all_reduce", cases, FLOATS)]
