@@ -82,7 +82,7 @@ def test_two_ranks_mpi():
 def test_two_ranks_gloo():
     """The same training and collectives with torch.distributed's gloo engine (launched by mpiexec)."""
     pytest.importorskip("torch")
-    scenarios = "train:numpy,collectives,mismatch"
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "mismatch"])
     result, _ = launch(scenarios, SLOPE_DISTRIBUTED_ENGINE="gloo", MASTER_PORT=free_port())
     assert_ok(result, scenarios)
 
@@ -218,3 +218,18 @@ def test_data_parallel_without_pmean_runs_on_one_rank_only(monkeypatch):
     monkeypatch.setattr(collectives.engine(), "size", 2)
     with pytest.raises(dist.SlopeDistributedError, match=r"does not average its gradients.*dist\w*\.pmean\(grads\)"):
         dist.data_parallel(lambda x: x * 2.0)(slope.ones(2))
+
+
+def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
+    """init() gives each of the ranks on this machine cpus // ranks backend threads, unless told otherwise."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    monkeypatch.delenv("SLOPE_ORT_THREADS", raising=False)
+    dist.init("local")
+    assert os.environ["SLOPE_ORT_THREADS"] == str(max(1, cpus // 2))
+    from slope_distributed import collectives
+
+    monkeypatch.setitem(collectives._state, "engine", None)
+    monkeypatch.setenv("SLOPE_ORT_THREADS", "7")
+    dist.init("local")
+    assert os.environ["SLOPE_ORT_THREADS"] == "7"

@@ -28,6 +28,9 @@ def slope_conformance_rows() -> list:
     def call(x: slope.Tensor) -> slope.Tensor:
         return slope.all_reduce(x, reduce="sum")[0]
 
+    def method(x: slope.Tensor) -> slope.Tensor:
+        return x.all_reduce(reduce="mean")[0]
+
     shapes = [((2, 3), "2x3"), ((), "0-d"), ((0, 3), "empty")]
-    cases = [Case([Data(shape)], lambda x: x, call=call, method=False, label=label) for shape, label in shapes]
+    cases = [Case([Data(shape)], lambda x: x, call=call, method_call=method, label=label) for shape, label in shapes]
     return [Row("all_reduce", cases, FLOATS)]
