@@ -19,13 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+import slope
+import slope.distributed as dist
+import slope.nn as nn
+from slope_distributed.engines import launcher_rank_and_size
+
+if (launcher_rank_and_size() or (0, 1))[0] != 0:
+    os.environ["TQDM_DISABLE"] = "1"  # one progress bar, rank 0's (tqdm reads this when it is imported)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nn"))  # the MNIST examples' shared helpers
 
 from common import load_mnist, normalize, parser, train_epoch  # noqa: E402
-
-import slope  # noqa: E402
-import slope.distributed as dist  # noqa: E402
-import slope.nn as nn  # noqa: E402
 
 
 def make_model() -> nn.Module:
@@ -55,8 +58,6 @@ def main() -> None:
         slope.set_backend(args.backend)
     slope.manual_seed(args.seed)
     size = dist.world_size()
-    if dist.rank() != 0:
-        os.environ["TQDM_DISABLE"] = "1"  # one progress bar, rank 0's
     say(f"engine {dist.engine().name}, {size} rank(s), backend {slope.get_backend().name}")
     if args.batch_size % size:
         sys.exit(f"--batch-size {args.batch_size} must be a multiple of the number of ranks ({size})")
