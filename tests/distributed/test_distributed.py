@@ -34,9 +34,10 @@ needs_mpi = pytest.mark.skipif(
 )
 
 
-def launch(scenarios: str, timeout: float = 60, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+def launch(scenarios: str, timeout: float = 240, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     """mpiexec -n 2 ranks.py SCENARIOS: (the finished process, seconds); a hang fails the test at the timeout."""
-    environment = {**os.environ, "RANKS_TIMEOUT": "30", "SLOPE_DISTRIBUTED_ENGINE": "mpi", **env}
+    # generous bounds: on a loaded CI machine one rank may compile for many seconds while the other waits
+    environment = {**os.environ, "RANKS_TIMEOUT": "120", "SLOPE_DISTRIBUTED_ENGINE": "mpi", **env}
     for name in [n for n in environment if n.startswith(("PMI_", "OMPI_", "SLURM_"))]:  # (pytest run under a launcher)
         del environment[name]
     start = time.perf_counter()
@@ -90,23 +91,23 @@ def test_two_ranks_gloo():
 @needs_mpi
 @pytest.mark.parametrize("engine", ["mpi", "gloo"])
 def test_a_rank_that_leaves_is_an_error_naming_it(engine):
-    """Rank 1 exits before a reduction: rank 0 fails with an error naming rank 1 within the timeout (2 s)."""
+    """Rank 1 exits before a reduction: rank 0 fails with an error naming rank 1 within the timeout (5 s)."""
     if engine == "gloo":
         pytest.importorskip("torch")
-    result, seconds = launch("dead", RANKS_TIMEOUT="2", SLOPE_DISTRIBUTED_ENGINE=engine, MASTER_PORT=free_port())
+    result, seconds = launch("dead", RANKS_TIMEOUT="5", SLOPE_DISTRIBUTED_ENGINE=engine, MASTER_PORT=free_port())
     assert_ok(result, "dead")
     assert "rank 1 did not answer" in result.stdout
-    assert seconds < 30
+    assert seconds < 60
 
 
 @needs_mpi
 def test_a_rank_that_crashes_stops_every_rank():
     """Rank 1 raises: its traceback, a line naming it, and every rank aborted at once (not after the timeout)."""
-    result, seconds = launch("crash", RANKS_TIMEOUT="60")
+    result, seconds = launch("crash", RANKS_TIMEOUT="120")
     assert result.returncode != 0
     assert "RuntimeError: rank 1 crashes on purpose" in result.stderr
     assert "slope.distributed: rank 1 of 2 failed (RuntimeError); aborting every rank" in result.stderr
-    assert "went on although" not in result.stderr and seconds < 30
+    assert "went on although" not in result.stderr and seconds < 60
 
 
 # ----------------------------------------------------------------------------------------------- one process
