@@ -234,3 +234,32 @@ def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
     monkeypatch.setenv("SLOPE_ORT_THREADS", "7")
     dist.init("local")
     assert os.environ["SLOPE_ORT_THREADS"] == "7"
+
+
+def mnist_folder() -> Path | None:
+    """$MNIST_DIR, else ../shared/data/mnist beside the repository (or a folder above it), else None."""
+    if os.environ.get("MNIST_DIR") and Path(os.environ["MNIST_DIR"]).is_dir():
+        return Path(os.environ["MNIST_DIR"])
+    root = Path(__file__).resolve().parents[2]
+    return next((p / "shared/data/mnist" for p in (root.parent, root.parent.parent) if (p / "shared/data/mnist").is_dir()),
+                None)  # fmt: skip
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.skipif(mnist_folder() is None, reason="no MNIST folder (../shared/data/mnist or $MNIST_DIR)")
+def test_mnist_example_on_two_ranks_resumes_from_its_checkpoint(tmp_path):
+    """The data-parallel example, short: 2 ranks train to identical models, write a checkpoint, resume from it."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "distributed" / "mnist_data_parallel.py"
+    checkpoint = tmp_path / "run.safetensors"
+    outputs = []
+    for epochs in ("1", "2"):
+        command = [MPIEXEC, "-n", "2", sys.executable, str(example), "--epochs", epochs, "--steps", "20",
+                   "--checkpoint", str(checkpoint)]  # fmt: skip
+        environment = {**os.environ, "MNIST_DIR": str(mnist_folder()), "SLOPE_DISTRIBUTED_ENGINE": "mpi"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        outputs.append(result.stdout)
+    assert "final test accuracy" in outputs[0] and "the 2 ranks' models are identical" in outputs[0]
+    assert "resumed from" in outputs[1] and "after epoch 1" in outputs[1] and "epoch 2: 20 steps" in outputs[1]
+    assert "epoch 1: 20 steps" not in outputs[1]
