@@ -134,8 +134,11 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
     if group.size == 1:
         return tree
     _check_same_trees(group, "all_reduce", treedef, arrays, leaves, op)
-    reduced = _reduce_flat(group, arrays, op)
-    return slope.tree.unflatten(treedef, [_like(leaf, view) for leaf, view in zip(leaves, reduced)])
+    # leaves that need memory of their own (arrays, numbers, numpy-backend tensors) get views of one copy of the
+    # buffer; tensors of a backend that copies (onnxruntime, iree) are made from views of the buffer itself
+    copy_out = any(not isinstance(leaf, Tensor) or isinstance(leaf.buffer, np.ndarray) for leaf in leaves)
+    reduced = _reduce_flat(group, arrays, op, copy_out)
+    return slope.tree.unflatten(treedef, [_like(leaf, view, copy_out) for leaf, view in zip(leaves, reduced)])
 
 
 def broadcast(tree: Any, root: int = 0) -> Any:
@@ -162,16 +165,16 @@ def broadcast(tree: Any, root: int = 0) -> Any:
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 
-def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str) -> list[np.ndarray]:
+def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str, copy_out: bool = False) -> list[np.ndarray]:
     """Reduce the arrays through one reused flat buffer per dtype; views of the buffers (to be copied out before the
-    next reduction), in the arrays' order."""
+    next reduction; with copy_out, views of one new copy of each buffer), in the arrays' order."""
     out: list = [None] * len(arrays)
     for dtype, indices in _by_dtype(arrays).items():
         buffer = _pack(arrays, indices, dtype)
         group.all_reduce(buffer, "max" if op == "max" else "sum")
         if op == "mean":  # the rank-ordered sum divided: bitwise what one process summing the shards gets
             np.divide(buffer, group.size, out=buffer)  # (in place: a fresh array would cost its page faults)
-        for i, view in zip(indices, _views(buffer, arrays, indices)):
+        for i, view in zip(indices, _views(buffer.copy() if copy_out else buffer, arrays, indices)):
             out[i] = view
     return out
 
@@ -191,11 +194,7 @@ def _pack(arrays: list[np.ndarray], indices: list[int], dtype: np.dtype) -> np.n
         if len(_buffers) >= 16:  # (a run reduces a few sizes over and over: keep those, not every size ever seen)
             _buffers.clear()
         buffer = _buffers[key] = np.empty(total, dtype)
-    offset = 0
-    for i in indices:
-        size = arrays[i].size
-        buffer[offset : offset + size] = arrays[i].reshape(-1)
-        offset += size
+    np.concatenate([arrays[i].reshape(-1) for i in indices], out=buffer)  # (one call: no Python loop of copies)
     return buffer
 
 
@@ -221,15 +220,16 @@ def _as_numpy(where: str, leaf: Any) -> np.ndarray:
                     f"{type(leaf).__name__}")  # fmt: skip
 
 
-def _like(leaf: Any, view: np.ndarray) -> Any:
-    """A new leaf of the input leaf's kind holding the view's values (never sharing the reused buffer)."""
+def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
+    """A new leaf of the input leaf's kind holding the view's values, never sharing the reused buffer (`private`: the
+    view is of a copy already, which the new leaf may keep)."""
     if isinstance(leaf, Tensor):
         out = slope.tensor(view, device=leaf.device)
-        if isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (the numpy backend)
+        if not private and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (numpy)
             out = slope.tensor(view.copy(), device=leaf.device)
         return out
     if isinstance(leaf, np.ndarray):
-        return view.copy()
+        return view if private else view.copy()
     return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()
 
 
