@@ -45,9 +45,8 @@ class AllReduce(Operator):
         return _reduce(primals, reduce), _reduce(tangents, reduce)
 
     def transpose(self, cotangents: list, *args: Any, reduce: str) -> list:
-        self._linear(
-            reduce
-        )  # y_r = sum_s x_s for every rank r, so x̄_s = sum_r ȳ_r: the same reduction (mean: 1/n of it)
+        # y_r = sum_s x_s for every rank r, so x̄_s = sum_r ȳ_r: the same reduction (mean: 1/n of it)
+        self._linear(reduce)
         return _reduce(cotangents, reduce)
 
     def vmap(self, axis_size: int, args: list, dims: list, *, reduce: str) -> tuple[list, list]:
