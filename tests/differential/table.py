@@ -1410,5 +1410,13 @@ add(
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
 KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason; none open now
-for (_name, _backend, _check), _reason in KNOWN_OPEN.items():
+# A backend's documented differences (its README's "Known differences"), strict xfails too: the examples that meet
+# them (the "ci" profile draws the same ones each run) fail, so a change in the backend shows. Run on iree with
+# SLOPE_TEST_BACKENDS=iree (the shared suites other than the matrix leave it out by default).
+DOCUMENTED: dict[tuple[str, str, str], str] = {
+    (name, "iree", "forward"): "documented difference (packages/slope-iree/README.md, Known differences): IREE's "
+    "CPU runtime flushes subnormal floats to zero, so a subnormal input compares as 0 (here in " + name + ")"
+    for name in ("all", "equal", "floor_divide", "fmod")
+}
+for (_name, _backend, _check), _reason in {**KNOWN_OPEN, **DOCUMENTED}.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason

@@ -24,7 +24,7 @@ class Operator:
     name: str = ""
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
-    symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero
+    symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero (so does the product rule)
     inline: bool = False  # never recorded in Programs: traced straight through its procedure
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
@@ -48,8 +48,9 @@ class Operator:
         """Forward-mode rule giving `(primal_outs, tangent_outs)`; linear operators get it from `linear_inputs`."""
         if not self.linear_inputs:
             raise NotImplementedError
-        if self.linear_inputs == "each":  # the product rule: one term per input, the others at their primal values
-            terms = [bind(self, *primals[:i], t, *primals[i + 1 :], **params) for i, t in enumerate(tangents)]
+        if self.linear_inputs == "each":  # the product rule: a term per input with a tangent (None: a zero one)
+            given = [(i, t) for i, t in enumerate(tangents) if t is not None]
+            terms = [bind(self, *primals[:i], t, *primals[i + 1 :], **params) for i, t in given]
             return [bind(self, *primals, **params)], [sum(terms[1:], terms[0])]
         linear = range(len(primals)) if self.linear_inputs == "all" else self.linear_inputs
         args = [t if i in linear else p for i, (p, t) in enumerate(zip(primals, tangents))]

@@ -139,12 +139,11 @@ class Unary(Elementwise):
     """An elementwise operator of one input: `Unary(name, tangent)`, or a subclass for other rules."""
 
     allowed = "float"  # "float", "integer" (ints and bools) or "any"
-    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x)
+    tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x); None: 0
 
     def __init__(self, name: str | None = None, tangent: Callable | None = None, allowed: str | None = None):
         super().__init__(name)
-        self.tangent = tangent or self.tangent
-        self.allowed = allowed or self.allowed
+        self.tangent, self.allowed = tangent or self.tangent, allowed or self.allowed
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -161,7 +160,7 @@ class Unary(Elementwise):
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         y = bind(self, primals[0])
-        return [y], [self.tangent(tangents[0], primals[0], y)]
+        return [y], [self.tangent(tangents[0], primals[0], y) if self.tangent else None]  # (None: a zero tangent)
 
 
 class Cos(Unary):
@@ -185,8 +184,6 @@ class Tanh(Unary):
 
 class Rounding(Unary):
     """floor, ceil and round (to nearest, ties to even); integers pass as they are; zero derivative."""
-
-    tangent = staticmethod(lambda t, x, y: zeros_like(x))
 
     def __call__(self, x: Any) -> Tensor:
         x = as_tensor(x)
@@ -276,6 +273,7 @@ class Div(Binary):
     """Division; integers divide with truncation toward zero (as C does)."""
 
     name = "div"
+    symbolic_zeros = True  # x / c: t / c, without the NaN that out * 0 gives where out is inf
 
     def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
@@ -287,7 +285,7 @@ class Div(Binary):
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
-        return [out], [div(sub(tx, mul(out, ty)), y)]
+        return [out], [div(tx if ty is None else sub(tx, mul(out, ty)) if tx is not None else -mul(out, ty), y)]
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         return [div(cotangents[0], y), None]
@@ -378,8 +376,7 @@ class Where(Elementwise):
         return x
 
     def transpose(self, cotangents: list, c: Any, x: Any, y: Any) -> list:
-        ct = cotangents[0]
-        zeros = zeros_like(ct)
+        ct, zeros = cotangents[0], zeros_like(cotangents[0])
         x_ct = where(c, ct, zeros) if isinstance(x, UndefinedPrimal) else None
         y_ct = where(c, zeros, ct) if isinstance(y, UndefinedPrimal) else None
         return [None, x_ct, y_ct]
@@ -931,7 +928,7 @@ log = Unary("log", lambda t, x, y: t / x)
 sin = Unary("sin", lambda t, x, y: t * cos(x))
 sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0))
 invert = Unary("invert", allowed="integer")  # bitwise not of integers, logical not of bools
-stop_gradient = Unary("stop_gradient", lambda t, x, y: zeros_like(x), allowed="any")  # the identity, derivative 0
+stop_gradient = Unary("stop_gradient", allowed="any")  # the identity, derivative 0
 cos, cast, tanh = Cos(), Cast(), Tanh()
 floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()

@@ -68,9 +68,10 @@ class JVPTrace(Trace):
         if zero:
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
-        tangents = [zeros_like(t.primal) if t.tangent is None and not op.symbolic_zeros else t.tangent for t in tracers]
         if not op.has_rule("jvp"):
             return _procedure_instead(op, "JVP", tracers, params)
+        takes_none = op.symbolic_zeros or (op.linear_inputs == "each" and type(op).jvp is Operator.jvp)  # no `t * 0`
+        tangents = [zeros_like(t.primal) if t.tangent is None and not takes_none else t.tangent for t in tracers]
         primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
         return [JVPTracer(self, p, t) for p, t in zip(primal_outs, tangent_outs)]
 

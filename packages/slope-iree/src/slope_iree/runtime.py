@@ -188,15 +188,22 @@ class Module:
         indices = range(outputs)
 
         def call(buffers: list) -> list:
-            inputs = new_list(len(buffers))
+            inputs, results = new_list(len(buffers)), new_list(outputs)
             for buffer in buffers:
                 inputs.push_ref(buffer.ref)
-            results = new_list(outputs)
             with lock:
                 invoke(function, inputs, results)
             return [results.get_as_object(i, view_type) for i in indices]
 
-        return call
+        def call_one(buffers: list) -> list:  # (most programs: one output)
+            inputs, results = new_list(len(buffers)), new_list(1)
+            for buffer in buffers:
+                inputs.push_ref(buffer.ref)
+            with lock:
+                invoke(function, inputs, results)
+            return [results.get_as_object(0, view_type)]
+
+        return call_one if outputs == 1 else call
 
 
 def load(mlir: str, device_name: str) -> Module:

@@ -32,22 +32,14 @@ TRANSFORMS = ("eager", "jit", "jvp", "grad", "vmap", "grad_of_grad")
 # the backends the project ships; any other installed backend plugin joins the matrix too
 KNOWN_BACKENDS = {"onnxruntime": "slope-core[onnx]", "iree": "slope-core[iree]", "numpy": "slope-core[numpy]"}
 ARGUMENTS = ("backend", "name", "transform", "dtype_name")
-# installed backends that compile every new program (iree: 0.15-0.5 s a module) and whose whole matrix does not fit
-# CI's 45 minutes from a cold compile cache: unless asked for by name (SLOPE_TEST_BACKENDS=iree, or =all), the matrix
-# runs their CI subset (`in_ci_subset`: every dtype eager and jitted, every transformation in the row's main dtype)
-# and the other shared suites leave them out
+# installed backends that compile every new program (iree: 0.15-0.5 s a module): the conformance matrix runs all of
+# their cells (from a cold compile cache the whole iree matrix fits CI's budget: benchmarks/RESULTS.md), but the
+# other shared suites (differential, edges, ops), whose random shapes would each compile anew, leave them out unless
+# asked for by name (SLOPE_TEST_BACKENDS=iree, or =all)
 OPT_IN = {
-    "iree": "iree: outside the matrix's CI subset (every dtype eager and jitted, every transformation in float32, or "
-    "the row's first dtype), which keeps a cold-cache CI run within its budget; the whole matrix runs with "
-    "SLOPE_TEST_BACKENDS=iree",
+    "iree": "iree: the shared suites other than the conformance matrix run on it with SLOPE_TEST_BACKENDS=iree "
+    "(each new shape is a compile); the matrix runs all of its cells",
 }
-
-
-def in_ci_subset(row: Row, transform: str, dtype_name: str) -> bool:
-    """Whether an OPT_IN backend's cell runs in CI: every dtype's translations are checked eager and jitted, and the
-    programs every transformation builds (of the same operators) in the row's main dtype."""
-    main = slope.float32 if slope.float32 in row.dtypes else row.dtypes[0]
-    return transform in ("eager", "jit") or dtype_name == main.name
 
 
 def backends_under_test() -> list[str]:
@@ -82,8 +74,8 @@ def cells(backends: list[str] | None = None, names: list[str] | None = None) -> 
             mark = pytest.mark.skip(reason=reason) if backend in KNOWN_BACKENDS and not backends else ()
             result.append(pytest.param(backend, None, None, None, id=f"{backend}:not installed", marks=mark))
             continue
-        sampled = backend in OPT_IN and not backends and not os.environ.get("SLOPE_TEST_BACKENDS", "").strip()
-        if backend not in backends_under_test() and not backends and not sampled:
+        whole = backend in OPT_IN and not os.environ.get("SLOPE_TEST_BACKENDS", "").strip()  # (the matrix: always)
+        if backend not in backends_under_test() and not backends and not whole:
             reason = OPT_IN.get(backend, "not in SLOPE_TEST_BACKENDS")
             result.append(
                 pytest.param(backend, None, None, None, id=f"{backend}:opt-in", marks=pytest.mark.skip(reason))
@@ -101,8 +93,6 @@ def cells(backends: list[str] | None = None, names: list[str] | None = None) -> 
                         continue
                     reason = known_failure(backend, name, transform, dtype.name)
                     marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-                    if sampled and not in_ci_subset(row, transform, dtype.name):
-                        marks = [pytest.mark.skip(reason=OPT_IN[backend])]
                     cell_id = f"{backend}:{name}:{transform}:{dtype.name}"
                     result.append(pytest.param(backend, name, transform, dtype.name, id=cell_id, marks=marks))
     return result
