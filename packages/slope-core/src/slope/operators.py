@@ -285,7 +285,9 @@ class Div(Binary):
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
         out = div(x, y)
-        return [out], [div(tx if ty is None else sub(tx, mul(out, ty)) if tx is not None else -mul(out, ty), y)]
+        if ty is None:  # x / c: no out * 0 term (NaN where out is inf)
+            return [out], [div(tx, y)]
+        return [out], [div(-mul(out, ty) if tx is None else sub(tx, mul(out, ty)), y)]
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         return [div(cotangents[0], y), None]
