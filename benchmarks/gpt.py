@@ -151,7 +151,7 @@ def bench_jax(model: char_gpt.GPT, batches: list) -> tuple[Callable, Callable]:
         return -jnp.take_along_axis(logp, y[..., None], -1).mean()
 
     def lr_at(count: Any) -> Any:
-        warm = 1e-3 * (count + 1) / 100
+        warm = 1e-3 * (count + 1) / 101  # nanoGPT's warm-up, as char_gpt
         cosine = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip((count - 100) / 1900, 0, 1)))
         return jnp.where(count < 100, warm, cosine)
 
