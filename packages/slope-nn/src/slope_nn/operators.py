@@ -5,6 +5,10 @@ backends without them.
 - `erf(x)`: the error function (the exact gelu); backends translate it where they have a kernel (onnxruntime's Erf).
 - `log_softmax(x, dim)`: one stable kernel where a backend has it (onnxruntime's LogSoftmax); its derivative reads
   only its output.
+- `softmax(x, dim)`: likewise one kernel (onnxruntime's Softmax) whose derivative y * (t - sum(y * t)) reads only its
+  output: the attention weights of a transformer take one pass forward and four back instead of eleven.
+- `gelu(x, approximate)`: PyTorch's gelu, one kernel where a backend has it (onnxruntime's Gelu, exact form); its
+  derivative Phi(x) + x phi(x) is computed from x (no backend has a GELU-gradient kernel outside training builds).
 
 - `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0. Its derivative reads the
   output, not the input, so a backend may fuse the ReLU into what produced its input (onnxruntime's FusedConv).
@@ -99,6 +103,70 @@ class LogSoftmax(Operator):
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
         shifted = x - shift_for_exp(x, dim)  # a row of only -inf gives NaN, as in PyTorch
         return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
+
+
+class Softmax(LogSoftmax):
+    """exp(x) normalised to sum to 1 along one dimension. An operator because backends have one kernel for it (ONNX
+    Softmax), and because its derivative reads only the output: y * (t - sum(y * t))."""
+
+    name = "softmax"
+
+    def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
+        out, tangent = softmax(primals[0], dim), tangents[0]
+        return [out], [out * (tangent - (out * tangent).sum(dim, keepdim=True))]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
+        return [softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
+
+    def procedure(self, x: Tensor, *, dim: int) -> Tensor:
+        e = slope.exp(x - shift_for_exp(x, dim))  # a row of only -inf gives NaN, as in PyTorch
+        return e / e.sum(dim, keepdim=True)
+
+
+_SQRT_HALF = 1 / math.sqrt(2)
+_TANH_SCALE = math.sqrt(2 / math.pi)
+
+
+class Gelu(Operator):
+    """Gaussian error linear unit: x * Phi(x) (approximate="none", with erf) or PyTorch's tanh approximation."""
+
+    name = "gelu"
+
+    def __call__(self, x: Any, approximate: str = "none") -> Tensor:
+        x = _tensor(x)
+        x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"slope.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return slope.bind(self, x, approximate=approximate)
+
+    def infer(self, x: Aval, *, approximate: str) -> Aval:
+        if not x.dtype.is_float:
+            raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
+        return x
+
+    def jvp(self, primals: list, tangents: list, *, approximate: str) -> tuple[list, list]:
+        x = primals[0]
+        return [gelu(x, approximate)], [tangents[0] * gelu_derivative(x, approximate)]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, approximate: str) -> tuple[list, list]:
+        return [gelu(args[0], approximate)], [dims[0]]
+
+    def procedure(self, x: Tensor, *, approximate: str) -> Tensor:
+        if approximate == "tanh":
+            return 0.5 * x * (1.0 + slope.tanh(_TANH_SCALE * (x + 0.044715 * x * x * x)))
+        return 0.5 * x * (1.0 + erf(x * _SQRT_HALF))
+
+
+def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
+    """d gelu / dx: Phi(x) + x phi(x), or the tanh approximation's derivative (NaN at +-inf, as PyTorch's)."""
+    if approximate == "tanh":
+        inner = _TANH_SCALE * (x + 0.044715 * x * x * x)
+        t = slope.tanh(inner)
+        slope_of_inner = _TANH_SCALE * (1.0 + (3 * 0.044715) * (x * x))
+        return 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * slope_of_inner
+    scaled = x * _SQRT_HALF
+    # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in ten elementwise passes
+    return (erf(scaled) * 0.5 + (x * (1 / math.sqrt(2 * math.pi))) * slope.exp(scaled * -scaled)) + 0.5
 
 
 def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
@@ -465,9 +533,11 @@ class Erf(Unary):
 
 erf = Erf()
 log_softmax = LogSoftmax()
+softmax = Softmax()
+gelu = Gelu()
 relu = Relu()
 max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
-operators = [erf, log_softmax, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+operators = [erf, log_softmax, softmax, gelu, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
