@@ -73,9 +73,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: slope.Tensor) -> slope.Tensor:
         """(B, T, C) -> (B, T, C)."""
         batch, length, width = x.shape
-        heads = self.qkv(x).reshape((batch, length, 3, self.n_head, width // self.n_head)).permute((2, 0, 3, 1, 4))
+
+        def heads(i: int) -> slope.Tensor:  # (B, H, T, D) from rows i*C .. (i+1)*C of the (3C, C) projection
+            part = nn.functional.linear(x, self.qkv.weight[i * width : (i + 1) * width])
+            return part.reshape((batch, length, self.n_head, width // self.n_head)).permute((0, 2, 1, 3))
+
+        # three products with slices of the weight, not one product sliced: the gradient then adds (C, C) blocks of
+        # the weight, not three zero-padded copies of the (B, T, 3C) output (five passes over it per layer)
         p = self.dropout.p if self.training else 0.0
-        y = nn.functional.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True, dropout_p=p)
+        y = nn.functional.scaled_dot_product_attention(heads(0), heads(1), heads(2), is_causal=True, dropout_p=p)
         return self.dropout(self.proj(y.permute((0, 2, 1, 3)).reshape((batch, length, width))))
 
 

@@ -165,8 +165,10 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
         slope_of_inner = _TANH_SCALE * (1.0 + (3 * 0.044715) * (x * x))
         return 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * slope_of_inner
     scaled = x * _SQRT_HALF
-    # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in ten elementwise passes
-    return (erf(scaled) * 0.5 + (x * (1 / math.sqrt(2 * math.pi))) * slope.exp(scaled * -scaled)) + 0.5
+    # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in nine elementwise passes (1 / sqrt(2 pi) goes
+    # into the exponent, which also spares a negation)
+    density = slope.exp(-0.5 * math.log(2 * math.pi) - scaled * scaled)
+    return (erf(scaled) * 0.5 + x * density) + 0.5
 
 
 def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
