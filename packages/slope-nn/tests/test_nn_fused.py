@@ -1,4 +1,5 @@
-"""gelu and softmax as operators (one onnxruntime kernel each: Gelu, Softmax) against PyTorch: values, first and
+"""gelu, softmax, layer_norm and layer_norm_rstd as operators (one onnxruntime kernel each: Gelu, Softmax, one
+LayerNormalization for the last two) against PyTorch: values, first and
 second derivatives, NaN and inf, float32 and float64, eager and jitted, on every backend under test. The reference is
 PyTorch in float64: float32 results agree within 4e-6 of the largest magnitude (PyTorch's own float32 gelu is 1.1e-6
 off, its second derivatives more), float64 within 1e-12."""
@@ -15,8 +16,8 @@ torch = pytest.importorskip("torch")
 TOL = {"float32": (1e-5, 4e-6), "float64": (1e-12, 1e-12)}  # rtol, atol relative to the largest magnitude
 
 
-def _x(dtype: str, shape: tuple = (4, 7), scale: float = 3.0) -> np.ndarray:
-    return (np.random.default_rng(0).standard_normal(shape) * scale).astype(dtype)
+def _x(dtype: str, shape: tuple = (4, 7), scale: float = 3.0, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
 def _torch_grads(fn, x: np.ndarray, weights: np.ndarray) -> tuple:
@@ -48,6 +49,21 @@ CASES = {
     "gelu tanh": (lambda t: slope.gelu(t, "tanh"), lambda t: torch.nn.functional.gelu(t, approximate="tanh")),
     "softmax last": (lambda t: slope.softmax(t, -1), lambda t: torch.softmax(t, -1)),
     "softmax dim 0": (lambda t: slope.softmax(t, 0), lambda t: torch.softmax(t, 0)),
+    "layer_norm": (lambda t: slope.layer_norm(t), lambda t: torch.nn.functional.layer_norm(t, t.shape[-1:])),
+    "layer_norm eps": (
+        lambda t: slope.layer_norm(t, 0.5),
+        lambda t: torch.nn.functional.layer_norm(t, t.shape[-1:], eps=0.5),
+    ),
+    "layer_norm_rstd": (
+        lambda t: slope.layer_norm_rstd(t),
+        lambda t: (t.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt(),
+    ),
+    "layer_norm and rstd": (
+        lambda t: slope.layer_norm(t) * slope.layer_norm_rstd(t),
+        lambda t: (
+            torch.nn.functional.layer_norm(t, t.shape[-1:]) * (t.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt()
+        ),
+    ),
 }
 
 
@@ -57,7 +73,7 @@ CASES = {
 def test_fused_operators_match_pytorch_with_two_derivatives(each_backend, case, dtype, jit):
     ours, theirs = CASES[case]
     x = _x(dtype)
-    weights = _x(dtype, scale=1.0)
+    weights = _x(dtype, scale=1.0, seed=1)
     expected = _torch_grads(theirs, x, weights)
     got = _slope_grads(ours, x, weights, jit)
     rtol, atol = TOL[dtype]
@@ -93,6 +109,28 @@ def test_fused_operators_vmap_and_integers(each_backend):
         slope.gelu(slope.tensor([1.0]), "sigmoid")
 
 
+def test_layer_norm_matches_pytorch_off_centre_and_in_vmap(each_backend):
+    # a mean large against the spread (the statistics must not cancel) and a last dimension of 1
+    for x in (1000.0 + _x("float32", (3, 64), 0.1), _x("float32", (4, 1))):
+        expected = torch.nn.functional.layer_norm(torch.tensor(x.astype(np.float64)), x.shape[-1:]).numpy()
+        np.testing.assert_allclose(slope.layer_norm(slope.tensor(x)).numpy(), expected, atol=1e-3)
+    x = _x("float64", (3, 4, 5))
+    batched = slope.vmap(slope.layer_norm, in_axes=2)(slope.tensor(x)).numpy()  # the batch axis is the last one
+    expected = torch.nn.functional.layer_norm(torch.tensor(np.moveaxis(x, 2, 0)), (4,)).numpy()
+    np.testing.assert_allclose(batched, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(slope.ShapeError, match="slope.layer_norm: expected at least one dimension"):
+        slope.layer_norm(slope.tensor(1.0))
+
+
+def test_layer_norm_layer_matches_pytorch_in_narrow_dtypes(each_backend):
+    x = _x("float32", (2, 3, 8))
+    for dtype in (slope.float16, slope.bfloat16):
+        got = slope.nn.LayerNorm(8, dtype=dtype)(slope.tensor(x).astype(dtype))
+        assert got.dtype == dtype
+        expected = torch.nn.functional.layer_norm(torch.tensor(x).to(getattr(torch, dtype.name)), (8,))
+        np.testing.assert_allclose(got.astype(slope.float32).numpy(), expected.float().numpy(), atol=2e-2)
+
+
 def test_the_onnx_step_runs_gelu_and_softmax_as_single_nodes():
     if "onnxruntime" not in slope.plugins.backends:
         pytest.skip("the onnxruntime backend (slope-onnx) is not installed")
@@ -100,4 +138,7 @@ def test_the_onnx_step_runs_gelu_and_softmax_as_single_nodes():
         x = slope.tensor(_x("float32", (2, 3, 8)))
         lowered = slope.jit(lambda t: slope.softmax(slope.gelu(t), -1)).lower(x)
         ops = [node.op_type for node in lowered.executable.model.graph.node]
-    assert ops == ["Gelu", "Softmax"]
+        assert ops == ["Gelu", "Softmax"]
+        both = slope.jit(lambda t: slope.layer_norm(t) + slope.layer_norm_rstd(t)).lower(x)
+        ops = [node.op_type for node in both.executable.model.graph.node]
+    assert ops == ["LayerNormalization", "Add"]  # one node gives the normalised tensor and its statistic

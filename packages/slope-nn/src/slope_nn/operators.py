@@ -7,6 +7,10 @@ backends without them.
   only its output.
 - `softmax(x, dim)`: likewise one kernel (onnxruntime's Softmax) whose derivative y * (t - sum(y * t)) reads only its
   output: the attention weights of a transformer take one pass forward and four back instead of eleven.
+- `layer_norm(x, eps)` and `layer_norm_rstd(x, eps)`: x normalised over its last dimension, and 1 / sqrt(var + eps)
+  (kept as a dimension of size 1). One onnxruntime LayerNormalization node gives both, so a training step normalises
+  in one pass and its gradient r * (t - mean(t) - y * mean(y * t)) reads the output and the statistic (no backend
+  has a LayerNorm-gradient kernel outside training builds).
 - `gelu(x, approximate)`: PyTorch's gelu, one kernel where a backend has it (onnxruntime's Gelu, exact form); its
   derivative Phi(x) + x phi(x) is computed from x (no backend has a GELU-gradient kernel outside training builds).
 
@@ -121,6 +125,65 @@ class Softmax(LogSoftmax):
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
         e = slope.exp(x - shift_for_exp(x, dim))  # a row of only -inf gives NaN, as in PyTorch
         return e / e.sum(dim, keepdim=True)
+
+
+class _LastDimNorm(Operator):
+    """Shared by layer_norm and layer_norm_rstd: a float tensor (integers promote), eps, the last dimension."""
+
+    def __call__(self, x: Any, eps: float = 1e-5) -> Tensor:
+        x = _tensor(x)
+        x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
+        if x.ndim == 0:
+            raise slope.ShapeError(f"slope.{self.name}: expected at least one dimension to normalise, got a 0-d tensor")
+        return slope.bind(self, x, eps=float(eps))
+
+    def infer(self, x: Aval, *, eps: float) -> Aval:
+        if not x.dtype.is_float:
+            raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
+        if x.ndim == 0:
+            raise self.shape_error("expected at least one dimension to normalise, got a 0-d tensor")
+        return x
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, eps: float) -> tuple[list, list]:
+        return [self(move_axis(args[0], dims[0], 0), eps)], [0]  # the last dimension stays the last
+
+
+def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    centered = x - x.mean(-1, keepdim=True)
+    return centered, ((centered * centered).mean(-1, keepdim=True) + eps).rsqrt()
+
+
+class LayerNormOp(_LastDimNorm):
+    """(x - mean) / sqrt(var + eps) over the last dimension (biased variance, as PyTorch's layer_norm)."""
+
+    name = "layer_norm"
+
+    def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
+        x, t = primals[0], tangents[0]
+        y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
+        return [y], [r * (t - t.mean(-1, keepdim=True) - y * (y * t).mean(-1, keepdim=True))]
+
+    def procedure(self, x: Tensor, *, eps: float) -> Tensor:
+        centered, rstd = _centered_and_rstd(x, eps)
+        return centered * rstd
+
+
+class LayerNormRstd(_LastDimNorm):
+    """1 / sqrt(var + eps) over the last dimension, kept as a dimension of size 1 (layer_norm's statistic)."""
+
+    name = "layer_norm_rstd"
+
+    def infer(self, x: Aval, *, eps: float) -> Aval:
+        super().infer(x, eps=eps)
+        return Aval((*x.shape[:-1], 1), x.dtype)
+
+    def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
+        x, t = primals[0], tangents[0]
+        y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
+        return [r], [-(r * r) * (y * t).mean(-1, keepdim=True)]
+
+    def procedure(self, x: Tensor, *, eps: float) -> Tensor:
+        return _centered_and_rstd(x, eps)[1]
 
 
 _SQRT_HALF = 1 / math.sqrt(2)
@@ -537,9 +600,11 @@ erf = Erf()
 log_softmax = LogSoftmax()
 softmax = Softmax()
 gelu = Gelu()
+layer_norm = LayerNormOp()
+layer_norm_rstd = LayerNormRstd()
 relu = Relu()
 max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
-operators = [erf, log_softmax, softmax, gelu, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+operators = [erf, log_softmax, softmax, gelu, layer_norm, layer_norm_rstd, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
