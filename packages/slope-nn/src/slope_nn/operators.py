@@ -607,4 +607,16 @@ max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
-operators = [erf, log_softmax, softmax, gelu, layer_norm, layer_norm_rstd, relu, max_pool, max_pool_argmax, take_along_dim, scatter_add]
+operators = [
+    erf,
+    log_softmax,
+    softmax,
+    gelu,
+    layer_norm,
+    layer_norm_rstd,
+    relu,
+    max_pool,
+    max_pool_argmax,
+    take_along_dim,
+    scatter_add,
+]
