@@ -3,8 +3,8 @@ one-hot, linear, transposed convolution, pooling and cross-entropy.
 
 They are registered through slope-nn's plugin (`slope_nn.plugin`), so with slope-nn installed each is also
 `slope.NAME(...)` and `Tensor.NAME(...)`. They are built from Slope's public API only, as any plugin's would be;
-`gelu`, `softmax`, `log_softmax`, `relu`, `max_pool` and the two indexing operators it differentiates with are operators
-(`slope_nn.operators`).
+`gelu`, `softmax`, `log_softmax`, `relu`, `max_pool` and the two indexing operators it differentiates with are
+operators (`slope_nn.operators`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The operators slope-nn adds to Slope: `erf`, `log_softmax`, `relu`, `max_pool` and the indexing operators max
-pooling is differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for
+"""The operators slope-nn adds to Slope: `erf`, `log_softmax`, `softmax`, `gelu`, `layer_norm`, `layer_norm_rstd`,
+`relu`, `max_pool` and the indexing operators max pooling is differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for
 backends without them.
 
 - `erf(x)`: the error function (the exact gelu); backends translate it where they have a kernel (onnxruntime's Erf).
