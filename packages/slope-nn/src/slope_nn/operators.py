@@ -1,6 +1,6 @@
 """The operators slope-nn adds to Slope: `erf`, `log_softmax`, `softmax`, `gelu`, `layer_norm`, `layer_norm_rstd`,
-`relu`, `max_pool` and the indexing operators max pooling is differentiated with, each with its shape inference, JVP, transpose and batching rules and a procedure for
-backends without them.
+`relu`, `max_pool` and the indexing operators max pooling is differentiated with, each with its shape inference, JVP,
+transpose and batching rules and a procedure for backends without them.
 
 - `erf(x)`: the error function (the exact gelu); backends translate it where they have a kernel (onnxruntime's Erf).
 - `log_softmax(x, dim)`: one stable kernel where a backend has it (onnxruntime's LogSoftmax); its derivative reads
