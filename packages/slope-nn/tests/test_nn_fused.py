@@ -122,6 +122,16 @@ def test_layer_norm_matches_pytorch_off_centre_and_in_vmap(each_backend):
         slope.layer_norm(slope.tensor(1.0))
 
 
+def test_layer_norm_specials_match_pytorch(each_backend):
+    rows = np.array([[np.nan, 0.0, 1.0], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0], [1.0, 2.0, 4.0]])
+    for dtype in ("float32", "float64", "float16"):
+        x = rows.astype(dtype)
+        expected = torch.nn.functional.layer_norm(torch.tensor(x), (3,)).numpy()
+        np.testing.assert_allclose(slope.layer_norm(slope.tensor(x)).numpy(), expected, rtol=2e-3, atol=2e-3)
+        rstd = torch.ops.aten.native_layer_norm(torch.tensor(x), [3], None, None, 1e-5)[2].numpy()
+        np.testing.assert_allclose(slope.layer_norm_rstd(slope.tensor(x)).numpy(), rstd, rtol=2e-3, atol=2e-3)
+
+
 def test_layer_norm_layer_matches_pytorch_in_narrow_dtypes(each_backend):
     x = _x("float32", (2, 3, 8))
     for dtype in (slope.float16, slope.bfloat16):

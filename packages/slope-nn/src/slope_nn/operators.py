@@ -149,8 +149,12 @@ class _LastDimNorm(Operator):
 
 
 def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    centered = x - x.mean(-1, keepdim=True)
-    return centered, ((centered * centered).mean(-1, keepdim=True) + eps).rsqrt()
+    """x - mean and 1 / sqrt(var + eps), in float32 for float16 and bfloat16 (as PyTorch's kernels), in x's dtype."""
+    narrow = x.dtype in (slope.float16, slope.bfloat16)
+    wide = x.astype(slope.float32) if narrow else x
+    centered = wide - wide.mean(-1, keepdim=True)
+    rstd = ((centered * centered).mean(-1, keepdim=True) + eps).rsqrt()
+    return (centered.astype(x.dtype), rstd.astype(x.dtype)) if not narrow else (centered, rstd)
 
 
 class LayerNormOp(_LastDimNorm):
@@ -165,7 +169,7 @@ class LayerNormOp(_LastDimNorm):
 
     def procedure(self, x: Tensor, *, eps: float) -> Tensor:
         centered, rstd = _centered_and_rstd(x, eps)
-        return centered * rstd
+        return (centered * rstd).astype(x.dtype)
 
 
 class LayerNormRstd(_LastDimNorm):
@@ -183,7 +187,7 @@ class LayerNormRstd(_LastDimNorm):
         return [r], [-(r * r) * (y * t).mean(-1, keepdim=True)]
 
     def procedure(self, x: Tensor, *, eps: float) -> Tensor:
-        return _centered_and_rstd(x, eps)[1]
+        return _centered_and_rstd(x, eps)[1].astype(x.dtype)
 
 
 _SQRT_HALF = 1 / math.sqrt(2)
