@@ -34,6 +34,7 @@ EXTRAS = {  # extra -> the backends it must provide
     "nn": ["onnxruntime"],
     "all": ["numpy", "onnxruntime"],
     "testing": [],  # the conformance kit alone: no backend
+    "distributed": ["onnxruntime"],
 }
 if (ROOT / "packages" / "slope-iree").is_dir():
     EXTRAS["iree"] = ["iree"]
@@ -54,6 +55,10 @@ nn = slope.nn.Linear(3, 2) if WITH_NN else None
 if WITH_TESTING:
     import slope.testing
     assert slope.testing.ROWS
+if WITH_DISTRIBUTED:
+    import slope.distributed as dist
+    dist.init("local")  # (mpich's libmpi sits in the environment's lib/, outside the linked site-packages)
+    assert dist.all_reduce([slope.ones(2)], op="mean")[0].tolist() == [1.0, 1.0] and dist.world_size() == 1
 print(json.dumps({"version": slope.__version__, "results": results, "nn": nn is not None}))
 """
 
@@ -115,6 +120,7 @@ def _install_and_check(extra: str, wheels: Path, third_party: Path, folder: Path
     done = subprocess.run(install, capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert done.returncode == 0, f"[{extra}] " + done.stdout + done.stderr
     code = CHECK.replace("WITH_NN", str(extra in ("nn", "all"))).replace("WITH_TESTING", str(extra == "testing"))
+    code = code.replace("WITH_DISTRIBUTED", str(extra == "distributed"))
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert done.returncode == 0, f"[{extra}] " + done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])

@@ -43,10 +43,10 @@ def __getattr__(name: str) -> Any:
     """Operators and procedures are `slope.NAME` (including those added by plugins)."""
     if name in functions:
         return functions[name]
-    if name == "nn":  # imported on first use: it needs the slope-nn distribution
+    if name in ("nn", "distributed"):  # imported on first use: they need slope-nn / slope-distributed
         import importlib
 
-        return importlib.import_module("slope.nn")
+        return importlib.import_module(f"slope.{name}")
     raise AttributeError(f"module 'slope' has no attribute {name!r}{missing_function_hint(name)}")
 
 

@@ -78,7 +78,7 @@ def _reserved(name: str) -> bool:
     from .tensors import Tensor
 
     ours = getattr(Tensor.__dict__.get(name), "_slope_function", name not in Tensor.__dict__)  # (plugins' methods)
-    return name in vars(sys.modules["slope"]) or name in ("nn", "testing") or not ours
+    return name in vars(sys.modules["slope"]) or name in ("nn", "testing", "distributed") or not ours
 
 
 def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
@@ -198,7 +198,7 @@ def load_entry_points() -> None:
     """Load the plugins of the `slope` entry-point group (as SLOPE_DISABLE_PLUGINS, SLOPE_PLUGINS allow)."""
     disabled, only = _env_set("SLOPE_DISABLE_PLUGINS"), _env_set("SLOPE_PLUGINS")
     autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
-    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn")  # Slope's own first: a clashing name is the other's
+    ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn", "slope-distributed")  # ours first (a clash: theirs)
     for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
         label = (entry_point.dist.name, entry_point.dist.version) if entry_point.dist else ("?", "?")
         ids = {entry_point.name, label[0], f"{label[0]}:{entry_point.name}"}

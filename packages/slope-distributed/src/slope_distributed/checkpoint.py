@@ -1,0 +1,63 @@
+"""Checkpoints of a distributed run: written once, by rank 0, atomically; read by rank 0 and broadcast, so every rank
+resumes from the same values whether or not the ranks share a file system.
+
+The file is slope.nn's checkpoint format (safetensors, or `.npz` by suffix), one entry per leaf of the tree, named
+by its path (`0.layers.0.weight`, `1.mu.0`, ...): a model, its optimizer state and any counters in one file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import slope
+
+from . import collectives
+from .engines import SlopeDistributedError
+
+
+def save(tree: Any, path: str | os.PathLike) -> None:
+    """Write a pytree of tensors (say `(model, opt_state)`) to `path` from rank 0 only, atomically; every rank
+    returns once the file is complete (an error on rank 0 is raised on every rank)."""
+    from slope_nn import checkpoint
+
+    failure = None
+    if collectives.rank() == 0:
+        try:
+            leaves = slope.tree.leaves(tree)
+            checkpoint.save(dict(zip(collectives.leaf_names(tree), leaves)), path)
+        except Exception as error:  # every rank must hear of it, or the others would go on without a checkpoint
+            failure = f"{type(error).__name__}: {error}"
+    failures = collectives.engine().gather(failure)
+    if failures[0] is not None:
+        raise SlopeDistributedError(
+            f"slope.distributed.save: rank 0 could not write {os.fspath(path)!r}: {failures[0]}"
+        )
+
+
+def load(path: str | os.PathLike, like: Any) -> Any:
+    """Read a checkpoint written by `save` into a tree structured like `like` (say a fresh `(model, opt_state)`): rank
+    0 reads the file and broadcasts it, so the other ranks need no access to it."""
+    from slope_nn import checkpoint
+
+    leaves, treedef = slope.tree.flatten(like)
+    failure = None
+    if collectives.rank() == 0:
+        try:
+            stored = checkpoint.load(path)
+            names = collectives.leaf_names(like)
+            missing = [name for name in names if name not in stored]
+            if missing or len(stored) != len(names):
+                raise ValueError(f"the checkpoint holds {len(stored)} entries ({', '.join(list(stored)[:4])}, ...) "
+                                 f"but the tree has {len(names)} leaves; missing: {', '.join(missing[:4])}")  # fmt: skip
+            for name, leaf in zip(names, leaves):
+                if (stored[name].shape, stored[name].dtype) != (tuple(leaf.shape), leaf.dtype):
+                    raise ValueError(f"entry {name} is {stored[name].dtype} {stored[name].shape}, the tree's leaf "
+                                     f"is {leaf.dtype} {tuple(leaf.shape)}")  # fmt: skip
+            leaves = [stored[name] for name in names]
+        except Exception as error:  # said on every rank, which would otherwise wait in the broadcast
+            failure = f"{type(error).__name__}: {error}"
+    failures = collectives.engine().gather(failure)
+    if failures[0] is not None:
+        raise SlopeDistributedError(f"slope.distributed.load: rank 0 could not read {os.fspath(path)!r}: {failures[0]}")
+    return collectives.broadcast(slope.tree.unflatten(treedef, leaves), root=0)

@@ -1,0 +1,303 @@
+"""Collectives on pytrees: `init`, `rank`, `world_size`, `all_reduce`, `broadcast`, `barrier`, `shard`.
+
+A reduction packs every leaf of a dtype into one flat NumPy buffer, reused from call to call, and hands it to the
+engine in place: one engine call per dtype, never one per leaf (25x slower for 100 leaves). Before the data moves,
+every rank contributes a 64-bit digest of its tree (structure, shapes, dtypes, operation) to a small header reduced
+under a deadline: a rank that died or stopped answering is then a timeout naming it, and trees that differ between
+ranks are an error naming the rank and the leaf, never a hang or a garbled sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import optree
+
+import slope
+from slope import Tensor
+
+from .engines import ENGINES, Engine, SlopeDistributedError, default_timeout, launcher_rank_and_size
+
+OPS = ("sum", "mean", "max")
+_state: dict[str, Any] = {"engine": None}
+_buffers: dict[tuple, np.ndarray] = {}  # (dtype, size) -> the flat buffer reused by every reduction of that size
+_digests: dict[tuple, int] = {}
+
+
+def init(engine: str | None = None, timeout: float | None = None) -> None:
+    """Join the group the launcher started (`mpiexec`, `srun`, `torchrun`): engine "mpi" (default), "gloo" or
+    "local"; `timeout` (s, default $SLOPE_DISTRIBUTED_TIMEOUT or 300) bounds every wait for the other ranks."""
+    import os
+
+    name = engine or os.environ.get("SLOPE_DISTRIBUTED_ENGINE") or _default_engine()
+    if name not in ENGINES:
+        raise ValueError(f"slope.distributed.init: unknown engine {name!r}; expected one of {sorted(ENGINES)}")
+    current = _state["engine"]
+    if current is not None:
+        if current.name != name:
+            raise SlopeDistributedError(f"slope.distributed.init: already running on engine {current.name!r}, "
+                                        f"cannot switch to {name!r} in the same process")  # fmt: skip
+        return
+    _state["engine"] = ENGINES[name](default_timeout() if timeout is None else float(timeout))
+    _share_cpus()
+
+
+def _share_cpus() -> None:
+    """Ranks on one machine share its CPUs: each backend thread pool gets cpus // ranks here (as torchrun sets
+    OMP_NUM_THREADS), unless $SLOPE_ORT_THREADS says otherwise. Oversubscribed, ranks wait on each other's threads."""
+    import os
+
+    local = [os.environ.get(n) for n in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE")]
+    ranks_here = next((int(n) for n in local if n), 1)
+    if ranks_here > 1 and "SLOPE_ORT_THREADS" not in os.environ:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["SLOPE_ORT_THREADS"] = str(max(1, cpus // ranks_here))  # (read when onnxruntime first runs)
+
+
+def _default_engine() -> str:
+    """mpi where mpi4py is installed; without it, local for a process no launcher started."""
+    import importlib.util
+
+    if importlib.util.find_spec("mpi4py") is not None:
+        return "mpi"
+    placed = launcher_rank_and_size()
+    if placed is None or placed[1] == 1:
+        return "local"
+    raise SlopeDistributedError(
+        f"slope.distributed.init: this is rank {placed[0]} of {placed[1]} but mpi4py is not installed: "
+        "`pip install slope-distributed[mpi]`, or init(engine='gloo') with PyTorch"
+    )
+
+
+def engine() -> Engine:
+    """The engine this process runs on (started with the default on first use)."""
+    if _state["engine"] is None:
+        init()
+    return _state["engine"]
+
+
+def rank() -> int:
+    """This process's rank, 0 to world_size() - 1."""
+    return engine().rank
+
+
+def world_size() -> int:
+    """The number of processes in the group."""
+    return engine().size
+
+
+def started_world_size() -> int:
+    """The world size, or 1 for a process no launcher started and no engine runs yet (without starting one)."""
+    if _state["engine"] is None and launcher_rank_and_size() is None:
+        return 1
+    return engine().size
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this call."""
+    engine().barrier()
+
+
+def shard(*arrays: Any) -> Any:
+    """This rank's slice of a dataset: rows [rank*n, (rank+1)*n) of each array, n = len // world_size (the last
+    len % world_size rows are left out, so every rank gets as many rows and runs as many steps)."""
+    if not arrays:
+        raise TypeError("slope.distributed.shard: expected at least one array")
+    lengths = {len(a) for a in arrays}
+    if len(lengths) != 1:
+        raise ValueError(f"slope.distributed.shard: the arrays have different lengths {[len(a) for a in arrays]}")
+    size, index = world_size(), rank()
+    rows = lengths.pop() // size
+    if rows == 0:
+        raise ValueError(f"slope.distributed.shard: {len(arrays[0])} rows cannot be split over {size} ranks")
+    shards = tuple(a[index * rows : (index + 1) * rows] for a in arrays)
+    return shards[0] if len(shards) == 1 else shards
+
+
+def all_reduce(tree: Any, op: str = "sum") -> Any:
+    """The elementwise sum, mean or max of a pytree over every rank (a tree like the input on every rank)."""
+    if op not in OPS:
+        raise ValueError(f"slope.distributed.all_reduce: op must be one of {OPS}, got {op!r}")
+    leaves, treedef = slope.tree.flatten(tree)
+    if any(isinstance(leaf, slope.trace.Tracer) for leaf in leaves):  # inside jit / grad: an operator in the program
+        from .parallel import all_reduce_operator
+
+        return slope.tree.unflatten(treedef, all_reduce_operator(leaves, op))
+    arrays = [_as_numpy("all_reduce", leaf) for leaf in leaves]
+    if op == "mean":
+        _check_floats("all_reduce", arrays, leaves, treedef)
+    if _state["engine"] is None and launcher_rank_and_size() is None:
+        return tree  # one process that no launcher started: the identity, without starting an engine
+    group = engine()
+    if group.size == 1:
+        return tree
+    _check_same_trees(group, "all_reduce", treedef, arrays, leaves, op)
+    # leaves that need memory of their own (arrays, numbers, numpy-backend tensors) get views of one copy of the
+    # buffer; tensors of a backend that copies (onnxruntime, iree) are made from views of the buffer itself
+    copy_out = any(not isinstance(leaf, Tensor) or isinstance(leaf.buffer, np.ndarray) for leaf in leaves)
+    reduced = _reduce_flat(group, arrays, op, copy_out)
+    return slope.tree.unflatten(treedef, [_like(leaf, view, copy_out) for leaf, view in zip(leaves, reduced)])
+
+
+def broadcast(tree: Any, root: int = 0) -> Any:
+    """The root rank's pytree on every rank (the others pass a tree of the same structure, shapes and dtypes)."""
+    group = engine()
+    if not 0 <= root < group.size:
+        raise ValueError(f"slope.distributed.broadcast: root {root} is not a rank of a world of size {group.size}")
+    leaves, treedef = slope.tree.flatten(tree)
+    arrays = [_as_numpy("broadcast", leaf) for leaf in leaves]
+    if group.size == 1:
+        return tree
+    _check_same_trees(group, "broadcast", treedef, arrays, leaves, f"root={root}")
+    received = []
+    for dtype, indices in _by_dtype(arrays).items():
+        buffer = _pack(arrays, indices, dtype)
+        group.broadcast(buffer, root)
+        received += [(i, view) for i, view in zip(indices, _views(buffer, arrays, indices))]
+    if group.rank == root:
+        return tree
+    by_index = dict(received)
+    return slope.tree.unflatten(treedef, [_like(leaf, by_index[i]) for i, leaf in enumerate(leaves)])
+
+
+# ----------------------------------------------------------------------------------------------- flat buffers
+
+
+def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str, copy_out: bool = False) -> list[np.ndarray]:
+    """Reduce the arrays through one reused flat buffer per dtype; views of the buffers (to be copied out before the
+    next reduction; with copy_out, views of one new copy of each buffer), in the arrays' order."""
+    out: list = [None] * len(arrays)
+    for dtype, indices in _by_dtype(arrays).items():
+        buffer = _pack(arrays, indices, dtype)
+        group.all_reduce(buffer, "max" if op == "max" else "sum")
+        if op == "mean":  # the rank-ordered sum divided: bitwise what one process summing the shards gets
+            np.divide(buffer, group.size, out=buffer)  # (in place: a fresh array would cost its page faults)
+        for i, view in zip(indices, _views(buffer.copy() if copy_out else buffer, arrays, indices)):
+            out[i] = view
+    return out
+
+
+def _by_dtype(arrays: list[np.ndarray]) -> dict[np.dtype, list[int]]:
+    groups: dict[np.dtype, list[int]] = {}
+    for i, array in enumerate(arrays):
+        groups.setdefault(array.dtype, []).append(i)
+    return groups
+
+
+def _pack(arrays: list[np.ndarray], indices: list[int], dtype: np.dtype) -> np.ndarray:
+    total = sum(arrays[i].size for i in indices)
+    key = (dtype, total)
+    buffer = _buffers.get(key)
+    if buffer is None:
+        if len(_buffers) >= 16:  # (a run reduces a few sizes over and over: keep those, not every size ever seen)
+            _buffers.clear()
+        buffer = _buffers[key] = np.empty(total, dtype)
+    np.concatenate([arrays[i].reshape(-1) for i in indices], out=buffer)  # (one call: no Python loop of copies)
+    return buffer
+
+
+def _views(buffer: np.ndarray, arrays: list[np.ndarray], indices: list[int]) -> list[np.ndarray]:
+    views, offset = [], 0
+    for i in indices:
+        size = arrays[i].size
+        views.append(buffer[offset : offset + size].reshape(arrays[i].shape))
+        offset += size
+    return views
+
+
+def _as_numpy(where: str, leaf: Any) -> np.ndarray:
+    """The leaf's values as a NumPy array, only read (a view of an onnxruntime CPU tensor: one copy less)."""
+    if isinstance(leaf, Tensor):
+        buffer = leaf.buffer
+        if type(buffer).__name__ == "OrtValue" and leaf.device == "cpu" and leaf.dtype != slope.bfloat16:
+            return buffer.numpy()  # (the OrtValue's memory: read once, into the flat buffer)
+        return leaf.numpy()
+    if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)):
+        return np.asarray(leaf)
+    raise TypeError(f"slope.distributed.{where}: leaves must be tensors, NumPy arrays or numbers, got "
+                    f"{type(leaf).__name__}")  # fmt: skip
+
+
+def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
+    """A new leaf of the input leaf's kind holding the view's values, never sharing the reused buffer (`private`: the
+    view is of a copy already, which the new leaf may keep)."""
+    if isinstance(leaf, Tensor):
+        out = slope.tensor(view, device=leaf.device)
+        if not private and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (numpy)
+            out = slope.tensor(view.copy(), device=leaf.device)
+        return out
+    if isinstance(leaf, np.ndarray):
+        return view if private else view.copy()
+    return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_floats(where: str, arrays: list[np.ndarray], leaves: list, treedef: Any) -> None:
+    for i, array in enumerate(arrays):
+        if array.dtype.kind not in "fc" and array.dtype.name != "bfloat16":
+            name = leaf_names(slope.tree.unflatten(treedef, leaves))[i]
+            raise slope.DTypeError(f"slope.distributed.{where}: op='mean' needs floating-point leaves; leaf {name} is "
+                                   f"{array.dtype} {array.shape} (use op='sum')")  # fmt: skip
+
+
+def _digest(treedef: Any, arrays: list[np.ndarray], extra: str) -> int:
+    key = (treedef, tuple((a.shape, a.dtype.str) for a in arrays), extra)
+    digest = _digests.get(key)
+    if digest is None:
+        text = repr((slope.tree.describe(treedef), key[1], extra)).encode()
+        digest = _digests[key] = int(np.frombuffer(hashlib.blake2b(text, digest_size=8).digest(), np.int64)[0])
+    return digest
+
+
+def _check_same_trees(group: Engine, where: str, treedef: Any, arrays: list, leaves: list, extra: str) -> None:
+    """Every rank passes a tree of the same structure, shapes and dtypes (and operation), or an error that says which
+    rank and which leaf differ; a rank that does not arrive is a timeout naming it."""
+    digest = _digest(treedef, arrays, extra)
+    header = np.array([digest, -digest], np.int64)  # max(d) == d and max(-d) == -d on every rank iff all d are equal
+    group.header(header, f"{where} of {len(arrays)} leaves")
+    if header[0] == digest and header[1] == -digest:
+        return
+    names = leaf_names(slope.tree.unflatten(treedef, leaves))
+    mine = (slope.tree.describe(treedef), extra, [(n, a.shape, str(a.dtype)) for n, a in zip(names, arrays)])
+    every = group.gather(mine)
+    raise SlopeDistributedError(f"slope.distributed.{where}: the ranks passed different trees: {_difference(every)}")
+
+
+def _difference(every: list) -> str:
+    """The first way a rank's tree differs from rank 0's, in words."""
+    structure0, extra0, leaves0 = every[0]
+    for r, (structure, extra, leaves) in enumerate(every[1:], start=1):
+        if extra != extra0:
+            return f"rank {r} asked for {extra} where rank 0 asked for {extra0}"
+        for (name, shape, dtype), (name0, shape0, dtype0) in zip(leaves, leaves0):
+            if (shape, dtype) != (shape0, dtype0):
+                return (f"rank {r}'s leaf {name} is {dtype} of shape {shape} where rank 0's leaf {name0} is {dtype0} "
+                        f"of shape {shape0}")  # fmt: skip
+        if structure != structure0 or len(leaves) != len(leaves0):
+            return (f"rank {r} passed {len(leaves)} leaves structured {structure} where rank 0 passed {len(leaves0)} "
+                    f"structured {structure0}")  # fmt: skip
+    return "(the digests differ but the trees look alike)"
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """A readable path for every leaf, in flatten order (module attributes by name: `model.0.weight`)."""
+    names: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if optree.tree_is_leaf(node, namespace="slope"):
+            names.append(path or "(the tree itself)")
+            return
+        children, meta, entries, _ = optree.tree_flatten_one_level(node, namespace="slope")
+        if hasattr(node, "_fields"):  # a namedtuple (optimizer states)
+            entries = node._fields
+        elif hasattr(node, "tree_flatten") and isinstance(meta, tuple):  # a slope.nn.Module: its attribute names
+            entries = [entry for entry in meta if isinstance(entry, str)]
+        for entry, child in zip(entries, children):
+            walk(child, f"{path}.{entry}" if path else str(entry))
+
+    walk(tree, "")
+    return names

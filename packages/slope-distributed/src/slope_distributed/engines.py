@@ -1,0 +1,220 @@
+"""The engines that move the bytes: `mpi` (mpi4py), `gloo` (torch.distributed) and `local` (one process).
+
+Slope has no networking of its own. Every engine reduces or broadcasts one contiguous NumPy buffer in place (the
+caller packs a whole pytree into it), checks a small header first under a deadline (`header`), and gathers small
+Python objects for error messages (`gather`). mpi4py and torch are imported when their engine starts, never at
+`import slope`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from slope import SlopeError
+
+
+class SlopeDistributedError(SlopeError, RuntimeError):
+    """A distributed run went wrong: a rank that died or stopped answering, trees that differ between ranks, a
+    missing engine."""
+
+
+def launcher_rank_and_size() -> tuple[int, int] | None:
+    """This process's rank and the world size as the launcher set them (MPICH/Hydra, Open MPI, Slurm, torchrun)."""
+    for rank_name, size_name in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                                 ("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):  # fmt: skip
+        if rank_name in os.environ and size_name in os.environ:
+            return int(os.environ[rank_name]), int(os.environ[size_name])
+    return None
+
+
+def default_timeout() -> float:
+    """Seconds a rank waits for the others before it says which ones did not answer ($SLOPE_DISTRIBUTED_TIMEOUT)."""
+    return float(os.environ.get("SLOPE_DISTRIBUTED_TIMEOUT", "300"))
+
+
+class Engine:
+    """One process's view of the group: its rank, the world size and in-place collectives on NumPy buffers."""
+
+    name = ""
+    rank = 0
+    size = 1
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+
+    def all_reduce(self, buffer: np.ndarray, op: str) -> None:
+        """Reduce the buffer over every rank, in place ("sum" or "max")."""
+
+    def broadcast(self, buffer: np.ndarray, root: int) -> None:
+        """Overwrite the buffer with the root's, in place."""
+
+    def header(self, header: np.ndarray, what: str) -> None:
+        """The elementwise maximum of a small int64 header over every rank, in place, within the timeout."""
+
+    def gather(self, value: Any) -> list:
+        """Every rank's value (small, picklable), in rank order."""
+        return [value]
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+
+    def others(self) -> list[int]:
+        """The other ranks."""
+        return [r for r in range(self.size) if r != self.rank]
+
+
+class LocalEngine(Engine):
+    """One process: every collective is the identity (what tests and single-machine scripts use)."""
+
+    name = "local"
+
+
+class MPIEngine(Engine):
+    """MPI through mpi4py: blocking in-place collectives on the data, a watched nonblocking one on the header."""
+
+    name = "mpi"
+    _PING = 7301  # the tag of the "are you there" messages after a timeout
+
+    def __init__(self, timeout: float):
+        super().__init__(timeout)
+        try:
+            from mpi4py import MPI
+        except ImportError as error:
+            raise SlopeDistributedError(
+                "slope.distributed.init: the mpi engine needs mpi4py and an MPI library: "
+                "`pip install slope-distributed[mpi]` (mpi4py and mpich), or engine='gloo' or 'local'"
+            ) from error
+        self.MPI, self.comm = MPI, MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
+        if self.size > 1:
+            _abort_on_uncaught_exception(self)
+
+    def all_reduce(self, buffer: np.ndarray, op: str) -> None:
+        # blocking and in place: MPI.IN_PLACE reuses the caller's buffer; a rank that died shows up at the header
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self._ops[op])
+
+    def broadcast(self, buffer: np.ndarray, root: int) -> None:
+        self.comm.Bcast(buffer, root=root)
+
+    def header(self, header: np.ndarray, what: str) -> None:
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, header, op=self.MPI.MAX)
+        self._wait(request, what)
+
+    def _wait(self, request: Any, what: str) -> None:
+        if request.Test():
+            return
+        deadline = time.monotonic() + self.timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                silent = self._silent_ranks(min(2.0, self.timeout))
+                raise SlopeDistributedError(
+                    f"slope.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s in {what}; "
+                    f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent)) or '(none named)'} did "
+                    "not answer (exited early, crashed or stuck; ranks must make the same collective calls in the "
+                    "same order). $SLOPE_DISTRIBUTED_TIMEOUT sets the wait"
+                )
+            time.sleep(0)  # (a yield: on a shared core the rank we wait for needs the CPU)
+
+    def _silent_ranks(self, wait: float) -> list[int]:
+        """After a timeout: ping every other rank; those that do not ping back within `wait` seconds."""
+        token = np.zeros(1, np.int8)
+        sends = [self.comm.Isend(token, dest=r, tag=self._PING) for r in self.others()]
+        replies = {r: np.zeros(1, np.int8) for r in self.others()}
+        receives = {r: self.comm.Irecv(replies[r], source=r, tag=self._PING) for r in self.others()}
+        deadline = time.monotonic() + wait
+        pending = dict(receives)
+        while pending and time.monotonic() < deadline:
+            pending = {r: q for r, q in pending.items() if not q.Test()}
+            time.sleep(0.01)
+        for request in [*sends, *pending.values()]:
+            request.Cancel()
+        return sorted(pending)
+
+    def gather(self, value: Any) -> list:
+        return self.comm.allgather(value)
+
+    def barrier(self) -> None:
+        self.header(np.zeros(1, np.int64), "barrier()")
+
+
+def _abort_on_uncaught_exception(engine: MPIEngine) -> None:
+    """An uncaught exception on one rank aborts them all (as `python -m mpi4py` does) instead of leaving the others
+    waiting: the launcher then stops every rank and names this one."""
+    previous = sys.excepthook
+
+    def abort(kind: type, value: BaseException, traceback: Any) -> None:
+        previous(kind, value, traceback)
+        print(f"slope.distributed: rank {engine.rank} of {engine.size} failed ({kind.__name__}); aborting every rank",
+              file=sys.stderr, flush=True)  # fmt: skip
+        engine.comm.Abort(1)
+
+    sys.excepthook = abort
+
+
+class GlooEngine(Engine):
+    """torch.distributed's gloo backend on CPU tensors that share the NumPy buffers' memory."""
+
+    name = "gloo"
+
+    def __init__(self, timeout: float):
+        super().__init__(timeout)
+        try:
+            import torch
+            import torch.distributed as torch_dist
+        except ImportError as error:
+            raise SlopeDistributedError(
+                "slope.distributed.init: the gloo engine needs PyTorch: `pip install slope-distributed[gloo]`"
+            ) from error
+        import datetime
+
+        self.torch, self.dist = torch, torch_dist
+        if not torch_dist.is_initialized():
+            placed = launcher_rank_and_size() or (0, 1)
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            torch_dist.init_process_group(
+                "gloo", rank=placed[0], world_size=placed[1], timeout=datetime.timedelta(seconds=timeout)
+            )
+            import atexit
+
+            # torch leaves gloo's threads running at exit otherwise, and the process aborts (terminate, signal 6)
+            atexit.register(torch_dist.destroy_process_group)
+        self.rank, self.size = torch_dist.get_rank(), torch_dist.get_world_size()
+        self._ops = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}
+
+    def _run(self, what: str, collective: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            collective(*args, **kwargs)
+        except RuntimeError as error:  # gloo: a closed connection (a rank died) or its timeout
+            others = self.others()
+            who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {', '.join(map(str, others))}"
+            raise SlopeDistributedError(
+                f"slope.distributed: rank {self.rank} of {self.size}: {what} failed: {who} did not answer (it died, "
+                f"or is stuck past the {self.timeout:g} s timeout) (gloo: {str(error).splitlines()[0]})"
+            ) from error
+
+    def all_reduce(self, buffer: np.ndarray, op: str) -> None:
+        self._run("all_reduce", self.dist.all_reduce, self.torch.from_numpy(buffer), op=self._ops[op])
+
+    def broadcast(self, buffer: np.ndarray, root: int) -> None:
+        self._run("broadcast", self.dist.broadcast, self.torch.from_numpy(buffer), src=root)
+
+    def header(self, header: np.ndarray, what: str) -> None:
+        self._run(what, self.dist.all_reduce, self.torch.from_numpy(header), op=self._ops["max"])
+
+    def gather(self, value: Any) -> list:
+        values: list = [None] * self.size
+        self._run("gather", self.dist.all_gather_object, values, value)
+        return values
+
+    def barrier(self) -> None:
+        self.header(np.zeros(1, np.int64), "barrier()")
+
+
+ENGINES = {"mpi": MPIEngine, "gloo": GlooEngine, "local": LocalEngine}

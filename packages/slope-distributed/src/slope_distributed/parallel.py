@@ -1,0 +1,230 @@
+"""Collectives inside traced functions, and data-parallel train steps.
+
+`all_reduce` (and `pmean`, `psum`) of traced tensors records one `all_reduce` operator in the Program, with
+differentiation and batching rules (the transpose of a sum over ranks is a sum over ranks). No backend can run it
+inside a compiled program (ONNX Runtime's and IREE's own collectives are NCCL-only), so `data_parallel` splits the
+traced Program around it: stage 0 (compiled) -> host reduction of one flat buffer -> stage 1 (compiled) -> ... A
+plain `slope.jit` holding one compiles it as the identity when the world has one rank and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import slope
+from slope import Operator, Tensor
+from slope.backend import compile_program, default_device, run_executable
+from slope.errors import TransformError
+from slope.ir import Instruction, Program, Var
+from slope.trace import Tracer, bind, flatten_fun, make_program
+
+from . import collectives
+from .engines import SlopeDistributedError
+
+
+class AllReduce(Operator):
+    """The sum, mean or max of each input over every rank (inside a traced function; on the host outside)."""
+
+    name = "all_reduce"
+    multiple_results = True
+
+    def __call__(self, *tensors: Tensor, reduce: str = "sum") -> list[Tensor]:
+        return _reduce(list(tensors), reduce)
+
+    def infer(self, *avals: Any, reduce: str) -> list:
+        if reduce not in collectives.OPS:
+            raise ValueError(f"slope.all_reduce: reduce must be one of {collectives.OPS}, got {reduce!r}")
+        for aval in avals:
+            if reduce == "mean" and not aval.dtype.is_float:
+                raise self.dtype_error(f"reduce='mean' needs floating-point tensors, got {aval} (use 'sum')")
+        return list(avals)
+
+    def jvp(self, primals: list, tangents: list, *, reduce: str) -> tuple[list, list]:
+        self._linear(reduce)
+        return _reduce(primals, reduce), _reduce(tangents, reduce)
+
+    def transpose(self, cotangents: list, *args: Any, reduce: str) -> list:
+        # y_r = sum_s x_s for every rank r, so x̄_s = sum_r ȳ_r: the same reduction (mean: 1/n of it)
+        self._linear(reduce)
+        return _reduce(cotangents, reduce)
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, reduce: str) -> tuple[list, list]:
+        return _reduce(args, reduce), list(dims)  # elementwise over ranks: the batch dimension stays where it is
+
+    def procedure(self, *tensors: Tensor, reduce: str) -> list[Tensor]:
+        """What a backend compiles in a plain `slope.jit`: the identity for one rank, else an error."""
+        if collectives.started_world_size() > 1:
+            raise SlopeDistributedError(
+                f"slope.all_reduce (reduce={reduce!r}): a compiled program cannot reduce over ranks on its own; wrap the "
+                "jitted function with slope.distributed.data_parallel, which splits it around the reduction, or "
+                "reduce outside jit with slope.distributed.all_reduce"
+            )
+        return list(tensors)
+
+    def _linear(self, reduce: str) -> None:
+        if reduce == "max":
+            raise TransformError("slope.all_reduce: reduce='max' is not differentiable; reduce with 'sum' or 'mean'")
+
+
+ALL_REDUCE = AllReduce()
+
+
+def _reduce(tensors: list, op: str) -> list:
+    """Bind the operator for traced tensors, reduce on the host for concrete ones (eager grad and vmap included)."""
+    if any(isinstance(t, Tracer) for t in tensors):
+        return bind(ALL_REDUCE, *tensors, reduce=op)
+    return list(collectives.all_reduce(list(tensors), op))
+
+
+def all_reduce_operator(leaves: list, op: str) -> list:
+    """The operator applied to the leaves of a tree that holds traced tensors."""
+    return bind(ALL_REDUCE, *[leaf if isinstance(leaf, Tensor) else slope.tensor(leaf) for leaf in leaves], reduce=op)
+
+
+def pmean(tree: Any) -> Any:
+    """The mean over every rank of a pytree (gradients: between `value_and_grad` and the optimizer step)."""
+    return collectives.all_reduce(tree, "mean")
+
+
+def psum(tree: Any) -> Any:
+    """The sum over every rank of a pytree."""
+    return collectives.all_reduce(tree, "sum")
+
+
+# ----------------------------------------------------------------------------------------------- data_parallel
+
+
+class _Stage:
+    """A compiled piece of the split program, or the host reductions that follow it."""
+
+    def __init__(self, program: Program | None, executable: Any, reductions: dict[str, list[Instruction]]):
+        self.program, self.executable, self.reductions = program, executable, reductions
+
+
+class SplitProgram:
+    """A traced function split around its `all_reduce` instructions: `.programs` are the compiled pieces."""
+
+    def __init__(self, program: Program, backend: Any, device: str, out_tree: Any):
+        self.program, self.backend, self.device, self.out_tree = program, backend, device, out_tree
+        level: dict[Var, int] = dict.fromkeys([*program.inputs, *program.constants], 0)
+        pieces: list[list[Instruction]] = [[]]
+        reductions: list[dict[str, list[Instruction]]] = [{}]
+        for instruction in program.instructions:
+            k = max((level[v] for v in instruction.inputs), default=0)
+            while len(pieces) <= k + 1:
+                pieces.append([])
+                reductions.append({})
+            if instruction.op is ALL_REDUCE:  # after piece k; its results are there for piece k + 1 on
+                reductions[k].setdefault(instruction.params["reduce"], []).append(instruction)
+                level.update(dict.fromkeys(instruction.outputs, k + 1))
+            else:
+                pieces[k].append(instruction)
+                level.update(dict.fromkeys(instruction.outputs, k))
+        self.reduction_count = sum(len(group) for r in reductions for group in r.values())
+        self.stages = [self._stage(program, pieces, k, reductions[k]) for k in range(len(pieces))]
+
+    def _stage(self, program: Program, pieces: list, k: int, reductions: dict) -> _Stage:
+        instructions = pieces[k]
+        if not instructions:
+            return _Stage(None, None, reductions)
+        produced = {v for instruction in instructions for v in instruction.outputs}
+        used_elsewhere = set(program.outputs)
+        for j, piece in enumerate(pieces):
+            if j != k:
+                used_elsewhere.update(v for instruction in piece for v in instruction.inputs)
+        for group in reductions.values():
+            used_elsewhere.update(v for instruction in group for v in instruction.inputs)
+        constants = dict(zip(program.constants, program.constant_values))
+        needed = [v for instruction in instructions for v in instruction.inputs if v not in produced]
+        needed = list(dict.fromkeys(needed))
+        inputs = [v for v in needed if v not in constants]
+        used_constants = [v for v in needed if v in constants]
+        outputs = list(dict.fromkeys(v for i in instructions for v in i.outputs if v in used_elsewhere))
+        piece = Program(inputs, instructions, outputs, used_constants, [constants[v] for v in used_constants])
+        return _Stage(piece, compile_program(piece, self.backend, self.device), reductions)
+
+    @property
+    def programs(self) -> list[Program]:
+        """The compiled pieces, in order."""
+        return [stage.program for stage in self.stages if stage.program is not None]
+
+    def run(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Run the pieces, reducing on the host between them."""
+        program = self.program
+        env: dict[Var, Any] = dict(zip(program.constants, program.constant_values))
+        env.update(zip(program.inputs, tensors))
+        for stage in self.stages:
+            if stage.program is not None:
+                outs = run_executable(stage.executable, [env[v] for v in stage.program.inputs], self.backend,
+                                      self.device)  # fmt: skip
+                env.update(zip(stage.program.outputs, outs))
+            for op, group in stage.reductions.items():  # one flat buffer for all the instructions of this op
+                inputs = [v for instruction in group for v in instruction.inputs]
+                outputs = [v for instruction in group for v in instruction.outputs]
+                env.update(zip(outputs, collectives.all_reduce([env[v] for v in inputs], op)))
+        return [env[v] for v in program.outputs]
+
+
+class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
+    """A train step `(model, opt_state, x, y) -> (model, opt_state, loss)` that calls `pmean(grads)` between its
+    gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch."""
+
+    def __init__(self, step: Callable):
+        self.fn = step.fn if isinstance(step, slope.jit) else step
+        functools.update_wrapper(self, self.fn)
+        self.cache: dict[tuple, SplitProgram] = {}
+
+    def lower(self, *args: Any) -> SplitProgram:
+        """Trace, split and compile for these arguments without running (`.programs` holds the pieces)."""
+        return self._split(args)[0]
+
+    def _split(self, args: tuple) -> tuple[SplitProgram, list[Tensor]]:
+        leaves, in_tree = slope.tree.flatten(args)
+        leaves = [slope.tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
+        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
+        backend = slope.get_backend()
+        device = tensors[0].device if tensors else default_device()
+        key = (in_tree, tuple(t.aval for t in tensors), others, backend.name, device)
+        split = self.cache.get(key)
+        if split is None:
+            split = self.cache[key] = self._compile(in_tree, tensors, others, backend, device)
+        return split, tensors
+
+    def _compile(self, in_tree: Any, tensors: list, others: tuple, backend: Any, device: str) -> SplitProgram:
+        flat_fn, out_trees = flatten_fun(self.fn, in_tree)
+
+        def traced_fn(*traced: Tensor) -> list:
+            leaves = list(traced)
+            for i, value in others:
+                leaves.insert(i, value)
+            return flat_fn(*leaves)
+
+        program = make_program(traced_fn, [t.aval for t in tensors])
+        split = SplitProgram(program, backend, device, out_trees[0])
+        if split.reduction_count == 0 and collectives.started_world_size() > 1:
+            raise SlopeDistributedError(
+                f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average its "
+                "gradients over the ranks: call `grads = slope.distributed.pmean(grads)` between value_and_grad and "
+                "the optimizer step (or build the step with slope.distributed.train_step(loss_fn, optimizer))"
+            )
+        return split
+
+    def __call__(self, *args: Any) -> Any:
+        split, tensors = self._split(args)
+        return slope.tree.unflatten(split.out_tree, split.run(tensors))
+
+
+def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
+    """The data-parallel step `(model, opt_state, *batch) -> (model, opt_state, loss)` for `loss_fn(model, *batch)`:
+    value_and_grad, the mean of the gradients (and of the loss) over the ranks, the optimizer's update."""
+
+    def step(model: Any, state: Any, *batch: Any) -> tuple:
+        loss, grads = slope.value_and_grad(loss_fn)(model, *batch)
+        loss, grads = pmean((loss, grads))
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss
+
+    step.__name__ = f"train_step({getattr(loss_fn, '__name__', 'loss')})"
+    return data_parallel(step)

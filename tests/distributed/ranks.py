@@ -1,0 +1,194 @@
+"""What each rank runs under `mpiexec -n 2` for tests/distributed/test_distributed.py (not collected by pytest).
+
+    mpiexec -n 2 python tests/distributed/ranks.py SCENARIO[:BACKEND][,SCENARIO[:BACKEND]...]
+
+Each scenario asserts on every rank and prints `OK <scenario> rank <r>`; a failed assertion aborts every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import slope
+import slope.distributed as dist
+import slope.nn as nn
+
+STEPS = 20
+
+
+def make_model() -> nn.Module:
+    slope.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+def loss_fn(model: nn.Module, x: slope.Tensor, y: slope.Tensor) -> slope.Tensor:
+    return nn.cross_entropy(model(x), y)
+
+
+def batches(global_batch: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((global_batch, 12)).astype(np.float32), rng.integers(0, 5, global_batch))
+            for _ in range(STEPS)]  # fmt: skip
+
+
+def leaves(tree: object) -> list[np.ndarray]:
+    return [leaf.numpy() for leaf in slope.tree.leaves(tree)]
+
+
+def train() -> None:
+    """20 SGD steps: bitwise equal to one process summing the shards' gradients in rank order, close to full-batch
+    training, identical on every rank."""
+    optimizer = nn.SGD(0.1, momentum=0.9)
+    model = dist.broadcast(make_model())
+    state = optimizer.init(model)
+
+    @dist.data_parallel
+    def step(model, state, x, y):
+        loss, grads = slope.value_and_grad(loss_fn)(model, x, y)
+        grads = dist.pmean(grads)
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss
+
+    split = step.lower(model, state, *map(slope.tensor, dist.shard(*batches()[0])))
+    assert len(split.programs) == 2, [str(p) for p in split.programs]
+    for x, y in batches():
+        x, y = dist.shard(x, y)
+        model, state, loss = step(model, state, slope.tensor(x), slope.tensor(y))
+    ours = leaves((model, state))
+
+    # identical on every rank (the bytes of every leaf)
+    everyone = dist.engine().gather([leaf.tobytes() for leaf in ours])
+    assert all(r == everyone[0] for r in everyone), "the ranks' parameters differ"
+
+    if dist.rank() == 0:  # the reference: one process, both shards' gradients summed in rank order, then / 2
+        grad_fn = slope.jit(slope.grad(loss_fn))
+        update = slope.jit(optimizer.step)
+        reference = make_model()
+        reference_state = optimizer.init(reference)
+        size = dist.world_size()
+        for x, y in batches():
+            rows = len(x) // size
+            shard_grads = [grad_fn(reference, slope.tensor(x[r * rows : (r + 1) * rows]),
+                                   slope.tensor(y[r * rows : (r + 1) * rows])) for r in range(size)]  # fmt: skip
+            flat = [np.asarray(g.numpy()) for g in slope.tree.leaves(shard_grads[0])]
+            for other in shard_grads[1:]:
+                flat = [a + b.numpy() for a, b in zip(flat, slope.tree.leaves(other))]
+            mean = slope.tree.unflatten(slope.tree.structure(shard_grads[0]), [slope.tensor(a / size) for a in flat])
+            reference, reference_state = update(reference, mean, reference_state)
+        for i, (a, b) in enumerate(zip(ours, leaves((reference, reference_state)))):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f"leaf {i}: max diff {np.abs(a - b).max()}"
+
+        full_step = slope.jit(lambda m, s, x, y: optimizer.step(m, slope.grad(loss_fn)(m, x, y), s))
+        full, full_state = make_model(), optimizer.init(make_model())
+        for x, y in batches():
+            full, full_state = full_step(full, full_state, slope.tensor(x), slope.tensor(y))
+        for a, b in zip(ours, leaves((full, full_state))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def collectives() -> None:
+    """all_reduce (sum, mean, max over mixed dtypes), broadcast, shard, barrier, pmean eagerly and under grad/vmap."""
+    r = dist.rank()
+    tree = {"a": slope.tensor([1.0, 2.0]) * (r + 1), "b": np.arange(3) * (r + 1), "c": float(r)}
+    summed = dist.all_reduce(tree)
+    assert summed["a"].tolist() == [3.0, 6.0] and summed["b"].tolist() == [0, 3, 6] and summed["c"] == 1.0
+    assert isinstance(summed["a"], slope.Tensor) and isinstance(summed["b"], np.ndarray)
+    assert dist.all_reduce({"a": tree["a"]}, op="max")["a"].tolist() == [2.0, 4.0]
+    assert dist.all_reduce(tree["a"], op="mean").tolist() == [1.5, 3.0]
+    got = dist.broadcast({"w": slope.tensor([float(r), 7.0])}, root=1)
+    assert got["w"].tolist() == [1.0, 7.0]
+    assert dist.shard(np.arange(5)).tolist() == [[0, 1], [2, 3]][r]
+    dist.barrier()
+    # a reduction under grad, through data_parallel; as in JAX the transpose of a mean over ranks is a mean over
+    # ranks, so each rank's cotangent of 1 stays 1 and rank r gets 2 (r+1) x
+    g = dist.data_parallel(slope.grad(lambda x: dist.pmean(x * x * (r + 1)).sum()))(slope.tensor([1.0, 2.0]))
+    assert g.tolist() == [2.0 * (r + 1), 4.0 * (r + 1)], g.tolist()
+    # and under vmap: each row reduced over the ranks
+    v = dist.data_parallel(slope.vmap(lambda x: dist.psum(x * (r + 1))))(slope.ones((2, 3)))
+    assert v.tolist() == [[3.0] * 3] * 2, v.tolist()
+    # inside a plain slope.jit with 2 ranks: an error that points at data_parallel
+    try:
+        slope.jit(lambda x: dist.pmean(x))(slope.tensor([1.0]))
+    except dist.SlopeDistributedError as error:
+        assert "data_parallel" in str(error)
+    else:
+        raise AssertionError("pmean inside a plain jit with 2 ranks did not fail")
+
+
+def mismatch() -> None:
+    """Trees that differ between ranks: an error on every rank naming rank 1 and the leaf."""
+    model = make_model()
+    grads = slope.tree.map(lambda p: p.astype(slope.float64) if dist.rank() == 1 else p, model)
+    try:
+        dist.all_reduce(grads, op="mean")
+    except dist.SlopeDistributedError as error:
+        message = str(error)
+        assert "rank 1" in message and "float64" in message and "leaf 0.weight" in message, message
+        print(f"error on rank {dist.rank()}: {message}", flush=True)
+    else:
+        raise AssertionError("no error for different trees")
+    try:
+        dist.all_reduce([slope.ones(3)] * (dist.rank() + 1))
+    except dist.SlopeDistributedError as error:
+        assert "rank 1 passed 2 leaves" in str(error), str(error)
+    else:
+        raise AssertionError("no error for different structures")
+
+
+def dead() -> None:
+    """Rank 1 leaves early: rank 0's next reduction fails within the timeout, naming rank 1."""
+    if dist.rank() == 1:
+        return
+    try:
+        dist.all_reduce({"w": slope.ones(4)})
+    except dist.SlopeDistributedError as error:
+        assert "rank 1 did not answer" in str(error), str(error)
+        print(f"error on rank 0: {error}", flush=True)
+    else:
+        raise AssertionError("no error although rank 1 left")
+
+
+def crash() -> None:
+    """Rank 1 raises: every rank is aborted (the launcher names rank 1), nobody hangs."""
+    if dist.rank() == 1:
+        raise RuntimeError("rank 1 crashes on purpose")
+    dist.all_reduce({"w": slope.ones(4)})
+    raise AssertionError("rank 0 went on although rank 1 crashed")
+
+
+def checkpoint() -> None:
+    """Rank 0 writes once, atomically; every rank resumes with rank 0's values."""
+    optimizer = nn.Adam(1e-2)
+    model = make_model()
+    if dist.rank() == 0:  # only rank 0's values may end up in the file
+        model = slope.tree.map(lambda p: p + 1.0, model)
+    state = optimizer.init(model)
+    name = dist.broadcast(np.frombuffer(tempfile.mkdtemp().encode().ljust(256), np.uint8))  # rank 0's folder
+    folder = Path(name.tobytes().decode().strip())
+    dist.save((model, state), folder / "run.safetensors")
+    assert sorted(p.name for p in folder.iterdir()) == ["run.safetensors"], list(folder.iterdir())
+    fresh = make_model()
+    restored = dist.load(folder / "run.safetensors", like=(fresh, optimizer.init(fresh)))
+    expected = dist.broadcast((model, state))
+    for a, b in zip(leaves(restored), leaves(expected)):
+        assert np.array_equal(a, b)
+    try:
+        dist.load(folder / "missing.safetensors", like=(fresh, optimizer.init(fresh)))
+    except dist.SlopeDistributedError as error:
+        assert "rank 0 could not read" in str(error)
+    else:
+        raise AssertionError("no error for a missing checkpoint")
+
+
+if __name__ == "__main__":
+    dist.init(timeout=float(os.environ.get("RANKS_TIMEOUT", "60")))
+    for scenario in sys.argv[1].split(","):  # "train:numpy,collectives": one launch runs several (CI time)
+        name, _, backend = scenario.partition(":")
+        with slope.use_backend(backend or slope.get_backend().name):
+            globals()[name]()
+        print(f"OK {scenario} rank {dist.rank()}", flush=True)

@@ -1,0 +1,265 @@
+"""slope-distributed: the collectives and data_parallel in one process (engine "local"), and under `mpiexec -n 2`
+(tests/distributed/ranks.py) with the mpi engine and, where PyTorch is installed, gloo.
+
+The two-rank runs check: 20 SGD steps bitwise equal to one process summing the shards' gradients in rank order,
+close to full-batch training (rtol 1e-5) and identical on every rank; collectives on mixed trees; trees that differ
+between ranks and a rank that leaves or crashes are errors naming the rank, within a timeout, never a hang.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slope
+import slope.nn as nn
+
+dist = pytest.importorskip("slope.distributed", reason="slope-distributed is not installed")
+
+RANKS = Path(__file__).with_name("ranks.py")
+MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+BACKENDS = [name for name in ("numpy", "onnxruntime") if name in slope.plugins.backends]
+needs_mpi = pytest.mark.skipif(
+    MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
+    reason="needs mpi4py and mpiexec: pip install slope-distributed[mpi]",
+)
+
+
+def launch(scenarios: str, timeout: float = 240, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """mpiexec -n 2 ranks.py SCENARIOS: (the finished process, seconds); a hang fails the test at the timeout."""
+    # generous bounds: on a loaded CI machine one rank may compile for many seconds while the other waits
+    environment = {**os.environ, "RANKS_TIMEOUT": "120", "SLOPE_DISTRIBUTED_ENGINE": "mpi", **env}
+    for name in [n for n in environment if n.startswith(("PMI_", "OMPI_", "SLURM_"))]:  # (pytest run under a launcher)
+        del environment[name]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(RANKS), scenarios], capture_output=True,
+                                text=True, timeout=timeout, env=environment)  # fmt: skip
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"mpiexec -n 2 {scenarios} hung for {timeout} s:\n{error.stdout}\n{error.stderr}")
+    return result, time.perf_counter() - start
+
+
+def assert_ok(result: subprocess.CompletedProcess, scenarios: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    for scenario in scenarios.split(","):
+        for rank in (0, 1):
+            assert f"OK {scenario} rank {rank}" in result.stdout, output[-5000:]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------------------- two ranks
+
+
+@needs_mpi
+def test_two_ranks_mpi():
+    """Training (each backend), collectives, mismatched trees and checkpoints under mpiexec -n 2, one launch."""
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "mismatch", "checkpoint"])
+    result, _ = launch(scenarios)
+    assert_ok(result, scenarios)
+    for rank in (0, 1):  # the error names the rank and the leaf that differ, on every rank
+        assert (
+            f"error on rank {rank}: slope.distributed.all_reduce: the ranks passed different trees: rank 1's "
+            "leaf 0.weight is float64 of shape (16, 12) where rank 0's leaf 0.weight is float32"
+        ) in result.stdout
+
+
+@needs_mpi
+def test_two_ranks_gloo():
+    """The same training and collectives with torch.distributed's gloo engine (launched by mpiexec)."""
+    pytest.importorskip("torch")
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "mismatch"])
+    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_ENGINE="gloo", MASTER_PORT=free_port())
+    assert_ok(result, scenarios)
+
+
+@needs_mpi
+@pytest.mark.parametrize("engine", ["mpi", "gloo"])
+def test_a_rank_that_leaves_is_an_error_naming_it(engine):
+    """Rank 1 exits before a reduction: rank 0 fails with an error naming rank 1 within the timeout (5 s)."""
+    if engine == "gloo":
+        pytest.importorskip("torch")
+    result, seconds = launch("dead", RANKS_TIMEOUT="5", SLOPE_DISTRIBUTED_ENGINE=engine, MASTER_PORT=free_port())
+    assert_ok(result, "dead")
+    assert "rank 1 did not answer" in result.stdout
+    assert seconds < 60
+
+
+@needs_mpi
+def test_a_rank_that_crashes_stops_every_rank():
+    """Rank 1 raises: its traceback, a line naming it, and every rank aborted at once (not after the timeout)."""
+    result, seconds = launch("crash", RANKS_TIMEOUT="120")
+    assert result.returncode != 0
+    assert "RuntimeError: rank 1 crashes on purpose" in result.stderr
+    assert "slope.distributed: rank 1 of 2 failed (RuntimeError); aborting every rank" in result.stderr
+    assert "went on although" not in result.stderr and seconds < 60
+
+
+# ----------------------------------------------------------------------------------------------- one process
+
+
+@pytest.fixture(autouse=True)
+def local_engine(monkeypatch):
+    """In-process tests run on the local engine (one rank), whatever is installed."""
+    from slope_distributed import collectives
+
+    monkeypatch.setitem(collectives._state, "engine", None)
+    monkeypatch.setenv("SLOPE_DISTRIBUTED_ENGINE", "local")
+    for name in [n for n in os.environ if n.startswith(("PMI_", "OMPI_", "SLURM_"))]:
+        monkeypatch.delenv(name)
+
+
+def test_import_paths():
+    import slope_distributed
+
+    assert slope.distributed is slope_distributed and dist is slope_distributed
+    assert "all_reduce" in slope.plugins.operators
+    assert (dist.rank(), dist.world_size(), dist.engine().name) == (0, 1, "local")
+
+
+def test_local_collectives_are_identities():
+    tree = {"w": slope.tensor([1.0, 2.0]), "n": np.arange(3), "s": 2.5}
+    for op in ("sum", "mean", "max"):
+        if op == "mean":
+            tree = {"w": tree["w"], "s": 2.5}
+        assert dist.all_reduce(tree, op=op) is tree
+    assert dist.broadcast(tree) is tree
+    dist.barrier()
+    x, y = dist.shard(np.arange(10), np.arange(10) * 2)
+    assert x.tolist() == list(range(10)) and y.tolist() == list(range(0, 20, 2))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"slope.distributed.all_reduce: op must be one of \('sum', 'mean', 'max'\)"):
+        dist.all_reduce([slope.ones(2)], op="min")
+    with pytest.raises(slope.DTypeError, match=r"op='mean' needs floating-point leaves; leaf 1 is int64 \(3,\)"):
+        dist.all_reduce([slope.ones(2), np.arange(3)], op="mean")
+    with pytest.raises(ValueError, match="unknown engine 'nccl'"):
+        dist.init("nccl")
+    with pytest.raises(ValueError, match="different lengths"):
+        dist.shard(np.arange(3), np.arange(4))
+    with pytest.raises(TypeError, match="slope.distributed.all_reduce: leaves must be tensors"):
+        dist.all_reduce(["text"])
+
+
+def make_model() -> nn.Module:
+    slope.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def loss_fn(model, x, y):
+    return nn.cross_entropy(model(x), y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_parallel_splits_around_pmean_and_matches_jit(backend):
+    """One rank: the split step gives exactly what the plain jitted step gives; the program is cut in two."""
+    optimizer = nn.Adam(1e-2)
+    rng = np.random.default_rng(0)
+    x, y = slope.tensor(rng.standard_normal((16, 6)).astype(np.float32)), slope.tensor(rng.integers(0, 3, 16))
+
+    def step(model, state, x, y):
+        loss, grads = slope.value_and_grad(loss_fn)(model, x, y)
+        grads = dist.pmean(grads)
+        model, state = optimizer.step(model, grads, state)
+        return model, state, loss
+
+    with slope.use_backend(backend):
+        model = make_model()
+        state = optimizer.init(model)
+        parallel, plain = dist.data_parallel(slope.jit(step)), slope.jit(step)
+        split = parallel.lower(model, state, x, y)
+        assert len(split.programs) == 2 and split.reduction_count == 1
+        assert all("all_reduce" not in str(p) for p in split.programs)
+        a = b = (model, state)
+        built = dist.train_step(loss_fn, optimizer)
+        c = (model, state)
+        for _ in range(3):
+            *a, loss_a = parallel(*a, x, y)
+            *b, loss_b = plain(*b, x, y)
+            *c, _ = built(*c, x, y)
+        for u, v, w in zip(slope.tree.leaves(a), slope.tree.leaves(b), slope.tree.leaves(c)):
+            assert np.array_equal(u.numpy(), v.numpy()) and np.array_equal(u.numpy(), w.numpy())
+        assert loss_a.item() == loss_b.item()
+
+
+def test_pmean_under_transforms_in_one_process():
+    """With one rank the reduction is the identity under grad, vmap, jvp and jit."""
+    f = lambda x: (dist.pmean(x * x) * 3.0).sum()  # noqa: E731
+    x = slope.tensor([1.0, -2.0])
+    assert slope.grad(f)(x).tolist() == [6.0, -12.0]
+    assert slope.jit(slope.grad(f))(x).tolist() == [6.0, -12.0]
+    assert slope.vmap(lambda r: dist.psum(r * 2.0))(slope.ones((2, 3))).tolist() == [[2.0] * 3] * 2
+    _, tangent = slope.jvp(lambda v: dist.pmean(v), (x,), (slope.ones(2),))
+    assert tangent.tolist() == [1.0, 1.0]
+    with pytest.raises(slope.errors.TransformError, match="reduce='max' is not differentiable"):
+        slope.grad(lambda v: dist.all_reduce(v, op="max").sum())(x)
+
+
+def test_data_parallel_without_pmean_runs_on_one_rank_only(monkeypatch):
+    from slope_distributed import collectives
+
+    step = dist.data_parallel(lambda x: x * 2.0)
+    assert step(slope.ones(2)).tolist() == [2.0, 2.0]
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    with pytest.raises(dist.SlopeDistributedError, match=r"does not average its gradients.*dist\w*\.pmean\(grads\)"):
+        dist.data_parallel(lambda x: x * 2.0)(slope.ones(2))
+
+
+def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
+    """init() gives each of the ranks on this machine cpus // ranks backend threads, unless told otherwise."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    monkeypatch.delenv("SLOPE_ORT_THREADS", raising=False)
+    dist.init("local")
+    assert os.environ["SLOPE_ORT_THREADS"] == str(max(1, cpus // 2))
+    from slope_distributed import collectives
+
+    monkeypatch.setitem(collectives._state, "engine", None)
+    monkeypatch.setenv("SLOPE_ORT_THREADS", "7")
+    dist.init("local")
+    assert os.environ["SLOPE_ORT_THREADS"] == "7"
+
+
+def mnist_folder() -> Path | None:
+    """$MNIST_DIR, else ../shared/data/mnist beside the repository (or a folder above it), else None."""
+    if os.environ.get("MNIST_DIR") and Path(os.environ["MNIST_DIR"]).is_dir():
+        return Path(os.environ["MNIST_DIR"])
+    root = Path(__file__).resolve().parents[2]
+    return next((p / "shared/data/mnist" for p in (root.parent, root.parent.parent) if (p / "shared/data/mnist").is_dir()),
+                None)  # fmt: skip
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.skipif(mnist_folder() is None, reason="no MNIST folder (../shared/data/mnist or $MNIST_DIR)")
+def test_mnist_example_on_two_ranks_resumes_from_its_checkpoint(tmp_path):
+    """The data-parallel example, short: 2 ranks train to identical models, write a checkpoint, resume from it."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "distributed" / "mnist_data_parallel.py"
+    checkpoint = tmp_path / "run.safetensors"
+    outputs = []
+    for epochs in ("1", "2"):
+        command = [MPIEXEC, "-n", "2", sys.executable, str(example), "--epochs", epochs, "--steps", "20",
+                   "--checkpoint", str(checkpoint)]  # fmt: skip
+        environment = {**os.environ, "MNIST_DIR": str(mnist_folder()), "SLOPE_DISTRIBUTED_ENGINE": "mpi"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        outputs.append(result.stdout)
+    assert "final test accuracy" in outputs[0] and "the 2 ranks' models are identical" in outputs[0]
+    assert "resumed from" in outputs[1] and "after epoch 1" in outputs[1] and "epoch 2: 20 steps" in outputs[1]
+    assert "epoch 1: 20 steps" not in outputs[1]
