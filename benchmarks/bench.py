@@ -17,7 +17,8 @@ Workloads (each contender is timed in interleaved rounds, so background load hit
 The reference of each workload (ratio 1.00) is onnxruntime's own `run` for eager, the MLP step hand-built as one
 ONNX graph and run in onnxruntime with `io_binding` into preallocated ping-pong output buffers (the physical floor:
 our overhead is the gap to it; the same graph through the plain `run` is the row beside it), a bare onnxruntime
-session's `run` (NumPy in, NumPy out) for the tiny function, and PyTorch eager for the CNN and `torch.func.hessian`
+session's `run` (NumPy in, NumPy out) for the tiny function (the same session through an `io_binding`, the cheapest
+call from NumPy and back, is the row beside it), and PyTorch eager for the CNN and `torch.func.hessian`
 for the Hessian. PyTorch and JAX are optional: absent ones are skipped with a note.
 """
 
@@ -447,9 +448,29 @@ def onnx_tiny() -> Callable[[], Any]:
     graph = helper.make_graph(nodes, "tiny", [info("x", TensorProto.FLOAT, [TINY_SIZE])],
                               [info("y", TensorProto.FLOAT, [TINY_SIZE])], initializer=constants)  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    session = _ort_session(model.SerializeToString())
+    session = onnx_tiny.session = _ort_session(model.SerializeToString())  # type: ignore[attr-defined]
     x = tiny_data()
     return lambda: session.run(None, {"x": x})[0]
+
+
+def onnx_tiny_bound() -> Callable[[], Any]:
+    """The same graph through an `io_binding`: the input wrapped as an OrtValue without a copy, the output written into
+    a preallocated OrtValue and copied out as NumPy (the cheapest onnxruntime call from NumPy and back: the floor)."""
+    from onnxruntime.capi import _pybind_state as ort_c
+
+    session = onnx_tiny.session  # type: ignore[attr-defined]
+    cpu = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
+    binding, run_options = session.io_binding()._iobinding, ort_c.RunOptions()
+    output = ort_c.OrtValue.ortvalue_from_shape_and_type([TINY_SIZE], np.float32, cpu)
+    binding.bind_ortvalue_output("y", output)
+    run_bound, x = session._sess.run_with_iobinding, tiny_data()
+
+    def run() -> np.ndarray:
+        binding.bind_ortvalue_input("x", ort_c.OrtValue.ortvalue_from_numpy(x, cpu))  # (x outlives the run)
+        run_bound(binding, run_options)
+        return np.array(output.numpy())
+
+    return run
 
 
 def torch_tiny() -> Callable[[], Any]:
@@ -827,6 +848,7 @@ def build(quick: bool) -> tuple[list[list[Contender]], list[str], dict[str, list
     tiny = [Contender(TINY, f"slope {b} (jit)", slope_tiny(b), inner=100, backend=b) for b in backends]
     if has_ort:
         tiny.insert(0, Contender(TINY, "bare onnxruntime session", onnx_tiny(), inner=100, reference=True))
+        tiny.insert(1, Contender(TINY, "bare onnxruntime session, io_binding", onnx_tiny_bound(), inner=100))
     if has_torch:
         tiny.append(Contender(TINY, "PyTorch eager", torch_tiny(), inner=100))
     if has_jax:

@@ -151,3 +151,42 @@ def test_large_outputs_are_not_kept(monkeypatch):
         assert [len(kept) for _, _, kept, _ in run.outputs] == [0, 2]  # 2000 bytes: none kept; the 4 of the sum: two
         np.testing.assert_array_equal(double.numpy(), np.arange(500) * 2.0)
         assert total.item() == np.arange(500).sum()
+
+
+def test_arrays_and_tensors_share_one_compiled_program(backend):
+    # positional tensors and NumPy arrays are keyed by their count and avals, not by optree's tree of them
+    f = slope.jit(lambda v, w: v * 2.0 + w)
+    a, b = np.arange(4, dtype=np.float32), np.ones(4, np.float32)
+    np.testing.assert_array_equal(f(a, b).numpy(), a * 2 + 1)
+    np.testing.assert_array_equal(f(slope.tensor(a), b).numpy(), a * 2 + 1)
+    np.testing.assert_array_equal(f(a, w=b).numpy(), a * 2 + 1)  # a keyword argument: its own tree, its own entry
+    np.testing.assert_array_equal(f((a, b)[0], slope.tensor(b)).numpy(), a * 2 + 1)
+    assert len(f.cache) == 2
+    g = slope.jit(lambda *vs: sum(vs[1:], vs[0]))
+    assert g(a).shape == (4,) and g(a, a, a).numpy().tolist() == (a * 3).tolist() and len(g.cache) == 2
+
+
+def test_unusual_arrays_into_jit_are_converted_like_slope_tensor(backend):
+    f = slope.jit(lambda v: v + 1)
+    swapped = np.arange(6, dtype=">f4")  # big-endian: converted, not read as little-endian bytes
+    np.testing.assert_array_equal(f(swapped).numpy(), np.arange(6, dtype=np.float32) + 1)
+    strided = np.arange(12, dtype=np.float32)[::3]  # not contiguous
+    np.testing.assert_array_equal(f(strided).numpy(), [1.0, 4.0, 7.0, 10.0])
+    assert f(np.float32(2.0) * np.ones((), np.float32)).item() == 3.0
+    assert f(np.arange(3)).dtype == slope.int64
+
+
+def test_every_result_is_right_when_outputs_are_not_kept(backend, monkeypatch):
+    # with nothing kept, each call makes its output buffer anew, possibly where the last one was freed: it must be
+    # bound again, never taken for the buffer the binding already holds
+    if backend == "onnxruntime":
+        from slope_onnx.backend import _BoundRun
+
+        monkeypatch.setattr(_BoundRun, "KEPT_BYTES", 0)
+    f = slope.jit(lambda v, k: (v * k, v.sum()))
+    x = np.arange(8, dtype=np.float32)
+    for k in range(1, 6):
+        scaled, total = f(x, slope.tensor(np.float32(k)))
+        np.testing.assert_array_equal(scaled.numpy(), x * k)
+        assert total.item() == 28.0
+        del scaled, total

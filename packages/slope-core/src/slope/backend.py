@@ -6,15 +6,16 @@ import math
 import os
 import threading
 from contextlib import contextmanager
+from operator import attrgetter
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
 from . import plugins
-from .dtypes import DType
+from .dtypes import DType, by_numpy
 from .errors import SlopeBackendError, SlopeMemoryError
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
-from .tensors import Tensor
+from .tensors import Tensor, functions
 
 
 class Executable:
@@ -91,7 +92,7 @@ def lower_instruction(instruction: Instruction, supported: frozenset[str], backe
 
 
 _instances: dict[str, Backend] = {}
-_state: dict[str, Any] = {"backend": None, "device": None}  # process-wide, like torch.set_default_dtype: not per thread
+_state: dict[str, Any] = {"backend": None, "device": os.environ.get("SLOPE_DEVICE", "cpu")}  # process-wide
 
 
 def _default_backend_name() -> str:
@@ -144,16 +145,14 @@ def checked_device(backend: Backend, device: str) -> str:
     """The device name ("cuda" means "cuda:0"), or a clear error if the backend cannot use it."""
     device = "cuda:0" if device == "cuda" else device
     if device not in backend.devices():
-        raise SlopeBackendError(
-            f"slope: device {device!r} is not available on backend {backend.name!r}; "
-            f"available devices: {backend.devices()}"
-        )
+        where = f"backend {backend.name!r}; available devices: {backend.devices()}"
+        raise SlopeBackendError(f"slope: device {device!r} is not available on {where}")
     return device
 
 
 def default_device() -> str:
-    """The device new tensors and programs go to: SLOPE_DEVICE, else cpu."""
-    return checked_device(get_backend(), _state["device"] or os.environ.get("SLOPE_DEVICE", "cpu"))
+    """The device new tensors and programs go to: set_device's, else SLOPE_DEVICE (read at import), else cpu."""
+    return checked_device(_state["backend"] or get_backend(), _state["device"])
 
 
 def set_device(device: str) -> None:
@@ -250,15 +249,17 @@ def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
     """The tensor with its buffer on this backend and device (copied through NumPy when needed)."""
     if tensor.backend is backend and tensor.device == device:
         return tensor
-    array = tensor.backend.to_numpy(tensor.buffer)
-    return Tensor(backend.from_numpy(array, device), tensor.aval, backend, device)
+    return Tensor(backend.from_numpy(tensor.numpy(), device), tensor.aval, backend, device)
+
+
+_aval = attrgetter("aval")  # (a C function: cheaper than a comprehension on every call)
 
 
 def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
     backend = _state["backend"] or get_backend()
-    device = args[0].device if args else (_state["device"] or default_device())
-    key = (op, tuple(params.items()) if params else (), tuple([a.aval for a in args]), backend, device)
+    device = args[0].device if args else default_device()
+    key = (op, tuple(params.items()) if params else (), tuple(map(_aval, args)), backend, device)
     try:
         executable = _compiled[key]
     except KeyError:
@@ -286,6 +287,13 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
     backend = get_backend()
-    device = checked_device(backend, device) if device else default_device()
+    device = checked_device(backend, device or _state["device"])
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)
+
+
+def array_tensor(array: np.ndarray) -> Tensor:
+    """A NumPy array as a tensor on the active backend's default device (a copy: tensors are values)."""
+    if (dtype := by_numpy.get(array.dtype)) is None or not array.dtype.isnative:  # slope.tensor converts these
+        return functions["tensor"](array)
+    return from_numpy(array if get_backend().copies_from_numpy else array.copy(), Aval(array.shape, dtype))

@@ -32,8 +32,7 @@ class Operator:
         if name is not None:
             self.name = name
 
-    def __call__(self, *args: Any, **params: Any) -> Any:
-        return bind(self, *args, **params)
+    __call__ = bind  # (`op(*args, **params)` is `bind(op, *args, **params)`)
 
     def infer(self, *avals: Aval, **params: Any) -> Aval | list[Aval]:
         """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""

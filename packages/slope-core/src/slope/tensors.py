@@ -28,33 +28,24 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, buffer: Any, aval: Aval, backend: Any, device: str):
-        self.buffer = buffer
-        self.aval = aval
-        self.backend = backend
-        self.device = device
+        self.buffer, self.aval = buffer, aval  # (pairs: a 4-tuple assignment builds a tuple on every Tensor made)
+        self.backend, self.device = backend, device
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The tensor's shape as a tuple."""
-        return self.aval.shape
+    def size(self, dim: int | None = None) -> Any:
+        """The shape as a tuple (PyTorch's `size()`; also `.shape`), or the size of one dimension."""
+        return self.aval.shape if dim is None else self.aval.shape[dim]
+
+    def dim(self) -> int:
+        """Number of dimensions (also `.ndim`)."""
+        return len(self.aval.shape)
+
+    shape = property(size)
+    ndim = property(dim)
 
     @property
     def dtype(self) -> DType:
         """The tensor's element type."""
         return self.aval.dtype
-
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions."""
-        return len(self.aval.shape)
-
-    def dim(self) -> int:
-        """Number of dimensions (PyTorch spelling)."""
-        return len(self.aval.shape)
-
-    def size(self, dim: int | None = None) -> Any:
-        """The shape (PyTorch's `size()`), or the size of one dimension."""
-        return self.aval.shape if dim is None else self.aval.shape[dim]
 
     def numel(self) -> int:
         """Number of elements."""

@@ -24,18 +24,11 @@ class MainTrace:
 
 
 class Trace:
-    """A transformation's interpreter: lifts values into its tracers and runs operators on them."""
+    """A transformation's interpreter. Subclasses give `pure(value)`, which wraps a concrete value or a tracer of an outer
+    trace as a tracer of this one, and `run(op, tracers, params) -> outputs`, which applies the operator's rule."""
 
     def __init__(self, main: MainTrace):
         self.main = main
-
-    def pure(self, value: Tensor) -> Tensor:
-        """Wrap a concrete value, or a tracer of an outer trace, as a tracer of this trace."""
-        raise NotImplementedError
-
-    def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
-        """Apply the operator's rule for this transformation."""
-        raise NotImplementedError
 
     def full_raise(self, value: Tensor) -> Tensor:
         """The value as a tracer of this trace: concrete values and outer tracers are lifted, inner ones refused."""
@@ -121,16 +114,12 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
     if not _busy or len(_local.stack) == 1:
         outs = eager_run(op, args, params)
     else:
-        top = _top_trace(args)
+        tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
+        main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
+        top = main.trace_type(main)
         tracers = [top.full_raise(a) for a in args]
         outs = [o.full_lower() if isinstance(o, Tracer) else o for o in top.run(op, tracers, params)]
     return outs if op.multiple_results else outs[0]
-
-
-def _top_trace(args: tuple) -> Trace:
-    tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
-    main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
-    return main.trace_type(main)
 
 
 @dataclass
@@ -157,9 +146,7 @@ class ProgramTrace(Trace):
 
     def pure(self, value: Tensor) -> Tensor:
         constants = self.main.data.constants  # a closed-over tensor becomes one constant, however often it is used
-        if id(value) not in constants:
-            constants[id(value)] = (value, ProgramTracer(self, value.aval))
-        return constants[id(value)][1]
+        return constants.setdefault(id(value), (value, ProgramTracer(self, value.aval)))[1]
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data

@@ -528,35 +528,37 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
         return self if instance is None else functools.partial(self, instance)
 
-    def _signature(self, args: tuple, kwargs: dict) -> tuple[tuple, list]:
-        """The cache key (tree structure, tensor avals, static and other non-tensor leaves) and the tensor leaves."""
+    def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
+        """The compiled entry for these arguments (by tree, tensor avals, other leaves), their tensors, backend, device."""
         if self.static_argnums or self.static_argnames:
             if (n := max(self.static_argnums, default=-1)) >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
-        # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (promoting like the scalars)
-        leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
-        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-        others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None, ...
-        return (in_tree, bool(kwargs), tuple([t.aval for t in tensors]), others), tensors
-
-    def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
-        key, tensors = self._signature(args, kwargs)
+        if not kwargs and set(map(type, args)) <= {Tensor, np.ndarray}:  # the common call: a tuple of leaves, whose
+            tensors, others = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args], ()
+            in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
+        else:
+            leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
+            # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (promoting like the scalars)
+            leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
+            tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+            others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None...
+        key = (in_tree, bool(kwargs), tuple(map(backend_module._aval, tensors)), others)
         backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
         try:
-            entry = self.cache.recent.get((*key, backend.name, device))
+            entry = self.cache.recent.get((key, backend, device))
         except TypeError as error:  # (the lookup hashes the key: no separate check on the call path)
             raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
                                  f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
-            entry = self.cache.add((*key, backend.name, device), lambda: self._compile(key, tensors, backend, device))
+            entry = self.cache.add((key, backend, device), lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
         in_tree, with_kwargs, _, others = key  # (with_kwargs: the tree is of (args, kwargs), else of args)
+        in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else in_tree
         flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import os
 import re
@@ -275,20 +276,21 @@ class OnnxBackend(Backend):
     def from_numpy(self, array: np.ndarray, device: str) -> Any:
         """An OrtValue owning a copy of the array (on the device)."""
         array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d arrays 1-d)
-        target = self._device(device)
-        if array.dtype.kind == "V" and array.dtype.name == "bfloat16":  # NumPy has none of its own: copy the bytes
-            if device != "cpu":
-                raise slope.SlopeBackendError("slope: the onnxruntime backend holds bfloat16 tensors on the CPU only")
-            value = ort_c.OrtValue.ortvalue_from_shape_and_onnx_type(
-                list(array.shape), element_type(slope.bfloat16), target
-            )
-            ctypes.memmove(value.data_ptr(), array.ctypes.data, array.nbytes)
-            return value
-        if device == "cpu":
-            value = ort_c.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, target)
+        bfloat16 = array.dtype.kind == "V" and array.dtype.name == "bfloat16"  # NumPy has none of its own
+        if device == "cpu" and not bfloat16:
+            value = ort_c.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, self._ort_devices["cpu"])
             value.update_inplace(array)
             return value
-        return ort_c.OrtValue.ortvalue_from_numpy(array, target)  # copied to the GPU
+        target = self._device(device)
+        if not bfloat16:
+            return ort_c.OrtValue.ortvalue_from_numpy(array, target)  # copied to the GPU
+        if device != "cpu":
+            raise slope.SlopeBackendError("slope: the onnxruntime backend holds bfloat16 tensors on the CPU only")
+        value = ort_c.OrtValue.ortvalue_from_shape_and_onnx_type(
+            list(array.shape), element_type(slope.bfloat16), target
+        )
+        ctypes.memmove(value.data_ptr(), array.ctypes.data, array.nbytes)  # copy the bytes
+        return value
 
     def _maker(self, aval: slope.Aval) -> Callable[[], Any]:
         """A function making a new CPU OrtValue of the abstract value (its contents undefined)."""
@@ -300,11 +302,14 @@ class OnnxBackend(Backend):
 
     def to_numpy(self, buffer: Any) -> np.ndarray:
         """A NumPy copy of an OrtValue."""
-        if buffer.data_type() == "tensor(bfloat16)":
-            out = np.empty(buffer.shape(), dtype=self.numpy_dtypes["bfloat16"])
-            ctypes.memmove(out.ctypes.data, buffer.data_ptr(), out.nbytes)
-            return out
-        return np.array(buffer.numpy())  # .numpy() is a view of the OrtValue's memory: copy, tensors are immutable
+        try:
+            return np.array(buffer.numpy())  # .numpy() is a view of the OrtValue's memory: copy, tensors are immutable
+        except RuntimeError:  # onnxruntime has no NumPy type for bfloat16: copy the bytes
+            if buffer.data_type() != "tensor(bfloat16)":
+                raise
+        out = np.empty(buffer.shape(), dtype=self.numpy_dtypes["bfloat16"])
+        ctypes.memmove(out.ctypes.data, buffer.data_ptr(), out.nbytes)
+        return out
 
     # ------------------------------------------------------------------------------------------- compile
     def model(self, program: Program) -> tuple[onnx.ModelProto, list[str], list[str]]:
@@ -429,23 +434,27 @@ class _BoundRun:
 
     def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
                  makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
-        self.binding = session.io_binding()._iobinding
-        self.run_bound, self.run_options = session._sess.run_with_iobinding, run_options
+        binding = session.io_binding()._iobinding
+        self.bind_input, self.bind_output = binding.bind_ortvalue_input, binding.bind_ortvalue_output
+        self.run_bound = functools.partial(session._sess.run_with_iobinding, binding, run_options)
         self.plain = _runner(session, input_names, output_names, run_options)
         self.inputs = input_names
         keep = [self.REUSED if size <= self.KEPT_BYTES else 0 for size in sizes]
         self.outputs = [(name, make, [], n) for name, make, n in zip(output_names, makers, keep)]  # (kept, how many)
+        # id() of the buffer bound to each output: one the binding holds already is not bound again. (A kept buffer's
+        # id matches only if it is the one bound last: that one stays kept, so alive, until a call makes a new one.)
+        self.bound: list[int] = [0] * len(output_names)
         self.lock = threading.Lock()
 
     def __call__(self, buffers: list) -> list:
         if not self.lock.acquire(blocking=False):
             return self.plain(buffers)
         try:
-            binding, getrefcount, free = self.binding, sys.getrefcount, _FREE
+            bind_input, getrefcount, free, bound = self.bind_input, sys.getrefcount, _FREE, self.bound
             for name, buffer in zip(self.inputs, buffers):
-                binding.bind_ortvalue_input(name, buffer)
+                bind_input(name, buffer)
             outs = []
-            for name, make, kept, keep in self.outputs:
+            for i, (name, make, kept, keep) in enumerate(self.outputs):
                 for out in kept:
                     if getrefcount(out) == free:
                         break
@@ -454,9 +463,12 @@ class _BoundRun:
                     kept.append(out)
                     if len(kept) > keep:
                         del kept[0]
-                binding.bind_ortvalue_output(name, out)
+                    bound[i] = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
+                if id(out) != bound[i]:
+                    self.bind_output(name, out)
+                    bound[i] = id(out)
                 outs.append(out)
-            self.run_bound(binding, self.run_options)
+            self.run_bound()
             return outs
         finally:
             self.lock.release()
