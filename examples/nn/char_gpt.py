@@ -7,7 +7,11 @@
 
 The defaults are the well-known small configuration for a CPU: 4 layers, 4 heads, 128-wide embeddings, context 64,
 batch 12, dropout 0, AdamW (lr 1e-3, betas 0.9/0.99, weight decay 0.1 on matrices only, gradients clipped to norm 1)
-with 100 warm-up steps and a cosine decay to 1e-4 at 2,000 iterations; the output layer shares the token embedding.
+with nanoGPT's schedule (lr * (it + 1) / 101 for the first 100 iterations, then a cosine down to 1e-4 at iteration
+2,000); the output layer shares the token embedding. This is karpathy/nanoGPT's shakespeare_char configuration with
+its README's CPU overrides, detail for detail (its train.py and model.py as of 2024-12: bias-free linears and
+LayerNorms with eps 1e-5, exact erf GELU, normal(0.02) initialisation with 0.02 / sqrt(2 * n_layer) for the residual
+projections, decay on every tensor of 2 or more dimensions, embeddings included).
 The data is split into the first 90% for training and the last 10% for validation; batches are random windows drawn
 from a NumPy generator seeded by --seed (benchmarks/gpt_torch_reference.py trains PyTorch on the same batches).
 One jitted function does a whole train step; generation is one jitted function per token over a fixed-shape window
@@ -69,9 +73,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: slope.Tensor) -> slope.Tensor:
         """(B, T, C) -> (B, T, C)."""
         batch, length, width = x.shape
-        heads = self.qkv(x).reshape((batch, length, 3, self.n_head, width // self.n_head)).permute((2, 0, 3, 1, 4))
+
+        def heads(i: int) -> slope.Tensor:  # (B, H, T, D) from rows i*C .. (i+1)*C of the (3C, C) projection
+            part = nn.functional.linear(x, self.qkv.weight[i * width : (i + 1) * width])
+            return part.reshape((batch, length, self.n_head, width // self.n_head)).permute((0, 2, 1, 3))
+
+        # three products with slices of the weight, not one product sliced: the gradient then adds (C, C) blocks of
+        # the weight, not three zero-padded copies of the (B, T, 3C) output (five passes over it per layer)
         p = self.dropout.p if self.training else 0.0
-        y = nn.functional.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True, dropout_p=p)
+        y = nn.functional.scaled_dot_product_attention(heads(0), heads(1), heads(2), is_causal=True, dropout_p=p)
         return self.dropout(self.proj(y.permute((0, 2, 1, 3)).reshape((batch, length, width))))
 
 
@@ -132,9 +142,22 @@ def loss_fn(model: GPT, x: slope.Tensor, y: slope.Tensor) -> slope.Tensor:
     return nn.cross_entropy(logits.reshape((-1, logits.shape[-1])), y.reshape((-1,)))
 
 
+def nanogpt_schedule(lr: float, warmup: int, decay_steps: int, min_lr: float) -> Any:
+    """nanoGPT's get_lr as a function of the step count (a tensor): lr * (it + 1) / (warmup + 1) during the warm-up,
+    then a cosine from lr down to min_lr at decay_steps, then min_lr."""
+
+    def schedule(step: slope.Tensor) -> slope.Tensor:
+        warm = lr * (step + 1.0) / float(warmup + 1)
+        progress = slope.clip((step - float(warmup)) / float(max(decay_steps - warmup, 1)), 0.0, 1.0)
+        cosine = min_lr + (lr - min_lr) * 0.5 * (1.0 + slope.cos(progress * math.pi))
+        return slope.where(step < float(warmup), warm, cosine)
+
+    return schedule
+
+
 def make_optimizer(lr: float, steps: int, warmup: int = 100, min_lr: float = 1e-4) -> nn.AdamW:
-    """AdamW with decoupled weight decay on matrices only and a linear warm-up + cosine schedule."""
-    schedule = nn.optim.warmup_cosine(lr, min(warmup, steps - 1), steps, min(min_lr, lr))
+    """AdamW with decoupled weight decay on tensors of 2 or more dimensions and nanoGPT's warm-up + cosine schedule."""
+    schedule = nanogpt_schedule(lr, min(warmup, steps - 1), steps, min(min_lr, lr))
     return nn.AdamW(schedule, betas=(0.9, 0.99), weight_decay=0.1, decay=nn.optim.no_decay_on_biases_and_norms)
 
 
@@ -185,7 +208,7 @@ class CharData:
 
 def get_batch(ids: np.ndarray, batch_size: int, block_size: int, gen: np.random.Generator) -> tuple:
     """Random windows x and their next characters y, shapes (batch_size, block_size)."""
-    starts = gen.integers(0, len(ids) - block_size - 1, batch_size)
+    starts = gen.integers(0, len(ids) - block_size, batch_size)  # nanoGPT's torch.randint(len(data) - block_size)
     x = np.stack([ids[s : s + block_size] for s in starts])
     y = np.stack([ids[s + 1 : s + 1 + block_size] for s in starts])
     return x, y

@@ -378,6 +378,30 @@ def softmax_layout(draw: Any) -> Layout:
 add(Entry("softmax", softmax_layout(), torch.softmax, widen=WIDEN_FLOAT))
 add(Entry("log_softmax", softmax_layout(), torch.log_softmax, widen=WIDEN_FLOAT))
 
+
+@st.composite
+def layer_norm_layout(draw: Any) -> Layout:
+    # finite values: where the variance overflows (|x| near a dtype's largest values) PyTorch's kernel gives NaN and
+    # Slope's 0 (onnxruntime's and the procedure's); NaN and infinities are in packages/slope-nn/tests/test_nn_fused.py
+    shape = draw(shapes(min_dims=1))
+    eps = draw(st.sampled_from([None, 1e-5, 0.5]))
+    return layout(T(shape, "finite")) if eps is None else layout(T(shape, "finite"), eps=eps)
+
+
+def torch_layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """F.layer_norm over the last dimension (slope-nn's layer_norm operator)."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+def torch_layer_norm_rstd(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The rstd output of PyTorch's native_layer_norm: 1 / sqrt(var + eps) over the last dimension, kept."""
+    return torch.ops.aten.native_layer_norm(x, list(x.shape[-1:]), None, None, eps)[2]
+
+
+add(Entry("layer_norm", layer_norm_layout(), torch_layer_norm, widen=WIDEN_FLOAT))
+add(Entry("layer_norm_rstd", layer_norm_layout(), torch_layer_norm_rstd, widen=WIDEN_FLOAT,
+          grad="PyTorch's native_layer_norm does not differentiate its rstd output (test_nn_fused.py checks it)"))  # fmt: skip
+
 # ----------------------------------------------------------------------------------------------- shapes
 
 

@@ -75,6 +75,44 @@ def test_gpt_loss_matches_pytorch():
                                atol=2e-5)  # fmt: skip
 
 
+def test_schedule_is_nanogpts_get_lr():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpt_torch_reference import nanogpt_lr
+
+    steps = slope.tensor([0.0, 1.0, 50.0, 99.0, 100.0, 101.0, 1000.0, 1999.0, 2000.0, 2500.0], dtype=slope.float64)
+    got = char_gpt.nanogpt_schedule(1e-3, 100, 2000, 1e-4)(steps).numpy()
+    # nanoGPT's train.py (2024-12): learning_rate * (it + 1) / (warmup_iters + 1), then the cosine to min_lr
+    expected = [nanogpt_lr(int(it), 1e-3, 100, 2000, 1e-4) for it in steps.numpy()]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert got[0] == pytest.approx(1e-3 / 101) and got[-1] == pytest.approx(1e-4)
+
+
+def test_train_steps_match_pytorch_with_nanogpts_optimizer():
+    """Five of char_gpt's jitted train steps (AdamW with decay on every 2-d tensor, embeddings included, clipping,
+    nanoGPT's schedule) against the PyTorch reference from the same weights and batches."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpt_torch_reference import from_slope, make_optimizer, train_step
+
+    model = char_gpt.GPT(11, **TINY, key=slope.random.key(5))
+    reference = from_slope(model)
+    optimizer = char_gpt.make_optimizer(1e-2, 6, warmup=2)
+    state, step = optimizer.init(model), char_gpt.make_train_step(optimizer)
+    torch_optimizer, schedule = make_optimizer(reference, 1e-2, 6, warmup=2)
+    decayed = {id(p) for p in torch_optimizer.param_groups[0]["params"]}
+    assert id(reference.tokens.weight) in decayed and id(reference.positions.weight) in decayed
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 11, (3, 8)), rng.integers(0, 11, (3, 8))
+        model, state, loss = step(model, state, slope.tensor(x), slope.tensor(y), slope.random.key(0))
+        expected = train_step(reference, torch_optimizer, torch.tensor(x), torch.tensor(y))
+        schedule.step()
+        np.testing.assert_allclose(float(loss), expected.item(), rtol=1e-5)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), reference.state_dict()[name.replace(".attn.", ".")].numpy(),
+                                   rtol=1e-4, atol=2e-6, err_msg=name)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_char_gpt_short_run_trains_saves_plots_and_samples(tmp_path):
     import subprocess

@@ -3,8 +3,8 @@ one-hot, linear, transposed convolution, pooling and cross-entropy.
 
 They are registered through slope-nn's plugin (`slope_nn.plugin`), so with slope-nn installed each is also
 `slope.NAME(...)` and `Tensor.NAME(...)`. They are built from Slope's public API only, as any plugin's would be;
-`log_softmax`, `relu`, `max_pool` and the two indexing operators it differentiates with are operators
-(`slope_nn.operators`).
+`gelu`, `softmax`, `log_softmax`, `relu`, `max_pool` and the two indexing operators it differentiates with are
+operators (`slope_nn.operators`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import numpy as np
 import slope
 from slope import Tensor
 from slope.operators import _strided_place as strided_place
-from slope.operators import ints, normalize_dim, normalize_dims
+from slope.operators import ints, normalize_dims
 
 from .module import next_key
 from .operators import (
     check_indices,
+    gelu,
     log_softmax,
     max_pool,
     max_pool_argmax,
@@ -30,6 +31,7 @@ from .operators import (
     relu,
     scatter_add,
     shift_for_exp,
+    softmax,
     take_along_dim,
 )
 
@@ -92,16 +94,6 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     return slope.where(x > 0, x, x * _number("leaky_relu", negative_slope, "negative_slope"))
 
 
-def gelu(x: Any, approximate: str = "none") -> Tensor:
-    """Gaussian error linear unit (exact with erf, or approximate="tanh")."""
-    x = _float(x)
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"slope.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + slope.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
-    return 0.5 * x * (1.0 + slope.erf(x * (1 / math.sqrt(2))))
-
-
 def silu(x: Any) -> Tensor:
     """x * sigmoid(x)."""
     x = _float(x)
@@ -138,14 +130,6 @@ def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
     return out if keepdim else out.reshape(tuple(s for d, s in enumerate(x.shape) if d not in dim))
-
-
-def softmax(x: Any, dim: int = -1) -> Tensor:
-    """exp(x) normalised to sum to 1 along dim."""
-    x = _float(x)
-    dim = normalize_dim("softmax", dim, x.ndim)
-    e = slope.exp(x - shift_for_exp(x, dim))
-    return e / e.sum(dim, keepdim=True)
 
 
 def one_hot(x: Any, num_classes: int = -1) -> Tensor:
@@ -336,11 +320,9 @@ procedures: dict[str, Callable] = {
     for fn in (
         sigmoid,
         leaky_relu,
-        gelu,
         silu,
         softplus,
         logsumexp,
-        softmax,
         one_hot,
         linear,
         conv_transpose,

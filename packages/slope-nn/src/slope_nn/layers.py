@@ -15,6 +15,7 @@ from slope.operators import check_indices, ints
 
 from . import functional, init
 from .module import Module, next_key
+from .operators import layer_norm
 
 __all__ = [
     "AvgPool1d",
@@ -351,8 +352,11 @@ class LayerNorm(Module):
         dims = tuple(range(x.ndim - k, x.ndim))
         narrow = x.dtype in (slope.float16, slope.bfloat16)  # statistics in float32, as PyTorch's kernels
         wide = x.astype(slope.float32) if narrow else x
-        centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
-        out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
+        if k == 1:  # one operator (onnxruntime: one LayerNormalization node, its statistic reused by the gradient)
+            out = layer_norm(wide, self.eps)
+        else:
+            centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
+            out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
         out = out.astype(x.dtype) if narrow else out
         if self.weight is not None:
             out = out * self.weight

@@ -3,7 +3,15 @@
 
 - `erf` is ONNX Erf (float64 through its procedure: ORT has no float64 kernel, and float32 would lose precision).
 - `relu` is ONNX Relu (NaN stays NaN, as in PyTorch); onnxruntime fuses it into a preceding Conv.
-- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32; float64 through its procedure).
+- `log_softmax` is ONNX LogSoftmax (float16 and bfloat16 computed in float32; float64 through its procedure), and
+  `softmax` ONNX Softmax likewise.
+- `gelu` is ONNX Gelu (opset 20) for the exact form in float32 (float16 and bfloat16 computed in float32): within
+  4.5e-7 of the float64 result where PyTorch's float32 kernel is within 1.1e-6. The tanh form (onnxruntime's is 4x
+  less accurate than PyTorch's in the negative tail) and float64 (no Erf kernel) go through the procedure.
+- `layer_norm` and `layer_norm_rstd` are the Y and InvStdDev outputs of one LayerNormalization node (scale 1) per
+  input and eps, so a training step's normalisation and its gradient's statistic cost one pass (float32; float16 and
+  bfloat16 computed in float32; float64 through the procedures). Its statistics are at least as accurate as PyTorch's
+  float32 kernel (also for a mean large against the spread).
 - `max_pool` is MaxPool, with NaN put back in the windows that hold one (see `_with_nans`). `max_pool_argmax` is the
   same MaxPool with its Indices output (positions in the whole tensor, turned into positions in the pooled
   dimensions); a max_pool of the same input and parameters reuses that node's values, so a training step pools once.
@@ -28,8 +36,10 @@ from slope_onnx.translate import emit
 
 from .operators import padding_only_windows, pooled_shape
 
-# per graph: (input name, pooling parameters) -> (values name, indices name or None), so MaxPool nodes are shared
+# per graph: (input name, pooling parameters) -> (values name, indices name or None), so MaxPool nodes are shared;
+# (input name, eps) -> (normalised, rstd) of a LayerNormalization node
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_norms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _float_compute(dtype: slope.DType) -> slope.DType:
@@ -56,14 +66,46 @@ def _relu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     return result if compute == out.dtype else graph.cast(result, out.dtype)
 
 
-def _log_softmax(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+def _softmax_kind(op_type: str) -> Callable:
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = instruction.outputs[0].aval
+        if out.ndim == 0 or out.dtype == slope.float64:  # an axis is needed; LogSoftmax's float64 kernel gives a
+            raise NoTranslationError  # finite element beside +inf -inf, where PyTorch (and the procedure) give NaN
+        compute = _float_compute(out.dtype)
+        x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
+        result = graph.node(op_type, [x], shape=out.shape, axis=instruction.params["dim"])
+        return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+    return translate
+
+
+def _gelu(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = instruction.outputs[0].aval
-    if out.ndim == 0 or out.dtype == slope.float64:  # LogSoftmax needs an axis; its float64 kernel gives a finite
-        raise NoTranslationError  # element beside +inf -inf, where PyTorch (and the procedure) give NaN
+    if instruction.params["approximate"] != "none" or out.dtype == slope.float64:
+        raise NoTranslationError
     compute = _float_compute(out.dtype)
     x = inputs[0] if compute == out.dtype else graph.cast(inputs[0], compute)
-    result = graph.node("LogSoftmax", [x], shape=out.shape, axis=instruction.params["dim"])
+    result = graph.node("Gelu", [x], shape=out.shape, approximate="none")
     return result if compute == out.dtype else graph.cast(result, out.dtype)
+
+
+def _layer_norm_outputs(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> tuple[str, str]:
+    """(normalised x, rstd) from one LayerNormalization node per input and eps, in x's dtype."""
+    x_aval, eps = instruction.inputs[0].aval, instruction.params["eps"]
+    if x_aval.dtype == slope.float64 or x_aval.size == 0:
+        raise NoTranslationError
+    memo = _norms.setdefault(graph, {})
+    key = (inputs[0], eps)
+    if key not in memo:
+        compute = _float_compute(x_aval.dtype)
+        x = inputs[0] if compute == x_aval.dtype else graph.cast(inputs[0], compute)
+        ones = graph.constant(np.ones(x_aval.shape[-1], compute.numpy))
+        y, _, rstd = graph.node("LayerNormalization", [x, ones], shape=x_aval.shape, outputs=3, axis=-1, epsilon=eps)
+        graph.shapes[rstd] = (*x_aval.shape[:-1], 1)
+        if compute != x_aval.dtype:
+            y, rstd = graph.cast(y, x_aval.dtype), graph.cast(rstd, x_aval.dtype)
+        memo[key] = (y, rstd)
+    return memo[key]
 
 
 def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_indices: bool) -> tuple[str, Any]:
@@ -217,7 +259,11 @@ def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, 
 
 
 translations: dict[str, Callable] = {
-    "log_softmax": _log_softmax,
+    "log_softmax": _softmax_kind("LogSoftmax"),
+    "softmax": _softmax_kind("Softmax"),
+    "gelu": _gelu,
+    "layer_norm": lambda graph, inputs, instruction: _layer_norm_outputs(graph, inputs, instruction)[0],
+    "layer_norm_rstd": lambda graph, inputs, instruction: _layer_norm_outputs(graph, inputs, instruction)[1],
     "erf": _erf,
     "relu": _relu,
     "max_pool": _max_pool,

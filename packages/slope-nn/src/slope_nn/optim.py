@@ -361,9 +361,11 @@ class Adam(Optimizer):
         nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
         t = count.astype(slope.float64 if param.dtype == slope.float64 else slope.float32)
         correction1 = (1.0 - self.beta1**t).astype(param.dtype)
-        correction2 = (1.0 - self.beta2**t).astype(param.dtype)
-        denominator = nu.sqrt() / correction2.sqrt() + self.eps
-        return param - (lr / correction1) * mu / denominator, (mu, nu)
+        root2 = (1.0 - self.beta2**t).astype(param.dtype).sqrt()
+        # PyTorch's sqrt(nu) / root2 + eps, times root2 on both sides of the fraction: the scalars fold into the
+        # step size and eps, which saves one pass over every parameter (the same value up to rounding)
+        denominator = nu.sqrt() + self.eps * root2
+        return param - (lr * root2 / correction1) * mu / denominator, (mu, nu)
 
     def _make_state(self, count: Tensor, slots: list) -> AdamState:
         return AdamState(count, [s[0] if s else None for s in slots], [s[1] if s else None for s in slots])

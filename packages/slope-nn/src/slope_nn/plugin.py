@@ -1,7 +1,7 @@
 """Registers slope-nn with Slope (entry point `slope: nn`), through the hooks any third-party plugin uses.
 
-The neural-network functions (`slope_nn.functional`) become procedures; `erf`, `log_softmax`, `relu`, `max_pool` and
-the indexing operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX
+The neural-network functions (`slope_nn.functional`) become procedures; `erf`, `log_softmax`, `softmax`, `gelu`,
+`layer_norm`, `layer_norm_rstd`, `relu`, `max_pool` and the indexing operators max pooling is differentiated with (`slope_nn.operators`) become operators, and the ONNX
 Runtime, IREE and NumPy backends learn native translations for some of them; every other backend runs them through
 their procedures.
 """
@@ -15,7 +15,7 @@ from slope.plugins import hookimpl
 
 @hookimpl
 def slope_operators() -> list:
-    """erf, log_softmax, relu, max_pool, max_pool_argmax, take_along_dim and scatter_add."""
+    """erf, log_softmax, softmax, gelu, layer_norm(_rstd), relu, max_pool, max_pool_argmax, take_along_dim, scatter_add."""
     from .operators import operators
 
     return operators

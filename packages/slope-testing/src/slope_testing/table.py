@@ -381,6 +381,35 @@ for _name, _ref in (("softmax", np_softmax), ("log_softmax", np_log_softmax)):
             out_dtype=to_float32_if_int,
         )
     )
+
+
+def np_layer_norm(x: np.ndarray, eps: float = 1e-5, rstd: bool = False) -> np.ndarray:
+    """x normalised over its last dimension (or 1 / sqrt(var + eps), kept), computed in float64."""
+    wide = x.astype(np.float64)
+    centered = wide - wide.mean(-1, keepdims=True)
+    r = 1.0 / np.sqrt((centered * centered).mean(-1, keepdims=True) + eps)
+    out = r if rstd else centered * r
+    return out.astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else out
+
+
+for _name, _rstd in (("layer_norm", False), ("layer_norm_rstd", True)):
+    add(
+        Row(
+            _name,
+            [
+                Case([Data(shape=(3, 5))], lambda x, r=_rstd: np_layer_norm(x, rstd=r), label="last dim"),
+                Case([Data(shape=(2, 3, 4))], lambda x, r=_rstd: np_layer_norm(x, 0.5, r), params=(0.5,), label="eps"),
+                Case(
+                    [Data(low=80.0, high=90.0, shape=(4, 6))],
+                    lambda x, r=_rstd: np_layer_norm(x, rstd=r),
+                    label="mean large against the spread",
+                ),
+                Case([Data(shape=(0, 3))], lambda x, r=_rstd: np_layer_norm(x, rstd=r), label="empty"),
+            ],
+            NUMBERS,
+            out_dtype=to_float32_if_int,
+        )
+    )
 add(
     Row(
         "cumsum",
