@@ -26,6 +26,35 @@ import bench  # noqa: E402
 import slope  # noqa: E402
 
 
+def profile_session(model: object, feeds: dict, runs: int, prefix: str) -> tuple[dict, dict, list]:
+    """Run an ONNX model `runs + 5` times in a profiled CPU session with Slope's options: each node's minimum kernel
+    time in ms (after the first five runs), each node's operator, and the model_run times."""
+    import onnxruntime as ort
+
+    from slope_onnx.backend import _options
+
+    options = _options(pooled=True)
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = os.path.join(folder, prefix)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 5):
+            session.run(None, feeds)
+        with open(session.end_profiling()) as handle:
+            events = json.load(handle)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    kinds: dict[str, str] = {}
+    run_times = []
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            times[name].append(event["dur"] / 1e3)
+            kinds[name] = event["args"].get("op_name", "?")
+        elif event.get("cat") == "Session" and event["name"] == "model_run":
+            run_times.append(event["dur"] / 1e3)
+    return {name: min(values[5:] or values) for name, values in times.items()}, kinds, run_times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60, help="profiled runs (default 60)")
@@ -34,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import onnx
-    import onnxruntime as ort
 
-    from slope_onnx.backend import _options
     from slope_onnx.cpu_rewrites import for_cpu_session
 
     slope.set_backend("onnxruntime")
@@ -47,26 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         onnx.save(model, args.save)
     feeds = {i.name: v for i, v in zip(model.graph.input, (*params, x, y))}
-    options = _options(pooled=True)
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = os.path.join(folder, "cnn")
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for _ in range(args.runs + 5):
-            session.run(None, feeds)
-        with open(session.end_profiling()) as handle:
-            events = json.load(handle)
-    times: dict[str, list[float]] = collections.defaultdict(list)
-    kinds: dict[str, str] = {}
-    runs = []
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = event["name"][: -len("_kernel_time")]
-            times[name].append(event["dur"] / 1e3)
-            kinds[name] = event["args"].get("op_name", "?")
-        elif event.get("cat") == "Session" and event["name"] == "model_run":
-            runs.append(event["dur"] / 1e3)
-    minima = {name: min(values[5:] or values) for name, values in times.items()}
+    minima, kinds, runs = profile_session(model, feeds, args.runs, "cnn")
     by_kind: dict[str, float] = collections.defaultdict(float)
     for name, value in minima.items():
         by_kind[kinds[name]] += value

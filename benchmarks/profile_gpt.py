@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import numpy as np
 os.environ.setdefault("SLOPE_ORT_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nn"))
 import char_gpt  # noqa: E402
+from profile_cnn import profile_session  # noqa: E402 (beside this script)
 
 import slope  # noqa: E402
 
@@ -37,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import onnx
-    import onnxruntime as ort
 
-    from slope_onnx.backend import _options
     from slope_onnx.cpu_rewrites import for_cpu_session
 
     slope.set_backend("onnxruntime")
@@ -55,26 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx.save(onnx_model, args.save)
     leaves = [leaf.numpy() for leaf in slope.tree.leaves(inputs) if isinstance(leaf, slope.Tensor)]
     feeds = {i.name: v for i, v in zip(onnx_model.graph.input, leaves)}
-    options = _options(pooled=True)
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = os.path.join(folder, "gpt")
-        session = ort.InferenceSession(onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for _ in range(args.runs + 5):
-            session.run(None, feeds)
-        with open(session.end_profiling()) as handle:
-            events = json.load(handle)
-    times: dict[str, list[float]] = collections.defaultdict(list)
-    kinds: dict[str, str] = {}
-    runs = []
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = event["name"][: -len("_kernel_time")]
-            times[name].append(event["dur"] / 1e3)
-            kinds[name] = event["args"].get("op_name", "?")
-        elif event.get("cat") == "Session" and event["name"] == "model_run":
-            runs.append(event["dur"] / 1e3)
-    minima = {name: min(values[5:] or values) for name, values in times.items()}
+    minima, kinds, runs = profile_session(onnx_model, feeds, args.runs, "gpt")
     by_kind: dict[str, list[float]] = collections.defaultdict(list)
     for name, value in minima.items():
         by_kind[kinds[name]].append(value)
