@@ -148,7 +148,7 @@ def test_large_outputs_are_not_kept(monkeypatch):
         for _ in range(3):
             double, total = f(x)
         run = f.lower(x).executable.run
-        assert [len(kept) for _, _, kept, _ in run.outputs] == [0, 2]  # 2000 bytes: none kept; the 4 of the sum: two
+        assert [len(kept) for _, _, kept, _, _ in run.outputs] == [0, 2]  # 2000 bytes: none kept; the 4 of the sum: two
         np.testing.assert_array_equal(double.numpy(), np.arange(500) * 2.0)
         assert total.item() == np.arange(500).sum()
 

@@ -17,10 +17,11 @@ from .ir import Aval
 from .operator import DTypeError, Operator, ShapeError, UndefinedPrimal, batch_to_front, move_axis
 from .plugins import hookimpl
 from .tensors import Tensor, functions
-from .trace import bind, is_eager
+from .trace import _busy, bind, is_eager
 
 _constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
 _constants: dict[tuple, Tensor] = _constant_cache.recent
+_scalar_runs = backend_module.BoundedCache(4096, 64 * 2**20, lambda e: e[1].aval.size * e[1].dtype.bits // 8)
 
 
 def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str | None = None) -> Tensor:
@@ -28,13 +29,10 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
-    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
-    tensor = _constants.get(key)
-    if tensor is None:
+    key = (value or repr(value), type(value), dtype, shape, backend_module.get_backend(), device)  # -0.0 != 0.0
+    if (tensor := _constants.get(key)) is None:
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
-        tensor = backend_module.from_numpy(array, Aval(shape, dtype), device)
-        key = (value or repr(value), type(value), dtype, shape, tensor.backend, device)  # the backend may be new
-        tensor = _constant_cache.add(key, lambda: tensor)
+        tensor = _constant_cache.add(key, lambda: backend_module.from_numpy(array, Aval(shape, dtype), device))
     return tensor
 
 
@@ -221,14 +219,30 @@ class Binary(Elementwise):
             if type(y) is Tensor and x.aval == y.aval:
                 return bind(self, x, y)
             if (type(y) is float and x.aval.dtype.kind == "float") or (type(y) is int and x.dtype.kind in _INT_KINDS):
-                return bind(self, x, constant(y, x.aval.dtype, x.aval.shape, x.device))
+                return self.with_scalar(x, y, True)
         elif type(y) is Tensor:
             if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
-                return bind(self, constant(x, y.aval.dtype, y.aval.shape, y.device), y)
+                return self.with_scalar(y, x, False)
         if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
             raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
         x, y = coerce(self.name, x, y)
         return bind(self, x, y)
+
+    def with_scalar(self, x: Tensor, value: Any, first: bool) -> Tensor:
+        """`x op value` (first) or `value op x` in x's dtype; eagerly, one lookup finds the scalar's tensor and program."""
+        backend = backend_module._state["backend"]  # (-0.0 != 0.0: the key holds repr(0.0), as `constant`'s does)
+        key = (self, value or repr(value), type(value), first, x.aval, x.backend, x.device, backend)
+        if not _busy and (hit := _scalar_runs.recent.get(key)):
+            run, scalar, aval = hit
+            buffers = [x.buffer, scalar.buffer] if first else [scalar.buffer, x.buffer]
+            return Tensor(run(buffers)[0], aval, backend, x.device)
+        scalar = constant(value, x.aval.dtype, x.aval.shape, x.device)
+        args = (x, scalar) if first else (scalar, x)
+        out = bind(self, *args)
+        if not _busy and x.backend is backend:  # the program eager_run ran: its key as eager_run makes it
+            if executable := backend_module._compiled.get((self, (), (args[0].aval, args[1].aval), backend, x.device)):
+                _scalar_runs.add(key, lambda: (executable.run, scalar, out.aval))
+        return out
 
     def infer(self, x: Aval, y: Aval) -> Aval:
         if x.shape != y.shape:

@@ -61,8 +61,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
-        self._concrete("Tensor.numpy()")
-        return self.backend.to_numpy(self.buffer)
+        return self._concrete("Tensor.numpy()") if self.buffer is None else self.backend.to_numpy(self.buffer)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self.numpy() if dtype is None else self.numpy().astype(dtype)

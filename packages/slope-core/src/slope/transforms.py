@@ -15,7 +15,7 @@ from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
-from .trace import Trace, Tracer, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
+from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 from .tree import describe
 
 
@@ -515,6 +515,9 @@ class Lowered:
         return self.backend.export(self.executable.program, str(path), **options)
 
 
+_LEAF_TYPES = frozenset({Tensor, np.ndarray})
+
+
 class jit:  # noqa: N801 - used as a decorator, like jax.jit
     """Trace a function to a Program once per input signature, compile it on the backend, and cache it."""
 
@@ -536,7 +539,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        if not kwargs and set(map(type, args)) <= {Tensor, np.ndarray}:  # the common call: a tuple of leaves, whose
+        if not kwargs and _LEAF_TYPES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
@@ -572,14 +575,14 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if active():  # inside another transformation: trace straight through
+        if _busy and active():  # inside another transformation: trace straight through
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
         for leaf in tree.leaves([args[i] for i in self.donate_argnums if i < len(args)]) if self.donate_argnums else ():
             if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
                 leaf.buffer = leaf.backend = _Donated()
-        return tree.unflatten(out_tree, outs)
+        return out_tree.unflatten(outs)  # (the program's outputs are this tree's leaves: no count to check)
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace and compile for these arguments without running."""

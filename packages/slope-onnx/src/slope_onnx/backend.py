@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import re
 import sys
+from sys import getrefcount
 import threading
 import warnings
 from collections import OrderedDict
@@ -440,33 +441,32 @@ class _BoundRun:
         self.plain = _runner(session, input_names, output_names, run_options)
         self.inputs = input_names
         keep = [self.REUSED if size <= self.KEPT_BYTES else 0 for size in sizes]
-        self.outputs = [(name, make, [], n) for name, make, n in zip(output_names, makers, keep)]  # (kept, how many)
-        # id() of the buffer bound to each output: one the binding holds already is not bound again. (A kept buffer's
-        # id matches only if it is the one bound last: that one stays kept, so alive, until a call makes a new one.)
-        self.bound: list[int] = [0] * len(output_names)
+        self.outputs = [[name, make, [], n, 0] for name, make, n in zip(output_names, makers, keep)]
+        # (name, maker, the buffers kept, how many, and the id() of the buffer bound last: one the binding holds
+        # already is not bound again. A kept buffer's id matches only if it is the one bound last: that one stays kept,
+        # so alive, until a call makes a new one.)
         self.lock = threading.Lock()
 
     def __call__(self, buffers: list) -> list:
         if not self.lock.acquire(blocking=False):
             return self.plain(buffers)
         try:
-            bind_input, getrefcount, free, bound = self.bind_input, sys.getrefcount, _FREE, self.bound
             for name, buffer in zip(self.inputs, buffers):
-                bind_input(name, buffer)
+                self.bind_input(name, buffer)
             outs = []
-            for i, (name, make, kept, keep) in enumerate(self.outputs):
-                for out in kept:
-                    if getrefcount(out) == free:
+            for output in self.outputs:
+                for out in output[2]:
+                    if getrefcount(out) == _FREE:
                         break
                 else:
-                    out = make()
-                    kept.append(out)
-                    if len(kept) > keep:
-                        del kept[0]
-                    bound[i] = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
-                if id(out) != bound[i]:
-                    self.bind_output(name, out)
-                    bound[i] = id(out)
+                    out = output[1]()
+                    output[2].append(out)
+                    if len(output[2]) > output[3]:
+                        del output[2][0]
+                    output[4] = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
+                if id(out) != output[4]:
+                    self.bind_output(output[0], out)
+                    output[4] = id(out)
                 outs.append(out)
             self.run_bound()
             return outs
