@@ -190,3 +190,81 @@ def test_every_result_is_right_when_outputs_are_not_kept(backend, monkeypatch):
         np.testing.assert_array_equal(scaled.numpy(), x * k)
         assert total.item() == 28.0
         del scaled, total
+
+
+SCALAR_OPS = {  # name -> (slope function of a tensor and a scalar, NumPy reference)
+    "add": (lambda x, s: x + s, np.add),
+    "sub": (lambda x, s: x - s, np.subtract),
+    "mul": (lambda x, s: x * s, np.multiply),
+    "div": (lambda x, s: x / s, np.divide),
+    "pow": (lambda x, s: x**s, np.power),
+    "maximum": (lambda x, s: slope.maximum(x, s), np.maximum),
+    "less": (lambda x, s: x < s, np.less),
+    "rsub": (lambda x, s: s - x, lambda a, b: b - a),
+    "rdiv": (lambda x, s: s / x, lambda a, b: b / a),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_OPS))
+def test_eager_scalar_shortcut_gives_the_first_calls_results(backend, name):
+    """`x op 2.0` takes a cached shortcut from its second call: every call, with new data, values and signs of zero,
+    must give what NumPy gives."""
+    fn, reference = SCALAR_OPS[name]
+    rng = np.random.default_rng(1)
+    for dtype, values in ((np.float32, [2.5, -0.0, 0.0, 2.5, 7.0]), (np.int32, [3, 0, 3, -2])):
+        if name in ("div", "rdiv", "pow") and dtype is np.int32:
+            continue  # (integer division by zero and negative powers raise: tested elsewhere)
+        for value in values:
+            for _ in range(3):  # the first call records the shortcut, the next ones take it
+                data = rng.integers(1, 5, 6).astype(dtype)
+                got = fn(slope.tensor(data), value)
+                with np.errstate(all="ignore"):
+                    expected = reference(data, np.array(value, dtype))
+                assert got.shape == (6,) and got.backend.name == backend
+                np.testing.assert_array_equal(got.numpy(), expected.astype(got.numpy().dtype))
+                np.testing.assert_array_equal(np.signbit(got.numpy()), np.signbit(expected))
+
+
+def test_eager_scalar_shortcut_is_taken_and_follows_the_backend():
+    from slope.operators import _scalar_runs, mul
+
+    with slope.use_backend("numpy"):
+        x = slope.tensor(np.array([1.0, 2.0], np.float32))
+        assert (x * 3.0).tolist() == [3.0, 6.0] and (x * 3.0).tolist() == [3.0, 6.0]
+        assert any(key[0] is mul and key[1] == 3.0 and key[4] is x.backend for key in _scalar_runs.recent)
+    with slope.use_backend("onnxruntime"):  # x lives on numpy: moved, and the result is on the active backend
+        for _ in range(3):
+            out = x * 3.0
+            assert out.backend.name == "onnxruntime" and out.tolist() == [3.0, 6.0]
+        assert [(2.0 * out).tolist() for _ in range(3)] == [[6.0, 12.0]] * 3
+
+
+def test_eager_scalar_shortcut_stays_out_of_transformations(backend):
+    x = slope.tensor(np.array([1.0, 2.0], np.float32))
+    for _ in range(3):
+        x * 3.0, 3.0 * x  # noqa: B018 - records the shortcuts
+    assert slope.grad(lambda v: (v * 3.0).sum())(x).tolist() == [3.0, 3.0]
+    assert slope.grad(lambda v: (3.0 / v).sum())(x).tolist() == [-3.0, -0.75]
+    assert slope.jit(lambda v: v * 3.0)(x).tolist() == [3.0, 6.0]
+    assert slope.vmap(lambda v: v * 3.0)(x).tolist() == [3.0, 6.0]
+
+
+def test_eager_scalar_shortcut_refuses_donated_tensors_and_zero_divisors(backend):
+    x, y = (slope.tensor(np.array([1.0, 2.0], np.float32)) for _ in range(2))
+    for _ in range(3):
+        y * 2.0  # noqa: B018 - the shortcut for this signature
+    slope.jit(lambda v: v + 1.0, donate_argnums=0)(x)
+    with pytest.raises(slope.TransformError, match="donated"):
+        x * 2.0  # noqa: B018
+    ints = slope.tensor(np.array([4, 6], np.int32))
+    for _ in range(3):
+        assert (ints // 2).tolist() == [2, 3]
+        with pytest.raises(ZeroDivisionError):
+            ints // 0  # noqa: B018
+
+
+def test_eager_scalar_shortcut_tells_the_operand_order_apart(backend):
+    x = slope.tensor(np.array([1.0, 4.0], np.float32))
+    for _ in range(3):
+        assert (x - 2.0).tolist() == [-1.0, 2.0] and (2.0 - x).tolist() == [1.0, -2.0]
+        assert (x / 2.0).tolist() == [0.5, 2.0] and (2.0 / x).tolist() == [2.0, 0.5]

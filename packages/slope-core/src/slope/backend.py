@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
@@ -254,7 +253,6 @@ def to_backend(tensor: Tensor, backend: Backend, device: str) -> Tensor:
 
 
 _aval = attrgetter("aval")  # (a C function: cheaper than a comprehension on every call)
-_aval_of = functools.lru_cache(1024)(Aval)  # (one object per shape and dtype: jit keys then compare by identity)
 
 
 def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
@@ -288,7 +286,7 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
 
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
-    backend = get_backend()
+    backend = _state["backend"] or get_backend()
     device = checked_device(backend, device or _state["device"])
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)
@@ -298,4 +296,4 @@ def array_tensor(array: np.ndarray) -> Tensor:
     """A NumPy array as a tensor on the active backend's default device (a copy: tensors are values)."""
     if (dtype := by_numpy.get(array.dtype)) is None or not array.dtype.isnative:  # slope.tensor converts these
         return functions["tensor"](array)
-    return from_numpy(array if get_backend().copies_from_numpy else array.copy(), _aval_of(array.shape, dtype))
+    return from_numpy(array if get_backend().copies_from_numpy else array.copy(), Aval(array.shape, dtype))

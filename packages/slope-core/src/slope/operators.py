@@ -29,7 +29,7 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     if not is_eager():
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
-    key = (value or repr(value), type(value), dtype, shape, backend_module.get_backend(), device)  # -0.0 != 0.0
+    key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     if (tensor := _constants.get(key)) is None:
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = _constant_cache.add(key, lambda: backend_module.from_numpy(array, Aval(shape, dtype), device))
@@ -205,7 +205,7 @@ class Cast(Elementwise):
         return [cast(cotangents[0], x.aval.dtype)]
 
 
-_INT_KINDS = ("int", "uint")
+_SCALAR_KINDS = {float: ("float",), int: ("int", "uint")}  # a Python scalar of this type takes a tensor's dtype
 
 
 class Binary(Elementwise):
@@ -215,14 +215,13 @@ class Binary(Elementwise):
     result: DType | None = None  # fixed output dtype (bool for comparisons)
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if type(x) is Tensor:  # the eager fast paths: `x op x` and `x op 2.0`
+        if type(x) is Tensor:  # the eager fast paths: `x op x`, `x op 2.0` and `2.0 op x`
             if type(y) is Tensor and x.aval == y.aval:
                 return bind(self, x, y)
-            if (type(y) is float and x.aval.dtype.kind == "float") or (type(y) is int and x.dtype.kind in _INT_KINDS):
+            if x.aval.dtype.kind in _SCALAR_KINDS.get(type(y), ()):
                 return self.with_scalar(x, y, True)
-        elif type(y) is Tensor:
-            if (type(x) is float and y.dtype.is_float) or (type(x) is int and y.dtype.kind in _INT_KINDS):
-                return self.with_scalar(y, x, False)
+        elif type(y) is Tensor and y.aval.dtype.kind in _SCALAR_KINDS.get(type(x), ()):
+            return self.with_scalar(y, x, False)
         if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
             raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
         x, y = coerce(self.name, x, y)
@@ -230,18 +229,15 @@ class Binary(Elementwise):
 
     def with_scalar(self, x: Tensor, value: Any, first: bool) -> Tensor:
         """`x op value` (first) or `value op x` in x's dtype; eagerly, one lookup finds the scalar's tensor and program."""
-        backend = backend_module._state["backend"]  # (-0.0 != 0.0: the key holds repr(0.0), as `constant`'s does)
-        key = (self, value or repr(value), type(value), first, x.aval, x.backend, x.device, backend)
-        if not _busy and (hit := _scalar_runs.recent.get(key)):
-            run, scalar, aval = hit
-            buffers = [x.buffer, scalar.buffer] if first else [scalar.buffer, x.buffer]
-            return Tensor(run(buffers)[0], aval, backend, x.device)
-        scalar = constant(value, x.aval.dtype, x.aval.shape, x.device)
-        args = (x, scalar) if first else (scalar, x)
-        out = bind(self, *args)
-        if not _busy and x.backend is backend:  # the program eager_run ran: its key as eager_run makes it
-            if executable := backend_module._compiled.get((self, (), (args[0].aval, args[1].aval), backend, x.device)):
-                _scalar_runs.add(key, lambda: (executable.run, scalar, out.aval))
+        key = (self, value or repr(value), type(value), x.aval, x.backend, x.device)  # (-0.0: its repr; either order)
+        if not _busy and x.backend is backend_module._state["backend"] and (hit := _scalar_runs.recent.get(key)):
+            buffers = [x.buffer, hit[1].buffer] if first else [hit[1].buffer, x.buffer]  # (hit: run, scalar, aval)
+            return Tensor(hit[0](buffers)[0], hit[2], x.backend, x.device)
+        scalar = constant(value, x.aval.dtype, x.aval.shape, x.device)  # (of x's aval: eager_run's key below)
+        out = bind(self, x, scalar) if first else bind(self, scalar, x)
+        eager = not _busy and x.backend is scalar.backend is backend_module._state["backend"]  # (no move in eager_run)
+        if eager and (program := backend_module._compiled.get((self, (), (x.aval, x.aval), x.backend, x.device))):
+            _scalar_runs.add(key, lambda: (program.run, scalar, out.aval))
         return out
 
     def infer(self, x: Aval, y: Aval) -> Aval:

@@ -515,9 +515,6 @@ class Lowered:
         return self.backend.export(self.executable.program, str(path), **options)
 
 
-_LEAF_TYPES = frozenset({Tensor, np.ndarray})
-
-
 class jit:  # noqa: N801 - used as a decorator, like jax.jit
     """Trace a function to a Program once per input signature, compile it on the backend, and cache it."""
 
@@ -539,7 +536,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        if not kwargs and _LEAF_TYPES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
+        if not kwargs and {Tensor, np.ndarray}.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
@@ -548,20 +545,20 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
             tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
             others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None...
-        key = (in_tree, bool(kwargs), tuple(map(backend_module._aval, tensors)), others)
         backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
+        key = (in_tree, bool(kwargs), others, backend, device, *map(backend_module._aval, tensors))
         try:
-            entry = self.cache.recent.get((key, backend, device))
+            entry = self.cache.recent.get(key)
         except TypeError as error:  # (the lookup hashes the key: no separate check on the call path)
             raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
                                  f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
-            entry = self.cache.add((key, backend, device), lambda: self._compile(key, tensors, backend, device))
+            entry = self.cache.add(key, lambda: self._compile(key, tensors, backend, device))
         return entry, tensors, backend, device
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
-        in_tree, with_kwargs, _, others = key  # (with_kwargs: the tree is of (args, kwargs), else of args)
+        in_tree, with_kwargs, others = key[:3]  # (with_kwargs: the tree is of (args, kwargs), else of args)
         in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else in_tree
         flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 

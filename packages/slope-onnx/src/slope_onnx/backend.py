@@ -8,10 +8,10 @@ import importlib.metadata
 import os
 import re
 import sys
-from sys import getrefcount
 import threading
 import warnings
 from collections import OrderedDict
+from sys import getrefcount
 from typing import Any, Callable
 
 import numpy as np
@@ -304,7 +304,7 @@ class OnnxBackend(Backend):
     def to_numpy(self, buffer: Any) -> np.ndarray:
         """A NumPy copy of an OrtValue."""
         try:
-            return np.array(buffer.numpy())  # .numpy() is a view of the OrtValue's memory: copy, tensors are immutable
+            return buffer.numpy().copy()  # .numpy() is a view of the OrtValue's memory: copy, tensors are immutable
         except RuntimeError:  # onnxruntime has no NumPy type for bfloat16: copy the bytes
             if buffer.data_type() != "tensor(bfloat16)":
                 raise
@@ -445,33 +445,36 @@ class _BoundRun:
         # (name, maker, the buffers kept, how many, and the id() of the buffer bound last: one the binding holds
         # already is not bound again. A kept buffer's id matches only if it is the one bound last: that one stays kept,
         # so alive, until a call makes a new one.)
-        self.lock = threading.Lock()
+        self.idle = [True]  # taken while a call runs: list pop and append are atomic, a non-blocking lock for less
 
     def __call__(self, buffers: list) -> list:
-        if not self.lock.acquire(blocking=False):
+        try:
+            self.idle.pop()
+        except IndexError:  # another thread is running it
             return self.plain(buffers)
         try:
             for name, buffer in zip(self.inputs, buffers):
                 self.bind_input(name, buffer)
             outs = []
             for output in self.outputs:
-                for out in output[2]:
+                name, make, kept, keep, bound = output
+                for out in kept:
                     if getrefcount(out) == _FREE:
                         break
                 else:
-                    out = output[1]()
-                    output[2].append(out)
-                    if len(output[2]) > output[3]:
-                        del output[2][0]
-                    output[4] = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
-                if id(out) != output[4]:
-                    self.bind_output(output[0], out)
+                    out = make()
+                    kept.append(out)
+                    if len(kept) > keep:
+                        del kept[0]
+                    bound = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
+                if id(out) != bound:
+                    self.bind_output(name, out)
                     output[4] = id(out)
                 outs.append(out)
             self.run_bound()
             return outs
         finally:
-            self.lock.release()
+            self.idle.append(True)
 
 
 def _free_count() -> int:
