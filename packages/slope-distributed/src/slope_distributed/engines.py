@@ -2,7 +2,8 @@
 
 Slope has no networking of its own. Every engine reduces or broadcasts one contiguous NumPy buffer in place (the
 caller packs a whole pytree into it), checks a small header first under a deadline (`header`), and gathers small
-Python objects for error messages (`gather`). mpi4py and torch are imported when their engine starts, never at
+Python objects for error messages (`gather`). When every MPI rank runs on one machine, reductions and headers go
+through MPI-3 shared memory instead (`SharedMemory`). mpi4py and torch are imported when their engine starts, never at
 `import slope`.
 """
 
