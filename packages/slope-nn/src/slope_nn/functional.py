@@ -234,6 +234,13 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     return q, k, v, attn_mask
 
 
+def masked_softmax(scores: Tensor) -> Tensor:
+    """Softmax over the last dimension of masked attention scores, with zeros (and zero gradients) in rows that are
+    -inf everywhere, as PyTorch's scaled_dot_product_attention gives (a plain softmax gives NaN there)."""
+    dead = scores.max(-1, keepdim=True) == -math.inf  # (NaN rows stay NaN: NaN is not -inf)
+    return slope.where(dead, 0.0, softmax(slope.where(dead, 0.0, scores), -1))
+
+
 def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, is_causal: bool = False,
                                  dropout_p: float = 0.0, key: Tensor | None = None,
                                  scale: float | None = None) -> Tensor:  # fmt: skip
@@ -250,7 +257,8 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
         scores = slope.where(attn_mask, scores, -math.inf)
     elif attn_mask is not None:
         scores = scores + attn_mask.astype(scores.dtype)
-    weights = softmax(scores, -1)
+    # (a causal mask leaves every row a key; other masks may not, and such a row attends to nothing)
+    weights = softmax(scores, -1) if attn_mask is None or is_causal else masked_softmax(scores)
     if dropout_p > 0.0:
         if dropout_p == 1.0:
             weights = weights * 0.0

@@ -561,7 +561,8 @@ class MultiHeadAttention(Module):
         if key_padding_mask is not None:
             padding = key_padding_mask.reshape((key_padding_mask.shape[0], 1, 1, source))
             scores = slope.where(padding, -math.inf, scores)
-        weights = functional.softmax(scores, -1)
+        masked = attn_mask is not None or key_padding_mask is not None  # (rows masked everywhere attend to nothing)
+        weights = functional.masked_softmax(scores) if masked else functional.softmax(scores, -1)
         attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
         batch = attended.shape[0]
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
