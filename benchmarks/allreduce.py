@@ -8,7 +8,8 @@ Rows (median of many rounds, each after a barrier, float32, times from rank 0):
 - `engine, flat buffer`: the engine's own in-place allreduce of one reused contiguous buffer (the floor);
 - `engine, fresh output`: the same into a newly allocated output buffer each call (what reusing avoids);
 - `dist.all_reduce, NumPy tree` / `Tensor tree`: Slope's pytree allreduce (digest header, pack, reduce, unpack) of a
-  tree of 100 leaves, NumPy arrays or onnxruntime tensors;
+  tree of 100 leaves, NumPy arrays or onnxruntime tensors; with every rank on one machine that is the shared-memory
+  path, and the `MPI_Allreduce path` rows time the same trees through MPI_Allreduce (the path across machines);
 - `per leaf`: one engine call per leaf of the same tree (what one flat buffer avoids).
 Then the train step of a 784-1024-1024-10 MLP (1.86M parameters, batch 100 per rank, SGD): the plain jitted step
 (no reduction), the `data_parallel` step, and the bare allreduce of its gradients; the overhead of data_parallel
@@ -65,6 +66,12 @@ def allreduce_times(total: int, rounds: int) -> dict[str, float]:
         times["engine, fresh output"] = median_ms(fresh, rounds)
     times["dist.all_reduce, NumPy tree (100 leaves)"] = median_ms(lambda: dist.all_reduce(arrays), rounds)
     times["dist.all_reduce, Tensor tree (100 leaves)"] = median_ms(lambda: dist.all_reduce(tensors), rounds)
+    shared = getattr(engine, "shared", None)
+    if shared is not None:  # the same through MPI_Allreduce (what ranks on several machines use), in the same run
+        engine.shared = None
+        times["dist.all_reduce, NumPy tree, MPI_Allreduce path"] = median_ms(lambda: dist.all_reduce(arrays), rounds)
+        times["dist.all_reduce, Tensor tree, MPI_Allreduce path"] = median_ms(lambda: dist.all_reduce(tensors), rounds)
+        engine.shared = shared
     times["per leaf (100 engine calls)"] = median_ms(lambda: [engine.all_reduce(a, "sum") for a in arrays], rounds)
     return times
 

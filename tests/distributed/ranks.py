@@ -120,6 +120,39 @@ def collectives() -> None:
         raise AssertionError("pmean inside a plain jit with 2 ranks did not fail")
 
 
+def dtypes() -> None:
+    """all_reduce and broadcast in NumPy's and PyTorch's meanings for every dtype and engine path: bool + bool is
+    `or`, max propagates NaN (MPI's MAX drops it), int8 wraps around, bfloat16 and float16 work, empty leaves too."""
+    import ml_dtypes
+
+    engine = dist.engine()
+    if engine.name == "mpi":  # ranks on one machine reduce through shared memory unless told not to
+        assert (engine.shared is not None) == (os.environ.get("SLOPE_DISTRIBUTED_SHARED_MEMORY", "1") != "0")
+    r = dist.rank()
+    tree = {
+        "bool": np.array([True, False, False]) if r == 0 else np.array([True, True, False]),
+        "f16": np.array([1.5, 2.0], np.float16) * (r + 1),
+        "bf16": np.array([1.5, -2.0], ml_dtypes.bfloat16) * (r + 1),
+        "i8": np.array([100, -1], np.int8),
+        "nan": np.array([np.nan, 1.0, 2.0]) if r == 0 else np.array([1.0, np.nan, 3.0]),
+        "t_bf16": slope.tensor([1.0, 2.0]).astype(slope.bfloat16) * (r + 1),
+        "t_i64": slope.tensor([1, 2]) * (r + 1),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+    summed, biggest = dist.all_reduce(tree), dist.all_reduce(tree, op="max")
+    expect_sum = {"bool": [True, True, False], "f16": [4.5, 6.0], "bf16": [4.5, -6.0], "i8": [-56, -2],
+                  "nan": [np.nan, np.nan, 5.0], "t_bf16": [3.0, 6.0], "t_i64": [3, 6], "empty": []}  # fmt: skip
+    expect_max = {"bool": [True, True, False], "f16": [3.0, 4.0], "bf16": [3.0, -2.0], "i8": [100, -1],
+                  "nan": [np.nan, np.nan, 3.0], "t_bf16": [2.0, 4.0], "t_i64": [2, 4], "empty": []}  # fmt: skip
+    for got, expected in ((summed, expect_sum), (biggest, expect_max)):
+        for name, values in expected.items():
+            value = got[name].numpy() if isinstance(got[name], slope.Tensor) else got[name]
+            assert value.dtype == np.asarray(tree[name].numpy() if name.startswith("t_") else tree[name]).dtype, name
+            np.testing.assert_array_equal(value.astype(np.float64).reshape(-1), np.array(values, np.float64), name)
+    got = dist.broadcast({"w": slope.tensor([float(r), 7.0]).astype(slope.bfloat16), "m": np.array([r == 1])}, root=1)
+    assert got["w"].numpy().astype(np.float32).tolist() == [1.0, 7.0] and got["m"].tolist() == [True]
+
+
 def mismatch() -> None:
     """Trees that differ between ranks: an error on every rank naming rank 1 and the leaf."""
     model = make_model()

@@ -69,7 +69,7 @@ def free_port() -> str:
 @needs_mpi
 def test_two_ranks_mpi():
     """Training (each backend), collectives, mismatched trees and checkpoints under mpiexec -n 2, one launch."""
-    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "mismatch", "checkpoint"])
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch", "checkpoint"])
     result, _ = launch(scenarios)
     assert_ok(result, scenarios)
     for rank in (0, 1):  # the error names the rank and the leaf that differ, on every rank
@@ -80,10 +80,20 @@ def test_two_ranks_mpi():
 
 
 @needs_mpi
+def test_two_ranks_mpi_without_shared_memory():
+    """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=0 takes
+    it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch"])
+    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="0")
+    assert_ok(result, scenarios)
+    assert "leaf 0.weight is float64 of shape (16, 12)" in result.stdout
+
+
+@needs_mpi
 def test_two_ranks_gloo():
     """The same training and collectives with torch.distributed's gloo engine (launched by mpiexec)."""
     pytest.importorskip("torch")
-    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "mismatch"])
+    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch"])
     result, _ = launch(scenarios, SLOPE_DISTRIBUTED_ENGINE="gloo", MASTER_PORT=free_port())
     assert_ok(result, scenarios)
 

@@ -436,3 +436,57 @@ def test_embedding_gradient_matches_finite_differences():
     indices = slope.tensor(np.array([[1, 5], [1, 2]]))
     weights = f64((2, 2, 3), seed=2)
     finite_difference_check(weighted_sum_loss, (layer, indices, weights))
+
+
+# ----------------------------------------------------------------------------------------------- mixed dtypes
+
+# float16 and bfloat16: one rounding of a result computed in float32
+NARROW_TOLERANCES = {
+    "float16": (2e-3, 2e-3),
+    "bfloat16": (1.6e-2, 1.6e-2),
+    "float32": (2e-5, 2e-5),
+    "float64": (1e-10, 1e-10),
+}
+NORMS = {
+    "layernorm": (lambda d: nn.LayerNorm(6, dtype=d), lambda f, x, p: f.layer_norm(x, (6,), p[0], p[1])),
+    "rmsnorm": (lambda d: nn.RMSNorm(6, eps=1e-6, dtype=d), lambda f, x, p: f.rms_norm(x, (6,), p[0], eps=1e-6)),
+    "batchnorm_train": (
+        lambda d: nn.BatchNorm1d(6, dtype=d),
+        lambda f, x, p: f.batch_norm(x, p[2], p[3], p[0], p[1], training=True),
+    ),
+    "batchnorm_eval": (
+        lambda d: nn.BatchNorm1d(6, dtype=d).eval(),
+        lambda f, x, p: f.batch_norm(x, p[2], p[3], p[0], p[1], training=False),
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # (PyTorch's, for rms_norm)
+@pytest.mark.parametrize("param_dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("x_dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_norm_layers_mix_dtypes_as_pytorch(norm, x_dtype, param_dtype):
+    """A normalization's input and parameters of different dtypes: PyTorch's result dtype and values (float16 and
+    bfloat16 inputs computed in float32, float32 parameters allowed with them), or an error where PyTorch raises."""
+    torch = pytest.importorskip("torch")
+    make, reference = NORMS[norm]
+    layer = make(as_dtype(param_dtype))
+    values = {  # weight near 1, running_var positive
+        n: rng(i).standard_normal(np.shape(v)) * 0.5 + (1.0 if n in ("weight", "running_var") else 0.0)
+        for i, (n, v) in enumerate(params(layer).items())
+    }
+    layer.load_state_dict(values)
+    x32 = rng(9).standard_normal((4, 6)).astype(np.float32) * 3 + 1
+    tx = torch.tensor(x32).to(getattr(torch, x_dtype))
+    names = ["weight", "bias", "running_mean", "running_var"]
+    tp = [torch.tensor(values[n]).to(getattr(torch, param_dtype)) if n in values else None for n in names]
+    try:
+        expected = reference(torch.nn.functional, tx, tp)
+    except RuntimeError:
+        with pytest.raises(slope.DTypeError, match=f"slope.nn.{type(layer).__name__}: the input is {x_dtype}"):
+            layer(slope.tensor(x32).astype(as_dtype(x_dtype)))
+        return
+    got = run(layer, slope.tensor(x32).astype(as_dtype(x_dtype)))
+    assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (got.dtype, expected.dtype)
+    rtol, atol = NARROW_TOLERANCES[got.dtype.name]
+    np.testing.assert_allclose(got.astype(slope.float64).numpy(), expected.double().numpy(), rtol=rtol, atol=atol)

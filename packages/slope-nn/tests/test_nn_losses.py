@@ -41,7 +41,7 @@ def test_cross_entropy_indices_and_probabilities(g, reduction):
     probs = np.exp(log_softmax(g.standard_normal((6, 4)))).astype(np.float32)
     expected = reduce(-(probs * logp).sum(1), reduction)
     close(nn.cross_entropy(slope.tensor(logits), slope.tensor(probs), reduction=reduction), expected)
-    close(nn.CrossEntropyLoss(reduction)(slope.tensor(logits), slope.tensor(labels)),
+    close(nn.CrossEntropyLoss(reduction=reduction)(slope.tensor(logits), slope.tensor(labels)),
           reduce(-logp[np.arange(6), labels], reduction))  # fmt: skip
 
 
@@ -64,7 +64,7 @@ def test_nll(g, reduction):
     labels = g.integers(0, 3, 5)
     expected = reduce(-logp[np.arange(5), labels].astype(np.float64), reduction)
     close(nn.nll(slope.tensor(logp), slope.tensor(labels), reduction=reduction), expected)
-    close(nn.NLLLoss(reduction)(slope.tensor(logp), slope.tensor(labels)), expected)
+    close(nn.NLLLoss(reduction=reduction)(slope.tensor(logp), slope.tensor(labels)), expected)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -125,3 +125,69 @@ def test_loss_errors():
         nn.mse(slope.ones(2), slope.ones(3))
     with pytest.raises(TypeError, match="class indices"):
         nn.nll(slope.ones(2, 3), slope.ones(2))
+
+
+# ----------------------------------------------------------------------------------------------- against PyTorch
+
+CLASS_LOSS_CASES = {  # (logits shape, targets, kwargs): targets -100 are PyTorch's default ignore_index
+    "ignored targets": ((5, 4), [1, -100, 3, 0, -100], {}),
+    "weights": ((5, 4), [1, 2, 3, 0, 3], {"weight": [0.5, 2.0, 1.0, 0.25]}),
+    "weights and ignored": ((5, 4), [1, -100, 3, 0, 2], {"weight": [0.5, 2.0, 1.0, 0.25]}),
+    "ignore_index a class": ((5, 4), [1, 2, 3, 0, 2], {"ignore_index": 2}),
+    "label smoothing, weights, ignored": (
+        (5, 4),
+        [1, -100, 3, 0, 2],
+        {"weight": [0.5, 2.0, 1.0, 0.25], "label_smoothing": 0.2},
+    ),  # fmt: skip
+    "N-d with ignored": ((2, 3, 4), [[0, -100, 2, 1], [2, 2, -100, 0]], {"weight": [1.0, 3.0, 0.5]}),
+    "unbatched": ((4,), 3, {"weight": [0.5, 2.0, 1.0, 0.25]}),
+    "every target ignored": ((3, 4), [-100, -100, -100], {}),
+    "probabilities, weights, smoothing": ((3, 4), "probs", {"weight": [0.5, 2.0, 1.0, 0.25], "label_smoothing": 0.1}),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "case,loss",  # nll takes class indices and no label smoothing (as PyTorch)
+    [(case, loss) for case in sorted(CLASS_LOSS_CASES) for loss in ("cross_entropy", "nll")
+     if loss == "cross_entropy" or "probabilities" not in case and "smoothing" not in case],
+)  # fmt: skip
+def test_class_losses_match_pytorch(case, loss, reduction, dtype):
+    """cross_entropy and nll with PyTorch's weight, ignore_index and label_smoothing: values and gradients."""
+    torch = pytest.importorskip("torch")
+    shape, targets, kwargs = CLASS_LOSS_CASES[case]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype) * 2
+    t = rng.random(shape).astype(dtype) if targets == "probs" else np.array(targets, np.int64)
+    kwargs = {k: np.array(v, dtype) if k == "weight" else v for k, v in kwargs.items()}
+    tx = torch.tensor(x, requires_grad=True)
+    tkw = {k: torch.tensor(v) if k == "weight" else v for k, v in kwargs.items()}
+    skw = {k: slope.tensor(v) if k == "weight" else v for k, v in kwargs.items()}
+    if loss == "cross_entropy":
+        expected = torch.nn.functional.cross_entropy(tx, torch.tensor(t), reduction=reduction, **tkw)
+        fn = lambda v: nn.cross_entropy(v, slope.tensor(t), reduction=reduction, **skw)  # noqa: E731
+    else:
+        log_probs = torch.log_softmax(tx, 1 if tx.ndim > 1 else 0)
+        expected = torch.nn.functional.nll_loss(log_probs, torch.tensor(t), reduction=reduction, **tkw)
+        fn = lambda v: nn.nll(slope.log_softmax(v, 1 if v.ndim > 1 else 0), slope.tensor(t), reduction=reduction, **skw)  # noqa: E731
+    cot = rng.standard_normal(tuple(expected.shape)).astype(dtype)
+    (expected * torch.tensor(cot)).sum().backward()
+    grad = slope.grad(lambda v: (fn(v) * slope.tensor(cot)).sum())(slope.tensor(x))
+    tol = {"float32": (2e-5, 2e-6), "float64": (1e-12, 1e-12)}[dtype]
+    got = fn(slope.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected.detach().numpy(), *tol)  # NaN where PyTorch's is (every target ignored)
+    np.testing.assert_allclose(grad.numpy(), tx.grad.numpy(), *tol)  # (0 where every target is ignored, as PyTorch)
+
+
+def test_class_loss_argument_errors():
+    """A weight of the wrong shape or dtype, and the reduction passed where PyTorch takes the weight."""
+    logits, target = slope.ones((2, 3)), slope.tensor([0, 2])
+    with pytest.raises(slope.ShapeError, match=r"weight must be a float32 tensor of shape \(3,\)"):
+        nn.cross_entropy(logits, target, weight=slope.ones(4))
+    with pytest.raises(slope.ShapeError, match="got float64"):
+        nn.nll(logits, target, weight=slope.ones(3, dtype=slope.float64))
+    with pytest.raises(TypeError, match="pass reduction= by keyword"):
+        nn.cross_entropy(logits, target, "sum")
+    with pytest.raises(IndexError, match="cross_entropy: indices range from 0 to 5"):
+        nn.cross_entropy(logits, slope.tensor([5, -100]))

@@ -46,6 +46,8 @@ SDPA_CASES = {
     "causal, L < S (top-left)": ((1, 3, 4), (1, 6, 4), (1, 6, 4), None, {"is_causal": True}),
     "bool mask, broadcast": ((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4), "bool", {}),
     "float mask": ((3, 4), (5, 4), (5, 2), "float", {}),
+    "bool mask, a row masked everywhere": ((2, 4, 4), (2, 5, 4), (2, 5, 3), "bool, dead row", {}),
+    "float mask, a row of -inf": ((2, 4, 4), (2, 5, 4), (2, 5, 3), "float, dead row", {}),
     "scale": ((2, 3, 4), (2, 3, 4), (2, 3, 4), None, {"scale": 0.3}),
 }
 
@@ -54,13 +56,16 @@ SDPA_CASES = {
 @pytest.mark.parametrize("case", sorted(SDPA_CASES))
 def test_scaled_dot_product_attention(case, dtype, each_backend):
     q_shape, k_shape, v_shape, mask_kind, kwargs = SDPA_CASES[case]
+    mask_kind = mask_kind or ""
     q, k, v = data(q_shape, dtype, 1), data(k_shape, dtype, 2), data(v_shape, dtype, 3)
     mask = None
-    if mask_kind == "bool":  # True where attention is allowed; every row keeps at least one key
+    if mask_kind.startswith("bool"):  # True where attention is allowed; every row keeps at least one key
         mask = rng(4).random((q_shape[-2], k_shape[-2])) > 0.4
         mask[:, 0] = True
-    elif mask_kind == "float":
+    elif mask_kind.startswith("float"):
         mask = data((q_shape[-2], k_shape[-2]), dtype, 4)
+    if mask_kind.endswith("dead row"):  # ...but this one: PyTorch's output and gradients there are 0, not NaN
+        mask[1] = False if mask.dtype == bool else -np.inf
     cot = data(q_shape[:-1] + v_shape[-1:], dtype, 5)
     (sq, tq), (sk, tk), (sv, tv) = both(q), both(k), both(v)
     smask = None if mask is None else slope.tensor(mask)
@@ -138,6 +143,30 @@ def test_multi_head_attention_against_pytorch(shape, heads, causal, dtype, each_
     close(grad_model.q_proj.weight, reference.in_proj_weight.grad[:embed], dtype, scale=5.0)
     close(grad_model.v_proj.bias, reference.in_proj_bias.grad[2 * embed :], dtype, scale=5.0)
     close(grad_model.out_proj.weight, reference.out_proj.weight.grad, dtype, scale=5.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multi_head_attention_with_a_sequence_padded_everywhere(dtype, each_backend):
+    """key_padding_mask hiding every key of one sequence: PyTorch's output there is the output projection's bias
+    (attention gives 0, as its scaled_dot_product_attention), and every gradient is finite and PyTorch's."""
+    layer = nn.MultiHeadAttention(8, 2, key=slope.random.key(4), dtype=slope.dtypes.as_dtype(dtype))
+    reference = torch_mha(layer, dtype)
+    x, cot = data((2, 3, 8), dtype, 8), data((2, 3, 8), dtype, 9)
+    padding = np.array([[True, True, True], [False, True, False]])  # True: a key to leave out
+    sx, tx = both(x)
+
+    def loss(model, x):
+        out = model(x, key_padding_mask=slope.tensor(padding))
+        return (out * slope.tensor(cot)).sum(), out
+
+    (_, out), (grad_model, grad_x) = slope.value_and_grad(loss, argnums=(0, 1), has_aux=True)(layer, sx)
+    expected, _ = reference(tx, tx, tx, key_padding_mask=torch.tensor(padding), need_weights=False)
+    (expected * torch.tensor(cot)).sum().backward()
+    assert np.isfinite(out.numpy()).all()
+    close(out, expected, dtype)
+    close(grad_x, tx.grad, dtype, scale=5.0)
+    close(grad_model.q_proj.weight, reference.in_proj_weight.grad[:8], dtype, scale=5.0)
+    close(grad_model.out_proj.bias, reference.out_proj.bias.grad, dtype, scale=5.0)
 
 
 # ----------------------------------------------------------------------------------------------- layers

@@ -2,7 +2,8 @@
 
 Slope has no networking of its own. Every engine reduces or broadcasts one contiguous NumPy buffer in place (the
 caller packs a whole pytree into it), checks a small header first under a deadline (`header`), and gathers small
-Python objects for error messages (`gather`). mpi4py and torch are imported when their engine starts, never at
+Python objects for error messages (`gather`). When every MPI rank runs on one machine, reductions and headers go
+through MPI-3 shared memory instead (`SharedMemory`). mpi4py and torch are imported when their engine starts, never at
 `import slope`.
 """
 
@@ -92,8 +93,12 @@ class MPIEngine(Engine):
         self.MPI, self.comm = MPI, MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
+        self.shared: SharedMemory | None = None
         if self.size > 1:
             _abort_on_uncaught_exception(self)
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # (collective: every rank decides alike)
+            if node.Get_size() == self.size and os.environ.get("SLOPE_DISTRIBUTED_SHARED_MEMORY", "1") != "0":
+                self.shared = SharedMemory(self, node)
 
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:
         # blocking and in place: MPI.IN_PLACE reuses the caller's buffer; a rank that died shows up at the header
@@ -103,6 +108,8 @@ class MPIEngine(Engine):
         self.comm.Bcast(buffer, root=root)
 
     def header(self, header: np.ndarray, what: str) -> None:
+        if self.shared is not None:
+            return self.shared.header(header, what)
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, header, op=self.MPI.MAX)
         self._wait(request, what)
 
@@ -141,6 +148,85 @@ class MPIEngine(Engine):
 
     def barrier(self) -> None:
         self.header(np.zeros(1, np.int64), "barrier()")
+
+
+class SharedMemory:
+    """Reductions among ranks that all run on one machine, through MPI-3 shared memory: every rank packs its tree into
+    its own segment of a shared window, and after one barrier each rank combines every segment, in rank order, straight
+    into its result leaves. Every rank gets the same bits (those of one process adding the ranks' values in rank
+    order), and the data is read once from where the other rank wrote it, with no copies through MPI's buffers.
+
+    Two barriers per reduction keep it safe without locks: the header's, after which every rank has finished reading
+    the previous reduction's segments, and the data's. Headers alternate between two slots for the same reason.
+    """
+
+    HEADER = 8  # int64 slots per rank and parity
+
+    def __init__(self, engine: MPIEngine, comm: Any):
+        self.engine, self.comm, self.rank = engine, comm, comm.Get_rank()
+        self._header_window, headers = self._allocate(2 * self.HEADER * 8)
+        self.headers = [h.view(np.int64).reshape(2, self.HEADER) for h in headers]
+        self.parity = 0
+        self.window: Any = None
+        self.segments: list[np.ndarray] = []
+
+    def _allocate(self, nbytes: int) -> tuple[Any, list[np.ndarray]]:
+        MPI = self.engine.MPI
+        window = MPI.Win.Allocate_shared(nbytes, 1, comm=self.comm)
+        window.Lock_all(MPI.MODE_NOCHECK)  # (one passive epoch for the window's life; Sync orders the accesses)
+        return window, [np.frombuffer(window.Shared_query(r)[0], np.uint8) for r in range(self.comm.Get_size())]
+
+    def _barrier(self, window: Any, what: str) -> None:
+        window.Sync()
+        self.engine._wait(self.comm.Ibarrier(), what)
+        window.Sync()
+
+    def header(self, header: np.ndarray, what: str) -> None:
+        """The elementwise maximum of a small int64 header over every rank, in place."""
+        n, parity = len(header), self.parity
+        self.headers[self.rank][parity, :n] = header
+        self._barrier(self._header_window, what)
+        for slots in self.headers:
+            np.maximum(header, slots[parity, :n], out=header)
+        self.parity ^= 1
+
+    def _segments(self, nbytes: int) -> list[np.ndarray]:
+        """Every rank's segment, at least nbytes long (call with the same nbytes on every rank: a new window is a
+        collective call; the header check before it makes sure the trees and so their sizes agree)."""
+        if not self.segments or len(self.segments[0]) < nbytes:
+            if self.window is not None:
+                self.window.Unlock_all()
+                self.window.Free()
+            capacity = max(nbytes, 2 * len(self.segments[0]) if self.segments else 0)  # (growth: few reallocations)
+            self.window, self.segments = self._allocate(capacity)
+        return self.segments
+
+    def all_reduce(self, arrays: list[np.ndarray], targets: list[np.ndarray], op: str) -> None:
+        """The sum or max over every rank of each array, written into its target (an array of the same shape and
+        dtype). Each dtype's arrays are packed into one region of the segment, as one flat buffer."""
+        regions, nbytes = [], 0
+        for dtype in dict.fromkeys(a.dtype for a in arrays):
+            indices = [i for i, a in enumerate(arrays) if a.dtype == dtype]
+            size = sum(arrays[i].size for i in indices)
+            regions.append((dtype, indices, nbytes, size))
+            nbytes += (size * dtype.itemsize + 63) // 64 * 64  # (regions aligned for vector loads)
+        if nbytes == 0:
+            return
+        segments = self._segments(nbytes)
+        for dtype, indices, start, size in regions:
+            flat = segments[self.rank][start : start + size * dtype.itemsize].view(dtype)
+            np.concatenate([arrays[i].reshape(-1) for i in indices], out=flat)
+        self._barrier(self.window, f"all_reduce of {len(arrays)} leaves")
+        combine = np.maximum if op == "max" else np.add
+        for dtype, indices, start, size in regions:
+            parts = [segment[start : start + size * dtype.itemsize].view(dtype) for segment in segments]
+            offset = 0
+            for i in indices:
+                end, out = offset + arrays[i].size, targets[i].reshape(-1)
+                combine(parts[0][offset:end], parts[1][offset:end], out=out)
+                for part in parts[2:]:
+                    combine(out, part[offset:end], out=out)
+                offset = end
 
 
 def _abort_on_uncaught_exception(engine: MPIEngine) -> None:

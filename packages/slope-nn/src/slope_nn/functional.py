@@ -234,6 +234,13 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     return q, k, v, attn_mask
 
 
+def masked_softmax(scores: Tensor) -> Tensor:
+    """Softmax over the last dimension of masked attention scores, with zeros (and zero gradients) in rows that are
+    -inf everywhere, as PyTorch's scaled_dot_product_attention gives (a plain softmax gives NaN there)."""
+    dead = scores.max(-1, keepdim=True) == -math.inf  # (NaN rows stay NaN: NaN is not -inf)
+    return slope.where(dead, 0.0, softmax(slope.where(dead, 0.0, scores), -1))
+
+
 def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, is_causal: bool = False,
                                  dropout_p: float = 0.0, key: Tensor | None = None,
                                  scale: float | None = None) -> Tensor:  # fmt: skip
@@ -250,7 +257,8 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
         scores = slope.where(attn_mask, scores, -math.inf)
     elif attn_mask is not None:
         scores = scores + attn_mask.astype(scores.dtype)
-    weights = softmax(scores, -1)
+    # (a causal mask leaves every row a key; other masks may not, and such a row attends to nothing)
+    weights = softmax(scores, -1) if attn_mask is None or is_causal else masked_softmax(scores)
     if dropout_p > 0.0:
         if dropout_p == 1.0:
             weights = weights * 0.0
@@ -264,8 +272,11 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
-    """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets."""
+def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:  # fmt: skip
+    """Softmax cross-entropy over dim 1 (or the only dim) with class-index or probability targets, with PyTorch's
+    arguments: `weight` per class, `ignore_index` (class-index targets equal to it add nothing, and "mean" divides by
+    the summed weights of the others), `reduction`, `label_smoothing`."""
     logits, target = _tensor(logits), _tensor(target)
     if not logits.dtype.is_float:  # as in PyTorch (class scores are floats; integers are likely class indices)
         raise slope.DTypeError(f"slope.cross_entropy: expected floating-point logits, got {logits.dtype.name}")
@@ -275,32 +286,62 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
         raise ValueError(f"slope.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
+    weight = _class_weight("cross_entropy", weight, logits, class_dim)
     logp = log_softmax(logits, class_dim)
-    if target.dtype.is_float:
-        if target.shape != logits.shape:
-            raise slope.ShapeError(
-                f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
-            )
-        probs = target
-    else:
-        expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
-        if target.shape != expected:
-            raise slope.ShapeError(
-                f"slope.cross_entropy: class-index targets of shape {target.shape} do not fit logits of shape "
-                f"{logits.shape} (expected {expected})"
-            )
-        check_indices("cross_entropy", target, 0, classes, f"logits of shape {logits.shape} ({classes} classes)")
-        probs = one_hot(target, classes).astype(logits.dtype)
-        if class_dim == 1 and logits.ndim > 2:
-            probs = probs.permute((0, probs.ndim - 1, *range(1, probs.ndim - 1)))
-        # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
-        losses = -(probs * slope.where(probs > 0, logp, slope.zeros_like(logp))).sum(class_dim)
-        if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
-            losses = losses * (1.0 - label_smoothing) - logp.sum(class_dim) * (label_smoothing / classes)
-        return reduce_loss("cross_entropy", losses, reduction)
-    if label_smoothing:
-        probs = probs * (1.0 - label_smoothing) + label_smoothing / classes
+    if not target.dtype.is_float:
+        return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing)
+    if target.shape != logits.shape:
+        raise slope.ShapeError(
+            f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
+        )
+    probs = target * (1.0 - label_smoothing) + label_smoothing / classes if label_smoothing else target
+    if weight is not None:
+        probs = probs * weight
     return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
+
+
+def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Tensor | None:
+    """A per-class weight checked against the scores (N, C, ...) and shaped to multiply them (C, 1, ...)."""
+    if weight is None:
+        return None
+    if isinstance(weight, str):  # (Slope before 2026-12 took reduction third; PyTorch's third argument is weight)
+        raise TypeError(f"slope.{name}: weight must be a tensor, got {weight!r}: pass reduction= by keyword")
+    weight, classes = _tensor(weight), scores.shape[class_dim]
+    if weight.shape != (classes,) or weight.dtype != scores.dtype:
+        raise slope.ShapeError(f"slope.{name}: weight must be a {scores.dtype.name} tensor of shape ({classes},) (one "
+                               f"per class), got {weight.dtype.name} of shape {weight.shape}")  # fmt: skip
+    return weight.reshape((classes,) + (1,) * (scores.ndim - class_dim - 1))
+
+
+def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                     reduction: str, label_smoothing: float = 0.0) -> Tensor:  # fmt: skip
+    """The negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...), as PyTorch's nll_loss
+    (and cross_entropy's label smoothing): per-class `weight` (already shaped (C, 1, ...)), targets equal to
+    `ignore_index` left out, "mean" divided by the summed weights of the targets kept (NaN when none is)."""
+    if not target.dtype.is_int:
+        raise slope.DTypeError(f"slope.{name}: target must hold class indices (integers), got {target.dtype.name}")
+    class_dim = 1 if logp.ndim > 1 else 0
+    classes = logp.shape[class_dim]
+    expected = logp.shape[:class_dim] + logp.shape[class_dim + 1 :]
+    if target.shape != expected:
+        raise slope.ShapeError(f"slope.{name}: class-index targets of shape {target.shape} do not fit input of shape "
+                               f"{logp.shape} (expected {expected})")  # fmt: skip
+    kept = target != _number(name, ignore_index, "ignore_index")
+    target = slope.where(kept, target, 0)
+    check_indices(name, target, 0, classes, f"input of shape {logp.shape} ({classes} classes)")
+    picked = one_hot(target, classes).astype(logp.dtype) * kept.astype(logp.dtype).unsqueeze(-1)
+    if class_dim == 1 and logp.ndim > 2:
+        picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
+    if weight is not None:
+        picked = picked * weight
+    # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
+    losses = -(picked * slope.where(picked != 0, logp, slope.zeros_like(logp))).sum(class_dim)
+    if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
+        smooth = -(logp if weight is None else logp * weight).sum(class_dim)
+        losses = losses * (1.0 - label_smoothing) + slope.where(kept, smooth, 0.0) * (label_smoothing / classes)
+    if reduction == "mean":
+        return losses.sum() / picked.sum()
+    return reduce_loss(name, losses, reduction)
 
 
 def reduce_loss(name: str, losses: Tensor, reduction: str) -> Tensor:

@@ -302,24 +302,27 @@ class BatchNorm(Module):
             raise ValueError(
                 f"{type(self).__name__}: expected input (N, {self.num_features}, ...), got shape {x.shape}"
             )
+        narrow = _check_norm_dtypes(self, x, self.weight, self.bias, getattr(self, "running_mean", None))
+        wide = x.astype(slope.float32) if narrow else x
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         dims = (0, *range(2, x.ndim))
         if self.training or not self.track_running_stats:
-            mean = x.mean(dims)
-            var = slope.var(x, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
+            mean = wide.mean(dims)
+            var = slope.var(wide, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
                 m = self.momentum
                 unbiased = var.detach() * (count / max(count - 1, 1))
-                self.running_mean = self.running_mean.detach() * (1.0 - m) + mean.detach() * m
-                self.running_var = self.running_var.detach() * (1.0 - m) + unbiased * m
+                kept = self.running_mean.dtype  # (the statistics keep their dtype, as PyTorch's buffers)
+                self.running_mean = (self.running_mean.detach() * (1.0 - m) + mean.detach() * m).astype(kept)
+                self.running_var = (self.running_var.detach() * (1.0 - m) + unbiased * m).astype(kept)
         else:
             mean = self.running_mean.detach()
             var = self.running_var.detach()
-        out = (x - mean.reshape(shape)) * (var.reshape(shape) + self.eps).rsqrt()
+        out = (wide - mean.reshape(shape)) * (var.reshape(shape) + self.eps).rsqrt()
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return out
+        return out.astype(x.dtype) if narrow else out
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -350,19 +353,18 @@ class LayerNorm(Module):
         if x.shape[x.ndim - k :] != self.normalized_shape:
             raise ValueError(f"LayerNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
         dims = tuple(range(x.ndim - k, x.ndim))
-        narrow = x.dtype in (slope.float16, slope.bfloat16)  # statistics in float32, as PyTorch's kernels
+        narrow = _check_norm_dtypes(self, x, self.weight, self.bias)
         wide = x.astype(slope.float32) if narrow else x
         if k == 1:  # one operator (onnxruntime: one LayerNormalization node, its statistic reused by the gradient)
             out = layer_norm(wide, self.eps)
         else:
             centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
             out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
-        out = out.astype(x.dtype) if narrow else out
         if self.weight is not None:
             out = out * self.weight
         if self.bias is not None:
             out = out + self.bias
-        return out
+        return out.astype(x.dtype) if narrow else out
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
@@ -385,11 +387,27 @@ class RMSNorm(Module):
             raise ValueError(f"RMSNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
         eps = self.eps if self.eps is not None else _finfo_eps(x.dtype)
         dims = tuple(range(x.ndim - k, x.ndim))
-        out = x * ((x * x).mean(dims, keepdim=True) + eps).rsqrt()
-        return out * self.weight if self.weight is not None else out
+        # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
+        wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
+        out = (wide * ((wide * wide).mean(dims, keepdim=True) + eps).rsqrt()).astype(x.dtype)
+        return (out * self.weight).astype(x.dtype) if self.weight is not None else out
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+def _check_norm_dtypes(layer: Module, x: Tensor, *params: Tensor | None) -> bool:
+    """PyTorch's rule for a normalization's parameters: the input's dtype, or float32 for a float16 or bfloat16 input
+    (computed in float32 and returned in the input's dtype); anything else is an error. True for such a narrow input."""
+    narrow = x.dtype in (slope.float16, slope.bfloat16)
+    for p in params:
+        if p is not None and p.dtype != x.dtype and not (narrow and p.dtype == slope.float32):
+            allowed = f"{x.dtype.name} or float32" if narrow else x.dtype.name
+            raise slope.DTypeError(
+                f"slope.nn.{type(layer).__name__}: the input is {x.dtype.name} {tuple(x.shape)} but its parameters "
+                f"are {p.dtype.name}; expected {allowed} parameters, as PyTorch (make the layer with dtype={x.dtype.name})"
+            )
+    return narrow
 
 
 def _finfo_eps(dtype: Any) -> float:
@@ -543,7 +561,8 @@ class MultiHeadAttention(Module):
         if key_padding_mask is not None:
             padding = key_padding_mask.reshape((key_padding_mask.shape[0], 1, 1, source))
             scores = slope.where(padding, -math.inf, scores)
-        weights = functional.softmax(scores, -1)
+        masked = attn_mask is not None or key_padding_mask is not None  # (rows masked everywhere attend to nothing)
+        weights = functional.masked_softmax(scores) if masked else functional.softmax(scores, -1)
         attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
         batch = attended.shape[0]
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))

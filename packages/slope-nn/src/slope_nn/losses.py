@@ -32,24 +32,18 @@ def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:  # noqa
         raise ValueError(f"slope.nn.{name}: input of shape {input.shape} and target of shape {target.shape} differ")
 
 
-def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+def cross_entropy(logits: Tensor, target: Any, weight: Tensor | None = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:  # fmt: skip
     """Softmax cross-entropy of logits (N, C, ...) with class indices (N, ...) or probabilities (N, C, ...)."""
-    return functional.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
+    return functional.cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
 
 
-def nll(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...)."""
-    target = target if isinstance(target, Tensor) else slope.tensor(target)
-    if not target.dtype.is_int:
-        raise TypeError(f"slope.nn.nll: target must hold class indices (integers), got {target.dtype.name}")
-    class_dim = 1 if log_probs.ndim > 1 else 0
-    expected = log_probs.shape[:class_dim] + log_probs.shape[class_dim + 1 :]
-    if target.shape != expected:
-        raise ValueError(f"slope.nn.nll: target of shape {target.shape} does not fit input {log_probs.shape}")
-    picked = functional.one_hot(target, log_probs.shape[class_dim]).astype(log_probs.dtype)
-    if class_dim == 1 and log_probs.ndim > 2:
-        picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
-    return reduce_loss("nn.nll", -(picked * log_probs).sum(class_dim), reduction)
+def nll(log_probs: Tensor, target: Any, weight: Tensor | None = None, ignore_index: int = -100,
+        reduction: str = "mean") -> Tensor:  # fmt: skip
+    """Negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...), PyTorch's arguments."""
+    log_probs = functional._tensor(log_probs)
+    weight = functional._class_weight("nn.nll", weight, log_probs, 1 if log_probs.ndim > 1 else 0)
+    return functional.class_index_loss("nn.nll", log_probs, functional._tensor(target), weight, ignore_index, reduction)
 
 
 def mse(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002 - PyTorch's name
@@ -94,14 +88,16 @@ nll_loss = nll
 class CrossEntropyLoss(Module):
     """Module form of `cross_entropy`."""
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:  # fmt: skip
         super().__init__()
+        self.weight, self.ignore_index = weight, ignore_index
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: Tensor, target: Any) -> Tensor:
         """The loss."""
-        return cross_entropy(logits, target, self.reduction, self.label_smoothing)
+        return cross_entropy(logits, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
 
 
 class _Loss(Module):
@@ -118,10 +114,16 @@ class _Loss(Module):
         return type(self).loss(input, target, reduction=self.reduction)
 
 
-class NLLLoss(_Loss):
+class NLLLoss(Module):
     """Module form of `nll`."""
 
-    loss = staticmethod(nll)
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__()
+        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
+
+    def forward(self, log_probs: Tensor, target: Any) -> Tensor:
+        """The loss."""
+        return nll(log_probs, target, self.weight, self.ignore_index, self.reduction)
 
 
 class MSELoss(_Loss):

@@ -111,6 +111,11 @@ class NumpyBackend(Backend):
     def from_numpy(self, array: np.ndarray, device: str) -> np.ndarray:
         return array
 
+    def empty_cpu(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """A new array (contents undefined), twice: the buffer and its writable view are one and the same."""
+        buffer = np.empty(shape, dtype)
+        return buffer, buffer
+
     def to_numpy(self, buffer: np.ndarray) -> np.ndarray:
         return np.asarray(buffer)
 

@@ -293,6 +293,14 @@ class OnnxBackend(Backend):
         ctypes.memmove(value.data_ptr(), array.ctypes.data, array.nbytes)  # copy the bytes
         return value
 
+    def empty_cpu(self, shape: tuple, dtype: np.dtype) -> tuple[Any, np.ndarray] | None:
+        """A new CPU OrtValue (contents undefined) and a writable NumPy view of its memory, for code that fills a
+        tensor in place (slope-distributed sums into it); None for bfloat16, which NumPy cannot view."""
+        if dtype.kind == "V":
+            return None
+        value = ort_c.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self._ort_devices["cpu"])
+        return value, value.numpy()
+
     def _maker(self, aval: slope.Aval) -> Callable[[], Any]:
         """A function making a new CPU OrtValue of the abstract value (its contents undefined)."""
         shape, cpu = list(aval.shape), self._ort_devices["cpu"]

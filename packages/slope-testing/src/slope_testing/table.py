@@ -1364,7 +1364,7 @@ add(
             Case(
                 [Data(shape=(2, 3, 2)), Fixed(np.array([[0, 2], [1, 1]]))],
                 lambda x, t: np_cross_entropy(x, t, "none"),
-                params=("none",),
+                kwargs={"reduction": "none"},
                 label="N-d, reduction none",
             ),
             Case(
