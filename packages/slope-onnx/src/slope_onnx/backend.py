@@ -277,6 +277,8 @@ class OnnxBackend(Backend):
     def from_numpy(self, array: np.ndarray, device: str) -> Any:
         """An OrtValue owning a copy of the array (on the device)."""
         array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d arrays 1-d)
+        if device == "cpu" and array.dtype.kind in "fiu":  # a copy the OrtValue owns (DLPack's deleter frees it)
+            return ort_c.OrtValue.from_dlpack(array.copy().__dlpack__(), False)  # (cheaper than filling a new one)
         bfloat16 = array.dtype.kind == "V" and array.dtype.name == "bfloat16"  # NumPy has none of its own
         if device == "cpu" and not bfloat16:
             value = ort_c.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, self._ort_devices["cpu"])
