@@ -12,10 +12,10 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 
 from . import plugins
-from .dtypes import DType, by_numpy
+from .dtypes import DType
 from .errors import SlopeBackendError, SlopeMemoryError
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
-from .tensors import Tensor, functions
+from .tensors import Tensor
 
 
 class Executable:
@@ -290,10 +290,3 @@ def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tens
     device = checked_device(backend, device or _state["device"])
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)
-
-
-def array_tensor(array: np.ndarray) -> Tensor:
-    """A NumPy array as a tensor on the active backend's default device (a copy: tensors are values)."""
-    if (dtype := by_numpy.get(array.dtype)) is None or not array.dtype.isnative:  # slope.tensor converts these
-        return functions["tensor"](array)
-    return from_numpy(array if get_backend().copies_from_numpy else array.copy(), Aval(array.shape, dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ class Aval:
 
     def __repr__(self) -> str:
         return f"[{', '.join(str(d) for d in self.shape)}{', ' if self.shape else ''}{self.dtype.short}]"
+
+
+aval_of = functools.lru_cache(1024)(Aval)  # one object per shape and dtype (cache keys then compare them by identity)
 
 
 @dataclass(eq=False, slots=True)

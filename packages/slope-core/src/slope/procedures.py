@@ -15,7 +15,7 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
-from .ir import Aval
+from .ir import Aval, aval_of
 from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
@@ -35,6 +35,8 @@ def _to_device(t: Tensor, device: str | None) -> Tensor:
 
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
+    if type(data) is np.ndarray and dtype is None and (own := dtypes.by_numpy.get(data.dtype)) and data.dtype.isnative:
+        return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
     numpy_data = isinstance(data, (np.ndarray, np.generic))

@@ -515,6 +515,9 @@ class Lowered:
         return self.backend.export(self.executable.program, str(path), **options)
 
 
+_LEAVES = frozenset({Tensor, np.ndarray})  # the argument types of jit's common call
+
+
 class jit:  # noqa: N801 - used as a decorator, like jax.jit
     """Trace a function to a Program once per input signature, compile it on the backend, and cache it."""
 
@@ -536,8 +539,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
             args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
             kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
-        if not kwargs and {Tensor, np.ndarray}.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
-            tensors, others = [a if type(a) is Tensor else backend_module.array_tensor(a) for a in args], ()
+        if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
+            tensors, others = [a if type(a) is Tensor else functions["tensor"](a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
             leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
