@@ -176,10 +176,10 @@ class BoundedCache:
     def __len__(self) -> int:
         return len(self.recent) + len(self.old)
 
-    def add(self, key: Any, make: Callable[[], Any]) -> Any:
-        """The value of a key missing from `recent`: taken back from `old`, else made (outside the lock)."""
-        value = self.old.pop(key, None)
-        value = make() if value is None else value
+    def add(self, key: Any, make: Callable[..., Any], *args: Any) -> Any:
+        """The value of a key missing from `recent`: taken back from `old`, else `make(*args)` (outside the lock)."""
+        value = self.old.pop(key, None)  # (args, not a closure: a caller's lambda makes cells of its variables: slower)
+        value = make(*args) if value is None else value
         with self.lock:
             if len(self.recent) >= self.limit or self.nbytes > self.max_bytes:
                 self.old, self.nbytes = dict(self.recent), 0
@@ -263,7 +263,7 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     try:
         executable = _compiled[key]
     except KeyError:
-        executable = _eager.add(key, lambda: _compile_one(op, args, params, backend, device))
+        executable = _eager.add(key, _compile_one, op, args, params, backend, device)
     except TypeError as error:  # an unhashable parameter: a user error the operator explains
         raise TypeError(f"slope.{op.name}: parameters must be hashable, got {params}") from error
     return run_executable(executable, args, backend, device)

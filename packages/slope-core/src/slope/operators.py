@@ -32,7 +32,7 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
     key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
     if (tensor := _constants.get(key)) is None:
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
-        tensor = _constant_cache.add(key, lambda: backend_module.from_numpy(array, Aval(shape, dtype), device))
+        tensor = _constant_cache.add(key, backend_module.from_numpy, array, Aval(shape, dtype), device)
     return tensor
 
 
@@ -237,7 +237,7 @@ class Binary(Elementwise):
         out = bind(self, x, scalar) if first else bind(self, scalar, x)
         eager = not _busy and x.backend is scalar.backend is backend_module._state["backend"]  # (no move in eager_run)
         if eager and (program := backend_module._compiled.get((self, (), (x.aval, x.aval), x.backend, x.device))):
-            _scalar_runs.add(key, lambda: (program.run, scalar, out.aval))
+            _scalar_runs.add(key, tuple, (program.run, scalar, out.aval))
         return out
 
     def infer(self, x: Aval, y: Aval) -> Aval:

@@ -557,7 +557,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
                                  f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
-            entry = self.cache.add(key, lambda: self._compile(key, tensors, backend, device))
+            entry = self.cache.add(key, self._compile, key, tensors, backend, device)
         return entry, tensors, backend, device
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
