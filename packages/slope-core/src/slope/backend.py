@@ -271,11 +271,12 @@ def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
 
 def run_executable(executable: Executable, args: Any, backend: Backend, device: str) -> list[Tensor]:
     """Run an Executable on tensors (moved to its backend and device when elsewhere); its outputs as tensors."""
-    buffers = [a.buffer if a.backend is backend and a.device == device else to_backend(a, backend, device).buffer
-               for a in args]  # fmt: skip
+    buffers = []
+    for a in args:  # (no comprehension here: it would make backend and device cells, slower on every call)
+        buffers.append((a if a.backend is backend and a.device == device else to_backend(a, backend, device)).buffer)
     if len(avals := executable.out_avals) == 1:  # (most operators: a loop over zip costs more than the Tensor)
         return [Tensor(executable.run(buffers)[0], avals[0], backend, device)]
-    return [Tensor(b, aval, backend, device) for b, aval in zip(executable.run(buffers), avals)]
+    return list(map(Tensor, executable.run(buffers), avals, [backend] * len(avals), [device] * len(avals)))
 
 
 def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str) -> Executable:

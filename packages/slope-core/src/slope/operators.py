@@ -20,7 +20,6 @@ from .tensors import Tensor, functions
 from .trace import _busy, bind, is_eager
 
 _constant_cache = backend_module.BoundedCache(4096, 64 * 2**20, lambda t: t.aval.size * t.dtype.bits // 8)
-_constants: dict[tuple, Tensor] = _constant_cache.recent
 _scalar_runs = backend_module.BoundedCache(4096, 64 * 2**20, lambda e: e[1].aval.size * e[1].dtype.bits // 8)
 
 
@@ -30,7 +29,7 @@ def constant(value: Any, dtype: DType, shape: tuple[int, ...] = (), device: str 
         return full(shape, dtypes.wrap(value, dtype), dtype)
     device = device or backend_module.default_device()
     key = (value or repr(value), type(value), dtype, shape, backend_module._state["backend"], device)  # -0.0 != 0.0
-    if (tensor := _constants.get(key)) is None:
+    if (tensor := _constant_cache.recent.get(key)) is None:
         array = np.full(shape, dtypes.wrap(value, dtype), dtype=dtype.numpy)
         tensor = _constant_cache.add(key, backend_module.from_numpy, array, Aval(shape, dtype), device)
     return tensor

@@ -117,7 +117,7 @@ def bind(op: Any, *args: Tensor, **params: Any) -> Any:
         tracer_mains = [a._trace.main for a in args if isinstance(a, Tracer)]
         main = max([_local.dynamic[-1], *tracer_mains], key=lambda m: m.level)  # (on a tie, the first: the dynamic one)
         top = main.trace_type(main)
-        tracers = [top.full_raise(a) for a in args]
+        tracers = list(map(top.full_raise, args))  # (not a comprehension: that would make `top` a cell on every call)
         outs = [o.full_lower() if isinstance(o, Tracer) else o for o in top.run(op, tracers, params)]
     return outs if op.multiple_results else outs[0]
 
