@@ -204,3 +204,15 @@ def test_class_targets_out_of_range_under_jit_are_errors(loss, bad):
     assert np.isfinite(step(x, slope.tensor([2, -100])).numpy())
     with pytest.raises(IndexError, match="out of"):
         step(x, slope.tensor([bad, 0])).numpy()
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+@pytest.mark.parametrize("what", ["one_hot", "embedding"])
+def test_indices_out_of_range_under_jit_are_errors(what, bad):
+    """one_hot and nn.Embedding with a traced index outside [0, size): an IndexError when the program runs, as in
+    PyTorch (one_hot gave a row of zeros, and Embedding counted -1 from the end: wrong numbers without an error)."""
+    table = nn.Embedding(3, 2, key=slope.random.key(0))
+    fn = slope.jit(lambda i: nn.functional.one_hot(i, 3) if what == "one_hot" else table(i))
+    assert fn(slope.tensor([2, 0])).shape[0] == 2
+    with pytest.raises(IndexError, match="out of"):
+        fn(slope.tensor([bad, 0])).numpy()

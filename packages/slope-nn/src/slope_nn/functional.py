@@ -141,6 +141,9 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     if num_classes < 0:
         num_classes = int(x.max().item()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
+    if x.buffer is None:  # traced: gathered from the classes, so one out of range is an IndexError when it runs
+        beyond = slope.where(x < 0, num_classes, x.astype(slope.int64)).reshape((-1,))  # (not from the end)
+        x = take_along_dim(slope.arange(num_classes), beyond, 0).reshape(x.shape)
     classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
     return (x.unsqueeze(-1) == classes).astype(slope.int64)
 
