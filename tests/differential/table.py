@@ -1061,13 +1061,18 @@ def cross_entropy_layout(draw: Any) -> Layout:
     classes = draw(st.integers(1, 4))
     batch = draw(st.sampled_from([(), (2,), (3,), (2, 2)]))
     logits = batch[:1] + (classes,) + batch[1:]
-    if draw(st.booleans()):
-        target: Any = A(draw(hnp.arrays(np.int64, batch, elements=st.integers(0, classes - 1))))
+    kwargs: dict[str, Any] = {"reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+    if draw(st.booleans()):  # class indices, some of them ignored (-100, PyTorch's default, or a class)
+        if draw(st.booleans()):
+            kwargs["ignore_index"] = draw(st.integers(0, classes - 1))
+        ignored = kwargs.get("ignore_index", -100)
+        target: Any = A(draw(hnp.arrays(np.int64, batch, elements=st.sampled_from([*range(classes), ignored]))))
     else:
         target = T(logits, "unit")
-    kwargs = {"reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
     if draw(st.booleans()):
         kwargs["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.5]))
+    if draw(st.booleans()):
+        kwargs["weight"] = T((classes,), "unit")
     if sometimes(draw):
         logits = draw(shapes())
     return layout(T(logits), target, **kwargs)
@@ -1088,9 +1093,8 @@ def attention_layout(draw: Any) -> Layout:
     kind = draw(st.sampled_from(["none", "causal", "bool", "float"]))
     if kind == "causal":
         return layout(q, k, v, is_causal=True)
-    if kind == "bool":  # True where attention is allowed; every query keeps at least one key (no all-masked row)
+    if kind == "bool":  # True where attention is allowed; a row of False attends to nothing (zeros, as PyTorch)
         mask = draw(hnp.arrays(np.bool_, (length, source)))
-        mask[:, 0] = True
         return layout(q, k, v, attn_mask=A(mask))
     if kind == "float":
         return layout(q, k, v, attn_mask=T((length, source), "small"))

@@ -189,5 +189,30 @@ def test_class_loss_argument_errors():
         nn.nll(logits, target, weight=slope.ones(3, dtype=slope.float64))
     with pytest.raises(TypeError, match="pass reduction= by keyword"):
         nn.cross_entropy(logits, target, "sum")
-    with pytest.raises(IndexError, match="cross_entropy: indices range from 0 to 5"):
+    with pytest.raises(IndexError, match="cross_entropy: indices range from 5 to 5"):
         nn.cross_entropy(logits, slope.tensor([5, -100]))
+
+
+@pytest.mark.parametrize("bad", [3, -1, -101])
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll"])
+def test_class_targets_out_of_range_under_jit_are_errors(loss, bad):
+    """A traced target outside [0, classes) (negative ones too, unless the ignore_index) raises IndexError when the
+    program runs, as PyTorch does, instead of adding nothing to the loss (a wrong number)."""
+    fn = nn.cross_entropy if loss == "cross_entropy" else nn.nll
+    step = slope.jit(lambda x, t: fn(x, t))
+    x = slope.tensor(np.zeros((2, 3), np.float32))
+    assert np.isfinite(step(x, slope.tensor([2, -100])).numpy())
+    with pytest.raises(IndexError, match="out of"):
+        step(x, slope.tensor([bad, 0])).numpy()
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+@pytest.mark.parametrize("what", ["one_hot", "embedding"])
+def test_indices_out_of_range_under_jit_are_errors(what, bad):
+    """one_hot and nn.Embedding with a traced index outside [0, size): an IndexError when the program runs, as in
+    PyTorch (one_hot gave a row of zeros, and Embedding counted -1 from the end: wrong numbers without an error)."""
+    table = nn.Embedding(3, 2, key=slope.random.key(0))
+    fn = slope.jit(lambda i: nn.functional.one_hot(i, 3) if what == "one_hot" else table(i))
+    assert fn(slope.tensor([2, 0])).shape[0] == 2
+    with pytest.raises(IndexError, match="out of"):
+        fn(slope.tensor([bad, 0])).numpy()

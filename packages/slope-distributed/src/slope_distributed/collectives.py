@@ -262,6 +262,10 @@ def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
     """A new leaf of the input leaf's kind holding the view's values, never sharing the reused buffer (`private`: the
     view is of a copy already, which the new leaf may keep)."""
     if isinstance(leaf, Tensor):
+        made, memory = _empty_like(leaf, view)
+        if made is not None:  # a new tensor of the leaf's backend, the view copied straight into its memory
+            np.copyto(memory, view)
+            return made
         out = slope.tensor(view, device=leaf.device)
         if not private and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (numpy)
             out = slope.tensor(view.copy(), device=leaf.device)

@@ -141,6 +141,9 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     if num_classes < 0:
         num_classes = int(x.max().item()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
+    if x.buffer is None:  # traced: gathered from the classes, so one out of range is an IndexError when it runs
+        beyond = slope.where(x < 0, num_classes, x.astype(slope.int64)).reshape((-1,))  # (not from the end)
+        x = take_along_dim(slope.arange(num_classes), beyond, 0).reshape(x.shape)
     classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
     return (x.unsqueeze(-1) == classes).astype(slope.int64)
 
@@ -327,21 +330,29 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
         raise slope.ShapeError(f"slope.{name}: class-index targets of shape {target.shape} do not fit input of shape "
                                f"{logp.shape} (expected {expected})")  # fmt: skip
     kept = target != _number(name, ignore_index, "ignore_index")
-    target = slope.where(kept, target, 0)
-    check_indices(name, target, 0, classes, f"input of shape {logp.shape} ({classes} classes)")
-    picked = one_hot(target, classes).astype(logp.dtype) * kept.astype(logp.dtype).unsqueeze(-1)
-    if class_dim == 1 and logp.ndim > 2:
-        picked = picked.permute((0, picked.ndim - 1, *range(1, picked.ndim - 1)))
-    if weight is not None:
-        picked = picked * weight
-    # the target's log-probability alone, as PyTorch: no 0 * -inf (NaN) from the others
-    losses = -(picked * slope.where(picked != 0, logp, slope.zeros_like(logp))).sum(class_dim)
+    what = f"input of shape {logp.shape} ({classes} classes)"
+    if target.buffer is not None:  # concrete: the error names this function (traced: the gather's check, below)
+        values = target.numpy()
+        check_indices(name, slope.tensor(values[values != ignore_index]), 0, classes, what)
+    if classes == 0:  # (nothing to gather: every target must be ignored, as the check says in eager mode)
+        at_target, weights = slope.full(target.shape, math.nan, dtype=logp.dtype), kept.astype(logp.dtype)
+    else:
+        # the target's log-probability, gathered: when a traced program runs, a target out of range (negative ones
+        # too, sent beyond the classes rather than counted from the end) is an IndexError, as in PyTorch
+        index = slope.where(kept, target, 0)
+        index = slope.where(index < 0, classes, index)
+        at_target = take_along_dim(logp, index.unsqueeze(class_dim), class_dim).squeeze(class_dim)
+        flat_weight = None if weight is None else weight.reshape((classes,))
+        weights = kept.astype(logp.dtype) if weight is None else slope.where(kept, flat_weight[index], 0.0)
+    # an ignored target adds exactly 0; a weight of 0 times a log-probability of -inf is NaN, as PyTorch's
+    losses = -slope.where(kept, at_target if weight is None else weights * at_target, 0.0)
+    if reduction == "mean":  # (each term divided on its own, as PyTorch: 0 / 0 is NaN even beside a smooth term)
+        losses = losses.sum() / weights.sum()
     if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
-        smooth = -(logp if weight is None else logp * weight).sum(class_dim)
-        losses = losses * (1.0 - label_smoothing) + slope.where(kept, smooth, 0.0) * (label_smoothing / classes)
-    if reduction == "mean":
-        return losses.sum() / picked.sum()
-    return reduce_loss(name, losses, reduction)
+        smooth = slope.where(kept, -(logp if weight is None else logp * weight).sum(class_dim), 0.0)
+        smooth = smooth.sum() / weights.sum() if reduction == "mean" else smooth
+        losses = losses * (1.0 - label_smoothing) + smooth * (label_smoothing / classes if classes else math.nan)
+    return losses if reduction == "mean" else reduce_loss(name, losses, reduction)
 
 
 def reduce_loss(name: str, losses: Tensor, reduction: str) -> Tensor:

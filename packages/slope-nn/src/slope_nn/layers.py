@@ -450,6 +450,8 @@ class Embedding(Module):
         if not indices.dtype.is_int:
             raise TypeError(f"Embedding: indices must be integers, got {indices.dtype.name}")
         check_indices("nn.Embedding", indices, 0, self.num_embeddings, f"{self.num_embeddings} embeddings")
+        if indices.buffer is None:  # traced: a negative index is out of range when it runs (not counted from the end)
+            indices = slope.where(indices < 0, self.num_embeddings, indices.astype(slope.int64))
         rows = self.weight[indices]
         if self.padding_idx is not None:
             rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
