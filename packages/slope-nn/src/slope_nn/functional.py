@@ -334,18 +334,28 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     if target.buffer is not None:  # concrete: the error names this function (traced: the gather's check, below)
         values = target.numpy()
         check_indices(name, slope.tensor(values[values != ignore_index]), 0, classes, what)
-    if classes == 0:  # (nothing to gather: every target must be ignored, as the check says in eager mode)
-        at_target, weights = slope.full(target.shape, math.nan, dtype=logp.dtype), kept.astype(logp.dtype)
+    if target.buffer is None and classes:  # traced: gathered from the classes, so that a target out of range
+        # (negative ones too, which a gather would count from the end) is an IndexError when the program runs
+        index = slope.where(kept, slope.where(target < 0, classes, target), 0)
+        target = slope.where(
+            kept, take_along_dim(slope.arange(classes), index.reshape((-1,)), 0).reshape(target.shape), -1
+        )
+    elif 0 <= ignore_index < classes:  # (an ignored class must match no class; others never do)
+        target = slope.where(kept, target, -1)
+    # each example's row of the classes, True at its target (none for an ignored one, whose target is not a class)
+    chosen = target.reshape(target.shape + (1,)) == slope.arange(classes).astype(target.dtype)
+    if class_dim == 1 and logp.ndim > 2:
+        chosen = chosen.permute((0, chosen.ndim - 1, *range(1, chosen.ndim - 1)))
+    # the target's log-probability (a select, not a gather: its gradient is no scatter, which costs more on small
+    # outputs), 0 for an ignored target; times its class's weight, where PyTorch's 0 * -inf is NaN too
+    at_target = slope.where(chosen, logp, 0.0).sum(class_dim)
+    if weight is None:
+        losses, weights = -at_target, kept.astype(logp.dtype)
     else:
-        # the target's log-probability, gathered: when a traced program runs, a target out of range (negative ones
-        # too, sent beyond the classes rather than counted from the end) is an IndexError, as in PyTorch
-        index = slope.where(kept, target, 0)
-        index = slope.where(index < 0, classes, index)
-        at_target = take_along_dim(logp, index.unsqueeze(class_dim), class_dim).squeeze(class_dim)
-        flat_weight = None if weight is None else weight.reshape((classes,))
-        weights = kept.astype(logp.dtype) if weight is None else slope.where(kept, flat_weight[index], 0.0)
-    # an ignored target adds exactly 0; a weight of 0 times a log-probability of -inf is NaN, as PyTorch's
-    losses = -slope.where(kept, at_target if weight is None else weights * at_target, 0.0)
+        weights = slope.where(chosen, weight, 0.0).sum(class_dim)
+        losses = -(weights * at_target)
+    if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
+        losses = losses + math.nan
     if reduction == "mean":  # (each term divided on its own, as PyTorch: 0 / 0 is NaN even beside a smooth term)
         losses = losses.sum() / weights.sum()
     if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
