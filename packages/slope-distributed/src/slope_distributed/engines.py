@@ -235,9 +235,15 @@ def _abort_on_uncaught_exception(engine: MPIEngine) -> None:
     previous = sys.excepthook
 
     def abort(kind: type, value: BaseException, traceback: Any) -> None:
-        previous(kind, value, traceback)
+        if previous is sys.__excepthook__:  # the traceback and the verdict in one write, then time to forward them:
+            import traceback as tb  # the launcher passes output on asynchronously, and MPI_Abort tears it down
+
+            sys.stderr.write("".join(tb.format_exception(kind, value, traceback)))
+        else:
+            previous(kind, value, traceback)
         print(f"slope.distributed: rank {engine.rank} of {engine.size} failed ({kind.__name__}); aborting every rank",
               file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(0.5)
         engine.comm.Abort(1)
 
     sys.excepthook = abort
