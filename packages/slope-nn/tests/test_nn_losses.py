@@ -207,12 +207,18 @@ def test_class_targets_out_of_range_under_jit_are_errors(loss, bad):
 
 
 @pytest.mark.parametrize("bad", [3, -1])
-@pytest.mark.parametrize("what", ["one_hot", "embedding"])
+@pytest.mark.parametrize("what", ["one_hot", "embedding", "scatter_add"])
 def test_indices_out_of_range_under_jit_are_errors(what, bad):
-    """one_hot and nn.Embedding with a traced index outside [0, size): an IndexError when the program runs, as in
-    PyTorch (one_hot gave a row of zeros, and Embedding counted -1 from the end: wrong numbers without an error)."""
+    """one_hot, nn.Embedding and scatter_add with a traced index outside [0, size): an IndexError when the program
+    runs, as in PyTorch (one_hot gave a row of zeros, Embedding and scatter_add counted -1 from the end: wrong numbers
+    without an error)."""
     table = nn.Embedding(3, 2, key=slope.random.key(0))
-    fn = slope.jit(lambda i: nn.functional.one_hot(i, 3) if what == "one_hot" else table(i))
-    assert fn(slope.tensor([2, 0])).shape[0] == 2
+    calls = {
+        "one_hot": lambda i: nn.functional.one_hot(i, 3),
+        "embedding": table,
+        "scatter_add": lambda i: slope.scatter_add(slope.zeros(3), 0, i, slope.ones(2)),
+    }
+    fn = slope.jit(calls[what])
+    assert np.isfinite(fn(slope.tensor([2, 0])).numpy()).all()
     with pytest.raises(IndexError, match="out of"):
         fn(slope.tensor([bad, 0])).numpy()

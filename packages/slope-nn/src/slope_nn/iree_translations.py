@@ -132,7 +132,8 @@ def _max_pool(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 
 
 def _first_maximum(dtype: slope.DType) -> str:
-    """The body of a (value, position) reduction that keeps the first maximum, a NaN counting as the maximum."""
+    """The body of a (value, position) reduction that keeps the first maximum, a NaN counting as the maximum and the
+    last NaN winning (PyTorch's index for a window holding NaN)."""
     scalar, index = _scalar(dtype), _scalar(slope.int64)
     kind = "FLOAT" if dtype.is_float else "SIGNED" if dtype.kind == "int" else "UNSIGNED"
 
@@ -147,11 +148,12 @@ def _first_maximum(dtype: slope.DType) -> str:
         "%tie = stablehlo.and %eq, %first : tensor<i1>",
         "%pick = stablehlo.or %gt, %tie : tensor<i1>",
     ]
-    if dtype.is_float:  # a NaN beats every number, and the first NaN every later one
+    if dtype.is_float:  # a NaN beats every number, and the last NaN every earlier one
         lines += [
             f"%nan_a = {compare('NE', '%a', '%a')}",
             f"%num_b = {compare('EQ', '%b', '%b')}",
-            "%over = stablehlo.or %num_b, %first : tensor<i1>",
+            f"%later = {compare('GT', '%ia', '%ib', index, 'SIGNED')}",
+            "%over = stablehlo.or %num_b, %later : tensor<i1>",
             "%nan_wins = stablehlo.and %nan_a, %over : tensor<i1>",
             "%pick_nan = stablehlo.or %pick, %nan_wins : tensor<i1>",
         ]

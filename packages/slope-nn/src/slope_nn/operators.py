@@ -505,6 +505,8 @@ class ScatterAdd(Operator):
                 f"larger than src, nor than x apart from dimension {dim}"
             )
         check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
+        if index.buffer is None:  # traced: a negative index is out of range when it runs, not counted from the end
+            index = slope.where(index < 0, x.shape[dim], index)
         src = src[tuple(slice(0, i) for i in index.shape)]
         short = [0 if d == dim else n - i for d, (i, _, n) in enumerate(sizes)]
         if any(short):  # index covers part of x: the rest gets index 0 and -0.0, which leaves every value as it was
