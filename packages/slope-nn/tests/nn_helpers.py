@@ -12,7 +12,10 @@ import slope
 
 # Tolerances per dtype for comparing a layer against its NumPy reference (relative, absolute). float32 results go
 # through different summation orders (MatMul, Conv kernels), so they agree to a few ulps of the largest terms.
+# float16 and bfloat16 results are computed in float32 and rounded once, so they agree to about one of their ulps.
 TOLERANCES = {
+    "float16": (2e-3, 2e-3),
+    "bfloat16": (1.6e-2, 1.6e-2),
     "float32": (2e-5, 2e-5),
     "float64": (1e-10, 1e-10),
 }

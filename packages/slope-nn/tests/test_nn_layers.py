@@ -440,13 +440,6 @@ def test_embedding_gradient_matches_finite_differences():
 
 # ----------------------------------------------------------------------------------------------- mixed dtypes
 
-# float16 and bfloat16: one rounding of a result computed in float32
-NARROW_TOLERANCES = {
-    "float16": (2e-3, 2e-3),
-    "bfloat16": (1.6e-2, 1.6e-2),
-    "float32": (2e-5, 2e-5),
-    "float64": (1e-10, 1e-10),
-}
 NORMS = {
     "layernorm": (lambda d: nn.LayerNorm(6, dtype=d), lambda f, x, p: f.layer_norm(x, (6,), p[0], p[1])),
     "rmsnorm": (lambda d: nn.RMSNorm(6, eps=1e-6, dtype=d), lambda f, x, p: f.rms_norm(x, (6,), p[0], eps=1e-6)),
@@ -488,5 +481,4 @@ def test_norm_layers_mix_dtypes_as_pytorch(norm, x_dtype, param_dtype):
         return
     got = run(layer, slope.tensor(x32).astype(as_dtype(x_dtype)))
     assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (got.dtype, expected.dtype)
-    rtol, atol = NARROW_TOLERANCES[got.dtype.name]
-    np.testing.assert_allclose(got.astype(slope.float64).numpy(), expected.double().numpy(), rtol=rtol, atol=atol)
+    assert_close(got.astype(slope.float64), expected.double().numpy(), got.dtype.name)

@@ -236,7 +236,7 @@ class Binary(Elementwise):
         out = bind(self, x, scalar) if first else bind(self, scalar, x)
         eager = not _busy and x.backend is scalar.backend is backend_module._state["backend"]  # (no move in eager_run)
         if eager and (program := backend_module._compiled.get((self, (), (x.aval, x.aval), x.backend, x.device))):
-            _scalar_runs.add(key, tuple, (program.run, scalar, out.aval))
+            _scalar_runs.add(key, tuple, (program.run, scalar, out.aval))  # (tuple(entry): the entry itself)
         return out
 
     def infer(self, x: Aval, y: Aval) -> Aval:

@@ -146,7 +146,8 @@ class ProgramTrace(Trace):
 
     def pure(self, value: Tensor) -> Tensor:
         constants = self.main.data.constants  # a closed-over tensor becomes one constant, however often it is used
-        return constants.setdefault(id(value), (value, ProgramTracer(self, value.aval)))[1]
+        entry = constants.get(id(value)) or constants.setdefault(id(value), (value, ProgramTracer(self, value.aval)))
+        return entry[1]  # (a tracer made only for a tensor seen the first time)
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data

@@ -193,17 +193,11 @@ class Module:
                 inputs.push_ref(buffer.ref)
             with lock:
                 invoke(function, inputs, results)
+            if outputs == 1:  # (most programs: no loop)
+                return [results.get_as_object(0, view_type)]
             return [results.get_as_object(i, view_type) for i in indices]
 
-        def call_one(buffers: list) -> list:  # (most programs: one output)
-            inputs, results = new_list(len(buffers)), new_list(1)
-            for buffer in buffers:
-                inputs.push_ref(buffer.ref)
-            with lock:
-                invoke(function, inputs, results)
-            return [results.get_as_object(0, view_type)]
-
-        return call_one if outputs == 1 else call
+        return call
 
 
 def load(mlir: str, device_name: str) -> Module:

@@ -141,11 +141,16 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     if num_classes < 0:
         num_classes = int(x.max().item()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
-    if x.buffer is None:  # traced: gathered from the classes, so one out of range is an IndexError when it runs
-        beyond = slope.where(x < 0, num_classes, x.astype(slope.int64)).reshape((-1,))  # (not from the end)
-        x = take_along_dim(slope.arange(num_classes), beyond, 0).reshape(x.shape)
+    x = checked_when_run(x, num_classes) if x.buffer is None else x
     classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
     return (x.unsqueeze(-1) == classes).astype(slope.int64)
+
+
+def checked_when_run(index: Tensor, size: int) -> Tensor:
+    """Traced indices as they are, gathered from arange(size): one outside [0, size), a negative one too (which a
+    gather would count from the end), is an IndexError when the program runs (concrete ones are checked eagerly)."""
+    beyond = slope.where(index < 0, size, index.astype(slope.int64)).reshape((-1,))
+    return take_along_dim(slope.arange(size), beyond, 0).reshape(index.shape)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -334,12 +339,8 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     if target.buffer is not None:  # concrete: the error names this function (traced: the gather's check, below)
         values = target.numpy()
         check_indices(name, slope.tensor(values[values != ignore_index]), 0, classes, what)
-    if target.buffer is None and classes:  # traced: gathered from the classes, so that a target out of range
-        # (negative ones too, which a gather would count from the end) is an IndexError when the program runs
-        index = slope.where(kept, slope.where(target < 0, classes, target), 0)
-        target = slope.where(
-            kept, take_along_dim(slope.arange(classes), index.reshape((-1,)), 0).reshape(target.shape), -1
-        )
+    if target.buffer is None and classes:  # traced: a target out of range is an IndexError when it runs
+        target = slope.where(kept, checked_when_run(slope.where(kept, target, 0), classes), -1)
     elif 0 <= ignore_index < classes:  # (an ignored class must match no class; others never do)
         target = slope.where(kept, target, -1)
     # each example's row of the classes, True at its target (none for an ignored one, whose target is not a class)
