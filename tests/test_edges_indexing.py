@@ -283,6 +283,37 @@ def test_gather_refuses_negative_indices_as_pytorch(backend, torch):
     _same(slope.gather(slope.tensor(2.0), 0, slope.tensor(0)), expected, "0-d gather")
 
 
+def test_take_along_dim_counts_negative_indices_from_the_end_as_pytorch(backend, torch):
+    rng = np.random.default_rng(0)
+    x, weights = rng.standard_normal((2, 3)), rng.standard_normal((2, 5))
+    index = np.array([[-1, 0, -3, 2, -1], [-2, -2, 1, -3, 0]])  # every index of [-3, 3), repeats too
+    source = torch.tensor(x, requires_grad=True)
+    picked = torch.take_along_dim(source, torch.tensor(index), 1)
+    (picked * torch.tensor(weights)).sum().backward()
+
+    def loss(a, i):
+        return (slope.take_along_dim(a, i, 1) * slope.tensor(weights)).sum()
+
+    for mode, transform in (("eager", lambda f: f), ("jit", slope.jit)):
+        take = transform(lambda a, i: slope.take_along_dim(a, i, 1))
+        _same(take(slope.tensor(x), slope.tensor(index)), picked.detach(), f"take_along_dim {mode}")
+        grad = transform(slope.grad(loss))(slope.tensor(x), slope.tensor(index))
+        np.testing.assert_allclose(grad.numpy(), source.grad.numpy(), rtol=1e-12, err_msg=mode)
+        batched = transform(slope.vmap(lambda a, i: slope.take_along_dim(a, i, 0)))(
+            slope.tensor(x), slope.tensor(index)
+        )
+        _same(batched, picked.detach(), f"vmap {mode}")
+    for bad in (-4, 3):  # outside [-3, 3): PyTorch's gather raises (its CPU take_along_dim wraps, see README)
+        with pytest.raises(RuntimeError):
+            torch.gather(torch.tensor(x), 1, torch.tensor([[bad], [0]]))
+        with pytest.raises(IndexError, match=r"slope\.take_along_dim: .* expected -3 to 2 for dimension 1"):
+            slope.take_along_dim(slope.tensor(x), slope.tensor([[bad], [0]]), 1)
+        with pytest.raises(IndexError, match="take_along_dim|out of"):  # traced: when the program runs
+            slope.jit(lambda a, i: slope.take_along_dim(a, i, 1))(slope.tensor(x), slope.tensor([[bad], [0]]))
+    with pytest.raises(IndexError, match="slope.scatter_add"):  # PyTorch's scatter_add refuses negative indices
+        slope.scatter_add(slope.tensor(x), 1, slope.tensor([[-1], [0]]), slope.tensor([[1.0], [1.0]]))
+
+
 # ----------------------------------------------------------------------------------------------- point 10: empty
 
 

@@ -88,7 +88,7 @@ def test_pooling_and_indexing_errors_name_the_function():
     assert slope.max_pool(slope.ones(1, 1, 2, 2), 2, stride=1, padding=1, dilation=3).tolist() == [[[[-math.inf]]]]
     with pytest.raises(ValueError, match="slope.max_pool.*positive"):
         slope.max_pool(slope.ones(1, 1, 4, 4), 2, stride=0)
-    with pytest.raises(IndexError, match="slope.take_along_dim.*0 to 3"):
+    with pytest.raises(IndexError, match="slope.take_along_dim.*-4 to 3"):  # negative ones count from the end
         slope.take_along_dim(slope.ones(2, 4), slope.tensor([[4], [0]]), 1)
     with pytest.raises(slope.ShapeError, match="slope.scatter_add"):
         slope.scatter_add(slope.ones(2, 4), 1, slope.tensor([[1, 2], [0, 3]]), slope.ones(2, 1))  # src < index

@@ -208,20 +208,26 @@ def _coordinates(fn: Function, index: str, dim: int) -> str:
                    out)  # fmt: skip
 
 
-def _check_range(fn: Function, index: str, size: int, name: str, dim: int) -> None:
-    """An IndexError naming the operator when an index falls outside [0, size) (IREE would clamp it)."""
+def _in_range(fn: Function, index: str, size: int, name: str, dim: int, low: int) -> str:
+    """`index` as int64, negative ones counted from the end (the operators take [-size, size)); an IndexError naming
+    the operator when one falls outside (IREE would clamp it). `low` is what the operator's call accepts (scatter_add
+    turns negative traced indices into `size`, as PyTorch refuses them), for the message."""
     pooled = _from_argmax(fn, index)
     if pooled is not None and size >= math.prod(pooled[0].shape[-len(pooled[1]["kernel"]) :]):
-        return  # max pooling's positions lie in [0, its pooled size) by construction
+        return index  # max pooling's positions lie in [0, its pooled size) by construction
     wide = fn.convert(index, slope.int64)
+    wide = fn.select(fn.compare("LT", wide, fn.like(0, wide)), fn.binary("add", wide, fn.like(size, wide)), wide)
     outside = fn.binary("or", fn.compare("LT", wide, fn.like(0, wide)), fn.compare("GE", wide, fn.like(size, wide)))
-    fn.check(fn.any(outside), f"slope.{name}: an index is out of range; expected 0 to {size - 1} for dimension {dim}")
+    fn.check(
+        fn.any(outside), f"slope.{name}: an index is out of range; expected {low} to {size - 1} for dimension {dim}"
+    )
+    return wide
 
 
 def _take_along_dim(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     (x, index), x_aval, out = inputs, instruction.inputs[0].aval, instruction.outputs[0].aval
     dim = instruction.params["dim"]
-    _check_range(fn, index, x_aval.shape[dim], "take_along_dim", dim)
+    index = _in_range(fn, index, x_aval.shape[dim], "take_along_dim", dim, -x_aval.shape[dim])
     coordinates = _coordinates(fn, index, dim)
     every = ", ".join(map(str, range(x_aval.ndim)))
     text = (
@@ -302,8 +308,7 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
         written = _unpool(fn, index, src, x_aval) if params["unique_indices"] else None
         if written is not None:
             return fn.binary("or" if dtype == slope.bool_ else "add", x, written)
-        _check_range(fn, index, x_aval.shape[dim], "scatter_add", dim)
-        coordinates = _coordinates(fn, index, dim)
+        coordinates = _coordinates(fn, _in_range(fn, index, x_aval.shape[dim], "scatter_add", dim, 0), dim)
         every = ", ".join(map(str, range(x_aval.ndim)))
         scalar = _scalar(dtype)
         combine = "or" if dtype == slope.bool_ else "add"

@@ -21,7 +21,8 @@ transpose and batching rules and a procedure for backends without them.
   `max_pool_argmax` finds, with `take_along_dim`; in reverse mode that becomes `scatter_add`, which routes each
   cotangent to its arg-max (and adds where windows overlap).
 - `take_along_dim(x, index, dim)` and `scatter_add(x, dim, index, src)` are PyTorch's (on index tensors of the
-  shape of the result / of src); they are each other's transposes. `unique_indices=True` promises that no index
+  shape of the result / of src); they are each other's transposes. The operators take indices in [-size, size),
+  negative ones counted from the end; scatter_add's call refuses negative ones, as PyTorch's does. `unique_indices=True` promises that no index
   repeats along `dim` (non-overlapping windows), so a backend may write instead of add.
 
 They use only Slope's public API, as a third-party plugin would.
@@ -458,7 +459,8 @@ class TakeAlongDim(Operator):
             raise self.shape_error(f"x of shape {x.shape} and index of shape {index.shape} do not broadcast") from None
         x = x.expand((*common[:dim], x.shape[dim], *common[dim:]))
         index = index.expand((*common[:dim], index.shape[dim], *common[dim:]))
-        check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
+        size = x.shape[dim]  # negative indices count from the end, as in PyTorch
+        check_indices(self.name, index, -size, size, f"dimension {dim} of size {size}")
         return slope.bind(self, x, index, dim=dim, unique_indices=bool(unique_indices))
 
     def infer(self, x: Aval, index: Aval, *, dim: int, unique_indices: bool) -> Aval:
@@ -480,7 +482,7 @@ class TakeAlongDim(Operator):
         return [slope.bind(self, x, index, dim=dim + 1, unique_indices=unique_indices)], [0]
 
     def procedure(self, x: Tensor, index: Tensor, *, dim: int, unique_indices: bool) -> Tensor:
-        return slope.gather(x, dim, index)
+        return slope.gather(x, dim, slope.where(index < 0, index + x.shape[dim], index))
 
 
 class ScatterAdd(Operator):
