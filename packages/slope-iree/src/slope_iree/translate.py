@@ -459,11 +459,115 @@ def _div(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     return safe_int_div(fn, *inputs)
 
 
-def _float_pow(fn: Function, x: str, y: str) -> str:
+def _two_product(fn: Function, a: str, b: str) -> tuple[str, str]:
+    """a * b as an unevaluated sum p + e of float64s (Dekker's product with Veltkamp's split: StableHLO has no fma)."""
+
+    def split(v: str) -> tuple[str, str]:
+        scaled = fn.binary("multiply", v, fn.like(134217729.0, v))  # 2 ** 27 + 1
+        high = fn.binary("subtract", scaled, fn.binary("subtract", scaled, v))
+        return high, fn.binary("subtract", v, high)
+
+    p = fn.binary("multiply", a, b)
+    (ah, al), (bh, bl) = split(a), split(b)
+    e = fn.binary("subtract", fn.binary("multiply", ah, bh), p)
+    e = fn.binary("add", fn.binary("add", e, fn.binary("multiply", ah, bl)), fn.binary("multiply", al, bh))
+    return p, fn.binary("add", e, fn.binary("multiply", al, bl))
+
+
+def _double_double_product(fn: Function, a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
+    p, e = _two_product(fn, a[0], b[0])
+    e = fn.binary("add", e, fn.binary("add", fn.binary("multiply", a[0], b[1]), fn.binary("multiply", a[1], b[0])))
+    high = fn.binary("add", p, e)
+    return high, fn.binary("subtract", e, fn.binary("subtract", high, p))
+
+
+# integer exponents up to 1700 in magnitude (beyond, a power is 0 or inf unless x is near 1): m ** 1700 stays within
+# 2 ** +-850, where the double-double arithmetic neither overflows nor loses bits
+_EXACT_POW_LIMIT, _EXACT_POW_BITS = 1700.0, 11
+
+
+def _power_of_two(fn: Function, k: str) -> str:
+    """2.0 ** k for float64 integers k in [-1022, 1023], built from its bits."""
+    bits = fn.unary("convert", fn.binary("add", k, fn.like(1023.0, k)), Aval(fn.avals[k].shape, slope.int64))
+    bits = fn.binary("shift_left", bits, fn.like(52, bits))
+    return fn.unary("bitcast_convert", bits, fn.avals[k])
+
+
+def _scaled(fn: Function, v: str, k: str) -> str:
+    """v * 2 ** k for a float64 integer k of any size, by factors of at most 2 ** 1000: exact unless the result is
+    out of the normal range (then 0 or inf, or subnormal where subnormals are kept)."""
+    low, high = fn.like(-1000.0, k), fn.like(1000.0, k)
+    for _ in range(3):
+        step = fn.binary("minimum", fn.binary("maximum", k, low), high)
+        v, k = fn.binary("multiply", v, _power_of_two(fn, step)), fn.binary("subtract", k, step)
+    return v
+
+
+def _integer_pow(fn: Function, x: str, y: str, fallback: str) -> str:
+    """|x| ** y for float64 integer y, |y| <= _EXACT_POW_LIMIT: |x| = m 2 ** e with m in [sqrt(1/2), sqrt(2)),
+    m ** |y| by squaring and multiplying in double-double arithmetic (relative error near 2 ** -100: correctly
+    rounded but for ties that close), inverted for a negative y, then scaled by 2 ** (e y) exactly. So exact where
+    the power is representable, as PyTorch's pow (0.5 ** 3 is 0.125; IREE's exp(y log x) gave 0.12500000000000003,
+    2 ** 1024 a finite number). `fallback` for other x and y (0, subnormals, inf and NaN too)."""
+    magnitude, n = fn.unary("abs", x), fn.unary("abs", y)
+    zero, one, half = fn.like(0.0, x), fn.like(1.0, x), fn.like(0.5, x)
+    shape = fn.avals[x].shape
+    bits = fn.unary("bitcast_convert", magnitude, Aval(shape, slope.int64))
+    biased = fn.binary("shift_right_logical", bits, fn.like(52, bits))
+    e = fn.binary("subtract", fn.unary("convert", biased, Aval(shape, slope.float64)), fn.like(1023.0, x))
+    fraction = fn.binary("and", bits, fn.like((1 << 52) - 1, bits))
+    m = fn.unary("bitcast_convert", fn.binary("or", fraction, fn.like(1023 << 52, bits)), fn.avals[x])  # [1, 2)
+    above = fn.compare("GT", m, fn.like(math.sqrt(2.0), x))
+    m = fn.select(above, fn.binary("multiply", m, half), m)
+    e = fn.select(above, fn.binary("add", e, one), e)
+    result, power = (one, zero), (m, zero)
+    for bit in range(_EXACT_POW_BITS):
+        halved = fn.unary("floor", fn.binary("multiply", n, half))
+        odd = fn.compare("NE", fn.binary("add", halved, halved), n)
+        product = _double_double_product(fn, result, power)
+        result = tuple(fn.select(odd, p, r) for p, r in zip(product, result))
+        if bit < _EXACT_POW_BITS - 1:
+            power, n = _double_double_product(fn, power, power), halved
+    high, low = result  # within 2 ** +-850
+    # m ** -n as 1 / (m ** n): q = 1 / high, corrected by the residual 1 - q * (high + low)
+    q = fn.binary("divide", one, high)
+    p, err = _two_product(fn, q, high)
+    residual = fn.binary("subtract", fn.binary("subtract", one, p), err)
+    residual = fn.binary("subtract", residual, fn.binary("multiply", q, low))
+    inverse = fn.binary("add", q, fn.binary("multiply", q, residual))
+    value = fn.select(fn.compare("LT", y, zero), inverse, fn.binary("add", high, low))
+    value = _scaled(fn, value, fn.binary("multiply", e, y))
+    integral = fn.compare("EQ", fn.unary("floor", y), y)
+    usable = fn.binary("and", integral, fn.compare("LE", fn.unary("abs", y), fn.like(_EXACT_POW_LIMIT, y)))
+    # normal x only: IREE's CPU code reads subnormal float64s as zero (and flushes subnormal results to zero)
+    normal = fn.compare("GE", magnitude, fn.like(2.0**-1022, x))
+    normal = fn.binary("and", normal, fn.compare("LT", magnitude, fn.like(math.inf, x)))
+    return fn.select(fn.binary("and", usable, normal), value, fallback)
+
+
+def _corrected_pow(fn: Function, magnitude: str, y: str, plain: str) -> str:
+    """|x| ** y in float64 as exp(y log|x|), with log|x|'s rounding error (about |log x| ulps, which exp multiplies
+    by y) estimated by |x| / exp(log|x|) - 1 and y log|x| kept as a double-double: a few ulps instead of
+    |y log x| (1e300 ** 1.5 was 700 ulps off). `plain` where the estimate is not finite."""
+    log = fn.unary("log", magnitude)
+    back = fn.unary("exponential", log)
+    correction = fn.binary("divide", fn.binary("subtract", magnitude, back), back)
+    p, err = _two_product(fn, y, log)
+    low = fn.binary("add", err, fn.binary("multiply", y, correction))
+    high = fn.unary("exponential", p)
+    out = fn.binary("add", high, fn.binary("multiply", high, low))
+    finite = fn.compare("LT", fn.unary("abs", out), fn.like(math.inf, out))  # false for NaN too
+    return fn.select(finite, out, plain)
+
+
+def _float_pow(fn: Function, x: str, y: str, exact_integers: bool = False) -> str:
     """x ** y by C's rules (as PyTorch): IREE's power is exp(y log x), NaN for every negative base and for 1 ** nan;
     so |x| ** y, negated for a negative base and an odd integer y, NaN for a negative base and a non-integer y,
-    and 1 where y is 0 or x is 1, or x is -1 and y infinite."""
+    and 1 where y is 0 or x is 1, or x is -1 and y infinite. `exact_integers` (float64): integer y by `_integer_pow`
+    (exp(y log x) is |y log x| float64 ulps off, well within a float32 rounding)."""
     magnitude = fn.binary("power", fn.unary("abs", x), y)
+    if exact_integers:
+        magnitude = _integer_pow(fn, x, y, _corrected_pow(fn, fn.unary("abs", x), y, magnitude))
     zero, one, two = fn.like(0.0, x), fn.like(1.0, x), fn.like(2.0, x)
     integral = fn.compare("EQ", fn.unary("floor", y), y)
     half = fn.binary("divide", y, two)
@@ -472,7 +576,9 @@ def _float_pow(fn: Function, x: str, y: str) -> str:
     negative = fn.compare("LT", bits, fn.like(0, bits))  # the sign bit: -0.0 too (-0.0 ** -3 is -inf)
     infinite_y = fn.compare("EQ", fn.unary("abs", y), fn.like(math.inf, y))
     result = fn.select(fn.binary("and", negative, odd), fn.unary("negate", magnitude), magnitude)
-    invalid = fn.binary("and", negative, fn.unary("not", fn.binary("or", integral, infinite_y)))
+    # NaN for a finite base below 0 only: -0.0 and -inf to a non-integer power are 0 or inf (C's pow, PyTorch)
+    below = fn.binary("and", fn.compare("LT", x, zero), fn.compare("GT", x, fn.like(-math.inf, x)))
+    invalid = fn.binary("and", below, fn.unary("not", fn.binary("or", integral, infinite_y)))
     result = fn.select(invalid, fn.like(math.nan, x), result)
     unit = fn.binary("or", fn.compare("EQ", y, zero), fn.compare("EQ", x, one))
     unit = fn.binary("or", unit, fn.binary("and", fn.compare("EQ", x, fn.like(-1.0, x)), infinite_y))
@@ -507,7 +613,7 @@ def _pow(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     """x ** y: floats in float64 (rounded once for narrower dtypes) with C's special cases, integers wrapping."""
     dtype = _out(instruction).dtype
     if dtype.is_float:
-        return in_float64(fn, inputs, dtype, lambda x, y: _float_pow(fn, x, y))
+        return in_float64(fn, inputs, dtype, lambda x, y: _float_pow(fn, x, y, dtype == slope.float64))
     return _int_pow(fn, *inputs)
 
 

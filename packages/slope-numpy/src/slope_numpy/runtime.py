@@ -24,6 +24,16 @@ def pairwise_sum(x, axis, keepdims):
     return total.reshape([1 if d in axis else size for d, size in enumerate(x.shape)]) if keepdims else total
 
 
+def float_pow(x, y):
+    """x ** y by C's pow (PyTorch's for tensor exponents): NumPy takes an exponent of 0.5 it reads as one number (0-d,
+    or broadcast) for sqrt, which makes -0.0 ** 0.5 -0.0 and -inf ** 0.5 NaN (C: 0.0 and inf)."""
+    out = np.power(x, y)
+    half = y == 0.5
+    if half.any():
+        out = np.where(half & np.signbit(x) & ((x == 0) | np.isinf(x)), -x, out)
+    return out
+
+
 def int_pow(x, y):
     """Integer x ** y as PyTorch computes it: wrapping around on overflow; a negative exponent gives 0 unless |x| is 1
     (x ** (y mod 2) then, which NumPy computes where it refuses negative exponents)."""

@@ -25,7 +25,7 @@ def _div(ins: list, params: dict, out: Any) -> str:
 
 def _pow(ins: list, params: dict, out: Any) -> str:
     if out.dtype.is_float:
-        return f"np.power({ins[0]}, {ins[1]})"
+        return f"runtime.float_pow({ins[0]}, {ins[1]})"
     return f"runtime.int_pow({ins[0]}, {ins[1]})"
 
 
