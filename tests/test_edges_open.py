@@ -9,6 +9,7 @@ Values are compared with PyTorch exactly (NaN with NaN) unless a tolerance is st
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -226,6 +227,40 @@ def test_conv_takes_a_batchless_input_and_checks_its_bias(backend):
     same(slope.conv(slope.tensor(x), slope.tensor(w)), F.conv1d(torch.tensor(x), torch.tensor(w)))
     with pytest.raises(slope.ShapeError, match="slope.conv: expected a bias"):
         slope.conv(slope.tensor(x), slope.tensor(w), slope.ones(1))
+
+
+EMPTY_CONVS = [  # (x shape, w shape, kwargs): an input empty in a spatial dimension
+    ((1, 1, 1, 0), (1, 1, 1, 1), {"padding": 1}),  # the differential suite's find: zeros of shape (1, 1, 3, 2)
+    ((2, 3, 0), (4, 3, 2), {"padding": 2}),
+    ((1, 1, 0, 2, 2), (1, 1, 1, 1, 1), {"padding": 1}),
+    ((3, 0), (2, 3, 1), {"padding": 1}),  # batch-less
+    ((0, 1, 1, 0), (1, 1, 1, 1), {"padding": 1}),  # no batch: PyTorch's empty result
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", EMPTY_CONVS)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_convolution_of_an_input_empty_in_space_raises_as_pytorch(backend, x_shape, w_shape, kwargs, transposed):
+    """PyTorch refuses an input empty in a spatial dimension unless its batch (or channel) dimension is empty too;
+    Slope returned zeros there (padding made the output non-empty): a ShapeError naming the function and shapes."""
+    n = len(w_shape) - 2
+    name = "conv_transpose" if transposed else "conv"
+    if transposed:  # weight (C_in, C_out, *kernel); padding of the output, so none here
+        w_shape, kwargs = (w_shape[1], w_shape[0], *(3 for _ in w_shape[2:])), {}  # outputs of size 2 and more
+    reference = getattr(F, f"conv_transpose{n}d" if transposed else f"conv{n}d")
+    x, w = np.zeros(x_shape, np.float32), np.ones(w_shape, np.float32)
+    try:
+        expected = reference(torch.tensor(x), torch.tensor(w), **kwargs)
+    except RuntimeError:
+        expected = None
+    shapes = "|".join(re.escape(str(shape)) for shape in (x_shape, (1, *x_shape)))  # batch-less: with a batch of 1
+    for transform in (lambda f: f, slope.jit):
+        call = transform(lambda a, b: getattr(slope, name)(a, b, **kwargs))
+        if expected is None:
+            with pytest.raises(slope.ShapeError, match=rf"slope\.{name}: .*({shapes})"):
+                call(slope.tensor(x), slope.tensor(w))
+        else:
+            same(call(slope.tensor(x), slope.tensor(w)), expected)
 
 
 def test_log_softmax_beside_inf(backend):

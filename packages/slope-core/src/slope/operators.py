@@ -815,15 +815,15 @@ class Conv(Operator):
         spatial, kernel = [], w.shape[2:]
         for size, k, s, (lo, hi), d in zip(x.shape[2:], kernel, stride, padding, dilation):
             span = d * (k - 1) + 1
-            if size + lo + hi < span:
-                raise self.shape_error(f"kernel {kernel} (dilation {dilation}) is larger than padded input {x.shape}")
+            if size + lo + hi < span or size == 0 < x.shape[0] * x.shape[1]:  # PyTorch: empty only with N or C 0
+                raise self.shape_error(f"kernel {kernel} (dilation {dilation}) is larger than input {x.shape} padded by "
+                                       f"{padding}, or the input is empty in a spatial dimension")  # fmt: skip
             spatial.append((size + lo + hi - span) // s + 1)
         return Aval((x.shape[0], w.shape[0], *spatial), x.dtype)
 
     def transpose(self, cotangents: list, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
                   groups: int) -> list:  # fmt: skip
-        ct = cotangents[0]
-        n = ct.ndim - 2
+        ct, n = cotangents[0], cotangents[0].ndim - 2
         if isinstance(x, UndefinedPrimal):
             out_ch, in_per_group, *kernel = w.shape
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight

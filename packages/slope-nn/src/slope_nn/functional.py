@@ -196,6 +196,9 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     )
     if min(spatial) < 1:
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} gives an output of size {spatial} (too small)")
+    if 0 in size and batch and c_in:  # PyTorch: an empty spatial dimension only with no batch or no channels
+        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} is empty in a spatial dimension (weight "
+                               f"{weight.shape}); only a batch or channels of 0 may be empty")  # fmt: skip
     # Each input element times the weight, added into the output at its offsets (PyTorch's col2im): one product per
     # group of input channels, then one strided placement per kernel offset. No product with an inserted or padding
     # zero, so an infinite weight gives NaN only where PyTorch's does (a dilated convolution would multiply them).
