@@ -310,6 +310,10 @@ def test_take_along_dim_counts_negative_indices_from_the_end_as_pytorch(backend,
             slope.take_along_dim(slope.tensor(x), slope.tensor([[bad], [0]]), 1)
         with pytest.raises(IndexError, match="take_along_dim|out of"):  # traced: when the program runs
             slope.jit(lambda a, i: slope.take_along_dim(a, i, 1))(slope.tensor(x), slope.tensor([[bad], [0]]))
+    empty = slope.tensor(np.zeros((2, 0), np.int64))  # no index: a zero gradient (IREE's compiler crashed on it)
+    for transform in (lambda f: f, slope.jit):
+        grad = transform(slope.grad(lambda a: slope.take_along_dim(a, empty, 1).sum()))(slope.tensor(x))
+        np.testing.assert_array_equal(grad.numpy(), np.zeros_like(x))
     with pytest.raises(IndexError, match="slope.scatter_add"):  # PyTorch's scatter_add refuses negative indices
         slope.scatter_add(slope.tensor(x), 1, slope.tensor([[-1], [0]]), slope.tensor([[1.0], [1.0]]))
 

@@ -302,6 +302,8 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
     (x, index, src), x_aval, out = inputs, instruction.inputs[0].aval, instruction.outputs[0].aval
     params = instruction.params
     dim = params["dim"]
+    if not instruction.inputs[1].aval.size:  # nothing to add (IREE's compiler crashes on a scatter of no updates)
+        return x
 
     def scatter(x: str, src: str) -> str:
         dtype = fn.avals[x].dtype
