@@ -136,6 +136,7 @@ class _Threads:
 
 
 _open_pools: OrderedDict[_PooledRun, None] = OrderedDict()  # open pooled sessions, the least recently run first
+_last_pooled: list = [None]  # the most recently run one (a session closes only when others ran after it)
 _pools_lock = threading.Lock()
 
 
@@ -150,6 +151,9 @@ class _PooledRun:
         self.open()
 
     def __call__(self, buffers: list) -> list:
+        runner = self.runner
+        if runner is not None and _last_pooled[0] is self:  # run last: still the most recent, no bookkeeping
+            return runner(buffers)
         return self.open()(buffers)
 
     def open(self) -> Callable:
@@ -163,6 +167,7 @@ class _PooledRun:
             runner = self.runner
             _open_pools[self] = None
             _open_pools.move_to_end(self)
+            _last_pooled[0] = self
             while len(_open_pools) > _Threads.pooled_sessions:
                 closed = _open_pools.popitem(last=False)[0]
                 closed.session = closed.runner = None  # its threads end once no run in progress holds it
