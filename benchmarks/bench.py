@@ -284,7 +284,8 @@ def reference_mlp_model(lr: float = LEARNING_RATE) -> Any:
 
 
 def _ort_session(model_bytes: bytes) -> Any:
-    """A session with Slope's thread setup for large programs (all CPUs, sequential, no spinning), all optimizations.
+    """A session with Slope's thread setup for large programs (all CPUs, sequential, workers spinning only as long as
+    SLOPE_ORT_SPIN_US says, by default never), all optimizations.
 
     The same setup as Slope's own sessions, so the comparison measures the graph and the call overhead, not thread
     settings (spinning workers would also slow every other library timed in this process).
@@ -295,13 +296,16 @@ def _ort_session(model_bytes: bytes) -> Any:
     options.log_severity_level = 3
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    global_pool = False
+    global_pool, spin_us = False, 0
     if importlib.util.find_spec("slope_onnx") is not None:
         from slope_onnx.backend import _Threads
 
-        global_pool = bool(_Threads.global_pool)
+        _Threads.setup()  # (the settings as the backend reads them, if it was not made yet)
+        global_pool, spin_us = bool(_Threads.global_pool), _Threads.spin_us
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
+    if spin_us:  # (SLOPE_ORT_SPIN_US, as Slope's pooled sessions)
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     if global_pool:
         options.use_per_session_threads = False  # required once a global pool exists
     else:

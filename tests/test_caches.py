@@ -227,3 +227,34 @@ def test_onnxruntime_threads_stay_bounded_however_many_large_programs():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "bound " in done.stdout and "-> bounded" in done.stdout
+
+
+_SPIN_CHECK = """
+import numpy as np, slope
+step = slope.jit(lambda x: (x @ x.T).sum(0) * 2.0)  # large enough for a session with a thread pool
+x = slope.tensor(np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32))
+options = step.lower(x).executable.session.get_session_options()
+spin = options.get_session_config_entry("session.intra_op.allow_spinning")
+try:
+    duration = options.get_session_config_entry("session.intra_op.spin_duration_us")
+except Exception:  # (no entry)
+    duration = "-"
+print(spin, duration, float(step(x).sum()))
+"""
+
+
+@pytest.mark.parametrize("setting", [None, "150"])
+def test_onnxruntime_workers_spin_only_when_asked(setting):
+    """SLOPE_ORT_SPIN_US=n lets a pooled session's workers spin n µs (issue 4: by default they never spin); the
+    results are the same either way."""
+    pytest.importorskip("slope_onnx")
+    env = dict(os.environ, SLOPE_BACKEND="onnxruntime", SLOPE_ORT_THREADS="2")
+    env.pop("SLOPE_ORT_SPIN_US", None)
+    if setting is not None:
+        env["SLOPE_ORT_SPIN_US"] = setting
+    done = subprocess.run([sys.executable, "-c", _SPIN_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    spin, duration, total = done.stdout.split()
+    assert (spin, duration) == (("0", "-") if setting is None else ("1", setting))
+    x = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+    np.testing.assert_allclose(float(total), float(((x @ x.T).sum(0) * 2.0).sum()), rtol=1e-4)

@@ -75,8 +75,8 @@ class Program:
 
     @property
     def out_avals(self) -> list[Aval]:
-        """Abstract values of the outputs."""
-        return [v.aval for v in self.outputs]
+        """Abstract values of the outputs (interned: the cache keys of tensors made from them compare by identity)."""
+        return [aval_of(v.aval.shape, v.aval.dtype) for v in self.outputs]
 
     def names(self) -> dict[Var, str]:
         """Readable names: x0.. for inputs, c0.. for constants, y0.. for everything computed."""

@@ -743,9 +743,8 @@ class Matmul(Operator):
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
         if y.ndim == 2 < x.ndim:  # one 2-d product: y is not copied across the batch, nor its gradient summed back
-            out = reshape(
-                bind(self, reshape(x, (math.prod(x.shape[:-1]), x.shape[-1])), y), (*x.shape[:-1], y.shape[-1])
-            )
+            flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), x.shape[-1])), y)
+            out = reshape(flat, (*x.shape[:-1], y.shape[-1]))
         else:
             batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
             out = bind(self, broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:]))

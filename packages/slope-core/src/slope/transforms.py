@@ -515,7 +515,7 @@ class Lowered:
         return self.backend.export(self.executable.program, str(path), **options)
 
 
-_LEAVES = frozenset({Tensor, np.ndarray})  # the argument types of jit's common call
+_LEAVES, _TENSOR = frozenset({Tensor, np.ndarray}), frozenset({Tensor})  # the argument types of jit's common calls
 
 
 class jit:  # noqa: N801 - used as a decorator, like jax.jit
@@ -544,10 +544,11 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
         else:
             leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
-            # Python floats and ints are traced, as in JAX: 0-d float32 / int64 tensors (promoting like the scalars)
-            leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
-            tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-            others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools, None...
+            tensors, others = leaves, ()  # (a tree of tensors only, as a train step's: nothing more to do)
+            if not _TENSOR.issuperset(map(type, leaves)):  # floats and ints are traced, as in JAX: 0-d tensors
+                leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
+                tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+                others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools...
         backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
         key = (in_tree, bool(kwargs), others, backend, device, *map(backend_module._aval, tensors))

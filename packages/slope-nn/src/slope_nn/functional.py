@@ -150,7 +150,7 @@ def checked_when_run(index: Tensor, size: int) -> Tensor:
     """Traced indices as they are, gathered from arange(size): one outside [0, size), a negative one too (which a
     gather would count from the end), is an IndexError when the program runs (concrete ones are checked eagerly)."""
     beyond = slope.where(index < 0, size, index.astype(slope.int64)).reshape((-1,))
-    return take_along_dim(slope.arange(size), beyond, 0).reshape(index.shape)
+    return take_along_dim(slope.tensor(np.arange(size)), beyond, 0).reshape(index.shape)  # (a constant table)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -337,33 +337,35 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     if target.shape != expected:
         raise slope.ShapeError(f"slope.{name}: class-index targets of shape {target.shape} do not fit input of shape "
                                f"{logp.shape} (expected {expected})")  # fmt: skip
-    kept = target != _number(name, ignore_index, "ignore_index")
+    ignored = target == _number(name, ignore_index, "ignore_index")
     what = f"input of shape {logp.shape} ({classes} classes)"
     if target.buffer is not None:  # concrete: the error names this function (traced: the gather's check, below)
         values = target.numpy()
         check_indices(name, slope.tensor(values[values != ignore_index]), 0, classes, what)
     if target.buffer is None and classes:  # traced: a target out of range is an IndexError when it runs
-        target = slope.where(kept, checked_when_run(slope.where(kept, target, 0), classes), -1)
+        target = slope.where(ignored, -1, checked_when_run(slope.where(ignored, 0, target), classes))
     elif 0 <= ignore_index < classes:  # (an ignored class must match no class; others never do)
-        target = slope.where(kept, target, -1)
+        target = slope.where(ignored, -1, target)
     # each example's row of the classes, True at its target (none for an ignored one, whose target is not a class)
-    chosen = target.reshape(target.shape + (1,)) == slope.arange(classes).astype(target.dtype)
+    chosen = target.reshape(target.shape + (1,)) == slope.tensor(np.arange(classes)).astype(target.dtype)
     if class_dim == 1 and logp.ndim > 2:
         chosen = chosen.permute((0, chosen.ndim - 1, *range(1, chosen.ndim - 1)))
     # the target's log-probability (a select, not a gather: its gradient is no scatter, which costs more on small
     # outputs), 0 for an ignored target; times its class's weight, where PyTorch's 0 * -inf is NaN too
-    at_target = slope.where(chosen, logp, 0.0).sum(class_dim)
+    at_target = slope.where(chosen, logp, 0.0).sum(class_dim, keepdim=True)
     if weight is None:
-        losses, weights = -at_target, kept.astype(logp.dtype)
+        weights = (~ignored).astype(logp.dtype)
     else:
         weights = slope.where(chosen, weight, 0.0).sum(class_dim)
-        losses = -(weights * at_target)
-    if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
-        losses = losses + math.nan
+        at_target = weights.unsqueeze(class_dim) * at_target
     if reduction == "mean":  # (each term divided on its own, as PyTorch: 0 / 0 is NaN even beside a smooth term)
-        losses = losses.sum() / weights.sum()
+        losses = -at_target.sum() / weights.sum()
+    else:
+        losses = -at_target.squeeze(class_dim)
+        if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
+            losses = losses + math.nan
     if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
-        smooth = slope.where(kept, -(logp if weight is None else logp * weight).sum(class_dim), 0.0)
+        smooth = slope.where(ignored, 0.0, -(logp if weight is None else logp * weight).sum(class_dim))
         smooth = smooth.sum() / weights.sum() if reduction == "mean" else smooth
         losses = losses * (1.0 - label_smoothing) + smooth * (label_smoothing / classes if classes else math.nan)
     return losses if reduction == "mean" else reduce_loss(name, losses, reduction)

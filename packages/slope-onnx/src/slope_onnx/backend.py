@@ -103,7 +103,9 @@ class _Threads:
       closes, ending its threads, and is rebuilt when it runs again. So threads stay bounded however many programs
       are cached (onnxruntime has no way to share a per-session pool between sessions).
     `SLOPE_ORT_THREADS=n` sets intra_op (default: the CPUs this process may use), `SLOPE_ORT_POOLED_SESSIONS=n` the
-    open pooled sessions (default 8). `SLOPE_ORT_GLOBAL_POOL=1` puts every session on onnxruntime's one process-wide
+    open pooled sessions (default 8). `SLOPE_ORT_SPIN_US=n` lets the workers of pooled sessions spin up to n µs after
+    their work before they sleep (default 0: never): a train step run back to back then wakes no sleeping thread, at
+    the price of CPU time burnt. `SLOPE_ORT_GLOBAL_POOL=1` puts every session on onnxruntime's one process-wide
     pool instead (one set of threads for any number of programs), whose workers do spin after each run (onnxruntime's
     Python API has no switch for that), and which makes onnxruntime refuse every other session in the process that
     does not set `use_per_session_threads = False`.
@@ -111,6 +113,7 @@ class _Threads:
 
     intra_op = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     pooled_sessions = 8
+    spin_us = 0
     global_pool: bool | None = None  # None until the backend is first made
 
     @classmethod
@@ -122,6 +125,7 @@ class _Threads:
         if requested:
             cls.intra_op = max(1, int(requested))
         cls.pooled_sessions = max(1, int(os.environ.get("SLOPE_ORT_POOLED_SESSIONS", cls.pooled_sessions)))
+        cls.spin_us = max(0, int(os.environ.get("SLOPE_ORT_SPIN_US") or 0))
         cls.global_pool = False
         if os.environ.get("SLOPE_ORT_GLOBAL_POOL", "0") not in ("", "0") and cls.intra_op > 1:
             try:
@@ -132,6 +136,7 @@ class _Threads:
 
 
 _open_pools: OrderedDict[_PooledRun, None] = OrderedDict()  # open pooled sessions, the least recently run first
+_last_pooled: list = [None]  # the most recently run one (a session closes only when others ran after it)
 _pools_lock = threading.Lock()
 
 
@@ -146,6 +151,9 @@ class _PooledRun:
         self.open()
 
     def __call__(self, buffers: list) -> list:
+        runner = self.runner
+        if runner is not None and _last_pooled[0] is self:  # run last: still the most recent, no bookkeeping
+            return runner(buffers)
         return self.open()(buffers)
 
     def open(self) -> Callable:
@@ -159,6 +167,7 @@ class _PooledRun:
             runner = self.runner
             _open_pools[self] = None
             _open_pools.move_to_end(self)
+            _last_pooled[0] = self
             while len(_open_pools) > _Threads.pooled_sessions:
                 closed = _open_pools.popitem(last=False)[0]
                 closed.session = closed.runner = None  # its threads end once no run in progress holds it
@@ -171,8 +180,11 @@ def _options(pooled: bool) -> ort.SessionOptions:
     options.log_severity_level = _FATAL  # failures raise exceptions; do not also print them in red
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    spin = pooled and _Threads.spin_us > 0
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spin:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(_Threads.spin_us))
     if _Threads.global_pool:
         options.use_per_session_threads = False  # required by onnxruntime once a global pool exists
     else:
