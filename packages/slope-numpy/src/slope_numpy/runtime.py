@@ -52,6 +52,17 @@ def gather_nd(x, idx):
         raise IndexError(f"slope.gather_nd (x[index], slope.getitem): {error}; indices lie in [-size, size)") from None
 
 
+def take_along_axis(x, idx, axis):
+    """np.take_along_axis for slope.take_along_dim (registered by slope-nn), whose out-of-range error names it."""
+    try:
+        return np.take_along_axis(x, idx, axis=axis)
+    except IndexError as error:
+        raise IndexError(
+            f"slope.take_along_dim: an index is out of range (indices must lie in [-size, size) of the dimension they "
+            f"index); numpy: {error}"
+        ) from None
+
+
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
     if idx.shape[-1] == 0:  # every update adds to all of x
