@@ -769,6 +769,8 @@ def _arange(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 def _matmul(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     """dot_general over the last two dimensions (float16/bfloat16 accumulate in float32, as PyTorch on the CPU)."""
     out = _out(instruction)
+    if _in(instruction, 0).shape[-1] == 0:  # sums of no products (IREE's compiler crashed on a dot of size 0)
+        return fn.constant(0, out)
     if out.dtype.name in _HALF:
         return in_float32(fn, inputs, out.dtype, fn.matrix_product)
     # a factor that is a transpose of its last two dimensions is read as it is (the MLP step's x.T @ ct, ct @ w.T)
