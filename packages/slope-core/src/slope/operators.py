@@ -703,8 +703,7 @@ class Arange(Operator):
 
 
 class RandomSample(Operator):
-    """random_uniform (in [0, 1)) and random_normal (standard normal) samples from a Threefry key (the same bits on
-    every backend)."""
+    """random_uniform ([0, 1)) and random_normal (standard normal) samples from a Threefry key, the same on all backends."""
 
     def __call__(self, key: Tensor, shape: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)

@@ -10,8 +10,7 @@ from .dtypes import DType
 from .errors import SlopeTraceError
 from .ir import Aval
 
-# Filled by the plugin host: every operator and procedure by name (also attached as Tensor methods).
-functions: dict[str, Any] = {}
+functions: dict[str, Any] = {}  # filled by the plugin host: every operator and procedure by name (also Tensor methods)
 
 
 def missing_function_hint(name: str) -> str:
