@@ -52,7 +52,9 @@ def test_products_over_an_empty_contraction_are_zeros_as_pytorch(backend, mode, 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-15), ("float32", 1e-6), ("float16", 1e-3)])
 def test_log1p_is_accurate_for_tiny_inputs_as_pytorch(backend, mode, dtype, rtol, torch):
     """log1p was log(1 + x): 0 for float32 x = 1e-8, float64 values off by 6e-9 relative; gradients too."""
-    x = np.array([0.0, -0.0, 1e-8, -1e-8, 1e-3, -0.3, 0.4999, -0.5, 0.7, -1.0, -2.0, 3.0, 1e30, np.inf, -np.inf, np.nan])
+    x = np.array(
+        [0.0, -0.0, 1e-8, -1e-8, 1e-3, -0.3, 0.4999, -0.5, 0.7, -1.0, -2.0, 3.0, 1e30, np.inf, -np.inf, np.nan]
+    )
     x = x.astype(dtype)
     expected = torch.log1p(torch.tensor(x))
     got = MODES[mode](slope.log1p)(slope.tensor(x))
