@@ -67,3 +67,14 @@ def test_log1p_is_accurate_for_tiny_inputs_as_pytorch(backend, mode, dtype, rtol
     torch.log1p(source).sum().backward()
     grad = MODES[mode](slope.grad(lambda t: slope.log1p(t).sum()))(slope.tensor(finite))
     check(grad, source.grad, f"{backend} {mode} log1p' {dtype}", rtol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wide", ["float16", "float32", "float64"])
+def test_float16_to_bfloat16_rounds_inside_a_program_as_pytorch(backend, mode, wide, torch):
+    """float16 -> bfloat16 -> a wider dtype in one program: IREE folded the two conversions into one (127.875 stayed
+    127.875, not bfloat16's 128)."""
+    x = np.array([127.875, -128.875, 255.5, 1.0009765625, 65504.0, 6e-8, -0.0, np.inf, np.nan], np.float16)
+    convert = MODES[mode](lambda t: t.astype("bfloat16").astype(wide))
+    expected = torch.tensor(x).to(torch.bfloat16).to(getattr(torch, wide))
+    check(convert(slope.tensor(x)), expected, f"{backend} {mode} float16 -> bfloat16 -> {wide}")

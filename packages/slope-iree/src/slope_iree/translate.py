@@ -142,6 +142,11 @@ class Function:
         if aval.dtype == slope.float64 and dtype.name in _HALF:
             # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
             x = self.unary("convert", x, Aval(aval.shape, slope.float32))
+        if (aval.dtype.name, dtype.name) == ("float16", "bfloat16"):
+            # rounded in float32 by reduce_precision: IREE folds f16 -> bf16 -> a wider type into one conversion (as if
+            # bf16 held every f16), which skipped bf16's rounding (127.875 stayed 127.875, not 128)
+            wide = self.unary("convert", x, Aval(aval.shape, slope.float32))
+            x = self.emit(f"stablehlo.reduce_precision {wide}, format = e8m7 : {self.type(wide)}", self.avals[wide])
         return self.unary("convert", x, Aval(aval.shape, dtype))
 
     def select(self, condition: str, x: str, y: str) -> str:
