@@ -78,3 +78,17 @@ def test_float16_to_bfloat16_rounds_inside_a_program_as_pytorch(backend, mode, w
     convert = MODES[mode](lambda t: t.astype("bfloat16").astype(wide))
     expected = torch.tensor(x).to(torch.bfloat16).to(getattr(torch, wide))
     check(convert(slope.tensor(x)), expected, f"{backend} {mode} float16 -> bfloat16 -> {wide}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int64", "bool"])
+def test_clamp_promotes_x_with_both_bounds_first_as_pytorch(backend, mode, dtype, torch):
+    """clamp applied each bound in its own promotion: uint8 0 clamped to [-1, 1.5] was 1.5 (-1 wrapped to 255 against
+    uint8 x before 1.5 made the result float32); PyTorch promotes x, min and max together (0.0)."""
+    x = np.array([0, 1, 100], dtype)
+    for low, high in ((-1, 1.5), (300, 1000.5), (-0.5, 2), (0, 1.5), (-1, None)):
+        if dtype == "bool" and high is None:
+            continue  # (a bool tensor with one int bound: PyTorch refuses it)
+        clamp = MODES[mode](lambda t, low=low, high=high: slope.clamp(t, low, high))
+        expected = torch.clamp(torch.tensor(x), low, high)
+        check(clamp(slope.tensor(x)), expected, f"{backend} {mode} clamp({dtype}, {low}, {high})")
