@@ -92,3 +92,16 @@ def test_clamp_promotes_x_with_both_bounds_first_as_pytorch(backend, mode, dtype
         clamp = MODES[mode](lambda t, low=low, high=high: slope.clamp(t, low, high))
         expected = torch.clamp(torch.tensor(x), low, high)
         check(clamp(slope.tensor(x)), expected, f"{backend} {mode} clamp({dtype}, {low}, {high})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_neg_and_abs_give_the_sign_of_zero_as_pytorch(backend, mode, dtype, torch):
+    """-x of 0.0 was 0.0 (0 - x; PyTorch: -0.0) and abs(-0.0) -0.0 (x * sign(x); PyTorch: 0.0)."""
+    x = np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan])
+    reference = torch.tensor(x).to(getattr(torch, dtype))
+    for name, fn, expected in (("neg", lambda t: -t, -reference), ("abs", slope.abs, torch.abs(reference))):
+        got = MODES[mode](fn)(slope.tensor(x).astype(dtype))
+        check(got, expected, f"{backend} {mode} {name} {dtype}")
+        signs = np.signbit(got.astype("float64").numpy()[:-1])  # (not NaN's sign bit)
+        np.testing.assert_array_equal(signs, torch.signbit(expected).numpy()[:-1], err_msg=f"{name}: signs of zero")

@@ -117,7 +117,7 @@ def neg(x: Any) -> Tensor:
     x = as_tensor(x)
     if x.dtype == dtypes.bool_:
         raise DTypeError(f"slope.neg: negating a bool tensor (shape {x.shape}) is not supported; use logical_not or ~")
-    return ops.sub(constant(0, x.dtype, x.shape), x)
+    return ops.sub(constant(-0.0 if x.dtype.is_float else 0, x.dtype, x.shape), x)  # -0.0 - 0.0 is -0.0, as -x
 
 
 def sign(x: Any) -> Tensor:
@@ -131,7 +131,7 @@ def abs_(x: Any) -> Tensor:
     x = as_tensor(x)
     if x.dtype == dtypes.bool_:
         raise DTypeError(f"slope.abs: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
-    return x * sign(x)
+    return x * sign(x) + 0  # + 0: |-0.0| is 0.0 (x * sign(x) is -0.0 there)
 
 
 def _float(x: Any) -> Tensor:
