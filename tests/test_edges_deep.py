@@ -126,3 +126,19 @@ def test_erf_is_accurate_near_zero(backend, mode, dtype, torch):
         ulp, tiniest = {"float16": (2.0**-10, 2.0**-24), "bfloat16": (2.0**-7, 2.0**-133)}[dtype]  # (subnormal spacing)
         np.testing.assert_allclose(got.astype("float64").numpy(), exact, rtol=ulp, atol=tiniest, err_msg=backend + mode)
     assert list(np.signbit(got.astype("float64").numpy()[:2])) == [False, True], "erf(-0.0) is -0.0"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, rtol", [("float16", 2e-3), ("bfloat16", 1.6e-2)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_half_precision_gelu_is_computed_in_float32_as_pytorch(backend, mode, dtype, rtol, approximate, torch):
+    """float16/bfloat16 gelu (the procedure: numpy and iree) was computed in the half dtype, where 1 + erf(x / sqrt 2)
+    cancels: bfloat16 gelu(-3) was -0.00586 (PyTorch: -0.00406), float16 gelu(-4) -0.0 (-1.27e-4); its gradient too."""
+    x = np.array([-4.0, -3.0, -2.5, -1.0, -0.0, 0.5, 1.0, 3.0, 10.0])
+    reference = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+    expected = torch.nn.functional.gelu(reference, approximate=approximate)
+    expected.backward(torch.ones_like(expected))
+    got = MODES[mode](lambda t: slope.gelu(t, approximate=approximate))(slope.tensor(x).astype(dtype))
+    check(got, expected.detach(), f"{backend} {mode} gelu {approximate} {dtype}", rtol)
+    grad = MODES[mode](slope.grad(lambda t: slope.gelu(t, approximate=approximate).astype("float32").sum()))
+    check(grad(slope.tensor(x).astype(dtype)), reference.grad, f"{backend} {mode} gelu' {approximate} {dtype}", rtol)
