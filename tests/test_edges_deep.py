@@ -142,3 +142,29 @@ def test_half_precision_gelu_is_computed_in_float32_as_pytorch(backend, mode, dt
     check(got, expected.detach(), f"{backend} {mode} gelu {approximate} {dtype}", rtol)
     grad = MODES[mode](slope.grad(lambda t: slope.gelu(t, approximate=approximate).astype("float32").sum()))
     check(grad(slope.tensor(x).astype(dtype)), reference.grad, f"{backend} {mode} gelu' {approximate} {dtype}", rtol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float16_operations_between_casts_round_as_pytorch(backend, mode, torch):
+    """onnxruntime computes most float16 operations in float32 through casts it inserts, then drops the pairs of casts
+    float32 -> float16 -> float32 between them: under jit, x.half().log().float() was log(x) (4.851053 for x = 127.875,
+    whose float16 log is 4.8515625) and a chain of float16 operations skipped each rounding."""
+    x = np.array([1.001, 127.875, 1.0001, 0.3001, -2.0002, 3.7771], np.float32)
+    y = np.array([3.0003, -0.1234, 7.77, 1.0001, 5.5555, -0.3333], np.float32)
+    m = (np.arange(16, dtype=np.float32).reshape(4, 4) * 0.1371).astype(np.float32)
+    h = torch.float16
+    cases = [
+        ("log", lambda a, b: slope.log(a.astype("float16")).astype("float32"), lambda a, b: a.to(h).log().float()),
+        ("exp", lambda a, b: slope.exp(a.astype("float16")).astype("float32"), lambda a, b: a.to(h).exp().float()),
+        ("sqrt", lambda a, b: slope.sqrt(slope.abs(a).astype("float16")).astype("float32"),
+         lambda a, b: a.abs().to(h).sqrt().float()),
+        ("chain", lambda a, b: ((a.astype("float16") * b.astype("float16")) / b.astype("float16") - 0.1).astype("float32"),
+         lambda a, b: ((a.to(h) * b.to(h)) / b.to(h) - 0.1).float()),
+        ("sum", lambda a, b: (a.astype("float16") * b.astype("float16")).sum().astype("float32"),
+         lambda a, b: (a.to(h) * b.to(h)).sum().float()),
+    ]  # fmt: skip
+    for name, fn, reference in cases:
+        got = MODES[mode](fn)(slope.tensor(x), slope.tensor(y))
+        check(got, reference(torch.tensor(x), torch.tensor(y)), f"{backend} {mode} float16 {name}")
+    got = MODES[mode](lambda a: (a.astype("float16") @ a.astype("float16")).astype("float32"))(slope.tensor(m))
+    check(got, (torch.tensor(m).to(h) @ torch.tensor(m).to(h)).float(), f"{backend} {mode} float16 matmul")

@@ -23,20 +23,25 @@ _INTS = {"int8", "uint8", "int16", "int32", "int64"}
 _NUMBERS = _FLOATS | _INTS
 _ALL = _NUMBERS | {"bool"}
 
-# dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21)
+# dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21). float16 only where
+# the kernel is float16's own: for the others onnxruntime inserts casts to float32 and back, then drops each pair of
+# Cast(float32 -> float16) -> Cast(float16 -> float32) between two such nodes, so a chain of float16 operations (or one
+# between casts from and to float32) skipped float16's rounding (x.half().log().float() was log(x), not PyTorch's
+# log of the rounded x, rounded); the translations' own casts are kept.
+_WIDE = {"float32", "float64"}
 NATIVE: dict[str, set[str]] = {
-    "Add": _NUMBERS, "Sub": _NUMBERS, "Mul": _NUMBERS, "Div": _NUMBERS - {"int16"}, "Max": _NUMBERS - {"int16"},
-    "Pow": _FLOATS | {"int32", "int64"},
+    "Add": _NUMBERS - {"float16"}, "Sub": _NUMBERS - {"float16"}, "Mul": _NUMBERS - {"float16"},
+    "Div": _NUMBERS - {"int16", "float16"}, "Max": _NUMBERS - {"int16"}, "Pow": _WIDE | {"int32", "int64"},
     "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS, "LessOrEqual": _NUMBERS, "GreaterOrEqual": _NUMBERS,
     "Mod": _NUMBERS,
     "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
-    "Exp": _FLOATS, "Log": _FLOATS, "Sin": _FLOATS, "Cos": _FLOATS, "Sqrt": _FLOATS, "Tanh": _FLOATS,
-    "Erf": {"float16", "float32"}, "Floor": _FLOATS, "Ceil": _FLOATS, "Round": _FLOATS,
+    "Exp": _WIDE, "Log": _WIDE, "Sin": _WIDE, "Cos": _WIDE, "Sqrt": _WIDE, "Tanh": _WIDE,
+    "Erf": {"float32"}, "Floor": _FLOATS, "Ceil": _FLOATS, "Round": _FLOATS,
     "Where": _NUMBERS - {"int16"},
-    "ReduceSum": _FLOATS | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
+    "ReduceSum": _WIDE | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
     "Expand": _ALL, "Pad": _ALL - {"int16"},
-    "MatMul": _FLOATS | {"int32", "int64"},
-    "Conv": {"float16", "float32"},
+    "MatMul": _WIDE | {"int32", "int64"},
+    "Conv": {"float32"},
     "ScatterND": _NUMBERS - {"float16"},  # its float16 kernel rejects reduction="add" when it runs
 }  # fmt: skip
 
