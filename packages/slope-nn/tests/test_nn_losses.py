@@ -206,6 +206,17 @@ def test_class_targets_out_of_range_under_jit_are_errors(loss, bad):
         step(x, slope.tensor([bad, 0])).numpy()
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_targets_with_no_classes_under_jit_give_nan(reduction):
+    """Logits with no classes leave nothing to pick: PyTorch raises for a target that is not ignored, and a jitted
+    Slope loss (whose run-time check needs a class to gather from) gives NaN, never a finite number; ignored targets
+    give NaN as in PyTorch (a mean over none)."""
+    step = slope.jit(lambda x, t: nn.cross_entropy(x, t, reduction=reduction))
+    x = slope.tensor(np.zeros((2, 0), np.float32))
+    for target in ([1, 0], [-100, 1]):
+        assert np.isnan(step(x, slope.tensor(target)).numpy()).all()
+
+
 @pytest.mark.parametrize("bad", [3, -1])
 @pytest.mark.parametrize("what", ["one_hot", "embedding", "scatter_add"])
 def test_indices_out_of_range_under_jit_are_errors(what, bad):

@@ -358,12 +358,12 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     else:
         weights = slope.where(chosen, weight, 0.0).sum(class_dim)
         at_target = weights.unsqueeze(class_dim) * at_target
+    if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
+        at_target = at_target + math.nan
     if reduction == "mean":  # (each term divided on its own, as PyTorch: 0 / 0 is NaN even beside a smooth term)
         losses = -at_target.sum() / weights.sum()
     else:
         losses = -at_target.squeeze(class_dim)
-        if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
-            losses = losses + math.nan
     if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
         smooth = slope.where(ignored, 0.0, -(logp if weight is None else logp * weight).sum(class_dim))
         smooth = smooth.sum() / weights.sum() if reduction == "mean" else smooth
