@@ -963,9 +963,12 @@ def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any
     float32 and rounded, as Slope accumulates it: PyTorch's bfloat16 CPU kernel gives NaN for some windows of huge
     values where its float32 and float64 kernels (and Slope) give finite sums (README)."""
     floats_only(x, w)
-    if x.dtype == torch.bfloat16:
-        bias = None if bias is None else bias.float()
-        return TORCH_CONV[w.ndim - 2](x.float(), w.float(), bias, **kwargs).to(torch.bfloat16)
+    if x.dtype == torch.bfloat16 or not torch.isfinite(w).all():
+        # an inf or NaN weight meeting a padding zero gives NaN in Slope, as in PyTorch's float64 kernels; its float32
+        # and bfloat16 ones skip the padding (README, Differences from PyTorch): such weights are computed in float64
+        wide = torch.float32 if torch.isfinite(w).all() else torch.float64
+        bias = None if bias is None else bias.to(wide)
+        return TORCH_CONV[w.ndim - 2](x.to(wide), w.to(wide), bias, **kwargs).to(x.dtype)
     return TORCH_CONV[w.ndim - 2](x, w, bias, **kwargs)
 
 
