@@ -522,7 +522,7 @@ class SlopeEpoch:
             self.state = optimizer.init(self.model)
 
         def loss_fn(model: Any, images: Any, labels: Any) -> Any:
-            pixels = (images.astype(slope.float32) * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+            pixels = images.astype(slope.float32) * (1.0 / (255.0 * 0.3081)) - 0.1307 / 0.3081
             return nn.cross_entropy(model(pixels), labels)
 
         @slope.jit
@@ -567,7 +567,7 @@ def torch_epoch() -> Callable[[], Any]:
         torch.set_num_threads(1)  # its fastest setting for steps this small (OpenMP workers wait longer than they work)
         for i in range(0, EPOCH_ROWS, EPOCH_BATCH):
             index = order[i : i + EPOCH_BATCH]
-            pixels = (images_t[index].float() * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+            pixels = images_t[index].float() * (1.0 / (255.0 * 0.3081)) - 0.1307 / 0.3081
             loss = torch.nn.functional.cross_entropy(model(pixels), labels_t[index])
             optimizer.zero_grad()
             loss.backward()

@@ -66,8 +66,9 @@ def load_mnist(explicit: str | None) -> tuple[nn.datasets.Dataset, nn.datasets.D
 
 
 def normalize(images: slope.Tensor) -> slope.Tensor:
-    """uint8 pixels to standardized float32 (MNIST's mean 0.1307 and std 0.3081)."""
-    return (images.astype(slope.float32) * (1.0 / 255.0) - 0.1307) * (1.0 / 0.3081)
+    """uint8 pixels to standardized float32 (MNIST's mean 0.1307 and std 0.3081): (x / 255 - mean) / std, as one scale
+    and one shift (two passes over the batch, the scale fused with the conversion on onnxruntime)."""
+    return images.astype(slope.float32) * (1.0 / (255.0 * 0.3081)) - 0.1307 / 0.3081
 
 
 def train_epoch(

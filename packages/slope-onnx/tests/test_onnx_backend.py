@@ -128,6 +128,27 @@ def test_mlp_step_emits_gemms_without_transposes():
     assert ops.count("Gemm") == 5 and "MatMul" not in ops and "Transpose" not in ops
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_scaled_8_bit_integers_dequantize_in_one_node(dtype):
+    # Mul(Cast(x: 8-bit -> float32), s) becomes DequantizeLinear(x, s) (pixels scaled to [0, 1]): bit for bit the
+    # same products, for every 8-bit value and for scales that overflow, vanish, or are inf, NaN or -0.0
+    x = slope.tensor(np.arange(256).astype(dtype).reshape(16, 16))
+    for scale in [1 / 255, -3.7, np.inf, -np.inf, np.nan, 1e-45, 3e38, 0.0, -0.0]:
+        scaled = slope.jit(lambda images, s=scale: s * images.astype(slope.float32))
+        ops = [n.op_type for n in scaled.lower(x).executable.model.graph.node]
+        assert ops == ["DequantizeLinear"], ops
+        with np.errstate(all="ignore"):
+            expected = x.numpy().astype(np.float32) * np.float32(scale)
+        np.testing.assert_array_equal(scaled(x).numpy().view(np.int32), expected.view(np.int32))
+    # the cast stays where it has other uses, and where the scale is not one float32 number
+    row = np.linspace(-1, 1, 16, dtype=np.float32)
+    both = slope.jit(
+        lambda images: (images.astype(slope.float32) * 0.5, images.astype(slope.float32) * slope.tensor(row))
+    )
+    assert [n.op_type for n in both.lower(x).executable.model.graph.node].count("DequantizeLinear") == 1
+    np.testing.assert_array_equal(both(x)[1].numpy(), x.numpy().astype(np.float32) * row)
+
+
 def test_repeated_nodes_are_computed_once():
     # a conv's weight and input gradients both transpose the cotangent to the images-last layout: one Transpose
     rng = np.random.default_rng(0)
