@@ -29,7 +29,8 @@ GRAD_DTYPES = ("float32", "float64")
 
 # Relative tolerance per dtype: about 40 ulps for float16/bfloat16 (PyTorch computes them in float32 and rounds,
 # Slope's backends may compute natively), ~80 ulps for float32, ~4500 for float64; integers and bools are exact.
-# The absolute part is the same number (errors are judged relative to max(1, |expected|)) unless an entry scales it.
+# Errors are relative, down to the dtype's smallest normal number (zero_floor), unless an entry scales an absolute
+# part (sums: rtol x the sum of |terms|, the cancellation a different order of the additions may show).
 RTOL = {"float16": 5e-3, "bfloat16": 4e-2, "float32": 1e-5, "float64": 1e-12}
 GRAD_RTOL = {"float32": 1e-5, "float64": 1e-12}
 # Gradients are compared at finite values of moderate size, kinks and ties included (+-0, integers, +-100, +-300):
@@ -281,10 +282,18 @@ def describe(array: np.ndarray) -> str:
     return np.array2string(np.asarray(array, dtype=np.float64), threshold=30, precision=9)
 
 
-def mismatch(actual: Any, expected: torch.Tensor, rtol: float, atol: Any) -> str | None:
+def zero_floor(dtype: torch.dtype) -> float:
+    """The absolute error any float result may carry: the dtype's smallest normal number. Below it precision is
+    absolute (subnormals) and a backend may flush to zero (IREE's CPU runtime, its README); above it errors are
+    relative, also for results far below 1 (log1p(1e-8) must not be 0)."""
+    return float(torch.finfo(dtype).tiny)
+
+
+def mismatch(actual: Any, expected: torch.Tensor, rtol: float, atol: Any, zero_signs: bool = False) -> str | None:
     """Why a Slope result differs from PyTorch's, or None: dtype, shape, NaN positions, infinities (with their
-    signs), and |actual - expected| <= rtol * |expected| + atol elsewhere (exact for integers and bools); where
-    atol is infinite, anything goes (a sum that overflows: its inf or NaN depends on the order of the additions)."""
+    signs), |actual - expected| <= rtol * |expected| + atol elsewhere (exact for integers and bools) and, with
+    `zero_signs`, the sign of a zero where PyTorch's result is +-0.0; where atol is infinite, anything goes (a sum
+    that overflows: its inf or NaN depends on the order of the additions)."""
     if not isinstance(actual, slope.Tensor):
         return f"returned a {type(actual).__name__}, PyTorch a tensor"
     if dtype_name(actual.dtype) != dtype_name(expected.dtype):
@@ -318,6 +327,10 @@ def mismatch(actual: Any, expected: torch.Tensor, rtol: float, atol: Any) -> str
             f"{int(bad.sum())} of {a.size} values beyond rtol={rtol:g} (first at {worst}: {a[worst]!r} vs "
             f"{e[worst]!r}): {describe(a)} vs {describe(e)}"
         )
+    flipped = finite & ~free & (a == 0) & (e == 0) & (np.signbit(a) != np.signbit(e)) if zero_signs else None
+    if flipped is not None and flipped.any():
+        first = tuple(int(i) for i in np.argwhere(flipped)[0])
+        return f"{int(flipped.sum())} zeros of the other sign (first at {first}: {a[first]!r} vs {e[first]!r})"
     return None
 
 

@@ -48,6 +48,7 @@ from differential.strategies import (  # noqa: E402
     to_torch,
     torch_numpy,
     values,
+    zero_floor,
 )
 from differential.table import ENTRIES, Entry  # noqa: E402
 from slope_testing import backends_under_test  # noqa: E402
@@ -152,8 +153,11 @@ class Call:
     def tolerance(self, expected: torch.Tensor, k: int) -> tuple[float, Any]:
         name = dtype_name(expected.dtype)
         rtol = self.entry.rtol.get(name, RTOL.get(name, 0.0))
-        if self.entry.scale is None or not expected.dtype.is_floating_point:
+        if not expected.dtype.is_floating_point:
             return rtol, rtol
+        floor = zero_floor(expected.dtype)
+        if self.entry.scale is None:
+            return rtol, floor
         widened = self.widened() if self.widens() else None
         args, kwargs = self.torch_args(
             widened, make=lambda a: to_torch(a).double() if a.dtype.kind == "f" else to_torch(a)
@@ -162,11 +166,11 @@ class Call:
             args = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
         scale, error = _quiet(lambda: self.entry.scale(*args, **kwargs))
         if error is not None:
-            return rtol, rtol
+            return rtol, floor
         scale = torch_numpy(flat_results(scale)[min(k, len(flat_results(scale)) - 1)].double()).astype(np.float64)
         # where sum |terms| overflows the result's dtype, inf, -inf or NaN depends on the order of the additions
         overflow = scale >= float(torch.finfo(expected.dtype).max)
-        return rtol, np.where(overflow, np.inf, rtol * scale + rtol * 1e-3)
+        return rtol, np.where(overflow, np.inf, rtol * scale + floor)
 
     def compare(self, jit: bool = False) -> str | None:
         """Why Slope and PyTorch disagree on this call, or None."""
@@ -197,7 +201,7 @@ class Call:
                 problem = problem or self.entry.check(out.numpy(), self)
             else:
                 rtol, atol = self.tolerance(ref, k)
-                problem = mismatch(out, ref, rtol, atol)
+                problem = mismatch(out, ref, rtol, atol, zero_signs=self.entry.zero_sign is None)
             if problem:
                 return f"result {k}: {problem}" if len(outs) > 1 else problem
         return None
