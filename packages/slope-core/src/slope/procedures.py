@@ -158,8 +158,8 @@ def log1p(x: Any) -> Tensor:
 
 
 def exp2(x: Any) -> Tensor:
-    """2 ** x."""
-    return ops.exp(_float(x) * math.log(2))
+    """2 ** x, as pow: exp(x * ln 2) rounds x * ln 2 first (bfloat16 2 ** 100 was 27% off, float16's 0.3%)."""
+    return 2.0 ** _float(x)
 
 
 def rsqrt(x: Any) -> Tensor:
