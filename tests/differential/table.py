@@ -149,11 +149,26 @@ binary("sub", torch.sub)
 binary("mul", torch.mul)
 
 
+def by_minus_one(torch_fn: Callable, remainder: bool = False) -> Callable:
+    """torch_fn, its integer divisors -1 taken apart: PyTorch's int32/int64 kernels trap (SIGFPE, the process dies)
+    for INT_MIN / -1, where Slope wraps as PyTorch's int8 kernel does (x / -1 is -x, wrapping; x % -1 is 0)."""
+
+    def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dtype.is_floating_point or y.dtype.is_floating_point or torch.bool in (x.dtype, y.dtype):
+            return torch_fn(x, y)
+        minus_one = y.to(torch.result_type(x, y)).long() == -1  # (not a uint8 255: PyTorch wraps the -1)
+        out = torch_fn(x, torch.where(minus_one, torch.ones_like(y), y))
+        wrapped = torch.zeros_like(out) if remainder else -x.to(out.dtype)
+        return torch.where(minus_one, wrapped, out)
+
+    return call
+
+
 def torch_div(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Slope's core `div`: true division of floats, truncating division of integers (as C, JAX's lax.div)."""
     if x.dtype.is_floating_point or y.dtype.is_floating_point:
         return torch.div(x, y)
-    return torch.div(x, y, rounding_mode="trunc")
+    return by_minus_one(lambda a, b: torch.div(a, b, rounding_mode="trunc"))(x, y)
 
 
 def exact_remainder(torch_fn: Callable, follow_divisor: bool) -> Callable:
@@ -161,7 +176,7 @@ def exact_remainder(torch_fn: Callable, follow_divisor: bool) -> Callable:
     PyTorch's own scalar path; README, Differences from PyTorch) and PyTorch's vectorized kernel NaN."""
 
     def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = torch_fn(x, y)
+        out = by_minus_one(torch_fn, remainder=True)(x, y)
         if not out.dtype.is_floating_point:
             return out
         xb, yb = (t.detach().double() for t in torch.broadcast_tensors(x, y))
@@ -179,7 +194,7 @@ binary("div", torch_div)
 binary("true_divide", torch.true_divide)
 binary(
     "floor_divide",
-    torch.floor_divide,
+    by_minus_one(torch.floor_divide),
     NUMBERS,
     grad="PyTorch: the derivative for aten::floor_divide is not implemented",
 )
@@ -399,7 +414,9 @@ def softmax_layout(draw: Any) -> Layout:
 
 
 add(Entry("softmax", softmax_layout(), torch.softmax, widen=WIDEN_FLOAT))
-add(Entry("log_softmax", softmax_layout(), torch.log_softmax, widen=WIDEN_FLOAT))
+# x - max - log(sum exp(x - max)): the log of a sum >= 1 rounds with an absolute error (a near-0 result cancels)
+add(Entry("log_softmax", softmax_layout(), torch.log_softmax, widen=WIDEN_FLOAT,
+          scale=lambda x, dim: torch.ones_like(x)))  # fmt: skip
 
 
 @st.composite

@@ -160,10 +160,8 @@ class Call:
             return rtol, floor
         widened = self.widened() if self.widens() else None
         args, kwargs = self.torch_args(
-            widened, make=lambda a: to_torch(a).double() if a.dtype.kind == "f" else to_torch(a)
-        )
-        if any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
-            args = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+            widened, make=lambda a: to_torch(a).double() if dtype_name(a.dtype) in FLOATS else to_torch(a)
+        )  # every float tensor, keyword ones too (sdpa's attn_mask), in float64
         scale, error = _quiet(lambda: self.entry.scale(*args, **kwargs))
         if error is not None:
             return rtol, floor
