@@ -29,8 +29,9 @@ GRAD_DTYPES = ("float32", "float64")
 
 # Relative tolerance per dtype: about 40 ulps for float16/bfloat16 (PyTorch computes them in float32 and rounds,
 # Slope's backends may compute natively), ~80 ulps for float32, ~4500 for float64; integers and bools are exact.
-# Errors are relative, down to the dtype's smallest normal number (zero_floor), unless an entry scales an absolute
-# part (sums: rtol x the sum of |terms|, the cancellation a different order of the additions may show).
+# Forward values: errors are relative, down to the dtype's smallest normal number (zero_floor), unless an entry scales
+# an absolute part (sums: rtol x the sum of |terms|, the cancellation a different order of the additions may show);
+# gradients (sums over broadcast dimensions) and promotion keep an absolute part of rtol (relative to max(1, |x|)).
 RTOL = {"float16": 5e-3, "bfloat16": 4e-2, "float32": 1e-5, "float64": 1e-12}
 GRAD_RTOL = {"float32": 1e-5, "float64": 1e-12}
 # Gradients are compared at finite values of moderate size, kinks and ties included (+-0, integers, +-100, +-300):
