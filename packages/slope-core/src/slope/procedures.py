@@ -575,11 +575,11 @@ def getitem(x: Any, index: Any) -> Tensor:
             out_shape.append(1)
             continue
         size = x.shape[dim]
+        if isinstance(item, Tensor) and (item.dtype.is_float or item.dtype == dtypes.bool_):
+            raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
+        if isinstance(item, Tensor) and item.ndim == 0 and item.buffer is not None:
+            item = int(item)  # a concrete 0-d index is an int (PyTorch's select): checked, moves no dimension
         if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
-            if item.dtype.is_float or item.dtype == dtypes.bool_:
-                raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
-            if not takes_none:
-                check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             item = slice(None)
         if isinstance(item, slice):
@@ -598,6 +598,10 @@ def getitem(x: Any, index: Any) -> Tensor:
             begin, end, stride = size - 1 - begin, size - 1 - end, -stride
         bounds.append((begin, max(begin, end), stride))
         dim += 1
+    empty = 0 in [n for k, n in enumerate(out_shape) if k not in [p for p, _, _ in advanced]]
+    for _, d, item in advanced:  # an empty result checks only indices into empty dimensions (PyTorch)
+        if not takes_none and (not empty or x.shape[d] == 0):
+            check_indices("getitem", item, -x.shape[d], x.shape[d], f"dimension {d} of size {x.shape[d]}")
     if flips:
         x = ops.flip(x, tuple(flips))
     if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
@@ -613,9 +617,11 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     rest = [d for d in range(x.ndim) if d not in positions]
     stacked = stack(indices, -1)
     out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
-    batch_ndim, first = stacked.ndim - 1, positions[0]
-    if positions == list(range(first, first + len(positions))) and first > 0:
-        perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
+    # the batch dimensions go first unless the (non-0-d) index tensors are adjacent, as after PyTorch's selects
+    spread = [p for p, _, i in advanced if i.ndim] or [0]
+    batch_ndim, lead = stacked.ndim - 1, sum(d < spread[0] for d in rest)
+    if set(range(spread[0], spread[-1] + 1)) <= set(positions) and lead:
+        perm = (*range(batch_ndim, batch_ndim + lead), *range(batch_ndim), *range(batch_ndim + lead, out.ndim))
         out = out.permute(perm)
     return out
 
@@ -626,6 +632,8 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     value, shape = as_tensor(value, x.dtype), positions.shape
+    extra = value.shape[: max(value.ndim - len(shape), 0)]  # set drops leading 1s beyond x[index]'s rank (PyTorch)
+    value = value.reshape(value.shape[len(extra) :]) if set(extra) == {1} and mode == "set" else value
     if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
         raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
     value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
