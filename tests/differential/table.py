@@ -974,7 +974,7 @@ def torch_conv(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any
 
 def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **kwargs: Any) -> torch.Tensor:
     """F.conv_transposeNd; an output dimension of size 0 is an error, as PyTorch's float16 and float64 kernels say
-    (its float32 and bfloat16 ones return an empty tensor). bfloat16 is computed in float64 and rounded once: PyTorch's
+    (its float32 and bfloat16 ones return an empty tensor), except with a batch of 0, which every kernel allows. bfloat16 is computed in float64 and rounded once: PyTorch's
     bfloat16 CPU kernel reads subnormal inputs as zero (README), and its float32 one multiplies an infinite weight by
     the zeros of output_padding (NaN where its float64 kernel and Slope have none)."""
     floats_only(x, w)
@@ -983,7 +983,7 @@ def torch_conv_transpose(x: torch.Tensor, w: torch.Tensor, bias: Any = None, **k
         out = TORCH_CONV_T[w.ndim - 2](x.double(), w.double(), bias, **kwargs).to(torch.bfloat16)
     else:
         out = TORCH_CONV_T[w.ndim - 2](x, w, bias, **kwargs)
-    if 0 in out.shape[-(w.ndim - 2) :]:
+    if 0 in out.shape[-(w.ndim - 2) :] and (x.ndim < w.ndim or x.shape[0]):
         raise RuntimeError(f"Slope: conv_transpose output of shape {tuple(out.shape)} is too small")
     return out
 

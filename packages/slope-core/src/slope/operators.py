@@ -822,6 +822,8 @@ class Conv(Operator):
     def transpose(self, cotangents: list, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
                   groups: int) -> list:  # fmt: skip
         ct, n = cotangents[0], cotangents[0].ndim - 2
+        if 0 in ct.shape:  # an empty output: zero gradients (the convolutions below may not fit an empty x)
+            return [zeros_like(p.aval) if isinstance(p, UndefinedPrimal) else None for p in (x, w)]
         if isinstance(x, UndefinedPrimal):
             out_ch, in_per_group, *kernel = w.shape
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight

@@ -556,10 +556,8 @@ def getitem(x: Any, index: Any) -> Tensor:
             continue
         mask = as_tensor(item)
         if mask.buffer is None:
-            raise TypeError(
-                "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
-                "use slope.where(mask, x, 0) instead"
-            )
+            message = "a boolean mask inside a transformation gives a data-dependent shape; use slope.where(mask, x, 0)"
+            raise TypeError(f"slope.getitem: {message} instead")
         if mask.shape != x.shape[dim : dim + mask.ndim]:
             raise IndexError(f"slope.getitem: a mask of shape {mask.shape} does not fit shape {x.shape} at dim {dim}")
         if mask.ndim == 0:  # a 0-d mask adds a dimension of size 1 and masks it, as in PyTorch
@@ -567,7 +565,6 @@ def getitem(x: Any, index: Any) -> Tensor:
         expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
-    takes_none = any(isinstance(i, Tensor) and i.numel() == 0 for i in items)  # then no index is checked (PyTorch)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
     for item in items:
@@ -598,27 +595,22 @@ def getitem(x: Any, index: Any) -> Tensor:
             begin, end, stride = size - 1 - begin, size - 1 - end, -stride
         bounds.append((begin, max(begin, end), stride))
         dim += 1
-    empty = 0 in [n for k, n in enumerate(out_shape) if k not in [p for p, _, _ in advanced]]
-    for _, d, item in advanced:  # an empty result checks only indices into empty dimensions (PyTorch)
-        if not takes_none and (not empty or x.shape[d] == 0):
-            check_indices("getitem", item, -x.shape[d], x.shape[d], f"dimension {d} of size {x.shape[d]}")
-    if flips:
-        x = ops.flip(x, tuple(flips))
+    x = ops.flip(x, tuple(flips)) if flips else x
     if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
-        start, stop, step = zip(*bounds)
-        x = ops.slice_(x, start, stop, step)
+        x = ops.slice_(x, *zip(*bounds))  # starts, stops, steps
     x = x.reshape(tuple(out_shape))
     return _gather_advanced(x, advanced) if advanced else x
 
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
-    stacked = stack(indices, -1)
+    for p, d, index in advanced:  # no checks where an index is empty, only of empty dimensions where the result is
+        if all(i.numel() for _, _, i in advanced) and (0 not in [x.shape[r] for r in rest] or x.shape[p] == 0):
+            check_indices("getitem", index, -x.shape[p], x.shape[p], f"dimension {d} of size {x.shape[p]}")
+    stacked = stack(coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64), -1)  # (int64: -1 is the last)
     out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
-    # the batch dimensions go first unless the (non-0-d) index tensors are adjacent, as after PyTorch's selects
-    spread = [p for p, _, i in advanced if i.ndim] or [0]
+    spread = [p for p, _, i in advanced if i.ndim] or [0]  # 0-d indices (traced selects) separate none
     batch_ndim, lead = stacked.ndim - 1, sum(d < spread[0] for d in rest)
     if set(range(spread[0], spread[-1] + 1)) <= set(positions) and lead:
         perm = (*range(batch_ndim, batch_ndim + lead), *range(batch_ndim), *range(batch_ndim + lead, out.ndim))
@@ -632,19 +624,17 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     value, shape = as_tensor(value, x.dtype), positions.shape
-    extra = value.shape[: max(value.ndim - len(shape), 0)]  # set drops leading 1s beyond x[index]'s rank (PyTorch)
-    value = value.reshape(value.shape[len(extra) :]) if set(extra) == {1} and mode == "set" else value
+    if mode == "set" and set(value.shape[: value.ndim - len(shape)]) == {1}:  # leading 1s go, as in PyTorch's x[i] = v
+        value = value.reshape(value.shape[value.ndim - len(shape) :])
     if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
         raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
-    value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
-    target = positions.reshape((-1, 1))
+    value, flat, target = broadcast_to(value, shape).reshape(-1), x.reshape(-1), positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
     if mode != "set":
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
-    index = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
-        n = target.shape[0]
+    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in (index if isinstance(index, tuple) else (index,))):
+        n = target.shape[0]  # positions may repeat: keep each one's last
         if target.buffer is not None:
             last = np.isin(np.arange(n), n - 1 - np.unique(target.numpy()[::-1, 0], return_index=True)[1])
         else:  # traced: a write loses to any later one at its position (n * n comparisons)

@@ -194,8 +194,9 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
         for s, st, p, d, k, op in zip(size, stride, padding, dilation, kernel, output_padding)
     )
-    if min(spatial) < 1:
-        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} gives an output of size {spatial} (too small)")
+    if min(spatial) < (1 if batch else 0):  # PyTorch: an empty output only with no batch
+        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} with weight {weight.shape} gives an output of "
+                               f"size {spatial} (too small)")  # fmt: skip
     if 0 in size and batch and c_in:  # PyTorch: an empty spatial dimension only with no batch or no channels
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} is empty in a spatial dimension (weight "
                                f"{weight.shape}); only a batch or channels of 0 may be empty")  # fmt: skip

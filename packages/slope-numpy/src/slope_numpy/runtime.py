@@ -46,6 +46,9 @@ def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
     if idx.shape[-1] == 0:  # empty index vectors pick all of x (x[()] would not repeat it over idx's batch)
         return np.broadcast_to(x, idx.shape[:-1] + np.shape(x))
+    shape = idx.shape[:-1] + np.shape(x)[idx.shape[-1] :]
+    if 0 in shape and 0 not in np.shape(x)[: idx.shape[-1]]:  # an empty result checks no index, as in PyTorch
+        return np.empty(shape, x.dtype)
     try:
         return x[tuple(np.moveaxis(idx, -1, 0))]
     except IndexError as error:  # an index outside [-size, size): say which operator met it
