@@ -285,3 +285,58 @@ def test_conv_transpose_output_too_small_raises(backend, xs, padding):
     """An output of size 0 with a batch, or a negative one, is a ShapeError naming conv_transpose and the shapes."""
     with pytest.raises(slope.ShapeError, match=r"slope\.conv_transpose: input \(.*\) with weight \(2, 3, 1\) gives"):
         slope.nn.functional.conv_transpose(slope.zeros(xs), slope.ones((2, 3, 1)), padding=padding)
+
+
+ALONG_CASES = [  # (function, x shape, index, dim, src shape or None); PyTorch's value and shape, and its gradient
+    ("take_along_dim", (2, 3), [[0, 5]], None, None),  # no dim: PyTorch's default flattens x and index
+    ("take_along_dim", (2, 3), [2, 0, 1, 1], None, None),
+    ("take_along_dim", (), [0, 0], None, None),
+    ("gather", (3,), 2, 0, None),  # a 0-d index on a 1-d x
+    ("gather", (), [0, 0], -1, None),
+    ("gather", (2, 3), np.zeros((0, 5, 7), np.int64), 1, None),  # an empty index: its shape, nothing checked
+    ("gather", (2, 3), np.zeros((0, 9), np.int64), -1, None),
+    ("scatter_add", (), [0, 0, 0], 0, (3,)),  # a 0-d x with a 1-d index and src
+    ("scatter_add", (), 0, -1, ()),
+    ("scatter_add", (3,), 2, 0, ()),  # a 0-d index and src on a 1-d x
+]
+
+
+@pytest.mark.parametrize("case", range(len(ALONG_CASES)))
+def test_along_dim_indexing_matches_pytorch(backend, torch, case):
+    """take_along_dim, gather and scatter_add with 0-d tensors (PyTorch reads them as 1-d), empty indices and no
+    dim: values, shapes and the gradients with respect to x (and src)."""
+    name, shape, index, dim, src_shape = ALONG_CASES[case]
+    data = np.asarray(np.arange(1, 1 + int(np.prod(shape)), dtype=np.float32).reshape(shape))
+    index = np.asarray(index, dtype=np.int64)
+    src = None if src_shape is None else np.asarray(np.full(src_shape, 10.0, np.float32))
+    leaf = torch.from_numpy(data.copy()).requires_grad_()
+    leaf_src = None if src is None else torch.from_numpy(src.copy()).requires_grad_()
+    tindex = torch.from_numpy(index.copy())
+    if name == "take_along_dim":
+        expected = torch.take_along_dim(leaf, tindex, dim)
+    elif name == "gather":
+        expected = torch.gather(leaf, dim, tindex)
+    else:
+        expected = torch.scatter_add(leaf, dim, tindex, leaf_src)
+    weights = np.asarray(np.linspace(1.0, 2.0, expected.numel(), dtype=np.float32).reshape(tuple(expected.shape)))
+    (expected * torch.from_numpy(weights)).sum().backward()
+
+    def call(x, *rest):
+        if name == "take_along_dim":
+            return slope.take_along_dim(x, slope.tensor(index), dim)
+        if name == "gather":
+            return slope.gather(x, dim, slope.tensor(index))
+        return slope.scatter_add(x, dim, slope.tensor(index), rest[0])
+
+    args = [slope.tensor(data)] + ([] if src is None else [slope.tensor(src)])
+    _agree(call(*args).numpy(), expected.detach().numpy(), (backend, case))
+    _agree(slope.jit(call)(*args).numpy(), expected.detach().numpy(), (backend, "jit", case))
+    grads = slope.grad(lambda *a: (call(*a) * slope.tensor(weights)).sum(), argnums=tuple(range(len(args))))(*args)
+    for got, leaf_tensor in zip(grads, [leaf, leaf_src]):
+        _agree(got.numpy(), leaf_tensor.grad.numpy(), (backend, "grad", case))
+
+
+def test_gather_of_a_0d_x_with_a_2d_index_raises(backend):
+    """Only a 1-d index may stand for a 0-d x (PyTorch raises for more dimensions; Slope gave values)."""
+    with pytest.raises(slope.ShapeError, match=r"slope\.gather: index of shape \(1, 1\) does not fit x of shape"):
+        slope.gather(slope.tensor(5.0), 0, slope.tensor([[0]]))

@@ -651,9 +651,9 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     x, index = as_tensor(x), as_tensor(index)
     if not index.dtype.is_int:
         raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
-    if x.ndim == 0:  # as the 1-element vector, as in PyTorch
-        return gather(x.reshape(1), dim, index.reshape(-1)).reshape(index.shape)
-    dim = ops.normalize_dim("gather", dim, x.ndim)
+    dim = ops.normalize_dim("gather", dim, max(x.ndim, 1))  # PyTorch: a 0-d x or index as 1-d; an empty index unchecked
+    if (x.ndim + index.ndim <= 1 or index.numel() == 0) and (x.ndim, index.ndim) != (1, 1):
+        return gather(x.reshape(-1), 0, index.reshape(-1)).reshape(index.shape)
     if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
         raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
     check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")

@@ -449,12 +449,15 @@ def _check_along(op: Operator, x: Aval, index: Aval, dim: int) -> None:
 
 
 class TakeAlongDim(Operator):
-    """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `dim`: PyTorch's take_along_dim (gather)."""
+    """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `dim`: PyTorch's take_along_dim (gather); with no
+    dim (PyTorch's default), along x and index flattened."""
 
     name = "take_along_dim"
 
-    def __call__(self, x: Any, index: Any, dim: int = -1, *, unique_indices: bool = False) -> Tensor:
+    def __call__(self, x: Any, index: Any, dim: int | None = None, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
+        if dim is None:  # PyTorch's default: both flattened
+            x, index, dim = x.reshape(-1), index.reshape(-1), 0
         if index.ndim != x.ndim:
             raise self.shape_error(f"index of shape {index.shape} needs as many dimensions as x of shape {x.shape}")
         dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
@@ -500,6 +503,9 @@ class ScatterAdd(Operator):
     def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
         src = _tensor(src).astype(x.dtype)
+        if min(x.ndim, index.ndim, src.ndim) == 0 and max(x.ndim, index.ndim, src.ndim) <= 1:  # 0-d as 1-d (PyTorch)
+            flat = [t.reshape(-1) for t in (x, index, src)]
+            return self(flat[0], dim, *flat[1:], unique_indices=unique_indices).reshape(x.shape)
         dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
         if index.numel() == 0:  # nothing to add: PyTorch asks nothing more of the shapes then
             return x
