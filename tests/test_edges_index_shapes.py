@@ -340,3 +340,47 @@ def test_gather_of_a_0d_x_with_a_2d_index_raises(backend):
     """Only a 1-d index may stand for a 0-d x (PyTorch raises for more dimensions; Slope gave values)."""
     with pytest.raises(slope.ShapeError, match=r"slope\.gather: index of shape \(1, 1\) does not fit x of shape"):
         slope.gather(slope.tensor(5.0), 0, slope.tensor([[0]]))
+
+
+CONV_MORE_CASES = [  # (transposed, x shape, w shape, keywords): values and gradients against PyTorch
+    (True, (1, 1, 1), (1, 2, 3), {"stride": 2, "padding": 2, "dilation": 2}),  # a kernel offset wholly outside
+    (True, (2, 2, 3, 1), (2, 1, 3, 3), {"stride": (2, 1), "padding": (1, 2), "dilation": 2, "groups": 2}),
+    (False, (1, 0, 0), (4, 0, 1), {"stride": 2, "padding": 1, "groups": 2}),  # no input channels, empty in space
+    (False, (2, 0, 0, 2), (1, 0, 1, 2), {"stride": 2, "padding": 1}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_MORE_CASES)))
+def test_convolution_edges_match_pytorch(backend, torch, case):
+    """conv_transpose whose padding puts a kernel offset wholly outside the output (it raised a slope.pad error), and
+    the gradient of a conv over no input channels and an input empty in space (it raised): PyTorch's values."""
+    transposed, xs, ws, keywords = CONV_MORE_CASES[case]
+    rng = np.random.RandomState(case)
+    data, weight = rng.randn(*xs).astype(np.float32), rng.randn(*ws).astype(np.float32)
+    n = len(xs) - 2
+    reference = getattr(torch.nn.functional, f"conv_transpose{n}d" if transposed else f"conv{n}d")
+    leaf, leaf_w = torch.from_numpy(data.copy()).requires_grad_(), torch.from_numpy(weight.copy()).requires_grad_()
+    expected = reference(leaf, leaf_w, **keywords)
+    expected.sum().backward()
+    function = slope.nn.functional.conv_transpose if transposed else slope.conv
+    x, w = slope.tensor(data), slope.tensor(weight)
+    got = function(x, w, **keywords).numpy()
+    if not transposed and xs[1] == 0:  # no input channels: zeros of (N, C_out, ...) (README); PyTorch (N, 0, ...)
+        np.testing.assert_array_equal(got, np.zeros((xs[0], ws[0], *expected.shape[2:]), np.float32))
+    else:
+        np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    gx, gw = slope.grad(lambda a, b: function(a, b, **keywords).sum(), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(gx.numpy(), leaf.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw.numpy(), leaf_w.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_convolution_without_output_channels_raises(backend, transposed):
+    """A weight with no output channels is a ShapeError naming the operator, as PyTorch raises (Slope gave an empty
+    tensor)."""
+    if transposed:
+        with pytest.raises(slope.ShapeError, match=r"slope\.conv_transpose: weight \(2, 0, 1\) has no output channels"):
+            slope.nn.functional.conv_transpose(slope.ones((1, 2, 3)), slope.ones((2, 0, 1)))
+    else:
+        with pytest.raises(slope.ShapeError, match=r"slope\.conv: .*weight of shape \(0, 2, 1\).*positive multiple"):
+            slope.conv(slope.ones((1, 2, 3)), slope.ones((0, 2, 1)))
