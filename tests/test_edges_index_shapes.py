@@ -216,6 +216,13 @@ def test_index_add_keeps_the_value_shape_strict(backend):
         slope.zeros((2, 3)).at[[0, 1]].add(slope.ones((1, 1, 3)))
 
 
+def test_index_update_names_the_value_and_target_shapes(backend):
+    """A value that does not broadcast to x[index] is a ShapeError naming both shapes (it named two shapes that
+    "cannot be broadcast together" without saying which was the value)."""
+    with pytest.raises(slope.ShapeError, match=r"a value of shape \(3, 4\) does not fit x\[index\] of shape \(2, 4\)"):
+        slope.zeros((3, 4)).at[[0, 1]].set(slope.ones((3, 4)))
+
+
 CONV_GRAD_CASES = [  # (x shape, w shape, keywords): batch 0, empty in space, a non-empty output shape
     ((0, 2, 0), (3, 2, 1), {"padding": 1}),
     ((0, 2, 0), (3, 2, 2), {"padding": 1}),

@@ -626,7 +626,7 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     value, shape = as_tensor(value, x.dtype), positions.shape
     if mode == "set" and set(value.shape[: value.ndim - len(shape)]) == {1}:  # leading 1s go, as in PyTorch's x[i] = v
         value = value.reshape(value.shape[value.ndim - len(shape) :])
-    if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
+    if value.ndim > len(shape) or any(v not in (1, n) for v, n in zip(value.shape[::-1], shape[::-1])):  # broadcasts?
         raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
     value, flat, target = broadcast_to(value, shape).reshape(-1), x.reshape(-1), positions.reshape((-1, 1))
     if mode == "add":
