@@ -92,8 +92,15 @@ def test_getitem_matches_pytorch(backend, torch, case):
     data = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
     expected = _outcome(lambda: torch.from_numpy(data)[_torch_index(torch, index)])
     _agree(_outcome(lambda: slope.tensor(data)[index]), expected, (backend, shape, index))
-    if not isinstance(expected, type):  # the same under jit (the index a constant of the program)
-        _agree(_outcome(lambda: slope.jit(lambda x: x[index])(slope.tensor(data))), expected, (backend, "jit", index))
+    if isinstance(expected, type):
+        return
+    # the same under jit (the index a constant of the program), and the gradient (PyTorch's autograd)
+    _agree(_outcome(lambda: slope.jit(lambda x: x[index])(slope.tensor(data))), expected, (backend, "jit", index))
+    leaf = torch.from_numpy(data.copy()).requires_grad_()
+    weights = np.asarray(np.linspace(-1.0, 2.0, expected.size, dtype=np.float32).reshape(expected.shape))
+    (leaf[_torch_index(torch, index)] * torch.from_numpy(weights)).sum().backward()
+    grad = slope.grad(lambda x: (x[index] * slope.tensor(weights)).sum())(slope.tensor(data))
+    _agree(grad.numpy(), leaf.grad.numpy(), (backend, "grad", index))
 
 
 def _random_item(rng: random.Random):

@@ -70,6 +70,8 @@ def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
     if idx.shape[-1] == 0:  # every update adds to all of x
         return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
+    if 0 in np.shape(updates) and 0 not in np.shape(x)[: idx.shape[-1]]:  # no updates: no index checked (as gather_nd)
+        return x.copy()
     out = x.copy()
     try:
         np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
