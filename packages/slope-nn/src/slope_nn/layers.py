@@ -307,6 +307,9 @@ class BatchNorm(Module):
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         dims = (0, *range(2, x.ndim))
         if self.training or not self.track_running_stats:
+            if x.numel() == self.num_features:  # (one value per channel has no spread to normalise by)
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when using batch "
+                                 f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
             mean = wide.mean(dims)
             var = slope.var(wide, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
             if self.training and self.track_running_stats:
@@ -385,10 +388,10 @@ class RMSNorm(Module):
         k = len(self.normalized_shape)
         if x.shape[x.ndim - k :] != self.normalized_shape:
             raise ValueError(f"RMSNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
-        eps = self.eps if self.eps is not None else _finfo_eps(x.dtype)
         dims = tuple(range(x.ndim - k, x.ndim))
         # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
         wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
+        eps = self.eps if self.eps is not None else _finfo_eps(wide.dtype)  # the computation's (float32's for float16)
         out = (wide * ((wide * wide).mean(dims, keepdim=True) + eps).rsqrt()).astype(x.dtype)
         return (out * self.weight).astype(x.dtype) if self.weight is not None else out
 
