@@ -15,7 +15,7 @@ from slope.operators import check_indices, ints
 
 from . import functional, init
 from .module import Module, next_key
-from .operators import layer_norm
+from .operators import layer_norm, overflow_to_nan
 
 __all__ = [
     "AvgPool1d",
@@ -362,7 +362,7 @@ class LayerNorm(Module):
             out = layer_norm(wide, self.eps)
         else:
             centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
-            out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
+            out = centered * overflow_to_nan((centered * centered).mean(dims, keepdim=True), self.eps)
         if self.weight is not None:
             out = out * self.weight
         if self.bias is not None:
