@@ -216,3 +216,19 @@ def test_batch_norm_one_value_per_channel(backend, shape):
         layer(slope.tensor(x))
     layer.eval()  # running statistics: no spread needed, as PyTorch
     assert layer(slope.tensor(x)).shape == shape
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_batch_and_rms_norm_overflow_is_nan_not_zero(backend, jit, dtype):
+    # the variance (mean square) of these overflows: BatchNorm's batch statistics and RMSNorm gave 0s (PyTorch too);
+    # NaN says so. Running statistics are used as given (an infinite running_var gives 0s, exactly).
+    params = None if dtype == "bfloat16" else getattr(slope, dtype)
+    for values in _overflowing_rows(dtype):
+        batch_norm = nn.BatchNorm1d(1, track_running_stats=False, dtype=params)
+        got = run(lambda x, layer=batch_norm: layer(x.reshape((-1, 1))).reshape((-1,)), values, dtype, jit)
+        assert np.isnan(got).all(), got
+        rms_norm = nn.RMSNorm((len(values),), elementwise_affine=False)
+        assert np.isnan(run(rms_norm, values, dtype, jit)).all()
+    batch_norm = nn.BatchNorm1d(1, dtype=params).eval()
+    assert not np.isnan(run(lambda x: batch_norm(x.reshape((-1, 1))), values, dtype, jit)).any()

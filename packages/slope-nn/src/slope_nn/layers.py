@@ -312,6 +312,7 @@ class BatchNorm(Module):
                                  f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
             mean = wide.mean(dims)
             var = slope.var(wide, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
+            rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
                 m = self.momentum
@@ -321,8 +322,8 @@ class BatchNorm(Module):
                 self.running_var = (self.running_var.detach() * (1.0 - m) + unbiased * m).astype(kept)
         else:
             mean = self.running_mean.detach()
-            var = self.running_var.detach()
-        out = (wide - mean.reshape(shape)) * (var.reshape(shape) + self.eps).rsqrt()
+            rstd = (self.running_var.detach() + self.eps).rsqrt()
+        out = (wide - mean.reshape(shape)) * rstd.reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         return out.astype(x.dtype) if narrow else out
@@ -392,7 +393,7 @@ class RMSNorm(Module):
         # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
         wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
         eps = self.eps if self.eps is not None else _finfo_eps(wide.dtype)  # the computation's (float32's for float16)
-        out = (wide * ((wide * wide).mean(dims, keepdim=True) + eps).rsqrt()).astype(x.dtype)
+        out = (wide * overflow_to_nan((wide * wide).mean(dims, keepdim=True), eps)).astype(x.dtype)
         return (out * self.weight).astype(x.dtype) if self.weight is not None else out
 
     def extra_repr(self) -> str:
