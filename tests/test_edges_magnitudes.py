@@ -10,6 +10,7 @@
   0s with no sign of trouble; the procedures (numpy, iree, every float64, and LayerNorm over several dimensions)
   now give NaN there, as PyTorch's float64 kernel. onnxruntime's float32 LayerNormalization still gives the 0s (see
   the xfail below: a rescue costs about a quarter of the kernel's time on every call).
+- BatchNorm's batch statistics and RMSNorm likewise give NaN where the variance (mean square) overflows (PyTorch: 0s).
 - RMSNorm's default eps for float16/bfloat16 input is float32's machine epsilon (the computation's dtype), as PyTorch.
 - BatchNorm with batch statistics refuses one value per channel (a ValueError, as PyTorch).
 
