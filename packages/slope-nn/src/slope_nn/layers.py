@@ -393,7 +393,8 @@ class RMSNorm(Module):
         # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
         wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
         eps = self.eps if self.eps is not None else _finfo_eps(wide.dtype)  # the computation's (float32's for float16)
-        out = (wide * overflow_to_nan((wide * wide).mean(dims, keepdim=True), eps)).astype(x.dtype)
+        # (a mean square that overflowed gives 0s, as PyTorch's: NaN there would also turn [1, inf] into NaNs, not [0, NaN])
+        out = (wide * ((wide * wide).mean(dims, keepdim=True) + eps).rsqrt()).astype(x.dtype)
         return (out * self.weight).astype(x.dtype) if self.weight is not None else out
 
     def extra_repr(self) -> str:
