@@ -160,7 +160,8 @@ def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 def overflow_to_nan(variance: Tensor, eps: float) -> Tensor:
     """1 / sqrt(variance + eps), NaN where the variance overflowed: rstd 0 would make the row all 0s, a wrong result
-    that looks right (PyTorch's is NaN; onnxruntime's LayerNormalization redoes such rows scaled, see its translation).
+    that looks right (PyTorch gives NaN or 0s, by the values; onnxruntime's float32 LayerNormalization kernel still
+    gives 0s: the README's Differences).
     It costs a subtraction and an addition per row (variance - variance: 0, or NaN for inf), where the true values
     would cost a pass over x."""
     return (variance + eps).rsqrt() + (variance - variance)
