@@ -294,17 +294,17 @@ def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
-    x = _float(x)
-    wide = cast(x, _wide(x.dtype))
+    x = _float(x)  # bfloat16 in float64: its sums overflow float32, its squares underflow it (not PyTorch's Welford's)
+    wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
-    scale = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True)) if name == "std" and count else None
-    if scale is not None:  # std divides by the largest deviation, so no square overflows where std itself does not
-        centered = centered / (scale := where(scale == 0.0, 1.0, scale))
+    if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
+        top = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True))  # (inf where the mean overflowed: inf,
+        centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)
     variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
-    if name == "var":
-        return cast(variance, x.dtype)
+    if name == "var":  # (the scale twice: its square may underflow where variance is inf)
+        return cast(variance * (s := scale.reshape(variance.shape)) * s if scaled else variance, x.dtype)
     root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
-    return cast(root if scale is None else root * scale.reshape(root.shape), x.dtype)
+    return cast(root * scale.reshape(root.shape) if scaled else root, x.dtype)
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:

@@ -154,8 +154,17 @@ def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     narrow = x.dtype in (slope.float16, slope.bfloat16)
     wide = x.astype(slope.float32) if narrow else x
     centered = wide - wide.mean(-1, keepdim=True)
-    rstd = ((centered * centered).mean(-1, keepdim=True) + eps).rsqrt()
+    rstd = overflow_to_nan((centered * centered).mean(-1, keepdim=True), eps)
     return (centered.astype(x.dtype), rstd.astype(x.dtype)) if not narrow else (centered, rstd)
+
+
+def overflow_to_nan(variance: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(variance + eps), NaN where the variance overflowed: rstd 0 would make the row all 0s, a wrong result
+    that looks right (PyTorch gives NaN or 0s, by the values; onnxruntime's float32 LayerNormalization kernel still
+    gives 0s: the README's Differences).
+    It costs a subtraction and an addition per row (variance - variance: 0, or NaN for inf), where the true values
+    would cost a pass over x."""
+    return (variance + eps).rsqrt() + (variance - variance)
 
 
 class LayerNormOp(_LastDimNorm):
