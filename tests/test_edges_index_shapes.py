@@ -136,6 +136,31 @@ def test_getitem_random_expressions_match_pytorch(backend, torch):
         _agree(_outcome(lambda d=data, i=index: slope.tensor(d)[i]), expected, (backend, shape, index))
 
 
+def test_traced_random_expressions_match_pytorch(backend, torch):
+    """The same enumeration under jit with every integer index array a traced argument (0-d ones too): where the
+    index arrays' dimensions go must not depend on whether their values are known."""
+    rng = random.Random(19)
+    done = 0
+    while done < (100 if backend in ("numpy", "onnxruntime") else 10):
+        shape = tuple(rng.choice([1, 2, 3]) for _ in range(rng.randint(1, 3)))
+        index = tuple(_random_item(rng) for _ in range(rng.randint(1, 4)))
+        arrays = [k for k, i in enumerate(index) if isinstance(i, np.ndarray) and i.dtype != bool]
+        data = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+        expected = _outcome(lambda d=data, i=index: torch.from_numpy(d)[_torch_index(torch, i)])
+        if not arrays or sum(i is Ellipsis for i in index) > 1 or isinstance(expected, type):
+            continue
+        done += 1
+
+        def pick(x, *traced, index=index, arrays=arrays):
+            items = list(index)
+            for k, value in zip(arrays, traced):
+                items[k] = value
+            return x[tuple(items)]
+
+        got = slope.jit(pick)(slope.tensor(data), *[slope.tensor(index[k]) for k in arrays]).numpy()
+        _agree(got, expected, (backend, "traced", shape, index))
+
+
 def test_negative_steps_match_numpy(backend):
     """Negative steps and out-of-range slice bounds (PyTorch has no negative steps: NumPy's outcome)."""
     data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
