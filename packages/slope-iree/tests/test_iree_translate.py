@@ -249,3 +249,29 @@ def test_permutes_sunk_toward_inputs_keep_values(fn):
     program = slope.jit(fn).lower(slope.tensor(a), slope.tensor(w)).program
     sunk = sink_permutes(program)
     assert [v.aval for v in sunk.outputs] == [v.aval for v in program.outputs]
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [lambda x: x[:, :, 3][[0, 1]], lambda x: x[[1, 0], :, -1], lambda x: x[:, ::2].transpose(0, 2)[[1, 0, 1]]],
+)
+def test_a_gather_from_a_strided_read_compiles(fn):
+    """IREE 3.13 failed to compile a gather fused with a slice or transpose of the input (an LLVM translation error):
+    the gather's operand is kept apart, and the values are NumPy's."""
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(slope.jit(fn)(slope.tensor(data)).numpy(), _numpy(fn, data))
+
+
+def _numpy(fn, data):
+    """fn on a NumPy array through Slope's numpy backend (the reference)."""
+    with slope.use_backend("numpy"):
+        return fn(slope.tensor(data)).numpy()
+
+
+def test_a_scatter_of_no_updates_is_its_input():
+    """`x.at[[]].add(v)` and `.set(v)` with no positions give x (IREE 3.13's compiler crashed on an empty scatter)."""
+    data = np.arange(6, dtype=np.float32).reshape(3, 2)
+    empty = np.array([], dtype=np.int64)
+    x = slope.tensor(data)
+    np.testing.assert_array_equal(x.at[empty].add(slope.zeros((0, 2))).numpy(), data)
+    np.testing.assert_array_equal(slope.jit(lambda t: t.at[empty].set(1.0) * 2)(x).numpy(), data * 2)

@@ -149,6 +149,23 @@ def test_scaled_8_bit_integers_dequantize_in_one_node(dtype):
     np.testing.assert_array_equal(both(x)[1].numpy(), x.numpy().astype(np.float32) * row)
 
 
+def test_abs_is_one_node_that_keeps_zeros_positive(tmp_path):
+    # slope.abs is x * sign(x) + 0 (the + 0 makes |-0.0| 0.0); onnxruntime's NoopElimination dropped that + 0 inside
+    # a program, so rsqrt(|-0.0|) under jit was -inf. The translation writes Abs, and sessions keep Slope's no-ops.
+    x = slope.tensor(np.array([-0.0, 0.0, 2.0, -3.0, np.nan, -np.inf], np.float32))
+    inverse_root = slope.jit(lambda t: t.abs().rsqrt())
+    expected = np.array([np.inf, np.inf, 2**-0.5, 3**-0.5, np.nan, 0.0], np.float32)
+    np.testing.assert_allclose(inverse_root(x).numpy(), expected, rtol=1e-6)
+    lowered = inverse_root.lower(x)
+    assert [n.op_type for n in lowered.executable.model.graph.node] == ["Abs", "Sqrt", "Div"]
+    (path,) = lowered.export(tmp_path / "abs_rsqrt")[:1]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # a user's default session
+    (exported,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(exported, expected, rtol=1e-6)
+    smallest = slope.tensor(np.array([-128, -5, 0, 7], np.int8))  # |-128| wraps to -128 in int8, as in PyTorch
+    np.testing.assert_array_equal(slope.jit(lambda t: t.abs())(smallest).numpy(), [-128, 5, 0, 7])
+
+
 def test_repeated_nodes_are_computed_once():
     # a conv's weight and input gradients both transpose the cotangent to the images-last layout: one Transpose
     rng = np.random.default_rng(0)

@@ -801,12 +801,12 @@ class Conv(Operator):
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
         n = x.ndim - 2
         if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
-            layout = "x (N, C, *spatial) and w (O, C/groups, *kernel)"
-            raise self.shape_error(f"expected {layout}, got {x.shape}, {w.shape}")
-        if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+            raise self.shape_error(f"expected x (N, C, *spatial), w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
+        if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups or not w.shape[0]:  # (PyTorch: O > 0 too)
             raise self.shape_error(
                 f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
-                f"with groups={groups} (expected {w.shape[1] * groups} input channels)"
+                f"with groups={groups} (expected {w.shape[1] * groups} input channels, and output channels a positive "
+                f"multiple of {groups})"
             )
         if x.dtype != w.dtype or not x.dtype.is_float:
             raise self.dtype_error(f"expected floating inputs of one dtype, got {x.dtype.name} and {w.dtype.name}")
@@ -822,6 +822,8 @@ class Conv(Operator):
     def transpose(self, cotangents: list, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
                   groups: int) -> list:  # fmt: skip
         ct, n = cotangents[0], cotangents[0].ndim - 2
+        if 0 in ct.shape + (x if isinstance(x, UndefinedPrimal) else w).aval.shape:  # (convolutions below may not fit)
+            return [zeros_like(p.aval) if isinstance(p, UndefinedPrimal) else None for p in (x, w)]  # an empty one: 0
         if isinstance(x, UndefinedPrimal):
             out_ch, in_per_group, *kernel = w.shape
             # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight

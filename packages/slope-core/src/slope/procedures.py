@@ -294,17 +294,17 @@ def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
-    x = _float(x)
-    wide = cast(x, _wide(x.dtype))
+    x = _float(x)  # bfloat16 in float64: its sums overflow float32, its squares underflow it (not PyTorch's Welford's)
+    wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
-    scale = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True)) if name == "std" and count else None
-    if scale is not None:  # std divides by the largest deviation, so no square overflows where std itself does not
-        centered = centered / (scale := where(scale == 0.0, 1.0, scale))
+    if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
+        top = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True))  # (inf where the mean overflowed: inf,
+        centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)
     variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
-    if name == "var":
-        return cast(variance, x.dtype)
+    if name == "var":  # (the scale twice: its square may underflow where variance is inf)
+        return cast(variance * (s := scale.reshape(variance.shape)) * s if scaled else variance, x.dtype)
     root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
-    return cast(root if scale is None else root * scale.reshape(root.shape), x.dtype)
+    return cast(root * scale.reshape(root.shape) if scaled else root, x.dtype)
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
@@ -556,10 +556,8 @@ def getitem(x: Any, index: Any) -> Tensor:
             continue
         mask = as_tensor(item)
         if mask.buffer is None:
-            raise TypeError(
-                "slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; "
-                "use slope.where(mask, x, 0) instead"
-            )
+            message = "a boolean mask inside a transformation gives a data-dependent shape; use slope.where(mask, x, 0)"
+            raise TypeError(f"slope.getitem: {message} instead")
         if mask.shape != x.shape[dim : dim + mask.ndim]:
             raise IndexError(f"slope.getitem: a mask of shape {mask.shape} does not fit shape {x.shape} at dim {dim}")
         if mask.ndim == 0:  # a 0-d mask adds a dimension of size 1 and masks it, as in PyTorch
@@ -567,7 +565,6 @@ def getitem(x: Any, index: Any) -> Tensor:
         expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
-    takes_none = any(isinstance(i, Tensor) and i.numel() == 0 for i in items)  # then no index is checked (PyTorch)
     # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
     bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
     for item in items:
@@ -575,11 +572,11 @@ def getitem(x: Any, index: Any) -> Tensor:
             out_shape.append(1)
             continue
         size = x.shape[dim]
+        if isinstance(item, Tensor) and (item.dtype.is_float or item.dtype == dtypes.bool_):
+            raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
+        if isinstance(item, Tensor) and item.ndim == 0 and item.buffer is not None:
+            item = int(item)  # a concrete 0-d index is an int (PyTorch's select): checked, moves no dimension
         if isinstance(item, Tensor):  # the whole dimension here; the gather below picks from it
-            if item.dtype.is_float or item.dtype == dtypes.bool_:
-                raise IndexError(f"slope.getitem: tensors used as indices must be integers, got {item.dtype.name}")
-            if not takes_none:
-                check_indices("getitem", item, -size, size, f"dimension {dim} of size {size}")
             advanced.append((len(out_shape), dim, item))
             item = slice(None)
         if isinstance(item, slice):
@@ -598,24 +595,25 @@ def getitem(x: Any, index: Any) -> Tensor:
             begin, end, stride = size - 1 - begin, size - 1 - end, -stride
         bounds.append((begin, max(begin, end), stride))
         dim += 1
-    if flips:
-        x = ops.flip(x, tuple(flips))
+    x = ops.flip(x, tuple(flips)) if flips else x
     if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
-        start, stop, step = zip(*bounds)
-        x = ops.slice_(x, start, stop, step)
+        x = ops.slice_(x, *zip(*bounds))  # starts, stops, steps
     x = x.reshape(tuple(out_shape))
     return _gather_advanced(x, advanced) if advanced else x
 
 
 def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     positions = [p for p, _, _ in advanced]
-    indices = coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64)  # gather_nd takes -1 as the last
     rest = [d for d in range(x.ndim) if d not in positions]
-    stacked = stack(indices, -1)
+    for p, d, index in advanced:  # no checks where an index is empty, only of empty dimensions where the result is
+        if all(i.numel() for _, _, i in advanced) and (0 not in [x.shape[r] for r in rest] or x.shape[p] == 0):
+            check_indices("getitem", index, -x.shape[p], x.shape[p], f"dimension {d} of size {x.shape[p]}")
+    stacked = stack(coerce("getitem", *[i for _, _, i in advanced], dtype=dtypes.int64), -1)  # (int64: -1 is the last)
     out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
-    batch_ndim, first = stacked.ndim - 1, positions[0]
-    if positions == list(range(first, first + len(positions))) and first > 0:
-        perm = (*range(batch_ndim, batch_ndim + first), *range(batch_ndim), *range(batch_ndim + first, out.ndim))
+    spread = [p for p, _, i in advanced if i.ndim] or [0]  # 0-d indices (traced selects) separate none
+    batch_ndim, lead = stacked.ndim - 1, sum(d < spread[0] for d in rest)
+    if set(range(spread[0], spread[-1] + 1)) <= set(positions) and lead:
+        perm = (*range(batch_ndim, batch_ndim + lead), *range(batch_ndim), *range(batch_ndim + lead, out.ndim))
         out = out.permute(perm)
     return out
 
@@ -626,17 +624,17 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     value, shape = as_tensor(value, x.dtype), positions.shape
-    if ops.broadcast_shapes("index_update", value.shape, shape) != shape:
+    if mode == "set" and set(value.shape[: value.ndim - len(shape)]) == {1}:  # leading 1s go, as in PyTorch's x[i] = v
+        value = value.reshape(value.shape[value.ndim - len(shape) :])
+    if value.ndim > len(shape) or any(v not in (1, n) for v, n in zip(value.shape[::-1], shape[::-1])):  # broadcasts?
         raise ShapeError(f"slope.index_update: a value of shape {value.shape} does not fit x[index] of shape {shape}")
-    value, flat = broadcast_to(value, shape).reshape(-1), x.reshape(-1)
-    target = positions.reshape((-1, 1))
+    value, flat, target = broadcast_to(value, shape).reshape(-1), x.reshape(-1), positions.reshape((-1, 1))
     if mode == "add":
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
     if mode != "set":
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
-    index = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in index):  # positions may repeat: keep each one's last
-        n = target.shape[0]
+    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in (index if isinstance(index, tuple) else (index,))):
+        n = target.shape[0]  # positions may repeat: keep each one's last
         if target.buffer is not None:
             last = np.isin(np.arange(n), n - 1 - np.unique(target.numpy()[::-1, 0], return_index=True)[1])
         else:  # traced: a write loses to any later one at its position (n * n comparisons)
@@ -653,9 +651,9 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     x, index = as_tensor(x), as_tensor(index)
     if not index.dtype.is_int:
         raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
-    if x.ndim == 0:  # as the 1-element vector, as in PyTorch
-        return gather(x.reshape(1), dim, index.reshape(-1)).reshape(index.shape)
-    dim = ops.normalize_dim("gather", dim, x.ndim)
+    dim = ops.normalize_dim("gather", dim, max(x.ndim, 1))  # PyTorch: a 0-d x or index as 1-d; an empty index unchecked
+    if (x.ndim + index.ndim <= 1 or index.numel() == 0) and (x.ndim, index.ndim) != (1, 1):
+        return gather(x.reshape(-1), 0, index.reshape(-1)).reshape(index.shape)
     if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
         raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
     check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")

@@ -883,12 +883,17 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     if k == 0:  # empty index vectors pick all of x
         return fn.broadcast(inputs[0], out.shape)
     index = checked_indices(fn, inputs[1], x_aval.shape[:k], f"{_GATHER}: {_RANGE}")
+    x = inputs[0]
+    if x.startswith("%v"):
+        # IREE 3.13 fails to compile a gather fused with a strided read of its operand (a slice or transpose of the
+        # function's input: "LLVM Translation failed for operation: builtin.unrealized_conversion_cast"): keep apart
+        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     offsets = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     sizes = array_attr([1] * k + list(x_aval.shape[k:]))
-    text = (f'"stablehlo.gather"({inputs[0]}, {index}) {{dimension_numbers = #stablehlo.gather<offset_dims = '
+    text = (f'"stablehlo.gather"({x}, {index}) {{dimension_numbers = #stablehlo.gather<offset_dims = '
             f"[{offsets}], collapsed_slice_dims = [{leading}], start_index_map = [{leading}], index_vector_dim = "
-            f"{batch}>, indices_are_sorted = false, slice_sizes = {sizes}}} : ({fn.type(inputs[0])}, "
+            f"{batch}>, indices_are_sorted = false, slice_sizes = {sizes}}} : ({fn.type(x)}, "
             f"{fn.type(index)}) -> {fn.tensor_type(out)}")  # fmt: skip
     return fn.emit(text, out)
 
@@ -901,6 +906,8 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
     if k == 0:  # every update adds to all of x
         total = fn.reduce(updates, combine, False if combine == "or" else 0, range(batch))
         return fn.binary(combine, x, total)
+    if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
+        return x
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
     # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
     # caller's (a jitted function's input came back changed)

@@ -185,6 +185,10 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     (batch, c_in, *size), (_, c_out, *kernel) = x.shape, weight.shape  # c_out per group
     if c_in % groups:
         raise slope.ShapeError(f"slope.conv_transpose: {c_in} input channels do not split into {groups} groups")
+    if c_out == 0:  # as PyTorch (which also says so for its convolutions)
+        raise slope.ShapeError(
+            f"slope.conv_transpose: weight {weight.shape} has no output channels (expected at least 1)"
+        )
     if not x.dtype.is_float or x.dtype != weight.dtype:
         raise slope.DTypeError(f"slope.conv_transpose: expected floats of one dtype, got {x.dtype.name} and "
                                f"{weight.dtype.name}")  # fmt: skip
@@ -194,8 +198,9 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
         for s, st, p, d, k, op in zip(size, stride, padding, dilation, kernel, output_padding)
     )
-    if min(spatial) < 1:
-        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} gives an output of size {spatial} (too small)")
+    if min(spatial) < (1 if batch else 0):  # PyTorch: an empty output only with no batch
+        raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} with weight {weight.shape} gives an output of "
+                               f"size {spatial} (too small)")  # fmt: skip
     if 0 in size and batch and c_in:  # PyTorch: an empty spatial dimension only with no batch or no channels
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} is empty in a spatial dimension (weight "
                                f"{weight.shape}); only a batch or channels of 0 may be empty")  # fmt: skip
@@ -210,8 +215,11 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     out = None
     for k, offset in enumerate(np.ndindex(*kernel)):
         lo = (0, 0, *(o * d - p for o, d, p in zip(offset, dilation, padding)))
+        if any(a >= m or a <= -s * st for a, m, s, st in zip(lo[2:], spatial, size, stride)):
+            continue  # this offset puts every element outside the output (and would crop more than all of it)
         placed = strided_place(cols[..., k], (1, 1, *stride), lo, (batch, groups * c_out, *spatial))
         out = placed if out is None else out + placed
+    out = slope.zeros((batch, groups * c_out, *spatial), dtype=x.dtype) if out is None else out  # (no offset reached)
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 

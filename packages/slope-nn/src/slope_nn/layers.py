@@ -15,7 +15,7 @@ from slope.operators import check_indices, ints
 
 from . import functional, init
 from .module import Module, next_key
-from .operators import layer_norm
+from .operators import layer_norm, overflow_to_nan
 
 __all__ = [
     "AvgPool1d",
@@ -307,8 +307,12 @@ class BatchNorm(Module):
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         dims = (0, *range(2, x.ndim))
         if self.training or not self.track_running_stats:
+            if x.numel() == self.num_features:  # (one value per channel has no spread to normalise by)
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when using batch "
+                                 f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
             mean = wide.mean(dims)
             var = slope.var(wide, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
+            rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
                 m = self.momentum
@@ -318,8 +322,8 @@ class BatchNorm(Module):
                 self.running_var = (self.running_var.detach() * (1.0 - m) + unbiased * m).astype(kept)
         else:
             mean = self.running_mean.detach()
-            var = self.running_var.detach()
-        out = (wide - mean.reshape(shape)) * (var.reshape(shape) + self.eps).rsqrt()
+            rstd = (self.running_var.detach() + self.eps).rsqrt()
+        out = (wide - mean.reshape(shape)) * rstd.reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         return out.astype(x.dtype) if narrow else out
@@ -359,7 +363,7 @@ class LayerNorm(Module):
             out = layer_norm(wide, self.eps)
         else:
             centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
-            out = centered * ((centered * centered).mean(dims, keepdim=True) + self.eps).rsqrt()
+            out = centered * overflow_to_nan((centered * centered).mean(dims, keepdim=True), self.eps)
         if self.weight is not None:
             out = out * self.weight
         if self.bias is not None:
@@ -385,10 +389,11 @@ class RMSNorm(Module):
         k = len(self.normalized_shape)
         if x.shape[x.ndim - k :] != self.normalized_shape:
             raise ValueError(f"RMSNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
-        eps = self.eps if self.eps is not None else _finfo_eps(x.dtype)
         dims = tuple(range(x.ndim - k, x.ndim))
         # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
         wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
+        eps = self.eps if self.eps is not None else _finfo_eps(wide.dtype)  # the computation's (float32's for float16)
+        # (a mean square that overflowed gives 0s, as PyTorch's: NaN there would also turn [1, inf] into NaNs, not [0, NaN])
         out = (wide * ((wide * wide).mean(dims, keepdim=True) + eps).rsqrt()).astype(x.dtype)
         return (out * self.weight).astype(x.dtype) if self.weight is not None else out
 

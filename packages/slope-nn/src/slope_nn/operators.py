@@ -154,8 +154,17 @@ def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     narrow = x.dtype in (slope.float16, slope.bfloat16)
     wide = x.astype(slope.float32) if narrow else x
     centered = wide - wide.mean(-1, keepdim=True)
-    rstd = ((centered * centered).mean(-1, keepdim=True) + eps).rsqrt()
+    rstd = overflow_to_nan((centered * centered).mean(-1, keepdim=True), eps)
     return (centered.astype(x.dtype), rstd.astype(x.dtype)) if not narrow else (centered, rstd)
+
+
+def overflow_to_nan(variance: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(variance + eps), NaN where the variance overflowed: rstd 0 would make the row all 0s, a wrong result
+    that looks right (PyTorch gives NaN or 0s, by the values; onnxruntime's float32 LayerNormalization kernel still
+    gives 0s: the README's Differences).
+    It costs a subtraction and an addition per row (variance - variance: 0, or NaN for inf), where the true values
+    would cost a pass over x."""
+    return (variance + eps).rsqrt() + (variance - variance)
 
 
 class LayerNormOp(_LastDimNorm):
@@ -449,12 +458,15 @@ def _check_along(op: Operator, x: Aval, index: Aval, dim: int) -> None:
 
 
 class TakeAlongDim(Operator):
-    """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `dim`: PyTorch's take_along_dim (gather)."""
+    """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `dim`: PyTorch's take_along_dim (gather); with no
+    dim (PyTorch's default), along x and index flattened."""
 
     name = "take_along_dim"
 
-    def __call__(self, x: Any, index: Any, dim: int = -1, *, unique_indices: bool = False) -> Tensor:
+    def __call__(self, x: Any, index: Any, dim: int | None = None, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
+        if dim is None:  # PyTorch's default: both flattened
+            x, index, dim = x.reshape(-1), index.reshape(-1), 0
         if index.ndim != x.ndim:
             raise self.shape_error(f"index of shape {index.shape} needs as many dimensions as x of shape {x.shape}")
         dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
@@ -500,6 +512,9 @@ class ScatterAdd(Operator):
     def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
         src = _tensor(src).astype(x.dtype)
+        if min(x.ndim, index.ndim, src.ndim) == 0 and max(x.ndim, index.ndim, src.ndim) <= 1:  # 0-d as 1-d (PyTorch)
+            flat = [t.reshape(-1) for t in (x, index, src)]
+            return self(flat[0], dim, *flat[1:], unique_indices=unique_indices).reshape(x.shape)
         dim = normalize_dim(self.name, dim, x.ndim, needs_dim=True)
         if index.numel() == 0:  # nothing to add: PyTorch asks nothing more of the shapes then
             return x

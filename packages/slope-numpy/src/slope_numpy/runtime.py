@@ -46,6 +46,9 @@ def gather_nd(x, idx):
     """x indexed by the last dimension of idx."""
     if idx.shape[-1] == 0:  # empty index vectors pick all of x (x[()] would not repeat it over idx's batch)
         return np.broadcast_to(x, idx.shape[:-1] + np.shape(x))
+    shape = idx.shape[:-1] + np.shape(x)[idx.shape[-1] :]
+    if 0 in shape and 0 not in np.shape(x)[: idx.shape[-1]]:  # an empty result checks no index, as in PyTorch
+        return np.empty(shape, x.dtype)
     try:
         return x[tuple(np.moveaxis(idx, -1, 0))]
     except IndexError as error:  # an index outside [-size, size): say which operator met it
@@ -67,6 +70,8 @@ def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate)."""
     if idx.shape[-1] == 0:  # every update adds to all of x
         return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
+    if 0 in np.shape(updates) and 0 not in np.shape(x)[: idx.shape[-1]]:  # no updates: no index checked (as gather_nd)
+        return x.copy()
     out = x.copy()
     try:
         np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)

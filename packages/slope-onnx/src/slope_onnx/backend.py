@@ -87,6 +87,9 @@ def _load_libraries() -> None:
 
 _ERROR = 3  # onnxruntime logger severities
 _FATAL = 4
+# onnxruntime's NoopElimination drops `x + 0`, which is not an identity in IEEE arithmetic: -0.0 + 0 is +0.0, and the
+# translations add 0 on purpose where a result must not be -0.0 (|x| of -0.0, say; rsqrt(|-0.0|) became -inf)
+_DISABLED_OPTIMIZERS = ["NoopElimination"]
 
 # Programs whose tensors are all at most this big gain nothing from a thread pool.
 SMALL_PROGRAM_ELEMENTS = 1 << 15
@@ -372,10 +375,12 @@ class OnnxBackend(Backend):
         self._device(device)
         options = _options(pooled)
         if device == "cpu":
-            return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"], enable_fallback=0)
+            return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"], enable_fallback=0,
+                                        disabled_optimizers=_DISABLED_OPTIMIZERS)  # fmt: skip
         index = int(device.split(":")[1])
         providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        return ort.InferenceSession(model_bytes, options, providers=providers, enable_fallback=0)
+        return ort.InferenceSession(model_bytes, options, providers=providers, enable_fallback=0,
+                                    disabled_optimizers=_DISABLED_OPTIMIZERS)  # fmt: skip
 
     def export(self, program: Program, path: str) -> list[str]:
         """Write the Program as a checked `.onnx` model that plain onnxruntime runs."""

@@ -415,6 +415,33 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         return [maxima, mask, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
                                                                   list(where.output))]  # fmt: skip
 
+    def absolute(add: onnx.NodeProto) -> onnx.NodeProto | None:
+        """slope.abs's `x * sign(x) + 0` (sign as Cast(x > 0) - Cast(x < 0); + 0 turns -0.0 into 0.0) as Abs(x): the
+        same values in one node, which onnxruntime's NoopElimination cannot break by dropping the + 0."""
+
+        def made(name: str, op_type: str) -> onnx.NodeProto | None:
+            index = producer.get(name)
+            node = result[index] if index is not None else None
+            return node if node is not None and node.op_type == op_type else None
+
+        def is_zero(name: str) -> bool:
+            value = graph.value(name)
+            return value is not None and value.size == 1 and value.reshape(-1)[0] == 0 and not np.signbit(value).any()
+
+        for position in (0, 1):
+            mul, sub = made(add.input[position], "Mul"), None
+            if mul is None or not is_zero(add.input[1 - position]):
+                continue
+            for x, sign in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+                sub = made(sign, "Sub")
+                casts = [made(name, "Cast") for name in sub.input] if sub is not None else [None]
+                if None in casts or graph.shapes.get(x) != graph.shapes.get(add.output[0]):
+                    continue
+                tests = [made(cast.input[0], op) for cast, op in zip(casts, ("Greater", "Less"))]
+                if all(t is not None and t.input[0] == x and is_zero(t.input[1]) for t in tests):
+                    return helper.make_node("Abs", [x], list(add.output))
+        return None
+
     def dequantized(mul: onnx.NodeProto) -> onnx.NodeProto | None:
         """Mul(Cast(x: int8 or uint8 -> float32), s), s a float32 constant of one element, as DequantizeLinear(x, s):
         the same products (an 8-bit integer is exact in float32) in one pass over the tensor instead of two."""
@@ -468,6 +495,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
                 node = replace(node, index, [gemm.input[1], gemm.input[0]], transA=1 - attributes["transB"],
                                transB=1 - attributes["transA"])  # fmt: skip
+        elif op == "Add" and len(node.input) == 2 and (absolute_value := absolute(node)) is not None:
+            node = absolute_value
         elif op == "Mul" and len(node.input) == 2 and (dequantizing := dequantized(node)) is not None:
             node = dequantizing
         elif op in ("Mul", "Div") and len(node.input) == 2:

@@ -1301,6 +1301,7 @@ add(
             Case(
                 [Data(shape=(2, 4)), Fixed(np.array([[3, 0, 1]]))],
                 lambda x, i: np.take_along_axis(x, np.broadcast_to(i, (2, 3)), -1),
+                params=(-1,),
                 label="index broadcast",
             ),
         ],
