@@ -247,6 +247,10 @@ def _pow(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
 
 
 def _may_be_negative_zero(graph: OnnxGraph, name: str) -> bool:
+    producer = graph.producers.get(name)
+    while graph.value(name) is None and producer is not None and producer.op_type in ("Expand", "Reshape"):
+        name = producer.input[0]  # a broadcast constant (a zero cotangent's Expand)
+        producer = graph.producers.get(name)
     value = graph.value(name)
     return value is None or bool(np.signbit(value[value == 0]).any())
 
