@@ -380,11 +380,6 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         at each position the unpooling writes, T equals its window's maximum, so the mask can be taken on the pooled
         values (a ReLU's gradient behind a max pool's: a quarter of the work for 2x2 windows)."""
         condition, written, zero = where.input
-        _, negated = produced(condition)  # translate's sign-keeping form: Where(Xor(T > c, True), 0, unpool(S, I))
-        if negated is not None and negated.op_type == "Xor" and bool(np.all(graph.value(negated.input[1]) == 1)):
-            condition, zero, written = negated.input[0], written, zero
-        else:
-            negated = None
         zero_value = graph.value(zero)
         _, test = produced(condition)
         _, unpool = produced(written)
@@ -414,15 +409,11 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         maxima = helper.make_node("Reshape", [maximum, graph.int64s(shape)], [graph.fresh("reshape")])
         mask = helper.make_node("Greater", [maxima.output[0], test.input[1]], [graph.fresh("greater")])
         masked = helper.make_node("Where", [mask.output[0], values, zero], [graph.fresh("where")])
-        tests = [maxima, mask]
-        if negated is not None:
-            tests.append(helper.make_node("Xor", [mask.output[0], negated.input[1]], [graph.fresh("xor")]))
-            masked = helper.make_node("Where", [tests[-1].output[0], zero, values], [graph.fresh("where")])
         unpooled = helper.make_node("MaxUnpool", [masked.output[0], *unpool.input[1:]], [graph.fresh("maxunpool")],
                                     **{a.name: helper.get_attribute_value(a) for a in unpool.attribute})  # fmt: skip
         reshaped = graph.int64s(graph.shapes[where.output[0]])
-        return [*tests, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
-                                                            list(where.output))]  # fmt: skip
+        return [maxima, mask, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
+                                                                  list(where.output))]  # fmt: skip
 
     def absolute(add: onnx.NodeProto) -> onnx.NodeProto | None:
         """slope.abs's `x * sign(x) + 0` (sign as Cast(x > 0) - Cast(x < 0); + 0 turns -0.0 into 0.0) as Abs(x): the
