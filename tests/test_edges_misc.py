@@ -390,3 +390,26 @@ def test_size_0_inputs_through_every_table_case(name):
                     f"{label}: {dtype_a}{a.shape}, numpy {dtype_b}{b.shape}"
                 )
                 np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2, err_msg=label)  # bfloat16 rounding
+
+
+LINSPACE_CASES = [(-4, -1.5, 6), (0, 2.5, 4), (-3.7, 2, 5), (0, 100000001, 3), (0, 2**62, 3), (10, 1, 4), (3, -4.9, 6)]
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "int8", "uint8"])
+def test_integer_linspace_truncates_its_ends_as_pytorch(backend, dtype):
+    # PyTorch truncates fractional ends to integers before spacing the points (-4 to -1.5 in 6 is -4, -3, -2, -2, -1,
+    # -1, not the truncated -4, -3.5, ..., -1.5), and counts exactly past float32's 2**24 (100000001 stayed 1e8)
+    torch = pytest.importorskip("torch")
+    for start, end, steps in LINSPACE_CASES:
+        try:
+            expected = torch.linspace(start, end, steps, dtype=getattr(torch, dtype)).tolist()
+        except RuntimeError:  # out of the dtype's range: Slope raises too
+            with pytest.raises(ValueError, match="slope.linspace"):
+                slope.linspace(start, end, steps, dtype=dtype)
+            continue
+        assert slope.linspace(start, end, steps, dtype=dtype).numpy().tolist() == expected, (start, end, steps)
+        traced = slope.jit(lambda: slope.linspace(start, end, steps, dtype=dtype))  # noqa: B023
+        assert traced().numpy().tolist() == expected, (start, end, steps)
+    for end in (float("inf"), float("nan")):  # a wrong number in every position before
+        with pytest.raises(ValueError, match=f"slope.linspace: {end} does not fit {dtype}"):
+            slope.linspace(0, end, 3, dtype=dtype)

@@ -10,8 +10,6 @@ try:
 except ImportError as error:
     if getattr(error, "name", None) not in ("slope_nn", None):
         raise
-    raise ImportError(
-        "slope.nn needs the slope-nn distribution: install it with `pip install slope-nn` "
-        "(or `pip install slope-core[nn]`)"
-    ) from error
+    hint = "slope.nn needs the slope-nn distribution: `pip install slope-nn` (or `pip install slope-core[nn]`)"
+    raise ImportError(hint) from error
 sys.modules[f"{__name__}.functional"] = functional  # so `import slope.nn.functional as F` works

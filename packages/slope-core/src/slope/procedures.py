@@ -86,6 +86,8 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
         raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
     if steps <= 1:
         return ops.full((steps,), start, dtype)
+    if not dtype.is_float:  # as PyTorch: whole ends, the points counted in float (float64: exact to 2**53), truncated
+        return cast(linspace(*[ops._python_value("linspace", v, dtype) for v in (start, end)], steps, "float64"), dtype)
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
 
 
