@@ -95,18 +95,31 @@ def _log_softmax(fn: Function, inputs: list[str], instruction: Instruction) -> s
 # ----------------------------------------------------------------------------------------------- pooling
 
 
-def _window(fn: Function, x: str, params: dict) -> tuple[str, int]:
-    """The `reduce_window` attributes over the trailing (pooled) dimensions of x, and how many lead them."""
-    ndim, kernel = fn.avals[x].ndim, params["kernel"]
-    lead = ndim - len(kernel)
-    padding = ", ".join(f"[{p}, {p}]" for p in (0,) * lead + tuple(params["padding"]))
+def _window(fn: Function, xs: list[str], params: dict) -> tuple[list[str], str, int]:
+    """The tensors xs (of one shape) cut to what the pooling windows read, the `reduce_window` attributes over their
+    trailing (pooled) dimensions, and how many dimensions lead those. IREE 3.13 fails to compile a reduce_window whose
+    windows leave input or padding unread at the end ("'linalg.generic' op inferred input/output operand #1 has
+    shape's dimension #0 to be 4, but found 2"), so the unread tail is sliced off and the padding trimmed."""
+    shape, kernel = fn.avals[xs[0]].shape, params["kernel"]
+    lead = len(shape) - len(kernel)
+    stops, pads = list(shape), ["[0, 0]"] * lead
+    windows = zip(shape[lead:], kernel, params["stride"], params["dilation"], params["padding"])
+    for dim, (size, k, stride, dilation, pad) in enumerate(windows, lead):
+        reach = (size + 2 * pad - dilation * (k - 1) - 1) // stride * stride + dilation * (k - 1) + 1  # (padded)
+        stops[dim] = min(size, reach - pad)
+        pads.append(f"[{pad}, {max(0, reach - pad - size)}]")
+    if stops != list(shape):
+        spans = ", ".join(f"0:{stop}:1" for stop in stops)
+        cut = [Aval(tuple(stops), fn.avals[x].dtype) for x in xs]
+        xs = [fn.emit(f"stablehlo.slice {x} [{spans}] : ({fn.type(x)}) -> {fn.tensor_type(aval)}", aval)
+              for x, aval in zip(xs, cut)]  # fmt: skip
     attributes = (
         f"window_dimensions = {array_attr((1,) * lead + tuple(kernel))}, "
         f"window_strides = {array_attr((1,) * lead + tuple(params['stride']))}, "
         f"window_dilations = {array_attr((1,) * lead + tuple(params['dilation']))}, "
-        f"padding = dense<[{padding}]> : tensor<{ndim}x2xi64>"
+        f"padding = dense<[{', '.join(pads)}]> : tensor<{len(shape)}x2xi64>"
     )
-    return attributes, lead
+    return xs, attributes, lead
 
 
 def _pool_key(inputs: list[str], params: dict) -> tuple:
@@ -117,8 +130,8 @@ def _max_pool(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     found = _pools.get(fn, {}).get(_pool_key(inputs, instruction.params))
     if found is not None:
         return found[0]
-    x, out = inputs[0], instruction.outputs[0].aval
-    attributes, _ = _window(fn, x, instruction.params)
+    out = instruction.outputs[0].aval
+    (x,), attributes, _ = _window(fn, inputs[:1], instruction.params)
     scalar = _scalar(out.dtype)
     init = fn.constant(lowest(out.dtype), Aval((), out.dtype))
     text = (
@@ -168,11 +181,12 @@ def _first_maximum(dtype: slope.DType) -> str:
 
 def _max_pool_argmax(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x, x_aval, out, params = inputs[0], instruction.inputs[0].aval, instruction.outputs[0].aval, instruction.params
-    attributes, lead = _window(fn, x, params)
+    lead = x_aval.ndim - len(params["kernel"])
     spatial = x_aval.shape[lead:]
     size = math.prod(spatial)
     flat = fn.emit(f"stablehlo.iota dim = 0 : {tensor_type(Aval((size,), slope.int64))}", Aval((size,), slope.int64))
     positions = fn.broadcast(fn.reshape(flat, spatial), x_aval.shape)
+    (x, positions), attributes, _ = _window(fn, [x, positions], params)
     init = fn.constant(lowest(x_aval.dtype), Aval((), x_aval.dtype))
     none = fn.constant(size, Aval((), slope.int64))  # padding's position: every real element wins a tie with it
     values_aval = Aval(out.shape, x_aval.dtype)
