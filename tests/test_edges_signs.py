@@ -81,3 +81,20 @@ def test_exp2_is_exact_at_integers_and_relatively_accurate(backend, mode, dtype)
     expected = torch.exp2(as_torch(x, dtype))
     got = MODES[mode](slope.exp2)(as_slope(x, dtype))
     same_with_signs(got, expected, f"{backend} {mode} exp2 {dtype}")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("mode", MODES)
+def test_index_writes_keep_the_sign_of_zeros(backend, dtype, mode):
+    # x.at[i].set(-0.0) gave +0.0 on every backend (the written values were scattered into +0.0), repeated writes too;
+    # on iree an element that no index reached turned from -0.0 into +0.0 (its scatter started from +0.0)
+    values = [-0.0, 1.0, -0.0, 2.0, 0.0]
+    index, written = [3, 1, 3], [5.0, 0.0, -0.0]
+    x, i, v = as_slope(values, dtype), slope.tensor(index), as_slope(written, dtype)
+    expected = as_torch(values, dtype)
+    expected[torch.tensor(index)] = as_torch(written, dtype)  # PyTorch CPU keeps the last of repeated writes
+    same_with_signs(MODES[mode](lambda a, b, c: a.at[b].set(c))(x, i, v), expected, "set")
+    added = as_torch(values, dtype).index_put((torch.tensor([1]),), as_torch([-0.0], dtype), accumulate=True)
+    same_with_signs(
+        MODES[mode](lambda a, b, c: a.at[b].add(c))(x, slope.tensor([1]), as_slope([-0.0], dtype)), added, "add"
+    )

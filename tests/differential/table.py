@@ -1500,11 +1500,7 @@ add(
 # Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
-KNOWN_OPEN: dict[tuple[str, str, str], str] = {  # (name, backend, check) -> reason
-    (name, "iree", "forward"): "NEW: slope-iree scatters into fresh +0.0 and adds x, so an element of x that no index "
-    "reaches turns -0.0 into +0.0 (here in " + name + "; fresh -0.0 would keep every sign)"
-    for name in ("index_update", "scatter_nd")
-}
+KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason; none open now
 # A backend's documented differences (its README's "Known differences"), strict xfails too: the examples that meet
 # them (the "ci" profile draws the same ones each run) fail, so a change in the backend shows. Run on iree with
 # SLOPE_TEST_BACKENDS=iree (the shared suites other than the matrix leave it out by default).

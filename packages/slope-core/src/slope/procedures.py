@@ -642,9 +642,9 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
         else:  # traced: a write loses to any later one at its position (n * n comparisons)
             later = ops.arange(n).reshape((n, 1)) < ops.arange(n).reshape((1, n))
             last = logical_not(any_((target == target.reshape((1, n))) & later, 1))
-        value = where(last, value, constant(0, x.dtype, value.shape))
+        value = where(last, value, constant(-0.0 if x.dtype.is_float else 0, x.dtype, value.shape))  # v + -0.0: v
     written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
-    placed = ops.scatter_nd(constant(0, x.dtype, flat.shape), target, value)
+    placed = ops.scatter_nd(constant(-0.0 if x.dtype.is_float else 0, x.dtype, flat.shape), target, value)
     return where(written, placed, flat).reshape(x.shape)
 
 

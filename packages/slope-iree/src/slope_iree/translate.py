@@ -910,9 +910,10 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
         return x
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
     # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
-    # caller's (a jitted function's input came back changed)
+    # caller's (a jitted function's input came back changed). Float zeros are -0.0, the exact identity of addition:
+    # an element of x that no index reaches keeps its -0.0 (+0.0 made it +0.0)
     target = x
-    x = fn.constant(False if combine == "or" else 0, out)
+    x = fn.constant(False if combine == "or" else -0.0 if out.dtype.is_float else 0, out)
     window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     scalar = tensor_type(Aval((), out.dtype))
