@@ -357,14 +357,14 @@ class Adam(Optimizer):
                 param = param * (1.0 - lr * decay)
             else:
                 grad = grad + decay * param
-        if param.dtype.bits >= 32:  # (in half precision the scaled square could underflow where grad**2 does not)
-            # both moments read the scaled gradient, so a backend can fold the scaling into the product that made the
-            # gradient (onnxruntime: a Gemm's alpha), one pass less over the parameter; nu's factor undoes the scaling
-            scaled = (1.0 - self.beta1) * grad
-            mu = self.beta1 * mu + scaled
+        # both moments read the scaled gradient, so a backend can fold the scaling into the product that made the
+        # gradient (onnxruntime: a Gemm's alpha), one pass less over the parameter; nu's factor undoes the scaling
+        # (in half precision the scaled square could underflow where grad**2 does not: there nu reads grad itself)
+        scaled = (1.0 - self.beta1) * grad
+        mu = self.beta1 * mu + scaled
+        if param.dtype.bits >= 32:
             nu = self.beta2 * nu + ((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * (scaled * scaled)
         else:
-            mu = self.beta1 * mu + (1.0 - self.beta1) * grad
             nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
         t = count.astype(slope.float64 if param.dtype == slope.float64 else slope.float32)
         correction1 = (1.0 - self.beta1**t).astype(param.dtype)

@@ -309,12 +309,15 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
     producer: dict[str, int] = {}
     result: list[onnx.NodeProto | None] = []
 
-    def transposed_source(name: str) -> str | None:
+    def made(name: str, op_type: str) -> onnx.NodeProto | None:
+        """The node (still in the result) that makes `name`, if it is an `op_type`."""
         index = producer.get(name)
         node = result[index] if index is not None else None
-        if node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
-            return node.input[0]
-        return None
+        return node if node is not None and node.op_type == op_type else None
+
+    def transposed_source(name: str) -> str | None:
+        node = made(name, "Transpose")
+        return node.input[0] if node is not None and list(node.attribute[0].ints) == [1, 0] else None
 
     def untransposed(name: str) -> tuple[str, int]:
         flag = 0
@@ -419,11 +422,6 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         """slope.abs's `x * sign(x) + 0` (sign as Cast(x > 0) - Cast(x < 0); + 0 turns -0.0 into 0.0) as Abs(x): the
         same values in one node, which onnxruntime's NoopElimination cannot break by dropping the + 0."""
 
-        def made(name: str, op_type: str) -> onnx.NodeProto | None:
-            index = producer.get(name)
-            node = result[index] if index is not None else None
-            return node if node is not None and node.op_type == op_type else None
-
         def is_zero(name: str) -> bool:
             value = graph.value(name)
             return value is not None and value.size == 1 and value.reshape(-1)[0] == 0 and not np.signbit(value).any()
@@ -446,9 +444,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         """Mul(Cast(x: int8 or uint8 -> float32), s), s a float32 constant of one element, as DequantizeLinear(x, s):
         the same products (an 8-bit integer is exact in float32) in one pass over the tensor instead of two."""
         for position in (0, 1):
-            index, factor = producer.get(mul.input[position]), graph.value(mul.input[1 - position])
-            cast = result[index] if index is not None else None
-            if cast is None or cast.op_type != "Cast" or factor is None or factor.size != 1:
+            cast, factor = made(mul.input[position], "Cast"), graph.value(mul.input[1 - position])
+            if cast is None or factor is None or factor.size != 1:
                 continue
             source, shape = graph.dtypes.get(cast.input[0]), graph.shapes.get(cast.input[0])
             to_float = helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT
