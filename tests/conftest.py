@@ -1,5 +1,5 @@
 """Shared pytest configuration of the repository tests: the conformance matrix's size in the terminal summary and
-the hypothesis profiles of the differential suite."""
+the hypothesis profiles of the differential suite, and the `backend` fixture most test files share."""
 
 from __future__ import annotations
 
@@ -7,9 +7,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+import slope
+from slope_testing import backends_under_test
+
 sys.path.insert(0, str(Path(__file__).parent))  # test modules import each other (test_plugins)
 
 MATRIX_TEST = "test_conformance.py::test_matrix["
+
+
+@pytest.fixture(params=backends_under_test())
+def backend(request):
+    """Each backend under test (slope_testing.backends_under_test), active for the test; a test file that needs
+    another set defines its own `backend` fixture."""
+    with slope.use_backend(request.param):
+        yield request.param
+
 
 try:  # hypothesis is a test dependency; without it the differential suite skips itself
     from hypothesis import HealthCheck, Phase, settings

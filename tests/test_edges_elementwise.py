@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 
@@ -22,12 +21,6 @@ FLOATS = ["float16", "bfloat16", "float32", "float64"]
 INTS = ["int8", "uint8", "int16", "int32", "int64"]
 SPECIALS = [0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -1.0, 0.1, -0.1, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.7,
             -3.7, 7.0, 1e20, -1e20, 1e30, 1e-30, 65504.0]  # fmt: skip
-
-
-@pytest.fixture(params=backends_under_test())
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 def as_torch(array: np.ndarray, dtype: str):

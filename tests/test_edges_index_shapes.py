@@ -17,16 +17,6 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
-
-BACKENDS = backends_under_test()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Each backend under test, active for the test."""
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 @pytest.fixture

@@ -16,18 +16,9 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
-BACKENDS = backends_under_test()
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 SPECIALS = np.array([np.nan, np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 1.0])  # NaN, infinities, signed zeros, ties
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Each installed backend, active for the test."""
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 @pytest.fixture

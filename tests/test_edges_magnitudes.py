@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 # the references call PyTorch with correction >= count on purpose; its warning about that is expected here
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*degrees of freedom is <= 0:Use
 F = torch.nn.functional
 nn = pytest.importorskip("slope_nn")
 
-BACKENDS = backends_under_test()
 NP = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 RTOL = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-6, "float64": 1e-14}
@@ -50,12 +48,6 @@ def info(dtype: str):
 def no_subnormals_on_iree(backend: str) -> None:
     if backend == "iree":
         pytest.skip("IREE's CPU runtime flushes subnormals to zero (slope-iree's README: a known difference)")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 def run(fn, values, dtype: str, jit: bool) -> np.ndarray:

@@ -23,12 +23,6 @@ BACKENDS = backends_under_test()
 LOW_AND_FULL = ["bfloat16", "float16", "float32"]  # bfloat16 and float16 take extra casts on onnxruntime
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
-
-
 def torch_module():
     return pytest.importorskip("torch")
 

@@ -15,17 +15,8 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
-
-BACKENDS = backends_under_test()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 def same(result: slope.Tensor, expected: torch.Tensor, rtol: float = 0.0) -> None:

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
 torch = pytest.importorskip("torch")
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 MODES = {"eager": lambda fn: fn, "jit": slope.jit}
-
-
-@pytest.fixture(params=backends_under_test())
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 def as_slope(values: list, dtype: str) -> slope.Tensor:

@@ -21,17 +21,9 @@ import numpy as np
 import pytest
 
 import slope
-from slope_testing import backends_under_test
 
-BACKENDS = backends_under_test()
 U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 ULP = {"float16": 2.0**-10, "bfloat16": 2.0**-7}  # the spacing just above 1: the relative size of one ulp at most
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with slope.use_backend(request.param):
-        yield request.param
 
 
 def _sum(x, dims, keepdim, jit):
