@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import load_mnist, normalize, parser, plot_losses, setup, train_epoch
+from common import load_mnist, normalize, parser, plot_losses, setup, train_epoch, warm_up
 
 import slope
 import slope.nn as nn
@@ -67,13 +67,9 @@ def main() -> None:
     evaluate = slope.jit(predict)
     test_batch = 1000
     test_batches = [slope.tensor(test_images[i : i + test_batch]) for i in range(0, len(test_images), test_batch)]
-    # trace, compile and warm up the step once (its result is discarded: the step is a pure function), so the
-    # epoch timings below measure steady-state training
-    start = time.perf_counter()
-    warm_images = slope.tensor(train_images[: args.batch_size])
-    warm_labels = slope.tensor(train.labels[: args.batch_size])
-    float(train_step(model, state, warm_images, warm_labels)[2])
-    print(f"train step traced, compiled and warmed up in {time.perf_counter() - start:.2f} s")
+    warm_batch = slope.tensor(train_images[: args.batch_size]), slope.tensor(train.labels[: args.batch_size])
+    seconds = warm_up(train_step, (model, state, *warm_batch), evaluate, (model, test_batches[0]))
+    print(f"train step and evaluation traced and compiled, the step warmed up, in {seconds:.2f} s")
     shuffle = np.random.default_rng(args.seed)
     losses: list[float] = []
     for epoch in range(1, args.epochs + 1):
