@@ -275,3 +275,22 @@ def test_a_scatter_of_no_updates_is_its_input():
     x = slope.tensor(data)
     np.testing.assert_array_equal(x.at[empty].add(slope.zeros((0, 2))).numpy(), data)
     np.testing.assert_array_equal(slope.jit(lambda t: t.at[empty].set(1.0) * 2)(x).numpy(), data * 2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_sum_of_a_constant_over_its_last_dimension_counts_every_element(dtype):
+    # IREE 3.13 folded a float64 sum of a converted constant over the innermost dimensions to one element
+    x = slope.tensor(np.zeros((2, 1), dtype=dtype))
+    inner = slope.jit(
+        lambda a: (
+            a + (slope.full((2, 3), -0.0, dtype=a.dtype) - slope.full((2, 3), 1.0, dtype=a.dtype)).sum(1, keepdim=True)
+        )
+    )
+    np.testing.assert_array_equal(inner(x).numpy(), [[-3.0], [-3.0]])
+    total = slope.jit(lambda a: a + slope.ones((6,), dtype=a.dtype).sum())
+    np.testing.assert_array_equal(total(x).numpy(), [[6.0], [6.0]])
+    # the gradient of log_softmax(x).sum(), 1 - 3 softmax(x), reduces a constant cotangent over the last dimension
+    logits = np.array([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    grad = slope.jit(slope.grad(lambda a: slope.log_softmax(a, -1).sum()))(slope.tensor(logits))
+    softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(grad.numpy(), 1 - 3 * softmax, rtol=1e-5, atol=1e-6)

@@ -85,6 +85,7 @@ class Function:
         self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
+        self.folded: set[str] = set()  # names the compiler can compute (constants, and operations of only those)
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
@@ -93,6 +94,9 @@ class Function:
         a shape); returns %vN."""
         name = f"%v{self._count}"
         self._count += 1
+        operands = re.findall(r"%\w+", text)
+        if text.startswith("stablehlo.constant") or (operands and all(o in self.folded for o in operands)):
+            self.folded.add(name)
         self.lines.append(f"    {name} = {text}")
         if aval is not None:
             self.avals[name] = aval
@@ -651,9 +655,11 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
-    if fn.producers.get(x) == "multiply" and not fn.dynamic:
+    if (fn.producers.get(x) == "multiply" or x in fn.folded) and not fn.dynamic:
         # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
-        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
+        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart.
+        # It also folds a float64 sum of a converted constant over the innermost dimensions to one element (the sum
+        # of full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit)
         x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     if out.dtype != slope.float64 or count <= SUM_BLOCK:
         return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
