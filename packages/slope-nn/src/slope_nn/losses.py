@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 import slope
 from slope import Tensor
 
@@ -46,32 +48,79 @@ def nll(log_probs: Tensor, target: Any, weight: Tensor | None = None, ignore_ind
     return functional.class_index_loss("nn.nll", log_probs, functional._tensor(target), weight, ignore_index, reduction)
 
 
-def mse(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002 - PyTorch's name
+def mse(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002 - PyTorch's name
     """Squared error (input - target)**2, averaged by default."""
+    input = functional._tensor(input)  # noqa: A001
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
     _check_same_shape("mse", input, target)
     difference = input - target
     return reduce_loss("nn.mse", difference * difference, reduction)
 
 
-def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
-                         reduction: str = "mean") -> Tensor:  # fmt: skip
-    """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does."""
+def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  # noqa: A002 - PyTorch's name
+    """(input, target, *weights) of a binary cross-entropy, checked as PyTorch checks them: floats, one shape, and
+    weights that broadcast to the input's shape (not beyond it), taken in the input's dtype."""
+    input = functional._tensor(input)  # noqa: A001
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
-    _check_same_shape("binary_cross_entropy", input, target)
-    log_p = slope.clip(input.log(), -100.0, None)
-    log_not_p = slope.clip((1.0 - input).log(), -100.0, None)
-    losses = -(target * log_p + (1.0 - target) * log_not_p)
+    if not input.dtype.is_float or target.dtype != input.dtype:
+        raise slope.DTypeError(f"slope.nn.{name}: expected a floating-point input and a target of its dtype, got "
+                               f"{input.dtype.name} and {target.dtype.name} (as PyTorch)")  # fmt: skip
+    _check_same_shape(name, input, target)
+    checked = []
+    for what, weight in weights.items():
+        if weight is not None:
+            weight = functional._tensor(weight)
+            if np.broadcast_shapes(weight.shape, input.shape) != input.shape:
+                raise slope.ShapeError(f"slope.nn.{name}: {what} of shape {weight.shape} does not broadcast to the "
+                                       f"input's shape {input.shape}")  # fmt: skip
+            weight = weight.astype(input.dtype)  # (PyTorch's result keeps the input's dtype)
+        checked.append(weight)
+    return (input, target, *checked)
+
+
+_FLOAT32_1E_12 = float(np.float32(1e-12))
+
+
+@slope.custom_jvp
+def _binary_log_loss(p: Tensor, t: Tensor) -> Tensor:
+    """-(t log p + (1 - t) log(1 - p)), each log clamped at -100 (PyTorch's terms)."""
+    return -(t * slope.clip(p.log(), -100.0, None) + (1.0 - t) * slope.clip(slope.log1p(-p), -100.0, None))
+
+
+@_binary_log_loss.defjvp
+def _binary_log_loss_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # PyTorch's derivatives: (p - t) / max(p (1 - p), 1e-12) for p, finite at p = 0 and 1 (the clamped logs'
+    # derivatives give 0 * inf = NaN there), and the unclamped log(1 - p) - log(p) for the target
+    # (its 1e-12 is a C float, 9.99999996e-13, in float64 too)
+    (p, t), (dp, dt) = primals, tangents
+    dp_factor = (p - t) / slope.maximum((1.0 - p) * p, _FLOAT32_1E_12)
+    return _binary_log_loss(p, t), dp * dp_factor + dt * (slope.log1p(-p) - p.log())
+
+
+def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
+                         reduction: str = "mean") -> Tensor:  # fmt: skip
+    """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does. A concrete input or
+    target outside [0, 1] (or NaN) is an error, as in PyTorch; traced ones give NaN there."""
+    name = "binary_cross_entropy"
+    input, target, weight = _binary_args(name, input, target, weight=weight)  # noqa: A001
+    for what, value in (("input", input), ("target", target)):
+        values = None if value.buffer is None else value.numpy()
+        if values is not None and not ((values >= 0) & (values <= 1)).all():
+            outside = values[~((values >= 0) & (values <= 1))]
+            raise ValueError(f"slope.nn.{name}: all elements of {what} should be between 0 and 1 (as PyTorch), got "
+                             f"{outside[:3]} in {what} of shape {value.shape}")  # fmt: skip
+    losses = _binary_log_loss(input, target)
     if weight is not None:
         losses = losses * weight
     return reduce_loss("nn.binary_cross_entropy", losses, reduction)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor | None = None,  # noqa: A002
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
                                      pos_weight: Tensor | None = None, reduction: str = "mean") -> Tensor:  # fmt: skip
     """Binary cross-entropy of sigmoid(input), computed stably from the logits."""
-    target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
-    _check_same_shape("binary_cross_entropy_with_logits", input, target)
+    input, target, weight, pos_weight = _binary_args(  # noqa: A001
+        "binary_cross_entropy_with_logits", input, target, weight=weight, pos_weight=pos_weight
+    )
     log_sigmoid = -functional.softplus(-input)  # log(sigmoid(x))
     log_not_sigmoid = -functional.softplus(input)  # log(1 - sigmoid(x))
     positive = target * log_sigmoid if pos_weight is None else pos_weight * target * log_sigmoid

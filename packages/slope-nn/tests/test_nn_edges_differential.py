@@ -1,0 +1,92 @@
+"""slope.nn at the edges, against PyTorch: saturated and out-of-range inputs, NaN and infinities, argument checks,
+forward and gradient, eager and under jit, on every backend under test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slope
+import slope.nn as nn
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+# (relative, absolute) per dtype; float32 values and gradients go through different summation orders
+TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
+
+
+def value_and_grads(fn, args: list, wrt: tuple, jit: bool) -> tuple:
+    """slope's fn(*args) and the gradients of its sum with respect to the arguments numbered in `wrt`."""
+    tensors = [slope.tensor(a) for a in args]
+    value = (slope.jit(fn) if jit else fn)(*tensors)
+    grad = slope.grad(lambda *a: fn(*a).sum(), argnums=wrt)
+    grads = (slope.jit(grad) if jit else grad)(*tensors)
+    return value.numpy(), [g.numpy() for g in grads]
+
+
+def torch_value_and_grads(fn, args: list, wrt: tuple) -> tuple:
+    """PyTorch's fn(*args) and the gradients of its sum with respect to the arguments numbered in `wrt`."""
+    tensors = [torch.tensor(a, requires_grad=i in wrt) for i, a in enumerate(args)]
+    value = fn(*tensors)
+    grads = torch.autograd.grad(value.sum(), [tensors[i] for i in wrt])
+    return value.detach().numpy(), [g.numpy() for g in grads]
+
+
+def assert_matches_pytorch(slope_fn, torch_fn, args: list, wrt: tuple = (0,), jit: bool = False) -> None:
+    """Values (dtype, shape, NaN and infinities included) and gradients of slope_fn and torch_fn agree."""
+    rtol, atol = TOLERANCES[np.asarray(args[0]).dtype.name]
+    value, grads = value_and_grads(slope_fn, args, wrt, jit)
+    expected, expected_grads = torch_value_and_grads(torch_fn, args, wrt)
+    assert value.dtype == expected.dtype and value.shape == expected.shape
+    np.testing.assert_allclose(value, expected, rtol=rtol, atol=atol, equal_nan=True)
+    for i, grad, expected_grad in zip(wrt, grads, expected_grads):
+        np.testing.assert_allclose(grad, expected_grad, rtol=rtol, atol=atol, equal_nan=True, err_msg=f"argument {i}")
+
+
+# ----------------------------------------------------------------------------------------------- binary cross-entropy
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_cross_entropy_of_saturated_probabilities(dtype, jit, each_backend):
+    # PyTorch's derivative for the input is (p - t) / max(p (1 - p), 1e-12): finite at p = 0 and 1 (slope's was NaN,
+    # 0 * inf, and 0 where a log was clamped at -100); for the target the unclamped log(1 - p) - log(p)
+    p = np.array([0.0, 1.0, 1e-30, 1 - 1e-7, 0.5, 0.0, 1.0, 0.3, 1e-10], dtype)
+    t = np.array([1.0, 0.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.3, 0.0], dtype)
+    w = np.linspace(0.5, 2.0, p.size).astype(dtype)
+    for reduction in ("none", "mean"):
+        assert_matches_pytorch(
+            lambda a, b, c, r=reduction: nn.binary_cross_entropy(a, b, c, reduction=r),
+            lambda a, b, c, r=reduction: F.binary_cross_entropy(a, b, c, reduction=r),
+            [p, t, w], wrt=(0, 1), jit=jit,
+        )  # fmt: skip
+
+
+def test_binary_cross_entropy_checks_its_arguments_as_pytorch():
+    half = slope.tensor([0.5, 0.5])
+    for bad in ([0.5, 1.5], [-0.25, 0.5], [0.5, float("nan")]):  # concrete values outside [0, 1]: PyTorch's error
+        with pytest.raises(ValueError, match=r"slope.nn.binary_cross_entropy: all elements of input"):
+            nn.binary_cross_entropy(slope.tensor(bad), half)
+        with pytest.raises(ValueError, match=r"slope.nn.binary_cross_entropy: all elements of target"):
+            nn.binary_cross_entropy(half, slope.tensor(bad))
+    wide = slope.tensor(np.array([0.5, 0.5]))
+    for loss in (nn.binary_cross_entropy, nn.binary_cross_entropy_with_logits):
+        with pytest.raises(slope.DTypeError, match="float32 and float64"):
+            loss(half, wide)
+        with pytest.raises(slope.ShapeError, match=r"weight of shape \(3, 2\) does not broadcast"):
+            loss(half, half, slope.ones((3, 2)), reduction="none")
+        # a float64 weight leaves the loss in the input's dtype, as PyTorch's; lists are taken as tensors
+        assert loss(half, half, slope.tensor(np.array([1.0, 2.0]))).dtype == slope.float32
+        assert loss([0.5, 0.25], [0.5, 0.5]).dtype == slope.float32
+    with pytest.raises(slope.ShapeError, match=r"pos_weight of shape \(3, 2\)"):
+        nn.binary_cross_entropy_with_logits(half, half, pos_weight=slope.ones((3, 2)))
+    pos_weight = slope.tensor(np.array([1.0, 2.0]))
+    assert nn.binary_cross_entropy_with_logits(half, half, pos_weight=pos_weight).dtype == slope.float32
+    np.testing.assert_allclose(nn.mse_loss([1.0, 2.0], [0.0, 0.0]).numpy(), 2.5)
+
+
+def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_nan():
+    loss = slope.jit(lambda p, t: nn.binary_cross_entropy(p, t, reduction="none"))
+    out = loss(slope.tensor([1.5, 0.5]), slope.tensor([0.5, 0.5])).numpy()
+    assert np.isnan(out[0]) and np.isfinite(out[1])
