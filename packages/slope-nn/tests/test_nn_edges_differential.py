@@ -90,3 +90,68 @@ def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_nan():
     loss = slope.jit(lambda p, t: nn.binary_cross_entropy(p, t, reduction="none"))
     out = loss(slope.tensor([1.5, 0.5]), slope.tensor([0.5, 0.5])).numpy()
     assert np.isnan(out[0]) and np.isfinite(out[1])
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_relu_derivative_at_nan_is_pytorchs(jit, each_backend):
+    # PyTorch's threshold_backward passes the gradient where the output is not <= 0: at NaN too (slope's was 0)
+    x = np.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 2.0, np.inf], np.float32)
+    assert_matches_pytorch(slope.relu, F.relu, [x], jit=jit)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def mha_pair(dtype: str = "float64"):
+    """A slope MultiHeadAttention and a torch.nn.MultiheadAttention with its weights."""
+    layer = nn.MultiHeadAttention(8, 2, key=slope.random.key(4), dtype=slope.dtypes.as_dtype(dtype))
+    reference = torch.nn.MultiheadAttention(8, 2, batch_first=True, dtype=getattr(torch, dtype))
+    projections = (layer.q_proj, layer.k_proj, layer.v_proj)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.tensor(np.concatenate([p.weight.numpy() for p in projections])))
+        reference.in_proj_bias.copy_(torch.tensor(np.concatenate([p.bias.numpy() for p in projections])))
+        reference.out_proj.weight.copy_(torch.tensor(layer.out_proj.weight.numpy()))
+        reference.out_proj.bias.copy_(torch.tensor(layer.out_proj.bias.numpy()))
+    return layer, reference
+
+
+MHA_MASKS = {  # PyTorch's forms: a float key_padding_mask is added, a 3-d attn_mask is (N * num_heads, L, S)
+    "float key_padding_mask": lambda r: {"key_padding_mask": np.where(r.random((2, 4)) > 0.5, -np.inf, 0.3)},
+    "3-d float attn_mask": lambda r: {"attn_mask": r.standard_normal((4, 3, 4))},
+    "3-d bool attn_mask": lambda r: {"attn_mask": r.random((4, 3, 4)) > 0.7},
+    "float attn_mask and bool key_padding_mask": lambda r: {
+        "attn_mask": r.standard_normal((3, 4)), "key_padding_mask": np.array([[True, True, False, True], [False, True] * 2])
+    },
+}  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("case", sorted(MHA_MASKS))
+def test_multi_head_attention_masks_of_every_pytorch_form(case, each_backend):
+    layer, reference = mha_pair()
+    generator = np.random.default_rng(5)
+    x, kv = generator.standard_normal((2, 3, 8)), generator.standard_normal((2, 4, 8))
+    masks = MHA_MASKS[case](generator)
+    out, weights = layer(slope.tensor(x), slope.tensor(kv), need_weights=True,
+                         **{k: slope.tensor(v) for k, v in masks.items()})  # fmt: skip
+    expected, expected_weights = reference(torch.tensor(x), torch.tensor(kv), torch.tensor(kv), need_weights=True,
+                                           **{k: torch.tensor(v) for k, v in masks.items()})  # fmt: skip
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(weights.numpy(), expected_weights.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_masks_of_integers_are_errors_as_in_pytorch():
+    # an integer 0/1 mask was added to the scores as floats: a likely bool mask, silently wrong
+    q = slope.ones((3, 4))
+    with pytest.raises(slope.DTypeError, match="scaled_dot_product_attention: attn_mask must be bool or floating"):
+        nn.functional.scaled_dot_product_attention(q, q, q, slope.ones((3, 3), dtype=slope.int64))
+    layer, x = nn.MultiHeadAttention(4, 2), slope.ones((2, 3, 4))
+    with pytest.raises(slope.DTypeError, match="MultiHeadAttention: attn_mask must be bool or floating"):
+        layer(x, attn_mask=slope.ones((3, 3), dtype=slope.int32))
+    with pytest.raises(slope.DTypeError, match="MultiHeadAttention: key_padding_mask must be bool or floating"):
+        layer(x, key_padding_mask=slope.zeros((2, 3), dtype=slope.int64))
+    with pytest.raises(slope.ShapeError, match=r"3-d attn_mask must be of shape \(4, 3, 3\)"):
+        layer(x, attn_mask=slope.zeros((2, 3, 3)))

@@ -249,7 +249,10 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     if attn_mask is not None:
         if is_causal:
             raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (as PyTorch)")
-        attn_mask = _tensor(attn_mask)  # bool: where allowed; any other dtype is added (integers as floats)
+        attn_mask = _tensor(attn_mask)  # bool: where allowed; floats are added
+        if attn_mask.dtype != slope.bool_ and not attn_mask.dtype.is_float:  # (a 0/1 mask meant as bool, likely)
+            raise slope.DTypeError(f"{name}: attn_mask must be bool or floating-point, got {attn_mask.dtype.name} (as "
+                                   "PyTorch)")  # fmt: skip
     return q, k, v, attn_mask
 
 

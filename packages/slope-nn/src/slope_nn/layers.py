@@ -511,7 +511,8 @@ class MultiHeadAttention(Module):
 
     `forward(query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
     need_weights=False)`: key and value default to query (self-attention). Boolean masks are True where attention is
-    not allowed (PyTorch's convention); a float `attn_mask` is added to the scores. Returns the output, or
+    not allowed (PyTorch's convention); float masks are added to the scores. `attn_mask` is (L, S) or, per head,
+    (N * num_heads, L, S); `key_padding_mask` is (N, S). Returns the output, or
     `(output, weights averaged over heads)` with `need_weights=True`.
     """
 
@@ -560,18 +561,22 @@ class MultiHeadAttention(Module):
         if is_causal:
             causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
             scores = slope.where(causal, -math.inf, scores)
-        if attn_mask is not None:
-            if attn_mask.dtype == slope.bool_:
-                scores = slope.where(attn_mask, -math.inf, scores)
-            else:
-                scores = scores + attn_mask
-        if key_padding_mask is not None:
-            padding = key_padding_mask.reshape((key_padding_mask.shape[0], 1, 1, source))
-            scores = slope.where(padding, -math.inf, scores)
+        batch = scores.shape[0]
+        for what, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+            if mask is not None and mask.dtype != slope.bool_ and not mask.dtype.is_float:  # (as PyTorch)
+                raise slope.DTypeError(f"slope.nn.MultiHeadAttention: {what} must be bool or floating-point, got "
+                                       f"{mask.dtype.name}")  # fmt: skip
+        if attn_mask is not None and attn_mask.ndim == 3:  # PyTorch's per-head masks: (N * num_heads, L, S)
+            if attn_mask.shape != (batch * self.num_heads, length, source):
+                raise slope.ShapeError(f"slope.nn.MultiHeadAttention: a 3-d attn_mask must be of shape "
+                                       f"{(batch * self.num_heads, length, source)}, got {attn_mask.shape}")  # fmt: skip
+            attn_mask = attn_mask.reshape((batch, self.num_heads, length, source))
+        for mask in (attn_mask, None if key_padding_mask is None else key_padding_mask.reshape((batch, 1, 1, source))):
+            if mask is not None:  # bool: True where not allowed; a float mask is added (both PyTorch's)
+                scores = slope.where(mask, -math.inf, scores) if mask.dtype == slope.bool_ else scores + mask
         masked = attn_mask is not None or key_padding_mask is not None  # (rows masked everywhere attend to nothing)
         weights = functional.masked_softmax(scores) if masked else functional.softmax(scores, -1)
         attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
-        batch = attended.shape[0]
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
         out = self.out_proj(attended)
         if unbatched:
