@@ -155,3 +155,59 @@ def test_attention_masks_of_integers_are_errors_as_in_pytorch():
         layer(x, key_padding_mask=slope.zeros((2, 3), dtype=slope.int64))
     with pytest.raises(slope.ShapeError, match=r"3-d attn_mask must be of shape \(4, 3, 3\)"):
         layer(x, attn_mask=slope.zeros((2, 3, 3)))
+
+
+# ----------------------------------------------------------------------------------------------- normalization
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("momentum", [None, 0.0, 1.0, 0.3])
+def test_batchnorm_running_statistics_over_several_batches(momentum, jit, each_backend):
+    # momentum=None is PyTorch's cumulative average (it was a TypeError); 0 and 1 keep or replace the statistics
+    layer, reference = nn.BatchNorm1d(3, momentum=momentum), torch.nn.BatchNorm1d(3, momentum=momentum)
+    forward = slope.jit(nn.apply) if jit else nn.apply
+    generator = np.random.default_rng(2)
+    for scale in (1.0, 3.0, 0.5):
+        x = (generator.standard_normal((4, 3, 5)) * scale + scale).astype(np.float32)
+        out, layer = forward(layer, slope.tensor(x))
+        expected = reference(torch.tensor(x))
+        np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.running_mean.numpy(), reference.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.running_var.numpy(), reference.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    layer.eval(), reference.eval()
+    np.testing.assert_allclose(layer(slope.tensor(x)).numpy(), reference(torch.tensor(x)).detach().numpy(), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_batchnorm_empty_batches_and_input_ranks_as_pytorch():
+    layer = nn.BatchNorm1d(3)
+    out = layer(slope.zeros((0, 3, 5)))  # an empty batch leaves the statistics alone (they were NaN)
+    assert out.shape == (0, 3, 5)
+    np.testing.assert_array_equal(layer.running_mean.numpy(), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(layer.running_var.numpy(), [1.0, 1.0, 1.0])
+    with pytest.raises(
+        ValueError, match=r"BatchNorm2d: expected input \(N, 3, ...\) of 4 dimensions, got shape \(4, 3, 5\)"
+    ):
+        nn.BatchNorm2d(3)(slope.ones((4, 3, 5)))  # PyTorch: "expected 4D input (got 3D input)"
+    with pytest.raises(ValueError, match=r"BatchNorm1d: expected input \(N, 3, ...\) of 2 or 3 dimensions"):
+        nn.BatchNorm1d(3)(slope.ones((4, 3, 5, 2)))
+    assert nn.BatchNorm(3)(slope.ones((4, 3, 5, 2, 2)) * slope.arange(2)).shape == (4, 3, 5, 2, 2)  # (any rank)
+
+
+# ----------------------------------------------------------------------------------------------- modules and schedules
+
+
+def test_softplus_module_takes_pytorchs_threshold():
+    x = np.array([-3.0, 0.5, 2.5, 30.0], np.float32)
+    expected = torch.nn.Softplus(2.0, 3.0)(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(nn.Softplus(2.0, 3.0)(slope.tensor(x)).numpy(), expected, rtol=1e-6)
+
+
+def test_schedules_refuse_step_counts_that_give_nan():
+    from slope_nn import optim
+
+    for make in (lambda: optim.cosine_decay(0.1, 0), lambda: optim.step_decay(0.1, 0)):
+        with pytest.raises(ValueError, match="must be an integer of at least 1, got 0"):
+            make()  # cosine_decay(lr, 0)'s first rate was NaN (0 / 0), step_decay's too
+    with pytest.raises(ValueError, match="piecewise_constant: the boundaries must be in increasing order"):
+        optim.piecewise_constant([5, 2], [1.0, 2.0, 3.0])

@@ -278,16 +278,19 @@ class BatchNorm(Module):
     """Batch normalization over dim 1 of (N, C, *spatial), with running statistics kept as buffers.
 
     In training mode it normalizes with the batch statistics and assigns updated `running_mean`/`running_var` to
-    itself (PyTorch's momentum rule, unbiased running variance). Inside jit or grad, get the updated model back
+    itself (PyTorch's momentum rule, unbiased running variance; momentum=None averages all batches so far, counted in
+    the `num_batches_tracked` buffer). Inside jit or grad, get the updated model back
     with `out, model = nn.apply(model, x)`. In eval mode it uses the running statistics.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+    input_dims: tuple[int, ...] | None = None  # the ranks of input it takes (None: any from 2; PyTorch's 1d: 2 or 3)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
         (self.num_features,) = _ints(self, num_features, "num_features", 0, 1)
         self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.weight = init.ones((num_features,), dtype) if affine else None
@@ -295,12 +298,16 @@ class BatchNorm(Module):
         if track_running_stats:
             self.register_buffer("running_mean", init.zeros((num_features,), dtype))
             self.register_buffer("running_var", init.ones((num_features,), dtype))
+            if momentum is None:  # (PyTorch keeps the count for every momentum; here only where it is read)
+                self.register_buffer("num_batches_tracked", slope.zeros((), dtype=slope.int64))
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalize each channel."""
-        if x.ndim < 2 or x.shape[1] != self.num_features:
+        ranks_ok = x.ndim >= 2 if self.input_dims is None else x.ndim in self.input_dims
+        if not ranks_ok or x.shape[1] != self.num_features:
+            ranks = "" if self.input_dims is None else f" of {' or '.join(map(str, self.input_dims))} dimensions"
             raise ValueError(
-                f"{type(self).__name__}: expected input (N, {self.num_features}, ...), got shape {x.shape}"
+                f"{type(self).__name__}: expected input (N, {self.num_features}, ...){ranks}, got shape {x.shape}"
             )
         narrow = _check_norm_dtypes(self, x, self.weight, self.bias, getattr(self, "running_mean", None))
         wide = x.astype(slope.float32) if narrow else x
@@ -315,11 +322,16 @@ class BatchNorm(Module):
             rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
-                m = self.momentum
+                if self.momentum is None:  # the cumulative average: batch n weighs 1 / n
+                    self.num_batches_tracked = self.num_batches_tracked + 1
+                    m = 1.0 / self.num_batches_tracked.astype(slope.float64)
+                else:
+                    m = self.momentum
                 unbiased = var.detach() * (count / max(count - 1, 1))
                 kept = self.running_mean.dtype  # (the statistics keep their dtype, as PyTorch's buffers)
-                self.running_mean = (self.running_mean.detach() * (1.0 - m) + mean.detach() * m).astype(kept)
-                self.running_var = (self.running_var.detach() * (1.0 - m) + unbiased * m).astype(kept)
+                if count:  # (an empty batch leaves them as they are, as PyTorch: its NaN mean made them NaN)
+                    self.running_mean = (self.running_mean.detach() * (1.0 - m) + mean.detach() * m).astype(kept)
+                    self.running_var = (self.running_var.detach() * (1.0 - m) + unbiased * m).astype(kept)
         else:
             mean = self.running_mean.detach()
             rstd = (self.running_var.detach() + self.eps).rsqrt()
@@ -335,9 +347,13 @@ class BatchNorm(Module):
 class BatchNorm1d(BatchNorm):
     """Batch normalization over (N, C) or (N, C, L)."""
 
+    input_dims = (2, 3)
+
 
 class BatchNorm2d(BatchNorm):
     """Batch normalization over (N, C, H, W)."""
+
+    input_dims = (4,)
 
 
 class LayerNorm(Module):
@@ -727,15 +743,15 @@ class Tanh(Module):
 
 
 class Softplus(Module):
-    """log(1 + exp(beta * x)) / beta."""
+    """log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (PyTorch's)."""
 
-    def __init__(self, beta: float = 1.0) -> None:
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         super().__init__()
-        self.beta = float(beta)
+        self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
-        return functional.softplus(x, self.beta)
+        return functional.softplus(x, self.beta, self.threshold)
 
 
 class Softmax(Module):

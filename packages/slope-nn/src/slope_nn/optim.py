@@ -44,6 +44,13 @@ Schedule = Callable[[Tensor], Any]
 # ----------------------------------------------------------------------------------------------- schedules
 
 
+def _at_least_one(name: str, **counts: Any) -> None:
+    """A ValueError naming the schedule unless each count of steps is an integer of at least 1."""
+    for what, count in counts.items():
+        if isinstance(count, bool) or not hasattr(count, "__index__") or count.__index__() < 1:
+            raise ValueError(f"{name}: {what} must be an integer of at least 1, got {count!r}")
+
+
 def constant_schedule(lr: float) -> Schedule:
     """The same learning rate at every step."""
     return lambda step: lr
@@ -51,6 +58,7 @@ def constant_schedule(lr: float) -> Schedule:
 
 def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """lr * gamma ** floor(step / step_size) (PyTorch's StepLR, counted in steps)."""
+    _at_least_one("step_decay", step_size=step_size)
     return lambda step: lr * gamma ** slope.floor(step / float(step_size))
 
 
@@ -61,6 +69,7 @@ def exponential_decay(lr: float, gamma: float) -> Schedule:
 
 def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule:
     """Cosine annealing from lr to final_lr over total_steps, then final_lr."""
+    _at_least_one("cosine_decay", total_steps=total_steps)  # (0 made the first rate NaN: 0 / 0)
 
     def schedule(step: Tensor) -> Tensor:
         progress = slope.clip(step / float(total_steps), 0.0, 1.0)
@@ -102,6 +111,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
         raise ValueError(
             f"piecewise_constant: expected {len(boundaries) + 1} values for {len(boundaries)} boundaries, got {len(values)}"
         )
+    if list(boundaries) != sorted(boundaries):
+        raise ValueError(f"piecewise_constant: the boundaries must be in increasing order, got {list(boundaries)}")
 
     def schedule(step: Tensor) -> Tensor:
         rate = slope.full_like(step, values[0])
