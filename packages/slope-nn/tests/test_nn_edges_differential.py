@@ -211,3 +211,14 @@ def test_schedules_refuse_step_counts_that_give_nan():
             make()  # cosine_decay(lr, 0)'s first rate was NaN (0 / 0), step_decay's too
     with pytest.raises(ValueError, match="piecewise_constant: the boundaries must be in increasing order"):
         optim.piecewise_constant([5, 2], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("layer", ["MaxPool1d", "AvgPool1d", "MaxPool2d", "AvgPool2d"])
+def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
+    spatial = 1 if layer.endswith("1d") else 2
+    pool = getattr(nn, layer)(2)
+    for ndim in (spatial + 1, spatial + 2):  # (C, *spatial) or (N, C, *spatial)
+        assert pool(slope.ones((3,) * ndim)).shape == (3,) * (ndim - spatial) + (1,) * spatial
+    for ndim in (spatial, spatial + 3):  # the functions pool the trailing dimensions of any rank; the layers did too
+        with pytest.raises(slope.ShapeError, match=f"slope.nn.{layer}: expected input of {spatial + 1} or"):
+            pool(slope.ones((3,) * ndim))

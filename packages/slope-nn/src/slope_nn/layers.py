@@ -231,6 +231,10 @@ class _PoolNd(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
+        n = self.spatial_dims
+        if x.ndim not in (n + 1, n + 2):  # (the functions pool any leading dimensions; PyTorch's layers refuse them)
+            raise slope.ShapeError(f"slope.nn.{type(self).__name__}: expected input of {n + 1} or {n + 2} dimensions "
+                                   f"((C, *spatial) or (N, C, *spatial)), got shape {x.shape}")  # fmt: skip
         if self.mode == "max":
             return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation)
         return functional.avg_pool(x, self.kernel_size, self.stride, self.padding)
