@@ -222,3 +222,19 @@ def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
     for ndim in (spatial, spatial + 3):  # the functions pool the trailing dimensions of any rank; the layers did too
         with pytest.raises(slope.ShapeError, match=f"slope.nn.{layer}: expected input of {spatial + 1} or"):
             pool(slope.ones((3,) * ndim))
+
+
+@pytest.mark.parametrize("dims", [{}, {"kdim": 16, "vdim": 8}])
+def test_multi_head_attention_initializes_as_pytorch(dims):
+    # PyTorch: Xavier-uniform q, k, v projections (packed as one (3E, E) matrix when kdim = vdim = E), zero biases;
+    # slope's were Linear's (bound 1 / sqrt(fan_in), uniform biases)
+    layer = nn.MultiHeadAttention(64, 4, key=slope.random.key(0), **dims)
+    fan_out = 64 * (3 if not dims else 1)
+    for projection in (layer.q_proj, layer.k_proj, layer.v_proj):
+        fan_in = projection.weight.shape[1]
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        weight = projection.weight.numpy()
+        assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.9 * bound
+        np.testing.assert_array_equal(projection.bias.numpy(), np.zeros(64))
+    np.testing.assert_array_equal(layer.out_proj.bias.numpy(), np.zeros(64))
+    assert 0.9 / 8 < np.abs(layer.out_proj.weight.numpy()).max() <= 1 / 8  # Linear's 1 / sqrt(64)
