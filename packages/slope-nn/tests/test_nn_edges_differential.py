@@ -238,3 +238,18 @@ def test_multi_head_attention_initializes_as_pytorch(dims):
         np.testing.assert_array_equal(projection.bias.numpy(), np.zeros(64))
     np.testing.assert_array_equal(layer.out_proj.bias.numpy(), np.zeros(64))
     assert 0.9 / 8 < np.abs(layer.out_proj.weight.numpy()).max() <= 1 / 8  # Linear's 1 / sqrt(64)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_attention_over_no_features_averages_the_values(is_causal, each_backend):
+    # query and key of 0 features: PyTorch's scores are 0s, so the weights are uniform (slope divided by sqrt(0))
+    generator = np.random.default_rng(3)
+    q, k, v = np.zeros((2, 3, 0), np.float32), np.zeros((2, 5, 0), np.float32), generator.standard_normal((2, 5, 4))
+    v = v.astype(np.float32)
+    out = nn.functional.scaled_dot_product_attention(slope.tensor(q), slope.tensor(k), slope.tensor(v),
+                                                     is_causal=is_causal)  # fmt: skip
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        expected = F.scaled_dot_product_attention(
+            torch.tensor(q), torch.tensor(k), torch.tensor(v), is_causal=is_causal
+        )
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)

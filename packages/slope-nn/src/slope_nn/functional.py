@@ -271,7 +271,9 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
     drops attention weights with random `key` (else the active `nn.rng` block); scale defaults to 1/sqrt(E)."""
     q, k, v, attn_mask = _attention_args(q, k, v, attn_mask, is_causal, dropout_p)
     length, source = q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _number("scaled_dot_product_attention", scale, "scale")
+    if scale is None:  # (no features: PyTorch's 1 / sqrt(0) is inf, and the scores of empty products are 0s)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    scale = _number("scaled_dot_product_attention", scale, "scale")
     scores = (q * scale) @ slope.transpose(k, -2, -1)
     if is_causal:
         attn_mask = slope.tril(slope.ones((length, source), dtype=slope.bool_))
