@@ -253,3 +253,12 @@ def test_attention_over_no_features_averages_the_values(is_causal, each_backend)
             torch.tensor(q), torch.tensor(k), torch.tensor(v), is_causal=is_causal
         )
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_one_hot_says_when_it_cannot_infer_the_number_of_classes():
+    # PyTorch: "Can not infer total number of classes from empty tensor"; slope's error named slope.max
+    with pytest.raises(ValueError, match="slope.one_hot: cannot infer the number of classes from an empty tensor"):
+        slope.one_hot(slope.tensor(np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match=r"slope.one_hot: cannot infer .* traced indices \(under jit\); pass num_"):
+        slope.jit(lambda a: slope.one_hot(a))(slope.tensor([1, 2]))
+    np.testing.assert_array_equal(slope.one_hot(slope.tensor([2, 0])).numpy(), [[0, 0, 1], [1, 0, 0]])

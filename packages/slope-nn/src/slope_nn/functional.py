@@ -139,6 +139,9 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
         raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
     (num_classes,) = ints("one_hot", num_classes, "num_classes", count=1)
     if num_classes < 0:
+        if x.buffer is None or not x.numel():
+            what = "an empty tensor" if x.buffer is not None else "traced indices (under jit); pass num_classes"
+            raise ValueError(f"slope.one_hot: cannot infer the number of classes from {what}")
         num_classes = int(x.max().item()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
     x = checked_when_run(x, num_classes) if x.buffer is None else x
