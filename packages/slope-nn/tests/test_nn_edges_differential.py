@@ -262,3 +262,8 @@ def test_one_hot_says_when_it_cannot_infer_the_number_of_classes():
     with pytest.raises(ValueError, match=r"slope.one_hot: cannot infer .* traced indices \(under jit\); pass num_"):
         slope.jit(lambda a: slope.one_hot(a))(slope.tensor([1, 2]))
     np.testing.assert_array_equal(slope.one_hot(slope.tensor([2, 0])).numpy(), [[0, 0, 1], [1, 0, 0]])
+
+
+def test_linear_with_a_one_dimensional_weight_as_pytorch(each_backend):
+    x, w = np.random.default_rng(4).standard_normal((2, 5, 3)), np.random.default_rng(5).standard_normal(3)
+    assert_matches_pytorch(nn.functional.linear, F.linear, [x, w], wrt=(0, 1))  # (slope's raised a transpose error)

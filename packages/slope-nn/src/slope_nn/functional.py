@@ -161,7 +161,9 @@ def checked_when_run(index: Tensor, size: int) -> Tensor:
 
 def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias (PyTorch's F.linear)."""
-    out = slope.matmul(_tensor(x), slope.transpose(weight, -1, -2))  # (batched x: one 2-d product, see matmul)
+    # a batched x makes one 2-d product (see matmul); a 1-d weight is one output feature, its dimension dropped (PyTorch)
+    weight = _tensor(weight)
+    out = slope.matmul(_tensor(x), weight if weight.ndim == 1 else slope.transpose(weight, -1, -2))
     return out if bias is None else out + bias
 
 
