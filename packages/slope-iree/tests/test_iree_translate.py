@@ -289,6 +289,13 @@ def test_a_sum_of_a_constant_over_its_last_dimension_counts_every_element(dtype)
     np.testing.assert_array_equal(inner(x).numpy(), [[-3.0], [-3.0]])
     total = slope.jit(lambda a: a + slope.ones((6,), dtype=a.dtype).sum())
     np.testing.assert_array_equal(total(x).numpy(), [[6.0], [6.0]])
+    for fill, dtype in ((1, slope.int32), (True, slope.bool_)):  # summed in int64, after a conversion
+        counts = slope.jit(
+            lambda a, fill=fill, dtype=dtype: (
+                a + slope.full((2, 3), fill, dtype=dtype).sum(1, keepdim=True).astype(a.dtype)
+            )
+        )
+        np.testing.assert_array_equal(counts(x).numpy(), [[3.0], [3.0]])
     # the gradient of log_softmax(x).sum(), 1 - 3 softmax(x), reduces a constant cotangent over the last dimension
     logits = np.array([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]], dtype=np.float32)
     grad = slope.jit(slope.grad(lambda a: slope.log_softmax(a, -1).sum()))(slope.tensor(logits))

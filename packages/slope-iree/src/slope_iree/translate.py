@@ -652,14 +652,17 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x, shape = inputs[0], _in(instruction).shape
     if out.dtype == slope.bool_:
         return fn.reshape(fn.reduce(x, "or", False, dim), out.shape)
+    if x in fn.folded and not fn.dynamic:
+        # IREE 3.13 folds a sum of a converted constant over the innermost dimensions to one element (the sum of
+        # full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit; an int32 one, in
+        # int64, too)
+        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
-    if (fn.producers.get(x) == "multiply" or x in fn.folded) and not fn.dynamic:
+    if fn.producers.get(x) == "multiply" and not fn.dynamic:
         # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
-        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart.
-        # It also folds a float64 sum of a converted constant over the innermost dimensions to one element (the sum
-        # of full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit)
+        # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
         x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
     if out.dtype != slope.float64 or count <= SUM_BLOCK:
         return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
