@@ -267,3 +267,14 @@ def test_one_hot_says_when_it_cannot_infer_the_number_of_classes():
 def test_linear_with_a_one_dimensional_weight_as_pytorch(each_backend):
     x, w = np.random.default_rng(4).standard_normal((2, 5, 3)), np.random.default_rng(5).standard_normal(3)
     assert_matches_pytorch(nn.functional.linear, F.linear, [x, w], wrt=(0, 1))  # (slope's raised a transpose error)
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 2.0])
+def test_batches_refuse_a_batch_size_that_is_no_positive_integer(batch_size):
+    from slope_nn import datasets
+
+    with pytest.raises(ValueError, match="batches: batch_size must be a positive integer"):  # (0: ZeroDivisionError)
+        next(datasets.batches(np.arange(6), batch_size=batch_size))
+    assert [b.tolist() for (b,) in datasets.batches(np.arange(5), batch_size=2, shuffle=False, drop_last=False)] == [
+        [0, 1], [2, 3], [4]
+    ]  # fmt: skip

@@ -165,6 +165,8 @@ def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: in
             drop_last: bool = True, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
     """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked, or taken in
     the given `order` of row indices)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"slope.nn.datasets.batches: batch_size must be a positive integer, got {batch_size!r}")
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
         raise ValueError(f"slope.nn.datasets.batches: arrays differ in length: {[len(a) for a in arrays]}")
