@@ -278,3 +278,31 @@ def test_batches_refuse_a_batch_size_that_is_no_positive_integer(batch_size):
     assert [b.tolist() for (b,) in datasets.batches(np.arange(5), batch_size=2, shuffle=False, drop_last=False)] == [
         [0, 1], [2, 3], [4]
     ]  # fmt: skip
+
+
+POOL_CASES = [  # (layer, spatial size, arguments): PyTorch's ceil_mode and count_include_pad (neither existed)
+    ("MaxPool1d", 6, dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)),
+    ("MaxPool2d", 5, dict(kernel_size=2, stride=2, padding=1, dilation=2, ceil_mode=True)),
+    ("MaxPool2d", 6, dict(kernel_size=3, stride=3, padding=0, dilation=1, ceil_mode=True)),
+    ("AvgPool1d", 6, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=True)),
+    ("AvgPool2d", 6, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("AvgPool2d", 5, dict(kernel_size=3, stride=2, padding=1, ceil_mode=False, count_include_pad=False)),
+    ("AvgPool2d", 5, dict(kernel_size=2, stride=2, padding=0, ceil_mode=True, count_include_pad=True)),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("layer,size,arguments", POOL_CASES)
+def test_pooling_ceil_mode_and_count_include_pad(layer, size, arguments, jit, each_backend):
+    spatial = 1 if layer.endswith("1d") else 2
+    x = np.random.default_rng(6).standard_normal((2, 3) + (size,) * spatial)
+    x[0, 0, ..., -1] = -np.inf  # the last, partial windows hold an infinity
+    pool = getattr(nn, layer)(**arguments)
+    assert_matches_pytorch(pool, getattr(torch.nn, layer)(**arguments), [x], jit=jit)
+
+
+def test_max_pool_ceil_mode_with_indices_is_refused():
+    with pytest.raises(ValueError, match="slope.max_pool: return_indices with a ceil_mode that adds windows"):
+        slope.max_pool(slope.ones((1, 1, 6)), 3, 2, return_indices=True, ceil_mode=True)
+    values, indices = nn.MaxPool1d(2, return_indices=True, ceil_mode=True)(slope.tensor([[[1.0, 3.0, 2.0, 0.0]]]))
+    np.testing.assert_array_equal(indices.numpy(), [[[1, 2]]])  # (no window added: the indices are PyTorch's)

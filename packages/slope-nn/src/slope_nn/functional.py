@@ -21,6 +21,7 @@ from slope.operators import ints, normalize_dims
 
 from .module import next_key
 from .operators import (
+    ceil_mode_extra,
     check_indices,
     gelu,
     log_softmax,
@@ -228,11 +229,26 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
-def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
-    """Average pooling (padding counts as zeros, as PyTorch's default)."""
+def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True) -> Tensor:  # fmt: skip
+    """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode
+    keeps a last window that runs past the padded input (divided by its positions inside the padded input)."""
     x = _float(x)
     kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1)
-    return pool_windows(x, kernel, stride, padding, dilation, 0.0).mean(-1)
+    n, lead = len(kernel), x.ndim - len(kernel)
+    spatial = x.shape[lead:]
+    extra = ceil_mode_extra(spatial, kernel, stride, padding, dilation) if ceil_mode else (0,) * n
+    if count_include_pad and not any(extra):
+        return pool_windows(x, kernel, stride, padding, dilation, 0.0).mean(-1)
+    x = slope.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + tuple(p + e for p, e in zip(padding, extra)))
+    sums = pool_windows(x, kernel, stride, (0,) * n, dilation, 0.0).sum(-1)
+    divisor: Any = 1  # PyTorch's: the window's positions inside the padded input, or inside the input only
+    for size, k, st, p, count in zip(spatial, kernel, stride, padding, sums.shape[lead:]):
+        starts = np.arange(count) * st - p
+        ends = np.minimum(starts + k, size + p)
+        lengths = ends - starts if count_include_pad else np.minimum(ends, size) - np.maximum(starts, 0)
+        divisor = np.multiply.outer(divisor, lengths)
+    return sums / slope.tensor(np.asarray(divisor, dtype=np.float64), dtype=sums.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- attention

@@ -221,13 +221,15 @@ class _PoolNd(Module):
     spatial_dims = 2
     mode = "max"
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> None:
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:  # fmt: skip
         super().__init__()
         n = self.spatial_dims
         self.kernel_size = _ints(self, kernel_size, "kernel_size", None, n)
         self.stride = self.kernel_size if stride is None else _ints(self, stride, "stride", None, n)
         self.padding = _ints(self, padding, "padding", None, n)
         self.dilation = _ints(self, dilation, "dilation", None, n)
+        self.return_indices, self.ceil_mode, self.count_include_pad = bool(return_indices), bool(ceil_mode), True
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
@@ -236,8 +238,10 @@ class _PoolNd(Module):
             raise slope.ShapeError(f"slope.nn.{type(self).__name__}: expected input of {n + 1} or {n + 2} dimensions "
                                    f"((C, *spatial) or (N, C, *spatial)), got shape {x.shape}")  # fmt: skip
         if self.mode == "max":
-            return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        return functional.avg_pool(x, self.kernel_size, self.stride, self.padding)
+            return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                       self.return_indices, self.ceil_mode)  # fmt: skip
+        return functional.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                   self.count_include_pad)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -255,24 +259,25 @@ class MaxPool2d(_PoolNd):
     spatial_dims = 2
 
 
-class AvgPool1d(_PoolNd):
-    """Average pooling over (N, C, L) (zero padding counted, as PyTorch's default)."""
+class _AvgPoolNd(_PoolNd):
+    mode = "avg"
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True) -> None:  # fmt: skip
+        super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+
+class AvgPool1d(_AvgPoolNd):
+    """Average pooling over (N, C, L) (zero padding counted unless count_include_pad=False, as PyTorch)."""
 
     spatial_dims = 1
-    mode = "avg"
-
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
-        super().__init__(kernel_size, stride, padding)
 
 
-class AvgPool2d(_PoolNd):
-    """Average pooling over (N, C, H, W) (zero padding counted, as PyTorch's default)."""
+class AvgPool2d(_AvgPoolNd):
+    """Average pooling over (N, C, H, W) (zero padding counted unless count_include_pad=False, as PyTorch)."""
 
     spatial_dims = 2
-    mode = "avg"
-
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
-        super().__init__(kernel_size, stride, padding)
 
 
 # ----------------------------------------------------------------------------------------------- normalization

@@ -295,6 +295,18 @@ def pooled_shape(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, d
     )
 
 
+def ceil_mode_extra(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
+    """How far past the padded input each dimension's last window runs with PyTorch's ceil_mode: a last, partial window
+    is kept where it starts inside the input or its left padding."""
+    extra = []
+    for size, k, st, p, d in zip(spatial, kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        count = -(-span // st) + 1
+        count -= (count - 1) * st >= size + p
+        extra.append(max((count - 1) * st - span, 0))
+    return tuple(extra)
+
+
 def pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple, fill: Any) -> Tensor:
     """Every kernel offset's strided view of the trailing dimensions, stacked along a new last dimension.
 
@@ -379,9 +391,15 @@ class MaxPool(_Pooling):
     name = "max_pool"
 
     def __call__(self, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                 return_indices: bool = False) -> Any:  # fmt: skip
+                 return_indices: bool = False, ceil_mode: bool = False) -> Any:  # fmt: skip
         x = _tensor(x)
         params = self.params(x, kernel_size, stride, padding, dilation)
+        n = len(params["kernel"])
+        extra = ceil_mode_extra(x.shape[x.ndim - n :], **params) if ceil_mode else ()
+        if any(extra):  # PyTorch's last, partial windows: the input padded on the right with what max ignores
+            if return_indices:
+                raise ValueError("slope.max_pool: return_indices with a ceil_mode that adds windows is not supported")
+            x = slope.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - n) + extra, value=lowest(x.dtype))
         if not return_indices:
             return slope.bind(self, x, **params)
         index = slope.bind(max_pool_argmax, x, **params)  # before the values: a backend may compute both at once
