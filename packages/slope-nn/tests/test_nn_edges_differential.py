@@ -306,3 +306,35 @@ def test_max_pool_ceil_mode_with_indices_is_refused():
         slope.max_pool(slope.ones((1, 1, 6)), 3, 2, return_indices=True, ceil_mode=True)
     values, indices = nn.MaxPool1d(2, return_indices=True, ceil_mode=True)(slope.tensor([[[1.0, 3.0, 2.0, 0.0]]]))
     np.testing.assert_array_equal(indices.numpy(), [[[1, 2]]])  # (no window added: the indices are PyTorch's)
+
+
+# ----------------------------------------------------------------------------------------------- optimizers
+
+OPTIMIZERS = {  # slope's and PyTorch's, with the same arguments
+    "SGD maximize nesterov": (dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True), "SGD"),
+    "SGD maximize dampening": (dict(lr=0.1, momentum=0.5, dampening=0.3, maximize=True), "SGD"),
+    "Adam maximize": (dict(lr=0.01, weight_decay=0.1, maximize=True), "Adam"),
+    "AdamW maximize": (dict(lr=0.01, weight_decay=0.5, maximize=True), "AdamW"),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", sorted(OPTIMIZERS))
+def test_optimizers_maximize_as_pytorch(case, jit):
+    from slope_nn import optim
+
+    arguments, name = OPTIMIZERS[case]
+    generator = np.random.default_rng(7)
+    start = generator.standard_normal((3, 4))
+    optimizer = getattr(optim, name)(**arguments)
+    model = {"w": slope.tensor(start)}
+    state = optimizer.init(model)
+    step = slope.jit(optimizer.step) if jit else optimizer.step
+    weight = torch.tensor(start, requires_grad=True)
+    reference = getattr(torch.optim, name)([weight], **arguments)
+    for _ in range(4):
+        grad = generator.standard_normal((3, 4))
+        model, state = step(model, {"w": slope.tensor(grad)}, state)
+        weight.grad = torch.tensor(grad)
+        reference.step()
+    np.testing.assert_allclose(model["w"].numpy(), weight.detach().numpy(), rtol=1e-12, atol=1e-12)

@@ -178,6 +178,7 @@ class Optimizer:
 
     weight_decay = 0.0
     decay: Callable[[str, Tensor], bool] | None = None
+    maximize = False  # (PyTorch's: ascend, each gradient negated first)
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
         if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
@@ -261,7 +262,8 @@ class Optimizer:
                     f"{type(self).__name__}.step: gradient {described} does not match leaf {i} {param.aval}"
                 )
             param_lr = lr.astype(param.dtype) if isinstance(lr, Tensor) else lr
-            new_param, slot = self._update_leaf(param, grad.astype(param.dtype), slot, count, param_lr, decay)
+            grad = -grad.astype(param.dtype) if self.maximize else grad.astype(param.dtype)
+            new_param, slot = self._update_leaf(param, grad, slot, count, param_lr, decay)
             new_leaves.append(new_param)
             new_slots.append(slot)
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
@@ -284,13 +286,14 @@ class SGDState(NamedTuple):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay."""
+    """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay (`maximize`
+    ascends)."""
 
     def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
+                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.decay = decay
+        self.decay, self.maximize = decay, bool(maximize)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
         self.momentum = _in_range("SGD", "momentum", momentum, 0.0)
@@ -344,15 +347,16 @@ class AdamState(NamedTuple):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba) with bias correction; weight_decay adds an L2 term to the gradient (PyTorch's Adam)."""
+    """Adam (Kingma and Ba) with bias correction; weight_decay adds an L2 term to the gradient (PyTorch's Adam;
+    `maximize` ascends)."""
 
     decoupled = False
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
+                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.decay = decay
+        self.decay, self.maximize = decay, bool(maximize)
         name = type(self).__name__
         self.beta1, self.beta2 = (_in_range(name, f"betas[{i}]", beta, 0.0, 1.0) for i, beta in enumerate(betas))
         self.eps = _in_range(name, "eps", eps, 0.0)
@@ -399,5 +403,5 @@ class AdamW(Adam):
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
-        super().__init__(lr, betas, eps, weight_decay, trainable, decay)
+                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
+        super().__init__(lr, betas, eps, weight_decay, trainable, decay, maximize)
