@@ -315,12 +315,14 @@ OPTIMIZERS = {  # slope's and PyTorch's, with the same arguments
     "SGD maximize dampening": (dict(lr=0.1, momentum=0.5, dampening=0.3, maximize=True), "SGD"),
     "Adam maximize": (dict(lr=0.01, weight_decay=0.1, maximize=True), "Adam"),
     "AdamW maximize": (dict(lr=0.01, weight_decay=0.5, maximize=True), "AdamW"),
+    "Adam amsgrad": (dict(lr=0.01, betas=(0.5, 0.9), amsgrad=True), "Adam"),
+    "AdamW amsgrad maximize": (dict(lr=0.01, weight_decay=0.5, amsgrad=True, maximize=True), "AdamW"),
 }
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("case", sorted(OPTIMIZERS))
-def test_optimizers_maximize_as_pytorch(case, jit):
+def test_optimizers_maximize_and_amsgrad_as_pytorch(case, jit):
     from slope_nn import optim
 
     arguments, name = OPTIMIZERS[case]
@@ -332,8 +334,8 @@ def test_optimizers_maximize_as_pytorch(case, jit):
     step = slope.jit(optimizer.step) if jit else optimizer.step
     weight = torch.tensor(start, requires_grad=True)
     reference = getattr(torch.optim, name)([weight], **arguments)
-    for _ in range(4):
-        grad = generator.standard_normal((3, 4))
+    for scale in (1.0, 3.0, 0.1, 0.5):  # (shrinking gradients: amsgrad keeps the larger second moments)
+        grad = generator.standard_normal((3, 4)) * scale
         model, state = step(model, {"w": slope.tensor(grad)}, state)
         weight.grad = torch.tensor(grad)
         reference.step()

@@ -339,34 +339,37 @@ class SGD(Optimizer):
 
 
 class AdamState(NamedTuple):
-    """Adam's state: the step count and the first and second moment estimates (None where not trained)."""
+    """Adam's state: the step count and the first and second moment estimates (None where not trained), and with
+    amsgrad the largest second moments so far."""
 
     count: Tensor
     mu: list
     nu: list
+    nu_max: list | None = None
 
 
 class Adam(Optimizer):
     """Adam (Kingma and Ba) with bias correction; weight_decay adds an L2 term to the gradient (PyTorch's Adam;
-    `maximize` ascends)."""
+    `maximize` ascends, `amsgrad` divides by the largest second moment so far)."""
 
     decoupled = False
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
+                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False,
+                 amsgrad: bool = False) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.decay, self.maximize = decay, bool(maximize)
+        self.decay, self.maximize, self.amsgrad = decay, bool(maximize), bool(amsgrad)
         name = type(self).__name__
         self.beta1, self.beta2 = (_in_range(name, f"betas[{i}]", beta, 0.0, 1.0) for i, beta in enumerate(betas))
         self.eps = _in_range(name, "eps", eps, 0.0)
         self.weight_decay = _in_range(name, "weight_decay", weight_decay, 0.0)
 
     def _init_leaf(self, param: Tensor) -> tuple:
-        return slope.zeros_like(param), slope.zeros_like(param)
+        return (slope.zeros_like(param),) * (3 if self.amsgrad else 2)
 
     def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
-        mu, nu = slots
+        mu, nu = slots[:2]
         if decay:
             if self.decoupled:
                 param = param * (1.0 - lr * decay)
@@ -386,14 +389,21 @@ class Adam(Optimizer):
         root2 = (1.0 - self.beta2**t).astype(param.dtype).sqrt()
         # PyTorch's sqrt(nu) / root2 + eps, times root2 on both sides of the fraction: the scalars fold into the
         # step size and eps, which saves one pass over every parameter (the same value up to rounding)
-        denominator = nu.sqrt() + self.eps * root2
-        return param - (lr * root2 / correction1) * mu / denominator, (mu, nu)
+        largest = slope.maximum(slots[2], nu) if self.amsgrad else nu
+        denominator = largest.sqrt() + self.eps * root2
+        return param - (lr * root2 / correction1) * mu / denominator, (mu, nu, largest)[: len(slots)]
 
     def _make_state(self, count: Tensor, slots: list) -> AdamState:
-        return AdamState(count, [s[0] if s else None for s in slots], [s[1] if s else None for s in slots])
+        mu, nu, *largest = ([s[i] if s else None for s in slots] for i in range(3 if self.amsgrad else 2))
+        return AdamState(count, mu, nu, largest[0] if largest else None)
 
     def _slots(self, state: AdamState) -> list:
-        return [None if m is None else (m, v) for m, v in zip(state.mu, state.nu)]
+        if self.amsgrad and state.nu_max is None:
+            raise ValueError(f"{type(self).__name__}.step: the state has no nu_max (made without amsgrad); call init")
+        largest = state.nu_max if self.amsgrad else [None] * len(state.mu)
+        return [
+            None if m is None else (m, v, u)[: 3 if self.amsgrad else 2] for m, v, u in zip(state.mu, state.nu, largest)
+        ]
 
 
 class AdamW(Adam):
@@ -403,5 +413,6 @@ class AdamW(Adam):
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
-        super().__init__(lr, betas, eps, weight_decay, trainable, decay, maximize)
+                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False,
+                 amsgrad: bool = False) -> None:  # fmt: skip
+        super().__init__(lr, betas, eps, weight_decay, trainable, decay, maximize, amsgrad)
