@@ -340,3 +340,27 @@ def test_optimizers_maximize_and_amsgrad_as_pytorch(case, jit):
         weight.grad = torch.tensor(grad)
         reference.step()
     np.testing.assert_allclose(model["w"].numpy(), weight.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- embedding
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_embedding_padding_row_keeps_its_value_and_gets_no_gradient(jit, each_backend):
+    # PyTorch returns the padding row as it is (zeros only at construction); slope's was always zeros
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3)
+    layer = nn.Embedding(4, 3, padding_idx=1).load_state_dict({"weight": weight})
+    reference = torch.nn.Embedding(4, 3, padding_idx=1)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(weight))
+    indices, cot = np.array([[1, 2], [1, 3]]), np.random.default_rng(8).standard_normal((2, 2, 3)).astype(np.float32)
+
+    def loss(model):
+        out = model(slope.tensor(indices))
+        return (out * slope.tensor(cot)).sum(), out
+
+    (_, out), grads = (slope.jit if jit else lambda f: f)(slope.value_and_grad(loss, has_aux=True))(layer)
+    expected = reference(torch.tensor(indices))
+    (expected * torch.tensor(cot)).sum().backward()
+    np.testing.assert_array_equal(out.numpy(), expected.detach().numpy())
+    np.testing.assert_allclose(grads.weight.numpy(), reference.weight.grad.numpy(), rtol=1e-6, atol=1e-6)

@@ -456,7 +456,7 @@ def _finfo_eps(dtype: Any) -> float:
 class Embedding(Module):
     """A lookup table: integer indices -> rows of weight (num_embeddings, embedding_dim), init N(0, 1).
 
-    Rows at `padding_idx` start at zero and receive no gradient.
+    The row at `padding_idx` starts at zero and receives no gradient (it may be set to another padding vector).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
@@ -483,8 +483,8 @@ class Embedding(Module):
         if indices.buffer is None:  # traced: a negative index is out of range when it runs (not counted from the end)
             indices = slope.where(indices < 0, self.num_embeddings, indices.astype(slope.int64))
         rows = self.weight[indices]
-        if self.padding_idx is not None:
-            rows = slope.where((indices == self.padding_idx).unsqueeze(-1), 0.0, rows)
+        if self.padding_idx is not None:  # PyTorch's: the padding row as it is (zeros unless set), with no gradient
+            rows = slope.where((indices == self.padding_idx).unsqueeze(-1), slope.stop_gradient(rows), rows)
         return rows
 
     def attend(self, x: Tensor) -> Tensor:
