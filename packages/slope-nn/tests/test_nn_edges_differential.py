@@ -71,9 +71,11 @@ def test_binary_cross_entropy_checks_its_arguments_as_pytorch():
         with pytest.raises(ValueError, match=r"slope.nn.binary_cross_entropy: all elements of target"):
             nn.binary_cross_entropy(half, slope.tensor(bad))
     wide = slope.tensor(np.array([0.5, 0.5]))
+    with pytest.raises(slope.DTypeError, match="binary_cross_entropy: .* target of its dtype, got float32 and float64"):
+        nn.binary_cross_entropy(half, wide)  # (PyTorch: "Found dtype Double but expected Float")
     for loss in (nn.binary_cross_entropy, nn.binary_cross_entropy_with_logits):
-        with pytest.raises(slope.DTypeError, match="float32 and float64"):
-            loss(half, wide)
+        with pytest.raises(slope.DTypeError, match="got float32 and int64"):
+            loss(half, slope.tensor([1, 0]))
         with pytest.raises(slope.ShapeError, match=r"weight of shape \(3, 2\) does not broadcast"):
             loss(half, half, slope.ones((3, 2)), reduction="none")
         # a float64 weight leaves the loss in the input's dtype, as PyTorch's; lists are taken as tensors
@@ -83,6 +85,12 @@ def test_binary_cross_entropy_checks_its_arguments_as_pytorch():
         nn.binary_cross_entropy_with_logits(half, half, pos_weight=slope.ones((3, 2)))
     pos_weight = slope.tensor(np.array([1.0, 2.0]))
     assert nn.binary_cross_entropy_with_logits(half, half, pos_weight=pos_weight).dtype == slope.float32
+    for x_dtype, t_dtype in (("float32", "float64"), ("float64", "float16")):  # with logits: the target's dtype
+        x, t = np.array([0.5, -3.0]), np.array([1.0, 0.25])
+        got = nn.binary_cross_entropy_with_logits(slope.tensor(x, dtype=x_dtype), slope.tensor(t, dtype=t_dtype))
+        expected = F.binary_cross_entropy_with_logits(torch.tensor(x).to(getattr(torch, x_dtype)),
+                                                      torch.tensor(t).to(getattr(torch, t_dtype)))  # fmt: skip
+        assert got.dtype.name == t_dtype and abs(float(got) - float(expected)) < 1e-3
     np.testing.assert_allclose(nn.mse_loss([1.0, 2.0], [0.0, 0.0]).numpy(), 2.5)
 
 

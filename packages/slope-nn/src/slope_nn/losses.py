@@ -58,13 +58,19 @@ def mse(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A0
 
 
 def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  # noqa: A002 - PyTorch's name
-    """(input, target, *weights) of a binary cross-entropy, checked as PyTorch checks them: floats, one shape, and
-    weights that broadcast to the input's shape (not beyond it), taken in the input's dtype."""
+    """(input, target, *weights) of a binary cross-entropy, checked as PyTorch checks them: floats (of one dtype for
+    binary_cross_entropy; with logits they compute in the wider one), one shape, and weights that broadcast to the
+    input's shape (not beyond it), taken in the input's dtype."""
     input = functional._tensor(input)  # noqa: A001
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
-    if not input.dtype.is_float or target.dtype != input.dtype:
-        raise slope.DTypeError(f"slope.nn.{name}: expected a floating-point input and a target of its dtype, got "
-                               f"{input.dtype.name} and {target.dtype.name} (as PyTorch)")  # fmt: skip
+    logits = name.endswith("logits")
+    if not input.dtype.is_float or not target.dtype.is_float or (target.dtype != input.dtype and not logits):
+        raise slope.DTypeError(f"slope.nn.{name}: expected a floating-point input and a target of "
+                               f"{'floats' if logits else 'its dtype'}, got {input.dtype.name} and "
+                               f"{target.dtype.name} (as PyTorch)")  # fmt: skip
+    if logits and target.dtype != input.dtype:
+        wide = slope.dtypes.promote(input.dtype, target.dtype)
+        input, target = input.astype(wide), target.astype(wide)  # noqa: A001
     _check_same_shape(name, input, target)
     checked = []
     for what, weight in weights.items():
@@ -117,7 +123,9 @@ def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None, 
 
 def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
                                      pos_weight: Tensor | None = None, reduction: str = "mean") -> Tensor:  # fmt: skip
-    """Binary cross-entropy of sigmoid(input), computed stably from the logits."""
+    """Binary cross-entropy of sigmoid(input), computed stably from the logits; the losses are in the target's dtype,
+    as PyTorch's (which computes them in place in a copy of the target)."""
+    result = target.dtype if isinstance(target, Tensor) else None
     input, target, weight, pos_weight = _binary_args(  # noqa: A001
         "binary_cross_entropy_with_logits", input, target, weight=weight, pos_weight=pos_weight
     )
@@ -127,6 +135,7 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Tensor | N
     losses = -(positive + (1.0 - target) * log_not_sigmoid)
     if weight is not None:
         losses = losses * weight
+    losses = losses if result is None else losses.astype(result)
     return reduce_loss("nn.binary_cross_entropy_with_logits", losses, reduction)
 
 
