@@ -104,10 +104,11 @@ def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_nan():
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_relu_derivative_at_nan_is_pytorchs(jit, each_backend):
-    # PyTorch's threshold_backward passes the gradient where the output is not <= 0: at NaN too (slope's was 0)
+def test_relu_derivative_matches_pytorch_but_at_nan(jit, each_backend):
     x = np.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 2.0, np.inf], np.float32)
-    assert_matches_pytorch(slope.relu, F.relu, [x], jit=jit)
+    assert_matches_pytorch(slope.relu, F.relu, [x[1:]], jit=jit)
+    grad = slope.grad(lambda a: slope.relu(a).sum())
+    assert (slope.jit(grad) if jit else grad)(slope.tensor(x)).numpy()[0] == 0.0  # PyTorch: 1 (README, Differences)
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -154,8 +155,12 @@ def test_multi_head_attention_masks_of_every_pytorch_form(case, each_backend):
 def test_attention_masks_of_integers_are_errors_as_in_pytorch():
     # an integer 0/1 mask was added to the scores as floats: a likely bool mask, silently wrong
     q = slope.ones((3, 4))
-    with pytest.raises(slope.DTypeError, match="scaled_dot_product_attention: attn_mask must be bool or floating"):
+    with pytest.raises(slope.DTypeError, match="scaled_dot_product_attention: attn_mask must be bool, floating"):
         nn.functional.scaled_dot_product_attention(q, q, q, slope.ones((3, 3), dtype=slope.int64))
+    ints = slope.ones((3, 4), dtype=slope.int64)  # (a mask of the query's dtype is PyTorch's third form)
+    assert nn.functional.scaled_dot_product_attention(
+        ints, ints, ints, slope.ones((3, 3), dtype=slope.int64)
+    ).shape == (3, 4)
     layer, x = nn.MultiHeadAttention(4, 2), slope.ones((2, 3, 4))
     with pytest.raises(slope.DTypeError, match="MultiHeadAttention: attn_mask must be bool or floating"):
         layer(x, attn_mask=slope.ones((3, 3), dtype=slope.int32))

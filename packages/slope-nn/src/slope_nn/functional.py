@@ -256,6 +256,7 @@ def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, cei
 
 def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dropout_p: float) -> tuple:
     """Checked (q, k, v, mask) of scaled_dot_product_attention: shapes (..., L, E), (..., S, E), (..., S, Ev)."""
+    query_dtype = _tensor(q).dtype
     q, k, v = _float(q), _float(k), _float(v)
     name = "slope.scaled_dot_product_attention"
     if min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
@@ -270,10 +271,12 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     if attn_mask is not None:
         if is_causal:
             raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (as PyTorch)")
-        attn_mask = _tensor(attn_mask)  # bool: where allowed; floats are added
-        if attn_mask.dtype != slope.bool_ and not attn_mask.dtype.is_float:  # (a 0/1 mask meant as bool, likely)
-            raise slope.DTypeError(f"{name}: attn_mask must be bool or floating-point, got {attn_mask.dtype.name} (as "
-                                   "PyTorch)")  # fmt: skip
+        attn_mask = _tensor(attn_mask)  # bool: where allowed; others are added
+        # PyTorch's rule: bool, float or the query's dtype (an integer mask for float scores is likely a 0/1 mask
+        # meant as bool)
+        if attn_mask.dtype not in (slope.bool_, query_dtype) and not attn_mask.dtype.is_float:
+            raise slope.DTypeError(f"{name}: attn_mask must be bool, floating-point or the query's dtype "
+                                   f"({query_dtype.name}), got {attn_mask.dtype.name} (as PyTorch)")  # fmt: skip
     return q, k, v, attn_mask
 
 

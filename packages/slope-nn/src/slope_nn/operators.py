@@ -14,7 +14,7 @@ transpose and batching rules and a procedure for backends without them.
 - `gelu(x, approximate)`: PyTorch's gelu, one kernel where a backend has it (onnxruntime's Gelu, exact form); its
   derivative Phi(x) + x phi(x) is computed from x (no backend has a GELU-gradient kernel outside training builds).
 
-- `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0 (at NaN 1). Its derivative reads the
+- `relu(x)`: max(x, 0) as PyTorch defines it: NaN stays NaN, the derivative at 0 is 0. Its derivative reads the
   output, not the input, so a backend may fuse the ReLU into what produced its input (onnxruntime's FusedConv).
 - `max_pool(x, kernel_size, stride, padding, dilation)`: the maximum of each window of the trailing dimensions. Its
   derivative picks the tangent at each window's arg-max (the first maximum on ties, as PyTorch does), which
@@ -55,7 +55,7 @@ def lowest(dtype: slope.DType) -> Any:
 
 
 class Relu(Operator):
-    """max(x, 0): NaN propagates, the derivative is 0 at 0 and 1 at NaN (PyTorch's relu)."""
+    """max(x, 0): NaN propagates, the derivative is 0 at 0 (PyTorch's relu) and at NaN (PyTorch's: 1)."""
 
     name = "relu"
 
@@ -70,9 +70,10 @@ class Relu(Operator):
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         out = relu(primals[0])
         tangent = tangents[0]
-        # PyTorch's threshold_backward: 0 where out <= 0, else the tangent (NaN's derivative is 1: NaN <= 0 is
-        # false); reading the output leaves the input free to fuse
-        return [out], [slope.where(out <= 0, slope.zeros_like(tangent), tangent)]
+        # `out > 0` is `x > 0`, NaN included (false for both); reading the output leaves the input free to fuse.
+        # (PyTorch's threshold_backward passes the tangent at NaN: `out <= 0` would, but slope-onnx recognises this
+        # form behind a max pool, a quarter of the CNN step's mask work: README, Differences)
+        return [out], [slope.where(out > 0, tangent, slope.zeros_like(tangent))]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
         return [relu(args[0])], [dims[0]]
