@@ -463,6 +463,41 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         value = graph.value(name)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
+    def unfused_scale(name: str) -> None:
+        """Give a one-element constant that scales a MatMul's input (x * c, c * x, x / c) one element per row of x's
+        last dimension of more than one: onnxruntime's MatMulScaleFusion (all optimizations on, a user's default
+        session) moves such a scale onto the product, (x @ w) * c, which rounds differently and overflows where
+        (x * c) @ w does not (3e38 * 0.5 @ w finite, 3e38 @ w inf); it takes only one-element scales."""
+        index = producer.get(name)
+        scaling = result[index] if index is not None else None
+        if scaling is None or scaling.op_type not in ("Mul", "Div"):
+            return
+        for position in (0, 1) if scaling.op_type == "Mul" else (1,):
+            factor, shape = graph.value(scaling.input[position]), graph.shapes.get(scaling.input[1 - position])
+            wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
+            if factor is not None and factor.size == 1 and wide:
+                spread = np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]), factor.reshape(()))
+                inputs = list(scaling.input)
+                inputs[position] = graph.constant(spread)
+                result[index] = helper.make_node(scaling.op_type, inputs, list(scaling.output))
+                return
+
+    def reciprocal(div: onnx.NodeProto) -> onnx.NodeProto | None:
+        """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 given one element per row of the last
+        dimension of more than one): onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL, Slope's
+        too) turns Div(1, x) * y into y / x, which rounds differently and stays finite where 1 / x overflows
+        (1e-10 * (1 / 1e-45) is inf, 1e-10 / 1e-45 7e34); it takes only a one-element constant 1 in a Div."""
+        one, shape = graph.value(div.input[0]), graph.shapes.get(div.output[0])
+        if one is None or one.size != 1 or one.reshape(-1)[0] != 1:
+            return None
+        if one.dtype in (np.float32, np.float64):
+            return helper.make_node("Reciprocal", [div.input[1]], list(div.output))
+        wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
+        if not wide or uses.get(div.output[0]) != 1:  # the fusion needs the Div's only use to be a Mul
+            return None
+        spread = np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]), one.reshape(()))
+        return helper.make_node("Div", [graph.constant(spread), div.input[1]], list(div.output))
+
     def replace(consumer: onnx.NodeProto, index: int, inputs: list[str], **changes: Any) -> onnx.NodeProto:
         gemm = result[index]
         attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
@@ -474,9 +509,10 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         op = node.op_type
         out = node.output[0]
         dtype = graph.dtypes.get(out)
-        if op == "MatMul" and dtype is not None and dtype.name in _GEMM_DTYPES:
+        if op == "MatMul":
             a, b = node.input
-            if len(graph.shapes.get(a, ())) == 2 and len(graph.shapes.get(b, ())) == 2:
+            gemm = dtype is not None and dtype.name in _GEMM_DTYPES
+            if gemm and len(graph.shapes.get(a, ())) == 2 and len(graph.shapes.get(b, ())) == 2:
                 source_a, trans_a = untransposed(a)
                 source_b, trans_b = untransposed(b)
                 node = helper.make_node("Gemm", [source_a, source_b], [out], alpha=1.0, beta=1.0, transA=trans_a,
@@ -485,6 +521,9 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                     if new != old:
                         uses[old] -= 1
                         uses[new] = uses.get(new, 0) + 1
+            else:  # Gemm has no such fusion
+                unfused_scale(a)
+                unfused_scale(b)
         elif op == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
             index = single_use_gemm(node.input[0])
             if index is not None:  # (A @ B).T = B.T @ A.T
@@ -496,6 +535,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             node = absolute_value
         elif op == "Mul" and len(node.input) == 2 and (dequantizing := dequantized(node)) is not None:
             node = dequantizing
+        elif op == "Div" and (inverse := reciprocal(node)) is not None:
+            node = inverse
         elif op in ("Mul", "Div") and len(node.input) == 2:
             for position in (0, 1) if op == "Mul" else (0,):
                 index = single_use_gemm(node.input[position])

@@ -1,0 +1,102 @@
+"""Exported ONNX models give Slope's numbers in a user's plain onnxruntime session, at the edges.
+
+Every entry of the differential table (tests/differential/table.py: each operator and procedure, inputs with +-0,
++-inf, NaN, subnormals and huge values) and the composite programs of tests/exported_models.py (train steps,
+gradients, vmap, the MNIST predictors, attention) are jitted, exported to .onnx and run in onnxruntime sessions with
+default options, with ORT_ENABLE_ALL and with ORT_DISABLE_ALL, none with Slope's own session settings (Slope's
+sessions disable NoopElimination, see slope_onnx.backend): outputs must equal Slope's jitted results bit for bit
+(NaN positions, signs of zeros and infinities included), except where a case states why its sums may round
+differently (CONV_RTOL). Bounded for CI: a few drawn examples per entry.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the differential table's strategies need PyTorch: pip install torch==2.13.0")
+pytest.importorskip("hypothesis", reason="the differential table draws with hypothesis: pip install hypothesis")
+ort = pytest.importorskip("onnxruntime")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import slope  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+import exported_models as em  # noqa: E402
+from differential.table import ENTRIES  # noqa: E402
+
+pytestmark = pytest.mark.skipif("onnxruntime" not in slope.plugins.backends, reason="slope-onnx is not registered")
+
+LEVELS = {"default session": None, "ORT_ENABLE_ALL": "ORT_ENABLE_ALL", "ORT_DISABLE_ALL": "ORT_DISABLE_ALL"}
+RUNNERS = {name: (lambda files, inputs, level=level: em.run_artifact.run(files, inputs, level)) for name, level in
+           LEVELS.items()}  # fmt: skip
+EXAMPLES = settings(max_examples=4, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
+                    suppress_health_check=list(HealthCheck))  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def onnx_backend():
+    with slope.use_backend("onnxruntime") as backend:
+        yield backend
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+@EXAMPLES
+@given(data=st.data())
+def test_table_entry(name: str, data: st.DataObject) -> None:
+    em.table_test(name, data, RUNNERS)
+
+
+@pytest.mark.parametrize("label", em.COMPOSITES)
+def test_composite_program(label: str, tmp_path: Path) -> None:
+    problems = em.check(em.composite_case(label), RUNNERS, tmp_path)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_artifact_runs_without_slope(tmp_path: Path) -> None:
+    case = em.composite_case("grad_elementwise")
+    lowered, expected = em.slope_run(case)
+    files = lowered.export(tmp_path / "model")
+    outputs, imported = em.without_slope(files, case.inputs, tmp_path)
+    assert imported == "[]"
+    assert [em.same_bits(got, want) for got, want in zip(outputs, expected)] == [None] * len(expected)
+
+
+# ----------------------------------------------------------------------------------------------- regressions
+
+
+def _default_session(f: slope.jit, *arrays: np.ndarray, tmp_path: Path, level: str | None = None) -> list:
+    files = f.lower(*[slope.tensor(a) for a in arrays]).export(tmp_path / "model")
+    return em.run_artifact.run(files, list(arrays), level)
+
+
+def test_a_scaled_matmul_input_keeps_its_rounding(tmp_path: Path) -> None:
+    # (q * 0.5) @ k: onnxruntime's MatMulScaleFusion moved the 0.5 onto the product, whose 3e38 * -1.5 overflowed
+    # to -inf where Slope gives -2.25e38 (and attention scores rounded differently); the scale is now a vector
+    q = np.array([[[3e38, 1.0], [0.5, 0.25]]], np.float32)
+    k = np.array([[[-1.5, 1.0], [2.0, 1.0]]], np.float32)
+    f = slope.jit(lambda a, b: (a * 0.5) @ b)
+    expected = np.array([[[-2.25e38, 1.5e38], [-0.125, 0.375]]], np.float32)
+    np.testing.assert_array_equal(f(slope.tensor(q), slope.tensor(k)).numpy(), expected)
+    for level in LEVELS.values():
+        np.testing.assert_array_equal(_default_session(f, q, k, tmp_path=tmp_path, level=level)[0], expected)
+
+
+def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None:
+    # x * (1 / d): onnxruntime's DivMulFusion (every session but ORT_DISABLE_ALL, Slope's own too) made it x / d,
+    # so Slope's jit gave 7e34 for 1e-10 * (1 / 1e-45), where 1 / 1e-45 is inf (PyTorch, NumPy: inf)
+    x = np.array([1e-10, 3.0, -0.0], np.float32)
+    d = np.array([1e-45, 3.0, np.inf], np.float32)
+    expected = np.array([np.inf, 1.0, -0.0], np.float32)
+    for f in (slope.jit(lambda a, b: a * (1.0 / b)), slope.jit(lambda a, b: a * b.reciprocal())):
+        got = f(slope.tensor(x), slope.tensor(d)).numpy()
+        assert em.same_bits(got, expected) is None
+        for level in LEVELS.values():
+            assert em.same_bits(_default_session(f, x, d, tmp_path=tmp_path, level=level)[0], expected) is None
+    with slope.use_backend("numpy"):
+        assert em.same_bits((slope.tensor(x) * (1.0 / slope.tensor(d))).numpy(), expected) is None
