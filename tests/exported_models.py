@@ -116,6 +116,9 @@ def check(case: Case, runners: dict[str, Callable], folder: Path) -> list[str]:
         if error is not None:
             problems.append(f"{case.label} {name}: raised {type(error).__name__}: {str(error)[:300]}")
             continue
+        flags, outs = outs[len(expected) :], outs[: len(expected)]  # iree: a bool per index check, after them
+        if any(f.dtype != np.bool_ or f.any() for f in map(np.asarray, flags)):
+            problems.append(f"{case.label} {name}: index checks failed or extra outputs: {flags}")
         if len(outs) != len(expected):
             problems.append(f"{case.label} {name}: {len(outs)} outputs, Slope {len(expected)}")
             continue
