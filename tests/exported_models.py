@@ -267,6 +267,22 @@ def composite_cases(small: bool = False) -> list[Case]:
     cases.append(Case("feed_forward_finite_constants", lambda t: ffn(t) + mha(t), [tokens]))
     double = nn.Sequential(nn.Linear(5, 7, dtype=slope.float64), nn.Tanh(), nn.Linear(7, 3, dtype=slope.float64))
     cases.append(Case("mlp_float64_constants", double, [_with_specials(x.astype(np.float64), rng)]))
+    # patterns onnxruntime's optimizers rewrite: post-norm residual blocks (SkipLayerNormFusion), scaled products
+    # (MatMulScaleFusion), convolutions with constant scales and batch norms (ConvMulFusion, ConvAddFusion, NCHWc),
+    # a hand-written GELU (GeluFusion)
+    norm = nn.LayerNorm(8)
+    cases.append(Case("post_norm_block", lambda t: norm(t + mha(t)), [tokens]))
+    cases.append(Case("post_norm_block_specials", lambda t: norm(t + mha(t)), [_with_specials(tokens, rng)]))
+    cases.append(Case("matmul_divided", lambda a, b: (a @ b.transpose(-1, -2)) / 3.0, [tokens * 1e37, tokens]))
+    weight = slope.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    conv, batch_norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).eval()
+    batch_norm.running_mean = slope.tensor(rng.standard_normal(4).astype(np.float32))
+    batch_norm.running_var = slope.tensor(rng.random(4).astype(np.float32) + 0.5)
+    maps = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    cases.append(Case("conv_scaled_constants", lambda a: slope.conv(a, weight) * 0.3 + 0.1, [maps], CONV_RTOL))
+    cases.append(Case("conv_batch_norm_constants", lambda a: batch_norm(conv(a)).relu(), [maps], CONV_RTOL))
+    gelu = lambda a: a * 0.5 * (1.0 + (a / 1.4142135381698608).erf())  # noqa: E731
+    cases.append(Case("gelu_formula", gelu, [_with_specials(tokens, rng)]))
     return cases
 
 
@@ -321,4 +337,6 @@ COMPOSITES = [
     "mnist_cnn_predict_constants", "mnist_cnn_train_step", "grad_elementwise", "grad_maximum_where", "grad_softmax",
     "hessian_diag", "vmap_matvec", "vmap_grad", "attention_causal", "attention_finite_causal", "attention_masked",
     "multihead_attention_grad", "feed_forward_constants", "feed_forward_finite_constants", "mlp_float64_constants",
+    "post_norm_block", "post_norm_block_specials", "matmul_divided", "conv_scaled_constants",
+    "conv_batch_norm_constants", "gelu_formula",
 ]  # fmt: skip

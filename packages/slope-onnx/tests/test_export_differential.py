@@ -52,10 +52,33 @@ def test_table_entry(name: str, data: st.DataObject) -> None:
     em.table_test(name, data, RUNNERS)
 
 
-@pytest.mark.parametrize("label", em.COMPOSITES)
+# onnxruntime rewrites that change values and that no form of the graph avoids without slowing Slope's own programs
+# (README, Differences from PyTorch): {case label: (the sessions it differs in, why)}
+KNOWN = {
+    "gelu_formula": (
+        {"ORT_DISABLE_ALL"},
+        "documented difference: onnxruntime's GeluFusion (on in every other session, Slope's too) runs a hand-written "
+        "x * 0.5 * (1 + erf(x / sqrt(2))) as its Gelu kernel, which rounds differently; ORT_DISABLE_ALL computes the "
+        "formula as written (last bits differ)",
+    ),
+}
+
+
+def _composite_cells() -> list:
+    cells = []
+    for label in em.COMPOSITES:
+        known = KNOWN.get(label)
+        marks = [pytest.mark.xfail(strict=True, reason=known[1])] if known else []
+        cells.append(pytest.param(label, id=label, marks=marks))
+    return cells
+
+
+@pytest.mark.parametrize("label", _composite_cells())
 def test_composite_program(label: str, tmp_path: Path) -> None:
     problems = em.check(em.composite_case(label), RUNNERS, tmp_path)
-    assert not problems, "\n".join(problems)
+    known = KNOWN.get(label, (set(), ""))[0]
+    assert not [p for p in problems if not any(f" {session}:" in p for session in known)], "\n".join(problems)
+    assert not problems, "\n".join(problems)  # (a known difference: a strict xfail, which fails once it is fixed)
 
 
 def test_the_artifact_runs_without_slope(tmp_path: Path) -> None:
@@ -100,3 +123,32 @@ def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None
             assert em.same_bits(_default_session(f, x, d, tmp_path=tmp_path, level=level)[0], expected) is None
     with slope.use_backend("numpy"):
         assert em.same_bits((slope.tensor(x) * (1.0 / slope.tensor(d))).numpy(), expected) is None
+
+
+def test_a_post_norm_residual_block_keeps_layer_norm(tmp_path: Path) -> None:
+    # layer_norm(t + u) of (B, S, H) tensors: onnxruntime's SkipLayerNormFusion made Add + LayerNormalization one
+    # SkipLayerNormalization in default sessions (and Slope's pooled ones), which rounds differently and gave NaN
+    # where Slope's LayerNormalization gives 0s (a row whose variance overflows, README); it is now normalized as a
+    # (B * S, H) view
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    u = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    t[0, 1, :2] = [3e38, -3e38]
+    f = slope.jit(lambda a, b: slope.layer_norm(a + b))
+    expected = f(slope.tensor(t), slope.tensor(u)).numpy()
+    assert not np.isnan(expected[0, 1]).any()
+    for level in LEVELS.values():
+        assert em.same_bits(_default_session(f, t, u, tmp_path=tmp_path, level=level)[0], expected) is None
+
+
+def test_a_matrix_product_divided_by_a_constant_keeps_its_division(tmp_path: Path) -> None:
+    # (a @ b) / 3: MatMulScaleFusion made it a multiplication by float32(1 / 3), which rounds differently
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    b = rng.standard_normal((2, 8, 4)).astype(np.float32)
+    f = slope.jit(lambda x, y: (x @ y) / 3.0)
+    expected = f(slope.tensor(a), slope.tensor(b)).numpy()
+    with slope.use_backend("numpy"):
+        assert em.same_bits(f(slope.tensor(a), slope.tensor(b)).numpy(), expected) is None
+    for level in LEVELS.values():
+        assert em.same_bits(_default_session(f, a, b, tmp_path=tmp_path, level=level)[0], expected) is None

@@ -463,40 +463,69 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         value = graph.value(name)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
+    def spread(node: onnx.NodeProto, position: int, shape: tuple | None) -> onnx.NodeProto | None:
+        """The node with its one-element constant input at `position` given one element per row of the last
+        dimension of `shape` of more than one (the same values): onnxruntime's value-changing fusions below take
+        only one-element constants. None where it has no such input or `shape` no such dimension."""
+        value = graph.value(node.input[position])
+        wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
+        if value is None or value.size != 1 or not wide:
+            return None
+        inputs = list(node.input)
+        inputs[position] = graph.constant(np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]),
+                                                  value.reshape(())))  # fmt: skip
+        return helper.make_node(node.op_type, inputs, list(node.output))
+
     def unfused_scale(name: str) -> None:
-        """Give a one-element constant that scales a MatMul's input (x * c, c * x, x / c) one element per row of x's
-        last dimension of more than one: onnxruntime's MatMulScaleFusion (all optimizations on, a user's default
-        session) moves such a scale onto the product, (x @ w) * c, which rounds differently and overflows where
-        (x * c) @ w does not (3e38 * 0.5 @ w finite, 3e38 @ w inf); it takes only one-element scales."""
+        """x * c, c * x or x / c (c a one-element constant) as a MatMul's input, with c spread: onnxruntime's
+        MatMulScaleFusion (all optimizations on: a user's default session, Slope's pooled ones) moves such a scale
+        onto the product, (x @ w) * c, which rounds differently and overflows where (x * c) @ w does not
+        ((3e38 * 0.5) @ w finite, 3e38 @ w inf)."""
         index = producer.get(name)
         scaling = result[index] if index is not None else None
         if scaling is None or scaling.op_type not in ("Mul", "Div"):
             return
         for position in (0, 1) if scaling.op_type == "Mul" else (1,):
-            factor, shape = graph.value(scaling.input[position]), graph.shapes.get(scaling.input[1 - position])
-            wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
-            if factor is not None and factor.size == 1 and wide:
-                spread = np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]), factor.reshape(()))
-                inputs = list(scaling.input)
-                inputs[position] = graph.constant(spread)
-                result[index] = helper.make_node(scaling.op_type, inputs, list(scaling.output))
+            spread_scaling = spread(scaling, position, graph.shapes.get(scaling.input[1 - position]))
+            if spread_scaling is not None:
+                result[index] = spread_scaling
                 return
 
     def reciprocal(div: onnx.NodeProto) -> onnx.NodeProto | None:
-        """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 given one element per row of the last
-        dimension of more than one): onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL, Slope's
-        too) turns Div(1, x) * y into y / x, which rounds differently and stays finite where 1 / x overflows
-        (1e-10 * (1 / 1e-45) is inf, 1e-10 / 1e-45 7e34); it takes only a one-element constant 1 in a Div."""
-        one, shape = graph.value(div.input[0]), graph.shapes.get(div.output[0])
+        """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 spread where a Mul is its only use):
+        onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL, Slope's too) turns Div(1, x) * y into
+        y / x, which rounds differently and stays finite where 1 / x overflows (1e-10 * (1 / 1e-45) is inf,
+        1e-10 / 1e-45 7e34); it takes only a one-element constant 1. A matrix product divided by a one-element
+        constant keeps its Div, the constant spread: MatMulScaleFusion made it a multiplication by 1 / c."""
+        one = graph.value(div.input[0])
+        if made(div.input[0], "MatMul") is not None:
+            return spread(div, 1, graph.shapes.get(div.output[0]))
         if one is None or one.size != 1 or one.reshape(-1)[0] != 1:
             return None
         if one.dtype in (np.float32, np.float64):
             return helper.make_node("Reciprocal", [div.input[1]], list(div.output))
-        wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
-        if not wide or uses.get(div.output[0]) != 1:  # the fusion needs the Div's only use to be a Mul
+        return spread(div, 0, graph.shapes.get(div.output[0])) if uses.get(div.output[0]) == 1 else None
+
+    def unskipped_norm(norm: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """A LayerNormalization (last axis) of a sum of two (B, S, H) tensors, done on its (B * S, H) view:
+        onnxruntime's SkipLayerNormFusion (all optimizations on: a user's default session, Slope's pooled ones) makes
+        Add + LayerNormalization of 3-D tensors one SkipLayerNormalization, which rounds differently and gives NaN
+        where the variance overflows (LayerNormalization: 0s, README); it takes only a LayerNormalization fed by the
+        Add itself."""
+        add, shape = made(norm.input[0], "Add"), graph.shapes.get(norm.input[0])
+        axis = next((helper.get_attribute_value(a) for a in norm.attribute if a.name == "axis"), -1)
+        if add is None or shape is None or len(shape) != 3 or axis not in (-1, 2):
             return None
-        spread = np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]), one.reshape(()))
-        return helper.make_node("Div", [graph.constant(spread), div.input[1]], list(div.output))
+        if graph.shapes.get(add.input[0]) != shape or graph.shapes.get(add.input[1]) != shape:
+            return None
+        flat = helper.make_node("Reshape", [norm.input[0], graph.int64s((-1, shape[2]))], [graph.fresh("reshape")])
+        kept = [name if uses.get(name) else "" for name in norm.output]  # Y, Mean, InvStdDev
+        views = [graph.fresh("view") if name else "" for name in kept]
+        flat_norm = helper.make_node(norm.op_type, [flat.output[0], *norm.input[1:]], views,
+                                     **{a.name: helper.get_attribute_value(a) for a in norm.attribute})  # fmt: skip
+        backs = [helper.make_node("Reshape", [view, graph.int64s(shape if k == 0 else (*shape[:2], 1))], [name])
+                 for k, (view, name) in enumerate(zip(views, kept)) if name]  # fmt: skip
+        return [flat, flat_norm, *backs]
 
     def replace(consumer: onnx.NodeProto, index: int, inputs: list[str], **changes: Any) -> onnx.NodeProto:
         gemm = result[index]
@@ -565,6 +594,12 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             result[index] = None
             node = helper.make_node("Conv", [*conv.input, bias], [out], **{a.name: helper.get_attribute_value(a)
                                                                           for a in conv.attribute})  # fmt: skip
+        elif op == "LayerNormalization" and (flat_norm := unskipped_norm(node)) is not None:
+            *before, node = flat_norm
+            for extra in before:
+                for name in extra.output:
+                    producer[name] = len(result)
+                result.append(extra)
         elif op == "Where" and masked_unpool(node) is not None:
             *before, node = masked_unpool(node)
             for extra in before:
