@@ -214,7 +214,7 @@ def composite_cases(small: bool = False) -> list[Case]:
         logits = model(normalize(images))
         return logits, logits.argmax(-1)
 
-    batch = 8 if small else 32
+    batch = 8 if small else 64  # 64 x 784 inputs: Slope runs the program in a pooled (threaded) session
     mlp = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
     images = rng.integers(0, 256, (batch, 784), dtype=np.uint8)
     labels = rng.integers(0, 10, batch).astype(np.int64)
@@ -304,6 +304,18 @@ def without_slope(files: list, inputs: list, folder: Path, level: str | None = N
     result = subprocess.run(command + ([level] if level else []), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return run_artifact.unpack(np.load(folder / "out.npz")), result.stdout.strip()
+
+
+def examples(ci: int) -> Any:
+    """Hypothesis settings for the table tests: `ci` derandomized examples per entry, or SLOPE_EXPORT_EXAMPLES
+    (a deeper hunt: `SLOPE_EXPORT_EXAMPLES=50 pytest packages/slope-onnx/tests/test_export_differential.py`)."""
+    import os
+
+    from hypothesis import HealthCheck, Phase, settings
+
+    count = int(os.environ.get("SLOPE_EXPORT_EXAMPLES", ci))
+    return settings(max_examples=count, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
+                    suppress_health_check=list(HealthCheck))  # fmt: skip
 
 
 def table_test(name: str, data: Any, runners: dict[str, Callable], dtypes: int = 2) -> None:

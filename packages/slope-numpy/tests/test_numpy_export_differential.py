@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("torch", reason="the differential table's strategies need PyTorch: pip install torch==2.13.0")
 pytest.importorskip("hypothesis", reason="the differential table draws with hypothesis: pip install hypothesis")
 
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import slope  # noqa: E402
@@ -29,8 +29,7 @@ from differential.table import ENTRIES  # noqa: E402
 pytestmark = pytest.mark.skipif("numpy" not in slope.plugins.backends, reason="slope-numpy is not registered")
 
 RUNNERS = {"numpy module": em.run_artifact.run}
-EXAMPLES = settings(max_examples=3, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
-                    suppress_health_check=list(HealthCheck))  # fmt: skip
+EXAMPLES = em.examples(ci=3)
 
 
 @pytest.fixture(autouse=True)

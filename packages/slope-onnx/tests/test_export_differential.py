@@ -21,7 +21,7 @@ pytest.importorskip("torch", reason="the differential table's strategies need Py
 pytest.importorskip("hypothesis", reason="the differential table draws with hypothesis: pip install hypothesis")
 ort = pytest.importorskip("onnxruntime")
 
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import slope  # noqa: E402
@@ -35,8 +35,7 @@ pytestmark = pytest.mark.skipif("onnxruntime" not in slope.plugins.backends, rea
 LEVELS = {"default session": None, "ORT_ENABLE_ALL": "ORT_ENABLE_ALL", "ORT_DISABLE_ALL": "ORT_DISABLE_ALL"}
 RUNNERS = {name: (lambda files, inputs, level=level: em.run_artifact.run(files, inputs, level)) for name, level in
            LEVELS.items()}  # fmt: skip
-EXAMPLES = settings(max_examples=4, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
-                    suppress_health_check=list(HealthCheck))  # fmt: skip
+EXAMPLES = em.examples(ci=4)
 
 
 @pytest.fixture(autouse=True)
