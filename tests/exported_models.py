@@ -273,6 +273,8 @@ def composite_cases(small: bool = False) -> list[Case]:
     norm = nn.LayerNorm(8)
     cases.append(Case("post_norm_block", lambda t: norm(t + mha(t)), [tokens]))
     cases.append(Case("post_norm_block_specials", lambda t: norm(t + mha(t)), [_with_specials(tokens, rng)]))
+    both = lambda a, b: (a * 0.3) @ (b * 0.7).transpose(-1, -2)  # noqa: E731
+    cases.append(Case("matmul_scaled_operands", both, [_with_specials(tokens, rng), tokens]))
     cases.append(Case("matmul_divided", lambda a, b: (a @ b.transpose(-1, -2)) / 3.0, [tokens * 1e37, tokens]))
     weight = slope.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
     conv, batch_norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).eval()
@@ -349,6 +351,6 @@ COMPOSITES = [
     "mnist_cnn_predict_constants", "mnist_cnn_train_step", "grad_elementwise", "grad_maximum_where", "grad_softmax",
     "hessian_diag", "vmap_matvec", "vmap_grad", "attention_causal", "attention_finite_causal", "attention_masked",
     "multihead_attention_grad", "feed_forward_constants", "feed_forward_finite_constants", "mlp_float64_constants",
-    "post_norm_block", "post_norm_block_specials", "matmul_divided", "conv_scaled_constants",
+    "post_norm_block", "post_norm_block_specials", "matmul_scaled_operands", "matmul_divided", "conv_scaled_constants",
     "conv_batch_norm_constants", "gelu_formula",
 ]  # fmt: skip

@@ -102,11 +102,14 @@ def test_a_scaled_matmul_input_keeps_its_rounding(tmp_path: Path) -> None:
     # to -inf where Slope gives -2.25e38 (and attention scores rounded differently); the scale is now a vector
     q = np.array([[[3e38, 1.0], [0.5, 0.25]]], np.float32)
     k = np.array([[[-1.5, 1.0], [2.0, 1.0]]], np.float32)
-    f = slope.jit(lambda a, b: (a * 0.5) @ b)
     expected = np.array([[[-2.25e38, 1.5e38], [-0.125, 0.375]]], np.float32)
-    np.testing.assert_array_equal(f(slope.tensor(q), slope.tensor(k)).numpy(), expected)
-    for level in LEVELS.values():
-        np.testing.assert_array_equal(_default_session(f, q, k, tmp_path=tmp_path, level=level)[0], expected)
+    scaled = slope.jit(lambda a, b: (a * 0.5) @ b)
+    transposed = slope.jit(lambda a, b: a @ (b * 0.5).transpose(-1, -2))  # (onnxruntime folds the transpose in)
+    for f, k_or_its_transpose in ((scaled, k), (transposed, np.swapaxes(k, -1, -2).copy())):
+        np.testing.assert_array_equal(f(slope.tensor(q), slope.tensor(k_or_its_transpose)).numpy(), expected)
+        for level in LEVELS.values():
+            got = _default_session(f, q, k_or_its_transpose, tmp_path=tmp_path, level=level)[0]
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None:

@@ -503,7 +503,9 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         """x * c, c * x or x / c (c a one-element constant) as a MatMul's input, with c spread: onnxruntime's
         MatMulScaleFusion (all optimizations on: a user's default session, Slope's pooled ones) moves such a scale
         onto the product, (x @ w) * c, which rounds differently and overflows where (x * c) @ w does not
-        ((3e38 * 0.5) @ w finite, 3e38 @ w inf)."""
+        ((3e38 * 0.5) @ w finite, 3e38 @ w inf); also through transposes, which onnxruntime folds into the product."""
+        while (transpose := made(name, "Transpose")) is not None:
+            name = transpose.input[0]
         index = producer.get(name)
         scaling = result[index] if index is not None else None
         if scaling is None or scaling.op_type not in ("Mul", "Div"):
