@@ -45,7 +45,12 @@ def test_table_entry(name: str, data: st.DataObject) -> None:
     em.table_test(name, data, RUNNERS, dtypes=1)
 
 
-@pytest.mark.parametrize("label", em.COMPOSITES)
+# the CNN's train step and its predictor with weights as inputs cost two compilations each of ~10 s (Slope's jit and
+# the export) for what the other composites and the onnx and numpy tests cover
+SLOW = {"mnist_cnn_train_step", "mnist_cnn_predict"}
+
+
+@pytest.mark.parametrize("label", [label for label in em.COMPOSITES if label not in SLOW])
 def test_composite_program(label: str, tmp_path: Path) -> None:
     problems = em.check(em.composite_case(label), RUNNERS, tmp_path)
     assert not problems, "\n".join(problems)
