@@ -499,22 +499,38 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                                                   value.reshape(())))  # fmt: skip
         return helper.make_node(node.op_type, inputs, list(node.output))
 
-    def unfused_scale(name: str) -> None:
+    def unfused_scale(name: str) -> str:
         """x * c, c * x or x / c (c a one-element constant) as a MatMul's input, with c spread: onnxruntime's
         MatMulScaleFusion (all optimizations on: a user's default session, Slope's pooled ones) moves such a scale
         onto the product, (x @ w) * c, which rounds differently and overflows where (x * c) @ w does not
-        ((3e38 * 0.5) @ w finite, 3e38 @ w inf); also through transposes, which onnxruntime folds into the product."""
-        while (transpose := made(name, "Transpose")) is not None:
-            name = transpose.input[0]
-        index = producer.get(name)
+        ((3e38 * 0.5) @ w finite, 3e38 @ w inf); also through transposes, which onnxruntime folds into the product.
+        An x of one element is scaled twice along a new last axis and sliced back. The name the MatMul reads."""
+        source = name
+        while (transpose := made(source, "Transpose")) is not None:
+            source = transpose.input[0]
+        index = producer.get(source)
         scaling = result[index] if index is not None else None
         if scaling is None or scaling.op_type not in ("Mul", "Div"):
-            return
+            return name
         for position in (0, 1) if scaling.op_type == "Mul" else (1,):
-            spread_scaling = spread(scaling, position, graph.shapes.get(scaling.input[1 - position]))
+            x_shape = graph.shapes.get(scaling.input[1 - position])
+            spread_scaling = spread(scaling, position, x_shape)
             if spread_scaling is not None:
                 result[index] = spread_scaling
-                return
+                return name
+            factor = graph.value(scaling.input[position])
+            if factor is None or factor.size != 1 or not x_shape or graph.shapes.get(name) != x_shape:
+                continue
+            inputs = list(scaling.input)  # x_shape is all 1s here (no row to spread along)
+            inputs[position] = graph.constant(np.full((2,), factor.reshape(())))
+            twice = helper.make_node(scaling.op_type, inputs, [graph.fresh("twice")])
+            first = helper.make_node("Slice", [twice.output[0], graph.int64s([0]), graph.int64s([1]),
+                                               graph.int64s([-1])], [graph.fresh("slice")])  # fmt: skip
+            for extra in (twice, first):
+                producer[extra.output[0]] = len(result)
+                result.append(extra)
+            return first.output[0]
+        return name
 
     def reciprocal(div: onnx.NodeProto) -> onnx.NodeProto | None:
         """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 spread where a Mul is its only use):
@@ -576,8 +592,7 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                         uses[old] -= 1
                         uses[new] = uses.get(new, 0) + 1
             else:  # Gemm has no such fusion
-                unfused_scale(a)
-                unfused_scale(b)
+                node = helper.make_node("MatMul", [unfused_scale(a), unfused_scale(b)], [out])
         elif op == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
             index = single_use_gemm(node.input[0])
             if index is not None:  # (A @ B).T = B.T @ A.T
