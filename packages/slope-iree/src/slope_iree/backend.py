@@ -92,6 +92,8 @@ class IreeBackend(Backend):
 
     def export(self, program: Program, path: str, target: str = "cpu") -> list[str]:
         """Write `path.mlir` (the StableHLO, constants inside) and `path.vmfb` compiled for a target (cpu, cuda,
-        vulkan; metal compiles only) that run without Slope."""
+        vulkan; metal compiles only) that run without Slope. `main` returns the program's outputs, then one bool
+        per index the program checks (x[index], .at[], gathers: true where an index was out of range, where Slope
+        raises an IndexError and the outputs are undefined)."""
         text, _ = self.module_text(program, embed_constants=True)
         return runtime.export(text, path, target)

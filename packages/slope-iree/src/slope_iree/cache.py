@@ -92,9 +92,9 @@ def enabled() -> bool:
     return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
 
 
-def compile_mlir(mlir: str, target: str = "cpu") -> bytes:
+def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> bytes:
     """The .vmfb bytes of a StableHLO module for a target: from memory, else from disk, else compiled (and stored)."""
-    flags = target_flags(target)
+    flags = target_flags(target) + tuple(extra_flags)
     name = key(mlir, target, flags)
     module = _memory.get(name)
     if module is not None:

@@ -283,10 +283,16 @@ class _DriverChoice:
         return "local-task" if self.chosen is self.task else "local-sync"
 
 
+# An exported module holds its constants, which the compiler would evaluate while compiling (const-eval): its
+# compile-time code links no libm ("undefined symbol: cos" for a randn, whose key is a constant), and a program
+# must compute what Slope's jit computes, where the constants are inputs. So they are computed when it runs.
+EXPORT_FLAGS = ("--iree-opt-const-eval=false",)
+
+
 def export(mlir: str, path: str, target_name: str = "cpu") -> list[str]:
     """Write `path.mlir` and `path.vmfb` compiled for a target (cpu, cuda, vulkan, metal); returns the paths."""
     base = path[: -len(".vmfb")] if path.endswith(".vmfb") else path.removesuffix(".mlir")
-    vmfb = cache.compile_mlir(mlir, target_name)
+    vmfb = cache.compile_mlir(mlir, target_name, EXPORT_FLAGS)
     with open(base + ".mlir", "w") as handle:
         handle.write(mlir)
     with open(base + ".vmfb", "wb") as handle:

@@ -137,14 +137,21 @@ class NumpyBackend(Backend):
             "dtypes = {"
             + ", ".join(f"{k!r}: np.dtype({str(v)!r})" for k, v in self.numpy_dtypes.items() if k != "bfloat16")
             + "}",
+            "inf, nan = np.inf, np.nan  # the generated code spells non-finite constants (full, pad values) so",
             "",
         ]
+        source = self.source(program)
+        bfloat16 = "bfloat16" in source or any(v.dtype == slope.bfloat16 for v in program.constant_values)
+        if bfloat16:  # NumPy has no bfloat16: the program needs ml_dtypes' (as its inputs do)
+            parts[-1:-1] = ["import ml_dtypes", "", "dtypes['bfloat16'] = np.dtype(ml_dtypes.bfloat16)"]
         for var, value in zip(program.constants, program.constant_values):
-            buffer = io.BytesIO()
-            np.save(buffer, value.numpy(), allow_pickle=False)
+            buffer, array = io.BytesIO(), value.numpy()
+            bits = value.dtype == slope.bfloat16  # np.load reads ml_dtypes' bfloat16 back as void: store the bits
+            np.save(buffer, array.view(np.uint16) if bits else array, allow_pickle=False)
             encoded = base64.b64encode(buffer.getvalue()).decode()
-            parts.append(f"{names[var]} = np.load(io.BytesIO(base64.b64decode({encoded!r})))")
-        parts += ["", "", self.source(program), ""]
+            view = ".view(dtypes['bfloat16'])" if bits else ""
+            parts.append(f"{names[var]} = np.load(io.BytesIO(base64.b64decode({encoded!r}))){view}")
+        parts += ["", "", source, ""]
         with open(path, "w") as handle:
             handle.write("\n".join(parts))
         return [path]

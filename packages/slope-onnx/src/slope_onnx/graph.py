@@ -486,6 +486,88 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         value = graph.value(name)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
+    def spread(node: onnx.NodeProto, position: int, shape: tuple | None) -> onnx.NodeProto | None:
+        """The node with its one-element constant input at `position` given one element per row of the last
+        dimension of `shape` of more than one (the same values): onnxruntime's value-changing fusions below take
+        only one-element constants. None where it has no such input or `shape` no such dimension."""
+        value = graph.value(node.input[position])
+        wide = [axis for axis, size in enumerate(shape or ()) if size > 1]
+        if value is None or value.size != 1 or not wide:
+            return None
+        inputs = list(node.input)
+        inputs[position] = graph.constant(np.full((shape[wide[-1]],) + (1,) * (len(shape) - 1 - wide[-1]),
+                                                  value.reshape(())))  # fmt: skip
+        return helper.make_node(node.op_type, inputs, list(node.output))
+
+    def unfused_scale(name: str) -> str:
+        """x * c, c * x or x / c (c a one-element constant) as a MatMul's input, with c spread: onnxruntime's
+        MatMulScaleFusion (all optimizations on: a user's default session, Slope's pooled ones) moves such a scale
+        onto the product, (x @ w) * c, which rounds differently and overflows where (x * c) @ w does not
+        ((3e38 * 0.5) @ w finite, 3e38 @ w inf); also through transposes, which onnxruntime folds into the product.
+        An x of one element is scaled twice along a new last axis and sliced back. The name the MatMul reads."""
+        source = name
+        while (transpose := made(source, "Transpose")) is not None:
+            source = transpose.input[0]
+        index = producer.get(source)
+        scaling = result[index] if index is not None else None
+        if scaling is None or scaling.op_type not in ("Mul", "Div"):
+            return name
+        for position in (0, 1) if scaling.op_type == "Mul" else (1,):
+            x_shape = graph.shapes.get(scaling.input[1 - position])
+            spread_scaling = spread(scaling, position, x_shape)
+            if spread_scaling is not None:
+                result[index] = spread_scaling
+                return name
+            factor = graph.value(scaling.input[position])
+            if factor is None or factor.size != 1 or not x_shape or graph.shapes.get(name) != x_shape:
+                continue
+            inputs = list(scaling.input)  # x_shape is all 1s here (no row to spread along)
+            inputs[position] = graph.constant(np.full((2,), factor.reshape(())))
+            twice = helper.make_node(scaling.op_type, inputs, [graph.fresh("twice")])
+            first = helper.make_node("Slice", [twice.output[0], graph.int64s([0]), graph.int64s([1]),
+                                               graph.int64s([-1])], [graph.fresh("slice")])  # fmt: skip
+            for extra in (twice, first):
+                producer[extra.output[0]] = len(result)
+                result.append(extra)
+            return first.output[0]
+        return name
+
+    def reciprocal(div: onnx.NodeProto) -> onnx.NodeProto | None:
+        """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 spread where a Mul is its only use):
+        onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL, Slope's too) turns Div(1, x) * y into
+        y / x, which rounds differently and stays finite where 1 / x overflows (1e-10 * (1 / 1e-45) is inf,
+        1e-10 / 1e-45 7e34); it takes only a one-element constant 1. A matrix product divided by a one-element
+        constant keeps its Div, the constant spread: MatMulScaleFusion made it a multiplication by 1 / c."""
+        one = graph.value(div.input[0])
+        if made(div.input[0], "MatMul") is not None:
+            return spread(div, 1, graph.shapes.get(div.output[0]))
+        if one is None or one.size != 1 or one.reshape(-1)[0] != 1:
+            return None
+        if one.dtype in (np.float32, np.float64):
+            return helper.make_node("Reciprocal", [div.input[1]], list(div.output))
+        return spread(div, 0, graph.shapes.get(div.output[0])) if uses.get(div.output[0]) == 1 else None
+
+    def unskipped_norm(norm: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """A LayerNormalization (last axis) of a sum of two (B, S, H) tensors, done on its (B * S, H) view:
+        onnxruntime's SkipLayerNormFusion (all optimizations on: a user's default session, Slope's pooled ones) makes
+        Add + LayerNormalization of 3-D tensors one SkipLayerNormalization, which rounds differently and gives NaN
+        where the variance overflows (LayerNormalization: 0s, README); it takes only a LayerNormalization fed by the
+        Add itself."""
+        add, shape = made(norm.input[0], "Add"), graph.shapes.get(norm.input[0])
+        axis = next((helper.get_attribute_value(a) for a in norm.attribute if a.name == "axis"), -1)
+        if add is None or shape is None or len(shape) != 3 or axis not in (-1, 2):
+            return None
+        if graph.shapes.get(add.input[0]) != shape or graph.shapes.get(add.input[1]) != shape:
+            return None
+        flat = helper.make_node("Reshape", [norm.input[0], graph.int64s((-1, shape[2]))], [graph.fresh("reshape")])
+        kept = [name if uses.get(name) else "" for name in norm.output]  # Y, Mean, InvStdDev
+        views = [graph.fresh("view") if name else "" for name in kept]
+        flat_norm = helper.make_node(norm.op_type, [flat.output[0], *norm.input[1:]], views,
+                                     **{a.name: helper.get_attribute_value(a) for a in norm.attribute})  # fmt: skip
+        backs = [helper.make_node("Reshape", [view, graph.int64s(shape if k == 0 else (*shape[:2], 1))], [name])
+                 for k, (view, name) in enumerate(zip(views, kept)) if name]  # fmt: skip
+        return [flat, flat_norm, *backs]
+
     def replace(consumer: onnx.NodeProto, index: int, inputs: list[str], **changes: Any) -> onnx.NodeProto:
         gemm = result[index]
         attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
@@ -497,9 +579,10 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         op = node.op_type
         out = node.output[0]
         dtype = graph.dtypes.get(out)
-        if op == "MatMul" and dtype is not None and dtype.name in _GEMM_DTYPES:
+        if op == "MatMul":
             a, b = node.input
-            if len(graph.shapes.get(a, ())) == 2 and len(graph.shapes.get(b, ())) == 2:
+            gemm = dtype is not None and dtype.name in _GEMM_DTYPES
+            if gemm and len(graph.shapes.get(a, ())) == 2 and len(graph.shapes.get(b, ())) == 2:
                 source_a, trans_a = untransposed(a)
                 source_b, trans_b = untransposed(b)
                 node = helper.make_node("Gemm", [source_a, source_b], [out], alpha=1.0, beta=1.0, transA=trans_a,
@@ -508,6 +591,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                     if new != old:
                         uses[old] -= 1
                         uses[new] = uses.get(new, 0) + 1
+            else:  # Gemm has no such fusion
+                node = helper.make_node("MatMul", [unfused_scale(a), unfused_scale(b)], [out])
         elif op == "Transpose" and list(node.attribute[0].ints) == [1, 0]:
             index = single_use_gemm(node.input[0])
             if index is not None:  # (A @ B).T = B.T @ A.T
@@ -519,6 +604,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             node = absolute_value
         elif op == "Mul" and len(node.input) == 2 and (dequantizing := dequantized(node)) is not None:
             node = dequantizing
+        elif op == "Div" and (inverse := reciprocal(node)) is not None:
+            node = inverse
         elif op in ("Mul", "Div") and len(node.input) == 2:
             for position in (0, 1) if op == "Mul" else (0,):
                 index = single_use_gemm(node.input[position])
@@ -547,6 +634,12 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             result[index] = None
             node = helper.make_node("Conv", [*conv.input, bias], [out], **{a.name: helper.get_attribute_value(a)
                                                                           for a in conv.attribute})  # fmt: skip
+        elif op == "LayerNormalization" and (flat_norm := unskipped_norm(node)) is not None:
+            *before, node = flat_norm
+            for extra in before:
+                for name in extra.output:
+                    producer[name] = len(result)
+                result.append(extra)
         elif op == "Where" and masked_unpool(node) is not None:
             *before, node = masked_unpool(node)
             for extra in before:
