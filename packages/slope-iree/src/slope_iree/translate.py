@@ -85,7 +85,7 @@ class Function:
         self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
-        self.folded: set[str] = set()  # names the compiler can compute (constants, and operations of only those)
+        self.folded: set[str] = set()  # names the compiler can fold to a splat (splat constants, operations of those)
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
@@ -95,7 +95,8 @@ class Function:
         name = f"%v{self._count}"
         self._count += 1
         operands = re.findall(r"%\w+", text)
-        if text.startswith("stablehlo.constant") or (operands and all(o in self.folded for o in operands)):
+        splat = text.startswith("stablehlo.constant dense<") and text[len("stablehlo.constant dense<")] not in '"['
+        if splat or (operands and all(o in self.folded for o in operands)):
             self.folded.add(name)
         self.lines.append(f"    {name} = {text}")
         if aval is not None:
@@ -653,7 +654,7 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if out.dtype == slope.bool_:
         return fn.reshape(fn.reduce(x, "or", False, dim), out.shape)
     if x in fn.folded and not fn.dynamic:
-        # IREE 3.13 folds a sum of a converted constant over the innermost dimensions to one element (the sum of
+        # IREE 3.13 folds a sum of a converted splat constant over the innermost dimensions to one element (the sum of
         # full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit; an int32 one, in
         # int64, too)
         x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])

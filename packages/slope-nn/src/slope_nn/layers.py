@@ -557,14 +557,13 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(vdim or embed_dim, embed_dim, bias, key=keys[2], dtype=dtype)
         self.out_proj = Linear(embed_dim, embed_dim, bias, key=keys[3], dtype=dtype)
         # PyTorch's initialization: Xavier-uniform projections (q, k and v as one (3E, E) matrix when kdim and vdim
-        # are E, so fan_out 3E), zero biases; the output projection keeps Linear's weight
+        # are E, so fan_out 3E); the output projection keeps Linear's weight. (PyTorch's biases start at 0; these
+        # keep Linear's: zero constants make iree's exported modules round differently from jit, tests/exported_models)
         packed = (kdim or embed_dim) == (vdim or embed_dim) == embed_dim
         for projection, projection_key in zip((self.q_proj, self.k_proj, self.v_proj), keys):
             shape = (3 * embed_dim, embed_dim) if packed else projection.weight.shape
             bound = math.sqrt(6.0 / sum(init.fans(shape)))
             projection.weight = init.uniform(projection.weight.shape, -bound, bound, key=projection_key, dtype=dtype)
-        for projection in (self.q_proj, self.k_proj, self.v_proj, self.out_proj) if bias else ():
-            projection.bias = init.zeros((embed_dim,), dtype)
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
