@@ -655,6 +655,16 @@ class Cat(Operator):
         return [bind(self, *moved, dim=dim + 1)], [0]
 
 
+class _Value(float):
+    """A fill value (full's, pad's) that eager_run's cache key tells from the other zero and finds again when NaN."""
+
+    def __hash__(self) -> int:
+        return hash(repr(self))  # (a float NaN's hash is its id)
+
+    def __eq__(self, other: Any) -> bool:
+        return repr(self) == repr(other)
+
+
 def _python_value(name: str, value: Any, dtype: DType) -> Any:
     value = value.item() if isinstance(value, Tensor) else value
     if isinstance(value, str) or not np.isscalar(value):
@@ -668,7 +678,7 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     low = -high if symmetric else int(limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
-    return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
+    return _Value(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
 
 class Full(Operator):
