@@ -184,9 +184,7 @@ def reciprocal(x: Any) -> Tensor:
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does)."""
     x, y = coerce("true_divide", x, y)
-    if not x.dtype.is_float:
-        x, y = cast(x, dtypes.default_float), cast(y, dtypes.default_float)
-    return ops.div(x, y)
+    return ops.div(x, y) if x.dtype.is_float else ops.div(cast(x, dtypes.default_float), cast(y, dtypes.default_float))
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
