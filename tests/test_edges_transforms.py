@@ -55,3 +55,41 @@ def test_log1p_derivatives_at_zero(backend: str, dtype: str) -> None:
     forward = slope.jvp(lambda u: slope.jvp(slope.log1p, (u,), (slope.ones_like(u),))[1], (x,), (slope.ones_like(x),))
     np.testing.assert_allclose(forward[1].numpy(), -1 / (1 + wide) ** 2, rtol=rtol)
     assert np.signbit(slope.log1p(x).numpy()).tolist() == [False, True, False, False, True]  # -0.0 stays
+
+
+@pytest.mark.parametrize("options", [{"reduction": "sum"}, {"reduction": "mean", "label_smoothing": 0.2},
+                                     {"reduction": "mean", "ignore_index": 1}])  # fmt: skip
+def test_cross_entropy_derivative_in_its_class_weights(backend: str, options: dict) -> None:
+    """PyTorch does not differentiate cross_entropy's weight (reverse mode refuses, forward mode gives 0 for the
+    nll term), so the differential tests hold it fixed: Slope's jvp and grad in it against central differences."""
+    x = np.array([[2.0, -2.0, 1.0, -0.5], [1.0, 0.0, -1.0, 3.0], [0.5, 1.5, -2.5, 0.0]])
+    target, w, direction = np.array([1, 2, 3]), np.array([0.2, 0.7, 0.4, 1.3]), np.array([0.3, -0.2, 0.5, 0.1])
+
+    def loss(weight: slope.Tensor) -> slope.Tensor:
+        return slope.cross_entropy(slope.tensor(x), slope.tensor(target), weight=weight, **options)
+
+    eps = 1e-6
+    central = (loss(slope.tensor(w + eps * direction)).item() - loss(slope.tensor(w - eps * direction)).item()) / (
+        2 * eps
+    )
+    tangent = slope.jvp(loss, (slope.tensor(w),), (slope.tensor(direction),))[1].item()
+    along_grad = float((slope.grad(loss)(slope.tensor(w)).numpy() * direction).sum())
+    assert tangent == pytest.approx(central, rel=1e-7, abs=1e-9)
+    assert along_grad == pytest.approx(tangent, rel=1e-12)
+
+
+@pytest.mark.parametrize("bound", ["min", "max"])
+def test_clamp_jvp_at_a_tie_is_its_vjp_transposed(backend: str, bound: str) -> None:
+    """At x == a tensor bound PyTorch's forward mode takes the bound's tangent and its reverse mode x's gradient; Slope's
+    jvp is the transpose of its vjp (which matches PyTorch's): <jvp(t), c> == <t, vjp(c)>."""
+    x, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0])
+    tx, tb, ct = np.array([0.5, -0.25, 0.75]), np.array([-1.0, 0.5, 0.25]), np.array([1.0, -2.0, 0.5])
+
+    def fn(v: slope.Tensor, bound_value: slope.Tensor) -> slope.Tensor:
+        return slope.clamp(v, **{bound: bound_value})
+
+    primals = (slope.tensor(x), slope.tensor(b))
+    tangent = slope.jvp(fn, primals, (slope.tensor(tx), slope.tensor(tb)))[1].numpy()
+    gx, gb = slope.vjp(fn, *primals)[1](slope.tensor(ct))
+    assert float((tangent * ct).sum()) == pytest.approx(float((gx.numpy() * tx).sum() + (gb.numpy() * tb).sum()))
+    assert tangent[1] == tx[1]  # the tie: x's tangent, as PyTorch's reverse mode (its forward mode gives tb[1])

@@ -66,6 +66,11 @@ JVP_FROM_VJP = {
     "its reverse mode x's (torch.func.jvp(clamp) is not the transpose of torch.autograd.grad(clamp))"
     for name in ("clamp", "clip")
 }
+# Keyword arguments PyTorch does not differentiate, held fixed here (tests/test_edges_transforms.py checks Slope's
+# derivatives in them against finite differences)
+HELD_FIXED = {
+    "cross_entropy": ("weight",),  # PyTorch's reverse mode refuses (nll_loss is not differentiable in its weight),
+}  # its forward mode returns 0 for that term (only label smoothing's part of the derivative)
 
 
 def _differentiable(name: str) -> bool:
@@ -97,7 +102,8 @@ class Differentiated:
     def __init__(self, call: Call, dtype: str):
         self.call = call
         tensors = placeholders((call.layout.args, call.layout.kwargs))
-        self.diff = [t for t in tensors if (t.dtype or dtype) in FLOATS]
+        held = [call.layout.kwargs.get(k) for k in HELD_FIXED.get(call.entry.name, ())]
+        self.diff = [t for t in tensors if (t.dtype or dtype) in FLOATS and not any(t is h for h in held)]
         self.fixed = [t for t in tensors if t not in self.diff]
         self.floating: list[int] = []
 
