@@ -67,10 +67,9 @@ JVP_FROM_VJP = {
     for name in ("clamp", "clip")
 }
 # Keyword arguments PyTorch does not differentiate, held fixed here (tests/test_edges_transforms.py checks Slope's
-# derivatives in them against finite differences)
-HELD_FIXED = {
-    "cross_entropy": ("weight",),  # PyTorch's reverse mode refuses (nll_loss is not differentiable in its weight),
-}  # its forward mode returns 0 for that term (only label smoothing's part of the derivative)
+# derivatives in them against finite differences): cross_entropy's class weights, which PyTorch's reverse mode
+# refuses (nll_loss is not differentiable in its weight) and its forward mode gives only label smoothing's term of
+HELD_FIXED = {"cross_entropy": ("weight",)}
 
 
 def _differentiable(name: str) -> bool:
@@ -107,23 +106,19 @@ class Differentiated:
         self.fixed = [t for t in tensors if t not in self.diff]
         self.floating: list[int] = []
 
+    def by_id(self, make: Callable, values: tuple) -> dict:
+        """The differentiated tensors' values and the fixed ones' arrays made tensors, by placeholder."""
+        return {**{id(t): make(self.call.arrays[id(t)]) for t in self.fixed}, **dict(zip(map(id, self.diff), values))}
+
     def torch_fn(self, *values: Any) -> tuple:
-        by_id = {
-            **{id(t): to_torch(self.call.arrays[id(t)]) for t in self.fixed},
-            **dict(zip(map(id, self.diff), values)),
-        }
-        args, kwargs = self.call.torch_args(by_id, make=_same)
-        with sdpa_kernel(
-            SDPBackend.MATH
-        ):  # the fused CPU attention kernel has no forward mode and no second derivative
+        args, kwargs = self.call.torch_args(self.by_id(to_torch, values), make=_same)
+        # the fused CPU attention kernel has no forward mode and no second derivative: its math form
+        with sdpa_kernel(SDPBackend.MATH):
             outs = flat_results(self.call.entry.torch_fn(*args, **kwargs))
         return tuple(outs[k] for k in self.floating)
 
     def slope_fn(self, *values: Any) -> list:
-        by_id = {
-            **{id(t): slope.tensor(self.call.arrays[id(t)]) for t in self.fixed},
-            **dict(zip(map(id, self.diff), values)),
-        }
+        by_id = self.by_id(slope.tensor, values)
         outs = flat_results(self.call.entry.call_slope()(*fill(self.call.layout.args, by_id, _same),
                                                         **fill(self.call.layout.kwargs, by_id, _same)))  # fmt: skip
         return [outs[k] for k in self.floating]
@@ -209,7 +204,6 @@ def _jvp_problem(entry: Any, layout: Any, dtype: str, data: st.DataObject) -> st
     where = f"jvp of {call.describe()}"
     if error is not None:
         return f"{where}\n    slope.jvp raised {type(error).__name__}: {str(error)[:300]!r}"
-    primal_rtol, _ = call.tolerance(expected[0][0], d.floating[0])
     rtol = entry.rtol.get(f"grad {dtype}", GRAD_RTOL[dtype])
     for k in range(len(d.floating)):
         problem = mismatch(result[0][k], expected[0][k].detach(), *call.tolerance(expected[0][k], d.floating[k]))
