@@ -232,6 +232,25 @@ def test_index_updates_match_pytorch(backend, torch, case):
     _agree(gv.numpy(), np.zeros(value_shape, np.float32) if leaf_v.grad is None else leaf_v.grad.numpy(), case)
 
 
+@pytest.mark.parametrize("shape", [(0, 2), (0,)])
+@pytest.mark.parametrize("mode", ["get", "set", "add", "add, then more empty work"])
+def test_traced_indices_into_an_empty_result_are_still_checked(backend, shape, mode):
+    """Under jit an index into an empty dimension raises even where the result is empty (as in PyTorch): onnxruntime's
+    translation gives empty results as constants, and those once dropped the index checks that fed them."""
+    functions = {
+        "get": lambda x, i: x[i],
+        "set": lambda x, i: x.at[i].set(1.0),
+        "add": lambda x, i: x.at[i].add(1.0),
+        "add, then more empty work": lambda x, i: (x.at[i].add(1.0) * 2).reshape(-1).sum(-1, keepdim=True),
+    }
+    expected_shape = {"get": (0, *shape[1:]), "add, then more empty work": (1,)}.get(mode, shape)
+    step = slope.jit(functions[mode])
+    with pytest.raises(IndexError, match=r"slope\.\w+.*out of (range|bounds)"):
+        step(slope.zeros(shape), slope.tensor([shape[0] + 2]))
+    nothing = step(slope.zeros(shape), slope.tensor(np.zeros(0, np.int64)))  # no index: nothing to check
+    assert nothing.shape == expected_shape
+
+
 def test_index_add_keeps_the_value_shape_strict(backend):
     """`.at[i].add(v)` refuses a v with more dimensions than x[i], as PyTorch's index_put_ and `+=` do."""
     with pytest.raises(slope.ShapeError, match=r"slope\.index_update: a value of shape \(1, 1, 3\) does not fit"):

@@ -883,6 +883,8 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     if k == 0:  # empty index vectors pick all of x
         return fn.broadcast(inputs[0], out.shape)
     index = checked_indices(fn, inputs[1], x_aval.shape[:k], f"{_GATHER}: {_RANGE}")
+    if 0 in x_aval.shape[:k]:  # no slice to take (StableHLO refuses one); any index fails the check when it runs
+        return fn.constant(False if out.dtype == slope.bool_ else 0, out)
     x = inputs[0]
     if x.startswith("%v"):
         # IREE 3.13 fails to compile a gather fused with a strided read of its operand (a slice or transpose of the

@@ -40,6 +40,21 @@ BROADCASTING = frozenset(
      "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
 )  # fmt: skip
 
+# Slope operators (core and slope-nn) whose indices (input 1) onnxruntime checks when it runs them
+_CHECKS_INDICES = frozenset({"gather_nd", "scatter_nd", "take_along_dim", "scatter_add"})
+
+
+def _indexes_an_empty_dimension(instruction: Instruction) -> bool:
+    """Whether an indexing instruction has indices into an empty dimension: all out of range, so PyTorch raises even
+    where the result is empty (it checks no other index of an empty result), and onnxruntime must run the node."""
+    name = instruction.op.name
+    if name not in _CHECKS_INDICES or (index := instruction.inputs[1].aval).size == 0:
+        return False
+    x = instruction.inputs[0].aval
+    if name in ("gather_nd", "scatter_nd"):  # index vectors along the last axis, into x's leading dimensions
+        return 0 in x.shape[: index.shape[-1]]
+    return x.shape[instruction.params["dim"]] == 0
+
 
 class NoTranslationError(Exception):
     """Raised by a translation with no faithful ONNX form for its inputs: the instruction is lowered instead."""
@@ -73,6 +88,8 @@ class OnnxGraph:
         self.padded: dict[str, tuple] = {}  # name -> (source, lo, hi, value): a constant padding of source
         self._constants: dict[tuple, str] = {}
         self._count = 0
+        self.checks: dict[str, frozenset[str]] = {}  # name -> the index-checking outputs its value comes from
+        self.kept_checks: set[str] = set()  # those whose dependents were all replaced by empty constants
 
     # ------------------------------------------------------------------------------------------- building blocks
     def fresh(self, hint: str = "t") -> str:
@@ -226,10 +243,11 @@ class OnnxGraph:
         """Translate one instruction, binding its outputs' names in env."""
         inputs = [env[v] for v in instruction.inputs]
         translation = self.translations.get(instruction.op.name)
-        if all(v.aval.size == 0 for v in instruction.outputs):
+        if all(v.aval.size == 0 for v in instruction.outputs) and not _indexes_an_empty_dimension(instruction):
             # nothing to compute; and onnxruntime's shape inference takes broadcast(1, 0) for 1, so it would drop
             # an Expand to size 0 as a no-op and hand the next node a tensor of the wrong shape
             outs = [self.constant(np.zeros(v.aval.shape, v.aval.dtype.numpy)) for v in instruction.outputs]
+            self.kept_checks.update(*(self.checks.get(name, ()) for name in inputs))  # they must still run
         else:
             try:
                 if translation is None:
@@ -238,7 +256,12 @@ class OnnxGraph:
             except NoTranslationError:
                 outs = self.inline_procedure(instruction, inputs)
         outs = [outs] if isinstance(outs, str) else list(outs)
+        checks = frozenset().union(*(self.checks.get(name, ()) for name in inputs))
+        if instruction.op.name in _CHECKS_INDICES and instruction.inputs[1].aval.size:
+            checks |= {outs[0]}  # (onnxruntime raises on an index out of range)
         for var, name in zip(instruction.outputs, outs):
+            if checks and name in self.producers:
+                self.checks[name] = checks
             env[var] = name
             self.shapes.setdefault(name, var.aval.shape)
             self.dtypes.setdefault(name, var.aval.dtype)
@@ -271,7 +294,7 @@ class OnnxGraph:
                 name = self.node("Identity", [name], shape=aval.shape)
             used.add(name)
             output_infos.append(helper.make_tensor_value_info(name, element_type(aval.dtype), list(aval.shape)))
-        live = {info.name for info in output_infos}
+        live = {info.name for info in output_infos} | self.kept_checks
         self.nodes = merge_duplicates(fuse_nodes(self.nodes, self, live), live)
         kept = []
         for node in reversed(self.nodes):
