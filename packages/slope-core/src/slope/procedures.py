@@ -155,8 +155,8 @@ def log2(x: Any) -> Tensor:
 def log1p(x: Any) -> Tensor:
     """log(1 + x), exact for tiny x: log(u), u = 1 + x, plus u's rounding error over u where |x| < 0.5."""
     x = _float(x)
-    t = where(abs_(x) < 0.5, x, 0.0)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
-    series = x * (1.0 - x * (0.5 - x / 3.0))  # x where x * x is 0 (-0.0 too), with log1p's derivatives (d2 -1, not 0)
+    t = where(abs_(x) >= 0.5, 0.0, x)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
+    series = t * (1.0 - t * (0.5 - t / 3.0))  # x where x * x is 0 (-0.0 too), with log1p's derivatives (d2 -1, not 0)
     return where(x * x > 0.0, ops.log(x + 1.0) + (t - ((t + 1.0) - 1.0)) / (t + 1.0), series)
 
 
