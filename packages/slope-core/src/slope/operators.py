@@ -699,6 +699,8 @@ class Arange(Operator):
         fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in values)  # no bool
         if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
             raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
+        if isinstance(start, float):  # PyTorch's first value is start + 0 * step (-0.0 counting up is +0.0)
+            start = _Value(start + 0.0 * step)  # (told from the other zero in the cache)
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
