@@ -100,5 +100,5 @@ def test_arange_starts_with_pytorchs_zero(backend, dtype):
     for start, stop, step in [(0.0, 2.0, 1.0), (-0.0, 2.0, 1.0), (-0.0, -2.0, -1.0), (0.0, -2.0, -1.0)] * 2:
         expected = torch.arange(start, stop, step, dtype=getattr(torch, dtype))
         for mode, transform in MODES.items():
-            got = transform(lambda: slope.arange(start, stop, step, dtype=dtype))()
+            got = transform(lambda a=start, b=stop, c=step: slope.arange(a, b, c, dtype=dtype))()
             same_with_signs(got, expected, f"{mode} arange({start}, {stop}, {step}, {dtype})")
