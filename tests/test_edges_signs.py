@@ -91,3 +91,14 @@ def test_index_writes_keep_the_sign_of_zeros(backend, dtype, mode):
     same_with_signs(
         MODES[mode](lambda a, b, c: a.at[b].add(c))(x, slope.tensor([1]), as_slope([-0.0], dtype)), added, "add"
     )
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_arange_starts_with_pytorchs_zero(backend, dtype):
+    """arange's first value is start + 0 * step, as PyTorch's: -0.0 counting up is +0.0, counting down -0.0. The
+    numpy backend gave -0.0 counting up, and the eager cache took 0.0 and -0.0 for one start (whichever came first)."""
+    for start, stop, step in [(0.0, 2.0, 1.0), (-0.0, 2.0, 1.0), (-0.0, -2.0, -1.0), (0.0, -2.0, -1.0)] * 2:
+        expected = torch.arange(start, stop, step, dtype=getattr(torch, dtype))
+        for mode, transform in MODES.items():
+            got = transform(lambda a=start, b=stop, c=step: slope.arange(a, b, c, dtype=dtype))()
+            same_with_signs(got, expected, f"{mode} arange({start}, {stop}, {step}, {dtype})")

@@ -319,10 +319,8 @@ class Pow(Binary):
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
         out, zero, one = power(x, y), zeros_like(x), constant(1, x.dtype, x.shape)
-        terms = []
-        if tx is not None:  # PyTorch's rules: 0 where y == 0 (even where x is 0 or inf) ...
-            terms.append(mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one))))))
-        if ty is not None:  # ... and where x == 0 <= y; log(x) is NaN where x < 0
+        terms = [] if tx is None else [mul(tx, where(equal(y, zero), zero, mul(y, power(x, sub(y, one)))))]
+        if ty is not None:  # PyTorch's rules: d/dx 0 where y == 0 (x 0 or inf too), d/dy 0 where x == 0 <= y
             terms.append(mul(ty, where(bitwise_and(equal(x, zero), greater_equal(y, zero)), zero, mul(out, log(x)))))
         return [out], [sum(terms[1:], terms[0])]
 
@@ -406,8 +404,7 @@ class Reduce(Operator):
         return Aval(tuple(1 if i in dim else s for i, s in enumerate(x.shape) if keepdim or i not in dim), x.dtype)
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: tuple, **params: Any) -> tuple[list, list]:
-        x = move_axis(args[0], dims[0], 0)  # also Flip's rule
-        return [bind(self, x, dim=tuple(d + 1 for d in dim), **params)], [0]
+        return [bind(self, move_axis(args[0], dims[0], 0), dim=tuple(d + 1 for d in dim), **params)], [0]  # (Flip's)
 
 
 class Sum(Reduce):
@@ -479,8 +476,7 @@ class Expand(Operator):
             raise self.shape_error(f"cannot expand a tensor of shape {x.shape} to fewer dimensions {shape}")
         lead = len(shape) - x.ndim
         shape = tuple(x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(shape))
-        if lead:
-            x = reshape(x, (1,) * lead + x.shape)
+        x = reshape(x, (1,) * lead + x.shape) if lead else x
         return x if shape == x.shape else bind(self, x, shape=shape)
 
     def infer(self, x: Aval, *, shape: tuple[int, ...]) -> Aval:
@@ -641,18 +637,25 @@ class Cat(Operator):
                 raise self.dtype_error(f"expected tensors of one dtype, got {first.dtype.name} and {x.dtype.name}")
             if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != dim):
                 raise self.shape_error(f"shapes {[a.shape for a in xs]} must match except in dimension {dim}")
-        size = sum(x.shape[dim] for x in xs)
-        return Aval(first.shape[:dim] + (size,) + first.shape[dim + 1 :], first.dtype)
+        return Aval(first.shape[:dim] + (sum(x.shape[dim] for x in xs),) + first.shape[dim + 1 :], first.dtype)
 
     def transpose(self, cotangents: list, *xs: Any, dim: int) -> list:
         offsets = [0, *itertools.accumulate(x.aval.shape[dim] for x in xs)]
-        ct = cotangents[0]
         pieces = zip(xs, offsets, offsets[1:])
-        return [slice_along(ct, dim, lo, hi) if isinstance(x, UndefinedPrimal) else None for x, lo, hi in pieces]
+        return [slice_along(cotangents[0], dim, a, b) if isinstance(x, UndefinedPrimal) else None for x, a, b in pieces]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
-        moved = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
-        return [bind(self, *moved, dim=dim + 1)], [0]
+        return [bind(self, *[batch_to_front(a, d, axis_size) for a, d in zip(args, dims)], dim=dim + 1)], [0]
+
+
+class _Value(float):
+    """A fill value (full's, pad's) that eager_run's cache key tells from the other zero and finds again when NaN."""
+
+    def __hash__(self) -> int:
+        return hash(repr(self))  # (a float NaN's hash is its id)
+
+    def __eq__(self, other: Any) -> bool:
+        return repr(self) == repr(other)
 
 
 def _python_value(name: str, value: Any, dtype: DType) -> Any:
@@ -668,7 +671,7 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     low = -high if symmetric else int(limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
-    return float(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
+    return _Value(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
 
 class Full(Operator):
@@ -696,6 +699,8 @@ class Arange(Operator):
         fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in values)  # no bool
         if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
             raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
+        if isinstance(start, float):  # PyTorch's first value is start + 0 * step (-0.0 counting up is +0.0)
+            start = _Value(start + 0.0 * step)  # (told from the other zero in the cache)
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 
     def infer(self, *, start: Any, stop: Any, step: Any, dtype: DType) -> Aval:
@@ -765,8 +770,7 @@ class Matmul(Operator):
         return [None, bind(self, functions["transpose"](x, -2, -1), ct)]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        x, y = (batch_to_front(a, d, axis_size) for a, d in zip(args, dims))
-        return [bind(self, x, y)], [0]
+        return [bind(self, *(batch_to_front(a, d, axis_size) for a, d in zip(args, dims)))], [0]
 
 
 class Conv(Operator):

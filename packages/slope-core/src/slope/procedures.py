@@ -155,8 +155,9 @@ def log2(x: Any) -> Tensor:
 def log1p(x: Any) -> Tensor:
     """log(1 + x), exact for tiny x: log(u), u = 1 + x, plus u's rounding error over u where |x| < 0.5."""
     x = _float(x)
-    t = where(abs_(x) < 0.5, x, 0.0)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
-    return where(x * x > 0.0, ops.log(x + 1.0) + (t - ((t + 1.0) - 1.0)) / (t + 1.0), x)  # -0.0 in where's y (ORT)
+    t = where(abs_(x) >= 0.5, 0.0, x)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
+    series = t * (1.0 - t * (0.5 - t / 3.0))  # x where x * x is 0 (-0.0 too), with log1p's derivatives (d2 -1, not 0)
+    return where(x * x > 0.0, ops.log(x + 1.0) + (t - ((t + 1.0) - 1.0)) / (t + 1.0), series)
 
 
 def exp2(x: Any) -> Tensor:
@@ -183,9 +184,7 @@ def reciprocal(x: Any) -> Tensor:
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does)."""
     x, y = coerce("true_divide", x, y)
-    if not x.dtype.is_float:
-        x, y = cast(x, dtypes.default_float), cast(y, dtypes.default_float)
-    return ops.div(x, y)
+    return ops.div(x, y) if x.dtype.is_float else ops.div(cast(x, dtypes.default_float), cast(y, dtypes.default_float))
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,95 @@
+"""What the transformations' differential tests (tests/differential/test_differential_transforms.py) found, as focused
+checks on every backend under test: fill values that differ only in the sign of zero (eager caches), and log1p's
+higher derivatives at 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slope
+
+
+@pytest.mark.parametrize("first", [0.0, -0.0])
+def test_full_and_pad_keep_the_sign_of_a_zero_fill(backend: str, first: float) -> None:
+    """full(-0.0) after full(0.0) (and the other way) gave the first one's zeros: the eager cache's key compared the
+    fill values with ==, for which -0.0 is 0.0 (vmap(neg) of a 0-d 0.0 gave +0.0 after any abs had run)."""
+    x = slope.tensor(np.ones(2, np.float32))
+    for value in (first, -first):
+        sign = bool(np.signbit(value))
+        assert np.signbit(slope.full((2,), value).numpy()).tolist() == [sign] * 2, f"full((2,), {value})"
+        assert np.signbit(slope.full((), value).numpy()) == sign, f"full((), {value})"
+        assert np.signbit(slope.pad(x, (1, 1), value=value).numpy()).tolist() == [sign, False, False, sign]
+    slope.vmap(slope.abs)(slope.tensor(np.zeros(1, np.float32)))  # (abs adds a constant 0.0 of the example's shape)
+    assert np.signbit(slope.vmap(slope.neg)(slope.tensor(np.zeros(1, np.float32))).numpy()).tolist() == [True]
+
+
+def test_full_finds_a_nan_fill_in_its_cache(backend: str) -> None:
+    """NaN != NaN: each full(NaN) compiled (and cached) its program anew."""
+    slope.full((3,), float("nan"))
+    compiled = len(slope.backend._compiled)
+    for _ in range(3):
+        assert np.isnan(slope.full((3,), float("nan")).numpy()).all()
+    assert len(slope.backend._compiled) == compiled
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log1p_derivatives_at_zero(backend: str, dtype: str) -> None:
+    """At 0 (and where x * x underflows) log1p was x itself: first derivative 1, but the second 0 (it is -1) and
+    the third 0 (it is 2); elsewhere the derivatives are -1 / (1 + x)**2 and 2 / (1 + x)**3."""
+    points = np.array([0.0, -0.0, 1e-30, 0.25, -0.5], dtype)
+    x = slope.tensor(points)
+
+    def first(v: slope.Tensor) -> slope.Tensor:
+        return slope.grad(lambda u: slope.log1p(u).sum())(v)
+
+    def second(v: slope.Tensor) -> slope.Tensor:
+        return slope.grad(lambda u: first(u).sum())(v)
+
+    third = slope.grad(lambda u: second(u).sum())(x)
+    wide = points.astype(np.float64)
+    rtol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(first(x).numpy(), 1 / (1 + wide), rtol=rtol)
+    np.testing.assert_allclose(second(x).numpy(), -1 / (1 + wide) ** 2, rtol=rtol)
+    np.testing.assert_allclose(third.numpy(), 2 / (1 + wide) ** 3, rtol=rtol)
+    forward = slope.jvp(lambda u: slope.jvp(slope.log1p, (u,), (slope.ones_like(u),))[1], (x,), (slope.ones_like(x),))
+    np.testing.assert_allclose(forward[1].numpy(), -1 / (1 + wide) ** 2, rtol=rtol)
+    assert np.signbit(slope.log1p(x).numpy()).tolist() == [False, True, False, False, True]  # -0.0 stays
+
+
+@pytest.mark.parametrize("options", [{"reduction": "sum"}, {"reduction": "mean", "label_smoothing": 0.2},
+                                     {"reduction": "mean", "ignore_index": 1}])  # fmt: skip
+def test_cross_entropy_derivative_in_its_class_weights(backend: str, options: dict) -> None:
+    """PyTorch does not differentiate cross_entropy's weight (reverse mode refuses, forward mode gives 0 for the
+    nll term), so the differential tests hold it fixed: Slope's jvp and grad in it against central differences."""
+    x = np.array([[2.0, -2.0, 1.0, -0.5], [1.0, 0.0, -1.0, 3.0], [0.5, 1.5, -2.5, 0.0]])
+    target, w, direction = np.array([1, 2, 3]), np.array([0.2, 0.7, 0.4, 1.3]), np.array([0.3, -0.2, 0.5, 0.1])
+
+    def loss(weight: slope.Tensor) -> slope.Tensor:
+        return slope.cross_entropy(slope.tensor(x), slope.tensor(target), weight=weight, **options)
+
+    eps = 1e-6
+    central = (loss(slope.tensor(w + eps * direction)).item() - loss(slope.tensor(w - eps * direction)).item()) / (
+        2 * eps
+    )
+    tangent = slope.jvp(loss, (slope.tensor(w),), (slope.tensor(direction),))[1].item()
+    along_grad = float((slope.grad(loss)(slope.tensor(w)).numpy() * direction).sum())
+    assert tangent == pytest.approx(central, rel=1e-7, abs=1e-9)
+    assert along_grad == pytest.approx(tangent, rel=1e-12)
+
+
+@pytest.mark.parametrize("bound", ["min", "max"])
+def test_clamp_jvp_at_a_tie_is_its_vjp_transposed(backend: str, bound: str) -> None:
+    """At x == a tensor bound PyTorch's forward mode takes the bound's tangent and its reverse mode x's gradient; Slope's
+    jvp is the transpose of its vjp (which matches PyTorch's): <jvp(t), c> == <t, vjp(c)>."""
+    x, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0])
+    tx, tb, ct = np.array([0.5, -0.25, 0.75]), np.array([-1.0, 0.5, 0.25]), np.array([1.0, -2.0, 0.5])
+
+    def fn(v: slope.Tensor, bound_value: slope.Tensor) -> slope.Tensor:
+        return slope.clamp(v, **{bound: bound_value})
+
+    primals = (slope.tensor(x), slope.tensor(b))
+    tangent = slope.jvp(fn, primals, (slope.tensor(tx), slope.tensor(tb)))[1].numpy()
+    gx, gb = slope.vjp(fn, *primals)[1](slope.tensor(ct))
+    assert float((tangent * ct).sum()) == pytest.approx(float((gx.numpy() * tx).sum() + (gb.numpy() * tb).sum()))
+    assert tangent[1] == tx[1]  # the tie: x's tangent, as PyTorch's reverse mode (its forward mode gives tb[1])
