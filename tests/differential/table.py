@@ -1500,11 +1500,7 @@ add(
 # Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
-KNOWN_OPEN: dict[tuple[str, str, str], str] = {  # (name, backend, check) -> reason
-    (name, "*", "vmap"): "NEW (slope-nn): vmap of " + name + " over 0-d examples (dim 0) raises: its batching rule "
-    "moves dim to dim + 1, out of range of the batched 1-d tensor (test_differential_transforms.py)"
-    for name in ("softmax", "log_softmax")
-}
+KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason
 # A backend's documented differences (its README's "Known differences"), strict xfails too: the examples that meet
 # them (the "ci" profile draws the same ones each run) fail, so a change in the backend shows. Run on iree with
 # SLOPE_TEST_BACKENDS=iree (the shared suites other than the matrix leave it out by default).

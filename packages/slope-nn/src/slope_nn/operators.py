@@ -105,7 +105,10 @@ class LogSoftmax(Operator):
         return [out], [tangent - (slope.exp(out) * tangent).sum(dim, keepdim=True)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
-        return [log_softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
+        function, x = log_softmax if self.name == "log_softmax" else softmax, move_axis(args[0], dims[0], 0)
+        if x.ndim == 1:  # 0-d examples (dim 0): each is a row of one
+            return [function(x.reshape((axis_size, 1)), 1).reshape((axis_size,))], [0]
+        return [function(x, dim + 1)], [0]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
         shifted = x - shift_for_exp(x, dim)  # a row of only -inf gives NaN, as in PyTorch
@@ -121,9 +124,6 @@ class Softmax(LogSoftmax):
     def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
         out, tangent = softmax(primals[0], dim), tangents[0]
         return [out], [out * (tangent - (out * tangent).sum(dim, keepdim=True))]
-
-    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
-        return [softmax(move_axis(args[0], dims[0], 0), dim + 1)], [0]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
         e = slope.exp(x - shift_for_exp(x, dim))  # a row of only -inf gives NaN, as in PyTorch
