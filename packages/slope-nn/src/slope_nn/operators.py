@@ -82,6 +82,9 @@ class Relu(Operator):
         return slope.where(x < 0, slope.zeros_like(x), x)  # NaN < 0 is false: NaN stays
 
 
+_HALVES = (slope.float16, slope.bfloat16)
+
+
 class LogSoftmax(Operator):
     """x - logsumexp(x) along one dimension. An operator because backends have one stable kernel for it (ONNX
     LogSoftmax), and because its derivative reads only the output: t - sum(softmax(x) * t)."""
@@ -111,6 +114,8 @@ class LogSoftmax(Operator):
         return [function(x, dim + 1)], [0]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
+        if x.dtype in _HALVES:  # in float32, rounded once: as the onnxruntime and iree kernels (and PyTorch)
+            return self.procedure(x.astype(slope.float32), dim=dim).astype(x.dtype)
         shifted = x - shift_for_exp(x, dim)  # a row of only -inf gives NaN, as in PyTorch
         return shifted - slope.log(slope.exp(shifted).sum(dim, keepdim=True))
 
@@ -126,6 +131,8 @@ class Softmax(LogSoftmax):
         return [out], [out * (tangent - (out * tangent).sum(dim, keepdim=True))]
 
     def procedure(self, x: Tensor, *, dim: int) -> Tensor:
+        if x.dtype in _HALVES:  # (as log_softmax's)
+            return self.procedure(x.astype(slope.float32), dim=dim).astype(x.dtype)
         e = slope.exp(x - shift_for_exp(x, dim))  # a row of only -inf gives NaN, as in PyTorch
         return e / e.sum(dim, keepdim=True)
 
