@@ -1,9 +1,10 @@
 """Shared pytest configuration of the repository tests: the conformance matrix's size in the terminal summary and
-the hypothesis profiles of the differential suite, and the `backend` fixture most test files share."""
+the hypothesis profiles of the differential suite, and the `backend` and `torch` fixtures test files share."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def backend(request):
     another set defines its own `backend` fixture."""
     with slope.use_backend(request.param):
         yield request.param
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the reference (the test skips without it), its warnings (degrees of freedom <= 0, deprecated index
+    forms) silenced."""
+    module = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield module
 
 
 try:  # hypothesis is a test dependency; without it the differential suite skips itself

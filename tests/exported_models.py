@@ -296,6 +296,16 @@ import run_artifact  # noqa: E402 - tests/standalone: imports no Slope
 RUN_ARTIFACT = TESTS / "standalone" / "run_artifact.py"
 
 
+def check_runs_without_slope(folder: Path) -> None:
+    """Export a gradient program, run it in a process where Slope cannot be imported: Slope's numbers, bit for bit."""
+    case = composite_case("grad_elementwise")
+    lowered, expected = slope_run(case)
+    files = lowered.export(folder / "model")
+    outputs, imported = without_slope(files, case.inputs, folder)
+    assert imported == "[]"
+    assert [same_bits(got, want) for got, want in zip(outputs, expected)] == [None] * len(expected)
+
+
 def without_slope(files: list, inputs: list, folder: Path, level: str | None = None) -> tuple[list, str]:
     """The model's outputs computed by run_artifact.py in a Python process where Slope cannot be imported, and the
     Slope modules it imported (none)."""

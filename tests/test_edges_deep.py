@@ -21,11 +21,6 @@ def backend(request):
         yield request.param
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def check(actual: slope.Tensor, expected, what: str, rtol: float = 0.0) -> None:
     """Same shape and dtype name as the PyTorch tensor, values within rtol (NaN where it has NaN)."""
     assert actual.shape == tuple(expected.shape), f"{what}: shape {actual.shape}, expected {tuple(expected.shape)}"

@@ -11,21 +11,11 @@ zeros, and `conv_transpose` gives an empty output for an empty batch, as PyTorch
 from __future__ import annotations
 
 import random
-import warnings
 
 import numpy as np
 import pytest
 
 import slope
-
-
-@pytest.fixture
-def torch():
-    """PyTorch, the reference (its deprecation warnings about index forms silenced)."""
-    module = pytest.importorskip("torch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield module
 
 
 def _torch_index(torch, index: tuple) -> tuple:

@@ -10,8 +10,6 @@ that need it skip cleanly where it is not installed.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -19,15 +17,6 @@ import slope
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 SPECIALS = np.array([np.nan, np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 1.0])  # NaN, infinities, signed zeros, ties
-
-
-@pytest.fixture
-def torch():
-    """PyTorch, the reference, with its warnings (degrees of freedom <= 0) silenced."""
-    module = pytest.importorskip("torch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield module
 
 
 def _torch_dtype(torch, name: str):

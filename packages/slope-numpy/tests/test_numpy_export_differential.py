@@ -52,12 +52,7 @@ def test_composite_program(label: str, tmp_path: Path) -> None:
 
 
 def test_the_artifact_runs_without_slope(tmp_path: Path) -> None:
-    case = em.composite_case("grad_elementwise")
-    lowered, expected = em.slope_run(case)
-    files = lowered.export(tmp_path / "model")
-    outputs, imported = em.without_slope(files, case.inputs, tmp_path)
-    assert imported == "[]"
-    assert [em.same_bits(got, want) for got, want in zip(outputs, expected)] == [None] * len(expected)
+    em.check_runs_without_slope(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- regressions
