@@ -98,20 +98,53 @@ def test_train_eval_switch_recompiles_and_changes_behaviour():
     assert len(traces) == 2
 
 
-def test_jit_caches_one_program_per_structure():
-    calls = []
+def counting_jit() -> tuple:
+    """A jitted `model(x)` and the list that grows by one each time it traces."""
+    calls: list = []
 
     @slope.jit
-    def step(model: nn.Module, x: slope.Tensor) -> slope.Tensor:
+    def run(model: nn.Module, x: slope.Tensor) -> slope.Tensor:
         calls.append(1)
         return model(x)
 
+    return run, calls
+
+
+def test_jit_caches_one_program_per_structure():
+    step, calls = counting_jit()
     model = nn.Linear(3, 2)
     step(model, slope.ones(3))
     step(nn.Linear(3, 2), slope.ones(3))  # new weights, same structure: no retrace
     assert len(calls) == 1
     step(nn.Linear(3, 2, bias=False), slope.ones(3))
     assert len(calls) == 2
+
+
+class Scaled(nn.Module):
+    """A module with a static float: the structure must tell -0.0 from 0.0 (x * -0.0 is -0.0) and find a NaN again."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+        self.scale = slope.ones(2)
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        return x * self.factor * self.scale
+
+
+def test_static_floats_keep_their_sign_and_nan_compiles_once():
+    run, calls = counting_jit()
+    x = slope.ones(2)
+    assert np.signbit(run(Scaled(0.0), x).numpy()).tolist() == [False, False]
+    assert np.signbit(run(Scaled(-0.0), x).numpy()).tolist() == [True, True]  # was the 0.0 program: +0.0
+    leaves, structure = slope.tree.flatten(Scaled(-0.0))
+    assert np.signbit(slope.tree.unflatten(structure, leaves).factor)
+    assert len(calls) == 2
+    for _ in range(3):  # every NaN object is one structure: one program, not one per call
+        assert np.isnan(run(Scaled(float("nan")), x).numpy()).all()
+    assert len(calls) == 3
+    run(Scaled(0.0), x)
+    assert len(calls) == 3
 
 
 def test_load_state_dict_in_place_and_errors():

@@ -38,7 +38,10 @@ __all__ = [
 
 
 def _freeze(value: Any) -> Any:
-    """A hashable key for a static attribute value (lists and dicts by content)."""
+    """A hashable key for a static attribute value (lists and dicts by content; floats by their bits, so -0.0 is not
+    0.0 and a NaN finds a NaN)."""
+    if isinstance(value, float):
+        return (type(value), value.hex())
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(_freeze(v) for v in value))
     if isinstance(value, dict):
@@ -85,18 +88,17 @@ def _is_child(value: Any) -> bool:
     return False
 
 
-_STATIC_KEYS: dict[Any, _Static] = {}
+_SHARED = frozenset([int, bool, str, type(None)])  # static values whose entries are shared (floats: see _freeze)
+_SHARED_ENTRIES: dict[tuple, tuple] = {}  # (name, type, value) -> (name, _Static)
 
 
-def _static(value: Any) -> _Static:
-    """A _Static for a value, reused for the common immutable ones (cheap jit cache keys)."""
-    if type(value) in (int, float, bool, str, type(None)):
-        key = (type(value), value)
-        cached = _STATIC_KEYS.get(key)
-        if cached is None:
-            cached = _STATIC_KEYS[key] = _Static(value)
-        return cached
-    return _Static(value)
+def _shared_entry(name: str, value: Any) -> tuple:
+    """The one (name, _Static) entry of a module's static int, bool, str or None attribute (sizes, flags, names)."""
+    key = (name, type(value), value)
+    entry = _SHARED_ENTRIES.get(key)
+    if entry is None:
+        entry = _SHARED_ENTRIES[key] = (name, _Static(value))
+    return entry
 
 
 class Module:
@@ -125,11 +127,14 @@ class Module:
         children = []
         entries = []
         for name, value in self.__dict__.items():
-            if _is_child(value):
+            kind = type(value)  # (every jit call flattens its modules: the common kinds first)
+            if kind is Tensor or (kind not in _SHARED and _is_child(value)):
                 children.append(value)
                 entries.append(name)
+            elif kind in _SHARED:
+                entries.append(_SHARED_ENTRIES.get((name, kind, value)) or _shared_entry(name, value))
             else:
-                entries.append((name, _static(value)))
+                entries.append((name, _Static(value)))
         return children, tuple(entries)
 
     @classmethod
