@@ -53,16 +53,20 @@ def test_where_keeps_the_sign_of_a_selected_zero(backend, mode, dtype):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_where_with_a_constant_side_keeps_the_sign_of_a_selected_zero(backend, mode, dtype, request):
-    """Where one side is a constant (relu's gradient, masks) onnxruntime's Where still turns X's -0.0 into +0.0."""
-    if backend == "onnxruntime" and mode == "jit" and dtype != "bfloat16":  # (eager: 1.0 is an input; bfloat16: a Cast)
-        request.applymarker(pytest.mark.xfail(strict=True, reason="slope-onnx keeps onnxruntime's plain Where where a "
-                                              "side is a constant: the sign-keeping form costs the CNN step 7%"))  # fmt: skip
+def test_where_with_a_constant_side_keeps_the_sign_of_a_selected_zero(backend, mode, dtype):
+    """Where one side is a constant (relu's gradient, masks), onnxruntime's Where turned X's -0.0 into +0.0 under jit
+    (the data now goes to Y's side, the condition negated); the constant's side keeps its sign too."""
     condition = np.array([True, False, True, False])
     x = [-0.0, -0.0, 0.0, 1.5]
     expected = torch.where(torch.tensor(condition), as_torch(x, dtype), torch.tensor(1.0, dtype=getattr(torch, dtype)))
     got = MODES[mode](lambda c, v: slope.where(c, v, 1.0))(slope.tensor(condition), as_slope(x, dtype))
     same_with_signs(got, expected, f"{backend} {mode} where {dtype}, y a constant")
+    expected = torch.where(torch.tensor(condition), torch.tensor(-0.0, dtype=getattr(torch, dtype)), as_torch(x, dtype))
+    got = MODES[mode](lambda c, v: slope.where(c, -0.0, v))(slope.tensor(condition), as_slope(x, dtype))
+    same_with_signs(got, expected, f"{backend} {mode} where {dtype}, x a constant -0.0")
+    expected = torch.where(torch.tensor(condition), as_torch(x, dtype), torch.tensor(-0.0, dtype=getattr(torch, dtype)))
+    got = MODES[mode](lambda c, v: slope.where(c, v, -0.0))(slope.tensor(condition), as_slope(x, dtype))
+    same_with_signs(got, expected, f"{backend} {mode} where {dtype}, both may be -0.0, y a constant")
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

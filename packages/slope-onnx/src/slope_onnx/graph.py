@@ -404,8 +404,18 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
     def masked_unpool(where: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         """Where(T > c, unpool(S, I), 0) where I are MaxPool(T)'s indices, as unpool(Where(MaxPool(T) > c, S, 0), I):
         at each position the unpooling writes, T equals its window's maximum, so the mask can be taken on the pooled
-        values (a ReLU's gradient behind a max pool's: a quarter of the work for 2x2 windows)."""
+        values (a ReLU's gradient behind a max pool's: a quarter of the work for 2x2 windows). Also in the form that
+        keeps a -0.0 of S (translate._where), Where(Xor(T > c, true), 0, unpool(S, I)), which it keeps."""
         condition, written, zero = where.input
+        negated = None
+        if graph.value(written) is not None:  # the sign-keeping form: the constant first, the condition negated
+            zero, written = written, zero
+            _, negated = produced(condition)
+            if negated is None or negated.op_type != "Xor" or graph.value(negated.input[1]) is None:
+                return None
+            if not graph.value(negated.input[1]).all():
+                return None
+            condition = negated.input[0]
         zero_value = graph.value(zero)
         _, test = produced(condition)
         _, unpool = produced(written)
@@ -433,13 +443,17 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         if graph.shapes.get(pooled) != graph.shapes.get(where.output[0]) or graph.shapes.get(maximum) is None:
             return None
         maxima = helper.make_node("Reshape", [maximum, graph.int64s(shape)], [graph.fresh("reshape")])
-        mask = helper.make_node("Greater", [maxima.output[0], test.input[1]], [graph.fresh("greater")])
-        masked = helper.make_node("Where", [mask.output[0], values, zero], [graph.fresh("where")])
+        mask = [helper.make_node("Greater", [maxima.output[0], test.input[1]], [graph.fresh("greater")])]
+        if negated is None:
+            masked = helper.make_node("Where", [mask[-1].output[0], values, zero], [graph.fresh("where")])
+        else:
+            mask.append(helper.make_node("Xor", [mask[-1].output[0], negated.input[1]], [graph.fresh("xor")]))
+            masked = helper.make_node("Where", [mask[-1].output[0], zero, values], [graph.fresh("where")])
         unpooled = helper.make_node("MaxUnpool", [masked.output[0], *unpool.input[1:]], [graph.fresh("maxunpool")],
                                     **{a.name: helper.get_attribute_value(a) for a in unpool.attribute})  # fmt: skip
         reshaped = graph.int64s(graph.shapes[where.output[0]])
-        return [maxima, mask, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
-                                                                  list(where.output))]  # fmt: skip
+        return [maxima, *mask, masked, unpooled, helper.make_node("Reshape", [unpooled.output[0], reshaped],
+                                                                   list(where.output))]  # fmt: skip
 
     def absolute(add: onnx.NodeProto) -> onnx.NodeProto | None:
         """slope.abs's `x * sign(x) + 0` (sign as Cast(x > 0) - Cast(x < 0); + 0 turns -0.0 into 0.0) as Abs(x): the
