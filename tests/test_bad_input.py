@@ -115,6 +115,9 @@ ROWS = [
     bad("arange-wrong-sign", lambda m: m.arange(0, 10, -1), ValueError, "slope.arange"),
     bad("arange-wrong-sign-up", lambda m: m.arange(10, 0, 2), ValueError, "slope.arange"),
     ok("arange-equal-ends", lambda m: m.arange(5, 5, -1)),
+    ok("arange-infinite-step", lambda m: m.arange(0, 5, math.inf)),  # no point after the first: empty, as PyTorch
+    ok("arange-infinite-step-equal-ends", lambda m: m.arange(0.5, 0.5, -math.inf)),
+    bad("arange-infinite-step-wrong-sign", lambda m: m.arange(0, 5, -math.inf), ValueError, "slope.arange"),
     ok("arange-float-step", lambda m: m.arange(0, 1, 0.25)),
     ok("arange-negative-step", lambda m: m.arange(5, 0, -2)),
     bad("linspace-nan-steps", lambda m: m.linspace(0, 1, math.nan), TypeError, "slope.linspace"),

@@ -1304,7 +1304,17 @@ def torch_arange(*args: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.arange(*args, dtype=dtype)
 
 
-add(Entry("arange", arange_layout(), torch_arange, dtypes=NUMBERS, dtype_arg=True, grad="no tensor inputs"))
+def arange_scale(*args: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The largest |start + i * step|: a value is the rounding of that sum, so a point near 0 carries its cancellation
+    (arange(1, -1, -0.1)'s 11th point: 0.0 on every backend, 2.98e-9 from PyTorch's float32 kernel, whose vector lanes
+    count from the vector's first point)."""
+    values = torch.arange(*args, dtype=torch.float64)
+    return values.abs().max() if values.numel() else torch.zeros((), dtype=torch.float64)
+
+
+add(Entry("arange", arange_layout(), torch_arange, dtypes=NUMBERS, dtype_arg=True, grad="no tensor inputs",
+          scale=arange_scale, zero_sign="a zero inside the range is that cancellation, its sign the rounding's "
+          "(PyTorch's float16 gives -0.0 there); the first point's sign: tests/test_edges_signs.py"))  # fmt: skip
 
 
 @st.composite

@@ -695,11 +695,11 @@ class Arange(Operator):
         values = (start, stop, step)
         default = dtypes.default_int if all(isinstance(v, int) for v in values) else dtypes.default_float
         dtype = default if dtype is None else dtypes.as_dtype(dtype)
-        numbers = all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in values)
+        numbers = all(isinstance(v, (int, float, np.number)) and not math.isnan(v) for v in values)
         fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in values)  # no bool
-        if not numbers or step == 0 or (stop - start) * step < 0 or not fits:
+        if not numbers or math.isinf(start) or math.isinf(stop) or step == 0 or (stop - start) * step < 0 or not fits:
             raise self.shape_error(f"cannot count from {start!r} to {stop!r} in steps of {step!r} in {dtype.name}")
-        if isinstance(start, float):  # PyTorch's first value is start + 0 * step (-0.0 counting up is +0.0)
+        if isinstance(start, float) and math.isfinite(step):  # PyTorch's first value: start + 0 * step (-0.0 up: +0.0)
             start = _Value(start + 0.0 * step)  # (told from the other zero in the cache)
         return bind(self, start=start, stop=stop, step=step, dtype=dtype)
 

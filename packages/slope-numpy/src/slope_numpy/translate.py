@@ -79,6 +79,14 @@ def _pad(ins: list, params: dict, out: Any) -> str:
     return f"np.pad({ins[0]}, {widths}, constant_values={params['value']!r})"
 
 
+def _arange(ins: list, params: dict, out: Any) -> str:
+    # start + i * step counted in float64 (int64 for integer arguments) and rounded once, as the other backends:
+    # np.arange steps by (start + step) - start (2e-16 where 1 - 10 * 0.1 is 0) and adds float16 in float16
+    start, step = params["start"], params["step"]
+    counter = "np.int64" if all(type(v) is int for v in (start, step)) else "np.float64"
+    return f"({start!r} + {step!r} * np.arange({out.shape[0]}, dtype={counter})).astype({_dtype(out.dtype)})"
+
+
 translations: dict[str, Callable] = {
     "exp": _unary("np.exp"),
     "log": _unary("np.log"),
@@ -118,10 +126,7 @@ translations: dict[str, Callable] = {
     "flip": lambda ins, params, out: f"np.flip({ins[0]}, {params['dim']})",
     "cat": lambda ins, params, out: f"np.concatenate([{', '.join(ins)}], axis={params['dim']})",
     "full": lambda ins, params, out: f"np.full({params['shape']}, {params['value']!r}, dtype={_dtype(out.dtype)})",
-    "arange": lambda ins, params, out: (
-        # counted in float64 (or int64) and rounded once, as PyTorch (NumPy's float16 arange adds in float16)
-        f"np.arange({params['start']!r}, {params['stop']!r}, {params['step']!r}).astype({_dtype(out.dtype)})"
-    ),
+    "arange": _arange,
     "matmul": _binary("np.matmul"),
     "conv": lambda ins, params, out: (
         f"runtime.conv({ins[0]}, {ins[1]}, {params['stride']}, {params['padding']}, {params['dilation']}, "
