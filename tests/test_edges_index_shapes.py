@@ -374,6 +374,22 @@ def test_along_dim_indexing_matches_pytorch(backend, torch, case):
         _agree(got.numpy(), leaf_tensor.grad.numpy(), (backend, "grad", case))
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", ["take_along_dim", "gather", "scatter_add"])
+def test_along_dim_indices_into_an_empty_dimension_raise(backend, torch, name, jit):
+    """An index into a dimension of size 0 raises an IndexError naming the function, eager and under jit, as PyTorch
+    raises: under jit take_along_dim's plugin translation failed its check on zeros (a SlopeBackendError), and iree's
+    scatter_add returned the empty x."""
+    index, x = np.zeros((2, 1), np.int64), np.zeros((2, 0), np.float32)
+    calls = {"take_along_dim": lambda m, t, i: m.take_along_dim(t, i, 1), "gather": lambda m, t, i: m.gather(t, 1, i),
+             "scatter_add": lambda m, t, i: m.scatter_add(t, 1, i, m.ones((2, 1)))}  # fmt: skip
+    with pytest.raises(RuntimeError):  # PyTorch refuses it too
+        calls[name](torch, torch.from_numpy(x), torch.from_numpy(index))
+    run = slope.jit(lambda t, i: calls[name](slope, t, i)) if jit else lambda t, i: calls[name](slope, t, i)
+    with pytest.raises(IndexError, match=f"slope.{name}"):
+        run(slope.tensor(x), slope.tensor(index))
+
+
 def test_gather_of_a_0d_x_with_a_2d_index_raises(backend):
     """Only a 1-d index may stand for a 0-d x (PyTorch raises for more dimensions; Slope gave values)."""
     with pytest.raises(slope.ShapeError, match=r"slope\.gather: index of shape \(1, 1\) does not fit x of shape"):
