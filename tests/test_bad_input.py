@@ -125,6 +125,8 @@ ROWS = [
     bad("linspace-negative-steps", lambda m: m.linspace(0, 1, -1), ValueError, "slope.linspace"),
     ok("linspace-zero-steps", lambda m: m.linspace(0, 1, 0)),
     ok("linspace-one-step", lambda m: m.linspace(2, 5, 1)),
+    ok("linspace-zero-steps-start-beyond-dtype", lambda m: m.linspace(1000.0, 0, 0, dtype=m.int8)),  # no point
+    bad("linspace-one-step-beyond-dtype", lambda m: m.linspace(1000.0, 0, 1, dtype=m.int8), ValueError, "linspace"),
     bad("eye-negative", lambda m: m.eye(-1), ValueError, "slope.eye"),
     bad("eye-negative-columns", lambda m: m.eye(2, -1), ValueError, "slope.eye"),
     bad("eye-float", lambda m: m.eye(2.5), TypeError, "slope.eye"),
@@ -252,6 +254,7 @@ ROWS = [
     bad("flatten-str", lambda m: x23(m).flatten("a"), TypeError, "slope.flatten"),
     bad("unflatten-float", lambda m: m.ones(6).unflatten(0, (2.0, 3)), TypeError, "slope.unflatten"),
     ok("unflatten-minus-one", lambda m: m.ones(6).unflatten(0, (2, -1))),
+    bad("unflatten-two-minus-ones", lambda m: m.ones(0).unflatten(0, (-1, -1)), ValueError, "slope.unflatten"),
     bad("repeat-negative", lambda m: m.ones(3).repeat(2, -1), ValueError, "slope.repeat"),
     bad("repeat-float", lambda m: m.ones(3).repeat(2.5), TypeError, "slope.repeat"),
     bad("repeat-str", lambda m: m.ones(3).repeat("a"), TypeError, "slope.repeat"),

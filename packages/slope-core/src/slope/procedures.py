@@ -85,7 +85,7 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
     if dtype == dtypes.bool_ and steps > 1:
         raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
     if steps <= 1:
-        return ops.full((steps,), start, dtype)
+        return ops.full((steps,), ops._python_value("linspace", start, dtype) if steps else 0, dtype)
     if not dtype.is_float:  # as PyTorch: whole ends, the points counted in float (float64: exact to 2**53), truncated
         return cast(linspace(*[ops._python_value("linspace", v, dtype) for v in (start, end)], steps, "float64"), dtype)
     return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
@@ -421,7 +421,7 @@ def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
     x = as_tensor(x)
     dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
     known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
-    sizes = tuple(x.shape[dim] // known if s == -1 and known else s for s in sizes)
+    sizes = tuple(x.shape[dim] // known if s == -1 and known and sizes.count(-1) == 1 else s for s in sizes)
     if not sizes or math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:  # PyTorch refuses sizes ()
         raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
     return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
