@@ -837,8 +837,11 @@ def update_layout(draw: Any) -> Layout:
 def torch_index_update(x: torch.Tensor, index: Any, value: torch.Tensor, mode: str = "set") -> torch.Tensor:
     """x.at[index].set(value) / .add(value): index_put_ on the flat positions x[index] selects."""
     positions = torch_getitem(torch.arange(x.numel()).reshape(x.shape), index)
-    flat = x.reshape(-1).clone()
-    flat.index_put_((positions.reshape(-1),), value.expand(positions.shape).reshape(-1), accumulate=mode == "add")
+    flat, places, values = x.reshape(-1).clone(), positions.reshape(-1), value.expand(positions.shape).reshape(-1)
+    if mode == "set" and value.ndim == 0:  # (the layout's value for repeated places) each place written once: the
+        places = places.unique()  # value's derivative counts the places it lands in, not the writes
+        values = value.expand(places.shape)
+    flat.index_put_((places,), values, accumulate=mode == "add")
     return flat.reshape(x.shape)
 
 
@@ -1094,7 +1097,7 @@ def torch_pool(kind: str) -> Callable:
     return call
 
 
-add(Entry("max_pool", pool_layout(indices=True), torch_pool("max"), dtypes=FLOATS))
+add(Entry("max_pool", pool_layout(indices=True), torch_pool("max"), dtypes=FLOATS, zero_sign=ZERO_MAXMIN))
 add(
     Entry(
         "max_pool_argmax",
