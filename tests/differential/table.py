@@ -1134,10 +1134,11 @@ def cross_entropy_layout(draw: Any) -> Layout:
 
 
 def torch_cross_entropy(input: torch.Tensor, target: Any, weight: Any = None, **kwargs: Any) -> torch.Tensor:
-    """F.cross_entropy; float16/bfloat16 computed in float32 and rounded once, as Slope's log_softmax (PyTorch's CPU
-    kernel rounds the sum of exponentials to the narrow dtype: bfloat16 logits [0, 3] gave 0.0459, 5.5% below the
-    0.0486 that log(1 + e^-3) is)."""
-    if input.dtype not in (torch.float16, torch.bfloat16):
+    """F.cross_entropy; with class indices, float16/bfloat16 computed in float32 and rounded once, as Slope's
+    log_softmax (PyTorch's CPU kernel rounds the sum of exponentials to the narrow dtype: bfloat16 logits [0, 3] gave
+    0.0459, 5.5% below the 0.0486 that log(1 + e^-3) is). Probabilities multiply the rounded log-probabilities in
+    the narrow dtype, in both (0 * a log-probability that overflowed is NaN)."""
+    if input.dtype not in (torch.float16, torch.bfloat16) or target.is_floating_point():
         return F.cross_entropy(input, target, weight=weight, **kwargs)
     wide = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (input, target, weight)]
     return F.cross_entropy(wide[0], wide[1], weight=wide[2], **kwargs).to(input.dtype)

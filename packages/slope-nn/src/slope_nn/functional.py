@@ -395,8 +395,8 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     else:
         weights = slope.where(chosen, weight, 0.0).sum(class_dim)
         at_target = weights.unsqueeze(class_dim) * at_target
-    if not classes:  # (nothing to pick: every target must be ignored, as the check above says in eager mode)
-        at_target = at_target + math.nan
+    if not classes:  # nothing to pick: PyTorch's 0 for an ignored target; NaN for another (traced: eager raises above)
+        at_target = slope.where(ignored.unsqueeze(class_dim), at_target, math.nan)
     if reduction == "mean":  # (each term divided on its own, as PyTorch: 0 / 0 is NaN even beside a smooth term)
         losses = -at_target.sum() / weights.sum()
     else:
