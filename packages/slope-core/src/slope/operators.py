@@ -864,13 +864,12 @@ class Conv(Operator):
 
 
 def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:
-    """An IndexError naming `name` when concrete indices fall outside [low, high); traced ones cannot be checked."""
-    if index.buffer is None or index.numel() == 0:
+    """An IndexError naming `name` when concrete indices fall outside [low, high), or any index when it is empty."""
+    if index.numel() == 0 or index.buffer is None and low < high:  # (traced ones are checked when they run)
         return
-    values = index.numpy()
-    smallest, largest = int(values.min()), int(values.max())
-    if smallest < low or largest >= high:
-        found = f"indices range from {smallest} to {largest}"
+    values = index.numpy() if index.buffer is not None else None  # (None: traced, into an empty range)
+    if values is None or values.min() < low or values.max() >= high:
+        found = "an index is out of range" if values is None else f"indices range from {values.min()} to {values.max()}"
         raise IndexError(f"slope.{name}: {found}; expected {low} to {high - 1} for {what}")
 
 

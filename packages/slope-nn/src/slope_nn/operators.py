@@ -504,8 +504,6 @@ class TakeAlongDim(Operator):
         x = x.expand((*common[:dim], x.shape[dim], *common[dim:]))
         index = index.expand((*common[:dim], index.shape[dim], *common[dim:]))
         size = x.shape[dim]  # negative indices count from the end, as in PyTorch
-        if size == 0 and index.numel():  # no index is in range: the shapes say so, traced or not
-            raise IndexError(f"slope.{self.name}: index of shape {index.shape} takes from dimension {dim} of size 0")
         check_indices(self.name, index, -size, size, f"dimension {dim} of size {size}")
         return slope.bind(self, x, index, dim=dim, unique_indices=bool(unique_indices))
 
@@ -555,8 +553,6 @@ class ScatterAdd(Operator):
                 f"index of shape {index.shape} must have the dimensions of x {x.shape} and src {src.shape} and be no "
                 f"larger than src, nor than x apart from dimension {dim}"
             )
-        if x.shape[dim] == 0:  # no index is in range: the shapes say so, traced or not
-            raise IndexError(f"slope.{self.name}: index of shape {index.shape} adds into dimension {dim} of size 0")
         check_indices(self.name, index, 0, x.shape[dim], f"dimension {dim} of size {x.shape[dim]}")
         if index.buffer is None:  # traced: a negative index is out of range when it runs, not counted from the end
             index = slope.where(index < 0, x.shape[dim], index)

@@ -411,9 +411,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         if graph.value(written) is not None:  # the sign-keeping form: the constant first, the condition negated
             zero, written = written, zero
             _, negated = produced(condition)
-            if negated is None or negated.op_type != "Xor" or graph.value(negated.input[1]) is None:
-                return None
-            if not graph.value(negated.input[1]).all():
+            true = graph.value(negated.input[1]) if negated is not None and negated.op_type == "Xor" else None
+            if true is None or not true.all():
                 return None
             condition = negated.input[0]
         zero_value = graph.value(zero)

@@ -265,19 +265,18 @@ def _where(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str
     condition, x, y = inputs
     if compute != out.dtype:
         x, y = graph.cast(x, compute), graph.cast(y, compute)
-    negative_x = out.dtype.is_float and _may_be_negative_zero(graph, x)
-    if negative_x and not _may_be_negative_zero(graph, y):  # c ? x : y as (not c) ? y : x
+    if not out.dtype.is_float or not _may_be_negative_zero(graph, x):
+        result = graph.node("Where", [condition, x, y], shape=out.shape)
+    else:
         true = graph.scalar(True, slope.bool_)
         negated = graph.node("Xor", [condition, true], shape=instruction.inputs[0].aval.shape)
-        result = graph.node("Where", [negated, y, x], shape=out.shape)
-    elif not negative_x:
-        result = graph.node("Where", [condition, x, y], shape=out.shape)
-    else:  # (c ? x : -0.0) - (c ? +0.0 : -y)
-        negated = graph.node("Xor", [condition, graph.scalar(True, slope.bool_)], shape=out.shape)
-        zero = graph.scalar(0, compute)
-        minus_x = graph.node("Where", [negated, zero, graph.node("Neg", [x])], shape=out.shape)
-        minus_y = graph.node("Where", [condition, zero, graph.node("Neg", [y])], shape=out.shape)
-        result = graph.node("Sub", [graph.node("Neg", [minus_x], shape=out.shape), minus_y], shape=out.shape)
+        if not _may_be_negative_zero(graph, y):  # c ? x : y as (not c) ? y : x
+            result = graph.node("Where", [negated, y, x], shape=out.shape)
+        else:  # (c ? x : -0.0) - (c ? +0.0 : -y)
+            zero = graph.scalar(0, compute)
+            minus_x = graph.node("Where", [negated, zero, graph.node("Neg", [x])], shape=out.shape)
+            minus_y = graph.node("Where", [condition, zero, graph.node("Neg", [y])], shape=out.shape)
+            result = graph.node("Sub", [graph.node("Neg", [minus_x], shape=out.shape), minus_y], shape=out.shape)
     return graph.cast(result, out.dtype) if compute != out.dtype else result
 
 
