@@ -93,6 +93,33 @@ def test_indices_beside_an_empty_index_are_not_checked(backend, index):
         x[[0], [7]]
 
 
+CAT_CASES = [  # (shapes, dtypes, dim): PyTorch's legacy rule skips 1-d empty tensors (its dtype still counts)
+    ([(0,), (2, 3)], ["float32", "float32"], 0),
+    ([(2, 3), (0,)], ["float32", "float64"], 1),
+    ([(0,), (2, 3), (0,)], ["int64", "float32", "float32"], -1),
+    ([(0,), (0,)], ["float32", "int32"], 0),
+    ([(0, 3), (2, 3)], ["float32", "float32"], 0),
+]
+
+
+@pytest.mark.parametrize("shapes,dtypes,dim", CAT_CASES)
+def test_cat_skips_1d_empty_tensors_as_pytorch(backend, shapes, dtypes, dim):
+    """The accumulator idiom `cat([tensor([]), x])`: values, dtype and gradients as PyTorch's, eager and jitted."""
+    data = [np.arange(math.prod(s)).reshape(s) + 1.0 for s in shapes]
+    ts = [torch.tensor(d, dtype=getattr(torch, t), requires_grad=t.startswith("float")) for d, t in zip(data, dtypes)]
+    expected = torch.cat(ts, dim)
+    xs = [slope.tensor(d, dtype=t) for d, t in zip(data, dtypes)]
+    for cat in (slope.cat, slope.jit(slope.cat, static_argnums=1)):
+        out = cat(xs, dim)
+        assert out.dtype == slope.dtypes.as_dtype(str(expected.dtype).removeprefix("torch."))
+        same(out, expected)
+    if expected.dtype.is_floating_point and all(t.requires_grad for t in ts):
+        (expected * expected).sum().backward()
+        grads = slope.grad(lambda *a: (slope.cat(list(a), dim) ** 2).sum(), argnums=tuple(range(len(xs))))(*xs)
+        for g, t in zip(grads, ts):
+            same(g, t.grad)
+
+
 # ----------------------------------------------------------------------------------------------- bool and uint8
 
 
@@ -179,6 +206,54 @@ def test_tensor_wraps_negative_ints_into_unsigned_as_pytorch(backend, data):
             slope.tensor(data, dtype="uint8")
         return
     same(slope.tensor(data, dtype="uint8"), expected)
+
+
+LINSPACE_CASES = [
+    (0.1, 0.7, 7),
+    (0, 1, 49),
+    (-3.3, 7.1, 101),
+    (1e-3, 0.9, 13),
+    (0.2, 0.9, 1000),
+    (1000.0, 1, 2),
+    (3, -7, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("start,end,steps", LINSPACE_CASES)
+def test_linspace_counts_the_second_half_from_the_end_as_pytorch(backend, start, end, steps, dtype):
+    """PyTorch rounds the ends to the dtype and counts the second half back from the end, so the last point is the
+    end exactly (bfloat16 linspace(1000, 1, 2) was [1000, 0]); its vectorized kernel may round a point differently."""
+    out, expected = (
+        slope.linspace(start, end, steps, dtype=dtype),
+        torch.linspace(start, end, steps, dtype=getattr(torch, dtype)),
+    )
+    same(out[-1:], expected[-1:])
+    same(out[:1], expected[:1])
+    bound = 2.0 * float(torch.finfo(expected.dtype).eps) * max(abs(start), abs(end))  # a rounding of the ends' size
+    np.testing.assert_allclose(out.numpy().astype(np.float64), expected.double().numpy(), rtol=0.0, atol=bound)
+
+
+NUMBERS = [-0.5, -0.0, 255.9, 127.5, -128.9, 1e20, 2**64, -(2**64), 2**1100]
+MIXED = [[1.5, -0.5], [2**63, -1], [-1, 0.0], [-1, 2.5], [True, -0.5], [[-255, 1.0], [3, 255.0]], [-128, 127.5]]
+TENSOR_VALUES = [*FILL_VALUES, *NUMBERS, *MIXED]  # each int and float by its own rule, as PyTorch
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("data", TENSOR_VALUES, ids=lambda v: repr(v)[:24])
+def test_tensor_takes_and_refuses_python_numbers_as_pytorch(backend, data, dtype):
+    """PyTorch checks a Python float against an integer dtype's range before truncating it (uint8 refuses -0.5 and
+    255.9, int8 127.5) and takes ints beyond int64 into a float dtype (2**63 into bfloat16, 2**64 into float32)."""
+    try:
+        expected = torch.tensor(data, dtype=getattr(torch, dtype))
+    except (RuntimeError, OverflowError, ValueError):
+        with pytest.raises(ValueError, match=r"slope\.tensor: .*does not fit"):
+            slope.tensor(data, dtype=dtype)
+        return
+    with np.errstate(over="ignore"):  # NumPy warns of an overflow to inf in float16 (PyTorch gives inf silently)
+        out = slope.tensor(data, dtype=dtype)
+    assert out.dtype == slope.dtypes.as_dtype(dtype)
+    same(out, expected)
 
 
 @pytest.mark.parametrize("low,high,dtype", [(4, 8, "bool"), (0, 3, "bool"), (-1, 3, "uint8"), (0, 257, "uint8")])

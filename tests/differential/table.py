@@ -54,6 +54,9 @@ class Entry:
     `check` replaces value equality for random draws; `no_jit` says why the call is not also run under jit;
     `others` narrows the pool the extra dtype is drawn from (default: all); `zero_sign` says why the sign of a zero
     result is not compared (None: it is, where PyTorch's result is +-0.0);
+    `growth` is a torch call (float64 inputs) for products: how much later factors may grow the error of a partial
+    result that underflowed (the absolute floor, the dtype's smallest normal, is multiplied by it) and, where it
+    overflows the result's dtype, the order of the operations decides between inf, NaN and finite (anything goes);
     `xfail` holds the open discrepancies:
     {(backend or "*", "forward", "grad", or test_differential_transforms.py's "jvp", "vmap", "hessian"): "NEW: ..."}.
     """
@@ -72,6 +75,7 @@ class Entry:
     no_jit: str | None = None
     others: tuple = ()
     zero_sign: str | None = None
+    growth: Callable | None = None
     xfail: dict = field(default_factory=dict)
 
     def call_slope(self) -> Callable:
@@ -337,7 +341,19 @@ def torch_prod(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch
     return x
 
 
-add(Entry("prod", reduce_layout(), torch_prod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1}))
+def prod_growth(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+    """The product of the factors above 1 where a factor below 1 is there too (else 1): where it overflows, the order
+    decides (inf * 0 is NaN, 0 * inf before it 0; 1e308 * 10 * 1e-10 inf or 1e308); below, a partial product of the
+    small factors that underflowed (5e-324 * 0.5 is 0, 5e-324 * 1e20 * 0.5 2.5e-304) is scaled up by it."""
+    magnitude = x.abs()
+    big = torch_prod(torch.clamp(magnitude, min=1.0), dim, keepdim)
+    small = torch_prod(torch.clamp(magnitude, max=1.0), dim, keepdim)
+    return torch.where(small < 1.0, big, 1.0)
+
+
+add(
+    Entry("prod", reduce_layout(), torch_prod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1}, growth=prod_growth)
+)
 
 
 def torch_all(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
@@ -597,8 +613,16 @@ def cat_layout(draw: Any) -> Layout:
     return layout(parts, dim) if draw(st.booleans()) else layout(parts, dim=dim)
 
 
-add(Entry("cat", cat_layout(), torch.cat, dtypes=ALL))
-add(Entry("concatenate", cat_layout(), torch.cat, dtypes=ALL))
+def torch_cat(tensors: list, dim: int = 0) -> torch.Tensor:
+    """torch.cat; where every part is 1-d and empty (parts PyTorch's legacy rule skips) Slope still checks dim against
+    them (README, Differences from PyTorch), where PyTorch takes any dim."""
+    if tensors and all(t.shape == (0,) for t in tensors) and not -1 <= dim <= 0:
+        raise IndexError(f"dimension {dim} is out of range for 1-d tensors")
+    return torch.cat(tensors, dim)
+
+
+add(Entry("cat", cat_layout(), torch_cat, dtypes=ALL))
+add(Entry("concatenate", cat_layout(), torch_cat, dtypes=ALL))
 
 
 @st.composite
@@ -716,7 +740,15 @@ def roll_layout(draw: Any) -> Layout:
     return layout(T(shape), tuple(shifts), tuple(rolled))
 
 
-add(Entry("roll", roll_layout(), torch.roll, dtypes=ALL))
+def torch_roll(x: torch.Tensor, shifts: Any, dims: Any = None) -> torch.Tensor:
+    """torch.roll; of an empty x Slope still checks dims (README, Differences from PyTorch), PyTorch takes any."""
+    for d in (dims,) if isinstance(dims, int) else dims or ():
+        if x.numel() == 0 and not -max(x.ndim, 1) <= d < max(x.ndim, 1):
+            raise IndexError(f"dimension {d} is out of range for {x.ndim} dimensions")
+    return torch.roll(x, shifts, dims)
+
+
+add(Entry("roll", roll_layout(), torch_roll, dtypes=ALL))
 
 
 @st.composite

@@ -156,19 +156,26 @@ class Call:
         if not expected.dtype.is_floating_point:
             return rtol, rtol
         floor = zero_floor(expected.dtype)
-        if self.entry.scale is None:
+        if self.entry.scale is None and self.entry.growth is None:
             return rtol, floor
         widened = self.widened() if self.widens() else None
         args, kwargs = self.torch_args(
             widened, make=lambda a: to_torch(a).double() if dtype_name(a.dtype) in FLOATS else to_torch(a)
         )  # every float tensor, keyword ones too (sdpa's attn_mask), in float64
-        scale, error = _quiet(lambda: self.entry.scale(*args, **kwargs))
-        if error is not None:
+
+        def magnitude(fn: Any) -> Any:  # fn's k-th result in float64 (None where fn fails on these inputs)
+            result, error = _quiet(lambda: fn(*args, **kwargs))
+            results = flat_results(result) if error is None else None
+            return None if results is None else torch_numpy(results[min(k, len(results) - 1)].double()).astype(float)
+
+        scale = magnitude(self.entry.scale) if self.entry.scale is not None else 0.0
+        growth = magnitude(self.entry.growth) if self.entry.growth is not None else 1.0
+        if scale is None or growth is None:
             return rtol, floor
-        scale = torch_numpy(flat_results(scale)[min(k, len(flat_results(scale)) - 1)].double()).astype(np.float64)
-        # where sum |terms| overflows the result's dtype, inf, -inf or NaN depends on the order of the additions
-        overflow = scale >= float(torch.finfo(expected.dtype).max)
-        return rtol, np.where(overflow, np.inf, rtol * scale + floor)
+        # where sum |terms| (or the entry's growth) overflows the result's dtype, inf, -inf or NaN depends on the
+        # order of the operations
+        overflow = (scale if self.entry.growth is None else growth) >= float(torch.finfo(expected.dtype).max)
+        return rtol, np.where(overflow, np.inf, rtol * scale + floor * np.maximum(growth, 1.0))
 
     def compare(self, jit: bool = False) -> str | None:
         """Why Slope and PyTorch disagree on this call, or None."""

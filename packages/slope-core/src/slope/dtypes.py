@@ -121,12 +121,10 @@ def infer_python(value: object, name: str = "tensor") -> DType:
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nesting
-        message = f"slope.{name}: nested sequences must be rectangular (all rows of one length): {error}"
-        raise ValueError(message) from None
-    big = array.dtype.kind == "f" and np.abs(array).max(initial=0) >= 2**63  # NumPy makes floats of big Python ints
-    if big and all(isinstance(v, int) for v in np.array(value, dtype=object).flat):
-        raise ValueError(f"slope.{name}: the data does not fit int64 (Python ints beyond it; write floats for floats)")
+        raise ValueError(f"slope.{name}: nested sequences must be rectangular (rows of one length): {error}") from None
+    big = array.dtype.kind == "O" or array.dtype.kind == "f" and np.abs(array).max(initial=0) >= 2**63
+    ints = big and all(isinstance(v, int) for v in np.array(value, dtype=object).flat)  # NumPy's objects or floats
     by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
-    if array.dtype.kind in by_kind:
-        return by_kind[array.dtype.kind]
+    if (kind := "i" if ints else array.dtype.kind) in by_kind:  # Python ints beyond int64 are int64's to refuse
+        return by_kind[kind]
     raise TypeError(f"slope.{name}: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")

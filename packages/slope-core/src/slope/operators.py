@@ -624,7 +624,8 @@ class Cat(Operator):
             raise self.shape_error(f"expected a non-empty sequence of tensors, got {type(tensors).__name__}")
         tensors = [as_tensor(t) for t in tensors]
         dtype = functools.reduce(dtypes.promote, [t.dtype for t in tensors])
-        tensors = [cast(t, dtype) for t in tensors]
+        kept = [t for t in tensors if t.shape != (0,)] or tensors[:1]  # PyTorch skips 1-d empty tensors (legacy rule)
+        tensors = [cast(t, dtype) for t in kept]
         if tensors[0].ndim == 0:
             raise self.shape_error("0-d tensors cannot be concatenated (as in PyTorch); use slope.stack")
         dim = normalize_dim(self.name, dim, tensors[0].ndim, needs_dim=True)
@@ -724,8 +725,7 @@ class RandomSample(Operator):
     def procedure(self, key: Tensor, *, shape: tuple, dtype: DType) -> Tensor:
         from .random import normal_procedure, uniform_bits_procedure  # slope.random imports this module
 
-        sample = normal_procedure if self.name == "random_normal" else uniform_bits_procedure
-        return sample(key, shape, dtype)
+        return (normal_procedure if self.name == "random_normal" else uniform_bits_procedure)(key, shape, dtype)
 
 
 class Matmul(Operator):

@@ -29,8 +29,7 @@ def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.D
 def _to_device(t: Tensor, device: str | None) -> Tensor:
     if device is None or t.buffer is None:
         return t
-    backend = get_backend()
-    return to_backend(t, backend, checked_device(backend, device))
+    return to_backend(t, get_backend(), checked_device(get_backend(), device))
 
 
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
@@ -39,17 +38,20 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
-    numpy_data = isinstance(data, (np.ndarray, np.generic))
-    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if numpy_data else dtypes.infer_python(data))
-    # np.array (not ascontiguousarray, which makes 0-d data 1-d) copies, so later edits of `data` do not leak in
-    try:  # (one copy: none here when the backend's from_numpy makes one)
+    if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)
+        dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))  # np.array copies: later edits of `data` do not leak in
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
-    except (OverflowError, ValueError) as error:  # NumPy's words for ints out of range, NaN or inf into an int
-        ints = np.asarray(data) if dtype.kind == "uint" else np.zeros(0)  # PyTorch: ints from -max wrap (-2 is 254)
-        high = np.iinfo(dtype.numpy).max if ints.dtype.kind in "iu" else -1  # -1: nothing fits
-        if not -high <= ints.min(initial=0) <= ints.max(initial=0) <= high:
-            raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
-        array = ints.astype(dtype.numpy)
+        return from_numpy(array, Aval(tuple(array.shape), dtype), device)
+    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else dtypes.infer_python(data))
+    try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
+        values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
+    except OverflowError as error:
+        raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+    if dtype.is_int:  # PyTorch's range check, each number by its type: ints from -max wrap into unsigned (-2 is 254),
+        ends = (values.min(initial=0), values.max(initial=0))  # floats do not (uint8: -0.5 fails), NaN fits none
+        for n in ends if values.dtype.kind in "iub" else np.asarray(data, dtype=object).flat:
+            ops._python_value("tensor", n, dtype)
+    array = (values.astype(np.int64, copy=False) if dtype.is_int else values).astype(dtype.numpy, copy=False)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
@@ -86,9 +88,10 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
         raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
     if steps <= 1:
         return ops.full((steps,), ops._python_value("linspace", start, dtype) if steps else 0, dtype)
-    if not dtype.is_float:  # as PyTorch: whole ends, the points counted in float (float64: exact to 2**53), truncated
-        return cast(linspace(*[ops._python_value("linspace", v, dtype) for v in (start, end)], steps, "float64"), dtype)
-    return cast(ops.arange(steps, dtype=dtype) * ((end - start) / (steps - 1)) + start, dtype)
+    wide = dtype if dtype.is_float else dtypes.float64  # integers counted in float64 (exact to 2**53), truncated
+    start, end = (constant(ops._python_value("linspace", v, dtype), wide) for v in (start, end))  # PyTorch's: ends
+    i, step = ops.arange(steps, dtype=wide), (end - start) / (steps - 1)  # checked and rounded, the second half
+    return cast(where(i < steps // 2, start + step * i, end - step * (steps - 1 - i)), dtype)  # counted from end
 
 
 def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
