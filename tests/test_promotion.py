@@ -219,6 +219,10 @@ SCALAR_EDGES = [
     ("bfloat16 + 1e39", [3, -1, 0.5], "bfloat16", operator.add, 1e39, False),
     ("int32 == 2.0**24", [2**24 + 1, 3, 0], "int32", operator.eq, float(2**24), False),
     ("bool == 2", [True, False, True], "bool", operator.eq, 2, False),
+    ("uint8 / -1 (divided as floats)", [1, 200, 0], "uint8", operator.truediv, -1, False),
+    ("-3 / uint8", [1, 200, 3], "uint8", operator.truediv, -3, True),
+    ("int8 / 300", [44, 1, -56], "int8", operator.truediv, 300, False),
+    ("bool / -2", [True, False, True], "bool", operator.truediv, -2, False),
 ]
 
 

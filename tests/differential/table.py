@@ -505,7 +505,16 @@ def expand_layout(draw: Any) -> Layout:
     return shape_argument(draw, T(shape), target)
 
 
-add(Entry("expand", expand_layout(), lambda x, *shape: x.expand(*shape), dtypes=ALL))
+def torch_expand(x: torch.Tensor, *shape: Any) -> torch.Tensor:
+    """x.expand; -1 in a new leading dimension is an error (PyTorch's message says so, but with a 0 elsewhere in the
+    shape its check is skipped and it returns a tensor of size -1)."""
+    sizes = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    if -1 in tuple(sizes)[: max(len(sizes) - x.ndim, 0)]:
+        raise RuntimeError(f"the expanded size -1 is not allowed in a new leading dimension: {tuple(sizes)}")
+    return x.expand(*shape)
+
+
+add(Entry("expand", expand_layout(), torch_expand, dtypes=ALL))
 
 
 @st.composite
@@ -938,7 +947,7 @@ def torch_scatter_nd(x: torch.Tensor, idx: torch.Tensor, updates: torch.Tensor) 
     return x.index_put(tuple(idx.unbind(-1)), updates, accumulate=True)
 
 
-add(Entry("scatter_nd", scatter_nd_layout(), torch_scatter_nd, dtypes=NUMBERS))
+add(Entry("scatter_nd", scatter_nd_layout(), torch_scatter_nd, dtypes=NUMBERS, scale=abs_scale(torch_scatter_nd)))
 
 
 @st.composite
@@ -999,7 +1008,16 @@ def linear_layout(draw: Any) -> Layout:
     return layout(T(x), T(w)) if bias is None else layout(T(x), T(w), T(bias))
 
 
-add(Entry("linear", linear_layout(), F.linear, dtypes=FLOATS, scale=abs_scale(F.linear), zero_sign=ZERO_SUM))
+def torch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Any = None) -> torch.Tensor:
+    """F.linear; a 1-d weight (one output feature, its dimension dropped) Slope takes with any input and a bias that
+    broadcasts (README, Differences from PyTorch), where PyTorch's 2-d path (addmm) refuses it: x @ weight + bias."""
+    if weight.ndim != 1:
+        return F.linear(x, weight, bias)
+    out = torch.matmul(x, weight)
+    return out if bias is None else out + bias
+
+
+add(Entry("linear", linear_layout(), torch_linear, dtypes=FLOATS, scale=abs_scale(torch_linear), zero_sign=ZERO_SUM))
 
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -1140,7 +1158,7 @@ add(
     )
 )
 add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS, widen=WIDEN_FLOAT,
-          zero_sign=ZERO_SUM))  # fmt: skip
+          scale=abs_scale(torch_pool("avg")), zero_sign=ZERO_SUM))  # fmt: skip
 
 
 @st.composite
@@ -1168,10 +1186,25 @@ def cross_entropy_layout(draw: Any) -> Layout:
 def torch_cross_entropy(input: torch.Tensor, target: Any, weight: Any = None, **kwargs: Any) -> torch.Tensor:
     """F.cross_entropy; with class indices, float16/bfloat16 computed in float32 and rounded once, as Slope's
     log_softmax (PyTorch's CPU kernel rounds the sum of exponentials to the narrow dtype: bfloat16 logits [0, 3] gave
-    0.0459, 5.5% below the 0.0486 that log(1 + e^-3) is). Probabilities multiply the rounded log-probabilities in
-    the narrow dtype, in both (0 * a log-probability that overflowed is NaN)."""
-    if input.dtype not in (torch.float16, torch.bfloat16) or target.is_floating_point():
+    0.0459, 5.5% below the 0.0486 that log(1 + e^-3) is). With probabilities PyTorch's formula follows, on those
+    log-probabilities, in the narrow dtype as in both (0 * a log-probability that overflowed is NaN)."""
+    if input.dtype not in (torch.float16, torch.bfloat16):
         return F.cross_entropy(input, target, weight=weight, **kwargs)
+    if target.is_floating_point():  # PyTorch's formula for probabilities, log_softmax in float32 rounded once
+        expected = F.cross_entropy(input, target, weight=weight, **kwargs)  # (its checks of shapes and arguments)
+        class_dim, classes = int(input.ndim > 1), input.shape[int(input.ndim > 1)]
+        smoothing, reduction = kwargs.get("label_smoothing", 0.0), kwargs.get("reduction", "mean")
+        log_p = F.log_softmax(input.float(), class_dim).to(input.dtype)
+        target = target * (1 - smoothing) + smoothing / classes if smoothing > 0 else target
+        terms = log_p * target  # then times the weight, in PyTorch's order
+        if weight is not None:
+            terms = terms * weight.view([classes if d == class_dim else 1 for d in range(input.ndim)])
+        if input.numel() == 0:
+            return expected
+        if reduction == "none":
+            return -terms.sum(class_dim)
+        total = -terms.sum()
+        return (total if reduction == "sum" else total / (input.numel() // classes)).to(expected.dtype)
     wide = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (input, target, weight)]
     return F.cross_entropy(wide[0], wide[1], weight=wide[2], **kwargs).to(input.dtype)
 

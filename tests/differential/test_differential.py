@@ -381,8 +381,13 @@ PROMOTION_OPS = {
     "mul": (slope.mul, torch.mul),
     "sub": (slope.sub, torch.sub),
     "true_divide": (slope.true_divide, torch.true_divide),
-    # torch.maximum takes tensors only; a Python number promotes like a 0-d tensor of its kind
-    "maximum": (slope.maximum, lambda x, y: torch.maximum(x, y if isinstance(y, torch.Tensor) else torch.tensor(y))),
+    # torch.maximum takes tensors only; a Python number promotes as in torch.add (weaker than any tensor, 0-d too)
+    "maximum": (
+        slope.maximum,
+        lambda x, y: torch.maximum(
+            x, y if isinstance(y, torch.Tensor) else torch.tensor(y, dtype=torch.result_type(x, y))
+        ),
+    ),
     "less": (slope.less, torch.lt),
     "bitwise_or": (slope.bitwise_or, torch.bitwise_or),
     "+": (lambda x, y: x + y, lambda x, y: x + y),

@@ -185,8 +185,8 @@ def reciprocal(x: Any) -> Tensor:
 
 
 def true_divide(x: Any, y: Any) -> Tensor:
-    """x / y (integers are divided as floats, as PyTorch does)."""
-    x, y = coerce("true_divide", x, y)
+    """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
+    x, y = coerce("true_divide", *(float(v) if isinstance(v, (int, np.integer)) else v for v in (x, y)))
     return ops.div(x, y) if x.dtype.is_float else ops.div(cast(x, dtypes.default_float), cast(y, dtypes.default_float))
 
 
