@@ -17,6 +17,7 @@ import pytest
 import slope
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 
 
 def same(result: slope.Tensor, expected: torch.Tensor, rtol: float = 0.0) -> None:
@@ -264,6 +265,30 @@ def test_randint_bounds_outside_the_dtype_are_refused(backend, low, high, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- slope-nn
+
+
+POOL_CASES = [
+    ((1, 1, 6), (2,)),
+    ((2, 3, 6), (2,)),
+    ((1, 1, 4, 4), (2, 2)),
+    ((1, 1, 5, 5), (3, 3)),
+    ((1, 1, 4, 4, 4), (2, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape,kernel", POOL_CASES)
+def test_max_pool_of_windows_of_only_minus_inf_is_minus_inf(backend, shape, kernel, dtype):
+    """onnxruntime's float32 MaxPool without indices gave float32's lowest number (-3.4e38) for a window of only
+    -inf; a window whose largest element is that number keeps it. Eager and jitted, as PyTorch."""
+    lowest = float(np.finfo(np.float32).min) if dtype == "float32" else -2.0
+    x = np.random.default_rng(0).choice(np.array([-np.inf, lowest, 1.0, np.nan, -2.0], np.float32), shape)
+    x.reshape(-1)[: x.size // 2] = -np.inf  # windows of only -inf among the first
+    pool = [F.max_pool1d, F.max_pool2d, F.max_pool3d][len(kernel) - 1]
+    expected = pool(torch.tensor(x).to(getattr(torch, dtype)), kernel)
+    for run in (slope.max_pool, slope.jit(slope.max_pool, static_argnums=1)):
+        same(run(slope.cast(slope.tensor(x), dtype), kernel), expected)
+
 
 F = torch.nn.functional
 

@@ -107,7 +107,8 @@ ZERO_SUM = (
 )
 ZERO_MAXMIN = (
     "PyTorch's maximum/minimum of +0.0 and -0.0 returns either, by position: its vectorized loop and its scalar tail "
-    "disagree (torch.maximum(zeros(64), -zeros(64))[0] is -0.0, with 1 element +0.0)"
+    "disagree (torch.maximum(zeros(64), -zeros(64))[0] is -0.0, with 1 element +0.0); its amax/amin reductions keep "
+    "the first of tied zeros, NumPy's the last"
 )
 
 
@@ -305,7 +306,7 @@ def torch_amin(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch
 
 
 for _name, _fn in (("max", torch_amax), ("amax", torch_amax), ("min", torch_amin), ("amin", torch_amin)):
-    add(Entry(_name, reduce_layout(), _fn, dtypes=ALL))
+    add(Entry(_name, reduce_layout(), _fn, dtypes=ALL, zero_sign=ZERO_MAXMIN))
 
 
 def torch_mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
@@ -731,7 +732,16 @@ def repeat_layout(draw: Any) -> Layout:
     return shape_argument(draw, T(shape), sizes)
 
 
-add(Entry("repeat", repeat_layout(), lambda x, *sizes: x.repeat(*sizes), dtypes=ALL))
+def torch_repeat(x: torch.Tensor, *sizes: Any) -> torch.Tensor:
+    """x.repeat; a negative count is an error (PyTorch checks it only where x has elements: an empty x repeated -1
+    times gives an empty tensor)."""
+    counts = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+    if any(isinstance(n, int) and n < 0 for n in counts):
+        raise RuntimeError(f"repeat counts must be non-negative, got {tuple(counts)}")
+    return x.repeat(*sizes)
+
+
+add(Entry("repeat", repeat_layout(), torch_repeat, dtypes=ALL))
 
 
 @st.composite

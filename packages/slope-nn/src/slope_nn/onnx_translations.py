@@ -139,6 +139,8 @@ def _pool(graph: OnnxGraph, inputs: list[str], instruction: Instruction, with_in
         values, indices = _last_nans(graph, x, values, indices, compute, attributes, shape, spatial)
     else:
         values = _with_nans(graph, x, graph.node("MaxPool", [x], shape=shape, **attributes), compute, attributes, shape)
+        if compute == slope.float32:  # (float64's MaxPool starts from -inf)
+            values = _with_infinities(graph, x, values, x_aval.dtype == slope.float32, attributes, shape)
         indices = None
     if compute != x_aval.dtype:
         values = graph.cast(values, x_aval.dtype)
@@ -156,6 +158,19 @@ def _with_nans(graph: OnnxGraph, x: str, values: str, dtype: slope.DType, attrib
     sums = graph.node("AveragePool", [capped], shape=shape, **attributes)
     nans = graph.node("IsNaN", [sums], shape=shape)
     return graph.node("Where", [nans, graph.scalar(math.nan, dtype), values], shape=shape)
+
+
+def _with_infinities(graph: OnnxGraph, x: str, values: str, exact: bool, attributes: dict, shape: tuple) -> str:
+    """MaxPool's float32 values with -inf for each window of only -inf, as PyTorch gives: onnxruntime's MaxPool
+    without indices (MLAS) gives float32's lowest number there, its starting value. Where the input is float32 itself
+    (`exact`), a window whose largest element is that lowest number keeps it (a second MaxPool finds them)."""
+    lowest = graph.scalar(float(np.finfo(np.float32).min), slope.float32)
+    suspect = graph.node("Equal", [values, lowest], shape=shape)
+    if exact:
+        held = graph.cast(graph.node("Equal", [x, lowest], shape=graph.shapes.get(x)), slope.float32)
+        holds = graph.node("MaxPool", [held], shape=shape, **attributes)
+        suspect = graph.node("And", [suspect, graph.node("Equal", [holds, graph.scalar(0.0, slope.float32)])])
+    return graph.node("Where", [suspect, graph.scalar(-math.inf, slope.float32), values], shape=shape)
 
 
 def _last_nans(
