@@ -267,6 +267,17 @@ def test_randint_bounds_outside_the_dtype_are_refused(backend, low, high, dtype)
 # ----------------------------------------------------------------------------------------------- slope-nn
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_layer_norm_of_rows_of_negative_zeros_is_positive_zero(backend, dtype):
+    """PyTorch's kernel adds its bias (0) after scaling, so no result is -0.0; Slope gave -0.0 for a row of -0.0s."""
+    x = np.full((3, 2), -0.0, np.float32)
+    x[2, 1] = 0.0
+    expected = F.layer_norm(torch.tensor(x).to(getattr(torch, dtype)), (2,))
+    for run in (slope.layer_norm, slope.jit(slope.layer_norm)):
+        out = run(slope.cast(slope.tensor(x), dtype)).numpy().astype(np.float32)
+        assert np.signbit(out).tolist() == np.signbit(expected.float().numpy()).tolist()
+
+
 POOL_CASES = [
     ((1, 1, 6), (2,)),
     ((2, 3, 6), (2,)),

@@ -461,7 +461,12 @@ def layer_norm_scale(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x.abs().amax(-1, keepdim=True) * torch_layer_norm_rstd(x, eps)).expand_as(x)
 
 
-add(Entry("layer_norm", layer_norm_layout(), torch_layer_norm, widen=WIDEN_FLOAT, scale=layer_norm_scale))
+ZERO_NORM = (
+    "a zero of layer_norm is x - mean cancelling: PyTorch's kernel (x * rstd + -mean * rstd, fused) keeps the sign of "
+    "its rounding residual (float16 [2.625] with eps 0.5 gives -0.0), Slope's (x - mean) * rstd + 0.0 gives +0.0"
+)
+add(Entry("layer_norm", layer_norm_layout(), torch_layer_norm, widen=WIDEN_FLOAT, scale=layer_norm_scale,
+          zero_sign=ZERO_NORM))  # fmt: skip
 add(Entry("layer_norm_rstd", layer_norm_layout(), torch_layer_norm_rstd, widen=WIDEN_FLOAT,
           grad="PyTorch's native_layer_norm does not differentiate its rstd output (test_nn_fused.py checks it)"))  # fmt: skip
 

@@ -99,8 +99,10 @@ def _layer_norm_outputs(graph: OnnxGraph, inputs: list[str], instruction: Instru
     if key not in memo:
         compute = _float_compute(x_aval.dtype)
         x = inputs[0] if compute == x_aval.dtype else graph.cast(inputs[0], compute)
-        ones = graph.constant(np.ones(x_aval.shape[-1], compute.numpy))
-        y, _, rstd = graph.node("LayerNormalization", [x, ones], shape=x_aval.shape, outputs=3, axis=-1, epsilon=eps)
+        ones, zeros = (graph.constant(np.full(x_aval.shape[-1], v, compute.numpy)) for v in (1, 0))  # (the bias 0:
+        y, _, rstd = graph.node(  # no -0.0 in y, as PyTorch's kernel, which adds its bias after scaling)
+            "LayerNormalization", [x, ones, zeros], shape=x_aval.shape, outputs=3, axis=-1, epsilon=eps
+        )
         graph.shapes[rstd] = (*x_aval.shape[:-1], 1)
         if compute != x_aval.dtype:
             y, rstd = graph.cast(y, x_aval.dtype), graph.cast(rstd, x_aval.dtype)

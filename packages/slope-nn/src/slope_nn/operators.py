@@ -188,7 +188,7 @@ class LayerNormOp(_LastDimNorm):
 
     def procedure(self, x: Tensor, *, eps: float) -> Tensor:
         centered, rstd = _centered_and_rstd(x, eps)
-        return (centered * rstd).astype(x.dtype)
+        return (centered * rstd + 0.0).astype(x.dtype)  # + 0.0: no -0.0, as PyTorch's kernel (x * scale + bias)
 
 
 class LayerNormRstd(_LastDimNorm):
