@@ -3,6 +3,7 @@ tensors too big for memory before a backend allocates them (these tests allocate
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -151,6 +152,22 @@ def test_jit_keeps_bools_none_and_static_arguments_in_the_key(on_backend):
     assert all(isinstance(scale, float) for _, scale, _ in calls)
     h = slope.jit(lambda x, n: x.reshape(n, -1), static_argnames="n")
     assert h(slope.ones(6), n=2).shape == (2, 3) and h(slope.ones(6), n=3).shape == (3, 2)
+
+
+def test_jit_static_arguments_key_by_type_and_float_bits(on_backend):
+    # a static 1, 1.0 and True, or 0.0 and -0.0, are different programs (they compare equal in Python: a cache keyed by
+    # == gave full's dtype and 1 / -0.0 from whichever was traced first); a NaN reuses its program
+    full = slope.jit(lambda x, v: slope.full((2,), v) + x * 0, static_argnums=1)
+    x = slope.tensor([1, 2], dtype=slope.int8)
+    assert [full(x, v).dtype for v in (1, True, 1.0, (1,)[0])] == [slope.int64, slope.int8, slope.float32, slope.int64]
+    divide = slope.jit(lambda x, s: x / s, static_argnums=1)
+    one = slope.tensor([1.0])
+    assert divide(one, 0.0).tolist() == [math.inf] and divide(one, -0.0).tolist() == [-math.inf]
+    assert np.isnan(divide(one, math.nan).numpy()).all() and np.isnan(divide(one, float("nan")).numpy()).all()
+    assert len(divide.cache) == 3
+    scale = slope.jit(lambda x, s: x * s[0], static_argnames="s")  # tuples item by item
+    assert scale(one, s=(-0.0,)).tolist() == [-0.0] and math.copysign(1, scale(one, s=(0.0,)).item()) == 1
+    assert scale(one.int(), s=(2,)).dtype == slope.int32 and scale(one.int(), s=(2.0,)).dtype == slope.float32
 
 
 def test_jit_python_int_used_as_a_shape_says_to_mark_it_static(on_backend):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -537,8 +537,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if self.static_argnums or self.static_argnames:
             if (n := max(self.static_argnums, default=-1)) >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
-            args = tuple(_Static(a) if i in self.static_argnums else a for i, a in enumerate(args))
-            kwargs = {k: _Static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
+            args = tuple(_Static(a, _static_key(a)) if i in self.static_argnums else a for i, a in enumerate(args))
+            kwargs = {k: _Static(v, _static_key(v)) if k in self.static_argnames else v for k, v in kwargs.items()}
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else functions["tensor"](a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
@@ -604,6 +604,11 @@ def _program_bytes(entry: tuple) -> int:
 
 @dataclass(frozen=True)
 class _Static:
-    """A static argument of a jitted function: part of the cache key, passed to the function as is."""
+    """A static argument of a jitted function, passed to the function as is; `key` is its part of the cache key."""
 
-    value: Any
+    value: Any = field(compare=False)
+    key: Any = None
+
+
+def _static_key(v: Any) -> Any:  # type and value, floats by their bits: 1, 1.0 and True, or 0.0 and -0.0, differ
+    return type(v), tuple(map(_static_key, v)) if type(v) is tuple else v.hex() if isinstance(v, float) else v
