@@ -198,6 +198,9 @@ CASES = [
     ("index-tensor-out-of-range", lambda: ones(2, 3)[slope.tensor([0, 5])], IndexError,
      ["slope.getitem", "5", "dimension 0 of size 2", "-2 to 1"]),
     ("too-many-indices", lambda: ones(2, 3)[0, 0, 0], IndexError, ["slope.getitem", "too many indices", "(2, 3)"]),
+    ("slice-step-zero", lambda: ones(2, 3)[:, ::0], ValueError, ["slope.getitem", "step cannot be zero", "dim 1", "(2, 3)"]),
+    ("slice-step-zero-update", lambda: slope.index_update(ones(4), slice(0, 2, 0), 1.0), ValueError,
+     ["slope.getitem", "step cannot be zero", "dim 0", "(4,)"]),
     # (PyTorch takes x[..., 0, ...]: each ellipsis stands for the dimensions no other item names; here the second 0
     # falls past the last dimension, which PyTorch refuses too)
     ("two-ellipses", lambda: ones(2, 3, 4)[..., 0, ..., 0], IndexError, ["slope.getitem", "ellipses", "(2, 3, 4)"]),

@@ -96,8 +96,7 @@ def ints(name: str, value: Any, what: str, lowest: int | None = None, count: int
 
 
 def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False) -> tuple[int, ...]:
-    """Dimension indices made non-negative and checked, as a sorted tuple (None means all; so does () if asked). A 0-d
-    tensor takes dim 0 or -1, as in PyTorch, which name none of its (no) dimensions: ()."""
+    """Dims made non-negative, checked, sorted (None: all, () too if asked; a 0-d tensor's 0 or -1, as PyTorch: ())."""
     if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(ndim))
     dims, limit = ints(name, dim, "dim"), max(ndim, 1)
@@ -111,8 +110,7 @@ def normalize_dims(name: str, dim: Any, ndim: int, empty_means_all: bool = False
 
 
 def normalize_dim(name: str, dim: Any, ndim: int, needs_dim: bool = False) -> int:
-    """One dimension index (an int, not a sequence) made non-negative and checked; 0 for a 0-d tensor, whose dim 0 or
-    -1 PyTorch takes, unless the function needs a dimension (as split, roll or cat)."""
+    """One dim (an int) made non-negative and checked; a 0-d tensor's 0 or -1 is 0, as PyTorch, unless `needs_dim`."""
     if needs_dim and ndim == 0:
         raise IndexError(f"slope.{name}: expected a tensor with at least one dimension, got a 0-d tensor")
     return (normalize_dims(name, ints(name, dim, "dim", count=1), ndim) or (0,))[0]
@@ -543,8 +541,7 @@ class Slice(Operator):
 
 def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
     """`x[start:stop]` along one dimension."""
-    begin = tuple(start if d == dim else 0 for d in range(x.ndim))
-    end = tuple(stop if d == dim else n for d, n in enumerate(x.shape))
+    begin, end = zip(*((start, stop) if d == dim else (0, n) for d, n in enumerate(x.shape)))
     return slice_(x, begin, end)
 
 

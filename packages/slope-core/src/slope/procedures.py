@@ -584,6 +584,8 @@ def getitem(x: Any, index: Any) -> Tensor:
             advanced.append((len(out_shape), dim, item))
             item = slice(None)
         if isinstance(item, slice):
+            if item.step == 0:  # (Python's own error would not name getitem)
+                raise ValueError(f"slope.getitem: slice step cannot be zero ({item} in dim {dim} of shape {x.shape})")
             out_shape.append(len(range(*item.indices(size))))
         else:
             if not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
@@ -623,8 +625,7 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
 
 
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
-    """A copy of x with value written ("set": the last write wins where x[index] repeats an element, as in NumPy and
-    PyTorch) or added ("add") at x[index]."""
+    """A copy of x with value set (the last write wins where index repeats, as PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     value, shape = as_tensor(value, x.dtype), positions.shape
