@@ -17,6 +17,7 @@ the table (KNOWN_OPEN), each naming its issue point; a fixed one XPASSes, which 
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -352,11 +353,46 @@ def _compare_gradients(call: Call, dtype: str) -> str | None:
     if error is not None:
         return f"slope.grad raised {type(error).__name__}: {str(error)[:300]!r}"
     rtol = call.entry.rtol.get(f"grad {dtype}", GRAD_RTOL[dtype])
+    exact = None  # float64 gradients of the same float32 inputs, made only where a float32 comparison fails
     for k, (g, e) in enumerate(zip(grads, expected)):
         problem = mismatch(g, e.detach(), rtol, rtol)
+        if problem and dtype == "float32":  # then as good as PyTorch against the float64 gradient passes too
+            exact = _float64_gradients(call, tensors, diff, cts) if exact is None else exact
+            problem = None if exact and _as_close_as_torch(g, e, exact[k], rtol) else problem
         if problem:
             return f"gradient of input {k}: {problem}"
     return None
+
+
+def _float64_gradients(call: Call, tensors: list, diff: list, cts: dict) -> list | None:
+    """PyTorch's gradients of the same loss in float64 from the same (float32) inputs, or None where that call does not
+    compute in float64 (a dtype argument) or fails."""
+    leaves = {}
+    for t in tensors:
+        value = to_torch(call.arrays[id(t)])
+        leaves[id(t)] = (value.double() if value.dtype == torch.float32 else value).requires_grad_(t in diff)
+    args, kwargs = call.torch_args(leaves, make=lambda leaf: leaf)
+    out, error = _quiet(lambda: call.entry.torch_fn(*args, **kwargs))
+    outs = flat_results(out) if error is None else []
+    if not outs or any(outs[k].dtype != torch.float64 for k in cts):
+        return None
+    loss = sum((outs[k] * to_torch(ct).to(torch.float64)).sum() for k, ct in cts.items())
+    inputs = [leaves[id(t)] for t in diff]
+    grads, error = _quiet(lambda: torch.autograd.grad(loss, inputs, allow_unused=True))
+    return None if error else [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _as_close_as_torch(actual: slope.Tensor, torch32: torch.Tensor, exact: torch.Tensor, rtol: float) -> bool:
+    """Whether a float32 gradient that missed PyTorch's by more than rtol is as good as PyTorch's: within rtol of the
+    float64 gradient, or at most twice as far from it as PyTorch's float32 gradient (a cancellation, such as
+    layer_norm's over a row whose variance is near eps, that no float32 kernel computes to rtol)."""
+    if actual.dtype != slope.float32 or tuple(actual.shape) != tuple(exact.shape):
+        return False
+    ours, theirs, x = (np.asarray(v, np.float64) for v in (actual.numpy(), torch_numpy(torch32), torch_numpy(exact)))
+    if not (np.isfinite(ours).all() and np.isfinite(theirs).all() and np.isfinite(x).all()):
+        return False  # NaN and infinities are compared as they are
+    error = np.abs(ours - x)
+    return bool((error <= rtol * np.abs(x) + rtol).all() or error.max() <= 2 * np.abs(theirs - x).max())
 
 
 def _same(value: Any) -> Any:
@@ -457,3 +493,21 @@ def test_every_entry_states_its_reasons() -> None:
             assert check in checks, f"{name}: xfail of unknown check {check!r}"
             stated = reason.startswith(("issue 10 point", "NEW", "documented difference"))
             assert stated, f"{name}: xfail reason {reason!r}"
+
+
+def test_float64_arbiter_passes_cancellation_and_catches_wrong_gradients() -> None:
+    # layer_norm's gradient over the row [-1.5, -1.625] (variance near eps) beside rows of zeros: PyTorch's float32
+    # kernel is 8e-4 relative off the float64 gradient (not antisymmetric), Slope's closer; 1% off is caught
+    x = np.zeros((2, 3, 2), np.float32)
+    x[1, 2] = [-1.5, -1.625]
+    x32 = torch.from_numpy(x).requires_grad_(True)
+    out = torch.nn.functional.layer_norm(x32, (2,))
+    ct = torch.from_numpy(_cotangent((2, 3, 2), torch.float32))
+    (torch32,) = torch.autograd.grad((out * ct).sum(), x32)
+    x64 = torch.from_numpy(x).double().requires_grad_(True)
+    (exact,) = torch.autograd.grad((torch.nn.functional.layer_norm(x64, (2,)) * ct.double()).sum(), x64)
+    ours = slope.grad(lambda v: (slope.layer_norm(v) * slope.tensor(ct.numpy())).sum())(slope.tensor(x))
+    assert mismatch(ours, torch32, 1e-5, 1e-5) is not None  # the plain comparison fails here
+    assert _as_close_as_torch(ours, torch32, exact, 1e-5)
+    assert not _as_close_as_torch(ours * 1.01, torch32, exact, 1e-5)
+    assert not _as_close_as_torch(slope.where(slope.tensor(x) == -1.5, math.nan, ours), torch32, exact, 1e-5)
