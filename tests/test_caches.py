@@ -168,6 +168,10 @@ def test_jit_static_arguments_key_by_type_and_float_bits(on_backend):
     scale = slope.jit(lambda x, s: x * s[0], static_argnames="s")  # tuples item by item
     assert scale(one, s=(-0.0,)).tolist() == [-0.0] and math.copysign(1, scale(one, s=(0.0,)).item()) == 1
     assert scale(one.int(), s=(2,)).dtype == slope.int32 and scale(one.int(), s=(2.0,)).dtype == slope.float32
+    # leaves that are neither tensors nor traced numbers (NumPy scalars, bools) are keyed the same way
+    full_of = slope.jit(lambda x, v: slope.full((1,), float(v)) * x)
+    assert math.copysign(1, full_of(one, np.float32(0.0)).item()) == 1
+    assert math.copysign(1, full_of(one, np.float32(-0.0)).item()) == -1
 
 
 def test_jit_python_int_used_as_a_shape_says_to_mark_it_static(on_backend):

@@ -24,8 +24,7 @@ class MainTrace:
 
 
 class Trace:
-    """A transformation's interpreter. Subclasses give `pure(value)`, which wraps a concrete value or a tracer of an outer
-    trace as a tracer of this one, and `run(op, tracers, params) -> outputs`, which applies the operator's rule."""
+    """A transformation's interpreter: `pure` wraps a value (or an outer tracer) as its tracer, `run` applies a rule."""
 
     def __init__(self, main: MainTrace):
         self.main = main

@@ -458,8 +458,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
 
     def __init__(self, fun: Callable):
         functools.update_wrapper(self, fun)
-        self.fun = fun
-        self.rule: Callable | None = None
+        self.fun, self.rule = fun, None  # (the rule: set by defjvp or defvjp)
 
     def defjvp(self, rule: Callable) -> Callable:
         """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents)."""
@@ -537,8 +536,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if self.static_argnums or self.static_argnames:
             if (n := max(self.static_argnums, default=-1)) >= len(args):
                 raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
-            args = tuple(_Static(a, _static_key(a)) if i in self.static_argnums else a for i, a in enumerate(args))
-            kwargs = {k: _Static(v, _static_key(v)) if k in self.static_argnames else v for k, v in kwargs.items()}
+            args = tuple(_static(a) if i in self.static_argnums else a for i, a in enumerate(args))
+            kwargs = {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else functions["tensor"](a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
@@ -548,7 +547,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             if not _TENSOR.issuperset(map(type, leaves)):  # floats and ints are traced, as in JAX: 0-d tensors
                 leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
                 tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-                others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))  # bools...
+                others = tuple((i, _static(leaf)) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
         backend = backend_module._state["backend"] or backend_module.get_backend()
         device = tensors[0].device if tensors else backend_module.default_device()
         key = (in_tree, bool(kwargs), others, backend, device, *map(backend_module._aval, tensors))
@@ -569,7 +568,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones
             leaves = list(traced)
             for i, value in others:
-                leaves.insert(i, value.value if isinstance(value, _Static) else value)
+                leaves.insert(i, value.value)
             return flat_fn(*leaves)
 
         program = make_program(traced_fn, [t.aval for t in tensors])
@@ -610,5 +609,7 @@ class _Static:
     key: Any = None
 
 
-def _static_key(v: Any) -> Any:  # type and value, floats by their bits: 1, 1.0 and True, or 0.0 and -0.0, differ
-    return type(v), tuple(map(_static_key, v)) if type(v) is tuple else v.hex() if isinstance(v, float) else v
+def _static(v: Any) -> _Static:  # keyed by type and value, floats by bits: 1, 1.0, True, or 0.0 and -0.0 differ
+    bits = float(v).hex() if isinstance(v, (float, np.floating)) else v  # (NumPy's floats too)
+    key = type(v), tuple(_static(i).key for i in v) if type(v) is tuple else bits
+    return v if type(v) is _Static else _Static(v, key)
