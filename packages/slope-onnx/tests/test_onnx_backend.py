@@ -128,6 +128,38 @@ def test_mlp_step_emits_gemms_without_transposes():
     assert ops.count("Gemm") == 5 and "MatMul" not in ops and "Transpose" not in ops
 
 
+def _on_numpy(fn, *arrays):
+    with slope.use_backend("numpy"):
+        return slope.jit(fn)(*[slope.tensor(a) for a in arrays]).numpy()
+
+
+@pytest.mark.parametrize(
+    ("fn", "arrays"),
+    [  # each once folded into Gemm's alpha or C input, with another value than the unfused graph's
+        (lambda x, w: (x @ w) * 0.1, [np.array([[1.0, 3.0]]), np.eye(2)]),  # float64: alpha is a float32 attribute
+        (lambda x, w: (x @ w) * 1e300, [np.array([[1.0, 3.0]]), np.eye(2)]),  # (inf in float32)
+        (lambda x, w: (x @ w) / 2.0**-128, [np.array([[2.0**-10, 0.0]], np.float32), np.eye(2, dtype=np.float32)]),
+        (lambda x, w: (x @ w) * 1e30 * 1e-30, [np.full((1, 1), 1e10, np.float32), np.ones((1, 1), np.float32)]),
+        (lambda x, w: (x @ w) * math.inf, [np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32)]),  # K = 0
+        (lambda x, w: (x @ w) * -2.0, [np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32)]),
+        (lambda x, w, c: x @ w + c, [np.zeros((2, 0), np.float32), np.zeros((0, 3)), np.full((2, 3), -0.0)]),
+    ],
+)
+def test_gemm_folds_keep_the_unfused_values(fn, arrays):
+    # a scale folds into Gemm's alpha only where that is the same computation: one finite nonzero factor that a
+    # float32 attribute holds exactly, and a product with an inner dimension (K = 0: onnxruntime ignores alpha, and
+    # C's -0.0 stays); bit for bit as the numpy backend
+    arrays = [a.astype(arrays[0].dtype) for a in arrays]
+    with np.errstate(all="ignore"):
+        expected = _on_numpy(fn, *arrays)
+    got = slope.jit(fn)(*[slope.tensor(a) for a in arrays]).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert (np.signbit(got) == np.signbit(expected)).all()
+    # and the folds that are exact stay (the MLP step's gradient scales: 0.1 into alpha)
+    scaled = slope.jit(lambda x, w: (x @ w) * 0.5).lower(slope.ones(2, 3), slope.ones(3, 4)).executable.model
+    assert [n.op_type for n in scaled.graph.node] == ["Gemm"]
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 def test_scaled_8_bit_integers_dequantize_in_one_node(dtype):
     # Mul(Cast(x: 8-bit -> float32), s) becomes DequantizeLinear(x, s) (pixels scaled to [0, 1]): bit for bit the

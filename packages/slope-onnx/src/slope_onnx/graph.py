@@ -581,6 +581,27 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                  for k, (view, name) in enumerate(zip(views, kept)) if name]  # fmt: skip
         return [flat, flat_norm, *backs]
 
+    def sums_terms(gemm: onnx.NodeProto) -> bool:
+        """Whether a Gemm's inner dimension is known and not 0 (where it is 0, onnxruntime's Gemm is beta * C alone:
+        it ignores alpha, and C's -0.0 stays -0.0 where the unfused 0 + -0.0 is 0.0)."""
+        shape = graph.shapes.get(gemm.input[0])
+        trans_a = next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0)
+        return bool(shape) and len(shape) == 2 and shape[0 if trans_a else 1] > 0
+
+    def folded_alpha(gemm: onnx.NodeProto, factor: float, op: str) -> float | None:
+        """Gemm's alpha for `gemm * factor` (Mul) or `gemm / factor` (Div, by a power of 2: exact), where that is the
+        same computation: one finite nonzero factor (0 and inf would meet 0 * inf differently) that alpha, a float32
+        attribute, holds exactly without overflow or underflow (a float64 0.1 would be rounded), on products that
+        sum at least one term (onnxruntime ignores alpha where the inner dimension is 0). None where it is not."""
+        attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+        if attributes["alpha"] != 1.0 or not math.isfinite(factor) or factor == 0 or not sums_terms(gemm):
+            return None
+        if op == "Div" and math.frexp(factor)[0] not in (0.5, -0.5):
+            return None
+        alpha, largest = (factor if op == "Mul" else 1 / factor), np.finfo(np.float32)
+        exact = float(largest.tiny) <= abs(alpha) <= float(largest.max) and float(np.float32(alpha)) == alpha
+        return alpha if exact else None
+
     def replace(consumer: onnx.NodeProto, index: int, inputs: list[str], **changes: Any) -> onnx.NodeProto:
         gemm = result[index]
         attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
@@ -623,12 +644,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             for position in (0, 1) if op == "Mul" else (0,):
                 index = single_use_gemm(node.input[position])
                 factor = scalar(node.input[1 - position])
-                exact = op == "Mul" or (factor is not None and factor != 0 and math.frexp(factor)[0] in (0.5, -0.5))
-                if index is not None and factor is not None and exact:  # dividing by a power of 2 is exact
-                    gemm = result[index]
-                    alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
-                    alpha = alpha * factor if op == "Mul" else alpha / factor
-                    node = replace(node, index, list(gemm.input), alpha=alpha)
+                if index is not None and factor is not None and (alpha := folded_alpha(result[index], factor, op)):
+                    node = replace(node, index, list(result[index].input), alpha=alpha)
                     break
         elif op == "Reshape" and unkept_reduction(node) is not None:
             index = producer[node.input[0]]
@@ -663,6 +680,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 index = single_use_gemm(node.input[position])
                 other = node.input[1 - position]
                 if index is None or not _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out)):
+                    continue
+                if not sums_terms(result[index]):
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
