@@ -1605,16 +1605,8 @@ add(
 # Delete the line when the discrepancy is fixed: the cell then passes, which a strict xfail reports as a failure.
 
 KNOWN_OPEN: dict[tuple[str, str, str], str] = {}  # (name, backend, check) -> reason
-# A backend's documented differences (its README's "Known differences"), strict xfails too: the examples that meet
-# them (the "ci" profile draws the same ones each run) fail, so a change in the backend shows. Run on iree with
-# SLOPE_TEST_BACKENDS=iree (the shared suites other than the matrix leave it out by default).
-# operators whose ci-profile examples meet a subnormal input on iree
-_FLUSHED_ON_IREE = "all equal floor_divide fmod true_divide relu conv conv_transpose log logical_and remainder".split()
-_FLUSHED_ON_IREE += ["reciprocal", "sign", "sqrt"]
-DOCUMENTED: dict[tuple[str, str, str], str] = {
-    (name, "iree", "forward"): "documented difference (packages/slope-iree/README.md, Known differences): IREE's "
-    "CPU runtime flushes subnormal floats to zero, so a subnormal input compares as 0 (here in " + name + ")"
-    for name in _FLUSHED_ON_IREE
-}
+# A backend's documented differences (its README's "Known differences"), strict xfails too. (iree's flush of subnormal
+# floats to zero is not one: test_forward compares such results with PyTorch's under the same flush.)
+DOCUMENTED: dict[tuple[str, str, str], str] = {}
 for (_name, _backend, _check), _reason in {**KNOWN_OPEN, **DOCUMENTED}.items():
     ENTRIES[_name].xfail[(_backend, _check)] = _reason
