@@ -316,3 +316,34 @@ def test_errors_of_promotion_name_the_function(backend):
             b**b
         with pytest.raises(slope.DTypeError, match="slope.add: .*float32.*str"):
             slope.ones(2) + "a"
+
+
+NUMPY_SCALARS = [np.float32(2.5), np.float64(-1.5), np.float16(0.5), np.int64(3), np.int8(-2), np.uint8(200),
+                 np.int64(300), np.int32(-7), np.float32(-0.0), np.float32(np.nan), np.float32(np.inf)]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64", "int32", "int8", "uint8"])
+def test_numpy_scalars_count_as_python_numbers(backend, dtype):
+    # PyTorch takes NumPy's numbers (a float32 array's element, say) as Python numbers: weak, wrapped into the
+    # tensor's dtype; Slope refused all but np.float64 ("cannot combine float32 with float32 np.float32(2.5)")
+    ops = {"*": operator.mul, "+": operator.add, "reflected -": lambda x, y: y - x, "/": operator.truediv}
+    with slope.use_backend(backend):
+        x, expected_x = (
+            slope.tensor([1, 2, 3], dtype=getattr(slope, dtype)),
+            torch.tensor([1, 2, 3], dtype=TORCH_DTYPES[dtype]),
+        )
+        for scalar in NUMPY_SCALARS:
+            for label, op in ops.items():
+                got, expected = op(x, scalar), op(expected_x, scalar)
+                assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (label, scalar)
+                np.testing.assert_array_equal(
+                    got.numpy().astype(np.float64), expected.double().numpy(), str((label, scalar))
+                )
+            try:  # (PyTorch's where refuses a number its dtype cannot hold, where Slope wraps it: README)
+                expected = torch.where(torch.tensor([True, False, True]), expected_x, scalar.item())
+            except RuntimeError:
+                continue
+            where = slope.where(slope.tensor([True, False, True]), x, scalar)
+            assert where.dtype.name == str(expected.dtype).removeprefix("torch.")
+            np.testing.assert_array_equal(where.numpy().astype(np.float64), expected.double().numpy())

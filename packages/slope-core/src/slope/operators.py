@@ -46,7 +46,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
-    ndim, result = max(len(s) for s in shapes), []
+    ndim, result = max((len(s) for s in shapes), default=0), []
     for i in range(ndim):
         sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
         if len(sizes) > 1:
@@ -63,13 +63,13 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
     """Promote values to one dtype (PyTorch's result_type, see dtypes.result_type) and broadcast them to one shape."""
+    values = tuple(v.item() if isinstance(v, np.number) else v for v in values)  # NumPy's numbers: Python's (PyTorch)
     if dtype is None:
         try:
             dtype = dtypes.result_type(*values)
         except TypeError as error:
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
-    tensors = [v for v in values if isinstance(v, Tensor)]
-    shape = broadcast_shapes(name, *[t.shape for t in tensors]) if tensors else ()
+    shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
         for v in values
