@@ -347,3 +347,38 @@ def test_numpy_scalars_count_as_python_numbers(backend, dtype):
             where = slope.where(slope.tensor([True, False, True]), x, scalar)
             assert where.dtype.name == str(expected.dtype).removeprefix("torch.")
             np.testing.assert_array_equal(where.numpy().astype(np.float64), expected.double().numpy())
+
+
+# where and clamp convert a Python int with PyTorch's checked conversion (arithmetic wraps it): one that an integer
+# result dtype cannot hold raises (ints from -max still wrap into unsigned dtypes); Slope gave clip(int8, max=200) -56s
+CHECKED = [
+    ("where int8, 200", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 200), "int8"),
+    ("where int8, 127", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 127), "int8"),
+    ("where uint8, -1", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, -1), "uint8"),
+    ("where uint8, 256", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 256), "uint8"),
+    ("where int8, 2.5", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 2.5), "int8"),
+    ("clip int8, max 200", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, None, 200), "int8"),
+    ("clip int8, min -200", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, -200), "int8"),
+    ("clip int16, 0..300", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, 0, 300), "int16"),
+    ("clip int32, 2**40", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, None, 2**40), "int32"),
+    ("clip uint8, -1", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, -1), "uint8"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("label, function, dtype", CHECKED, ids=[c[0] for c in CHECKED])
+def test_where_and_clip_check_python_ints_as_pytorch(backend, jitted, label, function, dtype):
+    data = np.array([1, 2, 100]).astype(dtype)
+    try:
+        expected = function(torch, torch.tensor(data))
+    except RuntimeError:
+        expected = None
+    with slope.use_backend(backend):
+        run = slope.jit(lambda x: function(slope, x)) if jitted else (lambda x: function(slope, x))
+        if expected is None:
+            with pytest.raises(ValueError, match=rf"slope\.(where|clip): -?\d+ does not fit {dtype}"):
+                run(slope.tensor(data))
+            return
+        got = run(slope.tensor(data))
+    assert got.dtype.name == str(expected.dtype).removeprefix("torch.") and got.tolist() == expected.tolist(), label

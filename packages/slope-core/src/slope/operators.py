@@ -61,8 +61,8 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == shape else expand(x, shape)  # expand adds the leading dimensions
 
 
-def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
-    """Promote values to one dtype (PyTorch's result_type, see dtypes.result_type) and broadcast them to one shape."""
+def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = False) -> list[Tensor]:
+    """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: ints must fit)."""
     values = tuple(v.item() if isinstance(v, np.number) else v for v in values)  # NumPy's numbers: Python's (PyTorch)
     if dtype is None:
         try:
@@ -70,6 +70,8 @@ def coerce(name: str, *values: Any, dtype: DType | None = None) -> list[Tensor]:
         except TypeError as error:
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
+    for v in [v for v in values if checked and type(v) is int and dtype.is_int]:  # PyTorch's where, clamp (not +)
+        _python_value(name, v, dtype)
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
         for v in values
@@ -345,8 +347,7 @@ class Maximum(Binary):
 
 
 class Compare(Binary):
-    result = dtypes.bool_
-    allowed = "any"
+    result, allowed = dtypes.bool_, "any"
 
 
 class CompareOrEqual(Compare):
@@ -369,7 +370,7 @@ class Where(Elementwise):
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
         condition = as_tensor(condition)
-        x, y = coerce(self.name, x, y)
+        x, y = coerce(self.name, x, y, checked=True)
         shape = broadcast_shapes(self.name, condition.shape, x.shape)
         return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
 
@@ -878,8 +879,7 @@ def _indices(op: Operator, idx: Any) -> Tensor:
 
 
 class GatherNd(Operator):
-    """`x[idx[..., 0], idx[..., 1], ...]`: idx (..., k) indexes the first k dimensions of x, each index in [-size, size)
-    (negative ones count from the end); an index outside that range is an IndexError when the program runs."""
+    """`x[idx[..., 0], ...]`: idx (..., k) indexes x's first k dims in [-size, size) (else IndexError when it runs)."""
 
     name = "gather_nd"
     linear_inputs = (0,)

@@ -261,7 +261,7 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - Py
     """x limited to [min, max] (gradient 1 inside and on the bounds, and NaN for a NaN bound, as PyTorch)."""
     if min is None and max is None:
         raise ValueError("slope.clip: at least one of min and max must be given (as in PyTorch)")
-    x = coerce("clip", x, *[b for b in (min, max) if b is not None])[0]  # x in the result dtype first, as PyTorch
+    x = coerce("clip", x, *[b for b in (min, max) if b is not None], checked=True)[0]  # in the result dtype first
     if isinstance(min, Tensor) and max is not None:  # where min >= max, min's gradient is 0 (PyTorch's rule)
         min = where(min < max, min, ops.stop_gradient(min))  # noqa: A001
     for bound, outside in ((min, ops.less), (max, ops.greater)):
