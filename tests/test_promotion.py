@@ -349,8 +349,9 @@ def test_numpy_scalars_count_as_python_numbers(backend, dtype):
             np.testing.assert_array_equal(where.numpy().astype(np.float64), expected.double().numpy())
 
 
-# where and clamp convert a Python int with PyTorch's checked conversion (arithmetic wraps it): one that an integer
-# result dtype cannot hold raises (ints from -max still wrap into unsigned dtypes); Slope gave clip(int8, max=200) -56s
+# where, clamp, an int power and item assignment convert a Python int with PyTorch's checked conversion (arithmetic
+# wraps it): one that an integer dtype cannot hold raises (ints from -max still wrap into unsigned dtypes); Slope gave
+# clip(int8, max=200) -56s
 CHECKED = [
     ("where int8, 200", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 200), "int8"),
     ("where int8, 127", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 127), "int8"),
@@ -362,13 +363,31 @@ CHECKED = [
     ("clip int16, 0..300", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, 0, 300), "int16"),
     ("clip int32, 2**40", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, None, 2**40), "int32"),
     ("clip uint8, -1", lambda lib, x: (lib.clip if lib is slope else lib.clamp)(x, -1), "uint8"),
+    ("int8 ** 128", lambda lib, x: x**128, "int8"),  # (2 ** 256 wrapped the exponent to 0: 1, not 0)
+    ("int8 ** 127", lambda lib, x: x**127, "int8"),
+    ("uint8 ** 256", lambda lib, x: x**256, "uint8"),
+    ("int16 ** 70000", lambda lib, x: x**70000, "int16"),
+    ("int8 x[0] = 300", lambda lib, x: _set(lib, x, 300), "int8"),
+    ("int8 x[0] = -129", lambda lib, x: _set(lib, x, -129), "int8"),
+    ("uint8 x[0] = -1", lambda lib, x: _set(lib, x, -1), "uint8"),
+    ("int32 x[0] = 2.5", lambda lib, x: _set(lib, x, 2.5), "int32"),
+    ("int32 x[0] = 2**40", lambda lib, x: _set(lib, x, 2**40), "int32"),
 ]
+
+
+def _set(lib: Any, x: Any, value: Any) -> Any:
+    """x with x[0] = value: Slope's index_update, PyTorch's item assignment on a copy."""
+    if lib is slope:
+        return slope.index_update(x, 0, value)
+    copy = x.clone()
+    copy[0] = value
+    return copy
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("label, function, dtype", CHECKED, ids=[c[0] for c in CHECKED])
-def test_where_and_clip_check_python_ints_as_pytorch(backend, jitted, label, function, dtype):
+def test_where_clip_pow_and_item_assignment_check_python_ints(backend, jitted, label, function, dtype):
     data = np.array([1, 2, 100]).astype(dtype)
     try:
         expected = function(torch, torch.tensor(data))
@@ -377,7 +396,7 @@ def test_where_and_clip_check_python_ints_as_pytorch(backend, jitted, label, fun
     with slope.use_backend(backend):
         run = slope.jit(lambda x: function(slope, x)) if jitted else (lambda x: function(slope, x))
         if expected is None:
-            with pytest.raises(ValueError, match=rf"slope\.(where|clip): -?\d+ does not fit {dtype}"):
+            with pytest.raises(ValueError, match=rf"slope\.(where|clip|pow|index_update): -?\d+ does not fit {dtype}"):
                 run(slope.tensor(data))
             return
         got = run(slope.tensor(data))

@@ -309,8 +309,8 @@ class Pow(Binary):
     symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
-        if isinstance(x, Tensor) and isinstance(y, (int, float)):
-            if type(y) is int and y < 0 and not x.dtype.is_float:
+        if isinstance(x, Tensor) and isinstance(y, (int, float)):  # (an int exponent must fit x's dtype, as PyTorch)
+            if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
             if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
                 return functools.reduce(mul, [x] * (int(y) - 1), x) if y else constant(1, x.dtype, x.shape)
@@ -857,8 +857,7 @@ class Conv(Operator):
         x = reshape(x, (x.shape[0], axis_size * x.shape[2], *x.shape[3:]))
         w = reshape(w, (axis_size * w.shape[1], *w.shape[2:]))
         out = bind(self, x, w, **{**params, "groups": params["groups"] * axis_size})
-        out = reshape(out, (out.shape[0], axis_size, out.shape[1] // axis_size, *out.shape[2:]))
-        return [out], [1]
+        return [reshape(out, (out.shape[0], axis_size, out.shape[1] // axis_size, *out.shape[2:]))], [1]
 
 
 def check_indices(name: str, index: Tensor, low: int, high: int, what: str) -> None:

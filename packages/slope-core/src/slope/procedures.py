@@ -628,6 +628,8 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     """A copy of x with value set (the last write wins where index repeats, as PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
+    if isinstance(value, (int, float)) and not x.dtype.is_float:  # checked, as PyTorch's x[index] = 300 (int8: raises)
+        value = ops._python_value("index_update", value, x.dtype)
     value, shape = as_tensor(value, x.dtype), positions.shape
     if mode == "set" and set(value.shape[: value.ndim - len(shape)]) == {1}:  # leading 1s go, as in PyTorch's x[i] = v
         value = value.reshape(value.shape[value.ndim - len(shape) :])

@@ -67,8 +67,7 @@ def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
     count = math.prod(shape)
     u = _unit_floats(key, 2 * count, dtypes.float64)
     radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
-    angle = u[count:] * (2 * math.pi)
-    return ops.cast((radius * angle.cos()).reshape(shape), dtype)
+    return ops.cast((radius * (u[count:] * (2 * math.pi)).cos()).reshape(shape), dtype)  # (angles of 0 to 2 pi)
 
 
 def key(seed: int) -> Tensor:
