@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -301,3 +302,43 @@ def test_a_sum_of_a_constant_over_its_last_dimension_counts_every_element(dtype)
     grad = slope.jit(slope.grad(lambda a: slope.log_softmax(a, -1).sum()))(slope.tensor(logits))
     softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(grad.numpy(), 1 - 3 * softmax, rtol=1e-5, atol=1e-6)
+
+
+def _numpy_backend(fn, *arrays):
+    with slope.use_backend("numpy"):
+        return slope.jit(fn)(*[slope.tensor(a) for a in arrays])
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.astype(slope.bfloat16) == x,  # (IREE dropped the bf16 round trip: 88.8 == 88.8)
+        lambda x: slope.floor(x.astype(slope.bfloat16)).astype(slope.float32),
+        lambda x: x.astype(slope.int32).astype(slope.bfloat16).astype(slope.float32),  # (257 stayed 257)
+        lambda x: x.astype(slope.bfloat16).sum() == 1.005859375,  # a bf16 sum rounds to bf16 (1 + 3 * 2**-9: 1.0078)
+        lambda x: slope.full((4,), 1.001).astype(slope.bfloat16).astype(slope.float32) + x * 0,
+        lambda x: x.astype(slope.float64).astype(slope.bfloat16).astype(slope.float32),
+        lambda x: x.astype(slope.float16).astype(slope.bfloat16).astype(slope.float32),
+    ],
+)
+def test_a_jitted_conversion_to_bfloat16_rounds(fn):
+    # IREE cancels a conversion to bfloat16 against the next one back to a wider type, so under jit bfloat16's
+    # rounding went (eager was right): Function.convert rounds in float32 first (reduce_precision)
+    x = np.array([88.8, 1.001, 2.0**-9, 257.0], np.float32)
+    expected = _numpy_backend(fn, x)
+    got = slope.jit(fn)(slope.tensor(x))
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_a_jitted_conversion_of_a_constant_float_to_an_integer_is_the_run_times():
+    # IREE folded a conversion of a constant NaN, inf or out-of-range float to 0 (NaN to int32: 0, -1.0 to uint8: 0);
+    # at run time the conversion gives what the numpy backend gives (and PyTorch on this CPU)
+    def casts(x):
+        nan, minus_one, big = slope.zeros(4) / slope.zeros(4), slope.full((4,), -1.0), slope.full((4,), 3e9)
+        return [nan.astype(slope.int32), minus_one.astype(slope.uint8), slope.full((4,), 300.7).astype(slope.uint8),
+                big.astype(slope.int32), (-slope.full((4,), math.inf)).astype(slope.int64), x.astype(slope.int8)]  # fmt: skip
+
+    x = np.array([1.5, -2.5, 127.0, 300.0], np.float32)
+    for got, expected in zip(slope.jit(casts)(slope.tensor(x)), _numpy_backend(casts, x)):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())

@@ -144,14 +144,21 @@ class Function:
         aval = self.avals[x]
         if aval.dtype == dtype:
             return x
-        if aval.dtype == slope.float64 and dtype.name in _HALF:
+        if dtype.name in _HALF and aval.dtype not in (slope.float32, slope.float16):
             # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
             x = self.unary("convert", x, Aval(aval.shape, slope.float32))
-        if (aval.dtype.name, dtype.name) == ("float16", "bfloat16"):
-            # rounded in float32 by reduce_precision: IREE folds f16 -> bf16 -> a wider type into one conversion (as if
-            # bf16 held every f16), which skipped bf16's rounding (127.875 stayed 127.875, not 128)
-            wide = self.unary("convert", x, Aval(aval.shape, slope.float32))
-            x = self.emit(f"stablehlo.reduce_precision {wide}, format = e8m7 : {self.type(wide)}", self.avals[wide])
+        if dtype == slope.bfloat16:
+            # rounded in float32 first: IREE drops a conversion to bfloat16 followed by one back to a wider type (the
+            # next operator's: a cast's, a comparison's, a sum's), so bfloat16's rounding went (88.8 stayed 88.8 under
+            # jit, float16 127.875 stayed 127.875); reduce_precision keeps it (bit operations where shapes are dynamic)
+            x = self.unary("convert", x, Aval(aval.shape, slope.float32)) if self.avals[x].dtype != slope.float32 else x
+            x = _rounded_bits(self, x, dtype) if self.dynamic else self.emit(
+                f"stablehlo.reduce_precision {x}, format = e8m7 : {self.type(x)}", self.avals[x])  # fmt: skip
+        if aval.dtype.is_float and not dtype.is_float and x in self.folded and not self.dynamic:
+            # IREE folds a conversion of a constant NaN, inf or out-of-range float to an integer to 0 (the CPU's
+            # conversion at run time gives what the numpy backend and PyTorch give: NaN to int32 -2**31, -1.0 to
+            # uint8 255): keep it for run time
+            x = self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
         return self.unary("convert", x, Aval(aval.shape, dtype))
 
     def select(self, condition: str, x: str, y: str) -> str:
@@ -356,9 +363,6 @@ def in_float32(fn: Function, inputs: list[str], dtype: DType, compute: Callable[
     return rounded(fn, compute(*[fn.convert(x, slope.float32) for x in inputs]), dtype)
 
 
-_PRECISION = {"bfloat16": "e8m7"}  # (float16's e5m10 would flush its subnormals to zero)
-
-
 def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
     """float32 x rounded (to nearest, ties to even) to a float16/bfloat16 value, still in float32: the mantissa by
     integer operations on its bits (NaN kept), float16's subnormal range by scaling."""
@@ -379,14 +383,11 @@ def _rounded_bits(fn: Function, x: str, dtype: DType) -> str:
 
 def rounded(fn: Function, x: str, dtype: DType) -> str:
     """float32 x rounded to float16/bfloat16: IREE drops a convert to a half type followed by a convert back (the next
-    operator's), which would skip the rounding between operators; reduce_precision keeps it."""
-    if fn.avals[x].dtype != slope.float32 or dtype.name not in _HALF:
+    operator's), which would skip the rounding between operators; float16 rounds by bit operations first (its
+    reduce_precision, e5m10, would flush its subnormals to zero; bfloat16's convert rounds, see Function.convert)."""
+    if fn.avals[x].dtype != slope.float32 or dtype != slope.float16:
         return fn.convert(x, dtype)
-    if fn.dynamic or dtype.name not in _PRECISION:
-        # IREE 3.13 crashes on a reduce_precision of dynamic shape ("could not reify")
-        return fn.convert(_rounded_bits(fn, x, dtype), dtype)
-    x = fn.emit(f"stablehlo.reduce_precision {x}, format = {_PRECISION[dtype.name]} : {fn.type(x)}", fn.avals[x])
-    return fn.convert(x, dtype)
+    return fn.convert(_rounded_bits(fn, x, dtype), dtype)
 
 
 def in_float64(fn: Function, inputs: list[str], dtype: DType, compute: Callable[..., str]) -> str:
