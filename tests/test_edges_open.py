@@ -503,3 +503,16 @@ def test_cross_entropy_with_label_smoothing_rounds_the_class_sum_as_pytorch(back
             got = slope.cross_entropy(slope.tensor(values).astype(dtype), slope.tensor(target), reduction=reduction,
                                       label_smoothing=0.5)  # fmt: skip
             same(got, expected, rtol={"bfloat16": 2e-2, "float16": 2e-3}.get(dtype, 1e-6))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("source", ["float64", "int64", "int32", "float32"])
+def test_conversion_to_float16_rounds_through_float32_as_pytorch(backend, jit, source):
+    # PyTorch converts to float16 through float32 (two roundings): float64 1 + 2**-11 + 2**-40 is 1.0, int64 2**40 inf;
+    # the numpy backend's one NumPy rounding gave 1.0009765625 (onnxruntime and iree already went through float32)
+    values = [1 + 2**-11 + 2**-40, 2**-25 + 2**-50, 1 + 2**-8 + 2**-40, 70000, -1e-8, 2049, 2051, 65519, 65520, 2**40]
+    data = np.array(values, np.float64).astype(source)
+    cast = (lambda x: x.astype(slope.float16)) if not jit else slope.jit(lambda x: x.astype(slope.float16))
+    got = cast(slope.tensor(data))
+    expected = torch.from_numpy(data).to(torch.float16)
+    np.testing.assert_array_equal(got.numpy().view(np.uint16), expected.numpy().view(np.uint16))

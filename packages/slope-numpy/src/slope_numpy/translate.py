@@ -87,6 +87,13 @@ def _arange(ins: list, params: dict, out: Any) -> str:
     return f"({start!r} + {step!r} * np.arange({out.shape[0]}, dtype={counter})).astype({_dtype(out.dtype)})"
 
 
+def _cast(ins: list, params: dict, out: Any) -> str:
+    # to float16 through float32, as PyTorch and the other backends convert (float64 1 + 2**-11 + 2**-40 is 1.0 there;
+    # NumPy's one rounding gave 1.001); bfloat16's conversion (ml_dtypes) already goes through float32
+    through = ".astype(np.float32, copy=False)" if params["dtype"].name == "float16" else ""
+    return f"{ins[0]}{through}.astype({_dtype(params['dtype'])})"
+
+
 translations: dict[str, Callable] = {
     "exp": _unary("np.exp"),
     "log": _unary("np.log"),
@@ -99,7 +106,7 @@ translations: dict[str, Callable] = {
     "round": _unary("np.round"),  # half to even, as PyTorch
     "invert": _invert,
     "stop_gradient": lambda ins, params, out: ins[0],
-    "cast": lambda ins, params, out: f"{ins[0]}.astype({_dtype(params['dtype'])})",
+    "cast": _cast,
     "add": _binary("np.add"),
     "sub": _binary("np.subtract"),
     "mul": _binary("np.multiply"),
