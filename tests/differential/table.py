@@ -282,8 +282,11 @@ def abs_scale(torch_fn: Callable) -> Callable:
     """Absolute error allowed for sums: rtol x the same call on |inputs| (the condition of a sum), the infinities
     and NaNs left out (they give the same inf or NaN in any order of the additions)."""
 
-    def magnitude(a: Any) -> Any:
-        return torch.nan_to_num(a.abs(), nan=0.0, posinf=0.0) if isinstance(a, torch.Tensor) else a
+    def magnitude(a: Any) -> Any:  # (integers in float64: int64's |-2**63| wraps to -2**63)
+        if not isinstance(a, torch.Tensor):
+            return a
+        a = a.double() if not a.is_floating_point() and a.dtype != torch.bool else a
+        return torch.nan_to_num(a.abs(), nan=0.0, posinf=0.0)
 
     return lambda *args, **kwargs: torch_fn(*[magnitude(a) for a in args], **kwargs)
 
@@ -1220,8 +1223,30 @@ def torch_cross_entropy(input: torch.Tensor, target: Any, weight: Any = None, **
             return -terms.sum(class_dim)
         total = -terms.sum()
         return (total if reduction == "sum" else total / (input.numel() // classes)).to(expected.dtype)
+    smoothing = kwargs.get("label_smoothing", 0.0)
+    if smoothing > 0 and input.numel():  # PyTorch's formula, in the narrow dtype, on those log-probabilities
+        return _smoothed_class_index_loss(input, target, weight, smoothing, **kwargs)
     wide = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (input, target, weight)]
     return F.cross_entropy(wide[0], wide[1], weight=wide[2], **kwargs).to(input.dtype)
+
+
+def _smoothed_class_index_loss(input: torch.Tensor, target: Any, weight: Any, smoothing: float, **kwargs: Any) -> Any:
+    """PyTorch's cross_entropy with class indices and label smoothing (nll_loss of the log-probabilities, then their
+    negated sum over the classes, both in the narrow dtype: a sum of log-probabilities that overflows float16 is inf,
+    in Slope and PyTorch alike) on float32 log-probabilities rounded once."""
+    expected = F.cross_entropy(input, target, weight=weight, **kwargs)  # (its checks of shapes and arguments)
+    class_dim, reduction = int(input.ndim > 1), kwargs.get("reduction", "mean")
+    classes, ignore_index = input.shape[class_dim], kwargs.get("ignore_index", -100)
+    log_p = F.log_softmax(input.float(), class_dim).to(input.dtype)
+    nll = F.nll_loss(log_p, target, weight=weight, reduction=reduction, ignore_index=ignore_index)
+    shaped = None if weight is None else weight.view([classes if d == class_dim else 1 for d in range(input.ndim)])
+    smooth = -(log_p if shaped is None else log_p * shaped).sum(class_dim).masked_fill(target == ignore_index, 0.0)
+    kept = target != ignore_index
+    if reduction == "mean":
+        smooth = smooth.sum() / (kept.sum() if weight is None else weight.gather(0, target[kept].flatten()).sum())
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    return ((1 - smoothing) * nll + smooth * (smoothing / classes)).to(expected.dtype)
 
 
 add(Entry("cross_entropy", cross_entropy_layout(), torch_cross_entropy, dtypes=FLOATS, zero_sign=ZERO_SUM))
