@@ -12,8 +12,8 @@
   the xfail below: a rescue costs about a quarter of the kernel's time on every call).
 - BatchNorm's batch statistics likewise give NaN where the variance overflows (PyTorch: 0s). RMSNorm keeps 0s there,
   as PyTorch: its mean square is inf for an infinite entry too, where PyTorch's [0, NaN, 0] is right.
-- Left as they are (strict xfails below): var within a factor n of float32's largest value is inf (its sum of
-  squares overflows; PyTorch's float64 accumulation does not), and onnxruntime's float32 LayerNormalization.
+- var within a factor n of float32's largest value is finite (its squared deviations are summed in float64, as
+  PyTorch's accumulation; it was inf). Left as it is (strict xfail below): onnxruntime's float32 LayerNormalization.
 - RMSNorm's default eps for float16/bfloat16 input is float32's machine epsilon (the computation's dtype), as PyTorch.
 - BatchNorm with batch statistics refuses one value per channel (a ValueError, as PyTorch).
 
@@ -234,11 +234,25 @@ def test_batch_norm_overflow_is_nan_not_zero(backend, jit, dtype):
         check(run(rms_norm, values, dtype, jit), reference(lambda t: F.rms_norm(t, (3,)), values, dtype), dtype)
 
 
-@pytest.mark.xfail(strict=True, reason="var's unscaled path sums the squared deviations in the input's dtype before "
-                   "dividing: inf when that sum overflows though var does not (PyTorch accumulates float32 in float64); "
-                   "dividing first costs a pass over x on every call")  # fmt: skip
 def test_var_just_below_the_largest_float32(backend):
+    # var sums the squared deviations in float64, as PyTorch accumulates float32 (they gave inf in float32)
     values = [4.4895745e22, 4.4860667e22]  # var 3.08e38 < 3.4e38, the sum of squares 6.2e38
     want = reference(lambda t: torch.var(t, correction=0), values, "float32")
     assert np.isfinite(want)
     check(run(lambda x: slope.var(x, correction=0), values, "float32", False), want, "float32")
+
+
+def test_var_of_int64_extremes_is_finite_as_pytorch(backend):
+    # int64 input is computed in float32: 48 deviations of ~9.2e18 square to ~8.5e37 each, whose float32 sum overflowed
+    data = np.zeros((4, 3, 4), np.int64)
+    data[:, :, 2] = [
+        [2**63 - 1, -(2**63) + 1, 2**63 - 2],
+        [-(2**63), 2**63 - 2, 5],
+        [2**63 - 1, 1, -(2**63)],
+        [3, 0, 2**63 - 1],
+    ]
+    want = torch.var(torch.tensor(data).float(), dim=(0, 1, 2)).item()
+    for fn in (lambda x: slope.var(x, dim=(0, 1, 2)), slope.jit(lambda x: slope.var(x, dim=(0, 1, 2)))):
+        got = fn(slope.tensor(data))
+        assert got.dtype == slope.float32 and math.isfinite(got.item())
+        np.testing.assert_allclose(got.item(), want, rtol=1e-6)

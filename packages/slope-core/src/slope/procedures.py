@@ -304,7 +304,7 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
     if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
         top = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True))  # (inf where the mean overflowed: inf,
         centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)
-    variance = ops.sum_(centered * centered, dim, keepdim) / float(max(count - correction, 0))
+    variance = ops.sum_(centered * centered, dim, keepdim, dtype=dtypes.float64) / float(max(count - correction, 0))
     if name == "var":  # (the scale twice: its square may underflow where variance is inf)
         return cast(variance * (s := scale.reshape(variance.shape)) * s if scaled else variance, x.dtype)
     root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
