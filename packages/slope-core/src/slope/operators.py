@@ -63,14 +63,14 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = False) -> list[Tensor]:
     """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: ints must fit)."""
-    values = tuple(v.item() if isinstance(v, np.number) else v for v in values)  # NumPy's numbers: Python's (PyTorch)
-    if dtype is None:
-        try:
-            dtype = dtypes.result_type(*values)
-        except TypeError as error:
+    try:
+        dtype = dtype or dtypes.result_type(*values)
+    except TypeError as error:  # NumPy's numbers count as Python's, as in PyTorch (converted here, off the common path)
+        if not any(isinstance(v, np.number) for v in values):
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
+        return coerce(name, *[v.item() if isinstance(v, np.number) else v for v in values], checked=checked)
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
-    for v in [v for v in values if checked and type(v) is int and dtype.is_int]:  # PyTorch's where, clamp (not +)
+    for v in [v for v in values if type(v) is int] if checked and dtype.is_int else ():  # where, clamp (not +)
         _python_value(name, v, dtype)
     return [
         constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)

@@ -679,9 +679,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             for position in (0, 1):
                 index = single_use_gemm(node.input[position])
                 other = node.input[1 - position]
-                if index is None or not _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out)):
-                    continue
-                if not sums_terms(result[index]):
+                fits = index is not None and _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out))
+                if not fits or not sums_terms(result[index]):
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
