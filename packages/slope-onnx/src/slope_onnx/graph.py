@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from slope import Aval, DType, Instruction, Program, Var
+from slope import Aval, DType, Instruction, Program, Var, float16
 
 OPSET = 21  # what onnxruntime 1.31 runs every translation with (newer opsets break the random operators there)
 IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
@@ -38,6 +38,17 @@ ELEMENT_TYPES: dict[str, int] = {
 BROADCASTING = frozenset(
     {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "Greater", "Where", "And", "Or", "Xor",
      "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
+)  # fmt: skip
+
+# ONNX operators with onnxruntime CPU kernels of float16's own (probed on onnxruntime 1.31). For any other operator on
+# float16 tensors onnxruntime inserts casts to float32 and back, then drops each of them together with a neighbouring
+# Cast of the opposite direction, ours included: float16's rounding was skipped (`x.half() == 2048` was false for
+# 2049.0, `ceil(x.half())` of 1.0001 was 2, and `isinf` missed a float16 overflow). `float16_in_float32` casts such
+# nodes' operands itself, which onnxruntime keeps.
+FLOAT16_KERNELS = frozenset(
+    {"Cast", "Identity", "Reshape", "Transpose", "Slice", "Concat", "Gather", "GatherElements", "GatherND", "Squeeze",
+     "Unsqueeze", "Flatten", "Expand", "ScatterElements", "ScatterND", "Max", "Min", "Mod", "Round", "Sign", "IsNaN",
+     "IsInf", "If"}
 )  # fmt: skip
 
 # Slope operators (core and slope-nn) whose indices (input 1) onnxruntime checks when it runs them
@@ -135,12 +146,21 @@ class OnnxGraph:
         return self.constant(np.array(list(values), dtype=np.int64))
 
     def cast(self, name: str, dtype: DType) -> str:
-        """The tensor cast to a slope dtype; a cast of a lossless cast reads the original."""
+        """The tensor cast to a slope dtype; a cast of a lossless cast reads the original.
+
+        onnxruntime (every session, even ORT_DISABLE_ALL) merges Cast(a -> b) -> Cast(b -> integer) into one Cast
+        where b loses values, skipping b's rounding or wrap-around (float32 100.97 to float16 to int8 gave 100, not
+        101; 3e9 to int64 to int32 gave -2**31): a Reshape to its own shape between them, which no optimizer drops,
+        keeps b's values."""
         producer = self.producers.get(name)
         if producer is not None and producer.op_type == "Cast":
             source = producer.input[0]
             if _holds(self.dtypes.get(name), self.dtypes.get(source)):
                 name = source
+            elif not dtype.is_float and self.dtypes.get(name) not in (None, dtype) and name in self.shapes:
+                middle, shape = self.dtypes[name], self.shapes[name]
+                name = self.node("Reshape", [name, self.int64s(shape)], shape=shape, allowzero=1)
+                self.dtypes[name] = middle
         if self.dtypes.get(name) == dtype:
             return name
         out = self.node("Cast", [name], shape=self.shapes.get(name), to=element_type(dtype))
@@ -304,9 +324,42 @@ class OnnxGraph:
         kept.reverse()
         initializers = [t for name, t in self.initializers.items() if name in live]
         graph = helper.make_graph(kept, graph_name, self.inputs, output_infos, initializer=initializers)
-        return helper.make_model(
+        model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION, producer_name="slope"
         )
+        halves = float16 in self.dtypes.values() or any(t.data_type == TensorProto.FLOAT16 for t in initializers)
+        return float16_in_float32(model, self) if halves else model
+
+
+def float16_in_float32(model: onnx.ModelProto, graph: OnnxGraph) -> onnx.ModelProto:
+    """The model with each float16 node that has no float16 kernel in onnxruntime (see FLOAT16_KERNELS) computed in
+    float32 between casts of our own: the result rounded once, as onnxruntime's own casts would, had it kept them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    types.update((t.name, t.data_type) for t in model.graph.initializer)
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.domain or node.op_type in FLOAT16_KERNELS or TensorProto.FLOAT16 not in map(types.get, node.input):
+            nodes.append(node)
+            continue
+        widened, narrowed = list(node.input), list(node.output)
+        for i, name in enumerate(node.input):
+            if types.get(name) == TensorProto.FLOAT16:
+                widened[i] = graph.fresh("wide")
+                nodes.append(helper.make_node("Cast", [name], [widened[i]], to=TensorProto.FLOAT))
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        del node.input[:]
+        node.input.extend(widened)
+        for i, name in enumerate(narrowed):
+            if types.get(name) == TensorProto.FLOAT16:
+                node.output[i] = graph.fresh("wide")
+        nodes.append(node)
+        nodes.extend(helper.make_node("Cast", [wide], [name], to=TensorProto.FLOAT16)
+                     for wide, name in zip(node.output, narrowed) if wide != name)  # fmt: skip
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------- node fusion
@@ -684,6 +737,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
+                if abs(alpha) > 1:  # Gemm adds C to alpha * AB unrounded: (a @ w) * 3 + b was finite where 3 * (a @ w)
+                    continue  # overflows (PyTorch: inf + -inf = NaN); |alpha| <= 1 cannot overflow (an SGD step's lr)
                 if op == "Add":
                     node = replace(node, index, [*gemm.input, other], beta=1.0)
                 elif position == 1:  # other - gemm

@@ -25,21 +25,23 @@ _ALL = _NUMBERS | {"bool"}
 
 # dtypes with an onnxruntime CPU kernel, per ONNX operator (probed on onnxruntime 1.31, opset 21). float16 only where
 # the kernel is float16's own: for the others onnxruntime inserts casts to float32 and back, then drops each pair of
-# Cast(float32 -> float16) -> Cast(float16 -> float32) between two such nodes, so a chain of float16 operations (or one
-# between casts from and to float32) skipped float16's rounding (x.half().log().float() was log(x), not PyTorch's
-# log of the rounded x, rounded); the translations' own casts are kept.
+# Cast(float32 -> float16) -> Cast(float16 -> float32) where one of them is its own, so a chain of float16 operations
+# (or one between casts from and to float32) skipped float16's rounding (x.half().log().float() was log(x), not
+# PyTorch's log of the rounded x, rounded); pairs of the translations' own casts are kept (graph.float16_in_float32
+# casts the operands of the float16 nodes that translations make directly).
 _WIDE = {"float32", "float64"}
+_NO_HALF = _NUMBERS - {"float16"}
 NATIVE: dict[str, set[str]] = {
-    "Add": _NUMBERS - {"float16"}, "Sub": _NUMBERS - {"float16"}, "Mul": _NUMBERS - {"float16"},
-    "Div": _NUMBERS - {"int16", "float16"}, "Max": _NUMBERS - {"int16"}, "Pow": _WIDE | {"int32", "int64"},
-    "Equal": _ALL, "Less": _NUMBERS, "Greater": _NUMBERS, "LessOrEqual": _NUMBERS, "GreaterOrEqual": _NUMBERS,
-    "Mod": _NUMBERS,
+    "Add": _NO_HALF, "Sub": _NO_HALF, "Mul": _NO_HALF,
+    "Div": _NO_HALF - {"int16"}, "Max": _NUMBERS - {"int16"}, "Pow": _WIDE | {"int32", "int64"},
+    "Equal": _ALL - {"float16"}, "Less": _NO_HALF, "Greater": _NO_HALF, "LessOrEqual": _NO_HALF,
+    "GreaterOrEqual": _NO_HALF, "Mod": _NUMBERS,
     "BitwiseAnd": _INTS, "BitwiseOr": _INTS, "BitwiseXor": _INTS, "BitwiseNot": _INTS,
     "Exp": _WIDE, "Log": _WIDE, "Sin": _WIDE, "Cos": _WIDE, "Sqrt": _WIDE, "Tanh": _WIDE,
-    "Erf": {"float32"}, "Floor": _FLOATS, "Ceil": _FLOATS, "Round": _FLOATS,
-    "Where": _NUMBERS - {"int16"},
-    "ReduceSum": _WIDE | {"int32", "int64"}, "ReduceMax": _ALL - {"int16"},
-    "Expand": _ALL, "Pad": _ALL - {"int16"},
+    "Erf": {"float32"}, "Floor": _WIDE, "Ceil": _WIDE, "Round": _FLOATS,
+    "Where": _NO_HALF - {"int16"},
+    "ReduceSum": _WIDE | {"int32", "int64"}, "ReduceMax": _ALL - {"int16", "float16"},
+    "Expand": _ALL, "Pad": _ALL - {"int16", "float16"},
     "MatMul": _WIDE | {"int32", "int64"},
     "Conv": {"float32"},
     "ScatterND": _NUMBERS - {"float16"},  # its float16 kernel rejects reduction="add" when it runs
@@ -100,8 +102,9 @@ def _unary(op_type: str) -> Callable:
 
 def _invert(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
-    if out.dtype == slope.bool_:
-        return graph.node("Not", inputs, shape=out.shape)
+    if out.dtype == slope.bool_:  # (not Not: onnxruntime's NotWhereFusion swaps Where(Not(c), x, y)'s x and y, and
+        # its Where turns a -0.0 it takes from X into +0.0, so where(~isnan(v), v, 0.0) lost -0.0)
+        return graph.node("Xor", [inputs[0], graph.scalar(True, slope.bool_)], shape=out.shape)
     return emit(graph, "BitwiseNot", inputs, out.dtype, out.shape)
 
 
@@ -119,6 +122,15 @@ def _binary(op_type: str) -> Callable:
         return emit(graph, op_type, inputs, _in(instruction).dtype, out.shape)
 
     return translate
+
+
+def _maximum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """Max; int64 as Where(x < y, y, x): onnxruntime 1.31's int64 Max kernel is wrong above 2**31 (max(2**31, 0) was
+    0), its Less is right."""
+    out = _out(instruction)
+    if out.dtype != slope.int64:
+        return emit(graph, "Max", inputs, out.dtype, out.shape)
+    return graph.node("Where", [graph.node("Less", inputs, shape=out.shape), inputs[1], inputs[0]], shape=out.shape)
 
 
 def _compare(op_type: str) -> Callable:
@@ -515,13 +527,14 @@ def _arange(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> st
     params = instruction.params
     count = out.shape[0]
     start, step = params["start"], params["step"]
-    if out.dtype.name in ("int32", "int64") and all(isinstance(v, int) for v in (start, step)):
-        limit = start + count * step
-        return graph.node("Range", [graph.scalar(start, out.dtype), graph.scalar(limit, out.dtype),
-                                    graph.scalar(step, out.dtype)], shape=out.shape)  # fmt: skip
-    # start + i * step, computed in float64 from exact integers, as NumPy does
+    # start + i * step from i = Range(0, count, 1) (onnxruntime counts Range(start, limit, step)'s elements in float64:
+    # from 2**53 to 2**53 + 3 it made 4), in int64 for integers (the values fit), else in float64, as NumPy does
     index = graph.node("Range", [graph.scalar(0, slope.int64), graph.scalar(count, slope.int64),
                                  graph.scalar(1, slope.int64)], shape=out.shape)  # fmt: skip
+    if not out.dtype.is_float and all(float(v).is_integer() for v in (start, step)):
+        values = graph.node("Mul", [index, graph.scalar(int(step), slope.int64)], shape=out.shape)
+        values = graph.node("Add", [values, graph.scalar(int(start), slope.int64)], shape=out.shape)
+        return graph.cast(values, out.dtype)
     values = graph.node("Mul", [graph.cast(index, slope.float64), graph.scalar(float(step), slope.float64)],
                         shape=out.shape)  # fmt: skip
     values = graph.node("Add", [values, graph.scalar(float(start), slope.float64)], shape=out.shape)
@@ -855,7 +868,7 @@ translations: dict[str, Callable] = {
     "div": _div,
     "pow": _pow,
     "fmod": _fmod,
-    "maximum": _binary("Max"),
+    "maximum": _maximum,
     "equal": _compare("Equal"),
     "less": _compare("Less"),
     "greater": _compare("Greater"),

@@ -1,0 +1,149 @@
+"""Results that a backend's graph rewrites (its own or its runtime's) must not change: each case runs eagerly and
+under `jit` on every installed backend and is compared with PyTorch bit for bit (NaN with NaN, the sign of zero).
+
+Found on onnxruntime by review: its int64 Max kernel, its float16 casts merged with ours, its Cast chains merged into
+one Cast, its NotWhereFusion swapping Where's inputs, and a Gemm fold of C beside a scale that overflows.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import slope
+
+torch = pytest.importorskip("torch")
+
+
+def bits(result: slope.Tensor, expected: torch.Tensor) -> None:
+    got, want = np.asarray(result.numpy()), expected.numpy()
+    assert got.shape == want.shape and str(got.dtype) == str(want.dtype).replace("torch.", ""), (got, want)
+    if got.dtype.kind == "f":  # the sign of zero counts (not a NaN's)
+        assert np.array_equal(np.signbit(got) & ~np.isnan(got), np.signbit(want) & ~np.isnan(want)), (got, want)
+    np.testing.assert_array_equal(got, want)
+
+
+def eager_and_jit(f, *arrays):
+    """f's results eagerly and jitted, from fresh tensors of the arrays."""
+    return f(*(slope.tensor(a) for a in arrays)), slope.jit(f)(*(slope.tensor(a) for a in arrays))
+
+
+def test_int64_maximum_and_minimum_beyond_32_bits(backend):
+    x = np.array([2**31, 2**32 - 1, -(2**31) - 1, 2**62, -(2**63), 5], np.int64)
+    y = np.array([0, 2**32, 0, 2**62 + 1, 2**63 - 1, -(2**63)], np.int64)
+    tx, ty = torch.tensor(x), torch.tensor(y)
+    for result in eager_and_jit(lambda a, b: (slope.maximum(a, b), slope.minimum(a, b), slope.relu(a)), x, y):
+        bits(result[0], torch.maximum(tx, ty))
+        bits(result[1], torch.minimum(tx, ty))
+        bits(result[2], torch.relu(tx))
+
+
+def test_where_of_a_negated_mask_keeps_negative_zero(backend):
+    v = np.array([-0.0, np.nan, 1.5, -0.0], np.float32)
+    tv = torch.tensor(v)
+    for result in eager_and_jit(lambda v: (slope.where(slope.isnan(v), 0.0, v), slope.where(~(v > 1), v, 0.0)), v):
+        bits(result[0], torch.where(torch.isnan(tv), 0.0, tv))
+        bits(result[1], torch.where(~(tv > 1), tv, 0.0))
+
+
+def test_a_scaled_product_plus_a_tensor_overflows_as_in_pytorch(backend):
+    a, w = np.ones((1, 1), np.float32), np.full((1, 2), 2e38, np.float32)
+    b = np.array([-np.inf, -3e38], np.float32)
+    ta, tw, tb = (torch.tensor(v) for v in (a, w, b))
+    for result in eager_and_jit(lambda a, w, b: ((a @ w) * 3.0 + b, -b - (a @ w) * 3.0, b - (a @ w) * 0.5), a, w, b):
+        bits(result[0], (ta @ tw) * 3.0 + tb)  # [nan, inf]: 6e38 overflows before b is added
+        bits(result[1], -tb - (ta @ tw) * 3.0)
+        bits(result[2], tb - (ta @ tw) * 0.5)
+
+
+HALF_CASES = {
+    "equal": lambda x: x.half() == 2048,
+    "less": lambda x: x.half() < 2049,
+    "greater_equal": lambda x: x.half() >= 2049,
+    "isinf": lambda x: (x.half() * 2).isinf(),
+    "floor": lambda x: (x.half() * 3).floor(),
+    "ceil": lambda x: x.half().ceil(),
+    "clip": lambda x: x.half().clip(1.0, 3000.0) - 1.0,
+    "where": lambda x: (x.half() > 0).where(x.half(), 0.0).sin(),
+    "pad": lambda x: slope.pad(x.half(), (1, 1)).sin(),
+    "max": lambda x: x.half().max() - 2048,
+    "argmax": lambda x: x[:2].half().argmax(),
+    "neg": lambda x: (-(x.half() * 3)).sin(),
+    "abs": lambda x: (x.half() * -3).abs().sin(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HALF_CASES))
+def test_float16_operations_round_their_operands(backend, case):
+    # 2049 and 1.0001 are not float16 numbers: each operation must see the rounded value (2048, 1.0)
+    x = np.array([2049.0, 2048.0, 40000.0, 1.0001, 0.6665, -0.0], np.float32)
+    f = HALF_CASES[case]
+    t = torch.tensor(x)
+    expected = {
+        "equal": t.half() == 2048,
+        "less": t.half() < 2049,
+        "greater_equal": t.half() >= 2049,
+        "isinf": (t.half() * 2).isinf(),
+        "floor": (t.half() * 3).floor(),
+        "ceil": t.half().ceil(),
+        "clip": t.half().clip(1.0, 3000.0) - 1.0,
+        "where": torch.where(t.half() > 0, t.half(), 0.0).float().sin().half(),
+        "pad": torch.nn.functional.pad(t.half().float(), (1, 1)).sin().half(),
+        "max": t.half().max() - 2048,
+        "argmax": t[:2].half().argmax(),
+        "neg": (-(t.half() * 3)).float().sin().half(),
+        "abs": (t.half() * -3).abs().float().sin().half(),
+    }[case]
+    for result in eager_and_jit(f, x):
+        bits(result, expected)
+
+
+CAST_DTYPES = ["bool", "int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
+CAST_VALUES = [0, -0.0, 1, -1, 0.5, 1.5, 2.5, -2.5, 127, 128, 255, 256, -129, 4464, 32767, 65504, 65520, 70000,
+               2**24 + 1, 2**31 - 1, 1e20, 1 + 2**-11 + 2**-40, 100.97, 3e9]  # fmt: skip
+
+
+INTEGERS = ("int8", "uint8", "int16", "int32", "int64")
+
+
+@pytest.mark.parametrize("source", CAST_DTYPES)
+def test_chains_of_casts_keep_each_step(backend, source):
+    # x.astype(a).astype(b) as PyTorch's .to(a).to(b); a float converted to an integer type is compared only where C
+    # defines the conversion (finite, in range)
+    array = np.asarray(slope.tensor(np.array(CAST_VALUES)).astype(getattr(slope, source)).astype(slope.float64).numpy())
+    t = torch.tensor(array).to(getattr(torch, source))
+    pairs = [(a, b) for a, b in itertools.product(CAST_DTYPES, repeat=2) if len({source, a, b}) == 3]
+
+    def chains(*xs):  # (one input per chain: a Cast with one consumer, as onnxruntime merges)
+        return [x.astype(getattr(slope, a)).astype(getattr(slope, b)) for x, (a, b) in zip(xs, pairs)]
+
+    for results in eager_and_jit(chains, *[slope.tensor(array).astype(getattr(slope, source))] * len(pairs)):
+        for (a, b), result in zip(pairs, results):
+            middle = t.to(getattr(torch, a))
+            defined = _defined(t, a) & _defined(middle, b)
+            want = middle.to(getattr(torch, b)).double().numpy()[defined]
+            got = np.asarray(result.astype(slope.float64).numpy())[defined]
+            assert np.array_equal(got, want, equal_nan=True), (source, a, b, got, want)
+            assert np.array_equal(np.signbit(got) & (got == 0), np.signbit(want) & (want == 0)), (source, a, b, got)
+
+
+def _defined(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """Where C defines x's conversion to dtype: everywhere but floats outside an integer type's range (NaN, inf)."""
+    if dtype not in INTEGERS or not x.is_floating_point():
+        return np.ones(x.shape, bool)
+    info, wide = torch.iinfo(getattr(torch, dtype)), x.double()
+    return (wide.isfinite() & (wide > float(info.min) - 1) & (wide < float(info.max) + 1)).numpy()
+
+
+@pytest.mark.parametrize(
+    "args,dtype",
+    [((2**53, 2**53 + 3), None), ((2**62, 2**62 + 3), None), ((0, 2**31 - 1, 2**30), "int32"),
+     ((-5, 7, 3), "int8"), ((2, 9, 2), "uint8"), ((2**31 - 3, 2**31), "int64")],
+)  # fmt: skip
+def test_arange_of_large_integers(backend, args, dtype):
+    expected = torch.arange(*args, dtype=getattr(torch, dtype) if dtype else None)
+    kwargs = {"dtype": getattr(slope, dtype)} if dtype else {}
+    for result in (slope.arange(*args, **kwargs), slope.jit(lambda: slope.arange(*args, **kwargs))()):
+        bits(result, expected)
