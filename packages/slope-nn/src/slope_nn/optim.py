@@ -384,14 +384,15 @@ class Adam(Optimizer):
             nu = self.beta2 * nu + ((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * (scaled * scaled)
         else:
             nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
-        t = count.astype(slope.float64 if param.dtype == slope.float64 else slope.float32)
-        correction1 = (1.0 - self.beta1**t).astype(param.dtype)
-        root2 = (1.0 - self.beta2**t).astype(param.dtype).sqrt()
+        # the bias corrections in float64, as PyTorch's (Python floats): float32's 1 - 0.9999**t is 1.7e-4 off
+        t = count.astype(slope.float64)
+        correction1, root2 = 1.0 - self.beta1**t, (1.0 - self.beta2**t).sqrt()
         # PyTorch's sqrt(nu) / root2 + eps, times root2 on both sides of the fraction: the scalars fold into the
         # step size and eps, which saves one pass over every parameter (the same value up to rounding)
         largest = slope.maximum(slots[2], nu) if self.amsgrad else nu
-        denominator = largest.sqrt() + self.eps * root2
-        return param - (lr * root2 / correction1) * mu / denominator, (mu, nu, largest)[: len(slots)]
+        denominator = largest.sqrt() + (self.eps * root2).astype(param.dtype)
+        step_size = (lr * root2 / correction1).astype(param.dtype)
+        return param - step_size * mu / denominator, (mu, nu, largest)[: len(slots)]
 
     def _make_state(self, count: Tensor, slots: list) -> AdamState:
         mu, nu, *largest = ([s[i] if s else None for s in slots] for i in range(3 if self.amsgrad else 2))
