@@ -155,8 +155,11 @@ def test_multi_head_attention_masks_of_every_pytorch_form(case, each_backend):
 def test_attention_masks_of_integers_are_errors_as_in_pytorch():
     # an integer 0/1 mask was added to the scores as floats: a likely bool mask, silently wrong
     q = slope.ones((3, 4))
-    with pytest.raises(slope.DTypeError, match="scaled_dot_product_attention: attn_mask must be bool, floating"):
-        nn.functional.scaled_dot_product_attention(q, q, q, slope.ones((3, 3), dtype=slope.int64))
+    for dtype in (slope.int64, slope.float64, slope.float16):  # PyTorch's "float" is float32
+        with pytest.raises(slope.DTypeError, match="scaled_dot_product_attention: attn_mask must be bool, float32"):
+            nn.functional.scaled_dot_product_attention(q, q, q, slope.ones((3, 3), dtype=dtype))
+    q64 = q.astype(slope.float64)
+    assert nn.functional.scaled_dot_product_attention(q64, q64, q64, slope.ones((3, 3))).dtype == slope.float64
     ints = slope.ones((3, 4), dtype=slope.int64)  # (a mask of the query's dtype is PyTorch's third form)
     assert nn.functional.scaled_dot_product_attention(
         ints, ints, ints, slope.ones((3, 3), dtype=slope.int64)

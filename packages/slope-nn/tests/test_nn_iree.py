@@ -146,3 +146,33 @@ def test_traced_indices_out_of_range_raise(op):
     for bad in ([[0, 1, 2, 4]] * 3, negative):
         with pytest.raises(IndexError, match=f"slope.{op}"):
             f(x, slope.tensor(np.array(bad)))
+
+
+def test_max_pool_index_of_a_window_of_padding_only_is_pytorchs():
+    # the window over rows -2..? of a 6-row input with stride 5 and padding 2 holds padding only: PyTorch's index is 2
+    torch = pytest.importorskip("torch")
+    x = np.arange(1, 7, dtype=np.float32).reshape(1, 1, 6, 1)
+    args = ((4, 2), (5, 5), (1, 1), (2, 2))
+    _, expected = torch.nn.functional.max_pool2d(torch.tensor(x), *args, return_indices=True)
+
+    def pool(a):
+        return slope.nn.functional.max_pool(a, *args, return_indices=True)[1]
+
+    for f in (pool, slope.jit(pool)):
+        np.testing.assert_array_equal(f(slope.tensor(x)).numpy(), expected.numpy())
+
+
+def test_max_pool_results_transposed_under_jit_compile():
+    # IREE 3.13 rejected a transpose of the two-result reduce_window ("'linalg.yield' op expected number of yield
+    # values (2)"): a vmap over a max pool's channels under jit, and a permute of its indices
+    x = np.random.default_rng(0).random((4, 2, 6, 6)).astype(np.float32)
+    F = slope.nn.functional
+
+    def loss(a):
+        return (F.max_pool(a, (2, 2)) ** 2).sum()
+
+    grads = slope.jit(slope.vmap(slope.grad(loss), in_axes=1, out_axes=1))(slope.tensor(x)).numpy()
+    indices = slope.jit(lambda a: F.max_pool_argmax(a, (2, 2)).permute((1, 0, 2, 3)))(slope.tensor(x)).numpy()
+    with slope.use_backend("numpy"):
+        np.testing.assert_allclose(grads, slope.vmap(slope.grad(loss), 1, 1)(slope.tensor(x)).numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(indices, F.max_pool_argmax(slope.tensor(x), (2, 2)).permute((1, 0, 2, 3)).numpy())

@@ -272,10 +272,10 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
         if is_causal:
             raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (as PyTorch)")
         attn_mask = _tensor(attn_mask)  # bool: where allowed; others are added
-        # PyTorch's rule: bool, float or the query's dtype (an integer mask for float scores is likely a 0/1 mask
-        # meant as bool)
-        if attn_mask.dtype not in (slope.bool_, query_dtype) and not attn_mask.dtype.is_float:
-            raise slope.DTypeError(f"{name}: attn_mask must be bool, floating-point or the query's dtype "
+        # PyTorch's rule: bool, float32 or the query's dtype (an integer mask for float scores is likely a 0/1 mask
+        # meant as bool; a float64 mask for float32 scores is refused too)
+        if attn_mask.dtype not in (slope.bool_, slope.float32, query_dtype):
+            raise slope.DTypeError(f"{name}: attn_mask must be bool, float32 or the query's dtype "
                                    f"({query_dtype.name}), got {attn_mask.dtype.name} (as PyTorch)")  # fmt: skip
     return q, k, v, attn_mask
 

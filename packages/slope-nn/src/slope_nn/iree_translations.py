@@ -27,7 +27,7 @@ import slope
 from slope import Aval, Instruction, Var
 from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
 
-from .operators import lowest
+from .operators import lowest, padding_only_windows
 
 # per Function: the SSA names of max_pool_argmax results -> (input name, pooling parameters); and
 # (input name, parameters) -> (values, positions) of a pooling already emitted, so a train step pools once
@@ -196,6 +196,14 @@ def _max_pool_argmax(fn: Function, inputs: list[str], instruction: Instruction) 
         f"    }}) {{{attributes}}} : {types} -> ({tensor_type(values_aval)}, {tensor_type(out)})"
     )
     values, index = _emit_results(fn, text, [values_aval, out])
+    # IREE 3.13 fails to compile a transpose of a two-result reduce_window's result ("'linalg.yield' op expected
+    # number of yield values (2)", a vmap over the channels of a max pool's gradient): keep them apart
+    barrier = f"stablehlo.optimization_barrier {values}, {index} : {fn.type(values)}, {fn.type(index)}"
+    values, index = _emit_results(fn, barrier, [values_aval, out])
+    fallback = padding_only_windows(spatial, **params)
+    if fallback is not None:  # a window of padding only: PyTorch's index (the reduction's is the input's size)
+        fixed = fn.broadcast(fn.array(fallback, slope.int64), out.shape)
+        index = fn.select(fn.compare("GE", fixed, fn.constant(0, out)), fixed, index)
     _pools.setdefault(fn, {})[_pool_key(inputs, params)] = (values, index)
     _argmaxes.setdefault(fn, {})[index] = (x_aval, params)
     return index
