@@ -62,10 +62,9 @@ class Backend:
     def check_dtype(self, dtype: DType, function: str) -> None:
         """Raise a clear error naming the function when this backend cannot hold the dtype."""
         if dtype not in self.dtypes:
-            raise SlopeBackendError(
-                f"slope.{function}: backend {self.name!r} cannot run dtype {dtype.name} "
-                f"(it supports {sorted(d.name for d in self.dtypes)}); cast the tensor or use another backend"
-            )
+            supported = sorted(d.name for d in self.dtypes)
+            what = f"backend {self.name!r} cannot run dtype {dtype.name} (it supports {supported})"
+            raise SlopeBackendError(f"slope.{function}: {what}; cast the tensor or use another backend")
 
 
 def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
@@ -107,9 +106,7 @@ def _default_backend_name() -> str:
 def get_backend(name: str | None = None) -> Backend:
     """The active backend (or the named one)."""
     if name is None:
-        if _state["backend"] is None:
-            _state["backend"] = get_backend(_default_backend_name())
-        return _state["backend"]
+        return _state["backend"] or set_backend(_default_backend_name())
     if name not in _instances:
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
@@ -204,10 +201,9 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
         needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
         if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
             out = instruction.outputs[0].aval
-            raise SlopeMemoryError(
-                f"slope.{instruction.op.name}: a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} "
-                f"bytes with its inputs; this machine has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)"
-            )
+            what = f"a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} bytes with its inputs"
+            memory = f"this machine has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)"
+            raise SlopeMemoryError(f"slope.{instruction.op.name}: {what}; {memory}")
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)
     check_translations(lowered, backend, device)

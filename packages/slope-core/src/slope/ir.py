@@ -85,14 +85,12 @@ class Program:
             for i, v in enumerate(variables):
                 names.setdefault(v, f"{prefix}{i}")
         computed = [v for instruction in self.instructions for v in instruction.outputs]
-        names.update({v: f"y{i}" for i, v in enumerate(computed)})
-        return names
+        return names | {v: f"y{i}" for i, v in enumerate(computed)}
 
     def __str__(self) -> str:
         names = self.names()
         args = ", ".join(f"{names[v]}: {v.aval}" for v in self.inputs)
-        lines = [f"def program({args}):"]
-        lines += [f"    {names[v]} = constant  # {v.aval}" for v in self.constants]
+        lines = [f"def program({args}):", *(f"    {names[v]} = constant  # {v.aval}" for v in self.constants)]
         for instruction in self.instructions:
             ins, outs = instruction.inputs, instruction.outputs
             call = ", ".join([names[v] for v in ins] + [f"{k}={p!r}" for k, p in instruction.params.items()])

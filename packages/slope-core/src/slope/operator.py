@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError  # noqa: F401 - re-exported
 from .ir import Aval
 from .tensors import Tensor
-from .trace import bind
+from .trace import bind, make_program
 
 
 @dataclass(slots=True)
@@ -38,8 +38,6 @@ class Operator:
         """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""
         if self.procedure is None:
             raise NotImplementedError(f"slope.{self.name}: the operator defines neither `infer` nor a `procedure`")
-        from .trace import make_program
-
         procedure = self.procedure if self.multiple_results else lambda *xs, **ps: [self.procedure(*xs, **ps)]
         outs = make_program(lambda *xs: procedure(*xs, **params), list(avals)).out_avals
         return outs if self.multiple_results else outs[0]
@@ -92,6 +90,4 @@ def move_axis(x: Tensor, source: int, destination: int) -> Tensor:
 
 def batch_to_front(x: Tensor, dim: int | None, axis_size: int) -> Tensor:
     """The tensor with its batch dimension first; an unbatched tensor is broadcast along a new one."""
-    if dim is None:
-        return x.reshape((1, *x.shape)).expand((axis_size, *x.shape))
-    return move_axis(x, dim, 0)
+    return x.reshape((1, *x.shape)).expand((axis_size, *x.shape)) if dim is None else move_axis(x, dim, 0)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pluggy
 
 from .errors import SlopePluginError, SlopePluginWarning
+from .tensors import Tensor, functions
 
 hookspec, hookimpl = pluggy.HookspecMarker("slope"), pluggy.HookimplMarker("slope")
 
@@ -75,8 +76,6 @@ def problem(plugin: str, message: str, strict: bool = False, outcome: str = "ski
 
 def _reserved(name: str) -> bool:
     """Names Slope itself uses: `slope.grad`, `slope.nn`, Tensor's own methods such as `numpy`."""
-    from .tensors import Tensor
-
     ours = getattr(Tensor.__dict__.get(name), "_slope_function", name not in Tensor.__dict__)  # (plugins' methods)
     return name in vars(sys.modules["slope"]) or name in ("nn", "testing", "distributed") or not ours
 
@@ -118,8 +117,6 @@ def _table(kind: str, value: Any) -> dict:
 
 def refresh(strict_plugin: str | None = None) -> None:
     """Rebuild the registries from every registered plugin's hooks (a bad contribution is skipped with a warning)."""
-    from .tensors import Tensor, functions
-
     for registry in (operators, procedures, backends, owners):
         registry.clear()
     for kind, registry in (("operator", operators), ("procedure", procedures), ("backend", backends)):
@@ -182,9 +179,8 @@ def register(plugin: Any, name: str | None = None) -> None:
     try:
         refresh(strict_plugin=name)
     except Exception:
-        manager.unregister(plugin)
         failed.pop(name, None)
-        refresh()
+        unregister(plugin)
         raise
 
 

@@ -63,9 +63,8 @@ def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Te
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
     """The procedure of `random_normal`: Box-Muller on two uniform streams."""
-    # log and cos run in float64, rounded once: float32 kernels differ across backends in the last bit
     count = math.prod(shape)
-    u = _unit_floats(key, 2 * count, dtypes.float64)
+    u = _unit_floats(key, 2 * count, dtypes.float64)  # log, cos in float64, rounded once: float32's differ by backend
     radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
     return ops.cast((radius * (u[count:] * (2 * math.pi)).cos()).reshape(shape), dtype)  # (angles of 0 to 2 pi)
 

@@ -84,10 +84,9 @@ class Tensor:
     def _scalar(self, what: str) -> Any:
         self._concrete(what)
         if self.aval.size != 1:
-            raise ValueError(
-                f"slope: {what} needs a one-element tensor, got shape {self.shape} ({self.aval.size} elements); "
-                "reduce it first (.any(), .all(), .sum(), ...)"
-            )
+            got = f"got shape {self.shape} ({self.aval.size} elements)"
+            hint = "reduce it first (.any(), .all(), .sum(), ...)"
+            raise ValueError(f"slope: {what} needs a one-element tensor, {got}; {hint}")
         return self.numpy().reshape(()).item()
 
     def __index__(self) -> int:
@@ -141,8 +140,7 @@ class Tensor:
 
 
 # Python operators -> slope functions; the second table's entries also get their reflected form (__radd__ ...).
-_comparisons = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
-                "ge": "greater_equal"}  # fmt: skip
+_comparisons = dict(eq="equal", ne="not_equal", lt="less", le="less_equal", gt="greater", ge="greater_equal")
 _arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "floordiv": "floor_divide",
                "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
                "xor": "bitwise_xor"}  # fmt: skip

@@ -37,11 +37,9 @@ class Trace:
             return self.pure(value)
         if value._trace.main is self.main:
             return value
-        raise SlopeTraceError(
-            "slope: a traced value escaped the transformation that created it "
-            f"(a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}); "
-            "return values from transformed functions instead of storing them"
-        )
+        where = f"a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}"
+        hint = "return values from transformed functions instead of storing them"
+        raise SlopeTraceError(f"slope: a traced value escaped the transformation that created it ({where}); {hint}")
 
 
 class Tracer(Tensor):
