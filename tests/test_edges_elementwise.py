@@ -358,3 +358,19 @@ def test_integer_powers_match_pytorch(backend, dtype):
         torch.tensor(x) ** -1
     with pytest.raises(slope.DTypeError, match="slope.pow: Integers to negative integer powers are not allowed"):
         slope.tensor(x) ** -1
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_log2_is_exact_at_powers_of_two(backend, dtype):
+    # log(x) / ln 2 rounds to 2.9999999999999996 at 8.0 (floor(log2(8)) was 2); PyTorch's log2 is exact there
+    powers = [2.0**k for k in range(-14, 16)] + [0.0, math.inf]
+    others = [3.0, 7.0, 0.1, 1000.0, -1.0, math.nan]
+    x = np.array(powers + others)
+    expected = torch.log2(as_torch(x, dtype))
+    for f in (slope.log2, slope.jit(slope.log2)):
+        got = values(f(as_slope(x, dtype)))
+        np.testing.assert_array_equal(got[: len(powers)], values(expected)[: len(powers)])
+        rtol = {"float16": 1e-3, "bfloat16": 8e-3, "float32": 3e-7, "float64": 3e-16}[dtype]  # (1 ulp elsewhere)
+        np.testing.assert_allclose(got[len(powers) :], values(expected)[len(powers) :], rtol=rtol)
+    grad = slope.grad(lambda v: slope.log2(v).sum())(slope.tensor([8.0, 3.0], dtype="float64"))
+    np.testing.assert_allclose(grad.numpy(), 1 / (np.array([8.0, 3.0]) * math.log(2)), rtol=1e-15)

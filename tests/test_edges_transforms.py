@@ -93,3 +93,32 @@ def test_clamp_jvp_at_a_tie_is_its_vjp_transposed(backend: str, bound: str) -> N
     gx, gb = slope.vjp(fn, *primals)[1](slope.tensor(ct))
     assert float((tangent * ct).sum()) == pytest.approx(float((gx.numpy() * tx).sum() + (gb.numpy() * tb).sum()))
     assert tangent[1] == tx[1]  # the tie: x's tangent, as PyTorch's reverse mode (its forward mode gives tb[1])
+
+
+def test_vmap_passes_unmapped_python_numbers_as_they_are(backend: str) -> None:
+    """An in_axes=None Python number became a float32/int64 0-d tensor: a float64 input times 0.1 used float32's
+    0.1, a float16 one became float32, an int32 one int64, and a size for reshape failed (JAX keeps them as given)."""
+    x = slope.tensor([1.0, 3.0], dtype=slope.float64)
+    scaled = slope.vmap(lambda a, s: a * s, in_axes=(0, None))(x, 0.1)
+    assert scaled.dtype == slope.float64 and scaled.tolist() == [0.1, 3.0 * 0.1]
+    half = slope.tensor([1.5, 2.5], dtype=slope.float16)
+    assert slope.vmap(lambda a, s: a * s, in_axes=(0, None))(half, 0.1).dtype == slope.float16
+    ints = slope.tensor([1, 2], dtype=slope.int32)
+    assert slope.vmap(lambda a, n: a * n, in_axes=(0, None))(ints, 3).dtype == slope.int32
+    assert slope.vmap(lambda a, n: a.reshape(n, -1), in_axes=(0, None))(slope.ones(2, 6), 2).shape == (2, 2, 3)
+
+
+def test_grad_refuses_repeated_argnums(backend: str) -> None:
+    """argnums=(0, 0) gave (0, 12) for a * a * b at (3, 2): the first copy's gradient was lost (torch.func refuses)."""
+    a, b = slope.tensor(3.0), slope.tensor(2.0)
+    for argnums in ((0, 0), (0, -2), (1, -1)):
+        with pytest.raises(slope.TransformError, match="out of range or repeats"):
+            slope.grad(lambda a, b: a * a * b, argnums=argnums)(a, b)
+    assert [g.item() for g in slope.grad(lambda a, b: a * a * b, argnums=(0, 1))(a, b)] == [12.0, 9.0]
+
+
+def test_arange_of_numpy_integers_counts_in_integers(backend: str) -> None:
+    """NumPy integers counted as floats: arange(np.int64(3)) was float32, and 2**24 + 1 was lost."""
+    assert slope.arange(np.int64(3)).dtype == slope.int64
+    assert slope.arange(2**24, np.int64(2**24 + 3)).tolist() == [2**24, 2**24 + 1, 2**24 + 2]
+    assert slope.arange(np.int32(1), 7, np.int8(3)).tolist() == [1, 4]

@@ -401,3 +401,30 @@ def test_where_clip_pow_and_item_assignment_check_python_ints(backend, jitted, l
             return
         got = run(slope.tensor(data))
     assert got.dtype.name == str(expected.dtype).removeprefix("torch.") and got.tolist() == expected.tolist(), label
+
+
+TENSOR_DATA = {
+    "np.float64 in a list": [np.float64(0.1)],
+    "float beside np.float64": [0.5, np.float64(0.1)],
+    "np.int8 in a list": [np.int8(5)],
+    "int beside np.int8": [np.int8(5), 3],
+    "np.int8 beside np.uint8": [np.int8(5), np.uint8(3)],
+    "float beside np.float16": [np.float16(1), 2.0],
+    "float beside np.int8": [np.int8(1), 2.5],
+    "nested np.float64": [[np.float64(1)], [2.0]],
+    "float64 arrays in a list": [np.array([0.1]), np.array([0.2])],
+    "bool beside np.int8": [True, np.int8(2)],
+    "Python ints": [[1, 2], [3, 4]],
+    "Python floats": [1.5, 2.0],
+}
+
+
+@pytest.mark.parametrize("label", sorted(TENSOR_DATA))
+def test_tensor_of_a_list_keeps_the_dtypes_inside_it(backend, label):
+    # NumPy numbers and arrays inside a list counted as Python numbers: [np.float64(0.1)] became float32
+    data = TENSOR_DATA[label]
+    expected = torch.tensor(data)
+    result = slope.tensor(data)
+    assert result.dtype.name == str(expected.dtype).removeprefix("torch."), label
+    assert result.tolist() == expected.tolist()
+    assert slope.tensor([slope.tensor(0.1, dtype=slope.float64)]).dtype == slope.float64

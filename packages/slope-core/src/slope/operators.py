@@ -692,7 +692,7 @@ class Arange(Operator):
         if stop is None:
             start, stop = 0, start
         values = (start, stop, step)
-        default = dtypes.default_int if all(isinstance(v, int) for v in values) else dtypes.default_float
+        default = dtypes.default_int if all(isinstance(v, (int, np.integer)) for v in values) else dtypes.default_float
         dtype = default if dtype is None else dtypes.as_dtype(dtype)
         numbers = all(isinstance(v, (int, float, np.number)) and not math.isnan(v) for v in values)
         fits = dtype.is_float or dtype.is_int and all(float(v).is_integer() for v in values)  # no bool

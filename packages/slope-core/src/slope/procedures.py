@@ -4,6 +4,7 @@ Every public function defined here is registered (see the end) as `slope.NAME` a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -42,7 +43,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))  # np.array copies: later edits of `data` do not leak in
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
-    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else dtypes.infer_python(data))
+    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
     try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
         values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
     except OverflowError as error:
@@ -53,6 +54,19 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
             ops._python_value("tensor", n, dtype)
     array = (values.astype(np.int64, copy=False) if dtype.is_int else values).astype(dtype.numpy, copy=False)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
+
+
+def _infer_sequence(data: Any) -> dtypes.DType:
+    """PyTorch's dtype for nested data: NumPy numbers and arrays and tensors in it keep theirs ([np.int8(5)]: int8)."""
+    own, python, rows = set(), set(), [data] if isinstance(data, (list, tuple)) else []
+    while rows:
+        row = rows.pop()
+        kinds = set(map(type, row))
+        python |= {dtypes.infer_python(kind()) for kind in kinds & {bool, int, float}}  # (a zero of each kind)
+        others = [v for v in row if type(v) not in (bool, int, float)] if kinds - {bool, int, float} else []
+        own |= {dtypes.as_dtype(v.dtype) for v in others if isinstance(v, (np.generic, np.ndarray, Tensor))}
+        rows += [v for v in others if isinstance(v, (list, tuple))]
+    return functools.reduce(dtypes.promote, own | python) if own else dtypes.infer_python(data)
 
 
 def zeros(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
@@ -151,8 +165,11 @@ def tan(x: Any) -> Tensor:
 
 
 def log2(x: Any) -> Tensor:
-    """Base-2 logarithm."""
-    return ops.log(_float(x)) * (1 / math.log(2))
+    """Base-2 logarithm (float16/bfloat16 in float32, rounded once), exact at powers of two (log2(8.0) was 2.99...)."""
+    x = _float(x)
+    y = ops.log(cast(x, _wide(x.dtype))) / math.log(2)
+    k = ops.round_(y)
+    return cast(y + ops.stop_gradient(where((2.0**k == cast(x, y.dtype)) & (k != y), k - y, 0.0)), x.dtype)
 
 
 def log1p(x: Any) -> Tensor:

@@ -205,8 +205,8 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     nums = ints(name, argnums, "argnums")
-    if not all(-count <= n < count for n in nums):
-        raise TransformError(f"slope.{name}: argnums {argnums} is out of range for {count} arguments")
+    if not all(-count <= n < count for n in nums) or len({n % count for n in nums}) < len(nums):
+        raise TransformError(f"slope.{name}: argnums {argnums} is out of range or repeats for {count} arguments")
     return tuple(n % count for n in nums)
 
 
@@ -312,8 +312,9 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     def vmapped(*args: Any) -> Any:
         if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
             raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
-        flat, in_tree = _tensor_leaves(args)
-        axes = _axes_for_leaves("vmap", in_axes, args)
+        leaves, in_tree = tree.flatten(args)
+        axes = _axes_for_leaves("vmap", in_axes, args)  # (unmapped Python numbers stay numbers, as in JAX)
+        flat = [x if a is None and isinstance(x, (int, float)) else as_tensor(x) for x, a in zip(leaves, axes)]
         for x, axis in zip(flat, axes):
             if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
@@ -328,7 +329,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         flat_fn, out_tree = flatten_fun(fn, in_tree)
         with new_main(BatchTrace, axis_size) as main:
             trace = BatchTrace(main)
-            tracers = [BatchTracer(trace, x, a) for x, a in zip(flat, axes)]
+            tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
         targets = _axes_for_leaves("vmap", out_axes, tree.unflatten(out_tree[0], [object() for _ in values]))
