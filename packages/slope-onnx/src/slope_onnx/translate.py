@@ -100,6 +100,42 @@ def _unary(op_type: str) -> Callable:
     return translate
 
 
+# pi/2 in three parts of 33 bits (fdlibm's pio2_1, pio2_2, pio2_3): k * part is exact for |k| < 2**20
+_HALF_PI_PARTS = (1.57079632673412561417e00, 6.07710050630396597660e-11, 2.02226624871116645580e-21)
+
+
+def _sine(op_type: str) -> Callable:
+    """Sin or Cos; float64 reduced by k * pi/2 first (Cody and Waite): onnxruntime's float64 kernels reduce their
+    argument coarsely (sin(pi) was -0.0, not 1.2e-16; 18,000 ulps off near pi, 54 at the 99th percentile on
+    [-20, 20]) and are within 3 ulps on [-pi/4, pi/4]. Beyond |k| = 2**20 (|x| > 1.6e6) the kernel's own result."""
+
+    def translate(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+        out = _out(instruction)
+        if out.dtype != slope.float64:
+            return emit(graph, op_type, inputs, out.dtype, out.shape)
+        x, shape = inputs[0], out.shape
+
+        def node(op: str, *operands: Any) -> str:
+            return graph.node(op, [v if isinstance(v, str) else graph.scalar(v, slope.float64) for v in operands],
+                              shape=shape)  # fmt: skip
+
+        k = node("Round", node("Mul", x, 2 / math.pi))
+        reduced = x
+        for part in _HALF_PI_PARTS:
+            reduced = node("Sub", reduced, node("Mul", k, part))
+        # (onnxruntime's Where turns a -0.0 it takes from its X input into +0.0: -0.0 and its sine come from Y)
+        reduced = node("Where", node("Greater", node("Abs", k), 0.0), reduced, x)
+        # x = k * pi/2 + r: sin x is sin r, cos r, -sin r, -cos r for k = 0, 1, 2, 3 (mod 4); cos x = sin(x + pi/2)
+        quadrant = node("Add", k, 1.0) if op_type == "Cos" else k
+        quadrant = node("Sub", quadrant, node("Mul", node("Floor", node("Mul", quadrant, 0.25)), 4.0))
+        odd = node("Equal", graph.node("Mod", [quadrant, graph.scalar(2.0, slope.float64)], shape=shape, fmod=1), 1.0)
+        value = node("Where", odd, node("Cos", reduced), node("Sin", reduced))
+        value = node("Where", node("GreaterOrEqual", quadrant, 2.0), node("Neg", value), value)
+        return node("Where", node("GreaterOrEqual", node("Abs", k), 2.0**20), node(op_type, x), value)
+
+    return translate
+
+
 def _invert(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     if out.dtype == slope.bool_:  # (not Not: onnxruntime's NotWhereFusion swaps Where(Not(c), x, y)'s x and y, and
@@ -852,8 +888,8 @@ def _scatter_nd(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -
 translations: dict[str, Callable] = {
     "exp": _unary("Exp"),
     "log": _unary("Log"),
-    "sin": _unary("Sin"),
-    "cos": _unary("Cos"),
+    "sin": _sine("Sin"),
+    "cos": _sine("Cos"),
     "sqrt": _unary("Sqrt"),
     "tanh": _unary("Tanh"),
     "floor": _unary("Floor"),
