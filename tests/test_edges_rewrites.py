@@ -147,3 +147,12 @@ def test_arange_of_large_integers(backend, args, dtype):
     kwargs = {"dtype": getattr(slope, dtype)} if dtype else {}
     for result in (slope.arange(*args, **kwargs), slope.jit(lambda: slope.arange(*args, **kwargs))()):
         bits(result, expected)
+
+
+def test_bfloat16_matmul_is_rounded_to_bfloat16(backend):
+    # ml_dtypes' bfloat16 matmul (the numpy backend's) returned its float32 values: [1, 2**-8] @ [1, 1] - 1 was 2**-8
+    a, b = np.array([[1.0, 2.0**-8]], np.float32), np.ones((2, 1), np.float32)
+    expected = torch.tensor(a).bfloat16() @ torch.tensor(b).bfloat16() - 1.0
+    for result in eager_and_jit(lambda a, b: a.astype(slope.bfloat16) @ b.astype(slope.bfloat16) - 1.0, a, b):
+        assert result.dtype == slope.bfloat16
+        bits(result.astype(slope.float32), expected.float())

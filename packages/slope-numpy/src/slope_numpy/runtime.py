@@ -80,6 +80,13 @@ def scatter_nd(x, idx, updates):
     return out
 
 
+def matmul(x, y):
+    """x @ y; bfloat16 in float32, rounded once (ml_dtypes' bfloat16 matmul returns the float32 values unrounded)."""
+    if x.dtype.kind != "V":  # (ml_dtypes' bfloat16 is of kind "V")
+        return np.matmul(x, y)
+    return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(x.dtype)
+
+
 def conv(x, w, stride, padding, dilation, groups):
     """N-d cross-correlation: x (N, C, *S), w (O, C/groups, *K)."""
     n = x.ndim - 2

@@ -134,7 +134,7 @@ translations: dict[str, Callable] = {
     "cat": lambda ins, params, out: f"np.concatenate([{', '.join(ins)}], axis={params['dim']})",
     "full": lambda ins, params, out: f"np.full({params['shape']}, {params['value']!r}, dtype={_dtype(out.dtype)})",
     "arange": _arange,
-    "matmul": _binary("np.matmul"),
+    "matmul": _binary("runtime.matmul"),
     "conv": lambda ins, params, out: (
         f"runtime.conv({ins[0]}, {ins[1]}, {params['stride']}, {params['padding']}, {params['dilation']}, "
         f"{params['groups']})"
