@@ -147,6 +147,43 @@ def test_static_floats_keep_their_sign_and_nan_compiles_once():
     assert len(calls) == 3
 
 
+def test_static_numpy_floats_keep_their_sign():
+    # np.float32(-0.0) == 0.0 and hashes alike: the second module ran the first one's program (inf, not -inf)
+    run, _ = counting_jit()
+    x = slope.ones(2)
+    first, second = (run(Scaled(np.float32(v)), x).numpy() for v in (0.0, -0.0))
+    assert np.signbit(first).tolist() == [False, False] and np.signbit(second).tolist() == [True, True]
+
+
+def test_load_state_dict_keeps_modules_in_dicts_and_tuples():
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = {"a": nn.Linear(2, 2)}
+            self.pair = (nn.Linear(2, 2), nn.Linear(2, 2))
+
+    model = Heads()
+    head, first = model.heads["a"], model.pair[0]
+    model.load_state_dict({name: np.zeros(v.shape, np.float32) for name, v in model.state_dict().items()})
+    assert model.heads["a"] is head and model.pair[0] is first  # updated in place, as PyTorch's
+    assert not head.weight.numpy().any() and not first.bias.numpy().any()
+
+
+def test_a_tensor_shared_by_two_parameters_is_refused_by_optimizers():
+    # b.weight = a.weight trained as two copies that drift apart; PyTorch trains one shared parameter
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+            self.b.weight = self.a.weight
+
+    for optimizer in (nn.SGD(lr=0.1), nn.SGD(lr=0.1, momentum=0.9), nn.Adam(1e-3)):
+        with pytest.raises(ValueError, match="a.weight and b.weight are one tensor"):
+            optimizer.init(Tied())
+    Block()  # separate parameters (zeros included) are never one tensor
+    nn.Adam(1e-3).init(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+
+
 def test_load_state_dict_in_place_and_errors():
     source, target = Block(), Block()
     target.linear = nn.Linear(3, 2, key=slope.random.key(5))

@@ -40,8 +40,8 @@ __all__ = [
 def _freeze(value: Any) -> Any:
     """A hashable key for a static attribute value (lists and dicts by content; floats by their bits, so -0.0 is not
     0.0 and a NaN finds a NaN)."""
-    if isinstance(value, float):
-        return (type(value), value.hex())
+    if isinstance(value, (float, np.floating)):  # (NumPy's too: np.float32(-0.0) == 0.0)
+        return (type(value), float(value).hex())
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(_freeze(v) for v in value))
     if isinstance(value, dict):
@@ -384,17 +384,25 @@ def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, 
 def _assign(target: Module, source: Module) -> None:
     """Copy source's attributes into target in place, keeping the identity of child modules."""
     for name, value in source.__dict__.items():
-        current = target.__dict__.get(name)
-        if isinstance(current, Module) and isinstance(value, Module) and type(current) is type(value):
-            _assign(current, value)
-        elif isinstance(current, list) and isinstance(value, list) and len(current) == len(value):
-            for i, (old, new) in enumerate(zip(current, value)):
-                if isinstance(old, Module) and isinstance(new, Module) and type(old) is type(new):
-                    _assign(old, new)
-                else:
-                    current[i] = new
-        else:
-            target.__dict__[name] = value
+        target.__dict__[name] = _merged(target.__dict__.get(name), value)
+
+
+def _merged(current: Any, value: Any) -> Any:
+    """`value` in the place of `current`: modules of one type updated in place, and lists, dicts and tuples of them
+    item by item (PyTorch's load_state_dict keeps every submodule, in any container); anything else is `value`."""
+    if isinstance(current, Module) and isinstance(value, Module) and type(current) is type(value):
+        _assign(current, value)
+        return current
+    if isinstance(current, (list, tuple)) and type(value) is type(current) and len(current) == len(value):
+        items = [_merged(old, new) for old, new in zip(current, value)]
+        if isinstance(current, list):
+            current[:] = items
+            return current
+        return type(current)(*items) if hasattr(current, "_fields") else tuple(items)  # (a namedtuple, a tuple)
+    if isinstance(current, dict) and isinstance(value, dict) and current.keys() == value.keys():
+        current.update((key, _merged(current[key], new)) for key, new in value.items())
+        return current
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- leaf kinds

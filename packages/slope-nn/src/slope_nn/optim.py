@@ -199,11 +199,17 @@ class Optimizer:
 
     def _mask(self, model: Any, leaves: list) -> list[bool]:
         kinds = leaf_kinds(model)
-        mask = []
+        mask, owners = [], {}
         for leaf, (name, kind) in zip(leaves, kinds):
             ok = kind == "param" and isinstance(leaf, Tensor) and leaf.dtype.is_float
             if ok and self.trainable is not None:
                 ok = bool(self.trainable(name))
+            if ok and owners.setdefault(id(leaf), name) != name:  # (b.weight = a.weight: two leaves of a pytree)
+                raise ValueError(
+                    f"{type(self).__name__}: {owners[id(leaf)]} and {name} are one tensor; a model is a pytree, so "
+                    "they would be trained as two copies that drift apart (PyTorch updates one shared parameter): "
+                    "tie weights through a function of one parameter instead, as Embedding.attend does"
+                )
             mask.append(ok)
         return mask
 
