@@ -44,6 +44,12 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
     return functions["tensor"](value, dtype)
 
 
+def as_float(value: Any) -> Tensor:
+    """A Tensor of a floating dtype: integers and bools become float32, as in PyTorch's floating-point functions."""
+    x = as_tensor(value)
+    return x if x.dtype.is_float else cast(x, dtypes.default_float)
+
+
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """The NumPy broadcast of several shapes, or an error that names the operator and the shapes."""
     ndim, result = max((len(s) for s in shapes), default=0), []
@@ -143,10 +149,7 @@ class Unary(Elementwise):
         self.tangent, self.allowed = tangent or self.tangent, allowed or self.allowed
 
     def __call__(self, x: Any) -> Tensor:
-        x = as_tensor(x)
-        if self.allowed == "float" and not x.dtype.is_float:
-            x = cast(x, dtypes.default_float)
-        return bind(self, x)
+        return bind(self, as_float(x) if self.allowed == "float" else as_tensor(x))
 
     def infer(self, x: Aval) -> Aval:
         if self.allowed == "float" and not x.dtype.is_float:
@@ -223,8 +226,7 @@ class Binary(Elementwise):
             return self.with_scalar(y, x, False)
         if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
             raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
-        x, y = coerce(self.name, x, y)
-        return bind(self, x, y)
+        return bind(self, *coerce(self.name, x, y))
 
     def with_scalar(self, x: Tensor, value: Any, first: bool) -> Tensor:
         """`x op value` (first) or `value op x` in x's dtype; eagerly, one lookup finds the scalar's tensor and program."""
@@ -750,9 +752,7 @@ class Matmul(Operator):
         else:
             batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
             out = bind(self, broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:]))
-        if squeeze:
-            out = reshape(out, tuple(s for i, s in enumerate(out.shape) if i - out.ndim not in squeeze))
-        return out
+        return reshape(out, tuple(s for i, s in enumerate(out.shape) if i - out.ndim not in squeeze))
 
     def infer(self, x: Aval, y: Aval) -> Aval:
         if x.ndim < 2 or x.ndim != y.ndim or x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
@@ -805,11 +805,9 @@ class Conv(Operator):
         if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
             raise self.shape_error(f"expected x (N, C, *spatial), w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
         if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups or not w.shape[0]:  # (PyTorch: O > 0 too)
-            raise self.shape_error(
-                f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape} "
-                f"with groups={groups} (expected {w.shape[1] * groups} input channels, and output channels a positive "
-                f"multiple of {groups})"
-            )
+            misfit = f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape}"
+            expected = f"{w.shape[1] * groups} input channels, and output channels a positive multiple of {groups}"
+            raise self.shape_error(f"{misfit} with groups={groups} (expected {expected})")
         if x.dtype != w.dtype or not x.dtype.is_float:
             raise self.dtype_error(f"expected floating inputs of one dtype, got {x.dtype.name} and {w.dtype.name}")
         spatial, kernel = [], w.shape[2:]

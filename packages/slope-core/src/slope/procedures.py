@@ -153,20 +153,15 @@ def abs_(x: Any) -> Tensor:
     return x * sign(x) + 0  # + 0: |-0.0| is 0.0 (x * sign(x) is -0.0 there)
 
 
-def _float(x: Any) -> Tensor:
-    x = as_tensor(x)
-    return x if x.dtype.is_float else cast(x, dtypes.default_float)
-
-
 def tan(x: Any) -> Tensor:
     """Tangent."""
-    x = _float(x)
+    x = ops.as_float(x)
     return ops.sin(x) / ops.cos(x)
 
 
 def log2(x: Any) -> Tensor:
     """Base-2 logarithm (float16/bfloat16 in float32, rounded once), exact at powers of two (log2(8.0) was 2.99...)."""
-    x = _float(x)
+    x = ops.as_float(x)
     y = ops.log(cast(x, _wide(x.dtype))) / math.log(2)
     k = ops.round_(y)
     return cast(y + ops.stop_gradient(where((2.0**k == cast(x, y.dtype)) & (k != y), k - y, 0.0)), x.dtype)
@@ -174,7 +169,7 @@ def log2(x: Any) -> Tensor:
 
 def log1p(x: Any) -> Tensor:
     """log(1 + x), exact for tiny x: log(u), u = 1 + x, plus u's rounding error over u where |x| < 0.5."""
-    x = _float(x)
+    x = ops.as_float(x)
     t = where(abs_(x) >= 0.5, 0.0, x)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
     series = t * (1.0 - t * (0.5 - t / 3.0))  # x where x * x is 0 (-0.0 too), with log1p's derivatives (d2 -1, not 0)
     return where(x * x > 0.0, ops.log(x + 1.0) + (t - ((t + 1.0) - 1.0)) / (t + 1.0), series)
@@ -182,12 +177,12 @@ def log1p(x: Any) -> Tensor:
 
 def exp2(x: Any) -> Tensor:
     """2 ** x, as pow: exp(x * ln 2) rounds x * ln 2 first (bfloat16 2 ** 100 was 27% off, float16's 0.3%)."""
-    return 2.0 ** _float(x)
+    return 2.0 ** ops.as_float(x)
 
 
 def rsqrt(x: Any) -> Tensor:
     """1 / sqrt(x)."""
-    return 1.0 / ops.sqrt(_float(x))
+    return 1.0 / ops.sqrt(ops.as_float(x))
 
 
 def square(x: Any) -> Tensor:
@@ -198,13 +193,13 @@ def square(x: Any) -> Tensor:
 
 def reciprocal(x: Any) -> Tensor:
     """1 / x."""
-    return 1.0 / _float(x)
+    return 1.0 / ops.as_float(x)
 
 
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
     x, y = coerce("true_divide", *(float(v) if isinstance(v, (int, np.integer)) else v for v in (x, y)))
-    return ops.div(x, y) if x.dtype.is_float else ops.div(cast(x, dtypes.default_float), cast(y, dtypes.default_float))
+    return ops.div(ops.as_float(x), ops.as_float(y))
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -299,7 +294,7 @@ def _wide(dtype: dtypes.DType) -> dtypes.DType:
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
-    x = _float(x)
+    x = ops.as_float(x)
     count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
     return cast(ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count), x.dtype)
 
@@ -315,7 +310,7 @@ def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
-    x = _float(x)  # bfloat16 in float64: its sums overflow float32, its squares underflow it (not PyTorch's Welford's)
+    x = ops.as_float(x)  # bfloat16 in float64: sums overflow float32, squares underflow it (not PyTorch's Welford's)
     wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
     if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
@@ -340,10 +335,9 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
     dims = normalize_dims("prod", dim, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims]
-    kept_shape = tuple(x.shape[d] for d in kept)
-    out_shape = tuple(1 if d in dims else s for d, s in enumerate(x.shape)) if keepdim else kept_shape
+    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
-    x = x.permute((*kept, *dims)).reshape((*kept_shape, reduced))
+    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
     while x.shape[-1] > 1:
         if x.shape[-1] % 2:
             x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
@@ -522,10 +516,9 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
     for shift, dim in zip(shifts, dims):
         dim = ops.normalize_dim("roll", dim, x.ndim, needs_dim=True)
         size = x.shape[dim]
-        if size == 0 or shift % size == 0:
-            continue
-        head, tail = split(x, [size - shift % size, shift % size], dim)
-        x = ops.cat([tail, head], dim)
+        if size and shift % size:
+            head, tail = split(x, [size - shift % size, shift % size], dim)
+            x = ops.cat([tail, head], dim)
     return x
 
 

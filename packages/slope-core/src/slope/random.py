@@ -26,8 +26,7 @@ def _shift_right(x: Tensor, n: int) -> Tensor:
 
 
 def _rotate_left(x: Tensor, r: int) -> Tensor:
-    high = _mask(x * (1 << r))  # x < 2**32 and r < 32 keep the product below 2**63
-    return ops.bitwise_or(high, _shift_right(x, 32 - r))
+    return ops.bitwise_or(_mask(x * (1 << r)), _shift_right(x, 32 - r))  # x < 2**32, r < 32: x * 2**r < 2**63
 
 
 def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
@@ -151,6 +150,5 @@ def manual_seed(seed: int) -> None:
 def next_key() -> Tensor:
     """A fresh key from the global generator."""
     with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
-        new, sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
-        _global["key"] = new
+        _global["key"], sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
     return sub

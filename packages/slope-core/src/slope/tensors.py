@@ -52,11 +52,10 @@ class Tensor:
 
     def _concrete(self, what: str) -> None:
         if self.buffer is None:
-            raise SlopeTraceError(
-                f"slope: {what} needs a concrete value, but this tensor {self.aval} is traced inside a transformation "
-                "(jit, grad, vmap, ...); Python control flow on traced values is not possible: use slope.where, "
-                "or mark the argument static with jit(static_argnums=...)"
-            )
+            traced = f"this tensor {self.aval} is traced inside a transformation (jit, grad, vmap, ...)"
+            why = "Python control flow on traced values is not possible"
+            hint = "use slope.where, or mark the argument static with jit(static_argnums=...)"
+            raise SlopeTraceError(f"slope: {what} needs a concrete value, but {traced}; {why}: {hint}")
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
