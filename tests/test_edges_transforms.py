@@ -122,3 +122,28 @@ def test_arange_of_numpy_integers_counts_in_integers(backend: str) -> None:
     assert slope.arange(np.int64(3)).dtype == slope.int64
     assert slope.arange(2**24, np.int64(2**24 + 3)).tolist() == [2**24, 2**24 + 1, 2**24 + 2]
     assert slope.arange(np.int32(1), 7, np.int8(3)).tolist() == [1, 4]
+
+
+def test_custom_rules_must_match_their_outputs_and_inputs(backend: str) -> None:
+    """A custom_jvp rule's tangent of the wrong shape gave jacfwd a (3,) Jacobian of a (3,) -> (3,) function, and a
+    custom_vjp cotangent of another dtype a float32 gradient for a float64 input, silently (JAX refuses both)."""
+    x = slope.tensor([0.1, 0.2, 0.3], dtype=slope.float64)
+    g = slope.custom_jvp(lambda v: v.sin())
+    g.defjvp(lambda p, t: (p[0].sin(), (t[0] * p[0].cos()).sum()))
+    with pytest.raises(slope.TransformError, match="custom_jvp: the rule's tangents"):
+        slope.jacfwd(g)(x)
+    f = slope.custom_vjp(lambda v: v * 2.0)
+    f.defvjp(lambda v: (v * 2.0, None), lambda r, ct: (ct.astype(slope.float32) * 2.0,))
+    with pytest.raises(slope.TransformError, match="custom_vjp: the backward function returned a cotangent"):
+        slope.grad(lambda v: f(v).sum())(x)
+    good = slope.custom_jvp(lambda v: v.sin())
+    good.defjvp(lambda p, t: (p[0].sin(), t[0] * p[0].cos()))
+    np.testing.assert_allclose(slope.jacfwd(good)(x).numpy(), np.diag(np.cos(x.numpy())))
+
+
+def test_jit_static_argnums_count_from_the_end(backend: str) -> None:
+    """static_argnums=-1 was ignored: the size was traced, and reshape failed on a traced tensor."""
+    f = slope.jit(lambda x, n: x.reshape(n, -1), static_argnums=-1)
+    assert f(slope.ones(6), 2).shape == (2, 3) and f(slope.ones(6), 3).shape == (3, 2)
+    with pytest.raises(slope.TransformError, match="static_argnums"):
+        slope.jit(lambda x, n: x, static_argnums=-3)(slope.ones(2), 1)

@@ -422,7 +422,11 @@ class CustomJVPCall(_CustomCall):
 
     def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
-        return [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
+        outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
+        if [t.aval for t in tangent_outs] != [o.aval for o in outs]:  # (JAX checks too: jacfwd had a wrong shape)
+            got, expected = [t.aval for t in tangent_outs], [o.aval for o in outs]
+            raise TransformError(f"slope.custom_jvp: the rule's tangents {got} do not match its outputs {expected}")
+        return outs, tangent_outs
 
 
 class CustomVJPLinear(_CustomCall):
@@ -443,10 +447,10 @@ class CustomVJPLinear(_CustomCall):
         if len(flat) != len(linear_avals):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
-            if ct is not None and as_tensor(ct).shape != aval.shape:
+            if ct is not None and as_tensor(ct).aval != aval:
                 raise TransformError(
                     f"slope.custom_vjp: the backward function returned a cotangent of shape {as_tensor(ct).shape} "
-                    f"for input {i} of shape {aval.shape}; expected the input's shape"
+                    f"({as_tensor(ct).dtype.name}) for input {i} of shape {aval.shape} ({aval.dtype.name}); expected both"
                 )
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
@@ -535,9 +539,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         """The compiled entry for these arguments (by tree, tensor avals, other leaves), their tensors, backend, device."""
         if self.static_argnums or self.static_argnames:
-            if (n := max(self.static_argnums, default=-1)) >= len(args):
-                raise TransformError(f"slope.jit: static_argnums {n} is out of range for {len(args)} arguments")
-            args = tuple(_static(a) if i in self.static_argnums else a for i, a in enumerate(args))
+            if bad := [n for n in self.static_argnums if not -len(args) <= n < len(args)]:  # (negative: from the end)
+                raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {len(args)} arguments")
+            static = {n % len(args) for n in self.static_argnums}
+            args = tuple(_static(a) if i in static else a for i, a in enumerate(args))
             kwargs = {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else functions["tensor"](a) for a in args], ()
