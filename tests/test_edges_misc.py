@@ -407,3 +407,53 @@ def test_integer_linspace_truncates_its_ends_as_pytorch(backend, dtype):
     for end in (float("inf"), float("nan")):  # a wrong number in every position before
         with pytest.raises(ValueError, match=f"slope.linspace: {end} does not fit {dtype}"):
             slope.linspace(0, end, 3, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------- random
+
+
+def test_bernoulli_of_a_tensor_p_draws_once_per_element(backend):
+    """bernoulli(key, p) of a (1000,) p used one draw for every element: all True or all False."""
+    k = slope.random.key(0)
+    for draw in (
+        lambda k: slope.random.bernoulli(k, slope.full((1000,), 0.5)),
+        slope.jit(lambda k: slope.random.bernoulli(k, slope.full((1000,), 0.5))),
+    ):
+        assert 0.4 < draw(k).numpy().mean() < 0.6
+    assert slope.random.bernoulli(k, slope.full((3,), 0.5), (2, 3)).shape == (2, 3)
+    assert slope.random.bernoulli(k).shape == () and slope.random.bernoulli(k, 0.3, (10,)).shape == (10,)
+
+
+@pytest.mark.parametrize(
+    "dtype,low,high", [("float16", 10.0, 11.0), ("bfloat16", 10.0, 11.0), ("float32", 100.0, 101.0)]
+)
+def test_uniform_stays_below_maxval(backend, dtype, low, high):
+    """Scaled draws that round up to maxval in the dtype (float16 10 + 0.9999 is 11) returned maxval."""
+    values = slope.random.uniform(slope.random.key(0), (10**5,), dtype, minval=low, maxval=high)
+    got = values.astype(slope.float64).numpy()
+    assert got.min() >= low and got.max() < high
+
+
+def test_randint_refuses_ranges_it_cannot_draw(backend):
+    """Ranges beyond 2**32 (one 32-bit word a draw) gave values outside [minval, maxval); float16 draws beyond its
+    exact integers rounded to inf or to maxval."""
+    k = slope.random.key(0)
+    for args in [(-(2**62), 2**62, "int64"), (0, 2**40, "int64"), (0, 100000, "float16"), (0, 1000, "bfloat16")]:
+        with pytest.raises(ValueError, match="slope.random.randint"):
+            slope.random.randint(k, (4,), args[0], args[1], args[2])
+    full = slope.random.randint(k, (10**4,), 0, 2**32).numpy()
+    assert full.min() >= 0 and full.max() < 2**32 and full.max() > 2**31
+    assert slope.random.randint(k, (100,), -256, 256, "bfloat16").astype(slope.float64).numpy().max() < 256
+
+
+def test_keys_are_checked_and_fold_in_keeps_64_bits(backend):
+    """fold_in(k, 2**32 + 5) was fold_in(k, 5); split of a (2, 2) batch of keys ran on the mixed words."""
+    k = slope.random.key(0)
+    assert (slope.random.fold_in(k, 2**32 + 5).numpy() != slope.random.fold_in(k, 5).numpy()).any()
+    assert (slope.random.fold_in(k, 5).numpy() != slope.random.fold_in(k, 6).numpy()).any()
+    batch = slope.random.split(k, 2)
+    for f in (lambda: slope.random.split(batch), lambda: slope.random.fold_in(batch, 3),
+              lambda: slope.random.randint(batch, (3,), 0, 10), lambda: slope.random.permutation(batch, 4)):  # fmt: skip
+        with pytest.raises(TypeError, match="expected a key"):
+            f()
+    assert slope.vmap(lambda key: slope.random.uniform(key, (2,)))(batch).shape == (2, 2)

@@ -75,7 +75,7 @@ def key(seed: int) -> Tensor:
 
 
 def _check_key(name: str, k: Any, shape: Any = ()) -> tuple[int, ...]:
-    if not isinstance(k, Tensor) or k.shape[-1:] != (2,) or k.dtype != dtypes.int64:
+    if not isinstance(k, Tensor) or k.shape != (2,) or k.dtype != dtypes.int64:  # (a batch of keys: vmap it)
         described = k.aval if isinstance(k, Tensor) else type(k).__name__
         raise TypeError(f"slope.random.{name}: expected a key (int64 tensor of shape (2,)), got {described}")
     return ops.shape_args(f"random.{name}", (shape,), 0)
@@ -90,14 +90,18 @@ def split(k: Tensor, num: int = 2) -> Tensor:
 def fold_in(k: Tensor, data: int) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    counter = ops.constant(int(data) & _MASK, dtypes.int64, (1,))
-    return ops.cat(threefry2x32(k[0:1], k[1:2], ops.constant(0, dtypes.int64, (1,)), counter))
+    (data,) = ops.ints("random.fold_in", data, "data", count=1)  # (64 bits: 2**32 + 5 is not 5)
+    high, low = (ops.constant(word & _MASK, dtypes.int64, (1,)) for word in (data >> 32, data))
+    return ops.cat(threefry2x32(k[0:1], k[1:2], high, low))
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
-    """Uniform samples in [minval, maxval)."""
+    """Uniform samples in [minval, maxval) (what rounds up to maxval in the dtype is its next value down)."""
     values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
-    return values if (minval, maxval) == (0.0, 1.0) else values * (maxval - minval) + minval
+    if (minval, maxval) == (0.0, 1.0):
+        return values
+    below = np.nextafter(np.array(maxval, values.dtype.numpy), np.array(minval, values.dtype.numpy))
+    return (values * (maxval - minval) + minval).clip(max=float(below))
 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
@@ -110,15 +114,18 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     shape, (minval, maxval) = _check_key("randint", k, shape), ops.ints("random.randint", (minval, maxval), "bounds")
     dtype = dtypes.as_dtype(dtype or dtypes.int64)
     info = np.iinfo(dtype.numpy if dtype.is_int else np.int64)
-    lowest, highest = (0, 1) if dtype == dtypes.bool_ else (info.min, info.max)  # bools draw False or True
-    if not lowest <= minval < maxval <= highest + 1:
-        raise ValueError(f"slope.random.randint: expected minval < maxval in {dtype.name}, got {minval} and {maxval}")
+    exact = {"float16": 2**11, "bfloat16": 2**8, "float32": 2**24, "float64": 2**53}.get(dtype.name)  # (integers)
+    lowest, highest = (0, 1) if dtype == dtypes.bool_ else (-exact, exact - 1) if exact else (info.min, info.max)
+    if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (one 32-bit word a draw)
+        raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
+                         f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
     return ops.cast(random_bits(k, math.prod(shape)).reshape(shape) % (maxval - minval) + minval, dtype)
 
 
-def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = ()) -> Tensor:
-    """Bools that are True with probability p."""
-    return uniform(k, shape) < p
+def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = None) -> Tensor:
+    """Bools that are True with probability p, one draw each: of p's shape broadcast with `shape` (as JAX's)."""
+    p, shape = ops.as_tensor(p), () if shape is None else _check_key("bernoulli", k, shape)
+    return uniform(k, ops.broadcast_shapes("random.bernoulli", shape, p.shape)) < p
 
 
 def permutation(k: Tensor, n: Any) -> Tensor:
