@@ -100,6 +100,7 @@ def collectives() -> None:
     assert isinstance(summed["a"], slope.Tensor) and isinstance(summed["b"], np.ndarray)
     assert dist.all_reduce({"a": tree["a"]}, op="max")["a"].tolist() == [2.0, 4.0]
     assert dist.all_reduce(tree["a"], op="mean").tolist() == [1.5, 3.0]
+    assert dist.all_reduce({}) == {} and dist.pmean(()) == ()  # (the shared-memory path had nothing to unpack)
     got = dist.broadcast({"w": slope.tensor([float(r), 7.0])}, root=1)
     assert got["w"].tolist() == [1.0, 7.0]
     assert dist.shard(np.arange(5)).tolist() == [[0, 1], [2, 3]][r]

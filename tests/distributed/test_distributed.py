@@ -221,6 +221,21 @@ def test_pmean_under_transforms_in_one_process():
         slope.grad(lambda v: dist.all_reduce(v, op="max").sum())(x)
 
 
+def test_data_parallel_stages_that_read_earlier_pieces_and_other_leaves_by_bits():
+    """A reduction at a later stage reading a value of an earlier piece raised KeyError; a non-tensor argument's
+    cache key compared with == (np.float64 0.0 and -0.0, np.int64(2) and np.float64(2.0) shared one program)."""
+    x = slope.tensor([1.0, 2.0])
+    f = lambda v: dist.psum((dist.psum(v) * 2.0, v * 3.0))  # noqa: E731
+    for got, want in zip(dist.data_parallel(f)(x), f(x)):
+        assert got.tolist() == want.tolist()
+    divide = dist.data_parallel(lambda v, s: dist.psum(v / s))
+    assert divide(x, np.float64(0.0)).tolist() == [np.inf] * 2 and divide(x, np.float64(-0.0)).tolist() == [-np.inf] * 2
+    ints = slope.tensor(np.array([3, 5], np.int32))
+    scale = dist.data_parallel(lambda v, s: dist.psum(v * s))
+    assert scale(ints, np.int64(2)).dtype == slope.int32 and scale(ints, np.float64(2.0)).dtype == slope.float32
+    assert dist.all_reduce({}) == {} and dist.pmean(()) == ()
+
+
 def test_data_parallel_without_pmean_runs_on_one_rank_only(monkeypatch):
     from slope_distributed import collectives
 

@@ -127,6 +127,8 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
 
         return slope.tree.unflatten(treedef, all_reduce_operator(leaves, op))
     arrays = [_as_numpy("all_reduce", leaf) for leaf in leaves]
+    if not leaves:  # (the shared-memory path has nothing to pack)
+        return tree
     if op == "mean":
         _check_floats("all_reduce", arrays, leaves, treedef)
     if _state["engine"] is None and launcher_rank_and_size() is None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import numpy as np
+
 import slope
 from slope import Operator, Tensor
 from slope.backend import compile_program, default_device, run_executable
@@ -122,10 +124,10 @@ class SplitProgram:
                 pieces[k].append(instruction)
                 level.update(dict.fromkeys(instruction.outputs, k))
         self.reduction_count = sum(len(group) for r in reductions for group in r.values())
-        self.stages = [self._stage(program, pieces, k, reductions[k]) for k in range(len(pieces))]
+        self.stages = [self._stage(program, pieces, k, reductions) for k in range(len(pieces))]
 
-    def _stage(self, program: Program, pieces: list, k: int, reductions: dict) -> _Stage:
-        instructions = pieces[k]
+    def _stage(self, program: Program, pieces: list, k: int, all_reductions: list) -> _Stage:
+        instructions, reductions = pieces[k], all_reductions[k]
         if not instructions:
             return _Stage(None, None, reductions)
         produced = {v for instruction in instructions for v in instruction.outputs}
@@ -133,7 +135,7 @@ class SplitProgram:
         for j, piece in enumerate(pieces):
             if j != k:
                 used_elsewhere.update(v for instruction in piece for v in instruction.inputs)
-        for group in reductions.values():
+        for group in (group for stage in all_reductions for group in stage.values()):  # (a later stage's too)
             used_elsewhere.update(v for instruction in group for v in instruction.inputs)
         constants = dict(zip(program.constants, program.constant_values))
         needed = [v for instruction in instructions for v in instruction.inputs if v not in produced]
@@ -181,12 +183,15 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
     def _split(self, args: tuple) -> tuple[SplitProgram, list[Tensor]]:
         leaves, in_tree = slope.tree.flatten(args)
-        leaves = [slope.tensor(leaf) if type(leaf) in (float, int) else leaf for leaf in leaves]
+        leaves = [slope.tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]  # (as jit)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
         backend = slope.get_backend()
         device = tensors[0].device if tensors else default_device()
-        key = (in_tree, tuple(t.aval for t in tensors), others, backend.name, device)
+        # other leaves by type and value, floats by their bits (as jit's): np.float64 0.0 and -0.0, or np.int64(2) and
+        # np.float64(2.0), are equal and hash alike, and shared one program
+        static = tuple((i, type(v), float(v).hex() if isinstance(v, (float, np.floating)) else v) for i, v in others)
+        key = (in_tree, tuple(t.aval for t in tensors), static, backend.name, device)
         split = self.cache.get(key)
         if split is None:
             split = self.cache[key] = self._compile(in_tree, tensors, others, backend, device)
