@@ -111,9 +111,9 @@ def result_type(*values: object) -> DType:
 
 
 def wrap(value: object, dtype: DType) -> object:
-    """A Python scalar as `dtype` holds it: ints modulo 2**bits, floats rounded (beyond range: inf), as in PyTorch."""
+    """A scalar or array as `dtype` holds it, as PyTorch: ints modulo 2**bits, floats rounded (float16 via float32)."""
     with np.errstate(over="ignore"):  # ints outside [-2**63, 2**64) raise OverflowError, as in PyTorch
-        return np.array(value).astype(dtype.numpy)[()]
+        return np.array(value).astype(np.float32 if dtype.name == "float16" else dtype.numpy).astype(dtype.numpy)[()]
 
 
 def infer_python(value: object, name: str = "tensor") -> DType:

@@ -672,7 +672,7 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     low = -high if symmetric else int(limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")
-    return _Value(value) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
+    return _Value(dtypes.wrap(value, dtype)) if dtype.is_float else int(dtypes.wrap(int(value), dtype))
 
 
 class Full(Operator):
