@@ -156,3 +156,32 @@ def test_bfloat16_matmul_is_rounded_to_bfloat16(backend):
     for result in eager_and_jit(lambda a, b: a.astype(slope.bfloat16) @ b.astype(slope.bfloat16) - 1.0, a, b):
         assert result.dtype == slope.bfloat16
         bits(result.astype(slope.float32), expected.float())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_repeated_scatter_adds_accumulate_in_float32(backend, dtype):
+    # 1000 bfloat16 ones added one by one in bfloat16 stop at 256 (float16: 3000 at 2048); onnxruntime and PyTorch's
+    # scatter_add add in float32 and round once: the numpy backend and iree's .at[].add and gather gradient did not
+    n = 1000 if dtype == "bfloat16" else 3000
+    index, ones = slope.zeros((n,), dtype=slope.int64), slope.ones((n,), dtype=dtype)
+    zero = slope.zeros((1,), dtype=dtype)
+    expected = torch.zeros(1, dtype=getattr(torch, dtype)).scatter_add(0, torch.zeros(n, dtype=torch.int64),
+                                                                        torch.ones(n, dtype=getattr(torch, dtype)))  # fmt: skip
+    results = [slope.scatter_add(zero, 0, index, ones), zero.at[index].add(ones),
+               slope.jit(lambda z, i, u: z.at[i].add(u))(zero, index, ones),
+               slope.grad(lambda w: w[index].astype(slope.float32).sum())(slope.ones((2,), dtype=dtype))[:1]]  # fmt: skip
+    for result in results:
+        assert result.astype(slope.float32).item() == expected.float().item() == n
+
+
+def test_numpy_of_a_tensor_is_a_copy(backend):
+    # the numpy backend handed back its buffer: writing to it changed a jitted program's constant and other tensors
+    f = slope.jit(lambda x: (x, slope.tensor([1.0, 2.0]) * 1.0 + x * 0.0))
+    x = slope.ones((2,))
+    a, c = f(x)
+    c.numpy()[0], a.numpy()[1] = 99.0, -5.0
+    np.asarray(x)[0] = 7.0
+    assert f(slope.ones((2,)))[1].tolist() == [1.0, 2.0] and x.tolist() == [1.0, 1.0] and a.tolist() == [1.0, 1.0]
+    y = slope.tensor([1.0, 2.0, 3.0])
+    np.asarray(y.flip(0))[0] = 0.0
+    assert y.tolist() == [1.0, 2.0, 3.0]

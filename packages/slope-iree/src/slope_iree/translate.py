@@ -913,7 +913,15 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
 
 def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x_aval, index_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
-    x, index, updates = inputs
+    if out.dtype.name in _HALF:  # added in float32, rounded once, as onnxruntime and the numpy backend (1000 bfloat16
+        # ones added one by one in bfloat16 stop at 256)
+        wide = Aval(out.shape, slope.float32)
+        return in_float32(fn, [inputs[0], inputs[2]], out.dtype,
+                          lambda x, updates: _scatter(fn, x, inputs[1], updates, wide, index_aval, wide))  # fmt: skip
+    return _scatter(fn, *inputs, x_aval, index_aval, out)
+
+
+def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index_aval: Aval, out: Aval) -> str:
     k, batch = index_aval.shape[-1], index_aval.ndim - 1
     combine = "or" if out.dtype == slope.bool_ else "add"
     if k == 0:  # every update adds to all of x

@@ -117,7 +117,8 @@ class NumpyBackend(Backend):
         return buffer, buffer
 
     def to_numpy(self, buffer: np.ndarray) -> np.ndarray:
-        return np.asarray(buffer)
+        """A NumPy copy of a buffer (the buffer itself may be a program's constant or another tensor's: immutable)."""
+        return np.array(buffer)
 
     def export(self, program: Program, path: str) -> list[str]:
         """Write a standalone .py module defining `program(*inputs)` with NumPy only."""

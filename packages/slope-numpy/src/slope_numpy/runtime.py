@@ -67,17 +67,19 @@ def take_along_axis(x, idx, axis):
 
 
 def scatter_nd(x, idx, updates):
-    """A copy of x with updates added at idx (repeated indices accumulate)."""
+    """A copy of x with updates added at idx (repeated indices accumulate; float16 and bfloat16 in float32, rounded
+    once, as onnxruntime: 1000 bfloat16 ones added one by one in bfloat16 stop at 256)."""
+    wide = np.float32 if x.dtype == np.float16 or x.dtype.kind == "V" else x.dtype  # (ml_dtypes' bfloat16: "V")
     if idx.shape[-1] == 0:  # every update adds to all of x
-        return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=x.dtype)).astype(x.dtype)
+        return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=wide)).astype(x.dtype)
     if 0 in np.shape(updates) and 0 not in np.shape(x)[: idx.shape[-1]]:  # no updates: no index checked (as gather_nd)
         return x.copy()
-    out = x.copy()
+    out = x.astype(wide)  # (a copy)
     try:
-        np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+        np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates.astype(wide, copy=False))
     except IndexError as error:
         raise IndexError(f"slope.scatter_nd (x.at[index], gradients of x[index]): {error}") from None
-    return out
+    return out.astype(x.dtype, copy=False)
 
 
 def matmul(x, y):
