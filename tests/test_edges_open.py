@@ -518,29 +518,19 @@ def test_conversion_to_float16_rounds_through_float32_as_pytorch(backend, jit, s
     np.testing.assert_array_equal(got.numpy().view(np.uint16), expected.numpy().view(np.uint16))
 
 
-SCALAR_INTO_HALF = {
-    "tensor": lambda h, v: slope.tensor([v], dtype=slope.float16),
-    "full": lambda h, v: slope.full((1,), v, dtype=slope.float16),
-    "full_like": lambda h, v: slope.full_like(h, v),
-    "equal": lambda h, v: h == v,
-    "add": lambda h, v: h + v,
-    "where": lambda h, v: slope.where(h > 0, v, h),
-    "clip": lambda h, v: h.clip(max=v),
-    "pad": lambda h, v: slope.pad(h, (1, 0), value=v)[:1],
-    "set": lambda h, v: h.at[0].set(v),
-    "arange": lambda h, v: slope.arange(1, 1.01, v - 1, dtype=slope.float16)[:3],
-}
-TORCH_SCALAR_INTO_HALF = {
-    "tensor": lambda h, v: torch.tensor([v], dtype=torch.float16),
-    "full": lambda h, v: torch.full((1,), v, dtype=torch.float16),
-    "full_like": lambda h, v: torch.full_like(h, v),
-    "equal": lambda h, v: h == v,
-    "add": lambda h, v: h + v,
-    "where": lambda h, v: torch.where(h > 0, v, h),
-    "clip": lambda h, v: h.clip(max=v),
-    "pad": lambda h, v: F.pad(h, (1, 0), value=v)[:1],
-    "set": lambda h, v: h.index_put((torch.tensor([0]),), torch.tensor(v, dtype=torch.float16)),
-    "arange": lambda h, v: torch.arange(1, 1.01, v - 1, dtype=torch.float16)[:3],
+SCALAR_INTO_HALF = {  # each case as f(library, h, v): the same code for slope and torch, where their APIs agree
+    "tensor": lambda lib, h, v: lib.tensor([v], dtype=lib.float16),
+    "full": lambda lib, h, v: lib.full((1,), v, dtype=lib.float16),
+    "full_like": lambda lib, h, v: lib.full_like(h, v),
+    "equal": lambda lib, h, v: h == v,
+    "add": lambda lib, h, v: h + v,
+    "where": lambda lib, h, v: lib.where(h > 0, v, h),
+    "clip": lambda lib, h, v: h.clip(max=v),
+    "arange": lambda lib, h, v: lib.arange(1, 1.01, v - 1, dtype=lib.float16)[:3],
+    "pad": lambda lib, h, v: (slope.pad(h, (1, 0), value=v) if lib is slope else F.pad(h, (1, 0), value=v))[:1],
+    "set": lambda lib, h, v: (
+        h.at[0].set(v) if lib is slope else h.index_put((torch.tensor([0]),), torch.tensor(v, dtype=h.dtype))
+    ),
 }
 
 
@@ -550,6 +540,6 @@ def test_python_floats_become_float16_through_float32(backend, jit, case):
     # float64 1 + 2**-11 + 2**-40 is 1.0 in PyTorch's float16 (through float32), 1.0009765625 in NumPy's one rounding
     v, h = 1 + 2**-11 + 2**-40, slope.tensor([1.0], dtype=slope.float16)
     f = SCALAR_INTO_HALF[case]
-    got = (slope.jit(lambda h: f(h, v)) if jit else lambda h: f(h, v))(h)
-    expected = TORCH_SCALAR_INTO_HALF[case](torch.tensor([1.0], dtype=torch.float16), v)
+    got = (slope.jit(lambda h: f(slope, h, v)) if jit else lambda h: f(slope, h, v))(h)
+    expected = f(torch, torch.tensor([1.0], dtype=torch.float16), v)
     np.testing.assert_array_equal(np.asarray(got.numpy()), expected.numpy())
