@@ -293,8 +293,12 @@ def export(mlir: str, path: str, target_name: str = "cpu") -> list[str]:
     """Write `path.mlir` and `path.vmfb` compiled for a target (cpu, cuda, vulkan, metal); returns the paths."""
     base = path[: -len(".vmfb")] if path.endswith(".vmfb") else path.removesuffix(".mlir")
     vmfb = cache.compile_mlir(mlir, target_name, EXPORT_FLAGS)
+    # the flags in the file: IREE's defaults compute other numbers (float64 demoted to float32, constants folded at
+    # compile time by other code: a float32 sum of 10**6 0.1s was 1% off)
+    flags = " ".join((f"--iree-hal-target-backends={cache.TARGET_BACKENDS[target_name]}",
+                      *cache.target_flags(target_name), *EXPORT_FLAGS))  # fmt: skip
     with open(base + ".mlir", "w") as handle:
-        handle.write(mlir)
+        handle.write(f"// Compiled by Slope with: iree-compile {flags} {os.path.basename(base)}.mlir\n{mlir}")
     with open(base + ".vmfb", "wb") as handle:
         handle.write(vmfb)
     return [base + ".mlir", base + ".vmfb"]
