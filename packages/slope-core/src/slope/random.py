@@ -98,10 +98,8 @@ def fold_in(k: Tensor, data: int) -> Tensor:
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval) (what rounds up to maxval in the dtype is its next value down)."""
     values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
-    if (minval, maxval) == (0.0, 1.0):
-        return values
     below = np.nextafter(np.array(maxval, values.dtype.numpy), np.array(minval, values.dtype.numpy))
-    return (values * (maxval - minval) + minval).clip(max=float(below))
+    return values if (minval, maxval) == (0.0, 1.0) else (values * (maxval - minval) + minval).clip(max=float(below))
 
 
 def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
