@@ -457,3 +457,22 @@ def test_keys_are_checked_and_fold_in_keeps_64_bits(backend):
         with pytest.raises(TypeError, match="expected a key"):
             f()
     assert slope.vmap(lambda key: slope.random.uniform(key, (2,)))(batch).shape == (2, 2)
+
+
+def test_tensors_and_models_deepcopy_and_pickle(backend):
+    """copy.deepcopy(model) (an EMA copy, a best-model snapshot) raised "cannot pickle 'OrtValue'" (iree: its buffer
+    view); pickle too. The copy holds the same bits, bfloat16 and -0.0 and NaN included."""
+    import copy
+    import pickle
+
+    import slope.nn as nn
+
+    t = slope.tensor([1.5, -0.0, float("nan")]).astype(slope.bfloat16)
+    for copied in (copy.deepcopy(t), pickle.loads(pickle.dumps(t)), copy.copy(t)):
+        assert copied.dtype == slope.bfloat16 and copied.numpy().tobytes() == t.numpy().tobytes()
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    twin = copy.deepcopy(model)
+    assert twin[0].weight is not model[0].weight
+    np.testing.assert_array_equal(twin[0].weight.numpy(), model[0].weight.numpy())
+    with pytest.raises(slope.SlopeTraceError, match="concrete"):
+        slope.jit(lambda x: copy.deepcopy(x))(slope.ones(2))

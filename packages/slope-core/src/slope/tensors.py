@@ -64,6 +64,9 @@ class Tensor:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self.numpy() if dtype is None else self.numpy().astype(dtype)
 
+    def __reduce__(self) -> tuple:  # pickle and copy.deepcopy (of a model too): the data, on the active backend
+        return functions["tensor"], (self.numpy(),)
+
     def item(self) -> Any:
         """The Python scalar held by a one-element tensor."""
         return self._scalar("Tensor.item()")
