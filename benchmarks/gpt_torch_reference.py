@@ -104,7 +104,7 @@ def make_optimizer(model: TorchGPT, lr: float, steps: int, warmup: int = 100, mi
     decay = 0.01 if variant == "2023-02" else 0.1
     optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.99))  # fmt: skip
-    warmup, min_lr = min(warmup, steps - 1), min(min_lr, lr)
+    min_lr = min(min_lr, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: nanogpt_lr(it, lr, warmup, steps, min_lr, variant) / lr
     )

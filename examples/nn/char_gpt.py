@@ -157,7 +157,7 @@ def nanogpt_schedule(lr: float, warmup: int, decay_steps: int, min_lr: float) ->
 
 def make_optimizer(lr: float, steps: int, warmup: int = 100, min_lr: float = 1e-4) -> nn.AdamW:
     """AdamW with decoupled weight decay on tensors of 2 or more dimensions and nanoGPT's warm-up + cosine schedule."""
-    schedule = nanogpt_schedule(lr, min(warmup, steps - 1), steps, min(min_lr, lr))
+    schedule = nanogpt_schedule(lr, warmup, steps, min(min_lr, lr))  # (a run of <= warmup steps only warms up)
     return nn.AdamW(schedule, betas=(0.9, 0.99), weight_decay=0.1, decay=nn.optim.no_decay_on_biases_and_norms)
 
 
@@ -228,6 +228,8 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.
     """Sample the character after the first `length` ids of a (1, T) window with the uniform draw `u` (inverse CDF);
     returns (token, window, length) with the token appended (the window slides left once full). Fixed shapes, so it
     is jitted once."""
+    if not temperature > 0 or top_k is not None and top_k < 1:  # (as PyTorch's multinomial and topk refuse them)
+        raise ValueError(f"char_gpt: temperature must be above 0 and top_k at least 1, got {temperature} and {top_k}")
     block = window.shape[1]
     hidden = model.hidden(window)[0]  # (T, C)
     at_last = (slope.arange(block) == length - 1).astype(hidden.dtype)
@@ -236,9 +238,11 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.
         # keep the logits of which fewer than top_k are larger (ties with the k-th value stay, as nanoGPT's topk)
         larger = (logits.unsqueeze(0) > logits.unsqueeze(1)).astype(slope.int64).sum(1)
         logits = slope.where(larger < top_k, logits, -math.inf)
-    # the first id whose cumulative probability exceeds u
+    # the first id of nonzero probability whose cumulative probability exceeds u times the total (which float32 may
+    # leave below 1: a count of the ids at or below u could pass the last one, even one that top-k excluded)
     probs = nn.functional.softmax(logits, -1)
-    token = (slope.cumsum(probs, 0) <= u.astype(probs.dtype)).astype(slope.int64).sum().clip(None, logits.shape[0] - 1)
+    cumulative = slope.cumsum(probs, 0)
+    token = ((cumulative > u.astype(probs.dtype) * cumulative[-1]) & (probs > 0)).astype(slope.int64).argmax()
     placed = slope.where(slope.arange(block).unsqueeze(0) == length, token, window)
     slid = slope.cat([window[:, 1:], token.reshape((1, 1))], 1)
     window = slope.where(length >= block, slid, placed)

@@ -56,6 +56,27 @@ def test_generation_respects_top_k_and_the_window():
         ids.append(token)
 
 
+def test_generation_refuses_a_temperature_of_0_and_top_k_of_0():
+    # dividing by 0 made the probabilities NaN and every sampled id 0 ('\n' in Shakespeare), where PyTorch raises
+    model, key = tiny_model(), slope.random.key(3)
+    for temperature, top_k in ((0.0, 5), (-1.0, None), (1.0, 0)):
+        with pytest.raises(ValueError, match="temperature must be above 0 and top_k at least 1"):
+            char_gpt.generate(model, [1, 2], 3, key, temperature=temperature, top_k=top_k)
+
+
+def test_sampling_never_returns_an_id_top_k_excluded():
+    # the largest draw, 1 - 2**-23, above a float32 total of 0.9999998: a count of the ids at or below it picked the
+    # last id even where top-k had masked it
+    model = tiny_model()
+    window, length = char_gpt.start_window([1, 2, 3], TINY["block_size"])
+    logits = model(slope.tensor(window)[:, :3]).numpy()[0, -1]
+    allowed = set(np.argsort(-logits)[:2].tolist())
+    for u in (0.0, 0.5, 1 - 2**-23, 1 - 2**-24):
+        token, *_ = char_gpt.next_token(model, slope.tensor(window), slope.tensor(length),
+                                        slope.tensor(np.float32(u)), 0.8, 2)  # fmt: skip
+        assert int(token) in allowed
+
+
 def test_gpt_loss_matches_pytorch():
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -85,6 +106,10 @@ def test_schedule_is_nanogpts_get_lr():
     expected = [nanogpt_lr(int(it), 1e-3, 100, 2000, 1e-4) for it in steps.numpy()]
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert got[0] == pytest.approx(1e-3 / 101) and got[-1] == pytest.approx(1e-4)
+    # a run shorter than the warm-up only warms up, as nanoGPT's (the warm-up was shortened to the run: 2x the rate)
+    schedule = char_gpt.make_optimizer(1e-3, 50).lr
+    short = schedule(slope.tensor([0.0, 49.0], dtype=slope.float64)).numpy()
+    np.testing.assert_allclose(short, [nanogpt_lr(it, 1e-3, 100, 50, 1e-4) for it in (0, 49)], rtol=1e-12)
 
 
 def test_train_steps_match_pytorch_with_nanogpts_optimizer():
