@@ -52,7 +52,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         ends = (values.min(initial=0), values.max(initial=0))  # floats do not (uint8: -0.5 fails), NaN fits none
         for n in ends if values.dtype.kind in "iub" else np.asarray(data, dtype=object).flat:
             ops._python_value("tensor", n, dtype)
-    array = dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype)
+    array = np.asarray(dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype))  # (0-d too)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
 
 
