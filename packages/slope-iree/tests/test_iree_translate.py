@@ -342,3 +342,25 @@ def test_a_jitted_conversion_of_a_constant_float_to_an_integer_is_the_run_times(
     x = np.array([1.5, -2.5, 127.0, 300.0], np.float32)
     for got, expected in zip(slope.jit(casts)(slope.tensor(x)), _numpy_backend(casts, x)):
         np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_a_mask_cast_to_float_keeps_nan_times_0_under_jit():
+    # IREE folded x * convert(mask) into a select: NaN * 0 and inf * 0 gave 0 under jit (eager gave NaN)
+    with slope.use_backend("iree"):
+        x, mask = slope.tensor([np.inf, np.nan, 1.0], dtype=slope.float64), slope.tensor([True, False, False])
+        for f in (lambda a, m: a * m.astype(slope.float64), slope.jit(lambda a, m: a * m.astype(slope.float64))):
+            got = f(x, mask).numpy()
+            assert got[0] == np.inf and np.isnan(got[1]) and got[2] == 0.0
+        hessian = slope.jit(slope.hessian(lambda v: slope.exp(v).sum()))(slope.tensor([709.0, 710.0], dtype="float64"))
+        assert np.isnan(hessian.numpy()[1, 0])  # (inf * 0, as PyTorch and the other backends)
+
+
+def test_sines_of_constants_compile_under_jit():
+    # IREE folded a program's constant parts while compiling, with no libm: "undefined symbol: sin" (a positional
+    # encoding of an arange inside jit), cos of a constant reduction, tan
+    with slope.use_backend("iree"):
+        x, a = slope.zeros((3,)), slope.arange(3, dtype=slope.float32)
+        encoding = slope.jit(lambda x: x + slope.sin(a / 10000 ** (a / 3)))(x).numpy()
+        np.testing.assert_allclose(encoding, np.sin(np.arange(3) / 10000 ** (np.arange(3) / 3)), rtol=1e-6)
+        assert slope.jit(lambda x: x + slope.zeros((3,)).amin().cos())(x).tolist() == [1.0, 1.0, 1.0]
+        np.testing.assert_allclose(slope.jit(lambda x: x + slope.tan(a))(x).numpy(), np.tan(np.arange(3)), rtol=1e-6)

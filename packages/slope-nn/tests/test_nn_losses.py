@@ -236,3 +236,27 @@ def test_indices_out_of_range_under_jit_are_errors(what, bad):
     assert np.isfinite(fn(slope.tensor([2, 0])).numpy()).all()
     with pytest.raises(IndexError, match="out of"):
         fn(slope.tensor([bad, 0])).numpy()
+
+
+def test_bce_with_logits_keeps_its_curvature_far_from_0():
+    # softplus's threshold (20) made the loss linear beyond |x| = 20: its second derivative was 0 (exact:
+    # sigmoid(x) sigmoid(-x), 9.36e-14 at +-30, whatever the target), the gradient at 30 was 1.0, not 1 - 9.4e-14
+    torch = pytest.importorskip("torch")
+    x, t = np.array([-30.0, 30.0, 25.0, -40.0]), np.array([1.0, 0.0, 0.3, 0.0])
+
+    def loss(v):
+        return nn.binary_cross_entropy_with_logits(v, slope.tensor(t), reduction="sum")
+
+    hessian = np.diag(slope.hessian(loss)(slope.tensor(x)).numpy())
+    exact = 1 / (1 + np.exp(-x)) / (1 + np.exp(x))
+    np.testing.assert_allclose(hessian, exact, rtol=1e-10)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(tx, torch.tensor(t), reduction="sum").backward()
+    np.testing.assert_allclose(slope.grad(loss)(slope.tensor(x)).numpy(), tx.grad.numpy(), rtol=1e-15)
+
+
+def test_gelu_tanh_second_derivative_keeps_its_tail():
+    # 1 - tanh^2 cancelled where tanh rounds to 1: the second derivative at 7 was 0 (exact -3.23e-13)
+    second = slope.grad(lambda v: slope.grad(lambda w: nn.functional.gelu(w, approximate="tanh").sum())(v).sum())
+    got = second(slope.tensor([7.0, -7.0], dtype=slope.float64)).numpy()
+    np.testing.assert_allclose(got, [-3.232e-13, -3.232e-13], rtol=3e-2)  # (onnxruntime's float64 tanh: 1.3%)

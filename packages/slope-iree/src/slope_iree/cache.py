@@ -31,6 +31,10 @@ def _error(message: str) -> Exception:
     return SlopeBackendError(message)
 
 
+_LIBM = re.compile(r"stablehlo\.(sine|cosine|tan|tanh|remainder) ")  # float64 forms IREE leaves to libm
+_NO_CONST_EVAL = "--iree-opt-const-eval=false"
+
+
 def target_flags(target: str) -> tuple[str, ...]:
     """The compiler flags for a target ("cpu", "cuda", "vulkan", "metal"), besides its target backend."""
     if target == "cpu":
@@ -94,6 +98,10 @@ def enabled() -> bool:
 
 def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> bytes:
     """The .vmfb bytes of a StableHLO module for a target: from memory, else from disk, else compiled (and stored)."""
+    if target == "cpu" and _LIBM.search(mlir) and _NO_CONST_EVAL not in extra_flags:
+        # IREE evaluates a program's constant parts while compiling, with code that links no libm: a sine of a
+        # constant (a positional encoding's) failed with "undefined symbol: sin" under jit; computed when it runs
+        extra_flags = (*extra_flags, _NO_CONST_EVAL)
     flags = target_flags(target) + tuple(extra_flags)
     name = key(mlir, target, flags)
     module = _memory.get(name)

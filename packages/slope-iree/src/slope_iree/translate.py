@@ -421,7 +421,12 @@ def _identity(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 
 
 def _cast(fn: Function, inputs: list[str], instruction: Instruction) -> str:
-    return fn.convert(inputs[0], instruction.params["dtype"])
+    out = fn.convert(inputs[0], instruction.params["dtype"])
+    if _in(instruction).dtype == slope.bool_ and instruction.params["dtype"].is_float:
+        # IREE 3.13 folds x * convert(mask) into a select, which gives 0 for NaN * 0 and inf * 0 (jit only; a masked
+        # NaN vanished, and a Hessian's inf * 0 was 0, not NaN): keep the product
+        out = fn.emit(f"stablehlo.optimization_barrier {out} : {fn.type(out)}", fn.avals[out])
+    return out
 
 
 def _invert(fn: Function, inputs: list[str], instruction: Instruction) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -129,8 +130,10 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Tensor | N
     input, target, weight, pos_weight = _binary_args(  # noqa: A001
         "binary_cross_entropy_with_logits", input, target, weight=weight, pos_weight=pos_weight
     )
-    log_sigmoid = -functional.softplus(-input)  # log(sigmoid(x))
-    log_not_sigmoid = -functional.softplus(input)  # log(1 - sigmoid(x))
+    # log(sigmoid(x)) and log(1 - sigmoid(x)), with no threshold: softplus's default made the loss linear beyond
+    # |x| = 20, so its second derivative was 0 there (exact: sigmoid(x) sigmoid(-x), 9.4e-14 at 30)
+    log_sigmoid = -functional.softplus(-input, threshold=math.inf)
+    log_not_sigmoid = -functional.softplus(input, threshold=math.inf)
     positive = target * log_sigmoid if pos_weight is None else pos_weight * target * log_sigmoid
     losses = -(positive + (1.0 - target) * log_not_sigmoid)
     if weight is not None:
