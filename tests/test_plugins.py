@@ -286,3 +286,41 @@ def test_in_process_plugin_cannot_take_a_core_name():
         slope.plugins.register(Impostor(), "impostor")
     assert slope.exp is slope.plugins.operators["exp"]
     np.testing.assert_allclose(slope.tensor([0.0]).exp().numpy(), [1.0])
+
+
+class _BadRows:
+    """A plugin whose conformance rows would replace Slope's own row for exp, and one whose hook fails."""
+
+    def __init__(self, fails: bool):
+        self.fails = fails
+
+    @hookimpl
+    def slope_conformance_rows(self):
+        from slope_testing import Case, Data, Row
+
+        if self.fails:
+            raise ImportError("a missing dependency of the rows")
+        return [Row("exp", [Case([Data()], lambda x: slope.exp(slope.tensor(x)).numpy())], (slope.float32,))]
+
+
+def test_a_plugins_conformance_rows_cannot_replace_slopes_or_break_the_matrix():
+    # a plugin's row for exp replaced Slope's (and then passed a wrong exp translation); a failing rows hook made the
+    # whole matrix (every backend's collection) raise
+    from slope_testing import matrix
+    from slope_testing.table import ROWS
+
+    plugins = [_BadRows(fails=False), _BadRows(fails=True)]
+    for i, plugin in enumerate(plugins):
+        slope.plugins.manager.register(plugin, f"bad-rows-{i}")  # (the hook is only read by the matrix)
+    try:
+        with pytest.warns(slope.plugins.SlopePluginWarning) as caught:
+            table = matrix.rows()
+        assert table["exp"] is ROWS["exp"]
+        messages = " ".join(str(w.message) for w in caught)
+        assert "bad-rows-0" in messages and "is not a Row of one of its own functions" in messages
+        assert "bad-rows-1" in messages and "slope_conformance_rows hook failed: ImportError" in messages
+        assert any(p.id == f"{BACKENDS[0]}:exp:eager:float32" for p in matrix.cells([BACKENDS[0]], ["exp"]))
+    finally:
+        for i, plugin in enumerate(plugins):
+            slope.plugins.manager.unregister(plugin)
+            slope.plugins.failed.pop(f"bad-rows-{i}", None)
