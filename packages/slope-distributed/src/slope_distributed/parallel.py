@@ -20,6 +20,7 @@ from slope.backend import compile_program, default_device, run_executable
 from slope.errors import TransformError
 from slope.ir import Instruction, Program, Var
 from slope.trace import Tracer, bind, flatten_fun, make_program
+from slope.transforms import _static
 
 from . import collectives
 from .engines import SlopeDistributedError
@@ -188,9 +189,9 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
         backend = slope.get_backend()
         device = tensors[0].device if tensors else default_device()
-        # other leaves by type and value, floats by their bits (as jit's): np.float64 0.0 and -0.0, or np.int64(2) and
-        # np.float64(2.0), are equal and hash alike, and shared one program
-        static = tuple((i, type(v), float(v).hex() if isinstance(v, (float, np.floating)) else v) for i, v in others)
+        # other leaves keyed as jit's static arguments (by type and value, floats by their bits): np.float64 0.0 and
+        # -0.0, or np.int64(2) and np.float64(2.0), are equal and hash alike, and shared one program
+        static = tuple((i, _static(v).key) for i, v in others)
         key = (in_tree, tuple(t.aval for t in tensors), static, backend.name, device)
         split = self.cache.get(key)
         if split is None:

@@ -66,10 +66,15 @@ def take_along_axis(x, idx, axis):
         ) from None
 
 
+def _bfloat16(dtype: np.dtype) -> bool:
+    """Whether dtype is ml_dtypes' bfloat16 (of NumPy kind "V": NumPy has no kernels of its own for it)."""
+    return dtype.kind == "V"
+
+
 def scatter_nd(x, idx, updates):
     """A copy of x with updates added at idx (repeated indices accumulate; float16 and bfloat16 in float32, rounded
     once, as onnxruntime: 1000 bfloat16 ones added one by one in bfloat16 stop at 256)."""
-    wide = np.float32 if x.dtype == np.float16 or x.dtype.kind == "V" else x.dtype  # (ml_dtypes' bfloat16: "V")
+    wide = np.float32 if x.dtype == np.float16 or _bfloat16(x.dtype) else x.dtype
     if idx.shape[-1] == 0:  # every update adds to all of x
         return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=wide)).astype(x.dtype)
     if 0 in np.shape(updates) and 0 not in np.shape(x)[: idx.shape[-1]]:  # no updates: no index checked (as gather_nd)
@@ -84,7 +89,7 @@ def scatter_nd(x, idx, updates):
 
 def matmul(x, y):
     """x @ y; bfloat16 in float32, rounded once (ml_dtypes' bfloat16 matmul returns the float32 values unrounded)."""
-    if x.dtype.kind != "V":  # (ml_dtypes' bfloat16 is of kind "V")
+    if not _bfloat16(x.dtype):
         return np.matmul(x, y)
     return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(x.dtype)
 
@@ -93,7 +98,7 @@ def conv(x, w, stride, padding, dilation, groups):
     """N-d cross-correlation: x (N, C, *S), w (O, C/groups, *K)."""
     n = x.ndim - 2
     dtype = x.dtype
-    if dtype not in (np.float16, np.float32, np.float64):  # einsum has no bfloat16 kernels: compute in float32
+    if _bfloat16(dtype):  # einsum has no bfloat16 kernels: compute in float32
         x, w = x.astype(np.float32), w.astype(np.float32)
     x = np.pad(x, [(0, 0), (0, 0), *padding])
     batch, channels = x.shape[:2]

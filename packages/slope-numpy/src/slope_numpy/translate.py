@@ -84,8 +84,7 @@ def _arange(ins: list, params: dict, out: Any) -> str:
     # np.arange steps by (start + step) - start (2e-16 where 1 - 10 * 0.1 is 0) and adds float16 in float16
     start, step = params["start"], params["step"]
     counter = "np.int64" if all(type(v) is int for v in (start, step)) else "np.float64"
-    through = ".astype(np.float32)" if out.dtype.name == "float16" else ""  # (as _cast's)
-    return f"({start!r} + {step!r} * np.arange({out.shape[0]}, dtype={counter})){through}.astype({_dtype(out.dtype)})"
+    return _cast([f"({start!r} + {step!r} * np.arange({out.shape[0]}, dtype={counter}))"], {"dtype": out.dtype}, out)
 
 
 def _cast(ins: list, params: dict, out: Any) -> str:
