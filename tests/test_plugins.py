@@ -324,3 +324,47 @@ def test_a_plugins_conformance_rows_cannot_replace_slopes_or_break_the_matrix():
         for i, plugin in enumerate(plugins):
             slope.plugins.manager.unregister(plugin)
             slope.plugins.failed.pop(f"bad-rows-{i}", None)
+
+
+class _SlightlyOff(Scale):
+    """`2 x` whose derivative rules say 2 (1 + 2e-7): a float64 gradient a third-party backend could get this wrong."""
+
+    name = "slightly_off_for_tests"
+
+    def jvp(self, primals, tangents, *, factor):
+        return [self(primals[0], factor)], [self(tangents[0], factor * (1 + 2e-7))]
+
+    def transpose(self, cotangents, x, *, factor):
+        return [self(cotangents[0], factor * (1 + 2e-7))]
+
+    def vmap(self, axis_size, args, dims, *, factor):
+        return [self(args[0], factor)], dims
+
+
+class _SlightlyOffPlugin:
+    @hookimpl
+    def slope_operators(self):
+        return [_SlightlyOff()]
+
+    @hookimpl
+    def slope_conformance_rows(self):
+        from slope_testing import Case, Data, Row
+
+        return [Row("slightly_off_for_tests", [Case([Data()], lambda x: 2.0 * x)], dtypes=(slope.float64,))]
+
+
+def test_the_kit_catches_a_float64_derivative_wrong_in_the_seventh_digit():
+    # the kit's float64 derivative tolerance was 1e-6: a gradient 2e-7 off (relative) passed every cell; every float64
+    # cell of every backend passes at 1e-9, so 1e-8 is the tolerance now
+    from slope_testing.matrix import run_cell
+
+    plugin = _SlightlyOffPlugin()
+    slope.plugins.register(plugin, "slightly-off")
+    try:
+        for transform in ("eager", "jit", "vmap"):
+            run_cell(BACKENDS[0], "slightly_off_for_tests", transform, "float64")
+        for transform in ("jvp", "grad"):
+            with pytest.raises(AssertionError):
+                run_cell(BACKENDS[0], "slightly_off_for_tests", transform, "float64")
+    finally:
+        slope.plugins.unregister(plugin)
