@@ -80,3 +80,17 @@ def test_exports_with_random_draws_compile_and_flag_bad_indices(tmp_path: Path) 
     assert em.run_artifact.run(files, [x, index])[1]
     with pytest.raises(IndexError):
         g(slope.tensor(x), slope.tensor(index))
+
+
+def test_a_constant_of_zeros_of_both_signs_keeps_its_signs(tmp_path: Path) -> None:
+    # `dense` took [0.0, -0.0] (equal by value) for a splat of its first element: the exported module gave 1 / C as
+    # [inf, inf] where Slope's jit gives [inf, -inf]
+    import numpy as np
+
+    for dtype in (slope.float32, slope.float64, slope.float16, slope.bfloat16):
+        c = slope.tensor([0.0, -0.0, 0.0], dtype=dtype)
+        f = slope.jit(lambda x, c=c: x / c)
+        x = slope.ones(3, dtype=dtype)
+        (got,) = em.run_artifact.run(f.lower(x).export(tmp_path / dtype.name), [x.numpy()])
+        assert np.signbit(got.astype(np.float32)).tolist() == [False, True, False], dtype
+        assert em.same_bits(got, f(x).numpy()) is None

@@ -51,9 +51,12 @@ def literal(value: Any, dtype: DType) -> str:
 
 
 def dense(array: np.ndarray, dtype: DType) -> str:
-    """A whole array as an MLIR `dense<...>` attribute (its bytes in hex; bools as a list)."""
-    if array.size and np.all(array == array.reshape(-1)[0]) and not (dtype.is_float and np.isnan(array).any()):
-        return f"dense<{literal(array.reshape(-1)[0], dtype)}>"
+    """A whole array as an MLIR `dense<...>` attribute (its bytes in hex; bools as a list; one value when all
+    elements have the same bits: by value, [0.0, -0.0] was a splat of 0.0)."""
+    flat = np.ascontiguousarray(array.astype(dtype.numpy)).reshape(-1)
+    bits = flat.view(f"u{flat.itemsize}")
+    if flat.size and np.all(bits == bits[0]):
+        return f"dense<{literal(flat[0], dtype)}>"
     if dtype == slope.bool_:
         nested = np.vectorize(lambda b: "true" if b else "false", otypes=[object])(array).tolist() if array.size else []
         return f"dense<{nested}>".replace("'", "")
