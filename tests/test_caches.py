@@ -3,6 +3,7 @@ tensors too big for memory before a backend allocates them (these tests allocate
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import subprocess
@@ -168,6 +169,9 @@ def test_jit_static_arguments_key_by_type_and_float_bits(on_backend):
     scale = slope.jit(lambda x, s: x * s[0], static_argnames="s")  # tuples item by item
     assert scale(one, s=(-0.0,)).tolist() == [-0.0] and math.copysign(1, scale(one, s=(0.0,)).item()) == 1
     assert scale(one.int(), s=(2,)).dtype == slope.int32 and scale(one.int(), s=(2.0,)).dtype == slope.float32
+    point = collections.namedtuple("point", "v")  # namedtuples item by item too (they were keyed by ==)
+    assert scale(one, s=point(-0.0)).tolist() == [-0.0] and math.copysign(1, scale(one, s=point(0.0)).item()) == 1
+    assert scale(one.int(), s=point(2)).dtype == slope.int32 and scale(one.int(), s=point(2.0)).dtype == slope.float32
     # leaves that are neither tensors nor traced numbers (NumPy scalars, bools) are keyed the same way
     full_of = slope.jit(lambda x, v: slope.full((1,), float(v)) * x)
     assert math.copysign(1, full_of(one, np.float32(0.0)).item()) == 1

@@ -617,5 +617,5 @@ class _Static:
 
 def _static(v: Any) -> _Static:  # keyed by type and value, floats by bits: 1, 1.0, True, or 0.0 and -0.0 differ
     bits = float(v).hex() if isinstance(v, (float, np.floating)) else v  # (NumPy's floats too)
-    key = type(v), tuple(_static(i).key for i in v) if type(v) is tuple else bits
+    key = type(v), tuple(_static(i).key for i in v) if isinstance(v, tuple) else bits  # (namedtuples too)
     return v if type(v) is _Static else _Static(v, key)
