@@ -257,6 +257,14 @@ def test_exported_mlp_runs_in_plain_onnxruntime(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_program_without_outputs_is_not_exported(tmp_path):
+    # the .onnx was written, passed onnx's checker, and plain onnxruntime could not load it
+    for fn in (lambda x: None, lambda x: ()):
+        with pytest.raises(ValueError, match=r"slope-onnx: cannot export .*none.onnx.*no outputs"):
+            slope.jit(fn).lower(slope.ones(2)).export(str(tmp_path / "none.onnx"))
+    assert not (tmp_path / "none.onnx").exists()
+
+
 # ----------------------------------------------------------------------------------------------- devices
 
 

@@ -384,6 +384,8 @@ class OnnxBackend(Backend):
 
     def export(self, program: Program, path: str) -> list[str]:
         """Write the Program as a checked `.onnx` model that plain onnxruntime runs."""
+        if not program.outputs:  # (the checker takes such a model; onnxruntime cannot load it)
+            raise ValueError(f"slope-onnx: cannot export {path!r}: the program has no outputs (return a tensor)")
         if not path.endswith(".onnx"):
             path += ".onnx"
         model, _, _ = self.model(program)
