@@ -428,3 +428,23 @@ def test_tensor_of_a_list_keeps_the_dtypes_inside_it(backend, label):
     assert result.dtype.name == str(expected.dtype).removeprefix("torch."), label
     assert result.tolist() == expected.tolist()
     assert slope.tensor([slope.tensor(0.1, dtype=slope.float64)]).dtype == slope.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_true_divide_takes_each_integer_operand_straight_to_float(backend):
+    # int8 x / a 0-d int64 200 (or a Python int, which jit traces as one) cast 200 to int8 (-56) before dividing
+    i8, u8 = np.array([1, -2, 3], np.int8), np.array([1, 2], np.uint8)
+    cases = [
+        (lambda x, n: x / n, i8, 200, "int64"),
+        (lambda x, n: n / x, i8, 200, "int64"),
+        (lambda x, n: x / n, u8, -1, "int64"),
+        (lambda x, n: x / n, i8, 70000, "int32"),
+        (lambda x, n: x / n, np.array([True, False]), 300, "int16"),
+    ]
+    with slope.use_backend(backend):
+        for function, data, n, zero_dim in cases:
+            expected = function(torch.tensor(data), torch.tensor(n, dtype=TORCH_DTYPES[zero_dim])).numpy()
+            for mine in (function, slope.jit(function)):
+                got = mine(slope.tensor(data), slope.tensor(n, dtype=zero_dim))
+                assert got.dtype == slope.float32 and np.array_equal(got.numpy(), expected), (data, n, got)
+            assert np.array_equal(slope.jit(function)(slope.tensor(data), n).numpy(), expected), (data, n)

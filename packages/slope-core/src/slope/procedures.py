@@ -198,8 +198,10 @@ def reciprocal(x: Any) -> Tensor:
 
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
-    x, y = coerce("true_divide", *(float(v) if isinstance(v, (int, np.integer)) else v for v in (x, y)))
-    return ops.div(ops.as_float(x), ops.as_float(y))
+    x, y = (float(v) if isinstance(v, (int, np.integer)) else v for v in (x, y))
+    if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # each to float
+        x, y = ops.as_float(x), ops.as_float(y)  # (not to int8 first: int8 x / a 0-d int64 200 divided by -56)
+    return ops.div(*coerce("true_divide", x, y))
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
