@@ -263,6 +263,24 @@ def test_eager_scalar_shortcut_refuses_donated_tensors_and_zero_divisors(backend
             ints // 0  # noqa: B018
 
 
+def test_donating_a_result_never_donates_a_shared_constant(backend):
+    # x ** 0 and isinf of an integer tensor returned the eager constant cache's own tensor: donating it made every later
+    # float32 (2,) `y ** 0` (or isinf of any int64 (2,) tensor) raise "this tensor was donated"
+    step = slope.jit(lambda p: p * 3, donate_argnums=0)
+    makers = [
+        lambda: slope.tensor([1.0, 2.0]) ** 0,
+        lambda: slope.isinf(slope.tensor([1, 2])),
+        lambda: slope.zeros(2),
+        lambda: slope.tensor(2.0),
+        lambda: slope.full_like(slope.tensor([1.0, 2.0]), 1.0),
+    ]
+    for make in makers:
+        expected = make().numpy()
+        step(make())
+        np.testing.assert_array_equal(make().numpy(), expected)
+        assert (slope.tensor([5.0, 6.0]) ** 0).tolist() == [1.0, 1.0]
+
+
 def test_eager_scalar_shortcut_tells_the_operand_order_apart(backend):
     x = slope.tensor(np.array([1.0, 4.0], np.float32))
     for _ in range(3):

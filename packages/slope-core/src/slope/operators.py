@@ -315,7 +315,7 @@ class Pow(Binary):
             if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
             if y in range(5) and dtypes.result_type(x, y) == x.dtype:  # as products: exact, cheap (y may be inf)
-                return functools.reduce(mul, [x] * (int(y) - 1), x) if y else constant(1, x.dtype, x.shape)
+                return functools.reduce(mul, [x] * (int(y) - 1), x) if y else full(x.shape, 1, x.dtype)
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:

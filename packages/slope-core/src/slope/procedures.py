@@ -268,7 +268,7 @@ def isnan(x: Any) -> Tensor:
 def isinf(x: Any) -> Tensor:
     """Where x is +inf or -inf."""
     x = as_tensor(x)
-    return (x == math.inf) | (x == -math.inf) if x.dtype.is_float else constant(False, dtypes.bool_, x.shape)
+    return (x == math.inf) | (x == -math.inf) if x.dtype.is_float else ops.full(x.shape, False, dtypes.bool_)
 
 
 def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
