@@ -147,3 +147,14 @@ def test_jit_static_argnums_count_from_the_end(backend: str) -> None:
     assert f(slope.ones(6), 2).shape == (2, 3) and f(slope.ones(6), 3).shape == (3, 2)
     with pytest.raises(slope.TransformError, match="static_argnums"):
         slope.jit(lambda x, n: x, static_argnums=-3)(slope.ones(2), 1)
+
+
+def test_jit_refuses_python_ints_beyond_int64_as_slope_tensor_does(backend: str) -> None:
+    """A Python int of 2**63 or more, as a jitted call's argument or result, wrapped to a negative int64 silently."""
+    x = slope.tensor([1.0])
+    calls = [(lambda x, n: x * n, (x, 2**63)), (lambda x: 2**64 - 1, (x,)), (lambda t: t[0] * t[1], ((x, 2**63),))]
+    for function, args in calls:
+        with pytest.raises(ValueError, match="does not fit int64"):
+            slope.jit(function)(*args)
+    assert slope.jit(lambda x, n: x * n)(x, -(2**63)).item() == -(2.0**63)
+    assert slope.jit(lambda x, n: x * n)(x, 2**63 - 1).item() == 2.0**63

@@ -39,9 +39,9 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
     """A Tensor from a Tensor, a Python scalar or nested list, or a NumPy array."""
     if isinstance(value, Tensor):
         return value if dtype is None or value.dtype == dtype else cast(value, dtype)
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, (bool, int, float)) and (type(value) is not int or -(2**63) <= value < 2**63):
         return constant(value, dtype or dtypes.infer_python(value))
-    return functions["tensor"](value, dtype)
+    return functions["tensor"](value, dtype)  # (which refuses ints beyond int64, as PyTorch: constant wraps them)
 
 
 def as_float(value: Any) -> Tensor:
