@@ -158,3 +158,12 @@ def test_jit_refuses_python_ints_beyond_int64_as_slope_tensor_does(backend: str)
             slope.jit(function)(*args)
     assert slope.jit(lambda x, n: x * n)(x, -(2**63)).item() == -(2.0**63)
     assert slope.jit(lambda x, n: x * n)(x, 2**63 - 1).item() == 2.0**63
+
+
+def test_jit_returns_numpy_scalars_in_their_own_dtype(backend: str) -> None:
+    """np.float64(0.1) returned by a jitted function came back float32 (taken for a Python float), slope.tensor's is
+    float64."""
+    x = slope.tensor([1.0])
+    for value in (np.float64(0.1), np.float32(0.1), np.int8(3), np.uint16(7), np.bool_(True)):
+        got = slope.jit(lambda x, v=value: v)(x)
+        assert got.dtype == slope.tensor(value).dtype and got.item() == value.item(), value

@@ -39,7 +39,7 @@ def as_tensor(value: Any, dtype: DType | None = None) -> Tensor:
     """A Tensor from a Tensor, a Python scalar or nested list, or a NumPy array."""
     if isinstance(value, Tensor):
         return value if dtype is None or value.dtype == dtype else cast(value, dtype)
-    if isinstance(value, (bool, int, float)) and (type(value) is not int or -(2**63) <= value < 2**63):
+    if type(value) in (bool, int, float) and (type(value) is not int or -(2**63) <= value < 2**63):  # (not NumPy's)
         return constant(value, dtype or dtypes.infer_python(value))
     return functions["tensor"](value, dtype)  # (which refuses ints beyond int64, as PyTorch: constant wraps them)
 
