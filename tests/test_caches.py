@@ -283,3 +283,18 @@ def test_onnxruntime_workers_spin_only_when_asked(setting):
     assert (spin, duration) == (("0", "-") if setting is None else ("1", setting))
     x = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
     np.testing.assert_allclose(float(total), float(((x @ x.T).sum(0) * 2.0).sum()), rtol=1e-4)
+
+
+def test_jit_gives_dicts_in_sorted_key_order_whatever_the_callers_order(on_backend):
+    # optree's structures are equal for every insertion order, so a cached program handed the function its dicts in
+    # the first caller's order: stack(d.values()) of {"b": 2, "a": 1} gave [1, 2] after a call with {"a": 1, "b": 2}
+    one = slope.tensor([1.0])
+    stack = slope.jit(lambda d: slope.stack(list(d.values())))
+    assert stack({"b": one * 2, "a": one}).tolist() == [[1.0], [2.0]]  # a fresh trace: sorted, as JAX
+    assert stack({"a": one, "b": one * 2}).tolist() == [[1.0], [2.0]]
+    nested = slope.jit(lambda t: [v * 1 for v in t[1]["in"].values()])
+    assert [v.item() for v in nested((one, {"in": {"y": one * 3, "x": one}}))] == [1.0, 3.0]
+    keywords = slope.jit(lambda x, **kw: [x * v for v in kw.values()])
+    assert [v.item() for v in keywords(one, a=1.0, b=2.0)] == [1.0, 2.0]
+    assert [v.item() for v in keywords(one, b=2.0, a=1.0)] == [1.0, 2.0]
+    assert len(stack.cache) == 1 and len(keywords.cache) == 1

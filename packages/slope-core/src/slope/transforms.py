@@ -568,7 +568,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
         in_tree, with_kwargs, others = key[:3]  # (with_kwargs: the tree is of (args, kwargs), else of args)
-        in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else in_tree
+        in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else tree.sort_dicts(in_tree)  # (the cache
+        # key's structure is equal for every insertion order: the function sees dicts in key order, as in JAX)
         flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones

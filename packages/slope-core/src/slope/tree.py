@@ -51,6 +51,16 @@ def structure(value: Any, is_leaf: Callable | None = None) -> TreeDef:
     return optree.tree_structure(value, is_leaf, namespace=NAMESPACE)
 
 
+def sort_dicts(treedef: TreeDef) -> TreeDef:
+    """The structure with every dict rebuilt in sorted key order (equal to it, unflattening in that order, as JAX's)."""
+
+    def in_order(node: TreeDef) -> TreeDef:  # one level: a dict's entries are its keys, sorted
+        keys = dict.fromkeys(node.entries(), optree.treespec_leaf(namespace=NAMESPACE))
+        return optree.treespec_dict(keys, namespace=NAMESPACE) if node.type is dict else node
+
+    return treedef.transform(in_order)
+
+
 def describe(treedef: TreeDef) -> str:
     """A structure as short text for messages, such as `tuple(*, dict(*, *))` (a leaf is `*`)."""
     children = ", ".join(describe(child) for child in treedef.children())
