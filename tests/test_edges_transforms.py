@@ -4,6 +4,8 @@ higher derivatives at 0."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,14 @@ def test_jit_returns_numpy_scalars_in_their_own_dtype(backend: str) -> None:
     for value in (np.float64(0.1), np.float32(0.1), np.int8(3), np.uint8(7), np.bool_(True)):
         got = slope.jit(lambda x, v=value: v)(x)
         assert got.dtype == slope.tensor(value).dtype and got.item() == value.item(), value
+
+
+def test_jit_static_argnames_are_static_when_passed_by_position(backend: str) -> None:
+    """A static_argnames argument passed by position was traced (a float64 x times a static 0.1 used float32's 0.1, a
+    size could not reshape); JAX reads its position from the signature."""
+    x = slope.tensor([1.0], dtype=slope.float64)
+    scale = slope.jit(lambda x, c: x * c, static_argnames="c")
+    assert scale(x, 0.1).item() == 0.1 and scale(x, c=0.1).item() == 0.1
+    assert scale(x, 0.0).item() == 0.0 and math.copysign(1, scale(x, -0.0).item()) == -1
+    rows = slope.jit(lambda x, n: x.reshape(n, -1), static_argnames=("n",))
+    assert rows(slope.ones(6), 2).shape == (2, 3) and rows(slope.ones(6), n=3).shape == (3, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -531,6 +532,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.fn = fn
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+        # a static_argnames argument passed by position is static too (its position from the signature, as in JAX)
+        signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()
+        positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]
+        self.named_positions = {i for i, name in enumerate(positional) if name in self.static_argnames}
         self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
@@ -541,7 +546,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if self.static_argnums or self.static_argnames:
             if bad := [n for n in self.static_argnums if not -len(args) <= n < len(args)]:  # (negative: from the end)
                 raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {len(args)} arguments")
-            static = {n % len(args) for n in self.static_argnums}
+            static = {n % len(args) for n in self.static_argnums} | {i for i in self.named_positions if i < len(args)}
             args = tuple(_static(a) if i in static else a for i, a in enumerate(args))
             kwargs = {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
