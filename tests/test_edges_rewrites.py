@@ -185,3 +185,25 @@ def test_numpy_of_a_tensor_is_a_copy(backend):
     y = slope.tensor([1.0, 2.0, 3.0])
     np.asarray(y.flip(0))[0] = 0.0
     assert y.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_tanh_stays_within_one_and_its_derivative_non_negative(backend):
+    # onnxruntime's float32 Tanh gave up to 1.0000002 from |x| = 8.2 (so 1 - y**2, the derivative, was negative and
+    # gelu(tanh) positive at -5.04), tanh(1e-37) 14 ulps off and tanh(7e-45) 0; its float64 Tanh rounded to 1 from
+    # |x| = 17.7 in long tensors (1 - 8e-16 there)
+    grid = np.linspace(8.0, 9.5, 20001, dtype=np.float32)
+    for values in eager_and_jit(slope.tanh, grid):
+        assert values.numpy().max() <= 1.0
+    slopes = slope.jit(slope.grad(lambda v: slope.tanh(v).sum()))(slope.tensor(grid)).numpy()
+    assert slopes.min() >= 0.0
+    gelu = slope.gelu(slope.tensor(np.float32([-5.04468298])), approximate="tanh") if hasattr(slope, "gelu") else None
+    assert gelu is None or gelu.item() < 0
+    tiny = np.array([1e-37, -2.2e-38, 7e-45, -0.0, 0.0, np.nan, 2.0**-13, -np.inf], np.float32)
+    for result in eager_and_jit(slope.tanh, tiny):
+        bits(result, torch.tanh(torch.tensor(tiny)))
+    wide = np.concatenate([np.linspace(17.0, 19.5, 1001), -np.linspace(17.0, 19.5, 1001), [-0.0, 0.0, -1e-300]])
+    expected = torch.tanh(torch.tensor(wide)).numpy()
+    for result in eager_and_jit(slope.tanh, wide):
+        got = result.numpy()
+        assert np.all(np.abs(got - expected) <= np.spacing(np.abs(expected))), np.abs(got - expected).max()
+        assert np.array_equal(np.signbit(got), np.signbit(expected))

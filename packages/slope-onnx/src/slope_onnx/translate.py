@@ -136,6 +136,30 @@ def _sine(op_type: str) -> Callable:
     return translate
 
 
+def _tanh(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    """Tanh; beyond |x| = 1 as sign(x) (1 - 2 / (exp(2|x|) + 1)): onnxruntime's float32 kernel gives values up to
+    1.0000002 from |x| = 8.2 (tanh's derivative, 1 - y**2, was negative there) and its float64 kernel rounds to +-1
+    from |x| = 17.7 in long tensors (1 - 8e-16 there); float32 below |x| = 2**-12 is x (tanh x rounds to x there,
+    where the kernel was up to 104 ulps off)."""
+    out, x = _out(instruction), inputs[0]
+    if out.dtype not in (slope.float32, slope.float64):
+        return emit(graph, "Tanh", inputs, out.dtype, out.shape)
+
+    def node(op: str, *operands: Any) -> str:
+        return graph.node(op, [v if isinstance(v, str) else graph.scalar(v, out.dtype) for v in operands],
+                          shape=out.shape)  # fmt: skip
+
+    size = node("Abs", x)
+    tail = node(
+        "Mul",
+        node("Sign", x),
+        node("Sub", 1.0, node("Div", 2.0, node("Add", node("Exp", node("Add", size, size)), 1.0))),
+    )
+    # (-0.0 comes from Where's second input: its first turns -0.0 into +0.0)
+    value = node("Where", node("Greater", size, 1.0), tail, node("Tanh", x))
+    return node("Where", node("GreaterOrEqual", size, 2.0**-12), value, x) if out.dtype == slope.float32 else value
+
+
 def _invert(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out = _out(instruction)
     if out.dtype == slope.bool_:  # (not Not: onnxruntime's NotWhereFusion swaps Where(Not(c), x, y)'s x and y, and
@@ -891,7 +915,7 @@ translations: dict[str, Callable] = {
     "sin": _sine("Sin"),
     "cos": _sine("Cos"),
     "sqrt": _unary("Sqrt"),
-    "tanh": _unary("Tanh"),
+    "tanh": _tanh,
     "floor": _unary("Floor"),
     "ceil": _unary("Ceil"),
     "round": _unary("Round"),  # half to even, as PyTorch
