@@ -9,6 +9,7 @@ operators (`slope_nn.operators`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -79,6 +80,21 @@ def _number(name: str, value: Any, what: str) -> Any:
 # ----------------------------------------------------------------------------------------------- activations
 
 
+def _half_in_float32(fn: Callable) -> Callable:
+    """fn of a float16 or bfloat16 x computed in float32 and rounded once, as PyTorch's kernels compute them (step by
+    step in float16, silu was up to 9 ulps off and its gradient up to 528: -0.000244 for -0.000181 at -1.28)."""
+
+    @functools.wraps(fn)
+    def in_float32(x: Any, *args: Any, **kwargs: Any) -> Tensor:
+        x = _float(x)
+        if x.dtype in (slope.float16, slope.bfloat16):
+            return fn(x.astype(slope.float32), *args, **kwargs).astype(x.dtype)
+        return fn(x, *args, **kwargs)
+
+    return in_float32
+
+
+@_half_in_float32
 def sigmoid(x: Any) -> Tensor:
     """1 / (1 + exp(-x)), computed stably: exp(x) / (1 + exp(x)) for x < 0."""
     x = _float(x)
@@ -95,6 +111,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     return slope.where(x > 0, x, x * _number("leaky_relu", negative_slope, "negative_slope"))
 
 
+@_half_in_float32
 def silu(x: Any) -> Tensor:
     """x * sigmoid(x)."""
     x = _float(x)
@@ -108,6 +125,7 @@ def _log1p_of_small(e: Tensor) -> Tensor:
     return slope.log(u) + (e - (u - 1.0)) / u
 
 
+@_half_in_float32
 def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """log(1 + exp(beta x)) / beta, computed stably; x itself where beta x > threshold (as PyTorch)."""
     x = _float(x)

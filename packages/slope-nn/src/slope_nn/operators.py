@@ -260,7 +260,7 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
     # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in nine elementwise passes (1 / sqrt(2 pi) goes
     # into the exponent, which also spares a negation)
     density = slope.exp(-0.5 * math.log(2 * math.pi) - scaled * scaled)
-    return (erf(scaled) * 0.5 + x * density) + 0.5
+    return (erf(scaled) * 0.5 + 0.5) + x * density  # (PyTorch's order: adding 0.5 last lost x * density below -8)
 
 
 def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
