@@ -217,3 +217,15 @@ def test_a_killed_save_keeps_the_previous_checkpoint(tmp_path, suffix):
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     assert path.read_bytes() == before
     assert nn.load(path)["w"].tolist() == [4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_fresh_process_loads_bfloat16(tmp_path, suffix):
+    # safetensors' reader names the dtype "bfloat16", which NumPy knows only once ml_dtypes is imported: a process
+    # that had not used bfloat16 yet failed with "data type 'bfloat16' not understood"
+    path = tmp_path / f"bf{suffix}"
+    nn.save({"a": slope.tensor([1.5, -2.25]).astype(slope.bfloat16)}, path)
+    code = f"import slope.nn as nn; t = nn.load({str(path)!r})['a']; print(t.dtype.name, t.astype('float32').tolist())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["bfloat16", "[1.5,", "-2.25]"]

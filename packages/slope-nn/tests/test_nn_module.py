@@ -169,6 +169,15 @@ def test_load_state_dict_keeps_modules_in_dicts_and_tuples():
     assert not head.weight.numpy().any() and not first.bias.numpy().any()
 
 
+def test_load_state_dict_rounds_float64_into_float16_through_float32():
+    # NumPy's one rounding gave 1.0009765625 for 1 + 2**-11 + 2**-40; PyTorch (and slope.tensor(...).astype) give 1.0
+    layer = slope.tree.map(lambda t: t.astype(slope.float16), nn.Linear(1, 1, bias=False))
+    layer.load_state_dict({"weight": np.array([[1 + 2**-11 + 2**-40]])})
+    assert layer.weight.dtype == slope.float16 and layer.weight.item() == 1.0
+    layer.load_state_dict({"weight": np.array([[3]], np.int64)})  # other conversions as before
+    assert layer.weight.dtype == slope.float16 and layer.weight.item() == 3.0
+
+
 def test_a_tensor_shared_by_two_parameters_is_refused_by_optimizers():
     # b.weight = a.weight trained as two copies that drift apart; PyTorch trains one shared parameter
     class Tied(nn.Module):

@@ -221,3 +221,59 @@ def test_float32_adam_matches_torch_with_a_beta2_near_one(beta2, decoupled, amsg
         reference.step()
     moved = np.abs(w.detach().numpy() - start).max()
     assert np.abs(model["w"].numpy() - w.detach().numpy()).max() < 2e-5 * moved
+
+
+@pytest.mark.parametrize("dtype, big", [("float16", 300.0), ("float16", 8000.0), ("bfloat16", 3e19), ("float32", 3e20)])
+def test_adam_second_moment_overflows_where_pytorchs_does(dtype, big):
+    # grad * grad overflowed float16 from |grad| = 256 (PyTorch's addcmul: 8100) and float32's scaled square from
+    # 1.8e20 (PyTorch: 5.8e20); nu then stayed inf and the parameter never moved again
+    torch = pytest.importorskip("torch")
+    optimizer = nn.Adam(0.01)
+    model = {"w": slope.ones(1, dtype=dtype)}
+    state = optimizer.init(model)
+    w = torch.ones(1, dtype=getattr(torch, dtype), requires_grad=True)
+    reference = torch.optim.Adam([w], lr=0.01, foreach=False)
+    for g in [big] + [1.0] * 5:
+        model, state = slope.jit(optimizer.step)(model, {"w": slope.tensor([g]).astype(dtype)}, state)
+        w.grad = torch.tensor([g]).to(w.dtype)
+        reference.step()
+    assert np.isfinite(state.nu[0].astype("float64").numpy()).all()
+    expected = w.detach().double().numpy()
+    assert expected[0] < 1.0
+    np.testing.assert_allclose(model["w"].astype("float64").numpy(), expected, rtol=4e-3 if dtype != "float32" else 1e-6)
+
+
+def test_a_parameter_without_state_is_an_error_not_skipped():
+    # the state of a frozen parameter is None; unfrozen later (fine-tuning), it was silently never trained, as were all
+    # parameters of SGD(momentum) stepped with a state made without momentum
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model.freeze("0.weight")
+    grads = slope.tree.map(slope.ones_like, model)
+    for optimizer in (nn.Adam(0.1), nn.AdamW(0.1), nn.SGD(0.1, momentum=0.9)):
+        state = optimizer.init(model)
+        model.unfreeze()
+        with pytest.raises(ValueError, match=r"step: leaf 0 .* no state .*call init"):
+            optimizer.step(model, grads, state)
+        model.freeze("0.weight")
+    with pytest.raises(ValueError, match="no state"):
+        nn.SGD(0.1, momentum=0.9).step(model, grads, nn.SGD(0.1).init(model))
+
+
+def test_trainable_and_decay_name_a_dict_models_leaves_by_key():
+    model = {"w": slope.ones((2, 2)), "b": slope.ones(2), "head": nn.Linear(2, 1)}
+    grads = slope.tree.map(slope.ones_like, model)
+    assert [name for name, _ in nn.leaf_kinds(model)] == ["b", "head.weight", "head.bias", "w"]
+    only_w = nn.SGD(0.1, trainable=lambda name: name == "w")
+    new, _ = only_w.step(model, grads, only_w.init(model))
+    np.testing.assert_allclose(new["w"].numpy(), 0.9)
+    np.testing.assert_array_equal(new["b"].numpy(), 1.0)
+    decayed = nn.SGD(0.1, weight_decay=1.0, decay=lambda name, leaf: name == "w")
+    new, _ = decayed.step(model, slope.tree.map(slope.zeros_like, model), decayed.init(model))
+    np.testing.assert_allclose(new["w"].numpy(), 0.9)
+    np.testing.assert_array_equal(new["b"].numpy(), 1.0)
+
+
+def test_linear_warmup_refuses_a_step_count_below_one():
+    for steps in (-4, 0, 1.5):
+        with pytest.raises(ValueError, match="linear_warmup: warmup_steps"):
+            nn.optim.linear_warmup(0.1, steps)

@@ -104,6 +104,7 @@ def load(path: str | os.PathLike, as_numpy: bool = False) -> dict[str, Any]:
     else:
         from safetensors.numpy import load_file
 
+        slope.bfloat16.numpy  # noqa: B018 - imports ml_dtypes, which makes NumPy know "bfloat16" (a fresh process failed)
         arrays = load_file(str(path))
     if as_numpy:
         return arrays

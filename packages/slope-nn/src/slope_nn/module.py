@@ -22,6 +22,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import optree
 
 import slope
 from slope import Tensor
@@ -312,7 +313,7 @@ class Module:
                         f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "
                         f"{leaf.shape} in the module"
                     )
-                leaf = slope.tensor(np.asarray(array, dtype=leaf.dtype.numpy, order="C"), dtype=leaf.dtype)
+                leaf = slope.tensor(np.asarray(array, order="C")).astype(leaf.dtype)  # (float16 through float32)
             new_leaves.append(leaf)
         _assign(self, slope.tree.unflatten(treedef, new_leaves))
         return self
@@ -415,13 +416,16 @@ def leaf_kinds(tree: Any) -> list[tuple[str, str]]:
     """
     if isinstance(tree, Module):
         return [(name, kind) for name, _, kind in tree.named_leaves()]
-    result = []
-    items, _ = slope.tree.flatten(tree, is_leaf=lambda v: isinstance(v, Module))
-    for i, item in enumerate(items):
+    result = []  # named by their paths: a dict model's leaves by their keys (they were numbered)
+    paths, items, _ = optree.tree_flatten_with_path(
+        tree, is_leaf=lambda v: isinstance(v, Module), namespace=slope.tree.NAMESPACE
+    )
+    for path, item in zip(paths, items):
+        prefix = ".".join(map(str, path))
         if isinstance(item, Module):
-            result.extend((f"{i}.{name}", kind) for name, _, kind in item.named_leaves())
+            result.extend((f"{prefix}.{name}" if prefix else name, kind) for name, _, kind in item.named_leaves())
         else:
-            result.append((str(i), "param"))
+            result.append((prefix, "param"))
     return result
 
 

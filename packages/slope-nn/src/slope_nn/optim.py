@@ -81,6 +81,7 @@ def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule
 def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
     """Scale a schedule (or constant rate) linearly from 1/warmup_steps up to 1 over the first warmup_steps."""
     base = schedule if callable(schedule) else constant_schedule(float(schedule))
+    _at_least_one("linear_warmup", warmup_steps=warmup_steps)  # (-4 gave negative rates: gradient ascent)
 
     def warmed(step: Tensor) -> Tensor:
         factor = slope.clip((step + 1.0) / float(warmup_steps), None, 1.0)
@@ -258,7 +259,12 @@ class Optimizer:
         count = state.count + 1
         new_leaves, new_slots = [], []
         for i, (param, grad, slot, trainable, decay) in enumerate(zip(leaves, grad_leaves, slots, mask, decays)):
-            if not trainable or slot is None:
+            if trainable and slot is None:  # (it was skipped: a frozen backbone unfrozen later never trained)
+                raise ValueError(
+                    f"{type(self).__name__}.step: leaf {i} {param.aval} is trained but has no state (the state was "
+                    "made while it was frozen, or by another optimizer); call init(model) again"
+                )
+            if not trainable:
                 new_leaves.append(param)
                 new_slots.append(slot)
                 continue
@@ -386,10 +392,13 @@ class Adam(Optimizer):
         # (in half precision the scaled square could underflow where grad**2 does not: there nu reads grad itself)
         scaled = (1.0 - self.beta1) * grad
         mu = self.beta1 * mu + scaled
+        # (the factor goes first, as PyTorch's addcmul: scaled * scaled overflowed float32 from |grad| = 1.8e20, not
+        # 5.8e20, and then nu stayed inf: the parameter never moved again)
         if param.dtype.bits >= 32:
-            nu = self.beta2 * nu + ((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * (scaled * scaled)
-        else:
-            nu = self.beta2 * nu + (1.0 - self.beta2) * (grad * grad)
+            nu = self.beta2 * nu + (((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * scaled) * scaled
+        else:  # in float32, rounded once, as PyTorch's addcmul (grad * grad overflowed float16 from |grad| = 256)
+            wide = grad.astype(slope.float32)
+            nu = ((self.beta2 * nu).astype(slope.float32) + ((1.0 - self.beta2) * wide) * wide).astype(param.dtype)
         # the bias corrections in float64, as PyTorch's (Python floats): float32's 1 - 0.9999**t is 1.7e-4 off
         t = count.astype(slope.float64)
         correction1, root2 = 1.0 - self.beta1**t, (1.0 - self.beta2**t).sqrt()
