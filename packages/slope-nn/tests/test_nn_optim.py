@@ -240,7 +240,9 @@ def test_adam_second_moment_overflows_where_pytorchs_does(dtype, big):
     assert np.isfinite(state.nu[0].astype("float64").numpy()).all()
     expected = w.detach().double().numpy()
     assert expected[0] < 1.0
-    np.testing.assert_allclose(model["w"].astype("float64").numpy(), expected, rtol=4e-3 if dtype != "float32" else 1e-6)
+    np.testing.assert_allclose(
+        model["w"].astype("float64").numpy(), expected, rtol=4e-3 if dtype != "float32" else 1e-6
+    )
 
 
 def test_a_parameter_without_state_is_an_error_not_skipped():
