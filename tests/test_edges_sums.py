@@ -15,6 +15,7 @@ Guarantees checked here (u: the unit roundoff of the dtype, 2^-24 for float32; n
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -215,3 +216,23 @@ def test_narrow_integer_sums(backend, dtype):
         if dtype != "bool":  # an explicit narrow dtype wraps around in it, as PyTorch
             narrow = x.sum(dims, dtype=getattr(slope, dtype))
             assert narrow.dtype == x.dtype and narrow.tolist() == t.sum(dims, dtype=getattr(torch, dtype)).tolist()
+
+
+def test_integer_mean_var_and_std_are_computed_in_float64_as_numpy(backend):
+    # each integer was rounded to float32 before the sum: 2**40 + 1 and -2**40 cancelled to a mean of 0 (NumPy 0.5)
+    cases = [
+        np.array([2**40 + 1, -(2**40)], np.int64),
+        np.array([2**24 + 1, 2**24], np.int32),
+        np.array([2**40 + 1, 2**40, 2**40 + 3], np.int64),
+        np.array([[True, False, True], [False, False, True]]),
+        np.array([200, 255, 1], np.uint8),
+    ]
+    for data in cases:
+        x = slope.tensor(data)
+        for axis in (None, 0):
+            expected = [data.mean(axis), data.var(axis, ddof=1), data.std(axis, ddof=1)]
+            statistics = functools.partial(lambda v, axis: [v.mean(axis), v.var(axis), v.std(axis)], axis=axis)
+            for mine in (statistics, slope.jit(statistics)):
+                for got, want in zip(mine(x), expected):
+                    assert got.dtype == slope.float32
+                    np.testing.assert_array_equal(got.numpy(), np.float32(want), err_msg=str(data))

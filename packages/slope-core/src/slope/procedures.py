@@ -290,15 +290,17 @@ def _count(name: str, x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims(name, dim, x.ndim, True))
 
 
-def _wide(dtype: dtypes.DType) -> dtypes.DType:
-    return dtypes.float32 if dtype.bits < 32 else dtype  # float16/bfloat16 statistics in float32, as PyTorch
+def _wide(dtype: dtypes.DType) -> dtypes.DType:  # float16/bfloat16 statistics in float32, as PyTorch; integers' in
+    # float64, as NumPy (each integer rounded to float32 first cancelled: the mean of 2**40 + 1 and -2**40 was 0)
+    return dtype if dtype.is_float and dtype.bits >= 32 else dtypes.float32 if dtype.is_float else dtypes.float64
 
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
-    x = ops.as_float(x)
+    x = as_tensor(x)
     count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
-    return cast(ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count), x.dtype)
+    result = ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count)
+    return cast(result, x.dtype if x.dtype.is_float else dtypes.default_float)
 
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
@@ -312,7 +314,8 @@ def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unb
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
-    x = ops.as_float(x)  # bfloat16 in float64: sums overflow float32, squares underflow it (not PyTorch's Welford's)
+    x = as_tensor(x)  # bfloat16 in float64: sums overflow float32, squares underflow it (not PyTorch's Welford's)
+    out = x.dtype if x.dtype.is_float else dtypes.default_float
     wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
     if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
@@ -320,9 +323,9 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
         centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)
     variance = ops.sum_(centered * centered, dim, keepdim, dtype=dtypes.float64) / float(max(count - correction, 0))
     if name == "var":  # (the scale twice: its square may underflow where variance is inf)
-        return cast(variance * (s := scale.reshape(variance.shape)) * s if scaled else variance, x.dtype)
+        return cast(variance * (s := scale.reshape(variance.shape)) * s if scaled else variance, out)
     root = where(variance == 0.0, 0.0, ops.sqrt(where(variance == 0.0, 1.0, variance)))
-    return cast(root * scale.reshape(root.shape) if scaled else root, x.dtype)
+    return cast(root * scale.reshape(root.shape) if scaled else root, out)
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
