@@ -180,3 +180,19 @@ def test_jit_static_argnames_are_static_when_passed_by_position(backend: str) ->
     assert scale(x, 0.0).item() == 0.0 and math.copysign(1, scale(x, -0.0).item()) == -1
     rows = slope.jit(lambda x, n: x.reshape(n, -1), static_argnames=("n",))
     assert rows(slope.ones(6), 2).shape == (2, 3) and rows(slope.ones(6), n=3).shape == (3, 2)
+
+
+def test_vjp_checks_numpy_and_number_cotangents_and_jacrev_wants_float_outputs(backend: str) -> None:
+    """A NumPy or Python-number cotangent of the wrong shape was broadcast (a (3, 3) "gradient" of a (3,) input); the
+    Jacobian of an integer or bool output was zeros (PyTorch and JAX refuse)."""
+    x = slope.tensor([0.5, -1.0, 2.0], dtype=slope.float64)
+    _, pullback = slope.vjp(lambda v: v * 2, x)
+    for cotangent in (np.ones((3, 1)), np.array([1.0]), 2.0):
+        with pytest.raises(slope.TransformError, match=r"slope.vjp: cotangent \[.*f64\] does not match the output"):
+            pullback(cotangent)
+    assert pullback(np.ones(3, np.float32))[0].tolist() == [2.0, 2.0, 2.0]  # NumPy data takes the output's dtype
+    assert slope.vjp(lambda v: v.sum(), x)[1](1.0)[0].tolist() == [1.0, 1.0, 1.0]
+    for integral in (lambda v: slope.argmax(v), lambda v: v > 0, lambda v: (v * 10).astype(slope.int32)):
+        with pytest.raises(slope.TransformError, match="jacrev: the function's output must be floating point"):
+            slope.jacrev(integral)(x)
+    np.testing.assert_array_equal(slope.jacrev(lambda v: v * 2)(x).numpy(), 2 * np.eye(3))

@@ -193,9 +193,10 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
         if ct_tree != out_treedef:
             raise TransformError(f"slope.vjp: cotangent structure {describe(ct_tree)} is not {describe(out_treedef)}")
-        for o, ct in zip(outs, ct_flat):
-            if isinstance(ct, Tensor) and ct.aval != o.aval:
-                raise TransformError(f"slope.vjp: cotangent {ct.aval} does not match the output {o.aval}")
+        for o, ct in zip(outs, ct_flat):  # (NumPy data and numbers take the output's dtype: their shape must match)
+            aval = ct.aval if isinstance(ct, Tensor) else Aval(np.shape(ct), o.dtype)
+            if aval != o.aval:
+                raise TransformError(f"slope.vjp: cotangent {aval} does not match the output {o.aval}")
         cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
         cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
         return tree.unflatten(in_tree, backward_pass(program, residuals, cts))
@@ -385,6 +386,8 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 
     def build(f: Callable, x: Tensor) -> Tensor:
         out, vjp_fn = vjp(f, x)
+        if not out.dtype.is_float:  # (its rows were zeros; PyTorch and JAX refuse)
+            raise TransformError(f"slope.jacrev: the function's output must be floating point, got {out.aval}")
         rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
         return rows.reshape((*out.shape, *x.shape))
 
