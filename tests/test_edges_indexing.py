@@ -296,7 +296,7 @@ def test_take_along_dim_counts_negative_indices_from_the_end_as_pytorch(backend,
         grad = transform(slope.grad(lambda a: slope.take_along_dim(a, empty, 1).sum()))(slope.tensor(x))
         np.testing.assert_array_equal(grad.numpy(), np.zeros_like(x))
     with pytest.raises(IndexError, match="slope.scatter_add"):  # PyTorch's scatter_add refuses negative indices
-        slope.scatter_add(slope.tensor(x), 1, slope.tensor([[-1], [0]]), slope.tensor([[1.0], [1.0]]))
+        slope.scatter_add(slope.tensor(x), 1, slope.tensor([[-1], [0]]), slope.tensor(np.ones((2, 1), x.dtype)))
 
 
 # ----------------------------------------------------------------------------------------------- point 10: empty
@@ -407,3 +407,21 @@ REPEATED_DIMS = {
 def test_a_repeated_dimension_is_refused_as_in_pytorch(backend, case):
     with pytest.raises(slope.ShapeError, match="slope."):
         REPEATED_DIMS[case](slope.ones(2, 2))
+
+
+def test_adding_floats_into_an_integer_tensor_is_refused_as_in_pytorch(backend):
+    # .at[].add and scatter_add cast the value to x's dtype: x.at[1].add(0.9) on int64 x changed nothing, 2.7 added 2
+    x = slope.tensor([1, 2, 3])
+    for add in (
+        lambda: x.at[1].add(0.9),
+        lambda: slope.jit(lambda x, v: x.at[1].add(v))(x, slope.tensor(2.7)),
+        lambda: slope.tensor([True, False]).at[0].add(1),
+    ):
+        with pytest.raises(slope.DTypeError, match="slope.index_update: cannot add (float32|int64) values into"):
+            add()
+    if hasattr(slope, "scatter_add"):  # (slope-nn's)
+        with pytest.raises(slope.DTypeError, match="slope.scatter_add: expected src of x's dtype int64, got float32"):
+            slope.scatter_add(x, 0, slope.tensor([0, 0]), slope.tensor([0.6, 0.6]))
+    assert x.at[1].add(5).tolist() == [1, 7, 3] and x.at[[0, 0]].add([1, 2]).tolist() == [4, 2, 3]
+    assert x.at[1].set(2.9).tolist() == [1, 2, 3]  # set casts, as x[i] = v in PyTorch
+    assert slope.ones(2).at[0].add(slope.tensor(1.0, dtype=slope.float64)).tolist() == [2.0, 1.0]

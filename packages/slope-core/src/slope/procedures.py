@@ -405,7 +405,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
     x = as_tensor(x)
     dtype = x.dtype if x.dtype.is_float else dtypes.int64
-    x = cast(x, _wide(dtype))
+    x = cast(x, _wide(dtype) if dtype.is_float else dtype)  # (integers in int64: exact, wrapping as PyTorch)
     dim = ops.normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     shift = 1
@@ -643,6 +643,9 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     """A copy of x with value set (the last write wins where index repeats, as PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
+    added = as_tensor(value).dtype if mode == "add" else x.dtype  # as x[index] += v in PyTorch: no float into ints
+    if (added.is_float, added != dtypes.bool_) > (x.dtype.is_float, x.dtype != dtypes.bool_):  # (it truncated: 0.9, 0)
+        raise DTypeError(f"slope.index_update: cannot add {added.name} values into {x.dtype.name} x; cast first")
     if isinstance(value, (int, float)) and not x.dtype.is_float:  # checked, as PyTorch's x[index] = 300 (int8: raises)
         value = ops._python_value("index_update", value, x.dtype)
     value, shape = as_tensor(value, x.dtype), positions.shape

@@ -539,6 +539,8 @@ class ScatterAdd(Operator):
 
     def __call__(self, x: Any, dim: int, index: Any, src: Any, *, unique_indices: bool = False) -> Tensor:
         x, index = _tensor(x), _index_tensor(self, index)
+        if isinstance(src, Tensor) and src.dtype != x.dtype:  # (it was cast: 0.6 + 0.6 added nothing to an int64 x)
+            raise self.dtype_error(f"expected src of x's dtype {x.dtype.name}, got {src.dtype.name} (as PyTorch)")
         src = _tensor(src).astype(x.dtype)
         if min(x.ndim, index.ndim, src.ndim) == 0 and max(x.ndim, index.ndim, src.ndim) <= 1:  # 0-d as 1-d (PyTorch)
             flat = [t.reshape(-1) for t in (x, index, src)]
