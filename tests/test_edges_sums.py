@@ -240,7 +240,11 @@ def test_integer_mean_var_and_std_are_computed_in_float64_as_numpy(backend):
 
 def test_integer_cumsum_is_exact_beyond_2_53_and_wraps_as_pytorch(backend):
     torch = pytest.importorskip("torch")
-    cases = [np.array([2**53 + 1, 0, 3], np.int64), np.array([2**62, 2**62, 5], np.int64), np.array([100, 100], np.int8)]
+    cases = [
+        np.array([2**53 + 1, 0, 3], np.int64),
+        np.array([2**62, 2**62, 5], np.int64),
+        np.array([100, 100], np.int8),
+    ]
     for data in cases:
         expected = torch.cumsum(torch.tensor(data), 0).numpy()
         for cumsum in (lambda v: slope.cumsum(v, 0), slope.jit(lambda v: slope.cumsum(v, 0))):
