@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .errors import DTypeError, ShapeError, SlopeError, SlopeMemoryError  # noqa: F401 - re-exported
 from .ir import Aval
 from .tensors import Tensor
-from .trace import bind, make_program
+from .trace import bind, make_program, run_procedure
 
 
 @dataclass(slots=True)
@@ -38,8 +38,7 @@ class Operator:
         """The output abstract value(s), by default from tracing the procedure; a ShapeError or DTypeError for misfits."""
         if self.procedure is None:
             raise NotImplementedError(f"slope.{self.name}: the operator defines neither `infer` nor a `procedure`")
-        procedure = self.procedure if self.multiple_results else lambda *xs, **ps: [self.procedure(*xs, **ps)]
-        outs = make_program(lambda *xs: procedure(*xs, **params), list(avals)).out_avals
+        outs = make_program(lambda *xs: run_procedure(self, list(xs), params), list(avals)).out_avals
         return outs if self.multiple_results else outs[0]
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
@@ -81,9 +80,7 @@ class Operator:
 
 def move_axis(x: Tensor, source: int, destination: int) -> Tensor:
     """The tensor with one dimension moved."""
-    if source == destination:
-        return x
-    perm = [d for d in range(x.ndim) if d != source]
+    perm = [d for d in range(x.ndim) if d != source]  # (permute returns x itself for the identity)
     perm.insert(destination, source)
     return x.permute(tuple(perm))
 

@@ -217,11 +217,10 @@ def _check_differentiable(name: str, n: int, arg: Any) -> None:
     for leaf in tree.leaves(arg):
         tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
         if tensor is None or not tensor.dtype.is_float:
-            raise TransformError(
-                f"slope.{name}: argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}; "
-                "derivatives need floating-point tensors (or pytrees of them; register containers with "
-                "slope.tree.register): cast it with .float(), or leave it out of argnums"
-            )
+            held = f"argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}"
+            need = "floating-point tensors (or pytrees of them; register containers with slope.tree.register)"
+            hint = "cast it with .float(), or leave it out of argnums"
+            raise TransformError(f"slope.{name}: {held}; derivatives need {need}: {hint}")
 
 
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
@@ -239,11 +238,9 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
 
         out, vjp_fn, *aux = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
         if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
-            described = out.aval if isinstance(out, Tensor) else type(out).__name__
-            raise TransformError(
-                f"slope.grad: the function must return a scalar (0-d) floating-point tensor, got {described}; "
-                "reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev"
-            )
+            got = out.aval if isinstance(out, Tensor) else type(out).__name__
+            must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
+            raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
         grads = vjp_fn(constant(1.0, out.dtype))
         grads = grads[0] if isinstance(argnums, int) else grads
         return ((out, *aux) if has_aux else out), grads
@@ -338,17 +335,14 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         results = []
         for value, dim, target in zip(values, dims, targets):
             if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
-                raise TransformError(
-                    f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
-                    f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched"
-                )
+                what = f"an output that depends on the mapped inputs (shape {value.shape}, batch axis {dim})"
+                raise TransformError(f"slope.vmap: out_axes is None for {what}; give it an axis or make it unbatched")
             if dim is None and target is not None:
                 value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
-                raise TransformError(
-                    f"slope.vmap: out_axes {target} is out of range for a per-example output of shape "
-                    f"{value.shape[:dim] + value.shape[dim + 1 :]} (expected {-value.ndim} to {value.ndim - 1})"
-                )
+                per_example = f"a per-example output of shape {value.shape[:dim] + value.shape[dim + 1 :]}"
+                expected = f"expected {-value.ndim} to {value.ndim - 1}"
+                raise TransformError(f"slope.vmap: out_axes {target} is out of range for {per_example} ({expected})")
             results.append(move_axis(value, dim, target % value.ndim) if target is not None else value)
         return tree.unflatten(out_tree[0], results)
 
@@ -451,11 +445,10 @@ class CustomVJPLinear(_CustomCall):
         if len(flat) != len(linear_avals):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
-            if ct is not None and as_tensor(ct).aval != aval:
-                raise TransformError(
-                    f"slope.custom_vjp: the backward function returned a cotangent of shape {as_tensor(ct).shape} "
-                    f"({as_tensor(ct).dtype.name}) for input {i} of shape {aval.shape} ({aval.dtype.name}); expected both"
-                )
+            if ct is not None and (got := as_tensor(ct).aval) != aval:
+                returned = f"a cotangent of shape {got.shape} ({got.dtype.name}) for input {i}"
+                expected = f"of shape {aval.shape} ({aval.dtype.name}); expected both"
+                raise TransformError(f"slope.custom_vjp: the backward function returned {returned} {expected}")
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
