@@ -62,7 +62,8 @@ class Backend:
     def check_dtype(self, dtype: DType, function: str) -> None:
         """Raise a clear error naming the function when this backend cannot hold the dtype."""
         if dtype not in self.dtypes:
-            what = f"backend {self.name!r} cannot run dtype {dtype.name} (it supports {sorted(d.name for d in self.dtypes)})"
+            supported = sorted(d.name for d in self.dtypes)
+            what = f"backend {self.name!r} cannot run dtype {dtype.name} (it supports {supported})"
             raise SlopeBackendError(f"slope.{function}: {what}; cast the tensor or use another backend")
 
 

@@ -63,8 +63,7 @@ class Operator:
 
     def has_rule(self, rule: str) -> bool:
         """Whether the operator defines this rule itself (rather than through its procedure)."""
-        defined = getattr(type(self), rule) is not getattr(Operator, rule)
-        return defined or (rule == "jvp" and bool(self.linear_inputs))
+        return getattr(type(self), rule) is not getattr(Operator, rule) or (rule == "jvp" and bool(self.linear_inputs))
 
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError that names this operator."""

@@ -691,8 +691,7 @@ class Arange(Operator):
     name = "arange"
 
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
-        if stop is None:
-            start, stop = 0, start
+        start, stop = (0, start) if stop is None else (start, stop)
         values = (start, stop, step)
         default = dtypes.default_int if all(isinstance(v, (int, np.integer)) for v in values) else dtypes.default_float
         dtype = default if dtype is None else dtypes.as_dtype(dtype)

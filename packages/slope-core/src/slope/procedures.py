@@ -420,8 +420,7 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
     dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
-    perm = (dim1 if d == dim0 else dim0 if d == dim1 else d for d in range(x.ndim))  # 0-d: its own transpose
-    return ops.permute(x, tuple(perm))
+    return ops.permute(x, tuple(dim1 if d == dim0 else dim0 if d == dim1 else d for d in range(x.ndim)))  # 0-d: itself
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -522,8 +521,7 @@ def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
         dim = ops.normalize_dim("roll", dim, x.ndim, needs_dim=True)
         size = x.shape[dim]
         if size and shift % size:
-            head, tail = split(x, [size - shift % size, shift % size], dim)
-            x = ops.cat([tail, head], dim)
+            x = ops.cat(split(x, [size - shift % size, shift % size], dim)[::-1], dim)  # the tail, then the head
     return x
 
 
@@ -566,8 +564,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         if not (isinstance(i, slice) and (i.start or 0, i.step or 1) == (0, 1) and (i.stop or 0) >= 0):
             raise IndexError(f"slope.getitem: repeated ellipses put {i} past the last dimension of shape {x.shape}")
     items = items[:kept]
-    # bool masks become integer index tensors (needs concrete values: the result's shape depends on them)
-    expanded, dim = [], 0
+    expanded, dim = [], 0  # bool masks become integer index tensors (of concrete masks: they decide the shape)
     for item in items:
         if not _is_bool_mask(item):
             expanded.append(as_tensor(item) if isinstance(item, np.ndarray) else item)
@@ -602,13 +599,12 @@ def getitem(x: Any, index: Any) -> Tensor:
             if item.step == 0:  # (Python's own error would not name getitem)
                 raise ValueError(f"slope.getitem: slice step cannot be zero ({item} in dim {dim} of shape {x.shape})")
             out_shape.append(len(range(*item.indices(size))))
+        elif not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
+            message = "only integers, slices, ellipsis (...), None and integer or bool tensors are valid indices"
+            raise IndexError(f"slope.getitem: {message}, got {type(item).__name__}")
+        elif not -size <= (position := int(item)) < size:
+            raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
         else:
-            if not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
-                message = "only integers, slices, ellipsis (...), None and integer or bool tensors are valid indices"
-                raise IndexError(f"slope.getitem: {message}, got {type(item).__name__}")
-            position = int(item)
-            if not -size <= position < size:
-                raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
             item = slice(position % size, position % size + 1)  # one element, and no dimension in out_shape
         begin, end, stride = item.indices(size)
         if stride < 0:  # walk backwards: flip, then slice forwards
@@ -683,15 +679,14 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
         raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
     check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
     index = where(index < 0, constant(x.shape[dim], index.dtype, index.shape), index)  # traced: an error when run
-    coords = [index if d == dim else _positions(index.shape, d) for d in range(index.ndim)]
-    return ops.gather_nd(x, stack(coords, -1))
+    return ops.gather_nd(x, stack([index if d == dim else _positions(index.shape, d) for d in range(index.ndim)], -1))
 
 
-registry: dict[str, Callable] = {
-    name.rstrip("_"): value
-    for name, value in list(globals().items())
-    if inspect.isfunction(value) and value.__module__ == __name__ and not name.startswith("_")
-}
+def _public(name: str, value: Any) -> bool:  # a public function defined here (not one imported)
+    return inspect.isfunction(value) and value.__module__ == __name__ and not name.startswith("_")
+
+
+registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
 registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
 
 

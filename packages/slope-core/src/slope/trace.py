@@ -47,8 +47,7 @@ class Tracer(Tensor):
 
     __slots__ = ("_trace",)
 
-    def __init__(self, trace: Trace, aval: Aval):
-        # no buffer: bool()/int()/.numpy() then raise the "traced value" error, not AttributeError
+    def __init__(self, trace: Trace, aval: Aval):  # no buffer: bool(), .numpy() raise the "traced value" error
         self._trace, self.aval, self.buffer = trace, aval, None
 
     def full_lower(self) -> Tensor:

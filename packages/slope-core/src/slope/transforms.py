@@ -242,8 +242,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
         grads = vjp_fn(constant(1.0, out.dtype))
-        grads = grads[0] if isinstance(argnums, int) else grads
-        return ((out, *aux) if has_aux else out), grads
+        return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, int) else grads)
 
     return value_and_grad_fn
 
@@ -421,8 +420,8 @@ class CustomJVPCall(_CustomCall):
     def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
-        if [t.aval for t in tangent_outs] != [o.aval for o in outs]:  # (JAX checks too: jacfwd had a wrong shape)
-            got, expected = [t.aval for t in tangent_outs], [o.aval for o in outs]
+        got, expected = [t.aval for t in tangent_outs], [o.aval for o in outs]
+        if got != expected:  # (JAX checks too: jacfwd had a wrong shape)
             raise TransformError(f"slope.custom_jvp: the rule's tangents {got} do not match its outputs {expected}")
         return outs, tangent_outs
 
