@@ -260,3 +260,35 @@ def test_gelu_tanh_second_derivative_keeps_its_tail():
     second = slope.grad(lambda v: slope.grad(lambda w: nn.functional.gelu(w, approximate="tanh").sum())(v).sum())
     got = second(slope.tensor([7.0, -7.0], dtype=slope.float64)).numpy()
     np.testing.assert_allclose(got, [-3.232e-13, -3.232e-13], rtol=3e-2)  # (onnxruntime's float64 tanh: 1.3%)
+
+
+def test_narrow_integer_targets_and_indices_are_compared_as_int64():
+    # uint8 targets compared with ignore_index -100 in uint8 (156: class 156 was ignored) and int8 classes beyond 127
+    # wrapped onto -100; an Embedding's uint8 indices compared with padding_idx 300 in uint8 (row 44's gradient was 0)
+    x = slope.tensor(np.random.default_rng(0).standard_normal((3, 200)).astype(np.float32))
+    wide = slope.tensor(np.array([156, 3, 199]))
+    for narrow in (wide.astype(slope.uint8), slope.tensor(np.array([-100, 3, 120], np.int8))):
+        expected = nn.cross_entropy(x, narrow.astype(slope.int64), reduction="none").numpy()
+        for loss in (nn.cross_entropy, slope.jit(nn.cross_entropy, static_argnames="reduction")):
+            np.testing.assert_allclose(loss(x, narrow, reduction="none").numpy(), expected, rtol=1e-6)
+            assert (
+                nn.nll(slope.log_softmax(x, 1), narrow).item()
+                == nn.nll(slope.log_softmax(x, 1), narrow.astype("int64")).item()
+            )
+    embedding = nn.Embedding(301, 2, padding_idx=300)
+    rows = slope.tensor(np.array([44, 1, 44], np.uint8))
+    assert slope.grad(lambda m: m(rows).sum())(embedding).weight.numpy()[44].tolist() == [2.0, 2.0]
+
+
+def test_loss_class_weights_are_buffers_and_dropout_keeps_nan():
+    weight = slope.tensor(np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+    for loss in (nn.CrossEntropyLoss(weight=weight), nn.NLLLoss(weight=weight)):
+        assert [name for name, _ in loss.named_parameters()] == [] and "weight" in loss.state_dict()
+    # a dropped NaN or inf stays NaN, as PyTorch's mask product gives (a where gave 0, hiding a diverging activation)
+    x = slope.tensor(np.array([np.nan, np.inf] * 16, np.float32))
+    for dropped in (nn.dropout(x, 0.5, key=slope.random.key(1)), nn.Dropout(0.5)(x)):
+        values = dropped.numpy()
+        assert not (values == 0).any() and np.isnan(values).sum() > 0
+    q = slope.tensor(np.full((1, 4, 2), np.nan, np.float32))
+    attended = slope.scaled_dot_product_attention(q, q, q, dropout_p=0.5, key=slope.random.key(2))
+    assert np.isnan(attended.numpy()).all()

@@ -331,7 +331,7 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
         else:
             key = next_key("scaled_dot_product_attention") if key is None else key
             keep = slope.random.bernoulli(key, 1.0 - dropout_p, weights.shape)
-            weights = slope.where(keep, weights * (1.0 / (1.0 - dropout_p)), 0.0)
+            weights = weights * slope.where(keep, 1.0 / (1.0 - dropout_p), 0.0).astype(weights.dtype)  # (as dropout)
     return weights @ v
 
 
@@ -386,6 +386,7 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     `ignore_index` left out, "mean" divided by the summed weights of the targets kept (NaN when none is)."""
     if not target.dtype.is_int:
         raise slope.DTypeError(f"slope.{name}: target must hold class indices (integers), got {target.dtype.name}")
+    target = target.astype(slope.int64)  # (in uint8, ignore_index -100 wrapped to class 156, and int8's 156 to -100)
     class_dim = 1 if logp.ndim > 1 else 0
     classes = logp.shape[class_dim]
     expected = logp.shape[:class_dim] + logp.shape[class_dim + 1 :]

@@ -484,7 +484,8 @@ class Embedding(Module):
             indices = slope.where(indices < 0, self.num_embeddings, indices.astype(slope.int64))
         rows = self.weight[indices]
         if self.padding_idx is not None:  # PyTorch's: the padding row as it is (zeros unless set), with no gradient
-            rows = slope.where((indices == self.padding_idx).unsqueeze(-1), slope.stop_gradient(rows), rows)
+            padding = indices.astype(slope.int64) == self.padding_idx  # (uint8 indices wrapped 300 to 44)
+            rows = slope.where(padding.unsqueeze(-1), slope.stop_gradient(rows), rows)
         return rows
 
     def attend(self, x: Tensor) -> Tensor:
@@ -508,7 +509,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
         return x * 0.0
     key = next_key("Dropout") if key is None else key
     keep = slope.random.bernoulli(key, 1.0 - p, x.shape)
-    return slope.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+    # times the mask, as PyTorch: a dropped NaN or inf stays NaN (a where gave 0, hiding a diverging activation)
+    return x * slope.where(keep, 1.0 / (1.0 - p), 0.0).astype(x.dtype)
 
 
 class Dropout(Module):

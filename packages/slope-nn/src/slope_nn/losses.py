@@ -152,8 +152,8 @@ class CrossEntropyLoss(Module):
     def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0) -> None:  # fmt: skip
         super().__init__()
-        self.weight, self.ignore_index = weight, ignore_index
-        self.reduction = reduction
+        self.register_buffer("weight", weight)  # (as PyTorch's: an attribute, it was trained as a parameter)
+        self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: Tensor, target: Any) -> Tensor:
@@ -180,7 +180,8 @@ class NLLLoss(Module):
 
     def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean") -> None:
         super().__init__()
-        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
+        self.register_buffer("weight", weight)  # (as PyTorch's: an attribute, it was trained as a parameter)
+        self.ignore_index, self.reduction = ignore_index, reduction
 
     def forward(self, log_probs: Tensor, target: Any) -> Tensor:
         """The loss."""
