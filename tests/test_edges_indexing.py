@@ -425,3 +425,25 @@ def test_adding_floats_into_an_integer_tensor_is_refused_as_in_pytorch(backend):
     assert x.at[1].add(5).tolist() == [1, 7, 3] and x.at[[0, 0]].add([1, 2]).tolist() == [4, 2, 3]
     assert x.at[1].set(2.9).tolist() == [1, 2, 3]  # set casts, as x[i] = v in PyTorch
     assert slope.ones(2).at[0].add(slope.tensor(1.0, dtype=slope.float64)).tolist() == [2.0, 1.0]
+
+
+def test_max_and_min_of_a_tensor_other_are_elementwise_and_prod_of_no_dims_reduces_all(backend):
+    # slope.max(x, tensor(0)) reduced over dim 0 ([3, 2]): PyTorch's max(x, other) is the elementwise maximum
+    torch = pytest.importorskip("torch")
+    data = np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32)
+    x, tx = slope.tensor(data), torch.tensor(data)
+    for other in (np.array(0.0, np.float32), np.array(1, np.int64), np.array([[0.0, 5.0], [0.0, 0.0]], np.float32)):
+        assert slope.max(x, slope.tensor(other)).tolist() == torch.max(tx, torch.tensor(other)).tolist()
+        assert x.min(slope.tensor(other)).tolist() == tx.min(torch.tensor(other)).tolist()
+    assert slope.max(x, 0).tolist() == [3.0, 2.0] and slope.min(x, 1).tolist() == [-1.0, -4.0]
+    assert slope.prod(x, ()).item() == 24.0 and slope.sum(x, ()).item() == 0.0  # () is every dim, as sum's
+
+
+def test_conv_refuses_mixed_dtypes_as_pytorch(backend):
+    # float32 x and a float64 weight (or bias) were promoted to float64; PyTorch refuses, as slope's conv_transpose
+    x, w = slope.ones((1, 1, 4, 4)), slope.ones((2, 1, 2, 2))
+    with pytest.raises(slope.DTypeError, match="slope.conv: expected floating inputs of one dtype"):
+        slope.conv(x, w.astype(slope.float64))
+    with pytest.raises(slope.ShapeError, match=r"slope.conv: expected a bias \[2, f32\] .* got \[2, f64\]"):
+        slope.conv(x, w, slope.ones(2, dtype=slope.float64))
+    assert slope.conv(x, w, slope.ones(2)).tolist() == np.full((1, 2, 3, 3), 5.0).tolist()

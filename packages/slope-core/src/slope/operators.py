@@ -397,6 +397,8 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
+        if self.name == "max" and isinstance(dim, Tensor):  # PyTorch's max(x, other): elementwise (a 0-d int other
+            return functions["maximum"](x, dim)  # was taken for a dim)
         return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim, empty_means_all=True), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
@@ -792,11 +794,10 @@ class Conv(Operator):
             padding = tuple(ints(self.name, p, "padding", 0, 2) for p in padding)
         else:
             padding = tuple((p, p) for p in ints(self.name, padding, "padding", 0, n))
-        dtype = dtypes.promote(x.dtype, w.dtype)
-        out = bind(self, cast(x, dtype), cast(w, dtype), stride=stride, padding=padding, dilation=dilation,
-                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
-        if bias is not None and (bias := as_tensor(bias)).shape != out.shape[1:2]:
-            raise self.shape_error(f"expected a bias of shape {out.shape[1:2]} for weight {w.shape}, got {bias.shape}")
+        out = bind(self, x, w, stride=stride, padding=padding, dilation=dilation,  # (x and w of one dtype, as PyTorch:
+                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip  # they were promoted)
+        if bias is not None and (bias := as_tensor(bias)).aval != (expected := Aval(out.shape[1:2], out.dtype)):
+            raise self.shape_error(f"expected a bias {expected} for weight {w.aval}, got {bias.aval}")
         return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:

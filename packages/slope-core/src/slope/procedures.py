@@ -329,7 +329,9 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
 
 
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Minimum over dimensions."""
+    """Minimum over dimensions (of a tensor `dim`: the elementwise minimum, as PyTorch's min(x, other))."""
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
     normalize_dims("min", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as min's
     return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
 
@@ -338,7 +340,7 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
     x = as_tensor(x)
     x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
-    dims = normalize_dims("prod", dim, x.ndim)
+    dims = normalize_dims("prod", dim, x.ndim, empty_means_all=True)  # (as sum's: () reduced nothing)
     kept = [d for d in range(x.ndim) if d not in dims]
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
