@@ -94,3 +94,9 @@ def test_pooling_and_indexing_errors_name_the_function():
         slope.scatter_add(slope.ones(2, 4), 1, slope.tensor([[1, 2], [0, 3]]), slope.ones(2, 1))  # src < index
     with pytest.raises(slope.DTypeError, match="slope.relu.*bool"):
         slope.relu(slope.tensor([True]))
+
+
+def test_logsumexp_over_no_dims_reduces_every_dim():
+    # dim=() failed with a reshape error (every other reduction takes it for every dim; PyTorch: -inf when empty)
+    assert slope.logsumexp(slope.zeros((0, 3)), ()).item() == float("-inf")
+    np.testing.assert_allclose(slope.logsumexp(slope.ones((2, 3)), (), keepdim=True).numpy(), [[1 + np.log(6)]])

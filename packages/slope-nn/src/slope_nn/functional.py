@@ -144,7 +144,7 @@ def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 def logsumexp(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))), computed stably."""
     x = _float(x)
-    dim = normalize_dims("logsumexp", dim, x.ndim)
+    dim = normalize_dims("logsumexp", dim, x.ndim, empty_means_all=True)  # (as sum: () is every dim)
     top = shift_for_exp(x, dim)
     top = slope.where(slope.isinf(top), slope.zeros_like(top), top)
     out = slope.log(slope.exp(x - top).sum(dim, keepdim=True)) + top
