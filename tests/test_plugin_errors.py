@@ -314,3 +314,13 @@ def test_slope_info_fails_without_a_usable_backend(site):
     result = run_python(site, "-m", "slope", "info", extra_env={"SLOPE_DISABLE_PLUGINS": "numpy,onnxruntime,iree"})
     assert result.returncode == 1
     assert "backends:\n\noperators" in result.stdout
+
+
+def test_slope_info_survives_a_failing_slope_commands_hook(site):
+    # the hook ran unguarded: one plugin's broken subcommand made `slope info` (and every subcommand) crash
+    source = "from slope.plugins import hookimpl\n\n@hookimpl\ndef slope_commands(subparsers):\n    raise RuntimeError('no')\n"
+    install(site, "slope-bad-commands", "slope_bad_commands", {"bad-commands": "slope_bad_commands"}, source)
+    result = run_python(site, "-m", "slope", "info")
+    assert result.returncode == 0, result.stderr
+    assert "numpy" in result.stdout and "bad-commands" in result.stderr
+    assert "its slope_commands hook failed: RuntimeError('no')" in result.stderr
