@@ -89,7 +89,14 @@ def main() -> None:
     shuffle = np.random.default_rng(args.seed)
     for _ in range(1, first_epoch):  # the same shuffles as a run that was not interrupted
         shuffle.permutation(len(train_images))
-    accuracy = 0.0
+
+    def test_accuracy(model: nn.Module) -> float:
+        predicted = predict(model, slope.tensor(my_test_images)).numpy()
+        correct = dist.all_reduce(np.array(float((predicted == my_test_labels).sum())))
+        return float(correct) / (len(my_test_labels) * size)
+
+    # (a run resumed after its last epoch trains nothing: its accuracy is measured, not the 0.0 it printed)
+    accuracy = test_accuracy(model) if first_epoch > args.epochs else None
     for epoch in range(first_epoch, args.epochs + 1):
         order = shuffle.permutation(len(train_images))[: steps * args.batch_size]
         # this rank's slice of every global batch, batch after batch
@@ -99,9 +106,7 @@ def main() -> None:
         model, state, losses = train_epoch(train_step, model, state, train_images, train.labels, my_order,
                                            args.batch_size // size, steps, f"epoch {epoch}", 25)  # fmt: skip
         epoch_time = time.perf_counter() - start
-        predicted = predict(model, slope.tensor(my_test_images)).numpy()
-        correct = dist.all_reduce(np.array(float((predicted == my_test_labels).sum())))
-        accuracy = float(correct) / (len(my_test_labels) * size)
+        accuracy = test_accuracy(model)
         say(f"epoch {epoch}: {steps} steps in {epoch_time:.2f} s ({1000 * epoch_time / steps:.2f} ms/step), "
             f"loss {np.mean(losses):.4f}, test accuracy {accuracy:.4f}")  # fmt: skip
         if args.checkpoint:

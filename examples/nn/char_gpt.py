@@ -239,10 +239,13 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.
         larger = (logits.unsqueeze(0) > logits.unsqueeze(1)).astype(slope.int64).sum(1)
         logits = slope.where(larger < top_k, logits, -math.inf)
     # the first id of nonzero probability whose cumulative probability exceeds u times the total (which float32 may
-    # leave below 1: a count of the ids at or below u could pass the last one, even one that top-k excluded)
+    # leave below 1: a count of the ids at or below u could pass the last one, even one that top-k excluded); the
+    # total is the largest cumulative value of a kept id (the scan's last value may lie ulps above it, and then no
+    # id passed at u near 1: argmax of no True gave id 0)
     probs = nn.functional.softmax(logits, -1)
     cumulative = slope.cumsum(probs, 0)
-    token = ((cumulative > u.astype(probs.dtype) * cumulative[-1]) & (probs > 0)).astype(slope.int64).argmax()
+    total = slope.where(probs > 0, cumulative, 0.0).max()
+    token = ((cumulative > u.astype(probs.dtype) * total) & (probs > 0)).astype(slope.int64).argmax()
     placed = slope.where(slope.arange(block).unsqueeze(0) == length, token, window)
     slid = slope.cat([window[:, 1:], token.reshape((1, 1))], 1)
     window = slope.where(length >= block, slid, placed)

@@ -278,7 +278,7 @@ def test_mnist_example_on_two_ranks_resumes_from_its_checkpoint(tmp_path):
     example = Path(__file__).resolve().parents[2] / "examples" / "distributed" / "mnist_data_parallel.py"
     checkpoint = tmp_path / "run.safetensors"
     outputs = []
-    for epochs in ("1", "2"):
+    for epochs in ("1", "2", "2"):  # the third run resumes after its last epoch: it trains nothing
         command = [MPIEXEC, "-n", "2", sys.executable, str(example), "--epochs", epochs, "--steps", "20",
                    "--checkpoint", str(checkpoint)]  # fmt: skip
         environment = {**os.environ, "MNIST_DIR": str(mnist_folder()), "SLOPE_DISTRIBUTED_ENGINE": "mpi"}
@@ -288,3 +288,6 @@ def test_mnist_example_on_two_ranks_resumes_from_its_checkpoint(tmp_path):
     assert "final test accuracy" in outputs[0] and "the 2 ranks' models are identical" in outputs[0]
     assert "resumed from" in outputs[1] and "after epoch 1" in outputs[1] and "epoch 2: 20 steps" in outputs[1]
     assert "epoch 1: 20 steps" not in outputs[1]
+    # (it printed "final test accuracy 0.0000": the loaded model was never evaluated)
+    final = [line for output in outputs[1:] for line in output.splitlines() if "final test accuracy" in line]
+    assert len(final) == 2 and final[0] == final[1] and "steps in" not in outputs[2], final

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from nn_helpers import mnist_folder
 
+import slope
 import slope.nn as nn
 
 
@@ -137,3 +138,11 @@ def test_loader_stops_its_thread_and_reports_errors():
         next(nn.datasets.loader(images, batch_size=10, order=np.zeros((2, 2))))
     with pytest.raises(ValueError, match="prefetch must be at least 1"):
         next(nn.datasets.loader(images, batch_size=10, prefetch=0))
+
+
+def test_loader_takes_big_endian_arrays_as_slope_tensor_does():
+    # the loader handed the backend the bytes as they were: iree read '>f4' 1.0 as 4.6e-41, onnxruntime refused it
+    for dtype in (">f4", ">f8", ">i8", ">i4", ">i2"):
+        data = np.arange(6).astype(dtype)
+        (batch,) = next(iter(nn.datasets.loader(data, batch_size=3, shuffle=False)))
+        assert batch.tolist() == [0, 1, 2] and batch.dtype == slope.tensor(data).dtype, dtype

@@ -77,6 +77,26 @@ def test_sampling_never_returns_an_id_top_k_excluded():
         assert int(token) in allowed
 
 
+def test_sampling_at_the_largest_draw_keeps_a_top_k_id_when_the_scan_overshoots():
+    # the scan's last cumulative value lay ulps above the last kept id's, so at u = 1 - 2**-23 no kept id passed and
+    # argmax of no True gave id 0 (excluded by top-k); the total is now the largest cumulative value of a kept id
+    logits = np.array([-1.3, -4.4, -1.5, -4.9, -1.8, 0.5, 2.1, 3.8, -1.1, 0.6, 1.1, 1.5, -8.7, -2.5, 2.2, -3.5],
+                      np.float32)  # fmt: skip
+
+    class Fixed:  # what next_token reads of a GPT: hidden states and the tied output layer
+        class tokens:  # noqa: N801 - the GPT's attribute name
+            attend = staticmethod(lambda h: slope.tensor(logits) + h.sum() * 0)
+
+        hidden = staticmethod(lambda w: slope.zeros((1, w.shape[1], 4)))
+
+    window, length = char_gpt.start_window([1], 8)
+    allowed = set(np.argsort(-logits)[:4].tolist())
+    for u in (0.0, 0.5, 1 - 2**-23):
+        token, *_ = char_gpt.next_token(Fixed, slope.tensor(window), slope.tensor(length),
+                                        slope.tensor(np.float32(u)), 1.0, 4)  # fmt: skip
+        assert int(token) in allowed, u
+
+
 def test_gpt_loss_matches_pytorch():
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(REPO / "benchmarks"))

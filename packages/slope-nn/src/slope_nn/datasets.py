@@ -205,7 +205,9 @@ def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int
     def to_tensor(array: np.ndarray) -> Any:
         dtype = slope.dtypes.as_dtype(array.dtype)
         backend.check_dtype(dtype, "nn.datasets.loader")
-        if not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here
+        if not array.dtype.isnative:  # big-endian data ('>f4'), as slope.tensor takes it (iree read its bytes as they
+            array = array.astype(array.dtype.newbyteorder("="))  # were: 1.0 was 4.6e-41; onnxruntime refused it)
+        elif not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here
             array = array.copy()
         return slope.Tensor(backend.from_numpy(np.ascontiguousarray(array), device), slope.Aval(array.shape, dtype),
                             backend, device)  # fmt: skip
