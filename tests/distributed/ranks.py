@@ -135,15 +135,16 @@ def dtypes() -> None:
         "f16": np.array([1.5, 2.0], np.float16) * (r + 1),
         "bf16": np.array([1.5, -2.0], ml_dtypes.bfloat16) * (r + 1),
         "i8": np.array([100, -1], np.int8),
+        "i16": np.array([30000, -1], np.int16),  # (gloo reduces no int16: "Invalid scalar type")
         "nan": np.array([np.nan, 1.0, 2.0]) if r == 0 else np.array([1.0, np.nan, 3.0]),
         "t_bf16": slope.tensor([1.0, 2.0]).astype(slope.bfloat16) * (r + 1),
         "t_i64": slope.tensor([1, 2]) * (r + 1),
         "empty": np.zeros((0, 3), np.float32),
     }
     summed, biggest = dist.all_reduce(tree), dist.all_reduce(tree, op="max")
-    expect_sum = {"bool": [True, True, False], "f16": [4.5, 6.0], "bf16": [4.5, -6.0], "i8": [-56, -2],
+    expect_sum = {"bool": [True, True, False], "f16": [4.5, 6.0], "bf16": [4.5, -6.0], "i8": [-56, -2], "i16": [-5536, -2],
                   "nan": [np.nan, np.nan, 5.0], "t_bf16": [3.0, 6.0], "t_i64": [3, 6], "empty": []}  # fmt: skip
-    expect_max = {"bool": [True, True, False], "f16": [3.0, 4.0], "bf16": [3.0, -2.0], "i8": [100, -1],
+    expect_max = {"bool": [True, True, False], "f16": [3.0, 4.0], "bf16": [3.0, -2.0], "i8": [100, -1], "i16": [30000, -1],
                   "nan": [np.nan, np.nan, 3.0], "t_bf16": [2.0, 4.0], "t_i64": [2, 4], "empty": []}  # fmt: skip
     for got, expected in ((summed, expect_sum), (biggest, expect_max)):
         for name, values in expected.items():

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 import slope
+from slope import Tensor
 
 from . import collectives
 from .engines import SlopeDistributedError
@@ -24,8 +27,11 @@ def save(tree: Any, path: str | os.PathLike) -> None:
     failure = None
     if collectives.rank() == 0:
         try:
-            leaves = slope.tree.leaves(tree)
-            checkpoint.save(dict(zip(collectives.leaf_names(tree), leaves)), path)
+            leaves, names = slope.tree.leaves(tree), collectives.leaf_names(tree)
+            if len(set(names)) != len(names):  # (one of two leaves named alike was dropped: {"a.b": t, "a": {"b": u}})
+                twice = sorted({name for name in names if names.count(name) > 1})
+                raise ValueError(f"leaves named alike ({', '.join(twice)}) would overwrite each other")
+            checkpoint.save(dict(zip(names, leaves)), path)
         except Exception as error:  # every rank must hear of it, or the others would go on without a checkpoint
             failure = f"{type(error).__name__}: {error}"
     failures = collectives.engine().gather(failure)
@@ -44,20 +50,29 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     failure = None
     if collectives.rank() == 0:
         try:
-            stored = checkpoint.load(path)
+            stored = checkpoint.load(path, as_numpy=True)
             names = collectives.leaf_names(like)
             missing = [name for name in names if name not in stored]
             if missing or len(stored) != len(names):
                 raise ValueError(f"the checkpoint holds {len(stored)} entries ({', '.join(list(stored)[:4])}, ...) "
                                  f"but the tree has {len(names)} leaves; missing: {', '.join(missing[:4])}")  # fmt: skip
-            for name, leaf in zip(names, leaves):
-                if (stored[name].shape, stored[name].dtype) != (tuple(leaf.shape), leaf.dtype):
+            for name, leaf in zip(names, leaves):  # (numbers and NumPy leaves too: they failed to load)
+                shape, dtype = _shape_and_dtype(leaf)
+                if (stored[name].shape, stored[name].dtype) != (shape, dtype):
                     raise ValueError(f"entry {name} is {stored[name].dtype} {stored[name].shape}, the tree's leaf "
-                                     f"is {leaf.dtype} {tuple(leaf.shape)}")  # fmt: skip
-            leaves = [stored[name] for name in names]
+                                     f"is {dtype} {shape}")  # fmt: skip
+            leaves = [collectives._like(leaf, stored[name], private=True) for name, leaf in zip(names, leaves)]
         except Exception as error:  # said on every rank, which would otherwise wait in the broadcast
             failure = f"{type(error).__name__}: {error}"
     failures = collectives.engine().gather(failure)
     if failures[0] is not None:
         raise SlopeDistributedError(f"slope.distributed.load: rank 0 could not read {os.fspath(path)!r}: {failures[0]}")
     return collectives.broadcast(slope.tree.unflatten(treedef, leaves), root=0)
+
+
+def _shape_and_dtype(leaf: Any) -> tuple[tuple, np.dtype]:
+    """A leaf's shape and NumPy dtype, as a checkpoint stores it (a tensor's data is not read)."""
+    if isinstance(leaf, Tensor):
+        return tuple(leaf.shape), np.dtype(leaf.dtype.numpy)
+    array = np.asarray(leaf)
+    return array.shape, array.dtype

@@ -243,6 +243,8 @@ def _as_numpy(where: str, leaf: Any) -> np.ndarray:
         if type(buffer).__name__ == "OrtValue" and leaf.device == "cpu" and leaf.dtype != slope.bfloat16:
             return buffer.numpy()  # (the OrtValue's memory: read once, into the flat buffer)
         return leaf.numpy()
+    if type(leaf) is int and not -(2**63) <= leaf < 2**63:  # (NumPy made 2**63 + 5 a uint64, as slope.tensor refuses)
+        raise OverflowError(f"slope.distributed.{where}: the Python int {leaf} does not fit int64")
     if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(leaf)
     raise TypeError(f"slope.distributed.{where}: leaves must be tensors, NumPy arrays or numbers, got "

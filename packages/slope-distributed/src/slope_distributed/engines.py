@@ -292,6 +292,11 @@ class GlooEngine(Engine):
             ) from error
 
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:
+        if buffer.dtype == np.int16:  # gloo reduces no int16 ("Invalid scalar type"): in int32, wrapped back
+            wide = buffer.astype(np.int32)
+            self.all_reduce(wide, op)
+            buffer[...] = wide.astype(np.int16)
+            return
         self._run("all_reduce", self.dist.all_reduce, self.torch.from_numpy(buffer), op=self._ops[op])
 
     def broadcast(self, buffer: np.ndarray, root: int) -> None:

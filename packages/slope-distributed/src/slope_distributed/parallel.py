@@ -20,7 +20,7 @@ from slope.backend import compile_program, default_device, run_executable
 from slope.errors import TransformError
 from slope.ir import Instruction, Program, Var
 from slope.trace import Tracer, bind, flatten_fun, make_program
-from slope.transforms import _static
+from slope.transforms import _Static, _static
 
 from . import collectives
 from .engines import SlopeDistributedError
@@ -174,7 +174,10 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch."""
 
     def __init__(self, step: Callable):
-        self.fn = step.fn if isinstance(step, slope.jit) else step
+        jitted = isinstance(step, slope.jit)
+        self.fn = step.fn if jitted else step
+        # a jitted step's static arguments stay static, by position (they were traced: a static 0.1 became float32's)
+        self.static = set(step.static_argnums) | step.named_positions if jitted else set()
         functools.update_wrapper(self, self.fn)
         self.cache: dict[tuple, SplitProgram] = {}
 
@@ -183,6 +186,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         return self._split(args)[0]
 
     def _split(self, args: tuple) -> tuple[SplitProgram, list[Tensor]]:
+        args = tuple(_static(a) if {i, i - len(args)} & self.static else a for i, a in enumerate(args))
         leaves, in_tree = slope.tree.flatten(args)
         leaves = [slope.tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]  # (as jit)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
@@ -204,7 +208,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         def traced_fn(*traced: Tensor) -> list:
             leaves = list(traced)
             for i, value in others:
-                leaves.insert(i, value)
+                leaves.insert(i, value.value if isinstance(value, _Static) else value)
             return flat_fn(*leaves)
 
         program = make_program(traced_fn, [t.aval for t in tensors])
