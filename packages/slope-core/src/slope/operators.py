@@ -763,10 +763,9 @@ class Matmul(Operator):
         return Aval(x.shape[:-1] + y.shape[-1:], x.dtype)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
-        ct = cotangents[0]
         if isinstance(x, UndefinedPrimal):
-            return [bind(self, ct, functions["transpose"](y, -2, -1)), None]
-        return [None, bind(self, functions["transpose"](x, -2, -1), ct)]
+            return [bind(self, cotangents[0], functions["transpose"](y, -2, -1)), None]
+        return [None, bind(self, functions["transpose"](x, -2, -1), cotangents[0])]
 
     def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
         return [bind(self, *(batch_to_front(a, d, axis_size) for a, d in zip(args, dims)))], [0]

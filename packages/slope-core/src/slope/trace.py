@@ -82,14 +82,14 @@ _busy: list = []  # an entry per transformation in progress in any thread: while
 
 
 @contextmanager
-def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[MainTrace]:
-    """Push a transformation on this thread's stack for the block (a dynamic one sees every bind inside it)."""
+def new_main(trace_type: type, data: Any = None, dynamic: bool = False) -> Iterator[Trace]:
+    """Push a transformation on this thread's stack for the block, giving its trace (a dynamic one sees every bind)."""
     saved = _local.stack, _local.dynamic
     main = MainTrace(len(saved[0]), trace_type, data)
     _local.stack, _local.dynamic = saved[0] + (main,), saved[1] + (main,) if dynamic else saved[1]
     _busy.append(None)  # (list append and pop are atomic: no lock)
     try:
-        yield main
+        yield trace_type(main)
     finally:
         _busy.pop()
         _local.stack, _local.dynamic = saved
@@ -159,8 +159,7 @@ class ProgramTrace(Trace):
 def make_program(flat_fn: Callable, in_avals: list[Aval], lower_for: frozenset[str] | None = None) -> Program:
     """Trace a function of a flat list of tensors (to a list of tensors) to a Program (every operator is recorded)."""
     builder = ProgramBuilder(lower_for)
-    with new_main(ProgramTrace, builder, dynamic=True) as main:
-        trace = ProgramTrace(main)
+    with new_main(ProgramTrace, builder, dynamic=True) as trace:
         in_tracers = [ProgramTracer(trace, aval) for aval in in_avals]
         out_tracers = [trace.full_raise(o) for o in flat_fn(*in_tracers)]
     inputs, outputs = [t.ir_var for t in in_tracers], [t.ir_var for t in out_tracers]

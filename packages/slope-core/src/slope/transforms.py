@@ -78,8 +78,7 @@ class JVPTrace(Trace):
 
 
 def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, list]:
-    with new_main(JVPTrace) as main:
-        trace = JVPTrace(main)
+    with new_main(JVPTrace) as trace:
         # integer inputs have zero tangents by definition, whatever tangent was passed
         tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
         outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
@@ -325,8 +324,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             raise TransformError(f"slope.vmap: mapped axes must all have the same size, but {detail}")
         axis_size = next(iter(sizes.values()))
         flat_fn, out_tree = flatten_fun(fn, in_tree)
-        with new_main(BatchTrace, axis_size) as main:
-            trace = BatchTrace(main)
+        with new_main(BatchTrace, axis_size) as trace:
             tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
