@@ -415,9 +415,8 @@ def test_adding_floats_into_an_integer_tensor_is_refused_as_in_pytorch(backend):
     for add in (
         lambda: x.at[1].add(0.9),
         lambda: slope.jit(lambda x, v: x.at[1].add(v))(x, slope.tensor(2.7)),
-        lambda: slope.tensor([True, False]).at[0].add(1),
     ):
-        with pytest.raises(slope.DTypeError, match="slope.index_update: cannot add (float32|int64) values into"):
+        with pytest.raises(slope.DTypeError, match="slope.index_update: cannot add float32 values into"):
             add()
     if hasattr(slope, "scatter_add"):  # (slope-nn's)
         with pytest.raises(slope.DTypeError, match="slope.scatter_add: expected src of x's dtype int64, got float32"):

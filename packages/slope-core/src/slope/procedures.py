@@ -290,8 +290,7 @@ def _count(name: str, x: Tensor, dim: Any) -> int:
     return math.prod(x.shape[d] for d in normalize_dims(name, dim, x.ndim, True))
 
 
-def _wide(dtype: dtypes.DType) -> dtypes.DType:  # float16/bfloat16 statistics in float32, as PyTorch; integers' in
-    # float64, as NumPy (each integer rounded to float32 first cancelled: the mean of 2**40 + 1 and -2**40 was 0)
+def _wide(dtype: dtypes.DType) -> dtypes.DType:  # statistics of halves in float32 (PyTorch), of integers in float64
     return dtype if dtype.is_float and dtype.bits >= 32 else dtypes.float32 if dtype.is_float else dtypes.float64
 
 
@@ -641,8 +640,7 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     """A copy of x with value set (the last write wins where index repeats, as PyTorch) or added ("add") at x[index]."""
     x = as_tensor(x)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
-    added = as_tensor(value).dtype if mode == "add" else x.dtype  # as x[index] += v in PyTorch: no float into ints
-    if (added.is_float, added != dtypes.bool_) > (x.dtype.is_float, x.dtype != dtypes.bool_):  # (it truncated: 0.9, 0)
+    if mode == "add" and not x.dtype.is_float and (added := as_tensor(value).dtype).is_float:  # (0.9 was cast to 0)
         raise DTypeError(f"slope.index_update: cannot add {added.name} values into {x.dtype.name} x; cast first")
     if isinstance(value, (int, float)) and not x.dtype.is_float:  # checked, as PyTorch's x[index] = 300 (int8: raises)
         value = ops._python_value("index_update", value, x.dtype)

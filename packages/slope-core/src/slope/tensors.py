@@ -158,9 +158,6 @@ for _name in ("neg", "abs", "invert"):
 for _name, _cast in {"bool": bool, "int": int, "float": float}.items():  # of a one-element tensor
     setattr(Tensor, f"__{_name}__", lambda self, _c=_cast, _w=f"{_name}(tensor)": _c(self._scalar(_w)))
 Tensor.__pos__ = lambda self: self
-# `t == None` is False and `t != None` True, as in PyTorch (they raised)
-Tensor.__eq__ = lambda self, other: False if other is None else functions["equal"](self, other)
-Tensor.__ne__ = lambda self, other: True if other is None else functions["not_equal"](self, other)
 
 
 class _IndexUpdate:

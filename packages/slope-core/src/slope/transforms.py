@@ -193,8 +193,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         if ct_tree != out_treedef:
             raise TransformError(f"slope.vjp: cotangent structure {describe(ct_tree)} is not {describe(out_treedef)}")
         for o, ct in zip(outs, ct_flat):  # (NumPy data and numbers take the output's dtype: their shape must match)
-            aval = ct.aval if isinstance(ct, Tensor) else Aval(np.shape(ct), o.dtype)
-            if aval != o.aval:
+            if (aval := ct.aval if isinstance(ct, Tensor) else Aval(np.shape(ct), o.dtype)) != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {aval} does not match the output {o.aval}")
         cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
         cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
@@ -525,8 +524,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.fn = fn
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-        # a static_argnames argument passed by position is static too (its position from the signature, as in JAX)
-        signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()
+        signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()  # (names by position)
         positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]
         self.named_positions = {i for i, name in enumerate(positional) if name in self.static_argnames}
         self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
@@ -566,8 +564,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def _compile(self, key: tuple, tensors: list, backend: Any, device: str) -> tuple:
         in_tree, with_kwargs, others = key[:3]  # (with_kwargs: the tree is of (args, kwargs), else of args)
-        in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else tree.sort_dicts(in_tree)  # (the cache
-        # key's structure is equal for every insertion order: the function sees dicts in key order, as in JAX)
+        in_tree = tree.structure(tuple(tensors)) if type(in_tree) is int else tree.sort_dicts(in_tree)  # (as JAX)
         flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:  # the non-tensor leaves go back between the traced ones
