@@ -82,7 +82,7 @@ def test_binary_cross_entropy(g, reduction):
     p64 = p.astype(np.float64)
     expected = reduce(-(t * np.log(p64) + (1 - t) * np.log(1 - p64)), reduction)
     close(nn.binary_cross_entropy(slope.tensor(p), slope.tensor(t), reduction=reduction), expected)
-    close(nn.BCELoss(reduction)(slope.tensor(p), slope.tensor(t)), expected)
+    close(nn.BCELoss(reduction=reduction)(slope.tensor(p), slope.tensor(t)), expected)
     # probabilities of exactly 0 and 1: logs clamped at -100 as PyTorch does
     edge = nn.binary_cross_entropy(slope.tensor([0.0, 1.0]), slope.tensor([1.0, 0.0]), reduction="none")
     np.testing.assert_allclose(edge.numpy(), [100.0, 100.0])
@@ -95,7 +95,7 @@ def test_binary_cross_entropy_with_logits(g, reduction):
     x64 = x.astype(np.float64)
     expected = reduce(np.maximum(x64, 0) - x64 * t + np.log1p(np.exp(-np.abs(x64))), reduction)
     close(nn.binary_cross_entropy_with_logits(slope.tensor(x), slope.tensor(t), reduction=reduction), expected)
-    close(nn.BCEWithLogitsLoss(reduction)(slope.tensor(x), slope.tensor(t)), expected)
+    close(nn.BCEWithLogitsLoss(reduction=reduction)(slope.tensor(x), slope.tensor(t)), expected)
     big = nn.binary_cross_entropy_with_logits(slope.tensor([200.0, -200.0]), slope.tensor([0.0, 1.0]), reduction="none")
     np.testing.assert_allclose(big.numpy(), [200.0, 200.0], rtol=1e-6)  # no overflow
 
@@ -292,3 +292,22 @@ def test_loss_class_weights_are_buffers_and_dropout_keeps_nan():
     q = slope.tensor(np.full((1, 4, 2), np.nan, np.float32))
     attended = slope.scaled_dot_product_attention(q, q, q, dropout_p=0.5, key=slope.random.key(2))
     assert np.isnan(attended.numpy()).all()
+
+
+def test_bce_modules_take_pytorchs_weight_and_pos_weight():
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(5)
+    x, t = g.standard_normal((4, 3)).astype(np.float32), (g.random((4, 3)) > 0.5).astype(np.float32)
+    w, pw = np.array([1.0, 2.0, 0.5], np.float32), np.array([3.0, 1.0, 0.25], np.float32)
+    expected = torch.nn.BCEWithLogitsLoss(torch.tensor(w), pos_weight=torch.tensor(pw))(
+        torch.tensor(x), torch.tensor(t)
+    )
+    loss = nn.BCEWithLogitsLoss(slope.tensor(w), pos_weight=slope.tensor(pw))
+    np.testing.assert_allclose(loss(slope.tensor(x), slope.tensor(t)).item(), expected.item(), rtol=1e-6)
+    p = 1 / (1 + np.exp(-x))
+    expected = torch.nn.BCELoss(torch.tensor(w), reduction="sum")(torch.tensor(p), torch.tensor(t))
+    got = nn.BCELoss(slope.tensor(w), reduction="sum")(slope.tensor(p), slope.tensor(t))
+    np.testing.assert_allclose(got.item(), expected.item(), rtol=1e-5)
+    assert [n for n, _ in loss.named_parameters()] == [] and set(loss.state_dict()) == {"weight", "pos_weight"}
+    with pytest.raises(TypeError, match="first argument is weight .* pass reduction='sum'"):
+        nn.BCELoss("sum")

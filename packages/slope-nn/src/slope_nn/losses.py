@@ -194,13 +194,35 @@ class MSELoss(_Loss):
     loss = staticmethod(mse)
 
 
-class BCELoss(_Loss):
-    """Module form of `binary_cross_entropy`."""
+def _weight_argument(name: str, weight: Any) -> Any:
+    """`weight` as given, unless it is a string: PyTorch's first argument is the weight, not the reduction."""
+    if isinstance(weight, str):
+        raise TypeError(f"slope.nn.{name}: the first argument is weight (as PyTorch's); pass reduction={weight!r}")
+    return weight
 
-    loss = staticmethod(binary_cross_entropy)
+
+class BCELoss(Module):
+    """Module form of `binary_cross_entropy` (PyTorch's arguments: `weight` is a buffer, not trained)."""
+
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        self.register_buffer("weight", _weight_argument("BCELoss", weight))
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002 - PyTorch's name
+        """The loss."""
+        return binary_cross_entropy(input, target, self.weight, self.reduction)
 
 
-class BCEWithLogitsLoss(_Loss):
-    """Module form of `binary_cross_entropy_with_logits`."""
+class BCEWithLogitsLoss(Module):
+    """Module form of `binary_cross_entropy_with_logits` (PyTorch's arguments: `weight` and `pos_weight` are buffers)."""
 
-    loss = staticmethod(binary_cross_entropy_with_logits)
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean", pos_weight: Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", _weight_argument("BCEWithLogitsLoss", weight))
+        self.register_buffer("pos_weight", pos_weight)
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:  # noqa: A002 - PyTorch's name
+        """The loss."""
+        return binary_cross_entropy_with_logits(input, target, self.weight, self.pos_weight, self.reduction)
