@@ -102,7 +102,7 @@ def _compiled_models(onnx_backend: OnnxBackend) -> list[onnx.ModelProto]:
     x * 2.0, x.exp(), x.sum(1), x.max(0, keepdim=True), x.T, x[1:3, ::2], slope.pad(x, (1, 1)), x.flip(0)  # noqa: B018
     slope.cat([x, x], 1), slope.where(x > 0, x, 0.0), x @ x.T, x.astype("int8") * 3, i // 3, i & 5, ~i  # noqa: B018
     x[slope.tensor([0, 2])], x.at[slope.tensor([1, 1])].add(1.0), slope.arange(5), slope.full((2, 2), 1.5)  # noqa: B018
-    slope.conv(x.reshape(1, 1, 4, 5), slope.tensor(np.ones((2, 1, 3, 3), np.float64)), padding=1)  # noqa: B018
+    slope.conv(x.reshape(1, 1, 4, 5), slope.tensor(np.ones((2, 1, 3, 3), np.float32)), padding=1)  # noqa: B018
     slope.erf(x.astype("float64")), slope.random.normal(slope.random.key(0), (3,))  # noqa: B018
     models = [e.model for e in slope.backend._compiled.values()]
     step = slope.jit(lambda p, a: slope.grad(lambda q: slope.cross_entropy(predict(q, a), slope.tensor([1, 2])))(p))
