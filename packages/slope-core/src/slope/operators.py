@@ -397,8 +397,6 @@ class Reduce(Operator):
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         x = as_tensor(x)
-        if self.name == "max" and isinstance(dim, Tensor):  # PyTorch's max(x, other): elementwise (a 0-d int other
-            return functions["maximum"](x, dim)  # was taken for a dim)
         return bind(self, x, dim=normalize_dims(self.name, dim, x.ndim, empty_means_all=True), keepdim=bool(keepdim))
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
@@ -426,6 +424,9 @@ class Sum(Reduce):
 
 class Max(Reduce):
     name = "max"
+
+    def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:  # (a tensor dim: max(x, other))
+        return functions["maximum"](x, dim) if isinstance(dim, Tensor) else super().__call__(x, dim, keepdim)
 
     def infer(self, x: Aval, *, dim: tuple[int, ...], keepdim: bool) -> Aval:
         if any(x.shape[d] == 0 for d in dim):
@@ -793,8 +794,8 @@ class Conv(Operator):
             padding = tuple(ints(self.name, p, "padding", 0, 2) for p in padding)
         else:
             padding = tuple((p, p) for p in ints(self.name, padding, "padding", 0, n))
-        out = bind(self, x, w, stride=stride, padding=padding, dilation=dilation,  # (x and w of one dtype, as PyTorch:
-                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip  # they were promoted)
+        out = bind(self, x, w, stride=stride, padding=padding, dilation=dilation,  # (of one dtype: infer checks it)
+                   groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
         if bias is not None and (bias := as_tensor(bias)).aval != (expected := Aval(out.shape[1:2], out.dtype)):
             raise self.shape_error(f"expected a bias {expected} for weight {w.aval}, got {bias.aval}")
         return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)

@@ -77,6 +77,13 @@ def _number(name: str, value: Any, what: str) -> Any:
     return value
 
 
+def dropped(x: Tensor, p: float, key: Tensor) -> Tensor:
+    """x with elements zeroed with probability p (0 < p < 1) by `key`, the rest scaled by 1/(1-p): times the mask, as
+    PyTorch (a dropped NaN or inf stays NaN; a where gave 0, hiding a diverging activation)."""
+    keep = slope.random.bernoulli(key, 1.0 - p, x.shape)
+    return x * slope.where(keep, 1.0 / (1.0 - p), 0.0).astype(x.dtype)
+
+
 # ----------------------------------------------------------------------------------------------- activations
 
 
@@ -329,9 +336,7 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
         if dropout_p == 1.0:
             weights = weights * 0.0
         else:
-            key = next_key("scaled_dot_product_attention") if key is None else key
-            keep = slope.random.bernoulli(key, 1.0 - dropout_p, weights.shape)
-            weights = weights * slope.where(keep, 1.0 / (1.0 - dropout_p), 0.0).astype(weights.dtype)  # (as dropout)
+            weights = dropped(weights, dropout_p, next_key("scaled_dot_product_attention") if key is None else key)
     return weights @ v
 
 

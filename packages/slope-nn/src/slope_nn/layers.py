@@ -507,10 +507,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
         return x
     if p == 1.0:
         return x * 0.0
-    key = next_key("Dropout") if key is None else key
-    keep = slope.random.bernoulli(key, 1.0 - p, x.shape)
-    # times the mask, as PyTorch: a dropped NaN or inf stays NaN (a where gave 0, hiding a diverging activation)
-    return x * slope.where(keep, 1.0 / (1.0 - p), 0.0).astype(x.dtype)
+    return functional.dropped(x, p, next_key("Dropout") if key is None else key)
 
 
 class Dropout(Module):

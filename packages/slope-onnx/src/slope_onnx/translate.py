@@ -100,6 +100,16 @@ def _unary(op_type: str) -> Callable:
     return translate
 
 
+def _elementwise(graph: OnnxGraph, out: Aval) -> Callable:
+    """`node(op, *operands)`: a node of out's shape whose Python-number operands become scalars of out's dtype."""
+
+    def node(op: str, *operands: Any) -> str:
+        return graph.node(op, [v if isinstance(v, str) else graph.scalar(v, out.dtype) for v in operands],
+                          shape=out.shape)  # fmt: skip
+
+    return node
+
+
 # pi/2 in three parts of 33 bits (fdlibm's pio2_1, pio2_2, pio2_3): k * part is exact for |k| < 2**20
 _HALF_PI_PARTS = (1.57079632673412561417e00, 6.07710050630396597660e-11, 2.02226624871116645580e-21)
 
@@ -113,12 +123,7 @@ def _sine(op_type: str) -> Callable:
         out = _out(instruction)
         if out.dtype != slope.float64:
             return emit(graph, op_type, inputs, out.dtype, out.shape)
-        x, shape = inputs[0], out.shape
-
-        def node(op: str, *operands: Any) -> str:
-            return graph.node(op, [v if isinstance(v, str) else graph.scalar(v, slope.float64) for v in operands],
-                              shape=shape)  # fmt: skip
-
+        x, shape, node = inputs[0], out.shape, _elementwise(graph, out)
         k = node("Round", node("Mul", x, 2 / math.pi))
         reduced = x
         for part in _HALF_PI_PARTS:
@@ -144,11 +149,7 @@ def _tanh(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     out, x = _out(instruction), inputs[0]
     if out.dtype not in (slope.float32, slope.float64):
         return emit(graph, "Tanh", inputs, out.dtype, out.shape)
-
-    def node(op: str, *operands: Any) -> str:
-        return graph.node(op, [v if isinstance(v, str) else graph.scalar(v, out.dtype) for v in operands],
-                          shape=out.shape)  # fmt: skip
-
+    node = _elementwise(graph, out)
     size = node("Abs", x)
     tail = node(
         "Mul",
