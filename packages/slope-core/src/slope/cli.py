@@ -69,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON, for tools")
-    for impl in plugins.manager.hook.slope_commands.get_hookimpls():  # a subcommand sets `run` (slope-iree's `cache`)
-        try:  # (a failing hook is its plugin's problem: `slope info` crashed)
-            impl.function(subparsers=sub)
-        except Exception as error:
-            plugins.problem(plugins.manager.get_name(impl.plugin), f"its slope_commands hook failed: {error!r}")
+    # a subcommand sets `run` (slope-iree's `cache`); a failing hook is its plugin's problem (`slope info` crashed)
+    list(plugins.results("slope_commands", subparsers=sub))
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)

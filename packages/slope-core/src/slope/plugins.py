@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from functools import partial
 from importlib.metadata import entry_points
 from importlib.metadata import version as distribution_version
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pluggy
 
@@ -108,11 +109,14 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
 
 
 def _table(kind: str, value: Any) -> dict:
-    """A hook's result as `{name: item}`: procedures come as a dict, operators and backends as lists of named things."""
-    as_dict = kind == "procedure"
+    """A hook's result as `{name: item}`: procedures and translations come as dicts, operators and backends as lists."""
+    as_dict = kind in ("procedure", "translation")
     if value is not None and not isinstance(value, dict if as_dict else (list, tuple)):
         raise TypeError(f"slope_{kind}s must return a {'dict' if as_dict else 'list'}, got {type(value).__name__}")
-    return dict(value or {}) if as_dict else {getattr(item, "name", repr(item)): item for item in value or ()}
+    table = dict(value or {}) if as_dict else {getattr(item, "name", repr(item)): item for item in value or ()}
+    if kind == "translation" and not all(isinstance(name, str) and callable(fn) for name, fn in table.items()):
+        raise TypeError(f"expected a dict of operator name -> function or None, got {value!r:.80}")
+    return table
 
 
 def refresh(strict_plugin: str | None = None) -> None:
@@ -120,14 +124,8 @@ def refresh(strict_plugin: str | None = None) -> None:
     for registry in (operators, procedures, backends, owners):
         registry.clear()
     for kind, registry in (("operator", operators), ("procedure", procedures), ("backend", backends)):
-        for impl in getattr(manager.hook, f"slope_{kind}s").get_hookimpls():  # registration order: Slope's first
-            plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+        for plugin, table in results(f"slope_{kind}s", partial(_table, kind), strict_plugin):
             strict = plugin == strict_plugin
-            try:
-                table = _table(kind, impl.function())
-            except Exception as error:
-                problem(plugin, f"its slope_{kind}s hook failed: {type(error).__name__}: {error}", strict)
-                continue
             for name, item in table.items():
                 if message := _check(kind, name, item, plugin):
                     problem(plugin, message, strict)
@@ -146,18 +144,25 @@ def refresh(strict_plugin: str | None = None) -> None:
         reset()
 
 
+def results(hook: str, check: Callable = lambda value: value, strict_plugin: str | None = None, where: str = "",
+            **kwargs: Any) -> Iterator[tuple[str, Any]]:  # fmt: skip
+    """(plugin name, checked result) of each plugin's `hook`, in registration order (Slope's first); a hook or check
+    that raises is its plugin's problem: reported (an error for strict_plugin) and skipped."""
+    for impl in getattr(manager.hook, hook).get_hookimpls():
+        plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+        try:
+            result = check(impl.function(**{arg: kwargs[arg] for arg in impl.argnames}))
+        except Exception as error:
+            problem(plugin, f"its {hook} hook failed{where}: {type(error).__name__}: {error}", plugin == strict_plugin)
+            continue
+        yield plugin, result
+
+
 def translations_for(backend: Any) -> tuple[dict[str, Callable], dict[str, str]]:
     """A backend's own translations updated with every plugin's, and which plugin gave each (a failing one is skipped)."""
     translations, given_by = dict(type(backend).translations), {}
-    for impl in manager.hook.slope_translations.get_hookimpls():
-        plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
-        try:
-            table = impl.function(**{arg: backend for arg in impl.argnames}) or {}
-            if not isinstance(table, dict) or not all(isinstance(k, str) and callable(v) for k, v in table.items()):
-                raise TypeError(f"expected a dict of operator name -> function or None, got {table!r:.80}")
-        except Exception as error:
-            problem(plugin, f"its slope_translations hook failed for backend {backend.name!r}: {error}")
-            continue
+    where = f" for backend {backend.name!r}"
+    for plugin, table in results("slope_translations", partial(_table, "translation"), where=where, backend=backend):
         translations.update(table)
         given_by.update(dict.fromkeys(table, plugin))
     return translations, given_by
