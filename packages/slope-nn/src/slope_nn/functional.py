@@ -81,7 +81,9 @@ def dropped(x: Tensor, p: float, key: Tensor) -> Tensor:
     """x with elements zeroed with probability p (0 < p < 1) by `key`, the rest scaled by 1/(1-p): times the mask, as
     PyTorch (a dropped NaN or inf stays NaN; a where gave 0, hiding a diverging activation)."""
     keep = slope.random.bernoulli(key, 1.0 - p, x.shape)
-    return x * slope.where(keep, 1.0 / (1.0 - p), 0.0).astype(x.dtype)
+    # the scale in float64 for float64 (float32's 1 / 0.9 was 4.8e-8 off), through float32 for the others (PyTorch's)
+    scale = slope.tensor(1.0 / (1.0 - p), dtype=slope.float64 if x.dtype == slope.float64 else slope.float32)
+    return x * slope.where(keep, scale, 0.0).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- activations
@@ -189,7 +191,12 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias (PyTorch's F.linear)."""
     # a batched x makes one 2-d product (see matmul); a 1-d weight is one output feature, its dimension dropped (PyTorch)
     weight = _tensor(weight)
-    out = slope.matmul(_tensor(x), weight if weight.ndim == 1 else slope.transpose(weight, -1, -2))
+    x, bias = _tensor(x), None if bias is None else _tensor(bias)
+    if bias is not None and x.dtype in (slope.float16, slope.bfloat16) and x.dtype == weight.dtype == bias.dtype:
+        # the product plus bias rounded once, as PyTorch's addmm (rounded twice, float16 (1 + 2**-10)**2 - (1 + 2**-9)
+        # was 0, not 2**-20)
+        return linear(*(t.astype(slope.float32) for t in (x, weight, bias))).astype(x.dtype)
+    out = slope.matmul(x, weight if weight.ndim == 1 else slope.transpose(weight, -1, -2))
     return out if bias is None else out + bias
 
 
@@ -225,6 +232,10 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
                                f"{weight.dtype.name}")  # fmt: skip
     if bias is not None and (bias := _tensor(bias)).shape != (c_out * groups,):
         raise slope.ShapeError(f"slope.conv_transpose: expected a bias of shape ({c_out * groups},), got {bias.shape}")
+    if x.dtype in (slope.float16, slope.bfloat16):  # products and sums in float32, the result rounded once, as
+        # PyTorch's bfloat16 kernel (each tap's sum rounded: up to 254 ulps off where terms cancel)
+        wide = [None if t is None else t.astype(slope.float32) for t in (x, weight, bias)]
+        return conv_transpose(*wide, stride, padding, output_padding, groups, dilation).astype(x.dtype)
     spatial = tuple(
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
         for s, st, p, d, k, op in zip(size, stride, padding, dilation, kernel, output_padding)
@@ -254,6 +265,7 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
+@_half_in_float32  # (the window sums rounded before the division: PyTorch rounds once)
 def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
              count_include_pad: bool = True) -> Tensor:  # fmt: skip
     """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode
@@ -319,6 +331,11 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
     allowed, a float one is added to the scores; is_causal masks the upper triangle (top-left aligned); dropout_p
     drops attention weights with random `key` (else the active `nn.rng` block); scale defaults to 1/sqrt(E)."""
     q, k, v, attn_mask = _attention_args(q, k, v, attn_mask, is_causal, dropout_p)
+    if q.dtype in (slope.float16, slope.bfloat16):  # scores, softmax and the weighted sum in float32, rounded once, as
+        # PyTorch's CPU kernel (bfloat16 scores 600 and 601.5 both rounded to 600: weights 0.5 and 0.5, not 0.18, 0.82)
+        wide = [t.astype(slope.float32) for t in (q, k, v)]
+        mask = attn_mask if attn_mask is None or attn_mask.dtype == slope.bool_ else attn_mask.astype(slope.float32)
+        return scaled_dot_product_attention(*wide, mask, is_causal, dropout_p, key, scale).astype(q.dtype)
     length, source = q.shape[-2], k.shape[-2]
     if scale is None:  # (no features: PyTorch's 1 / sqrt(0) is inf, and the scores of empty products are 0s)
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0

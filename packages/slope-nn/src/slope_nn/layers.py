@@ -587,6 +587,10 @@ class MultiHeadAttention(Module):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
+        # halves: scores, softmax and weighted sum in float32, rounded once (as scaled_dot_product_attention)
+        dtype = q.dtype
+        if dtype in (slope.float16, slope.bfloat16):
+            q, k, v = q.astype(slope.float32), k.astype(slope.float32), v.astype(slope.float32)
         head_dim = self.embed_dim // self.num_heads
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))  # (N, H, L, S)
         length, source = scores.shape[-2], scores.shape[-1]
@@ -608,14 +612,14 @@ class MultiHeadAttention(Module):
                 scores = slope.where(mask, -math.inf, scores) if mask.dtype == slope.bool_ else scores + mask
         masked = attn_mask is not None or key_padding_mask is not None  # (rows masked everywhere attend to nothing)
         weights = functional.masked_softmax(scores) if masked else functional.softmax(scores, -1)
-        attended = dropout(weights, self.dropout, self.training) @ v  # (N, H, L, D)
+        attended = (dropout(weights, self.dropout, self.training) @ v).astype(dtype)  # (N, H, L, D)
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
         out = self.out_proj(attended)
         if unbatched:
             out = out.squeeze(0)
         if not need_weights:
             return out
-        averaged = weights.mean(1)
+        averaged = weights.mean(1).astype(dtype)
         return out, averaged.squeeze(0) if unbatched else averaged
 
     def extra_repr(self) -> str:

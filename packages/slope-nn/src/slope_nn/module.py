@@ -19,6 +19,7 @@ of the model and returns that copy with its updated buffers, leaving the argumen
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -445,23 +446,30 @@ class _KeyStream:
         return subkey
 
 
-_key_streams: list[_KeyStream] = []
+class _Streams(threading.local):
+    """The `nn.rng` blocks open in this thread (shared, two threads' dropout drew each other's keys)."""
+
+    def __init__(self) -> None:
+        self.stack: list[_KeyStream] = []
+
+
+_key_streams = _Streams()
 
 
 @contextlib.contextmanager
 def rng(key: Tensor) -> Iterator[None]:
-    """Inside the block, layers that need randomness (Dropout) draw keys derived from `key`."""
-    _key_streams.append(_KeyStream(key))
+    """Inside the block, layers that need randomness (Dropout) draw keys derived from `key` (per thread)."""
+    _key_streams.stack.append(_KeyStream(key))
     try:
         yield
     finally:
-        _key_streams.pop()
+        _key_streams.stack.pop()
 
 
 def next_key(name: str = "nn") -> Tensor:
     """A fresh key for a random layer: from the active `nn.rng(key)` block, else (eagerly) the global generator."""
-    if _key_streams:
-        return _key_streams[-1].next()
+    if _key_streams.stack:
+        return _key_streams.stack[-1].next()
     from slope.trace import is_eager
 
     if not is_eager():
