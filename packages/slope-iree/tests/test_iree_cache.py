@@ -4,15 +4,17 @@ compiled bytes, safe with several processes, shown and emptied by `slope cache`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("iree.compiler")
 pytest.importorskip("iree.runtime")
 
-from slope_iree import cache  # noqa: E402
+from slope_iree import cache, runtime  # noqa: E402
 
 MODULE = """func.func @main(%a: tensor<3xf32>) -> tensor<3xf32> {
     %0 = stablehlo.add %a, %a : tensor<3xf32>
@@ -76,6 +78,43 @@ def test_several_processes_fill_the_cache_at_once(cache_dir):
     files = cached_files(cache_dir)
     assert len(files) == 1 and not any(name.endswith(".tmp") for name in files)  # renamed into place, nothing left
     assert os.path.getsize(cache_dir / files[0]) == int(sizes.pop())
+
+
+def run_in_new_process(monkeypatch) -> list:
+    """MODULE's result for [1, 2, 3], loaded as a new process would: nothing in memory, the module from the cache."""
+    monkeypatch.setattr(cache, "_memory", {})
+    monkeypatch.setattr(runtime, "_modules", {})
+    main = runtime.function(MODULE, "cpu", 1)
+    return runtime.to_numpy(main([runtime.from_numpy(np.array([1, 2, 3], np.float32), "cpu")])[0]).tolist()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_file_is_compiled_again_and_rewritten(cache_dir, monkeypatch, damage):
+    assert run_in_new_process(monkeypatch) == [2, 4, 6]
+    (name,) = cached_files(cache_dir)
+    path = cache_dir / name
+    module = path.read_bytes()
+    path.write_bytes(module[: len(module) // 2] if damage == "truncated" else os.urandom(len(module)))
+    with pytest.warns(RuntimeWarning, match=f"cache file '{re.escape(str(path))}' does not load.*compiling it again"):
+        assert run_in_new_process(monkeypatch) == [2, 4, 6]
+    assert path.read_bytes() == module  # rewritten: the next process reads it back without a warning
+    assert run_in_new_process(monkeypatch) == [2, 4, 6] and cache.read_from(MODULE) == str(path)
+
+
+def test_a_module_just_compiled_that_does_not_load_is_an_error(cache_dir, monkeypatch):
+    compiles = []
+
+    def garbage(*args):
+        compiles.append(args)
+        return b"not a module"
+
+    monkeypatch.setattr(cache, "_compile", garbage)
+    with pytest.raises(ValueError):
+        run_in_new_process(monkeypatch)
+    assert len(compiles) == 1  # no second compile
+    with pytest.warns(RuntimeWarning, match="does not load"), pytest.raises(ValueError):
+        run_in_new_process(monkeypatch)  # read from disk: compiled once more, then an error, no loop
+    assert len(compiles) == 2
 
 
 def test_an_unwritable_cache_warns_and_still_compiles(cache_dir, monkeypatch):

@@ -3,12 +3,15 @@
 A compile costs 0.15-0.5 s whatever the module's size, so every compiled module is kept on disk, keyed by a hash of
 the MLIR text, the compiler's version, the target and the flags: a new process (or another one running at the same
 time) loads it instead of compiling again. Files are written to a temporary name and renamed into place, so a reader
-never sees half a module and several processes may fill the cache at once. `slope cache` shows its size and
-`slope cache clear` empties it.
+never sees half a module and several processes may fill the cache at once (the temporary file is synced first, so
+a power loss cannot leave a truncated module under the real name). A file damaged all the same (it does not load)
+is removed, compiled again and rewritten (runtime.load). `slope cache` shows its size and `slope cache clear`
+empties it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -72,6 +75,7 @@ def compiler_version() -> str:
 
 _version: str | None = None
 _memory: dict[str, bytes] = {}  # key -> module bytes compiled or read in this process
+_read_from: dict[str, str] = {}  # key -> the file its module in _memory was read from (none for a module compiled)
 _lock = threading.Lock()
 _warned: list[str] = []
 stats = {"compiled": 0, "read": 0}  # modules compiled and modules read from disk by this process
@@ -96,28 +100,52 @@ def enabled() -> bool:
     return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
 
 
-def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> bytes:
-    """The .vmfb bytes of a StableHLO module for a target: from memory, else from disk, else compiled (and stored)."""
+def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = (), fresh: bool = False) -> bytes:
+    """The .vmfb bytes of a StableHLO module for a target: from memory, else from disk, else compiled (and stored).
+
+    `fresh=True` removes its file and compiles it again, whatever memory or disk hold (for a file that did not load).
+    """
+    flags, name, path = _where(mlir, target, extra_flags)
+    module = None if fresh else _memory.get(name)
+    if module is not None:
+        return module
+    if fresh:
+        with contextlib.suppress(OSError):  # (already gone, or a read-only cache: compiled all the same)
+            os.remove(path)
+    module = _read(path) if enabled() and not fresh else None
+    read = module is not None
+    if read:
+        stats["read"] += 1
+    else:
+        module = _compile(mlir, TARGET_BACKENDS[target], flags)
+        stats["compiled"] += 1
+        if enabled():
+            _write(path, module)
+    with _lock:
+        if fresh or name not in _memory:
+            _memory[name] = module
+            if read:
+                _read_from[name] = path
+            else:
+                _read_from.pop(name, None)
+        return _memory[name]
+
+
+def read_from(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> str | None:
+    """The file this process read a module's bytes from (None where it compiled them, or holds none)."""
+    _, name, _ = _where(mlir, target, extra_flags)
+    return _read_from.get(name) if name in _memory else None
+
+
+def _where(mlir: str, target: str, extra_flags: tuple[str, ...]) -> tuple[tuple[str, ...], str, str]:
+    """A module's compiler flags, cache key and file."""
     if target == "cpu" and _LIBM.search(mlir) and _NO_CONST_EVAL not in extra_flags:
         # IREE evaluates a program's constant parts while compiling, with code that links no libm: a sine of a
         # constant (a positional encoding's) failed with "undefined symbol: sin" under jit; computed when it runs
         extra_flags = (*extra_flags, _NO_CONST_EVAL)
     flags = target_flags(target) + tuple(extra_flags)
     name = key(mlir, target, flags)
-    module = _memory.get(name)
-    if module is not None:
-        return module
-    path = os.path.join(directory(), name[:2], name + ".vmfb")
-    module = _read(path) if enabled() else None
-    if module is None:
-        module = _compile(mlir, TARGET_BACKENDS[target], flags)
-        stats["compiled"] += 1
-        if enabled():
-            _write(path, module)
-    else:
-        stats["read"] += 1
-    with _lock:
-        return _memory.setdefault(name, module)
+    return flags, name, os.path.join(directory(), name[:2], name + ".vmfb")
 
 
 def _read(path: str) -> bytes | None:
@@ -136,6 +164,8 @@ def _write(path: str, module: bytes) -> None:
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(module)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename: a power loss leaves no truncated module
             os.replace(temporary, path)  # atomic: readers see the whole module or none
         except BaseException:
             os.unlink(temporary)
@@ -167,3 +197,4 @@ def _summary(error: Any) -> str:
 def clear_memory() -> None:
     """Forget the modules held in this process (the disk cache stays)."""
     _memory.clear()
+    _read_from.clear()

@@ -16,6 +16,7 @@ import os
 import statistics
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -207,9 +208,22 @@ def load(mlir: str, device_name: str) -> Module:
     if module is None:
         vmfb = cache.compile_mlir(mlir, target(device_name))
         with _lock:
-            module = _modules.get((name, device_name)) or Module(vmfb, device(device_name))
+            module = _modules.get((name, device_name)) or _loaded(mlir, vmfb, device(device_name))
             _modules[(name, device_name)] = module
     return module
+
+
+def _loaded(mlir: str, vmfb: bytes, on: Device) -> Module:
+    """A module loaded on a device; one read from a damaged cache file is compiled again (and the file rewritten)."""
+    try:
+        return Module(vmfb, on)
+    except Exception as error:
+        path = cache.read_from(mlir, target(on.name))
+        if path is None:  # compiled by this process: a real error (compiling again would not help)
+            raise
+        message = f"slope: the iree compile cache file {path!r} does not load ({error}); compiling it again"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return Module(cache.compile_mlir(mlir, target(on.name), fresh=True), on)
 
 
 def function(mlir: str, device_name: str, outputs: int, name: str = "main") -> Callable[[list], list]:
