@@ -196,3 +196,11 @@ def test_vjp_checks_numpy_and_number_cotangents_and_jacrev_wants_float_outputs(b
         with pytest.raises(slope.TransformError, match="jacrev: the function's output must be floating point"):
             slope.jacrev(integral)(x)
     np.testing.assert_array_equal(slope.jacrev(lambda v: v * 2)(x).numpy(), 2 * np.eye(3))
+
+
+def test_vmap_refuses_bool_axes(backend: str) -> None:
+    """in_axes=(0, False) mapped the second argument along axis 0 (False is an int): JAX and PyTorch refuse bools."""
+    x, w = slope.ones((3, 2)), slope.ones((3, 3))
+    for in_axes, out_axes in (((0, False), 0), ((0, None), True)):
+        with pytest.raises(slope.TransformError, match="do not match the structure"):
+            slope.vmap(lambda a, m: m @ slope.cat([a, a[:1]]), in_axes=in_axes, out_axes=out_axes)(x, w)

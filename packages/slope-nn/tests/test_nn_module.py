@@ -272,3 +272,16 @@ def test_module_error_messages():
         nn.BatchNorm2d(3)(slope.ones(2, 4, 2, 2))
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
+
+
+def test_vmap_returns_modules_as_a_loop_would():
+    """Per-example gradients of a model: vmap rebuilt its output tree with placeholder objects, which a Module takes
+    for static attributes (a ValueError: "Too few leaves for PyTreeSpec")."""
+    model, x = nn.Linear(3, 2), slope.tensor(np.random.default_rng(0).standard_normal((4, 3)), dtype=slope.float32)
+    per_example = slope.grad(lambda m, a: m(a).sum())
+    for out_axes in (0, 1):
+        grads = slope.vmap(per_example, in_axes=(None, 0), out_axes=out_axes)(model, x)
+        loop = [per_example(model, x[i]) for i in range(4)]
+        assert isinstance(grads, nn.Linear)
+        np.testing.assert_array_equal(grads.weight.numpy(), np.stack([g.weight.numpy() for g in loop], out_axes))
+        np.testing.assert_array_equal(grads.bias.numpy(), np.stack([g.bias.numpy() for g in loop], out_axes))

@@ -292,7 +292,7 @@ class BatchTrace(Trace):
 
 def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
     """Broadcast an axis spec (an int/None, or a pytree prefix of the value) to one entry per leaf."""
-    if axes is None or isinstance(axes, int):
+    if axes is None or (isinstance(axes, int) and not isinstance(axes, bool)):  # (False mapped axis 0)
         return [axes] * len(tree.leaves(value))
     if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
         return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
@@ -327,7 +327,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
-        targets = _axes_for_leaves("vmap", out_axes, tree.unflatten(out_tree[0], [object() for _ in values]))
+        targets = _axes_for_leaves("vmap", out_axes, tree.unflatten(out_tree[0], values))  # (Module: tensor leaves)
         results = []
         for value, dim, target in zip(values, dims, targets):
             if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
