@@ -295,10 +295,9 @@ class Div(Binary):
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
         (x, y), (tx, ty) = primals, tangents
-        out = div(x, y)
-        if ty is None:  # x / c: no out * 0 term (NaN where out is inf)
-            return [out], [div(tx, y)]
-        return [out], [div(-mul(out, ty) if tx is None else sub(tx, mul(out, ty)), y)]
+        out = div(x, y)  # (a constant y: no out * 0 term, NaN where out is inf)
+        tangent = tx if ty is None else -mul(out, ty) if tx is None else sub(tx, mul(out, ty))
+        return [out], [div(tangent, y)]
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
         return [div(cotangents[0], y), None]
@@ -353,11 +352,10 @@ class Compare(Binary):
 
 
 class CompareOrEqual(Compare):
-    """less_equal and greater_equal: the strict comparison or equality."""
+    """less_equal and greater_equal: the strict comparison or equality (not `not greater`: NaN compares false)."""
 
     def procedure(self, x: Tensor, y: Tensor) -> Tensor:
-        strict = functions[self.name.removesuffix("_equal")]
-        return bitwise_or(strict(x, y), equal(x, y))  # not `not greater`: NaN compares false
+        return bitwise_or(functions[self.name.removesuffix("_equal")](x, y), equal(x, y))
 
 
 class Bitwise(Binary):
@@ -916,8 +914,7 @@ class ScatterNd(Operator):
         return bind(self, x, _indices(self, idx), as_tensor(updates, x.dtype))
 
     def infer(self, x: Aval, idx: Aval, updates: Aval) -> Aval:
-        expected = GatherNd.infer(self, x, idx)  # what x[idx] is (after the same checks of idx)
-        if updates != expected:
+        if updates != (expected := GatherNd.infer(self, x, idx)):  # what x[idx] is (after the same checks of idx)
             raise self.shape_error(f"expected updates {expected} for x {x} and indices {idx}, got {updates}")
         return x
 

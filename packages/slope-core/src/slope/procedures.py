@@ -349,9 +349,7 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
             x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
         half = x.shape[-1] // 2
         x = x[..., :half] * x[..., half:]
-    if x.shape[-1] == 0:
-        x = ops.full(x.shape[:-1] + (1,), 1, x.dtype)
-    return x.reshape(out_shape)
+    return x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype)  # (an empty product is 1)
 
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
