@@ -78,8 +78,7 @@ class JVPTrace(Trace):
 
 
 def _jvp_flat(flat_fn: Callable, primals: list, tangents: list) -> tuple[list, list]:
-    with new_main(JVPTrace) as trace:
-        # integer inputs have zero tangents by definition, whatever tangent was passed
+    with new_main(JVPTrace) as trace:  # (integer inputs have zero tangents by definition, whatever tangent was passed)
         tracers = [JVPTracer(trace, p, t if p.dtype.is_float else None) for p, t in zip(primals, tangents)]
         outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
         return [o.primal for o in outs], [zeros_like(o.primal) if o.tangent is None else o.tangent for o in outs]
@@ -123,10 +122,9 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
     tangent_outputs = program.outputs[n_out:]
     needed = [v for i in linear_part for v in i.inputs] + tangent_outputs
     residual_vars = list(dict.fromkeys(v for v in needed if v not in linear_vars))
-    primal_outputs = program.outputs[:n_out] + residual_vars
     constants = (program.constants, program.constant_values)
-    primal_program = dead_code_elimination(Program(program.inputs[:count], primal_part, primal_outputs, *constants))
-    outs = eval_program(primal_program, primals)
+    primal_program = Program(program.inputs[:count], primal_part, program.outputs[:n_out] + residual_vars, *constants)
+    outs = eval_program(dead_code_elimination(primal_program), primals)
     return outs[:n_out], Program(residual_vars + program.inputs[count:], linear_part, tangent_outputs), outs[n_out:]
 
 
@@ -378,8 +376,7 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
         out, vjp_fn = vjp(f, x)
         if not out.dtype.is_float:  # (its rows were zeros; PyTorch and JAX refuse)
             raise TransformError(f"slope.jacrev: the function's output must be floating point, got {out.aval}")
-        rows = vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval))  # (out.size, *x.shape)
-        return rows.reshape((*out.shape, *x.shape))
+        return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
 
     return _jacobian("jacrev", fn, argnums, build)
 
@@ -400,8 +397,7 @@ class _CustomCall(Operator):
     def vmap(self, axis_size: int, args: list, dims: list, *, out_avals: tuple, **params: Any) -> tuple[list, list]:
         args = [batch_to_front(a, d, axis_size) for a, d in zip(args, dims)]
         batched = {k: vmap(v) if callable(v) else v for k, v in params.items()}
-        out_avals = tuple(Aval((axis_size, *a.shape), a.dtype) for a in out_avals)
-        outs = bind(self, *args, out_avals=out_avals, **batched)
+        outs = bind(self, *args, out_avals=tuple(Aval((axis_size, *a.shape), a.dtype) for a in out_avals), **batched)
         return outs, [0] * len(outs)
 
 
