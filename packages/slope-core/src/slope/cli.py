@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON, for tools")
-    # a subcommand sets `run` (slope-iree's `cache`); a failing hook is its plugin's problem (`slope info` crashed)
-    list(plugins.results("slope_commands", subparsers=sub))
+    list(plugins.results("slope_commands", subparsers=sub))  # a subcommand sets `run` (slope-iree's `cache`)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)

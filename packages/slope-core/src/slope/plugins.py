@@ -125,10 +125,9 @@ def refresh(strict_plugin: str | None = None) -> None:
         registry.clear()
     for kind, registry in (("operator", operators), ("procedure", procedures), ("backend", backends)):
         for plugin, table in results(f"slope_{kind}s", partial(_table, kind), strict_plugin):
-            strict = plugin == strict_plugin
             for name, item in table.items():
                 if message := _check(kind, name, item, plugin):
-                    problem(plugin, message, strict)
+                    problem(plugin, message, plugin == strict_plugin)
                     continue
                 owners[("backend" if kind == "backend" else "function", name)] = plugin
                 registry[name] = item
@@ -172,8 +171,7 @@ def _as_method(fn: Callable) -> Callable:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(self, *args, **kwargs)
 
-    method.__name__ = getattr(fn, "__name__", "method")
-    method.__doc__ = getattr(fn, "__doc__", None)
+    method.__name__, method.__doc__ = getattr(fn, "__name__", "method"), getattr(fn, "__doc__", None)
     method._slope_function = True  # type: ignore[attr-defined]
     return method
 
@@ -205,9 +203,8 @@ def load_entry_points() -> None:
         ids = {entry_point.name, label[0], f"{label[0]}:{entry_point.name}"}
         if ids & disabled or not (autoload or ids & only):
             continue
-        name = entry_point.name  # a name another distribution took already: both load, told apart by distribution
-        if distributions.get(name, label) != label:
-            name = f"{label[0]}:{entry_point.name}"
+        clash = distributions.get(entry_point.name, label) != label  # a name another distribution took already
+        name = f"{label[0]}:{entry_point.name}" if clash else entry_point.name  # both load, told apart by distribution
         if manager.get_plugin(name) is not None or name in failed:  # (importlib.reload(slope))
             continue
         distributions[name] = label
