@@ -9,6 +9,7 @@ Values are compared exactly (NaN with NaN and the sign of zero) unless a toleran
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -446,6 +447,33 @@ def test_randint_refuses_ranges_it_cannot_draw(backend):
     assert slope.random.randint(k, (100,), -256, 256, "bfloat16").astype(slope.float64).numpy().max() < 256
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_randint_of_wide_ranges_has_no_modulo_bias(backend, jit):
+    """One 32-bit word % span drew the first 2**32 % span values up to twice as often: a third of randint(0, 10**9)
+    fell below 294,967,296 (the exact share 0.295; PyTorch's 0.295), half of randint(0, 3 * 2**30) below 2**30."""
+    draw = slope.jit(slope.random.randint, static_argnums=(1, 2, 3)) if jit else slope.random.randint
+    for high, cut, share in ((10**9, 294_967_296, 0.294967296), (3 * 2**30, 2**30, 1 / 3)):
+        drawn = draw(slope.random.key(0), (200_000,), 0, high).numpy()
+        assert drawn.min() >= 0 and drawn.max() < high
+        assert abs((drawn < cut).mean() - share) < 0.006  # (5 standard deviations of the share in 200,000 draws)
+    small = slope.random.randint(slope.random.key(1), (60_000,), -3, 3).numpy()
+    assert set(np.unique(small)) == set(range(-3, 3)) and abs(np.bincount(small + 3).min() / 10_000 - 1) < 0.05
+
+
+def test_uniform_refuses_bounds_pytorch_refuses(backend):
+    """uniform(-60000, 60000) in float16 gave 59968.0 and NaN, (1, 0) gave 1e-45 everywhere, (0, inf) 3.4e38."""
+    k = slope.random.key(0)
+    bad = [(-60000.0, 60000.0, "float16"), (-3e38, 3e38, "float32"), (1.0, 0.0, "float32"), (0.0, math.inf, "float32"),
+           (0.0, math.nan, "float32"), (-math.inf, 0.0, "float64"), (-2e38, 2e38, "bfloat16")]  # fmt: skip
+    for low, high, dtype in bad:
+        with pytest.raises(
+            ValueError, match=f"slope.random.uniform: expected finite minval <= maxval, at most the {dtype}"
+        ):
+            slope.random.uniform(k, (3,), dtype, low, high)
+    assert slope.random.uniform(k, (3,), "float32", 2.0, 2.0).tolist() == [2.0, 2.0, 2.0]  # (PyTorch's from == to)
+    assert slope.random.uniform(k, (3,), "float64", -1e300, 1e300).numpy().max() < 1e300
+
+
 def test_keys_are_checked_and_fold_in_keeps_64_bits(backend):
     """fold_in(k, 2**32 + 5) was fold_in(k, 5); split of a (2, 2) batch of keys ran on the mixed words."""
     k = slope.random.key(0)
@@ -476,3 +504,23 @@ def test_tensors_and_models_deepcopy_and_pickle(backend):
     np.testing.assert_array_equal(twin[0].weight.numpy(), model[0].weight.numpy())
     with pytest.raises(slope.SlopeTraceError, match="concrete"):
         slope.jit(lambda x: copy.deepcopy(x))(slope.ones(2))
+
+
+def test_comparing_with_none_is_false_as_in_pytorch(backend):
+    # `t == None` raised (slope.equal: cannot combine float32 with NoneType); PyTorch and Python give False
+    t = slope.tensor([1.0, 2.0])
+    assert (t == None) is False and (t != None) is True and (None == t) is False  # noqa: E711
+    assert t not in (None,)
+    with pytest.raises(TypeError, match="slope.less: cannot combine float32 with NoneType"):
+        t < None  # noqa: B015
+
+
+def test_the_global_generator_refuses_to_draw_inside_vmap(backend):
+    """slope.randn inside vmap drew once and gave every example the same numbers (a loop draws per example)."""
+    for draw in (lambda: slope.randn(8), lambda: slope.rand(8), lambda: slope.randint(0, 5, (8,))):
+        for transform in (slope.vmap, lambda f: slope.vmap(slope.jit(f))):
+            with pytest.raises(slope.TransformError, match="the global generator cannot draw inside vmap"):
+                transform(lambda a, draw=draw: a + draw())(slope.zeros((4, 8)))
+    keys = slope.random.split(slope.random.key(0), 4)
+    rows = slope.vmap(lambda k: slope.random.normal(k, (8,)))(keys).numpy()
+    assert len({tuple(row) for row in rows}) == 4

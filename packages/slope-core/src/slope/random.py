@@ -11,7 +11,8 @@ import numpy as np
 from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
-from .trace import EagerTrace, new_main
+from .trace import EagerTrace, active, new_main
+from .transforms import BatchTrace, TransformError
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -98,6 +99,10 @@ def fold_in(k: Tensor, data: int) -> Tensor:
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
     """Uniform samples in [minval, maxval) (what rounds up to maxval in the dtype is its next value down)."""
     values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
+    top = float(np.nextafter(np.array(np.inf, values.dtype.numpy), np.array(0, values.dtype.numpy)))  # the largest
+    if not (minval <= maxval and math.isfinite(minval) and maxval - minval <= top):
+        raise ValueError(f"slope.random.uniform: expected finite minval <= maxval, at most the {values.dtype.name} "
+                         f"maximum apart (as PyTorch), got {minval} and {maxval}")  # fmt: skip
     below = np.nextafter(np.array(maxval, values.dtype.numpy), np.array(minval, values.dtype.numpy))
     return values if (minval, maxval) == (0.0, 1.0) else (values * (maxval - minval) + minval).clip(max=float(below))
 
@@ -117,7 +122,11 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (one 32-bit word a draw)
         raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
                          f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
-    return ops.cast(random_bits(k, math.prod(shape)).reshape(shape) % (maxval - minval) + minval, dtype)
+    # two words a draw, (high * 2**32 + low) % span, as JAX: one word % span drew the first 2**32 % span values up to
+    # twice as often (a third of randint(0, 10**9) fell below 294967296); 2**32 % span is step * step % span
+    span, step = maxval - minval, (1 << 16) % (maxval - minval)  # (so each product stays below 2**48)
+    high, low = (random_bits(k, 2 * math.prod(shape)) % span).reshape((2, *shape))
+    return ops.cast(((high * step % span) * step % span + low) % span + minval, dtype)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = None) -> Tensor:
@@ -154,6 +163,9 @@ def manual_seed(seed: int) -> None:
 
 def next_key() -> Tensor:
     """A fresh key from the global generator."""
+    if active(BatchTrace):  # (one draw was shared by every example; PyTorch's vmap refuses too)
+        raise TransformError("slope.randn/rand/randint: the global generator cannot draw inside vmap (every example "
+                             "would get the same numbers); pass keys, vmapped over slope.random.split(key, n)")  # fmt: skip
     with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
         _global["key"], sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
     return sub

@@ -770,6 +770,13 @@ def np_normal(key: np.ndarray, shape: tuple) -> np.ndarray:
     return (np.sqrt(-2.0 * np.log(1.0 - u[:count])) * np.cos(u[count:] * 2 * np.pi)).reshape(shape)
 
 
+def np_randint(key: np.ndarray, shape: tuple, low: int, high: int) -> np.ndarray:
+    """Slope's randint: two words a draw, (first * 2**32 + second) % (high - low) + low, in Python's exact integers."""
+    count = math.prod(shape)
+    words = [int(word) for word in np_random_bits(key, 2 * count)]
+    return np.array([(a * 2**32 + b) % (high - low) + low for a, b in zip(words[:count], words[count:])]).reshape(shape)
+
+
 def np_split_key(key: np.ndarray, num: int) -> np.ndarray:
     return np_random_bits(key, 2 * num).astype(np.int64).reshape(num, 2)
 

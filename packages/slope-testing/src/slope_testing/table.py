@@ -36,7 +36,7 @@ from .checks import (
     np_logsumexp,
     np_normal,
     np_pool,
-    np_random_bits,
+    np_randint,
     np_softmax,
     np_uniform,
 )
@@ -1521,7 +1521,7 @@ creation(
     [
         creation_case(
             seeded(slope.randint, -3, 5, (2, 3)),
-            lambda: (np_random_bits(np_global_key(7), 6).astype(np.int64) % 8 - 3).reshape(2, 3),
+            lambda: np_randint(np_global_key(7), (2, 3), -3, 5),
             "range -3..4",
         )
     ],
