@@ -779,6 +779,11 @@ class Conv(Operator):
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w = as_tensor(x), as_tensor(w)
+        bias = None if bias is None else as_tensor(bias)
+        half = x.dtype.is_float and x.dtype.bits < 32  # with its bias in float32, rounded once, as PyTorch's kernel
+        if half and bias is not None and x.dtype == w.dtype == bias.dtype and bias.shape == w.shape[:1]:
+            wide = [cast(t, dtypes.float32) for t in (x, w, bias)]
+            return cast(self(*wide, stride, padding, dilation, groups), x.dtype)
         if x.ndim == w.ndim - 1 > 1:  # a batch-less input (C, *spatial), as in PyTorch
             return self(reshape(x, (1, *x.shape)), w, bias, stride, padding, dilation, groups)[0]
         n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
@@ -794,7 +799,7 @@ class Conv(Operator):
             padding = tuple((p, p) for p in ints(self.name, padding, "padding", 0, n))
         out = bind(self, x, w, stride=stride, padding=padding, dilation=dilation,  # (of one dtype: infer checks it)
                    groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
-        if bias is not None and (bias := as_tensor(bias)).aval != (expected := Aval(out.shape[1:2], out.dtype)):
+        if bias is not None and bias.aval != (expected := Aval(out.shape[1:2], out.dtype)):
             raise self.shape_error(f"expected a bias {expected} for weight {w.aval}, got {bias.aval}")
         return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
