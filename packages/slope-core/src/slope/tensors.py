@@ -150,6 +150,8 @@ for _name, _function in {**_comparisons, **_arithmetic}.items():
     setattr(Tensor, f"__{_name}__", lambda self, other, _f=_function: functions[_f](self, other))
 for _name, _function in _arithmetic.items():
     setattr(Tensor, f"__r{_name}__", lambda self, other, _f=_function: functions[_f](other, self))
+Tensor.__eq__ = lambda x, y: NotImplemented if y is None else functions["equal"](x, y)  # t == None: False, as PyTorch's
+Tensor.__ne__ = lambda x, y: NotImplemented if y is None else functions["not_equal"](x, y)
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
                         "long": "int64", "bool": "bool"}.items():  # fmt: skip
     setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))
