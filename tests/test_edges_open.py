@@ -561,6 +561,8 @@ def test_half_tan_log1p_rsqrt_round_once_as_pytorch(backend, name, jit):
     # results (tan(0.06299) in bfloat16 gave 0.06348); in float32, rounded once, a few double roundings remain
     for dtype in ("float16", "bfloat16"):
         values = _every_finite(dtype)
+        if backend == "iree":  # (its CPU runtime flushes subnormals to zero: slope-iree's README)
+            values = values[(values == 0) | (np.abs(values) >= (2.0**-14 if dtype == "float16" else 2.0**-126))]
         expected = getattr(torch, name)(torch.tensor(values).to(getattr(torch, dtype))).float().numpy()
         function = slope.jit(getattr(slope, name)) if jit else getattr(slope, name)
         got = function(slope.tensor(values).astype(dtype)).numpy().astype(np.float32)
