@@ -259,6 +259,11 @@ def test_gather_refuses_negative_indices_as_pytorch(backend, torch):
         slope.gather(slope.tensor(x), 1, slope.tensor([[0, -1]]))
     with pytest.raises(IndexError, match="slope.gather_nd"):
         slope.jit(lambda a, i: slope.gather(a, 1, i))(slope.tensor(x), slope.tensor([[0, -1]]))
+    traced = slope.jit(lambda a, i: slope.gather(a, 0, i))  # narrow index dtypes: int8 -1 into 128 read x[0]
+    for size, index, dtype in ((128, -1, np.int8), (200, -3, np.int8), (40000, -1, np.int16), (32768, -5, np.int16)):
+        with pytest.raises(IndexError, match="slope.gather_nd"):
+            traced(slope.arange(float(size)), slope.tensor(np.array([index], dtype)))
+    assert traced(slope.arange(200.0), slope.tensor(np.array([127], np.int8))).tolist() == [127.0]
     expected = torch.gather(torch.tensor(2.0), 0, torch.tensor(0))  # 0-d input and index
     _same(slope.gather(slope.tensor(2.0), 0, slope.tensor(0)), expected, "0-d gather")
 
