@@ -250,3 +250,12 @@ def test_integer_cumsum_is_exact_beyond_2_53_and_wraps_as_pytorch(backend):
         for cumsum in (lambda v: slope.cumsum(v, 0), slope.jit(lambda v: slope.cumsum(v, 0))):
             got = cumsum(slope.tensor(data))
             assert got.dtype == slope.int64 and got.tolist() == expected.tolist(), data
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_float16_sums_round_through_float32_as_pytorch(backend, jit):
+    """The numpy backend rounded its float64 sum straight to float16 (1 + 2**-11 + 2**-24 gave 1.0009765625); PyTorch
+    and the other backends accumulate in float32 and round that: 1.0 (a tie between 1 and 1 + 2**-10, to even)."""
+    x = slope.tensor([1.0, 2.0**-11, 2.0**-24]).astype(slope.float16)
+    total = slope.jit(lambda v: v.sum())(x) if jit else x.sum()
+    assert total.dtype == slope.float16 and total.item() == 1.0

@@ -61,8 +61,10 @@ def _sum(ins: list, params: dict, out: Any) -> str:
     if out.dtype.name == "float64":
         return f"runtime.pairwise_sum({x}, {axis}, {keepdims})"
     wide = ", dtype=np.float64" if out.dtype.is_float else ""
+    # to float16 through float32, as _cast (PyTorch and the other backends: float16 1 + 2**-11 + 2**-24 sums to 1.0)
+    through = ".astype(np.float32)" if out.dtype.name == "float16" else ""
     # np.add.reduce: np.sum's own Python wrapper costs as much as the float64 accumulation of a small sum
-    return f"np.asarray(np.add.reduce({x}, axis={axis}, keepdims={keepdims}{wide}), dtype={_dtype(out.dtype)})"
+    return f"np.asarray(np.add.reduce({x}, axis={axis}, keepdims={keepdims}{wide}){through}, dtype={_dtype(out.dtype)})"
 
 
 def _slice(ins: list, params: dict, out: Any) -> str:
