@@ -438,3 +438,16 @@ def test_convolution_without_output_channels_raises(backend, transposed):
     else:
         with pytest.raises(slope.ShapeError, match=r"slope\.conv: .*weight of shape \(0, 2, 1\).*positive multiple"):
             slope.conv(slope.ones((1, 2, 3)), slope.ones((0, 2, 1)))
+
+
+def test_gradient_of_a_step_longer_than_the_dimension_allocates_no_step_sized_buffer(backend):
+    """x[::10**10]'s gradient padded every element with step - 1 zeros (a (1, 10**10, 4) buffer: SlopeMemoryError);
+    a conv or pool stride of 30,000 over a 5 x 5 input took 40 s for the same reason."""
+    x = slope.ones(3, 4)
+    expected = np.zeros((3, 4), np.float32)
+    expected[0] = 1.0
+    np.testing.assert_array_equal(slope.grad(lambda v: v[:: 10**10].sum())(x).numpy(), expected)
+    expected[0, 1:] = 0.0
+    np.testing.assert_array_equal(slope.grad(lambda v: v[:: 10**8, :: 10**8].sum())(x).numpy(), expected)
+    conv = slope.grad(lambda v, w: slope.conv(v, w, stride=30000).sum())(slope.ones(1, 1, 5, 5), slope.ones(1, 1, 1, 1))
+    assert conv.numpy().sum() == 1.0 and conv.numpy()[0, 0, 0, 0] == 1.0

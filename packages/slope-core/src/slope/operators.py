@@ -553,7 +553,7 @@ def slice_along(x: Tensor, dim: int, start: int, stop: int) -> Tensor:
 def _strided_place(x: Tensor, step: Sequence[int], lo: Sequence[int], shape: tuple[int, ...]) -> Tensor:
     """Zeros of `shape` holding x from offset `lo` every `step` elements, cut to fit (a strided slice's transpose)."""
     for axis, factor in enumerate(step):
-        if factor > 1:  # factor - 1 zeros after each element
+        if factor > 1 and x.shape[axis] > 1:  # factor - 1 zeros after each element (one element needs none)
             size, before, after = x.shape[axis], x.shape[:axis], x.shape[axis + 1 :]
             x = reshape(x, (*before, size, 1, *after))
             x = pad(x, lo=(0,) * x.ndim, hi=tuple(factor - 1 if i == axis + 1 else 0 for i in range(x.ndim)))
