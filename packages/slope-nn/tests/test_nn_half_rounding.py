@@ -133,3 +133,16 @@ def test_rng_blocks_are_per_thread():
     for thread in threads:
         thread.join()
     assert wrong == [0, 0]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_leaky_relu_of_halves_scales_in_float32(jit, each_backend):
+    # 0.01 was rounded to float16 (0.0100021) before the product: 7,740 of float16's normal values a rounding off
+    x = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    x = x[np.isfinite(x) & ((np.abs(x) >= 2.0**-14) | (x == 0))]
+    function = slope.jit(nn.functional.leaky_relu) if jit else nn.functional.leaky_relu
+    for dtype in ("float16", "bfloat16"):
+        values = torch.tensor(x.astype(np.float32)).to(getattr(torch, dtype))
+        expected = F.leaky_relu(values).double().numpy()
+        got = function(slope.tensor(values.float().numpy()).astype(dtype))
+        assert got.dtype == getattr(slope, dtype) and (np.asarray(got.numpy(), np.float64) == expected).all()
