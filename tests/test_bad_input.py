@@ -244,6 +244,8 @@ ROWS = [
     bad("flip-repeated", lambda m: x23(m).flip((0, 0)), ValueError, "slope.flip"),
     bad("flip-str", lambda m: x23(m).flip("a"), TypeError, "slope.flip"),
     ok("flip-empty", lambda m: x23(m).flip(())),
+    ok("flip-varargs", lambda m: x23(m).flip(0, -1)),  # (PyTorch's Tensor.flip(*dims); it raised a TypeError)
+    bad("flip-repeated-varargs", lambda m: x23(m).flip(1, 1), ValueError, "slope.flip"),
     bad("squeeze-str", lambda m: m.ones(1, 3).squeeze("a"), TypeError, "slope.squeeze"),
     bad("squeeze-repeated", lambda m: m.ones(1, 3).squeeze((0, -2)), ValueError, "slope.squeeze"),
     ok("squeeze-empty", lambda m: m.ones(1, 3).squeeze(())),

@@ -604,9 +604,9 @@ class Flip(Operator):
     name = "flip"
     linear_inputs = (0,)
 
-    def __call__(self, x: Any, dims: Any) -> Tensor:
+    def __call__(self, x: Any, *dims: Any) -> Tensor:  # flip(x, (0, 1)) or x.flip(0, 1), as PyTorch
         x = as_tensor(x)
-        return bind(self, x, dim=normalize_dims(self.name, dims, x.ndim))
+        return bind(self, x, dim=normalize_dims(self.name, dims[0] if len(dims) == 1 else dims, x.ndim))
 
     def infer(self, x: Aval, *, dim: tuple) -> Aval:
         return x
