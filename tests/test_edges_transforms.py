@@ -204,3 +204,13 @@ def test_vmap_refuses_bool_axes(backend: str) -> None:
     for in_axes, out_axes in (((0, False), 0), ((0, None), True)):
         with pytest.raises(slope.TransformError, match="do not match the structure"):
             slope.vmap(lambda a, m: m @ slope.cat([a, a[:1]]), in_axes=in_axes, out_axes=out_axes)(x, w)
+
+
+def test_vmap_passes_keyword_arguments_through_unmapped(backend: str) -> None:
+    """A keyword argument raised "<lambda>() got an unexpected keyword argument" (naming the user's function, which
+    takes it); torch.func.vmap passes keyword arguments to every example unmapped."""
+    scaled = slope.vmap(lambda a, b=1.0: a * b)
+    np.testing.assert_array_equal(scaled(slope.ones((3, 2)), b=slope.tensor([1.0, 2.0])).numpy(), [[1.0, 2.0]] * 3)
+    assert scaled(slope.ones(3), b=3.0).tolist() == [3.0, 3.0, 3.0]
+    jitted = slope.jit(lambda x, y: scaled(x, b=y))
+    np.testing.assert_array_equal(jitted(slope.ones((3, 2)), slope.tensor([1.0, 2.0])).numpy(), [[1.0, 2.0]] * 3)

@@ -303,7 +303,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`)."""
 
     @functools.wraps(_function("vmap", fn))
-    def vmapped(*args: Any) -> Any:
+    def vmapped(*args: Any, **kwargs: Any) -> Any:  # keyword arguments pass through unmapped (torch.func.vmap's rule)
         if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
             raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
         leaves, in_tree = tree.flatten(args)
@@ -320,7 +320,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             detail = ", ".join(f"argument leaf {i} has size {s}" for i, s in sizes.items())
             raise TransformError(f"slope.vmap: mapped axes must all have the same size, but {detail}")
         axis_size = next(iter(sizes.values()))
-        flat_fn, out_tree = flatten_fun(fn, in_tree)
+        flat_fn, out_tree = flatten_fun(functools.partial(fn, **kwargs) if kwargs else fn, in_tree)
         with new_main(BatchTrace, axis_size) as trace:
             tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
