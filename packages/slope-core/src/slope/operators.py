@@ -78,10 +78,8 @@ def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = 
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
     for v in [v for v in values if type(v) is int] if checked and dtype.is_int else ():  # where, clamp (not +)
         _python_value(name, v, dtype)
-    return [
-        constant(v, dtype, shape) if isinstance(v, (bool, int, float)) else broadcast_to(as_tensor(v, dtype), shape)
-        for v in values
-    ]
+    tensors = [constant(v, dtype, shape) if isinstance(v, (int, float)) else as_tensor(v, dtype) for v in values]
+    return [broadcast_to(t, shape) for t in tensors]  # (a number's constant is of that shape already)
 
 
 def zeros_like(x: Tensor | Aval) -> Tensor:
@@ -526,8 +524,7 @@ class Slice(Operator):
 
     def __call__(self, x: Any, start: Sequence[int], stop: Sequence[int], step: Sequence[int] | None = None) -> Tensor:
         x = as_tensor(x)
-        step = tuple(step) if step is not None else (1,) * x.ndim
-        return bind(self, x, start=tuple(start), stop=tuple(stop), step=step)
+        return bind(self, x, start=tuple(start), stop=tuple(stop), step=(1,) * x.ndim if step is None else tuple(step))
 
     def infer(self, x: Aval, *, start: tuple, stop: tuple, step: tuple) -> Aval:
         if not len(start) == len(stop) == len(step) == x.ndim:
@@ -742,8 +739,7 @@ class Matmul(Operator):
         if x.dtype != y.dtype:  # as in PyTorch (no promotion)
             raise self.dtype_error(f"expected both arguments of one dtype, got {x.dtype.name} and {y.dtype.name}")
         squeeze = [d for d, t in ((-2, x), (-1, y)) if t.ndim == 1]  # vectors as a row and a column, dropped after
-        x = reshape(x, (1, *x.shape)) if x.ndim == 1 else x
-        y = reshape(y, (*y.shape, 1)) if y.ndim == 1 else y
+        x, y = reshape(x, (1, *x.shape)) if x.ndim == 1 else x, reshape(y, (*y.shape, 1)) if y.ndim == 1 else y
         if x.shape[-1] != y.shape[-2]:
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
@@ -779,8 +775,7 @@ class Conv(Operator):
 
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  groups: int = 1) -> Tensor:  # fmt: skip
-        x, w = as_tensor(x), as_tensor(w)
-        bias = None if bias is None else as_tensor(bias)
+        x, w, bias = as_tensor(x), as_tensor(w), None if bias is None else as_tensor(bias)
         half = x.dtype.is_float and x.dtype.bits < 32  # with its bias in float32, rounded once, as PyTorch's kernel
         if half and bias is not None and x.dtype == w.dtype == bias.dtype and bias.shape == w.shape[:1]:
             wide = [cast(t, dtypes.float32) for t in (x, w, bias)]
@@ -805,8 +800,7 @@ class Conv(Operator):
         return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
-        n = x.ndim - 2
-        if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == n:
+        if x.ndim < 3 or w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == x.ndim - 2:
             raise self.shape_error(f"expected x (N, C, *spatial), w (O, C/groups, *kernel), got {x.shape}, {w.shape}")
         if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups or not w.shape[0]:  # (PyTorch: O > 0 too)
             misfit = f"input of shape {x.shape} ({x.shape[1]} channels) does not fit weight of shape {w.shape}"
