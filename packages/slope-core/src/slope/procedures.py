@@ -169,8 +169,7 @@ def log2(x: Any) -> Tensor:
 
 
 def log1p(x: Any) -> Tensor:
-    """log(1 + x), exact for tiny x: log(u), u = 1 + x, plus u's rounding error over u where |x| < 0.5 (float16 and
-    bfloat16 in float32, rounded once)."""
+    """log(1 + x), exact for tiny x: log(u) + (x - (u - 1)) / u, u = 1 + x, where |x| < 0.5 (halves in float32)."""
     x = ops.as_float(x)
     w = cast(x, _wide(x.dtype))
     t = where(abs_(w) >= 0.5, 0.0, w)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
@@ -411,11 +410,9 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     x = cast(x, _wide(dtype) if dtype.is_float else dtype)  # (integers in int64: exact, wrapping as PyTorch)
     dim = ops.normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
-    shift = 1
-    while shift < size:
+    for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
         x = x + ops.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
-        shift *= 2
     return cast(x, dtype)
 
 
@@ -552,8 +549,7 @@ def _is_bool_mask(item: Any) -> bool:
 
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
-    x = as_tensor(x)
-    index = index if isinstance(index, tuple) else (index,)
+    x, index = as_tensor(x), index if isinstance(index, tuple) else (index,)
     # Python bools are masks; [] selects nothing (NumPy would make it a float index)
     items = [np.asarray(i, int if i == [] else None) if isinstance(i, (list, bool, np.bool_)) else i for i in index]
     consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
@@ -566,9 +562,8 @@ def getitem(x: Any, index: Any) -> Tensor:
     for i in items[kept:]:  # where only ':' (or '0:', ':n') is harmless, as in PyTorch
         if not (isinstance(i, slice) and (i.start or 0, i.step or 1) == (0, 1) and (i.stop or 0) >= 0):
             raise IndexError(f"slope.getitem: repeated ellipses put {i} past the last dimension of shape {x.shape}")
-    items = items[:kept]
     expanded, dim = [], 0  # bool masks become integer index tensors (of concrete masks: they decide the shape)
-    for item in items:
+    for item in items[:kept]:
         if not _is_bool_mask(item):
             expanded.append(as_tensor(item) if isinstance(item, np.ndarray) else item)
             dim += 0 if item is None else 1
