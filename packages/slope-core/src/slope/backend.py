@@ -253,8 +253,7 @@ _aval = attrgetter("aval")  # (a C function: cheaper than a comprehension on eve
 
 def eager_run(op: Any, args: tuple | list, params: dict) -> list[Tensor]:
     """Run one operator on concrete tensors: a one-instruction Program, compiled once per signature."""
-    backend = _state["backend"] or get_backend()
-    device = args[0].device if args else default_device()
+    backend, device = _state["backend"] or get_backend(), args[0].device if args else default_device()
     key = (op, tuple(params.items()) if params else (), tuple(map(_aval, args)), backend, device)
     try:
         executable = _compiled[key]

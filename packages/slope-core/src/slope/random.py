@@ -38,8 +38,7 @@ def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor
         for r in _ROTATIONS[block % 2]:
             x0 = _mask(x0 + x1)
             x1 = ops.bitwise_xor(_rotate_left(x1, r), x0)
-        x0 = _mask(x0 + keys[(block + 1) % 3])
-        x1 = _mask(x1 + keys[(block + 2) % 3] + (block + 1))
+        x0, x1 = _mask(x0 + keys[(block + 1) % 3]), _mask(x1 + keys[(block + 2) % 3] + (block + 1))
     return x0, x1
 
 
@@ -122,9 +121,8 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (one 32-bit word a draw)
         raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
                          f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
-    # two words a draw, (high * 2**32 + low) % span, as JAX: one word % span drew the first 2**32 % span values up to
-    # twice as often (a third of randint(0, 10**9) fell below 294967296); 2**32 % span is step * step % span
-    span, step = maxval - minval, (1 << 16) % (maxval - minval)  # (so each product stays below 2**48)
+    # two words a draw, (high * 2**32 + low) % span, as JAX (one word % span drew low values up to twice as often)
+    span, step = maxval - minval, (1 << 16) % (maxval - minval)  # 2**32 % span is step * step % span (products < 2**48)
     high, low = (random_bits(k, 2 * math.prod(shape)) % span).reshape((2, *shape))
     return ops.cast(((high * step % span) * step % span + low) % span + minval, dtype)
 

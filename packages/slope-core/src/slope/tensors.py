@@ -38,8 +38,7 @@ class Tensor:
         """Number of dimensions (also `.ndim`)."""
         return len(self.aval.shape)
 
-    shape = property(size)
-    ndim = property(dim)
+    shape, ndim = property(size), property(dim)
 
     @property
     def dtype(self) -> DType:

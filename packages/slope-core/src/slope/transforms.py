@@ -110,8 +110,7 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
 
     avals = [p.aval for p in primals]
     program = make_program(jvp_fn, avals + avals)
-    linear_vars = set(program.inputs[count:])
-    primal_part, linear_part = [], []
+    linear_vars, primal_part, linear_part = set(program.inputs[count:]), [], []
     for instruction in program.instructions:
         if any(v in linear_vars for v in instruction.inputs):
             linear_part.append(instruction)
@@ -183,8 +182,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     out_treedef, aux = out_tree[0], None
     if has_aux:
         out_treedef, aux_treedef = out_treedef.children()
-        aux = tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
-        outs = outs[: out_treedef.num_leaves]
+        outs, aux = outs[: out_treedef.num_leaves], tree.unflatten(aux_treedef, outs[out_treedef.num_leaves :])
 
     def vjp_fn(cotangent: Any) -> tuple:
         ct_flat, ct_tree = tree.flatten(cotangent)
@@ -480,8 +478,7 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
 
         def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
             out, residuals = fwd(*primals)
-            out_flat, out_tree = tree.flatten(out)
-            res_flat, res_tree = _tensor_leaves(residuals)
+            (out_flat, out_tree), (res_flat, res_tree) = tree.flatten(out), _tensor_leaves(residuals)
             out_avals = tuple(as_tensor(o).aval for o in out_flat)
             params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
             tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))
