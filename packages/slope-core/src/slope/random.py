@@ -118,7 +118,7 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     info = np.iinfo(dtype.numpy if dtype.is_int else np.int64)
     exact = {"float16": 2**11, "bfloat16": 2**8, "float32": 2**24, "float64": 2**53}.get(dtype.name)  # (integers)
     lowest, highest = (0, 1) if dtype == dtypes.bool_ else (-exact, exact - 1) if exact else (info.min, info.max)
-    if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (one 32-bit word a draw)
+    if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (the span fits 32 bits)
         raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
                          f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
     # two words a draw, (high * 2**32 + low) % span, as JAX (one word % span drew low values up to twice as often)
