@@ -214,3 +214,12 @@ def test_vmap_passes_keyword_arguments_through_unmapped(backend: str) -> None:
     assert scaled(slope.ones(3), b=3.0).tolist() == [3.0, 3.0, 3.0]
     jitted = slope.jit(lambda x, y: scaled(x, b=y))
     np.testing.assert_array_equal(jitted(slope.ones((3, 2)), slope.tensor([1.0, 2.0])).numpy(), [[1.0, 2.0]] * 3)
+
+
+def test_vmap_of_conv_over_an_empty_batch_of_weights(backend: str) -> None:
+    """A batch of no weights bound conv with groups * 0 and raised ZeroDivisionError (every other op gives an empty
+    result of the per-example shape)."""
+    x, w = slope.zeros((2, 3, 5, 5)), slope.zeros((0, 4, 3, 3, 3))
+    assert slope.vmap(slope.conv, in_axes=(None, 0))(x, w).shape == (0, 2, 4, 3, 3)
+    assert slope.vmap(slope.conv, in_axes=(0, 0))(slope.zeros((0, 2, 3, 5, 5)), w).shape == (0, 2, 4, 3, 3)
+    assert slope.jit(slope.vmap(slope.conv, in_axes=(None, 0)))(x, w).shape == (0, 2, 4, 3, 3)

@@ -845,6 +845,9 @@ class Conv(Operator):
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
         (x, w), (dx, dw) = args, dims
+        if axis_size == 0:  # (no weights: groups * 0 divided by zero) zeros of the per-example shape
+            avals = [a.aval if d is None else Aval(a.shape[:d] + a.shape[d + 1 :], a.dtype) for a, d in zip(args, dims)]
+            return [full((0, *self.infer(*avals, **params).shape), 0, x.dtype)], [0]
         if dw is None:
             x = move_axis(x, dx, 0)
             out = bind(self, reshape(x, (axis_size * x.shape[1], *x.shape[2:])), w, **params)
