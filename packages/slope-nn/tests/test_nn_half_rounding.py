@@ -146,3 +146,55 @@ def test_leaky_relu_of_halves_scales_in_float32(jit, each_backend):
         expected = F.leaky_relu(values).double().numpy()
         got = function(slope.tensor(values.float().numpy()).astype(dtype))
         assert got.dtype == getattr(slope, dtype) and (np.asarray(got.numpy(), np.float64) == expected).all()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_rms_norm_of_halves_rounds_once(dtype, each_backend):
+    # normalised, rounded, times the weight, rounded again: 0.71484375 where PyTorch (and the exact value) is 0.71875,
+    # and the input's gradient up to 300 ulps off
+    weight, x = [0.1, 0.3, 0.7, 1.1], [[1.0, 2.0, 3.0, 4.5], [-0.5, 0.25, 8.0, -3.0]]
+    reference = torch.nn.RMSNorm(4, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(weight))
+    source = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+    expected = reference(source)
+    expected.backward(torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.0, 2.0]], dtype=source.dtype))
+    layer = nn.RMSNorm(4, dtype=getattr(slope, dtype))
+    layer.weight = half(weight, dtype)
+    got, pullback = slope.vjp(layer, half(x, dtype))
+    (gradient,) = pullback(half([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.0, 2.0]], dtype))
+    assert values(got) == expected.detach().double().ravel().tolist()
+    assert values(gradient) == source.grad.double().ravel().tolist()
+
+
+def test_batch_norm_of_halves_uses_its_statistics_in_float32(each_backend):
+    # eval: var + eps and its rsqrt were rounded to bfloat16 (8.375 for PyTorch's 8.3125); training: float16's
+    # 1 - 0.01 is 0.990234, so the running statistics drifted 2.4% high over 1,000 batches
+    layer = nn.BatchNorm1d(1, dtype=slope.bfloat16).eval()
+    layer.running_var = half([0.09], "bfloat16")
+    assert values(layer(half([[2.5]], "bfloat16"))) == [8.3125]
+    layer, reference = nn.BatchNorm1d(1, momentum=0.01, dtype=slope.float16), torch.nn.BatchNorm1d(1, momentum=0.01)
+    reference = reference.half()
+    batches = np.random.default_rng(0).standard_normal((300, 64, 1)).astype(np.float16) + np.float16(1.0)
+    step = slope.jit(lambda model, x: nn.apply(model, x)[1])
+    for batch in batches:
+        layer = step(layer, slope.tensor(batch))
+        reference(torch.tensor(batch))
+    for name in ("running_mean", "running_var"):
+        got, expected = values(getattr(layer, name))[0], getattr(reference, name).double().item()
+        assert abs(got - expected) <= 4 * 2.0**-10 * abs(expected), name  # (a 1% drift before)
+
+
+def test_gelu_derivative_of_halves_survives_a_large_cotangent(each_backend):
+    # the float16 derivative is 0 or subnormal below -4.3: times a loss-scaled cotangent it gave 0 (or 1.7x too much)
+    x = np.linspace(-8.0, -3.0, 400).astype(np.float16)
+    for approximate in ("none", "tanh"):
+        source = torch.tensor(x, requires_grad=True)
+        F.gelu(source, approximate=approximate).backward(torch.full((400,), 1024.0, dtype=torch.float16))
+        exact = torch.tensor(x.astype(np.float64), requires_grad=True)
+        F.gelu(exact, approximate=approximate).backward(torch.full((400,), 1024.0, dtype=torch.float64))
+        _, pullback = slope.vjp(lambda v, a=approximate: slope.gelu(v, approximate=a), slope.tensor(x))
+        got = np.asarray(pullback(slope.full((400,), 1024.0, dtype=slope.float16))[0].numpy(), np.float64)
+        rounded = exact.grad.half().double().numpy()
+        ours, theirs = np.abs(got - rounded), np.abs(source.grad.double().numpy() - rounded)
+        assert (ours <= np.maximum(theirs, np.spacing(np.abs(rounded).astype(np.float16)) * 2)).all(), approximate
