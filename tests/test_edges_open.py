@@ -516,6 +516,9 @@ def test_conversion_to_float16_rounds_through_float32_as_pytorch(backend, jit, s
     got = cast(slope.tensor(data))
     expected = torch.from_numpy(data).to(torch.float16)
     np.testing.assert_array_equal(got.numpy().view(np.uint16), expected.numpy().view(np.uint16))
+    if not jit and source == "float64":  # slope.tensor(array, dtype=float16): NumPy's one rounding gave 1.0009765625
+        direct = slope.tensor(data, dtype=slope.float16)  # and 65504 for 65519.99 (PyTorch's torch.tensor: 1.0, inf)
+        np.testing.assert_array_equal(direct.numpy().view(np.uint16), expected.numpy().view(np.uint16))
 
 
 SCALAR_INTO_HALF = {  # each case as f(library, h, v): the same code for slope and torch, where their APIs agree

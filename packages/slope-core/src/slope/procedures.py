@@ -41,6 +41,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
     if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)
         dtype = _dtype(dtype, dtypes.as_dtype(data.dtype))  # np.array copies: later edits of `data` do not leak in
+        data = data.astype(np.float32) if dtype.name == "float16" and data.dtype == np.float64 else data  # (as cast)
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
