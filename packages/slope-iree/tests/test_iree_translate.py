@@ -278,6 +278,22 @@ def test_a_scatter_of_no_updates_is_its_input():
     np.testing.assert_array_equal(slope.jit(lambda t: t.at[empty].set(1.0) * 2)(x).numpy(), data * 2)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_scatter_of_many_updates_compiles(dtype):
+    """IREE 3.13 fused the float32 conversion of half updates into the scatter as a stack buffer and failed past 32 KiB
+    ("exceeded stack allocation limit": 256 rows of 64, an embedding's gradient); each row gets its count of hits."""
+    index = np.arange(256) % 65  # rows 0-60 hit 4 times, 61-64 3 times
+    counts = np.bincount(index, minlength=65).astype(np.float32)[:, None] * np.ones((1, 64), np.float32)
+    x, i, v = slope.ones((65, 64), dtype=dtype), slope.tensor(index), slope.ones((256, 64), dtype=dtype)
+    for f in (lambda x, v: x.at[i].add(v), slope.jit(lambda x, v: x.at[i].add(v))):
+        got = f(x, v)
+        assert got.dtype == slope.dtypes.as_dtype(dtype)
+        np.testing.assert_array_equal(got.numpy().astype(np.float32), 1 + counts)
+    embedding = slope.grad(lambda x: x[i].astype(slope.float32).sum())
+    for f in (embedding, slope.jit(embedding)):
+        np.testing.assert_array_equal(f(x).numpy().astype(np.float32), counts)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_a_sum_of_a_constant_over_its_last_dimension_counts_every_element(dtype):
     # IREE 3.13 folded a float64 sum of a converted constant over the innermost dimensions to one element

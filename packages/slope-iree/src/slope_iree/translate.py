@@ -924,8 +924,15 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
     if out.dtype.name in _HALF:  # added in float32, rounded once, as onnxruntime and the numpy backend (1000 bfloat16
         # ones added one by one in bfloat16 stop at 256)
         wide = Aval(out.shape, slope.float32)
-        return in_float32(fn, [inputs[0], inputs[2]], out.dtype,
-                          lambda x, updates: _scatter(fn, x, inputs[1], updates, wide, index_aval, wide))  # fmt: skip
+
+        def scatter(x: str, updates: str) -> str:
+            # IREE 3.13 fuses the conversion of the updates into the scatter's dispatch as a stack buffer, which fails
+            # to compile past 32 KiB ("exceeded stack allocation limit": 256 float16 rows of 64, an embedding's
+            # gradient): keep the converted updates apart
+            updates = fn.emit(f"stablehlo.optimization_barrier {updates} : {fn.type(updates)}", fn.avals[updates])
+            return _scatter(fn, x, inputs[1], updates, wide, index_aval, wide)
+
+        return in_float32(fn, [inputs[0], inputs[2]], out.dtype, scatter)
     return _scatter(fn, *inputs, x_aval, index_aval, out)
 
 
