@@ -198,3 +198,16 @@ def test_gelu_derivative_of_halves_survives_a_large_cotangent(each_backend):
         rounded = exact.grad.half().double().numpy()
         ours, theirs = np.abs(got - rounded), np.abs(source.grad.double().numpy() - rounded)
         assert (ours <= np.maximum(theirs, np.spacing(np.abs(rounded).astype(np.float16)) * 2)).all(), approximate
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_silu_gradient_is_finite_where_the_cotangent_times_x_overflows(dtype, each_backend):
+    # x * sigmoid(x)'s product rule formed cotangent * x (inf) and met a derivative of 0: NaN where PyTorch gives 1e20
+    x, cotangent = torch.tensor([1e20, -1e20, 3.0, -2.0]), torch.tensor([1e20, 1e20, 1.0, 2.0])
+    source = x.to(getattr(torch, dtype)).requires_grad_()
+    F.silu(source).backward(cotangent.to(source.dtype))
+    _, pullback = slope.vjp(slope.silu, slope.tensor(x.detach().numpy()).astype(dtype))
+    got = pullback(slope.tensor(cotangent.numpy()).astype(dtype))[0]
+    np.testing.assert_allclose(values(got), source.grad.double().numpy(), rtol=2.0**-7 if dtype == "bfloat16" else 1e-6)
+    second = slope.grad(slope.grad(slope.silu))(slope.tensor(0.7, dtype=slope.float64))
+    assert abs(second.item() - 0.39122059467797876) < 1e-12  # (s (1 - s) (2 + x (1 - 2 s)) at 0.7)

@@ -124,8 +124,21 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
 @_half_in_float32
 def silu(x: Any) -> Tensor:
     """x * sigmoid(x)."""
-    x = _float(x)
+    return _silu(_float(x))
+
+
+@slope.custom_jvp
+def _silu(x: Tensor) -> Tensor:
     return x * sigmoid(x)
+
+
+@_silu.defjvp
+def _silu_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # PyTorch's derivative s (1 + x (1 - s)): the product rule's cotangent times x overflowed where s' is 0 (NaN for
+    # x = 1e20 with a cotangent of 1e20, where PyTorch gives 1e20)
+    (x,), (t,) = primals, tangents
+    s = sigmoid(x)
+    return x * s, t * (s * (1.0 + x * (1.0 - s)))
 
 
 def _log1p_of_small(e: Tensor) -> Tensor:
