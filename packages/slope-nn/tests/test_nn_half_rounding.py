@@ -197,7 +197,7 @@ def test_gelu_derivative_of_halves_survives_a_large_cotangent(each_backend):
         got = np.asarray(pullback(slope.full((400,), 1024.0, dtype=slope.float16))[0].numpy(), np.float64)
         rounded = exact.grad.half().double().numpy()
         ours, theirs = np.abs(got - rounded), np.abs(source.grad.double().numpy() - rounded)
-        assert (ours <= np.maximum(theirs, np.spacing(np.abs(rounded).astype(np.float16)) * 2)).all(), approximate
+        assert (ours <= np.maximum(theirs, np.spacing(np.abs(rounded).astype(np.float16)) * 4)).all(), approximate
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

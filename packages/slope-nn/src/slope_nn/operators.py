@@ -268,10 +268,11 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
         return gelu_derivative(x.astype(slope.float32), approximate).astype(x.dtype)
     if approximate == "tanh":
         inner = _TANH_SCALE * (x + 0.044715 * x * x * x)
-        t = slope.tanh(inner)
         slope_of_inner = _TANH_SCALE * (1.0 + (3 * 0.044715) * (x * x))
         e = slope.exp(-2.0 * slope.abs(inner))  # 1 - t * t as 4 e / (1 + e)^2: no cancellation where t rounds to +-1
-        return 0.5 * (1.0 + t) + (0.5 * x) * (4.0 * e / ((1.0 + e) * (1.0 + e))) * slope_of_inner
+        # (and (1 + t) / 2 as e / (1 + e) below 0: 1 + tanh(-8) in float32 kept 2 bits, iree's none)
+        half_one_plus_t = slope.where(inner < 0, e, 1.0) / (1.0 + e)
+        return half_one_plus_t + (0.5 * x) * (4.0 * e / ((1.0 + e) * (1.0 + e))) * slope_of_inner
     scaled = x * _SQRT_HALF
     # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in nine elementwise passes (1 / sqrt(2 pi) goes
     # into the exponent, which also spares a negation)
