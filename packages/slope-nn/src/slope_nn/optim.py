@@ -146,8 +146,8 @@ def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
     scale = slope.clip(max_norm / (norm + 1e-6), None, 1.0)
 
     def clip(leaf: Any) -> Any:
-        if isinstance(leaf, Tensor) and leaf.dtype.is_float:
-            return leaf * scale.astype(leaf.dtype)
+        if isinstance(leaf, Tensor) and leaf.dtype.is_float:  # (halves: the product in float32, rounded once)
+            return (_widened(leaf) * scale.astype(_wide(leaf.dtype))).astype(leaf.dtype)
         return leaf
 
     return slope.tree.map(clip, grads), norm
@@ -160,6 +160,16 @@ def no_decay_on_biases_and_norms(name: str, param: Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- base
+
+
+def _wide(dtype: Any) -> Any:
+    """The dtype an update of this dtype is computed in: float32 for float16 and bfloat16, else the dtype itself."""
+    return slope.float32 if dtype.bits < 32 else dtype
+
+
+def _widened(x: Tensor) -> Tensor:
+    """x in its update dtype (a float16 or bfloat16 tensor in float32; others as they are)."""
+    return x.astype(_wide(x.dtype))
 
 
 def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
@@ -273,11 +283,15 @@ class Optimizer:
                 raise ValueError(
                     f"{type(self).__name__}.step: gradient {described} does not match leaf {i} {param.aval}"
                 )
-            param_lr = lr.astype(param.dtype) if isinstance(lr, Tensor) else lr
+            # halves update in float32 and round each result once, as PyTorch's addcdiv_ and addcmul_ (its SGD's add_
+            # rounds lr to the half dtype first): in float16, Adam's step size at lr 1e-5 was subnormal
+            param_lr = lr.astype(_wide(param.dtype)) if isinstance(lr, Tensor) else lr
             grad = -grad.astype(param.dtype) if self.maximize else grad.astype(param.dtype)
-            new_param, slot = self._update_leaf(param, grad, slot, count, param_lr, decay)
-            new_leaves.append(new_param)
-            new_slots.append(slot)
+            new_param, slot = self._update_leaf(
+                _widened(param), _widened(grad), tuple(_widened(s) for s in slot), count, param_lr, decay
+            )
+            new_leaves.append(new_param.astype(param.dtype))
+            new_slots.append(tuple(s.astype(param.dtype) for s in slot))
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
 
     def _make_state(self, count: Tensor, slots: list) -> Any:
@@ -389,16 +403,12 @@ class Adam(Optimizer):
                 grad = grad + decay * param
         # both moments read the scaled gradient, so a backend can fold the scaling into the product that made the
         # gradient (onnxruntime: a Gemm's alpha), one pass less over the parameter; nu's factor undoes the scaling
-        # (in half precision the scaled square could underflow where grad**2 does not: there nu reads grad itself)
         scaled = (1.0 - self.beta1) * grad
         mu = self.beta1 * mu + scaled
         # (the factor goes first, as PyTorch's addcmul: scaled * scaled overflowed float32 from |grad| = 1.8e20, not
         # 5.8e20, and then nu stayed inf: the parameter never moved again)
-        if param.dtype.bits >= 32:
-            nu = self.beta2 * nu + (((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * scaled) * scaled
-        else:  # in float32, rounded once, as PyTorch's addcmul (grad * grad overflowed float16 from |grad| = 256)
-            wide = grad.astype(slope.float32)
-            nu = ((self.beta2 * nu).astype(slope.float32) + ((1.0 - self.beta2) * wide) * wide).astype(param.dtype)
+        # (halves arrive in float32: grad * grad in float16 overflowed from |grad| = 256, PyTorch's addcmul from 8100)
+        nu = self.beta2 * nu + (((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * scaled) * scaled
         # the bias corrections in float64, as PyTorch's (Python floats): float32's 1 - 0.9999**t is 1.7e-4 off
         t = count.astype(slope.float64)
         correction1, root2 = 1.0 - self.beta1**t, (1.0 - self.beta2**t).sqrt()
