@@ -211,3 +211,15 @@ def test_silu_gradient_is_finite_where_the_cotangent_times_x_overflows(dtype, ea
     np.testing.assert_allclose(values(got), source.grad.double().numpy(), rtol=2.0**-7 if dtype == "bfloat16" else 1e-6)
     second = slope.grad(slope.grad(slope.silu))(slope.tensor(0.7, dtype=slope.float64))
     assert abs(second.item() - 0.39122059467797876) < 1e-12  # (s (1 - s) (2 + x (1 - 2 s)) at 0.7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_layer_norm_tangent_of_halves_is_rounded_once(dtype, each_backend):
+    # slope.layer_norm's jvp ran in the half dtype: half of the tangents a rounding off (cancelling ones 0 in bfloat16)
+    rng = np.random.default_rng(0)
+    x, t = (torch.tensor(rng.standard_normal((64, 32)).astype(np.float32)).to(getattr(torch, dtype)) for _ in "xt")
+    _, exact = torch.func.jvp(lambda v: F.layer_norm(v, (32,)), (x.double(),), (t.double(),))
+    rounded = exact.to(getattr(torch, dtype)).double().numpy()
+    as_slope = [slope.tensor(a.float().numpy()).astype(dtype) for a in (x, t)]
+    _, got = slope.jvp(slope.layer_norm, (as_slope[0],), (as_slope[1],))
+    assert got.dtype == getattr(slope, dtype) and (np.asarray(got.numpy(), np.float64) != rounded).sum() <= 16

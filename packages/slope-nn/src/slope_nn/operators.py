@@ -194,6 +194,9 @@ class LayerNormOp(_LastDimNorm):
 
     def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
+        if x.dtype in _HALVES:  # the tangent in float32, rounded once (in bfloat16 cancelling elements came out 0)
+            wide = self.jvp([x.astype(slope.float32)], [t.astype(slope.float32)], eps=eps)[1][0]
+            return [self(x, eps)], [wide.astype(x.dtype)]
         y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
         return [y], [r * (t - t.mean(-1, keepdim=True) - y * (y * t).mean(-1, keepdim=True))]
 
@@ -213,6 +216,9 @@ class LayerNormRstd(_LastDimNorm):
 
     def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
+        if x.dtype in _HALVES:  # (as layer_norm's)
+            wide = self.jvp([x.astype(slope.float32)], [t.astype(slope.float32)], eps=eps)[1][0]
+            return [self(x, eps)], [wide.astype(x.dtype)]
         y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
         return [r], [-(r * r) * (y * t).mean(-1, keepdim=True)]
 
