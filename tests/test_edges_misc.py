@@ -524,3 +524,11 @@ def test_the_global_generator_refuses_to_draw_inside_vmap(backend):
     keys = slope.random.split(slope.random.key(0), 4)
     rows = slope.vmap(lambda k: slope.random.normal(k, (8,)))(keys).numpy()
     assert len({tuple(row) for row in rows}) == 4
+
+
+def test_bernoulli_refuses_a_probability_outside_zero_one(backend):
+    """bernoulli(key, 1.5) was all True and p = NaN all False; PyTorch raises "expects p to be in [0, 1]"."""
+    for p in (1.5, -0.5, math.nan):
+        with pytest.raises(ValueError, match=r"slope.random.bernoulli: expected p in \[0, 1\]"):
+            slope.random.bernoulli(slope.random.key(0), p, (4,))
+    assert slope.random.bernoulli(slope.random.key(0), 1, (4,)).tolist() == [True] * 4

@@ -129,6 +129,8 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = None) -> Tensor:
     """Bools that are True with probability p, one draw each: of p's shape broadcast with `shape` (as JAX's)."""
+    if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:  # (1.5 was all True; NaN all False: PyTorch refuses)
+        raise ValueError(f"slope.random.bernoulli: expected p in [0, 1], got {p}")
     p, shape = ops.as_tensor(p), () if shape is None else _check_key("bernoulli", k, shape)
     return uniform(k, ops.broadcast_shapes("random.bernoulli", shape, p.shape)) < p
 
