@@ -136,6 +136,9 @@ def dtypes() -> None:
         "bf16": np.array([1.5, -2.0], ml_dtypes.bfloat16) * (r + 1),
         "i8": np.array([100, -1], np.int8),
         "i16": np.array([30000, -1], np.int16),  # (gloo reduces no int16: "Invalid scalar type")
+        "u16": np.array([40000, 3], np.uint16) * np.uint16(r + 1),  # (nor uint16, uint32, uint64)
+        "u32": np.array([3_000_000_000, 3], np.uint32) * np.uint32(r + 1),
+        "u64": np.array([2**63 + 5, 3], np.uint64) * np.uint64(r + 1),
         "nan": np.array([np.nan, 1.0, 2.0]) if r == 0 else np.array([1.0, np.nan, 3.0]),
         "t_bf16": slope.tensor([1.0, 2.0]).astype(slope.bfloat16) * (r + 1),
         "t_i64": slope.tensor([1, 2]) * (r + 1),
@@ -151,6 +154,11 @@ def dtypes() -> None:
             value = got[name].numpy() if isinstance(got[name], slope.Tensor) else got[name]
             assert value.dtype == np.asarray(tree[name].numpy() if name.startswith("t_") else tree[name]).dtype, name
             np.testing.assert_array_equal(value.astype(np.float64).reshape(-1), np.array(values, np.float64), name)
+    unsigned = {"u16": ([54464, 9], [40000, 6]), "u32": ([410065408, 9], [3_000_000_000, 6]),
+                "u64": ([2**63 + 15, 9], [2**63 + 5, 6])}  # (each wraps; the second rank's uint64 is 10)  # fmt: skip
+    for name, (total, largest) in unsigned.items():
+        assert summed[name].dtype == biggest[name].dtype == tree[name].dtype, name
+        assert summed[name].tolist() == total and biggest[name].tolist() == largest, (name, summed[name], biggest[name])
     got = dist.broadcast({"w": slope.tensor([float(r), 7.0]).astype(slope.bfloat16), "m": np.array([r == 1])}, root=1)
     assert got["w"].numpy().astype(np.float32).tolist() == [1.0, 7.0] and got["m"].tolist() == [True]
 

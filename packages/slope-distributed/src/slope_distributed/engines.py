@@ -291,11 +291,22 @@ class GlooEngine(Engine):
                 f"or is stuck past the {self.timeout:g} s timeout) (gloo: {str(error).splitlines()[0]})"
             ) from error
 
+    # gloo reduces no int16, uint16, uint32 or uint64 ("Invalid scalar type", reported as a dead rank): the first three
+    # in a wider signed type, wrapped back; uint64 as int64, its sign bit flipped for max (the order kept; a sum wraps
+    # to the same bits either way)
+    _wider = {np.dtype(np.int16): np.int32, np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:
-        if buffer.dtype == np.int16:  # gloo reduces no int16 ("Invalid scalar type"): in int32, wrapped back
-            wide = buffer.astype(np.int32)
+        if buffer.dtype in self._wider:
+            wide = buffer.astype(self._wider[buffer.dtype])
             self.all_reduce(wide, op)
-            buffer[...] = wide.astype(np.int16)
+            buffer[...] = wide.astype(buffer.dtype)
+            return
+        if buffer.dtype == np.uint64:
+            flip = np.uint64(2**63 if op == "max" else 0)
+            signed = (buffer ^ flip).view(np.int64)
+            self.all_reduce(signed, op)
+            buffer[...] = signed.view(np.uint64) ^ flip
             return
         self._run("all_reduce", self.dist.all_reduce, self.torch.from_numpy(buffer), op=self._ops[op])
 
