@@ -313,8 +313,11 @@ def build_module(program: Program, translations: dict[str, Callable], embed_cons
         env[var] = f"%{names[var]}"
         arguments.append(var)
     for var, value in zip(program.constants, program.constant_values):
-        if embed_constants:
-            env[var] = fn.array(value.numpy(), var.aval.dtype)
+        if embed_constants:  # behind a barrier: IREE folds what depends only on constants (even with its
+            # const-eval off), in its own way (an exported gelu(tanh) of a constant was 0.6% off jit's, which gets
+            # them as arguments)
+            constant = fn.array(value.numpy(), var.aval.dtype)
+            env[var] = fn.emit(f"stablehlo.optimization_barrier {constant} : {fn.type(constant)}", var.aval)
         else:
             env[var] = f"%{names[var]}"
             arguments.append(var)
