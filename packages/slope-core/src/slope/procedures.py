@@ -676,8 +676,8 @@ def gather(x: Any, dim: int, index: Any) -> Tensor:
     if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
         raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
     check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
-    index = cast(index, dtypes.int64)  # (traced: a negative index becomes the size, an error when run; int8 -1 into
-    index = where(index < 0, constant(x.shape[dim], dtypes.int64, index.shape), index)  # 128 read x[0])
+    index = cast(index, dtypes.int64)  # (the size in int8 wrapped: -1 into a dimension of 128 read x[0])
+    index = where(index < 0, constant(x.shape[dim], dtypes.int64, index.shape), index)  # traced: an error when run
     return ops.gather_nd(x, stack([index if d == dim else _positions(index.shape, d) for d in range(index.ndim)], -1))
 
 

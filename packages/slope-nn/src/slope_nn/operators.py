@@ -30,8 +30,9 @@ They use only Slope's public API, as a third-party plugin would.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,6 +86,22 @@ class Relu(Operator):
 _HALVES = (slope.float16, slope.bfloat16)
 
 
+def _tangent_in_float32(jvp: Callable) -> Callable:
+    """A jvp rule that, for float16 and bfloat16, runs in float32 and rounds its output and tangent once, as PyTorch's
+    backward kernels (step by step in the half dtype, gelu's derivative times a loss-scaled cotangent came out 0
+    below -4.3, layer_norm's cancelling elements 0). softmax's rules read their rounded output instead, as PyTorch."""
+
+    @functools.wraps(jvp)
+    def rule(self: Operator, primals: list, tangents: list, **params: Any) -> tuple[list, list]:
+        x = primals[0]
+        if x.dtype not in _HALVES:
+            return jvp(self, primals, tangents, **params)
+        (out,), (tangent,) = jvp(self, [x.astype(slope.float32)], [tangents[0].astype(slope.float32)], **params)
+        return [out.astype(x.dtype)], [tangent.astype(x.dtype)]  # (the op's own result: it computes in float32 too)
+
+    return rule
+
+
 class LogSoftmax(Operator):
     """x - logsumexp(x) along one dimension. An operator because backends have one stable kernel for it (ONNX
     LogSoftmax), and because its derivative reads only the output: t - sum(softmax(x) * t)."""
@@ -107,8 +124,8 @@ class LogSoftmax(Operator):
         out = (log_softmax if self.name == "log_softmax" else softmax)(primals[0], dim)
         if out.dtype not in _HALVES:
             return [out], [self.tangent(out, tangents[0], dim)]
-        # in float32, rounded once, as PyTorch's backward kernels (step by step in float16 the terms cancelled: the
-        # gradient [-0.000244, 0.000244] came out as [0.0, 0.000488])
+        # from the rounded output, in float32, rounded once, as PyTorch's backward kernels (step by step in float16
+        # the terms cancelled: the gradient [-0.000244, 0.000244] came out as [0.0, 0.000488])
         wide = self.tangent(out.astype(slope.float32), tangents[0].astype(slope.float32), dim)
         return [out], [wide.astype(out.dtype)]
 
@@ -192,11 +209,9 @@ class LayerNormOp(_LastDimNorm):
 
     name = "layer_norm"
 
+    @_tangent_in_float32
     def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
-        if x.dtype in _HALVES:  # the tangent in float32, rounded once (in bfloat16 cancelling elements came out 0)
-            wide = self.jvp([x.astype(slope.float32)], [t.astype(slope.float32)], eps=eps)[1][0]
-            return [self(x, eps)], [wide.astype(x.dtype)]
         y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
         return [y], [r * (t - t.mean(-1, keepdim=True) - y * (y * t).mean(-1, keepdim=True))]
 
@@ -214,11 +229,9 @@ class LayerNormRstd(_LastDimNorm):
         super().infer(x, eps=eps)
         return Aval((*x.shape[:-1], 1), x.dtype)
 
+    @_tangent_in_float32
     def jvp(self, primals: list, tangents: list, *, eps: float) -> tuple[list, list]:
         x, t = primals[0], tangents[0]
-        if x.dtype in _HALVES:  # (as layer_norm's)
-            wide = self.jvp([x.astype(slope.float32)], [t.astype(slope.float32)], eps=eps)[1][0]
-            return [self(x, eps)], [wide.astype(x.dtype)]
         y, r = layer_norm(x, eps), layer_norm_rstd(x, eps)
         return [r], [-(r * r) * (y * t).mean(-1, keepdim=True)]
 
@@ -247,14 +260,10 @@ class Gelu(Operator):
             raise self.dtype_error(f"expected a floating-point tensor, got {x.dtype.name} of shape {x.shape}")
         return x
 
+    @_tangent_in_float32
     def jvp(self, primals: list, tangents: list, *, approximate: str) -> tuple[list, list]:
-        x, t = primals[0], tangents[0]
-        if x.dtype not in (slope.float16, slope.bfloat16):
-            return [gelu(x, approximate)], [t * gelu_derivative(x, approximate)]
-        # the product in float32, rounded once, as PyTorch (a float16 derivative is 0 below -4.3: a loss-scaled
-        # cotangent of 30,000 gave 0 where PyTorch gives -5.2e-5)
-        wide = t.astype(slope.float32) * gelu_derivative(x.astype(slope.float32), approximate)
-        return [gelu(x, approximate)], [wide.astype(x.dtype)]
+        x = primals[0]
+        return [gelu(x, approximate)], [tangents[0] * gelu_derivative(x, approximate)]
 
     def vmap(self, axis_size: int, args: list, dims: list, *, approximate: str) -> tuple[list, list]:
         return [gelu(args[0], approximate)], [dims[0]]
