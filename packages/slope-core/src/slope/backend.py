@@ -107,11 +107,11 @@ def get_backend(name: str | None = None) -> Backend:
     """The active backend (or the named one)."""
     if name is None:
         return _state["backend"] or set_backend(_default_backend_name())
-    if name not in _instances:
+    if (backend := _instances.get(name)) is None:  # (read once: a plugin refresh in another thread may clear it)
         if name not in plugins.backends:
             raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
-        _instances.setdefault(name, plugins.backends[name]())  # threads asking at once all get the first one kept
-    return _instances[name]
+        backend = _instances.setdefault(name, plugins.backends[name]())  # threads asking at once get the first kept
+    return backend
 
 
 def _reset() -> None:

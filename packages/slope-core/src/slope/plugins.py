@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from functools import partial
 from importlib.metadata import entry_points
@@ -57,6 +58,7 @@ owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
 failed: dict[str, list[str]] = {}  # plugin name -> its problems (a plugin that failed to load, contributions skipped)
 distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version), for entry-point plugins
 on_refresh: list[Callable[[], None]] = []  # what other modules reset when the registries change (the backend caches)
+_lock = threading.RLock()  # one rebuild at a time; readers in other threads never see a kept entry missing
 
 
 def _env_set(variable: str) -> set[str]:
@@ -81,7 +83,7 @@ def _reserved(name: str) -> bool:
     return name in vars(sys.modules["slope"]) or name in ("nn", "testing", "distributed") or not ours
 
 
-def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
+def _check(kind: str, name: Any, item: Any, plugin: str, taken: dict) -> str | None:
     """What is wrong with one contribution, or None."""
     from .backend import Backend
     from .operator import Operator
@@ -104,7 +106,7 @@ def _check(kind: str, name: Any, item: Any, plugin: str) -> str | None:
         return f"{kind} name {name!r} is not a Python identifier"
     elif not plugin.startswith("slope-core.") and _reserved(name):
         return f"{kind} {name!r} would shadow Slope's own `slope.{name}` or `Tensor.{name}`"
-    other = owners.get(("backend" if kind == "backend" else "function", name))
+    other = taken.get(("backend" if kind == "backend" else "function", name))
     return f"{kind} {name!r} is defined by plugin {other!r} first, and again by {plugin!r}" if other else None
 
 
@@ -121,26 +123,34 @@ def _table(kind: str, value: Any) -> dict:
 
 def refresh(strict_plugin: str | None = None) -> None:
     """Rebuild the registries from every registered plugin's hooks (a bad contribution is skipped with a warning)."""
-    for registry in (operators, procedures, backends, owners):
-        registry.clear()
-    for kind, registry in (("operator", operators), ("procedure", procedures), ("backend", backends)):
-        for plugin, table in results(f"slope_{kind}s", partial(_table, kind), strict_plugin):
-            for name, item in table.items():
-                if message := _check(kind, name, item, plugin):
-                    problem(plugin, message, plugin == strict_plugin)
-                    continue
-                owners[("backend" if kind == "backend" else "function", name)] = plugin
-                registry[name] = item
-    functions.clear()
-    functions.update({**operators, **procedures})
-    for name, value in list(Tensor.__dict__.items()):  # methods of unregistered plugins go with them
-        if getattr(value, "_slope_function", False) and name not in functions:
-            delattr(Tensor, name)
-    for name, fn in functions.items():
-        if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
-            setattr(Tensor, name, _as_method(fn))
-    for reset in on_refresh:
-        reset()
+    with _lock:
+        tables: dict[str, dict] = {"operator": {}, "procedure": {}, "backend": {}, "owner": {}}
+        for kind in ("operator", "procedure", "backend"):
+            for plugin, table in results(f"slope_{kind}s", partial(_table, kind), strict_plugin):
+                for name, item in table.items():
+                    if message := _check(kind, name, item, plugin, tables["owner"]):
+                        problem(plugin, message, plugin == strict_plugin)
+                        continue
+                    tables["owner"][("backend" if kind == "backend" else "function", name)] = plugin
+                    tables[kind][name] = item
+        for registry, table in zip((operators, procedures, backends, owners), tables.values()):
+            _replace(registry, table)
+        _replace(functions, {**operators, **procedures})
+        for name, fn in functions.items():
+            if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
+                setattr(Tensor, name, _as_method(fn))
+        for name, value in list(Tensor.__dict__.items()):  # methods of unregistered plugins go with them
+            if getattr(value, "_slope_function", False) and name not in functions:
+                delattr(Tensor, name)
+        for reset in on_refresh:
+            reset()
+
+
+def _replace(registry: dict, table: dict) -> None:
+    """Make registry equal table in place, adding before removing (another thread may be reading it)."""
+    registry.update(table)
+    for name in registry.keys() - table.keys():
+        del registry[name]
 
 
 def results(hook: str, check: Callable = lambda value: value, strict_plugin: str | None = None, where: str = "",
@@ -178,19 +188,21 @@ def _as_method(fn: Callable) -> Callable:
 
 def register(plugin: Any, name: str | None = None) -> None:
     """Register an in-process plugin (a module or object with `@hookimpl` functions); its mistakes are errors."""
-    name = manager.register(plugin, name)
-    try:
-        refresh(strict_plugin=name)
-    except Exception:
-        failed.pop(name, None)
-        unregister(plugin)
-        raise
+    with _lock:
+        name = manager.register(plugin, name)
+        try:
+            refresh(strict_plugin=name)
+        except Exception:
+            failed.pop(name, None)
+            unregister(plugin)
+            raise
 
 
 def unregister(plugin: Any) -> None:
     """Remove an in-process plugin."""
-    manager.unregister(plugin)
-    refresh()
+    with _lock:
+        manager.unregister(plugin)
+        refresh()
 
 
 def load_entry_points() -> None:
