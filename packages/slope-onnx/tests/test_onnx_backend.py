@@ -529,3 +529,22 @@ def test_both_onnxruntime_distributions_installed_is_named(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", one)
     assert backend_module._onnxruntime_conflict() == ""
+
+
+def test_a_reopened_pooled_session_keeps_the_constants_it_was_compiled_with(monkeypatch):
+    """A session with a thread pool closed past the limit reopens from the model built at compile time: rebuilt from
+    the program, it read a closed-over tensor that a donating train step had used up since ("this tensor was
+    donated"), where the numpy and iree backends keep working."""
+    from slope_onnx.backend import _Threads
+
+    monkeypatch.setattr(_Threads, "pooled_sessions", 1)
+    with slope.use_backend("onnxruntime"):
+        w = slope.tensor(np.full((256, 256), 0.5, np.float32))
+        predict = slope.jit(lambda x: (x @ w).tanh())  # w is one of the program's constants
+        other = slope.jit(lambda x: (x @ x).tanh())
+        x = slope.tensor(np.full((256, 256), 0.01, np.float32))
+        expected = np.tanh(np.full((256, 256), 0.01 * 0.5 * 256, np.float32))
+        np.testing.assert_allclose(predict(x).numpy(), expected, rtol=1e-6)
+        slope.jit(lambda p: p * 0.5, donate_argnums=0)(w)  # w's memory goes back to onnxruntime
+        other(x)  # closes predict's session (one pooled session open at a time)
+        np.testing.assert_allclose(predict(x).numpy(), expected, rtol=1e-6)

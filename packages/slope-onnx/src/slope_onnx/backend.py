@@ -349,7 +349,8 @@ class OnnxBackend(Backend):
         pooled = _wants_pool(program)
         session, run = self._open(built, device, pooled, program)
         if pooled and not _Threads.global_pool:  # a bounded number of these sessions stay open (_Threads)
-            run = _PooledRun(lambda: self._open(self.model(program), device, True, program), session, run)
+            # (reopened from the model built now: the program's constants may have been donated since)
+            run = _PooledRun(lambda: self._open(built, device, True, program), session, run)
             session = None
         return OnnxExecutable(run, self, program, session)
 
