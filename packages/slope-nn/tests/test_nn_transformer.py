@@ -169,6 +169,41 @@ def test_multi_head_attention_with_a_sequence_padded_everywhere(dtype, each_back
     close(grad_model.out_proj.bias, reference.out_proj.bias.grad, dtype, scale=5.0)
 
 
+def test_multi_head_attention_returns_the_weights_after_dropout_as_pytorch(each_backend):
+    """In training, PyTorch's need_weights gives the weights the values were multiplied by: after dropout (Slope gave
+    them before: rows summing to 1 while the output used dropped ones)."""
+    layer = nn.MultiHeadAttention(8, 1, dropout=0.5, key=slope.random.key(5))
+    x = slope.tensor(data((2, 6, 8), "float32", 10))
+    _, kept = layer.eval()(x, need_weights=True)
+    out, dropped = layer.train()(x, need_weights=True)
+    kept, dropped = kept.numpy(), dropped.numpy()
+    assert (dropped == 0).any() and (dropped != 0).any()
+    np.testing.assert_allclose(dropped[dropped != 0], 2 * kept[dropped != 0], rtol=1e-6)
+    values = layer.v_proj(x)
+    expected = layer.out_proj(slope.tensor(dropped) @ values)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_refuses_pytorch_positional_orders_and_masks_of_the_wrong_shape():
+    """PyTorch's scaled_dot_product_attention takes dropout_p fifth and its MultiheadAttention key_padding_mask fourth:
+    here those land on is_causal and attn_mask, so non-bool flags are refused and the masks keyword-only (0.5 ran as
+    is_causal=True; a (N, S) padding mask broadcast as an attention mask). A mask must broadcast to the scores."""
+    q = slope.tensor(data((2, 3, 4), "float32", 11))
+    sdpa = nn.functional.scaled_dot_product_attention
+    with pytest.raises(TypeError, match="scaled_dot_product_attention: is_causal must be a bool, got 0.5"):
+        sdpa(q, q, q, None, 0.5)
+    with pytest.raises(slope.ShapeError, match=r"scaled_dot_product_attention: attn_mask of shape \(5, 1, 3, 3\)"):
+        sdpa(q, q, q, slope.ones((5, 1, 3, 3), dtype=slope.bool_))
+    np.testing.assert_allclose(sdpa(q, q, q, None, np.True_).numpy(), sdpa(q, q, q, is_causal=True).numpy())
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(6))
+    with pytest.raises(TypeError):
+        layer(q, q, q, slope.zeros((2, 3), dtype=slope.bool_))
+    with pytest.raises(TypeError, match="MultiHeadAttention: is_causal must be a bool"):
+        layer(q, is_causal=1.0)
+    with pytest.raises(slope.ShapeError, match=r"MultiHeadAttention: a 2-d attn_mask must be of shape \(3, 3\)"):
+        layer(q, attn_mask=slope.zeros((1, 3), dtype=slope.bool_))
+
+
 # ----------------------------------------------------------------------------------------------- layers
 
 

@@ -317,6 +317,8 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
         )
     if not q.dtype == k.dtype == v.dtype:
         raise slope.DTypeError(f"{name}: query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not isinstance(is_causal, (bool, np.bool_)):  # (PyTorch refuses others; its fifth argument is dropout_p: 0.5
+        raise TypeError(f"{name}: is_causal must be a bool, got {is_causal!r}")  # there was taken as is_causal=True)
     if not 0.0 <= _number("scaled_dot_product_attention", dropout_p, "dropout_p") <= 1.0:
         raise ValueError(f"{name}: dropout_p must be in [0, 1], got {dropout_p}")
     if attn_mask is not None:
@@ -328,7 +330,18 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
         if attn_mask.dtype not in (slope.bool_, slope.float32, query_dtype):
             raise slope.DTypeError(f"{name}: attn_mask must be bool, float32 or the query's dtype "
                                    f"({query_dtype.name}), got {attn_mask.dtype.name} (as PyTorch)")  # fmt: skip
+        scores = (*_broadcast(name, q.shape[:-2], k.shape[:-2], v.shape[:-2]), q.shape[-2], k.shape[-2])
+        if _broadcast(name, attn_mask.shape, scores) != scores:  # (a mask may not add dimensions to the output)
+            raise slope.ShapeError(f"{name}: attn_mask of shape {attn_mask.shape} does not broadcast to the scores' "
+                                   f"shape {scores}")  # fmt: skip
     return q, k, v, attn_mask
+
+
+def _broadcast(name: str, *shapes: tuple) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise slope.ShapeError(f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast") from None
 
 
 def masked_softmax(scores: Tensor) -> Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 import slope
 from slope import Tensor
 from slope.operators import check_indices, ints
@@ -537,11 +539,12 @@ class Dropout(Module):
 class MultiHeadAttention(Module):
     """Multi-head scaled dot-product attention with input and output projections (batch first: (N, L, E)).
 
-    `forward(query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
-    need_weights=False)`: key and value default to query (self-attention). Boolean masks are True where attention is
+    `forward(query, key=None, value=None, *, attn_mask=None, key_padding_mask=None, is_causal=False,
+    need_weights=False)`: key and value default to query (self-attention); the masks and flags are keyword-only
+    (PyTorch's positional order differs: its fourth argument is key_padding_mask). Boolean masks are True where attention is
     not allowed (PyTorch's convention); float masks are added to the scores. `attn_mask` is (L, S) or, per head,
     (N * num_heads, L, S); `key_padding_mask` is (N, S). Returns the output, or
-    `(output, weights averaged over heads)` with `need_weights=True`.
+    `(output, weights averaged over heads)` with `need_weights=True` (in training after dropout, as PyTorch).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -573,7 +576,7 @@ class MultiHeadAttention(Module):
         head_dim = self.embed_dim // self.num_heads
         return x.reshape((batch, length, self.num_heads, head_dim)).permute((0, 2, 1, 3))
 
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, *,
                 attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None, is_causal: bool = False,
                 need_weights: bool = False) -> Any:  # fmt: skip
         """Attend from query (N, L, E) to key/value (N, S, E); unbatched (L, E) inputs work too."""
@@ -598,10 +601,15 @@ class MultiHeadAttention(Module):
         head_dim = self.embed_dim // self.num_heads
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))  # (N, H, L, S)
         length, source = scores.shape[-2], scores.shape[-1]
+        if not isinstance(is_causal, (bool, np.bool_)):  # (PyTorch refuses others: 0.5 was taken as True)
+            raise TypeError(f"slope.nn.MultiHeadAttention: is_causal must be a bool, got {is_causal!r}")
         if is_causal:
             causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
             scores = slope.where(causal, -math.inf, scores)
         batch = scores.shape[0]
+        if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape != (length, source):
+            raise slope.ShapeError(f"slope.nn.MultiHeadAttention: a 2-d attn_mask must be of shape {(length, source)} "
+                                   f"(L, S), got {attn_mask.shape} (as PyTorch)")  # fmt: skip
         for what, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
             if mask is not None and mask.dtype != slope.bool_ and not mask.dtype.is_float:  # (as PyTorch)
                 raise slope.DTypeError(f"slope.nn.MultiHeadAttention: {what} must be bool or floating-point, got "
@@ -616,7 +624,8 @@ class MultiHeadAttention(Module):
                 scores = slope.where(mask, -math.inf, scores) if mask.dtype == slope.bool_ else scores + mask
         masked = attn_mask is not None or key_padding_mask is not None  # (rows masked everywhere attend to nothing)
         weights = functional.masked_softmax(scores) if masked else functional.softmax(scores, -1)
-        attended = (dropout(weights, self.dropout, self.training) @ v).astype(dtype)  # (N, H, L, D)
+        weights = dropout(weights, self.dropout, self.training)  # (the weights returned too, as PyTorch)
+        attended = (weights @ v).astype(dtype)  # (N, H, L, D)
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
         out = self.out_proj(attended)
         if unbatched:
