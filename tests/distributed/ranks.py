@@ -7,6 +7,7 @@ Each scenario asserts on every rank and prints `OK <scenario> rank <r>`; a faile
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -89,6 +90,109 @@ def train() -> None:
             full, full_state = full_step(full, full_state, slope.tensor(x), slope.tensor(y))
         for a, b in zip(ours, leaves((full, full_state))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def make_batchnorm_model() -> nn.Module:
+    slope.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8),
+                         nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Linear(8, 5))  # fmt: skip
+
+
+def skewed_batches(steps: int = 5, global_batch: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches whose second half (rank 1's shard) is scaled and shifted: the ranks' batch statistics differ."""
+    data = []
+    for x, y in batches(global_batch)[:steps]:
+        x = x.copy()
+        x[global_batch // 2 :] = x[global_batch // 2 :] * 2.0 + 1.0
+        data.append((x, y))
+    return data
+
+
+def with_buffers_of(model: object, source: object) -> object:
+    """`model` with the buffers of `source` (a model of the same structure)."""
+    kinds = nn.leaf_kinds(model)
+    mixed = [
+        b if kind == "buffer" else a
+        for a, b, (_, kind) in zip(slope.tree.leaves(model), slope.tree.leaves(source), kinds)
+    ]
+    return slope.tree.unflatten(slope.tree.structure(model), mixed)
+
+
+def buffers() -> None:
+    """dist.train_step on a model with BatchNorm (running statistics and an int64 num_batches_tracked): every rank
+    ends with the same buffers, rank 0's (PyTorch's DDP, broadcast_buffers=True), bitwise those of one process that
+    averages the shards' gradients and keeps shard 0's statistics; under gloo, close to torch's own DDP."""
+    optimizer = nn.SGD(0.1, momentum=0.9)
+    start = dist.broadcast(make_batchnorm_model())
+    model, state = start, optimizer.init(start)
+    step = dist.train_step(loss_fn, optimizer)
+    engine, headers = dist.engine(), []
+    engine.header = lambda header, what, original=engine.header: headers.append(what) or original(header, what)
+    for x, y in skewed_batches():
+        model, state, _ = step(model, state, *map(slope.tensor, dist.shard(x, y)))
+    del engine.header
+    assert len(headers) == 5, headers  # one reduction a step: the buffers travel with the gradients
+    ours = leaves((model, state))
+    everyone = dist.engine().gather([leaf.tobytes() for leaf in ours])
+    assert all(r == everyone[0] for r in everyone), "the ranks' models (buffers) differ"
+    named = dict(zip([n for n, _ in nn.leaf_kinds(model)], leaves(model)))
+    assert named["4.num_batches_tracked"].dtype == np.int64 and named["4.num_batches_tracked"] == 5
+    assert not np.array_equal(named["1.running_mean"], np.zeros(16, np.float32))  # (the old step kept them)
+
+    if dist.rank() == 0:  # one process: the shards' gradients summed in rank order and halved, shard 0's buffers
+
+        def applied(m, x, y):
+            out, m = nn.apply(m, x)
+            return nn.cross_entropy(out, y), m
+
+        grad_fn = slope.jit(nn.value_and_grad(applied, has_aux=True))
+        update = slope.jit(optimizer.step)
+        reference, reference_state = make_batchnorm_model(), optimizer.init(make_batchnorm_model())
+        size = dist.world_size()
+        for x, y in skewed_batches():
+            rows = len(x) // size
+            shards = [grad_fn(reference, slope.tensor(x[r * rows : (r + 1) * rows]),
+                              slope.tensor(y[r * rows : (r + 1) * rows])) for r in range(size)]  # fmt: skip
+            (_, updated0), _ = shards[0]
+            (_, updated1), _ = shards[1]
+            assert not np.array_equal(updated0[1].running_var.numpy(), updated1[1].running_var.numpy())
+            flat = [np.asarray(g.numpy()) for g in slope.tree.leaves(shards[0][1])]
+            for _, other in shards[1:]:
+                flat = [a + b.numpy() for a, b in zip(flat, slope.tree.leaves(other))]
+            kinds = [kind for _, kind in nn.leaf_kinds(reference)]
+            mean = [slope.tensor(a / size if kind == "param" else a) for a, kind in zip(flat, kinds)]
+            reference, reference_state = update(reference, slope.tree.unflatten(slope.tree.structure(reference), mean),
+                                                reference_state)  # fmt: skip
+            reference = with_buffers_of(reference, updated0)
+        for (name, _), a, b in zip(nn.leaf_kinds(model), ours, leaves(reference)):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f"{name}: max diff {np.abs(a - b).max()}"
+
+    if dist.engine().name == "gloo":  # torch's own DistributedDataParallel on the same process group
+        import torch
+
+        reference = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                        torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8, momentum=None),
+                                        torch.nn.ReLU(), torch.nn.Linear(8, 5))  # fmt: skip
+        with torch.no_grad():
+            for name, value in zip([n for n, _ in nn.leaf_kinds(start)], leaves(start)):
+                reference.state_dict()[name].copy_(torch.from_numpy(value.copy()))
+        ddp = torch.nn.parallel.DistributedDataParallel(reference)  # (broadcast_buffers=True, its default)
+        torch_optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        for x, y in skewed_batches():
+            x, y = dist.shard(x, y)
+            torch_optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+            torch_optimizer.step()
+        for name, value in named.items():  # (torch's rank 1 keeps its own last update until its next forward pass)
+            if "running" in name and dist.rank() != 0:
+                continue
+            theirs = reference.state_dict()[name].numpy()
+            if name.endswith("num_batches_tracked"):
+                assert theirs == value, (name, theirs, value)
+            else:
+                np.testing.assert_allclose(value, theirs, rtol=1e-5, atol=1e-6, err_msg=name)
+        del ddp, torch_optimizer  # (before the process group closes at exit: a DDP collected later aborted the rank)
+        gc.collect()
 
 
 def collectives() -> None:

@@ -2,8 +2,10 @@
 (tests/distributed/ranks.py) with the mpi engine and, where PyTorch is installed, gloo.
 
 The two-rank runs check: 20 SGD steps bitwise equal to one process summing the shards' gradients in rank order,
-close to full-batch training (rtol 1e-5) and identical on every rank; collectives on mixed trees; trees that differ
-between ranks and a rank that leaves or crashes are errors naming the rank, within a timeout, never a hang.
+close to full-batch training (rtol 1e-5) and identical on every rank; train_step on a BatchNorm model gives every rank
+rank 0's running statistics (PyTorch's DDP), bitwise one process's, close to torch's DDP under gloo; collectives on
+mixed trees; trees that differ between ranks and a rank that leaves or crashes are errors naming the rank, within a
+timeout, never a hang.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def free_port() -> str:
 @needs_mpi
 def test_two_ranks_mpi():
     """Training (each backend), collectives, mismatched trees and checkpoints under mpiexec -n 2, one launch."""
-    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch", "checkpoint"])
+    scenarios = ",".join([f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS]
+                         + ["collectives", "dtypes", "mismatch", "checkpoint"])  # fmt: skip
     result, _ = launch(scenarios)
     assert_ok(result, scenarios)
     for rank in (0, 1):  # the error names the rank and the leaf that differ, on every rank
@@ -83,7 +86,9 @@ def test_two_ranks_mpi():
 def test_two_ranks_mpi_without_shared_memory():
     """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=0 takes
     it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
-    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch"])
+    scenarios = ",".join(
+        [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS] + ["collectives", "dtypes", "mismatch"]
+    )
     result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="0")
     assert_ok(result, scenarios)
     assert "leaf 0.weight is float64 of shape (16, 12)" in result.stdout
@@ -93,7 +98,9 @@ def test_two_ranks_mpi_without_shared_memory():
 def test_two_ranks_gloo():
     """The same training and collectives with torch.distributed's gloo engine (launched by mpiexec)."""
     pytest.importorskip("torch")
-    scenarios = ",".join([f"train:{b}" for b in BACKENDS] + ["collectives", "dtypes", "mismatch"])
+    scenarios = ",".join(
+        [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS] + ["collectives", "dtypes", "mismatch"]
+    )
     result, _ = launch(scenarios, SLOPE_DISTRIBUTED_ENGINE="gloo", MASTER_PORT=free_port())
     assert_ok(result, scenarios)
 
@@ -205,6 +212,44 @@ def test_data_parallel_splits_around_pmean_and_matches_jit(backend):
             *c, _ = built(*c, x, y)
         for u, v, w in zip(slope.tree.leaves(a), slope.tree.leaves(b), slope.tree.leaves(c)):
             assert np.array_equal(u.numpy(), v.numpy()) and np.array_equal(u.numpy(), w.numpy())
+        assert loss_a.item() == loss_b.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_updates_a_models_buffers(backend):
+    """One rank: train_step keeps BatchNorm's running statistics and its int64 num_batches_tracked as a jitted step
+    through nn.apply does (it dropped them: the gradient's copy of the model was updated, and an int64 leaf failed)."""
+    optimizer = nn.SGD(0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x, y = slope.tensor(rng.standard_normal((16, 6)).astype(np.float32)), slope.tensor(rng.integers(0, 3, 16))
+
+    def applied(model, x, y):
+        out, model = nn.apply(model, x)
+        return nn.cross_entropy(out, y), model
+
+    @slope.jit
+    def reference(model, state, x, y):
+        (loss, updated), grads = nn.value_and_grad(applied, has_aux=True)(model, x, y)
+        model, state = optimizer.step(model, grads, state)
+        kinds = [kind for _, kind in nn.leaf_kinds(model)]
+        mixed = [
+            b if k == "buffer" else a for a, b, k in zip(slope.tree.leaves(model), slope.tree.leaves(updated), kinds)
+        ]
+        return slope.tree.unflatten(slope.tree.structure(model), mixed), state, loss
+
+    with slope.use_backend(backend):
+        slope.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4),
+                              nn.BatchNorm1d(4, momentum=None), nn.Linear(4, 3))  # fmt: skip
+        a = b = (model, optimizer.init(model))
+        step = dist.train_step(loss_fn, optimizer)
+        for _ in range(3):
+            *a, loss_a = step(*a, x, y)
+            *b, loss_b = reference(*b, x, y)
+        assert a[0][4].num_batches_tracked.item() == 3 and a[0][4].num_batches_tracked.dtype == slope.int64
+        assert not np.array_equal(a[0][1].running_mean.numpy(), np.zeros(8, np.float32))
+        for u, v in zip(slope.tree.leaves(a), slope.tree.leaves(b)):
+            assert u.dtype == v.dtype and np.array_equal(u.numpy(), v.numpy())
         assert loss_a.item() == loss_b.item()
 
 

@@ -126,30 +126,47 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
         from .parallel import all_reduce_operator
 
         return slope.tree.unflatten(treedef, all_reduce_operator(leaves, op))
+    reduced = _all_reduce(leaves, treedef, op, 0 if op == "mean" else len(leaves))
+    return tree if reduced is None else slope.tree.unflatten(treedef, reduced)
+
+
+def sum_and_mean(sums: list, means: list) -> tuple[list, list]:
+    """The sums over every rank of the leaves `sums` and the means of `means`, in one reduction (one header, one
+    engine call per dtype): what `data_parallel` runs for a psum and a pmean at the same stage of a step."""
+    leaves = [*sums, *means]
+    reduced = _all_reduce(leaves, slope.tree.structure(leaves), "sum", len(sums)) or leaves
+    return reduced[: len(sums)], reduced[len(sums) :]
+
+
+def _all_reduce(leaves: list, treedef: Any, op: str, mean_from: int) -> list | None:
+    """The reduced leaves (those from index `mean_from` on divided by the world size), or None where nothing moves
+    (one rank, no leaves)."""
     arrays = [_as_numpy("all_reduce", leaf) for leaf in leaves]
     if not leaves:  # (the shared-memory path has nothing to pack)
-        return tree
-    if op == "mean":
-        _check_floats("all_reduce", arrays, leaves, treedef)
+        return None
+    _check_floats("all_reduce", arrays, leaves, treedef, mean_from)
     if _state["engine"] is None and launcher_rank_and_size() is None:
-        return tree  # one process that no launcher started: the identity, without starting an engine
+        return None  # one process that no launcher started: the identity, without starting an engine
     group = engine()
     if group.size == 1:
-        return tree
-    _check_same_trees(group, "all_reduce", treedef, arrays, leaves, op)
+        return None
+    n = len(leaves)
+    what = (
+        op if op == "max" or 0 < mean_from == n else "mean" if mean_from == 0 else f"sum of {mean_from}, mean of rest"
+    )
+    _check_same_trees(group, "all_reduce", treedef, arrays, leaves, what)
+    reduce = "max" if op == "max" else "sum"
     if getattr(group, "shared", None) is not None:  # every rank on this machine: combined out of shared memory
         outs, targets = zip(*[_empty_like(leaf, array) for leaf, array in zip(leaves, arrays)])
-        group.shared.all_reduce(arrays, list(targets), "max" if op == "max" else "sum")
-        if op == "mean":
-            for target in targets:
-                np.divide(target, group.size, out=target)
-        return slope.tree.unflatten(treedef, [_like(leaf, t, True) if o is None else o
-                                              for leaf, o, t in zip(leaves, outs, targets)])  # fmt: skip
+        group.shared.all_reduce(arrays, list(targets), reduce)
+        for target in targets[mean_from:]:
+            np.divide(target, group.size, out=target)
+        return [_like(leaf, t, True) if o is None else o for leaf, o, t in zip(leaves, outs, targets)]
     # leaves that need memory of their own (arrays, numbers, numpy-backend tensors) get views of one copy of the
     # buffer; tensors of a backend that copies (onnxruntime, iree) are made from views of the buffer itself
     copy_out = any(not isinstance(leaf, Tensor) or isinstance(leaf.buffer, np.ndarray) for leaf in leaves)
-    reduced = _reduce_flat(group, arrays, op, copy_out)
-    return slope.tree.unflatten(treedef, [_like(leaf, view, copy_out) for leaf, view in zip(leaves, reduced)])
+    reduced = _reduce_flat(group, arrays, reduce, mean_from, copy_out)
+    return [_like(leaf, view, copy_out) for leaf, view in zip(leaves, reduced)]
 
 
 def broadcast(tree: Any, root: int = 0) -> Any:
@@ -176,15 +193,22 @@ def broadcast(tree: Any, root: int = 0) -> Any:
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 
-def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str, copy_out: bool = False) -> list[np.ndarray]:
-    """Reduce the arrays through one reused flat buffer per dtype; views of the buffers (to be copied out before the
-    next reduction; with copy_out, views of one new copy of each buffer), in the arrays' order."""
+def _reduce_flat(group: Engine, arrays: list[np.ndarray], op: str, mean_from: int, copy_out: bool = False) -> list:
+    """Reduce ("sum" or "max") the arrays through one reused flat buffer per dtype, dividing those from index
+    `mean_from` on by the world size; views of the buffers (to be copied out before the next reduction; with
+    copy_out, views of one new copy of each buffer), in the arrays' order."""
     out: list = [None] * len(arrays)
     for dtype, indices in _by_dtype(arrays).items():
         buffer = _pack(arrays, indices, dtype)
-        _engine_reduce(group, buffer, "max" if op == "max" else "sum")
-        if op == "mean":  # the rank-ordered sum divided: bitwise what one process summing the shards gets
-            np.divide(buffer, group.size, out=buffer)  # (in place: a fresh array would cost its page faults)
+        _engine_reduce(group, buffer, op)
+        # a mean is the rank-ordered sum divided: bitwise what one process summing the shards gets (in place: a
+        # fresh array would cost its page faults)
+        if indices[0] >= mean_from:
+            np.divide(buffer, group.size, out=buffer)
+        elif indices[-1] >= mean_from:  # (this dtype's leaves are summed and averaged: the averaged ones' views)
+            for i, view in zip(indices, _views(buffer, arrays, indices)):
+                if i >= mean_from:
+                    np.divide(view, group.size, out=view)
         for i, view in zip(indices, _views(buffer.copy() if copy_out else buffer, arrays, indices)):
             out[i] = view
     return out
@@ -282,8 +306,9 @@ def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def _check_floats(where: str, arrays: list[np.ndarray], leaves: list, treedef: Any) -> None:
-    for i, array in enumerate(arrays):
+def _check_floats(where: str, arrays: list[np.ndarray], leaves: list, treedef: Any, start: int = 0) -> None:
+    """Leaves from index `start` on (those to average) must be floating-point."""
+    for i, array in enumerate(arrays[start:], start):
         if array.dtype.kind not in "fc" and array.dtype.name != "bfloat16":
             name = leaf_names(slope.tree.unflatten(treedef, leaves))[i]
             raise slope.DTypeError(f"slope.distributed.{where}: op='mean' needs floating-point leaves; leaf {name} is "

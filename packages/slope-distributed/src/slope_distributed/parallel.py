@@ -162,11 +162,25 @@ class SplitProgram:
                 outs = run_executable(stage.executable, [env[v] for v in stage.program.inputs], self.backend,
                                       self.device)  # fmt: skip
                 env.update(zip(stage.program.outputs, outs))
-            for op, group in stage.reductions.items():  # one flat buffer for all the instructions of this op
-                inputs = [v for instruction in group for v in instruction.inputs]
-                outputs = [v for instruction in group for v in instruction.outputs]
-                env.update(zip(outputs, collectives.all_reduce([env[v] for v in inputs], op)))
+            # one flat buffer per dtype for all the instructions of a stage: sums and means together (a train step's
+            # buffers travel with its gradients), max apart
+            sums, means = stage.reductions.get("sum", []), stage.reductions.get("mean", [])
+            if sums or means:
+                summed, averaged = collectives.sum_and_mean(_values(env, sums), _values(env, means))
+                env.update(zip(_outputs(sums), summed))
+                env.update(zip(_outputs(means), averaged))
+            if "max" in stage.reductions:
+                group = stage.reductions["max"]
+                env.update(zip(_outputs(group), collectives.all_reduce(_values(env, group), "max")))
         return [env[v] for v in program.outputs]
+
+
+def _values(env: dict, group: list[Instruction]) -> list:
+    return [env[v] for instruction in group for v in instruction.inputs]
+
+
+def _outputs(group: list[Instruction]) -> list[Var]:
+    return [v for instruction in group for v in instruction.outputs]
 
 
 class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
@@ -228,13 +242,43 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
 def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
     """The data-parallel step `(model, opt_state, *batch) -> (model, opt_state, loss)` for `loss_fn(model, *batch)`:
-    value_and_grad, the mean of the gradients (and of the loss) over the ranks, the optimizer's update."""
+    value_and_grad, the mean of the gradients (and of the loss) over the ranks, the optimizer's update. Buffers the
+    forward pass updates (training-mode BatchNorm's running statistics) come back as rank 0's on every rank, as
+    PyTorch's DDP broadcasts them, in the gradients' reduction (no extra round trip)."""
+    import slope.nn as nn
+
+    def loss_and_updates(model: Any, *batch: Any) -> tuple:
+        before = slope.tree.leaves(model)
+        loss = loss_fn(model, *batch)  # (a training-mode BatchNorm assigns its new statistics to `model`, a copy)
+        return loss, [new if new is not old else None for new, old in zip(slope.tree.leaves(model), before)]
 
     def step(model: Any, state: Any, *batch: Any) -> tuple:
-        loss, grads = slope.value_and_grad(loss_fn)(model, *batch)
-        loss, grads = pmean((loss, grads))
-        model, state = optimizer.step(model, grads, state)
-        return model, state, loss
+        (loss, updated), grads = nn.value_and_grad(loss_and_updates, has_aux=True)(model, *batch)
+        leaves, kinds, grad_leaves = slope.tree.leaves(model), nn.leaf_kinds(model), slope.tree.leaves(grads)
+        # buffers and frozen or integer leaves have zero gradients (nn.value_and_grad) that no optimizer reads
+        trained = [i for i, (leaf, (_, kind)) in enumerate(zip(leaves, kinds))
+                   if kind == "param" and isinstance(leaf, Tensor) and leaf.dtype.is_float]  # fmt: skip
+        buffers = [i for i, (new, (_, kind)) in enumerate(zip(updated, kinds)) if new is not None and kind == "buffer"]
+        # rank 0's updated buffers on every rank: their sum over the ranks, every other rank adding zeros (-0.0, the
+        # exact additive identity of floats: -0.0 stays -0.0); integers (num_batches_tracked) and bools stay exact
+        root = collectives.started_world_size() == 1 or collectives.rank() == 0
+        sent = [updated[i] if root else _additive_zero(updated[i]) for i in buffers]
+        loss, *means = pmean([loss, *(grad_leaves[i] for i in trained)])
+        received = psum(sent)
+        grad_leaves = [*grad_leaves]
+        for i, grad in zip(trained, means):
+            grad_leaves[i] = grad
+        model, state = optimizer.step(model, slope.tree.unflatten(slope.tree.structure(grads), grad_leaves), state)
+        new_leaves, treedef = slope.tree.flatten(model)
+        for i, buffer in zip(buffers, received):
+            new_leaves[i] = buffer
+        return slope.tree.unflatten(treedef, new_leaves), state, loss
 
     step.__name__ = f"train_step({getattr(loss_fn, '__name__', 'loss')})"
     return data_parallel(step)
+
+
+def _additive_zero(tensor: Tensor) -> Tensor:
+    """Zeros that leave any value unchanged when added: -0.0 for floats (+0.0 would turn -0.0 into +0.0)."""
+    zeros = slope.zeros_like(tensor)
+    return -zeros if tensor.dtype.is_float else zeros
