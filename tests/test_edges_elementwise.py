@@ -178,6 +178,9 @@ def test_integer_division_by_a_concrete_zero_raises_as_in_pytorch(backend, name)
         fn(slope.tensor([5, -5]), slope.tensor([0, 1]))
     with pytest.raises(ZeroDivisionError, match=f"slope.{name}"):
         fn(slope.tensor([5, -5]), 0)
+    for wrapped in (256, slope.tensor(np.int16(256)), slope.tensor(np.int16(-32768))):  # int8's 0 (as PyTorch)
+        with pytest.raises(ZeroDivisionError, match=f"slope.{name}"):
+            fn(slope.tensor(np.int8([5, -5])), wrapped)
     jitted = slope.jit(fn)(slope.tensor([5, -5, 0]), slope.tensor([0, 0, 0])).numpy()
     expected = {"floor_divide": [0, -1, 0], "remainder": [5, -5, 0], "fmod": [5, -5, 0]}[name]
     np.testing.assert_array_equal(jitted, expected)

@@ -112,7 +112,9 @@ def result_type(*values: object) -> DType:
 
 def wrap(value: object, dtype: DType) -> object:
     """A scalar or array as `dtype` holds it, as PyTorch: ints modulo 2**bits, floats rounded (float16 via float32)."""
-    with np.errstate(over="ignore"):  # ints outside [-2**63, 2**64) raise OverflowError, as in PyTorch
+    if type(value) is int and not -(2**63) <= value < 2**64:  # (into a float dtype NumPy would take it)
+        raise OverflowError(f"slope: the Python int {value} is outside [-2**63, 2**64) (as PyTorch refuses it)")
+    with np.errstate(over="ignore"):
         return np.array(value).astype(np.float32 if dtype.name == "float16" else dtype.numpy).astype(dtype.numpy)[()]
 
 

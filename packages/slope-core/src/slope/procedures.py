@@ -202,7 +202,7 @@ def reciprocal(x: Any) -> Tensor:
 
 def true_divide(x: Any, y: Any) -> Tensor:
     """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
-    x, y = (float(v) if isinstance(v, (int, np.integer)) else v for v in (x, y))
+    x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
     if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # each to float
         x, y = ops.as_float(x), ops.as_float(y)  # (not to int8 first: int8 x / a 0-d int64 200 divided by -56)
     return ops.div(*coerce("true_divide", x, y))
