@@ -75,9 +75,8 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
 
     if missing := [i.op.name for i in program.instructions if i.op.name not in supported and i.op.procedure is None]:
         raise SlopeBackendError(f"slope: operators {sorted(set(missing))} have no translation and no procedure")
-    # replaying the program under tracing re-records it; its constants (and any a procedure makes) become constants
     lowered = make_program(lambda *inputs: eval_program(program, list(inputs)), program.in_avals, frozenset(supported))
-    return dead_code_elimination(lowered)
+    return dead_code_elimination(lowered)  # (the replay re-records it: its constants, a procedure's too, stay so)
 
 
 def lower_instruction(instruction: Instruction, supported: frozenset[str], backend: str) -> Program:

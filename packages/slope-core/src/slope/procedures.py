@@ -1,6 +1,4 @@
-"""Procedures: the rest of the Tensor API as plain functions of operators (and other procedures).
-
-Every public function defined here is registered (see the end) as `slope.NAME` and `Tensor.NAME` (`abs_` as `abs`)."""
+"""Procedures: the rest of the Tensor API from operators; each public function is `slope.NAME` and `Tensor.NAME`."""
 
 from __future__ import annotations
 
@@ -550,8 +548,7 @@ def _is_bool_mask(item: Any) -> bool:
 
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
-    x, index = as_tensor(x), index if isinstance(index, tuple) else (index,)
-    # Python bools are masks; [] selects nothing (NumPy would make it a float index)
+    x, index = as_tensor(x), index if isinstance(index, tuple) else (index,)  # bools are masks, [] an empty int index
     items = [np.asarray(i, int if i == [] else None) if isinstance(i, (list, bool, np.bool_)) else i for i in index]
     consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
@@ -580,8 +577,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         expanded.extend(as_tensor(n.astype(np.int64)) for n in np.nonzero(mask.numpy().reshape(mask.shape or (1,))))
         dim += max(mask.ndim, 1)
     items = expanded + [slice(None)] * (x.ndim - dim)
-    # basic indexing: one slice per dimension, flips for negative steps, then drop ints and add Nones
-    bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # bounds: (start, stop, step) per dimension
+    bounds, flips, out_shape, advanced, dim = [], [], [], [], 0  # basic indexing: (start, stop, step) bounds, flips
     for item in items:
         if item is None:
             out_shape.append(1)
@@ -614,7 +610,7 @@ def getitem(x: Any, index: Any) -> Tensor:
     x = ops.flip(x, tuple(flips)) if flips else x
     if any(bound != (0, n, 1) for bound, n in zip(bounds, x.shape)):
         x = ops.slice_(x, *zip(*bounds))  # starts, stops, steps
-    x = x.reshape(tuple(out_shape))
+    x = x.reshape(tuple(out_shape))  # the ints' dimensions dropped, the Nones' added
     return _gather_advanced(x, advanced) if advanced else x
 
 
@@ -628,10 +624,8 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
     out = ops.gather_nd(x.permute((*positions, *rest)), stacked)
     spread = [p for p, _, i in advanced if i.ndim] or [0]  # 0-d indices (traced selects) separate none
     batch_ndim, lead = stacked.ndim - 1, sum(d < spread[0] for d in rest)
-    if set(range(spread[0], spread[-1] + 1)) <= set(positions) and lead:
-        perm = (*range(batch_ndim, batch_ndim + lead), *range(batch_ndim), *range(batch_ndim + lead, out.ndim))
-        out = out.permute(perm)
-    return out
+    perm = (*range(batch_ndim, batch_ndim + lead), *range(batch_ndim), *range(batch_ndim + lead, out.ndim))
+    return out.permute(perm) if set(range(spread[0], spread[-1] + 1)) <= set(positions) and lead else out
 
 
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:

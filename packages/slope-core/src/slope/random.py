@@ -112,7 +112,7 @@ def normal(k: Tensor, shape: Any = (), dtype: Any = None) -> Tensor:
 
 
 def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) -> Tensor:
-    """Integers uniform in [minval, maxval)."""
+    """Integers uniform in [minval, maxval), as JAX: (high * 2**32 + low) % span of two words (one alone is biased)."""
     shape, (minval, maxval) = _check_key("randint", k, shape), ops.ints("random.randint", (minval, maxval), "bounds")
     dtype = dtypes.as_dtype(dtype or dtypes.int64)
     info = np.iinfo(dtype.numpy if dtype.is_int else np.int64)
@@ -121,7 +121,6 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
     if not lowest <= minval < maxval <= highest + 1 or maxval - minval > 2**32:  # (the span fits 32 bits)
         raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
                          f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
-    # two words a draw, (high * 2**32 + low) % span, as JAX (one word % span drew low values up to twice as often)
     span, step = maxval - minval, (1 << 16) % (maxval - minval)  # 2**32 % span is step * step % span (products < 2**48)
     high, low = (random_bits(k, 2 * math.prod(shape)) % span).reshape((2, *shape))
     return ops.cast(((high * step % span) * step % span + low) % span + minval, dtype)

@@ -140,14 +140,13 @@ class Tensor:
         return functions["transpose"](self, -2, -1)
 
 
-# Python operators -> slope functions; the second table's entries also get their reflected form (__radd__ ...).
 _comparisons = dict(eq="equal", ne="not_equal", lt="less", le="less_equal", gt="greater", ge="greater_equal")
 _arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "floordiv": "floor_divide",
                "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
                "xor": "bitwise_xor"}  # fmt: skip
 for _name, _function in {**_comparisons, **_arithmetic}.items():
     setattr(Tensor, f"__{_name}__", lambda self, other, _f=_function: functions[_f](self, other))
-for _name, _function in _arithmetic.items():
+for _name, _function in _arithmetic.items():  # their reflected forms too (__radd__ ...)
     setattr(Tensor, f"__r{_name}__", lambda self, other, _f=_function: functions[_f](other, self))
 Tensor.__eq__ = lambda x, y: NotImplemented if y is None else functions["equal"](x, y)  # t == None: False, as PyTorch's
 Tensor.__ne__ = lambda x, y: NotImplemented if y is None else functions["not_equal"](x, y)

@@ -21,7 +21,6 @@ from .tree import describe
 
 
 def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
-    """The leaves of a pytree as tensors, and its structure."""
     leaves, treedef = tree.flatten(value)
     return [as_tensor(leaf) for leaf in leaves], treedef
 
