@@ -133,9 +133,11 @@ def refresh(strict_plugin: str | None = None) -> None:
                         continue
                     tables["owner"][("backend" if kind == "backend" else "function", name)] = plugin
                     tables[kind][name] = item
-        for registry, table in zip((operators, procedures, backends, owners), tables.values()):
-            _replace(registry, table)
-        _replace(functions, {**operators, **procedures})
+        tables["function"] = {**tables["operator"], **tables["procedure"]}
+        for registry, table in zip((operators, procedures, backends, owners, functions), tables.values()):
+            registry.update(table)  # in place, adding before removing: other threads may be reading it
+            for name in registry.keys() - table.keys():
+                del registry[name]
         for name, fn in functions.items():
             if name not in Tensor.__dict__ or getattr(Tensor.__dict__[name], "_slope_function", False):
                 setattr(Tensor, name, _as_method(fn))
@@ -144,13 +146,6 @@ def refresh(strict_plugin: str | None = None) -> None:
                 delattr(Tensor, name)
         for reset in on_refresh:
             reset()
-
-
-def _replace(registry: dict, table: dict) -> None:
-    """Make registry equal table in place, adding before removing (another thread may be reading it)."""
-    registry.update(table)
-    for name in registry.keys() - table.keys():
-        del registry[name]
 
 
 def results(hook: str, check: Callable = lambda value: value, strict_plugin: str | None = None, where: str = "",
