@@ -106,3 +106,14 @@ def test_arange_starts_with_pytorchs_zero(backend, dtype):
         for mode, transform in MODES.items():
             got = transform(lambda a=start, b=stop, c=step: slope.arange(a, b, c, dtype=dtype))()
             same_with_signs(got, expected, f"{mode} arange({start}, {stop}, {step}, {dtype})")
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_cumsum_of_negative_zeros_is_positive_zero_as_pytorch(backend, mode, dtype):
+    """PyTorch's running sum starts from +0.0, so it never gives -0.0; the scan padded with +0.0 in some positions
+    only ([-0.0, -0.0] gave [0.0, -0.0]; a size-1 dim -0.0)."""
+    for values, dim in (([-0.0], 0), ([-0.0, -0.0, 1.0, -1.0, -0.0], 0), ([[-0.0], [-0.0]], 1), ([[-0.0, -0.0]], 1)):
+        expected = torch.cumsum(as_torch(values, dtype), dim)
+        got = MODES[mode](lambda x: slope.cumsum(x, dim))(as_slope(values, dtype))
+        same_with_signs(got, expected, f"cumsum({values}, {dim}) {dtype}")

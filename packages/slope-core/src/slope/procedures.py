@@ -412,7 +412,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
         x = x + ops.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
-    return cast(x, dtype)
+    return cast(x + 0.0 if dtype.is_float else x, dtype)  # (+0.0: a sum from +0.0 is never -0.0, as PyTorch's)
 
 
 def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
