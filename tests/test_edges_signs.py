@@ -115,5 +115,5 @@ def test_cumsum_of_negative_zeros_is_positive_zero_as_pytorch(backend, mode, dty
     only ([-0.0, -0.0] gave [0.0, -0.0]; a size-1 dim -0.0)."""
     for values, dim in (([-0.0], 0), ([-0.0, -0.0, 1.0, -1.0, -0.0], 0), ([[-0.0], [-0.0]], 1), ([[-0.0, -0.0]], 1)):
         expected = torch.cumsum(as_torch(values, dtype), dim)
-        got = MODES[mode](lambda x: slope.cumsum(x, dim))(as_slope(values, dtype))
+        got = MODES[mode](lambda x, dim=dim: slope.cumsum(x, dim))(as_slope(values, dtype))
         same_with_signs(got, expected, f"cumsum({values}, {dim}) {dtype}")
