@@ -380,3 +380,17 @@ def test_sines_of_constants_compile_under_jit():
         np.testing.assert_allclose(encoding, np.sin(np.arange(3) / 10000 ** (np.arange(3) / 3)), rtol=1e-6)
         assert slope.jit(lambda x: x + slope.zeros((3,)).amin().cos())(x).tolist() == [1.0, 1.0, 1.0]
         np.testing.assert_allclose(slope.jit(lambda x: x + slope.tan(a))(x).numpy(), np.tan(np.arange(3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_a_half_scalar_broadcast_to_two_shapes_compiles(dtype):
+    """A one-element value reshaped to (1, 1) and broadcast to two shapes failed in iree-compile for halves ("failed to
+    legalize unresolved source materialization from tensor<1x1xf16> to tensor<1x1xf32>"): `x - x.max()` used twice."""
+    dt = getattr(slope, dtype)
+    s = slope.tensor(1.5).astype(dt)
+    wide, tall = slope.jit(lambda s: (s + slope.zeros((1, 2), dtype=dt), s + slope.zeros((2, 1), dtype=dt)))(s)
+    np.testing.assert_array_equal(wide.astype(slope.float32).numpy(), [[1.5, 1.5]])
+    np.testing.assert_array_equal(tall.astype(slope.float32).numpy(), [[1.5], [1.5]])
+    x = np.arange(6.0).reshape(2, 3)
+    got = slope.jit(lambda x: (x - x.max()) @ (x - x.max()).T)(slope.tensor(x).astype(dt))
+    np.testing.assert_array_equal(got.astype(slope.float64).numpy(), (x - 5) @ (x - 5).T)

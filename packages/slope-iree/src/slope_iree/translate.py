@@ -193,6 +193,10 @@ class Function:
         aval = self.avals[x]
         if tuple(shape) == aval.shape:
             return x
+        if aval.size == 1 and len(shape) > aval.ndim and not self.dynamic:  # one element to more 1s: a broadcast
+            # (iree-compile 3.13 failed on a reshaped 0-d half broadcast to two shapes and widened: "failed to
+            # legalize unresolved source materialization from tensor<1x1xf16> to tensor<1x1xf32>")
+            return self.broadcast(x, shape)
         return self.unary("reshape", x, Aval(tuple(shape), aval.dtype))
 
     def broadcast(self, x: str, shape: tuple, dims: Any = None) -> str:
