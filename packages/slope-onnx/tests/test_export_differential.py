@@ -108,7 +108,7 @@ def test_a_scaled_matmul_input_keeps_its_rounding(tmp_path: Path) -> None:
 
 
 def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None:
-    # x * (1 / d): onnxruntime's DivMulFusion (every session but ORT_DISABLE_ALL, Slope's own too) made it x / d,
+    # x * (1 / d): onnxruntime's DivMulFusion (every session but ORT_DISABLE_ALL and Slope's own) made it x / d,
     # so Slope's jit gave 7e34 for 1e-10 * (1 / 1e-45), where 1 / 1e-45 is inf (PyTorch, NumPy: inf)
     x = np.array([1e-10, 3.0, -0.0], np.float32)
     d = np.array([1e-45, 3.0, np.inf], np.float32)
@@ -120,6 +120,23 @@ def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None
             assert em.same_bits(_default_session(f, x, d, tmp_path=tmp_path, level=level)[0], expected) is None
     with slope.use_backend("numpy"):
         assert em.same_bits((slope.tensor(x) * (1.0 / slope.tensor(d))).numpy(), expected) is None
+
+
+def test_jacrev_of_a_one_element_output_keeps_its_shape(tmp_path: Path) -> None:
+    # jacrev's seed for a one-element output, Cast(Equal(Range, Range)), is folded to a constant 1 by onnxruntime at
+    # session time, and DivMulFusion made Div(1, s) * exp(x) into exp(x) / s, dropping the dimensions the 1 added:
+    # Slope's jit raised (an output of (4,) where the graph says (1, 4)) and an exported model returned (4,) silently
+    x = np.array([0.1, 0.2, 0.3, 0.4])
+    index = slope.tensor(np.array([1, 3, 0]))
+    for fn in (lambda x: slope.logsumexp(x, 0, keepdim=True), lambda x: slope.logsumexp(x[index], -1),
+               lambda x: slope.logsumexp(x[::-1], 0)):  # fmt: skip
+        expected = slope.jacrev(fn)(slope.tensor(x)).numpy()
+        f = slope.jit(slope.jacrev(fn))
+        got = f(slope.tensor(x)).numpy()
+        assert got.shape == expected.shape and em.same_bits(got, expected) is None
+        for level in LEVELS.values():
+            exported = _default_session(f, x, tmp_path=tmp_path, level=level)[0]
+            assert exported.shape == expected.shape and em.same_bits(exported, expected) is None, level
 
 
 def test_a_post_norm_residual_block_keeps_layer_norm(tmp_path: Path) -> None:

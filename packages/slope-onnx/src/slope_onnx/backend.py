@@ -88,8 +88,10 @@ def _load_libraries() -> None:
 _ERROR = 3  # onnxruntime logger severities
 _FATAL = 4
 # onnxruntime's NoopElimination drops `x + 0`, which is not an identity in IEEE arithmetic: -0.0 + 0 is +0.0, and the
-# translations add 0 on purpose where a result must not be -0.0 (|x| of -0.0, say; rsqrt(|-0.0|) became -inf)
-_DISABLED_OPTIMIZERS = ["NoopElimination"]
+# translations add 0 on purpose where a result must not be -0.0 (|x| of -0.0, say; rsqrt(|-0.0|) became -inf);
+# DivMulFusion makes Div(1, x) * y into y / x (rounded once, not twice as eagerly) where the 1 is one that
+# onnxruntime itself folded (jacrev's seed of a one-element output; known ones are Reciprocal already, graph.py)
+_DISABLED_OPTIMIZERS = ["NoopElimination", "DivMulFusion"]
 
 # Programs whose tensors are all at most this big gain nothing from a thread pool.
 SMALL_PROGRAM_ELEMENTS = 1 << 15

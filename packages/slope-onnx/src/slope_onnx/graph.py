@@ -600,13 +600,22 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
 
     def reciprocal(div: onnx.NodeProto) -> onnx.NodeProto | None:
         """Div(1, x) as Reciprocal(x) (float32, float64; other dtypes: the 1 spread where a Mul is its only use):
-        onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL, Slope's too) turns Div(1, x) * y into
+        onnxruntime's DivMulFusion (on in every session but ORT_DISABLE_ALL; off in Slope's) turns Div(1, x) * y into
         y / x, which rounds differently and stays finite where 1 / x overflows (1e-10 * (1 / 1e-45) is inf,
         1e-10 / 1e-45 7e34); it takes only a one-element constant 1. A matrix product divided by a one-element
         constant keeps its Div, the constant spread: MatMulScaleFusion made it a multiplication by 1 / c."""
         one = graph.value(div.input[0])
         if made(div.input[0], "MatMul") is not None:
             return spread(div, 1, graph.shapes.get(div.output[0]))
+        cast, kind = made(div.input[0], "Cast"), lambda name: getattr(graph.dtypes.get(name), "name", None)
+        if cast is not None and kind(cast.input[0]) == "bool" and kind(div.output[0]) in ("float32", "float64"):
+            # a numerator of 0s and 1s, n / x = n * (1 / x) exactly: onnxruntime folds a constant one (jacrev's seed
+            # of a one-element output, Cast(Equal(Range, Range))) at session time, and DivMulFusion's y / x rounded
+            # once and lost the dimensions the 1 added (an exported jit(jacrev(f)) gave (4,), not (1, 4))
+            inverse = helper.make_node("Reciprocal", [div.input[1]], [graph.fresh("inverse")])
+            producer[inverse.output[0]] = len(result)
+            result.append(inverse)
+            return helper.make_node("Mul", [div.input[0], inverse.output[0]], list(div.output))
         if one is None or one.size != 1 or one.reshape(-1)[0] != 1:
             return None
         if one.dtype in (np.float32, np.float64):
