@@ -4,9 +4,9 @@ Every entry of the differential table (tests/differential/table.py: each operato
 +-inf, NaN, subnormals and huge values) and the composite programs of tests/exported_models.py (train steps,
 gradients, vmap, the MNIST predictors, attention) are jitted, exported to .onnx and run in onnxruntime sessions with
 default options, with ORT_ENABLE_ALL and with ORT_DISABLE_ALL, none with Slope's own session settings (Slope's
-sessions disable NoopElimination and DivMulFusion, see slope_onnx.backend): outputs must equal Slope's jitted results bit for bit
-(NaN positions, signs of zeros and infinities included), except where a case states why its sums may round
-differently (CONV_RTOL). Bounded for CI: a few drawn examples per entry.
+sessions disable NoopElimination and DivMulFusion, see slope_onnx.backend): outputs must equal Slope's jitted results
+bit for bit (NaN positions, signs of zeros and infinities included), except where a case states why its sums may
+round differently (CONV_RTOL). Bounded for CI: a few drawn examples per entry.
 """
 
 from __future__ import annotations
