@@ -176,3 +176,12 @@ def test_max_pool_results_transposed_under_jit_compile():
     with slope.use_backend("numpy"):
         np.testing.assert_allclose(grads, slope.vmap(slope.grad(loss), 1, 1)(slope.tensor(x)).numpy(), rtol=1e-6)
         np.testing.assert_array_equal(indices, F.max_pool_argmax(slope.tensor(x), (2, 2)).permute((1, 0, 2, 3)).numpy())
+
+
+def test_take_along_dim_of_a_strided_slice_compiles():
+    """A gather fused with a strided read of its operand failed in iree-compile ("LLVM Translation failed for operation:
+    builtin.unrealized_conversion_cast"): take_along_dim keeps its operand apart, as x[index] does."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    index = np.array([[0, 1], [1, 0]])
+    got = slope.jit(lambda a, b: slope.take_along_dim(a[:, ::2], b, 1))(slope.tensor(x), slope.tensor(index))
+    np.testing.assert_array_equal(got.numpy(), np.take_along_axis(x[:, ::2], index, 1))

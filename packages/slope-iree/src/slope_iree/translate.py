@@ -188,6 +188,14 @@ class Function:
         return self.emit(f"stablehlo.dynamic_broadcast_in_dim {scalar}, {shape}, dims = [] : ({self.type(scalar)}, "
                          f"tensor<{aval.ndim}xindex>) -> {self.type(x)}", aval)  # fmt: skip
 
+    def gather_operand(self, x: str) -> str:
+        """x kept apart from the gather that reads it: IREE 3.13 fails to compile a gather fused with a strided read of
+        its operand (a slice or transpose of the function's input: "LLVM Translation failed for operation:
+        builtin.unrealized_conversion_cast")."""
+        if not x.startswith("%v"):
+            return x
+        return self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
+
     def reshape(self, x: str, shape: tuple) -> str:
         """x reshaped (x itself when it has that shape)."""
         aval = self.avals[x]
@@ -911,11 +919,7 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     index = checked_indices(fn, inputs[1], x_aval.shape[:k], f"{_GATHER}: {_RANGE}")
     if 0 in x_aval.shape[:k]:  # no slice to take (StableHLO refuses one); any index fails the check when it runs
         return fn.constant(False if out.dtype == slope.bool_ else 0, out)
-    x = inputs[0]
-    if x.startswith("%v"):
-        # IREE 3.13 fails to compile a gather fused with a strided read of its operand (a slice or transpose of the
-        # function's input: "LLVM Translation failed for operation: builtin.unrealized_conversion_cast"): keep apart
-        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
+    x = fn.gather_operand(inputs[0])
     offsets = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     sizes = array_attr([1] * k + list(x_aval.shape[k:]))

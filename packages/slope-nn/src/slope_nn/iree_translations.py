@@ -250,7 +250,7 @@ def _take_along_dim(fn: Function, inputs: list[str], instruction: Instruction) -
     (x, index), x_aval, out = inputs, instruction.inputs[0].aval, instruction.outputs[0].aval
     dim = instruction.params["dim"]
     index = _in_range(fn, index, x_aval.shape[dim], "take_along_dim", dim, -x_aval.shape[dim])
-    coordinates = _coordinates(fn, index, dim)
+    coordinates, x = _coordinates(fn, index, dim), fn.gather_operand(x)
     every = ", ".join(map(str, range(x_aval.ndim)))
     text = (
         f'"stablehlo.gather"({x}, {coordinates}) {{dimension_numbers = #stablehlo.gather<offset_dims = [], '
