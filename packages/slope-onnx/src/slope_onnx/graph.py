@@ -565,6 +565,26 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                                                   value.reshape(())))  # fmt: skip
         return helper.make_node(node.op_type, inputs, list(node.output))
 
+    def wide_product_scale(node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """A float64 MatMul's product times (or divided by) a one-element constant, the constant spread (or applied
+        twice along a new last axis and sliced back, for a product of one element): MatMulScaleFusion (all
+        optimizations on: a user's default session, Slope's pooled ones) moves it into FusedMatMul's alpha, a float32
+        attribute ((x @ y) * 0.1 of float64 gave 0.4000000059604645 for 0.4)."""
+        for position in (0, 1) if node.op_type == "Mul" else (1,):
+            shape, value = graph.shapes.get(node.output[0]), graph.value(node.input[position])
+            if made(node.input[1 - position], "MatMul") is None or value is None or value.size != 1 or shape is None:
+                continue
+            if (spread_node := spread(node, position, shape)) is not None:
+                return spread_node
+            inputs = list(node.input)
+            inputs[position] = graph.constant(np.full((2,), value.reshape(())))
+            twice = helper.make_node(node.op_type, inputs, [graph.fresh("twice")])
+            producer[twice.output[0]] = len(result)
+            result.append(twice)
+            ends = [graph.int64s([0]), graph.int64s([1]), graph.int64s([-1])]
+            return helper.make_node("Slice", [twice.output[0], *ends], list(node.output))
+        return None
+
     def unfused_scale(name: str) -> str:
         """x * c, c * x or x / c (c a one-element constant) as a MatMul's input, with c spread: onnxruntime's
         MatMulScaleFusion (all optimizations on: a user's default session, Slope's pooled ones) moves such a scale
@@ -616,9 +636,11 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             producer[inverse.output[0]] = len(result)
             result.append(inverse)
             return helper.make_node("Mul", [div.input[0], inverse.output[0]], list(div.output))
+        if one is None and cast is not None and graph.shapes.get(div.input[1]) == graph.shapes.get(div.output[0]):
+            one = graph.value(cast.input[0])  # a cast constant (slope.tensor(1) / x): onnxruntime folds the Cast
         if one is None or one.size != 1 or one.reshape(-1)[0] != 1:
             return None
-        if one.dtype in (np.float32, np.float64):
+        if kind(div.output[0]) in ("float32", "float64"):
             return helper.make_node("Reciprocal", [div.input[1]], list(div.output))
         return spread(div, 0, graph.shapes.get(div.output[0])) if uses.get(div.output[0]) == 1 else None
 
@@ -702,6 +724,10 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             node = dequantizing
         elif op == "Div" and (inverse := reciprocal(node)) is not None:
             node = inverse
+        elif (
+            op in ("Mul", "Div") and getattr(dtype, "name", None) == "float64" and (unfused := wide_product_scale(node))
+        ):
+            node = unfused
         elif op in ("Mul", "Div") and len(node.input) == 2:
             for position in (0, 1) if op == "Mul" else (0,):
                 index = single_use_gemm(node.input[position])
