@@ -158,6 +158,21 @@ def test_a_float64_product_keeps_its_float64_scale(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, (a @ b) * 0.1, rtol=1e-13, atol=1e-13)
 
 
+def test_an_added_zero_that_feeds_another_node_survives_a_users_session(tmp_path: Path) -> None:
+    # Slope adds 0 where a result must not be -0.0 (cumsum, layer_norm's procedure); onnxruntime's NoopElimination,
+    # off in Slope's sessions but on in a user's, dropped an Add of 0 whose result feeds another node (as the graph's
+    # output it is kept): an exported 1 / cumsum of -0.0s gave -inf, a float16 cumsum -0.0s
+    cases = ((lambda t: 1.0 / t.cumsum(0), np.array([[-0.0], [-0.0]], np.float32)),
+             (lambda t: t.cumsum(0), np.full((64,), -0.0, np.float16)),
+             (lambda t: 1.0 / slope.layer_norm(t), np.array([[-0.0, 0.0]])))  # fmt: skip
+    for fn, x in cases:
+        f = slope.jit(fn)
+        expected = f(slope.tensor(x)).numpy()
+        assert not np.signbit(expected).any()
+        for level in LEVELS.values():
+            assert em.same_bits(_default_session(f, x, tmp_path=tmp_path, level=level)[0], expected) is None, level
+
+
 def test_a_post_norm_residual_block_keeps_layer_norm(tmp_path: Path) -> None:
     # layer_norm(t + u) of (B, S, H) tensors: onnxruntime's SkipLayerNormFusion made Add + LayerNormalization one
     # SkipLayerNormalization in default sessions (and Slope's pooled ones), which rounds differently and gave NaN

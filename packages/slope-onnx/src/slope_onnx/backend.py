@@ -391,7 +391,9 @@ class OnnxBackend(Backend):
             raise ValueError(f"slope-onnx: cannot export {path!r}: the program has no outputs (return a tensor)")
         if not path.endswith(".onnx"):
             path += ".onnx"
-        model, _, _ = self.model(program)
+        from .graph import zeros_added_for_export
+
+        model = zeros_added_for_export(self.model(program)[0])
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, path)
         return [path]

@@ -881,3 +881,30 @@ def build_model(program: Program, translations: dict[str, Callable]) -> tuple[on
     input_names = [names[v] for v in program.inputs]
     output_names = [o.name for o in model.graph.output]
     return model, input_names, output_names
+
+
+def zeros_added_for_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each `x + 0` (Slope's way to make -0.0 0.0: cumsum, layer_norm's procedure) as
+    Where(x == 0, 0, x): onnxruntime's NoopElimination, on in a user's default session (off in Slope's), drops an Add
+    of a constant 0 that feeds another node, and -0.0 came through (an exported 1 / cumsum of -0.0s gave -inf)."""
+    zeros = set()
+    for initializer in model.graph.initializer:
+        value = onnx.numpy_helper.to_array(initializer)
+        if value.size == 1 and value.dtype.kind == "f" and value.reshape(-1)[0] == 0 and not np.signbit(value).any():
+            zeros.add(initializer.name)
+    nodes, changed = [], False
+    for node in model.graph.node:
+        zero = next((name for name in node.input if name in zeros), None) if node.op_type == "Add" else None
+        if zero is None or len(node.input) != 2:
+            nodes.append(node)
+            continue
+        x = node.input[1] if node.input[0] == zero else node.input[0]
+        equal = helper.make_node("Equal", [x, zero], [f"{node.output[0]}_is_zero"])
+        nodes += [equal, helper.make_node("Where", [equal.output[0], zero, x], list(node.output))]
+        changed = True
+    if not changed:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
