@@ -394,3 +394,47 @@ def test_a_half_scalar_broadcast_to_two_shapes_compiles(dtype):
     x = np.arange(6.0).reshape(2, 3)
     got = slope.jit(lambda x: (x - x.max()) @ (x - x.max()).T)(slope.tensor(x).astype(dt))
     np.testing.assert_array_equal(got.astype(slope.float64).numpy(), (x - 5) @ (x - 5).T)
+
+
+_FAR_INDICES = """
+import slope
+slope.set_backend("iree")
+x, x2 = slope.arange(4.0), slope.arange(12.0).reshape(3, 4)
+cases = [(lambda x, i: x[i], x, 10**8), (lambda x, i: x.at[i].add(1.0), x, -10**8),
+         (lambda x, i: x.at[i].set(-1.0), x2, -4), (lambda x, i: slope.take_along_dim(x, i, 0), x, 10**8)]
+for fn, value, index in cases:
+    try:
+        slope.jit(fn)(value, slope.tensor([index]))
+        print("no error")
+    except IndexError:
+        print("IndexError")
+"""
+
+
+def test_an_index_far_out_of_range_raises_and_does_not_crash():
+    """A traced index far outside its dimension went to IREE's gather and scatter as it was: they read and wrote out of
+    bounds before the check could raise (a segmentation fault for x[10**8]); such a run computes with 0 now."""
+    done = subprocess.run([sys.executable, "-c", _FAR_INDICES], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["IndexError"] * 4
+    got = slope.jit(lambda x, i: x[i])(slope.arange(4.0), slope.tensor([3, -1, 0]))
+    np.testing.assert_array_equal(got.numpy(), [3.0, 3.0, 0.0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_a_nan_constant_stays_nan_through_exp(dtype):
+    """IREE folded a NaN constant into exp's expansion as its low bound: exp(x * nan) of float32 gave 0 (as an argument
+    the NaN was kept); NaN constants sit behind an optimization barrier."""
+    x = slope.tensor([1.0, 2.0]).astype(dtype)
+    for fn in (lambda x: slope.exp(x * float("nan")), lambda x: slope.sigmoid(x + float("nan"))):
+        assert np.isnan(slope.jit(fn)(x).astype(slope.float32).numpy()).all()
+
+
+def test_a_flipped_strided_slice_compiles():
+    """A reverse fused with a strided slice of the input failed in iree-compile ("LLVM Translation failed for operation:
+    builtin.unrealized_conversion_cast"), as a gather did: its operand is kept apart."""
+    x, y = np.arange(5.0, dtype=np.float32), np.arange(30.0, dtype=np.float32).reshape(5, 6)
+    np.testing.assert_array_equal(slope.jit(lambda x: x[::2][::-1])(slope.tensor(x)).numpy(), x[::2][::-1])
+    np.testing.assert_array_equal(slope.jit(lambda x: slope.flip(x[::2], 0))(slope.tensor(x)).numpy(), x[::2][::-1])
+    np.testing.assert_array_equal(slope.jit(lambda y: y[:, 1::3][::-1])(slope.tensor(y)).numpy(), y[:, 1::3][::-1])

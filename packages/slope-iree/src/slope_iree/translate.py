@@ -171,12 +171,19 @@ class Function:
 
     def constant(self, value: Any, aval: Aval) -> str:
         """A tensor of `aval` filled with a scalar."""
-        return self.emit(f"stablehlo.constant dense<{literal(value, aval.dtype)}> : {self.tensor_type(aval)}", aval)
+        out = self.emit(f"stablehlo.constant dense<{literal(value, aval.dtype)}> : {self.tensor_type(aval)}", aval)
+        return self.unfolded(out) if isinstance(value, float) and math.isnan(value) else out
 
     def array(self, array: np.ndarray, dtype: DType) -> str:
         """A constant tensor holding a NumPy array."""
         aval = Aval(tuple(array.shape), dtype)
-        return self.emit(f"stablehlo.constant {dense(array, dtype)} : {self.tensor_type(aval)}", aval)
+        out = self.emit(f"stablehlo.constant {dense(array, dtype)} : {self.tensor_type(aval)}", aval)
+        return self.unfolded(out) if array.dtype.kind == "f" and np.isnan(array).any() else out
+
+    def unfolded(self, x: str) -> str:
+        """x behind an optimization barrier: IREE 3.13 folded a NaN constant into exp's expansion as a low bound
+        (exp(x * nan) of float32 gave 0, not NaN; as a function argument NaN was kept)."""
+        return self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
 
     def like(self, value: Any, x: str) -> str:
         """A constant of x's shape and dtype (of x's run-time shape when dynamic)."""
@@ -188,13 +195,11 @@ class Function:
         return self.emit(f"stablehlo.dynamic_broadcast_in_dim {scalar}, {shape}, dims = [] : ({self.type(scalar)}, "
                          f"tensor<{aval.ndim}xindex>) -> {self.type(x)}", aval)  # fmt: skip
 
-    def gather_operand(self, x: str) -> str:
-        """x kept apart from the gather that reads it: IREE 3.13 fails to compile a gather fused with a strided read of
-        its operand (a slice or transpose of the function's input: "LLVM Translation failed for operation:
+    def apart(self, x: str) -> str:
+        """x kept apart from the gather or reverse that reads it: IREE 3.13 fails to compile one fused with a strided
+        read of its operand (a slice or transpose of the function's input: "LLVM Translation failed for operation:
         builtin.unrealized_conversion_cast")."""
-        if not x.startswith("%v"):
-            return x
-        return self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
+        return self.unfolded(x) if x.startswith("%v") else x
 
     def reshape(self, x: str, shape: tuple) -> str:
         """x reshaped (x itself when it has that shape)."""
@@ -771,7 +776,7 @@ def _flip(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     dims = [d for d in instruction.params["dim"] if _in(instruction).shape[d] > 1]
     if not dims:
         return inputs[0]
-    x, out = inputs[0], _out(instruction)
+    x, out = fn.apart(inputs[0]), _out(instruction)
     if out.dtype == slope.uint8:  # IREE 3.13 cannot lower a reverse of ui8: reverse the same bytes as i8
         x = fn.unary("bitcast_convert", x, Aval(out.shape, slope.int8))
     reversed_ = fn.emit(f"stablehlo.reverse {x}, dims = [{', '.join(map(str, dims))}] : {fn.type(x)}", fn.avals[x])
@@ -903,7 +908,8 @@ def checked_indices(fn: Function, index: str, sizes: tuple, message: str) -> str
     index = fn.select(negative, fn.binary("add", index, bound), index)
     outside = fn.binary("or", fn.compare("LT", index, fn.like(0, index)), fn.compare("GE", index, bound))
     fn.check(fn.any(outside), message)
-    return index
+    # (0 in such a run, which raises: IREE reads and writes out of bounds otherwise, a crash for x[10**8])
+    return fn.select(outside, fn.like(0, index), index)
 
 
 _GATHER = "slope.gather_nd (x[index], slope.getitem)"
@@ -919,7 +925,7 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     index = checked_indices(fn, inputs[1], x_aval.shape[:k], f"{_GATHER}: {_RANGE}")
     if 0 in x_aval.shape[:k]:  # no slice to take (StableHLO refuses one); any index fails the check when it runs
         return fn.constant(False if out.dtype == slope.bool_ else 0, out)
-    x = fn.gather_operand(inputs[0])
+    x = fn.apart(inputs[0])
     offsets = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     sizes = array_attr([1] * k + list(x_aval.shape[k:]))

@@ -243,14 +243,14 @@ def _in_range(fn: Function, index: str, size: int, name: str, dim: int, low: int
     fn.check(
         fn.any(outside), f"slope.{name}: an index is out of range; expected {low} to {size - 1} for dimension {dim}"
     )
-    return wide
+    return fn.select(outside, fn.like(0, wide), wide)  # (0 in a run that raises: IREE reads out of bounds otherwise)
 
 
 def _take_along_dim(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     (x, index), x_aval, out = inputs, instruction.inputs[0].aval, instruction.outputs[0].aval
     dim = instruction.params["dim"]
     index = _in_range(fn, index, x_aval.shape[dim], "take_along_dim", dim, -x_aval.shape[dim])
-    coordinates, x = _coordinates(fn, index, dim), fn.gather_operand(x)
+    coordinates, x = _coordinates(fn, index, dim), fn.apart(x)
     every = ", ".join(map(str, range(x_aval.ndim)))
     text = (
         f'"stablehlo.gather"({x}, {coordinates}) {{dimension_numbers = #stablehlo.gather<offset_dims = [], '
