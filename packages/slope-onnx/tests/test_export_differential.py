@@ -173,6 +173,49 @@ def test_an_added_zero_that_feeds_another_node_survives_a_users_session(tmp_path
             assert em.same_bits(_default_session(f, x, tmp_path=tmp_path, level=level)[0], expected) is None, level
 
 
+def test_a_long_product_plus_a_bias_adds_the_bias_after_the_sum(tmp_path: Path) -> None:
+    # Slope folded `x @ w + b` (and `w - lr * (a @ b)`) into a Gemm with C; onnxruntime's kernel adds the inner
+    # dimension's blocks onto C one by one (256 a block for a constant, prepacked w), so b joined partway through the
+    # sum: 2.12e38 where the sum overflows to inf first (PyTorch, eager), and small updates of w lost block by block
+    for k in (512, 2048):
+        x, w = np.ones((4, k), np.float32), np.full((k, 3), 5.12e38 / k, np.float32)
+        b = np.full(3, -3e38, np.float32)
+        closed_w, closed_b = slope.tensor(w), slope.tensor(b)
+        traced, closed = slope.jit(lambda x, w, b: x @ w + b), slope.jit(lambda x, w=closed_w, b=closed_b: x @ w + b)
+        assert np.isinf(traced(slope.tensor(x), slope.tensor(w), slope.tensor(b)).numpy()).all()
+        assert np.isinf(closed(slope.tensor(x)).numpy()).all()
+        for level in LEVELS.values():
+            assert np.isinf(_default_session(closed, x, tmp_path=tmp_path, level=level)[0]).all(), (k, level)
+    k = 4096  # an update of 1.2 ulps of 1.0 spread over k terms: eager moves w, the folded Gemm did not
+    a, g = np.ones((3, k), np.float32), np.full((k, 2), 1.2 * 2.0**-23 / k / 0.5, np.float32)
+    w = np.ones((3, 2), np.float32)
+    step = lambda w, a, g: w - 0.5 * (a @ g)  # noqa: E731
+    expected = step(*map(slope.tensor, (w, a, g))).numpy()
+    np.testing.assert_array_equal(slope.jit(step)(*map(slope.tensor, (w, a, g))).numpy(), expected)
+
+
+def test_a_convolution_times_or_plus_a_constant_is_not_folded_into_its_weights(tmp_path: Path) -> None:
+    # onnxruntime's ConvMulFusion / ConvAddFusion folded conv(x, w) * c into conv(x, w * c) (a 1e-30 weight times 1e-20
+    # underflowed to 0: 0 for 3e-20) and conv(x, w, b) + a into conv(x, w, b + a) (b + a overflowed: inf for 3e38),
+    # in Slope's sessions and a user's default one, for closed-over weights and constants
+    w = slope.tensor(np.full((4, 3, 1, 1), 1e-30, np.float32))
+    w2, b = slope.tensor(np.full((2, 1, 1, 1), 3e38, np.float32)), slope.tensor(np.array([3e38, 1.0], np.float32))
+    a = slope.tensor(np.array([3e38, 1.0], np.float32).reshape(1, 2, 1, 1))
+    cases = (
+        (lambda x: slope.conv(x, w) * 1e-20, np.full((1, 3, 4, 4), 1e30, np.float32)),
+        (lambda x: slope.conv(x, w) * 1e-20, np.full((8, 3, 64, 64), 1e30, np.float32)),  # a pooled session
+        (lambda x: slope.conv(x, w2, b) + a, -np.ones((1, 1, 3, 3), np.float32)),
+        (lambda x: (slope.conv(x, w2) + b.reshape(1, -1, 1, 1)) + a, -np.ones((1, 1, 3, 3), np.float32)),
+    )
+    for fn, x in cases:
+        with slope.use_backend("numpy"):
+            expected = fn(slope.tensor(x)).numpy()
+        f = slope.jit(fn)
+        np.testing.assert_allclose(f(slope.tensor(x)).numpy(), expected, rtol=1e-6)
+        for level in LEVELS.values():
+            np.testing.assert_allclose(_default_session(f, x, tmp_path=tmp_path, level=level)[0], expected, rtol=1e-6)
+
+
 def test_a_post_norm_residual_block_keeps_layer_norm(tmp_path: Path) -> None:
     # layer_norm(t + u) of (B, S, H) tensors: onnxruntime's SkipLayerNormFusion made Add + LayerNormalization one
     # SkipLayerNormalization in default sessions (and Slope's pooled ones), which rounds differently and gave NaN

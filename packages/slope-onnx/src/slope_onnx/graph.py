@@ -444,6 +444,16 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 return index, bias
         return None
 
+    def constant_first(node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """A Conv's output times (or plus) a constant, the constant first: onnxruntime's ConvMulFusion and
+        ConvAddFusion (every session but ORT_DISABLE_ALL) fold a constant in the second place into the Conv's weight
+        or bias ahead of time (a 1e-30 weight times 1e-20 underflowed to 0, where conv(x, w) * 1e-20 is 3e-20; a
+        bias plus a constant overflowed first); they do not look at the first place."""
+        x, c = node.input
+        if made(x, "Conv") is None or graph.value(c) is None or (node.op_type == "Add" and conv_bias(node)):
+            return None
+        return helper.make_node(node.op_type, [c, x], list(node.output))
+
     def produced(name: str) -> tuple[str, onnx.NodeProto | None]:
         """The name behind any reshapes of `name`, and the node that makes it."""
         index = producer.get(name)
@@ -665,6 +675,10 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                  for k, (view, name) in enumerate(zip(views, kept)) if name]  # fmt: skip
         return [flat, flat_norm, *backs]
 
+    def inner_size(gemm: onnx.NodeProto) -> int:
+        shape = graph.shapes.get(gemm.input[0]) or (0, 0)
+        return shape[0 if next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0) else 1]
+
     def sums_terms(gemm: onnx.NodeProto) -> bool:
         """Whether a Gemm's inner dimension is known and not 0 (where it is 0, onnxruntime's Gemm is beta * C alone:
         it ignores alpha, and C's -0.0 stays -0.0 where the unfused 0 + -0.0 is 0.0)."""
@@ -728,6 +742,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
             op in ("Mul", "Div") and getattr(dtype, "name", None) == "float64" and (unfused := wide_product_scale(node))
         ):
             node = unfused
+        elif op in ("Mul", "Add") and len(node.input) == 2 and (swapped := constant_first(node)) is not None:
+            node = swapped
         elif op in ("Mul", "Div") and len(node.input) == 2:
             for position in (0, 1) if op == "Mul" else (0,):
                 index = single_use_gemm(node.input[position])
@@ -768,7 +784,7 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 index = single_use_gemm(node.input[position])
                 other = node.input[1 - position]
                 fits = index is not None and _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out))
-                if not fits or not sums_terms(result[index]):
+                if not fits or not sums_terms(result[index]) or inner_size(result[index]) > _GEMM_C_STRIDE:
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
@@ -786,6 +802,11 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         result.append(node)
     return [node for node in result if node is not None]
 
+
+# The largest inner dimension whose Gemm adds C once, after the product: beyond it onnxruntime's kernel (MLAS) adds
+# the K blocks onto C one by one (256 a block with a constant, prepacked B), so C joins partway through the sum
+# (x @ w + b overflowed differently from PyTorch, and a small update w - lr * (a @ b) was lost block by block)
+_GEMM_C_STRIDE = 256
 
 # ONNX operators whose outputs differ from call to call: two of them with the same inputs are not one
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
