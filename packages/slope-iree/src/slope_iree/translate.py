@@ -232,6 +232,10 @@ class Function:
         out = Aval(tuple(aval.shape[p] for p in perm), aval.dtype)
         name = self.emit(f"stablehlo.transpose {x}, dims = [{', '.join(map(str, perm))}] : ({self.type(x)}) -> "
                          f"{self.tensor_type(out)}", out)  # fmt: skip
+        if out.dtype in (slope.float16, slope.bfloat16) and not self.dynamic:
+            # (iree-compile 3.13 rejected a transposed half value whose two uses are each widened: "failed to legalize
+            # unresolved source materialization from tensor<3x3xf16> to tensor<3x3xf32>", x.T[:, :, None] * x.T[:, None])
+            name = self.unfolded(name)
         self.transposes[name] = (x, perm)
         return name
 
