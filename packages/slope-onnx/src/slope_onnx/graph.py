@@ -909,10 +909,11 @@ def zeros_added_for_export(model: onnx.ModelProto) -> onnx.ModelProto:
     Where(x == 0, 0, x): onnxruntime's NoopElimination, on in a user's default session (off in Slope's), drops an Add
     of a constant 0 that feeds another node, and -0.0 came through (an exported 1 / cumsum of -0.0s gave -inf)."""
     zeros = set()
-    for initializer in model.graph.initializer:
-        value = onnx.numpy_helper.to_array(initializer)
-        if value.size == 1 and value.dtype.kind == "f" and value.reshape(-1)[0] == 0 and not np.signbit(value).any():
-            zeros.add(initializer.name)
+    for initializer in model.graph.initializer:  # (float32 and float64: halves add in float32 here)
+        if math.prod(initializer.dims) == 1 and initializer.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            value = onnx.numpy_helper.to_array(initializer)
+            if value.reshape(-1)[0] == 0 and not np.signbit(value).any():
+                zeros.add(initializer.name)
     nodes, changed = [], False
     for node in model.graph.node:
         zero = next((name for name in node.input if name in zeros), None) if node.op_type == "Add" else None
