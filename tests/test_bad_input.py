@@ -395,6 +395,16 @@ ROWS = [
     bad("MultiheadAttention-negative-heads", lambda m: m.nn.MultiheadAttention(10, -2), ValueError,
         "MultiHeadAttention"),
     bad("MaxPool2d-zero-call", lambda m: m.nn.MaxPool2d(0)(image(m)), ValueError, "slope.max_pool"),
+    # PyTorch's F.max_pool2d takes ceil_mode sixth, return_indices seventh: Slope's flags are keyword-only
+    bad("max_pool-positional-flags", lambda m: m.nn.functional.max_pool(image(m), 2, 2, 0, 1, False, True), TypeError,
+        "positional", reference=None),
+    bad("linear-3d-weight", lambda m: m.nn.functional.linear(m.ones(2, 3), m.ones(1, 2, 3)), ValueError, "slope.linear"),
+    bad("dropout-of-integers", lambda m: m.nn.dropout(m.tensor([10] * 8), 0.3), TypeError, "slope.nn.dropout",
+        reference=lambda torch: torch.nn.functional.dropout(torch.tensor([10] * 8), 0.3)),
+    bad("one_hot-minus-two", lambda m: m.nn.functional.one_hot(m.tensor([1, 2]), -2), ValueError, "slope.one_hot"),
+    bad("cross_entropy-float-ignore-index", lambda m: m.nn.functional.cross_entropy(m.ones(2, 3), m.tensor([0, 1]),
+        ignore_index=1.5), TypeError, "ignore_index"),  # fmt: skip
+    bad("ModuleList-of-ints", lambda m: m.nn.ModuleList([1, 2]), TypeError, "ModuleList"),
     bad("AvgPool2d-float-call", lambda m: m.nn.AvgPool2d(2.5)(image(m)), TypeError, "AvgPool2d"),
     bad("Flatten-call-start-after-end", lambda m: m.nn.Flatten(2, 1)(m.ones(2, 3, 4)), ValueError,
         "slope.flatten"),

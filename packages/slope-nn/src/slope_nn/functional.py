@@ -180,6 +180,8 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     if not x.dtype.is_int:  # bools too, as in PyTorch
         raise TypeError(f"slope.one_hot: expected integer class indices, got {x.dtype.name}")
     (num_classes,) = ints("one_hot", num_classes, "num_classes", count=1)
+    if num_classes < -1:  # (-2 was inferred too; PyTorch refuses it)
+        raise ValueError(f"slope.one_hot: num_classes must be -1 (inferred) or at least 0, got {num_classes}")
     if num_classes < 0:
         if x.buffer is None or not x.numel():
             what = "an empty tensor" if x.buffer is not None else "traced indices (under jit); pass num_classes"
@@ -206,6 +208,8 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     # a batched x makes one 2-d product (see matmul); a 1-d weight is one output feature, its dimension dropped (PyTorch)
     weight = _tensor(weight)
     x, bias = _tensor(x), None if bias is None else _tensor(bias)
+    if weight.ndim > 2:  # (a 3-d weight was batched by matmul; PyTorch refuses it)
+        raise slope.ShapeError(f"slope.linear: weight must be (out_features, in_features) or 1-d, got {weight.shape}")
     if bias is not None and x.dtype in (slope.float16, slope.bfloat16) and x.dtype == weight.dtype == bias.dtype:
         # the product plus bias rounded once, as PyTorch's addmm (rounded twice, float16 (1 + 2**-10)**2 - (1 + 2**-9)
         # was 0, not 2**-20)
@@ -435,6 +439,7 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     `ignore_index` left out, "mean" divided by the summed weights of the targets kept (NaN when none is)."""
     if not target.dtype.is_int:
         raise slope.DTypeError(f"slope.{name}: target must hold class indices (integers), got {target.dtype.name}")
+    (ignore_index,) = ints(name, ignore_index, "ignore_index", count=1)  # (1.5 was taken and ignored nothing)
     target = target.astype(slope.int64)  # (in uint8, ignore_index -100 wrapped to class 156, and int8's 156 to -100)
     class_dim = 1 if logp.ndim > 1 else 0
     classes = logp.shape[class_dim]

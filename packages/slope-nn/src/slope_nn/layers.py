@@ -241,7 +241,7 @@ class _PoolNd(Module):
                                    f"((C, *spatial) or (N, C, *spatial)), got shape {x.shape}")  # fmt: skip
         if self.mode == "max":
             return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                       self.return_indices, self.ceil_mode)  # fmt: skip
+                                       return_indices=self.return_indices, ceil_mode=self.ceil_mode)  # fmt: skip
         return functional.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                                    self.count_include_pad)  # fmt: skip
 
@@ -511,6 +511,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
         raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
+    if not x.dtype.is_float:  # (as PyTorch: the scale 1 / (1 - p) truncated to an integer 1 kept 10, not 14.29)
+        raise slope.DTypeError(f"slope.nn.dropout: expected a floating-point tensor to drop from, got {x.dtype.name}")
     if p == 1.0:
         return x * 0.0
     return functional.dropped(x, p, next_key("Dropout") if key is None else key)
@@ -687,8 +689,8 @@ class ModuleList(Module):
 
     def __init__(self, modules: Sequence[Module] = ()) -> None:
         super().__init__()
-        for i, module in enumerate(modules):
-            self.__dict__[str(i)] = module
+        for module in modules:
+            self.append(module)
 
     def _items(self) -> list[Module]:
         return [value for name, value in self.__dict__.items() if name.isdigit()]
@@ -704,6 +706,8 @@ class ModuleList(Module):
 
     def append(self, module: Module) -> ModuleList:
         """Add a module at the end; returns self."""
+        if not isinstance(module, Module):  # (as PyTorch; an int was kept and failed later, or never)
+            raise TypeError(f"ModuleList: item {len(self)} is a {type(module).__name__}, not a Module")
         self.__dict__[str(len(self))] = module
         return self
 

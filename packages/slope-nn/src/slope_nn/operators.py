@@ -433,8 +433,9 @@ class MaxPool(_Pooling):
 
     name = "max_pool"
 
-    def __call__(self, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+    def __call__(self, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
                  return_indices: bool = False, ceil_mode: bool = False) -> Any:  # fmt: skip
+        # (the flags keyword-only: PyTorch's F.max_pool2d takes ceil_mode sixth and return_indices seventh)
         x = _tensor(x)
         params = self.params(x, kernel_size, stride, padding, dilation)
         n = len(params["kernel"])
