@@ -405,6 +405,17 @@ ROWS = [
     bad("cross_entropy-float-ignore-index", lambda m: m.nn.functional.cross_entropy(m.ones(2, 3), m.tensor([0, 1]),
         ignore_index=1.5), TypeError, "ignore_index"),  # fmt: skip
     bad("ModuleList-of-ints", lambda m: m.nn.ModuleList([1, 2]), TypeError, "ModuleList"),
+    # MultiHeadAttention's shape errors named a matmul or reshape deep inside it
+    bad("MultiHeadAttention-embed-dim", lambda m: m.nn.MultiHeadAttention(4, 2)(m.ones(2, 3, 5)), ValueError,
+        "MultiHeadAttention: expected query (N, L, 4)", reference=None),
+    bad("MultiHeadAttention-key-value-lengths", lambda m: m.nn.MultiHeadAttention(4, 2)(m.ones(2, 3, 4),
+        m.ones(2, 4, 4), m.ones(2, 5, 4)), ValueError, "MultiHeadAttention", reference=None),  # fmt: skip
+    bad("MultiHeadAttention-padding-mask", lambda m: m.nn.MultiHeadAttention(4, 2)(m.ones(2, 3, 4),
+        key_padding_mask=m.zeros(2, 5, dtype=m.bool_)), ValueError, "key_padding_mask", reference=None),  # fmt: skip
+    bad("bce_with_logits-pos-weight", lambda m: m.nn.binary_cross_entropy_with_logits(m.ones(2, 3), m.ones(2, 3),
+        pos_weight=m.ones(4)), ValueError, "binary_cross_entropy_with_logits",
+        reference=lambda torch: torch.nn.functional.binary_cross_entropy_with_logits(torch.ones(2, 3), torch.ones(2, 3),
+                                                                                    pos_weight=torch.ones(4))),  # fmt: skip
     bad("AvgPool2d-float-call", lambda m: m.nn.AvgPool2d(2.5)(image(m)), TypeError, "AvgPool2d"),
     bad("Flatten-call-start-after-end", lambda m: m.nn.Flatten(2, 1)(m.ones(2, 3, 4)), ValueError,
         "slope.flatten"),

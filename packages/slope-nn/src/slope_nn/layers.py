@@ -593,6 +593,18 @@ class MultiHeadAttention(Module):
             raise ValueError(
                 f"MultiHeadAttention: expected (N, L, E) inputs, got {query.shape}, {key.shape}, {value.shape}"
             )
+        kdim, vdim = self.k_proj.weight.shape[1], self.v_proj.weight.shape[1]
+        batch, source = query.shape[0], key.shape[1]
+        if (query.shape[2], key.shape[2], value.shape[2]) != (self.embed_dim, kdim, vdim) or not (
+            key.shape[0] == value.shape[0] == batch and value.shape[1] == source
+        ):  # (a matmul or reshape deep inside named itself)
+            raise slope.ShapeError(
+                f"slope.nn.MultiHeadAttention: expected query (N, L, {self.embed_dim}), key (N, S, "
+                f"{kdim}) and value (N, S, {vdim}), got {query.shape}, {key.shape}, {value.shape}"
+            )
+        if key_padding_mask is not None and key_padding_mask.shape != (batch, source):
+            raise slope.ShapeError(f"slope.nn.MultiHeadAttention: key_padding_mask must be of shape (N, S) = "
+                                   f"{(batch, source)}, got {key_padding_mask.shape}")  # fmt: skip
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))

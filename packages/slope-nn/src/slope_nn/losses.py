@@ -77,7 +77,7 @@ def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  
     for what, weight in weights.items():
         if weight is not None:
             weight = functional._tensor(weight)
-            if np.broadcast_shapes(weight.shape, input.shape) != input.shape:
+            if functional._broadcast(f"slope.nn.{name}", weight.shape, input.shape) != input.shape:
                 raise slope.ShapeError(f"slope.nn.{name}: {what} of shape {weight.shape} does not broadcast to the "
                                        f"input's shape {input.shape}")  # fmt: skip
             weight = weight.astype(input.dtype)  # (PyTorch's result keeps the input's dtype)
