@@ -161,7 +161,7 @@ class Function:
             # IREE folds a conversion of a constant NaN, inf or out-of-range float to an integer to 0 (the CPU's
             # conversion at run time gives what the numpy backend and PyTorch give: NaN to int32 -2**31, -1.0 to
             # uint8 255): keep it for run time
-            x = self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
+            x = self.unfolded(x)
         return self.unary("convert", x, Aval(aval.shape, dtype))
 
     def select(self, condition: str, x: str, y: str) -> str:
@@ -181,8 +181,8 @@ class Function:
         return self.unfolded(out) if array.dtype.kind == "f" and np.isnan(array).any() else out
 
     def unfolded(self, x: str) -> str:
-        """x behind an optimization barrier: IREE 3.13 folded a NaN constant into exp's expansion as a low bound
-        (exp(x * nan) of float32 gave 0, not NaN; as a function argument NaN was kept)."""
+        """x behind an optimization barrier: IREE neither folds nor fuses across it (NaN constants: IREE 3.13 folded
+        one into exp's expansion as a low bound, exp(x * nan) of float32 gave 0)."""
         return self.emit(f"stablehlo.optimization_barrier {x} : {self.type(x)}", self.avals[x])
 
     def like(self, value: Any, x: str) -> str:
@@ -452,7 +452,7 @@ def _cast(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     if _in(instruction).dtype == slope.bool_ and instruction.params["dtype"].is_float:
         # IREE 3.13 folds x * convert(mask) into a select, which gives 0 for NaN * 0 and inf * 0 (jit only; a masked
         # NaN vanished, and a Hessian's inf * 0 was 0, not NaN): keep the product
-        out = fn.emit(f"stablehlo.optimization_barrier {out} : {fn.type(out)}", fn.avals[out])
+        out = fn.unfolded(out)
     return out
 
 
@@ -690,14 +690,14 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
         # IREE 3.13 folds a sum of a converted splat constant over the innermost dimensions to one element (the sum of
         # full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit; an int32 one, in
         # int64, too)
-        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
+        x = fn.unfolded(x)
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
     if fn.producers.get(x) == "multiply" and not fn.dynamic:
         # IREE 3.13 takes a sum of a product for a contraction and fails on some ("'vector.contract' op invalid
         # accumulator/result vector shape", a sum of a broadcast product in a second derivative): keep them apart
-        x = fn.emit(f"stablehlo.optimization_barrier {x} : {fn.type(x)}", fn.avals[x])
+        x = fn.unfolded(x)
     if out.dtype != slope.float64 or count <= SUM_BLOCK:
         return fn.reshape(fn.convert(fn.reduce(fn.convert(x, slope.float64), "add", 0.0, dim), out.dtype), out.shape)
     kept = [d for d in range(len(shape)) if d not in dim]
@@ -950,7 +950,7 @@ def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> st
             # IREE 3.13 fuses the conversion of the updates into the scatter's dispatch as a stack buffer, which fails
             # to compile past 32 KiB ("exceeded stack allocation limit": 256 float16 rows of 64, an embedding's
             # gradient): keep the converted updates apart
-            updates = fn.emit(f"stablehlo.optimization_barrier {updates} : {fn.type(updates)}", fn.avals[updates])
+            updates = fn.unfolded(updates)
             return _scatter(fn, x, inputs[1], updates, wide, index_aval, wide)
 
         return in_float32(fn, [inputs[0], inputs[2]], out.dtype, scatter)
