@@ -176,22 +176,42 @@ def test_an_added_zero_that_feeds_another_node_survives_a_users_session(tmp_path
 def test_a_long_product_plus_a_bias_adds_the_bias_after_the_sum(tmp_path: Path) -> None:
     # Slope folded `x @ w + b` (and `w - lr * (a @ b)`) into a Gemm with C; onnxruntime's kernel adds the inner
     # dimension's blocks onto C one by one (256 a block for a constant, prepacked w), so b joined partway through the
-    # sum: 2.12e38 where the sum overflows to inf first (PyTorch, eager), and small updates of w lost block by block
-    for k in (512, 2048):
-        x, w = np.ones((4, k), np.float32), np.full((k, 3), 5.12e38 / k, np.float32)
-        b = np.full(3, -3e38, np.float32)
+    # sum: 2.12e38 where the sum overflows to inf first (PyTorch, eager), and small updates of w lost block by block.
+    # A block is 128 terms where w is not a constant and the output has more than 64 columns (k = 200 was folded)
+    for m, k, n in ((4, 512, 3), (4, 2048, 3), (200, 200, 100), (200, 200, 300)):
+        x, w = np.ones((m, k), np.float32), np.full((k, n), 5.12e38 / k, np.float32)
+        b = np.full(n, -3e38, np.float32)
         closed_w, closed_b = slope.tensor(w), slope.tensor(b)
         traced, closed = slope.jit(lambda x, w, b: x @ w + b), slope.jit(lambda x, w=closed_w, b=closed_b: x @ w + b)
         assert np.isinf(traced(slope.tensor(x), slope.tensor(w), slope.tensor(b)).numpy()).all()
         assert np.isinf(closed(slope.tensor(x)).numpy()).all()
         for level in LEVELS.values():
             assert np.isinf(_default_session(closed, x, tmp_path=tmp_path, level=level)[0]).all(), (k, level)
-    k = 4096  # an update of 1.2 ulps of 1.0 spread over k terms: eager moves w, the folded Gemm did not
-    a, g = np.ones((3, k), np.float32), np.full((k, 2), 1.2 * 2.0**-23 / k / 0.5, np.float32)
-    w = np.ones((3, 2), np.float32)
-    step = lambda w, a, g: w - 0.5 * (a @ g)  # noqa: E731
-    expected = step(*map(slope.tensor, (w, a, g))).numpy()
-    np.testing.assert_array_equal(slope.jit(step)(*map(slope.tensor, (w, a, g))).numpy(), expected)
+    # an update of 1.2 ulps of 1.0 spread over k terms: eager moves w, the folded Gemm did not (an SGD step's
+    # w - lr * (g.T @ x) over a batch of 200, float64 too)
+    for dtype, m, k, n, trans in ((np.float32, 3, 4096, 2, False), (np.float32, 100, 200, 784, True),
+                                  (np.float64, 100, 200, 50, True), (np.float64, 100, 200, 40, False)):  # fmt: skip
+        ulp = np.finfo(dtype).eps
+        a, g = np.ones((k, m) if trans else (m, k), dtype), np.full((k, n), 1.2 * ulp / k / 0.5, dtype)
+        w = np.ones((m, n), dtype)
+        step = (lambda w, a, g: w - 0.5 * (a.T @ g)) if trans else (lambda w, a, g: w - 0.5 * (a @ g))
+        expected = step(*map(slope.tensor, (w, a, g))).numpy()
+        assert (expected < 1).all()
+        np.testing.assert_array_equal(slope.jit(step)(*map(slope.tensor, (w, a, g))).numpy(), expected, str((m, k, n)))
+
+
+def test_a_scaled_product_or_a_one_row_product_plus_a_bias_keeps_its_values() -> None:
+    # a scale folded into Gemm's alpha scaled each block's sum: (x @ w) * 0.5 was 2.56e38 where the sum overflows
+    # (inf, eager and PyTorch); a one-row Gemm with C starts its sum from C: 2**24 + 1 + 1 was 2**24 (eager 2**24 + 2)
+    for m, k, n in ((200, 200, 100), (200, 300, 100), (4, 512, 3)):
+        x, w = np.ones((m, k), np.float32), np.full((k, n), 5.12e38 / k, np.float32)
+        assert np.isinf(slope.jit(lambda x, w: (x @ w) * 0.5)(slope.tensor(x), slope.tensor(w)).numpy()).all()
+    for k in (20, 100):
+        x, w = np.zeros((1, k), np.float32), np.zeros((k, 30), np.float32)
+        x[:, [0, -1]], w[[0, -1]] = 1.0, 1.0
+        b = np.full(30, 2.0**24, np.float32)
+        result = slope.jit(lambda x, w, b: x @ w + b)(slope.tensor(x), slope.tensor(w), slope.tensor(b)).numpy()
+        np.testing.assert_array_equal(result, np.full((1, 30), 2.0**24 + 2, np.float32))
 
 
 def test_a_convolution_times_or_plus_a_constant_is_not_folded_into_its_weights(tmp_path: Path) -> None:

@@ -679,6 +679,20 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         shape = graph.shapes.get(gemm.input[0]) or (0, 0)
         return shape[0 if next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0) else 1]
 
+    def one_block(gemm: onnx.NodeProto) -> bool:
+        """Whether onnxruntime's kernel (MLAS) computes a Gemm as alpha * (the whole sum) + C, as the unfused graph
+        does. It adds each block of K terms, times alpha, onto C in turn: a block is 128 terms (MLAS's SGEMM and DGEMM
+        strides), deeper where the output is narrow and A is not transposed (256 at most here, a prepacked constant
+        B's block). Beyond it C joined partway through the sum and alpha scaled each block's sum (x @ w + b was
+        2.12e38 and (x @ w) * 0.5 2.56e38 where the sum overflows to inf, eager and PyTorch; a small SGD update
+        w - lr * (a @ b) was lost block by block). One-row and one-column products take other kernels, which start
+        from C (b + x @ w of one row) or sum in another order than MatMul's."""
+        out = graph.shapes.get(gemm.output[0]) or (0, 0)
+        trans_a = next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0)
+        narrow = 32 if getattr(graph.dtypes.get(gemm.output[0]), "name", None) == "float64" else 64
+        block = 256 if not trans_a and 0 < out[1] <= narrow and out[1] < inner_size(gemm) else 128
+        return out[0] > 1 and out[1] > 1 and inner_size(gemm) <= block
+
     def sums_terms(gemm: onnx.NodeProto) -> bool:
         """Whether a Gemm's inner dimension is known and not 0 (where it is 0, onnxruntime's Gemm is beta * C alone:
         it ignores alpha, and C's -0.0 stays -0.0 where the unfused 0 + -0.0 is 0.0)."""
@@ -692,7 +706,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         attribute, holds exactly without overflow or underflow (a float64 0.1 would be rounded), on products that
         sum at least one term (onnxruntime ignores alpha where the inner dimension is 0). None where it is not."""
         attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
-        if attributes["alpha"] != 1.0 or not math.isfinite(factor) or factor == 0 or not sums_terms(gemm):
+        finite = math.isfinite(factor) and factor != 0
+        if attributes["alpha"] != 1.0 or not (finite and sums_terms(gemm) and one_block(gemm)):
             return None
         if op == "Div" and math.frexp(factor)[0] not in (0.5, -0.5):
             return None
@@ -784,7 +799,7 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 index = single_use_gemm(node.input[position])
                 other = node.input[1 - position]
                 fits = index is not None and _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out))
-                if not fits or not sums_terms(result[index]) or inner_size(result[index]) > _GEMM_C_STRIDE:
+                if not fits or not sums_terms(result[index]) or not one_block(result[index]):
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
@@ -802,11 +817,6 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         result.append(node)
     return [node for node in result if node is not None]
 
-
-# The largest inner dimension whose Gemm adds C once, after the product: beyond it onnxruntime's kernel (MLAS) adds
-# the K blocks onto C one by one (256 a block with a constant, prepacked B), so C joins partway through the sum
-# (x @ w + b overflowed differently from PyTorch, and a small update w - lr * (a @ b) was lost block by block)
-_GEMM_C_STRIDE = 256
 
 # ONNX operators whose outputs differ from call to call: two of them with the same inputs are not one
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
