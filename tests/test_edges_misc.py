@@ -515,6 +515,16 @@ def test_comparing_with_none_is_false_as_in_pytorch(backend):
         t < None  # noqa: B015
 
 
+def test_the_where_method_takes_pytorchs_order(backend):
+    # x.where(condition, y) is PyTorch's x-where-condition-else-y; it ran slope.where(x, condition, y): a wrong result
+    # for bool tensors and a confusing dtype error for others
+    x, condition, y = slope.tensor([False, True]), slope.tensor([True, False]), slope.tensor([True, True])
+    assert x.where(condition, y).tolist() == [False, True]
+    values = slope.tensor([1.0, -2.0, 3.0])
+    assert values.where(values > 0, 0.0).tolist() == [1.0, 0.0, 3.0]
+    assert slope.jit(lambda v: v.where(v > 0, -v))(values).tolist() == [1.0, 2.0, 3.0]
+
+
 def test_the_global_generator_refuses_to_draw_inside_vmap(backend):
     """slope.randn inside vmap drew once and gave every example the same numbers (a loop draws per example)."""
     for draw in (lambda: slope.randn(8), lambda: slope.rand(8), lambda: slope.randint(0, 5, (8,))):

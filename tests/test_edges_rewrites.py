@@ -66,7 +66,7 @@ HALF_CASES = {
     "floor": lambda x: (x.half() * 3).floor(),
     "ceil": lambda x: x.half().ceil(),
     "clip": lambda x: x.half().clip(1.0, 3000.0) - 1.0,
-    "where": lambda x: (x.half() > 0).where(x.half(), 0.0).sin(),
+    "where": lambda x: x.half().where(x.half() > 0, 0.0).sin(),
     "pad": lambda x: slope.pad(x.half(), (1, 1)).sin(),
     "max": lambda x: x.half().max() - 2048,
     "argmax": lambda x: x[:2].half().argmax(),

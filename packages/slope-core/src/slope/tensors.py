@@ -91,10 +91,9 @@ class Tensor:
         return self.numpy().reshape(()).item()
 
     def __index__(self) -> int:
-        self._concrete("using a tensor as an index")
         if not self.dtype.is_int:
             raise TypeError(f"slope: only integer tensors can be used as an index, got {self.dtype.name}")
-        return int(self.item())
+        return int(self._scalar("using a tensor as an index"))
 
     def __len__(self) -> int:
         if not self.shape:
@@ -158,6 +157,7 @@ for _name in ("neg", "abs", "invert"):
 for _name, _cast in {"bool": bool, "int": int, "float": float}.items():  # of a one-element tensor
     setattr(Tensor, f"__{_name}__", lambda self, _c=_cast, _w=f"{_name}(tensor)": _c(self._scalar(_w)))
 Tensor.__pos__ = lambda self: self
+Tensor.where = lambda self, condition, y: functions["where"](condition, self, y)  # (PyTorch's order: x.where(c, y))
 
 
 class _IndexUpdate:

@@ -215,14 +215,40 @@ binary("greater", np.greater, DISTINCT, DISTINCT, dtypes=ALL_DTYPES, out_dtype=a
 binary("bitwise_and", np.bitwise_and, Data(low=-8, high=8), Data(low=-8, high=8), dtypes=BITS)
 binary("bitwise_or", np.bitwise_or, Data(low=-8, high=8), Data(low=-8, high=8), dtypes=BITS)
 binary("bitwise_xor", np.bitwise_xor, Data(low=-8, high=8), Data(low=-8, high=8), dtypes=BITS)
+
+
+def _where_method(condition: slope.Tensor, x: slope.Tensor, y: slope.Tensor) -> slope.Tensor:
+    return x.where(condition, y)  # PyTorch's order: x where the condition holds, else y
+
+
 add(
     Row(
         "where",
         [
-            Case([Fixed(np.array([[True], [False]])), Data(), Data(shape=(3,))], np.where, label="broadcast"),
-            Case([Fixed(np.array([True, False, True])), Data(shape=(3,)), Data(shape=(3,))], np.where, label="1-d"),
-            Case([Fixed(np.array(True)), Data(shape=()), Data(shape=())], np.where, label="0-d"),
-            Case([Fixed(np.zeros((0, 3), bool)), Data(shape=(0, 3)), Data(shape=(3,))], np.where, label="empty"),
+            Case(
+                [Fixed(np.array([[True], [False]])), Data(), Data(shape=(3,))],
+                np.where,
+                label="broadcast",
+                method_call=_where_method,
+            ),
+            Case(
+                [Fixed(np.array([True, False, True])), Data(shape=(3,)), Data(shape=(3,))],
+                np.where,
+                label="1-d",
+                method_call=_where_method,
+            ),
+            Case(
+                [Fixed(np.array(True)), Data(shape=()), Data(shape=())],
+                np.where,
+                label="0-d",
+                method_call=_where_method,
+            ),
+            Case(
+                [Fixed(np.zeros((0, 3), bool)), Data(shape=(0, 3)), Data(shape=(3,))],
+                np.where,
+                label="empty",
+                method_call=_where_method,
+            ),
         ],
         ALL_DTYPES,
     )
