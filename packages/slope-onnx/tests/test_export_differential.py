@@ -107,6 +107,42 @@ def test_a_scaled_matmul_input_keeps_its_rounding(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got, expected)
 
 
+def test_a_scaled_batched_product_overflows_as_written(tmp_path: Path) -> None:
+    # float32 (a @ b) * 0.5 of batched matrices: MatMulScaleFusion (a pooled session, a user's default one) made it a
+    # FusedMatMul with alpha 0.5, whose kernel scales each 128-term block of the inner dimension: 2e38 where the sum
+    # overflows to inf (eager, PyTorch); a product of at most 128 terms is one block, left to the fusion
+    for a_shape, b_shape in (
+        ((1, 200, 200), (1, 200, 200)),
+        ((4, 100, 1025), (4, 1025, 100)),
+        ((2, 10, 100), (2, 100, 10)),
+    ):
+        a, b = np.ones(a_shape, np.float32), np.full(b_shape, 4e38 / a_shape[-1], np.float32)
+        f = slope.jit(lambda a, b: (a @ b) * 0.5)
+        assert np.isinf(f(slope.tensor(a), slope.tensor(b)).numpy()).all(), a_shape
+        for level in LEVELS.values():
+            assert np.isinf(_default_session(f, a, b, tmp_path=tmp_path, level=level)[0]).all(), (a_shape, level)
+
+
+def test_scaled_8_bit_images_keep_their_values_under_quantization_rewrites(tmp_path: Path) -> None:
+    # Slope writes uint8 * s as DequantizeLinear, which onnxruntime's quantization rewrites then saw: an infinite s
+    # gave NaN around a transpose (their quantize / dequantize pair: inf / inf), and a batched product of two such
+    # tensors became MatMulIntegerToFloat, whose int32 sum wrapped (-26051 for 40000) and whose scales' product
+    # underflowed (0 for 1.8e-39)
+    white = np.full((2, 4, 40000), 255, np.uint8)
+    cases = (
+        (lambda a: (a.float() * (1 / 255)) @ (a.float() * (1 / 255)).transpose(-1, -2), white, 40000.0),
+        (lambda a: (a.float() * 2.0**-80) @ (a.float() * 2.0**-80).transpose(-1, -2), white, np.float32(1.793662e-39)),
+        (lambda a: (a.float() * float("inf")).T + 1, np.array([[1, 2], [3, 4]], np.uint8), np.inf),
+    )
+    for fn, x, expected in cases:
+        f = slope.jit(fn)
+        np.testing.assert_array_equal(f(slope.tensor(x)).numpy().ravel()[0], expected)
+        for level in LEVELS.values():
+            np.testing.assert_array_equal(
+                _default_session(f, x, tmp_path=tmp_path, level=level)[0].ravel()[0], expected
+            )
+
+
 def test_a_reciprocal_times_a_value_overflows_as_written(tmp_path: Path) -> None:
     # x * (1 / d): onnxruntime's DivMulFusion (every session but ORT_DISABLE_ALL and Slope's own) made it x / d,
     # so Slope's jit gave 7e34 for 1e-10 * (1 / 1e-45), where 1 / 1e-45 is inf (PyTorch, NumPy: inf)

@@ -168,7 +168,8 @@ def test_scaled_8_bit_integers_dequantize_in_one_node(dtype):
     for scale in [1 / 255, -3.7, np.inf, -np.inf, np.nan, 1e-45, 3e38, 0.0, -0.0]:
         scaled = slope.jit(lambda images, s=scale: s * images.astype(slope.float32))
         ops = [n.op_type for n in scaled.lower(x).executable.model.graph.node]
-        assert ops == ["DequantizeLinear"], ops
+        # (a scale of inf or NaN stays Cast and Mul: onnxruntime's quantization rewrites divide by the scale)
+        assert ops == (["DequantizeLinear"] if np.isfinite(scale) else ["Cast", "Mul"]), ops
         with np.errstate(all="ignore"):
             expected = x.numpy().astype(np.float32) * np.float32(scale)
         np.testing.assert_array_equal(scaled(x).numpy().view(np.int32), expected.view(np.int32))

@@ -188,6 +188,7 @@ def _options(pooled: bool) -> ort.SessionOptions:
     spin = pooled and _Threads.spin_us > 0
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry("session.disable_quant_qdq", "1")  # (no quantized rewrites of DequantizeLinear)
     if spin:
         options.add_session_config_entry("session.intra_op.spin_duration_us", str(_Threads.spin_us))
     if _Threads.global_pool:

@@ -540,17 +540,21 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         return None
 
     def dequantized(mul: onnx.NodeProto) -> onnx.NodeProto | None:
-        """Mul(Cast(x: int8 or uint8 -> float32), s), s a float32 constant of one element, as DequantizeLinear(x, s):
-        the same products (an 8-bit integer is exact in float32) in one pass over the tensor instead of two."""
+        """Mul(Cast(x: int8 or uint8 -> float32), s), s a finite float32 constant of one element, as
+        DequantizeLinear(x, s): the same products (an 8-bit integer is exact in float32) in one pass over the tensor
+        instead of two. onnxruntime's quantization rewrites then see it: with an infinite scale, the quantize /
+        dequantize pairs they put around a Transpose gave NaN (inf / inf), and a batched MatMul of two dequantized
+        tensors became MatMulIntegerToFloat (its int32 sum wrapped; the scales' product underflowed): only matrices
+        (at most 2-D, whose products are Gemms) are dequantized."""
         for position in (0, 1):
             cast, factor = made(mul.input[position], "Cast"), graph.value(mul.input[1 - position])
-            if cast is None or factor is None or factor.size != 1:
+            if cast is None or factor is None or factor.size != 1 or not np.isfinite(factor).all():
                 continue
             source, shape = graph.dtypes.get(cast.input[0]), graph.shapes.get(cast.input[0])
             to_float = helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT
             if not to_float or factor.dtype != np.float32 or source is None or source.name not in ("int8", "uint8"):
                 continue
-            if shape is None or shape != graph.shapes.get(mul.output[0]):  # the constant must not add dimensions
+            if shape is None or shape != graph.shapes.get(mul.output[0]) or len(shape) > 2:  # (no new dimensions)
                 continue
             uses[mul.input[position]] -= 1
             uses[cast.input[0]] = uses.get(cast.input[0], 0) + 1
@@ -576,13 +580,18 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         return helper.make_node(node.op_type, inputs, list(node.output))
 
     def wide_product_scale(node: onnx.NodeProto) -> onnx.NodeProto | None:
-        """A float64 MatMul's product times (or divided by) a one-element constant, the constant spread (or applied
-        twice along a new last axis and sliced back, for a product of one element): MatMulScaleFusion (all
-        optimizations on: a user's default session, Slope's pooled ones) moves it into FusedMatMul's alpha, a float32
-        attribute ((x @ y) * 0.1 of float64 gave 0.4000000059604645 for 0.4)."""
+        """A MatMul's product times (or divided by) a one-element constant, the constant spread (or applied twice
+        along a new last axis and sliced back, for a product of one element): MatMulScaleFusion (all optimizations
+        on: a user's default session, Slope's pooled ones) moves it into FusedMatMul's alpha, a float32 attribute
+        ((x @ y) * 0.1 of float64 gave 0.4000000059604645 for 0.4), which the kernel applies to each block of 128
+        terms of the inner dimension (float32 (a @ b) * 0.5 was 2e38 where the sum overflows to inf)."""
         for position in (0, 1) if node.op_type == "Mul" else (1,):
             shape, value = graph.shapes.get(node.output[0]), graph.value(node.input[position])
-            if made(node.input[1 - position], "MatMul") is None or value is None or value.size != 1 or shape is None:
+            product = made(node.input[1 - position], "MatMul")
+            if product is None or value is None or value.size != 1 or shape is None:
+                continue
+            inner = (graph.shapes.get(product.input[0]) or (0,))[-1]
+            if getattr(graph.dtypes.get(node.output[0]), "name", None) != "float64" and inner <= 128:  # (one block)
                 continue
             if (spread_node := spread(node, position, shape)) is not None:
                 return spread_node
@@ -754,7 +763,9 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         elif op == "Div" and (inverse := reciprocal(node)) is not None:
             node = inverse
         elif (
-            op in ("Mul", "Div") and getattr(dtype, "name", None) == "float64" and (unfused := wide_product_scale(node))
+            op in ("Mul", "Div")
+            and getattr(dtype, "name", None) in ("float64", "float32")
+            and (unfused := wide_product_scale(node))
         ):
             node = unfused
         elif op in ("Mul", "Add") and len(node.input) == 2 and (swapped := constant_first(node)) is not None:
