@@ -113,6 +113,18 @@ def test_export_for_metal_compiles(tmp_path):
         f.lower(slope.tensor([1.0, 2.0])).export(str(tmp_path / "other"), target="tpu")
 
 
+def test_export_for_vulkan_names_the_missing_float64_and_takes_a_target(tmp_path, monkeypatch):
+    # a float32 sum (accumulated in float64) failed for IREE's default vulkan target, whose message called it "a bug
+    # in slope-iree's translation"; SLOPE_IREE_VULKAN_TARGET picks a GPU target that has float64
+    lowered = slope.jit(lambda x: x.mean()).lower(slope.tensor([1.0, 2.0]))
+    monkeypatch.delenv("SLOPE_IREE_VULKAN_TARGET", raising=False)
+    with pytest.raises(slope.SlopeBackendError, match="vulkan-spirv target has no float64.*SLOPE_IREE_VULKAN_TARGET"):
+        lowered.export(str(tmp_path / "baseline"), target="vulkan")
+    monkeypatch.setenv("SLOPE_IREE_VULKAN_TARGET", "ampere")
+    files = lowered.export(str(tmp_path / "ampere"), target="vulkan")
+    assert os.path.getsize(files[1]) > 0 and "--iree-vulkan-target=ampere" in open(files[0]).read()
+
+
 def test_log_jit_prints_ir_and_mlir():
     code = "import slope; slope.set_backend('iree'); slope.jit(lambda x: x * x)(slope.tensor([1.0, 2.0]))"
     env = {**os.environ, "LOG_JIT": "1"}

@@ -1,4 +1,4 @@
-"""Every error Slope raises on purpose: all are `SlopeError`s, and each is also the built-in exception it refines."""
+"""Slope's error classes: `SlopeError`s, each also the built-in it refines (elsewhere plain built-ins, as PyTorch)."""
 
 
 class SlopeError(Exception):

@@ -50,6 +50,8 @@ def target_flags(target: str) -> tuple[str, ...]:
     if target == "metal":
         # no Metal toolchain here: keep the shaders as MSL source in the module (the Metal runtime compiles them)
         return (*COMMON_FLAGS, "--iree-metal-compile-to-metallib=false")
+    if target == "vulkan" and os.environ.get("SLOPE_IREE_VULKAN_TARGET"):  # (IREE's default has no float64)
+        return (*COMMON_FLAGS, f"--iree-vulkan-target={os.environ['SLOPE_IREE_VULKAN_TARGET']}")
     if target in TARGET_BACKENDS:
         return COMMON_FLAGS
     raise _error(f"slope: the iree backend has no compile target {target!r}; targets: {sorted(TARGET_BACKENDS)}")
@@ -183,6 +185,12 @@ def _compile(mlir: str, target_backend: str, flags: tuple[str, ...]) -> bytes:
     try:
         return compile_str(mlir, target_backends=[target_backend], extra_args=list(flags))
     except CompilerToolError as error:
+        if target_backend in ("vulkan-spirv", "metal-spirv") and re.search(r"\bf64\b", str(error)):
+            raise _error(
+                f"slope: the {target_backend} target has no float64, which this program uses (float32 sums "
+                "accumulate in float64); for vulkan choose a GPU target that has it with SLOPE_IREE_VULKAN_TARGET "
+                f"(e.g. ampere, rdna3):\n{_summary(error)}"
+            ) from None
         raise _error(
             f"slope: the IREE compiler rejected a module for {target_backend} (a bug in slope-iree's translation; "
             f"please report it with LOG_JIT=1 output):\n{_summary(error)}"
