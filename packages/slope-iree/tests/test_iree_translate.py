@@ -320,6 +320,32 @@ def test_a_sum_of_a_constant_over_its_last_dimension_counts_every_element(dtype)
     np.testing.assert_allclose(grad.numpy(), 1 - 3 * softmax, rtol=1e-5, atol=1e-6)
 
 
+def test_a_sum_of_what_the_compiler_folds_to_a_constant_counts_every_element():
+    # StableHLO's canonicalizer makes 1 ** x, select(c, a, a), integer x * 0, x - x, x == x and an unsigned x >= 0
+    # splats, and IREE 3.13 summed those over the innermost dimensions as one element (or one vector) each:
+    # (1.0 ** x).sum() was 1, (u >= 0).sum() of uint8 1, a sum of 70,000 ones 4,375 (found by a review helper)
+    x = slope.tensor(np.array([0.5, 2.0, 3.0, 4.0, 7.0], np.float32))
+    u = slope.tensor(np.array([[3, 0, 255, 7], [1, 2, 3, 4]], np.uint8))
+    i = slope.tensor(np.arange(6, dtype=np.int32).reshape(2, 3))
+    cube = slope.tensor(np.zeros((2, 3, 4), np.float32))
+    cases = [
+        (lambda x: (1.0**x).sum(), x, 5.0),
+        (lambda x: (1.0**x).mean(), x, 1.0),
+        (lambda x: slope.where(x > 0, 2.0, 2.0).mean(-1), x, 2.0),
+        (lambda x: (1.0**x).sum(), slope.ones(70000), 70000.0),
+        (lambda x: (1.0**x).sum(), slope.ones(256, dtype=slope.float64), 256.0),
+        (lambda u: (u >= 0).sum(), u, 8),
+        (lambda u: (u >= 0).sum(1), u, [4, 4]),
+        (lambda i: (i * 0 + 1).sum(1), i, [3, 3]),
+        (lambda i: (i - i + 1).sum(1), i, [3, 3]),
+        (lambda i: (i == i).sum(1), i, [3, 3]),
+        (lambda i: (slope.arange(6, dtype=slope.int32) * 0 + 1).reshape(2, 3).sum(1) + i[:, 0] * 0, i, [3, 3]),
+        (lambda c: (1.0**c).sum((0, 2)), cube, [8.0, 8.0, 8.0]),
+    ]
+    for fn, value, expected in cases:
+        np.testing.assert_array_equal(slope.jit(fn)(value).numpy(), expected)
+
+
 def _numpy_backend(fn, *arrays):
     with slope.use_backend("numpy"):
         return slope.jit(fn)(*[slope.tensor(a) for a in arrays])

@@ -89,6 +89,7 @@ class Function:
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
         self.folded: set[str] = set()  # names the compiler can fold to a splat (splat constants, operations of those)
+        self.may_fold: set[str] = set()  # names its canonicalizer may fold to a splat although they read an input
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
@@ -101,10 +102,29 @@ class Function:
         splat = text.startswith("stablehlo.constant dense<") and text[len("stablehlo.constant dense<")] not in '"['
         if splat or (operands and all(o in self.folded for o in operands)):
             self.folded.add(name)
+        elif operands and self._may_fold(text, operands, aval):
+            self.may_fold.add(name)
         self.lines.append(f"    {name} = {text}")
         if aval is not None:
             self.avals[name] = aval
         return name
+
+    def _may_fold(self, text: str, operands: list[str], aval: Aval | None) -> bool:
+        """Whether StableHLO's canonicalizer may make this operation a splat although it reads an input: x - x and
+        x == x of integers, select(c, a, a), 1 ** y, an integer times 0, an unsigned x >= 0 (or what reads only such
+        values and constants)."""
+        if all(o in self.folded or o in self.may_fold for o in operands):
+            return True
+        op = text.split(" ", 1)[0].removeprefix("stablehlo.")
+        constant_operand = any(o in self.folded or o in self.may_fold for o in operands)
+        if op in ("select", "power"):
+            return constant_operand or operands[-1] == operands[-2]
+        integral = (
+            aval is not None
+            and not aval.dtype.is_float
+            and all(not self.avals[o].dtype.is_float for o in operands if o in self.avals)
+        )
+        return integral and (constant_operand or len(set(operands)) < len(operands))
 
     def tensor_type(self, aval: Aval) -> str:
         """The MLIR type of an abstract value in this function (`tensor<?x?xf32>` when dynamic)."""
@@ -194,6 +214,13 @@ class Function:
         shape = self.emit(f"shape.shape_of {x} : {self.type(x)} -> tensor<{aval.ndim}xindex>", None)
         return self.emit(f"stablehlo.dynamic_broadcast_in_dim {scalar}, {shape}, dims = [] : ({self.type(scalar)}, "
                          f"tensor<{aval.ndim}xindex>) -> {self.type(x)}", aval)  # fmt: skip
+
+    def summable(self, x: str) -> str:
+        """x ready to be summed: IREE 3.13 sums a splat it has folded (a converted constant, or what its canonicalizer
+        made one) over the innermost dimensions as if they held one element or one vector (the sum of full((2, 3), 1.0)
+        over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit; (1.0 ** x).sum() was 1, (u >= 0).sum()
+        of uint8 1, 70,000 ones 4,375), so such a value goes behind a barrier."""
+        return self.unfolded(x) if (x in self.folded or x in self.may_fold) and not self.dynamic else x
 
     def apart(self, x: str) -> str:
         """x kept apart from the gather or reverse that reads it: IREE 3.13 fails to compile one fused with a strided
@@ -686,11 +713,7 @@ def _sum(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x, shape = inputs[0], _in(instruction).shape
     if out.dtype == slope.bool_:
         return fn.reshape(fn.reduce(x, "or", False, dim), out.shape)
-    if x in fn.folded and not fn.dynamic:
-        # IREE 3.13 folds a sum of a converted splat constant over the innermost dimensions to one element (the sum of
-        # full((2, 3), 1.0) over dim 1 was 1, not 3: the gradient of log_softmax(x).sum() under jit; an int32 one, in
-        # int64, too)
-        x = fn.unfolded(x)
+    x = fn.summable(x)
     if not out.dtype.is_float:
         return fn.reshape(fn.reduce(x, "add", 0, dim), out.shape)
     count = math.prod(shape[d] for d in dim)
@@ -961,7 +984,7 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
     k, batch = index_aval.shape[-1], index_aval.ndim - 1
     combine = "or" if out.dtype == slope.bool_ else "add"
     if k == 0:  # every update adds to all of x
-        total = fn.reduce(updates, combine, False if combine == "or" else 0, range(batch))
+        total = fn.reduce(fn.summable(updates), combine, False if combine == "or" else 0, range(batch))
         return fn.binary(combine, x, total)
     if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
         return x
