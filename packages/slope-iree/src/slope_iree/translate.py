@@ -116,9 +116,12 @@ class Function:
         if all(o in self.folded or o in self.may_fold for o in operands):
             return True
         op = text.split(" ", 1)[0].removeprefix("stablehlo.")
-        constant_operand = any(o in self.folded or o in self.may_fold for o in operands)
-        if op in ("select", "power"):
-            return constant_operand or operands[-1] == operands[-2]
+        constant = [o in self.folded or o in self.may_fold for o in operands]
+        if op == "select":  # (a constant condition, or both sides constant or the same)
+            return constant[0] or all(constant[1:]) or operands[1] == operands[2]
+        if op == "power":
+            return any(constant)
+        constant_operand = any(constant)
         integral = (
             aval is not None
             and not aval.dtype.is_float
