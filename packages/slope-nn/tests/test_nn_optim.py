@@ -279,3 +279,96 @@ def test_linear_warmup_refuses_a_step_count_below_one():
     for steps in (-4, 0, 1.5):
         with pytest.raises(ValueError, match="linear_warmup: warmup_steps"):
             nn.optim.linear_warmup(0.1, steps)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_signatures_are_pytorchs(name):
+    # SGD(lr, momentum, dampening, nesterov, weight_decay) took nn.SGD(0.1, 0.9, 0, 1e-2) as nesterov=0.01 and no
+    # weight decay; Adam's fifth positional argument was `trainable` (PyTorch's: amsgrad), and SGD's lr 0.01 (1e-3)
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    ours = inspect.signature(getattr(nn, name)).parameters.values()
+    theirs = list(inspect.signature(getattr(torch.optim, name)).parameters.values())[1:]  # (less params)
+    positional = [(p.name, p.default) for p in ours if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert positional == [(p.name, p.default) for p in theirs if p.kind == p.POSITIONAL_OR_KEYWORD]
+    keyword = {p.name: p.default for p in ours if p.kind == p.KEYWORD_ONLY}
+    assert keyword["maximize"] == dict((p.name, p.default) for p in theirs)["maximize"] is False
+    assert {"trainable", "decay"} <= set(keyword)
+
+
+def test_positional_hyperparameters_update_as_pytorchs():
+    torch = pytest.importorskip("torch")
+    start, grads = model_and_grads(2)
+    start, grads = start["w"], [g["w"] for g in grads]
+    cases = [
+        (nn.SGD(0.1, 0.9, 0, 1e-2), torch.optim.SGD, (0.1, 0.9, 0, 1e-2)),
+        (nn.SGD(0.1, 0.9, 0, 0.5, True), torch.optim.SGD, (0.1, 0.9, 0, 0.5, True)),
+        (nn.Adam(1e-2, (0.8, 0.99), 1e-6, 0.1, True), torch.optim.Adam, (1e-2, (0.8, 0.99), 1e-6, 0.1, True)),
+        (nn.AdamW(1e-2, (0.8, 0.99), 1e-6, 0.1, True), torch.optim.AdamW, (1e-2, (0.8, 0.99), 1e-6, 0.1, True)),
+    ]
+    for optimizer, torch_kind, args in cases:
+        model = {"w": slope.tensor(start)}
+        state = optimizer.init(model)
+        w = torch.tensor(start, requires_grad=True)
+        reference = torch_kind([w], *args, foreach=False)
+        for grad in grads:
+            model, state = optimizer.step(model, {"w": slope.tensor(grad)}, state)
+            w.grad = torch.tensor(grad)
+            reference.step()
+        np.testing.assert_allclose(model["w"].numpy(), w.detach().numpy(), rtol=RTOL, atol=ATOL, err_msg=str(args))
+
+
+def test_flags_must_be_bools_and_betas_a_pair():
+    with pytest.raises(TypeError, match=r"SGD: nesterov must be a bool, got 0\.01 .*SGD\(lr, momentum, dampening, "):
+        nn.SGD(0.1, 0.9, 0, 0, 1e-2)
+    with pytest.raises(TypeError, match="Adam: amsgrad must be a bool, got 1"):
+        nn.Adam(1e-3, (0.9, 0.999), 1e-8, 0, 1)
+    with pytest.raises(TypeError, match="AdamW: maximize must be a bool"):
+        nn.AdamW(maximize="yes")
+    with pytest.raises(ValueError, match=r"Adam: betas must be a pair \(beta1, beta2\), got True"):
+        nn.Adam(1e-3, True)  # ("'bool' object is not iterable", naming no optimizer)
+    with pytest.raises(TypeError):
+        nn.SGD(0.1, 0, 0, 0, False, None)  # (trainable is keyword-only)
+    assert nn.SGD(0.1, nesterov=np.bool_(False)).nesterov is False
+
+
+@pytest.mark.parametrize(
+    "optimizer", [nn.SGD(0.1), nn.SGD(0.1, 0.9), nn.Adam(0.1), nn.AdamW(0.1)], ids=["sgd", "momentum", "adam", "adamw"]
+)
+def test_gradients_shaped_unlike_the_model_are_refused(optimizer):
+    # matched by position: {'a', 'c'} (or a plain list) for a model {'a', 'b'} gave b the gradient of c
+    model = {"a": slope.ones(2), "b": slope.ones(2)}
+    state = optimizer.init(model)
+    name = type(optimizer).__name__
+    with pytest.raises(ValueError, match=rf"{name}.step: the gradients are not shaped like the model: gradient leaf 1 "
+                       r"is 'c' where the model's is 'b'"):  # fmt: skip
+        optimizer.step(model, {"a": slope.ones(2), "c": slope.ones(2)}, state)
+    with pytest.raises(ValueError, match=rf"{name}.step: .* leaf 0 is '0' where the model's is 'a' \(list"):
+        optimizer.step(model, [slope.ones(2), slope.ones(2)], state)
+    layer = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=rf"{name}.step: .* leaf 0 is 'bias' where the model's is 'weight'"):
+        optimizer.step(layer, {"bias": slope.ones(1), "weight": slope.ones((1, 2))}, optimizer.init(layer))
+    # a module's static attributes may differ (gradients of its eval() copy)
+    grads = nn.grad(lambda m: m(slope.ones((3, 2))).sum())(nn.Linear(2, 1).eval())
+    new, _ = slope.jit(optimizer.step)(layer, grads, optimizer.init(layer))
+    assert not np.array_equal(new.weight.numpy(), layer.weight.numpy())
+
+
+def test_a_trainable_prefix_that_names_no_parameter_is_an_error():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1))
+    for optimizer in (nn.SGD(trainable=["1."]), nn.Adam(trainable="2.weights"), nn.SGD(trainable=["0", "3"])):
+        with pytest.raises(ValueError, match=rf"{type(optimizer).__name__}: trainable prefix '(1\.|2\.weights|3)' "
+                           r"names no parameter of the model; its parameters are \['0.weight', '0.bias', '1.weight', "
+                           r"'1.bias', '2.weight', '2.bias'\]"):  # fmt: skip
+            optimizer.init(model)
+    with pytest.raises(ValueError, match="trainable prefix '1.running_mean' names no parameter"):  # (a buffer)
+        nn.SGD(trainable="1.running_mean").init(model)
+    optimizer = nn.SGD(0.1, trainable=["0", "2.bias"])
+    grads = slope.tree.map(slope.ones_like, model)
+    new, _ = optimizer.step(model, grads, optimizer.init(model))
+    changed = [n for n, t in new.state_dict().items() if not np.array_equal(t.numpy(), model.state_dict()[n].numpy())]
+    assert changed == ["0.weight", "0.bias", "2.bias"]
+    with pytest.raises(ValueError, match=r"SGD: trainable prefix '0' names no parameter of the model; its parameters "
+                       r"are \['w'\]"):  # fmt: skip
+        optimizer.step({"w": slope.ones(1)}, {"w": slope.ones(1)}, nn.SGD(0.1).init({"w": slope.ones(1)}))

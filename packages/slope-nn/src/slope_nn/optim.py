@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
+
 import slope
 from slope import Tensor
 
@@ -183,23 +185,33 @@ class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
     `trainable` filters parameters by dotted name: a function `name -> bool`, or a string / sequence of name
-    prefixes to train (everything else is left alone). `decay` says which trained parameters get weight decay: a
+    prefixes to train (everything else is left alone; a prefix that names no parameter is an error). `decay` says which trained parameters get weight decay: a
     function `(name, param) -> bool` (`no_decay_on_biases_and_norms` keeps it to matrices), default all.
     """
 
     weight_decay = 0.0
     decay: Callable[[str, Tensor], bool] | None = None
     maximize = False  # (PyTorch's: ascend, each gradient negated first)
+    positional = "(lr)"  # the positional arguments, PyTorch's order less `params` (for messages)
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
         if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
             raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
         self.lr = lr
+        self.prefixes: tuple[str, ...] = ()  # trainable's prefixes, each of which must name some parameter
         if trainable is None or callable(trainable):
             self.trainable = trainable
         else:
-            prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+            prefixes = self.prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
             self.trainable = lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    def _flag(self, name: str, value: Any) -> bool:
+        """A boolean hyperparameter, else a TypeError naming the optimizer (a number there: an argument misplaced)."""
+        if not isinstance(value, (bool, np.bool_)):
+            owner = type(self).__name__
+            raise TypeError(f"{owner}: {name} must be a bool, got {value!r} (the positional order is PyTorch's: "
+                            f"{owner}{self.positional})")  # fmt: skip
+        return bool(value)
 
     # subclasses define these two
     def _init_leaf(self, param: Tensor) -> tuple:
@@ -222,6 +234,13 @@ class Optimizer:
                     "tie weights through a function of one parameter instead, as Embedding.attend does"
                 )
             mask.append(ok)
+        names = [name for name, kind in kinds if kind != "buffer"]
+        for prefix in self.prefixes:  # (a misspelt prefix trained nothing, silently)
+            if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+                raise ValueError(
+                    f"{type(self).__name__}: trainable prefix {prefix!r} names no parameter of the model; its "
+                    f"parameters are {names}"
+                )
         return mask
 
     def _decays(self, model: Any, leaves: list) -> list[float]:
@@ -260,6 +279,8 @@ class Optimizer:
                 f"{type(self).__name__}.step: the gradients have {len(grad_leaves)} leaves but the model has "
                 f"{len(leaves)}; pass what slope.grad(loss)(model, ...) returns"
             )
+        if slope.tree.structure(grads) != treedef:  # (matched by position, b took c's gradient)
+            self._check_names(model, grads)
         slots = self._slots(state)
         if len(slots) != len(leaves):
             raise ValueError(f"{type(self).__name__}.step: the state was made for another model; call init(model)")
@@ -294,6 +315,17 @@ class Optimizer:
             new_slots.append(tuple(s.astype(param.dtype) for s in slot))
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
 
+    def _check_names(self, model: Any, grads: Any) -> None:
+        """A ValueError unless the gradients' leaves have the model's names (a module's static attributes may differ)."""
+        for i, ((name, _), (grad_name, _)) in enumerate(zip(leaf_kinds(model), leaf_kinds(grads))):
+            if name != grad_name:
+                raise ValueError(
+                    f"{type(self).__name__}.step: the gradients are not shaped like the model: gradient leaf {i} is "
+                    f"{grad_name!r} where the model's is {name!r} ({slope.tree.describe(slope.tree.structure(grads))} "
+                    f"and {slope.tree.describe(slope.tree.structure(model))}); pass the gradients "
+                    "nn.grad(loss_fn)(model, ...) returns"
+                )
+
     def _make_state(self, count: Tensor, slots: list) -> Any:
         raise NotImplementedError
 
@@ -315,16 +347,18 @@ class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay (`maximize`
     ascends)."""
 
-    def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False) -> None:  # fmt: skip
+    positional = "(lr, momentum, dampening, weight_decay, nesterov)"
+
+    def __init__(self, lr: float | Schedule = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.decay, self.maximize = decay, bool(maximize)
+        self.decay, self.maximize = decay, self._flag("maximize", maximize)
+        self.nesterov = self._flag("nesterov", nesterov)
+        self.momentum = _in_range("SGD", "momentum", momentum, 0.0)
+        self.dampening = _in_range("SGD", "dampening", dampening, -math.inf)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
-        self.momentum = _in_range("SGD", "momentum", momentum, 0.0)
-        self.dampening = float(dampening)
-        self.nesterov = bool(nesterov)
         self.weight_decay = _in_range("SGD", "weight_decay", weight_decay, 0.0)
 
     def _init_leaf(self, param: Tensor) -> tuple:
@@ -379,14 +413,18 @@ class Adam(Optimizer):
     `maximize` ascends, `amsgrad` divides by the largest second moment so far)."""
 
     decoupled = False
+    positional = "(lr, betas, eps, weight_decay, amsgrad)"
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False,
-                 amsgrad: bool = False) -> None:  # fmt: skip
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
         super().__init__(lr, trainable)
-        self.decay, self.maximize, self.amsgrad = decay, bool(maximize), bool(amsgrad)
         name = type(self).__name__
+        self.decay, self.maximize = decay, self._flag("maximize", maximize)
+        self.amsgrad = self._flag("amsgrad", amsgrad)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r} (the positional order is "
+                             f"PyTorch's: {name}{self.positional})")  # fmt: skip
         self.beta1, self.beta2 = (_in_range(name, f"betas[{i}]", beta, 0.0, 1.0) for i, beta in enumerate(betas))
         self.eps = _in_range(name, "eps", eps, 0.0)
         self.weight_decay = _in_range(name, "weight_decay", weight_decay, 0.0)
@@ -438,7 +476,6 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, trainable: Any = None,
-                 decay: Callable[[str, Tensor], bool] | None = None, maximize: bool = False,
-                 amsgrad: bool = False) -> None:  # fmt: skip
-        super().__init__(lr, betas, eps, weight_decay, trainable, decay, maximize, amsgrad)
+                 weight_decay: float = 0.01, amsgrad: bool = False, *, maximize: bool = False, trainable: Any = None,
+                 decay: Callable[[str, Tensor], bool] | None = None) -> None:  # fmt: skip
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, trainable=trainable, decay=decay)
