@@ -145,6 +145,28 @@ def test_multi_head_attention_against_pytorch(shape, heads, causal, dtype, each_
     close(grad_model.out_proj.weight, reference.out_proj.weight.grad, dtype, scale=5.0)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dims", [None, (3, 5)], ids=["packed", "kdim_vdim"])
+def test_multi_head_attention_loads_pytorchs_state_dict(dims, bias):
+    # PyTorch stacks q, k and v in in_proj_weight / in_proj_bias (q_proj_weight, ... with kdim or vdim): a strict
+    # load_state_dict of its state dict was a KeyError naming them
+    kdim, vdim = dims or (None, None)
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim, batch_first=True)
+    state = reference.state_dict()
+    layer = nn.MultiheadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim).load_state_dict(state)
+    model = nn.Sequential(nn.Linear(4, 4), nn.MultiHeadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim))
+    model.load_state_dict({"0.weight": np.eye(4), "0.bias": np.zeros(4), **{f"1.{k}": v for k, v in state.items()}})
+    generator = np.random.default_rng(0)
+    q, k, v = (generator.standard_normal((2, 3, size or 4)).astype(np.float32) for size in (None, kdim, vdim))
+    expected, _ = reference(torch.tensor(q), torch.tensor(k), torch.tensor(v))
+    for ours in (layer, model[1]):
+        close(ours(*map(slope.tensor, (q, k, v))), expected, "float32")
+    with pytest.raises(ValueError, match=r"MultiHeadAttention.load_state_dict: 1.in_proj_weight has shape \(8, 4\), "
+                       "expected 12 rows"):  # fmt: skip
+        model.load_state_dict({"1.in_proj_weight": np.zeros((8, 4))}, strict=False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_multi_head_attention_with_a_sequence_padded_everywhere(dtype, each_backend):
     """key_padding_mask hiding every key of one sequence: PyTorch's output there is the output projection's bias

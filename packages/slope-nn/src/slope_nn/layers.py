@@ -573,6 +573,26 @@ class MultiHeadAttention(Module):
             bound = math.sqrt(6.0 / sum(init.fans(shape)))
             projection.weight = init.uniform(projection.weight.shape, -bound, bound, key=projection_key, dtype=dtype)
 
+    def _from_pytorch_state(self, state: dict, prefix: str) -> dict:
+        """The state with PyTorch's keys for this layer (`in_proj_weight` (3E, E) and `in_proj_bias` (3E,), or
+        `q_proj_weight`, `k_proj_weight` and `v_proj_weight` with kdim or vdim) as q_proj, k_proj and v_proj's."""
+        if not any(f"{prefix}{name}" in state for name in ("in_proj_weight", "in_proj_bias", "q_proj_weight")):
+            return state
+        state = dict(state)
+        for name, attribute in (("in_proj_weight", "weight"), ("in_proj_bias", "bias")):
+            if f"{prefix}{name}" in state:
+                value = state.pop(f"{prefix}{name}")
+                array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+                if array.shape[:1] != (3 * self.embed_dim,):
+                    raise ValueError(f"MultiHeadAttention.load_state_dict: {prefix}{name} has shape {array.shape}, "
+                                     f"expected {3 * self.embed_dim} rows (q, k and v stacked)")  # fmt: skip
+                for projection, part in zip("qkv", np.split(array, 3)):
+                    state[f"{prefix}{projection}_proj.{attribute}"] = part
+        for projection in "qkv":
+            if f"{prefix}{projection}_proj_weight" in state:
+                state[f"{prefix}{projection}_proj.weight"] = state.pop(f"{prefix}{projection}_proj_weight")
+        return state
+
     def _heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
         head_dim = self.embed_dim // self.num_heads

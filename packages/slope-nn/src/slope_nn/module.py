@@ -291,8 +291,11 @@ class Module:
         """Copy values (tensors or NumPy arrays) into this module's parameters and buffers; returns self.
 
         Shapes must match; values are cast to the parameter's dtype. With `strict`, missing or unexpected
-        names are errors.
+        names are errors. MultiHeadAttention layers also take PyTorch's `in_proj_weight` and `in_proj_bias`.
         """
+        for prefix, module in self.named_modules():  # (layers whose PyTorch keys differ: MultiHeadAttention's)
+            if hasattr(module, "_from_pytorch_state"):
+                state = module._from_pytorch_state(state, f"{prefix}." if prefix else "")
         leaves, treedef = slope.tree.flatten(self)
         names = [name for name, _, _ in self.named_leaves()]
         expected = {name for name, leaf in zip(names, leaves) if isinstance(leaf, Tensor)}
