@@ -285,3 +285,31 @@ def test_vmap_returns_modules_as_a_loop_would():
         assert isinstance(grads, nn.Linear)
         np.testing.assert_array_equal(grads.weight.numpy(), np.stack([g.weight.numpy() for g in loop], out_axes))
         np.testing.assert_array_equal(grads.bias.numpy(), np.stack([g.bias.numpy() for g in loop], out_axes))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+def test_batch_norm_state_dicts_load_both_ways_with_pytorch(momentum, track):
+    # PyTorch keeps num_batches_tracked for every momentum; Slope only where it reads it (momentum=None), and a
+    # strict load of PyTorch's state dict was a KeyError (found by a docs review)
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3, momentum=momentum, track_running_stats=track)
+    )
+    with torch.no_grad():
+        theirs[1].weight.uniform_(0.5, 1.5)
+        if track:
+            theirs[1].running_mean.uniform_(-1.0, 1.0)
+            theirs[1].num_batches_tracked.fill_(7)
+    ours = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3, momentum=momentum, track_running_stats=track))
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    np.testing.assert_array_equal(ours[1].weight.numpy(), theirs[1].weight.detach().numpy())
+    if track:
+        np.testing.assert_array_equal(ours[1].running_mean.numpy(), theirs[1].running_mean.numpy())
+    if track and momentum is None:
+        assert int(ours[1].num_batches_tracked) == 7
+    back = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3, momentum=momentum, track_running_stats=track)
+    )
+    back.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})  # (strict)
+    np.testing.assert_array_equal(back[1].weight.detach().numpy(), ours[1].weight.numpy())

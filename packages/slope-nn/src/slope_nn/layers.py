@@ -312,6 +312,13 @@ class BatchNorm(Module):
             if momentum is None:  # (PyTorch keeps the count for every momentum; here only where it is read)
                 self.register_buffer("num_batches_tracked", slope.zeros((), dtype=slope.int64))
 
+    def _from_pytorch_state(self, state: dict, prefix: str) -> dict:
+        """The state without PyTorch's `num_batches_tracked` where this layer keeps no count (a momentum is set)."""
+        key = f"{prefix}num_batches_tracked"
+        if key not in state or (self.track_running_stats and self.momentum is None):
+            return state
+        return {name: value for name, value in state.items() if name != key}
+
     def forward(self, x: Tensor) -> Tensor:
         """Normalize each channel."""
         ranks_ok = x.ndim >= 2 if self.input_dims is None else x.ndim in self.input_dims

@@ -291,9 +291,10 @@ class Module:
         """Copy values (tensors or NumPy arrays) into this module's parameters and buffers; returns self.
 
         Shapes must match; values are cast to the parameter's dtype. With `strict`, missing or unexpected
-        names are errors. MultiHeadAttention layers also take PyTorch's `in_proj_weight` and `in_proj_bias`.
+        names are errors. MultiHeadAttention layers also take PyTorch's `in_proj_weight` and `in_proj_bias`, and
+        BatchNorm layers its `num_batches_tracked` (ignored where they keep no count).
         """
-        for prefix, module in self.named_modules():  # (layers whose PyTorch keys differ: MultiHeadAttention's)
+        for prefix, module in self.named_modules():  # (layers whose PyTorch keys differ)
             if hasattr(module, "_from_pytorch_state"):
                 state = module._from_pytorch_state(state, f"{prefix}." if prefix else "")
         leaves, treedef = slope.tree.flatten(self)

@@ -185,8 +185,9 @@ class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
     `trainable` filters parameters by dotted name: a function `name -> bool`, or a string / sequence of name
-    prefixes to train (everything else is left alone; a prefix that names no parameter is an error). `decay` says which trained parameters get weight decay: a
-    function `(name, param) -> bool` (`no_decay_on_biases_and_norms` keeps it to matrices), default all.
+    prefixes to train (everything else is left alone; a prefix that names no parameter is an error). `decay` says
+    which trained parameters get weight decay: a function `(name, param) -> bool` (`no_decay_on_biases_and_norms`
+    keeps it to matrices), default all.
     """
 
     weight_decay = 0.0
@@ -316,7 +317,7 @@ class Optimizer:
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
 
     def _check_names(self, model: Any, grads: Any) -> None:
-        """A ValueError unless the gradients' leaves have the model's names (a module's static attributes may differ)."""
+        """A ValueError unless the gradients' leaves have the model's names (a module's static attributes may vary)."""
         for i, ((name, _), (grad_name, _)) in enumerate(zip(leaf_kinds(model), leaf_kinds(grads))):
             if name != grad_name:
                 raise ValueError(
