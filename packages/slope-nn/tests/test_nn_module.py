@@ -313,3 +313,21 @@ def test_batch_norm_state_dicts_load_both_ways_with_pytorch(momentum, track):
     )
     back.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})  # (strict)
     np.testing.assert_array_equal(back[1].weight.detach().numpy(), ours[1].weight.numpy())
+
+
+def test_arguments_pytorch_refuses_are_refused():
+    # found by a review helper: each computed something (NaN, or ignored the argument) where PyTorch raises
+    x = slope.ones((4, 3))
+    with pytest.raises(ValueError, match="eps must be positive during training, but got 0.0"):
+        nn.BatchNorm1d(3, eps=0.0)(x)
+    with pytest.raises(ValueError, match="eps must be non-negative, but got -2.0"):
+        nn.BatchNorm1d(3, eps=-2.0).eval()(x)
+    np.testing.assert_array_equal(nn.BatchNorm1d(3, eps=0.0).eval()(x).numpy(), np.ones((4, 3)))  # (as PyTorch)
+    logits, probabilities = slope.ones((2, 3)), slope.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="ignore_index is not supported for probability"):
+        nn.cross_entropy(logits, probabilities, ignore_index=0)
+    assert np.isfinite(float(nn.cross_entropy(logits, probabilities)))
+    with pytest.raises(ValueError, match="negative_slope True not a valid number"):
+        nn.init.calculate_gain("leaky_relu", True)
+    with pytest.raises(ValueError, match="expected std >= 0"):
+        nn.init.normal((3,), 0.0, -1.0, key=slope.random.key(0))

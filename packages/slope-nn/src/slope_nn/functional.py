@@ -409,6 +409,8 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     logp = log_softmax(logits, class_dim)
     if not target.dtype.is_float:
         return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing)
+    if ignore_index != -100:  # (it was ignored: PyTorch refuses it)
+        raise ValueError("slope.cross_entropy: ignore_index is not supported for probability (floating-point) targets")
     if target.shape != logits.shape:
         raise slope.ShapeError(
             f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"

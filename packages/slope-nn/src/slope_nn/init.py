@@ -62,6 +62,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
+        if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float))):
+            raise ValueError(f"slope.nn.init.calculate_gain: negative_slope {param!r} not a valid number")
         slope_value = 0.01 if param is None else param
         return math.sqrt(2.0 / (1 + slope_value**2))
     if nonlinearity == "selu":
@@ -78,6 +80,8 @@ def uniform(shape: Any, a: float = 0.0, b: float = 1.0, key: Tensor | None = Non
 
 def normal(shape: Any, mean: float = 0.0, std: float = 1.0, key: Tensor | None = None, dtype: Any = None) -> Tensor:
     """Samples from N(mean, std**2)."""
+    if not std >= 0:
+        raise ValueError(f"slope.nn.init.normal: expected std >= 0, got {std}")
     shape, dtype = _shape_dtype(shape, dtype)
     values = slope.random.normal(_key(key), shape, slope.float32) * std + mean
     return values.astype(dtype) if dtype != slope.float32 else values

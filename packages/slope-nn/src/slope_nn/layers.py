@@ -328,10 +328,14 @@ class BatchNorm(Module):
                 f"{type(self).__name__}: expected input (N, {self.num_features}, ...){ranks}, got shape {x.shape}"
             )
         narrow = _check_norm_dtypes(self, x, self.weight, self.bias, getattr(self, "running_mean", None))
+        batch_statistics = self.training or not self.track_running_stats
+        if not (self.eps > 0 if batch_statistics else self.eps >= 0):  # (PyTorch's checks and messages)
+            which = "positive during training" if batch_statistics else "non-negative"
+            raise ValueError(f"{type(self).__name__}: batch_norm eps must be {which}, but got {self.eps}")
         wide = x.astype(slope.float32) if narrow else x
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         dims = (0, *range(2, x.ndim))
-        if self.training or not self.track_running_stats:
+        if batch_statistics:
             if x.numel() == self.num_features:  # (one value per channel has no spread to normalise by)
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when using batch "
                                  f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
