@@ -331,3 +331,18 @@ def test_arguments_pytorch_refuses_are_refused():
         nn.init.calculate_gain("leaky_relu", True)
     with pytest.raises(ValueError, match="expected std >= 0"):
         nn.init.normal((3,), 0.0, -1.0, key=slope.random.key(0))
+
+
+def test_ceil_mode_pooling_keeps_a_partial_window_larger_than_the_input():
+    # PyTorch's ceil_mode makes one partial window where the kernel is larger than the padded input; Slope refused it
+    # as "kernel larger than the input" (found by a review helper); without ceil_mode both refuse
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    x = np.array([[[4.0, 6.0, 8.0]]], np.float32)
+    cases = [(lambda t: nn.functional.avg_pool(t, 4, 2, ceil_mode=True), lambda t: tf.avg_pool1d(t, 4, 2, ceil_mode=True)),
+             (lambda t: slope.max_pool(t, 4, 2, ceil_mode=True), lambda t: tf.max_pool1d(t, 4, 2, ceil_mode=True)),
+             (lambda t: nn.MaxPool1d(5, 3, padding=1, ceil_mode=True)(t), lambda t: tf.max_pool1d(t, 5, 3, 1, ceil_mode=True))]  # fmt: skip
+    for ours, theirs in cases:
+        np.testing.assert_array_equal(ours(slope.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy())
+    with pytest.raises(slope.ShapeError, match="larger than the input"):
+        slope.max_pool(slope.tensor(x), 4, 2)

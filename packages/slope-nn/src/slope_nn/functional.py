@@ -289,7 +289,7 @@ def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, cei
     """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode
     keeps a last window that runs past the padded input (divided by its positions inside the padded input)."""
     x = _float(x)
-    kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1)
+    kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1, bool(ceil_mode))
     n, lead = len(kernel), x.ndim - len(kernel)
     spatial = x.shape[lead:]
     extra = ceil_mode_extra(spatial, kernel, stride, padding, dilation) if ceil_mode else (0,) * n

@@ -308,8 +308,10 @@ def shift_for_exp(x: Tensor, dim: Any) -> Tensor:
 # ----------------------------------------------------------------------------------------------- pooling
 
 
-def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> tuple:
-    """(kernel, stride, padding, dilation) as tuples over the trailing dimensions, checked against x's shape."""
+def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool = False) -> tuple:  # fmt: skip
+    """(kernel, stride, padding, dilation) as tuples over the trailing dimensions, checked against x's shape (with
+    ceil_mode, a kernel larger than the padded input still makes PyTorch's one partial window)."""
     n = len(kernel_size) if isinstance(kernel_size, (tuple, list)) else max(x.ndim - 2, 1)
     kernel = ints(name, kernel_size, "kernel_size", 1, n)
     stride = kernel if stride is None else ints(name, stride, "stride", 1, n)
@@ -322,8 +324,10 @@ def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any,
         )
     if 0 in x.shape[max(x.ndim - n - 1, 0) :]:  # only the batch dimension may be empty, as in PyTorch
         raise slope.ShapeError(f"slope.{name}: the channel and pooled dimensions of shape {x.shape} must not be empty")
-    for size, k, p, d in zip(x.shape[x.ndim - n :], kernel, padding, dilation):
-        if size + 2 * p < d * (k - 1) + 1:
+    for size, k, st, p, d in zip(x.shape[x.ndim - n :], kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        windows = -(-span // st) + 1 - ((-(-span // st)) * st >= size + p) if ceil_mode else span // st + 1
+        if windows < 1:
             raise slope.ShapeError(
                 f"slope.{name}: kernel {kernel} (dilation {dilation}) is larger than the input of shape {x.shape} "
                 f"with padding {padding}"
@@ -403,8 +407,9 @@ def windows_overlap(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
 class _Pooling(Operator):
     """Shared by max_pool and max_pool_argmax: parameters, inference, batching."""
 
-    def params(self, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> dict:
-        kernel, stride, padding, dilation = pool_args(self.name, x, kernel_size, stride, padding, dilation)
+    def params(self, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool = False
+               ) -> dict:  # fmt: skip
+        kernel, stride, padding, dilation = pool_args(self.name, x, kernel_size, stride, padding, dilation, ceil_mode)
         return {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
 
     def infer(self, x: Aval, *, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> Aval:
@@ -437,7 +442,7 @@ class MaxPool(_Pooling):
                  return_indices: bool = False, ceil_mode: bool = False) -> Any:  # fmt: skip
         # (the flags keyword-only: PyTorch's F.max_pool2d takes ceil_mode sixth and return_indices seventh)
         x = _tensor(x)
-        params = self.params(x, kernel_size, stride, padding, dilation)
+        params = self.params(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
         n = len(params["kernel"])
         extra = ceil_mode_extra(x.shape[x.ndim - n :], **params) if ceil_mode else ()
         if any(extra):  # PyTorch's last, partial windows: the input padded on the right with what max ignores
