@@ -91,7 +91,7 @@ _FATAL = 4
 # translations add 0 on purpose where a result must not be -0.0 (|x| of -0.0, say; rsqrt(|-0.0|) became -inf);
 # DivMulFusion makes Div(1, x) * y into y / x (rounded once, not twice as eagerly) where the 1 is one that
 # onnxruntime itself folded (jacrev's seed of a one-element output; known ones are Reciprocal already, graph.py)
-_DISABLED_OPTIMIZERS = ["NoopElimination", "DivMulFusion"]
+_DISABLED_OPTIMIZERS = ["NoopElimination", "DivMulFusion", "GeluFusionL1", "GeluFusionL2"]  # (and see graph.py)
 
 # Programs whose tensors are all at most this big gain nothing from a thread pool.
 SMALL_PROGRAM_ELEMENTS = 1 << 15

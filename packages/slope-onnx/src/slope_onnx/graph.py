@@ -539,6 +539,21 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                     return helper.make_node("Abs", [x], list(add.output))
         return None
 
+    def unmatched_gelu(add: onnx.NodeProto) -> onnx.NodeProto | None:
+        """c + erf(y), c a one-element constant, as c - (-erf(y)) (the same bits): onnxruntime's GeluFusionL1 (on in
+        every session but ORT_DISABLE_ALL: a user's default session) ran a hand-written x * 0.5 * (1 + erf(x / s)) as
+        its Gelu kernel for any s within about 1e-5 of sqrt(2), with sqrt(2) (1.4142: 3e-6 off, 10% in the tail) and
+        without the product's overflow (3e38 for inf). Sub is what it does not match."""
+        for position in (0, 1):
+            value = graph.value(add.input[1 - position])
+            if made(add.input[position], "Erf") is None or value is None or value.size != 1:
+                continue
+            negated = helper.make_node("Neg", [add.input[position]], [graph.fresh("neg")])
+            producer[negated.output[0]] = len(result)
+            result.append(negated)
+            return helper.make_node("Sub", [add.input[1 - position], negated.output[0]], list(add.output))
+        return None
+
     def dequantized(mul: onnx.NodeProto) -> onnx.NodeProto | None:
         """Mul(Cast(x: int8 or uint8 -> float32), s), s a finite float32 constant of one element, as
         DequantizeLinear(x, s): the same products (an 8-bit integer is exact in float32) in one pass over the tensor
@@ -758,6 +773,8 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                                transB=1 - attributes["transA"])  # fmt: skip
         elif op == "Add" and len(node.input) == 2 and (absolute_value := absolute(node)) is not None:
             node = absolute_value
+        elif op == "Add" and len(node.input) == 2 and (unmatched := unmatched_gelu(node)) is not None:
+            node = unmatched
         elif op == "Mul" and len(node.input) == 2 and (dequantizing := dequantized(node)) is not None:
             node = dequantizing
         elif op == "Div" and (inverse := reciprocal(node)) is not None:
