@@ -108,6 +108,7 @@ class _Graph:
             if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
                 self.types[info.name] = (tensor.elem_type, tuple(d.dim_value for d in tensor.shape.dim))
         self.constants = {t.name for t in model.graph.initializer}
+        self.types.update((t.name, (t.data_type, tuple(t.dims))) for t in model.graph.initializer)
         self.outputs = {o.name for o in model.graph.output}
         self.producers = {name: node for node in model.graph.node for name in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -156,7 +157,7 @@ class _Graph:
         x, w = node.input[0], node.input[1]
         attributes = _attributes(node)
         filter_shape = self.float_shape(w, 4)
-        if w in self.constants or self.float_shape(x, 4) is None or filter_shape is None:
+        if self.float_shape(x, 4) is None or filter_shape is None:
             return False
         if attributes.get("group", 1) != 1 or attributes.get("auto_pad", b"NOTSET") != b"NOTSET":
             return False
@@ -172,8 +173,13 @@ class _Graph:
             helper.make_node(
                 "Reshape", [f"{name}_nchwc_wt", self.constant(f"{name}_nchwc_shape", filter_shape)], [f"{name}_nchwc_w"]
             ),  # fmt: skip
-            helper.make_node("ReorderInput", [x], [f"{name}_nchwc_x"], domain=DOMAIN, channels_last=0),
         ]
+        pads = attributes.pop("pads", [0, 0, 0, 0])
+        if any(pads):  # the NCHWc kernel skips padding: an explicit Pad's zeros meet the filter (inf * 0 is NaN)
+            amounts = self.constant(f"{name}_nchwc_pads", [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])
+            nodes.append(helper.make_node("Pad", [x, amounts], [f"{name}_nchwc_padded"]))
+            x = f"{name}_nchwc_padded"
+        nodes.append(helper.make_node("ReorderInput", [x], [f"{name}_nchwc_x"], domain=DOMAIN, channels_last=0))
         result = name
         users = self.consumers.get(name, [])
         if self.only_use(name, users[0] if users else None) and users[0].op_type == "Relu" and users[0].domain == "":
