@@ -1,6 +1,7 @@
-"""The rewrites of a CPU session's model (`slope_onnx.cpu_rewrites`): NCHWc convolutions with filters that are
-inputs, and max pooling by phases. Each case is big enough for a session with threads (where the rewrites apply) and
-is compared with the NumPy backend, values and gradients; the rewritten graph is checked to hold the new forms."""
+"""The rewrites of a CPU session's model (`slope_onnx.cpu_rewrites`): NCHWc convolutions (filters that are inputs
+or constants), and max pooling by phases. Each case is big enough for a session with threads (where the rewrites
+apply) and is compared with the NumPy backend, values and gradients; the rewritten graph is checked to hold the new
+forms."""
 
 from __future__ import annotations
 
@@ -184,6 +185,7 @@ def test_the_benchmark_cnn_step_matches_numpy(session_models):
     assert kinds.count("If") == 2  # their NaN guards, run only when a value is NaN
     if cpu_rewrites.block_size():
         assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
+    assert kinds.count("Col2Im") == 1  # conv2's input gradient: one GEMM, its products added in place
 
 
 def test_pooling_by_phases_keeps_a_nan_in_a_window(session_models):
