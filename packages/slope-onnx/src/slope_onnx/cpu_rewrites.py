@@ -9,7 +9,10 @@ rounding in the convolutions (a window holding a NaN pools to NaN in both, its i
   the session. A training step's filters are inputs, so its Conv falls back to im2col + GEMM, 30-40% slower. The
   rewrite builds the graph onnxruntime's optimizer would, with the filter reordered inside the graph:
   `ReorderInput(x) -> com.microsoft.nchwc Conv(x, Transpose(w), b, activation) -> ReorderOutput`. B depends on the
-  CPU (16 with AVX-512, 8 with AVX2): `block_size` reads it off a filter onnxruntime reordered itself.
+  CPU (16 with AVX-512, 8 with AVX2): `block_size` reads it off a filter onnxruntime reordered itself. Constant
+  filters take it too (onnxruntime folds their Transpose): its own rewrite (NchwcTransformer) is off in Slope's
+  sessions (backend.py). The kernel skips padding, so a padded Conv gets a `Pad` first: an infinite weight meets
+  its zeros (NaN, as the plain Conv and PyTorch).
 - Pooling by phases. `MaxPool(Relu(Conv(x)))` with non-overlapping k x k windows, when the MaxPool's indices are
   used (a training step) and the convolution is cheap (a first layer: few input channels), computes the convolution
   once per window position ("phase") with stride k instead: the window maximum is then an element-wise Max of the
@@ -146,7 +149,7 @@ class _Graph:
 
     # ------------------------------------------------------------------------------------------- NCHWc convolutions
     def blocked_convs(self) -> bool:
-        """Give each float32 2-d Conv whose filter is not a constant (channels in whole blocks) the NCHWc kernel."""
+        """Give each float32 2-d Conv (channels in whole blocks, one group) the NCHWc kernel."""
         changed = False
         for node in self.model.graph.node:
             if id(node) not in self.replaced and node.op_type == "Conv" and node.domain == "":
