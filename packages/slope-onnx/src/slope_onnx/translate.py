@@ -632,9 +632,9 @@ def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
 
 
 def _tap(graph: OnnxGraph, name: str) -> tuple[tuple, int, tuple] | None:
-    """((products, taps, spatial size), k, offset) when `name` is pad(reshape(products[:, :, k::taps]), offset): tap k
-    of a stride-1 convolution's input gradient placed into the input (slope-core's Conv.transpose), from the float32
-    products (N, 1, C * taps, P) of its one group; else None."""
+    """((products, taps, tap shape), k, offset) when `name` is pad(reshape(products[:, k::taps]), offset): tap k of a
+    stride-1 2-d convolution's input gradient (slope-core's Conv.transpose), images innermost: the float32 products
+    (groups, C/groups * taps, positions * N) placed into (C, H, W, N); else None."""
     source, lo, _, value = graph.padded.get(name, (name, (0, 0, 0, 0), (), 0))  # (a tap at offset 0: unpadded)
     reshape, lo = graph.producers.get(source) if len(lo) == 4 else None, list(lo)
     if reshape is not None and reshape.op_type == "Slice" and len(reshape.input) == 4:  # cropped (a negative offset)
@@ -642,34 +642,35 @@ def _tap(graph: OnnxGraph, name: str) -> tuple[tuple, int, tuple] | None:
         crops = [] if axes is None or starts is None else list(zip(axes.tolist(), starts.tolist()))
         for axis, begin in crops:
             lo[axis % 4] -= begin
-        reshape = graph.producers.get(reshape.input[0]) if crops and {a for a, _ in crops} <= {2, 3} else None
+        reshape = graph.producers.get(reshape.input[0]) if crops and {a for a, _ in crops} <= {1, 2} else None
     sliced = graph.producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
     if value != 0 or sliced is None or sliced.op_type != "Slice" or len(sliced.input) != 5:
         return None
     starts, ends, axes, steps = (graph.value(n) for n in sliced.input[1:])
     products = sliced.input[0]
     shape = graph.shapes.get(products, ())
-    if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or axes[0] != 2 or len(shape) != 4:
-        return None
-    if shape[1] != 1 or ends[0] < shape[2] or graph.dtypes.get(products) != slope.float32 or lo[:2] != [0, 0]:
+    if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or axes[0] != 1 or len(shape) != 3:
         return None
     taps, tap_shape = int(steps[0]), graph.shapes.get(reshape.output[0], ())
-    if len(tap_shape) != 4 or tap_shape[:2] != (shape[0], shape[2] // taps) or math.prod(tap_shape[2:]) != shape[3]:
+    if ends[0] < shape[1] or graph.dtypes.get(products) != slope.float32 or lo[0] or lo[3] or len(tap_shape) != 4:
         return None
-    return (products, taps, tap_shape[2:]), int(starts[0]), tuple(lo[2:])
+    if tap_shape[0] != shape[0] * (shape[1] // taps) or math.prod(tap_shape[1:]) != shape[2]:
+        return None
+    return (products, taps, tap_shape), int(starts[0]), tuple(lo[1:3])
 
 
 def _col2im_sum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
     """A stride-1 2-d convolution's input gradient as one Col2Im, when this Add completes the sum of its taps'
     placements (`_tap`); else None, a partial sum noted (the Adds before the last are left unused). onnxruntime's
-    Col2Im adds the products in place, with no padded copies and no product of a padding zero."""
+    Col2Im adds the products in place, with no padded copies: it reads the images as one wide image whose columns
+    interleave them (a dilation of N along the width)."""
     parts = []
     for name in inputs:
         tap = None if name in graph.taps else _tap(graph, name)
         parts.append(graph.taps.get(name) or (tap and (tap[0], {tap[1]: tap[2]})))
     if None in parts or parts[0][0] != parts[1][0] or set(parts[0][1]) & set(parts[1][1]):
         return None
-    (products, taps, size), offsets, out = parts[0][0], {**parts[0][1], **parts[1][1]}, _out(instruction)
+    (products, taps, (_, h, w, batch)), offsets, out = parts[0][0], {**parts[0][1], **parts[1][1]}, _out(instruction)
     if not set(offsets) <= set(range(taps)):
         return None
     if len(offsets) < taps:
@@ -684,31 +685,16 @@ def _col2im_sum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -
         return None
     if any(offsets[k] != tuple(s + d * i for s, d, i in zip(start, dilation, divmod(k, wide))) for k in offsets):
         return None
-    end = [n + d * (k - 1) - h + s for n, d, k, h, s in zip(size, dilation, kernel, out.shape[2:], start)]
+    channels, height, width, _ = out.shape
+    end = [n + d * (k - 1) - m + s for n, d, k, m, s in zip((h, w), dilation, kernel, (height, width), start)]
     if min(end) < 0:
         return None
-    (batch, channels, height, width), pads = out.shape, [-start[0], -start[1], *end]
-    product = graph.producers.get(products)
-    weight = graph.narrower.get(product.input[0]) if product is not None and product.op_type == "MatMul" else None
-    flat = graph.producers.get(product.input[1]) if weight is not None else None
-    cotangent = flat.input[0] if flat is not None and flat.op_type == "Reshape" else None
-    if cotangent is None or len(graph.shapes.get(cotangent, ())) != 4 or graph.shapes[cotangent][2:] != size:
-        cols = graph.reshape(products, (batch, channels * taps, math.prod(size)))
-        return graph.node("Col2Im", [cols, graph.int64s(out.shape[2:]), graph.int64s(kernel)], shape=out.shape,
-                          dilations=list(dilation), pads=pads, strides=[1, 1])  # fmt: skip
-    # the images innermost (as the weight gradient's GEMM also wants them): one GEMM for all images, and a Col2Im
-    # that reads the images as one wide image whose columns interleave them (a dilation of `batch` along the width)
-    out_channels, columns, wide_size = graph.shapes[cotangent][1], channels * taps, math.prod(size) * batch
-    images_last = graph.node("Transpose", [cotangent], shape=(out_channels, *size, batch), perm=[1, 2, 3, 0])
-    flat_weight = graph.reshape(weight, (columns, out_channels))
-    cols = graph.node("Gemm", [flat_weight, graph.reshape(images_last, (out_channels, wide_size))],
-                      shape=(columns, wide_size))  # fmt: skip
-    image = graph.node("Col2Im", [graph.reshape(cols, (1, columns, wide_size)), graph.int64s((height, width * batch)),
-                                  graph.int64s(kernel)], shape=(1, channels, height, width * batch),
-                       dilations=[dilation[0], dilation[1] * batch], strides=[1, 1],
-                       pads=[pads[0], pads[1] * batch, pads[2], pads[3] * batch])  # fmt: skip
-    image = graph.reshape(image, (channels, height, width, batch))
-    return graph.node("Transpose", [image], shape=out.shape, perm=[3, 0, 1, 2])
+    groups = graph.shapes[products][0]
+    image = graph.node("Col2Im", [products, graph.int64s((height, width * batch)), graph.int64s(kernel)],
+                       shape=(groups, channels // groups, height, width * batch), strides=[1, 1],
+                       dilations=[dilation[0], dilation[1] * batch],
+                       pads=[-start[0], -start[1] * batch, end[0], end[1] * batch])  # fmt: skip
+    return graph.reshape(image, out.shape)
 
 
 def _add(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
