@@ -324,6 +324,43 @@ def test_conv_transpose_with_infinite_weights_and_without_batch(backend, x_shape
         slope.conv_transpose(slope.tensor(x), slope.tensor(w), slope.ones(7), **kwargs)
 
 
+CONV_GRADIENTS = [  # (x shape, w shape, kwargs, index of the infinite weight)
+    ((1, 1, 5, 5), (1, 1, 3, 3), {}, 4),  # the review's find: 16 NaNs where PyTorch has none
+    ((2, 4, 7, 6), (8, 4, 3, 3), {"padding": 1}, 0),  # onnxruntime float32: one GEMM and a Col2Im
+    ((2, 4, 9, 8), (6, 2, 3, 2), {"stride": (2, 1), "padding": ((1, 2), (0, 1)), "dilation": (1, 2), "groups": 2}, 1),
+    ((2, 3, 11), (4, 3, 3), {"stride": 2, "padding": 2, "dilation": 2}, 2),
+    ((1, 2, 4, 5, 5), (2, 1, 2, 2, 3), {"stride": 2, "padding": 1, "groups": 2}, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs,at", CONV_GRADIENTS)
+def test_conv_input_gradient_never_multiplies_an_inserted_zero(backend, x_shape, w_shape, kwargs, at, dtype):
+    """A convolution's input gradient is conv_transpose's sum (above): an infinite weight gives inf or NaN only where
+    a cotangent element meets it, as PyTorch. It correlated the zero-padded, stride-dilated cotangent with the
+    flipped weight, so inf * 0 made NaN wherever the weight met padding (float64 everywhere; float32 but for
+    onnxruntime's jitted 2-d stride-1 form). Eager and jitted."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    w.reshape(-1)[at] = np.inf
+    padding = kwargs.get("padding", 0)
+    padding = padding if isinstance(padding, tuple) else ((padding, padding),) * (len(x_shape) - 2)
+    params = {k: v for k, v in kwargs.items() if k != "padding"}
+    tx = torch.tensor(x, requires_grad=True)
+    padded = F.pad(tx, [amount for pair in reversed(padding) for amount in pair])  # PyTorch's convs pad evenly
+    out = getattr(F, f"conv{len(x_shape) - 2}d")(padded, torch.tensor(w), **params)
+    probe = rng.standard_normal(tuple(out.shape)).astype(dtype)
+    (out * torch.tensor(probe)).sum().backward()
+
+    def grad(a, k, c):
+        return slope.grad(lambda t: (slope.conv(t, k, **kwargs) * c).sum())(a)
+
+    for run in (grad, slope.jit(grad)):
+        got = run(slope.tensor(x), slope.tensor(w), slope.tensor(probe)).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(tx.grad.numpy()))
+        np.testing.assert_allclose(got, tx.grad.numpy(), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_conv_takes_a_batchless_input_and_checks_its_bias(backend):
     x, w = np.arange(12.0, dtype=np.float32).reshape(2, 6), np.ones((3, 2, 2), np.float32)
     same(slope.conv(slope.tensor(x), slope.tensor(w)), F.conv1d(torch.tensor(x), torch.tensor(w)))

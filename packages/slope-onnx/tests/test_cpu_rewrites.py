@@ -1,6 +1,7 @@
-"""The rewrites of a CPU session's model (`slope_onnx.cpu_rewrites`): NCHWc convolutions with filters that are
-inputs, and max pooling by phases. Each case is big enough for a session with threads (where the rewrites apply) and
-is compared with the NumPy backend, values and gradients; the rewritten graph is checked to hold the new forms."""
+"""The rewrites of a CPU session's model (`slope_onnx.cpu_rewrites`): NCHWc convolutions (filters that are inputs
+or constants), and max pooling by phases. Each case is big enough for a session with threads (where the rewrites
+apply) and is compared with the NumPy backend, values and gradients; the rewritten graph is checked to hold the new
+forms."""
 
 from __future__ import annotations
 
@@ -184,6 +185,7 @@ def test_the_benchmark_cnn_step_matches_numpy(session_models):
     assert kinds.count("If") == 2  # their NaN guards, run only when a value is NaN
     if cpu_rewrites.block_size():
         assert kinds.count("ReorderInput") == 1  # conv2 in NCHWc (32 and 64 channels: whole blocks of 4, 8, 16)
+    assert kinds.count("Col2Im") == 1  # conv2's input gradient: one GEMM, its products added in place
 
 
 def test_pooling_by_phases_keeps_a_nan_in_a_window(session_models):
@@ -244,3 +246,54 @@ def test_a_lazy_nan_guard_of_maxpool_names_the_last_nan_as_pytorch(session_model
         if data is x:
             np.testing.assert_array_equal(got.numpy(), expected.numpy())
             np.testing.assert_array_equal(np.isnan(got_values.numpy()), np.isnan(values.numpy()))
+
+
+def _jit_and_eager(f, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """f jitted on onnxruntime (a session with threads) and eagerly on the NumPy backend."""
+    jitted = slope.jit(f)(*(slope.tensor(a) for a in arrays)).numpy()
+    with slope.use_backend("numpy"):
+        return jitted, f(*(slope.tensor(a) for a in arrays)).numpy()
+
+
+@pytest.mark.parametrize("closed_over", [False, True])
+@pytest.mark.parametrize("groups", [1, 16])
+def test_blocked_convolutions_multiply_the_padding(closed_over, groups, session_models):
+    """An infinite weight meets the padding's zeros: NaN there, as eagerly (the NCHWc kernel skips padding, so the
+    rewrite pads first; onnxruntime's own NCHWc rewrite of constant filters gave no NaN, depthwise ones too)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 16 // groups, 3, 3)).astype(np.float32)
+    w[0, 0, 0, 0] = np.inf
+    if closed_over:
+        filters = slope.tensor(w)
+        jitted, eager = _jit_and_eager(lambda a: slope.conv(a, filters, padding=1, groups=groups) * 2, x)
+    else:
+        jitted, eager = _jit_and_eager(lambda a, k: slope.conv(a, k, padding=1, groups=groups) * 2, x, w)
+    assert np.isnan(eager).sum() == 2 * 79  # the first row and column of channel 0, in both images
+    np.testing.assert_array_equal(np.isnan(jitted), np.isnan(eager))
+    finite = np.abs(eager[np.isfinite(eager)]).max()
+    np.testing.assert_allclose(jitted, eager, rtol=RTOL, atol=ATOL_OF_LARGEST * finite)
+    kinds = [node.op_type for node in session_models[-1].graph.node]
+    if cpu_rewrites.block_size() and groups == 1:  # constant filters are rewritten too
+        assert kinds.count("ReorderInput") == 1 and kinds.count("Pad") == 1
+
+
+def test_a_sum_of_two_convolutions_is_not_accumulated_in_blocks(session_models):
+    """conv(x, b) + conv(x, a) with closed-over filters: onnxruntime's NchwcTransformer (now off) made the second
+    convolution add its blocks of input channels onto the first's output one by one, so 3e38 + 3e38 - 3e38 became inf
+    and 2**24 + 1 + 1 stayed 2**24; Slope's NCHWc rewrite keeps the Add outside."""
+    x = np.ones((2, 32, 24, 24), np.float32)
+    for big, first, second in ((3e38, 3e38, -3e38), (2.0**24, 1.0, 1.0)):
+        wa, wb = np.zeros((16, 32, 3, 3), np.float32), np.zeros((16, 32, 3, 3), np.float32)
+        wa[:, 0, 1, 1], wb[:, 0, 1, 1], wb[:, 16, 1, 1] = big, first, second
+        a, b = slope.tensor(wa), slope.tensor(wb)
+
+        def summed(t, a=a, b=b):
+            return slope.conv(t, b, padding=1) + slope.conv(t, a, padding=1)
+
+        jitted, eager = _jit_and_eager(summed, x)
+        assert eager[0, 0, 5, 5] == np.float32(big) + np.float32(first + second)
+        np.testing.assert_array_equal(jitted, eager)
+        if cpu_rewrites.block_size():
+            kinds = [node.op_type for node in session_models[-1].graph.node]
+            assert kinds.count("ReorderInput") == 2 and kinds.count("Add") == 1

@@ -549,3 +549,33 @@ def test_a_reopened_pooled_session_keeps_the_constants_it_was_compiled_with(monk
         slope.jit(lambda p: p * 0.5, donate_argnums=0)(w)  # w's memory goes back to onnxruntime
         other(x)  # closes predict's session (one pooled session open at a time)
         np.testing.assert_allclose(predict(x).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((2, 4, 7, 6), (8, 4, 3, 3), {"padding": 1}),
+        ((2, 4, 9, 8), (8, 4, 3, 2), {"padding": ((2, 0), (1, 3)), "dilation": (2, 3)}),
+        ((2, 4, 6, 6), (8, 2, 3, 3), {"padding": 1, "groups": 2}),
+    ],
+)
+def test_conv_input_gradient_adds_its_taps_with_one_col2im(x_shape, w_shape, params):
+    """slope-core places each kernel offset's share of a conv's input gradient by a Pad and adds them; a stride-1
+    2-d float32 one is one Col2Im here (no Pad, no Add), with the NumPy backend's values."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape)]
+    with slope.use_backend("numpy"):
+        out_shape = slope.conv(*(slope.tensor(a) for a in arrays), **params).shape
+    arrays.append(rng.standard_normal(out_shape).astype(np.float32))  # the cotangent
+
+    def grad(x, w, c):
+        return slope.grad(lambda t: (slope.conv(t, w, **params) * c).sum())(x)
+
+    with slope.use_backend("onnxruntime"):
+        tensors = [slope.tensor(a) for a in arrays]
+        kinds = [node.op_type for node in slope.jit(grad).lower(*tensors).executable.model.graph.node]
+        got = slope.jit(grad)(*tensors).numpy()
+    with slope.use_backend("numpy"):
+        expected = grad(*(slope.tensor(a) for a in arrays)).numpy()
+    assert kinds.count("Col2Im") == 1 and "Pad" not in kinds and "Add" not in kinds
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

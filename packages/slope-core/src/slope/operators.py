@@ -822,16 +822,16 @@ class Conv(Operator):
         ct, n = cotangents[0], cotangents[0].ndim - 2
         if 0 in ct.shape + (x if isinstance(x, UndefinedPrimal) else w).aval.shape:  # (convolutions below may not fit)
             return [zeros_like(p.aval) if isinstance(p, UndefinedPrimal) else None for p in (x, w)]  # an empty one: 0
-        if isinstance(x, UndefinedPrimal):
-            out_ch, in_per_group, *kernel = w.shape
-            # dilate the cotangent by the stride, pad it, and correlate with the flipped, channel-swapped weight
-            spans = [rate * (size - 1) for rate, size in zip(dilation, kernel)]
-            lo = [span - before for span, (before, _) in zip(spans, padding)]
-            padded = [size + span for size, span in zip(x.aval.shape[2:], spans)]
-            ct = _strided_place(ct, (1, 1, *stride), (0, 0, *lo), (*ct.shape[:2], *padded))
-            wt = permute(reshape(w, (groups, out_ch // groups, in_per_group, *kernel)), (0, 2, 1, *range(3, 3 + n)))
-            wt = flip(reshape(wt, (groups * in_per_group, out_ch // groups, *kernel)), tuple(range(2, 2 + n)))
-            return [bind(self, ct, wt, stride=(1,) * n, padding=((0, 0),) * n, dilation=dilation, groups=groups), None]
+        if isinstance(x, UndefinedPrimal):  # slope.conv_transpose's way: no product with an inserted or padding zero
+            (batch, _, *size), (_, _, *kernel), per_out, parts = ct.shape, w.shape, ct.shape[1] // groups, []
+            ct = permute(reshape(ct, (batch, groups, per_out, -1)), (1, 2, 3, 0))  # (g, O/g, positions, images)
+            cols = matmul(permute(reshape(w, (groups, per_out, -1)), (0, 2, 1)), reshape(ct, (groups, per_out, -1)))
+            for k, offset in enumerate(np.ndindex(*kernel)):  # each tap's products added into x at its offset (col2im)
+                lo = (0, *(at * d - p for at, d, (p, _) in zip(offset, dilation, padding)), 0)  # (images innermost)
+                if all(-s * st < a < m for a, m, s, st in zip(lo[1:-1], x.aval.shape[2:], size, stride)):  # any in x
+                    tap = reshape(slice_(cols, (0, k, 0), cols.shape, (1, math.prod(kernel), 1)), (-1, *size, batch))
+                    parts.append(_strided_place(tap, (1, *stride, 1), lo, (*x.aval.shape[1:], batch)))
+            return [permute(functools.reduce(add, parts), (-1, *range(n + 1))) if parts else zeros_like(x.aval), None]
         # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
         batch, per_group, out_ch = x.shape[0], x.shape[1] // groups, ct.shape[1]
         xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))

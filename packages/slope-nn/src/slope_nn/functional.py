@@ -17,8 +17,9 @@ import numpy as np
 
 import slope
 from slope import Tensor
-from slope.operators import _strided_place as strided_place
-from slope.operators import ints, normalize_dims
+from slope.ir import Aval
+from slope.operator import UndefinedPrimal
+from slope.operators import conv, ints, normalize_dims
 
 from .module import next_key
 from .operators import (
@@ -264,22 +265,11 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     if 0 in size and batch and c_in:  # PyTorch: an empty spatial dimension only with no batch or no channels
         raise slope.ShapeError(f"slope.conv_transpose: input {x.shape} is empty in a spatial dimension (weight "
                                f"{weight.shape}); only a batch or channels of 0 may be empty")  # fmt: skip
-    # Each input element times the weight, added into the output at its offsets (PyTorch's col2im): one product per
-    # group of input channels, then one strided placement per kernel offset. No product with an inserted or padding
-    # zero, so an infinite weight gives NaN only where PyTorch's does (a dilated convolution would multiply them).
-    cols = x.reshape((batch, groups, c_in // groups, math.prod(size))).permute((0, 1, 3, 2))
-    cols = slope.matmul(cols, weight.reshape((groups, c_in // groups, c_out * math.prod(kernel))))
-    taps = math.prod(kernel)
-    cols = cols.reshape((batch, groups, *size, c_out, taps))
-    cols = cols.permute((0, 1, n + 2, *range(2, n + 2), n + 3)).reshape((batch, groups * c_out, *size, taps))
-    out = None
-    for k, offset in enumerate(np.ndindex(*kernel)):
-        lo = (0, 0, *(o * d - p for o, d, p in zip(offset, dilation, padding)))
-        if any(a >= m or a <= -s * st for a, m, s, st in zip(lo[2:], spatial, size, stride)):
-            continue  # this offset puts every element outside the output (and would crop more than all of it)
-        placed = strided_place(cols[..., k], (1, 1, *stride), lo, (batch, groups * c_out, *spatial))
-        out = placed if out is None else out + placed
-    out = slope.zeros((batch, groups * c_out, *spatial), dtype=x.dtype) if out is None else out  # (no offset reached)
+    # The transpose of a convolution with this weight (slope-core's rule, also a conv's input gradient): each input
+    # element times the weight, one product per group, added into the output at its offsets (PyTorch's col2im). No
+    # product with an inserted or padding zero, so an infinite weight gives NaN only where PyTorch's does.
+    output, pairs = UndefinedPrimal(Aval((batch, groups * c_out, *spatial), x.dtype)), tuple((p, p) for p in padding)
+    out, _ = conv.transpose([x], output, weight, stride=stride, padding=pairs, dilation=dilation, groups=groups)
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 

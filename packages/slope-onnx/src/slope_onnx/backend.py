@@ -90,8 +90,11 @@ _FATAL = 4
 # onnxruntime's NoopElimination drops `x + 0`, which is not an identity in IEEE arithmetic: -0.0 + 0 is +0.0, and the
 # translations add 0 on purpose where a result must not be -0.0 (|x| of -0.0, say; rsqrt(|-0.0|) became -inf);
 # DivMulFusion makes Div(1, x) * y into y / x (rounded once, not twice as eagerly) where the 1 is one that
-# onnxruntime itself folded (jacrev's seed of a one-element output; known ones are Reciprocal already, graph.py)
-_DISABLED_OPTIMIZERS = ["NoopElimination", "DivMulFusion", "GeluFusionL1", "GeluFusionL2"]  # (and see graph.py)
+# onnxruntime itself folded (jacrev's seed of a one-element output; known ones are Reciprocal already, graph.py);
+# NchwcTransformer (constant filters) gives conv(x, b) + conv(x, a) a Sum input that the kernel adds onto block by
+# block (3e38 + 3e38 - 3e38 became inf) and skips padding (inf * 0 was not NaN): `cpu_rewrites` makes NCHWc itself;
+# GeluFusionL1/L2 run a hand-written x * 0.5 * (1 + erf(x / s)) as a Gelu kernel (see graph.py's unmatched_gelu)
+_DISABLED_OPTIMIZERS = ["NoopElimination", "DivMulFusion", "NchwcTransformer", "GeluFusionL1", "GeluFusionL2"]
 
 # Programs whose tensors are all at most this big gain nothing from a thread pool.
 SMALL_PROGRAM_ELEMENTS = 1 << 15

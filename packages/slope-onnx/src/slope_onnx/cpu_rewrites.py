@@ -9,7 +9,10 @@ rounding in the convolutions (a window holding a NaN pools to NaN in both, its i
   the session. A training step's filters are inputs, so its Conv falls back to im2col + GEMM, 30-40% slower. The
   rewrite builds the graph onnxruntime's optimizer would, with the filter reordered inside the graph:
   `ReorderInput(x) -> com.microsoft.nchwc Conv(x, Transpose(w), b, activation) -> ReorderOutput`. B depends on the
-  CPU (16 with AVX-512, 8 with AVX2): `block_size` reads it off a filter onnxruntime reordered itself.
+  CPU (16 with AVX-512, 8 with AVX2): `block_size` reads it off a filter onnxruntime reordered itself. Constant
+  filters take it too (onnxruntime folds their Transpose): its own rewrite (NchwcTransformer) is off in Slope's
+  sessions (backend.py). The kernel skips padding, so a padded Conv gets a `Pad` first: an infinite weight meets
+  its zeros (NaN, as the plain Conv and PyTorch).
 - Pooling by phases. `MaxPool(Relu(Conv(x)))` with non-overlapping k x k windows, when the MaxPool's indices are
   used (a training step) and the convolution is cheap (a first layer: few input channels), computes the convolution
   once per window position ("phase") with stride k instead: the window maximum is then an element-wise Max of the
@@ -108,6 +111,7 @@ class _Graph:
             if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
                 self.types[info.name] = (tensor.elem_type, tuple(d.dim_value for d in tensor.shape.dim))
         self.constants = {t.name for t in model.graph.initializer}
+        self.types.update((t.name, (t.data_type, tuple(t.dims))) for t in model.graph.initializer)
         self.outputs = {o.name for o in model.graph.output}
         self.producers = {name: node for node in model.graph.node for name in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -145,7 +149,7 @@ class _Graph:
 
     # ------------------------------------------------------------------------------------------- NCHWc convolutions
     def blocked_convs(self) -> bool:
-        """Give each float32 2-d Conv whose filter is not a constant (channels in whole blocks) the NCHWc kernel."""
+        """Give each float32 2-d Conv (channels in whole blocks, one group) the NCHWc kernel."""
         changed = False
         for node in self.model.graph.node:
             if id(node) not in self.replaced and node.op_type == "Conv" and node.domain == "":
@@ -156,7 +160,7 @@ class _Graph:
         x, w = node.input[0], node.input[1]
         attributes = _attributes(node)
         filter_shape = self.float_shape(w, 4)
-        if w in self.constants or self.float_shape(x, 4) is None or filter_shape is None:
+        if self.float_shape(x, 4) is None or filter_shape is None:
             return False
         if attributes.get("group", 1) != 1 or attributes.get("auto_pad", b"NOTSET") != b"NOTSET":
             return False
@@ -172,8 +176,13 @@ class _Graph:
             helper.make_node(
                 "Reshape", [f"{name}_nchwc_wt", self.constant(f"{name}_nchwc_shape", filter_shape)], [f"{name}_nchwc_w"]
             ),  # fmt: skip
-            helper.make_node("ReorderInput", [x], [f"{name}_nchwc_x"], domain=DOMAIN, channels_last=0),
         ]
+        pads = attributes.pop("pads", [0, 0, 0, 0])
+        if any(pads):  # the NCHWc kernel skips padding: an explicit Pad's zeros meet the filter (inf * 0 is NaN)
+            amounts = self.constant(f"{name}_nchwc_pads", [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])
+            nodes.append(helper.make_node("Pad", [x, amounts], [f"{name}_nchwc_padded"]))
+            x = f"{name}_nchwc_padded"
+        nodes.append(helper.make_node("ReorderInput", [x], [f"{name}_nchwc_x"], domain=DOMAIN, channels_last=0))
         result = name
         users = self.consumers.get(name, [])
         if self.only_use(name, users[0] if users else None) and users[0].op_type == "Relu" and users[0].domain == "":

@@ -97,6 +97,7 @@ class OnnxGraph:
         self.producers: dict[str, onnx.NodeProto] = {}
         self.narrower: dict[str, str] = {}  # name -> a name that broadcasts to it (Expand input, leading-1 reshape)
         self.padded: dict[str, tuple] = {}  # name -> (source, lo, hi, value): a constant padding of source
+        self.taps: dict[str, tuple] = {}  # name -> ((products, taps, size), {k: offset}): a sum of `_tap`s
         self._constants: dict[tuple, str] = {}
         self._count = 0
         self.checks: dict[str, frozenset[str]] = {}  # name -> the index-checking outputs its value comes from

@@ -616,9 +616,6 @@ def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     if _in(instruction, 0).size == 0 or _in(instruction, 1).size == 0:
         # sums over no input channels: zeros (onnxruntime's Conv leaves its output unwritten there, or never returns)
         return _expand_to(graph, graph.scalar(0, out.dtype), out.dtype, out.shape)
-    transposed = _as_transposed_conv(graph, inputs, instruction)
-    if transposed is not None:
-        return transposed
     kernel, positions = math.prod(_in(instruction, 1).shape[2:]), math.prod(out.shape[2:])
     if out.dtype in (slope.float32, slope.float64) and params["groups"] == 1 and kernel > 4 * positions:
         # a kernel larger than its output (a weight gradient): onnxruntime's Conv is slow there, one GEMM is not
@@ -634,73 +631,75 @@ def _conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
                 dilations=list(params["dilation"]), group=params["groups"])  # fmt: skip
 
 
-def _as_transposed_conv(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
-    """A convolution's input gradient (the transpose of a conv), as one GEMM and a Col2Im; else None.
+def _tap(graph: OnnxGraph, name: str) -> tuple[tuple, int, tuple] | None:
+    """((products, taps, tap shape), k, offset) when `name` is pad(reshape(products[:, k::taps]), offset): tap k of a
+    stride-1 2-d convolution's input gradient (slope-core's Conv.transpose), images innermost: the float32 products
+    (groups, C/groups * taps, positions * N) placed into (C, H, W, N); else None."""
+    source, lo, _, value = graph.padded.get(name, (name, (0, 0, 0, 0), (), 0))  # (a tap at offset 0: unpadded)
+    reshape, lo = graph.producers.get(source) if len(lo) == 4 else None, list(lo)
+    if reshape is not None and reshape.op_type == "Slice" and len(reshape.input) == 4:  # cropped (a negative offset)
+        starts, axes = graph.value(reshape.input[1]), graph.value(reshape.input[3])
+        crops = [] if axes is None or starts is None else list(zip(axes.tolist(), starts.tolist()))
+        for axis, begin in crops:
+            lo[axis % 4] -= begin
+        reshape = graph.producers.get(reshape.input[0]) if crops and {a for a, _ in crops} <= {1, 2} else None
+    sliced = graph.producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+    if value != 0 or sliced is None or sliced.op_type != "Slice" or len(sliced.input) != 5:
+        return None
+    starts, ends, axes, steps = (graph.value(n) for n in sliced.input[1:])
+    products = sliced.input[0]
+    shape = graph.shapes.get(products, ())
+    if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or axes[0] != 1 or len(shape) != 3:
+        return None
+    taps, tap_shape = int(steps[0]), graph.shapes.get(reshape.output[0], ())
+    if ends[0] < shape[1] or graph.dtypes.get(products) != slope.float32 or lo[0] or lo[3] or len(tap_shape) != 4:
+        return None
+    if tap_shape[0] != shape[0] * (shape[1] // taps) or math.prod(tap_shape[1:]) != shape[2]:
+        return None
+    return (products, taps, tap_shape), int(starts[0]), tuple(lo[1:3])
 
-    Reverse mode computes it as conv(pad(ct), flip(swap(w))): a stride-1 conv, over a zero-padded cotangent, with the
-    kernel flipped and its channel axes swapped. That equals ConvTranspose(ct, w): w^T @ ct for every image (one
-    GEMM) folded back into the images (Col2Im), 30-40% faster than onnxruntime's Conv here, and the padded copy of the
-    cotangent is never made. Only float32 2-d convolutions with groups=1 (onnxruntime's Col2Im runs those).
-    """
-    out, params = _out(instruction), instruction.params
-    if out.dtype != slope.float32 or out.ndim != 4 or params["groups"] != 1 or params["stride"] != (1, 1):
+
+def _col2im_sum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str | None:
+    """A stride-1 2-d convolution's input gradient as one Col2Im, when this Add completes the sum of its taps'
+    placements (`_tap`); else None, a partial sum noted (the Adds before the last are left unused). onnxruntime's
+    Col2Im adds the products in place, with no padded copies: it reads the images as one wide image whose columns
+    interleave them (a dilation of N along the width)."""
+    parts = []
+    for name in inputs:
+        tap = None if name in graph.taps else _tap(graph, name)
+        parts.append(graph.taps.get(name) or (tap and (tap[0], {tap[1]: tap[2]})))
+    if None in parts or parts[0][0] != parts[1][0] or set(parts[0][1]) & set(parts[1][1]):
         return None
-    if any(lo or hi for lo, hi in params["padding"]):
+    (products, taps, (_, h, w, batch)), offsets, out = parts[0][0], {**parts[0][1], **parts[1][1]}, _out(instruction)
+    if not set(offsets) <= set(range(taps)):
         return None
-    padded = graph.padded.get(inputs[0])
-    weight = _unflipped_weight(graph, inputs[1], _in(instruction, 1).shape)
-    if padded is None or weight is None:
+    if len(offsets) < taps:
+        partial = graph.node("Add", inputs, shape=out.shape)
+        graph.taps[partial] = (parts[0][0], offsets)
+        return partial
+    start = offsets[0]
+    wide = next((k for k in range(1, taps) if offsets[k][0] != start[0]), taps)  # the kernel's width
+    kernel = (taps // wide, wide)
+    dilation = (offsets[wide][0] - start[0] if wide < taps else 1, offsets[1][1] - start[1] if wide > 1 else 1)
+    if kernel[0] * wide != taps or min(dilation) < 1 or max(start) > 0 or out.dtype != slope.float32:
         return None
-    cotangent, lo, hi, value = padded
-    if value != 0 or lo[:2] != (0, 0) or hi[:2] != (0, 0):
+    if any(offsets[k] != tuple(s + d * i for s, d, i in zip(start, dilation, divmod(k, wide))) for k in offsets):
         return None
-    kernel, dilation = weight[1][2:], params["dilation"]
-    begin = [d * (k - 1) - a for d, k, a in zip(dilation, kernel, lo[2:])]
-    end = [d * (k - 1) - b for d, k, b in zip(dilation, kernel, hi[2:])]
-    if min(begin + end) < 0:
+    channels, height, width, _ = out.shape
+    end = [n + d * (k - 1) - m + s for n, d, k, m, s in zip((h, w), dilation, kernel, (height, width), start)]
+    if min(end) < 0:
         return None
-    batch, out_channels, *spatial = graph.shapes[cotangent]
-    in_channels, columns = weight[1][1], weight[1][1] * math.prod(kernel)
-    # the images innermost (as the weight gradient's GEMM also wants them): one GEMM for all images, and a Col2Im
-    # that reads the images as one wide image whose columns interleave them (a dilation of `batch` along the width)
-    images_last = graph.node("Transpose", [cotangent], shape=(out_channels, *spatial, batch), perm=[1, 2, 3, 0])
-    flat_cotangent = graph.reshape(images_last, (out_channels, math.prod(spatial) * batch))
-    flat_weight = graph.reshape(weight[0], (out_channels, columns))
-    products = graph.node("Gemm", [flat_weight, flat_cotangent], shape=(columns, math.prod(spatial) * batch), transA=1)
-    products = graph.reshape(products, (1, columns, math.prod(spatial) * batch))
-    height, width = out.shape[2:]
+    groups = graph.shapes[products][0]
     image = graph.node("Col2Im", [products, graph.int64s((height, width * batch)), graph.int64s(kernel)],
-                       shape=(1, in_channels, height, width * batch), dilations=[dilation[0], dilation[1] * batch],
-                       pads=[begin[0], begin[1] * batch, end[0], end[1] * batch], strides=[1, 1])  # fmt: skip
-    image = graph.reshape(image, (in_channels, height, width, batch))
-    return graph.node("Transpose", [image], shape=out.shape, perm=[3, 0, 1, 2])
+                       shape=(groups, channels // groups, height, width * batch), strides=[1, 1],
+                       dilations=[dilation[0], dilation[1] * batch],
+                       pads=[-start[0], -start[1] * batch, end[0], end[1] * batch])  # fmt: skip
+    return graph.reshape(image, out.shape)
 
 
-def _unflipped_weight(graph: OnnxGraph, name: str, shape: tuple) -> tuple[str, tuple] | None:
-    """(w, w's shape) when `name` is flip(reshape(permute(reshape(w, (1, O, C, *k)), (0, 2, 1, ...)), (C, O, *k))),
-    the kernel of a conv's input gradient; else None."""
-    flip = graph.producers.get(name)
-    if flip is None or flip.op_type != "Slice" or len(flip.input) != 5:
-        return None
-    starts, ends, axes, steps = (graph.value(n) for n in flip.input[1:])
-    flipped = [a for a in range(2, len(shape)) if shape[a] > 1]
-    if any(v is None for v in (starts, ends, axes, steps)) or axes.tolist() != flipped:
-        return None
-    if set(starts.tolist()) != {-1} or set(steps.tolist()) != {-1} or set(ends.tolist()) != {np.iinfo(np.int64).min}:
-        return None
-    swapped = graph.producers.get(flip.input[0])
-    transpose = graph.producers.get(swapped.input[0]) if swapped is not None and swapped.op_type == "Reshape" else None
-    if transpose is None or transpose.op_type != "Transpose":
-        return None
-    perm = list(next(a.ints for a in transpose.attribute if a.name == "perm"))
-    grouped = graph.producers.get(transpose.input[0])
-    if perm != [0, 2, 1, *range(3, len(shape) + 1)] or grouped is None or grouped.op_type != "Reshape":
-        return None
-    weight = grouped.input[0]
-    weight_shape = graph.shapes.get(weight)
-    if weight_shape != (shape[1], shape[0], *shape[2:]) or graph.shapes.get(grouped.output[0]) != (1, *weight_shape):
-        return None
-    return weight, weight_shape
+def _add(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    return _col2im_sum(graph, inputs, instruction) or emit(graph, "Add", inputs, _in(instruction).dtype,
+                                                           _out(instruction).shape)  # fmt: skip
 
 
 def _padded_input(graph: OnnxGraph, x: str, instruction: Instruction) -> tuple[str, tuple[int, ...]]:
@@ -923,7 +922,7 @@ translations: dict[str, Callable] = {
     "invert": _invert,
     "stop_gradient": _identity,
     "cast": _cast,
-    "add": _binary("Add"),
+    "add": _add,
     "sub": _binary("Sub"),
     "mul": _binary("Mul"),
     "div": _div,
