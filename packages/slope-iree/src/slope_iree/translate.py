@@ -90,6 +90,7 @@ class Function:
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
         self.folded: set[str] = set()  # names the compiler can fold to a splat (splat constants, operations of those)
         self.may_fold: set[str] = set()  # names its canonicalizer may fold to a splat although they read an input
+        self.splats: dict[str, str] = {}  # splat constant -> its MLIR literal
         self._count = 0
 
     # ------------------------------------------------------------------------------------------- emitting
@@ -100,6 +101,8 @@ class Function:
         self._count += 1
         operands = re.findall(r"%\w+", text)
         splat = text.startswith("stablehlo.constant dense<") and text[len("stablehlo.constant dense<")] not in '"['
+        if splat:
+            self.splats[name] = text[len("stablehlo.constant dense<") : text.index(">")]
         if splat or (operands and all(o in self.folded for o in operands)):
             self.folded.add(name)
         elif operands and self._may_fold(text, operands, aval):
@@ -111,8 +114,9 @@ class Function:
 
     def _may_fold(self, text: str, operands: list[str], aval: Aval | None) -> bool:
         """Whether StableHLO's canonicalizer may make this operation a splat although it reads an input: x - x and
-        x == x of integers, select(c, a, a), 1 ** y, an integer times 0, an unsigned x >= 0 (or what reads only such
-        values and constants)."""
+        x == x of integers, select(c, a, a), 1 ** y, an integer compared with 0 or its dtype's bound (an unsigned
+        x >= 0, int8 x <= 127), clamp(x, c, c), other integer operations with a constant (x * 0), or what reads only
+        such values and constants."""
         if all(o in self.folded or o in self.may_fold for o in operands):
             return True
         op = text.split(" ", 1)[0].removeprefix("stablehlo.")
@@ -121,13 +125,18 @@ class Function:
             return constant[0] or all(constant[1:]) or operands[1] == operands[2]
         if op == "power":
             return any(constant)
-        constant_operand = any(constant)
-        integral = (
-            aval is not None
-            and not aval.dtype.is_float
-            and all(not self.avals[o].dtype.is_float for o in operands if o in self.avals)
-        )
-        return integral and (constant_operand or len(set(operands)) < len(operands))
+        dtypes = [self.avals[o].dtype for o in operands if o in self.avals]
+        if any(d.is_float for d in dtypes) or (aval is not None and aval.dtype.is_float):
+            return False
+        if len(set(operands)) < len(operands):  # x - x, x == x, x ^ x
+            return True
+        values = {self.splats.get(o) for o in operands} - {None}
+        if op == "compare" and dtypes and dtypes[0] != slope.bool_:  # (a class index against the classes: no)
+            bounds = np.iinfo(dtypes[0].numpy)
+            return bool(values & {"0", str(bounds.min), str(bounds.max)})
+        if op == "clamp":  # (a class index clamped into range: no)
+            return operands[0] in self.splats and self.splats[operands[0]] == self.splats.get(operands[2])
+        return any(constant)  # (integer arithmetic and bit operations with a constant: conservatively)
 
     def tensor_type(self, aval: Aval) -> str:
         """The MLIR type of an abstract value in this function (`tensor<?x?xf32>` when dynamic)."""
