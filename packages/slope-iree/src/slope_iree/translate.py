@@ -117,10 +117,10 @@ class Function:
         x == x of integers, select(c, a, a), 1 ** y, an integer compared with 0 or its dtype's bound (an unsigned
         x >= 0, int8 x <= 127), clamp(x, c, c), other integer operations with a constant (x * 0), or what reads only
         such values and constants."""
-        if all(o in self.folded or o in self.may_fold for o in operands):
+        constant = [o in self.folded or o in self.may_fold for o in operands]
+        if all(constant):
             return True
         op = text.split(" ", 1)[0].removeprefix("stablehlo.")
-        constant = [o in self.folded or o in self.may_fold for o in operands]
         if op == "select":  # (a constant condition, or both sides constant or the same)
             return constant[0] or all(constant[1:]) or operands[1] == operands[2]
         if op == "power":

@@ -325,9 +325,7 @@ def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any,
     if 0 in x.shape[max(x.ndim - n - 1, 0) :]:  # only the batch dimension may be empty, as in PyTorch
         raise slope.ShapeError(f"slope.{name}: the channel and pooled dimensions of shape {x.shape} must not be empty")
     for size, k, st, p, d in zip(x.shape[x.ndim - n :], kernel, stride, padding, dilation):
-        span = size + 2 * p - d * (k - 1) - 1
-        windows = -(-span // st) + 1 - ((-(-span // st)) * st >= size + p) if ceil_mode else span // st + 1
-        if windows < 1:
+        if window_count(size, k, st, p, d, ceil_mode) < 1:
             raise slope.ShapeError(
                 f"slope.{name}: kernel {kernel} (dilation {dilation}) is larger than the input of shape {x.shape} "
                 f"with padding {padding}"
@@ -335,23 +333,27 @@ def pool_args(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any,
     return kernel, stride, padding, dilation
 
 
+def window_count(size: int, k: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> int:
+    """The number of windows along one pooled dimension; with PyTorch's ceil_mode a last, partial window is kept where
+    it starts inside the input or its left padding."""
+    span = size + 2 * padding - dilation * (k - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    return count - ((count - 1) * stride >= size + padding)
+
+
 def pooled_shape(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
     """The number of windows along each pooled dimension."""
-    return tuple(
-        (s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in zip(spatial, kernel, stride, padding, dilation)
-    )
+    return tuple(map(window_count, spatial, kernel, stride, padding, dilation))
 
 
 def ceil_mode_extra(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
-    """How far past the padded input each dimension's last window runs with PyTorch's ceil_mode: a last, partial window
-    is kept where it starts inside the input or its left padding."""
-    extra = []
-    for size, k, st, p, d in zip(spatial, kernel, stride, padding, dilation):
-        span = size + 2 * p - d * (k - 1) - 1
-        count = -(-span // st) + 1
-        count -= (count - 1) * st >= size + p
-        extra.append(max((count - 1) * st - span, 0))
-    return tuple(extra)
+    """How far past the padded input each dimension's last window runs with PyTorch's ceil_mode."""
+    return tuple(
+        max((window_count(size, k, st, p, d, True) - 1) * st - (size + 2 * p - d * (k - 1) - 1), 0)
+        for size, k, st, p, d in zip(spatial, kernel, stride, padding, dilation)
+    )
 
 
 def pool_windows(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple, fill: Any) -> Tensor:

@@ -181,6 +181,11 @@ def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.
     return float(value)
 
 
+def _under(name: str, prefix: str) -> bool:
+    """Whether a dotted parameter name is the prefix or lies under it ("1.weight" under "1", not under "1.w")."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
@@ -204,7 +209,7 @@ class Optimizer:
             self.trainable = trainable
         else:
             prefixes = self.prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
-            self.trainable = lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
+            self.trainable = lambda name: any(_under(name, p) for p in prefixes)
 
     def _flag(self, name: str, value: Any) -> bool:
         """A boolean hyperparameter, else a TypeError naming the optimizer (a number there: an argument misplaced)."""
@@ -237,7 +242,7 @@ class Optimizer:
             mask.append(ok)
         names = [name for name, kind in kinds if kind != "buffer"]
         for prefix in self.prefixes:  # (a misspelt prefix trained nothing, silently)
-            if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+            if not any(_under(name, prefix) for name in names):
                 raise ValueError(
                     f"{type(self).__name__}: trainable prefix {prefix!r} names no parameter of the model; its "
                     f"parameters are {names}"

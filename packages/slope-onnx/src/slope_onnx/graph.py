@@ -599,15 +599,15 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         """A MatMul's product times (or divided by) a one-element constant, the constant spread (or applied twice
         along a new last axis and sliced back, for a product of one element): MatMulScaleFusion (all optimizations
         on: a user's default session, Slope's pooled ones) moves it into FusedMatMul's alpha, a float32 attribute
-        ((x @ y) * 0.1 of float64 gave 0.4000000059604645 for 0.4), which the kernel applies to each block of 128
-        terms of the inner dimension (float32 (a @ b) * 0.5 was 2e38 where the sum overflows to inf)."""
+        ((x @ y) * 0.1 of float64 gave 0.4000000059604645 for 0.4), which the kernel applies to each block
+        (_MLAS_BLOCK) of the inner dimension (float32 (a @ b) * 0.5 was 2e38 where the sum overflows to inf)."""
         for position in (0, 1) if node.op_type == "Mul" else (1,):
             shape, value = graph.shapes.get(node.output[0]), graph.value(node.input[position])
             product = made(node.input[1 - position], "MatMul")
             if product is None or value is None or value.size != 1 or shape is None:
                 continue
             inner = (graph.shapes.get(product.input[0]) or (0,))[-1]
-            if getattr(graph.dtypes.get(node.output[0]), "name", None) != "float64" and inner <= 128:  # (one block)
+            if getattr(graph.dtypes.get(node.output[0]), "name", None) != "float64" and inner <= _MLAS_BLOCK:
                 continue
             if (spread_node := spread(node, position, shape)) is not None:
                 return spread_node
@@ -700,30 +700,22 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                  for k, (view, name) in enumerate(zip(views, kept)) if name]  # fmt: skip
         return [flat, flat_norm, *backs]
 
-    def inner_size(gemm: onnx.NodeProto) -> int:
-        shape = graph.shapes.get(gemm.input[0]) or (0, 0)
-        return shape[0 if next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0) else 1]
-
     def one_block(gemm: onnx.NodeProto) -> bool:
         """Whether onnxruntime's kernel (MLAS) computes a Gemm as alpha * (the whole sum) + C, as the unfused graph
-        does. It adds each block of K terms, times alpha, onto C in turn: a block is 128 terms (MLAS's SGEMM and DGEMM
-        strides), deeper where the output is narrow and A is not transposed (256 at most here, a prepacked constant
-        B's block). Beyond it C joined partway through the sum and alpha scaled each block's sum (x @ w + b was
-        2.12e38 and (x @ w) * 0.5 2.56e38 where the sum overflows to inf, eager and PyTorch; a small SGD update
-        w - lr * (a @ b) was lost block by block). One-row and one-column products take other kernels, which start
-        from C (b + x @ w of one row) or sum in another order than MatMul's."""
-        out = graph.shapes.get(gemm.output[0]) or (0, 0)
+        does, so C and a scale may be folded into it. MLAS adds each block of K terms, times alpha, onto C in turn: a
+        block is _MLAS_BLOCK terms (its SGEMM and DGEMM strides), deeper where the output is narrow and A is not
+        transposed (256 at most here, a prepacked constant B's block). Beyond it C joined partway through the sum and
+        alpha scaled each block's sum (x @ w + b was 2.12e38 and (x @ w) * 0.5 2.56e38 where the sum overflows to inf,
+        eager and PyTorch; a small SGD update w - lr * (a @ b) was lost block by block). One-row and one-column
+        products take other kernels, which start from C (b + x @ w of one row) or sum in another order than MatMul's.
+        An inner dimension of 0 or unknown is no block either: there onnxruntime's Gemm is beta * C alone (it ignores
+        alpha, and C's -0.0 stays -0.0 where the unfused 0 + -0.0 is 0.0)."""
+        lhs, out = graph.shapes.get(gemm.input[0]), graph.shapes.get(gemm.output[0]) or (0, 0)
         trans_a = next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0)
+        inner = lhs[0 if trans_a else 1] if lhs and len(lhs) == 2 else 0
         narrow = 32 if getattr(graph.dtypes.get(gemm.output[0]), "name", None) == "float64" else 64
-        block = 256 if not trans_a and 0 < out[1] <= narrow and out[1] < inner_size(gemm) else 128
-        return out[0] > 1 and out[1] > 1 and inner_size(gemm) <= block
-
-    def sums_terms(gemm: onnx.NodeProto) -> bool:
-        """Whether a Gemm's inner dimension is known and not 0 (where it is 0, onnxruntime's Gemm is beta * C alone:
-        it ignores alpha, and C's -0.0 stays -0.0 where the unfused 0 + -0.0 is 0.0)."""
-        shape = graph.shapes.get(gemm.input[0])
-        trans_a = next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transA"), 0)
-        return bool(shape) and len(shape) == 2 and shape[0 if trans_a else 1] > 0
+        block = 2 * _MLAS_BLOCK if not trans_a and 0 < out[1] <= narrow and out[1] < inner else _MLAS_BLOCK
+        return out[0] > 1 and out[1] > 1 and 0 < inner <= block
 
     def folded_alpha(gemm: onnx.NodeProto, factor: float, op: str) -> float | None:
         """Gemm's alpha for `gemm * factor` (Mul) or `gemm / factor` (Div, by a power of 2: exact), where that is the
@@ -732,7 +724,7 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
         sum at least one term (onnxruntime ignores alpha where the inner dimension is 0). None where it is not."""
         attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
         finite = math.isfinite(factor) and factor != 0
-        if attributes["alpha"] != 1.0 or not (finite and sums_terms(gemm) and one_block(gemm)):
+        if attributes["alpha"] != 1.0 or not (finite and one_block(gemm)):
             return None
         if op == "Div" and math.frexp(factor)[0] not in (0.5, -0.5):
             return None
@@ -828,7 +820,7 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
                 index = single_use_gemm(node.input[position])
                 other = node.input[1 - position]
                 fits = index is not None and _fits_gemm_c(graph.shapes.get(other), graph.shapes.get(out))
-                if not fits or not sums_terms(result[index]) or not one_block(result[index]):
+                if not fits or not one_block(result[index]):
                     continue
                 gemm = result[index]
                 alpha = helper.get_attribute_value(next(a for a in gemm.attribute if a.name == "alpha"))
@@ -850,6 +842,12 @@ def fuse_nodes(nodes: list[onnx.NodeProto], graph: OnnxGraph, outputs: set[str])
 # ONNX operators whose outputs differ from call to call: two of them with the same inputs are not one
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                                "Bernoulli", "Dropout"})  # fmt: skip
+
+
+# The terms of the inner dimension that onnxruntime's matrix kernel (MLAS) sums before it adds the sum, scaled, onto
+# the output (C, or the sums of the blocks before): a Gemm's C and alpha, and FusedMatMul's alpha, are exact only
+# within one block (fuse_nodes: one_block, wide_product_scale)
+_MLAS_BLOCK = 128
 
 
 def merge_duplicates(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
