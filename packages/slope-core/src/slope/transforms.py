@@ -198,16 +198,14 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
-def _normalize_argnums(name: str, argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
-    nums = ints(name, argnums, "argnums")
+def _differentiated(name: str, fn: Callable, argnums: int | Sequence[int], args: tuple, kwargs: dict) -> tuple:
+    """`fn` as a function of its arguments `argnums` alone (the others and kwargs fixed), and those arguments (checked:
+    in range, no repeats, floating-point tensors or pytrees of them)."""
+    count, nums = len(args), ints(name, argnums, "argnums")
     if not all(-count <= n < count for n in nums) or len({n % count for n in nums}) < len(nums):
         raise TransformError(f"slope.{name}: argnums {argnums} is out of range or repeats for {count} arguments")
-    return tuple(n % count for n in nums)
-
-
-def _check_differentiable(name: str, n: int, arg: Any) -> None:
-    """Raise unless argument n of a differentiated function is a floating-point tensor (or a pytree of them)."""
-    for leaf in tree.leaves(arg):
+    nums = tuple(n % count for n in nums)
+    for n, leaf in [(i, leaf) for i in nums for leaf in tree.leaves(args[i])]:
         tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
         if tensor is None or not tensor.dtype.is_float:
             held = f"argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}"
@@ -215,21 +213,20 @@ def _check_differentiable(name: str, n: int, arg: Any) -> None:
             hint = "cast it with .float(), or leave it out of argnums"
             raise TransformError(f"slope.{name}: {held}; derivatives need {need}: {hint}")
 
+    def partial_fn(*diff_args: Any) -> Any:
+        differentiated = dict(zip(nums, diff_args))
+        return fn(*[differentiated.get(i, arg) for i, arg in enumerate(args)], **kwargs)
+
+    return partial_fn, tuple(args[n] for n in nums)
+
 
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     """A function returning `(fn(*args), gradient)` (or `((value, aux), gradient)` with has_aux)."""
 
     @functools.wraps(_function("value_and_grad", fn))
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> Any:
-        nums = _normalize_argnums("grad", argnums, len(args))
-        for n in nums:
-            _check_differentiable("grad", n, args[n])
-
-        def partial_fn(*diff_args: Any) -> Any:
-            differentiated = dict(zip(nums, diff_args))
-            return fn(*[differentiated.get(i, arg) for i, arg in enumerate(args)], **kwargs)
-
-        out, vjp_fn, *aux = vjp(partial_fn, *[args[n] for n in nums], has_aux=has_aux)
+        partial_fn, diff_args = _differentiated("grad", fn, argnums, args, kwargs)
+        out, vjp_fn, *aux = vjp(partial_fn, *diff_args, has_aux=has_aux)
         if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
             got = out.aval if isinstance(out, Tensor) else type(out).__name__
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
@@ -340,47 +337,64 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     return vmapped
 
 
-def _basis(aval: Aval) -> Tensor:
-    return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
+def _blocks(t: Tensor, avals: list[Aval], axis: int) -> list[Tensor]:
+    """`t` cut along `axis` into one piece per aval (as long as its size), that axis reshaped to the aval's shape."""
+    axis, starts = axis % t.ndim, np.cumsum([0] + [a.size for a in avals])
+    cut = [t if len(avals) == 1 else t[(slice(None),) * axis + (slice(i, j),)] for i, j in zip(starts, starts[1:])]
+    return [piece.reshape((*t.shape[:axis], *a.shape, *t.shape[axis + 1 :])) for piece, a in zip(cut, avals)]
 
 
-def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callable:
-    """A function of `fn`'s arguments giving `build(f, x)`: `f` is `fn` of its `argnums` argument alone, at `x`."""
+def _basis(avals: list[Aval]) -> list[Tensor]:
+    """The standard basis of the values flattened together: per value, its part of every row (size of all, *shape)."""
+    eye = functions["eye"](sum(a.size for a in avals), dtype=avals[0].dtype)
+    return [as_tensor(rows, a.dtype) for rows, a in zip(_blocks(eye, avals, 1), avals)]
 
-    @functools.wraps(fn)
-    def jacobian(*args: Any) -> Tensor:
-        (argnum,) = _normalize_argnums(name, ints(name, argnums, "argnums", count=1)[0], len(args))
-        _check_differentiable(name, argnum, args[argnum])
-        return build(lambda value: fn(*args[:argnum], value, *args[argnum + 1 :]), as_tensor(args[argnum]))
+
+def _jacobian(name: str, fn: Callable, argnums: int | Sequence[int], build: Callable) -> Callable:
+    """A function of `fn`'s arguments giving its Jacobian as JAX lays it out: for each output leaf, the arguments'
+    structure (a tuple for tuple argnums) of blocks (*output shape, *input shape); `build` makes the flat blocks."""
+
+    @functools.wraps(_function(name, fn))
+    def jacobian(*args: Any, **kwargs: Any) -> Any:
+        partial_fn, diff_args = _differentiated(name, fn, argnums, args, kwargs)
+        xs, in_tree = _tensor_leaves(diff_args)
+        flat_fn, out_tree = flatten_fun(partial_fn, in_tree)
+        rows = build(flat_fn, xs)  # rows[i][j]: output leaf i by input leaf j
+        inner = in_tree.children()[0] if isinstance(argnums, int) else in_tree
+        return tree.unflatten(out_tree[0], [tree.unflatten(inner, row) for row in rows])
 
     return jacobian
 
 
-def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
+def jacfwd(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap)."""
 
-    def build(f: Callable, x: Tensor) -> Tensor:
-        columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
-        return columns.reshape((*columns.shape[:-1], *x.shape))
+    def build(flat_fn: Callable, xs: list[Tensor]) -> list:
+        avals = [x.aval for x in xs]
+        columns = vmap(lambda *t: _jvp_flat(flat_fn, xs, list(t))[1], out_axes=-1)(*_basis(avals))  # (*out, size)
+        return [_blocks(column, avals, -1) for column in columns]
 
     return _jacobian("jacfwd", fn, argnums, build)
 
 
-def jacrev(fn: Callable, argnums: int = 0) -> Callable:
+def jacrev(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
 
-    def build(f: Callable, x: Tensor) -> Tensor:
-        out, vjp_fn = vjp(f, x)
-        if not out.dtype.is_float:  # (its rows were zeros; PyTorch and JAX refuse)
-            raise TransformError(f"slope.jacrev: the function's output must be floating point, got {out.aval}")
-        return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
+    def build(flat_fn: Callable, xs: list[Tensor]) -> list:
+        outs, vjp_fn = vjp(flat_fn, *xs)
+        if not all(out.dtype.is_float for out in outs):  # (their rows were zeros; PyTorch and JAX refuse)
+            got = ", ".join(str(out.aval) for out in outs)
+            raise TransformError(f"slope.jacrev: the function's output must be floating point, got {got}")
+        avals = [out.aval for out in outs]
+        return [list(row) for row in zip(*[_blocks(rows, avals, 0) for rows in vmap(vjp_fn)(_basis(avals))])]
 
     return _jacobian("jacrev", fn, argnums, build)
 
 
-def hessian(fn: Callable, argnums: int = 0) -> Callable:
+def hessian(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
-    return jacfwd(jacrev(fn, ints("hessian", argnums, "argnums", count=1)[0]), argnums)
+    ints("hessian", argnums, "argnums")  # (a bad argnums is named here, not as jacrev's)
+    return jacfwd(jacrev(fn, argnums), argnums)
 
 
 class _CustomCall(Operator):
