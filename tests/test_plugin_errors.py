@@ -324,3 +324,21 @@ def test_slope_info_survives_a_failing_slope_commands_hook(site):
     assert result.returncode == 0, result.stderr
     assert "numpy" in result.stdout and "bad-commands" in result.stderr
     assert "its slope_commands hook failed: RuntimeError: no" in result.stderr
+
+
+def test_a_plugin_adds_a_slope_subcommand(site):
+    # the hook's working path (slope-iree's `cache` was its one user until the core took `slope cache`)
+    source = """from slope.plugins import hookimpl
+
+
+@hookimpl
+def slope_commands(subparsers):
+    parser = subparsers.add_parser("hello", help="say hello")
+    parser.add_argument("name")
+    parser.set_defaults(run=lambda args: print(f"hello {args.name}") or 3)
+"""
+    install(site, "slope-hello", "slope_hello", {"hello": "slope_hello"}, source)
+    result = run_python(site, "-m", "slope", "hello", "there")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == "hello there"
+    assert "hello" in run_python(site, "-m", "slope", "--help").stdout
