@@ -151,6 +151,10 @@ ROWS = [
     bad("random-split-float", lambda m: slope.random.split(key(), 2.5), TypeError, "slope.random.split", None),
     bad("random-key-str", lambda m: slope.random.key("a"), TypeError, "slope.random.key", None),
     bad("random-key-float", lambda m: slope.random.key(2.5), TypeError, "slope.random.key", None),
+    bad("random-key-2**64", lambda m: slope.random.key(2**64), OverflowError, "slope.random.key", None),  # (was key(0))
+    bad("random-key-below-int64", lambda m: slope.random.key(-(2**63) - 1), OverflowError, "slope.random.key", None),
+    bad("manual-seed-2**64", lambda m: m.manual_seed(2**64), OverflowError, "slope.manual_seed",
+        lambda torch: torch.manual_seed(2**64)),
     bad("random-permutation-negative", lambda m: slope.random.permutation(key(), -1), ValueError,
         "slope.random.permutation", None),
     bad("random-randint-float-shape", lambda m: slope.random.randint(key(), (2.5,), 0, 3), TypeError,
@@ -244,6 +248,8 @@ ROWS = [
     bad("flip-repeated", lambda m: x23(m).flip((0, 0)), ValueError, "slope.flip"),
     bad("flip-str", lambda m: x23(m).flip("a"), TypeError, "slope.flip"),
     ok("flip-empty", lambda m: x23(m).flip(())),
+    bad("flip-no-dims", lambda m: x23(m).flip(), TypeError, "slope.flip"),  # (it flipped nothing)
+    bad("flip-function-no-dims", lambda m: m.flip(x23(m)), TypeError, "slope.flip"),
     ok("flip-varargs", lambda m: x23(m).flip(0, -1)),  # (PyTorch's Tensor.flip(*dims); it raised a TypeError)
     bad("flip-repeated-varargs", lambda m: x23(m).flip(1, 1), ValueError, "slope.flip"),
     bad("squeeze-str", lambda m: m.ones(1, 3).squeeze("a"), TypeError, "slope.squeeze"),
@@ -445,6 +451,12 @@ ROWS = [
     bad("linearize-not-callable", lambda m: slope.linearize(3, m.ones(3)), TypeError, "slope.linearize", None),
     bad("grad-argnums-str", lambda m: slope.grad(f_sum, argnums="a")(m.ones(3)), TypeError, "slope.grad", None),
     bad("grad-argnums-float", lambda m: slope.grad(f_sum, argnums=0.0)(m.ones(3)), TypeError, "slope.grad", None),
+    bad("grad-argnums-empty", lambda m: slope.grad(f_sum, argnums=())(m.ones(3)), TransformError, "slope.grad",
+        None),  # (JAX: max() arg is an empty sequence)
+    bad("jacfwd-argnums-empty", lambda m: slope.jacfwd(f_sum, argnums=())(m.ones(3)), TransformError,
+        "slope.jacfwd", None),  # (it was an IndexError)
+    bad("jit-donate-out-of-range", lambda m: slope.jit(lambda a: a * 2, donate_argnums=1)(m.ones(3)),
+        TransformError, "slope.jit", None),  # (it was ignored; JAX refuses)
     bad("jacfwd-argnums-repeat", lambda m: slope.jacfwd(f_sum, argnums=(0, 0))(m.ones(3), m.ones(3)),
         TransformError, "slope.jacfwd", None),
     bad("jacrev-argnums-range", lambda m: slope.jacrev(f_sum, argnums=(0, 2))(m.ones(3), m.ones(3)),

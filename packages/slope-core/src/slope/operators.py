@@ -602,6 +602,8 @@ class Flip(Operator):
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *dims: Any) -> Tensor:  # flip(x, (0, 1)) or x.flip(0, 1), as PyTorch
+        if not dims:  # (x.flip() flipped nothing; NumPy flips every axis, PyTorch wants dims)
+            raise TypeError("slope.flip: expected the dims to flip, such as x.flip(0) or slope.flip(x, (0, 1))")
         x = as_tensor(x)
         return bind(self, x, dim=normalize_dims(self.name, dims[0] if len(dims) == 1 else dims, x.ndim))
 

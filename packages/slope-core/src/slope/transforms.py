@@ -202,8 +202,8 @@ def _differentiated(name: str, fn: Callable, argnums: int | Sequence[int], args:
     """`fn` as a function of its arguments `argnums` alone (the others and kwargs fixed), and those arguments (checked:
     in range, no repeats, floating-point tensors or pytrees of them)."""
     count, nums = len(args), ints(name, argnums, "argnums")
-    if not all(-count <= n < count for n in nums) or len({n % count for n in nums}) < len(nums):
-        raise TransformError(f"slope.{name}: argnums {argnums} is out of range or repeats for {count} arguments")
+    if not nums or not all(-count <= n < count for n in nums) or len({n % count for n in nums}) < len(nums):
+        raise TransformError(f"slope.{name}: argnums {argnums} is empty, out of range or repeats for {count} arguments")
     nums = tuple(n % count for n in nums)
     for n, leaf in [(i, leaf) for i in nums for leaf in tree.leaves(args[i])]:
         tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
@@ -565,6 +565,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
                                  f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
+            if bad := [n for n in self.donate_argnums if not -len(args) <= n < len(args)]:  # (as JAX: an error)
+                raise TransformError(f"slope.jit: donate_argnums {bad[0]} is out of range for {len(args)} arguments")
             entry = self.cache.add(key, self._compile, key, tensors, backend, device)
         return entry, tensors, backend, device
 
