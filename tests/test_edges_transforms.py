@@ -132,7 +132,7 @@ def test_custom_rules_must_match_their_outputs_and_inputs(backend: str) -> None:
     x = slope.tensor([0.1, 0.2, 0.3], dtype=slope.float64)
     g = slope.custom_jvp(lambda v: v.sin())
     g.defjvp(lambda p, t: (p[0].sin(), (t[0] * p[0].cos()).sum()))
-    with pytest.raises(slope.TransformError, match="custom_jvp: the rule's tangents"):
+    with pytest.raises(slope.TransformError, match="custom_jvp: the rule's outputs and tangents"):
         slope.jacfwd(g)(x)
     f = slope.custom_vjp(lambda v: v * 2.0)
     f.defvjp(lambda v: (v * 2.0, None), lambda r, ct: (ct.astype(slope.float32) * 2.0,))
@@ -223,3 +223,59 @@ def test_vmap_of_conv_over_an_empty_batch_of_weights(backend: str) -> None:
     assert slope.vmap(slope.conv, in_axes=(None, 0))(x, w).shape == (0, 2, 4, 3, 3)
     assert slope.vmap(slope.conv, in_axes=(0, 0))(slope.zeros((0, 2, 3, 5, 5)), w).shape == (0, 2, 4, 3, 3)
     assert slope.jit(slope.vmap(slope.conv, in_axes=(None, 0)))(x, w).shape == (0, 2, 4, 3, 3)
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_custom_jvp_rules_hold_under_second_derivatives(backend: str, jitted: bool) -> None:
+    """The outer derivative of grad(f(x) ** 2) used sin's derivative, not the rule's: the inner linearization traced
+    the custom function's primal straight through its body, so the rule was gone when the outer transform replayed it
+    (2.1612 where JAX gives 8 cos^2 - 4 sin^2 = 5.2418). A custom_vjp's second derivative differentiates its backward
+    function (JAX's too: 2.1612)."""
+    f = slope.custom_jvp(lambda v: v.sin())
+    f.defjvp(lambda p, t: (f(p[0]), 2.0 * p[0].cos() * t[0]))  # a derivative on purpose unlike sin's
+    g = slope.custom_vjp(lambda v: v.sin())
+    g.defvjp(lambda v: (v.sin(), v.cos()), lambda c, ct: (2.0 * c * ct,))
+    maybe_jit = slope.jit if jitted else (lambda fn: fn)
+    x, x1 = slope.tensor(0.5, dtype=slope.float64), slope.tensor([0.5], dtype=slope.float64)
+    rule = 8 * math.cos(0.5) ** 2 - 4 * math.sin(0.5) ** 2
+    square = lambda fn: lambda v: fn(v) ** 2  # noqa: E731
+    assert maybe_jit(slope.grad(slope.grad(square(f))))(x).item() == pytest.approx(rule, rel=1e-12)
+    assert maybe_jit(slope.hessian(lambda v: square(f)(v).sum()))(x1).numpy()[0, 0] == pytest.approx(rule, rel=1e-12)
+    assert maybe_jit(lambda v: slope.jvp(slope.grad(square(f)), (v,), (slope.ones_like(v),))[1])(x).item() == (
+        pytest.approx(rule, rel=1e-12)
+    )
+    backward = 4 * math.cos(0.5) ** 2 - 4 * math.sin(0.5) ** 2
+    assert maybe_jit(slope.grad(slope.grad(square(g))))(x).item() == pytest.approx(backward, rel=1e-12)
+
+
+def test_custom_jvp_symbolic_zeros_and_primal_outputs_checked(backend: str) -> None:
+    """defjvp(rule, symbolic_zeros=True) gives None for a tangent known to be zero (JAX's option), so a rule can leave
+    out a term that is 0 * inf there; by default the rule gets zeros. A rule's (or custom_vjp fwd's) primal output
+    unlike the function's was taken silently: vjp's output had the fwd's shape."""
+    seen = []
+
+    def rule(primals: tuple, tangents: tuple) -> tuple:
+        seen.append([t is None for t in tangents])
+        return h(*primals), sum(t * p for t, p in zip(tangents, primals) if t is not None)
+
+    h = slope.custom_jvp(lambda a, b: a * b)
+    h.defjvp(rule, symbolic_zeros=True)
+    x, c = slope.tensor([1.0, 2.0]), slope.tensor([3.0, 4.0])
+    assert slope.jvp(lambda a: h(a, c), (x,), (slope.ones(2),))[1].tolist() == [1.0, 2.0]
+    assert seen[-1] == [False, True]
+    h.defjvp(rule)
+    slope.jvp(lambda a: h(a, c), (x,), (slope.ones(2),))
+    assert seen[-1] == [False, False]
+    wrong = slope.custom_vjp(lambda v: v * 2.0)
+    wrong.defvjp(lambda v: ((v * 2.0).sum(), None), lambda r, ct: (ct,))
+    with pytest.raises(slope.TransformError, match=r"rule's outputs and tangents .* do not match the function's"):
+        slope.vjp(wrong, x)
+
+
+def test_forward_mode_of_fmod_by_a_constant_has_no_nan(backend: str) -> None:
+    """fmod(x, c)'s tangent multiplied c's zero tangent by trunc(x / c), inf where x / c overflows: NaN (grad: 1;
+    torch.func.jvp: 1)."""
+    x = slope.tensor([1e30, -3e38])
+    for fn in (lambda v: slope.fmod(v, 1e-30), lambda v: slope.remainder(v, 1e-30)):
+        assert slope.jvp(fn, (x,), (slope.ones(2),))[1].tolist() == [1.0, 1.0]
+        assert slope.jacfwd(fn)(x).numpy().diagonal().tolist() == [1.0, 1.0]

@@ -311,3 +311,24 @@ def test_bce_modules_take_pytorchs_weight_and_pos_weight():
     assert [n for n, _ in loss.named_parameters()] == [] and set(loss.state_dict()) == {"weight", "pos_weight"}
     with pytest.raises(TypeError, match="first argument is weight .* pass reduction='sum'"):
         nn.BCELoss("sum")
+
+
+def test_binary_cross_entropy_forward_mode_at_saturated_probabilities():
+    """At p = 0 or 1 with a constant target, jvp and jacfwd gave NaN (the target's zero tangent times log1p(-p) -
+    log(p), infinite there) where torch.func.jvp and reverse mode are finite; and hessian(bce ** 2), whose outer
+    forward mode now sees the rule, was asymmetric (1.67 and 0; PyTorch: 0 and 0)."""
+    torch = pytest.importorskip("torch")
+    p, t = [0.3, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.5]
+    f = lambda q: nn.binary_cross_entropy(q, slope.tensor(t), reduction="none")  # noqa: E731
+    tf = lambda q: torch.nn.functional.binary_cross_entropy(q, torch.tensor(t), reduction="none")  # noqa: E731
+    want = torch.func.jvp(tf, (torch.tensor(p),), (torch.ones(4),))[1].numpy()
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(slope.jvp(f, (slope.tensor(p),), (slope.ones(4),))[1].numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(slope.jacfwd(f)(slope.tensor(p)).numpy().diagonal(), want, rtol=1e-6)
+    np.testing.assert_allclose(slope.jacrev(f)(slope.tensor(p)).numpy().diagonal(), want, rtol=1e-6)
+    square = lambda q: nn.binary_cross_entropy(q, slope.tensor([1.0, 1.0])) ** 2  # noqa: E731
+    hessian = slope.hessian(square)(slope.tensor([0.3, 1.0])).numpy()
+    tsquare = lambda q: torch.nn.functional.binary_cross_entropy(q, torch.tensor([1.0, 1.0])) ** 2  # noqa: E731
+    want = torch.func.hessian(tsquare)(torch.tensor([0.3, 1.0])).numpy()
+    # (H[1, 1] at p = 1 itself differs: the rule's clamp gives 6e11, PyTorch's double backward 0, the limit is 1)
+    np.testing.assert_allclose(hessian.ravel()[:3], want.ravel()[:3], rtol=1e-5)

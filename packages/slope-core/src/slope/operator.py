@@ -25,7 +25,7 @@ class Operator:
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
     symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero (so does the product rule)
-    inline: bool = False  # never recorded in Programs: traced straight through its procedure
+    inline: bool = False  # run eagerly through its procedure (Programs record it: replayed, it meets the transforms)
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
     def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it

@@ -331,9 +331,14 @@ class Fmod(Binary):
     name = "fmod"
     __call__ = functools.partialmethod(Div.__call__, name="fmod")
 
+    symbolic_zeros = True  # fmod(x, c): tx alone (its d/dy term was 0 * inf = NaN where x / c overflows)
+
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
-        quotient = div(*primals)
-        return [fmod(*primals)], [sub(tangents[0], mul(tangents[1], sub(quotient, fmod(quotient, 1.0))))]
+        (x, y), (tx, ty) = primals, tangents
+        if ty is None:
+            return [fmod(x, y)], [tx]
+        quotient = div(x, y)
+        return [fmod(x, y)], [sub(zeros_like(x) if tx is None else tx, mul(ty, sub(quotient, fmod(quotient, 1.0))))]
 
 
 class Maximum(Binary):

@@ -417,16 +417,22 @@ class CustomJVPCall(_CustomCall):
 
     name = "custom_jvp_call"
     inline = True
+    symbolic_zeros = True  # (given to rules that ask for them: None for a tangent known to be zero)
 
     def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
 
-    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
+    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, out_avals: tuple, zeros: bool,
+            **params: Any) -> tuple[list, list]:  # fmt: skip
+        tangents = tangents if zeros else [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
-        got, expected = [t.aval for t in tangent_outs], [o.aval for o in outs]
-        if got != expected:  # (JAX checks too: jacfwd had a wrong shape)
-            raise TransformError(f"slope.custom_jvp: the rule's tangents {got} do not match its outputs {expected}")
+        got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(out_avals) * 2
+        if got != expected:  # (JAX checks too: jacfwd had a wrong shape, a vjp the fwd's shape)
+            raise TransformError(
+                f"slope.custom_jvp: the rule's outputs and tangents {got} do not match the function's "
+                f"outputs {list(out_avals)} (once for the outputs, once for the tangents)"
+            )
         return outs, tangent_outs
 
 
@@ -463,11 +469,12 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
 
     def __init__(self, fun: Callable):
         functools.update_wrapper(self, fun)
-        self.fun, self.rule = fun, None  # (the rule: set by defjvp or defvjp)
+        self.fun, self.rule, self.zeros = fun, None, False  # (the rule: set by defjvp or defvjp)
 
-    def defjvp(self, rule: Callable) -> Callable:
-        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents)."""
-        self.rule = rule
+    def defjvp(self, rule: Callable, symbolic_zeros: bool = False) -> Callable:
+        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents); with symbolic_zeros
+        (as JAX's) a tangent known to be zero comes as None, not as a tensor of zeros."""
+        self.rule, self.zeros = rule, symbolic_zeros
         return rule
 
     def __call__(self, *args: Any) -> Any:
@@ -479,7 +486,8 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         flat, in_tree = _tensor_leaves(args)
         flat_fun, out_trees = flatten_fun(self.fun, in_tree)
         out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
-        outs = bind(custom_jvp_call, *flat, fun=flat_fun, rule=self.rule, in_tree=in_tree, out_avals=out_avals)
+        params = {"fun": flat_fun, "rule": self.rule, "in_tree": in_tree, "out_avals": out_avals, "zeros": self.zeros}
+        outs = bind(custom_jvp_call, *flat, **params)
         return tree.unflatten(out_trees[0], outs)
 
 

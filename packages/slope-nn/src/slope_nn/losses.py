@@ -94,14 +94,18 @@ def _binary_log_loss(p: Tensor, t: Tensor) -> Tensor:
     return -(t * slope.clip(p.log(), -100.0, None) + (1.0 - t) * slope.clip(slope.log1p(-p), -100.0, None))
 
 
-@_binary_log_loss.defjvp
 def _binary_log_loss_jvp(primals: tuple, tangents: tuple) -> tuple:
     # PyTorch's derivatives: (p - t) / max(p (1 - p), 1e-12) for p, finite at p = 0 and 1 (the clamped logs'
     # derivatives give 0 * inf = NaN there), and the unclamped log(1 - p) - log(p) for the target
-    # (its 1e-12 is a C float, 9.99999996e-13, in float64 too)
+    # (its 1e-12 is a C float, 9.99999996e-13, in float64 too); a tangent known to be zero (None: a constant target,
+    # say) adds no term (a zero times the target's infinite factor at p = 0 or 1 was NaN in forward mode)
     (p, t), (dp, dt) = primals, tangents
-    dp_factor = (p - t) / slope.maximum((1.0 - p) * p, _FLOAT32_1E_12)
-    return _binary_log_loss(p, t), dp * dp_factor + dt * (slope.log1p(-p) - p.log())
+    terms = [] if dp is None else [dp * ((p - t) / slope.maximum((1.0 - p) * p, _FLOAT32_1E_12))]
+    terms += [] if dt is None else [dt * (slope.log1p(-p) - p.log())]
+    return _binary_log_loss(p, t), sum(terms[1:], terms[0])
+
+
+_binary_log_loss.defjvp(_binary_log_loss_jvp, symbolic_zeros=True)
 
 
 def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
