@@ -201,6 +201,8 @@ def test_repr_shows_values_shape_dtype_device(on_backend):
     assert "1" in text and "4" in text
     scalar = repr(slope.tensor(2.5))
     assert "2.5" in scalar and "shape=()" in scalar and "float32" in scalar
+    for dtype in (slope.float16, slope.bfloat16):  # (bfloat16 whole numbers printed as "1, 2", like integers)
+        assert repr(slope.tensor([1.0, 2.0], dtype=dtype)).startswith("tensor([1., 2.], ")
 
 
 def test_tensors_are_immutable_values(on_backend):

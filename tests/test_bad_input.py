@@ -248,6 +248,8 @@ ROWS = [
     bad("flip-repeated", lambda m: x23(m).flip((0, 0)), ValueError, "slope.flip"),
     bad("flip-str", lambda m: x23(m).flip("a"), TypeError, "slope.flip"),
     ok("flip-empty", lambda m: x23(m).flip(())),
+    bad("layer-norm-shape-for-eps", lambda m: slope.layer_norm(m.ones(2, 4), (4,)), TypeError, "slope.layer_norm",
+        None),  # (PyTorch's F.layer_norm(x, normalized_shape) order: it was float()'s bare TypeError)
     bad("flip-no-dims", lambda m: x23(m).flip(), TypeError, "slope.flip"),  # (it flipped nothing)
     bad("flip-function-no-dims", lambda m: m.flip(x23(m)), TypeError, "slope.flip"),
     ok("flip-varargs", lambda m: x23(m).flip(0, -1)),  # (PyTorch's Tensor.flip(*dims); it raised a TypeError)

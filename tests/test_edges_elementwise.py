@@ -169,8 +169,9 @@ def test_integer_floor_divide_remainder_fmod_match_pytorch(backend, dtype, name)
 
 @pytest.mark.parametrize("name", ["floor_divide", "remainder", "fmod"])
 def test_integer_division_by_a_concrete_zero_raises_as_in_pytorch(backend, name):
-    """Eager integer `//`, `%` and fmod by zero raise ZeroDivisionError (PyTorch's error on CPU). Under jit a zero
-    divisor is not seen: x // 0 is 0 (-1 for x < 0), x % 0 and fmod(x, 0) are x, and nothing crashes."""
+    """Eager integer `//`, `%` and fmod by zero raise ZeroDivisionError (PyTorch's error on CPU), and so does a number
+    or a concrete tensor divisor under jit and vmap (a Python 0 gave 0 or x under jit). A traced zero divisor is not
+    seen: x // 0 is 0 (-1 for x < 0), x % 0 and fmod(x, 0) are x, and nothing crashes."""
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         getattr(torch, name)(torch.tensor([5, -5]), torch.tensor([0, 1]))
     fn = getattr(slope, name)
@@ -181,6 +182,11 @@ def test_integer_division_by_a_concrete_zero_raises_as_in_pytorch(backend, name)
     for wrapped in (256, slope.tensor(np.int16(256)), slope.tensor(np.int16(-32768))):  # int8's 0 (as PyTorch)
         with pytest.raises(ZeroDivisionError, match=f"slope.{name}"):
             fn(slope.tensor(np.int8([5, -5])), wrapped)
+    for transform in (slope.jit, slope.vmap):
+        with pytest.raises(ZeroDivisionError, match=f"slope.{name}"):
+            transform(lambda a: fn(a, 0))(slope.tensor([5, -5]))
+        with pytest.raises(ZeroDivisionError, match=f"slope.{name}"):
+            transform(lambda a: fn(a, slope.tensor([1, 0])))(slope.tensor([5, -5]))
     jitted = slope.jit(fn)(slope.tensor([5, -5, 0]), slope.tensor([0, 0, 0])).numpy()
     expected = {"floor_divide": [0, -1, 0], "remainder": [5, -5, 0], "fmod": [5, -5, 0]}[name]
     np.testing.assert_array_equal(jitted, expected)

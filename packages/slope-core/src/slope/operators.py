@@ -286,7 +286,7 @@ class Div(Binary):
 
     def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
-        if not out.dtype.is_float and out.buffer is not None and out.numel():  # (an empty result divides nothing)
+        if not out.dtype.is_float and (type(y) is Tensor or not isinstance(y, Tensor)) and out.numel():  # (none: no)
             if not np.all(dtypes.wrap(y.numpy() if type(y) is Tensor else y, out.dtype)):  # (256 is int8's 0)
                 raise ZeroDivisionError(f"slope.{name}: integer division by zero")
         return out

@@ -207,9 +207,9 @@ def true_divide(x: Any, y: Any) -> Tensor:
 
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    x, y = coerce(name, x, y)
-    mod = ops.fmod(x, y, name=name)
-    return x, y, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
+    x, coerced = coerce(name, x, y)
+    mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
+    return x, coerced, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
 def floor_divide(x: Any, y: Any) -> Tensor:

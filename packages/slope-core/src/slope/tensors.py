@@ -114,7 +114,10 @@ class Tensor:
     def __repr__(self) -> str:
         if self.buffer is None:
             return f"{type(self).__name__}({self.aval})"
-        values = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        array = (
+            self.numpy().astype(np.float32) if self.dtype.name == "bfloat16" else self.numpy()
+        )  # (NumPy: "1" for 1.)
+        values = np.array2string(array, separator=", ", prefix="tensor(")
         return f"tensor({values}, shape={self.shape}, dtype={self.dtype.name}, device={self.device})"
 
     def __setitem__(self, index: Any, value: Any) -> None:

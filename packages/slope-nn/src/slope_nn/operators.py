@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Callable
 
 import numpy as np
@@ -169,6 +170,9 @@ class _LastDimNorm(Operator):
     """Shared by layer_norm and layer_norm_rstd: a float tensor (integers promote), eps, the last dimension."""
 
     def __call__(self, x: Any, eps: float = 1e-5) -> Tensor:
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):  # (PyTorch's layer_norm(x, normalized_shape))
+            given = f"got {type(eps).__name__} {eps!r}; slope.{self.name}(x, eps) normalises the last dimension"
+            raise TypeError(f"slope.{self.name}: eps must be a number, {given} (nn.LayerNorm takes normalized_shape)")
         x = _tensor(x)
         x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
         if x.ndim == 0:
