@@ -279,3 +279,13 @@ def test_forward_mode_of_fmod_by_a_constant_has_no_nan(backend: str) -> None:
     for fn in (lambda v: slope.fmod(v, 1e-30), lambda v: slope.remainder(v, 1e-30)):
         assert slope.jvp(fn, (x,), (slope.ones(2),))[1].tolist() == [1.0, 1.0]
         assert slope.jacfwd(fn)(x).numpy().diagonal().tolist() == [1.0, 1.0]
+
+
+def test_vmap_passes_unmapped_non_arrays_and_has_aux_takes_a_list(backend: str) -> None:
+    """vmap with in_axes None for a string or a function argument tried to make it a tensor (JAX and torch.func pass
+    it through); grad(has_aux=True) refused an [output, aux] list (JAX takes a list too)."""
+    x = slope.tensor([1.0, 2.0])
+    assert slope.vmap(lambda v, mode: v * 2 if mode == "a" else v, in_axes=(0, None))(x, "a").tolist() == [2.0, 4.0]
+    np.testing.assert_allclose(slope.vmap(lambda v, fn: fn(v), in_axes=(0, None))(x, slope.sin).numpy(), np.sin([1, 2]))
+    gradient, aux = slope.grad(lambda v: [(v**2).sum(), v * 3], has_aux=True)(x)
+    assert gradient.tolist() == [2.0, 4.0] and aux.tolist() == [3.0, 6.0]

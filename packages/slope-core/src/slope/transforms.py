@@ -170,7 +170,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
     def main_fn(*args: Any) -> Any:
         out = _function("vjp", fn)(*args)
-        if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+        if has_aux and not (isinstance(out, (tuple, list)) and len(out) == 2):
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
             got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
             raise TransformError(f"slope.grad/vjp: with has_aux=True, return a pair (output, aux), not {got}")
@@ -301,8 +301,10 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
             raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
         leaves, in_tree = tree.flatten(args)
-        axes = _axes_for_leaves("vmap", in_axes, args)  # (unmapped Python numbers stay numbers, as in JAX)
-        flat = [x if a is None and isinstance(x, (int, float)) else as_tensor(x) for x, a in zip(leaves, axes)]
+        axes = _axes_for_leaves("vmap", in_axes, args)  # (unmapped numbers, strings, functions stay so, as in JAX)
+        flat = [
+            x if a is None and not isinstance(x, (Tensor, np.ndarray)) else as_tensor(x) for x, a in zip(leaves, axes)
+        ]
         for x, axis in zip(flat, axes):
             if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
