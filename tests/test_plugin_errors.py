@@ -327,7 +327,7 @@ def test_slope_info_survives_a_failing_slope_commands_hook(site):
 
 
 def test_a_plugin_adds_a_slope_subcommand(site):
-    # the hook's working path (slope-iree's `cache` was its one user until the core took `slope cache`)
+    # the hook's working path for a plugin of its own (slope-iree's `slope cache` is the other user)
     source = """from slope.plugins import hookimpl
 
 

@@ -1,13 +1,10 @@
-"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage; `slope cache
-[clear]` shows (empties) the backends' compile caches."""
+"""The `slope` command: `slope info [-v] [--json]` lists plugins, backends, devices and operator coverage."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
-import shutil
 import sys
 from importlib.metadata import version
 
@@ -64,20 +61,6 @@ def info(verbose: bool = False, data: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def cache(clear: bool = False) -> str:
-    """`slope cache` as text: each backend's compile cache, $SLOPE_CACHE_DIR/<backend>, with its size (`clear`: emptied)."""
-    root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # (as the backends read it)
-    lines = [f"compile caches in {root}" + (" (cleared)" if clear else "")]
-    for name in sorted(plugins.backends):  # (only backends' own folders: the root may hold more)
-        sizes = [
-            os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(root, name)) for f in files
-        ]
-        lines.append(f"  {name}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
-        if clear:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `slope` command; `slope info` exits 1 when the default backend is not usable."""
     parser = argparse.ArgumentParser(prog="slope", description="Slope: automatic differentiation for ML")
@@ -86,15 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = sub.add_parser("info", help="list plugins, backends, devices and operator coverage")
     info_parser.add_argument("-v", "--verbose", action="store_true", help="also list every operator and procedure")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON, for tools")
-    cache_parser = sub.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
-    cache_parser.add_argument("action", nargs="?", choices=["clear"])
-    list(plugins.results("slope_commands", subparsers=sub))  # a plugin's subcommand sets `run`
+    list(plugins.results("slope_commands", subparsers=sub))  # a subcommand sets `run` (slope-iree's `cache`)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
-    if args.command == "cache":
-        print(cache(args.action == "clear"))
-        return 0
     if args.command == "info":
         data = report()
         print(json.dumps(data, indent=2) if args.json else info(args.verbose, data))

@@ -108,15 +108,10 @@ class Tensor:
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"'Tensor' object has no attribute {name!r}{missing_function_hint(name)}")
 
-    def __hash__(self) -> int:
-        return id(self)
-
     def __repr__(self) -> str:
         if self.buffer is None:
             return f"{type(self).__name__}({self.aval})"
-        array = (
-            self.numpy().astype(np.float32) if self.dtype.name == "bfloat16" else self.numpy()
-        )  # (NumPy: "1" for 1.)
+        array = self.numpy().astype(np.float32) if self.dtype.name == "bfloat16" else self.numpy()  # (NumPy: 1, 2)
         values = np.array2string(array, separator=", ", prefix="tensor(")
         return f"tensor({values}, shape={self.shape}, dtype={self.dtype.name}, device={self.device})"
 
