@@ -193,7 +193,7 @@ def test_vjp_checks_numpy_and_number_cotangents_and_jacrev_wants_float_outputs(b
     assert pullback(np.ones(3, np.float32))[0].tolist() == [2.0, 2.0, 2.0]  # NumPy data takes the output's dtype
     assert slope.vjp(lambda v: v.sum(), x)[1](1.0)[0].tolist() == [1.0, 1.0, 1.0]
     for integral in (lambda v: slope.argmax(v), lambda v: v > 0, lambda v: (v * 10).astype(slope.int32)):
-        with pytest.raises(slope.TransformError, match="jacrev: the function's output must be floating point"):
+        with pytest.raises(slope.TransformError, match="jacrev: expected one floating-point output"):
             slope.jacrev(integral)(x)
     np.testing.assert_array_equal(slope.jacrev(lambda v: v * 2)(x).numpy(), 2 * np.eye(3))
 
@@ -268,7 +268,7 @@ def test_custom_jvp_symbolic_zeros_and_primal_outputs_checked(backend: str) -> N
     assert seen[-1] == [False, False]
     wrong = slope.custom_vjp(lambda v: v * 2.0)
     wrong.defvjp(lambda v: ((v * 2.0).sum(), None), lambda r, ct: (ct,))
-    with pytest.raises(slope.TransformError, match=r"rule's outputs and tangents .* do not match the function's"):
+    with pytest.raises(slope.TransformError, match=r"rule's outputs and tangents .* should be"):
         slope.vjp(wrong, x)
 
 

@@ -62,9 +62,8 @@ class Backend:
     def check_dtype(self, dtype: DType, function: str) -> None:
         """Raise a clear error naming the function when this backend cannot hold the dtype."""
         if dtype not in self.dtypes:
-            supported = sorted(d.name for d in self.dtypes)
-            what = f"backend {self.name!r} cannot run dtype {dtype.name} (it supports {supported})"
-            raise SlopeBackendError(f"slope.{function}: {what}; cast the tensor or use another backend")
+            raise SlopeBackendError(f"slope.{function}: backend {self.name!r} cannot run dtype {dtype.name} (it supports "
+                                    f"{sorted(d.name for d in self.dtypes)}); cast the tensor or use another backend")  # fmt: skip
 
 
 def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
@@ -84,8 +83,8 @@ def lower_instruction(instruction: Instruction, supported: frozenset[str], backe
     in_vars, out_vars = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
     program = Program(in_vars, [Instruction(instruction.op, in_vars, instruction.params, out_vars)], out_vars)
     if instruction.op.procedure is None:
-        what = f"the {backend} backend cannot run it for inputs {program.in_avals} and it has no procedure"
-        raise SlopeBackendError(f"slope.{instruction.op.name}: {what}")
+        raise SlopeBackendError(f"slope.{instruction.op.name}: the {backend} backend cannot run it for inputs "
+                                f"{program.in_avals} and it has no procedure")  # fmt: skip
     return lower(program, frozenset(supported) - {instruction.op.name})
 
 
@@ -141,8 +140,8 @@ def checked_device(backend: Backend, device: str) -> str:
     """The device name ("cuda" means "cuda:0"), or a clear error if the backend cannot use it."""
     device = "cuda:0" if device == "cuda" else device
     if device not in backend.devices():
-        where = f"backend {backend.name!r}; available devices: {backend.devices()}"
-        raise SlopeBackendError(f"slope: device {device!r} is not available on {where}")
+        raise SlopeBackendError(f"slope: device {device!r} is not available on backend {backend.name!r}; available "
+                                f"devices: {backend.devices()}")  # fmt: skip
     return device
 
 
@@ -199,10 +198,9 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
         avals = [v.aval for v in instruction.inputs + instruction.outputs]
         needed = sum(a.size * a.dtype.bits // 8 for a in avals)  # at least its inputs and outputs at once
         if needed > PHYSICAL_MEMORY or any(math.prod(d for d in a.shape if d) >= 2**63 for a in avals):
-            out = instruction.outputs[0].aval
-            what = f"a result of shape {out.shape} and dtype {out.dtype.name} needs {needed:,} bytes with its inputs"
-            memory = f"this machine has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)"
-            raise SlopeMemoryError(f"slope.{instruction.op.name}: {what}; {memory}")
+            what = f"a result {instruction.outputs[0].aval.shape} of {instruction.outputs[0].aval.dtype.name} needs"
+            raise SlopeMemoryError(f"slope.{instruction.op.name}: {what} {needed:,} bytes with its inputs; this machine "
+                                   f"has {PHYSICAL_MEMORY:,} bytes of memory (sizes must be below 2**63)")  # fmt: skip
         for aval in avals:
             backend.check_dtype(aval.dtype, instruction.op.name)
     check_translations(lowered, backend, device)

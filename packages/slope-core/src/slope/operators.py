@@ -334,11 +334,9 @@ class Fmod(Binary):
     symbolic_zeros = True  # fmod(x, c): tx alone (its d/dy term was 0 * inf = NaN where x / c overflows)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
-        (x, y), (tx, ty) = primals, tangents
-        if ty is None:
-            return [fmod(x, y)], [tx]
-        quotient = div(x, y)
-        return [fmod(x, y)], [sub(zeros_like(x) if tx is None else tx, mul(ty, sub(quotient, fmod(quotient, 1.0))))]
+        (x, y), (tx, ty), quotient = primals, tangents, div(*primals)
+        dy = None if ty is None else mul(ty, sub(quotient, fmod(quotient, 1.0)))
+        return [fmod(x, y)], [tx if dy is None else sub(zeros_like(x) if tx is None else tx, dy)]
 
 
 class Maximum(Binary):

@@ -209,7 +209,7 @@ def true_divide(x: Any, y: Any) -> Tensor:
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
     mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
-    return x, coerced, mod, (mod != 0) & ((y < 0) != (mod < 0))  # the last: where x % y is mod + y
+    return x, coerced, mod, (mod != 0) & ((coerced < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
 def floor_divide(x: Any, y: Any) -> Tensor:
@@ -263,7 +263,6 @@ def logical_or(x: Any, y: Any) -> Tensor:
 
 def isnan(x: Any) -> Tensor:
     """Where x is NaN."""
-    x = as_tensor(x)
     return not_equal(x, x)
 
 
@@ -568,8 +567,8 @@ def getitem(x: Any, index: Any) -> Tensor:
             continue
         mask = as_tensor(item)
         if mask.buffer is None:
-            message = "a boolean mask inside a transformation gives a data-dependent shape; use slope.where(mask, x, 0)"
-            raise TypeError(f"slope.getitem: {message} instead")
+            raise TypeError("slope.getitem: a boolean mask inside a transformation gives a data-dependent shape; use "
+                            "slope.where(mask, x, 0) instead")  # fmt: skip
         if mask.shape != x.shape[dim : dim + mask.ndim]:
             raise IndexError(f"slope.getitem: a mask of shape {mask.shape} does not fit shape {x.shape} at dim {dim}")
         if mask.ndim == 0:  # a 0-d mask adds a dimension of size 1 and masks it, as in PyTorch
@@ -595,8 +594,8 @@ def getitem(x: Any, index: Any) -> Tensor:
                 raise ValueError(f"slope.getitem: slice step cannot be zero ({item} in dim {dim} of shape {x.shape})")
             out_shape.append(len(range(*item.indices(size))))
         elif not isinstance(item, (int, np.integer)):  # PyTorch's list of what can index
-            message = "only integers, slices, ellipsis (...), None and integer or bool tensors are valid indices"
-            raise IndexError(f"slope.getitem: {message}, got {type(item).__name__}")
+            raise IndexError("slope.getitem: only integers, slices, ellipsis (...), None and integer or bool tensors are "
+                             f"valid indices, got {type(item).__name__}")  # fmt: skip
         elif not -size <= (position := int(item)) < size:
             raise IndexError(f"slope.getitem: index {position} is out of range for dimension {dim} of size {size}")
         else:
@@ -681,6 +680,7 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
 registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
+registry.update(detach=ops.stop_gradient)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
 
 
 @hookimpl

@@ -71,8 +71,8 @@ def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
 def key(seed: int) -> Tensor:
     """A random key from an integer seed."""
     (seed,) = ops.ints("random.key", seed, "seed", count=1)
-    if not -(2**63) <= seed < 2**63:  # (it wrapped: key(2**64) was key(0); JAX refuses too)
-        raise OverflowError(f"slope.random.key: the seed {seed} does not fit in int64")
+    if not -(2**63) <= seed < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
+        raise OverflowError(f"slope.random.key: the seed {seed} does not fit in 64 bits")
     return ops.as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
 
 
@@ -158,10 +158,10 @@ _global_lock = threading.Lock()  # one generator for the process: each draw read
 
 def manual_seed(seed: int) -> None:
     """Seed the global generator used by slope.randn, slope.rand and slope.randint."""
-    if not -(2**63) <= (seed := int(seed)) < 2**64:  # (PyTorch's range; from 2**63 as the int64 of the same bits)
+    if not -(2**63) <= (seed := int(seed)) < 2**64:  # (PyTorch's range)
         raise OverflowError(f"slope.manual_seed: the seed {seed} does not fit in 64 bits")
     with _global_lock:
-        _global.update(seed=seed - 2**64 if seed >= 2**63 else seed, key=None)
+        _global.update(seed=seed, key=None)
 
 
 def next_key() -> Tensor:

@@ -51,10 +51,9 @@ class Tensor:
 
     def _concrete(self, what: str) -> None:
         if self.buffer is None:
-            traced = f"this tensor {self.aval} is traced inside a transformation (jit, grad, vmap, ...)"
-            why = "Python control flow on traced values is not possible"
-            hint = "use slope.where, or mark the argument static with jit(static_argnums=...)"
-            raise SlopeTraceError(f"slope: {what} needs a concrete value, but {traced}; {why}: {hint}")
+            raise SlopeTraceError(f"slope: {what} needs a concrete value, but this tensor {self.aval} is traced inside a "
+                                  "transformation (jit, grad, vmap, ...); Python control flow on traced values is not "
+                                  "possible: use slope.where, or mark the argument static with jit(static_argnums=...)")  # fmt: skip
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of the data."""
@@ -74,10 +73,6 @@ class Tensor:
         """This tensor (every tensor is contiguous)."""
         return self
 
-    def detach(self) -> Tensor:
-        """This tensor with gradients stopped."""
-        return functions["stop_gradient"](self)
-
     def tolist(self) -> Any:
         """The data as nested Python lists."""
         return self.numpy().tolist()
@@ -85,9 +80,8 @@ class Tensor:
     def _scalar(self, what: str) -> Any:
         self._concrete(what)
         if self.aval.size != 1:
-            got = f"got shape {self.shape} ({self.aval.size} elements)"
-            hint = "reduce it first (.any(), .all(), .sum(), ...)"
-            raise ValueError(f"slope: {what} needs a one-element tensor, {got}; {hint}")
+            raise ValueError(f"slope: {what} needs a one-element tensor, got shape {self.shape} ({self.aval.size} "
+                             "elements); reduce it first (.any(), .all(), .sum(), ...)")  # fmt: skip
         return self.numpy().reshape(()).item()
 
     def __index__(self) -> int:

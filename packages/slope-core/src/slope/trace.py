@@ -37,9 +37,9 @@ class Trace:
             return self.pure(value)
         if value._trace.main is self.main:
             return value
-        where = f"a {value.aval} tracer of level {value._trace.main.level} used at level {self.main.level}"
-        hint = "return values from transformed functions instead of storing them"
-        raise SlopeTraceError(f"slope: a traced value escaped the transformation that created it ({where}); {hint}")
+        raise SlopeTraceError(f"slope: a traced value escaped the transformation that created it (a {value.aval} tracer "
+                              f"of level {value._trace.main.level} used at level {self.main.level}); return values from "
+                              "transformed functions instead of storing them")  # fmt: skip
 
 
 class Tracer(Tensor):

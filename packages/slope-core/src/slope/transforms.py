@@ -199,8 +199,7 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
 
 
 def _differentiated(name: str, fn: Callable, argnums: int | Sequence[int], args: tuple, kwargs: dict) -> tuple:
-    """`fn` as a function of its arguments `argnums` alone (the others and kwargs fixed), and those arguments (checked:
-    in range, no repeats, floating-point tensors or pytrees of them)."""
+    """`fn` of its arguments `argnums` alone (the rest fixed), and those arguments (checked: float tensors or pytrees)."""
     count, nums = len(args), ints(name, argnums, "argnums")
     if not nums or not all(-count <= n < count for n in nums) or len({n % count for n in nums}) < len(nums):
         raise TransformError(f"slope.{name}: argnums {argnums} is empty, out of range or repeats for {count} arguments")
@@ -209,9 +208,9 @@ def _differentiated(name: str, fn: Callable, argnums: int | Sequence[int], args:
         tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
         if tensor is None or not tensor.dtype.is_float:
             held = f"argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}"
-            need = "floating-point tensors (or pytrees of them; register containers with slope.tree.register)"
-            hint = "cast it with .float(), or leave it out of argnums"
-            raise TransformError(f"slope.{name}: {held}; derivatives need {need}: {hint}")
+            raise TransformError(f"slope.{name}: {held}; derivatives need floating-point tensors (or pytrees of them; "
+                                 "register containers with slope.tree.register): cast it with .float(), or leave it out "
+                                 "of argnums")  # fmt: skip
 
     def partial_fn(*diff_args: Any) -> Any:
         differentiated = dict(zip(nums, diff_args))
@@ -300,11 +299,9 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     def vmapped(*args: Any, **kwargs: Any) -> Any:  # keyword arguments pass through unmapped (torch.func.vmap's rule)
         if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
             raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
-        leaves, in_tree = tree.flatten(args)
+        xs, in_tree = tree.flatten(args)
         axes = _axes_for_leaves("vmap", in_axes, args)  # (unmapped numbers, strings, functions stay so, as in JAX)
-        flat = [
-            x if a is None and not isinstance(x, (Tensor, np.ndarray)) else as_tensor(x) for x, a in zip(leaves, axes)
-        ]
+        flat = [x if a is None and not isinstance(x, (Tensor, np.ndarray)) else as_tensor(x) for x, a in zip(xs, axes)]
         for x, axis in zip(flat, axes):
             if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
@@ -325,78 +322,60 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         results = []
         for value, dim, target in zip(values, dims, targets):
             if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
-                what = f"an output that depends on the mapped inputs (shape {value.shape}, batch axis {dim})"
-                raise TransformError(f"slope.vmap: out_axes is None for {what}; give it an axis or make it unbatched")
+                raise TransformError(f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
+                                     f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched")  # fmt: skip
             if dim is None and target is not None:
                 value, dim = batch_to_front(value, None, axis_size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 per_example = f"a per-example output of shape {value.shape[:dim] + value.shape[dim + 1 :]}"
-                expected = f"expected {-value.ndim} to {value.ndim - 1}"
-                raise TransformError(f"slope.vmap: out_axes {target} is out of range for {per_example} ({expected})")
+                raise TransformError(f"slope.vmap: out_axes {target} is out of range for {per_example} (expected "
+                                     f"{-value.ndim} to {value.ndim - 1})")  # fmt: skip
             results.append(move_axis(value, dim, target % value.ndim) if target is not None else value)
         return tree.unflatten(out_tree[0], results)
 
     return vmapped
 
 
-def _blocks(t: Tensor, avals: list[Aval], axis: int) -> list[Tensor]:
-    """`t` cut along `axis` into one piece per aval (as long as its size), that axis reshaped to the aval's shape."""
-    axis, starts = axis % t.ndim, np.cumsum([0] + [a.size for a in avals])
-    cut = [t if len(avals) == 1 else t[(slice(None),) * axis + (slice(i, j),)] for i, j in zip(starts, starts[1:])]
-    return [piece.reshape((*t.shape[:axis], *a.shape, *t.shape[axis + 1 :])) for piece, a in zip(cut, avals)]
+def _basis(aval: Aval) -> Tensor:
+    return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
 
 
-def _basis(avals: list[Aval]) -> list[Tensor]:
-    """The standard basis of the values flattened together: per value, its part of every row (size of all, *shape)."""
-    eye = functions["eye"](sum(a.size for a in avals), dtype=avals[0].dtype)
-    return [as_tensor(rows, a.dtype) for rows, a in zip(_blocks(eye, avals, 1), avals)]
-
-
-def _jacobian(name: str, fn: Callable, argnums: int | Sequence[int], build: Callable) -> Callable:
-    """A function of `fn`'s arguments giving its Jacobian as JAX lays it out: for each output leaf, the arguments'
-    structure (a tuple for tuple argnums) of blocks (*output shape, *input shape); `build` makes the flat blocks."""
+def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callable:
+    """A function of `fn`'s arguments giving `build(f, x)`: `f` is `fn` of its `argnums` argument alone, at `x`."""
 
     @functools.wraps(_function(name, fn))
     def jacobian(*args: Any, **kwargs: Any) -> Any:
-        partial_fn, diff_args = _differentiated(name, fn, argnums, args, kwargs)
-        xs, in_tree = _tensor_leaves(diff_args)
-        flat_fn, out_tree = flatten_fun(partial_fn, in_tree)
-        rows = build(flat_fn, xs)  # rows[i][j]: output leaf i by input leaf j
-        inner = in_tree.children()[0] if isinstance(argnums, int) else in_tree
-        return tree.unflatten(out_tree[0], [tree.unflatten(inner, row) for row in rows])
+        f, (x,) = _differentiated(name, fn, ints(name, argnums, "argnums", count=1)[0], args, kwargs)
+        return build(f, as_tensor(x))
 
     return jacobian
 
 
-def jacfwd(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
-    """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap)."""
+def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
+    """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap); outputs may be pytrees."""
 
-    def build(flat_fn: Callable, xs: list[Tensor]) -> list:
-        avals = [x.aval for x in xs]
-        columns = vmap(lambda *t: _jvp_flat(flat_fn, xs, list(t))[1], out_axes=-1)(*_basis(avals))  # (*out, size)
-        return [_blocks(column, avals, -1) for column in columns]
+    def build(f: Callable, x: Tensor) -> Any:
+        columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
+        return tree.map(lambda column: column.reshape((*column.shape[:-1], *x.shape)), columns)
 
     return _jacobian("jacfwd", fn, argnums, build)
 
 
-def jacrev(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
+def jacrev(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
 
-    def build(flat_fn: Callable, xs: list[Tensor]) -> list:
-        outs, vjp_fn = vjp(flat_fn, *xs)
-        if not all(out.dtype.is_float for out in outs):  # (their rows were zeros; PyTorch and JAX refuse)
-            got = ", ".join(str(out.aval) for out in outs)
-            raise TransformError(f"slope.jacrev: the function's output must be floating point, got {got}")
-        avals = [out.aval for out in outs]
-        return [list(row) for row in zip(*[_blocks(rows, avals, 0) for rows in vmap(vjp_fn)(_basis(avals))])]
+    def build(f: Callable, x: Tensor) -> Tensor:
+        out, vjp_fn = vjp(f, x)
+        if not isinstance(out, Tensor) or not out.dtype.is_float:  # (PyTorch and JAX refuse integers: zero rows)
+            raise TransformError(f"slope.jacrev: expected one floating-point output, got {getattr(out, 'aval', out)}")
+        return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
 
     return _jacobian("jacrev", fn, argnums, build)
 
 
-def hessian(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
+def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
-    ints("hessian", argnums, "argnums")  # (a bad argnums is named here, not as jacrev's)
-    return jacfwd(jacrev(fn, argnums), argnums)
+    return jacfwd(jacrev(fn, ints("hessian", argnums, "argnums", count=1)[0]), argnums)
 
 
 class _CustomCall(Operator):
@@ -424,17 +403,14 @@ class CustomJVPCall(_CustomCall):
     def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
 
-    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, out_avals: tuple, zeros: bool,
-            **params: Any) -> tuple[list, list]:  # fmt: skip
-        tangents = tangents if zeros else [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
+    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
+        if not params["zeros"]:  # (the rule gets tensors of zeros, as JAX's without symbolic_zeros)
+            tangents = [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
         out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
         outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
-        got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(out_avals) * 2
+        got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(params["out_avals"]) * 2
         if got != expected:  # (JAX checks too: jacfwd had a wrong shape, a vjp the fwd's shape)
-            raise TransformError(
-                f"slope.custom_jvp: the rule's outputs and tangents {got} do not match the function's "
-                f"outputs {list(out_avals)} (once for the outputs, once for the tangents)"
-            )
+            raise TransformError(f"slope.custom_jvp: the rule's outputs and tangents {got} should be {expected}")
         return outs, tangent_outs
 
 
@@ -457,9 +433,9 @@ class CustomVJPLinear(_CustomCall):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and (got := as_tensor(ct).aval) != aval:
-                returned = f"a cotangent of shape {got.shape} ({got.dtype.name}) for input {i}"
-                expected = f"of shape {aval.shape} ({aval.dtype.name}); expected both"
-                raise TransformError(f"slope.custom_vjp: the backward function returned {returned} {expected}")
+                raise TransformError(f"slope.custom_vjp: the backward function returned a cotangent of shape {got.shape} "
+                                     f"({got.dtype.name}) for input {i} of shape {aval.shape} ({aval.dtype.name}); "
+                                     "expected both")  # fmt: skip
         return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
 
 
@@ -474,8 +450,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         self.fun, self.rule, self.zeros = fun, None, False  # (the rule: set by defjvp or defvjp)
 
     def defjvp(self, rule: Callable, symbolic_zeros: bool = False) -> Callable:
-        """Set `rule(primals, tangents) -> (primal_out, tangent_out)` (linear in the tangents); with symbolic_zeros
-        (as JAX's) a tangent known to be zero comes as None, not as a tensor of zeros."""
+        """Set `rule(primals, tangents) -> (out, tangent_out)`; symbolic_zeros (JAX's): None for a tangent known zero."""
         self.rule, self.zeros = rule, symbolic_zeros
         return rule
 
@@ -486,10 +461,9 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)
-        flat_fun, out_trees = flatten_fun(self.fun, in_tree)
-        out_avals = tuple(make_program(flat_fun, [a.aval for a in flat]).out_avals)
-        params = {"fun": flat_fun, "rule": self.rule, "in_tree": in_tree, "out_avals": out_avals, "zeros": self.zeros}
-        outs = bind(custom_jvp_call, *flat, **params)
+        fun, out_trees = flatten_fun(self.fun, in_tree)
+        avals = tuple(make_program(fun, [a.aval for a in flat]).out_avals)
+        outs = bind(custom_jvp_call, *flat, fun=fun, rule=self.rule, in_tree=in_tree, out_avals=avals, zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 
 
@@ -575,8 +549,6 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             raise TransformError(f"slope.jit: {self.fn.__name__}: static arguments and non-tensor leaves must be "
                                  f"hashable ({error})") from None  # fmt: skip
         if entry is None:  # (threads that miss together each compile; the last one's entry stays)
-            if bad := [n for n in self.donate_argnums if not -len(args) <= n < len(args)]:  # (as JAX: an error)
-                raise TransformError(f"slope.jit: donate_argnums {bad[0]} is out of range for {len(args)} arguments")
             entry = self.cache.add(key, self._compile, key, tensors, backend, device)
         return entry, tensors, backend, device
 

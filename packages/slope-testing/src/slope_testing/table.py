@@ -156,6 +156,7 @@ ERF_ERROR = 2e-7  # 1.5e-7 plus rounding
 floating_unary("erf", np_erf, atol_floor=ERF_ERROR)
 unary("invert", np.invert, Data(low=-8, high=8), dtypes=BITS)
 unary("stop_gradient", lambda x: x, dtypes=ALL_DTYPES, zero_derivative=True)
+unary("detach", lambda x: x, dtypes=ALL_DTYPES, zero_derivative=True)  # (stop_gradient under PyTorch's name)
 add(
     Row(
         "cast",
