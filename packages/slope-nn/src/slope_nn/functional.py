@@ -20,6 +20,7 @@ from slope import Tensor
 from slope.ir import Aval
 from slope.operator import UndefinedPrimal
 from slope.operators import conv, ints, normalize_dims
+from slope.trace import Tracer
 
 from .module import next_key
 from .operators import (
@@ -71,8 +72,18 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
 
 
+def refuse_traced(name: str, what: str, value: Any, error: type[Exception] = TypeError, kind: str = "number") -> None:
+    """An error naming the function and argument when a hyperparameter that must be a Python number is traced (under
+    slope.jit a Python float argument is a traced 0-d tensor), saying how to keep it a number."""
+    if isinstance(value, Tracer):
+        raise error(f"{name}: {what} must be a Python {kind}, but it is a traced tensor ({type(value).__name__}: "
+                    f"slope.jit traces the jitted function's arguments, Python {kind}s too); pass it through jit's "
+                    "static_argnums/static_argnames, or close over it instead of passing it as an argument")  # fmt: skip
+
+
 def _number(name: str, value: Any, what: str) -> Any:
     """A Python number argument, else a TypeError naming the function."""
+    refuse_traced(f"slope.{name}", what, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"slope.{name}: {what} must be a number, got {type(value).__name__} {value!r}")
     return value
