@@ -229,3 +229,15 @@ def test_a_fresh_process_loads_bfloat16(tmp_path, suffix):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["bfloat16", "[1.5,", "-2.25]"]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_pytorch_bfloat16_state_saves_exactly(tmp_path, suffix):
+    # np.asarray(torch bfloat16 tensor) raised torch's "Got unsupported ScalarType BFloat16"
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.tensor([[3e38, -1e-39], [float("nan"), 1 / 3]], dtype=torch.bfloat16), "b": torch.ones(2)}
+    nn.save(state, tmp_path / f"s{suffix}")
+    back = nn.load(tmp_path / f"s{suffix}", as_numpy=True)
+    assert back["w"].dtype == slope.bfloat16.numpy and back["b"].dtype == np.float32
+    np.testing.assert_array_equal(back["w"].view(np.uint16), state["w"].view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(back["b"], state["b"].numpy())

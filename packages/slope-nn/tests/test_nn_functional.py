@@ -100,3 +100,40 @@ def test_logsumexp_over_no_dims_reduces_every_dim():
     # dim=() failed with a reshape error (every other reduction takes it for every dim; PyTorch: -inf when empty)
     assert slope.logsumexp(slope.zeros((0, 3)), ()).item() == float("-inf")
     np.testing.assert_allclose(slope.logsumexp(slope.ones((2, 3)), (), keepdim=True).numpy(), [[1 + np.log(6)]])
+
+
+def _sgd_step(x, lr, **options):
+    optimizer = slope.nn.SGD(lr, **options)
+    return optimizer.step([x], [x], optimizer.init([x]))[0][0]
+
+
+TRACED_HYPERPARAMETERS = {  # (the function's name in the message, the argument, the call, a good value, the error)
+    "leaky_relu": ("slope.leaky_relu", "negative_slope", lambda x, s: F.leaky_relu(x, s), 0.2, TypeError),
+    "softplus beta": ("slope.softplus", "beta", lambda x, s: F.softplus(x, beta=s), 2.0, TypeError),
+    "softplus threshold": ("slope.softplus", "threshold", lambda x, s: F.softplus(x, threshold=s), 1.0, TypeError),
+    "sdpa scale": ("slope.scaled_dot_product_attention", "scale",
+                   lambda x, s: F.scaled_dot_product_attention(x, x, x, scale=s), 0.5, TypeError),
+    "sdpa dropout_p": ("slope.scaled_dot_product_attention", "dropout_p",
+                       lambda x, s: F.scaled_dot_product_attention(x, x, x, dropout_p=s), 0.0, TypeError),
+    "cross_entropy": ("slope.cross_entropy", "label_smoothing",
+                      lambda x, s: slope.nn.cross_entropy(x, slope.tensor([1]), label_smoothing=s), 0.1, TypeError),
+    "dropout": ("slope.nn.dropout", "p", lambda x, s: slope.nn.dropout(x, s, True, slope.random.key(0)), 0.5, TypeError),
+    "Dropout": ("Dropout", "p", lambda x, s: slope.nn.Dropout(s)(x, slope.random.key(0)), 0.5, TypeError),
+    "SGD lr": ("SGD", "lr", lambda x, s: _sgd_step(x, s), 0.1, ValueError),
+    "SGD momentum": ("SGD", "momentum", lambda x, s: _sgd_step(x, 0.1, momentum=s), 0.9, ValueError),
+    "Adam eps": ("Adam", "eps", lambda x, s: slope.nn.Adam(1e-3, eps=s).init([x])[0], 1e-8, ValueError),
+    "AdamW betas": ("AdamW", r"betas\[1\]", lambda x, s: slope.nn.AdamW(1e-3, betas=(0.9, s)).init([x])[0], 0.99,
+                    ValueError),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(TRACED_HYPERPARAMETERS))
+def test_a_traced_hyperparameter_under_jit_says_to_make_it_static(case):
+    # a Python float passed to a jitted function is traced: the error named "ProgramTracer" and no remedy
+    name, what, fn, value, error = TRACED_HYPERPARAMETERS[case]
+    x = slope.tensor(np.array([[-1.0, 0.5, 2.0]], np.float32))
+    with pytest.raises(
+        error, match=rf"^{name}: {what} must be a Python number, but it is a traced tensor .*static_argnums"
+    ):
+        slope.jit(fn)(x, value)
+    np.testing.assert_array_equal(slope.jit(fn, static_argnums=1)(x, value).numpy(), fn(x, value).numpy())

@@ -178,6 +178,25 @@ def test_load_state_dict_rounds_float64_into_float16_through_float32():
     assert layer.weight.dtype == slope.float16 and layer.weight.item() == 3.0
 
 
+def test_load_state_dict_takes_pytorch_bfloat16_tensors_exactly():
+    # np.asarray(torch bfloat16 tensor) raised torch's "Got unsupported ScalarType BFloat16"
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    with torch.no_grad():  # values that no float16 holds, a subnormal, -0.0 and NaN
+        theirs.weight.copy_(torch.tensor([[3e38, -1e-39, -0.0], [float("nan"), 1 / 3, -7.1e-5]]))
+    ours = nn.Linear(3, 2, dtype=slope.bfloat16)
+    for state in (theirs.state_dict(), dict(theirs.named_parameters())):  # (parameters require grad)
+        ours.load_state_dict(state)
+        for name, value in state.items():
+            got = getattr(ours, name)
+            assert got.dtype == slope.bfloat16
+            np.testing.assert_array_equal(
+                got.numpy().view(np.uint16), value.detach().view(torch.int16).numpy().view(np.uint16)
+            )
+    ours32 = nn.Linear(3, 2).load_state_dict(theirs.state_dict())  # into float32: exact too
+    np.testing.assert_array_equal(ours32.weight.numpy(), theirs.weight.detach().float().numpy())
+
+
 def test_a_tensor_shared_by_two_parameters_is_refused_by_optimizers():
     # b.weight = a.weight trained as two copies that drift apart; PyTorch trains one shared parameter
     class Tied(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,19 @@ __all__ = ["load", "save"]
 
 # .npz has no bfloat16: such arrays are stored as their uint16 bits, their names listed in this entry
 _NPZ_DTYPES = "__slope_dtypes__"
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A state value (a Slope tensor, a PyTorch tensor, a NumPy array or nested numbers) as a NumPy array, exactly."""
+    if isinstance(value, Tensor):
+        return value.numpy()
+    torch = sys.modules.get("torch")  # (torch is never imported here: a torch tensor means it already is)
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu()  # (a parameter that requires grad, or one on a GPU)
+        if value.dtype == torch.bfloat16:  # NumPy has no torch bfloat16 ("Got unsupported ScalarType BFloat16"):
+            return value.view(torch.int16).numpy().view(slope.bfloat16.numpy)  # its bits as ml_dtypes' bfloat16
+        return value.numpy()
+    return np.asarray(value)
 
 
 def _arrays(state: Any) -> dict[str, np.ndarray]:
@@ -36,7 +50,7 @@ def _arrays(state: Any) -> dict[str, np.ndarray]:
             raise TypeError(f"slope.nn.save: state names must be strings, got {name!r}")
         if name == _NPZ_DTYPES:
             raise ValueError(f"slope.nn.save: the name {name!r} is reserved for the checkpoint's own metadata")
-        array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+        array = as_array(value)
         if array.dtype == object:
             raise TypeError(f"slope.nn.save: {name!r} is not numeric data")
         arrays[name] = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)

@@ -20,6 +20,7 @@ from slope import Tensor
 from slope.ir import Aval
 from slope.operator import UndefinedPrimal
 from slope.operators import conv, ints, normalize_dims
+from slope.trace import Tracer
 
 from .module import next_key
 from .operators import (
@@ -71,8 +72,18 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
 
 
+def refuse_traced(name: str, what: str, value: Any, error: type[Exception] = TypeError, kind: str = "number") -> None:
+    """An error naming the function and argument when a hyperparameter that must be a Python number is traced (under
+    slope.jit a Python float argument is a traced 0-d tensor), saying how to keep it a number."""
+    if isinstance(value, Tracer):
+        raise error(f"{name}: {what} must be a Python {kind}, but it is a traced tensor ({type(value).__name__}: "
+                    f"slope.jit traces the jitted function's arguments, Python {kind}s too); pass it through jit's "
+                    "static_argnums/static_argnames, or close over it instead of passing it as an argument")  # fmt: skip
+
+
 def _number(name: str, value: Any, what: str) -> Any:
     """A Python number argument, else a TypeError naming the function."""
+    refuse_traced(f"slope.{name}", what, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"slope.{name}: {what} must be a number, got {type(value).__name__} {value!r}")
     return value
@@ -396,19 +407,24 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
     weight = _class_weight("cross_entropy", weight, logits, class_dim)
-    logp = log_softmax(logits, class_dim)
+    half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
+    logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once, as PyTorch's
     if not target.dtype.is_float:
-        return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing)
+        return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing,
+                                dtype=logits.dtype)  # fmt: skip
     if ignore_index != -100:  # (it was ignored: PyTorch refuses it)
         raise ValueError("slope.cross_entropy: ignore_index is not supported for probability (floating-point) targets")
     if target.shape != logits.shape:
         raise slope.ShapeError(
             f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
         )
+    if half:
+        target, weight = target.astype(slope.float32), None if weight is None else weight.astype(slope.float32)
     probs = target * (1.0 - label_smoothing) + label_smoothing / classes if label_smoothing else target
     if weight is not None:
         probs = probs * weight
-    return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
+    losses = reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
+    return losses.astype(logits.dtype) if half else losses
 
 
 def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Tensor | None:
@@ -425,10 +441,11 @@ def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Ten
 
 
 def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-                     reduction: str, label_smoothing: float = 0.0) -> Tensor:  # fmt: skip
+                     reduction: str, label_smoothing: float = 0.0, dtype: slope.DType | None = None) -> Tensor:  # fmt: skip
     """The negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...), as PyTorch's nll_loss
     (and cross_entropy's label smoothing): per-class `weight` (already shaped (C, 1, ...)), targets equal to
-    `ignore_index` left out, "mean" divided by the summed weights of the targets kept (NaN when none is)."""
+    `ignore_index` left out, "mean" divided by the summed weights of the targets kept (NaN when none is); the result
+    in `dtype` (logp's unless given: cross_entropy passes float16 and bfloat16 logits' log-probabilities in float32)."""
     if not target.dtype.is_int:
         raise slope.DTypeError(f"slope.{name}: target must hold class indices (integers), got {target.dtype.name}")
     (ignore_index,) = ints(name, ignore_index, "ignore_index", count=1)  # (1.5 was taken and ignored nothing)
@@ -440,6 +457,11 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
         raise slope.ShapeError(f"slope.{name}: class-index targets of shape {target.shape} do not fit input of shape "
                                f"{logp.shape} (expected {expected})")  # fmt: skip
     ignored = target == _number(name, ignore_index, "ignore_index")
+    dtype = dtype or logp.dtype
+    half = dtype if dtype in (slope.float16, slope.bfloat16) else None
+    if half is not None:  # products and sums in float32, rounded once at the end, as PyTorch's kernel (rounding each
+        logp = logp.astype(slope.float32)  # weight * log-probability to float16 was up to 2.7 ulps off)
+        weight = None if weight is None else weight.astype(slope.float32)
     what = f"input of shape {logp.shape} ({classes} classes)"
     if target.buffer is not None:  # concrete: the error names this function (traced: the gather's check, below)
         values = target.numpy()
@@ -467,10 +489,15 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
     else:
         losses = -at_target.squeeze(class_dim)
     if label_smoothing:  # PyTorch's terms: the sum over all classes is rounded to logits' dtype (may overflow)
-        smooth = slope.where(ignored, 0.0, -(logp if weight is None else logp * weight).sum(class_dim))
+        smooth = -(logp if weight is None else logp * weight).sum(class_dim)
+        if half is not None:  # (only its overflow kept: rounding it to float16 too was up to 1.1 ulps off)
+            rounded = smooth.astype(half).astype(slope.float32)
+            smooth = slope.where(slope.isinf(rounded), rounded, smooth)
+        smooth = slope.where(ignored, 0.0, smooth)
         smooth = smooth.sum() / weights.sum() if reduction == "mean" else smooth
         losses = losses * (1.0 - label_smoothing) + smooth * (label_smoothing / classes if classes else math.nan)
-    return losses if reduction == "mean" else reduce_loss(name, losses, reduction)
+    losses = losses if reduction == "mean" else reduce_loss(name, losses, reduction)
+    return losses if half is None else losses.astype(half)
 
 
 def reduce_loss(name: str, losses: Tensor, reduction: str) -> Tensor:

@@ -518,6 +518,7 @@ class Embedding(Module):
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None = None) -> Tensor:
     """Zero elements with probability p and scale the rest by 1/(1-p) (identity when not training)."""
+    functional.refuse_traced("slope.nn.dropout", "p", p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
@@ -534,6 +535,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
+        functional.refuse_traced("Dropout", "p", p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = float(p)

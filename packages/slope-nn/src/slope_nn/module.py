@@ -288,12 +288,14 @@ class Module:
         return {name: leaf for name, leaf, _ in self.named_leaves() if isinstance(leaf, Tensor)}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
-        """Copy values (tensors or NumPy arrays) into this module's parameters and buffers; returns self.
+        """Copy values (Slope or PyTorch tensors, or NumPy arrays) into this module's parameters and buffers; returns self.
 
         Shapes must match; values are cast to the parameter's dtype. With `strict`, missing or unexpected
         names are errors. MultiHeadAttention layers also take PyTorch's `in_proj_weight` and `in_proj_bias`, and
         BatchNorm layers its `num_batches_tracked` (ignored where they keep no count).
         """
+        from .checkpoint import as_array
+
         for prefix, module in self.named_modules():  # (layers whose PyTorch keys differ)
             if hasattr(module, "_from_pytorch_state"):
                 state = module._from_pytorch_state(state, f"{prefix}." if prefix else "")
@@ -312,7 +314,7 @@ class Module:
         for name, leaf in zip(names, leaves):
             if name in state and isinstance(leaf, Tensor):
                 value = state[name]
-                array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+                array = as_array(value)  # (a PyTorch bfloat16 tensor too: NumPy's asarray fails on it)
                 if tuple(array.shape) != leaf.shape:
                     raise ValueError(
                         f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "

@@ -362,10 +362,10 @@ class OnnxBackend(Backend):
 
     def _open(self, built: tuple, device: str, pooled: bool, program: Program) -> tuple[ort.InferenceSession, Callable]:
         """A session of a built model and its `run(buffers) -> buffers`."""
-        model, input_names, output_names = built
+        model, input_names, output_names, kept_out = built
         if device == "cpu" and pooled:  # NCHWc convolutions, pooling by phases; `.code` and exports stay plain
             model = for_cpu_session(model)
-        session = self._session(model.SerializeToString(), device, pooled)
+        session = self._session(model.SerializeToString(), device, pooled, kept_out)
         if device == "cpu" and len(program.instructions) > 1:  # a jitted program: its outputs go into reused buffers
             makers = [self._maker(aval) for aval in program.out_avals]
             sizes = [aval.size * aval.dtype.bits // 8 for aval in program.out_avals]
@@ -378,9 +378,21 @@ class OnnxBackend(Backend):
             run = _index_errors(run)
         return session, run
 
-    def _session(self, model_bytes: bytes, device: str, pooled: bool) -> ort.InferenceSession:
+    def _session(self, model_bytes: bytes, device: str, pooled: bool, kept_out: dict | None = None) -> Any:
+        """A session of the model, fed the values of the initializers kept out of it (graph.CONSTANTS_LIMIT)."""
         self._device(device)
         options = _options(pooled)
+        arrays = [np.asarray(array, order="C") for array in (kept_out or {}).values()]
+        fed = [_user_owned(array) for array in arrays]
+        if fed:  # (onnxruntime reads them in place: they live as long as the session)
+            options.add_external_initializers(list(kept_out), fed)
+        session = self._open_session(model_bytes, options, device)
+        if fed:
+            session._slope_fed = (arrays, fed)
+        return session
+
+    def _open_session(self, model_bytes: bytes, options: Any, device: str) -> ort.InferenceSession:
+        """An onnxruntime session on the device (CPU, or CUDA with the CPU for what CUDA lacks)."""
         if device == "cpu":
             return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"], enable_fallback=0,
                                         disabled_optimizers=_DISABLED_OPTIMIZERS)  # fmt: skip
@@ -390,17 +402,34 @@ class OnnxBackend(Backend):
                                     disabled_optimizers=_DISABLED_OPTIMIZERS)  # fmt: skip
 
     def export(self, program: Program, path: str) -> list[str]:
-        """Write the Program as a checked `.onnx` model that plain onnxruntime runs."""
+        """Write the Program as a checked `.onnx` model that plain onnxruntime runs (with its constants in a `.data`
+        file beside it when they are over graph.CONSTANTS_LIMIT bytes in all: protobuf's limit is 2 GB)."""
         if not program.outputs:  # (the checker takes such a model; onnxruntime cannot load it)
             raise ValueError(f"slope-onnx: cannot export {path!r}: the program has no outputs (return a tensor)")
         if not path.endswith(".onnx"):
             path += ".onnx"
-        from .graph import zeros_added_for_export
+        from .graph import external_tensor, zeros_added_for_export
 
-        model = zeros_added_for_export(self.model(program)[0])
-        onnx.checker.check_model(model, full_check=True)
+        model, _, _, kept_out = self.model(program)
+        model = zeros_added_for_export(model)
+        if not kept_out:
+            onnx.checker.check_model(model, full_check=True)
+            onnx.save(model, path)
+            return [path]
+        # constants over graph.CONSTANTS_LIMIT bytes (protobuf's limit is 2 GB): ONNX external data, in a file beside
+        data_path = path + ".data"
+        with open(data_path, "wb") as file:
+            for tensor in model.graph.initializer:
+                if tensor.name in kept_out:
+                    array = np.ascontiguousarray(kept_out[tensor.name]).reshape(-1).view(np.uint8)
+                    offset = file.tell()
+                    file.write(array.data)
+                    location = os.path.basename(data_path)
+                    tensor.CopyFrom(external_tensor(tensor.name, tensor.data_type, tensor.dims, location, offset,
+                                                    array.size))  # fmt: skip
         onnx.save(model, path)
-        return [path]
+        onnx.checker.check_model(path, full_check=True)  # (by path: the checker reads the data file beside it)
+        return [path, data_path]
 
 
 class OnnxExecutable(Executable):
@@ -424,7 +453,7 @@ class OnnxExecutable(Executable):
     @property
     def model(self) -> onnx.ModelProto:
         """The ONNX model the session runs."""
-        return self.backend.model(self.program)[0]
+        return self.backend.model(self.program)[0]  # (constants over graph.CONSTANTS_LIMIT are external data)
 
     @property  # type: ignore[override]
     def code(self) -> str:
@@ -569,6 +598,13 @@ def _device_runner(session: ort.InferenceSession, input_names: list[str], output
         return [fetches[i] for i in range(count)]
 
     return run
+
+
+def _user_owned(array: np.ndarray) -> Any:
+    """An OrtValue over a C-ordered array's memory (no copy: the caller keeps the array alive), bfloat16 too."""
+    if array.dtype.name == "bfloat16":  # (NumPy has no bfloat16 of its own: its bits, typed as ONNX's)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), element_type(slope.bfloat16))
+    return ort.OrtValue.ortvalue_from_numpy(array)
 
 
 def _cuda_device_count() -> int:

@@ -20,6 +20,11 @@ from slope import Aval, DType, Instruction, Program, Var, float16
 
 OPSET = 21  # what onnxruntime 1.31 runs every translation with (newer opsets break the random operators there)
 IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
+# protobuf cannot hold a message over 2 GB: initializers beyond this many bytes in all (a big model captured by a
+# closure) are kept out of the model, the largest first, as external data: fed to a session by name, written to a data
+# file beside an export. (Tests lower it to take this path with small constants.)
+CONSTANTS_LIMIT = 2**31 - 2**26
+FED_BY_SESSION = "slope-fed-by-the-session"  # the external-data location of those kept out (no such file)
 
 ELEMENT_TYPES: dict[str, int] = {
     "bool": TensorProto.BOOL,
@@ -76,6 +81,16 @@ def element_type(dtype: DType) -> int:
     return ELEMENT_TYPES[dtype.name]
 
 
+def external_tensor(name: str, data_type: int, shape: Any, location: str, offset: int, length: int) -> TensorProto:
+    """A tensor whose data lies outside the model: `length` bytes at `offset` of the file `location`."""
+    stub = TensorProto(name=name, data_type=data_type, dims=shape)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    return stub
+
+
 def tensor_proto(array: np.ndarray, name: str) -> TensorProto:
     """An ONNX tensor holding a NumPy array (bfloat16 arrays from ml_dtypes included)."""
     if array.dtype.name == "bfloat16":
@@ -89,9 +104,8 @@ class OnnxGraph:
     def __init__(self, translations: dict[str, Callable]):
         self.translations = translations
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, TensorProto] = {}
         self.inputs: list[onnx.ValueInfoProto] = []
-        self.values: dict[str, np.ndarray] = {}  # names whose value is known (initializers)
+        self.values: dict[str, np.ndarray] = {}  # the initializers (made into TensorProtos by `model`)
         self.shapes: dict[str, tuple[int, ...]] = {}  # static shapes, where known
         self.dtypes: dict[str, DType] = {}  # slope dtypes of instruction outputs and inputs
         self.producers: dict[str, onnx.NodeProto] = {}
@@ -102,6 +116,7 @@ class OnnxGraph:
         self._count = 0
         self.checks: dict[str, frozenset[str]] = {}  # name -> the index-checking outputs its value comes from
         self.kept_checks: set[str] = set()  # those whose dependents were all replaced by empty constants
+        self.kept_out: dict[str, np.ndarray] = {}  # initializers kept out of the model (CONSTANTS_LIMIT)
 
     # ------------------------------------------------------------------------------------------- building blocks
     def fresh(self, hint: str = "t") -> str:
@@ -131,7 +146,6 @@ class OnnxGraph:
             if key in self._constants:
                 return self._constants[key]
         name = name or self.fresh("const")
-        self.initializers[name] = tensor_proto(array, name)
         self.values[name] = array
         self.shapes[name] = tuple(array.shape)
         if key is not None:
@@ -311,7 +325,7 @@ class OnnxGraph:
         input_names = {i.name for i in self.inputs}
         output_infos, used = [], set()
         for name, aval in outputs:
-            if name in input_names or name in self.initializers or name in used or name not in self.producers:
+            if name in input_names or name in self.values or name in used or name not in self.producers:
                 name = self.node("Identity", [name], shape=aval.shape)
             used.add(name)
             output_infos.append(helper.make_tensor_value_info(name, element_type(aval.dtype), list(aval.shape)))
@@ -323,7 +337,16 @@ class OnnxGraph:
                 kept.append(node)
                 live.update(i for i in node.input if i)
         kept.reverse()
-        initializers = [t for name, t in self.initializers.items() if name in live]
+        values = {name: array for name, array in self.values.items() if name in live}
+        total = sum(array.nbytes for array in values.values())
+        for name in sorted(values, key=lambda name: -values[name].nbytes):  # the largest out until the rest fit
+            if total <= CONSTANTS_LIMIT:
+                break
+            self.kept_out[name] = values[name]
+            total -= values[name].nbytes
+        initializers = [tensor_proto(array, name) if name not in self.kept_out else
+                        external_tensor(name, ELEMENT_TYPES[array.dtype.name], array.shape, FED_BY_SESSION, 0,
+                                        array.nbytes) for name, array in values.items()]  # fmt: skip
         graph = helper.make_graph(kept, graph_name, self.inputs, output_infos, initializer=initializers)
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION, producer_name="slope"
@@ -923,8 +946,10 @@ def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[i:])
 
 
-def build_model(program: Program, translations: dict[str, Callable]) -> tuple[onnx.ModelProto, list[str], list[str]]:
-    """The ONNX model of a lowered Program, with its input and output names."""
+def build_model(program: Program, translations: dict[str, Callable]) -> tuple[onnx.ModelProto, list[str], list[str],
+                                                                               dict[str, np.ndarray]]:  # fmt: skip
+    """The ONNX model of a lowered Program, with its input and output names and the values of the initializers kept
+    out of it (external data of location FED_BY_SESSION: over CONSTANTS_LIMIT bytes in all)."""
     graph = OnnxGraph(translations)
     names = program.names()
     env: dict[Var, str] = {}
@@ -938,7 +963,7 @@ def build_model(program: Program, translations: dict[str, Callable]) -> tuple[on
     model = graph.model([(env[v], v.aval) for v in program.outputs])
     input_names = [names[v] for v in program.inputs]
     output_names = [o.name for o in model.graph.output]
-    return model, input_names, output_names
+    return model, input_names, output_names, graph.kept_out
 
 
 def zeros_added_for_export(model: onnx.ModelProto) -> onnx.ModelProto:
