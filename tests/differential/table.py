@@ -147,6 +147,7 @@ unary("isinf", torch.isinf, grad=NO_GRAD_BOOL)
 unary("logical_not", torch.logical_not, grad=NO_GRAD_BOOL)
 unary("invert", torch.bitwise_not, BITS, grad=NO_GRAD_INT)
 unary("stop_gradient", lambda x: x.detach())
+unary("detach", torch.detach)
 unary("all_reduce", lambda x: x.clone(), slope_fn=lambda x: slope.all_reduce(x)[0])  # slope-distributed, one process
 
 binary("add", torch.add)
