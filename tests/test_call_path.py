@@ -286,3 +286,11 @@ def test_eager_scalar_shortcut_tells_the_operand_order_apart(backend):
     for _ in range(3):
         assert (x - 2.0).tolist() == [-1.0, 2.0] and (2.0 - x).tolist() == [1.0, -2.0]
         assert (x / 2.0).tolist() == [0.5, 2.0] and (2.0 / x).tolist() == [2.0, 0.5]
+
+
+def test_jit_takes_ndarray_subclasses_as_traced_arguments(tmp_path) -> None:
+    """A np.memmap argument (np.load(mmap_mode=...) datasets) was taken for a static leaf and refused as unhashable."""
+    mapped = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=(3,))
+    mapped[:] = [1.0, 2.0, 3.0]
+    double = slope.jit(lambda a, scale: a * scale)
+    assert double(mapped, 2.0).tolist() == [2.0, 4.0, 6.0] and double(np.ones(3, np.float32), 2.0).tolist() == [2.0] * 3

@@ -72,9 +72,9 @@ def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = 
     try:
         dtype = dtype or dtypes.result_type(*values)
     except TypeError as error:  # NumPy's numbers count as Python's, as in PyTorch (converted here, off the common path)
-        if not any(isinstance(v, np.number) for v in values):
+        if not any(isinstance(v, np.generic) for v in values):
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
-        return coerce(name, *[v.item() if isinstance(v, np.number) else v for v in values], checked=checked)
+        return coerce(name, *[v.item() if isinstance(v, np.generic) else v for v in values], checked=checked)
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
     for v in [v for v in values if type(v) is int] if checked and dtype.is_int else ():  # where, clamp (not +)
         _python_value(name, v, dtype)

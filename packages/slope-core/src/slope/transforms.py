@@ -537,7 +537,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             leaves, in_tree = tree.flatten((args, kwargs) if kwargs else args)  # (a _Static is one leaf)
             tensors, others = leaves, ()  # (a tree of tensors only, as a train step's: nothing more to do)
             if not _TENSOR.issuperset(map(type, leaves)):  # floats and ints are traced, as in JAX: 0-d tensors
-                leaves = [as_tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]
+                leaves = [as_tensor(x) if type(x) in (float, int) or isinstance(x, np.ndarray) else x for x in leaves]
                 tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
                 others = tuple((i, _static(leaf)) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
         backend = backend_module._state["backend"] or backend_module.get_backend()
