@@ -42,7 +42,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         data = data.astype(np.float32) if dtype.name == "float16" and data.dtype == np.float64 else data  # (as cast)
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
-    dtype = _dtype(dtype, lambda: _infer_sequence([data]))  # (a NumPy scalar's own dtype, or PyTorch's inference)
+    dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
     try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
         values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
     except OverflowError as error:
