@@ -286,7 +286,7 @@ class Div(Binary):
 
     def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
-        if not out.dtype.is_float and (type(y) is Tensor or not isinstance(y, Tensor)) and out.numel():  # (none: no)
+        if not out.dtype.is_float and (type(y) is Tensor or not isinstance(y, Tensor)) and out.numel():  # (y concrete)
             if not np.all(dtypes.wrap(y.numpy() if type(y) is Tensor else y, out.dtype)):  # (256 is int8's 0)
                 raise ZeroDivisionError(f"slope.{name}: integer division by zero")
         return out
@@ -334,8 +334,8 @@ class Fmod(Binary):
     symbolic_zeros = True  # fmod(x, c): tx alone (its d/dy term was 0 * inf = NaN where x / c overflows)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:  # d/dy is -trunc(x / y), x / y rounded (PyTorch)
-        (x, y), (tx, ty), quotient = primals, tangents, div(*primals)
-        dy = None if ty is None else mul(ty, sub(quotient, fmod(quotient, 1.0)))
+        (x, y), (tx, ty) = primals, tangents
+        dy = None if ty is None else mul(ty, sub(quotient := div(x, y), fmod(quotient, 1.0)))
         return [fmod(x, y)], [tx if dy is None else sub(zeros_like(x) if tx is None else tx, dy)]
 
 

@@ -21,8 +21,8 @@ from .plugins import hookimpl
 from .tensors import Tensor
 
 
-def _dtype(dtype: Any, default: Any = dtypes.default_float) -> dtypes.DType:  # (default: or a function giving it)
-    return (default() if callable(default) else default) if dtype is None else dtypes.as_dtype(dtype)
+def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.DType:
+    return default if dtype is None else dtypes.as_dtype(dtype)
 
 
 def _to_device(t: Tensor, device: str | None) -> Tensor:
@@ -38,7 +38,7 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
     if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)
-        dtype = _dtype(dtype, lambda: dtypes.as_dtype(data.dtype))  # (np.array copies: later edits do not leak in)
+        dtype = dtypes.as_dtype(data.dtype if dtype is None else dtype)  # (a given one: the array's may be unheld)
         data = data.astype(np.float32) if dtype.name == "float16" and data.dtype == np.float64 else data  # (as cast)
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)

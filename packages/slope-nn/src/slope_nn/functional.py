@@ -83,8 +83,8 @@ def refuse_traced(name: str, what: str, value: Any, error: type[Exception] = Typ
 
 def _number(name: str, value: Any, what: str) -> Any:
     """A Python number argument, else a TypeError naming the function."""
-    refuse_traced(f"slope.{name}", what, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        refuse_traced(f"slope.{name}", what, value)  # (a traced one: its own message; only where the check fails)
         raise TypeError(f"slope.{name}: {what} must be a number, got {type(value).__name__} {value!r}")
     return value
 

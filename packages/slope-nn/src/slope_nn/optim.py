@@ -177,8 +177,8 @@ def _widened(x: Tensor) -> Tensor:
 
 def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
     """A hyperparameter as a float in [low, high), else a ValueError naming the optimizer."""
-    refuse_traced(owner, name, value, ValueError)
     if not isinstance(value, (int, float)) or not low <= value < high:
+        refuse_traced(owner, name, value, ValueError)
         raise ValueError(f"{owner}: {name} must be a number in [{low}, {high}), got {value!r}")
     return float(value)
 
@@ -203,8 +203,8 @@ class Optimizer:
     positional = "(lr)"  # the positional arguments, PyTorch's order less `params` (for messages)
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
-        refuse_traced(type(self).__name__, "lr", lr, ValueError)
         if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
+            refuse_traced(type(self).__name__, "lr", lr, ValueError)
             raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
         self.lr = lr
         self.prefixes: tuple[str, ...] = ()  # trainable's prefixes, each of which must name some parameter
@@ -216,8 +216,8 @@ class Optimizer:
 
     def _flag(self, name: str, value: Any) -> bool:
         """A boolean hyperparameter, else a TypeError naming the optimizer (a number there: an argument misplaced)."""
-        refuse_traced(type(self).__name__, name, value, kind="bool")
         if not isinstance(value, (bool, np.bool_)):
+            refuse_traced(type(self).__name__, name, value, kind="bool")
             owner = type(self).__name__
             raise TypeError(f"{owner}: {name} must be a bool, got {value!r} (the positional order is PyTorch's: "
                             f"{owner}{self.positional})")  # fmt: skip
