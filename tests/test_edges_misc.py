@@ -542,3 +542,37 @@ def test_bernoulli_refuses_a_probability_outside_zero_one(backend):
         with pytest.raises(ValueError, match=r"slope.random.bernoulli: expected p in \[0, 1\]"):
             slope.random.bernoulli(slope.random.key(0), p, (4,))
     assert slope.random.bernoulli(slope.random.key(0), 1, (4,)).tolist() == [True] * 4
+
+
+def test_random_keys_from_traced_integers(backend):
+    """fold_in(key, step) and key(seed) with a traced integer (JAX's idiom inside a jitted step, or vmap over seeds)
+    failed with "using a tensor as an index": the same keys as from the Python int."""
+    k = slope.random.key(3)
+    fold = slope.jit(lambda key, i: slope.random.fold_in(key, i))
+    seed = slope.jit(lambda s: slope.random.key(s))
+    for n in (0, 5, -1, 2**32 + 5, -(2**40) - 7, 2**63 - 1, -(2**63)):
+        assert fold(k, slope.tensor(n)).tolist() == slope.random.fold_in(k, n).tolist()
+        assert seed(slope.tensor(n)).tolist() == slope.random.key(n).tolist()
+    assert fold(k, 7).tolist() == slope.random.fold_in(k, 7).tolist()  # (jit traces the Python int)
+    assert fold(k, slope.tensor([9], dtype=slope.int8)).tolist() == slope.random.fold_in(k, 9).tolist()
+    batched = slope.vmap(lambda i: slope.random.fold_in(k, i))(slope.arange(3)).tolist()
+    assert batched == [slope.random.fold_in(k, i).tolist() for i in range(3)]
+    assert slope.vmap(slope.random.key)(slope.tensor([1, -3])).tolist() == [[0, 1], [2**32 - 1, 2**32 - 3]]
+    with pytest.raises(TypeError, match="slope.random.fold_in"):
+        slope.random.fold_in(k, 1.5)
+
+
+def test_full_with_a_traced_value(backend):
+    """slope.full((2,), v) and full_like(x, v) with v traced (jit, grad, vmap) failed with "needs a concrete value";
+    JAX computes them. A tensor value takes its kind of number's dtype, as PyTorch's full with a 0-d tensor does."""
+    x = slope.ones(2)
+    assert slope.jit(lambda x, v: slope.full((2,), v) + x)(x, 0.5).tolist() == [1.5, 1.5]
+    assert slope.jit(lambda x, v: slope.full_like(x, v) * x)(x, 2.5).tolist() == [2.5, 2.5]
+    assert slope.grad(lambda v: slope.full((2, 3), v).sum())(slope.tensor(3.0)).item() == 6.0
+    assert slope.grad(lambda v: (slope.full_like(x, v) ** 2).sum())(slope.tensor(3.0)).item() == 12.0
+    assert slope.vmap(lambda v: slope.full((2,), v))(slope.tensor([1.0, 2.0])).tolist() == [[1, 1], [2, 2]]
+    assert slope.full((2,), slope.tensor(1.5, dtype=slope.float64)).dtype == slope.float32  # (torch.full's dtypes)
+    assert slope.full((2,), slope.tensor(1, dtype=slope.int8)).dtype == slope.int64
+    assert slope.full((2,), slope.tensor(True)).dtype == slope.bool_
+    assert slope.full((2,), slope.tensor(1.5), dtype=slope.float16).dtype == slope.float16
+    assert slope.full_like(slope.ones(2, dtype=slope.int32), slope.tensor(2.7)).tolist() == [2, 2]

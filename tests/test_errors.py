@@ -323,6 +323,20 @@ CASES = [
      ["slope.random_uniform", "floating", "int32"]),
     ("random-randint-range", lambda: slope.random.randint(slope.random.key(0), (3,), 5, 2), ValueError,
      ["slope.random.randint", "minval < maxval", "5", "2"]),
+    # under vmap, the user's shapes (batch 7 was added to the messages: (7, 2, 3) into (7, 4, 2), groups=7 ...)
+    ("vmap-reshape-shapes", lambda: slope.vmap(lambda a: a.reshape(4, 2))(ones(7, 2, 3)), ShapeError,
+     ["slope.reshape", "shape (2, 3) (6 elements)", "into shape (4, 2)"]),
+    ("vmap-conv-shapes", lambda: slope.vmap(slope.conv)(ones(7, 1, 3, 5, 5), ones(7, 2, 4, 2, 2)), ShapeError,
+     ["slope.conv", "input of shape (1, 3, 5, 5)", "weight of shape (2, 4, 2, 2) with groups=1"]),
+    ("vmap-cat-shapes", lambda: slope.vmap(lambda a, b: slope.cat([a, b], 0))(ones(7, 2, 3), ones(7, 2, 4)),
+     ShapeError, ["slope.cat", "[(2, 3), (2, 4)]", "except in dimension 0"]),
+    ("vmap-ceil-bool", lambda: slope.vmap(slope.ceil)(ones(7, 2, 3) > 0), DTypeError,
+     ["slope.ceil", "bool of shape (2, 3)"]),
+    # conv with an input of another rank than the weight's (named "expected 0 values for stride")
+    ("conv-input-rank", lambda: slope.conv(ones(5, 5), ones(2, 1, 3, 3), stride=(1, 1)), ShapeError,
+     ["slope.conv", "(N, C, *spatial)", "(5, 5), (2, 1, 3, 3)"]),
+    ("conv-input-rank-5d", lambda: slope.conv(ones(1, 1, 1, 5, 5), ones(2, 1, 3, 3), stride=(1, 1)), ShapeError,
+     ["slope.conv", "(1, 1, 1, 5, 5), (2, 1, 3, 3)"]),
     # backends and devices
     ("unknown-backend", lambda: slope.set_backend("tpu"), SlopeBackendError,
      ["unknown backend 'tpu'", "installed backends", *BACKENDS]),
@@ -374,6 +388,12 @@ def test_grad_error_is_raised_before_any_backend_work(on_backend):
     with pytest.raises(TransformError, match="int64"):
         slope.grad(loss)(slope.tensor([1, 2]))
     assert calls == []
+
+
+def test_pow_with_a_modulo_is_a_type_error(on_backend):
+    """pow(tensor, 3, 5) raised KeyError: 5 (the modulo filled a lambda's default); PyTorch raises a TypeError."""
+    with pytest.raises(TypeError, match="positional arguments"):
+        pow(slope.tensor(2), 3, 5)
 
 
 def test_errors_under_jit_name_the_operator(on_backend):

@@ -684,6 +684,9 @@ class Full(Operator):
 
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
+        if isinstance(value, Tensor):  # (traced in jit): broadcast, in its kind of number's dtype as PyTorch's number
+            kind = dtypes.default_float if value.dtype.is_float else dtypes.default_int if value.dtype.is_int else None
+            return broadcast_to(cast(value, dtypes.as_dtype(dtype or kind or value.dtype)), shape)
         dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value, self.name)
         return bind(self, shape=shape, value=_python_value(self.name, value, dtype), dtype=dtype)
 
@@ -787,7 +790,7 @@ class Conv(Operator):
             return cast(self(*wide, stride, padding, dilation, groups), x.dtype)
         if x.ndim == w.ndim - 1 > 1:  # a batch-less input (C, *spatial), as in PyTorch
             return self(reshape(x, (1, *x.shape)), w, bias, stride, padding, dilation, groups)[0]
-        n = max(x.ndim - 2, 0)  # infer reports tensors of too few dimensions
+        n = max(w.ndim - 2, 0)  # (the weight's: infer reports an input of another rank)
         stride, dilation = ints(self.name, stride, "stride", 1, n), ints(self.name, dilation, "dilation", 1, n)
         if padding == "valid" or (padding == "same" and set(stride) <= {1}):
             total = [d * (k - 1) if padding == "same" else 0 for d, k in zip(dilation, w.shape[2:])]

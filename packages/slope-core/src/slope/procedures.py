@@ -91,7 +91,8 @@ def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
     dtype = _dtype(dtype, x.dtype)
-    return ops.full(x.shape, ops._python_value("full_like", value, dtype), dtype)
+    value = value if isinstance(value, Tensor) else ops._python_value("full_like", value, dtype)  # (a tensor: traced)
+    return ops.full(x.shape, value, dtype)
 
 
 def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:

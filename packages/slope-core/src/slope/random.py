@@ -68,12 +68,21 @@ def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
     return ops.cast((radius * (u[count:] * (2 * math.pi)).cos()).reshape(shape), dtype)  # (angles of 0 to 2 pi)
 
 
-def key(seed: int) -> Tensor:
+def _words(name: str, what: str, value: Any) -> list[Tensor]:
+    """The high and low 32-bit words of a 64-bit integer: a Python int, or an integer tensor of one element (traced)."""
+    if isinstance(value, Tensor) and value.dtype.is_int and value.numel() == 1:  # (fold_in(key, step) inside jit)
+        value = ops.cast(value, dtypes.int64).reshape((1,))
+        low = _mask(value)
+        return [_mask(ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)))), low]  # (an exact division)
+    (value,) = ops.ints(f"random.{name}", value, what, count=1)
+    if not -(2**63) <= value < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
+        raise OverflowError(f"slope.random.{name}: the {what} {value} does not fit in 64 bits")
+    return [ops.constant(word & _MASK, dtypes.int64, (1,)) for word in (value >> 32, value)]
+
+
+def key(seed: int | Tensor) -> Tensor:
     """A random key from an integer seed."""
-    (seed,) = ops.ints("random.key", seed, "seed", count=1)
-    if not -(2**63) <= seed < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
-        raise OverflowError(f"slope.random.key: the seed {seed} does not fit in 64 bits")
-    return ops.as_tensor(np.array([(seed >> 32) & _MASK, seed & _MASK], dtype=np.int64))
+    return ops.cat(_words("key", "seed", seed))
 
 
 def _check_key(name: str, k: Any, shape: Any = ()) -> tuple[int, ...]:
@@ -89,12 +98,10 @@ def split(k: Tensor, num: int = 2) -> Tensor:
     return random_bits(k, 2 * num).reshape((num, 2))
 
 
-def fold_in(k: Tensor, data: int) -> Tensor:
+def fold_in(k: Tensor, data: int | Tensor) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    (data,) = ops.ints("random.fold_in", data, "data", count=1)  # (64 bits: 2**32 + 5 is not 5)
-    high, low = (ops.constant(word & _MASK, dtypes.int64, (1,)) for word in (data >> 32, data))
-    return ops.cat(threefry2x32(k[0:1], k[1:2], high, low))
+    return ops.cat(threefry2x32(k[0:1], k[1:2], *_words("fold_in", "data", data)))
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:

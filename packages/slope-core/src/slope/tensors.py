@@ -136,9 +136,9 @@ _arithmetic = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide
                "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
                "xor": "bitwise_xor"}  # fmt: skip
 for _name, _function in {**_comparisons, **_arithmetic}.items():
-    setattr(Tensor, f"__{_name}__", lambda self, other, _f=_function: functions[_f](self, other))
+    setattr(Tensor, f"__{_name}__", lambda self, other, *, _f=_function: functions[_f](self, other))
 for _name, _function in _arithmetic.items():  # their reflected forms too (__radd__ ...)
-    setattr(Tensor, f"__r{_name}__", lambda self, other, _f=_function: functions[_f](other, self))
+    setattr(Tensor, f"__r{_name}__", lambda self, other, *, _f=_function: functions[_f](other, self))
 Tensor.__eq__ = lambda x, y: NotImplemented if y is None else functions["equal"](x, y)  # t == None: False, as PyTorch's
 Tensor.__ne__ = lambda x, y: NotImplemented if y is None else functions["not_equal"](x, y)
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",

@@ -277,6 +277,7 @@ class BatchTrace(Trace):
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         if not op.has_rule("vmap"):
             return _procedure_instead(op, "batching", tracers, params)
+        op.infer(*[t.aval for t in tracers], **params)  # (bad input is named with the user's unbatched shapes)
         outs, out_dims = op.vmap(self.main.data, values, dims, **params)
         return [BatchTracer(self, o, d) for o, d in zip(outs, out_dims)]
 
