@@ -190,6 +190,33 @@ def test_clip_grad_norm():
     np.testing.assert_allclose(unchanged["a"].numpy(), [3.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "make, names",
+    [
+        (lambda: nn.SGD(0.1, momentum=0.9), ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"]),
+        (lambda: nn.Adam(0.1), ["lr", "beta1", "beta2", "betas", "eps", "weight_decay", "amsgrad", "trainable"]),
+        (lambda: nn.AdamW(0.1), ["lr", "weight_decay", "decay"]),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_hyperparameters_are_read_only_once_made(make, names):
+    """`opt.lr = 0.0` after a jitted step had compiled was ignored by it (lr 0.1 kept) while opt.lr_at said 0.0: the
+    hyperparameters are read-only now, with an error that names the optimizer and attribute and says what to do."""
+    optimizer = make()
+    owner = type(optimizer).__name__
+    step = slope.jit(lambda m, s, g: optimizer.step(m, g, s))
+    model, grads = {"w": slope.tensor(np.ones(2, np.float32))}, {"w": slope.tensor(np.ones(2, np.float32))}
+    model, state = step(model, optimizer.init(model), grads)
+    for name in names:
+        before = getattr(optimizer, name, None)
+        with pytest.raises(AttributeError, match=rf"{owner}: .*read-only.*setting '{name}'.*jitted step.*schedule"):
+            setattr(optimizer, name, 0.0)
+        assert getattr(optimizer, name, None) is before
+    with pytest.raises(AttributeError, match=rf"{owner}: .*read-only.*deleting 'lr'"):
+        del optimizer.lr
+    assert optimizer.lr_at(state) == 0.1
+
+
 def test_optimizer_errors():
     with pytest.raises(ValueError, match="lr"):
         nn.SGD(-1.0)

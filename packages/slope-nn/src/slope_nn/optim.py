@@ -2,8 +2,9 @@
 
 The model may be any pytree (a `Module`, a dict of tensors, ...); `grads` has the same structure (what
 `slope.grad(loss)(model, ...)` returns). The optimizer's hyperparameters are static configuration baked into a jitted
-step; the step count lives in the state as a tensor, so a learning-rate schedule (a function of the step count)
-changes the rate every step without recompiling. Optimizers update only trainable leaves: buffers, parameters
+step, read-only once the optimizer is made (a change would be ignored by a step already compiled); the step count
+lives in the state as a tensor, so a learning-rate schedule (a function of the step count) changes the rate every step
+without recompiling. Optimizers update only trainable leaves: buffers, parameters
 frozen with `Module.freeze()` and leaves rejected by the `trainable` filter keep their values and hold no state.
 
 Updates follow PyTorch's formulas (torch.optim.SGD, Adam, AdamW) so results match it step for step.
@@ -11,6 +12,7 @@ Updates follow PyTorch's formulas (torch.optim.SGD, Adam, AdamW) so results matc
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -188,6 +190,19 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def _sealing(init: Callable) -> Callable:
+    """An optimizer class's `__init__` that makes the attributes read-only once the outermost constructor returns
+    (a subclass's `__init__` runs its base's first; the signature stays the original's, through `__wrapped__`)."""
+
+    @functools.wraps(init)
+    def sealed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is sealed_init:
+            self.__dict__["_made"] = True
+
+    return sealed_init
+
+
 class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
@@ -195,7 +210,34 @@ class Optimizer:
     prefixes to train (everything else is left alone; a prefix that names no parameter is an error). `decay` says
     which trained parameters get weight decay: a function `(name, param) -> bool` (`no_decay_on_biases_and_norms`
     keeps it to matrices), default all.
+
+    The hyperparameters are read-only once the optimizer is made: a jitted step keeps the values it traced, so a
+    change (PyTorch's `param_group["lr"] = ...`) would be ignored there. A rate that changes is a schedule.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _sealing(cls.__init__)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_made"):
+            raise AttributeError(self._read_only(f"setting {name!r}"))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if self.__dict__.get("_made"):
+            raise AttributeError(self._read_only(f"deleting {name!r}"))
+        super().__delattr__(name)
+
+    def _read_only(self, what: str) -> str:
+        owner = type(self).__name__
+        return (
+            f"{owner}: the hyperparameters are read-only once the optimizer is made ({what}): a jitted step keeps the "
+            "values it traced, so the change would be ignored there. For a learning rate that changes, pass a schedule "
+            "(nn.optim.step_decay, cosine_decay, piecewise_constant, ... or any function of the step count); "
+            f"otherwise make a new optimizer ({owner}(...)) and jit a new step that uses it"
+        )
 
     weight_decay = 0.0
     decay: Callable[[str, Tensor], bool] | None = None
