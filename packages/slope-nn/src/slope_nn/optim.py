@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -120,6 +121,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
     if list(boundaries) != sorted(boundaries):
         raise ValueError(f"piecewise_constant: the boundaries must be in increasing order, got {list(boundaries)}")
 
+    values = [float(v) if _real(v) else v for v in values]  # (NumPy's float32 beside a float64 count: a warning)
+
     def schedule(step: Tensor) -> Tensor:
         rate = slope.full_like(step, values[0])
         for boundary, value in zip(boundaries, values[1:]):
@@ -177,9 +180,14 @@ def _widened(x: Tensor) -> Tensor:
     return x.astype(_wide(x.dtype))
 
 
+def _real(value: Any) -> bool:
+    """Whether a hyperparameter is a real number: Python's or NumPy's (np.float32(0.1), np.int64(1)), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
-    """A hyperparameter as a float in [low, high), else a ValueError naming the optimizer."""
-    if not isinstance(value, (int, float)) or not low <= value < high:
+    """A hyperparameter as a Python float in [low, high), else a ValueError naming the optimizer."""
+    if not _real(value) or not low <= value < high:
         refuse_traced(owner, name, value, ValueError)
         raise ValueError(f"{owner}: {name} must be a number in [{low}, {high}), got {value!r}")
     return float(value)
@@ -245,10 +253,10 @@ class Optimizer:
     positional = "(lr)"  # the positional arguments, PyTorch's order less `params` (for messages)
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
-        if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
+        if not callable(lr) and not (_real(lr) and lr >= 0):
             refuse_traced(type(self).__name__, "lr", lr, ValueError)
             raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
-        self.lr = lr
+        self.lr = lr if callable(lr) else float(lr)  # (NumPy's scalars too, as PyTorch takes them)
         self.prefixes: tuple[str, ...] = ()  # trainable's prefixes, each of which must name some parameter
         if trainable is None or callable(trainable):
             self.trainable = trainable
@@ -308,7 +316,8 @@ class Optimizer:
         if callable(self.lr):
             if not isinstance(count, Tensor):
                 count = slope.tensor(float(count))
-            return self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
+            rate = self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
+            return float(rate) if _real(rate) else rate  # (a NumPy scalar from the schedule as a Python float)
         return self.lr
 
     def lr_at(self, state: Any) -> float:
