@@ -253,6 +253,64 @@ def test_train_step_updates_a_models_buffers(backend):
         assert loss_a.item() == loss_b.item()
 
 
+def applied_once(model, x, y, key):
+    return nn.cross_entropy(nn.apply(model, x, key=key)[0], y)  # (the model nn.apply returns is not returned)
+
+
+def applied_twice(model, x, y, key):
+    first, model = nn.apply(model, x[:8], key=key)  # two forward passes, the second on the model the first returned
+    second, _ = nn.apply(model, x[8:], key=key)
+    return (nn.cross_entropy(first, y[:8]) + nn.cross_entropy(second, y[8:])) / 2.0
+
+
+@pytest.mark.parametrize("loss", [applied_once, applied_twice])
+def test_train_step_keeps_the_buffers_of_nn_apply_in_the_loss(loss):
+    """One rank: a loss_fn that calls the model through nn.apply (the way to feed Dropout keys) and drops the model it
+    returns: train_step kept BatchNorm's running statistics at zeros (it saw only direct updates of its model). Now
+    nn.apply reports its copy's buffers to train_step: PyTorch's running statistics after 3 steps, float64 to 1e-12."""
+    torch = pytest.importorskip("torch")
+    slope.manual_seed(5)
+    f64 = slope.float64
+    model = nn.Sequential(nn.Linear(4, 5, dtype=f64), nn.BatchNorm1d(5, dtype=f64), nn.ReLU(),
+                          nn.Linear(5, 3, dtype=f64), nn.BatchNorm1d(3, momentum=None, dtype=f64))  # fmt: skip
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(),
+                                 torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3, momentum=None)).double()  # fmt: skip
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            theirs.state_dict()[name].copy_(torch.from_numpy(np.array(value.numpy())))
+    optimizer, torch_optimizer = nn.SGD(0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
+    step, state = dist.train_step(loss, optimizer), optimizer.init(model)
+    generator = np.random.default_rng(6)
+    for i in range(3):
+        x, y = generator.standard_normal((16, 4)) * 2.0 + 3.0, generator.integers(0, 3, 16)
+        model, state, _ = step(model, state, slope.tensor(x), slope.tensor(y), slope.random.key(i))
+        torch_optimizer.zero_grad()
+        tx, ty, cross_entropy = torch.from_numpy(x), torch.from_numpy(y), torch.nn.functional.cross_entropy
+        if loss is applied_once:
+            cross_entropy(theirs(tx), ty).backward()
+        else:
+            first, second = theirs(tx[:8]), theirs(tx[8:])
+            ((cross_entropy(first, ty[:8]) + cross_entropy(second, ty[8:])) / 2).backward()
+        torch_optimizer.step()
+    reference = theirs.state_dict()
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), reference[name].numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+    assert model[4].num_batches_tracked.item() == (3 if loss is applied_once else 6)
+
+
+def test_train_step_refuses_two_buffer_updates_from_one_state():
+    """Two nn.apply calls on the one model passed to loss_fn: one update of the statistics would be lost."""
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))
+    optimizer = nn.SGD(0.1)
+
+    def siamese(model, x, y):
+        return nn.cross_entropy(nn.apply(model, x)[0], y) + nn.cross_entropy(nn.apply(model, x * 2.0)[0], y)
+
+    x, y = slope.randn(8, 4), slope.tensor(np.zeros(8, np.int64))
+    with pytest.raises(RuntimeError, match=r"updated twice from the same state.*one update would be lost"):
+        dist.train_step(siamese, optimizer)(model, optimizer.init(model), x, y)
+
+
 def test_pmean_under_transforms_in_one_process():
     """With one rank the reduction is the identity under grad, vmap, jvp and jit."""
     f = lambda x: (dist.pmean(x * x) * 3.0).sum()  # noqa: E731

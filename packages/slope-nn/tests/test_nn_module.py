@@ -262,6 +262,97 @@ def test_apply_returns_updated_buffers_without_touching_the_argument():
     assert float(abs(grads[0].weight).sum()) > 0.0
 
 
+def batch_norm_models(torch, counted: bool = True):
+    """A float64 model with BatchNorm layers (with `counted`, a second one with momentum=None: an int64
+    num_batches_tracked, which slope.grad refuses) and PyTorch's copy."""
+    slope.manual_seed(3)
+    ours = nn.Sequential(nn.Linear(4, 5, dtype=slope.float64), nn.BatchNorm1d(5, dtype=slope.float64), nn.ReLU(),
+                         nn.Linear(5, 3, dtype=slope.float64))  # fmt: skip
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    if counted:
+        ours.append(nn.BatchNorm1d(3, momentum=None, dtype=slope.float64))
+        theirs.append(torch.nn.BatchNorm1d(3, momentum=None))
+    theirs.double()
+    with torch.no_grad():
+        for name, value in ours.state_dict().items():
+            theirs.state_dict()[name].copy_(torch.from_numpy(np.array(value.numpy())))
+    return ours, theirs
+
+
+def batch_norm_batches(steps: int = 3) -> list:
+    generator = np.random.default_rng(4)
+    return [(generator.standard_normal((8, 4)) * 2.0 + 3.0, generator.integers(0, 3, 8)) for _ in range(steps)]
+
+
+def torch_sgd_steps(torch, model, batches) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in batches:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        optimizer.step()
+
+
+def assert_state_matches_pytorch(ours, theirs) -> None:
+    """Every parameter and buffer (running statistics, num_batches_tracked) of `ours` as PyTorch's, float64 to 1e-12."""
+    state = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), state[name].numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_traced_buffer_updates_that_would_be_lost_are_errors():
+    """A training-mode BatchNorm run by slope.value_and_grad or jit on a copy of the model that is never returned
+    left the running statistics at zeros without a word (PyTorch updates them): now an error naming the layer."""
+    torch = pytest.importorskip("torch")
+    model, theirs = batch_norm_models(torch, counted=False)
+    (x, y), optimizer = batch_norm_batches(1)[0], nn.SGD(0.1)
+    x, y = slope.tensor(x), slope.tensor(y)
+    message = (
+        r"slope\.nn\.BatchNorm1d: .*statistics would be lost.*nn\.apply\(model, x\).*has_aux=True.*model\.eval\(\)"
+    )
+    with pytest.raises(RuntimeError, match=message):
+        slope.value_and_grad(lambda q: nn.cross_entropy(q(x), y))(model)
+
+    @slope.jit
+    def step(model, state, x, y):
+        loss, grads = slope.value_and_grad(lambda q: nn.cross_entropy(q(x), y))(model)
+        return (*optimizer.step(model, grads, state), loss)
+
+    with pytest.raises(RuntimeError, match=message):
+        step(model, optimizer.init(model), x, y)
+    with pytest.raises(RuntimeError, match=message):
+        slope.jit(lambda q, a: q(a))(model, x)
+    assert not model[1].running_mean.numpy().any()  # (no tracer left behind)
+    evaluated = slope.jit(lambda q, a: q(a))(model.eval(), x)  # eval mode reads the statistics: nothing to update
+    np.testing.assert_allclose(evaluated.numpy(), theirs.eval()(torch.from_numpy(x.numpy())).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    model.train(), theirs.train()
+    model(x), theirs(torch.from_numpy(x.numpy()))  # eagerly: PyTorch's in-place update, as before
+    assert_state_matches_pytorch(model, theirs)
+
+
+@pytest.mark.parametrize("jitted", [True, False])
+def test_nn_apply_steps_keep_pytorchs_running_statistics(jitted):
+    """The documented pattern: nn.apply in the loss, the updated model returned through nn.value_and_grad's aux."""
+    torch = pytest.importorskip("torch")
+    model, theirs = batch_norm_models(torch)
+    optimizer, batches = nn.SGD(0.1), batch_norm_batches()
+
+    def loss_fn(model, x, y):
+        logits, model = nn.apply(model, x)
+        return nn.cross_entropy(logits, y), model
+
+    def step(model, state, x, y):
+        (loss, model), grads = nn.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        return (*optimizer.step(model, grads, state), loss)
+
+    step = slope.jit(step) if jitted else step
+    state = optimizer.init(model)
+    for x, y in batches:
+        model, state, _ = step(model, state, slope.tensor(x), slope.tensor(y))
+    torch_sgd_steps(torch, theirs, batches)
+    assert_state_matches_pytorch(model, theirs)
+
+
 def test_value_and_grad_matches_slope_and_zeroes_frozen_parameters():
     model = nn.Linear(3, 2, key=slope.random.key(2))
     x = slope.randn(5, 3)

@@ -190,6 +190,84 @@ def test_clip_grad_norm():
     np.testing.assert_allclose(unchanged["a"].numpy(), [3.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "make, names",
+    [
+        (lambda: nn.SGD(0.1, momentum=0.9), ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"]),
+        (lambda: nn.Adam(0.1), ["lr", "beta1", "beta2", "betas", "eps", "weight_decay", "amsgrad", "trainable"]),
+        (lambda: nn.AdamW(0.1), ["lr", "weight_decay", "decay"]),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_hyperparameters_are_read_only_once_made(make, names):
+    """`opt.lr = 0.0` after a jitted step had compiled was ignored by it (lr 0.1 kept) while opt.lr_at said 0.0: the
+    hyperparameters are read-only now, with an error that names the optimizer and attribute and says what to do."""
+    optimizer = make()
+    owner = type(optimizer).__name__
+    step = slope.jit(lambda m, s, g: optimizer.step(m, g, s))
+    model, grads = {"w": slope.tensor(np.ones(2, np.float32))}, {"w": slope.tensor(np.ones(2, np.float32))}
+    model, state = step(model, optimizer.init(model), grads)
+    for name in names:
+        before = getattr(optimizer, name, None)
+        with pytest.raises(AttributeError, match=rf"{owner}: .*read-only.*setting '{name}'.*jitted step.*schedule"):
+            setattr(optimizer, name, 0.0)
+        assert getattr(optimizer, name, None) is before
+    with pytest.raises(AttributeError, match=rf"{owner}: .*read-only.*deleting 'lr'"):
+        del optimizer.lr
+    assert optimizer.lr_at(state) == 0.1
+
+
+def test_numpy_scalar_hyperparameters_update_as_pytorchs():
+    """nn.SGD(np.float32(0.1)) raised "lr must be a non-negative number or a schedule, got np.float32(0.1)" (and
+    np.int64 rates, np.float32 momentum, betas, eps, weight_decay the same), where PyTorch takes NumPy's scalars."""
+    torch = pytest.importorskip("torch")
+    start, grads = model_and_grads(4)
+    start, grads = start["w"], [g["w"] for g in grads]
+    f32, f64, i64 = np.float32, np.float64, np.int64
+    sgd = dict(lr=f32(0.1), momentum=f32(0.9), dampening=f64(0.25), weight_decay=f32(1e-2))
+    adam = dict(lr=f32(1e-2), betas=(f32(0.8), f64(0.99)), eps=f32(1e-6), weight_decay=f64(0.1))
+    cases = [
+        (nn.SGD, torch.optim.SGD, sgd),
+        (nn.SGD, torch.optim.SGD, dict(lr=i64(1), momentum=f32(0.5), nesterov=np.bool_(True))),
+        (nn.Adam, torch.optim.Adam, adam),
+        (nn.AdamW, torch.optim.AdamW, adam),
+        (nn.Adam, torch.optim.Adam, dict(lr=i64(1), amsgrad=np.bool_(True))),
+    ]
+    for ours, theirs, kwargs in cases:
+        optimizer = ours(**kwargs)
+        assert type(optimizer.lr) is float and optimizer.lr == float(kwargs["lr"])
+        model = {"w": slope.tensor(start)}
+        state = optimizer.init(model)
+        w = torch.tensor(start, requires_grad=True)
+        # (PyTorch's Adam refuses betas that are not both Python floats, np.float32 included: their values here)
+        torch_kwargs = {**kwargs, "betas": tuple(map(float, kwargs["betas"]))} if "betas" in kwargs else kwargs
+        reference = theirs([w], **torch_kwargs, foreach=False)
+        for grad in grads:
+            model, state = slope.jit(optimizer.step)(model, {"w": slope.tensor(grad)}, state)
+            w.grad = torch.tensor(grad)
+            reference.step()
+        np.testing.assert_allclose(model["w"].numpy(), w.detach().numpy(), rtol=RTOL, atol=ATOL, err_msg=str(kwargs))
+    for bad in (np.bool_(True), f32(np.nan), f32(-0.1)):
+        with pytest.raises(ValueError, match="SGD: lr must be a non-negative number or a schedule"):
+            nn.SGD(bad)
+    with pytest.raises(ValueError, match=r"Adam: betas\[0\] must be a number in \[0.0, 1.0\), got np.float32\(1.0\)"):
+        nn.Adam(1e-3, betas=(f32(1.0), 0.999))
+
+
+@pytest.mark.filterwarnings("error")
+def test_schedules_of_numpy_scalars():
+    """A piecewise_constant of np.float32 values beside the float64 step count: NumPy's overflow warning, each step."""
+    optimizer = nn.SGD(nn.optim.piecewise_constant([np.int64(1)], [np.float32(0.5), np.float32(0.25)]))
+    model, state = {"w": slope.tensor([0.0])}, None
+    state = optimizer.init(model)
+    rates = []
+    for _ in range(2):
+        rates.append(optimizer.lr_at(state))
+        model, state = optimizer.step(model, {"w": slope.tensor([1.0])}, state)
+    assert rates == [0.5, 0.25] and model["w"].tolist() == [-0.75]
+    assert type(nn.SGD(nn.optim.constant_schedule(np.float32(0.5))).learning_rate(0)) is float
+
+
 def test_optimizer_errors():
     with pytest.raises(ValueError, match="lr"):
         nn.SGD(-1.0)

@@ -244,13 +244,18 @@ def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
     """The data-parallel step `(model, opt_state, *batch) -> (model, opt_state, loss)` for `loss_fn(model, *batch)`:
     value_and_grad, the mean of the gradients (and of the loss) over the ranks, the optimizer's update. Buffers the
     forward pass updates (training-mode BatchNorm's running statistics) come back as rank 0's on every rank, as
-    PyTorch's DDP broadcasts them, in the gradients' reduction (no extra round trip)."""
+    PyTorch's DDP broadcasts them, in the gradients' reduction (no extra round trip). `loss_fn` may call the model
+    directly or through `nn.apply` (whose returned model it need not return): both updates are found."""
     import slope.nn as nn
 
     def loss_and_updates(model: Any, *batch: Any) -> tuple:
         before = slope.tree.leaves(model)
-        loss = loss_fn(model, *batch)  # (a training-mode BatchNorm assigns its new statistics to `model`, a copy)
-        return loss, [new if new is not old else None for new, old in zip(slope.tree.leaves(model), before)]
+        # a training-mode BatchNorm assigns its new statistics to `model` (a copy), or to the copy an nn.apply returns
+        # (reported to this block)
+        with nn.buffer_updates() as updates:
+            loss = loss_fn(model, *batch)
+        after = updates.latest(before, slope.tree.leaves(model))
+        return loss, [new if new is not old else None for new, old in zip(after, before)]
 
     def step(model: Any, state: Any, *batch: Any) -> tuple:
         (loss, updated), grads = nn.value_and_grad(loss_and_updates, has_aux=True)(model, *batch)

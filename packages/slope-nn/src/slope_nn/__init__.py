@@ -54,7 +54,17 @@ from .losses import (
     nll,
     nll_loss,
 )
-from .module import Module, apply, grad, leaf_kinds, next_key, rng, value_and_grad
+from .module import (
+    Module,
+    apply,
+    buffer_updates,
+    check_buffer_update,
+    grad,
+    leaf_kinds,
+    next_key,
+    rng,
+    value_and_grad,
+)
 from .optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
@@ -104,6 +114,8 @@ __all__ = [
     "apply",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "buffer_updates",
+    "check_buffer_update",
     "checkpoint",
     "cross_entropy",
     "datasets",

@@ -16,7 +16,7 @@ from slope import Tensor
 from slope.operators import check_indices, ints
 
 from . import functional, init
-from .module import Module, next_key
+from .module import Module, check_buffer_update, next_key
 from .operators import layer_norm, overflow_to_nan
 
 __all__ = [
@@ -291,7 +291,8 @@ class BatchNorm(Module):
     In training mode it normalizes with the batch statistics and assigns updated `running_mean`/`running_var` to
     itself (PyTorch's momentum rule, unbiased running variance; momentum=None averages all batches so far, counted in
     the `num_batches_tracked` buffer). Inside jit or grad, get the updated model back
-    with `out, model = nn.apply(model, x)`. In eval mode it uses the running statistics.
+    with `out, model = nn.apply(model, x)` (elsewhere the update would be lost, and is an error). In eval mode it uses
+    the running statistics.
     """
 
     input_dims: tuple[int, ...] | None = None  # the ranks of input it takes (None: any from 2; PyTorch's 1d: 2 or 3)
@@ -344,6 +345,8 @@ class BatchNorm(Module):
             rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
+                if count or self.momentum is None:  # (an update a transformation would lose is an error)
+                    check_buffer_update(self)
                 if self.momentum is None:  # the cumulative average: batch n weighs 1 / n
                     self.num_batches_tracked = self.num_batches_tracked + 1
                     m = 1.0 / self.num_batches_tracked.astype(slope.float64)

@@ -13,7 +13,9 @@ Kinds of tensor attributes:
 
 Layers that update buffers in training mode (BatchNorm) assign the new values to their own attributes. Eagerly this
 is PyTorch's in-place behaviour; in a transformed function use `out, model = nn.apply(model, x)`, which runs a copy
-of the model and returns that copy with its updated buffers, leaving the argument untouched.
+of the model and returns that copy with its updated buffers, leaving the argument untouched. Inside jit/grad/vmap
+such an update is allowed only within a `buffer_updates()` block (`nn.apply` and `slope.distributed.train_step` open
+one): elsewhere it would land on a copy of the model that no one returns, and the layer raises instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from slope import Tensor
 __all__ = [
     "Module",
     "apply",
+    "buffer_updates",
+    "check_buffer_update",
     "leaf_kinds",
     "next_key",
     "value_and_grad",
@@ -488,6 +492,86 @@ def next_key(name: str = "nn") -> Tensor:
     return global_next_key()
 
 
+# ----------------------------------------------------------------------------------------------- buffer updates
+
+
+class BufferUpdates:
+    """The buffer updates made by `nn.apply` calls inside one `buffer_updates()` block: each copy's new leaves."""
+
+    def __init__(self) -> None:
+        self._new: dict[int, tuple[Any, Any]] = {}  # id(leaf before) -> (leaf before, leaf after); both kept alive
+
+    def _report(self, before: list, after: list) -> None:
+        """Record that the leaves `before` (of a model given to nn.apply) became `after` (in the copy it returns)."""
+        for old, new in zip(before, after):
+            if new is old:
+                continue
+            if id(old) in self._new and self._new[id(old)][1] is not new:
+                raise RuntimeError(_TWICE)
+            self._new[id(old)] = (old, new)
+
+    def latest(self, before: list, after: list) -> list:
+        """The final leaves of a model whose leaves were `before` at the block's start and are `after` now: each
+        followed through the updates of the nn.apply calls made on it (and on the models those returned)."""
+        result = []
+        for old, leaf in zip(before, after):
+            if leaf is not old and id(old) in self._new:  # (updated in place and by an nn.apply of the same state)
+                raise RuntimeError(_TWICE)
+            while id(leaf) in self._new:
+                leaf = self._new[id(leaf)][1]
+            result.append(leaf)
+        return result
+
+
+_TWICE = (
+    "slope.nn: a model's buffers (BatchNorm's running statistics) were updated twice from the same state (two "
+    "nn.apply calls on one model, or an nn.apply and a direct call): one update would be lost. Call the model that "
+    "the first call returned: `out, model = nn.apply(model, x1)`, then `nn.apply(model, x2)`"
+)
+
+
+class _Scopes(threading.local):
+    """The `buffer_updates` blocks open in this thread."""
+
+    def __init__(self) -> None:
+        self.stack: list[BufferUpdates] = []
+
+
+_buffer_scopes = _Scopes()
+
+
+@contextlib.contextmanager
+def buffer_updates() -> Iterator[BufferUpdates]:
+    """A block where layers may update buffers while traced: the caller returns the models it runs (per thread).
+
+    `nn.apply` opens one around its call, `slope.distributed.train_step` one around its loss; an `nn.apply` inside
+    reports its copy's new buffers to the block around it, where `BufferUpdates.latest` finds them.
+    """
+    scope = BufferUpdates()
+    _buffer_scopes.stack.append(scope)
+    try:
+        yield scope
+    finally:
+        _buffer_scopes.stack.pop()
+
+
+def check_buffer_update(layer: Module) -> None:
+    """Refuse a buffer update that would be lost: traced (jit/grad/vmap) outside any `buffer_updates()` block."""
+    if _buffer_scopes.stack:
+        return
+    from slope.trace import is_eager
+
+    if is_eager():  # (PyTorch's in-place update)
+        return
+    raise RuntimeError(
+        f"slope.nn.{type(layer).__name__}: in training mode it updates its running statistics (buffers), and inside "
+        "jit/grad/vmap it would update a copy of the model that is never returned: the statistics would be lost. "
+        "Call the model as `out, model = nn.apply(model, x)` and return that model (from a loss: return "
+        "`(loss, model)` and take the gradient with `nn.value_and_grad(loss_fn, has_aux=True)`), or build the step "
+        "with slope.distributed.train_step; or call `model.eval()` to use the running statistics"
+    )
+
+
 # ----------------------------------------------------------------------------------------------- functional calls
 
 
@@ -495,14 +579,21 @@ def apply(model: Module, *args: Any, key: Tensor | None = None, **kwargs: Any) -
     """Call a copy of the model and return `(output, updated_model)`: the copy holds buffer updates (BatchNorm).
 
     `key` feeds layers that need randomness (Dropout). The model passed in is never modified, so this is the way
-    to run a training-mode forward pass inside `jit` or `grad`.
+    to run a training-mode forward pass inside `jit` or `grad`. Inside an enclosing `buffer_updates()` block
+    (`slope.distributed.train_step`'s loss) the copy's new buffers are also reported to that block.
     """
     leaves, treedef = slope.tree.flatten(model)
     copy = slope.tree.unflatten(treedef, leaves)
-    if key is None:
-        return copy(*args, **kwargs), copy
-    with rng(key):
-        return copy(*args, **kwargs), copy
+    with buffer_updates() as scope, contextlib.nullcontext() if key is None else rng(key):
+        out = copy(*args, **kwargs)
+    after, after_treedef = slope.tree.flatten(copy)
+    if len(after) == len(leaves):
+        latest = scope.latest(leaves, after)  # (nn.apply calls inside the forward pass, on parts of the copy)
+        if any(new is not old for new, old in zip(latest, after)):
+            copy = slope.tree.unflatten(after_treedef, latest)
+        if _buffer_scopes.stack:
+            _buffer_scopes.stack[-1]._report(leaves, latest)
+    return out, copy
 
 
 def _stop_non_trainable(model: Any) -> Any:

@@ -2,8 +2,9 @@
 
 The model may be any pytree (a `Module`, a dict of tensors, ...); `grads` has the same structure (what
 `slope.grad(loss)(model, ...)` returns). The optimizer's hyperparameters are static configuration baked into a jitted
-step; the step count lives in the state as a tensor, so a learning-rate schedule (a function of the step count)
-changes the rate every step without recompiling. Optimizers update only trainable leaves: buffers, parameters
+step, read-only once the optimizer is made (a change would be ignored by a step already compiled); the step count
+lives in the state as a tensor, so a learning-rate schedule (a function of the step count) changes the rate every step
+without recompiling. Optimizers update only trainable leaves: buffers, parameters
 frozen with `Module.freeze()` and leaves rejected by the `trainable` filter keep their values and hold no state.
 
 Updates follow PyTorch's formulas (torch.optim.SGD, Adam, AdamW) so results match it step for step.
@@ -11,7 +12,9 @@ Updates follow PyTorch's formulas (torch.optim.SGD, Adam, AdamW) so results matc
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -118,6 +121,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
     if list(boundaries) != sorted(boundaries):
         raise ValueError(f"piecewise_constant: the boundaries must be in increasing order, got {list(boundaries)}")
 
+    values = [float(v) if _real(v) else v for v in values]  # (NumPy's float32 beside a float64 count: a warning)
+
     def schedule(step: Tensor) -> Tensor:
         rate = slope.full_like(step, values[0])
         for boundary, value in zip(boundaries, values[1:]):
@@ -175,9 +180,14 @@ def _widened(x: Tensor) -> Tensor:
     return x.astype(_wide(x.dtype))
 
 
+def _real(value: Any) -> bool:
+    """Whether a hyperparameter is a real number: Python's or NumPy's (np.float32(0.1), np.int64(1)), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
-    """A hyperparameter as a float in [low, high), else a ValueError naming the optimizer."""
-    if not isinstance(value, (int, float)) or not low <= value < high:
+    """A hyperparameter as a Python float in [low, high), else a ValueError naming the optimizer."""
+    if not _real(value) or not low <= value < high:
         refuse_traced(owner, name, value, ValueError)
         raise ValueError(f"{owner}: {name} must be a number in [{low}, {high}), got {value!r}")
     return float(value)
@@ -188,6 +198,19 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def _sealing(init: Callable) -> Callable:
+    """An optimizer class's `__init__` that makes the attributes read-only once the outermost constructor returns
+    (a subclass's `__init__` runs its base's first; the signature stays the original's, through `__wrapped__`)."""
+
+    @functools.wraps(init)
+    def sealed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is sealed_init:
+            self.__dict__["_made"] = True
+
+    return sealed_init
+
+
 class Optimizer:
     """Base of the functional optimizers: learning rate or schedule, and which leaves are trainable and decayed.
 
@@ -195,7 +218,34 @@ class Optimizer:
     prefixes to train (everything else is left alone; a prefix that names no parameter is an error). `decay` says
     which trained parameters get weight decay: a function `(name, param) -> bool` (`no_decay_on_biases_and_norms`
     keeps it to matrices), default all.
+
+    The hyperparameters are read-only once the optimizer is made: a jitted step keeps the values it traced, so a
+    change (PyTorch's `param_group["lr"] = ...`) would be ignored there. A rate that changes is a schedule.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _sealing(cls.__init__)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_made"):
+            raise AttributeError(self._read_only(f"setting {name!r}"))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if self.__dict__.get("_made"):
+            raise AttributeError(self._read_only(f"deleting {name!r}"))
+        super().__delattr__(name)
+
+    def _read_only(self, what: str) -> str:
+        owner = type(self).__name__
+        return (
+            f"{owner}: the hyperparameters are read-only once the optimizer is made ({what}): a jitted step keeps the "
+            "values it traced, so the change would be ignored there. For a learning rate that changes, pass a schedule "
+            "(nn.optim.step_decay, cosine_decay, piecewise_constant, ... or any function of the step count); "
+            f"otherwise make a new optimizer ({owner}(...)) and jit a new step that uses it"
+        )
 
     weight_decay = 0.0
     decay: Callable[[str, Tensor], bool] | None = None
@@ -203,10 +253,10 @@ class Optimizer:
     positional = "(lr)"  # the positional arguments, PyTorch's order less `params` (for messages)
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
-        if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
+        if not callable(lr) and not (_real(lr) and lr >= 0):
             refuse_traced(type(self).__name__, "lr", lr, ValueError)
             raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
-        self.lr = lr
+        self.lr = lr if callable(lr) else float(lr)  # (NumPy's scalars too, as PyTorch takes them)
         self.prefixes: tuple[str, ...] = ()  # trainable's prefixes, each of which must name some parameter
         if trainable is None or callable(trainable):
             self.trainable = trainable
@@ -266,7 +316,8 @@ class Optimizer:
         if callable(self.lr):
             if not isinstance(count, Tensor):
                 count = slope.tensor(float(count))
-            return self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
+            rate = self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
+            return float(rate) if _real(rate) else rate  # (a NumPy scalar from the schedule as a Python float)
         return self.lr
 
     def lr_at(self, state: Any) -> float:
