@@ -440,23 +440,23 @@ def test_a_state_of_another_model_or_optimizer_is_refused(jit):
     grads = nn.grad(lambda m: m(slope.ones((1, 3))).sum())(model)
     adam, sgd = nn.Adam(0.1), nn.SGD(0.1, 0.9)
     run = (lambda opt: slope.jit(opt.step)) if jit else (lambda opt: opt.step)
-    with pytest.raises(ValueError, match=r"Adam.step: the state's mu for 'weight' \(leaf 0\) has shape \(4, 3\) where "
-                       r"the parameter's shape is \(2, 3\) .*pass the AdamState Adam.init\(model\) returns"):  # fmt: skip
-        run(adam)(model, grads, adam.init(other))
-    with pytest.raises(ValueError, match=r"SGD.step: the state's momentum for 'weight' \(leaf 0\) has shape \(4, 3\)"):
-        run(sgd)(model, grads, sgd.init(other))
-    with pytest.raises(ValueError, match=r"Adam.step: the state's nu has 1 entries where the model has 2 leaves"):
-        run(adam)(model, grads, adam.init(model)._replace(nu=[None]))
-    with pytest.raises(TypeError, match=r"Adam.step: expected the AdamState Adam.init\(model\) returns for this model, "
-                       r"got SGDState \(another optimizer's state\)"):  # fmt: skip
-        run(adam)(model, grads, sgd.init(model))
-    with pytest.raises(TypeError, match=r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got AdamState"):
-        run(sgd)(model, grads, adam.init(model))
-    with pytest.raises(TypeError, match=r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got None"):
-        run(sgd)(model, grads, None)
+    refused = [  # (optimizer, state, error, message)
+        (adam, adam.init(other), ValueError, r"Adam.step: the state's mu for 'weight' \(leaf 0\) has shape \(4, 3\) "
+         r"where the parameter's shape is \(2, 3\) .*pass the AdamState Adam.init\(model\) returns"),
+        (sgd, sgd.init(other), ValueError, r"SGD.step: the state's momentum for 'weight' \(leaf 0\) has shape \(4, 3\)"),
+        (adam, adam.init(model)._replace(nu=[None]), ValueError,
+         r"Adam.step: the state's nu has 1 entries where the model has 2 leaves"),
+        (adam, sgd.init(model), TypeError, r"Adam.step: expected the AdamState Adam.init\(model\) returns for this "
+         r"model, got SGDState \(another optimizer's state\)"),
+        (sgd, adam.init(model), TypeError, r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got AdamState"),
+        (sgd, None, TypeError, r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got None"),
+    ]  # fmt: skip
     if not jit:  # (jit's arguments must be tensors)
-        with pytest.raises(TypeError, match=r"Adam.step: the state's count must be a tensor .*, got None"):
-            adam.step(model, grads, adam.init(model)._replace(count=None))
+        refused.append((adam, adam.init(model)._replace(count=None), TypeError,
+                        r"Adam.step: the state's count must be a tensor .*, got None"))  # fmt: skip
+    for optimizer, state, error, message in refused:
+        with pytest.raises(error, match=message):
+            run(optimizer)(model, grads, state)
     # the gradients of another model: named by leaf
     other_grads = nn.grad(lambda m: m(slope.ones((1, 3))).sum())(other)
     with pytest.raises(ValueError, match=r"Adam.step: the gradient of 'weight' \(leaf 0\) has shape \(4, 3\) where the "
