@@ -109,6 +109,54 @@ def test_fused_operators_vmap_and_integers(each_backend):
         slope.gelu(slope.tensor([1.0]), "sigmoid")
 
 
+SOFTMAX_DTYPE_ROUTES = {
+    "slope": lambda name: lambda t, dim, dtype: getattr(slope, name)(t, dim, dtype=dtype),
+    "method": lambda name: (
+        lambda t, dim, dtype: getattr(t, name)(dim, dtype)
+    ),  # (positional, as torch.softmax takes it)
+    "functional": lambda name: lambda t, dim, dtype: getattr(slope.nn.functional, name)(t, dim=dim, dtype=dtype),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("route", sorted(SOFTMAX_DTYPE_ROUTES))
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtypes", [("float32", "float64"), ("float16", "float32"), ("int64", "float64")])
+def test_softmax_dtype_casts_the_input_first_as_pytorch(each_backend, name, route, dtypes, jit):
+    # dtype= was refused: "LogSoftmax.__call__() got an unexpected keyword argument 'dtype'"; PyTorch casts the input
+    # to dtype before the operation, and the gradient comes back in the input's dtype
+    given, wanted = dtypes
+    x = _x("float32", (3, 5)) if given != "int64" else np.arange(15).reshape(3, 5) % 4
+    x = x.astype(given)
+    weights = _x(wanted, (3, 5), 1.0, seed=1)
+    ours = SOFTMAX_DTYPE_ROUTES[route](name)
+    fn = (lambda t: ours(t, 0, getattr(slope, wanted))) if route != "slope" else (lambda t: ours(t, 0, wanted))
+    run = slope.jit(fn) if jit else fn
+    out = run(slope.tensor(x))
+    t = torch.tensor(x, requires_grad=given != "int64")
+    expected = getattr(torch, name)(t, 0, dtype=getattr(torch, wanted))
+    assert out.dtype == getattr(slope, wanted)
+    rtol = {"float32": 2e-6, "float64": 1e-13}[wanted]  # (the same cast input: only the kernels' rounding differs)
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=rtol, atol=rtol)
+    if given == "int64":
+        return
+    grad = slope.grad(lambda t: (fn(t) * slope.tensor(weights)).sum())
+    got = (slope.jit(grad) if jit else grad)(slope.tensor(x))
+    (theirs,) = torch.autograd.grad((expected * torch.tensor(weights)).sum(), t)
+    assert got.dtype == getattr(slope, given) and theirs.dtype == getattr(torch, given)
+    scale = np.abs(theirs.numpy().astype(np.float64)).max()
+    tol = {"float32": 2e-6, "float16": 1e-3}[given]  # (each rounds a wider gradient to the input's dtype once)
+    np.testing.assert_allclose(got.numpy().astype(np.float64), theirs.numpy(), rtol=tol, atol=tol * scale)
+
+
+def test_softmax_dtype_must_be_a_floating_point_dtype(each_backend):
+    x = slope.tensor([1.0, 2.0])
+    with pytest.raises(slope.DTypeError, match=r"slope.softmax: dtype must be a floating-point dtype .*got int64"):
+        slope.softmax(x, 0, dtype=slope.int64)  # (PyTorch: "softmax_lastdim_kernel_impl" not implemented for 'Long')
+    with pytest.raises(slope.DTypeError, match=r"slope.log_softmax: dtype must be .*, got str 'f64'"):
+        x.log_softmax(0, dtype="f64")
+
+
 def test_layer_norm_matches_pytorch_off_centre_and_in_vmap(each_backend):
     # a mean large against the spread (the statistics must not cancel) and a last dimension of 1
     for x in (1000.0 + _x("float32", (3, 64), 0.1), _x("float32", (4, 1))):

@@ -433,6 +433,40 @@ def test_gradients_shaped_unlike_the_model_are_refused(optimizer):
     assert not np.array_equal(new.weight.numpy(), layer.weight.numpy())
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_a_state_of_another_model_or_optimizer_is_refused(jit):
+    # another model's state: "slope.add: shapes (4, 3) and (2, 3)"; another optimizer's, or None: AttributeErrors
+    model, other = nn.Linear(3, 2), nn.Linear(3, 4)
+    grads = nn.grad(lambda m: m(slope.ones((1, 3))).sum())(model)
+    adam, sgd = nn.Adam(0.1), nn.SGD(0.1, 0.9)
+    run = (lambda opt: slope.jit(opt.step)) if jit else (lambda opt: opt.step)
+    refused = [  # (optimizer, state, error, message)
+        (adam, adam.init(other), ValueError, r"Adam.step: the state's mu for 'weight' \(leaf 0\) has shape \(4, 3\) "
+         r"where the parameter's shape is \(2, 3\) .*pass the AdamState Adam.init\(model\) returns"),
+        (sgd, sgd.init(other), ValueError, r"SGD.step: the state's momentum for 'weight' \(leaf 0\) has shape \(4, 3\)"),
+        (adam, adam.init(model)._replace(nu=[None]), ValueError,
+         r"Adam.step: the state's nu has 1 entries where the model has 2 leaves"),
+        (adam, sgd.init(model), TypeError, r"Adam.step: expected the AdamState Adam.init\(model\) returns for this "
+         r"model, got SGDState \(another optimizer's state\)"),
+        (sgd, adam.init(model), TypeError, r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got AdamState"),
+        (sgd, None, TypeError, r"SGD.step: expected the SGDState SGD.init\(model\) returns .*, got None"),
+    ]  # fmt: skip
+    if not jit:  # (jit's arguments must be tensors)
+        refused.append((adam, adam.init(model)._replace(count=None), TypeError,
+                        r"Adam.step: the state's count must be a tensor .*, got None"))  # fmt: skip
+    for optimizer, state, error, message in refused:
+        with pytest.raises(error, match=message):
+            run(optimizer)(model, grads, state)
+    # the gradients of another model: named by leaf
+    other_grads = nn.grad(lambda m: m(slope.ones((1, 3))).sum())(other)
+    with pytest.raises(ValueError, match=r"Adam.step: the gradient of 'weight' \(leaf 0\) has shape \(4, 3\) where the "
+                       r"parameter's shape is \(2, 3\)"):  # fmt: skip
+        run(adam)(model, other_grads, adam.init(model))
+    # a state of the same model still steps, AdamW's for Adam too (the same kind of state)
+    new, state = run(adam)(model, grads, nn.AdamW(0.1).init(model))
+    assert isinstance(state, nn.optim.AdamState) and new.weight.shape == (2, 3)
+
+
 def test_a_trainable_prefix_that_names_no_parameter_is_an_error():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1))
     for optimizer in (nn.SGD(trainable=["1."]), nn.Adam(trainable="2.weights"), nn.SGD(trainable=["0", "3"])):

@@ -105,14 +105,28 @@ def _tangent_in_float32(jvp: Callable) -> Callable:
 
 class LogSoftmax(Operator):
     """x - logsumexp(x) along one dimension. An operator because backends have one stable kernel for it (ONNX
-    LogSoftmax), and because its derivative reads only the output: t - sum(softmax(x) * t)."""
+    LogSoftmax), and because its derivative reads only the output: t - sum(softmax(x) * t). `dtype` (PyTorch's) casts
+    the input to it first: float16 input with dtype=float32 gives float32 results, and the gradient comes back in float16."""
 
     name = "log_softmax"
 
-    def __call__(self, x: Any, dim: int = -1) -> Tensor:
+    def __call__(self, x: Any, dim: int = -1, dtype: Any = None) -> Tensor:
         x = _tensor(x)
+        if dtype is not None:  # PyTorch's: the input is cast to dtype first (a float16 input's softmax in float32)
+            x = x.astype(self._float_dtype(dtype))
         x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
         return slope.bind(self, x, dim=normalize_dim(self.name, dim, x.ndim))
+
+    def _float_dtype(self, dtype: Any) -> slope.DType:
+        """The dtype= argument as a floating-point DType, else a DTypeError naming the function."""
+        try:
+            wanted = slope.dtypes.as_dtype(dtype)
+        except TypeError:
+            wanted = None
+        if wanted is None or not wanted.is_float:
+            given = wanted.name if wanted is not None else f"{type(dtype).__name__} {dtype!r}"
+            raise self.dtype_error(f"dtype must be a floating-point dtype (the input is cast to it first), got {given}")
+        return wanted
 
     def infer(self, x: Aval, *, dim: int) -> Aval:
         if not x.dtype.is_float:

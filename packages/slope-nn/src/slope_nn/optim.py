@@ -248,6 +248,7 @@ class Optimizer:
         )
 
     weight_decay = 0.0
+    state_type: type | None = None  # the NamedTuple its init makes (None: a subclass's own, not checked)
     decay: Callable[[str, Tensor], bool] | None = None
     maximize = False  # (PyTorch's: ascend, each gradient negated first)
     positional = "(lr)"  # the positional arguments, PyTorch's order less `params` (for messages)
@@ -342,9 +343,8 @@ class Optimizer:
             )
         if slope.tree.structure(grads) != treedef:  # (matched by position, b took c's gradient)
             self._check_names(model, grads)
+        self._check_state(model, leaves, state)
         slots = self._slots(state)
-        if len(slots) != len(leaves):
-            raise ValueError(f"{type(self).__name__}.step: the state was made for another model; call init(model)")
         mask = self._mask(model, leaves)
         decays = self._decays(model, leaves)
         lr = self.learning_rate(state.count)
@@ -353,17 +353,20 @@ class Optimizer:
         for i, (param, grad, slot, trainable, decay) in enumerate(zip(leaves, grad_leaves, slots, mask, decays)):
             if trainable and slot is None:  # (it was skipped: a frozen backbone unfrozen later never trained)
                 raise ValueError(
-                    f"{type(self).__name__}.step: leaf {i} {param.aval} is trained but has no state (the state was "
-                    "made while it was frozen, or by another optimizer); call init(model) again"
+                    f"{type(self).__name__}.step: leaf {i} {leaf_kinds(model)[i][0]!r} {param.aval} is trained but "
+                    "has no state (the state was made while it was frozen, or by another optimizer); call init(model) "
+                    "again"
                 )
             if not trainable:
                 new_leaves.append(param)
                 new_slots.append(slot)
                 continue
             if not isinstance(grad, Tensor) or grad.shape != param.shape:
-                described = grad.aval if isinstance(grad, Tensor) else type(grad).__name__
+                described = f"has shape {grad.shape}" if isinstance(grad, Tensor) else f"is {type(grad).__name__}"
                 raise ValueError(
-                    f"{type(self).__name__}.step: gradient {described} does not match leaf {i} {param.aval}"
+                    f"{type(self).__name__}.step: the gradient of {leaf_kinds(model)[i][0]!r} (leaf {i}) {described} "
+                    f"where the parameter's shape is {param.shape}; pass the gradients of this model "
+                    "(what slope.grad(loss)(model, ...) returns)"
                 )
             # halves update in float32 and round each result once, as PyTorch's addcdiv_ and addcmul_ (its SGD's add_
             # rounds lr to the half dtype first): in float16, Adam's step size at lr 1e-5 was subnormal
@@ -375,6 +378,40 @@ class Optimizer:
             new_leaves.append(new_param.astype(param.dtype))
             new_slots.append(tuple(s.astype(param.dtype) for s in slot))
         return slope.tree.unflatten(treedef, new_leaves), self._make_state(count, new_slots)
+
+    def _check_state(self, model: Any, leaves: list, state: Any) -> None:
+        """A TypeError or ValueError naming the step unless the state is one `init(model)` makes for a model of these
+        leaves (another optimizer's state, None, or another model's: AttributeErrors or a broadcast error of
+        slope.add). Python comparisons only: under jit they run while tracing."""
+        owner = type(self).__name__
+        kind = self.state_type
+        if kind is None:  # (a subclass with a state of its own)
+            return
+        expected = f"the {kind.__name__} {owner}.init(model) returns for this model"
+        if not isinstance(state, kind):
+            given = "None" if state is None else type(state).__name__
+            hint = " (another optimizer's state)" if isinstance(state, (SGDState, AdamState)) else ""
+            raise TypeError(f"{owner}.step: expected {expected}, got {given}{hint}")
+        count = state.count
+        if not isinstance(count, (Tensor, numbers.Integral)) or isinstance(count, (bool, np.bool_)):
+            raise TypeError(f"{owner}.step: the state's count must be a tensor (the steps taken), got {count!r}; "
+                            f"pass {expected}")  # fmt: skip
+        for field in state._fields[1:]:
+            slots = getattr(state, field)
+            if slots is None and kind._field_defaults.get(field, 0) is None:  # (nu_max without amsgrad)
+                continue
+            if not isinstance(slots, (list, tuple)) or len(slots) != len(leaves):
+                given = f"{len(slots)} entries" if isinstance(slots, (list, tuple)) else repr(type(slots).__name__)
+                raise ValueError(f"{owner}.step: the state's {field} has {given} where the model has {len(leaves)} "
+                                 f"leaves (a state made for another model?); pass {expected}")  # fmt: skip
+            for i, (slot, leaf) in enumerate(zip(slots, leaves)):
+                if slot is None or (isinstance(slot, Tensor) and isinstance(leaf, Tensor) and slot.shape == leaf.shape):
+                    continue
+                name = leaf_kinds(model)[i][0]
+                given = f"has shape {slot.shape}" if isinstance(slot, Tensor) else f"is {type(slot).__name__}"
+                leaf_shape = f"shape is {leaf.shape}" if isinstance(leaf, Tensor) else f"is {type(leaf).__name__}"
+                raise ValueError(f"{owner}.step: the state's {field} for {name!r} (leaf {i}) {given} where the "
+                                 f"parameter's {leaf_shape} (a state made for another model?); pass {expected}")  # fmt: skip
 
     def _check_names(self, model: Any, grads: Any) -> None:
         """A ValueError unless the gradients' leaves have the model's names (a module's static attributes may vary)."""
@@ -409,6 +446,7 @@ class SGD(Optimizer):
     ascends)."""
 
     positional = "(lr, momentum, dampening, weight_decay, nesterov)"
+    state_type = SGDState
 
     def __init__(self, lr: float | Schedule = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, trainable: Any = None,
@@ -475,6 +513,7 @@ class Adam(Optimizer):
 
     decoupled = False
     positional = "(lr, betas, eps, weight_decay, amsgrad)"
+    state_type = AdamState
 
     def __init__(self, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False, trainable: Any = None,
