@@ -8,6 +8,7 @@ flush subnormal results to zero.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -77,6 +78,39 @@ def test_softplus_and_sigmoid_derivatives_at_zero():
     np.testing.assert_array_equal(grad.numpy(), [0.25])
     hessian = slope.grad(lambda t: slope.grad(lambda u: F.softplus(u).sum())(t).sum())(slope.tensor([0.0]))
     np.testing.assert_allclose(hessian.numpy(), [0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("beta", [math.inf, -math.inf, 0.0, -0.0, 1e-300, 2.0])
+def test_softplus_gradient_for_infinite_and_zero_beta_matches_pytorch(beta, dtype):
+    """The untaken branch's zero cotangent came back through beta x times beta: 0 * inf gave NaN gradients
+    everywhere for beta = inf (PyTorch: 0 below 0, NaN at 0, 1 above) and 0 / 0 for beta = 0 (PyTorch: 1/2)."""
+    x = np.array([-2.0, -1e-30, 0.0, -0.0, 1e-30, 3.0, 25.0, -math.inf, math.inf, math.nan])
+    for threshold in (20.0, math.inf):
+        tx = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+        expected = torch.nn.functional.softplus(tx, beta, threshold)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), tx)
+        expected, expected_grad = expected.detach().double().numpy(), expected_grad.double().numpy()
+
+        def loss(v, threshold=threshold):
+            return F.softplus(v, beta, threshold).astype("float64").sum()
+
+        t = slope.tensor(x, dtype=dtype)
+        value = F.softplus(t, beta, threshold).astype("float64").numpy()
+        assert_close(value, expected, dtype, f"value, threshold {threshold}")
+        zero = value == 0
+        assert np.array_equal(np.signbit(value[zero]), np.signbit(expected[zero])), value  # (-0.0 for beta -inf)
+        # without a threshold, PyTorch's derivative exp(bx) / (exp(bx) + 1) is inf / inf where bx = inf and its value
+        # is inf; Slope gives the limit, 1 (as with a threshold). Where the value is NaN, both are NaN.
+        kept = ~np.isinf(x) | np.isnan(expected) | (threshold != math.inf)
+        for what, grad in (("grad", slope.grad(loss)(t)), ("jit grad", slope.jit(slope.grad(loss))(t))):
+            got = grad.astype("float64").numpy()
+            assert_close(got[kept], expected_grad[kept], dtype, f"{what}, threshold {threshold}")
+        forward = slope.jvp(functools.partial(F.softplus, beta=beta, threshold=threshold), (t,), (slope.ones_like(t),))[
+            1
+        ]
+        got = forward.astype("float64").numpy()
+        assert_close(got[kept], expected_grad[kept], dtype, f"jvp, threshold {threshold}")
 
 
 def test_softplus_threshold_and_accuracy_for_tiny_results():
