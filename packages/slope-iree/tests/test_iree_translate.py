@@ -479,3 +479,59 @@ def test_a_transposed_half_value_used_twice_compiles(dtype):
     with slope.use_backend("numpy"):
         expected = slope.grad(lambda y: (y.permute(0, 1, 3, 2) @ y).sin().sum())(slope.tensor(y.numpy()))
     np.testing.assert_allclose(grad.astype(slope.float32).numpy(), expected.astype(slope.float32).numpy(), atol=0.05)
+
+
+def _ulps(actual: np.ndarray, expected: np.ndarray, bits: int) -> np.ndarray:
+    """Distances in units of the last place of a float type of `bits` bits (16: bfloat16 as the top of float32)."""
+    view = {64: np.int64, 32: np.int32}[bits]
+    a, b = (np.ascontiguousarray(v).view(view).astype(np.int64) for v in (actual, expected))
+    a, b = (np.where(v < 0, -(v & ((1 << (bits - 1)) - 1)), v) for v in (a, b))  # ordered as the floats are
+    return np.abs(a - b)
+
+
+def test_float32_tanh_stays_below_one_as_pytorch_and_is_within_an_ulp():
+    """IREE's float32 tanh kernel rounded to 1.0 from |x| = 8.0 (PyTorch's stays below 1 up to 9.01), so tanh's
+    derivative 1 - y * y was 0 there (PyTorch: 4.77e-7 at 8), and was up to 4 ulps off elsewhere in [-10, 10]."""
+    torch = pytest.importorskip("torch")
+    near = np.array([7.0, 8.0, -8.0, 8.5, 9.0, 9.01, 9.02, 9.1, 20.0], np.float32)
+    expected = torch.tanh(torch.tensor(near)).numpy()
+    np.testing.assert_array_equal(slope.tanh(slope.tensor(near)).numpy(), expected)
+    tx = torch.tensor(near, requires_grad=True)
+    torch.tanh(tx).sum().backward()
+    grad = slope.grad(lambda v: slope.tanh(v).sum())(slope.tensor(near)).numpy()
+    np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=2e-6, atol=0)  # (PyTorch's 1 - y * y fuses a rounding)
+    assert grad[1] == np.float32(4.76837158203125e-07) and (grad[:6] > 0).all()
+    # a dense grid and a logarithmic one (down to 1e-30), eagerly (one module for every shape) and under jit
+    logarithmic = np.geomspace(1e-30, 12.0, 20001).astype(np.float32)
+    x = np.concatenate([np.linspace(-12.0, 12.0, 400001, dtype=np.float32), logarithmic, -logarithmic])
+    expected = torch.tanh(torch.tensor(x)).numpy()
+    for tanh in (slope.tanh, slope.jit(slope.tanh)):
+        got = tanh(slope.tensor(x)).numpy()
+        ulps = _ulps(got, expected, 32)
+        assert ulps.max() <= 1, f"{ulps.max()} ulps at x = {x[ulps.argmax()]}: {got[ulps.argmax()]}"
+    special = np.array([0.0, -0.0, math.inf, -math.inf, math.nan, 2.0**-12, -(2.0**-12), 3e38, -3e38], np.float32)
+    got = slope.tanh(slope.tensor(special)).numpy()
+    np.testing.assert_array_equal(got, torch.tanh(torch.tensor(special)).numpy())
+    assert np.signbit(got[1]) and not np.signbit(got[0])
+
+
+def test_tanh_of_halves_and_float64_matches_pytorch():
+    """float16 and bfloat16 (every finite value) computed in float32 and rounded once, as PyTorch: the same bits;
+    float64 is libm's (within 2 ulps of PyTorch; onnxruntime's kernel 3). +-0, +-inf and NaN as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    every = np.arange(65536, dtype=np.uint32)
+    halves = {
+        "float16": torch.from_numpy(every.astype(np.uint16).view(np.float16).astype(np.float32)),
+        "bfloat16": torch.from_numpy((every << 16).view(np.float32)),
+    }
+    for dtype, values in halves.items():
+        values = values[torch.isfinite(values)]
+        expected = torch.tanh(values.to(getattr(torch, dtype))).float().numpy()
+        got = slope.tanh(slope.tensor(values.numpy()).astype(dtype)).astype("float32").numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=dtype)
+        assert np.array_equal(np.signbit(got), np.signbit(expected)), dtype  # (-0.0 kept)
+    x = np.concatenate([np.linspace(-25.0, 25.0, 100001), np.geomspace(1e-300, 25.0, 10001), [math.inf, -math.inf]])
+    got, expected = slope.tanh(slope.tensor(x)).numpy(), torch.tanh(torch.tensor(x)).numpy()
+    assert _ulps(got, expected, 64).max() <= 2
+    special = slope.tanh(slope.tensor([math.nan, -0.0], dtype="float64")).numpy()
+    assert math.isnan(special[0]) and special[1] == 0.0 and np.signbit(special[1])

@@ -8,6 +8,7 @@ flush subnormal results to zero.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -77,6 +78,39 @@ def test_softplus_and_sigmoid_derivatives_at_zero():
     np.testing.assert_array_equal(grad.numpy(), [0.25])
     hessian = slope.grad(lambda t: slope.grad(lambda u: F.softplus(u).sum())(t).sum())(slope.tensor([0.0]))
     np.testing.assert_allclose(hessian.numpy(), [0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("beta", [math.inf, -math.inf, 0.0, -0.0, 1e-300, 2.0])
+def test_softplus_gradient_for_infinite_and_zero_beta_matches_pytorch(beta, dtype):
+    """The untaken branch's zero cotangent came back through beta x times beta: 0 * inf gave NaN gradients
+    everywhere for beta = inf (PyTorch: 0 below 0, NaN at 0, 1 above) and 0 / 0 for beta = 0 (PyTorch: 1/2)."""
+    x = np.array([-2.0, -1e-30, 0.0, -0.0, 1e-30, 3.0, 25.0, -math.inf, math.inf, math.nan])
+    for threshold in (20.0, math.inf):
+        tx = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+        expected = torch.nn.functional.softplus(tx, beta, threshold)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), tx)
+        expected, expected_grad = expected.detach().double().numpy(), expected_grad.double().numpy()
+
+        def loss(v, threshold=threshold):
+            return F.softplus(v, beta, threshold).astype("float64").sum()
+
+        t = slope.tensor(x, dtype=dtype)
+        value = F.softplus(t, beta, threshold).astype("float64").numpy()
+        assert_close(value, expected, dtype, f"value, threshold {threshold}")
+        zero = value == 0
+        assert np.array_equal(np.signbit(value[zero]), np.signbit(expected[zero])), value  # (-0.0 for beta -inf)
+        # without a threshold, PyTorch's derivative exp(bx) / (exp(bx) + 1) is inf / inf where bx = inf and its value
+        # is inf; Slope gives the limit, 1 (as with a threshold). Where the value is NaN, both are NaN.
+        kept = ~np.isinf(x) | np.isnan(expected) | (threshold != math.inf)
+        for what, grad in (("grad", slope.grad(loss)(t)), ("jit grad", slope.jit(slope.grad(loss))(t))):
+            got = grad.astype("float64").numpy()
+            assert_close(got[kept], expected_grad[kept], dtype, f"{what}, threshold {threshold}")
+        forward = slope.jvp(functools.partial(F.softplus, beta=beta, threshold=threshold), (t,), (slope.ones_like(t),))[
+            1
+        ]
+        got = forward.astype("float64").numpy()
+        assert_close(got[kept], expected_grad[kept], dtype, f"jvp, threshold {threshold}")
 
 
 def test_softplus_threshold_and_accuracy_for_tiny_results():
@@ -184,3 +218,45 @@ def test_exact_gelu_derivative_keeps_its_small_term_far_out():
     for grad in (slope.grad, lambda f: slope.jit(slope.grad(f))):
         got = grad(lambda v: F.gelu(v).sum())(slope.tensor(x)).numpy()
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12, atol=0)
+
+
+def _gelu_derivatives(approximate: str) -> list:
+    """gelu's first three derivatives, elementwise, each by reverse mode over the one before."""
+    first = slope.grad(lambda v: F.gelu(v, approximate).sum())
+    second = slope.grad(lambda v: first(v).sum())
+    return [first, second, slope.grad(lambda v: second(v).sum())]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_higher_derivatives_at_zero_tiny_and_special_values_match_pytorch(approximate, dtype):
+    """The tanh form's derivative took exp(-2 |inner|), and abs's derivative at 0 is 0: its second derivative at x = 0
+    was sqrt(2 / pi) / 2 for sqrt(2 / pi). Its third derivative near 0 came from quotients that cancel (4e-301 for
+    -1.6e-300 at 1e-300). Reverse, forward (jvp of the second) and jit, up to the third derivative."""
+    tiny = 1e-300 if dtype == "float64" else 1e-30
+    x = np.array([0.0, -0.0, tiny, -tiny, 1e-8, -1e-8, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0, math.inf, -math.inf, math.nan])
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)  # (PyTorch's float32 cancels at -3: 1e-5 off)
+    expected, y = [], torch.nn.functional.gelu(tx, approximate=approximate)
+    for _ in range(3):
+        (y,) = torch.autograd.grad(y.sum(), tx, create_graph=True)
+        expected.append(y.detach().double().numpy())
+    t = slope.tensor(x, dtype=dtype)
+    derivatives = _gelu_derivatives(approximate)
+    for order, (derivative, reference) in enumerate(zip(derivatives, expected), 1):
+        assert_close(derivative(t).astype("float64").numpy(), reference, dtype, f"derivative {order}")
+    second = derivatives[1]
+    forward = slope.jvp(second, (t,), (slope.ones_like(t),))[1]
+    assert_close(forward.astype("float64").numpy(), expected[2], dtype, "jvp of the second derivative")
+    assert_close(slope.jit(derivatives[2])(t).astype("float64").numpy(), expected[2], dtype, "jit third derivative")
+
+
+def test_tanh_gelu_higher_derivatives_far_out_are_exact():
+    """Where PyTorch's float64 formulas lose the tail (its second derivative at 8: -7.27e-19), against closed forms
+    evaluated in 400-digit arithmetic (sympy and mpmath); at 1e10 the derivatives are 0 (PyTorch's third: NaN)."""
+    x = np.array([8.0, -8.0, 20.0, -20.0, 1e10, -1e10])
+    second = [-7.045821396097292e-19, -7.045821396097292e-19, -2.5620732028460163e-257, -2.5620732028460163e-257, 0, 0]
+    third = [1.0366020188743248e-17, -1.0366020188743248e-17, 2.2283598993344149e-255, -2.2283598993344149e-255, 0, 0]
+    derivatives = _gelu_derivatives("tanh")
+    t = slope.tensor(x, dtype="float64")
+    np.testing.assert_allclose(derivatives[1](t).numpy(), second, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(derivatives[2](t).numpy(), third, rtol=1e-13, atol=0)

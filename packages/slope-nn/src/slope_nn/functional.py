@@ -164,13 +164,30 @@ def _log1p_of_small(e: Tensor) -> Tensor:
 def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """log(1 + exp(beta x)) / beta, computed stably; x itself where beta x > threshold (as PyTorch)."""
     x = _float(x)
-    scaled = x * _number("softplus", beta, "beta")
+    beta = _number("softplus", beta, "beta")
     threshold = _number("softplus", threshold, "threshold")
-    positive = scaled > 0
-    # max(scaled, 0) + log1p(exp(-|scaled|)), with `where`s instead of max and abs: the derivative at 0 is 1/2
-    e = slope.exp(slope.where(positive, -scaled, scaled))
-    out = (slope.where(positive, scaled, 0.0) + _log1p_of_small(e)) / beta
-    return slope.where(scaled > threshold, x, out)
+
+    def value(x: Tensor) -> Tensor:
+        scaled = x * beta
+        positive = scaled > 0
+        # max(scaled, 0) + log1p(exp(-|scaled|)), with `where`s instead of max and abs: the derivative at 0 is 1/2
+        e = slope.exp(slope.where(positive, -scaled, scaled))
+        out = (slope.where(positive, scaled, 0.0) + _log1p_of_small(e)) / beta
+        return slope.where(scaled > threshold, x, out)
+
+    def rule(primals: tuple, tangents: tuple) -> tuple:
+        # PyTorch's derivative: 1 above the threshold, sigmoid(beta x) below. Through beta x and the division by beta,
+        # the untaken branch's zero cotangent came back times beta: 0 * inf = NaN everywhere for beta = inf, 0 / 0 for
+        # beta = 0 (PyTorch: 0 below 0 and 1 above for inf, 1/2 for 0); NaN where the value is (inf / inf for an
+        # infinite beta x under an infinite threshold, as PyTorch's)
+        (x,), (t,) = primals, tangents
+        scaled, y = x * beta, softplus_of(x)
+        derivative = slope.where(scaled > threshold, 1.0, sigmoid(scaled))
+        return y, t * slope.where(slope.isnan(y), y, derivative)
+
+    softplus_of = slope.custom_jvp(value)  # (per call: beta and threshold are Python numbers, -0.0 apart from 0.0)
+    softplus_of.defjvp(rule)
+    return softplus_of(x)
 
 
 # ----------------------------------------------------------------------------------------------- softmax

@@ -304,10 +304,18 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
     if approximate == "tanh":
         inner = _TANH_SCALE * (x + 0.044715 * x * x * x)
         slope_of_inner = _TANH_SCALE * (1.0 + (3 * 0.044715) * (x * x))
-        e = slope.exp(-2.0 * slope.abs(inner))  # 1 - t * t as 4 e / (1 + e)^2: no cancellation where t rounds to +-1
-        # (and (1 + t) / 2 as e / (1 + e) below 0: 1 + tanh(-8) in float32 kept 2 bits, iree's none)
-        half_one_plus_t = slope.where(inner < 0, e, 1.0) / (1.0 + e)
-        return half_one_plus_t + (0.5 * x) * (4.0 * e / ((1.0 + e) * (1.0 + e))) * slope_of_inner
+        # t = tanh(inner) from e = exp(-2 |inner|), which never overflows: 1 - t * t as 4 e / (1 + e)^2, no cancellation
+        # where t rounds to +-1, and (1 + t) / 2 as e / (1 + e) below 0 (1 + tanh(-8) in float32 kept 2 bits, iree's
+        # none). A `where` on the sign, not abs, whose derivative at 0 is 0 (the second derivative at x = 0 came out
+        # half of sqrt(2 / pi)). Near 0, tanh itself: the derivatives of the quotients in e cancel there (the third
+        # derivative at x = 1e-300 was 4e-301 for -1.6e-300), tanh's (1 - t * t) do not.
+        negative = inner < 0
+        e = slope.exp(slope.where(negative, 2.0 * inner, -2.0 * inner))
+        near_zero = (inner > -0.5) & (inner < 0.5)
+        t = slope.tanh(slope.where(near_zero, inner, 0.0))
+        half_one_plus_t = slope.where(near_zero, 0.5 + 0.5 * t, slope.where(negative, e, 1.0) / (1.0 + e))
+        one_minus_t_squared = slope.where(near_zero, 1.0 - t * t, 4.0 * e / ((1.0 + e) * (1.0 + e)))
+        return half_one_plus_t + (0.5 * x) * one_minus_t_squared * slope_of_inner
     scaled = x * _SQRT_HALF
     # 0.5 + 0.5 erf(x / sqrt 2) + x exp(-x^2 / 2) / sqrt(2 pi), in nine elementwise passes (1 / sqrt(2 pi) goes
     # into the exponent, which also spares a negation)
