@@ -576,3 +576,19 @@ def test_full_with_a_traced_value(backend):
     assert slope.full((2,), slope.tensor(True)).dtype == slope.bool_
     assert slope.full((2,), slope.tensor(1.5), dtype=slope.float16).dtype == slope.float16
     assert slope.full_like(slope.ones(2, dtype=slope.int32), slope.tensor(2.7)).tolist() == [2, 2]
+
+
+def test_uniform_with_tensor_bounds(backend):
+    """uniform(key, shape, minval=lo) with lo traced (jit) or a tensor failed ("bool(tensor) needs a one-element
+    tensor"): JAX's rule, max(lo, u * (hi - lo) + lo), in the sample's dtype; the same numbers as Python bounds."""
+    k = slope.random.key(0)
+    bounded = slope.jit(lambda key, lo, hi: slope.random.uniform(key, (4,), minval=lo, maxval=hi))
+    np.testing.assert_allclose(bounded(k, 0.5, 2.0).numpy(), slope.random.uniform(k, (4,), None, 0.5, 2.0).numpy())
+    rows = slope.random.uniform(
+        k, (50, 3), minval=slope.tensor([0.0, 10.0, -5.0]), maxval=slope.tensor([1.0, 11.0, 5.0])
+    )
+    values = rows.numpy()
+    assert rows.dtype == slope.float32 and (values >= [0, 10, -5]).all() and (values < [1, 11, 5]).all()
+    low = slope.tensor(2.0, dtype=slope.float64)
+    assert slope.random.uniform(k, (3,), minval=low, maxval=low + 1).dtype == slope.float32  # (the sample's dtype)
+    assert slope.grad(lambda lo: slope.random.uniform(k, (3,), minval=lo, maxval=lo + 1).sum())(low).item() == 3.0

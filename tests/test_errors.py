@@ -390,6 +390,16 @@ def test_grad_error_is_raised_before_any_backend_work(on_backend):
     assert calls == []
 
 
+def test_custom_vjp_fwd_must_return_a_pair(on_backend):
+    """A fwd returning the output alone raised "too many values to unpack" (or, for two rows, took them as output and
+    residuals and failed later naming slope.custom_jvp)."""
+    twice = slope.custom_vjp(lambda x: x * 2)
+    twice.defvjp(lambda x: x * 2, lambda residuals, cotangent: (cotangent * 2,))
+    for shape, got in (((3,), "[3, f32]"), ((2,), "[2, f32]")):
+        with pytest.raises(TransformError, match=rf"slope\.custom_vjp: fwd must return a pair .*got \{got}"):
+            slope.grad(lambda x: twice(x).sum())(ones(*shape))
+
+
 def test_pow_with_a_modulo_is_a_type_error(on_backend):
     """pow(tensor, 3, 5) raised KeyError: 5 (the modulo filled a lambda's default); PyTorch raises a TypeError."""
     with pytest.raises(TypeError, match="positional arguments"):

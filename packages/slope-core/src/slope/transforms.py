@@ -475,7 +475,10 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
         """Set `fwd(*args) -> (out, residuals)` and `bwd(residuals, cotangent) -> tuple of input cotangents`."""
 
         def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
-            out, residuals = fwd(*primals)
+            if not (isinstance(pair := fwd(*primals), (tuple, list)) and len(pair) == 2):  # (JAX checks it too)
+                got = pair.aval if isinstance(pair, Tensor) else type(pair).__name__
+                raise TransformError(f"slope.custom_vjp: fwd must return a pair (output, residuals), got {got}")
+            out, residuals = pair
             (out_flat, out_tree), (res_flat, res_tree) = tree.flatten(out), _tensor_leaves(residuals)
             out_avals = tuple(as_tensor(o).aval for o in out_flat)
             params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
