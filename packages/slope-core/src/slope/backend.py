@@ -80,8 +80,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
 
 def lower_instruction(instruction: Instruction, supported: frozenset[str], backend: str) -> Program:
     """One instruction lowered through its procedure: a backend's way round a translation refusing these inputs."""
-    in_vars, out_vars = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
-    program = Program(in_vars, [Instruction(instruction.op, in_vars, instruction.params, out_vars)], out_vars)
+    program = Program(instruction.inputs, [instruction], instruction.outputs)
     if instruction.op.procedure is None:
         raise SlopeBackendError(f"slope.{instruction.op.name}: the {backend} backend cannot run it for inputs "
                                 f"{program.in_avals} and it has no procedure")  # fmt: skip

@@ -427,8 +427,7 @@ class CustomVJPLinear(_CustomCall):
         cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
-        linear_avals = [a.aval for a in args[n_res:]]
+        flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
