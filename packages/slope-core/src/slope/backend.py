@@ -92,11 +92,9 @@ _state: dict[str, Any] = {"backend": None, "device": os.environ.get("SLOPE_DEVIC
 
 
 def _default_backend_name() -> str:
-    if requested := os.environ.get("SLOPE_BACKEND"):
-        return requested
-    for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
-        if name in plugins.backends:
-            return name
+    installed = [name for name in ("onnxruntime", "iree", "numpy", *plugins.backends) if name in plugins.backends]
+    if name := os.environ.get("SLOPE_BACKEND") or next(iter(installed), None):  # else the first installed, ours first
+        return name
     raise SlopeBackendError("slope: no backend is installed (pip install slope-core[onnx], or [iree], [numpy])")
 
 
