@@ -190,9 +190,8 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         for o, ct in zip(outs, ct_flat):  # (NumPy data and numbers take the output's dtype: their shape must match)
             if (aval := ct.aval if isinstance(ct, Tensor) else Aval(np.shape(ct), o.dtype)) != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {aval} does not match the output {o.aval}")
-        cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
-        cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
-        return tree.unflatten(in_tree, backward_pass(program, residuals, cts))
+        cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)] + [None] * (len(program.outputs) - len(outs))
+        return tree.unflatten(in_tree, backward_pass(program, residuals, cts))  # (None: aux outputs get no cotangent)
 
     out = tree.unflatten(out_treedef, outs)
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
