@@ -80,8 +80,7 @@ def lower(program: Program, supported: frozenset[str] | set[str]) -> Program:
 
 def lower_instruction(instruction: Instruction, supported: frozenset[str], backend: str) -> Program:
     """One instruction lowered through its procedure: a backend's way round a translation refusing these inputs."""
-    in_vars, out_vars = [Var(v.aval) for v in instruction.inputs], [Var(v.aval) for v in instruction.outputs]
-    program = Program(in_vars, [Instruction(instruction.op, in_vars, instruction.params, out_vars)], out_vars)
+    program = Program(instruction.inputs, [instruction], instruction.outputs)
     if instruction.op.procedure is None:
         raise SlopeBackendError(f"slope.{instruction.op.name}: the {backend} backend cannot run it for inputs "
                                 f"{program.in_avals} and it has no procedure")  # fmt: skip
@@ -93,11 +92,9 @@ _state: dict[str, Any] = {"backend": None, "device": os.environ.get("SLOPE_DEVIC
 
 
 def _default_backend_name() -> str:
-    if requested := os.environ.get("SLOPE_BACKEND"):
-        return requested
-    for name in ("onnxruntime", "iree", "numpy", *plugins.backends):  # the preferred ones first
-        if name in plugins.backends:
-            return name
+    installed = [name for name in ("onnxruntime", "iree", "numpy", *plugins.backends) if name in plugins.backends]
+    if name := os.environ.get("SLOPE_BACKEND") or next(iter(installed), None):  # else the first installed, ours first
+        return name
     raise SlopeBackendError("slope: no backend is installed (pip install slope-core[onnx], or [iree], [numpy])")
 
 

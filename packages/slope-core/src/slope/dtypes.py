@@ -81,11 +81,9 @@ _kind_rank = {"bool": 0, "uint": 1, "int": 1, "float": 2}
 
 def promote(a: DType, b: DType) -> DType:
     """The dtype two tensors combine to, as in PyTorch (bool < integers < floats, wider wins)."""
-    if a == b:
-        return a
     rank_a, rank_b = _kind_rank[a.kind], _kind_rank[b.kind]
-    if rank_a != rank_b:
-        return a if rank_a > rank_b else b
+    if a == b or rank_a != rank_b:  # the higher kind (a itself when they are one dtype)
+        return a if rank_a >= rank_b else b
     if {a, b} == {float16, bfloat16}:
         return float32
     if {a.kind, b.kind} == {"int", "uint"}:  # uint8 with a signed type: the narrowest signed type holding both

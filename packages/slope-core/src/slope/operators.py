@@ -371,8 +371,7 @@ class Where(Elementwise):
     linear_inputs = (1, 2)
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
-        condition = as_tensor(condition)
-        x, y = coerce(self.name, x, y, checked=True)
+        condition, (x, y) = as_tensor(condition), coerce(self.name, x, y, checked=True)
         shape = broadcast_shapes(self.name, condition.shape, x.shape)
         return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
 
@@ -848,8 +847,7 @@ class Conv(Operator):
         kt = reshape(ct, (batch, groups, out_ch // groups, *ct.shape[2:]))
         kt = reshape(permute(kt, (1, 2, 0, *range(3, 3 + n))), (out_ch, batch, *ct.shape[2:]))
         gw = bind(self, xp, kt, stride=dilation, padding=((0, 0),) * n, dilation=stride, groups=groups)
-        gw = permute(gw, (1, 0, *range(2, 2 + n)))
-        return [None, slice_(gw, (0,) * gw.ndim, w.aval.shape)]
+        return [None, slice_(permute(gw, (1, 0, *range(2, 2 + n))), (0,) * gw.ndim, w.aval.shape)]
 
     def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
         (x, w), (dx, dw) = args, dims
@@ -957,10 +955,8 @@ full, arange = Full(), Arange()
 random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
-core_operators = [value for value in list(globals().values()) if isinstance(value, Operator)]
-
 
 @hookimpl
 def slope_operators() -> list[Operator]:
-    """The core operators, registered like any plugin's."""
-    return core_operators
+    """The core operators (this module's Operator instances), registered like any plugin's."""
+    return [value for value in list(globals().values()) if isinstance(value, Operator)]

@@ -425,9 +425,7 @@ def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """x with dimensions start_dim..end_dim merged into one."""
     x = as_tensor(x)
-    start, end = (ops.normalize_dim("flatten", d, x.ndim) for d in (start_dim, end_dim))
-    if x.ndim == 0:
-        return x.reshape(1)
+    start, end = (ops.normalize_dim("flatten", d, x.ndim) for d in (start_dim, end_dim))  # 0-d: 0 and 0, so 1-d
     if start > end:
         raise ShapeError(f"slope.flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))

@@ -26,18 +26,14 @@ def _shift_right(x: Tensor, n: int) -> Tensor:
     return ops.div(x, ops.constant(1 << n, dtypes.int64, x.shape))  # the words are non-negative, so this is a shift
 
 
-def _rotate_left(x: Tensor, r: int) -> Tensor:
-    return ops.bitwise_or(_mask(x * (1 << r)), _shift_right(x, 32 - r))  # x < 2**32, r < 32: x * 2**r < 2**63
-
-
 def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     """Threefry-2x32 block cipher of counters (x0, x1) under key words (k0, k1); all int64 holding 32-bit words."""
     keys = (k0, k1, ops.bitwise_xor(ops.bitwise_xor(k0, k1), ops.constant(0x1BD11BDA, dtypes.int64, k0.shape)))
     x0, x1 = _mask(x0 + k0), _mask(x1 + k1)
     for block in range(5):
-        for r in _ROTATIONS[block % 2]:
+        for r in _ROTATIONS[block % 2]:  # x1 rotated left by r (x1 < 2**32, r < 32: x1 * 2**r < 2**63), then ^ x0
             x0 = _mask(x0 + x1)
-            x1 = ops.bitwise_xor(_rotate_left(x1, r), x0)
+            x1 = ops.bitwise_xor(ops.bitwise_or(_mask(x1 * (1 << r)), _shift_right(x1, 32 - r)), x0)
         x0, x1 = _mask(x0 + keys[(block + 1) % 3]), _mask(x1 + keys[(block + 2) % 3] + (block + 1))
     return x0, x1
 

@@ -15,9 +15,8 @@ functions: dict[str, Any] = {}  # filled by the plugin host: every operator and 
 
 def missing_function_hint(name: str) -> str:
     """Why a slope function may be missing: operators and procedures come from installed plugins."""
-    if name.startswith("_"):
-        return ""
-    return "; functions come from installed plugins (`slope info` lists them), the neural-network ones from slope-nn"
+    hint = "; functions come from installed plugins (`slope info` lists them), the neural-network ones from slope-nn"
+    return "" if name.startswith("_") else hint
 
 
 class Tensor:

@@ -147,8 +147,7 @@ class ProgramTrace(Trace):
 
     def run(self, op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
         builder: ProgramBuilder = self.main.data
-        lowering = builder.lower_for is not None and op.name not in builder.lower_for
-        if lowering and op.procedure is not None:
+        if builder.lower_for is not None and op.name not in builder.lower_for and op.procedure is not None:
             return run_procedure(op, tracers, params)
         out_avals = op.infer(*[t.aval for t in tracers], **params)
         outs = [ProgramTracer(self, aval) for aval in (out_avals if op.multiple_results else [out_avals])]

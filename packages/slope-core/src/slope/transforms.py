@@ -190,9 +190,8 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         for o, ct in zip(outs, ct_flat):  # (NumPy data and numbers take the output's dtype: their shape must match)
             if (aval := ct.aval if isinstance(ct, Tensor) else Aval(np.shape(ct), o.dtype)) != o.aval:
                 raise TransformError(f"slope.vjp: cotangent {aval} does not match the output {o.aval}")
-        cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)]
-        cts += [None] * (len(program.outputs) - len(cts))  # aux outputs get no cotangent
-        return tree.unflatten(in_tree, backward_pass(program, residuals, cts))
+        cts = [as_tensor(ct, o.dtype) for ct, o in zip(ct_flat, outs)] + [None] * (len(program.outputs) - len(outs))
+        return tree.unflatten(in_tree, backward_pass(program, residuals, cts))  # (None: aux outputs get no cotangent)
 
     out = tree.unflatten(out_treedef, outs)
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
@@ -428,8 +427,7 @@ class CustomVJPLinear(_CustomCall):
         cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat = tree.leaves(cts_in, is_leaf=lambda ct: ct is None)
-        linear_avals = [a.aval for a in args[n_res:]]
+        flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
         if len(flat) != len(linear_avals):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
