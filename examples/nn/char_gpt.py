@@ -126,6 +126,10 @@ class GPT(nn.Module):
 
     def hidden(self, idx: slope.Tensor) -> slope.Tensor:
         """(B, T) token ids -> (B, T, C) final hidden states (before the output layer)."""
+        if idx.shape[1] > self.block_size:  # (the position embeddings stop there; as nanoGPT's assertion)
+            raise ValueError(
+                f"GPT: cannot forward a sequence of {idx.shape[1]} tokens, the block size is {self.block_size}"
+            )
         x = self.dropout(self.tokens(idx) + self.positions.weight[: idx.shape[1]])
         for block in self.blocks:
             x = block(x)
@@ -233,7 +237,8 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.
     block = window.shape[1]
     hidden = model.hidden(window)[0]  # (T, C)
     at_last = (slope.arange(block) == length - 1).astype(hidden.dtype)
-    logits = model.tokens.attend((hidden * at_last.unsqueeze(-1)).sum(0)) / temperature  # (V,)
+    logits = model.tokens.attend((hidden * at_last.unsqueeze(-1)).sum(0))  # (V,)
+    logits = (logits - logits.max()) / temperature  # (shifted first: a tiny temperature gives greedy, not inf - inf)
     if top_k is not None and top_k < logits.shape[0]:
         # keep the logits of which fewer than top_k are larger (ties with the k-th value stay, as nanoGPT's topk)
         larger = (logits.unsqueeze(0) > logits.unsqueeze(1)).astype(slope.int64).sum(1)
@@ -382,6 +387,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_sampling(data: CharData, args: argparse.Namespace) -> None:
+    """Refuse bad sampling settings before any training (they were found only after the whole run)."""
+    data.encode(args.prompt)
+    if not args.temperature > 0 or args.top_k is not None and args.top_k < 1 or args.chars < 0:
+        raise SystemExit(f"char_gpt: expected --temperature above 0, --top-k at least 1 and --chars at least 0, got "
+                         f"{args.temperature}, {args.top_k} and {args.chars}")  # fmt: skip
+
+
 def sample(model: GPT, data: CharData, args: argparse.Namespace) -> str:
     """Print and return `args.chars` characters sampled after the prompt, with the generation speed."""
     key = slope.random.key(args.seed)
@@ -407,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"backend: {slope.get_backend().name}")
     if args.sample_only:
         model, _, chars = load_checkpoint(Path(args.sample_only))
-        sample(model, CharData("", chars), args)
+        check_sampling(data := CharData("", chars), args)
+        sample(model, data, args)
         return
     path = Path(args.data) if args.data else default_data()
     if not path.exists():
@@ -416,6 +430,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     text = path.read_text(encoding="utf-8")
     data = CharData(text)
+    if min(len(data.train), len(data.val)) <= args.block_size:  # (a window and its next character must fit in each)
+        raise SystemExit(f"char_gpt: the text's training and validation parts ({len(data.train)} and {len(data.val)} "
+                         f"characters) must each be longer than --block-size {args.block_size}: use a longer text "
+                         f"(at least about {10 * (args.block_size + 1)} characters) or a smaller --block-size")  # fmt: skip
+    if args.n_embd % args.n_head:
+        raise SystemExit(f"char_gpt: --n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    check_sampling(data, args)
     config = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "block_size": args.block_size,
               "dropout": args.dropout}  # fmt: skip
     model = GPT(len(data.chars), **config, key=slope.random.key(args.seed))

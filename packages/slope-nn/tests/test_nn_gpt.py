@@ -3,6 +3,7 @@ onnxruntime as in Slope, its loss matches PyTorch, and the script trains and sam
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -62,6 +63,44 @@ def test_generation_refuses_a_temperature_of_0_and_top_k_of_0():
     for temperature, top_k in ((0.0, 5), (-1.0, None), (1.0, 0)):
         with pytest.raises(ValueError, match="temperature must be above 0 and top_k at least 1"):
             char_gpt.generate(model, [1, 2], 3, key, temperature=temperature, top_k=top_k)
+
+
+def test_a_tiny_temperature_samples_the_greedy_token():
+    """logits / 1e-39 overflowed float32: softmax of inf - inf was NaN, no id had a probability, and the sample was id
+    0 (PyTorch's multinomial raises); the logits are shifted by their maximum first, so it tends to the argmax."""
+    model = tiny_model()
+    key = slope.random.key(3)
+    greedy = char_gpt.generate(model, [1, 2], 6, key, temperature=1.0, top_k=1)
+    for temperature in (1e-39, 1e-45):
+        assert char_gpt.generate(model, [1, 2], 6, key, temperature=temperature, top_k=None) == greedy
+
+
+def test_a_sequence_longer_than_the_block_is_a_clear_error():
+    # it was "slope.add: shapes (1, 9, 16) and (8, 16) cannot be broadcast" (nanoGPT asserts)
+    with pytest.raises(ValueError, match="GPT: cannot forward a sequence of 9 tokens, the block size is 8"):
+        tiny_model()(slope.zeros((1, 9), dtype=slope.int64))
+
+
+@pytest.mark.parametrize(
+    "text, options, message",
+    [
+        ("abc" * 100, [], "must each be longer than --block-size 64"),  # (NumPy's "high <= 0" before)
+        ("", [], "must each be longer than --block-size 64"),
+        ("abcd" * 1000, ["--n-embd", "10", "--n-head", "4"], "--n-embd 10 must be a multiple of --n-head 4"),
+        ("abcd" * 1000, [], "outside the vocabulary: ['\\n']"),  # (the default prompt "\n": found after training)
+        ("abcd" * 1000, ["--prompt", "a", "--temperature", "0"], "expected --temperature above 0"),
+        ("abcd" * 1000, ["--prompt", "a", "--top-k", "0"], "--top-k at least 1"),
+        ("abcd" * 1000, ["--prompt", "a", "--chars", "-3"], "--chars at least 0"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(tmp_path, text, options, message):
+    data = tmp_path / "text.txt"
+    data.write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        char_gpt.main(
+            ["--data", str(data), "--out", str(tmp_path / "out"), "--steps", "1", "--eval-batches", "1", *options]
+        )
+    assert not (tmp_path / "out").exists()  # (nothing trained, nothing saved)
 
 
 def test_sampling_never_returns_an_id_top_k_excluded():

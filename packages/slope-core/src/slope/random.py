@@ -57,11 +57,11 @@ def uniform_bits_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Te
 
 
 def normal_procedure(key: Tensor, shape: tuple, dtype: dtypes.DType) -> Tensor:
-    """The procedure of `random_normal`: Box-Muller on two uniform streams."""
+    """The procedure of `random_normal`: Box-Muller on two uniform streams, in float64, rounded once to float32."""
     count = math.prod(shape)
-    u = _unit_floats(key, 2 * count, dtypes.float64)  # log, cos in float64, rounded once: float32's differ by backend
-    radius = (-2.0 * (1.0 - u[:count]).log()).sqrt()
-    return ops.cast((radius * (u[count:] * (2 * math.pi)).cos()).reshape(shape), dtype)  # (angles of 0 to 2 pi)
+    u = _unit_floats(key, 2 * count, dtypes.float64)  # (float32 log and cos differ by backend, float64's in last bits)
+    z = (-2.0 * (1.0 - u[:count]).log()).sqrt() * (u[count:] * (2 * math.pi)).cos()  # (angles of 0 to 2 pi)
+    return ops.cast(ops.cast(z.reshape(shape), dtype if dtype.bits < 32 else dtypes.float32), dtype)  # (float16: once)
 
 
 def _words(name: str, what: str, value: Any) -> list[Tensor]:
