@@ -576,6 +576,10 @@ def test_full_with_a_traced_value(backend):
     assert slope.full((2,), slope.tensor(True)).dtype == slope.bool_
     assert slope.full((2,), slope.tensor(1.5), dtype=slope.float16).dtype == slope.float16
     assert slope.full_like(slope.ones(2, dtype=slope.int32), slope.tensor(2.7)).tolist() == [2, 2]
+    with pytest.raises(ValueError, match="slope.full: 300 does not fit int8"):  # (a concrete value: PyTorch's checks)
+        slope.full((2,), slope.tensor(300), dtype=slope.int8)
+    with pytest.raises(ValueError, match="one-element"):
+        slope.full((2, 3), slope.tensor([1.0, 2.0, 3.0]))
 
 
 def test_uniform_with_tensor_bounds(backend):
@@ -592,6 +596,9 @@ def test_uniform_with_tensor_bounds(backend):
     low = slope.tensor(2.0, dtype=slope.float64)
     assert slope.random.uniform(k, (3,), minval=low, maxval=low + 1).dtype == slope.float32  # (the sample's dtype)
     assert slope.grad(lambda lo: slope.random.uniform(k, (3,), minval=lo, maxval=lo + 1).sum())(low).item() == 3.0
+    for shape in ((), (2, 1)):  # bounds that do not broadcast to the shape asked for (JAX raises too)
+        with pytest.raises(slope.ShapeError):
+            slope.random.uniform(k, shape, minval=slope.tensor([0.0, 1.0, 2.0]), maxval=5.0)
 
 
 @pytest.mark.skipif(len(BACKENDS) < 2, reason="needs two backends to compare")

@@ -104,7 +104,7 @@ def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, 
     """Uniform samples in [minval, maxval) (what rounds up to maxval in the dtype is its next value down)."""
     values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
     if isinstance(minval, Tensor) or isinstance(maxval, Tensor):  # traced bounds, as JAX's: max(lo, u * (hi - lo) + lo)
-        low, high = (ops.as_tensor(bound, values.dtype) for bound in (minval, maxval))
+        low, high = (ops.broadcast_to(ops.as_tensor(bound, values.dtype), values.shape) for bound in (minval, maxval))
         return ops.maximum(values * (high - low) + low, low)
     top = float(np.nextafter(np.array(np.inf, values.dtype.numpy), np.array(0, values.dtype.numpy)))  # the largest
     if not (minval <= maxval and math.isfinite(minval) and maxval - minval <= top):

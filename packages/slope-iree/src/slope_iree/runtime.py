@@ -52,7 +52,7 @@ def iree() -> Any:
             _vm_instance = runtime_module.VmInstance()
             # nanobind reports every IREE object still alive when the interpreter tears its modules down ("leaked 18
             # instances" after a jitted function kept in a global): teardown order, not a leak; IREE's switch for it
-            getattr(runtime_module._binding, "disable_leak_checker", lambda: None)()
+            getattr(getattr(runtime_module, "_binding", None), "disable_leak_checker", lambda: None)()
             _iree = runtime_module
     return _iree
 
