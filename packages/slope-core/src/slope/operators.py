@@ -684,8 +684,8 @@ class Full(Operator):
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
         if isinstance(value, Tensor) and value.buffer is None:  # traced (jit, grad): broadcast, in its kind's dtype
-            kind = dtypes.default_float if value.dtype.is_float else dtypes.default_int if value.dtype.is_int else None
-            return broadcast_to(cast(value, dtypes.as_dtype(dtype or kind or value.dtype)), shape)
+            kind = float if value.dtype.is_float else int if value.dtype.is_int else bool  # (as_dtype maps the types)
+            return broadcast_to(cast(value, dtypes.as_dtype(dtype or kind)), shape)
         dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer_python(value, self.name)
         return bind(self, shape=shape, value=_python_value(self.name, value, dtype), dtype=dtype)
 

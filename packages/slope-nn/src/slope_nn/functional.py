@@ -175,6 +175,9 @@ def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
         out = (slope.where(positive, scaled, 0.0) + _log1p_of_small(e)) / beta
         return slope.where(scaled > threshold, x, out)
 
+    if 1e-4 <= abs(beta) <= 1e4:  # (value's own derivative is PyTorch's for such betas, and costs no trace per call)
+        return value(x)
+
     def rule(primals: tuple, tangents: tuple) -> tuple:
         # PyTorch's derivative: 1 above the threshold, sigmoid(beta x) below. Through beta x and the division by beta,
         # the untaken branch's zero cotangent came back times beta: 0 * inf = NaN everywhere for beta = inf, 0 / 0 for
@@ -185,8 +188,6 @@ def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
         derivative = slope.where(scaled > threshold, 1.0, sigmoid(scaled))
         return y, t * slope.where(slope.isnan(y), y, derivative)
 
-    if 1e-4 <= abs(beta) <= 1e4:  # (value's own derivative is PyTorch's for such betas, and costs no trace per call)
-        return value(x)
     softplus_of = slope.custom_jvp(value)  # (per call: beta and threshold are Python numbers, -0.0 apart from 0.0)
     softplus_of.defjvp(rule)
     return softplus_of(x)

@@ -456,24 +456,30 @@ class _KeyStream:
         return subkey
 
 
-class _Streams(threading.local):
-    """The `nn.rng` blocks open in this thread (shared, two threads' dropout drew each other's keys)."""
+class _Blocks(threading.local):
+    """The blocks of one kind open in this thread, innermost last (one list for all threads: two threads' dropout
+    drew each other's keys)."""
 
     def __init__(self) -> None:
-        self.stack: list[_KeyStream] = []
-
-
-_key_streams = _Streams()
+        self.stack: list = []
 
 
 @contextlib.contextmanager
-def rng(key: Tensor) -> Iterator[None]:
-    """Inside the block, layers that need randomness (Dropout) draw keys derived from `key` (per thread)."""
-    _key_streams.stack.append(_KeyStream(key))
+def _opened(blocks: _Blocks, block: Any) -> Iterator[Any]:
+    """`block` on top of `blocks` (this thread's) while the with-statement runs."""
+    blocks.stack.append(block)
     try:
-        yield
+        yield block
     finally:
-        _key_streams.stack.pop()
+        blocks.stack.pop()
+
+
+_key_streams, _buffer_scopes = _Blocks(), _Blocks()  # nn.rng's key streams, buffer_updates' scopes
+
+
+def rng(key: Tensor) -> contextlib.AbstractContextManager:
+    """Inside the block, layers that need randomness (Dropout) draw keys derived from `key` (per thread)."""
+    return _opened(_key_streams, _KeyStream(key))
 
 
 def next_key(name: str = "nn") -> Tensor:
@@ -530,29 +536,13 @@ _TWICE = (
 )
 
 
-class _Scopes(threading.local):
-    """The `buffer_updates` blocks open in this thread."""
-
-    def __init__(self) -> None:
-        self.stack: list[BufferUpdates] = []
-
-
-_buffer_scopes = _Scopes()
-
-
-@contextlib.contextmanager
-def buffer_updates() -> Iterator[BufferUpdates]:
+def buffer_updates() -> contextlib.AbstractContextManager[BufferUpdates]:
     """A block where layers may update buffers while traced: the caller returns the models it runs (per thread).
 
     `nn.apply` opens one around its call, `slope.distributed.train_step` one around its loss; an `nn.apply` inside
     reports its copy's new buffers to the block around it, where `BufferUpdates.latest` finds them.
     """
-    scope = BufferUpdates()
-    _buffer_scopes.stack.append(scope)
-    try:
-        yield scope
-    finally:
-        _buffer_scopes.stack.pop()
+    return _opened(_buffer_scopes, BufferUpdates())
 
 
 def check_buffer_update(layer: Module) -> None:
