@@ -298,6 +298,65 @@ def test_train_step_keeps_the_buffers_of_nn_apply_in_the_loss(loss):
     assert model[4].num_batches_tracked.item() == (3 if loss is applied_once else 6)
 
 
+def squares(tree) -> slope.Tensor:
+    return sum((leaf**2).sum() for leaf in slope.tree.leaves(tree) if leaf.dtype.is_float)
+
+
+def penalised(model, x, y):  # a gradient penalty: slope.grad runs a second forward pass on its own copy of the model
+    return nn.cross_entropy(model(x), y) + 0.0 * squares(slope.grad(lambda m: nn.cross_entropy(m(x), y))(model))
+
+
+def penalised_by_nn_apply(model, x, y):
+    penalty = squares(slope.grad(lambda m: nn.cross_entropy(nn.apply(m, x)[0], y))(model))
+    return nn.cross_entropy(model(x), y) + 0.0 * penalty
+
+
+def per_example(model, x, y):
+    return nn.cross_entropy(slope.vmap(lambda m, a: m(a), in_axes=(None, 0))(model, x[None])[0], y)
+
+
+def penalised_in_eval_mode(model, x, y):  # the penalty's pass reads the running statistics: nothing to lose
+    evaluated = slope.tree.unflatten(*reversed(slope.tree.flatten(model))).eval()  # (a copy: model stays training)
+    return nn.cross_entropy(model(x), y) + 0.0 * squares(slope.grad(lambda m: nn.cross_entropy(m(x), y))(evaluated))
+
+
+@pytest.mark.parametrize("loss", [penalised, penalised_by_nn_apply, per_example, penalised_in_eval_mode])
+def test_train_step_refuses_buffer_updates_in_a_nested_transformation(loss):
+    """A loss_fn that runs a training-mode BatchNorm inside a slope.grad or vmap of its own: train_step's block was
+    open, so the layer updated the inner transformation's copy of the model and the running statistics lost that
+    pass without a word (a gradient penalty's second pass: PyTorch's statistics see both). Now an error naming the
+    layer; a nested pass in eval mode keeps PyTorch's statistics (float64, 1e-12, 2 steps)."""
+    torch = pytest.importorskip("torch")
+    slope.manual_seed(5)
+    f64 = slope.float64
+    model = nn.Sequential(
+        nn.Linear(4, 5, dtype=f64), nn.BatchNorm1d(5, dtype=f64), nn.ReLU(), nn.Linear(5, 3, dtype=f64)
+    )
+    optimizer = nn.SGD(0.1)
+    step, state = dist.train_step(loss, optimizer), optimizer.init(model)
+    generator = np.random.default_rng(7)
+    batches = [(generator.standard_normal((8, 4)) * 2.0 + 3.0, generator.integers(0, 3, 8)) for _ in range(2)]
+    if loss is not penalised_in_eval_mode:
+        which = r"slope\.nn\.apply: the model's buffers" if loss is penalised_by_nn_apply else r"slope\.nn\.BatchNorm1d"
+        with pytest.raises(RuntimeError, match=which + r".*nested within a `buffer_updates\(\)` block.*would be lost"):
+            step(model, state, *map(slope.tensor, batches[0]))
+        return
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    theirs.double()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            theirs.state_dict()[name].copy_(torch.from_numpy(np.array(value.numpy())))
+    torch_optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for x, y in batches:
+        model, state, _ = step(model, state, slope.tensor(x), slope.tensor(y))
+        torch_optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        torch_optimizer.step()
+    reference = theirs.state_dict()
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), reference[name].numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 def test_train_step_refuses_two_buffer_updates_from_one_state():
     """Two nn.apply calls on the one model passed to loss_fn: one update of the statistics would be lost."""
     model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))

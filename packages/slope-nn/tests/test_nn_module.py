@@ -330,6 +330,74 @@ def test_traced_buffer_updates_that_would_be_lost_are_errors():
     assert_state_matches_pytorch(model, theirs)
 
 
+class NestedBatchNorm(nn.Module):
+    """A BatchNorm run by its parent's forward pass inside a transformation of its own (`how`), or directly."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.bn, self.how = nn.BatchNorm1d(4, dtype=slope.float64), how
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        if self.how == "grad":  # (a gradient penalty's second forward pass)
+            return x + 0.0 * slope.grad(lambda bn: bn(x).sum())(self.bn).weight
+        if self.how == "vmap":
+            return slope.vmap(lambda bn, a: bn(a), in_axes=(None, 0))(self.bn, x[None])[0]
+        if self.how == "jit":  # (compiled when called eagerly: its own copy of the layer; traced through under jit)
+            return slope.jit(lambda bn, a: bn(a))(self.bn, x)
+        if self.how == "apply in grad":
+            return x + 0.0 * slope.grad(lambda bn: nn.apply(bn, x)[0].sum())(self.bn).weight
+        if self.how == "eval in grad":
+            # a copy in eval mode reads the running statistics: nothing to update
+            evaluated = slope.tree.unflatten(*reversed(slope.tree.flatten(self.bn))).eval()
+            return self.bn(x) + 0.0 * slope.grad(lambda bn: bn(x).sum())(evaluated).weight
+        return self.bn(x)
+
+
+@pytest.mark.parametrize("how", ["grad", "vmap", "jit", "apply in grad", "eval in grad", "direct"])
+@pytest.mark.parametrize("jitted", [False, True])
+def test_buffer_updates_in_a_transformation_nested_in_nn_apply_are_errors(how, jitted):
+    """nn.apply's block is open around the forward pass, and a BatchNorm run inside a grad/vmap (or an eagerly
+    compiled jit) within it updated that transformation's copy of the layer: the running statistics stayed at zeros
+    without a word. Now an error; the direct and eval-mode passes keep PyTorch's statistics (float64, 1e-12)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((8, 4)) * 2.0 + 1.0
+    model = NestedBatchNorm(how)
+    applied = slope.jit(lambda m, a: nn.apply(m, a)) if jitted else nn.apply
+    lost = how in ("grad", "vmap", "apply in grad") or (how == "jit" and not jitted)
+    if lost:
+        which = r"slope\.nn\.apply: the model's buffers" if how == "apply in grad" else r"slope\.nn\.BatchNorm1d: .*"
+        with pytest.raises(RuntimeError, match=which + r".*nested within a `buffer_updates\(\)` block.*would be lost"):
+            applied(model, slope.tensor(x))
+        return
+    _, updated = applied(model, slope.tensor(x))
+    theirs = torch.nn.BatchNorm1d(4).double()
+    theirs(torch.from_numpy(x))
+    np.testing.assert_allclose(updated.bn.running_mean.numpy(), theirs.running_mean.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(updated.bn.running_var.numpy(), theirs.running_var.numpy(), rtol=1e-12, atol=1e-12)
+    assert not model.bn.running_mean.numpy().any()
+
+
+def test_nested_nn_apply_outside_any_block_returns_its_model():
+    """Without an enclosing block (nn.value_and_grad inside nn.value_and_grad, as meta-learning does) the model an
+    inner nn.apply returns is the caller's to return: allowed, with PyTorch's statistics (float64, 1e-12)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).standard_normal((8, 4)) * 2.0 + 1.0
+    model = nn.BatchNorm1d(4, dtype=slope.float64)
+
+    def inner(m):
+        out, m = nn.apply(m, slope.tensor(x))
+        return (out**2).sum(), m
+
+    def outer(m):
+        (loss, m), _ = nn.value_and_grad(inner, has_aux=True)(m)
+        return loss, m
+
+    (_, updated), _ = nn.value_and_grad(outer, has_aux=True)(model)
+    theirs = torch.nn.BatchNorm1d(4).double()
+    theirs(torch.from_numpy(x))
+    np.testing.assert_allclose(updated.running_mean.numpy(), theirs.running_mean.numpy(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("jitted", [True, False])
 def test_nn_apply_steps_keep_pytorchs_running_statistics(jitted):
     """The documented pattern: nn.apply in the loss, the updated model returned through nn.value_and_grad's aux."""

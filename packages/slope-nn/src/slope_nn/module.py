@@ -15,7 +15,8 @@ Layers that update buffers in training mode (BatchNorm) assign the new values to
 is PyTorch's in-place behaviour; in a transformed function use `out, model = nn.apply(model, x)`, which runs a copy
 of the model and returns that copy with its updated buffers, leaving the argument untouched. Inside jit/grad/vmap
 such an update is allowed only within a `buffer_updates()` block (`nn.apply` and `slope.distributed.train_step` open
-one): elsewhere it would land on a copy of the model that no one returns, and the layer raises instead.
+one): elsewhere it would land on a copy of the model that no one returns, and the layer raises instead. So it does in
+a transformation nested inside such a block (a slope.grad in train_step's loss): the block never sees that copy.
 """
 
 from __future__ import annotations
@@ -506,6 +507,7 @@ class BufferUpdates:
 
     def __init__(self) -> None:
         self._new: dict[int, tuple[Any, Any]] = {}  # id(leaf before) -> (leaf before, leaf after); both kept alive
+        self._level = _innermost_transformation()  # (a grad/vmap opened inside the block runs copies it never sees)
 
     def _report(self, before: list, after: list) -> None:
         """Record that the leaves `before` (of a model given to nn.apply) became `after` (in the copy it returns)."""
@@ -536,6 +538,27 @@ _TWICE = (
 )
 
 
+def _innermost_transformation() -> Any:
+    """This thread's innermost transformation in progress (the eager level when none): slope.trace's stack top."""
+    from slope.trace import _local
+
+    return _local.stack[-1]
+
+
+def _nested_in_block() -> bool:
+    """Whether a transformation (grad, vmap, jit called eagerly) opened inside the innermost `buffer_updates()` block
+    is running: its function got a copy of the model, so the block never sees the buffers that copy updates."""
+    return bool(_buffer_scopes.stack) and _buffer_scopes.stack[-1]._level is not _innermost_transformation()
+
+
+_NESTED = (
+    "inside a jit/grad/vmap nested within a `buffer_updates()` block (slope.distributed.train_step's loss, or an "
+    "nn.apply call): that transformation runs a copy of the model that the block never sees, so the statistics would "
+    "be lost. Run the model (directly or through nn.apply) outside the nested transformation, or run that pass in eval "
+    "mode (`model.eval()`)"
+)
+
+
 def buffer_updates() -> contextlib.AbstractContextManager[BufferUpdates]:
     """A block where layers may update buffers while traced: the caller returns the models it runs (per thread).
 
@@ -546,7 +569,13 @@ def buffer_updates() -> contextlib.AbstractContextManager[BufferUpdates]:
 
 
 def check_buffer_update(layer: Module) -> None:
-    """Refuse a buffer update that would be lost: traced (jit/grad/vmap) outside any `buffer_updates()` block."""
+    """Refuse a buffer update that would be lost: traced (jit/grad/vmap) outside any `buffer_updates()` block, or in a
+    transformation nested inside one."""
+    if _nested_in_block():  # (a gradient penalty's slope.grad inside train_step's loss dropped its update silently)
+        raise RuntimeError(
+            f"slope.nn.{type(layer).__name__}: in training mode it updates its running statistics (buffers), here "
+            + _NESTED
+        )
     if _buffer_scopes.stack:
         return
     from slope.trace import is_eager
@@ -582,6 +611,9 @@ def apply(model: Module, *args: Any, key: Tensor | None = None, **kwargs: Any) -
         if any(new is not old for new, old in zip(latest, after)):
             copy = slope.tree.unflatten(after_treedef, latest)
         if _buffer_scopes.stack:
+            if _nested_in_block() and any(new is not old for new, old in zip(latest, leaves)):
+                raise RuntimeError("slope.nn.apply: the model's buffers (BatchNorm's running statistics) were updated "
+                                   + _NESTED)  # fmt: skip
             _buffer_scopes.stack[-1]._report(leaves, latest)
     return out, copy
 
