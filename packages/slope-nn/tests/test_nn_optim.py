@@ -433,6 +433,41 @@ def test_gradients_shaped_unlike_the_model_are_refused(optimizer):
     assert not np.array_equal(new.weight.numpy(), layer.weight.numpy())
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    [nn.SGD(0.1), nn.SGD(0.1, maximize=True), nn.Adam(0.1), nn.AdamW(0.1)],
+    ids=["sgd", "maximize", "adam", "adamw"],
+)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("param_dtype, grad_dtype", [("float32", "float64"), ("float32", "float16"),
+                                                     ("bfloat16", "float32"), ("float64", "float32")])  # fmt: skip
+def test_a_gradient_of_another_dtype_is_refused_as_pytorch(optimizer, jit, param_dtype, grad_dtype):
+    """A gradient whose dtype is not its parameter's was cast silently (a float64 gradient rounded onto a float32
+    weight; a float16 one, already rounded, widened): PyTorch refuses it ("assigned grad has data of a different
+    type"). Now a TypeError naming the optimizer, the parameter's path and both dtypes; slope.grad's own gradients,
+    clipped ones and accumulated ones keep the parameter's dtype and still step."""
+    torch = pytest.importorskip("torch")
+    weight = torch.ones(2, dtype=getattr(torch, param_dtype), requires_grad=True)
+    with pytest.raises(RuntimeError, match="assigned grad has data of a different type|must match the tensor's grad_"):
+        weight.grad = torch.ones(2, dtype=getattr(torch, grad_dtype))
+    model = nn.Sequential(nn.Linear(3, 2, dtype=getattr(slope, param_dtype)))
+    state, step = optimizer.init(model), slope.jit(optimizer.step) if jit else optimizer.step
+    grads = nn.grad(lambda m: m(slope.ones((4, 3), dtype=getattr(slope, param_dtype))).astype(slope.float32).sum())(
+        model
+    )
+    assert [g.dtype for g in slope.tree.leaves(grads)] == [getattr(slope, param_dtype)] * 2
+    cast = slope.tree.map(lambda g: g.astype(getattr(slope, grad_dtype)), grads)
+    name = type(optimizer).__name__
+    with pytest.raises(TypeError, match=rf"{name}\.step: the gradient of '0\.weight' \(leaf 0\) is {grad_dtype} where "
+                       rf"the parameter is {param_dtype}; a gradient must have its parameter's dtype"):  # fmt: skip
+        step(model, cast, state)
+    clipped, _ = nn.optim.clip_grad_norm(grads, 0.5)
+    accumulated = slope.tree.map(lambda a, b: a + b, grads, clipped)
+    for good in (grads, clipped, accumulated):
+        new, _ = step(model, good, state)
+        assert [p.dtype for p in slope.tree.leaves(new)] == [getattr(slope, param_dtype)] * 2
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_a_state_of_another_model_or_optimizer_is_refused(jit):
     # another model's state: "slope.add: shapes (4, 3) and (2, 3)"; another optimizer's, or None: AttributeErrors

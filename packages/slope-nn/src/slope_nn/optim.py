@@ -368,10 +368,17 @@ class Optimizer:
                     f"where the parameter's shape is {param.shape}; pass the gradients of this model "
                     "(what slope.grad(loss)(model, ...) returns)"
                 )
+            if grad.dtype != param.dtype:  # (it was cast silently: a float64 gradient rounded onto a float32 weight)
+                raise TypeError(
+                    f"{type(self).__name__}.step: the gradient of {leaf_kinds(model)[i][0]!r} (leaf {i}) is "
+                    f"{grad.dtype.name} where the parameter is {param.dtype.name}; a gradient must have its "
+                    "parameter's dtype, as slope.grad returns it (PyTorch refuses another dtype too): cast it with "
+                    "astype(param.dtype) if that is meant"
+                )
             # halves update in float32 and round each result once, as PyTorch's addcdiv_ and addcmul_ (its SGD's add_
             # rounds lr to the half dtype first): in float16, Adam's step size at lr 1e-5 was subnormal
             param_lr = lr.astype(_wide(param.dtype)) if isinstance(lr, Tensor) else lr
-            grad = -grad.astype(param.dtype) if self.maximize else grad.astype(param.dtype)
+            grad = -grad if self.maximize else grad
             new_param, slot = self._update_leaf(
                 _widened(param), _widened(grad), tuple(_widened(s) for s in slot), count, param_lr, decay
             )
