@@ -419,10 +419,13 @@ def test_gradients_shaped_unlike_the_model_are_refused(optimizer):
     model = {"a": slope.ones(2), "b": slope.ones(2)}
     state = optimizer.init(model)
     name = type(optimizer).__name__
-    with pytest.raises(ValueError, match=rf"{name}.step: the gradients are not shaped like the model: gradient leaf 1 "
-                       r"is 'c' where the model's is 'b'"):  # fmt: skip
+    with pytest.raises(ValueError, match=rf"{name}.step: the gradients are not shaped like the model: expected "
+                       r"dict\(\*, \*\) with leaves \['a', 'b'\], got dict\(\*, \*\) with leaves \['a', 'c'\] "
+                       r"\(gradient leaf 1 is 'c' where the model's is 'b'\)"):  # fmt: skip
         optimizer.step(model, {"a": slope.ones(2), "c": slope.ones(2)}, state)
-    with pytest.raises(ValueError, match=rf"{name}.step: .* leaf 0 is '0' where the model's is 'a' \(list"):
+    with pytest.raises(
+        ValueError, match=rf"{name}.step: .* got list\(\*, \*\) .* leaf 0 is '0' where the model's is 'a'"
+    ):
         optimizer.step(model, [slope.ones(2), slope.ones(2)], state)
     layer = nn.Linear(2, 1)
     with pytest.raises(ValueError, match=rf"{name}.step: .* leaf 0 is 'bias' where the model's is 'weight'"):
@@ -466,6 +469,25 @@ def test_a_gradient_of_another_dtype_is_refused_as_pytorch(optimizer, jit, param
     for good in (grads, clipped, accumulated):
         new, _ = step(model, good, state)
         assert [p.dtype for p in slope.tree.leaves(new)] == [getattr(slope, param_dtype)] * 2
+
+
+def test_a_dict_of_a_linears_gradients_names_both_structures():
+    """A dict {'weight', 'bias'} for a Linear: the message said only "gradient leaf 0 is 'bias' where the model's is
+    'weight'" (a dict's keys are sorted), as if a gradient were missing. Now it names the structure expected and the
+    one given, at the path where they part."""
+    optimizer, layer = nn.Adam(0.1), nn.Linear(2, 1)
+    given = {"weight": slope.ones((1, 2)), "bias": slope.ones(1)}
+    with pytest.raises(ValueError, match=r"Adam\.step: the gradients are not shaped like the model: expected "
+                       r"Linear\(\*, \*\) with leaves \['weight', 'bias'\], got dict\(\*, \*\) with leaves "
+                       r"\['bias', 'weight'\]"):  # fmt: skip
+        optimizer.step(layer, given, optimizer.init(layer))
+    model = {"encoder": layer, "scale": slope.ones(1)}
+    with pytest.raises(ValueError, match=r"Adam\.step: .* at 'encoder' expected Linear\(\*, \*\) with leaves "
+                       r"\['encoder\.weight', 'encoder\.bias'\], got dict\(\*, \*\)"):  # fmt: skip
+        optimizer.step(model, {"encoder": given, "scale": slope.ones(1)}, optimizer.init(model))
+    with pytest.raises(ValueError, match=r"expected Linear\(\*, \*\) with leaves \['weight', 'bias'\], got "
+                       r"list\(\*, \*\) with leaves \['0', '1'\]"):  # fmt: skip
+        optimizer.step(layer, [slope.ones((1, 2)), slope.ones(1)], optimizer.init(layer))
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])

@@ -422,13 +422,20 @@ class Optimizer:
 
     def _check_names(self, model: Any, grads: Any) -> None:
         """A ValueError unless the gradients' leaves have the model's names (a module's static attributes may vary)."""
-        for i, ((name, _), (grad_name, _)) in enumerate(zip(leaf_kinds(model), leaf_kinds(grads))):
+        names, grad_names = [name for name, _ in leaf_kinds(model)], [name for name, _ in leaf_kinds(grads)]
+        for i, (name, grad_name) in enumerate(zip(names, grad_names)):
             if name != grad_name:
+                # the first node where the structures part (a dict of a Linear's gradients: its keys are sorted, so
+                # the leaf names alone read as if 'weight' were missing)
+                top = slope.tree.structure(model), slope.tree.structure(grads)
+                start, node, grad_node = _first_difference(*top) or (0, *top)  # (names differ in equal structures)
+                ours, theirs = names[start : start + node.num_leaves], grad_names[start : start + grad_node.num_leaves]
+                path = _node_path(node, grad_node, ours + theirs)
                 raise ValueError(
-                    f"{type(self).__name__}.step: the gradients are not shaped like the model: gradient leaf {i} is "
-                    f"{grad_name!r} where the model's is {name!r} ({slope.tree.describe(slope.tree.structure(grads))} "
-                    f"and {slope.tree.describe(slope.tree.structure(model))}); pass the gradients "
-                    "nn.grad(loss_fn)(model, ...) returns"
+                    f"{type(self).__name__}.step: the gradients are not shaped like the model: "
+                    f"{'at ' + repr(path) + ' ' if path else ''}expected {_node_text(node, ours)}, got "
+                    f"{_node_text(grad_node, theirs)} (gradient leaf {i} is {grad_name!r} where the model's is "
+                    f"{name!r}); pass the gradients shaped like the model, as nn.grad(loss_fn)(model, ...) returns them"
                 )
 
     def _make_state(self, count: Tensor, slots: list) -> Any:
@@ -436,6 +443,40 @@ class Optimizer:
 
     def _slots(self, state: Any) -> list:
         raise NotImplementedError
+
+
+def _first_difference(node: Any, grad_node: Any, start: int = 0) -> tuple[int, Any, Any] | None:
+    """(index of its first leaf, the model's node, the gradients' node) where two structures first part: another
+    type, another number of children or other keys; None where they differ only in static data."""
+    if node.type is not grad_node.type or node.entries() != grad_node.entries():
+        return start, node, grad_node
+    for child, grad_child in zip(node.children(), grad_node.children()):
+        if (found := _first_difference(child, grad_child, start)) is not None:
+            return found
+        start += child.num_leaves
+    return None
+
+
+def _node_path(node: Any, grad_node: Any, names: list[str]) -> str:
+    """The dotted path of two nodes that hold the leaves `names` ('' for the top): a leaf's own name, else the
+    longest path all these names are under."""
+    parts = [name.split(".") for name in names]
+    common = []
+    for column in zip(*parts):
+        if len(set(column)) != 1:
+            break
+        common.append(column[0])
+    if not (node.is_leaf() or grad_node.is_leaf()) and any(len(p) == len(common) for p in parts):
+        common = common[:-1]  # (a node of one leaf: the path is above that leaf)
+    return ".".join(common)
+
+
+def _node_text(node: Any, names: list[str], shown: int = 6) -> str:
+    """A node for messages: `Linear(*, *) with leaves ['weight', 'bias']` (a leaf: `a leaf`)."""
+    if node.is_leaf():
+        return "a leaf"
+    listed = ", ".join(repr(name) for name in names[:shown]) + (", ..." if len(names) > shown else "")
+    return f"{slope.tree.describe(node)} with leaves [{listed}]"
 
 
 # ----------------------------------------------------------------------------------------------- SGD
