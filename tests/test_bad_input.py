@@ -252,6 +252,8 @@ ROWS = [
     ok("mul-numpy-bool-scalar", lambda m: m.ones(2) * np.True_),  # (np.bool_ was refused; other NumPy scalars not)
     bad("layer-norm-shape-for-eps", lambda m: slope.layer_norm(m.ones(2, 4), (4,)), TypeError, "slope.layer_norm",
         None),  # (PyTorch's F.layer_norm(x, normalized_shape) order: it was float()'s bare TypeError)
+    bad("layer-norm-int-shape-for-eps", lambda m: slope.layer_norm(m.ones(2, 4), 4), TypeError, "slope.layer_norm",
+        None),  # (it normalised with eps=4, silently)
     bad("flip-no-dims", lambda m: x23(m).flip(), TypeError, "slope.flip"),  # (it flipped nothing)
     bad("flip-function-no-dims", lambda m: m.flip(x23(m)), TypeError, "slope.flip"),
     ok("flip-varargs", lambda m: x23(m).flip(0, -1)),  # (PyTorch's Tensor.flip(*dims); it raised a TypeError)

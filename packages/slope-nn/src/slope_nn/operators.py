@@ -184,9 +184,10 @@ class _LastDimNorm(Operator):
     """Shared by layer_norm and layer_norm_rstd: a float tensor (integers promote), eps, the last dimension."""
 
     def __call__(self, x: Any, eps: float = 1e-5) -> Tensor:
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):  # (PyTorch's layer_norm(x, normalized_shape))
+        if isinstance(eps, numbers.Integral) or not isinstance(eps, numbers.Real):  # (PyTorch's (x, normalized_shape):
+            # an int there is a size, not an eps: layer_norm(x, 4) normalised with eps 4, silently)
             given = f"got {type(eps).__name__} {eps!r}; slope.{self.name}(x, eps) normalises the last dimension"
-            raise TypeError(f"slope.{self.name}: eps must be a number, {given} (nn.LayerNorm takes normalized_shape)")
+            raise TypeError(f"slope.{self.name}: eps must be a float, {given} (nn.LayerNorm takes normalized_shape)")
         x = _tensor(x)
         x = x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
         if x.ndim == 0:
