@@ -524,3 +524,11 @@ def test_ceil_mode_pooling_keeps_a_partial_window_larger_than_the_input():
         np.testing.assert_array_equal(ours(slope.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy())
     with pytest.raises(slope.ShapeError, match="larger than the input"):
         slope.max_pool(slope.tensor(x), 4, 2)
+
+
+def test_sequential_append_refuses_what_is_not_a_module():
+    # as ModuleList.append and PyTorch: an int was appended and failed only when the model was called
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="Sequential: item 1 is a int, not a Module"):
+        model.append(5)
+    assert len(model) == 1 and len(model.append(nn.ReLU())) == 2

@@ -728,6 +728,8 @@ class Sequential(Module):
 
     def append(self, module: Module) -> Sequential:
         """Add a module at the end; returns self."""
+        if not isinstance(module, Module):  # (as PyTorch; an int was kept and failed when called)
+            raise TypeError(f"Sequential: item {len(self)} is a {type(module).__name__}, not a Module")
         self.__dict__[str(len(self))] = module
         return self
 
