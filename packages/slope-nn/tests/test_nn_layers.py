@@ -482,3 +482,36 @@ def test_norm_layers_mix_dtypes_as_pytorch(norm, x_dtype, param_dtype):
     got = run(layer, slope.tensor(x32).astype(as_dtype(x_dtype)))
     assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (got.dtype, expected.dtype)
     assert_close(got.astype(slope.float64), expected.double().numpy(), got.dtype.name)
+
+
+@pytest.mark.parametrize(
+    "make, where, pytorch_argument, described",
+    [
+        (lambda: nn.Conv2d(1, 2, 3, 1, 0, 1, 1, True, "reflect"), "nn.Conv2d", "padding_mode", "'reflect'"),
+        (
+            lambda: nn.ConvTranspose2d(1, 2, 3, 1, 0, 0, 1, True, 1, "zeros"),
+            "nn.ConvTranspose2d",
+            "padding_mode",
+            "'zeros'",
+        ),
+        (lambda: nn.Linear(3, 4, True, "cpu"), "nn.Linear", "device", "'cpu'"),
+        (lambda: nn.Embedding(10, 3, None, 2.0), "nn.Embedding", "max_norm", "2.0"),
+        (lambda: nn.MultiHeadAttention(8, 2, 0.0, True, 8, 8, 4), "nn.MultiHeadAttention", "kdim", "4"),
+        (lambda: nn.dropout(slope.ones((4, 5)), 0.5, True, False), "nn.dropout", "inplace", "False"),
+        (
+            lambda: nn.functional.scaled_dot_product_attention(*[slope.ones((2, 3))] * 3, None, False, 0.5, 0.1),
+            "scaled_dot_product_attention",
+            "scale",
+            "0.1",
+        ),
+    ],
+)
+def test_pytorch_arguments_landing_on_key_are_named(make, where, pytorch_argument, described):
+    """PyTorch's positional arguments in the position of Slope's `key` failed inside slope.random.split / normal,
+    naming neither the layer nor the argument."""
+    with pytest.raises(TypeError, match=rf"^slope\.{where}: key must be a random key, an int64 tensor of shape \(2,\) "
+                       rf".*got {described} \(PyTorch's {where.split('.')[-1]} takes {pytorch_argument} in this position"):  # fmt: skip
+        make()
+    if where == "nn.Linear":  # a key of the wrong kind given by keyword
+        with pytest.raises(TypeError, match=r"slope.nn.Linear: key must be a random key.* got float32 tensor of shape"):
+            nn.Linear(3, 4, key=slope.randn(3))

@@ -526,6 +526,34 @@ def test_ceil_mode_pooling_keeps_a_partial_window_larger_than_the_input():
         slope.max_pool(slope.tensor(x), 4, 2)
 
 
+def test_apply_and_rng_take_only_random_keys_and_never_the_forwards_own_key():
+    """nn.apply's key= is the random key: MultiHeadAttention's forward also has a `key` (the attention keys), and
+    nn.apply(mha, q, key=kv, value=kv) ran self-attention silently; a float tensor was taken as a random key."""
+    layer = nn.MultiHeadAttention(8, 2, key=slope.random.key(0))
+    generator = np.random.default_rng(1)
+    q, kv = (slope.tensor(generator.standard_normal((2, 5, 8)).astype(np.float32)) for _ in range(2))
+    with pytest.raises(TypeError, match=r"nn.apply: MultiHeadAttention.forward has its own `key` parameter.*"
+                       r"nn.apply\(model, query, <its key>, \.\.\., key=random_key\)"):  # fmt: skip
+        nn.apply(layer, q, key=kv, value=kv)
+    with pytest.raises(TypeError, match="forward has its own `key`"):  # (a valid random key too: it is ambiguous)
+        nn.apply(layer, q, key=slope.random.key(1))
+    out, _ = nn.apply(layer, q, kv, kv, key=slope.random.key(1))  # both: the attention keys positionally
+    np.testing.assert_array_equal(out.numpy(), layer(q, kv, kv).numpy())
+    # Dropout's forward key is a random key itself: no mix-up
+    dropped, _ = nn.apply(nn.Dropout(0.5), slope.ones(100), key=slope.random.key(2))
+    assert 0 < int((dropped.numpy() == 0).sum()) < 100
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    for bad, described in ((slope.randn(2, 5, 8), r"float32 tensor of shape \(2, 5, 8\)"),
+                           (slope.tensor([1, 2], dtype=slope.int32), r"int32 tensor of shape \(2,\)"),
+                           (3, "3")):  # fmt: skip
+        with pytest.raises(TypeError, match=f"slope.nn.apply: key must be a random key.* got {described}$"):
+            nn.apply(model, slope.ones((1, 3)), key=bad)
+        with pytest.raises(TypeError, match=f"slope.nn.rng: key must be a random key.* got {described}$"):
+            nn.rng(bad)
+    traced = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])(model, slope.ones((1, 3)), slope.random.key(3))
+    assert traced.shape == (1, 3)
+
+
 def test_sequential_append_refuses_what_is_not_a_module():
     # as ModuleList.append and PyTorch: an int was appended and failed only when the model was called
     model = nn.Sequential(nn.Linear(2, 2))

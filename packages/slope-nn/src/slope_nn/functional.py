@@ -22,7 +22,7 @@ from slope.operator import UndefinedPrimal
 from slope.operators import conv, ints, normalize_dims
 from slope.trace import Tracer
 
-from .module import next_key
+from .module import check_key, next_key
 from .operators import (
     ceil_mode_extra,
     check_indices,
@@ -383,6 +383,7 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
     allowed, a float one is added to the scores; is_causal masks the upper triangle (top-left aligned); dropout_p
     drops attention weights with random `key` (else the active `nn.rng` block); scale defaults to 1/sqrt(E)."""
     q, k, v, attn_mask = _attention_args(q, k, v, attn_mask, is_causal, dropout_p)
+    check_key("scaled_dot_product_attention", key, "scale")
     if q.dtype in (slope.float16, slope.bfloat16):  # scores, softmax and the weighted sum in float32, rounded once, as
         # PyTorch's CPU kernel (bfloat16 scores 600 and 601.5 both rounded to 600: weights 0.5 and 0.5, not 0.18, 0.82)
         wide = [t.astype(slope.float32) for t in (q, k, v)]

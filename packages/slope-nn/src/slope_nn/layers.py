@@ -16,7 +16,7 @@ from slope import Tensor
 from slope.operators import check_indices, ints
 
 from . import functional, init
-from .module import Module, check_buffer_update, next_key
+from .module import Module, check_buffer_update, check_key, next_key
 from .operators import layer_norm, overflow_to_nan
 
 __all__ = [
@@ -56,8 +56,9 @@ __all__ = [
 ]
 
 
-def _keys(key: Tensor | None, count: int) -> list[Tensor | None]:
-    """`count` independent keys from `key`, or Nones (meaning: use the global generator)."""
+def _keys(layer: Module, key: Tensor | None, count: int) -> list[Tensor | None]:
+    """`count` independent keys from the layer's `key` (checked), or Nones (meaning: use the global generator)."""
+    check_key(f"nn.{type(layer).__name__}", key, layer.pytorch_argument_at_key)
     if key is None:
         return [None] * count
     split = slope.random.split(key, count)
@@ -75,11 +76,14 @@ def _ints(layer: Module, value: Any, what: str, lowest: int | None = 0, count: i
 class Linear(Module):
     """y = x @ weight.T + bias, weight (out_features, in_features); init U(-1/sqrt(in), 1/sqrt(in))."""
 
+    # PyTorch's argument in the position of `key`, named by the error when one lands there (nn.Linear(3, 4, True, "cpu"))
+    pytorch_argument_at_key = "device"
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = _ints(self, (in_features, out_features), "in_features and out_features")
-        weight_key, bias_key = _keys(key, 2)
+        weight_key, bias_key = _keys(self, key, 2)
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = init.uniform((out_features, in_features), -bound, bound, key=weight_key, dtype=dtype)
         self.bias = init.uniform((out_features,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
@@ -99,6 +103,7 @@ class _ConvBase(Module):
     """What convolutions and transposed convolutions share: arguments, PyTorch's initialization, unbatched inputs."""
 
     spatial_dims = 2
+    pytorch_argument_at_key = "padding_mode"
 
     def _setup(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any, dilation: Any, groups: int,
                weight_channels: tuple[int, int], bias: bool, key: Tensor | None, dtype: Any) -> None:  # fmt: skip
@@ -118,7 +123,7 @@ class _ConvBase(Module):
         self.dilation = _ints(self, dilation, "dilation", 1, n)
         shape = (weight_channels[0], weight_channels[1] // groups, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fans(shape)[0])
-        weight_key, bias_key = _keys(key, 2)
+        weight_key, bias_key = _keys(self, key, 2)
         self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
         self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
 
@@ -479,6 +484,8 @@ class Embedding(Module):
     The row at `padding_idx` starts at zero and receives no gradient (it may be set to another padding vector).
     """
 
+    pytorch_argument_at_key = "max_norm"
+
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
@@ -489,6 +496,7 @@ class Embedding(Module):
                 raise ValueError(f"Embedding: padding_idx {padding_idx} is out of range for {num_embeddings} rows")
             padding_idx %= num_embeddings
         self.padding_idx = padding_idx
+        check_key("nn.Embedding", key, self.pytorch_argument_at_key)
         weight = init.normal((num_embeddings, embedding_dim), key=key, dtype=dtype)
         if padding_idx is not None:
             weight = weight.at[padding_idx].set(0.0)
@@ -522,6 +530,7 @@ class Embedding(Module):
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None = None) -> Tensor:
     """Zero elements with probability p and scale the rest by 1/(1-p) (identity when not training)."""
     functional.refuse_traced("slope.nn.dropout", "p", p)
+    check_key("nn.dropout", key, "inplace")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
@@ -535,6 +544,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
 
 class Dropout(Module):
     """Dropout in training mode (keys from `nn.apply(model, x, key=...)`, or the global generator eagerly)."""
+
+    forward_key_is_random = True  # (its forward's own `key` is a random key: nn.apply(dropout, x, key=k) is no mix-up)
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
@@ -565,6 +576,8 @@ class MultiHeadAttention(Module):
     `(output, weights averaged over heads)` with `need_weights=True` (in training after dropout, as PyTorch).
     """
 
+    pytorch_argument_at_key = "kdim"
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
@@ -575,7 +588,7 @@ class MultiHeadAttention(Module):
         self.embed_dim = int(embed_dim)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        keys = _keys(key, 4)
+        keys = _keys(self, key, 4)
         self.q_proj = Linear(embed_dim, embed_dim, bias, key=keys[0], dtype=dtype)
         self.k_proj = Linear(kdim or embed_dim, embed_dim, bias, key=keys[1], dtype=dtype)
         self.v_proj = Linear(vdim or embed_dim, embed_dim, bias, key=keys[2], dtype=dtype)

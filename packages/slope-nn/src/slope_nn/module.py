@@ -22,6 +22,7 @@ a transformation nested inside such a block (a slope.grad in train_step's loss):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from typing import Any, Callable, Iterator
 
@@ -36,6 +37,7 @@ __all__ = [
     "apply",
     "buffer_updates",
     "check_buffer_update",
+    "check_key",
     "leaf_kinds",
     "next_key",
     "value_and_grad",
@@ -444,10 +446,27 @@ def leaf_kinds(tree: Any) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------- random keys
 
 
+def check_key(where: str, key: Any, pytorch_argument: str | None = None) -> None:
+    """Refuse a `key` that is neither None nor a random key, naming `where` (and the PyTorch argument at its place)."""
+    if key is None or (isinstance(key, Tensor) and key.shape == (2,) and key.dtype == slope.int64):
+        return  # (slope.random's criteria: an int64 tensor of shape (2,); a batch of keys is vmapped over)
+    described = f"{key.dtype.name} tensor of shape {key.shape}" if isinstance(key, Tensor) else f"{key!r}"
+    name = where.rsplit(".", 1)[-1]
+    hint = (
+        f" (PyTorch's {name} takes {pytorch_argument} in this position, Slope's takes key: give the arguments "
+        "from there on by keyword)"
+        if pytorch_argument
+        else ""
+    )
+    raise TypeError(f"slope.{where}: key must be a random key, an int64 tensor of shape (2,) from "
+                    f"slope.random.key(seed) or slope.random.split, got {described}{hint}")  # fmt: skip
+
+
 class _KeyStream:
     """Hands out distinct keys derived from one key: `fold_in(key, 0)`, `fold_in(key, 1)`, ..."""
 
     def __init__(self, key: Tensor):
+        check_key("nn.rng", key)
         self.key = key
         self.count = 0
 
@@ -597,10 +616,13 @@ def check_buffer_update(layer: Module) -> None:
 def apply(model: Module, *args: Any, key: Tensor | None = None, **kwargs: Any) -> tuple[Any, Module]:
     """Call a copy of the model and return `(output, updated_model)`: the copy holds buffer updates (BatchNorm).
 
-    `key` feeds layers that need randomness (Dropout). The model passed in is never modified, so this is the way
-    to run a training-mode forward pass inside `jit` or `grad`. Inside an enclosing `buffer_updates()` block
-    (`slope.distributed.train_step`'s loss) the copy's new buffers are also reported to that block.
+    `key` (a random key) feeds layers that need randomness (Dropout). The model passed in is never modified, so this
+    is the way to run a training-mode forward pass inside `jit` or `grad`. Inside an enclosing `buffer_updates()`
+    block (`slope.distributed.train_step`'s loss) the copy's new buffers are also reported to that block. A model
+    whose forward has its own `key` parameter (MultiHeadAttention's attention keys) gets it positionally: with
+    `key=` as well that parameter would be left out silently, so it is refused.
     """
+    _check_apply_key(model, args, key)
     leaves, treedef = slope.tree.flatten(model)
     copy = slope.tree.unflatten(treedef, leaves)
     with buffer_updates() as scope, contextlib.nullcontext() if key is None else rng(key):
@@ -616,6 +638,33 @@ def apply(model: Module, *args: Any, key: Tensor | None = None, **kwargs: Any) -
                                    + _NESTED)  # fmt: skip
             _buffer_scopes.stack[-1]._report(leaves, latest)
     return out, copy
+
+
+def _check_apply_key(model: Any, args: tuple, key: Any) -> None:
+    """nn.apply's `key` is a random key, and it must not be mistaken for the forward's own `key` parameter."""
+    if key is None:
+        return
+    forward = getattr(model, "forward", None)
+    try:
+        parameters = list(inspect.signature(forward).parameters.values()) if callable(forward) else []
+    except (TypeError, ValueError):  # (a builtin without a signature)
+        parameters = []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for position, parameter in enumerate(parameters):
+        reached = parameter.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD and position < len(args)
+        if parameter.name == "key" and parameter.kind in kinds and not reached and not _random_key_forward(model):
+            raise TypeError(
+                f"slope.nn.apply: {type(model).__name__}.forward has its own `key` parameter, and nn.apply's key= is "
+                "the random key for Dropout: the forward's key would be left out. Pass the forward's arguments up "
+                f"to its key positionally, and the random key (if any) as key=: "
+                f"nn.apply(model, {', '.join(p.name for p in parameters[:position])}, <its key>, ..., key=random_key)"
+            )
+    check_key("nn.apply", key)
+
+
+def _random_key_forward(model: Any) -> bool:
+    """Whether the model's forward's own `key` parameter is a random key too (Dropout's): then nothing is confused."""
+    return bool(getattr(model, "forward_key_is_random", False))
 
 
 def _stop_non_trainable(model: Any) -> Any:
