@@ -403,9 +403,11 @@ ROWS = [
     bad("Embedding-call-out-of-range", lambda m: m.nn.Embedding(10, 3)(m.tensor([10])), IndexError, "Embedding"),
     bad("Dropout-negative", lambda m: m.nn.Dropout(-0.1), ValueError, "Dropout"),
     bad("MultiheadAttention-zero-heads", lambda m: m.nn.MultiheadAttention(10, 0), ValueError,
-        "MultiHeadAttention"),
+        "MultiheadAttention"),  # (PyTorch's spelling is its own class, named by its errors)
     bad("MultiheadAttention-negative-heads", lambda m: m.nn.MultiheadAttention(10, -2), ValueError,
-        "MultiHeadAttention"),
+        "MultiheadAttention"),
+    bad("MultiHeadAttention-zero-heads", lambda m: m.nn.MultiHeadAttention(10, 0), ValueError,
+        "MultiHeadAttention", reference=None),
     bad("MaxPool2d-zero-call", lambda m: m.nn.MaxPool2d(0)(image(m)), ValueError, "slope.max_pool"),
     # PyTorch's F.max_pool2d takes ceil_mode sixth, return_indices seventh: Slope's flags are keyword-only
     bad("max_pool-positional-flags", lambda m: m.nn.functional.max_pool(image(m), 2, 2, 0, 1, False, True), TypeError,

@@ -539,6 +539,9 @@ def test_apply_and_rng_take_only_random_keys_and_never_the_forwards_own_key():
         nn.apply(layer, q, key=slope.random.key(1))
     out, _ = nn.apply(layer, q, kv, kv, key=slope.random.key(1))  # both: the attention keys positionally
     np.testing.assert_array_equal(out.numpy(), layer(q, kv, kv).numpy())
+    torch_spelled = nn.MultiheadAttention(8, 2, batch_first=True, key=slope.random.key(0))
+    with pytest.raises(TypeError, match="MultiheadAttention.forward has its own `key`"):
+        nn.apply(torch_spelled, q, key=kv, value=kv)
     # Dropout's forward key is a random key itself: no mix-up
     dropped, _ = nn.apply(nn.Dropout(0.5), slope.ones(100), key=slope.random.key(2))
     assert 0 < int((dropped.numpy() == 0).sum()) < 100

@@ -154,17 +154,112 @@ def test_multi_head_attention_loads_pytorchs_state_dict(dims, bias):
     torch.manual_seed(0)
     reference = torch.nn.MultiheadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim, batch_first=True)
     state = reference.state_dict()
-    layer = nn.MultiheadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim).load_state_dict(state)
+    layer = nn.MultiheadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim, batch_first=True).load_state_dict(state)
     model = nn.Sequential(nn.Linear(4, 4), nn.MultiHeadAttention(4, 2, bias=bias, kdim=kdim, vdim=vdim))
     model.load_state_dict({"0.weight": np.eye(4), "0.bias": np.zeros(4), **{f"1.{k}": v for k, v in state.items()}})
     generator = np.random.default_rng(0)
     q, k, v = (generator.standard_normal((2, 3, size or 4)).astype(np.float32) for size in (None, kdim, vdim))
     expected, _ = reference(torch.tensor(q), torch.tensor(k), torch.tensor(v))
-    for ours in (layer, model[1]):
-        close(ours(*map(slope.tensor, (q, k, v))), expected, "float32")
+    close(layer(*map(slope.tensor, (q, k, v)))[0], expected, "float32")
+    close(model[1](*map(slope.tensor, (q, k, v))), expected, "float32")
     with pytest.raises(ValueError, match=r"MultiHeadAttention.load_state_dict: 1.in_proj_weight has shape \(8, 4\), "
                        "expected 12 rows"):  # fmt: skip
         model.load_state_dict({"1.in_proj_weight": np.zeros((8, 4))}, strict=False)
+
+
+MHA_CASES = ("plain", "bool masks", "float masks", "per-head mask", "no weights", "per-head weights",
+             "causal hint", "causal hint with weights", "unbatched")  # fmt: skip
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("case", MHA_CASES)
+def test_pytorch_spelled_multihead_attention_keeps_pytorchs_contract(case, batch_first, jitted):
+    """nn.MultiheadAttention is torch.nn.MultiheadAttention: (L, N, E) unless batch_first and (output, weights) from
+    forward (it was batch first and returned the output alone: `out, _ = mha(x, x, x)` unpacked the batch, and an
+    (L, N, E) input attended over the batch). PyTorch's weights loaded; values, weights and gradients compared."""
+    n, length, source, embed, heads = 2, 4, 5, 8, 2
+    generator = np.random.default_rng(12)
+
+    def array(*shape):
+        return generator.standard_normal(shape).astype(np.float32)
+
+    def layout(batch, steps):
+        return (
+            (steps, embed) if case == "unbatched" else (batch, steps, embed) if batch_first else (steps, batch, embed)
+        )
+
+    q, k, v = array(*layout(n, length)), array(*layout(n, source)), array(*layout(n, source))
+    kwargs = {}
+    if case in ("bool masks", "unbatched"):  # True: not allowed; every row keeps key 0
+        kwargs["attn_mask"] = generator.random((length, source)) > 0.6
+        kwargs["key_padding_mask"] = generator.random((source,) if case == "unbatched" else (n, source)) > 0.6
+        kwargs["attn_mask"][:, 0] = False
+        kwargs["key_padding_mask"][..., 0] = False
+    elif case == "float masks":
+        kwargs.update(attn_mask=array(length, source), key_padding_mask=array(n, source))
+    elif case == "per-head mask":
+        kwargs["attn_mask"] = array(n * heads, length, source)
+    elif case.startswith("causal hint"):  # PyTorch: the hint needs attn_mask (here a causal one)
+        kwargs.update(attn_mask=np.triu(np.ones((length, source), bool), 1), is_causal=True)
+    kwargs["need_weights"] = case not in ("no weights", "causal hint")
+    kwargs["average_attn_weights"] = case != "per-head weights"
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(embed, heads, batch_first=batch_first)
+    layer = nn.MultiheadAttention(embed, heads, batch_first=batch_first).load_state_dict(reference.state_dict())
+    masks = {name: slope.tensor(value) for name, value in kwargs.items() if isinstance(value, np.ndarray)}
+    flags = {name: value for name, value in kwargs.items() if not isinstance(value, np.ndarray)}
+    cot = array(*layout(n, length))
+
+    def loss(model, q, k, v):
+        out, weights = model(q, k, v, **masks, **flags)
+        total = (out * slope.tensor(cot)).sum() + (0.0 if weights is None else (weights * weights).sum())
+        return total, (out, weights)
+
+    run = slope.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+    (_, (out, weights)), (grad_model, *grad_inputs) = (slope.jit(run) if jitted else run)(
+        layer, *map(slope.tensor, (q, k, v))
+    )
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    t_kwargs = {name: torch.tensor(value) if isinstance(value, np.ndarray) else value for name, value in kwargs.items()}
+    expected, expected_weights = reference(tq, tk, tv, **t_kwargs)
+    assert (weights is None) == (expected_weights is None)
+    total = (expected * torch.tensor(cot)).sum()
+    if expected_weights is not None:
+        assert weights.shape == tuple(expected_weights.shape)
+        close(weights, expected_weights, "float32")
+        total = total + (expected_weights * expected_weights).sum()
+    total.backward()
+    assert out.shape == tuple(expected.shape)
+    close(out, expected, "float32")
+    for got, want in zip(grad_inputs, (tq.grad, tk.grad, tv.grad)):
+        close(got, want, "float32", scale=5.0)
+    for ours, rows in ((grad_model.q_proj, slice(0, embed)), (grad_model.k_proj, slice(embed, 2 * embed))):
+        close(ours.weight, reference.in_proj_weight.grad[rows], "float32", scale=5.0)
+        close(ours.bias, reference.in_proj_bias.grad[rows], "float32", scale=5.0)
+    close(grad_model.out_proj.weight, reference.out_proj.weight.grad, "float32", scale=5.0)
+
+
+def test_pytorch_spelled_multihead_attention_refuses_what_it_does_not_take():
+    """PyTorch's positional arguments take PyTorch's meanings (add_bias_kv fifth, kdim seventh): what Slope does not
+    support is refused by name; Slope's own MultiHeadAttention (kdim fifth) names PyTorch's order."""
+    layer = nn.MultiheadAttention(8, 2, 0.0, True, False, False, 4, 6, True)
+    assert (layer.k_proj.weight.shape, layer.v_proj.weight.shape, layer.batch_first) == ((8, 4), (8, 6), True)
+    with pytest.raises(NotImplementedError, match="MultiheadAttention: add_bias_kv=True is not supported"):
+        nn.MultiheadAttention(8, 2, 0.1, True, True)
+    with pytest.raises(NotImplementedError, match="MultiheadAttention: add_zero_attn=True is not supported"):
+        nn.MultiheadAttention(8, 2, 0.1, True, False, True)
+    with pytest.raises(ValueError, match="MultiheadAttention: device must be None or 'cpu'"):
+        nn.MultiheadAttention(8, 2, device="cuda")
+    with pytest.raises(TypeError, match="MultiHeadAttention: kdim must be an int or None, got True .*add_bias_kv"):
+        nn.MultiHeadAttention(8, 2, 0.1, True, True)
+    x = slope.ones((3, 2, 8))
+    with pytest.raises(RuntimeError, match="MultiheadAttention: is_causal .* needs attn_mask"):
+        nn.MultiheadAttention(8, 2)(x, x, x, is_causal=True)
+    with pytest.raises(slope.ShapeError, match="MultiheadAttention: expected key and value of 3 dimensions"):
+        nn.MultiheadAttention(8, 2)(x, x[0], x[0])
+    with pytest.raises(TypeError):  # PyTorch's key and value are required
+        nn.MultiheadAttention(8, 2)(x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -570,7 +570,8 @@ class MultiHeadAttention(Module):
 
     `forward(query, key=None, value=None, *, attn_mask=None, key_padding_mask=None, is_causal=False,
     need_weights=False)`: key and value default to query (self-attention); the masks and flags are keyword-only
-    (PyTorch's positional order differs: its fourth argument is key_padding_mask). Boolean masks are True where attention is
+    (PyTorch's positional order differs: its fourth argument is key_padding_mask; `nn.MultiheadAttention`, PyTorch's
+    spelling, keeps PyTorch's order, layout and return value). Boolean masks are True where attention is
     not allowed (PyTorch's convention); float masks are added to the scores. `attn_mask` is (L, S) or, per head,
     (N * num_heads, L, S); `key_padding_mask` is (N, S). Returns the output, or
     `(output, weights averaged over heads)` with `need_weights=True` (in training after dropout, as PyTorch).
@@ -582,6 +583,15 @@ class MultiHeadAttention(Module):
                  kdim: int | None = None, vdim: int | None = None, key: Tensor | None = None,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
+        for what, size in (("kdim", kdim), ("vdim", vdim)):  # (PyTorch's add_bias_kv, add_zero_attn land here)
+            if size is not None and (isinstance(size, bool) or not hasattr(size, "__index__")):
+                hint = (
+                    " (PyTorch's MultiheadAttention takes add_bias_kv and add_zero_attn in this position: "
+                    "nn.MultiheadAttention takes PyTorch's arguments in PyTorch's order)"
+                    if self.pytorch_argument_at_key
+                    else ""
+                )
+                raise TypeError(f"slope.nn.{type(self).__name__}: {what} must be an int or None, got {size!r}{hint}")
         _ints(self, (embed_dim, num_heads), "embed_dim and num_heads", 1)
         if embed_dim % num_heads:
             raise ValueError(f"MultiHeadAttention: embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
@@ -633,6 +643,15 @@ class MultiHeadAttention(Module):
         """Attend from query (N, L, E) to key/value (N, S, E); unbatched (L, E) inputs work too."""
         key = query if key is None else key
         value = key if value is None else value
+        out, weights = self._attend(query, key, value, attn_mask, key_padding_mask, is_causal)
+        if not need_weights:
+            return out
+        return out, weights.mean(-3).astype(out.dtype)
+
+    def _attend(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None,
+                key_padding_mask: Tensor | None, is_causal: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The output (N, L, E) and the per-head weights (N, H, L, S) after dropout (unbatched: without N); the
+        weights of halves in float32."""
         unbatched = query.ndim == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -664,8 +683,7 @@ class MultiHeadAttention(Module):
         head_dim = self.embed_dim // self.num_heads
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))  # (N, H, L, S)
         length, source = scores.shape[-2], scores.shape[-1]
-        if not isinstance(is_causal, (bool, np.bool_)):  # (PyTorch refuses others: 0.5 was taken as True)
-            raise TypeError(f"slope.nn.MultiHeadAttention: is_causal must be a bool, got {is_causal!r}")
+        _check_is_causal(self, is_causal)
         if is_causal:
             causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
             scores = slope.where(causal, -math.inf, scores)
@@ -691,18 +709,72 @@ class MultiHeadAttention(Module):
         attended = (weights @ v).astype(dtype)  # (N, H, L, D)
         attended = attended.permute((0, 2, 1, 3)).reshape((batch, length, self.embed_dim))
         out = self.out_proj(attended)
-        if unbatched:
-            out = out.squeeze(0)
-        if not need_weights:
-            return out
-        averaged = weights.mean(1).astype(dtype)
-        return out, averaged.squeeze(0) if unbatched else averaged
+        return (out.squeeze(0), weights.squeeze(0)) if unbatched else (out, weights)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
 
 
-MultiheadAttention = MultiHeadAttention  # PyTorch's spelling
+def _check_is_causal(layer: Module, is_causal: Any) -> None:
+    if not isinstance(is_causal, (bool, np.bool_)):  # (PyTorch refuses others: 0.5 was taken as True)
+        raise TypeError(f"slope.nn.{type(layer).__name__}: is_causal must be a bool, got {is_causal!r}")
+
+
+class MultiheadAttention(MultiHeadAttention):
+    """torch.nn.MultiheadAttention's contract (PyTorch's spelling): its arguments in its order, inputs (L, N, E)
+    unless `batch_first=True` (unbatched (L, E)), and `forward` returning `(output, weights)`.
+
+    `forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True,
+    is_causal=False)`: the weights are averaged over heads, (N, L, S), or per head, (N, num_heads, L, S), or None
+    with `need_weights=False`. `is_causal` is PyTorch's hint that `attn_mask` is the causal mask (it needs one), as
+    there. `add_bias_kv` and `add_zero_attn` are not supported; Slope's own `MultiHeadAttention` is batch first and
+    returns the output alone. The random key for the parameters is keyword-only, `key=`.
+    """
+
+    pytorch_argument_at_key = None  # (key is keyword-only here)
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
+                 vdim: int | None = None, batch_first: bool = False, device: Any = None, dtype: Any = None, *,
+                 key: Tensor | None = None) -> None:  # fmt: skip
+        for what, flag in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
+            if flag is not False:  # (Slope's MultiHeadAttention takes kdim and vdim in these positions)
+                raise NotImplementedError(f"slope.nn.MultiheadAttention: {what}={flag!r} is not supported "
+                                          "(only False, its default)")  # fmt: skip
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"slope.nn.MultiheadAttention: device must be None or 'cpu' (Slope's backend places the "
+                             f"tensors), got {device!r}")  # fmt: skip
+        if not isinstance(batch_first, (bool, np.bool_)):
+            raise TypeError(f"slope.nn.MultiheadAttention: batch_first must be a bool, got {batch_first!r}")
+        super().__init__(embed_dim, num_heads, dropout, bias, kdim, vdim, key=key, dtype=dtype)
+        self.batch_first = bool(batch_first)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """Attend from query (L, N, E) (batch_first: (N, L, E)) to key/value; returns (output, weights or None)."""
+        _check_is_causal(self, is_causal)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("slope.nn.MultiheadAttention: is_causal is a hint that attn_mask is the causal mask "
+                               "and needs attn_mask, as PyTorch")  # fmt: skip
+        # PyTorch's: without weights or a padding mask the hint replaces attn_mask by the causal mask, else attn_mask
+        causal = is_causal and key_padding_mask is None and not need_weights
+        attn_mask = None if causal else attn_mask
+        if query.ndim in (2, 3) and not key.ndim == value.ndim == query.ndim:
+            raise slope.ShapeError(f"slope.nn.MultiheadAttention: expected key and value of {query.ndim} dimensions, "
+                                   f"as the query {query.shape}, got {key.shape} and {value.shape}")  # fmt: skip
+        sequence_first = query.ndim == 3 and not self.batch_first
+        if sequence_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        out, weights = self._attend(query, key, value, attn_mask, key_padding_mask, bool(causal))
+        if sequence_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        return out, (weights.mean(-3) if average_attn_weights else weights).astype(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, batch_first={self.batch_first}"
 
 
 # ----------------------------------------------------------------------------------------------- containers
