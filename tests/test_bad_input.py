@@ -229,6 +229,19 @@ ROWS = [
     bad("argmin-dim-out-of-range", lambda m: x23(m).argmin(2), IndexError, "slope.argmin"),
     bad("cumsum-dim-tuple", lambda m: x23(m).cumsum((0, 1)), ValueError, "slope.cumsum"),
     bad("cumsum-dim-none", lambda m: x23(m).cumsum(None), TypeError, "slope.cumsum"),
+    bad("cumsum-no-dim", lambda m: x23(m).cumsum(), TypeError, "cumsum"),  # (dim 0 silently; JAX's flattens)
+    bad("transpose-one-dim", lambda m: x23(m).transpose(1), TypeError, "transpose"),  # (the identity, silently)
+    ok("amax-tensor-dim", lambda m: m.amax(x23(m), m.tensor(1))),  # (was maximum(x, 1), silently)
+    ok("amin-tensor-dim", lambda m: x23(m).amin(m.tensor(0), True)),
+    bad("amax-float-tensor-dim", lambda m: m.amax(x23(m), m.tensor(1.0)), TypeError, "slope.amax"),
+    ok("div-int", lambda m: m.tensor([5, -7, 3]).div(2)),  # (truncated to [2, -3, 1], silently)
+    ok("div-int-tensors", lambda m: m.div(m.tensor([5, -7, 3]), m.tensor([2, 2, 0]))),
+    ok("div-int-trunc", lambda m: m.tensor([5, -7, 3]).div(2, rounding_mode="trunc")),
+    ok("div-float-trunc", lambda m: m.div(x23(m) - 2.5, 2.0, rounding_mode="trunc")),
+    ok("div-int-floor", lambda m: m.div(m.tensor([5, -7, 3]), -2, rounding_mode="floor")),
+    bad("div-rounding-mode", lambda m: m.div(x23(m), 2.0, rounding_mode="round"), ValueError, "slope.div"),
+    ok("trunc", lambda m: m.trunc(x23(m) - 2.5)),
+    bad("trunc-bool", lambda m: m.trunc(m.tensor([True])), DTypeError, "slope.trunc"),
     ok("cumsum-bool", lambda m: m.tensor([True, True, False]).cumsum(0)),
     bad("logsumexp-dim-str", lambda m: x23(m).logsumexp("a"), TypeError, "slope.logsumexp"),
     bad("logsumexp-dim-repeated", lambda m: x23(m).logsumexp((0, 0)), ValueError, "slope.logsumexp"),

@@ -279,12 +279,24 @@ class Mul(Binary):
 
 
 class Div(Binary):
-    """Division; integers divide with truncation toward zero (as C does)."""
+    """Division; the operator divides integers with truncation toward zero (as C, lax.div), `slope.div` as PyTorch."""
 
     name = "div"
     symbolic_zeros = True  # x / c: t / c, without the NaN that out * 0 gives where out is inf
 
-    def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+    def __call__(self, x: Any, y: Any, rounding_mode: str | None = None) -> Tensor:
+        """x / y as PyTorch's div: true division (of integers too), or rounded toward zero ("trunc") or down ("floor")."""
+        if rounding_mode not in (None, "trunc", "floor"):
+            raise ValueError(f"slope.div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        if rounding_mode is None and not (isinstance(x, Tensor) and x.aval.dtype.is_float):
+            return functions["true_divide"](x, y)  # (which comes back here with floats)
+        if rounding_mode == "floor":
+            return functions["floor_divide"](x, y)
+        out = self.checked(x, y)
+        return functions["trunc"](out) if rounding_mode and out.dtype.is_float else out
+
+    def checked(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+        """The operator on x and y promoted and broadcast; integer division by a concrete zero raises."""
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
         if not out.dtype.is_float and (type(y) is Tensor or not isinstance(y, Tensor)) and out.numel():  # (y concrete)
             if not np.all(dtypes.wrap(y.numpy() if type(y) is Tensor else y, out.dtype)):  # (256 is int8's 0)
@@ -329,7 +341,7 @@ class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
     name = "fmod"
-    __call__ = functools.partialmethod(Div.__call__, name="fmod")
+    __call__ = functools.partialmethod(Div.checked, name="fmod")
 
     symbolic_zeros = True  # fmod(x, c): tx alone (its d/dy term was 0 * inf = NaN where x / c overflows)
 

@@ -233,13 +233,20 @@ def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def floor_divide(x: Any, y: Any) -> Tensor:
     """x // y, rounding toward negative infinity (floats as PyTorch: from fmod, so 1.0 // 0.1 is 9.0)."""
     x, y, mod, wrong_sign = _fmod("floor_divide", x, y)
-    quotient = ops.div(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
+    quotient = ops.div.checked(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
     if not x.dtype.is_float:
         return quotient
     true_quotient = ops.div(x, y)  # for zero divisors, and the sign of zeros (in `where`'s y: ORT keeps -0.0 there)
     floored = ops.floor(quotient)
     floored = where(y == 0, true_quotient, floored + cast(quotient - floored > 0.5, x.dtype))
     return ops.stop_gradient(where((quotient != 0) | (y == 0), floored, true_quotient * 0.0))
+
+
+def trunc(x: Any) -> Tensor:
+    """x rounded toward zero."""
+    if (x := as_tensor(x)).dtype == dtypes.bool_:  # (as PyTorch)
+        raise DTypeError(f"slope.trunc: expected a number tensor, got bool of shape {x.shape}")
+    return where(x < 0, ops.ceil(x), ops.floor(x)) if x.dtype.is_float else x
 
 
 def remainder(x: Any, y: Any) -> Tensor:
@@ -349,6 +356,16 @@ def _spread(name: str, x: Any, dim: Any, correction: Any, keepdim: bool, unbiase
     return cast(root * scale.reshape(root.shape) if scaled else root, out)
 
 
+def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
+    return ops.max_(x, ops.ints("amax", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+
+
+def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Smallest values over dims (a tensor dim is a dimension, never min's other operand)."""
+    return min_(x, ops.ints("amin", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+
+
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions (of a tensor `dim`: the elementwise minimum, as PyTorch's min(x, other))."""
     if isinstance(dim, Tensor):
@@ -422,7 +439,7 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return _arg_extreme(x, dim, keepdim, "argmin")
 
 
-def cumsum(x: Any, dim: int = 0) -> Tensor:
+def cumsum(x: Any, dim: int) -> Tensor:
     """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
     x = as_tensor(x)
     dtype = x.dtype if x.dtype.is_float else dtypes.int64
@@ -435,7 +452,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     return cast(x + 0.0 if dtype.is_float else x, dtype)  # (+0.0: a sum from +0.0 is never -0.0, as PyTorch's)
 
 
-def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
+def transpose(x: Any, dim0: int, dim1: int) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
     dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
@@ -698,7 +715,7 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
-registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
+registry.update(clamp=clip, astype=cast, to=cast, concatenate=ops.cat, view=reshape)
 registry.update(detach=ops.stop_gradient)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
 
 
