@@ -16,7 +16,19 @@ from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
-from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
+from .trace import (
+    Trace,
+    Tracer,
+    _busy,
+    _local,
+    active,
+    bind,
+    eval_program,
+    flatten_fun,
+    make_program,
+    new_main,
+    run_procedure,
+)
 from .tree import describe
 
 
@@ -461,7 +473,12 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)
         fun, out_trees = flatten_fun(self.fun, in_tree)
-        avals = tuple(make_program(fun, [a.aval for a in flat]).out_avals)
+        program = make_program(fun, [a.aval for a in flat])
+        level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
+        if any(isinstance(c, Tracer) and c._trace.main.level > level for c in program.constant_values):  # (as JAX)
+            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
+                                 "grad/jvp/vmap transforms, which its rule cannot see: pass it as an argument")  # fmt: skip
+        avals = tuple(program.out_avals)
         outs = bind(custom_jvp_call, *flat, fun=fun, rule=self.rule, in_tree=in_tree, out_avals=avals, zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 
