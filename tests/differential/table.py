@@ -140,7 +140,6 @@ unary("sign", torch.sign)
 unary("square", torch.square)
 unary("floor", torch.floor, NUMBERS)
 unary("ceil", torch.ceil, NUMBERS)
-unary("trunc", torch.trunc, NUMBERS)
 unary("round", torch.round, NUMBERS)
 unary("relu", torch.relu, NUMBERS)
 unary("isnan", torch.isnan, grad=NO_GRAD_BOOL)
@@ -191,6 +190,7 @@ def exact_remainder(torch_fn: Callable, follow_divisor: bool) -> Callable:
 
 binary("div", torch.div)  # true division, integers too (it truncated them, as lax.div: a silent difference)
 binary("true_divide", torch.true_divide)
+binary("divide", torch.divide)
 binary(
     "floor_divide",
     by_minus_one(torch.floor_divide),

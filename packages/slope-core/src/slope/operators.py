@@ -286,14 +286,19 @@ class Div(Binary):
 
     def __call__(self, x: Any, y: Any, rounding_mode: str | None = None) -> Tensor:
         """x / y as PyTorch's div: true division (of integers too), or rounded toward zero ("trunc") or down ("floor")."""
-        if rounding_mode not in (None, "trunc", "floor"):
-            raise ValueError(f"slope.div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
-        if rounding_mode is None and not (isinstance(x, Tensor) and x.aval.dtype.is_float):
-            return functions["true_divide"](x, y)  # (which comes back here with floats)
         if rounding_mode == "floor":
             return functions["floor_divide"](x, y)
+        if rounding_mode not in (None, "trunc"):
+            raise ValueError(f"slope.div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        if rounding_mode is None and not (isinstance(x, Tensor) and x.aval.dtype.is_float):  # x / y, x // y as floats
+            x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
+            if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # (uint8 / -1:
+                x, y = (
+                    as_float(x),
+                    as_float(y),
+                )  # -x, as PyTorch; not to int8 first: int8 x / a 0-d int64 200 was / -56)
         out = self.checked(x, y)
-        return functions["trunc"](out) if rounding_mode and out.dtype.is_float else out
+        return where(out < 0, ceil(out), floor(out)) if rounding_mode and out.dtype.is_float else out  # (trunc)
 
     def checked(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
         """The operator on x and y promoted and broadcast; integer division by a concrete zero raises."""

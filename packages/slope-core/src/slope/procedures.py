@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, tree
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
@@ -34,9 +34,8 @@ def _to_device(t: Tensor, device: str | None) -> Tensor:
 
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
-    if (
-        isinstance(data, (list, tuple)) and data and active() and _traced(data)
-    ):  # traced values in it (under jit): stacked, as JAX
+    if isinstance(data, (list, tuple)) and active() and any(getattr(v, "buffer", 0) is None for v in tree.leaves(data)):
+        # traced values in it (under jit, grad, vmap): stacked, as jnp.array does
         return stack([tensor(row, _dtype(dtype, _infer_sequence(data))) for row in data])
     if type(data) is np.ndarray and dtype is None and (own := dtypes.by_numpy.get(data.dtype)) and data.dtype.isnative:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
@@ -58,12 +57,6 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
             ops._python_value("tensor", n, dtype)
     array = np.asarray(dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype))  # (0-d too)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
-
-
-def _traced(data: Any) -> bool:
-    if isinstance(data, Tensor):
-        return data.buffer is None
-    return isinstance(data, (list, tuple)) and any(map(_traced, data))
 
 
 def _infer_sequence(data: Any) -> dtypes.DType:
@@ -216,14 +209,6 @@ def reciprocal(x: Any) -> Tensor:
     return 1.0 / ops.as_float(x)
 
 
-def true_divide(x: Any, y: Any) -> Tensor:
-    """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
-    x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
-    if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # each to float
-        x, y = ops.as_float(x), ops.as_float(y)  # (not to int8 first: int8 x / a 0-d int64 200 divided by -56)
-    return ops.div(*coerce("true_divide", x, y))
-
-
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
     mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
@@ -240,13 +225,6 @@ def floor_divide(x: Any, y: Any) -> Tensor:
     floored = ops.floor(quotient)
     floored = where(y == 0, true_quotient, floored + cast(quotient - floored > 0.5, x.dtype))
     return ops.stop_gradient(where((quotient != 0) | (y == 0), floored, true_quotient * 0.0))
-
-
-def trunc(x: Any) -> Tensor:
-    """x rounded toward zero."""
-    if (x := as_tensor(x)).dtype == dtypes.bool_:  # (as PyTorch)
-        raise DTypeError(f"slope.trunc: expected a number tensor, got bool of shape {x.shape}")
-    return where(x < 0, ops.ceil(x), ops.floor(x)) if x.dtype.is_float else x
 
 
 def remainder(x: Any, y: Any) -> Tensor:
@@ -715,7 +693,9 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
-registry.update(clamp=clip, astype=cast, to=cast, concatenate=ops.cat, view=reshape)
+registry.update(
+    clamp=clip, astype=cast, to=cast, true_divide=ops.div, divide=ops.div, concatenate=ops.cat, view=reshape
+)
 registry.update(detach=ops.stop_gradient)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
 
 

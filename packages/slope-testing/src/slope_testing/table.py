@@ -1043,7 +1043,6 @@ unary("square", np.square, dtypes=NUMBERS)
 unary("relu", lambda x: np.maximum(x, 0), DISTINCT, dtypes=NUMBERS)
 unary("floor", np.floor, DISTINCT, dtypes=NUMBERS)
 unary("ceil", np.ceil, DISTINCT, dtypes=NUMBERS)
-unary("trunc", np.trunc, DISTINCT, dtypes=NUMBERS)
 unary("round", np.round, DISTINCT, dtypes=NUMBERS)
 unary(
     "logical_not",
@@ -1143,6 +1142,7 @@ add(
     )
 )
 alias("clamp", "clip")
+alias("divide", "div")
 add(
     Row(
         "astype",
