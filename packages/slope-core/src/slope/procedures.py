@@ -362,8 +362,7 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
     x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
     while x.shape[-1] > 1:
-        if x.shape[-1] % 2:
-            x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
+        x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1) if x.shape[-1] % 2 else x
         half = x.shape[-1] // 2
         x = x[..., :half] * x[..., half:]
     return x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype)  # (an empty product is 1)

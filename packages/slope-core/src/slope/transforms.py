@@ -119,8 +119,7 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
         primal_outs, tangent_outs = _jvp_flat(flat_fn, list(args[:count]), list(args[count:]))
         return primal_outs + tangent_outs
 
-    avals = [p.aval for p in primals]
-    program = make_program(jvp_fn, avals + avals)
+    program = make_program(jvp_fn, [p.aval for p in primals] * 2)  # (the tangents have the primals' avals)
     linear_vars, primal_part, linear_part = set(program.inputs[count:]), [], []
     for instruction in program.instructions:
         if any(v in linear_vars for v in instruction.inputs):
