@@ -584,34 +584,6 @@ def test_log_jit_prints_ir_and_backend_code():
             assert "Mul (x0, x0)" in out
 
 
-def test_tensor_of_traced_values_stacks_them_as_jax(on_backend):
-    # slope.tensor([x.sum(), x.mean()]) under jit/grad/vmap asked the tracers for concrete values and failed
-    x = slope.tensor([1.0, 2.0, 4.0])
-    rows = slope.jit(lambda x: slope.tensor([[x.sum(), 1], [2, x[0]]]))(x)
-    assert rows.dtype == slope.float32 and rows.numpy().tolist() == [[7.0, 1.0], [2.0, 1.0]]
-    wide = slope.jit(lambda x: slope.tensor([x.sum(), x.mean()], dtype=slope.float64))(x)
-    assert wide.dtype == slope.float64 and wide.numpy().tolist() == [7.0, float(np.float32(7.0) / np.float32(3.0))]
-    # (x0 + x1 + x2) * x0: the gradient flows through the stacked values, as jax.grad through jnp.array
-    grad = slope.grad(lambda x: slope.tensor([x.sum(), x[0]]).prod())(x)
-    assert grad.numpy().tolist() == [8.0, 1.0, 1.0]
-    per_row = slope.vmap(lambda r: slope.tensor([r.max(), r.min()]))(slope.tensor([[1.0, 5.0], [3.0, 2.0]]))
-    assert per_row.numpy().tolist() == [[5.0, 1.0], [3.0, 2.0]]
-
-
-def test_pad_with_a_traced_value(on_backend):
-    # pad(x, p, value=v) with a traced v (jnp.pad's constant_values under jit) failed asking v for a concrete value
-    x = slope.tensor([1.0, 2.0])
-    padded = slope.jit(lambda x, v: slope.pad(x, (1, 2), value=v))(x, slope.tensor(3.0))
-    assert padded.numpy().tolist() == [3.0, 1.0, 2.0, 3.0, 3.0]
-    assert slope.grad(lambda v: (slope.pad(x, (1, 2), value=v) ** 2).sum())(slope.tensor(3.0)).item() == 18.0
-    rows = slope.vmap(lambda v: slope.pad(x, (1, 0), value=v))(slope.tensor([3.0, 4.0]))
-    assert rows.numpy().tolist() == [[3.0, 1.0, 2.0], [4.0, 1.0, 2.0]]
-    ints = slope.jit(lambda v: slope.pad(slope.tensor([[1, 2]]), (0, 1, 1, 0), value=v))(slope.tensor(7))
-    assert ints.dtype == slope.int64 and ints.numpy().tolist() == [[7, 7, 7], [1, 2, 7]]
-    with pytest.raises(slope.ShapeError):  # the value is one number, as PyTorch's
-        slope.jit(lambda v: slope.pad(x, (1, 1), value=v))(slope.tensor([3.0, 4.0]))
-
-
 def _closing(x, kind):
     """x * sin(y) with a hand-written rule, closing over x."""
     if kind == "jvp":

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import dtypes, tree
+from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
@@ -19,7 +19,6 @@ from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
-from .trace import active
 
 
 def _dtype(dtype: Any, default: dtypes.DType = dtypes.default_float) -> dtypes.DType:
@@ -34,9 +33,6 @@ def _to_device(t: Tensor, device: str | None) -> Tensor:
 
 def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
-    if isinstance(data, (list, tuple)) and active() and any(getattr(v, "buffer", 0) is None for v in tree.leaves(data)):
-        # traced values in it (under jit, grad, vmap): stacked, as jnp.array does
-        return stack([tensor(row, _dtype(dtype, _infer_sequence(data))) for row in data])
     if type(data) is np.ndarray and dtype is None and (own := dtypes.by_numpy.get(data.dtype)) and data.dtype.isnative:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
     if isinstance(data, Tensor):
@@ -84,23 +80,17 @@ def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
 
 def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Zeros of x's shape (and dtype)."""
-    return ops.full(_like("zeros_like", x).shape, 0, _dtype(dtype, x.dtype))
+    return ops.full((x := as_tensor(x)).shape, 0, _dtype(dtype, x.dtype))  # (array-likes too, as JAX)
 
 
 def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Ones of x's shape (and dtype)."""
-    return ops.full(_like("ones_like", x).shape, 1, _dtype(dtype, x.dtype))
-
-
-def _like(name: str, x: Any) -> Tensor:
-    if not isinstance(x, Tensor):  # (as PyTorch: a list or None has no shape to take)
-        raise TypeError(f"slope.{name}: expected a Tensor to take the shape from, got {type(x).__name__}")
-    return x
+    return ops.full((x := as_tensor(x)).shape, 1, _dtype(dtype, x.dtype))
 
 
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
-    dtype = _dtype(dtype, _like("full_like", x).dtype)
+    dtype = _dtype(dtype, (x := as_tensor(x)).dtype)
     value = value if isinstance(value, Tensor) else ops._python_value("full_like", value, dtype)  # (a tensor: traced)
     return ops.full(x.shape, value, dtype)
 
@@ -308,18 +298,15 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
-    return _spread("var", x, dim, correction, keepdim, unbiased)
+    return _spread("var", x, dim, correction if unbiased is None else int(unbiased), keepdim)
 
 
 def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation (float16/bfloat16 in float32, rounded once; gradient 0 where it is 0, as in PyTorch)."""
-    return _spread("std", x, dim, correction, keepdim, unbiased)
+    return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
 
 
-def _spread(name: str, x: Any, dim: Any, correction: Any, keepdim: bool, unbiased: Any) -> Tensor:
-    if not (isinstance(correction, (int, float, np.number)) and isinstance(unbiased, (bool, type(None)))):
-        raise TypeError(f"slope.{name}: correction must be a number, unbiased a bool; got {correction!r}, {unbiased!r}")
-    correction = correction if unbiased is None else int(unbiased)
+def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
     x = as_tensor(x)  # bfloat16 in float64: sums overflow float32, squares underflow it (not PyTorch's Welford's)
     out = x.dtype if x.dtype.is_float else dtypes.default_float
     wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
@@ -336,7 +323,7 @@ def _spread(name: str, x: Any, dim: Any, correction: Any, keepdim: bool, unbiase
 
 def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
-    return ops.max_(x, ops.ints("amax", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+    return ops.Reduce.__call__(ops.max_, x, dim, keepdim)
 
 
 def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
@@ -472,7 +459,7 @@ def unsqueeze(x: Any, dim: int) -> Tensor:
 
 def expand_as(x: Any, other: Tensor) -> Tensor:
     """x broadcast to other's shape."""
-    return broadcast_to(as_tensor(x), _like("expand_as", other).shape)
+    return broadcast_to(as_tensor(x), as_tensor(other).shape)
 
 
 def repeat(x: Any, *sizes: Any) -> Tensor:
@@ -692,10 +679,10 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
+registry.update(clamp=clip, astype=cast, to=cast, concatenate=ops.cat, view=reshape, true_divide=ops.div)
 registry.update(
-    clamp=clip, astype=cast, to=cast, true_divide=ops.div, divide=ops.div, concatenate=ops.cat, view=reshape
-)
-registry.update(detach=ops.stop_gradient)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
+    detach=ops.stop_gradient, divide=ops.div
+)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
 
 
 @hookimpl

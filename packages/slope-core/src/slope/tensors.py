@@ -99,10 +99,10 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     def __getattr__(self, name: str) -> Any:
-        if self.buffer is None and name in ("device", "backend"):  # (a tracer: eager code got one that escaped)
-            raise AttributeError(f"slope: a traced value ({self.aval}) has no {name}: inside jit/grad/vmap it is abstract, "
-                                 "and after them it has escaped: return values from transformed functions instead")  # fmt: skip
-        raise AttributeError(f"'Tensor' object has no attribute {name!r}{missing_function_hint(name)}")
+        hint = (
+            missing_function_hint(name) if self.buffer is not None else " (a tracer: one that escaped jit/grad/vmap?)"
+        )
+        raise AttributeError(f"'Tensor' object has no attribute {name!r}{hint}")
 
     def __repr__(self) -> str:
         if self.buffer is None:

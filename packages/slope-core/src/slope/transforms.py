@@ -16,19 +16,7 @@ from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
 from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
-from .trace import (
-    Trace,
-    Tracer,
-    _busy,
-    _local,
-    active,
-    bind,
-    eval_program,
-    flatten_fun,
-    make_program,
-    new_main,
-    run_procedure,
-)
+from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 from .tree import describe
 
 
@@ -407,7 +395,6 @@ class _CustomCall(Operator):
 class CustomJVPCall(_CustomCall):
     """Calls `fun` with the user's JVP `rule`; outside forward mode it is `fun` itself (traced straight through)."""
 
-    name = "custom_jvp_call"
     inline = True
     symbolic_zeros = True  # (given to rules that ask for them: None for a tangent known to be zero)
 
@@ -427,8 +414,6 @@ class CustomJVPCall(_CustomCall):
 
 class CustomVJPLinear(_CustomCall):
     """The linear part of a custom_vjp function: only its transpose (the user's backward function) exists."""
-
-    name = "custom_vjp_linear"
 
     def procedure(self, *args: Tensor, **params: Any) -> list:
         raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
@@ -472,6 +457,8 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)
         fun, out_trees = flatten_fun(self.fun, in_tree)
+        from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
+
         program = make_program(fun, [a.aval for a in flat])
         level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
         if any(isinstance(c, Tracer) and c._trace.main.level > level for c in program.constant_values):  # (as JAX)
