@@ -231,8 +231,9 @@ def test_indexing(on_backend):
 
 def test_methods_are_also_functions(on_backend):
     x = slope.tensor([[1.0, -2.0], [3.0, 0.5]])
-    for name in ["exp", "abs", "relu", "sigmoid", "tanh", "softmax", "sum", "mean", "max", "flatten", "cumsum"]:
+    for name in ["exp", "abs", "relu", "sigmoid", "tanh", "softmax", "sum", "mean", "max", "flatten"]:
         np.testing.assert_allclose(getattr(slope, name)(x).numpy(), getattr(x, name)().numpy(), err_msg=name)
+    np.testing.assert_allclose(slope.cumsum(x, 1).numpy(), x.cumsum(1).numpy())  # (dim needed, as PyTorch)
     np.testing.assert_allclose(slope.reshape(x, (4,)).numpy(), x.reshape(4).numpy())
     np.testing.assert_allclose(slope.where(x > 0, x, 0.0).numpy(), np.where(x.numpy() > 0, x.numpy(), 0.0))
     assert "matmul" in dir(slope) and "conv" in dir(slope)

@@ -87,6 +87,8 @@ ROWS = [
     bad("ones-float-in-tuple", lambda m: m.ones((2, 2.5)), TypeError, "slope.ones"),
     bad("ones-negative-in-tuple", lambda m: m.ones((2, -3)), ValueError, "slope.ones"),
     ok("zeros-numpy-int", lambda m: m.zeros(np.int64(3))),
+    bad("zeros_like-none", lambda m: m.zeros_like(None), TypeError, "NoneType"),  # (AttributeError: no .shape)
+    bad("expand_as-str", lambda m: x23(m).expand_as("a"), TypeError, "str"),
     ok("zeros-0d", lambda m: m.zeros(())),
     bad("full-negative", lambda m: m.full((2, -1), 1.0), ValueError, "slope.full"),
     bad("full-shape-float", lambda m: m.full(2.5, 1.0), TypeError, "slope.full"),
@@ -169,7 +171,7 @@ ROWS = [
     bad("clip-shapes", lambda m: m.clip(m.ones(3), max=m.ones(2)), ShapeError, "slope.clip"),
     bad("where-str", lambda m: m.where(m.ones(3) > 0, m.ones(3), "a"), TypeError, "slope.where"),
     bad("pow-str", lambda m: m.ones(3) ** "a", TypeError, "slope.pow"),
-    bad("true-divide-shapes", lambda m: m.ones(2) / m.ones(3), ShapeError, "slope.true_divide"),
+    bad("true-divide-shapes", lambda m: m.ones(2) / m.ones(3), ShapeError, "slope.div"),
     bad("floor-divide-str", lambda m: m.ones(3) // "a", TypeError, "slope.floor_divide"),
     bad("remainder-shapes", lambda m: m.ones(2) % m.ones(3), ShapeError, "slope.remainder"),
     bad("invert-float", lambda m: ~m.ones(3), DTypeError, "slope.invert"),
@@ -202,6 +204,8 @@ ROWS = [
     bad("var-dim-str", lambda m: x23(m).var("a"), TypeError, "slope.var"),
     bad("var-dim-repeated", lambda m: x23(m).var((0, 0)), ValueError, "slope.var"),
     ok("var-dim-empty", lambda m: x23(m).var(())),
+    ok("var-correction-float", lambda m: x23(m).var(1, correction=0.5)),
+    ok("std-unbiased-false", lambda m: x23(m).std(0, unbiased=False)),
     bad("std-dim-out-of-range", lambda m: x23(m).std(2), IndexError, "slope.std"),
     bad("std-dim-float", lambda m: x23(m).std(0.5), TypeError, "slope.std"),
     ok("std-dim-empty", lambda m: x23(m).std(())),
@@ -221,6 +225,17 @@ ROWS = [
     bad("argmin-dim-out-of-range", lambda m: x23(m).argmin(2), IndexError, "slope.argmin"),
     bad("cumsum-dim-tuple", lambda m: x23(m).cumsum((0, 1)), ValueError, "slope.cumsum"),
     bad("cumsum-dim-none", lambda m: x23(m).cumsum(None), TypeError, "slope.cumsum"),
+    bad("cumsum-no-dim", lambda m: x23(m).cumsum(), TypeError, "cumsum"),  # (dim 0 silently; JAX's flattens)
+    bad("transpose-one-dim", lambda m: x23(m).transpose(1), TypeError, "transpose"),  # (the identity, silently)
+    ok("amax-tensor-dim", lambda m: m.amax(x23(m), m.tensor(1))),  # (was maximum(x, 1), silently)
+    ok("amin-tensor-dim", lambda m: x23(m).amin(m.tensor(0), True)),
+    bad("amax-float-tensor-dim", lambda m: m.amax(x23(m), m.tensor(1.0)), TypeError, "only integer tensors"),
+    ok("div-int", lambda m: m.tensor([5, -7, 3]).div(2)),  # (truncated to [2, -3, 1], silently)
+    ok("div-int-tensors", lambda m: m.div(m.tensor([5, -7, 3]), m.tensor([2, 2, 0]))),
+    ok("div-int-trunc", lambda m: m.tensor([5, -7, 3]).div(2, rounding_mode="trunc")),
+    ok("div-float-trunc", lambda m: m.div(x23(m) - 2.5, 2.0, rounding_mode="trunc")),
+    ok("div-int-floor", lambda m: m.div(m.tensor([5, -7, 3]), -2, rounding_mode="floor")),
+    bad("div-rounding-mode", lambda m: m.div(x23(m), 2.0, rounding_mode="round"), ValueError, "slope.div"),
     ok("cumsum-bool", lambda m: m.tensor([True, True, False]).cumsum(0)),
     bad("logsumexp-dim-str", lambda m: x23(m).logsumexp("a"), TypeError, "slope.logsumexp"),
     bad("logsumexp-dim-repeated", lambda m: x23(m).logsumexp((0, 0)), ValueError, "slope.logsumexp"),

@@ -33,9 +33,28 @@ def same(result: slope.Tensor, expected: torch.Tensor, rtol: float = 0.0) -> Non
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64"])
 def test_integer_div_by_zero_raises_eagerly(backend, dtype):
     x, y = slope.tensor([4, 3], dtype=dtype), slope.tensor([2, 0], dtype=dtype)
-    with pytest.raises(ZeroDivisionError, match="slope.div"):
-        slope.div(x, y)
-    assert slope.div(x, slope.tensor([2, 3], dtype=dtype)).tolist() == [2, 1]
+    with pytest.raises(ZeroDivisionError, match="slope.div"):  # PyTorch's integer division (trunc) raises too
+        slope.div(x, y, rounding_mode="trunc")
+    assert slope.div(x, slope.tensor([2, 3], dtype=dtype), rounding_mode="trunc").tolist() == [2, 1]
+    assert slope.div(x, y).tolist() == [2.0, math.inf]  # true division, as torch.div (it truncated, as lax.div)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64", "bool", "float32"])
+@pytest.mark.parametrize("mode", [None, "trunc", "floor"])
+def test_div_is_pytorch_div(backend, dtype, mode):
+    # slope.div / Tensor.div truncated integers silently (the core operator's lax.div semantics): [2, -3, 1] for
+    # torch.div's [2.5, -3.5, 1.5]
+    values = [[5, 7, 3, 0], [1, 1, 0, 1]] if dtype == "bool" else [[5, -7, 3, -8], [2, 2, -2, 3]]
+    values = [[abs(v) for v in row] for row in values] if dtype == "uint8" else values
+    x, y = (slope.tensor(v, dtype=dtype) for v in values)
+    tx, ty = (torch.tensor(v, dtype=getattr(torch, dtype)) for v in values)
+    if dtype == "bool" and mode:
+        return  # (PyTorch refuses rounded division of bools; Slope's message is checked in test_bad_input)
+    for got, want in [(slope.div(x, y, rounding_mode=mode), torch.div(tx, ty, rounding_mode=mode)),
+                      (x.div(2, rounding_mode=mode), tx.div(2, rounding_mode=mode)),
+                      (slope.jit(lambda a, b: a.div(b, rounding_mode=mode))(x, y), torch.div(tx, ty, rounding_mode=mode))]:  # fmt: skip
+        assert got.dtype.name == str(want.dtype).removeprefix("torch."), (got.dtype, want.dtype)
+        same(got, want)
 
 
 def test_fmod_gradient_in_y_uses_the_rounded_quotient(backend):

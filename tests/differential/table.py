@@ -170,13 +170,6 @@ def by_minus_one(torch_fn: Callable, remainder: bool = False) -> Callable:
     return call
 
 
-def torch_div(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Slope's core `div`: true division of floats, truncating division of integers (as C, JAX's lax.div)."""
-    if x.dtype.is_floating_point or y.dtype.is_floating_point:
-        return torch.div(x, y)
-    return by_minus_one(lambda a, b: torch.div(a, b, rounding_mode="trunc"))(x, y)
-
-
 def exact_remainder(torch_fn: Callable, follow_divisor: bool) -> Callable:
     """PyTorch's fmod/remainder, except where x / y overflows: there Slope gives the exact remainder (C's fmod, and
     PyTorch's own scalar path; README, Differences from PyTorch) and PyTorch's vectorized kernel NaN."""
@@ -195,9 +188,9 @@ def exact_remainder(torch_fn: Callable, follow_divisor: bool) -> Callable:
     return call
 
 
-# Integer division by zero raises in PyTorch and in eager Slope (ZeroDivisionError); under jit Slope cannot (README)
-binary("div", torch_div)
+binary("div", torch.div)  # true division, integers too (it truncated them, as lax.div: a silent difference)
 binary("true_divide", torch.true_divide)
+binary("divide", torch.divide)
 binary(
     "floor_divide",
     by_minus_one(torch.floor_divide),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,16 +22,19 @@ class UndefinedPrimal:
 class Operator:
     """A primitive operation backends translate and transformations know: subclasses give `name`, `infer` and rules."""
 
-    name: str = ""
+    name: str = ""  # (by default the class name in snake case: class GatherNd is operator gather_nd)
     multiple_results: bool = False
     linear_inputs: tuple[int, ...] | str = ()  # jointly linear inputs, "all", or "each" (multilinear): gives the JVP
     symbolic_zeros: bool = False  # the JVP rule takes None for a tangent known to be zero (so does the product rule)
     inline: bool = False  # run eagerly through its procedure (Programs record it: replayed, it meets the transforms)
     procedure: Callable | None = None  # `procedure(*args, **params)` from other operators: for backends and rules
 
+    def __init_subclass__(cls) -> None:  # (the default name)
+        snake_case = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls.__name__).lower()
+        cls.name = cls.__dict__.get("name") or snake_case
+
     def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it
-        if name is not None:
-            self.name = name
+        self.name = name or self.name
 
     __call__ = bind  # (`op(*args, **params)` is `bind(op, *args, **params)`)
 

@@ -164,7 +164,6 @@ class Unary(Elementwise):
 class Cos(Unary):
     """Cosine; an operator because the procedure, sin(x + pi/2), loses accuracy as |x| grows."""
 
-    name = "cos"
     tangent = staticmethod(lambda t, x, y: t * -sin(x))
     procedure = staticmethod(lambda x: sin(x + math.pi / 2))
 
@@ -172,7 +171,6 @@ class Cos(Unary):
 class Tanh(Unary):
     """Hyperbolic tangent; an operator (with a procedure) because backends have accurate kernels for it."""
 
-    name = "tanh"
     tangent = staticmethod(lambda t, x, y: t * (1.0 - y * y))
 
     def procedure(self, x: Tensor) -> Tensor:
@@ -191,7 +189,6 @@ class Rounding(Unary):
 class Cast(Elementwise):
     """Conversion to another dtype (linear: only float-to-float casts carry tangents, the others give integers)."""
 
-    name = "cast"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, dtype: Any) -> Tensor:
@@ -252,7 +249,6 @@ class Binary(Elementwise):
 
 
 class Add(Binary):
-    name = "add"
     allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
@@ -261,7 +257,6 @@ class Add(Binary):
 
 
 class Sub(Binary):
-    name = "sub"
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -270,7 +265,6 @@ class Sub(Binary):
 
 
 class Mul(Binary):
-    name = "mul"
     allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
@@ -279,12 +273,25 @@ class Mul(Binary):
 
 
 class Div(Binary):
-    """Division; integers divide with truncation toward zero (as C does)."""
+    """Division; the operator divides integers with truncation toward zero (as C, lax.div), `slope.div` as PyTorch."""
 
-    name = "div"
     symbolic_zeros = True  # x / c: t / c, without the NaN that out * 0 gives where out is inf
 
-    def __call__(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+    def __call__(self, x: Any, y: Any, rounding_mode: str | None = None) -> Tensor:
+        """x / y as PyTorch's div: true division (of integers too), or rounded toward zero ("trunc") or down ("floor")."""
+        if rounding_mode == "floor":
+            return functions["floor_divide"](x, y)
+        if rounding_mode not in (None, "trunc"):
+            raise ValueError(f"slope.div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        if rounding_mode is None and not (isinstance(x, Tensor) and x.aval.dtype.is_float):  # integers as floats (each:
+            x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
+            if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # not to int8
+                x, y = as_float(x), as_float(y)  # first: int8 x / a 0-d int64 200 was / -56; uint8 x / -1 is -x)
+        out = self.checked(x, y)
+        return where(out < 0, ceil(out), floor(out)) if rounding_mode and out.dtype.is_float else out  # (trunc)
+
+    def checked(self, x: Any, y: Any, name: str = "div") -> Tensor:  # name: the function that asked (//, %, fmod)
+        """The operator on x and y promoted and broadcast; integer division by a concrete zero raises."""
         out = Binary.__call__(self, x, y)  # integer division by a concrete zero raises, as PyTorch (a traced one can't)
         if not out.dtype.is_float and (type(y) is Tensor or not isinstance(y, Tensor)) and out.numel():  # (y concrete)
             if not np.all(dtypes.wrap(y.numpy() if type(y) is Tensor else y, out.dtype)):  # (256 is int8's 0)
@@ -304,7 +311,6 @@ class Div(Binary):
 class Pow(Binary):
     """x ** y; integer powers wrap around, and a negative exponent gives 0 unless |x| is 1 (as in PyTorch)."""
 
-    name = "pow"
     symbolic_zeros = True  # d/dy is NaN where x < 0: a y that is not differentiated must not bring it into d/dx
 
     def __call__(self, x: Any, y: Any) -> Tensor:
@@ -328,8 +334,7 @@ class Pow(Binary):
 class Fmod(Binary):
     """The remainder of x / y rounded toward zero, with x's sign (C's fmod, PyTorch's torch.fmod)."""
 
-    name = "fmod"
-    __call__ = functools.partialmethod(Div.__call__, name="fmod")
+    __call__ = functools.partialmethod(Div.checked, name="fmod")
 
     symbolic_zeros = True  # fmod(x, c): tx alone (its d/dy term was 0 * inf = NaN where x / c overflows)
 
@@ -340,7 +345,6 @@ class Fmod(Binary):
 
 
 class Maximum(Binary):
-    name = "maximum"
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
@@ -367,7 +371,6 @@ class Bitwise(Binary):
 class Where(Elementwise):
     """`where(condition, x, y)`: x where the condition holds, else y."""
 
-    name = "where"
     linear_inputs = (1, 2)
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
@@ -408,7 +411,6 @@ class Reduce(Operator):
 
 
 class Sum(Reduce):
-    name = "sum"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
@@ -422,8 +424,6 @@ class Sum(Reduce):
 
 
 class Max(Reduce):
-    name = "max"
-
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:  # (a tensor dim: max(x, other))
         return functions["maximum"](x, dim) if isinstance(dim, Tensor) else super().__call__(x, dim, keepdim)
 
@@ -442,7 +442,6 @@ class Max(Reduce):
 
 
 class Reshape(Operator):
-    name = "reshape"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
@@ -470,7 +469,6 @@ class Reshape(Operator):
 class Expand(Operator):
     """Broadcast dimensions of size 1 to a larger size (new leading dimensions are added first)."""
 
-    name = "expand"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
@@ -495,7 +493,6 @@ class Expand(Operator):
 
 
 class Permute(Operator):
-    name = "permute"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
@@ -521,7 +518,6 @@ class Permute(Operator):
 class Slice(Operator):
     """`x[start:stop:step]` in every dimension, with 0 <= start <= stop <= size and step >= 1."""
 
-    name = "slice"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, start: Sequence[int], stop: Sequence[int], step: Sequence[int] | None = None) -> Tensor:
@@ -563,8 +559,6 @@ def _strided_place(x: Tensor, step: Sequence[int], lo: Sequence[int], shape: tup
 class Pad(Operator):
     """Constant padding: `lo[i]` values before and `hi[i]` after dimension i (negative amounts crop)."""
 
-    name = "pad"
-
     def __call__(self, x: Any, pad: Sequence[int] | None = None, value: Any = 0, *, lo: Any = None, hi: Any = None):
         x = as_tensor(x)
         if pad is not None:  # PyTorch order: (last_lo, last_hi, second_last_lo, ...)
@@ -600,7 +594,6 @@ class Pad(Operator):
 
 
 class Flip(Operator):
-    name = "flip"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *dims: Any) -> Tensor:  # flip(x, (0, 1)) or x.flip(0, 1), as PyTorch
@@ -619,7 +612,6 @@ class Flip(Operator):
 
 
 class Cat(Operator):
-    name = "cat"
     linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
@@ -679,8 +671,6 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
 
 
 class Full(Operator):
-    name = "full"
-
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
         if isinstance(value, Tensor) and value.buffer is None:  # traced (jit, grad): broadcast, in its kind's dtype
@@ -694,8 +684,6 @@ class Full(Operator):
 
 
 class Arange(Operator):
-    name = "arange"
-
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
         start, stop = (0, start) if stop is None else (start, stop)
         values = (start, stop, step)
@@ -736,7 +724,6 @@ class RandomSample(Operator):
 class Matmul(Operator):
     """Matrix product over the last two dimensions, with equal batch dimensions (callers get broadcasting)."""
 
-    name = "matmul"
     linear_inputs = "each"
 
     def __call__(self, x: Any, y: Any) -> Tensor:
@@ -777,7 +764,6 @@ class Matmul(Operator):
 class Conv(Operator):
     """N-d cross-correlation (PyTorch's conv): x (N, C, *spatial), w (O, C/groups, *kernel)."""
 
-    name = "conv"
     linear_inputs = "each"
 
     def __call__(self, x: Any, w: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -885,7 +871,6 @@ def _indices(op: Operator, idx: Any) -> Tensor:
 class GatherNd(Operator):
     """`x[idx[..., 0], ...]`: idx (..., k) indexes x's first k dims in [-size, size) (else IndexError when it runs)."""
 
-    name = "gather_nd"
     linear_inputs = (0,)
 
     def __call__(self, x: Any, idx: Any) -> Tensor:
@@ -915,7 +900,6 @@ def _with_batch_index(idx: Tensor, dim: int | None, axis_size: int) -> Tensor:
 class ScatterNd(Operator):
     """A copy of x with `updates` added at `idx` (repeated indices accumulate)."""
 
-    name = "scatter_nd"
     linear_inputs = (0, 2)
 
     def __call__(self, x: Any, idx: Any, updates: Any) -> Tensor:

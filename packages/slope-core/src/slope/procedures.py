@@ -80,17 +80,17 @@ def ones(*shape: Any, dtype: Any = None, device: str | None = None) -> Tensor:
 
 def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Zeros of x's shape (and dtype)."""
-    return ops.full(x.shape, 0, _dtype(dtype, x.dtype))
+    return ops.full((x := as_tensor(x)).shape, 0, _dtype(dtype, x.dtype))  # (array-likes too, as JAX)
 
 
 def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
     """Ones of x's shape (and dtype)."""
-    return ops.full(x.shape, 1, _dtype(dtype, x.dtype))
+    return ops.full((x := as_tensor(x)).shape, 1, _dtype(dtype, x.dtype))
 
 
 def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     """A tensor of x's shape filled with value."""
-    dtype = _dtype(dtype, x.dtype)
+    dtype = _dtype(dtype, (x := as_tensor(x)).dtype)
     value = value if isinstance(value, Tensor) else ops._python_value("full_like", value, dtype)  # (a tensor: traced)
     return ops.full(x.shape, value, dtype)
 
@@ -199,14 +199,6 @@ def reciprocal(x: Any) -> Tensor:
     return 1.0 / ops.as_float(x)
 
 
-def true_divide(x: Any, y: Any) -> Tensor:
-    """x / y (integers are divided as floats, as PyTorch does: a Python int too, so uint8 x / -1 is -x)."""
-    x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
-    if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # each to float
-        x, y = ops.as_float(x), ops.as_float(y)  # (not to int8 first: int8 x / a 0-d int64 200 divided by -56)
-    return ops.div(*coerce("true_divide", x, y))
-
-
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
     mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
@@ -216,7 +208,7 @@ def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def floor_divide(x: Any, y: Any) -> Tensor:
     """x // y, rounding toward negative infinity (floats as PyTorch: from fmod, so 1.0 // 0.1 is 9.0)."""
     x, y, mod, wrong_sign = _fmod("floor_divide", x, y)
-    quotient = ops.div(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
+    quotient = ops.div.checked(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
     if not x.dtype.is_float:
         return quotient
     true_quotient = ops.div(x, y)  # for zero divisors, and the sign of zeros (in `where`'s y: ORT keeps -0.0 there)
@@ -329,6 +321,16 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
     return cast(root * scale.reshape(root.shape) if scaled else root, out)
 
 
+def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
+    return ops.Reduce.__call__(ops.max_, x, dim, keepdim)
+
+
+def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Smallest values over dims (a tensor dim is a dimension, never min's other operand)."""
+    return min_(x, ops.ints("amin", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+
+
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions (of a tensor `dim`: the elementwise minimum, as PyTorch's min(x, other))."""
     if isinstance(dim, Tensor):
@@ -347,8 +349,7 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
     x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
     while x.shape[-1] > 1:
-        if x.shape[-1] % 2:
-            x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1)
+        x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1) if x.shape[-1] % 2 else x
         half = x.shape[-1] // 2
         x = x[..., :half] * x[..., half:]
     return x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype)  # (an empty product is 1)
@@ -402,7 +403,7 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return _arg_extreme(x, dim, keepdim, "argmin")
 
 
-def cumsum(x: Any, dim: int = 0) -> Tensor:
+def cumsum(x: Any, dim: int) -> Tensor:
     """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
     x = as_tensor(x)
     dtype = x.dtype if x.dtype.is_float else dtypes.int64
@@ -415,7 +416,7 @@ def cumsum(x: Any, dim: int = 0) -> Tensor:
     return cast(x + 0.0 if dtype.is_float else x, dtype)  # (+0.0: a sum from +0.0 is never -0.0, as PyTorch's)
 
 
-def transpose(x: Any, dim0: int = 0, dim1: int = 1) -> Tensor:
+def transpose(x: Any, dim0: int, dim1: int) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
     dim0, dim1 = (ops.normalize_dim("transpose", d, x.ndim) for d in (dim0, dim1))
@@ -458,7 +459,7 @@ def unsqueeze(x: Any, dim: int) -> Tensor:
 
 def expand_as(x: Any, other: Tensor) -> Tensor:
     """x broadcast to other's shape."""
-    return broadcast_to(as_tensor(x), other.shape)
+    return broadcast_to(as_tensor(x), as_tensor(other).shape)
 
 
 def repeat(x: Any, *sizes: Any) -> Tensor:
@@ -678,8 +679,10 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
-registry.update(clamp=clip, astype=cast, to=cast, amax=ops.max_, amin=min_, concatenate=ops.cat, view=reshape)
-registry.update(detach=ops.stop_gradient)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
+registry.update(clamp=clip, astype=cast, to=cast, concatenate=ops.cat, view=reshape, true_divide=ops.div)
+registry.update(
+    detach=ops.stop_gradient, divide=ops.div
+)  # (Tensor.detach and slope.detach: the value, with gradients stopped)
 
 
 @hookimpl

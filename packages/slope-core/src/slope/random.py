@@ -23,7 +23,7 @@ def _mask(x: Tensor) -> Tensor:
 
 
 def _shift_right(x: Tensor, n: int) -> Tensor:
-    return ops.div(x, ops.constant(1 << n, dtypes.int64, x.shape))  # the words are non-negative, so this is a shift
+    return ops.div(x, ops.constant(1 << n, dtypes.int64, x.shape), "trunc")  # (non-negative words: a shift)
 
 
 def threefry2x32(k0: Tensor, k1: Tensor, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,7 +69,10 @@ def _words(name: str, what: str, value: Any) -> list[Tensor]:
     if isinstance(value, Tensor) and value.dtype.is_int and value.numel() == 1:  # (fold_in(key, step) inside jit)
         value = ops.cast(value, dtypes.int64).reshape((1,))
         low = _mask(value)
-        return [_mask(ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)))), low]  # (an exact division)
+        return [
+            _mask(ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)), "trunc")),
+            low,
+        ]  # (an exact division)
     (value,) = ops.ints(f"random.{name}", value, what, count=1)
     if not -(2**63) <= value < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
         raise OverflowError(f"slope.random.{name}: the {what} {value} does not fit in 64 bits")

@@ -99,7 +99,10 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"'Tensor' object has no attribute {name!r}{missing_function_hint(name)}")
+        hint = (
+            missing_function_hint(name) if self.buffer is not None else " (a tracer: one that escaped jit/grad/vmap?)"
+        )
+        raise AttributeError(f"'Tensor' object has no attribute {name!r}{hint}")
 
     def __repr__(self) -> str:
         if self.buffer is None:

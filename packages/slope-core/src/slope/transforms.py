@@ -107,8 +107,7 @@ def _linearize_flat(flat_fn: Callable, primals: list) -> tuple[list, Program, li
         primal_outs, tangent_outs = _jvp_flat(flat_fn, list(args[:count]), list(args[count:]))
         return primal_outs + tangent_outs
 
-    avals = [p.aval for p in primals]
-    program = make_program(jvp_fn, avals + avals)
+    program = make_program(jvp_fn, [p.aval for p in primals] * 2)  # (the tangents have the primals' avals)
     linear_vars, primal_part, linear_part = set(program.inputs[count:]), [], []
     for instruction in program.instructions:
         if any(v in linear_vars for v in instruction.inputs):
@@ -396,7 +395,6 @@ class _CustomCall(Operator):
 class CustomJVPCall(_CustomCall):
     """Calls `fun` with the user's JVP `rule`; outside forward mode it is `fun` itself (traced straight through)."""
 
-    name = "custom_jvp_call"
     inline = True
     symbolic_zeros = True  # (given to rules that ask for them: None for a tangent known to be zero)
 
@@ -416,8 +414,6 @@ class CustomJVPCall(_CustomCall):
 
 class CustomVJPLinear(_CustomCall):
     """The linear part of a custom_vjp function: only its transpose (the user's backward function) exists."""
-
-    name = "custom_vjp_linear"
 
     def procedure(self, *args: Tensor, **params: Any) -> list:
         raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
@@ -461,7 +457,14 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             return self.fun(*args)
         flat, in_tree = _tensor_leaves(args)
         fun, out_trees = flatten_fun(self.fun, in_tree)
-        avals = tuple(make_program(fun, [a.aval for a in flat]).out_avals)
+        from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
+
+        program = make_program(fun, [a.aval for a in flat])
+        level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
+        if any(isinstance(c, Tracer) and c._trace.main.level > level for c in program.constant_values):  # (as JAX)
+            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
+                                 "grad/jvp/vmap transforms, which its rule cannot see: pass it as an argument")  # fmt: skip
+        avals = tuple(program.out_avals)
         outs = bind(custom_jvp_call, *flat, fun=fun, rule=self.rule, in_tree=in_tree, out_avals=avals, zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 

@@ -120,6 +120,11 @@ def np_trunc_div(x, y):
     return np.trunc(x.astype(np.float64) / y).astype(np.result_type(x, y))
 
 
+def np_div_trunc(x, y):
+    """PyTorch's div(rounding_mode="trunc"): floats truncate the true quotient, integers divide as C."""
+    return np.trunc(x / y) if np.issubdtype(np.asarray(x).dtype, np.floating) else np_trunc_div(x, y)
+
+
 def np_floor_divide(x, y):
     if np.issubdtype(np.asarray(x).dtype, np.floating):
         return np.floor(x / y)
@@ -194,7 +199,36 @@ add(
 binary("add", np.add)
 binary("sub", np.subtract)
 binary("mul", np.multiply)
-binary("div", np_trunc_div, y=NONZERO)
+# PyTorch's div: true division (integers too); rounded toward zero or down with rounding_mode (the core operator's
+# own truncating integer division is what "trunc" gives integers)
+add(
+    Row(
+        "div",
+        [
+            Case(c.inputs[:1] + [NONZERO.with_shape(c.inputs[1].shape)], true_divide_ref, label=c.label)
+            for c in binary("div-cases", np.divide).cases
+        ]
+        + [
+            Case(
+                [DISTINCT.with_shape((2, 3)), Data(choices=(1.5, -1.25, 0.75), nonzero=True, shape=(3,))],
+                np_div_trunc,
+                kwargs={"rounding_mode": "trunc"},
+                label="trunc",
+                out_dtype=lambda d: d,
+            ),
+            Case(
+                [DISTINCT.with_shape((2, 3)), Data(choices=(1.5, -1.25, 0.75), nonzero=True, shape=(3,))],
+                np_floor_divide,
+                kwargs={"rounding_mode": "floor"},
+                label="floor",
+                out_dtype=lambda d: d,
+            ),
+        ],
+        NUMBERS,
+        out_dtype=to_float32_if_int,
+    )
+)
+del ROWS["div-cases"]
 add(
     Row(
         "pow",
@@ -561,7 +595,7 @@ add(
         "transpose",
         [
             Case([Data(shape=(2, 3, 4))], lambda x: np.swapaxes(x, 0, 2), params=(0, 2), label="0 and 2"),
-            Case([Data()], lambda x: x.T, label="default dims"),
+            Case([Data()], lambda x: x.T, params=(0, 1), label="2-d"),
             Case([Data(shape=(2, 3, 4))], lambda x: np.swapaxes(x, -1, -2), params=(-1, -2), label="negative"),
         ],
         ALL_DTYPES,
@@ -1108,6 +1142,7 @@ add(
     )
 )
 alias("clamp", "clip")
+alias("divide", "div")
 add(
     Row(
         "astype",
