@@ -137,3 +137,16 @@ def test_a_traced_hyperparameter_under_jit_says_to_make_it_static(case):
     ):
         slope.jit(fn)(x, value)
     np.testing.assert_array_equal(slope.jit(fn, static_argnums=1)(x, value).numpy(), fn(x, value).numpy())
+
+
+def test_layer_norm_takes_an_int_eps_by_name_but_not_in_normalized_shapes_position():
+    # layer_norm(x, 4) normalised with eps=4 silently (PyTorch's F.layer_norm(x, normalized_shape)); eps=1 by name, as
+    # PyTorch takes it, was then refused too
+    x = slope.tensor([[1.0, 2.0, 4.0, 8.0]])
+    with pytest.raises(TypeError, match="normalized_shape"):
+        slope.layer_norm(x, 4)
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(x.numpy())
+    for ours, eps in [(slope.layer_norm(x, eps=1), 1), (slope.layer_norm(x, 0.5), 0.5)]:
+        expected = torch.nn.functional.layer_norm(t, (4,), eps=eps).numpy()
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6)

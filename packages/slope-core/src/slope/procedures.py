@@ -323,7 +323,7 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
 
 def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
-    return ops.Reduce.__call__(ops.max_, x, dim, keepdim)
+    return ops.max_(x, ops.ints("amax", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
 
 
 def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:

@@ -100,9 +100,9 @@ class Tensor:
 
     def __getattr__(self, name: str) -> Any:
         hint = (
-            missing_function_hint(name) if self.buffer is not None else " (a tracer: one that escaped jit/grad/vmap?)"
+            " (a tracer that escaped jit/grad/vmap?)" if self.buffer is None and name in ("device", "backend") else ""
         )
-        raise AttributeError(f"'Tensor' object has no attribute {name!r}{hint}")
+        raise AttributeError(f"'Tensor' object has no attribute {name!r}{hint or missing_function_hint(name)}")
 
     def __repr__(self) -> str:
         if self.buffer is None:

@@ -461,9 +461,9 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
 
         program = make_program(fun, [a.aval for a in flat])
         level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
-        if any(isinstance(c, Tracer) and c._trace.main.level > level for c in program.constant_values):  # (as JAX)
+        if any(isinstance(c, JVPTracer) and c._trace.main.level > level for c in program.constant_values):  # (JAX's)
             raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
-                                 "grad/jvp/vmap transforms, which its rule cannot see: pass it as an argument")  # fmt: skip
+                                 "grad/jvp differentiates, which its rule cannot see: pass it as an argument")  # fmt: skip
         avals = tuple(program.out_avals)
         outs = bind(custom_jvp_call, *flat, fun=fun, rule=self.rule, in_tree=in_tree, out_avals=avals, zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)

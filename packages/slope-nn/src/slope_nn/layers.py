@@ -577,6 +577,8 @@ class MultiHeadAttention(Module):
     `(output, weights averaged over heads)` with `need_weights=True` (in training after dropout, as PyTorch).
     """
 
+    layout = "(N, L, E)"  # (how errors name the inputs' layout)
+
     pytorch_argument_at_key = "kdim"
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -659,7 +661,7 @@ class MultiHeadAttention(Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
             raise ValueError(
-                f"MultiHeadAttention: expected (N, L, E) inputs, got {query.shape}, {key.shape}, {value.shape}"
+                f"{type(self).__name__}: expected {self.layout} inputs, got {query.shape}, {key.shape}, {value.shape}"
             )
         kdim, vdim = self.k_proj.weight.shape[1], self.v_proj.weight.shape[1]
         batch, source = query.shape[0], key.shape[1]
@@ -667,11 +669,11 @@ class MultiHeadAttention(Module):
             key.shape[0] == value.shape[0] == batch and value.shape[1] == source
         ):  # (a matmul or reshape deep inside named itself)
             raise slope.ShapeError(
-                f"slope.nn.MultiHeadAttention: expected query (N, L, {self.embed_dim}), key (N, S, "
+                f"slope.nn.{type(self).__name__}: expected query (N, L, {self.embed_dim}), key (N, S, "
                 f"{kdim}) and value (N, S, {vdim}), got {query.shape}, {key.shape}, {value.shape}"
             )
         if key_padding_mask is not None and key_padding_mask.shape != (batch, source):
-            raise slope.ShapeError(f"slope.nn.MultiHeadAttention: key_padding_mask must be of shape (N, S) = "
+            raise slope.ShapeError(f"slope.nn.{type(self).__name__}: key_padding_mask must be of shape (N, S) = "
                                    f"{(batch, source)}, got {key_padding_mask.shape}")  # fmt: skip
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
@@ -689,15 +691,15 @@ class MultiHeadAttention(Module):
             scores = slope.where(causal, -math.inf, scores)
         batch = scores.shape[0]
         if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape != (length, source):
-            raise slope.ShapeError(f"slope.nn.MultiHeadAttention: a 2-d attn_mask must be of shape {(length, source)} "
+            raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 2-d attn_mask must be of shape {(length, source)} "
                                    f"(L, S), got {attn_mask.shape} (as PyTorch)")  # fmt: skip
         for what, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
             if mask is not None and mask.dtype != slope.bool_ and not mask.dtype.is_float:  # (as PyTorch)
-                raise slope.DTypeError(f"slope.nn.MultiHeadAttention: {what} must be bool or floating-point, got "
+                raise slope.DTypeError(f"slope.nn.{type(self).__name__}: {what} must be bool or floating-point, got "
                                        f"{mask.dtype.name}")  # fmt: skip
         if attn_mask is not None and attn_mask.ndim == 3:  # PyTorch's per-head masks: (N * num_heads, L, S)
             if attn_mask.shape != (batch * self.num_heads, length, source):
-                raise slope.ShapeError(f"slope.nn.MultiHeadAttention: a 3-d attn_mask must be of shape "
+                raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 3-d attn_mask must be of shape "
                                        f"{(batch * self.num_heads, length, source)}, got {attn_mask.shape}")  # fmt: skip
             attn_mask = attn_mask.reshape((batch, self.num_heads, length, source))
         for mask in (attn_mask, None if key_padding_mask is None else key_padding_mask.reshape((batch, 1, 1, source))):
@@ -776,24 +778,42 @@ class MultiheadAttention(MultiHeadAttention):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, batch_first={self.batch_first}"
 
+    @property
+    def layout(self) -> str:
+        """How errors name the inputs' layout."""
+        return "(N, L, E)" if self.batch_first else "(L, N, E)"
+
 
 # ----------------------------------------------------------------------------------------------- containers
 
 
-class Sequential(Module):
+class _Children(Module):
+    """Modules held as children named "0", "1", ... (Sequential's and ModuleList's storage, as PyTorch names them)."""
+
+    def _items(self) -> list[Module]:
+        return [value for name, value in self.__dict__.items() if name.isdigit()]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items())
+
+    def append(self, module: Module) -> Any:
+        """Add a module at the end; returns self."""
+        if not isinstance(module, Module):  # (as PyTorch; an int was kept and failed when called, or never)
+            raise TypeError(f"{type(self).__name__}: item {len(self)} is a {type(module).__name__}, not a Module")
+        self.__dict__[str(len(self))] = module
+        return self
+
+
+class Sequential(_Children):
     """Modules applied in order; children are named "0", "1", ... as in PyTorch."""
 
     def __init__(self, *modules: Module) -> None:
         super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
-            modules = tuple(modules[0])
-        for i, module in enumerate(modules):
-            if not isinstance(module, Module):
-                raise TypeError(f"Sequential: item {i} is a {type(module).__name__}, not a Module")
-            self.__dict__[str(i)] = module
-
-    def _items(self) -> list[Module]:
-        return [value for name, value in self.__dict__.items() if name.isdigit()]
+        for module in modules[0] if len(modules) == 1 and isinstance(modules[0], (list, tuple)) else modules:
+            self.append(module)
 
     def forward(self, x: Any) -> Any:
         """Apply each module to the previous one's output."""
@@ -805,21 +825,8 @@ class Sequential(Module):
         items = self._items()
         return Sequential(*items[index]) if isinstance(index, slice) else items[index]
 
-    def __len__(self) -> int:
-        return len(self._items())
 
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._items())
-
-    def append(self, module: Module) -> Sequential:
-        """Add a module at the end; returns self."""
-        if not isinstance(module, Module):  # (as PyTorch; an int was kept and failed when called)
-            raise TypeError(f"Sequential: item {len(self)} is a {type(module).__name__}, not a Module")
-        self.__dict__[str(len(self))] = module
-        return self
-
-
-class ModuleList(Module):
+class ModuleList(_Children):
     """A list of modules (indexable, iterable), registered as children named "0", "1", ..."""
 
     def __init__(self, modules: Sequence[Module] = ()) -> None:
@@ -827,24 +834,8 @@ class ModuleList(Module):
         for module in modules:
             self.append(module)
 
-    def _items(self) -> list[Module]:
-        return [value for name, value in self.__dict__.items() if name.isdigit()]
-
     def __getitem__(self, index: int) -> Module:
         return self._items()[index]
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._items())
-
-    def append(self, module: Module) -> ModuleList:
-        """Add a module at the end; returns self."""
-        if not isinstance(module, Module):  # (as PyTorch; an int was kept and failed later, or never)
-            raise TypeError(f"ModuleList: item {len(self)} is a {type(module).__name__}, not a Module")
-        self.__dict__[str(len(self))] = module
-        return self
 
 
 # ----------------------------------------------------------------------------------------------- activations

@@ -183,9 +183,13 @@ class Softmax(LogSoftmax):
 class _LastDimNorm(Operator):
     """Shared by layer_norm and layer_norm_rstd: a float tensor (integers promote), eps, the last dimension."""
 
-    def __call__(self, x: Any, eps: float = 1e-5) -> Tensor:
-        if isinstance(eps, numbers.Integral) or not isinstance(eps, numbers.Real):  # (PyTorch's (x, normalized_shape):
-            # an int there is a size, not an eps: layer_norm(x, 4) normalised with eps 4, silently)
+    def __call__(self, x: Any, *positional: Any, eps: float = 1e-5) -> Tensor:
+        """x normalised over its last dimension: `(x, eps)`, eps a float given by position or by name."""
+        if len(positional) > 1 or positional and isinstance(positional[0], numbers.Integral):
+            eps = positional  # (PyTorch's position of normalized_shape: an int there is a size, not an eps;
+        elif positional:  # layer_norm(x, 4) normalised with eps 4, silently)
+            eps = positional[0]
+        if isinstance(eps, (bool, tuple)) or not isinstance(eps, numbers.Real):
             given = f"got {type(eps).__name__} {eps!r}; slope.{self.name}(x, eps) normalises the last dimension"
             raise TypeError(f"slope.{self.name}: eps must be a float, {given} (nn.LayerNorm takes normalized_shape)")
         x = _tensor(x)
