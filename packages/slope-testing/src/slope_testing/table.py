@@ -204,31 +204,15 @@ binary("mul", np.multiply)
 add(
     Row(
         "div",
-        [
-            Case(c.inputs[:1] + [NONZERO.with_shape(c.inputs[1].shape)], true_divide_ref, label=c.label)
-            for c in binary("div-cases", np.divide).cases
-        ]
-        + [
-            Case(
-                [DISTINCT.with_shape((2, 3)), Data(choices=(1.5, -1.25, 0.75), nonzero=True, shape=(3,))],
-                np_div_trunc,
-                kwargs={"rounding_mode": "trunc"},
-                label="trunc",
-                out_dtype=lambda d: d,
-            ),
-            Case(
-                [DISTINCT.with_shape((2, 3)), Data(choices=(1.5, -1.25, 0.75), nonzero=True, shape=(3,))],
-                np_floor_divide,
-                kwargs={"rounding_mode": "floor"},
-                label="floor",
-                out_dtype=lambda d: d,
-            ),
-        ],
+        [Case([Data().with_shape(sx), NONZERO.with_shape(sy)], true_divide_ref, label=label)
+         for (sx, sy), label in SHAPES_BINARY]
+        + [Case([DISTINCT.with_shape((2, 3)), Data(choices=(1.5, -1.25, 0.75), nonzero=True, shape=(3,))], ref,
+                kwargs={"rounding_mode": mode}, label=mode, out_dtype=lambda d: d)
+           for mode, ref in (("trunc", np_div_trunc), ("floor", np_floor_divide))],
         NUMBERS,
         out_dtype=to_float32_if_int,
     )
-)
-del ROWS["div-cases"]
+)  # fmt: skip
 add(
     Row(
         "pow",
