@@ -1713,6 +1713,21 @@ add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16
 
 
 @st.composite
+def norm_layout(draw: Any) -> Layout:
+    shape = draw(shapes())
+    p = draw(
+        st.sampled_from(["fro", 2, 1, 3, 0.5, 0, -1, math.inf, -math.inf, 2.5] + (["nuc"] if sometimes(draw) else []))
+    )
+    kwargs = {"p": p, "dim": draw(dim_arg(len(shape))), "keepdim": draw(st.booleans())}
+    if draw(st.integers(0, 3)) == 0:
+        kwargs["dtype"] = slope.dtypes.as_dtype(draw(st.sampled_from(FLOATS)))
+    return layout(T(shape), **kwargs)
+
+
+add(Entry("norm", norm_layout(), torch.norm, dtypes=FLOATS))
+
+
+@st.composite
 def sort_layout(draw: Any, k: bool = False) -> Layout:
     shape = draw(shapes(max_side=5))
     dim = draw(dims(len(shape)))

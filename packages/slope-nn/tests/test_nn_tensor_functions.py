@@ -187,3 +187,39 @@ def test_topk_errors_and_gradient():
         slope.topk(slope.tensor([True, False]), 1)
     grad = slope.grad(lambda t: t.topk(2, dim=1).values.sum())(x)
     np.testing.assert_array_equal(grad.numpy(), [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("p", [2, "fro", 1, 3, 0.5, -1, 0, math.inf, -math.inf])
+def test_norm_values_and_gradients_match_pytorch_at_zeros(p):
+    torch = pytest.importorskip("torch")
+    for values in ([[0.0, 0.0, 0.0], [0.0, 2.0, -2.0]], [[1.0, 0.0, -3.0], [0.5, 2.0, 2.0]]):
+        x, tx = slope.tensor(values), torch.tensor(values, requires_grad=True)
+        for dim in (None, 1):
+            expected = torch.norm(tx, p=p, dim=dim)
+            out = slope.norm(x, p, dim)
+            np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-6)
+            weights = torch.arange(1.0, 1.0 + expected.numel()).reshape(expected.shape)
+            (expected * weights).sum().backward()
+            w = slope.tensor(weights.numpy())
+            grad = slope.grad(lambda t, d=dim, w=w: (slope.norm(t, p, d) * w).sum())(x)
+            expected_grad = tx.grad if tx.grad is not None else torch.zeros_like(tx)  # (p=0: None, zero)
+            np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), rtol=1e-6)  # 0 at the zero vector
+            tx.grad = None
+
+
+def test_norm_method_dtypes_and_errors():
+    x = slope.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=slope.float16)
+    out = x.norm(2, 1, True, dtype=slope.float32)
+    assert out.dtype == slope.float32 and out.numpy().tolist() == [[5.0], [0.0]]
+    halves = slope.tensor([300.0, 300.0], dtype=slope.float16).norm()  # squares in float32, as PyTorch (not inf)
+    assert halves.dtype == slope.float16 and math.isclose(float(halves.numpy()), 424.25)
+    with pytest.raises(slope.DTypeError, match="norm: expected a float tensor"):
+        slope.norm(slope.tensor([1, 2]))
+    with pytest.raises(slope.DTypeError, match="norm: x of float32 does not convert to dtype float16"):
+        slope.norm(slope.tensor([1.0]), dtype=slope.float16)
+    with pytest.raises(ValueError, match="norm: p must be 'fro' or a number"):
+        slope.norm(slope.tensor([1.0]), "nuc")
+    with pytest.raises(ValueError, match="norm: the inf norm of an empty reduction"):
+        slope.norm(slope.zeros(0), math.inf)
+    with pytest.raises(ValueError, match="norm: the Frobenius norm takes 1 or 2 dims"):
+        slope.norm(slope.zeros(2, 2, 2), "fro", (0, 1, 2))

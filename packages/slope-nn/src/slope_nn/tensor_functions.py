@@ -6,6 +6,7 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`;
 - `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
 - `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
+- `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`).
 """
 
@@ -16,7 +17,17 @@ from typing import Any, Callable, NamedTuple
 
 import slope
 from slope import Tensor
-from slope.operators import _python_value, equal, greater, greater_equal, ints, less, less_equal, normalize_dim
+from slope.operators import (
+    _python_value,
+    equal,
+    greater,
+    greater_equal,
+    ints,
+    less,
+    less_equal,
+    normalize_dim,
+    normalize_dims,
+)
 from slope.procedures import check_indices, not_equal
 
 from .functional import checked_when_run
@@ -142,6 +153,94 @@ def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
     return x.astype(out)
 
 
+# ----------------------------------------------------------------------------------------------- norm
+
+
+def _norm_order(p: Any) -> float:
+    """norm's p as a float (2 for "fro"), else an error naming the function."""
+    if p == "fro":
+        return 2.0
+    if isinstance(p, str):
+        raise ValueError(f"slope.norm: p must be 'fro' or a number, got {p!r} ('nuc' is not supported)")
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"slope.norm: p must be 'fro' or a number, got {type(p).__name__} {p!r}")
+    return float(p)
+
+
+def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
+    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0."""
+    if p == math.inf:
+        return slope.amax(a, dims, keepdim)
+    if p == -math.inf:
+        return slope.amin(a, dims, keepdim)
+    if p == 0:
+        return (a != 0).astype(a.dtype).sum(dims, keepdim)
+    if p == 1:
+        return a.sum(dims, keepdim)
+    if p == 2:
+        return slope.sqrt((a * a).sum(dims, keepdim))
+    return slope.pow(slope.pow(a, p).sum(dims, keepdim), 1.0 / p)
+
+
+def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
+    """PyTorch's derivative of the p-norm (norm_backward), in forward mode: 0 where the norm is 0 (the zero vector)
+    and where an element is 0 for p < 2; for +-inf shared evenly among the elements at the extreme."""
+    kept = norm if keepdim else norm.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)))
+    zero = slope.zeros((), dtype=x.dtype)
+    sign = slope.sign(x)
+    if p == 0:
+        return slope.zeros(norm.shape, dtype=x.dtype)
+    if p == 1:
+        return (sign * t).sum(dims, keepdim)
+    if math.isinf(p):
+        at = (slope.abs(x) == kept).astype(x.dtype)
+        return (sign * at * t).sum(dims, keepdim) / at.sum(dims, keepdim)
+    if p == 2:
+        scaled = x
+    elif p < 2:
+        scaled = slope.where(x == 0, zero, sign * slope.pow(slope.abs(x), p - 1))
+    else:
+        scaled = x * slope.pow(slope.abs(x), p - 2)
+    power = norm if p == 2 else slope.pow(norm, p - 1)
+    return slope.where(norm == 0, zero, (scaled * t).sum(dims, keepdim) / slope.where(norm == 0, 1.0, power))
+
+
+def norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    """torch.norm of vectors: the p-norm over dim (None: all; "fro" is p=2, over 1 or 2 dims), p any number, inf,
+    -inf or 0; float16/bfloat16 in float32; gradients PyTorch's (0 at the zero vector)."""
+    x = _tensor("norm", x)
+    if not x.dtype.is_float:
+        raise slope.DTypeError(f"slope.norm: expected a float tensor, got {x.dtype.name} of shape {x.shape}")
+    if dtype is not None:
+        dtype = slope.dtypes.as_dtype(dtype)
+        if not dtype.is_float or slope.dtypes.promote(x.dtype, dtype) != dtype:
+            raise slope.DTypeError(f"slope.norm: x of {x.dtype.name} does not convert to dtype {dtype.name} without "
+                                   "narrowing (as PyTorch requires)")  # fmt: skip
+        x = x.astype(dtype)
+    order = _norm_order(p)
+    dims = normalize_dims("norm", dim, x.ndim, empty_means_all=True)
+    if p == "fro" and dim is not None and not isinstance(dim, int) and len(dims) > 2:
+        raise ValueError(f"slope.norm: the Frobenius norm takes 1 or 2 dims, got {dim!r}")
+    if (order < 0 or math.isinf(order)) and math.prod(x.shape[d] for d in dims) == 0 and x.ndim:
+        raise ValueError(
+            f"slope.norm: the {p} norm of an empty reduction has no identity (shape {x.shape}, dims {dims})"
+        )
+    out = x.dtype
+    wide = x.astype(slope.float32) if out in (slope.float16, slope.bfloat16) else x
+
+    @slope.custom_jvp
+    def p_norm(v: Tensor) -> Tensor:
+        return _vector_norm(slope.abs(v), order, dims, keepdim)
+
+    @p_norm.defjvp
+    def p_norm_jvp(primals: tuple, tangents: tuple) -> tuple:
+        (v,), (t,) = primals, tangents
+        result = p_norm(v)
+        return result, _norm_tangent(v, t, result, order, dims, keepdim)
+
+    return p_norm(wide).astype(out)
+
+
 # ----------------------------------------------------------------------------------------------- sorting
 
 
@@ -237,6 +336,6 @@ procedures: dict[str, Callable] = {
     "ge": greater_equal,
     **{
         fn.__name__: fn
-        for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, sort, argsort, topk)
+        for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, norm, sort, argsort, topk)
     },
 }

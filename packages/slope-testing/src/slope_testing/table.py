@@ -9,6 +9,7 @@ a plugin's operators give theirs through the `slope_conformance_rows` hook (see 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -1735,6 +1736,39 @@ add(
         ],
         ALL_DTYPES,
         out_dtype=int64_if_int,
+    )
+)
+
+
+def np_norm(x, p=2.0, axis=None, keepdims=False):
+    a = np.abs(as_float(x))
+    if np.isinf(p):
+        return (np.max if p > 0 else np.min)(a, axis=axis, keepdims=keepdims)
+    if p == 0:
+        return np.sum(a != 0, axis=axis, keepdims=keepdims).astype(a.dtype)
+    return np.sum(a**p, axis=axis, keepdims=keepdims) ** (1.0 / p)
+
+
+add(
+    Row(
+        "norm",
+        [
+            Case([Data(shape=(2, 3))], lambda x: np_norm(x), label="Frobenius, all"),
+            Case([Data(shape=(2, 3))], lambda x: np_norm(x, 1, 1, True), params=(1, 1, True), label="p 1, dim keepdim"),
+            Case([DISTINCT.with_shape((3, 4))], lambda x: np_norm(x, np.inf, 0), params=(math.inf, 0), label="inf"),
+            Case([DISTINCT.with_shape((3, 4))], lambda x: np_norm(x, -np.inf, 1), params=(-math.inf, 1), label="-inf"),
+            Case(
+                [Data(shape=(2, 3, 2))],
+                lambda x: np_norm(x, 3, (0, 2)),
+                kwargs={"p": 3, "dim": (0, 2)},
+                label="p 3, two dims",
+            ),
+            Case([POSITIVE.with_shape((4,))], lambda x: np_norm(x, 0.5), params=(0.5,), label="p 0.5"),
+            Case([POSITIVE.with_shape((4,))], lambda x: np_norm(x, -1), params=(-1,), label="p -1"),
+            Case([Data(shape=(3, 2))], lambda x: np_norm(x, 0, 0), params=(0, 0), label="p 0"),
+            Case([Data(shape=(0, 3))], lambda x: np_norm(x, 2, 0), params=("fro", 0), label="empty"),
+        ],
+        FLOATS,
     )
 )
 
