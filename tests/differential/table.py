@@ -1694,8 +1694,9 @@ add(Entry("narrow", narrow_layout(), torch.narrow, dtypes=ALL))
 def cumprod_layout(draw: Any) -> Layout:
     shape = draw(shapes())
     kwargs = {"dim": draw(dims(len(shape)))}
-    if draw(st.integers(0, 3)) == 0:
-        kwargs["dtype"] = slope.dtypes.as_dtype(draw(st.sampled_from(NUMBERS)))
+    if draw(st.integers(0, 3)) == 0:  # (no narrower float: the gradient of a float64 input through a float32 or
+        # half cumprod carries that dtype's rounding, in another order than PyTorch's backward, beyond float64's rtol)
+        kwargs["dtype"] = slope.dtypes.as_dtype(draw(st.sampled_from(("float64",) + INTS)))
     return layout(T(shape), **kwargs)
 
 

@@ -130,6 +130,8 @@ def test_cumprod_dtypes():
     assert slope.cumprod(slope.tensor([True, False]), 0).dtype == slope.int64
     out = slope.cumprod(slope.tensor([2, 3, 4], dtype=slope.int8), 0)
     assert out.dtype == slope.int64 and out.numpy().tolist() == [2, 6, 24]
+    given = slope.cumprod(slope.tensor([2.0, 100.0]), 0, dtype=slope.int8)  # the dtype asked for, wrapping (PyTorch)
+    assert given.dtype == slope.int8 and given.numpy().tolist() == [2, -56]
     wide = slope.cumprod(slope.tensor([300.0, 300.0], dtype=slope.float16), 0, dtype=slope.float32)
     assert wide.dtype == slope.float32 and wide.numpy().tolist() == [300.0, 90000.0]
 

@@ -134,12 +134,12 @@ def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
 
 
 def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
-    """Running product along dim (integers and bools as int64; float16/bfloat16 in float32, rounded once), a
+    """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32), a
     log-step scan of multiplications: no division, so gradients are exact where x has zeros (as PyTorch's)."""
     x = _tensor("cumprod", x)
-    if dtype is not None:
+    if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
         x = x.astype(slope.dtypes.as_dtype(dtype))
-    out = x.dtype if x.dtype.is_float else slope.int64
+    out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
     wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
     x = x.astype(wide)
     dim = normalize_dim("cumprod", dim, x.ndim)
