@@ -95,6 +95,8 @@ def test_index_select_traced_out_of_range_is_an_error_when_run():
     np.testing.assert_array_equal(select(x, slope.tensor([2, 0])).numpy(), [3.0, 1.0])
     with pytest.raises(Exception, match="(?i)index|range"):
         select(x, slope.tensor([-1, 0])).numpy()
+    with pytest.raises(Exception, match="(?i)index|range"):  # a 0-d x takes only the index 0
+        select(slope.tensor(1.0), slope.tensor([1])).numpy()
 
 
 def test_narrow_values_and_errors():
@@ -215,6 +217,8 @@ def test_norm_method_dtypes_and_errors():
     assert out.dtype == slope.float32 and out.numpy().tolist() == [[5.0], [0.0]]
     halves = slope.tensor([300.0, 300.0], dtype=slope.float16).norm()  # squares in float32, as PyTorch (not inf)
     assert halves.dtype == slope.float16 and math.isclose(float(halves.numpy()), 424.25)
+    huge = slope.tensor([[3e38], [1e-30]]).norm(3, 1)  # one element: |x|, no overflow or underflow (PyTorch's)
+    np.testing.assert_array_equal(huge.numpy(), np.array([3e38, 1e-30], np.float32))
     with pytest.raises(slope.DTypeError, match="norm: expected a float tensor"):
         slope.norm(slope.tensor([1, 2]))
     with pytest.raises(slope.DTypeError, match="norm: x of float32 does not convert to dtype float16"):

@@ -96,10 +96,10 @@ def index_select(x: Any, dim: int, index: Any) -> Tensor:
     check_indices("index_select", index, 0, size, f"dimension {dim} of shape {x.shape}")
     if index.buffer is None:
         index = checked_when_run(index, size)  # traced: out of range is an error when run (not counted from the end)
-    if x.ndim == 0:  # PyTorch: a 0-d x takes exactly one index, 0, and gives itself
-        if index.shape[0] != 1:
+    if x.ndim == 0:  # PyTorch: a 0-d x takes exactly one index, 0, and gives itself (gathered: a traced index other
+        if index.shape[0] != 1:  # than 0 is then an error when run)
             raise IndexError(f"slope.index_select: a 0-d x takes exactly one index, got {index.shape[0]}")
-        return x
+        return take_along_dim(x.reshape((1,)), index, 0).reshape(())
     along = tuple(index.shape[0] if d == dim else 1 for d in range(x.ndim))
     return take_along_dim(x, index.reshape(along), dim)
 
@@ -168,7 +168,10 @@ def _norm_order(p: Any) -> float:
 
 
 def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
-    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0."""
+    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0; over a
+    single element |x| itself (as PyTorch: its square neither overflows nor underflows)."""
+    if p != 0 and math.prod(a.shape[d] for d in dims) == 1:
+        return a.sum(dims, keepdim)  # (the one element)
     if p == math.inf:
         return slope.amax(a, dims, keepdim)
     if p == -math.inf:
@@ -190,7 +193,7 @@ def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, kee
     sign = slope.sign(x)
     if p == 0:
         return slope.zeros(norm.shape, dtype=x.dtype)
-    if p == 1:
+    if p == 1 or math.prod(x.shape[d] for d in dims) == 1:  # (one element: the norm is |x|)
         return (sign * t).sum(dims, keepdim)
     if math.isinf(p):
         at = (slope.abs(x) == kept).astype(x.dtype)
