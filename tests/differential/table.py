@@ -1708,18 +1708,21 @@ def cumprod_growth(x: torch.Tensor, dim: int, dtype: Any = None) -> torch.Tensor
     return torch.where(small < 1.0, big, 1.0)
 
 
-# a log-step scan multiplies in another order than PyTorch's running product
-add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1},
+# a log-step scan multiplies in another order than PyTorch's running product; its float32 gradient sums the products
+# of the later factors in another order too (terms of 500 cancelling to 0.73 were 4e-5 apart, relatively)
+add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1,
+                                                                      "grad float32": 1e-4},
           growth=cumprod_growth))  # fmt: skip
 
 
 @st.composite
 def norm_layout(draw: Any) -> Layout:
-    """torch.norm of vectors (and Frobenius); not p="nuc" (singular values), which slope.norm refuses."""
+    """torch.norm of vectors (and Frobenius); not p="nuc" (singular values), which slope.norm refuses, nor 0 < p < 1 or
+    p < 0: there PyTorch's second derivative at a zero element is NaN (a pow(|x|, p - 1) of 0 it masks only in the
+    first), where Slope's is 0; their values and first derivatives are compared with PyTorch in
+    packages/slope-nn/tests/test_nn_tensor_functions.py."""
     shape = draw(shapes())
-    p = draw(
-        st.sampled_from(["fro", 2, 1, 3, 0.5, 0, -1, math.inf, -math.inf, 2.5] + (["abc"] if sometimes(draw) else []))
-    )
+    p = draw(st.sampled_from(["fro", 2, 1, 3, 0, math.inf, -math.inf, 2.5] + (["abc"] if sometimes(draw) else [])))
     kwargs = {"p": p, "dim": draw(dim_arg(len(shape))), "keepdim": draw(st.booleans())}
     if draw(st.integers(0, 3)) == 0:
         kwargs["dtype"] = slope.dtypes.as_dtype(draw(st.sampled_from(FLOATS)))

@@ -219,6 +219,8 @@ def test_norm_method_dtypes_and_errors():
     assert halves.dtype == slope.float16 and math.isclose(float(halves.numpy()), 424.25)
     huge = slope.tensor([[3e38], [1e-30]]).norm(3, 1)  # one element: |x|, no overflow or underflow (PyTorch's)
     np.testing.assert_array_equal(huge.numpy(), np.array([3e38, 1e-30], np.float32))
+    tiny = slope.tensor(4.3e-24)  # a 0-d x given a dim: PyTorch's formula, whose square underflows; without: |x|
+    assert tiny.norm(dim=0).numpy() == 0.0 and tiny.norm().numpy() == np.float32(4.3e-24)
     with pytest.raises(slope.DTypeError, match="norm: expected a float tensor"):
         slope.norm(slope.tensor([1, 2]))
     with pytest.raises(slope.DTypeError, match="norm: x of float32 does not convert to dtype float16"):

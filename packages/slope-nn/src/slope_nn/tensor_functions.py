@@ -167,10 +167,10 @@ def _norm_order(p: Any) -> float:
     return float(p)
 
 
-def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
-    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0; over a
-    single element |x| itself (as PyTorch: its square neither overflows nor underflows)."""
-    if p != 0 and math.prod(a.shape[d] for d in dims) == 1:
+def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) -> Tensor:
+    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0; `single`
+    (one element reduced, see norm): |x| itself, as PyTorch (its square neither overflows nor underflows)."""
+    if single:
         return a.sum(dims, keepdim)  # (the one element)
     if p == math.inf:
         return slope.amax(a, dims, keepdim)
@@ -185,7 +185,7 @@ def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
     return slope.pow(slope.pow(a, p).sum(dims, keepdim), 1.0 / p)
 
 
-def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, keepdim: bool) -> Tensor:
+def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) -> Tensor:
     """PyTorch's derivative of the p-norm (norm_backward), in forward mode: 0 where the norm is 0 (the zero vector)
     and where an element is 0 for p < 2; for +-inf shared evenly among the elements at the extreme."""
     kept = norm if keepdim else norm.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)))
@@ -193,7 +193,7 @@ def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, kee
     sign = slope.sign(x)
     if p == 0:
         return slope.zeros(norm.shape, dtype=x.dtype)
-    if p == 1 or math.prod(x.shape[d] for d in dims) == 1:  # (one element: the norm is |x|)
+    if p == 1 or single:  # (one element: the norm is |x|)
         return (sign * t).sum(dims, keepdim)
     if math.isinf(p):
         at = (slope.abs(x) == kept).astype(x.dtype)
@@ -230,16 +230,20 @@ def norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: 
         )
     out = x.dtype
     wide = x.astype(slope.float32) if out in (slope.float16, slope.bfloat16) else x
+    # PyTorch reduces a single element to |x|, except a 0-d x given a dim (there: the formula, whose square may
+    # underflow to 0)
+    given = dim is not None and not (isinstance(dim, (tuple, list)) and not dim)
+    single = order != 0 and math.prod(x.shape[d] for d in dims) == 1 and not (x.ndim == 0 and given)
 
     @slope.custom_jvp
     def p_norm(v: Tensor) -> Tensor:
-        return _vector_norm(slope.abs(v), order, dims, keepdim)
+        return _vector_norm(slope.abs(v), order, dims, keepdim, single)
 
     @p_norm.defjvp
     def p_norm_jvp(primals: tuple, tangents: tuple) -> tuple:
         (v,), (t,) = primals, tangents
         result = p_norm(v)
-        return result, _norm_tangent(v, t, result, order, dims, keepdim)
+        return result, _norm_tangent(v, t, result, order, dims, keepdim, single)
 
     return p_norm(wide).astype(out)
 
