@@ -23,10 +23,12 @@ def slope_operators() -> list:
 
 @hookimpl
 def slope_procedures() -> dict[str, Callable]:
-    """The functions of slope.nn.functional that are not operators (sigmoid, softmax, cross_entropy, ...)."""
+    """The functions of slope.nn.functional that are not operators (sigmoid, cross_entropy, ...) and the general tensor
+    functions of slope_nn.tensor_functions (masked_fill, index_select, cumprod, sort, topk, ...)."""
     from .functional import procedures
+    from .tensor_functions import procedures as tensor_functions
 
-    return procedures
+    return {**procedures, **tensor_functions}
 
 
 @hookimpl

@@ -9,6 +9,7 @@ a plugin's operators give theirs through the `slope_conformance_rows` hook (see 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -1614,3 +1615,301 @@ def random_row(name: str, ref, computed_in=None) -> None:
 
 random_row("random_uniform", np_uniform)
 random_row("random_normal", np_normal, computed_in=slope.float32)  # Box-Muller runs in float32 on every backend
+
+# ----------------------------------------------------------------------------------------------- tensor functions
+# (slope-nn's slope_nn.tensor_functions: PyTorch's names and signatures)
+
+for _short, _long in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "less_equal")):
+    alias(_short, _long)
+alias("gt", "greater")
+alias("ge", "greater_equal")
+unary("clone", lambda x: x, dtypes=ALL_DTYPES)
+unary("isfinite", np.isfinite, Data(specials=True), dtypes=ALL_DTYPES, out_dtype=always(slope.bool_))
+add(
+    Row(
+        "masked_fill",
+        [
+            Case(
+                [Data(shape=(2, 3)), Fixed(np.array([True, False, True]))],
+                lambda x, m: np.where(m, 1, x),
+                params=(1,),
+                label="mask broadcasts, number",
+            ),
+            Case(
+                [Data(shape=(2, 3)), Fixed(np.array([[True], [False]])), Data(shape=())],
+                lambda x, m, v: np.where(m, v, x),
+                label="0-d tensor value",
+            ),
+            Case(
+                [Data(shape=(3,)), Fixed(np.array([[True, False, False], [False, True, True]]))],
+                lambda x, m: np.where(m, 0, np.broadcast_to(x, (2, 3))),
+                params=(0,),
+                label="mask wider than x",
+            ),
+            Case([Data(shape=(0, 3)), Fixed(np.zeros(3, bool))], lambda x, m: x, params=(1,), label="empty"),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "type_as",
+        [
+            Case(
+                [Data(low=-3, high=3)],
+                lambda x: truncate(x, np.int32),
+                call=lambda x: slope.type_as(x, slope.zeros((1,), dtype=slope.int32)),
+                method_call=lambda x: x.type_as(slope.zeros((1,), dtype=slope.int32)),
+                label="to int32",
+                out_dtype=always(slope.int32),
+            ),
+            Case(
+                [Data(), Data(shape=(4,))],
+                lambda x, y: x,
+                label="same dtype",
+                out_dtype=lambda d: d,
+            ),
+        ],
+        ALL_DTYPES,
+        out_dtype=always(slope.int32),
+    )
+)
+add(
+    Row(
+        "index_select",
+        [
+            Case(
+                [Data(shape=(3, 4)), Fixed(np.array([3, 0, 3]))],
+                lambda x, i: np.take(x, i, axis=1),
+                params=(1,),
+                call=lambda x, i: slope.index_select(x, 1, i),
+                method_call=lambda x, i: x.index_select(1, i),
+                label="dim 1, repeats",
+            ),
+            Case(
+                [Data(shape=(3, 2)), Fixed(np.array([2, 0], np.int32))],
+                lambda x, i: np.take(x, i, axis=0),
+                call=lambda x, i: slope.index_select(x, -2, i),
+                method_call=lambda x, i: x.index_select(-2, i),
+                label="dim -2, int32",
+            ),
+            Case(
+                [Data(shape=(2, 3)), Fixed(np.array(1))],
+                lambda x, i: np.take(x, [1], axis=1),
+                call=lambda x, i: slope.index_select(x, 1, i),
+                method_call=lambda x, i: x.index_select(1, i),
+                label="0-d index",
+            ),
+            Case(
+                [Data(shape=(2, 3)), Fixed(np.zeros(0, np.int64))],
+                lambda x, i: np.take(x, i, axis=0),
+                call=lambda x, i: slope.index_select(x, 0, i),
+                method_call=lambda x, i: x.index_select(0, i),
+                label="empty index",
+            ),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "narrow",
+        [
+            Case([Data(shape=(3, 5))], lambda x: x[:, 1:4], params=(1, 1, 3), label="dim 1"),
+            Case([Data(shape=(4, 2))], lambda x: x[2:4], params=(0, -2, 2), label="negative start"),
+            Case([Data(shape=(4,))], lambda x: x[4:4], params=(0, 4, 0), label="empty at the end"),
+        ],
+        ALL_DTYPES,
+    )
+)
+
+
+def np_cumprod(x, axis):
+    return np.cumprod(x, axis=axis, dtype=x.dtype if x.dtype.kind == "f" else np.int64)
+
+
+add(
+    Row(
+        "cumprod",
+        [
+            Case([Data(shape=(3, 4), low=-1.5, high=1.5)], lambda x: np_cumprod(x, 1), params=(1,), label="dim 1"),
+            Case(
+                [Data(shape=(3, 5), choices=(0.0, 0.0, 1.5, -2.0, 0.5))],
+                lambda x: np_cumprod(x, 1),
+                params=(1,),
+                label="zeros",
+            ),
+            Case(
+                [Data(shape=(4, 2), low=-1.5, high=1.5)], lambda x: np_cumprod(x, 0), kwargs={"dim": 0}, label="dim 0"
+            ),
+            Case([Data(shape=())], lambda x: np_cumprod(x.reshape(1), 0).reshape(()), params=(0,), label="0-d"),
+            Case([Data(shape=(0, 3))], lambda x: np_cumprod(x, 0), params=(0,), label="empty"),
+            Case(
+                [Data(shape=(2, 3), low=-3, high=3)],
+                lambda x: np.cumprod(x.astype(np.float64), axis=1),
+                params=(1,),
+                kwargs={"dtype": slope.float64},
+                label="dtype float64",
+                out_dtype=always(slope.float64),
+            ),
+        ],
+        ALL_DTYPES,
+        out_dtype=int64_if_int,
+    )
+)
+
+
+def np_norm(x, p=2.0, axis=None, keepdims=False):
+    a = np.abs(as_float(x))
+    if np.isinf(p):
+        return (np.max if p > 0 else np.min)(a, axis=axis, keepdims=keepdims)
+    if p == 0:
+        return np.sum(a != 0, axis=axis, keepdims=keepdims).astype(a.dtype)
+    return np.sum(a**p, axis=axis, keepdims=keepdims) ** (1.0 / p)
+
+
+add(
+    Row(
+        "norm",
+        [
+            Case([Data(shape=(2, 3))], lambda x: np_norm(x), label="Frobenius, all"),
+            Case([Data(shape=(2, 3))], lambda x: np_norm(x, 1, 1, True), params=(1, 1, True), label="p 1, dim keepdim"),
+            Case([DISTINCT.with_shape((3, 4))], lambda x: np_norm(x, np.inf, 0), params=(math.inf, 0), label="inf"),
+            Case([DISTINCT.with_shape((3, 4))], lambda x: np_norm(x, -np.inf, 1), params=(-math.inf, 1), label="-inf"),
+            Case(
+                [Data(shape=(2, 3, 2))],
+                lambda x: np_norm(x, 3, (0, 2)),
+                kwargs={"p": 3, "dim": (0, 2)},
+                label="p 3, two dims",
+            ),
+            Case([POSITIVE.with_shape((4,))], lambda x: np_norm(x, 0.5), params=(0.5,), label="p 0.5"),
+            Case([POSITIVE.with_shape((4,))], lambda x: np_norm(x, -1), params=(-1,), label="p -1"),
+            Case([Data(shape=(3, 2))], lambda x: np_norm(x, 0, 0), params=(0, 0), label="p 0"),
+            Case([Data(shape=(0, 3))], lambda x: np_norm(x, 2, 0), params=("fro", 0), label="empty"),
+        ],
+        FLOATS,
+    )
+)
+
+
+def np_sort(x, axis=-1, descending=False):
+    """NumPy's stable sort (NaN last), descending by sorting the negated order keys: (values, indices)."""
+    if descending:  # stable descending with NaN first: sort by (not NaN, -x) keeping the index order of ties
+        keys = np.where(np.isnan(x), -np.inf, -x.astype(np.float64)) if x.dtype.kind == "f" else -x.astype(np.int64)
+        nan_first = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+        order = np.lexsort((keys, ~nan_first), axis=axis) if x.ndim == 1 else _lexsort_along(keys, ~nan_first, axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    return np.take_along_axis(x, order, axis), order
+
+
+def _lexsort_along(keys, primary, axis):
+    moved_keys, moved_primary = np.moveaxis(keys, axis, -1), np.moveaxis(primary, axis, -1)
+    flat_keys = moved_keys.reshape(-1, moved_keys.shape[-1])
+    flat_primary = moved_primary.reshape(-1, moved_keys.shape[-1])
+    order = np.stack([np.lexsort((k, p)) for k, p in zip(flat_keys, flat_primary)]).reshape(moved_keys.shape)
+    return np.moveaxis(order, -1, axis)
+
+
+TIES_AND_NAN = np.array([[2.0, np.nan, -1.0, 2.0, 0.5], [1.0, 1.0, np.nan, np.nan, -3.0]])
+add(
+    Row(
+        "sort",
+        [
+            Case(
+                [DISTINCT.with_shape((3, 4))],
+                lambda x: np_sort(x)[0],
+                call=lambda x: slope.sort(x).values,
+                method_call=lambda x: x.sort().values,
+                label="values, last dim",
+            ),
+            Case(
+                [DISTINCT.with_shape((3, 4))],
+                lambda x: np_sort(x, 0, True)[1],
+                call=lambda x: slope.sort(x, 0, descending=True).indices,
+                method_call=lambda x: x.sort(0, True).indices,
+                label="indices, dim 0 descending",
+                out_dtype=always(slope.int64),
+            ),
+            Case(
+                [Data(shape=(2, 6), choices=(-1.0, 0.5, 2.0))],
+                lambda x: np_sort(x, -1)[1],
+                call=lambda x: slope.sort(x, stable=True).indices,
+                method_call=lambda x: x.sort(stable=True).indices,
+                label="ties keep index order",
+                out_dtype=always(slope.int64),
+            ),
+            Case(
+                [Fixed(TIES_AND_NAN)],
+                lambda x: np_sort(x, -1, True)[1],
+                call=lambda x: slope.sort(x, descending=True).indices,
+                method=False,
+                label="NaN largest, descending",
+                out_dtype=always(slope.int64),
+            ),
+            Case(
+                [Data(shape=(0, 3))],
+                lambda x: np_sort(x, 1)[0],
+                call=lambda x: slope.sort(x, 1).values,
+                method_call=lambda x: x.sort(1).values,
+                label="empty",
+            ),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "argsort",
+        [
+            Case([DISTINCT.with_shape((3, 4))], lambda x: np_sort(x)[1], label="last dim"),
+            Case(
+                [DISTINCT.with_shape((3, 4))],
+                lambda x: np_sort(x, 0, True)[1],
+                kwargs={"dim": 0, "descending": True},
+                label="dim 0 descending",
+            ),
+            Case([Data(shape=())], lambda x: np.zeros((), np.int64), label="0-d"),
+        ],
+        ALL_DTYPES,
+        out_dtype=always(slope.int64),
+    )
+)
+add(
+    Row(
+        "topk",
+        [
+            Case(
+                [DISTINCT.with_shape((3, 5))],
+                lambda x: np_sort(x, -1, True)[0][:, :2],
+                call=lambda x: slope.topk(x, 2).values,
+                method_call=lambda x: x.topk(2).values,
+                label="values, k 2",
+            ),
+            Case(
+                [DISTINCT.with_shape((4, 3))],
+                lambda x: np_sort(x, 0)[1][:3],
+                call=lambda x: slope.topk(x, 3, 0, largest=False).indices,
+                method_call=lambda x: x.topk(3, 0, False).indices,
+                label="indices, smallest along dim 0",
+                out_dtype=always(slope.int64),
+            ),
+            Case(
+                [Fixed(TIES_AND_NAN)],
+                lambda x: np_sort(x, -1, True)[1][:, :3],
+                call=lambda x: slope.topk(x, 3).indices,
+                method=False,
+                label="NaN largest",
+                out_dtype=always(slope.int64),
+            ),
+            Case(
+                [Data(shape=(2, 3))],
+                lambda x: x[:, :0],
+                call=lambda x: slope.topk(x, 0).values,
+                method_call=lambda x: x.topk(0).values,
+                label="k 0",
+            ),
+        ],
+        NUMBERS,  # bool refused, as PyTorch
+    )
+)

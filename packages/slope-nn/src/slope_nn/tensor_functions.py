@@ -1,0 +1,348 @@
+"""General tensor functions PyTorch users look for (`torch.X` / `Tensor.X`), built from Slope's public API.
+
+Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)` and `Tensor.NAME(...)`:
+
+- comparisons under PyTorch's short names: `eq`, `ne`, `lt`, `le`, `gt`, `ge` (Slope's `equal`, `not_equal`, ...);
+- `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`;
+- `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
+- `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
+- `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
+- `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import slope
+from slope import Tensor
+from slope.operators import (
+    _python_value,
+    equal,
+    greater,
+    greater_equal,
+    ints,
+    less,
+    less_equal,
+    normalize_dim,
+    normalize_dims,
+)
+from slope.procedures import check_indices, not_equal
+
+from .functional import checked_when_run
+from .operators import take_along_dim
+
+
+def _tensor(name: str, x: Any) -> Tensor:
+    """x as a tensor (NumPy arrays, numbers and nested lists converted), else a TypeError naming the function."""
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return slope.tensor(x)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"slope.{name}: expected a tensor, got {type(x).__name__} {x!r} ({error})") from None
+
+
+# ----------------------------------------------------------------------------------------------- small ones
+
+
+def clone(x: Any) -> Tensor:
+    """x itself: Slope's tensors are immutable, so a copy is the same values (and gradients flow through it)."""
+    return _tensor("clone", x)
+
+
+def isfinite(x: Any) -> Tensor:
+    """Where x is neither NaN nor +-inf (everywhere for integers and bools, as PyTorch)."""
+    x = _tensor("isfinite", x)
+    if not x.dtype.is_float:
+        return slope.full(x.shape, True, dtype=slope.bool_)
+    return (x == x) & (x != math.inf) & (x != -math.inf)
+
+
+def type_as(x: Any, other: Any) -> Tensor:
+    """x cast to other's dtype."""
+    return _tensor("type_as", x).astype(_tensor("type_as", other).dtype)
+
+
+def masked_fill(x: Any, mask: Any, value: Any) -> Tensor:
+    """x with `value` (a number or a 0-d tensor, cast to x's dtype) where the bool `mask` (broadcasting) is True."""
+    x, mask = _tensor("masked_fill", x), _tensor("masked_fill", mask)
+    if mask.dtype != slope.bool_:
+        raise slope.DTypeError(
+            f"slope.masked_fill: the mask must be bool, got {mask.dtype.name} of shape {mask.shape} (as in PyTorch)"
+        )
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"slope.masked_fill: value must be a number or a 0-d tensor, got shape {value.shape}")
+        if value.buffer is not None:  # a concrete one must fit x's dtype, as PyTorch checks (inf into int64 fails)
+            _python_value("masked_fill", value.item(), x.dtype)
+        fill = value.astype(x.dtype)
+    else:
+        fill = slope.full((), _python_value("masked_fill", value, x.dtype), dtype=x.dtype)  # (checked: it must fit)
+    return slope.where(mask, fill, x)
+
+
+def index_select(x: Any, dim: int, index: Any) -> Tensor:
+    """The entries of x at `index` (a 1-d or 0-d int32/int64 tensor, each in [0, size)) along dim."""
+    x, index = _tensor("index_select", x), _tensor("index_select", index)
+    if index.dtype not in (slope.int32, slope.int64):
+        raise slope.DTypeError(f"slope.index_select: index must be int32 or int64, got {index.dtype.name}")
+    if index.ndim > 1:
+        raise IndexError(f"slope.index_select: index must be 1-d or 0-d, got shape {index.shape}")
+    dim = normalize_dim("index_select", dim, x.ndim)
+    size = x.shape[dim] if x.ndim else 1
+    index = index.reshape((-1,)).astype(slope.int64)
+    check_indices("index_select", index, 0, size, f"dimension {dim} of shape {x.shape}")
+    if index.buffer is None:
+        index = checked_when_run(index, size)  # traced: out of range is an error when run (not counted from the end)
+    if x.ndim == 0:  # PyTorch: a 0-d x takes exactly one index, 0, and gives itself (gathered: a traced index other
+        if index.shape[0] != 1:  # than 0 is then an error when run)
+            raise IndexError(f"slope.index_select: a 0-d x takes exactly one index, got {index.shape[0]}")
+        return take_along_dim(x.reshape((1,)), index, 0).reshape(())
+    along = tuple(index.shape[0] if d == dim else 1 for d in range(x.ndim))
+    return take_along_dim(x, index.reshape(along), dim)
+
+
+def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
+    """x[..., start:start + length, ...] along dim (start negative counts from the end; a 0-d tensor start too)."""
+    x = _tensor("narrow", x)
+    if x.ndim == 0:
+        raise IndexError("slope.narrow: expected a tensor with at least one dimension, got a 0-d tensor")
+    dim = normalize_dim("narrow", dim, x.ndim)
+    if isinstance(start, Tensor):
+        if start.ndim != 0 or not start.dtype.is_int or start.buffer is None:
+            raise TypeError(f"slope.narrow: start must be an int or a concrete 0-d integer tensor, got {start!r}")
+        start = int(start.item())
+    (start,), (length,) = ints("narrow", start, "start"), ints("narrow", length, "length")
+    size = x.shape[dim]
+    if not -size <= start <= size:
+        raise IndexError(
+            f"slope.narrow: start {start} is out of range [-{size}, {size}] for dimension {dim} of {x.shape}"
+        )
+    if length < 0:
+        raise ValueError(f"slope.narrow: length must be non-negative, got {length}")
+    start = start + size if start < 0 else start
+    if start + length > size:
+        raise ValueError(f"slope.narrow: start {start} + length {length} exceeds dimension {dim} of size {size}")
+    lo = tuple(start if d == dim else 0 for d in range(x.ndim))
+    hi = tuple(start + length if d == dim else n for d, n in enumerate(x.shape))
+    return slope.slice(x, lo, hi)
+
+
+# ----------------------------------------------------------------------------------------------- cumprod
+
+
+def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
+    """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32), a
+    log-step scan of multiplications: no division, so gradients are exact where x has zeros (as PyTorch's)."""
+    x = _tensor("cumprod", x)
+    if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
+        x = x.astype(slope.dtypes.as_dtype(dtype))
+    out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
+    wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
+    x = x.astype(wide)
+    dim = normalize_dim("cumprod", dim, x.ndim)
+    size = x.shape[dim] if x.ndim else 1
+    positions = slope.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
+    one = slope.ones((), dtype=wide)
+    for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
+        lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
+        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift`: ones where zeros came in
+        x = x * slope.where(positions >= shift, shifted, one)  # (a pad of ones: IREE failed to compile two in a row)
+    return x.astype(out)
+
+
+# ----------------------------------------------------------------------------------------------- norm
+
+
+def _norm_order(p: Any) -> float:
+    """norm's p as a float (2 for "fro"), else an error naming the function."""
+    if p == "fro":
+        return 2.0
+    if isinstance(p, str):
+        raise ValueError(f"slope.norm: p must be 'fro' or a number, got {p!r} ('nuc' is not supported)")
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"slope.norm: p must be 'fro' or a number, got {type(p).__name__} {p!r}")
+    return float(p)
+
+
+def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) -> Tensor:
+    """The p-norm of |x| (a) over dims, PyTorch's formulas: max / min for +-inf, the count of nonzeros for 0; `single`
+    (one element reduced, see norm): |x| itself, as PyTorch (its square neither overflows nor underflows)."""
+    if single:
+        return a.sum(dims, keepdim)  # (the one element)
+    if p == math.inf:
+        return slope.amax(a, dims, keepdim)
+    if p == -math.inf:
+        return slope.amin(a, dims, keepdim)
+    if p == 0:
+        return (a != 0).astype(a.dtype).sum(dims, keepdim)
+    if p == 1:
+        return a.sum(dims, keepdim)
+    if p == 2:
+        return slope.sqrt((a * a).sum(dims, keepdim))
+    return slope.pow(slope.pow(a, p).sum(dims, keepdim), 1.0 / p)
+
+
+def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) -> Tensor:
+    """PyTorch's derivative of the p-norm (norm_backward), in forward mode: 0 where the norm is 0 (the zero vector)
+    and where an element is 0 for p < 2; for +-inf shared evenly among the elements at the extreme."""
+    kept = norm if keepdim else norm.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)))
+    zero = slope.zeros((), dtype=x.dtype)
+    sign = slope.sign(x)
+    if p == 0:
+        return slope.zeros(norm.shape, dtype=x.dtype)
+    if p == 1 or single:  # (one element: the norm is |x|)
+        return (sign * t).sum(dims, keepdim)
+    if math.isinf(p):
+        at = (slope.abs(x) == kept).astype(x.dtype)
+        return (sign * at * t).sum(dims, keepdim) / at.sum(dims, keepdim)
+    if p == 2:
+        scaled = x
+    elif p < 2:
+        scaled = slope.where(x == 0, zero, sign * slope.pow(slope.abs(x), p - 1))
+    else:
+        scaled = x * slope.pow(slope.abs(x), p - 2)
+    power = norm if p == 2 else slope.pow(norm, p - 1)
+    return slope.where(norm == 0, zero, (scaled * t).sum(dims, keepdim) / slope.where(norm == 0, 1.0, power))
+
+
+def norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    """torch.norm of vectors: the p-norm over dim (None: all; "fro" is p=2, over 1 or 2 dims), p any number, inf,
+    -inf or 0; float16/bfloat16 in float32; gradients PyTorch's (0 at the zero vector)."""
+    x = _tensor("norm", x)
+    if not x.dtype.is_float:
+        raise slope.DTypeError(f"slope.norm: expected a float tensor, got {x.dtype.name} of shape {x.shape}")
+    if dtype is not None:
+        dtype = slope.dtypes.as_dtype(dtype)
+        if not dtype.is_float or slope.dtypes.promote(x.dtype, dtype) != dtype:
+            raise slope.DTypeError(f"slope.norm: x of {x.dtype.name} does not convert to dtype {dtype.name} without "
+                                   "narrowing (as PyTorch requires)")  # fmt: skip
+        x = x.astype(dtype)
+    order = _norm_order(p)
+    dims = normalize_dims("norm", dim, x.ndim, empty_means_all=True)
+    if p == "fro" and dim is not None and not isinstance(dim, int) and len(dims) > 2:
+        raise ValueError(f"slope.norm: the Frobenius norm takes 1 or 2 dims, got {dim!r}")
+    if (order < 0 or math.isinf(order)) and math.prod(x.shape[d] for d in dims) == 0 and x.ndim:
+        raise ValueError(
+            f"slope.norm: the {p} norm of an empty reduction has no identity (shape {x.shape}, dims {dims})"
+        )
+    out = x.dtype
+    wide = x.astype(slope.float32) if out in (slope.float16, slope.bfloat16) else x
+    # PyTorch reduces a single element to |x|, except a 0-d x given a dim (there: the formula, whose square may
+    # underflow to 0)
+    given = dim is not None and not (isinstance(dim, (tuple, list)) and not dim)
+    single = order != 0 and math.prod(x.shape[d] for d in dims) == 1 and not (x.ndim == 0 and given)
+
+    @slope.custom_jvp
+    def p_norm(v: Tensor) -> Tensor:
+        return _vector_norm(slope.abs(v), order, dims, keepdim, single)
+
+    @p_norm.defjvp
+    def p_norm_jvp(primals: tuple, tangents: tuple) -> tuple:
+        (v,), (t,) = primals, tangents
+        result = p_norm(v)
+        return result, _norm_tangent(v, t, result, order, dims, keepdim, single)
+
+    return p_norm(wide).astype(out)
+
+
+# ----------------------------------------------------------------------------------------------- sorting
+
+
+class SortResult(NamedTuple):
+    """(values, indices), as PyTorch's torch.return_types.sort / topk."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _ranks(x: Tensor, descending: bool) -> Tensor:
+    """Each element's position in the sorted order of the last dimension (NaN largest, ties by index): the count of
+    elements that come before it, from an (..., n, n) comparison."""
+    n = x.shape[-1]
+    a, b = x.unsqueeze(-1), x.unsqueeze(-2)  # a: element i (rows), b: element j (columns)
+    if x.dtype.is_float:
+        nan_a, nan_b = slope.isnan(a), slope.isnan(b)
+        if descending:
+            first = (b > a) | (nan_b & ~nan_a)
+        else:
+            first = (b < a) | (nan_a & ~nan_b)
+        tied = (a == b) | (nan_a & nan_b)
+    elif x.dtype == slope.bool_:
+        a, b = a.astype(slope.int8), b.astype(slope.int8)
+        first, tied = (b > a) if descending else (b < a), a == b
+    else:
+        first, tied = (b > a) if descending else (b < a), a == b
+    positions = slope.arange(n)
+    earlier = positions.reshape((1, n)) < positions.reshape((n, 1))  # [i, j]: j < i
+    return (first | (tied & earlier)).astype(slope.int64).sum(-1)
+
+
+def _order(x: Tensor, descending: bool) -> Tensor:
+    """The indices that sort the last dimension (int64)."""
+    n = x.shape[-1]
+    ranks = _ranks(x, descending)
+    placed = ranks.unsqueeze(-2) == slope.arange(n).reshape((n, 1))  # [k, i]: element i goes to place k
+    return (placed.astype(slope.int64) * slope.arange(n)).sum(-1)
+
+
+def _sorted(name: str, x: Any, dim: int, descending: bool) -> SortResult:
+    x = _tensor(name, x)
+    if not isinstance(descending, bool):
+        raise TypeError(f"slope.{name}: descending must be a bool, got {type(descending).__name__}")
+    dim = normalize_dim(name, dim, x.ndim)
+    if x.ndim == 0:
+        return SortResult(x, slope.zeros((), dtype=slope.int64))
+    moved = x.transpose(dim, -1)
+    indices = _order(moved, descending) if moved.shape[-1] else slope.zeros(moved.shape, dtype=slope.int64)
+    values = take_along_dim(moved, indices, -1)
+    return SortResult(values.transpose(dim, -1), indices.transpose(dim, -1))
+
+
+def sort(x: Any, dim: int = -1, descending: bool = False, *, stable: bool = False) -> SortResult:
+    """(values, indices) of x sorted along dim, NaN largest, ties in index order (stable whatever `stable` says).
+
+    Cost: ranks from all pairwise comparisons, O(n^2) time and memory per row of n (fine up to a few thousand), then a
+    gather, which carries the gradient to the values; it runs under jit, vmap and grad on every backend."""
+    if not isinstance(stable, bool):
+        raise TypeError(f"slope.sort: stable must be a bool, got {type(stable).__name__}")
+    return _sorted("sort", x, dim, descending)
+
+
+def argsort(x: Any, dim: int = -1, descending: bool = False, *, stable: bool = False) -> Tensor:
+    """The indices that sort x along dim (int64), as `sort(...).indices`; O(n^2) per row of n."""
+    if not isinstance(stable, bool):
+        raise TypeError(f"slope.argsort: stable must be a bool, got {type(stable).__name__}")
+    return _sorted("argsort", x, dim, descending).indices
+
+
+def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> SortResult:  # noqa: A002
+    """(values, indices) of the k largest (or smallest) along dim, NaN largest, in sorted order; O(n^2) per row."""
+    x = _tensor("topk", x)
+    if x.dtype == slope.bool_:
+        raise slope.DTypeError(f"slope.topk: expected numbers, got a bool tensor of shape {x.shape} (as PyTorch)")
+    (k,) = ints("topk", k, "k")
+    dim = normalize_dim("topk", dim, x.ndim)
+    size = x.shape[dim] if x.ndim else 1
+    if not 0 <= k <= size:
+        raise IndexError(f"slope.topk: k={k} is out of range for dimension {dim} of size {size} (shape {x.shape})")
+    values, indices = _sorted("topk", x, dim, bool(largest))
+    if x.ndim == 0:
+        return SortResult(values, indices)
+    return SortResult(narrow(values, dim, 0, k), narrow(indices, dim, 0, k))
+
+
+procedures: dict[str, Callable] = {
+    "eq": equal,
+    "ne": not_equal,
+    "lt": less,
+    "le": less_equal,
+    "gt": greater,
+    "ge": greater_equal,
+    **{
+        fn.__name__: fn
+        for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, norm, sort, argsort, topk)
+    },
+}

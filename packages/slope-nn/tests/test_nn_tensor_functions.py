@@ -1,0 +1,233 @@
+"""slope_nn.tensor_functions: PyTorch's eq/ne/lt/le/gt/ge, clone, isfinite, type_as, masked_fill, index_select,
+narrow, cumprod, sort, argsort and topk, registered by slope-nn's plugin as `slope.NAME` and Tensor methods; compared
+with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import slope
+
+pytestmark = pytest.mark.usefixtures("each_backend")
+
+NAMES = ["eq", "ne", "lt", "le", "gt", "ge", "clone", "isfinite", "type_as", "masked_fill", "index_select", "narrow"]
+NAMES += ["cumprod", "sort", "argsort", "topk"]
+NAN = math.nan
+
+
+def test_registered_by_the_nn_plugin_as_functions_and_methods():
+    for name in NAMES:
+        assert slope.plugins.owners[("function", name)] == "nn", name
+        assert hasattr(slope.Tensor, name), name
+    x, y = slope.tensor([1.0, 2.0, NAN]), slope.tensor([2.0, 2.0, NAN])
+    for short, long in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "less_equal")):
+        np.testing.assert_array_equal(getattr(x, short)(y).numpy(), getattr(slope, long)(x, y).numpy())
+    np.testing.assert_array_equal(x.gt(1.5).numpy(), [False, True, False])
+    np.testing.assert_array_equal(slope.ge(x, 2).numpy(), [False, True, False])
+
+
+def test_clone_is_the_same_values_and_passes_gradients():
+    x = slope.tensor([-0.0, 1.5, NAN])
+    out = x.clone().numpy()
+    np.testing.assert_array_equal(out, [-0.0, 1.5, NAN])
+    assert np.signbit(out[0])
+    grad = slope.grad(lambda t: (t.clone() * t).sum())(slope.tensor([1.0, 3.0]))
+    np.testing.assert_array_equal(grad.numpy(), [2.0, 6.0])
+
+
+def test_isfinite_and_type_as():
+    x = slope.tensor([1.0, math.inf, -math.inf, NAN, -0.0])
+    np.testing.assert_array_equal(slope.isfinite(x).numpy(), [True, False, False, False, True])
+    assert slope.isfinite(slope.tensor([1, 2])).numpy().all()
+    out = slope.tensor([1.7, -2.5]).type_as(slope.tensor([1], dtype=slope.int8))
+    assert out.dtype == slope.int8
+    np.testing.assert_array_equal(out.numpy(), [1, -2])
+
+
+def test_masked_fill_values_gradients_and_errors():
+    x = slope.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = slope.tensor([True, False, True])
+    np.testing.assert_array_equal(x.masked_fill(mask, NAN).numpy()[0], [NAN, 2.0, NAN])
+    # broadcasting the mask over a smaller x, as PyTorch's out-of-place masked_fill
+    wide = slope.masked_fill(slope.tensor([1.0, 2.0]), slope.tensor([[True, False], [False, False]]), 0.0)
+    np.testing.assert_array_equal(wide.numpy(), [[0.0, 2.0], [1.0, 2.0]])
+    # an int x truncates a float value; uint8 wraps -1 (PyTorch's)
+    np.testing.assert_array_equal(slope.tensor([0, 0]).masked_fill(slope.tensor([True, False]), 1.7).numpy(), [1, 0])
+    ints = slope.tensor([0, 0], dtype=slope.uint8).masked_fill(slope.tensor([True, False]), -1)
+    np.testing.assert_array_equal(ints.numpy(), [255, 0])
+    # gradients: x's where not filled, a 0-d tensor value's the sum where filled
+    gx, gv = slope.grad(lambda a, v: (a.masked_fill(mask, v) * x).sum(), argnums=(0, 1))(x, slope.tensor(2.0))
+    np.testing.assert_array_equal(gx.numpy(), [[0.0, 2.0, 0.0], [0.0, 5.0, 0.0]])
+    assert gv.numpy() == 1.0 + 3.0 + 4.0 + 6.0
+    with pytest.raises(slope.DTypeError, match="masked_fill: the mask must be bool"):
+        x.masked_fill(slope.tensor([1, 0, 1]), 0.0)
+    with pytest.raises(ValueError, match="masked_fill: value must be a number or a 0-d tensor"):
+        x.masked_fill(mask, slope.tensor([1.0]))
+    with pytest.raises(ValueError, match="masked_fill.*does not fit uint8"):
+        slope.tensor([0], dtype=slope.uint8).masked_fill(slope.tensor([True]), 300)
+    with pytest.raises(ValueError, match="masked_fill.*does not fit int64"):
+        slope.tensor([0]).masked_fill(slope.tensor([True]), slope.tensor(math.inf))
+
+
+def test_index_select_values_gradients_and_errors():
+    x = slope.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    np.testing.assert_array_equal(x.index_select(1, slope.tensor([2, 0, 2])).numpy(), [[3, 1, 3], [6, 4, 6]])
+    np.testing.assert_array_equal(slope.index_select(x, 0, slope.tensor(1, dtype=slope.int32)).numpy(), [[4, 5, 6]])
+    assert slope.index_select(slope.tensor(5.0), 0, slope.tensor([0])).shape == ()
+    grad = slope.grad(lambda t: t.index_select(1, slope.tensor([2, 0, 2])).sum())(x)
+    np.testing.assert_array_equal(grad.numpy(), [[1.0, 0.0, 2.0], [1.0, 0.0, 2.0]])
+    with pytest.raises(IndexError, match="index_select"):
+        x.index_select(1, slope.tensor([-1]))  # negative: refused, as PyTorch (not counted from the end)
+    with pytest.raises(IndexError, match="index_select"):
+        x.index_select(1, slope.tensor([3]))
+    with pytest.raises(IndexError, match="index_select: index must be 1-d"):
+        x.index_select(1, slope.tensor([[0]]))
+    with pytest.raises(slope.DTypeError, match="index_select: index must be int32 or int64"):
+        x.index_select(1, slope.tensor([0], dtype=slope.int16))
+
+
+def test_index_select_traced_out_of_range_is_an_error_when_run():
+    x = slope.tensor([1.0, 2.0, 3.0])
+    select = slope.jit(lambda t, i: t.index_select(0, i))
+    np.testing.assert_array_equal(select(x, slope.tensor([2, 0])).numpy(), [3.0, 1.0])
+    with pytest.raises(Exception, match="(?i)index|range"):
+        select(x, slope.tensor([-1, 0])).numpy()
+    with pytest.raises(Exception, match="(?i)index|range"):  # a 0-d x takes only the index 0
+        select(slope.tensor(1.0), slope.tensor([1])).numpy()
+
+
+def test_narrow_values_and_errors():
+    x = slope.arange(6.0)
+    np.testing.assert_array_equal(x.narrow(0, -2, 2).numpy(), [4.0, 5.0])
+    np.testing.assert_array_equal(slope.narrow(x, 0, slope.tensor(1), 2).numpy(), [1.0, 2.0])
+    assert slope.narrow(x, 0, 6, 0).shape == (0,)
+    with pytest.raises(IndexError, match="narrow: start 7 is out of range"):
+        x.narrow(0, 7, 0)
+    with pytest.raises(ValueError, match="narrow: start 4 \\+ length 3 exceeds"):
+        x.narrow(0, 4, 3)
+    with pytest.raises(ValueError, match="narrow: length must be non-negative"):
+        x.narrow(0, 2, -1)
+    with pytest.raises(IndexError, match="narrow: expected a tensor with at least one dimension"):
+        slope.tensor(1.0).narrow(0, 0, 1)
+
+
+def test_cumprod_gradients_are_exact_with_zeros():
+    torch = pytest.importorskip("torch")
+    values = [[2.0, 0.0, 3.0, 0.0, -1.5], [0.5, 4.0, 0.0, 2.0, 3.0], [1.5, -2.0, 0.5, 3.0, 0.25]]
+    weights = [[1.0, -2.0, 0.5, 3.0, 1.0], [2.0, 1.0, -1.0, 0.5, 2.0], [1.0, 1.0, 1.0, 1.0, 1.0]]
+    x = slope.tensor(values, dtype=slope.float64)
+    out = slope.cumprod(x, 1)
+    grad = slope.grad(lambda t: (slope.cumprod(t, dim=1) * slope.tensor(weights, dtype=slope.float64)).sum())(x)
+    tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    expected = torch.cumprod(tx, 1)
+    (expected * torch.tensor(weights, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(grad.numpy(), tx.grad.numpy(), rtol=1e-14)  # (dividing by x gave NaN at the zeros)
+
+
+def test_cumprod_dtypes():
+    assert slope.cumprod(slope.tensor([True, False]), 0).dtype == slope.int64
+    out = slope.cumprod(slope.tensor([2, 3, 4], dtype=slope.int8), 0)
+    assert out.dtype == slope.int64 and out.numpy().tolist() == [2, 6, 24]
+    given = slope.cumprod(slope.tensor([2.0, 100.0]), 0, dtype=slope.int8)  # the dtype asked for, wrapping (PyTorch)
+    assert given.dtype == slope.int8 and given.numpy().tolist() == [2, -56]
+    wide = slope.cumprod(slope.tensor([300.0, 300.0], dtype=slope.float16), 0, dtype=slope.float32)
+    assert wide.dtype == slope.float32 and wide.numpy().tolist() == [300.0, 90000.0]
+
+
+def test_sort_order_nan_ties_and_gradient():
+    x = slope.tensor([3.0, NAN, 1.0, -0.0, 0.0, 3.0, -math.inf])
+    result = slope.sort(x)
+    values, indices = result
+    assert result.values is values and result.indices is indices
+    np.testing.assert_array_equal(values.numpy(), [-math.inf, -0.0, 0.0, 1.0, 3.0, 3.0, NAN])
+    np.testing.assert_array_equal(indices.numpy(), [6, 3, 4, 2, 0, 5, 1])  # ties (+-0, 3) in index order
+    down = x.sort(descending=True)
+    np.testing.assert_array_equal(down.indices.numpy(), [1, 0, 5, 2, 3, 4, 6])  # NaN largest, ties still in order
+    np.testing.assert_array_equal(x.argsort(descending=True).numpy(), down.indices.numpy())
+    weights = slope.arange(3.0)
+    grad = slope.grad(lambda t: (t.sort().values * weights).sum())(slope.tensor([3.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(grad.numpy(), [2.0, 0.0, 1.0])
+
+
+def test_sort_under_jit_and_vmap_matches_eager():
+    rng = np.random.default_rng(0)
+    x = slope.tensor(rng.integers(-3, 4, size=(4, 7)).astype(np.float32))
+    eager = slope.sort(x, dim=0, descending=True)
+    jitted = slope.jit(lambda t: tuple(slope.sort(t, dim=0, descending=True)))(x)
+    mapped = slope.vmap(lambda t: tuple(slope.sort(t, descending=True)), in_axes=1, out_axes=1)(x)
+    for got in (jitted, mapped):
+        np.testing.assert_array_equal(got[0].numpy(), eager.values.numpy())
+        np.testing.assert_array_equal(got[1].numpy(), eager.indices.numpy())
+
+
+def test_sort_and_topk_match_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    data = rng.integers(-2, 3, size=(3, 9)).astype(np.float32)
+    data[rng.random(data.shape) < 0.2] = np.nan
+    x, tx = slope.tensor(data), torch.tensor(data)
+    for dim in (0, 1, -1):
+        for descending in (False, True):
+            ours = slope.sort(x, dim, descending)
+            theirs = torch.sort(tx, dim=dim, descending=descending, stable=True)
+            np.testing.assert_array_equal(ours.values.numpy(), theirs.values.numpy())
+            np.testing.assert_array_equal(ours.indices.numpy(), theirs.indices.numpy())
+    for largest in (True, False):
+        ours, theirs = slope.topk(x, 4, largest=largest), torch.topk(tx, 4, largest=largest)
+        np.testing.assert_array_equal(ours.values.numpy(), theirs.values.numpy())  # (NaN counted as the largest)
+        picked = np.take_along_axis(data, ours.indices.numpy(), 1)
+        np.testing.assert_array_equal(picked, theirs.values.numpy())
+
+
+def test_topk_errors_and_gradient():
+    x = slope.tensor([[1.0, 5.0, 3.0], [2.0, 0.0, 4.0]])
+    with pytest.raises(IndexError, match="topk: k=4 is out of range"):
+        x.topk(4)
+    with pytest.raises(slope.DTypeError, match="topk: expected numbers, got a bool"):
+        slope.topk(slope.tensor([True, False]), 1)
+    grad = slope.grad(lambda t: t.topk(2, dim=1).values.sum())(x)
+    np.testing.assert_array_equal(grad.numpy(), [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("p", [2, "fro", 1, 3, 0.5, -1, 0, math.inf, -math.inf])
+def test_norm_values_and_gradients_match_pytorch_at_zeros(p):
+    torch = pytest.importorskip("torch")
+    for values in ([[0.0, 0.0, 0.0], [0.0, 2.0, -2.0]], [[1.0, 0.0, -3.0], [0.5, 2.0, 2.0]]):
+        x, tx = slope.tensor(values), torch.tensor(values, requires_grad=True)
+        for dim in (None, 1):
+            expected = torch.norm(tx, p=p, dim=dim)
+            out = slope.norm(x, p, dim)
+            np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-6)
+            weights = torch.arange(1.0, 1.0 + expected.numel()).reshape(expected.shape)
+            (expected * weights).sum().backward()
+            w = slope.tensor(weights.numpy())
+            grad = slope.grad(lambda t, d=dim, w=w: (slope.norm(t, p, d) * w).sum())(x)
+            expected_grad = tx.grad if tx.grad is not None else torch.zeros_like(tx)  # (p=0: None, zero)
+            np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), rtol=1e-6)  # 0 at the zero vector
+            tx.grad = None
+
+
+def test_norm_method_dtypes_and_errors():
+    x = slope.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=slope.float16)
+    out = x.norm(2, 1, True, dtype=slope.float32)
+    assert out.dtype == slope.float32 and out.numpy().tolist() == [[5.0], [0.0]]
+    halves = slope.tensor([300.0, 300.0], dtype=slope.float16).norm()  # squares in float32, as PyTorch (not inf)
+    assert halves.dtype == slope.float16 and math.isclose(float(halves.numpy()), 424.25)
+    huge = slope.tensor([[3e38], [1e-30]]).norm(3, 1)  # one element: |x|, no overflow or underflow (PyTorch's)
+    np.testing.assert_array_equal(huge.numpy(), np.array([3e38, 1e-30], np.float32))
+    tiny = slope.tensor(4.3e-24)  # a 0-d x given a dim: PyTorch's formula, whose square underflows; without: |x|
+    assert tiny.norm(dim=0).numpy() == 0.0 and tiny.norm().numpy() == np.float32(4.3e-24)
+    with pytest.raises(slope.DTypeError, match="norm: expected a float tensor"):
+        slope.norm(slope.tensor([1, 2]))
+    with pytest.raises(slope.DTypeError, match="norm: x of float32 does not convert to dtype float16"):
+        slope.norm(slope.tensor([1.0]), dtype=slope.float16)
+    with pytest.raises(ValueError, match="norm: p must be 'fro' or a number"):
+        slope.norm(slope.tensor([1.0]), "nuc")
+    with pytest.raises(ValueError, match="norm: the inf norm of an empty reduction"):
+        slope.norm(slope.zeros(0), math.inf)
+    with pytest.raises(ValueError, match="norm: the Frobenius norm takes 1 or 2 dims"):
+        slope.norm(slope.zeros(2, 2, 2), "fro", (0, 1, 2))
