@@ -515,3 +515,20 @@ def test_pytorch_arguments_landing_on_key_are_named(make, where, pytorch_argumen
     if where == "nn.Linear":  # a key of the wrong kind given by keyword
         with pytest.raises(TypeError, match=r"slope.nn.Linear: key must be a random key.* got float32 tensor of shape"):
             nn.Linear(3, 4, key=slope.randn(3))
+
+
+def test_init_normal_in_float64_keeps_float64_resolution():
+    # drawn, scaled and shifted in float32 then widened: std 1e-9 around 1 gave 1000 equal values (PyTorch: distinct)
+    values = nn.init.normal((1000,), mean=1.0, std=1e-9, key=slope.random.key(0), dtype=slope.float64).numpy()
+    assert values.dtype == np.float64 and len(np.unique(values)) == 1000
+    assert 0.8e-9 < values.std() < 1.2e-9 and abs(values.mean() - 1.0) < 1e-10
+
+
+@pytest.mark.parametrize("draw", [nn.init.normal, nn.init.uniform, nn.init.kaiming_normal, nn.init.xavier_normal])
+@pytest.mark.parametrize("dtype", [slope.int64, slope.int32, slope.bool_])
+def test_init_draws_refuse_integer_dtypes(draw, dtype):
+    # they returned truncated draws ([-2, 1, -3, ...], mostly zeros, all True); PyTorch's normal_ refuses integers
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        draw((4, 3), key=slope.random.key(0), dtype=dtype)
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        draw(slope.zeros((4, 3), dtype=dtype), key=slope.random.key(0))

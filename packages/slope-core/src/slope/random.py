@@ -104,7 +104,7 @@ def fold_in(k: Tensor, data: int | Tensor) -> Tensor:
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
-    """Uniform samples in [minval, maxval) (what rounds up to maxval in the dtype is its next value down)."""
+    """Uniform samples in [minval, maxval) (rounding up to maxval gives its next value down; tensor bounds: JAX's)."""
     values = ops.random_uniform(k, _check_key("uniform", k, shape), dtype)
     if isinstance(minval, Tensor) or isinstance(maxval, Tensor):  # traced bounds, as JAX's: max(lo, u * (hi - lo) + lo)
         low, high = (ops.broadcast_to(ops.as_tensor(bound, values.dtype), values.shape) for bound in (minval, maxval))

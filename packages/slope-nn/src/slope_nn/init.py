@@ -36,6 +36,14 @@ def _shape_dtype(shape: Any, dtype: Any) -> tuple[tuple[int, ...], Any]:
     return tuple(int(s) for s in shape), dtype or slope.float32
 
 
+def _float_shape_dtype(name: str, shape: Any, dtype: Any) -> tuple[tuple[int, ...], Any]:
+    """`_shape_dtype` for random draws: a floating dtype (an int64 weight drew truncated normals; PyTorch refuses)."""
+    shape, dtype = _shape_dtype(shape, dtype)
+    if not slope.dtypes.as_dtype(dtype).is_float:
+        raise TypeError(f"slope.nn.init.{name}: random values need a floating-point dtype, got {dtype}")
+    return shape, slope.dtypes.as_dtype(dtype)
+
+
 def _key(key: Tensor | None) -> Tensor:
     if key is not None:
         return key
@@ -73,7 +81,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 def uniform(shape: Any, a: float = 0.0, b: float = 1.0, key: Tensor | None = None, dtype: Any = None) -> Tensor:
     """Samples from U(a, b)."""
-    shape, dtype = _shape_dtype(shape, dtype)
+    shape, dtype = _float_shape_dtype("uniform", shape, dtype)
     # drawn in the dtype, whose own rule keeps b out (drawn in float32 and rounded, float16 gave b for 0.4% of draws)
     return slope.random.uniform(_key(key), shape, dtype, minval=a, maxval=b)
 
@@ -82,9 +90,10 @@ def normal(shape: Any, mean: float = 0.0, std: float = 1.0, key: Tensor | None =
     """Samples from N(mean, std**2)."""
     if not std >= 0:
         raise ValueError(f"slope.nn.init.normal: expected std >= 0, got {std}")
-    shape, dtype = _shape_dtype(shape, dtype)
-    values = slope.random.normal(_key(key), shape, slope.float32) * std + mean
-    return values.astype(dtype) if dtype != slope.float32 else values
+    shape, dtype = _float_shape_dtype("normal", shape, dtype)  # (halves scaled in float32 and rounded once; float64
+    wide = slope.float64 if dtype == slope.float64 else slope.float32  # in float64: std 1e-9 around 1 was all 1s)
+    values = slope.random.normal(_key(key), shape, wide) * std + mean
+    return values.astype(dtype) if dtype != wide else values
 
 
 def constant(shape: Any, value: float, dtype: Any = None) -> Tensor:
