@@ -69,10 +69,8 @@ def _words(name: str, what: str, value: Any) -> list[Tensor]:
     if isinstance(value, Tensor) and value.dtype.is_int and value.numel() == 1:  # (fold_in(key, step) inside jit)
         value = ops.cast(value, dtypes.int64).reshape((1,))
         low = _mask(value)
-        return [
-            _mask(ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)), "trunc")),
-            low,
-        ]  # (an exact division)
+        high = ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)), "trunc")  # (an exact division)
+        return [_mask(high), low]
     (value,) = ops.ints(f"random.{name}", value, what, count=1)
     if not -(2**63) <= value < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
         raise OverflowError(f"slope.random.{name}: the {what} {value} does not fit in 64 bits")

@@ -99,9 +99,7 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     def __getattr__(self, name: str) -> Any:
-        hint = (
-            " (a tracer that escaped jit/grad/vmap?)" if self.buffer is None and name in ("device", "backend") else ""
-        )
+        hint = " (an escaped tracer?)" if self.buffer is None and name in ("device", "backend") else ""
         raise AttributeError(f"'Tensor' object has no attribute {name!r}{hint or missing_function_hint(name)}")
 
     def __repr__(self) -> str:
