@@ -24,6 +24,7 @@ from slope.trace import Tracer
 
 from .module import check_key, next_key
 from .operators import (
+    _tensor,
     ceil_mode_extra,
     check_indices,
     gelu,
@@ -60,10 +61,6 @@ __all__ = [
     "softplus",
     "take_along_dim",
 ]
-
-
-def _tensor(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else slope.tensor(x)
 
 
 def _float(x: Any) -> Tensor:

@@ -44,8 +44,16 @@ from slope.operators import Unary, ints, normalize_dim
 from slope.procedures import check_indices
 
 
-def _tensor(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else slope.tensor(x)
+def _tensor(x: Any, name: str | None = None) -> Tensor:
+    """x as a tensor (NumPy arrays, numbers and nested lists converted); with a name, a TypeError naming the function."""
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return slope.tensor(x)
+    except (TypeError, ValueError) as error:
+        if name is None:
+            raise
+        raise TypeError(f"slope.{name}: expected a tensor, got {type(x).__name__} {x!r} ({error})") from None
 
 
 def lowest(dtype: slope.DType) -> Any:

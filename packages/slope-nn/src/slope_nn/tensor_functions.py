@@ -31,30 +31,19 @@ from slope.operators import (
 from slope.procedures import check_indices, not_equal
 
 from .functional import checked_when_run
-from .operators import take_along_dim
-
-
-def _tensor(name: str, x: Any) -> Tensor:
-    """x as a tensor (NumPy arrays, numbers and nested lists converted), else a TypeError naming the function."""
-    if isinstance(x, Tensor):
-        return x
-    try:
-        return slope.tensor(x)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"slope.{name}: expected a tensor, got {type(x).__name__} {x!r} ({error})") from None
-
+from .operators import _tensor, take_along_dim
 
 # ----------------------------------------------------------------------------------------------- small ones
 
 
 def clone(x: Any) -> Tensor:
     """x itself: Slope's tensors are immutable, so a copy is the same values (and gradients flow through it)."""
-    return _tensor("clone", x)
+    return _tensor(x, "clone")
 
 
 def isfinite(x: Any) -> Tensor:
     """Where x is neither NaN nor +-inf (everywhere for integers and bools, as PyTorch)."""
-    x = _tensor("isfinite", x)
+    x = _tensor(x, "isfinite")
     if not x.dtype.is_float:
         return slope.full(x.shape, True, dtype=slope.bool_)
     return (x == x) & (x != math.inf) & (x != -math.inf)
@@ -62,12 +51,12 @@ def isfinite(x: Any) -> Tensor:
 
 def type_as(x: Any, other: Any) -> Tensor:
     """x cast to other's dtype."""
-    return _tensor("type_as", x).astype(_tensor("type_as", other).dtype)
+    return _tensor(x, "type_as").astype(_tensor(other, "type_as").dtype)
 
 
 def masked_fill(x: Any, mask: Any, value: Any) -> Tensor:
     """x with `value` (a number or a 0-d tensor, cast to x's dtype) where the bool `mask` (broadcasting) is True."""
-    x, mask = _tensor("masked_fill", x), _tensor("masked_fill", mask)
+    x, mask = _tensor(x, "masked_fill"), _tensor(mask, "masked_fill")
     if mask.dtype != slope.bool_:
         raise slope.DTypeError(
             f"slope.masked_fill: the mask must be bool, got {mask.dtype.name} of shape {mask.shape} (as in PyTorch)"
@@ -85,7 +74,7 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Tensor:
 
 def index_select(x: Any, dim: int, index: Any) -> Tensor:
     """The entries of x at `index` (a 1-d or 0-d int32/int64 tensor, each in [0, size)) along dim."""
-    x, index = _tensor("index_select", x), _tensor("index_select", index)
+    x, index = _tensor(x, "index_select"), _tensor(index, "index_select")
     if index.dtype not in (slope.int32, slope.int64):
         raise slope.DTypeError(f"slope.index_select: index must be int32 or int64, got {index.dtype.name}")
     if index.ndim > 1:
@@ -106,7 +95,7 @@ def index_select(x: Any, dim: int, index: Any) -> Tensor:
 
 def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
     """x[..., start:start + length, ...] along dim (start negative counts from the end; a 0-d tensor start too)."""
-    x = _tensor("narrow", x)
+    x = _tensor(x, "narrow")
     if x.ndim == 0:
         raise IndexError("slope.narrow: expected a tensor with at least one dimension, got a 0-d tensor")
     dim = normalize_dim("narrow", dim, x.ndim)
@@ -136,7 +125,7 @@ def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
 def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
     """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32), a
     log-step scan of multiplications: no division, so gradients are exact where x has zeros (as PyTorch's)."""
-    x = _tensor("cumprod", x)
+    x = _tensor(x, "cumprod")
     if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
         x = x.astype(slope.dtypes.as_dtype(dtype))
     out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
@@ -211,7 +200,7 @@ def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, kee
 def norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     """torch.norm of vectors: the p-norm over dim (None: all; "fro" is p=2, over 1 or 2 dims), p any number, inf,
     -inf or 0; float16/bfloat16 in float32; gradients PyTorch's (0 at the zero vector)."""
-    x = _tensor("norm", x)
+    x = _tensor(x, "norm")
     if not x.dtype.is_float:
         raise slope.DTypeError(f"slope.norm: expected a float tensor, got {x.dtype.name} of shape {x.shape}")
     if dtype is not None:
@@ -289,7 +278,7 @@ def _order(x: Tensor, descending: bool) -> Tensor:
 
 
 def _sorted(name: str, x: Any, dim: int, descending: bool) -> SortResult:
-    x = _tensor(name, x)
+    x = _tensor(x, name)
     if not isinstance(descending, bool):
         raise TypeError(f"slope.{name}: descending must be a bool, got {type(descending).__name__}")
     dim = normalize_dim(name, dim, x.ndim)
@@ -320,7 +309,7 @@ def argsort(x: Any, dim: int = -1, descending: bool = False, *, stable: bool = F
 
 def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> SortResult:  # noqa: A002
     """(values, indices) of the k largest (or smallest) along dim, NaN largest, in sorted order; O(n^2) per row."""
-    x = _tensor("topk", x)
+    x = _tensor(x, "topk")
     if x.dtype == slope.bool_:
         raise slope.DTypeError(f"slope.topk: expected numbers, got a bool tensor of shape {x.shape} (as PyTorch)")
     (k,) = ints("topk", k, "k")
