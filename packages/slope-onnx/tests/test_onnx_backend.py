@@ -616,3 +616,48 @@ def test_conv_input_gradient_adds_its_taps_with_one_col2im(x_shape, w_shape, par
         expected = grad(*(slope.tensor(a) for a in arrays)).numpy()
     assert kinds.count("Col2Im") == 1 and "Pad" not in kinds and "Add" not in kinds
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pooled_session_closed_by_another_thread_mid_open_is_opened_again(monkeypatch):
+    """A thread in `_PooledRun.open` that found its session open, then waited for the pools' lock while another
+    thread's run closed that session (the least recently run one past the limit), raised UnboundLocalError
+    ('session'): it opens the session again."""
+    import threading
+
+    import slope_onnx.backend as onnx_backend
+
+    monkeypatch.setattr(onnx_backend._Threads, "pooled_sessions", 2)
+    real_lock, waiting, closed = onnx_backend._pools_lock, threading.Event(), threading.Event()
+
+    class HeldBackForA:  # thread A reaches the lock only after the main thread has closed A's session
+        def __enter__(self) -> None:
+            if threading.current_thread().name == "A":
+                waiting.set()
+                closed.wait(10)
+            real_lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real_lock.release()
+
+    with slope.use_backend("onnxruntime"):
+        functions = [slope.jit(lambda u, k=k: slope.sin(u) * (k + 1.0) + slope.cos(u)) for k in range(3)]
+        values = np.linspace(0, 1, 40_000, dtype=np.float32).reshape(200, 200)  # (big enough for a pooled session)
+        x = slope.tensor(values)
+        functions[0](x), functions[1](x)  # two pooled sessions open, the second run last
+        monkeypatch.setattr(onnx_backend, "_pools_lock", HeldBackForA())
+        results: dict = {}
+
+        def run_first() -> None:
+            try:
+                results["A"] = functions[0](x).numpy()
+            except Exception as error:  # (reported below, in the main thread)
+                results["A"] = error
+
+        thread = threading.Thread(target=run_first, name="A")
+        thread.start()
+        assert waiting.wait(10)
+        functions[2](x)  # opens a third session, closing the least recently run one (the first function's)
+        closed.set()
+        thread.join(10)
+    assert not isinstance(results["A"], Exception), results["A"]
+    np.testing.assert_allclose(results["A"], np.sin(values) + np.cos(values), rtol=1e-6)

@@ -166,12 +166,10 @@ class _PooledRun:
 
     def open(self) -> Callable:
         """The runner of the open session (opened now if it was closed)."""
-        runner = self.runner
-        if runner is None:
-            session, runner = self.open_session()  # outside the lock: building a session takes a while
+        opened = self.open_session() if self.runner is None else None  # outside the lock: building one takes a while
         with _pools_lock:
-            if self.runner is None:
-                self.session, self.runner = session, runner
+            if self.runner is None:  # (opened now if another thread closed it after the check above: a rare race)
+                self.session, self.runner = opened or self.open_session()
             runner = self.runner
             _open_pools[self] = None
             _open_pools.move_to_end(self)
