@@ -515,6 +515,26 @@ def test_comparing_with_none_is_false_as_in_pytorch(backend):
         t < None  # noqa: B015
 
 
+def test_equality_with_other_types_is_false_as_in_pytorch(backend):
+    # `t == "mean"` raised DTypeError (PyTorch: False), so `t in (None, "auto")` and `[t, "b"].index("b")` raised too
+    t = slope.tensor([1.0, 2.0])
+    assert (t == "mean") is False and (t != "mean") is True and ("mean" == t) is False
+    assert t not in (None, "auto") and [t, "b"].index("b") == 1
+    with pytest.raises(slope.DTypeError, match="slope.add: cannot combine float32 with str"):
+        t + "a"  # (arithmetic keeps its error naming the function)
+
+
+def test_in_asks_whether_any_element_equals_the_value_as_pytorch(backend):
+    # `3 in slope.tensor(3)` raised (a 0-d tensor is not iterable) and a row in a matrix raised (bool of a row);
+    # `19999 in slope.arange(20000)` took 34 s (one indexing program per element); PyTorch: (value == t).any()
+    assert 3 in slope.tensor(3) and 4 not in slope.tensor(3)
+    assert slope.tensor([1, 2]) in slope.tensor([[1, 2], [3, 4]]) and slope.tensor([2, 1]) not in slope.tensor([[1, 2]])
+    assert 19_999 in slope.arange(20_000) and 2.5 not in slope.arange(20_000)
+    assert float("nan") not in slope.tensor([float("nan")])  # (NaN equals nothing, as in PyTorch)
+    with pytest.raises(slope.SlopeTraceError):
+        slope.jit(lambda x: slope.tensor(1.0) if 2.0 in x else x)(slope.ones(2))
+
+
 def test_the_where_method_takes_pytorchs_order(backend):
     # x.where(condition, y) is PyTorch's x-where-condition-else-y; it ran slope.where(x, condition, y): a wrong result
     # for bool tensors and a confusing dtype error for others

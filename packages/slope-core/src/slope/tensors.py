@@ -139,8 +139,10 @@ for _name, _function in {**_comparisons, **_arithmetic}.items():
     setattr(Tensor, f"__{_name}__", lambda self, other, *, _f=_function: functions[_f](self, other))
 for _name, _function in _arithmetic.items():  # their reflected forms too (__radd__ ...)
     setattr(Tensor, f"__r{_name}__", lambda self, other, *, _f=_function: functions[_f](other, self))
-Tensor.__eq__ = lambda x, y: NotImplemented if y is None else functions["equal"](x, y)  # t == None: False, as PyTorch's
-Tensor.__ne__ = lambda x, y: NotImplemented if y is None else functions["not_equal"](x, y)
+_OK = (Tensor, int, float, np.generic, np.ndarray, list, tuple)  # == others is False (None, "mean"), as PyTorch's
+Tensor.__eq__ = lambda x, y: functions["equal"](x, y) if isinstance(y, _OK) else NotImplemented
+Tensor.__ne__ = lambda x, y: functions["not_equal"](x, y) if isinstance(y, _OK) else NotImplemented
+Tensor.__contains__ = lambda self, value: bool(functions["equal"](self, value).any())  # (as PyTorch: v == t anywhere)
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
                         "long": "int64", "bool": "bool"}.items():  # fmt: skip
     setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))
