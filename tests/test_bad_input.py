@@ -484,6 +484,12 @@ ROWS = [
         ValueError, "slope.jacrev", None),
     bad("jacrev-pytree-output", lambda m: slope.jacrev(lambda x: (x, x))(m.ones(3)), TransformError, "slope.jacrev",
         None),  # (it crashed with an AttributeError)
+    bad("jacrev-tuple-input", lambda m: slope.jacrev(lambda p: p[0] * p[1])((m.ones(3), m.ones(3))), TransformError,
+        "slope.jacrev", None),  # (the tuple was stacked: one (3, 2, 3) Jacobian, where JAX and torch.func give two)
+    bad("jacfwd-list-input", lambda m: slope.jacfwd(lambda p: p[0] * p[1])([m.ones(3), m.ones(3)]), TransformError,
+        "slope.jacfwd", None),
+    bad("hessian-dict-input", lambda m: slope.hessian(lambda p: (p["a"] ** 2).sum())({"a": m.ones(3)}),
+        TransformError, "slope.jacfwd", None),  # (hessian is jacfwd(jacrev): the outer one says so)
     bad("hessian-argnums-str", lambda m: slope.hessian(f_sum, argnums="x")(m.ones(3)), TypeError, "slope.hessian",
         None),
     bad("jacfwd-int-input", lambda m: slope.jacfwd(lambda x: x * 2)(m.tensor([1, 2])), TransformError,

@@ -604,6 +604,48 @@ def test_python_floats_become_float16_through_float32(backend, jit, case):
     np.testing.assert_array_equal(np.asarray(got.numpy()), expected.numpy())
 
 
+HALF_BY_NUMBER = {  # f(h, v) for slope and torch alike: PyTorch computes these in float32 and rounds once
+    "mul": lambda h, v: h * v,
+    "rmul": lambda h, v: v * h,
+    "div": lambda h, v: h / v,
+    "div-0d": lambda h, v: h / (slope.tensor(v) if isinstance(h, slope.Tensor) else torch.tensor(v)),
+    "mul-numpy": lambda h, v: h * np.float64(v),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", sorted(HALF_BY_NUMBER))
+def test_a_half_tensor_times_or_over_a_number_rounds_once_as_pytorch(backend, jit, case):
+    # the number was rounded to the half dtype first: float16 x / 65535.0 was x / inf = 0 (PyTorch: 0.9155 for 60000),
+    # x * 1e5 was NaN at 0 and inf at 1e-3 (PyTorch 0 and 100.06), x / 70000 was 0; bfloat16 3 * 1.3 was 1 ulp off
+    f = HALF_BY_NUMBER[case]
+    for dtype in ("float16", "bfloat16"):
+        values = [0.0, 1e-3, 0.3, 3.0, -7.5, 1000.0, 60000.0]
+        h, th = slope.tensor(values, dtype=getattr(slope, dtype)), torch.tensor(values, dtype=getattr(torch, dtype))
+        for v in (65535.0, 1e5, 70000, 0.1, 1.3, 1e-7, 2.0):
+            got = (slope.jit(lambda h, v=v: f(h, v)) if jit else lambda h, v=v: f(h, v))(h)
+            expected = f(th, v)
+            assert got.dtype == getattr(slope, dtype), (case, dtype, v)
+            got, expected = np.asarray(got.numpy(), np.float64), expected.double().numpy()
+            if backend == "iree":  # (its CPU runtime may flush subnormal results to zero: slope-iree's README)
+                tiny = 2.0**-14 if dtype == "float16" else 2.0**-126
+                got = np.where((np.abs(expected) < tiny) & (got == 0), expected, got)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{case} {dtype} {v}")
+
+
+def test_the_gradient_of_a_half_tensor_over_a_number_is_pytorchs(backend):
+    # d/dx of float16 x / 65535.0 was 0 (1 / inf); PyTorch's is 1.526e-05, as float16
+    x, tx = slope.tensor([1.0, 60000.0], dtype=slope.float16), torch.tensor([1.0, 60000.0], dtype=torch.float16)
+    got = slope.grad(lambda a: (a / 65535.0).sum())(x)
+    tx.requires_grad_(True)
+    (tx / 65535.0).sum().backward()
+    assert got.dtype == slope.float16
+    got, expected = np.asarray(got.numpy(), np.float64), tx.grad.double().numpy()
+    if backend == "iree":  # (1.526e-05 is a float16 subnormal, which iree's CPU runtime may flush to zero)
+        got = np.where(got == 0, expected, got)
+    np.testing.assert_array_equal(got, expected)
+
+
 def _every_finite(dtype: str) -> np.ndarray:
     """Every finite float16 or bfloat16 value, as float32."""
     if dtype == "float16":

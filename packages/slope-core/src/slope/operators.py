@@ -203,6 +203,17 @@ class Cast(Elementwise):
 
 
 _SCALAR_KINDS = {float: ("float",), int: ("int", "uint")}  # a Python scalar of this type takes a tensor's dtype
+_HALVES, _IN_FLOAT32 = (dtypes.float16, dtypes.bfloat16), ("mul", "div")
+
+
+def _half_and_number(x: Any, y: Any) -> DType | None:
+    """The dtype of a float16/bfloat16 tensor meeting a number or a 0-d tensor: PyTorch multiplies and divides those in
+    float32, rounding once (a float16 x / 65535.0 is not x / inf)."""
+    for t, n in ((x, y), (y, x)):
+        if isinstance(t, Tensor) and t.dtype in _HALVES and (isinstance(n, (int, float, np.number)) or
+                                                             isinstance(n, Tensor) and t.ndim > n.ndim == 0):  # fmt: skip
+            return t.dtype
+    return None
 
 
 class Binary(Elementwise):
@@ -221,6 +232,9 @@ class Binary(Elementwise):
             return self.with_scalar(y, x, False)
         if self.name == "sub" and any(type(v) is bool or getattr(v, "dtype", 0) == dtypes.bool_ for v in (x, y)):
             raise self.dtype_error("cannot subtract bools (as in PyTorch); use ^ (logical_xor) or cast them first")
+        if self.name in _IN_FLOAT32 and (half := _half_and_number(x, y)):
+            x, y = (cast(v, dtypes.float32) if isinstance(v, Tensor) else v for v in (x, y))
+            return cast(Binary.__call__(self, x, y), half)
         return bind(self, *coerce(self.name, x, y))
 
     def with_scalar(self, x: Tensor, value: Any, first: bool) -> Tensor:
@@ -229,6 +243,8 @@ class Binary(Elementwise):
         if not _busy and x.backend is backend_module._state["backend"] and (hit := _scalar_runs.recent.get(key)):
             buffers = [x.buffer, hit[1].buffer] if first else [hit[1].buffer, x.buffer]  # (hit: run, scalar, aval)
             return Tensor(hit[0](buffers)[0], hit[2], x.backend, x.device)
+        if self.name in _IN_FLOAT32 and x.aval.dtype in _HALVES:  # (as _half_and_number says)
+            return cast(self.with_scalar(cast(x, dtypes.float32), value, first), x.aval.dtype)
         scalar = constant(value, x.aval.dtype, x.aval.shape, x.device)  # (of x's aval: eager_run's key below)
         out = bind(self, x, scalar) if first else bind(self, scalar, x)
         eager = not _busy and x.backend is scalar.backend is backend_module._state["backend"]  # (no move in eager_run)

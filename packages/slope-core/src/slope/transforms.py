@@ -345,6 +345,9 @@ def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callabl
     @functools.wraps(_function(name, fn))
     def jacobian(*args: Any, **kwargs: Any) -> Any:
         f, (x,) = _differentiated(name, fn, ints(name, argnums, "argnums", count=1)[0], args, kwargs)
+        if not isinstance(x, (Tensor, np.ndarray, np.generic, int, float)):  # (a tuple was stacked: J[0] not d/dx[0])
+            raise TransformError(f"slope.{name}: differentiates with respect to one tensor, got {type(x).__name__} "
+                                 "(pytrees are not supported: one Jacobian per tensor, or slope.tensor(a list))")  # fmt: skip
         return build(f, as_tensor(x))
 
     return jacobian
