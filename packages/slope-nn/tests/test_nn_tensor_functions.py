@@ -1,6 +1,7 @@
 """slope_nn.tensor_functions: PyTorch's eq/ne/lt/le/gt/ge, clone, isfinite, type_as, masked_fill, index_select,
 narrow, cumprod, sort, argsort and topk, registered by slope-nn's plugin as `slope.NAME` and Tensor methods; compared
-with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed."""
+with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed. split, chunk, roll, tril and
+triu moved here from slope-core: their conformance rows and differential entries cover them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import slope
 pytestmark = pytest.mark.usefixtures("each_backend")
 
 NAMES = ["eq", "ne", "lt", "le", "gt", "ge", "clone", "isfinite", "type_as", "masked_fill", "index_select", "narrow"]
-NAMES += ["cumprod", "sort", "argsort", "topk"]
+NAMES += ["cumprod", "sort", "argsort", "topk", "split", "chunk", "roll", "tril", "triu"]
 NAN = math.nan
 
 

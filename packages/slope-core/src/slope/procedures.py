@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -482,63 +481,6 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
         raise ShapeError(f"slope.stack: expected tensors of one shape, got {[t.shape for t in tensors]}")
     dim = ops.normalize_dim("stack", dim, tensors[0].ndim + 1)
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
-
-
-def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
-    """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
-    x = as_tensor(x)
-    dim = ops.normalize_dim("split", dim, x.ndim, needs_dim=True)
-    size = x.shape[dim]
-    if isinstance(split_size_or_sections, (tuple, list)):
-        sections = list(ops.ints("split", split_size_or_sections, "sections", 0))
-        if sum(sections) != size:
-            raise ShapeError(f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}")
-    else:
-        (step,) = ops.ints("split", split_size_or_sections, "split size", 1 if size else 0)
-        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
-    offsets = [0, *itertools.accumulate(sections)]
-    return [ops.slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
-
-
-def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
-    """x cut into `chunks` nearly equal pieces along dim."""
-    x, (chunks,) = as_tensor(x), ops.ints("chunk", chunks, "the number of chunks", 1)
-    d = ops.normalize_dim("chunk", dim, x.ndim, needs_dim=True)
-    return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
-
-
-def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
-    """x with elements shifted circularly along dims (flattened when dims is None)."""
-    x = as_tensor(x)
-    if dims is None:
-        return roll(x.reshape(-1), shifts, 0).reshape(x.shape)
-    shifts, dims = ops.ints("roll", shifts, "shifts"), ops.ints("roll", dims, "dims")
-    if len(shifts) != len(dims):
-        raise ShapeError(f"slope.roll: shifts {shifts} and dims {dims} must have one length")
-    for shift, dim in zip(shifts, dims):
-        dim = ops.normalize_dim("roll", dim, x.ndim, needs_dim=True)
-        size = x.shape[dim]
-        if size and shift % size:
-            x = ops.cat(split(x, [size - shift % size, shift % size], dim)[::-1], dim)  # the tail, then the head
-    return x
-
-
-def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
-    x, (diagonal,) = as_tensor(x), ops.ints("tril" if lower else "triu", diagonal, "diagonal", count=1)
-    if x.ndim < 2:
-        raise ShapeError(f"slope.{'tril' if lower else 'triu'}: expected at least 2 dimensions, got shape {x.shape}")
-    above = _positions(x.shape[-2:], 1) - _positions(x.shape[-2:], 0)  # column - row: how far above the diagonal
-    return where((above <= diagonal) if lower else (above >= diagonal), x, constant(0, x.dtype, x.shape))
-
-
-def tril(x: Any, diagonal: int = 0) -> Tensor:
-    """The lower triangle of the last two dimensions (others zeroed)."""
-    return _triangle(x, diagonal, True)
-
-
-def triu(x: Any, diagonal: int = 0) -> Tensor:
-    """The upper triangle of the last two dimensions (others zeroed)."""
-    return _triangle(x, diagonal, False)
 
 
 def _is_bool_mask(item: Any) -> bool:

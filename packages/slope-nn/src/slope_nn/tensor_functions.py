@@ -7,11 +7,13 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
 - `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
-- `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`).
+- `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
+- `split`, `chunk`, `roll`, `tril`, `triu` (moved here from slope-core, whose source is at its line budget).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -19,6 +21,9 @@ import slope
 from slope import Tensor
 from slope.operators import (
     _python_value,
+    as_tensor,
+    cat,
+    constant,
     equal,
     greater,
     greater_equal,
@@ -27,8 +32,10 @@ from slope.operators import (
     less_equal,
     normalize_dim,
     normalize_dims,
+    slice_along,
+    where,
 )
-from slope.procedures import check_indices, not_equal
+from slope.procedures import _positions, check_indices, not_equal
 
 from .functional import checked_when_run
 from .operators import _tensor, take_along_dim
@@ -323,6 +330,69 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
     return SortResult(narrow(values, dim, 0, k), narrow(indices, dim, 0, k))
 
 
+# ----------------------------------------------------------------------------------------------- shapes
+
+
+def split(x: Any, split_size_or_sections: Any, dim: int = 0) -> list[Tensor]:
+    """x cut along dim into pieces of a size (the last may be smaller) or of the given sizes."""
+    x = as_tensor(x)
+    dim = normalize_dim("split", dim, x.ndim, needs_dim=True)
+    size = x.shape[dim]
+    if isinstance(split_size_or_sections, (tuple, list)):
+        sections = list(ints("split", split_size_or_sections, "sections", 0))
+        if sum(sections) != size:
+            raise slope.ShapeError(
+                f"slope.split: sections {sections} do not add up to dimension {dim} of shape {x.shape}"
+            )
+    else:
+        (step,) = ints("split", split_size_or_sections, "split size", 1 if size else 0)
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]  # torch: 1 empty
+    offsets = [0, *itertools.accumulate(sections)]
+    return [slice_along(x, dim, start, stop) for start, stop in zip(offsets, offsets[1:])]
+
+
+def chunk(x: Any, chunks: int, dim: int = 0) -> list[Tensor]:
+    """x cut into `chunks` nearly equal pieces along dim."""
+    x, (chunks,) = as_tensor(x), ints("chunk", chunks, "the number of chunks", 1)
+    d = normalize_dim("chunk", dim, x.ndim, needs_dim=True)
+    return split(x, -(-x.shape[d] // chunks) if x.shape[d] else [0] * chunks, dim)  # empty: `chunks` empty pieces
+
+
+def roll(x: Any, shifts: Any, dims: Any = None) -> Tensor:
+    """x with elements shifted circularly along dims (flattened when dims is None)."""
+    x = as_tensor(x)
+    if dims is None:
+        return roll(x.reshape(-1), shifts, 0).reshape(x.shape)
+    shifts, dims = ints("roll", shifts, "shifts"), ints("roll", dims, "dims")
+    if len(shifts) != len(dims):
+        raise slope.ShapeError(f"slope.roll: shifts {shifts} and dims {dims} must have one length")
+    for shift, dim in zip(shifts, dims):
+        dim = normalize_dim("roll", dim, x.ndim, needs_dim=True)
+        size = x.shape[dim]
+        if size and shift % size:
+            x = cat(split(x, [size - shift % size, shift % size], dim)[::-1], dim)  # the tail, then the head
+    return x
+
+
+def _triangle(x: Any, diagonal: int, lower: bool) -> Tensor:
+    x, (diagonal,) = as_tensor(x), ints("tril" if lower else "triu", diagonal, "diagonal", count=1)
+    if x.ndim < 2:
+        name = "tril" if lower else "triu"
+        raise slope.ShapeError(f"slope.{name}: expected at least 2 dimensions, got shape {x.shape}")
+    above = _positions(x.shape[-2:], 1) - _positions(x.shape[-2:], 0)  # column - row: how far above the diagonal
+    return where((above <= diagonal) if lower else (above >= diagonal), x, constant(0, x.dtype, x.shape))
+
+
+def tril(x: Any, diagonal: int = 0) -> Tensor:
+    """The lower triangle of the last two dimensions (others zeroed)."""
+    return _triangle(x, diagonal, True)
+
+
+def triu(x: Any, diagonal: int = 0) -> Tensor:
+    """The upper triangle of the last two dimensions (others zeroed)."""
+    return _triangle(x, diagonal, False)
+
+
 procedures: dict[str, Callable] = {
     "eq": equal,
     "ne": not_equal,
@@ -334,4 +404,5 @@ procedures: dict[str, Callable] = {
         fn.__name__: fn
         for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, norm, sort, argsort, topk)
     },
+    **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu)},
 }

@@ -699,32 +699,6 @@ add(
 )
 add(
     Row(
-        "split",
-        [
-            Case([Data(shape=(5, 2))], lambda x: np.split(x, [2, 4]), params=(2,), label="size 2 (last smaller)"),
-            Case([Data(shape=(2, 6))], lambda x: np.split(x, [1, 4], axis=1), params=([1, 3, 2], 1), label="sections"),
-            Case(
-                [Data(shape=(2, 4))],
-                lambda x: np.split(x, [2], axis=-1),
-                kwargs={"split_size_or_sections": 2, "dim": -1},
-                label="keywords",
-            ),
-        ],
-        ALL_DTYPES,
-    )
-)
-add(
-    Row(
-        "chunk",
-        [
-            Case([Data(shape=(5, 2))], lambda x: np.split(x, [2, 4]), params=(3,), label="3 chunks of 5"),
-            Case([Data(shape=(2, 6))], lambda x: np.split(x, [3], axis=1), params=(2, 1), label="dim 1"),
-        ],
-        ALL_DTYPES,
-    )
-)
-add(
-    Row(
         "squeeze",
         [
             Case([Data(shape=(2, 1, 3, 1))], lambda x: np.squeeze(x), label="all"),
@@ -779,31 +753,6 @@ add(
         ALL_DTYPES,
     )
 )
-add(
-    Row(
-        "roll",
-        [
-            Case(
-                [Data(shape=(3, 4))], lambda x: np.roll(x, (1, -2), (0, 1)), params=((1, -2), (0, 1)), label="two dims"
-            ),
-            Case([Data(shape=(3, 4))], lambda x: np.roll(x, 5), params=(5,), label="flattened"),
-            Case([Data(shape=(3, 4))], lambda x: np.roll(x, -1, 1), kwargs={"shifts": -1, "dims": 1}, label="keywords"),
-        ],
-        ALL_DTYPES,
-    )
-)
-for _name, _np in (("tril", np.tril), ("triu", np.triu)):
-    add(
-        Row(
-            _name,
-            [
-                Case([Data(shape=(3, 4))], lambda x, f=_np: f(x), label="default"),
-                Case([Data(shape=(2, 3, 3))], lambda x, f=_np: f(x, 1), params=(1,), label="batched, diagonal 1"),
-                Case([Data(shape=(4, 3))], lambda x, f=_np: f(x, -1), kwargs={"diagonal": -1}, label="diagonal -1"),
-            ],
-            ALL_DTYPES,
-        )
-    )
 
 # ----------------------------------------------------------------------------------------------- indexing
 
@@ -1913,3 +1862,55 @@ add(
         NUMBERS,  # bool refused, as PyTorch
     )
 )
+# split, chunk, roll, tril and triu: slope_nn.tensor_functions too (they left slope-core for its line budget)
+add(
+    Row(
+        "split",
+        [
+            Case([Data(shape=(5, 2))], lambda x: np.split(x, [2, 4]), params=(2,), label="size 2 (last smaller)"),
+            Case([Data(shape=(2, 6))], lambda x: np.split(x, [1, 4], axis=1), params=([1, 3, 2], 1), label="sections"),
+            Case(
+                [Data(shape=(2, 4))],
+                lambda x: np.split(x, [2], axis=-1),
+                kwargs={"split_size_or_sections": 2, "dim": -1},
+                label="keywords",
+            ),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "chunk",
+        [
+            Case([Data(shape=(5, 2))], lambda x: np.split(x, [2, 4]), params=(3,), label="3 chunks of 5"),
+            Case([Data(shape=(2, 6))], lambda x: np.split(x, [3], axis=1), params=(2, 1), label="dim 1"),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "roll",
+        [
+            Case(
+                [Data(shape=(3, 4))], lambda x: np.roll(x, (1, -2), (0, 1)), params=((1, -2), (0, 1)), label="two dims"
+            ),
+            Case([Data(shape=(3, 4))], lambda x: np.roll(x, 5), params=(5,), label="flattened"),
+            Case([Data(shape=(3, 4))], lambda x: np.roll(x, -1, 1), kwargs={"shifts": -1, "dims": 1}, label="keywords"),
+        ],
+        ALL_DTYPES,
+    )
+)
+for _name, _np in (("tril", np.tril), ("triu", np.triu)):
+    add(
+        Row(
+            _name,
+            [
+                Case([Data(shape=(3, 4))], lambda x, f=_np: f(x), label="default"),
+                Case([Data(shape=(2, 3, 3))], lambda x, f=_np: f(x, 1), params=(1,), label="batched, diagonal 1"),
+                Case([Data(shape=(4, 3))], lambda x, f=_np: f(x, -1), kwargs={"diagonal": -1}, label="diagonal -1"),
+            ],
+            ALL_DTYPES,
+        )
+    )
