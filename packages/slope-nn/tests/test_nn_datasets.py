@@ -52,6 +52,25 @@ def test_read_idx_big_endian_ints(tmp_path):
         nn.datasets.read_idx(tmp_path / "bad")
 
 
+def test_truncated_or_damaged_idx_files_are_named(tmp_path):
+    # a partial copy gave EOFError (gzip cut short), struct.error (raw header cut) or BadGzipFile (trailing bytes),
+    # none naming the file
+    images = np.zeros((7, 28, 28), np.uint8)
+    write_idx(tmp_path / "full.gz", images, compress=True)
+    write_idx(tmp_path / "full", images, compress=False)
+    whole, raw = (tmp_path / "full.gz").read_bytes(), (tmp_path / "full").read_bytes()
+    cases = {"cut.gz": whole[:-30], "junk.gz": whole + b"junk", "crc.gz": whole[:-8] + bytes(8), "header": raw[:6],
+             "data": raw[:-5]}  # fmt: skip
+    for name, payload in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=f"read_idx: .*{name} is truncated or damaged"):
+            nn.datasets.read_idx(tmp_path / name)
+    fake_mnist(tmp_path, 7, compress=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(whole[:-30])
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz is truncated or damaged"):
+        nn.datasets.mnist("test", tmp_path, download=False)
+
+
 def test_folder_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.delenv("SLOPE_DATA", raising=False)

@@ -13,6 +13,7 @@ import os
 import queue
 import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -73,20 +74,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     with open(path, "rb") as raw:
         head = raw.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    damaged = f"slope.nn.datasets.read_idx: {path} is truncated or damaged"
+    advice = "copy or download it again (mnist() downloads the files missing from its folder)"
+    if head == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (
+            EOFError,
+            gzip.BadGzipFile,
+            zlib.error,
+        ) as error:  # cut short: EOFError; CRC or trailing bytes: BadGzipFile
+            raise ValueError(f"{damaged} (gzip: {type(error).__name__}: {error}); {advice}") from error
+    else:
+        data = path.read_bytes()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
         raise ValueError(f"slope.nn.datasets.read_idx: {path} is not an IDX file (bad magic number)")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
     offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(
+            f"{damaged}: its header ends after {len(data)} bytes, a {ndim}-d IDX header has {offset}; {advice}"
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:offset])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(
-            f"slope.nn.datasets.read_idx: {path} holds {len(data) - offset} bytes of data, expected {expected}"
-        )
+        raise ValueError(f"{damaged}: it holds {len(data) - offset} bytes of data, its header {shape} {dtype} asks for "
+                         f"{expected}; {advice}")  # fmt: skip
     array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
 
