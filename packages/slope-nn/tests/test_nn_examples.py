@@ -79,3 +79,15 @@ def test_truncated_mnist_file_is_reported_like_a_missing_one(tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "train-images-idx3-ubyte.gz is truncated or damaged" in result.stderr
+
+
+def test_char_gpt_names_a_data_file_that_is_not_utf8_text(tmp_path):
+    # a non-UTF-8 --data file raised UnicodeDecodeError without the file's name; a folder, IsADirectoryError
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    script = str(EXAMPLES / "nn" / "char_gpt.py")
+    for data, words in ((binary, "is not UTF-8 text"), (tmp_path, "is not a file")):
+        args = [sys.executable, script, "--data", str(data), "--steps", "1"]
+        result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"char_gpt: {data} {words}" in result.stderr
