@@ -165,3 +165,30 @@ def test_loader_takes_big_endian_arrays_as_slope_tensor_does():
         data = np.arange(6).astype(dtype)
         (batch,) = next(iter(nn.datasets.loader(data, batch_size=3, shuffle=False)))
         assert batch.tolist() == [0, 1, 2] and batch.dtype == slope.tensor(data).dtype, dtype
+
+
+def test_loader_takes_backend_and_checks_arguments_at_the_call():
+    # loader was a generator function: its body ran at the first next(), so a loader made inside
+    # `with slope.use_backend(...)` and iterated after it gave tensors of the default backend, and bad arguments
+    # raised only at the first next() (PyTorch's DataLoader checks them at construction)
+    others = [name for name in sorted(slope.plugins.backends) if name != slope.get_backend().name]
+    if not others:
+        pytest.skip("one backend installed")
+    data = np.arange(12, dtype=np.float32).reshape(6, 2)
+    with slope.use_backend("numpy" if "numpy" in others else others[0]):
+        made = nn.datasets.loader(data, batch_size=2, shuffle=False)
+        backend, device = slope.get_backend(), slope.backend.default_device()
+    batches = list(made)
+    assert [x.backend for (x,) in batches] == [backend] * 3 and all(x.device == device for (x,) in batches)
+    assert [x.tolist() for (x,) in batches] == data.reshape(3, 2, 2).tolist()
+    for function in (nn.datasets.loader, nn.datasets.batches):
+        with pytest.raises(ValueError, match=f"{function.__name__}: batch_size must be a positive integer"):
+            function(data, batch_size=0)
+        with pytest.raises(ValueError, match=f"{function.__name__}: arrays differ in length"):
+            function(data, data[:3], batch_size=2)
+        with pytest.raises(ValueError, match=f"{function.__name__}: order must be a 1-d array"):
+            function(data, batch_size=2, order=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="loader: prefetch must be at least 1"):
+        nn.datasets.loader(data, batch_size=2, prefetch=0)
+    with pytest.raises(TypeError, match=r"loader: arrays\[1\] has dtype uint16, which slope tensors do not hold"):
+        nn.datasets.loader(data, np.zeros(6, np.uint16), batch_size=2)

@@ -9,6 +9,7 @@ allows; otherwise the error says which files to put where.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import queue
 import struct
@@ -179,20 +180,32 @@ def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, downl
 def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None,
             drop_last: bool = True, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
     """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked, or taken in
-    the given `order` of row indices)."""
+    the given `order` of row indices). The arguments are checked, and the shuffled order drawn, at the call."""
+    arrays, order = _plan("batches", arrays, batch_size, shuffle, seed, order)
+    return _slices(arrays, batch_size, order, drop_last)
+
+
+def _plan(function: str, arrays: tuple, batch_size: int, shuffle: bool, seed: int | None,
+          order: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:  # fmt: skip
+    """The checked arrays of `batches` and `loader` and the order of their rows (None: as they are)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"slope.nn.datasets.batches: batch_size must be a positive integer, got {batch_size!r}")
+        raise ValueError(f"slope.nn.datasets.{function}: batch_size must be a positive integer, got {batch_size!r}")
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
-        raise ValueError(f"slope.nn.datasets.batches: arrays differ in length: {[len(a) for a in arrays]}")
+        raise ValueError(f"slope.nn.datasets.{function}: arrays differ in length: {[len(a) for a in arrays]}")
     if order is None:
-        order = np.random.default_rng(seed).permutation(count) if shuffle else None
-    else:
-        order = np.asarray(order)
-        if order.ndim != 1 or order.dtype.kind not in "iu":
-            raise ValueError(f"slope.nn.datasets.batches: order must be a 1-d array of row indices, got {order.shape} "
-                             f"{order.dtype}")  # fmt: skip
-        count = len(order)
+        return arrays, (np.random.default_rng(seed).permutation(count) if shuffle else None)
+    order = np.asarray(order)
+    if order.ndim != 1 or order.dtype.kind not in "iu":
+        raise ValueError(f"slope.nn.datasets.{function}: order must be a 1-d array of row indices, got {order.shape} "
+                         f"{order.dtype}")  # fmt: skip
+    return arrays, order
+
+
+def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
+            drop_last: bool) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
+    """The batches of rows `order` (None: in place, as views) of the arrays."""
+    count = len(arrays[0]) if order is None else len(order)
     stop = count - count % batch_size if drop_last else count
     for start in range(0, stop, batch_size):
         if order is None:
@@ -204,22 +217,38 @@ def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: in
 
 def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = True,
            order: np.ndarray | None = None, steps: int | None = None, prefetch: int = 2) -> Iterator[tuple[Any, ...]]:  # fmt: skip
-    """Mini-batches as tensors on the active backend (see `batches` for the slicing; at most `steps` of them): a
-    background thread slices and transfers up to `prefetch` batches ahead while the caller's step runs (backends
-    release the interpreter while they compute). Each batch is a fresh array, so it goes to the backend without a copy
-    of its own where the backend keeps NumPy arrays as they are."""
+    """Mini-batches as tensors on the backend (and device) active at the call (see `batches` for the slicing; at most
+    `steps` of them): a background thread slices and transfers up to `prefetch` batches ahead while the caller's step
+    runs (backends release the interpreter while they compute). The arguments are checked at the call, as by PyTorch's
+    DataLoader; the thread starts at the first batch asked for."""
+    arrays, order = _plan("loader", arrays, batch_size, shuffle, seed, order)
     if prefetch < 1:
         raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1, got {prefetch}")
-    source = batches(*arrays, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, order=order)
+    source = _slices(arrays, batch_size, order, drop_last)
     if steps is not None:
-        source = (batch for _, batch in zip(range(steps), source))
-    backend, device = slope.get_backend(), slope.backend.default_device()  # (the worker must not switch backends)
+        source = itertools.islice(source, steps)
+    backend, device = slope.get_backend(), slope.backend.default_device()  # here: a `with slope.use_backend` may end
+    for i, array in enumerate(arrays):  # before the first batch is asked for, and the worker must not switch backends
+        try:
+            dtype = slope.dtypes.as_dtype(array.dtype)
+        except TypeError:
+            names = ", ".join(sorted(d.name for d in backend.dtypes))
+            raise TypeError(f"slope.nn.datasets.loader: arrays[{i}] has dtype {array.dtype}, which slope tensors do "
+                            f"not hold (they hold {names}): convert it, e.g. with .astype") from None  # fmt: skip
+        backend.check_dtype(dtype, "nn.datasets.loader")
+    return _prefetched(source, backend, device, prefetch)
+
+
+def _prefetched(source: Iterator[tuple[np.ndarray, ...]], backend: Any, device: Any,
+                prefetch: int) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+    """The batches of `source` as tensors of `backend` on `device`, made by a thread up to `prefetch` ahead. Each batch
+    is a fresh array, so it goes to the backend without a copy of its own where the backend keeps NumPy arrays as they
+    are."""
     ready: queue.Queue = queue.Queue(prefetch)
     stop = threading.Event()
 
     def to_tensor(array: np.ndarray) -> Any:
         dtype = slope.dtypes.as_dtype(array.dtype)
-        backend.check_dtype(dtype, "nn.datasets.loader")
         if not array.dtype.isnative:  # big-endian data ('>f4'), as slope.tensor takes it (iree read its bytes as they
             array = array.astype(array.dtype.newbyteorder("="))  # were: 1.0 was 4.6e-41; onnxruntime refused it)
         elif not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here
