@@ -192,3 +192,42 @@ def test_loader_takes_backend_and_checks_arguments_at_the_call():
         nn.datasets.loader(data, batch_size=2, prefetch=0)
     with pytest.raises(TypeError, match=r"loader: arrays\[1\] has dtype uint16, which slope tensors do not hold"):
         nn.datasets.loader(data, np.zeros(6, np.uint16), batch_size=2)
+
+
+def test_loader_and_batches_take_array_likes_and_refuse_bad_inputs_clearly():
+    # a list worked shuffled but not unshuffled (AttributeError: 'list' object has no attribute 'dtype'); no arrays:
+    # IndexError; steps=-1: an empty epoch; prefetch=None, a generator, a 0-d array or a slope.random key as seed: raw
+    # TypeErrors from NumPy or Python; an order index out of range: NumPy's IndexError at the first batch
+    for shuffle in (False, True):  # array-likes through np.asarray, as PyTorch's default_collate (Python floats: f64)
+        got = [x.tolist() for (x,) in nn.datasets.loader([1.0, 2.0, 3.0, 4.0], batch_size=2, shuffle=shuffle, seed=0)]
+        ref = [b.tolist() for (b,) in nn.datasets.batches(np.array([1.0, 2.0, 3.0, 4.0]), batch_size=2, seed=0,
+                                                          shuffle=shuffle)]  # fmt: skip
+        assert got == ref and sorted(sum(got, [])) == [1.0, 2.0, 3.0, 4.0]
+        (x,) = next(nn.datasets.loader([1.0, 2.0], batch_size=2, shuffle=shuffle))
+        assert x.dtype == slope.float64
+    assert [b.tolist() for (b,) in nn.datasets.batches([1, 2, 3, 4], batch_size=2, shuffle=False)] == [[1, 2], [3, 4]]
+    assert len(list(nn.datasets.loader(np.zeros(4), batch_size=2, steps=0))) == 0
+    x, key = np.zeros(4, np.float32), slope.random.key(0)
+    for function in (nn.datasets.loader, nn.datasets.batches):
+        name = function.__name__
+        cases = [
+            (TypeError, f"{name}: no arrays given", (), {}),
+            (TypeError, rf"{name}: arrays\[1\] is an iterator \(generator\)", (x, (i for i in range(4))), {}),
+            (ValueError, rf"{name}: arrays\[0\] must have a first dimension .* shape \(\)", (np.array(3.0),), {}),
+            (ValueError, rf"{name}: arrays\[0\] must have a first dimension .* got 3", (3,), {}),
+            (ValueError, rf"{name}: arrays\[0\] \(list\) could not be made a NumPy array", ([[1, 2], [3]],), {}),
+            (TypeError, f"{name}: seed must be .* Tensor of shape .*slope.random key", (x,), dict(seed=key)),
+            (TypeError, f"{name}: seed must be a non-negative integer or None, got 'a'", (x,), dict(seed="a")),
+            (ValueError, f"{name}: seed must be a non-negative integer or None, got -1", (x,), dict(seed=-1)),
+            (IndexError, f"{name}: order holds row index 4, out of range .* 4 rows", (x,), dict(order=[0, 4])),
+        ]  # fmt: skip
+        for error, words, arrays, keywords in cases:
+            with pytest.raises(error, match=words):
+                function(*arrays, batch_size=2, **keywords)
+    for steps in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="loader: steps must be None .* or a non-negative integer"):
+            nn.datasets.loader(x, batch_size=2, steps=steps)
+    for prefetch in (None, 2.0):
+        with pytest.raises(ValueError, match="loader: prefetch must be at least 1 .*an integer"):
+            nn.datasets.loader(x, batch_size=2, prefetch=prefetch)
+    assert len(list(nn.datasets.batches(x, batch_size=2, seed=np.random.default_rng(0)))) == 2  # NumPy's seeds too

@@ -187,19 +187,66 @@ def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: in
 
 def _plan(function: str, arrays: tuple, batch_size: int, shuffle: bool, seed: int | None,
           order: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:  # fmt: skip
-    """The checked arrays of `batches` and `loader` and the order of their rows (None: as they are)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"slope.nn.datasets.{function}: batch_size must be a positive integer, got {batch_size!r}")
+    """The checked arrays of `batches` and `loader` (array-likes as NumPy arrays) and the order of their rows (None:
+    as they are)."""
+    name = f"slope.nn.datasets.{function}"
+    arrays = tuple(_as_array(name, i, a) for i, a in enumerate(arrays))
+    if not arrays:
+        raise TypeError(f"{name}: no arrays given: pass the arrays to slice into batches, e.g. {function}(images, "
+                        "labels, batch_size=...)")  # fmt: skip
+    if not _whole(batch_size, 1):
+        raise ValueError(f"{name}: batch_size must be a positive integer, got {batch_size!r}")
+    if not (seed is None or _whole(seed, 0) or isinstance(seed, _NUMPY_SEEDS)):
+        message = f"{name}: seed must be a non-negative integer or None, got {_describe(seed)}"
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):  # a negative integer
+            raise ValueError(message)
+        hint = " (a slope.random key is not a NumPy seed: pass an integer)" if isinstance(seed, slope.Tensor) else ""
+        raise TypeError(message + hint)
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
-        raise ValueError(f"slope.nn.datasets.{function}: arrays differ in length: {[len(a) for a in arrays]}")
+        raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
     if order is None:
         return arrays, (np.random.default_rng(seed).permutation(count) if shuffle else None)
     order = np.asarray(order)
     if order.ndim != 1 or order.dtype.kind not in "iu":
-        raise ValueError(f"slope.nn.datasets.{function}: order must be a 1-d array of row indices, got {order.shape} "
-                         f"{order.dtype}")  # fmt: skip
+        raise ValueError(f"{name}: order must be a 1-d array of row indices, got {order.shape} {order.dtype}")
+    if order.size and (order.min() < -count or order.max() >= count):
+        bad = order.min() if order.min() < -count else order.max()
+        raise IndexError(f"{name}: order holds row index {bad}, out of range for arrays of {count} rows")
     return arrays, order
+
+
+_NUMPY_SEEDS = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)  # (np.random.default_rng's)
+
+
+def _whole(value: Any, least: int) -> bool:
+    """Whether value is an integer (a bool is not one here) of at least `least`."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
+def _describe(value: Any) -> str:
+    """A short account of an argument for an error message: its value, or its type and shape."""
+    if isinstance(value, (np.ndarray, slope.Tensor)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    return repr(value) if isinstance(value, (int, float, str, type(None), np.generic)) else type(value).__name__
+
+
+def _as_array(name: str, i: int, value: Any) -> np.ndarray:
+    """An array to batch: a NumPy array as it is, an array-like (a list, a tensor) through np.asarray; one with no
+    first dimension, or an iterator (np.asarray would make a 0-d object array of it), is refused."""
+    if isinstance(value, Iterator):
+        raise TypeError(f"{name}: arrays[{i}] is an iterator ({type(value).__name__}), not an array: make a list or "
+                        "array of its items first")  # fmt: skip
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:  # a ragged list, ...
+        raise ValueError(
+            f"{name}: arrays[{i}] ({type(value).__name__}) could not be made a NumPy array: {error}"
+        ) from None
+    if array.ndim == 0:
+        raise ValueError(f"{name}: arrays[{i}] must have a first dimension to slice into batches (a 0-d array or "
+                         f"a scalar has none), got {_describe(value)}")  # fmt: skip
+    return array
 
 
 def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
@@ -222,8 +269,12 @@ def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int
     runs (backends release the interpreter while they compute). The arguments are checked at the call, as by PyTorch's
     DataLoader; the thread starts at the first batch asked for."""
     arrays, order = _plan("loader", arrays, batch_size, shuffle, seed, order)
-    if prefetch < 1:
-        raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1, got {prefetch}")
+    if steps is not None and not _whole(steps, 0):
+        raise ValueError(f"slope.nn.datasets.loader: steps must be None (the whole epoch) or a non-negative integer, "
+                         f"got {steps!r}")  # fmt: skip
+    if not _whole(prefetch, 1):
+        raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1 (an integer: the batches made ahead), "
+                         f"got {prefetch!r}")  # fmt: skip
     source = _slices(arrays, batch_size, order, drop_last)
     if steps is not None:
         source = itertools.islice(source, steps)
