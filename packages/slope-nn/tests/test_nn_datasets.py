@@ -59,8 +59,9 @@ def test_truncated_or_damaged_idx_files_are_named(tmp_path):
     write_idx(tmp_path / "full.gz", images, compress=True)
     write_idx(tmp_path / "full", images, compress=False)
     whole, raw = (tmp_path / "full.gz").read_bytes(), (tmp_path / "full").read_bytes()
-    cases = {"cut.gz": whole[:-30], "junk.gz": whole + b"junk", "crc.gz": whole[:-8] + bytes(8), "header": raw[:6],
-             "data": raw[:-5]}  # fmt: skip
+    flipped = whole[:12] + bytes(b ^ 0xFF for b in whole[12:20]) + whole[20:]  # damaged deflate data: zlib.error
+    cases = {"cut.gz": whole[:-30], "junk.gz": whole + b"junk", "crc.gz": whole[:-8] + bytes(8), "flip.gz": flipped,
+             "header": raw[:6], "data": raw[:-5]}  # fmt: skip
     for name, payload in cases.items():
         (tmp_path / name).write_bytes(payload)
         with pytest.raises(ValueError, match=f"read_idx: .*{name} is truncated or damaged"):

@@ -78,14 +78,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     damaged = f"slope.nn.datasets.read_idx: {path} is truncated or damaged"
     advice = "copy or download it again (mnist() downloads the files missing from its folder)"
     if head == b"\x1f\x8b":
-        try:
+        try:  # cut short: EOFError; a bad CRC or bytes after the stream: BadGzipFile; damaged data: zlib.error
             with gzip.open(path, "rb") as f:
                 data = f.read()
-        except (
-            EOFError,
-            gzip.BadGzipFile,
-            zlib.error,
-        ) as error:  # cut short: EOFError; CRC or trailing bytes: BadGzipFile
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
             raise ValueError(f"{damaged} (gzip: {type(error).__name__}: {error}); {advice}") from error
     else:
         data = path.read_bytes()
@@ -240,9 +236,8 @@ def _as_array(name: str, i: int, value: Any) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:  # a ragged list, ...
-        raise ValueError(
-            f"{name}: arrays[{i}] ({type(value).__name__}) could not be made a NumPy array: {error}"
-        ) from None
+        message = f"{name}: arrays[{i}] ({type(value).__name__}) could not be made a NumPy array: {error}"
+        raise ValueError(message) from None
     if array.ndim == 0:
         raise ValueError(f"{name}: arrays[{i}] must have a first dimension to slice into batches (a 0-d array or "
                          f"a scalar has none), got {_describe(value)}")  # fmt: skip
