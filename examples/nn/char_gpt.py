@@ -428,7 +428,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"char_gpt: no text at {path}; pass --data FILE or set SLOPE_DATA_DIR (see examples/README.md)"
         )
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise SystemExit(f"char_gpt: {path} is not a file; pass --data FILE (a UTF-8 text file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SystemExit(f"char_gpt: {path} is not UTF-8 text ({error.reason} at byte {error.start}); pass --data a "
+                         "UTF-8 text file (or convert it, e.g. iconv -t UTF-8)") from None  # fmt: skip
     data = CharData(text)
     if min(len(data.train), len(data.val)) <= args.block_size:  # (a window and its next character must fit in each)
         raise SystemExit(f"char_gpt: the text's training and validation parts ({len(data.train)} and {len(data.val)} "

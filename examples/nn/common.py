@@ -59,11 +59,11 @@ def data_dir(explicit: str | None) -> str | None:
 
 
 def load_mnist(explicit: str | None) -> tuple[nn.datasets.Dataset, nn.datasets.Dataset]:
-    """The train and test splits (exits with the loader's message when the files are missing)."""
+    """The train and test splits (exits with the loader's message when the files are missing, truncated or damaged)."""
     folder = data_dir(explicit)
     try:
         return nn.datasets.mnist("train", folder), nn.datasets.mnist("test", folder)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: a file that is no IDX file, truncated or damaged
         sys.exit(str(error))
 
 

@@ -52,6 +52,26 @@ def test_read_idx_big_endian_ints(tmp_path):
         nn.datasets.read_idx(tmp_path / "bad")
 
 
+def test_truncated_or_damaged_idx_files_are_named(tmp_path):
+    # a partial copy gave EOFError (gzip cut short), struct.error (raw header cut) or BadGzipFile (trailing bytes),
+    # none naming the file
+    images = np.zeros((7, 28, 28), np.uint8)
+    write_idx(tmp_path / "full.gz", images, compress=True)
+    write_idx(tmp_path / "full", images, compress=False)
+    whole, raw = (tmp_path / "full.gz").read_bytes(), (tmp_path / "full").read_bytes()
+    flipped = whole[:12] + bytes(b ^ 0xFF for b in whole[12:20]) + whole[20:]  # damaged deflate data: zlib.error
+    cases = {"cut.gz": whole[:-30], "junk.gz": whole + b"junk", "crc.gz": whole[:-8] + bytes(8), "flip.gz": flipped,
+             "header": raw[:6], "data": raw[:-5]}  # fmt: skip
+    for name, payload in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=f"read_idx: .*{name} is truncated or damaged"):
+            nn.datasets.read_idx(tmp_path / name)
+    fake_mnist(tmp_path, 7, compress=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(whole[:-30])
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz is truncated or damaged"):
+        nn.datasets.mnist("test", tmp_path, download=False)
+
+
 def test_folder_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.delenv("SLOPE_DATA", raising=False)
@@ -146,3 +166,69 @@ def test_loader_takes_big_endian_arrays_as_slope_tensor_does():
         data = np.arange(6).astype(dtype)
         (batch,) = next(iter(nn.datasets.loader(data, batch_size=3, shuffle=False)))
         assert batch.tolist() == [0, 1, 2] and batch.dtype == slope.tensor(data).dtype, dtype
+
+
+def test_loader_takes_backend_and_checks_arguments_at_the_call():
+    # loader was a generator function: its body ran at the first next(), so a loader made inside
+    # `with slope.use_backend(...)` and iterated after it gave tensors of the default backend, and bad arguments
+    # raised only at the first next() (PyTorch's DataLoader checks them at construction)
+    others = [name for name in sorted(slope.plugins.backends) if name != slope.get_backend().name]
+    if not others:
+        pytest.skip("one backend installed")
+    data = np.arange(12, dtype=np.float32).reshape(6, 2)
+    with slope.use_backend("numpy" if "numpy" in others else others[0]):
+        made = nn.datasets.loader(data, batch_size=2, shuffle=False)
+        backend, device = slope.get_backend(), slope.backend.default_device()
+    batches = list(made)
+    assert [x.backend for (x,) in batches] == [backend] * 3 and all(x.device == device for (x,) in batches)
+    assert [x.tolist() for (x,) in batches] == data.reshape(3, 2, 2).tolist()
+    for function in (nn.datasets.loader, nn.datasets.batches):
+        with pytest.raises(ValueError, match=f"{function.__name__}: batch_size must be a positive integer"):
+            function(data, batch_size=0)
+        with pytest.raises(ValueError, match=f"{function.__name__}: arrays differ in length"):
+            function(data, data[:3], batch_size=2)
+        with pytest.raises(ValueError, match=f"{function.__name__}: order must be a 1-d array"):
+            function(data, batch_size=2, order=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="loader: prefetch must be at least 1"):
+        nn.datasets.loader(data, batch_size=2, prefetch=0)
+    with pytest.raises(TypeError, match=r"loader: arrays\[1\] has dtype uint16, which slope tensors do not hold"):
+        nn.datasets.loader(data, np.zeros(6, np.uint16), batch_size=2)
+
+
+def test_loader_and_batches_take_array_likes_and_refuse_bad_inputs_clearly():
+    # a list worked shuffled but not unshuffled (AttributeError: 'list' object has no attribute 'dtype'); no arrays:
+    # IndexError; steps=-1: an empty epoch; prefetch=None, a generator, a 0-d array or a slope.random key as seed: raw
+    # TypeErrors from NumPy or Python; an order index out of range: NumPy's IndexError at the first batch
+    for shuffle in (False, True):  # array-likes through np.asarray, as PyTorch's default_collate (Python floats: f64)
+        got = [x.tolist() for (x,) in nn.datasets.loader([1.0, 2.0, 3.0, 4.0], batch_size=2, shuffle=shuffle, seed=0)]
+        ref = [b.tolist() for (b,) in nn.datasets.batches(np.array([1.0, 2.0, 3.0, 4.0]), batch_size=2, seed=0,
+                                                          shuffle=shuffle)]  # fmt: skip
+        assert got == ref and sorted(sum(got, [])) == [1.0, 2.0, 3.0, 4.0]
+        (x,) = next(nn.datasets.loader([1.0, 2.0], batch_size=2, shuffle=shuffle))
+        assert x.dtype == slope.float64
+    assert [b.tolist() for (b,) in nn.datasets.batches([1, 2, 3, 4], batch_size=2, shuffle=False)] == [[1, 2], [3, 4]]
+    assert len(list(nn.datasets.loader(np.zeros(4), batch_size=2, steps=0))) == 0
+    x, key = np.zeros(4, np.float32), slope.random.key(0)
+    for function in (nn.datasets.loader, nn.datasets.batches):
+        name = function.__name__
+        cases = [
+            (TypeError, f"{name}: no arrays given", (), {}),
+            (TypeError, rf"{name}: arrays\[1\] is an iterator \(generator\)", (x, (i for i in range(4))), {}),
+            (ValueError, rf"{name}: arrays\[0\] must have a first dimension .* shape \(\)", (np.array(3.0),), {}),
+            (ValueError, rf"{name}: arrays\[0\] must have a first dimension .* got 3", (3,), {}),
+            (ValueError, rf"{name}: arrays\[0\] \(list\) could not be made a NumPy array", ([[1, 2], [3]],), {}),
+            (TypeError, f"{name}: seed must be .* Tensor of shape .*slope.random key", (x,), dict(seed=key)),
+            (TypeError, f"{name}: seed must be a non-negative integer or None, got 'a'", (x,), dict(seed="a")),
+            (ValueError, f"{name}: seed must be a non-negative integer or None, got -1", (x,), dict(seed=-1)),
+            (IndexError, f"{name}: order holds row index 4, out of range .* 4 rows", (x,), dict(order=[0, 4])),
+        ]  # fmt: skip
+        for error, words, arrays, keywords in cases:
+            with pytest.raises(error, match=words):
+                function(*arrays, batch_size=2, **keywords)
+    for steps in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="loader: steps must be None .* or a non-negative integer"):
+            nn.datasets.loader(x, batch_size=2, steps=steps)
+    for prefetch in (None, 2.0):
+        with pytest.raises(ValueError, match="loader: prefetch must be at least 1 .*an integer"):
+            nn.datasets.loader(x, batch_size=2, prefetch=prefetch)
+    assert len(list(nn.datasets.batches(x, batch_size=2, seed=np.random.default_rng(0)))) == 2  # NumPy's seeds too

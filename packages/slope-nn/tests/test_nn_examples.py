@@ -64,3 +64,30 @@ def test_missing_mnist_message(tmp_path):
     script = "import slope.nn as nn; nn.datasets.mnist('train', download=False)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0 and str(tmp_path / "nothing-here") in result.stderr
+
+
+def test_truncated_mnist_file_is_reported_like_a_missing_one(tmp_path):
+    # a partly copied .gz file ended mnist_mlp.py with a bare EOFError traceback naming no file
+    import gzip
+
+    for split in ("train", "t10k"):
+        for kind, header in (("images-idx3", b"\x00\x00\x08\x03"), ("labels-idx1", b"\x00\x00\x08\x01")):
+            (tmp_path / f"{split}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + bytes(100))[:-20])
+    env = {k: v for k, v in os.environ.items() if k not in ("SLOPE_DATA_DIR", "SLOPE_DATA")}
+    env["MNIST_DIR"] = str(tmp_path)
+    args = [sys.executable, str(EXAMPLES / "nn" / "mnist_mlp.py"), "--epochs", "1", "--steps", "1", "--no-plot"]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "train-images-idx3-ubyte.gz is truncated or damaged" in result.stderr
+
+
+def test_char_gpt_names_a_data_file_that_is_not_utf8_text(tmp_path):
+    # a non-UTF-8 --data file raised UnicodeDecodeError without the file's name; a folder, IsADirectoryError
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    script = str(EXAMPLES / "nn" / "char_gpt.py")
+    for data, words in ((binary, "is not UTF-8 text"), (tmp_path, "is not a file")):
+        args = [sys.executable, script, "--data", str(data), "--steps", "1"]
+        result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"char_gpt: {data} {words}" in result.stderr

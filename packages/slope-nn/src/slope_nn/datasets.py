@@ -9,10 +9,12 @@ allows; otherwise the error says which files to put where.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import queue
 import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -73,20 +75,30 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     with open(path, "rb") as raw:
         head = raw.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    damaged = f"slope.nn.datasets.read_idx: {path} is truncated or damaged"
+    advice = "copy or download it again (mnist() downloads the files missing from its folder)"
+    if head == b"\x1f\x8b":
+        try:  # cut short: EOFError; a bad CRC or bytes after the stream: BadGzipFile; damaged data: zlib.error
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise ValueError(f"{damaged} (gzip: {type(error).__name__}: {error}); {advice}") from error
+    else:
+        data = path.read_bytes()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
         raise ValueError(f"slope.nn.datasets.read_idx: {path} is not an IDX file (bad magic number)")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
     offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(
+            f"{damaged}: its header ends after {len(data)} bytes, a {ndim}-d IDX header has {offset}; {advice}"
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:offset])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(
-            f"slope.nn.datasets.read_idx: {path} holds {len(data) - offset} bytes of data, expected {expected}"
-        )
+        raise ValueError(f"{damaged}: it holds {len(data) - offset} bytes of data, its header {shape} {dtype} asks for "
+                         f"{expected}; {advice}")  # fmt: skip
     array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
 
@@ -164,20 +176,78 @@ def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, downl
 def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None,
             drop_last: bool = True, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
     """Mini-batches of NumPy arrays sliced along their first dimension (shuffled with `seed` when asked, or taken in
-    the given `order` of row indices)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"slope.nn.datasets.batches: batch_size must be a positive integer, got {batch_size!r}")
+    the given `order` of row indices). The arguments are checked, and the shuffled order drawn, at the call."""
+    arrays, order = _plan("batches", arrays, batch_size, shuffle, seed, order)
+    return _slices(arrays, batch_size, order, drop_last)
+
+
+def _plan(function: str, arrays: tuple, batch_size: int, shuffle: bool, seed: int | None,
+          order: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:  # fmt: skip
+    """The checked arrays of `batches` and `loader` (array-likes as NumPy arrays) and the order of their rows (None:
+    as they are)."""
+    name = f"slope.nn.datasets.{function}"
+    arrays = tuple(_as_array(name, i, a) for i, a in enumerate(arrays))
+    if not arrays:
+        raise TypeError(f"{name}: no arrays given: pass the arrays to slice into batches, e.g. {function}(images, "
+                        "labels, batch_size=...)")  # fmt: skip
+    if not _whole(batch_size, 1):
+        raise ValueError(f"{name}: batch_size must be a positive integer, got {batch_size!r}")
+    if not (seed is None or _whole(seed, 0) or isinstance(seed, _NUMPY_SEEDS)):
+        message = f"{name}: seed must be a non-negative integer or None, got {_describe(seed)}"
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):  # a negative integer
+            raise ValueError(message)
+        hint = " (a slope.random key is not a NumPy seed: pass an integer)" if isinstance(seed, slope.Tensor) else ""
+        raise TypeError(message + hint)
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
-        raise ValueError(f"slope.nn.datasets.batches: arrays differ in length: {[len(a) for a in arrays]}")
+        raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
     if order is None:
-        order = np.random.default_rng(seed).permutation(count) if shuffle else None
-    else:
-        order = np.asarray(order)
-        if order.ndim != 1 or order.dtype.kind not in "iu":
-            raise ValueError(f"slope.nn.datasets.batches: order must be a 1-d array of row indices, got {order.shape} "
-                             f"{order.dtype}")  # fmt: skip
-        count = len(order)
+        return arrays, (np.random.default_rng(seed).permutation(count) if shuffle else None)
+    order = np.asarray(order)
+    if order.ndim != 1 or order.dtype.kind not in "iu":
+        raise ValueError(f"{name}: order must be a 1-d array of row indices, got {order.shape} {order.dtype}")
+    if order.size and (order.min() < -count or order.max() >= count):
+        bad = order.min() if order.min() < -count else order.max()
+        raise IndexError(f"{name}: order holds row index {bad}, out of range for arrays of {count} rows")
+    return arrays, order
+
+
+_NUMPY_SEEDS = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)  # (np.random.default_rng's)
+
+
+def _whole(value: Any, least: int) -> bool:
+    """Whether value is an integer (a bool is not one here) of at least `least`."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
+def _describe(value: Any) -> str:
+    """A short account of an argument for an error message: its value, or its type and shape."""
+    if isinstance(value, (np.ndarray, slope.Tensor)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    return repr(value) if isinstance(value, (int, float, str, type(None), np.generic)) else type(value).__name__
+
+
+def _as_array(name: str, i: int, value: Any) -> np.ndarray:
+    """An array to batch: a NumPy array as it is, an array-like (a list, a tensor) through np.asarray; one with no
+    first dimension, or an iterator (np.asarray would make a 0-d object array of it), is refused."""
+    if isinstance(value, Iterator):
+        raise TypeError(f"{name}: arrays[{i}] is an iterator ({type(value).__name__}), not an array: make a list or "
+                        "array of its items first")  # fmt: skip
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:  # a ragged list, ...
+        message = f"{name}: arrays[{i}] ({type(value).__name__}) could not be made a NumPy array: {error}"
+        raise ValueError(message) from None
+    if array.ndim == 0:
+        raise ValueError(f"{name}: arrays[{i}] must have a first dimension to slice into batches (a 0-d array or "
+                         f"a scalar has none), got {_describe(value)}")  # fmt: skip
+    return array
+
+
+def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
+            drop_last: bool) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
+    """The batches of rows `order` (None: in place, as views) of the arrays."""
+    count = len(arrays[0]) if order is None else len(order)
     stop = count - count % batch_size if drop_last else count
     for start in range(0, stop, batch_size):
         if order is None:
@@ -189,22 +259,42 @@ def batches(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: in
 
 def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = True,
            order: np.ndarray | None = None, steps: int | None = None, prefetch: int = 2) -> Iterator[tuple[Any, ...]]:  # fmt: skip
-    """Mini-batches as tensors on the active backend (see `batches` for the slicing; at most `steps` of them): a
-    background thread slices and transfers up to `prefetch` batches ahead while the caller's step runs (backends
-    release the interpreter while they compute). Each batch is a fresh array, so it goes to the backend without a copy
-    of its own where the backend keeps NumPy arrays as they are."""
-    if prefetch < 1:
-        raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1, got {prefetch}")
-    source = batches(*arrays, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, order=order)
+    """Mini-batches as tensors on the backend (and device) active at the call (see `batches` for the slicing; at most
+    `steps` of them): a background thread slices and transfers up to `prefetch` batches ahead while the caller's step
+    runs (backends release the interpreter while they compute). The arguments are checked at the call, as by PyTorch's
+    DataLoader; the thread starts at the first batch asked for."""
+    arrays, order = _plan("loader", arrays, batch_size, shuffle, seed, order)
+    if steps is not None and not _whole(steps, 0):
+        raise ValueError(f"slope.nn.datasets.loader: steps must be None (the whole epoch) or a non-negative integer, "
+                         f"got {steps!r}")  # fmt: skip
+    if not _whole(prefetch, 1):
+        raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1 (an integer: the batches made ahead), "
+                         f"got {prefetch!r}")  # fmt: skip
+    source = _slices(arrays, batch_size, order, drop_last)
     if steps is not None:
-        source = (batch for _, batch in zip(range(steps), source))
-    backend, device = slope.get_backend(), slope.backend.default_device()  # (the worker must not switch backends)
+        source = itertools.islice(source, steps)
+    backend, device = slope.get_backend(), slope.backend.default_device()  # here: a `with slope.use_backend` may end
+    for i, array in enumerate(arrays):  # before the first batch is asked for, and the worker must not switch backends
+        try:
+            dtype = slope.dtypes.as_dtype(array.dtype)
+        except TypeError:
+            names = ", ".join(sorted(d.name for d in backend.dtypes))
+            raise TypeError(f"slope.nn.datasets.loader: arrays[{i}] has dtype {array.dtype}, which slope tensors do "
+                            f"not hold (they hold {names}): convert it, e.g. with .astype") from None  # fmt: skip
+        backend.check_dtype(dtype, "nn.datasets.loader")
+    return _prefetched(source, backend, device, prefetch)
+
+
+def _prefetched(source: Iterator[tuple[np.ndarray, ...]], backend: Any, device: Any,
+                prefetch: int) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+    """The batches of `source` as tensors of `backend` on `device`, made by a thread up to `prefetch` ahead. Each batch
+    is a fresh array, so it goes to the backend without a copy of its own where the backend keeps NumPy arrays as they
+    are."""
     ready: queue.Queue = queue.Queue(prefetch)
     stop = threading.Event()
 
     def to_tensor(array: np.ndarray) -> Any:
         dtype = slope.dtypes.as_dtype(array.dtype)
-        backend.check_dtype(dtype, "nn.datasets.loader")
         if not array.dtype.isnative:  # big-endian data ('>f4'), as slope.tensor takes it (iree read its bytes as they
             array = array.astype(array.dtype.newbyteorder("="))  # were: 1.0 was 4.6e-41; onnxruntime refused it)
         elif not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here
