@@ -638,6 +638,33 @@ def test_vmap_refuses_one_rng_key_for_every_example_and_keeps_per_example_keys()
         np.testing.assert_array_equal(out.numpy(), np.broadcast_to(nn.dropout(x[0], key=key).numpy(), (4, 8)))
 
 
+def test_batch_norm_under_vmap_keeps_each_examples_statistics_and_refuses_them_unbatched():
+    """nn.apply under vmap normalizes each example with its own statistics (PyTorch's BatchNorm on that example alone,
+    float64, 1e-12) and returns them stacked (B, C); calling that model outside vmap failed in an unrelated reshape
+    ("cannot reshape a tensor of shape (4, 3) ... into shape (1, 3)"). Now a ShapeError names the layer and its
+    stacked statistics; under vmap again, or one example's copy, it runs."""
+    torch = pytest.importorskip("torch")
+    xs = np.random.default_rng(2).standard_normal((4, 5, 3)) * 2.0 + 1.0
+    layer = nn.BatchNorm1d(3, dtype=slope.float64)
+    out, stacked = slope.vmap(lambda a: nn.apply(layer, a))(slope.tensor(xs))
+    assert stacked.running_mean.shape == (4, 3)
+    for i in range(4):
+        theirs = torch.nn.BatchNorm1d(3).double()
+        expected = theirs(torch.from_numpy(xs[i])).detach().numpy()
+        np.testing.assert_allclose(out.numpy()[i], expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(stacked.running_var.numpy()[i], theirs.running_var.numpy(), rtol=1e-12, atol=1e-12)
+    for mode in ("eval", "train"):
+        model = stacked.eval() if mode == "eval" else stacked.train()
+        with pytest.raises(slope.ShapeError, match=r"slope\.nn\.BatchNorm1d: expected running statistics and "
+                           r"parameters of shape \(3,\), got running_mean \(4, 3\), running_var \(4, 3\).*under "
+                           r"slope\.vmap"):  # fmt: skip
+            nn.apply(model, slope.ones(2, 3, dtype=slope.float64))
+    again, restacked = slope.vmap(lambda m, a: nn.apply(m, a))(stacked.train(), slope.tensor(xs))
+    assert again.shape == (4, 5, 3) and restacked.running_mean.shape == (4, 3)
+    first = slope.tree.map(lambda leaf: leaf[0], stacked).eval()
+    np.testing.assert_array_equal(first(slope.ones(2, 3, dtype=slope.float64)).shape, (2, 3))
+
+
 def test_sequential_append_refuses_what_is_not_a_module():
     # as ModuleList.append and PyTorch: an int was appended and failed only when the model was called
     model = nn.Sequential(nn.Linear(2, 2))
