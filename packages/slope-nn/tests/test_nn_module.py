@@ -3,6 +3,8 @@ train/eval, jit caching, functional buffer updates (nn.apply) and nn.value_and_g
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from nn_helpers import assert_close
@@ -555,6 +557,112 @@ def test_apply_and_rng_take_only_random_keys_and_never_the_forwards_own_key():
             nn.rng(bad)
     traced = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])(model, slope.ones((1, 3)), slope.random.key(3))
     assert traced.shape == (1, 3)
+
+
+def _distinct_rows(out: slope.Tensor) -> int:
+    rows = out.numpy().reshape(out.shape[0], -1)
+    return len({row.tobytes() for row in rows})
+
+
+def in_block_with(a: slope.Tensor, k: slope.Tensor) -> slope.Tensor:
+    """A Dropout inside an nn.rng block opened with the key `k`."""
+    with nn.rng(k):
+        return nn.Dropout(0.5)(a)
+
+
+def test_vmap_refuses_one_rng_key_for_every_example_and_keeps_per_example_keys():
+    """Dropout under vmap with the key of an nn.rng block (or nn.apply's key=) made outside the vmap gave every example
+    the same mask, silently, and the no-key error suggested exactly that (`with nn.rng(key):`). Now such a key is
+    refused inside the innermost vmap; keys batched by it (split, fold_in of a batched index, under jit, grad and
+    nested vmaps) give each example the mask its own key gives eagerly, exactly; a key given to the layer itself is
+    taken as given (JAX's semantics): one mask for every example."""
+    layer, model = nn.Dropout(0.5), nn.Sequential(nn.Linear(8, 8, key=slope.random.key(1)), nn.Dropout(0.5))
+    x, key = slope.ones(4, 8), slope.random.key(0)
+    keys = slope.random.split(key, 4)
+    shared = r"slope\.nn\.Dropout: inside vmap the random key of the `nn\.rng` block .* same mask.*slope\.random\.split"
+
+    def in_block(a: slope.Tensor) -> slope.Tensor:
+        with nn.rng(key):
+            return layer(a)
+
+    def in_block_around(xs: slope.Tensor) -> slope.Tensor:
+        with nn.rng(key):
+            return slope.vmap(layer)(xs)
+
+    def loss(m: nn.Module, a: slope.Tensor, k: slope.Tensor) -> slope.Tensor:  # (the key derived inside the grad)
+        return (nn.apply(m, a, key=slope.random.fold_in(k, 7))[0] ** 2).sum()
+
+    refused = {
+        "nn.rng around vmap": lambda: in_block_around(x),
+        "nn.rng inside vmap": lambda: slope.vmap(in_block)(x),
+        "nn.apply": lambda: slope.vmap(lambda a: nn.apply(layer, a, key=key)[0])(x),
+        "in_axes None": lambda: slope.vmap(lambda a, k: nn.apply(layer, a, key=k)[0], in_axes=(0, None))(x, key),
+        "jit of vmap": lambda: slope.jit(lambda xs, k: slope.vmap(lambda a: nn.apply(layer, a, key=k)[0])(xs))(x, key),
+        "grad in vmap": lambda: slope.vmap(lambda a: nn.grad(loss)(model, a, key)[0].weight)(x),
+        "outer vmap's key": lambda: slope.vmap(lambda xs, k: slope.vmap(lambda a: nn.apply(layer, a, key=k)[0])(xs))(
+            x.reshape(2, 2, 8), keys[:2]
+        ),
+    }
+
+    for name, call in refused.items():
+        try:
+            call()
+        except RuntimeError as error:
+            assert re.search(shared, str(error)), f"{name}: {error}"
+        else:
+            pytest.fail(f"{name}: one key for every example was not refused")
+    with pytest.raises(RuntimeError, match=r"needs a random key inside vmap\. For a mask per example") as caught:
+        slope.vmap(layer)(x)
+    assert "with nn.rng(key)" not in str(caught.value)  # (it suggested the block around the vmap: identical masks)
+
+    per_example = slope.vmap(lambda a, k: nn.apply(layer, a, key=k)[0])
+    loop = np.stack([nn.apply(layer, x[i], key=keys[i])[0].numpy() for i in range(4)])
+    assert _distinct_rows(slope.tensor(loop)) == 4
+    np.testing.assert_array_equal(per_example(x, keys).numpy(), loop)
+    np.testing.assert_array_equal(slope.jit(per_example)(x, keys).numpy(), loop)
+    np.testing.assert_array_equal(slope.vmap(in_block_with)(x, keys).numpy(), loop)
+    folded = slope.vmap(lambda a, i: nn.apply(layer, a, key=slope.random.fold_in(key, i))[0])(x, slope.arange(4))
+    np.testing.assert_array_equal(folded.numpy(), [nn.apply(layer, x[i], key=slope.random.fold_in(key, i))[0].numpy()
+                                                   for i in range(4)])  # fmt: skip
+    ensemble = slope.vmap(lambda xs, k: per_example(xs, slope.random.split(k, 2)))(x.reshape(2, 2, 8), keys[:2])
+    np.testing.assert_array_equal(ensemble.numpy().reshape(4, 8), [
+        nn.apply(layer, x[i], key=slope.random.split(keys[i // 2], 2)[i % 2])[0].numpy() for i in range(4)
+    ])  # fmt: skip
+    grads = slope.vmap(lambda a, k: nn.grad(loss)(model, a, k)[0].weight)(x, keys)
+    for i in range(4):
+        np.testing.assert_array_equal(grads.numpy()[i], nn.grad(loss)(model, x[i], keys[i])[0].weight.numpy())
+    assert _distinct_rows(grads) == 4
+    # a key given to the layer (or function) itself: one mask for every example, on purpose
+    for explicit in (lambda a: layer(a, key=key), lambda a: nn.dropout(a, key=key)):
+        out = slope.vmap(explicit)(x)
+        np.testing.assert_array_equal(out.numpy(), np.broadcast_to(nn.dropout(x[0], key=key).numpy(), (4, 8)))
+
+
+def test_batch_norm_under_vmap_keeps_each_examples_statistics_and_refuses_them_unbatched():
+    """nn.apply under vmap normalizes each example with its own statistics (PyTorch's BatchNorm on that example alone,
+    float64, 1e-12) and returns them stacked (B, C); calling that model outside vmap failed in an unrelated reshape
+    ("cannot reshape a tensor of shape (4, 3) ... into shape (1, 3)"). Now a ShapeError names the layer and its
+    stacked statistics; under vmap again, or one example's copy, it runs."""
+    torch = pytest.importorskip("torch")
+    xs = np.random.default_rng(2).standard_normal((4, 5, 3)) * 2.0 + 1.0
+    layer = nn.BatchNorm1d(3, dtype=slope.float64)
+    out, stacked = slope.vmap(lambda a: nn.apply(layer, a))(slope.tensor(xs))
+    assert stacked.running_mean.shape == (4, 3)
+    for i in range(4):
+        theirs = torch.nn.BatchNorm1d(3).double()
+        expected = theirs(torch.from_numpy(xs[i])).detach().numpy()
+        np.testing.assert_allclose(out.numpy()[i], expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(stacked.running_var.numpy()[i], theirs.running_var.numpy(), rtol=1e-12, atol=1e-12)
+    for mode in ("eval", "train"):
+        model = stacked.eval() if mode == "eval" else stacked.train()
+        with pytest.raises(slope.ShapeError, match=r"slope\.nn\.BatchNorm1d: expected running statistics and "
+                           r"parameters of shape \(3,\), got running_mean \(4, 3\), running_var \(4, 3\).*under "
+                           r"slope\.vmap"):  # fmt: skip
+            nn.apply(model, slope.ones(2, 3, dtype=slope.float64))
+    again, restacked = slope.vmap(lambda m, a: nn.apply(m, a))(stacked.train(), slope.tensor(xs))
+    assert again.shape == (4, 5, 3) and restacked.running_mean.shape == (4, 3)
+    first = slope.tree.map(lambda leaf: leaf[0], stacked).eval()
+    np.testing.assert_array_equal(first(slope.ones(2, 3, dtype=slope.float64)).shape, (2, 3))
 
 
 def test_sequential_append_refuses_what_is_not_a_module():

@@ -333,6 +333,7 @@ class BatchNorm(Module):
             raise ValueError(
                 f"{type(self).__name__}: expected input (N, {self.num_features}, ...){ranks}, got shape {x.shape}"
             )
+        self._check_unstacked()
         narrow = _check_norm_dtypes(self, x, self.weight, self.bias, getattr(self, "running_mean", None))
         batch_statistics = self.training or not self.track_running_stats
         if not (self.eps > 0 if batch_statistics else self.eps >= 0):  # (PyTorch's checks and messages)
@@ -371,6 +372,25 @@ class BatchNorm(Module):
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         return out.astype(x.dtype) if narrow else out
+
+    def _check_unstacked(self) -> None:
+        """Refuse statistics and parameters stacked by a vmap (nn.apply under vmap keeps each example's statistics):
+        they were read as one layer's and failed in an unrelated reshape."""
+        names = ("running_mean", "running_var", "weight", "bias", "num_batches_tracked")
+        leaves = [(name, getattr(self, name, None)) for name in names]
+        shapes = {name: () if name == "num_batches_tracked" else (self.num_features,) for name in names}
+        stacked = [(name, leaf.shape) for name, leaf in leaves if leaf is not None and leaf.shape != shapes[name]]
+        if not stacked:
+            return
+        described = ", ".join(f"{name} {shape}" for name, shape in stacked)
+        raise slope.ShapeError(
+            f"slope.nn.{type(self).__name__}: expected running statistics and parameters of shape "
+            f"({self.num_features},), got {described}: a model returned by nn.apply under slope.vmap holds each "
+            "example's running statistics (its leaves stacked along a new dim 0). Call it under vmap again "
+            "(`slope.vmap(lambda m, x: nn.apply(m, x))(model, xs)`), take one example's copy "
+            "(`slope.tree.map(lambda leaf: leaf[i], model)`), or run nn.apply outside vmap for statistics over the whole "
+            "batch (BatchNorm normalizes over dim 0 itself)"
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

@@ -503,19 +503,82 @@ def rng(key: Tensor) -> contextlib.AbstractContextManager:
 
 
 def next_key(name: str = "nn") -> Tensor:
-    """A fresh key for a random layer: from the active `nn.rng(key)` block, else (eagerly) the global generator."""
+    """A fresh key for a random layer: from the active `nn.rng(key)` block, else (eagerly) the global generator.
+
+    Inside a vmap the block's key must vary over that vmap's examples: one key shared by all of them gave every example
+    the same mask, silently (torch.func.vmap refuses randomness by default). A key given to a layer is not checked."""
+    vmap_level = _innermost_vmap()
     if _key_streams.stack:
-        return _key_streams.stack[-1].next()
+        stream = _key_streams.stack[-1]
+        if vmap_level is not None and _batched_by(stream.key, vmap_level) is False:
+            raise RuntimeError(
+                f"slope.nn.{name}: inside vmap the random key of the `nn.rng` block (nn.apply's key=) is the same for "
+                f"every example, so every example would get the same mask. {_PER_EXAMPLE_KEYS}"
+            )
+        return stream.next()
     from slope.trace import is_eager
 
+    if vmap_level is not None:
+        raise RuntimeError(f"slope.nn.{name}: needs a random key inside vmap. {_PER_EXAMPLE_KEYS}")
     if not is_eager():
         raise RuntimeError(
-            f"slope.nn.{name}: needs a random key inside jit/grad/vmap; call the model as "
+            f"slope.nn.{name}: needs a random key inside jit/grad; call the model as "
             "`out, model = nn.apply(model, x, key=key)` (or inside `with nn.rng(key):`), or pass key= to the layer"
         )
     from slope.random import next_key as global_next_key
 
     return global_next_key()
+
+
+_PER_EXAMPLE_KEYS = (
+    "For a mask per example, map over keys as well: `keys = slope.random.split(key, n)` as a batched argument, each "
+    "used inside the vmapped function (`slope.vmap(lambda x, k: nn.apply(model, x, key=k)[0])(xs, keys)`, or "
+    "`with nn.rng(k):` there); to share one mask between the examples on purpose, give the key to the layer or "
+    "function itself (`dropout_layer(x, key=key)`, `nn.dropout(x, key=key)`, scaled_dot_product_attention's key=)"
+)
+
+
+def _innermost_vmap() -> Any:
+    """This thread's innermost vmap in progress (its level of slope.trace's stack), or None."""
+    from slope.trace import _busy, _local
+    from slope.transforms import BatchTrace
+
+    if not _busy:
+        return None
+    return next((main for main in reversed(_local.stack) if main.trace_type is BatchTrace), None)
+
+
+def _batched_by(value: Any, vmap_level: Any) -> bool | None:
+    """Whether `value` varies over the examples of the vmap at `vmap_level` (None: a trace above it hides that)."""
+    from slope.trace import ProgramBuilder, ProgramTracer, Tracer
+    from slope.transforms import BatchTracer, JVPTracer
+
+    while isinstance(value, JVPTracer) and value._trace.main.level > vmap_level.level:
+        value = value.primal  # (grad/jvp inside the vmap: the key is a primal)
+    if isinstance(value, BatchTracer) and value._trace.main is vmap_level:
+        return value.batch_dim is not None
+    if not isinstance(value, Tracer) or value._trace.main.level < vmap_level.level:
+        return False  # (a concrete key, or one of a transformation outside the vmap: the same for every example)
+    builder = value._trace.main.data
+    if not (isinstance(value, ProgramTracer) and isinstance(builder, ProgramBuilder)):
+        return None
+    # a key computed inside a grad (whose linearization is traced to a program) within the vmap: from what?
+    constants = {tracer.ir_var: constant for constant, tracer in builder.constants.values()}
+    producers = {var: instruction for instruction in builder.instructions for var in instruction.outputs}
+    pending, seen = [value.ir_var], set()
+    while pending:
+        var = pending.pop()
+        if var in seen:
+            continue
+        seen.add(var)
+        if var in constants:
+            if (batched := _batched_by(constants[var], vmap_level)) is not False:
+                return batched
+        elif var in producers:
+            pending.extend(producers[var].inputs)
+        else:
+            return None  # (an input of the traced function: its value is not known here)
+    return False
 
 
 # ----------------------------------------------------------------------------------------------- buffer updates
