@@ -610,6 +610,7 @@ HALF_BY_NUMBER = {  # f(h, v) for slope and torch alike: PyTorch computes these 
     "div": lambda h, v: h / v,
     "div-0d": lambda h, v: h / (slope.tensor(v) if isinstance(h, slope.Tensor) else torch.tensor(v)),
     "mul-numpy": lambda h, v: h * np.float64(v),
+    "floor_divide": lambda h, v: h // v,  # (3.0 // 0.1 in float16 gave 30, PyTorch 29; // 1e-8 gave NaN at 0)
 }
 
 
@@ -620,9 +621,9 @@ def test_a_half_tensor_times_or_over_a_number_rounds_once_as_pytorch(backend, ji
     # x * 1e5 was NaN at 0 and inf at 1e-3 (PyTorch 0 and 100.06), x / 70000 was 0; bfloat16 3 * 1.3 was 1 ulp off
     f = HALF_BY_NUMBER[case]
     for dtype in ("float16", "bfloat16"):
-        values = [0.0, 1e-3, 0.3, 3.0, -7.5, 1000.0, 60000.0]
+        values = [0.0, 1e-3, 0.3, 3.0, -7.5, -9.0, 1000.0, 60000.0]
         h, th = slope.tensor(values, dtype=getattr(slope, dtype)), torch.tensor(values, dtype=getattr(torch, dtype))
-        for v in (65535.0, 1e5, 70000, 0.1, 1.3, 1e-7, 2.0):
+        for v in (65535.0, 1e5, 70000, 0.1, 1.3, 1e-7, 1e-8, 2.0, 1 / 3):
             got = (slope.jit(lambda h, v=v: f(h, v)) if jit else lambda h, v=v: f(h, v))(h)
             expected = f(th, v)
             assert got.dtype == getattr(slope, dtype), (case, dtype, v)
