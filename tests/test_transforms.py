@@ -645,3 +645,24 @@ def test_an_escaped_tracer_used_eagerly_says_so(on_backend):
     slope.grad(lambda x: kept.append(x) or (x * x).sum())(slope.ones(3))
     with pytest.raises(AttributeError, match="escaped"):
         kept[0] + 1.0
+
+
+def test_tensor_of_a_list_holding_traced_values_stacks_them(on_backend):
+    # slope.tensor([x.sum(), x.mean()]) failed under jit, grad and vmap ("Tensor.numpy() needs a concrete value");
+    # now traced values are stacked, as JAX's jnp.array; the values and dtype are eager's (PyTorch's rule)
+    torch = pytest.importorskip("torch")
+    x0 = slope.tensor([1.0, 2.0, 4.0])
+
+    def f(x):
+        return slope.tensor([[x.sum(), 2], (x.mean(), slope.tensor(True))])
+
+    expected = torch.tensor([[7.0, 2], (7.0 / 3, torch.tensor(True))])  # float32 by PyTorch's rule
+    assert f(x0).dtype == slope.jit(f)(x0).dtype == slope.float32 and expected.dtype == torch.float32
+    close(slope.jit(f)(x0), expected.numpy())
+    close(slope.grad(lambda x: (f(x) * slope.tensor([[1.0, 5.0], [3.0, 7.0]])).sum())(x0), [2.0, 2.0, 2.0])
+    close(slope.vmap(f)(x0), [[[v, 2.0], [v, 1.0]] for v in [1.0, 2.0, 4.0]])
+    half = slope.jit(lambda x: slope.tensor([x.sum(), 2.5]))(x0.to(slope.float16))
+    reference = torch.tensor([torch.tensor(7.0, dtype=torch.float16), 2.5])  # float32
+    assert half.dtype.name == str(reference.dtype).removeprefix("torch.")
+    close(half, reference.numpy())
+    assert slope.jit(lambda x: slope.tensor((x.sum(), 3), dtype=slope.int32))(x0).dtype == slope.int32

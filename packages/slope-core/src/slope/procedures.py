@@ -42,6 +42,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
+    if _traced(data):  # traced values in a list are stacked, as JAX's jnp.array (the dtype as for concrete ones)
+        return stack([tensor(item, dtype) for item in data])
     try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
         values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
     except OverflowError as error:
@@ -52,6 +54,12 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
             ops._python_value("tensor", n, dtype)
     array = np.asarray(dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype))  # (0-d too)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
+
+
+def _traced(data: Any) -> bool:  # a traced tensor, or nested lists and tuples holding one
+    if isinstance(data, Tensor):
+        return data.buffer is None
+    return isinstance(data, (list, tuple)) and any(map(_traced, data))
 
 
 def _infer_sequence(data: Any) -> dtypes.DType:
