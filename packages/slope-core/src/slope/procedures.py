@@ -303,14 +303,22 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return cast(result, x.dtype if x.dtype.is_float else dtypes.default_float)
 
 
-def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+def var(x: Any, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
-    return _spread("var", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+    return _spread("var", x, dim, _correction("var", correction, unbiased), keepdim)
 
 
-def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+def std(x: Any, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation (float16/bfloat16 in float32, rounded once; gradient 0 where it is 0, as in PyTorch)."""
-    return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+    return _spread("std", x, dim, _correction("std", correction, unbiased), keepdim)
+
+
+def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's: a number (None: 1) or a bool
+    numeric = isinstance(correction, (int, float, np.number, Tensor, type(None)))
+    if not numeric or type(unbiased) not in (bool, type(None)) or correction is not None and unbiased is not None:
+        raise TypeError(f"slope.{name}: expected a number as correction or a bool as unbiased, not both (as in "
+                        f"PyTorch), got correction={correction!r}, unbiased={unbiased!r}")  # fmt: skip
+    return 1 if correction is None and unbiased is None else correction if unbiased is None else int(unbiased)
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
