@@ -496,7 +496,8 @@ ROWS = [
     bad("jacfwd-list-input", lambda m: slope.jacfwd(lambda p: p[0] * p[1])([m.ones(3), m.ones(3)]), TransformError,
         "slope.jacfwd", None),
     bad("hessian-dict-input", lambda m: slope.hessian(lambda p: (p["a"] ** 2).sum())({"a": m.ones(3)}),
-        TransformError, "slope.jacfwd", None),  # (hessian is jacfwd(jacrev): the outer one says so)
+        TransformError, "slope.hessian", None),  # (it named slope.jacfwd: hessian is jacfwd(jacrev))
+    bad("hessian-not-callable", lambda m: slope.hessian(5), TypeError, "slope.hessian", None),  # (named slope.jacrev)
     bad("hessian-argnums-str", lambda m: slope.hessian(f_sum, argnums="x")(m.ones(3)), TypeError, "slope.hessian",
         None),
     bad("jacfwd-int-input", lambda m: slope.jacfwd(lambda x: x * 2)(m.tensor([1, 2])), TransformError,
