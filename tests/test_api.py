@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -342,6 +343,17 @@ def test_slope_info_in_process_and_from_the_command_line():
         command = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120)
         assert command.returncode == 0, command.stderr
         check_info(command.stdout)
+
+
+def test_slope_info_with_a_missing_default_backend_says_why():
+    # SLOPE_BACKEND=nope slope info exited 1 after a normal listing without saying why
+    result = run_python("import sys; from slope.cli import main; sys.exit(main(['info']))", SLOPE_BACKEND="nope")
+    assert result.returncode == 1, result.stderr
+    check_info(result.stdout)
+    reason = next(line for line in result.stdout.splitlines() if "no default backend" in line)
+    assert "unknown backend 'nope'" in reason and all(name in reason for name in BACKENDS), reason
+    data = json.loads(run_python("from slope.cli import main; main(['info', '--json'])", SLOPE_BACKEND="nope").stdout)
+    assert data["default"] is None and "unknown backend 'nope'" in data["default_error"]
 
 
 def test_slope_command_without_arguments_prints_help():

@@ -206,6 +206,13 @@ ROWS = [
     ok("var-dim-empty", lambda m: x23(m).var(())),
     ok("var-correction-float", lambda m: x23(m).var(1, correction=0.5)),
     ok("std-unbiased-false", lambda m: x23(m).std(0, unbiased=False)),
+    ok("var-correction-none", lambda m: x23(m).var(0, correction=None)),
+    ok("std-correction-int", lambda m: m.std(x23(m), correction=0)),
+    bad("var-correction-str", lambda m: x23(m).var(0, correction="1"), TypeError, "slope.var"),
+    bad("std-correction-list", lambda m: m.std(x23(m), correction=[1]), TypeError, "slope.std"),
+    bad("var-unbiased-int", lambda m: m.var(x23(m), unbiased=1), TypeError, "slope.var"),
+    bad("std-unbiased-str", lambda m: x23(m).std(unbiased="yes"), TypeError, "slope.std"),
+    bad("var-correction-and-unbiased", lambda m: x23(m).var(correction=2, unbiased=True), TypeError, "slope.var"),
     bad("std-dim-out-of-range", lambda m: x23(m).std(2), IndexError, "slope.std"),
     bad("std-dim-float", lambda m: x23(m).std(0.5), TypeError, "slope.std"),
     ok("std-dim-empty", lambda m: x23(m).std(())),
@@ -489,7 +496,8 @@ ROWS = [
     bad("jacfwd-list-input", lambda m: slope.jacfwd(lambda p: p[0] * p[1])([m.ones(3), m.ones(3)]), TransformError,
         "slope.jacfwd", None),
     bad("hessian-dict-input", lambda m: slope.hessian(lambda p: (p["a"] ** 2).sum())({"a": m.ones(3)}),
-        TransformError, "slope.jacfwd", None),  # (hessian is jacfwd(jacrev): the outer one says so)
+        TransformError, "slope.hessian", None),  # (it named slope.jacfwd: hessian is jacfwd(jacrev))
+    bad("hessian-not-callable", lambda m: slope.hessian(5), TypeError, "slope.hessian", None),  # (named slope.jacrev)
     bad("hessian-argnums-str", lambda m: slope.hessian(f_sum, argnums="x")(m.ones(3)), TypeError, "slope.hessian",
         None),
     bad("jacfwd-int-input", lambda m: slope.jacfwd(lambda x: x * 2)(m.tensor([1, 2])), TransformError,

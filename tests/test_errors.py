@@ -251,6 +251,10 @@ CASES = [
      ["slope.jacfwd", "argnums 3", "1 arguments"]),
     ("jacrev-argnums", lambda: slope.jacrev(lambda x, y: x, argnums=2)(ones(3), ones(3)), TransformError,
      ["slope.jacrev", "argnums 2", "2 arguments"]),
+    ("hessian-argnums", lambda: slope.hessian(lambda x: x.sum(), argnums=3)(ones(3)), TransformError,
+     ["slope.hessian", "argnums 3", "1 arguments"]),  # (they named slope.jacfwd, which hessian is built from)
+    ("hessian-int-input", lambda: slope.hessian(lambda x: (x * 2).sum())(slope.tensor([1, 2])), TransformError,
+     ["slope.hessian", "argument 0", "int64", "floating-point"]),
     ("jvp-tangent-shape", lambda: slope.jvp(lambda x: x * 2.0, (ones(3),), (ones(4),)), TransformError,
      ["slope.jvp", "[3, f32]", "[4, f32]", "match"]),
     ("jvp-tangent-dtype", lambda: slope.jvp(lambda x: x * 2.0, (ones(3),), (ones(3, dtype=slope.float64),)),
@@ -369,6 +373,17 @@ def test_failed_device_selection_leaves_the_device_unchanged(on_backend):
         slope.set_device("cuda:3")
     assert slope.ones(2).device == "cpu"
     assert (slope.ones(2) * 2.0).tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("name", ["jacfwd", "jacrev", "hessian"])
+def test_jacobians_name_the_function_called_and_no_pytrees(on_backend, name):
+    # an int argument: hessian's error named slope.jacfwd, and all three said "(or pytrees of them; register
+    # containers with slope.tree.register)", though they take no pytrees (grad does, and still says so)
+    with pytest.raises(TransformError) as raised:
+        getattr(slope, name)(lambda x: (x * 2).sum())(slope.tensor([1, 2]))
+    assert str(raised.value).startswith(f"slope.{name}: argument 0 holds int64") and "pytree" not in str(raised.value)
+    with pytest.raises(TransformError, match="pytrees of them"):
+        slope.grad(lambda x: (x * 2).sum())(slope.tensor([1, 2]))
 
 
 def test_integer_exp_promotes_instead_of_failing(on_backend):

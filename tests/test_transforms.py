@@ -645,3 +645,42 @@ def test_an_escaped_tracer_used_eagerly_says_so(on_backend):
     slope.grad(lambda x: kept.append(x) or (x * x).sum())(slope.ones(3))
     with pytest.raises(AttributeError, match="escaped"):
         kept[0] + 1.0
+
+
+def test_tensor_of_a_list_holding_traced_values_stacks_them(on_backend):
+    # slope.tensor([x.sum(), x.mean()]) failed under jit, grad and vmap ("Tensor.numpy() needs a concrete value");
+    # now traced values are stacked, as JAX's jnp.array; the values and dtype are eager's (PyTorch's rule)
+    torch = pytest.importorskip("torch")
+    x0 = slope.tensor([1.0, 2.0, 4.0])
+
+    def f(x):
+        return slope.tensor([[x.sum(), 2], (x.mean(), slope.tensor(True))])
+
+    expected = torch.tensor([[7.0, 2], (7.0 / 3, torch.tensor(True))])  # float32 by PyTorch's rule
+    assert f(x0).dtype == slope.jit(f)(x0).dtype == slope.float32 and expected.dtype == torch.float32
+    close(slope.jit(f)(x0), expected.numpy())
+    close(slope.grad(lambda x: (f(x) * slope.tensor([[1.0, 5.0], [3.0, 7.0]])).sum())(x0), [2.0, 2.0, 2.0])
+    close(slope.vmap(f)(x0), [[[v, 2.0], [v, 1.0]] for v in [1.0, 2.0, 4.0]])
+    half = slope.jit(lambda x: slope.tensor([x.sum(), 2.5]))(x0.to(slope.float16))
+    reference = torch.tensor([torch.tensor(7.0, dtype=torch.float16), 2.5])  # float32
+    assert half.dtype.name == str(reference.dtype).removeprefix("torch.")
+    close(half, reference.numpy())
+    assert slope.jit(lambda x: slope.tensor((x.sum(), 3), dtype=slope.int32))(x0).dtype == slope.int32
+
+
+def test_pad_with_a_traced_value(on_backend):
+    # slope.pad(x, pads, value=v) with v traced failed in "Tensor.item() needs a concrete value"; torch.func refuses a
+    # tensor value, so JAX's lax.pad is the reference: v where the padding is, and d/dv the count of padded positions
+    torch = pytest.importorskip("torch")
+    x0, v0 = slope.arange(6.0).reshape(2, 3), slope.tensor(2.5)
+    for pads in [(1, 2), (1, 2, 0, 1), (-1, 2, 1, 0)]:
+        expected = torch.nn.functional.pad(torch.arange(6.0).reshape(2, 3), pads, value=2.5)
+        close(slope.jit(lambda x, v, pads=pads: slope.pad(x, pads, value=v))(x0, v0), expected.numpy(), 0, 0)
+        count = expected.numel() - torch.nn.functional.pad(torch.ones(2, 3), pads).sum().item()
+        close(slope.grad(lambda v, pads=pads: (3.0 * slope.pad(x0, pads, value=v)).sum())(v0), 3.0 * count, 0, 0)
+        close(slope.jvp(lambda v, pads=pads: slope.pad(x0, pads, value=v), (v0,), (slope.tensor(1.0),))[1],
+              (expected.numpy() == 2.5) * 1.0, 0, 0)  # fmt: skip
+    rows = slope.vmap(lambda v: slope.pad(x0, (1, 0), value=v))(slope.tensor([1.0, -2.0]))
+    close(rows, [torch.nn.functional.pad(torch.arange(6.0).reshape(2, 3), (1, 0), value=v).numpy() for v in [1, -2]])
+    ints = slope.jit(lambda x, v: slope.pad(x, (1, 1), value=v))(slope.arange(3), slope.tensor(7))
+    assert ints.dtype == slope.int64 and ints.tolist() == [7, 0, 1, 2, 7]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from importlib.metadata import version
@@ -21,8 +20,10 @@ def report() -> dict:
                        for name in sorted({**versions, **plugins.failed})}  # fmt: skip
     for kind, registry in (("operators", plugins.operators), ("procedures", plugins.procedures)):
         data[kind] = {name: plugins.owners[("function", name)] for name in sorted(registry)}
-    with contextlib.suppress(Exception):  # none installed, or SLOPE_BACKEND names a missing or broken one
+    try:
         data["default"] = slope.get_backend().name
+    except Exception as error:  # none installed, or SLOPE_BACKEND names a missing or broken one: `slope info` says so
+        data["default_error"] = f"{type(error).__name__}: {error}"
     for name in sorted(plugins.backends):
         entry = data["backends"][name] = {"plugin": plugins.owners[("backend", name)]}
         try:
@@ -55,6 +56,7 @@ def info(verbose: bool = False, data: dict | None = None) -> str:
         for kind in ("native", "by_procedure", "unavailable"):
             if entry[kind] or kind != "unavailable":
                 lines.append(f"    {kind.replace('_', ' ')} ({len(entry[kind])}): {' '.join(entry[kind])}")
+    lines += [f"  no default backend: {data['default_error']}"] if "default_error" in data else []
     lines += ["", f"operators: {len(data['operators'])}, procedures: {len(data['procedures'])}"]
     for kind in ("operators", "procedures") if verbose else ():
         lines += ["", f"{kind}:", *(f"  {name} (plugin {plugin})" for name, plugin in data[kind].items())]

@@ -592,6 +592,9 @@ class Pad(Operator):
                 raise self.shape_error(f"lo={lo}, hi={hi} crop more than all of shape {x.shape}")
             x = slice_(x, [max(-a, 0) for a in lo], [n - max(-b, 0) for n, b in zip(x.shape, hi)])
             lo, hi = tuple(max(a, 0) for a in lo), tuple(max(b, 0) for b in hi)
+        if isinstance(value, Tensor) and value.buffer is None and value.ndim == 0 and any(lo + hi):  # as JAX's lax.pad
+            border = self(full(x.shape, False, dtypes.bool_), lo=lo, hi=hi, value=True)  # (its gradient: the count)
+            return where(border, cast(value, x.dtype), self(x, lo=lo, hi=hi))
         return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype)) if any(lo + hi) else x
 
     def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:

@@ -42,6 +42,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
+    if _traced(data):  # traced values in a list are stacked, as JAX's jnp.array (the dtype as for concrete ones)
+        return stack([tensor(item, dtype) for item in data])
     try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
         values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
     except OverflowError as error:
@@ -52,6 +54,12 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
             ops._python_value("tensor", n, dtype)
     array = np.asarray(dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype))  # (0-d too)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
+
+
+def _traced(data: Any) -> bool:  # a traced tensor, or nested lists and tuples holding one
+    if isinstance(data, Tensor):
+        return data.buffer is None
+    return isinstance(data, (list, tuple)) and any(map(_traced, data))
 
 
 def _infer_sequence(data: Any) -> dtypes.DType:
@@ -297,14 +305,22 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return cast(result, x.dtype if x.dtype.is_float else dtypes.default_float)
 
 
-def var(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+def var(x: Any, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Variance (with Bessel's correction by default, as PyTorch; float16 and bfloat16 computed in float32)."""
-    return _spread("var", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+    return _spread("var", x, dim, _correction("var", correction, unbiased), keepdim)
 
 
-def std(x: Any, dim: Any = None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+def std(x: Any, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
     """Standard deviation (float16/bfloat16 in float32, rounded once; gradient 0 where it is 0, as in PyTorch)."""
-    return _spread("std", x, dim, correction if unbiased is None else int(unbiased), keepdim)
+    return _spread("std", x, dim, _correction("std", correction, unbiased), keepdim)
+
+
+def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's: a number (None: 1) or a bool
+    numeric = isinstance(correction, (int, float, np.number, Tensor, type(None)))
+    if not numeric or type(unbiased) not in (bool, type(None)) or correction is not None and unbiased is not None:
+        raise TypeError(f"slope.{name}: expected a number as correction or a bool as unbiased, not both (as in "
+                        f"PyTorch), got correction={correction!r}, unbiased={unbiased!r}")  # fmt: skip
+    return 1 if correction is None and unbiased is None else correction if unbiased is None else int(unbiased)
 
 
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:

@@ -206,9 +206,9 @@ def _differentiated(name: str, fn: Callable, argnums: int | Sequence[int], args:
         tensor = as_tensor(leaf) if isinstance(leaf, (Tensor, int, float)) or hasattr(leaf, "__array__") else None
         if tensor is None or not tensor.dtype.is_float:
             held = f"argument {n} holds {type(leaf).__name__ if tensor is None else tensor.dtype.name}"
-            raise TransformError(f"slope.{name}: {held}; derivatives need floating-point tensors (or pytrees of them; "
-                                 "register containers with slope.tree.register): cast it with .float(), or leave it out "
-                                 "of argnums")  # fmt: skip
+            trees = " (or pytrees of them; register containers with slope.tree.register)" if name == "grad" else ""
+            raise TransformError(f"slope.{name}: {held}; derivatives need floating-point tensors{trees}: cast it with "
+                                 ".float(), or leave it out of argnums")  # fmt: skip
 
     def partial_fn(*diff_args: Any) -> Any:
         differentiated = dict(zip(nums, diff_args))
@@ -353,14 +353,14 @@ def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callabl
     return jacobian
 
 
+def _forward(f: Callable, x: Tensor) -> Any:  # jacfwd's and hessian's Jacobian of f at x
+    columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
+    return tree.map(lambda column: column.reshape((*column.shape[:-1], *x.shape)), columns)
+
+
 def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap); outputs may be pytrees."""
-
-    def build(f: Callable, x: Tensor) -> Any:
-        columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
-        return tree.map(lambda column: column.reshape((*column.shape[:-1], *x.shape)), columns)
-
-    return _jacobian("jacfwd", fn, argnums, build)
+    return _jacobian("jacfwd", fn, argnums, _forward)
 
 
 def jacrev(fn: Callable, argnums: int = 0) -> Callable:
@@ -377,7 +377,7 @@ def jacrev(fn: Callable, argnums: int = 0) -> Callable:
 
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
-    return jacfwd(jacrev(fn, ints("hessian", argnums, "argnums", count=1)[0]), argnums)
+    return _jacobian("hessian", jacrev(_function("hessian", fn), argnums), argnums, _forward)  # (errors: hessian's)
 
 
 class _CustomCall(Operator):
