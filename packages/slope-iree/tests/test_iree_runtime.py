@@ -96,6 +96,79 @@ def test_a_slow_program_is_timed_on_both_drivers_and_threads_are_shared(monkeypa
     assert [name for name in runtime._devices if name.startswith("cpu")] == ["cpu", "cpu-task"]  # one pool in all
 
 
+def _timed_choice(monkeypatch, sync_ms: list[float], task_ms: list[float]):
+    """A _DriverChoice between two fake drivers whose calls take the given times (cycled) on a fake clock."""
+    import itertools
+    import types
+
+    from slope_iree import runtime
+
+    clock = [0.0]
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = {"sync": 0, "task": 0}
+
+    def driver(name: str, times_ms: list[float]):
+        durations = itertools.cycle(times_ms)
+
+        def call(buffers: list) -> list:
+            calls[name] += 1
+            clock[0] += next(durations) * 1e-3
+            return buffers
+
+        return call
+
+    return runtime._DriverChoice(driver("sync", sync_ms), lambda: driver("task", task_ms)), calls
+
+
+def _choose(choice) -> int:
+    """Run until the driver is chosen; the number of calls it took."""
+    for count in range(1, 100):
+        choice.run([])
+        if choice.driver is not None:
+            return count
+    raise AssertionError("no driver chosen in 100 calls")
+
+
+def test_threads_that_win_only_in_median_are_not_chosen(monkeypatch):
+    # a loaded 2-core machine: local-sync steady at 1.1 ms, local-task 0.7 ms when both cores are free and 5 ms when a
+    # worker waits for one (half the calls): its median wins by 36%, but it runs at 2.9 ms on average
+    choice, calls = _timed_choice(monkeypatch, [1.1], [5.0, 0.7])
+    _choose(choice)
+    assert choice.driver == "local-sync"
+    before = dict(calls)
+    for _ in range(10):
+        choice.run([])
+    assert calls == {"sync": before["sync"] + 10, "task": before["task"]}  # (the steady calls: local-sync only)
+    # local-sync preempted in most of its trials (its median 12 ms): threads at 1 ms do not beat its 1.1 ms by 20%
+    choice, _ = _timed_choice(monkeypatch, [1.1, 12.0, 12.0], [1.0])
+    _choose(choice)
+    assert choice.driver == "local-sync"
+
+
+def test_threads_that_win_consistently_are_chosen(monkeypatch):
+    from slope_iree import runtime
+
+    # an idle machine: local-task at 0.7 ms against 1.1, one slow call in eight (a context switch) tolerated
+    choice, calls = _timed_choice(monkeypatch, [1.1], [0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 6.0])
+    count = _choose(choice)
+    assert choice.driver == "local-task"
+    assert count == 2 * (runtime.TRIALS + 1)  # (the first call on each driver is not counted)
+    before = dict(calls)
+    for _ in range(10):
+        choice.run([])
+    assert calls == {"sync": before["sync"], "task": before["task"] + 10}
+    # a small gain (10%) is not worth threads
+    choice, _ = _timed_choice(monkeypatch, [1.1], [1.0])
+    _choose(choice)
+    assert choice.driver == "local-sync"
+
+
+def test_a_fast_first_call_settles_on_the_single_threaded_driver(monkeypatch):
+    choice, calls = _timed_choice(monkeypatch, [0.05], [0.01])
+    assert _choose(choice) == 1
+    assert choice.driver == "local-sync" and choice.task is None and calls["task"] == 0
+
+
 def test_driver_can_be_fixed_by_environment(monkeypatch):
     from slope_iree import runtime
 
