@@ -254,10 +254,11 @@ class _DriverChoice:
 
     The first call is timed on local-sync; a fast one settles it. Otherwise the next calls alternate between both
     drivers (the first call on each, which warms it up, is not counted); local-task wins when at least 3 of 4 of its
-    calls beat TASK_GAIN times local-sync's best. Not the medians: on a shared 2-core machine the threads' times
-    spread from 0.6x to 10x local-sync's (a worker waits for a core) and a median of a few calls taken in a quiet
-    moment chose threads that then ran 1.5-2x slower, in some processes and not others; a single thread's time only
-    grows with the load, so its best is its cost. The choice is kept for the process: no timing in the steady calls.
+    TRIALS calls beat TASK_GAIN times local-sync's best, and loses as soon as it no longer can. Not the medians: on a
+    shared 2-core machine the threads' times spread from 0.6x to 10x local-sync's (a worker waits for a core) and
+    local-sync's median of 5 calls was inflated by preemption, so they chose local-task in some processes (then 1.5x
+    slower) and not in others; a single thread's time only grows with the load, so its best is its cost.
+    The choice holds for the process: the steady calls are not timed.
     Buffers of both CPU drivers live in host memory, so either reads the other's results.
     """
 
@@ -288,10 +289,13 @@ class _DriverChoice:
         (task_times if use_task else sync_times).append(time.perf_counter() - start)
         if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
             self.chosen = self.sync
-        elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
+        elif len(task_times) > 1 and len(sync_times) > 1:
             bar = TASK_GAIN * min(sync_times[1:])  # (a single thread's best: a busy machine only adds to it)
-            wins = sum(elapsed < bar for elapsed in task_times[1:])
-            self.chosen = self.task if 4 * wins >= 3 * TRIALS else self.sync
+            losses = sum(elapsed >= bar for elapsed in task_times[1:])  # (the bar only falls: a loss stays one)
+            if 4 * losses > TRIALS:  # local-task can no longer win 3 of 4: no more slow trials on a busy machine
+                self.chosen = self.sync
+            elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
+                self.chosen = self.task
         return outs
 
     @property
