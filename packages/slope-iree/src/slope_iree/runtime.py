@@ -256,8 +256,8 @@ class _DriverChoice:
     drivers (the first call on each, which warms it up, is not counted); local-task wins when at least 3 of 4 of its
     TRIALS calls beat TASK_GAIN times local-sync's best, and loses as soon as it no longer can. Not the medians: on a
     shared 2-core machine the threads' times spread from 0.6x to 10x local-sync's (a worker waits for a core) and
-    local-sync's median of 5 calls was inflated by preemption, so they chose local-task in some processes (then 1.5x
-    slower) and not in others; a single thread's time only grows with the load, so its best is its cost.
+    local-sync's median of 5 calls was inflated by preemption, so they chose local-task in some processes (then up
+    to 1.5x slower) and not in others; a single thread's time only grows with the load, so its best is its cost.
     The choice holds for the process: the steady calls are not timed.
     Buffers of both CPU drivers live in host memory, so either reads the other's results.
     """
