@@ -214,6 +214,36 @@ def test_half_class_losses_are_rounded_once(dtype):
                 assert np.all(off <= 1.0), (loss, smoothing, reduction, x, t, w, got, exact)
 
 
+@pytest.mark.parametrize("logits_dtype,target_dtype", [("float16", "float32"), ("float16", "float64"),
+                                                       ("bfloat16", "float32"), ("bfloat16", "float64"),
+                                                       ("float16", "bfloat16"), ("float32", "float64")])  # fmt: skip
+def test_cross_entropy_probabilities_of_another_dtype_promote(logits_dtype, target_dtype):
+    """Probability targets of another float dtype: the loss in PyTorch's dtype, the promotion of the two (float16 logits
+    and float32 targets: float32; it was float16, rounded), computed in it: within float32's (rtol 2e-6) or float64's
+    (1e-13) rounding of the exact value, PyTorch's float64 of the same inputs. (PyTorch's own value rounds the
+    log-probabilities to the logits' half dtype first: 1.6027833 for 1.5997770 with bfloat16 logits.)"""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((4, 5)) * 2).to(getattr(torch, logits_dtype))
+    t = torch.tensor(rng.random((4, 5))).to(getattr(torch, target_dtype))
+    w = torch.tensor(rng.random(5)).to(x.dtype)
+    tol = 1e-13 if "float64" in (logits_dtype, target_dtype) else 2e-6  # (the result's dtype: float64 or float32)
+    sx = slope.tensor(x.double().numpy()).astype(logits_dtype)
+    st = slope.tensor(t.double().numpy()).astype(target_dtype)
+    for options in ({}, {"reduction": "none"}, {"reduction": "sum", "label_smoothing": 0.2}, {"weight": w}):
+        expected = torch.nn.functional.cross_entropy(x, t, **options)
+        exact = torch.nn.functional.cross_entropy(
+            x.double(), t.double(), **{k: v.double() if k == "weight" else v for k, v in options.items()}
+        )
+        skw = {k: slope.tensor(v.double().numpy()).astype(logits_dtype) if k == "weight" else v
+               for k, v in options.items()}  # fmt: skip
+        got = nn.cross_entropy(sx, st, **skw)
+        assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (options, got.dtype)
+        np.testing.assert_allclose(got.astype(slope.float64).numpy(), exact.numpy(), rtol=tol, err_msg=str(options))
+    grad = slope.grad(lambda v: nn.cross_entropy(v, st).astype(slope.float32))(sx)
+    assert grad.dtype == sx.dtype
+
+
 def test_class_loss_argument_errors():
     """A weight of the wrong shape or dtype, and the reduction passed where PyTorch takes the weight."""
     logits, target = slope.ones((2, 3)), slope.tensor([0, 2])

@@ -425,9 +425,9 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
     weight = _class_weight("cross_entropy", weight, logits, class_dim)
-    half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
-    logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once, as PyTorch's
     if not target.dtype.is_float:
+        half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
+        logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once
         return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing,
                                 dtype=logits.dtype)  # fmt: skip
     if ignore_index != -100:  # (it was ignored: PyTorch refuses it)
@@ -436,13 +436,16 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
         raise slope.ShapeError(
             f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
         )
-    if half:
-        target, weight = target.astype(slope.float32), None if weight is None else weight.astype(slope.float32)
+    # the result in PyTorch's dtype, the promotion of the logits' and the targets' (float16 logits and float32 targets:
+    # float32), computed in it (float16 and bfloat16 in float32, rounded once)
+    out = slope.dtypes.promote(logits.dtype, target.dtype)
+    wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
+    logp = log_softmax(logits.astype(wide), class_dim)
+    target, weight = target.astype(wide), None if weight is None else weight.astype(wide)
     probs = target * (1.0 - label_smoothing) + label_smoothing / classes if label_smoothing else target
     if weight is not None:
         probs = probs * weight
-    losses = reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
-    return losses.astype(logits.dtype) if half else losses
+    return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction).astype(out)
 
 
 def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Tensor | None:
