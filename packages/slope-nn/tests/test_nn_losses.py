@@ -394,5 +394,26 @@ def test_binary_cross_entropy_forward_mode_at_saturated_probabilities():
     hessian = slope.hessian(square)(slope.tensor([0.3, 1.0])).numpy()
     tsquare = lambda q: torch.nn.functional.binary_cross_entropy(q, torch.tensor([1.0, 1.0])) ** 2  # noqa: E731
     want = torch.func.hessian(tsquare)(torch.tensor([0.3, 1.0])).numpy()
-    # (H[1, 1] at p = 1 itself differs: the rule's clamp gives 6e11, PyTorch's double backward 0, the limit is 1)
-    np.testing.assert_allclose(hessian.ravel()[:3], want.ravel()[:3], rtol=1e-5)
+    np.testing.assert_allclose(hessian, want, rtol=1e-5)  # (H[1, 1] at p = 1: PyTorch's 0; the clamp's was 6e11)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_cross_entropy_hessian_is_torch_funcs_near_0_and_1(dtype):
+    """The second derivative is PyTorch's double backward, (p^2 - 2pt + t) / ((p + 1e-12)^2 (1 - p + 1e-12)^2) in p
+    and -1 / max(p (1 - p), 1e-12) in p and t: for p below 1e-12 it was the clamped quotient's 1 / 1e-12 (p = 1e-13,
+    t = 0: 1e12; PyTorch 0.0083, exact 1), and likewise above 1 - 1e-12 (p = 1, t = 1: 1e12; PyTorch 0).
+    torch.func.hessian, rtol 1e-6 in float32 and 1e-12 in float64."""
+    torch = pytest.importorskip("torch")
+    rtol = {"float32": 1e-6, "float64": 1e-12}[dtype]
+    ps = [1e-13, 0.0, 1.0, 0.3, 1e-10] + ([1 - 1e-13] if dtype == "float64" else [])
+    for p in ps:
+        for t in (0.0, 1.0, 0.3):
+            x = np.array([p, 0.4], dtype)
+            tt = np.array([t, 0.5], dtype)
+            got = slope.hessian(lambda v, tt=tt: nn.binary_cross_entropy(v, slope.tensor(tt)))(slope.tensor(x)).numpy()
+            tf = lambda v, tt=tt: torch.nn.functional.binary_cross_entropy(v, torch.tensor(tt))  # noqa: E731
+            np.testing.assert_allclose(got, torch.func.hessian(tf)(torch.tensor(x)).numpy(), rtol=rtol, err_msg=f"{p}")
+    both = np.array([1e-13, 0.0], dtype)  # (p, t) together: the mixed entries, -1e12 and -1e13 as PyTorch's
+    got = slope.hessian(lambda v: nn.binary_cross_entropy(v[:1], v[1:], reduction="sum"))(slope.tensor(both))
+    tf = lambda v: torch.nn.functional.binary_cross_entropy(v[:1], v[1:], reduction="sum")  # noqa: E731
+    np.testing.assert_allclose(got.numpy(), torch.func.hessian(tf)(torch.tensor(both)).numpy(), rtol=rtol)
