@@ -75,6 +75,30 @@ def test_mse(g, reduction):
     close(nn.MSELoss(reduction)(slope.tensor(a), slope.tensor(b)), expected)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_mse_with_a_bool_operand_promotes_as_pytorch(dtype):
+    """A bool target (or input) of a float one counts as 0 and 1 in the float's dtype, as PyTorch's mse_loss (it
+    raised 'slope.sub: cannot subtract bools'); values, dtype and the gradient against PyTorch's (exact here). Bools
+    with bools or integers raise naming nn.mse, as PyTorch has no kernel for them."""
+    torch = pytest.importorskip("torch")
+    x, flags = np.array([[1.0, 0.5], [-0.25, 2.0]], dtype), np.array([[True, False], [False, True]])
+    for reduction in ("mean", "sum", "none"):
+        expected = torch.nn.functional.mse_loss(torch.tensor(x), torch.tensor(flags), reduction=reduction)
+        for got in (nn.mse(slope.tensor(x), slope.tensor(flags), reduction=reduction),
+                    nn.MSELoss(reduction)(slope.tensor(x), slope.tensor(flags)),
+                    nn.mse_loss(slope.tensor(flags), slope.tensor(x), reduction=reduction)):  # fmt: skip
+            assert got.dtype.name == dtype
+            np.testing.assert_array_equal(got.astype(slope.float64).numpy(), expected.double().numpy())
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.mse_loss(tx, torch.tensor(flags)).backward()
+    grad = slope.grad(lambda v: nn.mse(v, slope.tensor(flags)))(slope.tensor(x))
+    assert grad.dtype.name == dtype
+    np.testing.assert_array_equal(grad.astype(slope.float64).numpy(), tx.grad.double().numpy())
+    for other in (flags, flags.astype(np.int64)):
+        with pytest.raises(slope.DTypeError, match="slope.nn.mse: expected a float input or target, got bool"):
+            nn.mse(slope.tensor(flags), slope.tensor(other))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_binary_cross_entropy(g, reduction):
     p = g.uniform(0.01, 0.99, (4, 3)).astype(np.float32)
