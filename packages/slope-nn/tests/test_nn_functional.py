@@ -96,6 +96,27 @@ def test_pooling_and_indexing_errors_name_the_function():
         slope.relu(slope.tensor([True]))
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_avg_pool_of_int64_is_pytorchs_truncated_mean(dims):
+    """int64 windows are averaged as PyTorch does: the int64 sum over the divisor, rounded toward zero (-3 / 2 is -1),
+    with padding, ceil_mode and count_include_pad (it was a float32 mean: 1.5 for PyTorch's 1); the integers and
+    bools PyTorch has no average pooling for raise, naming the function (they were averaged in float32)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(dims)
+    x = rng.integers(-20, 20, (2, 2, 5, 4, 3)[: dims + 2])
+    pool = getattr(torch.nn.functional, f"avg_pool{dims}d")
+    for kernel, stride, padding, ceil_mode, count_include_pad in [(2, None, 0, False, True), (3, 2, 1, True, False),
+                                                                  (3, 2, 1, True, True), (2, 1, 1, False, False)]:  # fmt: skip
+        expected = pool(torch.tensor(x), kernel, stride, padding, ceil_mode, count_include_pad)
+        got = slope.avg_pool(slope.tensor(x), (kernel,) * dims, stride, padding, ceil_mode, count_include_pad)
+        assert got.dtype == slope.int64
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert slope.jit(lambda v: slope.avg_pool(v, 2))(slope.tensor([[[3, 0, -1, -2]]])).tolist() == [[[1, -1]]]
+    for dtype in ("int32", "uint8", "bool"):
+        with pytest.raises(slope.DTypeError, match=f"slope.avg_pool: expected a float or int64 tensor.*got {dtype}"):
+            slope.avg_pool(slope.zeros((1, 1, 4), dtype=dtype), 2)
+
+
 def test_logsumexp_over_no_dims_reduces_every_dim():
     # dim=() failed with a reshape error (every other reduction takes it for every dim; PyTorch: -inf when empty)
     assert slope.logsumexp(slope.zeros((0, 3)), ()).item() == float("-inf")

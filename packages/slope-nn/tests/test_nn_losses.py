@@ -75,6 +75,30 @@ def test_mse(g, reduction):
     close(nn.MSELoss(reduction)(slope.tensor(a), slope.tensor(b)), expected)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_mse_with_a_bool_operand_promotes_as_pytorch(dtype):
+    """A bool target (or input) of a float one counts as 0 and 1 in the float's dtype, as PyTorch's mse_loss (it
+    raised 'slope.sub: cannot subtract bools'); values, dtype and the gradient against PyTorch's (exact here). Bools
+    with bools or integers raise naming nn.mse, as PyTorch has no kernel for them."""
+    torch = pytest.importorskip("torch")
+    x, flags = np.array([[1.0, 0.5], [-0.25, 2.0]], dtype), np.array([[True, False], [False, True]])
+    for reduction in ("mean", "sum", "none"):
+        expected = torch.nn.functional.mse_loss(torch.tensor(x), torch.tensor(flags), reduction=reduction)
+        for got in (nn.mse(slope.tensor(x), slope.tensor(flags), reduction=reduction),
+                    nn.MSELoss(reduction)(slope.tensor(x), slope.tensor(flags)),
+                    nn.mse_loss(slope.tensor(flags), slope.tensor(x), reduction=reduction)):  # fmt: skip
+            assert got.dtype.name == dtype
+            np.testing.assert_array_equal(got.astype(slope.float64).numpy(), expected.double().numpy())
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.mse_loss(tx, torch.tensor(flags)).backward()
+    grad = slope.grad(lambda v: nn.mse(v, slope.tensor(flags)))(slope.tensor(x))
+    assert grad.dtype.name == dtype
+    np.testing.assert_array_equal(grad.astype(slope.float64).numpy(), tx.grad.double().numpy())
+    for other in (flags, flags.astype(np.int64)):
+        with pytest.raises(slope.DTypeError, match="slope.nn.mse: expected a float input or target, got bool"):
+            nn.mse(slope.tensor(flags), slope.tensor(other))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_binary_cross_entropy(g, reduction):
     p = g.uniform(0.01, 0.99, (4, 3)).astype(np.float32)
@@ -212,6 +236,36 @@ def test_half_class_losses_are_rounded_once(dtype):
                 assert np.array_equal(np.isnan(got), np.isnan(exact))  # (NaN: "mean" of every target ignored)
                 off = np.abs(got - exact)[~np.isnan(exact)] / ulp[~np.isnan(exact)].astype(np.float64)
                 assert np.all(off <= 1.0), (loss, smoothing, reduction, x, t, w, got, exact)
+
+
+@pytest.mark.parametrize("logits_dtype,target_dtype", [("float16", "float32"), ("float16", "float64"),
+                                                       ("bfloat16", "float32"), ("bfloat16", "float64"),
+                                                       ("float16", "bfloat16"), ("float32", "float64")])  # fmt: skip
+def test_cross_entropy_probabilities_of_another_dtype_promote(logits_dtype, target_dtype):
+    """Probability targets of another float dtype: the loss in PyTorch's dtype, the promotion of the two (float16 logits
+    and float32 targets: float32; it was float16, rounded), computed in it: within float32's (rtol 2e-6) or float64's
+    (1e-13) rounding of the exact value, PyTorch's float64 of the same inputs. (PyTorch's own value rounds the
+    log-probabilities to the logits' half dtype first: 1.6027833 for 1.5997770 with bfloat16 logits.)"""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((4, 5)) * 2).to(getattr(torch, logits_dtype))
+    t = torch.tensor(rng.random((4, 5))).to(getattr(torch, target_dtype))
+    w = torch.tensor(rng.random(5)).to(x.dtype)
+    tol = 1e-13 if "float64" in (logits_dtype, target_dtype) else 2e-6  # (the result's dtype: float64 or float32)
+    sx = slope.tensor(x.double().numpy()).astype(logits_dtype)
+    st = slope.tensor(t.double().numpy()).astype(target_dtype)
+    for options in ({}, {"reduction": "none"}, {"reduction": "sum", "label_smoothing": 0.2}, {"weight": w}):
+        expected = torch.nn.functional.cross_entropy(x, t, **options)
+        exact = torch.nn.functional.cross_entropy(
+            x.double(), t.double(), **{k: v.double() if k == "weight" else v for k, v in options.items()}
+        )
+        skw = {k: slope.tensor(v.double().numpy()).astype(logits_dtype) if k == "weight" else v
+               for k, v in options.items()}  # fmt: skip
+        got = nn.cross_entropy(sx, st, **skw)
+        assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (options, got.dtype)
+        np.testing.assert_allclose(got.astype(slope.float64).numpy(), exact.numpy(), rtol=tol, err_msg=str(options))
+    grad = slope.grad(lambda v: nn.cross_entropy(v, st).astype(slope.float32))(sx)
+    assert grad.dtype == sx.dtype
 
 
 def test_class_loss_argument_errors():
@@ -364,5 +418,26 @@ def test_binary_cross_entropy_forward_mode_at_saturated_probabilities():
     hessian = slope.hessian(square)(slope.tensor([0.3, 1.0])).numpy()
     tsquare = lambda q: torch.nn.functional.binary_cross_entropy(q, torch.tensor([1.0, 1.0])) ** 2  # noqa: E731
     want = torch.func.hessian(tsquare)(torch.tensor([0.3, 1.0])).numpy()
-    # (H[1, 1] at p = 1 itself differs: the rule's clamp gives 6e11, PyTorch's double backward 0, the limit is 1)
-    np.testing.assert_allclose(hessian.ravel()[:3], want.ravel()[:3], rtol=1e-5)
+    np.testing.assert_allclose(hessian, want, rtol=1e-5)  # (H[1, 1] at p = 1: PyTorch's 0; the clamp's was 6e11)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_cross_entropy_hessian_is_torch_funcs_near_0_and_1(dtype):
+    """The second derivative is PyTorch's double backward, (p^2 - 2pt + t) / ((p + 1e-12)^2 (1 - p + 1e-12)^2) in p
+    and -1 / max(p (1 - p), 1e-12) in p and t: for p below 1e-12 it was the clamped quotient's 1 / 1e-12 (p = 1e-13,
+    t = 0: 1e12; PyTorch 0.0083, exact 1), and likewise above 1 - 1e-12 (p = 1, t = 1: 1e12; PyTorch 0).
+    torch.func.hessian, rtol 1e-6 in float32 and 1e-12 in float64."""
+    torch = pytest.importorskip("torch")
+    rtol = {"float32": 1e-6, "float64": 1e-12}[dtype]
+    ps = [1e-13, 0.0, 1.0, 0.3, 1e-10] + ([1 - 1e-13] if dtype == "float64" else [])
+    for p in ps:
+        for t in (0.0, 1.0, 0.3):
+            x = np.array([p, 0.4], dtype)
+            tt = np.array([t, 0.5], dtype)
+            got = slope.hessian(lambda v, tt=tt: nn.binary_cross_entropy(v, slope.tensor(tt)))(slope.tensor(x)).numpy()
+            tf = lambda v, tt=tt: torch.nn.functional.binary_cross_entropy(v, torch.tensor(tt))  # noqa: E731
+            np.testing.assert_allclose(got, torch.func.hessian(tf)(torch.tensor(x)).numpy(), rtol=rtol, err_msg=f"{p}")
+    both = np.array([1e-13, 0.0], dtype)  # (p, t) together: the mixed entries, -1e12 and -1e13 as PyTorch's
+    got = slope.hessian(lambda v: nn.binary_cross_entropy(v[:1], v[1:], reduction="sum"))(slope.tensor(both))
+    tf = lambda v: torch.nn.functional.binary_cross_entropy(v[:1], v[1:], reduction="sum")  # noqa: E731
+    np.testing.assert_allclose(got.numpy(), torch.func.hessian(tf)(torch.tensor(both)).numpy(), rtol=rtol)

@@ -212,6 +212,42 @@ def test_norm_values_and_gradients_match_pytorch_at_zeros(p):
             tx.grad = None
 
 
+@pytest.mark.parametrize("p", [0.3, 0.5, -1, 1.2, 1.5, 2, 3, math.inf])
+def test_norm_hessian_matches_torch_func_at_zeros(p):
+    """The second derivative is PyTorch's (torch.func.hessian, float64, NaN in the same places): NaN at a zero
+    element for 1 < p < 2 and at the zero vector for p < 2 (the exact value is inf there; it was 0)."""
+    torch = pytest.importorskip("torch")
+    for values in ([0.0, 1.0, -2.0, 3.0], [0.0, 0.0, 0.0], [1e-3, 0.0, -4.0], [0.0, math.inf, 1.0]):
+        x = np.array(values)
+        hessian = slope.hessian(lambda t: slope.norm(t, p))(slope.tensor(x)).numpy()
+        expected = torch.func.hessian(lambda t: torch.norm(t, p))(torch.tensor(x)).numpy()
+        np.testing.assert_allclose(hessian, expected, rtol=1e-12, atol=1e-15, err_msg=f"x={values}")
+
+
+@pytest.mark.parametrize("p", [math.inf, -math.inf])
+def test_norm_inf_gradient_with_a_nan_is_pytorchs(p):
+    """With a NaN element the +-inf norm is NaN and its gradient PyTorch's 0 (the NaN is the extreme, its sign 0);
+    it was NaN everywhere (the extreme matched no element: 0 / 0)."""
+    torch = pytest.importorskip("torch")
+    values = [[math.nan, 1.0, 0.0], [2.0, -3.0, 1.0]]
+    grad = slope.grad(lambda t: slope.norm(t, p, 1).sum())(slope.tensor(values)).numpy()
+    tx = torch.tensor(values, requires_grad=True)
+    torch.norm(tx, p, 1).sum().backward()
+    np.testing.assert_array_equal(grad, tx.grad.numpy())
+
+
+def test_cumprod_gradient_with_inf_and_nan_is_torch_funcs():
+    """With an inf or NaN next to a zero, PyTorch's gradients disagree with each other: plain backward() takes an
+    O(n) zero-handling path ([0, inf, 2] -> [inf, 0, 0]), torch.func.grad and create_graph=True its O(n^2)
+    exact-products path ([inf, 0, nan]). Slope's cumprod differentiates its products (exact at every order), so it
+    follows torch.func.grad."""
+    torch = pytest.importorskip("torch")
+    for values in ([0.0, math.inf, 2.0], [math.inf, 0.0, 2.0], [0.0, 0.0, math.nan], [1.0, 0.0, 3.0]):
+        grad = slope.grad(lambda t: slope.cumprod(t, 0).sum())(slope.tensor(values, dtype=slope.float64)).numpy()
+        expected = torch.func.grad(lambda t: torch.cumprod(t, 0).sum())(torch.tensor(values, dtype=torch.float64))
+        np.testing.assert_array_equal(grad, expected.numpy(), err_msg=f"x={values}")
+
+
 def test_norm_method_dtypes_and_errors():
     x = slope.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=slope.float16)
     out = x.norm(2, 1, True, dtype=slope.float32)

@@ -7,13 +7,13 @@
 - Buffers are IREE `HalBufferView`s that stay on their device between calls; NumPy only at `to_numpy`.
 - A module is loaded once per device (cache key: its MLIR), whatever the number of programs (eager shapes) using it.
 - On the CPU, a program runs on `local-sync`; one whose first call took longer than `SLOW_CALL` seconds is then timed
-  on both devices for a few calls and keeps the faster (SLOPE_IREE_DRIVER=local-sync|local-task fixes the choice).
+  on both devices for a few calls and moves to `local-task` only if the threads win clearly and consistently
+  (SLOPE_IREE_DRIVER=local-sync|local-task fixes the choice).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
 import warnings
@@ -27,8 +27,8 @@ from slope.dtypes import all_dtypes
 from . import cache
 
 SLOW_CALL = 200e-6  # a call shorter than this cannot win from threads: the task driver's dispatch costs ~20 µs
-TRIALS = 5  # timed calls per driver when choosing
-TASK_GAIN = 0.8  # threads must cut the best time by 20% to be chosen: on a busy machine they often cost more
+TRIALS = 8  # timed calls per driver when choosing (after one warm-up call each)
+TASK_GAIN = 0.8  # threads must beat 0.8x local-sync's best time in 3 of 4 trials: on a busy machine they cost more
 
 _lock = threading.RLock()
 _iree: Any = None  # the iree.runtime module, imported on first use (its import costs ~0.1 s)
@@ -253,8 +253,12 @@ class _DriverChoice:
     """The `run` of a CPU program: local-sync, unless timing shows the threaded local-task driver is faster.
 
     The first call is timed on local-sync; a fast one settles it. Otherwise the next calls alternate between both
-    drivers (the first call on each, which warms it up, is not counted); local-task wins when its median time is
-    clearly better than local-sync's.
+    drivers (the first call on each, which warms it up, is not counted); local-task wins when at least 3 of 4 of its
+    TRIALS calls beat TASK_GAIN times local-sync's best, and loses as soon as it no longer can. Not the medians: on a
+    shared 2-core machine the threads' times spread from 0.6x to 10x local-sync's (a worker waits for a core) and
+    local-sync's median of 5 calls was inflated by preemption, so they chose local-task in some processes (then up
+    to 1.5x slower) and not in others; a single thread's time only grows with the load, so its best is its cost.
+    The choice holds for the process: the steady calls are not timed.
     Buffers of both CPU drivers live in host memory, so either reads the other's results.
     """
 
@@ -285,11 +289,13 @@ class _DriverChoice:
         (task_times if use_task else sync_times).append(time.perf_counter() - start)
         if len(sync_times) == 1 and sync_times[0] < SLOW_CALL:
             self.chosen = self.sync
-        elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
-            faster = statistics.median(task_times[1:]) < TASK_GAIN * statistics.median(
-                sync_times[1:]
-            )  # (medians: a busy
-            self.chosen = self.task if faster else self.sync  # machine's bursts would decide a comparison of minima)
+        elif len(task_times) > 1 and len(sync_times) > 1:
+            bar = TASK_GAIN * min(sync_times[1:])  # (a single thread's best: a busy machine only adds to it)
+            losses = sum(elapsed >= bar for elapsed in task_times[1:])  # (the bar only falls: a loss stays one)
+            if 4 * losses > TRIALS:  # local-task can no longer win 3 of 4: no more slow trials on a busy machine
+                self.chosen = self.sync
+            elif len(task_times) > TRIALS and len(sync_times) > TRIALS:
+                self.chosen = self.task
         return outs
 
     @property

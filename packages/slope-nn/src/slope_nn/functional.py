@@ -301,27 +301,50 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
-@_half_in_float32  # (the window sums rounded before the division: PyTorch rounds once)
 def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
              count_include_pad: bool = True) -> Tensor:  # fmt: skip
     """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode
-    keeps a last window that runs past the padded input (divided by its positions inside the padded input)."""
-    x = _float(x)
+    keeps a last window that runs past the padded input (divided by its positions inside the padded input). int64, as
+    PyTorch: the int64 window sums divided rounding toward zero; other integers and bools raise, as in PyTorch."""
+    x = _tensor(x, "avg_pool")
+    if x.dtype == slope.int64:
+        return _window_means(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+    if not x.dtype.is_float:
+        raise slope.DTypeError(f"slope.avg_pool: expected a float or int64 tensor (PyTorch has no average pooling of "
+                               f"{x.dtype.name}), got {x.dtype.name} of shape {x.shape}; cast it first")  # fmt: skip
+    return _float_window_means(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+@_half_in_float32  # (the window sums rounded before the division: PyTorch rounds once)
+def _float_window_means(x: Tensor, *args: Any) -> Tensor:
+    """avg_pool of a float x (float16 and bfloat16 in float32, rounded once)."""
+    return _window_means(x, *args)
+
+
+def _window_means(x: Tensor, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
+                  count_include_pad: bool) -> Tensor:  # fmt: skip
+    """avg_pool of a float or int64 x: the window sums over PyTorch's divisor (int64: rounded toward zero)."""
     kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1, bool(ceil_mode))
     n, lead = len(kernel), x.ndim - len(kernel)
     spatial = x.shape[lead:]
     extra = ceil_mode_extra(spatial, kernel, stride, padding, dilation) if ceil_mode else (0,) * n
     if count_include_pad and not any(extra):
-        return pool_windows(x, kernel, stride, padding, dilation, 0.0).mean(-1)
-    x = slope.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + tuple(p + e for p, e in zip(padding, extra)))
-    sums = pool_windows(x, kernel, stride, (0,) * n, dilation, 0.0).sum(-1)
-    divisor: Any = 1  # PyTorch's: the window's positions inside the padded input, or inside the input only
-    for size, k, st, p, count in zip(spatial, kernel, stride, padding, sums.shape[lead:]):
-        starts = np.arange(count) * st - p
-        ends = np.minimum(starts + k, size + p)
-        lengths = ends - starts if count_include_pad else np.minimum(ends, size) - np.maximum(starts, 0)
-        divisor = np.multiply.outer(divisor, lengths)
-    return sums / slope.tensor(np.asarray(divisor, dtype=np.float64), dtype=sums.dtype)
+        windows = pool_windows(x, kernel, stride, padding, dilation, 0)
+        if x.dtype.is_float:
+            return windows.mean(-1)
+        sums, divisor = windows.sum(-1), np.array(math.prod(kernel))
+    else:
+        x = slope.pad(x, lo=(0,) * lead + padding, hi=(0,) * lead + tuple(p + e for p, e in zip(padding, extra)))
+        sums = pool_windows(x, kernel, stride, (0,) * n, dilation, 0).sum(-1)
+        divisor = 1  # PyTorch's: the window's positions inside the padded input, or inside the input only
+        for size, k, st, p, count in zip(spatial, kernel, stride, padding, sums.shape[lead:]):
+            starts = np.arange(count) * st - p
+            ends = np.minimum(starts + k, size + p)
+            lengths = ends - starts if count_include_pad else np.minimum(ends, size) - np.maximum(starts, 0)
+            divisor = np.multiply.outer(divisor, lengths)
+    if x.dtype.is_float:
+        return sums / slope.tensor(np.asarray(divisor, dtype=np.float64), dtype=sums.dtype)
+    return slope.div(sums, slope.tensor(np.asarray(divisor, dtype=np.int64)), rounding_mode="trunc")
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -425,9 +448,9 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
     weight = _class_weight("cross_entropy", weight, logits, class_dim)
-    half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
-    logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once, as PyTorch's
     if not target.dtype.is_float:
+        half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
+        logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once
         return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing,
                                 dtype=logits.dtype)  # fmt: skip
     if ignore_index != -100:  # (it was ignored: PyTorch refuses it)
@@ -436,13 +459,16 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
         raise slope.ShapeError(
             f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
         )
-    if half:
-        target, weight = target.astype(slope.float32), None if weight is None else weight.astype(slope.float32)
+    # the result in PyTorch's dtype, the promotion of the logits' and the targets' (float16 logits and float32 targets:
+    # float32), computed in it (float16 and bfloat16 in float32, rounded once)
+    out = slope.dtypes.promote(logits.dtype, target.dtype)
+    wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
+    logp = log_softmax(logits.astype(wide), class_dim)
+    target, weight = target.astype(wide), None if weight is None else weight.astype(wide)
     probs = target * (1.0 - label_smoothing) + label_smoothing / classes if label_smoothing else target
     if weight is not None:
         probs = probs * weight
-    losses = reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction)
-    return losses.astype(logits.dtype) if half else losses
+    return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction).astype(out)
 
 
 def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Tensor | None:

@@ -54,6 +54,12 @@ def mse(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A0
     input = functional._tensor(input)  # noqa: A001
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
     _check_same_shape("mse", input, target)
+    common = slope.dtypes.promote(input.dtype, target.dtype)  # (PyTorch's: a bool target of float inputs is 0 or 1)
+    if common.is_float:
+        input, target = input.astype(common), target.astype(common)  # noqa: A001
+    elif slope.bool_ in (input.dtype, target.dtype):
+        raise slope.DTypeError(f"slope.nn.mse: expected a float input or target, got {input.dtype.name} and "
+                               f"{target.dtype.name} (PyTorch's mse_loss has no kernel for them)")  # fmt: skip
     difference = input - target
     return reduce_loss("nn.mse", difference * difference, reduction)
 
@@ -94,13 +100,37 @@ def _binary_log_loss(p: Tensor, t: Tensor) -> Tensor:
     return -(t * slope.clip(p.log(), -100.0, None) + (1.0 - t) * slope.clip(slope.log1p(-p), -100.0, None))
 
 
+@slope.custom_jvp
+def _binary_log_loss_slope(p: Tensor, t: Tensor) -> Tensor:
+    """PyTorch's derivative of the loss in p: (p - t) / max(p (1 - p), 1e-12), finite at p = 0 and 1."""
+    return (p - t) / slope.maximum((1.0 - p) * p, _FLOAT32_1E_12)
+
+
+def _binary_log_loss_slope_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # PyTorch's second derivatives (binary_cross_entropy_double_backward and its _target): in p, (p^2 - 2 p t + t) /
+    # ((p + eps)^2 (1 - p + eps)^2) with a C double eps = 1e-12, not the clamped quotient's derivative (that was
+    # 1 / 1e-12 for p below 1e-12 or above 1 - 1e-12: 1e12 where the loss -log(1 - p) has 1); in t, -1 / max(p (1 - p),
+    # 1e-12)
+    (p, t), (dp, dt) = primals, tangents
+    terms = []
+    if dp is not None:
+        near, far = p + 1e-12, 1.0 - p + 1e-12
+        terms.append(dp * ((p * p - 2.0 * p * t + t) / (near * near * (far * far))))
+    if dt is not None:
+        terms.append(-dt / slope.maximum((1.0 - p) * p, 1e-12))  # (here a C double 1e-12)
+    return _binary_log_loss_slope(p, t), sum(terms[1:], terms[0])
+
+
+_binary_log_loss_slope.defjvp(_binary_log_loss_slope_jvp, symbolic_zeros=True)
+
+
 def _binary_log_loss_jvp(primals: tuple, tangents: tuple) -> tuple:
     # PyTorch's derivatives: (p - t) / max(p (1 - p), 1e-12) for p, finite at p = 0 and 1 (the clamped logs'
     # derivatives give 0 * inf = NaN there), and the unclamped log(1 - p) - log(p) for the target
     # (its 1e-12 is a C float, 9.99999996e-13, in float64 too); a tangent known to be zero (None: a constant target,
     # say) adds no term (a zero times the target's infinite factor at p = 0 or 1 was NaN in forward mode)
     (p, t), (dp, dt) = primals, tangents
-    terms = [] if dp is None else [dp * ((p - t) / slope.maximum((1.0 - p) * p, _FLOAT32_1E_12))]
+    terms = [] if dp is None else [dp * _binary_log_loss_slope(p, t)]
     terms += [] if dt is None else [dt * (slope.log1p(-p) - p.log())]
     return _binary_log_loss(p, t), sum(terms[1:], terms[0])
 

@@ -182,8 +182,10 @@ def _vector_norm(a: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) 
 
 
 def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, keepdim: bool, single: bool) -> Tensor:
-    """PyTorch's derivative of the p-norm (norm_backward), in forward mode: 0 where the norm is 0 (the zero vector)
-    and where an element is 0 for p < 2; for +-inf shared evenly among the elements at the extreme."""
+    """PyTorch's derivative of the p-norm (norm_backward), in forward mode and written with the same operations, so
+    that its own derivative (the Hessian) is PyTorch's too: NaN at a zero element for p < 2 (where the exact value is
+    inf) and at the zero vector for p < 2; 0 where the norm is 0; for +-inf shared evenly among the elements at the
+    extreme (a NaN element is the extreme and its sign 0, so the gradient is 0 there as in PyTorch)."""
     kept = norm if keepdim else norm.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)))
     zero = slope.zeros((), dtype=x.dtype)
     sign = slope.sign(x)
@@ -192,12 +194,15 @@ def _norm_tangent(x: Tensor, t: Tensor, norm: Tensor, p: float, dims: tuple, kee
     if p == 1 or single:  # (one element: the norm is |x|)
         return (sign * t).sum(dims, keepdim)
     if math.isinf(p):
-        at = (slope.abs(x) == kept).astype(x.dtype)
+        at = ((slope.abs(x) == kept) | (slope.isnan(x) & slope.isnan(kept))).astype(x.dtype)
         return (sign * at * t).sum(dims, keepdim) / at.sum(dims, keepdim)
+    if p < 1:  # sgn(x) |x|^(p-1) (0 where x is 0) times norm^(1-p), not masked where the norm is 0
+        scaled = sign * slope.where(x == 0, zero, slope.pow(slope.abs(x), p - 1))
+        return (scaled * t).sum(dims, keepdim) * slope.pow(norm, 1 - p)
     if p == 2:
         scaled = x
-    elif p < 2:
-        scaled = slope.where(x == 0, zero, sign * slope.pow(slope.abs(x), p - 1))
+    elif p < 2:  # (not masked where x is 0: the derivative of |x|^(p-1) there is inf * 0, NaN, as in PyTorch)
+        scaled = sign * slope.pow(slope.abs(x), p - 1)
     else:
         scaled = x * slope.pow(slope.abs(x), p - 2)
     power = norm if p == 2 else slope.pow(norm, p - 1)
