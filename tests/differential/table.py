@@ -1106,7 +1106,7 @@ add(
         grad=NO_GRAD_INDEX,
     )
 )
-add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS, widen=WIDEN_FLOAT,
+add(Entry("avg_pool", pool_layout(dilation=False), torch_pool("avg"), dtypes=FLOATS,
           scale=abs_scale(torch_pool("avg")), zero_sign=ZERO_SUM))  # fmt: skip
 
 
