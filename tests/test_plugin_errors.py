@@ -98,6 +98,11 @@ CASES = {
         "class Bare(slope.Operator):\n    name = 'bare'\n\n\n@hookimpl\ndef slope_operators():\n    return [Bare()]",
         "defines neither `infer` nor a `procedure`",
     ),
+    # 6: a hook name no spec has (it was accepted and contributed nothing, silently; pytest refuses these)
+    "misspelled_hook": (
+        "@hookimpl\ndef slope_procedure():\n    return {'plus_two': lambda x: x + 2.0}",
+        "unknown hook 'slope_procedure'",
+    ),
     # 7: a plugin that fails on import (listed once by `slope info`)
     "import_error": ("raise ImportError('needs a library that is not installed')", "ImportError: needs a library"),
 }

@@ -288,6 +288,32 @@ def test_in_process_plugin_cannot_take_a_core_name():
     np.testing.assert_allclose(slope.tensor([0.0]).exp().numpy(), [1.0])
 
 
+def test_in_process_plugin_with_a_misspelled_hook_is_refused():
+    # a hookimpl named like no hook spec (slope_procedure) was registered and contributed nothing, silently
+    class Misspelled:
+        @hookimpl
+        def slope_procedure(self):
+            return {"plus_two": lambda x: x + 2.0}
+
+    with pytest.raises(Exception, match="unknown hook 'slope_procedure'"):
+        slope.plugins.register(Misspelled(), "misspelled")
+    assert slope.plugins.manager.get_plugin("misspelled") is None and "plus_two" not in slope.plugins.procedures
+
+
+def test_the_check_of_plugin_translations_is_bounded(on_backend):
+    # it remembered every (operator, params, input shapes) it had checked, for ever: memory grew with each new shape
+    from slope import backend as backend_module
+
+    if (
+        not getattr(slope.get_backend(), "translation_plugins", {}).get("relu")
+        or slope.get_backend().checks_translations
+    ):
+        pytest.skip("this backend does not check slope-nn's relu translation")
+    backend_module._checked.update((i,) for i in range(4096))
+    slope.relu(slope.ones(7, 13, 3))  # a new shape: checked once more
+    assert 1 <= len(backend_module._checked) <= 4096
+
+
 class _BadRows:
     """A plugin whose conformance rows would replace Slope's own row for exp, and one whose hook fails."""
 

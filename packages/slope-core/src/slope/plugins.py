@@ -186,6 +186,7 @@ def register(plugin: Any, name: str | None = None) -> None:
     with _lock:
         name = manager.register(plugin, name)
         try:
+            manager.check_pending()  # a hookimpl no hook spec names (a misspelling) is an error, as in pytest
             refresh(strict_plugin=name)
         except Exception:
             failed.pop(name, None)
@@ -220,8 +221,11 @@ def load_entry_points() -> None:
             problem(name, f"entry-point name {entry_point.name!r} is taken by {taken}", outcome=f"loaded as {name!r}")
         try:
             manager.register(entry_point.load(), name)
+            manager.check_pending()  # (pytest's check: a misspelled hook would contribute nothing, silently)
         except Exception as error:
             problem(name, f"{type(error).__name__}: {error} (loading {entry_point.value})")
+            if manager.get_plugin(name) is not None:
+                manager.unregister(name=name)
     refresh()
 
 
