@@ -271,9 +271,8 @@ def _ranks(x: Tensor, descending: bool) -> Tensor:
         else:
             first = (b < a) | (nan_a & ~nan_b)
         tied = (a == b) | (nan_a & nan_b)
-    elif x.dtype == slope.bool_:
-        a, b = a.astype(slope.int8), b.astype(slope.int8)
-        first, tied = (b > a) if descending else (b < a), a == b
+    elif x.dtype == slope.bool_:  # False before True, in logic (a cast to int8 failed on backends without int8)
+        first, tied = (b & ~a) if descending else (a & ~b), a == b
     else:
         first, tied = (b > a) if descending else (b < a), a == b
     positions = slope.arange(n)
