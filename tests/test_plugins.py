@@ -300,6 +300,35 @@ def test_in_process_plugin_with_a_misspelled_hook_is_refused():
     assert slope.plugins.manager.get_plugin("misspelled") is None and "plus_two" not in slope.plugins.procedures
 
 
+def test_a_linear_operator_without_a_transpose_is_differentiated_through_its_procedure(on_backend):
+    # linear_inputs gave it a JVP of itself, which reverse mode then could not transpose ("is not linear"): the README
+    # says rules an operator does not define come from its procedure
+    class Triple(slope.Operator):
+        name = "triple_for_tests"
+        linear_inputs = "all"
+
+        def infer(self, x):
+            return x
+
+        def procedure(self, x):
+            return x * 3.0
+
+    class Plugin:
+        @hookimpl
+        def slope_operators(self):
+            return [Triple()]
+
+    plugin = Plugin()
+    slope.plugins.register(plugin, "triple-plugin")
+    try:
+        x = slope.tensor([1.0, -2.0])
+        np.testing.assert_allclose(slope.grad(lambda x: slope.triple_for_tests(x).sum())(x).numpy(), [3.0, 3.0])
+        np.testing.assert_allclose(slope.jvp(slope.triple_for_tests, (x,), (x,))[1].numpy(), [3.0, -6.0])
+        np.testing.assert_allclose(slope.jit(slope.jacrev(slope.triple_for_tests))(x).numpy(), 3 * np.eye(2))
+    finally:
+        slope.plugins.unregister(plugin)
+
+
 def test_the_check_of_plugin_translations_is_bounded(on_backend):
     # it remembered every (operator, params, input shapes) it had checked, for ever: memory grew with each new shape
     from slope import backend as backend_module

@@ -67,7 +67,9 @@ class Operator:
 
     def has_rule(self, rule: str) -> bool:
         """Whether the operator defines this rule itself (rather than through its procedure)."""
-        return getattr(type(self), rule) is not getattr(Operator, rule) or (rule == "jvp" and bool(self.linear_inputs))
+        if rule == "jvp" and self.linear_inputs and (self.has_rule("transpose") or not self.has_rule("procedure")):
+            return True  # (from linear_inputs; without a transpose, a procedure's JVP keeps reverse mode working)
+        return getattr(type(self), rule) is not getattr(Operator, rule)
 
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError that names this operator."""

@@ -142,7 +142,7 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
             continue
         op = instruction.op
         if not op.has_rule("transpose"):
-            raise TransformError(f"slope.{op.name}: is not linear (no transpose rule), so it cannot be transposed")
+            raise TransformError(f"slope.{op.name}: has no transpose rule (reverse mode needs one, or a procedure)")
         cts = [zeros_like(v.aval) if ct is None else ct for ct, v in zip(cts, instruction.outputs)]
         args = [known[v] if v in known else UndefinedPrimal(v.aval) for v in instruction.inputs]
         for var, ct in zip(instruction.inputs, op.transpose(cts, *args, **instruction.params)):
