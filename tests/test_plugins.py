@@ -303,28 +303,30 @@ def test_in_process_plugin_with_a_misspelled_hook_is_refused():
 def test_a_linear_operator_without_a_transpose_is_differentiated_through_its_procedure(on_backend):
     # linear_inputs gave it a JVP of itself, which reverse mode then could not transpose ("is not linear"): the README
     # says rules an operator does not define come from its procedure
-    class Triple(slope.Operator):
-        name = "triple_for_tests"
-        linear_inputs = "all"
+    class ScaleBy(slope.Operator):  # linear in x, not in the scale
+        name = "scale_by_for_tests"
+        linear_inputs = (0,)
 
-        def infer(self, x):
+        def infer(self, x, scale):
             return x
 
-        def procedure(self, x):
-            return x * 3.0
+        def procedure(self, x, scale):
+            return x * scale
 
     class Plugin:
         @hookimpl
         def slope_operators(self):
-            return [Triple()]
+            return [ScaleBy()]
 
     plugin = Plugin()
-    slope.plugins.register(plugin, "triple-plugin")
+    slope.plugins.register(plugin, "scale-by-plugin")
     try:
-        x = slope.tensor([1.0, -2.0])
-        np.testing.assert_allclose(slope.grad(lambda x: slope.triple_for_tests(x).sum())(x).numpy(), [3.0, 3.0])
-        np.testing.assert_allclose(slope.jvp(slope.triple_for_tests, (x,), (x,))[1].numpy(), [3.0, -6.0])
-        np.testing.assert_allclose(slope.jit(slope.jacrev(slope.triple_for_tests))(x).numpy(), 3 * np.eye(2))
+        x, scale = slope.tensor([1.0, -2.0]), slope.tensor([3.0, 5.0])
+        gx, gs = slope.grad(lambda x, s: (slope.scale_by_for_tests(x, s) ** 2).sum(), argnums=(0, 1))(x, scale)
+        np.testing.assert_allclose(gx.numpy(), [18.0, -100.0])  # 2 x s^2
+        np.testing.assert_allclose(gs.numpy(), [6.0, 40.0])  # 2 x^2 s
+        np.testing.assert_allclose(slope.jit(slope.jacrev(lambda x: slope.scale_by_for_tests(x, scale)))(x).numpy(),
+                                   np.diag([3.0, 5.0]))  # fmt: skip
     finally:
         slope.plugins.unregister(plugin)
 
