@@ -425,3 +425,12 @@ def test_the_kit_catches_a_float64_derivative_wrong_in_the_seventh_digit():
                 run_cell(BACKENDS[0], "slightly_off_for_tests", transform, "float64")
     finally:
         slope.plugins.unregister(plugin)
+
+
+def test_the_matrix_names_a_function_that_is_not_registered():
+    # `--slope-functions=nosuchfn` (a typo, or a disabled plugin's operator) said it "is registered but has no
+    # conformance row"
+    from slope_testing.matrix import run_cell
+
+    with pytest.raises(pytest.fail.Exception, match="slope.nosuchfn is not registered: a typo in --slope-functions"):
+        run_cell("numpy", "nosuchfn", "eager", "float32")

@@ -122,6 +122,8 @@ def run_cell(backend: str, name: str | None, transform: str | None, dtype_name: 
     if backend not in slope.plugins.backends:
         pytest.fail(f"backend {backend!r} is not installed; installed backends: {sorted(slope.plugins.backends)}")
     row = rows().get(name)
+    if row is None and name not in slope.plugins.operators and name not in slope.plugins.procedures:
+        pytest.fail(f"slope.{name} is not registered: a typo in --slope-functions, or its plugin is not loaded")
     if row is None:
         pytest.fail(
             f"slope.{name} is registered but has no conformance row: add one to slope_testing.table, or return it "
