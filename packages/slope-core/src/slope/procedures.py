@@ -13,6 +13,7 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
+from .errors import SlopeTraceError
 from .ir import Aval, aval_of
 from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
@@ -42,24 +43,18 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
-    if _traced(data):  # traced values in a list are stacked, as JAX's jnp.array (the dtype as for concrete ones)
-        return stack([tensor(item, dtype) for item in data])
     try:  # PyTorch takes Python numbers into a float dtype through float64 (2**1100 overflows)
         values = np.asarray(data, dtype=np.float64 if dtype.is_float else None)
     except OverflowError as error:
         raise ValueError(f"slope.tensor: the data does not fit {dtype.name} ({error})") from None
+    except SlopeTraceError:  # traced values in a list are stacked, as JAX's jnp.array (the dtype as for concrete ones)
+        return stack([tensor(item, dtype) for item in data])
     if dtype.is_int:  # PyTorch's range check, each number by its type: ints from -max wrap into unsigned (-2 is 254),
         ends = (values.min(initial=0), values.max(initial=0))  # floats do not (uint8: -0.5 fails), NaN fits none
         for n in ends if values.dtype.kind in "iub" else np.asarray(data, dtype=object).flat:
             ops._python_value("tensor", n, dtype)
     array = np.asarray(dtypes.wrap(values.astype(np.int64, copy=False) if dtype.is_int else values, dtype))  # (0-d too)
     return from_numpy(array, Aval(tuple(array.shape), dtype), device)
-
-
-def _traced(data: Any) -> bool:  # a traced tensor, or nested lists and tuples holding one
-    if isinstance(data, Tensor):
-        return data.buffer is None
-    return isinstance(data, (list, tuple)) and any(map(_traced, data))
 
 
 def _infer_sequence(data: Any) -> dtypes.DType:
