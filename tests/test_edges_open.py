@@ -611,6 +611,11 @@ HALF_BY_NUMBER = {  # f(h, v) for slope and torch alike: PyTorch computes these 
     "div-0d": lambda h, v: h / (slope.tensor(v) if isinstance(h, slope.Tensor) else torch.tensor(v)),
     "mul-numpy": lambda h, v: h * np.float64(v),
     "floor_divide": lambda h, v: h // v,  # (3.0 // 0.1 in float16 gave 30, PyTorch 29; // 1e-8 gave NaN at 0)
+    "div-trunc": lambda h, v: h.div(v, rounding_mode="trunc"),  # (truncated in float32, then rounded)
+    # a 0-d tensor before the half tensor is rounded to the half dtype first in PyTorch, and so is a number before //
+    "mul-0d-first": lambda h, v: (slope.tensor(v) if isinstance(h, slope.Tensor) else torch.tensor(v)) * h,
+    "div-0d-first": lambda h, v: (slope.tensor(v) if isinstance(h, slope.Tensor) else torch.tensor(v)) / h,
+    "floor_divide-number-first": lambda h, v: v // h,
 }
 
 

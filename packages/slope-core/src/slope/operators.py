@@ -206,14 +206,15 @@ _SCALAR_KINDS = {float: ("float",), int: ("int", "uint")}  # a Python scalar of 
 _HALVES, _IN_FLOAT32 = (dtypes.float16, dtypes.bfloat16), ("mul", "div")
 
 
-def _half_and_number(x: Any, y: Any) -> DType | None:
-    """The dtype of a float16/bfloat16 tensor meeting a number or a 0-d tensor: PyTorch multiplies and divides those in
-    float32, rounding once (a float16 x / 65535.0 is not x / inf)."""
-    for t, n in ((x, y), (y, x)):
-        if isinstance(t, Tensor) and t.dtype in _HALVES and (isinstance(n, (int, float, np.number)) or
-                                                             isinstance(n, Tensor) and t.ndim > n.ndim == 0):  # fmt: skip
-            return t.dtype
-    return None
+def _half_and_number(x: Any, y: Any, number_first: bool = True) -> DType | None:
+    """The dtype of a float16/bfloat16 tensor x with a number or 0-d tensor y (or a number x before a half tensor y):
+    PyTorch multiplies and divides those in float32, rounding once (float16 x / 65535.0 is not x / inf); a 0-d tensor
+    before the half tensor is rounded to its dtype first, as there."""
+    if isinstance(x, Tensor) and x.dtype in _HALVES and (isinstance(y, (int, float, np.number)) or
+                                                         isinstance(y, Tensor) and x.ndim > y.ndim == 0):  # fmt: skip
+        return x.dtype
+    first = number_first and isinstance(x, (int, float, np.number))
+    return y.dtype if first and isinstance(y, Tensor) and y.dtype in _HALVES else None
 
 
 class Binary(Elementwise):
@@ -299,6 +300,8 @@ class Div(Binary):
             return functions["floor_divide"](x, y)
         if rounding_mode not in (None, "trunc"):
             raise ValueError(f"slope.div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        if rounding_mode and (half := _half_and_number(x, y, number_first=False)):  # truncated in float32 (PyTorch)
+            return cast(self(*(cast(v, dtypes.float32) if isinstance(v, Tensor) else v for v in (x, y)), "trunc"), half)
         if rounding_mode is None and not (isinstance(x, Tensor) and x.aval.dtype.is_float):  # integers as floats (each:
             x, y = (float(dtypes.wrap(v, dtypes.float64)) if isinstance(v, (int, np.integer)) else v for v in (x, y))
             if not any(type(v) is float or isinstance(v, Tensor) and v.dtype.is_float for v in (x, y)):  # not to int8

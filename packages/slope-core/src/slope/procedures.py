@@ -209,7 +209,7 @@ def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def floor_divide(x: Any, y: Any) -> Tensor:
     """x // y, rounding toward negative infinity (floats as PyTorch: from fmod, so 1.0 // 0.1 is 9.0)."""
-    if half := ops._half_and_number(x, y):  # in float32, rounded once (PyTorch's, as for * and /)
+    if half := ops._half_and_number(x, y, number_first=False):  # in float32, rounded once (PyTorch's, as * and /)
         return cast(floor_divide(*(cast(v, dtypes.float32) if isinstance(v, Tensor) else v for v in (x, y))), half)
     x, y, mod, wrong_sign = _fmod("floor_divide", x, y)
     quotient = ops.div.checked(x - mod, y) - cast(wrong_sign, x.dtype)  # exact for integers
