@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
 from .trace import EagerTrace, active, new_main
-from .transforms import BatchTrace, TransformError
+from .transforms import BatchTrace, TransformError, jit
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -45,6 +46,9 @@ def random_bits(key: Tensor, count: int) -> Tensor:
     return ops.cat(threefry2x32(key[0].expand(half), key[1].expand(half), counters[:half], counters[half:]))[:count]
 
 
+_bits = jit(random_bits, static_argnums=1)  # eagerly one compiled program per count, not ~150 operators (traced as is)
+
+
 def _unit_floats(key: Tensor, count: int, dtype: dtypes.DType, bits: int = 23) -> Tensor:
     """`count` floats in [0, 1) from `bits` random bits each (exact in float32)."""
     return ops.cast(_shift_right(random_bits(key, count), 32 - bits), dtype) * (2.0**-bits)
@@ -74,7 +78,7 @@ def _words(name: str, what: str, value: Any) -> list[Tensor]:
     (value,) = ops.ints(f"random.{name}", value, what, count=1)
     if not -(2**63) <= value < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
         raise OverflowError(f"slope.random.{name}: the {what} {value} does not fit in 64 bits")
-    return [ops.constant(word & _MASK, dtypes.int64, (1,)) for word in (value >> 32, value)]
+    return [ops.as_tensor(np.array([word & _MASK], np.int64)) for word in (value >> 32, value)]  # (not cached)
 
 
 def key(seed: int | Tensor) -> Tensor:
@@ -92,13 +96,16 @@ def _check_key(name: str, k: Any, shape: Any = ()) -> tuple[int, ...]:
 def split(k: Tensor, num: int = 2) -> Tensor:
     """`num` new independent keys, shape (num, 2)."""
     (num,) = _check_key("split", k, num)
-    return random_bits(k, 2 * num).reshape((num, 2))
+    return _bits(k, 2 * num).reshape((num, 2))
+
+
+_fold_in = jit(lambda k, high, low: ops.cat(threefry2x32(k[0:1], k[1:2], high, low)))  # (the words: arguments)
 
 
 def fold_in(k: Tensor, data: int | Tensor) -> Tensor:
     """A new key derived from a key and an integer."""
     _check_key("fold_in", k)
-    return ops.cat(threefry2x32(k[0:1], k[1:2], *_words("fold_in", "data", data)))
+    return _fold_in(k, *_words("fold_in", "data", data))
 
 
 def uniform(k: Tensor, shape: Any = (), dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Tensor:
@@ -131,8 +138,11 @@ def randint(k: Tensor, shape: Any, minval: int, maxval: int, dtype: Any = None) 
         raise ValueError(f"slope.random.randint: expected {lowest} <= minval < maxval <= {highest + 1} for "
                          f"{dtype.name}, at most 2**32 apart, got {minval} and {maxval}")  # fmt: skip
     span, step = maxval - minval, (1 << 16) % (maxval - minval)  # 2**32 % span is step * step % span (products < 2**48)
-    high, low = (random_bits(k, 2 * math.prod(shape)) % span).reshape((2, *shape))
-    return ops.cast(((high * step % span) * step % span + low) % span + minval, dtype)
+    numbers = (ops.as_tensor(np.array(n, np.int64)) for n in (span, step, minval))  # (not cached per value, as ints)
+    return ops.cast(_randint(_bits(k, 2 * math.prod(shape)).reshape((2, *shape)), *numbers), dtype)
+
+
+_randint = jit(lambda bits, span, step, low: ((bits[0] * step % span) * step % span + bits[1]) % span + low)
 
 
 def bernoulli(k: Tensor, p: Any = 0.5, shape: Any = None) -> Tensor:
@@ -147,7 +157,7 @@ def permutation(k: Tensor, n: Any) -> Tensor:
     """A random permutation of range(n) (or of a tensor's first dimension)."""
     source = n if isinstance(n, Tensor) and n.ndim else None  # a 0-d integer tensor is a count (as in JAX)
     (count,) = _check_key("permutation", k, source.shape[0] if source is not None else n)
-    bits = random_bits(k, count)
+    bits = _bits(k, count)
     if bits.buffer is not None:
         order = ops.as_tensor(np.argsort(bits.numpy(), kind="stable").astype(np.int64))
     else:  # traced: rank each element by comparison (quadratic, so only for small n)
@@ -176,6 +186,6 @@ def next_key() -> Tensor:
     if active(BatchTrace):  # (one draw was shared by every example; PyTorch's vmap refuses too)
         raise TransformError("slope.randn/rand/randint: the global generator cannot draw inside vmap (every example "
                              "would get the same numbers); pass keys, vmapped over slope.random.split(key, n)")  # fmt: skip
-    with _global_lock, new_main(EagerTrace, dynamic=True):  # eager even under jit, grad, vmap: the key stays concrete
+    with _global_lock, new_main(EagerTrace, dynamic=True) if active() else nullcontext():  # (a concrete key)
         _global["key"], sub = split(key(_global["seed"]) if _global["key"] is None else _global["key"])
     return sub
