@@ -3,9 +3,11 @@ that are not there, export targets, LOG_JIT."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -98,6 +100,27 @@ def test_a_slow_program_is_timed_on_both_drivers_and_threads_are_shared(monkeypa
             np.testing.assert_allclose(runtime.to_numpy(run(buffers)[0]), a @ a, rtol=1e-4, atol=1e-4)
         assert run.__self__.driver == "local-task"
     assert [name for name in runtime._devices if name.startswith("cpu")] == ["cpu", "cpu-task"]  # one pool in all
+
+
+def test_a_module_lives_as_long_as_a_function_using_it():
+    """A loaded module is shared while a function (a program) uses it and freed with the last one; loaded again after."""
+    from slope_iree import runtime
+
+    module = runtime.load(MATMUL, "cpu")
+    assert runtime.load(MATMUL, "cpu") is module  # (one per device: eager programs of every shape share it)
+    first, second = module.function("main", 1), runtime.load(MATMUL, "cpu").function("main", 1)
+    gone = weakref.ref(module)
+    del module
+    gc.collect()
+    assert gone() is not None and runtime.load(MATMUL, "cpu") is gone()  # held by the functions
+    del first
+    gc.collect()
+    assert gone() is not None
+    del second
+    gc.collect()
+    assert gone() is None  # the last function gone: so is its module
+    a = runtime.from_numpy(np.ones((2, 2), np.float32), "cpu")
+    np.testing.assert_array_equal(runtime.to_numpy(runtime.function(MATMUL, "cpu", 1)([a, a])[0]), np.full((2, 2), 2.0))
 
 
 def _timed_choice(monkeypatch, sync_ms: list[float], task_ms: list[float]):

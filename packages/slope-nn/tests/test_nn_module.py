@@ -4,6 +4,7 @@ train/eval, jit caching, functional buffer updates (nn.apply) and nn.value_and_g
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -663,6 +664,56 @@ def test_batch_norm_under_vmap_keeps_each_examples_statistics_and_refuses_them_u
     assert again.shape == (4, 5, 3) and restacked.running_mean.shape == (4, 3)
     first = slope.tree.map(lambda leaf: leaf[0], stacked).eval()
     np.testing.assert_array_equal(first(slope.ones(2, 3, dtype=slope.float64)).shape, (2, 3))
+
+
+def squares_dropped(a: slope.Tensor) -> slope.Tensor:
+    return nn.dropout(a * a, p=0.5, training=True)
+
+
+def jacobian_in_block(transform: Callable, a: slope.Tensor, k: slope.Tensor) -> slope.Tensor:
+    """transform(squares_dropped)(a) (or hessian's of its sum) inside an nn.rng block opened with the key `k`."""
+    with nn.rng(k):
+        if transform is slope.hessian:
+            return slope.hessian(lambda b: squares_dropped(b).sum())(a)
+        return transform(squares_dropped)(a)
+
+
+def test_jacfwd_and_hessian_of_dropout_in_an_rng_block_are_not_taken_for_a_vmap_over_examples():
+    """jacfwd (and hessian = jacfwd of jacrev) vmap over basis tangents, and next_key took that vmap for one over
+    examples: with one nn.rng key, jacfwd and hessian of a dropout were refused (jacrev was not), and so was the
+    per-example `vmap(jacfwd(...))` with a key per example. Now a vmap that does not batch the dropped values needs no
+    per-example key: the Jacobians are the exact ones (mask * 2x on the diagonal, the mask of the eager call; float32,
+    exact), eager and under jit, and a vmap over examples still refuses one key for all of them."""
+    x, key = slope.arange(1.0, 5.0), slope.random.key(0)
+    with nn.rng(key):
+        scale = squares_dropped(x).numpy() / x.numpy() ** 2  # (0 or 2: the mask of the eager call)
+    assert set(scale.tolist()) == {0.0, 2.0}
+    expected = {slope.jacrev: np.diag(scale * 2 * x.numpy()), slope.jacfwd: np.diag(scale * 2 * x.numpy()),
+                slope.hessian: np.diag(scale * 2)}  # fmt: skip
+    for transform, jacobian in expected.items():
+        np.testing.assert_array_equal(jacobian_in_block(transform, x, key).numpy(), jacobian)
+        jitted = slope.jit(lambda a, k, transform=transform: jacobian_in_block(transform, a, k))
+        np.testing.assert_array_equal(jitted(x, key).numpy(), jacobian)
+
+    # per example (the form of the README): a key per example, mapped with the inputs; float32 tolerance between modes
+    model = nn.Sequential(nn.Linear(3, 16, key=slope.random.key(1)), nn.Dropout(0.5))
+    xs, keys = slope.random.normal(slope.random.key(2), (5, 3)), slope.random.split(key, 5)
+
+    def loss(m: nn.Module, a: slope.Tensor, k: slope.Tensor) -> slope.Tensor:
+        return nn.apply(m, a, key=k)[0].sum()
+
+    def per_example(transform: Callable) -> Callable:
+        return slope.vmap(lambda m, a, k: transform(lambda b: loss(m, b, k))(a), in_axes=(None, 0, 0))
+
+    loop = np.stack([slope.jacrev(lambda b, i=i: loss(model, b, keys[i]))(xs[i]).numpy() for i in range(5)])
+    assert _distinct_rows(slope.tensor(loop)) == 5
+    for transform in (slope.jacfwd, slope.jacrev):
+        assert_close(per_example(transform)(model, xs, keys), loop)
+        assert_close(slope.jit(per_example(transform))(model, xs, keys), loop)
+    assert_close(per_example(slope.hessian)(model, xs, keys), np.zeros((5, 3, 3)))  # (linear in x)
+    one_key = slope.vmap(lambda m, a, k: slope.jacfwd(lambda b: loss(m, b, k))(a), in_axes=(None, 0, None))
+    with pytest.raises(RuntimeError, match=r"inside vmap the random key of the `nn\.rng` block .* same for every"):
+        one_key(model, xs, key)  # (the vmap over examples around jacfwd's own: one mask for all of them, refused)
 
 
 def test_sequential_append_refuses_what_is_not_a_module():

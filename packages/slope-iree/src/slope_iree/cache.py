@@ -6,7 +6,7 @@ time) loads it instead of compiling again. Files are written to a temporary name
 never sees half a module and several processes may fill the cache at once (the temporary file is synced first, so
 a power loss cannot leave a truncated module under the real name). A file damaged all the same (it does not load)
 is removed, compiled again and rewritten (runtime.load). `slope cache` shows its size and `slope cache clear`
-empties it.
+empties it. In memory only the MEMORY_MODULES modules used last are kept (a loaded module holds its own copy).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import importlib.util
 import os
 import re
 import tempfile
-import threading
 import warnings
 from typing import Any
+
+from slope.backend import BoundedCache
 
 FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes in a way the key does not show
 
@@ -76,9 +77,10 @@ def compiler_version() -> str:
 
 
 _version: str | None = None
-_memory: dict[str, bytes] = {}  # key -> module bytes compiled or read in this process
-_read_from: dict[str, str] = {}  # key -> the file its module in _memory was read from (none for a module compiled)
-_lock = threading.Lock()
+# The bytes of the modules this process compiled or read last, for loading them again (another driver, a program
+# compiled again) without reading the disk: an approximate LRU, not every module of the process (each was ~22 KB).
+MEMORY_MODULES, MEMORY_BYTES = 64, 64 * 2**20
+_memory = BoundedCache(MEMORY_MODULES, MEMORY_BYTES, lambda entry: len(entry[0]))  # key -> (bytes, file read or None)
 _warned: list[str] = []
 stats = {"compiled": 0, "read": 0}  # modules compiled and modules read from disk by this process
 
@@ -107,36 +109,47 @@ def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = 
 
     `fresh=True` removes its file and compiles it again, whatever memory or disk hold (for a file that did not load).
     """
+    return obtain(mlir, target, extra_flags, fresh)[0]
+
+
+def obtain(
+    mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = (), fresh: bool = False
+) -> tuple[bytes, str | None]:
+    """compile_mlir's bytes and the file they were read from (None where this process compiled them)."""
     flags, name, path = _where(mlir, target, extra_flags)
-    module = None if fresh else _memory.get(name)
-    if module is not None:
-        return module
     if fresh:
         with contextlib.suppress(OSError):  # (already gone, or a read-only cache: compiled all the same)
             os.remove(path)
-    module = _read(path) if enabled() and not fresh else None
-    read = module is not None
-    if read:
-        stats["read"] += 1
+        with _memory.lock:
+            _memory.recent.pop(name, None)
+            _memory.old.pop(name, None)
     else:
-        module = _compile(mlir, TARGET_BACKENDS[target], flags)
-        stats["compiled"] += 1
-        if enabled():
-            _write(path, module)
-    with _lock:
-        if fresh or name not in _memory:
-            _memory[name] = module
-            if read:
-                _read_from[name] = path
-            else:
-                _read_from.pop(name, None)
-        return _memory[name]
+        entry = _memory.recent.get(name)
+        if entry is not None:
+            return entry
+    return _memory.add(name, _read_or_compile, mlir, target, flags, path, fresh)
+
+
+def _read_or_compile(
+    mlir: str, target: str, flags: tuple[str, ...], path: str, fresh: bool
+) -> tuple[bytes, str | None]:
+    """A module's bytes from its file (and the file), else compiled (and stored)."""
+    module = _read(path) if enabled() and not fresh else None
+    if module is not None:
+        stats["read"] += 1
+        return module, path
+    module = _compile(mlir, TARGET_BACKENDS[target], flags)
+    stats["compiled"] += 1
+    if enabled():
+        _write(path, module)
+    return module, None
 
 
 def read_from(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> str | None:
-    """The file this process read a module's bytes from (None where it compiled them, or holds none)."""
+    """The file this process read a module's bytes from (None where it compiled them, or holds them no more)."""
     _, name, _ = _where(mlir, target, extra_flags)
-    return _read_from.get(name) if name in _memory else None
+    entry = _memory.recent.get(name) or _memory.old.get(name)
+    return entry[1] if entry is not None else None
 
 
 def _where(mlir: str, target: str, extra_flags: tuple[str, ...]) -> tuple[tuple[str, ...], str, str]:
@@ -203,6 +216,8 @@ def _summary(error: Any) -> str:
 
 
 def clear_memory() -> None:
-    """Forget the modules held in this process (the disk cache stays)."""
-    _memory.clear()
-    _read_from.clear()
+    """Forget the modules' bytes held in this process (the disk cache stays; loaded modules stay while used)."""
+    with _memory.lock:
+        _memory.recent.clear()
+        _memory.old.clear()
+        _memory.nbytes = 0

@@ -5,7 +5,9 @@
   workers as CPUs) made the first time a program turns out to run faster on it; `cuda:N` is IREE's CUDA driver, listed
   only when it really loads (the wheel lists the driver on every machine).
 - Buffers are IREE `HalBufferView`s that stay on their device between calls; NumPy only at `to_numpy`.
-- A module is loaded once per device (cache key: its MLIR), whatever the number of programs (eager shapes) using it.
+- A module is loaded once per device (cache key: its MLIR), whatever the number of programs (eager shapes) using it,
+  and lives as long as one of them: each function called holds its module, `_modules` only finds the live ones (weak
+  references), so a program dropped from the jit or eager cache frees its module (read or compiled again if needed).
 - On the CPU, a program runs on `local-sync`; one whose first call took longer than `SLOW_CALL` seconds is then timed
   on both devices for a few calls and moves to `local-task` only if the threads win clearly and consistently
   (SLOPE_IREE_DRIVER=local-sync|local-task fixes the choice).
@@ -17,6 +19,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +38,8 @@ _iree: Any = None  # the iree.runtime module, imported on first use (its import 
 _vm_instance: Any = None
 _devices: dict[str, Device] = {}  # "cpu", "cpu-task", "cuda:0", ... -> Device
 _available: list[str] | None = None
-_modules: dict[tuple[str, str], Module] = {}  # (cache key, device name) -> loaded module
+_modules: weakref.WeakValueDictionary[tuple[str, str], Module] = weakref.WeakValueDictionary()  # (key, device) ->
+# a loaded module that a function still holds
 
 
 def iree() -> Any:
@@ -183,7 +187,7 @@ class Module:
         self.lock = threading.Lock()  # an IREE context is thread-compatible, not thread-safe
 
     def function(self, name: str, outputs: int) -> Callable[[list], list]:
-        """A Python callable `buffers -> buffers` for one exported function."""
+        """A Python callable `buffers -> buffers` for one exported function (it keeps the module loaded)."""
         runtime = iree()
         function = self.vm_module.lookup_function(name)
         if function is None:
@@ -201,6 +205,7 @@ class Module:
                 return [results.get_as_object(0, view_type)]
             return [results.get_as_object(i, view_type) for i in indices]
 
+        call.module = self  # type: ignore[attr-defined]  # (an attribute, not read when called: the module lives on)
         return call
 
 
@@ -209,19 +214,20 @@ def load(mlir: str, device_name: str) -> Module:
     name = cache.key(mlir, target(device_name), cache.target_flags(target(device_name)))
     module = _modules.get((name, device_name))
     if module is None:
-        vmfb = cache.compile_mlir(mlir, target(device_name))
+        vmfb, path = cache.obtain(mlir, target(device_name))
         with _lock:
-            module = _modules.get((name, device_name)) or _loaded(mlir, vmfb, device(device_name))
-            _modules[(name, device_name)] = module
+            module = _modules.get((name, device_name))
+            if module is None:
+                module = _modules[(name, device_name)] = _loaded(mlir, vmfb, path, device(device_name))
     return module
 
 
-def _loaded(mlir: str, vmfb: bytes, on: Device) -> Module:
-    """A module loaded on a device; one read from a damaged cache file is compiled again (and the file rewritten)."""
+def _loaded(mlir: str, vmfb: bytes, path: str | None, on: Device) -> Module:
+    """A module loaded on a device; one read from a cache file (`path`) that is damaged is compiled again (and the
+    file rewritten)."""
     try:
         return Module(vmfb, on)
     except Exception as error:
-        path = cache.read_from(mlir, target(on.name))
         if path is None:  # compiled by this process: a real error (compiling again would not help)
             raise
         message = f"slope: the iree compile cache file {path!r} does not load ({error}); compiling it again"

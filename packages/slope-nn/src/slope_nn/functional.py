@@ -426,7 +426,8 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, attn_mask: Any = None, 
         if dropout_p == 1.0:
             weights = weights * 0.0
         else:
-            weights = dropped(weights, dropout_p, next_key("scaled_dot_product_attention") if key is None else key)
+            key = next_key("scaled_dot_product_attention", (weights, v)) if key is None else key
+            weights = dropped(weights, dropout_p, key)
     return weights @ v
 
 

@@ -559,7 +559,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
         raise slope.DTypeError(f"slope.nn.dropout: expected a floating-point tensor to drop from, got {x.dtype.name}")
     if p == 1.0:
         return x * 0.0
-    return functional.dropped(x, p, next_key("Dropout") if key is None else key)
+    return functional.dropped(x, p, next_key("Dropout", x) if key is None else key)
 
 
 class Dropout(Module):

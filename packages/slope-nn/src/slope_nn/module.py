@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -502,15 +503,18 @@ def rng(key: Tensor) -> contextlib.AbstractContextManager:
     return _opened(_key_streams, _KeyStream(key))
 
 
-def next_key(name: str = "nn") -> Tensor:
+def next_key(name: str = "nn", like: Any = None) -> Tensor:
     """A fresh key for a random layer: from the active `nn.rng(key)` block, else (eagerly) the global generator.
 
-    Inside a vmap the block's key must vary over that vmap's examples: one key shared by all of them gave every example
-    the same mask, silently (torch.func.vmap refuses randomness by default). A key given to a layer is not checked."""
-    vmap_level = _innermost_vmap()
+    Inside a vmap over examples the block's key must vary over them: one key shared by all of them gave every example
+    the same mask, silently (torch.func.vmap refuses randomness by default). `like` is what the key is drawn for (a
+    tensor or a tuple of them: the layer's inputs): a vmap that batches none of them (jacfwd's and hessian's vmap over
+    tangents) needs no per-example key; without `like`, the innermost vmap is taken for one over examples. A key given
+    to a layer is not checked."""
+    vmaps = _example_vmaps(like)
     if _key_streams.stack:
         stream = _key_streams.stack[-1]
-        if vmap_level is not None and _batched_by(stream.key, vmap_level) is False:
+        if any(_batched_by(stream.key, level) is False for level in vmaps):
             raise RuntimeError(
                 f"slope.nn.{name}: inside vmap the random key of the `nn.rng` block (nn.apply's key=) is the same for "
                 f"every example, so every example would get the same mask. {_PER_EXAMPLE_KEYS}"
@@ -518,11 +522,11 @@ def next_key(name: str = "nn") -> Tensor:
         return stream.next()
     from slope.trace import is_eager
 
-    if vmap_level is not None:
+    if vmaps:
         raise RuntimeError(f"slope.nn.{name}: needs a random key inside vmap. {_PER_EXAMPLE_KEYS}")
     if not is_eager():
         raise RuntimeError(
-            f"slope.nn.{name}: needs a random key inside jit/grad; call the model as "
+            f"slope.nn.{name}: needs a random key inside jit/grad/jacfwd; call the model as "
             "`out, model = nn.apply(model, x, key=key)` (or inside `with nn.rng(key):`), or pass key= to the layer"
         )
     from slope.random import next_key as global_next_key
@@ -538,14 +542,19 @@ _PER_EXAMPLE_KEYS = (
 )
 
 
-def _innermost_vmap() -> Any:
-    """This thread's innermost vmap in progress (its level of slope.trace's stack), or None."""
+def _example_vmaps(like: Any) -> list:
+    """The vmaps in progress in this thread (levels of slope.trace's stack) that batch `like` (a tensor or a tuple of
+    them), or may (unknown); with no `like`, the innermost vmap."""
     from slope.trace import _busy, _local
     from slope.transforms import BatchTrace
 
     if not _busy:
-        return None
-    return next((main for main in reversed(_local.stack) if main.trace_type is BatchTrace), None)
+        return []
+    vmaps = [main for main in reversed(_local.stack) if main.trace_type is BatchTrace]
+    if like is None:
+        return vmaps[:1]
+    values = like if isinstance(like, tuple) else (like,)
+    return [level for level in vmaps if any(_batched_by(value, level) is not False for value in values)]
 
 
 def _batched_by(value: Any, vmap_level: Any) -> bool | None:
@@ -553,8 +562,9 @@ def _batched_by(value: Any, vmap_level: Any) -> bool | None:
     from slope.trace import ProgramBuilder, ProgramTracer, Tracer
     from slope.transforms import BatchTracer, JVPTracer
 
-    while isinstance(value, JVPTracer) and value._trace.main.level > vmap_level.level:
-        value = value.primal  # (grad/jvp inside the vmap: the key is a primal)
+    while isinstance(value, (JVPTracer, BatchTracer)) and value._trace.main.level > vmap_level.level:
+        # (grad/jvp inside the vmap: the key is a primal; a vmap inside it: its value holds the examples of this one)
+        value = value.primal if isinstance(value, JVPTracer) else value.value
     if isinstance(value, BatchTracer) and value._trace.main is vmap_level:
         return value.batch_dim is not None
     if not isinstance(value, Tracer) or value._trace.main.level < vmap_level.level:
@@ -562,8 +572,9 @@ def _batched_by(value: Any, vmap_level: Any) -> bool | None:
     builder = value._trace.main.data
     if not (isinstance(value, ProgramTracer) and isinstance(builder, ProgramBuilder)):
         return None
-    # a key computed inside a grad (whose linearization is traced to a program) within the vmap: from what?
+    # a value computed inside a grad (whose linearization is traced to a program) within the vmap: from what?
     constants = {tracer.ir_var: constant for constant, tracer in builder.constants.values()}
+    constants.update(_linearized_at(builder))
     producers = {var: instruction for instruction in builder.instructions for var in instruction.outputs}
     pending, seen = [value.ir_var], set()
     while pending:
@@ -579,6 +590,25 @@ def _batched_by(value: Any, vmap_level: Any) -> bool | None:
         else:
             return None  # (an input of the traced function: its value is not known here)
     return False
+
+
+def _linearized_at(builder: Any) -> dict:
+    """The values at which a linearization (grad, vjp, jacrev) traces its function to the program of `builder`, by the
+    program's inputs that stand for them ({} for other programs: jit's); its program keeps only their avals, so they
+    are read from the frames of slope.transforms._linearize_flat (a layer inside hessian's jacrev: is its input batched
+    by the vmap of jacfwd over tangents around it? It is not: the primal of that JVP)."""
+    from slope.trace import make_program
+    from slope.transforms import _linearize_flat
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is make_program.__code__ and frame.f_locals.get("builder") is builder:
+            caller, tracers = frame.f_back, frame.f_locals.get("in_tracers", ())
+            if caller is None or caller.f_code is not _linearize_flat.__code__:
+                return {}
+            return {tracer.ir_var: primal for tracer, primal in zip(tracers, caller.f_locals["primals"])}
+        frame = frame.f_back
+    return {}
 
 
 # ----------------------------------------------------------------------------------------------- buffer updates
