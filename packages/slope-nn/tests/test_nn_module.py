@@ -722,3 +722,17 @@ def test_sequential_append_refuses_what_is_not_a_module():
     with pytest.raises(TypeError, match="Sequential: item 1 is a int, not a Module"):
         model.append(5)
     assert len(model) == 1 and len(model.append(nn.ReLU())) == 2
+
+
+def test_the_shared_entries_of_static_attributes_are_bounded():
+    # every value of a module's static int attribute (a step count) added an entry for ever: 20,000 values, 20,000
+    from slope_nn import module as module_module
+
+    model = nn.Linear(2, 2, key=slope.random.key(0))
+    first = slope.tree.structure(model)
+    for step in range(5000):
+        model.step = step
+        slope.tree.structure(model)
+    assert len(module_module._SHARED_ENTRIES) <= 4096
+    del model.step
+    assert slope.tree.structure(model) == first  # (a structure after a clear equals one from before)

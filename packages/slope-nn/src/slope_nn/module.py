@@ -107,6 +107,8 @@ def _shared_entry(name: str, value: Any) -> tuple:
     key = (name, type(value), value)
     entry = _SHARED_ENTRIES.get(key)
     if entry is None:
+        if len(_SHARED_ENTRIES) >= 4096:  # (bounded: a step count kept on a model made one entry per value, for ever)
+            _SHARED_ENTRIES.clear()  # (entries compare by content: a new one equals the one it replaces)
         entry = _SHARED_ENTRIES[key] = (name, _Static(value))
     return entry
 
