@@ -249,6 +249,18 @@ def _abort_on_uncaught_exception(engine: MPIEngine) -> None:
     sys.excepthook = abort
 
 
+def _leave_gloo(torch_dist: Any) -> None:
+    """At exit: wait (briefly) for the other ranks, then close the group. A rank that closed it while another was still
+    finishing made that one abort now and then ("terminate called without an active exception", signal 6)."""
+    import datetime
+
+    try:
+        torch_dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
+    except Exception:  # (a rank that died or left first: close anyway)
+        pass
+    torch_dist.destroy_process_group()
+
+
 class GlooEngine(Engine):
     """torch.distributed's gloo backend on CPU tensors that share the NumPy buffers' memory."""
 
@@ -276,7 +288,7 @@ class GlooEngine(Engine):
             import atexit
 
             # torch leaves gloo's threads running at exit otherwise, and the process aborts (terminate, signal 6)
-            atexit.register(torch_dist.destroy_process_group)
+            atexit.register(_leave_gloo, torch_dist)
         self.rank, self.size = torch_dist.get_rank(), torch_dist.get_world_size()
         self._ops = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}
 
