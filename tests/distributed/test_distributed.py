@@ -99,7 +99,8 @@ def test_two_ranks_gloo():
     """The same training and collectives with torch.distributed's gloo engine (launched by mpiexec)."""
     pytest.importorskip("torch")
     scenarios = ",".join(
-        [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS] + ["collectives", "dtypes", "mismatch"]
+        [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS]
+        + ["collectives", "dtypes", "mismatch", "exit_race"]
     )
     result, _ = launch(scenarios, SLOPE_DISTRIBUTED_ENGINE="gloo", MASTER_PORT=free_port())
     assert_ok(result, scenarios)

@@ -9,7 +9,9 @@ through MPI-3 shared memory instead (`SharedMemory`). mpi4py and torch are impor
 
 from __future__ import annotations
 
+import collections
 import os
+import pickle
 import sys
 import time
 from typing import Any
@@ -249,16 +251,17 @@ def _abort_on_uncaught_exception(engine: MPIEngine) -> None:
     sys.excepthook = abort
 
 
-def _leave_gloo(torch_dist: Any) -> None:
-    """At exit: wait (briefly) for the other ranks, then close the group. A rank that closed it while another was still
-    finishing made that one abort now and then ("terminate called without an active exception", signal 6)."""
-    import datetime
-
-    try:
-        torch_dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
-    except Exception:  # (a rank that died or left first: close anyway)
-        pass
-    torch_dist.destroy_process_group()
+def _leave_gloo(engine: GlooEngine) -> None:
+    """At exit, while the interpreter still runs: wait until gloo's worker threads have let go of the last collectives'
+    tensors, then close the group. A worker that dropped one (a Python object) during the interpreter's finalization
+    took the GIL there and aborted the rank ("terminate called without an active exception", signal 6); that happens
+    when something else (PyTorch's DistributedDataParallel does) keeps the process group, and its threads, alive."""
+    deadline = time.monotonic() + 5.0
+    while any(tensor._use_count() > 1 for tensor in engine.held) and time.monotonic() < deadline:
+        time.sleep(0.001)  # (the GIL released: a worker may need it to drop its reference)
+    engine.held.clear()
+    if engine.dist.is_initialized():  # (unless the program closed it itself)
+        engine.dist.destroy_process_group()
 
 
 class GlooEngine(Engine):
@@ -287,12 +290,14 @@ class GlooEngine(Engine):
             )
             import atexit
 
-            # torch leaves gloo's threads running at exit otherwise, and the process aborts (terminate, signal 6)
-            atexit.register(_leave_gloo, torch_dist)
+            atexit.register(_leave_gloo, self)
         self.rank, self.size = torch_dist.get_rank(), torch_dist.get_world_size()
         self._ops = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}
+        self.held: collections.deque = collections.deque(maxlen=16)  # the last collectives' tensors (_leave_gloo)
 
     def _run(self, what: str, collective: Any, *args: Any, **kwargs: Any) -> None:
+        for tensors in args:
+            self.held.extend(tensors if isinstance(tensors, list) else [tensors])
         try:
             collective(*args, **kwargs)
         except RuntimeError as error:  # gloo: a closed connection (a rank died) or its timeout
@@ -329,9 +334,15 @@ class GlooEngine(Engine):
         self._run(what, self.dist.all_reduce, self.torch.from_numpy(header), op=self._ops["max"])
 
     def gather(self, value: Any) -> list:
-        values: list = [None] * self.size
-        self._run("gather", self.dist.all_gather_object, values, value)
-        return values
+        mine = np.frombuffer(pickle.dumps(value), np.uint8)  # (not all_gather_object: its tensors are not held)
+        sizes = np.zeros(self.size, np.int64)
+        sizes[self.rank] = mine.size
+        self.all_reduce(sizes, "sum")
+        rows = np.zeros((self.size, sizes.max()), np.uint8)
+        rows[self.rank, : mine.size] = mine
+        self._run("gather", self.dist.all_gather, [self.torch.from_numpy(row) for row in rows],
+                  self.torch.from_numpy(rows[self.rank].copy()))  # fmt: skip
+        return [pickle.loads(row[:size].tobytes()) for row, size in zip(rows, sizes)]
 
     def barrier(self) -> None:
         self.header(np.zeros(1, np.int64), "barrier()")
