@@ -13,7 +13,7 @@ import numpy as np
 
 from . import plugins
 from .dtypes import DType
-from .errors import SlopeBackendError, SlopeMemoryError
+from .errors import SlopeBackendError, SlopeMemoryError, env
 from .ir import Aval, Instruction, Program, Var, dead_code_elimination
 from .tensors import Tensor
 
@@ -181,9 +181,9 @@ class BoundedCache:
         return value
 
 
-_eager = BoundedCache(int(os.environ.get("SLOPE_EAGER_CACHE_SIZE", 4096)))
+_eager = BoundedCache(env("SLOPE_EAGER_CACHE_SIZE", 4096))
 _compiled: dict[tuple, Executable] = _eager.recent  # the hot path reads it directly
-JIT_CACHE_SIZE = int(os.environ.get("SLOPE_JIT_CACHE_SIZE", 256))  # programs per jitted function
+JIT_CACHE_SIZE = env("SLOPE_JIT_CACHE_SIZE", 256)  # programs per jitted function
 plugins.on_refresh.append(_reset)
 PHYSICAL_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else math.inf
 
@@ -202,7 +202,7 @@ def compile_program(program: Program, backend: Backend, device: str) -> Executab
             backend.check_dtype(aval.dtype, instruction.op.name)
     check_translations(lowered, backend, device)
     executable = backend.compile(lowered, device)
-    if os.environ.get("LOG_JIT", "0") not in ("", "0"):
+    if env("LOG_JIT", False):
         print(f"--- slope program ({backend.name}, {device})\n{program}")
         if str(lowered) != str(program):  # only when procedures or dead-code removal changed it
             print(f"--- lowered\n{lowered}")

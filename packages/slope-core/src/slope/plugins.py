@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pluggy
 
-from .errors import SlopePluginError, SlopePluginWarning
+from .errors import SlopePluginError, SlopePluginWarning, env
 from .tensors import Tensor, functions
 
 hookspec, hookimpl = pluggy.HookspecMarker("slope"), pluggy.HookimplMarker("slope")
@@ -72,7 +72,7 @@ def problem(plugin: str, message: str, strict: bool = False, outcome: str = "ski
     hint = f"; disable it with SLOPE_DISABLE_PLUGINS={plugin} or `pip uninstall {dist}`" if dist else ""
     if message not in failed.setdefault(plugin, []):
         failed[plugin].append(message)
-    if strict or os.environ.get("SLOPE_STRICT_PLUGINS", "0") not in ("", "0"):
+    if strict or env("SLOPE_STRICT_PLUGINS", False):
         raise SlopePluginError(f"slope: {where}: {message}")
     warnings.warn(SlopePluginWarning(f"slope: {where}: {message}; {outcome}{hint}"), stacklevel=3)
 
@@ -204,7 +204,7 @@ def unregister(plugin: Any) -> None:
 def load_entry_points() -> None:
     """Load the plugins of the `slope` entry-point group (as SLOPE_DISABLE_PLUGINS, SLOPE_PLUGINS allow)."""
     disabled, only = _env_set("SLOPE_DISABLE_PLUGINS"), _env_set("SLOPE_PLUGINS")
-    autoload = os.environ.get("SLOPE_DISABLE_PLUGIN_AUTOLOAD", "0") in ("", "0")
+    autoload = not env("SLOPE_DISABLE_PLUGIN_AUTOLOAD", False)
     ours = ("slope-numpy", "slope-onnx", "slope-iree", "slope-nn", "slope-distributed")  # ours first (a clash: theirs)
     for entry_point in sorted(entry_points(group="slope"), key=lambda e: getattr(e.dist, "name", "") not in ours):
         label = (entry_point.dist.name, entry_point.dist.version) if entry_point.dist else ("?", "?")
