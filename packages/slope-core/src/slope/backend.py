@@ -134,8 +134,8 @@ def use_backend(name: str) -> Iterator[Backend]:
 
 
 def checked_device(backend: Backend, device: str) -> str:
-    """The device name ("cuda" means "cuda:0"), or a clear error if the backend cannot use it."""
-    device = "cuda:0" if device == "cuda" else device
+    """The device name ("cuda" and 0 mean "cuda:0", as PyTorch), or a clear error if the backend cannot use it."""
+    device = "cuda:0" if device == "cuda" else f"cuda:{device}" if type(device) is int else device
     if device not in backend.devices():
         raise SlopeBackendError(f"slope: device {device!r} is not available on backend {backend.name!r}; available "
                                 f"devices: {backend.devices()}")  # fmt: skip
@@ -279,6 +279,6 @@ def _compile_one(op: Any, args: Any, params: dict, backend: Backend, device: str
 def from_numpy(array: np.ndarray, aval: Aval, device: str | None = None) -> Tensor:
     """A concrete tensor on the active backend from a NumPy array of the right dtype."""
     backend = _state["backend"] or get_backend()
-    device = checked_device(backend, device or _state["device"])
+    device = checked_device(backend, _state["device"] if device is None else device)
     backend.check_dtype(aval.dtype, "tensor")
     return Tensor(backend.from_numpy(array, device), aval, backend, device)

@@ -708,7 +708,7 @@ class Full(Operator):
 class Arange(Operator):
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
         start, stop = (0, start) if stop is None else (start, stop)
-        values = (start, stop, step)
+        start, stop, step = values = [v.item() if getattr(v, "ndim", 1) == 0 else v for v in (start, stop, step)]
         default = dtypes.default_int if all(isinstance(v, (int, np.integer)) for v in values) else dtypes.default_float
         dtype = default if dtype is None else dtypes.as_dtype(dtype)
         numbers = all(isinstance(v, (int, float, np.number)) and not math.isnan(v) for v in values)

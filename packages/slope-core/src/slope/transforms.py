@@ -229,7 +229,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
         grads = vjp_fn(constant(1.0, out.dtype))
-        return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, int) else grads)
+        return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, (int, np.integer)) else grads)
 
     return value_and_grad_fn
 
@@ -348,12 +348,12 @@ def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callabl
         if not isinstance(x, (Tensor, np.ndarray, np.generic, int, float)):  # (a tuple was stacked: J[0] not d/dx[0])
             raise TransformError(f"slope.{name}: differentiates with respect to one tensor, got {type(x).__name__} "
                                  "(pytrees are not supported: one Jacobian per tensor, or slope.tensor(a list))")  # fmt: skip
-        return build(f, as_tensor(x))
+        return build(f, as_tensor(x), name)
 
     return jacobian
 
 
-def _forward(f: Callable, x: Tensor) -> Any:  # jacfwd's and hessian's Jacobian of f at x
+def _forward(f: Callable, x: Tensor, name: str) -> Any:  # jacfwd's and hessian's Jacobian of f at x
     columns = vmap(lambda tangent: jvp(f, (x,), (tangent,))[1], out_axes=-1)(_basis(x.aval))  # (*out, x.size)
     return tree.map(lambda column: column.reshape((*column.shape[:-1], *x.shape)), columns)
 
@@ -363,21 +363,22 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
     return _jacobian("jacfwd", fn, argnums, _forward)
 
 
+def _reverse(f: Callable, x: Tensor, name: str) -> Tensor:  # jacrev's (and hessian's inner) Jacobian of f at x
+    out, vjp_fn = vjp(f, x)
+    if not isinstance(out, Tensor) or not out.dtype.is_float:  # (PyTorch and JAX refuse integers: zero rows)
+        got = out.aval if isinstance(out, Tensor) else type(out).__name__
+        raise TransformError(f"slope.{name}: expected one floating-point tensor output, got {got}")
+    return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
+
+
 def jacrev(fn: Callable, argnums: int = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
-
-    def build(f: Callable, x: Tensor) -> Tensor:
-        out, vjp_fn = vjp(f, x)
-        if not isinstance(out, Tensor) or not out.dtype.is_float:  # (PyTorch and JAX refuse integers: zero rows)
-            raise TransformError(f"slope.jacrev: expected one floating-point output, got {getattr(out, 'aval', out)}")
-        return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
-
-    return _jacobian("jacrev", fn, argnums, build)
+    return _jacobian("jacrev", fn, argnums, _reverse)
 
 
 def hessian(fn: Callable, argnums: int = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
-    return _jacobian("hessian", jacrev(_function("hessian", fn), argnums), argnums, _forward)  # (errors: hessian's)
+    return _jacobian("hessian", _jacobian("hessian", fn, argnums, _reverse), argnums, _forward)
 
 
 class _CustomCall(Operator):

@@ -1,0 +1,93 @@
+"""Environment variables read through slope.errors.env, and small API edges found in review (session 20)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import slope
+from slope.errors import SlopeBackendError, TransformError
+
+
+def _fresh(code: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -c code` in a fresh process with these environment variables set."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [("SLOPE_JIT_CACHE_SIZE", "abc", "a whole number >= 0"), ("SLOPE_EAGER_CACHE_SIZE", "-3", "a whole number >= 0"),
+     ("SLOPE_JIT_CACHE_SIZE", "2.5", "a whole number >= 0"), ("LOG_JIT", "maybe", "1/true/yes/on or 0/false/no/off")],
+)  # fmt: skip
+def test_a_bad_environment_variable_is_an_error_naming_it(name, value, expected):
+    # a bad cache size killed `import slope` with a bare "invalid literal for int()" naming no variable
+    result = _fresh("import slope; slope.jit(lambda x: x + 1)(slope.ones(2))", **{name: value})
+    assert result.returncode != 0
+    assert f"SlopeConfigError: ${name}={value!r}: expected {expected}" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value,prints", [("false", False), ("OFF", False), ("no", False), ("0", False), ("", False),
+                                          ("1", True), ("true", True), ("On", True), (" yes ", True)])  # fmt: skip
+def test_log_jit_reads_flags_as_words(value, prints):
+    # LOG_JIT=false (or off, no) printed every program: any value but "" and "0" meant on
+    result = _fresh("import slope; slope.jit(lambda x: x * 3)(slope.ones(2))", LOG_JIT=value)
+    assert result.returncode == 0, result.stderr
+    assert ("--- slope program" in result.stdout) == prints
+
+
+def test_env_reads_flags_and_numbers(monkeypatch):
+    from slope.errors import SlopeConfigError, env
+
+    for value, expected in [("", 7), ("12", 12), (" 0 ", 0)]:
+        monkeypatch.setenv("SLOPE_TEST_NUMBER", value)
+        assert env("SLOPE_TEST_NUMBER", 7) == expected
+    monkeypatch.setenv("SLOPE_TEST_NUMBER", "0.25")
+    assert env("SLOPE_TEST_NUMBER", 1.0) == 0.25
+    for value in ("-1", "nan", "1e3x"):
+        monkeypatch.setenv("SLOPE_TEST_NUMBER", value)
+        with pytest.raises(SlopeConfigError, match=r"\$SLOPE_TEST_NUMBER="):
+            env("SLOPE_TEST_NUMBER", 1.0)
+    monkeypatch.delenv("SLOPE_TEST_NUMBER")
+    assert env("SLOPE_TEST_NUMBER", True) is True and env("SLOPE_TEST_NUMBER", 3) == 3
+
+
+@pytest.mark.parametrize("device", [0, "", False])
+def test_a_falsy_device_is_not_the_default_one(backend, device):
+    # slope.tensor(..., device=0) (PyTorch: cuda:0), device="" and device=False silently gave cpu
+    with pytest.raises(SlopeBackendError, match="is not available on backend"):
+        slope.tensor([1.0], device=device)
+
+
+def test_arange_of_a_0d_tensor_as_pytorch(backend):
+    torch = pytest.importorskip("torch")
+    # arange(tensor(5)) raised "cannot count from 0 to tensor(5, ...)" where PyTorch counts to 5
+    for args in [(slope.tensor(5),), (1, slope.tensor(2.5)), (slope.tensor(1), 7, slope.tensor(2))]:
+        got = slope.arange(*args)
+        expected = torch.arange(*[torch.tensor(a.item()) if isinstance(a, slope.Tensor) else a for a in args])
+        assert str(got.dtype.name) == str(expected.dtype).removeprefix("torch.")
+        assert got.numpy().tolist() == expected.tolist()
+    with pytest.raises(slope.SlopeError, match="traced"):
+        slope.jit(lambda n: slope.arange(n))(slope.tensor(3))
+
+
+def test_grad_with_a_numpy_int_argnums_gives_one_gradient(backend):
+    # grad(f, argnums=np.int64(1)) returned a 1-tuple (JAX: the one array, as with argnums=1)
+    x, y = slope.tensor([1.0, 2.0]), slope.tensor([3.0, 4.0])
+    got = slope.grad(lambda a, b: (a * b).sum(), argnums=np.int64(1))(x, y)
+    assert isinstance(got, slope.Tensor) and got.numpy().tolist() == [1.0, 2.0]
+
+
+def test_hessian_errors_name_hessian(backend):
+    # hessian of a non-scalar-float output named slope.jacrev and printed tracers ("(JVPTracer([f32]), ...)")
+    x = slope.tensor([1.0, 2.0])
+    with pytest.raises(TransformError, match=r"^slope\.hessian: expected one floating-point tensor output, got tuple"):
+        slope.hessian(lambda x: ((x * x).sum(), (x > 1).sum()))(x)
+    with pytest.raises(TransformError, match=r"^slope\.hessian: .* got \[i64\]"):
+        slope.hessian(lambda x: (x > 1).sum())(x)
+    with pytest.raises(TransformError, match=r"^slope\.jacrev: .* got \[i64\]"):
+        slope.jacrev(lambda x: (x > 1).sum())(x)
