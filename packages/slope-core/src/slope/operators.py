@@ -759,9 +759,14 @@ class Matmul(Operator):
         if x.shape[-1] != y.shape[-2]:
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
-        if y.ndim == 2 < x.ndim:  # one 2-d product: y is not copied across the batch, nor its gradient summed back
-            flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), x.shape[-1])), y)
-            out = reshape(flat, (*x.shape[:-1], y.shape[-1]))
+        (m, k), n = x.shape[-2:], y.shape[-1]  # one 2-d product where either has no batch (a broadcast one's gradient
+        if math.prod(y.shape[:-2]) == 1 and y.ndim <= x.ndim > 2:  # is not summed back in its dtype, batch by batch)
+            flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), k)), reshape(y, (k, n)))
+            out = reshape(flat, (*x.shape[:-1], n))
+        elif math.prod(x.shape[:-2]) == 1 and x.ndim <= y.ndim > 2:  # x times every y: (m, k) @ (k, batch * n)
+            ys = reshape(permute(reshape(y, (count := math.prod(y.shape[:-2]), k, n)), (1, 0, 2)), (k, count * n))
+            flat = bind(self, reshape(x, (m, k)), ys)
+            out = reshape(permute(reshape(flat, (m, count, n)), (1, 0, 2)), (*y.shape[:-2], m, n))
         else:
             batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
             out = bind(self, broadcast_to(x, batch + x.shape[-2:]), broadcast_to(y, batch + y.shape[-2:]))
@@ -779,8 +784,8 @@ class Matmul(Operator):
             return [bind(self, cotangents[0], functions["transpose"](y, -2, -1)), None]
         return [None, bind(self, functions["transpose"](x, -2, -1), cotangents[0])]
 
-    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:
-        return [bind(self, *(batch_to_front(a, d, axis_size) for a, d in zip(args, dims)))], [0]
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:  # (an unbatched operand: one product)
+        return [self(*(a if d is None else move_axis(a, d, 0) for a, d in zip(args, dims)))], [0]
 
 
 class Conv(Operator):
@@ -792,8 +797,8 @@ class Conv(Operator):
                  groups: int = 1) -> Tensor:  # fmt: skip
         x, w, bias = as_tensor(x), as_tensor(w), None if bias is None else as_tensor(bias)
         half = x.dtype.is_float and x.dtype.bits < 32  # with its bias in float32, rounded once, as PyTorch's kernel
-        if half and bias is not None and x.dtype == w.dtype == bias.dtype and bias.shape == w.shape[:1]:
-            wide = [cast(t, dtypes.float32) for t in (x, w, bias)]
+        if half and x.dtype == w.dtype and (bias is None or bias.dtype == x.dtype and bias.shape == w.shape[:1]):
+            wide = [None if t is None else cast(t, dtypes.float32) for t in (x, w, bias)]  # (its gradients too)
             return cast(self(*wide, stride, padding, dilation, groups), x.dtype)
         if x.ndim == w.ndim - 1 > 1:  # a batch-less input (C, *spatial), as in PyTorch
             return self(reshape(x, (1, *x.shape)), w, bias, stride, padding, dilation, groups)[0]
@@ -811,7 +816,8 @@ class Conv(Operator):
         out = bind(self, x, w, stride=stride, padding=padding, dilation=dilation,  # (of one dtype: infer checks it)
                    groups=ints(self.name, groups, "groups", 1)[0])  # fmt: skip
         if bias is not None and bias.aval != (expected := Aval(out.shape[1:2], out.dtype)):
-            raise self.shape_error(f"expected a bias {expected} for weight {w.aval}, got {bias.aval}")
+            kind = self.dtype_error if bias.dtype != out.dtype else self.shape_error
+            raise kind(f"expected a bias {expected} for weight {w.aval}, got {bias.aval}")
         return out if bias is None else out + reshape(bias, (-1,) + (1,) * n)
 
     def infer(self, x: Aval, w: Aval, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Aval:
@@ -843,7 +849,8 @@ class Conv(Operator):
             cols = matmul(permute(reshape(w, (groups, per_out, -1)), (0, 2, 1)), reshape(ct, (groups, per_out, -1)))
             for k, offset in enumerate(np.ndindex(*kernel)):  # each tap's products added into x at its offset (col2im)
                 lo = (0, *(at * d - p for at, d, (p, _) in zip(offset, dilation, padding)), 0)  # (images innermost)
-                if all(-s * st < a < m for a, m, s, st in zip(lo[1:-1], x.aval.shape[2:], size, stride)):  # any in x
+                spans = zip(lo[1:-1], x.aval.shape[2:], size, stride)  # (first position, x's size, count, stride)
+                if all(any(0 <= a + j * st < m for j in range(s)) for a, m, s, st in spans):  # a position in x
                     tap = reshape(slice_(cols, (0, k, 0), cols.shape, (1, math.prod(kernel), 1)), (-1, *size, batch))
                     parts.append(_strided_place(tap, (1, *stride, 1), lo, (*x.aval.shape[1:], batch)))
             return [permute(functools.reduce(add, parts), (-1, *range(n + 1))) if parts else zeros_like(x.aval), None]
