@@ -681,43 +681,6 @@ def flatten_layout(draw: Any) -> Layout:
 add(Entry("flatten", flatten_layout(), torch.flatten, dtypes=ALL))
 
 
-@st.composite
-def unflatten_layout(draw: Any) -> Layout:
-    shape = draw(shapes(min_dims=1))
-    dim = draw(dims(len(shape)))
-    n = shape[dim] if -len(shape) <= dim < len(shape) else 2
-    factor = draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0] or [1]))
-    sizes = draw(st.sampled_from([(n,), (factor, max(n // factor, 0)), (1, n), (n // factor if n else 0, factor)]))
-    sizes = with_minus_one(draw, sizes)
-    if sometimes(draw):
-        sizes = tuple(draw(st.lists(st.integers(-1, 3), max_size=3)))
-    return layout(T(shape), dim, sizes)
-
-
-add(Entry("unflatten", unflatten_layout(), torch.unflatten, dtypes=ALL))
-
-
-@st.composite
-def repeat_layout(draw: Any) -> Layout:
-    shape = draw(shapes())
-    sizes = tuple(draw(st.lists(st.integers(0, 3), min_size=max(len(shape), 1), max_size=len(shape) + 2)))
-    if sometimes(draw):
-        sizes = tuple(draw(st.lists(st.integers(-1, 3), max_size=4)))
-    return shape_argument(draw, T(shape), sizes)
-
-
-def torch_repeat(x: torch.Tensor, *sizes: Any) -> torch.Tensor:
-    """x.repeat; a negative count is an error (PyTorch checks it only where x has elements: an empty x repeated -1
-    times gives an empty tensor)."""
-    counts = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
-    if any(isinstance(n, int) and n < 0 for n in counts):
-        raise RuntimeError(f"repeat counts must be non-negative, got {tuple(counts)}")
-    return x.repeat(*sizes)
-
-
-add(Entry("repeat", repeat_layout(), torch_repeat, dtypes=ALL))
-
-
 # ----------------------------------------------------------------------------------------------- indexing
 
 
@@ -1376,25 +1339,6 @@ def eye_layout(draw: Any) -> Layout:
 add(Entry("eye", eye_layout(), torch.eye, dtypes=ALL, dtype_arg=True, grad="no tensor inputs"))
 
 
-@st.composite
-def linspace_layout(draw: Any) -> Layout:
-    ends = st.one_of(st.integers(-5, 5), st.sampled_from([0.5, -1.5, 1e3, 2.2]))
-    return layout(draw(ends), draw(ends), draw(st.integers(0, 6) if not sometimes(draw) else st.just(-1)))
-
-
-# not uint8: negative points converted to uint8 are undefined behaviour in C (PyTorch and Slope wrap differently)
-add(
-    Entry(
-        "linspace",
-        linspace_layout(),
-        torch.linspace,
-        dtypes=FLOATS,
-        dtype_arg=True,
-        grad="no tensor inputs",
-        others=("int8", "int32", "int64", "bool"),
-    )
-)
-
 NESTED_SCALARS = st.one_of(
     st.booleans(), st.integers(-3, 3), st.floats(-4, 4, width=32), st.sampled_from([math.inf, math.nan, 2**62])
 )
@@ -1702,7 +1646,8 @@ add(Entry("argsort", sort_layout(), torch_argsort, dtypes=ALL, grad=NO_GRAD_INDE
 add(Entry("topk", sort_layout(k=True), torch_topk))
 
 
-# split, chunk, roll, tril and triu: slope_nn.tensor_functions too (they left slope-core for its line budget)
+# split, chunk, roll, tril, triu, unflatten, repeat and linspace: slope_nn.tensor_functions too (they left
+# slope-core for its line budget)
 
 
 @st.composite
@@ -1767,6 +1712,63 @@ def triangle_layout(draw: Any) -> Layout:
 
 add(Entry("tril", triangle_layout(), torch.tril, dtypes=ALL))
 add(Entry("triu", triangle_layout(), torch.triu, dtypes=ALL))
+
+
+@st.composite
+def unflatten_layout(draw: Any) -> Layout:
+    shape = draw(shapes(min_dims=1))
+    dim = draw(dims(len(shape)))
+    n = shape[dim] if -len(shape) <= dim < len(shape) else 2
+    factor = draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0] or [1]))
+    sizes = draw(st.sampled_from([(n,), (factor, max(n // factor, 0)), (1, n), (n // factor if n else 0, factor)]))
+    sizes = with_minus_one(draw, sizes)
+    if sometimes(draw):
+        sizes = tuple(draw(st.lists(st.integers(-1, 3), max_size=3)))
+    return layout(T(shape), dim, sizes)
+
+
+add(Entry("unflatten", unflatten_layout(), torch.unflatten, dtypes=ALL))
+
+
+@st.composite
+def repeat_layout(draw: Any) -> Layout:
+    shape = draw(shapes())
+    sizes = tuple(draw(st.lists(st.integers(0, 3), min_size=max(len(shape), 1), max_size=len(shape) + 2)))
+    if sometimes(draw):
+        sizes = tuple(draw(st.lists(st.integers(-1, 3), max_size=4)))
+    return shape_argument(draw, T(shape), sizes)
+
+
+def torch_repeat(x: torch.Tensor, *sizes: Any) -> torch.Tensor:
+    """x.repeat; a negative count is an error (PyTorch checks it only where x has elements: an empty x repeated -1
+    times gives an empty tensor)."""
+    counts = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+    if any(isinstance(n, int) and n < 0 for n in counts):
+        raise RuntimeError(f"repeat counts must be non-negative, got {tuple(counts)}")
+    return x.repeat(*sizes)
+
+
+add(Entry("repeat", repeat_layout(), torch_repeat, dtypes=ALL))
+
+
+@st.composite
+def linspace_layout(draw: Any) -> Layout:
+    ends = st.one_of(st.integers(-5, 5), st.sampled_from([0.5, -1.5, 1e3, 2.2]))
+    return layout(draw(ends), draw(ends), draw(st.integers(0, 6) if not sometimes(draw) else st.just(-1)))
+
+
+# not uint8: negative points converted to uint8 are undefined behaviour in C (PyTorch and Slope wrap differently)
+add(
+    Entry(
+        "linspace",
+        linspace_layout(),
+        torch.linspace,
+        dtypes=FLOATS,
+        dtype_arg=True,
+        grad="no tensor inputs",
+        others=("int8", "int32", "int64", "bool"),
+    )
+)
 
 # ----------------------------------------------------------------------------------------------- open discrepancies
 # Each is a strict xfail naming its issue 10 point (or NEW); `pytest --runxfail` prints its failing example.

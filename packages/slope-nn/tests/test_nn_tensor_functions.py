@@ -1,7 +1,7 @@
 """slope_nn.tensor_functions: PyTorch's eq/ne/lt/le/gt/ge, clone, isfinite, type_as, masked_fill, index_select,
 narrow, cumprod, sort, argsort and topk, registered by slope-nn's plugin as `slope.NAME` and Tensor methods; compared
-with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed. split, chunk, roll, tril and
-triu moved here from slope-core: their conformance rows and differential entries cover them."""
+with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed. split, chunk, roll, tril, triu,
+unflatten, repeat and linspace moved here from slope-core: their conformance rows and differential entries cover them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 
 NAMES = ["eq", "ne", "lt", "le", "gt", "ge", "clone", "isfinite", "type_as", "masked_fill", "index_select", "narrow"]
 NAMES += ["cumprod", "sort", "argsort", "topk", "split", "chunk", "roll", "tril", "triu"]
+NAMES += ["unflatten", "repeat", "linspace"]
 NAN = math.nan
 
 

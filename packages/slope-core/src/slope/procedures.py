@@ -97,19 +97,6 @@ def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
     return ops.full(x.shape, value, dtype)
 
 
-def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
-    """`steps` evenly spaced values from start to end inclusive."""
-    dtype, (steps,) = _dtype(dtype), ops.ints("linspace", steps, "steps", 0, 1)
-    if dtype == dtypes.bool_ and steps > 1:
-        raise DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
-    if steps <= 1:
-        return ops.full((steps,), ops._python_value("linspace", start, dtype) if steps else 0, dtype)
-    wide = dtype if dtype.is_float else dtypes.float64  # integers counted in float64 (exact to 2**53), truncated
-    start, end = (constant(ops._python_value("linspace", v, dtype), wide) for v in (start, end))  # PyTorch's: ends
-    i, step = ops.arange(steps, dtype=wide), (end - start) / (steps - 1)  # checked and rounded, the second half
-    return cast(where(i < steps // 2, start + step * i, end - step * (steps - 1 - i)), dtype)  # counted from end
-
-
 def eye(n: int, m: int | None = None, dtype: Any = None) -> Tensor:
     """The identity matrix (n x m)."""
     n, m = ops.shape_args("eye", (n, n if m is None else m), 0)
@@ -444,17 +431,6 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     return x.reshape((*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 
-def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
-    """x with one dimension split into sizes."""
-    x = as_tensor(x)
-    dim, sizes = ops.normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ops.ints("unflatten", sizes, "sizes")
-    known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
-    sizes = tuple(x.shape[dim] // known if s == -1 and known and sizes.count(-1) == 1 else s for s in sizes)
-    if not sizes or math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:  # PyTorch refuses sizes ()
-        raise ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
-    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
-
-
 def squeeze(x: Any, dim: Any = None) -> Tensor:
     """x without dimensions of size 1 (all, or the given ones)."""
     x = as_tensor(x)
@@ -472,17 +448,6 @@ def unsqueeze(x: Any, dim: int) -> Tensor:
 def expand_as(x: Any, other: Tensor) -> Tensor:
     """x broadcast to other's shape."""
     return broadcast_to(as_tensor(x), as_tensor(other).shape)
-
-
-def repeat(x: Any, *sizes: Any) -> Tensor:
-    """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
-    x, sizes = as_tensor(x), ops.shape_args("repeat", sizes, 0)
-    if len(sizes) < x.ndim:
-        raise ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
-    x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
-    interleaved = tuple(v for s in x.shape for v in (1, s))
-    expanded = tuple(v for r, s in zip(sizes, x.shape) for v in (r, s))
-    return x.reshape(interleaved).expand(expanded).reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
 
 
 def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:

@@ -8,23 +8,27 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
-- `split`, `chunk`, `roll`, `tril`, `triu` (moved here from slope-core, whose source is at its line budget).
+- `split`, `chunk`, `roll`, `tril`, `triu`, `unflatten`, `repeat` and `linspace` (moved here from slope-core, whose
+  source is at its line budget).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import slope
 from slope import Tensor
 from slope.operators import (
     _python_value,
+    arange,
     as_tensor,
+    cast,
     cat,
     constant,
     equal,
+    full,
     greater,
     greater_equal,
     ints,
@@ -32,10 +36,11 @@ from slope.operators import (
     less_equal,
     normalize_dim,
     normalize_dims,
+    shape_args,
     slice_along,
     where,
 )
-from slope.procedures import _positions, check_indices, not_equal
+from slope.procedures import _dtype, _positions, check_indices, not_equal
 
 from .functional import checked_when_run
 from .operators import _tensor, take_along_dim
@@ -397,6 +402,44 @@ def triu(x: Any, diagonal: int = 0) -> Tensor:
     return _triangle(x, diagonal, False)
 
 
+def unflatten(x: Any, dim: int, sizes: Sequence[int]) -> Tensor:
+    """x with one dimension split into sizes."""
+    x = as_tensor(x)
+    dim, sizes = normalize_dim("unflatten", dim, x.ndim, needs_dim=True), ints("unflatten", sizes, "sizes")
+    known = math.prod(s for s in sizes if s != -1)  # -1 is inferred from dimension dim alone (not from x.numel())
+    sizes = tuple(x.shape[dim] // known if s == -1 and known and sizes.count(-1) == 1 else s for s in sizes)
+    if not sizes or math.prod(sizes) != x.shape[dim] or min(sizes, default=0) < 0:  # PyTorch refuses sizes ()
+        raise slope.ShapeError(f"slope.unflatten: sizes {sizes} do not multiply to dimension {dim} of shape {x.shape}")
+    return x.reshape((*x.shape[:dim], *sizes, *x.shape[dim + 1 :]))
+
+
+def repeat(x: Any, *sizes: Any) -> Tensor:
+    """x tiled sizes[i] times along each dimension (PyTorch's repeat)."""
+    x, sizes = as_tensor(x), shape_args("repeat", sizes, 0)
+    if len(sizes) < x.ndim:
+        raise slope.ShapeError(f"slope.repeat: {len(sizes)} repeats given for a tensor of shape {x.shape}")
+    x = x.reshape((1,) * (len(sizes) - x.ndim) + x.shape)
+    interleaved = tuple(v for s in x.shape for v in (1, s))
+    expanded = tuple(v for r, s in zip(sizes, x.shape) for v in (r, s))
+    return x.reshape(interleaved).expand(expanded).reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
+
+
+# ----------------------------------------------------------------------------------------------- creation
+
+
+def linspace(start: float, end: float, steps: int, dtype: Any = None) -> Tensor:
+    """`steps` evenly spaced values from start to end inclusive."""
+    dtype, (steps,) = _dtype(dtype), ints("linspace", steps, "steps", 0, 1)
+    if dtype == slope.bool_ and steps > 1:
+        raise slope.DTypeError("slope.linspace: bool is not a dtype to count in (as in PyTorch)")
+    if steps <= 1:
+        return full((steps,), _python_value("linspace", start, dtype) if steps else 0, dtype)
+    wide = dtype if dtype.is_float else slope.float64  # integers counted in float64 (exact to 2**53), truncated
+    start, end = (constant(_python_value("linspace", v, dtype), wide) for v in (start, end))  # PyTorch's: ends
+    i, step = arange(steps, dtype=wide), (end - start) / (steps - 1)  # checked and rounded, the second half
+    return cast(where(i < steps // 2, start + step * i, end - step * (steps - 1 - i)), dtype)  # counted from end
+
+
 procedures: dict[str, Callable] = {
     "eq": equal,
     "ne": not_equal,
@@ -408,5 +451,5 @@ procedures: dict[str, Callable] = {
         fn.__name__: fn
         for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, norm, sort, argsort, topk)
     },
-    **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu)},
+    **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu, unflatten, repeat, linspace)},
 }

@@ -732,27 +732,6 @@ add(
         ALL_DTYPES,
     )
 )
-add(
-    Row(
-        "unflatten",
-        [
-            Case([Data(shape=(2, 6))], lambda x: x.reshape(2, 2, 3), params=(1, (2, 3)), label="dim 1"),
-            Case([Data(shape=(6,))], lambda x: x.reshape(3, 2), params=(-1, (3, 2)), label="dim -1"),
-        ],
-        ALL_DTYPES,
-    )
-)
-add(
-    Row(
-        "repeat",
-        [
-            Case([Data()], lambda x: np.tile(x, (2, 1, 2)), params=(2, 1, 2), label="new leading dim"),
-            Case([Data(shape=(2,))], lambda x: np.tile(x, (3,)), params=((3,),), label="tuple"),
-            Case([Data(shape=())], lambda x: np.tile(x, (2, 2)), params=(2, 2), label="0-d"),
-        ],
-        ALL_DTYPES,
-    )
-)
 
 # ----------------------------------------------------------------------------------------------- indexing
 
@@ -1473,14 +1452,6 @@ creation(
     ],
     NUMBERS,
 )
-creation(
-    "linspace",
-    [
-        creation_case(with_dtype(slope.linspace, -1.0, 2.0, 7), lambda: np.linspace(-1, 2, 7), "7 steps"),
-        creation_case(with_dtype(slope.linspace, 0.5, 2.0, 1), lambda: np.array([0.5]), "1 step"),
-    ],
-    FLOATS,
-)
 _DATA = np.array([[1.5, -2.0, 0.0], [3.25, 0.5, -1.0]])
 creation(
     "tensor",
@@ -1862,7 +1833,8 @@ add(
         NUMBERS,  # bool refused, as PyTorch
     )
 )
-# split, chunk, roll, tril and triu: slope_nn.tensor_functions too (they left slope-core for its line budget)
+# split, chunk, roll, tril, triu, unflatten, repeat and linspace: slope_nn.tensor_functions too (they left
+# slope-core for its line budget)
 add(
     Row(
         "split",
@@ -1914,3 +1886,34 @@ for _name, _np in (("tril", np.tril), ("triu", np.triu)):
             ALL_DTYPES,
         )
     )
+add(
+    Row(
+        "unflatten",
+        [
+            Case([Data(shape=(2, 6))], lambda x: x.reshape(2, 2, 3), params=(1, (2, 3)), label="dim 1"),
+            Case([Data(shape=(6,))], lambda x: x.reshape(3, 2), params=(-1, (3, 2)), label="dim -1"),
+        ],
+        ALL_DTYPES,
+    )
+)
+add(
+    Row(
+        "repeat",
+        [
+            Case([Data()], lambda x: np.tile(x, (2, 1, 2)), params=(2, 1, 2), label="new leading dim"),
+            Case([Data(shape=(2,))], lambda x: np.tile(x, (3,)), params=((3,),), label="tuple"),
+            Case([Data(shape=())], lambda x: np.tile(x, (2, 2)), params=(2, 2), label="0-d"),
+        ],
+        ALL_DTYPES,
+    )
+)
+creation(
+    "linspace",
+    [
+        creation_case(
+            lambda *, dtype: slope.linspace(-1.0, 2.0, 7, dtype=dtype), lambda: np.linspace(-1, 2, 7), "7 steps"
+        ),
+        creation_case(lambda *, dtype: slope.linspace(0.5, 2.0, 1, dtype=dtype), lambda: np.array([0.5]), "1 step"),
+    ],
+    FLOATS,
+)
