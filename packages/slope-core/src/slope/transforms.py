@@ -367,7 +367,7 @@ def _reverse(f: Callable, x: Tensor, name: str) -> Tensor:  # jacrev's (and hess
     out, vjp_fn = vjp(f, x)
     if not isinstance(out, Tensor) or not out.dtype.is_float:  # (PyTorch and JAX refuse integers: zero rows)
         got = out.aval if isinstance(out, Tensor) else type(out).__name__
-        raise TransformError(f"slope.{name}: expected one floating-point tensor output, got {got}")
+        raise TransformError(f"slope.{name}: expected one floating-point output, got {got}")
     return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
 
 
