@@ -27,9 +27,9 @@ def onnx_backend():
         yield backend
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """Run Python code in a fresh interpreter (this one's), returning the completed process."""
-    environment = {**os.environ, **env}
+def run_python(code: str, **env: str | None) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter (this one's), returning the completed process (env: None unsets)."""
+    environment = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environment, timeout=120)  # fmt: skip
 
@@ -360,6 +360,64 @@ def test_thread_count_stays_flat_over_many_eager_programs():
     for t in tensors:
         ((t - 1.0) * t).numpy()
     assert _threads() == after_big <= before + 1
+
+
+_THREAD_SETTINGS = """
+import slope
+try:
+    slope.get_backend("onnxruntime")
+except slope.errors.SlopeConfigError as error:
+    print("SlopeConfigError:", error)
+else:
+    from slope_onnx.backend import _Threads
+    print(_Threads.intra_op, _Threads.pooled_sessions, _Threads.spin_us, _Threads.global_pool)
+"""
+_CPUS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+_ORT_VARIABLES = ("SLOPE_ORT_THREADS", "SLOPE_ORT_POOLED_SESSIONS", "SLOPE_ORT_SPIN_US", "SLOPE_ORT_GLOBAL_POOL")
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({}, f"{_CPUS} 8 0 False"),
+        ({"SLOPE_ORT_THREADS": "", "SLOPE_ORT_POOLED_SESSIONS": "", "SLOPE_ORT_SPIN_US": ""}, f"{_CPUS} 8 0 False"),
+        ({"SLOPE_ORT_THREADS": " 3 ", "SLOPE_ORT_POOLED_SESSIONS": "2", "SLOPE_ORT_SPIN_US": "150"}, "3 2 150 False"),
+        ({"SLOPE_ORT_THREADS": "1", "SLOPE_ORT_POOLED_SESSIONS": "1", "SLOPE_ORT_SPIN_US": "0"}, "1 1 0 False"),
+        ({"SLOPE_ORT_THREADS": "2", "SLOPE_ORT_GLOBAL_POOL": "false"}, "2 8 0 False"),  # (was ON: not "" or "0")
+        ({"SLOPE_ORT_THREADS": "2", "SLOPE_ORT_GLOBAL_POOL": "OFF"}, "2 8 0 False"),
+        ({"SLOPE_ORT_THREADS": "2", "SLOPE_ORT_GLOBAL_POOL": "Yes"}, "2 8 0 True"),
+    ],
+)
+def test_thread_settings_take_their_documented_values(settings, expected):
+    """SLOPE_ORT_THREADS / _POOLED_SESSIONS (whole numbers >= 1), _SPIN_US (>= 0) and the flag _GLOBAL_POOL
+    (1/true/yes/on, 0/false/no/off, any case); unset or empty is the default."""
+    result = run_python(_THREAD_SETTINGS, **{**dict.fromkeys(_ORT_VARIABLES), **settings})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    "variable, value, takes",
+    [
+        ("SLOPE_ORT_THREADS", "4.5", "a whole number >= 1"),
+        ("SLOPE_ORT_THREADS", "abc", "a whole number >= 1"),
+        ("SLOPE_ORT_THREADS", "0", "a whole number >= 1"),  # (was 1 thread, silently)
+        ("SLOPE_ORT_THREADS", "-2", "a whole number >= 1"),
+        ("SLOPE_ORT_POOLED_SESSIONS", "x", "a whole number >= 1"),
+        ("SLOPE_ORT_POOLED_SESSIONS", "0", "a whole number >= 1"),
+        ("SLOPE_ORT_POOLED_SESSIONS", "2.0", "a whole number >= 1"),
+        ("SLOPE_ORT_SPIN_US", "4.5", "a whole number >= 0"),
+        ("SLOPE_ORT_SPIN_US", "-1", "a whole number >= 0"),  # (was 0, silently)
+        ("SLOPE_ORT_GLOBAL_POOL", "maybe", "1/true/yes/on or 0/false/no/off"),
+        ("SLOPE_ORT_GLOBAL_POOL", "2", "1/true/yes/on or 0/false/no/off"),
+    ],
+)
+def test_a_bad_thread_setting_is_a_config_error_naming_it(variable, value, takes):
+    """A value a thread variable cannot take stops the backend with a SlopeConfigError naming the variable, the value
+    and what it takes (a bare int() ValueError from inside the backend's construction before, or a silent clamp)."""
+    result = run_python(_THREAD_SETTINGS, **{**dict.fromkeys(_ORT_VARIABLES), variable: value})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"SlopeConfigError: ${variable}={value!r}: expected {takes}"), result.stdout
 
 
 def test_sessions_run_sequentially_without_spinning(onnx_backend):

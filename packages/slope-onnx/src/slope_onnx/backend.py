@@ -18,6 +18,7 @@ import numpy as np
 
 import slope
 from slope import Backend, Executable, Program
+from slope.errors import SlopeConfigError, env
 
 # onnx and onnxruntime, and this package's modules built on them, load when the backend is first made
 # (`_load_libraries`), not when `import slope` registers it: importing them takes longer than the rest of Slope.
@@ -110,13 +111,14 @@ class _Threads:
       At most `pooled_sessions` such sessions are open at once (`_PooledRun`): past that, the least recently run one
       closes, ending its threads, and is rebuilt when it runs again. So threads stay bounded however many programs
       are cached (onnxruntime has no way to share a per-session pool between sessions).
-    `SLOPE_ORT_THREADS=n` sets intra_op (default: the CPUs this process may use), `SLOPE_ORT_POOLED_SESSIONS=n` the
-    open pooled sessions (default 8). `SLOPE_ORT_SPIN_US=n` lets the workers of pooled sessions spin up to n µs after
-    their work before they sleep (default 0: never): a train step run back to back then wakes no sleeping thread, at
-    the price of CPU time burnt. `SLOPE_ORT_GLOBAL_POOL=1` puts every session on onnxruntime's one process-wide
-    pool instead (one set of threads for any number of programs), whose workers do spin after each run (onnxruntime's
-    Python API has no switch for that), and which makes onnxruntime refuse every other session in the process that
-    does not set `use_per_session_threads = False`.
+    `SLOPE_ORT_THREADS=n` (n >= 1) sets intra_op (default: the CPUs this process may use),
+    `SLOPE_ORT_POOLED_SESSIONS=n` (n >= 1) the open pooled sessions (default 8). `SLOPE_ORT_SPIN_US=n` lets the
+    workers of pooled sessions spin up to n µs after their work before they sleep (default 0: never): a train step run
+    back to back then wakes no sleeping thread, at the price of CPU time burnt. `SLOPE_ORT_GLOBAL_POOL=1` (a flag:
+    1/true/yes/on) puts every session on onnxruntime's one process-wide pool instead (one set of threads for any number
+    of programs), whose workers do spin after each run (onnxruntime's Python API has no switch for that), and which
+    makes onnxruntime refuse every other session in the process that does not set `use_per_session_threads = False`.
+    Other values are a SlopeConfigError when the backend is made (`_at_least_one`, `slope.errors.env`).
     """
 
     intra_op = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -129,18 +131,31 @@ class _Threads:
         """Read the settings once; create the global pool if asked (before onnxruntime's environment exists)."""
         if cls.global_pool is not None:
             return
-        requested = os.environ.get("SLOPE_ORT_THREADS")
-        if requested:
-            cls.intra_op = max(1, int(requested))
-        cls.pooled_sessions = max(1, int(os.environ.get("SLOPE_ORT_POOLED_SESSIONS", cls.pooled_sessions)))
-        cls.spin_us = max(0, int(os.environ.get("SLOPE_ORT_SPIN_US") or 0))
+        intra_op = _at_least_one("SLOPE_ORT_THREADS", cls.intra_op, "the threads of a pooled session")
+        pooled_sessions = _at_least_one(
+            "SLOPE_ORT_POOLED_SESSIONS", cls.pooled_sessions, "pooled sessions open at once"
+        )
+        spin_us = env("SLOPE_ORT_SPIN_US", 0)
+        global_pool = env("SLOPE_ORT_GLOBAL_POOL", False)
+        cls.intra_op, cls.pooled_sessions, cls.spin_us = intra_op, pooled_sessions, spin_us  # (all read, all valid)
         cls.global_pool = False
-        if os.environ.get("SLOPE_ORT_GLOBAL_POOL", "0") not in ("", "0") and cls.intra_op > 1:
+        if global_pool and cls.intra_op > 1:
             try:
                 ort_c.set_global_thread_pool_sizes(cls.intra_op, 1)
                 cls.global_pool = True
             except Exception:  # the environment already exists (a session was made first): keep per-session threads
                 pass
+
+
+def _at_least_one(name: str, default: int, what: str) -> int:
+    """$name as a whole number >= 1 (unset or empty: the default), else a SlopeConfigError naming it."""
+    try:
+        value = env(name, default)
+    except SlopeConfigError:
+        value = 0
+    if value < 1:
+        raise SlopeConfigError(f"${name}={os.environ[name]!r}: expected a whole number >= 1 ({what})") from None
+    return value
 
 
 _open_pools: OrderedDict[_PooledRun, None] = OrderedDict()  # open pooled sessions, the least recently run first
