@@ -117,3 +117,18 @@ def test_custom_jvp_and_vjp_take_python_numbers_as_weak_types(backend):
     i = slope.tensor(3, dtype=slope.int32)
     assert slope.jvp(lambda x: f(x, 0.5) * f(i, 2), (x,), (ones,))[0].dtype == slope.float64
     assert slope.jvp(lambda x: (x, f(i, 2)), (x,), (ones,))[0][1].dtype == slope.int32
+
+
+def test_custom_vjp_ignores_a_float_cotangent_for_an_integer_input(backend):
+    # bwd returning float zeros for an int input (JAX accepts them) was refused: "... for input 1 ... (int64); expected
+    # both"; an integer input has no gradient, so whatever bwd returns for it is ignored
+    @slope.custom_vjp
+    def scale(x, n):
+        return x * n
+
+    scale.defvjp(lambda x, n: (scale(x, n), n), lambda n, ct: (ct * n, slope.zeros(2)))
+    x, n = slope.tensor([1.0, 2.0]), slope.tensor([3, 4])
+    assert slope.grad(lambda x: scale(x, n).sum())(x).numpy().tolist() == [3.0, 4.0]
+    with pytest.raises(TransformError, match="for input 0 of shape"):  # a float input's cotangent is still checked
+        scale.defvjp(lambda x, n: (scale(x, n), n), lambda n, ct: (slope.zeros(3), None))
+        slope.grad(lambda x: scale(x, n).sum())(x)

@@ -431,11 +431,12 @@ class CustomVJPLinear(_CustomCall):
         if len(flat) != len(linear_avals):
             raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
-            if ct is not None and (got := as_tensor(ct).aval) != aval:
+            if ct is not None and aval.dtype.is_float and (got := as_tensor(ct).aval) != aval:  # (an int's is ignored)
                 raise TransformError(f"slope.custom_vjp: the backward function returned a cotangent of shape {got.shape} "
                                      f"({got.dtype.name}) for input {i} of shape {aval.shape} ({aval.dtype.name}); "
                                      "expected both")  # fmt: skip
-        return [None] * n_res + [zeros_like(a) if ct is None else as_tensor(ct) for ct, a in zip(flat, linear_avals)]
+        return [None] * n_res + [as_tensor(ct) if a.dtype.is_float and ct is not None else zeros_like(a)
+                                 for ct, a in zip(flat, linear_avals)]  # fmt: skip
 
 
 custom_jvp_call, custom_vjp_linear = CustomJVPCall(), CustomVJPLinear()
