@@ -84,12 +84,12 @@ def test_two_ranks_mpi():
 
 @needs_mpi
 def test_two_ranks_mpi_without_shared_memory():
-    """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=0 takes
-    it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
+    """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=off, or
+    0/false/no, takes it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
     scenarios = ",".join(
         [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS] + ["collectives", "dtypes", "mismatch"]
     )
-    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="0")
+    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="off")
     assert_ok(result, scenarios)
     assert "leaf 0.weight is float64 of shape (16, 12)" in result.stdout
 
@@ -207,11 +207,11 @@ def test_torchrun_ranks_run_on_gloo_by_default():
 def test_an_mpi_group_that_is_not_the_launchers_is_an_error():
     """One process that a launcher says is rank 1 of 2 (torchrun's or Slurm's variables: srun without PMI) makes an
     MPI singleton, rank 0 of 1: init raises, naming both sizes and the fix, instead of training alone on all the data.
-    One plain process tries each case (no mpiexec needed)."""
+    One plain process tries each case (no mpiexec needed); a bad $SLOPE_DISTRIBUTED_SHARED_MEMORY is an error too."""
     code = """
 import os, slope.distributed as dist
 cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"), ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, None),
-         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None)]
+         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None)]
 for env, engine in cases:
     os.environ.update(env)
     try:
@@ -225,13 +225,14 @@ for env, engine in cases:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env=plain_environment())  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("CASE")]
-    assert len(lines) == 3, result.stdout + result.stderr
+    assert len(lines) == 4, result.stdout + result.stderr
     assert "SlopeDistributedError slope.distributed.init: the mpi engine's group has 1 process but the launcher " \
         "started 2 ($WORLD_SIZE=2, $RANK=1): every process would run alone" in lines[0]  # fmt: skip
     assert "gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo" in lines[0] and "with WORLD_SIZE=1" in lines[0]
     assert "group has 1 process but the launcher started 2 ($SLURM_NTASKS=2, $SLURM_PROCID=1)" in lines[1]
     assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1]
-    assert lines[2].endswith("rank 0 of 1 mpi"), lines[2]
+    assert "SlopeConfigError $SLOPE_DISTRIBUTED_SHARED_MEMORY='maybe': expected 1/true/yes/on" in lines[2]
+    assert lines[3].endswith("rank 0 of 1 mpi"), lines[3]
 
 
 def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypatch):
@@ -267,6 +268,24 @@ def test_torchrun_without_pytorch_is_an_error(monkeypatch):
         monkeypatch.setenv("PMI_RANK", "1")
         monkeypatch.setenv("PMI_SIZE", "2")
         assert collectives._default_engine() == "mpi"
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_a_bad_timeout_is_an_error(monkeypatch, value):
+    monkeypatch.setenv("SLOPE_DISTRIBUTED_TIMEOUT", value)
+    with pytest.raises(
+        slope.errors.SlopeConfigError, match=rf"\$SLOPE_DISTRIBUTED_TIMEOUT='{value}': expected a number"
+    ):
+        dist.init("local")
+    monkeypatch.setenv("SLOPE_DISTRIBUTED_TIMEOUT", "2.5")
+    dist.init("local")
+    assert dist.engine().timeout == 2.5
+    with pytest.raises(
+        ValueError, match=r"slope.distributed.init: timeout must be a number of seconds >= 0, got 'abc'"
+    ):
+        dist.init("local", timeout="abc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0, got -1"):
+        dist.init("local", timeout=-1)
 
 
 def make_model() -> nn.Module:

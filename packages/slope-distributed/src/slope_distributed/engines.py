@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from slope import SlopeError
+from slope.errors import env
 
 
 class SlopeDistributedError(SlopeError, RuntimeError):
@@ -84,7 +85,7 @@ def check_launcher(engine: str, size: int) -> None:
 
 def default_timeout() -> float:
     """Seconds a rank waits for the others before it says which ones did not answer ($SLOPE_DISTRIBUTED_TIMEOUT)."""
-    return float(os.environ.get("SLOPE_DISTRIBUTED_TIMEOUT", "300"))
+    return float(env("SLOPE_DISTRIBUTED_TIMEOUT", 300.0))
 
 
 class Engine:
@@ -136,6 +137,7 @@ class MPIEngine(Engine):
 
     def __init__(self, timeout: float):
         super().__init__(timeout)
+        shared_memory = env("SLOPE_DISTRIBUTED_SHARED_MEMORY", True)
         try:
             from mpi4py import MPI
         except ImportError as error:
@@ -151,7 +153,7 @@ class MPIEngine(Engine):
         if self.size > 1:
             _abort_on_uncaught_exception(self)
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # (collective: every rank decides alike)
-            if node.Get_size() == self.size and os.environ.get("SLOPE_DISTRIBUTED_SHARED_MEMORY", "1") != "0":
+            if node.Get_size() == self.size and shared_memory:
                 self.shared = SharedMemory(self, node)
 
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:
