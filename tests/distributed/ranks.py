@@ -232,7 +232,7 @@ def dtypes() -> None:
 
     engine = dist.engine()
     if engine.name == "mpi":  # ranks on one machine reduce through shared memory unless told not to
-        assert (engine.shared is not None) == (os.environ.get("SLOPE_DISTRIBUTED_SHARED_MEMORY", "1") != "0")
+        assert (engine.shared is not None) == slope.errors.env("SLOPE_DISTRIBUTED_SHARED_MEMORY", True)
     r = dist.rank()
     tree = {
         "bool": np.array([True, False, False]) if r == 0 else np.array([True, True, False]),

@@ -84,12 +84,12 @@ def test_two_ranks_mpi():
 
 @needs_mpi
 def test_two_ranks_mpi_without_shared_memory():
-    """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=0 takes
-    it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
+    """The same through MPI_Allreduce, the path of ranks on several machines ($SLOPE_DISTRIBUTED_SHARED_MEMORY=off, or
+    0/false/no, takes it on one machine): bitwise the same training, the same dtype semantics, the same errors."""
     scenarios = ",".join(
         [f"{s}:{b}" for s in ("train", "buffers") for b in BACKENDS] + ["collectives", "dtypes", "mismatch"]
     )
-    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="0")
+    result, _ = launch(scenarios, SLOPE_DISTRIBUTED_SHARED_MEMORY="off")
     assert_ok(result, scenarios)
     assert "leaf 0.weight is float64 of shape (16, 12)" in result.stdout
 
@@ -173,6 +173,119 @@ def test_bad_arguments():
         dist.shard(np.arange(3), np.arange(4))
     with pytest.raises(TypeError, match="slope.distributed.all_reduce: leaves must be tensors"):
         dist.all_reduce(["text"])
+
+
+def plain_environment(**env: str) -> dict[str, str]:
+    """This process's environment without any launcher's or engine's variables, plus `env`."""
+    launched = ("PMI_", "PMIX_", "OMPI_", "SLURM_", "SLOPE_DISTRIBUTED_")
+    names = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(launched) and k not in names}, **env}
+
+
+def test_torchrun_ranks_run_on_gloo_by_default():
+    """Two processes started as torchrun starts them ($RANK, $WORLD_SIZE, $MASTER_PORT; no MPI launcher): init()
+    picks gloo and they form one group of 2. (With mpi4py installed the default was mpi, an MPI singleton: both
+    processes said rank 0 of 1 and trained on all the data, silently.)"""
+    pytest.importorskip("torch")
+    code = (
+        "import slope, slope.distributed as dist; dist.init(); "
+        "print('RESULT', dist.engine().name, dist.rank(), dist.world_size(), dist.shard(slope.arange(4)).tolist(), "
+        "dist.all_reduce(slope.ones(2) * (dist.rank() + 1)).tolist())"
+    )
+    port = free_port()
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=plain_environment(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+        for r in (0, 1)
+    ]  # fmt: skip
+    outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
+    for r, output in enumerate(outputs):
+        assert f"RESULT gloo {r} 2 {[2 * r, 2 * r + 1]} [3.0, 3.0]" in output, output[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py")
+def test_an_mpi_group_that_is_not_the_launchers_is_an_error():
+    """One process that a launcher says is rank 1 of 2 (torchrun's or Slurm's variables: srun without PMI) makes an
+    MPI singleton, rank 0 of 1: init raises, naming both sizes and the fix, instead of training alone on all the data.
+    One plain process tries each case (no mpiexec needed); a bad $SLOPE_DISTRIBUTED_SHARED_MEMORY is an error too."""
+    code = """
+import os, slope.distributed as dist
+cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"), ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, None),
+         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None)]
+for env, engine in cases:
+    os.environ.update(env)
+    try:
+        dist.init(engine)
+        print("CASE", env, "rank", dist.rank(), "of", dist.world_size(), dist.engine().name)
+    except Exception as error:
+        print("CASE", env, type(error).__name__, error)
+    for name in env:
+        del os.environ[name]
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=plain_environment())  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("CASE")]
+    assert len(lines) == 4, result.stdout + result.stderr
+    assert "SlopeDistributedError slope.distributed.init: the mpi engine's group has 1 process but the launcher " \
+        "started 2 ($WORLD_SIZE=2, $RANK=1): every process would run alone" in lines[0]  # fmt: skip
+    assert "gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo" in lines[0] and "with WORLD_SIZE=1" in lines[0]
+    assert "group has 1 process but the launcher started 2 ($SLURM_NTASKS=2, $SLURM_PROCID=1)" in lines[1]
+    assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1]
+    assert "SlopeConfigError $SLOPE_DISTRIBUTED_SHARED_MEMORY='maybe': expected 1/true/yes/on" in lines[2]
+    assert lines[3].endswith("rank 0 of 1 mpi"), lines[3]
+
+
+def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypatch):
+    """engine='local' where the launcher started 2 processes: each would train alone on all the data; init says so
+    and how to run one process on purpose. One process (WORLD_SIZE=1) is fine."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(dist.SlopeDistributedError, match=r"local engine's group has 1 process but the launcher started "
+                       r"2 \(\$WORLD_SIZE=2, \$RANK=1\).*gloo engine under torchrun.*with WORLD_SIZE=1"):  # fmt: skip
+        dist.init("local")
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    with pytest.raises(dist.SlopeDistributedError, match=r"\$RANK='1' and \$WORLD_SIZE='x' are not a rank and a world"):
+        dist.init("local")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    dist.init("local")
+    assert (dist.rank(), dist.world_size()) == (0, 1)
+
+
+def test_torchrun_without_pytorch_is_an_error(monkeypatch):
+    """torchrun's variables and no MPI launcher's: the default engine is gloo; without PyTorch, an error saying so."""
+    from slope_distributed import collectives
+
+    monkeypatch.delenv("SLOPE_DISTRIBUTED_ENGINE")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if importlib.util.find_spec("torch") is not None:
+        assert collectives._default_engine() == "gloo"
+    monkeypatch.setitem(sys.modules, "torch", None)  # (find_spec: not installed)
+    with pytest.raises(dist.SlopeDistributedError, match=r"torchrun started this process \(rank 1 of 2.*not installed"):
+        dist.init()
+    if importlib.util.find_spec("mpi4py") is not None:  # under mpiexec, $RANK is not torchrun's: the mpi engine
+        monkeypatch.setenv("PMI_RANK", "1")
+        monkeypatch.setenv("PMI_SIZE", "2")
+        assert collectives._default_engine() == "mpi"
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_a_bad_timeout_is_an_error(monkeypatch, value):
+    monkeypatch.setenv("SLOPE_DISTRIBUTED_TIMEOUT", value)
+    with pytest.raises(
+        slope.errors.SlopeConfigError, match=rf"\$SLOPE_DISTRIBUTED_TIMEOUT='{value}': expected a number"
+    ):
+        dist.init("local")
+    monkeypatch.setenv("SLOPE_DISTRIBUTED_TIMEOUT", "2.5")
+    dist.init("local")
+    assert dist.engine().timeout == 2.5
+    with pytest.raises(
+        ValueError, match=r"slope.distributed.init: timeout must be a number of seconds >= 0, got 'abc'"
+    ):
+        dist.init("local", timeout="abc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0, got -1"):
+        dist.init("local", timeout=-1)
 
 
 def make_model() -> nn.Module:

@@ -19,7 +19,15 @@ import optree
 import slope
 from slope import Tensor
 
-from .engines import ENGINES, Engine, SlopeDistributedError, default_timeout, launcher_rank_and_size
+from .engines import (
+    ENGINES,
+    Engine,
+    SlopeDistributedError,
+    default_timeout,
+    launched_by_mpi,
+    launcher_rank_and_size,
+    launcher_variables,
+)
 
 OPS = ("sum", "mean", "max")
 _state: dict[str, Any] = {"engine": None}
@@ -28,13 +36,16 @@ _digests: dict[tuple, int] = {}
 
 
 def init(engine: str | None = None, timeout: float | None = None) -> None:
-    """Join the group the launcher started (`mpiexec`, `srun`, `torchrun`): engine "mpi" (default), "gloo" or
-    "local"; `timeout` (s, default $SLOPE_DISTRIBUTED_TIMEOUT or 300) bounds every wait for the other ranks."""
+    """Join the group the launcher started (`mpiexec`, `srun`, `torchrun`): engine "mpi", "gloo" or "local" (default:
+    the launcher's, see `_default_engine`); `timeout` (s, default $SLOPE_DISTRIBUTED_TIMEOUT or 300) bounds every wait
+    for the other ranks."""
     import os
 
     name = engine or os.environ.get("SLOPE_DISTRIBUTED_ENGINE") or _default_engine()
     if name not in ENGINES:
         raise ValueError(f"slope.distributed.init: unknown engine {name!r}; expected one of {sorted(ENGINES)}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+        raise ValueError(f"slope.distributed.init: timeout must be a number of seconds >= 0, got {timeout!r}")
     current = _state["engine"]
     if current is not None:
         if current.name != name:
@@ -58,12 +69,21 @@ def _share_cpus() -> None:
 
 
 def _default_engine() -> str:
-    """mpi where mpi4py is installed; without it, local for a process no launcher started."""
+    """The launcher's engine: gloo under torchrun (its $RANK and $WORLD_SIZE, no MPI launcher's variables); else mpi
+    where mpi4py is installed (the engine checks that MPI's group is the launcher's); else local for one process."""
     import importlib.util
 
+    placed = launcher_rank_and_size()
+    if placed is not None and launcher_variables() == ("RANK", "WORLD_SIZE") and not launched_by_mpi():
+        if importlib.util.find_spec("torch") is not None:
+            return "gloo"
+        raise SlopeDistributedError(
+            f"slope.distributed.init: torchrun started this process (rank {placed[0]} of {placed[1]}: $RANK, "
+            "$WORLD_SIZE) but PyTorch, which the gloo engine needs, is not installed: `pip install "
+            "slope-distributed[gloo]`, or launch with mpiexec (`pip install slope-distributed[mpi]`)"
+        )
     if importlib.util.find_spec("mpi4py") is not None:
         return "mpi"
-    placed = launcher_rank_and_size()
     if placed is None or placed[1] == 1:
         return "local"
     raise SlopeDistributedError(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from slope import SlopeError
+from slope.errors import env
 
 
 class SlopeDistributedError(SlopeError, RuntimeError):
@@ -26,18 +27,65 @@ class SlopeDistributedError(SlopeError, RuntimeError):
     missing engine."""
 
 
+# the rank and size variables of the launchers: MPICH/Hydra (and Slurm's pmi2), Open MPI, torchrun, Slurm's srun
+LAUNCHERS = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("RANK", "WORLD_SIZE"),
+             ("SLURM_PROCID", "SLURM_NTASKS"))  # fmt: skip
+MPI_LAUNCHED = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")  # set where an MPI process manager started the ranks
+
+
+def launcher_variables() -> tuple[str, str] | None:
+    """The names of the rank and size variables of the launcher that started this process, or None."""
+    return next(((r, s) for r, s in LAUNCHERS if r in os.environ and s in os.environ), None)
+
+
 def launcher_rank_and_size() -> tuple[int, int] | None:
     """This process's rank and the world size as the launcher set them (MPICH/Hydra, Open MPI, Slurm, torchrun)."""
-    for rank_name, size_name in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                                 ("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):  # fmt: skip
-        if rank_name in os.environ and size_name in os.environ:
-            return int(os.environ[rank_name]), int(os.environ[size_name])
-    return None
+    names = launcher_variables()
+    if names is None:
+        return None
+    try:
+        rank, size = int(os.environ[names[0]]), int(os.environ[names[1]])
+    except ValueError:
+        rank = size = -1
+    if not 0 <= rank < size:
+        raise SlopeDistributedError(
+            f"slope.distributed: the launcher's ${names[0]}={os.environ[names[0]]!r} and ${names[1]}="
+            f"{os.environ[names[1]]!r} are not a rank and a world size (whole numbers, 0 <= rank < size)"
+        )
+    return rank, size
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI process manager (mpiexec, `srun --mpi=pmi2` or `pmix`) started this process."""
+    return any(name in os.environ for name in MPI_LAUNCHED)
+
+
+def check_launcher(engine: str, size: int) -> None:
+    """Raise where the engine's group (`size` processes) is not the one the launcher started: each process would
+    otherwise train on its own, on all the data, and write checkpoints as rank 0."""
+    placed = launcher_rank_and_size()
+    if placed is None or placed[1] == size:
+        return
+    rank_name, size_name = launcher_variables()  # type: ignore[misc]
+    if engine == "local":
+        fix = "use the mpi engine under mpiexec or srun, or the gloo engine under torchrun"
+    elif size_name == "WORLD_SIZE":
+        fix = "under torchrun, use the gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo or init(engine='gloo'))"
+    elif size_name == "SLURM_NTASKS":
+        fix = "under Slurm, let MPI start the ranks: `srun --mpi=pmi2` (or `--mpi=pmix`, as your MPI was built)"
+    else:
+        fix = "launch with the mpiexec of the MPI library that mpi4py uses"
+    outcome = "every process would run alone, as rank 0 of 1, on all the data" if size == 1 else "the ranks disagree"
+    raise SlopeDistributedError(
+        f"slope.distributed.init: the {engine} engine's group has {size} process{'es' if size > 1 else ''} but the "
+        f"launcher started {placed[1]} (${size_name}={placed[1]}, ${rank_name}={placed[0]}): {outcome}. {fix[0].upper()}"
+        f"{fix[1:]}. To run one process on purpose, start it without a launcher (or with {size_name}=1)"
+    )
 
 
 def default_timeout() -> float:
     """Seconds a rank waits for the others before it says which ones did not answer ($SLOPE_DISTRIBUTED_TIMEOUT)."""
-    return float(os.environ.get("SLOPE_DISTRIBUTED_TIMEOUT", "300"))
+    return float(env("SLOPE_DISTRIBUTED_TIMEOUT", 300.0))
 
 
 class Engine:
@@ -76,6 +124,10 @@ class LocalEngine(Engine):
 
     name = "local"
 
+    def __init__(self, timeout: float):
+        super().__init__(timeout)
+        check_launcher(self.name, 1)
+
 
 class MPIEngine(Engine):
     """MPI through mpi4py: blocking in-place collectives on the data, a watched nonblocking one on the header."""
@@ -85,6 +137,7 @@ class MPIEngine(Engine):
 
     def __init__(self, timeout: float):
         super().__init__(timeout)
+        shared_memory = env("SLOPE_DISTRIBUTED_SHARED_MEMORY", True)
         try:
             from mpi4py import MPI
         except ImportError as error:
@@ -96,10 +149,11 @@ class MPIEngine(Engine):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
         self.shared: SharedMemory | None = None
+        check_launcher(self.name, self.size)
         if self.size > 1:
             _abort_on_uncaught_exception(self)
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # (collective: every rank decides alike)
-            if node.Get_size() == self.size and os.environ.get("SLOPE_DISTRIBUTED_SHARED_MEMORY", "1") != "0":
+            if node.Get_size() == self.size and shared_memory:
                 self.shared = SharedMemory(self, node)
 
     def all_reduce(self, buffer: np.ndarray, op: str) -> None:
