@@ -62,8 +62,8 @@ def _share_cpus() -> None:
     import os
 
     local = [os.environ.get(n) for n in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE")]
-    ranks_here = next((int(n) for n in local if n), 1)
-    if ranks_here > 1 and "SLOPE_ORT_THREADS" not in os.environ:
+    ranks_here = next((int(n) for n in local if n and n.strip().isdigit()), 1)
+    if ranks_here > 1 and not os.environ.get("SLOPE_ORT_THREADS", "").strip():  # (empty: unset, as slope-onnx reads it)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         os.environ["SLOPE_ORT_THREADS"] = str(max(1, cpus // ranks_here))  # (read when onnxruntime first runs)
 
