@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -59,6 +60,65 @@ def test_the_key_covers_text_target_flags_and_compiler():
     assert cache.key(MODULE, "cuda", flags) != base
     assert cache.key(MODULE, "cpu", (*flags, "--iree-opt-level=O3")) != base
     assert "3." in cache.compiler_version()
+
+
+def test_the_key_holds_the_cpu_that_host_resolves_to(monkeypatch):
+    """The key held the literal flag --iree-llvmcpu-target-cpu=host: a cache shared between machines (a cluster's
+    home folder, a CI cache) gave a module built for another CPU's instructions ("Illegal instruction")."""
+    flags, cuda_flags = cache.target_flags("cpu"), cache.target_flags("cuda")
+    keys = []
+    for description in ["x86_64 model name: AMD EPYC flags: avx2 avx512f", "x86_64 model name: Intel Xeon flags: avx2"]:
+        monkeypatch.setattr(cache, "describe_cpu", lambda description=description: description, raising=False)
+        monkeypatch.setattr(cache, "_host_cpu", None, raising=False)
+        keys.append((cache.key(MODULE, "cpu", flags), cache.key(MODULE, "cuda", cuda_flags)))
+    assert keys[0][0] != keys[1][0]  # another CPU, another module
+    assert keys[0][1] == keys[1][1]  # (a cuda module does not depend on the host's CPU)
+
+
+def test_the_cpu_description_names_the_cpu_and_nothing_that_changes():
+    description = cache.describe_cpu()
+    assert description == cache.describe_cpu() and description.split("\n")[1] == platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        assert re.search(r"^(flags|Features|isa|cpu)\s*:", description, re.MULTILINE), description
+        assert not re.search(r"MHz|bogomips|microcode", description, re.IGNORECASE)
+
+
+# A machine with another CPU (pretended: its description) compiles for that CPU (Sapphire Rapids: AVX512-FP16, AMX)
+# into the shared cache, without running it; then this machine runs the same program.
+ANOTHER_MACHINE = """
+from slope_iree import cache
+cache.describe_cpu = lambda: "x86_64 model name: Intel Xeon Platinum 8480+ flags: avx512fp16 amx_tile amx_bf16"
+cache._host_cpu = None
+_compile = cache._compile
+cache._compile = lambda mlir, backend, flags: _compile(
+    mlir, backend, tuple(flag.replace("target-cpu=host", "target-cpu=sapphirerapids") for flag in flags))
+"""
+HALF_PRECISION_PROGRAM = """
+import numpy as np, slope
+from slope_iree import cache
+slope.set_backend("iree")
+a = slope.tensor(np.linspace(0, 1, 64 * 64, dtype=np.float16).reshape(64, 64))
+f = slope.jit(lambda a, b: ((a * b + a) @ b).sum(0))
+if "{run}" == "yes":
+    print(float(f(a, a).numpy().astype(np.float64).sum()), cache.stats["read"])
+else:
+    f.lower(a, a)  # compiled and loaded, not run
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="compiles for an x86 CPU")
+def test_a_cache_shared_with_a_machine_of_another_cpu_is_not_read(cache_dir):
+    env = {**os.environ, "SLOPE_CACHE_DIR": str(cache_dir)}
+    other = ANOTHER_MACHINE + HALF_PRECISION_PROGRAM.format(run="no")
+    subprocess.run([sys.executable, "-c", other], env=env, check=True, timeout=300)
+    assert len(cached_files(cache_dir)) == 1
+    here = subprocess.run([sys.executable, "-c", HALF_PRECISION_PROGRAM.format(run="yes")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert here.returncode == 0, here.stderr[-2000:]  # it read the other's module: -4 (SIGILL) on a CPU without AMX
+    total, read = here.stdout.split()
+    a = np.linspace(0, 1, 64 * 64, dtype=np.float16).reshape(64, 64).astype(np.float64)
+    np.testing.assert_allclose(float(total), ((a * a + a) @ a).sum(), rtol=1e-2)  # (float16 products and sums)
+    assert read == "0" and len(cached_files(cache_dir)) == 2
 
 
 def test_cuda_target_default_and_override(monkeypatch):
