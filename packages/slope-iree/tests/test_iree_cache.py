@@ -219,16 +219,77 @@ def test_a_compiler_error_is_a_backend_error(cache_dir):
         cache.compile_mlir("func.func @main(%a: tensor<3xf32>) -> tensor<3xf32> { return %b : tensor<3xf32> }")
 
 
-def test_slope_cache_shows_and_clears(cache_dir):
+def slope_command(cache_root, *args: str, prelude: str = "", cwd=None, **env: str) -> subprocess.CompletedProcess:
+    """`slope ARGS` in a new process with SLOPE_CACHE_DIR=cache_root (and `prelude` run first), in folder cwd."""
+    code = prelude + "import sys; from slope.cli import main; sys.exit(main(sys.argv[1:]))"
+    environment = {**os.environ, "SLOPE_CACHE_DIR": str(cache_root), **env}
+    return subprocess.run([sys.executable, "-c", code, *args], env=environment, capture_output=True, text=True, cwd=cwd)
+
+
+def test_slope_cache_shows_and_clears_only_its_own_files(cache_dir):
+    """`slope cache clear` ran rmtree($SLOPE_CACHE_DIR/<name>) for every installed backend's name: with
+    SLOPE_CACHE_DIR=project, project/numpy/src was deleted. Only the iree cache's own files go now."""
     cache.compile_mlir(MODULE, "cpu")
-    (cache_dir / "unrelated").mkdir()
-    (cache_dir / "unrelated" / "keep.txt").write_text("not a cache")
-    env = {**os.environ, "SLOPE_CACHE_DIR": str(cache_dir)}
-    command = [sys.executable, "-m", "slope", "cache"]
-    shown = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    assert str(cache_dir) in shown and "iree: 1 files" in shown
-    cleared = subprocess.run([*command, "clear"], env=env, capture_output=True, text=True, check=True).stdout
-    assert "cleared" in cleared
-    after = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    assert "iree: 0 files" in after
-    assert (cache_dir / "unrelated" / "keep.txt").exists()  # only backends' own folders are emptied
+    keep = ["numpy/src/important.py", "onnxruntime/model.onnx", "iree/notes.txt", "unrelated/keep.txt"]
+    for name in keep:
+        (cache_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache_dir / name).write_text("not a cache")
+    shown = slope_command(cache_dir, "cache")
+    assert shown.returncode == 0 and shown.stdout.startswith(f"iree compile cache {cache_dir / 'iree'}: 1 files, ")
+    assert re.search(r": 1 files, \d+ KB\n$", shown.stdout), shown.stdout  # a module is ~20 KB: not "0.0 MB"
+    assert "numpy" not in shown.stdout and "onnxruntime" not in shown.stdout  # backend names are no caches
+    cleared = slope_command(cache_dir, "cache", "clear")
+    assert cleared.returncode == 0 and cleared.stdout.endswith(" KB, deleted\n"), cleared.stdout + cleared.stderr
+    assert not [name for name in cached_files(cache_dir) if name.endswith(".vmfb")]
+    assert all((cache_dir / name).read_text() == "not a cache" for name in keep)
+    after = slope_command(cache_dir, "cache")
+    assert after.stdout == f"iree compile cache {cache_dir / 'iree'}: empty\n"
+
+
+def test_sizes_are_shown_in_units_people_read():
+    from slope_iree.plugin import size_text
+
+    assert [size_text(n) for n in (0, 512, 48_000, 23_456, 1_500_000, 12_345_678, 3 * 10**9)] == [
+        "0 bytes", "512 bytes", "48 KB", "23 KB", "1.5 MB", "12 MB", "3.0 GB"]  # fmt: skip
+
+
+def test_slope_cache_clear_reports_what_it_could_not_delete(cache_dir):
+    """A cache it cannot delete (another user's, read-only) was reported "(cleared)" with exit status 0."""
+    cache.compile_mlir(MODULE, "cpu")
+    (name,) = cached_files(cache_dir)
+    folder = (cache_dir / name).parent
+    prelude = ""
+    if getattr(os, "geteuid", lambda: 1)() == 0:  # root deletes files of read-only folders: the refusal is simulated
+        prelude = (
+            "import errno, os\n"
+            "def refuse(path, *args, **kwargs):\n"
+            "    raise PermissionError(errno.EACCES, 'Permission denied', path)\n"
+            "os.remove = os.unlink = os.rmdir = refuse\n"
+        )
+    folder.chmod(0o555)
+    try:
+        cleared = slope_command(cache_dir, "cache", "clear", prelude=prelude)
+    finally:
+        folder.chmod(0o755)
+    assert cleared.returncode == 1 and "deleted" not in cleared.stdout
+    assert "could not delete 1 of the 1 files" in cleared.stderr
+    assert f"{cache_dir / name}: Permission denied" in cleared.stderr
+    assert (cache_dir / name).exists()
+
+
+def test_slope_cache_dir_expands_home_and_a_relative_one_stays_put(tmp_path):
+    """SLOPE_CACHE_DIR='~/x' made a folder named '~' in the current one; a relative folder followed os.chdir."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work" / "elsewhere").mkdir(parents=True)
+    other = MODULE.replace("add", "multiply")
+    code = (
+        "import os, sys; from slope_iree import cache\n"
+        "cache.compile_mlir(sys.argv[1]); os.chdir('elsewhere'); cache.compile_mlir(sys.argv[2])"
+    )
+    for folder, where in [("~/c", tmp_path / "home" / "c"), ("rel", tmp_path / "work" / "rel")]:
+        env = {**os.environ, "SLOPE_CACHE_DIR": folder, "HOME": str(tmp_path / "home")}
+        subprocess.run([sys.executable, "-c", code, MODULE, other], env=env, cwd=tmp_path / "work", check=True)
+        assert len(cached_files(where)) == 2, cached_files(tmp_path)
+        shown = slope_command(folder, "cache", cwd=tmp_path / "work", HOME=str(tmp_path / "home"))
+        assert shown.stdout.startswith(f"iree compile cache {where / 'iree'}: 2 files")
+    assert not (tmp_path / "work" / "~").exists() and not (tmp_path / "work" / "elsewhere" / "rel").exists()

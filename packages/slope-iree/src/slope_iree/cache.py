@@ -8,7 +8,8 @@ instead of compiling again. Files are written to a temporary name and renamed in
 never sees half a module and several processes may fill the cache at once (the temporary file is synced first, so
 a power loss cannot leave a truncated module under the real name). A file damaged all the same (it does not load)
 is removed, compiled again and rewritten (runtime.load). `slope cache` shows its size and `slope cache clear`
-empties it. In memory only the MEMORY_MODULES modules used last are kept (a loaded module holds its own copy).
+deletes its files (`own_files`: its modules and temporary files, nothing else in the folder). In memory only the
+MEMORY_MODULES modules used last are kept (a loaded module holds its own copy).
 """
 
 from __future__ import annotations
@@ -140,14 +141,60 @@ def describe_cpu() -> str:
     return "\n".join(parts)
 
 
+def root() -> str:
+    """Slope's cache folder: $SLOPE_CACHE_DIR with ~ expanded, made absolute once (default ~/.cache/slope)."""
+    global _root
+    raw = os.environ.get("SLOPE_CACHE_DIR", "")
+    if _root is None or _root[0] != raw:  # (a relative folder stays where it was when first read, whatever chdir)
+        _root = (raw, os.path.abspath(os.path.expanduser(raw if raw.strip() else "~/.cache/slope")))
+    return _root[1]
+
+
+_root: tuple[str, str] | None = None
+
+
 def directory() -> str:
     """The folder of this backend's compiled modules: $SLOPE_CACHE_DIR/iree (default ~/.cache/slope/iree)."""
-    return os.path.join(os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope"), "iree")
+    return os.path.join(root(), "iree")
 
 
 def enabled() -> bool:
     """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0 turns it off)."""
     return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
+
+
+_MODULE_FILE = re.compile(r"[0-9a-f]{64}\.vmfb")
+_TEMPORARY_FILE = re.compile(r"\.[A-Za-z0-9_]+\.tmp")  # (_write's, named by tempfile.mkstemp)
+
+
+def own_files() -> list[str]:
+    """The files of the disk cache: the modules and temporary files it wrote (not whatever else its folder holds)."""
+    folder, found = directory(), []
+    if not os.path.isdir(folder):
+        return found
+    for sub in sorted(os.listdir(folder)):
+        path = os.path.join(folder, sub)
+        if re.fullmatch("[0-9a-f]{2}", sub) and os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                if (_MODULE_FILE.fullmatch(name) and name[:2] == sub) or _TEMPORARY_FILE.fullmatch(name):
+                    found.append(os.path.join(path, name))
+    return found
+
+
+def clear_disk() -> list[str]:
+    """Delete the disk cache's files (`own_files`, then its emptied folders); the ones left, each with the reason."""
+    left, files = [], own_files()
+    for path in files:
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # (another `slope cache clear`)
+            pass
+        except OSError as error:
+            left.append(f"{path}: {error.strerror or error}")
+    for folder in [*sorted({os.path.dirname(path) for path in files}), directory()]:  # only the ones now empty go
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    return left
 
 
 def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = (), fresh: bool = False) -> bytes:
