@@ -293,3 +293,27 @@ def test_slope_cache_dir_expands_home_and_a_relative_one_stays_put(tmp_path):
         shown = slope_command(folder, "cache", cwd=tmp_path / "work", HOME=str(tmp_path / "home"))
         assert shown.stdout.startswith(f"iree compile cache {where / 'iree'}: 2 files")
     assert not (tmp_path / "work" / "~").exists() and not (tmp_path / "work" / "elsewhere" / "rel").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "OFF"])
+def test_the_disk_cache_turns_off_with_any_false_flag(cache_dir, monkeypatch, value):
+    """SLOPE_IREE_DISK_CACHE=false (or no, off) kept the cache on: only "0" and "" turned it off."""
+    monkeypatch.setenv("SLOPE_IREE_DISK_CACHE", value)
+    assert cache.compile_mlir(MODULE, "cpu")
+    assert cached_files(cache_dir) == []
+
+
+def test_bad_iree_settings_are_errors_naming_the_choices(cache_dir, monkeypatch):
+    """SLOPE_IREE_DRIVER=bogus was ignored (the timing chose), SLOPE_IREE_DISK_CACHE=maybe meant on."""
+    import slope
+
+    monkeypatch.setenv("SLOPE_IREE_DRIVER", "bogus")
+    with pytest.raises(
+        slope.errors.SlopeConfigError, match=r"SLOPE_IREE_DRIVER='bogus': expected one of local-sync, l"
+    ):
+        runtime.function(MODULE, "cpu", 1)
+    monkeypatch.setenv("SLOPE_IREE_DRIVER", "Local-Task")
+    assert runtime.function(MODULE, "cpu", 1)
+    monkeypatch.setenv("SLOPE_IREE_DISK_CACHE", "maybe")
+    with pytest.raises(slope.errors.SlopeConfigError, match=r"SLOPE_IREE_DISK_CACHE='maybe': expected 1/true/yes/on"):
+        cache.compile_mlir(MODULE.replace("add", "subtract"), "cpu")

@@ -27,6 +27,7 @@ import warnings
 from typing import Any
 
 from slope.backend import BoundedCache
+from slope.errors import env
 
 FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes in a way the key does not show
 
@@ -159,8 +160,8 @@ def directory() -> str:
 
 
 def enabled() -> bool:
-    """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0 turns it off)."""
-    return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
+    """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0/false/no/off turns it off)."""
+    return bool(env("SLOPE_IREE_DISK_CACHE", True))
 
 
 _MODULE_FILE = re.compile(r"[0-9a-f]{64}\.vmfb")
