@@ -1,12 +1,15 @@
 """The compile cache: StableHLO text -> .vmfb bytes, in memory and on disk under $SLOPE_CACHE_DIR/iree.
 
 A compile costs 0.15-0.5 s whatever the module's size, so every compiled module is kept on disk, keyed by a hash of
-the MLIR text, the compiler's version, the target and the flags: a new process (or another one running at the same
-time) loads it instead of compiling again. Files are written to a temporary name and renamed into place, so a reader
+the MLIR text, the compiler's version, the target and the flags (and, for `--iree-llvmcpu-target-cpu=host`, the
+CPU that flag resolves to: a cache shared between machines must not hand a module built for one CPU's instructions to
+another, which dies with "Illegal instruction"): a new process (or another one running at the same time) loads it
+instead of compiling again. Files are written to a temporary name and renamed into place, so a reader
 never sees half a module and several processes may fill the cache at once (the temporary file is synced first, so
 a power loss cannot leave a truncated module under the real name). A file damaged all the same (it does not load)
 is removed, compiled again and rewritten (runtime.load). `slope cache` shows its size and `slope cache clear`
-empties it. In memory only the MEMORY_MODULES modules used last are kept (a loaded module holds its own copy).
+deletes its files (`own_files`: its modules and temporary files, nothing else in the folder). In memory only the
+MEMORY_MODULES modules used last are kept (a loaded module holds its own copy).
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import platform
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from typing import Any
 
 from slope.backend import BoundedCache
+from slope.errors import env
 
 FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes in a way the key does not show
 
@@ -87,21 +94,108 @@ stats = {"compiled": 0, "read": 0}  # modules compiled and modules read from dis
 
 def key(mlir: str, target: str, flags: tuple[str, ...]) -> str:
     """The cache key of a module: a hash of everything that changes the compiled bytes."""
+    host = host_cpu() if any(_HOST_FLAG.match(flag) for flag in flags) else ""
     digest = hashlib.sha256()
-    for part in (FORMAT, compiler_version(), target, "\0".join(flags), mlir):
+    for part in (FORMAT, compiler_version(), target, host, "\0".join(flags), mlir):
         digest.update(part.encode())
         digest.update(b"\0\1")
     return digest.hexdigest()
 
 
+_HOST_FLAG = re.compile(r"--iree-llvmcpu-target-cpu(-features)?=host$")
+# /proc/cpuinfo's lines that name the CPU and its instruction sets (x86, ARM, RISC-V, POWER), not the ones that change
+# while it runs or from boot to boot (cpu MHz, bogomips, microcode)
+_CPU_FIELDS = {"vendor_id", "cpu family", "model", "model name", "flags", "features", "cpu implementer",
+               "cpu architecture", "cpu variant", "cpu part", "isa", "uarch", "cpu"}  # fmt: skip
+_host_cpu: str | None = None
+
+
+def host_cpu() -> str:
+    """A hash of this machine's CPU model and instruction sets, what `--iree-llvmcpu-target-cpu=host` compiles for."""
+    global _host_cpu
+    if _host_cpu is None:
+        _host_cpu = hashlib.sha256(describe_cpu().encode()).hexdigest()[:32]
+    return _host_cpu
+
+
+def describe_cpu() -> str:
+    """This machine's CPU as the OS describes it: on Linux the model and flags lines of /proc/cpuinfo (every distinct
+    one: big and little cores differ), on macOS `sysctl machdep.cpu hw.optional`, else platform.processor()."""
+    parts = [platform.system(), platform.machine()]
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", errors="replace") as handle:
+                lines = handle.read().splitlines()
+            fields = (line.split(":", 1) for line in lines if ":" in line)
+            parts += sorted({f"{name.strip()}: {value.strip()}" for name, value in fields
+                             if name.strip().lower() in _CPU_FIELDS})  # fmt: skip
+        except OSError:
+            pass
+    elif sys.platform == "darwin":
+        try:
+            parts.append(subprocess.run(["sysctl", "machdep.cpu", "hw.optional"], capture_output=True, text=True,
+                                        timeout=10).stdout)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if len(parts) == 2 or not parts[-1]:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def root() -> str:
+    """Slope's cache folder: $SLOPE_CACHE_DIR with ~ expanded, made absolute once (default ~/.cache/slope)."""
+    global _root
+    raw = os.environ.get("SLOPE_CACHE_DIR", "")
+    if _root is None or _root[0] != raw:  # (a relative folder stays where it was when first read, whatever chdir)
+        _root = (raw, os.path.abspath(os.path.expanduser(raw if raw.strip() else "~/.cache/slope")))
+    return _root[1]
+
+
+_root: tuple[str, str] | None = None
+
+
 def directory() -> str:
     """The folder of this backend's compiled modules: $SLOPE_CACHE_DIR/iree (default ~/.cache/slope/iree)."""
-    return os.path.join(os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope"), "iree")
+    return os.path.join(root(), "iree")
 
 
 def enabled() -> bool:
-    """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0 turns it off)."""
-    return os.environ.get("SLOPE_IREE_DISK_CACHE", "1") not in ("", "0")
+    """Whether compiled modules are kept on disk (SLOPE_IREE_DISK_CACHE=0/false/no/off turns it off)."""
+    return bool(env("SLOPE_IREE_DISK_CACHE", True))
+
+
+_MODULE_FILE = re.compile(r"[0-9a-f]{64}\.vmfb")
+_TEMPORARY_FILE = re.compile(r"\.[A-Za-z0-9_]+\.tmp")  # (_write's, named by tempfile.mkstemp)
+
+
+def own_files() -> list[str]:
+    """The files of the disk cache: the modules and temporary files it wrote (not whatever else its folder holds)."""
+    folder, found = directory(), []
+    if not os.path.isdir(folder):
+        return found
+    for sub in sorted(os.listdir(folder)):
+        path = os.path.join(folder, sub)
+        if re.fullmatch("[0-9a-f]{2}", sub) and os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                if (_MODULE_FILE.fullmatch(name) and name[:2] == sub) or _TEMPORARY_FILE.fullmatch(name):
+                    found.append(os.path.join(path, name))
+    return found
+
+
+def clear_disk() -> list[str]:
+    """Delete the disk cache's files (`own_files`, then its emptied folders); the ones left, each with the reason."""
+    left, files = [], own_files()
+    for path in files:
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # (another `slope cache clear`)
+            pass
+        except OSError as error:
+            left.append(f"{path}: {error.strerror or error}")
+    for folder in [*sorted({os.path.dirname(path) for path in files}), directory()]:  # only the ones now empty go
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    return left
 
 
 def compile_mlir(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = (), fresh: bool = False) -> bytes:

@@ -1,7 +1,8 @@
 """Registers the IREE backend with Slope (entry point `slope: iree`) and its `slope cache` command."""
 
+import contextlib
 import os
-import shutil
+import sys
 from typing import Any
 
 from slope.plugins import hookimpl
@@ -17,21 +18,44 @@ def slope_backends() -> list:
 
 @hookimpl
 def slope_commands(subparsers: Any) -> None:
-    """`slope cache` shows the size of each backend's compile cache ($SLOPE_CACHE_DIR/<backend>); `clear` empties them."""
-    parser = subparsers.add_parser("cache", help="show the compile caches' sizes; `slope cache clear` empties them")
+    """`slope cache` shows the iree compile cache's size ($SLOPE_CACHE_DIR/iree); `slope cache clear` deletes it."""
+    parser = subparsers.add_parser("cache", help="show the iree compile cache's size; `slope cache clear` deletes it")
     parser.add_argument("action", nargs="?", choices=["clear"])
     parser.set_defaults(run=_cache)
 
 
 def _cache(args: Any) -> int:
-    import slope
+    from . import cache
 
-    clear = args.action == "clear"
-    root = os.environ.get("SLOPE_CACHE_DIR") or os.path.expanduser("~/.cache/slope")  # as the backends read it
-    print(f"compile caches in {root}" + (" (cleared)" if clear else ""))
-    for folder in sorted(os.path.join(root, name) for name in slope.plugins.backends):  # (the folder may hold more)
-        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
-        print(f"  {os.path.basename(folder)}: {len(sizes)} files, {sum(sizes) / 1e6:.1f} MB")
-        if clear:
-            shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    folder = cache.directory()
+    try:
+        files = cache.own_files()
+    except OSError as error:
+        print(f"slope cache: cannot read the iree compile cache {folder}: {error}", file=sys.stderr)
+        return 1
+    sizes = []
+    for path in files:
+        with contextlib.suppress(OSError):  # (gone meanwhile)
+            sizes.append(os.path.getsize(path))
+    shown = f"iree compile cache {folder}: {len(files)} files, {size_text(sum(sizes))}" if files else (
+        f"iree compile cache {folder}: empty")  # fmt: skip
+    if args.action != "clear" or not files:
+        print(shown)
+        return 0
+    left = cache.clear_disk()
+    if not left:
+        print(f"{shown}, deleted")
+        return 0
+    print(shown)
+    print(f"slope cache clear: could not delete {len(left)} of the {len(files)} files:", *left[:5],
+          *(["..."] if len(left) > 5 else []), sep="\n  ", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def size_text(nbytes: float) -> str:
+    """A size as people read it: 512 bytes, 48 KB, 3.5 MB, 12 GB (powers of 1,000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
+    return f"{int(nbytes)} bytes"

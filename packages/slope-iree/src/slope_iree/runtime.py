@@ -26,6 +26,7 @@ import numpy as np
 
 import slope
 from slope.dtypes import all_dtypes
+from slope.errors import SlopeConfigError
 
 from . import cache
 
@@ -243,12 +244,26 @@ def function(mlir: str, device_name: str, outputs: int, name: str = "main") -> C
     call = load(mlir, device_name).function(name, outputs)
     if device_name != "cpu":
         return call
-    forced = os.environ.get("SLOPE_IREE_DRIVER", "")
+    forced = forced_driver()
     if forced == "local-task":
         return load(mlir, "cpu-task").function(name, outputs)
     if forced == "local-sync" or _cpus() < 2:
         return call
     return _DriverChoice(call, lambda: load(mlir, "cpu-task").function(name, outputs)).run
+
+
+CPU_DRIVERS = ("local-sync", "local-task")
+
+
+def forced_driver() -> str:
+    """$SLOPE_IREE_DRIVER: the CPU driver every program runs on ("" when unset: chosen per program by timing)."""
+    forced = os.environ.get("SLOPE_IREE_DRIVER", "").strip().lower()
+    if forced and forced not in CPU_DRIVERS:
+        raise SlopeConfigError(
+            f"$SLOPE_IREE_DRIVER={os.environ['SLOPE_IREE_DRIVER']!r}: expected one of {', '.join(CPU_DRIVERS)} "
+            "(or unset: each program on the faster one, by timing)"
+        )
+    return forced
 
 
 def _cpus() -> int:
