@@ -132,3 +132,44 @@ def test_custom_vjp_ignores_a_float_cotangent_for_an_integer_input(backend):
     with pytest.raises(TransformError, match="for input 0 of shape"):  # a float input's cotangent is still checked
         scale.defvjp(lambda x, n: (scale(x, n), n), lambda n, ct: (slope.zeros(3), None))
         slope.grad(lambda x: scale(x, n).sum())(x)
+
+
+def test_array_likes_keep_their_dtype(backend):
+    # a torch tensor (or any object with __array__) went through the nested-list path: float64 became float32
+    # (16777217 -> 16777216), int16 and uint8 became int64; NumPy and PyTorch keep the dtype
+    torch = pytest.importorskip("torch")
+    for data, name in [(torch.tensor([0.1, 16777217.0], dtype=torch.float64), "float64"),
+                       (torch.tensor([1, -2], dtype=torch.int16), "int16"), (torch.tensor([1, 2], dtype=torch.uint8), "uint8"),
+                       (torch.tensor(3.5), "float32")]:  # fmt: skip
+        got = slope.tensor(data)
+        assert got.dtype.name == name and got.numpy().tolist() == data.tolist()
+
+
+@pytest.mark.parametrize("make", ["full", "tensor", "list"])
+def test_a_numpy_float_just_past_an_integer_dtype_is_refused(backend, make):
+    # np.float32(2**31) into int32 wrapped to -2**31 (NumPy 2 compares the Python bound 2**31 - 1 in float32, where it
+    # is 2**31); a Python float of that value was refused, as PyTorch refuses both
+    value = np.float32(2**31)
+    build = {"full": lambda: slope.full((2,), value, dtype="int32"), "tensor": lambda: slope.tensor(value, dtype="int32"),
+             "list": lambda: slope.tensor([value, 1.0], dtype="int32")}[make]  # fmt: skip
+    with pytest.raises(ValueError, match="2147483648.0 does not fit int32"):
+        build()
+    assert slope.full((1,), np.float32(2**30), dtype="int32").numpy().tolist() == [2**30]
+
+
+def test_full_takes_a_bfloat16_fill_value(backend):
+    # full((2,), a bfloat16 0-d tensor) raised "cannot make a tensor from Tensor (NumPy dtype bfloat16)"; PyTorch (and
+    # Slope for float16) fill float32
+    for value in (slope.tensor(1.5, dtype=slope.bfloat16), slope.tensor(0.5, dtype=slope.float16)):
+        got = slope.full((2,), value)
+        assert got.dtype == slope.float32 and got.numpy().tolist() == [value.item()] * 2
+
+
+def test_big_endian_float64_to_float16_rounds_as_native(backend):
+    v = 1 + 2**-11 + 2**-40  # through float32 (PyTorch's, and Slope's for native arrays) it rounds to 1.0
+    native, swapped = np.array([v], "<f8"), np.array([v], ">f8")
+    assert (
+        slope.tensor(swapped, dtype="float16").numpy().tolist()
+        == slope.tensor(native, dtype="float16").numpy().tolist()
+        == [1.0]
+    )

@@ -122,9 +122,9 @@ def infer_python(value: object, name: str = "tensor") -> DType:
         array = np.asarray(value)
     except ValueError as error:  # ragged nesting
         raise ValueError(f"slope.{name}: nested sequences must be rectangular (rows of one length): {error}") from None
-    big = array.dtype.kind == "O" or array.dtype.kind == "f" and np.abs(array).max(initial=0) >= 2**63
+    big = array.dtype.kind == "O" or array.dtype.kind == "f" and np.abs(array, dtype=np.float64).max(initial=0) >= 2**63
     ints = big and all(isinstance(v, int) for v in np.array(value, dtype=object).flat)  # NumPy's objects or floats
-    by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float}  # NumPy's kind codes
+    by_kind = {"b": bool_, "i": default_int, "u": default_int, "f": default_float, "V": default_float}  # V: bfloat16
     if (kind := "i" if ints else array.dtype.kind) in by_kind:  # Python ints beyond int64 are int64's to refuse
         return by_kind[kind]
     raise TypeError(f"slope.{name}: cannot make a tensor from {type(value).__name__} (NumPy dtype {array.dtype})")

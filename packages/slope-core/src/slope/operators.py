@@ -677,7 +677,7 @@ class _Value(float):
 
 
 def _python_value(name: str, value: Any, dtype: DType) -> Any:
-    value = value.item() if isinstance(value, Tensor) else value
+    value = value.item() if isinstance(value, (Tensor, np.generic)) else value  # (np.float32(2**31) fits no int32)
     if isinstance(value, str) or not np.isscalar(value):
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
     if dtype == dtypes.bool_:

@@ -37,9 +37,10 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
     if isinstance(data, Tensor):
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
+    data = np.asarray(data) if hasattr(data, "__array__") and not np.isscalar(data) else data  # torch, JAX: their dtype
     if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)
         dtype = dtypes.as_dtype(data.dtype if dtype is None else dtype)  # (a given one: the array's may be unheld)
-        data = data.astype(np.float32) if dtype.name == "float16" and data.dtype == np.float64 else data  # (as cast)
+        data = data.astype(np.float32) if dtype.name == "float16" and data.dtype.str[1:] == "f8" else data  # (as cast)
         array = (np.asarray if get_backend().copies_from_numpy else np.array)(data, dtype=dtype.numpy, order="C")
         return from_numpy(array, Aval(tuple(array.shape), dtype), device)
     dtype = _dtype(dtype, dtypes.as_dtype(data.dtype) if isinstance(data, np.generic) else _infer_sequence(data))
