@@ -142,6 +142,29 @@ def test_loss_gradients_match_finite_differences(g, name):
     finite_difference_check(LOSS_FUNCTIONS[name], (x, t))
 
 
+@pytest.mark.parametrize("dtypes", [("int8", "int8"), ("int64", "int64"), ("int32", "int64"), ("int64", "bool")])
+def test_mse_of_integers_is_refused_as_pytorch(dtypes):
+    """Two integer operands: PyTorch's mse_loss raises ("mse_cpu" not implemented for 'Char'); Slope squared the
+    difference in the integer dtype and wrapped (int8 [1, 2] and [-100, 100]: a sum of -163, not 19805). An integer
+    with a float operand promotes to the float: values (exact here) and dtype as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    a, b = np.array([1, 2]).astype(dtypes[0]), np.array([-100, 100]).astype(dtypes[1])
+    for reduction in ("mean", "sum", "none"):
+        with pytest.raises(RuntimeError, match="not implemented"):
+            torch.nn.functional.mse_loss(torch.tensor(a), torch.tensor(b), reduction=reduction)
+        for loss in (nn.mse, lambda x, y, reduction: nn.MSELoss(reduction)(x, y)):
+            with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.mse: expected a float input or target, got "
+                               f"{dtypes[0]} and {dtypes[1]}"):  # fmt: skip
+                loss(slope.tensor(a), slope.tensor(b), reduction=reduction)
+        for dtype in ("float16", "bfloat16", "float32", "float64"):
+            expected = torch.nn.functional.mse_loss(
+                torch.tensor(a).to(getattr(torch, dtype)), torch.tensor(b), reduction=reduction
+            )
+            got = nn.mse(slope.tensor(a).astype(getattr(slope, dtype)), slope.tensor(b), reduction=reduction)
+            assert got.dtype.name == dtype
+            np.testing.assert_array_equal(got.astype(slope.float64).numpy(), expected.double().numpy())
+
+
 def test_loss_errors():
     with pytest.raises(ValueError, match="reduction"):
         nn.mse(slope.ones(2), slope.ones(2), reduction="avg")
