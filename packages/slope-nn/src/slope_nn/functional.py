@@ -392,6 +392,8 @@ def _broadcast(name: str, *shapes: tuple) -> tuple:
 def masked_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last dimension of masked attention scores, with zeros (and zero gradients) in rows that are
     -inf everywhere, as PyTorch's scaled_dot_product_attention gives (a plain softmax gives NaN there)."""
+    if scores.shape[-1] == 0:  # no keys: no weights (their max raised "cannot reduce over an empty dimension")
+        return scores
     dead = scores.max(-1, keepdim=True) == -math.inf  # (NaN rows stay NaN: NaN is not -inf)
     return slope.where(dead, 0.0, softmax(slope.where(dead, 0.0, scores), -1))
 
