@@ -495,7 +495,7 @@ def _check_float_input(layer: Module, x: Tensor) -> None:
     if not x.dtype.is_float:
         raise slope.DTypeError(f"slope.nn.{type(layer).__name__}: expected a floating-point input, got "
                                f"{x.dtype.name} of shape {tuple(x.shape)} (PyTorch's normalizations are not "
-                               "implemented for integers or bools; convert it, e.g. x.astype(slope.float32))")  # fmt: skip
+                               "implemented for integers or bools; convert it: x.astype(slope.float32))")  # fmt: skip
 
 
 def _check_norm_dtypes(layer: Module, x: Tensor, *params: Tensor | None) -> bool:
