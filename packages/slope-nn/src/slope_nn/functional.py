@@ -239,12 +239,26 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x, bias = _tensor(x), None if bias is None else _tensor(bias)
     if weight.ndim > 2:  # (a 3-d weight was batched by matmul; PyTorch refuses it)
         raise slope.ShapeError(f"slope.linear: weight must be (out_features, in_features) or 1-d, got {weight.shape}")
-    if bias is not None and x.dtype in (slope.float16, slope.bfloat16) and x.dtype == weight.dtype == bias.dtype:
+    check_linear_dtypes("linear", x, weight, bias)
+    if bias is not None and x.dtype in (slope.float16, slope.bfloat16):
         # the product plus bias rounded once, as PyTorch's addmm (rounded twice, float16 (1 + 2**-10)**2 - (1 + 2**-9)
         # was 0, not 2**-20)
         return linear(*(t.astype(slope.float32) for t in (x, weight, bias))).astype(x.dtype)
     out = slope.matmul(x, weight if weight.ndim == 1 else slope.transpose(weight, -1, -2))
     return out if bias is None else out + bias
+
+
+def check_linear_dtypes(name: str, x: Tensor, weight: Tensor, bias: Tensor | None, what: str = "input",
+                        hint: str = "") -> None:  # fmt: skip
+    """Refuse a linear map's input, weight and bias of different dtypes, as PyTorch ("mat1 and mat2 must have the same
+    dtype"): a bias of another dtype promoted the result (float16 input and weight, float32 bias: float32), and an
+    input of another dtype failed in slope.matmul naming neither the layer nor the shapes."""
+    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype):
+        return
+    got = [f"{what} {x.dtype.name} of shape {x.shape}", f"weight {weight.dtype.name} of shape {weight.shape}"]
+    got += [] if bias is None else [f"bias {bias.dtype.name} of shape {bias.shape}"]
+    raise slope.DTypeError(f"slope.{name}: expected the {what}, weight{'' if bias is None else ' and bias'} of one "
+                           f"dtype, as PyTorch; got {', '.join(got[:-1])} and {got[-1]}{hint}")  # fmt: skip
 
 
 def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,

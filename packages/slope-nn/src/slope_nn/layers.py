@@ -90,6 +90,8 @@ class Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the affine map to the last dimension."""
+        x = functional._tensor(x)
+        functional.check_linear_dtypes("nn.Linear", x, self.weight, self.bias, hint=_dtype_hint(x, self.weight))
         return functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -724,6 +726,11 @@ class MultiHeadAttention(Module):
         if key_padding_mask is not None and key_padding_mask.shape != (batch, source):
             raise slope.ShapeError(f"slope.nn.{type(self).__name__}: key_padding_mask must be of shape (N, S) = "
                                    f"{(batch, source)}, got {key_padding_mask.shape}")  # fmt: skip
+        for what, given, projection in (("query", query, self.q_proj), ("key", key, self.k_proj),
+                                        ("value", value, self.v_proj)):  # fmt: skip
+            hint = _dtype_hint(given, projection.weight)  # (a float32 input to a float64 layer failed in matmul)
+            functional.check_linear_dtypes(f"nn.{type(self).__name__}", given, projection.weight, projection.bias,
+                                           what, hint)  # fmt: skip
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
@@ -764,6 +771,11 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+
+def _dtype_hint(x: Tensor, weight: Tensor) -> str:
+    """How a layer's error says to fix an input whose dtype is not its parameters'."""
+    return f" (convert it with .astype(slope.{weight.dtype.name}), or make the layer with dtype=slope.{x.dtype.name})"
 
 
 def _check_is_causal(layer: Module, is_causal: Any) -> None:
