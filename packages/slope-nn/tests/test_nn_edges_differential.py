@@ -283,6 +283,60 @@ def test_linear_with_a_one_dimensional_weight_as_pytorch(each_backend):
     assert_matches_pytorch(nn.functional.linear, F.linear, [x, w], wrt=(0, 1))  # (slope's raised a transpose error)
 
 
+LINEAR_MIXED_DTYPES = [
+    ("float16", "float16", "float32"),
+    ("float32", "float32", "float64"),
+    ("bfloat16", "bfloat16", "float16"),
+    ("float32", "float64", "float64"),
+    ("float64", "float32", None),
+]
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype,b_dtype", LINEAR_MIXED_DTYPES)
+def test_linear_refuses_mixed_dtypes_as_pytorch(x_dtype, w_dtype, b_dtype):
+    """F.linear of an input, weight or bias of different dtypes: PyTorch raises ("self and mat2 must have the same
+    dtype"). Slope promoted a bias of another dtype (float16 input and weight with a float32 bias gave float32); an
+    input of another dtype than the weight's failed in slope.matmul. Now a DTypeError naming slope.linear, the dtypes
+    and shapes."""
+    x, w = np.ones((2, 3)), np.ones((4, 3))
+    b = None if b_dtype is None else np.ones(4)
+    dtypes = (x_dtype, w_dtype, b_dtype)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(*(None if a is None else torch.tensor(a).to(getattr(torch, d)) for a, d in zip((x, w, b), dtypes)))
+    bias = "" if b is None else rf", weight {w_dtype} of shape \(4, 3\) and bias {b_dtype} of shape \(4,\)"
+    weight = rf" and weight {w_dtype} of shape \(4, 3\)" if b is None else ""
+    with pytest.raises(slope.DTypeError, match=rf"^slope\.linear: expected the input, weight( and bias)? of one dtype, "
+                       rf"as PyTorch; got input {x_dtype} of shape \(2, 3\){bias}{weight}$"):  # fmt: skip
+        nn.functional.linear(*(None if a is None else slope.tensor(a).astype(d) for a, d in zip((x, w, b), dtypes)))
+
+
+@pytest.mark.parametrize(
+    "layer_dtype,x_dtype", [("float64", "float32"), ("float32", "float16"), ("float32", "float64")]
+)
+def test_linear_and_attention_layers_name_themselves_for_an_input_of_another_dtype(layer_dtype, x_dtype):
+    """A Linear or MultiHeadAttention given an input of another dtype than its parameters': PyTorch raises ("mat1 and
+    mat2 must have the same dtype"); Slope's error was slope.matmul's, naming neither the layer nor the shapes. Now
+    the layer, the input's and the weight's dtypes and shapes, and the two ways out."""
+    hint = rf" \(convert it with \.astype\(slope\.{layer_dtype}\), or make the layer with dtype=slope\.{x_dtype}\)$"
+    with pytest.raises(RuntimeError, match="same dtype"):
+        torch.nn.Linear(3, 4, dtype=getattr(torch, layer_dtype))(torch.ones((2, 3), dtype=getattr(torch, x_dtype)))
+    with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.Linear: expected the input, weight and bias of one "
+                       rf"dtype, as PyTorch; got input {x_dtype} of shape \(2, 3\), weight {layer_dtype} of shape "
+                       rf"\(4, 3\) and bias {layer_dtype} of shape \(4,\){hint}"):  # fmt: skip
+        nn.Linear(3, 4, dtype=getattr(slope, layer_dtype))(slope.ones((2, 3), dtype=getattr(slope, x_dtype)))
+    reference = torch.nn.MultiheadAttention(4, 2, batch_first=True, dtype=getattr(torch, layer_dtype))
+    layer = nn.MultiHeadAttention(4, 2, dtype=getattr(slope, layer_dtype))
+    own, other = (slope.ones((1, 2, 4), dtype=getattr(slope, d)) for d in (layer_dtype, x_dtype))
+    for what, inputs in (("query", (other, own, own)), ("key", (own, other, own)), ("value", (own, own, other))):
+        with pytest.raises(RuntimeError, match="dtype"):
+            reference(*(torch.tensor(t.numpy()) for t in inputs))
+        with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.MultiHeadAttention: expected the {what}, weight and "
+                           rf"bias of one dtype, as PyTorch; got {what} {x_dtype} of shape \(1, 2, 4\), weight "
+                           rf"{layer_dtype} of shape \(4, 4\) and bias {layer_dtype} of shape \(4,\)"
+                           + hint):  # fmt: skip
+            layer(*inputs)
+
+
 @pytest.mark.parametrize("batch_size", [0, -2, 2.0])
 def test_batches_refuse_a_batch_size_that_is_no_positive_integer(batch_size):
     from slope_nn import datasets

@@ -484,6 +484,49 @@ def test_norm_layers_mix_dtypes_as_pytorch(norm, x_dtype, param_dtype):
     assert_close(got.astype(slope.float64), expected.double().numpy(), got.dtype.name)
 
 
+NORM_AFFINE = {"LayerNorm": "elementwise_affine", "RMSNorm": "elementwise_affine", "BatchNorm1d": "affine"}
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # (PyTorch's, for rms_norm)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("x_dtype", ["int64", "int32", "bool"])
+@pytest.mark.parametrize("norm", sorted(NORM_AFFINE))
+def test_norm_layers_refuse_integer_and_bool_inputs_as_pytorch(norm, x_dtype, affine):
+    """An integer or bool input to a normalization: PyTorch raises ("rms_norm" not implemented for 'Long'). RMSNorm
+    returned the normalised values truncated to the input's dtype ([1, 2, 3, 10] -> [0, 0, 0, 1]), LayerNorm and
+    BatchNorm without parameters normalised it in float32, and with parameters advised "make the layer with
+    dtype=int64"."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[1, 2, 3, 10], [3, 4, 5, 6]]).astype(x_dtype)
+    options = {NORM_AFFINE[norm]: affine}
+    with pytest.raises(RuntimeError):  # (NotImplementedError is a RuntimeError)
+        getattr(torch.nn, norm)(4, **options)(torch.tensor(x))
+    with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.{norm}: expected a floating-point input, got {x_dtype} "
+                       r"of shape \(2, 4\)"):  # fmt: skip
+        getattr(nn, norm)(4, **options)(slope.tensor(x))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int8", "bool"])
+@pytest.mark.parametrize("norm", sorted(NORM_AFFINE))
+def test_norm_layers_of_integer_dtype_are_refused_as_pytorch(norm, dtype):
+    """A normalization made with an integer or bool dtype: PyTorch refuses its parameters (only floating-point tensors
+    can require gradients); Slope made them, and an int64 BatchNorm truncated its running statistics to 0. Without
+    parameters PyTorch makes the layer, and Slope too (its input is refused when it runs)."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match="floating point"):
+        getattr(torch.nn, norm)(4, dtype=getattr(torch, dtype))
+    with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.{norm}: parameters must have a floating-point dtype, "
+                       f"got dtype={dtype}"):  # fmt: skip
+        getattr(nn, norm)(4, dtype=slope.dtypes.as_dtype(dtype))
+    getattr(torch.nn, norm)(4, dtype=getattr(torch, dtype), **{NORM_AFFINE[norm]: False})
+    layer = getattr(nn, norm)(4, dtype=slope.dtypes.as_dtype(dtype), **{NORM_AFFINE[norm]: False})
+    if norm == "BatchNorm1d":  # its running statistics are of that dtype: a float input is refused when it runs
+        with pytest.raises(
+            slope.DTypeError, match=f"slope.nn.BatchNorm1d: the input is float32 .* parameters are {dtype}"
+        ):
+            layer(slope.ones((2, 4)))
+
+
 @pytest.mark.parametrize(
     "make, where, pytorch_argument, described",
     [

@@ -142,6 +142,29 @@ def test_loss_gradients_match_finite_differences(g, name):
     finite_difference_check(LOSS_FUNCTIONS[name], (x, t))
 
 
+@pytest.mark.parametrize("dtypes", [("int8", "int8"), ("int64", "int64"), ("int32", "int64"), ("int64", "bool")])
+def test_mse_of_integers_is_refused_as_pytorch(dtypes):
+    """Two integer operands: PyTorch's mse_loss raises ("mse_cpu" not implemented for 'Char'); Slope squared the
+    difference in the integer dtype and wrapped (int8 [1, 2] and [-100, 100]: a sum of -163, not 19805). An integer
+    with a float operand promotes to the float: values (exact here) and dtype as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    a, b = np.array([1, 2]).astype(dtypes[0]), np.array([-100, 100]).astype(dtypes[1])
+    for reduction in ("mean", "sum", "none"):
+        with pytest.raises(RuntimeError, match="not implemented"):
+            torch.nn.functional.mse_loss(torch.tensor(a), torch.tensor(b), reduction=reduction)
+        for loss in (nn.mse, lambda x, y, reduction: nn.MSELoss(reduction)(x, y)):
+            with pytest.raises(slope.DTypeError, match=rf"^slope\.nn\.mse: expected a float input or target, got "
+                               f"{dtypes[0]} and {dtypes[1]}"):  # fmt: skip
+                loss(slope.tensor(a), slope.tensor(b), reduction=reduction)
+        for dtype in ("float16", "bfloat16", "float32", "float64"):
+            expected = torch.nn.functional.mse_loss(
+                torch.tensor(a).to(getattr(torch, dtype)), torch.tensor(b), reduction=reduction
+            )
+            got = nn.mse(slope.tensor(a).astype(getattr(slope, dtype)), slope.tensor(b), reduction=reduction)
+            assert got.dtype.name == dtype
+            np.testing.assert_array_equal(got.astype(slope.float64).numpy(), expected.double().numpy())
+
+
 def test_loss_errors():
     with pytest.raises(ValueError, match="reduction"):
         nn.mse(slope.ones(2), slope.ones(2), reduction="avg")
@@ -268,12 +291,64 @@ def test_cross_entropy_probabilities_of_another_dtype_promote(logits_dtype, targ
     assert grad.dtype == sx.dtype
 
 
+@pytest.mark.parametrize("weight_dtype", ["float16", "float32", "float64", "int64"])
+@pytest.mark.parametrize("logits_dtype,target_dtype", [("float32", "float32"), ("float32", "float64"),
+                                                       ("float16", "float16"), ("float64", "float32")])  # fmt: skip
+def test_cross_entropy_probabilities_promote_with_the_weight(logits_dtype, target_dtype, weight_dtype):
+    """Probability targets with a weight of another dtype: PyTorch promotes the three (float32 logits and targets with a
+    float64 weight: float64); Slope raised a ShapeError ("weight must be a float32 tensor"). The dtype as PyTorch's,
+    the value within the result's rounding (float16 5e-4, float32 2e-6, float64 1e-13) of PyTorch's float64 value."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.standard_normal((4, 5)) * 2).to(getattr(torch, logits_dtype))
+    t = torch.tensor(rng.random((4, 5))).to(getattr(torch, target_dtype))
+    w = torch.tensor([1, 2, 3, 1, 2]).to(getattr(torch, weight_dtype))  # (exact in every dtype)
+    sx, st = (slope.tensor(a.double().numpy()).astype(a.numpy().dtype.name) for a in (x, t))
+    for options in ({}, {"reduction": "none"}, {"reduction": "sum", "label_smoothing": 0.2}):
+        expected = torch.nn.functional.cross_entropy(x, t, w, **options)
+        exact = torch.nn.functional.cross_entropy(x.double(), t.double(), w.double(), **options)
+        got = nn.cross_entropy(sx, st, slope.tensor(w.numpy()), **options)
+        assert got.dtype.name == str(expected.dtype).removeprefix("torch."), (options, got.dtype)
+        tol = {"float16": 5e-4, "float32": 2e-6, "float64": 1e-13}[got.dtype.name]
+        np.testing.assert_allclose(got.astype(slope.float64).numpy(), exact.numpy(), rtol=tol, err_msg=str(options))
+
+
+@pytest.mark.parametrize("weight_dtype", ["float16", "float64", "int64"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll"])
+def test_class_index_losses_refuse_a_weight_of_another_dtype(loss, weight_dtype):
+    """With class-index targets the weight must be of the input's dtype, as PyTorch ("expected scalar type Float but
+    found Double"): a DTypeError naming the function and both dtypes (it was a ShapeError)."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match=r"expected scalar type Float but found"):
+        getattr(torch.nn.functional, f"{loss}_loss" if loss == "nll" else loss)(
+            torch.ones(2, 4), torch.tensor([0, 1]), torch.ones(4, dtype=getattr(torch, weight_dtype))
+        )
+    with pytest.raises(slope.DTypeError, match=rf"^slope\.(nn\.)?{loss}: weight must be a float32 tensor \(the "
+                       rf"input's dtype, as PyTorch\) of shape \(4,\), got {weight_dtype}"):  # fmt: skip
+        getattr(nn, loss)(slope.ones((2, 4)), slope.tensor([0, 1]), slope.ones(4, dtype=getattr(slope, weight_dtype)))
+
+
+@pytest.mark.parametrize("target_dtype", ["int64", "int32", "bool"])
+@pytest.mark.parametrize("shape", [(2, 4), (2, 4, 3), (4,)])
+def test_cross_entropy_integer_probability_targets_are_refused_as_pytorch(shape, target_dtype):
+    """A target of the logits' shape holds class probabilities (PyTorch's rule): an integer or bool one is an error,
+    as PyTorch's "Expected floating point type for target with class probabilities" (it was read as class indices:
+    "class-index targets of shape (2, 4) do not fit input of shape (2, 4)")."""
+    torch = pytest.importorskip("torch")
+    target = np.zeros(shape, target_dtype)
+    with pytest.raises(RuntimeError, match="Expected floating point type for target with class probabilities"):
+        torch.nn.functional.cross_entropy(torch.ones(shape), torch.tensor(target))
+    with pytest.raises(slope.DTypeError, match=r"^slope\.cross_entropy: expected floating-point targets for class "
+                       rf"probabilities .*got {target_dtype}"):  # fmt: skip
+        nn.cross_entropy(slope.ones(shape), slope.tensor(target))
+
+
 def test_class_loss_argument_errors():
     """A weight of the wrong shape or dtype, and the reduction passed where PyTorch takes the weight."""
     logits, target = slope.ones((2, 3)), slope.tensor([0, 2])
     with pytest.raises(slope.ShapeError, match=r"weight must be a float32 tensor of shape \(3,\)"):
         nn.cross_entropy(logits, target, weight=slope.ones(4))
-    with pytest.raises(slope.ShapeError, match="got float64"):
+    with pytest.raises(slope.DTypeError, match="got float64"):
         nn.nll(logits, target, weight=slope.ones(3, dtype=slope.float64))
     with pytest.raises(TypeError, match="pass reduction= by keyword"):
         nn.cross_entropy(logits, target, "sum")

@@ -106,6 +106,40 @@ def test_attention_dropout_uses_the_key_and_errors_name_the_function():
         slope.jit(lambda q: nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.1))(q)
 
 
+def test_attention_to_no_keys_gives_zeros_as_pytorch(each_backend):
+    """An empty key sequence (S = 0) with a mask: PyTorch's scaled_dot_product_attention gives zeros (and
+    MultiheadAttention its output projection's bias), with zero gradients; Slope raised "slope.max: cannot reduce over
+    an empty dimension" for a bool or float attn_mask and for a key_padding_mask of shape (N, 0)."""
+    q, k, v = data((2, 3, 4), "float32", 1), np.ones((2, 0, 4), np.float32), np.ones((2, 0, 5), np.float32)
+    sdpa = nn.functional.scaled_dot_product_attention
+    for mask in (np.ones((3, 0), bool), np.zeros((3, 0), np.float32)):
+        tq = torch.tensor(q, requires_grad=True)
+        expected = torch.nn.functional.scaled_dot_product_attention(tq, torch.tensor(k), torch.tensor(v),
+                                                                    torch.tensor(mask))  # fmt: skip
+        expected.sum().backward()
+        tensors = [slope.tensor(a) for a in (q, k, v, mask)]
+        close(sdpa(*tensors), expected, "float32")
+        close(slope.jit(sdpa)(*tensors), expected, "float32")
+        close(slope.grad(lambda q, k, v, m: sdpa(q, k, v, m).sum())(*tensors), tq.grad, "float32")
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(3))
+    reference = torch_mha(layer, "float32")
+    # (PyTorch's key_padding_mask path fails in a reshape of 0 elements for N > 1 or need_weights=False)
+    q, k = q[:1], k[:1]
+    for masks in (
+        {"key_padding_mask": np.zeros((1, 0), bool)},
+        {"key_padding_mask": np.zeros((1, 0), np.float32)},
+        {"attn_mask": np.ones((3, 0), bool)},
+        {"attn_mask": np.zeros((3, 0), np.float32)},
+    ):
+        expected, _ = reference(*(torch.tensor(a) for a in (q, k, k)), need_weights=True,
+                                **{n: torch.tensor(m) for n, m in masks.items()})  # fmt: skip
+        got = layer(*(slope.tensor(a) for a in (q, k, k)), **{n: slope.tensor(m) for n, m in masks.items()})
+        close(got, expected, "float32")
+    both_masks = {"attn_mask": slope.zeros((3, 0)), "key_padding_mask": slope.zeros((2, 0), dtype=slope.bool_)}
+    got = layer(*(slope.tensor(np.repeat(a, 2, 0)) for a in (q, k, k)), **both_masks)  # (N = 2, both masks)
+    close(got, np.repeat(expected.detach().numpy(), 2, 0), "float32")
+
+
 def torch_mha(layer: nn.MultiHeadAttention, dtype: str):
     """A torch.nn.MultiheadAttention with the layer's weights (PyTorch packs q, k, v into one in_proj)."""
     reference = torch.nn.MultiheadAttention(layer.embed_dim, layer.num_heads, batch_first=True,

@@ -239,12 +239,26 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x, bias = _tensor(x), None if bias is None else _tensor(bias)
     if weight.ndim > 2:  # (a 3-d weight was batched by matmul; PyTorch refuses it)
         raise slope.ShapeError(f"slope.linear: weight must be (out_features, in_features) or 1-d, got {weight.shape}")
-    if bias is not None and x.dtype in (slope.float16, slope.bfloat16) and x.dtype == weight.dtype == bias.dtype:
+    check_linear_dtypes("linear", x, weight, bias)
+    if bias is not None and x.dtype in (slope.float16, slope.bfloat16):
         # the product plus bias rounded once, as PyTorch's addmm (rounded twice, float16 (1 + 2**-10)**2 - (1 + 2**-9)
         # was 0, not 2**-20)
         return linear(*(t.astype(slope.float32) for t in (x, weight, bias))).astype(x.dtype)
     out = slope.matmul(x, weight if weight.ndim == 1 else slope.transpose(weight, -1, -2))
     return out if bias is None else out + bias
+
+
+def check_linear_dtypes(name: str, x: Tensor, weight: Tensor, bias: Tensor | None, what: str = "input",
+                        hint: str = "") -> None:  # fmt: skip
+    """Refuse a linear map's input, weight and bias of different dtypes, as PyTorch ("mat1 and mat2 must have the same
+    dtype"): a bias of another dtype promoted the result (float16 input and weight, float32 bias: float32), and an
+    input of another dtype failed in slope.matmul naming neither the layer nor the shapes."""
+    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype):
+        return
+    got = [f"{what} {x.dtype.name} of shape {x.shape}", f"weight {weight.dtype.name} of shape {weight.shape}"]
+    got += [] if bias is None else [f"bias {bias.dtype.name} of shape {bias.shape}"]
+    raise slope.DTypeError(f"slope.{name}: expected the {what}, weight{'' if bias is None else ' and bias'} of one "
+                           f"dtype, as PyTorch; got {', '.join(got[:-1])} and {got[-1]}{hint}")  # fmt: skip
 
 
 def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
@@ -392,6 +406,8 @@ def _broadcast(name: str, *shapes: tuple) -> tuple:
 def masked_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last dimension of masked attention scores, with zeros (and zero gradients) in rows that are
     -inf everywhere, as PyTorch's scaled_dot_product_attention gives (a plain softmax gives NaN there)."""
+    if scores.shape[-1] == 0:  # no keys: no weights (their max raised "cannot reduce over an empty dimension")
+        return scores
     dead = scores.max(-1, keepdim=True) == -math.inf  # (NaN rows stay NaN: NaN is not -inf)
     return slope.where(dead, 0.0, softmax(slope.where(dead, 0.0, scores), -1))
 
@@ -448,7 +464,14 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
         raise ValueError(f"slope.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     class_dim = 1 if logits.ndim > 1 else 0
     classes = logits.shape[class_dim]
-    weight = _class_weight("cross_entropy", weight, logits, class_dim)
+    if target.shape == logits.shape and not target.dtype.is_float:  # (PyTorch's probabilities: a target of the logits'
+        # shape; it was read as class indices, "targets of shape (2, 4) do not fit input of shape (2, 4)")
+        indices = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+        raise slope.DTypeError(f"slope.cross_entropy: expected floating-point targets for class probabilities (a "
+                               f"target of the logits' shape {logits.shape}), got {target.dtype.name}, as PyTorch; "
+                               f"class indices have shape {indices}")  # fmt: skip
+    # class-index targets: a weight of the logits' dtype; probabilities: any, promoted with them (as PyTorch)
+    weight = _class_weight("cross_entropy", weight, logits, class_dim, same_dtype=not target.dtype.is_float)
     if not target.dtype.is_float:
         half = logits.dtype in (slope.float16, slope.bfloat16)  # then log-probabilities, products and sums in float32,
         logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once
@@ -460,9 +483,11 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
         raise slope.ShapeError(
             f"slope.cross_entropy: probability targets {target.shape} must match logits {logits.shape}"
         )
-    # the result in PyTorch's dtype, the promotion of the logits' and the targets' (float16 logits and float32 targets:
-    # float32), computed in it (float16 and bfloat16 in float32, rounded once)
+    # the result in PyTorch's dtype, the promotion of the logits', the targets' and the weight's (float16 logits and
+    # float32 targets: float32; float32 logits and targets with a float64 weight: float64), computed in it (float16 and
+    # bfloat16 in float32, rounded once)
     out = slope.dtypes.promote(logits.dtype, target.dtype)
+    out = out if weight is None else slope.dtypes.promote(out, weight.dtype)
     wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
     logp = log_softmax(logits.astype(wide), class_dim)
     target, weight = target.astype(wide), None if weight is None else weight.astype(wide)
@@ -472,16 +497,21 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     return reduce_loss("cross_entropy", -(probs * logp).sum(class_dim), reduction).astype(out)
 
 
-def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int) -> Tensor | None:
-    """A per-class weight checked against the scores (N, C, ...) and shaped to multiply them (C, 1, ...)."""
+def _class_weight(name: str, weight: Any, scores: Tensor, class_dim: int, same_dtype: bool = True) -> Tensor | None:
+    """A per-class weight checked against the scores (N, C, ...) and shaped to multiply them (C, 1, ...); of the scores'
+    dtype unless `same_dtype` is False (cross_entropy's probability targets promote with it, as PyTorch)."""
     if weight is None:
         return None
     if isinstance(weight, str):  # (Slope before 2026-12 took reduction third; PyTorch's third argument is weight)
         raise TypeError(f"slope.{name}: weight must be a tensor, got {weight!r}: pass reduction= by keyword")
     weight, classes = _tensor(weight), scores.shape[class_dim]
-    if weight.shape != (classes,) or weight.dtype != scores.dtype:
-        raise slope.ShapeError(f"slope.{name}: weight must be a {scores.dtype.name} tensor of shape ({classes},) (one "
-                               f"per class), got {weight.dtype.name} of shape {weight.shape}")  # fmt: skip
+    wanted = f"a {scores.dtype.name} tensor" if same_dtype else "a tensor"
+    if weight.shape != (classes,):
+        raise slope.ShapeError(f"slope.{name}: weight must be {wanted} of shape ({classes},) (one per class), got "
+                               f"{weight.dtype.name} of shape {weight.shape}")  # fmt: skip
+    if same_dtype and weight.dtype != scores.dtype:  # (PyTorch: "expected scalar type Float but found Double")
+        raise slope.DTypeError(f"slope.{name}: weight must be {wanted} (the input's dtype, as PyTorch) of shape "
+                               f"({classes},), got {weight.dtype.name} of shape {weight.shape}")  # fmt: skip
     return weight.reshape((classes,) + (1,) * (scores.ndim - class_dim - 1))
 
 

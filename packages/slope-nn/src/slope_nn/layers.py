@@ -90,6 +90,8 @@ class Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the affine map to the last dimension."""
+        x = functional._tensor(x)
+        functional.check_linear_dtypes("nn.Linear", x, self.weight, self.bias, hint=_dtype_hint(x, self.weight))
         return functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -310,6 +312,7 @@ class BatchNorm(Module):
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        dtype = _parameter_dtype(self, dtype, affine)
         self.weight = init.ones((num_features,), dtype) if affine else None
         self.bias = init.zeros((num_features,), dtype) if affine else None
         if track_running_stats:
@@ -416,6 +419,7 @@ class LayerNorm(Module):
         super().__init__()
         self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
         self.eps = float(eps)
+        dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = init.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
 
@@ -450,6 +454,7 @@ class RMSNorm(Module):
         super().__init__()
         self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
         self.eps = eps
+        dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -458,6 +463,9 @@ class RMSNorm(Module):
         if x.shape[x.ndim - k :] != self.normalized_shape:
             raise ValueError(f"RMSNorm: input {x.shape} does not end with normalized_shape {self.normalized_shape}")
         dims = tuple(range(x.ndim - k, x.ndim))
+        # (an integer input gave its normalised values truncated: [1, 2, 3, 10] -> [0, 0, 0, 1]); PyTorch's mixed float
+        # dtypes stay allowed here (rms_norm takes any float weight, unlike layer_norm and batch_norm)
+        _check_float_input(self, x)
         # as PyTorch's rms_norm: float16/bfloat16 in float32, and the result in the input's dtype whatever the weight's
         wide = x.astype(slope.float32) if x.dtype in (slope.float16, slope.bfloat16) else x
         eps = self.eps if self.eps is not None else _finfo_eps(wide.dtype)  # the computation's (float32's for float16)
@@ -471,9 +479,32 @@ class RMSNorm(Module):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
 
 
+def _parameter_dtype(layer: Module, dtype: Any, has_parameters: bool) -> Any:
+    """The dtype of a normalization's parameters: a floating one where it has parameters, as PyTorch (an int64
+    BatchNorm truncated its running statistics to 0)."""
+    if dtype is None or not has_parameters:
+        return dtype
+    checked = slope.dtypes.as_dtype(dtype)
+    if not checked.is_float:
+        raise slope.DTypeError(f"slope.nn.{type(layer).__name__}: parameters must have a floating-point dtype, got "
+                               f"dtype={checked.name} (PyTorch: only tensors of floating point dtype can require "
+                               "gradients)")  # fmt: skip
+    return checked
+
+
+def _check_float_input(layer: Module, x: Tensor) -> None:
+    """Refuse an integer or bool input to a normalization, as PyTorch (its kernels are not implemented for them)."""
+    if not x.dtype.is_float:
+        raise slope.DTypeError(f"slope.nn.{type(layer).__name__}: expected a floating-point input, got "
+                               f"{x.dtype.name} of shape {tuple(x.shape)} (PyTorch's normalizations are not "
+                               "implemented for integers or bools; convert it: x.astype(slope.float32))")  # fmt: skip
+
+
 def _check_norm_dtypes(layer: Module, x: Tensor, *params: Tensor | None) -> bool:
-    """PyTorch's rule for a normalization's parameters: the input's dtype, or float32 for a float16 or bfloat16 input
-    (computed in float32 and returned in the input's dtype); anything else is an error. True for such a narrow input."""
+    """PyTorch's rule for a normalization's input and parameters: a floating-point input and parameters of its dtype,
+    or float32 for a float16 or bfloat16 input (computed in float32 and returned in the input's dtype); anything else is
+    an error. True for such a narrow input."""
+    _check_float_input(layer, x)
     narrow = x.dtype in (slope.float16, slope.bfloat16)
     for p in params:
         if p is not None and p.dtype != x.dtype and not (narrow and p.dtype == slope.float32):
@@ -695,6 +726,11 @@ class MultiHeadAttention(Module):
         if key_padding_mask is not None and key_padding_mask.shape != (batch, source):
             raise slope.ShapeError(f"slope.nn.{type(self).__name__}: key_padding_mask must be of shape (N, S) = "
                                    f"{(batch, source)}, got {key_padding_mask.shape}")  # fmt: skip
+        for what, given, projection in (("query", query, self.q_proj), ("key", key, self.k_proj),
+                                        ("value", value, self.v_proj)):  # fmt: skip
+            hint = _dtype_hint(given, projection.weight)  # (a float32 input to a float64 layer failed in matmul)
+            functional.check_linear_dtypes(f"nn.{type(self).__name__}", given, projection.weight, projection.bias,
+                                           what, hint)  # fmt: skip
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
@@ -735,6 +771,11 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+
+def _dtype_hint(x: Tensor, weight: Tensor) -> str:
+    """How a layer's error says to fix an input whose dtype is not its parameters'."""
+    return f" (convert it with .astype(slope.{weight.dtype.name}), or make the layer with dtype=slope.{x.dtype.name})"
 
 
 def _check_is_causal(layer: Module, is_causal: Any) -> None:

@@ -55,11 +55,12 @@ def mse(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A0
     target = target if isinstance(target, Tensor) else slope.tensor(target, dtype=input.dtype)
     _check_same_shape("mse", input, target)
     common = slope.dtypes.promote(input.dtype, target.dtype)  # (PyTorch's: a bool target of float inputs is 0 or 1)
-    if common.is_float:
-        input, target = input.astype(common), target.astype(common)  # noqa: A001
-    elif slope.bool_ in (input.dtype, target.dtype):
+    if not common.is_float:  # (two integers were squared in their dtype and wrapped: int8 [1, 2] and [-100, 100] gave
+        # a sum of -163, not 19805)
         raise slope.DTypeError(f"slope.nn.mse: expected a float input or target, got {input.dtype.name} and "
-                               f"{target.dtype.name} (PyTorch's mse_loss has no kernel for them)")  # fmt: skip
+                               f"{target.dtype.name} (PyTorch's mse_loss has no kernel for integers or bools: convert "
+                               "one, e.g. input.astype(slope.float32))")  # fmt: skip
+    input, target = input.astype(common), target.astype(common)  # noqa: A001
     difference = input - target
     return reduce_loss("nn.mse", difference * difference, reduction)
 
