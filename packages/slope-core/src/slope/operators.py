@@ -763,7 +763,8 @@ class Matmul(Operator):
         if math.prod(y.shape[:-2]) == 1 and y.ndim <= x.ndim > 2:  # is not summed back in its dtype, batch by batch)
             flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), k)), reshape(y, (k, n)))
             out = reshape(flat, (*x.shape[:-1], n))
-        elif math.prod(x.shape[:-2]) == 1 and x.ndim <= y.ndim > 2:  # x times every y: (m, k) @ (k, batch * n)
+        elif math.prod(x.shape[:-2]) == 1 and x.ndim <= y.ndim > 2 and x.dtype in _HALVES:  # x times every y: one
+            # (m, k) @ (k, batch * n), copying y (in float32 the batch's products are exact enough and faster)
             ys = reshape(permute(reshape(y, (count := math.prod(y.shape[:-2]), k, n)), (1, 0, 2)), (k, count * n))
             flat = bind(self, reshape(x, (m, k)), ys)
             out = reshape(permute(reshape(flat, (m, count, n)), (1, 0, 2)), (*y.shape[:-2], m, n))

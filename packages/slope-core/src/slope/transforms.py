@@ -460,10 +460,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
-        leaves, in_tree = tree.flatten(args)  # Python numbers: tensors of the widest given dtype of their kind (JAX's
-        tensors = sorted((v for v in leaves if isinstance(v, Tensor)), key=lambda v: v.dtype.bits)  # weak types: 0.1
-        kinds = {v.dtype.kind: v.dtype for v in tensors}  # beside float64 tensors is not float32's 0.1)
-        flat = [as_tensor(v, kinds.get({int: "int", float: "float"}.get(type(v)))) for v in leaves]
+        flat, in_tree = _tensor_leaves(args)
         fun, out_trees = flatten_fun(self.fun, in_tree)
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
