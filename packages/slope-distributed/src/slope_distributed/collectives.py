@@ -27,6 +27,7 @@ from .engines import (
     launched_by_mpi,
     launcher_rank_and_size,
     launcher_variables,
+    torch_group,
 )
 
 OPS = ("sum", "mean", "max")
@@ -69,10 +70,13 @@ def _share_cpus() -> None:
 
 
 def _default_engine() -> str:
-    """The launcher's engine: gloo under torchrun (its $RANK and $WORLD_SIZE, no MPI launcher's variables); else mpi
-    where mpi4py is installed (the engine checks that MPI's group is the launcher's); else local for one process."""
+    """The launcher's engine: gloo on a torch.distributed process group the program started itself (`mp.spawn`), or
+    under torchrun (its $RANK and $WORLD_SIZE, no MPI launcher's variables); else mpi where mpi4py is installed (the
+    engine checks that MPI's group is the launcher's); else local for one process."""
     import importlib.util
 
+    if torch_group() is not None:
+        return "gloo"
     placed = launcher_rank_and_size()
     if placed is not None and launcher_variables() == ("RANK", "WORLD_SIZE") and not launched_by_mpi():
         if importlib.util.find_spec("torch") is not None:
@@ -109,11 +113,15 @@ def world_size() -> int:
     return engine().size
 
 
+def alone() -> bool:
+    """Whether this is one process that runs no engine yet and has no group to join: no launcher started it and it
+    started no torch.distributed process group (a process that did is one rank of several, engine or not)."""
+    return _state["engine"] is None and launcher_rank_and_size() is None and torch_group() is None
+
+
 def started_world_size() -> int:
-    """The world size, or 1 for a process no launcher started and no engine runs yet (without starting one)."""
-    if _state["engine"] is None and launcher_rank_and_size() is None:
-        return 1
-    return engine().size
+    """The world size, or 1 for a process that is `alone()` (without starting an engine)."""
+    return 1 if alone() else engine().size
 
 
 def barrier() -> None:
@@ -165,8 +173,8 @@ def _all_reduce(leaves: list, treedef: Any, op: str, mean_from: int) -> list | N
     if not leaves:  # (the shared-memory path has nothing to pack)
         return None
     _check_floats("all_reduce", arrays, leaves, treedef, mean_from)
-    if _state["engine"] is None and launcher_rank_and_size() is None:
-        return None  # one process that no launcher started: the identity, without starting an engine
+    if alone():
+        return None  # one process with no group to join: the identity, without starting an engine
     group = engine()
     if group.size == 1:
         return None

@@ -190,18 +190,21 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
         self.fn = step.fn if jitted else step
-        # a jitted step's static arguments stay static, by position (they were traced: a static 0.1 became float32's)
+        # a jitted step's static arguments stay static, by position or by name (they were traced: a static 0.1 became
+        # float32's)
         self.static = set(step.static_argnums) | step.named_positions if jitted else set()
+        self.static_names = set(step.static_argnames) if jitted else set()
         functools.update_wrapper(self, self.fn)
         self.cache: dict[tuple, SplitProgram] = {}
 
-    def lower(self, *args: Any) -> SplitProgram:
+    def lower(self, *args: Any, **kwargs: Any) -> SplitProgram:
         """Trace, split and compile for these arguments without running (`.programs` holds the pieces)."""
-        return self._split(args)[0]
+        return self._split(args, kwargs)[0]
 
-    def _split(self, args: tuple) -> tuple[SplitProgram, list[Tensor]]:
+    def _split(self, args: tuple, kwargs: dict) -> tuple[SplitProgram, list[Tensor]]:
         args = tuple(_static(a) if {i, i - len(args)} & self.static else a for i, a in enumerate(args))
-        leaves, in_tree = slope.tree.flatten(args)
+        kwargs = {k: _static(v) if k in self.static_names else v for k, v in kwargs.items()}
+        leaves, in_tree = slope.tree.flatten((args, kwargs) if kwargs else args)
         leaves = [slope.tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]  # (as jit)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
@@ -210,14 +213,18 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         # other leaves keyed as jit's static arguments (by type and value, floats by their bits): np.float64 0.0 and
         # -0.0, or np.int64(2) and np.float64(2.0), are equal and hash alike, and shared one program
         static = tuple((i, _static(v).key) for i, v in others)
-        key = (in_tree, tuple(t.aval for t in tensors), static, backend.name, device)
+        # the trace decides the world size and the rank (a step without reduction, train_step's buffers): a process
+        # with a group to join starts its engine now, and a trace made before an engine ran is not reused after
+        engine = None if collectives.alone() else collectives.engine()
+        key = (in_tree, bool(kwargs), tuple(t.aval for t in tensors), static, backend.name, device, engine)
         split = self.cache.get(key)
         if split is None:
-            split = self.cache[key] = self._compile(in_tree, tensors, others, backend, device)
+            split = self.cache[key] = self._compile(in_tree, bool(kwargs), tensors, others, backend, device)
         return split, tensors
 
-    def _compile(self, in_tree: Any, tensors: list, others: tuple, backend: Any, device: str) -> SplitProgram:
-        flat_fn, out_trees = flatten_fun(self.fn, in_tree)
+    def _compile(self, in_tree: Any, with_kwargs: bool, tensors: list, others: tuple, backend: Any,
+                 device: str) -> SplitProgram:  # fmt: skip
+        flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:
             leaves = list(traced)
@@ -235,8 +242,8 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
             )
         return split
 
-    def __call__(self, *args: Any) -> Any:
-        split, tensors = self._split(args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        split, tensors = self._split(args, kwargs)
         return slope.tree.unflatten(split.out_tree, split.run(tensors))
 
 
