@@ -10,6 +10,7 @@ plain `slope.jit` holding one compiles it as the identity when the world has one
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -108,8 +109,10 @@ class _Stage:
 class SplitProgram:
     """A traced function split around its `all_reduce` instructions: `.programs` are the compiled pieces."""
 
-    def __init__(self, program: Program, backend: Any, device: str, out_tree: Any):
+    def __init__(self, program: Program, backend: Any, device: str, out_tree: Any,
+                 context: collectives.Context | None = None):  # fmt: skip
         self.program, self.backend, self.device, self.out_tree = program, backend, device, out_tree
+        self.context = context  # (the step and its arguments, checked with every reduction)
         level: dict[Var, int] = dict.fromkeys([*program.inputs, *program.constants], 0)
         pieces: list[list[Instruction]] = [[]]
         reductions: list[dict[str, list[Instruction]]] = [{}]
@@ -166,12 +169,16 @@ class SplitProgram:
             # buffers travel with its gradients), max apart
             sums, means = stage.reductions.get("sum", []), stage.reductions.get("mean", [])
             if sums or means:
-                summed, averaged = collectives.sum_and_mean(_values(env, sums), _values(env, means))
+                summed, averaged = collectives.sum_and_mean(_values(env, sums), _values(env, means), self.context)
                 env.update(zip(_outputs(sums), summed))
                 env.update(zip(_outputs(means), averaged))
             if "max" in stage.reductions:
                 group = stage.reductions["max"]
-                env.update(zip(_outputs(group), collectives.all_reduce(_values(env, group), "max")))
+                values = _values(env, group)
+                reduced = collectives._all_reduce(
+                    values, slope.tree.structure(values), "max", len(values), self.context
+                )
+                env.update(zip(_outputs(group), reduced or values))
         return [env[v] for v in program.outputs]
 
 
@@ -219,11 +226,36 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         key = (in_tree, bool(kwargs), tuple(t.aval for t in tensors), static, backend.name, device, engine)
         split = self.cache.get(key)
         if split is None:
-            split = self.cache[key] = self._compile(in_tree, bool(kwargs), tensors, others, backend, device)
+            context = collectives.Context(f"data_parallel({getattr(self.fn, '__name__', 'step')})",
+                                          self._arguments(args, kwargs, leaves))  # fmt: skip
+            split = self.cache[key] = self._compile(in_tree, bool(kwargs), tensors, others, backend, device, context)
         return split, tensors
 
-    def _compile(self, in_tree: Any, with_kwargs: bool, tensors: list, others: tuple, backend: Any,
-                 device: str) -> SplitProgram:  # fmt: skip
+    def _arguments(self, args: tuple, kwargs: dict, leaves: list) -> list[tuple[str, Any, str]]:
+        """Every leaf of the arguments as (name, shape, dtype): `model.0.weight` by the step's parameter names."""
+        try:
+            parameters = list(inspect.signature(self.fn).parameters.values())
+        except (TypeError, ValueError):  # (a callable without a signature)
+            parameters = []
+        positional = [p.name for p in parameters if p.kind <= p.POSITIONAL_OR_KEYWORD]
+        variadic = next((p.name for p in parameters if p.kind == p.VAR_POSITIONAL), None)
+
+        def named(path: str) -> str:  # the path's first part, a position in args, by the step's parameter names
+            if kwargs:  # (paths in (args, kwargs): "0.<position>..." or "1.<keyword>...")
+                group, _, path = path.partition(".")
+                if group == "1":
+                    return path
+            first, _, rest = path.partition(".")
+            i = int(first)
+            name = positional[i] if i < len(positional) else f"{variadic}[{i - len(positional)}]" if variadic else first
+            return f"{name}.{rest}" if rest else name
+
+        names = collectives.leaf_names((args, kwargs) if kwargs else args)
+        return [(named(name), tuple(leaf.shape), leaf.dtype.name) if isinstance(leaf, Tensor)
+                else (named(name), (), type(leaf).__name__) for name, leaf in zip(names, leaves)]  # fmt: skip
+
+    def _compile(self, in_tree: Any, with_kwargs: bool, tensors: list, others: tuple, backend: Any, device: str,
+                 context: collectives.Context) -> SplitProgram:  # fmt: skip
         flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:
@@ -233,7 +265,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
             return flat_fn(*leaves)
 
         program = make_program(traced_fn, [t.aval for t in tensors])
-        split = SplitProgram(program, backend, device, out_trees[0])
+        split = SplitProgram(program, backend, device, out_trees[0], context)
         if split.reduction_count == 0 and collectives.started_world_size() > 1:
             raise SlopeDistributedError(
                 f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average its "
