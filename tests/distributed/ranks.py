@@ -337,6 +337,18 @@ def dead() -> None:
         print(f"error on rank 0: {error}", flush=True)
     else:
         raise AssertionError("no error although rank 1 left")
+    # save and load waited in an allgather with no deadline (MPI), or said "gather failed" (gloo)
+    path = Path(tempfile.mkdtemp()) / "run.safetensors"
+    for call, where in ((lambda: dist.save({"w": slope.ones(2)}, path), "save"),
+                        (lambda: dist.load(path, like={"w": slope.ones(2)}), "load")):  # fmt: skip
+        try:
+            call()
+        except dist.SlopeDistributedError as error:
+            assert f"{where}('{path}')" in str(error) and "rank 1 did not answer" in str(error), str(error)
+            print(f"error on rank 0: {error}", flush=True)
+        else:
+            raise AssertionError(f"no error from {where} although rank 1 left")
+    assert not path.exists()  # (rank 0 checked that every rank was there before it wrote)
 
 
 def crash() -> None:
@@ -382,6 +394,16 @@ def checkpoint() -> None:
         assert "rank 0 could not read" in str(error)
     else:
         raise AssertionError("no error for a missing checkpoint")
+    # PyTorch's idiom `if rank == 0: torch.save(...)` written with dist.save, the other rank in its next reduction:
+    # an error on both naming the two calls (was: the MPI timeout naming no save; gloo: "allocate 428 PiB")
+    if dist.rank() == 0:
+        expect_error(lambda: dist.save(model, folder / "alone.safetensors"), "save",
+                     "rank 1 called all_reduce(sum) where rank 0 called save()")  # fmt: skip
+    else:
+        expect_error(lambda: dist.all_reduce({"w": slope.ones(2)}), "all_reduce",
+                     "rank 1 called all_reduce(sum) where rank 0 called save()")  # fmt: skip
+    assert not (folder / "alone.safetensors").exists()
+    assert dist.all_reduce({"w": slope.ones(1)})["w"].tolist() == [2.0]  # (the ranks go on together)
 
 
 if __name__ == "__main__":

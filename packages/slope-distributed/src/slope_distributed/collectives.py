@@ -376,8 +376,17 @@ def _digest(treedef: Any, arrays: list[np.ndarray], leaves: list, extra: str) ->
     return digest
 
 
+def agree(where: str, what: str) -> Engine:
+    """The engine, once every rank has arrived in the same call `where` (save, load) within the timeout: else an error
+    naming the rank that did not answer, or the call it made instead. `what` (the call with its argument) names it."""
+    group = engine()
+    if group.size > 1:
+        _check_same_trees(group, where, slope.tree.structure(()), [], [], "", label=what)
+    return group
+
+
 def _check_same_trees(group: Engine, where: str, treedef: Any, arrays: list, leaves: list, extra: str,
-                      context: Context | None = None) -> None:  # fmt: skip
+                      context: Context | None = None, label: str | None = None) -> None:  # fmt: skip
     """Every rank passes a tree of the same structure, leaf names, shapes and dtypes (and operation; within a step,
     the step's arguments too), or an error that says which rank and which leaf differ; a rank that does not arrive is
     a timeout naming it."""
@@ -385,34 +394,37 @@ def _check_same_trees(group: Engine, where: str, treedef: Any, arrays: list, lea
     digest = _digest(treedef, arrays, leaves, called)
     if context is not None:
         where, digest = context.where, digest ^ context.digest
+    what = label or f"{where} of {len(arrays)} leaves"  # (what a timeout names)
     header = np.array([digest, -digest], np.int64)  # max(d) == d and max(-d) == -d on every rank iff all d are equal
-    group.header(header, f"{where} of {len(arrays)} leaves")
+    group.header(header, what)
     if header[0] == digest and header[1] == -digest:
         return
     names = _leaf_names(treedef, leaves)
     mine = (slope.tree.describe(treedef), called, [(n, a.shape, str(a.dtype)) for n, a in zip(names, arrays)])
     every = group.gather((mine, None if context is None else context.leaves))
-    raise SlopeDistributedError(f"slope.distributed.{where}: the ranks passed different trees: {_difference(every)}")
+    raise SlopeDistributedError(f"slope.distributed.{where}: {_difference(every)}")
 
 
 def _difference(every: list) -> str:
-    """The first way a rank's tree (or the arguments of its step) differs from rank 0's, in words."""
-    arguments0 = every[0][1]
+    """The first way a rank's step arguments, call or tree differs from rank 0's, in words."""
+    (structure0, called0, leaves0), arguments0 = every[0]
     for r, (_, arguments) in enumerate(every[1:], start=1):
         if arguments is not None and arguments0 is not None and arguments != arguments0:
-            if found := _leaves_difference(r, arguments, arguments0, "argument leaf"):
-                return found
-            return f"rank {r} passed {len(arguments)} argument leaves where rank 0 passed {len(arguments0)}"
-    structure0, extra0, leaves0 = every[0][0]
-    for r, ((structure, extra, leaves), _) in enumerate(every[1:], start=1):
-        if extra != extra0:
-            return f"rank {r} called {extra} where rank 0 called {extra0} (every rank makes the same calls in order)"
+            found = _leaves_difference(r, arguments, arguments0, "argument leaf")
+            return "the ranks passed different trees: " + (
+                found or f"rank {r} passed {len(arguments)} argument leaves where rank 0 passed {len(arguments0)}"
+            )
+    for r, ((_, called, _), _) in enumerate(every[1:], start=1):
+        if called != called0:
+            return (f"the ranks are in different calls: rank {r} called {called} where rank 0 called {called0} (every "
+                    "rank makes the same collective calls in the same order, dist.save and dist.load included)")  # fmt: skip
+    for r, ((structure, _, leaves), _) in enumerate(every[1:], start=1):
         if found := _leaves_difference(r, leaves, leaves0, "leaf"):
-            return found
+            return f"the ranks passed different trees: {found}"
         if structure != structure0 or len(leaves) != len(leaves0):
-            return (f"rank {r} passed {len(leaves)} leaves structured {structure} where rank 0 passed {len(leaves0)} "
-                    f"structured {structure0}")  # fmt: skip
-    return "(the digests differ but the trees look alike)"
+            return (f"the ranks passed different trees: rank {r} passed {len(leaves)} leaves structured {structure} "
+                    f"where rank 0 passed {len(leaves0)} structured {structure0}")  # fmt: skip
+    return "the ranks passed different trees (the digests differ but the trees look alike)"
 
 
 def _leaves_difference(r: int, leaves: list, leaves0: list, what: str) -> str | None:
