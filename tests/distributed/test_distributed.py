@@ -209,6 +209,10 @@ rank, mode = int(sys.argv[1]), sys.argv[2]
 td.init_process_group("gloo", rank=rank, world_size=2)  # as under mp.spawn: no $RANK, no $WORLD_SIZE
 import slope, slope.distributed as dist, slope.nn as nn
 if mode == "pmean":  # the first Slope call a reduction, before anything started Slope's engine
+    try:  # an engine that is not on that group
+        dist.init("local")
+    except dist.SlopeDistributedError as error:
+        print("REFUSED", "started a torch.distributed process group of 2 (this is its rank" in str(error), flush=True)
     print("RESULT", dist.pmean(slope.tensor([1.0, 2.0]) * (rank + 1)).tolist(), dist.engine().name, flush=True)
 else:  # train_step first: traced before the engine ran, then reused
     slope.manual_seed(0)
@@ -244,7 +248,7 @@ def test_a_process_group_the_program_started_is_the_world():
         ]  # fmt: skip
     outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
     for output in outputs[:2]:
-        assert "RESULT [1.5, 3.0] gloo" in output, output[-3000:]
+        assert "REFUSED True" in output and "RESULT [1.5, 3.0] gloo" in output, output[-3000:]
     for output in outputs[2:]:  # identical models, rank 0's own running statistics, at both steps
         assert "RESULT 0 True True" in output and "RESULT 1 True True" in output, output[-3000:]
 
