@@ -657,3 +657,16 @@ def test_data_parallel_takes_keyword_arguments():
     assert (
         dist.data_parallel(rows)(x, n=2).shape == (2, 1) and dist.data_parallel(rows).lower(x, n=2).reduction_count == 1
     )
+
+
+def test_a_step_traced_before_the_engine_started_is_traced_again(monkeypatch):
+    """A data_parallel step traced while no engine ran (one process, nothing to join) decided 'one rank' and was
+    reused once an engine of 2 ran: no 'does not average' error, and train_step's trace kept 'this is rank 0'. Now
+    traces are keyed on the engine they were made under."""
+    from slope_distributed import collectives
+
+    step = dist.data_parallel(lambda x: x * 2.0)
+    assert step(slope.ones(2)).tolist() == [2.0, 2.0]
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    with pytest.raises(dist.SlopeDistributedError, match="does not average its gradients"):
+        step(slope.ones(2))
