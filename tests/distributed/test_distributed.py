@@ -670,3 +670,32 @@ def test_a_step_traced_before_the_engine_started_is_traced_again(monkeypatch):
     monkeypatch.setattr(collectives.engine(), "size", 2)
     with pytest.raises(dist.SlopeDistributedError, match="does not average its gradients"):
         step(slope.ones(2))
+
+
+def test_a_step_that_averages_only_its_loss_is_an_error(monkeypatch):
+    """pmean of the loss inside value_and_grad, no pmean of the gradients: the returned loss is the mean over the
+    ranks, the gradients each rank's own (JAX's transpose rule), and the models drifted apart without an error (the
+    step held a reduction, so the 'no reduction' rule passed). Now the same error, saying why; steps that reduce
+    their gradients (too), train_step around such a loss, and a gradient through a forward pmean that the step does
+    not return are not refused."""
+    from slope_distributed import collectives
+
+    model, optimizer = make_model(), nn.SGD(0.1)
+    state, x, y = optimizer.init(model), slope.randn(4, 6), slope.tensor(np.arange(4) % 3)
+
+    def averaged_loss(model, x, y):
+        return dist.pmean(loss_fn(model, x, y))
+
+    def step(model, state, x, y, also_grads):
+        loss, grads = slope.value_and_grad(averaged_loss)(model, x, y)
+        model, state = optimizer.step(model, dist.pmean(grads) if also_grads else grads, state)
+        return model, state, loss
+
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    with pytest.raises(dist.SlopeDistributedError, match=r"does not average its gradients over the ranks \(it averages "
+                       r"its loss inside the differentiated function.*dist\w*\.pmean\(grads\)"):  # fmt: skip
+        dist.data_parallel(step).lower(model, state, x, y, False)
+    assert dist.data_parallel(step).lower(model, state, x, y, True).reduction_count == 3
+    assert dist.train_step(averaged_loss, optimizer).lower(model, state, x, y).reduction_count == 3
+    forward = dist.data_parallel(slope.grad(lambda v: dist.pmean(v * v).sum()))
+    assert forward.lower(slope.tensor([1.0, 2.0])).reduction_count >= 1

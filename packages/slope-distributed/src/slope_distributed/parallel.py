@@ -182,6 +182,24 @@ class SplitProgram:
         return [env[v] for v in program.outputs]
 
 
+def _averages_only_the_loss(program: Program) -> bool:
+    """Whether the step's only reductions are of values it returns untouched (the loss, reduced in the forward pass
+    of a gradient) and of values that depend on no input (that reduction's transpose, run on the gradient's seed of
+    ones): `value_and_grad(lambda m: pmean(loss_fn(m)))` with no reduction of the gradients."""
+    varying = set(program.inputs)  # the values that depend on the inputs
+    used: set[Var] = set()  # the values some instruction reads
+    for instruction in program.instructions:
+        used.update(instruction.inputs)
+        if any(v in varying for v in instruction.inputs):
+            varying.update(instruction.outputs)
+    reductions = [i for i in program.instructions if i.op is ALL_REDUCE]
+    forward = [i for i in reductions if any(v in varying for v in i.inputs)]
+    if len(forward) == len(reductions) or any(v in used for i in forward for v in i.outputs):
+        return False  # (no reduced seed, or a reduced value the step computes with: a gradient or an input of one)
+    returned = set(program.outputs)
+    return any(v in returned for i in forward for v in i.outputs)
+
+
 def _values(env: dict, group: list[Instruction]) -> list:
     return [env[v] for instruction in group for v in instruction.inputs]
 
@@ -266,12 +284,19 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
         program = make_program(traced_fn, [t.aval for t in tensors])
         split = SplitProgram(program, backend, device, out_trees[0], context)
-        if split.reduction_count == 0 and collectives.started_world_size() > 1:
-            raise SlopeDistributedError(
-                f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average its "
-                "gradients over the ranks: call `grads = slope.distributed.pmean(grads)` between value_and_grad and "
-                "the optimizer step (or build the step with slope.distributed.train_step(loss_fn, optimizer))"
-            )
+        if split.reduction_count == 0 or _averages_only_the_loss(program):
+            if collectives.started_world_size() > 1:
+                how = "" if split.reduction_count == 0 else (
+                    " (it averages its loss inside the differentiated function: as in JAX, the gradient of a mean "
+                    "over the ranks is each rank's own gradient, so the ranks would apply different updates and drift "
+                    "apart)"
+                )  # fmt: skip
+                raise SlopeDistributedError(
+                    f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average "
+                    f"its gradients over the ranks{how}: call `grads = slope.distributed.pmean(grads)` between "
+                    "value_and_grad and the optimizer step (or build the step with "
+                    "slope.distributed.train_step(loss_fn, optimizer))"
+                )
         return split
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
