@@ -285,6 +285,45 @@ def mismatch() -> None:
         assert "rank 1 passed 2 leaves" in str(error), str(error)
     else:
         raise AssertionError("no error for different structures")
+    # dict keys and Module attribute names are part of the tree: equal shapes paired rank 0's "encoder" with rank 1's
+    # "decoder" without a word (the digest had the structure, shapes and dtypes only)
+    r = dist.rank()
+    grads = (
+        {"encoder": slope.ones(2), "head": slope.ones(2)}
+        if r == 0
+        else {"decoder": slope.ones(2), "encoder": slope.ones(2)}
+    )
+    expect_error(lambda: dist.all_reduce(grads), "all_reduce", "rank 1 has leaf decoder where rank 0 has leaf encoder")
+
+    class Two(nn.Module):
+        def __init__(self, names: list[str]):
+            super().__init__()
+            for name in names:
+                setattr(self, name, nn.Linear(2, 2))
+
+    two = Two(["encoder", "head"] if r == 0 else ["decoder", "encoder"])
+    expect_error(
+        lambda: dist.broadcast(two), "broadcast", "rank 1 has leaf decoder.weight where rank 0 has leaf encoder.weight"
+    )
+    # in a train step the message names the model's leaf (it named "leaf 0 ... of shape ()": the loss)
+    dtype = slope.float64 if r == 1 else slope.float32
+    model, optimizer = nn.Sequential(nn.Linear(4, 3, dtype=dtype)), nn.SGD(0.1)
+    x, y = slope.randn(4, 4).astype(dtype), slope.tensor(np.arange(4) % 3)
+    expect_error(lambda: dist.train_step(loss_fn, optimizer)(model, optimizer.init(model), x, y),
+                 "data_parallel(train_step(loss_fn))",
+                 "rank 1's argument leaf model.0.weight is float64 of shape (3, 4) where rank 0's argument leaf "
+                 "model.0.weight is float32")  # fmt: skip
+    assert dist.all_reduce({"w": slope.ones(1)})["w"].tolist() == [2.0]  # (the ranks go on together)
+
+
+def expect_error(call: object, where: str, words: str) -> None:
+    """`call()` raises slope.distributed.<where>'s error holding `words` on every rank."""
+    try:
+        call()  # type: ignore[operator]
+    except dist.SlopeDistributedError as error:
+        assert f"slope.distributed.{where}: " in str(error) and words in str(error), str(error)
+    else:
+        raise AssertionError(f"no error from {where}: expected {words!r}")
 
 
 def dead() -> None:
@@ -298,6 +337,18 @@ def dead() -> None:
         print(f"error on rank 0: {error}", flush=True)
     else:
         raise AssertionError("no error although rank 1 left")
+    # save and load waited in an allgather with no deadline (MPI), or said "gather failed" (gloo)
+    path = Path(tempfile.mkdtemp()) / "run.safetensors"
+    for call, where in ((lambda: dist.save({"w": slope.ones(2)}, path), "save"),
+                        (lambda: dist.load(path, like={"w": slope.ones(2)}), "load")):  # fmt: skip
+        try:
+            call()
+        except dist.SlopeDistributedError as error:
+            assert f"{where}('{path}')" in str(error) and "rank 1 did not answer" in str(error), str(error)
+            print(f"error on rank 0: {error}", flush=True)
+        else:
+            raise AssertionError(f"no error from {where} although rank 1 left")
+    assert not path.exists()  # (rank 0 checked that every rank was there before it wrote)
 
 
 def crash() -> None:
@@ -343,6 +394,16 @@ def checkpoint() -> None:
         assert "rank 0 could not read" in str(error)
     else:
         raise AssertionError("no error for a missing checkpoint")
+    # PyTorch's idiom `if rank == 0: torch.save(...)` written with dist.save, the other rank in its next reduction:
+    # an error on both naming the two calls (was: the MPI timeout naming no save; gloo: "allocate 428 PiB")
+    if dist.rank() == 0:
+        expect_error(lambda: dist.save(model, folder / "alone.safetensors"), "save",
+                     "rank 1 called all_reduce(sum) where rank 0 called save()")  # fmt: skip
+    else:
+        expect_error(lambda: dist.all_reduce({"w": slope.ones(2)}), "all_reduce",
+                     "rank 1 called all_reduce(sum) where rank 0 called save()")  # fmt: skip
+    assert not (folder / "alone.safetensors").exists()
+    assert dist.all_reduce({"w": slope.ones(1)})["w"].tolist() == [2.0]  # (the ranks go on together)
 
 
 if __name__ == "__main__":

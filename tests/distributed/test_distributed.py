@@ -115,7 +115,7 @@ def test_a_rank_that_leaves_is_an_error_naming_it(engine):
     result, seconds = launch("dead", RANKS_TIMEOUT="5", SLOPE_DISTRIBUTED_ENGINE=engine, MASTER_PORT=free_port())
     assert_ok(result, "dead")
     assert "rank 1 did not answer" in result.stdout
-    assert seconds < 60
+    assert seconds < 90  # (three waits of 5 s: all_reduce, save, load)
 
 
 @needs_mpi
@@ -201,6 +201,56 @@ def test_torchrun_ranks_run_on_gloo_by_default():
     outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
     for r, output in enumerate(outputs):
         assert f"RESULT gloo {r} 2 {[2 * r, 2 * r + 1]} [3.0, 3.0]" in output, output[-3000:]
+
+
+SPAWNED = """
+import sys, numpy as np, torch.distributed as td
+rank, mode = int(sys.argv[1]), sys.argv[2]
+td.init_process_group("gloo", rank=rank, world_size=2)  # as under mp.spawn: no $RANK, no $WORLD_SIZE
+import slope, slope.distributed as dist, slope.nn as nn
+if mode == "pmean":  # the first Slope call a reduction, before anything started Slope's engine
+    try:  # an engine that is not on that group
+        dist.init("local")
+    except dist.SlopeDistributedError as error:
+        print("REFUSED", "started a torch.distributed process group of 2 (this is its rank" in str(error), flush=True)
+    print("RESULT", dist.pmean(slope.tensor([1.0, 2.0]) * (rank + 1)).tolist(), dist.engine().name, flush=True)
+else:  # train_step first: traced before the engine ran, then reused
+    slope.manual_seed(0)
+    model, optimizer = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)), nn.SGD(0.1)
+    state, step = optimizer.init(model), dist.train_step(lambda m, x, y: nn.cross_entropy(m(x), y), optimizer)
+    y = slope.tensor(np.arange(4) % 2)
+    for i in range(2):
+        x = slope.tensor(np.random.default_rng(10 * i + rank).standard_normal((4, 3)).astype(np.float32))
+        own = nn.apply(model, x)[1][1].running_mean.numpy()  # this rank's own update of the statistics
+        model, state, _ = step(model, state, x, y)
+        every, owns = [None, None], [None, None]
+        td.all_gather_object(every, [leaf.numpy().tobytes() for leaf in slope.tree.leaves(model)])
+        td.all_gather_object(owns, own.tobytes())
+        print("RESULT", i, every[0] == every[1], model[1].running_mean.numpy().tobytes() == owns[0], flush=True)
+td.barrier()
+"""
+
+
+def test_a_process_group_the_program_started_is_the_world():
+    """PyTorch's mp.spawn pattern: each process starts a gloo group of 2 itself (rank and size as arguments, none of a
+    launcher's variables). Slope saw one process until something started its engine: the first pmean returned each
+    rank's own values, a first train_step trained every rank on its own and kept its "rank 0 of 1" trace (BatchNorm
+    statistics then summed over the ranks). Now such a group is the world, on the gloo engine by default."""
+    pytest.importorskip("torch")
+    ranks = []
+    for mode in ("pmean", "train"):
+        port = free_port()
+        ranks += [
+            subprocess.Popen([sys.executable, "-c", SPAWNED, str(r), mode], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             env=plain_environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+            for r in (0, 1)
+        ]  # fmt: skip
+    outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
+    for output in outputs[:2]:
+        assert "REFUSED True" in output and "RESULT [1.5, 3.0] gloo" in output, output[-3000:]
+    for output in outputs[2:]:  # identical models, rank 0's own running statistics, at both steps
+        assert "RESULT 0 True True" in output and "RESULT 1 True True" in output, output[-3000:]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py")
@@ -591,3 +641,61 @@ def test_checkpoints_of_numbers_and_numpy_leaves_load_and_names_must_differ(tmp_
     assert type(step) is int and isinstance(counts, np.ndarray)
     with pytest.raises(dist.SlopeDistributedError, match=r"leaves named alike \(a.b\)"):
         dist.save({"a.b": slope.ones(1), "a": {"b": slope.ones(1)}}, tmp_path / "twice.safetensors")
+
+
+def test_data_parallel_takes_keyword_arguments():
+    """data_parallel took positional arguments only (TypeError for `step(x, scale=3.0)`); now keywords as slope.jit
+    takes them: traced, or static where the jitted step names them in static_argnames."""
+
+    def f(x, scale=2.0):
+        return dist.psum(x * scale)
+
+    x = slope.ones(2)
+    assert dist.data_parallel(f)(x, scale=3.0).tolist() == slope.jit(f)(x, scale=3.0).tolist() == [3.0, 3.0]
+    assert dist.data_parallel(f)(x).tolist() == [2.0, 2.0]
+    rows = slope.jit(lambda x, n: dist.psum(x.reshape(n, 1)), static_argnames="n")
+    assert (
+        dist.data_parallel(rows)(x, n=2).shape == (2, 1) and dist.data_parallel(rows).lower(x, n=2).reduction_count == 1
+    )
+
+
+def test_a_step_traced_before_the_engine_started_is_traced_again(monkeypatch):
+    """A data_parallel step traced while no engine ran (one process, nothing to join) decided 'one rank' and was
+    reused once an engine of 2 ran: no 'does not average' error, and train_step's trace kept 'this is rank 0'. Now
+    traces are keyed on the engine they were made under."""
+    from slope_distributed import collectives
+
+    step = dist.data_parallel(lambda x: x * 2.0)
+    assert step(slope.ones(2)).tolist() == [2.0, 2.0]
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    with pytest.raises(dist.SlopeDistributedError, match="does not average its gradients"):
+        step(slope.ones(2))
+
+
+def test_a_step_that_averages_only_its_loss_is_an_error(monkeypatch):
+    """pmean of the loss inside value_and_grad, no pmean of the gradients: the returned loss is the mean over the
+    ranks, the gradients each rank's own (JAX's transpose rule), and the models drifted apart without an error (the
+    step held a reduction, so the 'no reduction' rule passed). Now the same error, saying why; steps that reduce
+    their gradients (too), train_step around such a loss, and a gradient through a forward pmean that the step does
+    not return are not refused."""
+    from slope_distributed import collectives
+
+    model, optimizer = make_model(), nn.SGD(0.1)
+    state, x, y = optimizer.init(model), slope.randn(4, 6), slope.tensor(np.arange(4) % 3)
+
+    def averaged_loss(model, x, y):
+        return dist.pmean(loss_fn(model, x, y))
+
+    def step(model, state, x, y, also_grads):
+        loss, grads = slope.value_and_grad(averaged_loss)(model, x, y)
+        model, state = optimizer.step(model, dist.pmean(grads) if also_grads else grads, state)
+        return model, state, loss
+
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    with pytest.raises(dist.SlopeDistributedError, match=r"does not average its gradients over the ranks \(it averages "
+                       r"its loss inside the differentiated function.*dist\w*\.pmean\(grads\)"):  # fmt: skip
+        dist.data_parallel(step).lower(model, state, x, y, False)
+    assert dist.data_parallel(step).lower(model, state, x, y, True).reduction_count == 3
+    assert dist.train_step(averaged_loss, optimizer).lower(model, state, x, y).reduction_count == 3
+    forward = dist.data_parallel(slope.grad(lambda v: dist.pmean(v * v).sum()))
+    assert forward.lower(slope.tensor([1.0, 2.0])).reduction_count >= 1

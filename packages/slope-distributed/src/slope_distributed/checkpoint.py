@@ -20,12 +20,15 @@ from .engines import SlopeDistributedError
 
 
 def save(tree: Any, path: str | os.PathLike) -> None:
-    """Write a pytree of tensors (say `(model, opt_state)`) to `path` from rank 0 only, atomically; every rank
-    returns once the file is complete (an error on rank 0 is raised on every rank)."""
+    """Write a pytree of tensors (say `(model, opt_state)`) to `path` from rank 0 only, atomically: call it on every
+    rank, which returns once the file is complete (an error on rank 0 is raised on every rank)."""
     from slope_nn import checkpoint
 
+    # every rank is here (within the timeout) before rank 0 writes: a rank that left, or one in another call (`if rank
+    # == 0: dist.save(...)`), is an error naming it, not a wait without end in the gather below
+    group = collectives.agree("save", f"save({os.fspath(path)!r})")
     failure = None
-    if collectives.rank() == 0:
+    if group.rank == 0:
         try:
             leaves, names = slope.tree.leaves(tree), collectives.leaf_names(tree)
             if len(set(names)) != len(names):  # (one of two leaves named alike was dropped: {"a.b": t, "a": {"b": u}})
@@ -34,7 +37,7 @@ def save(tree: Any, path: str | os.PathLike) -> None:
             checkpoint.save(dict(zip(names, leaves)), path)
         except Exception as error:  # every rank must hear of it, or the others would go on without a checkpoint
             failure = f"{type(error).__name__}: {error}"
-    failures = collectives.engine().gather(failure)
+    failures = group.gather(failure)
     if failures[0] is not None:
         raise SlopeDistributedError(
             f"slope.distributed.save: rank 0 could not write {os.fspath(path)!r}: {failures[0]}"
@@ -47,8 +50,9 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     from slope_nn import checkpoint
 
     leaves, treedef = slope.tree.flatten(like)
+    group = collectives.agree("load", f"load({os.fspath(path)!r})")  # (every rank here: as in save)
     failure = None
-    if collectives.rank() == 0:
+    if group.rank == 0:
         try:
             stored = checkpoint.load(path, as_numpy=True)
             names = collectives.leaf_names(like)
@@ -64,7 +68,7 @@ def load(path: str | os.PathLike, like: Any) -> Any:
             leaves = [collectives._like(leaf, stored[name], private=True) for name, leaf in zip(names, leaves)]
         except Exception as error:  # said on every rank, which would otherwise wait in the broadcast
             failure = f"{type(error).__name__}: {error}"
-    failures = collectives.engine().gather(failure)
+    failures = group.gather(failure)
     if failures[0] is not None:
         raise SlopeDistributedError(f"slope.distributed.load: rank 0 could not read {os.fspath(path)!r}: {failures[0]}")
     return collectives.broadcast(slope.tree.unflatten(treedef, leaves), root=0)

@@ -3,7 +3,7 @@
 A reduction packs every leaf of a dtype into one flat NumPy buffer, reused from call to call, and hands it to the
 engine in place: one engine call per dtype, never one per leaf (25x slower for 100 leaves). Ranks that share one
 machine pack into a shared-memory window instead and add each other's segments straight into the result leaves. Before the data moves,
-every rank contributes a 64-bit digest of its tree (structure, shapes, dtypes, operation) to a small header reduced
+every rank contributes a 64-bit digest of its tree (structure, leaf names, shapes, dtypes, operation) to a small header reduced
 under a deadline: a rank that died or stopped answering is then a timeout naming it, and trees that differ between
 ranks are an error naming the rank and the leaf, never a hang or a garbled sum.
 """
@@ -27,12 +27,14 @@ from .engines import (
     launched_by_mpi,
     launcher_rank_and_size,
     launcher_variables,
+    torch_group,
 )
 
 OPS = ("sum", "mean", "max")
 _state: dict[str, Any] = {"engine": None}
 _buffers: dict[tuple, np.ndarray] = {}  # (dtype, size) -> the flat buffer reused by every reduction of that size
 _digests: dict[tuple, int] = {}
+_names: dict[Any, tuple[str, ...]] = {}  # tree structure -> its leaves' names (dict keys, Module attributes)
 
 
 def init(engine: str | None = None, timeout: float | None = None) -> None:
@@ -69,10 +71,13 @@ def _share_cpus() -> None:
 
 
 def _default_engine() -> str:
-    """The launcher's engine: gloo under torchrun (its $RANK and $WORLD_SIZE, no MPI launcher's variables); else mpi
-    where mpi4py is installed (the engine checks that MPI's group is the launcher's); else local for one process."""
+    """The launcher's engine: gloo on a torch.distributed process group the program started itself (`mp.spawn`), or
+    under torchrun (its $RANK and $WORLD_SIZE, no MPI launcher's variables); else mpi where mpi4py is installed (the
+    engine checks that MPI's group is the launcher's); else local for one process."""
     import importlib.util
 
+    if torch_group() is not None:
+        return "gloo"
     placed = launcher_rank_and_size()
     if placed is not None and launcher_variables() == ("RANK", "WORLD_SIZE") and not launched_by_mpi():
         if importlib.util.find_spec("torch") is not None:
@@ -109,11 +114,15 @@ def world_size() -> int:
     return engine().size
 
 
+def alone() -> bool:
+    """Whether this is one process that runs no engine yet and has no group to join: no launcher started it and it
+    started no torch.distributed process group (a process that did is one rank of several, engine or not)."""
+    return _state["engine"] is None and launcher_rank_and_size() is None and torch_group() is None
+
+
 def started_world_size() -> int:
-    """The world size, or 1 for a process no launcher started and no engine runs yet (without starting one)."""
-    if _state["engine"] is None and launcher_rank_and_size() is None:
-        return 1
-    return engine().size
+    """The world size, or 1 for a process that is `alone()` (without starting an engine)."""
+    return 1 if alone() else engine().size
 
 
 def barrier() -> None:
@@ -150,23 +159,34 @@ def all_reduce(tree: Any, op: str = "sum") -> Any:
     return tree if reduced is None else slope.tree.unflatten(treedef, reduced)
 
 
-def sum_and_mean(sums: list, means: list) -> tuple[list, list]:
+class Context:
+    """What a reduction inside a traced step belongs to: the step (`where`, for messages) and its arguments' leaves
+    (names, shapes, dtypes), checked with the reduced leaves, so that ranks whose models differ (names, dtypes) are
+    told apart and the message names the model's leaf, not the reduction's."""
+
+    def __init__(self, where: str, leaves: list[tuple[str, Any, str]]):
+        self.where, self.leaves = where, leaves
+        text = repr((where, leaves)).encode()
+        self.digest = int(np.frombuffer(hashlib.blake2b(text, digest_size=8).digest(), np.int64)[0])
+
+
+def sum_and_mean(sums: list, means: list, context: Context | None = None) -> tuple[list, list]:
     """The sums over every rank of the leaves `sums` and the means of `means`, in one reduction (one header, one
     engine call per dtype): what `data_parallel` runs for a psum and a pmean at the same stage of a step."""
     leaves = [*sums, *means]
-    reduced = _all_reduce(leaves, slope.tree.structure(leaves), "sum", len(sums)) or leaves
+    reduced = _all_reduce(leaves, slope.tree.structure(leaves), "sum", len(sums), context) or leaves
     return reduced[: len(sums)], reduced[len(sums) :]
 
 
-def _all_reduce(leaves: list, treedef: Any, op: str, mean_from: int) -> list | None:
+def _all_reduce(leaves: list, treedef: Any, op: str, mean_from: int, context: Context | None = None) -> list | None:
     """The reduced leaves (those from index `mean_from` on divided by the world size), or None where nothing moves
     (one rank, no leaves)."""
     arrays = [_as_numpy("all_reduce", leaf) for leaf in leaves]
     if not leaves:  # (the shared-memory path has nothing to pack)
         return None
     _check_floats("all_reduce", arrays, leaves, treedef, mean_from)
-    if _state["engine"] is None and launcher_rank_and_size() is None:
-        return None  # one process that no launcher started: the identity, without starting an engine
+    if alone():
+        return None  # one process with no group to join: the identity, without starting an engine
     group = engine()
     if group.size == 1:
         return None
@@ -174,7 +194,7 @@ def _all_reduce(leaves: list, treedef: Any, op: str, mean_from: int) -> list | N
     what = (
         op if op == "max" or 0 < mean_from == n else "mean" if mean_from == 0 else f"sum of {mean_from}, mean of rest"
     )
-    _check_same_trees(group, "all_reduce", treedef, arrays, leaves, what)
+    _check_same_trees(group, "all_reduce", treedef, arrays, leaves, what, context)
     reduce = "max" if op == "max" else "sum"
     if getattr(group, "shared", None) is not None:  # every rank on this machine: combined out of shared memory
         outs, targets = zip(*[_empty_like(leaf, array) for leaf, array in zip(leaves, arrays)])
@@ -335,43 +355,88 @@ def _check_floats(where: str, arrays: list[np.ndarray], leaves: list, treedef: A
                                    f"{array.dtype} {array.shape} (use op='sum')")  # fmt: skip
 
 
-def _digest(treedef: Any, arrays: list[np.ndarray], extra: str) -> int:
+def _leaf_names(treedef: Any, leaves: list) -> tuple[str, ...]:
+    """The leaves' names (`leaf_names`), worked out once per tree structure (a Module's structure holds its attribute
+    names, a dict's its keys)."""
+    names = _names.get(treedef)
+    if names is None:
+        if len(_names) >= 256:  # (a run reduces a few structures over and over)
+            _names.clear()
+        names = _names[treedef] = tuple(leaf_names(slope.tree.unflatten(treedef, leaves)))
+    return names
+
+
+def _digest(treedef: Any, arrays: list[np.ndarray], leaves: list, extra: str) -> int:
     key = (treedef, tuple((a.shape, a.dtype.str) for a in arrays), extra)
     digest = _digests.get(key)
-    if digest is None:
-        text = repr((slope.tree.describe(treedef), key[1], extra)).encode()
+    if digest is None:  # the leaves' names too: trees that differ only in dict keys or attribute names pair unrelated
+        # leaves (rank 0's "encoder" with rank 1's "decoder")
+        text = repr((slope.tree.describe(treedef), _leaf_names(treedef, leaves), key[1], extra)).encode()
         digest = _digests[key] = int(np.frombuffer(hashlib.blake2b(text, digest_size=8).digest(), np.int64)[0])
     return digest
 
 
-def _check_same_trees(group: Engine, where: str, treedef: Any, arrays: list, leaves: list, extra: str) -> None:
-    """Every rank passes a tree of the same structure, shapes and dtypes (and operation), or an error that says which
-    rank and which leaf differ; a rank that does not arrive is a timeout naming it."""
-    digest = _digest(treedef, arrays, extra)
+def agree(where: str, what: str) -> Engine:
+    """The engine, once every rank has arrived in the same call `where` (save, load) within the timeout: else an error
+    naming the rank that did not answer, or the call it made instead. `what` (the call with its argument) names it."""
+    group = engine()
+    if group.size > 1:
+        _check_same_trees(group, where, slope.tree.structure(()), [], [], "", label=what)
+    return group
+
+
+def _check_same_trees(group: Engine, where: str, treedef: Any, arrays: list, leaves: list, extra: str,
+                      context: Context | None = None, label: str | None = None) -> None:  # fmt: skip
+    """Every rank passes a tree of the same structure, leaf names, shapes and dtypes (and operation; within a step,
+    the step's arguments too), or an error that says which rank and which leaf differ; a rank that does not arrive is
+    a timeout naming it."""
+    called = f"{where}({extra})"
+    digest = _digest(treedef, arrays, leaves, called)
+    if context is not None:
+        where, digest = context.where, digest ^ context.digest
+    what = label or f"{where} of {len(arrays)} leaves"  # (what a timeout names)
     header = np.array([digest, -digest], np.int64)  # max(d) == d and max(-d) == -d on every rank iff all d are equal
-    group.header(header, f"{where} of {len(arrays)} leaves")
+    group.header(header, what)
     if header[0] == digest and header[1] == -digest:
         return
-    names = leaf_names(slope.tree.unflatten(treedef, leaves))
-    mine = (slope.tree.describe(treedef), extra, [(n, a.shape, str(a.dtype)) for n, a in zip(names, arrays)])
-    every = group.gather(mine)
-    raise SlopeDistributedError(f"slope.distributed.{where}: the ranks passed different trees: {_difference(every)}")
+    names = _leaf_names(treedef, leaves)
+    mine = (slope.tree.describe(treedef), called, [(n, a.shape, str(a.dtype)) for n, a in zip(names, arrays)])
+    every = group.gather((mine, None if context is None else context.leaves))
+    raise SlopeDistributedError(f"slope.distributed.{where}: {_difference(every)}")
 
 
 def _difference(every: list) -> str:
-    """The first way a rank's tree differs from rank 0's, in words."""
-    structure0, extra0, leaves0 = every[0]
-    for r, (structure, extra, leaves) in enumerate(every[1:], start=1):
-        if extra != extra0:
-            return f"rank {r} asked for {extra} where rank 0 asked for {extra0}"
-        for (name, shape, dtype), (name0, shape0, dtype0) in zip(leaves, leaves0):
-            if (shape, dtype) != (shape0, dtype0):
-                return (f"rank {r}'s leaf {name} is {dtype} of shape {shape} where rank 0's leaf {name0} is {dtype0} "
-                        f"of shape {shape0}")  # fmt: skip
+    """The first way a rank's step arguments, call or tree differs from rank 0's, in words."""
+    (structure0, called0, leaves0), arguments0 = every[0]
+    for r, (_, arguments) in enumerate(every[1:], start=1):
+        if arguments is not None and arguments0 is not None and arguments != arguments0:
+            found = _leaves_difference(r, arguments, arguments0, "argument leaf")
+            return "the ranks passed different trees: " + (
+                found or f"rank {r} passed {len(arguments)} argument leaves where rank 0 passed {len(arguments0)}"
+            )
+    for r, ((_, called, _), _) in enumerate(every[1:], start=1):
+        if called != called0:
+            return (f"the ranks are in different calls: rank {r} called {called} where rank 0 called {called0} (every "
+                    "rank makes the same collective calls in the same order, dist.save and dist.load included)")  # fmt: skip
+    for r, ((structure, _, leaves), _) in enumerate(every[1:], start=1):
+        if found := _leaves_difference(r, leaves, leaves0, "leaf"):
+            return f"the ranks passed different trees: {found}"
         if structure != structure0 or len(leaves) != len(leaves0):
-            return (f"rank {r} passed {len(leaves)} leaves structured {structure} where rank 0 passed {len(leaves0)} "
-                    f"structured {structure0}")  # fmt: skip
-    return "(the digests differ but the trees look alike)"
+            return (f"the ranks passed different trees: rank {r} passed {len(leaves)} leaves structured {structure} "
+                    f"where rank 0 passed {len(leaves0)} structured {structure0}")  # fmt: skip
+    return "the ranks passed different trees (the digests differ but the trees look alike)"
+
+
+def _leaves_difference(r: int, leaves: list, leaves0: list, what: str) -> str | None:
+    """The first leaf of rank r named or typed otherwise than rank 0's at the same place, in words (or None)."""
+    for (name, shape, dtype), (name0, shape0, dtype0) in zip(leaves, leaves0):
+        if name != name0:
+            return (f"rank {r} has {what} {name} where rank 0 has {what} {name0} (dict keys or attribute names differ: "
+                    "unrelated leaves would be combined)")  # fmt: skip
+        if (shape, dtype) != (shape0, dtype0):
+            return (f"rank {r}'s {what} {name} is {dtype} of shape {shape} where rank 0's {what} {name0} is {dtype0} "
+                    f"of shape {shape0}")  # fmt: skip
+    return None
 
 
 def leaf_names(tree: Any) -> list[str]:

@@ -60,9 +60,29 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in MPI_LAUNCHED)
 
 
+def torch_group() -> tuple[int, int] | None:
+    """This process's rank and the world size of a torch.distributed process group the program started itself
+    (PyTorch's `mp.spawn` pattern: no launcher's variables), or None; torch is not imported to find out."""
+    torch_dist = sys.modules.get("torch.distributed")
+    if (
+        torch_dist is None
+        or not getattr(torch_dist, "is_available", lambda: False)()
+        or not torch_dist.is_initialized()
+    ):
+        return None
+    return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
 def check_launcher(engine: str, size: int) -> None:
     """Raise where the engine's group (`size` processes) is not the one the launcher started: each process would
     otherwise train on its own, on all the data, and write checkpoints as rank 0."""
+    group = torch_group()
+    if engine != "gloo" and group is not None and group[1] != size:
+        raise SlopeDistributedError(
+            f"slope.distributed.init: the {engine} engine's group has {size} process{'es' if size > 1 else ''} but "
+            f"this program started a torch.distributed process group of {group[1]} (this is its rank {group[0]}): "
+            "use the gloo engine, which runs on that group (SLOPE_DISTRIBUTED_ENGINE=gloo or init(engine='gloo'))"
+        )
     placed = launcher_rank_and_size()
     if placed is None or placed[1] == size:
         return

@@ -10,6 +10,7 @@ plain `slope.jit` holding one compiles it as the identity when the world has one
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -108,8 +109,10 @@ class _Stage:
 class SplitProgram:
     """A traced function split around its `all_reduce` instructions: `.programs` are the compiled pieces."""
 
-    def __init__(self, program: Program, backend: Any, device: str, out_tree: Any):
+    def __init__(self, program: Program, backend: Any, device: str, out_tree: Any,
+                 context: collectives.Context | None = None):  # fmt: skip
         self.program, self.backend, self.device, self.out_tree = program, backend, device, out_tree
+        self.context = context  # (the step and its arguments, checked with every reduction)
         level: dict[Var, int] = dict.fromkeys([*program.inputs, *program.constants], 0)
         pieces: list[list[Instruction]] = [[]]
         reductions: list[dict[str, list[Instruction]]] = [{}]
@@ -166,13 +169,35 @@ class SplitProgram:
             # buffers travel with its gradients), max apart
             sums, means = stage.reductions.get("sum", []), stage.reductions.get("mean", [])
             if sums or means:
-                summed, averaged = collectives.sum_and_mean(_values(env, sums), _values(env, means))
+                summed, averaged = collectives.sum_and_mean(_values(env, sums), _values(env, means), self.context)
                 env.update(zip(_outputs(sums), summed))
                 env.update(zip(_outputs(means), averaged))
             if "max" in stage.reductions:
                 group = stage.reductions["max"]
-                env.update(zip(_outputs(group), collectives.all_reduce(_values(env, group), "max")))
+                values = _values(env, group)
+                reduced = collectives._all_reduce(
+                    values, slope.tree.structure(values), "max", len(values), self.context
+                )
+                env.update(zip(_outputs(group), reduced or values))
         return [env[v] for v in program.outputs]
+
+
+def _averages_only_the_loss(program: Program) -> bool:
+    """Whether the step's only reductions are of values it returns untouched (the loss, reduced in the forward pass
+    of a gradient) and of values that depend on no input (that reduction's transpose, run on the gradient's seed of
+    ones): `value_and_grad(lambda m: pmean(loss_fn(m)))` with no reduction of the gradients."""
+    varying = set(program.inputs)  # the values that depend on the inputs
+    used: set[Var] = set()  # the values some instruction reads
+    for instruction in program.instructions:
+        used.update(instruction.inputs)
+        if any(v in varying for v in instruction.inputs):
+            varying.update(instruction.outputs)
+    reductions = [i for i in program.instructions if i.op is ALL_REDUCE]
+    forward = [i for i in reductions if any(v in varying for v in i.inputs)]
+    if len(forward) == len(reductions) or any(v in used for i in forward for v in i.outputs):
+        return False  # (no reduced seed, or a reduced value the step computes with: a gradient or an input of one)
+    returned = set(program.outputs)
+    return any(v in returned for i in forward for v in i.outputs)
 
 
 def _values(env: dict, group: list[Instruction]) -> list:
@@ -190,18 +215,21 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
         self.fn = step.fn if jitted else step
-        # a jitted step's static arguments stay static, by position (they were traced: a static 0.1 became float32's)
+        # a jitted step's static arguments stay static, by position or by name (they were traced: a static 0.1 became
+        # float32's)
         self.static = set(step.static_argnums) | step.named_positions if jitted else set()
+        self.static_names = set(step.static_argnames) if jitted else set()
         functools.update_wrapper(self, self.fn)
         self.cache: dict[tuple, SplitProgram] = {}
 
-    def lower(self, *args: Any) -> SplitProgram:
+    def lower(self, *args: Any, **kwargs: Any) -> SplitProgram:
         """Trace, split and compile for these arguments without running (`.programs` holds the pieces)."""
-        return self._split(args)[0]
+        return self._split(args, kwargs)[0]
 
-    def _split(self, args: tuple) -> tuple[SplitProgram, list[Tensor]]:
+    def _split(self, args: tuple, kwargs: dict) -> tuple[SplitProgram, list[Tensor]]:
         args = tuple(_static(a) if {i, i - len(args)} & self.static else a for i, a in enumerate(args))
-        leaves, in_tree = slope.tree.flatten(args)
+        kwargs = {k: _static(v) if k in self.static_names else v for k, v in kwargs.items()}
+        leaves, in_tree = slope.tree.flatten((args, kwargs) if kwargs else args)
         leaves = [slope.tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]  # (as jit)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
@@ -210,14 +238,43 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         # other leaves keyed as jit's static arguments (by type and value, floats by their bits): np.float64 0.0 and
         # -0.0, or np.int64(2) and np.float64(2.0), are equal and hash alike, and shared one program
         static = tuple((i, _static(v).key) for i, v in others)
-        key = (in_tree, tuple(t.aval for t in tensors), static, backend.name, device)
+        # the trace decides the world size and the rank (a step without reduction, train_step's buffers): a process
+        # with a group to join starts its engine now, and a trace made before an engine ran is not reused after
+        engine = None if collectives.alone() else collectives.engine()
+        key = (in_tree, bool(kwargs), tuple(t.aval for t in tensors), static, backend.name, device, engine)
         split = self.cache.get(key)
         if split is None:
-            split = self.cache[key] = self._compile(in_tree, tensors, others, backend, device)
+            context = collectives.Context(f"data_parallel({getattr(self.fn, '__name__', 'step')})",
+                                          self._arguments(args, kwargs, leaves))  # fmt: skip
+            split = self.cache[key] = self._compile(in_tree, bool(kwargs), tensors, others, backend, device, context)
         return split, tensors
 
-    def _compile(self, in_tree: Any, tensors: list, others: tuple, backend: Any, device: str) -> SplitProgram:
-        flat_fn, out_trees = flatten_fun(self.fn, in_tree)
+    def _arguments(self, args: tuple, kwargs: dict, leaves: list) -> list[tuple[str, Any, str]]:
+        """Every leaf of the arguments as (name, shape, dtype): `model.0.weight` by the step's parameter names."""
+        try:
+            parameters = list(inspect.signature(self.fn).parameters.values())
+        except (TypeError, ValueError):  # (a callable without a signature)
+            parameters = []
+        positional = [p.name for p in parameters if p.kind <= p.POSITIONAL_OR_KEYWORD]
+        variadic = next((p.name for p in parameters if p.kind == p.VAR_POSITIONAL), None)
+
+        def named(path: str) -> str:  # the path's first part, a position in args, by the step's parameter names
+            if kwargs:  # (paths in (args, kwargs): "0.<position>..." or "1.<keyword>...")
+                group, _, path = path.partition(".")
+                if group == "1":
+                    return path
+            first, _, rest = path.partition(".")
+            i = int(first)
+            name = positional[i] if i < len(positional) else f"{variadic}[{i - len(positional)}]" if variadic else first
+            return f"{name}.{rest}" if rest else name
+
+        names = collectives.leaf_names((args, kwargs) if kwargs else args)
+        return [(named(name), tuple(leaf.shape), leaf.dtype.name) if isinstance(leaf, Tensor)
+                else (named(name), (), type(leaf).__name__) for name, leaf in zip(names, leaves)]  # fmt: skip
+
+    def _compile(self, in_tree: Any, with_kwargs: bool, tensors: list, others: tuple, backend: Any, device: str,
+                 context: collectives.Context) -> SplitProgram:  # fmt: skip
+        flat_fn, out_trees = flatten_fun((lambda a, k: self.fn(*a, **k)) if with_kwargs else self.fn, in_tree)
 
         def traced_fn(*traced: Tensor) -> list:
             leaves = list(traced)
@@ -226,17 +283,24 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
             return flat_fn(*leaves)
 
         program = make_program(traced_fn, [t.aval for t in tensors])
-        split = SplitProgram(program, backend, device, out_trees[0])
-        if split.reduction_count == 0 and collectives.started_world_size() > 1:
-            raise SlopeDistributedError(
-                f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average its "
-                "gradients over the ranks: call `grads = slope.distributed.pmean(grads)` between value_and_grad and "
-                "the optimizer step (or build the step with slope.distributed.train_step(loss_fn, optimizer))"
-            )
+        split = SplitProgram(program, backend, device, out_trees[0], context)
+        if split.reduction_count == 0 or _averages_only_the_loss(program):
+            if collectives.started_world_size() > 1:
+                how = "" if split.reduction_count == 0 else (
+                    " (it averages its loss inside the differentiated function: as in JAX, the gradient of a mean "
+                    "over the ranks is each rank's own gradient, so the ranks would apply different updates and drift "
+                    "apart)"
+                )  # fmt: skip
+                raise SlopeDistributedError(
+                    f"slope.distributed.data_parallel: {getattr(self.fn, '__name__', 'the step')} does not average "
+                    f"its gradients over the ranks{how}: call `grads = slope.distributed.pmean(grads)` between "
+                    "value_and_grad and the optimizer step (or build the step with "
+                    "slope.distributed.train_step(loss_fn, optimizer))"
+                )
         return split
 
-    def __call__(self, *args: Any) -> Any:
-        split, tensors = self._split(args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        split, tensors = self._split(args, kwargs)
         return slope.tree.unflatten(split.out_tree, split.run(tensors))
 
 
