@@ -699,3 +699,19 @@ def test_a_step_that_averages_only_its_loss_is_an_error(monkeypatch):
     assert dist.train_step(averaged_loss, optimizer).lower(model, state, x, y).reduction_count == 3
     forward = dist.data_parallel(slope.grad(lambda v: dist.pmean(v * v).sum()))
     assert forward.lower(slope.tensor([1.0, 2.0])).reduction_count >= 1
+
+
+def test_gloo_takes_an_infinite_timeout():
+    """init(timeout=inf) (or $SLOPE_DISTRIBUTED_TIMEOUT=inf) passes the checks; the gloo engine then died with a bare
+    OverflowError from datetime.timedelta(seconds=inf). Now it waits without a practical bound, as asked."""
+    pytest.importorskip("torch")
+    code = (
+        "import slope, slope.distributed as dist; dist.init(engine='gloo'); "
+        "print('RESULT', dist.all_reduce(slope.ones(2)).tolist(), dist.engine().timeout)"
+    )
+    for env in ({"SLOPE_DISTRIBUTED_TIMEOUT": "inf"}, {}):
+        result = subprocess.run([sys.executable, "-c", code if env else code.replace("init(", "init(timeout=float('inf'), ")],
+                                capture_output=True, text=True, timeout=120,
+                                env=plain_environment(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                                                      MASTER_PORT=free_port(), **env))  # fmt: skip
+        assert "RESULT [1.0, 1.0] inf" in result.stdout, result.stdout + result.stderr

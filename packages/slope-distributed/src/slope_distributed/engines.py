@@ -360,14 +360,18 @@ class GlooEngine(Engine):
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
             torch_dist.init_process_group(
-                "gloo", rank=placed[0], world_size=placed[1], timeout=datetime.timedelta(seconds=timeout)
+                "gloo",
+                rank=placed[0],
+                world_size=placed[1],
+                timeout=datetime.timedelta(seconds=min(timeout, 10**9)),  # (inf: ~30 years)
             )
-            import atexit
+        import atexit
 
-            atexit.register(_leave_gloo, self)
+        atexit.register(_leave_gloo, self)  # (also for a group the program started: its workers hold our tensors)
         self.rank, self.size = torch_dist.get_rank(), torch_dist.get_world_size()
         self._ops = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}
-        self.held: collections.deque = collections.deque(maxlen=16)  # the last collectives' tensors (_leave_gloo)
+        self.held: collections.deque = collections.deque(maxlen=16 + self.size)  # the last collectives' tensors (a
+        # gather holds size + 1), which _leave_gloo waits for the workers to drop
 
     def _run(self, what: str, collective: Any, *args: Any, **kwargs: Any) -> None:
         for tensors in args:
