@@ -785,8 +785,10 @@ class Matmul(Operator):
             return [bind(self, cotangents[0], functions["transpose"](y, -2, -1)), None]
         return [None, bind(self, functions["transpose"](x, -2, -1), cotangents[0])]
 
-    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:  # (an unbatched operand: one product)
-        return [self(*(a if d is None else move_axis(a, d, 0) for a, d in zip(args, dims)))], [0]
+    def vmap(self, axis_size: int, args: list, dims: list) -> tuple[list, list]:  # (halves: an unbatched operand in one
+        if args[0].dtype in _HALVES:  # product, its gradient rounded once; else per example, as a loop, bit for bit)
+            return [self(*(a if d is None else move_axis(a, d, 0) for a, d in zip(args, dims)))], [0]
+        return [bind(self, *(batch_to_front(a, d, axis_size) for a, d in zip(args, dims)))], [0]
 
 
 class Conv(Operator):
