@@ -715,3 +715,20 @@ def test_gloo_takes_an_infinite_timeout():
                                 env=plain_environment(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                                                       MASTER_PORT=free_port(), **env))  # fmt: skip
         assert "RESULT [1.0, 1.0] inf" in result.stdout, result.stdout + result.stderr
+
+
+def test_shard_takes_tuples_and_dicts_of_arrays(monkeypatch):
+    """`dist.shard((x, y))` sliced the tuple itself: rank 0 got (x,), rank 1 (y,), silently; a dict raised
+    "unhashable type: 'slice'". Tuples and dicts are pytrees of arrays now; a list is still one array of rows."""
+    from slope_distributed import collectives
+
+    monkeypatch.setattr(collectives, "world_size", lambda: 2)
+    monkeypatch.setattr(collectives, "rank", lambda: 1)
+    x, y = np.arange(6), np.arange(6) * 10
+    got = dist.shard((x, y))
+    assert isinstance(got, tuple) and [g.tolist() for g in got] == [[3, 4, 5], [30, 40, 50]]
+    got = dist.shard({"x": x, "y": slope.tensor(y)})
+    assert got["x"].tolist() == [3, 4, 5] and got["y"].tolist() == [30, 40, 50]
+    assert dist.shard(list(range(4))) == [2, 3] and [a.tolist() for a in dist.shard(x, y)] == [[3, 4, 5], [30, 40, 50]]
+    with pytest.raises(ValueError, match="different lengths"):
+        dist.shard((x, np.arange(4)))

@@ -132,17 +132,19 @@ def barrier() -> None:
 
 def shard(*arrays: Any) -> Any:
     """This rank's slice of a dataset: rows [rank*n, (rank+1)*n) of each array, n = len // world_size (the last
-    len % world_size rows are left out, so every rank gets as many rows and runs as many steps)."""
-    if not arrays:
+    len % world_size rows are left out, so every rank gets as many rows and runs as many steps). Arrays may come in
+    tuples and dicts (pytrees: `shard((x, y))` is `(x's rows, y's rows)`); a list is one array of rows."""
+    leaves, treedef = slope.tree.flatten(arrays, is_leaf=lambda a: isinstance(a, list))
+    if not leaves:
         raise TypeError("slope.distributed.shard: expected at least one array")
-    lengths = {len(a) for a in arrays}
+    lengths = {len(a) for a in leaves}
     if len(lengths) != 1:
-        raise ValueError(f"slope.distributed.shard: the arrays have different lengths {[len(a) for a in arrays]}")
+        raise ValueError(f"slope.distributed.shard: the arrays have different lengths {[len(a) for a in leaves]}")
     size, index = world_size(), rank()
     rows = lengths.pop() // size
     if rows == 0:
-        raise ValueError(f"slope.distributed.shard: {len(arrays[0])} rows cannot be split over {size} ranks")
-    shards = tuple(a[index * rows : (index + 1) * rows] for a in arrays)
+        raise ValueError(f"slope.distributed.shard: {len(leaves[0])} rows cannot be split over {size} ranks")
+    shards = slope.tree.unflatten(treedef, [a[index * rows : (index + 1) * rows] for a in leaves])
     return shards[0] if len(shards) == 1 else shards
 
 
