@@ -46,8 +46,8 @@ def init(engine: str | None = None, timeout: float | None = None) -> None:
     name = engine or os.environ.get("SLOPE_DISTRIBUTED_ENGINE") or _default_engine()
     if name not in ENGINES:
         raise ValueError(f"slope.distributed.init: unknown engine {name!r}; expected one of {sorted(ENGINES)}")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
-        raise ValueError(f"slope.distributed.init: timeout must be a number of seconds >= 0, got {timeout!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):  # (0: every wait fails)
+        raise ValueError(f"slope.distributed.init: timeout must be a number of seconds > 0, got {timeout!r}")
     current = _state["engine"]
     if current is not None:
         if current.name != name:

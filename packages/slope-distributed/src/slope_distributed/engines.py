@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from slope import SlopeError
-from slope.errors import env
+from slope.errors import SlopeConfigError, env
 
 
 class SlopeDistributedError(SlopeError, RuntimeError):
@@ -105,7 +105,9 @@ def check_launcher(engine: str, size: int) -> None:
 
 def default_timeout() -> float:
     """Seconds a rank waits for the others before it says which ones did not answer ($SLOPE_DISTRIBUTED_TIMEOUT)."""
-    return float(env("SLOPE_DISTRIBUTED_TIMEOUT", 300.0))
+    if (seconds := float(env("SLOPE_DISTRIBUTED_TIMEOUT", 300.0))) == 0:  # (every wait would fail at once)
+        raise SlopeConfigError("$SLOPE_DISTRIBUTED_TIMEOUT='0': expected a number of seconds > 0")
+    return seconds
 
 
 class Engine:
