@@ -760,10 +760,10 @@ class Matmul(Operator):
             shapes = f"{'x'.join(map(str, x.shape))} and {'x'.join(map(str, y.shape))}"
             raise self.shape_error(f"shapes {shapes} cannot be multiplied ({x.shape[-1]} != {y.shape[-2]})")
         (m, k), n = x.shape[-2:], y.shape[-1]  # one 2-d product where either has no batch (a broadcast one's gradient
-        if math.prod(y.shape[:-2]) == 1 and y.ndim <= x.ndim > 2:  # is not summed back in its dtype, batch by batch)
+        if y.ndim <= x.ndim > 2 and math.prod(y.shape[:-2]) == 1:  # is not summed back in its dtype, batch by batch)
             flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), k)), reshape(y, (k, n)))
             out = reshape(flat, (*x.shape[:-1], n))
-        elif math.prod(x.shape[:-2]) == 1 and x.ndim <= y.ndim > 2 and x.dtype in _HALVES:  # x times every y: one
+        elif x.ndim <= y.ndim > 2 and x.dtype in _HALVES and math.prod(x.shape[:-2]) == 1:  # x times every y: one
             # (m, k) @ (k, batch * n), copying y (in float32 the batch's products are exact enough and faster)
             ys = reshape(permute(reshape(y, (count := math.prod(y.shape[:-2]), k, n)), (1, 0, 2)), (k, count * n))
             flat = bind(self, reshape(x, (m, k)), ys)
