@@ -403,19 +403,6 @@ def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     return _arg_extreme(x, dim, keepdim, "argmin")
 
 
-def cumsum(x: Any, dim: int) -> Tensor:
-    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
-    x = as_tensor(x)
-    dtype = x.dtype if x.dtype.is_float else dtypes.int64
-    x = cast(x, _wide(dtype) if dtype.is_float else dtype)  # (integers in int64: exact, wrapping as PyTorch)
-    dim = ops.normalize_dim("cumsum", dim, x.ndim)
-    size = x.shape[dim] if x.ndim else 1
-    for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
-        lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
-        x = x + ops.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
-    return cast(x + 0.0 if dtype.is_float else x, dtype)  # (+0.0: a sum from +0.0 is never -0.0, as PyTorch's)
-
-
 def transpose(x: Any, dim0: int, dim1: int) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
@@ -577,22 +564,6 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     written = ops.scatter_nd(constant(0, dtypes.int32, flat.shape), target, constant(1, dtypes.int32, value.shape)) > 0
     placed = ops.scatter_nd(constant(-0.0 if x.dtype.is_float else 0, x.dtype, flat.shape), target, value)
     return where(written, placed, flat).reshape(x.shape)
-
-
-def gather(x: Any, dim: int, index: Any) -> Tensor:
-    """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
-    x, index = as_tensor(x), as_tensor(index)
-    if not index.dtype.is_int:
-        raise DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
-    dim = ops.normalize_dim("gather", dim, max(x.ndim, 1))  # PyTorch: a 0-d x or index as 1-d; an empty index unchecked
-    if (x.ndim + index.ndim <= 1 or index.numel() == 0) and (x.ndim, index.ndim) != (1, 1):
-        return gather(x.reshape(-1), 0, index.reshape(-1)).reshape(index.shape)
-    if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
-        raise ShapeError(f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})")
-    check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
-    index = cast(index, dtypes.int64)  # (the size in int8 wrapped: -1 into a dimension of 128 read x[0])
-    index = where(index < 0, constant(x.shape[dim], dtypes.int64, index.shape), index)  # traced: an error when run
-    return ops.gather_nd(x, stack([index if d == dim else _positions(index.shape, d) for d in range(index.ndim)], -1))
 
 
 def _public(name: str, value: Any) -> bool:  # a public function defined here (not one imported)

@@ -8,7 +8,7 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
-- `split`, `chunk`, `roll`, `tril`, `triu`, `unflatten`, `repeat` and `linspace` (moved here from slope-core, whose
+- `cumsum`, `gather`, `split`, `chunk`, `roll`, `tril`, `triu`, `unflatten`, `repeat` and `linspace` (moved here from slope-core, whose
   source is at its line budget).
 """
 
@@ -29,6 +29,7 @@ from slope.operators import (
     constant,
     equal,
     full,
+    gather_nd,
     greater,
     greater_equal,
     ints,
@@ -40,7 +41,7 @@ from slope.operators import (
     slice_along,
     where,
 )
-from slope.procedures import _dtype, _positions, check_indices, not_equal
+from slope.procedures import _dtype, _positions, _wide, check_indices, not_equal, stack
 
 from .functional import checked_when_run
 from .operators import _tensor, take_along_dim
@@ -82,6 +83,24 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Tensor:
     else:
         fill = slope.full((), _python_value("masked_fill", value, x.dtype), dtype=x.dtype)  # (checked: it must fit)
     return slope.where(mask, fill, x)
+
+
+def gather(x: Any, dim: int, index: Any) -> Tensor:
+    """PyTorch's gather: out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for other dims)."""
+    x, index = as_tensor(x), as_tensor(index)
+    if not index.dtype.is_int:
+        raise slope.DTypeError(f"slope.gather: index must hold integers, got {index.dtype.name} of shape {index.shape}")
+    dim = normalize_dim("gather", dim, max(x.ndim, 1))  # PyTorch: a 0-d x or index as 1-d; an empty index unchecked
+    if (x.ndim + index.ndim <= 1 or index.numel() == 0) and (x.ndim, index.ndim) != (1, 1):
+        return gather(x.reshape(-1), 0, index.reshape(-1)).reshape(index.shape)
+    if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != dim):
+        raise slope.ShapeError(
+            f"slope.gather: index of shape {index.shape} does not fit x of shape {x.shape} (dim {dim})"
+        )
+    check_indices("gather", index, 0, x.shape[dim], f"dimension {dim} of shape {x.shape}")
+    index = cast(index, slope.int64)  # (the size in int8 wrapped: -1 into a dimension of 128 read x[0])
+    index = where(index < 0, constant(x.shape[dim], slope.int64, index.shape), index)  # traced: an error when run
+    return gather_nd(x, stack([index if d == dim else _positions(index.shape, d) for d in range(index.ndim)], -1))
 
 
 def index_select(x: Any, dim: int, index: Any) -> Tensor:
@@ -132,6 +151,19 @@ def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- cumprod
+
+
+def cumsum(x: Any, dim: int) -> Tensor:
+    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
+    x = as_tensor(x)
+    dtype = x.dtype if x.dtype.is_float else slope.int64
+    x = cast(x, _wide(dtype) if dtype.is_float else dtype)  # (integers in int64: exact, wrapping as PyTorch)
+    dim = normalize_dim("cumsum", dim, x.ndim)
+    size = x.shape[dim] if x.ndim else 1
+    for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
+        lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
+        x = x + slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
+    return cast(x + 0.0 if dtype.is_float else x, dtype)  # (+0.0: a sum from +0.0 is never -0.0, as PyTorch's)
 
 
 def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
@@ -449,7 +481,21 @@ procedures: dict[str, Callable] = {
     "ge": greater_equal,
     **{
         fn.__name__: fn
-        for fn in (clone, isfinite, type_as, masked_fill, index_select, narrow, cumprod, norm, sort, argsort, topk)
+        for fn in (
+            clone,
+            isfinite,
+            type_as,
+            masked_fill,
+            gather,
+            index_select,
+            narrow,
+            cumsum,
+            cumprod,
+            norm,
+            sort,
+            argsort,
+            topk,
+        )
     },
     **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu, unflatten, repeat, linspace)},
 }
