@@ -631,6 +631,37 @@ def test_data_parallel_keeps_a_jitted_steps_static_arguments(tmp_path):
         dist.psum(2**63 + 5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_parallel_keeps_a_jitted_steps_donated_arguments(backend):
+    """data_parallel(slope.jit(step, donate_argnums=0)) took only the function: the step no longer donated, so the old
+    parameters stayed alive (their memory never went back to the backend). Now it donates as the jitted step does: the
+    same results as without donation, the donated tensors refuse any later use, the others and an argument returned
+    untouched stay usable."""
+
+    def step(params, x):
+        grads = dist.pmean(slope.grad(lambda p: ((x @ p[0] + p[1]).tanh() ** 2).sum())(params))
+        return tuple(p - 0.1 * g for p, g in zip(params, grads)), params[1], x
+
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((3, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    with slope.use_backend(backend):
+        plain, parallel = dist.data_parallel(slope.jit(step)), dist.data_parallel(slope.jit(step, donate_argnums=0))
+        kept = given = (slope.tensor(w), slope.zeros(3))
+        xs = slope.tensor(x)
+        for _ in range(2):
+            kept, _, _ = plain(kept, xs)
+            old, old_bias = given, given[1].tolist()
+            given, bias, same_x = parallel(given, xs)
+            with pytest.raises(slope.TransformError, match=r"this tensor was donated \(donate_argnums\)"):
+                old[0].numpy()
+            with pytest.raises(slope.TransformError, match="donated"):
+                old[1] + 1.0
+            assert bias.tolist() == old_bias and same_x is xs  # (returned untouched: a new tensor, not donated)
+        for p, q in zip(kept, given):
+            np.testing.assert_array_equal(p.numpy(), q.numpy())
+        assert xs.numpy().shape == (4, 3) and parallel.donate_argnums == (0,)
+
+
 def test_checkpoints_of_numbers_and_numpy_leaves_load_and_names_must_differ(tmp_path):
     # load compared a number's (no .shape) or a NumPy leaf's dtype with a Slope dtype and failed; save dropped one of
     # two leaves named alike without a word

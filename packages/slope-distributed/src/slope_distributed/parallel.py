@@ -21,7 +21,7 @@ from slope.backend import compile_program, default_device, run_executable
 from slope.errors import TransformError
 from slope.ir import Instruction, Program, Var
 from slope.trace import Tracer, bind, flatten_fun, make_program
-from slope.transforms import _Static, _static
+from slope.transforms import _Donated, _Static, _static
 
 from . import collectives
 from .engines import SlopeDistributedError
@@ -210,7 +210,8 @@ def _outputs(group: list[Instruction]) -> list[Var]:
 
 class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     """A train step `(model, opt_state, x, y) -> (model, opt_state, loss)` that calls `pmean(grads)` between its
-    gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch."""
+    gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch.
+    A jitted step's static_argnums, static_argnames and donate_argnums apply to the data-parallel step too."""
 
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
@@ -219,6 +220,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         # float32's)
         self.static = set(step.static_argnums) | step.named_positions if jitted else set()
         self.static_names = set(step.static_argnames) if jitted else set()
+        self.donate_argnums: tuple[int, ...] = tuple(step.donate_argnums) if jitted else ()  # (as slope.jit's)
         functools.update_wrapper(self, self.fn)
         self.cache: dict[tuple, SplitProgram] = {}
 
@@ -301,7 +303,22 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         split, tensors = self._split(args, kwargs)
-        return slope.tree.unflatten(split.out_tree, split.run(tensors))
+        outs = split.run(tensors)
+        if self.donate_argnums:
+            outs = _donate([args[i] for i in self.donate_argnums if i < len(args)], outs)
+        return slope.tree.unflatten(split.out_tree, outs)
+
+
+def _donate(donated: list, outs: list) -> list:
+    """Donate the tensors among the leaves of `donated` after the step ran, as `slope.jit(donate_argnums=...)` does:
+    their memory is the backend's again and any later use of them is an error. A result that is one of them (an
+    argument the step returns untouched) becomes a new tensor on the same memory, as a jitted step's result would be."""
+    leaves = [leaf for leaf in slope.tree.leaves(donated) if type(leaf) is Tensor]
+    given = {id(leaf) for leaf in leaves}
+    outs = [Tensor(out.buffer, out.aval, out.backend, out.device) if id(out) in given else out for out in outs]
+    for leaf in leaves:
+        leaf.buffer = leaf.backend = _Donated()
+    return outs
 
 
 def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
