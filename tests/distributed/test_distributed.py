@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -173,6 +174,22 @@ def test_bad_arguments():
         dist.shard(np.arange(3), np.arange(4))
     with pytest.raises(TypeError, match="slope.distributed.all_reduce: leaves must be tensors"):
         dist.all_reduce(["text"])
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [np.array(["a", "b"]), np.array([1 + 2j]), np.array([{}], object), np.array(["2024-01-01"], "datetime64[D]"),
+     np.longdouble(1.5), np.str_("text")],
+    ids=["str", "complex", "object", "datetime", "longdouble", "str-scalar"],
+)  # fmt: skip
+def test_numpy_leaves_of_other_dtypes_are_refused(leaf):
+    """all_reduce and broadcast took any NumPy array: strings were summed through shared memory, MPI raised a bare
+    KeyError, one process returned them as they were. Now an error naming the call, the dtype and those allowed."""
+    dtype = re.escape(str(np.asarray(leaf).dtype))
+    for call, where in ((dist.all_reduce, "all_reduce"), (dist.psum, "all_reduce"), (dist.broadcast, "broadcast")):
+        with pytest.raises(slope.DTypeError, match=rf"slope.distributed.{where}: a NumPy leaf of dtype {dtype} and "
+                           r"shape .*expected one of bool, int8, .*bfloat16, float32, float64$"):  # fmt: skip
+            call({"w": np.ones(2, np.float32), "bad": leaf})
 
 
 def plain_environment(**env: str) -> dict[str, str]:
