@@ -192,6 +192,27 @@ def test_numpy_leaves_of_other_dtypes_are_refused(leaf):
             call({"w": np.ones(2, np.float32), "bad": leaf})
 
 
+def test_collectives_give_tensors_on_the_inputs_backend(monkeypatch):
+    """A reduction or broadcast over ranks made bfloat16 tensors of onnxruntime, and every tensor of iree (backends
+    that lend no writable memory), on the active backend: they came back as numpy tensors. Now every result is on its
+    input's backend and device, as float32 onnxruntime tensors were. (One process posing as rank 0 of 2: the local
+    engine moves nothing, so a sum gives the input's values and a mean half of them, through the same code.)"""
+    from slope_distributed import collectives
+
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    names = [name for name in slope.plugins.backends if name != "numpy"]
+    tree = {}
+    for name in names:
+        with slope.use_backend(name):
+            tree[name] = (slope.tensor([1.0, -2.0]).astype(slope.bfloat16), slope.tensor([3.0, 4.0]))
+    with slope.use_backend("numpy"):
+        for got, scale in ((dist.psum(tree), 1.0), (dist.pmean(tree), 0.5), (dist.broadcast(tree, root=1), 1.0)):
+            for name in names:
+                for out, leaf in zip(got[name], tree[name]):
+                    assert (out.backend.name, out.device, out.dtype) == (name, leaf.device, leaf.dtype), (name, out)
+                    assert out.tolist() == [v * scale for v in leaf.tolist()], (name, out)
+
+
 def plain_environment(**env: str) -> dict[str, str]:
     """This process's environment without any launcher's or engine's variables, plus `env`."""
     launched = ("PMI_", "PMIX_", "OMPI_", "SLURM_", "SLOPE_DISTRIBUTED_")

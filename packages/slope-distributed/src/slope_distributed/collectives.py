@@ -355,10 +355,10 @@ def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
         if made is not None:  # a new tensor of the leaf's backend, the view copied straight into its memory
             np.copyto(memory, view)
             return made
-        out = slope.tensor(view, device=leaf.device)
-        if not private and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (numpy)
-            out = slope.tensor(view.copy(), device=leaf.device)
-        return out
+        # (on the leaf's own backend, not the active one: bfloat16 on onnxruntime, every dtype on iree, come here)
+        backend = leaf.backend
+        array = view if private or backend.copies_from_numpy else view.copy()
+        return Tensor(backend.from_numpy(array, leaf.device), leaf.aval, backend, leaf.device)
     if isinstance(leaf, np.ndarray):
         return view if private else view.copy()
     return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()
