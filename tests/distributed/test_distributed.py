@@ -786,6 +786,32 @@ def test_gloo_takes_an_infinite_timeout():
         assert "RESULT [1.0, 1.0] inf" in result.stdout, result.stdout + result.stderr
 
 
+def test_gloo_ranks_that_do_not_meet_within_the_timeout_get_an_error_saying_why():
+    """A short timeout also bounds the gloo group's first meeting: a rank alone (the other not started, or late) got
+    torch's bare DistStoreError (rank 0, the store's host) or DistNetworkError (another rank). Now an error naming the
+    engine, the timeout, where to raise it and the likely cause, chained from torch's."""
+    pytest.importorskip("torch")
+    code = """
+import os, slope.distributed as dist
+from slope_distributed import collectives
+for rank in ("0", "1"):
+    os.environ["RANK"] = rank
+    collectives._state["engine"] = None
+    try:
+        dist.init("gloo", timeout=0.5)
+    except dist.SlopeDistributedError as error:
+        print("ERROR", rank, type(error.__cause__).__name__, str(error).replace(chr(10), " "))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=plain_environment(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port()))  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 2, result.stdout + result.stderr[-3000:]
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"ERROR {rank} Dist") and "Error slope.distributed.init: the gloo engine's rank" in line
+        assert f"rank {rank} of 2 waited 0.5 s for the other ranks" in line and "another rank did not start" in line
+        assert "$SLOPE_DISTRIBUTED_TIMEOUT or init(timeout=...) (torch: " in line, line
+
+
 def test_shard_takes_tuples_and_dicts_of_arrays(monkeypatch):
     """`dist.shard((x, y))` sliced the tuple itself: rank 0 got (x,), rank 1 (y,), silently; a dict raised
     "unhashable type: 'slice'". Tuples and dicts are pytrees of arrays now; a list is still one array of rows."""

@@ -361,12 +361,24 @@ class GlooEngine(Engine):
             placed = launcher_rank_and_size() or (0, 1)
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
-            torch_dist.init_process_group(
-                "gloo",
-                rank=placed[0],
-                world_size=placed[1],
-                timeout=datetime.timedelta(seconds=min(timeout, 10**9)),  # (inf: ~30 years)
-            )
+            try:
+                torch_dist.init_process_group(
+                    "gloo",
+                    rank=placed[0],
+                    world_size=placed[1],
+                    timeout=datetime.timedelta(seconds=min(timeout, 10**9)),  # (inf: ~30 years)
+                )
+            except RuntimeError as error:  # (torch's DistStoreError, DistNetworkError)
+                if "timed out" not in str(error).lower():
+                    raise
+                raise SlopeDistributedError(
+                    f"slope.distributed.init: the gloo engine's rank {placed[0]} of {placed[1]} waited {timeout:g} s "
+                    f"for the other ranks to meet at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                    "($MASTER_ADDR:$MASTER_PORT): another rank did not start, or started later than the timeout "
+                    "(still importing or compiling, queued), or was given another address or port. The timeout bounds "
+                    "this first meeting too: raise it with $SLOPE_DISTRIBUTED_TIMEOUT or init(timeout=...) "
+                    f"(torch: {str(error).splitlines()[0]})"
+                ) from error
         import atexit
 
         atexit.register(_leave_gloo, self)  # (also for a group the program started: its workers hold our tensors)
