@@ -298,8 +298,11 @@ def test_an_mpi_group_that_is_not_the_launchers_is_an_error():
     One plain process tries each case (no mpiexec needed); a bad $SLOPE_DISTRIBUTED_SHARED_MEMORY is an error too."""
     code = """
 import os, slope.distributed as dist
-cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"), ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, None),
-         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None)]
+cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"),
+         ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}, None),
+         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"),
+         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),
+         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None)]  # (sbatch's batch script, no srun step: one process)
 for env, engine in cases:
     os.environ.update(env)
     try:
@@ -313,14 +316,14 @@ for env, engine in cases:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env=plain_environment())  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("CASE")]
-    assert len(lines) == 4, result.stdout + result.stderr
+    assert len(lines) == 5, result.stdout + result.stderr
     assert "SlopeDistributedError slope.distributed.init: the mpi engine's group has 1 process but the launcher " \
         "started 2 ($WORLD_SIZE=2, $RANK=1): every process would run alone" in lines[0]  # fmt: skip
     assert "gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo" in lines[0] and "with WORLD_SIZE=1" in lines[0]
-    assert "group has 1 process but the launcher started 2 ($SLURM_NTASKS=2, $SLURM_PROCID=1)" in lines[1]
-    assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1]
+    assert "group has 1 process but the launcher started 2 ($SLURM_STEP_NUM_TASKS=2, $SLURM_PROCID=1)" in lines[1]
+    assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1] and "(or with srun -n 1, or a plain `python`" in lines[1]
     assert "SlopeConfigError $SLOPE_DISTRIBUTED_SHARED_MEMORY='maybe': expected 1/true/yes/on" in lines[2]
-    assert lines[3].endswith("rank 0 of 1 mpi"), lines[3]
+    assert lines[3].endswith("rank 0 of 1 mpi") and lines[4].endswith("rank 0 of 1 mpi"), lines[3:]
 
 
 def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypatch):
@@ -338,6 +341,26 @@ def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypa
     monkeypatch.setenv("WORLD_SIZE", "1")
     dist.init("local")
     assert (dist.rank(), dist.world_size()) == (0, 1)
+
+
+def test_a_batch_scripts_plain_python_under_slurm_is_one_process(monkeypatch):
+    """sbatch sets SLURM_PROCID=0 and the allocation's SLURM_NTASKS for the batch script itself: its plain `python
+    train.py` (no srun step) was refused as "rank 0 of 4" ("start it ... with SLURM_NTASKS=1"). Only srun's step
+    (SLURM_STEP_NUM_TASKS) makes ranks now; a step of 2 on a group of 1 is still an error, with the right advice."""
+    from slope_distributed import collectives, engines
+
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert engines.launcher_rank_and_size() is None and collectives.alone()
+    dist.init("local")
+    assert (dist.rank(), dist.world_size()) == (0, 1)
+    monkeypatch.setitem(collectives._state, "engine", None)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    with pytest.raises(dist.SlopeDistributedError, match=r"local engine's group has 1 process but the launcher started "
+                       r"2 \(\$SLURM_STEP_NUM_TASKS=2, \$SLURM_PROCID=1\).*Use the mpi engine under mpiexec or srun.*"
+                       r"\(or with srun -n 1, or a plain `python` in the batch script\)$"):  # fmt: skip
+        dist.init("local")
 
 
 def test_torchrun_without_pytorch_is_an_error(monkeypatch):
