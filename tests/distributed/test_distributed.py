@@ -595,6 +595,32 @@ def test_train_step_refuses_two_buffer_updates_from_one_state():
         dist.train_step(siamese, optimizer)(model, optimizer.init(model), x, y)
 
 
+def test_train_step_takes_a_loss_with_aux():
+    """A loss_fn returning (loss, aux) failed in train_step with slope.nn.value_and_grad's "the loss must be a scalar
+    floating tensor, got tuple", naming a function the user never called and no way out. Now the error names
+    train_step and has_aux=True, which returns (model, opt_state, (loss, aux)): the model and loss of the plain loss
+    (bitwise), aux this rank's own logits (float32, 1e-6 against an eager call)."""
+    model, optimizer = make_model(), nn.SGD(0.1)
+    state, x, y = optimizer.init(model), slope.randn(4, 6), slope.tensor(np.arange(4) % 3)
+
+    def with_logits(model, x, y):
+        logits = model(x)
+        return nn.cross_entropy(logits, y), {"logits": logits}
+
+    with pytest.raises(TypeError, match=r"^slope.distributed.train_step\(with_logits\): loss_fn must return the loss, a "
+                       r"scalar floating-point tensor, got a tuple of 2; .*train_step\(loss_fn, optimizer, has_aux=True\)"):  # fmt: skip
+        dist.train_step(with_logits, optimizer)(model, state, x, y)
+    with pytest.raises(TypeError, match=r"^slope.distributed.train_step\(loss_fn\): with has_aux=True, loss_fn must "
+                       r"return \(loss, aux\), got a tensor \[f32\]$"):  # fmt: skip
+        dist.train_step(loss_fn, optimizer, has_aux=True)(model, state, x, y)
+    new, new_state, (loss, aux) = dist.train_step(with_logits, optimizer, has_aux=True)(model, state, x, y)
+    plain, plain_state, plain_loss = dist.train_step(loss_fn, optimizer)(model, state, x, y)
+    assert loss.item() == plain_loss.item()
+    np.testing.assert_allclose(aux["logits"].numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    for a, b in zip(slope.tree.leaves((new, new_state)), slope.tree.leaves((plain, plain_state))):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
 def test_pmean_under_transforms_in_one_process():
     """With one rank the reduction is the identity under grad, vmap, jvp and jit."""
     f = lambda x: (dist.pmean(x * x) * 3.0).sum()  # noqa: E731
