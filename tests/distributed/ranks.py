@@ -263,6 +263,10 @@ def dtypes() -> None:
     for name, (total, largest) in unsigned.items():
         assert summed[name].dtype == biggest[name].dtype == tree[name].dtype, name
         assert summed[name].tolist() == total and biggest[name].tolist() == largest, (name, summed[name], biggest[name])
+    with slope.use_backend("numpy"):  # (a bfloat16 onnxruntime tensor came back on the active backend)
+        back = dist.all_reduce(tree["t_bf16"]), dist.broadcast(tree["t_bf16"], root=1)
+    assert [t.backend.name for t in back] == [tree["t_bf16"].backend.name] * 2, [t.backend.name for t in back]
+    assert back[0].tolist() == [3.0, 6.0] and back[1].tolist() == [2.0, 4.0]
     got = dist.broadcast({"w": slope.tensor([float(r), 7.0]).astype(slope.bfloat16), "m": np.array([r == 1])}, root=1)
     assert got["w"].numpy().astype(np.float32).tolist() == [1.0, 7.0] and got["m"].tolist() == [True]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -175,6 +176,43 @@ def test_bad_arguments():
         dist.all_reduce(["text"])
 
 
+@pytest.mark.parametrize(
+    "leaf",
+    [np.array(["a", "b"]), np.array([1 + 2j]), np.array([{}], object), np.array(["2024-01-01"], "datetime64[D]"),
+     np.longdouble(1.5), np.str_("text")],
+    ids=["str", "complex", "object", "datetime", "longdouble", "str-scalar"],
+)  # fmt: skip
+def test_numpy_leaves_of_other_dtypes_are_refused(leaf):
+    """all_reduce and broadcast took any NumPy array: strings were summed through shared memory, MPI raised a bare
+    KeyError, one process returned them as they were. Now an error naming the call, the dtype and those allowed."""
+    dtype = re.escape(str(np.asarray(leaf).dtype))
+    for call, where in ((dist.all_reduce, "all_reduce"), (dist.psum, "all_reduce"), (dist.broadcast, "broadcast")):
+        with pytest.raises(slope.DTypeError, match=rf"slope.distributed.{where}: a NumPy leaf of dtype {dtype} and "
+                           r"shape .*expected one of bool, int8, .*bfloat16, float32, float64$"):  # fmt: skip
+            call({"w": np.ones(2, np.float32), "bad": leaf})
+
+
+def test_collectives_give_tensors_on_the_inputs_backend(monkeypatch):
+    """A reduction or broadcast over ranks made bfloat16 tensors of onnxruntime, and every tensor of iree (backends
+    that lend no writable memory), on the active backend: they came back as numpy tensors. Now every result is on its
+    input's backend and device, as float32 onnxruntime tensors were. (One process posing as rank 0 of 2: the local
+    engine moves nothing, so a sum gives the input's values and a mean half of them, through the same code.)"""
+    from slope_distributed import collectives
+
+    monkeypatch.setattr(collectives.engine(), "size", 2)
+    names = [name for name in slope.plugins.backends if name != "numpy"]
+    tree = {}
+    for name in names:
+        with slope.use_backend(name):
+            tree[name] = (slope.tensor([1.0, -2.0]).astype(slope.bfloat16), slope.tensor([3.0, 4.0]))
+    with slope.use_backend("numpy"):
+        for got, scale in ((dist.psum(tree), 1.0), (dist.pmean(tree), 0.5), (dist.broadcast(tree, root=1), 1.0)):
+            for name in names:
+                for out, leaf in zip(got[name], tree[name]):
+                    assert (out.backend.name, out.device, out.dtype) == (name, leaf.device, leaf.dtype), (name, out)
+                    assert out.tolist() == [v * scale for v in leaf.tolist()], (name, out)
+
+
 def plain_environment(**env: str) -> dict[str, str]:
     """This process's environment without any launcher's or engine's variables, plus `env`."""
     launched = ("PMI_", "PMIX_", "OMPI_", "SLURM_", "SLOPE_DISTRIBUTED_")
@@ -260,8 +298,11 @@ def test_an_mpi_group_that_is_not_the_launchers_is_an_error():
     One plain process tries each case (no mpiexec needed); a bad $SLOPE_DISTRIBUTED_SHARED_MEMORY is an error too."""
     code = """
 import os, slope.distributed as dist
-cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"), ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, None),
-         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None)]
+cases = [({"RANK": "1", "WORLD_SIZE": "2"}, "mpi"),
+         ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}, None),
+         ({"SLOPE_DISTRIBUTED_SHARED_MEMORY": "maybe"}, "mpi"),
+         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),
+         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None)]  # (sbatch's batch script, no srun step: one process)
 for env, engine in cases:
     os.environ.update(env)
     try:
@@ -275,14 +316,14 @@ for env, engine in cases:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env=plain_environment())  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("CASE")]
-    assert len(lines) == 4, result.stdout + result.stderr
+    assert len(lines) == 5, result.stdout + result.stderr
     assert "SlopeDistributedError slope.distributed.init: the mpi engine's group has 1 process but the launcher " \
         "started 2 ($WORLD_SIZE=2, $RANK=1): every process would run alone" in lines[0]  # fmt: skip
     assert "gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo" in lines[0] and "with WORLD_SIZE=1" in lines[0]
-    assert "group has 1 process but the launcher started 2 ($SLURM_NTASKS=2, $SLURM_PROCID=1)" in lines[1]
-    assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1]
+    assert "group has 1 process but the launcher started 2 ($SLURM_STEP_NUM_TASKS=2, $SLURM_PROCID=1)" in lines[1]
+    assert "`srun --mpi=pmi2` (or `--mpi=pmix`" in lines[1] and "(or with srun -n 1, or a plain `python`" in lines[1]
     assert "SlopeConfigError $SLOPE_DISTRIBUTED_SHARED_MEMORY='maybe': expected 1/true/yes/on" in lines[2]
-    assert lines[3].endswith("rank 0 of 1 mpi"), lines[3]
+    assert lines[3].endswith("rank 0 of 1 mpi") and lines[4].endswith("rank 0 of 1 mpi"), lines[3:]
 
 
 def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypatch):
@@ -300,6 +341,26 @@ def test_the_local_engine_under_a_launcher_of_several_ranks_is_an_error(monkeypa
     monkeypatch.setenv("WORLD_SIZE", "1")
     dist.init("local")
     assert (dist.rank(), dist.world_size()) == (0, 1)
+
+
+def test_a_batch_scripts_plain_python_under_slurm_is_one_process(monkeypatch):
+    """sbatch sets SLURM_PROCID=0 and the allocation's SLURM_NTASKS for the batch script itself: its plain `python
+    train.py` (no srun step) was refused as "rank 0 of 4" ("start it ... with SLURM_NTASKS=1"). Only srun's step
+    (SLURM_STEP_NUM_TASKS) makes ranks now; a step of 2 on a group of 1 is still an error, with the right advice."""
+    from slope_distributed import collectives, engines
+
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert engines.launcher_rank_and_size() is None and collectives.alone()
+    dist.init("local")
+    assert (dist.rank(), dist.world_size()) == (0, 1)
+    monkeypatch.setitem(collectives._state, "engine", None)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    with pytest.raises(dist.SlopeDistributedError, match=r"local engine's group has 1 process but the launcher started "
+                       r"2 \(\$SLURM_STEP_NUM_TASKS=2, \$SLURM_PROCID=1\).*Use the mpi engine under mpiexec or srun.*"
+                       r"\(or with srun -n 1, or a plain `python` in the batch script\)$"):  # fmt: skip
+        dist.init("local")
 
 
 def test_torchrun_without_pytorch_is_an_error(monkeypatch):
@@ -534,6 +595,32 @@ def test_train_step_refuses_two_buffer_updates_from_one_state():
         dist.train_step(siamese, optimizer)(model, optimizer.init(model), x, y)
 
 
+def test_train_step_takes_a_loss_with_aux():
+    """A loss_fn returning (loss, aux) failed in train_step with slope.nn.value_and_grad's "the loss must be a scalar
+    floating tensor, got tuple", naming a function the user never called and no way out. Now the error names
+    train_step and has_aux=True, which returns (model, opt_state, (loss, aux)): the model and loss of the plain loss
+    (bitwise), aux this rank's own logits (float32, 1e-6 against an eager call)."""
+    model, optimizer = make_model(), nn.SGD(0.1)
+    state, x, y = optimizer.init(model), slope.randn(4, 6), slope.tensor(np.arange(4) % 3)
+
+    def with_logits(model, x, y):
+        logits = model(x)
+        return nn.cross_entropy(logits, y), {"logits": logits}
+
+    with pytest.raises(TypeError, match=r"^slope.distributed.train_step\(with_logits\): loss_fn must return the loss, a "
+                       r"scalar floating-point tensor, got a tuple of 2; .*train_step\(loss_fn, optimizer, has_aux=True\)"):  # fmt: skip
+        dist.train_step(with_logits, optimizer)(model, state, x, y)
+    with pytest.raises(TypeError, match=r"^slope.distributed.train_step\(loss_fn\): with has_aux=True, loss_fn must "
+                       r"return \(loss, aux\), got a tensor \[f32\]$"):  # fmt: skip
+        dist.train_step(loss_fn, optimizer, has_aux=True)(model, state, x, y)
+    new, new_state, (loss, aux) = dist.train_step(with_logits, optimizer, has_aux=True)(model, state, x, y)
+    plain, plain_state, plain_loss = dist.train_step(loss_fn, optimizer)(model, state, x, y)
+    assert loss.item() == plain_loss.item()
+    np.testing.assert_allclose(aux["logits"].numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    for a, b in zip(slope.tree.leaves((new, new_state)), slope.tree.leaves((plain, plain_state))):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
 def test_pmean_under_transforms_in_one_process():
     """With one rank the reduction is the identity under grad, vmap, jvp and jit."""
     f = lambda x: (dist.pmean(x * x) * 3.0).sum()  # noqa: E731
@@ -631,6 +718,37 @@ def test_data_parallel_keeps_a_jitted_steps_static_arguments(tmp_path):
         dist.psum(2**63 + 5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_parallel_keeps_a_jitted_steps_donated_arguments(backend):
+    """data_parallel(slope.jit(step, donate_argnums=0)) took only the function: the step no longer donated, so the old
+    parameters stayed alive (their memory never went back to the backend). Now it donates as the jitted step does: the
+    same results as without donation, the donated tensors refuse any later use, the others and an argument returned
+    untouched stay usable."""
+
+    def step(params, x):
+        grads = dist.pmean(slope.grad(lambda p: ((x @ p[0] + p[1]).tanh() ** 2).sum())(params))
+        return tuple(p - 0.1 * g for p, g in zip(params, grads)), params[1], x
+
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((3, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    with slope.use_backend(backend):
+        plain, parallel = dist.data_parallel(slope.jit(step)), dist.data_parallel(slope.jit(step, donate_argnums=0))
+        kept = given = (slope.tensor(w), slope.zeros(3))
+        xs = slope.tensor(x)
+        for _ in range(2):
+            kept, _, _ = plain(kept, xs)
+            old, old_bias = given, given[1].tolist()
+            given, bias, same_x = parallel(given, xs)
+            with pytest.raises(slope.TransformError, match=r"this tensor was donated \(donate_argnums\)"):
+                old[0].numpy()
+            with pytest.raises(slope.TransformError, match="donated"):
+                old[1] + 1.0
+            assert bias.tolist() == old_bias and same_x is xs  # (returned untouched: a new tensor, not donated)
+        for p, q in zip(kept, given):
+            np.testing.assert_array_equal(p.numpy(), q.numpy())
+        assert xs.numpy().shape == (4, 3) and parallel.donate_argnums == (0,)
+
+
 def test_checkpoints_of_numbers_and_numpy_leaves_load_and_names_must_differ(tmp_path):
     # load compared a number's (no .shape) or a NumPy leaf's dtype with a Slope dtype and failed; save dropped one of
     # two leaves named alike without a word
@@ -715,6 +833,32 @@ def test_gloo_takes_an_infinite_timeout():
                                 env=plain_environment(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                                                       MASTER_PORT=free_port(), **env))  # fmt: skip
         assert "RESULT [1.0, 1.0] inf" in result.stdout, result.stdout + result.stderr
+
+
+def test_gloo_ranks_that_do_not_meet_within_the_timeout_get_an_error_saying_why():
+    """A short timeout also bounds the gloo group's first meeting: a rank alone (the other not started, or late) got
+    torch's bare DistStoreError (rank 0, the store's host) or DistNetworkError (another rank). Now an error naming the
+    engine, the timeout, where to raise it and the likely cause, chained from torch's."""
+    pytest.importorskip("torch")
+    code = """
+import os, slope.distributed as dist
+from slope_distributed import collectives
+for rank in ("0", "1"):
+    os.environ["RANK"] = rank
+    collectives._state["engine"] = None
+    try:
+        dist.init("gloo", timeout=0.5)
+    except dist.SlopeDistributedError as error:
+        print("ERROR", rank, type(error.__cause__).__name__, str(error).replace(chr(10), " "))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=plain_environment(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port()))  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 2, result.stdout + result.stderr[-3000:]
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"ERROR {rank} Dist") and "Error slope.distributed.init: the gloo engine's rank" in line
+        assert f"rank {rank} of 2 waited 0.5 s for the other ranks" in line and "another rank did not start" in line
+        assert "$SLOPE_DISTRIBUTED_TIMEOUT or init(timeout=...) (torch: " in line, line
 
 
 def test_shard_takes_tuples_and_dicts_of_arrays(monkeypatch):

@@ -31,6 +31,21 @@ from .engines import (
 )
 
 OPS = ("sum", "mean", "max")
+DTYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+)  # the NumPy leaves' dtypes every engine path reduces and sends
 _state: dict[str, Any] = {"engine": None}
 _buffers: dict[tuple, np.ndarray] = {}  # (dtype, size) -> the flat buffer reused by every reduction of that size
 _digests: dict[tuple, int] = {}
@@ -312,7 +327,11 @@ def _as_numpy(where: str, leaf: Any) -> np.ndarray:
     if type(leaf) is int and not -(2**63) <= leaf < 2**63:  # (NumPy made 2**63 + 5 a uint64, as slope.tensor refuses)
         raise OverflowError(f"slope.distributed.{where}: the Python int {leaf} does not fit int64")
     if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)):
-        return np.asarray(leaf)
+        array = np.asarray(leaf)
+        if array.dtype.name not in DTYPES:  # (strings were summed through shared memory, MPI raised a bare KeyError)
+            raise slope.DTypeError(f"slope.distributed.{where}: a NumPy leaf of dtype {array.dtype} and shape "
+                                   f"{array.shape} cannot be reduced or sent; expected one of {', '.join(DTYPES)}")  # fmt: skip
+        return array
     raise TypeError(f"slope.distributed.{where}: leaves must be tensors, NumPy arrays or numbers, got "
                     f"{type(leaf).__name__}")  # fmt: skip
 
@@ -336,10 +355,10 @@ def _like(leaf: Any, view: np.ndarray, private: bool = False) -> Any:
         if made is not None:  # a new tensor of the leaf's backend, the view copied straight into its memory
             np.copyto(memory, view)
             return made
-        out = slope.tensor(view, device=leaf.device)
-        if not private and isinstance(out.buffer, np.ndarray) and np.may_share_memory(out.buffer, view):  # (numpy)
-            out = slope.tensor(view.copy(), device=leaf.device)
-        return out
+        # (on the leaf's own backend, not the active one: bfloat16 on onnxruntime, every dtype on iree, come here)
+        backend = leaf.backend
+        array = view if private or backend.copies_from_numpy else view.copy()
+        return Tensor(backend.from_numpy(array, leaf.device), leaf.aval, backend, leaf.device)
     if isinstance(leaf, np.ndarray):
         return view if private else view.copy()
     return type(leaf)(view.item()) if isinstance(leaf, (int, float, bool)) else view[()].copy()

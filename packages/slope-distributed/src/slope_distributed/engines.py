@@ -27,9 +27,11 @@ class SlopeDistributedError(SlopeError, RuntimeError):
     missing engine."""
 
 
-# the rank and size variables of the launchers: MPICH/Hydra (and Slurm's pmi2), Open MPI, torchrun, Slurm's srun
+# the rank and size variables of the launchers: MPICH/Hydra (and Slurm's pmi2), Open MPI, torchrun, Slurm's srun (the
+# size of its step: sbatch sets SLURM_PROCID=0 and the allocation's SLURM_NTASKS for the batch script itself, whose
+# plain `python train.py` is one process, not rank 0 of SLURM_NTASKS)
 LAUNCHERS = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("RANK", "WORLD_SIZE"),
-             ("SLURM_PROCID", "SLURM_NTASKS"))  # fmt: skip
+             ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"))  # fmt: skip
 MPI_LAUNCHED = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")  # set where an MPI process manager started the ranks
 
 
@@ -91,15 +93,18 @@ def check_launcher(engine: str, size: int) -> None:
         fix = "use the mpi engine under mpiexec or srun, or the gloo engine under torchrun"
     elif size_name == "WORLD_SIZE":
         fix = "under torchrun, use the gloo engine (SLOPE_DISTRIBUTED_ENGINE=gloo or init(engine='gloo'))"
-    elif size_name == "SLURM_NTASKS":
+    elif size_name == "SLURM_STEP_NUM_TASKS":
         fix = "under Slurm, let MPI start the ranks: `srun --mpi=pmi2` (or `--mpi=pmix`, as your MPI was built)"
     else:
         fix = "launch with the mpiexec of the MPI library that mpi4py uses"
+    one = f"{size_name}=1"  # how to run one process on purpose, under this launcher
+    if size_name == "SLURM_STEP_NUM_TASKS":
+        one = "srun -n 1, or a plain `python` in the batch script"
     outcome = "every process would run alone, as rank 0 of 1, on all the data" if size == 1 else "the ranks disagree"
     raise SlopeDistributedError(
         f"slope.distributed.init: the {engine} engine's group has {size} process{'es' if size > 1 else ''} but the "
         f"launcher started {placed[1]} (${size_name}={placed[1]}, ${rank_name}={placed[0]}): {outcome}. {fix[0].upper()}"
-        f"{fix[1:]}. To run one process on purpose, start it without a launcher (or with {size_name}=1)"
+        f"{fix[1:]}. To run one process on purpose, start it without a launcher (or with {one})"
     )
 
 
@@ -361,12 +366,24 @@ class GlooEngine(Engine):
             placed = launcher_rank_and_size() or (0, 1)
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
-            torch_dist.init_process_group(
-                "gloo",
-                rank=placed[0],
-                world_size=placed[1],
-                timeout=datetime.timedelta(seconds=min(timeout, 10**9)),  # (inf: ~30 years)
-            )
+            try:
+                torch_dist.init_process_group(
+                    "gloo",
+                    rank=placed[0],
+                    world_size=placed[1],
+                    timeout=datetime.timedelta(seconds=min(timeout, 10**9)),  # (inf: ~30 years)
+                )
+            except RuntimeError as error:  # (torch's DistStoreError, DistNetworkError)
+                if "timed out" not in str(error).lower():
+                    raise
+                raise SlopeDistributedError(
+                    f"slope.distributed.init: the gloo engine's rank {placed[0]} of {placed[1]} waited {timeout:g} s "
+                    f"for the other ranks to meet at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                    "($MASTER_ADDR:$MASTER_PORT): another rank did not start, or started later than the timeout "
+                    "(still importing or compiling, queued), or was given another address or port. The timeout bounds "
+                    "this first meeting too: raise it with $SLOPE_DISTRIBUTED_TIMEOUT or init(timeout=...) "
+                    f"(torch: {str(error).splitlines()[0]})"
+                ) from error
         import atexit
 
         atexit.register(_leave_gloo, self)  # (also for a group the program started: its workers hold our tensors)

@@ -21,7 +21,7 @@ from slope.backend import compile_program, default_device, run_executable
 from slope.errors import TransformError
 from slope.ir import Instruction, Program, Var
 from slope.trace import Tracer, bind, flatten_fun, make_program
-from slope.transforms import _Static, _static
+from slope.transforms import _Donated, _Static, _static
 
 from . import collectives
 from .engines import SlopeDistributedError
@@ -210,7 +210,8 @@ def _outputs(group: list[Instruction]) -> list[Var]:
 
 class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     """A train step `(model, opt_state, x, y) -> (model, opt_state, loss)` that calls `pmean(grads)` between its
-    gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch."""
+    gradient and its update, compiled in pieces around that reduction; each rank passes its own shard of the batch.
+    A jitted step's static_argnums, static_argnames and donate_argnums apply to the data-parallel step too."""
 
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
@@ -219,6 +220,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         # float32's)
         self.static = set(step.static_argnums) | step.named_positions if jitted else set()
         self.static_names = set(step.static_argnames) if jitted else set()
+        self.donate_argnums: tuple[int, ...] = tuple(step.donate_argnums) if jitted else ()  # (as slope.jit's)
         functools.update_wrapper(self, self.fn)
         self.cache: dict[tuple, SplitProgram] = {}
 
@@ -301,28 +303,48 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         split, tensors = self._split(args, kwargs)
-        return slope.tree.unflatten(split.out_tree, split.run(tensors))
+        outs = split.run(tensors)
+        if self.donate_argnums:
+            outs = _donate([args[i] for i in self.donate_argnums if i < len(args)], outs)
+        return slope.tree.unflatten(split.out_tree, outs)
 
 
-def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
+def _donate(donated: list, outs: list) -> list:
+    """Donate the tensors among the leaves of `donated` after the step ran, as `slope.jit(donate_argnums=...)` does:
+    their memory is the backend's again and any later use of them is an error. A result that is one of them (an
+    argument the step returns untouched) becomes a new tensor on the same memory, as a jitted step's result would be."""
+    leaves = [leaf for leaf in slope.tree.leaves(donated) if type(leaf) is Tensor]
+    given = {id(leaf) for leaf in leaves}
+    outs = [Tensor(out.buffer, out.aval, out.backend, out.device) if id(out) in given else out for out in outs]
+    for leaf in leaves:
+        leaf.buffer = leaf.backend = _Donated()
+    return outs
+
+
+def train_step(loss_fn: Callable, optimizer: Any, has_aux: bool = False) -> data_parallel:
     """The data-parallel step `(model, opt_state, *batch) -> (model, opt_state, loss)` for `loss_fn(model, *batch)`:
     value_and_grad, the mean of the gradients (and of the loss) over the ranks, the optimizer's update. Buffers the
     forward pass updates (training-mode BatchNorm's running statistics) come back as rank 0's on every rank, as
     PyTorch's DDP broadcasts them, in the gradients' reduction (no extra round trip). `loss_fn` may call the model
-    directly or through `nn.apply` (whose returned model it need not return): both updates are found."""
+    directly or through `nn.apply` (whose returned model it need not return): both updates are found. With
+    `has_aux=True`, `loss_fn` returns `(loss, aux)` and the step `(model, opt_state, (loss, aux))`, aux this rank's own
+    (not reduced: `dist.psum` or `dist.pmean` it where the ranks' values are wanted)."""
     import slope.nn as nn
+
+    name = f"train_step({getattr(loss_fn, '__name__', 'loss')})"
 
     def loss_and_updates(model: Any, *batch: Any) -> tuple:
         before = slope.tree.leaves(model)
         # a training-mode BatchNorm assigns its new statistics to `model` (a copy), or to the copy an nn.apply returns
         # (reported to this block)
         with nn.buffer_updates() as updates:
-            loss = loss_fn(model, *batch)
+            out = loss_fn(model, *batch)
+        loss, aux = _loss_and_aux(name, out, has_aux)
         after = updates.latest(before, slope.tree.leaves(model))
-        return loss, [new if new is not old else None for new, old in zip(after, before)]
+        return loss, (aux, [new if new is not old else None for new, old in zip(after, before)])
 
     def step(model: Any, state: Any, *batch: Any) -> tuple:
-        (loss, updated), grads = nn.value_and_grad(loss_and_updates, has_aux=True)(model, *batch)
+        (loss, (aux, updated)), grads = nn.value_and_grad(loss_and_updates, has_aux=True)(model, *batch)
         leaves, kinds, grad_leaves = slope.tree.leaves(model), nn.leaf_kinds(model), slope.tree.leaves(grads)
         # buffers and frozen or integer leaves have zero gradients (nn.value_and_grad) that no optimizer reads
         trained = [i for i, (leaf, (_, kind)) in enumerate(zip(leaves, kinds))
@@ -341,10 +363,39 @@ def train_step(loss_fn: Callable, optimizer: Any) -> data_parallel:
         new_leaves, treedef = slope.tree.flatten(model)
         for i, buffer in zip(buffers, received):
             new_leaves[i] = buffer
-        return slope.tree.unflatten(treedef, new_leaves), state, loss
+        return slope.tree.unflatten(treedef, new_leaves), state, ((loss, aux) if has_aux else loss)
 
-    step.__name__ = f"train_step({getattr(loss_fn, '__name__', 'loss')})"
+    step.__name__ = name
     return data_parallel(step)
+
+
+def _loss_and_aux(name: str, out: Any, has_aux: bool) -> tuple[Tensor, Any]:
+    """The loss (and aux) a train_step's loss_fn returned, or an error naming the step that says what it expected."""
+    where = f"slope.distributed.{name}"
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            got = f"a tuple of {len(out)}" if isinstance(out, tuple) else _described(out)
+            raise TypeError(f"{where}: with has_aux=True, loss_fn must return (loss, aux), got {got}")
+        loss, aux = out
+    else:
+        loss, aux = out, None
+    if isinstance(loss, Tensor) and loss.shape == () and loss.dtype.is_float:
+        return loss, aux
+    if isinstance(loss, tuple):
+        got = f"a tuple of {len(loss)}"
+        if not has_aux:
+            got += (
+                "; for a loss_fn that returns (loss, aux), build the step with "
+                "slope.distributed.train_step(loss_fn, optimizer, has_aux=True): it returns (model, opt_state, "
+                "(loss, aux))"
+            )
+    else:
+        got = _described(loss)
+    raise TypeError(f"{where}: loss_fn must return the loss, a scalar floating-point tensor, got {got}")
+
+
+def _described(value: Any) -> str:
+    return f"a tensor {value.aval}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def _additive_zero(tensor: Tensor) -> Tensor:
