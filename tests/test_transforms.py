@@ -562,6 +562,40 @@ def test_jit_static_arguments(on_backend):
     assert traced == [(3, "add"), (3, "mul")]
 
 
+def test_jit_of_a_module_reads_its_weights_at_each_call(on_backend):
+    """slope.jit(model) and slope.jit(model.forward) see new weights and attributes (as torch.compile(model)): they
+    were constants of the first trace, so a trained or reloaded model silently gave its old outputs."""
+    nn = pytest.importorskip("slope.nn")
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.scale = nn.Linear(2, 2), 1.0
+
+        def forward(self, x, power=1, mode="mul"):
+            out = self.linear(x) * self.scale
+            for _ in range(power - 1):  # Python control flow on static arguments
+                out = out * out if mode == "mul" else out + out
+            return out
+
+    model, x = Scaled(), tensor([[1.0, 2.0], [3.0, -1.0]])
+    whole = slope.jit(model, static_argnums=1, static_argnames="mode")
+    method = slope.jit(model.forward, static_argnums=(1,), donate_argnums=0)
+    close(whole(x, 1).numpy(), model(x).numpy())
+    close(method(tensor(x.numpy()), 1).numpy(), model(x).numpy())
+    model.load_state_dict({k: v * 3 for k, v in model.state_dict().items()})
+    model.scale = 0.5
+    for args, kwargs in [((1,), {}), ((2,), {}), ((2,), {"mode": "add"})]:
+        close(whole(x, *args, **kwargs).numpy(), model(x, *args, **kwargs).numpy())
+    copy = tensor(x.numpy())
+    close(method(copy, 3).numpy(), model(x, 3).numpy())
+    with pytest.raises(slope.TransformError, match="donated"):  # argument 0 of the call (x), not the model
+        copy + 1.0
+    close(model.linear.weight.numpy() + 0.0, model.linear.weight.numpy())  # the model was not donated
+    with pytest.raises(slope.TransformError, match="static_argnums 2 is out of range for 1 arguments"):
+        slope.jit(model, static_argnums=2)(x)
+
+
 def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
     f = slope.jit(lambda x, scale: {"y": x * scale, "sum": (x * scale).sum()})
     out = f(tensor([1.0, 2.0]), 3.0)

@@ -521,12 +521,16 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = (),
                  donate_argnums: int | Sequence[int] = ()):  # fmt: skip
         functools.update_wrapper(self, fn)
-        self.fn = fn
+        # a pytree that is called (an nn.Module) or its method: its leaves are an argument (0) read at each call, so new
+        # weights and modes are seen (as torch.compile(model)), not constants of the first trace
+        owner = fn if not inspect.isroutine(fn) else getattr(fn, "__self__", None)
+        self.owner = None if owner is None or tree.structure(owner).is_leaf() else owner
+        self.fn, self.shift = (fn, 0) if self.owner is None else (getattr(fn, "__func__", type(fn).__call__), 1)
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
         signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()  # (names by position)
         positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]
-        self.named_positions = {i for i, name in enumerate(positional) if name in self.static_argnames}
+        self.named_positions = {i + self.shift for i, name in enumerate(positional) if name in self.static_argnames}
         self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
@@ -535,9 +539,11 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         """The compiled entry for these arguments (by tree, tensor avals, other leaves), their tensors, backend, device."""
         if self.static_argnums or self.static_argnames:
-            if bad := [n for n in self.static_argnums if not -len(args) <= n < len(args)]:  # (negative: from the end)
-                raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {len(args)} arguments")
-            static = {n % len(args) for n in self.static_argnums} | {i for i in self.named_positions if i < len(args)}
+            count = len(args) - self.shift  # (the caller's arguments, after the owner)
+            if bad := [n for n in self.static_argnums if not -count <= n < count]:  # (negative: from the end)
+                raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {count} arguments")
+            static = {n % count + self.shift for n in self.static_argnums}
+            static |= {i for i in self.named_positions if i < len(args)}
             args = tuple(_static(a) if i in static else a for i, a in enumerate(args))
             kwargs = {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
@@ -577,17 +583,20 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         return program, backend_module.compile_program(program, backend, device), out_trees[0]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args = args if self.owner is None else (self.owner, *args)
         if _busy and active():  # inside another transformation: trace straight through
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
-        for leaf in tree.leaves([args[i] for i in self.donate_argnums if i < len(args)]) if self.donate_argnums else ():
+        donated = [args[self.shift :][i] for i in self.donate_argnums if i < len(args) - self.shift]
+        for leaf in tree.leaves(donated) if self.donate_argnums else ():
             if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
                 leaf.buffer = leaf.backend = _Donated()
         return out_tree.unflatten(outs)  # (the program's outputs are this tree's leaves: no count to check)
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace and compile for these arguments without running."""
+        args = args if self.owner is None else (self.owner, *args)
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
 
