@@ -281,6 +281,25 @@ def test_donating_a_result_never_donates_a_shared_constant(backend):
         assert (slope.tensor([5.0, 6.0]) ** 0).tolist() == [1.0, 1.0]
 
 
+def test_donating_a_gradient_or_a_copied_tensor_leaves_the_rest_usable(backend):
+    # grad seeded its backward pass with the constant cache's 1.0, which `+ b` hands to a 0-d b's gradient unchanged:
+    # donating that gradient made every later grad and `x * 1.0` raise "this tensor was donated" (the review's
+    # SGD-step loop); clone() and slope.tensor(t) returned t itself, so donating t used up the "copy" too
+    x = slope.tensor(np.array([1.0, 2.0, 3.0], np.float32))
+    params = {"w": slope.tensor(np.ones(3, np.float32)), "b": slope.tensor(np.float32(0.5))}
+    update = slope.jit(lambda p, g: {k: p[k] - 0.1 * g[k] for k in p}, donate_argnums=(0, 1))
+    for step in range(3):
+        params = update(params, slope.grad(lambda p: (p["w"] * x).sum() + p["b"])(params))
+        np.testing.assert_allclose(params["b"].item(), 0.5 - 0.1 * (step + 1), rtol=1e-6)
+    assert (slope.tensor(2.0) * 1.0).item() == 2.0
+    halve = slope.jit(lambda v: v * 0.5, donate_argnums=0)
+    for copier in (lambda t: t.clone(), lambda t: slope.tensor(t)):
+        w = slope.tensor(np.array([1.0, 2.0], np.float32))
+        saved = copier(w)
+        halve(w)
+        assert saved.tolist() == [1.0, 2.0]
+
+
 def test_eager_scalar_shortcut_tells_the_operand_order_apart(backend):
     x = slope.tensor(np.array([1.0, 4.0], np.float32))
     for _ in range(3):

@@ -35,7 +35,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A tensor from data (Python floats become float32, ints int64, bools bool; NumPy arrays keep their dtype)."""
     if type(data) is np.ndarray and dtype is None and (own := dtypes.by_numpy.get(data.dtype)) and data.dtype.isnative:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
-    if isinstance(data, Tensor):
+    if isinstance(data, Tensor):  # a concrete one is copied (as PyTorch's, JAX's array): donating one leaves the other
+        data = ops.stop_gradient(data) if type(data) is Tensor and (dtype is None or data.dtype == dtype) else data
         return _to_device(cast(data, dtype) if dtype is not None else data, device)
     data = np.asarray(data) if hasattr(data, "__array__") and not np.isscalar(data) else data  # torch, JAX: their dtype
     if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)

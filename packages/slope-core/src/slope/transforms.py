@@ -14,7 +14,7 @@ from . import tree
 from .errors import TransformError
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
-from .operators import as_tensor, constant, ints, zeros_like
+from .operators import as_tensor, full, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 from .tree import describe
@@ -228,7 +228,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             got = out.aval if isinstance(out, Tensor) else type(out).__name__
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
-        grads = vjp_fn(constant(1.0, out.dtype))
+        grads = vjp_fn(full((), 1.0, out.dtype))  # (not the shared constant: `+ b` hands it to b's gradient, donated)
         return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, (int, np.integer)) else grads)
 
     return value_and_grad_fn

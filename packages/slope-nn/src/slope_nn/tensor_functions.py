@@ -50,8 +50,9 @@ from .operators import _tensor, take_along_dim
 
 
 def clone(x: Any) -> Tensor:
-    """x itself: Slope's tensors are immutable, so a copy is the same values (and gradients flow through it)."""
-    return _tensor(x, "clone")
+    """A copy of x (gradients flow through it): a concrete tensor gets its own buffer, so donating x leaves it."""
+    x = _tensor(x, "clone")
+    return slope.stop_gradient(x) if type(x) is Tensor else x  # (a traced one is itself: tracers are never donated)
 
 
 def isfinite(x: Any) -> Tensor:
