@@ -86,3 +86,39 @@ def test_conv_bias_of_another_dtype_is_a_dtype_error(backend):
     x, w = slope.ones((1, 2, 5), dtype=slope.float16), slope.ones((3, 2, 2), dtype=slope.float16)
     with pytest.raises(slope.DTypeError, match="slope.conv: expected a bias"):
         slope.conv(x, w, slope.ones(3, dtype=slope.float32))
+
+
+PROD_CASES = [  # values, dtype: products whose intermediate results overflowed (inf, NaN) where PyTorch's are finite
+    ([300.0, 1e-3, 300.0, 1e-3], "float16"),
+    ([1e30, 1e-30, 1e30, 1e-30], "float32"),
+    ([1e30, 1e30, 1e-30, 1e-30, 5.0], "float32"),
+    ([1e200, 1e-200, 1e200, 1e-200], "float64"),
+    ([6e4, 6e4, 1e-4, 1e-4, 2.0], "bfloat16"),
+]
+
+
+@pytest.mark.parametrize(("values", "dtype"), PROD_CASES, ids=str)
+def test_prod_of_large_and_small_values_is_finite(backend, values, dtype):
+    # prod multiplied x[:half] * x[half:]: 1e30 * 1e30 overflowed before 1e-30 came in (NaN where PyTorch gives 1.0),
+    # and halves were multiplied in their own dtype (PyTorch: in float32). Reference: the product of the dtype's
+    # values in float64, rounded once (PyTorch's float32 sequential product is inf for the third case)
+    rounded = torch.tensor(values, dtype=getattr(torch, dtype)).double().requires_grad_()
+    (grad,) = torch.autograd.grad(rounded.prod(), rounded)
+    x = slope.tensor(values, dtype=getattr(slope, dtype))
+    for fn in (lambda f: f, slope.jit):
+        out = fn(slope.prod)(x)
+        assert out.dtype == x.dtype
+        expected = float(rounded.prod().to(getattr(torch, dtype)))
+        np.testing.assert_allclose(out.numpy().astype(np.float64), expected, rtol=1e-12)
+        got = fn(slope.grad(lambda v: slope.prod(v).astype(slope.float32)))(x).numpy().astype(np.float64)
+        np.testing.assert_allclose(got, grad.to(getattr(torch, dtype)).double().numpy(), rtol=2**-7)  # halves' ulps
+
+
+def test_prod_of_a_long_float32_row_near_one():
+    # a float32 tree of values near 1 rounded one way (1 + a + b + ab lands on half-ulps, ab tips it): 300,000 values
+    # in 1 +- 5e-4 were 7e-4 off (PyTorch 5e-5, a sequential float32 product 1e-6); multiplied in float64 now
+    rng = np.random.default_rng(0)
+    y = (1 + (rng.uniform(0, 1, 300_000) - 0.5) * 1e-3).astype(np.float32)
+    exact = np.prod(y.astype(np.float64))
+    got = slope.prod(slope.tensor(y)).item()
+    assert abs(got / exact - 1) < 2**-23

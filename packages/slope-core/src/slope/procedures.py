@@ -348,12 +348,14 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     kept = [d for d in range(x.ndim) if d not in dims]
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
+    dtype = x.dtype  # float32 multiplied in float64 (a float32 tree of values near 1 rounded one way: 7e-4 off)
+    x = cast(x, dtypes.float64 if dtype == dtypes.float32 else _wide(dtype)) if dtype.is_float else x
     x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
-    while x.shape[-1] > 1:
+    while x.shape[-1] > 1:  # neighbours multiplied (as in order: 1e30 * 1e-30 first, not 1e30 * 1e30 = inf)
         x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1) if x.shape[-1] % 2 else x
-        half = x.shape[-1] // 2
-        x = x[..., :half] * x[..., half:]
-    return x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype)  # (an empty product is 1)
+        pairs = x.reshape((*x.shape[:-1], x.shape[-1] // 2, 2))
+        x = pairs[..., 0] * pairs[..., 1]
+    return cast(x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype), dtype)  # (empty: 1)
 
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
