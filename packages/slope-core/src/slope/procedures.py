@@ -312,6 +312,8 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
     out = x.dtype if x.dtype.is_float else dtypes.default_float
     wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
     count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
+    shift = mean(centered, dim, keepdim=True)  # the mean's rounding, taken back (constant rows: exactly 0)
+    centered = centered - where(abs_(shift) < math.inf, shift, 0.0)  # (not where the mean overflowed: inf - inf)
     if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
         top = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True))  # (inf where the mean overflowed: inf,
         centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)
