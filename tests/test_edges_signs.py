@@ -117,3 +117,28 @@ def test_cumsum_of_negative_zeros_is_positive_zero_as_pytorch(backend, mode, dty
         expected = torch.cumsum(as_torch(values, dtype), dim)
         got = MODES[mode](lambda x, dim=dim: slope.cumsum(x, dim))(as_slope(values, dtype))
         same_with_signs(got, expected, f"cumsum({values}, {dim}) {dtype}")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("mode", MODES)
+def test_half_powers_are_sqrt_and_rsqrt_as_pytorch(backend, mode, dtype):
+    # PyTorch computes x ** 0.5 and x ** -0.5 as sqrt and rsqrt: (-inf) ** 0.5 is NaN, (-0.0) ** 0.5 is -0.0 (and its
+    # gradient -inf), (-0.0) ** -0.5 is -inf; Slope used C's pow (inf, 0.0, +inf). PyTorch's float16 kernel alone
+    # keeps pow's values: float16 is compared with PyTorch's float32 results, rounded. The gradient of x ** -0.5
+    # follows rsqrt's (PyTorch's pow rule differs at -0.0 and -inf only), so it is compared where x > 0
+    values, ulp = [-np.inf, -0.0, 0.0, 0.25, 4.0, np.inf, np.nan], {"float16": 2**-10, "bfloat16": 2**-7}
+    reference = "float32" if dtype == "float16" else dtype
+    for y in (0.5, -0.5):
+        want = (as_torch(values, reference) ** y).to(getattr(torch, dtype)).double().numpy()
+        got = MODES[mode](lambda x: x**y)(as_slope(values, dtype)).numpy().astype(np.float64)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got) & ~np.isnan(got), np.signbit(want) & ~np.isnan(want))  # (zeros)
+    leaf = as_torch(values, reference).requires_grad_()
+    (want,) = torch.autograd.grad((leaf**0.5).sum(), leaf)
+    got = MODES[mode](slope.grad(lambda x: (x**0.5).sum()))(as_slope(values, dtype)).numpy().astype(np.float64)
+    np.testing.assert_allclose(got, want.to(getattr(torch, dtype)).double().numpy(), rtol=ulp.get(dtype, 0.0))
+    positive = [0.25, 4.0, 9.0, 0.3]
+    leaf = as_torch(positive, "float64").requires_grad_()
+    (want,) = torch.autograd.grad((leaf**-0.5).sum(), leaf)  # the exact gradient, which both round
+    got = MODES[mode](slope.grad(lambda x: (x**-0.5).sum()))(as_slope(positive, dtype)).numpy().astype(np.float64)
+    np.testing.assert_allclose(got, want.numpy(), rtol=2 * ulp.get(dtype, 2**-23 if dtype == "float32" else 2**-52))

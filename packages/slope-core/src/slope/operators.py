@@ -336,6 +336,8 @@ class Pow(Binary):
         if isinstance(x, Tensor) and isinstance(y, (int, float)):  # (an int exponent must fit x's dtype, as PyTorch)
             if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if y in (0.5, -0.5) and x.dtype.is_float:  # PyTorch's sqrt and rsqrt: (-inf) ** 0.5 NaN, (-0.0) ** 0.5 -0.0
+                return functions["sqrt" if y > 0 else "rsqrt"](x)
             products = range(3 if x.dtype.bits < 32 else 4) if x.dtype.is_float else range(5)  # that round once
             if y in products and dtypes.result_type(x, y) == x.dtype:  # as products: cheap (y may be inf)
                 return functools.reduce(mul, [x] * (int(y) - 1), x) if y else full(x.shape, 1, x.dtype)
