@@ -504,3 +504,14 @@ def test_every_error_is_a_slope_error_defined_in_errors_py():
     for module in (slope.operator, slope.backend, slope.plugins, slope.trace, slope.transforms, slope.tensors):
         assert not [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, BaseException)
                     and c.__module__ == module.__name__], module  # fmt: skip
+
+
+def test_a_backend_that_is_not_installed_names_its_distribution(monkeypatch):
+    # SLOPE_BACKEND=iree without slope-iree said only "unknown backend 'iree'; installed backends: [...]"
+    monkeypatch.setenv("SLOPE_BACKEND", "iree")
+    monkeypatch.setattr(slope.plugins, "backends", {k: v for k, v in slope.plugins.backends.items() if k != "iree"})
+    monkeypatch.setattr(slope.backend, "_instances", {})
+    with pytest.raises(SlopeBackendError, match=r"'iree' \(\$SLOPE_BACKEND\) \(pip install slope-core\[iree\]\)"):
+        slope.get_backend("iree")
+    with pytest.raises(SlopeBackendError, match=r"unknown backend 'tpu'; installed backends"):
+        slope.get_backend("tpu")

@@ -103,8 +103,13 @@ def get_backend(name: str | None = None) -> Backend:
     if name is None:
         return _state["backend"] or set_backend(_default_backend_name())
     if (backend := _instances.get(name)) is None:  # (read once: a plugin refresh in another thread may clear it)
-        if name not in plugins.backends:
-            raise SlopeBackendError(f"slope: unknown backend {name!r}; installed backends: {sorted(plugins.backends)}")
+        if name not in plugins.backends:  # (ours: the distribution to install; SLOPE_BACKEND's: said so)
+            extra = {"onnxruntime": "onnx", "iree": "iree", "numpy": "numpy"}.get(name)
+            hint = (" ($SLOPE_BACKEND)" if os.environ.get("SLOPE_BACKEND") == name else "") + (
+                f" (pip install slope-core[{extra}])" if extra else "")  # fmt: skip
+            raise SlopeBackendError(
+                f"slope: unknown backend {name!r}{hint}; installed backends: {sorted(plugins.backends)}"
+            )
         backend = _instances.setdefault(name, plugins.backends[name]())  # threads asking at once get the first kept
     return backend
 
