@@ -21,6 +21,7 @@ a transformation nested inside such a block (a slope.grad in train_step's loss):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import sys
@@ -87,15 +88,70 @@ class _Static:
         return repr(self.value)
 
 
+def _holds(value: Any) -> bool:
+    """Whether a value inside an attribute's container is a pytree child of the module (a tensor or a module)."""
+    return isinstance(value, (Tensor, Module))
+
+
 def _is_child(value: Any) -> bool:
-    """Whether an attribute value belongs in the pytree (holds tensors or modules)."""
+    """Whether an attribute value belongs in the pytree: a tensor, a module, or a pytree container (list, tuple, dict,
+    namedtuple, deque, a class registered with slope.tree.register) that holds some."""
     if isinstance(value, (Tensor, Module)):
         return True
-    if isinstance(value, (list, tuple)):
-        return any(_is_child(v) for v in value)
-    if isinstance(value, dict):
-        return any(_is_child(v) for v in value.values())
-    return False
+    kind = type(value)
+    if kind is list or kind is tuple:
+        items = value
+    elif kind is dict:
+        items = value.values()
+    elif optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE):
+        return False
+    else:
+        items = optree.tree_flatten_one_level(value, namespace=slope.tree.NAMESPACE)[0]
+    return any(_is_child(item) for item in items)
+
+
+def _container_child(value: Any) -> Any:
+    """The pytree child of a container attribute: the container itself where all its leaves are tensors and modules,
+    else a `_Mixed` whose children are those alone (a float in `[(layer, 0.5)]` is static, as a float attribute is:
+    a leaf, it was traced under jit and trained by optimizers)."""
+    if type(value) in (list, tuple) and all(isinstance(item, (Tensor, Module)) for item in value):
+        return value  # (the common kind: a list of layers)
+    leaves, structure = optree.tree_flatten(value, _holds, namespace=slope.tree.NAMESPACE)
+    if all(isinstance(leaf, (Tensor, Module)) for leaf in leaves):
+        return value
+    return _Mixed(value, leaves, structure)
+
+
+class _Mixed:
+    """A container attribute holding tensors or modules and other values: the tensors and modules are its pytree
+    children; the other values are static, compared by content (part of the structure, the jit key)."""
+
+    __slots__ = ("items", "static", "entries")
+
+    def __init__(self, value: Any, leaves: list, structure: Any) -> None:
+        paths = optree.tree_paths(value, _holds, namespace=slope.tree.NAMESPACE)
+        held = [i for i, leaf in enumerate(leaves) if isinstance(leaf, (Tensor, Module))]
+        self.items = [leaves[i] for i in held]
+        self.entries = tuple(".".join(map(str, paths[i])) for i in held)
+        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not isinstance(leaf, (Tensor, Module)))
+        self.static = (structure, others)
+
+    @staticmethod
+    def flatten(mixed: _Mixed) -> tuple[list, tuple, tuple]:
+        """The tensors and modules, the static rest, and their paths in the container."""
+        return mixed.items, mixed.static, mixed.entries
+
+    @staticmethod
+    def unflatten(static: tuple, children: list) -> Any:
+        """The container itself (not a `_Mixed`): its static values put back between the children."""
+        structure, others = static
+        leaves = list(children)
+        for i, value in others:
+            leaves.insert(i, value.value)
+        return structure.unflatten(leaves)
+
+
+slope.tree.register(_Mixed, _Mixed.flatten, _Mixed.unflatten)
 
 
 _SHARED = frozenset([int, bool, str, type(None)])  # static values whose entries are shared (floats: see _freeze)
@@ -140,8 +196,11 @@ class Module:
         entries = []
         for name, value in self.__dict__.items():
             kind = type(value)  # (every jit call flattens its modules: the common kinds first)
-            if kind is Tensor or (kind not in _SHARED and _is_child(value)):
+            if kind is Tensor or isinstance(value, (Tensor, Module)):
                 children.append(value)
+                entries.append(name)
+            elif kind not in _SHARED and _is_child(value):
+                children.append(_container_child(value))
                 entries.append(name)
             elif kind in _SHARED:
                 entries.append(_SHARED_ENTRIES.get((name, kind, value)) or _shared_entry(name, value))
@@ -181,16 +240,22 @@ class Module:
 
     def register_buffer(self, name: str, value: Tensor | None) -> None:
         """Add a buffer: a tensor kept with the module (and saved) that optimizers do not train."""
+        if isinstance(value, Module) or _container_modules(value, name):
+            raise TypeError(
+                f"Module.register_buffer: {name!r} holds modules; a buffer is a tensor (or a list, tuple or dict of "
+                "tensors), as PyTorch's (Tensor or None). Assign the modules as an attribute and register their "
+                "tensors as buffers in them"
+            )
         setattr(self, name, value)
         self.__dict__["_buffers"] = self._buffer_names | {name}
 
     def freeze(self, *names: str) -> Module:
-        """Mark parameters (all by default, or the given dotted names) as frozen: optimizers skip them."""
+        """Mark parameters (all by default, or those under the given dotted names) as frozen: optimizers skip them."""
         self._set_frozen(names, True)
         return self
 
     def unfreeze(self, *names: str) -> Module:
-        """Make frozen parameters (all by default, or the given dotted names) trainable again."""
+        """Make frozen parameters (all by default, or those under the given dotted names) trainable again."""
         self._set_frozen(names, False)
         return self
 
@@ -199,41 +264,49 @@ class Module:
         return self.unfreeze() if requires_grad else self.freeze()
 
     def _set_frozen(self, names: tuple, frozen: bool) -> None:
+        """Mark each parameter named, or under a name (a child module, a list of them: every parameter in it, as
+        PyTorch's `requires_grad_(False)` on a ModuleList), in the module that holds it."""
         wanted = set(names)
         found = set()
-        for name, module, attribute in list(self._attribute_owners()):
-            if attribute in module._buffer_names or (wanted and name not in wanted):
+        for name, _, kind, owner, local in list(self._walk()):
+            if kind == "buffer":
                 continue
-            found.add(name)
-            current = module._frozen_names
-            module.__dict__["_frozen"] = current | {attribute} if frozen else current - {attribute}
+            matched = {w for w in wanted if name == w or name.startswith(w + ".")}
+            if wanted and not matched:
+                continue
+            found |= matched
+            current = owner._frozen_names
+            owner.__dict__["_frozen"] = current | {local} if frozen else current - {local}
         missing = wanted - found
         if missing:
             raise KeyError(
-                f"Module.{'freeze' if frozen else 'unfreeze'}: no parameters named {sorted(missing)}; "
-                f"parameters are {[n for n, _ in self.named_parameters()]}"
+                f"Module.{'freeze' if frozen else 'unfreeze'}: no parameters named {sorted(missing)}, nor modules or "
+                f"containers holding any; parameters are {[n for n, _ in self.named_parameters()]}"
             )
 
-    def _attribute_owners(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
-        """(dotted name, owning module, attribute name) of every tensor-holding attribute."""
-        for name, value in self.__dict__.items():
-            if isinstance(value, Module):
-                yield from value._attribute_owners(f"{prefix}{name}.")
-            elif _is_child(value):
-                yield f"{prefix}{name}", self, name
-                for sub_name, sub in _container_modules(value, f"{prefix}{name}"):
-                    yield from sub._attribute_owners(f"{sub_name}.")
-
     # ------------------------------------------------------------------------------------------- walking
-    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
-        """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
+    def _walk(self, prefix: str = "") -> Iterator[tuple[str, Tensor, str, Module, str]]:
+        """(dotted name, tensor, kind, the module holding it, its name there) for every tensor leaf in tree order;
+        what is neither a tensor nor a module inside a container attribute is static, no leaf."""
         buffers = self._buffer_names
         frozen = self._frozen_names
         for name, value in self.__dict__.items():
-            if not _is_child(value):
-                continue
-            kind = "buffer" if name in buffers else "frozen" if name in frozen else "param"
-            yield from _named_leaves(value, f"{prefix}{name}", kind)
+            if isinstance(value, Tensor):
+                yield f"{prefix}{name}", value, _kind(name, name, buffers, frozen), self, name
+            elif isinstance(value, Module):
+                yield from value._walk(f"{prefix}{name}.")
+            elif type(value) not in _SHARED and _is_child(value):
+                paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
+                for path, leaf in zip(paths, leaves):
+                    local = ".".join((name, *map(str, path)))
+                    if isinstance(leaf, Module):
+                        yield from leaf._walk(f"{prefix}{local}.")
+                    elif isinstance(leaf, Tensor):
+                        yield f"{prefix}{local}", leaf, _kind(name, local, buffers, frozen), self, local
+
+    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+        """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
+        return ((name, leaf, kind) for name, leaf, kind, _, _ in self._walk(prefix))
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
         """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded."""
@@ -366,37 +439,17 @@ class Module:
 slope.tree.register(Module, Module.tree_flatten, Module.tree_unflatten)
 
 
-def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
-    """(dotted name, module) of the modules held in a list/tuple/dict attribute."""
-    if isinstance(value, Module):
-        yield prefix, value
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _container_modules(item, f"{prefix}.{i}")
-    elif isinstance(value, dict):
-        for key in slope.tree.structure(value).entries():  # in pytree order
-            yield from _container_modules(value[key], f"{prefix}.{key}")
+def _container_modules(value: Any, prefix: str) -> list[tuple[str, Module]]:
+    """(dotted name, module) of the modules held in a container attribute (list, tuple, dict, any pytree node)."""
+    paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
+    return [
+        (".".join((prefix, *map(str, path))), leaf) for path, leaf in zip(paths, leaves) if isinstance(leaf, Module)
+    ]
 
 
-def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, str]]:
-    """Leaves of an attribute value in slope.tree order, named by dotted path."""
-    if isinstance(value, Module):
-        yield from value.named_leaves(f"{name}.")
-    elif isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        for i, item in enumerate(value):
-            yield from _named_leaves(item, f"{name}.{i}", kind)
-    elif isinstance(value, dict):
-        for key in slope.tree.structure(value).entries():  # in pytree order
-            yield from _named_leaves(value[key], f"{name}.{key}", kind)
-    elif isinstance(value, Tensor):
-        yield name, value, kind
-    else:  # another pytree node (a namedtuple, a registered dataclass) or a non-tensor leaf
-        leaves = slope.tree.leaves(value)
-        if len(leaves) == 1 and leaves[0] is value:
-            yield name, value, kind
-        else:
-            for i, leaf in enumerate(leaves):
-                yield f"{name}.{i}", leaf, kind
+def _kind(attribute: str, local: str, buffers: frozenset, frozen: frozenset) -> str:
+    """The kind of a tensor of a module: in its buffer attribute `attribute`, or frozen by its name `local` there."""
+    return "buffer" if attribute in buffers else "frozen" if local in frozen else "param"
 
 
 def _assign(target: Module, source: Module) -> None:
@@ -420,6 +473,17 @@ def _merged(current: Any, value: Any) -> Any:
     if isinstance(current, dict) and isinstance(value, dict) and current.keys() == value.keys():
         current.update((key, _merged(current[key], new)) for key, new in value.items())
         return current
+    if type(current) is type(value) and not optree.tree_is_leaf(current, namespace=slope.tree.NAMESPACE):
+        # another pytree node (a deque, a registered dataclass): rebuilt around its merged items
+        items, aux, _, rebuild = optree.tree_flatten_one_level(current, namespace=slope.tree.NAMESPACE)
+        new_items, new_aux, _, _ = optree.tree_flatten_one_level(value, namespace=slope.tree.NAMESPACE)
+        if len(items) == len(new_items) and aux == new_aux:
+            items = [_merged(old, new) for old, new in zip(items, new_items)]
+            if isinstance(current, collections.deque):
+                current.clear()
+                current.extend(items)
+                return current
+            return rebuild(aux, items)
     return value
 
 
