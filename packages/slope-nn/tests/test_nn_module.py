@@ -913,3 +913,40 @@ def test_freeze_reaches_modules_in_containers_and_items_of_tensor_lists():
     with pytest.raises(TypeError, match="register_buffer: 'mods' holds modules"):
         model.register_buffer("mods", [nn.Linear(2, 2)])
     assert "mods" not in model.__dict__
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+        self.b.weight = self.a.weight
+
+
+def test_load_state_dict_and_load_keep_tied_weights(tmp_path):
+    # loading gave a.weight and b.weight separate tensors (PyTorch keeps the tie), and the optimizers' check of
+    # shared tensors passed afterwards, so the two copies drifted apart
+    model = Tied()
+    model.load_state_dict({name: np.full(t.shape, 2.0, np.float32) for name, t in model.state_dict().items()})
+    assert model.a.weight is model.b.weight and model.a.weight.numpy().tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    model.save(tmp_path / "tied.safetensors")
+    loaded = Tied().load(tmp_path / "tied.safetensors")
+    assert loaded.a.weight is loaded.b.weight and loaded.b.weight.numpy().tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    with pytest.raises(ValueError, match="one tensor"):
+        nn.SGD(0.1).init(loaded)
+    loaded.load_state_dict({"b.weight": np.eye(2, dtype=np.float32)}, strict=False)  # either name loads both
+    assert loaded.a.weight is loaded.b.weight and loaded.a.weight.numpy().tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match="'a.weight' and 'b.weight' are one tensor in the module"):
+        loaded.load_state_dict({"a.weight": np.zeros((2, 2)), "b.weight": np.ones((2, 2))})
+    assert loaded.a.weight.numpy().tolist() == [[1.0, 0.0], [0.0, 1.0]]  # (nothing loaded)
+
+
+def test_tied_weights_are_one_parameter_as_pytorchs():
+    model = Tied()
+    assert [n for n, _ in model.named_parameters()] == ["a.weight"] and model.num_parameters() == 4
+    assert len(model.parameters()) == 1 and list(model.state_dict()) == ["a.weight", "b.weight"]
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Module()
+    theirs.a, theirs.b = torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False)
+    theirs.b.weight = theirs.a.weight
+    assert [n for n, _ in theirs.named_parameters()] == ["a.weight"]
+    assert sum(p.numel() for p in theirs.parameters()) == 4 and list(theirs.state_dict()) == ["a.weight", "b.weight"]

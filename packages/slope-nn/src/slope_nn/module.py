@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import optree
@@ -309,8 +309,9 @@ class Module:
         return ((name, leaf, kind) for name, leaf, kind, _, _ in self._walk(prefix))
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
-        """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded."""
-        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind != "buffer" and isinstance(t, Tensor)]
+        """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded; a tensor held in two
+        places (tied weights) once, by its first name, as PyTorch's."""
+        return _once((n, t) for n, t, kind in self.named_leaves(prefix) if kind != "buffer")
 
     def parameters(self) -> list[Tensor]:
         """Every parameter tensor (frozen ones included, buffers excluded)."""
@@ -318,11 +319,11 @@ class Module:
 
     def named_trainable_parameters(self) -> list[tuple[str, Tensor]]:
         """(dotted name, tensor) of the parameters an optimizer updates (not frozen, not buffers)."""
-        return [(n, t) for n, t, kind in self.named_leaves() if kind == "param" and isinstance(t, Tensor)]
+        return _once((n, t) for n, t, kind in self.named_leaves() if kind == "param")
 
     def named_buffers(self, prefix: str = "") -> list[tuple[str, Tensor]]:
-        """(dotted name, tensor) of every buffer."""
-        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind == "buffer" and isinstance(t, Tensor)]
+        """(dotted name, tensor) of every buffer (a tensor held in two places once, by its first name)."""
+        return _once((n, t) for n, t, kind in self.named_leaves(prefix) if kind == "buffer")
 
     def buffers(self) -> list[Tensor]:
         """Every buffer tensor."""
@@ -351,7 +352,7 @@ class Module:
         return (m for _, m in self.named_modules())
 
     def num_parameters(self) -> int:
-        """How many scalar parameters the module holds (frozen ones included)."""
+        """How many scalar parameters the module holds (frozen ones included; tied weights once, as PyTorch)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------------------------------- modes
@@ -393,18 +394,33 @@ class Module:
                     f"Module.load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
                     "(pass strict=False to load a partial state)"
                 )
-        new_leaves = []
-        for name, leaf in zip(names, leaves):
-            if name in state and isinstance(leaf, Tensor):
-                value = state[name]
-                array = as_array(value)  # (a PyTorch bfloat16 tensor too: NumPy's asarray fails on it)
-                if tuple(array.shape) != leaf.shape:
+        new_leaves = list(leaves)
+        places: dict[int, list[int]] = {}  # a tensor held in several places (tied weights) stays one tensor
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor):
+                places.setdefault(id(leaf), []).append(i)
+        for indices in places.values():
+            loaded = None
+            for i in indices:
+                if names[i] not in state:
+                    continue
+                array = as_array(state[names[i]])  # (a PyTorch bfloat16 tensor too: NumPy's asarray fails on it)
+                if tuple(array.shape) != leaves[i].shape:
                     raise ValueError(
-                        f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "
-                        f"{leaf.shape} in the module"
+                        f"Module.load_state_dict: {names[i]!r} has shape {tuple(array.shape)} in the state but "
+                        f"{leaves[i].shape} in the module"
                     )
-                leaf = slope.tensor(np.asarray(array, order="C")).astype(leaf.dtype)  # (float16 through float32)
-            new_leaves.append(leaf)
+                value = slope.tensor(np.asarray(array, order="C")).astype(leaves[i].dtype)  # (float16 via float32)
+                if loaded is None:
+                    loaded = value, names[i]
+                elif value.numpy().tobytes() != loaded[0].numpy().tobytes():
+                    raise ValueError(
+                        f"Module.load_state_dict: {loaded[1]!r} and {names[i]!r} are one tensor in the module (tied "
+                        "weights), but the state gives them different values"
+                    )
+            if loaded is not None:
+                for i in indices:
+                    new_leaves[i] = loaded[0]
         _assign(self, slope.tree.unflatten(treedef, new_leaves))
         return self
 
@@ -450,6 +466,17 @@ def _container_modules(value: Any, prefix: str) -> list[tuple[str, Module]]:
 def _kind(attribute: str, local: str, buffers: frozenset, frozen: frozenset) -> str:
     """The kind of a tensor of a module: in its buffer attribute `attribute`, or frozen by its name `local` there."""
     return "buffer" if attribute in buffers else "frozen" if local in frozen else "param"
+
+
+def _once(named: Iterable[tuple[str, Any]]) -> list[tuple[str, Tensor]]:
+    """The named tensors, each tensor once (by its first name)."""
+    seen: set[int] = set()
+    result = []
+    for name, tensor in named:
+        if isinstance(tensor, Tensor) and id(tensor) not in seen:
+            seen.add(id(tensor))
+            result.append((name, tensor))
+    return result
 
 
 def _assign(target: Module, source: Module) -> None:
