@@ -950,3 +950,32 @@ def test_tied_weights_are_one_parameter_as_pytorchs():
     theirs.b.weight = theirs.a.weight
     assert [n for n, _ in theirs.named_parameters()] == ["a.weight"]
     assert sum(p.numel() for p in theirs.parameters()) == 4 and list(theirs.state_dict()) == ["a.weight", "b.weight"]
+
+
+@dataclasses.dataclass
+class Config:
+    scale: float = 1.0
+    sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+def test_a_mutable_dataclass_attribute_is_keyed_by_value():
+    # an unhashable dataclass was keyed by identity: after `cfg.scale = 5.0` jit ran the program of scale 1.0
+    class Configured(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.w = slope.ones(3)
+            self.cfg = cfg
+
+        def forward(self, x):
+            return (self.w * x).sum() * self.cfg.scale
+
+    run, calls = counting_jit()
+    x = slope.ones(3)
+    model = Configured(Config())
+    assert run(model, x).item() == 3.0
+    model.cfg.scale = 5.0
+    assert run(model, x).item() == 15.0 and len(calls) == 2
+    assert run(Configured(Config(5.0)), x).item() == 15.0 and len(calls) == 2  # equal configurations: one program
+    model.cfg.sizes.append(3)
+    run(model, x)
+    assert len(calls) == 3

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import inspect
 import sys
 import threading
@@ -61,6 +62,10 @@ def _freeze(value: Any) -> Any:
         return ("set", frozenset(_freeze(v) for v in value))
     if isinstance(value, np.ndarray):
         return ("ndarray", value.shape, value.dtype.str, value.tobytes())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # (by value: a mutated config retraces)
+        return (type(value), tuple((f.name, _freeze(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, Tensor):  # (its == is elementwise)
+        return ("object", id(value))
     try:
         hash(value)
     except TypeError:
