@@ -979,3 +979,19 @@ def test_a_mutable_dataclass_attribute_is_keyed_by_value():
     model.cfg.sizes.append(3)
     run(model, x)
     assert len(calls) == 3
+
+
+def test_train_takes_only_a_bool():
+    # train("False") set training mode (a non-empty string is true); PyTorch raises ValueError
+    model = nn.Dropout(0.5)
+    with pytest.raises(ValueError, match="Module.train: mode must be a bool, got str 'False'"):
+        model.train("False")
+    assert model.training and not model.train(False).training and model.train(np.bool_(True)).training
+
+
+def test_a_linear_layer_with_a_numpy_weight_says_so():
+    # the message was "expected the input, weight and bias of one dtype ... input float32, weight float32"
+    layer = nn.Linear(2, 1)
+    layer.weight = np.array([[1.0, 2.0]], dtype=np.float32)
+    with pytest.raises(TypeError, match="nn.Linear: the weight is a numpy.ndarray, not a slope Tensor"):
+        layer(slope.tensor([[1.0, 1.0]]))

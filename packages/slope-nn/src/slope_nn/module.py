@@ -363,6 +363,8 @@ class Module:
     # ------------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> Module:
         """Set training mode on this module and its descendants (dropout active, batch statistics); returns self."""
+        if not isinstance(mode, (bool, np.bool_)):  # ("False" is truthy: it set training mode)
+            raise ValueError(f"Module.train: mode must be a bool, got {type(mode).__name__} {mode!r} (as PyTorch)")
         for module in self.modules():
             module.__dict__["training"] = bool(mode)
         return self
