@@ -104,6 +104,8 @@ def _is_child(value: Any) -> bool:
     if isinstance(value, (Tensor, Module)):
         return True
     kind = type(value)
+    if kind in _SCALARS:  # (every jit call asks this of a module's static attributes: these without optree)
+        return False
     if kind is list or kind is tuple:
         items = value
     elif kind is dict:
@@ -119,8 +121,9 @@ def _container_child(value: Any) -> Any:
     """The pytree child of a container attribute: the container itself where all its leaves are tensors and modules,
     else a `_Mixed` whose children are those alone (a float in `[(layer, 0.5)]` is static, as a float attribute is:
     a leaf, it was traced under jit and trained by optimizers)."""
-    if type(value) in (list, tuple) and all(isinstance(item, (Tensor, Module)) for item in value):
-        return value  # (the common kind: a list of layers)
+    items = value.values() if type(value) is dict else value if type(value) in (list, tuple) else None
+    if items is not None and all(isinstance(item, (Tensor, Module)) for item in items):
+        return value  # (the common kinds: a list or dict of layers)
     leaves, structure = optree.tree_flatten(value, _holds, namespace=slope.tree.NAMESPACE)
     if all(isinstance(leaf, (Tensor, Module)) for leaf in leaves):
         return value
@@ -160,6 +163,7 @@ slope.tree.register(_Mixed, _Mixed.flatten, _Mixed.unflatten)
 
 
 _SHARED = frozenset([int, bool, str, type(None)])  # static values whose entries are shared (floats: see _freeze)
+_SCALARS = _SHARED | {float, complex, bytes, frozenset, set, np.ndarray}  # pytree leaves, never children
 _SHARED_ENTRIES: dict[tuple, tuple] = {}  # (name, type, value) -> (name, _Static)
 
 
@@ -201,14 +205,17 @@ class Module:
         entries = []
         for name, value in self.__dict__.items():
             kind = type(value)  # (every jit call flattens its modules: the common kinds first)
-            if kind is Tensor or isinstance(value, (Tensor, Module)):
+            if kind is Tensor:
                 children.append(value)
-                entries.append(name)
-            elif kind not in _SHARED and _is_child(value):
-                children.append(_container_child(value))
                 entries.append(name)
             elif kind in _SHARED:
                 entries.append(_SHARED_ENTRIES.get((name, kind, value)) or _shared_entry(name, value))
+            elif isinstance(value, (Tensor, Module)):
+                children.append(value)
+                entries.append(name)
+            elif _is_child(value):
+                children.append(_container_child(value))
+                entries.append(name)
             else:
                 entries.append((name, _Static(value)))
         return children, tuple(entries)
