@@ -881,6 +881,29 @@ def test_registered_dataclass_and_deque_attributes_hold_parameters():
     assert model.blocks[0] is first and not first.weight.numpy().any() and not model.p.w.numpy().any()
 
 
+def test_an_unregistered_list_subclass_of_tensors_stays_a_leaf_that_jit_and_grad_refuse():
+    # optree does not flatten a subclass of list it was not told about: it is one leaf, so jit and grad say so (made
+    # static with the rest of a container, its tensors would be baked into programs, its "gradient" the weights)
+    class Weights(list):
+        pass
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws = Weights([slope.ones(2)])
+            self.mixed = [Weights([slope.ones(2)]), 0.5]
+
+        def forward(self, x):
+            return (self.ws[0] * self.mixed[0][0] * x).sum() * self.mixed[1]
+
+    model, x = Holder(), slope.ones(2)
+    assert len(slope.tree.leaves(model)) == 2 and [n for n, _, _ in model.named_leaves()] == ["ws", "mixed.0"]
+    with pytest.raises(slope.TransformError, match="unhashable type: 'Weights'"):
+        slope.jit(lambda m, x: m(x))(model, x)
+    with pytest.raises(slope.TransformError, match="holds Weights"):
+        slope.grad(lambda m: m(x))(model)
+
+
 def test_freeze_reaches_modules_in_containers_and_items_of_tensor_lists():
     # freeze("layers") on a list of modules was accepted and froze nothing; freeze("ws.0") said 'ws.0' did not exist
     # while listing it among the parameters

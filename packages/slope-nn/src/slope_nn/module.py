@@ -106,9 +106,9 @@ def _is_child(value: Any) -> bool:
     kind = type(value)
     if kind in _SCALARS:  # (every jit call asks this of a module's static attributes: these without optree)
         return False
-    if kind is list or kind is tuple:
+    if isinstance(value, (list, tuple)):  # (an unregistered subclass too: one leaf, which jit and grad refuse)
         items = value
-    elif kind is dict:
+    elif isinstance(value, dict):
         items = value.values()
     elif optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE):
         return False
@@ -125,7 +125,7 @@ def _container_child(value: Any) -> Any:
     if items is not None and all(isinstance(item, (Tensor, Module)) for item in items):
         return value  # (the common kinds: a list or dict of layers)
     leaves, structure = optree.tree_flatten(value, _holds, namespace=slope.tree.NAMESPACE)
-    if all(isinstance(leaf, (Tensor, Module)) for leaf in leaves):
+    if all(_is_child(leaf) for leaf in leaves):
         return value
     return _Mixed(value, leaves, structure)
 
@@ -138,10 +138,10 @@ class _Mixed:
 
     def __init__(self, value: Any, leaves: list, structure: Any) -> None:
         paths = optree.tree_paths(value, _holds, namespace=slope.tree.NAMESPACE)
-        held = [i for i, leaf in enumerate(leaves) if isinstance(leaf, (Tensor, Module))]
+        held = [i for i, leaf in enumerate(leaves) if _is_child(leaf)]  # (tensors, modules, unregistered lists)
         self.items = [leaves[i] for i in held]
         self.entries = tuple(".".join(map(str, paths[i])) for i in held)
-        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not isinstance(leaf, (Tensor, Module)))
+        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
         self.static = (structure, others)
 
     @staticmethod
@@ -297,9 +297,9 @@ class Module:
             )
 
     # ------------------------------------------------------------------------------------------- walking
-    def _walk(self, prefix: str = "") -> Iterator[tuple[str, Tensor, str, Module, str]]:
-        """(dotted name, tensor, kind, the module holding it, its name there) for every tensor leaf in tree order;
-        what is neither a tensor nor a module inside a container attribute is static, no leaf."""
+    def _walk(self, prefix: str = "") -> Iterator[tuple[str, Any, str, Module, str]]:
+        """(dotted name, leaf, kind, the module holding it, its name there) for every leaf in tree order (tensors, and
+        unregistered list/tuple/dict subclasses holding some); the rest of a container attribute is static."""
         buffers = self._buffer_names
         frozen = self._frozen_names
         for name, value in self.__dict__.items():
@@ -313,7 +313,7 @@ class Module:
                     local = ".".join((name, *map(str, path)))
                     if isinstance(leaf, Module):
                         yield from leaf._walk(f"{prefix}{local}.")
-                    elif isinstance(leaf, Tensor):
+                    elif _is_child(leaf):  # (a tensor, or an unregistered list subclass: a leaf jit and grad refuse)
                         yield f"{prefix}{local}", leaf, _kind(name, local, buffers, frozen), self, local
 
     def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
