@@ -1,8 +1,10 @@
 """Module: a pytree of parameters, buffers and child modules, with the PyTorch-style surface.
 
-A module's attributes that hold tensors (or modules, or lists/tuples/dicts of them) are its pytree children; every
-other attribute (sizes, flags, activation names, `training`) is static and goes into the tree structure, so `jit`
-caches one program per structure and switching `train()`/`eval()` compiles a separate program.
+A module's attributes that hold tensors (or modules, or containers of them: lists, tuples, dicts, namedtuples, deques,
+classes registered with `slope.tree.register`) are its pytree children; every other attribute (sizes, flags,
+activation names, `training`), and every item of such a container that is neither a tensor nor a module (the 0.5 of
+`[(layer, 0.5)]`), is static and goes into the tree structure, so `jit` caches one program per structure and switching
+`train()`/`eval()` compiles a separate program.
 
 Kinds of tensor attributes:
 
