@@ -3,6 +3,9 @@ train/eval, jit caching, functional buffer updates (nn.apply) and nn.value_and_g
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 import re
 from typing import Callable
 
@@ -736,3 +739,282 @@ def test_the_shared_entries_of_static_attributes_are_bounded():
     assert len(module_module._SHARED_ENTRIES) <= 4096
     del model.step
     assert slope.tree.structure(model) == first  # (a structure after a clear equals one from before)
+
+
+# ----------------------------------------------------------------------------------------------- container attributes
+
+
+class ScaledBlocks(nn.Module):
+    """(layer, residual scale) pairs and a dict with a temperature: the floats, the string and the array are
+    configuration, static as they are when they are attributes of their own."""
+
+    def __init__(self, scales: tuple = (0.5, 0.25)) -> None:
+        super().__init__()
+        self.blocks = [(nn.Linear(2, 2, key=slope.random.key(i)), scale) for i, scale in enumerate(scales)]
+        self.head = {"proj": nn.Linear(2, 2, key=slope.random.key(7)), "temperature": 2.0, "act": "tanh"}
+        self.extra = (slope.tensor([1.0, -1.0]), np.array([3.0, 4.0], np.float32))
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        for layer, scale in self.blocks:
+            x = x + scale * layer(x)
+        x = self.head["proj"](x) / self.head["temperature"]
+        x = x.tanh() if self.head["act"] == "tanh" else x
+        return x * self.extra[0] * slope.tensor(self.extra[1])
+
+
+def scaled_blocks_step(model: nn.Module, x: slope.Tensor, y: slope.Tensor, opt: nn.Optimizer, state: object) -> tuple:
+    grads = nn.grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+    return opt.step(model, grads, state)
+
+
+def test_non_tensor_items_of_container_attributes_are_static_not_trained_leaves():
+    # the 0.5 of [(Linear, 0.5)] was a leaf: traced under jit as a 0-d tensor, trained by SGD (0.5 -> 0.4266), a
+    # state-less leaf for Adam, and a str there crashed nn.grad; eagerly it was left alone
+    model = ScaledBlocks()
+    names = [name for name, _, _ in model.named_leaves()]
+    assert names == ["blocks.0.0.weight", "blocks.0.0.bias", "blocks.1.0.weight", "blocks.1.0.bias",
+                     "head.proj.weight", "head.proj.bias", "extra.0"]  # fmt: skip
+    assert len(slope.tree.leaves(model)) == 7 and all(isinstance(t, slope.Tensor) for t in slope.tree.leaves(model))
+    x, y = slope.tensor([[1.0, 2.0]]), slope.tensor([[0.0, 1.0]])
+    for opt in (nn.SGD(0.1), nn.Adam(0.1)):
+        eager, eager_state = model, opt.init(model)
+        jitted, jit_state = model, opt.init(model)
+        step = slope.jit(functools.partial(scaled_blocks_step, opt=opt))
+        for _ in range(2):
+            eager, eager_state = scaled_blocks_step(eager, x, y, opt, eager_state)
+            jitted, jit_state = step(jitted, x, y, state=jit_state)
+        for ours in (eager, jitted):
+            assert [scale for _, scale in ours.blocks] == [0.5, 0.25]
+            assert all(type(scale) is float for _, scale in ours.blocks)
+            assert ours.head["temperature"] == 2.0 and type(ours.head["temperature"]) is float
+            assert ours.head["act"] == "tanh" and isinstance(ours.extra[1], np.ndarray)
+        for a, b in zip(eager.state_dict().values(), jitted.state_dict().values()):
+            assert_close(b, a.numpy())
+        assert not np.array_equal(eager.blocks[0][0].weight.numpy(), model.blocks[0][0].weight.numpy())
+
+
+def test_a_changed_static_item_of_a_container_compiles_again():
+    run, calls = counting_jit()
+    x = slope.tensor([[1.0, 2.0]])
+    first = ScaledBlocks()
+    assert_close(run(first, x), first(x).numpy())
+    assert_close(run(ScaledBlocks(), x), first(x).numpy())  # same configuration: one program
+    assert len(calls) == 1
+    other = ScaledBlocks((0.5, 0.75))
+    assert_close(run(other, x), other(x).numpy())
+    assert len(calls) == 2
+    other.head["act"] = "none"
+    assert_close(run(other, x), other(x).numpy())
+    assert len(calls) == 3
+    returned = slope.jit(lambda m: m)(other)
+    assert returned.blocks[1][1] == 0.75 and type(returned.blocks[1][1]) is float and returned.head["act"] == "none"
+
+
+def test_modules_in_a_namedtuple_keep_their_kinds_and_names():
+    # a namedtuple attribute was flattened whole: pair.0..pair.5 all "param", the BatchNorm's running statistics
+    # decayed by SGD's weight decay, freeze() inside it ignored
+    pair_type = collections.namedtuple("Pair", "enc norm")
+
+    class Paired(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair = pair_type(nn.Linear(2, 2), nn.BatchNorm1d(2))
+
+        def forward(self, x):
+            return self.pair.norm(self.pair.enc(x))
+
+    model = Paired()
+    assert [(n, k) for n, _, k in model.named_leaves()] == [
+        ("pair.0.weight", "param"), ("pair.0.bias", "param"), ("pair.1.weight", "param"), ("pair.1.bias", "param"),
+        ("pair.1.running_mean", "buffer"), ("pair.1.running_var", "buffer")]  # fmt: skip
+    assert [n for n, _ in model.named_buffers()] == ["pair.1.running_mean", "pair.1.running_var"]
+    x = slope.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    model.pair.enc.freeze()
+    assert [n for n, _ in model.named_trainable_parameters()] == ["pair.1.weight", "pair.1.bias"]
+    model.eval()
+    grads = nn.grad(lambda m: (m(x) ** 2).sum())(model)
+    opt = nn.SGD(0.5, weight_decay=0.1)
+    stepped, _ = opt.step(model, grads, opt.init(model))
+    for name in ("pair.0.weight", "pair.1.running_mean", "pair.1.running_var"):
+        np.testing.assert_array_equal(stepped.state_dict()[name].numpy(), model.state_dict()[name].numpy())
+    assert not np.array_equal(stepped.pair.norm.weight.numpy(), model.pair.norm.weight.numpy())
+
+
+@slope.tree.register
+@dataclasses.dataclass
+class Affine:
+    w: slope.Tensor
+    b: slope.Tensor
+
+
+def test_registered_dataclass_and_deque_attributes_hold_parameters():
+    # they were static: no parameters, the "gradient" was the weights themselves, jit baked them in
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = Affine(slope.ones(2), slope.zeros(2))
+            self.blocks = collections.deque([nn.Linear(2, 2), nn.Linear(2, 2)])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return (self.p.w * x + self.p.b).sum()
+
+    model = Holder()
+    assert [n for n, _ in model.named_parameters()] == [
+        "p.0", "p.1", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias"]  # fmt: skip
+    assert len(slope.tree.leaves(model)) == 6
+    x = slope.tensor([1.0, 2.0])
+    grads = nn.grad(lambda m: m(x))(model)
+    hidden = model.blocks[1](model.blocks[0](x))
+    assert_close(grads.p.w, hidden.numpy())
+    np.testing.assert_array_equal(grads.p.b.numpy(), [1.0, 1.0])
+    assert grads.blocks[0].weight is not model.blocks[0].weight
+    run = slope.jit(lambda m, x: m(x))
+    run(model, x)
+    model.p.w = slope.full((2,), 3.0)  # new weights: the program's inputs, not its constants
+    assert_close(run(model, x), model(x).item())
+    model.eval()
+    assert not any(block.training for block in model.blocks)
+    first = model.blocks[0]
+    model.load_state_dict({name: np.zeros(t.shape, np.float32) for name, t in model.state_dict().items()})
+    assert model.blocks[0] is first and not first.weight.numpy().any() and not model.p.w.numpy().any()
+
+
+def test_an_unregistered_list_subclass_of_tensors_stays_a_leaf_that_jit_and_grad_refuse():
+    # optree does not flatten a subclass of list it was not told about: it is one leaf, so jit and grad say so (made
+    # static with the rest of a container, its tensors would be baked into programs, its "gradient" the weights)
+    class Weights(list):
+        pass
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws = Weights([slope.ones(2)])
+            self.mixed = [Weights([slope.ones(2)]), 0.5]
+
+        def forward(self, x):
+            return (self.ws[0] * self.mixed[0][0] * x).sum() * self.mixed[1]
+
+    model, x = Holder(), slope.ones(2)
+    assert len(slope.tree.leaves(model)) == 2 and [n for n, _, _ in model.named_leaves()] == ["ws", "mixed.0"]
+    with pytest.raises(slope.TransformError, match="unhashable type: 'Weights'"):
+        slope.jit(lambda m, x: m(x))(model, x)
+    with pytest.raises(slope.TransformError, match="holds Weights"):
+        slope.grad(lambda m: m(x))(model)
+
+
+def test_freeze_reaches_modules_in_containers_and_items_of_tensor_lists():
+    # freeze("layers") on a list of modules was accepted and froze nothing; freeze("ws.0") said 'ws.0' did not exist
+    # while listing it among the parameters
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [nn.Linear(2, 2), nn.Linear(2, 2)]
+            self.head = nn.Linear(2, 1)
+            self.ws = [slope.ones(2), slope.ones(2)]
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return (self.head(x * self.ws[0] * self.ws[1])).sum()
+
+    model = Stack().freeze("layers")
+    assert [n for n, _ in model.named_trainable_parameters()] == ["head.weight", "head.bias", "ws.0", "ws.1"]
+    x = slope.ones(1, 2)
+    opt = nn.SGD(0.1)
+    stepped, _ = opt.step(model, nn.grad(lambda m: m(x))(model), opt.init(model))
+    np.testing.assert_array_equal(stepped.layers[0].weight.numpy(), model.layers[0].weight.numpy())
+    assert not np.array_equal(stepped.head.weight.numpy(), model.head.weight.numpy())
+    model.unfreeze("layers.1.weight")
+    assert [n for n, _ in model.named_trainable_parameters()][:1] == ["layers.1.weight"]
+    model.unfreeze().freeze("head", "ws.0")
+    assert [n for n, _ in model.named_trainable_parameters()] == [
+        "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "ws.1"]  # fmt: skip
+    with pytest.raises(KeyError, match=r"no parameters named \['ws.2'\]"):
+        model.freeze("ws.2")
+    with pytest.raises(TypeError, match="register_buffer: 'mods' holds modules"):
+        model.register_buffer("mods", [nn.Linear(2, 2)])
+    assert "mods" not in model.__dict__
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+        self.b.weight = self.a.weight
+
+
+def test_load_state_dict_and_load_keep_tied_weights(tmp_path):
+    # loading gave a.weight and b.weight separate tensors (PyTorch keeps the tie), and the optimizers' check of
+    # shared tensors passed afterwards, so the two copies drifted apart
+    model = Tied()
+    model.load_state_dict({name: np.full(t.shape, 2.0, np.float32) for name, t in model.state_dict().items()})
+    assert model.a.weight is model.b.weight and model.a.weight.numpy().tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    model.save(tmp_path / "tied.safetensors")
+    loaded = Tied().load(tmp_path / "tied.safetensors")
+    assert loaded.a.weight is loaded.b.weight and loaded.b.weight.numpy().tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    with pytest.raises(ValueError, match="one tensor"):
+        nn.SGD(0.1).init(loaded)
+    loaded.load_state_dict({"b.weight": np.eye(2, dtype=np.float32)}, strict=False)  # either name loads both
+    assert loaded.a.weight is loaded.b.weight and loaded.a.weight.numpy().tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match="'a.weight' and 'b.weight' are one tensor in the module"):
+        loaded.load_state_dict({"a.weight": np.zeros((2, 2)), "b.weight": np.ones((2, 2))})
+    assert loaded.a.weight.numpy().tolist() == [[1.0, 0.0], [0.0, 1.0]]  # (nothing loaded)
+
+
+def test_tied_weights_are_one_parameter_as_pytorchs():
+    model = Tied()
+    assert [n for n, _ in model.named_parameters()] == ["a.weight"] and model.num_parameters() == 4
+    assert len(model.parameters()) == 1 and list(model.state_dict()) == ["a.weight", "b.weight"]
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Module()
+    theirs.a, theirs.b = torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False)
+    theirs.b.weight = theirs.a.weight
+    assert [n for n, _ in theirs.named_parameters()] == ["a.weight"]
+    assert sum(p.numel() for p in theirs.parameters()) == 4 and list(theirs.state_dict()) == ["a.weight", "b.weight"]
+
+
+@dataclasses.dataclass
+class Config:
+    scale: float = 1.0
+    sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+def test_a_mutable_dataclass_attribute_is_keyed_by_value():
+    # an unhashable dataclass was keyed by identity: after `cfg.scale = 5.0` jit ran the program of scale 1.0
+    class Configured(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.w = slope.ones(3)
+            self.cfg = cfg
+
+        def forward(self, x):
+            return (self.w * x).sum() * self.cfg.scale
+
+    run, calls = counting_jit()
+    x = slope.ones(3)
+    model = Configured(Config())
+    assert run(model, x).item() == 3.0
+    model.cfg.scale = 5.0
+    assert run(model, x).item() == 15.0 and len(calls) == 2
+    assert run(Configured(Config(5.0)), x).item() == 15.0 and len(calls) == 2  # equal configurations: one program
+    model.cfg.sizes.append(3)
+    run(model, x)
+    assert len(calls) == 3
+
+
+def test_train_takes_only_a_bool():
+    # train("False") set training mode (a non-empty string is true); PyTorch raises ValueError
+    model = nn.Dropout(0.5)
+    with pytest.raises(ValueError, match="Module.train: mode must be a bool, got str 'False'"):
+        model.train("False")
+    assert model.training and not model.train(False).training and model.train(np.bool_(True)).training
+
+
+def test_a_linear_layer_with_a_numpy_weight_says_so():
+    # the message was "expected the input, weight and bias of one dtype ... input float32, weight float32"
+    layer = nn.Linear(2, 1)
+    layer.weight = np.array([[1.0, 2.0]], dtype=np.float32)
+    with pytest.raises(TypeError, match="nn.Linear: the weight is a numpy.ndarray, not a slope Tensor"):
+        layer(slope.tensor([[1.0, 1.0]]))

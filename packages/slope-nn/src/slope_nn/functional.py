@@ -253,6 +253,10 @@ def check_linear_dtypes(name: str, x: Tensor, weight: Tensor, bias: Tensor | Non
     """Refuse a linear map's input, weight and bias of different dtypes, as PyTorch ("mat1 and mat2 must have the same
     dtype"): a bias of another dtype promoted the result (float16 input and weight, float32 bias: float32), and an
     input of another dtype failed in slope.matmul naming neither the layer nor the shapes."""
+    for role, value in (("weight", weight), ("bias", bias)):
+        if value is not None and not isinstance(value, Tensor):  # (a NumPy weight: "weight float32 ... float32")
+            raise TypeError(f"slope.{name}: the {role} is a {type(value).__module__}.{type(value).__name__}, not a "
+                            f"slope Tensor (PyTorch: a Parameter or None expected); assign slope.tensor(...) of it")  # fmt: skip
     if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype):
         return
     got = [f"{what} {x.dtype.name} of shape {x.shape}", f"weight {weight.dtype.name} of shape {weight.shape}"]

@@ -1,8 +1,10 @@
 """Module: a pytree of parameters, buffers and child modules, with the PyTorch-style surface.
 
-A module's attributes that hold tensors (or modules, or lists/tuples/dicts of them) are its pytree children; every
-other attribute (sizes, flags, activation names, `training`) is static and goes into the tree structure, so `jit`
-caches one program per structure and switching `train()`/`eval()` compiles a separate program.
+A module's attributes that hold tensors (or modules, or containers of them: lists, tuples, dicts, namedtuples, deques,
+classes registered with `slope.tree.register`) are its pytree children; every other attribute (sizes, flags,
+activation names, `training`), and every item of such a container that is neither a tensor nor a module (the 0.5 of
+`[(layer, 0.5)]`), is static and goes into the tree structure, so `jit` caches one program per structure and switching
+`train()`/`eval()` compiles a separate program.
 
 Kinds of tensor attributes:
 
@@ -21,11 +23,13 @@ a transformation nested inside such a block (a slope.grad in train_step's loss):
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import inspect
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import optree
@@ -60,6 +64,10 @@ def _freeze(value: Any) -> Any:
         return ("set", frozenset(_freeze(v) for v in value))
     if isinstance(value, np.ndarray):
         return ("ndarray", value.shape, value.dtype.str, value.tobytes())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # (by value: a mutated config retraces)
+        return (type(value), tuple((f.name, _freeze(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, Tensor):  # (its == is elementwise)
+        return ("object", id(value))
     try:
         hash(value)
     except TypeError:
@@ -87,18 +95,77 @@ class _Static:
         return repr(self.value)
 
 
+def _holds(value: Any) -> bool:
+    """Whether a value inside an attribute's container is a pytree child of the module (a tensor or a module)."""
+    return isinstance(value, (Tensor, Module))
+
+
 def _is_child(value: Any) -> bool:
-    """Whether an attribute value belongs in the pytree (holds tensors or modules)."""
+    """Whether an attribute value belongs in the pytree: a tensor, a module, or a pytree container (list, tuple, dict,
+    namedtuple, deque, a class registered with slope.tree.register) that holds some."""
     if isinstance(value, (Tensor, Module)):
         return True
-    if isinstance(value, (list, tuple)):
-        return any(_is_child(v) for v in value)
-    if isinstance(value, dict):
-        return any(_is_child(v) for v in value.values())
-    return False
+    kind = type(value)
+    if kind in _SCALARS:  # (every jit call asks this of a module's static attributes: these without optree)
+        return False
+    if isinstance(value, (list, tuple)):  # (an unregistered subclass too: one leaf, which jit and grad refuse)
+        items = value
+    elif isinstance(value, dict):
+        items = value.values()
+    elif optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE):
+        return False
+    else:
+        items = optree.tree_flatten_one_level(value, namespace=slope.tree.NAMESPACE)[0]
+    return any(_is_child(item) for item in items)
+
+
+def _container_child(value: Any) -> Any:
+    """The pytree child of a container attribute: the container itself where all its leaves are tensors and modules,
+    else a `_Mixed` whose children are those alone (a float in `[(layer, 0.5)]` is static, as a float attribute is:
+    a leaf, it was traced under jit and trained by optimizers)."""
+    items = value.values() if type(value) is dict else value if type(value) in (list, tuple) else None
+    if items is not None and all(isinstance(item, (Tensor, Module)) for item in items):
+        return value  # (the common kinds: a list or dict of layers)
+    leaves, structure = optree.tree_flatten(value, _holds, namespace=slope.tree.NAMESPACE)
+    if all(_is_child(leaf) for leaf in leaves):
+        return value
+    return _Mixed(value, leaves, structure)
+
+
+class _Mixed:
+    """A container attribute holding tensors or modules and other values: the tensors and modules are its pytree
+    children; the other values are static, compared by content (part of the structure, the jit key)."""
+
+    __slots__ = ("items", "static", "entries")
+
+    def __init__(self, value: Any, leaves: list, structure: Any) -> None:
+        paths = optree.tree_paths(value, _holds, namespace=slope.tree.NAMESPACE)
+        held = [i for i, leaf in enumerate(leaves) if _is_child(leaf)]  # (tensors, modules, unregistered lists)
+        self.items = [leaves[i] for i in held]
+        self.entries = tuple(".".join(map(str, paths[i])) for i in held)
+        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
+        self.static = (structure, others)
+
+    @staticmethod
+    def flatten(mixed: _Mixed) -> tuple[list, tuple, tuple]:
+        """The tensors and modules, the static rest, and their paths in the container."""
+        return mixed.items, mixed.static, mixed.entries
+
+    @staticmethod
+    def unflatten(static: tuple, children: list) -> Any:
+        """The container itself (not a `_Mixed`): its static values put back between the children."""
+        structure, others = static
+        leaves = list(children)
+        for i, value in others:
+            leaves.insert(i, value.value)
+        return structure.unflatten(leaves)
+
+
+slope.tree.register(_Mixed, _Mixed.flatten, _Mixed.unflatten)
 
 
 _SHARED = frozenset([int, bool, str, type(None)])  # static values whose entries are shared (floats: see _freeze)
+_SCALARS = _SHARED | {float, complex, bytes, frozenset, set, np.ndarray}  # pytree leaves, never children
 _SHARED_ENTRIES: dict[tuple, tuple] = {}  # (name, type, value) -> (name, _Static)
 
 
@@ -140,11 +207,17 @@ class Module:
         entries = []
         for name, value in self.__dict__.items():
             kind = type(value)  # (every jit call flattens its modules: the common kinds first)
-            if kind is Tensor or (kind not in _SHARED and _is_child(value)):
+            if kind is Tensor:
                 children.append(value)
                 entries.append(name)
             elif kind in _SHARED:
                 entries.append(_SHARED_ENTRIES.get((name, kind, value)) or _shared_entry(name, value))
+            elif isinstance(value, (Tensor, Module)):
+                children.append(value)
+                entries.append(name)
+            elif _is_child(value):
+                children.append(_container_child(value))
+                entries.append(name)
             else:
                 entries.append((name, _Static(value)))
         return children, tuple(entries)
@@ -181,16 +254,22 @@ class Module:
 
     def register_buffer(self, name: str, value: Tensor | None) -> None:
         """Add a buffer: a tensor kept with the module (and saved) that optimizers do not train."""
+        if isinstance(value, Module) or _container_modules(value, name):
+            raise TypeError(
+                f"Module.register_buffer: {name!r} holds modules; a buffer is a tensor (or a list, tuple or dict of "
+                "tensors), as PyTorch's (Tensor or None). Assign the modules as an attribute and register their "
+                "tensors as buffers in them"
+            )
         setattr(self, name, value)
         self.__dict__["_buffers"] = self._buffer_names | {name}
 
     def freeze(self, *names: str) -> Module:
-        """Mark parameters (all by default, or the given dotted names) as frozen: optimizers skip them."""
+        """Mark parameters (all by default, or those under the given dotted names) as frozen: optimizers skip them."""
         self._set_frozen(names, True)
         return self
 
     def unfreeze(self, *names: str) -> Module:
-        """Make frozen parameters (all by default, or the given dotted names) trainable again."""
+        """Make frozen parameters (all by default, or those under the given dotted names) trainable again."""
         self._set_frozen(names, False)
         return self
 
@@ -199,45 +278,54 @@ class Module:
         return self.unfreeze() if requires_grad else self.freeze()
 
     def _set_frozen(self, names: tuple, frozen: bool) -> None:
+        """Mark each parameter named, or under a name (a child module, a list of them: every parameter in it, as
+        PyTorch's `requires_grad_(False)` on a ModuleList), in the module that holds it."""
         wanted = set(names)
         found = set()
-        for name, module, attribute in list(self._attribute_owners()):
-            if attribute in module._buffer_names or (wanted and name not in wanted):
+        for name, _, kind, owner, local in list(self._walk()):
+            if kind == "buffer":
                 continue
-            found.add(name)
-            current = module._frozen_names
-            module.__dict__["_frozen"] = current | {attribute} if frozen else current - {attribute}
+            matched = {w for w in wanted if name == w or name.startswith(w + ".")}
+            if wanted and not matched:
+                continue
+            found |= matched
+            current = owner._frozen_names
+            owner.__dict__["_frozen"] = current | {local} if frozen else current - {local}
         missing = wanted - found
         if missing:
             raise KeyError(
-                f"Module.{'freeze' if frozen else 'unfreeze'}: no parameters named {sorted(missing)}; "
-                f"parameters are {[n for n, _ in self.named_parameters()]}"
+                f"Module.{'freeze' if frozen else 'unfreeze'}: no parameters named {sorted(missing)}, nor modules or "
+                f"containers holding any; parameters are {[n for n, _ in self.named_parameters()]}"
             )
 
-    def _attribute_owners(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
-        """(dotted name, owning module, attribute name) of every tensor-holding attribute."""
-        for name, value in self.__dict__.items():
-            if isinstance(value, Module):
-                yield from value._attribute_owners(f"{prefix}{name}.")
-            elif _is_child(value):
-                yield f"{prefix}{name}", self, name
-                for sub_name, sub in _container_modules(value, f"{prefix}{name}"):
-                    yield from sub._attribute_owners(f"{sub_name}.")
-
     # ------------------------------------------------------------------------------------------- walking
-    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
-        """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
+    def _walk(self, prefix: str = "") -> Iterator[tuple[str, Any, str, Module, str]]:
+        """(dotted name, leaf, kind, the module holding it, its name there) for every leaf in tree order (tensors, and
+        unregistered list/tuple/dict subclasses holding some); the rest of a container attribute is static."""
         buffers = self._buffer_names
         frozen = self._frozen_names
         for name, value in self.__dict__.items():
-            if not _is_child(value):
-                continue
-            kind = "buffer" if name in buffers else "frozen" if name in frozen else "param"
-            yield from _named_leaves(value, f"{prefix}{name}", kind)
+            if isinstance(value, Tensor):
+                yield f"{prefix}{name}", value, _kind(name, name, buffers, frozen), self, name
+            elif isinstance(value, Module):
+                yield from value._walk(f"{prefix}{name}.")
+            elif type(value) not in _SHARED and _is_child(value):
+                paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
+                for path, leaf in zip(paths, leaves):
+                    local = ".".join((name, *map(str, path)))
+                    if isinstance(leaf, Module):
+                        yield from leaf._walk(f"{prefix}{local}.")
+                    elif _is_child(leaf):  # (a tensor, or an unregistered list subclass: a leaf jit and grad refuse)
+                        yield f"{prefix}{local}", leaf, _kind(name, local, buffers, frozen), self, local
+
+    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+        """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
+        return ((name, leaf, kind) for name, leaf, kind, _, _ in self._walk(prefix))
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
-        """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded."""
-        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind != "buffer" and isinstance(t, Tensor)]
+        """(dotted name, tensor) of every parameter, frozen ones included, buffers excluded; a tensor held in two
+        places (tied weights) once, by its first name, as PyTorch's."""
+        return _once((n, t) for n, t, kind in self.named_leaves(prefix) if kind != "buffer")
 
     def parameters(self) -> list[Tensor]:
         """Every parameter tensor (frozen ones included, buffers excluded)."""
@@ -245,11 +333,11 @@ class Module:
 
     def named_trainable_parameters(self) -> list[tuple[str, Tensor]]:
         """(dotted name, tensor) of the parameters an optimizer updates (not frozen, not buffers)."""
-        return [(n, t) for n, t, kind in self.named_leaves() if kind == "param" and isinstance(t, Tensor)]
+        return _once((n, t) for n, t, kind in self.named_leaves() if kind == "param")
 
     def named_buffers(self, prefix: str = "") -> list[tuple[str, Tensor]]:
-        """(dotted name, tensor) of every buffer."""
-        return [(n, t) for n, t, kind in self.named_leaves(prefix) if kind == "buffer" and isinstance(t, Tensor)]
+        """(dotted name, tensor) of every buffer (a tensor held in two places once, by its first name)."""
+        return _once((n, t) for n, t, kind in self.named_leaves(prefix) if kind == "buffer")
 
     def buffers(self) -> list[Tensor]:
         """Every buffer tensor."""
@@ -278,12 +366,14 @@ class Module:
         return (m for _, m in self.named_modules())
 
     def num_parameters(self) -> int:
-        """How many scalar parameters the module holds (frozen ones included)."""
+        """How many scalar parameters the module holds (frozen ones included; tied weights once, as PyTorch)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> Module:
         """Set training mode on this module and its descendants (dropout active, batch statistics); returns self."""
+        if not isinstance(mode, (bool, np.bool_)):  # ("False" is truthy: it set training mode)
+            raise ValueError(f"Module.train: mode must be a bool, got {type(mode).__name__} {mode!r} (as PyTorch)")
         for module in self.modules():
             module.__dict__["training"] = bool(mode)
         return self
@@ -320,18 +410,33 @@ class Module:
                     f"Module.load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
                     "(pass strict=False to load a partial state)"
                 )
-        new_leaves = []
-        for name, leaf in zip(names, leaves):
-            if name in state and isinstance(leaf, Tensor):
-                value = state[name]
-                array = as_array(value)  # (a PyTorch bfloat16 tensor too: NumPy's asarray fails on it)
-                if tuple(array.shape) != leaf.shape:
+        new_leaves = list(leaves)
+        places: dict[int, list[int]] = {}  # a tensor held in several places (tied weights) stays one tensor
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor):
+                places.setdefault(id(leaf), []).append(i)
+        for indices in places.values():
+            loaded = None
+            for i in indices:
+                if names[i] not in state:
+                    continue
+                array = as_array(state[names[i]])  # (a PyTorch bfloat16 tensor too: NumPy's asarray fails on it)
+                if tuple(array.shape) != leaves[i].shape:
                     raise ValueError(
-                        f"Module.load_state_dict: {name!r} has shape {tuple(array.shape)} in the state but "
-                        f"{leaf.shape} in the module"
+                        f"Module.load_state_dict: {names[i]!r} has shape {tuple(array.shape)} in the state but "
+                        f"{leaves[i].shape} in the module"
                     )
-                leaf = slope.tensor(np.asarray(array, order="C")).astype(leaf.dtype)  # (float16 through float32)
-            new_leaves.append(leaf)
+                value = slope.tensor(np.asarray(array, order="C")).astype(leaves[i].dtype)  # (float16 via float32)
+                if loaded is None:
+                    loaded = value, names[i]
+                elif value.numpy().tobytes() != loaded[0].numpy().tobytes():
+                    raise ValueError(
+                        f"Module.load_state_dict: {loaded[1]!r} and {names[i]!r} are one tensor in the module (tied "
+                        "weights), but the state gives them different values"
+                    )
+            if loaded is not None:
+                for i in indices:
+                    new_leaves[i] = loaded[0]
         _assign(self, slope.tree.unflatten(treedef, new_leaves))
         return self
 
@@ -366,37 +471,28 @@ class Module:
 slope.tree.register(Module, Module.tree_flatten, Module.tree_unflatten)
 
 
-def _container_modules(value: Any, prefix: str) -> Iterator[tuple[str, Module]]:
-    """(dotted name, module) of the modules held in a list/tuple/dict attribute."""
-    if isinstance(value, Module):
-        yield prefix, value
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _container_modules(item, f"{prefix}.{i}")
-    elif isinstance(value, dict):
-        for key in slope.tree.structure(value).entries():  # in pytree order
-            yield from _container_modules(value[key], f"{prefix}.{key}")
+def _container_modules(value: Any, prefix: str) -> list[tuple[str, Module]]:
+    """(dotted name, module) of the modules held in a container attribute (list, tuple, dict, any pytree node)."""
+    paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
+    return [
+        (".".join((prefix, *map(str, path))), leaf) for path, leaf in zip(paths, leaves) if isinstance(leaf, Module)
+    ]
 
 
-def _named_leaves(value: Any, name: str, kind: str) -> Iterator[tuple[str, Any, str]]:
-    """Leaves of an attribute value in slope.tree order, named by dotted path."""
-    if isinstance(value, Module):
-        yield from value.named_leaves(f"{name}.")
-    elif isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        for i, item in enumerate(value):
-            yield from _named_leaves(item, f"{name}.{i}", kind)
-    elif isinstance(value, dict):
-        for key in slope.tree.structure(value).entries():  # in pytree order
-            yield from _named_leaves(value[key], f"{name}.{key}", kind)
-    elif isinstance(value, Tensor):
-        yield name, value, kind
-    else:  # another pytree node (a namedtuple, a registered dataclass) or a non-tensor leaf
-        leaves = slope.tree.leaves(value)
-        if len(leaves) == 1 and leaves[0] is value:
-            yield name, value, kind
-        else:
-            for i, leaf in enumerate(leaves):
-                yield f"{name}.{i}", leaf, kind
+def _kind(attribute: str, local: str, buffers: frozenset, frozen: frozenset) -> str:
+    """The kind of a tensor of a module: in its buffer attribute `attribute`, or frozen by its name `local` there."""
+    return "buffer" if attribute in buffers else "frozen" if local in frozen else "param"
+
+
+def _once(named: Iterable[tuple[str, Any]]) -> list[tuple[str, Tensor]]:
+    """The named tensors, each tensor once (by its first name)."""
+    seen: set[int] = set()
+    result = []
+    for name, tensor in named:
+        if isinstance(tensor, Tensor) and id(tensor) not in seen:
+            seen.add(id(tensor))
+            result.append((name, tensor))
+    return result
 
 
 def _assign(target: Module, source: Module) -> None:
@@ -420,6 +516,17 @@ def _merged(current: Any, value: Any) -> Any:
     if isinstance(current, dict) and isinstance(value, dict) and current.keys() == value.keys():
         current.update((key, _merged(current[key], new)) for key, new in value.items())
         return current
+    if type(current) is type(value) and not optree.tree_is_leaf(current, namespace=slope.tree.NAMESPACE):
+        # another pytree node (a deque, a registered dataclass): rebuilt around its merged items
+        items, aux, _, rebuild = optree.tree_flatten_one_level(current, namespace=slope.tree.NAMESPACE)
+        new_items, new_aux, _, _ = optree.tree_flatten_one_level(value, namespace=slope.tree.NAMESPACE)
+        if len(items) == len(new_items) and aux == new_aux:
+            items = [_merged(old, new) for old, new in zip(items, new_items)]
+            if isinstance(current, collections.deque):
+                current.clear()
+                current.extend(items)
+                return current
+            return rebuild(aux, items)
     return value
 
 
