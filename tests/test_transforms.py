@@ -592,6 +592,7 @@ def test_jit_of_a_module_reads_its_weights_at_each_call(on_backend):
     with pytest.raises(slope.TransformError, match="donated"):  # argument 0 of the call (x), not the model
         copy + 1.0
     close(model.linear.weight.numpy() + 0.0, model.linear.weight.numpy())  # the model was not donated
+    assert len(whole.lower(x, 2).program.inputs) == 1  # what it lowers (and exports) holds the weights as constants
     with pytest.raises(slope.TransformError, match="static_argnums 2 is out of range for 1 arguments"):
         slope.jit(model, static_argnums=2)(x)
 

@@ -596,7 +596,9 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace and compile for these arguments without running."""
-        args = args if self.owner is None else (self.owner, *args)
+        if self.owner is not None:  # the model's tensors are constants of what it lowers (an export takes the inputs)
+            owned = functools.partial(self.fn, self.owner)
+            return jit(owned, self.static_argnums, self.static_argnames, self.donate_argnums).lower(*args, **kwargs)
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
         return Lowered(program, executable, backend)
 
