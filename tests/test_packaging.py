@@ -79,3 +79,18 @@ def test_onnxruntime_bound_is_the_oldest_that_passes_conformance():
         assert "1.31.0" in requirement.specifier and "1.30.0" not in requirement.specifier, str(requirement)
     python = specifiers.SpecifierSet(data["requires-python"])
     assert "3.10" not in python and "3.11" in python, data["requires-python"]
+
+
+def test_ml_dtypes_required_where_used_unconditionally():
+    # slope-nn (checkpoints, RMSNorm's eps) imports ml_dtypes on every backend but did not require it: a
+    # `slope-core[numpy]` + slope-nn install failed with ModuleNotFoundError
+    bounds = {}
+    for name in ("slope-nn", "slope-onnx", "slope-iree"):
+        if not (ROOT / "packages" / name).is_dir():  # (slope-iree may be left out of a checkout)
+            continue
+        listed = [
+            requirements.Requirement(text) for text in project(ROOT / "packages" / name)["project"]["dependencies"]
+        ]
+        bounds[name] = [str(r.specifier) for r in listed if r.name == "ml_dtypes"]
+    assert all(len(bound) == 1 for bound in bounds.values()), bounds
+    assert len({bound[0] for bound in bounds.values()}) == 1, bounds  # one bound everywhere
