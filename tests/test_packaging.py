@@ -11,6 +11,7 @@ import pytest
 
 tomllib = pytest.importorskip("tomllib")
 requirements = pytest.importorskip("packaging.requirements")
+specifiers = pytest.importorskip("packaging.specifiers")
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = sorted(path.parent for path in (ROOT / "packages").glob("*/pyproject.toml"))
@@ -64,3 +65,32 @@ def test_readmes_stand_alone():
         for target in re.findall(r"\]\(([^)]+)\)", text):
             assert target.startswith("https://"), f"{package.name}/README.md links to {target!r}"
         assert "repository README" not in text, package.name
+
+
+def test_onnxruntime_bound_is_the_oldest_that_passes_conformance():
+    # `onnxruntime(-gpu)>=1.20` let pip install releases that fail the conformance matrix (1.20.1: no
+    # OrtValue.from_dlpack; 1.21-1.30: NOT_IMPLEMENTED kernels such as Cos(7) double and Where(16) int8), e.g.
+    # onnxruntime-gpu 1.23.2 on Python 3.10, for which 1.31 has no wheels (it requires Python >= 3.11)
+    data = project(ROOT / "packages" / "slope-onnx")["project"]
+    runtimes = [requirements.Requirement(text) for text in data["dependencies"]]
+    runtimes = [r for r in runtimes if r.name in ("onnxruntime", "onnxruntime-gpu")]
+    assert sorted(r.name for r in runtimes) == ["onnxruntime", "onnxruntime-gpu"]
+    for requirement in runtimes:
+        assert "1.31.0" in requirement.specifier and "1.30.0" not in requirement.specifier, str(requirement)
+    python = specifiers.SpecifierSet(data["requires-python"])
+    assert "3.10" not in python and "3.11" in python, data["requires-python"]
+
+
+def test_ml_dtypes_required_where_used_unconditionally():
+    # slope-nn (checkpoints, RMSNorm's eps) imports ml_dtypes on every backend but did not require it: a
+    # `slope-core[numpy]` + slope-nn install failed with ModuleNotFoundError
+    bounds = {}
+    for name in ("slope-nn", "slope-onnx", "slope-iree"):
+        if not (ROOT / "packages" / name).is_dir():  # (slope-iree may be left out of a checkout)
+            continue
+        listed = [
+            requirements.Requirement(text) for text in project(ROOT / "packages" / name)["project"]["dependencies"]
+        ]
+        bounds[name] = [str(r.specifier) for r in listed if r.name == "ml_dtypes"]
+    assert all(len(bound) == 1 for bound in bounds.values()), bounds
+    assert len({bound[0] for bound in bounds.values()}) == 1, bounds  # one bound everywhere

@@ -73,3 +73,35 @@ def test_non_finite_parameters_and_bfloat16_constants_export(tmp_path: Path) -> 
     f = slope.jit(lambda t: slope.clip(t, float("-inf"), float("nan")))
     (got,) = em.run_artifact.run(f.lower(slope.tensor(y)).export(tmp_path / "model"), [y])
     assert em.same_bits(got, f(slope.tensor(y)).numpy()) is None
+
+
+def test_exported_program_checks_its_inputs(tmp_path: Path) -> None:
+    # the exported .py took any input: mean(0) traced for (2, 3) gave [2.5, 2.5, 2.5] for (5, 3) ones, float64 and
+    # int64 arrays ran, and a list failed with "'list' object has no attribute 'dtype'"
+    import importlib.util
+
+    import numpy as np
+
+    f = slope.jit(lambda x, n: x.mean(0) * n)
+    x, n = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, -2, 3], np.int32)
+    (path,) = f.lower(slope.tensor(x), slope.tensor(n)).export(tmp_path / "mean")
+    spec = importlib.util.spec_from_file_location("exported_mean", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    want = f(slope.tensor(x), slope.tensor(n)).numpy()  # [1.5, -5.0, 10.5]: exact in float32
+    (got,) = module.program(x, n)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    (got,) = module.program(x.tolist(), [1, -2, 3])  # Python lists of the traced shape: converted
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    with pytest.raises(ValueError, match=r"program\(\): input 0 \(x0\) has shape \(5, 3\), expected \(2, 3\)"):
+        module.program(np.ones((5, 3), np.float32), n)
+    with pytest.raises(ValueError, match=r"input 1 \(x1\) has shape \(2,\), expected \(3,\)"):
+        module.program(x, [1, 2])
+    with pytest.raises(TypeError, match=r"input 0 \(x0\) has dtype float64, expected float32"):
+        module.program(x.astype(np.float64), n)
+    with pytest.raises(TypeError, match=r"input 1 \(x1\) has dtype int64, expected int32"):
+        module.program(x, n.astype(np.int64))
+    with pytest.raises(TypeError, match=r"input 1 \(x1\) holds float64 values, expected int32"):
+        module.program(x, [1.5, 2.0, 3.0])  # no silent truncation
+    with pytest.raises(ValueError, match=r"input 1 \(x1\) holds values outside the range of int32"):
+        module.program(x, [2**40, 2, 3])  # no silent wrap-around

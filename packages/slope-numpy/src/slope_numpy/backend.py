@@ -141,7 +141,14 @@ class NumpyBackend(Backend):
             "inf, nan = np.inf, np.nan  # the generated code spells non-finite constants (full, pad values) so",
             "",
         ]
-        source = self.source(program)
+        # each input checked first: another shape or dtype than traced would give wrong numbers or a NumPy error
+        header, *body = self.source(program).split("\n")
+        checks = [
+            f"    {names[v]} = runtime.checked_input('program', {i}, {names[v]!r}, {names[v]}, {v.aval.shape!r}, "
+            f"dtypes[{v.aval.dtype.name!r}])"
+            for i, v in enumerate(program.inputs)
+        ]
+        source = "\n".join([header, *checks, *body])
         bfloat16 = "bfloat16" in source or any(v.dtype == slope.bfloat16 for v in program.constant_values)
         if bfloat16:  # NumPy has no bfloat16: the program needs ml_dtypes' (as its inputs do)
             parts[-1:-1] = ["import ml_dtypes", "", "dtypes['bfloat16'] = np.dtype(ml_dtypes.bfloat16)"]

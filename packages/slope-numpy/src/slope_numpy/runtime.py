@@ -4,6 +4,29 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+def checked_input(function: str, position: int, name: str, value: object, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Input `position` of an exported program as a NumPy array of the shape and dtype it was traced for, else a
+    TypeError or ValueError saying which input, what was expected and what came (as onnxruntime refuses for .onnx)."""
+    array = np.asarray(value)
+    python = isinstance(value, (list, tuple, bool, int, float)) and not isinstance(value, np.generic)  # (np.float64)
+    if python and array.dtype != dtype:  # Python's numbers, in NumPy's default dtype: converted when of the same kind
+        if array.size and not np.can_cast(array.dtype, dtype, "same_kind"):  # (as torch.tensor(value, dtype=dtype))
+            raise TypeError(f"{function}(): input {position} ({name}) holds {array.dtype} values, expected {dtype}")
+        converted = array.astype(dtype)
+        if dtype.kind in "iu" and not np.array_equal(converted, array):
+            raise ValueError(f"{function}(): input {position} ({name}) holds values outside the range of {dtype}")
+        array = converted
+    if array.dtype != dtype:
+        raise TypeError(
+            f"{function}(): input {position} ({name}) has dtype {array.dtype}, expected {dtype} (as traced)"
+        )
+    if array.shape != shape:
+        raise ValueError(
+            f"{function}(): input {position} ({name}) has shape {array.shape}, expected {shape} (as traced)"
+        )
+    return array
+
+
 def int_div(x, y):
     """Integer division truncating toward zero (C semantics), as the slope `div` operator defines it."""
     quotient = np.floor_divide(x, y)
