@@ -200,3 +200,63 @@ def test_the_onnx_step_runs_gelu_and_softmax_as_single_nodes():
         both = slope.jit(lambda t: slope.layer_norm(t) + slope.layer_norm_rstd(t)).lower(x)
         ops = [node.op_type for node in both.executable.model.graph.node]
     assert ops == ["LayerNormalization", "Add"]  # one node gives the normalised tensor and its statistic
+
+
+def _against_torch_of_the_shifted_input(fn, torch_fn, x: np.ndarray, shift: np.ndarray) -> None:
+    """fn(x) and the gradient of sum(fn(x) * w) against PyTorch's in float64 for x - shift (the normalisations are
+    shift-invariant: a constant row becomes exactly 0s, where PyTorch's own float64 backward of [1e20] * 500 cancels
+    to 0 and at 1e10 keeps float32's precision), within 1e-5 (float32) or 1e-12 (float64) of the largest magnitude."""
+    w = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+    t = torch.tensor(x.astype(np.float64) - shift, requires_grad=True)
+    expected = torch_fn(t)
+    (expected_grad,) = torch.autograd.grad((expected * torch.tensor(w.astype(np.float64))).sum(), t)
+    got = fn(slope.tensor(x))
+    got_grad = slope.grad(lambda s: (fn(s) * slope.tensor(w)).sum())(slope.tensor(x))
+    tol = 1e-5 if x.dtype == np.float32 else 1e-12
+    for value, reference in ((got, expected.detach().numpy()), (got_grad, expected_grad.numpy())):
+        np.testing.assert_allclose(value.numpy(), reference, rtol=tol, atol=tol * max(np.abs(reference).max(), 1.0))
+
+
+@pytest.mark.parametrize(
+    "x", [np.full((2, 3), 1000.1, np.float32), np.full((2, 500), 1e20)], ids=["float32", "float64"]
+)
+def test_layer_norm_of_constant_rows_refines_its_mean_as_pytorch(x, each_backend):
+    """The mean's rounding error was left in every centered value: a constant float32 row of 1000.1 normalised to
+    0.0193 (numpy and iree), float64 [1e20] * 500 to 1.0 (every backend), gradients to match; PyTorch gives 0s."""
+    n, shift = x.shape[-1], x[..., :1].astype(np.float64)
+    _against_torch_of_the_shifted_input(slope.layer_norm, lambda t: torch.nn.functional.layer_norm(t, (n,)), x, shift)
+    _against_torch_of_the_shifted_input(  # (rstd: 1 / sqrt(eps) for a constant row, not 1 / sqrt(c^2 + eps))
+        slope.layer_norm_rstd, lambda t: (t.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt(), x, shift
+    )
+    _against_torch_of_the_shifted_input(  # normalized_shape (1, n): more than one normalized dim, the layer's own path
+        lambda s: slope.nn.LayerNorm((1, n), elementwise_affine=False)(s.reshape((-1, 1, n))).reshape(x.shape),
+        lambda t: torch.nn.functional.layer_norm(t.reshape(-1, 1, n), (1, n)).reshape(x.shape),
+        x,
+        shift,
+    )
+
+
+def test_layer_norm_layer_of_several_dims_and_batch_norm_refine_their_means(each_backend):
+    """nn.LayerNorm((2, 3)) of a constant 1000.1 block gave -0.0193 on every backend, and BatchNorm's batch statistics
+    (training) of a constant channel of three values 0.0193: both are 0, as PyTorch's float64 results (its float32
+    BatchNorm is off by more)."""
+    block = np.full((2, 2, 3), 1000.1, np.float32)
+    _against_torch_of_the_shifted_input(
+        slope.nn.LayerNorm((2, 3), elementwise_affine=False),
+        lambda t: torch.nn.functional.layer_norm(t, (2, 3)),
+        block,
+        block.astype(np.float64),
+    )
+    for x in (np.full((3, 2), 1000.1, np.float32), np.stack([np.full(6, 1e20), np.arange(6.0)], 1)):
+        dtype = slope.tensor(x).dtype
+        _against_torch_of_the_shifted_input(  # (gradients of the batch statistics: no running statistics)
+            slope.nn.BatchNorm1d(2, affine=False, track_running_stats=False, dtype=dtype),
+            lambda t: torch.nn.functional.batch_norm(t, None, None, training=True),
+            x,
+            x[:1].astype(np.float64),
+        )
+        layer, reference = slope.nn.BatchNorm1d(2, dtype=dtype), torch.nn.BatchNorm1d(2).double()
+        reference(torch.tensor(x.astype(np.float64)))
+        layer(slope.tensor(x))
+        for name in ("running_mean", "running_var"):
+            np.testing.assert_allclose(getattr(layer, name).numpy(), getattr(reference, name).numpy(), rtol=1e-6)

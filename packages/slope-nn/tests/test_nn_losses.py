@@ -516,3 +516,44 @@ def test_binary_cross_entropy_hessian_is_torch_funcs_near_0_and_1(dtype):
     got = slope.hessian(lambda v: nn.binary_cross_entropy(v[:1], v[1:], reduction="sum"))(slope.tensor(both))
     tf = lambda v: torch.nn.functional.binary_cross_entropy(v[:1], v[1:], reduction="sum")  # noqa: E731
     np.testing.assert_allclose(got.numpy(), torch.func.hessian(tf)(torch.tensor(both)).numpy(), rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", ["plain", "weight", "pos_weight", "both"])
+def test_bce_with_logits_target_gradient_is_exact_as_pytorch(weighted, reduction, dtype):
+    """d/d target is -x (PyTorch's), with pos_weight -x + (pos_weight - 1) softplus(-x) (PyTorch's log_sigmoid(-x) -
+    pos_weight log_sigmoid(x) rewritten): it was the difference of two softplus values, which cancels for small |x|
+    (float32 x = 1e-5: -1.00136e-5 for -1e-5; x = 1e-20: 0). Values and the logits' gradient against PyTorch's in
+    float64 (float32 within 2e-6, float64 within 1e-12, relative), the target's gradient within those of its terms'
+    magnitudes |x| + |pos_weight - 1| softplus(-x)."""
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(7)
+    x = np.array([[1e-5, 1e-20, -3e-4, 2.0, -1e-30, 5e-8], [-9.0, 9.0, 0.0, 1e-3, -0.7, 3.0]], dtype)
+    t, w = g.random(x.shape).astype(dtype), g.random(x.shape[-1:]).astype(dtype) + 0.5
+    pw = np.array([3.0, 1.0, 0.25, 0.5, 2.0, 1.5], dtype)
+    w, pw = (w if weighted in ("weight", "both") else None), (pw if weighted in ("pos_weight", "both") else None)
+
+    def ours(xs, ts):
+        extra = {k: None if v is None else slope.tensor(v) for k, v in (("weight", w), ("pos_weight", pw))}
+        return nn.binary_cross_entropy_with_logits(xs, ts, reduction=reduction, **extra)
+
+    tx, tt = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (x, t))
+    extra = {
+        k: None if v is None else torch.tensor(v.astype(np.float64)) for k, v in (("weight", w), ("pos_weight", pw))
+    }
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(tx, tt, reduction=reduction, **extra)
+    expected_x, expected_t = torch.autograd.grad(expected.sum(), (tx, tt))
+    value = ours(slope.tensor(x), slope.tensor(t))
+    grad_x, grad_t = slope.grad(lambda a, b: ours(a, b).sum(), argnums=(0, 1))(slope.tensor(x), slope.tensor(t))
+    rtol = 2e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(value.numpy(), expected.detach().numpy(), rtol=rtol, atol=rtol * 1e-2)
+    np.testing.assert_allclose(grad_x.numpy(), expected_x.numpy(), rtol=rtol, atol=rtol * 1e-2)
+    x64, factor = x.astype(np.float64), (1.0 if w is None else w) / (x.size if reduction == "mean" else 1)
+    if (
+        pw is not None
+    ):  # (PyTorch's own, log_sigmoid(-x) - pos_weight log_sigmoid(x), cancels too: 0 at 1e-20 in float64)
+        expected_t = (-x64 + (pw - 1.0) * np.logaddexp(0.0, -x64)) * factor
+    scale = (np.abs(x64) + np.abs((1.0 if pw is None else pw) - 1.0) * np.logaddexp(0.0, -x64)) * factor
+    error = np.abs(grad_t.numpy().astype(np.float64) - np.asarray(expected_t))
+    assert (error <= rtol * scale).all(), (grad_t.numpy(), expected_t.numpy())

@@ -130,6 +130,30 @@ def test_cumprod_gradients_are_exact_with_zeros():
     np.testing.assert_allclose(grad.numpy(), tx.grad.numpy(), rtol=1e-14)  # (dividing by x gave NaN at the zeros)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_float32_cumprod_accumulates_in_float64_as_pytorch(jit):
+    """float32 products were taken in float32: [1e30, 1e30, 1e-30, 1e-30] ended in inf * 1e-30 = NaN (PyTorch's CPU
+    kernel accumulates in double: 1.0), and the tree of products was 2.8e-5 off over 10,000 values near 1 (PyTorch:
+    6e-8, within float32's rounding). Values against PyTorch's float32 cumprod; gradients against PyTorch's float64
+    ones rounded to float32 (its float32 backward of the first row is NaN at the two 1e30s, where the exact gradient
+    is 1 + 2e-30), the long row's within 2e-7 of the largest magnitude."""
+    torch = pytest.importorskip("torch")
+    run = slope.jit(slope.cumprod, static_argnums=1) if jit else slope.cumprod
+    short = np.array([1e30, 1e30, 1e-30, 1e-30], np.float32)
+    rng = np.random.default_rng(0)
+    long = (1 + (rng.uniform(0, 1, 10_000) - 0.5) * 1e-3).astype(np.float32)
+    for x, tol in ((short, 0.0), (long, 2e-7)):
+        w = np.arange(x.size, dtype=np.float32) % 3 - 1
+        got = run(slope.tensor(x), 0).numpy()
+        np.testing.assert_allclose(got, torch.tensor(x).cumprod(0).numpy(), rtol=max(tol, 1e-7))
+        grad = slope.grad(lambda t, w=w: (run(t, 0) * slope.tensor(w)).sum())(slope.tensor(x)).numpy()
+        t = torch.tensor(x.astype(np.float64), requires_grad=True)
+        (expected,) = torch.autograd.grad((t.cumprod(0) * torch.tensor(w.astype(np.float64))).sum(), t)
+        with np.errstate(over="ignore"):  # (1e60 rounds to inf in float32)
+            expected = expected.numpy().astype(np.float32)
+        np.testing.assert_allclose(grad, expected, rtol=tol, atol=tol * np.abs(expected[np.isfinite(expected)]).max())
+
+
 def test_cumprod_dtypes():
     assert slope.cumprod(slope.tensor([True, False]), 0).dtype == slope.int64
     out = slope.cumprod(slope.tensor([2, 3, 4], dtype=slope.int8), 0)

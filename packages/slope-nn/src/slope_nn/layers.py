@@ -17,7 +17,7 @@ from slope.operators import check_indices, ints
 
 from . import functional, init
 from .module import Module, check_buffer_update, check_key, next_key
-from .operators import layer_norm, overflow_to_nan
+from .operators import centered_by_refined_mean, layer_norm, overflow_to_nan
 
 __all__ = [
     "AvgPool1d",
@@ -349,8 +349,11 @@ class BatchNorm(Module):
             if x.numel() == self.num_features:  # (one value per channel has no spread to normalise by)
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when using batch "
                                  f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
-            mean = wide.mean(dims)
-            var = slope.var(wide, dims, correction=0)  # slope.var: a tracer's .var attribute is its IR variable
+            # the mean refined by a second pass (a constant channel normalises to 0s), the centering kept for `out`:
+            # as many reductions as the mean and slope.var's two, which centered again
+            mean, centered = centered_by_refined_mean(wide, dims)
+            var = (centered * centered).mean(dims)
+            mean = mean.reshape(var.shape)
             rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
             if self.training and self.track_running_stats:
                 count = x.numel() // self.num_features
@@ -369,9 +372,9 @@ class BatchNorm(Module):
                     self.running_mean = (old_mean * (1.0 - m) + mean.detach() * m).astype(kept)
                     self.running_var = (old_var * (1.0 - m) + unbiased * m).astype(kept)
         else:  # (halves' statistics in float32: var + eps and its rsqrt were rounded to bfloat16)
-            mean = self.running_mean.detach().astype(wide.dtype)
+            centered = wide - self.running_mean.detach().astype(wide.dtype).reshape(shape)
             rstd = (self.running_var.detach().astype(wide.dtype) + self.eps).rsqrt()
-        out = (wide - mean.reshape(shape)) * rstd.reshape(shape)
+        out = centered * rstd.reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         return out.astype(x.dtype) if narrow else out
@@ -434,7 +437,7 @@ class LayerNorm(Module):
         if k == 1:  # one operator (onnxruntime: one LayerNormalization node, its statistic reused by the gradient)
             out = layer_norm(wide, self.eps)
         else:
-            centered = wide - wide.mean(dims, keepdim=True)  # one mean and one centering (var would redo both)
+            centered = centered_by_refined_mean(wide, dims)[1]  # (var would redo the centering)
             out = centered * overflow_to_nan((centered * centered).mean(dims, keepdim=True), self.eps)
         if self.weight is not None:
             out = out * self.weight

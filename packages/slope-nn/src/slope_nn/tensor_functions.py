@@ -168,13 +168,16 @@ def cumsum(x: Any, dim: int) -> Tensor:
 
 
 def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
-    """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32), a
-    log-step scan of multiplications: no division, so gradients are exact where x has zeros (as PyTorch's)."""
+    """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32, float32
+    in float64 as PyTorch's CPU kernel), a log-step scan of multiplications: no division, so gradients are exact where
+    x has zeros (as PyTorch's)."""
     x = _tensor(x, "cumprod")
     if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
         x = x.astype(slope.dtypes.as_dtype(dtype))
     out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
-    wide = slope.float32 if out in (slope.float16, slope.bfloat16) else out
+    # (float32 in float64: [1e30, 1e30, 1e-30, 1e-30] ended in inf * 1e-30 * 1e-30 = NaN for PyTorch's 1, and the
+    # tree of products rounded 2.8e-5 off over 10,000 values near 1, where PyTorch's double accumulation is 6e-8 off)
+    wide = {slope.float16: slope.float32, slope.bfloat16: slope.float32, slope.float32: slope.float64}.get(out, out)
     x = x.astype(wide)
     dim = normalize_dim("cumprod", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
