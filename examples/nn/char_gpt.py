@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import non_negative_float, non_negative_int, positive_int, probability
 from tqdm import tqdm
 
 import slope
@@ -367,17 +368,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: tiny Shakespeare, see the README)")
     p.add_argument("--backend", default=None, help="onnxruntime, iree or numpy (default: Slope's default)")
-    p.add_argument("--steps", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--n-layer", type=int, default=CONFIG["n_layer"])
-    p.add_argument("--n-head", type=int, default=CONFIG["n_head"])
-    p.add_argument("--n-embd", type=int, default=CONFIG["n_embd"])
-    p.add_argument("--block-size", type=int, default=CONFIG["block_size"])
-    p.add_argument("--dropout", type=float, default=CONFIG["dropout"])
-    p.add_argument("--eval-every", type=int, default=250, help="validation loss every this many steps")
-    p.add_argument("--eval-batches", type=int, default=50, help="validation batches per evaluation")
-    p.add_argument("--seed", type=int, default=1337)
+    # (argparse types refuse values that failed later: 0 steps or eval-every divided by 0, 0 heads or eval batches gave
+    # tracebacks or NaN losses, a negative learning rate ascended the gradient)
+    p.add_argument("--steps", type=positive_int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=12)
+    p.add_argument("--lr", type=non_negative_float, default=1e-3)
+    p.add_argument("--n-layer", type=non_negative_int, default=CONFIG["n_layer"])
+    p.add_argument("--n-head", type=positive_int, default=CONFIG["n_head"])
+    p.add_argument("--n-embd", type=positive_int, default=CONFIG["n_embd"])
+    p.add_argument("--block-size", type=positive_int, default=CONFIG["block_size"])
+    p.add_argument("--dropout", type=probability, default=CONFIG["dropout"])
+    p.add_argument("--eval-every", type=positive_int, default=250, help="validation loss every this many steps")
+    p.add_argument("--eval-batches", type=positive_int, default=50, help="validation batches per evaluation")
+    p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--out", default=str(HERE / "out"), help="folder for the checkpoint and loss plot")
     p.add_argument("--sample-only", metavar="CHECKPOINT", default=None, help="skip training: sample from a checkpoint")
     p.add_argument("--prompt", default="\n", help="the text generation starts from")

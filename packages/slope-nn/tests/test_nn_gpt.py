@@ -75,6 +75,36 @@ def test_a_tiny_temperature_samples_the_greedy_token():
         assert char_gpt.generate(model, [1, 2], 6, key, temperature=temperature, top_k=None) == greedy
 
 
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--steps", "0", "an integer of at least 1"),  # (ZeroDivisionError after training nothing)
+        ("--steps", "-2", "an integer of at least 1"),  # (IndexError)
+        ("--eval-every", "0", "an integer of at least 1"),
+        ("--batch-size", "0", "an integer of at least 1"),
+        ("--n-head", "0", "an integer of at least 1"),
+        ("--n-head", "-2", "an integer of at least 1"),
+        ("--n-layer", "-1", "an integer of at least 0"),
+        ("--seed", "-1", "an integer of at least 0"),
+        ("--eval-batches", "0", "an integer of at least 1"),  # (a NaN validation loss)
+        ("--block-size", "0", "an integer of at least 1"),
+        ("--n-embd", "0", "an integer of at least 1"),
+        ("--lr", "-1", "a number of at least 0.0"),  # (gradient ascent; torch.optim.AdamW refuses it)
+        ("--lr", "nan", "a number of at least 0.0"),
+        ("--dropout", "1.5", "a number from 0.0 to 1.0"),
+        ("--steps", "1.5", "an integer of at least 1"),
+    ],
+)
+def test_bad_flags_are_argparse_usage_errors(tmp_path, capsys, flag, value, expected):
+    data = tmp_path / "text.txt"
+    data.write_text("abcd\n" * 1000, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        char_gpt.main(["--data", str(data), "--out", str(tmp_path / "out"), "--steps", "1", flag, value])
+    assert exit_info.value.code == 2  # (argparse's usage error)
+    assert f"error: argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sequence_longer_than_the_block_is_a_clear_error():
     # it was "slope.add: shapes (1, 9, 16) and (8, 16) cannot be broadcast" (nanoGPT asserts)
     with pytest.raises(ValueError, match="GPT: cannot forward a sequence of 9 tokens, the block size is 8"):
