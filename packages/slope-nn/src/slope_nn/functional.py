@@ -411,8 +411,8 @@ def _attention_batch(name: str, query: tuple, key: tuple, value: tuple) -> tuple
                f"must broadcast together (as PyTorch)")  # fmt: skip
     heads = len(query) >= 3 and len(key) >= 3 and key[-3] != query[-3] and key[-3] > 0 and query[-3] % key[-3] == 0
     if heads and _broadcast_or_none(query[:-3], key[:-3], value[:-3]) is not None and key[:-2] == value[:-2]:
-        message += (f"; only the head counts differ ({query[-3]} query heads, {key[-3]} key/value heads): grouped-query "
-                    f"attention (PyTorch's enable_gqa) is not offered, so repeat each key and value head "
+        message += (f"; only the head counts differ ({query[-3]} query heads, {key[-3]} key/value heads): "
+                    f"grouped-query attention (PyTorch's enable_gqa) is not offered, so repeat each key and value head "
                     f"{query[-3] // key[-3]} times along dimension -3")  # fmt: skip
     raise slope.ShapeError(message)
 
