@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import non_negative_float, non_negative_int, positive_int, probability
 from tqdm import tqdm
 
 import slope
@@ -227,17 +228,33 @@ def val_batches(data: CharData, batch_size: int, block_size: int, count: int, se
 # ----------------------------------------------------------------------------------------------- generation
 
 
+def zero_temperature_error(temperature: float, dtype: Any, name: str) -> str | None:
+    """The error for a temperature above 0 that is 0 in the logits' dtype (traced in it, logits / 0 were NaN and every
+    sampled id 0), naming the argument `name` and the smallest temperature allowed; None for any other."""
+    if np.asarray(temperature, dtype.numpy) != 0:
+        return None
+    zero = np.zeros((), dtype.numpy)
+    smallest = float(np.nextafter(zero, zero + 1))
+    return (f"char_gpt: {name} {temperature} is 0 in {dtype.name} (the logits' dtype), so the logits divided by it "
+            f"are NaN: pass at least {smallest:.4g}, the smallest positive {dtype.name} (which samples the most "
+            f"likely id)")  # fmt: skip
+
+
 def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.Tensor, temperature: float,
                top_k: int | None) -> tuple:  # fmt: skip
     """Sample the character after the first `length` ids of a (1, T) window with the uniform draw `u` (inverse CDF);
-    returns (token, window, length) with the token appended (the window slides left once full). Fixed shapes, so it
-    is jitted once."""
+    returns (token, window, length, valid) with the token appended (the window slides left once full); valid is False
+    where the probabilities were not finite (NaN or inf logits: the token is then meaningless). Fixed shapes, so it is
+    jitted once."""
     if not temperature > 0 or top_k is not None and top_k < 1:  # (as PyTorch's multinomial and topk refuse them)
         raise ValueError(f"char_gpt: temperature must be above 0 and top_k at least 1, got {temperature} and {top_k}")
     block = window.shape[1]
     hidden = model.hidden(window)[0]  # (T, C)
     at_last = (slope.arange(block) == length - 1).astype(hidden.dtype)
     logits = model.tokens.attend((hidden * at_last.unsqueeze(-1)).sum(0))  # (V,)
+    error = zero_temperature_error(temperature, logits.dtype, "temperature")
+    if error:
+        raise ValueError(error)
     logits = (logits - logits.max()) / temperature  # (shifted first: a tiny temperature gives greedy, not inf - inf)
     if top_k is not None and top_k < logits.shape[0]:
         # keep the logits of which fewer than top_k are larger (ties with the k-th value stay, as nanoGPT's topk)
@@ -250,11 +267,15 @@ def next_token(model: GPT, window: slope.Tensor, length: slope.Tensor, u: slope.
     probs = nn.functional.softmax(logits, -1)
     cumulative = slope.cumsum(probs, 0)
     total = slope.where(probs > 0, cumulative, 0.0).max()
-    token = ((cumulative > u.astype(probs.dtype) * total) & (probs > 0)).astype(slope.int64).argmax()
+    passed = (cumulative > u.astype(probs.dtype) * total) & (probs > 0)
+    token = passed.astype(slope.int64).argmax()
+    # NaN probabilities (NaN or inf logits) pass nowhere and argmax gave id 0; PyTorch's multinomial raises "probability
+    # tensor contains either inf, nan or element < 0": the flag lets generate raise (outside the jitted step)
+    valid = passed.any() & ~slope.isnan(probs).any()
     placed = slope.where(slope.arange(block).unsqueeze(0) == length, token, window)
     slid = slope.cat([window[:, 1:], token.reshape((1, 1))], 1)
     window = slope.where(length >= block, slid, placed)
-    return token, window, (length + 1).clip(None, block)
+    return token, window, (length + 1).clip(None, block), valid
 
 
 def uniforms(key: slope.Tensor, count: int) -> slope.Tensor:
@@ -265,7 +286,9 @@ def uniforms(key: slope.Tensor, count: int) -> slope.Tensor:
 
 def start_window(prompt_ids: list[int], block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The (1, T) window holding the last block_size prompt ids left-aligned, and how many it holds."""
-    ids = prompt_ids[-block_size:] or [0]
+    if not len(prompt_ids):  # (it conditioned on id 0, a character the user never gave; nanoGPT fails on it too)
+        raise ValueError("char_gpt: the prompt is empty: generation needs at least one id to start from")
+    ids = prompt_ids[-block_size:]
     window = np.zeros((1, block_size), dtype=np.int64)
     window[0, : len(ids)] = ids
     return window, np.array(len(ids), dtype=np.int64)
@@ -282,15 +305,22 @@ _jitted_uniforms = slope.jit(uniforms, static_argnums=1)
 
 def generate(model: GPT, prompt_ids: list[int], count: int, key: slope.Tensor, temperature: float = 0.8,
              top_k: int | None = 40) -> list[int]:  # fmt: skip
-    """`count` sampled ids after the prompt, one jitted fixed-shape step per id."""
+    """`count` sampled ids after the prompt, one jitted fixed-shape step per id (a RuntimeError, as PyTorch's
+    multinomial, where the model's probabilities are not finite)."""
     step = _jitted_next_token(temperature, top_k)
-    draws = _jitted_uniforms(key, count).numpy()
     window, length = start_window(prompt_ids, model.block_size)
+    draws = _jitted_uniforms(key, count).numpy()
     window, length = slope.tensor(window), slope.tensor(length)
-    tokens = []
+    tokens, valid = [], []
     for u in draws:
-        token, window, length = step(model, window, length, slope.tensor(u))
+        token, window, length, ok = step(model, window, length, slope.tensor(u))
         tokens.append(token)
+        valid.append(ok)
+    bad = next((i for i, ok in enumerate(valid) if not bool(ok)), None)  # (read at the end: no sync per step)
+    if bad is not None:
+        raise RuntimeError(f"char_gpt.generate: the next-id probabilities at step {bad + 1} of {count} contain NaN: "
+                           "the model's logits are NaN or inf (has training diverged?); PyTorch's multinomial raises "
+                           "'probability tensor contains either inf, nan or element < 0'")  # fmt: skip
     return [int(t) for t in tokens]
 
 
@@ -300,7 +330,7 @@ def export_next_token(model: GPT, folder: Path, count: int, temperature: float =
     float32 draws) and `next_token.onnx` (weights as constants; inputs window (1, T) int64, length () int64 and one
     draw u () float32; outputs token, window and length, which a plain onnxruntime loop feeds back)."""
     window, length = start_window([0], model.block_size)
-    step = slope.jit(lambda w, n, u: next_token(model, w, n, u, temperature, top_k))
+    step = slope.jit(lambda w, n, u: next_token(model, w, n, u, temperature, top_k)[:3])  # (no validity flag)
     folder = Path(folder)
     with slope.use_backend("onnxruntime"):
         (draws,) = slope.jit(lambda k: uniforms(k, count)).lower(slope.random.key(0)).export(folder / "uniforms.onnx")
@@ -367,17 +397,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: tiny Shakespeare, see the README)")
     p.add_argument("--backend", default=None, help="onnxruntime, iree or numpy (default: Slope's default)")
-    p.add_argument("--steps", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--n-layer", type=int, default=CONFIG["n_layer"])
-    p.add_argument("--n-head", type=int, default=CONFIG["n_head"])
-    p.add_argument("--n-embd", type=int, default=CONFIG["n_embd"])
-    p.add_argument("--block-size", type=int, default=CONFIG["block_size"])
-    p.add_argument("--dropout", type=float, default=CONFIG["dropout"])
-    p.add_argument("--eval-every", type=int, default=250, help="validation loss every this many steps")
-    p.add_argument("--eval-batches", type=int, default=50, help="validation batches per evaluation")
-    p.add_argument("--seed", type=int, default=1337)
+    # (argparse types refuse values that failed later: 0 steps or eval-every divided by 0, 0 heads or eval batches gave
+    # tracebacks or NaN losses, a negative learning rate ascended the gradient)
+    p.add_argument("--steps", type=positive_int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=12)
+    p.add_argument("--lr", type=non_negative_float, default=1e-3)
+    p.add_argument("--n-layer", type=non_negative_int, default=CONFIG["n_layer"])
+    p.add_argument("--n-head", type=positive_int, default=CONFIG["n_head"])
+    p.add_argument("--n-embd", type=positive_int, default=CONFIG["n_embd"])
+    p.add_argument("--block-size", type=positive_int, default=CONFIG["block_size"])
+    p.add_argument("--dropout", type=probability, default=CONFIG["dropout"])
+    p.add_argument("--eval-every", type=positive_int, default=250, help="validation loss every this many steps")
+    p.add_argument("--eval-batches", type=positive_int, default=50, help="validation batches per evaluation")
+    p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--out", default=str(HERE / "out"), help="folder for the checkpoint and loss plot")
     p.add_argument("--sample-only", metavar="CHECKPOINT", default=None, help="skip training: sample from a checkpoint")
     p.add_argument("--prompt", default="\n", help="the text generation starts from")
@@ -390,9 +422,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_sampling(data: CharData, args: argparse.Namespace) -> None:
     """Refuse bad sampling settings before any training (they were found only after the whole run)."""
     data.encode(args.prompt)
+    if not args.prompt:  # (it conditioned on the first character of the vocabulary, which the user never gave)
+        raise SystemExit('char_gpt: --prompt is empty: generation needs at least one character to start from (the '
+                         'default is "\\n")')  # fmt: skip
     if not args.temperature > 0 or args.top_k is not None and args.top_k < 1 or args.chars < 0:
         raise SystemExit(f"char_gpt: expected --temperature above 0, --top-k at least 1 and --chars at least 0, got "
                          f"{args.temperature}, {args.top_k} and {args.chars}")  # fmt: skip
+    error = zero_temperature_error(args.temperature, slope.float32, "--temperature")  # (the model is float32)
+    if error:
+        raise SystemExit(error)
 
 
 def sample(model: GPT, data: CharData, args: argparse.Namespace) -> str:

@@ -1,14 +1,15 @@
-"""What the MNIST examples share: command-line flags, finding the data, the loss plot and the ONNX check."""
+"""What the examples share: command-line flags (and their argparse types), finding MNIST, the loss plot."""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -19,15 +20,47 @@ import slope.nn as nn
 HERE = Path(__file__).resolve().parent
 
 
+def bounded(kind: type, lowest: float, highest: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: an int or a finite float (`kind`) from `lowest` to `highest` (None: no upper bound). A value
+    outside gives argparse's usage error naming the flag (0 steps ended in a ZeroDivisionError after the set-up, a
+    negative learning rate ascended the gradient: torch.optim.AdamW refuses it)."""
+    number = "an integer" if kind is int else "a number"
+    expected = f"{number} of at least {lowest}" if highest is None else f"{number} from {lowest} to {highest}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < lowest or highest is not None and value > highest:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected  # (argparse names the type by it in its other messages)
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+non_negative_float = bounded(float, 0.0)
+probability = bounded(float, 0.0, 1.0)
+
+
 def parser(description: str, epochs: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
-    """The flags every training example takes."""
+    """The flags every MNIST training example takes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--backend", default=None, help="onnxruntime, iree or numpy (default: Slope's default backend)")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
-    p.add_argument("--steps", type=int, default=None, help="stop each epoch after this many steps (short runs, CI)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
-    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialization and shuffling")
+    p.add_argument(
+        "--epochs", type=positive_int, default=epochs, help=f"passes over the training set (default {epochs})"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="stop each epoch after this many steps (short runs, CI)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, help=f"examples per step (default {batch_size})"
+    )
+    p.add_argument("--lr", type=non_negative_float, default=lr, help=f"learning rate (default {lr})")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialization and shuffling")
     p.add_argument(
         "--data",
         default=None,

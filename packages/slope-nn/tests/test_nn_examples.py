@@ -91,3 +91,24 @@ def test_char_gpt_names_a_data_file_that_is_not_utf8_text(tmp_path):
         result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert f"char_gpt: {data} {words}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--steps", "0", "an integer of at least 1"),  # (a ZeroDivisionError in the epoch's timing)
+        ("--epochs", "0", "an integer of at least 1"),
+        ("--batch-size", "0", "an integer of at least 1"),  # (ZeroDivisionError)
+        ("--lr", "-1", "a number of at least 0.0"),  # (gradient ascent; torch.optim.Adam refuses it)
+        ("--seed", "-1", "an integer of at least 0"),  # (NumPy's default_rng raised after loading the data)
+    ],
+)
+def test_mnist_examples_refuse_bad_flags_as_usage_errors(capsys, flag, value, expected):
+    sys.path.insert(0, str(EXAMPLES / "nn"))
+    from common import parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        parser("MNIST", epochs=1, batch_size=64, lr=1e-3).parse_args([flag, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert parser("MNIST", epochs=1, batch_size=64, lr=1e-3).parse_args(["--steps", "3", "--lr", "0"]).steps == 3

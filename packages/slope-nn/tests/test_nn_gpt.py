@@ -3,6 +3,7 @@ onnxruntime as in Slope, its loss matches PyTorch, and the script trains and sam
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 
@@ -75,6 +76,71 @@ def test_a_tiny_temperature_samples_the_greedy_token():
         assert char_gpt.generate(model, [1, 2], 6, key, temperature=temperature, top_k=None) == greedy
 
 
+def test_a_temperature_that_is_0_in_float32_is_refused():
+    """1e-46 > 0 passed the check as a Python float, but traced in float32 it is 0: logits / 0 were NaN, no id passed
+    and every sampled id was 0. It is refused with the smallest temperature allowed (that one samples greedily), as
+    PyTorch's multinomial refuses the NaN probabilities; in float64 1e-50 is not 0 and samples greedily."""
+    model, key = tiny_model(), slope.random.key(3)
+    for temperature in (1e-46, 1e-50, 1e-300):
+        with pytest.raises(ValueError, match=rf"temperature {temperature} is 0 in float32 .* at least 1.401e-45"):
+            char_gpt.generate(model, [1, 2], 4, key, temperature=temperature, top_k=None)
+    greedy = char_gpt.generate(model, [1, 2], 4, key, temperature=1.0, top_k=1)
+    assert char_gpt.generate(model, [1, 2], 4, key, temperature=1.401e-45, top_k=None) == greedy
+    wide = slope.tree.map(lambda t: t.astype(slope.float64) if isinstance(t, slope.Tensor) else t, model)
+    assert char_gpt.generate(wide, [1, 2], 4, key, temperature=1e-50, top_k=None) == greedy
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_logits_are_an_error_not_id_0(bad):
+    """A diverged model's NaN (or inf) logits gave NaN probabilities, no id passed and the sample was id 0 at every
+    step; PyTorch's multinomial raises "probability tensor contains either inf, nan or element < 0"."""
+    model, key = tiny_model(), slope.random.key(3)
+    model.blocks[0].fc.weight = model.blocks[0].fc.weight.at[0, 0].set(bad)
+    with pytest.raises(RuntimeError, match=r"generate: the next-id probabilities at step 1 of 5 contain NaN"):
+        char_gpt.generate(model, [1, 2], 5, key, temperature=0.8, top_k=3)
+    # a finite model's step is valid
+    step = slope.jit(lambda w, n, u: char_gpt.next_token(tiny_model(), w, n, u, 0.8, 3))
+    window, length = char_gpt.start_window([1, 2], TINY["block_size"])
+    *_, valid = step(slope.tensor(window), slope.tensor(length), slope.tensor(np.float32(0.5)))
+    assert bool(valid)
+
+
+def test_an_empty_prompt_is_refused():
+    # it conditioned on id 0 (the first character of the vocabulary), which the user never gave; nanoGPT fails too
+    with pytest.raises(ValueError, match="char_gpt: the prompt is empty"):
+        char_gpt.generate(tiny_model(), [], 3, slope.random.key(3))
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--steps", "0", "an integer of at least 1"),  # (ZeroDivisionError after training nothing)
+        ("--steps", "-2", "an integer of at least 1"),  # (IndexError)
+        ("--eval-every", "0", "an integer of at least 1"),
+        ("--batch-size", "0", "an integer of at least 1"),
+        ("--n-head", "0", "an integer of at least 1"),
+        ("--n-head", "-2", "an integer of at least 1"),
+        ("--n-layer", "-1", "an integer of at least 0"),
+        ("--seed", "-1", "an integer of at least 0"),
+        ("--eval-batches", "0", "an integer of at least 1"),  # (a NaN validation loss)
+        ("--block-size", "0", "an integer of at least 1"),
+        ("--n-embd", "0", "an integer of at least 1"),
+        ("--lr", "-1", "a number of at least 0.0"),  # (gradient ascent; torch.optim.AdamW refuses it)
+        ("--lr", "nan", "a number of at least 0.0"),
+        ("--dropout", "1.5", "a number from 0.0 to 1.0"),
+        ("--steps", "1.5", "an integer of at least 1"),
+    ],
+)
+def test_bad_flags_are_argparse_usage_errors(tmp_path, capsys, flag, value, expected):
+    data = tmp_path / "text.txt"
+    data.write_text("abcd\n" * 1000, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        char_gpt.main(["--data", str(data), "--out", str(tmp_path / "out"), "--steps", "1", flag, value])
+    assert exit_info.value.code == 2  # (argparse's usage error)
+    assert f"error: argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sequence_longer_than_the_block_is_a_clear_error():
     # it was "slope.add: shapes (1, 9, 16) and (8, 16) cannot be broadcast" (nanoGPT asserts)
     with pytest.raises(ValueError, match="GPT: cannot forward a sequence of 9 tokens, the block size is 8"):
@@ -91,6 +157,8 @@ def test_a_sequence_longer_than_the_block_is_a_clear_error():
         ("abcd" * 1000, ["--prompt", "a", "--temperature", "0"], "expected --temperature above 0"),
         ("abcd" * 1000, ["--prompt", "a", "--top-k", "0"], "--top-k at least 1"),
         ("abcd" * 1000, ["--prompt", "a", "--chars", "-3"], "--chars at least 0"),
+        ("abcd" * 1000, ["--prompt", "a", "--temperature", "1e-50"], "--temperature 1e-50 is 0 in float32"),
+        ("abcd" * 1000, ["--prompt", ""], "--prompt is empty"),  # (it conditioned on the hidden character "a")
     ],
 )
 def test_bad_settings_are_refused_before_training(tmp_path, text, options, message):

@@ -355,6 +355,33 @@ def test_attention_refuses_pytorch_positional_orders_and_masks_of_the_wrong_shap
         layer(q, attn_mask=slope.zeros((1, 3), dtype=slope.bool_))
 
 
+def test_attention_checks_the_batch_dimensions_of_query_key_and_value_up_front():
+    """Batch dimensions that do not broadcast (4 query heads, 2 key/value heads) said "slope.matmul: shapes (2, 4) and
+    (2, 2) cannot be broadcast together"; now the error names the function and the three shapes, as PyTorch refuses
+    them (its enable_gqa, which Slope does not offer, is the hint when only the head counts differ)."""
+    sdpa = nn.functional.scaled_dot_product_attention
+    q, kv = slope.ones((2, 4, 3, 8)), slope.ones((2, 2, 5, 8))
+    shapes = r"query \(2, 4, 3, 8\), key \(2, 2, 5, 8\) and value \(2, 2, 5, 8\) must broadcast"
+    for mask in (None, slope.ones((3, 5), dtype=slope.bool_)):
+        with pytest.raises(slope.ShapeError, match=rf"scaled_dot_product_attention: the batch dimensions .*{shapes}"):
+            sdpa(q, kv, kv, attn_mask=mask)
+    with pytest.raises(slope.ShapeError, match=r"4 query heads, 2 key/value heads\): grouped-query attention \(Py"):
+        sdpa(q, kv, kv)
+    for key, value in (((3, 5, 8), (3, 5, 8)), ((2, 5, 8), (3, 5, 8))):  # (key and value disagree: no heads hint)
+        with pytest.raises(slope.ShapeError, match=r"scaled_dot_product_attention: the batch dim") as error:
+            sdpa(slope.ones((2, 3, 8)), slope.ones(key), slope.ones(value))
+        assert "enable_gqa" not in str(error.value)
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.scaled_dot_product_attention(torch.ones(2, 3, 8), torch.ones(key), torch.ones(value))
+    with pytest.raises(slope.ShapeError, match="query and key of the same size E, key and value of the same length S"):
+        sdpa(slope.ones((3, 8)), slope.ones((5, 8)), slope.ones((4, 8)))
+    # batch dimensions that broadcast still do, as PyTorch's
+    out = sdpa(slope.ones((1, 3, 8)), slope.ones((2, 5, 8)), slope.ones((2, 5, 4)))
+    expected = torch.nn.functional.scaled_dot_product_attention(torch.ones(1, 3, 8), torch.ones(2, 5, 8),
+                                                                 torch.ones(2, 5, 4))  # fmt: skip
+    assert out.shape == tuple(expected.shape)
+
+
 # ----------------------------------------------------------------------------------------------- layers
 
 

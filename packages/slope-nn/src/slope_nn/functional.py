@@ -375,9 +375,10 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
     name = "slope.scaled_dot_product_attention"
     if min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise slope.ShapeError(
-            f"{name}: expected query (..., L, E), key (..., S, E) and value (..., S, Ev), got {q.shape}, {k.shape} "
-            f"and {v.shape}"
+            f"{name}: expected query (..., L, E), key (..., S, E) and value (..., S, Ev) (query and key of the same "
+            f"size E, key and value of the same length S), got {q.shape}, {k.shape} and {v.shape}"
         )
+    batch = _attention_batch(name, q.shape, k.shape, v.shape)
     if not q.dtype == k.dtype == v.dtype:
         raise slope.DTypeError(f"{name}: query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not isinstance(is_causal, (bool, np.bool_)):  # (PyTorch refuses others; its fifth argument is dropout_p: 0.5
@@ -393,18 +394,42 @@ def _attention_args(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, dro
         if attn_mask.dtype not in (slope.bool_, slope.float32, query_dtype):
             raise slope.DTypeError(f"{name}: attn_mask must be bool, float32 or the query's dtype "
                                    f"({query_dtype.name}), got {attn_mask.dtype.name} (as PyTorch)")  # fmt: skip
-        scores = (*_broadcast(name, q.shape[:-2], k.shape[:-2], v.shape[:-2]), q.shape[-2], k.shape[-2])
+        scores = (*batch, q.shape[-2], k.shape[-2])
         if _broadcast(name, attn_mask.shape, scores) != scores:  # (a mask may not add dimensions to the output)
             raise slope.ShapeError(f"{name}: attn_mask of shape {attn_mask.shape} does not broadcast to the scores' "
                                    f"shape {scores}")  # fmt: skip
     return q, k, v, attn_mask
 
 
-def _broadcast(name: str, *shapes: tuple) -> tuple:
+def _attention_batch(name: str, query: tuple, key: tuple, value: tuple) -> tuple:
+    """The broadcast batch dimensions (all but the last two) of query, key and value, or a ShapeError naming the three
+    shapes (it was slope.matmul's "shapes (2, 4) and (2, 2) cannot be broadcast together")."""
+    batch = _broadcast_or_none(query[:-2], key[:-2], value[:-2])
+    if batch is not None:
+        return batch
+    message = (f"{name}: the batch dimensions (all but the last two) of query {query}, key {key} and value {value} "
+               f"must broadcast together (as PyTorch)")  # fmt: skip
+    heads = len(query) >= 3 and len(key) >= 3 and key[-3] != query[-3] and key[-3] > 0 and query[-3] % key[-3] == 0
+    if heads and _broadcast_or_none(query[:-3], key[:-3], value[:-3]) is not None and key[:-2] == value[:-2]:
+        message += (f"; only the head counts differ ({query[-3]} query heads, {key[-3]} key/value heads): "
+                    f"grouped-query attention (PyTorch's enable_gqa) is not offered, so repeat each key and value head "
+                    f"{query[-3] // key[-3]} times along dimension -3")  # fmt: skip
+    raise slope.ShapeError(message)
+
+
+def _broadcast_or_none(*shapes: tuple) -> tuple | None:
+    """The broadcast of the shapes, or None when they do not broadcast."""
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
-        raise slope.ShapeError(f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast") from None
+        return None
+
+
+def _broadcast(name: str, *shapes: tuple) -> tuple:
+    shape = _broadcast_or_none(*shapes)
+    if shape is None:
+        raise slope.ShapeError(f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast")
+    return shape
 
 
 def masked_softmax(scores: Tensor) -> Tensor:
