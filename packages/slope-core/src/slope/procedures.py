@@ -36,8 +36,8 @@ def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     if type(data) is np.ndarray and dtype is None and (own := dtypes.by_numpy.get(data.dtype)) and data.dtype.isnative:
         return from_numpy(data if get_backend().copies_from_numpy else data.copy(), aval_of(data.shape, own), device)
     if isinstance(data, Tensor):  # a concrete one is copied (as PyTorch's, JAX's array): donating one leaves the other
-        data = ops.stop_gradient(data) if type(data) is Tensor and (dtype is None or data.dtype == dtype) else data
-        return _to_device(cast(data, dtype) if dtype is not None else data, device)
+        cast_data = cast(data, dtypes.as_dtype(dtype)) if dtype is not None else data
+        return _to_device(ops.stop_gradient(data) if cast_data is data and type(data) is Tensor else cast_data, device)
     data = np.asarray(data) if hasattr(data, "__array__") and not np.isscalar(data) else data  # torch, JAX: their dtype
     if isinstance(data, np.ndarray):  # NumPy's cast, as PyTorch's for arrays (floats truncate, ints wrap)
         dtype = dtypes.as_dtype(data.dtype if dtype is None else dtype)  # (a given one: the array's may be unheld)
@@ -340,24 +340,6 @@ def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
         return minimum(x, dim)
     normalize_dims("min", dim, as_tensor(x).ndim, empty_means_all=True)  # bad dims are reported as min's
     return _reverse_order(ops.max_(_reverse_order(as_tensor(x)), dim, keepdim))
-
-
-def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
-    x = as_tensor(x)
-    x = x if x.dtype.is_float else cast(x, dtypes.int64)  # integer and bool products are int64, as PyTorch's
-    dims = normalize_dims("prod", dim, x.ndim, empty_means_all=True)  # (as sum's: () reduced nothing)
-    kept = [d for d in range(x.ndim) if d not in dims]
-    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
-    reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
-    dtype = x.dtype  # float32 multiplied in float64 (a float32 tree of values near 1 rounded one way: 7e-4 off)
-    x = cast(x, dtypes.float64 if dtype == dtypes.float32 else _wide(dtype)) if dtype.is_float else x
-    x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
-    while x.shape[-1] > 1:  # neighbours multiplied (as in order: 1e30 * 1e-30 first, not 1e30 * 1e30 = inf)
-        x = ops.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1) if x.shape[-1] % 2 else x
-        pairs = x.reshape((*x.shape[:-1], x.shape[-1] // 2, 2))
-        x = pairs[..., 0] * pairs[..., 1]
-    return cast(x.reshape(out_shape) if x.shape[-1] else ops.full(out_shape, 1, x.dtype), dtype)  # (empty: 1)
 
 
 def all_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
