@@ -293,11 +293,20 @@ def test_donating_a_gradient_or_a_copied_tensor_leaves_the_rest_usable(backend):
         np.testing.assert_allclose(params["b"].item(), 0.5 - 0.1 * (step + 1), rtol=1e-6)
     assert (slope.tensor(2.0) * 1.0).item() == 2.0
     halve = slope.jit(lambda v: v * 0.5, donate_argnums=0)
-    for copier in (lambda t: t.clone(), lambda t: slope.tensor(t)):
+    copiers = [lambda t: t.clone(), lambda t: slope.tensor(t), lambda t: slope.tensor(t, dtype="float32")]
+    copiers += [lambda t: slope.tensor(t, dtype=np.float32), lambda t: slope.tensor(t, dtype=np.dtype("float32"))]
+    for copier in copiers:
         w = slope.tensor(np.array([1.0, 2.0], np.float32))
         saved = copier(w)
         halve(w)
         assert saved.tolist() == [1.0, 2.0]
+
+
+def test_donate_argnums_out_of_range_are_ignored_not_a_crash(backend):
+    # a negative donate_argnums beyond the arguments raised a raw IndexError after the program ran
+    for numbers in (-3, 5, (0, -4)):
+        x = slope.tensor([1.0, 2.0])
+        assert slope.jit(lambda v: v * 2, donate_argnums=numbers)(x).tolist() == [2.0, 4.0]
 
 
 def test_eager_scalar_shortcut_tells_the_operand_order_apart(backend):

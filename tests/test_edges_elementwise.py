@@ -245,6 +245,11 @@ def test_pow_with_a_python_float_exponent_uses_it_exactly(backend, jit):
             with np.errstate(over="ignore"):
                 want = (x.astype(np.float64) ** y).astype(dtype)
             np.testing.assert_allclose(got, want, rtol=float(np.finfo(dtype).eps), atol=0, err_msg=f"{dtype} ** {y}")
+    for dtype in ("float16", "bfloat16", "float32", "float64"):  # a NaN exponent (the float64 path recursed forever)
+        got = (slope.jit(lambda t: t ** float("nan")) if jit else lambda t: t ** float("nan"))(
+            slope.ones(2, dtype=dtype)
+        )
+        assert got.dtype == getattr(slope, dtype) and got.astype(slope.float32).tolist() == [1.0, 1.0]
     x = np.array([5144.0, 60000.0], np.float16)
     grad = slope.grad(lambda t: (t**2.2).astype(slope.float32).sum())(slope.tensor(x)).numpy()
     exact = (2.2 * x.astype(np.float64) ** 1.2).astype(np.float16)

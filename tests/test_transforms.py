@@ -597,6 +597,28 @@ def test_jit_of_a_module_reads_its_weights_at_each_call(on_backend):
         slope.jit(model, static_argnums=2)(x)
 
 
+def test_jit_of_a_pytree_with_number_fields_keeps_them_python_numbers(on_backend):
+    """Only a pytree of tensors alone (an nn.Module) is passed as an argument: a registered dataclass's float and int
+    fields were traced as 0-d tensors (0.1 in float32 for float64 weights; an int used as a shape refused)."""
+
+    @slope.tree.register
+    @dataclasses.dataclass
+    class Affine:
+        w: slope.Tensor
+        scale: float
+        rows: int
+
+        def __call__(self, x):
+            return self.w * x * self.scale
+
+        def split(self, x):
+            return (self.w * x).reshape((self.rows, -1))
+
+    affine, x = Affine(slope.tensor(np.ones(4)), 0.1, 2), slope.tensor(np.array([1.0, 3.0, 7.0, 9.0]))
+    assert slope.jit(affine)(x).tolist() == affine(x).tolist() == [v * 0.1 for v in [1.0, 3.0, 7.0, 9.0]]
+    assert slope.jit(affine.split)(x).shape == (2, 2)
+
+
 def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
     f = slope.jit(lambda x, scale: {"y": x * scale, "sum": (x * scale).sum()})
     out = f(tensor([1.0, 2.0]), 3.0)

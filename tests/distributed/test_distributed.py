@@ -749,6 +749,28 @@ def test_data_parallel_keeps_a_jitted_steps_donated_arguments(backend):
         assert xs.numpy().shape == (4, 3) and parallel.donate_argnums == (0,)
 
 
+def test_data_parallel_of_a_jitted_method_of_a_module():
+    """data_parallel(slope.jit(trainer.step)) of an nn.Module's method: since slope.jit keeps the module apart (its
+    argument 0), data_parallel called the unbound function without it ("missing 1 required positional argument")."""
+    nn = pytest.importorskip("slope.nn")
+
+    class Trainer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = slope.tensor(2.0)
+
+        def step(self, model, x, power):
+            grads = dist.pmean(slope.grad(lambda m: (m(x) * self.scale).sum() ** power)(model))
+            return model, grads, (model(x) * self.scale).sum()
+
+    trainer, model, x = Trainer(), nn.Linear(2, 1), slope.ones((3, 2))
+    expected = slope.jit(trainer.step, static_argnames="power")(model, x, power=2)
+    got = dist.data_parallel(slope.jit(trainer.step, static_argnames="power"))(model, x, 2)  # (by position)
+    assert got[2].item() == expected[2].item()
+    for a, b in zip(slope.tree.leaves(got[1]), slope.tree.leaves(expected[1])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
 def test_checkpoints_of_numbers_and_numpy_leaves_load_and_names_must_differ(tmp_path):
     # load compared a number's (no .shape) or a NumPy leaf's dtype with a Slope dtype and failed; save dropped one of
     # two leaves named alike without a word

@@ -341,8 +341,8 @@ class Pow(Binary):
             products = range(3 if x.dtype.bits < 32 else 4) if x.dtype.is_float else range(5)  # that round once
             if y in products and dtypes.result_type(x, y) == x.dtype:  # as products: cheap (y may be inf)
                 return functools.reduce(mul, [x] * (int(y) - 1), x) if y else full(x.shape, 1, x.dtype)
-            if isinstance(y, float) and x.dtype.is_float and float(dtypes.wrap(y, x.dtype)) != y:  # (PyTorch's: exact)
-                return cast(power(cast(x, dtypes.float64), y), x.dtype)  # float32 ** 2.2 was 2.2000000477's: 8+ ulps
+            if isinstance(y, float) and x.dtype.bits < 64 and x.dtype.is_float and float(dtypes.wrap(y, x.dtype)) != y:
+                return cast(power(cast(x, dtypes.float64), y), x.dtype)  # (PyTorch's y is exact: not 2.2000000477)
         return super().__call__(x, y)
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:

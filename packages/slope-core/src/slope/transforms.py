@@ -14,7 +14,7 @@ from . import tree
 from .errors import TransformError
 from .ir import Aval, Program, Var, dead_code_elimination
 from .operator import Operator, UndefinedPrimal, batch_to_front, move_axis
-from .operators import as_tensor, full, ints, zeros_like
+from .operators import as_tensor, constant, ints, zeros_like
 from .tensors import Tensor, functions
 from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun, make_program, new_main, run_procedure
 from .tree import describe
@@ -228,7 +228,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             got = out.aval if isinstance(out, Tensor) else type(out).__name__
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
-        grads = vjp_fn(full((), 1.0, out.dtype))  # (not the shared constant: `+ b` hands it to b's gradient, donated)
+        one = backend_module.from_numpy(np.ones((), out.dtype.numpy), Aval((), out.dtype)) if not active() else None
+        grads = vjp_fn(constant(1.0, out.dtype) if one is None else one)  # (fresh: `+ b` hands it to b's gradient)
         return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, (int, np.integer)) else grads)
 
     return value_and_grad_fn
@@ -524,7 +525,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         # a pytree that is called (an nn.Module) or its method: its leaves are an argument (0) read at each call, so new
         # weights and modes are seen (as torch.compile(model)), not constants of the first trace
         owner = fn if not inspect.isroutine(fn) else getattr(fn, "__self__", None)
-        self.owner = None if owner is None or tree.structure(owner).is_leaf() else owner
+        leaves = [None] if owner is None or tree.structure(owner).is_leaf() else tree.leaves(owner)
+        self.owner = owner if all(type(leaf) is Tensor for leaf in leaves) else None  # (tensors only, a Module's)
         self.fn, self.shift = (fn, 0) if self.owner is None else (getattr(fn, "__func__", type(fn).__call__), 1)
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
@@ -588,7 +590,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
-        donated = [args[self.shift :][i] for i in self.donate_argnums if i < len(args) - self.shift]
+        numbers = range(self.shift - len(args), len(args) - self.shift)  # (the caller's arguments', from either end)
+        donated = [args[self.shift :][i] for i in self.donate_argnums if i in numbers]
         for leaf in tree.leaves(donated) if self.donate_argnums else ():
             if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
                 leaf.buffer = leaf.backend = _Donated()

@@ -215,10 +215,11 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
-        self.fn = step.fn if jitted else step
+        owner = step.owner if jitted else None  # slope.jit(model.step): the model (argument 0 of step.fn) bound
+        self.fn = (step.fn if owner is None else functools.partial(step.fn, owner)) if jitted else step
         # a jitted step's static arguments stay static, by position or by name (they were traced: a static 0.1 became
-        # float32's)
-        self.static = set(step.static_argnums) | step.named_positions if jitted else set()
+        # float32's); its named positions count the owner
+        self.static = set(step.static_argnums) | {i - step.shift for i in step.named_positions} if jitted else set()
         self.static_names = set(step.static_argnames) if jitted else set()
         self.donate_argnums: tuple[int, ...] = tuple(step.donate_argnums) if jitted else ()  # (as slope.jit's)
         functools.update_wrapper(self, self.fn)
