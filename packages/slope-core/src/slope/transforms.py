@@ -228,8 +228,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             got = out.aval if isinstance(out, Tensor) else type(out).__name__
             must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
-        one = backend_module.from_numpy(np.ones((), out.dtype.numpy), Aval((), out.dtype)) if not active() else None
-        grads = vjp_fn(constant(1.0, out.dtype) if one is None else one)  # (fresh: `+ b` hands it to b's gradient)
+        seed = constant(1.0, out.dtype)  # (shared: a gradient that is the seed itself, as `+ b` hands b, is copied)
+        grads = tree.map(lambda g: functions["stop_gradient"](g) if g is seed else g, vjp_fn(seed))
         return ((out, *aux) if has_aux else out), (grads[0] if isinstance(argnums, (int, np.integer)) else grads)
 
     return value_and_grad_fn
