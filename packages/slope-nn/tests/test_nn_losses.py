@@ -557,3 +557,28 @@ def test_bce_with_logits_target_gradient_is_exact_as_pytorch(weighted, reduction
     scale = (np.abs(x64) + np.abs((1.0 if pw is None else pw) - 1.0) * np.logaddexp(0.0, -x64)) * factor
     error = np.abs(grad_t.numpy().astype(np.float64) - np.asarray(expected_t))
     assert (error <= rtol * scale).all(), (grad_t.numpy(), expected_t.numpy())
+
+
+@pytest.mark.parametrize("what", ["target", "input"])
+@pytest.mark.parametrize("how", ["jit", "vmap", "jit_grad", "jit_value_and_grad", "grad"])
+def test_binary_cross_entropy_out_of_range_under_transforms_is_an_error(how, what):
+    """binary_cross_entropy with a target (labels 0..9 by mistake) or input outside [0, 1] under jit, vmap and grad:
+    an error, as PyTorch's "all elements of target should be between 0 and 1" (a finite, meaningless loss and gradient
+    before; inputs gave a NaN loss but a finite 2.5e11 gradient); values in [0, 1] keep PyTorch's loss."""
+    good_p, good_t = np.array([0.3, 0.6], np.float32), np.array([0.0, 1.0], np.float32)
+    bad = {"target": (good_p, np.array([2.0, 5.0], np.float32)), "input": (np.array([0.5, 1.5], np.float32), good_t)}
+    transforms = {
+        "jit": slope.jit(nn.binary_cross_entropy),
+        "vmap": slope.vmap(nn.binary_cross_entropy),
+        "jit_grad": slope.jit(slope.grad(nn.binary_cross_entropy)),
+        "jit_value_and_grad": slope.jit(lambda p, t: slope.value_and_grad(nn.binary_cross_entropy)(p, t)[1]),
+        "grad": slope.grad(nn.binary_cross_entropy),
+    }
+    fn = transforms[how]
+    expected_each = -(good_t * np.log(good_p) + (1 - good_t) * np.log1p(-good_p))
+    got = fn(slope.tensor(good_p), slope.tensor(good_t)).numpy()
+    if how in ("jit", "vmap"):  # (PyTorch's values: the mean, or each example's loss)
+        np.testing.assert_allclose(got, expected_each if how == "vmap" else expected_each.mean(), rtol=1e-6)
+    assert np.isfinite(got).all()
+    with pytest.raises((IndexError, ValueError), match="out of range|between 0 and 1"):
+        fn(*(slope.tensor(v) for v in bad[what])).numpy()
