@@ -290,6 +290,16 @@ def test_rmsnorm(dtype):
     assert_close(run(layer, slope.tensor(x)), expected, dtype)
 
 
+@pytest.mark.parametrize("layer", ["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("shape", [[], ()])
+def test_norm_layers_refuse_an_empty_normalized_shape(layer, shape):
+    """nn.LayerNorm([]) and nn.RMSNorm([]) normalised over the whole tensor; PyTorch refuses them ("Expected
+    normalized_shape to be at least 1-dimensional")."""
+    with pytest.raises(ValueError, match=f"nn.{layer}: expected normalized_shape to be at least 1-dimensional"):
+        getattr(nn, layer)(shape)
+    assert getattr(nn, layer)(3).normalized_shape == (3,)
+
+
 # ----------------------------------------------------------------------------------------------- embedding, dropout
 
 

@@ -414,13 +414,22 @@ class BatchNorm2d(BatchNorm):
     input_dims = (4,)
 
 
+def _normalized_shape(layer: Module, normalized_shape: Any) -> tuple[int, ...]:
+    """A norm layer's checked normalized_shape, at least one dimension (an empty one normalised the whole tensor)."""
+    shape = _ints(layer, normalized_shape, "normalized_shape")
+    if not shape:
+        raise ValueError(f"slope.nn.{type(layer).__name__}: expected normalized_shape to be at least 1-dimensional "
+                         f"(at least one element, as PyTorch), got {normalized_shape!r}")  # fmt: skip
+    return shape
+
+
 class LayerNorm(Module):
     """Layer normalization over the trailing `normalized_shape` dimensions."""
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
+        self.normalized_shape = _normalized_shape(self, normalized_shape)
         self.eps = float(eps)
         dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
@@ -455,7 +464,7 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape: Any, eps: float | None = None, elementwise_affine: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
+        self.normalized_shape = _normalized_shape(self, normalized_shape)
         self.eps = eps
         dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
