@@ -325,6 +325,14 @@ def test_dropout_eval_is_identity_and_training_scales_kept_values():
     assert not np.array_equal(again != 0, kept)  # another key, another mask
 
 
+@pytest.mark.parametrize("training", ["False", 0, None])
+def test_dropout_refuses_a_training_flag_that_is_not_a_bool(training):
+    """nn.dropout(x, 0.5, training="False") dropped (a truthy string); PyTorch: "argument 'train' must be bool"."""
+    with pytest.raises(TypeError, match="nn.dropout: training must be a bool"):
+        nn.dropout(slope.ones((2, 4)), 0.5, training=training, key=slope.random.key(0))
+    assert (nn.dropout(slope.ones((2, 4)), 0.5, training=np.bool_(False)).numpy() == 1.0).all()
+
+
 def test_dropout_needs_a_key_under_jit():
     layer = nn.Dropout(0.5)
     with pytest.raises(RuntimeError, match="nn.apply"):

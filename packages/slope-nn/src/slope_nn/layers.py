@@ -596,6 +596,9 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
     check_key("nn.dropout", key, "inplace")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
+    if not isinstance(training, (bool, np.bool_)):  # ("False" is truthy: it dropped)
+        raise TypeError(f"slope.nn.dropout: training must be a bool, got {type(training).__name__} {training!r} "
+                        "(as PyTorch)")  # fmt: skip
     if not training or p == 0.0:
         return x
     if not x.dtype.is_float:  # (as PyTorch: the scale 1 / (1 - p) truncated to an integer 1 kept 10, not 14.29)
