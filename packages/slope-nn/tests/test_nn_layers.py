@@ -593,3 +593,30 @@ def test_init_draws_refuse_integer_dtypes(draw, dtype):
         draw((4, 3), key=slope.random.key(0), dtype=dtype)
     with pytest.raises(TypeError, match="floating-point dtype"):
         draw(slope.zeros((4, 3), dtype=dtype), key=slope.random.key(0))
+
+
+@pytest.mark.parametrize(
+    "make, weight_shape",
+    [
+        (lambda k: nn.Conv2d(0, 3, 3, key=k), (3, 0, 3, 3)),
+        (lambda k: nn.Conv1d(0, 3, 3, key=k), (3, 0, 3)),
+        (lambda k: nn.ConvTranspose2d(3, 0, 3, key=k), (3, 0, 3, 3)),
+        (lambda k: nn.Conv2d(0, 0, 3, key=k), (0, 0, 3, 3)),
+    ],
+)
+def test_convolutions_without_channels_build_as_pytorch(make, weight_shape):
+    """Conv1d/Conv2d(in_channels=0) and ConvTranspose2d(out_channels=0): a ZeroDivisionError (fan_in 0); PyTorch builds
+    them (its init is a no-op on zero-element weights) with the weight shapes here, and so does Linear(0, n)."""
+    layer = make(slope.random.key(0))
+    assert layer.weight.shape == weight_shape
+    assert np.isfinite(layer.bias.numpy()).all()
+
+
+@pytest.mark.parametrize("draw", [nn.init.kaiming_uniform, nn.init.kaiming_normal])
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (0, 0, 2)])
+def test_init_of_zero_element_weights_is_empty(draw, mode, shape):
+    """init.kaiming_uniform((3, 0)) raised ZeroDivisionError; torch.nn.init.kaiming_uniform_ leaves a zero-element
+    tensor as it is (a warning): an empty tensor of the shape."""
+    assert draw(shape, mode=mode, key=slope.random.key(0)).shape == shape
+    assert nn.init.xavier_uniform((0, 0), key=slope.random.key(0)).shape == (0, 0)

@@ -124,7 +124,8 @@ class _ConvBase(Module):
         self.stride = _ints(self, stride, "stride", 1, n)
         self.dilation = _ints(self, dilation, "dilation", 1, n)
         shape = (weight_channels[0], weight_channels[1] // groups, *self.kernel_size)
-        bound = 1.0 / math.sqrt(init.fans(shape)[0])
+        fan_in = init.fans(shape)[0]  # (0 without input channels: an empty weight, a zero bias, as Linear(0, n))
+        bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
         weight_key, bias_key = _keys(self, key, 2)
         self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
         self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
