@@ -256,6 +256,19 @@ def test_multi_head_attention_initializes_as_pytorch(dims):
     assert 0.9 / 8 < np.abs(layer.out_proj.weight.numpy()).max() <= 1 / 8  # Linear's 1 / sqrt(64)
 
 
+@pytest.mark.parametrize("dims", [{"kdim": 0}, {"vdim": 0}, {"kdim": 0, "vdim": 0}])
+def test_multi_head_attention_keeps_a_kdim_or_vdim_of_zero(dims):
+    # `kdim or embed_dim` read 0 as embed_dim: k_proj (4, 4) where PyTorch's k_proj_weight is (4, 0)
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(0), **dims)
+    assert layer.k_proj.weight.shape == (4, dims.get("kdim", 4)) and layer.v_proj.weight.shape == (
+        4,
+        dims.get("vdim", 4),
+    )
+    q = slope.ones((2, 3, 4))
+    k, v = slope.ones((2, 5, dims.get("kdim", 4))), slope.ones((2, 5, dims.get("vdim", 4)))
+    assert layer(q, k, v).shape == (2, 3, 4)
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_attention_over_no_features_averages_the_values(is_causal, each_backend):
     # query and key of 0 features: PyTorch's scores are 0s, so the weights are uniform (slope divided by sqrt(0))

@@ -668,14 +668,16 @@ class MultiHeadAttention(Module):
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
         keys = _keys(self, key, 4)
+        # (`kdim or embed_dim` read kdim=0 as embed_dim: a (4, 4) k_proj where PyTorch's is (4, 0))
+        kdim, vdim = (embed_dim if size is None else size for size in (kdim, vdim))
         self.q_proj = Linear(embed_dim, embed_dim, bias, key=keys[0], dtype=dtype)
-        self.k_proj = Linear(kdim or embed_dim, embed_dim, bias, key=keys[1], dtype=dtype)
-        self.v_proj = Linear(vdim or embed_dim, embed_dim, bias, key=keys[2], dtype=dtype)
+        self.k_proj = Linear(kdim, embed_dim, bias, key=keys[1], dtype=dtype)
+        self.v_proj = Linear(vdim, embed_dim, bias, key=keys[2], dtype=dtype)
         self.out_proj = Linear(embed_dim, embed_dim, bias, key=keys[3], dtype=dtype)
         # PyTorch's initialization: Xavier-uniform projections (q, k and v as one (3E, E) matrix when kdim and vdim
         # are E, so fan_out 3E); the output projection keeps Linear's weight. (PyTorch's biases start at 0; these
         # keep Linear's: zero constants make iree's exported modules round differently from jit, tests/exported_models)
-        packed = (kdim or embed_dim) == (vdim or embed_dim) == embed_dim
+        packed = kdim == vdim == embed_dim
         for projection, projection_key in zip((self.q_proj, self.k_proj, self.v_proj), keys):
             shape = (3 * embed_dim, embed_dim) if packed else projection.weight.shape
             bound = math.sqrt(6.0 / sum(init.fans(shape)))
