@@ -582,3 +582,13 @@ def test_binary_cross_entropy_out_of_range_under_transforms_is_an_error(how, wha
     assert np.isfinite(got).all()
     with pytest.raises((IndexError, ValueError), match="out of range|between 0 and 1"):
         fn(*(slope.tensor(v) for v in bad[what])).numpy()
+
+
+def test_nll_of_0d_log_probabilities_is_a_shape_error():
+    """nn.nll / NLLLoss with 0-d log-probabilities raised IndexError ("tuple index out of range"); PyTorch: "Expected 1
+    or more dimensions (got 0)"; the error cross_entropy gives."""
+    for fn in (nn.nll, nn.NLLLoss()):
+        with pytest.raises(
+            slope.ShapeError, match="nn.nll: expected log-probabilities with a class dimension, got a 0-d"
+        ):
+            fn(slope.tensor(1.0), slope.tensor(0))

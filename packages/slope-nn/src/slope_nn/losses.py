@@ -45,6 +45,8 @@ def nll(log_probs: Tensor, target: Any, weight: Tensor | None = None, ignore_ind
         reduction: str = "mean") -> Tensor:  # fmt: skip
     """Negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...), PyTorch's arguments."""
     log_probs = functional._tensor(log_probs)
+    if log_probs.ndim == 0:  # (an IndexError, "tuple index out of range"; PyTorch: "Expected 1 or more dimensions")
+        raise slope.ShapeError("slope.nn.nll: expected log-probabilities with a class dimension, got a 0-d tensor")
     weight = functional._class_weight("nn.nll", weight, log_probs, 1 if log_probs.ndim > 1 else 0)
     return functional.class_index_loss("nn.nll", log_probs, functional._tensor(target), weight, ignore_index, reduction)
 
