@@ -592,3 +592,16 @@ def test_nll_of_0d_log_probabilities_is_a_shape_error():
             slope.ShapeError, match="nn.nll: expected log-probabilities with a class dimension, got a 0-d"
         ):
             fn(slope.tensor(1.0), slope.tensor(0))
+
+
+@pytest.mark.parametrize("logits_shape", [(3, 4), (2, 4, 5), (4,)])
+def test_cross_entropy_of_float_class_indices_says_they_must_be_integers(logits_shape):
+    """Float labels of the class-index shape: the error spoke of probability targets ("probability targets (3,) must
+    match logits (3, 4)"); PyTorch: "expected target dtype to be Long"."""
+    torch = pytest.importorskip("torch")
+    indices_shape = logits_shape[:1] + logits_shape[2:] if len(logits_shape) > 1 else ()
+    target = np.zeros(indices_shape, np.float32)
+    with pytest.raises(RuntimeError, match="expected"):
+        torch.nn.functional.cross_entropy(torch.ones(logits_shape), torch.tensor(target))
+    with pytest.raises(slope.DTypeError, match="class-index targets .* must be integers, got float32"):
+        nn.cross_entropy(slope.ones(logits_shape), slope.tensor(target))
