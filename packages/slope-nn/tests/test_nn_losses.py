@@ -605,3 +605,17 @@ def test_cross_entropy_of_float_class_indices_says_they_must_be_integers(logits_
         torch.nn.functional.cross_entropy(torch.ones(logits_shape), torch.tensor(target))
     with pytest.raises(slope.DTypeError, match="class-index targets .* must be integers, got float32"):
         nn.cross_entropy(slope.ones(logits_shape), slope.tensor(target))
+
+
+def test_binary_cross_entropies_ask_for_reduction_by_keyword():
+    """binary_cross_entropy(x, t, "sum"): PyTorch's third argument is weight; the error was slope.tensor's "cannot make
+    a tensor from str", where cross_entropy and nll say "pass reduction= by keyword"."""
+    p, t = slope.tensor([0.2, 0.7]), slope.tensor([0.0, 1.0])
+    calls = {
+        "binary_cross_entropy: weight": lambda: nn.binary_cross_entropy(p, t, "sum"),
+        "binary_cross_entropy_with_logits: weight": lambda: nn.binary_cross_entropy_with_logits(p, t, "sum"),
+        "binary_cross_entropy_with_logits: pos_weight": lambda: nn.binary_cross_entropy_with_logits(p, t, None, "sum"),
+    }
+    for what, call in calls.items():
+        with pytest.raises(TypeError, match=f"nn.{what} must be a tensor, got 'sum': pass reduction= by keyword"):
+            call()

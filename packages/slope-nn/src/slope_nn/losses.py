@@ -84,6 +84,9 @@ def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  
     _check_same_shape(name, input, target)
     checked = []
     for what, weight in weights.items():
+        if isinstance(weight, str):  # (reduction given in PyTorch's position of weight or pos_weight: "cannot make a
+            # tensor from str", from slope.tensor)
+            raise TypeError(f"slope.nn.{name}: {what} must be a tensor, got {weight!r}: pass reduction= by keyword")
         if weight is not None:
             weight = functional._tensor(weight)
             if functional._broadcast(f"slope.nn.{name}", weight.shape, input.shape) != input.shape:
