@@ -242,6 +242,28 @@ def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
             pool(slope.ones((3,) * ndim))
 
 
+def test_multi_head_attention_masks_of_other_ranks_dtypes_and_numpy():
+    # 1-d and 4-d attn_masks were broadcast (PyTorch asserts "2-D or 3-D"); a float mask of another dtype than the
+    # query failed in slope.matmul (PyTorch: "Expected attn_mask dtype to be bool or float or to match query dtype");
+    # a NumPy mask raised AttributeError (now taken as a tensor)
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(0))
+    q, kv = slope.tensor(np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)), slope.ones((2, 5, 4))
+    for shape in ((5,), (2, 2, 3, 5)):
+        with pytest.raises(slope.ShapeError, match=f"expected attn_mask to be 2-d .* got a {len(shape)}-d mask"):
+            layer(q, kv, kv, attn_mask=slope.zeros(shape))
+    for what, shape in (("attn_mask", (3, 5)), ("key_padding_mask", (2, 5))):
+        for dtype in (slope.float64, slope.float16):
+            with pytest.raises(slope.DTypeError, match=f"floating-point {what} must have the query's dtype float32"):
+                layer(q, kv, kv, **{what: slope.zeros(shape, dtype=dtype)})
+    mask = np.random.default_rng(1).random((3, 5)) > 0.6
+    mask[:, 0] = False
+    expected = layer(q, kv, kv, attn_mask=slope.tensor(mask)).numpy()
+    np.testing.assert_array_equal(layer(q, kv, kv, attn_mask=mask).numpy(), expected)
+    padding = np.array([[False, True, False, False, True], [False] * 5])
+    expected = layer(q, kv, kv, key_padding_mask=slope.tensor(padding)).numpy()
+    np.testing.assert_array_equal(layer(q, kv, kv, key_padding_mask=padding).numpy(), expected)
+
+
 @pytest.mark.parametrize("dims", [{}, {"kdim": 16, "vdim": 8}])
 def test_multi_head_attention_initializes_as_pytorch(dims):
     # PyTorch: Xavier-uniform q, k, v projections (packed as one (3E, E) matrix when kdim = vdim = E); slope's were

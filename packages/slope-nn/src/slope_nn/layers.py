@@ -723,6 +723,10 @@ class MultiHeadAttention(Module):
                 key_padding_mask: Tensor | None, is_causal: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
         """The output (N, L, E) and the per-head weights (N, H, L, S) after dropout (unbatched: without N); the
         weights of halves in float32."""
+        # (a NumPy mask failed with an AttributeError: taken as a tensor, as slope's functions take arrays)
+        attn_mask, key_padding_mask = (
+            None if m is None else functional._tensor(m) for m in (attn_mask, key_padding_mask)
+        )
         unbatched = query.ndim == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -764,6 +768,10 @@ class MultiHeadAttention(Module):
             causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
             scores = slope.where(causal, -math.inf, scores)
         batch = scores.shape[0]
+        if attn_mask is not None and attn_mask.ndim not in (2, 3):  # (a 1-d or 4-d one was broadcast; PyTorch asserts)
+            raise slope.ShapeError(f"slope.nn.{type(self).__name__}: expected attn_mask to be 2-d (L, S) or 3-d (N * "
+                                   f"num_heads, L, S), got a {attn_mask.ndim}-d mask of shape {attn_mask.shape} (as "
+                                   "PyTorch)")  # fmt: skip
         if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape != (length, source):
             raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 2-d attn_mask must be of shape {(length, source)} "
                                    f"(L, S), got {attn_mask.shape} (as PyTorch)")  # fmt: skip
@@ -771,6 +779,11 @@ class MultiHeadAttention(Module):
             if mask is not None and mask.dtype != slope.bool_ and not mask.dtype.is_float:  # (as PyTorch)
                 raise slope.DTypeError(f"slope.nn.{type(self).__name__}: {what} must be bool or floating-point, got "
                                        f"{mask.dtype.name}")  # fmt: skip
+            if mask is not None and mask.dtype.is_float and mask.dtype != query.dtype:  # (float64 on a float32 layer
+                # failed in slope.matmul; PyTorch: "Expected attn_mask dtype to be bool or float or to match query dtype")
+                raise slope.DTypeError(f"slope.nn.{type(self).__name__}: a floating-point {what} must have the query's "
+                                       f"dtype {query.dtype.name} (or be bool), got {mask.dtype.name}, as PyTorch: "
+                                       f"convert it with .astype(slope.{query.dtype.name})")  # fmt: skip
         if attn_mask is not None and attn_mask.ndim == 3:  # PyTorch's per-head masks: (N * num_heads, L, S)
             if attn_mask.shape != (batch * self.num_heads, length, source):
                 raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 3-d attn_mask must be of shape "
