@@ -150,6 +150,9 @@ def global_norm(tree: Any) -> Tensor:
 
 def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
     """Scale gradients so their global norm is at most max_norm; returns (clipped grads, norm before clipping)."""
+    if not (_real(max_norm) or isinstance(max_norm, Tensor)):  # ("inf" failed in slope.div, naming neither)
+        raise TypeError(f"slope.nn.optim.clip_grad_norm: max_norm must be a real number or a tensor, got "
+                        f"{type(max_norm).__name__} {max_norm!r} (for no clipping pass math.inf)")  # fmt: skip
     norm = global_norm(grads)
     scale = slope.clip(max_norm / (norm + 1e-6), None, 1.0)
 
