@@ -94,10 +94,12 @@ def test_binary_cross_entropy_checks_its_arguments_as_pytorch():
     np.testing.assert_allclose(nn.mse_loss([1.0, 2.0], [0.0, 0.0]).numpy(), 2.5)
 
 
-def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_nan():
+def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_an_error():
+    # as PyTorch's "all elements of input should be between 0 and 1", when the program runs (it was NaN there)
     loss = slope.jit(lambda p, t: nn.binary_cross_entropy(p, t, reduction="none"))
-    out = loss(slope.tensor([1.5, 0.5]), slope.tensor([0.5, 0.5])).numpy()
-    assert np.isnan(out[0]) and np.isfinite(out[1])
+    assert np.isfinite(loss(slope.tensor([1.0, 0.5]), slope.tensor([0.5, 0.5])).numpy()).all()
+    with pytest.raises(IndexError, match="out of range"):
+        loss(slope.tensor([1.5, 0.5]), slope.tensor([0.5, 0.5])).numpy()
 
 
 # ----------------------------------------------------------------------------------------------- activations
@@ -240,6 +242,28 @@ def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
             pool(slope.ones((3,) * ndim))
 
 
+def test_multi_head_attention_masks_of_other_ranks_dtypes_and_numpy():
+    # 1-d and 4-d attn_masks were broadcast (PyTorch asserts "2-D or 3-D"); a float mask of another dtype than the
+    # query failed in slope.matmul (PyTorch: "Expected attn_mask dtype to be bool or float or to match query dtype");
+    # a NumPy mask raised AttributeError (now taken as a tensor)
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(0))
+    q, kv = slope.tensor(np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)), slope.ones((2, 5, 4))
+    for shape in ((5,), (2, 2, 3, 5)):
+        with pytest.raises(slope.ShapeError, match=f"expected attn_mask to be 2-d .* got a {len(shape)}-d mask"):
+            layer(q, kv, kv, attn_mask=slope.zeros(shape))
+    for what, shape in (("attn_mask", (3, 5)), ("key_padding_mask", (2, 5))):
+        for dtype in (slope.float64, slope.float16):
+            with pytest.raises(slope.DTypeError, match=f"floating-point {what} must have the query's dtype float32"):
+                layer(q, kv, kv, **{what: slope.zeros(shape, dtype=dtype)})
+    mask = np.random.default_rng(1).random((3, 5)) > 0.6
+    mask[:, 0] = False
+    expected = layer(q, kv, kv, attn_mask=slope.tensor(mask)).numpy()
+    np.testing.assert_array_equal(layer(q, kv, kv, attn_mask=mask).numpy(), expected)
+    padding = np.array([[False, True, False, False, True], [False] * 5])
+    expected = layer(q, kv, kv, key_padding_mask=slope.tensor(padding)).numpy()
+    np.testing.assert_array_equal(layer(q, kv, kv, key_padding_mask=padding).numpy(), expected)
+
+
 @pytest.mark.parametrize("dims", [{}, {"kdim": 16, "vdim": 8}])
 def test_multi_head_attention_initializes_as_pytorch(dims):
     # PyTorch: Xavier-uniform q, k, v projections (packed as one (3E, E) matrix when kdim = vdim = E); slope's were
@@ -252,6 +276,19 @@ def test_multi_head_attention_initializes_as_pytorch(dims):
         weight = projection.weight.numpy()
         assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.9 * bound
     assert 0.9 / 8 < np.abs(layer.out_proj.weight.numpy()).max() <= 1 / 8  # Linear's 1 / sqrt(64)
+
+
+@pytest.mark.parametrize("dims", [{"kdim": 0}, {"vdim": 0}, {"kdim": 0, "vdim": 0}])
+def test_multi_head_attention_keeps_a_kdim_or_vdim_of_zero(dims):
+    # `kdim or embed_dim` read 0 as embed_dim: k_proj (4, 4) where PyTorch's k_proj_weight is (4, 0)
+    layer = nn.MultiHeadAttention(4, 2, key=slope.random.key(0), **dims)
+    assert layer.k_proj.weight.shape == (4, dims.get("kdim", 4)) and layer.v_proj.weight.shape == (
+        4,
+        dims.get("vdim", 4),
+    )
+    q = slope.ones((2, 3, 4))
+    k, v = slope.ones((2, 5, dims.get("kdim", 4))), slope.ones((2, 5, dims.get("vdim", 4)))
+    assert layer(q, k, v).shape == (2, 3, 4)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])

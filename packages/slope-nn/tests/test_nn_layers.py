@@ -290,6 +290,16 @@ def test_rmsnorm(dtype):
     assert_close(run(layer, slope.tensor(x)), expected, dtype)
 
 
+@pytest.mark.parametrize("layer", ["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("shape", [[], ()])
+def test_norm_layers_refuse_an_empty_normalized_shape(layer, shape):
+    """nn.LayerNorm([]) and nn.RMSNorm([]) normalised over the whole tensor; PyTorch refuses them ("Expected
+    normalized_shape to be at least 1-dimensional")."""
+    with pytest.raises(ValueError, match=f"nn.{layer}: expected normalized_shape to be at least 1-dimensional"):
+        getattr(nn, layer)(shape)
+    assert getattr(nn, layer)(3).normalized_shape == (3,)
+
+
 # ----------------------------------------------------------------------------------------------- embedding, dropout
 
 
@@ -313,6 +323,14 @@ def test_dropout_eval_is_identity_and_training_scales_kept_values():
     np.testing.assert_allclose(out[kept], x.numpy()[kept] / 0.75, rtol=1e-6)
     again = slope.jit(lambda m, x, k: nn.apply(m, x, key=k)[0])(layer, x, slope.random.key(5)).numpy()
     assert not np.array_equal(again != 0, kept)  # another key, another mask
+
+
+@pytest.mark.parametrize("training", ["False", 0, None])
+def test_dropout_refuses_a_training_flag_that_is_not_a_bool(training):
+    """nn.dropout(x, 0.5, training="False") dropped (a truthy string); PyTorch: "argument 'train' must be bool"."""
+    with pytest.raises(TypeError, match="nn.dropout: training must be a bool"):
+        nn.dropout(slope.ones((2, 4)), 0.5, training=training, key=slope.random.key(0))
+    assert (nn.dropout(slope.ones((2, 4)), 0.5, training=np.bool_(False)).numpy() == 1.0).all()
 
 
 def test_dropout_needs_a_key_under_jit():
@@ -575,3 +593,30 @@ def test_init_draws_refuse_integer_dtypes(draw, dtype):
         draw((4, 3), key=slope.random.key(0), dtype=dtype)
     with pytest.raises(TypeError, match="floating-point dtype"):
         draw(slope.zeros((4, 3), dtype=dtype), key=slope.random.key(0))
+
+
+@pytest.mark.parametrize(
+    "make, weight_shape",
+    [
+        (lambda k: nn.Conv2d(0, 3, 3, key=k), (3, 0, 3, 3)),
+        (lambda k: nn.Conv1d(0, 3, 3, key=k), (3, 0, 3)),
+        (lambda k: nn.ConvTranspose2d(3, 0, 3, key=k), (3, 0, 3, 3)),
+        (lambda k: nn.Conv2d(0, 0, 3, key=k), (0, 0, 3, 3)),
+    ],
+)
+def test_convolutions_without_channels_build_as_pytorch(make, weight_shape):
+    """Conv1d/Conv2d(in_channels=0) and ConvTranspose2d(out_channels=0): a ZeroDivisionError (fan_in 0); PyTorch builds
+    them (its init is a no-op on zero-element weights) with the weight shapes here, and so does Linear(0, n)."""
+    layer = make(slope.random.key(0))
+    assert layer.weight.shape == weight_shape
+    assert np.isfinite(layer.bias.numpy()).all()
+
+
+@pytest.mark.parametrize("draw", [nn.init.kaiming_uniform, nn.init.kaiming_normal])
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (0, 0, 2)])
+def test_init_of_zero_element_weights_is_empty(draw, mode, shape):
+    """init.kaiming_uniform((3, 0)) raised ZeroDivisionError; torch.nn.init.kaiming_uniform_ leaves a zero-element
+    tensor as it is (a warning): an empty tensor of the shape."""
+    assert draw(shape, mode=mode, key=slope.random.key(0)).shape == shape
+    assert nn.init.xavier_uniform((0, 0), key=slope.random.key(0)).shape == (0, 0)

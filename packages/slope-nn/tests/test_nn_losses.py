@@ -557,3 +557,65 @@ def test_bce_with_logits_target_gradient_is_exact_as_pytorch(weighted, reduction
     scale = (np.abs(x64) + np.abs((1.0 if pw is None else pw) - 1.0) * np.logaddexp(0.0, -x64)) * factor
     error = np.abs(grad_t.numpy().astype(np.float64) - np.asarray(expected_t))
     assert (error <= rtol * scale).all(), (grad_t.numpy(), expected_t.numpy())
+
+
+@pytest.mark.parametrize("what", ["target", "input"])
+@pytest.mark.parametrize("how", ["jit", "vmap", "jit_grad", "jit_value_and_grad", "grad"])
+def test_binary_cross_entropy_out_of_range_under_transforms_is_an_error(how, what):
+    """binary_cross_entropy with a target (labels 0..9 by mistake) or input outside [0, 1] under jit, vmap and grad:
+    an error, as PyTorch's "all elements of target should be between 0 and 1" (a finite, meaningless loss and gradient
+    before; inputs gave a NaN loss but a finite 2.5e11 gradient); values in [0, 1] keep PyTorch's loss."""
+    good_p, good_t = np.array([0.3, 0.6], np.float32), np.array([0.0, 1.0], np.float32)
+    bad = {"target": (good_p, np.array([2.0, 5.0], np.float32)), "input": (np.array([0.5, 1.5], np.float32), good_t)}
+    transforms = {
+        "jit": slope.jit(nn.binary_cross_entropy),
+        "vmap": slope.vmap(nn.binary_cross_entropy),
+        "jit_grad": slope.jit(slope.grad(nn.binary_cross_entropy)),
+        "jit_value_and_grad": slope.jit(lambda p, t: slope.value_and_grad(nn.binary_cross_entropy)(p, t)[1]),
+        "grad": slope.grad(nn.binary_cross_entropy),
+    }
+    fn = transforms[how]
+    expected_each = -(good_t * np.log(good_p) + (1 - good_t) * np.log1p(-good_p))
+    got = fn(slope.tensor(good_p), slope.tensor(good_t)).numpy()
+    if how in ("jit", "vmap"):  # (PyTorch's values: the mean, or each example's loss)
+        np.testing.assert_allclose(got, expected_each if how == "vmap" else expected_each.mean(), rtol=1e-6)
+    assert np.isfinite(got).all()
+    with pytest.raises((IndexError, ValueError), match="out of range|between 0 and 1"):
+        fn(*(slope.tensor(v) for v in bad[what])).numpy()
+
+
+def test_nll_of_0d_log_probabilities_is_a_shape_error():
+    """nn.nll / NLLLoss with 0-d log-probabilities raised IndexError ("tuple index out of range"); PyTorch: "Expected 1
+    or more dimensions (got 0)"; the error cross_entropy gives."""
+    for fn in (nn.nll, nn.NLLLoss()):
+        with pytest.raises(
+            slope.ShapeError, match="nn.nll: expected log-probabilities with a class dimension, got a 0-d"
+        ):
+            fn(slope.tensor(1.0), slope.tensor(0))
+
+
+@pytest.mark.parametrize("logits_shape", [(3, 4), (2, 4, 5), (4,)])
+def test_cross_entropy_of_float_class_indices_says_they_must_be_integers(logits_shape):
+    """Float labels of the class-index shape: the error spoke of probability targets ("probability targets (3,) must
+    match logits (3, 4)"); PyTorch: "expected target dtype to be Long"."""
+    torch = pytest.importorskip("torch")
+    indices_shape = logits_shape[:1] + logits_shape[2:] if len(logits_shape) > 1 else ()
+    target = np.zeros(indices_shape, np.float32)
+    with pytest.raises(RuntimeError, match="expected"):
+        torch.nn.functional.cross_entropy(torch.ones(logits_shape), torch.tensor(target))
+    with pytest.raises(slope.DTypeError, match="class-index targets .* must be integers, got float32"):
+        nn.cross_entropy(slope.ones(logits_shape), slope.tensor(target))
+
+
+def test_binary_cross_entropies_ask_for_reduction_by_keyword():
+    """binary_cross_entropy(x, t, "sum"): PyTorch's third argument is weight; the error was slope.tensor's "cannot make
+    a tensor from str", where cross_entropy and nll say "pass reduction= by keyword"."""
+    p, t = slope.tensor([0.2, 0.7]), slope.tensor([0.0, 1.0])
+    calls = {
+        "binary_cross_entropy: weight": lambda: nn.binary_cross_entropy(p, t, "sum"),
+        "binary_cross_entropy_with_logits: weight": lambda: nn.binary_cross_entropy_with_logits(p, t, "sum"),
+        "binary_cross_entropy_with_logits: pos_weight": lambda: nn.binary_cross_entropy_with_logits(p, t, None, "sum"),
+    }
+    for what, call in calls.items():
+        with pytest.raises(TypeError, match=f"nn.{what} must be a tensor, got 'sum': pass reduction= by keyword"):
+            call()

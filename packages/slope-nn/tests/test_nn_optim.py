@@ -190,6 +190,16 @@ def test_clip_grad_norm():
     np.testing.assert_allclose(unchanged["a"].numpy(), [3.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("max_norm", ["inf", "1.0", None, [1.0]])
+def test_clip_grad_norm_refuses_a_max_norm_that_is_not_a_number(max_norm):
+    # clip_grad_norm(g, "inf") failed in slope.div ("cannot combine float32 with str"), naming neither the function
+    # nor max_norm
+    with pytest.raises(TypeError, match="clip_grad_norm: max_norm must be a real number or a tensor"):
+        nn.optim.clip_grad_norm({"w": slope.ones((3,))}, max_norm)
+    clipped, _ = nn.optim.clip_grad_norm({"w": slope.ones((3,))}, math.inf)
+    np.testing.assert_array_equal(clipped["w"].numpy(), np.ones(3, np.float32))
+
+
 @pytest.mark.parametrize(
     "make, names",
     [

@@ -511,6 +511,17 @@ def test_warmup_cosine_matches_pytorch():
         nn.optim.warmup_cosine(lr, 10, 10)
 
 
+@pytest.mark.parametrize(
+    "args, what",
+    [((0.5, 5), "warmup_steps"), ((2, 5.5), "total_steps"), ((True, 5), "warmup_steps"), ((-1, 5), "warmup_steps")],
+)
+def test_warmup_cosine_refuses_step_counts_that_are_not_integers(args, what):
+    # 0.5, 5.5 and True were taken as step counts (cosine_decay, step_decay and linear_warmup refuse them)
+    with pytest.raises(ValueError, match=f"warmup_cosine: {what} must be an integer of at least"):
+        nn.optim.warmup_cosine(0.1, *args)
+    assert float(nn.optim.warmup_cosine(0.1, 0, 5)(slope.tensor(0.0))) == pytest.approx(0.1)
+
+
 class Tiny(nn.Module):
     def __init__(self, dtype):
         super().__init__()

@@ -506,6 +506,12 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
         logp = log_softmax(logits.astype(slope.float32) if half else logits, class_dim)  # rounded once
         return class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing,
                                 dtype=logits.dtype)  # fmt: skip
+    indices = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+    if target.shape == indices:  # (float labels: the error spoke of probability targets; PyTorch: "expected target
+        # dtype to be Long")
+        raise slope.DTypeError(f"slope.cross_entropy: class-index targets (of shape {indices} for logits of shape "
+                               f"{logits.shape}) must be integers, got {target.dtype.name}, as PyTorch: convert them, "
+                               "e.g. target.astype(slope.int64); probability targets have the logits' shape")  # fmt: skip
     if ignore_index != -100:  # (it was ignored: PyTorch refuses it)
         raise ValueError("slope.cross_entropy: ignore_index is not supported for probability (floating-point) targets")
     if target.shape != logits.shape:

@@ -122,26 +122,28 @@ def _fan(shape: Any, mode: str) -> int:
 def kaiming_uniform(shape: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
                     key: Tensor | None = None, dtype: Any = None) -> Tensor:  # fmt: skip
     """He initialization, uniform: U(-b, b) with b = gain * sqrt(3 / fan)."""
-    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(shape, mode))
+    fan = _fan(shape, mode)  # (0 for a zero-element weight: nothing to draw, PyTorch's no-op)
+    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan) if fan else 0.0
     return uniform(shape, -bound, bound, key=key, dtype=dtype)
 
 
 def kaiming_normal(shape: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
                    key: Tensor | None = None, dtype: Any = None) -> Tensor:  # fmt: skip
     """He initialization, normal: N(0, std**2) with std = gain / sqrt(fan)."""
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(shape, mode))
+    fan = _fan(shape, mode)  # (0 for a zero-element weight: nothing to draw, PyTorch's no-op)
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan) if fan else 0.0
     return normal(shape, 0.0, std, key=key, dtype=dtype)
 
 
 def xavier_uniform(shape: Any, gain: float = 1.0, key: Tensor | None = None, dtype: Any = None) -> Tensor:
     """Glorot initialization, uniform: U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = fans(shape)
-    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out)) if fan_in + fan_out else 0.0  # (a zero-element weight)
     return uniform(shape, -bound, bound, key=key, dtype=dtype)
 
 
 def xavier_normal(shape: Any, gain: float = 1.0, key: Tensor | None = None, dtype: Any = None) -> Tensor:
     """Glorot initialization, normal: N(0, std**2) with std = gain * sqrt(2 / (fan_in + fan_out))."""
     fan_in, fan_out = fans(shape)
-    std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+    std = gain * math.sqrt(2.0 / (fan_in + fan_out)) if fan_in + fan_out else 0.0  # (a zero-element weight)
     return normal(shape, 0.0, std, key=key, dtype=dtype)

@@ -124,7 +124,8 @@ class _ConvBase(Module):
         self.stride = _ints(self, stride, "stride", 1, n)
         self.dilation = _ints(self, dilation, "dilation", 1, n)
         shape = (weight_channels[0], weight_channels[1] // groups, *self.kernel_size)
-        bound = 1.0 / math.sqrt(init.fans(shape)[0])
+        fan_in = init.fans(shape)[0]  # (0 without input channels: an empty weight, a zero bias, as Linear(0, n))
+        bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
         weight_key, bias_key = _keys(self, key, 2)
         self.weight = init.uniform(shape, -bound, bound, key=weight_key, dtype=dtype)
         self.bias = init.uniform((out_channels,), -bound, bound, key=bias_key, dtype=dtype) if bias else None
@@ -414,13 +415,22 @@ class BatchNorm2d(BatchNorm):
     input_dims = (4,)
 
 
+def _normalized_shape(layer: Module, normalized_shape: Any) -> tuple[int, ...]:
+    """A norm layer's checked normalized_shape, at least one dimension (an empty one normalised the whole tensor)."""
+    shape = _ints(layer, normalized_shape, "normalized_shape")
+    if not shape:
+        raise ValueError(f"slope.nn.{type(layer).__name__}: expected normalized_shape to be at least 1-dimensional "
+                         f"(at least one element, as PyTorch), got {normalized_shape!r}")  # fmt: skip
+    return shape
+
+
 class LayerNorm(Module):
     """Layer normalization over the trailing `normalized_shape` dimensions."""
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
+        self.normalized_shape = _normalized_shape(self, normalized_shape)
         self.eps = float(eps)
         dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
@@ -455,7 +465,7 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape: Any, eps: float | None = None, elementwise_affine: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip
         super().__init__()
-        self.normalized_shape = _ints(self, normalized_shape, "normalized_shape")
+        self.normalized_shape = _normalized_shape(self, normalized_shape)
         self.eps = eps
         dtype = _parameter_dtype(self, dtype, elementwise_affine)
         self.weight = init.ones(self.normalized_shape, dtype) if elementwise_affine else None
@@ -587,6 +597,9 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, key: Tensor | None
     check_key("nn.dropout", key, "inplace")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"slope.nn.dropout: p must be in [0, 1], got {p}")
+    if not isinstance(training, (bool, np.bool_)):  # ("False" is truthy: it dropped)
+        raise TypeError(f"slope.nn.dropout: training must be a bool, got {type(training).__name__} {training!r} "
+                        "(as PyTorch)")  # fmt: skip
     if not training or p == 0.0:
         return x
     if not x.dtype.is_float:  # (as PyTorch: the scale 1 / (1 - p) truncated to an integer 1 kept 10, not 14.29)
@@ -655,14 +668,16 @@ class MultiHeadAttention(Module):
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
         keys = _keys(self, key, 4)
+        # (`kdim or embed_dim` read kdim=0 as embed_dim: a (4, 4) k_proj where PyTorch's is (4, 0))
+        kdim, vdim = (embed_dim if size is None else size for size in (kdim, vdim))
         self.q_proj = Linear(embed_dim, embed_dim, bias, key=keys[0], dtype=dtype)
-        self.k_proj = Linear(kdim or embed_dim, embed_dim, bias, key=keys[1], dtype=dtype)
-        self.v_proj = Linear(vdim or embed_dim, embed_dim, bias, key=keys[2], dtype=dtype)
+        self.k_proj = Linear(kdim, embed_dim, bias, key=keys[1], dtype=dtype)
+        self.v_proj = Linear(vdim, embed_dim, bias, key=keys[2], dtype=dtype)
         self.out_proj = Linear(embed_dim, embed_dim, bias, key=keys[3], dtype=dtype)
         # PyTorch's initialization: Xavier-uniform projections (q, k and v as one (3E, E) matrix when kdim and vdim
         # are E, so fan_out 3E); the output projection keeps Linear's weight. (PyTorch's biases start at 0; these
         # keep Linear's: zero constants make iree's exported modules round differently from jit, tests/exported_models)
-        packed = (kdim or embed_dim) == (vdim or embed_dim) == embed_dim
+        packed = kdim == vdim == embed_dim
         for projection, projection_key in zip((self.q_proj, self.k_proj, self.v_proj), keys):
             shape = (3 * embed_dim, embed_dim) if packed else projection.weight.shape
             bound = math.sqrt(6.0 / sum(init.fans(shape)))
@@ -708,6 +723,10 @@ class MultiHeadAttention(Module):
                 key_padding_mask: Tensor | None, is_causal: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
         """The output (N, L, E) and the per-head weights (N, H, L, S) after dropout (unbatched: without N); the
         weights of halves in float32."""
+        # (a NumPy mask failed with an AttributeError: taken as a tensor, as slope's functions take arrays)
+        attn_mask, key_padding_mask = (
+            None if m is None else functional._tensor(m) for m in (attn_mask, key_padding_mask)
+        )
         unbatched = query.ndim == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -749,6 +768,10 @@ class MultiHeadAttention(Module):
             causal = slope.triu(slope.ones((length, source), dtype=slope.bool_), 1)
             scores = slope.where(causal, -math.inf, scores)
         batch = scores.shape[0]
+        if attn_mask is not None and attn_mask.ndim not in (2, 3):  # (a 1-d or 4-d one was broadcast; PyTorch asserts)
+            raise slope.ShapeError(f"slope.nn.{type(self).__name__}: expected attn_mask to be 2-d (L, S) or 3-d (N * "
+                                   f"num_heads, L, S), got a {attn_mask.ndim}-d mask of shape {attn_mask.shape} (as "
+                                   "PyTorch)")  # fmt: skip
         if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape != (length, source):
             raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 2-d attn_mask must be of shape {(length, source)} "
                                    f"(L, S), got {attn_mask.shape} (as PyTorch)")  # fmt: skip
@@ -756,6 +779,11 @@ class MultiHeadAttention(Module):
             if mask is not None and mask.dtype != slope.bool_ and not mask.dtype.is_float:  # (as PyTorch)
                 raise slope.DTypeError(f"slope.nn.{type(self).__name__}: {what} must be bool or floating-point, got "
                                        f"{mask.dtype.name}")  # fmt: skip
+            if mask is not None and mask.dtype.is_float and mask.dtype != query.dtype:  # (float64 on a float32 layer
+                # failed in slope.matmul; PyTorch: "Expected attn_mask dtype to be bool or float or to match query dtype")
+                raise slope.DTypeError(f"slope.nn.{type(self).__name__}: a floating-point {what} must have the query's "
+                                       f"dtype {query.dtype.name} (or be bool), got {mask.dtype.name}, as PyTorch: "
+                                       f"convert it with .astype(slope.{query.dtype.name})")  # fmt: skip
         if attn_mask is not None and attn_mask.ndim == 3:  # PyTorch's per-head masks: (N * num_heads, L, S)
             if attn_mask.shape != (batch * self.num_heads, length, source):
                 raise slope.ShapeError(f"slope.nn.{type(self).__name__}: a 3-d attn_mask must be of shape "

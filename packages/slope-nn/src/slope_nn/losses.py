@@ -45,6 +45,8 @@ def nll(log_probs: Tensor, target: Any, weight: Tensor | None = None, ignore_ind
         reduction: str = "mean") -> Tensor:  # fmt: skip
     """Negative log-likelihood of log-probabilities (N, C, ...) at class indices (N, ...), PyTorch's arguments."""
     log_probs = functional._tensor(log_probs)
+    if log_probs.ndim == 0:  # (an IndexError, "tuple index out of range"; PyTorch: "Expected 1 or more dimensions")
+        raise slope.ShapeError("slope.nn.nll: expected log-probabilities with a class dimension, got a 0-d tensor")
     weight = functional._class_weight("nn.nll", weight, log_probs, 1 if log_probs.ndim > 1 else 0)
     return functional.class_index_loss("nn.nll", log_probs, functional._tensor(target), weight, ignore_index, reduction)
 
@@ -82,6 +84,9 @@ def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  
     _check_same_shape(name, input, target)
     checked = []
     for what, weight in weights.items():
+        if isinstance(weight, str):  # (reduction given in PyTorch's position of weight or pos_weight: "cannot make a
+            # tensor from str", from slope.tensor)
+            raise TypeError(f"slope.nn.{name}: {what} must be a tensor, got {weight!r}: pass reduction= by keyword")
         if weight is not None:
             weight = functional._tensor(weight)
             if functional._broadcast(f"slope.nn.{name}", weight.shape, input.shape) != input.shape:
@@ -90,6 +95,15 @@ def _binary_args(name: str, input: Any, target: Any, **weights: Any) -> tuple:  
             weight = weight.astype(input.dtype)  # (PyTorch's result keeps the input's dtype)
         checked.append(weight)
     return (input, target, *checked)
+
+
+def _known_values(value: Tensor) -> np.ndarray | None:
+    """The values of `value` where they are known before it runs (eager, or the primal of an eager grad or jvp)."""
+    from slope.transforms import JVPTracer
+
+    while isinstance(value, JVPTracer):
+        value = value.primal
+    return value.numpy() if isinstance(value, Tensor) and value.buffer is not None else None
 
 
 _FLOAT32_1E_12 = float(np.float32(1e-12))
@@ -141,17 +155,24 @@ _binary_log_loss.defjvp(_binary_log_loss_jvp, symbolic_zeros=True)
 
 def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
                          reduction: str = "mean") -> Tensor:  # fmt: skip
-    """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does. A concrete input or
-    target outside [0, 1] (or NaN) is an error, as in PyTorch; traced ones give NaN there."""
+    """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does. An input or target
+    outside [0, 1] (or NaN) is an error, as in PyTorch: a ValueError where its value is known (eager, under grad too),
+    an IndexError when the program runs under jit or vmap; a backend that cannot raise gets a NaN loss and gradient."""
     name = "binary_cross_entropy"
     input, target, weight = _binary_args(name, input, target, weight=weight)  # noqa: A001
+    traced = False
     for what, value in (("input", input), ("target", target)):
-        values = None if value.buffer is None else value.numpy()
+        values = _known_values(value)
+        traced = traced or values is None
         if values is not None and not ((values >= 0) & (values <= 1)).all():
             outside = values[~((values >= 0) & (values <= 1))]
             raise ValueError(f"slope.nn.{name}: all elements of {what} should be between 0 and 1 (as PyTorch), got "
                              f"{outside[:3]} in {what} of shape {value.shape}")  # fmt: skip
     losses = _binary_log_loss(input, target)
+    if traced:  # (a target of labels 0..9 gave a finite, meaningless loss and gradient under jit, vmap and grad)
+        valid = (input >= 0.0) & (input <= 1.0) & (target >= 0.0) & (target <= 1.0)
+        checked = functional.checked_when_run(slope.where(valid, 0, 1), 1)  # an IndexError when it runs
+        losses = slope.where(valid & (checked == 0), losses, math.nan)  # (NaN, gradient too, where none is raised)
     if weight is not None:
         losses = losses * weight
     return reduce_loss("nn.binary_cross_entropy", losses, reduction)

@@ -50,11 +50,11 @@ Schedule = Callable[[Tensor], Any]
 # ----------------------------------------------------------------------------------------------- schedules
 
 
-def _at_least_one(name: str, **counts: Any) -> None:
-    """A ValueError naming the schedule unless each count of steps is an integer of at least 1."""
+def _at_least_one(name: str, lowest: int = 1, **counts: Any) -> None:
+    """A ValueError naming the schedule unless each count of steps is an integer of at least `lowest` (1)."""
     for what, count in counts.items():
-        if isinstance(count, bool) or not hasattr(count, "__index__") or count.__index__() < 1:
-            raise ValueError(f"{name}: {what} must be an integer of at least 1, got {count!r}")
+        if isinstance(count, bool) or not hasattr(count, "__index__") or count.__index__() < lowest:
+            raise ValueError(f"{name}: {what} must be an integer of at least {lowest}, got {count!r}")
 
 
 def constant_schedule(lr: float) -> Schedule:
@@ -100,6 +100,8 @@ def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, final_lr: floa
     """lr * (step + 1) / warmup_steps for the first warmup_steps steps, then a cosine from lr down to final_lr
     at total_steps, then final_lr (PyTorch's SequentialLR of LinearLR(1 / warmup_steps, total_iters=warmup_steps - 1)
     and CosineAnnealingLR(total_steps - warmup_steps, final_lr))."""
+    _at_least_one("warmup_cosine", 0, warmup_steps=warmup_steps)  # (0.5, 5.5 and True were taken as step counts)
+    _at_least_one("warmup_cosine", total_steps=total_steps)
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_cosine: expected 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
 
@@ -150,6 +152,9 @@ def global_norm(tree: Any) -> Tensor:
 
 def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
     """Scale gradients so their global norm is at most max_norm; returns (clipped grads, norm before clipping)."""
+    if not (_real(max_norm) or isinstance(max_norm, Tensor)):  # ("inf" failed in slope.div, naming neither)
+        raise TypeError(f"slope.nn.optim.clip_grad_norm: max_norm must be a real number or a tensor, got "
+                        f"{type(max_norm).__name__} {max_norm!r} (for no clipping pass math.inf)")  # fmt: skip
     norm = global_norm(grads)
     scale = slope.clip(max_norm / (norm + 1e-6), None, 1.0)
 
