@@ -590,11 +590,11 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
-        numbers = range(self.shift - len(args), len(args) - self.shift)  # (the caller's arguments', from either end)
-        donated = [args[self.shift :][i] for i in self.donate_argnums if i in numbers]
-        for leaf in tree.leaves(donated) if self.donate_argnums else ():
-            if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
-                leaf.buffer = leaf.backend = _Donated()
+        if self.donate_argnums:  # (numbers of the caller's arguments, from either end; others are ignored)
+            numbers = range(self.shift - len(args), len(args) - self.shift)
+            for leaf in tree.leaves([args[self.shift :][i] for i in self.donate_argnums if i in numbers]):
+                if type(leaf) is Tensor:  # its memory is the backend's again (onnxruntime writes later results there)
+                    leaf.buffer = leaf.backend = _Donated()
         return out_tree.unflatten(outs)  # (the program's outputs are this tree's leaves: no count to check)
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
