@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -719,3 +720,17 @@ def test_a_pooled_session_closed_by_another_thread_mid_open_is_opened_again(monk
         thread.join(10)
     assert not isinstance(results["A"], Exception), results["A"]
     np.testing.assert_allclose(results["A"], np.sin(values) + np.cos(values), rtol=1e-6)
+
+
+def test_a_missing_cuda_device_says_why():
+    """slope.tensor(..., device="cuda") without a usable GPU said only "not available"; onnxruntime's reason (no CUDA
+    provider in this build, no driver or GPU, the provider failing to start) now comes with it."""
+    backend = slope.get_backend("onnxruntime")
+    if "cuda:0" in backend.devices():
+        pytest.skip("a CUDA device is available here")
+    with slope.use_backend("onnxruntime"):
+        with pytest.raises(
+            slope.SlopeBackendError, match=rf"'cuda:0' is not available .*\({re.escape(backend.cuda_problem)}\)"
+        ):
+            slope.tensor([1.0], device="cuda")
+    assert backend.device_problem("cpu") == "" and backend.cuda_problem

@@ -43,6 +43,10 @@ class Backend:
         """The devices this backend can run on, e.g. ["cpu", "cuda:0"]."""
         return ["cpu"]
 
+    def device_problem(self, device: str) -> str:
+        """Why a device this backend does not list is missing ("" when it has no reason to give)."""
+        return ""
+
     def compile(self, program: Program, device: str) -> Executable:
         """Compile a lowered Program into an Executable for a device."""
         raise NotImplementedError
@@ -142,8 +146,9 @@ def checked_device(backend: Backend, device: str) -> str:
     """The device name ("cuda" and 0 mean "cuda:0", as PyTorch), or a clear error if the backend cannot use it."""
     device = "cuda:0" if device == "cuda" else f"cuda:{device}" if type(device) is int else device
     if device not in backend.devices():
-        raise SlopeBackendError(f"slope: device {device!r} is not available on backend {backend.name!r}; available "
-                                f"devices: {backend.devices()}")  # fmt: skip
+        why = backend.device_problem(device)  # (onnxruntime: why its CUDA provider is not offered)
+        raise SlopeBackendError(f"slope: device {device!r} is not available on backend {backend.name!r}"
+                                f"{f' ({why})' if why else ''}; available devices: {backend.devices()}")  # fmt: skip
     return device
 
 

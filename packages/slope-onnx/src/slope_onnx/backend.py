@@ -294,6 +294,10 @@ class OnnxBackend(Backend):
             return []
         return [f"cuda:{i}" for i in range(count)]
 
+    def device_problem(self, device: str) -> str:
+        """Why a CUDA device is not offered (the CUDA provider's own reason), else ''."""
+        return self.cuda_problem if device.startswith("cuda") and device not in self.devices() else ""
+
     def _device(self, device: str) -> Any:
         known = self._ort_devices.get(device)
         if known is None:
