@@ -619,6 +619,12 @@ def test_jit_of_a_pytree_with_number_fields_keeps_them_python_numbers(on_backend
     assert slope.jit(affine.split)(x).shape == (2, 2)
 
 
+def test_jit_refuses_an_argument_both_static_and_donated():
+    # accepted silently before (JAX refuses it: a static value has no buffer to donate)
+    with pytest.raises(slope.TransformError, match=r"arguments \[1\] are in both static_argnums and donate_argnums"):
+        slope.jit(lambda x, n: x * n, static_argnums=1, donate_argnums=(0, 1))
+
+
 def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
     f = slope.jit(lambda x, scale: {"y": x * scale, "sum": (x * scale).sum()})
     out = f(tensor([1.0, 2.0]), 3.0)

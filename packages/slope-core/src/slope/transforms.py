@@ -529,6 +529,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         self.owner = owner if all(type(leaf) is Tensor for leaf in leaves) else None  # (tensors only, a Module's)
         self.fn, self.shift = (fn, 0) if self.owner is None else (getattr(fn, "__func__", type(fn).__call__), 1)
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
+        if both := set(self.static_argnums) & set(self.donate_argnums):  # (as JAX: a static value has no buffer)
+            raise TransformError(f"slope.jit: arguments {sorted(both)} are in both static_argnums and donate_argnums")
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
         signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()  # (names by position)
         positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]
