@@ -296,7 +296,7 @@ class OnnxBackend(Backend):
 
     def device_problem(self, device: str) -> str:
         """Why a CUDA device is not offered (the CUDA provider's own reason), else ''."""
-        return self.cuda_problem if device.startswith("cuda") and device not in self.devices() else ""
+        return self.cuda_problem if str(device).startswith("cuda") and device not in self.devices() else ""  # (False)
 
     def _device(self, device: str) -> Any:
         known = self._ort_devices.get(device)
