@@ -109,8 +109,8 @@ def get_backend(name: str | None = None) -> Backend:
     if (backend := _instances.get(name)) is None:  # (read once: a plugin refresh in another thread may clear it)
         if name not in plugins.backends:  # (ours: the distribution to install; SLOPE_BACKEND's: said so)
             extra = {"onnxruntime": "onnx", "iree": "iree", "numpy": "numpy"}.get(name)
-            hint = (" ($SLOPE_BACKEND)" if os.environ.get("SLOPE_BACKEND") == name else "") + (
-                f" (pip install slope-core[{extra}])" if extra else "")  # fmt: skip
+            hint = " ($SLOPE_BACKEND)" if os.environ.get("SLOPE_BACKEND") == name else ""
+            hint += f" (pip install slope-core[{extra}])" if extra else ""
             raise SlopeBackendError(
                 f"slope: unknown backend {name!r}{hint}; installed backends: {sorted(plugins.backends)}"
             )

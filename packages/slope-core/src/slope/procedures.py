@@ -307,13 +307,20 @@ def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's:
     return 1 if correction is None and unbiased is None else correction if unbiased is None else int(unbiased)
 
 
+def _centered(x: Tensor, dim: Any) -> tuple[Tensor, Tensor]:
+    """(mean, x - mean) over dims (kept as size 1), the first mean's rounding taken back by the mean of the centred
+    values (a constant row's are then exactly 0; not where the mean overflowed: inf - inf), as Welford's would."""
+    first = mean(x, dim, keepdim=True)
+    shift = mean(x - first, dim, keepdim=True)
+    shift = where(abs_(shift) < math.inf, shift, 0.0)
+    return first + shift, x - first - shift
+
+
 def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tensor:
     x = as_tensor(x)  # bfloat16 in float64: sums overflow float32, squares underflow it (not PyTorch's Welford's)
     out = x.dtype if x.dtype.is_float else dtypes.default_float
     wide = cast(x, dtypes.float64 if x.dtype == dtypes.bfloat16 else _wide(x.dtype))
-    count, centered = _count(name, x, dim), wide - mean(wide, dim, keepdim=True)  # the count first: it checks dim
-    shift = mean(centered, dim, keepdim=True)  # the mean's rounding, taken back (constant rows: exactly 0)
-    centered = centered - where(abs_(shift) < math.inf, shift, 0.0)  # (not where the mean overflowed: inf - inf)
+    count, centered = _count(name, x, dim), _centered(wide, dim)[1]  # the count first: it checks dim
     if scaled := count and (name == "std" or count <= correction):  # over the largest: no square under/overflows
         top = ops.stop_gradient(ops.max_(abs_(centered), dim, keepdim=True))  # (inf where the mean overflowed: inf,
         centered = centered / (scale := where((top == 0.0) | (top == math.inf), 1.0, top))  # as PyTorch gives)

@@ -14,10 +14,11 @@ import numpy as np
 import slope
 from slope import Tensor
 from slope.operators import check_indices, ints
+from slope.procedures import _centered
 
 from . import functional, init
 from .module import Module, check_buffer_update, check_key, next_key
-from .operators import centered_by_refined_mean, layer_norm, overflow_to_nan
+from .operators import layer_norm, overflow_to_nan
 
 __all__ = [
     "AvgPool1d",
@@ -352,7 +353,7 @@ class BatchNorm(Module):
                                  f"statistics, got input of shape {x.shape} (as PyTorch)")  # fmt: skip
             # the mean refined by a second pass (a constant channel normalises to 0s), the centering kept for `out`:
             # as many reductions as the mean and slope.var's two, which centered again
-            mean, centered = centered_by_refined_mean(wide, dims)
+            mean, centered = _centered(wide, dims)
             var = (centered * centered).mean(dims)
             mean = mean.reshape(var.shape)
             rstd = overflow_to_nan(var, self.eps)  # (a variance that overflowed: NaN, not a channel of 0s)
@@ -447,7 +448,7 @@ class LayerNorm(Module):
         if k == 1:  # one operator (onnxruntime: one LayerNormalization node, its statistic reused by the gradient)
             out = layer_norm(wide, self.eps)
         else:
-            centered = centered_by_refined_mean(wide, dims)[1]  # (var would redo the centering)
+            centered = _centered(wide, dims)[1]  # (var would redo the centering)
             out = centered * overflow_to_nan((centered * centered).mean(dims, keepdim=True), self.eps)
         if self.weight is not None:
             out = out * self.weight

@@ -41,7 +41,7 @@ import slope
 from slope import Aval, Operator, Tensor
 from slope.operator import batch_to_front, move_axis
 from slope.operators import Unary, ints, normalize_dim
-from slope.procedures import check_indices
+from slope.procedures import _centered, check_indices
 
 
 def _tensor(x: Any, name: str | None = None) -> Tensor:
@@ -221,22 +221,9 @@ def _centered_and_rstd(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """x - mean and 1 / sqrt(var + eps), in float32 for float16 and bfloat16 (as PyTorch's kernels), in x's dtype."""
     narrow = x.dtype in (slope.float16, slope.bfloat16)
     wide = x.astype(slope.float32) if narrow else x
-    centered = centered_by_refined_mean(wide, -1)[1]
+    centered = _centered(wide, -1)[1]
     rstd = overflow_to_nan((centered * centered).mean(-1, keepdim=True), eps)
     return (centered.astype(x.dtype), rstd.astype(x.dtype)) if not narrow else (centered, rstd)
-
-
-def centered_by_refined_mean(x: Tensor, dims: Any) -> tuple[Tensor, Tensor]:
-    """(mean, x - mean) over dims (kept as size 1), the mean refined by a second pass over the centered values.
-
-    The first mean's rounding error (a few ulps of the values, not of their spread) stayed in every centered value:
-    a constant float32 row of 1000.1 normalised to 0.0193, not 0, and float64 [1e20] * 500 to 1.0. Subtracting the
-    mean of the centered values removes it (a constant row's centered values are then exactly 0), as PyTorch's
-    kernels' Welford or double accumulation does. One more reduction and subtraction per normalisation."""
-    first = x.mean(dims, keepdim=True)
-    centered = x - first
-    correction = centered.mean(dims, keepdim=True)
-    return first + correction, centered - correction
 
 
 def overflow_to_nan(variance: Tensor, eps: float) -> Tensor:
