@@ -272,6 +272,28 @@ def test_custom_jvp_symbolic_zeros_and_primal_outputs_checked(backend: str) -> N
         slope.vjp(wrong, x)
 
 
+@pytest.mark.parametrize("kind", ["custom_jvp", "custom_vjp"])
+def test_custom_rules_keep_python_numbers_as_numbers(backend: str, kind: str) -> None:
+    """A Python float argument of a custom_jvp/custom_vjp function became a float32 tensor under grad/jvp: float64
+    code lost precision (x * 0.1 gave 0.1000000015 as its derivative; JAX with x64 and PyTorch: 0.1) and float16
+    code became float32; a bool flag could not steer the function. Numbers now reach the function and the rules as
+    they are (their tangents: 0.0, or None with symbolic_zeros)."""
+    fn = getattr(slope, kind)(lambda v, c, flag: v * c if flag else v)
+    if kind == "custom_jvp":
+        fn.defjvp(lambda p, t: (fn(*p), t[0] * p[1] + t[1] * p[0] if p[2] else t[0]))
+    else:
+        fn.defvjp(lambda v, c, flag: (fn(v, c, flag), c if flag else 1.0), lambda r, ct: (ct * r, None, None))
+    for dtype, rel in ((slope.float64, 1e-15), (slope.float32, 1e-7), (slope.float16, 1e-3)):
+        x = slope.tensor([1.0, 2.0], dtype=dtype)
+        gradient = slope.grad(lambda v: fn(v, 0.1, True).sum())(x)
+        assert gradient.dtype == dtype and gradient.numpy().tolist() == pytest.approx([0.1, 0.1], rel=rel)
+        assert slope.jit(slope.grad(lambda v: fn(v, 0.1, False).sum()))(x).numpy().tolist() == [1.0, 1.0]
+        if kind == "custom_jvp":
+            out, tangent = slope.jvp(lambda v: fn(v, 0.1, True), (x,), (slope.ones_like(x),))
+            assert out.dtype == tangent.dtype == dtype
+            assert tangent.numpy().tolist() == pytest.approx([0.1, 0.1], rel=rel)
+
+
 def test_forward_mode_of_fmod_by_a_constant_has_no_nan(backend: str) -> None:
     """fmod(x, c)'s tangent multiplied c's zero tangent by trunc(x / c), inf where x / c overflows: NaN (grad: 1;
     torch.func.jvp: 1)."""

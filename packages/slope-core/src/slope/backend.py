@@ -111,9 +111,8 @@ def get_backend(name: str | None = None) -> Backend:
             extra = {"onnxruntime": "onnx", "iree": "iree", "numpy": "numpy"}.get(name)
             hint = " ($SLOPE_BACKEND)" if os.environ.get("SLOPE_BACKEND") == name else ""
             hint += f" (pip install slope-core[{extra}])" if extra else ""
-            raise SlopeBackendError(
-                f"slope: unknown backend {name!r}{hint}; installed backends: {sorted(plugins.backends)}"
-            )
+            raise SlopeBackendError(f"slope: unknown backend {name!r}{hint}; installed backends: "
+                                    f"{sorted(plugins.backends)}")  # fmt: skip
         backend = _instances.setdefault(name, plugins.backends[name]())  # threads asking at once get the first kept
     return backend
 

@@ -20,9 +20,15 @@ from .trace import Trace, Tracer, _busy, active, bind, eval_program, flatten_fun
 from .tree import describe
 
 
-def _tensor_leaves(value: Any) -> tuple[list[Tensor], Any]:
+def _tensor_leaves(value: Any, keep_numbers: bool = False) -> tuple[list[Tensor], tuple]:  # and what _refill takes
     leaves, treedef = tree.flatten(value)
-    return [as_tensor(leaf) for leaf in leaves], treedef
+    kept = tuple(x if keep_numbers and type(x) in (bool, int, float) else None for x in leaves)
+    return [as_tensor(x) for x, n in zip(leaves, kept) if n is None], (treedef, kept)
+
+
+def _refill(kept: tuple, tensors: Sequence, fill: Callable = lambda x: x) -> Any:  # the pytree, numbers (filled) kept
+    tensors = iter(tensors)
+    return tree.unflatten(kept[0], [next(tensors) if n is None else fill(n) for n in kept[1]])
 
 
 def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
@@ -93,7 +99,7 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     """Forward-mode derivative: `(fn(*primals), J @ tangents)`."""
     if not isinstance(primals, (tuple, list)):  # a bare tangent is caught by its structure
         raise TransformError(f"slope.jvp: primals must be a tuple or list (as in JAX), got {type(primals).__name__}")
-    primals_flat, in_tree = _tensor_leaves(tuple(primals))
+    primals_flat, (in_tree, _) = _tensor_leaves(tuple(primals))
     tangents_flat = _tangents("jvp", primals_flat, in_tree, tuple(tangents) if isinstance(tangents, list) else tangents)
     flat_fn, out_tree = flatten_fun(_function("jvp", fn), in_tree)
     primal_outs, tangent_outs = _jvp_flat(flat_fn, primals_flat, tangents_flat)
@@ -152,7 +158,7 @@ def backward_pass(program: Program, residuals: list, cotangents: list) -> list:
 
 def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """`(fn(*primals), f_jvp)` where `f_jvp(*tangents)` applies the Jacobian, evaluated once."""
-    primals_flat, in_tree = _tensor_leaves(primals)
+    primals_flat, (in_tree, _) = _tensor_leaves(primals)
     flat_fn, out_tree = flatten_fun(_function("linearize", fn), in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
 
@@ -165,7 +171,7 @@ def linearize(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
 
 def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """`(fn(*primals), vjp_fn)` where `vjp_fn(cotangent)` returns a tuple of cotangents, one per primal."""
-    primals_flat, in_tree = _tensor_leaves(primals)
+    primals_flat, (in_tree, _) = _tensor_leaves(primals)
 
     def main_fn(*args: Any) -> Any:
         out = _function("vjp", fn)(*args)
@@ -406,10 +412,10 @@ class CustomJVPCall(_CustomCall):
     def procedure(self, *args: Tensor, fun: Callable, **params: Any) -> list:
         return fun(*args)
 
-    def jvp(self, primals: list, tangents: list, *, rule: Callable, in_tree: Any, **params: Any) -> tuple[list, list]:
+    def jvp(self, primals: list, tangents: list, *, rule: Callable, **params: Any) -> tuple[list, list]:
         if not params["zeros"]:  # (the rule gets tensors of zeros, as JAX's without symbolic_zeros)
             tangents = [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
-        out, tangent_out = rule(tree.unflatten(in_tree, primals), tree.unflatten(in_tree, tangents))
+        out, tangent_out = rule(primals, tangents)
         outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
         got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(params["out_avals"]) * 2
         if got != expected:  # (JAX checks too: jacfwd had a wrong shape, a vjp the fwd's shape)
@@ -425,7 +431,7 @@ class CustomVJPLinear(_CustomCall):
 
     def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, out_tree: Any, out_avals: tuple,
                   n_res: int) -> list:  # fmt: skip
-        cts_in = bwd(tree.unflatten(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
+        cts_in = bwd(_refill(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
         flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
@@ -461,8 +467,12 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
-        flat, in_tree = _tensor_leaves(args)
-        fun, out_trees = flatten_fun(self.fun, in_tree)
+        flat, kept = _tensor_leaves(args, keep_numbers=True)  # Python numbers stay so (float64 code: 0.1 exact)
+        fun, out_trees = flatten_fun(lambda *a: self.fun(*_refill(kept, a)), tree.flatten(flat)[1])
+
+        def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
+            return self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else as_tensor(0.0)))
+
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
         program = make_program(fun, [a.aval for a in flat])
@@ -471,7 +481,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
                                  "grad/jvp differentiates, which its rule cannot see: pass it as an argument")  # fmt: skip
         avals = tuple(program.out_avals)
-        outs = bind(custom_jvp_call, *flat, fun=fun, rule=self.rule, in_tree=in_tree, out_avals=avals, zeros=self.zeros)
+        outs = bind(custom_jvp_call, *flat, fun=fun, rule=rule, out_avals=avals, zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 
 
@@ -486,7 +496,7 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
                 got = pair.aval if isinstance(pair, Tensor) else type(pair).__name__
                 raise TransformError(f"slope.custom_vjp: fwd must return a pair (output, residuals), got {got}")
             out, residuals = pair
-            (out_flat, out_tree), (res_flat, res_tree) = tree.flatten(out), _tensor_leaves(residuals)
+            (out_flat, out_tree), (res_flat, res_tree) = tree.flatten(out), _tensor_leaves(residuals, True)
             out_avals = tuple(as_tensor(o).aval for o in out_flat)
             params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
             tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))
@@ -522,11 +532,9 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = (),
                  donate_argnums: int | Sequence[int] = ()):  # fmt: skip
         functools.update_wrapper(self, fn)
-        # a pytree that is called (an nn.Module) or its method: its leaves are an argument (0) read at each call, so new
-        # weights and modes are seen (as torch.compile(model)), not constants of the first trace
+        # a called pytree (nn.Module) or its method's: its tensors are argument 0, read at each call (torch.compile's)
         owner = fn if not inspect.isroutine(fn) else getattr(fn, "__self__", None)
-        leaves = [None] if owner is None or tree.structure(owner).is_leaf() else tree.leaves(owner)
-        self.owner = owner if all(type(leaf) is Tensor for leaf in leaves) else None  # (tensors only, a Module's)
+        self.owner = owner if all(type(leaf) is Tensor for leaf in tree.leaves(owner)) else None  # (tensors only)
         self.fn, self.shift = (fn, 0) if self.owner is None else (getattr(fn, "__func__", type(fn).__call__), 1)
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         if both := set(self.static_argnums) & set(self.donate_argnums):  # (as JAX: a static value has no buffer)
