@@ -597,6 +597,26 @@ def test_jit_of_a_module_reads_its_weights_at_each_call(on_backend):
         slope.jit(model, static_argnums=2)(x)
 
 
+def test_jit_of_a_module_does_not_copy_its_attributes(on_backend):
+    """slope.jit(model) copied the model's __dict__ onto itself (functools.update_wrapper): a model attribute named
+    `lower` (a clamp bound) hid jit.lower, so the model could not be lowered or exported, and jm.training was a stale
+    copy."""
+    nn = pytest.importorskip("slope.nn")
+
+    class Clamp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.lower = nn.Linear(2, 2), -0.5
+
+        def forward(self, x):
+            return slope.clamp(self.linear(x), self.lower)
+
+    model, x = Clamp(), tensor([[1.0, -2.0]])
+    jitted = slope.jit(model)
+    assert len(jitted.lower(x).program.inputs) == 1 and not hasattr(jitted, "training")
+    close(jitted(x).numpy(), model(x).numpy())
+
+
 def test_jit_of_a_pytree_with_number_fields_keeps_them_python_numbers(on_backend):
     """Only a pytree of tensors alone (an nn.Module) is passed as an argument: a registered dataclass's float and int
     fields were traced as 0-d tensors (0.1 in float32 for float64 weights; an int used as a shape refused)."""

@@ -531,7 +531,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = (),
                  donate_argnums: int | Sequence[int] = ()):  # fmt: skip
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())  # (not a model's attributes: its `lower`)
         # a called pytree (nn.Module) or its method's: its tensors are argument 0, read at each call (torch.compile's)
         owner = fn if not inspect.isroutine(fn) else getattr(fn, "__self__", None)
         self.owner = owner if all(type(leaf) is Tensor for leaf in tree.leaves(owner)) else None  # (tensors only)
