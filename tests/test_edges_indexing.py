@@ -219,6 +219,20 @@ def test_indexing_matches_pytorch_for_masks_bools_and_their_combinations(backend
         _same(x[index(np.asarray)], expected, f"case {k} (NumPy index)")
 
 
+def test_numpy_bools_tuples_and_ranges_index_as_numpy_does(backend):
+    """x[np.True_] raised NumPy's "truth value of an empty array is ambiguous" (the check for an empty list compared
+    the NumPy bool with []); a tuple or range inside the index (x[:, (0, 1)], x[range(2)]) was refused, where NumPy
+    and PyTorch take it as a sequence of indices."""
+    base = np.arange(12.0).reshape(3, 4)
+    cases = [np.True_, np.False_, (0, np.True_), (slice(None), (0, 2)), ((0, 1),), range(2), (range(1, 3), 1), []]
+    for k, index in enumerate(cases):
+        expected = base[index]
+        got = slope.tensor(base)[index].numpy()
+        assert got.shape == expected.shape and np.array_equal(got, expected), f"case {k}: {index}"
+    assert slope.tensor(base).at[:, (0, 2)].set(-1.0).numpy()[:, [0, 2]].tolist() == [[-1.0, -1.0]] * 3
+    np.testing.assert_array_equal(slope.tensor(base).at[np.True_].add(1.0).numpy(), base + 1.0)
+
+
 BAD_INDICES = {  # what PyTorch also refuses, each with the words of the IndexError Slope raises
     "a mask of the wrong length": (lambda x: x[slope.tensor([True, False])], "mask of shape (2,)"),
     "a mask of the wrong shape": (lambda x: x.reshape(2, 3)[np.ones((3, 2), bool)], "mask of shape (3, 2)"),

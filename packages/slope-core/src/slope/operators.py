@@ -768,9 +768,8 @@ class Matmul(Operator):
             flat = bind(self, reshape(x, (math.prod(x.shape[:-1]), k)), reshape(y, (k, n)))
             out = reshape(flat, (*x.shape[:-1], n))
         elif x.ndim <= y.ndim > 2 and x.dtype in _HALVES and math.prod(x.shape[:-2]) == 1:  # x times every y: one
-            # (m, k) @ (k, batch * n), copying y (in float32 the batch's products are exact enough and faster)
             ys = reshape(permute(reshape(y, (count := math.prod(y.shape[:-2]), k, n)), (1, 0, 2)), (k, count * n))
-            flat = bind(self, reshape(x, (m, k)), ys)
+            flat = bind(self, reshape(x, (m, k)), ys)  # (m, k) @ (k, batch * n), y copied (float32's is exact enough)
             out = reshape(permute(reshape(flat, (m, count, n)), (1, 0, 2)), (*y.shape[:-2], m, n))
         else:
             batch = broadcast_shapes(self.name, x.shape[:-2], y.shape[:-2])
@@ -861,8 +860,7 @@ class Conv(Operator):
                     tap = reshape(slice_(cols, (0, k, 0), cols.shape, (1, math.prod(kernel), 1)), (-1, *size, batch))
                     parts.append(_strided_place(tap, (1, *stride, 1), lo, (*x.aval.shape[1:], batch)))
             return [permute(functools.reduce(add, parts), (-1, *range(n + 1))) if parts else zeros_like(x.aval), None]
-        # weight cotangent: correlate the input (channels as batch) with the cotangent (as kernel)
-        batch, per_group, out_ch = x.shape[0], x.shape[1] // groups, ct.shape[1]
+        batch, per_group, out_ch = x.shape[0], x.shape[1] // groups, ct.shape[1]  # the weight's: x correlated with ct
         xp = pad(x, lo=(0, 0, *(p[0] for p in padding)), hi=(0, 0, *(p[1] for p in padding)))
         xp = reshape(xp, (batch, groups, per_group, *xp.shape[2:]))
         xp = reshape(permute(xp, (2, 1, 0, *range(3, 3 + n))), (per_group, groups * batch, *xp.shape[3:]))

@@ -443,6 +443,9 @@ def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:
     return ops.cat([unsqueeze(t, dim) for t in tensors], dim)
 
 
+_SEQUENCES = (list, tuple, range, bool, np.bool_)  # index items made arrays, as NumPy's (an empty one of integers)
+
+
 def _is_bool_mask(item: Any) -> bool:
     return isinstance(item, (Tensor, np.ndarray)) and item.dtype.name == "bool"  # (slope's and NumPy's name)
 
@@ -450,7 +453,7 @@ def _is_bool_mask(item: Any) -> bool:
 def getitem(x: Any, index: Any) -> Tensor:
     """x[index] with ints, slices (any step), None, Ellipsis, integer tensors (gather) and bool masks."""
     x, index = as_tensor(x), index if isinstance(index, tuple) else (index,)  # bools are masks, [] an empty int index
-    items = [np.asarray(i, int if i == [] else None) if isinstance(i, (list, bool, np.bool_)) else i for i in index]
+    items = [np.asarray(i, None if np.size(i) else int) if isinstance(i, _SEQUENCES) else i for i in index]
     consumed = sum(i.ndim if _is_bool_mask(i) else 1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
         raise IndexError(f"slope.getitem: too many indices ({consumed}) for a tensor of shape {x.shape}")
