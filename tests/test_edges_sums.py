@@ -275,3 +275,18 @@ def test_spread_removes_the_means_rounding(backend, dtype, jit):
         exact = np.var(values.astype(np.float64) - values[:, :1], axis=1, ddof=1)  # (shifted: well conditioned)
         np.testing.assert_allclose(var(slope.tensor(values), 1).numpy(), exact, rtol=64 * U[dtype], atol=0)
         np.testing.assert_allclose(std(slope.tensor(values), 1).numpy(), np.sqrt(exact), rtol=64 * U[dtype], atol=0)
+
+
+def test_mean_takes_a_dtype_as_pytorch(backend):
+    """mean(x, dtype=...) was refused (an unexpected keyword); PyTorch casts x to dtype first, so an int8 tensor's
+    mean in float64 is exact and a float64 mean of float32 data keeps its digits."""
+    torch = pytest.importorskip("torch")
+    data = np.array([[100, 100, 101], [-128, 127, 3]], dtype=np.int8)
+    for dtype, dims in (("float64", None), ("float64", 1), ("float16", 0), ("float32", (0, 1))):
+        expected = torch.tensor(data).mean(dims, dtype=getattr(torch, dtype)) if dims is not None else None
+        expected = torch.tensor(data).mean(dtype=getattr(torch, dtype)) if dims is None else expected
+        got = slope.mean(slope.tensor(data), dims, dtype=getattr(slope, dtype))
+        assert got.dtype.name == dtype and got.shape == tuple(expected.shape)
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    fine = np.array([1.0, 1e-8, -1.0], dtype=np.float32)  # the float64 mean of float32 data (not float32's)
+    assert slope.tensor(fine).mean(dtype="float64").item() == torch.tensor(fine).mean(dtype=torch.float64).item()

@@ -281,9 +281,9 @@ def _wide(dtype: dtypes.DType) -> dtypes.DType:  # statistics of halves in float
     return dtype if dtype.is_float and dtype.bits >= 32 else dtypes.float32 if dtype.is_float else dtypes.float64
 
 
-def mean(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Average over dimensions (float16 and bfloat16 summed and divided in float32, rounded once)."""
-    x = as_tensor(x)
+def mean(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    """Average over dimensions (of x cast to dtype first, if given; halves summed and divided in float32, rounded once)."""
+    x = as_tensor(x) if dtype is None else cast(x, dtype)
     count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
     result = ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count)
     return cast(result, x.dtype if x.dtype.is_float else dtypes.default_float)
