@@ -294,6 +294,25 @@ def test_custom_rules_keep_python_numbers_as_numbers(backend: str, kind: str) ->
             assert tangent.numpy().tolist() == pytest.approx([0.1, 0.1], rel=rel)
 
 
+def test_custom_rules_numbers_keep_half_dtypes_ints_and_vmap(backend: str) -> None:
+    """A number's tangent was a float32 0-d tensor: a float16 0-d (or vmapped element) rule output turned float32
+    (refused), an int passed through to an output got a float tangent (refused), a custom_vjp bwd's 0 for an int
+    input was refused, and grad(vmap(custom_vjp)) with a number residual mapped over the number (JAX: all fine)."""
+    fn = slope.custom_jvp(lambda v, c, n: (v * c, n))
+    fn.defjvp(lambda p, t: (fn(*p), (t[0] * p[1] + t[1] * p[0], t[2])))
+    g = slope.custom_vjp(lambda v, c, n: v * c * n)
+    g.defvjp(lambda v, c, n: (g(v, c, n), (c * n, n)), lambda r, ct: (ct * r[0], 0.0, 0))
+    for dtype in (slope.float16, slope.bfloat16, slope.float32):
+        x, row = slope.tensor(2.0, dtype=dtype), slope.tensor([1.0, 2.0, 3.0], dtype=dtype)
+        gradient = slope.grad(lambda v: fn(v, 0.5, 3)[0])(x)
+        assert gradient.dtype == dtype and gradient.item() == 0.5
+        each = slope.grad(lambda v: slope.vmap(lambda e: fn(e, 0.5, 3)[0])(v).sum())(row)
+        assert each.dtype == dtype and each.numpy().tolist() == [0.5] * 3
+        assert slope.grad(lambda v: g(v, 0.5, 3))(x).item() == 1.5
+        mapped = slope.grad(lambda v: slope.vmap(lambda e: g(e, 0.5, 3))(v).sum())(row)
+        assert mapped.dtype == dtype and mapped.numpy().tolist() == [1.5] * 3
+
+
 def test_forward_mode_of_fmod_by_a_constant_has_no_nan(backend: str) -> None:
     """fmod(x, c)'s tangent multiplied c's zero tangent by trunc(x / c), inf where x / c overflows: NaN (grad: 1;
     torch.func.jvp: 1)."""

@@ -429,9 +429,9 @@ class CustomVJPLinear(_CustomCall):
     def procedure(self, *args: Tensor, **params: Any) -> list:
         raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
 
-    def transpose(self, cotangents: list, *args: Any, bwd: Callable, res_tree: Any, out_tree: Any, out_avals: tuple,
+    def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple,
                   n_res: int) -> list:  # fmt: skip
-        cts_in = bwd(_refill(res_tree, args[:n_res]), tree.unflatten(out_tree, cotangents))
+        cts_in = bwd(args[:n_res], tree.unflatten(out_tree, cotangents))
         if not isinstance(cts_in, tuple):
             raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
         flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
@@ -471,7 +471,7 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         fun, out_trees = flatten_fun(lambda *a: self.fun(*_refill(kept, a)), tree.flatten(flat)[1])
 
         def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
-            return self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else as_tensor(0.0)))
+            return self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
 
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
@@ -496,10 +496,11 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
                 got = pair.aval if isinstance(pair, Tensor) else type(pair).__name__
                 raise TransformError(f"slope.custom_vjp: fwd must return a pair (output, residuals), got {got}")
             out, residuals = pair
-            (out_flat, out_tree), (res_flat, res_tree) = tree.flatten(out), _tensor_leaves(residuals, True)
-            out_avals = tuple(as_tensor(o).aval for o in out_flat)
-            params = {"bwd": bwd, "res_tree": res_tree, "out_tree": out_tree, "out_avals": out_avals}
-            tangent_outs = bind(custom_vjp_linear, *res_flat, *tree.leaves(tangents), **params, n_res=len(res_flat))
+            (out_flat, out_tree), (res_flat, kept) = tree.flatten(out), _tensor_leaves(residuals, True)
+            flat_bwd = lambda res, ct: bwd(_refill(kept, res), ct)  # noqa: E731 - (vmap maps it: numbers go in inside)
+            params = {"bwd": flat_bwd, "out_tree": out_tree, "out_avals": tuple(as_tensor(o).aval for o in out_flat)}
+            linear = [as_tensor(t) for t in tree.leaves(tangents)]  # (a number's tangent: its 0, 0.0 or False)
+            tangent_outs = bind(custom_vjp_linear, *res_flat, *linear, **params, n_res=len(res_flat))
             return out, tree.unflatten(out_tree, tangent_outs)
 
         self.rule = rule
