@@ -164,6 +164,34 @@ def test_cumprod_dtypes():
     assert wide.dtype == slope.float32 and wide.numpy().tolist() == [300.0, 90000.0]
 
 
+@pytest.mark.parametrize(
+    "dtype", ["int8", "uint8", "int32", "int64", "bool", "float16", "bfloat16", "float32", "float64"]
+)
+def test_cumsum_and_prod_take_pytorchs_dtype(dtype):
+    """cumsum(x, dim, dtype=) and prod(x, dim, keepdim, dtype=) were refused (PyTorch takes them): x is cast to dtype
+    first, the result has it (int8 [100, 100, 100] sums to [100, -56, 44], wrapping). PyTorch refuses a bool cumsum;
+    floats within the dtype's rounding of PyTorch's (exact for integers and bools)."""
+    torch = pytest.importorskip("torch")
+    tdtype = getattr(torch, dtype)
+    tol = {"float16": 1e-3, "bfloat16": 8e-3, "float32": 1e-6, "float64": 1e-15}.get(dtype, 0)
+    for values in ([[1.7, -2.5, 0.0, 3.0], [3.9, 1.0, -1.2, 0.5]], [[100, 100, 100, 7], [-3, 90, 2, 1]]):
+        x, t = slope.tensor(values), torch.tensor(values)
+        cases = [(slope.prod(x, dtype=dtype), torch.prod(t, dtype=tdtype)),
+                 (slope.prod(x, 1, keepdim=True, dtype=dtype), torch.prod(t, 1, keepdim=True, dtype=tdtype)),
+                 (x.prod(0, dtype=dtype), t.prod(0, dtype=tdtype))]  # fmt: skip
+        if dtype != "bool":
+            cases += [(slope.cumsum(x, 1, dtype=dtype), torch.cumsum(t, 1, dtype=tdtype)),
+                      (x.cumsum(0, dtype=dtype), t.cumsum(0, dtype=tdtype))]  # fmt: skip
+        for got, expected in cases:
+            assert got.dtype.name == dtype and got.shape == tuple(expected.shape)
+            np.testing.assert_allclose(got.astype("float64").numpy(), expected.double().numpy(), rtol=tol)
+    with pytest.raises(slope.DTypeError, match="slope.cumsum: dtype bool"):
+        slope.cumsum(slope.tensor([1, 2]), 0, dtype=slope.bool_)
+    wrapped = slope.cumsum(slope.tensor([100, 100, 100], dtype=slope.int8), 0, dtype=slope.int8)
+    assert wrapped.dtype == slope.int8 and wrapped.tolist() == [100, -56, 44]
+    assert slope.jit(lambda v: slope.prod(v, dtype=slope.float64))(slope.tensor([3, 5], dtype=slope.int8)).item() == 15
+
+
 def test_sort_order_nan_ties_and_gradient():
     x = slope.tensor([3.0, NAN, 1.0, -0.0, 0.0, 3.0, -math.inf])
     result = slope.sort(x)
