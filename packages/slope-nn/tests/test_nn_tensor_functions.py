@@ -301,6 +301,33 @@ def test_cumprod_gradient_with_inf_and_nan_is_torch_funcs():
         np.testing.assert_array_equal(grad, expected.numpy(), err_msg=f"x={values}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cumprod_forward_mode_with_inf_in_the_running_product(dtype):
+    """The scan multiplied the elements before `shift` by 1, whose tangent x * 0 is NaN where x is inf: the jvp of
+    [1, inf, 2] with tangent [0.5, 1, 1] was [0.5, nan, inf] (exact and torch.func.jvp: [0.5, inf, inf]). Against the
+    exact sum over j of t_j * prod_{i <= k, i != j} x_i in Python floats (terms of a zero tangent are 0); torch.func.jvp
+    agrees except for a leading inf, where its formula gives NaN for the exact t_0."""
+    torch = pytest.importorskip("torch")
+    cases = [([1.0, math.inf, 2.0], [0.5, 1.0, 1.0]), ([math.inf, 2.0, 3.0, 4.0, 5.0], [1.0, 0.5, 0.0, 1.0, 2.0]),
+             ([2.0, -math.inf, 0.5, 1.0, 3.0, 1.0], [1.0, 0.0, 2.0, 1.0, 0.0, 1.0])]  # fmt: skip
+    for values, tangent in cases:
+        x, t = (slope.tensor(v, dtype=dtype) for v in (values, tangent))
+        _, got = slope.jvp(lambda a: slope.cumprod(a, 0), (x,), (t,))
+        exact = [
+            sum(
+                t_j * math.prod(values[i] for i in range(k + 1) if i != j)
+                for j, t_j in enumerate(tangent[: k + 1])
+                if t_j
+            )
+            for k in range(len(values))
+        ]
+        np.testing.assert_allclose(got.numpy(), exact, rtol=1e-6, err_msg=f"x={values}, t={tangent}")
+    _, reference = torch.func.jvp(
+        lambda a: torch.cumprod(a, 0), (torch.tensor(cases[0][0]),), (torch.tensor(cases[0][1]),)
+    )
+    np.testing.assert_array_equal(reference.numpy(), [0.5, math.inf, math.inf])
+
+
 def test_norm_method_dtypes_and_errors():
     x = slope.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=slope.float16)
     out = x.norm(2, 1, True, dtype=slope.float32)

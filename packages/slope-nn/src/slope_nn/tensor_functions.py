@@ -212,11 +212,11 @@ def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
     dim = normalize_dim("cumprod", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     positions = slope.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
-    one = slope.ones((), dtype=wide)
     for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
-        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift`: ones where zeros came in
-        x = x * slope.where(positions >= shift, shifted, one)  # (a pad of ones: IREE failed to compile two in a row)
+        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
+        # x itself before `shift`: not x * 1, whose tangent x * 0 was NaN where x is inf ([1, inf, 2]: jvp [., nan, .])
+        x = slope.where(positions >= shift, x * shifted, x)
     return x.astype(out)
 
 
