@@ -83,6 +83,51 @@ def test_take_along_dim_and_scatter_add_are_each_others_transpose():
     np.testing.assert_array_equal(slope.scatter_add(slope.zeros(3, 4), 1, index, weights).numpy(), expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_unique_take_along_dim_gradient_counts_negative_indices_from_the_end(dtype):
+    """With unique_indices=True, onnxruntime's float32 route (MaxUnpool over rows of the whole tensor) read row r's
+    -1 as row r - 1's last element ([[1, 2, 0, 3], [6, 0, 0, 0], ...] for PyTorch's [[1, 2, 0, 0], [4, 0, 0, 3],
+    ...]) and, in row 0, raised MaxUnpool's own error; float16 and bfloat16 go the same way (exact: small integers)."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    index = np.array([[0, 1], [-1, 0], [2, -4]])
+    weights = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    (torch.take_along_dim(xt, torch.tensor(index), 1) * torch.tensor(weights)).sum().backward()
+
+    def loss(a, i):
+        picked = slope.take_along_dim(a, i, 1, unique_indices=True)
+        return (picked * slope.tensor(weights).astype(dtype)).sum()
+
+    args = slope.tensor(x).astype(dtype), slope.tensor(index)
+    for transform in (lambda f: f, slope.jit):  # under jit the index is traced
+        grad = transform(slope.grad(loss))(*args)
+        np.testing.assert_array_equal(grad.astype("float32").numpy(), xt.grad.numpy())
+    rows = slope.vmap(
+        slope.grad(lambda a: slope.take_along_dim(a, slope.tensor([-1, 0]), 0, unique_indices=True).sum())
+    )
+    expected = np.zeros((3, 4), np.float32)
+    expected[:, [0, 3]] = 1.0
+    np.testing.assert_array_equal(rows(args[0]).astype("float32").numpy(), expected)
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_traced_scatter_add_index_out_of_range_raises(unique):
+    """A traced index outside [0, size) raises when it runs (scatter_add's call makes a traced negative one `size`),
+    with unique_indices too: onnxruntime's MaxUnpool route wrote -1 and `size` into the next row's first element."""
+    scatter = slope.jit(lambda x, i, s: slope.scatter_add(x, 1, i, s, unique_indices=unique))
+    zeros, ones = slope.zeros(3, 4), slope.ones(3, 2)
+    for bad in (-1, 4, 7):
+        with pytest.raises(IndexError, match=r"slope\.scatter_(add|nd).*out of (range|bounds)"):  # (numpy: _nd)
+            scatter(zeros, slope.tensor([[bad, 0], [1, 2], [0, 3]]), ones).numpy()
+    fine = scatter(zeros, slope.tensor([[3, 0], [1, 2], [0, 3]]), slope.tensor(np.full((3, 2), -0.0, np.float32)))
+    assert fine.tolist() == [[0.0] * 4] * 3 and not np.signbit(fine.numpy()).any()  # 0.0 + -0.0 stays 0.0
+    got = scatter(slope.tensor(np.full((3, 4), -0.0, np.float32)), slope.tensor([[3, 0], [1, 2], [0, 3]]),
+                  slope.tensor([[-0.0, np.nan], [1.0, -np.inf], [2.0, -0.0]]))  # fmt: skip
+    np.testing.assert_array_equal(got.numpy(), [[np.nan, -0.0, -0.0, -0.0], [-0.0, 1.0, -np.inf, -0.0],
+                                                [2.0, -0.0, -0.0, -0.0]])  # fmt: skip
+
+
 def test_pooling_and_indexing_errors_name_the_function():
     # windows of padding only are taken, as PyTorch does (tests/test_edges_open.py compares them)
     assert slope.max_pool(slope.ones(1, 1, 2, 2), 2, stride=1, padding=1, dilation=3).tolist() == [[[[-math.inf]]]]

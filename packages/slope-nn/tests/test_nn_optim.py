@@ -118,6 +118,36 @@ def test_schedules_values():
     np.testing.assert_allclose(pieces, [1.0, 1.0, 0.1, 0.01, 0.01], rtol=1e-6)
 
 
+def test_schedules_compute_in_float64_for_every_step_type():
+    """An int step (Python or NumPy int, int32/int64 tensor) or a float32 one: piecewise_constant's first rate was
+    0 (full_like of an int step), the others computed in float32 (cosine_decay(0.1, 1000)(333) 0.07504532486 for
+    PyTorch's 0.07504533127), and learning_rate(2**24 + 1) rounded the count to float32. Exact references: Python
+    floats, as PyTorch's schedulers compute (within 1e-14 for the cosines, 2 ulp)."""
+    cases = [
+        (
+            nn.optim.piecewise_constant([5, 10], [0.1, 0.01, 0.001]),
+            lambda s: 0.1 if s < 5 else 0.01 if s < 10 else 0.001,
+        ),
+        (nn.optim.cosine_decay(0.1, 1000, 0.001), lambda s: 0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * s / 1000))),
+        (nn.optim.step_decay(0.1, 7, 0.3), lambda s: 0.1 * 0.3 ** (s // 7)),
+        (nn.optim.exponential_decay(0.1, 0.999), lambda s: 0.1 * 0.999**s),
+        (nn.optim.linear_warmup(nn.optim.exponential_decay(0.1, 0.999), 500), lambda s: (s + 1) / 500 * 0.1 * 0.999**s),
+        (nn.optim.warmup_cosine(0.1, 100, 1000), lambda s: 0.1 * 0.5 * (1 + math.cos(math.pi * (s - 100) / 900))),
+    ]
+    for schedule, exact in cases:
+        for step in (333, np.int64(333), slope.tensor(333), slope.tensor(333, dtype=slope.int32), 333.0,
+                     slope.tensor(333.0), slope.tensor(333.0, dtype=slope.float64)):  # fmt: skip
+            rate = schedule(step)
+            assert rate.dtype == slope.float64, (schedule, step)
+            np.testing.assert_allclose(float(rate), exact(333), rtol=1e-14, err_msg=f"{schedule} at {step!r}")
+        jitted = slope.jit(lambda s, schedule=schedule: schedule(s))(slope.tensor(333))
+        np.testing.assert_allclose(float(jitted), exact(333), rtol=1e-14)
+    count = 2**24 + 1  # not a float32
+    for optimizer in (nn.SGD(nn.optim.step_decay(1.0, count, 0.5)), nn.SGD(nn.optim.exponential_decay(1.0, 0.999999))):
+        expected = float(optimizer.learning_rate(slope.tensor(count)))  # the state's int64 count: exact
+        assert optimizer.learning_rate(count) == expected == optimizer.lr(float(count)) and expected != 1.0
+
+
 def test_schedule_changes_the_rate_without_recompiling():
     optimizer = nn.SGD(nn.optim.step_decay(1.0, 1, 0.5))
     model = {"w": slope.tensor([0.0])}

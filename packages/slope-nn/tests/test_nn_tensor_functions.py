@@ -164,6 +164,34 @@ def test_cumprod_dtypes():
     assert wide.dtype == slope.float32 and wide.numpy().tolist() == [300.0, 90000.0]
 
 
+@pytest.mark.parametrize(
+    "dtype", ["int8", "uint8", "int32", "int64", "bool", "float16", "bfloat16", "float32", "float64"]
+)
+def test_cumsum_and_prod_take_pytorchs_dtype(dtype):
+    """cumsum(x, dim, dtype=) and prod(x, dim, keepdim, dtype=) were refused (PyTorch takes them): x is cast to dtype
+    first, the result has it (int8 [100, 100, 100] sums to [100, -56, 44], wrapping). PyTorch refuses a bool cumsum;
+    floats within the dtype's rounding of PyTorch's (exact for integers and bools)."""
+    torch = pytest.importorskip("torch")
+    tdtype = getattr(torch, dtype)
+    tol = {"float16": 1e-3, "bfloat16": 8e-3, "float32": 1e-6, "float64": 1e-15}.get(dtype, 0)
+    for values in ([[1.7, -2.5, 0.0, 3.0], [3.9, 1.0, -1.2, 0.5]], [[100, 100, 100, 7], [-3, 90, 2, 1]]):
+        x, t = slope.tensor(values), torch.tensor(values)
+        cases = [(slope.prod(x, dtype=dtype), torch.prod(t, dtype=tdtype)),
+                 (slope.prod(x, 1, keepdim=True, dtype=dtype), torch.prod(t, 1, keepdim=True, dtype=tdtype)),
+                 (x.prod(0, dtype=dtype), t.prod(0, dtype=tdtype))]  # fmt: skip
+        if dtype != "bool":
+            cases += [(slope.cumsum(x, 1, dtype=dtype), torch.cumsum(t, 1, dtype=tdtype)),
+                      (x.cumsum(0, dtype=dtype), t.cumsum(0, dtype=tdtype))]  # fmt: skip
+        for got, expected in cases:
+            assert got.dtype.name == dtype and got.shape == tuple(expected.shape)
+            np.testing.assert_allclose(got.astype("float64").numpy(), expected.double().numpy(), rtol=tol)
+    with pytest.raises(slope.DTypeError, match="slope.cumsum: dtype bool"):
+        slope.cumsum(slope.tensor([1, 2]), 0, dtype=slope.bool_)
+    wrapped = slope.cumsum(slope.tensor([100, 100, 100], dtype=slope.int8), 0, dtype=slope.int8)
+    assert wrapped.dtype == slope.int8 and wrapped.tolist() == [100, -56, 44]
+    assert slope.jit(lambda v: slope.prod(v, dtype=slope.float64))(slope.tensor([3, 5], dtype=slope.int8)).item() == 15
+
+
 def test_sort_order_nan_ties_and_gradient():
     x = slope.tensor([3.0, NAN, 1.0, -0.0, 0.0, 3.0, -math.inf])
     result = slope.sort(x)
@@ -271,6 +299,33 @@ def test_cumprod_gradient_with_inf_and_nan_is_torch_funcs():
         grad = slope.grad(lambda t: slope.cumprod(t, 0).sum())(slope.tensor(values, dtype=slope.float64)).numpy()
         expected = torch.func.grad(lambda t: torch.cumprod(t, 0).sum())(torch.tensor(values, dtype=torch.float64))
         np.testing.assert_array_equal(grad, expected.numpy(), err_msg=f"x={values}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cumprod_forward_mode_with_inf_in_the_running_product(dtype):
+    """The scan multiplied the elements before `shift` by 1, whose tangent x * 0 is NaN where x is inf: the jvp of
+    [1, inf, 2] with tangent [0.5, 1, 1] was [0.5, nan, inf] (exact and torch.func.jvp: [0.5, inf, inf]). Against the
+    exact sum over j of t_j * prod_{i <= k, i != j} x_i in Python floats (terms of a zero tangent are 0); torch.func.jvp
+    agrees except for a leading inf, where its formula gives NaN for the exact t_0."""
+    torch = pytest.importorskip("torch")
+    cases = [([1.0, math.inf, 2.0], [0.5, 1.0, 1.0]), ([math.inf, 2.0, 3.0, 4.0, 5.0], [1.0, 0.5, 0.0, 1.0, 2.0]),
+             ([2.0, -math.inf, 0.5, 1.0, 3.0, 1.0], [1.0, 0.0, 2.0, 1.0, 0.0, 1.0])]  # fmt: skip
+    for values, tangent in cases:
+        x, t = (slope.tensor(v, dtype=dtype) for v in (values, tangent))
+        _, got = slope.jvp(lambda a: slope.cumprod(a, 0), (x,), (t,))
+        exact = [
+            sum(
+                t_j * math.prod(values[i] for i in range(k + 1) if i != j)
+                for j, t_j in enumerate(tangent[: k + 1])
+                if t_j
+            )
+            for k in range(len(values))
+        ]
+        np.testing.assert_allclose(got.numpy(), exact, rtol=1e-6, err_msg=f"x={values}, t={tangent}")
+    _, reference = torch.func.jvp(
+        lambda a: torch.cumprod(a, 0), (torch.tensor(cases[0][0]),), (torch.tensor(cases[0][1]),)
+    )
+    np.testing.assert_array_equal(reference.numpy(), [0.5, math.inf, math.inf])
 
 
 def test_norm_method_dtypes_and_errors():

@@ -18,7 +18,8 @@
   A window holding NaN gives NaN and its last NaN's index, as PyTorch (see `_last_nans`; values alone: `_with_nans`).
   Windows of padding only are left to the procedures.
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
-  unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics.
+  unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics
+  (indices not from max pooling are counted from the end and checked first: see `_checked_rows`).
 """
 
 from __future__ import annotations
@@ -256,6 +257,33 @@ def _whole_tensor_indices(graph: OnnxGraph, index: str, size: int) -> str | None
     return producer.input[0] if divisor is not None and divisor.size == 1 and int(divisor) == size else None
 
 
+def _checked_rows(graph: OnnxGraph, index: str, src: str, size: int, count: int) -> tuple[str, str]:
+    """`index` (within rows of `size`) with negative ones counted from the end, as ScatterElements counts them, and
+    `src`, tied to a check that raises the backend's IndexError for scatter_add when an index lies outside
+    [-size, size): MaxUnpool reads row r's -1 or `size` as a position in row r - 1 or r + 1, and refuses only the
+    positions outside the whole tensor, in an error that names no Slope operator."""
+    known = graph.value(index)
+    if known is not None:
+        if known.size and (known.min() < -size or known.max() >= size):
+            raise IndexError(
+                f"slope.scatter_add: an index is out of range (indices must lie in [-size, size) of the dimension "
+                f"they index); indices range from {known.min()} to {known.max()} for a dimension of size {size}"
+            )
+        return graph.constant(np.where(known < 0, known + size, known)), src
+    # ScatterElements of -0.0 into `size` slots at every index: it checks the indices as scatter_add's other route
+    # does, and its first slot, -0.0, added to src leaves every value as it is (-0.0 and NaN included)
+    flat_index = graph.reshape(index, (count,))
+    zero = graph.constant(np.array([-0.0], np.float32))
+    updates = graph.node("Expand", [zero, graph.int64s((count,))], shape=(count,))
+    slots = graph.constant(np.full(size, -0.0, np.float32))
+    checked = graph.node("ScatterElements", [slots, flat_index, updates], shape=(size,), axis=0)
+    first = graph.node("Slice", [checked, graph.int64s((0,)), graph.int64s((1,))], shape=(1,))
+    src = graph.node("Add", [src, first], shape=graph.shapes.get(src))
+    negative = graph.node("Less", [index, graph.scalar(0, slope.int64)], shape=graph.shapes.get(index))
+    wrapped = graph.node("Add", [index, graph.scalar(size, slope.int64)], shape=graph.shapes.get(index))
+    return graph.node("Where", [negative, wrapped, index], shape=graph.shapes.get(index)), src
+
+
 def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, shape: tuple) -> str:
     """x + (src written at the unique indices along the last dimension), by MaxUnpool over rows of the whole tensor."""
     rows, size, count = math.prod(shape[:-1]), shape[-1], index_shape[-1]
@@ -263,6 +291,7 @@ def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, 
     if whole is not None:  # max_pool_argmax's positions came from MaxPool's: use those, skipping Mod and Add
         flat = graph.reshape(whole, (1, rows, count))
     else:
+        index, src = _checked_rows(graph, index, src, size, rows * count)
         offsets = graph.constant((np.arange(rows, dtype=np.int64) * size).reshape(1, rows, 1))
         flat = graph.node("Add", [graph.reshape(index, (1, rows, count)), offsets], shape=(1, rows, count))
     output_shape = graph.int64s((1, rows, size))

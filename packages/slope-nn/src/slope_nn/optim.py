@@ -57,6 +57,15 @@ def _at_least_one(name: str, lowest: int = 1, **counts: Any) -> None:
             raise ValueError(f"{name}: {what} must be an integer of at least {lowest}, got {count!r}")
 
 
+def _float64(step: Any) -> Tensor:
+    """A step count (Python or NumPy number, tensor of any dtype) as a float64 tensor, so every schedule computes in
+    float64 (an int64 count is exact up to 2**53; a float32 one rounded beyond 2**24, and an int step made
+    piecewise_constant's rates integers)."""
+    if isinstance(step, Tensor):
+        return step.astype(slope.float64)
+    return slope.tensor(int(step) if isinstance(step, numbers.Integral) else float(step), dtype=slope.float64)
+
+
 def constant_schedule(lr: float) -> Schedule:
     """The same learning rate at every step."""
     return lambda step: lr
@@ -65,12 +74,12 @@ def constant_schedule(lr: float) -> Schedule:
 def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """lr * gamma ** floor(step / step_size) (PyTorch's StepLR, counted in steps)."""
     _at_least_one("step_decay", step_size=step_size)
-    return lambda step: lr * gamma ** slope.floor(step / float(step_size))
+    return lambda step: lr * gamma ** slope.floor(_float64(step) / float(step_size))
 
 
 def exponential_decay(lr: float, gamma: float) -> Schedule:
     """lr * gamma ** step."""
-    return lambda step: lr * gamma**step
+    return lambda step: lr * gamma ** _float64(step)
 
 
 def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule:
@@ -78,7 +87,7 @@ def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule
     _at_least_one("cosine_decay", total_steps=total_steps)  # (0 made the first rate NaN: 0 / 0)
 
     def schedule(step: Tensor) -> Tensor:
-        progress = slope.clip(step / float(total_steps), 0.0, 1.0)
+        progress = slope.clip(_float64(step) / float(total_steps), 0.0, 1.0)
         return final_lr + (lr - final_lr) * 0.5 * (1.0 + slope.cos(progress * math.pi))
 
     return schedule
@@ -90,6 +99,7 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
     _at_least_one("linear_warmup", warmup_steps=warmup_steps)  # (-4 gave negative rates: gradient ascent)
 
     def warmed(step: Tensor) -> Tensor:
+        step = _float64(step)
         factor = slope.clip((step + 1.0) / float(warmup_steps), None, 1.0)
         return factor * base(step)
 
@@ -106,6 +116,7 @@ def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, final_lr: floa
         raise ValueError(f"warmup_cosine: expected 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
 
     def schedule(step: Tensor) -> Tensor:
+        step = _float64(step)
         warm = lr * (step + 1.0) / float(max(warmup_steps, 1))
         progress = slope.clip((step - float(warmup_steps)) / float(total_steps - warmup_steps), 0.0, 1.0)
         cosine = final_lr + (lr - final_lr) * 0.5 * (1.0 + slope.cos(progress * math.pi))
@@ -126,6 +137,7 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
     values = [float(v) if _real(v) else v for v in values]  # (NumPy's float32 beside a float64 count: a warning)
 
     def schedule(step: Tensor) -> Tensor:
+        step = _float64(step)
         rate = slope.full_like(step, values[0])
         for boundary, value in zip(boundaries, values[1:]):
             rate = slope.where(step >= float(boundary), value, rate)
@@ -320,9 +332,7 @@ class Optimizer:
     def learning_rate(self, count: Any) -> Any:
         """The learning rate for the step after `count` completed steps (a float or a tensor)."""
         if callable(self.lr):
-            if not isinstance(count, Tensor):
-                count = slope.tensor(float(count))
-            rate = self.lr(count.astype(slope.float64))  # a scalar: float64 keeps float64 models exact
+            rate = self.lr(_float64(count))  # a scalar: float64 keeps float64 models exact
             return float(rate) if _real(rate) else rate  # (a NumPy scalar from the schedule as a Python float)
         return self.lr
 

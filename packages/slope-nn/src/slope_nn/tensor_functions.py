@@ -8,8 +8,8 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
-- `prod`, `cumsum`, `gather`, `split`, `chunk`, `roll`, `tril`, `triu`, `unflatten`, `repeat` and `linspace` (moved here from slope-core, whose
-  source is at its line budget).
+- `prod` and `cumsum` (with PyTorch's dtype=, which casts x first), `gather`, `split`, `chunk`, `roll`, `tril`,
+  `triu`, `unflatten`, `repeat` and `linspace` (moved here from slope-core, whose source is at its line budget).
 """
 
 from __future__ import annotations
@@ -154,29 +154,41 @@ def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
 # ----------------------------------------------------------------------------------------------- cumprod
 
 
-def prod(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros)."""
+def _cast_first(x: Any, dtype: Any) -> tuple[Tensor, Any]:
+    """x as a tensor cast to `dtype` (PyTorch's dtype= casts the input before the operation), and the result's dtype:
+    `dtype`, else x's for floats and int64 for integers and bools (PyTorch's)."""
     x = as_tensor(x)
-    x = x if x.dtype.is_float else cast(x, slope.int64)  # integer and bool products are int64, as PyTorch's
+    if dtype is None:
+        return x, x.dtype if x.dtype.is_float else slope.int64
+    dtype = slope.dtypes.as_dtype(dtype)
+    return cast(x, dtype), dtype
+
+
+def prod(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Tensor:
+    """Product over dimensions (a tree of multiplications, so gradients stay exact with zeros); `dtype` casts x first."""
+    x, out = _cast_first(x, dtype)
+    x = x if x.dtype.is_float else cast(x, slope.int64)  # integers multiplied in int64 (wrapping as a narrower one)
     dims = normalize_dims("prod", dim, x.ndim, empty_means_all=True)  # (as sum's: () reduced nothing)
     kept = [d for d in range(x.ndim) if d not in dims]
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     reduced = math.prod(x.shape[d] for d in dims)  # not -1: that is ambiguous for empty tensors
-    dtype = x.dtype  # float32 multiplied in float64 (a float32 tree of values near 1 rounded one way: 7e-4 off)
-    x = cast(x, slope.float64 if dtype == slope.float32 else _wide(dtype)) if dtype.is_float else x
+    # float32 multiplied in float64 (a float32 tree of values near 1 rounded one way: 7e-4 off)
+    x = cast(x, slope.float64 if x.dtype == slope.float32 else _wide(x.dtype)) if x.dtype.is_float else x
     x = x.permute((*kept, *dims)).reshape((*(x.shape[d] for d in kept), reduced))
     while x.shape[-1] > 1:  # neighbours multiplied (as in order: 1e30 * 1e-30 first, not 1e30 * 1e30 = inf)
         x = slope.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - 1) + (1,), value=1) if x.shape[-1] % 2 else x
         pairs = x.reshape((*x.shape[:-1], x.shape[-1] // 2, 2))
         x = pairs[..., 0] * pairs[..., 1]
-    return cast(x.reshape(out_shape) if x.shape[-1] else full(out_shape, 1, x.dtype), dtype)  # (empty: 1)
+    return cast(x.reshape(out_shape) if x.shape[-1] else full(out_shape, 1, x.dtype), out)  # (empty: 1)
 
 
-def cumsum(x: Any, dim: int) -> Tensor:
-    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32)."""
-    x = as_tensor(x)
-    dtype = x.dtype if x.dtype.is_float else slope.int64
-    x = cast(x, _wide(dtype) if dtype.is_float else dtype)  # (integers in int64: exact, wrapping as PyTorch)
+def cumsum(x: Any, dim: int, *, dtype: Any = None) -> Tensor:
+    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32); `dtype` casts x
+    first."""
+    x, dtype = _cast_first(x, dtype)
+    if dtype == slope.bool_:
+        raise slope.DTypeError(f"slope.cumsum: dtype bool is not supported (as in PyTorch), x of shape {x.shape}")
+    x = cast(x, _wide(dtype) if dtype.is_float else slope.int64)  # (integers in int64: exact, wrapping as PyTorch)
     dim = normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
@@ -200,11 +212,11 @@ def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
     dim = normalize_dim("cumprod", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     positions = slope.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
-    one = slope.ones((), dtype=wide)
     for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
         lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
-        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift`: ones where zeros came in
-        x = x * slope.where(positions >= shift, shifted, one)  # (a pad of ones: IREE failed to compile two in a row)
+        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
+        # x itself before `shift`: not x * 1, whose tangent x * 0 was NaN where x is inf ([1, inf, 2]: jvp [., nan, .])
+        x = slope.where(positions >= shift, x * shifted, x)
     return x.astype(out)
 
 
