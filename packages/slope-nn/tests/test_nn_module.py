@@ -1004,6 +1004,23 @@ def test_a_mutable_dataclass_attribute_is_keyed_by_value():
     assert len(calls) == 3
 
 
+def test_a_jitted_model_where_the_model_is_expected_says_so():
+    # nn.grad said "slope.tensor: cannot make a tensor from jit"; an optimizer's init returned a state of nothing
+    model, x = nn.Linear(2, 2), slope.ones(1, 2)
+    jitted = slope.jit(model)
+    with pytest.raises(TypeError, match=r"slope.nn.grad: got slope.jit\(Linear\), .* pass the model itself"):
+        nn.grad(lambda m: m(x).sum())(jitted)
+    with pytest.raises(TypeError, match=r"slope.nn.value_and_grad: got slope.jit\(Linear\)"):
+        nn.value_and_grad(lambda m: m(x).sum())(jitted)
+    optimizer = nn.optim.SGD(lr=0.1)
+    with pytest.raises(TypeError, match=r"SGD.init: got slope.jit\(Linear\)"):
+        optimizer.init(jitted)
+    with pytest.raises(TypeError, match=r"Adam.init: got slope.jit\(Linear\)"):
+        nn.optim.Adam(lr=0.1).init(jitted)
+    with pytest.raises(TypeError, match=r"SGD.step: got slope.jit\(Linear\)"):
+        optimizer.step(jitted, nn.grad(lambda m: m(x).sum())(model), optimizer.init(model))
+
+
 def test_train_takes_only_a_bool():
     # train("False") set training mode (a non-empty string is true); PyTorch raises ValueError
     model = nn.Dropout(0.5)

@@ -43,6 +43,7 @@ __all__ = [
     "buffer_updates",
     "check_buffer_update",
     "check_key",
+    "check_not_jitted",
     "leaf_kinds",
     "next_key",
     "value_and_grad",
@@ -879,6 +880,17 @@ def _stop_non_trainable(model: Any) -> Any:
     return slope.tree.unflatten(treedef, new_leaves)
 
 
+def check_not_jitted(where: str, model: Any) -> None:
+    """Refuse `slope.jit(model)` where a model is expected: the jitted function is no pytree of the model's tensors."""
+    if isinstance(model, slope.jit):
+        inner = model.owner if model.owner is not None else getattr(model, "__wrapped__", model.fn)
+        name = type(inner).__name__ if isinstance(inner, Module) else getattr(inner, "__name__", "fn")
+        raise TypeError(
+            f"{where}: got slope.jit({name}), a jitted function, where a model is expected; pass the model itself "
+            "(its parameters are the pytree to differentiate or train) and call the jitted function inside the loss"
+        )
+
+
 def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
     """Like `slope.value_and_grad(fn)` for the first argument (a model), with buffers and frozen parameters held
     constant (their gradients are zeros) and `has_aux` values returned as plain results.
@@ -886,8 +898,13 @@ def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
     `fn(model, *args) -> loss` (or `(loss, aux)`); the returned function gives `(loss, grads)` (or
     `((loss, aux), grads)`), with `grads` shaped like the model.
     """
+    return _value_and_grad(fn, has_aux, "slope.nn.value_and_grad")
 
+
+def _value_and_grad(fn: Callable, has_aux: bool, where: str) -> Callable:
     def value_and_grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
+        check_not_jitted(where, model)
+
         def outputs(diff_model: Any) -> tuple:
             out = fn(_stop_non_trainable(diff_model), *args, **kwargs)
             if not has_aux:
@@ -911,7 +928,7 @@ def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
 
 def grad(fn: Callable, has_aux: bool = False) -> Callable:
     """The gradient part of `nn.value_and_grad` (with aux: `(grads, aux)`)."""
-    value_and_grad_fn = value_and_grad(fn, has_aux)
+    value_and_grad_fn = _value_and_grad(fn, has_aux, "slope.nn.grad")
 
     def grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
         value, grads = value_and_grad_fn(model, *args, **kwargs)
