@@ -995,17 +995,20 @@ class Config:
     sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
 
 
+class Configured(nn.Module):
+    """A model with a config attribute (`cfg.scale` scales its output)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.w = slope.ones(3)
+        self.cfg = cfg
+
+    def forward(self, x):
+        return (self.w * x).sum() * self.cfg.scale
+
+
 def test_a_mutable_dataclass_attribute_is_keyed_by_value():
     # an unhashable dataclass was keyed by identity: after `cfg.scale = 5.0` jit ran the program of scale 1.0
-    class Configured(nn.Module):
-        def __init__(self, cfg):
-            super().__init__()
-            self.w = slope.ones(3)
-            self.cfg = cfg
-
-        def forward(self, x):
-            return (self.w * x).sum() * self.cfg.scale
-
     run, calls = counting_jit()
     x = slope.ones(3)
     model = Configured(Config())
@@ -1060,15 +1063,6 @@ def test_config_objects_are_keyed_by_their_attributes():
     class Plain:
         def __init__(self, scale):
             self.scale = scale
-
-    class Configured(nn.Module):
-        def __init__(self, cfg):
-            super().__init__()
-            self.w = slope.ones(3)
-            self.cfg = cfg
-
-        def forward(self, x):
-            return (self.w * x).sum() * self.cfg.scale
 
     x = slope.ones(3)
     for kind in (types.SimpleNamespace, argparse.Namespace, Plain):
