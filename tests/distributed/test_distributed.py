@@ -771,6 +771,28 @@ def test_data_parallel_of_a_jitted_method_of_a_module():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
 
 
+def test_data_parallel_of_a_jitted_method_reads_the_modules_weights_at_each_call():
+    """data_parallel(slope.jit(model.predict)) bound the model into its function: its weights were constants of the
+    first trace, so after `model.lin.weight = ...` it returned the old outputs (the jitted method alone read them)."""
+    nn = pytest.importorskip("slope.nn")
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def predict(self, x):
+            return dist.pmean(self.lin(x))
+
+    model, x = Model(), slope.ones((1, 2))
+    jitted = slope.jit(model.predict)
+    parallel = dist.data_parallel(jitted)
+    np.testing.assert_allclose(parallel(x).numpy(), jitted(x).numpy(), rtol=1e-6)
+    model.lin.weight = model.lin.weight * 0 + 3.0
+    np.testing.assert_allclose(parallel(x).numpy(), model.lin(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(jitted(x).numpy(), model.lin(x).numpy(), rtol=1e-6)
+
+
 def test_checkpoints_of_numbers_and_numpy_leaves_load_and_names_must_differ(tmp_path):
     # load compared a number's (no .shape) or a NumPy leaf's dtype with a Slope dtype and failed; save dropped one of
     # two leaves named alike without a word

@@ -215,8 +215,10 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
 
     def __init__(self, step: Callable):
         jitted = isinstance(step, slope.jit)
-        owner = step.owner if jitted else None  # slope.jit(model.step): the model (argument 0 of step.fn) bound
-        self.fn = (step.fn if owner is None else functools.partial(step.fn, owner)) if jitted else step
+        # slope.jit(model.step): the model is argument 0 of step.fn, passed at each call (its weights read then, as
+        # the jitted step reads them; bound into self.fn, they were constants of the first trace)
+        self.owner = step.owner if jitted else None
+        self.fn = step.fn if jitted else step
         # a jitted step's static arguments stay static, by position or by name (they were traced: a static 0.1 became
         # float32's); its named positions count the owner
         self.static = set(step.static_argnums) | {i - step.shift for i in step.named_positions} if jitted else set()
@@ -232,6 +234,7 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
     def _split(self, args: tuple, kwargs: dict) -> tuple[SplitProgram, list[Tensor]]:
         args = tuple(_static(a) if {i, i - len(args)} & self.static else a for i, a in enumerate(args))
         kwargs = {k: _static(v) if k in self.static_names else v for k, v in kwargs.items()}
+        args = args if self.owner is None else (self.owner, *args)
         leaves, in_tree = slope.tree.flatten((args, kwargs) if kwargs else args)
         leaves = [slope.tensor(leaf) if type(leaf) in (float, int, np.ndarray) else leaf for leaf in leaves]  # (as jit)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]

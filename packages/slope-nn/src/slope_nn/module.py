@@ -4,7 +4,18 @@ A module's attributes that hold tensors (or modules, or containers of them: list
 classes registered with `slope.tree.register`) are its pytree children; every other attribute (sizes, flags,
 activation names, `training`), and every item of such a container that is neither a tensor nor a module (the 0.5 of
 `[(layer, 0.5)]`), is static and goes into the tree structure, so `jit` caches one program per structure and switching
-`train()`/`eval()` compiles a separate program.
+`train()`/`eval()` compiles a separate program. An unregistered list, tuple or dict subclass is flattened as its base
+type and rebuilt as the subclass.
+
+Static attributes are compared by content: lists, dicts, sets, NumPy arrays by their items or bytes, dataclasses and
+config objects (SimpleNamespace, argparse.Namespace, plain class instances) by their attributes, so a config changed in
+place compiles again. A key is made once per value and kept while every mutable part of the value holds the same
+objects (a check of identities at each flatten, not a new key: a 50,000-entry dict costs about 1 ms per jit call); a
+writeable NumPy array is compared with a copy of its bytes at each flatten (about 1 ms per 16 MB): make a large
+constant table read-only (`table.flags.writeable = False`, then it is keyed by identity, at no cost) or a buffer. A
+jitted submodule (`self.fast = slope.jit(self.sub)`) or a bound method of a module in the tree is rebound to the
+copy's own submodule when the tree is rebuilt, so jit and grad read the weights they are given (the jitted one keeps
+its compile cache).
 
 Kinds of tensor attributes:
 
@@ -23,12 +34,17 @@ a transformation nested inside such a block (a slope.grad in train_step's loss):
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
+import copy
 import dataclasses
+import functools
 import inspect
+import operator
 import sys
 import threading
+import types
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -43,6 +59,7 @@ __all__ = [
     "buffer_updates",
     "check_buffer_update",
     "check_key",
+    "check_not_jitted",
     "leaf_kinds",
     "next_key",
     "value_and_grad",
@@ -51,38 +68,97 @@ __all__ = [
 ]
 
 
-def _freeze(value: Any) -> Any:
-    """A hashable key for a static attribute value (lists and dicts by content; floats by their bits, so -0.0 is not
-    0.0 and a NaN finds a NaN)."""
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
+
+
+def _freeze(value: Any, nodes: list, depth: int = 0) -> Any:
+    """A hashable key for a static attribute value (lists, dicts, dataclasses and plain objects by content; floats by
+    their bits, so -0.0 is not 0.0 and a NaN finds a NaN). Each mutable part it reads is added to `nodes` as a check
+    (see `_Static.unchanged`) that it still holds what was read."""
     if isinstance(value, (float, np.floating)):  # (NumPy's too: np.float32(-0.0) == 0.0)
         return (type(value), float(value).hex())
+    if depth > 64:  # (a cycle: a list holding itself)
+        return ("object", id(value))
     if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_freeze(v) for v in value))
+        if not isinstance(value, tuple):
+            nodes.append((_same_items, value, tuple(value)))
+        return (type(value).__name__, tuple(_freeze(v, nodes, depth + 1) for v in value))
     if isinstance(value, dict):
-        return ("dict", tuple(sorted(((repr(k), _freeze(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+        nodes.append((_same_dict, value, (tuple(value), tuple(value.values()))))
+        items = ((repr(k), _freeze(v, nodes, depth + 1)) for k, v in value.items())
+        return ("dict", tuple(sorted(items, key=lambda kv: kv[0])))
     if isinstance(value, (set, frozenset)):
-        return ("set", frozenset(_freeze(v) for v in value))
-    if isinstance(value, np.ndarray):
-        return ("ndarray", value.shape, value.dtype.str, value.tobytes())
+        if isinstance(value, set):
+            nodes.append((_same_items, value, tuple(value)))
+        return ("set", frozenset(_freeze(v, nodes, depth + 1) for v in value))
+    if isinstance(value, np.ndarray):  # (a read-only array that owns its memory cannot change: no copy to compare)
+        data = value.tobytes()
+        if value.flags.writeable or not value.flags.owndata:
+            words = np.frombuffer(data, np.uint64 if len(data) % 8 == 0 else np.uint8)  # (the bytes, not a copy)
+            nodes.append((_same_bytes, value, (value.shape, value.dtype, data, words)))
+        return ("ndarray", value.shape, value.dtype.str, data)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # (by value: a mutated config retraces)
-        return (type(value), tuple((f.name, _freeze(getattr(value, f.name))) for f in dataclasses.fields(value)))
+        fields = dataclasses.fields(value)
+        nodes.append((_same_fields, value, tuple(getattr(value, f.name) for f in fields)))
+        return (type(value), tuple((f.name, _freeze(getattr(value, f.name), nodes, depth + 1)) for f in fields))
     if isinstance(value, Tensor):  # (its == is elementwise)
         return ("object", id(value))
+    if depth <= 8 and _by_attributes(value):  # a config object (SimpleNamespace, argparse.Namespace, a plain
+        return (type(value), _freeze(vars(value), nodes, depth + 1))  # class): by its vars(), checked as a dict's
     try:
         hash(value)
-    except TypeError:
-        return ("object", id(value))  # unhashable and unknown: equal only to itself
+    except TypeError:  # unhashable and unknown (a deque): equal only to itself, and looked at again at each flatten
+        nodes.append((_never, value, None))
+        return ("object", id(value))
     return (type(value), value)
+
+
+def _by_attributes(value: Any) -> bool:
+    """Whether a static value is keyed by its attributes: an object with a `__dict__` and identity equality (not a
+    function, class, module, model or jitted function: those are keyed by identity)."""
+    kind = type(value)
+    if kind.__eq__ is not object.__eq__ or kind.__hash__ is not object.__hash__:
+        return kind in (types.SimpleNamespace, argparse.Namespace)  # (their == compares their attributes)
+    return hasattr(value, "__dict__") and not isinstance(value, (*_OPAQUE, Module, slope.jit))
+
+
+def _never(node: Any, items: Any) -> bool:
+    return False
+
+
+def _same_items(node: Any, items: tuple) -> bool:
+    return len(node) == len(items) and all(map(operator.is_, node, items))
+
+
+def _same_dict(node: dict, items: tuple) -> bool:
+    keys, values = items
+    return (
+        len(node) == len(keys) and all(map(operator.is_, node, keys)) and all(map(operator.is_, node.values(), values))
+    )
+
+
+def _same_bytes(node: np.ndarray, items: tuple) -> bool:
+    shape, dtype, data, words = items
+    if node.shape != shape or node.dtype != dtype:
+        return False
+    if node.flags.c_contiguous and not dtype.hasobject:  # (compared in place, 8 bytes at a time: no copy)
+        return bool(np.array_equal(node.reshape(-1).view(np.uint8).view(words.dtype), words))
+    return node.tobytes() == data
+
+
+def _same_fields(node: Any, items: tuple) -> bool:
+    return all(map(operator.is_, (getattr(node, f.name) for f in dataclasses.fields(node)), items))
 
 
 class _Static:
     """A static attribute inside a tree structure: compared and hashed by content."""
 
-    __slots__ = ("value", "key", "hash")
+    __slots__ = ("value", "key", "hash", "nodes")
 
     def __init__(self, value: Any):
         self.value = value
-        self.key = _freeze(value)
+        self.nodes: list = []
+        self.key = _freeze(value, self.nodes)
         self.hash = hash(self.key)
 
     def __eq__(self, other: object) -> bool:
@@ -93,6 +169,76 @@ class _Static:
 
     def __repr__(self) -> str:
         return repr(self.value)
+
+    def unchanged(self) -> bool:
+        """Whether every mutable part of the value still holds what its key was made of."""
+        return all(same(node, items) for same, node, items in self.nodes)
+
+
+_STATICS: dict[int, _Static] = {}  # id(value) -> its _Static (holding the value, so the id is not reused)
+
+
+def _static_of(value: Any) -> _Static:
+    """The key of a static value, made again only when the value changed: every jit call flattens its model, and a
+    50,000-entry vocabulary dict took 60 ms to key (now a check that its entries are the same objects)."""
+    static = _STATICS.get(id(value))
+    if static is not None and static.value is value and static.unchanged():
+        return static
+    static = _Static(value)
+    if len(_STATICS) >= 1024:  # (bounded: values made at each step are not kept for ever)
+        _STATICS.clear()
+    _STATICS[id(value)] = static
+    return static
+
+
+class _Rebound(_Static):
+    """A static attribute bound to a module of the tree (`self.fast = slope.jit(self.sub)`, a bound method): the
+    rebuilt module gets it bound to its own counterpart, so jit and grad read the weights they are given."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, value: Any, path: tuple, key: Any):
+        self.value, self.path, self.key, self.nodes = value, path, key, []
+        self.hash = hash(key)
+
+    def rebind(self, root: Module) -> Any:
+        """The value bound to the module at `path` under `root`."""
+        target = root
+        for by_attribute, step in self.path:
+            target = target.__dict__[step] if by_attribute else target[step]
+        if isinstance(self.value, types.MethodType):
+            return types.MethodType(self.value.__func__, target)
+        rebound = copy.copy(self.value)  # (one compile cache: the copy shares the jit's)
+        rebound.owner = target
+        return rebound
+
+
+def _module_path(root: Module, target: Module, depth: int = 0) -> tuple | None:
+    """The steps from `root` to the submodule `target` (attributes, items of lists, tuples and dicts), or None."""
+    if root is target:
+        return ()
+    if depth > 32:
+        return None
+    for name, value in root.__dict__.items():
+        if isinstance(value, Module):
+            found = _module_path(value, target, depth + 1)
+            if found is not None:
+                return ((True, name), *found)
+        elif type(value) in (list, tuple, dict):
+            for key, item in value.items() if type(value) is dict else enumerate(value):
+                found = _module_path(item, target, depth + 1) if isinstance(item, Module) else None
+                if found is not None:
+                    return ((True, name), (False, key), *found)
+    return None
+
+
+def _rebound(root: Module, value: Any) -> _Rebound | None:
+    """A jitted module or bound method of a module in `root`'s tree, to be bound to its counterpart on unflatten."""
+    is_jit = isinstance(value, slope.jit)
+    owner = getattr(value, "owner", None) if is_jit else getattr(value, "__self__", None)
+    if not isinstance(owner, Module) or (path := _module_path(root, owner)) is None:
+        return None
+    return _Rebound(value, path, ("bound", path, id(value.cache) if is_jit else value.__func__))
 
 
 def _holds(value: Any) -> bool:
@@ -108,7 +254,7 @@ def _is_child(value: Any) -> bool:
     kind = type(value)
     if kind in _SCALARS:  # (every jit call asks this of a module's static attributes: these without optree)
         return False
-    if isinstance(value, (list, tuple)):  # (an unregistered subclass too: one leaf, which jit and grad refuse)
+    if isinstance(value, (list, tuple)):  # (an unregistered subclass too: flattened as its base type)
         items = value
     elif isinstance(value, dict):
         items = value.values()
@@ -122,14 +268,66 @@ def _is_child(value: Any) -> bool:
 def _container_child(value: Any) -> Any:
     """The pytree child of a container attribute: the container itself where all its leaves are tensors and modules,
     else a `_Mixed` whose children are those alone (a float in `[(layer, 0.5)]` is static, as a float attribute is:
-    a leaf, it was traced under jit and trained by optimizers)."""
+    a leaf, it was traced under jit and trained by optimizers); an unregistered list, tuple or dict subclass is a
+    `_Subclass` (flattened as its base type)."""
+    if _unregistered(value):
+        return _Subclass(value)
     items = value.values() if type(value) is dict else value if type(value) in (list, tuple) else None
     if items is not None and all(isinstance(item, (Tensor, Module)) for item in items):
         return value  # (the common kinds: a list or dict of layers)
     leaves, structure = optree.tree_flatten(value, _holds, namespace=slope.tree.NAMESPACE)
-    if all(_is_child(leaf) for leaf in leaves):
+    if all(isinstance(leaf, (Tensor, Module)) for leaf in leaves):
         return value
     return _Mixed(value, leaves, structure)
+
+
+def _unregistered(value: Any) -> bool:
+    """Whether a value is a list, tuple or dict subclass that is no pytree node (`class Layers(list)`)."""
+    return (
+        isinstance(value, (list, tuple, dict))
+        and type(value) not in (list, tuple, dict)
+        and optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE)
+    )
+
+
+def _base(value: Any) -> Any:
+    """An unregistered list, tuple or dict subclass as a plain list, tuple or dict (its items, in order)."""
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else tuple(value)
+
+
+class _Subclass:
+    """An unregistered list, tuple or dict subclass attribute holding tensors or modules: flattened as its base type
+    (its tensors read at each jit call and trained, as a list's; they were one opaque leaf, baked into jit's program),
+    rebuilt as the subclass with its attributes."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @staticmethod
+    def flatten(node: _Subclass) -> tuple[list, tuple]:
+        """The base-type container's child, and the subclass with its attributes (static)."""
+        value = node.value
+        attributes = getattr(value, "__dict__", None)
+        return [_container_child(_base(value))], (type(value), _static_of(attributes) if attributes else None)
+
+    @staticmethod
+    def unflatten(static: tuple, children: list) -> Any:
+        """The subclass instance (no `__init__` call) holding the rebuilt items."""
+        kind, attributes = static
+        (content,) = children
+        if issubclass(kind, tuple):
+            obj = tuple.__new__(kind, content)
+        else:
+            obj = kind.__new__(kind)
+            list.extend(obj, content) if isinstance(obj, list) else dict.update(obj, content)
+        if attributes is not None:
+            obj.__dict__.update(attributes.value)
+        return obj
+
+
+slope.tree.register(_Subclass, _Subclass.flatten, _Subclass.unflatten)
 
 
 class _Mixed:
@@ -141,9 +339,9 @@ class _Mixed:
     def __init__(self, value: Any, leaves: list, structure: Any) -> None:
         paths = optree.tree_paths(value, _holds, namespace=slope.tree.NAMESPACE)
         held = [i for i, leaf in enumerate(leaves) if _is_child(leaf)]  # (tensors, modules, unregistered lists)
-        self.items = [leaves[i] for i in held]
+        self.items = [_Subclass(leaves[i]) if _unregistered(leaves[i]) else leaves[i] for i in held]
         self.entries = tuple(".".join(map(str, paths[i])) for i in held)
-        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
+        others = tuple((i, _static_of(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
         self.static = (structure, others)
 
     @staticmethod
@@ -215,11 +413,15 @@ class Module:
             elif isinstance(value, (Tensor, Module)):
                 children.append(value)
                 entries.append(name)
+            elif (kind is slope.jit or kind is types.MethodType) and (rebound := _rebound(self, value)):
+                entries.append((name, rebound))
+            elif (static := _STATICS.get(id(value))) is not None and static.value is value and static.unchanged():
+                entries.append((name, static))  # (a static value as it was: no tensor in it, its key as made)
             elif _is_child(value):
                 children.append(_container_child(value))
                 entries.append(name)
             else:
-                entries.append((name, _Static(value)))
+                entries.append((name, _static_of(value)))
         return children, tuple(entries)
 
     @classmethod
@@ -228,11 +430,17 @@ class Module:
         obj = object.__new__(cls)
         attributes = obj.__dict__
         iterator = iter(children)
+        rebound = []
         for entry in aux:
             if type(entry) is str:
                 attributes[entry] = next(iterator)
+            elif type(entry[1]) is _Rebound:
+                attributes[entry[0]] = None  # (bound below, once the submodules are in place; the order kept)
+                rebound.append(entry)
             else:
                 attributes[entry[0]] = entry[1].value
+        for name, static in rebound:
+            attributes[name] = static.rebind(obj)
         return obj
 
     # ------------------------------------------------------------------------------------------- calling
@@ -300,8 +508,8 @@ class Module:
 
     # ------------------------------------------------------------------------------------------- walking
     def _walk(self, prefix: str = "") -> Iterator[tuple[str, Any, str, Module, str]]:
-        """(dotted name, leaf, kind, the module holding it, its name there) for every leaf in tree order (tensors, and
-        unregistered list/tuple/dict subclasses holding some); the rest of a container attribute is static."""
+        """(dotted name, leaf, kind, the module holding it, its name there) for every tensor leaf in tree order; the
+        rest of a container attribute is static."""
         buffers = self._buffer_names
         frozen = self._frozen_names
         for name, value in self.__dict__.items():
@@ -310,13 +518,21 @@ class Module:
             elif isinstance(value, Module):
                 yield from value._walk(f"{prefix}{name}.")
             elif type(value) not in _SHARED and _is_child(value):
-                paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
-                for path, leaf in zip(paths, leaves):
-                    local = ".".join((name, *map(str, path)))
-                    if isinstance(leaf, Module):
-                        yield from leaf._walk(f"{prefix}{local}.")
-                    elif _is_child(leaf):  # (a tensor, or an unregistered list subclass: a leaf jit and grad refuse)
-                        yield f"{prefix}{local}", leaf, _kind(name, local, buffers, frozen), self, local
+                yield from self._walk_container(value, name, name, prefix)
+
+    def _walk_container(self, value: Any, name: str, local: str, prefix: str) -> Iterator[tuple]:
+        """`_walk` of the container attribute `name` (its part `local`): an unregistered list, tuple or dict subclass
+        by its items, as its base type is flattened."""
+        value = _base(value) if _unregistered(value) else value
+        paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
+        for path, leaf in zip(paths, leaves):
+            here = ".".join((local, *map(str, path)))
+            if isinstance(leaf, Module):
+                yield from leaf._walk(f"{prefix}{here}.")
+            elif isinstance(leaf, Tensor):
+                yield f"{prefix}{here}", leaf, _kind(name, here, self._buffer_names, self._frozen_names), self, here
+            elif _is_child(leaf):  # (an unregistered subclass inside the container)
+                yield from self._walk_container(leaf, name, here, prefix)
 
     def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
         """(dotted name, leaf, kind) for every pytree leaf in tree order; kind is param, frozen or buffer."""
@@ -473,10 +689,16 @@ slope.tree.register(Module, Module.tree_flatten, Module.tree_unflatten)
 
 def _container_modules(value: Any, prefix: str) -> list[tuple[str, Module]]:
     """(dotted name, module) of the modules held in a container attribute (list, tuple, dict, any pytree node)."""
+    value = _base(value) if _unregistered(value) else value
     paths, leaves, _ = optree.tree_flatten_with_path(value, _holds, namespace=slope.tree.NAMESPACE)
-    return [
-        (".".join((prefix, *map(str, path))), leaf) for path, leaf in zip(paths, leaves) if isinstance(leaf, Module)
-    ]
+    found = []
+    for path, leaf in zip(paths, leaves):
+        name = ".".join((prefix, *map(str, path)))
+        if isinstance(leaf, Module):
+            found.append((name, leaf))
+        elif _unregistered(leaf):  # (a list subclass inside: flattened as a list)
+            found.extend(_container_modules(leaf, name))
+    return found
 
 
 def _kind(attribute: str, local: str, buffers: frozenset, frozen: frozenset) -> str:
@@ -879,6 +1101,17 @@ def _stop_non_trainable(model: Any) -> Any:
     return slope.tree.unflatten(treedef, new_leaves)
 
 
+def check_not_jitted(where: str, model: Any) -> None:
+    """Refuse `slope.jit(model)` where a model is expected: the jitted function is no pytree of the model's tensors."""
+    if isinstance(model, slope.jit):
+        inner = model.owner if model.owner is not None else getattr(model, "__wrapped__", model.fn)
+        name = type(inner).__name__ if isinstance(inner, Module) else getattr(inner, "__name__", "fn")
+        raise TypeError(
+            f"{where}: got slope.jit({name}), a jitted function, where a model is expected; pass the model itself "
+            "(its parameters are the pytree to differentiate or train) and call the jitted function inside the loss"
+        )
+
+
 def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
     """Like `slope.value_and_grad(fn)` for the first argument (a model), with buffers and frozen parameters held
     constant (their gradients are zeros) and `has_aux` values returned as plain results.
@@ -886,8 +1119,13 @@ def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
     `fn(model, *args) -> loss` (or `(loss, aux)`); the returned function gives `(loss, grads)` (or
     `((loss, aux), grads)`), with `grads` shaped like the model.
     """
+    return _value_and_grad(fn, has_aux, "slope.nn.value_and_grad")
 
+
+def _value_and_grad(fn: Callable, has_aux: bool, where: str) -> Callable:
     def value_and_grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
+        check_not_jitted(where, model)
+
         def outputs(diff_model: Any) -> tuple:
             out = fn(_stop_non_trainable(diff_model), *args, **kwargs)
             if not has_aux:
@@ -911,7 +1149,7 @@ def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
 
 def grad(fn: Callable, has_aux: bool = False) -> Callable:
     """The gradient part of `nn.value_and_grad` (with aux: `(grads, aux)`)."""
-    value_and_grad_fn = value_and_grad(fn, has_aux)
+    value_and_grad_fn = _value_and_grad(fn, has_aux, "slope.nn.grad")
 
     def grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
         value, grads = value_and_grad_fn(model, *args, **kwargs)

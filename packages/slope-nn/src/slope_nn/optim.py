@@ -23,7 +23,7 @@ import slope
 from slope import Tensor
 
 from .functional import refuse_traced
-from .module import leaf_kinds
+from .module import check_not_jitted, leaf_kinds
 
 __all__ = [
     "SGD",
@@ -342,6 +342,7 @@ class Optimizer:
 
     def init(self, model: Any) -> Any:
         """The optimizer state for a model: a step count and per-leaf slots (None for leaves it does not train)."""
+        check_not_jitted(f"{type(self).__name__}.init", model)
         leaves = slope.tree.leaves(model)
         mask = self._mask(model, leaves)
         slots = [self._init_leaf(leaf) if trainable else None for leaf, trainable in zip(leaves, mask)]
@@ -349,6 +350,7 @@ class Optimizer:
 
     def step(self, model: Any, grads: Any, state: Any) -> tuple[Any, Any]:
         """Apply one update: returns (new model, new state). Pure, so it can run inside a jitted train step."""
+        check_not_jitted(f"{type(self).__name__}.step", model)
         leaves, treedef = slope.tree.flatten(model)
         grad_leaves = slope.tree.leaves(grads)
         if len(grad_leaves) != len(leaves):
@@ -548,6 +550,7 @@ class SGD(Optimizer):
 
     def init(self, model: Any) -> SGDState:
         """The state: a step count and, with momentum, one zero buffer per trainable leaf."""
+        check_not_jitted(f"{type(self).__name__}.init", model)
         leaves = slope.tree.leaves(model)
         mask = self._mask(model, leaves)
         if self.momentum:
