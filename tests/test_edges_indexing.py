@@ -231,6 +231,12 @@ def test_numpy_bools_tuples_and_ranges_index_as_numpy_does(backend):
         assert got.shape == expected.shape and np.array_equal(got, expected), f"case {k}: {index}"
     assert slope.tensor(base).at[:, (0, 2)].set(-1.0).numpy()[:, [0, 2]].tolist() == [[-1.0, -1.0]] * 3
     np.testing.assert_array_equal(slope.tensor(base).at[np.True_].add(1.0).numpy(), base + 1.0)
+    values = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # a repeated position in a tuple: the last write wins
+    for index in ((slice(None), (1, 1)), (slice(None), (1, -3)), (slice(None), range(1, 3))):
+        expected = base.copy()
+        expected[index] = values
+        for fn in (lambda a, v, i=index: a.at[i].set(v), slope.jit(lambda a, v, i=index: a.at[i].set(v))):
+            np.testing.assert_array_equal(fn(slope.tensor(base), slope.tensor(values)).numpy(), expected)
 
 
 BAD_INDICES = {  # what PyTorch also refuses, each with the words of the IndexError Slope raises

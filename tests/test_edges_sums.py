@@ -290,3 +290,6 @@ def test_mean_takes_a_dtype_as_pytorch(backend):
         np.testing.assert_array_equal(got.numpy(), expected.numpy())
     fine = np.array([1.0, 1e-8, -1.0], dtype=np.float32)  # the float64 mean of float32 data (not float32's)
     assert slope.tensor(fine).mean(dtype="float64").item() == torch.tensor(fine).mean(dtype=torch.float64).item()
+    for dtype in ("int32", "bool"):  # a mean of truncated values, as float32: PyTorch refuses the dtype
+        with pytest.raises(slope.DTypeError, match="slope.mean: dtype must be a floating-point dtype"):
+            slope.mean(slope.tensor([1.9, 2.9]), dtype=dtype)

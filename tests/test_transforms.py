@@ -616,6 +616,14 @@ def test_jit_of_a_module_does_not_copy_its_attributes(on_backend):
     assert len(jitted.lower(x).program.inputs) == 1 and not hasattr(jitted, "training")
     close(jitted(x).numpy(), model(x).numpy())
 
+    def scaled(v):
+        return v * scaled.factor
+
+    scaled.factor = 3.0  # a plain function's attributes are kept, as jax.jit's (functools.wraps)
+    assert slope.jit(scaled).factor == 3.0
+    with pytest.raises(TypeError, match="'Tensor' object is not callable"):  # (a tensor is not a model to call)
+        slope.jit(x)()
+
 
 def test_jit_of_a_pytree_with_number_fields_keeps_them_python_numbers(on_backend):
     """Only a pytree of tensors alone (an nn.Module) is passed as an argument: a registered dataclass's float and int

@@ -283,6 +283,8 @@ def _wide(dtype: dtypes.DType) -> dtypes.DType:  # statistics of halves in float
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     """Average over dimensions (of x cast to dtype first, if given; halves summed and divided in float32, rounded once)."""
+    if dtype is not None and not (dtype := dtypes.as_dtype(dtype)).is_float:  # (a mean of truncated values: no)
+        raise DTypeError(f"slope.mean: dtype must be a floating-point dtype (as in PyTorch), got {dtype.name}")
     x = as_tensor(x) if dtype is None else cast(x, dtype)
     count = _count("mean", x, dim)  # first, so a bad dim is reported as mean's; 0 gives NaN, as in PyTorch
     result = ops.sum_(x, dim, keepdim, dtype=_wide(x.dtype)) / float(count)
@@ -534,7 +536,7 @@ def _gather_advanced(x: Tensor, advanced: list) -> Tensor:
 
 def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
     """A copy of x with value set (the last write wins where index repeats, as PyTorch) or added ("add") at x[index]."""
-    x = as_tensor(x)
+    x, index = as_tensor(x), index if isinstance(index, tuple) else (index,)  # (as getitem reads it)
     positions = getitem(ops.arange(x.numel()).reshape(x.shape), index)
     if mode == "add" and not x.dtype.is_float and (added := as_tensor(value).dtype).is_float:  # (0.9 was cast to 0)
         raise DTypeError(f"slope.index_update: cannot add {added.name} values into {x.dtype.name} x; cast first")
@@ -550,7 +552,7 @@ def index_update(x: Any, index: Any, value: Any, mode: str = "set") -> Tensor:
         return ops.scatter_nd(flat, target, value).reshape(x.shape)
     if mode != "set":
         raise ValueError(f"slope.index_update: mode must be 'set' or 'add', got {mode!r}")
-    if any(isinstance(i, (list, np.ndarray, Tensor)) for i in (index if isinstance(index, tuple) else (index,))):
+    if any(isinstance(i, (list, tuple, range, np.ndarray, Tensor)) for i in index):
         n = target.shape[0]  # positions may repeat: keep each one's last
         if target.buffer is not None:
             last = np.isin(np.arange(n), n - 1 - np.unique(target.numpy()[::-1, 0], return_index=True)[1])

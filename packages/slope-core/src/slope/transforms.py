@@ -513,11 +513,7 @@ class Lowered:
     program: Program
     executable: Any
     backend: Any
-
-    @property
-    def code(self) -> str:
-        """The backend's code for the program."""
-        return self.executable.code
+    code: str  # the backend's code for the program
 
     def export(self, path: str, **options: Any) -> list[str]:
         """Write a model that runs without Slope (.onnx, .mlir+.vmfb or .py by backend; options such as iree's target)."""
@@ -532,10 +528,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def __init__(self, fn: Callable, static_argnums: int | Sequence[int] = (), static_argnames: Sequence[str] = (),
                  donate_argnums: int | Sequence[int] = ()):  # fmt: skip
-        functools.update_wrapper(self, fn, updated=())  # (not a model's attributes: its `lower`)
+        functools.update_wrapper(self, fn, updated=("__dict__",) if inspect.isroutine(fn) else ())  # (not a model's)
         # a called pytree (nn.Module) or its method's: its tensors are argument 0, read at each call (torch.compile's)
         owner = fn if not inspect.isroutine(fn) else getattr(fn, "__self__", None)
-        self.owner = owner if all(type(leaf) is Tensor for leaf in tree.leaves(owner)) else None  # (tensors only)
+        self.owner = owner if type(owner) is not Tensor and all(type(t) is Tensor for t in tree.leaves(owner)) else None
         self.fn, self.shift = (fn, 0) if self.owner is None else (getattr(fn, "__func__", type(fn).__call__), 1)
         self.static_argnums, self.donate_argnums = (ints("jit", n, "argnums") for n in (static_argnums, donate_argnums))
         if both := set(self.static_argnums) & set(self.donate_argnums):  # (as JAX: a static value has no buffer)
@@ -614,7 +610,7 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
             owned = functools.partial(self.fn, self.owner)
             return jit(owned, self.static_argnums, self.static_argnames, self.donate_argnums).lower(*args, **kwargs)
         (program, executable, _), _, backend, _ = self._compiled(args, kwargs)
-        return Lowered(program, executable, backend)
+        return Lowered(program, executable, backend, executable.code)
 
 
 class _Donated:
