@@ -241,6 +241,15 @@ class Function:
         builtin.unrealized_conversion_cast")."""
         return self.unfolded(x) if x.startswith("%v") else x
 
+    def scatter_target(self, x: str) -> str:
+        """x copied into a buffer of its own for a scatter to add into: IREE 3.13 scatters into its operand's buffer in
+        place, and x may be the caller's (a jitted function's input came back changed). The copy is x plus the exact
+        additive identity (-0.0, 0 or False) behind a barrier, which IREE can neither fold away nor turn into x."""
+        aval = self.avals[x]
+        if aval.dtype == slope.bool_:
+            return self.binary("or", x, self.unfolded(self.constant(False, aval)))
+        return self.binary("add", x, self.unfolded(self.constant(-0.0 if aval.dtype.is_float else 0, aval)))
+
     def reshape(self, x: str, shape: tuple) -> str:
         """x reshaped (x itself when it has that shape)."""
         aval = self.avals[x]
@@ -1063,11 +1072,12 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
     if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
         return x
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
-    # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
-    # caller's (a jitted function's input came back changed). Float zeros are -0.0, the exact identity of addition:
-    # an element of x that no index reaches keeps its -0.0 (+0.0 made it +0.0)
-    target = x
-    x = fn.constant(False if combine == "or" else -0.0 if out.dtype.is_float else 0, out)
+    # each update is added into (a copy of) x in turn, in index order, as PyTorch, NumPy and onnxruntime do (summing
+    # the updates into zeros first, then adding x, rounded and overflowed differently: [1e308, 0].at[[0, 0]].add(
+    # [-1e308, -1e308]) gave -inf). StableHLO leaves the order of repeated indices to the implementation; IREE 3.13's
+    # CPU code runs a scatter that is not `unique_indices` serially over the updates, in order (3000 updates into 3
+    # rows agree bit for bit with PyTorch's: test_an_index_add_with_repeated_indices_adds_into_x_in_turn_as_pytorch)
+    x = fn.scatter_target(x)
     window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     scalar = tensor_type(Aval((), out.dtype))
@@ -1079,7 +1089,7 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
             f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
             f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
             f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
-    return fn.binary(combine, target, fn.emit(text, out))
+    return fn.emit(text, out)
 
 
 # operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones
