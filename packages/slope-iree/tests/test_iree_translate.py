@@ -557,3 +557,40 @@ def test_tanh_of_halves_and_float64_matches_pytorch():
     assert _ulps(got, expected, 64).max() <= 2
     special = slope.tanh(slope.tensor([math.nan, -0.0], dtype="float64")).numpy()
     assert math.isnan(special[0]) and special[1] == 0.0 and np.signbit(special[1])
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_an_index_add_with_repeated_indices_adds_into_x_in_turn_as_pytorch(jitted):
+    # x.at[idx].add(v) adds each value into x in index order (PyTorch's index_put accumulate, NumPy's add.at): the
+    # updates were summed into zeros first, then added to x ([1e308, 0] + two -1e308 at 0 gave -inf, not -1e308)
+    torch = pytest.importorskip("torch")
+
+    def add(x, i, v):
+        return x.at[i].add(v)
+
+    f = slope.jit(add) if jitted else add
+    rng = np.random.default_rng(0)
+    wide_values = rng.standard_normal((3000, 4)) * 10.0 ** rng.integers(-16, 16, (3000, 1))
+    cases = [
+        (np.array([1e308, 0.0]), np.array([0, 0]), np.array([-1e308, -1e308])),
+        (np.array([1.0, 0.0]), np.array([0, 0]), np.array([1e-16, 1e-16])),
+        (rng.standard_normal((3, 4)) * 1e10, rng.integers(0, 3, 3000), wide_values),
+    ]
+    for x, index, values in cases:
+        tx = slope.tensor(x)
+        expected = torch.tensor(x).index_put((torch.tensor(index),), torch.tensor(values), accumulate=True).numpy()
+        for _ in range(2):  # (and x stays as it was: IREE scatters into its operand's buffer in place)
+            np.testing.assert_array_equal(f(tx, slope.tensor(index), slope.tensor(values)).numpy(), expected)
+            np.testing.assert_array_equal(tx.numpy(), x)
+
+
+def test_a_float64_pow_is_one_loop_not_eleven_unrolled_steps():
+    # the exact integer-exponent path squared in double-double arithmetic unrolled 11 times: 784 lines, 16 s of
+    # iree-compile for 0.9 ** t (an AdamW step computes two per parameter tensor); a stablehlo.while runs the step
+    torch = pytest.importorskip("torch")
+    x, y = np.array([0.5, 0.9, 3.0, 1.0000001, 2.0, 0.999]), np.array([3.0, 1000.0, -5.0, 1500.0, 1024.0, 1700.0])
+    f = slope.jit(lambda x, y: x**y)
+    code = f.lower(slope.tensor(x), slope.tensor(y)).code
+    assert code.count("stablehlo.while") == 1 and len(code.splitlines()) < 400
+    expected = (torch.tensor(x) ** torch.tensor(y)).numpy()  # (exact: 0.125, 3 ** -5 rounded once, 2 ** 1024 inf)
+    np.testing.assert_array_equal(f(slope.tensor(x), slope.tensor(y)).numpy(), expected)

@@ -185,3 +185,25 @@ def test_take_along_dim_of_a_strided_slice_compiles():
     index = np.array([[0, 1], [1, 0]])
     got = slope.jit(lambda a, b: slope.take_along_dim(a[:, ::2], b, 1))(slope.tensor(x), slope.tensor(index))
     np.testing.assert_array_equal(got.numpy(), np.take_along_axis(x[:, ::2], index, 1))
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_scatter_add_adds_each_value_into_x_in_turn_as_pytorch(jitted):
+    """scatter_add adds each src value into x in index order, as PyTorch's scatter_add (the values were summed into
+    zeros first, then added to x: 1e308 plus -1e308 twice was -inf; 1 + 1e-16 + 1e-16 was 1 + 2.2e-16)."""
+    torch = pytest.importorskip("torch")
+
+    def scatter_add(x, i, s):
+        return slope.scatter_add(x, 1, i, s)
+
+    f = slope.jit(scatter_add) if jitted else scatter_add
+    rng = np.random.default_rng(0)
+    cases = [
+        (np.array([[1e308, 0.0], [1.0, 0.0]]), np.array([[0, 0], [0, 0]]), np.array([[-1e308] * 2, [1e-16] * 2])),
+        (rng.standard_normal((2, 3)) * 1e10, rng.integers(0, 3, (2, 2000)),
+         rng.standard_normal((2, 2000)) * 10.0 ** rng.integers(-16, 16, (2, 2000))),
+    ]  # fmt: skip
+    for x, index, src in cases:
+        expected = torch.tensor(x).scatter_add(1, torch.tensor(index), torch.tensor(src)).numpy()
+        got = f(slope.tensor(x), slope.tensor(index), slope.tensor(src)).numpy()
+        np.testing.assert_array_equal(got, expected)

@@ -44,6 +44,7 @@ def _error(message: str) -> Exception:
 
 _LIBM = re.compile(r"stablehlo\.(sine|cosine|tan|tanh|remainder) ")  # float64 forms IREE leaves to libm
 _NO_CONST_EVAL = "--iree-opt-const-eval=false"
+_NO_INDIRECT = "--iree-hal-indirect-command-buffers=false"
 
 
 def target_flags(target: str) -> tuple[str, ...]:
@@ -252,6 +253,10 @@ def _where(mlir: str, target: str, extra_flags: tuple[str, ...]) -> tuple[tuple[
         # IREE evaluates a program's constant parts while compiling, with code that links no libm: a sine of a
         # constant (a positional encoding's) failed with "undefined symbol: sin" under jit; computed when it runs
         extra_flags = (*extra_flags, _NO_CONST_EVAL)
+    if "stablehlo.while" in mlir and _NO_INDIRECT not in extra_flags:
+        # IREE 3.13's indirect command buffers fail at run time in some programs with loops (two float64 pows and
+        # their gradient: "indirect buffer reference slot 0 is out range of the declared binding capacity")
+        extra_flags = (*extra_flags, _NO_INDIRECT)
     flags = target_flags(target) + tuple(extra_flags)
     name = key(mlir, target, flags)
     return flags, name, os.path.join(directory(), name[:2], name + ".vmfb")

@@ -241,6 +241,48 @@ class Function:
         builtin.unrealized_conversion_cast")."""
         return self.unfolded(x) if x.startswith("%v") else x
 
+    def scatter_target(self, x: str) -> str:
+        """x copied into a buffer of its own for a scatter to add into: IREE 3.13 scatters into its operand's buffer in
+        place, and x may be the caller's (a jitted function's input came back changed). The copy is x plus the exact
+        additive identity (-0.0, 0 or False) behind a barrier, which IREE can neither fold away nor turn into x."""
+        aval = self.avals[x]
+        if aval.dtype == slope.bool_:
+            return self.binary("or", x, self.unfolded(self.constant(False, aval)))
+        return self.binary("add", x, self.unfolded(self.constant(-0.0 if aval.dtype.is_float else 0, aval)))
+
+    def loop(self, count: int, state: list[str], body: Callable[[list[str]], list[str]]) -> list[str]:
+        """`state` after `count` applications of `body` (new values from the values), as one `stablehlo.while`: the
+        body's code once, not `count` copies of it."""
+        loop = f"%v{self._count}"
+        self._count += 1
+        counter = Aval((), slope.int64)
+        arguments = [f"{loop}_{i}" for i in range(len(state) + 1)]
+        self.avals.update(zip(arguments, [counter, *(self.avals[v] for v in state)]))
+        outer, self.lines = self.lines, []
+        try:
+            results = [self.binary("add", arguments[0], self.constant(1, counter)), *body(arguments[1:])]
+            inner = self.lines
+        finally:
+            self.lines = outer
+        start, types = self.constant(0, counter), ", ".join(self.type(v) for v in [arguments[0], *state])
+        # the initial values behind one barrier: IREE 3.13 failed to partition a loop whose initial values were
+        # computed from constants alone ("circular dependency: input operation uses partition output": x ** nan)
+        kept = self.emit(f"stablehlo.optimization_barrier {', '.join([start, *state])} : {types}", None)
+        self.lines[-1] = self.lines[-1].replace(f"{kept} = ", f"{kept}:{len(arguments)} = ", 1)
+        pairs = ", ".join(f"{a} = {kept}#{i}" for i, a in enumerate(arguments))
+        text = "\n".join(
+            [f"stablehlo.while({pairs}) : {types}", "    cond {",
+             f"      {loop}_n = stablehlo.constant dense<{count}> : tensor<i64>",
+             f"      {loop}_c = stablehlo.compare LT, {arguments[0]}, {loop}_n, SIGNED : (tensor<i64>, tensor<i64>) -> "
+             "tensor<i1>",
+             f"      stablehlo.return {loop}_c : tensor<i1>", "    } do {", *("  " + line for line in inner),
+             f"      stablehlo.return {', '.join(results)} : {types}", "    }"]
+        )  # fmt: skip
+        self.lines.append(f"    {loop}:{len(arguments)} = {text}")
+        names = [f"{loop}#{i}" for i in range(1, len(arguments))]
+        self.avals.update(zip(names, (self.avals[v] for v in state)))
+        return names
+
     def reshape(self, x: str, shape: tuple) -> str:
         """x reshaped (x itself when it has that shape)."""
         aval = self.avals[x]
@@ -664,15 +706,18 @@ def _integer_pow(fn: Function, x: str, y: str, fallback: str) -> str:
     above = fn.compare("GT", m, fn.like(math.sqrt(2.0), x))
     m = fn.select(above, fn.binary("multiply", m, half), m)
     e = fn.select(above, fn.binary("add", e, one), e)
-    result, power = (one, zero), (m, zero)
-    for bit in range(_EXACT_POW_BITS):
-        halved = fn.unary("floor", fn.binary("multiply", n, half))
+
+    def step(state: list[str]) -> list[str]:  # one bit of n: multiplied in where set, then the power squared
+        n, *result, power_high, power_low = state
+        halved = fn.unary("floor", fn.binary("multiply", n, fn.like(0.5, n)))
         odd = fn.compare("NE", fn.binary("add", halved, halved), n)
-        product = _double_double_product(fn, result, power)
-        result = tuple(fn.select(odd, p, r) for p, r in zip(product, result))
-        if bit < _EXACT_POW_BITS - 1:
-            power, n = _double_double_product(fn, power, power), halved
-    high, low = result  # within 2 ** +-850
+        product = _double_double_product(fn, result, (power_high, power_low))
+        result = [fn.select(odd, p, r) for p, r in zip(product, result)]
+        # (the last square, up to m ** 2048, may overflow: it is not used)
+        return [halved, *result, *_double_double_product(fn, (power_high, power_low), (power_high, power_low))]
+
+    # a loop, not _EXACT_POW_BITS copies of the step: an unrolled float64 pow was 780 lines, 15 s of iree-compile
+    _, high, low, _, _ = fn.loop(_EXACT_POW_BITS, [n, one, zero, m, zero], step)  # within 2 ** +-850
     # m ** -n as 1 / (m ** n): q = 1 / high, corrected by the residual 1 - q * (high + low)
     q = fn.binary("divide", one, high)
     p, err = _two_product(fn, q, high)
@@ -1063,11 +1108,12 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
     if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
         return x
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
-    # scattered into fresh zeros, then added to x: IREE scatters into its operand's buffer in place, and x may be the
-    # caller's (a jitted function's input came back changed). Float zeros are -0.0, the exact identity of addition:
-    # an element of x that no index reaches keeps its -0.0 (+0.0 made it +0.0)
-    target = x
-    x = fn.constant(False if combine == "or" else -0.0 if out.dtype.is_float else 0, out)
+    # each update is added into (a copy of) x in turn, in index order, as PyTorch, NumPy and onnxruntime do (summing
+    # the updates into zeros first, then adding x, rounded and overflowed differently: [1e308, 0].at[[0, 0]].add(
+    # [-1e308, -1e308]) gave -inf). StableHLO leaves the order of repeated indices to the implementation; IREE 3.13's
+    # CPU code runs a scatter that is not `unique_indices` serially over the updates, in order (3000 updates into 3
+    # rows agree bit for bit with PyTorch's: test_an_index_add_with_repeated_indices_adds_into_x_in_turn_as_pytorch)
+    x = fn.scatter_target(x)
     window = ", ".join(map(str, range(batch, batch + x_aval.ndim - k)))
     leading = ", ".join(map(str, range(k)))
     scalar = tensor_type(Aval((), out.dtype))
@@ -1079,7 +1125,7 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
             f"[{window}], inserted_window_dims = [{leading}], scatter_dims_to_operand_dims = [{leading}], "
             f"index_vector_dim = {batch}>, unique_indices = false}} : ({fn.type(x)}, {fn.type(index)}, "
             f"{fn.type(updates)}) -> {fn.tensor_type(out)}")  # fmt: skip
-    return fn.binary(combine, target, fn.emit(text, out))
+    return fn.emit(text, out)
 
 
 # operators whose translations work in a dynamic Function (every dimension `?`): the elementwise ones

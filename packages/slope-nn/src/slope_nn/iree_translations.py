@@ -9,9 +9,9 @@
 - `max_pool` is a `reduce_window` of maximum (NaN propagates; padding is the lowest value). `max_pool_argmax` is a
   `reduce_window` over (value, position) pairs keeping the first maximum, a NaN counting as the maximum; a
   `max_pool` of the same input and parameters reuses its values (PyTorch's value at the arg-max: -0.0 too).
-- `take_along_dim` is a `gather` and `scatter_add` a `scatter` over every element's full coordinates (into a fresh
-  tensor, then added to x: IREE scatters in place into an argument's buffer), with a run-time IndexError for indices
-  out of range. A `scatter_add` of `unique_indices` along the last dimension whose
+- `take_along_dim` is a `gather` and `scatter_add` a `scatter` over every element's full coordinates (adding each
+  value into a copy of x in turn, as PyTorch: IREE scatters in place into an argument's buffer), with a run-time
+  IndexError for indices out of range. A `scatter_add` of `unique_indices` along the last dimension whose
   indices are a `max_pool_argmax` of non-overlapping, unpadded windows (max pooling's gradient) is dense instead:
   each input element takes its window's value when it is that window's arg-max.
 """
@@ -337,9 +337,9 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
         scalar = _scalar(dtype)
         combine = "or" if dtype == slope.bool_ else "add"
         unique = "true" if params["unique_indices"] else "false"
-        # IREE 3.13 scatters in place into a buffer passed in as an argument (the caller's tensor changes), so the
-        # updates go into a fresh additive identity (-0.0 keeps every sum, -0.0 included), then are added to x
-        start = fn.constant(-0.0 if dtype.is_float else 0, fn.avals[x])
+        # each src value is added into (a copy of) x in turn, in index order, as PyTorch's scatter_add_ (IREE runs a
+        # scatter whose indices may repeat serially over the updates, in order; the copy: IREE scatters in place)
+        start = fn.scatter_target(x)
         text = (
             f'"stablehlo.scatter"({start}, {coordinates}, {src}) ({{\n'
             f"      ^bb0(%a: {scalar}, %b: {scalar}):\n"
@@ -350,7 +350,7 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
             f"{x_aval.ndim}>, unique_indices = {unique}}} : ({fn.type(x)}, {fn.type(coordinates)}, {fn.type(src)}) "
             f"-> {fn.type(x)}"
         )
-        return fn.binary(combine, x, fn.emit(text, fn.avals[x]))
+        return fn.emit(text, fn.avals[x])
 
     return in_float32(fn, [x, src], out.dtype, scatter)
 
