@@ -581,3 +581,14 @@ def test_a_trainable_prefix_that_names_no_parameter_is_an_error():
     with pytest.raises(ValueError, match=r"SGD: trainable prefix '0' names no parameter of the model; its parameters "
                        r"are \['w'\]"):  # fmt: skip
         optimizer.step({"w": slope.ones(1)}, {"w": slope.ones(1)}, nn.SGD(0.1).init({"w": slope.ones(1)}))
+
+
+def test_adam_bias_corrections_are_made_once_per_step_not_per_leaf():
+    """beta1**t and beta2**t (float64 powers) were computed for every parameter tensor: an AdamW step of 8 tensors
+    held 16 powers (on iree each is a loop of double-double arithmetic: 12,765 lines, 40 s to compile); now 2."""
+    model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(4)])
+    for optimizer in (nn.AdamW(1e-3), nn.Adam(1e-3, amsgrad=True)):
+        state = optimizer.init(model)
+        program = slope.jit(optimizer.step).lower(model, model, state).program
+        powers = [i for i in program.instructions if i.op.name == "pow" and i.outputs[0].aval.dtype == slope.float64]
+        assert len(powers) == 2, str(program)

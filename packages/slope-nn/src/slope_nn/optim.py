@@ -291,12 +291,18 @@ class Optimizer:
                             f"{owner}{self.positional})")  # fmt: skip
         return bool(value)
 
-    # subclasses define these two
+    # subclasses define these two (and _per_step where a value of the step count serves every leaf)
     def _init_leaf(self, param: Tensor) -> tuple:
         raise NotImplementedError
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
+    def _update_leaf(
+        self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float, shared: Any
+    ) -> tuple:
         raise NotImplementedError
+
+    def _per_step(self, count: Tensor) -> Any:
+        """What every leaf's update reads of the step count, made once per step (Adam's bias corrections), or None."""
+        return None
 
     def _mask(self, model: Any, leaves: list) -> list[bool]:
         kinds = leaf_kinds(model)
@@ -366,6 +372,7 @@ class Optimizer:
         decays = self._decays(model, leaves)
         lr = self.learning_rate(state.count)
         count = state.count + 1
+        shared = self._per_step(count)
         new_leaves, new_slots = [], []
         for i, (param, grad, slot, trainable, decay) in enumerate(zip(leaves, grad_leaves, slots, mask, decays)):
             if trainable and slot is None:  # (it was skipped: a frozen backbone unfrozen later never trained)
@@ -397,7 +404,7 @@ class Optimizer:
             param_lr = lr.astype(_wide(param.dtype)) if isinstance(lr, Tensor) else lr
             grad = -grad if self.maximize else grad
             new_param, slot = self._update_leaf(
-                _widened(param), _widened(grad), tuple(_widened(s) for s in slot), count, param_lr, decay
+                _widened(param), _widened(grad), tuple(_widened(s) for s in slot), count, param_lr, decay, shared
             )
             new_leaves.append(new_param.astype(param.dtype))
             new_slots.append(tuple(s.astype(param.dtype) for s in slot))
@@ -528,7 +535,9 @@ class SGD(Optimizer):
     def _init_leaf(self, param: Tensor) -> tuple:
         return (slope.zeros_like(param),) if self.momentum else ()
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
+    def _update_leaf(
+        self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float, shared: Any
+    ) -> tuple:
         if decay:
             grad = grad + decay * param
         if self.momentum:
@@ -598,7 +607,9 @@ class Adam(Optimizer):
     def _init_leaf(self, param: Tensor) -> tuple:
         return (slope.zeros_like(param),) * (3 if self.amsgrad else 2)
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float) -> tuple:
+    def _update_leaf(
+        self, param: Tensor, grad: Tensor, slots: tuple, count: Tensor, lr: Any, decay: float, shared: Any
+    ) -> tuple:
         mu, nu = slots[:2]
         if decay:
             if self.decoupled:
@@ -613,15 +624,19 @@ class Adam(Optimizer):
         # 5.8e20, and then nu stayed inf: the parameter never moved again)
         # (halves arrive in float32: grad * grad in float16 overflowed from |grad| = 256, PyTorch's addcmul from 8100)
         nu = self.beta2 * nu + (((1.0 - self.beta2) / (1.0 - self.beta1) ** 2) * scaled) * scaled
-        # the bias corrections in float64, as PyTorch's (Python floats): float32's 1 - 0.9999**t is 1.7e-4 off
-        t = count.astype(slope.float64)
-        correction1, root2 = 1.0 - self.beta1**t, (1.0 - self.beta2**t).sqrt()
+        correction1, root2 = shared
         # PyTorch's sqrt(nu) / root2 + eps, times root2 on both sides of the fraction: the scalars fold into the
         # step size and eps, which saves one pass over every parameter (the same value up to rounding)
         largest = slope.maximum(slots[2], nu) if self.amsgrad else nu
         denominator = largest.sqrt() + (self.eps * root2).astype(param.dtype)
         step_size = (lr * root2 / correction1).astype(param.dtype)
         return param - step_size * mu / denominator, (mu, nu, largest)[: len(slots)]
+
+    def _per_step(self, count: Tensor) -> tuple[Tensor, Tensor]:
+        """The bias corrections 1 - beta1**t and sqrt(1 - beta2**t), once per step (not per leaf: on iree each float64
+        power is a loop), in float64 as PyTorch's (Python floats): float32's 1 - 0.9999**t is 1.7e-4 off."""
+        t = count.astype(slope.float64)
+        return 1.0 - self.beta1**t, (1.0 - self.beta2**t).sqrt()
 
     def _make_state(self, count: Tensor, slots: list) -> AdamState:
         mu, nu, *largest = ([s[i] if s else None for s in slots] for i in range(3 if self.amsgrad else 2))
