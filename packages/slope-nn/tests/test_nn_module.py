@@ -7,8 +7,10 @@ import argparse
 import collections
 import dataclasses
 import functools
+import gc
 import re
 import types
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -1057,15 +1059,22 @@ def test_a_jitted_submodule_or_bound_method_attribute_is_bound_to_the_copy_that_
     assert_close(jitted(x), (model.sub(x) * 3).numpy())
 
 
-def test_config_objects_are_keyed_by_their_attributes():
-    # a SimpleNamespace, argparse.Namespace or plain-class config was keyed by identity: after `cfg.scale = 100`
-    # slope.jit(model) ran the program of the first scale
+def test_config_objects_are_keyed_by_their_attributes_and_plain_objects_by_identity():
+    # a SimpleNamespace or argparse.Namespace config was keyed by identity: after `cfg.scale = 100` slope.jit(model)
+    # ran the program of the first scale. A plain object (dataset, tokenizer, logger, meter) stays keyed by identity:
+    # keyed by content it cost up to 60 ms per jit call and a counter bumped at each step recompiled every call
     class Plain:
         def __init__(self, scale):
             self.scale = scale
 
+    class Namespace(types.SimpleNamespace):
+        pass
+
+    class Args(argparse.Namespace):
+        pass
+
     x = slope.ones(3)
-    for kind in (types.SimpleNamespace, argparse.Namespace, Plain):
+    for kind in (types.SimpleNamespace, argparse.Namespace, Namespace, Args):
         run, calls = counting_jit()
         model = Configured(kind(scale=1.0))
         jitted = slope.jit(model)
@@ -1073,47 +1082,136 @@ def test_config_objects_are_keyed_by_their_attributes():
         model.cfg.scale = 100.0
         assert run(model, x).item() == 300.0 and jitted(x).item() == 300.0 and len(calls) == 2
         assert run(Configured(kind(scale=100.0)), x).item() == 300.0 and len(calls) == 2  # equal: one program
+    run, calls = counting_jit()
+    model = Configured(Plain(scale=1.0))
+    for step in range(3):
+        model.cfg.steps = step  # (a meter's count: not part of the key)
+        assert run(model, x).item() == 3.0
+    assert len(calls) == 1
+    model.cfg = Plain(scale=2.0)  # (replaced, not mutated: a new key)
+    assert run(model, x).item() == 6.0 and len(calls) == 2
 
 
-def test_an_unchanged_static_attribute_is_not_keyed_again_and_a_changed_one_is(monkeypatch):
-    # every flatten (each jit(model) call, each nn.grad) keyed every static attribute again: a 50,000-entry dict
-    # attribute cost 60 ms per call, a 16 MB array 6 ms
-    import slope_nn.module as module
-
+def test_a_static_attribute_changed_in_place_retraces():
+    # each flatten keys every static attribute again (a cache of keys by identity kept a read-only array's old key
+    # after `a.flags.writeable = True; a[0] = 10` or a write through an earlier view, and kept every value alive)
     class Tables(nn.Module):
-        def __init__(self):
+        def __init__(self, fixed):
             super().__init__()
             self.w = slope.ones(2)
             self.vocab = {"a": 1.0, "b": [2.0]}
             self.table = np.array([1.0, 2.0], np.float32)
-            self.fixed = np.array([1.0, 3.0], np.float32)
-            self.fixed.flags.writeable = False
+            self.fixed = fixed
             self.cfg = types.SimpleNamespace(scale=1.0, sizes=[1])
 
         def forward(self, x):
             extra = self.vocab["a"] * self.vocab["b"][0] * float(self.table[1]) * float(self.fixed[1])
             return (self.w * x).sum() * extra * self.cfg.scale * self.cfg.sizes[0]
 
-    model, x = Tables(), slope.ones(2)
+    fixed = np.array([1.0, 3.0], np.float32)
+    view = fixed[:]  # (writeable, made before the array is made read-only)
+    fixed.flags.writeable = False
+    model, x = Tables(fixed), slope.ones(2)
     run, calls = counting_jit()
-    assert run(model, x).item() == 24.0
-    freezes = []
-    original = module._freeze
-    monkeypatch.setattr(module, "_freeze", lambda *a: freezes.append(1) or original(*a))
-    assert run(model, x).item() == 24.0 and len(calls) == 1
-    assert not freezes  # (nothing changed: no key made again)
+    assert run(model, x).item() == 24.0 and run(model, x).item() == 24.0 and len(calls) == 1
+
+    def unlock_and_set(value):
+        fixed.flags.writeable = True
+        fixed[1] = value
+        fixed.flags.writeable = False
+
     for change, expected in [
         (lambda: model.vocab.__setitem__("a", 2.0), 48.0),
         (lambda: model.vocab["b"].__setitem__(0, -2.0), -48.0),  # (in place, one level down)
-        (lambda: model.table.__setitem__(1, 1.0), -24.0),  # (a writeable array: compared by content)
+        (lambda: model.table.__setitem__(1, 1.0), -24.0),  # (an array: compared by content)
         (lambda: model.cfg.sizes.append(5), -24.0),
         (lambda: model.cfg.sizes.__setitem__(0, 2), -48.0),
+        (lambda: unlock_and_set(1.0), -16.0),  # (a read-only array made writeable again)
+        (lambda: view.__setitem__(1, 2.0), -32.0),  # (written through a view)
         (lambda: model.vocab["b"].__setitem__(0, -0.0), -0.0),  # (the same value, another sign)
     ]:
         change()
         assert model(x).item() == expected and run(model, x).item() == expected
         assert str(run(model, x).item()) == str(expected)
-    assert len(calls) == 7
+    assert len(calls) == 9
+    other = Tables(np.ones(2))
+    held = weakref.ref(other.fixed)
+    slope.tree.leaves(other)
+    other = None
+    gc.collect()
+    assert held() is None  # (no static value kept alive once its model is gone)
+
+
+def test_a_deeply_nested_or_self_holding_static_attribute_is_keyed_by_content():
+    # past 64 levels a static value was keyed by identity: a change at the bottom of a 70-deep list ran the old program
+    deep = [1.0]
+    for _ in range(70):
+        deep = [deep]
+
+    def bottom(value):
+        while isinstance(value[0], list):
+            value = value[0]
+        return value
+
+    cfg = types.SimpleNamespace(scale=1.0)
+    cfg.parent = cfg  # (a cycle: keyed by where it points, not followed for ever)
+    model, x = Configured(cfg), slope.ones(3)
+    model.deep = deep
+    run, calls = counting_jit()
+    assert run(model, x).item() == 3.0
+    bottom(deep).append(2.0)
+    assert run(model, x).item() == 3.0 and len(calls) == 2
+    cfg.scale = 2.0
+    assert run(model, x).item() == 6.0 and len(calls) == 3
+    again = types.SimpleNamespace(scale=2.0)
+    again.parent = again
+    other = Configured(again)
+    other.deep = [1.0, 2.0]
+    for _ in range(70):
+        other.deep = [other.deep]
+    assert run(other, x).item() == 6.0 and len(calls) == 3  # (equal content, cycle included: one program)
+    other.deep = other.deep[0]
+    assert run(other, x).item() == 6.0 and len(calls) == 4  # (another depth: another program)
+
+
+class Pair:
+    """A registered node with its own == and hash (by what it holds), as a user's pytree class may have."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+    def __eq__(self, other):
+        return type(other) is Pair and other.a is self.a
+
+    def __hash__(self):
+        return id(self.a)
+
+
+slope.tree.register(Pair, lambda p: ([p.a], None), lambda aux, children: Pair(children[0]))
+
+
+def test_a_registered_node_that_comes_to_hold_a_tensor_is_a_child():
+    # a node first holding 1.0 was static and its key kept by identity: once it held a tensor that tensor was left
+    # out of the leaves (no gradient, not trained) and jit ran the program of 1.0
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = slope.ones(3)
+            self.p = Pair(1.0)
+
+        def forward(self, x):
+            return (x * self.w * self.p.a).sum()
+
+    model, x = Scaled(), slope.ones(3)
+    jitted = slope.jit(model)
+    assert jitted(x).item() == 3.0 and len(slope.tree.leaves(model)) == 1
+    model.p.a = slope.tensor(2.0)
+    assert len(slope.tree.leaves(model)) == 2 and jitted(x).item() == 6.0
+    grads = nn.grad(lambda m: m(x))(model)
+    assert grads.p.a.item() == 3.0
+    np.testing.assert_array_equal(grads.w.numpy(), np.full(3, 2.0))
 
 
 def test_a_jitted_model_where_the_model_is_expected_says_so():

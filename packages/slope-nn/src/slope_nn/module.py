@@ -7,12 +7,11 @@ activation names, `training`), and every item of such a container that is neithe
 `train()`/`eval()` compiles a separate program. An unregistered list, tuple or dict subclass is flattened as its base
 type and rebuilt as the subclass.
 
-Static attributes are compared by content: lists, dicts, sets, NumPy arrays by their items or bytes, dataclasses and
-config objects (SimpleNamespace, argparse.Namespace, plain class instances) by their attributes, so a config changed in
-place compiles again. A key is made once per value and kept while every mutable part of the value holds the same
-objects (a check of identities at each flatten, not a new key: a 50,000-entry dict costs about 1 ms per jit call); a
-writeable NumPy array is compared with a copy of its bytes at each flatten (about 1 ms per 16 MB): make a large
-constant table read-only (`table.flags.writeable = False`, then it is keyed by identity, at no cost) or a buffer. A
+Static attributes are compared by content, keyed again at each flatten (each jit call): lists, dicts, sets, NumPy
+arrays by their items or bytes (a large constant table costs a copy per call: make it a buffer), dataclasses and
+config objects (SimpleNamespace, argparse.Namespace) by their attributes, so a config changed in place compiles
+again. A plain object attribute is keyed by identity: replace it, don't mutate it, or use a dataclass/SimpleNamespace
+(a dataset, tokenizer or logger held by a model costs nothing per call, and changing its state retraces nothing). A
 jitted submodule (`self.fast = slope.jit(self.sub)`) or a bound method of a module in the tree is rebound to the
 copy's own submodule when the tree is rebuilt, so jit and grad read the weights they are given (the jitted one keeps
 its compile cache).
@@ -39,9 +38,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
-import functools
 import inspect
-import operator
 import sys
 import threading
 import types
@@ -68,97 +65,56 @@ __all__ = [
 ]
 
 
-_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
-
-
-def _freeze(value: Any, nodes: list, depth: int = 0) -> Any:
-    """A hashable key for a static attribute value (lists, dicts, dataclasses and plain objects by content; floats by
-    their bits, so -0.0 is not 0.0 and a NaN finds a NaN). Each mutable part it reads is added to `nodes` as a check
-    (see `_Static.unchanged`) that it still holds what was read."""
+def _freeze(value: Any, within: list | None = None) -> Any:
+    """A hashable key for a static attribute value (lists, dicts, dataclasses and namespaces by content; floats by
+    their bits, so -0.0 is not 0.0 and a NaN finds a NaN; any other object by its own hash, or identity). `within`
+    holds the ids of the containers being keyed around it: a container holding itself is keyed by where it is."""
     if isinstance(value, (float, np.floating)):  # (NumPy's too: np.float32(-0.0) == 0.0)
         return (type(value), float(value).hex())
-    if depth > 64:  # (a cycle: a list holding itself)
-        return ("object", id(value))
-    if isinstance(value, (list, tuple)):
-        if not isinstance(value, tuple):
-            nodes.append((_same_items, value, tuple(value)))
-        return (type(value).__name__, tuple(_freeze(v, nodes, depth + 1) for v in value))
-    if isinstance(value, dict):
-        nodes.append((_same_dict, value, (tuple(value), tuple(value.values()))))
-        items = ((repr(k), _freeze(v, nodes, depth + 1)) for k, v in value.items())
-        return ("dict", tuple(sorted(items, key=lambda kv: kv[0])))
-    if isinstance(value, (set, frozenset)):
-        if isinstance(value, set):
-            nodes.append((_same_items, value, tuple(value)))
-        return ("set", frozenset(_freeze(v, nodes, depth + 1) for v in value))
-    if isinstance(value, np.ndarray):  # (a read-only array that owns its memory cannot change: no copy to compare)
-        data = value.tobytes()
-        if value.flags.writeable or not value.flags.owndata:
-            words = np.frombuffer(data, np.uint64 if len(data) % 8 == 0 else np.uint8)  # (the bytes, not a copy)
-            nodes.append((_same_bytes, value, (value.shape, value.dtype, data, words)))
-        return ("ndarray", value.shape, value.dtype.str, data)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # (by value: a mutated config retraces)
-        fields = dataclasses.fields(value)
-        nodes.append((_same_fields, value, tuple(getattr(value, f.name) for f in fields)))
-        return (type(value), tuple((f.name, _freeze(getattr(value, f.name), nodes, depth + 1)) for f in fields))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, value.dtype.str, value.tobytes())
     if isinstance(value, Tensor):  # (its == is elementwise)
         return ("object", id(value))
-    if depth <= 8 and _by_attributes(value):  # a config object (SimpleNamespace, argparse.Namespace, a plain
-        return (type(value), _freeze(vars(value), nodes, depth + 1))  # class): by its vars(), checked as a dict's
+    if isinstance(value, (list, tuple, dict, set, frozenset, types.SimpleNamespace, argparse.Namespace)) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    ):
+        within = [] if within is None else within
+        if id(value) in within:  # (a cycle: `cfg.parent = cfg`)
+            return ("cycle", within.index(id(value)))
+        within.append(id(value))
+        key = _freeze_container(value, within)
+        within.pop()
+        return key
     try:
         hash(value)
-    except TypeError:  # unhashable and unknown (a deque): equal only to itself, and looked at again at each flatten
-        nodes.append((_never, value, None))
-        return ("object", id(value))
+    except TypeError:
+        return ("object", id(value))  # unhashable and unknown: equal only to itself
     return (type(value), value)
 
 
-def _by_attributes(value: Any) -> bool:
-    """Whether a static value is keyed by its attributes: an object with a `__dict__` and identity equality (not a
-    function, class, module, model or jitted function: those are keyed by identity)."""
-    kind = type(value)
-    if kind.__eq__ is not object.__eq__ or kind.__hash__ is not object.__hash__:
-        return kind in (types.SimpleNamespace, argparse.Namespace)  # (their == compares their attributes)
-    return hasattr(value, "__dict__") and not isinstance(value, (*_OPAQUE, Module, slope.jit))
-
-
-def _never(node: Any, items: Any) -> bool:
-    return False
-
-
-def _same_items(node: Any, items: tuple) -> bool:
-    return len(node) == len(items) and all(map(operator.is_, node, items))
-
-
-def _same_dict(node: dict, items: tuple) -> bool:
-    keys, values = items
-    return (
-        len(node) == len(keys) and all(map(operator.is_, node, keys)) and all(map(operator.is_, node.values(), values))
-    )
-
-
-def _same_bytes(node: np.ndarray, items: tuple) -> bool:
-    shape, dtype, data, words = items
-    if node.shape != shape or node.dtype != dtype:
-        return False
-    if node.flags.c_contiguous and not dtype.hasobject:  # (compared in place, 8 bytes at a time: no copy)
-        return bool(np.array_equal(node.reshape(-1).view(np.uint8).view(words.dtype), words))
-    return node.tobytes() == data
-
-
-def _same_fields(node: Any, items: tuple) -> bool:
-    return all(map(operator.is_, (getattr(node, f.name) for f in dataclasses.fields(node)), items))
+def _freeze_container(value: Any, within: list) -> Any:
+    """`_freeze` of a list, tuple, dict, set, dataclass or namespace: by its items (a config: by its attributes)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v, within) for v in value))
+    if isinstance(value, dict):
+        items = ((repr(k), _freeze(v, within)) for k, v in value.items())
+        return ("dict", tuple(sorted(items, key=lambda kv: kv[0])))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_freeze(v, within) for v in value))
+    if isinstance(value, (types.SimpleNamespace, argparse.Namespace)):  # (a config: by its attributes)
+        return (type(value), _freeze(vars(value), within))
+    fields = dataclasses.fields(value)  # (a dataclass, by value: a mutated config retraces)
+    return (type(value), tuple((f.name, _freeze(getattr(value, f.name), within)) for f in fields))
 
 
 class _Static:
     """A static attribute inside a tree structure: compared and hashed by content."""
 
-    __slots__ = ("value", "key", "hash", "nodes")
+    __slots__ = ("value", "key", "hash")
 
     def __init__(self, value: Any):
         self.value = value
-        self.nodes: list = []
-        self.key = _freeze(value, self.nodes)
+        self.key = _freeze(value)
         self.hash = hash(self.key)
 
     def __eq__(self, other: object) -> bool:
@@ -170,26 +126,6 @@ class _Static:
     def __repr__(self) -> str:
         return repr(self.value)
 
-    def unchanged(self) -> bool:
-        """Whether every mutable part of the value still holds what its key was made of."""
-        return all(same(node, items) for same, node, items in self.nodes)
-
-
-_STATICS: dict[int, _Static] = {}  # id(value) -> its _Static (holding the value, so the id is not reused)
-
-
-def _static_of(value: Any) -> _Static:
-    """The key of a static value, made again only when the value changed: every jit call flattens its model, and a
-    50,000-entry vocabulary dict took 60 ms to key (now a check that its entries are the same objects)."""
-    static = _STATICS.get(id(value))
-    if static is not None and static.value is value and static.unchanged():
-        return static
-    static = _Static(value)
-    if len(_STATICS) >= 1024:  # (bounded: values made at each step are not kept for ever)
-        _STATICS.clear()
-    _STATICS[id(value)] = static
-    return static
-
 
 class _Rebound(_Static):
     """A static attribute bound to a module of the tree (`self.fast = slope.jit(self.sub)`, a bound method): the
@@ -198,7 +134,7 @@ class _Rebound(_Static):
     __slots__ = ("path",)
 
     def __init__(self, value: Any, path: tuple, key: Any):
-        self.value, self.path, self.key, self.nodes = value, path, key, []
+        self.value, self.path, self.key = value, path, key
         self.hash = hash(key)
 
     def rebind(self, root: Module) -> Any:
@@ -310,7 +246,7 @@ class _Subclass:
         """The base-type container's child, and the subclass with its attributes (static)."""
         value = node.value
         attributes = getattr(value, "__dict__", None)
-        return [_container_child(_base(value))], (type(value), _static_of(attributes) if attributes else None)
+        return [_container_child(_base(value))], (type(value), _Static(attributes) if attributes else None)
 
     @staticmethod
     def unflatten(static: tuple, children: list) -> Any:
@@ -341,7 +277,7 @@ class _Mixed:
         held = [i for i, leaf in enumerate(leaves) if _is_child(leaf)]  # (tensors, modules, unregistered lists)
         self.items = [_Subclass(leaves[i]) if _unregistered(leaves[i]) else leaves[i] for i in held]
         self.entries = tuple(".".join(map(str, paths[i])) for i in held)
-        others = tuple((i, _static_of(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
+        others = tuple((i, _Static(leaf)) for i, leaf in enumerate(leaves) if not _is_child(leaf))
         self.static = (structure, others)
 
     @staticmethod
@@ -415,13 +351,11 @@ class Module:
                 entries.append(name)
             elif (kind is slope.jit or kind is types.MethodType) and (rebound := _rebound(self, value)):
                 entries.append((name, rebound))
-            elif (static := _STATICS.get(id(value))) is not None and static.value is value and static.unchanged():
-                entries.append((name, static))  # (a static value as it was: no tensor in it, its key as made)
             elif _is_child(value):
                 children.append(_container_child(value))
                 entries.append(name)
             else:
-                entries.append((name, _static_of(value)))
+                entries.append((name, _Static(value)))
         return children, tuple(entries)
 
     @classmethod
