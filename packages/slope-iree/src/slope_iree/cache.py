@@ -247,6 +247,11 @@ def read_from(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ())
     return entry[1] if entry is not None else None
 
 
+def compiler_flags(mlir: str, target: str = "cpu", extra_flags: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The flags a module is compiled with (the target's, the extra ones, and those its code needs)."""
+    return _where(mlir, target, extra_flags)[0]
+
+
 def _where(mlir: str, target: str, extra_flags: tuple[str, ...]) -> tuple[tuple[str, ...], str, str]:
     """A module's compiler flags, cache key and file."""
     if target == "cpu" and _LIBM.search(mlir) and _NO_CONST_EVAL not in extra_flags:

@@ -340,7 +340,7 @@ def export(mlir: str, path: str, target_name: str = "cpu") -> list[str]:
     # the flags in the file: IREE's defaults compute other numbers (float64 demoted to float32, constants folded at
     # compile time by other code: a float32 sum of 10**6 0.1s was 1% off)
     flags = " ".join((f"--iree-hal-target-backends={cache.TARGET_BACKENDS[target_name]}",
-                      *cache.target_flags(target_name), *EXPORT_FLAGS))  # fmt: skip
+                      *cache.compiler_flags(mlir, target_name, EXPORT_FLAGS)))  # fmt: skip
     with open(base + ".mlir", "w") as handle:
         handle.write(f"// Compiled by Slope with: iree-compile {flags} {os.path.basename(base)}.mlir\n{mlir}")
     with open(base + ".vmfb", "wb") as handle:
