@@ -1245,3 +1245,128 @@ def test_a_linear_layer_with_a_numpy_weight_says_so():
     layer.weight = np.array([[1.0, 2.0]], dtype=np.float32)
     with pytest.raises(TypeError, match="nn.Linear: the weight is a numpy.ndarray, not a slope Tensor"):
         layer(slope.tensor([[1.0, 1.0]]))
+
+
+class _Layers(list):
+    """An unregistered list subclass (flattened as a list)."""
+
+
+_Pair = collections.namedtuple("_Pair", "layer scale")
+
+
+def _held(kind: str, lin: nn.Linear) -> object:
+    """`lin` held in the container kind `kind`."""
+    return {
+        "mixed": [(lin, 0.5)],
+        "nested": {"a": [lin]},
+        "namedtuple": _Pair(lin, 2),
+        "deque": collections.deque([lin]),
+        "subclass": _Layers([lin]),
+    }[kind]
+
+
+class _FastHolder(nn.Module):
+    """Holds a Linear in some container (`held`) and a jit or bound method of it in some attribute (`fast`)."""
+
+    def __init__(self, held: str, fast: str) -> None:
+        super().__init__()
+        lin = nn.Linear(3, 3)
+        self.blocks = _held(held, lin)
+        self.fast = {
+            "jit": slope.jit(lin),
+            "method": lin.forward,
+            "list-of-jit": [slope.jit(lin), 2.0],
+            "dict-of-method": {"f": lin.forward},
+            "tuple-in-dict": {"f": (1, slope.jit(lin))},
+        }[fast]
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        fast = self.fast
+        fast = fast[0] if isinstance(fast, list) else fast["f"] if isinstance(fast, dict) else fast
+        return (fast[1] if isinstance(fast, tuple) else fast)(x)
+
+    def lin(self) -> nn.Linear:
+        return next(m for m in self.modules() if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize(
+    "held, fast",
+    [(held, "jit") for held in ("mixed", "nested", "namedtuple", "deque", "subclass")]
+    + [("mixed", "method"), ("nested", "list-of-jit"), ("subclass", "dict-of-method"), ("deque", "tuple-in-dict")],
+)
+def test_a_jit_or_bound_method_of_a_module_in_any_container_is_rebound(held: str, fast: str) -> None:
+    # rebinding followed only attributes and exact list/tuple/dict items, and only a jit or method stored directly as
+    # an attribute: with `lin` in `[(lin, 0.5)]`, a namedtuple, a deque, a list subclass, or the jit in `[jit(lin)]`,
+    # the copy's jit ran the original module's weights: zero gradients, a jitted SGD loop that never trained
+    model, x = _FastHolder(held, fast), slope.ones(2, 3)
+    grads = nn.grad(lambda m: m(x).sum())(model)
+    np.testing.assert_array_equal(grads.lin().weight.numpy(), np.full((3, 3), 2.0))  # d(lin(x)).sum() / dW
+    np.testing.assert_array_equal(grads.lin().bias.numpy(), np.full(3, 2.0))
+    run, calls = counting_jit()
+    optimizer = nn.optim.SGD(lr=0.25)
+    state, bias = optimizer.init(model), model.lin().bias.numpy()
+    for _ in range(3):
+        model, state = optimizer.step(model, slope.jit(nn.grad(lambda m: m(x).sum()))(model), state)
+        assert_close(run(model, x), model.lin()(x).numpy())
+    assert_close(model.lin().bias.numpy(), bias - 1.5)  # (3 steps of 0.25 * 2: it trains)
+    assert len(calls) == 1  # (a stepped model keeps the structure: no new trace)
+    assert type(model.blocks) is type(_held(held, nn.Linear(1, 1)))
+
+
+def test_a_static_dict_is_keyed_by_its_insertion_order():
+    # a static dict's key was sorted by repr(key): reordered in place (a forward iterating it computes another
+    # function), jit reran the old program (eager 4, jit 3)
+    class Ops(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = slope.ones(3)
+            self.ops = {"scale": 2.0, "shift": 1.0}
+
+        def forward(self, x: slope.Tensor) -> slope.Tensor:
+            x = x * self.w
+            for name, value in self.ops.items():
+                x = x * value if name == "scale" else x + value
+            return x
+
+    model, x = Ops(), slope.ones(3)
+    jitted = slope.jit(model)
+    np.testing.assert_array_equal(jitted(x).numpy(), np.full(3, 3.0))
+    model.ops["scale"] = model.ops.pop("scale")
+    np.testing.assert_array_equal(model(x).numpy(), np.full(3, 4.0))
+    np.testing.assert_array_equal(jitted(x).numpy(), np.full(3, 4.0))
+
+
+class _JitBeside(nn.Module):
+    """Holds a Linear and its jit side by side in one container, with a static number."""
+
+    def __init__(self, kind: type = list) -> None:
+        super().__init__()
+        lin = nn.Linear(3, 3)
+        self.blocks = kind([(lin, slope.jit(lin)), 0.5])
+
+    def forward(self, x: slope.Tensor) -> slope.Tensor:
+        return self.blocks[0][1](x)
+
+
+@pytest.mark.parametrize("kind", [list, _Layers])
+def test_a_jit_beside_its_module_in_a_container_is_rebound(kind: type) -> None:
+    model, x = _JitBeside(kind), slope.ones(2, 3)
+    grads = nn.grad(lambda m: m(x).sum())(model)
+    np.testing.assert_array_equal(grads.blocks[0][0].weight.numpy(), np.full((3, 3), 2.0))
+    run, calls = counting_jit()
+    optimizer = nn.optim.SGD(lr=0.25)
+    state = optimizer.init(model)
+    for _ in range(2):
+        model, state = optimizer.step(model, nn.grad(lambda m: m(x).sum())(model), state)
+        assert_close(run(model, x), model.blocks[0][0](x).numpy())
+    assert model.blocks[0][1].owner is model.blocks[0][0] and type(model.blocks) is kind and len(calls) == 1
+
+
+def test_load_state_dict_keeps_a_jitted_submodule_bound_to_the_module_itself():
+    # load_state_dict assigned the jit of the rebuilt copy: bound to that copy's submodule, outside the model's tree,
+    # so later copies (grad, optimizer steps) kept it and it ran the loaded weights for ever (zero gradients)
+    model, x = Holder(), slope.ones(1, 3)
+    model.load_state_dict({name: tensor * 0 + 1.0 for name, tensor in model.state_dict().items()})
+    assert model.fast.owner is model.sub and model.double.__self__ is model
+    grads = nn.grad(lambda m: m(x).sum())(model)
+    np.testing.assert_array_equal(grads.sub.weight.numpy(), np.full((3, 3), 3.0))

@@ -7,14 +7,18 @@ activation names, `training`), and every item of such a container that is neithe
 `train()`/`eval()` compiles a separate program. An unregistered list, tuple or dict subclass is flattened as its base
 type and rebuilt as the subclass.
 
-Static attributes are compared by content, keyed again at each flatten (each jit call): lists, dicts, sets, NumPy
-arrays by their items or bytes (a large constant table costs a copy per call: make it a buffer), dataclasses and
-config objects (SimpleNamespace, argparse.Namespace) by their attributes, so a config changed in place compiles
-again. A plain object attribute is keyed by identity: replace it, don't mutate it, or use a dataclass/SimpleNamespace
-(a dataset, tokenizer or logger held by a model costs nothing per call, and changing its state retraces nothing). A
-jitted submodule (`self.fast = slope.jit(self.sub)`) or a bound method of a module in the tree is rebound to the
-copy's own submodule when the tree is rebuilt, so jit and grad read the weights they are given (the jitted one keeps
-its compile cache).
+Static attributes are compared by content, keyed again at each flatten (each jit call): lists, dicts (in their insertion
+order: a forward may iterate them), sets, NumPy arrays by their items or bytes (a large constant table costs a copy per
+call: make it a buffer), dataclasses and config objects (SimpleNamespace, argparse.Namespace) by their attributes, so a
+config changed in place compiles again. A plain object attribute is keyed by identity: replace it, don't mutate it, or
+use a dataclass/SimpleNamespace (a dataset, tokenizer or logger held by a model costs nothing per call, and changing its
+state retraces nothing). A jitted submodule (`self.fast = slope.jit(self.sub)`) or a bound method of a module in the
+tree, as an attribute or in a list, tuple or dict attribute (`[slope.jit(self.sub)]`, `{"f": self.sub.forward}`,
+`[(self.sub, slope.jit(self.sub))]`), is rebound to the copy's own submodule when the tree is rebuilt, wherever that
+submodule is held (any container kind above), so jit and grad read the weights they are given (the jitted one keeps its
+compile cache). What cannot be rebound keeps the original module (its weights of the time, zero gradients): a lambda or
+closure capturing a module, `slope.vmap(self.sub)` (a closure), a jit in a dataclass, namespace, set or deque attribute
+holding no tensors or modules; call these inside `forward` instead (`slope.vmap(self.sub)(x)`).
 
 Kinds of tensor attributes:
 
@@ -65,10 +69,11 @@ __all__ = [
 ]
 
 
-def _freeze(value: Any, within: list | None = None) -> Any:
+def _freeze(value: Any, within: list | None = None, found: list | None = None) -> Any:
     """A hashable key for a static attribute value (lists, dicts, dataclasses and namespaces by content; floats by
     their bits, so -0.0 is not 0.0 and a NaN finds a NaN; any other object by its own hash, or identity). `within`
-    holds the ids of the containers being keyed around it: a container holding itself is keyed by where it is."""
+    holds the ids of the containers being keyed around it: a container holding itself is keyed by where it is. With
+    `found`, a jit or bound method in lists, tuples and dicts is appended to it and keyed by its place there."""
     if isinstance(value, (float, np.floating)):  # (NumPy's too: np.float32(-0.0) == 0.0)
         return (type(value), float(value).hex())
     if isinstance(value, np.ndarray):
@@ -82,9 +87,12 @@ def _freeze(value: Any, within: list | None = None) -> Any:
         if id(value) in within:  # (a cycle: `cfg.parent = cfg`)
             return ("cycle", within.index(id(value)))
         within.append(id(value))
-        key = _freeze_container(value, within)
+        key = _freeze_container(value, within, found)
         within.pop()
         return key
+    if found is not None and isinstance(value, (slope.jit, types.MethodType)):
+        found.append(value)
+        return ("found", len(found) - 1)
     try:
         hash(value)
     except TypeError:
@@ -92,13 +100,13 @@ def _freeze(value: Any, within: list | None = None) -> Any:
     return (type(value), value)
 
 
-def _freeze_container(value: Any, within: list) -> Any:
-    """`_freeze` of a list, tuple, dict, set, dataclass or namespace: by its items (a config: by its attributes)."""
+def _freeze_container(value: Any, within: list, found: list | None = None) -> Any:
+    """`_freeze` of a list, tuple, dict, set, dataclass or namespace: by its items (a config: by its attributes); a
+    dict by its items in insertion order (a forward may iterate it: `{"a": 1, "b": 2}` is not `{"b": 2, "a": 1}`)."""
     if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_freeze(v, within) for v in value))
+        return (type(value).__name__, tuple(_freeze(v, within, found) for v in value))
     if isinstance(value, dict):
-        items = ((repr(k), _freeze(v, within)) for k, v in value.items())
-        return ("dict", tuple(sorted(items, key=lambda kv: kv[0])))
+        return ("dict", tuple((repr(k), _freeze(v, within, found)) for k, v in value.items()))
     if isinstance(value, (set, frozenset)):
         return ("set", frozenset(_freeze(v, within) for v in value))
     if isinstance(value, (types.SimpleNamespace, argparse.Namespace)):  # (a config: by its attributes)
@@ -112,9 +120,9 @@ class _Static:
 
     __slots__ = ("value", "key", "hash")
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, key: Any = None):
         self.value = value
-        self.key = _freeze(value)
+        self.key = _freeze(value) if key is None else key
         self.hash = hash(self.key)
 
     def __eq__(self, other: object) -> bool:
@@ -139,9 +147,7 @@ class _Rebound(_Static):
 
     def rebind(self, root: Module) -> Any:
         """The value bound to the module at `path` under `root`."""
-        target = root
-        for by_attribute, step in self.path:
-            target = target.__dict__[step] if by_attribute else target[step]
+        target = _module_at(root, self.path)
         if isinstance(self.value, types.MethodType):
             return types.MethodType(self.value.__func__, target)
         rebound = copy.copy(self.value)  # (one compile cache: the copy shares the jit's)
@@ -149,23 +155,99 @@ class _Rebound(_Static):
         return rebound
 
 
-def _module_path(root: Module, target: Module, depth: int = 0) -> tuple | None:
-    """The steps from `root` to the submodule `target` (attributes, items of lists, tuples and dicts), or None."""
+class _BoundIn(_Static):
+    """A static container attribute holding jits or bound methods of modules in the tree (`[slope.jit(self.sub)]`,
+    `{"f": self.sub.forward}`), or a child container holding them besides modules (`[(self.sub, slope.jit(self.sub))]`):
+    the rebuilt module gets the container with each of them bound to its own counterpart."""
+
+    __slots__ = ("bound", "child")
+
+    def __init__(self, value: Any, key: Any, bound: tuple, child: bool):
+        super().__init__(value, ("bound in", key, tuple(rebound.key for rebound in bound)))
+        self.bound, self.child = bound, child
+
+    def rebind(self, root: Module, container: Any = None) -> Any:
+        """The container (the static one, or the rebuilt child `container`) with its jits and methods rebound."""
+        new = {id(rebound.value): rebound.rebind(root) for rebound in self.bound}
+        return _replaced(self.value if container is None else container, new, [])
+
+
+def _replaced(value: Any, new: dict, within: list) -> Any:
+    """`value` with the objects whose ids are keys of `new` replaced, through lists, tuples, dicts, deques and other
+    pytree nodes (a new container where something in it was replaced: the original is left alone)."""
+    if id(value) in new:
+        return new[id(value)]
+    if type(value) in _SCALARS or isinstance(value, (Tensor, Module)) or id(value) in within:
+        return value
+    within.append(id(value))
+    try:
+        if isinstance(value, dict):
+            changed = {k: v for k, item in value.items() if (v := _replaced(item, new, within)) is not item}
+            if not changed:
+                return value
+            result = copy.copy(value)  # (a dict subclass, OrderedDict, defaultdict: their kind and order kept)
+            for k, v in changed.items():
+                dict.__setitem__(result, k, v)
+            return result
+        if isinstance(value, (list, tuple)):
+            items = [_replaced(item, new, within) for item in value]
+            if all(a is b for a, b in zip(items, value)):
+                return value
+            if type(value) in (list, tuple):
+                return type(value)(items)
+            if hasattr(value, "_fields"):  # (a namedtuple)
+                return type(value)._make(items)
+            rebuilt = _Subclass.unflatten((type(value), None), [items])  # (a list or tuple subclass: no __init__)
+            rebuilt.__dict__.update(getattr(value, "__dict__", {}))
+            return rebuilt
+        if optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE):
+            return value
+        items, aux, _, rebuild = optree.tree_flatten_one_level(value, namespace=slope.tree.NAMESPACE)
+        replaced = [_replaced(item, new, within) for item in items]
+        if all(a is b for a, b in zip(replaced, items)):
+            return value
+        return collections.deque(replaced, value.maxlen) if type(value) is collections.deque else rebuild(aux, replaced)
+    finally:
+        within.pop()
+
+
+def _submodules(value: Any, name: str) -> list[Module]:
+    """The modules of an attribute value: itself, or those held in it as a container (in flatten order)."""
+    if isinstance(value, Module):
+        return [value]
+    if type(value) in (list, tuple) and all(isinstance(item, Module) for item in value):
+        return list(value)  # (the common kind: a list of layers)
+    if type(value) in _SCALARS or isinstance(value, Tensor) or not _is_child(value):
+        return []
+    return [module for _, module in _container_modules(value, name)]
+
+
+def _module_path(root: Module, target: Module, seen: set | None = None) -> tuple | None:
+    """The steps from `root` to the submodule `target`, or None: (attribute, None) to a module attribute, (attribute,
+    i) to the i-th module held in a container attribute (of any kind Module flattens: lists, tuples, dicts,
+    namedtuples, deques, registered classes, list subclasses, mixed with other values)."""
     if root is target:
         return ()
-    if depth > 32:
-        return None
+    seen = set() if seen is None else seen
+    seen.add(id(root))
     for name, value in root.__dict__.items():
-        if isinstance(value, Module):
-            found = _module_path(value, target, depth + 1)
+        if type(value) in _SHARED or type(value) is Tensor:
+            continue
+        for index, module in enumerate(_submodules(value, name)):
+            if id(module) in seen:
+                continue
+            found = _module_path(module, target, seen)
             if found is not None:
-                return ((True, name), *found)
-        elif type(value) in (list, tuple, dict):
-            for key, item in value.items() if type(value) is dict else enumerate(value):
-                found = _module_path(item, target, depth + 1) if isinstance(item, Module) else None
-                if found is not None:
-                    return ((True, name), (False, key), *found)
+                return ((name, None if isinstance(value, Module) else index), *found)
     return None
+
+
+def _module_at(root: Module, path: tuple) -> Module:
+    """The module at `path` (from `_module_path`) under `root`."""
+    for name, index in path:
+        value = root.__dict__[name]
+        root = value if index is None else _submodules(value, name)[index]
+    return root
 
 
 def _rebound(root: Module, value: Any) -> _Rebound | None:
@@ -175,6 +257,40 @@ def _rebound(root: Module, value: Any) -> _Rebound | None:
     if not isinstance(owner, Module) or (path := _module_path(root, owner)) is None:
         return None
     return _Rebound(value, path, ("bound", path, id(value.cache) if is_jit else value.__func__))
+
+
+def _static_entry(root: Module, value: Any) -> _Static:
+    """The static entry of an attribute value: a `_BoundIn` where it is a container holding jits or bound methods of
+    modules in `root`'s tree, else a `_Static`."""
+    found: list = []
+    key = _freeze(value, None, found)
+    if not found:
+        return _Static(value, key)
+    rebounds = [_rebound(root, item) for item in found]
+    bound = tuple(rebound for rebound in rebounds if rebound is not None)
+    if not bound:
+        return _Static(value)  # (jits of other models: by their identity)
+    keys = tuple(_freeze(item) if rebound is None else rebound.key for item, rebound in zip(found, rebounds))
+    return _BoundIn(value, (key, keys), bound, child=False)
+
+
+def _bound_in_child(root: Module, child: Any) -> _BoundIn | None:
+    """For a child container mixing modules with jits or bound methods of modules in `root`'s tree (a `_Mixed`), the
+    `_BoundIn` that rebinds them in the rebuilt container."""
+    if type(child) is _Subclass:  # (an unregistered list subclass: its base-type content)
+        child.content = child = _container_child(_base(child.value))
+    if type(child) is not _Mixed:
+        return None
+    structure, others = child.static
+    kinds = (slope.jit, types.MethodType)
+    rebounds = [_rebound(root, item.value) if isinstance(item.value, kinds) else None for _, item in others]
+    bound = tuple(rebound for rebound in rebounds if rebound is not None)
+    if not bound:
+        return None
+    # (in the structure too by path and compile cache, not by identity: a copy holds copies, and compiles nothing new)
+    others = tuple((i, item if rebound is None else rebound) for (i, item), rebound in zip(others, rebounds))
+    child.static = (structure, others)
+    return _BoundIn(None, None, bound, child=True)
 
 
 def _holds(value: Any) -> bool:
@@ -236,17 +352,19 @@ class _Subclass:
     (its tensors read at each jit call and trained, as a list's; they were one opaque leaf, baked into jit's program),
     rebuilt as the subclass with its attributes."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "content")
 
     def __init__(self, value: Any) -> None:
         self.value = value
+        self.content = None  # (the base-type container's child, where already made)
 
     @staticmethod
     def flatten(node: _Subclass) -> tuple[list, tuple]:
         """The base-type container's child, and the subclass with its attributes (static)."""
         value = node.value
         attributes = getattr(value, "__dict__", None)
-        return [_container_child(_base(value))], (type(value), _Static(attributes) if attributes else None)
+        content = _container_child(_base(value)) if node.content is None else node.content
+        return [content], (type(value), _Static(attributes) if attributes else None)
 
     @staticmethod
     def unflatten(static: tuple, children: list) -> Any:
@@ -352,10 +470,11 @@ class Module:
             elif (kind is slope.jit or kind is types.MethodType) and (rebound := _rebound(self, value)):
                 entries.append((name, rebound))
             elif _is_child(value):
-                children.append(_container_child(value))
-                entries.append(name)
+                children.append(child := _container_child(value))
+                bound = _bound_in_child(self, child)  # (`[(sub, slope.jit(sub))]`: rebound in the rebuilt container)
+                entries.append(name if bound is None else (name, bound))
             else:
-                entries.append((name, _Static(value)))
+                entries.append((name, _static_entry(self, value)))
         return children, tuple(entries)
 
     @classmethod
@@ -368,13 +487,14 @@ class Module:
         for entry in aux:
             if type(entry) is str:
                 attributes[entry] = next(iterator)
-            elif type(entry[1]) is _Rebound:
-                attributes[entry[0]] = None  # (bound below, once the submodules are in place; the order kept)
+            elif type(entry[1]) is _Rebound or type(entry[1]) is _BoundIn:
+                # (bound below, once the submodules are in place; the order kept; a child container is rebuilt here)
+                attributes[entry[0]] = next(iterator) if getattr(entry[1], "child", False) else None
                 rebound.append(entry)
             else:
                 attributes[entry[0]] = entry[1].value
         for name, static in rebound:
-            attributes[name] = static.rebind(obj)
+            attributes[name] = static.rebind(obj, attributes[name]) if type(static) is _BoundIn else static.rebind(obj)
         return obj
 
     # ------------------------------------------------------------------------------------------- calling
@@ -663,6 +783,8 @@ def _merged(current: Any, value: Any) -> Any:
     if isinstance(current, Module) and isinstance(value, Module) and type(current) is type(value):
         _assign(current, value)
         return current
+    if _same_binding(current, value):  # (the copy's jit or method is bound to the copy's module: keep the own one)
+        return current
     if isinstance(current, (list, tuple)) and type(value) is type(current) and len(current) == len(value):
         items = [_merged(old, new) for old, new in zip(current, value)]
         if isinstance(current, list):
@@ -684,6 +806,17 @@ def _merged(current: Any, value: Any) -> Any:
                 return current
             return rebuild(aux, items)
     return value
+
+
+def _same_binding(current: Any, value: Any) -> bool:
+    """Whether `value` is `current` (a jit or bound method of a module) rebound to a copy of its module."""
+    if isinstance(current, slope.jit) and isinstance(value, slope.jit):
+        same, owners = current.cache is value.cache, (current.owner, value.owner)
+    elif isinstance(current, types.MethodType) and isinstance(value, types.MethodType):
+        same, owners = current.__func__ is value.__func__, (current.__self__, value.__self__)
+    else:
+        return False
+    return same and isinstance(owners[0], Module) and type(owners[0]) is type(owners[1])
 
 
 # ----------------------------------------------------------------------------------------------- leaf kinds
