@@ -1370,3 +1370,37 @@ def test_load_state_dict_keeps_a_jitted_submodule_bound_to_the_module_itself():
     assert model.fast.owner is model.sub and model.double.__self__ is model
     grads = nn.grad(lambda m: m(x).sum())(model)
     np.testing.assert_array_equal(grads.sub.weight.numpy(), np.full((3, 3), 3.0))
+
+
+class _SlotsList(list):
+    __slots__ = ("tag",)
+
+
+class _NoDictList(list):
+    __slots__ = ()
+
+
+def test_a_list_subclass_with_slots_keeps_them_when_rebuilt():
+    """A list subclass with __slots__ lost its slot values when the model was rebuilt (jit, grad, load_state_dict:
+    "'_SlotsList' object has no attribute 'tag'"), and one without a __dict__ holding a jit of a submodule crashed
+    ("no attribute '__dict__'"); both worked at the session's start."""
+
+    class Tagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sub = nn.Linear(3, 3)
+            self.layers = _SlotsList([nn.Linear(3, 3)])
+            self.layers.tag = "relu"
+            self.fast = _NoDictList([slope.jit(self.sub)])
+
+        def forward(self, x):
+            return getattr(slope, self.layers.tag)(self.layers[0](x)) + self.fast[0](x)
+
+    model, x = Tagged(), slope.ones((2, 3))
+    expected = model(x).numpy()
+    np.testing.assert_allclose(slope.jit(model)(x).numpy(), expected, rtol=1e-6)
+    grads = nn.grad(lambda m: m(x).sum())(model)
+    assert grads.layers.tag == "relu" and type(grads.fast) is _NoDictList
+    np.testing.assert_allclose(grads.sub.bias.numpy(), np.full(3, 2.0), rtol=1e-6)  # d/dbias of the jitted sub
+    model.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-6)

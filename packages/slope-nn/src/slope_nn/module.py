@@ -198,7 +198,7 @@ def _replaced(value: Any, new: dict, within: list) -> Any:
             if hasattr(value, "_fields"):  # (a namedtuple)
                 return type(value)._make(items)
             rebuilt = _Subclass.unflatten((type(value), None), [items])  # (a list or tuple subclass: no __init__)
-            rebuilt.__dict__.update(getattr(value, "__dict__", {}))
+            _set_attributes(rebuilt, _attributes(value))
             return rebuilt
         if optree.tree_is_leaf(value, namespace=slope.tree.NAMESPACE):
             return value
@@ -347,6 +347,23 @@ def _base(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else tuple(value)
 
 
+def _attributes(value: Any) -> dict:
+    """A container subclass instance's own attributes: its __dict__ and the values of its __slots__."""
+    attributes = dict(getattr(value, "__dict__", {}))
+    for cls in type(value).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                attributes[name] = getattr(value, name)
+    return attributes
+
+
+def _set_attributes(obj: Any, attributes: dict) -> None:
+    """Give a rebuilt container subclass instance its attributes back (slots too; its own __setattr__ bypassed)."""
+    for name, value in attributes.items():
+        object.__setattr__(obj, name, value)
+
+
 class _Subclass:
     """An unregistered list, tuple or dict subclass attribute holding tensors or modules: flattened as its base type
     (its tensors read at each jit call and trained, as a list's; they were one opaque leaf, baked into jit's program),
@@ -362,7 +379,7 @@ class _Subclass:
     def flatten(node: _Subclass) -> tuple[list, tuple]:
         """The base-type container's child, and the subclass with its attributes (static)."""
         value = node.value
-        attributes = getattr(value, "__dict__", None)
+        attributes = _attributes(value)
         content = _container_child(_base(value)) if node.content is None else node.content
         return [content], (type(value), _Static(attributes) if attributes else None)
 
@@ -377,7 +394,7 @@ class _Subclass:
             obj = kind.__new__(kind)
             list.extend(obj, content) if isinstance(obj, list) else dict.update(obj, content)
         if attributes is not None:
-            obj.__dict__.update(attributes.value)
+            _set_attributes(obj, attributes.value)
         return obj
 
 
@@ -467,8 +484,8 @@ class Module:
             elif isinstance(value, (Tensor, Module)):
                 children.append(value)
                 entries.append(name)
-            elif (kind is slope.jit or kind is types.MethodType) and (rebound := _rebound(self, value)):
-                entries.append((name, rebound))
+            elif kind is slope.jit or kind is types.MethodType:  # (of a module of the tree: rebound; else by identity)
+                entries.append((name, _rebound(self, value) or _Static(value)))
             elif _is_child(value):
                 children.append(child := _container_child(value))
                 bound = _bound_in_child(self, child)  # (`[(sub, slope.jit(sub))]`: rebound in the rebuilt container)
