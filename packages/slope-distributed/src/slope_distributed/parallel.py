@@ -224,9 +224,8 @@ class data_parallel:  # noqa: N801 - used as a decorator, like slope.jit
         self.static = set(step.static_argnums) | {i - step.shift for i in step.named_positions} if jitted else set()
         self.static_names = set(step.static_argnames) if jitted else set()
         self.donate_argnums: tuple[int, ...] = tuple(step.donate_argnums) if jitted else ()  # (as slope.jit's)
-        functools.update_wrapper(
-            self, self.fn, updated=("__dict__",) if inspect.isroutine(self.fn) else ()
-        )  # (no model's)
+        copied = ("__dict__",) if inspect.isroutine(self.fn) else ()  # (a function's attributes, not a model's)
+        functools.update_wrapper(self, self.fn, updated=copied)
         self.cache: dict[tuple, SplitProgram] = {}
 
     def lower(self, *args: Any, **kwargs: Any) -> SplitProgram:
