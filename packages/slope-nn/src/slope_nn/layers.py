@@ -461,7 +461,7 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """Root-mean-square normalization over the trailing dimensions (eps defaults to float32's machine epsilon)."""
+    """Root-mean-square normalization over the trailing dimensions (eps defaults to the input dtype's machine epsilon)."""
 
     def __init__(self, normalized_shape: Any, eps: float | None = None, elementwise_affine: bool = True,
                  dtype: Any = None) -> None:  # fmt: skip

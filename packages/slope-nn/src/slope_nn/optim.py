@@ -109,7 +109,8 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
 def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, final_lr: float = 0.0) -> Schedule:
     """lr * (step + 1) / warmup_steps for the first warmup_steps steps, then a cosine from lr down to final_lr
     at total_steps, then final_lr (PyTorch's SequentialLR of LinearLR(1 / warmup_steps, total_iters=warmup_steps - 1)
-    and CosineAnnealingLR(total_steps - warmup_steps, final_lr))."""
+    and CosineAnnealingLR(total_steps - warmup_steps, final_lr) up to total_steps; after it PyTorch's cosine rises
+    again, this one stays at final_lr, as optax's warmup_cosine_decay_schedule)."""
     _at_least_one("warmup_cosine", 0, warmup_steps=warmup_steps)  # (0.5, 5.5 and True were taken as step counts)
     _at_least_one("warmup_cosine", total_steps=total_steps)
     if not 0 <= warmup_steps < total_steps:
