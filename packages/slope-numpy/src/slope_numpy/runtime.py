@@ -94,9 +94,18 @@ def _bfloat16(dtype: np.dtype) -> bool:
     return dtype.kind == "V"
 
 
-def scatter_nd(x, idx, updates):
+def scatter_add(x, idx, src, axis):
+    """x with src added at idx along axis (repeats accumulate) for slope.scatter_add (registered by slope-nn), whose
+    out-of-range error names it: run through its procedure, a scatter_nd, the error named that internal operator."""
+    coords = list(np.indices(idx.shape, sparse=True))
+    coords[axis] = idx
+    return scatter_nd(x, np.stack(np.broadcast_arrays(*coords), -1), src, "scatter_add")
+
+
+def scatter_nd(x, idx, updates, name="scatter_nd (x.at[index], gradients of x[index])"):
     """A copy of x with updates added at idx (repeated indices accumulate; float16 and bfloat16 in float32, rounded
-    once, as onnxruntime: 1000 bfloat16 ones added one by one in bfloat16 stop at 256)."""
+    once, as onnxruntime: 1000 bfloat16 ones added one by one in bfloat16 stop at 256); an index out of range is an
+    IndexError naming `name`."""
     wide = np.float32 if x.dtype == np.float16 or _bfloat16(x.dtype) else x.dtype
     if idx.shape[-1] == 0:  # every update adds to all of x
         return (x + np.sum(updates.reshape((-1,) + np.shape(x)), axis=0, dtype=wide)).astype(x.dtype)
@@ -106,7 +115,10 @@ def scatter_nd(x, idx, updates):
     try:
         np.add.at(out, tuple(np.moveaxis(idx, -1, 0)), updates.astype(wide, copy=False))
     except IndexError as error:
-        raise IndexError(f"slope.scatter_nd (x.at[index], gradients of x[index]): {error}") from None
+        raise IndexError(
+            f"slope.{name}: an index is out of range (indices must lie in [-size, size) of the dimension they index); "
+            f"numpy: {error}"
+        ) from None
     return out.astype(x.dtype, copy=False)
 
 
