@@ -31,6 +31,31 @@ def test_functional_is_registered_by_the_nn_plugin():
     assert {"softmax", "gelu"} <= set(slope.plugins.operators)  # operators since they have fused kernels
 
 
+def test_functional_lists_only_its_public_functions_each_with_a_docstring():
+    """dir(slope.nn.functional), the torch.nn.functional analogue, listed ~17 internal helpers (check_indices, ints,
+    reduce_loss, dropped, ...) and the modules np, math, slope: now only `__all__`, the functions the README lists
+    (in its Functions section), each callable with a docstring."""
+    import inspect
+    import pathlib
+
+    readme = pathlib.Path(__file__).parents[1] / "README.md"
+    listed = {
+        "sigmoid", "leaky_relu", "gelu", "silu", "softplus", "softmax", "log_softmax", "logsumexp", "one_hot",
+        "linear", "conv_transpose", "avg_pool", "cross_entropy", "scaled_dot_product_attention", *OPERATORS,
+    }  # fmt: skip
+    assert set(F.__all__) == listed and len(F.__all__) == len(listed)
+    assert dir(F) == sorted(F.__all__)
+    for name in F.__all__:
+        function = getattr(F, name)
+        assert callable(function) and not inspect.ismodule(function), name
+        assert (inspect.getdoc(function) or "").strip(), f"{name} has no docstring"
+        if readme.exists():
+            assert f"`{name}" in readme.read_text(), f"{name} is not in slope-nn's README"
+    names = {}
+    exec("from slope.nn.functional import *", names)
+    assert set(names) - {"__builtins__"} == listed
+
+
 def test_relu_keeps_nan_and_has_derivative_zero_at_zero():
     x = slope.tensor([float("nan"), -math.inf, -1.0, 0.0, 2.0, math.inf])
     out = slope.relu(x).numpy()

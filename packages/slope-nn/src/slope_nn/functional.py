@@ -63,6 +63,12 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The public functions (`__all__`): dir() listed the helpers slope-nn's modules share and the modules imported
+    here (np, math, slope, ...) among them, where `slope.nn.functional` stands for torch.nn.functional."""
+    return sorted(__all__)
+
+
 def _float(x: Any) -> Tensor:
     """x as a tensor, integers and bools converted to the default float (as PyTorch's float functions do)."""
     x = _tensor(x)
