@@ -1175,16 +1175,6 @@ def _random_key_forward(model: Any) -> bool:
     return bool(getattr(model, "forward_key_is_random", False))
 
 
-def _stop_non_trainable(model: Any) -> Any:
-    leaves, treedef = slope.tree.flatten(model)
-    kinds = leaf_kinds(model)
-    new_leaves = [
-        slope.stop_gradient(leaf) if kind != "param" and isinstance(leaf, Tensor) else leaf
-        for leaf, (_, kind) in zip(leaves, kinds)
-    ]
-    return slope.tree.unflatten(treedef, new_leaves)
-
-
 def check_not_jitted(where: str, model: Any) -> None:
     """Refuse `slope.jit(model)` where a model is expected: the jitted function is no pytree of the model's tensors."""
     if isinstance(model, slope.jit):
@@ -1198,10 +1188,12 @@ def check_not_jitted(where: str, model: Any) -> None:
 
 def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
     """Like `slope.value_and_grad(fn)` for the first argument (a model), with buffers and frozen parameters held
-    constant (their gradients are zeros) and `has_aux` values returned as plain results.
+    constant (their gradients are zeros).
 
     `fn(model, *args) -> loss` (or `(loss, aux)`); the returned function gives `(loss, grads)` (or
-    `((loss, aux), grads)`), with `grads` shaped like the model.
+    `((loss, aux), grads)`), with `grads` shaped like the model. Held constant means left out of this derivative only:
+    an enclosing transformation (a meta-gradient's `slope.grad`, `jvp`) differentiates through the frozen parameters
+    and through aux, as `slope.value_and_grad(has_aux=True)` does.
     """
     return _value_and_grad(fn, has_aux, "slope.nn.value_and_grad")
 
@@ -1209,24 +1201,27 @@ def value_and_grad(fn: Callable, has_aux: bool = False) -> Callable:
 def _value_and_grad(fn: Callable, has_aux: bool, where: str) -> Callable:
     def value_and_grad_fn(model: Any, *args: Any, **kwargs: Any) -> Any:
         check_not_jitted(where, model)
+        leaves, treedef = slope.tree.flatten(model)
+        # buffers and frozen parameters are closed over rather than differentiated: a stop_gradient would stop every
+        # level of differentiation (ANIL's meta-gradient lost the frozen backbone's second-order terms)
+        held = [isinstance(leaf, Tensor) and kind != "param" for leaf, (_, kind) in zip(leaves, leaf_kinds(model))]
 
-        def outputs(diff_model: Any) -> tuple:
-            out = fn(_stop_non_trainable(diff_model), *args, **kwargs)
-            if not has_aux:
-                return out, None
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError("slope.nn.value_and_grad: with has_aux=True the function must return (loss, aux)")
-            loss, aux = out
-            aux = slope.tree.map(lambda a: slope.stop_gradient(a) if isinstance(a, Tensor) else a, aux)
-            return loss, aux
+        def outputs(*differentiated: Any) -> Any:
+            remaining = iter(differentiated)
+            rebuilt = slope.tree.unflatten(treedef, [leaf if h else next(remaining) for leaf, h in zip(leaves, held)])
+            out = fn(rebuilt, *args, **kwargs)
+            if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"{where}: with has_aux=True the function must return (loss, aux)")
+            return out
 
-        (loss, aux), vjp_fn = slope.vjp(outputs, model)
+        # the core's has_aux: aux leaves get no cotangent here and stay differentiable by enclosing transformations
+        loss, vjp_fn, *aux = slope.vjp(outputs, *[leaf for leaf, h in zip(leaves, held) if not h], has_aux=has_aux)
         if not isinstance(loss, Tensor) or loss.shape != () or not loss.dtype.is_float:
             described = loss.aval if isinstance(loss, Tensor) else type(loss).__name__
-            raise TypeError(f"slope.nn.value_and_grad: the loss must be a scalar floating tensor, got {described}")
-        aux_cotangent = slope.tree.map(lambda a: slope.zeros_like(a) if isinstance(a, Tensor) else a, aux)
-        (grads,) = vjp_fn((slope.ones_like(loss), aux_cotangent))
-        return ((loss, aux) if has_aux else loss), grads
+            raise TypeError(f"{where}: the loss must be a scalar floating tensor, got {described}")
+        computed = iter(vjp_fn(slope.ones_like(loss)))
+        grads = [slope.zeros_like(leaf) if h else next(computed) for leaf, h in zip(leaves, held)]
+        return ((loss, *aux) if has_aux else loss), slope.tree.unflatten(treedef, grads)
 
     return value_and_grad_fn
 
