@@ -592,3 +592,79 @@ def test_adam_bias_corrections_are_made_once_per_step_not_per_leaf():
         program = slope.jit(optimizer.step).lower(model, model, state).program
         powers = [i for i in program.instructions if i.op.name == "pow" and i.outputs[0].aval.dtype == slope.float64]
         assert len(powers) == 2, str(program)
+
+
+def _torch_hypergradient(torch, rates: list[float], momentum: float = 0.0) -> float:
+    """d(query loss)/d(lr) after SGD steps at the rates lr * rates[t] on a float64 linear regression (create_graph)."""
+    generator = np.random.default_rng(11)
+    x, y, xq, yq = (torch.from_numpy(generator.standard_normal(s)) for s in [(6, 3), (6, 1), (5, 3), (5, 1)])
+    lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    w = torch.from_numpy(np.linspace(-1.0, 1.0, 3)[:, None]).requires_grad_()
+    b = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    velocity = None
+    for rate in rates:
+        gw, gb = torch.autograd.grad(((x @ w + b - y) ** 2).mean(), [w, b], create_graph=True)
+        velocity = (gw, gb) if velocity is None else (momentum * velocity[0] + gw, momentum * velocity[1] + gb)
+        w, b = w - lr * rate * velocity[0], b - lr * rate * velocity[1]
+    (hypergradient,) = torch.autograd.grad(((xq @ w + b - yq) ** 2).mean(), [lr])
+    return hypergradient.item()
+
+
+def _slope_hypergradient(make_optimizer, steps: int, jit: bool) -> float:
+    generator = np.random.default_rng(11)
+    x, y, xq, yq = (slope.tensor(generator.standard_normal(s)) for s in [(6, 3), (6, 1), (5, 3), (5, 1)])
+    model = {"w": slope.tensor(np.linspace(-1.0, 1.0, 3)[:, None]), "b": slope.tensor([0.3], dtype=slope.float64)}
+
+    def query_loss(lr):
+        optimizer, params = make_optimizer(lr), model
+        state = optimizer.init(params)
+        for _ in range(steps):
+            grads = slope.grad(lambda p: nn.mse(x @ p["w"] + p["b"], y))(params)
+            params, state = optimizer.step(params, grads, state)
+        return nn.mse(xq @ params["w"] + params["b"], yq)
+
+    hypergradient = slope.grad(query_loss)
+    return (slope.jit(hypergradient) if jit else hypergradient)(slope.tensor(0.2, dtype=slope.float64)).item()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_hypergradients_through_a_schedule_and_linear_warmup_match_pytorch(jit):
+    """A learning rate differentiated by slope.grad (a hypergradient) works as a schedule that returns it; linear_warmup
+    of such a rate failed in float(schedule) with the generic traced-value message, while the other schedules took it.
+    Both against PyTorch's create_graph=True (float64, 1e-10)."""
+    torch = pytest.importorskip("torch")
+    cases = [
+        (lambda lr: nn.SGD(lambda step: lr), [1.0, 1.0], 0.0),
+        (lambda lr: nn.SGD(nn.optim.linear_warmup(lr, 3)), [1 / 3, 2 / 3, 1.0, 1.0], 0.0),
+        (lambda lr: nn.SGD(nn.optim.linear_warmup(lr, 2), momentum=0.9), [0.5, 1.0, 1.0], 0.9),
+    ]
+    for make_optimizer, rates, momentum in cases:
+        expected = _torch_hypergradient(torch, rates, momentum)
+        assert _slope_hypergradient(make_optimizer, len(rates), jit) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+def test_a_traced_hyperparameter_under_grad_names_the_schedule_that_works():
+    """SGD(lr) with a rate slope.grad differentiates said to use jit's static_argnums; now it names the form that
+    works for a hypergradient, SGD(lambda step: lr), and the other hyperparameters say that only the rate may be traced.
+    """
+    model = {"w": slope.ones(2)}
+    grads = {"w": slope.ones(2)}
+
+    def after_a_step(make_optimizer):
+        def loss(value):
+            optimizer = make_optimizer(value)
+            return optimizer.step(model, grads, optimizer.init(model))[0]["w"].sum()
+
+        return slope.grad(loss)(slope.tensor(0.1))
+
+    with pytest.raises(ValueError, match=r"^SGD: lr must be a Python number, .*schedule that returns it, "
+                                         r"SGD\(lambda step: lr\): for a hypergradient"):  # fmt: skip
+        after_a_step(nn.SGD)
+    with pytest.raises(ValueError, match=r"^Adam: lr .*Adam\(lambda step: lr\)"):
+        after_a_step(nn.Adam)
+    with pytest.raises(ValueError, match=r"^SGD: momentum must be a Python number, .*only the learning rate may be "
+                                         r"traced, as a schedule that returns it: SGD\(lambda step: lr\)"):  # fmt: skip
+        after_a_step(lambda value: nn.SGD(0.1, momentum=value))
+    with pytest.raises(ValueError, match=r"^linear_warmup: the rate must be a scalar, got a traced tensor of shape"):
+        slope.grad(lambda v: nn.optim.linear_warmup(v, 3)(0).sum())(slope.ones(2))
+    assert after_a_step(lambda value: nn.SGD(lambda step: value)).item() == -2.0

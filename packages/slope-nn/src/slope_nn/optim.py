@@ -21,8 +21,8 @@ import numpy as np
 
 import slope
 from slope import Tensor
+from slope.trace import Tracer
 
-from .functional import refuse_traced
 from .module import check_not_jitted, leaf_kinds
 
 __all__ = [
@@ -95,7 +95,14 @@ def cosine_decay(lr: float, total_steps: int, final_lr: float = 0.0) -> Schedule
 
 def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
     """Scale a schedule (or constant rate) linearly from 1/warmup_steps up to 1 over the first warmup_steps."""
-    base = schedule if callable(schedule) else constant_schedule(float(schedule))
+    if callable(schedule):
+        base = schedule
+    elif isinstance(schedule, Tracer):  # (a hypergradient's rate: float() failed on it; the other schedules take it)
+        if schedule.shape != ():
+            raise ValueError(f"linear_warmup: the rate must be a scalar, got a traced tensor of shape {schedule.shape}")
+        base = constant_schedule(schedule)
+    else:
+        base = constant_schedule(float(schedule))
     _at_least_one("linear_warmup", warmup_steps=warmup_steps)  # (-4 gave negative rates: gradient ascent)
 
     def warmed(step: Tensor) -> Tensor:
@@ -206,9 +213,35 @@ def _real(value: Any) -> bool:
 def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.inf) -> float:
     """A hyperparameter as a Python float in [low, high), else a ValueError naming the optimizer."""
     if not _real(value) or not low <= value < high:
-        refuse_traced(owner, name, value, ValueError)
+        _refuse_traced(owner, name, value)
         raise ValueError(f"{owner}: {name} must be a number in [{low}, {high}), got {value!r}")
     return float(value)
+
+
+def _refuse_traced(
+    owner: str, name: str, value: Any, error: type[Exception] = ValueError, kind: str = "number"
+) -> None:
+    """An error naming the optimizer when a hyperparameter is traced (under jit, grad or vmap), saying what works: a
+    traced learning rate as a schedule that returns it (a hypergradient), the others as Python values."""
+    if not isinstance(value, Tracer):
+        return
+    schedule = f"{owner}(lambda step: lr)"
+    if name == "lr":
+        works = (
+            f"a traced rate works as a schedule that returns it, {schedule}: for a hypergradient (slope.grad with "
+            "respect to the rate), a rate passed to a jitted step, or a vmap over rates; or keep it a number"
+        )
+    elif kind == "number":
+        works = (
+            f"it is read as a number, so no derivative with respect to it is taken (of the hyperparameters only "
+            f"the learning rate may be traced, as a schedule that returns it: {schedule}); keep it a number"
+        )
+    else:
+        works = f"keep it a Python {kind}"
+    raise error(f"{owner}: {name} must be a Python {kind}, but it is a traced tensor ({type(value).__name__}: a value "
+                "that slope.grad/jvp differentiates, slope.vmap batches or slope.jit traces, as it traces the jitted "
+                f"function's arguments, Python numbers too); {works}: under jit pass it through "
+                "static_argnums/static_argnames, or close over it instead of passing it as an argument")  # fmt: skip
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -273,7 +306,7 @@ class Optimizer:
 
     def __init__(self, lr: float | Schedule, trainable: Callable[[str], bool] | str | Sequence[str] | None = None):
         if not callable(lr) and not (_real(lr) and lr >= 0):
-            refuse_traced(type(self).__name__, "lr", lr, ValueError)
+            _refuse_traced(type(self).__name__, "lr", lr)
             raise ValueError(f"{type(self).__name__}: lr must be a non-negative number or a schedule, got {lr!r}")
         self.lr = lr if callable(lr) else float(lr)  # (NumPy's scalars too, as PyTorch takes them)
         self.prefixes: tuple[str, ...] = ()  # trainable's prefixes, each of which must name some parameter
@@ -286,7 +319,7 @@ class Optimizer:
     def _flag(self, name: str, value: Any) -> bool:
         """A boolean hyperparameter, else a TypeError naming the optimizer (a number there: an argument misplaced)."""
         if not isinstance(value, (bool, np.bool_)):
-            refuse_traced(type(self).__name__, name, value, kind="bool")
+            _refuse_traced(type(self).__name__, name, value, TypeError, "bool")
             owner = type(self).__name__
             raise TypeError(f"{owner}: {name} must be a bool, got {value!r} (the positional order is PyTorch's: "
                             f"{owner}{self.positional})")  # fmt: skip
