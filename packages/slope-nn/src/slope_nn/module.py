@@ -671,18 +671,6 @@ class Module:
         """Set evaluation mode (dropout off, running statistics); returns self."""
         return self.train(False)
 
-    def __deepcopy__(self, memo: dict) -> Module:
-        """copy.deepcopy: the module with copies of its tensors (refused inside jit/grad/vmap, naming what works)."""
-        traced = next((name for name, leaf, _ in self.named_leaves() if isinstance(leaf, Tracer)), None)
-        if traced is not None:  # (Tensor.numpy()'s message named neither deepcopy nor the module)
-            raise SlopeTraceError(
-                f"copy.deepcopy({type(self).__name__}): its tensor {traced!r} is traced (inside jit/grad/vmap), and a "
-                "deep copy needs concrete values. Inside a transformation copy the module as a pytree: "
-                "slope.tree.map(lambda t: t, model) (a new module that stays differentiable, to call .eval() on, "
-                "say), or slope.tree.map(slope.stop_gradient, model) (one held constant)"
-            )
-        return copy._reconstruct(self, memo, *self.__reduce_ex__(4))  # (copy's default, which this method replaces)
-
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:
         """Every parameter and buffer by dotted name."""
