@@ -157,7 +157,7 @@ def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None, 
                          reduction: str = "mean") -> Tensor:  # fmt: skip
     """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does. An input or target
     outside [0, 1] (or NaN) is an error, as in PyTorch: a ValueError where its value is known (eager, and under jvp),
-    an IndexError when the program runs (under jit, grad or vmap); a backend that cannot raise gets NaN loss and grads."""
+    an IndexError when the program runs (jit, grad, vmap); a backend that cannot raise gives a NaN loss and gradient."""
     name = "binary_cross_entropy"
     input, target, weight = _binary_args(name, input, target, weight=weight)  # noqa: A001
     traced = False
