@@ -128,6 +128,33 @@ def test_a_train_loop_alternates_between_two_sets_of_buffers_and_binds_only_the_
         assert calls == {"inputs": 6, "outputs": 0} and len(seen) == 2
 
 
+@pytest.mark.parametrize("size", [3, 50000])  # a program without a thread pool, and one with
+def test_random_feed_back_hold_and_donation_never_change_a_held_result(backend, size):
+    # results fed back as arguments (in any order, the same one twice), kept or dropped at random, some donated: the
+    # buffers an io_binding holds, or writes again, must never be ones the caller still reads
+    rng = np.random.default_rng(7)
+    body = lambda a, b: (a * 2.0, a + b, b - 1.0)  # noqa: E731
+    plain, donating = slope.jit(body), slope.jit(body, donate_argnums=(1,))
+    pool = [slope.tensor(rng.standard_normal(size).astype(np.float32)) for _ in range(4)]
+    pool = [(t, t.numpy().copy()) for t in pool]
+    for step in range(150):
+        i, j = rng.integers(len(pool), size=2)
+        (a, a_value), (b, b_value) = pool[i], pool[j]
+        donate = i != j and rng.random() < 0.2
+        outs = (donating if donate else plain)(a, b)
+        for got, want in zip(outs, (a_value * 2.0, a_value + b_value, b_value - 1.0)):
+            np.testing.assert_array_equal(got.numpy(), want)
+        if donate:
+            pool.pop(j)
+        pool += [(out, out.numpy().copy()) for out in outs if rng.random() < 0.5]
+        while len(pool) > 8:
+            pool.pop(rng.integers(len(pool)))
+        if len(pool) < 2:
+            pool.append((slope.tensor(np.full(size, step, np.float32)), np.full(size, step, np.float32)))
+        for tensor, value in pool:
+            np.testing.assert_array_equal(tensor.numpy(), value)
+
+
 def test_tensor_from_numpy_copies_once(backend):
     a = np.arange(6, dtype=np.float32)
     t = slope.tensor(a)
