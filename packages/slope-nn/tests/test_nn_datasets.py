@@ -257,3 +257,12 @@ def test_loader_and_batches_take_array_likes_and_refuse_bad_inputs_clearly():
         with pytest.raises(ValueError, match="loader: prefetch must be at least 1 .*an integer"):
             nn.datasets.loader(x, batch_size=2, prefetch=prefetch)
     assert len(list(nn.datasets.batches(x, batch_size=2, seed=np.random.default_rng(0)))) == 2  # NumPy's seeds too
+
+
+def test_loader_reads_the_order_as_it_was_when_called():
+    """The order is checked at the call and read by the loader's thread later: a change in between (here an index
+    out of range, which the thread's gather would wrap to row 3) must not reach the batches."""
+    x, order = np.arange(10, dtype=np.float32).reshape(10, 1), np.arange(10)
+    batches = nn.datasets.loader(x, batch_size=5, order=order)
+    order[0] = 13
+    assert [b[0].numpy().ravel().tolist() for b in batches] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]

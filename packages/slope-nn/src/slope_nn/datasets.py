@@ -203,7 +203,7 @@ def _plan(function: str, arrays: tuple, batch_size: int, shuffle: bool, seed: in
         raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
     if order is None:
         return arrays, (np.random.default_rng(seed).permutation(count) if shuffle else None)
-    order = np.asarray(order)
+    order = np.array(order)  # (a copy: it is checked here and read later, by the thread, with mode="wrap")
     if order.ndim != 1 or order.dtype.kind not in "iu":
         raise ValueError(f"{name}: order must be a 1-d array of row indices, got {order.shape} {order.dtype}")
     if order.size and (order.min() < -count or order.max() >= count):

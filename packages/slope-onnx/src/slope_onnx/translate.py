@@ -422,7 +422,8 @@ LEADING_SUM_ELEMENTS = 2048  # (below this, the two extra nodes cost about what 
 def _leading_sum(graph: OnnxGraph, x: str, instruction: Instruction) -> str | None:
     """A float32/float64 sum over leading axes (at most SUM_BLOCK rows) as the last row of a CumSum plus 0.0, else
     None. The values are ReduceSum's bit for bit: both add the rows one by one in order, and its sum starts from +0.0
-    (a column of -0.0 sums to +0.0, as in PyTorch: the added 0.0 does that and changes no other value)."""
+    (a column of -0.0 sums to +0.0, as in PyTorch: the added 0.0 does that and changes no other value). Only a NaN's
+    sign bit can differ, where a column holds NaNs of both signs (this keeps the first one's, as PyTorch)."""
     out, shape = _out(instruction), _in(instruction).shape
     if out.dtype not in (slope.float32, slope.float64) or _in(instruction).dtype != out.dtype:
         return None
