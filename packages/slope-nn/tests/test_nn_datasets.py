@@ -140,6 +140,31 @@ def test_loader_gives_the_batches_of_batches_as_tensors(prefetch):
             images[0, 0] = 0
 
 
+def test_loader_gathers_shuffled_rows_straight_into_onnxruntime_buffers(monkeypatch):
+    # each shuffled batch was gathered into a new array that onnxruntime's from_numpy then copied once more (4 us of
+    # a (200, 784) uint8 batch on the loader's thread, beside the step): the rows now go into the OrtValue itself
+    if "onnxruntime" not in slope.plugins.backends:
+        pytest.skip("slope-onnx is not installed")
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, (40, 7), dtype=np.uint8), rng.standard_normal((40, 2, 3)).astype(np.float16),
+              rng.random(40) > 0.5, np.arange(40, dtype=np.int64), np.arange(80.0).reshape(40, 2).astype(">f8")]  # fmt: skip
+    order = np.concatenate([rng.permutation(40)[:30], -np.arange(1, 11)])  # negative rows too (within range)
+    with slope.use_backend("onnxruntime") as backend:
+        copied = []
+        from_numpy = type(backend).from_numpy
+        monkeypatch.setattr(
+            type(backend), "from_numpy", lambda self, a, d: copied.append(a.dtype) or from_numpy(self, a, d)
+        )
+        got = list(nn.datasets.loader(*arrays, batch_size=8, order=order, drop_last=False))
+        assert [str(d) for d in copied] == ["float64"] * 5  # only the big-endian array (converted first) is copied
+    expected = list(nn.datasets.batches(*arrays, batch_size=8, order=order, drop_last=False))
+    assert len(got) == len(expected) == 5
+    for batch, want in zip(got, expected):
+        for tensor, array in zip(batch, want):
+            assert tensor.dtype == slope.tensor(array).dtype and tensor.shape == array.shape
+            np.testing.assert_array_equal(tensor.numpy(), array)
+
+
 def test_loader_stops_its_thread_and_reports_errors():
     import threading
     import time
@@ -232,3 +257,12 @@ def test_loader_and_batches_take_array_likes_and_refuse_bad_inputs_clearly():
         with pytest.raises(ValueError, match="loader: prefetch must be at least 1 .*an integer"):
             nn.datasets.loader(x, batch_size=2, prefetch=prefetch)
     assert len(list(nn.datasets.batches(x, batch_size=2, seed=np.random.default_rng(0)))) == 2  # NumPy's seeds too
+
+
+def test_loader_reads_the_order_as_it_was_when_called():
+    """The order is checked at the call and read by the loader's thread later: a change in between (here an index
+    out of range, which the thread's gather would wrap to row 3) must not reach the batches."""
+    x, order = np.arange(10, dtype=np.float32).reshape(10, 1), np.arange(10)
+    batches = nn.datasets.loader(x, batch_size=5, order=order)
+    order[0] = 13
+    assert [b[0].numpy().ravel().tolist() for b in batches] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]

@@ -203,7 +203,7 @@ def _plan(function: str, arrays: tuple, batch_size: int, shuffle: bool, seed: in
         raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
     if order is None:
         return arrays, (np.random.default_rng(seed).permutation(count) if shuffle else None)
-    order = np.asarray(order)
+    order = np.array(order)  # (a copy: it is checked here and read later, by the thread, with mode="wrap")
     if order.ndim != 1 or order.dtype.kind not in "iu":
         raise ValueError(f"{name}: order must be a 1-d array of row indices, got {order.shape} {order.dtype}")
     if order.size and (order.min() < -count or order.max() >= count):
@@ -244,9 +244,10 @@ def _as_array(name: str, i: int, value: Any) -> np.ndarray:
     return array
 
 
-def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
-            drop_last: bool) -> Iterator[tuple[np.ndarray, ...]]:  # fmt: skip
-    """The batches of rows `order` (None: in place, as views) of the arrays."""
+def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None, drop_last: bool,
+            empty: Any = None) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+    """The batches of rows `order` (None: in place, as views) of the arrays. With `empty` (a backend's `empty_cpu`),
+    rows `order` are gathered straight into new buffers of the backend's, as `_Filled` (no copy into it after)."""
     count = len(arrays[0]) if order is None else len(order)
     stop = count - count % batch_size if drop_last else count
     for start in range(0, stop, batch_size):
@@ -254,7 +255,25 @@ def _slices(arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray |
             yield tuple(a[start : start + batch_size] for a in arrays)
         else:
             index = order[start : start + batch_size]
-            yield tuple(np.take(a, index, axis=0) for a in arrays)  # (as a[index], in 3/4 of its time for rows)
+            yield tuple(_gathered(a, index, empty) for a in arrays)
+
+
+class _Filled(NamedTuple):
+    """A batch gathered into a backend's buffer: the buffer, and the shape and NumPy dtype of its rows."""
+
+    buffer: Any
+    shape: tuple
+    dtype: np.dtype
+
+
+def _gathered(array: np.ndarray, index: np.ndarray, empty: Any) -> np.ndarray | _Filled:
+    """Rows `index` (checked by `_plan`: within [-len, len)) of the array: a new array, or with `empty`, a backend
+    buffer filled in place (a (200, 784) uint8 batch: 4 us less than gathering, then copying into an OrtValue)."""
+    made = empty((len(index), *array.shape[1:]), array.dtype) if empty is not None and array.dtype.isnative else None
+    if made is None:
+        return np.take(array, index, axis=0)  # (as a[index], in 3/4 of its time for rows)
+    np.take(array, index, axis=0, out=made[1], mode="wrap")  # ("raise" gathers into a temporary and copies that)
+    return _Filled(made[0], made[1].shape, array.dtype)
 
 
 def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = True,
@@ -270,10 +289,12 @@ def loader(*arrays: np.ndarray, batch_size: int, shuffle: bool = True, seed: int
     if not _whole(prefetch, 1):
         raise ValueError(f"slope.nn.datasets.loader: prefetch must be at least 1 (an integer: the batches made ahead), "
                          f"got {prefetch!r}")  # fmt: skip
-    source = _slices(arrays, batch_size, order, drop_last)
+    backend, device = slope.get_backend(), slope.backend.default_device()  # here: a `with slope.use_backend` may end
+    # a backend that copies NumPy arrays into its own buffers gets the rows gathered into one of them instead
+    empty = getattr(backend, "empty_cpu", None) if device == "cpu" and backend.copies_from_numpy else None
+    source = _slices(arrays, batch_size, order, drop_last, empty)
     if steps is not None:
         source = itertools.islice(source, steps)
-    backend, device = slope.get_backend(), slope.backend.default_device()  # here: a `with slope.use_backend` may end
     for i, array in enumerate(arrays):  # before the first batch is asked for, and the worker must not switch backends
         try:
             dtype = slope.dtypes.as_dtype(array.dtype)
@@ -293,8 +314,10 @@ def _prefetched(source: Iterator[tuple[np.ndarray, ...]], backend: Any, device: 
     ready: queue.Queue = queue.Queue(prefetch)
     stop = threading.Event()
 
-    def to_tensor(array: np.ndarray) -> Any:
+    def to_tensor(array: np.ndarray | _Filled) -> Any:
         dtype = slope.dtypes.as_dtype(array.dtype)
+        if type(array) is _Filled:  # (gathered into the backend's buffer already)
+            return slope.Tensor(array.buffer, slope.Aval(array.shape, dtype), backend, device)
         if not array.dtype.isnative:  # big-endian data ('>f4'), as slope.tensor takes it (iree read its bytes as they
             array = array.astype(array.dtype.newbyteorder("="))  # were: 1.0 was 4.6e-41; onnxruntime refused it)
         elif not (backend.copies_from_numpy or array.flags.owndata):  # a slice of the caller's array: copy it here

@@ -403,10 +403,38 @@ def _sum(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
     if out.dtype == slope.bool_:  # a sum of bools that stays bool is `any`
         return graph.node("ReduceMax", [x, graph.int64s(dim)], shape=out.shape, keepdims=int(keepdim))
     if count == 0 or (out.dtype.is_float and count <= SUM_BLOCK):
+        leading = _leading_sum(graph, x, instruction)
+        if leading is not None:
+            return leading
         return emit(graph, "ReduceSum", [x], out.dtype, out.shape, extra=(graph.int64s(dim),), keepdims=int(keepdim))
     sizes, reduced = _merged(list(shape), [d in dim for d in range(len(shape))])
     summed = _float_sum if out.dtype.is_float else _int_sum
     return graph.reshape(summed(graph, x, out.dtype, sizes, reduced), out.shape)
+
+
+# A float sum over leading axes (a bias gradient: (batch, features) -> (features)) that keeps at most this many
+# elements per row runs as a CumSum: onnxruntime's ReduceSum takes its row-wise kernel only for more than 256 x its
+# threads, and a generic loop below that, 3-5x slower ((200, 100): 15 us against 5 us on one or two threads).
+LEADING_SUM_KEPT = 256
+LEADING_SUM_ELEMENTS = 2048  # (below this, the two extra nodes cost about what they save)
+
+
+def _leading_sum(graph: OnnxGraph, x: str, instruction: Instruction) -> str | None:
+    """A float32/float64 sum over leading axes (at most SUM_BLOCK rows) as the last row of a CumSum plus 0.0, else
+    None. The values are ReduceSum's bit for bit: both add the rows one by one in order, and its sum starts from +0.0
+    (a column of -0.0 sums to +0.0, as in PyTorch: the added 0.0 does that and changes no other value). Only a NaN's
+    sign bit can differ, where a column holds NaNs of both signs (this keeps the first one's, as PyTorch)."""
+    out, shape = _out(instruction), _in(instruction).shape
+    if out.dtype not in (slope.float32, slope.float64) or _in(instruction).dtype != out.dtype:
+        return None
+    sizes, reduced = _merged(list(shape), [d in instruction.params["dim"] for d in range(len(shape))])
+    if reduced != [True, False] or sizes[1] > LEADING_SUM_KEPT or sizes[0] * sizes[1] < LEADING_SUM_ELEMENTS:
+        return None
+    rows, kept = sizes
+    running = graph.node("CumSum", [graph.reshape(x, (rows, kept)), graph.constant(np.array(0, np.int64))],
+                         shape=(rows, kept))  # fmt: skip
+    last = graph.node("Gather", [running, graph.constant(np.array(rows - 1, np.int64))], shape=(kept,), axis=0)
+    return graph.reshape(graph.node("Add", [last, graph.scalar(0.0, out.dtype)], shape=(kept,)), out.shape)
 
 
 def _merged(sizes: list[int], reduced: list[bool]) -> tuple[list[int], list[bool]]:
