@@ -136,11 +136,15 @@ def sign(x: Any) -> Tensor:
     return x if x.dtype == dtypes.bool_ else cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
 
 
+def _numbers(name: str, x: Tensor) -> Tensor:  # x, if it is not a bool tensor (PyTorch refuses those)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    return x
+
+
 def abs_(x: Any) -> Tensor:
     """|x|."""
-    x = as_tensor(x)
-    if x.dtype == dtypes.bool_:
-        raise DTypeError(f"slope.abs: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    x = _numbers("abs", as_tensor(x))
     return x * sign(x) + 0  # + 0: |-0.0| is 0.0 (x * sign(x) is -0.0 there)
 
 
@@ -376,9 +380,7 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
 
 
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
-    x = as_tensor(x)
-    if x.dtype == dtypes.bool_:
-        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    x = _numbers(name, as_tensor(x))
     dims = normalize_dims(name, None if dim is None else ops.ints(name, [dim], "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
