@@ -196,7 +196,7 @@ def reciprocal(x: Any) -> Tensor:
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
-    mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
+    mod = ops.fmod(_numbers(name, x), y, name=name)  # (y as given: coerce traces numbers; fmod sees a 0 under jit too)
     return x, coerced, mod, (mod != 0) & ((coerced < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
