@@ -415,6 +415,17 @@ def test_custom_vjp_fwd_must_return_a_pair(on_backend):
             slope.grad(lambda x: twice(x).sum())(ones(*shape))
 
 
+def test_custom_jvp_rule_must_return_a_pair(on_backend):
+    """A rule returning the tangent alone raised "iteration over a 0-d tensor" (or, for two rows, took them as output
+    and tangent and failed later, comparing avals); now the error names the function and what the rule returned."""
+    double = slope.custom_jvp(lambda x: x * 2)
+    double.defjvp(lambda primals, tangents: tangents[0] * 2)
+    for shape, got in (((), "[f32]"), ((2,), "[2, f32]")):
+        must = r"slope\.custom_jvp: the rule of <lambda> must return a pair \(output, tangent\)"
+        with pytest.raises(TransformError, match=rf"{must}, got \{got}"):
+            slope.grad(lambda x: double(x).sum())(ones(*shape))
+
+
 def test_pow_with_a_modulo_is_a_type_error(on_backend):
     """pow(tensor, 3, 5) raised KeyError: 5 (the modulo filled a lambda's default); PyTorch raises a TypeError."""
     with pytest.raises(TypeError, match="positional arguments"):

@@ -419,8 +419,7 @@ class CustomJVPCall(_CustomCall):
     def jvp(self, primals: list, tangents: list, *, rule: Callable, **params: Any) -> tuple[list, list]:
         if not params["zeros"]:  # (the rule gets tensors of zeros, as JAX's without symbolic_zeros)
             tangents = [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
-        out, tangent_out = rule(primals, tangents)
-        outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
+        outs, tangent_outs = ([as_tensor(v) for v in tree.leaves(part)] for part in rule(primals, tangents))  # (a pair)
         got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(params["out_avals"]) * 2
         if got != expected:  # (JAX checks too: jacfwd had a wrong shape, a vjp the fwd's shape)
             raise TransformError(f"slope.custom_jvp: the rule's outputs and tangents {got} should be {expected}")
@@ -466,24 +465,26 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         return rule
 
     def __call__(self, *args: Any) -> Any:
+        kind, name = type(self).__name__, getattr(self.fun, "__name__", "the function")  # (a partial has no name)
         if self.rule is None:
             define = ".defvjp(fwd, bwd)" if isinstance(self, custom_vjp) else ".defjvp(rule)"
-            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
+            raise TransformError(f"slope.{kind}: {name} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args)
         flat, kept = _tensor_leaves(args, keep_numbers=True)  # Python numbers stay so (float64 code: 0.1 exact)
         fun, out_trees = flatten_fun(lambda *a: self.fun(*_refill(kept, a)), tree.flatten(flat)[1])
 
         def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
-            return self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
+            pair = self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
+            return _pair(pair, f"slope.{kind}: the rule of {name} must return a pair (output, tangent)")
 
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
         program = make_program(fun, [a.aval for a in flat])
         level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
         if any(isinstance(c, JVPTracer) and c._trace.main.level > level for c in program.constant_values):  # (JAX's)
-            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
-                                 "grad/jvp differentiates, which its rule cannot see: pass it as an argument")  # fmt: skip
+            raise TransformError(f"slope.{kind}: {name} closes over a value that an outer grad/jvp differentiates, "
+                                 "which its rule cannot see: pass it as an argument")  # fmt: skip
         outs = bind(custom_jvp_call, *flat, fun=fun, rule=rule, out_avals=tuple(program.out_avals), zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 
