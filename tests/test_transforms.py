@@ -231,6 +231,59 @@ def test_custom_jvp_is_honoured_by_jvp_grad_jit_and_vmap(on_backend):
     close(slope.jit(soft_step)(x).numpy(), value.numpy())  # without differentiation it is the plain function
 
 
+@slope.custom_jvp
+def scaled(x, scale=2.0):
+    """x * scale, whose JVP is deliberately 10 * scale * tangent (the rule's `scale` shows what it was given)."""
+    return x * scale
+
+
+@scaled.defjvp
+def _scaled_jvp(primals, tangents):
+    x, scale = primals  # (scale's default included: the call is bound to the signature first, as in JAX)
+    return scaled(x, scale), tangents[0] * scale * 10.0
+
+
+@slope.custom_vjp
+def scaled_vjp(x, scale=3.0):
+    return x * scale
+
+
+scaled_vjp.defvjp(lambda x, scale: (scaled_vjp(x, scale), scale), lambda scale, ct: (ct * scale * 100.0, None))
+
+
+def test_custom_rules_see_keyword_arguments_and_defaults_by_position(on_backend):
+    # as JAX's (the values are jax 0.10.2's): a keyword gave TypeError (__call__ took *args), a default left out of
+    # the call was missing from the rule's primals (an unpacking error in the rule, an IndexError for primals[1])
+    x, ones = tensor([1.0, 2.0]), slope.ones(2)
+    close(scaled(x, scale=3.0).numpy(), [3.0, 6.0])
+    close(slope.grad(lambda x: scaled(x).sum())(x).numpy(), [20.0, 20.0])
+    close(slope.grad(lambda x: scaled(x, scale=3.0).sum())(x).numpy(), [30.0, 30.0])
+    close(slope.jvp(lambda x: scaled(x=x, scale=3.0), (x,), (ones,))[1].numpy(), [30.0, 30.0])
+    close(slope.vjp(lambda x: scaled(x, scale=3.0), x)[1](ones)[0].numpy(), [30.0, 30.0])
+    close(slope.vmap(slope.grad(lambda x: scaled(x, scale=3.0)))(x).numpy(), [30.0, 30.0])
+    close(slope.jit(slope.grad(lambda x: scaled(x).sum()))(x).numpy(), [20.0, 20.0])
+    close(slope.jit(lambda x: scaled(x, scale=3.0))(x).numpy(), [3.0, 6.0])
+    close(slope.grad(lambda x: scaled_vjp(x).sum())(x).numpy(), [300.0, 300.0])
+    close(slope.grad(lambda x: scaled_vjp(x, scale=4.0).sum())(x).numpy(), [400.0, 400.0])
+    close(slope.vmap(slope.grad(lambda x: scaled_vjp(x, scale=4.0)))(x).numpy(), [400.0, 400.0])
+    grads = slope.grad(lambda x, s: scaled_vjp(scale=s, x=x).sum(), argnums=(0, 1))(x, tensor([5.0, 6.0]))
+    close(np.stack([g.numpy() for g in grads]), [[500.0, 600.0], [0.0, 0.0]])
+
+
+def test_custom_rules_refuse_keyword_only_arguments_passed(on_backend):
+    # the rules take positions only: where a rule runs (jvp, grad), a keyword-only argument passed is a TypeError, as
+    # JAX's (which refuses it on every call; Slope's other calls run the function itself); an unpassed one keeps its
+    # default
+    @slope.custom_jvp
+    def keyword_only(x, *, k=1.0):
+        return x * k
+
+    keyword_only.defjvp(lambda primals, tangents: (keyword_only(*primals), tangents[0]))
+    close(slope.grad(lambda x: keyword_only(x).sum())(tensor([1.0])).numpy(), [1.0])
+    with pytest.raises(TypeError, match=r"slope\.custom_jvp: keyword_only's keyword-only arguments \['k'\]"):
+        slope.grad(lambda x: keyword_only(x, k=2.0).sum())(tensor([1.0]))
+
+
 # ----------------------------------------------------------------------------------------------- composition
 
 
