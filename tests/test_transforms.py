@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
+import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -711,6 +714,30 @@ def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
     out = f(tensor([1.0, 2.0]), 3.0)
     close(out["y"].numpy(), [3.0, 6.0])
     close(out["sum"].numpy(), 9.0)
+
+
+class _HoldsAJit(slope.nn.Module if importlib.util.find_spec("slope_nn") else object):
+    def __init__(self):
+        super().__init__()
+        self.linear = slope.nn.Linear(2, 2)
+        self.fast = slope.jit(self.linear)
+
+
+def test_a_jit_deep_copies_and_pickles_as_a_new_jit_of_the_same_function(on_backend):
+    # copy.deepcopy and pickle failed on the lock of the jit's cache ("cannot pickle '_thread.lock' object"), for a
+    # model holding a jit too; they now give the same function and options with an empty cache (copy.copy shares it)
+    x = tensor([0.5, -1.0, 2.0])
+    jitted = slope.jit(cube_sin, static_argnames="unused")
+    close(jitted(x).numpy(), cube_sin(x).numpy())
+    for copied in (copy.deepcopy(jitted), pickle.loads(pickle.dumps(jitted))):
+        assert len(copied.cache) == 0 and copied.static_argnames == ("unused",)
+        close(copied(x).numpy(), cube_sin(x).numpy())
+    assert copy.copy(jitted).cache is jitted.cache
+    pytest.importorskip("slope_nn")
+    model, rows = _HoldsAJit(), tensor([[1.0, 2.0]])
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.fast.owner is copied.linear and len(copied.fast.cache) == 0
+        close(copied.fast(rows).numpy(), model.linear(rows).numpy())
 
 
 def test_log_jit_prints_ir_and_backend_code():

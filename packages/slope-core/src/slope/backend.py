@@ -177,6 +177,9 @@ class BoundedCache:
     def __len__(self) -> int:
         return len(self.recent) + len(self.old)
 
+    def __reduce__(self) -> tuple:  # copy.deepcopy and pickle (of a jit, a model holding one): a fresh, empty cache
+        return BoundedCache, (self.limit * 2, self.max_bytes * 2, self.size_of)
+
     def add(self, key: Any, make: Callable[..., Any], *args: Any) -> Any:
         """The value of a key missing from `recent`: taken back from `old`, else `make(*args)` (outside the lock)."""
         value = self.old.pop(key, None)  # (args, not a closure: a caller's lambda makes cells of its variables: slower)
