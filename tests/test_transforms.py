@@ -855,3 +855,37 @@ def test_pad_with_a_traced_value(on_backend):
     close(rows, [torch.nn.functional.pad(torch.arange(6.0).reshape(2, 3), (1, 0), value=v).numpy() for v in [1, -2]])
     ints = slope.jit(lambda x, v: slope.pad(x, (1, 1), value=v))(slope.arange(3), slope.tensor(7))
     assert ints.dtype == slope.int64 and ints.tolist() == [7, 0, 1, 2, 7]
+
+
+def test_custom_rules_must_give_the_structure_of_the_function_and_its_inputs(on_backend):
+    """Leaf by leaf, a dict's entries (sorted by key) would land on a namedtuple's fields in another order: JAX refuses
+    a rule whose output or tangent, or a bwd whose cotangents, are not the function's (inputs') structure, as here."""
+    out_type = collections.namedtuple("Out", "w b")
+    x = slope.tensor(2.0, dtype=slope.float64)
+
+    @slope.custom_jvp
+    def f(x):
+        return out_type(x * 2.0, x * 3.0)
+
+    f.defjvp(lambda p, t: (f(*p), {"w": t[0] * 2.0, "b": t[0] * 3.0}))
+    with pytest.raises(slope.TransformError, match=r"rule of f: output, tangent must be Out\(\*, \*\)"):
+        slope.jvp(f, (x,), (x,))
+    with pytest.raises(slope.TransformError, match="rule of f"):
+        slope.grad(lambda x: f(x).w)(x)
+    f.defjvp(lambda p, t: (f(*p), out_type(t[0] * 2.0, t[0] * 3.0)))
+    assert slope.jvp(f, (x,), (slope.tensor(1.0, dtype=slope.float64),))[1].w.item() == 2.0
+    assert slope.grad(lambda x: f(x).b)(x).item() == 3.0
+
+    @slope.custom_vjp
+    def g(pair, y):
+        return pair.w * y + pair.b
+
+    g.defvjp(lambda pair, y: (g(pair, y), (pair, y)), lambda res, ct: ({"w": ct * res[1], "b": ct}, ct * res[0].w))
+    pair = out_type(slope.tensor([1.0, 2.0], dtype=slope.float64), slope.tensor([3.0, 4.0], dtype=slope.float64))
+    y = slope.tensor([5.0, 6.0], dtype=slope.float64)
+    loss = lambda pair, y: g(pair, y).sum()  # noqa: E731
+    with pytest.raises(slope.TransformError, match=r"bwd must give tuple\(Out\(\*, \*\), \*\), got tuple\(dict"):
+        slope.grad(loss)(pair, y)
+    g.defvjp(lambda pair, y: (g(pair, y), (pair, y)), lambda res, ct: (out_type(ct * res[1], ct), None))
+    grads = slope.grad(loss)(pair, y)
+    assert grads.w.tolist() == [5.0, 6.0] and grads.b.tolist() == [1.0, 1.0]  # (the old code swapped w and b)

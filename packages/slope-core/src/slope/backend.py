@@ -167,8 +167,7 @@ def devices() -> list[str]:
 
 
 class BoundedCache:
-    """An approximate LRU of `limit` entries (and about `max_bytes` by `size_of`) with free hits: lookups read `recent`, a
-    plain dict; misses `add`. A full `recent` becomes `old`, dropping what went unused for a whole generation."""
+    """An approximate LRU with free hits: lookups read the dict `recent`, misses `add`; a full `recent` turns `old`."""
 
     def __init__(self, limit: int, max_bytes: float = math.inf, size_of: Callable[[Any], int] = lambda _: 0):
         self.recent, self.old, self.nbytes, self.lock = {}, {}, 0, threading.Lock()  # (the lock: misses only)

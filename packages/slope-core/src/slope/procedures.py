@@ -314,8 +314,7 @@ def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's:
 
 
 def _centered(x: Tensor, dim: Any) -> tuple[Tensor, Tensor]:
-    """(mean, x - mean) over dims (kept as size 1), the first mean's rounding taken back by the mean of the centred
-    values (a constant row's are then exactly 0; not where the mean overflowed: inf - inf), as Welford's would."""
+    """(mean, x - mean) over dims (kept), the first mean's rounding undone by the centred mean: constant rows are 0."""
     first = mean(x, dim, keepdim=True)
     shift = mean(x - first, dim, keepdim=True)
     shift = where(abs_(shift) < math.inf, shift, 0.0)

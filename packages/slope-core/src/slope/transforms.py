@@ -432,14 +432,17 @@ class CustomVJPLinear(_CustomCall):
     def procedure(self, *args: Tensor, **params: Any) -> list:
         raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
 
-    def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple,
+    def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple, in_tree: Any,
                   n_res: int) -> list:  # fmt: skip
-        cts_in = bwd(args[:n_res], tree.unflatten(out_tree, cotangents))
-        if not isinstance(cts_in, tuple):
-            raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
-        if len(flat) != len(linear_avals):
-            raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
+        cts_in, inputs = bwd(args[:n_res], tree.unflatten(out_tree, cotangents)), in_tree.children()
+        if not isinstance(cts_in, tuple) or len(cts_in) != len(inputs):
+            got = f"a tuple of {len(cts_in)}" if isinstance(cts_in, tuple) else _got(cts_in)
+            raise TransformError(f"slope.custom_vjp: the backward function must return a tuple, one entry per input "
+                                 f"({len(inputs)}), got {got}")  # fmt: skip
+        flat, cts_tree = tree.flatten(cts_in, is_leaf=lambda ct: ct is None)  # (None: a zero cotangent, as JAX's)
+        if cts_tree != in_tree:  # (leaf by leaf, a dict's cotangents for a namedtuple input would be swapped)
+            raise TransformError(f"slope.custom_vjp: bwd must give {describe(in_tree)}, got {describe(cts_tree)}")
+        linear_avals = [a.aval for a in args[n_res:]]
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and aval.dtype.is_float and (got := as_tensor(ct).aval) != aval:  # (an int's is ignored)
                 raise TransformError(f"slope.custom_vjp: the backward function returned a cotangent of shape {got.shape} "
@@ -480,7 +483,10 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
 
         def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
             pair = self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
-            return _pair(pair, f"slope.{kind}: the rule of {name} must return a pair (output, tangent)")
+            out, tangent = _pair(pair, f"slope.{kind}: the rule of {name} must return a pair (output, tangent)")
+            if not tree.structure(out) == tree.structure(tangent) == out_trees[0]:  # (as JAX: else leaves could swap)
+                raise TransformError(f"slope.{kind}: rule of {name}: output, tangent must be {describe(out_trees[0])}")
+            return pair
 
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
@@ -504,8 +510,9 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
             (out_flat, out_tree), (res_flat, kept) = tree.flatten(out), _tensor_leaves(residuals, True)
             flat_bwd = lambda res, ct: bwd(_refill(kept, res), ct)  # noqa: E731 - (vmap maps it: numbers go in inside)
             params = {"bwd": flat_bwd, "out_tree": out_tree, "out_avals": tuple(as_tensor(o).aval for o in out_flat)}
-            linear = [as_tensor(t) for t in tree.leaves(tangents)]  # (a number's tangent: its 0, 0.0 or False)
-            tangent_outs = bind(custom_vjp_linear, *res_flat, *linear, **params, n_res=len(res_flat))
+            linear, in_tree = tree.flatten(tangents)  # (a number's tangent: its 0, 0.0 or False)
+            tangent_outs = bind(custom_vjp_linear, *res_flat, *map(as_tensor, linear), **params, in_tree=in_tree,
+                                n_res=len(res_flat))  # fmt: skip
             return out, tree.unflatten(out_tree, tangent_outs)
 
         self.rule = rule
