@@ -242,8 +242,8 @@ def scaled(x, scale=2.0):
 
 @scaled.defjvp
 def _scaled_jvp(primals, tangents):
-    x, scale = primals  # (scale's default included: the call is bound to the signature first, as in JAX)
-    return scaled(x, scale), tangents[0] * scale * 10.0
+    x, scale = (*primals, 2.0)[:2]  # (the arguments given, keywords by position; a default left out is not there)
+    return scaled(*primals), tangents[0] * scale * 10.0
 
 
 @slope.custom_vjp
@@ -251,12 +251,16 @@ def scaled_vjp(x, scale=3.0):
     return x * scale
 
 
-scaled_vjp.defvjp(lambda x, scale: (scaled_vjp(x, scale), scale), lambda scale, ct: (ct * scale * 100.0, None))
+def _scaled_vjp_bwd(given, ct):  # one cotangent per argument given
+    return (ct * (*given, 3.0)[0] * 100.0, *[None] * len(given))
 
 
-def test_custom_rules_see_keyword_arguments_and_defaults_by_position(on_backend):
-    # as JAX's (the values are jax 0.10.2's): a keyword gave TypeError (__call__ took *args), a default left out of
-    # the call was missing from the rule's primals (an unpacking error in the rule, an IndexError for primals[1])
+scaled_vjp.defvjp(lambda x, *given: (scaled_vjp(x, *given), given), _scaled_vjp_bwd)
+
+
+def test_custom_rules_see_keyword_arguments_by_position(on_backend):
+    # a keyword gave TypeError (__call__ took *args); now it reaches the rules in its position (the values as
+    # jax 0.10.2's); a default left out of the call is left to the function, as before (JAX fills it in)
     x, ones = tensor([1.0, 2.0]), slope.ones(2)
     close(scaled(x, scale=3.0).numpy(), [3.0, 6.0])
     close(slope.grad(lambda x: scaled(x).sum())(x).numpy(), [20.0, 20.0])
@@ -273,18 +277,28 @@ def test_custom_rules_see_keyword_arguments_and_defaults_by_position(on_backend)
     close(np.stack([g.numpy() for g in grads]), [[500.0, 600.0], [0.0, 0.0]])
 
 
-def test_custom_rules_refuse_keyword_only_arguments_passed(on_backend):
-    # the rules take positions only: where a rule runs (jvp, grad), a keyword-only argument passed is a TypeError, as
-    # JAX's (which refuses it on every call; Slope's other calls run the function itself); an unpassed one keeps its
-    # default
+def test_custom_rules_refuse_keywords_without_a_position(on_backend):
+    # the rules take positions only: where a rule runs (jvp, grad), a keyword-only argument passed, or one after an
+    # argument left to its default, is a TypeError naming it (JAX refuses the first on every call and fills the
+    # default in for the second; Slope's other calls run the function itself); an unpassed one keeps its default
     @slope.custom_jvp
     def keyword_only(x, *, k=1.0):
         return x * k
 
     keyword_only.defjvp(lambda primals, tangents: (keyword_only(*primals), tangents[0]))
     close(slope.grad(lambda x: keyword_only(x).sum())(tensor([1.0])).numpy(), [1.0])
-    with pytest.raises(TypeError, match=r"slope\.custom_jvp: keyword_only's keyword-only arguments \['k'\]"):
+    with pytest.raises(TypeError, match=r"slope\.custom_jvp: keyword_only's rule takes positions: pass \['k'\]"):
         slope.grad(lambda x: keyword_only(x, k=2.0).sum())(tensor([1.0]))
+
+    @slope.custom_jvp
+    def three(x, y=2.0, z=3.0, reduction="sum"):  # (a default of any kind: not given, not seen by the rule)
+        return (x * y * z).sum() if reduction == "sum" else x * y * z
+
+    three.defjvp(lambda p, t: (three(*p), (t[0] * (*p, 2.0, 3.0)[1] * (*p, 2.0, 3.0)[2]).sum()))
+    close(slope.grad(three)(tensor([1.0, 2.0])).numpy(), [6.0, 6.0])
+    close(slope.grad(lambda x: three(x, 2.0, z=0.5))(tensor([1.0, 2.0])).numpy(), [1.0, 1.0])
+    with pytest.raises(TypeError, match=r"three's rule takes positions: pass \['z'\] by position"):
+        slope.grad(lambda x: three(x, z=0.25))(tensor([1.0, 2.0]))
 
 
 # ----------------------------------------------------------------------------------------------- composition

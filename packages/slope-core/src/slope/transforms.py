@@ -474,11 +474,11 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             raise TransformError(f"slope.{kind}: {name} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
             return self.fun(*args, **kwargs)
-        bound = inspect.signature(self.fun).bind(*args, **kwargs)  # as JAX: rules see keywords and defaults by position
-        if bound.kwargs:
-            raise TypeError(f"slope.{kind}: {name}'s keyword-only arguments {list(bound.kwargs)} have no position")
-        bound.apply_defaults()
-        flat, kept = _tensor_leaves(bound.args, keep_numbers=True)  # Python numbers stay so (float64 code: 0.1 exact)
+        if kwargs:  # rules see the arguments given, by position: keywords placed by the signature (defaults are not)
+            args = (bound := inspect.signature(self.fun).bind(*args, **kwargs)).args
+            if bound.kwargs:  # (keyword-only, **kwargs, or after an argument left to its default)
+                raise TypeError(f"slope.{kind}: {name}'s rule takes positions: pass {list(bound.kwargs)} by position")
+        flat, kept = _tensor_leaves(args, keep_numbers=True)  # Python numbers stay so (float64 code: 0.1 exact)
         fun, out_trees = flatten_fun(lambda *a: self.fun(*_refill(kept, a)), tree.flatten(flat)[1])
 
         def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
