@@ -174,6 +174,16 @@ ROWS = [
     bad("true-divide-shapes", lambda m: m.ones(2) / m.ones(3), ShapeError, "slope.div"),
     bad("floor-divide-str", lambda m: m.ones(3) // "a", TypeError, "slope.floor_divide"),
     bad("remainder-shapes", lambda m: m.ones(2) % m.ones(3), ShapeError, "slope.remainder"),
+    # bools: both named slope.fmod, which the user never called (PyTorch: "div_floor_cpu" / "remainder_cpu" not
+    # implemented for 'Bool'); an integer by a bool number is fine in both
+    bad("floor-divide-bools", lambda m: m.tensor([True, False]) // m.tensor([True, True]), DTypeError,
+        "slope.floor_divide: expected numbers, got a bool tensor"),
+    bad("floor-divide-bool-by-true", lambda m: m.floor_divide(m.tensor([True, False]), True), DTypeError,
+        "slope.floor_divide"),
+    bad("remainder-bools", lambda m: m.tensor([True, False]) % m.tensor([True, True]), DTypeError,
+        "slope.remainder: expected numbers, got a bool tensor"),
+    ok("floor-divide-int-by-true", lambda m: m.tensor([1, 2]) // True),
+    ok("remainder-int-by-true", lambda m: m.tensor([1, 2]) % True),
     bad("invert-float", lambda m: ~m.ones(3), DTypeError, "slope.invert"),
     bad("logical-and-shapes", lambda m: m.logical_and(m.ones(2), m.ones(3)), ShapeError, "slope.logical_and"),
     bad("logical-or-shapes", lambda m: m.logical_or(m.ones(2), m.ones(3)), ShapeError, "slope.logical_or"),

@@ -151,6 +151,17 @@ def test_the_issue_example_a_repeated_index_is_written_once(backend):
     np.testing.assert_array_equal(slope.zeros(3).at[[0, 0]].set(5.0).numpy(), [5.0, 0.0, 0.0])
 
 
+def test_at_without_an_index_is_refused_as_in_jax(backend):
+    # `x.at.set(v)` wrote v into every element (the missing index defaulted to None, a new axis); JAX raises an
+    # AttributeError ('_IndexUpdateHelper' object has no attribute 'set'), and x.at[None] still means a new axis there
+    x = slope.tensor([1.0, 2.0])
+    for method in ("set", "add"):
+        with pytest.raises(AttributeError, match=rf"`t\.at\.{method}\(\.\.\.\)` needs an index: `t\.at\[index\]"):
+            getattr(x.at, method)(5.0)
+    np.testing.assert_array_equal(x.at[None].set(5.0).numpy(), [5.0, 5.0])  # (JAX: [5. 5.])
+    np.testing.assert_array_equal(x.at[...].add(1.0).numpy(), [2.0, 3.0])
+
+
 def test_set_with_repeated_indices_keeps_the_last_write_like_numpy(backend):
     rng = np.random.default_rng(3)
     for case in range(12):

@@ -244,7 +244,7 @@ CASES = [
     ("grad-argnums-negative", lambda: slope.grad(lambda x, y: x.sum(), argnums=(0, -3))(ones(3), ones(3)),
      TransformError, ["slope.grad", "(0, -3)", "2 arguments"]),
     ("grad-has-aux-not-pair", lambda: slope.grad(lambda x: x.sum(), has_aux=True)(ones(3)), TransformError,
-     ["slope.grad", "has_aux=True", "pair (output, aux)", "single tensor [f32]"]),
+     ["slope.grad", "has_aux=True", "pair (output, aux)", "got [f32]"]),
     ("grad-has-aux-triple", lambda: slope.value_and_grad(lambda x: (x.sum(), 1, 2), has_aux=True)(ones(3)),
      TransformError, ["grad", "has_aux=True", "pair", "tuple of 3"]),
     ("jacfwd-argnums", lambda: slope.jacfwd(lambda x: x, argnums=3)(ones(3)), TransformError,
@@ -271,7 +271,7 @@ CASES = [
     ("custom-vjp-backward-not-tuple", lambda: _custom_vjp_with_backward(lambda res, g: g), TransformError,
      ["slope.custom_vjp", "backward", "tuple"]),
     ("custom-vjp-backward-count", lambda: _custom_vjp_with_backward(lambda res, g: (g, g)), TransformError,
-     ["slope.custom_vjp", "2 cotangents", "1 inputs"]),
+     ["slope.custom_vjp", "one entry per input (1)", "a tuple of 2"]),
     ("custom-vjp-backward-shape", lambda: _custom_vjp_with_backward(lambda res, g: (ones(4),)), TransformError,
      ["slope.custom_vjp", "(4,)", "(3,)"]),
     ("custom-vjp-forward-mode", lambda: slope.jvp(lambda x: _custom_vjp_identity()(x), (ones(3),), (ones(3),)),
@@ -413,6 +413,17 @@ def test_custom_vjp_fwd_must_return_a_pair(on_backend):
     for shape, got in (((3,), "[3, f32]"), ((2,), "[2, f32]")):
         with pytest.raises(TransformError, match=rf"slope\.custom_vjp: fwd must return a pair .*got \{got}"):
             slope.grad(lambda x: twice(x).sum())(ones(*shape))
+
+
+def test_custom_jvp_rule_must_return_a_pair(on_backend):
+    """A rule returning the tangent alone raised "iteration over a 0-d tensor" (or, for two rows, took them as output
+    and tangent and failed later, comparing avals); now the error names the function and what the rule returned."""
+    double = slope.custom_jvp(lambda x: x * 2)
+    double.defjvp(lambda primals, tangents: tangents[0] * 2)
+    for shape, got in (((), "[f32]"), ((2,), "[2, f32]")):
+        must = r"slope\.custom_jvp: the rule of <lambda> must return a pair \(output, tangent\)"
+        with pytest.raises(TransformError, match=rf"{must}, got \{got}"):
+            slope.grad(lambda x: double(x).sum())(ones(*shape))
 
 
 def test_pow_with_a_modulo_is_a_type_error(on_backend):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
+import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +232,73 @@ def test_custom_jvp_is_honoured_by_jvp_grad_jit_and_vmap(on_backend):
     close(slope.jit(lambda x, t: slope.jvp(soft_step, (x,), (t,))[1])(x, ones * 2.0).numpy(), [20.0] * 3)
     close(slope.vmap(lambda v: slope.jvp(soft_step, (v,), (slope.tensor(1.0),))[1])(x).numpy(), [10.0] * 3)
     close(slope.jit(soft_step)(x).numpy(), value.numpy())  # without differentiation it is the plain function
+
+
+@slope.custom_jvp
+def scaled(x, scale=2.0):
+    """x * scale, whose JVP is deliberately 10 * scale * tangent (the rule's `scale` shows what it was given)."""
+    return x * scale
+
+
+@scaled.defjvp
+def _scaled_jvp(primals, tangents):
+    x, scale = (*primals, 2.0)[:2]  # (the arguments given, keywords by position; a default left out is not there)
+    return scaled(*primals), tangents[0] * scale * 10.0
+
+
+@slope.custom_vjp
+def scaled_vjp(x, scale=3.0):
+    return x * scale
+
+
+def _scaled_vjp_bwd(given, ct):  # one cotangent per argument given
+    return (ct * (*given, 3.0)[0] * 100.0, *[None] * len(given))
+
+
+scaled_vjp.defvjp(lambda x, *given: (scaled_vjp(x, *given), given), _scaled_vjp_bwd)
+
+
+def test_custom_rules_see_keyword_arguments_by_position(on_backend):
+    # a keyword gave TypeError (__call__ took *args); now it reaches the rules in its position (the values as
+    # jax 0.10.2's); a default left out of the call is left to the function, as before (JAX fills it in)
+    x, ones = tensor([1.0, 2.0]), slope.ones(2)
+    close(scaled(x, scale=3.0).numpy(), [3.0, 6.0])
+    close(slope.grad(lambda x: scaled(x).sum())(x).numpy(), [20.0, 20.0])
+    close(slope.grad(lambda x: scaled(x, scale=3.0).sum())(x).numpy(), [30.0, 30.0])
+    close(slope.jvp(lambda x: scaled(x=x, scale=3.0), (x,), (ones,))[1].numpy(), [30.0, 30.0])
+    close(slope.vjp(lambda x: scaled(x, scale=3.0), x)[1](ones)[0].numpy(), [30.0, 30.0])
+    close(slope.vmap(slope.grad(lambda x: scaled(x, scale=3.0)))(x).numpy(), [30.0, 30.0])
+    close(slope.jit(slope.grad(lambda x: scaled(x).sum()))(x).numpy(), [20.0, 20.0])
+    close(slope.jit(lambda x: scaled(x, scale=3.0))(x).numpy(), [3.0, 6.0])
+    close(slope.grad(lambda x: scaled_vjp(x).sum())(x).numpy(), [300.0, 300.0])
+    close(slope.grad(lambda x: scaled_vjp(x, scale=4.0).sum())(x).numpy(), [400.0, 400.0])
+    close(slope.vmap(slope.grad(lambda x: scaled_vjp(x, scale=4.0)))(x).numpy(), [400.0, 400.0])
+    grads = slope.grad(lambda x, s: scaled_vjp(scale=s, x=x).sum(), argnums=(0, 1))(x, tensor([5.0, 6.0]))
+    close(np.stack([g.numpy() for g in grads]), [[500.0, 600.0], [0.0, 0.0]])
+
+
+def test_custom_rules_refuse_keywords_without_a_position(on_backend):
+    # the rules take positions only: where a rule runs (jvp, grad), a keyword-only argument passed, or one after an
+    # argument left to its default, is a TypeError naming it (JAX refuses the first on every call and fills the
+    # default in for the second; Slope's other calls run the function itself); an unpassed one keeps its default
+    @slope.custom_jvp
+    def keyword_only(x, *, k=1.0):
+        return x * k
+
+    keyword_only.defjvp(lambda primals, tangents: (keyword_only(*primals), tangents[0]))
+    close(slope.grad(lambda x: keyword_only(x).sum())(tensor([1.0])).numpy(), [1.0])
+    with pytest.raises(TypeError, match=r"slope\.custom_jvp: keyword_only's rule takes positions: pass \['k'\]"):
+        slope.grad(lambda x: keyword_only(x, k=2.0).sum())(tensor([1.0]))
+
+    @slope.custom_jvp
+    def three(x, y=2.0, z=3.0, reduction="sum"):  # (a default of any kind: not given, not seen by the rule)
+        return (x * y * z).sum() if reduction == "sum" else x * y * z
+
+    three.defjvp(lambda p, t: (three(*p), (t[0] * (*p, 2.0, 3.0)[1] * (*p, 2.0, 3.0)[2]).sum()))
+    close(slope.grad(three)(tensor([1.0, 2.0])).numpy(), [6.0, 6.0])
+    close(slope.grad(lambda x: three(x, 2.0, z=0.5))(tensor([1.0, 2.0])).numpy(), [1.0, 1.0])
+    with pytest.raises(TypeError, match=r"three's rule takes positions: pass \['z'\] by position"):
+        slope.grad(lambda x: three(x, z=0.25))(tensor([1.0, 2.0]))
 
 
 # ----------------------------------------------------------------------------------------------- composition
@@ -660,6 +730,30 @@ def test_jit_of_python_scalars_and_pytree_outputs(on_backend):
     close(out["sum"].numpy(), 9.0)
 
 
+class _HoldsAJit(slope.nn.Module if importlib.util.find_spec("slope_nn") else object):
+    def __init__(self):
+        super().__init__()
+        self.linear = slope.nn.Linear(2, 2)
+        self.fast = slope.jit(self.linear)
+
+
+def test_a_jit_deep_copies_and_pickles_as_a_new_jit_of_the_same_function(on_backend):
+    # copy.deepcopy and pickle failed on the lock of the jit's cache ("cannot pickle '_thread.lock' object"), for a
+    # model holding a jit too; they now give the same function and options with an empty cache (copy.copy shares it)
+    x = tensor([0.5, -1.0, 2.0])
+    jitted = slope.jit(cube_sin, static_argnames="unused")
+    close(jitted(x).numpy(), cube_sin(x).numpy())
+    for copied in (copy.deepcopy(jitted), pickle.loads(pickle.dumps(jitted))):
+        assert len(copied.cache) == 0 and copied.static_argnames == ("unused",)
+        close(copied(x).numpy(), cube_sin(x).numpy())
+    assert copy.copy(jitted).cache is jitted.cache
+    pytest.importorskip("slope_nn")
+    model, rows = _HoldsAJit(), tensor([[1.0, 2.0]])
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.fast.owner is copied.linear and len(copied.fast.cache) == 0
+        close(copied.fast(rows).numpy(), model.linear(rows).numpy())
+
+
 def test_log_jit_prints_ir_and_backend_code():
     code = "import slope\nslope.jit(lambda x: x * x)(slope.full((1,), 2.0))\n"
     for name in BACKENDS:
@@ -775,3 +869,37 @@ def test_pad_with_a_traced_value(on_backend):
     close(rows, [torch.nn.functional.pad(torch.arange(6.0).reshape(2, 3), (1, 0), value=v).numpy() for v in [1, -2]])
     ints = slope.jit(lambda x, v: slope.pad(x, (1, 1), value=v))(slope.arange(3), slope.tensor(7))
     assert ints.dtype == slope.int64 and ints.tolist() == [7, 0, 1, 2, 7]
+
+
+def test_custom_rules_must_give_the_structure_of_the_function_and_its_inputs(on_backend):
+    """Leaf by leaf, a dict's entries (sorted by key) would land on a namedtuple's fields in another order: JAX refuses
+    a rule whose output or tangent, or a bwd whose cotangents, are not the function's (inputs') structure, as here."""
+    out_type = collections.namedtuple("Out", "w b")
+    x = slope.tensor(2.0, dtype=slope.float64)
+
+    @slope.custom_jvp
+    def f(x):
+        return out_type(x * 2.0, x * 3.0)
+
+    f.defjvp(lambda p, t: (f(*p), {"w": t[0] * 2.0, "b": t[0] * 3.0}))
+    with pytest.raises(slope.TransformError, match=r"rule of f: output, tangent must be Out\(\*, \*\)"):
+        slope.jvp(f, (x,), (x,))
+    with pytest.raises(slope.TransformError, match="rule of f"):
+        slope.grad(lambda x: f(x).w)(x)
+    f.defjvp(lambda p, t: (f(*p), out_type(t[0] * 2.0, t[0] * 3.0)))
+    assert slope.jvp(f, (x,), (slope.tensor(1.0, dtype=slope.float64),))[1].w.item() == 2.0
+    assert slope.grad(lambda x: f(x).b)(x).item() == 3.0
+
+    @slope.custom_vjp
+    def g(pair, y):
+        return pair.w * y + pair.b
+
+    g.defvjp(lambda pair, y: (g(pair, y), (pair, y)), lambda res, ct: ({"w": ct * res[1], "b": ct}, ct * res[0].w))
+    pair = out_type(slope.tensor([1.0, 2.0], dtype=slope.float64), slope.tensor([3.0, 4.0], dtype=slope.float64))
+    y = slope.tensor([5.0, 6.0], dtype=slope.float64)
+    loss = lambda pair, y: g(pair, y).sum()  # noqa: E731
+    with pytest.raises(slope.TransformError, match=r"bwd must give tuple\(Out\(\*, \*\), \*\), got tuple\(dict"):
+        slope.grad(loss)(pair, y)
+    g.defvjp(lambda pair, y: (g(pair, y), (pair, y)), lambda res, ct: (out_type(ct * res[1], ct), None))
+    grads = slope.grad(loss)(pair, y)
+    assert grads.w.tolist() == [5.0, 6.0] and grads.b.tolist() == [1.0, 1.0]  # (the old code swapped w and b)

@@ -167,8 +167,7 @@ def devices() -> list[str]:
 
 
 class BoundedCache:
-    """An approximate LRU of `limit` entries (and about `max_bytes` by `size_of`) with free hits: lookups read `recent`, a
-    plain dict; misses `add`. A full `recent` becomes `old`, dropping what went unused for a whole generation."""
+    """An approximate LRU with free hits: lookups read the dict `recent`, misses `add`; a full `recent` turns `old`."""
 
     def __init__(self, limit: int, max_bytes: float = math.inf, size_of: Callable[[Any], int] = lambda _: 0):
         self.recent, self.old, self.nbytes, self.lock = {}, {}, 0, threading.Lock()  # (the lock: misses only)
@@ -176,6 +175,9 @@ class BoundedCache:
 
     def __len__(self) -> int:
         return len(self.recent) + len(self.old)
+
+    def __reduce__(self) -> tuple:  # copy.deepcopy and pickle (of a jit, a model holding one): a fresh, empty cache
+        return BoundedCache, (self.limit * 2, self.max_bytes * 2, self.size_of)
 
     def add(self, key: Any, make: Callable[..., Any], *args: Any) -> Any:
         """The value of a key missing from `recent`: taken back from `old`, else `make(*args)` (outside the lock)."""

@@ -1,5 +1,6 @@
 """Slope's error classes: `SlopeError`s, each also the built-in it refines (elsewhere plain built-ins, as PyTorch)."""
 
+import contextlib
 import os
 
 
@@ -47,15 +48,12 @@ _FLAGS = {"0": False, "false": False, "no": False, "off": False, "1": True, "tru
 
 
 def env(name: str, default: bool | int | float) -> bool | int | float:
-    """$name as the default's type: a flag (1/true/yes/on or 0/false/no/off, any case) or a number >= 0; unset or empty
-    gives the default; any other value raises a SlopeConfigError naming the variable, its value and what it takes."""
+    """$name as the default's type (flag: 1/true/yes/on, 0/false/no/off; number >= 0), unset: default; else an error."""
     raw = os.environ.get(name, "").strip().lower()
-    try:
+    with contextlib.suppress(KeyError, ValueError):  # (not a flag, not a number: the error below)
         value = default if not raw else _FLAGS[raw] if isinstance(default, bool) else type(default)(raw)
         if value >= 0:
             return value
-    except (KeyError, ValueError):
-        pass
     whole = "whole " if type(default) is int else ""
     kind = "1/true/yes/on or 0/false/no/off" if isinstance(default, bool) else f"a {whole}number >= 0"
     raise SlopeConfigError(f"${name}={os.environ[name]!r}: expected {kind}")

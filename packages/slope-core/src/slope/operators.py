@@ -207,9 +207,8 @@ _HALVES, _IN_FLOAT32 = (dtypes.float16, dtypes.bfloat16), ("mul", "div")
 
 
 def _half_and_number(x: Any, y: Any, number_first: bool = True) -> DType | None:
-    """The dtype of a float16/bfloat16 tensor x with a number or 0-d tensor y (or a number x before a half tensor y):
-    PyTorch multiplies and divides those in float32, rounding once (float16 x / 65535.0 is not x / inf); a 0-d tensor
-    before the half tensor is rounded to its dtype first, as there."""
+    """The dtype of a half tensor x with a number or 0-d tensor y (or a number x before it): float32, rounded once, as
+    PyTorch (float16 x / 65535.0 is not x / inf); a 0-d tensor before the half tensor is rounded to its dtype first."""
     if isinstance(x, Tensor) and x.dtype in _HALVES and (isinstance(y, (int, float, np.number)) or
                                                          isinstance(y, Tensor) and x.ndim > y.ndim == 0):  # fmt: skip
         return x.dtype

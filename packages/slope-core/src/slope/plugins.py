@@ -1,5 +1,4 @@
-"""The plugin host: pluggy hook specs, entry-point discovery and the registries filled from the hooks (a plugin's
-mistake skips that contribution with a warning; see the README's "Writing a plugin" for the environment variables)."""
+"""The plugin host: pluggy hook specs, entry-point discovery, the registries hooks fill (see "Writing a plugin")."""
 
 from __future__ import annotations
 
@@ -150,8 +149,7 @@ def refresh(strict_plugin: str | None = None) -> None:
 
 def results(hook: str, check: Callable = lambda value: value, strict_plugin: str | None = None, where: str = "",
             **kwargs: Any) -> Iterator[tuple[str, Any]]:  # fmt: skip
-    """(plugin name, checked result) of each plugin's `hook`, in registration order (Slope's first); a hook or check
-    that raises is its plugin's problem: reported (an error for strict_plugin) and skipped."""
+    """(plugin name, checked result) of each plugin's `hook`, Slope's first; one that raises is reported and skipped."""
     for impl in getattr(manager.hook, hook).get_hookimpls():
         plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
         try:

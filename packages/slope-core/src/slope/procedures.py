@@ -136,11 +136,15 @@ def sign(x: Any) -> Tensor:
     return x if x.dtype == dtypes.bool_ else cast(x > 0, x.dtype) - cast(x < 0, x.dtype)
 
 
+def _numbers(name: str, x: Tensor) -> Tensor:  # x, if it is not a bool tensor (PyTorch refuses those)
+    if x.dtype == dtypes.bool_:
+        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    return x
+
+
 def abs_(x: Any) -> Tensor:
     """|x|."""
-    x = as_tensor(x)
-    if x.dtype == dtypes.bool_:
-        raise DTypeError(f"slope.abs: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    x = _numbers("abs", as_tensor(x))
     return x * sign(x) + 0  # + 0: |-0.0| is 0.0 (x * sign(x) is -0.0 there)
 
 
@@ -192,7 +196,7 @@ def reciprocal(x: Any) -> Tensor:
 
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
-    mod = ops.fmod(x, y, name=name)  # (y as given: coerce traces a number, fmod sees a zero divisor under jit too)
+    mod = ops.fmod(_numbers(name, x), y, name=name)  # (y as given: coerce traces numbers; fmod sees a 0 under jit too)
     return x, coerced, mod, (mod != 0) & ((coerced < 0) != (mod < 0))  # the last: where x % y is mod + y
 
 
@@ -310,8 +314,7 @@ def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's:
 
 
 def _centered(x: Tensor, dim: Any) -> tuple[Tensor, Tensor]:
-    """(mean, x - mean) over dims (kept as size 1), the first mean's rounding taken back by the mean of the centred
-    values (a constant row's are then exactly 0; not where the mean overflowed: inf - inf), as Welford's would."""
+    """(mean, x - mean) over dims (kept), the first mean's rounding undone by the centred mean: constant rows are 0."""
     first = mean(x, dim, keepdim=True)
     shift = mean(x - first, dim, keepdim=True)
     shift = where(abs_(shift) < math.inf, shift, 0.0)
@@ -376,9 +379,7 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
 
 
 def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
-    x = as_tensor(x)
-    if x.dtype == dtypes.bool_:
-        raise DTypeError(f"slope.{name}: expected numbers, got a bool tensor of shape {x.shape} (as in PyTorch)")
+    x = _numbers(name, as_tensor(x))
     dims = normalize_dims(name, None if dim is None else ops.ints(name, [dim], "dim", count=1), x.ndim)
     out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
     (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened

@@ -13,7 +13,7 @@ from . import dtypes
 from . import operators as ops
 from .tensors import Tensor
 from .trace import EagerTrace, active, new_main
-from .transforms import BatchTrace, TransformError, jit
+from .transforms import BatchTrace, TransformError, _got, jit
 
 _MASK = 0xFFFFFFFF
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -73,8 +73,7 @@ def _words(name: str, what: str, value: Any) -> list[Tensor]:
     if isinstance(value, Tensor) and value.dtype.is_int and value.numel() == 1:  # (fold_in(key, step) inside jit)
         value = ops.cast(value, dtypes.int64).reshape((1,))
         low = _mask(value)
-        high = ops.div(value - low, ops.constant(1 << 32, dtypes.int64, (1,)), "trunc")  # (an exact division)
-        return [_mask(high), low]
+        return [_mask(_shift_right(value - low, 32)), low]  # (an exact division: value - low is a multiple of 2**32)
     (value,) = ops.ints(f"random.{name}", value, what, count=1)
     if not -(2**63) <= value < 2**64:  # (it wrapped: key(2**64) was key(0)); from 2**63 as the int64 of the same bits
         raise OverflowError(f"slope.random.{name}: the {what} {value} does not fit in 64 bits")
@@ -88,8 +87,7 @@ def key(seed: int | Tensor) -> Tensor:
 
 def _check_key(name: str, k: Any, shape: Any = ()) -> tuple[int, ...]:
     if not isinstance(k, Tensor) or k.shape != (2,) or k.dtype != dtypes.int64:  # (a batch of keys: vmap it)
-        described = k.aval if isinstance(k, Tensor) else type(k).__name__
-        raise TypeError(f"slope.random.{name}: expected a key (int64 tensor of shape (2,)), got {described}")
+        raise TypeError(f"slope.random.{name}: expected a key (int64 tensor of shape (2,)), got {_got(k)}")
     return ops.shape_args(f"random.{name}", (shape,), 0)
 
 

@@ -112,11 +112,6 @@ class Tensor:
     def __setitem__(self, index: Any, value: Any) -> None:
         raise TypeError("slope: tensors are immutable; instead of `t[i] = v` write `t = t.at[i].set(v)` (or `.add(v)`)")
 
-    @property
-    def at(self) -> Any:
-        """Functional updates: `t.at[idx].set(v)`, `t.at[idx].add(v)`."""
-        return _IndexUpdate(self)
-
     def __getitem__(self, index: Any) -> Tensor:
         return functions["getitem"](self, index)
 
@@ -159,16 +154,24 @@ class _IndexUpdate:
 
     __slots__ = ("tensor", "index")
 
-    def __init__(self, tensor: Tensor, index: Any = None):
+    def __init__(self, tensor: Tensor, *index: Any):  # index: () for `t.at`, (index,) for `t.at[index]`
         self.tensor, self.index = tensor, index
 
     def __getitem__(self, index: Any) -> _IndexUpdate:
         return _IndexUpdate(self.tensor, index)
 
+    def _indexed(self, method: str) -> Any:  # (index None is a new axis: `t.at.set(v)` would write every element)
+        if not self.index:
+            raise AttributeError(f"slope: `t.at.{method}(...)` needs an index: `t.at[index].{method}(...)` (as JAX)")
+        return self.index[0]
+
     def set(self, value: Any) -> Tensor:
         """A copy of the tensor with `value` written at the index."""
-        return functions["index_update"](self.tensor, self.index, value, "set")
+        return functions["index_update"](self.tensor, self._indexed("set"), value, "set")
 
     def add(self, value: Any) -> Tensor:
         """A copy of the tensor with `value` added at the index (repeated indices accumulate)."""
-        return functions["index_update"](self.tensor, self.index, value, "add")
+        return functions["index_update"](self.tensor, self._indexed("add"), value, "add")
+
+
+Tensor.at = property(_IndexUpdate, doc="Functional updates: `t.at[idx].set(v)`, `t.at[idx].add(v)`.")

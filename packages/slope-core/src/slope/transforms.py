@@ -43,6 +43,17 @@ def _tangents(name: str, primals: list, in_tree: Any, tangents: Any) -> list:
     return tangents_flat
 
 
+def _got(value: Any) -> Any:  # what error messages call a value: a tensor by its aval ([3, f32]), others by type
+    return value.aval if isinstance(value, Tensor) else type(value).__name__
+
+
+def _pair(value: Any, must: str) -> Any:  # the value if it is a pair (a tuple or list of two); JAX checks these too
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        got = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (tuple, list)) else _got(value)
+        raise TransformError(f"{must}, got {got}")
+    return value
+
+
 def _procedure_instead(op: Operator, rule: str, tracers: list, params: dict) -> list:
     if op.procedure is None:
         raise TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
@@ -174,12 +185,8 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     primals_flat, (in_tree, _) = _tensor_leaves(primals)
 
     def main_fn(*args: Any) -> Any:
-        out = _function("vjp", fn)(*args)
-        if has_aux and not (isinstance(out, (tuple, list)) and len(out) == 2):
-            got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
-            got = f"a single tensor {out.aval}" if isinstance(out, Tensor) else got
-            raise TransformError(f"slope.grad/vjp: with has_aux=True, return a pair (output, aux), not {got}")
-        return out  # with has_aux the whole pair: aux leaves come out of the primal program as concrete values
+        out = _function("vjp", fn)(*args)  # has_aux: the whole pair (the primal program gives the aux leaves concrete)
+        return _pair(out, "slope.grad/vjp: with has_aux=True, return a pair (output, aux)") if has_aux else out
 
     flat_fn, out_tree = flatten_fun(main_fn, in_tree)
     outs, program, residuals = _linearize_flat(flat_fn, primals_flat)
@@ -231,8 +238,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
         partial_fn, diff_args = _differentiated("grad", fn, argnums, args, kwargs)
         out, vjp_fn, *aux = vjp(partial_fn, *diff_args, has_aux=has_aux)
         if not isinstance(out, Tensor) or out.shape != () or not out.dtype.is_float:
-            got = out.aval if isinstance(out, Tensor) else type(out).__name__
-            must = f"the function must return a scalar (0-d) floating-point tensor, got {got}"
+            must = f"the function must return a scalar (0-d) floating-point tensor, got {_got(out)}"
             raise TransformError(f"slope.grad: {must}; reduce it (e.g. .sum()) or use slope.vjp / slope.jacrev")
         seed = constant(1.0, out.dtype)  # (shared: a gradient that is the seed itself, as `+ b` hands b, is copied)
         grads = tree.map(lambda g: functions["stop_gradient"](g) if g is seed else g, vjp_fn(seed))
@@ -287,15 +293,15 @@ class BatchTrace(Trace):
         return [BatchTracer(self, o, d) for o, d in zip(outs, out_dims)]
 
 
-def _axes_for_leaves(name: str, axes: Any, value: Any) -> list:
+def _axes_for_leaves(axes: Any, value: Any) -> list:
     """Broadcast an axis spec (an int/None, or a pytree prefix of the value) to one entry per leaf."""
     if axes is None or (isinstance(axes, int) and not isinstance(axes, bool)):  # (False mapped axis 0)
         return [axes] * len(tree.leaves(value))
     if isinstance(axes, (tuple, list)) and isinstance(value, (tuple, list)) and len(axes) == len(value):
-        return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(name, sub_axes, sub)]
+        return [a for sub_axes, sub in zip(axes, value) for a in _axes_for_leaves(sub_axes, sub)]
     if isinstance(axes, dict) and isinstance(value, dict) and axes.keys() == value.keys():
-        return [a for k in tree.structure(value).entries() for a in _axes_for_leaves(name, axes[k], value[k])]
-    raise TransformError(f"slope.{name}: axes {axes!r} do not match the structure of the arguments")
+        return [a for k in tree.structure(value).entries() for a in _axes_for_leaves(axes[k], value[k])]
+    raise TransformError(f"slope.vmap: axes {axes!r} do not match the structure of the arguments")
 
 
 def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
@@ -306,7 +312,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
             raise TransformError(f"slope.vmap: in_axes {in_axes} has {len(in_axes)} entries for {len(args)} arguments")
         xs, in_tree = tree.flatten(args)
-        axes = _axes_for_leaves("vmap", in_axes, args)  # (unmapped numbers, strings, functions stay so, as in JAX)
+        axes = _axes_for_leaves(in_axes, args)  # (unmapped numbers, strings, functions stay so, as in JAX)
         flat = [x if a is None and not isinstance(x, (Tensor, np.ndarray)) else as_tensor(x) for x, a in zip(xs, axes)]
         for x, axis in zip(flat, axes):
             if axis is not None and not -x.ndim <= axis < x.ndim:
@@ -324,8 +330,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
-        targets = _axes_for_leaves("vmap", out_axes, tree.unflatten(out_tree[0], values))  # (Module: tensor leaves)
-        results = []
+        targets, results = _axes_for_leaves(out_axes, tree.unflatten(out_tree[0], values)), []  # (a Module: tensors)
         for value, dim, target in zip(values, dims, targets):
             if target is None and dim is not None:  # JAX's rule: out_axes None is for outputs that are not mapped
                 raise TransformError(f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
@@ -373,8 +378,7 @@ def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
 def _reverse(f: Callable, x: Tensor, name: str) -> Tensor:  # jacrev's (and hessian's inner) Jacobian of f at x
     out, vjp_fn = vjp(f, x)
     if not isinstance(out, Tensor) or not out.dtype.is_float:  # (PyTorch and JAX refuse integers: zero rows)
-        got = out.aval if isinstance(out, Tensor) else type(out).__name__
-        raise TransformError(f"slope.{name}: expected one floating-point output, got {got}")
+        raise TransformError(f"slope.{name}: expected one floating-point output, got {_got(out)}")
     return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
 
 
@@ -415,8 +419,7 @@ class CustomJVPCall(_CustomCall):
     def jvp(self, primals: list, tangents: list, *, rule: Callable, **params: Any) -> tuple[list, list]:
         if not params["zeros"]:  # (the rule gets tensors of zeros, as JAX's without symbolic_zeros)
             tangents = [zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
-        out, tangent_out = rule(primals, tangents)
-        outs, tangent_outs = [as_tensor(o) for o in tree.leaves(out)], [as_tensor(t) for t in tree.leaves(tangent_out)]
+        outs, tangent_outs = ([as_tensor(v) for v in tree.leaves(part)] for part in rule(primals, tangents))  # (a pair)
         got, expected = [o.aval for o in outs] + [t.aval for t in tangent_outs], list(params["out_avals"]) * 2
         if got != expected:  # (JAX checks too: jacfwd had a wrong shape, a vjp the fwd's shape)
             raise TransformError(f"slope.custom_jvp: the rule's outputs and tangents {got} should be {expected}")
@@ -429,14 +432,17 @@ class CustomVJPLinear(_CustomCall):
     def procedure(self, *args: Tensor, **params: Any) -> list:
         raise TransformError("slope.custom_vjp: has no forward mode (jvp, jacfwd); for that, write a slope.custom_jvp")
 
-    def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple,
+    def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple, in_tree: Any,
                   n_res: int) -> list:  # fmt: skip
-        cts_in = bwd(args[:n_res], tree.unflatten(out_tree, cotangents))
-        if not isinstance(cts_in, tuple):
-            raise TransformError("slope.custom_vjp: the backward function must return a tuple, one entry per input")
-        flat, linear_avals = tree.leaves(cts_in, is_leaf=lambda ct: ct is None), [a.aval for a in args[n_res:]]
-        if len(flat) != len(linear_avals):
-            raise TransformError(f"slope.custom_vjp: bwd gave {len(flat)} cotangents for {len(linear_avals)} inputs")
+        cts_in, inputs = bwd(args[:n_res], tree.unflatten(out_tree, cotangents)), in_tree.children()
+        if not isinstance(cts_in, tuple) or len(cts_in) != len(inputs):
+            got = f"a tuple of {len(cts_in)}" if isinstance(cts_in, tuple) else _got(cts_in)
+            raise TransformError(f"slope.custom_vjp: the backward function must return a tuple, one entry per input "
+                                 f"({len(inputs)}), got {got}")  # fmt: skip
+        flat, cts_tree = tree.flatten(cts_in, is_leaf=lambda ct: ct is None)  # (None: a zero cotangent, as JAX's)
+        if cts_tree != in_tree:  # (leaf by leaf, a dict's cotangents for a namedtuple input would be swapped)
+            raise TransformError(f"slope.custom_vjp: bwd must give {describe(in_tree)}, got {describe(cts_tree)}")
+        linear_avals = [a.aval for a in args[n_res:]]
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and aval.dtype.is_float and (got := as_tensor(ct).aval) != aval:  # (an int's is ignored)
                 raise TransformError(f"slope.custom_vjp: the backward function returned a cotangent of shape {got.shape} "
@@ -461,27 +467,35 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
         self.rule, self.zeros = rule, symbolic_zeros
         return rule
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kind, name = type(self).__name__, getattr(self.fun, "__name__", "the function")  # (a partial has no name)
         if self.rule is None:
             define = ".defvjp(fwd, bwd)" if isinstance(self, custom_vjp) else ".defjvp(rule)"
-            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} has no rule; call {define} first")
+            raise TransformError(f"slope.{kind}: {name} has no rule; call {define} first")
         if not active(JVPTrace):  # only forward mode reads the rule: elsewhere, the function itself (traced once)
-            return self.fun(*args)
+            return self.fun(*args, **kwargs)
+        if kwargs:  # rules see the arguments given, by position: keywords placed by the signature (defaults are not)
+            args = (bound := inspect.signature(self.fun).bind(*args, **kwargs)).args
+            if bound.kwargs:  # (keyword-only, **kwargs, or after an argument left to its default)
+                raise TypeError(f"slope.{kind}: {name}'s rule takes positions: pass {list(bound.kwargs)} by position")
         flat, kept = _tensor_leaves(args, keep_numbers=True)  # Python numbers stay so (float64 code: 0.1 exact)
         fun, out_trees = flatten_fun(lambda *a: self.fun(*_refill(kept, a)), tree.flatten(flat)[1])
 
         def rule(p: list, t: list) -> Any:  # (a number's tangent: 0, or None with symbolic zeros)
-            return self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
+            pair = self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
+            out, tangent = _pair(pair, f"slope.{kind}: the rule of {name} must return a pair (output, tangent)")
+            if not tree.structure(out) == tree.structure(tangent) == out_trees[0]:  # (as JAX: else leaves could swap)
+                raise TransformError(f"slope.{kind}: rule of {name}: output, tangent must be {describe(out_trees[0])}")
+            return pair
 
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
 
         program = make_program(fun, [a.aval for a in flat])
         level = max([a._trace.main.level for a in flat if isinstance(a, Tracer)] + [_local.dynamic[-1].level])
         if any(isinstance(c, JVPTracer) and c._trace.main.level > level for c in program.constant_values):  # (JAX's)
-            raise TransformError(f"slope.{type(self).__name__}: {self.fun.__name__} closes over a value that an outer "
-                                 "grad/jvp differentiates, which its rule cannot see: pass it as an argument")  # fmt: skip
-        avals = tuple(program.out_avals)
-        outs = bind(custom_jvp_call, *flat, fun=fun, rule=rule, out_avals=avals, zeros=self.zeros)
+            raise TransformError(f"slope.{kind}: {name} closes over a value that an outer grad/jvp differentiates, "
+                                 "which its rule cannot see: pass it as an argument")  # fmt: skip
+        outs = bind(custom_jvp_call, *flat, fun=fun, rule=rule, out_avals=tuple(program.out_avals), zeros=self.zeros)
         return tree.unflatten(out_trees[0], outs)
 
 
@@ -492,15 +506,13 @@ class custom_vjp(custom_jvp):  # noqa: N801 - named like the JAX decorator users
         """Set `fwd(*args) -> (out, residuals)` and `bwd(residuals, cotangent) -> tuple of input cotangents`."""
 
         def rule(primals: tuple, tangents: tuple) -> tuple:  # its linear part transposes to `bwd`
-            if not (isinstance(pair := fwd(*primals), (tuple, list)) and len(pair) == 2):  # (JAX checks it too)
-                got = pair.aval if isinstance(pair, Tensor) else type(pair).__name__
-                raise TransformError(f"slope.custom_vjp: fwd must return a pair (output, residuals), got {got}")
-            out, residuals = pair
+            out, residuals = _pair(fwd(*primals), "slope.custom_vjp: fwd must return a pair (output, residuals)")
             (out_flat, out_tree), (res_flat, kept) = tree.flatten(out), _tensor_leaves(residuals, True)
             flat_bwd = lambda res, ct: bwd(_refill(kept, res), ct)  # noqa: E731 - (vmap maps it: numbers go in inside)
             params = {"bwd": flat_bwd, "out_tree": out_tree, "out_avals": tuple(as_tensor(o).aval for o in out_flat)}
-            linear = [as_tensor(t) for t in tree.leaves(tangents)]  # (a number's tangent: its 0, 0.0 or False)
-            tangent_outs = bind(custom_vjp_linear, *res_flat, *linear, **params, n_res=len(res_flat))
+            linear, in_tree = tree.flatten(tangents)  # (a number's tangent: its 0, 0.0 or False)
+            tangent_outs = bind(custom_vjp_linear, *res_flat, *map(as_tensor, linear), **params, in_tree=in_tree,
+                                n_res=len(res_flat))  # fmt: skip
             return out, tree.unflatten(out_tree, tangent_outs)
 
         self.rule = rule

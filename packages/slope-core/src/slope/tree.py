@@ -1,5 +1,4 @@
-"""Pytrees: nested containers of tensors that transformations flatten and rebuild, by optree in Slope's own namespace
-(built in: lists, tuples, dicts in sorted key order, namedtuples, None; a structure is hashable, a jit cache key)."""
+"""Pytrees via optree in Slope's own namespace (built in: lists, tuples, dicts by sorted keys, namedtuples, None)."""
 
 from __future__ import annotations
 
