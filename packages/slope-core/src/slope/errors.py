@@ -48,7 +48,7 @@ _FLAGS = {"0": False, "false": False, "no": False, "off": False, "1": True, "tru
 
 
 def env(name: str, default: bool | int | float) -> bool | int | float:
-    """$name as the default's type (flag: 1/true/yes/on, 0/false/no/off; number >= 0), unset: default; else an error."""
+    """$name as the default's type (flag: 1/true/yes/on, 0/false/no/off, any case; number >= 0); unset: default."""
     raw = os.environ.get(name, "").strip().lower()
     with contextlib.suppress(KeyError, ValueError):  # (not a flag, not a number: the error below)
         value = default if not raw else _FLAGS[raw] if isinstance(default, bool) else type(default)(raw)

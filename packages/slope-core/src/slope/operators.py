@@ -207,8 +207,8 @@ _HALVES, _IN_FLOAT32 = (dtypes.float16, dtypes.bfloat16), ("mul", "div")
 
 
 def _half_and_number(x: Any, y: Any, number_first: bool = True) -> DType | None:
-    """The dtype of a half tensor x with a number or 0-d tensor y (or a number x before it): float32, rounded once, as
-    PyTorch (float16 x / 65535.0 is not x / inf); a 0-d tensor before the half tensor is rounded to its dtype first."""
+    """x's half dtype where x (float16/bfloat16) with a number or 0-d tensor y (or a number x before it) is computed in
+    float32 and rounded once, as PyTorch (x / 65535.0 is not x / inf); a 0-d tensor before x is rounded to it first."""
     if isinstance(x, Tensor) and x.dtype in _HALVES and (isinstance(y, (int, float, np.number)) or
                                                          isinstance(y, Tensor) and x.ndim > y.ndim == 0):  # fmt: skip
         return x.dtype

@@ -149,7 +149,7 @@ def refresh(strict_plugin: str | None = None) -> None:
 
 def results(hook: str, check: Callable = lambda value: value, strict_plugin: str | None = None, where: str = "",
             **kwargs: Any) -> Iterator[tuple[str, Any]]:  # fmt: skip
-    """(plugin name, checked result) of each plugin's `hook`, Slope's first; one that raises is reported and skipped."""
+    """(plugin name, checked result) of each plugin's `hook`, Slope's first; one raising: skipped (strict: raised)."""
     for impl in getattr(manager.hook, hook).get_hookimpls():
         plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
         try:

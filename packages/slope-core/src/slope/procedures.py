@@ -314,7 +314,7 @@ def _correction(name: str, correction: Any, unbiased: Any) -> Any:  # PyTorch's:
 
 
 def _centered(x: Tensor, dim: Any) -> tuple[Tensor, Tensor]:
-    """(mean, x - mean) over dims (kept), the first mean's rounding undone by the centred mean: constant rows are 0."""
+    """(mean, x - mean) over dims (kept), the first mean's rounding undone by the centred mean (a constant row: 0s)."""
     first = mean(x, dim, keepdim=True)
     shift = mean(x - first, dim, keepdim=True)
     shift = where(abs_(shift) < math.inf, shift, 0.0)

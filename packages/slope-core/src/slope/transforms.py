@@ -434,14 +434,12 @@ class CustomVJPLinear(_CustomCall):
 
     def transpose(self, cotangents: list, *args: Any, bwd: Callable, out_tree: Any, out_avals: tuple, in_tree: Any,
                   n_res: int) -> list:  # fmt: skip
-        cts_in, inputs = bwd(args[:n_res], tree.unflatten(out_tree, cotangents)), in_tree.children()
-        if not isinstance(cts_in, tuple) or len(cts_in) != len(inputs):
-            got = f"a tuple of {len(cts_in)}" if isinstance(cts_in, tuple) else _got(cts_in)
-            raise TransformError(f"slope.custom_vjp: the backward function must return a tuple, one entry per input "
-                                 f"({len(inputs)}), got {got}")  # fmt: skip
-        flat, cts_tree = tree.flatten(cts_in, is_leaf=lambda ct: ct is None)  # (None: a zero cotangent, as JAX's)
-        if cts_tree != in_tree:  # (leaf by leaf, a dict's cotangents for a namedtuple input would be swapped)
-            raise TransformError(f"slope.custom_vjp: bwd must give {describe(in_tree)}, got {describe(cts_tree)}")
+        cts_in = bwd(args[:n_res], tree.unflatten(out_tree, cotangents))
+        try:  # the inputs' structure, as JAX checks it (leaf by leaf, a dict's cotangents for a namedtuple would swap)
+            flat = in_tree.flatten_up_to(cts_in)  # (None: a zero cotangent, for a leaf or a None input)
+        except ValueError as error:
+            raise TransformError(f"slope.custom_vjp: the backward function must return a tuple of cotangents "
+                                 f"{describe(in_tree)}, one per input: {error}") from None  # fmt: skip
         linear_avals = [a.aval for a in args[n_res:]]
         for i, (ct, aval) in enumerate(zip(flat, linear_avals)):
             if ct is not None and aval.dtype.is_float and (got := as_tensor(ct).aval) != aval:  # (an int's is ignored)
@@ -485,7 +483,8 @@ class custom_jvp:  # noqa: N801 - named like the JAX decorator users know
             pair = self.rule(_refill(kept, p), _refill(kept, t, lambda n: None if self.zeros else type(n)(0)))
             out, tangent = _pair(pair, f"slope.{kind}: the rule of {name} must return a pair (output, tangent)")
             if not tree.structure(out) == tree.structure(tangent) == out_trees[0]:  # (as JAX: else leaves could swap)
-                raise TransformError(f"slope.{kind}: rule of {name}: output, tangent must be {describe(out_trees[0])}")
+                parts = " and ".join(describe(tree.structure(part)) for part in pair)  # (custom_vjp's: fwd's output)
+                raise TransformError(f"slope.{kind}: {name}'s rule gave {parts}, not {describe(out_trees[0])} twice")
             return pair
 
         from .trace import _local  # (bind's choice of level: the innermost of the arguments' and the dynamic one)
