@@ -594,3 +594,24 @@ def test_a_float64_pow_is_one_loop_not_eleven_unrolled_steps():
     assert code.count("stablehlo.while") == 1 and len(code.splitlines()) < 400
     expected = (torch.tensor(x) ** torch.tensor(y)).numpy()  # (exact: 0.125, 3 ** -5 rounded once, 2 ** 1024 inf)
     np.testing.assert_array_equal(f(slope.tensor(x), slope.tensor(y)).numpy(), expected)
+
+
+@pytest.mark.parametrize("size", [2**31 + 100, 2**31])
+def test_a_scatter_past_2_to_the_31_elements_is_refused_not_wrong(iree_backend, size):
+    # IREE 3.13 scatters with 32-bit offsets: x.at[2**31 + 60].add(11) into 2**31 + 100 uint8 zeros added nothing (or
+    # crashed the process); 2**31 - 1000 elements were right. Translated from avals only: nothing is allocated
+    from slope_iree.translate import build_module
+
+    limit = 2**31 - 1
+    program = _one_instruction("scatter_nd", [Aval((size,), slope.uint8), Aval((1,), slope.int64),
+                                              Aval((), slope.uint8)])  # fmt: skip
+    message = rf"slope\.scatter_nd .*iree backend cannot scatter with x of shape \({size},\) .*at most .*{limit}"
+    with pytest.raises(slope.SlopeBackendError, match=message):
+        build_module(program, iree_backend.translations)
+    rows = _one_instruction("scatter_nd", [Aval((2, 2**30 + 1), slope.float32), Aval((1,), slope.int64),
+                                           Aval((2**30 + 1,), slope.float32)])  # fmt: skip
+    with pytest.raises(slope.SlopeBackendError, match=r"cannot scatter with x of shape \(2, 1073741825\)"):
+        build_module(rows, iree_backend.translations)
+    below = _one_instruction("scatter_nd", [Aval((limit,), slope.uint8), Aval((1,), slope.int64),
+                                            Aval((), slope.uint8)])  # fmt: skip
+    assert "stablehlo.scatter" in build_module(below, iree_backend.translations)[0]

@@ -1082,6 +1082,22 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     return fn.emit(text, out)
 
 
+# the most elements a scatter's operand or updates may have: IREE 3.13 lowers a scatter with 32-bit offsets, and one
+# into 2**31 + 100 uint8 elements added nothing (or crashed the process) where 2**31 - 1000 elements were right
+SCATTER_LIMIT = 2**31 - 1
+
+
+def check_scatter_size(operator: str, x: Aval, updates: Aval) -> None:
+    """Raise SlopeBackendError for a scatter that IREE would get wrong: x or the updates past SCATTER_LIMIT elements."""
+    for role, aval in (("x", x), ("the updates", updates)):
+        if aval.size > SCATTER_LIMIT:
+            raise slope.SlopeBackendError(
+                f"{operator}: the iree backend cannot scatter with {role} of shape {aval.shape} ({aval.size} "
+                f"elements): IREE's scatter handles at most 2**31 - 1 = {SCATTER_LIMIT} (it gave wrong values past "
+                "that); use the onnxruntime or numpy backend, or split x"
+            )
+
+
 def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x_aval, index_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
     if out.dtype.name in _HALF:  # added in float32, rounded once, as onnxruntime and the numpy backend (1000 bfloat16
@@ -1107,6 +1123,7 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
         return fn.binary(combine, x, total)
     if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
         return x
+    check_scatter_size(_SCATTER, x_aval, fn.avals[updates])
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
     # each update is added into (a copy of) x in turn, in index order, as PyTorch, NumPy and onnxruntime do (summing
     # the updates into zeros first, then adding x, rounded and overflowed differently: [1e308, 0].at[[0, 0]].add(
@@ -1185,7 +1202,9 @@ __all__ = [
     "DYNAMIC_SAFE",
     "Function",
     "NoTranslationError",
+    "SCATTER_LIMIT",
     "build_module",
+    "check_scatter_size",
     "in_float32",
     "tensor_type",
     "translations",
