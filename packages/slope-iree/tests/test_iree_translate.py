@@ -615,3 +615,31 @@ def test_a_scatter_past_2_to_the_31_elements_is_refused_not_wrong(iree_backend, 
     below = _one_instruction("scatter_nd", [Aval((limit,), slope.uint8), Aval((1,), slope.int64),
                                             Aval((), slope.uint8)])  # fmt: skip
     assert "stablehlo.scatter" in build_module(below, iree_backend.translations)[0]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_long_float32_contraction_is_taken_in_blocks(jit):
+    """IREE 3.13 contracted a matmul/conv one element at a time in one float32 accumulator: ones(2**24 + 2) @ itself
+    was 16777216, a 2e6-long dot of uniforms ~1e-3 off, a conv weight gradient over 262,144 positions ~1e-5 off.
+    Products longer than DOT_UNBLOCKED are taken in blocks whose partial products add in float64 (PyTorch's 1-D dot of
+    4e6 uniforms is 1.7e-5 off); errors against float64 references."""
+    from slope_iree.translate import DOT_UNBLOCKED
+
+    mm = slope.jit(lambda a, b: a @ b) if jit else (lambda a, b: a @ b)
+    ones = slope.ones((2**24 + 2,))
+    assert mm(ones, ones).item() == 2**24 + 2
+    rng = np.random.default_rng(0)
+    u = rng.random(2_000_000, dtype=np.float32)
+    exact = float(u.astype(np.float64) @ u)
+    assert abs(mm(slope.tensor(u), slope.tensor(u)).item() - exact) <= 1e-6 * exact
+    a, b = rng.random((3, 300_000), dtype=np.float32), rng.random((300_000, 2), dtype=np.float32)
+    exact = a.astype(np.float64) @ b
+    for got in (mm(slope.tensor(a), slope.tensor(b)), mm(slope.tensor(b).T, slope.tensor(a).T).T):
+        np.testing.assert_allclose(got.numpy(), exact, rtol=1e-6)
+    x = rng.random((1, 2, 512, 512), dtype=np.float32)
+    grad = slope.grad(lambda w: slope.conv(slope.tensor(x), w).sum())(slope.ones((3, 2, 1, 1)))
+    exact = np.broadcast_to(x.astype(np.float64).sum((0, 2, 3)), (3, 2))
+    np.testing.assert_allclose(grad.numpy()[:, :, 0, 0], exact, rtol=1e-6)
+    # the MLP/CNN benchmarks' products (at most 43,264 long) stay one dot_general
+    short = slope.jit(lambda a, b: a @ b).lower(slope.ones((2, DOT_UNBLOCKED)), slope.ones((DOT_UNBLOCKED, 3))).code
+    assert short.count("stablehlo.dot_general") == 1 and "batching_dims" not in short
