@@ -594,3 +594,52 @@ def test_a_float64_pow_is_one_loop_not_eleven_unrolled_steps():
     assert code.count("stablehlo.while") == 1 and len(code.splitlines()) < 400
     expected = (torch.tensor(x) ** torch.tensor(y)).numpy()  # (exact: 0.125, 3 ** -5 rounded once, 2 ** 1024 inf)
     np.testing.assert_array_equal(f(slope.tensor(x), slope.tensor(y)).numpy(), expected)
+
+
+@pytest.mark.parametrize("size", [2**31 + 100, 2**31])
+def test_a_scatter_past_2_to_the_31_elements_is_refused_not_wrong(iree_backend, size):
+    # IREE 3.13 scatters with 32-bit offsets: x.at[2**31 + 60].add(11) into 2**31 + 100 uint8 zeros added nothing (or
+    # crashed the process); 2**31 - 1000 elements were right. Translated from avals only: nothing is allocated
+    from slope_iree.translate import build_module
+
+    limit = 2**31 - 1
+    program = _one_instruction("scatter_nd", [Aval((size,), slope.uint8), Aval((1,), slope.int64),
+                                              Aval((), slope.uint8)])  # fmt: skip
+    message = rf"slope\.scatter_nd .*iree backend cannot scatter with x of shape \({size},\) .*at most .*{limit}"
+    with pytest.raises(slope.SlopeBackendError, match=message):
+        build_module(program, iree_backend.translations)
+    rows = _one_instruction("scatter_nd", [Aval((2, 2**30 + 1), slope.float32), Aval((1,), slope.int64),
+                                           Aval((2**30 + 1,), slope.float32)])  # fmt: skip
+    with pytest.raises(slope.SlopeBackendError, match=r"cannot scatter with x of shape \(2, 1073741825\)"):
+        build_module(rows, iree_backend.translations)
+    below = _one_instruction("scatter_nd", [Aval((limit,), slope.uint8), Aval((1,), slope.int64),
+                                            Aval((), slope.uint8)])  # fmt: skip
+    assert "stablehlo.scatter" in build_module(below, iree_backend.translations)[0]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_long_float32_contraction_is_taken_in_blocks(jit):
+    """IREE 3.13 contracted a matmul/conv one element at a time in one float32 accumulator: ones(2**24 + 2) @ itself
+    was 16777216, a 2e6-long dot of uniforms ~1e-3 off, a conv weight gradient over 262,144 positions ~1e-5 off.
+    Products longer than DOT_UNBLOCKED are taken in blocks whose partial products add in float64 (PyTorch's 1-D dot of
+    4e6 uniforms is 1.7e-5 off); errors against float64 references."""
+    from slope_iree.translate import DOT_UNBLOCKED
+
+    mm = slope.jit(lambda a, b: a @ b) if jit else (lambda a, b: a @ b)
+    ones = slope.ones((2**24 + 2,))
+    assert mm(ones, ones).item() == 2**24 + 2
+    rng = np.random.default_rng(0)
+    u = rng.random(2_000_000, dtype=np.float32)
+    exact = float(u.astype(np.float64) @ u)
+    assert abs(mm(slope.tensor(u), slope.tensor(u)).item() - exact) <= 1e-6 * exact
+    a, b = rng.random((3, 300_000), dtype=np.float32), rng.random((300_000, 2), dtype=np.float32)
+    exact = a.astype(np.float64) @ b
+    for got in (mm(slope.tensor(a), slope.tensor(b)), mm(slope.tensor(b).T, slope.tensor(a).T).T):
+        np.testing.assert_allclose(got.numpy(), exact, rtol=1e-6)
+    x = rng.random((1, 2, 512, 512), dtype=np.float32)
+    grad = slope.grad(lambda w: slope.conv(slope.tensor(x), w).sum())(slope.ones((3, 2, 1, 1)))
+    exact = np.broadcast_to(x.astype(np.float64).sum((0, 2, 3)), (3, 2))
+    np.testing.assert_allclose(grad.numpy()[:, :, 0, 0], exact, rtol=1e-6)
+    # the MLP/CNN benchmarks' products (at most 43,264 long) stay one dot_general
+    short = slope.jit(lambda a, b: a @ b).lower(slope.ones((2, DOT_UNBLOCKED)), slope.ones((DOT_UNBLOCKED, 3))).code
+    assert short.count("stablehlo.dot_general") == 1 and "batching_dims" not in short

@@ -114,6 +114,22 @@ def test_max_pool_gradient_of_tiles_pools_once_and_does_not_scatter():
     assert "stablehlo.scatter" not in code
 
 
+def test_scatter_add_past_2_to_the_31_elements_is_refused_not_wrong():
+    """IREE 3.13 scatters with 32-bit offsets: slope.scatter_add into 2**31 + 100 uint8 zeros added nothing (or crashed
+    the process). Translated from avals only (nothing allocated): a SlopeBackendError naming the operator and shape."""
+    from slope.ir import Aval, Instruction, Program, Var
+    from slope_iree.translate import build_module
+
+    op = slope.plugins.operators["scatter_add"]
+    size = 2**31 + 100
+    inputs = [Var(Aval((size,), slope.uint8)), Var(Aval((size,), slope.int64)), Var(Aval((size,), slope.uint8))]
+    out = Var(op.infer(*(v.aval for v in inputs), dim=0, unique_indices=False))
+    program = Program(inputs, [Instruction(op, inputs, {"dim": 0, "unique_indices": False}, [out])], [out])
+    message = r"slope\.scatter_add: .*cannot scatter with x of shape \(2147483748,\)"
+    with slope.use_backend("iree") as backend, pytest.raises(slope.SlopeBackendError, match=message):
+        build_module(program, backend.translations)
+
+
 def test_scatter_add_leaves_its_inputs_unchanged():
     """A jitted scatter_add called twice on the same tensors gives the same result and x keeps its values (IREE
     3.13 scatters in place into an argument's buffer)."""

@@ -304,8 +304,8 @@ def _compile(mlir: str, target_backend: str, flags: tuple[str, ...]) -> bytes:
     except CompilerToolError as error:
         if target_backend in ("vulkan-spirv", "metal-spirv") and re.search(r"\bf64\b", str(error)):
             raise _error(
-                f"slope: the {target_backend} target has no float64, which this program uses (float32 sums "
-                "accumulate in float64); for vulkan choose a GPU target that has it with SLOPE_IREE_VULKAN_TARGET "
+                f"slope: the {target_backend} target has no float64, which this program uses (float32 sums, cumsums "
+                "and contractions longer than 65,536 accumulate in float64); for vulkan choose a GPU target that has it with SLOPE_IREE_VULKAN_TARGET "
                 f"(e.g. ampere, rdna3):\n{_summary(error)}"
             ) from None
         raise _error(

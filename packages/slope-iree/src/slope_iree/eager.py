@@ -29,7 +29,7 @@ from slope import Aval, Instruction, Program, Var
 from slope.operators import Elementwise
 
 from . import runtime
-from .translate import DYNAMIC_SAFE, ELEMENT_TYPES, array_attr, build_module
+from .translate import DOT_UNBLOCKED, DYNAMIC_SAFE, ELEMENT_TYPES, array_attr, build_module
 
 failed: set[str] = set()  # generic modules the compiler rejected: those programs are compiled per shape
 
@@ -115,6 +115,8 @@ def single_run(program: Program, translations: dict[str, Callable], device: str)
         return (lambda buffers: [runtime.from_numpy(array, device)]), ""
     if name not in DYNAMIC_SINGLE or (name == "sum" and out.dtype == slope.float64):
         return None
+    if name == "matmul" and out.dtype.is_float and instruction.inputs[0].aval.shape[-1] > DOT_UNBLOCKED:
+        return None  # contracted in blocks, which a module of every shape cannot choose (translate.blocked_product)
     extra: list = []
     if name == "expand":
         text = _expand_text(instruction)

@@ -322,13 +322,17 @@ class Function:
         return name
 
     def matrix_product(self, x: str, y: str, x_swapped: bool = False, y_swapped: bool = False) -> str:
-        """x @ y over the last two dimensions (the others batch), as one dot_general; `x_swapped` means x holds the
-        transpose of the left factor's last two dimensions (and likewise y), which dot_general reads as it is."""
+        """x @ y over the last two dimensions (the others batch), as one dot_general (in blocks past DOT_UNBLOCKED
+        contracted elements: blocked_product); `x_swapped` means x holds the transpose of the left factor's last two
+        dimensions (and likewise y), which dot_general reads as it is."""
         x_aval, y_aval = self.avals[x], self.avals[y]
         n = x_aval.ndim
         rows = x_aval.shape[n - 1] if x_swapped else x_aval.shape[n - 2]
         columns = y_aval.shape[n - 2] if y_swapped else y_aval.shape[n - 1]
         out = Aval(x_aval.shape[:-2] + (rows, columns), x_aval.dtype)
+        depth = x_aval.shape[n - 2] if x_swapped else x_aval.shape[n - 1]
+        if depth > DOT_UNBLOCKED and out.dtype.is_float and not self.dynamic:
+            return self.blocked_product(x, y, x_swapped, y_swapped, depth)
         batch = ", ".join(map(str, range(n - 2)))
         dims = f"batching_dims = [{batch}] x [{batch}], " if n > 2 else ""
         contract = f"contracting_dims = [{n - 2 if x_swapped else n - 1}] x [{n - 1 if y_swapped else n - 2}]"
@@ -336,6 +340,35 @@ class Function:
                          f"{self.tensor_type(out)}", out)  # fmt: skip
         self.products[name] = (x, y, x_swapped, y_swapped)
         return name
+
+    def blocked_product(self, x: str, y: str, x_swapped: bool, y_swapped: bool, depth: int) -> str:
+        """matrix_product over a long contraction: products of blocks of DOT_BLOCK (batched, one dot_general), their
+        partial sums added in float64 and rounded once. IREE 3.13 contracts one element at a time in one accumulator
+        (ones(2e7) @ ones(2e7) was 16777216; a 4e6-long float32 dot 2.8e-3 off, where PyTorch's is 1.7e-5)."""
+        blocks = -(-depth // DOT_BLOCK)
+
+        def split(a: str, swapped: bool, left: bool) -> tuple[str, bool]:
+            """a with its contracted dimension padded with zeros and split into (blocks, DOT_BLOCK), the blocks a batch
+            dimension before the last two; whether the result holds its matrices swapped."""
+            aval = self.avals[a]
+            along = aval.ndim - (2 if swapped == left else 1)  # the contracted dimension
+            if blocks * DOT_BLOCK != depth:
+                high = [blocks * DOT_BLOCK - depth if d == along else 0 for d in range(aval.ndim)]
+                shape = tuple(n + h for n, h in zip(aval.shape, high))
+                a = _pad_value(self, a, [0] * aval.ndim, high, 0, Aval(shape, aval.dtype))
+            shape = self.avals[a].shape
+            a = self.reshape(a, shape[:along] + (blocks, DOT_BLOCK) + shape[along + 1 :])
+            if along == aval.ndim - 2:  # (..., blocks, DOT_BLOCK, other): already batch-major
+                return a, swapped
+            m = aval.ndim - 1  # (..., other, blocks, DOT_BLOCK) -> (..., blocks, other, DOT_BLOCK)
+            return self.transpose(a, (*range(m - 1), m, m - 1, m + 1)), swapped
+
+        (xb, xs), (yb, ys) = split(x, x_swapped, True), split(y, y_swapped, False)
+        partial = self.matrix_product(xb, yb, xs, ys)  # (..., blocks, rows, columns)
+        self.products.pop(partial)  # (not a product of x and y: a transpose of it is no swapped product)
+        dtype = self.avals[partial].dtype
+        total = self.reduce(self.convert(partial, slope.float64), "add", 0.0, [self.avals[partial].ndim - 3])
+        return self.convert(total, dtype)
 
     def unswapped(self, x: str) -> tuple[str, bool]:
         """(source, True) when x is a transpose of only the last two dimensions of source, else (x, False)."""
@@ -820,6 +853,12 @@ def _where(fn: Function, inputs: list[str], instruction: Instruction) -> str:
 
 # ----------------------------------------------------------------------------------------------- reductions
 
+# A matrix product (matmul, conv) contracting more than DOT_UNBLOCKED elements is taken in blocks of DOT_BLOCK, whose
+# products are added in float64 (Function.blocked_product); the MLP and CNN benchmarks' products (at most 43,264: the
+# CNN's first weight gradient) stay one dot_general
+DOT_UNBLOCKED = 65536
+DOT_BLOCK = 4096
+
 # The most elements one float64 reduction adds into each output: the sum is done in stages of at most this many, so
 # its error stays below (stages * SUM_BLOCK) units in the last place of sum(|x|) (see tests/test_edges_sums.py).
 SUM_BLOCK = 256
@@ -1082,6 +1121,22 @@ def _gather_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str
     return fn.emit(text, out)
 
 
+# the most elements a scatter's operand or updates may have: IREE 3.13 lowers a scatter with 32-bit offsets, and one
+# into 2**31 + 100 uint8 elements added nothing (or crashed the process) where 2**31 - 1000 elements were right
+SCATTER_LIMIT = 2**31 - 1
+
+
+def check_scatter_size(operator: str, x: Aval, updates: Aval) -> None:
+    """Raise SlopeBackendError for a scatter that IREE would get wrong: x or the updates past SCATTER_LIMIT elements."""
+    for role, aval in (("x", x), ("the updates", updates)):
+        if aval.size > SCATTER_LIMIT:
+            raise slope.SlopeBackendError(
+                f"{operator}: the iree backend cannot scatter with {role} of shape {aval.shape} ({aval.size} "
+                f"elements): IREE's scatter handles at most 2**31 - 1 = {SCATTER_LIMIT} (it gave wrong values past "
+                "that); use the onnxruntime or numpy backend, or split x"
+            )
+
+
 def _scatter_nd(fn: Function, inputs: list[str], instruction: Instruction) -> str:
     x_aval, index_aval, out = _in(instruction, 0), _in(instruction, 1), _out(instruction)
     if out.dtype.name in _HALF:  # added in float32, rounded once, as onnxruntime and the numpy backend (1000 bfloat16
@@ -1107,6 +1162,7 @@ def _scatter(fn: Function, x: str, index: str, updates: str, x_aval: Aval, index
         return fn.binary(combine, x, total)
     if 0 in index_aval.shape[:-1]:  # no updates: x (IREE 3.13's compiler crashes on a scatter of none)
         return x
+    check_scatter_size(_SCATTER, x_aval, fn.avals[updates])
     index = checked_indices(fn, index, x_aval.shape[:k], f"{_SCATTER}: {_RANGE}")
     # each update is added into (a copy of) x in turn, in index order, as PyTorch, NumPy and onnxruntime do (summing
     # the updates into zeros first, then adding x, rounded and overflowed differently: [1e308, 0].at[[0, 0]].add(
@@ -1185,7 +1241,9 @@ __all__ = [
     "DYNAMIC_SAFE",
     "Function",
     "NoTranslationError",
+    "SCATTER_LIMIT",
     "build_module",
+    "check_scatter_size",
     "in_float32",
     "tensor_type",
     "translations",

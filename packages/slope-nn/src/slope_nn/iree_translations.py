@@ -25,7 +25,14 @@ from typing import Any, Callable
 
 import slope
 from slope import Aval, Instruction, Var
-from slope_iree.translate import Function, NoTranslationError, array_attr, in_float32, tensor_type
+from slope_iree.translate import (
+    Function,
+    NoTranslationError,
+    array_attr,
+    check_scatter_size,
+    in_float32,
+    tensor_type,
+)
 
 from .operators import lowest, padding_only_windows
 
@@ -332,6 +339,7 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
         written = _unpool(fn, index, src, x_aval) if params["unique_indices"] else None
         if written is not None:
             return fn.binary("or" if dtype == slope.bool_ else "add", x, written)
+        check_scatter_size("slope.scatter_add", x_aval, instruction.inputs[1].aval)
         coordinates = _coordinates(fn, _in_range(fn, index, x_aval.shape[dim], "scatter_add", dim, 0), dim)
         every = ", ".join(map(str, range(x_aval.ndim)))
         scalar = _scalar(dtype)

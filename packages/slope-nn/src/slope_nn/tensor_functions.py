@@ -183,12 +183,16 @@ def prod(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -
 
 
 def cumsum(x: Any, dim: int, *, dtype: Any = None) -> Tensor:
-    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32); `dtype` casts x
-    first."""
+    """Running sum along a dimension (log-step scan of shifted adds; float16 and bfloat16 in float32, float32 in
+    float64 as PyTorch's CPU kernel, its gradient too); `dtype` casts x first."""
     x, dtype = _cast_first(x, dtype)
     if dtype == slope.bool_:
         raise slope.DTypeError(f"slope.cumsum: dtype bool is not supported (as in PyTorch), x of shape {x.shape}")
-    x = cast(x, _wide(dtype) if dtype.is_float else slope.int64)  # (integers in int64: exact, wrapping as PyTorch)
+    # (float32 in float64, rounded once: [1e8, 1, -1e8, 1, 1] summed in float32 gave [1e8, 1e8, 0, 0, 0] for PyTorch's
+    # [1e8, 1e8, 1, 2, 3], and 84% of the prefixes of 1e7 normals were not the exact sum rounded; integers in int64:
+    # exact, wrapping as PyTorch)
+    wide = slope.float64 if dtype == slope.float32 else _wide(dtype)
+    x = cast(x, wide if dtype.is_float else slope.int64)
     dim = normalize_dim("cumsum", dim, x.ndim)
     size = x.shape[dim] if x.ndim else 1
     for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
