@@ -94,10 +94,23 @@ def test_results_held_by_the_caller_are_never_overwritten(backend, size):
             np.testing.assert_array_equal(threes.numpy(), np.full(3, 3.0, np.float32))
 
 
-def test_a_train_loop_alternates_between_two_sets_of_buffers_and_binds_only_the_batch():
-    # the new parameters go into the buffers of those two steps before (dropped by then); two io_bindings take the
-    # calls in turn, so the parameters a step gets back, and the buffers it writes, are those the binding of its turn
-    # holds already: only the batch is bound again (about 0.5 us a tensor)
+def test_a_train_loop_alternates_between_two_sets_of_buffers():
+    if "onnxruntime" not in slope.plugins.backends:
+        pytest.skip("the onnxruntime backend is not installed")
+    with slope.use_backend("onnxruntime"):
+        params, x = step_data(200)
+        step = slope.jit(sgd_step)
+        state, xs = tuple(slope.tensor(p) for p in params), slope.tensor(x)
+        seen = set()
+        for _ in range(6):
+            state, _ = step(state, xs)
+            seen.add(state[0].buffer.data_ptr())
+        assert len(seen) == 2
+
+
+def test_a_train_loop_binds_only_the_new_batch():
+    # two io_bindings take the calls in turn: the parameters a step gets back, and the buffers it writes the new ones
+    # into, are those the binding of its turn holds already, so only the batch is bound again (about 0.5 us a tensor)
     if "onnxruntime" not in slope.plugins.backends:
         pytest.skip("the onnxruntime backend is not installed")
     with slope.use_backend("onnxruntime"):
@@ -115,17 +128,16 @@ def test_a_train_loop_alternates_between_two_sets_of_buffers_and_binds_only_the_
                 setattr(binding, name, lambda *a, bind=bind, kind=kind: (calls.__setitem__(kind, calls[kind] + 1),
                                                                          bind(*a)))  # fmt: skip
         plain = slope.jit(sgd_step)  # (the same program, given copies: every input new, every output kept)
-        held, seen = [], set()
+        held = []
         for i, batch in enumerate(batches):
             if i == 4:
                 calls.update(inputs=0, outputs=0)
             state, loss = step(state, batch)
-            seen.add(state[0].buffer.data_ptr())
             expected, expected_loss = plain(tuple(slope.tensor(p.numpy()) for p in expected), batch)
             held.append((expected, expected_loss))
             for got, want in zip((*state, loss), (*expected, expected_loss)):
                 np.testing.assert_array_equal(got.numpy(), want.numpy())
-        assert calls == {"inputs": 6, "outputs": 0} and len(seen) == 2
+        assert calls == {"inputs": 6, "outputs": 0}
 
 
 @pytest.mark.parametrize("size", [3, 50000])  # a program without a thread pool, and one with
