@@ -386,8 +386,7 @@ class OnnxBackend(Backend):
         if device == "cpu" and len(program.instructions) > 1:  # a jitted program: its outputs go into reused buffers
             makers = [self._maker(aval) for aval in program.out_avals]
             sizes = [aval.size * aval.dtype.bits // 8 for aval in program.out_avals]
-            input_bytes = sum(v.aval.size * v.aval.dtype.bits // 8 for v in program.inputs)
-            run = _BoundRun(session, input_names, output_names, self._run_options, makers, sizes, input_bytes)
+            run = _BoundRun(session, input_names, output_names, self._run_options, makers, sizes)
         elif device == "cpu":
             run = _runner(session, input_names, output_names, self._run_options)
         else:
@@ -513,27 +512,23 @@ class _BoundRun:
     runs that nothing holds any more (`sys.getrefcount`: only this object's list refers to them), else into new ones:
     a train step that gets its previous parameters back (dropped, or donated with `jit(donate_argnums=...)`) writes
     its new ones into the memory of those before, in turn, as a hand-written loop with preallocated outputs would.
+    A run that finds the binding in use by another thread takes the plain path."""
 
-    Two bindings take the calls in turn (one where an output is too large to keep, or the inputs are): a train step's
-    parameters then come back as the inputs, and go out as the outputs, that the binding of its turn holds already,
-    and only the batch is bound again (binding costs about 0.5 us per tensor: 13 us of the MNIST step's 15 inputs and
-    14 outputs). A binding refers to the buffer objects it holds (so an id cannot name a new buffer at a freed one's
-    address); `held` counts those references, which the free-buffer test discounts. A run that finds the bindings in
-    use by another thread takes the plain path."""
-
-    REUSED = 2  # buffers kept per output (a train step's parameters alternate between two), and bindings
+    REUSED = 2  # buffers kept per output: a train step's parameters alternate between two
     KEPT_BYTES = 1 << 28  # outputs above this size are not kept: the memory held after the caller drops them is bounded
 
     def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
-                 makers: list[Callable[[], Any]], sizes: list[int], input_bytes: int = 0):  # fmt: skip
+                 makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
+        binding = session.io_binding()._iobinding
+        self.bind_input, self.bind_output = binding.bind_ortvalue_input, binding.bind_ortvalue_output
+        self.run_bound = functools.partial(session._sess.run_with_iobinding, binding, run_options)
         self.plain = _runner(session, input_names, output_names, run_options)
         self.inputs = input_names
         keep = [self.REUSED if size <= self.KEPT_BYTES else 0 for size in sizes]
-        self.outputs = [(name, make, [], n) for name, make, n in zip(output_names, makers, keep)]
-        count = self.REUSED if all(keep) and input_bytes <= self.KEPT_BYTES else 1
-        self.bindings = [_Binding(session, run_options, len(input_names), len(output_names)) for _ in range(count)]
-        self.turn = 0
-        self.held: dict[int, int] = {}  # id(buffer) -> how many binding slots hold it
+        self.outputs = [[name, make, [], n, 0] for name, make, n in zip(output_names, makers, keep)]
+        # (name, maker, the buffers kept, how many, and the id() of the buffer bound last: one the binding holds
+        # already is not bound again. A kept buffer's id matches only if it is the one bound last: that one stays kept,
+        # so alive, until a call makes a new one.)
         self.idle = [True]  # taken while a call runs: list pop and append are atomic, a non-blocking lock for less
 
     def __call__(self, buffers: list) -> list:
@@ -542,54 +537,28 @@ class _BoundRun:
         except IndexError:  # another thread is running it
             return self.plain(buffers)
         try:
-            binding = self.bindings[self.turn]
-            self.turn = (self.turn + 1) % len(self.bindings)
-            held = self.held
-            slots = binding.inputs
-            for i, buffer in enumerate(buffers):
-                if slots[i] is not buffer:
-                    binding.bind_input(self.inputs[i], buffer)
-                    self._hold(slots, i, buffer)
+            for name, buffer in zip(self.inputs, buffers):
+                self.bind_input(name, buffer)
             outs = []
-            slots = binding.outputs
-            for i, (name, make, kept, keep) in enumerate(self.outputs):
+            for output in self.outputs:
+                name, make, kept, keep, bound = output
                 for out in kept:
-                    if getrefcount(out) - held.get(id(out), 0) == _FREE:
+                    if getrefcount(out) == _FREE:
                         break
                 else:
                     out = make()
                     kept.append(out)
                     if len(kept) > keep:
                         del kept[0]
-                if slots[i] is not out:
-                    binding.bind_output(name, out)
-                    self._hold(slots, i, out)
+                    bound = 0  # (a new buffer may sit where the last bound one was, if that is not kept)
+                if id(out) != bound:
+                    self.bind_output(name, out)
+                    output[4] = id(out)
                 outs.append(out)
-            binding.run()
+            self.run_bound()
             return outs
         finally:
             self.idle.append(True)
-
-    def _hold(self, slots: list, i: int, buffer: Any) -> None:
-        """Put a buffer in a binding's slot, counting the reference it takes and the one it drops."""
-        held, old = self.held, slots[i]
-        if old is not None:
-            count = held.pop(id(old)) - 1
-            if count:
-                held[id(old)] = count
-        slots[i] = buffer
-        held[id(buffer)] = held.get(id(buffer), 0) + 1
-
-
-class _Binding:
-    """One `io_binding` of a session, its prebound methods and the buffers bound to each input and output."""
-
-    def __init__(self, session: Any, run_options: Any, inputs: int, outputs: int):
-        binding = session.io_binding()._iobinding
-        self.bind_input, self.bind_output = binding.bind_ortvalue_input, binding.bind_ortvalue_output
-        self.run = functools.partial(session._sess.run_with_iobinding, binding, run_options)
-        self.inputs: list = [None] * inputs
-        self.outputs: list = [None] * outputs
 
 
 def _free_count() -> int:
