@@ -75,12 +75,14 @@ def _float(x: Any) -> Tensor:
     return x if x.dtype.is_float else x.astype(slope.dtypes.default_float)
 
 
-def refuse_traced(name: str, what: str, value: Any, error: type[Exception] = TypeError, kind: str = "number") -> None:
+def refuse_traced(name: str, what: str, value: Any, error: type[Exception] = TypeError, kind: str = "number",
+                  hint: str = "") -> None:  # fmt: skip
     """An error naming the function and argument when a hyperparameter that must be a Python number is traced (under
-    slope.jit a Python float argument is a traced 0-d tensor), saying how to keep it a number."""
+    slope.jit a Python float argument is a traced 0-d tensor), saying how to keep it a number (`hint`: what else works)."""
     if isinstance(value, Tracer):
         raise error(f"{name}: {what} must be a Python {kind}, but it is a traced tensor ({type(value).__name__}: "
-                    f"slope.jit traces the jitted function's arguments, Python {kind}s too); pass it through jit's "
+                    f"slope.jit traces the jitted function's arguments, Python {kind}s too, and slope.grad/jvp/vmap "
+                    f"what they differentiate or batch); {hint + '; under jit ' if hint else ''}pass it through jit's "
                     "static_argnums/static_argnames, or close over it instead of passing it as an argument")  # fmt: skip
 
 

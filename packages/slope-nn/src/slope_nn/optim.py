@@ -23,6 +23,7 @@ import slope
 from slope import Tensor
 from slope.trace import Tracer
 
+from .functional import refuse_traced
 from .module import check_not_jitted, leaf_kinds
 
 __all__ = [
@@ -221,27 +222,16 @@ def _in_range(owner: str, name: str, value: Any, low: float, high: float = math.
 def _refuse_traced(
     owner: str, name: str, value: Any, error: type[Exception] = ValueError, kind: str = "number"
 ) -> None:
-    """An error naming the optimizer when a hyperparameter is traced (under jit, grad or vmap), saying what works: a
-    traced learning rate as a schedule that returns it (a hypergradient), the others as Python values."""
-    if not isinstance(value, Tracer):
-        return
+    """functional.refuse_traced for an optimizer's hyperparameter, with what works: a traced learning rate as a schedule
+    that returns it (a hypergradient, a rate passed to a jitted step, a vmap over rates), the others as numbers."""
     schedule = f"{owner}(lambda step: lr)"
-    if name == "lr":
-        works = (
-            f"a traced rate works as a schedule that returns it, {schedule}: for a hypergradient (slope.grad with "
-            "respect to the rate), a rate passed to a jitted step, or a vmap over rates; or keep it a number"
-        )
-    elif kind == "number":
-        works = (
-            f"it is read as a number, so no derivative with respect to it is taken (of the hyperparameters only "
-            f"the learning rate may be traced, as a schedule that returns it: {schedule}); keep it a number"
-        )
-    else:
-        works = f"keep it a Python {kind}"
-    raise error(f"{owner}: {name} must be a Python {kind}, but it is a traced tensor ({type(value).__name__}: a value "
-                "that slope.grad/jvp differentiates, slope.vmap batches or slope.jit traces, as it traces the jitted "
-                f"function's arguments, Python numbers too); {works}: under jit pass it through "
-                "static_argnums/static_argnames, or close over it instead of passing it as an argument")  # fmt: skip
+    hints = {
+        "lr": f"a traced rate works as a schedule that returns it, {schedule}: for a hypergradient, a rate passed to a "
+        "jitted step, or a vmap over rates; or keep it a number",
+        "number": "no derivative with respect to it is taken (of the hyperparameters only the learning rate may be "
+        f"traced, as a schedule that returns it: {schedule}); keep it a number",
+    }
+    refuse_traced(owner, name, value, error, kind, hints.get("lr" if name == "lr" else kind, ""))
 
 
 def _under(name: str, prefix: str) -> bool:
