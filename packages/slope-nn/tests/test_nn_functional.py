@@ -272,3 +272,28 @@ def test_fail_if_raises_its_own_error_where_the_values_are_traced(error):
     with pytest.raises(IndexError, match="take_along_dim"):
         fail_if.procedure(slope.tensor([True, False]), message=message, error=error).numpy()
 
+
+@pytest.mark.parametrize("num_classes", [-1, 4])
+def test_one_hot_of_concrete_labels_inside_grad_matches_pytorch(num_classes):
+    """one_hot of integer labels (not differentiated) inside a differentiated function of float inputs, with the
+    number of classes inferred (an error before: `x.max().item()` on a value traced inside grad) or given; the one
+    value the labels cannot give is an inferred count from labels computed inside grad, a clear error."""
+    torch = pytest.importorskip("torch")
+    labels, w = np.array([0, 3, 1, 3]), np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+
+    def loss(lib, weights, classes):
+        return ((lib.nn.functional.one_hot(classes(labels), num_classes) * weights) ** 2).sum()
+
+    tw = torch.tensor(w, requires_grad=True)
+    (expected,) = torch.autograd.grad(loss(torch, tw, torch.tensor), tw)
+    for fn in (
+        slope.grad(lambda v: loss(slope, v, slope.tensor)),
+        slope.jit(slope.grad(lambda v: loss(slope, v, slope.tensor))),
+    ):
+        np.testing.assert_allclose(fn(slope.tensor(w)).numpy(), expected.numpy(), rtol=1e-6)
+    computed = slope.grad(lambda v: loss(slope, v, lambda a: slope.tensor(a) + 0))
+    if num_classes > 0:
+        np.testing.assert_allclose(computed(slope.tensor(w)).numpy(), expected.numpy(), rtol=1e-6)
+    else:
+        with pytest.raises(ValueError, match=r"^slope.one_hot: cannot infer the number of classes from traced .* pass"):
+            computed(slope.tensor(w))
