@@ -180,6 +180,10 @@ class Function:
         aval = self.avals[x]
         if aval.dtype == dtype:
             return x
+        if aval.dtype.is_float and dtype.is_int and dtype.bits < 32:
+            # through int32, whose low bits it keeps, as the numpy and onnxruntime backends and PyTorch convert
+            # (IREE saturates: float32 300.0 to uint8 was 255, not 44; -1.0 0, not 255; 200.0 to int8 127, not -56)
+            return self.unary("convert", self.convert(x, slope.int32), Aval(aval.shape, dtype))
         if dtype.name in _HALF and aval.dtype not in (slope.float32, slope.float16):
             # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
             x = self.unary("convert", x, Aval(aval.shape, slope.float32))
