@@ -551,7 +551,7 @@ WAITING: dict[str, str] = {  # waits_for name -> why the row is xfail until that
 
 
 def _param(row: Row) -> Any:
-    marks = [pytest.mark.xfail(strict=False, reason=WAITING[row.waits_for])] if row.waits_for else []
+    marks = [pytest.mark.xfail(strict=True, reason=WAITING[row.waits_for])] if row.waits_for else []
     return pytest.param(row, id=row.id, marks=marks)
 
 

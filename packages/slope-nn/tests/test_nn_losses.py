@@ -601,6 +601,29 @@ def test_binary_cross_entropy_out_of_range_is_one_clear_error_in_every_mode(how,
         fn(*(slope.tensor(v) for v in bad[what])).numpy()
 
 
+def test_two_checked_losses_of_one_shape_in_one_jitted_program():
+    """A GAN discriminator's loss: two binary_cross_entropy calls on the same shapes in one jitted step. Their range
+    checks had nodes of one name on onnxruntime, which refuses such a model ("two nodes with same node name"); the
+    values and gradients are PyTorch's, and a bad target in either still raises."""
+    torch = pytest.importorskip("torch")
+    real, fake = np.array([[0.9], [0.7]], np.float32), np.array([[0.2], [0.4]], np.float32)
+
+    def loss(r, f, t1, t0):
+        return nn.binary_cross_entropy(r, t1) + nn.binary_cross_entropy(f, t0)
+
+    ones, zeros = slope.ones((2, 1)), slope.zeros((2, 1))
+    value, grads = slope.jit(slope.value_and_grad(loss, argnums=(0, 1)))(slope.tensor(real), slope.tensor(fake), ones,
+                                                                           zeros)  # fmt: skip
+    tr, tf = torch.tensor(real, requires_grad=True), torch.tensor(fake, requires_grad=True)
+    bce = torch.nn.functional.binary_cross_entropy
+    expected = bce(tr, torch.ones(2, 1)) + bce(tf, torch.zeros(2, 1))
+    np.testing.assert_allclose(value.numpy(), expected.item(), rtol=1e-6)
+    for got, want in zip(grads, torch.autograd.grad(expected, (tr, tf))):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="all elements of target should be between 0 and 1"):
+        slope.jit(loss)(slope.tensor(real), slope.tensor(fake), ones, slope.full((2, 1), 2.0)).numpy()
+
+
 def test_nll_of_0d_log_probabilities_is_a_shape_error():
     """nn.nll / NLLLoss with 0-d log-probabilities raised IndexError ("tuple index out of range"); PyTorch: "Expected 1
     or more dimensions (got 0)"; the error cross_entropy gives."""

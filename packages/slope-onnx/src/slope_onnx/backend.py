@@ -580,9 +580,10 @@ _INDEXING = {
     "ScatterElements": "scatter_add",
 }
 
-# the name of a node that checks values (graph.OnnxGraph.check): its failure is this error, with this message
-CHECK = "slope check: {0.__name__}: {1}"
-_CHECK_FAILED = re.compile(r"Name:'slope check: (ValueError|IndexError): (.*?)' Status Message:", re.S)
+# the name of a node that checks values (graph.OnnxGraph.check): its failure is this error, with this message (the
+# number keeps node names unique: onnxruntime refuses a model with two nodes of one name, as two checks of one message)
+CHECK = "slope check {2}: {0.__name__}: {1}"
+_CHECK_FAILED = re.compile(r"Name:'slope check \d+: (ValueError|IndexError): (.*?)' Status Message:", re.S)
 
 
 def _index_errors(run: Any) -> Any:

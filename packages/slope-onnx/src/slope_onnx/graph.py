@@ -244,7 +244,13 @@ class OnnxGraph:
         count = math.prod(shape)
         index = self.node("Cast", [self.reshape(failed, (count,))], shape=(count,), to=TensorProto.INT64)
         table = self.constant(np.zeros(1, np.bool_))
-        checked = self.node("GatherElements", [table, index], shape=(count,), axis=0, name=CHECK.format(error, message))
+        checked = self.node(
+            "GatherElements",
+            [table, index],
+            shape=(count,),
+            axis=0,
+            name=CHECK.format(error, message, len(self.checks)),
+        )
         out = self.reshape(checked, shape)
         self.checks[out] = frozenset({checked})  # (kept where all that reads it is empty: see `translate`)
         return out
