@@ -643,3 +643,23 @@ def test_a_long_float32_contraction_is_taken_in_blocks(jit):
     # the MLP/CNN benchmarks' products (at most 43,264 long) stay one dot_general
     short = slope.jit(lambda a, b: a @ b).lower(slope.ones((2, DOT_UNBLOCKED)), slope.ones((DOT_UNBLOCKED, 3))).code
     assert short.count("stablehlo.dot_general") == 1 and "batching_dims" not in short
+
+
+@pytest.mark.parametrize("target", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("source", ["float32", "float64", "float16", "bfloat16"])
+def test_float_to_narrow_integer_keeps_int32s_low_bits_as_pytorch(source, target):
+    """A float out of a narrow integer dtype's range converts as PyTorch's CPU, NumPy and onnxruntime convert it:
+    through int32, keeping its low bits (IREE saturated: 300.0 to uint8 was 255, not 44; -1.5 0, not 255; 200.0 to
+    int8 127, not -56), eager and jitted; so does a traced fill value of slope.pad, which it casts."""
+    torch = pytest.importorskip("torch")
+    values = [300.0, -1.5, 200.0, -129.0, -1.0, 256.0, 2.7, 70000.0, -70000.0, 3e9, 1e19, math.nan, math.inf]
+    dtype = getattr(slope, source)
+    if source != "float32":  # (the values the source dtype holds, as PyTorch casts them)
+        values = slope.tensor(values).astype(dtype).astype(slope.float32).numpy().tolist()
+    expected = torch.tensor(values).to(getattr(torch, source)).to(getattr(torch, target)).numpy()
+    x = slope.tensor(values, dtype=dtype)
+    out = getattr(slope, target)
+    np.testing.assert_array_equal(x.astype(out).numpy(), expected)
+    np.testing.assert_array_equal(slope.jit(lambda a: a.astype(out))(x).numpy(), expected)
+    padded = slope.jit(lambda a, v: slope.pad(a, (1, 0), value=v))(slope.zeros(1, dtype=out), x[0])
+    np.testing.assert_array_equal(padded.numpy(), [expected[0], 0])

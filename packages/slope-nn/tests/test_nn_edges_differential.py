@@ -98,7 +98,7 @@ def test_binary_cross_entropy_of_traced_values_outside_zero_one_is_an_error():
     # as PyTorch's "all elements of input should be between 0 and 1", when the program runs (it was NaN there)
     loss = slope.jit(lambda p, t: nn.binary_cross_entropy(p, t, reduction="none"))
     assert np.isfinite(loss(slope.tensor([1.0, 0.5]), slope.tensor([0.5, 0.5])).numpy()).all()
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(ValueError, match="binary_cross_entropy: all elements of input should be between 0 and 1"):
         loss(slope.tensor([1.5, 0.5]), slope.tensor([0.5, 0.5])).numpy()
 
 
@@ -310,7 +310,9 @@ def test_one_hot_says_when_it_cannot_infer_the_number_of_classes():
     # PyTorch: "Can not infer total number of classes from empty tensor"; slope's error named slope.max
     with pytest.raises(ValueError, match="slope.one_hot: cannot infer the number of classes from an empty tensor"):
         slope.one_hot(slope.tensor(np.zeros(0, np.int64)))
-    with pytest.raises(ValueError, match=r"slope.one_hot: cannot infer .* traced indices \(under jit\); pass num_"):
+    with pytest.raises(
+        ValueError, match=r"slope.one_hot: cannot infer .* traced indices \(jit, grad and vmap .*\); pass "
+    ):
         slope.jit(lambda a: slope.one_hot(a))(slope.tensor([1, 2]))
     np.testing.assert_array_equal(slope.one_hot(slope.tensor([2, 0])).numpy(), [[0, 0, 1], [1, 0, 0]])
 

@@ -5,6 +5,7 @@ max pooling is differentiated with."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -242,3 +243,57 @@ def test_layer_norm_takes_an_int_eps_by_name_but_not_in_normalized_shapes_positi
     for ours, eps in [(slope.layer_norm(x, eps=1), 1), (slope.layer_norm(x, 0.5), 0.5)]:
         expected = torch.nn.functional.layer_norm(t, (4,), eps=eps).numpy()
         np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("error", [ValueError, IndexError])
+def test_fail_if_raises_its_own_error_where_the_values_are_traced(error):
+    """slope-nn's run-time check of traced values (`operators.fail_if`, what binary_cross_entropy's range check and a
+    traced narrow start use): its bools pass through when all are false, and a true one raises the error and message
+    it was given in every mode, on every backend; its procedure (for backends without a translation) raises an
+    IndexError naming take_along_dim."""
+    from slope_nn.operators import fail_if
+
+    message = "slope.demo: all elements of 'x' should be in [0, 1] (as PyTorch)"
+    modes = {
+        "eager": lambda t: fail_if(t, message, error),
+        "jit": slope.jit(lambda t: fail_if(t, message, error)),
+        "vmap": slope.vmap(lambda t: fail_if(t, message, error)),
+        "grad": lambda t: slope.grad(lambda x: slope.where(fail_if(t, message, error), math.nan, x * x).sum())(
+            slope.tensor([1.0, 2.0])
+        ),
+    }
+    for mode, fn in modes.items():
+        passed = fn(slope.tensor([False, False])).numpy()
+        expected = [2.0, 4.0] if mode == "grad" else [False, False]
+        np.testing.assert_array_equal(passed, expected, err_msg=mode)
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            fn(slope.tensor([False, True])).numpy()
+    np.testing.assert_array_equal(fail_if.procedure(slope.tensor([False]), message=message, error=error), [False])
+    with pytest.raises(IndexError, match="take_along_dim"):
+        fail_if.procedure(slope.tensor([True, False]), message=message, error=error).numpy()
+
+
+@pytest.mark.parametrize("num_classes", [-1, 4])
+def test_one_hot_of_concrete_labels_inside_grad_matches_pytorch(num_classes):
+    """one_hot of integer labels (not differentiated) inside a differentiated function of float inputs, with the
+    number of classes inferred (an error before: `x.max().item()` on a value traced inside grad) or given; the one
+    value the labels cannot give is an inferred count from labels computed inside grad, a clear error."""
+    torch = pytest.importorskip("torch")
+    labels, w = np.array([0, 3, 1, 3]), np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+
+    def loss(lib, weights, classes):
+        return ((lib.nn.functional.one_hot(classes(labels), num_classes) * weights) ** 2).sum()
+
+    tw = torch.tensor(w, requires_grad=True)
+    (expected,) = torch.autograd.grad(loss(torch, tw, torch.tensor), tw)
+    for fn in (
+        slope.grad(lambda v: loss(slope, v, slope.tensor)),
+        slope.jit(slope.grad(lambda v: loss(slope, v, slope.tensor))),
+    ):
+        np.testing.assert_allclose(fn(slope.tensor(w)).numpy(), expected.numpy(), rtol=1e-6)
+    computed = slope.grad(lambda v: loss(slope, v, lambda a: slope.tensor(a) + 0))
+    if num_classes > 0:
+        np.testing.assert_allclose(computed(slope.tensor(w)).numpy(), expected.numpy(), rtol=1e-6)
+    else:
+        with pytest.raises(ValueError, match=r"^slope.one_hot: cannot infer the number of classes from traced .* pass"):
+            computed(slope.tensor(w))

@@ -559,29 +559,69 @@ def test_bce_with_logits_target_gradient_is_exact_as_pytorch(weighted, reduction
     assert (error <= rtol * scale).all(), (grad_t.numpy(), expected_t.numpy())
 
 
-@pytest.mark.parametrize("what", ["target", "input"])
-@pytest.mark.parametrize("how", ["jit", "vmap", "jit_grad", "jit_value_and_grad", "grad"])
-def test_binary_cross_entropy_out_of_range_under_transforms_is_an_error(how, what):
-    """binary_cross_entropy with a target (labels 0..9 by mistake) or input outside [0, 1] under jit, vmap and grad:
-    an error, as PyTorch's "all elements of target should be between 0 and 1" (a finite, meaningless loss and gradient
-    before; inputs gave a NaN loss but a finite 2.5e11 gradient); values in [0, 1] keep PyTorch's loss."""
+@pytest.mark.parametrize("what", ["target", "input", "nan input"])
+@pytest.mark.parametrize("how", ["eager", "grad", "jvp", "jit", "vmap", "jit_grad", "jit_value_and_grad", "vmap_grad"])
+def test_binary_cross_entropy_out_of_range_is_one_clear_error_in_every_mode(how, what):
+    """binary_cross_entropy with a target (labels 0..9 by mistake) or input outside [0, 1] (or NaN): PyTorch's error,
+    "all elements of input/target should be between 0 and 1", as a ValueError naming the function in every mode: when
+    called where the values are known, as the program runs where they are traced. Under eager grad, jit, vmap it was
+    an IndexError naming take_along_dim (before that, a finite, meaningless loss and gradient); in range, the values
+    and gradients are PyTorch's."""
+    torch = pytest.importorskip("torch")
     good_p, good_t = np.array([0.3, 0.6], np.float32), np.array([0.0, 1.0], np.float32)
-    bad = {"target": (good_p, np.array([2.0, 5.0], np.float32)), "input": (np.array([0.5, 1.5], np.float32), good_t)}
+    bad = {
+        "target": (good_p, np.array([2.0, 5.0], np.float32)),
+        "input": (np.array([0.5, 1.5], np.float32), good_t),
+        "nan input": (np.array([0.5, np.nan], np.float32), good_t),
+    }
+    grad = slope.grad(nn.binary_cross_entropy)
     transforms = {
+        "eager": nn.binary_cross_entropy,
+        "grad": grad,
+        "jvp": lambda p, t: slope.jvp(lambda q: nn.binary_cross_entropy(q, t), (p,), (slope.ones_like(p),))[1],
         "jit": slope.jit(nn.binary_cross_entropy),
         "vmap": slope.vmap(nn.binary_cross_entropy),
-        "jit_grad": slope.jit(slope.grad(nn.binary_cross_entropy)),
+        "jit_grad": slope.jit(grad),
         "jit_value_and_grad": slope.jit(lambda p, t: slope.value_and_grad(nn.binary_cross_entropy)(p, t)[1]),
-        "grad": slope.grad(nn.binary_cross_entropy),
+        "vmap_grad": slope.vmap(grad),
     }
     fn = transforms[how]
-    expected_each = -(good_t * np.log(good_p) + (1 - good_t) * np.log1p(-good_p))
+    tp = torch.tensor(good_p, requires_grad=True)
+    reference = torch.nn.functional.binary_cross_entropy(tp, torch.tensor(good_t), reduction="none")
+    (gradient,) = torch.autograd.grad(reference.mean(), tp)
+    expected = {"eager": reference.mean(), "jit": reference.mean(), "vmap": reference, "jvp": gradient.sum()}
+    expected = expected.get(how, gradient * 2 if how == "vmap_grad" else gradient)  # (vmap: each example's mean)
     got = fn(slope.tensor(good_p), slope.tensor(good_t)).numpy()
-    if how in ("jit", "vmap"):  # (PyTorch's values: the mean, or each example's loss)
-        np.testing.assert_allclose(got, expected_each if how == "vmap" else expected_each.mean(), rtol=1e-6)
-    assert np.isfinite(got).all()
-    with pytest.raises((IndexError, ValueError), match="out of range|between 0 and 1"):
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=2e-6)
+    name = what.split()[-1]
+    with pytest.raises(RuntimeError, match=f"all elements of {name} should be between 0 and 1"):
+        torch.nn.functional.binary_cross_entropy(*(torch.tensor(v) for v in bad[what]))
+    with pytest.raises(ValueError, match=f"^slope.nn.binary_cross_entropy: all elements of {name} should be between 0 "
+                                         "and 1 \\(as PyTorch\\)"):  # fmt: skip
         fn(*(slope.tensor(v) for v in bad[what])).numpy()
+
+
+def test_two_checked_losses_of_one_shape_in_one_jitted_program():
+    """A GAN discriminator's loss: two binary_cross_entropy calls on the same shapes in one jitted step. Their range
+    checks had nodes of one name on onnxruntime, which refuses such a model ("two nodes with same node name"); the
+    values and gradients are PyTorch's, and a bad target in either still raises."""
+    torch = pytest.importorskip("torch")
+    real, fake = np.array([[0.9], [0.7]], np.float32), np.array([[0.2], [0.4]], np.float32)
+
+    def loss(r, f, t1, t0):
+        return nn.binary_cross_entropy(r, t1) + nn.binary_cross_entropy(f, t0)
+
+    ones, zeros = slope.ones((2, 1)), slope.zeros((2, 1))
+    value, grads = slope.jit(slope.value_and_grad(loss, argnums=(0, 1)))(slope.tensor(real), slope.tensor(fake), ones,
+                                                                           zeros)  # fmt: skip
+    tr, tf = torch.tensor(real, requires_grad=True), torch.tensor(fake, requires_grad=True)
+    bce = torch.nn.functional.binary_cross_entropy
+    expected = bce(tr, torch.ones(2, 1)) + bce(tf, torch.zeros(2, 1))
+    np.testing.assert_allclose(value.numpy(), expected.item(), rtol=1e-6)
+    for got, want in zip(grads, torch.autograd.grad(expected, (tr, tf))):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="all elements of target should be between 0 and 1"):
+        slope.jit(loss)(slope.tensor(real), slope.tensor(fake), ones, slope.full((2, 1), 2.0)).numpy()
 
 
 def test_nll_of_0d_log_probabilities_is_a_shape_error():

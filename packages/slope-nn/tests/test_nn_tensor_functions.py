@@ -370,3 +370,43 @@ def test_norm_method_dtypes_and_errors():
         slope.norm(slope.zeros(0), math.inf)
     with pytest.raises(ValueError, match="norm: the Frobenius norm takes 1 or 2 dims"):
         slope.norm(slope.zeros(2, 2, 2), "fro", (0, 1, 2))
+
+
+@pytest.mark.parametrize("start", [1, -3, 2, 4, -4])
+def test_narrow_at_a_traced_start_matches_pytorch(start):
+    """narrow with a 0-d integer tensor start (PyTorch takes one) that is traced: computed inside grad from concrete
+    tensors, a jitted argument, or batched by vmap. It was a TypeError asking for a concrete start; the values and
+    gradients are PyTorch's, and a start out of range is PyTorch's kind of error, naming narrow, as the program runs."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    length = 4 - start if start >= 0 else min(-start, 2)
+    tx = torch.tensor(x, requires_grad=True)
+    expected = torch.narrow(tx, 1, torch.tensor(start), length)
+    (gradient,) = torch.autograd.grad((expected**2).sum(), tx)
+    s = slope.tensor(start)
+    jitted = slope.jit(lambda a, i: a.narrow(1, i, length))
+    np.testing.assert_array_equal(jitted(slope.tensor(x), s).numpy(), expected.detach().numpy())
+    batched = slope.vmap(lambda i: slope.narrow(slope.tensor(x), 1, i, length))(slope.stack([s, s]))
+    np.testing.assert_array_equal(batched.numpy(), np.stack([expected.detach().numpy()] * 2))
+    inside = slope.grad(lambda a: (a.narrow(1, s + 0, length) ** 2).sum())(slope.tensor(x))  # (s + 0: traced)
+    jitted_grad = slope.jit(slope.grad(lambda a, i: (a.narrow(1, i, length) ** 2).sum()))(slope.tensor(x), s)
+    for got in (inside, jitted_grad):
+        np.testing.assert_array_equal(got.numpy(), gradient.numpy())
+
+
+@pytest.mark.parametrize("start, length", [(5, 0), (-5, 1), (3, 2)])
+def test_narrow_at_a_traced_start_out_of_range_is_pytorchs_error(start, length):
+    torch = pytest.importorskip("torch")
+    x = np.zeros((3, 4), np.float32)
+    error = IndexError if length < 2 else ValueError  # (PyTorch's IndexError, and RuntimeError for start + length)
+    with pytest.raises(IndexError if length < 2 else RuntimeError, match="out of range|exceeds"):
+        torch.narrow(torch.tensor(x), 1, torch.tensor(start), length)
+    message = "narrow: start is out of range .-4, 4." if length < 2 else f"narrow: start \\+ length {length} exceeds"
+    calls = (
+        lambda i: slope.jit(lambda a, j: a.narrow(1, j, length))(slope.tensor(x), i),
+        lambda i: slope.grad(lambda a: a.narrow(1, i + 0, length).sum())(slope.tensor(x)),
+        lambda i: slope.vmap(lambda j: slope.tensor(x).narrow(1, j, length))(i.reshape(1)),
+    )
+    for call in calls:
+        with pytest.raises(error, match=f"^slope.{message}.* .the start is traced"):
+            call(slope.tensor(start)).numpy()

@@ -83,9 +83,9 @@ class IreeBackend(Backend):
 
         def run(buffers: list) -> list:
             outs = main([*buffers, *constants])
-            for (_, message), failed in zip(checks, outs[count:]):
+            for (_, message, error), failed in zip(checks, outs[count:]):
                 if runtime.to_numpy(failed):
-                    raise IndexError(message)
+                    raise error(message)
             return outs[:count]
 
         return Executable(run, text, program)
@@ -93,7 +93,7 @@ class IreeBackend(Backend):
     def export(self, program: Program, path: str, target: str = "cpu") -> list[str]:
         """Write `path.mlir` (the StableHLO, constants inside) and `path.vmfb` compiled for a target (cpu, cuda,
         vulkan; metal compiles only) that run without Slope. `main` returns the program's outputs, then one bool
-        per index the program checks (x[index], .at[], gathers: true where an index was out of range, where Slope
-        raises an IndexError and the outputs are undefined)."""
+        per check (x[index], .at[], gathers, slope-nn's checks of traced values: true where an index was out of range or
+        a value failed, where Slope raises the check's error and the outputs are undefined)."""
         text, _ = self.module_text(program, embed_constants=True)
         return runtime.export(text, path, target)

@@ -84,7 +84,7 @@ class Function:
         self.backend_name = backend_name
         self.lines: list[str] = []
         self.avals: dict[str, Aval] = {}
-        self.checks: list[tuple[str, str]] = []  # (i1 scalar that is true when something is wrong, the error message)
+        self.checks: list[tuple] = []  # (i1 scalar that is true when something is wrong, its message, its error)
         self.producers: dict[str, str] = {}  # result of fn.binary -> its StableHLO operation
         self.transposes: dict[str, tuple[str, tuple]] = {}  # transpose result -> (its source, perm)
         self.products: dict[str, tuple[str, str, bool, bool]] = {}  # matrix product -> (x, y, x_swapped, y_swapped)
@@ -149,9 +149,9 @@ class Function:
         """The MLIR type of an SSA name."""
         return self.tensor_type(self.avals[name])
 
-    def check(self, failed: str, message: str) -> None:
-        """Raise IndexError(message) after a run in which the i1 scalar `failed` is true."""
-        self.checks.append((failed, message))
+    def check(self, failed: str, message: str, error: type[Exception] = IndexError) -> None:
+        """Raise error(message) after a run in which the i1 scalar `failed` is true."""
+        self.checks.append((failed, message, error))
 
     # ------------------------------------------------------------------------------------------- helpers
     def unary(self, op: str, x: str, aval: Aval | None = None) -> str:
@@ -180,6 +180,10 @@ class Function:
         aval = self.avals[x]
         if aval.dtype == dtype:
             return x
+        if aval.dtype.is_float and dtype.is_int and dtype.bits < 32:
+            # through int32, whose low bits it keeps, as the numpy and onnxruntime backends and PyTorch convert
+            # (IREE saturates: float32 300.0 to uint8 was 255, not 44; -1.0 0, not 255; 200.0 to int8 127, not -56)
+            return self.unary("convert", self.convert(x, slope.int32), Aval(aval.shape, dtype))
         if dtype.name in _HALF and aval.dtype not in (slope.float32, slope.float16):
             # through float32, as PyTorch converts (and IREE's direct f64 -> f16 flushes f16 subnormals to zero)
             x = self.unary("convert", x, Aval(aval.shape, slope.float32))
@@ -462,7 +466,7 @@ def build_module(program: Program, translations: dict[str, Callable], embed_cons
     fn.materialized = _recomputed_under_broadcast(program)
     for instruction in program.instructions:
         fn.translate(instruction, env)
-    results = [env[v] for v in program.outputs] + [failed for failed, _ in fn.checks]
+    results = [env[v] for v in program.outputs] + [failed for failed, *_ in fn.checks]
     signature = ", ".join(f"{env[v]}: {fn.tensor_type(v.aval)}" for v in arguments)
     result_types = ", ".join(fn.type(r) for r in results)
     lines = [f"func.func @main({signature}) -> ({result_types}) {{", *_live(fn.lines, results)]

@@ -219,11 +219,12 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
     (num_classes,) = ints("one_hot", num_classes, "num_classes", count=1)
     if num_classes < -1:  # (-2 was inferred too; PyTorch refuses it)
         raise ValueError(f"slope.one_hot: num_classes must be -1 (inferred) or at least 0, got {num_classes}")
-    if num_classes < 0:
+    if num_classes < 0:  # (from the values: an operation on them is traced inside grad too, x.max().item() failed)
         if x.buffer is None or not x.numel():
-            what = "an empty tensor" if x.buffer is not None else "traced indices (under jit); pass num_classes"
+            what = "an empty tensor" if x.buffer is not None else (
+                "traced indices (jit, grad and vmap trace the values they compute); pass num_classes")  # fmt: skip
             raise ValueError(f"slope.one_hot: cannot infer the number of classes from {what}")
-        num_classes = int(x.max().item()) + 1
+        num_classes = int(x.numpy().max()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
     x = checked_when_run(x, num_classes) if x.buffer is None else x
     classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))

@@ -14,6 +14,7 @@
   IndexError for indices out of range. A `scatter_add` of `unique_indices` along the last dimension whose
   indices are a `max_pool_argmax` of non-overlapping, unpadded windows (max pooling's gradient) is dense instead:
   each input element takes its window's value when it is that window's arg-max.
+- `fail_if` is a run-time check (`Function.check`) raising its own error and message.
 """
 
 from __future__ import annotations
@@ -363,6 +364,12 @@ def _scatter_add(fn: Function, inputs: list[str], instruction: Instruction) -> s
     return in_float32(fn, [x, src], out.dtype, scatter)
 
 
+def _fail_if(fn: Function, inputs: list[str], instruction: Instruction) -> str:
+    params = instruction.params
+    fn.check(fn.any(inputs[0]), params["message"], params["error"])
+    return inputs[0]
+
+
 translations: dict[str, Callable[..., Any]] = {
     "erf": _erf,
     "log_softmax": _log_softmax,
@@ -371,6 +378,7 @@ translations: dict[str, Callable[..., Any]] = {
     "max_pool_argmax": _max_pool_argmax,
     "take_along_dim": _take_along_dim,
     "scatter_add": _scatter_add,
+    "fail_if": _fail_if,
 }
 
 __all__ = ["translations"]

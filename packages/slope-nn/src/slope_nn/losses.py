@@ -13,6 +13,7 @@ from slope import Tensor
 from . import functional
 from .functional import reduce_loss
 from .module import Module
+from .operators import fail_if
 
 __all__ = [
     "BCELoss",
@@ -156,23 +157,25 @@ _binary_log_loss.defjvp(_binary_log_loss_jvp, symbolic_zeros=True)
 def binary_cross_entropy(input: Any, target: Any, weight: Tensor | None = None,  # noqa: A002
                          reduction: str = "mean") -> Tensor:  # fmt: skip
     """Binary cross-entropy of probabilities in [0, 1]; logs are clamped at -100, as PyTorch does. An input or target
-    outside [0, 1] (or NaN) is an error, as in PyTorch: a ValueError where its value is known (eager, and under jvp),
-    an IndexError when the program runs (jit, grad, vmap); a backend that cannot raise gives a NaN loss and gradient."""
+    outside [0, 1] (or NaN) is a ValueError, as PyTorch's error: where its values are known (eager, and under jvp)
+    when called, else (jit, grad, vmap) when the program runs; a backend that cannot raise gives a NaN loss."""
     name = "binary_cross_entropy"
     input, target, weight = _binary_args(name, input, target, weight=weight)  # noqa: A001
-    traced = False
+    failed = None
     for what, value in (("input", input), ("target", target)):
+        expected = f"slope.nn.{name}: all elements of {what} should be between 0 and 1 (as PyTorch)"
         values = _known_values(value)
-        traced = traced or values is None
         if values is not None and not ((values >= 0) & (values <= 1)).all():
             outside = values[~((values >= 0) & (values <= 1))]
-            raise ValueError(f"slope.nn.{name}: all elements of {what} should be between 0 and 1 (as PyTorch), got "
-                             f"{outside[:3]} in {what} of shape {value.shape}")  # fmt: skip
+            raise ValueError(f"{expected}, got {outside[:3]} in {what} of shape {value.shape}")
+        if values is None:  # (an IndexError naming take_along_dim did under grad, jit and vmap; a target of labels
+            # 0..9 gave a finite, meaningless loss and gradient before that)
+            message = f"{expected}; an element of {what} (shape {value.shape}) is not (found as the program ran: "
+            outside = fail_if(~((value >= 0.0) & (value <= 1.0)), message + "jit, grad and vmap trace the values)")
+            failed = outside if failed is None else failed | outside
     losses = _binary_log_loss(input, target)
-    if traced:  # (a target of labels 0..9 gave a finite, meaningless loss and gradient under jit, vmap and grad)
-        valid = (input >= 0.0) & (input <= 1.0) & (target >= 0.0) & (target <= 1.0)
-        checked = functional.checked_when_run(slope.where(valid, 0, 1), 1)  # an IndexError when it runs
-        losses = slope.where(valid & (checked == 0), losses, math.nan)  # (NaN, gradient too, where none is raised)
+    if failed is not None:  # (NaN, gradient too, where the backend raises nothing)
+        losses = slope.where(failed, math.nan, losses)
     if weight is not None:
         losses = losses * weight
     return reduce_loss("nn.binary_cross_entropy", losses, reduction)

@@ -11,4 +11,5 @@ translations: dict[str, Callable] = {
     "relu": lambda ins, params, out: f"np.where({ins[0]} < 0, np.zeros((), {ins[0]}.dtype), {ins[0]})",
     "take_along_dim": lambda ins, params, out: f"runtime.take_along_axis({ins[0]}, {ins[1]}, {params['dim']})",
     "scatter_add": lambda ins, params, out: f"runtime.scatter_add({ins[0]}, {ins[1]}, {ins[2]}, {params['dim']})",
+    "fail_if": lambda ins, params, out: f"runtime.fail_if({ins[0]}, {params['message']!r}, {params['error'].__name__})",
 }

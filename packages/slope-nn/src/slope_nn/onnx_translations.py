@@ -20,6 +20,7 @@
 - `take_along_dim` is GatherElements; `scatter_add` is ScatterElements with reduction="add", or, when its indices are
   unique along the last dimension (non-overlapping pooling windows), MaxUnpool, which writes without atomics
   (indices not from max pooling are counted from the end and checked first: see `_checked_rows`).
+- `fail_if` is slope-onnx's check (`OnnxGraph.check`): a failed one raises its own error and message.
 """
 
 from __future__ import annotations
@@ -310,6 +311,11 @@ def _unpool(graph: OnnxGraph, x: str, index: str, src: str, index_shape: tuple, 
     return graph.node("Add", [written, x], shape=shape)
 
 
+def _fail_if(graph: OnnxGraph, inputs: list[str], instruction: Instruction) -> str:
+    params = instruction.params
+    return graph.check(inputs[0], instruction.outputs[0].aval.shape, params["message"], params["error"])
+
+
 translations: dict[str, Callable] = {
     "log_softmax": _softmax_kind("LogSoftmax"),
     "softmax": _softmax_kind("Softmax"),
@@ -322,4 +328,5 @@ translations: dict[str, Callable] = {
     "max_pool_argmax": _max_pool_argmax,
     "take_along_dim": _take_along_dim,
     "scatter_add": _scatter_add,
+    "fail_if": _fail_if,
 }

@@ -24,6 +24,8 @@ transpose and batching rules and a procedure for backends without them.
   shape of the result / of src); they are each other's transposes. The operators take indices in [-size, size),
   negative ones counted from the end; scatter_add's call refuses negative ones, as PyTorch's does. `unique_indices=True` promises that no index
   repeats along `dim` (non-overlapping windows), so a backend may write instead of add.
+- `fail_if(failed, message, error)` (not registered: slope-nn's functions bind it) raises `error(message)` where an
+  element of the bools `failed` is true, as the program runs: the checks of traced values that name their function.
 
 They use only Slope's public API, as a third-party plugin would.
 """
@@ -716,6 +718,30 @@ def _erf_float64(x: Tensor) -> Tensor:
     return slope.where(squared >= 1.0, large, small)  # NaN compares false: it stays in `small`
 
 
+class FailIf(Operator):
+    """`failed` itself (a bool tensor, all false when it passes), and `error(message)` when the program runs where one
+    of its elements is true: a check of traced values (under jit, grad or vmap) that names the function asking, where
+    the values are known only as it runs. Backends raise it with the message (onnxruntime, iree, numpy); elsewhere the
+    procedure raises an IndexError naming take_along_dim. Bound by slope-nn's functions only, not registered."""
+
+    name = "fail_if"
+
+    def __call__(self, failed: Tensor, message: str, error: type[Exception] = ValueError) -> Tensor:
+        return slope.bind(self, failed, message=message, error=error)
+
+    def infer(self, failed: Aval, *, message: str, error: type) -> Aval:
+        if failed.dtype != slope.bool_ or error not in (ValueError, IndexError):
+            raise self.dtype_error(f"expected bools and ValueError or IndexError, got {failed.dtype.name} and {error}")
+        return failed
+
+    def vmap(self, axis_size: int, args: list, dims: list, **params: Any) -> tuple[list, list]:
+        return [slope.bind(self, args[0], **params)], [dims[0]]
+
+    def procedure(self, failed: Tensor, *, message: str, error: type) -> Tensor:
+        index = failed.astype(slope.int64).reshape((-1,))  # 1 is out of range of a one-element table
+        return take_along_dim(slope.tensor(np.zeros(1, np.bool_)), index, 0).reshape(failed.shape)
+
+
 class Erf(Unary):
     """The error function (for gelu). The procedure: `_erf_float64`'s approximation (1 ulp in float64), evaluated in
     float32 for float32, float16 and bfloat16 (a few float32 ulps, relative: Abramowitz and Stegun 7.1.26, used before,
@@ -744,6 +770,7 @@ max_pool = MaxPool()
 max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
+fail_if = FailIf()  # (not in `operators`: not registered)
 operators = [
     erf,
     log_softmax,

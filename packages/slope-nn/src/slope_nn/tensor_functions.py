@@ -44,7 +44,7 @@ from slope.operators import (
 from slope.procedures import _dtype, _positions, _wide, check_indices, not_equal, stack
 
 from .functional import checked_when_run
-from .operators import _tensor, take_along_dim
+from .operators import _tensor, fail_if, take_along_dim
 
 # ----------------------------------------------------------------------------------------------- small ones
 
@@ -126,29 +126,48 @@ def index_select(x: Any, dim: int, index: Any) -> Tensor:
 
 
 def narrow(x: Any, dim: int, start: Any, length: int) -> Tensor:
-    """x[..., start:start + length, ...] along dim (start negative counts from the end; a 0-d tensor start too)."""
+    """x[..., start:start + length, ...] along dim (start negative counts from the end; a 0-d integer tensor start
+    too, traced ones included: under jit, grad or vmap its range is checked as the program runs)."""
     x = _tensor(x, "narrow")
     if x.ndim == 0:
         raise IndexError("slope.narrow: expected a tensor with at least one dimension, got a 0-d tensor")
     dim = normalize_dim("narrow", dim, x.ndim)
+    traced = isinstance(start, Tensor) and start.buffer is None
     if isinstance(start, Tensor):
-        if start.ndim != 0 or not start.dtype.is_int or start.buffer is None:
-            raise TypeError(f"slope.narrow: start must be an int or a concrete 0-d integer tensor, got {start!r}")
-        start = int(start.item())
-    (start,), (length,) = ints("narrow", start, "start"), ints("narrow", length, "length")
+        if start.ndim != 0 or not start.dtype.is_int:
+            raise TypeError(f"slope.narrow: start must be an int or a 0-d integer tensor, got {start!r}")
+        start = start if traced else int(start.item())
+    (start,) = (start,) if traced else ints("narrow", start, "start")
+    (length,) = ints("narrow", length, "length")
     size = x.shape[dim]
-    if not -size <= start <= size:
+    if not traced and not -size <= start <= size:
         raise IndexError(
             f"slope.narrow: start {start} is out of range [-{size}, {size}] for dimension {dim} of {x.shape}"
         )
     if length < 0:
         raise ValueError(f"slope.narrow: length must be non-negative, got {length}")
+    if traced:  # (was a TypeError; inside grad, a start computed from concrete tensors is traced too)
+        return _narrow_at(x, dim, start, length)
     start = start + size if start < 0 else start
     if start + length > size:
         raise ValueError(f"slope.narrow: start {start} + length {length} exceeds dimension {dim} of size {size}")
     lo = tuple(start if d == dim else 0 for d in range(x.ndim))
     hi = tuple(start + length if d == dim else n for d, n in enumerate(x.shape))
     return slope.slice(x, lo, hi)
+
+
+def _narrow_at(x: Tensor, dim: int, start: Tensor, length: int) -> Tensor:
+    """narrow at a traced start: x gathered at start, ..., start + length - 1 along dim, after checks of the start
+    that raise as the program runs (PyTorch's errors and narrow's eager messages)."""
+    size, traced = x.shape[dim], "(the start is traced: checked as the program ran)"
+    start = start.astype(slope.int64)
+    start = where(start < 0, start + size, start)
+    outside = fail_if((start < 0) | (start > size), f"slope.narrow: start is out of range [-{size}, {size}] for "
+                      f"dimension {dim} of {x.shape} {traced}", IndexError)  # fmt: skip
+    exceeds = f"slope.narrow: start + length {length} exceeds dimension {dim} of size {size} {traced}"
+    beyond = fail_if(~outside & (start + length > size), exceeds)  # (after `outside`, whose error comes first)
+    positions = slope.where(outside | beyond, 0, start) + slope.arange(length)
+    return take_along_dim(x, positions.reshape(tuple(length if d == dim else 1 for d in range(x.ndim))), dim)
 
 
 # ----------------------------------------------------------------------------------------------- cumprod

@@ -89,6 +89,13 @@ def take_along_axis(x, idx, axis):
         ) from None
 
 
+def fail_if(failed, message, error):
+    """failed itself where all of it is false, else error(message): slope-nn's run-time check of traced values."""
+    if np.any(failed):
+        raise error(message)
+    return failed
+
+
 def _bfloat16(dtype: np.dtype) -> bool:
     """Whether dtype is ml_dtypes' bfloat16 (of NumPy kind "V": NumPy has no kernels of its own for it)."""
     return dtype.kind == "V"

@@ -580,14 +580,23 @@ _INDEXING = {
     "ScatterElements": "scatter_add",
 }
 
+# the name of a node that checks values (graph.OnnxGraph.check): its failure is this error, with this message (the
+# number keeps node names unique: onnxruntime refuses a model with two nodes of one name, as two checks of one message)
+CHECK = "slope check {2}: {0.__name__}: {1}"
+_CHECK_FAILED = re.compile(r"Name:'slope check \d+: (ValueError|IndexError): (.*?)' Status Message:", re.S)
+
 
 def _index_errors(run: Any) -> Any:
-    """`run` raising onnxruntime's failures on an index out of range as IndexErrors that name the Slope operator."""
+    """`run` raising onnxruntime's failures on an index out of range as IndexErrors that name the Slope operator, and
+    those of a check (`CHECK`) as its error."""
 
     def checked(buffers: list) -> list:
         try:
             return run(buffers)
         except Exception as error:
+            check = _CHECK_FAILED.search(str(error))
+            if check is not None:
+                raise {"ValueError": ValueError, "IndexError": IndexError}[check.group(1)](check.group(2)) from None
             found = re.search(r"running (\w+) node", str(error))
             if found is None or found.group(1) not in _INDEXING:
                 raise

@@ -235,6 +235,26 @@ class OnnxGraph:
             target = tuple(shape)
         return self.reshape(out, target)
 
+    def check(self, failed: str, shape: tuple[int, ...], message: str, error: type[Exception]) -> str:
+        """`failed` (bools of `shape`) as it is, tied to a check that raises `error(message)` when the model runs
+        where one of its elements is true: a GatherElements from a one-element table at index 1 there (out of range),
+        in a node whose name the backend reads the error from (`backend.CHECK`: ONNX has no assertion)."""
+        from .backend import CHECK
+
+        count = math.prod(shape)
+        index = self.node("Cast", [self.reshape(failed, (count,))], shape=(count,), to=TensorProto.INT64)
+        table = self.constant(np.zeros(1, np.bool_))
+        checked = self.node(
+            "GatherElements",
+            [table, index],
+            shape=(count,),
+            axis=0,
+            name=CHECK.format(error, message, len(self.checks)),
+        )
+        out = self.reshape(checked, shape)
+        self.checks[out] = frozenset({checked})  # (kept where all that reads it is empty: see `translate`)
+        return out
+
     def reshape(self, name: str, shape: tuple[int, ...]) -> str:
         """The tensor reshaped; chains of reshapes collapse into one."""
         source = name
