@@ -620,3 +620,26 @@ def test_init_of_zero_element_weights_is_empty(draw, mode, shape):
     tensor as it is (a warning): an empty tensor of the shape."""
     assert draw(shape, mode=mode, key=slope.random.key(0)).shape == shape
     assert nn.init.xavier_uniform((0, 0), key=slope.random.key(0)).shape == (0, 0)
+
+
+@pytest.mark.parametrize("name, args", [("ReLU", ()), ("LeakyReLU", (0.2,)), ("SiLU", ()), ("Dropout", (0.5,))])
+def test_layers_take_pytorchs_inplace_flag(name, args):
+    """`nn.ReLU(inplace=True)` (torchvision's models write it) raised "Module.__init__() got an unexpected keyword
+    argument 'inplace'", naming no layer. Slope's tensors never change, so the flag is taken, kept, and the result is
+    PyTorch's; positionally too (`nn.ReLU(True)`); a non-bool is refused naming the layer."""
+    torch = pytest.importorskip("torch")
+    x = rng(0).standard_normal((3, 4)).astype(np.float32)
+    for inplace in (True, False):
+        layer = getattr(nn, name)(*args, inplace=inplace)
+        reference = getattr(torch.nn, name)(*args, inplace=inplace)
+        assert layer.inplace is inplace
+        if name == "Dropout":
+            layer.eval(), reference.eval()
+        np.testing.assert_allclose(layer(slope.tensor(x)).numpy(), reference(torch.tensor(x)).numpy(), rtol=1e-6)
+        gradient = slope.grad(lambda v, f=layer: f(v).sum())(slope.tensor(x))
+        t = torch.tensor(x, requires_grad=True)
+        (expected,) = torch.autograd.grad(reference(t * 1.0).sum(), t)  # (t * 1.0: in place on a leaf is refused)
+        np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)  # (float32 formulas)
+    assert getattr(nn, name)(*args, True).inplace is True
+    with pytest.raises(TypeError, match=f"slope.nn.{name}: inplace must be a bool"):
+        getattr(nn, name)(*args, inplace="yes")

@@ -615,12 +615,12 @@ class Dropout(Module):
 
     forward_key_is_random = True  # (its forward's own `key` is a random key: nn.apply(dropout, x, key=k) is no mix-up)
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         functional.refuse_traced("Dropout", "p", p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p, self.inplace = float(p), _inplace("Dropout", inplace)
 
     def forward(self, x: Tensor, key: Tensor | None = None) -> Tensor:
         """Randomly zero elements (training) or pass x through (eval)."""
@@ -934,6 +934,13 @@ class ModuleList(_Children):
 # ----------------------------------------------------------------------------------------------- activations
 
 
+def _inplace(layer: str, inplace: Any) -> bool:
+    """PyTorch's `inplace` flag, taken and kept for the repr: Slope's tensors never change, so the result is the same."""
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"slope.nn.{layer}: inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
+    return bool(inplace)
+
+
 class Identity(Module):
     """Returns its input."""
 
@@ -945,6 +952,10 @@ class Identity(Module):
 class ReLU(Module):
     """max(x, 0)."""
 
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = _inplace("ReLU", inplace)
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
         return functional.relu(x)
@@ -953,9 +964,9 @@ class ReLU(Module):
 class LeakyReLU(Module):
     """x if x > 0 else negative_slope * x."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope, self.inplace = float(negative_slope), _inplace("LeakyReLU", inplace)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
@@ -976,6 +987,10 @@ class GELU(Module):
 
 class SiLU(Module):
     """x * sigmoid(x)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = _inplace("SiLU", inplace)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the activation."""
