@@ -267,11 +267,11 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - Py
     if min is None and max is None:
         raise ValueError("slope.clip: at least one of min and max must be given (as in PyTorch)")
     x = coerce("clip", x, *[b for b in (min, max) if b is not None], checked=True)[0]  # in the result dtype first
-    if isinstance(min, Tensor) and max is not None:  # where min >= max, min's gradient is 0 (PyTorch's rule)
-        min = where(min < max, min, ops.stop_gradient(min))  # noqa: A001
     for bound, outside in ((min, ops.less), (max, ops.greater)):
         if bound is not None:
-            value, x = coerce("clip", bound, x)
+            value, x = coerce("clip", bound, x)  # (promoted as given: a 0-d min stays a 0-d tensor until here)
+            if outside is ops.less and isinstance(min, Tensor) and max is not None:  # min's gradient is 0 where min >=
+                value = where(min < max, value, ops.stop_gradient(value))  # max (PyTorch's rule)
             nan_bound = isinstance(bound, Tensor) or bound != bound  # comparisons with a NaN bound are false
             x = where(outside(x, value) | isnan(value) if nan_bound else outside(x, value), value, x)
     return x
