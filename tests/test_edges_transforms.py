@@ -408,3 +408,9 @@ def test_clip_promotes_a_0d_min_as_given_when_max_has_dimensions(backend: str) -
     grads = slope.grad(lambda a, b: slope.clamp(slope.tensor([4.0, 4.0, 0.1]), a, b).sum(), argnums=(0, 1))
     glo, ghi = grads(lo, slope.tensor(np.array([3.0, 2.0, 1.0], np.float32)))
     assert glo.numpy().tolist() == [0.0, 0.0, 1.0] and ghi.numpy().tolist() == [1.0, 1.0, 0.0]
+
+
+def test_jit_of_a_builtin_with_static_argnums_is_made(backend: str) -> None:
+    """static_argnums now name parameters from the signature; a builtin without one (max) must still be jittable."""
+    jitted = slope.jit(max, static_argnums=1)
+    assert jitted is not None and jitted.static_argnames == ()

@@ -554,7 +554,10 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if both := set(self.static_argnums) & set(self.donate_argnums):  # (as JAX: a static value has no buffer)
             raise TransformError(f"slope.jit: arguments {sorted(both)} are in both static_argnums and donate_argnums")
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-        signature = inspect.signature(fn).parameters.values() if static_argnames or static_argnums else ()
+        try:  # (a builtin may have no signature: then numbers name nothing)
+            signature = inspect.signature(fn).parameters.values() if static_argnames or static_argnums else ()
+        except ValueError:
+            signature = ()
         positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]  # (as JAX: names and numbers
         self.numbered = {n: positional[n] for n in self.static_argnums if 0 <= n < len(positional)}  # both)
         self.static_argnames += tuple(self.numbered.values())
