@@ -330,3 +330,87 @@ def test_vmap_passes_unmapped_non_arrays_and_has_aux_takes_a_list(backend: str) 
     np.testing.assert_allclose(slope.vmap(lambda v, fn: fn(v), in_axes=(0, None))(x, slope.sin).numpy(), np.sin([1, 2]))
     gradient, aux = slope.grad(lambda v: [(v**2).sum(), v * 3], has_aux=True)(x)
     assert gradient.tolist() == [2.0, 4.0] and aux.tolist() == [3.0, 6.0]
+
+
+@pytest.mark.parametrize("name", ["jacfwd", "jacrev"])
+def test_jacobians_with_an_argnums_sequence_return_a_tuple(backend: str, name: str) -> None:
+    """jacfwd(f, argnums=(0,))(x) returned the bare Jacobian, so JAX's `[0]` gave its first row, silently; a tuple of two
+    was refused. As JAX: one Jacobian per argument, in a tuple inside each output leaf (hessian: ((H00, H01), ...))."""
+    transform = getattr(slope, name)
+    x, y = np.array([1.0, 2.0, 3.0], np.float32), np.array([1.5, -2.0], np.float32)
+    (jx,) = transform(lambda v: v**2, argnums=(0,))(slope.tensor(x))
+    np.testing.assert_allclose(jx.numpy(), np.diag(2 * x), rtol=1e-6)
+    jx, jy = transform(lambda a, b: a * b.sum(), argnums=[0, 1])(slope.tensor(x), slope.tensor(y))
+    np.testing.assert_allclose(jx.numpy(), np.diag(np.full(3, y.sum())), rtol=1e-6)
+    np.testing.assert_allclose(jy.numpy(), np.repeat(x[:, None], 2, axis=1), rtol=1e-6)
+    assert transform(lambda v: v**2, argnums=0)(slope.tensor(x)).shape == (3, 3)  # (an int: the Jacobian itself)
+    with pytest.raises(slope.TransformError, match="repeats"):
+        transform(lambda a, b: a * b.sum(), argnums=(0, 0))(slope.tensor(x), slope.tensor(y))
+
+
+def test_hessian_with_an_argnums_sequence_nests_as_jax(backend: str) -> None:
+    """hessian(f, argnums=(0, 1)) is ((d2f/da2, d2f/da db), (d2f/db da, d2f/db2)); argnums=(0,) gives ((H,),)."""
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0])
+    f = lambda u, v: (u**2).sum() * (v**3).sum()  # noqa: E731
+    ((haa, hab), (hba, hbb)) = slope.hessian(f, argnums=(0, 1))(slope.tensor(a), slope.tensor(b))
+    np.testing.assert_allclose(haa.numpy(), 2 * (b**3).sum() * np.eye(3))
+    np.testing.assert_allclose(hab.numpy(), np.outer(2 * a, 3 * b**2))
+    np.testing.assert_allclose(hba.numpy(), np.outer(3 * b**2, 2 * a))
+    np.testing.assert_allclose(hbb.numpy(), (a**2).sum() * np.diag(6 * b))
+    ((h,),) = slope.hessian(lambda u: (u**3).sum(), argnums=(0,))(slope.tensor(a))
+    np.testing.assert_allclose(h.numpy(), np.diag(6 * a))
+
+
+def test_a_jitted_function_inside_other_transformations_takes_numbers_as_a_call_does(backend: str) -> None:
+    """Inside vmap or grad, jit traced straight through and Python numbers kept the eager rules: vmap(jit(f)) of an int8
+    batch times 300 gave int8 [-124, -36] where each jitted call gives int64 900, 1500 (JAX: vmap(f)(xs)[i] ==
+    f(xs[i])), and a float16 input times 0.1 became float16 inside grad but float32 when called."""
+    f = slope.jit(lambda x, n: x * n)
+    x8 = slope.tensor(np.array([3, 5], np.int8))
+    mapped = slope.vmap(f, in_axes=(0, None))(x8, 300)
+    called = [f(x8[i], 300) for i in range(2)]
+    assert mapped.dtype == called[0].dtype == slope.int64 and mapped.numpy().tolist() == [900, 1500]
+    x16 = slope.tensor(np.array([1.0, 3.0], np.float16))
+    assert slope.vmap(f, in_axes=(0, None))(x16, 0.1).dtype == f(x16[0], 0.1).dtype == slope.float32
+    value, gradient = slope.value_and_grad(lambda a: f(a, 0.1).astype(slope.float32))(x16[1])
+    assert value.numpy() == f(x16[1], 0.1).numpy() and gradient.dtype == slope.float16
+    static = slope.jit(lambda x, scale, flag: x * scale if flag else x, static_argnums=(1, 2))
+    assert slope.grad(lambda a: static(a, 2, True).sum())(slope.tensor([1.0, 2.0])).numpy().tolist() == [2.0, 2.0]
+
+
+def test_jit_static_argnums_of_an_argument_given_by_keyword(backend: str) -> None:
+    """As JAX: static_argnums=1 names the parameter too, so `f(x, n=3)` is static (it was "static_argnums 1 is out of
+    range for 1 arguments"); a number out of range that no keyword names is still refused."""
+
+    def f(x: slope.Tensor, n: int) -> slope.Tensor:
+        return x.reshape(n, -1)
+
+    jitted = slope.jit(f, static_argnums=1)
+    assert jitted(slope.ones(6), n=3).shape == (3, 2) and jitted(slope.ones(6), 2).shape == (2, 3)
+    assert slope.grad(lambda x: (jitted(x, n=3) * 2.0).sum())(slope.ones(6)).numpy().tolist() == [2.0] * 6
+    with pytest.raises(slope.TransformError, match="static_argnums 3 is out of range for 2 arguments"):
+        slope.jit(f, static_argnums=3)(slope.ones(6), 2)
+
+
+def test_clip_promotes_a_0d_min_as_given_when_max_has_dimensions(backend: str) -> None:
+    """clip masks min's gradient where min >= max; that `where` broadcast a 0-d min to max's shape first, so it then
+    promoted as a tensor with dimensions: clamp(f16, f64 0-d, f16[2]) gave float64 (PyTorch: float16), and jitted with a
+    traced 100, int16 x gave int64 where eager gives int16."""
+    torch = pytest.importorskip("torch")
+    x, hi = np.array([0.1, 2.0, 0.5], np.float16), np.array([0.2, 1.0, 1.0], np.float16)
+    got = slope.clamp(slope.tensor(x), slope.tensor(np.float64(0.3)), slope.tensor(hi))
+    want = torch.clamp(torch.tensor(x), torch.tensor(0.3, dtype=torch.float64), torch.tensor(hi))
+    assert got.dtype == slope.float16 and got.numpy().tolist() == want.numpy().tolist()
+    xi, hi16 = slope.tensor(np.array([1, 200], np.int16)), slope.tensor(np.array([150, 150], np.int16))
+    jitted = slope.jit(lambda x, lo, hi: slope.clamp(x, lo, hi))(xi, 100, hi16)
+    assert jitted.dtype == slope.clamp(xi, 100, hi16).dtype == slope.int16 and jitted.numpy().tolist() == [100, 150]
+    lo = slope.tensor(np.array([0.0, 5.0, 0.3], np.float32))  # min >= max in the middle: its gradient goes to max
+    grads = slope.grad(lambda a, b: slope.clamp(slope.tensor([4.0, 4.0, 0.1]), a, b).sum(), argnums=(0, 1))
+    glo, ghi = grads(lo, slope.tensor(np.array([3.0, 2.0, 1.0], np.float32)))
+    assert glo.numpy().tolist() == [0.0, 0.0, 1.0] and ghi.numpy().tolist() == [1.0, 1.0, 0.0]
+
+
+def test_jit_of_a_builtin_with_static_argnums_is_made(backend: str) -> None:
+    """static_argnums now name parameters from the signature; a builtin without one (max) must still be jittable."""
+    jitted = slope.jit(max, static_argnums=1)
+    assert jitted is not None and jitted.static_argnames == ()

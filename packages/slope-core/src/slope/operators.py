@@ -601,7 +601,9 @@ class Pad(Operator):
         if isinstance(value, Tensor) and value.buffer is None and value.ndim == 0 and any(lo + hi):  # as JAX's lax.pad
             border = self(full(x.shape, False, dtypes.bool_), lo=lo, hi=hi, value=True)  # (its gradient: the count)
             return where(border, cast(value, x.dtype), self(x, lo=lo, hi=hi))
-        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype)) if any(lo + hi) else x
+        if not any(lo + hi):  # (as PyTorch: the fill value is not checked then)
+            return x
+        return bind(self, x, lo=lo, hi=hi, value=_python_value(self.name, value, x.dtype, wraps=False))
 
     def infer(self, x: Aval, *, lo: tuple, hi: tuple, value: Any) -> Aval:
         if len(lo) != x.ndim or len(hi) != x.ndim or any(a < 0 for a in lo + hi):
@@ -679,7 +681,7 @@ class _Value(float):
         return repr(self) == repr(other)
 
 
-def _python_value(name: str, value: Any, dtype: DType) -> Any:
+def _python_value(name: str, value: Any, dtype: DType, wraps: bool = True) -> Any:  # wraps: uint8's -2 is 254
     value = value.item() if isinstance(value, (Tensor, np.generic)) else value  # (np.float32(2**31) fits no int32)
     if isinstance(value, str) or not np.isscalar(value):
         raise TypeError(f"slope.{name}: expected a number to fill with, got {type(value).__name__} {value!r}")
@@ -688,7 +690,7 @@ def _python_value(name: str, value: Any, dtype: DType) -> Any:
     numpy_dtype = dtype.numpy  # first: for bfloat16 it loads ml_dtypes, whose finfo knows bfloat16 (NumPy's may not)
     limits = (sys.modules.get("ml_dtypes", np).finfo if dtype.is_float else np.iinfo)(numpy_dtype)
     high = float(limits.max) if dtype.is_float else int(limits.max)
-    symmetric = dtype.is_float or dtype.kind == "uint" and isinstance(value, (int, np.integer))  # uint8: -2 is 254
+    symmetric = dtype.is_float or wraps and dtype.kind == "uint" and isinstance(value, (int, np.integer))  # (full's)
     low = -high if symmetric else int(limits.min)
     if not (low <= value <= high or dtype.is_float and not math.isfinite(value)):  # PyTorch's ranges (NaN: not ints)
         raise ValueError(f"slope.{name}: {value!r} does not fit {dtype.name}")

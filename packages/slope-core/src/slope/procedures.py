@@ -148,35 +148,6 @@ def abs_(x: Any) -> Tensor:
     return x * sign(x) + 0  # + 0: |-0.0| is 0.0 (x * sign(x) is -0.0 there)
 
 
-def tan(x: Any) -> Tensor:
-    """Tangent (float16/bfloat16 in float32, rounded once, as PyTorch: step by step, 2 ulps off for 22% of float16)."""
-    x = ops.as_float(x)
-    wide = cast(x, _wide(x.dtype))
-    return cast(ops.sin(wide) / ops.cos(wide), x.dtype)
-
-
-def log2(x: Any) -> Tensor:
-    """Base-2 logarithm (float16/bfloat16 in float32, rounded once), exact at powers of two (log2(8.0) was 2.99...)."""
-    x = ops.as_float(x)
-    y = ops.log(cast(x, _wide(x.dtype))) / math.log(2)
-    k = ops.round_(y)
-    return cast(y + ops.stop_gradient(where((2.0**k == cast(x, y.dtype)) & (k != y), k - y, 0.0)), x.dtype)
-
-
-def log1p(x: Any) -> Tensor:
-    """log(1 + x), exact for tiny x: log(u) + (x - (u - 1)) / u, u = 1 + x, where |x| < 0.5 (halves in float32)."""
-    x = ops.as_float(x)
-    w = cast(x, _wide(x.dtype))
-    t = where(abs_(w) >= 0.5, 0.0, w)  # where the correction is finite (no inf - inf, no 0 / 0), its gradient too
-    series = t * (1.0 - t * (0.5 - t / 3.0))  # x where x * x is 0 (-0.0 too), with log1p's derivatives (d2 -1, not 0)
-    return cast(where(w * w > 0.0, ops.log(w + 1.0) + (t - ((t + 1.0) - 1.0)) / (t + 1.0), series), x.dtype)
-
-
-def exp2(x: Any) -> Tensor:
-    """2 ** x, as pow: exp(x * ln 2) rounds x * ln 2 first (bfloat16 2 ** 100 was 27% off, float16's 0.3%)."""
-    return 2.0 ** ops.as_float(x)
-
-
 def rsqrt(x: Any) -> Tensor:
     """1 / sqrt(x) (float16/bfloat16 in float32, rounded once, as PyTorch)."""
     x = ops.as_float(x)
@@ -267,11 +238,11 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - Py
     if min is None and max is None:
         raise ValueError("slope.clip: at least one of min and max must be given (as in PyTorch)")
     x = coerce("clip", x, *[b for b in (min, max) if b is not None], checked=True)[0]  # in the result dtype first
-    if isinstance(min, Tensor) and max is not None:  # where min >= max, min's gradient is 0 (PyTorch's rule)
-        min = where(min < max, min, ops.stop_gradient(min))  # noqa: A001
     for bound, outside in ((min, ops.less), (max, ops.greater)):
         if bound is not None:
-            value, x = coerce("clip", bound, x)
+            value, x = coerce("clip", bound, x)  # (promoted as given: a 0-d min stays a 0-d tensor until here)
+            if outside is ops.less and isinstance(min, Tensor) and max is not None:  # min's gradient is 0 where min >=
+                value = where(min < max, value, ops.stop_gradient(value))  # max (PyTorch's rule)
             nan_bound = isinstance(bound, Tensor) or bound != bound  # comparisons with a NaN bound are false
             x = where(outside(x, value) | isnan(value) if nan_bound else outside(x, value), value, x)
     return x

@@ -351,16 +351,22 @@ def _basis(aval: Aval) -> Tensor:
     return functions["eye"](aval.size, dtype=aval.dtype).reshape((aval.size, *aval.shape))
 
 
-def _jacobian(name: str, fn: Callable, argnums: int, build: Callable) -> Callable:
+def _jacobian(name: str, fn: Callable, argnums: int | Sequence[int], build: Callable) -> Callable:
     """A function of `fn`'s arguments giving `build(f, x)`: `f` is `fn` of its `argnums` argument alone, at `x`."""
 
-    @functools.wraps(_function(name, fn))
-    def jacobian(*args: Any, **kwargs: Any) -> Any:
-        f, (x,) = _differentiated(name, fn, ints(name, argnums, "argnums", count=1)[0], args, kwargs)
+    def one(n: int, args: tuple, kwargs: dict) -> Any:  # the Jacobian with respect to argument n
+        f, (x,) = _differentiated(name, fn, n, args, kwargs)
         if not isinstance(x, (Tensor, np.ndarray, np.generic, int, float)):  # (a tuple was stacked: J[0] not d/dx[0])
             raise TransformError(f"slope.{name}: differentiates with respect to one tensor, got {type(x).__name__} "
                                  "(pytrees are not supported: one Jacobian per tensor, or slope.tensor(a list))")  # fmt: skip
         return build(f, as_tensor(x), name)
+
+    @functools.wraps(_function(name, fn))
+    def jacobian(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(argnums, (int, np.integer)):
+            return one(argnums, args, kwargs)
+        _differentiated(name, fn, argnums, args, kwargs)  # (checks them together: none repeated, in range, not empty)
+        return tree.map(lambda *per_argument: per_argument, *[one(n, args, kwargs) for n in argnums])  # (as JAX)
 
     return jacobian
 
@@ -370,7 +376,7 @@ def _forward(f: Callable, x: Tensor, name: str) -> Any:  # jacfwd's and hessian'
     return tree.map(lambda column: column.reshape((*column.shape[:-1], *x.shape)), columns)
 
 
-def jacfwd(fn: Callable, argnums: int = 0) -> Callable:
+def jacfwd(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Jacobian of `fn` by forward mode (one JVP per input element, batched with vmap); outputs may be pytrees."""
     return _jacobian("jacfwd", fn, argnums, _forward)
 
@@ -382,12 +388,12 @@ def _reverse(f: Callable, x: Tensor, name: str) -> Tensor:  # jacrev's (and hess
     return vmap(lambda ct: vjp_fn(ct)[0])(_basis(out.aval)).reshape((*out.shape, *x.shape))
 
 
-def jacrev(fn: Callable, argnums: int = 0) -> Callable:
+def jacrev(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Jacobian of `fn` by reverse mode (one VJP per output element, batched with vmap)."""
     return _jacobian("jacrev", fn, argnums, _reverse)
 
 
-def hessian(fn: Callable, argnums: int = 0) -> Callable:
+def hessian(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """The Hessian of scalar `fn`: `jacfwd(jacrev(fn))`."""
     return _jacobian("hessian", _jacobian("hessian", fn, argnums, _reverse), argnums, _forward)
 
@@ -548,24 +554,34 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
         if both := set(self.static_argnums) & set(self.donate_argnums):  # (as JAX: a static value has no buffer)
             raise TransformError(f"slope.jit: arguments {sorted(both)} are in both static_argnums and donate_argnums")
         self.static_argnames = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-        signature = inspect.signature(fn).parameters.values() if self.static_argnames else ()  # (names by position)
-        positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]
+        try:  # (a builtin may have no signature: then numbers name nothing)
+            signature = inspect.signature(fn).parameters.values() if static_argnames or static_argnums else ()
+        except ValueError:
+            signature = ()
+        positional = [p.name for p in signature if p.kind <= p.POSITIONAL_OR_KEYWORD]  # (as JAX: names and numbers
+        self.numbered = {n: positional[n] for n in self.static_argnums if 0 <= n < len(positional)}  # both)
+        self.static_argnames += tuple(self.numbered.values())
         self.named_positions = {i + self.shift for i, name in enumerate(positional) if name in self.static_argnames}
         self.cache = backend_module.BoundedCache(backend_module.JIT_CACHE_SIZE, 2**30, _program_bytes)
 
     def __get__(self, instance: Any, owner: Any = None) -> Callable:
         return self if instance is None else functools.partial(self, instance)
 
+    def _statics(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The arguments with the static ones wrapped (`_Static`: one leaf, keyed by its value)."""
+        count = len(args) - self.shift  # (the caller's arguments, after the owner)
+        numbers = range(-count, count)  # (negative: from the end; one whose argument came by keyword is named too)
+        if bad := [n for n in self.static_argnums if n not in numbers and self.numbered.get(n) not in kwargs]:
+            raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {count} arguments")
+        static = {n % count + self.shift for n in self.static_argnums if n in numbers}
+        static |= {i for i in self.named_positions if i < len(args)}
+        args = tuple(_static(a) if i in static else a for i, a in enumerate(args))
+        return args, {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
+
     def _compiled(self, args: tuple, kwargs: dict) -> tuple[tuple, list, Any, str]:
         """The compiled entry for these arguments (by tree, tensor avals, other leaves), their tensors, backend, device."""
         if self.static_argnums or self.static_argnames:
-            count = len(args) - self.shift  # (the caller's arguments, after the owner)
-            if bad := [n for n in self.static_argnums if not -count <= n < count]:  # (negative: from the end)
-                raise TransformError(f"slope.jit: static_argnums {bad[0]} is out of range for {count} arguments")
-            static = {n % count + self.shift for n in self.static_argnums}
-            static |= {i for i in self.named_positions if i < len(args)}
-            args = tuple(_static(a) if i in static else a for i, a in enumerate(args))
-            kwargs = {k: _static(v) if k in self.static_argnames else v for k, v in kwargs.items()}
+            args, kwargs = self._statics(args, kwargs)
         if not kwargs and _LEAVES.issuperset(map(type, args)):  # the common call: a tuple of leaves, whose
             tensors, others = [a if type(a) is Tensor else functions["tensor"](a) for a in args], ()
             in_tree = len(args)  # length stands for its tree in the key (cheaper than optree's, to make and to hash)
@@ -604,7 +620,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args = args if self.owner is None else (self.owner, *args)
-        if _busy and active():  # inside another transformation: trace straight through
+        if _busy and active():  # inside another transformation: trace straight through, numbers as a call takes them
+            args, kwargs = tree.map(_traced_number, self._statics(args, kwargs))
             return self.fn(*args, **kwargs)
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
@@ -641,6 +658,10 @@ class _Static:
 
     value: Any = field(compare=False)
     key: Any = None
+
+
+def _traced_number(x: Any) -> Any:  # a leaf as a jitted function sees it: numbers as 0-d tensors (float32, int64)
+    return as_tensor(x) if type(x) in (float, int) else x.value if type(x) is _Static else x
 
 
 def _static(v: Any) -> _Static:  # keyed by type and value, floats by bits: 1, 1.0, True, or 0.0 and -0.0 differ
