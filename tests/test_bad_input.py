@@ -344,8 +344,7 @@ ROWS = [
     bad("pad-uint8-value-300", lambda m: slope.pad(m.ones(2, dtype=m.uint8), (1, 0), 300), ValueError, "slope.pad",
         lambda t: t.nn.functional.pad(t.ones(2, dtype=t.uint8), (1, 0), value=300)),
     bad("pad-uint8-value-minus-1", lambda m: slope.pad(m.ones(2, dtype=m.uint8), (1, 0), -1), ValueError,
-        "slope.pad", lambda t: t.nn.functional.pad(t.ones(2, dtype=t.uint8), (1, 0), value=-1),
-        waits_for="core-pad-unsigned"),
+        "slope.pad", lambda t: t.nn.functional.pad(t.ones(2, dtype=t.uint8), (1, 0), value=-1)),
     ok("pad-uint8-value-truncated", lambda m: slope.pad(m.ones(2, dtype=m.uint8), (1, 1), 2.7),
        lambda t: t.nn.functional.pad(t.ones(2, dtype=t.uint8), (1, 1), value=2.7)),
     ok("pad-bool-value-nonzero", lambda m: slope.pad(m.zeros(2, dtype=m.bool), (1, 1), -1),
@@ -509,10 +508,10 @@ ROWS = [
         None),  # (JAX: max() arg is an empty sequence)
     bad("jacfwd-argnums-empty", lambda m: slope.jacfwd(f_sum, argnums=())(m.ones(3)), ValueError, "slope.jacfwd",
         None),
-    bad("jacfwd-argnums-tuple", lambda m: slope.jacfwd(f_sum, argnums=(0, 1))(m.ones(3), m.ones(3)),
-        ValueError, "slope.jacfwd", None),
-    bad("jacrev-argnums-tuple", lambda m: slope.jacrev(f_sum, argnums=(0, 1))(m.ones(3), m.ones(3)),
-        ValueError, "slope.jacrev", None),
+    ok("jacfwd-argnums-tuple", lambda m: slope.jacfwd(f_sum, argnums=(0, 1))(m.ones(3), m.arange(3.0))[0],
+       lambda t: t.func.jacfwd(f_sum, argnums=(0, 1))(t.ones(3), t.arange(3.0))[0]),  # (JAX's and torch.func's tuple)
+    ok("jacrev-argnums-tuple", lambda m: slope.jacrev(f_sum, argnums=(0, 1))(m.arange(3.0), m.ones(3))[0],
+       lambda t: t.func.jacrev(f_sum, argnums=(0, 1))(t.arange(3.0), t.ones(3))[0]),
     bad("jacrev-pytree-output", lambda m: slope.jacrev(lambda x: (x, x))(m.ones(3)), TransformError, "slope.jacrev",
         None),  # (it crashed with an AttributeError)
     bad("jacrev-tuple-input", lambda m: slope.jacrev(lambda p: p[0] * p[1])((m.ones(3), m.ones(3))), TransformError,
@@ -543,8 +542,6 @@ ROWS = [
 
 
 WAITING: dict[str, str] = {  # waits_for name -> why the row is xfail until that change lands
-    "core-pad-unsigned": "slope-core: pad's fill value goes through operators._python_value, which wraps a negative "
-    "int into an unsigned dtype (full's rule: torch.full(-1, uint8) is 255); F.pad refuses it (nn24's report)",
     "core-grad-leaf": "slope-core: slope.grad's message for an integer leaf names only the argument, not the leaf "
     "(BatchNorm(momentum=None)'s int64 num_batches_tracked; nn.value_and_grad takes it) (nn24's report)",
 }
