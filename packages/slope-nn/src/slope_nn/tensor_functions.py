@@ -5,7 +5,7 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - comparisons under PyTorch's short names: `eq`, `ne`, `lt`, `le`, `gt`, `ge` (Slope's `equal`, `not_equal`, ...);
 - `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`;
 - `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
-- `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
+- `cumprod(x, dim, dtype=None)`: left to right as PyTorch's kernel (operator `running_product`), gradients exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
 - `prod` and `cumsum` (with PyTorch's dtype=, which casts x first), `gather`, `split`, `chunk`, `roll`, `tril`,
