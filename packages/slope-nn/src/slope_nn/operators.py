@@ -735,9 +735,9 @@ class Erf(Unary):
 
 class RunningProduct(Operator):
     """x_0, x_0 * x_1, x_0 * x_1 * x_2, ... along `dim`, multiplied left to right in x's dtype (slope-nn's cumprod
-    binds it in PyTorch's accumulation dtype). One sequential kernel per backend (numpy's multiply.accumulate, an
-    ONNX Scan, a StableHLO while loop): the order is PyTorch's CPU kernel's, so are its bits, its overflows to inf and
-    its inf * 0 = NaN. The procedure (backends without a translation) is a log-step scan, in another order. The
+    binds it in PyTorch's accumulation dtype). A sequential kernel on numpy (multiply.accumulate) and onnxruntime (an
+    ONNX Scan): the order is PyTorch's CPU kernel's, so are its bits, its overflows to inf and its inf * 0 = NaN. The
+    procedure (iree and backends without a translation) is a log-step scan, in another order. The
     tangent is that scan's, carried with (value, tangent) pairs: no division, exact where x has zeros."""
 
     name = "running_product"
@@ -747,8 +747,9 @@ class RunningProduct(Operator):
         return slope.bind(self, x, dim=normalize_dim(self.name, dim, x.ndim, needs_dim=True))
 
     def infer(self, x: Aval, *, dim: int) -> Aval:
-        if x.dtype == slope.bool_ or not 0 <= dim < x.ndim:
-            raise self.shape_error(f"expected numbers with a dimension {dim}, got {x.dtype.name} of shape {x.shape}")
+        if x.dtype in (slope.bool_, slope.float16, slope.bfloat16) or not 0 <= dim < x.ndim:  # (cumprod widens halves)
+            raise self.shape_error(f"expected numbers other than bool, float16, bfloat16 with a dimension {dim}, got "
+                                   f"{x.dtype.name} of shape {x.shape}")  # fmt: skip
         return x
 
     @staticmethod

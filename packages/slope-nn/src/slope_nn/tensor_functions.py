@@ -207,7 +207,11 @@ def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
     kernel: its bits, its infs, its inf * 0 = NaN. Gradients as PyTorch's, exact where x has zeros (no division)."""
     x = _tensor(x, "cumprod")
     if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
-        x = x.astype(slope.dtypes.as_dtype(dtype))
+        if (dtype := slope.dtypes.as_dtype(dtype)) == slope.bool_:
+            raise slope.DTypeError(
+                "slope.cumprod: dtype bool is not supported (as PyTorch: not implemented for 'Bool')"
+            )
+        x = x.astype(dtype)
     out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
     # (a log-step scan of products, before: it multiplied partial products that leave a zero out, which overflowed:
     # [0, 3, -1.797e308] gave [0, 0, nan] for PyTorch's [0, 0, -0], and [-M, -M, 0] gave 0 for its inf * 0 = NaN)
