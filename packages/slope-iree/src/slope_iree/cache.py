@@ -33,7 +33,16 @@ FORMAT = "slope-iree-cache-1"  # bump when the way modules are compiled changes 
 
 # The compiler's target backend and flags for each target; the runtime picks the target from the device.
 TARGET_BACKENDS = {"cpu": "llvm-cpu", "cuda": "cuda", "vulkan": "vulkan-spirv", "metal": "metal-spirv"}
-COMMON_FLAGS = ("--iree-input-type=stablehlo", "--iree-input-demote-f64-to-f32=false")
+# IREE 3.13's fusion of an operation with several uses into its consumers' dispatches is turned off for every program
+# (no slower: benchmarks/bench.py mlp and hessian). With it, IREE computed a wrong number without error, at every
+# optimization level, for the second-order gradient of x * (rsqrt(v) + (v - v)), v = (x * x).sum(1, keepdim=True)
+# (LayerNorm's and training-mode BatchNorm's overflow_to_nan), and Adam with weight_decay under jit failed at run time:
+# "indirect buffer reference slot 0 is out range" (a command buffer __init records, copying a NaN constant).
+COMMON_FLAGS = (
+    "--iree-input-type=stablehlo",
+    "--iree-input-demote-f64-to-f32=false",
+    "--iree-dispatch-creation-fuse-multi-use=false",
+)
 
 
 def _error(message: str) -> Exception:
