@@ -621,8 +621,8 @@ class jit:  # noqa: N801 - used as a decorator, like jax.jit
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args = args if self.owner is None else (self.owner, *args)
         if _busy and active():  # inside another transformation: trace straight through, numbers as a call takes them
-            args, kwargs = tree.map(_traced_number, self._statics(args, kwargs))
-            return self.fn(*args, **kwargs)
+            args, kwargs = self._statics(args, kwargs)
+            return self.fn(*map(_traced, args), **{k: _traced(v) for k, v in kwargs.items()})
         (_, executable, out_tree), tensors, backend, device = self._compiled(args, kwargs)
         outs = backend_module.run_executable(executable, tensors, backend, device)
         if self.donate_argnums:  # (numbers of the caller's arguments, from either end; others are ignored)
@@ -660,8 +660,10 @@ class _Static:
     key: Any = None
 
 
-def _traced_number(x: Any) -> Any:  # a leaf as a jitted function sees it: numbers as 0-d tensors (float32, int64)
-    return as_tensor(x) if type(x) in (float, int) else x.value if type(x) is _Static else x
+def _traced(arg: Any) -> Any:  # an argument as a jitted function sees it: numbers as 0-d tensors (float32, int64)
+    leaves, treedef = tree.flatten(arg)
+    new = [as_tensor(x) if type(x) in (float, int) else x.value if type(x) is _Static else x for x in leaves]
+    return arg if all(a is b for a, b in zip(leaves, new)) else tree.unflatten(treedef, new)  # (a module kept whole)
 
 
 def _static(v: Any) -> _Static:  # keyed by type and value, floats by bits: 1, 1.0, True, or 0.0 and -0.0 differ
