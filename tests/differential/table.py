@@ -1582,8 +1582,9 @@ def cumprod_growth(x: torch.Tensor, dim: int, dtype: Any = None) -> torch.Tensor
     return torch.where(small < 1.0, big, 1.0)
 
 
-# a log-step scan multiplies in another order than PyTorch's running product; its float32 gradient sums the products
-# of the later factors in another order too (terms of 500 cancelling to 0.73 were 4e-5 apart, relatively)
+# forward: PyTorch's left-to-right running product on numpy and onnxruntime, a log-step scan (another order) on iree;
+# the float32 gradient (the scan's product rule on every backend) sums the products of the later factors in another
+# order (terms of 500 cancelling to 0.73 were 4e-5 apart, relatively)
 add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1,
                                                                       "grad float32": 1e-4},
           growth=cumprod_growth))  # fmt: skip
