@@ -1591,6 +1591,20 @@ add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16
 
 
 @st.composite
+def running_product_layout(draw: Any) -> Layout:
+    shape = draw(shapes(min_dims=1))  # (the operator takes a dimension of x: cumprod gives a 0-d tensor its own)
+    return layout(T(shape), draw(dims(len(shape))))
+
+
+# slope-nn's operator under cumprod, in x's own dtype (PyTorch's cumprod with dtype=x's): left to right on numpy and
+# onnxruntime (PyTorch's order), a log-step scan on iree. Halves and bool are refused by design (cumprod widens halves
+# to float32 and refuses bool before binding it), so the extra dtype is not drawn (`others` within `dtypes`).
+add(Entry("running_product", running_product_layout(), lambda x, dim: torch.cumprod(x, dim, dtype=x.dtype),
+          dtypes=("float32", "float64") + INTS, others=("float32",), rtol={"grad float32": 1e-4},
+          growth=lambda x, dim: cumprod_growth(x, dim)))  # fmt: skip
+
+
+@st.composite
 def norm_layout(draw: Any) -> Layout:
     """torch.norm of vectors (and Frobenius); not p="nuc" (singular values), which slope.norm refuses, nor 0 < p < 1 or
     p < 0: there PyTorch's second derivative at a zero element is NaN (a pow(|x|, p - 1) of 0 it masks only in the
