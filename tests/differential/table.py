@@ -1582,11 +1582,26 @@ def cumprod_growth(x: torch.Tensor, dim: int, dtype: Any = None) -> torch.Tensor
     return torch.where(small < 1.0, big, 1.0)
 
 
-# a log-step scan multiplies in another order than PyTorch's running product; its float32 gradient sums the products
-# of the later factors in another order too (terms of 500 cancelling to 0.73 were 4e-5 apart, relatively)
+# forward: PyTorch's left-to-right running product on numpy and onnxruntime, a log-step scan (another order) on iree;
+# the float32 gradient (the scan's product rule on every backend) sums the products of the later factors in another
+# order (terms of 500 cancelling to 0.73 were 4e-5 apart, relatively)
 add(Entry("cumprod", cumprod_layout(), torch.cumprod, dtypes=ALL, rtol={"float16": 2e-2, "bfloat16": 1e-1,
                                                                       "grad float32": 1e-4},
           growth=cumprod_growth))  # fmt: skip
+
+
+@st.composite
+def running_product_layout(draw: Any) -> Layout:
+    shape = draw(shapes(min_dims=1))  # (the operator takes a dimension of x: cumprod gives a 0-d tensor its own)
+    return layout(T(shape), draw(dims(len(shape))))
+
+
+# slope-nn's operator under cumprod, in x's own dtype (PyTorch's cumprod with dtype=x's): left to right on numpy and
+# onnxruntime (PyTorch's order), a log-step scan on iree. Halves and bool are refused by design (cumprod widens halves
+# to float32 and refuses bool before binding it), so the extra dtype is not drawn (`others` within `dtypes`).
+add(Entry("running_product", running_product_layout(), lambda x, dim: torch.cumprod(x, dim, dtype=x.dtype),
+          dtypes=("float32", "float64") + INTS, others=("float32",), rtol={"grad float32": 1e-4},
+          growth=lambda x, dim: cumprod_growth(x, dim)))  # fmt: skip
 
 
 @st.composite

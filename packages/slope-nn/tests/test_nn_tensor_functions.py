@@ -176,6 +176,76 @@ def test_float32_cumsum_accumulates_in_float64_as_pytorch(jit):
     np.testing.assert_array_equal(grad, expected.numpy())
 
 
+def _cumprod_rows(dtype: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of length n in float64 (rounded to `dtype`): PyTorch's edge rows (overflow beside a zero), random rows with
+    zeros, and random rows with zeros, infs and NaNs."""
+    big = {"float16": 6e4, "bfloat16": 3e38, "float32": 3e38, "float64": 1.797e308}[dtype]
+    edge = [[0.0, 3.0, -big], [0.0, big, 300.0], [-big, -big, 0.0], [big, big, 1 / big], [2.0, -0.0, math.inf]]
+    rows = [(row * n)[:n] for row in edge]
+    for special in ([0.0], [0.0, math.inf, -math.inf, math.nan]):
+        values = rng.uniform(-3, 3, n) * np.where(rng.random(n) < 0.3, big**0.1, 1.0)
+        rows.append(np.where(rng.random(n) < 0.15, rng.choice(special, n), values))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_cumprod_is_pytorchs_left_to_right_product(dtype, each_backend):
+    """cumprod was a log-step scan, multiplying partial products that leave a zero out: they overflowed, so float64
+    [0, 3, -1.797e308] gave [0, 0, nan] (PyTorch: [0, 0, -0]) and bfloat16 [0, 3e38, 300] [0, 0, nan] (PyTorch: 0s),
+    and the other way [-M, -M, 0] gave 0 where PyTorch's inf * 0 is NaN. PyTorch's CPU kernel multiplies left to
+    right in float32 (float16, bfloat16) or float64 (float32) and rounds each output: the same bits here (signed
+    zeros, infs and NaNs included), eager and jitted, along either dimension, and with dtype= and under vmap."""
+    torch = pytest.importorskip("torch")
+    if each_backend == "iree":
+        pytest.skip("iree runs cumprod's log-step scan (a while loop of one slice a step was 16-950x slower): another "
+                    "order than PyTorch's, as slope-nn's iree_translations says")  # fmt: skip
+    rng = np.random.default_rng(len(dtype))
+    cumprod = slope.jit(slope.cumprod, static_argnums=(1, 2))
+    for n in (1, 2, 7, 8, 9, 100, 1000):
+        t = torch.tensor(_cumprod_rows(dtype, n, rng)).to(getattr(torch, dtype))
+        x = slope.tensor(t.to(torch.float64).numpy()).astype(getattr(slope, dtype))
+        expected = t.cumprod(1).to(torch.float64).numpy()
+        for got in [cumprod(x, 1, None), cumprod(x.T, 0, None).T] + ([slope.cumprod(x, -1)] if n in (9, 100) else []):
+            np.testing.assert_array_equal(got.astype(slope.float64).numpy(), expected, err_msg=f"n={n}")
+            signs = np.signbit(got.astype(slope.float64).numpy()) == np.signbit(expected)
+            assert (signs | np.isnan(expected)).all(), f"n={n}"  # (zeros' signs too; a NaN's sign is no value)
+    wide = slope.vmap(lambda row: slope.cumprod(row, 0, dtype=slope.float64))(x)
+    np.testing.assert_array_equal(wide.numpy(), t.cumprod(1, dtype=torch.float64).numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cumprod_gradient_on_rows_with_zeros_is_torch_autograds(dtype):
+    """Gradients of weighted cumprods of rows with zeros (one, two, none; lengths 2 to 100) against torch.autograd's,
+    jitted and under vmap (PyTorch's backward divides by x only when a row has no zero)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    tol = {"float32": 2e-6, "float64": 1e-12}[dtype]
+    for n in (2, 7, 9, 100):
+        x = rng.uniform(0.5, 1.5, (4, n)) * rng.choice([-1.0, 1.0], (4, n))
+        x[0, n // 2], x[1, 0], x[1, -1], x[2, 1], x[2, n - 1] = 0.0, 0.0, 0.0, 0.0, 0.0
+        w = rng.standard_normal((4, n))
+        t = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+        (expected,) = torch.autograd.grad((t.cumprod(1) * torch.tensor(w, dtype=t.dtype)).sum(), t)
+        weights = slope.tensor(w).astype(getattr(slope, dtype))
+        xs = slope.tensor(x).astype(getattr(slope, dtype))
+        for grad in (
+            slope.jit(slope.grad(lambda a, b: (slope.cumprod(a, 1) * b).sum()))(xs, weights),
+            slope.vmap(slope.grad(lambda a, b: (slope.cumprod(a, 0) * b).sum()))(xs, weights),
+        ):
+            scale = np.abs(expected.numpy()).max()
+            np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=tol, atol=tol * scale, err_msg=f"n={n}")
+
+
+def test_cumprod_refuses_bool_dtype_and_running_product_halves():
+    """cumprod(x, dtype=bool): PyTorch's "not implemented for 'Bool'" (it named the internal running_product); the
+    running_product operator itself refuses halves (onnxruntime's Scan had no kernel: cumprod widens them first)."""
+    with pytest.raises(slope.DTypeError, match="slope.cumprod: dtype bool is not supported"):
+        slope.cumprod(slope.tensor([True, False]), 0, dtype=slope.bool_)
+    for dtype in (slope.float16, slope.bfloat16):
+        with pytest.raises(slope.ShapeError, match="running_product: expected numbers other than bool, float16"):
+            slope.running_product(slope.tensor([[2.0, 3.0]]).astype(dtype), 1)
+
+
 def test_cumprod_dtypes():
     assert slope.cumprod(slope.tensor([True, False]), 0).dtype == slope.int64
     out = slope.cumprod(slope.tensor([2, 3, 4], dtype=slope.int8), 0)

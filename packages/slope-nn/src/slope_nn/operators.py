@@ -759,6 +759,50 @@ class Erf(Unary):
         return _erf_float64(x.astype(slope.float32)).astype(x.dtype)
 
 
+class RunningProduct(Operator):
+    """x_0, x_0 * x_1, x_0 * x_1 * x_2, ... along `dim`, multiplied left to right in x's dtype (slope-nn's cumprod
+    binds it in PyTorch's accumulation dtype). A sequential kernel on numpy (multiply.accumulate) and onnxruntime (an
+    ONNX Scan): the order is PyTorch's CPU kernel's, so are its bits, its overflows to inf and its inf * 0 = NaN. The
+    procedure (iree and backends without a translation) is a log-step scan, in another order. The
+    tangent is that scan's, carried with (value, tangent) pairs: no division, exact where x has zeros."""
+
+    name = "running_product"
+
+    def __call__(self, x: Any, dim: int) -> Tensor:
+        x = _tensor(x)
+        return slope.bind(self, x, dim=normalize_dim(self.name, dim, x.ndim, needs_dim=True))
+
+    def infer(self, x: Aval, *, dim: int) -> Aval:
+        if x.dtype in (slope.bool_, slope.float16, slope.bfloat16) or not 0 <= dim < x.ndim:  # (cumprod widens halves)
+            raise self.shape_error(f"expected numbers other than bool, float16, bfloat16 with a dimension {dim}, got "
+                                   f"{x.dtype.name} of shape {x.shape}")  # fmt: skip
+        return x
+
+    @staticmethod
+    def scan(x: Tensor, t: Tensor | None, dim: int) -> tuple[Tensor, Tensor | None]:
+        """The log-step scan of products along dim, and with a tangent t the scan's tangent (the product rule at each
+        step). Where a step keeps x (before `shift`) it keeps it as is: x * 1's tangent x * 0 is NaN where x is inf."""
+        size = x.shape[dim]
+        positions = slope.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
+        for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
+            lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
+            hi = tuple(-n for n in lo)  # (a negative hi crops: x shifted by `shift`)
+            shifted, keep = slope.pad(x, lo=lo, hi=hi), positions >= shift
+            if t is not None:
+                t = slope.where(keep, t * shifted + x * slope.pad(t, lo=lo, hi=hi), t)
+            x = slope.where(keep, x * shifted, x)
+        return x, t
+
+    def jvp(self, primals: list, tangents: list, *, dim: int) -> tuple[list, list]:
+        return [running_product(primals[0], dim)], [self.scan(primals[0], tangents[0], dim)[1]]
+
+    def vmap(self, axis_size: int, args: list, dims: list, *, dim: int) -> tuple[list, list]:
+        return [running_product(move_axis(args[0], dims[0], 0), dim + 1)], [0]
+
+    def procedure(self, x: Tensor, *, dim: int) -> Tensor:
+        return self.scan(x, None, dim)[0]
+
+
 erf = Erf()
 log_softmax = LogSoftmax()
 softmax = Softmax()
@@ -771,6 +815,7 @@ max_pool_argmax = MaxPoolArgmax()
 take_along_dim = TakeAlongDim()
 scatter_add = ScatterAdd()
 fail_if = FailIf()  # (not in `operators`: not registered)
+running_product = RunningProduct()
 operators = [
     erf,
     log_softmax,
@@ -783,4 +828,5 @@ operators = [
     max_pool_argmax,
     take_along_dim,
     scatter_add,
+    running_product,
 ]

@@ -5,7 +5,7 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - comparisons under PyTorch's short names: `eq`, `ne`, `lt`, `le`, `gt`, `ge` (Slope's `equal`, `not_equal`, ...);
 - `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`;
 - `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
-- `cumprod(x, dim, dtype=None)`: a log-step scan of multiplications, so gradients stay exact with zeros;
+- `cumprod(x, dim, dtype=None)`: left to right as PyTorch's kernel (operator `running_product`), gradients exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
 - `prod` and `cumsum` (with PyTorch's dtype=, which casts x first), `gather`, `split`, `chunk`, `roll`, `tril`,
@@ -46,7 +46,7 @@ from slope.operators import (
 from slope.procedures import _dtype, _positions, _wide, check_indices, not_equal, stack
 
 from .functional import checked_when_run
-from .operators import _tensor, fail_if, take_along_dim
+from .operators import _tensor, fail_if, running_product, take_along_dim
 
 # ----------------------------------------------------------------------------------------------- small ones
 
@@ -255,26 +255,25 @@ def cumsum(x: Any, dim: int, *, dtype: Any = None) -> Tensor:
 
 
 def cumprod(x: Any, dim: int, dtype: Any = None) -> Tensor:
-    """Running product along dim (integers and bools as int64 unless dtype says; float16/bfloat16 in float32, float32
-    in float64 as PyTorch's CPU kernel), a log-step scan of multiplications: no division, so gradients are exact where
-    x has zeros (as PyTorch's)."""
+    """Running product along dim (integers and bools as int64 unless dtype says), multiplied left to right in PyTorch's
+    CPU kernel's accumulation dtype (float16/bfloat16 in float32, float32 in float64) and each output rounded, as that
+    kernel: its bits, its infs, its inf * 0 = NaN. Gradients as PyTorch's, exact where x has zeros (no division)."""
     x = _tensor(x, "cumprod")
     if dtype is not None:  # x cast to it first; the result has it, an integer one too (PyTorch's)
-        x = x.astype(slope.dtypes.as_dtype(dtype))
+        if (dtype := slope.dtypes.as_dtype(dtype)) == slope.bool_:
+            raise slope.DTypeError(
+                "slope.cumprod: dtype bool is not supported (as PyTorch: not implemented for 'Bool')"
+            )
+        x = x.astype(dtype)
     out = x.dtype if x.dtype.is_float or dtype is not None else slope.int64
-    # (float32 in float64: [1e30, 1e30, 1e-30, 1e-30] ended in inf * 1e-30 * 1e-30 = NaN for PyTorch's 1, and the
-    # tree of products rounded 2.8e-5 off over 10,000 values near 1, where PyTorch's double accumulation is 6e-8 off)
+    # (a log-step scan of products, before: it multiplied partial products that leave a zero out, which overflowed:
+    # [0, 3, -1.797e308] gave [0, 0, nan] for PyTorch's [0, 0, -0], and [-M, -M, 0] gave 0 for its inf * 0 = NaN)
     wide = {slope.float16: slope.float32, slope.bfloat16: slope.float32, slope.float32: slope.float64}.get(out, out)
     x = x.astype(wide)
     dim = normalize_dim("cumprod", dim, x.ndim)
-    size = x.shape[dim] if x.ndim else 1
-    positions = slope.arange(size).reshape(tuple(size if d == dim else 1 for d in range(x.ndim)))
-    for shift in (2**i for i in range(max(size - 1, 0).bit_length())):  # 1, 2, 4, ... below size
-        lo = tuple(shift if d == dim else 0 for d in range(x.ndim))
-        shifted = slope.pad(x, lo=lo, hi=tuple(-n for n in lo))  # x shifted by `shift` (a negative hi crops)
-        # x itself before `shift`: not x * 1, whose tangent x * 0 was NaN where x is inf ([1, inf, 2]: jvp [., nan, .])
-        x = slope.where(positions >= shift, x * shifted, x)
-    return x.astype(out)
+    if x.ndim == 0 or x.shape[dim] <= 1:
+        return x.astype(out)
+    return running_product(x, dim).astype(out)
 
 
 # ----------------------------------------------------------------------------------------------- norm

@@ -1678,6 +1678,27 @@ add(
     )
 )
 
+add(
+    Row(
+        "running_product",  # (slope-nn's operator under cumprod: in x's own dtype, halves and bools refused)
+        [
+            Case(
+                [Data(shape=(3, 4), low=-1.5, high=1.5)],
+                lambda x: np.multiply.accumulate(x, axis=1, dtype=x.dtype),
+                params=(1,),
+                label="dim 1",
+            ),
+            Case(
+                [Data(shape=(3, 5), choices=(0.0, 0.0, 1.5, -2.0, 0.5))],
+                lambda x: np.multiply.accumulate(x, axis=0, dtype=x.dtype),
+                params=(0,),
+                label="zeros, dim 0",
+            ),
+        ],
+        (slope.float32, slope.float64, *INTEGERS),
+    )
+)
+
 
 def np_norm(x, p=2.0, axis=None, keepdims=False):
     a = np.abs(as_float(x))
