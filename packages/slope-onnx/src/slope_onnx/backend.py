@@ -386,7 +386,8 @@ class OnnxBackend(Backend):
         if device == "cpu" and len(program.instructions) > 1:  # a jitted program: its outputs go into reused buffers
             makers = [self._maker(aval) for aval in program.out_avals]
             sizes = [aval.size * aval.dtype.bits // 8 for aval in program.out_avals]
-            run = _BoundRun(session, input_names, output_names, self._run_options, makers, sizes)
+            kind = _TurnRun if _TurnRun.fits(program, input_names, output_names, sizes) else _BoundRun
+            run = kind(session, input_names, output_names, self._run_options, makers, sizes)
         elif device == "cpu":
             run = _runner(session, input_names, output_names, self._run_options)
         else:
@@ -559,6 +560,73 @@ class _BoundRun:
             return outs
         finally:
             self.idle.append(True)
+
+
+class _TurnRun(_BoundRun):
+    """A `_BoundRun` of a program with many inputs and outputs (a train step's): two io_bindings take the calls in turn
+    and bind only the tensors that changed. A train step's parameters then come back as the inputs, and go out into
+    the buffers, that the binding of its turn holds already: only the batch is bound again (binding costs about 0.5 us
+    a tensor: 13 us of the MNIST step's 15 inputs and 14 outputs). A slot holds the data pointer of the buffer bound
+    to it: a buffer at that address (of the slot's shape and dtype) is the memory the binding reads or writes already,
+    so binding it again would change nothing. Each binding keeps the inputs and outputs of its last call alive: those
+    of the last two calls (a `_BoundRun`: the last one's), hence `fits`' bound on the inputs' bytes."""
+
+    TENSORS = 8  # inputs and outputs from which a program takes this path (the tiny function's 2 take the plain one)
+
+    @classmethod
+    def fits(cls, program: Program, input_names: list[str], output_names: list[str], sizes: list[int]) -> bool:
+        """Whether a program takes two bindings: many tensors, every output kept, inputs not too large to keep."""
+        inputs = sum(v.aval.size * v.aval.dtype.bits // 8 for v in program.inputs)
+        return len(input_names) + len(output_names) >= cls.TENSORS and max(sizes + [inputs]) <= cls.KEPT_BYTES
+
+    def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
+                 makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
+        self.plain = _runner(session, input_names, output_names, run_options)
+        self.inputs, self.running = input_names, threading.Lock()
+        # (name, maker, the two buffers kept, oldest first; `fits`: every output is kept)
+        self.outputs = [(name, make, [None, None]) for name, make in zip(output_names, makers)]
+        self.turns = [_Turn(session, run_options, len(input_names), len(output_names)) for _ in range(2)]
+
+    def __call__(self, buffers: list) -> list:
+        if not self.running.acquire(False):  # another thread is running it
+            return self.plain(buffers)
+        try:
+            turns = self.turns
+            turn = turns[0]
+            turns.reverse()
+            bound, bind, names = turn.inputs, turn.bind_input, self.inputs
+            for i, buffer in enumerate(buffers):
+                if bound[i] != (pointer := buffer.data_ptr()):
+                    bind(names[i], buffer)
+                    bound[i] = pointer
+            outs = []
+            bound, bind = turn.outputs, turn.bind_output
+            for i, (name, make, kept) in enumerate(self.outputs):
+                out = kept[0]  # (None before the first buffers: never free)
+                if getrefcount(out) != _FREE:
+                    out = kept[1]
+                    if getrefcount(out) != _FREE:
+                        out = make()
+                        kept[:] = kept[1], out
+                if bound[i] != (pointer := out.data_ptr()):
+                    bind(name, out)
+                    bound[i] = pointer
+                outs.append(out)
+            turn.run()
+            return outs
+        finally:
+            self.running.release()
+
+
+class _Turn:
+    """One io_binding of a `_TurnRun`: its prebound methods and the data pointers of the buffers bound to it."""
+
+    def __init__(self, session: Any, run_options: Any, inputs: int, outputs: int):
+        binding = session.io_binding()._iobinding
+        self.bind_input, self.bind_output = binding.bind_ortvalue_input, binding.bind_ortvalue_output
+        self.run = functools.partial(session._sess.run_with_iobinding, binding, run_options)
+        self.inputs: list = [None] * inputs  # (None: nothing bound yet; a pointer may be 0)
+        self.outputs: list = [None] * outputs
 
 
 def _free_count() -> int:
