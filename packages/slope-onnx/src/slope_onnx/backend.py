@@ -13,6 +13,7 @@ import warnings
 from collections import OrderedDict
 from sys import getrefcount
 from typing import Any, Callable
+from weakref import ref
 
 import numpy as np
 
@@ -566,12 +567,15 @@ class _TurnRun(_BoundRun):
     """A `_BoundRun` of a program with many inputs and outputs (a train step's): two io_bindings take the calls in turn
     and bind only the tensors that changed. A train step's parameters then come back as the inputs, and go out into
     the buffers, that the binding of its turn holds already: only the batch is bound again (binding costs about 0.5 us
-    a tensor: 13 us of the MNIST step's 15 inputs and 14 outputs). A slot holds the data pointer of the buffer bound
-    to it: a buffer at that address (of the slot's shape and dtype) is the memory the binding reads or writes already,
-    so binding it again would change nothing. Each binding keeps the inputs and outputs of its last call alive: those
-    of the last two calls (a `_BoundRun`: the last one's), hence `fits`' bound on the inputs' bytes."""
+    a tensor: 13 us of the MNIST step's 15 inputs and 14 outputs). A slot holds a weak reference to the buffer bound to
+    it (no reference that the free-buffer test would count, and a test costing less than a call into onnxruntime):
+    while that buffer lives, the binding reads or writes its memory already. Each binding keeps the inputs and outputs
+    of its last call alive: those of the last two calls (a `_BoundRun`: the last one's), hence `fits`' bound on the
+    inputs' bytes."""
 
-    TENSORS = 8  # inputs and outputs from which a program takes this path (the tiny function's 2 take the plain one)
+    # inputs and outputs from which a program takes this path: from 5, fewer instructions a call (callgrind) whether
+    # its results come back or not; the jitted tiny function's 2 keep `_BoundRun`'s
+    TENSORS = 5
 
     @classmethod
     def fits(cls, program: Program, input_names: list[str], output_names: list[str], sizes: list[int]) -> bool:
@@ -596,9 +600,9 @@ class _TurnRun(_BoundRun):
             turns.reverse()
             bound, bind, names = turn.inputs, turn.bind_input, self.inputs
             for i, buffer in enumerate(buffers):
-                if bound[i] != (pointer := buffer.data_ptr()):
+                if bound[i]() is not buffer:  # (a buffer that died, or another one)
                     bind(names[i], buffer)
-                    bound[i] = pointer
+                    bound[i] = ref(buffer)
             outs = []
             bound, bind = turn.outputs, turn.bind_output
             for i, (name, make, kept) in enumerate(self.outputs):
@@ -608,9 +612,9 @@ class _TurnRun(_BoundRun):
                     if getrefcount(out) != _FREE:
                         out = make()
                         kept[:] = kept[1], out
-                if bound[i] != (pointer := out.data_ptr()):
+                if bound[i]() is not out:
                     bind(name, out)
-                    bound[i] = pointer
+                    bound[i] = ref(out)
                 outs.append(out)
             turn.run()
             return outs
@@ -619,14 +623,20 @@ class _TurnRun(_BoundRun):
 
 
 class _Turn:
-    """One io_binding of a `_TurnRun`: its prebound methods and the data pointers of the buffers bound to it."""
+    """One io_binding of a `_TurnRun`: its prebound methods and weak references to the buffers bound to it."""
 
     def __init__(self, session: Any, run_options: Any, inputs: int, outputs: int):
         binding = session.io_binding()._iobinding
         self.bind_input, self.bind_output = binding.bind_ortvalue_input, binding.bind_ortvalue_output
         self.run = functools.partial(session._sess.run_with_iobinding, binding, run_options)
-        self.inputs: list = [None] * inputs  # (None: nothing bound yet; a pointer may be 0)
-        self.outputs: list = [None] * outputs
+        self.inputs, self.outputs = [_UNBOUND] * inputs, [_UNBOUND] * outputs
+
+
+class _Gone:
+    """An object nothing holds: a weak reference to one is dead from the start (a slot with nothing bound)."""
+
+
+_UNBOUND = ref(_Gone())
 
 
 def _free_count() -> int:
