@@ -579,9 +579,11 @@ class _TurnRun(_BoundRun):
 
     @classmethod
     def fits(cls, program: Program, input_names: list[str], output_names: list[str], sizes: list[int]) -> bool:
-        """Whether a program takes two bindings: many tensors, every output kept, inputs not too large to keep."""
+        """Whether a program takes two bindings: many tensors, every output kept, inputs not too large to keep (and
+        OrtValues that take weak references, as onnxruntime's have since its pybind11 bindings)."""
         inputs = sum(v.aval.size * v.aval.dtype.bits // 8 for v in program.inputs)
-        return len(input_names) + len(output_names) >= cls.TENSORS and max(sizes + [inputs]) <= cls.KEPT_BYTES
+        many = len(input_names) + len(output_names) >= cls.TENSORS
+        return many and max(sizes + [inputs]) <= cls.KEPT_BYTES and ort_c.OrtValue.__weakrefoffset__ > 0
 
     def __init__(self, session: Any, input_names: list[str], output_names: list[str], run_options: Any,
                  makers: list[Callable[[], Any]], sizes: list[int]):  # fmt: skip
