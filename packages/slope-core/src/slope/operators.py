@@ -142,8 +142,8 @@ class Unary(Elementwise):
     allowed = "float"  # "float", "integer" (ints and bools) or "any"
     tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x); None: 0
 
-    def __init__(self, name: str | None = None, tangent: Callable | None = None, allowed: str | None = None):
-        super().__init__(name)
+    def __init__(self, name: str = "", tangent: Callable | None = None, allowed: str = "", doc: str = ""):
+        super().__init__(name, doc)
         self.tangent, self.allowed = tangent or self.tangent, allowed or self.allowed
 
     def __call__(self, x: Any) -> Tensor:
@@ -265,6 +265,8 @@ class Binary(Elementwise):
 
 
 class Add(Binary):
+    """x + y, elementwise (PyTorch's broadcasting and type promotion; bool + bool is logical or)."""
+
     allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
@@ -273,6 +275,8 @@ class Add(Binary):
 
 
 class Sub(Binary):
+    """x - y, elementwise (bools are refused, as in PyTorch)."""
+
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -281,6 +285,8 @@ class Sub(Binary):
 
 
 class Mul(Binary):
+    """x * y, elementwise (bool * bool is logical and)."""
+
     allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
@@ -367,6 +373,8 @@ class Fmod(Binary):
 
 
 class Maximum(Binary):
+    """The elementwise maximum of x and y (NaN where either is NaN, as in PyTorch)."""
+
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
@@ -378,6 +386,9 @@ class Maximum(Binary):
 class Compare(Binary):
     result, allowed = dtypes.bool_, "any"
 
+    def __init__(self, name: str, symbol: str):  # (the symbol: Python's operator, for the docstring)
+        super().__init__(name, f"x {symbol} y, elementwise, as a bool tensor (False where either is NaN).")
+
 
 class CompareOrEqual(Compare):
     """less_equal and greater_equal: the strict comparison or equality (not `not greater`: NaN compares false)."""
@@ -388,6 +399,9 @@ class CompareOrEqual(Compare):
 
 class Bitwise(Binary):
     allowed = "integer"
+
+    def __init__(self, kind: str, symbol: str):  # Bitwise("and", "&") is the operator bitwise_and
+        super().__init__(f"bitwise_{kind}", f"Bitwise {kind} of integers, logical {kind} of bools (`x {symbol} y`).")
 
 
 class Where(Elementwise):
@@ -433,6 +447,8 @@ class Reduce(Operator):
 
 
 class Sum(Reduce):
+    """The sum over dims (all by default); integers and bools are summed as int64, as in PyTorch."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
@@ -446,6 +462,8 @@ class Sum(Reduce):
 
 
 class Max(Reduce):
+    """The largest values over dims (all by default; values only, no indices); `max(x, tensor)` is maximum."""
+
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:  # (a tensor dim: max(x, other))
         return functions["maximum"](x, dim) if isinstance(dim, Tensor) else super().__call__(x, dim, keepdim)
 
@@ -464,6 +482,8 @@ class Max(Reduce):
 
 
 class Reshape(Operator):
+    """The tensor with a new shape of as many elements (one size may be -1: the rest)."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
@@ -515,6 +535,8 @@ class Expand(Operator):
 
 
 class Permute(Operator):
+    """The tensor with its dimensions reordered: dimension i is x's dimension perm[i]."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
@@ -621,6 +643,8 @@ class Pad(Operator):
 
 
 class Flip(Operator):
+    """The tensor with the order of its elements reversed along the given dims."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *dims: Any) -> Tensor:  # flip(x, (0, 1)) or x.flip(0, 1), as PyTorch
@@ -639,6 +663,8 @@ class Flip(Operator):
 
 
 class Cat(Operator):
+    """Tensors joined along an existing dimension (of one shape but in that dimension)."""
+
     linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
@@ -698,6 +724,8 @@ def _python_value(name: str, value: Any, dtype: DType, wraps: bool = True) -> An
 
 
 class Full(Operator):
+    """A tensor of a shape filled with one value (its dtype by default from the value)."""
+
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
         if isinstance(value, Tensor) and value.buffer is None:  # traced (jit, grad): broadcast, in its kind's dtype
@@ -711,6 +739,8 @@ class Full(Operator):
 
 
 class Arange(Operator):
+    """The values start, start + step, ... up to but not including stop (`arange(stop)` counts from 0)."""
+
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
         start, stop = (0, start) if stop is None else (start, stop)
         start, stop, step = values = [v.item() if getattr(v, "ndim", 1) == 0 else v for v in (start, stop, step)]
@@ -956,22 +986,25 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(args[1], dims[1], axis_size), updates)], [0]
 
 
-exp = Unary("exp", lambda t, x, y: t * y)
-log = Unary("log", lambda t, x, y: t / x)
-sin = Unary("sin", lambda t, x, y: t * cos(x))
-sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0))
-invert = Unary("invert", allowed="integer")  # bitwise not of integers, logical not of bools
-stop_gradient = Unary("stop_gradient", allowed="any")  # the identity, derivative 0
+exp = Unary("exp", lambda t, x, y: t * y, doc="e to the power of each element.")
+log = Unary("log", lambda t, x, y: t / x, doc="The natural logarithm of each element.")
+sin = Unary("sin", lambda t, x, y: t * cos(x), doc="The sine of each element (in radians).")
+sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0), doc="The square root of each element.")
+invert = Unary("invert", allowed="integer", doc="Bitwise not of integers, logical not of bools (`~x`).")
+stop_gradient = Unary("stop_gradient", allowed="any", doc="The tensor itself, with derivative 0 (PyTorch's detach).")
 cos, cast, tanh = Cos(), Cast(), Tanh()
-floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
+floor = Rounding("floor", doc="Each element rounded down to an integer (integer tensors are returned as they are).")
+ceil = Rounding("ceil", doc="Each element rounded up to an integer (integer tensors are returned as they are).")
+round_ = Rounding("round", doc="Each element rounded to the nearest integer, halves to even (integers as they are).")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
-equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
-less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
-bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
+equal, less, greater = Compare("equal", "=="), Compare("less", "<"), Compare("greater", ">")
+less_equal, greater_equal = CompareOrEqual("less_equal", "<="), CompareOrEqual("greater_equal", ">=")
+bitwise_and, bitwise_or, bitwise_xor = Bitwise("and", "&"), Bitwise("or", "|"), Bitwise("xor", "^")
 where, sum_, max_ = Where(), Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
 full, arange = Full(), Arange()
-random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
+random_uniform = RandomSample("random_uniform", "Uniform samples in [0, 1) from a key (see slope.random.uniform).")
+random_normal = RandomSample("random_normal", "Standard normal samples from a key (see slope.random.normal).")
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
 

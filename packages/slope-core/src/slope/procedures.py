@@ -13,9 +13,8 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
-from .errors import SlopeTraceError
+from .errors import DTypeError, ShapeError, SlopeTraceError
 from .ir import Aval, aval_of
-from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
