@@ -67,8 +67,9 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == shape else expand(x, shape)  # expand adds the leading dimensions
 
 
-def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = False) -> list[Tensor]:
-    """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: ints must fit)."""
+def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool | tuple = False) -> list[Tensor]:
+    """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: numbers must fit
+    it; a tuple of dtypes: numbers must fit those and the integer dtypes, as PyTorch's where takes 1e39 into inf)."""
     try:
         dtype = dtype or dtypes.result_type(*values)
     except TypeError as error:  # NumPy's numbers count as Python's, as in PyTorch (converted here, off the common path)
@@ -76,8 +77,9 @@ def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = 
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
         return coerce(name, *[v.item() if isinstance(v, np.generic) else v for v in values], checked=checked)
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
-    for v in [v for v in values if type(v) is int] if checked and dtype.is_int else ():  # where, clamp (not +)
-        _python_value(name, v, dtype)
+    if checked is True or checked and (dtype.is_int or dtype in checked):  # where, clamp (not +: 1e39 gives inf)
+        for v in [v for v in values if type(v) in (int, float) and (dtype.is_int or abs(v) > 65504)]:  # (fit all)
+            _python_value(name, v, dtype)
     tensors = [constant(v, dtype, shape) if isinstance(v, (int, float)) else as_tensor(v, dtype) for v in values]
     return [broadcast_to(t, shape) for t in tensors]  # (a number's constant is of that shape already)
 
@@ -341,6 +343,8 @@ class Pow(Binary):
         if isinstance(x, Tensor) and isinstance(y, (int, float)):  # (an int exponent must fit x's dtype, as PyTorch)
             if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if x.dtype in (dtypes.float16, dtypes.bfloat16) and abs(y) > 65504:  # PyTorch: y must fit halves
+                _python_value(self.name, y, x.dtype)
             if y in (0.5, -0.5) and x.dtype.is_float:  # PyTorch's sqrt and rsqrt: (-inf) ** 0.5 NaN, (-0.0) ** 0.5 -0.0
                 return functions["sqrt" if y > 0 else "rsqrt"](x)
             products = range(3 if x.dtype.bits < 32 else 4) if x.dtype.is_float else range(5)  # that round once
@@ -410,7 +414,7 @@ class Where(Elementwise):
     linear_inputs = (1, 2)
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
-        condition, (x, y) = as_tensor(condition), coerce(self.name, x, y, checked=True)
+        condition, (x, y) = as_tensor(condition), coerce(self.name, x, y, checked=(dtypes.float32,))  # (PyTorch's)
         shape = broadcast_shapes(self.name, condition.shape, x.shape)
         return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
 
