@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pydoc
 import re
 import shutil
 import subprocess
@@ -238,6 +239,35 @@ def test_methods_are_also_functions(on_backend):
     np.testing.assert_allclose(slope.reshape(x, (4,)).numpy(), x.reshape(4).numpy())
     np.testing.assert_allclose(slope.where(x > 0, x, 0.0).numpy(), np.where(x.numpy() > 0, x.numpy(), 0.0))
     assert "matmul" in dir(slope) and "conv" in dir(slope)
+
+
+def _docstring_problems(namespace: object, identity) -> list[str]:
+    """Public callables of a namespace without a docstring, or sharing one with a different function."""
+    problems, seen = [], {}
+    for name in dir(namespace):
+        value = getattr(namespace, name)
+        if name.startswith("_") or not callable(value):
+            continue
+        doc = (value.__doc__ or "").strip()
+        other = seen.setdefault(doc, (name, identity(name, value)))
+        if not doc:
+            problems.append(f"{name}: no docstring")
+        elif other[1] is not identity(name, value):  # (aliases such as view and reshape share theirs)
+            problems.append(f"{name} and {other[0]} share the docstring {doc[:60]!r}")
+    return problems
+
+
+def test_public_functions_and_methods_say_what_they_compute():
+    # help(slope.add) showed nothing, help(slope.exp) the text Unary's class gives every one-input operator
+    assert _docstring_problems(slope, lambda name, value: value) == []
+    methods = [name for name in dir(slope.Tensor) if getattr(getattr(slope.Tensor, name), "_slope_function", False)]
+    for name in methods:  # methods made from functions carry the function's docstring
+        assert getattr(slope.Tensor, name).__doc__ == getattr(slope, name).__doc__, name
+    own = lambda name, value: getattr(slope, name) if name in methods else value  # noqa: E731
+    assert _docstring_problems(slope.Tensor, own) == []
+    assert slope.exp.__doc__ != slope.log.__doc__ and slope.equal.__doc__ != slope.less.__doc__
+    assert "e to the power" in pydoc.render_doc(slope.exp) and "one input" not in pydoc.render_doc(slope.exp)
+    assert "cast to float32" in pydoc.render_doc(slope.Tensor.float)
 
 
 # ----------------------------------------------------------------------------------------------- backends and devices

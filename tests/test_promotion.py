@@ -9,6 +9,7 @@ lower category only changes the result when its kind (bool < integer < float) is
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Callable
 
@@ -404,6 +405,63 @@ def test_where_clip_pow_and_item_assignment_check_python_ints(backend, jitted, l
                 run(slope.tensor(data))
             return
         got = run(slope.tensor(data))
+    assert got.dtype.name == str(expected.dtype).removeprefix("torch.") and got.tolist() == expected.tolist(), label
+
+
+def _clamp(lib: Any, x: Any, low: Any, high: Any = None) -> Any:
+    return (lib.clip if lib is slope else lib.clamp)(x, low, high)
+
+
+# clamp, where into float32 and pow of a float16/bfloat16 x check that a Python number fits the float dtype, as
+# PyTorch does (RuntimeError "value cannot be converted to type float without overflow"); Slope gave inf. PyTorch's
+# where into float16/bfloat16, pow of float32 and arithmetic (x + 1e39) give inf, and so does Slope.
+FLOAT_CHECKED = [
+    ("clip float32, min 1e39", lambda lib, x: _clamp(lib, x, 1e39), "float32"),
+    ("clip float32, max -1e39", lambda lib, x: _clamp(lib, x, None, -1e39), "float32"),
+    ("clip float32, max 3.4028235e38", lambda lib, x: _clamp(lib, x, 1.0, 3.4028235e38), "float32"),
+    ("clip float32, 2**200", lambda lib, x: _clamp(lib, x, None, 2**200), "float32"),
+    ("clip float32, min inf", lambda lib, x: _clamp(lib, x, math.inf), "float32"),
+    ("clip float16, min 65504.0", lambda lib, x: _clamp(lib, x, 65504.0), "float16"),
+    ("clip float16, min 65504.5", lambda lib, x: _clamp(lib, x, 65504.5), "float16"),
+    ("clip float16, min -70000", lambda lib, x: _clamp(lib, x, -70000, 1.0), "float16"),
+    ("clip bfloat16, max 1e39", lambda lib, x: _clamp(lib, x, None, 1e39), "bfloat16"),
+    ("clip float64, min 1e308", lambda lib, x: _clamp(lib, x, 1e308), "float64"),
+    ("clip int64, min 1e39", lambda lib, x: _clamp(lib, x, 1e39), "int64"),
+    ("where float32, 1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 1e39), "float32"),
+    ("where float32, -1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), -1e39, x), "float32"),
+    ("where int64, 1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 1e39), "int64"),
+    ("where float32, inf", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, -math.inf), "float32"),
+    ("where float16, 1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 1e39), "float16"),
+    ("where bfloat16, 1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 1e39), "bfloat16"),
+    ("where float64, 1e39", lambda lib, x: lib.where(lib.tensor([True, False, True]), x, 1e39), "float64"),
+    ("float16 ** 70000.0", lambda lib, x: x**70000.0, "float16"),
+    ("float16 ** -70000", lambda lib, x: x**-70000, "float16"),
+    ("float16 ** 65504.0", lambda lib, x: x**65504.0, "float16"),
+    ("bfloat16 ** 1e39", lambda lib, x: x**1e39, "bfloat16"),
+    ("float16 ** inf", lambda lib, x: x**math.inf, "float16"),
+    ("float32 ** 1e39", lambda lib, x: x**1e39, "float32"),
+    ("float32 + 1e39", lambda lib, x: x + 1e39, "float32"),
+    ("float16 * 70000.0", lambda lib, x: x * 70000.0, "float16"),
+    ("full_like float32, 1e39", lambda lib, x: lib.full_like(x, 1e39), "float32"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("label, function, dtype", FLOAT_CHECKED, ids=[c[0] for c in FLOAT_CHECKED])
+def test_where_clip_and_pow_check_python_floats_as_torch(backend, jitted, label, function, dtype):
+    data = [1.0, 2.0, 100.0]
+    try:
+        expected = function(torch, torch.tensor(data).to(TORCH_DTYPES[dtype]))
+    except (RuntimeError, OverflowError):  # (OverflowError: an int beyond int64)
+        expected = None
+    with slope.use_backend(backend):
+        run = slope.jit(lambda x: function(slope, x)) if jitted else (lambda x: function(slope, x))
+        if expected is None:
+            with pytest.raises(ValueError, match=r"slope\.(where|clip|pow|full_like): \S+ does not fit \w*float\d+"):
+                run(slope.tensor(data).astype(dtype))
+            return
+        got = run(slope.tensor(data).astype(dtype))
     assert got.dtype.name == str(expected.dtype).removeprefix("torch.") and got.tolist() == expected.tolist(), label
 
 

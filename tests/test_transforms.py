@@ -824,6 +824,18 @@ def test_a_typo_on_a_live_tracer_keeps_the_plugin_hint(on_backend):
         slope.jit(lambda x: x.sofmax(0))(slope.ones(3))
 
 
+def test_an_operator_without_a_rule_or_procedure_names_the_rule_it_lacks():
+    class Bare(slope.Operator):  # (bound directly: plugins refuse to register one without a procedure)
+        def infer(self, x):
+            return x
+
+    x, bare = slope.tensor([[1.0, 2.0]]), Bare("bare_op")
+    with pytest.raises(slope.TransformError, match="slope.bare_op: has no JVP rule and no procedure to derive one"):
+        slope.jvp(lambda v: slope.bind(bare, v), (x,), (x,))
+    with pytest.raises(slope.TransformError, match="slope.bare_op: has no batching rule and no procedure"):
+        slope.vmap(lambda v: slope.bind(bare, v))(x)
+
+
 def test_an_escaped_tracer_used_eagerly_says_so(on_backend):
     # it said "'Tensor' object has no attribute 'device'; functions come from installed plugins"
     kept = []

@@ -1,7 +1,8 @@
 """slope_nn.tensor_functions: PyTorch's eq/ne/lt/le/gt/ge, clone, isfinite, type_as, masked_fill, index_select,
 narrow, cumprod, sort, argsort and topk, registered by slope-nn's plugin as `slope.NAME` and Tensor methods; compared
 with PyTorch (values, dtypes, NaN order, errors and gradients) where it is installed. split, chunk, roll, tril, triu,
-unflatten, repeat and linspace moved here from slope-core: their conformance rows and differential entries cover them."""
+unflatten, repeat, linspace, expand_as, tan, log2, log1p, exp2, reciprocal, amax, amin, argmax and argmin moved here
+from slope-core: their conformance rows and differential entries cover them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 NAMES = ["eq", "ne", "lt", "le", "gt", "ge", "clone", "isfinite", "type_as", "masked_fill", "index_select", "narrow"]
 NAMES += ["cumprod", "sort", "argsort", "topk", "split", "chunk", "roll", "tril", "triu"]
 NAMES += ["unflatten", "repeat", "linspace"]
+NAMES += ["expand_as", "tan", "log2", "log1p", "exp2", "reciprocal", "amax", "amin", "argmax", "argmin"]
 NAN = math.nan
 
 

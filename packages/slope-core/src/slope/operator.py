@@ -33,8 +33,8 @@ class Operator:
         snake_case = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls.__name__).lower()
         cls.name = cls.__dict__.get("name") or snake_case
 
-    def __init__(self, name: str | None = None):  # a name here: one class serves operators that differ only in it
-        self.name = name or self.name
+    def __init__(self, name: str | None = None, doc: str | None = None):  # one class may serve several operators,
+        self.name, self.__doc__ = name or self.name, doc or self.__doc__  # each with its own name and docstring
 
     __call__ = bind  # (`op(*args, **params)` is `bind(op, *args, **params)`)
 

@@ -67,8 +67,9 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == shape else expand(x, shape)  # expand adds the leading dimensions
 
 
-def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = False) -> list[Tensor]:
-    """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: ints must fit)."""
+def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool | tuple = False) -> list[Tensor]:
+    """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: numbers must fit
+    it; a tuple of dtypes: numbers must fit those and the integer dtypes, as PyTorch's where takes 1e39 into inf)."""
     try:
         dtype = dtype or dtypes.result_type(*values)
     except TypeError as error:  # NumPy's numbers count as Python's, as in PyTorch (converted here, off the common path)
@@ -76,8 +77,9 @@ def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool = 
             raise DTypeError(f"slope.{name}: {str(error).removeprefix('slope: ')}") from None
         return coerce(name, *[v.item() if isinstance(v, np.generic) else v for v in values], checked=checked)
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
-    for v in [v for v in values if type(v) is int] if checked and dtype.is_int else ():  # where, clamp (not +)
-        _python_value(name, v, dtype)
+    if checked is True or checked and (dtype.is_int or dtype in checked):  # where, clamp (not +: 1e39 gives inf)
+        for v in [v for v in values if type(v) in (int, float) and (dtype.is_int or abs(v) > 65504)]:  # (fit all)
+            _python_value(name, v, dtype)
     tensors = [constant(v, dtype, shape) if isinstance(v, (int, float)) else as_tensor(v, dtype) for v in values]
     return [broadcast_to(t, shape) for t in tensors]  # (a number's constant is of that shape already)
 
@@ -142,8 +144,8 @@ class Unary(Elementwise):
     allowed = "float"  # "float", "integer" (ints and bools) or "any"
     tangent: Callable | None = None  # `tangent(t, x, y)`: y's tangent from x's tangent t, x and y = op(x); None: 0
 
-    def __init__(self, name: str | None = None, tangent: Callable | None = None, allowed: str | None = None):
-        super().__init__(name)
+    def __init__(self, name: str = "", tangent: Callable | None = None, allowed: str = "", doc: str = ""):
+        super().__init__(name, doc)
         self.tangent, self.allowed = tangent or self.tangent, allowed or self.allowed
 
     def __call__(self, x: Any) -> Tensor:
@@ -265,6 +267,8 @@ class Binary(Elementwise):
 
 
 class Add(Binary):
+    """x + y, elementwise (PyTorch's broadcasting and type promotion; bool + bool is logical or)."""
+
     allowed = "any"  # bool + bool is logical or, as in PyTorch
     linear_inputs = (0, 1)
 
@@ -273,6 +277,8 @@ class Add(Binary):
 
 
 class Sub(Binary):
+    """x - y, elementwise (bools are refused, as in PyTorch)."""
+
     linear_inputs = (0, 1)
 
     def transpose(self, cotangents: list, x: Any, y: Any) -> list:
@@ -281,6 +287,8 @@ class Sub(Binary):
 
 
 class Mul(Binary):
+    """x * y, elementwise (bool * bool is logical and)."""
+
     allowed = "any"  # bool * bool is logical and, as in PyTorch
     linear_inputs = "each"
 
@@ -335,6 +343,8 @@ class Pow(Binary):
         if isinstance(x, Tensor) and isinstance(y, (int, float)):  # (an int exponent must fit x's dtype, as PyTorch)
             if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
+            if x.dtype in (dtypes.float16, dtypes.bfloat16) and abs(y) > 65504:  # PyTorch: y must fit halves
+                _python_value(self.name, y, x.dtype)
             if y in (0.5, -0.5) and x.dtype.is_float:  # PyTorch's sqrt and rsqrt: (-inf) ** 0.5 NaN, (-0.0) ** 0.5 -0.0
                 return functions["sqrt" if y > 0 else "rsqrt"](x)
             products = range(3 if x.dtype.bits < 32 else 4) if x.dtype.is_float else range(5)  # that round once
@@ -367,6 +377,8 @@ class Fmod(Binary):
 
 
 class Maximum(Binary):
+    """The elementwise maximum of x and y (NaN where either is NaN, as in PyTorch)."""
+
     allowed = "any"  # bools too (logical or), as in PyTorch
 
     def jvp(self, primals: list, tangents: list) -> tuple[list, list]:
@@ -377,6 +389,9 @@ class Maximum(Binary):
 
 class Compare(Binary):
     result, allowed = dtypes.bool_, "any"
+
+    def __init__(self, name: str, symbol: str):  # (the symbol: Python's operator, for the docstring)
+        super().__init__(name, f"x {symbol} y, elementwise, as a bool tensor (False where either is NaN).")
 
 
 class CompareOrEqual(Compare):
@@ -389,6 +404,9 @@ class CompareOrEqual(Compare):
 class Bitwise(Binary):
     allowed = "integer"
 
+    def __init__(self, kind: str, symbol: str):  # Bitwise("and", "&") is the operator bitwise_and
+        super().__init__(f"bitwise_{kind}", f"Bitwise {kind} of integers, logical {kind} of bools (`x {symbol} y`).")
+
 
 class Where(Elementwise):
     """`where(condition, x, y)`: x where the condition holds, else y."""
@@ -396,7 +414,7 @@ class Where(Elementwise):
     linear_inputs = (1, 2)
 
     def __call__(self, condition: Any, x: Any, y: Any) -> Tensor:
-        condition, (x, y) = as_tensor(condition), coerce(self.name, x, y, checked=True)
+        condition, (x, y) = as_tensor(condition), coerce(self.name, x, y, checked=(dtypes.float32,))  # (PyTorch's)
         shape = broadcast_shapes(self.name, condition.shape, x.shape)
         return bind(self, broadcast_to(condition, shape), broadcast_to(x, shape), broadcast_to(y, shape))
 
@@ -433,6 +451,8 @@ class Reduce(Operator):
 
 
 class Sum(Reduce):
+    """The sum over dims (all by default); integers and bools are summed as int64, as in PyTorch."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
@@ -446,6 +466,8 @@ class Sum(Reduce):
 
 
 class Max(Reduce):
+    """The largest values over dims (all by default; values only, no indices); `max(x, tensor)` is maximum."""
+
     def __call__(self, x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:  # (a tensor dim: max(x, other))
         return functions["maximum"](x, dim) if isinstance(dim, Tensor) else super().__call__(x, dim, keepdim)
 
@@ -464,6 +486,8 @@ class Max(Reduce):
 
 
 class Reshape(Operator):
+    """The tensor with a new shape of as many elements (one size may be -1: the rest)."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *shape: Any) -> Tensor:
@@ -515,6 +539,8 @@ class Expand(Operator):
 
 
 class Permute(Operator):
+    """The tensor with its dimensions reordered: dimension i is x's dimension perm[i]."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *perm: Any) -> Tensor:
@@ -621,6 +647,8 @@ class Pad(Operator):
 
 
 class Flip(Operator):
+    """The tensor with the order of its elements reversed along the given dims."""
+
     linear_inputs = (0,)
 
     def __call__(self, x: Any, *dims: Any) -> Tensor:  # flip(x, (0, 1)) or x.flip(0, 1), as PyTorch
@@ -639,6 +667,8 @@ class Flip(Operator):
 
 
 class Cat(Operator):
+    """Tensors joined along an existing dimension (of one shape but in that dimension)."""
+
     linear_inputs = "all"
 
     def __call__(self, tensors: Sequence[Any], dim: int = 0) -> Tensor:
@@ -698,6 +728,8 @@ def _python_value(name: str, value: Any, dtype: DType, wraps: bool = True) -> An
 
 
 class Full(Operator):
+    """A tensor of a shape filled with one value (its dtype by default from the value)."""
+
     def __call__(self, shape: Any, value: Any, dtype: Any = None) -> Tensor:
         shape = shape_args(self.name, (shape,), 0)
         if isinstance(value, Tensor) and value.buffer is None:  # traced (jit, grad): broadcast, in its kind's dtype
@@ -711,6 +743,8 @@ class Full(Operator):
 
 
 class Arange(Operator):
+    """The values start, start + step, ... up to but not including stop (`arange(stop)` counts from 0)."""
+
     def __call__(self, start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> Tensor:
         start, stop = (0, start) if stop is None else (start, stop)
         start, stop, step = values = [v.item() if getattr(v, "ndim", 1) == 0 else v for v in (start, stop, step)]
@@ -956,22 +990,25 @@ class ScatterNd(Operator):
         return [bind(self, x, _with_batch_index(args[1], dims[1], axis_size), updates)], [0]
 
 
-exp = Unary("exp", lambda t, x, y: t * y)
-log = Unary("log", lambda t, x, y: t / x)
-sin = Unary("sin", lambda t, x, y: t * cos(x))
-sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0))
-invert = Unary("invert", allowed="integer")  # bitwise not of integers, logical not of bools
-stop_gradient = Unary("stop_gradient", allowed="any")  # the identity, derivative 0
+exp = Unary("exp", lambda t, x, y: t * y, doc="e to the power of each element.")
+log = Unary("log", lambda t, x, y: t / x, doc="The natural logarithm of each element.")
+sin = Unary("sin", lambda t, x, y: t * cos(x), doc="The sine of each element (in radians).")
+sqrt = Unary("sqrt", lambda t, x, y: t / (y * 2.0), doc="The square root of each element.")
+invert = Unary("invert", allowed="integer", doc="Bitwise not of integers, logical not of bools (`~x`).")
+stop_gradient = Unary("stop_gradient", allowed="any", doc="The tensor itself, with derivative 0 (PyTorch's detach).")
 cos, cast, tanh = Cos(), Cast(), Tanh()
-floor, ceil, round_ = Rounding("floor"), Rounding("ceil"), Rounding("round")
+floor = Rounding("floor", doc="Each element rounded down to an integer (integer tensors are returned as they are).")
+ceil = Rounding("ceil", doc="Each element rounded up to an integer (integer tensors are returned as they are).")
+round_ = Rounding("round", doc="Each element rounded to the nearest integer, halves to even (integers as they are).")
 add, sub, mul, div, power, fmod, maximum = Add(), Sub(), Mul(), Div(), Pow(), Fmod(), Maximum()
-equal, less, greater = Compare("equal"), Compare("less"), Compare("greater")
-less_equal, greater_equal = CompareOrEqual("less_equal"), CompareOrEqual("greater_equal")
-bitwise_and, bitwise_or, bitwise_xor = Bitwise("bitwise_and"), Bitwise("bitwise_or"), Bitwise("bitwise_xor")
+equal, less, greater = Compare("equal", "=="), Compare("less", "<"), Compare("greater", ">")
+less_equal, greater_equal = CompareOrEqual("less_equal", "<="), CompareOrEqual("greater_equal", ">=")
+bitwise_and, bitwise_or, bitwise_xor = Bitwise("and", "&"), Bitwise("or", "|"), Bitwise("xor", "^")
 where, sum_, max_ = Where(), Sum(), Max()
 reshape, expand, permute, slice_, pad, flip, cat = Reshape(), Expand(), Permute(), Slice(), Pad(), Flip(), Cat()
 full, arange = Full(), Arange()
-random_uniform, random_normal = RandomSample("random_uniform"), RandomSample("random_normal")
+random_uniform = RandomSample("random_uniform", "Uniform samples in [0, 1) from a key (see slope.random.uniform).")
+random_normal = RandomSample("random_normal", "Standard normal samples from a key (see slope.random.normal).")
 matmul, conv, gather_nd, scatter_nd = Matmul(), Conv(), GatherNd(), ScatterNd()
 
 

@@ -13,9 +13,8 @@ from . import dtypes
 from . import operators as ops
 from . import random as random_module
 from .backend import checked_device, from_numpy, get_backend, to_backend
-from .errors import SlopeTraceError
+from .errors import DTypeError, ShapeError, SlopeTraceError
 from .ir import Aval, aval_of
-from .operator import DTypeError, ShapeError
 from .operators import as_tensor, broadcast_to, cast, check_indices, coerce, constant, normalize_dims, reshape, where
 from .plugins import hookimpl
 from .tensors import Tensor
@@ -160,11 +159,6 @@ def square(x: Any) -> Tensor:
     return x * x
 
 
-def reciprocal(x: Any) -> Tensor:
-    """1 / x."""
-    return 1.0 / ops.as_float(x)
-
-
 def _fmod(name: str, x: Any, y: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, coerced = coerce(name, x, y)
     mod = ops.fmod(_numbers(name, x), y, name=name)  # (y as given: coerce traces numbers; fmod sees a 0 under jit too)
@@ -307,16 +301,6 @@ def _spread(name: str, x: Any, dim: Any, correction: int, keepdim: bool) -> Tens
     return cast(root * scale.reshape(root.shape) if scaled else root, out)
 
 
-def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
-    return ops.max_(x, ops.ints("amax", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
-
-
-def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Smallest values over dims (a tensor dim is a dimension, never min's other operand)."""
-    return min_(x, ops.ints("amin", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
-
-
 def min_(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Minimum over dimensions (of a tensor `dim`: the elementwise minimum, as PyTorch's min(x, other))."""
     if isinstance(dim, Tensor):
@@ -349,28 +333,6 @@ def _positions(shape: tuple[int, ...], dim: int) -> Tensor:
     return broadcast_to(ops.arange(shape[dim]).reshape(along), shape)
 
 
-def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
-    x = _numbers(name, as_tensor(x))
-    dims = normalize_dims(name, None if dim is None else ops.ints(name, [dim], "dim", count=1), x.ndim)
-    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
-    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
-    values = values if name == "argmax" else _reverse_order(values)
-    hit = values == ops.max_(values, dim, keepdim=True)
-    hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
-    candidates = where(hit, _positions(values.shape, dim), values.shape[dim])  # past the end where no hit
-    return min_(candidates, dim, keepdim=True).reshape(out_shape)
-
-
-def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Index of the (first) largest element."""
-    return _arg_extreme(x, dim, keepdim, "argmax")
-
-
-def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Index of the (first) smallest element."""
-    return _arg_extreme(x, dim, keepdim, "argmin")
-
-
 def transpose(x: Any, dim0: int, dim1: int) -> Tensor:
     """x with two dimensions swapped."""
     x = as_tensor(x)
@@ -399,11 +361,6 @@ def unsqueeze(x: Any, dim: int) -> Tensor:
     x = as_tensor(x)
     dim = ops.normalize_dim("unsqueeze", dim, x.ndim + 1)
     return x.reshape((*x.shape[:dim], 1, *x.shape[dim:]))
-
-
-def expand_as(x: Any, other: Tensor) -> Tensor:
-    """x broadcast to other's shape."""
-    return broadcast_to(as_tensor(x), as_tensor(other).shape)
 
 
 def stack(tensors: Sequence[Any], dim: int = 0) -> Tensor:

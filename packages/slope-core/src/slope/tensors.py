@@ -141,12 +141,14 @@ Tensor.__contains__ = lambda self, value: bool(functions["equal"](self, value).a
 for _method, _dtype in {"float": "float32", "double": "float64", "half": "float16", "int": "int32",
                         "long": "int64", "bool": "bool"}.items():  # fmt: skip
     setattr(Tensor, _method, lambda self, _dtype=_dtype: functions["cast"](self, _dtype))
+    getattr(Tensor, _method).__doc__ = f"The tensor cast to {_dtype} (`x.to(slope.{_dtype})`, as in PyTorch)."
 for _name in ("neg", "abs", "invert"):
     setattr(Tensor, f"__{_name}__", lambda self, _f=_name: functions[_f](self))
 for _name, _cast in {"bool": bool, "int": int, "float": float}.items():  # of a one-element tensor
     setattr(Tensor, f"__{_name}__", lambda self, _c=_cast, _w=f"{_name}(tensor)": _c(self._scalar(_w)))
 Tensor.__pos__ = lambda self: self
 Tensor.where = lambda self, condition, y: functions["where"](condition, self, y)  # (PyTorch's order: x.where(c, y))
+Tensor.where.__doc__ = "The tensor's elements where the condition holds, else y's (`slope.where(condition, x, y)`)."
 
 
 class _IndexUpdate:

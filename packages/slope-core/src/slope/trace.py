@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 from . import tree
 from .backend import eager_run
-from .errors import SlopeTraceError
+from .errors import SlopeTraceError, TransformError
 from .ir import Aval, Instruction, Program, Var
 from .tensors import Tensor
 
@@ -65,8 +65,10 @@ class EagerTrace(Trace):
         return run_procedure(op, tracers, params) if op.inline else eager_run(op, tracers, params)
 
 
-def run_procedure(op: Any, tracers: list[Tensor], params: dict) -> list[Tensor]:
-    """Run an operator as its procedure, giving a list of outputs like `Trace.run`."""
+def run_procedure(op: Any, tracers: list[Tensor], params: dict, rule: str = "this") -> list[Tensor]:
+    """Run an operator as its procedure, giving a list of outputs like `Trace.run` (in place of a missing `rule`)."""
+    if op.procedure is None:
+        raise TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
     outs = op.procedure(*tracers, **params)
     return list(outs) if op.multiple_results else [outs]
 

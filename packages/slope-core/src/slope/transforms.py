@@ -54,12 +54,6 @@ def _pair(value: Any, must: str) -> Any:  # the value if it is a pair (a tuple o
     return value
 
 
-def _procedure_instead(op: Operator, rule: str, tracers: list, params: dict) -> list:
-    if op.procedure is None:
-        raise TransformError(f"slope.{op.name}: has no {rule} rule and no procedure to derive one from")
-    return run_procedure(op, tracers, params)
-
-
 class JVPTracer(Tracer):
     """A primal value with its tangent (None: a tangent known to be zero, as for constants and integers)."""
 
@@ -86,7 +80,7 @@ class JVPTrace(Trace):
             outs = bind(op, *primals, **params)
             return [JVPTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         if not op.has_rule("jvp"):
-            return _procedure_instead(op, "JVP", tracers, params)
+            return run_procedure(op, tracers, params, "JVP")
         takes_none = op.symbolic_zeros or (op.linear_inputs == "each" and type(op).jvp is Operator.jvp)  # no `t * 0`
         tangents = [zeros_like(t.primal) if t.tangent is None and not takes_none else t.tangent for t in tracers]
         primal_outs, tangent_outs = op.jvp(primals, tangents, **params)
@@ -287,7 +281,7 @@ class BatchTrace(Trace):
             outs = bind(op, *values, **params)
             return [BatchTracer(self, o, None) for o in (outs if op.multiple_results else [outs])]
         if not op.has_rule("vmap"):
-            return _procedure_instead(op, "batching", tracers, params)
+            return run_procedure(op, tracers, params, "batching")
         op.infer(*[t.aval for t in tracers], **params)  # (bad input is named with the user's unbatched shapes)
         outs, out_dims = op.vmap(self.main.data, values, dims, **params)
         return [BatchTracer(self, o, d) for o, d in zip(outs, out_dims)]

@@ -9,8 +9,8 @@ Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)`
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
 - `sort`, `argsort`, `topk`: ranks from pairwise comparisons (O(n^2) per row, see `sort`);
 - `prod` and `cumsum` (with PyTorch's dtype=, which casts x first), `gather`, `split`, `chunk`, `roll`, `tril`,
-  `triu`, `unflatten`, `repeat`, `linspace`, and `tan`, `log2`, `log1p`, `exp2` (moved here from slope-core, whose
-  source is at its line budget).
+  `triu`, `unflatten`, `repeat`, `linspace`, `expand_as`, and `tan`, `log2`, `log1p`, `exp2`, `reciprocal`, `amax`,
+  `amin`, `argmax`, `argmin` (moved here from slope-core, whose source is at its line budget).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from slope.operators import (
     arange,
     as_float,
     as_tensor,
+    broadcast_to,
     cast,
     cat,
     constant,
@@ -37,13 +38,25 @@ from slope.operators import (
     ints,
     less,
     less_equal,
+    max_,
     normalize_dim,
     normalize_dims,
     shape_args,
     slice_along,
     where,
 )
-from slope.procedures import _dtype, _positions, _wide, check_indices, not_equal, stack
+from slope.procedures import (
+    _dtype,
+    _numbers,
+    _positions,
+    _reverse_order,
+    _wide,
+    check_indices,
+    isnan,
+    min_,
+    not_equal,
+    stack,
+)
 
 from .functional import checked_when_run
 from .operators import _tensor, fail_if, running_product, take_along_dim
@@ -233,6 +246,46 @@ def log1p(x: Any) -> Tensor:
 def exp2(x: Any) -> Tensor:
     """2 ** x, as pow: exp(x * ln 2) rounds x * ln 2 first (bfloat16 2 ** 100 was 27% off, float16's 0.3%)."""
     return 2.0 ** as_float(x)
+
+
+def reciprocal(x: Any) -> Tensor:
+    """1 / x."""
+    return 1.0 / as_float(x)
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+
+
+def amax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Largest values over dims (a tensor dim is a dimension, never max's other operand)."""
+    return max_(x, ints("amax", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+
+
+def amin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Smallest values over dims (a tensor dim is a dimension, never min's other operand)."""
+    return min_(x, ints("amin", dim.tolist(), "dim") if isinstance(dim, Tensor) else dim, keepdim)
+
+
+def _arg_extreme(x: Any, dim: Any, keepdim: bool, name: str) -> Tensor:
+    x = _numbers(name, as_tensor(x))
+    dims = normalize_dims(name, None if dim is None else ints(name, [dim], "dim", count=1), x.ndim)
+    out_shape = tuple(1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims)
+    (dim,), values = (dims, x) if len(dims) == 1 else ((0,), x.reshape(-1))  # dim None, or a 0-d x: flattened
+    values = values if name == "argmax" else _reverse_order(values)
+    hit = values == max_(values, dim, keepdim=True)
+    hit = hit | isnan(values) if values.dtype.is_float else hit  # a NaN is the extreme (PyTorch's first NaN)
+    candidates = where(hit, _positions(values.shape, dim), values.shape[dim])  # past the end where no hit
+    return min_(candidates, dim, keepdim=True).reshape(out_shape)
+
+
+def argmax(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) largest element."""
+    return _arg_extreme(x, dim, keepdim, "argmax")
+
+
+def argmin(x: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) smallest element."""
+    return _arg_extreme(x, dim, keepdim, "argmin")
 
 
 def cumsum(x: Any, dim: int, *, dtype: Any = None) -> Tensor:
@@ -546,6 +599,11 @@ def repeat(x: Any, *sizes: Any) -> Tensor:
     return x.reshape(interleaved).expand(expanded).reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
 
 
+def expand_as(x: Any, other: Tensor) -> Tensor:
+    """x broadcast to other's shape."""
+    return broadcast_to(as_tensor(x), as_tensor(other).shape)
+
+
 # ----------------------------------------------------------------------------------------------- creation
 
 
@@ -588,6 +646,6 @@ procedures: dict[str, Callable] = {
             topk,
         )
     },
-    **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu, unflatten, repeat, linspace)},
-    **{fn.__name__: fn for fn in (tan, log2, log1p, exp2)},
+    **{fn.__name__: fn for fn in (split, chunk, roll, tril, triu, unflatten, repeat, linspace, expand_as)},
+    **{fn.__name__: fn for fn in (tan, log2, log1p, exp2, reciprocal, amax, amin, argmax, argmin)},
 }
