@@ -23,6 +23,7 @@ from .operators import layer_norm, overflow_to_nan
 __all__ = [
     "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
@@ -241,6 +242,7 @@ class _PoolNd(Module):
         self.padding = _ints(self, padding, "padding", None, n)
         self.dilation = _ints(self, dilation, "dilation", None, n)
         self.return_indices, self.ceil_mode, self.count_include_pad = bool(return_indices), bool(ceil_mode), True
+        self.divisor_override = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
@@ -252,7 +254,7 @@ class _PoolNd(Module):
             return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                        return_indices=self.return_indices, ceil_mode=self.ceil_mode)  # fmt: skip
         return functional.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                   self.count_include_pad)  # fmt: skip
+                                   self.count_include_pad, self.divisor_override)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -274,9 +276,12 @@ class _AvgPoolNd(_PoolNd):
     mode = "avg"
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-                 count_include_pad: bool = True) -> None:  # fmt: skip
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:  # fmt: skip
         super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        if divisor_override is not None and self.spatial_dims == 1:  # (PyTorch: an unexpected keyword argument)
+            raise TypeError(f"nn.{type(self).__name__}: PyTorch's AvgPool1d takes no divisor_override (AvgPool2d and "
+                            f"AvgPool3d do), got {divisor_override!r}")  # fmt: skip
+        self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
 
 class AvgPool1d(_AvgPoolNd):
@@ -289,6 +294,12 @@ class AvgPool2d(_AvgPoolNd):
     """Average pooling over (N, C, H, W) (zero padding counted unless count_include_pad=False, as PyTorch)."""
 
     spatial_dims = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    """Average pooling over (N, C, D, H, W) (zero padding counted unless count_include_pad=False, as PyTorch)."""
+
+    spatial_dims = 3
 
 
 # ----------------------------------------------------------------------------------------------- normalization
