@@ -95,3 +95,92 @@ def test_avg_pool1d_refuses_divisor_override_as_pytorch():
         nn.AvgPool1d(2, divisor_override=2)
     with pytest.raises(TypeError, match=r"slope\.avg_pool: divisor_override is for 2-d and 3-d pooling only"):
         nn.functional.avg_pool(slope.ones((1, 1, 4)), 2, divisor_override=2)
+
+
+# ----------------------------------------------------------------------------------------------- layers with weights
+
+
+def with_weights(layer: nn.Module, method=None):
+    """A function of (x, weight, bias) calling a copy of the layer holding that weight and bias."""
+
+    def call(x, weight, bias, **kwargs):
+        copy = slope.tree.map(lambda leaf: leaf, layer)
+        copy.weight, copy.bias = weight, bias
+        return copy(x, **kwargs) if method is None else method(copy, x, weight, bias)
+
+    return call
+
+
+def weights_of(reference) -> list:
+    return [reference.weight.detach().numpy(), reference.bias.detach().numpy()]
+
+
+def torch_with_weights(reference):
+    """A function of (x, weight, bias) calling the torch layer with that weight and bias."""
+    return lambda x, weight, bias, **kwargs: torch.func.functional_call(reference, {"weight": weight, "bias": bias},
+                                                                        (x,), kwargs)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- padding_mode
+
+CONVS = [  # (spatial dims, kernel, stride, padding, dilation, groups)
+    (1, 3, 1, 2, 1, 1),
+    (2, (3, 2), (2, 1), (1, 1), 1, 2),
+    (2, (4, 3), 1, "same", (1, 2), 1),
+    (2, 3, 1, "valid", 1, 1),
+    (3, 2, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("dims, kernel, stride, padding, dilation, groups", CONVS)
+def test_conv_padding_mode_as_pytorch(dims, kernel, stride, padding, dilation, groups, padding_mode, dtype, mode):
+    """PyTorch pads with F.pad's mode, then convolves without padding ('same' splits an odd total with the extra one
+    after); was "__init__() got an unexpected keyword argument 'padding_mode'"."""
+    torch.manual_seed(0)
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode)
+    reference = getattr(torch.nn, f"Conv{dims}d")(2, 4, kernel, **options).to(getattr(torch, dtype))
+    layer = getattr(nn, f"Conv{dims}d")(2, 4, kernel, **options, dtype=getattr(slope, dtype))
+    assert layer.padding_mode == padding_mode and f"padding_mode={padding_mode}" in repr(layer)
+    x = rng(0).standard_normal((2, 2) + (4, 5, 3)[:dims])
+    check_against_torch(with_weights(layer), torch_with_weights(reference), [x, *weights_of(reference)], dtype, mode)
+    if dims == 1:  # an unbatched input
+        check_against_torch(with_weights(layer), torch_with_weights(reference), [x[0], *weights_of(reference)], dtype,
+                            mode)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "padding_mode, padding, size, match",
+    [("reflect", 2, 2, r"reflect padding \(2, 2\) of dimension 2 must be less than its size"),
+     ("circular", 4, 3, r"circular padding \(4, 4\) of dimension 2 must be at most its size")],
+)  # fmt: skip
+def test_conv_padding_mode_limits_as_pytorch(padding_mode, padding, size, match):
+    """PyTorch: "Padding size should be less than the corresponding input dimension" and "Padding value causes
+    wrapping around more than once"; replicate takes any padding."""
+    x = rng(0).standard_normal((1, 1, size)).astype("float32")
+    with pytest.raises(RuntimeError):
+        torch.nn.Conv1d(1, 1, 5, padding=padding, padding_mode=padding_mode)(torch.tensor(x))
+    with pytest.raises(slope.ShapeError, match=rf"slope\.nn\.Conv1d: {match}"):
+        nn.Conv1d(1, 1, 5, padding=padding, padding_mode=padding_mode)(slope.tensor(x))
+    assert nn.Conv1d(1, 1, 5, padding=padding, padding_mode="replicate")(slope.tensor(x)).shape == (
+        1,
+        1,
+        size + 2 * padding - 4,
+    )
+
+
+def test_padding_mode_errors_as_pytorch():
+    """An unknown mode, and any but 'zeros' for a transposed convolution, are PyTorch's ValueErrors naming the layer."""
+    for mode in ["foo", None]:
+        with pytest.raises(ValueError):
+            torch.nn.Conv2d(1, 1, 3, padding_mode=mode)
+        with pytest.raises(ValueError, match=r"nn\.Conv2d: padding_mode must be one of .*got padding_mode="):
+            nn.Conv2d(1, 1, 3, padding_mode=mode)
+    with pytest.raises(ValueError, match='Only "zeros" padding mode is supported for ConvTranspose2d'):
+        torch.nn.ConvTranspose2d(1, 1, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r'nn\.ConvTranspose2d: only "zeros" padding mode is supported for ConvTr'):
+        nn.ConvTranspose2d(1, 1, 3, padding_mode="reflect")
+    assert nn.ConvTranspose2d(1, 1, 3, padding_mode="zeros").padding_mode == "zeros"
+    assert nn.Conv2d(1, 1, 3, padding=1, padding_mode="zeros").padding_mode == "zeros"

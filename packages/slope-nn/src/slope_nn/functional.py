@@ -328,6 +328,38 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
+def pad_by_mode(name: str, x: Tensor, pads: tuple, mode: str) -> Tensor:
+    """x padded in its trailing len(pads) dimensions by (before, after) amounts with PyTorch's F.pad mode 'reflect'
+    (mirrored, the edge once), 'replicate' (the edge repeated) or 'circular' (wrapped), and PyTorch's limits."""
+    lead = x.ndim - len(pads)
+    for axis, (lo, hi) in enumerate(pads, lead):
+        size = x.shape[axis]
+        if (mode == "reflect" and max(lo, hi) >= size) or (mode == "circular" and max(lo, hi) > size) or size == 0:
+            limit = "less than" if mode == "reflect" else "at most"
+            raise slope.ShapeError(f"slope.{name}: {mode} padding ({lo}, {hi}) of dimension {axis} must be {limit} "
+                                   f"its size, as PyTorch's, got input of shape {x.shape}")  # fmt: skip
+        if not (lo or hi):
+            continue
+
+        def part(begin: int, end: int, source: Tensor = x, axis: int = axis) -> Tensor:
+            """source[begin:end] along axis."""
+            starts, stops = [0] * source.ndim, list(source.shape)
+            starts[axis], stops[axis] = begin, end
+            return slope.slice(source, tuple(starts), tuple(stops))
+
+        if mode == "reflect":
+            before, after = (
+                [part(i, i + 1) for i in range(lo, 0, -1)],
+                [part(i, i + 1) for i in range(size - 2, size - 2 - hi, -1)],
+            )
+        elif mode == "replicate":
+            before, after = [part(0, 1)] * lo, [part(size - 1, size)] * hi
+        else:
+            before, after = [part(size - lo, size)] if lo else [], [part(0, hi)] if hi else []
+        x = slope.concatenate([*before, x, *after], axis)
+    return x
+
+
 def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
              count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:  # fmt: skip
     """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode

@@ -139,15 +139,29 @@ class _ConvBase(Module):
         return out.squeeze(0) if unbatched else out
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _padding_mode(layer: Module, mode: Any, allowed: tuple) -> str:
+    """A checked padding_mode: PyTorch's four for convolutions, only 'zeros' for transposed ones (PyTorch's errors)."""
+    name = type(layer).__name__
+    if mode not in PADDING_MODES or not isinstance(mode, str):
+        raise ValueError(f"nn.{name}: padding_mode must be one of {PADDING_MODES}, but got padding_mode={mode!r}")
+    if mode not in allowed:
+        raise ValueError(f'nn.{name}: only "zeros" padding mode is supported for {name} (as PyTorch), got {mode!r}')
+    return mode
+
+
 class _ConvNd(_ConvBase):
     """N-d convolution (cross-correlation) with PyTorch's arguments and initialization."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
-                 dtype: Any = None) -> None:  # fmt: skip
+                 dtype: Any = None, *, padding_mode: str = "zeros") -> None:  # fmt: skip
         super().__init__()
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (out_channels, in_channels),
                     bias, key, dtype)  # fmt: skip
+        self.padding_mode = _padding_mode(self, padding_mode, PADDING_MODES)
         unstrided = set(self.stride) == {1}  # PyTorch allows padding="same" only without a stride
         if isinstance(padding, str) and not (padding == "valid" or (padding == "same" and unstrided)):
             raise ValueError(
@@ -156,15 +170,31 @@ class _ConvNd(_ConvBase):
         self.padding = padding if isinstance(padding, str) else _ints(self, padding, "padding", 0, self.spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial))."""
+        """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial)); a padding_mode other than 'zeros'
+        pads with F.pad's mode first and convolves without padding, as PyTorch."""
+        if self.padding_mode == "zeros":
+            padding = self.padding
+        else:
+            x, padding = self._mode_padded(functional._tensor(x)), 0
         return self._batched(
-            x, lambda a: slope.conv(a, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            x, lambda a: slope.conv(a, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         )
+
+    def _mode_padded(self, x: Tensor) -> Tensor:
+        """x padded in its spatial dimensions by self.padding_mode (padding='same': PyTorch's split, the odd one
+        after)."""
+        if self.padding == "same":
+            totals = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+            pads = tuple((total // 2, total - total // 2) for total in totals)
+        else:
+            pads = tuple((p, p) for p in ((0,) * self.spatial_dims if self.padding == "valid" else self.padding))
+        return functional.pad_by_mode(f"nn.{type(self).__name__}", x, pads, self.padding_mode)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}"
+            + ("" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode}")
         )
 
 
@@ -191,8 +221,9 @@ class _ConvTransposeNd(_ConvBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
-                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+                 key: Tensor | None = None, dtype: Any = None, *, padding_mode: str = "zeros") -> None:  # fmt: skip
         super().__init__()
+        self.padding_mode = _padding_mode(self, padding_mode, ("zeros",))
         self.padding = _ints(self, padding, "padding", 0, self.spatial_dims)
         self.output_padding = _ints(self, output_padding, "output_padding", 0, self.spatial_dims)
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (in_channels, out_channels),
