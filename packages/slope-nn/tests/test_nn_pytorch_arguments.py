@@ -184,3 +184,51 @@ def test_padding_mode_errors_as_pytorch():
         nn.ConvTranspose2d(1, 1, 3, padding_mode="reflect")
     assert nn.ConvTranspose2d(1, 1, 3, padding_mode="zeros").padding_mode == "zeros"
     assert nn.Conv2d(1, 1, 3, padding=1, padding_mode="zeros").padding_mode == "zeros"
+
+
+# ----------------------------------------------------------------------------------------------- output_size
+
+TRANSPOSED = [  # (spatial dims, kernel, stride, padding, dilation, input spatial size, output_size)
+    (1, 3, 2, 1, 1, (4,), [8]),
+    (1, 3, 3, 0, 2, (3,), (1, 4, 13)),  # the whole shape; stride 3 with dilation 2
+    (2, (3, 2), (2, 3), (1, 0), 1, (3, 2), [6, 6]),
+    (2, 2, 2, 0, 1, (2, 3), [1, 4, 4, 6]),  # output_padding (0, 0): the smallest size
+    (3, 2, 2, 0, 1, (2, 1, 2), [5, 2, 4]),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dims, kernel, stride, padding, dilation, spatial, output_size", TRANSPOSED)
+def test_conv_transpose_output_size_as_pytorch(dims, kernel, stride, padding, dilation, spatial, output_size, dtype,
+                                               mode):  # fmt: skip
+    """forward(x, output_size=...) sets the output padding to the requested size's excess over the smallest (the
+    layer's own output_padding ignored, as PyTorch); was "forward() got an unexpected keyword argument"."""
+    torch.manual_seed(0)
+    options = dict(stride=stride, padding=padding, dilation=dilation, output_padding=0)
+    reference = getattr(torch.nn, f"ConvTranspose{dims}d")(2, 3, kernel, **options).to(getattr(torch, dtype))
+    layer = getattr(nn, f"ConvTranspose{dims}d")(2, 3, kernel, **options, dtype=getattr(slope, dtype))
+    batch = 1 if len(output_size) == dims + 2 else 2
+    x = rng(0).standard_normal((batch, 2) + spatial)
+    arrays = [x, *weights_of(reference)]
+    slope_fn, torch_fn = with_weights(layer), torch_with_weights(reference)
+    check_against_torch(lambda *a: slope_fn(*a, output_size=output_size),
+                        lambda *a: torch_fn(*a, output_size=output_size), arrays, dtype, mode)  # fmt: skip
+    if len(output_size) == dims:  # an unbatched input
+        arrays[0] = x[0]
+        check_against_torch(lambda *a: slope_fn(*a, output_size=output_size),
+                            lambda *a: torch_fn(*a, output_size=output_size), arrays, dtype, mode)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "output_size, match",
+    [([9], r"requested an output size of \[9\], but valid sizes range from \[7\] to \[8\] \(for an input of \(4,\)\)"),
+     ([6], r"requested an output size of \[6\], but valid sizes range from \[7\] to \[8\]"),
+     ([1, 8], r"for 3D input, output_size must have 1 or 3 elements \(got 2\)")],
+)  # fmt: skip
+def test_conv_transpose_output_size_errors_as_pytorch(output_size, match):
+    x = rng(0).standard_normal((1, 2, 4)).astype("float32")
+    with pytest.raises(ValueError):
+        torch.nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)(torch.tensor(x), output_size=output_size)
+    with pytest.raises(ValueError, match=rf"nn\.ConvTranspose1d: {match}"):
+        nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)(slope.tensor(x), output_size=output_size)

@@ -32,6 +32,7 @@ __all__ = [
     "Conv3d",
     "ConvTranspose1d",
     "ConvTranspose2d",
+    "ConvTranspose3d",
     "Dropout",
     "Embedding",
     "Flatten",
@@ -229,14 +230,38 @@ class _ConvTransposeNd(_ConvBase):
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (in_channels, out_channels),
                     bias, key, dtype)  # fmt: skip
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched)."""
+    def forward(self, x: Tensor, output_size: Any = None) -> Tensor:
+        """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched); output_size (the spatial sizes,
+        or the whole shape) picks the output padding instead of output_padding, as PyTorch."""
+        x = functional._tensor(x)
+        output_padding = self.output_padding if output_size is None else self._output_padding(x, output_size)
         return self._batched(
             x,
             lambda a: functional.conv_transpose(
-                a, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+                a, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
             ),
         )
+
+    def _output_padding(self, x: Tensor, output_size: Any) -> tuple[int, ...]:
+        """PyTorch's output padding for a requested output size: its excess over the smallest output, which must be
+        below the stride (PyTorch's ValueErrors)."""
+        n, name = self.spatial_dims, f"nn.{type(self).__name__}"
+        leading = 2 if x.ndim == n + 2 else 1
+        sizes = tuple(output_size)
+        sizes = sizes[leading:] if len(sizes) == leading + n else sizes
+        if len(sizes) != n:
+            raise ValueError(f"{name}: for {x.ndim}D input, output_size must have {n} or {leading + n} elements (got "
+                             f"{len(tuple(output_size))}), as PyTorch")  # fmt: skip
+        sizes = _ints(self, sizes, "output_size", 0, n)
+        smallest = tuple(
+            (size - 1) * st - 2 * p + d * (k - 1) + 1
+            for size, st, p, d, k in zip(x.shape[leading:], self.stride, self.padding, self.dilation, self.kernel_size)
+        )
+        largest = tuple(low + st - 1 for low, st in zip(smallest, self.stride))
+        if any(not low <= size <= high for size, low, high in zip(sizes, smallest, largest)):
+            raise ValueError(f"{name}: requested an output size of {list(sizes)}, but valid sizes range from "
+                             f"{list(smallest)} to {list(largest)} (for an input of {x.shape[leading:]}), as PyTorch")  # fmt: skip
+        return tuple(size - low for size, low in zip(sizes, smallest))
 
     def extra_repr(self) -> str:
         return (
@@ -255,6 +280,12 @@ class ConvTranspose2d(_ConvTransposeNd):
     """2-d transposed convolution over (N, C, H, W)."""
 
     spatial_dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-d transposed convolution over (N, C, D, H, W)."""
+
+    spatial_dims = 3
 
 
 # ----------------------------------------------------------------------------------------------- pooling
