@@ -3,6 +3,8 @@ values and gradients, eager and under jit, float32 and float64, on every backend
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from nn_helpers import assert_close, rng
@@ -232,3 +234,71 @@ def test_conv_transpose_output_size_errors_as_pytorch(output_size, match):
         torch.nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)(torch.tensor(x), output_size=output_size)
     with pytest.raises(ValueError, match=rf"nn\.ConvTranspose1d: {match}"):
         nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)(slope.tensor(x), output_size=output_size)
+
+
+# ----------------------------------------------------------------------------------------------- clip_grad_norm
+
+
+def torch_total_norm(leaves: list, norm_type):
+    """PyTorch's clip_grad_norm_ total: the norm of the per-leaf norms."""
+    norms = [torch.linalg.vector_norm(leaf, float(norm_type)) for leaf in leaves]
+    return torch.linalg.vector_norm(torch.stack(norms), float(norm_type))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm_type", [1, 3.5, -1.5, "inf", float("-inf"), 0, 2.0])
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_grad_norm_norm_type_as_pytorch(norm_type, max_norm, dtype, mode):
+    """Clipped gradients and the total norm of PyTorch's norm_type, and the norm's gradient; was "clip_grad_norm() got
+    an unexpected keyword argument 'norm_type'" (0: PyTorch's count of leaves with a nonzero, its norm of norms)."""
+    generator = rng(0)
+    arrays = [generator.standard_normal((3, 2)).astype(dtype), generator.standard_normal(4).astype(dtype),
+              np.zeros(2, dtype)]  # fmt: skip
+    parameters = [torch.nn.Parameter(torch.zeros(a.shape, dtype=getattr(torch, dtype))) for a in arrays]
+    for parameter, a in zip(parameters, arrays):
+        parameter.grad = torch.tensor(a)
+    expected = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type)
+    clip = lambda grads: nn.optim.clip_grad_norm(grads, max_norm, norm_type=norm_type)  # noqa: E731
+    clip = slope.jit(clip) if mode == "jit" else clip
+    clipped, norm = clip({"a": slope.tensor(arrays[0]), "b": [slope.tensor(a) for a in arrays[1:]]})
+    assert norm.dtype.name == dtype
+    assert_close(norm, expected.numpy(), dtype)
+    for got, parameter in zip([clipped["a"], *clipped["b"]], parameters):
+        assert got.dtype.name == dtype
+        assert_close(got, parameter.grad.numpy(), dtype)
+    if float(norm_type) < 0:  # (a zero element: Slope's gradient is NaN where PyTorch's is 0, a known difference)
+        arrays = arrays[:2]
+    leaves = [torch.tensor(a, requires_grad=True) for a in arrays]
+    torch_total_norm(leaves, norm_type).backward()
+    gradient = slope.grad(lambda grads: nn.optim.global_norm(grads, norm_type))
+    gradient = slope.jit(gradient) if mode == "jit" else gradient
+    for got, leaf in zip(gradient([slope.tensor(a) for a in arrays]), leaves):
+        assert_close(got, np.zeros(leaf.shape) if leaf.grad is None else leaf.grad.numpy(), dtype)  # (0: None)
+
+
+def test_clip_grad_norm_error_if_nonfinite_as_pytorch():
+    grads = [slope.tensor([1.0, float("nan")]), slope.tensor([2.0])]
+    parameters = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = torch.tensor(grad.numpy())
+    with pytest.raises(RuntimeError, match="non-finite"):
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match=r"clip_grad_norm: the total norm of order inf for gradients is non-finite"):
+        nn.optim.clip_grad_norm(grads, 1.0, "inf", error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match="error_if_nonfinite=True checks the norm's value, which a traced norm"):
+        slope.jit(lambda g: nn.optim.clip_grad_norm(g, 1.0, error_if_nonfinite=True))(grads)
+    _, norm = nn.optim.clip_grad_norm(grads, 1.0)  # (by default a NaN norm is returned, as PyTorch)
+    assert math.isnan(float(norm))
+    _, norm = nn.optim.clip_grad_norm([slope.tensor([3.0, -4.0])], 1.0, error_if_nonfinite=True)
+    assert float(norm) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("norm_type, error", [("fro", ValueError), (None, TypeError)])
+def test_clip_grad_norm_refuses_norm_types_as_pytorch(norm_type, error):
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    parameter.grad = torch.ones(2)
+    with pytest.raises(error):
+        torch.nn.utils.clip_grad_norm_([parameter], 1.0, norm_type)
+    with pytest.raises(error, match=r"slope\.nn\.optim\.clip_grad_norm: norm_type must be"):
+        nn.optim.clip_grad_norm([slope.ones(2)], 1.0, norm_type)
