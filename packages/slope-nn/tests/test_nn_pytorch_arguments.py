@@ -302,3 +302,12 @@ def test_clip_grad_norm_refuses_norm_types_as_pytorch(norm_type, error):
         torch.nn.utils.clip_grad_norm_([parameter], 1.0, norm_type)
     with pytest.raises(error, match=r"slope\.nn\.optim\.clip_grad_norm: norm_type must be"):
         nn.optim.clip_grad_norm([slope.ones(2)], 1.0, norm_type)
+
+
+def test_embedding_max_norm_is_refused_naming_the_layer():
+    """PyTorch renormalizes rows of the weight in place in forward; Slope refuses it, naming the layer and argument
+    (it was "__init__() got an unexpected keyword argument 'max_norm'")."""
+    torch.nn.Embedding(10, 3, max_norm=1.0)  # (PyTorch takes it)
+    with pytest.raises(TypeError, match=r"nn\.Embedding: max_norm=1\.0 is not supported: PyTorch renormalizes"):
+        nn.Embedding(10, 3, max_norm=1.0)
+    assert nn.Embedding(10, 3, max_norm=None).weight.shape == (10, 3)

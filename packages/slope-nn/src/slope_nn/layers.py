@@ -625,8 +625,13 @@ class Embedding(Module):
     pytorch_argument_at_key = "max_norm"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+                 key: Tensor | None = None, dtype: Any = None, *, max_norm: float | None = None) -> None:  # fmt: skip
         super().__init__()
+        if max_norm is not None:  # (it was "__init__() got an unexpected keyword argument", naming no layer)
+            raise TypeError(f"nn.Embedding: max_norm={max_norm!r} is not supported: PyTorch renormalizes the looked-up "
+                            f"rows of its weight in place during forward, a hidden update of a parameter that a "
+                            f"traced or differentiated Slope layer cannot make; renormalize the weight explicitly "
+                            f"between steps instead")  # fmt: skip
         self.num_embeddings, self.embedding_dim = _ints(self, (num_embeddings, embedding_dim), "sizes")
         if padding_idx is not None:
             (padding_idx,) = _ints(self, padding_idx, "padding_idx", None, 1)
