@@ -11,6 +11,8 @@ from nn_helpers import assert_close, rng
 
 import slope
 import slope.nn as nn
+from slope.operators import ints
+from slope_nn.operators import ceil_mode_extra
 
 torch = pytest.importorskip("torch")
 
@@ -311,3 +313,38 @@ def test_embedding_max_norm_is_refused_naming_the_layer():
     with pytest.raises(TypeError, match=r"nn\.Embedding: max_norm=1\.0 is not supported: PyTorch renormalizes"):
         nn.Embedding(10, 3, max_norm=1.0)
     assert nn.Embedding(10, 3, max_norm=None).weight.shape == (10, 3)
+
+
+# ----------------------------------------------------------------------------------------------- max_pool indices
+
+CEIL_POOLS = [  # (input shape, kernel, stride, padding, dilation): ceil_mode adds a last, partial window in each
+    ((2, 2, 5, 6), 3, 2, 1, 1),
+    ((1, 1, 2, 2), 3, 2, 1, 1),
+    ((2, 1, 4, 6), (2, 3), (3, 2), (0, 1), 1),
+    ((1, 1, 3, 4), 3, 2, 1, 2),
+    ((1, 2, 8), 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", CEIL_POOLS)
+def test_max_pool_indices_with_ceil_mode_as_pytorch(shape, kernel, stride, padding, dilation, dtype, mode):
+    """The indices of each window's maximum in the unpadded input, values and gradients; was "return_indices with a
+    ceil_mode that adds windows is not supported"."""
+    dims = len(shape) - 2
+    assert any(ceil_mode_extra(shape[2:], *(ints("t", a, "a", 0, dims) for a in (kernel, stride, padding, dilation))))
+    x = rng(0).standard_normal(shape)
+    x[..., 0] = -np.inf  # (ties of -inf with the right padding: PyTorch's first in-bounds position)
+    layer = getattr(nn, f"MaxPool{dims}d")(kernel, stride, padding, dilation, return_indices=True, ceil_mode=True)
+    reference = getattr(torch.nn, f"MaxPool{dims}d")(kernel, stride, padding, dilation, return_indices=True,
+                                                     ceil_mode=True)  # fmt: skip
+    forward = (lambda t: layer(t)) if mode == "eager" else slope.jit(lambda t: layer(t))
+    for values in [x, np.full(shape, -np.inf), np.round(x)]:  # (ties everywhere, and between equal values)
+        expected, expected_index = reference(torch.tensor(values.astype(dtype)))
+        got, index = forward(slope.tensor(values.astype(dtype)))
+        assert index.dtype == slope.int64
+        np.testing.assert_array_equal(index.numpy(), expected_index.numpy())
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    x = rng(1).standard_normal(shape)  # (gradients of finite values)
+    check_against_torch(lambda t: layer(t)[0], lambda t: reference(t)[0], [x], dtype, mode)
