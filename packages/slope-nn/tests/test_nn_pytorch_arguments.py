@@ -238,6 +238,17 @@ def test_conv_transpose_output_size_errors_as_pytorch(output_size, match):
         nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)(slope.tensor(x), output_size=output_size)
 
 
+def test_conv_transpose_traced_output_size_names_it():
+    """jit traces the sizes given to a jitted call: the error names output_size and says to make it static (it was
+    an index error of the trace naming neither); static sizes work."""
+    layer = nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)
+    x = slope.tensor(rng(0).standard_normal((1, 2, 4)).astype("float32"))
+    with pytest.raises(TypeError, match=r"nn\.ConvTranspose1d: output_size must be a Python number.*static_argnames"):
+        slope.jit(lambda m, a, output_size: m(a, output_size=output_size))(layer, x, output_size=[8])
+    fixed = slope.jit(lambda m, a, output_size: m(a, output_size=output_size), static_argnames="output_size")
+    assert fixed(layer, x, output_size=(8,)).shape == (1, 3, 8)
+
+
 # ----------------------------------------------------------------------------------------------- clip_grad_norm
 
 

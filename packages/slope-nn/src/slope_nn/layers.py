@@ -247,6 +247,8 @@ class _ConvTransposeNd(_ConvBase):
         below the stride (PyTorch's ValueErrors)."""
         n, name = self.spatial_dims, f"nn.{type(self).__name__}"
         leading = 2 if x.ndim == n + 2 else 1
+        for size in output_size if isinstance(output_size, (tuple, list)) else [output_size]:
+            functional.refuse_traced(name, "output_size", size)
         sizes = tuple(output_size)
         sizes = sizes[leading:] if len(sizes) == leading + n else sizes
         if len(sizes) != n:

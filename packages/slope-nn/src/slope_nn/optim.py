@@ -165,7 +165,7 @@ def global_norm(tree: Any, norm_type: Any = 2.0) -> Tensor:
     p = _norm_type("global_norm", norm_type)
     floats = [leaf for leaf in slope.tree.leaves(tree) if isinstance(leaf, Tensor) and leaf.dtype.is_float]
     wide = slope.float64 if any(leaf.dtype == slope.float64 for leaf in floats) else slope.float32
-    magnitudes = [leaf.astype(wide).abs() for leaf in floats if leaf.numel()]
+    magnitudes = [leaf.astype(wide) if p == 2 else leaf.astype(wide).abs() for leaf in floats if leaf.numel()]  # (x**2)
     if not magnitudes:
         return slope.tensor(0.0, dtype=wide)
     if math.isinf(p):  # (the largest or smallest of each leaf's, as PyTorch's norm of the per-leaf norms)
