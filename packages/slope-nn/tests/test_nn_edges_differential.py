@@ -408,9 +408,10 @@ def test_pooling_ceil_mode_and_count_include_pad(layer, size, arguments, jit, ea
     assert_matches_pytorch(pool, getattr(torch.nn, layer)(**arguments), [x], jit=jit)
 
 
-def test_max_pool_ceil_mode_with_indices_is_refused():
-    with pytest.raises(ValueError, match="slope.max_pool: return_indices with a ceil_mode that adds windows"):
-        slope.max_pool(slope.ones((1, 1, 6)), 3, 2, return_indices=True, ceil_mode=True)
+def test_max_pool_ceil_mode_with_indices():
+    # (it was refused where ceil_mode adds a window: test_nn_pytorch_arguments checks those against PyTorch)
+    _, indices = slope.max_pool(slope.ones((1, 1, 6)), 3, 2, return_indices=True, ceil_mode=True)
+    np.testing.assert_array_equal(indices.numpy(), [[[0, 2, 4]]])  # (PyTorch's: the first of each tie)
     values, indices = nn.MaxPool1d(2, return_indices=True, ceil_mode=True)(slope.tensor([[[1.0, 3.0, 2.0, 0.0]]]))
     np.testing.assert_array_equal(indices.numpy(), [[[1, 2]]])  # (no window added: the indices are PyTorch's)
 

@@ -328,18 +328,52 @@ def conv_transpose(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     return out if bias is None else out + bias.reshape((-1,) + (1,) * n)
 
 
+def pad_by_mode(name: str, x: Tensor, pads: tuple, mode: str) -> Tensor:
+    """x padded in its trailing len(pads) dimensions by (before, after) amounts with PyTorch's F.pad mode 'reflect'
+    (mirrored, the edge once), 'replicate' (the edge repeated) or 'circular' (wrapped), and PyTorch's limits."""
+    lead = x.ndim - len(pads)
+    for axis, (lo, hi) in enumerate(pads, lead):
+        size = x.shape[axis]
+        if (mode == "reflect" and max(lo, hi) >= size) or (mode == "circular" and max(lo, hi) > size) or size == 0:
+            limit = "less than" if mode == "reflect" else "at most"
+            raise slope.ShapeError(f"slope.{name}: {mode} padding ({lo}, {hi}) of dimension {axis} must be {limit} "
+                                   f"its size, as PyTorch's, got input of shape {x.shape}")  # fmt: skip
+        if not (lo or hi):
+            continue
+
+        def part(begin: int, end: int, source: Tensor = x, axis: int = axis) -> Tensor:
+            """source[begin:end] along axis."""
+            starts, stops = [0] * source.ndim, list(source.shape)
+            starts[axis], stops[axis] = begin, end
+            return slope.slice(source, tuple(starts), tuple(stops))
+
+        if mode == "reflect":
+            before, after = (
+                [part(i, i + 1) for i in range(lo, 0, -1)],
+                [part(i, i + 1) for i in range(size - 2, size - 2 - hi, -1)],
+            )
+        elif mode == "replicate":
+            before, after = [part(0, 1)] * lo, [part(size - 1, size)] * hi
+        else:
+            before, after = [part(size - lo, size)] if lo else [], [part(0, hi)] if hi else []
+        x = slope.concatenate([*before, x, *after], axis)
+    return x
+
+
 def avg_pool(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-             count_include_pad: bool = True) -> Tensor:  # fmt: skip
+             count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:  # fmt: skip
     """Average pooling, PyTorch's: padding counts as zeros in the divisor unless count_include_pad=False; ceil_mode
-    keeps a last window that runs past the padded input (divided by its positions inside the padded input). int64, as
+    keeps a last window that runs past the padded input (divided by its positions inside the padded input);
+    divisor_override (2-d and 3-d, as PyTorch) divides every window's sum by that nonzero int instead. int64, as
     PyTorch: the int64 window sums divided rounding toward zero; other integers and bools raise, as in PyTorch."""
     x = _tensor(x, "avg_pool")
+    args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     if x.dtype == slope.int64:
-        return _window_means(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+        return _window_means(x, *args)
     if not x.dtype.is_float:
         raise slope.DTypeError(f"slope.avg_pool: expected a float or int64 tensor (PyTorch has no average pooling of "
                                f"{x.dtype.name}), got {x.dtype.name} of shape {x.shape}; cast it first")  # fmt: skip
-    return _float_window_means(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+    return _float_window_means(x, *args)
 
 
 @_half_in_float32  # (the window sums rounded before the division: PyTorch rounds once)
@@ -348,14 +382,29 @@ def _float_window_means(x: Tensor, *args: Any) -> Tensor:
     return _window_means(x, *args)
 
 
-def _window_means(x: Tensor, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
-                  count_include_pad: bool) -> Tensor:  # fmt: skip
+def _divisor_override(value: Any, n: int) -> int:
+    """PyTorch's checked divisor_override: a nonzero int, for 2-d and 3-d pooling only (avg_pool1d has none)."""
+    name = "slope.avg_pool"
+    if n == 1:  # (PyTorch: "avg_pool1d() got an unexpected keyword argument 'divisor_override'")
+        raise TypeError(f"{name}: divisor_override is for 2-d and 3-d pooling only, as PyTorch's avg_pool2d/3d "
+                        f"(its avg_pool1d and AvgPool1d take none), got a 1-d kernel")  # fmt: skip
+    refuse_traced(name, "divisor_override", value, kind="int")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: divisor_override must be an int, as PyTorch's, got {type(value).__name__} {value!r}")
+    if value == 0:
+        raise ValueError(f"{name}: divisor_override must not be zero (PyTorch: divisor must be not zero)")
+    return int(value)
+
+
+def _window_means(x: Tensor, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool, count_include_pad: bool,
+                  divisor_override: int | None = None) -> Tensor:  # fmt: skip
     """avg_pool of a float or int64 x: the window sums over PyTorch's divisor (int64: rounded toward zero)."""
     kernel, stride, padding, dilation = pool_args("avg_pool", x, kernel_size, stride, padding, 1, bool(ceil_mode))
     n, lead = len(kernel), x.ndim - len(kernel)
+    override = None if divisor_override is None else _divisor_override(divisor_override, n)
     spatial = x.shape[lead:]
     extra = ceil_mode_extra(spatial, kernel, stride, padding, dilation) if ceil_mode else (0,) * n
-    if count_include_pad and not any(extra):
+    if count_include_pad and not any(extra) and override is None:
         windows = pool_windows(x, kernel, stride, padding, dilation, 0)
         if x.dtype.is_float:
             return windows.mean(-1)
@@ -369,6 +418,7 @@ def _window_means(x: Tensor, kernel_size: Any, stride: Any, padding: Any, ceil_m
             ends = np.minimum(starts + k, size + p)
             lengths = ends - starts if count_include_pad else np.minimum(ends, size) - np.maximum(starts, 0)
             divisor = np.multiply.outer(divisor, lengths)
+        divisor = divisor if override is None else np.array(override)
     if x.dtype.is_float:
         return sums / slope.tensor(np.asarray(divisor, dtype=np.float64), dtype=sums.dtype)
     return slope.div(sums, slope.tensor(np.asarray(divisor, dtype=np.int64)), rounding_mode="trunc")

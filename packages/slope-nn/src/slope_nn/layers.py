@@ -23,6 +23,7 @@ from .operators import layer_norm, overflow_to_nan
 __all__ = [
     "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
@@ -31,6 +32,7 @@ __all__ = [
     "Conv3d",
     "ConvTranspose1d",
     "ConvTranspose2d",
+    "ConvTranspose3d",
     "Dropout",
     "Embedding",
     "Flatten",
@@ -138,15 +140,29 @@ class _ConvBase(Module):
         return out.squeeze(0) if unbatched else out
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _padding_mode(layer: Module, mode: Any, allowed: tuple) -> str:
+    """A checked padding_mode: PyTorch's four for convolutions, only 'zeros' for transposed ones (PyTorch's errors)."""
+    name = type(layer).__name__
+    if mode not in PADDING_MODES or not isinstance(mode, str):
+        raise ValueError(f"nn.{name}: padding_mode must be one of {PADDING_MODES}, but got padding_mode={mode!r}")
+    if mode not in allowed:
+        raise ValueError(f'nn.{name}: only "zeros" padding mode is supported for {name} (as PyTorch), got {mode!r}')
+    return mode
+
+
 class _ConvNd(_ConvBase):
     """N-d convolution (cross-correlation) with PyTorch's arguments and initialization."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True, key: Tensor | None = None,
-                 dtype: Any = None) -> None:  # fmt: skip
+                 dtype: Any = None, *, padding_mode: str = "zeros") -> None:  # fmt: skip
         super().__init__()
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (out_channels, in_channels),
                     bias, key, dtype)  # fmt: skip
+        self.padding_mode = _padding_mode(self, padding_mode, PADDING_MODES)
         unstrided = set(self.stride) == {1}  # PyTorch allows padding="same" only without a stride
         if isinstance(padding, str) and not (padding == "valid" or (padding == "same" and unstrided)):
             raise ValueError(
@@ -155,15 +171,31 @@ class _ConvNd(_ConvBase):
         self.padding = padding if isinstance(padding, str) else _ints(self, padding, "padding", 0, self.spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial))."""
+        """Convolve x of shape (N, C_in, *spatial) (or unbatched (C_in, *spatial)); a padding_mode other than 'zeros'
+        pads with F.pad's mode first and convolves without padding, as PyTorch."""
+        if self.padding_mode == "zeros":
+            padding = self.padding
+        else:
+            x, padding = self._mode_padded(functional._tensor(x)), 0
         return self._batched(
-            x, lambda a: slope.conv(a, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            x, lambda a: slope.conv(a, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         )
+
+    def _mode_padded(self, x: Tensor) -> Tensor:
+        """x padded in its spatial dimensions by self.padding_mode (padding='same': PyTorch's split, the odd one
+        after)."""
+        if self.padding == "same":
+            totals = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+            pads = tuple((total // 2, total - total // 2) for total in totals)
+        else:
+            pads = tuple((p, p) for p in ((0,) * self.spatial_dims if self.padding == "valid" else self.padding))
+        return functional.pad_by_mode(f"nn.{type(self).__name__}", x, pads, self.padding_mode)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}"
+            + ("" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode}")
         )
 
 
@@ -190,21 +222,48 @@ class _ConvTransposeNd(_ConvBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
-                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+                 key: Tensor | None = None, dtype: Any = None, *, padding_mode: str = "zeros") -> None:  # fmt: skip
         super().__init__()
+        self.padding_mode = _padding_mode(self, padding_mode, ("zeros",))
         self.padding = _ints(self, padding, "padding", 0, self.spatial_dims)
         self.output_padding = _ints(self, output_padding, "output_padding", 0, self.spatial_dims)
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, (in_channels, out_channels),
                     bias, key, dtype)  # fmt: skip
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched)."""
+    def forward(self, x: Tensor, output_size: Any = None) -> Tensor:
+        """Transposed convolution of x of shape (N, C_in, *spatial) (or unbatched); output_size (the spatial sizes,
+        or the whole shape) picks the output padding instead of output_padding, as PyTorch."""
+        x = functional._tensor(x)
+        output_padding = self.output_padding if output_size is None else self._output_padding(x, output_size)
         return self._batched(
             x,
             lambda a: functional.conv_transpose(
-                a, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+                a, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
             ),
         )
+
+    def _output_padding(self, x: Tensor, output_size: Any) -> tuple[int, ...]:
+        """PyTorch's output padding for a requested output size: its excess over the smallest output, which must be
+        below the stride (PyTorch's ValueErrors)."""
+        n, name = self.spatial_dims, f"nn.{type(self).__name__}"
+        leading = 2 if x.ndim == n + 2 else 1
+        for size in output_size if isinstance(output_size, (tuple, list)) else [output_size]:
+            functional.refuse_traced(name, "output_size", size)
+        sizes = tuple(output_size)
+        sizes = sizes[leading:] if len(sizes) == leading + n else sizes
+        if len(sizes) != n:
+            raise ValueError(f"{name}: for {x.ndim}D input, output_size must have {n} or {leading + n} elements (got "
+                             f"{len(tuple(output_size))}), as PyTorch")  # fmt: skip
+        sizes = _ints(self, sizes, "output_size", 0, n)
+        smallest = tuple(
+            (size - 1) * st - 2 * p + d * (k - 1) + 1
+            for size, st, p, d, k in zip(x.shape[leading:], self.stride, self.padding, self.dilation, self.kernel_size)
+        )
+        largest = tuple(low + st - 1 for low, st in zip(smallest, self.stride))
+        if any(not low <= size <= high for size, low, high in zip(sizes, smallest, largest)):
+            raise ValueError(f"{name}: requested an output size of {list(sizes)}, but valid sizes range from "
+                             f"{list(smallest)} to {list(largest)} (for an input of {x.shape[leading:]}), as PyTorch")  # fmt: skip
+        return tuple(size - low for size, low in zip(sizes, smallest))
 
     def extra_repr(self) -> str:
         return (
@@ -225,6 +284,12 @@ class ConvTranspose2d(_ConvTransposeNd):
     spatial_dims = 2
 
 
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-d transposed convolution over (N, C, D, H, W)."""
+
+    spatial_dims = 3
+
+
 # ----------------------------------------------------------------------------------------------- pooling
 
 
@@ -241,6 +306,7 @@ class _PoolNd(Module):
         self.padding = _ints(self, padding, "padding", None, n)
         self.dilation = _ints(self, dilation, "dilation", None, n)
         self.return_indices, self.ceil_mode, self.count_include_pad = bool(return_indices), bool(ceil_mode), True
+        self.divisor_override = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool over the trailing spatial dimensions."""
@@ -252,7 +318,7 @@ class _PoolNd(Module):
             return functional.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                        return_indices=self.return_indices, ceil_mode=self.ceil_mode)  # fmt: skip
         return functional.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                   self.count_include_pad)  # fmt: skip
+                                   self.count_include_pad, self.divisor_override)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -274,9 +340,12 @@ class _AvgPoolNd(_PoolNd):
     mode = "avg"
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-                 count_include_pad: bool = True) -> None:  # fmt: skip
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:  # fmt: skip
         super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        if divisor_override is not None and self.spatial_dims == 1:  # (PyTorch: an unexpected keyword argument)
+            raise TypeError(f"nn.{type(self).__name__}: PyTorch's AvgPool1d takes no divisor_override (AvgPool2d and "
+                            f"AvgPool3d do), got {divisor_override!r}")  # fmt: skip
+        self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
 
 class AvgPool1d(_AvgPoolNd):
@@ -289,6 +358,12 @@ class AvgPool2d(_AvgPoolNd):
     """Average pooling over (N, C, H, W) (zero padding counted unless count_include_pad=False, as PyTorch)."""
 
     spatial_dims = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    """Average pooling over (N, C, D, H, W) (zero padding counted unless count_include_pad=False, as PyTorch)."""
+
+    spatial_dims = 3
 
 
 # ----------------------------------------------------------------------------------------------- normalization
@@ -552,8 +627,13 @@ class Embedding(Module):
     pytorch_argument_at_key = "max_norm"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 key: Tensor | None = None, dtype: Any = None) -> None:  # fmt: skip
+                 key: Tensor | None = None, dtype: Any = None, *, max_norm: float | None = None) -> None:  # fmt: skip
         super().__init__()
+        if max_norm is not None:  # (it was "__init__() got an unexpected keyword argument", naming no layer)
+            raise TypeError(f"nn.Embedding: max_norm={max_norm!r} is not supported: PyTorch renormalizes the looked-up "
+                            f"rows of its weight in place during forward, a hidden update of a parameter that a "
+                            f"traced or differentiated Slope layer cannot make; renormalize the weight explicitly "
+                            f"between steps instead")  # fmt: skip
         self.num_embeddings, self.embedding_dim = _ints(self, (num_embeddings, embedding_dim), "sizes")
         if padding_idx is not None:
             (padding_idx,) = _ints(self, padding_idx, "padding_idx", None, 1)

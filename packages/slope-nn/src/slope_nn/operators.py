@@ -476,6 +476,16 @@ class _Pooling(Operator):
         return [slope.bind(self, x, **params)], [dim]
 
 
+def _flat_in(index: Tensor, padded: tuple, spatial: tuple) -> Tensor:
+    """Flat positions in trailing dimensions of shape `padded` as the flat positions of the same coordinates in
+    dimensions of shape `spatial` (a padding on the right removed)."""
+    out, rest, place = slope.zeros_like(index), index, 1
+    for padded_size, size in reversed(list(zip(padded, spatial))):
+        out = out + (rest % padded_size) * place
+        rest, place = rest // padded_size, place * size
+    return out
+
+
 class MaxPool(_Pooling):
     """Max pooling over the trailing dimensions (N-d; stride defaults to the kernel size), PyTorch's max_pool."""
 
@@ -488,13 +498,14 @@ class MaxPool(_Pooling):
         params = self.params(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
         n = len(params["kernel"])
         extra = ceil_mode_extra(x.shape[x.ndim - n :], **params) if ceil_mode else ()
+        spatial = x.shape[x.ndim - n :]
         if any(extra):  # PyTorch's last, partial windows: the input padded on the right with what max ignores
-            if return_indices:
-                raise ValueError("slope.max_pool: return_indices with a ceil_mode that adds windows is not supported")
             x = slope.pad(x, lo=(0,) * x.ndim, hi=(0,) * (x.ndim - n) + extra, value=lowest(x.dtype))
         if not return_indices:
             return slope.bind(self, x, **params)
         index = slope.bind(max_pool_argmax, x, **params)  # before the values: a backend may compute both at once
+        if any(extra):  # positions in the padded input, as positions in x (PyTorch's: a window past x keeps its own)
+            index = _flat_in(index, x.shape[x.ndim - n :], spatial)
         return slope.bind(self, x, **params), index
 
     def jvp(self, primals: list, tangents: list, **params: Any) -> tuple[list, list]:

@@ -158,25 +158,63 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
 # ----------------------------------------------------------------------------------------------- gradient helpers
 
 
-def global_norm(tree: Any) -> Tensor:
-    """The L2 norm of all floating-point leaves of a pytree together (in float64 when a leaf is, else float32)."""
+def global_norm(tree: Any, norm_type: Any = 2.0) -> Tensor:
+    """The norm of all floating-point leaves of a pytree together (in float64 when a leaf is, else float32): PyTorch's
+    norm_type, 2 by default, any p (inf: the largest magnitude, -inf: the smallest; 0, as PyTorch's norm of the leaves'
+    norms: the count of leaves with a nonzero)."""
+    p = _norm_type("global_norm", norm_type)
     floats = [leaf for leaf in slope.tree.leaves(tree) if isinstance(leaf, Tensor) and leaf.dtype.is_float]
     wide = slope.float64 if any(leaf.dtype == slope.float64 for leaf in floats) else slope.float32
-    squares = [(leaf.astype(wide) ** 2).sum() for leaf in floats]
-    if not squares:
-        return slope.tensor(0.0)
-    total = squares[0]
-    for square in squares[1:]:
-        total = total + square
-    return total.sqrt()
+    magnitudes = [leaf.astype(wide) if p == 2 else leaf.astype(wide).abs() for leaf in floats if leaf.numel()]  # (x**2)
+    if not magnitudes:
+        return slope.tensor(0.0, dtype=wide)
+    if math.isinf(p):  # (the largest or smallest of each leaf's, as PyTorch's norm of the per-leaf norms)
+        extremes = slope.stack([m.max() if p > 0 else m.min() for m in magnitudes])
+        return extremes.max() if p > 0 else extremes.min()
+    if p == 0:  # PyTorch's norm of the per-leaf norms: the count of leaves with a nonzero element
+        powers = [(m != 0).astype(wide).max() for m in magnitudes]
+    else:
+        powers = [(m**2 if p == 2 else m**p).sum() for m in magnitudes]
+    total = powers[0]
+    for power in powers[1:]:
+        total = total + power
+    return total if p in (0, 1) else total.sqrt() if p == 2 else total ** (1.0 / p)
 
 
-def clip_grad_norm(grads: Any, max_norm: float) -> tuple[Any, Tensor]:
-    """Scale gradients so their global norm is at most max_norm; returns (clipped grads, norm before clipping)."""
+def _norm_type(name: str, norm_type: Any) -> float:
+    """PyTorch's norm_type as a float: a real number or a string float() reads ('inf'); a TypeError naming the
+    function otherwise."""
+    refuse_traced(f"slope.nn.optim.{name}", "norm_type", norm_type)
+    if isinstance(norm_type, str):
+        try:
+            return float(norm_type)
+        except ValueError:  # (PyTorch's float(norm_type): "could not convert string to float")
+            raise ValueError(f"slope.nn.optim.{name}: norm_type must be a number or 'inf', got {norm_type!r}") from None
+    if _real(norm_type):
+        return float(norm_type)
+    raise TypeError(f"slope.nn.optim.{name}: norm_type must be a real number or 'inf' (PyTorch's float(norm_type)), "
+                    f"got {type(norm_type).__name__} {norm_type!r}")  # fmt: skip
+
+
+def clip_grad_norm(grads: Any, max_norm: float, norm_type: Any = 2.0,
+                   error_if_nonfinite: bool = False) -> tuple[Any, Tensor]:  # fmt: skip
+    """Scale gradients so their global norm (PyTorch's norm_type, 2 by default) is at most max_norm; returns (clipped
+    grads, norm before clipping). error_if_nonfinite=True raises PyTorch's RuntimeError on a NaN or infinite norm
+    (eagerly only: under jit the norm has no value to check)."""
     if not (_real(max_norm) or isinstance(max_norm, Tensor)):  # ("inf" failed in slope.div, naming neither)
         raise TypeError(f"slope.nn.optim.clip_grad_norm: max_norm must be a real number or a tensor, got "
                         f"{type(max_norm).__name__} {max_norm!r} (for no clipping pass math.inf)")  # fmt: skip
-    norm = global_norm(grads)
+    p = _norm_type("clip_grad_norm", norm_type)
+    norm = global_norm(grads, p)
+    if error_if_nonfinite:
+        if isinstance(norm, Tracer):
+            raise RuntimeError("slope.nn.optim.clip_grad_norm: error_if_nonfinite=True checks the norm's value, which "
+                               "a traced norm (under jit, grad or vmap) does not have; check "
+                               "slope.isfinite(norm) of the returned norm outside the trace instead")  # fmt: skip
+        if not math.isfinite(float(norm)):
+            raise RuntimeError(f"slope.nn.optim.clip_grad_norm: the total norm of order {p} for gradients is "
+                               f"non-finite ({float(norm)}), so it cannot be clipped (as PyTorch); to scale the "
+                               f"gradients by the non-finite norm anyway, set error_if_nonfinite=False")  # fmt: skip
     scale = slope.clip(max_norm / (norm + 1e-6), None, 1.0)
 
     def clip(leaf: Any) -> Any:
