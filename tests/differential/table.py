@@ -1507,6 +1507,7 @@ for _name, _fn in (("eq", torch.eq), ("ne", torch.ne), ("lt", torch.lt), ("le", 
                    ("ge", torch.ge)):  # fmt: skip
     binary(_name, _fn, grad=NO_GRAD_BOOL)
 unary("clone", torch.clone)
+unary("cpu", lambda x: x.cpu())
 unary("isfinite", torch.isfinite, grad=NO_GRAD_BOOL)
 
 

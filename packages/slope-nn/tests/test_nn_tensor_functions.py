@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 
 NAMES = ["eq", "ne", "lt", "le", "gt", "ge", "clone", "isfinite", "type_as", "masked_fill", "index_select", "narrow"]
 NAMES += ["cumprod", "sort", "argsort", "topk", "split", "chunk", "roll", "tril", "triu"]
-NAMES += ["unflatten", "repeat", "linspace"]
+NAMES += ["unflatten", "repeat", "linspace", "to", "cpu"]
 NAMES += ["expand_as", "tan", "log2", "log1p", "exp2", "reciprocal", "amax", "amin", "argmax", "argmin"]
 NAN = math.nan
 
@@ -49,6 +49,35 @@ def test_isfinite_and_type_as():
     out = slope.tensor([1.7, -2.5]).type_as(slope.tensor([1], dtype=slope.int8))
     assert out.dtype == slope.int8
     np.testing.assert_array_equal(out.numpy(), [1, -2])
+
+
+def test_to_takes_pytorchs_device_dtype_and_tensor_forms(each_backend):
+    """`x.to("cpu")`, `x.to("cpu", dtype)`, `x.to(device=, dtype=)`, `x.to(other)` and `x.cpu()`, as PyTorch's, eager
+    and traced (x.to("cpu") was "unknown or unsupported dtype 'cpu'"); a device the backend lacks is an error, under
+    jit too. Values against torch's for the same calls."""
+    torch = pytest.importorskip("torch")
+    data = np.array([1.7, -2.5, 300.0], np.float32)
+    x, t = slope.tensor(data), torch.tensor(data)
+    calls = [
+        (lambda a: a.to("cpu"), lambda a: a.to("cpu")),
+        (lambda a: a.to("cpu", slope.float64), lambda a: a.to("cpu", torch.float64)),
+        (lambda a: a.to(device="cpu", dtype=slope.int8), lambda a: a.to(device="cpu", dtype=torch.int8)),
+        (lambda a: a.to(slope.zeros(1, dtype=slope.int16)), lambda a: a.to(torch.zeros(1, dtype=torch.int16))),
+        (lambda a: a.cpu(), lambda a: a.cpu()),
+    ]
+    for ours, theirs in calls:
+        for run in (ours, slope.jit(ours)):
+            out, expected = run(x), theirs(t)
+            assert out.dtype.name == str(expected.dtype).removeprefix("torch."), (out.dtype, expected.dtype)
+            assert out.device == "cpu"
+            np.testing.assert_array_equal(out.numpy(), expected.numpy())
+    grad = slope.grad(lambda a: (a.to("cpu", slope.float64) ** 2).sum())(x)
+    np.testing.assert_array_equal(grad.numpy(), 2 * data)
+    batched = slope.vmap(lambda a, b: a.to(b))(slope.ones((2, 3)), slope.zeros((2, 3), dtype=slope.int32))
+    assert batched.dtype == slope.int32
+    for run in (lambda a: a.to("cuda:7"), slope.jit(lambda a: a.to("cuda:7", slope.float64))):
+        with pytest.raises(slope.SlopeBackendError, match="device 'cuda:7' is not available"):
+            run(x)
 
 
 def test_masked_fill_values_gradients_and_errors():

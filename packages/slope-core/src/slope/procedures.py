@@ -499,7 +499,7 @@ def _public(name: str, value: Any) -> bool:  # a public function defined here (n
 
 
 registry: dict[str, Callable] = {name.rstrip("_"): f for name, f in list(globals().items()) if _public(name, f)}
-registry.update(clamp=clip, astype=cast, to=cast, concatenate=ops.cat, view=reshape, detach=ops.stop_gradient)
+registry.update(clamp=clip, astype=cast, concatenate=ops.cat, view=reshape, detach=ops.stop_gradient)
 registry.update(true_divide=ops.div, divide=ops.div)  # (x / y is div: PyTorch's, integers divided as floats)
 
 

@@ -3,7 +3,8 @@
 Registered as procedures through slope-nn's plugin, so each is `slope.NAME(...)` and `Tensor.NAME(...)`:
 
 - comparisons under PyTorch's short names: `eq`, `ne`, `lt`, `le`, `gt`, `ge` (Slope's `equal`, `not_equal`, ...);
-- `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`;
+- `clone` (tensors are immutable: the same values, the gradient flows), `isfinite`, `type_as`, `to` (dtype, device,
+  or another tensor's, as PyTorch's) and `cpu`;
 - `masked_fill(x, mask, value)`, `index_select(x, dim, index)`, `narrow(x, dim, start, length)`;
 - `cumprod(x, dim, dtype=None)`: left to right as PyTorch's kernel (operator `running_product`), gradients exact with zeros;
 - `norm(x, p, dim, keepdim, dtype)`: torch.norm of vectors (and Frobenius), with PyTorch's gradients (custom JVP);
@@ -21,6 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import slope
 from slope import Tensor
+from slope.backend import checked_device, get_backend
 from slope.operators import (
     _python_value,
     arange,
@@ -81,6 +83,30 @@ def isfinite(x: Any) -> Tensor:
 def type_as(x: Any, other: Any) -> Tensor:
     """x cast to other's dtype."""
     return _tensor(x, "type_as").astype(_tensor(other, "type_as").dtype)
+
+
+def to(x: Any, *args: Any, dtype: Any = None, device: str | None = None, non_blocking: bool = False,
+       copy: bool = False) -> Tensor:  # fmt: skip
+    """x in another dtype and/or on another device, as PyTorch's `x.to(dtype)`, `x.to(device, dtype)`, `x.to(other)`
+    and `x.to(device=..., dtype=...)` (a string that names no dtype is a device: "cpu", "cuda", "cuda:1")."""
+    for arg in args:
+        if isinstance(arg, Tensor):  # to(other): its dtype and device (a traced one has no device)
+            dtype, device = arg.dtype, getattr(arg, "device", device)
+        elif isinstance(arg, str) and arg not in slope.dtypes.by_name:
+            device = arg
+        else:
+            dtype = arg
+    x = _tensor(x, "to")
+    x = x if dtype is None else cast(x, dtype)
+    if device is None:
+        return x
+    device = checked_device(get_backend(), device)  # (an absent device is an error, under jit too)
+    return x if getattr(x, "device", device) == device else slope.tensor(x, device=device)
+
+
+def cpu(x: Any) -> Tensor:
+    """x on the CPU (`x.cpu()`, as PyTorch)."""
+    return to(x, device="cpu")
 
 
 def masked_fill(x: Any, mask: Any, value: Any) -> Tensor:
@@ -633,6 +659,8 @@ procedures: dict[str, Callable] = {
             clone,
             isfinite,
             type_as,
+            to,
+            cpu,
             masked_fill,
             gather,
             index_select,

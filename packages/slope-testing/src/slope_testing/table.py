@@ -1544,6 +1544,7 @@ for _short, _long in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le
 alias("gt", "greater")
 alias("ge", "greater_equal")
 unary("clone", lambda x: x, dtypes=ALL_DTYPES)
+unary("cpu", lambda x: x, dtypes=ALL_DTYPES)  # (slope-nn: x.cpu(), x on the CPU device)
 unary("isfinite", np.isfinite, Data(specials=True), dtypes=ALL_DTYPES, out_dtype=always(slope.bool_))
 add(
     Row(
