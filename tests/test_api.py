@@ -143,6 +143,9 @@ def test_dtype_inference(on_backend):
         slope.float16,
         slope.int64,
     )
+    # torch.int is int32 (slope.int was int64: `x.to(slope.int)` kept values torch's int32 wraps), as x.int() and "int"
+    assert slope.int == slope.int32 == slope.ones(2).int().dtype == slope.ones(2, dtype="int").dtype
+    assert slope.tensor([2**31 + 5]).to(slope.int).tolist() == [-(2**31) + 5]  # (torch.tensor([2**31 + 5]).int())
 
 
 def test_promotion_with_python_scalars_and_tensors(on_backend):

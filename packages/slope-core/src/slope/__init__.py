@@ -30,7 +30,7 @@ from .transforms import (
 )
 
 __version__ = "0.1.0"
-bool, float, double, half, int, long = bool_, float32, float64, float16, int64, int64  # noqa: A001 - dtypes, as torch's
+bool, float, double, half, int, long = bool_, float32, float64, float16, int32, int64  # noqa: A001 - dtypes, as torch's
 
 
 if plugins.manager.get_plugin("slope-core.operators") is None:  # not again on importlib.reload(slope)

@@ -56,7 +56,7 @@ float32 = DType("float32", "f32", "float", 32)
 float64 = DType("float64", "f64", "float", 64)
 
 all_dtypes = (bool_, int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64)
-by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int64, "long": int64}
+by_name = {d.name: d for d in all_dtypes} | {"bool_": bool_, "float": float32, "int": int32, "long": int64}
 by_numpy: dict = {}  # NumPy dtypes (ml_dtypes' bfloat16 is named "bfloat16" too) -> DType, filled by as_dtype
 default_float, default_int = float32, int64
 
