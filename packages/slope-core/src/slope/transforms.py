@@ -298,8 +298,9 @@ def _axes_for_leaves(axes: Any, value: Any) -> list:
     raise TransformError(f"slope.vmap: axes {axes!r} do not match the structure of the arguments")
 
 
-def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
-    """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`)."""
+def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0, axis_size: int | None = None) -> Callable:
+    """Map `fn` over a batch dimension of its arguments (`in_axes`) into one of its outputs (`out_axes`); `axis_size`
+    gives the batch size where no argument is mapped (and must agree with the mapped ones, as in JAX)."""
 
     @functools.wraps(_function("vmap", fn))
     def vmapped(*args: Any, **kwargs: Any) -> Any:  # keyword arguments pass through unmapped (torch.func.vmap's rule)
@@ -312,15 +313,16 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
             if axis is not None and not -x.ndim <= axis < x.ndim:
                 raise TransformError(f"slope.vmap: in_axes {axis} is out of range for an argument of shape {x.shape}")
         axes = [None if axis is None else axis % x.ndim for x, axis in zip(flat, axes)]
-        sizes = {i: x.shape[axis] for i, (x, axis) in enumerate(zip(flat, axes)) if axis is not None}
+        sizes = {f"argument leaf {i}": x.shape[axis] for i, (x, axis) in enumerate(zip(flat, axes)) if axis is not None}
+        sizes |= {"axis_size": ints("vmap", axis_size, "axis_size", 0)[0]} if axis_size is not None else {}
         if not sizes:
-            raise TransformError("slope.vmap: in_axes maps no argument; at least one must have a batch axis")
+            raise TransformError("slope.vmap: in_axes maps no argument; one must have a batch axis, or give axis_size")
         if len(set(sizes.values())) > 1:
-            detail = ", ".join(f"argument leaf {i} has size {s}" for i, s in sizes.items())
+            detail = ", ".join(f"{i} has size {s}" for i, s in sizes.items())
             raise TransformError(f"slope.vmap: mapped axes must all have the same size, but {detail}")
-        axis_size = next(iter(sizes.values()))
+        size = next(iter(sizes.values()))
         flat_fn, out_tree = flatten_fun(functools.partial(fn, **kwargs) if kwargs else fn, in_tree)
-        with new_main(BatchTrace, axis_size) as trace:
+        with new_main(BatchTrace, size) as trace:
             tracers = [BatchTracer(trace, x, a) if isinstance(x, Tensor) else x for x, a in zip(flat, axes)]
             outs = [trace.full_raise(o) for o in flat_fn(*tracers)]  # (flatten_fun made them tensors)
             values, dims = [o.value for o in outs], [o.batch_dim for o in outs]
@@ -330,7 +332,7 @@ def vmap(fn: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
                 raise TransformError(f"slope.vmap: out_axes is None for an output that depends on the mapped inputs "
                                      f"(shape {value.shape}, batch axis {dim}); give it an axis or make it unbatched")  # fmt: skip
             if dim is None and target is not None:
-                value, dim = batch_to_front(value, None, axis_size), 0
+                value, dim = batch_to_front(value, None, size), 0
             if target is not None and not -value.ndim <= target < value.ndim:
                 per_example = f"a per-example output of shape {value.shape[:dim] + value.shape[dim + 1 :]}"
                 raise TransformError(f"slope.vmap: out_axes {target} is out of range for {per_example} (expected "
