@@ -27,6 +27,7 @@ from .operators import (
     _tensor,
     ceil_mode_extra,
     check_indices,
+    fail_if,
     gelu,
     log_softmax,
     max_pool,
@@ -226,16 +227,19 @@ def one_hot(x: Any, num_classes: int = -1) -> Tensor:
             raise ValueError(f"slope.one_hot: cannot infer the number of classes from {what}")
         num_classes = int(x.numpy().max()) + 1
     check_indices("one_hot", x, 0, num_classes, f"{num_classes} classes")
-    x = checked_when_run(x, num_classes) if x.buffer is None else x
+    x = checked_when_run("one_hot", x, num_classes, f"{num_classes} classes") if x.buffer is None else x
     classes = slope.arange(num_classes).reshape((1,) * x.ndim + (num_classes,))
     return (x.unsqueeze(-1) == classes).astype(slope.int64)
 
 
-def checked_when_run(index: Tensor, size: int) -> Tensor:
-    """Traced indices as they are, gathered from arange(size): one outside [0, size), a negative one too (which a
-    gather would count from the end), is an IndexError when the program runs (concrete ones are checked eagerly)."""
-    beyond = slope.where(index < 0, size, index.astype(slope.int64)).reshape((-1,))
-    return take_along_dim(slope.tensor(np.arange(size)), beyond, 0).reshape(index.shape)  # (a constant table)
+def checked_when_run(name: str, index: Tensor, size: int, what: str) -> Tensor:
+    """Traced indices as they are (0 where out of range), checked as the program runs: one outside [0, size), a
+    negative one too (which a gather would count from the end), is an IndexError naming `name`, in check_indices'
+    words (concrete indices are checked eagerly, by check_indices)."""
+    index = index.astype(slope.int64)  # (a uint8 index compared with a size of 300 would compare with 44)
+    outside = fail_if((index < 0) | (index >= size), f"slope.{name}: an index is out of range; expected 0 to "
+                      f"{size - 1} for {what} (found as the program ran: jit, grad and vmap trace the indices)", IndexError)  # fmt: skip
+    return slope.where(outside, 0, index)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -636,7 +640,7 @@ def class_index_loss(name: str, logp: Tensor, target: Tensor, weight: Tensor | N
         values = target.numpy()
         check_indices(name, slope.tensor(values[values != ignore_index]), 0, classes, what)
     if target.buffer is None and classes:  # traced: a target out of range is an IndexError when it runs
-        target = slope.where(ignored, -1, checked_when_run(slope.where(ignored, 0, target), classes))
+        target = slope.where(ignored, -1, checked_when_run(name, slope.where(ignored, 0, target), classes, what))
     elif 0 <= ignore_index < classes:  # (an ignored class must match no class; others never do)
         target = slope.where(ignored, -1, target)
     # each example's row of the classes, True at its target (none for an ignored one, whose target is not a class)

@@ -157,7 +157,7 @@ def index_select(x: Any, dim: int, index: Any) -> Tensor:
     index = index.reshape((-1,)).astype(slope.int64)
     check_indices("index_select", index, 0, size, f"dimension {dim} of shape {x.shape}")
     if index.buffer is None:
-        index = checked_when_run(index, size)  # traced: out of range is an error when run (not counted from the end)
+        index = checked_when_run("index_select", index, size, f"dimension {dim} of shape {x.shape}")  # (traced)
     if x.ndim == 0:  # PyTorch: a 0-d x takes exactly one index, 0, and gives itself (gathered: a traced index other
         if index.shape[0] != 1:  # than 0 is then an error when run)
             raise IndexError(f"slope.index_select: a 0-d x takes exactly one index, got {index.shape[0]}")
