@@ -73,6 +73,7 @@ def test_to_takes_pytorchs_device_dtype_and_tensor_forms(each_backend):
             np.testing.assert_array_equal(out.numpy(), expected.numpy())
     grad = slope.grad(lambda a: (a.to("cpu", slope.float64) ** 2).sum())(x)
     np.testing.assert_array_equal(grad.numpy(), 2 * data)
+    assert x.to("cpu") is x and x.to("cpu", copy=True) is not x  # (a copy has its own buffer, as PyTorch's)
     batched = slope.vmap(lambda a, b: a.to(b))(slope.ones((2, 3)), slope.zeros((2, 3), dtype=slope.int32))
     assert batched.dtype == slope.int32
     for run in (lambda a: a.to("cuda:7"), slope.jit(lambda a: a.to("cuda:7", slope.float64))):

@@ -98,6 +98,7 @@ def to(x: Any, *args: Any, dtype: Any = None, device: str | None = None, non_blo
             dtype = arg
     x = _tensor(x, "to")
     x = x if dtype is None else cast(x, dtype)
+    x = clone(x) if copy else x  # (its own buffer: donating the original leaves it)
     if device is None:
         return x
     device = checked_device(get_backend(), device)  # (an absent device is an error, under jit too)
