@@ -88,12 +88,12 @@ def type_as(x: Any, other: Any) -> Tensor:
 def to(x: Any, *args: Any, dtype: Any = None, device: str | None = None, non_blocking: bool = False,
        copy: bool = False) -> Tensor:  # fmt: skip
     """x in another dtype and/or on another device, as PyTorch's `x.to(dtype)`, `x.to(device, dtype)`, `x.to(other)`
-    and `x.to(device=..., dtype=...)` (a string that names no dtype is a device: "cpu", "cuda", "cuda:1")."""
+    and `x.to(device=..., dtype=...)` (a string naming a device type: "cpu", "cuda", "cuda:1", the backend's)."""
     for arg in args:
         if isinstance(arg, Tensor):  # to(other): its dtype and device (a traced one has no device)
             dtype, device = arg.dtype, getattr(arg, "device", device)
-        elif isinstance(arg, str) and arg not in slope.dtypes.by_name:
-            device = arg
+        elif isinstance(arg, str) and arg.split(":")[0] in {"cpu", "cuda", *(d.split(":")[0] for d in slope.devices())}:
+            device = arg  # (another string is a dtype's name: "complex64" is refused as a dtype)
         else:
             dtype = arg
     x = _tensor(x, "to")
