@@ -67,6 +67,9 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == shape else expand(x, shape)  # expand adds the leading dimensions
 
 
+HALF_MAX = 65504.0  # float16's largest finite value: a Python number within it fits every float dtype
+
+
 def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool | tuple = False) -> list[Tensor]:
     """Promote values to one dtype (PyTorch's result_type) and broadcast them to one shape (checked: numbers must fit
     it; a tuple of dtypes: numbers must fit those and the integer dtypes, as PyTorch's where takes 1e39 into inf)."""
@@ -78,7 +81,7 @@ def coerce(name: str, *values: Any, dtype: DType | None = None, checked: bool | 
         return coerce(name, *[v.item() if isinstance(v, np.generic) else v for v in values], checked=checked)
     shape = broadcast_shapes(name, *[v.shape for v in values if isinstance(v, Tensor)])  # (none: ())
     if checked is True or checked and (dtype.is_int or dtype in checked):  # where, clamp (not +: 1e39 gives inf)
-        for v in [v for v in values if type(v) in (int, float) and (dtype.is_int or abs(v) > 65504)]:  # (fit all)
+        for v in [v for v in values if type(v) in (int, float) and (dtype.is_int or abs(v) > HALF_MAX)]:
             _python_value(name, v, dtype)
     tensors = [constant(v, dtype, shape) if isinstance(v, (int, float)) else as_tensor(v, dtype) for v in values]
     return [broadcast_to(t, shape) for t in tensors]  # (a number's constant is of that shape already)
@@ -343,7 +346,7 @@ class Pow(Binary):
         if isinstance(x, Tensor) and isinstance(y, (int, float)):  # (an int exponent must fit x's dtype, as PyTorch)
             if type(y) is int and not x.dtype.is_float and (y < 0 or _python_value(self.name, y, x.dtype) is None):
                 raise self.dtype_error(f"Integers to negative integer powers are not allowed ({x.dtype.name} ** {y})")
-            if x.dtype in (dtypes.float16, dtypes.bfloat16) and abs(y) > 65504:  # PyTorch: y must fit halves
+            if x.dtype in (dtypes.float16, dtypes.bfloat16) and abs(y) > HALF_MAX:  # PyTorch: y must fit halves
                 _python_value(self.name, y, x.dtype)
             if y in (0.5, -0.5) and x.dtype.is_float:  # PyTorch's sqrt and rsqrt: (-inf) ** 0.5 NaN, (-0.0) ** 0.5 -0.0
                 return functions["sqrt" if y > 0 else "rsqrt"](x)
