@@ -13,8 +13,10 @@ A program of one other operator (eager mode's other calls) is, where the operato
   every shape of a rank: a reduction's dimensions, a permutation and an expansion's pattern (which dimensions grow
   from 1) are in the text, so shapes that differ in them get their own module; `keepdim` re-views the result;
   `expand` takes its target shape as a run-time argument. float64 sums (added in stages whose number depends on the
-  size) and programs with an empty tensor are compiled per shape.
-Other programs (slices, pads, gathers, jitted functions, ...) are compiled per shape, and kept on disk like every
+  size) and programs with an empty tensor are compiled per shape;
+- `slice`, `pad`: one module per rank and dtype, their bounds, amounts and padding value run-time arguments (a
+  gradient slices and pads at every new shape and offset: the conformance matrix compiled ~400 such modules in 1,700).
+Other programs (gathers, concatenations, jitted functions, ...) are compiled per shape, and kept on disk like every
 module.
 """
 
@@ -84,7 +86,7 @@ def reshaping(call: Callable[[list], list], shape: tuple[int, ...], views: Any) 
 
 
 # operators whose one-instruction programs compile to a module with every dimension dynamic (see single_run)
-DYNAMIC_SINGLE = frozenset(["permute", "sum", "max", "matmul", "expand"])
+DYNAMIC_SINGLE = frozenset(["permute", "sum", "max", "matmul", "expand", "slice", "pad"])
 
 
 def single_instruction(program: Program) -> Instruction | None:
@@ -117,10 +119,15 @@ def single_run(program: Program, translations: dict[str, Callable], device: str)
         return None
     if name == "matmul" and out.dtype.is_float and instruction.inputs[0].aval.shape[-1] > DOT_UNBLOCKED:
         return None  # contracted in blocks, which a module of every shape cannot choose (translate.blocked_product)
-    extra: list = []
+    if name in ("slice", "pad") and (out.ndim == 0 or (name == "pad" and out.dtype == slope.uint8)):
+        return None  # (IREE 3.13 cannot extract a ui8 scalar for the padding value: padded per shape)
+    extra: list = []  # arrays passed after the inputs, then integers
+    numbers: tuple[int, ...] = ()
     if name == "expand":
         text = _expand_text(instruction)
-        extra = [runtime.from_numpy(np.array(out.shape, np.int64), device)]
+        extra = [np.array(out.shape, np.int64)]
+    elif name in ("slice", "pad"):
+        text, extra, numbers = _slice_text(instruction) if name == "slice" else _pad_text(instruction)
     else:
         if name in ("sum", "max") and instruction.params["keepdim"]:  # reduced without keepdim, then re-viewed
             params = {**instruction.params, "keepdim": False}
@@ -131,11 +138,12 @@ def single_run(program: Program, translations: dict[str, Callable], device: str)
     if text in failed:
         return None
     try:
-        call = runtime.function(text, device, 1)
+        call = runtime.function(text, device, 1, scalars=numbers)
     except slope.SlopeBackendError:  # the compiler rejected it: this program is compiled per shape
         failed.add(text)
         return None
     if extra:
+        extra = [runtime.from_numpy(array, device) for array in extra]
         plain = call
         call = lambda buffers: plain([*buffers, *extra])  # noqa: E731
     if instruction.outputs[0].aval.shape == out.shape:
@@ -147,6 +155,51 @@ def single_run(program: Program, translations: dict[str, Callable], device: str)
         return [views(result.get_buffer(), shape, result.element_type)]
 
     return reviewed, text
+
+
+def _slice_text(instruction: Instruction) -> tuple[str, list, tuple[int, ...]]:
+    """slice as a real_dynamic_slice whose start and stop are run-time integers (its steps are in the text: a copy of
+    run-time steps is not vectorized), one module per rank, dtype and steps."""
+    tensor, params, ndim = _dynamic_type(instruction), instruction.params, instruction.outputs[0].aval.ndim
+    index = f"tensor<{ndim}xi64>"
+    names = {side: [f"%{side}{d}" for d in range(ndim)] for side in ("start", "stop")}
+    text = (
+        f"func.func @main(%x: {tensor}, {', '.join(f'{n}: i64' for n in names['start'] + names['stop'])}) -> ({tensor}) {{\n"
+        f"    %start = tensor.from_elements {', '.join(names['start'])} : {index}\n"
+        f"    %stop = tensor.from_elements {', '.join(names['stop'])} : {index}\n"
+        f"    %step = stablehlo.constant dense<[{', '.join(map(str, params['step']))}]> : {index}\n"
+        f"    %v0 = stablehlo.real_dynamic_slice %x, %start, %stop, %step : ({tensor}, {index}, {index}, {index}) "
+        f"-> {tensor}\n    return %v0 : {tensor}\n}}\n"
+    )
+    return text, [], (*params["start"], *params["stop"])
+
+
+def _pad_text(instruction: Instruction) -> tuple[str, list, tuple[int, ...]]:
+    """pad as a tensor.pad whose value (a 0-d tensor) and amounts (integers) are run-time arguments, one module per
+    rank and dtype (StableHLO's dynamic_pad does not compile in IREE 3.13)."""
+    tensor, out, params = _dynamic_type(instruction), instruction.outputs[0].aval, instruction.params
+    element = ELEMENT_TYPES[out.dtype.name]
+    names = {side: [f"%{side}{d}" for d in range(out.ndim)] for side in ("lo", "hi")}
+    lines = [f"func.func @main(%x: {tensor}, %value: tensor<{element}>, "
+             f"{', '.join(f'{n}: i64' for n in names['lo'] + names['hi'])}) -> ({tensor}) {{",
+             f"    %fill = tensor.extract %value[] : tensor<{element}>"]  # fmt: skip
+    lines += [f"    {n}_index = arith.index_cast {n} : i64 to index" for n in names["lo"] + names["hi"]]
+    low, high = (", ".join(f"{n}_index" for n in names[side]) for side in ("lo", "hi"))
+    lines += [
+        f"    %v0 = tensor.pad %x low[{low}] high[{high}] {{",
+        f"    ^bb0({', '.join(f'%i{d}: index' for d in range(out.ndim))}):",
+        f"      tensor.yield %fill : {element}",
+        f"    }} : {tensor} to {tensor}",
+        f"    return %v0 : {tensor}\n}}\n",
+    ]
+    value = np.array(scalar(params["value"], out.dtype), out.dtype.numpy)
+    return "\n".join(lines), [value], (*params["lo"], *params["hi"])
+
+
+def _dynamic_type(instruction: Instruction) -> str:
+    """The type of an instruction's output with every dimension dynamic: `tensor<?x?xf32>`."""
+    out = instruction.outputs[0].aval
+    return f"tensor<{'?x' * out.ndim}{ELEMENT_TYPES[out.dtype.name]}>"
 
 
 def scalar(value: Any, dtype: slope.DType) -> Any:

@@ -187,8 +187,9 @@ class Module:
         self.context = runtime.VmContext(_vm_instance, [on.hal_module, self.vm_module])
         self.lock = threading.Lock()  # an IREE context is thread-compatible, not thread-safe
 
-    def function(self, name: str, outputs: int) -> Callable[[list], list]:
-        """A Python callable `buffers -> buffers` for one exported function (it keeps the module loaded)."""
+    def function(self, name: str, outputs: int, scalars: tuple[int, ...] = ()) -> Callable[[list], list]:
+        """A Python callable `buffers -> buffers` for one exported function (it keeps the module loaded); `scalars`,
+        64-bit integers, follow the buffers in every call."""
         runtime = iree()
         function = self.vm_module.lookup_function(name)
         if function is None:
@@ -200,6 +201,8 @@ class Module:
             inputs, results = new_list(len(buffers)), new_list(outputs)
             for buffer in buffers:
                 inputs.push_ref(buffer.ref)
+            for number in scalars:
+                inputs.push_int(number)
             with lock:
                 invoke(function, inputs, results)
             if outputs == 1:  # (most programs: no loop)
@@ -236,20 +239,23 @@ def _loaded(mlir: str, vmfb: bytes, path: str | None, on: Device) -> Module:
         return Module(cache.compile_mlir(mlir, target(on.name), fresh=True), on)
 
 
-def function(mlir: str, device_name: str, outputs: int, name: str = "main") -> Callable[[list], list]:
-    """A callable `buffers -> buffers` running a function of an MLIR module on a device.
+def function(
+    mlir: str, device_name: str, outputs: int, name: str = "main", scalars: tuple[int, ...] = ()
+) -> Callable[[list], list]:
+    """A callable `buffers -> buffers` running a function of an MLIR module on a device (`scalars`: integer arguments
+    after the buffers, the same in every call).
 
     On the CPU it starts on the single-threaded driver and moves to the threaded one when measurement says so.
     """
-    call = load(mlir, device_name).function(name, outputs)
+    call = load(mlir, device_name).function(name, outputs, scalars)
     if device_name != "cpu":
         return call
     forced = forced_driver()
     if forced == "local-task":
-        return load(mlir, "cpu-task").function(name, outputs)
+        return load(mlir, "cpu-task").function(name, outputs, scalars)
     if forced == "local-sync" or _cpus() < 2:
         return call
-    return _DriverChoice(call, lambda: load(mlir, "cpu-task").function(name, outputs)).run
+    return _DriverChoice(call, lambda: load(mlir, "cpu-task").function(name, outputs, scalars)).run
 
 
 CPU_DRIVERS = ("local-sync", "local-task")
