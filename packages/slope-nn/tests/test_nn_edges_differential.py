@@ -233,7 +233,7 @@ def test_schedules_refuse_step_counts_that_give_nan():
 
 @pytest.mark.parametrize("layer", ["MaxPool1d", "AvgPool1d", "MaxPool2d", "AvgPool2d"])
 def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
-    spatial = 1 if layer.endswith("1d") else 2
+    spatial = int(layer[-2])
     pool = getattr(nn, layer)(2)
     for ndim in (spatial + 1, spatial + 2):  # (C, *spatial) or (N, C, *spatial)
         assert pool(slope.ones((3,) * ndim)).shape == (3,) * (ndim - spatial) + (1,) * spatial
@@ -395,13 +395,16 @@ POOL_CASES = [  # (layer, spatial size, arguments): PyTorch's ceil_mode and coun
     ("AvgPool2d", 6, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
     ("AvgPool2d", 5, dict(kernel_size=3, stride=2, padding=1, ceil_mode=False, count_include_pad=False)),
     ("AvgPool2d", 5, dict(kernel_size=2, stride=2, padding=0, ceil_mode=True, count_include_pad=True)),
+    ("MaxPool3d", 5, dict(kernel_size=(2, 3, 2), stride=(2, 1, 2), padding=1, dilation=(1, 2, 1), ceil_mode=True)),
+    ("AvgPool3d", 5, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("AvgPool3d", 4, dict(kernel_size=2, divisor_override=3)),
 ]
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("layer,size,arguments", POOL_CASES)
 def test_pooling_ceil_mode_and_count_include_pad(layer, size, arguments, jit, each_backend):
-    spatial = 1 if layer.endswith("1d") else 2
+    spatial = int(layer[-2])
     x = np.random.default_rng(6).standard_normal((2, 3) + (size,) * spatial)
     x[0, 0, ..., -1] = -np.inf  # the last, partial windows hold an infinity
     pool = getattr(nn, layer)(**arguments)
@@ -414,6 +417,16 @@ def test_max_pool_ceil_mode_with_indices():
     np.testing.assert_array_equal(indices.numpy(), [[[0, 2, 4]]])  # (PyTorch's: the first of each tie)
     values, indices = nn.MaxPool1d(2, return_indices=True, ceil_mode=True)(slope.tensor([[[1.0, 3.0, 2.0, 0.0]]]))
     np.testing.assert_array_equal(indices.numpy(), [[[1, 2]]])  # (no window added: the indices are PyTorch's)
+
+
+def test_max_pool_3d_indices_match_pytorch(each_backend):
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4, 6)).astype(np.float32)
+    arguments = dict(kernel_size=(2, 2, 3), stride=(1, 2, 2), padding=1, return_indices=True, ceil_mode=True)
+    values, indices = nn.MaxPool3d(**arguments)(slope.tensor(x))
+    expected_values, expected_indices = torch.nn.MaxPool3d(**arguments)(torch.tensor(x))
+    np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
+    assert indices.dtype == slope.int64
+    np.testing.assert_array_equal(indices.numpy(), expected_indices.numpy())
 
 
 # ----------------------------------------------------------------------------------------------- optimizers

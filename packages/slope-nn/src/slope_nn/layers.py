@@ -336,6 +336,12 @@ class MaxPool2d(_PoolNd):
     spatial_dims = 2
 
 
+class MaxPool3d(_PoolNd):
+    """Max pooling over (N, C, D, H, W)."""
+
+    spatial_dims = 3
+
+
 class _AvgPoolNd(_PoolNd):
     mode = "avg"
 
