@@ -228,11 +228,16 @@ SCALAR_EDGES = [
     ("-3 / uint8", [1, 200, 3], "uint8", operator.truediv, -3, True),
     ("int8 / 300", [44, 1, -56], "int8", operator.truediv, 300, False),
     ("bool / -2", [True, False, True], "bool", operator.truediv, -2, False),
+    ("bool + 2**63 raises", [True, False], "bool", operator.add, 2**63, False),
+    ("2**64 - 1 * bool raises", [True, False], "bool", operator.mul, 2**64 - 1, True),
+    ("bool == 2**63 raises", [True, False], "bool", operator.eq, 2**63, False),
+    ("bool + 2**63 - 1", [True, False], "bool", operator.add, 2**63 - 1, False),
 ]
 
 
 def _edge(library: str, data: list, dtype: str, op: Callable, scalar: Any, first: bool, jitted: bool) -> tuple:
-    """("ok", dtype name, values) of `tensor op scalar` (or `scalar op tensor`), or ("raises", OverflowError)."""
+    """("ok", dtype name, values) of `tensor op scalar` (or `scalar op tensor`), or ("raises", the error): an int beyond
+    int64 (PyTorch's uint64 scalar) with bool tensors is torch's RuntimeError, Slope's DTypeError."""
     function = (lambda t: op(scalar, t)) if first else (lambda t: op(t, scalar))
     if library == "torch":
         x = torch.tensor(data, dtype=torch.float64 if dtype != "bool" else torch.bool).to(TORCH_DTYPES[dtype])
@@ -241,7 +246,11 @@ def _edge(library: str, data: list, dtype: str, op: Callable, scalar: Any, first
         function = slope.jit(function) if jitted else function
     try:
         result = function(x)
-    except OverflowError as error:
+    except (OverflowError, slope.DTypeError) as error:
+        return ("raises", error)
+    except RuntimeError as error:
+        if "Promotion for uint16, uint32, uint64 types is not supported" not in str(error):
+            raise
         return ("raises", error)
     name, values = _dtype_and_values(result)
     return ("ok", name, values.tolist())

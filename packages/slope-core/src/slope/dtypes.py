@@ -105,7 +105,11 @@ def result_type(*values: object) -> DType:
             raise TypeError(f"slope: cannot combine {known or 'numbers'} with {type(value).__name__} {value!r}")
         groups[group] = promote(groups[group], dtype) if group in groups else dtype
     ordered = [groups[group] for group in sorted(groups)]  # a later group decides only where its kind is higher
-    return next(d for d in ordered if _kind_rank[d.kind] == max(_kind_rank[o.kind] for o in ordered))
+    result = next(d for d in ordered if _kind_rank[d.kind] == max(_kind_rank[o.kind] for o in ordered))
+    big = [v for v in values if type(v) is int and v >= 2**63]  # (PyTorch's uint64 scalar: wraps into int tensors)
+    if big and result.kind == "int" and all(groups[group].kind == "bool" for group in groups if group < 2):
+        raise TypeError(f"slope: the Python int {big[0]} is beyond int64 (PyTorch's uint64: no promotion with bool)")
+    return result
 
 
 def wrap(value: object, dtype: DType) -> object:
