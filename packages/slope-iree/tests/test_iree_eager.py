@@ -134,7 +134,27 @@ def test_one_operator_modules_serve_every_shape(name, dtype, fn, reference):
 
 def test_uint8_pads_are_compiled_per_shape():
     # (IREE 3.13 cannot read a ui8 padding value at run time: these pads keep one module per shape)
-    for shape in [(2, 3), (4, 1)]:
+    for shape in [(2, 3), (4, 1), (3, 5)]:
         array = np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape)
+        before = compiles()
         result = slope.pad(slope.tensor(array), (1, 0, 0, 2), value=200).numpy()
         np.testing.assert_array_equal(result, np.pad(array, [(0, 2), (1, 0)], constant_values=200))
+        assert compiles() == before + 1, f"{shape}: the uint8 pad of a new shape has its own module"
+
+
+def test_a_plugins_slice_translation_is_used_per_shape():
+    from slope_iree import eager, translate
+
+    def marked_slice(fn, inputs, instruction):  # slope-iree's own, under another identity
+        return translate._slice(fn, inputs, instruction)
+
+    backend = slope.plugins.backends["iree"]
+    saved = backend.translations["slice"]
+    backend.translations["slice"] = marked_slice
+    try:
+        x = slope.tensor(np.arange(12.0).reshape(3, 4))
+        program = slope.jit(lambda a: a[1:, :3]).lower(x).program
+        assert eager.single_run(program, backend.translations, "cpu") is None
+        np.testing.assert_array_equal(x[1:, :3].numpy(), np.arange(12.0).reshape(3, 4)[1:, :3])
+    finally:
+        backend.translations["slice"] = saved

@@ -14,8 +14,12 @@ A program of one other operator (eager mode's other calls) is, where the operato
   from 1) are in the text, so shapes that differ in them get their own module; `keepdim` re-views the result;
   `expand` takes its target shape as a run-time argument. float64 sums (added in stages whose number depends on the
   size) and programs with an empty tensor are compiled per shape;
-- `slice`, `pad`: one module per rank and dtype, their bounds, amounts and padding value run-time arguments (a
-  gradient slices and pads at every new shape and offset: the conformance matrix compiled ~400 such modules in 1,700).
+- `slice`, `pad`: one module per rank and dtype (and a slice's steps), their bounds, amounts and padding value
+  run-time arguments (a gradient slices and pads at every new shape and offset: the conformance matrix compiled ~400
+  such modules in 1,700); uint8 pads and 0-d programs are compiled per shape. A jitted one-operator function shares
+  these modules, so its `.lower(...).code` shows the generic text (`.export` writes the per-shape module).
+`expand`, `slice` and `pad` write their dynamic text themselves: where a plugin replaces one's translation, that
+operator is compiled per shape with the plugin's.
 Other programs (gathers, concatenations, jitted functions, ...) are compiled per shape, and kept on disk like every
 module.
 """
@@ -30,7 +34,7 @@ import slope
 from slope import Aval, Instruction, Program, Var
 from slope.operators import Elementwise
 
-from . import runtime
+from . import runtime, translate
 from .translate import DOT_UNBLOCKED, DYNAMIC_SAFE, ELEMENT_TYPES, array_attr, build_module
 
 failed: set[str] = set()  # generic modules the compiler rejected: those programs are compiled per shape
@@ -87,6 +91,8 @@ def reshaping(call: Callable[[list], list], shape: tuple[int, ...], views: Any) 
 
 # operators whose one-instruction programs compile to a module with every dimension dynamic (see single_run)
 DYNAMIC_SINGLE = frozenset(["permute", "sum", "max", "matmul", "expand", "slice", "pad"])
+# those whose dynamic module single_run writes itself (not with the translation in use)
+_OWN_TEXT = {"expand": translate._expand, "slice": translate._slice, "pad": translate._pad}
 
 
 def single_instruction(program: Program) -> Instruction | None:
@@ -119,7 +125,11 @@ def single_run(program: Program, translations: dict[str, Callable], device: str)
         return None
     if name == "matmul" and out.dtype.is_float and instruction.inputs[0].aval.shape[-1] > DOT_UNBLOCKED:
         return None  # contracted in blocks, which a module of every shape cannot choose (translate.blocked_product)
-    if name in ("slice", "pad") and (out.ndim == 0 or (name == "pad" and out.dtype == slope.uint8)):
+    if name in _OWN_TEXT and translations.get(name) is not _OWN_TEXT[name]:
+        return None  # (a plugin's translation replaces slope-iree's: its text, per shape)
+    if name in ("slice", "pad") and out.ndim == 0:
+        return None
+    if name == "pad" and out.dtype == slope.uint8:
         return None  # (IREE 3.13 cannot extract a ui8 scalar for the padding value: padded per shape)
     extra: list = []  # arrays passed after the inputs, then integers
     numbers: tuple[int, ...] = ()
