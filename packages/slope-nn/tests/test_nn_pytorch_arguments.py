@@ -3,6 +3,7 @@ values and gradients, eager and under jit, float32 and float64, on every backend
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -247,6 +248,14 @@ def test_conv_transpose_traced_output_size_names_it():
         slope.jit(lambda m, a, output_size: m(a, output_size=output_size))(layer, x, output_size=[8])
     fixed = slope.jit(lambda m, a, output_size: m(a, output_size=output_size), static_argnames="output_size")
     assert fixed(layer, x, output_size=(8,)).shape == (1, 3, 8)
+    # a jitted layer names its forward's arguments, as a jitted function does (it was "static_argnums 1 is out of
+    # range for 1 arguments": a module's __call__ takes *args)
+    for static in (dict(static_argnums=1), dict(static_argnames="output_size")):
+        jitted = slope.jit(layer, **static)
+        assert jitted(x, output_size=(8,)).shape == (1, 3, 8)
+        assert jitted(x, (7,)).shape == (1, 3, 7)
+    assert str(inspect.signature(layer)) == str(inspect.signature(layer.forward))
+    assert "in_channels" in inspect.signature(nn.ConvTranspose1d).parameters  # (the class: its constructor's)
 
 
 # ----------------------------------------------------------------------------------------------- clip_grad_norm

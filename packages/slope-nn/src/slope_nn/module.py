@@ -451,6 +451,14 @@ def _shared_entry(name: str, value: Any) -> tuple:
     return entry
 
 
+class _ForwardSignature:
+    """A module's `__signature__`: its forward's, what a call takes (so `jit(model, static_argnums=1)(x, n=3)` names
+    `n`, as for a function); on the class None, so `inspect.signature(nn.Linear)` stays the constructor's."""
+
+    def __get__(self, module: Any, owner: type | None = None) -> inspect.Signature | None:
+        return None if module is None else inspect.signature(module.forward)
+
+
 class Module:
     """Base class of layers and models: tensor attributes are parameters, module attributes are children.
 
@@ -523,6 +531,8 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
+
+    __signature__ = _ForwardSignature()
 
     # ------------------------------------------------------------------------------------------- kinds
     @property
