@@ -231,7 +231,7 @@ def test_schedules_refuse_step_counts_that_give_nan():
         optim.piecewise_constant([5, 2], [1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("layer", ["MaxPool1d", "AvgPool1d", "MaxPool2d", "AvgPool2d"])
+@pytest.mark.parametrize("layer", ["MaxPool1d", "AvgPool1d", "MaxPool2d", "AvgPool2d", "MaxPool3d", "AvgPool3d"])
 def test_pooling_layers_check_the_input_rank_as_pytorch(layer):
     spatial = int(layer[-2])
     pool = getattr(nn, layer)(2)

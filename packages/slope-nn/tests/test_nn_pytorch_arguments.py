@@ -257,6 +257,12 @@ def test_conv_transpose_traced_output_size_names_it():
     assert str(inspect.signature(layer)) == str(inspect.signature(layer.forward))
     assert "in_channels" in inspect.signature(nn.ConvTranspose1d).parameters  # (the class: its constructor's)
 
+    class Scaled(nn.Module):  # (its own __call__, not forward: that is what a call takes)
+        def __call__(self, a, n=1):
+            return a * n
+
+    assert slope.jit(Scaled(), static_argnums=1)(x, n=3).shape == x.shape
+
 
 # ----------------------------------------------------------------------------------------------- clip_grad_norm
 

@@ -108,7 +108,7 @@ def result_type(*values: object) -> DType:
     result = next(d for d in ordered if _kind_rank[d.kind] == max(_kind_rank[o.kind] for o in ordered))
     big = [v for v in values if type(v) is int and v >= 2**63]  # (PyTorch's uint64 scalar: wraps into int tensors)
     if big and result.kind == "int" and all(groups[group].kind == "bool" for group in groups if group < 2):
-        raise TypeError(f"slope: the Python int {big[0]} is beyond int64 (PyTorch's uint64: no promotion with bool)")
+        raise TypeError(f"slope: the Python int {big[0]} is beyond int64 and no integer tensor takes it (as PyTorch)")
     return result
 
 

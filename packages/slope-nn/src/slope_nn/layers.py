@@ -321,7 +321,8 @@ class _PoolNd(Module):
                                    self.count_include_pad, self.divisor_override)  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        shown = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return shown + (f", dilation={self.dilation}, ceil_mode={self.ceil_mode}" if self.mode == "max" else "")
 
 
 class MaxPool1d(_PoolNd):

@@ -456,7 +456,13 @@ class _ForwardSignature:
     `n`, as for a function); on the class None, so `inspect.signature(nn.Linear)` stays the constructor's."""
 
     def __get__(self, module: Any, owner: type | None = None) -> inspect.Signature | None:
-        return None if module is None else inspect.signature(module.forward)
+        if module is None:
+            return None
+        call = type(module).__call__  # (a subclass's own __call__ is what a call takes)
+        try:
+            return inspect.signature(module.forward if call is Module.__call__ else call.__get__(module))
+        except (TypeError, ValueError):  # (a forward without a signature: inspect's own answer)
+            return None
 
 
 class Module:
