@@ -19,7 +19,7 @@ import slope
 from slope import Tensor
 from slope.ir import Aval
 from slope.operator import UndefinedPrimal
-from slope.operators import conv, ints, normalize_dims
+from slope.operators import conv, ints, normalize_dims, slice_along
 from slope.trace import Tracer
 
 from .module import check_key, next_key
@@ -345,22 +345,20 @@ def pad_by_mode(name: str, x: Tensor, pads: tuple, mode: str) -> Tensor:
         if not (lo or hi):
             continue
 
-        def part(begin: int, end: int, source: Tensor = x, axis: int = axis) -> Tensor:
-            """source[begin:end] along axis."""
-            starts, stops = [0] * source.ndim, list(source.shape)
-            starts[axis], stops[axis] = begin, end
-            return slope.slice(source, tuple(starts), tuple(stops))
+        def grown(edge: Tensor, n: int, axis: int = axis) -> Tensor:
+            """The one-wide edge repeated n times along axis."""
+            return edge.expand(*(n if d == axis else -1 for d in range(edge.ndim)))
 
-        if mode == "reflect":
-            before, after = (
-                [part(i, i + 1) for i in range(lo, 0, -1)],
-                [part(i, i + 1) for i in range(size - 2, size - 2 - hi, -1)],
-            )
+        if mode == "reflect":  # (the edge itself not repeated)
+            before = slope.flip(slice_along(x, axis, 1, lo + 1), (axis,)) if lo else None
+            after = slope.flip(slice_along(x, axis, size - 1 - hi, size - 1), (axis,)) if hi else None
         elif mode == "replicate":
-            before, after = [part(0, 1)] * lo, [part(size - 1, size)] * hi
+            before = grown(slice_along(x, axis, 0, 1), lo) if lo else None
+            after = grown(slice_along(x, axis, size - 1, size), hi) if hi else None
         else:
-            before, after = [part(size - lo, size)] if lo else [], [part(0, hi)] if hi else []
-        x = slope.concatenate([*before, x, *after], axis)
+            before = slice_along(x, axis, size - lo, size) if lo else None
+            after = slice_along(x, axis, 0, hi) if hi else None
+        x = slope.concatenate([piece for piece in (before, x, after) if piece is not None], axis)
     return x
 
 
